@@ -1,0 +1,211 @@
+"""Build-time start of the guest: load the user's app, warm it up.
+
+Runs at module top level of the generated entry module, i.e. during
+componentize-py's pre-initialisation, so everything imported here (the app,
+its dependencies, and whatever a warm-up request touches) is captured in the
+snapshot. The stdlib is not on any filesystem at run time, so a module first
+imported lazily by a later request would be missing: warm-up prevents that.
+
+Errors are reported as one line starting with ``rsgi-wasm-build-error:``
+which the host picks out of componentize-py's output.
+"""
+
+import importlib
+import io
+import sys
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import protocol
+from .wsgi_input import InputStream
+
+MARKER = "rsgi-wasm-build-error: "
+
+# Modules that frameworks and the stdlib import lazily on a first request
+# (codecs by name, cookie and date parsing, ...). Cheap to import up front.
+LAZY_STDLIB = (
+    "encodings.idna",
+    "encodings.punycode",
+    "encodings.ascii",
+    "encodings.latin_1",
+    "encodings.utf_8",
+    "encodings.utf_8_sig",
+    "encodings.utf_16",
+    "encodings.utf_32",
+    "encodings.cp1252",
+    "encodings.raw_unicode_escape",
+    "encodings.unicode_escape",
+    "encodings.charmap",
+    "encodings.hex_codec",
+    "encodings.base64_codec",
+    "base64",
+    "binascii",
+    "calendar",
+    "datetime",
+    "email.utils",
+    "email.parser",
+    "email.message",
+    "hashlib",
+    "hmac",
+    "html",
+    "http",
+    "http.cookies",
+    "json",
+    "locale",
+    "mimetypes",
+    "secrets",
+    "string",
+    "struct",
+    "tempfile",
+    "unicodedata",
+    "urllib.parse",
+    "uuid",
+    "zlib",
+    "wsgiref.headers",
+    "wsgiref.util",
+)
+
+
+class BuildError(Exception):
+    """A problem with the user's app that stops the build."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        print(MARKER + message.replace("\n", "\n" + MARKER), file=sys.stderr, flush=True)
+
+
+def _host_path(path: Optional[str], mounts: Sequence[Tuple[str, str]]) -> str:
+    """Map a guest path such as ``/1/app.py`` back to the user's file."""
+    if not path:
+        return "<unknown file>"
+    for guest, host in mounts:
+        prefix = guest.rstrip("/") + "/"
+        if path.startswith(prefix):
+            return host.rstrip("/") + "/" + path[len(prefix):]
+    return path
+
+
+def _app_frames(exc: BaseException, mounts: Sequence[Tuple[str, str]]) -> str:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    for guest, host in mounts:
+        text = text.replace('"' + guest.rstrip("/") + "/", '"' + host.rstrip("/") + "/")
+    return text
+
+
+def import_app_module(module: str, mounts: Sequence[Tuple[str, str]], native: Dict[str, str]) -> Any:
+    try:
+        return importlib.import_module(module)
+    except SyntaxError as e:
+        where = _host_path(e.filename, mounts)
+        raise BuildError(f"syntax error in {where}, line {e.lineno}: {e.msg}") from None
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        if missing in native:
+            raise BuildError(f"{native[missing]}: native extension, no WASI build available (needs module {missing})") from None
+        if missing == module or module.startswith(missing + "."):
+            dirs = ", ".join(host for _, host in mounts) or "(none)"
+            raise BuildError(f"module {module!r} not found; looked in the app paths: {dirs} (add the right directory with -p)") from None
+        raise BuildError(
+            f"importing {module!r} failed: module {missing!r} is not installed "
+            f"(add it to requirements.txt, or with -p if it is your own code)\n{_app_frames(e, mounts)}"
+        ) from None
+    except BaseException as e:
+        raise BuildError(f"importing {module!r} raised {type(e).__name__}: {e}\n{_app_frames(e, mounts)}") from None
+
+
+def resolve_callable(module_obj: Any, module: str, expr: str) -> Callable:
+    """``name``, ``a.b`` or ``factory()`` (gunicorn's forms), checked."""
+    call = expr.endswith("()")
+    path = expr[:-2] if call else expr
+    obj = module_obj
+    for part in path.split("."):
+        if not part.isidentifier():
+            raise BuildError(f"{module}:{expr} is not a valid callable name (use module:name or module:factory())")
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise BuildError(f"module {module!r} has no attribute {part!r} (looked up {module}:{expr})") from None
+    if call:
+        try:
+            obj = obj()
+        except BaseException as e:
+            raise BuildError(f"calling {module}:{expr} raised {type(e).__name__}: {e}") from None
+    if not callable(obj):
+        raise BuildError(f"{module}:{expr} is a {type(obj).__name__}, not a callable WSGI application")
+    return obj
+
+
+class _Discard(protocol.Transport):
+    def __init__(self) -> None:
+        self.status = ""
+
+    def start(self, status: str, headers: protocol.Headers, first_chunk: bytes) -> None:
+        self.status = status
+
+    def write(self, chunk: bytes) -> None:
+        pass
+
+
+def warm_up(app: Callable, paths: List[str]) -> List[str]:
+    """Drive ``app`` with GET requests through pure-Python stand-ins (the
+    host imports cannot be called during pre-initialisation) and return one
+    report line per path. Output is thrown away."""
+    report = []
+    for target in paths:
+        path, _, query = target.partition("?")
+        errors = io.StringIO()
+        environ = protocol.base_environ(errors)
+        environ.update(
+            {
+                "REQUEST_METHOD": "GET",
+                "PATH_INFO": path,
+                "QUERY_STRING": query,
+                "SERVER_NAME": "localhost",
+                "SERVER_PORT": "80",
+                "SERVER_PROTOCOL": "HTTP/1.1",
+                "REMOTE_ADDR": "127.0.0.1",
+                "REMOTE_PORT": "0",
+                "HTTP_HOST": "localhost",
+                "wsgi.input": InputStream(lambda n: b"", 0),
+            }
+        )
+        sink = _Discard()
+        saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = io.StringIO()
+        try:
+            protocol.run(app, environ, sink)
+        finally:
+            sys.stdout, sys.stderr = saved
+        line = f"warm-up GET {target}: {sink.status or 'no response'}"
+        if sink.status.startswith("5"):
+            first_error = errors.getvalue().strip().splitlines()[-1:] or [""]
+            line += f" ({first_error[0]})"
+        report.append(line)
+    return report
+
+
+def boot(
+    module: str,
+    expr: str,
+    mounts: Sequence[Tuple[str, str]],
+    native: Dict[str, str],
+    warmup: List[str],
+    report_path: Optional[str],
+) -> type:
+    for name in LAZY_STDLIB:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    module_obj = import_app_module(module, mounts, native)
+    app = resolve_callable(module_obj, module, expr)
+    report = warm_up(app, warmup)
+    if report_path:
+        try:
+            with open(report_path, "w") as f:
+                f.write("\n".join(report) + "\n")
+        except OSError:
+            pass
+    from .component import make_handler
+
+    return make_handler(app)

@@ -1,0 +1,271 @@
+"""PEP 3333 response side: ``start_response``, ``write``, result iteration.
+
+Everything here is plain Python over a small *transport* (``start`` and
+``write`` callables), so the same code serves real requests inside the
+component and the pure-Python warm-up at build time.
+
+Rules implemented (PEP 3333):
+- ``start_response(status, headers, exc_info=None)`` validates the status
+  (``NNN reason``) and headers (``str``, latin-1, token names, no CR/LF, no
+  hop-by-hop) and returns ``write``; a second call needs ``exc_info``, and
+  with ``exc_info`` after the head was sent the original error is re-raised.
+- the head is sent together with the first non-empty body chunk;
+- ``close()`` is always called on the result, also on error or disconnect;
+- an exception before anything was sent answers 500 with the traceback on
+  ``wsgi.errors``; after the head was sent the response is reported as cut
+  short so the host aborts the connection.
+"""
+
+import re
+import sys
+import traceback
+from typing import Any, Callable, Iterable, List, Optional, Tuple
+
+from .wsgi_input import BodyTooLarge, ClientDisconnected
+
+Headers = List[Tuple[str, str]]
+
+# RFC 9110 section 5.6.2: token characters allowed in a field name.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_STATUS = re.compile(r"[1-9][0-9][0-9] [^\r\n\x00]*\Z")
+# RFC 9110 section 7.6.1: connection-specific fields a WSGI app must not set
+# (PEP 3333: "hop-by-hop" headers are the server's business).
+HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    )
+)
+
+
+class Transport:
+    """Where a response goes: the host over WIT, or nowhere (warm-up)."""
+
+    def start(self, status: str, headers: Headers, first_chunk: bytes) -> None:
+        raise NotImplementedError
+
+    def write(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+
+def check_status(status: Any) -> str:
+    if type(status) is not str:
+        raise TypeError(f"status must be a str, got {type(status).__name__}: {status!r}")
+    if not _STATUS.match(status):
+        raise ValueError(f"status {status!r} is not of the form 'NNN Reason'")
+    try:
+        status.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"status {status!r} is not latin-1 encodable") from None
+    return status
+
+
+def check_headers(headers: Any) -> Headers:
+    if not isinstance(headers, (list, tuple)):
+        raise TypeError(f"response headers must be a list of (name, value) tuples, got {type(headers).__name__}")
+    out: Headers = []
+    for item in headers:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise TypeError(f"response header {item!r} is not a (name, value) tuple")
+        name, value = item
+        if type(name) is not str or type(value) is not str:
+            raise TypeError(f"response header {name!r}: name and value must be str, got {type(name).__name__} and {type(value).__name__}")
+        if not _TOKEN.match(name):
+            raise ValueError(f"response header name {name!r} is not a valid HTTP token")
+        if "\r" in value or "\n" in value or "\x00" in value:
+            raise ValueError(f"response header {name!r} has a CR, LF or NUL in its value (header injection)")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError(f"response header {name!r} value {value!r} is not latin-1 encodable (PEP 3333 native string)") from None
+        if name.lower() in HOP_BY_HOP:
+            raise ValueError(f"response header {name!r} is hop-by-hop: the server manages it, a WSGI app must not set it")
+        out.append((name, value))
+    return out
+
+
+def _has_header(headers: Headers, lower_name: str) -> bool:
+    for name, _ in headers:
+        if name.lower() == lower_name:
+            return True
+    return False
+
+
+class Response:
+    """One request's response state: what ``start_response`` set and sent."""
+
+    __slots__ = ("transport", "status", "headers", "sent")
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.status: Optional[str] = None
+        self.headers: Headers = []
+        self.sent = False
+
+    def start_response(self, status: str, headers: Headers, exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.sent:
+                    # PEP 3333: too late to change the response; re-raise.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise RuntimeError("start_response() called a second time without exc_info")
+        self.headers = check_headers(headers)
+        self.status = check_status(status)
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy ``write`` callable returned by ``start_response``."""
+        if self.status is None:
+            raise RuntimeError("write() called before start_response()")
+        self.send(data)
+
+    def send(self, data: Any) -> None:
+        if type(data) is not bytes:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                data = bytes(data)
+            else:
+                raise TypeError(f"response body chunks must be bytes, got {type(data).__name__}")
+        if not data:
+            return
+        if self.sent:
+            self.transport.write(data)
+            return
+        if self.status is None:
+            raise RuntimeError("the app produced body data before calling start_response()")
+        self.sent = True
+        self.transport.start(self.status, self.headers, data)
+
+    def finish(self) -> None:
+        if self.sent:
+            return
+        if self.status is None:
+            raise RuntimeError("the app returned without calling start_response()")
+        self.sent = True
+        self.transport.start(self.status, self.headers, b"")
+
+
+def _error_page(transport: Transport, status: str, text: str) -> None:
+    body = text.encode()
+    try:
+        transport.start(
+            status,
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+            body,
+        )
+    except ClientDisconnected:
+        pass
+
+
+def _close(result: Any, errors: Any) -> None:
+    close = getattr(result, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except BaseException:
+        errors.write("rsgi-wasm: the app result's close() raised:\n")
+        traceback.print_exc(file=errors)
+
+
+def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport) -> Optional[str]:
+    """Serve one request; never raises. Returns None when the response is
+    complete, or why it was cut short after its head was sent."""
+    resp = Response(transport)
+    errors = environ["wsgi.errors"]
+    result: Any = None
+    try:
+        result = app(environ, resp.start_response)
+        # PEP 3333 allows the server to add Content-Length when the result
+        # is a one-item sequence: it keeps HTTP/1.0 and HEAD responses exact.
+        if (
+            type(result) in (list, tuple)
+            and len(result) == 1
+            and resp.status is not None
+            and not resp.sent
+            and type(result[0]) is bytes
+            and not _has_header(resp.headers, "content-length")
+        ):
+            resp.headers.append(("Content-Length", str(len(result[0]))))
+        for chunk in result:
+            resp.send(chunk)
+        resp.finish()
+        return None
+    except ClientDisconnected:
+        # The client went away mid-request: nobody to answer, nothing to log.
+        return None
+    except BaseException as exc:
+        # BaseException on purpose: SystemExit or KeyboardInterrupt raised by
+        # an app must not escape the component export either.
+        return _failed(exc, environ, resp, transport, errors)
+    finally:
+        _close(result, errors)
+        try:
+            errors.flush()
+        except Exception:
+            pass
+
+
+def _failed(exc: BaseException, environ: dict, resp: Response, transport: Transport, errors: Any) -> Optional[str]:
+    body_input = environ.get("wsgi.input")
+    if getattr(body_input, "too_large", False) or isinstance(exc, BodyTooLarge):
+        if not resp.sent:
+            _error_page(transport, "413 Content Too Large", "Request body too large\n")
+            return None
+        return "request body too large"
+    if getattr(body_input, "disconnected", False):
+        return None
+    method = environ.get("REQUEST_METHOD", "?")
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    errors.write(f"rsgi-wasm: error in the WSGI app serving {method} {path}:\n")
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=errors)
+    if not resp.sent:
+        _error_page(transport, "500 Internal Server Error", "Internal Server Error\n")
+        return None
+    return f"app raised after the response head was sent: {type(exc).__name__}: {exc}"
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterate a file-like object in blocks."""
+
+    __slots__ = ("filelike", "blksize", "close")
+
+    def __init__(self, filelike: Any, blksize: int = 64 * 1024) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> "FileWrapper":
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+def base_environ(errors: Any = None) -> dict:
+    """The keys that are the same for every request of this instance."""
+    return {
+        "SCRIPT_NAME": "",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": errors if errors is not None else sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": FileWrapper,
+    }

@@ -1,0 +1,123 @@
+"""``wsgi.input``: a file-like stream over chunks pulled from the host.
+
+PEP 3333 asks for ``read(size)``, ``readline(size)``, ``readlines(hint)`` and
+iteration; the stream never reads past ``CONTENT_LENGTH`` and returns ``b""``
+at the end of the body (``wsgi.input_terminated`` is True, so apps may also
+read a chunked body until ``b""``).
+"""
+
+from typing import Callable, Iterator, List, Optional
+
+# How much to pull from the host per call when the caller did not bound it.
+CHUNK = 64 * 1024
+
+
+class ClientDisconnected(OSError):
+    """The client went away (or sent a malformed body) mid-request."""
+
+
+class BodyTooLarge(OSError):
+    """The request body is over the server's ``--max-body``."""
+
+
+class InputStream:
+    """Buffered reader over ``pull(max_bytes) -> bytes`` (``b""`` = end)."""
+
+    __slots__ = ("_pull", "_remaining", "_buf", "_eof", "too_large", "disconnected")
+
+    def __init__(self, pull: Callable[[int], bytes], content_length: Optional[int]) -> None:
+        self._pull = pull
+        # None: length unknown (chunked); read until the host says end.
+        self._remaining = content_length
+        self._buf = bytearray()
+        self._eof = content_length == 0
+        # Set when the host refused the body, so the server side can answer
+        # 413 (or nothing) even if the app swallowed or wrapped the error.
+        self.too_large = False
+        self.disconnected = False
+
+    def _fill(self, want: int) -> bool:
+        """Pull one more chunk into the buffer; False at end of body."""
+        if self._eof:
+            return False
+        want = max(want, 1)
+        if self._remaining is not None:
+            want = min(want, self._remaining)
+        try:
+            chunk = self._pull(min(want, CHUNK))
+        except BodyTooLarge:
+            self.too_large = self._eof = True
+            raise
+        except ClientDisconnected:
+            self.disconnected = self._eof = True
+            raise
+        if not chunk:
+            self._eof = True
+            return False
+        if self._remaining is not None:
+            # The host enforces the declared length too; this guards the
+            # "never read past CONTENT_LENGTH" rule inside the guest as well.
+            chunk = chunk[: self._remaining]
+            self._remaining -= len(chunk)
+            if self._remaining == 0:
+                self._eof = True
+        self._buf += chunk
+        return True
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill(CHUNK):
+                pass
+            return self._take(len(self._buf))
+        while len(self._buf) < size and self._fill(size - len(self._buf)):
+            pass
+        return self._take(min(size, len(self._buf)))
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        limit = -1 if size is None or size < 0 else size
+        scanned = 0
+        while True:
+            nl = self._buf.find(b"\n", scanned)
+            if nl >= 0:
+                end = nl + 1
+                break
+            if 0 <= limit <= len(self._buf):
+                end = limit
+                break
+            scanned = len(self._buf)
+            if not self._fill(CHUNK):
+                end = len(self._buf)
+                break
+        if 0 <= limit < end:
+            end = limit
+        return self._take(end)
+
+    def readlines(self, hint: Optional[int] = -1) -> List[bytes]:
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                break
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def close(self) -> None:
+        """Apps may close the input; the host discards what is left."""

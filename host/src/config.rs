@@ -1,0 +1,219 @@
+//! Validated settings: raw flag text → typed config, every check before bind.
+//!
+//! Parsers here return [`ConfigError`] values that say what was wrong and
+//! what a correct value looks like.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A user-facing problem with a flag or config value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A `--dir` value that is not `HOST::GUEST[:ro]` or names no directory.
+    #[error("--dir {value:?}: {reason} (expected HOST_DIR::GUEST_DIR or HOST_DIR::GUEST_DIR:ro)")]
+    Dir { value: String, reason: String },
+    /// An `--env` value without `=` or with an empty name.
+    #[error("--env {0:?}: expected NAME=VALUE")]
+    Env(String),
+    /// A duration that is neither plain seconds nor `500ms` / `30s` / `2m`.
+    #[error("{0:?} is not a duration (use seconds like 2 or 0.5, or 500ms, 30s, 2m)")]
+    Duration(String),
+    /// A size that is neither bytes nor `128MiB` / `1GiB` / `64KiB`.
+    #[error("{0:?} is not a size (use bytes, or units like 64KiB, 128MiB, 1GiB, 10MB)")]
+    Size(String),
+}
+
+/// One directory granted to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    /// Directory on the host (must exist).
+    pub host: PathBuf,
+    /// Where the guest sees it (absolute guest path, e.g. `/data`).
+    pub guest: String,
+    /// Granted read-only (`:ro`).
+    pub read_only: bool,
+}
+
+/// Parse `HOST::GUEST[:ro]` and check the host directory exists.
+pub fn parse_dir(value: &str) -> Result<DirGrant, ConfigError> {
+    let err = |reason: &str| ConfigError::Dir {
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (host, rest) = value
+        .split_once("::")
+        .ok_or_else(|| err("missing `::` between host and guest directory"))?;
+    let (guest, read_only) = match rest.strip_suffix(":ro") {
+        Some(g) => (g, true),
+        None => (rest.strip_suffix(":rw").unwrap_or(rest), false),
+    };
+    if host.is_empty() || guest.is_empty() {
+        return Err(err("host and guest directory must both be given"));
+    }
+    if !guest.starts_with('/') {
+        return Err(err("the guest directory must be absolute, like /data"));
+    }
+    let host = PathBuf::from(host);
+    if !host.is_dir() {
+        return Err(err("the host directory does not exist or is not a directory"));
+    }
+    Ok(DirGrant {
+        host,
+        guest: guest.to_owned(),
+        read_only,
+    })
+}
+
+/// Parse `NAME=VALUE`.
+pub fn parse_env(value: &str) -> Result<(String, String), ConfigError> {
+    match value.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(ConfigError::Env(value.to_owned())),
+    }
+}
+
+/// Parse `2`, `0.5`, `500ms`, `30s`, `2m`.
+pub fn parse_duration(value: &str) -> Result<Duration, ConfigError> {
+    let v = value.trim();
+    let (num, scale) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (v, 1.0)
+    };
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(|n| Duration::from_secs_f64(n * scale))
+        .ok_or_else(|| ConfigError::Duration(value.to_owned()))
+}
+
+/// Parse `1048576`, `64KiB`, `128MiB`, `1GiB`, `10MB`.
+pub fn parse_size(value: &str) -> Result<u64, ConfigError> {
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return Err(ConfigError::Size(value.to_owned())),
+    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(|n| (n * scale as f64) as u64)
+        .ok_or_else(|| ConfigError::Size(value.to_owned()))
+}
+
+/// What the sandbox grants one app: nothing unless listed.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// Preopened directories.
+    pub dirs: Vec<DirGrant>,
+    /// Environment variables (the host's own never reach the guest).
+    pub env: Vec<(String, String)>,
+}
+
+/// Per-app resource limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Instances serving at once (and kept warm).
+    pub workers: usize,
+    /// Requests that may wait for a busy instance (503 beyond).
+    pub queue: usize,
+    /// Wall-clock budget of one request (504 and a fresh instance after).
+    pub timeout: Duration,
+    /// Linear-memory cap of one instance.
+    pub memory: u64,
+    /// Largest request body accepted (413 above).
+    pub max_body: u64,
+    /// Requests an instance serves before it is replaced (0 = never).
+    pub max_requests: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            workers: 1,
+            queue: 1024,
+            timeout: Duration::from_secs(60),
+            memory: 512 << 20,
+            max_body: 1 << 30,
+            max_requests: 0,
+        }
+    }
+}
+
+/// Server-wide HTTP settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// How long in-flight requests may run after SIGINT/SIGTERM.
+    pub grace: Duration,
+    /// Time a client has to send a complete request head.
+    pub header_timeout: Duration,
+    /// Largest request head (hyper answers 431 above).
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8000".parse().expect("valid literal"),
+            grace: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_grants_parse_and_reject() {
+        let tmp = std::env::temp_dir();
+        let host = tmp.to_str().unwrap();
+        let g = parse_dir(&format!("{host}::/data:ro")).unwrap();
+        assert_eq!(g.guest, "/data");
+        assert!(g.read_only);
+        let g = parse_dir(&format!("{host}::/data")).unwrap();
+        assert!(!g.read_only);
+        assert!(parse_dir("nodir").is_err());
+        assert!(parse_dir(&format!("{host}::data")).is_err());
+        let e = parse_dir("/does/not/exist::/data").unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn env_durations_and_sizes() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("x").is_err());
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("128MiB").unwrap(), 128 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+    }
+}

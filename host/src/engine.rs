@@ -1,0 +1,156 @@
+//! The process-wide wasmtime `Engine`, the compiled-artifact cache, and
+//! loading a component into a checked, reusable `InstancePre`.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::bindings::{WsgiApp, WsgiAppPre};
+use crate::sandbox::HostState;
+
+/// How often the epoch advances: the granularity of timeouts and of the
+/// yields that keep one CPU-bound guest from starving the others.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Make the engine and start its epoch ticker thread.
+pub fn new_engine() -> Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    let engine = Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("creating the wasmtime engine")?;
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("rsgi-wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("starting the epoch thread")?;
+    Ok(engine)
+}
+
+/// Where compiled components live unless `--cache-dir` says otherwise.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RSGI_WASM_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("rsgi-wasm");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".cache").join("rsgi-wasm");
+    }
+    std::env::temp_dir().join("rsgi-wasm-cache")
+}
+
+/// Load `path` as a component, compiling it once and reusing the native
+/// artifact from `cache_dir` afterwards (keyed by content and engine).
+pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<Component> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read component {}", path.display()))?;
+    check_header(&bytes, path)?;
+
+    let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut engine_hash);
+    let key = format!(
+        "{:x}-{:016x}",
+        Sha256::digest(&bytes),
+        engine_hash.finish()
+    );
+    let cached = cache_dir.join(format!("{key}.cwasm"));
+    if cached.is_file() {
+        // SAFETY: the file was written by `precompile_component` of an engine
+        // with the same compatibility hash (it is in the name), into a cache
+        // directory owned by this user; wasmtime re-checks its header.
+        match unsafe { Component::deserialize_file(engine, &cached) } {
+            Ok(c) => return Ok(c),
+            Err(e) => tracing::warn!(
+                "ignoring unusable cached artifact {}: {e:#}",
+                cached.display()
+            ),
+        }
+    }
+
+    tracing::info!(
+        "compiling {} (first start only; cached in {})",
+        path.display(),
+        cache_dir.display()
+    );
+    let t = Instant::now();
+    let compiled = engine
+        .precompile_component(&bytes)
+        .map_err(anyhow::Error::from)
+        .with_context(|| {
+            format!(
+                "{} is not a valid WebAssembly component (was it built by `rsgi-wasm build`?)",
+                path.display()
+            )
+        })?;
+    tracing::info!("compiled in {:.1}s", t.elapsed().as_secs_f64());
+    if let Err(e) = write_atomic(cache_dir, &cached, &compiled) {
+        tracing::warn!(
+            "cannot cache the compiled component in {}: {e:#}",
+            cache_dir.display()
+        );
+        // SAFETY: the bytes were just produced by this engine.
+        return unsafe { Component::deserialize(engine, &compiled) }.map_err(Into::into);
+    }
+    // SAFETY: as above; the file now holds exactly what this engine wrote.
+    unsafe { Component::deserialize_file(engine, &cached) }.map_err(Into::into)
+}
+
+/// Tell a wrong file apart from a broken component before compiling.
+fn check_header(bytes: &[u8], path: &Path) -> Result<()> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        bail!(
+            "{} is not a WebAssembly file (build one with `rsgi-wasm build MODULE:CALLABLE -o app.wasm`)",
+            path.display()
+        );
+    }
+    // Core modules have layer 0 (bytes 6..8); components have layer 1.
+    if bytes[6..8] == [0, 0] {
+        bail!(
+            "{} is a core WebAssembly module, not a component (build it with `rsgi-wasm build`)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_atomic(dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, data)?;
+    tmp.persist(dest)?;
+    Ok(())
+}
+
+/// Link WASI and our WIT imports, and check the component's world.
+pub fn prepare(engine: &Engine, component: &Component, path: &Path) -> Result<WsgiAppPre<HostState>> {
+    let mut linker: Linker<HostState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    WsgiApp::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(anyhow::Error::from)
+        .with_context(|| {
+            format!(
+                "{} does not fit rsgi-wasm's sandbox (it must be built by `rsgi-wasm build` for the rsgi-wasm:wsgi@0.1.0 world)",
+                path.display()
+            )
+        })?;
+    WsgiAppPre::new(pre)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{} does not export the rsgi-wasm handler", path.display()))
+}

@@ -1,0 +1,18 @@
+//! rsgi-wasm: serve Python WSGI apps, each in its own WebAssembly sandbox.
+//!
+//! Request path: `server` (hyper) → `environ` (CGI keys) → `pool` (a warm
+//! instance) → `wsgi` (the WIT calls, streamed both ways) → guest adapter.
+//! Build path: `build` (componentize-py) → a component `engine` compiles
+//! once and caches.
+
+pub mod bindings;
+pub mod build;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod engine;
+pub mod environ;
+pub mod pool;
+pub mod sandbox;
+pub mod server;
+pub mod wsgi;

@@ -1,0 +1,41 @@
+//! Thin entry point: parse flags, set up logging, run, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rsgi_wasm::build::BuildError;
+use rsgi_wasm::cli::Cli;
+use rsgi_wasm::config::ConfigError;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(rsgi_wasm::commands::execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // User mistakes print as they are; anything else with its causes.
+            if let Some(user) = e.downcast_ref::<BuildError>() {
+                eprintln!("error: {user}");
+            } else if let Some(user) = e.downcast_ref::<ConfigError>() {
+                eprintln!("error: {user}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

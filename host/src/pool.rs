@@ -1,0 +1,194 @@
+//! Warm instances of one app: at most `workers` serve at once, each serves
+//! one request at a time, and an instance is replaced after a trap, a
+//! timeout, a memory-limit hit or `max_requests`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use http::StatusCode;
+use tokio::sync::Semaphore;
+use wasmtime::{Engine, Store, UpdateDeadline};
+
+use crate::bindings::{WsgiApp, WsgiAppPre};
+use crate::config::Limits;
+use crate::sandbox::{HostState, Sandbox};
+use crate::wsgi::Exchange;
+
+/// One live instance and its store.
+struct Instance {
+    store: Store<HostState>,
+    app: WsgiApp,
+    served: u64,
+    /// Requests after which this instance retires (0 = never).
+    retire_after: u64,
+}
+
+/// What happened to one request, for the access log.
+pub struct Served {
+    /// Status sent (0 if nothing was).
+    pub status: u16,
+    /// Body bytes the app produced.
+    pub bytes: u64,
+}
+
+/// The instances of one app.
+pub struct AppPool {
+    name: Arc<str>,
+    engine: Engine,
+    pre: WsgiAppPre<HostState>,
+    sandbox: Sandbox,
+    limits: Limits,
+    idle: Mutex<Vec<Instance>>,
+    slots: Semaphore,
+    waiting: AtomicUsize,
+    created: AtomicUsize,
+}
+
+impl AppPool {
+    /// Create the pool and start `workers` instances, so an app that fails
+    /// to instantiate fails here, before the server binds its port.
+    pub async fn start(
+        name: &str,
+        engine: Engine,
+        pre: WsgiAppPre<HostState>,
+        sandbox: Sandbox,
+        limits: Limits,
+    ) -> Result<Arc<Self>> {
+        let pool = Arc::new(AppPool {
+            name: name.into(),
+            engine,
+            pre,
+            sandbox,
+            slots: Semaphore::new(limits.workers),
+            limits,
+            idle: Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
+            created: AtomicUsize::new(0),
+        });
+        for _ in 0..pool.limits.workers {
+            let inst = pool
+                .instantiate()
+                .await
+                .with_context(|| format!("starting an instance of app {name}"))?;
+            pool.idle.lock().expect("pool lock").push(inst);
+        }
+        Ok(pool)
+    }
+
+    /// The app's name (log lines, tenants).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn instantiate(&self) -> Result<Instance> {
+        let mut store = Store::new(&self.engine, self.sandbox.host_state()?);
+        store.limiter(|s| &mut s.limiter);
+        // Every tick, hand the thread back to tokio: a CPU-bound guest
+        // cannot starve other requests, and the request timeout (a tokio
+        // timer) can fire while the guest computes.
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store.set_epoch_deadline(1);
+        let app = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(anyhow::Error::from)?;
+        let n = self.created.fetch_add(1, Ordering::Relaxed) as u64;
+        let retire_after = match self.limits.max_requests {
+            0 => 0,
+            max => max + n % (max / 10 + 1), // jitter: instances do not all retire at once
+        };
+        Ok(Instance {
+            store,
+            app,
+            served: 0,
+            retire_after,
+        })
+    }
+
+    /// Serve one request with a warm (or, if none is idle, new) instance.
+    pub async fn serve(self: Arc<Self>, environ: Vec<(String, String)>, mut ex: Exchange) -> Served {
+        let permit = if let Ok(p) = self.slots.try_acquire() {
+            p
+        } else {
+            if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.queue {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(app = %self.name, "queue full ({} waiting): 503", self.limits.queue);
+                ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable: server busy, retry shortly");
+                return Served { status: ex.status, bytes: ex.bytes };
+            }
+            let p = self.slots.acquire().await.expect("semaphore never closed");
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            p
+        };
+        let idle = self.idle.lock().expect("pool lock").pop();
+        let mut inst = match idle {
+            Some(i) => i,
+            None => match self.instantiate().await {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::error!(app = %self.name, "cannot start an instance: {e:#}");
+                    ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+                    return Served { status: ex.status, bytes: ex.bytes };
+                }
+            },
+        };
+
+        inst.store.data_mut().exchange = Some(ex);
+        let call = inst
+            .app
+            .rsgi_wasm_wsgi_handler()
+            .call_handle(&mut inst.store, &environ);
+        let outcome = tokio::time::timeout(self.limits.timeout, call).await;
+        let state = inst.store.data_mut();
+        let mut ex = state.exchange.take().expect("exchange is put back only here");
+        let memory_hit = std::mem::take(&mut state.limiter.hit);
+
+        let mut keep = true;
+        match outcome {
+            Ok(Ok(Ok(()))) => {
+                if let Some(why) = ex.shortfall() {
+                    tracing::warn!(app = %self.name, "{why}");
+                    ex.abort(why).await;
+                }
+            }
+            Ok(Ok(Err(reason))) => {
+                tracing::warn!(app = %self.name, "response cut short: {reason}");
+                ex.abort(reason).await;
+            }
+            Ok(Err(trap)) => {
+                keep = false;
+                tracing::error!(app = %self.name, "instance crashed and was replaced: {trap:?}");
+                self.fail(&mut ex, StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").await;
+            }
+            Err(_elapsed) => {
+                keep = false;
+                tracing::error!(app = %self.name, "request exceeded the {:?} timeout; instance replaced", self.limits.timeout);
+                self.fail(&mut ex, StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout").await;
+            }
+        }
+        if memory_hit {
+            keep = false;
+            tracing::warn!(app = %self.name, "instance hit its {} byte memory limit; replaced", self.limits.memory);
+        }
+        inst.served += 1;
+        if inst.retire_after != 0 && inst.served >= inst.retire_after {
+            keep = false;
+        }
+        if keep {
+            self.idle.lock().expect("pool lock").push(inst);
+        }
+        drop(permit);
+        Served { status: ex.status, bytes: ex.bytes }
+    }
+
+    /// Answer an error page, or cut the body short if the head went out.
+    async fn fail(&self, ex: &mut Exchange, status: StatusCode, text: &str) {
+        if ex.committed() {
+            ex.abort(format!("{text} after the response head was sent")).await;
+        } else {
+            ex.respond_error(status, text);
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Per-instance sandbox state: the `WasiCtx` built from an app's grants (the
+//! only ambient authority a guest gets), its memory limiter, and guest
+//! stdout/stderr forwarded to the host log line by line.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bytes::{Bytes, BytesMut};
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{DirPerms, FilePerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::config::Grants;
+use crate::wsgi::Exchange;
+
+/// Everything a `Store` holds for one instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Memory cap of this instance; remembers whether it was hit.
+    pub limiter: MemoryLimiter,
+    /// The request being served, if any.
+    pub exchange: Option<Exchange>,
+    /// Wall-clock deadline of the current request (epoch callback checks it).
+    pub deadline: Option<Instant>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The grants of one app, turned into a fresh `HostState` per instance.
+#[derive(Clone)]
+pub struct Sandbox {
+    app: Arc<str>,
+    grants: Grants,
+    memory: u64,
+}
+
+impl Sandbox {
+    /// Sandbox for the app called `app` (the name tags its log lines).
+    pub fn new(app: &str, grants: Grants, memory: u64) -> Self {
+        Sandbox {
+            app: app.into(),
+            grants,
+            memory,
+        }
+    }
+
+    /// A new instance's state: only the granted dirs and env, no network,
+    /// no host stdin, stdout/stderr to the log.
+    pub fn host_state(&self) -> Result<HostState> {
+        let mut b = WasiCtxBuilder::new();
+        b.stdout(GuestLog::new(&self.app, "stdout"))
+            .stderr(GuestLog::new(&self.app, "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        for (k, v) in &self.grants.env {
+            b.env(k, v);
+        }
+        for dir in &self.grants.dirs {
+            let (dp, fp) = if dir.read_only {
+                (DirPerms::READ, FilePerms::READ)
+            } else {
+                (DirPerms::all(), FilePerms::all())
+            };
+            b.preopened_dir(&dir.host, &dir.guest, dp, fp)
+                .map_err(anyhow::Error::from)
+                .with_context(|| {
+                    format!(
+                        "granting {} as {} to app {}",
+                        dir.host.display(),
+                        dir.guest,
+                        self.app
+                    )
+                })?;
+        }
+        Ok(HostState {
+            wasi: b.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                max: self.memory as usize,
+                hit: false,
+            },
+            exchange: None,
+            deadline: None,
+        })
+    }
+}
+
+/// Caps linear memory growth; a refused growth surfaces in Python as
+/// `MemoryError` and marks the instance for recycling.
+pub struct MemoryLimiter {
+    max: usize,
+    /// A growth was refused: replace this instance after the request.
+    pub hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Guest stdout or stderr: complete lines go to the host log.
+struct GuestLog {
+    app: Arc<str>,
+    stream: &'static str,
+}
+
+impl GuestLog {
+    fn new(app: &Arc<str>, stream: &'static str) -> Self {
+        GuestLog {
+            app: app.clone(),
+            stream,
+        }
+    }
+}
+
+impl IsTerminal for GuestLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestLog {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(LineLogger {
+            app: self.app.clone(),
+            stream: self.stream,
+            buf: BytesMut::new(),
+        })
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        // Only WASI 0.3 guests use this; componentize-py 0.25 components
+        // for our world are WASI 0.2, so their output goes via `p2_stream`.
+        Box::new(tokio::io::sink())
+    }
+}
+
+/// Longest partial line kept before it is logged anyway.
+const MAX_LINE: usize = 16 * 1024;
+
+struct LineLogger {
+    app: Arc<str>,
+    stream: &'static str,
+    buf: BytesMut,
+}
+
+impl LineLogger {
+    fn emit(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        tracing::info!(target: "guest", app = %self.app, stream = self.stream, "{text}");
+    }
+}
+
+impl OutputStream for LineLogger {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.buf.extend_from_slice(&bytes);
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let line = self.buf.split_to(nl + 1);
+            self.emit(&line);
+        }
+        if self.buf.len() > MAX_LINE {
+            let line = self.buf.split();
+            self.emit(&line);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LineLogger {
+    async fn ready(&mut self) {}
+}
+
+impl Drop for LineLogger {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            let line = self.buf.split();
+            self.emit(&line);
+        }
+    }
+}

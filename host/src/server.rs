@@ -1,0 +1,178 @@
+//! The HTTP side: accept loop (hyper 1 via hyper-util), per-request hand-off
+//! to an app's pool, request limits, access log, graceful shutdown.
+//!
+//! A request goes: [`serve`] accepts → [`handle`] builds the environ
+//! (`environ`) and an `Exchange` (`wsgi`) → `pool::AppPool::serve` runs the
+//! guest on a spawned task → the head comes back here as a hyper response
+//! whose body streams from the guest.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::config::ServerConfig;
+use crate::environ::{self, RequestInfo};
+use crate::pool::AppPool;
+use crate::wsgi::{self, Exchange, RequestBody, ResponseBody};
+
+/// What the server routes requests to.
+pub struct Site {
+    /// The one app served (multi-tenant routing builds on this).
+    pub app: Arc<AppPool>,
+    /// Largest request body (413 above).
+    pub max_body: u64,
+}
+
+/// Serve `site` on `listener` until `shutdown` resolves, then let in-flight
+/// requests finish within the grace period.
+pub async fn serve(
+    listener: TcpListener,
+    site: Arc<Site>,
+    cfg: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let local = listener.local_addr()?;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(cfg.header_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning, keep serving what is open.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let site = site.clone();
+                let svc = service_fn(move |req| handle(site.clone(), req, local, peer));
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        "shutting down: no new connections; waiting up to {:?} for in-flight requests",
+        cfg.grace
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all requests finished"),
+        () = tokio::time::sleep(cfg.grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+fn access_log(peer: SocketAddr, method: &Method, target: &str, status: u16, bytes: u64, t0: Instant) {
+    tracing::info!(
+        target: "access",
+        "{} \"{} {}\" {} {} {:.2}ms",
+        peer.ip(),
+        method,
+        target,
+        status,
+        bytes,
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+fn host_response(status: StatusCode, text: &str) -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::full(format!("{text}\n")));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(http::header::SERVER, http::HeaderValue::from_static(concat!("rsgi-wasm/", env!("CARGO_PKG_VERSION"))));
+    res
+}
+
+async fn handle(
+    site: Arc<Site>,
+    req: Request<Incoming>,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let t0 = Instant::now();
+    let (parts, body) = req.into_parts();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+
+    // A declared length over the limit is refused before the app runs and
+    // before `100 Continue` would invite the body.
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > site.max_body) {
+        access_log(peer, &parts.method, &target, 413, 0, t0);
+        let mut res = host_response(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
+        res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        return Ok(res);
+    }
+
+    let env = environ::build(&RequestInfo {
+        method: &parts.method,
+        uri: &parts.uri,
+        version: parts.version,
+        headers: &parts.headers,
+        local,
+        peer,
+        script_name: "",
+        url_scheme: "http",
+    });
+    let (ex, head_rx, chunk_rx) = Exchange::new(
+        RequestBody::new(body, site.max_body),
+        parts.method == Method::HEAD,
+    );
+    let app = site.app.clone();
+    let method = parts.method;
+    tokio::spawn(async move {
+        let served = app.serve(env, ex).await;
+        access_log(peer, &method, &target, served.status, served.bytes, t0);
+    });
+    Ok(match head_rx.await {
+        Ok(head) => wsgi::into_response(head, chunk_rx),
+        // The pool always answers before dropping the exchange; this is a
+        // panic in the serving task.
+        Err(_) => host_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+    })
+}

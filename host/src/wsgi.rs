@@ -1,0 +1,462 @@
+//! One request crossing the WIT boundary: the host side of `read-body`,
+//! `start` and `write`, streaming both ways with bounded memory.
+//!
+//! The hyper service keeps the receiving ends ([`HeadReceiver`] and the body
+//! channel inside [`ResponseBody`]); the guest instance gets the sending ends
+//! in an [`Exchange`] for the duration of one `handle` call.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bindings::rsgi_wasm::wsgi::{request, response};
+use crate::bindings::{BodyError, WriteError};
+use crate::sandbox::HostState;
+
+/// Value of the `Server` header unless the app sets its own.
+const SERVER: &str = concat!("rsgi-wasm/", env!("CARGO_PKG_VERSION"));
+
+/// The response head (and first chunk) handed from the guest to hyper.
+pub struct Head {
+    /// Status code.
+    pub status: StatusCode,
+    /// The app's reason phrase when it is not the canonical one.
+    pub reason: Option<hyper::ext::ReasonPhrase>,
+    /// Response headers, `Server` added.
+    pub headers: HeaderMap,
+    /// First body chunk (may be empty).
+    pub first: Bytes,
+    /// Declared `Content-Length`, if any.
+    pub content_length: Option<u64>,
+}
+
+/// Receives the head once the guest commits it.
+pub type HeadReceiver = oneshot::Receiver<Head>;
+
+/// Why a response body was cut short; hyper then closes the connection.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyAbort(pub String);
+
+type Chunk = Result<Bytes, BodyAbort>;
+
+/// Response body streamed from the guest through a bounded channel.
+pub struct ResponseBody {
+    first: Option<Bytes>,
+    rx: Option<mpsc::Receiver<Chunk>>,
+    hint: SizeHint,
+}
+
+impl ResponseBody {
+    /// A body that is just `bytes` (host-generated responses).
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        ResponseBody {
+            hint: SizeHint::with_exact(bytes.len() as u64),
+            first: Some(bytes),
+            rx: None,
+        }
+    }
+
+    fn streamed(first: Bytes, rx: mpsc::Receiver<Chunk>, content_length: Option<u64>) -> Self {
+        ResponseBody {
+            hint: content_length.map_or_else(SizeHint::new, SizeHint::with_exact),
+            first: Some(first),
+            rx: Some(rx),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyAbort;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyAbort>>> {
+        if let Some(first) = self.first.take() {
+            if !first.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(first))));
+            }
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => {
+                self.rx = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none() && self.first.as_ref().is_none_or(|b| b.is_empty())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint.clone()
+    }
+}
+
+/// Build the hyper response from a committed head and the body channel.
+pub fn into_response(head: Head, rx: mpsc::Receiver<Chunk>) -> http::Response<ResponseBody> {
+    let mut res = http::Response::new(ResponseBody::streamed(head.first, rx, head.content_length));
+    *res.status_mut() = head.status;
+    *res.headers_mut() = head.headers;
+    if let Some(reason) = head.reason {
+        res.extensions_mut().insert(reason);
+    }
+    res
+}
+
+/// The request body as the guest pulls it, with the `--max-body` check for
+/// bodies whose length is not known up front (chunked).
+pub struct RequestBody {
+    incoming: Option<Incoming>,
+    leftover: Bytes,
+    received: u64,
+    limit: u64,
+}
+
+impl RequestBody {
+    /// Wrap hyper's body; more than `limit` bytes is refused as too large.
+    pub fn new(incoming: Incoming, limit: u64) -> Self {
+        RequestBody {
+            incoming: Some(incoming),
+            leftover: Bytes::new(),
+            received: 0,
+            limit,
+        }
+    }
+
+    async fn read(&mut self, max: u32) -> Result<Vec<u8>, BodyError> {
+        while self.leftover.is_empty() {
+            let Some(incoming) = self.incoming.as_mut() else {
+                return Ok(Vec::new());
+            };
+            match incoming.frame().await {
+                None => {
+                    self.incoming = None;
+                    return Ok(Vec::new());
+                }
+                Some(Err(e)) => {
+                    tracing::debug!("request body read failed: {e}");
+                    self.incoming = None;
+                    return Err(BodyError::Disconnected);
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.received += data.len() as u64;
+                        if self.received > self.limit {
+                            self.incoming = None;
+                            return Err(BodyError::TooLarge);
+                        }
+                        self.leftover = data;
+                    }
+                }
+            }
+        }
+        let n = (max.max(1) as usize).min(self.leftover.len());
+        Ok(self.leftover.split_to(n).to_vec())
+    }
+}
+
+/// One request's channels, owned by the instance while it serves it.
+pub struct Exchange {
+    body: RequestBody,
+    head_tx: Option<oneshot::Sender<Head>>,
+    chunk_tx: mpsc::Sender<Chunk>,
+    /// Bytes still allowed by the app's `Content-Length` (None: no limit).
+    remaining: Option<u64>,
+    /// Method is HEAD (no body goes out, a short body is not an error).
+    head_request: bool,
+    body_allowed: bool,
+    /// Status the guest committed (0 until then).
+    pub status: u16,
+    /// Body bytes accepted from the guest.
+    pub bytes: u64,
+}
+
+impl Exchange {
+    /// Channels for one request; the service awaits the returned receivers.
+    pub fn new(
+        body: RequestBody,
+        head_request: bool,
+    ) -> (Self, HeadReceiver, mpsc::Receiver<Chunk>) {
+        let (head_tx, head_rx) = oneshot::channel();
+        // One chunk in flight: `write` returns when hyper took the previous
+        // one, so a slow client slows the app instead of filling memory.
+        let (chunk_tx, chunk_rx) = mpsc::channel(1);
+        let ex = Exchange {
+            body,
+            head_tx: Some(head_tx),
+            chunk_tx,
+            remaining: None,
+            head_request,
+            body_allowed: true,
+            status: 0,
+            bytes: 0,
+        };
+        (ex, head_rx, chunk_rx)
+    }
+
+    /// Whether the head has gone out (after that only the body can change).
+    pub fn committed(&self) -> bool {
+        self.head_tx.is_none()
+    }
+
+    /// Answer with a host-generated error page if the guest sent nothing.
+    pub fn respond_error(&mut self, status: StatusCode, text: &str) {
+        let Some(tx) = self.head_tx.take() else {
+            return;
+        };
+        let body = Bytes::from(format!("{text}\n"));
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.insert(http::header::SERVER, HeaderValue::from_static(SERVER));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        self.status = status.as_u16();
+        self.bytes = body.len() as u64;
+        let _ = tx.send(Head {
+            status,
+            reason: None,
+            headers,
+            content_length: Some(body.len() as u64),
+            first: body,
+        });
+    }
+
+    /// Cut the response short: the client sees a truncated body because
+    /// hyper closes the connection instead of ending the message.
+    pub async fn abort(&mut self, why: String) {
+        let _ = self.chunk_tx.send(Err(BodyAbort(why))).await;
+    }
+
+    /// After the guest returned: a body shorter than its `Content-Length`
+    /// must not look complete, so say why it should be aborted.
+    pub fn shortfall(&self) -> Option<String> {
+        match self.remaining {
+            Some(n) if n > 0 && self.body_allowed && !self.head_request => Some(format!(
+                "app sent {n} bytes fewer than its Content-Length; closing the connection"
+            )),
+            _ => None,
+        }
+    }
+
+    /// Clip a chunk to what `Content-Length` still allows.
+    fn clip(&mut self, mut chunk: Vec<u8>) -> Bytes {
+        if let Some(rem) = self.remaining.as_mut() {
+            if chunk.len() as u64 > *rem {
+                tracing::warn!(
+                    "app wrote more than its Content-Length; {} extra bytes dropped",
+                    chunk.len() as u64 - *rem
+                );
+                chunk.truncate(*rem as usize);
+            }
+            *rem -= chunk.len() as u64;
+        }
+        self.bytes += chunk.len() as u64;
+        Bytes::from(chunk)
+    }
+
+    fn start(
+        &mut self,
+        status: String,
+        headers: Vec<(String, String)>,
+        first: Vec<u8>,
+    ) -> Result<(), WriteError> {
+        if self.head_tx.is_none() {
+            return Err(WriteError::Protocol);
+        }
+        let head = match parse_head(&status, headers) {
+            Ok(head) => head,
+            Err(why) => {
+                tracing::error!("invalid response from the app: {why}");
+                self.respond_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+                return Err(WriteError::Protocol);
+            }
+        };
+        let (status, reason, headers, content_length) = head;
+        self.status = status.as_u16();
+        self.remaining = content_length;
+        // RFC 9110 6.4.1: 1xx, 204 and 304 responses have no content.
+        self.body_allowed = !(status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED);
+        let first = self.clip(first);
+        let tx = self.head_tx.take().expect("checked above");
+        tx.send(Head {
+            status,
+            reason,
+            headers,
+            first,
+            content_length,
+        })
+        .map_err(|_| WriteError::Disconnected)
+    }
+
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<(), WriteError> {
+        if self.head_tx.is_some() {
+            return Err(WriteError::Protocol);
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.clip(chunk);
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.chunk_tx
+            .send(Ok(chunk))
+            .await
+            .map_err(|_| WriteError::Disconnected)
+    }
+}
+
+type ParsedHead = (
+    StatusCode,
+    Option<hyper::ext::ReasonPhrase>,
+    HeaderMap,
+    Option<u64>,
+);
+
+/// Native (latin-1) string → bytes; None if a char is above U+00FF.
+fn native_bytes(s: &str) -> Option<Vec<u8>> {
+    s.chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect()
+}
+
+/// Re-check what the guest already validated (defence in depth: the guest
+/// is untrusted code) and build hyper's head.
+fn parse_head(status: &str, headers: Vec<(String, String)>) -> Result<ParsedHead, String> {
+    let code = status
+        .get(..3)
+        .and_then(|c| c.parse::<u16>().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .filter(|_| status.as_bytes().get(3) == Some(&b' '))
+        .ok_or_else(|| format!("status {status:?} is not 'NNN Reason'"))?;
+    let reason_text = &status[4..];
+    let reason = if code.canonical_reason() == Some(reason_text) {
+        None
+    } else {
+        let bytes = native_bytes(reason_text)
+            .ok_or_else(|| format!("status {status:?} is not latin-1"))?;
+        Some(
+            hyper::ext::ReasonPhrase::try_from(bytes)
+                .map_err(|_| format!("status {status:?} has an invalid reason phrase"))?,
+        )
+    };
+    let mut map = HeaderMap::with_capacity(headers.len() + 1);
+    let mut content_length = None;
+    for (name, value) in headers {
+        let hname = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("response header name {name:?} is invalid"))?;
+        let hvalue = native_bytes(&value)
+            .and_then(|b| HeaderValue::from_bytes(&b).ok())
+            .ok_or_else(|| format!("response header {name:?} has an invalid value {value:?}"))?;
+        if hname == http::header::CONTENT_LENGTH {
+            let n = value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("response Content-Length {value:?} is not a number"))?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err("response has conflicting Content-Length headers".into());
+            }
+            if content_length.is_some() {
+                continue;
+            }
+            content_length = Some(n);
+        }
+        map.append(hname, hvalue);
+    }
+    if !map.contains_key(http::header::SERVER) {
+        map.insert(http::header::SERVER, HeaderValue::from_static(SERVER));
+    }
+    Ok((code, reason, map, content_length))
+}
+
+impl request::Host for HostState {
+    async fn read_body(&mut self, max: u32) -> Result<Vec<u8>, BodyError> {
+        match self.exchange.as_mut() {
+            Some(ex) => ex.body.read(max).await,
+            None => Err(BodyError::Disconnected),
+        }
+    }
+}
+
+impl response::Host for HostState {
+    async fn start(
+        &mut self,
+        status: String,
+        headers: Vec<(String, String)>,
+        first_chunk: Vec<u8>,
+    ) -> Result<(), WriteError> {
+        match self.exchange.as_mut() {
+            Some(ex) => ex.start(status, headers, first_chunk),
+            None => Err(WriteError::Protocol),
+        }
+    }
+
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<(), WriteError> {
+        match self.exchange.as_mut() {
+            Some(ex) => ex.write(chunk).await,
+            None => Err(WriteError::Protocol),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_parsing_keeps_custom_reasons_and_latin1() {
+        let (code, reason, headers, cl) = parse_head(
+            "200 Fine",
+            vec![
+                ("X-Name".into(), "caf\u{e9}".into()),
+                ("Content-Length".into(), "5".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(reason.unwrap().as_bytes(), b"Fine");
+        assert_eq!(headers.get("x-name").unwrap().as_bytes(), b"caf\xe9");
+        assert_eq!(headers.get("server").unwrap(), SERVER);
+        assert_eq!(cl, Some(5));
+        let (_, reason, _, _) = parse_head("404 Not Found", vec![]).unwrap();
+        assert!(reason.is_none());
+    }
+
+    #[test]
+    fn head_parsing_rejects_what_the_guest_should_have() {
+        assert!(parse_head("OK", vec![]).is_err());
+        assert!(parse_head("2000 OK", vec![]).is_err());
+        assert!(parse_head("200 OK", vec![("Bad Name".into(), "x".into())]).is_err());
+        assert!(parse_head("200 OK", vec![("X".into(), "a\r\nb".into())]).is_err());
+        assert!(parse_head("200 OK", vec![("X".into(), "\u{263a}".into())]).is_err());
+        assert!(parse_head(
+            "200 OK",
+            vec![
+                ("Content-Length".into(), "1".into()),
+                ("Content-Length".into(), "2".into())
+            ]
+        )
+        .is_err());
+    }
+}

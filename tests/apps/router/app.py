@@ -1,0 +1,224 @@
+"""One router app that exercises the whole WSGI protocol for the black-box
+tests (`tests/http.rs`). Every route answers something a test can check."""
+
+import json
+import os
+import sys
+import time
+
+# State kept across requests of one pooled instance.
+COUNTERS = {"requests": 0, "closed": 0}
+
+
+def text(start_response, body, status="200 OK", headers=()):
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), *headers])
+    return [body]
+
+
+def as_json(start_response, obj, status="200 OK"):
+    return text(start_response, json.dumps(obj, sort_keys=True), status)
+
+
+class Closing:
+    """A result iterable whose close() leaves a trace the next request sees."""
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def close(self):
+        COUNTERS["closed"] += 1
+
+
+def environ_view(environ):
+    out = {}
+    for k, v in environ.items():
+        if isinstance(v, (str, bool, int)) or (isinstance(v, tuple) and k == "wsgi.version"):
+            out[k] = v
+    out["wsgi.input.present"] = hasattr(environ["wsgi.input"], "read")
+    out["wsgi.errors.present"] = hasattr(environ["wsgi.errors"], "write")
+    out["wsgi.file_wrapper.present"] = callable(environ.get("wsgi.file_wrapper"))
+    return out
+
+
+def application(environ, start_response):
+    COUNTERS["requests"] += 1
+    path = environ["PATH_INFO"]
+    query = environ.get("QUERY_STRING", "")
+    inp = environ["wsgi.input"]
+
+    if path == "/":
+        return text(start_response, "router\n")
+
+    if path == "/env":
+        return as_json(start_response, environ_view(environ))
+
+    if path.startswith("/path/"):
+        # Decode the native string the way frameworks do (latin-1 → bytes → UTF-8).
+        raw = path.encode("latin-1").decode("utf-8")
+        return as_json(start_response, {"path": raw, "query": query})
+
+    if path == "/echo":
+        # Stream the body back as it arrives, 64 KiB at a time.
+        def gen():
+            while True:
+                chunk = inp.read(65536)
+                if not chunk:
+                    break
+                yield chunk
+
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return gen()
+
+    if path == "/length":
+        total = 0
+        while True:
+            chunk = inp.read(65536)
+            if not chunk:
+                break
+            total += len(chunk)
+        return text(start_response, str(total))
+
+    if path == "/lines":
+        first = inp.readline(4)
+        rest_of_first = inp.readline()
+        second = next(iter(inp), b"")
+        remaining = inp.readlines()
+        after_end = inp.read()
+        return as_json(
+            start_response,
+            {
+                "first": first.decode("latin-1"),
+                "rest_of_first": rest_of_first.decode("latin-1"),
+                "second": second.decode("latin-1"),
+                "remaining": [line.decode("latin-1") for line in remaining],
+                "after_end": after_end.decode("latin-1"),
+            },
+        )
+
+    if path == "/big":
+        # n bytes in 64 KiB chunks, generated on the fly (never all in memory).
+        n = int(query or "0")
+        block = b"x" * 65536
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(n))])
+
+        def gen():
+            left = n
+            while left > 0:
+                take = min(left, len(block))
+                yield block[:take]
+                left -= take
+
+        return gen()
+
+    if path == "/stream":
+        # First chunk, then wait until the test has seen it (a file appears in
+        # the granted /sync dir), then the last chunk.
+        marker = "/sync/" + (query or "go")
+
+        def gen():
+            yield b"first\n"
+            deadline = time.monotonic() + 20
+            while not os.path.exists(marker):
+                if time.monotonic() > deadline:
+                    yield b"timeout\n"
+                    return
+                time.sleep(0.01)
+            yield b"last\n"
+
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return gen()
+
+    if path == "/write":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"via write(); ")
+        write(b"")
+        return [b"then ", b"iterable"]
+
+    if path == "/close":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Closing([b"closing"])
+
+    if path == "/counters":
+        return as_json(start_response, COUNTERS)
+
+    if path == "/error":
+        raise RuntimeError("boom from the router app")
+
+    if path == "/error-after-head":
+        def gen():
+            yield b"partial"
+            raise RuntimeError("late boom")
+
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return gen()
+
+    if path == "/exc-info":
+        try:
+            raise ValueError("handled")
+        except ValueError:
+            start_response("200 OK", [])
+            start_response("503 Custom Error", [("Content-Type", "text/plain")], sys.exc_info())
+            return [b"recovered with exc_info"]
+
+    if path == "/twice":
+        start_response("200 OK", [])
+        start_response("200 OK", [])
+        return [b"unreachable"]
+
+    if path == "/bad-header":
+        start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: pwned=1")])
+        return [b"unreachable"]
+
+    if path == "/hop-by-hop":
+        start_response("200 OK", [("Connection", "close")])
+        return [b"unreachable"]
+
+    if path == "/short":
+        start_response("200 OK", [("Content-Length", "10")])
+        return [b"12345"]
+
+    if path == "/long":
+        start_response("200 OK", [("Content-Length", "3")])
+        return [b"1234567890"]
+
+    if path == "/custom-reason":
+        return text(start_response, "teapot", status="418 I'm A Little Teapot")
+
+    if path == "/latin1-header":
+        return text(start_response, "ok", headers=[("X-Name", "caf\u00e9")])
+
+    if path == "/empty":
+        start_response("204 No Content", [])
+        return []
+
+    if path == "/sleep":
+        time.sleep(float(query or "1"))
+        return text(start_response, "slept")
+
+    if path == "/print":
+        print("hello from guest stdout", flush=True)
+        environ["wsgi.errors"].write("hello from wsgi.errors\n")
+        return text(start_response, "printed")
+
+    if path == "/file":
+        name = query or "file.txt"
+        f = open("/sync/" + name, "rb")
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](f, 4096)
+
+    if path == "/os-environ":
+        return as_json(start_response, dict(os.environ))
+
+    if path == "/read-file":
+        try:
+            with open(query, "rb") as f:
+                return text(start_response, f.read())
+        except OSError as e:
+            return text(start_response, f"OSError: {e}", status="403 Forbidden")
+
+    return text(start_response, "not found\n", status="404 Not Found")
