@@ -1,1 +1,452 @@
+//! Black-box tests: real components built from Python, the real server on a
+//! loopback port, real HTTP.
 
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn hello_world() {
+    let s = Server::start(&hello(), &[]);
+    let r = client().get(s.url("/")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "14");
+    assert!(r.headers().contains_key("date"));
+    assert!(r.headers()["server"].to_str().unwrap().starts_with("rsgi-wasm"));
+    assert_eq!(r.text().unwrap(), "Hello, World!\n");
+    // One access-log line per request: method, path, status, bytes, duration.
+    s.wait_for_log("\"GET /\" 200 14 ");
+}
+
+#[test]
+fn flask_routes() {
+    let s = Server::start(&flask(), &[]);
+    let c = client();
+    let r = c.get(s.url("/")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().unwrap();
+    assert!(body.contains("<h1>Hello from rsgi-wasm</h1>"), "{body}");
+    assert!(body.contains("<li>pooled</li>"), "{body}");
+
+    let r = c.get(s.url("/hello/caf%C3%A9")).send().unwrap();
+    assert_eq!(r.text().unwrap(), "Hello, café!\n");
+
+    let r = c
+        .post(s.url("/api/echo"))
+        .header("content-type", "application/json")
+        .body(r#"{"a": [1, 2, "é"]}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["received"]["a"][2], "é");
+
+    let r = c.post(s.url("/form")).form(&[("name", "bob")]).send().unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "/hello/bob");
+
+    let r = c.get(s.url("/stream")).send().unwrap();
+    assert_eq!(r.text().unwrap(), "line 0\nline 1\nline 2\nline 3\nline 4\n");
+
+    // Flask's own 404 page, not the host's.
+    let r = c.get(s.url("/no/such/page")).send().unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().unwrap().contains("The requested URL was not found on the server"));
+}
+
+#[test]
+fn query_string_and_utf8_path() {
+    let s = Server::start(&router(), &[]);
+    let r = client()
+        .get(s.url("/path/caf%C3%A9%20x?q=%C3%A9&b=1+2"))
+        .send()
+        .unwrap();
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["path"], "/path/café x");
+    assert_eq!(v["query"], "q=%C3%A9&b=1+2");
+}
+
+#[test]
+fn environ_has_the_pep3333_keys() {
+    let s = Server::start(&router(), &[]);
+    let v: serde_json::Value = client()
+        .get(s.url("/env?x=1"))
+        .header("X-Custom", "a")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["REQUEST_METHOD"], "GET");
+    assert_eq!(v["SCRIPT_NAME"], "");
+    assert_eq!(v["PATH_INFO"], "/env");
+    assert_eq!(v["QUERY_STRING"], "x=1");
+    assert_eq!(v["SERVER_PROTOCOL"], "HTTP/1.1");
+    assert_eq!(v["SERVER_PORT"], s.addr.port().to_string());
+    assert_eq!(v["REMOTE_ADDR"], "127.0.0.1");
+    assert_eq!(v["HTTP_X_CUSTOM"], "a");
+    assert!(v.get("CONTENT_TYPE").is_none() && v.get("CONTENT_LENGTH").is_none());
+    assert_eq!(v["wsgi.version"], serde_json::json!([1, 0]));
+    assert_eq!(v["wsgi.url_scheme"], "http");
+    assert_eq!(v["wsgi.multithread"], false);
+    assert_eq!(v["wsgi.multiprocess"], true);
+    assert_eq!(v["wsgi.run_once"], false);
+    assert_eq!(v["wsgi.input_terminated"], true);
+    assert_eq!(v["wsgi.input.present"], true);
+    assert_eq!(v["wsgi.errors.present"], true);
+    assert_eq!(v["wsgi.file_wrapper.present"], true);
+}
+
+fn pseudo_random(n: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn post_echo_one_mebibyte() {
+    let s = Server::start(&router(), &[]);
+    let body = pseudo_random(1 << 20);
+    let r = client().post(s.url("/echo")).body(body.clone()).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let got = r.bytes().unwrap();
+    assert_eq!(got.len(), body.len());
+    assert!(got.as_ref() == body.as_slice(), "echoed bytes differ");
+}
+
+#[test]
+fn chunked_request_body() {
+    let s = Server::start(&router(), &[]);
+    let req = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+5\r\nhello\r\n1\r\n \r\n6\r\nworld!\r\n0\r\n\r\n";
+    let resp = raw(s.addr, req);
+    assert_eq!(status_of(&resp), 200);
+    let text = String::from_utf8_lossy(&resp);
+    // The app streams its reply (no Content-Length): chunked on HTTP/1.1.
+    assert!(text.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{text}");
+    assert!(text.contains("hello world!"), "{text}");
+}
+
+#[test]
+fn input_stream_readline_readlines_iteration() {
+    let s = Server::start(&router(), &[]);
+    let r = client()
+        .post(s.url("/lines"))
+        .body("abcdefgh\nsecond\nthird\nfourth")
+        .send()
+        .unwrap();
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["first"], "abcd", "readline(size) honours size");
+    assert_eq!(v["rest_of_first"], "efgh\n");
+    assert_eq!(v["second"], "second\n", "iteration yields lines");
+    assert_eq!(v["remaining"], serde_json::json!(["third\n", "fourth"]));
+    assert_eq!(v["after_end"], "", "read() at the end is b''");
+}
+
+#[test]
+fn streamed_response_reaches_client_before_the_app_finishes() {
+    let sync = temp_dir("stream");
+    let grant = format!("{}::/sync", sync.display());
+    let s = Server::start(&router(), &["--dir", &grant]);
+    let mut r = client().get(s.url("/stream?go")).send().unwrap();
+    let mut first = [0u8; 6];
+    r.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"first\n");
+    // Only now does the app get to produce its last chunk.
+    std::fs::write(sync.join("go"), b"").unwrap();
+    let mut rest = String::new();
+    r.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "last\n");
+}
+
+#[test]
+fn write_callable_and_iterable_both_reach_the_body() {
+    let s = Server::start(&router(), &[]);
+    let r = client().get(s.url("/write")).send().unwrap();
+    assert_eq!(r.text().unwrap(), "via write(); then iterable");
+}
+
+#[test]
+fn close_is_called_on_the_result() {
+    let s = Server::start(&router(), &[]);
+    let c = client();
+    let before: serde_json::Value = c.get(s.url("/counters")).send().unwrap().json().unwrap();
+    assert_eq!(c.get(s.url("/close")).send().unwrap().text().unwrap(), "closing");
+    let after: serde_json::Value = c.get(s.url("/counters")).send().unwrap().json().unwrap();
+    assert_eq!(
+        after["closed"].as_u64().unwrap(),
+        before["closed"].as_u64().unwrap() + 1
+    );
+}
+
+#[test]
+fn app_exception_is_500_with_traceback_and_the_instance_keeps_serving() {
+    let s = Server::start(&router(), &[]);
+    let c = client();
+    let before: serde_json::Value = c.get(s.url("/counters")).send().unwrap().json().unwrap();
+    let r = c.get(s.url("/error")).send().unwrap();
+    assert_eq!(r.status(), 500);
+    s.wait_for_log("RuntimeError: boom from the router app");
+    s.wait_for_log("Traceback (most recent call last)");
+    let r = c.get(s.url("/")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    // Same warm instance: its module state survived the exception.
+    let after: serde_json::Value = c.get(s.url("/counters")).send().unwrap().json().unwrap();
+    assert_eq!(
+        after["requests"].as_u64().unwrap(),
+        before["requests"].as_u64().unwrap() + 3
+    );
+}
+
+#[test]
+fn error_after_head_cuts_the_connection() {
+    let s = Server::start(&router(), &[]);
+    let resp = raw(s.addr, b"GET /error-after-head HTTP/1.1\r\nHost: x\r\n\r\n");
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(status_of(&resp), 200);
+    assert!(text.contains("partial"), "{text}");
+    // No terminating zero-size chunk: the client can tell it was cut short.
+    assert!(!text.ends_with("0\r\n\r\n"), "{text:?}");
+    s.wait_for_log("late boom");
+}
+
+#[test]
+fn head_has_no_body() {
+    let s = Server::start(&router(), &[]);
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"HEAD /big?1000 HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let head = read_response(&mut r, true);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some(&b"1000"[..]));
+    // If HEAD had leaked body bytes, this would not parse as a response.
+    let next = read_response(&mut r, false);
+    assert_eq!(next.status, 200);
+    assert_eq!(next.body, b"router\n");
+}
+
+#[test]
+fn fifty_requests_on_one_keep_alive_connection() {
+    let s = Server::start(&router(), &[]);
+    let (mut w, mut r) = connect(s.addr);
+    for i in 0..50 {
+        w.write_all(format!("GET /path/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let resp = read_response(&mut r, false);
+        assert_eq!(resp.status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(v["path"], format!("/path/{i}"));
+    }
+}
+
+#[test]
+fn malformed_request_line_is_400() {
+    let s = Server::start(&router(), &[]);
+    for bad in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let resp = raw(s.addr, bad);
+        assert_eq!(status_of(&resp), 400, "{:?}", String::from_utf8_lossy(bad));
+    }
+    // The server is still fine.
+    assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn response_validation_and_framing() {
+    let s = Server::start(&router(), &[]);
+    let c = client();
+    // exc_info before the head is sent replaces the response.
+    let r = c.get(s.url("/exc-info")).send().unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().unwrap(), "recovered with exc_info");
+    // start_response twice without exc_info, header injection, hop-by-hop.
+    for path in ["/twice", "/bad-header", "/hop-by-hop"] {
+        assert_eq!(c.get(s.url(path)).send().unwrap().status(), 500, "{path}");
+    }
+    s.wait_for_log("'X-Evil'");
+    s.wait_for_log("'Connection' is hop-by-hop");
+    // More bytes than Content-Length: clipped.
+    let resp = raw(s.addr, b"GET /long HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(resp.ends_with(b"\r\n\r\n123"), "{:?}", String::from_utf8_lossy(&resp));
+    // Fewer bytes than Content-Length: the connection is closed early.
+    let resp = raw(s.addr, b"GET /short HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(resp.ends_with(b"\r\n\r\n12345"), "{:?}", String::from_utf8_lossy(&resp));
+    // Custom reason phrases and latin-1 header values pass through.
+    let resp = raw(s.addr, b"GET /custom-reason HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(resp.starts_with(b"HTTP/1.1 418 I'm A Little Teapot\r\n"));
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"GET /latin1-header HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut r, false).header("x-name"), Some(&b"caf\xe9"[..]));
+    // 204 carries no body.
+    w.write_all(b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut r, false).status, 204);
+    assert_eq!(read_response(&mut r, false).body, b"router\n");
+}
+
+#[test]
+fn http10_without_length_is_close_delimited() {
+    let s = Server::start(&router(), &[]);
+    let resp = raw(s.addr, b"GET /write HTTP/1.0\r\n\r\n");
+    let text = String::from_utf8_lossy(&resp);
+    assert!(!text.to_ascii_lowercase().contains("transfer-encoding"), "{text}");
+    assert!(text.ends_with("via write(); then iterable"), "{text}");
+}
+
+#[test]
+fn large_transfers_stream_with_bounded_memory() {
+    const N: usize = 200 << 20;
+    // The guest's memory is capped well below one transfer, so a body
+    // buffered (or leaked) inside the sandbox would trip the limit.
+    let s = Server::start(&router(), &["--memory", "160MiB"]);
+    let baseline = s.peak_rss();
+    // Download 200 MiB generated on the fly.
+    let mut r = client().get(s.url(&format!("/big?{N}"))).send().unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(total, N);
+    // Upload 200 MiB as a chunked stream; the app only counts it.
+    struct Gen(usize);
+    impl Read for Gen {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.0);
+            buf[..n].fill(b'u');
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+    let r = client()
+        .post(s.url("/length"))
+        .body(reqwest::blocking::Body::new(Gen(N)))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), N.to_string());
+    // Neither direction was held in memory: the host's peak resident set
+    // grew by far less than one transfer.
+    let growth = s.peak_rss().saturating_sub(baseline);
+    assert!(growth < 64 << 20, "peak RSS grew by {} MiB", growth >> 20);
+    assert!(!s.logs().contains("memory limit"), "{}", s.logs());
+}
+
+#[test]
+fn guest_output_goes_to_the_log() {
+    let s = Server::start(&router(), &[]);
+    assert_eq!(client().get(s.url("/print")).send().unwrap().status(), 200);
+    s.wait_for_log("hello from guest stdout");
+    s.wait_for_log("hello from wsgi.errors");
+}
+
+#[test]
+fn file_wrapper_streams_a_granted_file() {
+    let dir = temp_dir("filewrap");
+    let data = pseudo_random(300_000);
+    std::fs::write(dir.join("blob.bin"), &data).unwrap();
+    let grant = format!("{}::/sync:ro", dir.display());
+    let s = Server::start(&router(), &["--dir", &grant]);
+    let got = client().get(s.url("/file?blob.bin")).send().unwrap().bytes().unwrap();
+    assert!(got.as_ref() == data.as_slice());
+}
+
+#[test]
+fn only_granted_env_and_files_are_visible() {
+    let s = Server::start(&router(), &["--env", "GREETING=hi"]);
+    let c = client();
+    let env: serde_json::Value = c.get(s.url("/os-environ")).send().unwrap().json().unwrap();
+    assert_eq!(env, serde_json::json!({"GREETING": "hi"}));
+    let r = c.get(s.url("/read-file?/etc/passwd")).send().unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().starts_with("OSError"));
+}
+
+#[test]
+fn graceful_shutdown_finishes_in_flight_requests() {
+    let s = Server::start(&router(), &[]);
+    let url = s.url("/sleep?1");
+    let pending = std::thread::spawn(move || client().get(url).send().map(|r| (r.status(), r.text())));
+    // Give the request time to reach the app before the signal.
+    std::thread::sleep(Duration::from_millis(400));
+    let status = s.stop("TERM");
+    assert!(status.success(), "exit status {status:?}");
+    let (code, body) = pending.join().unwrap().unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(body.unwrap(), "slept");
+}
+
+#[test]
+fn compiled_artifact_is_cached_between_starts() {
+    let component = router();
+    let first = Server::start(&component, &[]);
+    assert!(!first.logs().contains("compiling"), "{}", first.logs());
+    drop(first);
+    // A new cache dir must compile once, then hit.
+    let cache = temp_dir("artifact-cache");
+    let cache_arg = cache.display().to_string();
+    let a = Server::start(&component, &["--cache-dir", &cache_arg]);
+    assert!(a.logs().contains("compiling"));
+    drop(a);
+    let b = Server::start(&component, &["--cache-dir", &cache_arg]);
+    assert!(!b.logs().contains("compiling"), "{}", b.logs());
+}
+
+#[test]
+fn bad_component_files_fail_before_binding() {
+    let dir = temp_dir("badfiles");
+    let junk = dir.join("junk.wasm");
+    std::fs::write(&junk, b"definitely not wasm").unwrap();
+    for (file, expect) in [
+        (dir.join("missing.wasm"), "cannot read component"),
+        (junk, "not a WebAssembly file"),
+    ] {
+        let out = bin()
+            .arg("run")
+            .arg(&file)
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(expect), "{err}");
+        assert!(!err.contains("listening on"), "{err}");
+    }
+}
+
+#[test]
+fn build_errors_are_clear() {
+    let dir = temp_dir("builderr");
+    std::fs::write(dir.join("ok.py"), "app = 42\ndef application(e, s):\n    pass\n").unwrap();
+    std::fs::write(dir.join("broken.py"), "x = 1\ndef f(:\n    pass\n").unwrap();
+    std::fs::write(dir.join("needs_native.py"), "import ujson\napplication = None\n").unwrap();
+    std::fs::write(dir.join("requirements.txt"), "ujson\n").unwrap();
+
+    let e = build_error("nosuchmodule:app", &dir, None);
+    assert!(e.contains("module 'nosuchmodule' not found"), "{e}");
+    let e = build_error("ok:missing", &dir, None);
+    assert!(e.contains("has no attribute 'missing'"), "{e}");
+    let e = build_error("ok:app", &dir, None);
+    assert!(e.contains("ok:app is a int, not a callable"), "{e}");
+    let e = build_error("broken:app", &dir, None);
+    assert!(e.contains("syntax error in"), "{e}");
+    assert!(e.contains("broken.py, line 2"), "{e}");
+    let e = build_error("not a target", &dir, None);
+    assert!(e.contains("is not MODULE:CALLABLE"), "{e}");
+    let e = build_error("needs_native:application", &dir, Some(&dir.join("requirements.txt")));
+    assert!(e.contains("ujson: native extension, no WASI build available"), "{e}");
+}

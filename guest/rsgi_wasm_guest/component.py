@@ -33,13 +33,14 @@ class _HostTransport(protocol.Transport):
 
     def start(self, status: str, headers: protocol.Headers, first_chunk: bytes) -> None:
         try:
-            _start(status, headers, first_chunk)
+            # latin-1 text, not bytes: see the note on `response` in wsgi.wit.
+            _start(status, headers, first_chunk.decode("latin-1"))
         except Err:
             raise ClientDisconnected("client disconnected") from None
 
     def write(self, chunk: bytes) -> None:
         try:
-            _write(chunk)
+            _write(chunk.decode("latin-1"))
         except Err:
             raise ClientDisconnected("client disconnected") from None
 

@@ -267,7 +267,7 @@ fn resolve_requirements(requirements: &Path, cache: &Path) -> Result<(PathBuf, B
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         let status = std::process::Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--root-user-action=ignore"])
             .args(PIP_TARGET)
             .arg("--target")
             .arg(tmp.join("site-packages"))

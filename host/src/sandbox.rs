@@ -179,7 +179,7 @@ impl LineLogger {
     fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\r', '\n']);
-        tracing::info!(target: "guest", app = %self.app, stream = self.stream, "{text}");
+        tracing::info!(target: "guest", "[{} {}] {text}", self.app, self.stream);
     }
 }
 

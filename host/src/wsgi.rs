@@ -51,6 +51,8 @@ pub struct ResponseBody {
     first: Option<Bytes>,
     rx: Option<mpsc::Receiver<Chunk>>,
     hint: SizeHint,
+    /// An abort waiting for one more poll (see `poll_frame`).
+    abort: Option<BodyAbort>,
 }
 
 impl ResponseBody {
@@ -61,6 +63,7 @@ impl ResponseBody {
             hint: SizeHint::with_exact(bytes.len() as u64),
             first: Some(bytes),
             rx: None,
+            abort: None,
         }
     }
 
@@ -69,6 +72,7 @@ impl ResponseBody {
             hint: content_length.map_or_else(SizeHint::new, SizeHint::with_exact),
             first: Some(first),
             rx: Some(rx),
+            abort: None,
         }
     }
 }
@@ -81,6 +85,9 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyAbort>>> {
+        if let Some(abort) = self.abort.take() {
+            return Poll::Ready(Some(Err(abort)));
+        }
         if let Some(first) = self.first.take() {
             if !first.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(first))));
@@ -91,7 +98,15 @@ impl Body for ResponseBody {
         };
         match rx.poll_recv(cx) {
             Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                // hyper drops its unflushed write buffer when a body fails;
+                // return Pending once so it flushes the head and the bytes
+                // sent so far, then fail on the next poll.
+                self.rx = None;
+                self.abort = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
             Poll::Ready(None) => {
                 self.rx = None;
                 Poll::Ready(None)
@@ -101,7 +116,9 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rx.is_none() && self.first.as_ref().is_none_or(|b| b.is_empty())
+        self.rx.is_none()
+            && self.abort.is_none()
+            && self.first.as_ref().is_none_or(|b| b.is_empty())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -258,7 +275,8 @@ impl Exchange {
     }
 
     /// Clip a chunk to what `Content-Length` still allows.
-    fn clip(&mut self, mut chunk: Vec<u8>) -> Bytes {
+    fn clip(&mut self, chunk: String) -> Bytes {
+        let mut chunk = latin1_bytes(chunk);
         if let Some(rem) = self.remaining.as_mut() {
             if chunk.len() as u64 > *rem {
                 tracing::warn!(
@@ -277,7 +295,7 @@ impl Exchange {
         &mut self,
         status: String,
         headers: Vec<(String, String)>,
-        first: Vec<u8>,
+        first: String,
     ) -> Result<(), WriteError> {
         if self.head_tx.is_none() {
             return Err(WriteError::Protocol);
@@ -309,7 +327,7 @@ impl Exchange {
         .map_err(|_| WriteError::Disconnected)
     }
 
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<(), WriteError> {
+    async fn write(&mut self, chunk: String) -> Result<(), WriteError> {
         if self.head_tx.is_some() {
             return Err(WriteError::Protocol);
         }
@@ -333,6 +351,20 @@ type ParsedHead = (
     HeaderMap,
     Option<u64>,
 );
+
+/// A body chunk sent as latin-1 text → its bytes. ASCII (most bodies) is
+/// already the right bytes; anything else maps char by char, and a char
+/// above U+00FF (impossible from our guest, which decodes bytes as latin-1)
+/// becomes `?` rather than corrupting the framing.
+fn latin1_bytes(chunk: String) -> Vec<u8> {
+    if chunk.is_ascii() {
+        return chunk.into_bytes();
+    }
+    chunk
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+        .collect()
+}
 
 /// Native (latin-1) string → bytes; None if a char is above U+00FF.
 fn native_bytes(s: &str) -> Option<Vec<u8>> {
@@ -404,7 +436,7 @@ impl response::Host for HostState {
         &mut self,
         status: String,
         headers: Vec<(String, String)>,
-        first_chunk: Vec<u8>,
+        first_chunk: String,
     ) -> Result<(), WriteError> {
         match self.exchange.as_mut() {
             Some(ex) => ex.start(status, headers, first_chunk),
@@ -412,7 +444,7 @@ impl response::Host for HostState {
         }
     }
 
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<(), WriteError> {
+    async fn write(&mut self, chunk: String) -> Result<(), WriteError> {
         match self.exchange.as_mut() {
             Some(ex) => ex.write(chunk).await,
             None => Err(WriteError::Protocol),

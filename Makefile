@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make demo` serves examples/flask on
+# http://127.0.0.1:8000, `make test` runs every test (what CI runs).
+CARGO ?= cargo
+BIN := target/release/rsgi-wasm
+LISTEN ?= 127.0.0.1:8000
+
+.PHONY: demo test lint bin
+.DELETE_ON_ERROR:
+
+demo: target/examples/flask.wasm
+	@echo "serving examples/flask; try: curl http://$(LISTEN)/  (Ctrl-C stops)"
+	$(BIN) run target/examples/flask.wasm --listen $(LISTEN)
+
+bin:
+	$(CARGO) build --release
+
+target/examples/flask.wasm: bin $(wildcard examples/flask/*.py examples/flask/templates/*) examples/flask/requirements.txt
+	./scripts/setup.sh
+	$(BIN) build app:app -p examples/flask -r examples/flask/requirements.txt -o $@
+
+test:
+	./scripts/setup.sh
+	python3 -m unittest discover -s guest/tests -t guest
+	$(CARGO) test --release
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --all-targets -- -D warnings

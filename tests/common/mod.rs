@@ -1,0 +1,377 @@
+//! Test harness: build real components from Python (cached by content hash
+//! under `target/`), start the real `rsgi-wasm` binary on a loopback port,
+//! and talk HTTP to it. A failing test prints the server's log.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// Scratch space for tests, under `target/` so it is never committed.
+pub fn work_dir() -> PathBuf {
+    let dir = repo().join("target").join("rsgi-wasm-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Cache for compiled artifacts and resolved dependencies.
+pub fn cache_dir() -> PathBuf {
+    work_dir().join("cache")
+}
+
+/// The binary under test.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rsgi-wasm"));
+    c.env("RSGI_WASM_CACHE", cache_dir()).env("RUST_LOG", "info");
+    c
+}
+
+fn hash_tree(h: &mut Sha256, dir: &Path) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "__pycache__" || name.ends_with(".wasm") {
+            continue;
+        }
+        h.update(name.as_bytes());
+        if p.is_dir() {
+            hash_tree(h, &p);
+        } else {
+            h.update(std::fs::read(&p).unwrap());
+        }
+    }
+}
+
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Build `target` from `app_dir` (+ requirements) once per content hash.
+pub fn component(name: &str, target: &str, app_dir: &Path, requirements: Option<&Path>) -> PathBuf {
+    let mut h = Sha256::new();
+    h.update(target.as_bytes());
+    hash_tree(&mut h, &repo().join("guest").join("rsgi_wasm_guest"));
+    hash_tree(&mut h, &repo().join("wit"));
+    hash_tree(&mut h, app_dir);
+    if let Some(r) = requirements {
+        h.update(std::fs::read(r).unwrap());
+    }
+    let key = format!("{:x}", h.finalize());
+    let out = work_dir()
+        .join("components")
+        .join(format!("{name}-{}.wasm", &key[..16]));
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if out.is_file() {
+        drop(Server::start(&out, &[]));
+        return out;
+    }
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let tmp = out.with_extension("partial.wasm");
+    let mut cmd = bin();
+    cmd.arg("build").arg(target).arg("-p").arg(app_dir).arg("-o").arg(&tmp);
+    if let Some(r) = requirements {
+        cmd.arg("-r").arg(r);
+    }
+    let res = cmd.output().unwrap();
+    assert!(
+        res.status.success(),
+        "building {name} failed:\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    std::fs::rename(&tmp, &out).unwrap();
+    // Start it once so the compiled artifact is cached before tests race to
+    // compile the same component in parallel.
+    drop(Server::start(&out, &[]));
+    out
+}
+
+/// The router test app (tests/apps/router).
+pub fn router() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        component(
+            "router",
+            "app:application",
+            &repo().join("tests/apps/router"),
+            None,
+        )
+    })
+    .clone()
+}
+
+/// examples/hello.
+pub fn hello() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| component("hello", "app:application", &repo().join("examples/hello"), None))
+        .clone()
+}
+
+/// examples/flask, with Flask resolved from its requirements.txt.
+pub fn flask() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = repo().join("examples/flask");
+        component("flask", "app:app", &dir, Some(&dir.join("requirements.txt")))
+    })
+    .clone()
+}
+
+/// A running `rsgi-wasm run`.
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Start serving `component` with extra flags; waits for `listening on`.
+    pub fn start(component: &Path, args: &[&str]) -> Server {
+        let mut child = bin()
+            .arg("run")
+            .arg(component)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap().to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start:\n{}", logs.lock().unwrap());
+            }
+        };
+        Server { child, addr, logs }
+    }
+
+    /// `http://ADDR/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Everything the server logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Wait until the log contains `needle` (or fail with the log).
+    pub fn wait_for_log(&self, needle: &str) {
+        let t = Instant::now();
+        while !self.logs().contains(needle) {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "log never showed {needle:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal and wait for the exit status.
+    pub fn stop(mut self, signal: &str) -> std::process::ExitStatus {
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        let t = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "server did not exit:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory of the server process (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- server log ----\n{}", self.logs());
+        }
+    }
+}
+
+/// A blocking HTTP client without connection reuse surprises.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Send raw bytes, read until the server closes (or `timeout`).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// Status code of a raw response.
+pub fn status_of(response: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+/// One parsed response read from a keep-alive connection.
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers (lower-case names).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body (`Content-Length` or chunked framing).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// First header value by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Read exactly one response from `r` (no body for HEAD when `head`).
+pub fn read_response(r: &mut BufReader<TcpStream>, head: bool) -> RawResponse {
+    let mut buf = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        let n = r.read_until(b'\n', &mut line).unwrap();
+        assert!(n > 0, "connection closed before a full head: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&line);
+        if line == b"\r\n" {
+            break;
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(&buf).unwrap();
+    let status = resp.code.unwrap();
+    let headers: Vec<(String, Vec<u8>)> = resp
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+        .collect();
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let mut body = Vec::new();
+    if !head && status != 204 && status != 304 {
+        if let Some(len) = get("content-length") {
+            body.resize(len.parse().unwrap(), 0);
+            r.read_exact(&mut body).unwrap();
+        } else if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let size = usize::from_str_radix(line.trim(), 16).unwrap();
+                let mut chunk = vec![0; size + 2];
+                r.read_exact(&mut chunk).unwrap();
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else {
+            r.read_to_end(&mut body).unwrap();
+        }
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A keep-alive connection for several raw requests.
+pub fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let r = BufReader::new(s.try_clone().unwrap());
+    (s, r)
+}
+
+/// Build a component expecting failure; returns the error output.
+pub fn build_error(target: &str, app_dir: &Path, requirements: Option<&Path>) -> String {
+    let out = work_dir().join("failed.wasm");
+    let mut cmd = bin();
+    cmd.arg("build").arg(target).arg("-p").arg(app_dir).arg("-o").arg(&out);
+    if let Some(r) = requirements {
+        cmd.arg("-r").arg(r);
+    }
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let res = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr).into_owned();
+    assert!(!res.status.success(), "build of {target} should fail:\n{err}");
+    err
+}
+
+/// A fresh directory under target/ for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = work_dir().join("tmp").join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
