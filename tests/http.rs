@@ -15,7 +15,10 @@ fn hello_world() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "14");
     assert!(r.headers().contains_key("date"));
-    assert!(r.headers()["server"].to_str().unwrap().starts_with("rsgi-wasm"));
+    assert!(r.headers()["server"]
+        .to_str()
+        .unwrap()
+        .starts_with("rsgi-wasm"));
     assert_eq!(r.text().unwrap(), "Hello, World!\n");
     // One access-log line per request: method, path, status, bytes, duration.
     s.wait_for_log("\"GET /\" 200 14 ");
@@ -44,17 +47,27 @@ fn flask_routes() {
     let v: serde_json::Value = r.json().unwrap();
     assert_eq!(v["received"]["a"][2], "é");
 
-    let r = c.post(s.url("/form")).form(&[("name", "bob")]).send().unwrap();
+    let r = c
+        .post(s.url("/form"))
+        .form(&[("name", "bob")])
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 302);
     assert_eq!(r.headers()["location"], "/hello/bob");
 
     let r = c.get(s.url("/stream")).send().unwrap();
-    assert_eq!(r.text().unwrap(), "line 0\nline 1\nline 2\nline 3\nline 4\n");
+    assert_eq!(
+        r.text().unwrap(),
+        "line 0\nline 1\nline 2\nline 3\nline 4\n"
+    );
 
     // Flask's own 404 page, not the host's.
     let r = c.get(s.url("/no/such/page")).send().unwrap();
     assert_eq!(r.status(), 404);
-    assert!(r.text().unwrap().contains("The requested URL was not found on the server"));
+    assert!(r
+        .text()
+        .unwrap()
+        .contains("The requested URL was not found on the server"));
 }
 
 #[test]
@@ -115,7 +128,11 @@ fn pseudo_random(n: usize) -> Vec<u8> {
 fn post_echo_one_mebibyte() {
     let s = Server::start(&router(), &[]);
     let body = pseudo_random(1 << 20);
-    let r = client().post(s.url("/echo")).body(body.clone()).send().unwrap();
+    let r = client()
+        .post(s.url("/echo"))
+        .body(body.clone())
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let got = r.bytes().unwrap();
     assert_eq!(got.len(), body.len());
@@ -131,7 +148,11 @@ fn chunked_request_body() {
     assert_eq!(status_of(&resp), 200);
     let text = String::from_utf8_lossy(&resp);
     // The app streams its reply (no Content-Length): chunked on HTTP/1.1.
-    assert!(text.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{text}"
+    );
     assert!(text.contains("hello world!"), "{text}");
 }
 
@@ -179,7 +200,10 @@ fn close_is_called_on_the_result() {
     let s = Server::start(&router(), &[]);
     let c = client();
     let before: serde_json::Value = c.get(s.url("/counters")).send().unwrap().json().unwrap();
-    assert_eq!(c.get(s.url("/close")).send().unwrap().text().unwrap(), "closing");
+    assert_eq!(
+        c.get(s.url("/close")).send().unwrap().text().unwrap(),
+        "closing"
+    );
     let after: serde_json::Value = c.get(s.url("/counters")).send().unwrap().json().unwrap();
     assert_eq!(
         after["closed"].as_u64().unwrap(),
@@ -277,17 +301,35 @@ fn response_validation_and_framing() {
     s.wait_for_log("'X-Evil'");
     s.wait_for_log("'Connection' is hop-by-hop");
     // More bytes than Content-Length: clipped.
-    let resp = raw(s.addr, b"GET /long HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert!(resp.ends_with(b"\r\n\r\n123"), "{:?}", String::from_utf8_lossy(&resp));
+    let resp = raw(
+        s.addr,
+        b"GET /long HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        resp.ends_with(b"\r\n\r\n123"),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
     // Fewer bytes than Content-Length: the connection is closed early.
     let resp = raw(s.addr, b"GET /short HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(resp.ends_with(b"\r\n\r\n12345"), "{:?}", String::from_utf8_lossy(&resp));
+    assert!(
+        resp.ends_with(b"\r\n\r\n12345"),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
     // Custom reason phrases and latin-1 header values pass through.
-    let resp = raw(s.addr, b"GET /custom-reason HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let resp = raw(
+        s.addr,
+        b"GET /custom-reason HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(resp.starts_with(b"HTTP/1.1 418 I'm A Little Teapot\r\n"));
     let (mut w, mut r) = connect(s.addr);
-    w.write_all(b"GET /latin1-header HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    assert_eq!(read_response(&mut r, false).header("x-name"), Some(&b"caf\xe9"[..]));
+    w.write_all(b"GET /latin1-header HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_response(&mut r, false).header("x-name"),
+        Some(&b"caf\xe9"[..])
+    );
     // 204 carries no body.
     w.write_all(b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -300,7 +342,10 @@ fn http10_without_length_is_close_delimited() {
     let s = Server::start(&router(), &[]);
     let resp = raw(s.addr, b"GET /write HTTP/1.0\r\n\r\n");
     let text = String::from_utf8_lossy(&resp);
-    assert!(!text.to_ascii_lowercase().contains("transfer-encoding"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "{text}"
+    );
     assert!(text.ends_with("via write(); then iterable"), "{text}");
 }
 
@@ -361,7 +406,12 @@ fn file_wrapper_streams_a_granted_file() {
     std::fs::write(dir.join("blob.bin"), &data).unwrap();
     let grant = format!("{}::/sync:ro", dir.display());
     let s = Server::start(&router(), &["--dir", &grant]);
-    let got = client().get(s.url("/file?blob.bin")).send().unwrap().bytes().unwrap();
+    let got = client()
+        .get(s.url("/file?blob.bin"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
     assert!(got.as_ref() == data.as_slice());
 }
 
@@ -380,7 +430,8 @@ fn only_granted_env_and_files_are_visible() {
 fn graceful_shutdown_finishes_in_flight_requests() {
     let s = Server::start(&router(), &[]);
     let url = s.url("/sleep?1");
-    let pending = std::thread::spawn(move || client().get(url).send().map(|r| (r.status(), r.text())));
+    let pending =
+        std::thread::spawn(move || client().get(url).send().map(|r| (r.status(), r.text())));
     // Give the request time to reach the app before the signal.
     std::thread::sleep(Duration::from_millis(400));
     let status = s.stop("TERM");
@@ -431,9 +482,17 @@ fn bad_component_files_fail_before_binding() {
 #[test]
 fn build_errors_are_clear() {
     let dir = temp_dir("builderr");
-    std::fs::write(dir.join("ok.py"), "app = 42\ndef application(e, s):\n    pass\n").unwrap();
+    std::fs::write(
+        dir.join("ok.py"),
+        "app = 42\ndef application(e, s):\n    pass\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("broken.py"), "x = 1\ndef f(:\n    pass\n").unwrap();
-    std::fs::write(dir.join("needs_native.py"), "import ujson\napplication = None\n").unwrap();
+    std::fs::write(
+        dir.join("needs_native.py"),
+        "import ujson\napplication = None\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("requirements.txt"), "ujson\n").unwrap();
 
     let e = build_error("nosuchmodule:app", &dir, None);
@@ -447,6 +506,13 @@ fn build_errors_are_clear() {
     assert!(e.contains("broken.py, line 2"), "{e}");
     let e = build_error("not a target", &dir, None);
     assert!(e.contains("is not MODULE:CALLABLE"), "{e}");
-    let e = build_error("needs_native:application", &dir, Some(&dir.join("requirements.txt")));
-    assert!(e.contains("ujson: native extension, no WASI build available"), "{e}");
+    let e = build_error(
+        "needs_native:application",
+        &dir,
+        Some(&dir.join("requirements.txt")),
+    );
+    assert!(
+        e.contains("ujson: native extension, no WASI build available"),
+        "{e}"
+    );
 }

@@ -16,11 +16,26 @@ use sha2::{Digest, Sha256};
 
 /// The guest adapter, compiled into the binary so `build` is self-contained.
 const GUEST_FILES: &[(&str, &str)] = &[
-    ("__init__.py", include_str!("../../guest/rsgi_wasm_guest/__init__.py")),
-    ("boot.py", include_str!("../../guest/rsgi_wasm_guest/boot.py")),
-    ("component.py", include_str!("../../guest/rsgi_wasm_guest/component.py")),
-    ("protocol.py", include_str!("../../guest/rsgi_wasm_guest/protocol.py")),
-    ("wsgi_input.py", include_str!("../../guest/rsgi_wasm_guest/wsgi_input.py")),
+    (
+        "__init__.py",
+        include_str!("../../guest/rsgi_wasm_guest/__init__.py"),
+    ),
+    (
+        "boot.py",
+        include_str!("../../guest/rsgi_wasm_guest/boot.py"),
+    ),
+    (
+        "component.py",
+        include_str!("../../guest/rsgi_wasm_guest/component.py"),
+    ),
+    (
+        "protocol.py",
+        include_str!("../../guest/rsgi_wasm_guest/protocol.py"),
+    ),
+    (
+        "wsgi_input.py",
+        include_str!("../../guest/rsgi_wasm_guest/wsgi_input.py"),
+    ),
 ];
 const WIT: &str = include_str!("../../wit/wsgi.wit");
 const WORLD: &str = "wsgi-app";
@@ -122,7 +137,9 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         app_dirs.push(abs);
     }
 
-    let work = tempfile::Builder::new().prefix("rsgi-wasm-build").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("rsgi-wasm-build")
+        .tempdir()?;
     let guest_dir = work.path().join("guest");
     let pkg = guest_dir.join("rsgi_wasm_guest");
     std::fs::create_dir_all(&pkg)?;
@@ -150,7 +167,13 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         .iter()
         .enumerate()
         .skip(1)
-        .map(|(i, host)| format!("({}, {})", py_str(&format!("/{i}")), py_str(&host.to_string_lossy())))
+        .map(|(i, host)| {
+            format!(
+                "({}, {})",
+                py_str(&format!("/{i}")),
+                py_str(&host.to_string_lossy())
+            )
+        })
         .collect();
     let native_py: Vec<String> = native
         .iter()
@@ -181,7 +204,10 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let python_path_refs: Vec<&str> = python_path_str.iter().map(String::as_str).collect();
     let no_names = std::collections::HashMap::new();
     let tmp_out = work.path().join("app.wasm");
-    tracing::info!("building {} (CPython 3.14 for WASI, pre-initialising the app)", opts.target);
+    tracing::info!(
+        "building {} (CPython 3.14 for WASI, pre-initialising the app)",
+        opts.target
+    );
     let result = componentize_py::ComponentGenerator {
         wit_paths: &[&wit_dir],
         worlds: &[WORLD],
@@ -208,7 +234,9 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
             .filter_map(|l| l.split_once(ERROR_MARKER).map(|(_, m)| m))
             .collect();
         if lines.is_empty() {
-            bail!(BuildError(format!("componentize-py failed to build the component:\n{text}")));
+            bail!(BuildError(format!(
+                "componentize-py failed to build the component:\n{text}"
+            )));
         }
         bail!(BuildError(lines.join("\n")));
     }
@@ -251,7 +279,10 @@ const PIP_TARGET: &[&str] = &[
 /// Install `requirements` into a cached site-packages for the WASI target.
 /// Returns the directory and the native modules that were removed, mapped to
 /// their distribution (so a failed import can name the package).
-fn resolve_requirements(requirements: &Path, cache: &Path) -> Result<(PathBuf, BTreeMap<String, String>)> {
+fn resolve_requirements(
+    requirements: &Path,
+    cache: &Path,
+) -> Result<(PathBuf, BTreeMap<String, String>)> {
     let text = std::fs::read(requirements)
         .map_err(|e| BuildError(format!("-r {}: {e}", requirements.display())))?;
     let mut h = Sha256::new();
@@ -262,12 +293,23 @@ fn resolve_requirements(requirements: &Path, cache: &Path) -> Result<(PathBuf, B
     let site = dir.join("site-packages");
     let native_list = dir.join("native.txt");
     if !native_list.is_file() {
-        tracing::info!("resolving {} for the WASI target with pip", requirements.display());
+        tracing::info!(
+            "resolving {} for the WASI target with pip",
+            requirements.display()
+        );
         let tmp = dir.with_extension("partial");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         let status = std::process::Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--root-user-action=ignore"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-compile",
+                "--root-user-action=ignore",
+            ])
             .args(PIP_TARGET)
             .arg("--target")
             .arg(tmp.join("site-packages"))
@@ -315,7 +357,8 @@ fn strip_native(site: &Path) -> Result<BTreeMap<String, String>> {
                 continue;
             }
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let is_native = (name.ends_with(".so") || name.contains(".so.")) && !name.ends_with("wasm32-wasi.so");
+            let is_native = (name.ends_with(".so") || name.contains(".so."))
+                && !name.ends_with("wasm32-wasi.so");
             if !is_native {
                 continue;
             }

@@ -40,7 +40,12 @@ pub struct BuildArgs {
     #[arg(short = 'r', long = "requirements", value_name = "FILE")]
     pub requirements: Option<PathBuf>,
     /// Output component.
-    #[arg(short = 'o', long = "output", value_name = "FILE", default_value = "app.wasm")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FILE",
+        default_value = "app.wasm"
+    )]
     pub output: PathBuf,
     /// Path to request at build time so what it imports is in the snapshot
     /// (repeatable; default: /).

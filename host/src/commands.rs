@@ -55,7 +55,10 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let t0 = Instant::now();
     let (server_cfg, grants, limits) = args.split();
     let engine = engine::new_engine()?;
-    let cache = args.cache_dir.clone().unwrap_or_else(engine::default_cache_dir);
+    let cache = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(engine::default_cache_dir);
     let component = engine::load_component(&engine, &args.component, &cache)?;
     let pre = engine::prepare(&engine, &component, &args.component)?;
     let name = args
@@ -78,6 +81,9 @@ async fn run_command(args: RunArgs) -> Result<()> {
         if workers == 1 { "" } else { "s" },
         t0.elapsed().as_secs_f64() * 1000.0
     );
-    let site = Arc::new(Site { app: pool, max_body });
+    let site = Arc::new(Site {
+        app: pool,
+        max_body,
+    });
     server::serve(listener, site, &server_cfg, server::shutdown_signal()).await
 }

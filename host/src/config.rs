@@ -56,7 +56,9 @@ pub fn parse_dir(value: &str) -> Result<DirGrant, ConfigError> {
     }
     let host = PathBuf::from(host);
     if !host.is_dir() {
-        return Err(err("the host directory does not exist or is not a directory"));
+        return Err(err(
+            "the host directory does not exist or is not a directory",
+        ));
     }
     Ok(DirGrant {
         host,

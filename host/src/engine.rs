@@ -57,17 +57,15 @@ pub fn default_cache_dir() -> PathBuf {
 /// Load `path` as a component, compiling it once and reusing the native
 /// artifact from `cache_dir` afterwards (keyed by content and engine).
 pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<Component> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read component {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read component {}", path.display()))?;
     check_header(&bytes, path)?;
 
     let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut engine_hash);
-    let key = format!(
-        "{:x}-{:016x}",
-        Sha256::digest(&bytes),
-        engine_hash.finish()
-    );
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut engine_hash);
+    let key = format!("{:x}-{:016x}", Sha256::digest(&bytes), engine_hash.finish());
     let cached = cache_dir.join(format!("{key}.cwasm"));
     if cached.is_file() {
         // SAFETY: the file was written by `precompile_component` of an engine
@@ -137,7 +135,11 @@ fn write_atomic(dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Link WASI and our WIT imports, and check the component's world.
-pub fn prepare(engine: &Engine, component: &Component, path: &Path) -> Result<WsgiAppPre<HostState>> {
+pub fn prepare(
+    engine: &Engine,
+    component: &Component,
+    path: &Path,
+) -> Result<WsgiAppPre<HostState>> {
     let mut linker: Linker<HostState> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     WsgiApp::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;

@@ -116,7 +116,12 @@ pub fn build(req: &RequestInfo<'_>) -> Vec<(String, String)> {
         Some((name, port)) if !name.is_empty() => (
             name.to_owned(),
             port.map(str::to_owned).unwrap_or_else(|| {
-                if req.url_scheme == "https" { "443" } else { "80" }.to_owned()
+                if req.url_scheme == "https" {
+                    "443"
+                } else {
+                    "80"
+                }
+                .to_owned()
             }),
         ),
         _ => (req.local.ip().to_string(), req.local.port().to_string()),
@@ -129,8 +134,8 @@ pub fn build(req: &RequestInfo<'_>) -> Vec<(String, String)> {
 
     for name in req.headers.keys() {
         let name = name.as_str(); // hyper gives lower-case names
-        // A `_` in a name could collide with the `-` form after mapping to
-        // HTTP_*: drop it (request-smuggling defence of gunicorn and nginx).
+                                  // A `_` in a name could collide with the `-` form after mapping to
+                                  // HTTP_*: drop it (request-smuggling defence of gunicorn and nginx).
         if name.contains('_') {
             continue;
         }
@@ -140,15 +145,21 @@ pub fn build(req: &RequestInfo<'_>) -> Vec<(String, String)> {
             _ => {
                 let mut k = String::with_capacity(5 + name.len());
                 k.push_str("HTTP_");
-                k.extend(
-                    name.chars()
-                        .map(|c| if c == '-' { '_' } else { c.to_ascii_uppercase() }),
-                );
+                k.extend(name.chars().map(|c| {
+                    if c == '-' {
+                        '_'
+                    } else {
+                        c.to_ascii_uppercase()
+                    }
+                }));
                 k
             }
         };
         let mut values = req.headers.get_all(name).iter();
-        let mut value = values.next().map(|v| latin1(v.as_bytes())).unwrap_or_default();
+        let mut value = values
+            .next()
+            .map(|v| latin1(v.as_bytes()))
+            .unwrap_or_default();
         if name == "content-length" {
             // hyper already rejected conflicting lengths; duplicates agree.
             env.push((key, value));
@@ -199,9 +210,7 @@ mod tests {
     }
 
     fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
-        env.iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     #[test]

@@ -108,15 +108,25 @@ impl AppPool {
     }
 
     /// Serve one request with a warm (or, if none is idle, new) instance.
-    pub async fn serve(self: Arc<Self>, environ: Vec<(String, String)>, mut ex: Exchange) -> Served {
+    pub async fn serve(
+        self: Arc<Self>,
+        environ: Vec<(String, String)>,
+        mut ex: Exchange,
+    ) -> Served {
         let permit = if let Ok(p) = self.slots.try_acquire() {
             p
         } else {
             if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.queue {
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
                 tracing::warn!(app = %self.name, "queue full ({} waiting): 503", self.limits.queue);
-                ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable: server busy, retry shortly");
-                return Served { status: ex.status, bytes: ex.bytes };
+                ex.respond_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable: server busy, retry shortly",
+                );
+                return Served {
+                    status: ex.status,
+                    bytes: ex.bytes,
+                };
             }
             let p = self.slots.acquire().await.expect("semaphore never closed");
             self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -130,7 +140,10 @@ impl AppPool {
                 Err(e) => {
                     tracing::error!(app = %self.name, "cannot start an instance: {e:#}");
                     ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
-                    return Served { status: ex.status, bytes: ex.bytes };
+                    return Served {
+                        status: ex.status,
+                        bytes: ex.bytes,
+                    };
                 }
             },
         };
@@ -142,7 +155,10 @@ impl AppPool {
             .call_handle(&mut inst.store, &environ);
         let outcome = tokio::time::timeout(self.limits.timeout, call).await;
         let state = inst.store.data_mut();
-        let mut ex = state.exchange.take().expect("exchange is put back only here");
+        let mut ex = state
+            .exchange
+            .take()
+            .expect("exchange is put back only here");
         let memory_hit = std::mem::take(&mut state.limiter.hit);
 
         let mut keep = true;
@@ -160,12 +176,18 @@ impl AppPool {
             Ok(Err(trap)) => {
                 keep = false;
                 tracing::error!(app = %self.name, "instance crashed and was replaced: {trap:?}");
-                self.fail(&mut ex, StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").await;
+                self.fail(
+                    &mut ex,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error",
+                )
+                .await;
             }
             Err(_elapsed) => {
                 keep = false;
                 tracing::error!(app = %self.name, "request exceeded the {:?} timeout; instance replaced", self.limits.timeout);
-                self.fail(&mut ex, StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout").await;
+                self.fail(&mut ex, StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout")
+                    .await;
             }
         }
         if memory_hit {
@@ -180,13 +202,17 @@ impl AppPool {
             self.idle.lock().expect("pool lock").push(inst);
         }
         drop(permit);
-        Served { status: ex.status, bytes: ex.bytes }
+        Served {
+            status: ex.status,
+            bytes: ex.bytes,
+        }
     }
 
     /// Answer an error page, or cut the body short if the head went out.
     async fn fail(&self, ex: &mut Exchange, status: StatusCode, text: &str) {
         if ex.committed() {
-            ex.abort(format!("{text} after the response head was sent")).await;
+            ex.abort(format!("{text} after the response head was sent"))
+                .await;
         } else {
             ex.respond_error(status, text);
         }

@@ -99,7 +99,14 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn access_log(peer: SocketAddr, method: &Method, target: &str, status: u16, bytes: u64, t0: Instant) {
+fn access_log(
+    peer: SocketAddr,
+    method: &Method,
+    target: &str,
+    status: u16,
+    bytes: u64,
+    t0: Instant,
+) {
     tracing::info!(
         target: "access",
         "{} \"{} {}\" {} {} {:.2}ms",
@@ -116,8 +123,14 @@ fn host_response(status: StatusCode, text: &str) -> Response<ResponseBody> {
     let mut res = Response::new(ResponseBody::full(format!("{text}\n")));
     *res.status_mut() = status;
     let h = res.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
-    h.insert(http::header::SERVER, http::HeaderValue::from_static(concat!("rsgi-wasm/", env!("CARGO_PKG_VERSION"))));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        http::header::SERVER,
+        http::HeaderValue::from_static(concat!("rsgi-wasm/", env!("CARGO_PKG_VERSION"))),
+    );
     res
 }
 
@@ -145,7 +158,10 @@ async fn handle(
     if declared.is_some_and(|n| n > site.max_body) {
         access_log(peer, &parts.method, &target, 413, 0, t0);
         let mut res = host_response(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
-        res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        res.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
         return Ok(res);
     }
 

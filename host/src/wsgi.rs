@@ -122,7 +122,7 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -240,7 +240,10 @@ impl Exchange {
         };
         let body = Bytes::from(format!("{text}\n"));
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         headers.insert(http::header::SERVER, HeaderValue::from_static(SERVER));
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -368,9 +371,7 @@ fn latin1_bytes(chunk: String) -> Vec<u8> {
 
 /// Native (latin-1) string → bytes; None if a char is above U+00FF.
 fn native_bytes(s: &str) -> Option<Vec<u8>> {
-    s.chars()
-        .map(|c| u8::try_from(u32::from(c)).ok())
-        .collect()
+    s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
 }
 
 /// Re-check what the guest already validated (defence in depth: the guest
@@ -386,8 +387,8 @@ fn parse_head(status: &str, headers: Vec<(String, String)>) -> Result<ParsedHead
     let reason = if code.canonical_reason() == Some(reason_text) {
         None
     } else {
-        let bytes = native_bytes(reason_text)
-            .ok_or_else(|| format!("status {status:?} is not latin-1"))?;
+        let bytes =
+            native_bytes(reason_text).ok_or_else(|| format!("status {status:?} is not latin-1"))?;
         Some(
             hyper::ext::ReasonPhrase::try_from(bytes)
                 .map_err(|_| format!("status {status:?} has an invalid reason phrase"))?,

@@ -36,7 +36,8 @@ pub fn cache_dir() -> PathBuf {
 /// The binary under test.
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rsgi-wasm"));
-    c.env("RSGI_WASM_CACHE", cache_dir()).env("RUST_LOG", "info");
+    c.env("RSGI_WASM_CACHE", cache_dir())
+        .env("RUST_LOG", "info");
     c
 }
 
@@ -84,7 +85,12 @@ pub fn component(name: &str, target: &str, app_dir: &Path, requirements: Option<
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let tmp = out.with_extension("partial.wasm");
     let mut cmd = bin();
-    cmd.arg("build").arg(target).arg("-p").arg(app_dir).arg("-o").arg(&tmp);
+    cmd.arg("build")
+        .arg(target)
+        .arg("-p")
+        .arg(app_dir)
+        .arg("-o")
+        .arg(&tmp);
     if let Some(r) = requirements {
         cmd.arg("-r").arg(r);
     }
@@ -118,8 +124,15 @@ pub fn router() -> PathBuf {
 /// examples/hello.
 pub fn hello() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| component("hello", "app:application", &repo().join("examples/hello"), None))
-        .clone()
+    P.get_or_init(|| {
+        component(
+            "hello",
+            "app:application",
+            &repo().join("examples/hello"),
+            None,
+        )
+    })
+    .clone()
 }
 
 /// examples/flask, with Flask resolved from its requirements.txt.
@@ -127,7 +140,12 @@ pub fn flask() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
         let dir = repo().join("examples/flask");
-        component("flask", "app:app", &dir, Some(&dir.join("requirements.txt")))
+        component(
+            "flask",
+            "app:app",
+            &dir,
+            Some(&dir.join("requirements.txt")),
+        )
     })
     .clone()
 }
@@ -218,7 +236,11 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "server did not exit:\n{}", self.logs());
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "server did not exit:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -296,7 +318,11 @@ pub fn read_response(r: &mut BufReader<TcpStream>, head: bool) -> RawResponse {
     loop {
         let mut line = Vec::new();
         let n = r.read_until(b'\n', &mut line).unwrap();
-        assert!(n > 0, "connection closed before a full head: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed before a full head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&line);
         if line == b"\r\n" {
             break;
@@ -357,20 +383,30 @@ pub fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
 pub fn build_error(target: &str, app_dir: &Path, requirements: Option<&Path>) -> String {
     let out = work_dir().join("failed.wasm");
     let mut cmd = bin();
-    cmd.arg("build").arg(target).arg("-p").arg(app_dir).arg("-o").arg(&out);
+    cmd.arg("build")
+        .arg(target)
+        .arg("-p")
+        .arg(app_dir)
+        .arg("-o")
+        .arg(&out);
     if let Some(r) = requirements {
         cmd.arg("-r").arg(r);
     }
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let res = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&res.stderr).into_owned();
-    assert!(!res.status.success(), "build of {target} should fail:\n{err}");
+    assert!(
+        !res.status.success(),
+        "build of {target} should fail:\n{err}"
+    );
     err
 }
 
 /// A fresh directory under target/ for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = work_dir().join("tmp").join(format!("{name}-{}", std::process::id()));
+    let dir = work_dir()
+        .join("tmp")
+        .join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

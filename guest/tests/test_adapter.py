@@ -1,0 +1,193 @@
+"""Unit tests of the guest adapter's pure-Python parts (run natively with
+`python3 -m unittest discover -s guest/tests -t guest`); the component
+itself is tested black-box over HTTP in tests/http.rs."""
+
+import io
+import sys
+import unittest
+
+from rsgi_wasm_guest import protocol
+from rsgi_wasm_guest.wsgi_input import BodyTooLarge, ClientDisconnected, InputStream
+
+
+def source(data, step=3):
+    """A pull function handing out `data` at most `step` bytes at a time."""
+    pos = [0]
+
+    def pull(n):
+        take = min(n, step, len(data) - pos[0])
+        chunk = data[pos[0] : pos[0] + take]
+        pos[0] += take
+        return chunk
+
+    return pull
+
+
+class InputStreamTest(unittest.TestCase):
+    def test_read_respects_content_length(self):
+        s = InputStream(source(b"hello world, and more"), 11)
+        self.assertEqual(s.read(5), b"hello")
+        self.assertEqual(s.read(), b" world")
+        self.assertEqual(s.read(), b"")
+
+    def test_unknown_length_reads_to_end(self):
+        s = InputStream(source(b"abc\ndef"), None)
+        self.assertEqual(s.read(), b"abc\ndef")
+
+    def test_readline_size_and_iteration(self):
+        s = InputStream(source(b"abcdef\nxy\nz"), None)
+        self.assertEqual(s.readline(2), b"ab")
+        self.assertEqual(s.readline(), b"cdef\n")
+        self.assertEqual(list(s), [b"xy\n", b"z"])
+        self.assertEqual(s.readline(), b"")
+
+    def test_readlines_hint(self):
+        # Same rule as io: stop once the lines so far reach the hint.
+        data = b"a\nb\nc\n"
+        s, ref = InputStream(source(data), None), io.BytesIO(data)
+        self.assertEqual(s.readlines(2), ref.readlines(2))
+        self.assertEqual(s.readlines(3), ref.readlines(3))
+        self.assertEqual(s.readlines(), ref.readlines())
+
+    def test_errors_are_flagged(self):
+        def too_large(n):
+            raise BodyTooLarge("x")
+
+        s = InputStream(too_large, None)
+        with self.assertRaises(BodyTooLarge):
+            s.read()
+        self.assertTrue(s.too_large)
+
+        def gone(n):
+            raise ClientDisconnected("x")
+
+        s = InputStream(gone, 5)
+        with self.assertRaises(OSError):
+            s.read(1)
+        self.assertTrue(s.disconnected)
+
+
+class Recorder(protocol.Transport):
+    def __init__(self):
+        self.head = None
+        self.chunks = []
+
+    def start(self, status, headers, first_chunk):
+        self.head = (status, headers)
+        self.chunks.append(first_chunk)
+
+    def write(self, chunk):
+        self.chunks.append(chunk)
+
+
+def run(app):
+    t = Recorder()
+    env = protocol.base_environ(io.StringIO())
+    env.update({"REQUEST_METHOD": "GET", "PATH_INFO": "/"})
+    failure = protocol.run(app, env, t)
+    return t, failure, env["wsgi.errors"].getvalue()
+
+
+class ProtocolTest(unittest.TestCase):
+    def test_head_goes_with_first_nonempty_chunk(self):
+        def app(environ, start_response):
+            start_response("200 OK", [("X-A", "1")])
+            yield b""
+            yield b"body"
+            yield b"more"
+
+        t, failure, _ = run(app)
+        self.assertIsNone(failure)
+        self.assertEqual(t.head, ("200 OK", [("X-A", "1")]))
+        self.assertEqual(t.chunks, [b"body", b"more"])
+
+    def test_single_item_list_gets_content_length(self):
+        t, _, _ = run(lambda e, sr: (sr("200 OK", []), [b"abc"])[1])
+        self.assertEqual(t.head[1], [("Content-Length", "3")])
+
+    def test_exception_before_head_is_500_with_traceback(self):
+        def app(environ, start_response):
+            raise KeyError("nope")
+
+        t, failure, log = run(app)
+        self.assertIsNone(failure)
+        self.assertTrue(t.head[0].startswith("500 "))
+        self.assertIn("KeyError: 'nope'", log)
+
+    def test_exception_after_head_reports_cut_short(self):
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            yield b"x"
+            raise ValueError("late")
+
+        t, failure, _ = run(app)
+        self.assertIn("ValueError: late", failure)
+
+    def test_exc_info_rules(self):
+        def replaces(environ, start_response):
+            start_response("200 OK", [])
+            try:
+                raise ValueError()
+            except ValueError:
+                start_response("500 Oops", [], sys.exc_info())
+            return [b"x"]
+
+        t, _, _ = run(replaces)
+        self.assertEqual(t.head[0], "500 Oops")
+
+        def reraises(environ, start_response):
+            start_response("200 OK", [])
+            yield b"sent"
+            try:
+                raise ValueError("original")
+            except ValueError:
+                start_response("500 Oops", [], sys.exc_info())
+
+        _, failure, _ = run(reraises)
+        self.assertIn("ValueError: original", failure)
+
+    def test_header_validation(self):
+        for headers in (
+            [("X", "a\nb")],
+            [("Bad Name", "x")],
+            [("Transfer-Encoding", "chunked")],
+            [("X", "\u263a")],
+            [(b"X", "y")],
+        ):
+            t, _, log = run(lambda e, sr, h=headers: (sr("200 OK", h), [b""])[1])
+            self.assertTrue(t.head[0].startswith("500 "), headers)
+        for status in ("200", "OK", b"200 OK", "20 OK"):
+            t, _, _ = run(lambda e, sr, s=status: (sr(s, []), [b""])[1])
+            self.assertTrue(t.head[0].startswith("500 "), status)
+
+    def test_close_is_always_called(self):
+        closed = []
+
+        class Result:
+            def __iter__(self):
+                raise RuntimeError("iteration fails")
+
+            def close(self):
+                closed.append(True)
+
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            return Result()
+
+        run(app)
+        self.assertEqual(closed, [True])
+
+    def test_write_before_start_response_and_str_body(self):
+        t, _, log = run(lambda e, sr: ["text, not bytes"])
+        self.assertTrue(t.head[0].startswith("500 "))
+
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            return ["text"]
+
+        t, _, log = run(app)
+        self.assertIn("must be bytes", log)
+
+
+if __name__ == "__main__":
+    unittest.main()
