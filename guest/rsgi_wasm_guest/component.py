@@ -16,6 +16,8 @@ from .wsgi_input import BodyTooLarge, ClientDisconnected, InputStream
 _read_body = request.read_body
 _start = response.start
 _write = response.write
+_send_file = response.send_file
+_UNAVAILABLE = response.SendFileError.UNAVAILABLE
 _TOO_LARGE = request.BodyError.TOO_LARGE
 
 
@@ -42,6 +44,15 @@ class _HostTransport(protocol.Transport):
         try:
             _write(chunk.decode("latin-1"))
         except Err:
+            raise ClientDisconnected("client disconnected") from None
+
+    def send_file(self, status: str, headers: protocol.Headers, path: str, offset: int) -> bool:
+        try:
+            _send_file(status, headers, path, offset)
+            return True
+        except Err as e:
+            if e.value == _UNAVAILABLE:
+                return False
             raise ClientDisconnected("client disconnected") from None
 
 

@@ -55,6 +55,10 @@ class Transport:
     def write(self, chunk: bytes) -> None:
         raise NotImplementedError
 
+    def send_file(self, status: str, headers: Headers, path: str, offset: int) -> bool:
+        """Let the host stream a granted file; False if it cannot."""
+        return False
+
 
 def check_status(status: Any) -> str:
     if type(status) is not str:
@@ -197,6 +201,8 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
             and not _has_header(resp.headers, "content-length")
         ):
             resp.headers.append(("Content-Length", str(len(result[0]))))
+        if type(result) is FileWrapper and resp.status is not None and not resp.sent and _send_file(result, resp):
+            return None
         for chunk in result:
             resp.send(chunk)
         resp.finish()
@@ -214,6 +220,22 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
             errors.flush()
         except Exception:
             pass
+
+
+def _send_file(wrapper: "FileWrapper", resp: Response) -> bool:
+    """Hand a real file to the host instead of copying it through Python."""
+    f = wrapper.filelike
+    path = getattr(f, "name", None)
+    if type(path) is not str or not path.startswith("/"):
+        return False
+    try:
+        offset = f.tell()
+    except (AttributeError, OSError, ValueError):
+        return False
+    if resp.transport.send_file(resp.status or "", resp.headers, path, offset):
+        resp.sent = True
+        return True
+    return False
 
 
 def _failed(exc: BaseException, environ: dict, resp: Response, transport: Transport, errors: Any) -> Optional[str]:

@@ -12,4 +12,4 @@ wasmtime::component::bindgen!({
 
 pub use exports::rsgi_wasm::wsgi::handler::Guest as Handler;
 pub use rsgi_wasm::wsgi::request::BodyError;
-pub use rsgi_wasm::wsgi::response::WriteError;
+pub use rsgi_wasm::wsgi::response::{SendFileError, WriteError};

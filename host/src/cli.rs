@@ -88,6 +88,14 @@ pub struct RunArgs {
     /// Replace an instance after this many requests (0 = never).
     #[arg(long, default_value_t = 0)]
     pub max_requests: u64,
+    /// Time a client has to send a complete request head (then the
+    /// connection is closed).
+    #[arg(long, default_value = "10s", value_parser = config::parse_duration)]
+    pub header_timeout: Duration,
+    /// Peers allowed to set the URL scheme via X-Forwarded-Proto or
+    /// Forwarded: comma-separated IPs, or * for any.
+    #[arg(long, default_value = "127.0.0.1", value_parser = config::parse_trusted)]
+    pub forwarded_allow_ips: config::TrustedPeers,
     /// Time in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
     pub grace: Duration,
@@ -103,6 +111,8 @@ impl RunArgs {
         let server = ServerConfig {
             listen: self.listen,
             grace: self.grace,
+            header_timeout: self.header_timeout,
+            forwarded_allow: self.forwarded_allow_ips.clone(),
             ..ServerConfig::default()
         };
         let grants = Grants {

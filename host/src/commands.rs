@@ -84,6 +84,8 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let site = Arc::new(Site {
         app: pool,
         max_body,
+        forwarded_allow: server_cfg.forwarded_allow.clone(),
+        max_header_bytes: server_cfg.max_header_bytes,
     });
     server::serve(listener, site, &server_cfg, server::shutdown_signal()).await
 }

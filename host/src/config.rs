@@ -19,6 +19,9 @@ pub enum ConfigError {
     /// A duration that is neither plain seconds nor `500ms` / `30s` / `2m`.
     #[error("{0:?} is not a duration (use seconds like 2 or 0.5, or 500ms, 30s, 2m)")]
     Duration(String),
+    /// A `--forwarded-allow-ips` value that is not `*` or a list of IPs.
+    #[error("--forwarded-allow-ips {0:?}: expected * or comma-separated IP addresses like 127.0.0.1,10.0.0.2")]
+    Peers(String),
     /// A size that is neither bytes nor `128MiB` / `1GiB` / `64KiB`.
     #[error("{0:?} is not a size (use bytes, or units like 64KiB, 128MiB, 1GiB, 10MB)")]
     Size(String),
@@ -169,6 +172,41 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Largest request head (hyper answers 431 above).
     pub max_header_bytes: usize,
+    /// Peers whose `X-Forwarded-Proto` / `Forwarded` headers are believed.
+    pub forwarded_allow: TrustedPeers,
+}
+
+/// Which peers may set the URL scheme through proxy headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustedPeers {
+    /// Any peer (`*`): only behind a proxy that overwrites the headers.
+    All,
+    /// Only these addresses.
+    Only(Vec<std::net::IpAddr>),
+}
+
+impl TrustedPeers {
+    /// Whether `peer` is trusted.
+    pub fn contains(&self, peer: std::net::IpAddr) -> bool {
+        match self {
+            TrustedPeers::All => true,
+            TrustedPeers::Only(list) => list.contains(&peer),
+        }
+    }
+}
+
+/// Parse `*` or a comma-separated list of IP addresses.
+pub fn parse_trusted(value: &str) -> Result<TrustedPeers, ConfigError> {
+    if value.trim() == "*" {
+        return Ok(TrustedPeers::All);
+    }
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| ConfigError::Peers(value.to_owned())))
+        .collect::<Result<Vec<_>, _>>()
+        .map(TrustedPeers::Only)
 }
 
 impl Default for ServerConfig {
@@ -178,6 +216,7 @@ impl Default for ServerConfig {
             grace: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            forwarded_allow: TrustedPeers::Only(vec![std::net::Ipv4Addr::LOCALHOST.into()]),
         }
     }
 }
@@ -217,5 +256,10 @@ mod tests {
         assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("lots").is_err());
+        assert_eq!(parse_trusted("*").unwrap(), TrustedPeers::All);
+        let t = parse_trusted("127.0.0.1, ::1").unwrap();
+        assert!(t.contains("::1".parse().unwrap()));
+        assert!(!t.contains("10.0.0.1".parse().unwrap()));
+        assert!(parse_trusted("localhost").is_err());
     }
 }

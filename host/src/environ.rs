@@ -71,6 +71,27 @@ fn split_host(host: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// The scheme a trusted proxy says the client used: `X-Forwarded-Proto`
+/// (gunicorn's and nginx's convention) or the `proto` of the first
+/// `Forwarded` element (RFC 7239). Only `http` and `https` are accepted.
+pub fn forwarded_scheme(headers: &HeaderMap) -> Option<&'static str> {
+    let pick = |v: &str| match v.trim().trim_matches('"').to_ascii_lowercase().as_str() {
+        "https" => Some("https"),
+        "http" => Some("http"),
+        _ => None,
+    };
+    if let Some(v) = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
+        return pick(v.split(',').next().unwrap_or(""));
+    }
+    let v = headers.get(http::header::FORWARDED)?.to_str().ok()?;
+    let first = v.split(',').next()?;
+    first
+        .split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("proto"))
+        .and_then(|(_, v)| pick(v))
+}
+
 /// Build the CGI/WSGI keys for one request (RFC 3875 section 4.1, PEP 3333).
 pub fn build(req: &RequestInfo<'_>) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::with_capacity(16 + req.headers.keys_len());
@@ -286,6 +307,18 @@ mod tests {
         let env = env_for("GET", "/", &[], "");
         assert_eq!(get(&env, "SERVER_NAME"), Some("127.0.0.1"));
         assert_eq!(get(&env, "SERVER_PORT"), Some("8000"));
+    }
+
+    #[test]
+    fn forwarded_scheme_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(forwarded_scheme(&h), None);
+        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4;proto=https, for=5.6.7.8"));
+        assert_eq!(forwarded_scheme(&h), Some("https"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http, https"));
+        assert_eq!(forwarded_scheme(&h), Some("http"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        assert_eq!(forwarded_scheme(&h), None);
     }
 
     #[test]

@@ -14,5 +14,6 @@ pub mod engine;
 pub mod environ;
 pub mod pool;
 pub mod sandbox;
+pub mod sendfile;
 pub mod server;
 pub mod wsgi;

@@ -163,6 +163,17 @@ impl AppPool {
 
         let mut keep = true;
         match outcome {
+            Ok(Ok(Ok(()))) if !ex.committed() => {
+                // The guest gives up without a response only when the
+                // request body could not be read: malformed framing (bad
+                // chunk size) or a client that left mid-body.
+                let (status, text) = if ex.body_failed() {
+                    (StatusCode::BAD_REQUEST, "Bad Request: malformed or incomplete request body")
+                } else {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+                };
+                ex.respond_error(status, text);
+            }
             Ok(Ok(Ok(()))) => {
                 if let Some(why) = ex.shortfall() {
                     tracing::warn!(app = %self.name, "{why}");

@@ -3,7 +3,6 @@
 //! stdout/stderr forwarded to the host log line by line.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -13,7 +12,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{DirPerms, FilePerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::config::Grants;
+use crate::config::{DirGrant, Grants};
 use crate::wsgi::Exchange;
 
 /// Everything a `Store` holds for one instance.
@@ -24,8 +23,8 @@ pub struct HostState {
     pub limiter: MemoryLimiter,
     /// The request being served, if any.
     pub exchange: Option<Exchange>,
-    /// Wall-clock deadline of the current request (epoch callback checks it).
-    pub deadline: Option<Instant>,
+    /// The directories granted to this instance (for `send-file`).
+    pub dirs: Arc<[DirGrant]>,
 }
 
 impl WasiView for HostState {
@@ -41,7 +40,8 @@ impl WasiView for HostState {
 #[derive(Clone)]
 pub struct Sandbox {
     app: Arc<str>,
-    grants: Grants,
+    env: Vec<(String, String)>,
+    dirs: Arc<[DirGrant]>,
     memory: u64,
 }
 
@@ -50,7 +50,8 @@ impl Sandbox {
     pub fn new(app: &str, grants: Grants, memory: u64) -> Self {
         Sandbox {
             app: app.into(),
-            grants,
+            env: grants.env,
+            dirs: grants.dirs.into(),
             memory,
         }
     }
@@ -64,10 +65,10 @@ impl Sandbox {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        for (k, v) in &self.grants.env {
+        for (k, v) in &self.env {
             b.env(k, v);
         }
-        for dir in &self.grants.dirs {
+        for dir in self.dirs.iter() {
             let (dp, fp) = if dir.read_only {
                 (DirPerms::READ, FilePerms::READ)
             } else {
@@ -92,7 +93,7 @@ impl Sandbox {
                 hit: false,
             },
             exchange: None,
-            deadline: None,
+            dirs: self.dirs.clone(),
         })
     }
 }

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, TrustedPeers};
 use crate::environ::{self, RequestInfo};
 use crate::pool::AppPool;
 use crate::wsgi::{self, Exchange, RequestBody, ResponseBody};
@@ -32,6 +32,10 @@ pub struct Site {
     pub app: Arc<AppPool>,
     /// Largest request body (413 above).
     pub max_body: u64,
+    /// Peers whose proxy headers set `wsgi.url_scheme`.
+    pub forwarded_allow: TrustedPeers,
+    /// Largest request head (431 above).
+    pub max_header_bytes: usize,
 }
 
 /// Serve `site` on `listener` until `shutdown` resolves, then let in-flight
@@ -148,6 +152,24 @@ async fn handle(
         .map(|pq| pq.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
 
+    // hyper bounds its read buffer, not the head itself (a head that
+    // arrives in one read can exceed it), so check the parsed size too.
+    let head_size: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + target.len();
+    if head_size > site.max_header_bytes {
+        access_log(peer, &parts.method, &target, 431, 0, t0);
+        let mut res = host_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request Header Fields Too Large",
+        );
+        res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        return Ok(res);
+    }
+
     // A declared length over the limit is refused before the app runs and
     // before `100 Continue` would invite the body.
     let declared = parts
@@ -173,7 +195,11 @@ async fn handle(
         local,
         peer,
         script_name: "",
-        url_scheme: "http",
+        url_scheme: if site.forwarded_allow.contains(peer.ip()) {
+            environ::forwarded_scheme(&parts.headers).unwrap_or("http")
+        } else {
+            "http"
+        },
     });
     let (ex, head_rx, chunk_rx) = Exchange::new(
         RequestBody::new(body, site.max_body),

@@ -16,8 +16,10 @@ use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bindings::rsgi_wasm::wsgi::{request, response};
-use crate::bindings::{BodyError, WriteError};
+use crate::bindings::{BodyError, SendFileError, WriteError};
+use crate::config::DirGrant;
 use crate::sandbox::HostState;
+use crate::sendfile;
 
 /// Value of the `Server` header unless the app sets its own.
 const SERVER: &str = concat!("rsgi-wasm/", env!("CARGO_PKG_VERSION"));
@@ -141,6 +143,8 @@ pub fn into_response(head: Head, rx: mpsc::Receiver<Chunk>) -> http::Response<Re
 /// bodies whose length is not known up front (chunked).
 pub struct RequestBody {
     incoming: Option<Incoming>,
+    /// Reading failed (malformed chunked framing or the client left).
+    failed: bool,
     leftover: Bytes,
     received: u64,
     limit: u64,
@@ -151,6 +155,7 @@ impl RequestBody {
     pub fn new(incoming: Incoming, limit: u64) -> Self {
         RequestBody {
             incoming: Some(incoming),
+            failed: false,
             leftover: Bytes::new(),
             received: 0,
             limit,
@@ -170,6 +175,7 @@ impl RequestBody {
                 Some(Err(e)) => {
                     tracing::debug!("request body read failed: {e}");
                     self.incoming = None;
+                    self.failed = true;
                     return Err(BodyError::Disconnected);
                 }
                 Some(Ok(frame)) => {
@@ -226,6 +232,11 @@ impl Exchange {
             bytes: 0,
         };
         (ex, head_rx, chunk_rx)
+    }
+
+    /// Whether reading the request body failed.
+    pub fn body_failed(&self) -> bool {
+        self.body.failed
     }
 
     /// Whether the head has gone out (after that only the body can change).
@@ -328,6 +339,43 @@ impl Exchange {
             content_length,
         })
         .map_err(|_| WriteError::Disconnected)
+    }
+
+    fn send_file(
+        &mut self,
+        status: String,
+        mut headers: Vec<(String, String)>,
+        path: &str,
+        offset: u64,
+        dirs: &[DirGrant],
+    ) -> Result<(), SendFileError> {
+        if self.head_tx.is_none() {
+            return Err(SendFileError::Unavailable);
+        }
+        let Some((file, size)) = sendfile::open_granted(dirs, path) else {
+            return Err(SendFileError::Unavailable);
+        };
+        let available = size.saturating_sub(offset);
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length")) {
+            headers.push(("Content-Length".into(), available.to_string()));
+        }
+        self.start(status, headers, String::new())
+            .map_err(|_| SendFileError::Disconnected)?;
+        // start() recorded the declared length in `remaining`.
+        let declared = self.remaining.unwrap_or(available);
+        let len = declared.min(available);
+        self.bytes += len;
+        self.remaining = Some(0); // the streaming task owns the framing now
+        if self.body_allowed && !self.head_request {
+            tokio::spawn(sendfile::stream(
+                file,
+                offset,
+                len,
+                declared - len,
+                self.chunk_tx.clone(),
+            ));
+        }
+        Ok(())
     }
 
     async fn write(&mut self, chunk: String) -> Result<(), WriteError> {
@@ -442,6 +490,20 @@ impl response::Host for HostState {
         match self.exchange.as_mut() {
             Some(ex) => ex.start(status, headers, first_chunk),
             None => Err(WriteError::Protocol),
+        }
+    }
+
+    async fn send_file(
+        &mut self,
+        status: String,
+        headers: Vec<(String, String)>,
+        path: String,
+        offset: u64,
+    ) -> Result<(), SendFileError> {
+        let dirs = self.dirs.clone();
+        match self.exchange.as_mut() {
+            Some(ex) => ex.send_file(status, headers, &path, offset, &dirs),
+            None => Err(SendFileError::Unavailable),
         }
     }
 

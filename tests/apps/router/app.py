@@ -211,6 +211,16 @@ def application(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](f, 4096)
 
+    if path == "/bytesio":
+        import io
+
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"from a BytesIO " * 100), 256)
+
+    if path == "/not-modified":
+        start_response("304 Not Modified", [("ETag", '"x"')])
+        return [b"must not be sent"]
+
     if path == "/os-environ":
         return as_json(start_response, dict(os.environ))
 

@@ -1,0 +1,279 @@
+//! PEP 3333 and HTTP/1.1 conformance, black-box: the raw request corpus in
+//! `tests/corpus/requests.txt` against the router app wrapped in
+//! `wsgiref.validate.validator`, plus the framing and connection rules that
+//! need more than one exchange. docs/conformance.md maps rules to tests.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The router wrapped in wsgiref's validator.
+fn validated() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        component(
+            "validated",
+            "validated:application",
+            &repo().join("tests/apps/router"),
+            None,
+        )
+    })
+    .clone()
+}
+
+struct Case {
+    name: String,
+    expect: u16,
+    request: Vec<u8>,
+}
+
+fn unescape(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            continue;
+        }
+        match chars.next() {
+            Some('r') => out.push(b'\r'),
+            Some('n') => out.push(b'\n'),
+            Some('t') => out.push(b'\t'),
+            Some('0') => out.push(0),
+            Some('\\') => out.push(b'\\'),
+            Some('x') => {
+                let hex: String = chars.by_ref().take(2).collect();
+                out.push(u8::from_str_radix(&hex, 16).unwrap());
+            }
+            other => panic!("bad escape \\{other:?} in corpus"),
+        }
+    }
+    out
+}
+
+fn corpus() -> Vec<Case> {
+    let text = std::fs::read_to_string(repo().join("tests/corpus/requests.txt")).unwrap();
+    let mut cases = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(name) = line.strip_prefix("### ") else {
+            continue;
+        };
+        let expect = lines
+            .next()
+            .and_then(|l| l.strip_prefix("### expect "))
+            .unwrap_or_else(|| panic!("case {name:?} has no expect line"))
+            .trim()
+            .parse()
+            .unwrap();
+        let mut raw = String::new();
+        while let Some(l) = lines.peek() {
+            if l.is_empty() || l.starts_with("### ") {
+                break;
+            }
+            let l = lines.next().unwrap();
+            raw.push_str(l.strip_suffix('\\').unwrap_or(l));
+        }
+        while let Some(start) = raw.find("{LONG:") {
+            let end = start + raw[start..].find('}').unwrap();
+            let n: usize = raw[start + 6..end].parse().unwrap();
+            raw.replace_range(start..=end, &"a".repeat(n));
+        }
+        cases.push(Case {
+            name: name.to_owned(),
+            expect,
+            request: unescape(&raw),
+        });
+    }
+    assert!(cases.len() > 20, "corpus parsed to {} cases", cases.len());
+    cases
+}
+
+/// First final (non-1xx) status of a raw exchange.
+fn final_status(resp: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(resp);
+    text.split("\r\n")
+        .filter(|l| l.starts_with("HTTP/1."))
+        .filter_map(|l| l.split(' ').nth(1)?.parse::<u16>().ok())
+        .find(|s| *s >= 200)
+}
+
+#[test]
+fn request_corpus_matches_expected_statuses_with_no_validator_complaint() {
+    let s = Server::start(&validated(), &["--header-timeout", "2s"]);
+    let mut wrong = Vec::new();
+    for case in corpus() {
+        let resp = raw(s.addr, &case.request);
+        let got = final_status(&resp);
+        if got != Some(case.expect) {
+            wrong.push(format!(
+                "{}: expected {}, got {:?}: {:?}",
+                case.name,
+                case.expect,
+                got,
+                String::from_utf8_lossy(&resp[..resp.len().min(200)])
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The server still answers, and the validator never complained.
+    assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
+    let logs = s.logs();
+    assert!(!logs.contains("AssertionError"), "{logs}");
+    assert!(!logs.contains("WSGIWarning"), "{logs}");
+}
+
+#[test]
+fn pipelined_requests_answer_in_order() {
+    let s = Server::start(&router(), &[]);
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(
+        b"GET /path/one HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+GET /path/three HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let one = read_response(&mut r, false);
+    assert!(String::from_utf8_lossy(&one.body).contains("/path/one"));
+    assert_eq!(read_response(&mut r, false).body, b"abc");
+    let three = read_response(&mut r, false);
+    assert!(String::from_utf8_lossy(&three.body).contains("/path/three"));
+}
+
+#[test]
+fn connection_close_is_honoured() {
+    let s = Server::start(&router(), &[]);
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let resp = read_response(&mut r, false);
+    assert_eq!(resp.header("connection"), Some(&b"close"[..]));
+    let mut rest = Vec::new();
+    assert_eq!(r.read_to_end(&mut rest).unwrap(), 0, "server closed the connection");
+}
+
+fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before {:?}: {:?}", String::from_utf8_lossy(needle), String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+#[test]
+fn expect_100_continue_is_sent_when_the_app_reads() {
+    let s = Server::start(&router(), &[]);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let got = read_until(&mut c, b"\r\n\r\n");
+    assert!(got.starts_with(b"HTTP/1.1 100 Continue\r\n"), "{:?}", String::from_utf8_lossy(&got));
+    c.write_all(b"hello").unwrap();
+    let got = read_until(&mut c, b"hello");
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+
+    // An app that never reads the body: no 100 Continue, just the answer.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{:?}", String::from_utf8_lossy(&got));
+}
+
+#[test]
+fn bodies_over_max_body_get_413() {
+    let s = Server::start(&router(), &["--max-body", "1000"]);
+    // Known length: refused before the app runs (and before 100 Continue).
+    let resp = raw(
+        s.addr,
+        b"POST /length HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+    );
+    assert!(resp.starts_with(b"HTTP/1.1 413 "), "{:?}", String::from_utf8_lossy(&resp));
+    // Chunked: refused when the limit is crossed.
+    let mut req = b"POST /length HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        req.extend_from_slice(b"200\r\n");
+        req.extend_from_slice(&[b'z'; 0x200]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let resp = raw(s.addr, &req);
+    assert!(resp.starts_with(b"HTTP/1.1 413 "), "{:?}", String::from_utf8_lossy(&resp));
+    // Under the limit is fine.
+    let r = client().post(s.url("/length")).body(vec![1u8; 1000]).send().unwrap();
+    assert_eq!(r.text().unwrap(), "1000");
+}
+
+#[test]
+fn slow_client_is_disconnected_after_the_header_timeout() {
+    let s = Server::start(&router(), &["--header-timeout", "1s"]);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    // Closed by the server (not by our 30 s read timeout), with no response
+    // to a request that never completed, or a 408 at most.
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&got));
+    assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn url_scheme_follows_trusted_proxy_headers_only() {
+    let scheme = |s: &Server, header: (&str, &str)| -> String {
+        let v: serde_json::Value = client()
+            .get(s.url("/env"))
+            .header(header.0, header.1)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["wsgi.url_scheme"].as_str().unwrap().to_owned()
+    };
+    let trusted = Server::start(&router(), &[]);
+    assert_eq!(scheme(&trusted, ("X-Forwarded-Proto", "https")), "https");
+    assert_eq!(scheme(&trusted, ("Forwarded", "for=1.2.3.4;proto=https")), "https");
+    assert_eq!(scheme(&trusted, ("X-Forwarded-Proto", "nonsense")), "http");
+    let untrusted = Server::start(&router(), &["--forwarded-allow-ips", "10.9.8.7"]);
+    assert_eq!(scheme(&untrusted, ("X-Forwarded-Proto", "https")), "http");
+}
+
+#[test]
+fn no_body_for_304_and_file_wrapper_paths() {
+    let dir = temp_dir("sendfile");
+    let data: Vec<u8> = (0..250_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("blob.bin"), &data).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("escape")).unwrap();
+    let grant = format!("{}::/sync:ro", dir.display());
+    let s = Server::start(&router(), &["--dir", &grant]);
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"GET /not-modified HTTP/1.1\r\nHost: x\r\n\r\nGET /file?blob.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut r, false).status, 304);
+    let file = read_response(&mut r, false);
+    // The host streamed the granted file itself: it knows (and sends) the
+    // length, which the guest-side fallback does not.
+    assert_eq!(file.header("content-length"), Some(data.len().to_string().as_bytes()));
+    assert!(file.body == data);
+    // A file-like object that is not a granted file still works.
+    let r = client().get(s.url("/bytesio")).send().unwrap();
+    assert_eq!(r.bytes().unwrap().len(), 1500);
+    // A symlink out of the grant is refused by the sandbox.
+    let r = client().get(s.url("/file?escape")).send().unwrap();
+    assert_eq!(r.status(), 500);
+}
