@@ -156,7 +156,11 @@ fn connection_close_is_honoured() {
     let resp = read_response(&mut r, false);
     assert_eq!(resp.header("connection"), Some(&b"close"[..]));
     let mut rest = Vec::new();
-    assert_eq!(r.read_to_end(&mut rest).unwrap(), 0, "server closed the connection");
+    assert_eq!(
+        r.read_to_end(&mut rest).unwrap(),
+        0,
+        "server closed the connection"
+    );
 }
 
 fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
@@ -164,7 +168,12 @@ fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
     let mut buf = [0u8; 4096];
     while !got.windows(needle.len()).any(|w| w == needle) {
         let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "closed before {:?}: {:?}", String::from_utf8_lossy(needle), String::from_utf8_lossy(&got));
+        assert!(
+            n > 0,
+            "closed before {:?}: {:?}",
+            String::from_utf8_lossy(needle),
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
     got
@@ -175,10 +184,16 @@ fn expect_100_continue_is_sent_when_the_app_reads() {
     let s = Server::start(&router(), &[]);
     let mut c = TcpStream::connect(s.addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    c.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-        .unwrap();
+    c.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
     let got = read_until(&mut c, b"\r\n\r\n");
-    assert!(got.starts_with(b"HTTP/1.1 100 Continue\r\n"), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
     c.write_all(b"hello").unwrap();
     let got = read_until(&mut c, b"hello");
     assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
@@ -190,7 +205,11 @@ fn expect_100_continue_is_sent_when_the_app_reads() {
         .unwrap();
     let mut got = Vec::new();
     c.read_to_end(&mut got).unwrap();
-    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 #[test]
@@ -201,9 +220,14 @@ fn bodies_over_max_body_get_413() {
         s.addr,
         b"POST /length HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
     );
-    assert!(resp.starts_with(b"HTTP/1.1 413 "), "{:?}", String::from_utf8_lossy(&resp));
+    assert!(
+        resp.starts_with(b"HTTP/1.1 413 "),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
     // Chunked: refused when the limit is crossed.
-    let mut req = b"POST /length HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut req =
+        b"POST /length HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..4 {
         req.extend_from_slice(b"200\r\n");
         req.extend_from_slice(&[b'z'; 0x200]);
@@ -211,9 +235,17 @@ fn bodies_over_max_body_get_413() {
     }
     req.extend_from_slice(b"0\r\n\r\n");
     let resp = raw(s.addr, &req);
-    assert!(resp.starts_with(b"HTTP/1.1 413 "), "{:?}", String::from_utf8_lossy(&resp));
+    assert!(
+        resp.starts_with(b"HTTP/1.1 413 "),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
     // Under the limit is fine.
-    let r = client().post(s.url("/length")).body(vec![1u8; 1000]).send().unwrap();
+    let r = client()
+        .post(s.url("/length"))
+        .body(vec![1u8; 1000])
+        .send()
+        .unwrap();
     assert_eq!(r.text().unwrap(), "1000");
 }
 
@@ -229,7 +261,11 @@ fn slow_client_is_disconnected_after_the_header_timeout() {
     // Closed by the server (not by our 30 s read timeout), with no response
     // to a request that never completed, or a 408 at most.
     assert!(t.elapsed() < Duration::from_secs(20));
-    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
     assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
 }
 
@@ -247,7 +283,10 @@ fn url_scheme_follows_trusted_proxy_headers_only() {
     };
     let trusted = Server::start(&router(), &[]);
     assert_eq!(scheme(&trusted, ("X-Forwarded-Proto", "https")), "https");
-    assert_eq!(scheme(&trusted, ("Forwarded", "for=1.2.3.4;proto=https")), "https");
+    assert_eq!(
+        scheme(&trusted, ("Forwarded", "for=1.2.3.4;proto=https")),
+        "https"
+    );
     assert_eq!(scheme(&trusted, ("X-Forwarded-Proto", "nonsense")), "http");
     let untrusted = Server::start(&router(), &["--forwarded-allow-ips", "10.9.8.7"]);
     assert_eq!(scheme(&untrusted, ("X-Forwarded-Proto", "https")), "http");
@@ -268,7 +307,10 @@ fn no_body_for_304_and_file_wrapper_paths() {
     let file = read_response(&mut r, false);
     // The host streamed the granted file itself: it knows (and sends) the
     // length, which the guest-side fallback does not.
-    assert_eq!(file.header("content-length"), Some(data.len().to_string().as_bytes()));
+    assert_eq!(
+        file.header("content-length"),
+        Some(data.len().to_string().as_bytes())
+    );
     assert!(file.body == data);
     // A file-like object that is not a granted file still works.
     let r = client().get(s.url("/bytesio")).send().unwrap();

@@ -80,7 +80,10 @@ pub fn forwarded_scheme(headers: &HeaderMap) -> Option<&'static str> {
         "http" => Some("http"),
         _ => None,
     };
-    if let Some(v) = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
         return pick(v.split(',').next().unwrap_or(""));
     }
     let v = headers.get(http::header::FORWARDED)?.to_str().ok()?;
@@ -313,7 +316,10 @@ mod tests {
     fn forwarded_scheme_headers() {
         let mut h = HeaderMap::new();
         assert_eq!(forwarded_scheme(&h), None);
-        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4;proto=https, for=5.6.7.8"));
+        h.insert(
+            "forwarded",
+            HeaderValue::from_static("for=1.2.3.4;proto=https, for=5.6.7.8"),
+        );
         assert_eq!(forwarded_scheme(&h), Some("https"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("http, https"));
         assert_eq!(forwarded_scheme(&h), Some("http"));

@@ -168,7 +168,10 @@ impl AppPool {
                 // request body could not be read: malformed framing (bad
                 // chunk size) or a client that left mid-body.
                 let (status, text) = if ex.body_failed() {
-                    (StatusCode::BAD_REQUEST, "Bad Request: malformed or incomplete request body")
+                    (
+                        StatusCode::BAD_REQUEST,
+                        "Bad Request: malformed or incomplete request body",
+                    )
                 } else {
                     (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
                 };

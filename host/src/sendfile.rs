@@ -41,7 +41,9 @@ pub async fn stream(
 ) {
     let mut file = tokio::fs::File::from_std(file);
     if let Err(e) = file.seek(SeekFrom::Start(offset)).await {
-        let _ = tx.send(Err(BodyAbort(format!("seeking the file: {e}")))).await;
+        let _ = tx
+            .send(Err(BodyAbort(format!("seeking the file: {e}"))))
+            .await;
         return;
     }
     let mut left = len;
@@ -49,7 +51,9 @@ pub async fn stream(
         let mut buf = vec![0u8; CHUNK.min(left as usize)];
         match file.read(&mut buf).await {
             Ok(0) => {
-                let _ = tx.send(Err(BodyAbort("file shrank while it was sent".into()))).await;
+                let _ = tx
+                    .send(Err(BodyAbort("file shrank while it was sent".into())))
+                    .await;
                 return;
             }
             Ok(n) => {
@@ -60,7 +64,9 @@ pub async fn stream(
                 }
             }
             Err(e) => {
-                let _ = tx.send(Err(BodyAbort(format!("reading the file: {e}")))).await;
+                let _ = tx
+                    .send(Err(BodyAbort(format!("reading the file: {e}"))))
+                    .await;
                 return;
             }
         }

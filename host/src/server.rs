@@ -138,6 +138,17 @@ fn host_response(status: StatusCode, text: &str) -> Response<ResponseBody> {
     res
 }
 
+/// A host-side refusal; the connection closes after it because the
+/// request body (if any) was not read.
+fn refuse(status: StatusCode, text: &str) -> Response<ResponseBody> {
+    let mut res = host_response(status, text);
+    res.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    res
+}
+
 async fn handle(
     site: Arc<Site>,
     req: Request<Incoming>,
@@ -162,12 +173,10 @@ async fn handle(
         + target.len();
     if head_size > site.max_header_bytes {
         access_log(peer, &parts.method, &target, 431, 0, t0);
-        let mut res = host_response(
+        return Ok(refuse(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "Request Header Fields Too Large",
-        );
-        res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-        return Ok(res);
+        ));
     }
 
     // A declared length over the limit is refused before the app runs and
@@ -179,12 +188,10 @@ async fn handle(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > site.max_body) {
         access_log(peer, &parts.method, &target, 413, 0, t0);
-        let mut res = host_response(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
-        res.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
-        return Ok(res);
+        return Ok(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large",
+        ));
     }
 
     let env = environ::build(&RequestInfo {

@@ -356,7 +356,10 @@ impl Exchange {
             return Err(SendFileError::Unavailable);
         };
         let available = size.saturating_sub(offset);
-        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length")) {
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        {
             headers.push(("Content-Length".into(), available.to_string()));
         }
         self.start(status, headers, String::new())
