@@ -10,6 +10,6 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
+pub use self::rsgi_wasm::wsgi::request::BodyError;
+pub use self::rsgi_wasm::wsgi::response::{SendFileError, WriteError};
 pub use exports::rsgi_wasm::wsgi::handler::Guest as Handler;
-pub use rsgi_wasm::wsgi::request::BodyError;
-pub use rsgi_wasm::wsgi::response::{SendFileError, WriteError};

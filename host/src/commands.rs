@@ -1,23 +1,28 @@
-//! What each subcommand does: wires config, engine, pool and server.
+//! What each subcommand does: wires config, engine, pools and server.
 
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use wasmtime::Engine;
 
 use crate::build::{self, BuildOptions};
-use crate::cli::{BuildArgs, Command, RunArgs};
+use crate::cli::{BuildArgs, Command, RunArgs, ServeArgs};
+use crate::config::{Grants, Limits, ServerConfig};
 use crate::engine;
 use crate::pool::AppPool;
 use crate::sandbox::Sandbox;
 use crate::server::{self, Site};
+use crate::tenants::{self, Route, Router, TenantConfig};
 
 /// Run one parsed command line.
 pub async fn execute(command: Command) -> Result<()> {
     match command {
         Command::Build(args) => build_command(args).await,
         Command::Run(args) => run_command(args).await,
+        Command::Serve(args) => serve_command(args).await,
     }
 }
 
@@ -51,41 +56,162 @@ async fn build_command(args: BuildArgs) -> Result<()> {
     Ok(())
 }
 
+/// Load, check and start one app: everything that can fail does so here,
+/// before the port is bound (or before a reload is swapped in).
+async fn start_app(
+    engine: &Engine,
+    cache: &Path,
+    name: &str,
+    component: &Path,
+    grants: Grants,
+    limits: Limits,
+) -> Result<Arc<AppPool>> {
+    let loaded = engine::load_component(engine, component, cache)?;
+    let pre = engine::prepare(engine, &loaded, component)?;
+    let sandbox = Sandbox::new(name, grants, limits.memory);
+    AppPool::start(name, engine.clone(), pre, sandbox, limits).await
+}
+
+async fn listen(cfg: &ServerConfig) -> Result<TcpListener> {
+    TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))
+}
+
 async fn run_command(args: RunArgs) -> Result<()> {
     let t0 = Instant::now();
-    let (server_cfg, grants, limits) = args.split();
+    let (server_cfg, grants, limits) = args.split()?;
     let engine = engine::new_engine()?;
     let cache = args
+        .http
         .cache_dir
         .clone()
         .unwrap_or_else(engine::default_cache_dir);
-    let component = engine::load_component(&engine, &args.component, &cache)?;
-    let pre = engine::prepare(&engine, &component, &args.component)?;
     let name = args
         .component
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "app".into());
-    let max_body = limits.max_body;
     let workers = limits.workers;
-    let sandbox = Sandbox::new(&name, grants, limits.memory);
-    let pool = AppPool::start(&name, engine, pre, sandbox, limits).await?;
-    let listener = TcpListener::bind(server_cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", server_cfg.listen))?;
+    let pool = start_app(&engine, &cache, &name, &args.component, grants, limits).await?;
+    let listener = listen(&server_cfg).await?;
     tracing::info!(
-        "listening on http://{} (app {}, {} worker{}, ready in {:.0} ms)",
+        "listening on http://{} (app {name}, {workers} worker{}, ready in {:.0} ms)",
         listener.local_addr()?,
-        pool.name(),
-        workers,
         if workers == 1 { "" } else { "s" },
         t0.elapsed().as_secs_f64() * 1000.0
     );
-    let site = Arc::new(Site {
-        app: pool,
-        max_body,
-        forwarded_allow: server_cfg.forwarded_allow.clone(),
-        max_header_bytes: server_cfg.max_header_bytes,
+    let site = Arc::new(Site::new(Router::single(pool), &server_cfg));
+    server::serve(listener, site, &server_cfg, server::shutdown_signal()).await
+}
+
+/// A running tenant and what it was started from.
+struct Running {
+    config: TenantConfig,
+    modified: Option<SystemTime>,
+    pool: Arc<AppPool>,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Start what is new or changed, reuse what is not; all or nothing.
+async fn start_tenants(
+    engine: &Engine,
+    cache: &Path,
+    configs: Vec<TenantConfig>,
+    previous: &[Running],
+) -> Result<Vec<Running>> {
+    let mut next = Vec::with_capacity(configs.len());
+    for config in configs {
+        let stamp = modified(&config.component);
+        let same = previous
+            .iter()
+            .find(|r| r.config == config && r.modified == stamp);
+        let pool = match same {
+            Some(r) => r.pool.clone(),
+            None => start_app(
+                engine,
+                cache,
+                &config.name,
+                &config.component,
+                config.grants.clone(),
+                config.limits.clone(),
+            )
+            .await
+            .with_context(|| format!("app {}", config.name))?,
+        };
+        next.push(Running {
+            config,
+            modified: stamp,
+            pool,
+        });
+    }
+    Ok(next)
+}
+
+fn router_for(running: &[Running]) -> Router {
+    Router::new(
+        running
+            .iter()
+            .map(|r| Route {
+                hosts: r.config.hosts.clone(),
+                prefix: r.config.path_prefix.clone(),
+                app: r.pool.clone(),
+            })
+            .collect(),
+    )
+}
+
+async fn serve_command(args: ServeArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let server_cfg = args.http.server_config(args.listen);
+    let engine = engine::new_engine()?;
+    let cache = args
+        .http
+        .cache_dir
+        .clone()
+        .unwrap_or_else(engine::default_cache_dir);
+    let configs = tenants::load(&args.config)?;
+    let mut running = start_tenants(&engine, &cache, configs, &[]).await?;
+    let listener = listen(&server_cfg).await?;
+    tracing::info!(
+        "listening on http://{} ({} apps from {}, ready in {:.0} ms)",
+        listener.local_addr()?,
+        running.len(),
+        args.config.display(),
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    let site = Arc::new(Site::new(router_for(&running), &server_cfg));
+
+    let reload_site = site.clone();
+    let config_path = args.config.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot install a SIGHUP handler; reloading is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading {}", config_path.display());
+            let next = match tenants::load(&config_path) {
+                Ok(configs) => start_tenants(&engine, &cache, configs, &running).await,
+                Err(e) => Err(e),
+            };
+            match next {
+                Ok(next) => {
+                    reload_site.swap(router_for(&next));
+                    tracing::info!("reloaded: {} apps", next.len());
+                    // Apps no longer routed finish their in-flight requests
+                    // (those hold the pool) and are dropped after.
+                    running = next;
+                }
+                Err(e) => {
+                    tracing::error!("reload failed, still serving the previous config: {e:#}")
+                }
+            }
+        }
     });
     server::serve(listener, site, &server_cfg, server::shutdown_signal()).await
 }

@@ -19,6 +19,12 @@ pub enum ConfigError {
     /// A duration that is neither plain seconds nor `500ms` / `30s` / `2m`.
     #[error("{0:?} is not a duration (use seconds like 2 or 0.5, or 500ms, 30s, 2m)")]
     Duration(String),
+    /// An `--allow-net` value that is not a reachable HOST:PORT.
+    #[error("--allow-net {0:?}: {1} (expected HOST:PORT, e.g. 10.0.0.5:5432 or db.internal:5432)")]
+    Net(String, String),
+    /// An isolation mode other than `pooled` or `request`.
+    #[error("isolation {0:?}: expected pooled or request")]
+    Isolation(String),
     /// A `--forwarded-allow-ips` value that is not `*` or a list of IPs.
     #[error("--forwarded-allow-ips {0:?}: expected * or comma-separated IP addresses like 127.0.0.1,10.0.0.2")]
     Peers(String),
@@ -78,6 +84,29 @@ pub fn parse_env(value: &str) -> Result<(String, String), ConfigError> {
     }
 }
 
+/// Read `NAME=VALUE` lines (blank lines and `#` comments skipped).
+pub fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--env-file {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) =
+            parse_env(line).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .map(str::to_owned)
+            .unwrap_or(v);
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
 /// Parse `2`, `0.5`, `500ms`, `30s`, `2m`.
 pub fn parse_duration(value: &str) -> Result<Duration, ConfigError> {
     let v = value.trim();
@@ -123,16 +152,32 @@ pub fn parse_size(value: &str) -> Result<u64, ConfigError> {
 }
 
 /// What the sandbox grants one app: nothing unless listed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Grants {
     /// Preopened directories.
     pub dirs: Vec<DirGrant>,
     /// Environment variables (the host's own never reach the guest).
     pub env: Vec<(String, String)>,
+    /// Addresses the app may open TCP connections to (none by default).
+    pub net: Vec<std::net::SocketAddr>,
+}
+
+/// Parse `HOST:PORT` for `--allow-net`; a host name is resolved once, now
+/// (the guest itself gets no name lookup), and every address it has is allowed.
+pub fn parse_net(value: &str) -> Result<Vec<std::net::SocketAddr>, ConfigError> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = value
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::Net(value.to_owned(), e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ConfigError::Net(value.to_owned(), "no address".into()));
+    }
+    Ok(addrs)
 }
 
 /// Per-app resource limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Instances serving at once (and kept warm).
     pub workers: usize,
@@ -146,6 +191,31 @@ pub struct Limits {
     pub max_body: u64,
     /// Requests an instance serves before it is replaced (0 = never).
     pub max_requests: u64,
+    /// Up to this many extra requests, different per instance, so
+    /// instances do not all retire at once.
+    pub max_requests_jitter: u64,
+    /// Reuse warm instances, or give every request a fresh one.
+    pub isolation: Isolation,
+}
+
+/// How much state requests of one app share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Warm instances serve many requests (module state survives), like a
+    /// gunicorn worker.
+    Pooled,
+    /// A fresh instance per request: nothing leaks between requests
+    /// (`wsgi.run_once` is True).
+    Request,
+}
+
+/// Parse `pooled` or `request`.
+pub fn parse_isolation(value: &str) -> Result<Isolation, ConfigError> {
+    match value {
+        "pooled" => Ok(Isolation::Pooled),
+        "request" => Ok(Isolation::Request),
+        _ => Err(ConfigError::Isolation(value.to_owned())),
+    }
 }
 
 impl Default for Limits {
@@ -157,6 +227,8 @@ impl Default for Limits {
             memory: 512 << 20,
             max_body: 1 << 30,
             max_requests: 0,
+            max_requests_jitter: 0,
+            isolation: Isolation::Pooled,
         }
     }
 }
@@ -170,8 +242,11 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// Time a client has to send a complete request head.
     pub header_timeout: Duration,
-    /// Largest request head (hyper answers 431 above).
+    /// Largest request head (431 above).
     pub max_header_bytes: usize,
+    /// Open connections at most; further clients wait in the kernel's
+    /// accept backlog.
+    pub max_connections: usize,
     /// Peers whose `X-Forwarded-Proto` / `Forwarded` headers are believed.
     pub forwarded_allow: TrustedPeers,
 }
@@ -216,6 +291,7 @@ impl Default for ServerConfig {
             grace: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
             forwarded_allow: TrustedPeers::Only(vec![std::net::Ipv4Addr::LOCALHOST.into()]),
         }
     }

@@ -57,7 +57,7 @@ pub fn percent_decode(input: &[u8]) -> Vec<u8> {
 }
 
 /// Split a `Host` header value into name and port (`[v6]:port` aware).
-fn split_host(host: &str) -> (&str, Option<&str>) {
+pub fn split_host(host: &str) -> (&str, Option<&str>) {
     if let Some(rest) = host.strip_prefix('[') {
         if let Some(end) = rest.find(']') {
             let port = rest[end + 1..].strip_prefix(':');

@@ -16,4 +16,5 @@ pub mod pool;
 pub mod sandbox;
 pub mod sendfile;
 pub mod server;
+pub mod tenants;
 pub mod wsgi;

@@ -6,6 +6,7 @@ use clap::Parser;
 use rsgi_wasm::build::BuildError;
 use rsgi_wasm::cli::Cli;
 use rsgi_wasm::config::ConfigError;
+use rsgi_wasm::tenants::TenantError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -35,6 +36,8 @@ fn main() -> ExitCode {
             if let Some(user) = e.downcast_ref::<BuildError>() {
                 eprintln!("error: {user}");
             } else if let Some(user) = e.downcast_ref::<ConfigError>() {
+                eprintln!("error: {user}");
+            } else if let Some(user) = e.downcast_ref::<TenantError>() {
                 eprintln!("error: {user}");
             } else {
                 eprintln!("error: {e:#}");

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 use crate::bindings::{WsgiApp, WsgiAppPre};
-use crate::config::Limits;
+use crate::config::{Isolation, Limits};
 use crate::sandbox::{HostState, Sandbox};
 use crate::wsgi::Exchange;
 
@@ -66,7 +66,13 @@ impl AppPool {
             waiting: AtomicUsize::new(0),
             created: AtomicUsize::new(0),
         });
-        for _ in 0..pool.limits.workers {
+        // Request isolation still instantiates one up front: a component
+        // that cannot start must fail here, before the port is bound.
+        let warm = match pool.limits.isolation {
+            Isolation::Pooled => pool.limits.workers,
+            Isolation::Request => 1,
+        };
+        for _ in 0..warm {
             let inst = pool
                 .instantiate()
                 .await
@@ -79,6 +85,11 @@ impl AppPool {
     /// The app's name (log lines, tenants).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The app's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     async fn instantiate(&self) -> Result<Instance> {
@@ -95,9 +106,13 @@ impl AppPool {
             .await
             .map_err(anyhow::Error::from)?;
         let n = self.created.fetch_add(1, Ordering::Relaxed) as u64;
-        let retire_after = match self.limits.max_requests {
-            0 => 0,
-            max => max + n % (max / 10 + 1), // jitter: instances do not all retire at once
+        let retire_after = match (self.limits.isolation, self.limits.max_requests) {
+            (Isolation::Request, _) => 1,
+            (_, 0) => 0,
+            // Spread retirements like gunicorn's --max-requests-jitter.
+            (_, max) => {
+                max + (n.wrapping_mul(2_654_435_761) % (self.limits.max_requests_jitter + 1))
+            }
         };
         Ok(Instance {
             store,

@@ -10,6 +10,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{DirPerms, FilePerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::config::{DirGrant, Grants};
@@ -41,6 +42,7 @@ impl WasiView for HostState {
 pub struct Sandbox {
     app: Arc<str>,
     env: Vec<(String, String)>,
+    net: Arc<[std::net::SocketAddr]>,
     dirs: Arc<[DirGrant]>,
     memory: u64,
 }
@@ -51,6 +53,7 @@ impl Sandbox {
         Sandbox {
             app: app.into(),
             env: grants.env,
+            net: grants.net.into(),
             dirs: grants.dirs.into(),
             memory,
         }
@@ -62,9 +65,16 @@ impl Sandbox {
         let mut b = WasiCtxBuilder::new();
         b.stdout(GuestLog::new(&self.app, "stdout"))
             .stderr(GuestLog::new(&self.app, "stderr"))
-            .allow_tcp(false)
+            .allow_tcp(!self.net.is_empty())
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        if !self.net.is_empty() {
+            let allowed = self.net.clone();
+            b.socket_addr_check(move |addr, use_| {
+                let ok = matches!(use_, SocketAddrUse::TcpConnect) && allowed.contains(&addr);
+                Box::pin(async move { ok })
+            });
+        }
         for (k, v) in &self.env {
             b.env(k, v);
         }

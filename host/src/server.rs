@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -21,21 +21,42 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::config::Isolation;
 use crate::config::{ServerConfig, TrustedPeers};
 use crate::environ::{self, RequestInfo};
-use crate::pool::AppPool;
+use crate::tenants::Router;
 use crate::wsgi::{self, Exchange, RequestBody, ResponseBody};
 
 /// What the server routes requests to.
 pub struct Site {
-    /// The one app served (multi-tenant routing builds on this).
-    pub app: Arc<AppPool>,
-    /// Largest request body (413 above).
-    pub max_body: u64,
+    /// The current routes; a reload swaps in a new router atomically, and
+    /// requests already routed keep their app alive until they finish.
+    router: RwLock<Arc<Router>>,
     /// Peers whose proxy headers set `wsgi.url_scheme`.
     pub forwarded_allow: TrustedPeers,
     /// Largest request head (431 above).
     pub max_header_bytes: usize,
+}
+
+impl Site {
+    /// A site serving `router` with the server-wide settings of `cfg`.
+    pub fn new(router: Router, cfg: &ServerConfig) -> Self {
+        Site {
+            router: RwLock::new(Arc::new(router)),
+            forwarded_allow: cfg.forwarded_allow.clone(),
+            max_header_bytes: cfg.max_header_bytes,
+        }
+    }
+
+    /// The routes in force now.
+    pub fn router(&self) -> Arc<Router> {
+        self.router.read().expect("router lock").clone()
+    }
+
+    /// Replace the routes (SIGHUP reload).
+    pub fn swap(&self, router: Router) {
+        *self.router.write().expect("router lock") = Arc::new(router);
+    }
 }
 
 /// Serve `site` on `listener` until `shutdown` resolves, then let in-flight
@@ -54,8 +75,15 @@ pub async fn serve(
         .header_read_timeout(cfg.header_timeout)
         .max_buf_size(cfg.max_header_bytes.max(8192));
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     tokio::pin!(shutdown);
     loop {
+        // At the connection cap, stop accepting: new clients wait in the
+        // kernel backlog instead of costing memory here.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -76,6 +104,7 @@ pub async fn serve(
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
+                    drop(slot);
                 });
             }
             () = &mut shutdown => break,
@@ -186,7 +215,23 @@ async fn handle(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > site.max_body) {
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .map(|h| environ::split_host(h).0);
+    let router = site.router();
+    let Some((app, script_name)) = router.route(host, parts.uri.path()) else {
+        access_log(peer, &parts.method, &target, 404, 0, t0);
+        return Ok(host_response(
+            StatusCode::NOT_FOUND,
+            "Not Found: no app is configured for this host and path",
+        ));
+    };
+    let app = app.clone();
+    let max_body = app.limits().max_body;
+    if declared.is_some_and(|n| n > max_body) {
         access_log(peer, &parts.method, &target, 413, 0, t0);
         return Ok(refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -194,25 +239,28 @@ async fn handle(
         ));
     }
 
-    let env = environ::build(&RequestInfo {
+    let mut env = environ::build(&RequestInfo {
         method: &parts.method,
         uri: &parts.uri,
         version: parts.version,
         headers: &parts.headers,
         local,
         peer,
-        script_name: "",
+        script_name,
         url_scheme: if site.forwarded_allow.contains(peer.ip()) {
             environ::forwarded_scheme(&parts.headers).unwrap_or("http")
         } else {
             "http"
         },
     });
+    if app.limits().isolation == Isolation::Request {
+        env.push(("wsgi.run_once".into(), "1".into()));
+    }
+    drop(router);
     let (ex, head_rx, chunk_rx) = Exchange::new(
-        RequestBody::new(body, site.max_body),
+        RequestBody::new(body, max_body),
         parts.method == Method::HEAD,
     );
-    let app = site.app.clone();
     let method = parts.method;
     tokio::spawn(async move {
         let served = app.serve(env, ex).await;

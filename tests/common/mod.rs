@@ -161,11 +161,17 @@ pub struct Server {
 impl Server {
     /// Start serving `component` with extra flags; waits for `listening on`.
     pub fn start(component: &Path, args: &[&str]) -> Server {
+        let component = component.display().to_string();
+        let mut all = vec!["run", component.as_str()];
+        all.extend_from_slice(args);
+        Server::start_with(&all)
+    }
+
+    /// Start `rsgi-wasm ARGS --listen 127.0.0.1:0`; waits for `listening on`.
+    pub fn start_with(args: &[&str]) -> Server {
         let mut child = bin()
-            .arg("run")
-            .arg(component)
-            .args(["--listen", "127.0.0.1:0"])
             .args(args)
+            .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -224,13 +230,18 @@ impl Server {
         self.child.id()
     }
 
-    /// Send a signal and wait for the exit status.
-    pub fn stop(mut self, signal: &str) -> std::process::ExitStatus {
+    /// Send a signal (e.g. "HUP") without waiting.
+    pub fn signal(&self, signal: &str) {
         Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
             .status()
             .unwrap();
+    }
+
+    /// Send a signal and wait for the exit status.
+    pub fn stop(mut self, signal: &str) -> std::process::ExitStatus {
+        self.signal(signal);
         let t = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

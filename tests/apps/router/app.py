@@ -6,6 +6,12 @@ import os
 import sys
 import time
 
+try:  # imported at build time: modules first imported by a request are missing
+    import socket
+except ImportError as e:  # the sandbox's CPython may lack sockets entirely
+    socket = None
+    SOCKET_IMPORT_ERROR = repr(e)
+
 # State kept across requests of one pooled instance.
 COUNTERS = {"requests": 0, "closed": 0}
 
@@ -220,6 +226,45 @@ def application(environ, start_response):
     if path == "/not-modified":
         start_response("304 Not Modified", [("ETag", '"x"')])
         return [b"must not be sent"]
+
+    if path == "/spin":
+        while True:
+            pass
+
+    if path == "/bomb":
+        hoard = []
+        while True:
+            hoard.append(bytearray(16 * 1024 * 1024))
+
+    if path == "/connect":
+        if socket is None:
+            return text(start_response, f"no socket module: {SOCKET_IMPORT_ERROR}", status="403 Forbidden")
+        host, _, port = query.rpartition(":")
+        try:
+            # A numeric address: no name lookup, straight to connect().
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.settimeout(5)
+            sock.connect((host, int(port)))
+            sock.close()
+            return text(start_response, "connected")
+        except Exception as e:
+            return text(start_response, f"{type(e).__name__}: {e}", status="403 Forbidden")
+
+    if path == "/write-file":
+        try:
+            with open(query, "wb") as f:
+                f.write(b"written by the app")
+            return text(start_response, "written")
+        except OSError as e:
+            return text(start_response, f"OSError: {e}", status="403 Forbidden")
+
+    if path == "/symlink":
+        target, _, link = query.partition(",")
+        try:
+            os.symlink(target, link)
+            return text(start_response, "linked")
+        except OSError as e:
+            return text(start_response, f"OSError: {e}", status="403 Forbidden")
 
     if path == "/os-environ":
         return as_json(start_response, dict(os.environ))

@@ -1,0 +1,388 @@
+//! Sandbox, limits and multi-tenant hosting, black-box: escape attempts,
+//! env and network isolation, timeouts, memory bombs, queue overflow,
+//! isolation modes, tenants routed by Host and prefix, SIGHUP reload.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn get(s: &Server, path: &str) -> (u16, String) {
+    let r = client().get(s.url(path)).send().unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+fn get_host(s: &Server, host: &str, path: &str) -> (u16, String) {
+    let r = client()
+        .get(s.url(path))
+        .header("host", host)
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn file_escapes_fail_with_oserror() {
+    let outside = temp_dir("outside");
+    std::fs::write(outside.join("secret.txt"), "host secret").unwrap();
+    let rw = temp_dir("grant-rw");
+    let ro = temp_dir("grant-ro");
+    std::fs::write(rw.join("ok.txt"), "inside").unwrap();
+    std::fs::write(ro.join("ro.txt"), "read only").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), rw.join("host-link")).unwrap();
+    let rw_grant = format!("{}::/data", rw.display());
+    let ro_grant = format!("{}::/ro:ro", ro.display());
+    let s = Server::start(&router(), &["--dir", &rw_grant, "--dir", &ro_grant]);
+
+    assert_eq!(get(&s, "/read-file?/data/ok.txt"), (200, "inside".into()));
+    assert_eq!(get(&s, "/read-file?/ro/ro.txt"), (200, "read only".into()));
+    let secret = outside.join("secret.txt").display().to_string();
+    for attempt in [
+        "/data/../../../../etc/passwd".to_owned(),
+        "/data/../ro/../../etc/hostname".to_owned(),
+        "/etc/passwd".to_owned(),
+        secret.clone(),
+        "/data/host-link".to_owned(),
+    ] {
+        let (status, body) = get(&s, &format!("/read-file?{attempt}"));
+        assert_eq!(status, 403, "{attempt}: {body}");
+        assert!(body.starts_with("OSError"), "{attempt}: {body}");
+        assert!(
+            !body.contains("host secret") && !body.contains("root:"),
+            "{body}"
+        );
+    }
+    // A symlink the app makes itself cannot point out of the grant either.
+    let (status, _) = get(&s, &format!("/symlink?{secret},/data/app-link"));
+    if status == 200 {
+        let (status, body) = get(&s, "/read-file?/data/app-link");
+        assert_eq!(status, 403, "{body}");
+    }
+    let (status, _) = get(&s, "/symlink?../../../etc/passwd,/data/app-link2");
+    if status == 200 {
+        let (status, body) = get(&s, "/read-file?/data/app-link2");
+        assert_eq!(status, 403, "{body}");
+    }
+    // Writes: allowed in the rw grant, refused in the :ro one.
+    assert_eq!(get(&s, "/write-file?/data/new.txt").0, 200);
+    assert_eq!(
+        std::fs::read_to_string(rw.join("new.txt")).unwrap(),
+        "written by the app"
+    );
+    let (status, body) = get(&s, "/write-file?/ro/new.txt");
+    assert_eq!(status, 403, "{body}");
+    assert!(!ro.join("new.txt").exists());
+}
+
+#[test]
+fn environment_shows_only_grants() {
+    let env_file = temp_dir("envfile").join("app.env");
+    std::fs::write(&env_file, "# comment\nFROM_FILE=1\nexport QUOTED=\"a b\"\n").unwrap();
+    let env_file = env_file.display().to_string();
+    // The host process has secrets in its own environment; none may leak.
+    std::env::set_var("RSGI_TEST_HOST_SECRET", "leak");
+    let s = Server::start(
+        &router(),
+        &["--env", "GRANTED=yes", "--env-file", &env_file],
+    );
+    let env: serde_json::Value = client()
+        .get(s.url("/os-environ"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        env,
+        serde_json::json!({"GRANTED": "yes", "FROM_FILE": "1", "QUOTED": "a b"})
+    );
+}
+
+#[test]
+fn sockets_are_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    let s = Server::start(&router(), &[]);
+    let (status, body) = get(&s, &format!("/connect?{target}"));
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("PermissionError") || body.contains("no socket module"),
+        "{body}"
+    );
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "the app reached a host socket");
+}
+
+#[test]
+fn allow_net_opens_exactly_the_listed_address() {
+    let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let allowed_addr = allowed.local_addr().unwrap().to_string();
+    let s = Server::start(&router(), &["--allow-net", &allowed_addr]);
+    assert_eq!(
+        get(&s, &format!("/connect?{allowed_addr}")),
+        (200, "connected".into())
+    );
+    allowed.accept().unwrap();
+    let (status, body) = get(&s, &format!("/connect?{}", other.local_addr().unwrap()));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("PermissionError"), "{body}");
+}
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("tenants.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn serve(config: &Path) -> Server {
+    Server::start_with(&["serve", &config.display().to_string()])
+}
+
+#[test]
+fn infinite_loop_times_out_while_other_apps_answer() {
+    let dir = temp_dir("timeout");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"spinner\"\ncomponent = \"{}\"\nhosts = [\"spin.test\"]\ntimeout = \"1s\"\n\n\
+             [[app]]\nname = \"hello\"\ncomponent = \"{}\"\nhosts = [\"hello.test\"]\n",
+            router().display(),
+            hello().display()
+        ),
+    );
+    let s = serve(&config);
+    let url = s.url("/spin");
+    let spinning = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = client()
+            .get(url)
+            .header("host", "spin.test")
+            .send()
+            .unwrap();
+        (r.status().as_u16(), t.elapsed())
+    });
+    // While the spinner burns CPU, the other tenant keeps answering.
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..5 {
+        assert_eq!(
+            get_host(&s, "hello.test", "/"),
+            (200, "Hello, World!\n".into())
+        );
+    }
+    let (status, elapsed) = spinning.join().unwrap();
+    assert_eq!(status, 504);
+    assert!(elapsed < Duration::from_secs(2), "504 after {elapsed:?}");
+    // The spinner's app got a fresh instance and serves again.
+    assert_eq!(get_host(&s, "spin.test", "/").0, 200);
+}
+
+#[test]
+fn memory_bomb_gets_5xx_and_the_server_keeps_serving() {
+    let s = Server::start(&router(), &["--memory", "96MiB"]);
+    let (status, _) = get(&s, "/bomb");
+    assert!((500..600).contains(&status), "{status}");
+    s.wait_for_log("memory limit");
+    assert_eq!(get(&s, "/"), (200, "router\n".into()));
+}
+
+#[test]
+fn queue_overflow_gets_503_with_retry_after() {
+    let s = Server::start(&router(), &["--workers", "1", "--queue", "1"]);
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = s.url("/sleep?1.5");
+            let t = std::thread::spawn(move || client().get(url).send().unwrap().status().as_u16());
+            std::thread::sleep(Duration::from_millis(150));
+            t
+        })
+        .collect();
+    // One runs, one waits: the third is refused at once.
+    let r = client().get(s.url("/")).send().unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    for t in slow {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    assert_eq!(get(&s, "/").0, 200);
+}
+
+fn request_count(s: &Server) -> u64 {
+    let v: serde_json::Value = client()
+        .get(s.url("/counters"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["requests"].as_u64().unwrap()
+}
+
+#[test]
+fn pooled_keeps_state_request_isolation_does_not() {
+    // Counts start above 1: the build-time warm-up request ran in the
+    // snapshot every instance starts from.
+    let pooled = Server::start(&router(), &[]);
+    let a = request_count(&pooled);
+    let b = request_count(&pooled);
+    assert_eq!(b, a + 1);
+    let isolated = Server::start(&router(), &["--isolation", "request"]);
+    let first = request_count(&isolated);
+    assert_eq!(request_count(&isolated), first);
+    assert_eq!(
+        first, a,
+        "a fresh instance is the snapshot plus this request"
+    );
+    let env: serde_json::Value = client()
+        .get(isolated.url("/env"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(env["wsgi.run_once"], true);
+}
+
+#[test]
+fn max_requests_recycles_instances() {
+    let s = Server::start(&router(), &["--max-requests", "3"]);
+    let counts: Vec<u64> = (0..6).map(|_| request_count(&s)).collect();
+    let n = counts[0];
+    assert_eq!(counts, vec![n, n + 1, n + 2, n, n + 1, n + 2]);
+}
+
+#[test]
+fn tenants_are_routed_by_host_and_prefix_with_their_own_grants() {
+    let dir = temp_dir("tenants");
+    for t in ["a", "b"] {
+        std::fs::create_dir_all(dir.join(t)).unwrap();
+        std::fs::write(dir.join(t).join("who.txt"), format!("file of {t}")).unwrap();
+    }
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"a\"\ncomponent = \"{r}\"\nhosts = [\"a.test\", \"*.a.test\"]\n\
+             dirs = [\"a::/data:ro\"]\nenv = {{ WHO = \"a\" }}\n\n\
+             [[app]]\nname = \"b\"\ncomponent = \"{r}\"\npath_prefix = \"/b\"\n\
+             dirs = [\"b::/data\"]\nenv = {{ WHO = \"b\" }}\nworkers = 2\n",
+            r = router().display()
+        ),
+    );
+    let s = serve(&config);
+    let env = |host: &str, path: &str| -> serde_json::Value {
+        client()
+            .get(s.url(path))
+            .header("host", host)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let a = env("a.test", "/env");
+    assert_eq!(a["SCRIPT_NAME"], "");
+    assert_eq!(a["PATH_INFO"], "/env");
+    assert_eq!(env("x.a.test", "/os-environ")["WHO"], "a");
+    let b = env("anything.test", "/b/env");
+    assert_eq!(b["SCRIPT_NAME"], "/b");
+    assert_eq!(b["PATH_INFO"], "/env");
+    assert_eq!(env("anything.test", "/b/os-environ")["WHO"], "b");
+    assert_eq!(
+        get_host(&s, "a.test", "/read-file?/data/who.txt"),
+        (200, "file of a".into())
+    );
+    assert_eq!(
+        get_host(&s, "b.test", "/b/read-file?/data/who.txt"),
+        (200, "file of b".into())
+    );
+    // Unknown host and path: the host's 404, not a tenant's.
+    let (status, body) = get_host(&s, "nobody.test", "/elsewhere");
+    assert_eq!(status, 404);
+    assert!(body.contains("no app is configured"), "{body}");
+    // `/bx` is not under the `/b` prefix.
+    assert_eq!(get_host(&s, "nobody.test", "/bx").0, 404);
+}
+
+#[test]
+fn tenant_config_errors_name_file_line_and_field_before_listening() {
+    let dir = temp_dir("badconfig");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"a\"\ncomponent = \"{}\"\nmemory = \"lots\"\n",
+            router().display()
+        ),
+    );
+    let out = bin()
+        .arg("serve")
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("tenants.toml:4: app[0].memory"), "{err}");
+    assert!(!err.contains("listening on"), "{err}");
+}
+
+#[test]
+fn sighup_reload_swaps_apps_without_losing_requests() {
+    let dir = temp_dir("reload");
+    let one = format!(
+        "[[app]]\nname = \"router\"\ncomponent = \"{}\"\nenv = {{ GEN = \"1\" }}\n",
+        router().display()
+    );
+    let config = write_config(&dir, &one);
+    let s = serve(&config);
+    let url = s.url("/sleep?1.5");
+    let in_flight = std::thread::spawn(move || {
+        let r = client().get(url).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // A changed app (new env) and a new one under /hello.
+    let two = format!(
+        "{}\n[[app]]\nname = \"hello\"\ncomponent = \"{}\"\npath_prefix = \"/hello\"\n",
+        one.replace("GEN = \"1\"", "GEN = \"2\""),
+        hello().display()
+    );
+    std::fs::write(&config, two).unwrap();
+    s.signal("HUP");
+    s.wait_for_log("reloaded: 2 apps");
+    assert_eq!(in_flight.join().unwrap(), (200, "slept".into()));
+    let env: serde_json::Value = client()
+        .get(s.url("/os-environ"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(env["GEN"], "2");
+    assert_eq!(get(&s, "/hello/"), (200, "Hello, World!\n".into()));
+    // A broken config leaves the running one in place.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&config)
+        .unwrap();
+    writeln!(
+        f,
+        "[[app]]\nname = \"broken\"\ncomponent = \"missing.wasm\""
+    )
+    .unwrap();
+    drop(f);
+    s.signal("HUP");
+    s.wait_for_log("reload failed, still serving the previous config");
+    assert_eq!(get(&s, "/hello/"), (200, "Hello, World!\n".into()));
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    let s = Server::start(&router(), &["--header-timeout", "1s"]);
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut r, false).status, 200);
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    let n = std::io::Read::read_to_end(&mut r, &mut rest).unwrap_or(0);
+    assert_eq!(n, 0, "idle connection was closed, not answered");
+    assert!(t.elapsed() < Duration::from_secs(20));
+}
