@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := target/release/rsgi-wasm
 LISTEN ?= 127.0.0.1:8000
 
-.PHONY: demo test lint bin
+.PHONY: demo test lint bin bench
 .DELETE_ON_ERROR:
 
 demo: target/examples/flask.wasm
@@ -26,3 +26,9 @@ test:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+
+# Side-by-side benchmark (installs wrk, granian, gunicorn itself); writes
+# its table into docs/benchmarks.md. Takes about 25 minutes.
+bench: bin
+	./scripts/setup.sh
+	python3 bench/bench.py $(BENCH_ARGS)
