@@ -72,6 +72,12 @@ def setup():
         env = dict(os.environ, RSGI_WASM_CACHE=CACHE)
         sh(cmd, env=env, stderr=subprocess.DEVNULL)
         built[target] = out
+    # Start each once so measured runs load the cached artifact instead of
+    # compiling (Cranelift's memory would also dominate peak RSS).
+    for target in built:
+        p = start("rsgi-wasm", target, built)
+        wait_200(PORT)
+        stop(p)
     return built
 
 
@@ -146,10 +152,12 @@ def tree_pids(pid):
 
 
 def rss_of(pid, field="VmHWM"):
+    """Sum of a /proc status field over the process tree; field "Pss" reads
+    smaps_rollup (shared pages split between processes and mappings)."""
     total = 0
     for p in tree_pids(pid):
         try:
-            with open(f"/proc/{p}/status") as f:
+            with open(f"/proc/{p}/smaps_rollup" if field == "Pss" else f"/proc/{p}/status") as f:
                 for line in f:
                     if line.startswith(field + ":"):
                         total += int(line.split()[1]) * 1024
@@ -252,8 +260,8 @@ def density(components):
         for w in (1, 9):
             p = start("rsgi-wasm", target, components, workers=w)
             wait_200(PORT)
-            time.sleep(0.5)
-            rss[w] = rss_of(p.pid, "VmRSS")
+            wrk("/", 2 * w, 2, None)  # every instance serves requests
+            rss[w] = rss_of(p.pid, "Pss")
             stop(p)
         out.append((app, (rss[9] - rss[1]) / 8))
     return out
@@ -282,7 +290,7 @@ def tenants(components, n):
             r = c.getresponse()
             ok += r.status == 200 and r.read() == b"Hello, World!\n"
             c.close()
-        rss = rss_of(p.pid, "VmRSS")
+        rss = rss_of(p.pid, "Pss")
     finally:
         stop(p)
     return n, ok, rss, load_s
@@ -362,11 +370,11 @@ def main():
         "",
         "### Density",
         "",
-        "| app | memory per extra warm instance (RSS, 1 → 9 workers) |",
+        "| app | memory per extra warm instance (PSS, 1 → 9 workers, each having served requests) |",
         "|---|---|",
         *[f"| {a} | {b / 2**20:.1f} MiB |" for a, b in dens],
         "",
-        f"{ten[0]} hello tenants in one `serve` process: {ten[1]} answered 200, RSS {ten[2] / 2**20:.0f} MiB, "
+        f"{ten[0]} hello tenants in one `serve` process: {ten[1]} answered 200, PSS {ten[2] / 2**20:.0f} MiB, "
         f"loaded in {ten[3]:.1f} s; at that rate 2 GiB holds about {int(2 * 2**30 / (ten[2] / ten[0]))} hello tenants.",
         "",
         "### Scaling (hello, c=32, workers 1/2/4/8 on one core)",

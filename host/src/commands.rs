@@ -1,17 +1,16 @@
 //! What each subcommand does: wires config, engine, pools and server.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use wasmtime::Engine;
 
 use crate::build::{self, BuildOptions};
 use crate::cli::{BuildArgs, Command, RunArgs, ServeArgs};
 use crate::config::{Grants, Limits, ServerConfig};
-use crate::engine;
+use crate::engine::{self, Loader};
 use crate::pool::AppPool;
 use crate::sandbox::Sandbox;
 use crate::server::{self, Site};
@@ -59,17 +58,22 @@ async fn build_command(args: BuildArgs) -> Result<()> {
 /// Load, check and start one app: everything that can fail does so here,
 /// before the port is bound (or before a reload is swapped in).
 async fn start_app(
-    engine: &Engine,
-    cache: &Path,
+    loader: &Loader,
     name: &str,
     component: &Path,
     grants: Grants,
     limits: Limits,
 ) -> Result<Arc<AppPool>> {
-    let loaded = engine::load_component(engine, component, cache)?;
+    let engine = loader.engine();
+    let loaded = loader.load(component)?;
     let pre = engine::prepare(engine, &loaded, component)?;
     let sandbox = Sandbox::new(name, grants, limits.memory);
     AppPool::start(name, engine.clone(), pre, sandbox, limits).await
+}
+
+fn new_loader(cache_dir: Option<PathBuf>) -> Result<Loader> {
+    let cache = cache_dir.unwrap_or_else(engine::default_cache_dir);
+    Ok(Loader::new(engine::new_engine()?, cache))
 }
 
 async fn listen(cfg: &ServerConfig) -> Result<TcpListener> {
@@ -81,19 +85,14 @@ async fn listen(cfg: &ServerConfig) -> Result<TcpListener> {
 async fn run_command(args: RunArgs) -> Result<()> {
     let t0 = Instant::now();
     let (server_cfg, grants, limits) = args.split()?;
-    let engine = engine::new_engine()?;
-    let cache = args
-        .http
-        .cache_dir
-        .clone()
-        .unwrap_or_else(engine::default_cache_dir);
+    let loader = new_loader(args.http.cache_dir.clone())?;
     let name = args
         .component
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "app".into());
     let workers = limits.workers;
-    let pool = start_app(&engine, &cache, &name, &args.component, grants, limits).await?;
+    let pool = start_app(&loader, &name, &args.component, grants, limits).await?;
     let listener = listen(&server_cfg).await?;
     tracing::info!(
         "listening on http://{} (app {name}, {workers} worker{}, ready in {:.0} ms)",
@@ -118,8 +117,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
 
 /// Start what is new or changed, reuse what is not; all or nothing.
 async fn start_tenants(
-    engine: &Engine,
-    cache: &Path,
+    loader: &Loader,
     configs: Vec<TenantConfig>,
     previous: &[Running],
 ) -> Result<Vec<Running>> {
@@ -132,8 +130,7 @@ async fn start_tenants(
         let pool = match same {
             Some(r) => r.pool.clone(),
             None => start_app(
-                engine,
-                cache,
+                loader,
                 &config.name,
                 &config.component,
                 config.grants.clone(),
@@ -167,14 +164,9 @@ fn router_for(running: &[Running]) -> Router {
 async fn serve_command(args: ServeArgs) -> Result<()> {
     let t0 = Instant::now();
     let server_cfg = args.http.server_config(args.listen);
-    let engine = engine::new_engine()?;
-    let cache = args
-        .http
-        .cache_dir
-        .clone()
-        .unwrap_or_else(engine::default_cache_dir);
+    let loader = new_loader(args.http.cache_dir.clone())?;
     let configs = tenants::load(&args.config)?;
-    let mut running = start_tenants(&engine, &cache, configs, &[]).await?;
+    let mut running = start_tenants(&loader, configs, &[]).await?;
     let listener = listen(&server_cfg).await?;
     tracing::info!(
         "listening on http://{} ({} apps from {}, ready in {:.0} ms)",
@@ -196,7 +188,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading {}", config_path.display());
             let next = match tenants::load(&config_path) {
-                Ok(configs) => start_tenants(&engine, &cache, configs, &running).await,
+                Ok(configs) => start_tenants(&loader, configs, &running).await,
                 Err(e) => Err(e),
             };
             match next {

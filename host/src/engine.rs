@@ -1,9 +1,11 @@
 //! The process-wide wasmtime `Engine`, the compiled-artifact cache, and
 //! loading a component into a checked, reusable `InstancePre`.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -52,6 +54,52 @@ pub fn default_cache_dir() -> PathBuf {
         return PathBuf::from(home).join(".cache").join("rsgi-wasm");
     }
     std::env::temp_dir().join("rsgi-wasm-cache")
+}
+
+/// Loads components for one engine; a file loaded twice (many tenants of
+/// one component, or a reload) shares one `Component`, so its code is
+/// mapped once and the file is hashed once.
+pub struct Loader {
+    engine: Engine,
+    cache_dir: PathBuf,
+    loaded: Mutex<HashMap<(PathBuf, u64, Option<SystemTime>), Component>>,
+}
+
+impl Loader {
+    /// A loader that caches compiled artifacts in `cache_dir`.
+    pub fn new(engine: Engine, cache_dir: PathBuf) -> Self {
+        Loader {
+            engine,
+            cache_dir,
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The engine components are loaded into.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The component at `path`, from memory if this file (same size and
+    /// mtime) was loaded before, else from the artifact cache or compiled.
+    pub fn load(&self, path: &Path) -> Result<Component> {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot read component {}", path.display()))?;
+        let key = (
+            path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
+            meta.len(),
+            meta.modified().ok(),
+        );
+        if let Some(c) = self.loaded.lock().expect("loader lock").get(&key) {
+            return Ok(c.clone());
+        }
+        let c = load_component(&self.engine, path, &self.cache_dir)?;
+        self.loaded
+            .lock()
+            .expect("loader lock")
+            .insert(key, c.clone());
+        Ok(c)
+    }
 }
 
 /// Load `path` as a component, compiling it once and reusing the native
