@@ -7,25 +7,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// The router wrapped in wsgiref's validator.
-fn validated() -> PathBuf {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        component(
-            "validated",
-            "validated:application",
-            &repo().join("tests/apps/router"),
-            None,
-        )
-    })
-    .clone()
-}
 
 struct Case {
     name: String,

@@ -199,12 +199,12 @@ fn write_callable_and_iterable_both_reach_the_body() {
 fn close_is_called_on_the_result() {
     let s = Server::start(&router(), &[]);
     let c = client();
-    let before: serde_json::Value = c.get(s.url("/counters")).send().unwrap().json().unwrap();
+    let before: serde_json::Value = get_json(&s, "/counters");
     assert_eq!(
         c.get(s.url("/close")).send().unwrap().text().unwrap(),
         "closing"
     );
-    let after: serde_json::Value = c.get(s.url("/counters")).send().unwrap().json().unwrap();
+    let after: serde_json::Value = get_json(&s, "/counters");
     assert_eq!(
         after["closed"].as_u64().unwrap(),
         before["closed"].as_u64().unwrap() + 1
@@ -215,7 +215,7 @@ fn close_is_called_on_the_result() {
 fn app_exception_is_500_with_traceback_and_the_instance_keeps_serving() {
     let s = Server::start(&router(), &[]);
     let c = client();
-    let before: serde_json::Value = c.get(s.url("/counters")).send().unwrap().json().unwrap();
+    let before: serde_json::Value = get_json(&s, "/counters");
     let r = c.get(s.url("/error")).send().unwrap();
     assert_eq!(r.status(), 500);
     s.wait_for_log("RuntimeError: boom from the router app");
@@ -223,7 +223,7 @@ fn app_exception_is_500_with_traceback_and_the_instance_keeps_serving() {
     let r = c.get(s.url("/")).send().unwrap();
     assert_eq!(r.status(), 200);
     // Same warm instance: its module state survived the exception.
-    let after: serde_json::Value = c.get(s.url("/counters")).send().unwrap().json().unwrap();
+    let after: serde_json::Value = get_json(&s, "/counters");
     assert_eq!(
         after["requests"].as_u64().unwrap(),
         before["requests"].as_u64().unwrap() + 3
@@ -419,7 +419,7 @@ fn file_wrapper_streams_a_granted_file() {
 fn only_granted_env_and_files_are_visible() {
     let s = Server::start(&router(), &["--env", "GREETING=hi"]);
     let c = client();
-    let env: serde_json::Value = c.get(s.url("/os-environ")).send().unwrap().json().unwrap();
+    let env: serde_json::Value = get_json(&s, "/os-environ");
     assert_eq!(env, serde_json::json!({"GREETING": "hi"}));
     let r = c.get(s.url("/read-file?/etc/passwd")).send().unwrap();
     assert_eq!(r.status(), 403);

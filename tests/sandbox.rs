@@ -89,12 +89,7 @@ fn environment_shows_only_grants() {
         &router(),
         &["--env", "GRANTED=yes", "--env-file", &env_file],
     );
-    let env: serde_json::Value = client()
-        .get(s.url("/os-environ"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let env: serde_json::Value = get_json(&s, "/os-environ");
     assert_eq!(
         env,
         serde_json::json!({"GRANTED": "yes", "FROM_FILE": "1", "QUOTED": "a b"})
@@ -211,12 +206,7 @@ fn queue_overflow_gets_503_with_retry_after() {
 }
 
 fn request_count(s: &Server) -> u64 {
-    let v: serde_json::Value = client()
-        .get(s.url("/counters"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let v: serde_json::Value = get_json(&s, "/counters");
     v["requests"].as_u64().unwrap()
 }
 
@@ -235,12 +225,7 @@ fn pooled_keeps_state_request_isolation_does_not() {
         first, a,
         "a fresh instance is the snapshot plus this request"
     );
-    let env: serde_json::Value = client()
-        .get(isolated.url("/env"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let env: serde_json::Value = get_json(&isolated, "/env");
     assert_eq!(env["wsgi.run_once"], true);
 }
 
@@ -350,12 +335,7 @@ fn sighup_reload_swaps_apps_without_losing_requests() {
     s.signal("HUP");
     s.wait_for_log("reloaded: 2 apps");
     assert_eq!(in_flight.join().unwrap(), (200, "slept".into()));
-    let env: serde_json::Value = client()
-        .get(s.url("/os-environ"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let env: serde_json::Value = get_json(&s, "/os-environ");
     assert_eq!(env["GEN"], "2");
     assert_eq!(get(&s, "/hello/"), (200, "Hello, World!\n".into()));
     // A broken config leaves the running one in place.

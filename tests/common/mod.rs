@@ -107,47 +107,61 @@ pub fn component(name: &str, target: &str, app_dir: &Path, requirements: Option<
     out
 }
 
+/// Build once per test binary (the file cache spans runs).
+fn once(
+    cell: &'static OnceLock<PathBuf>,
+    name: &str,
+    target: &str,
+    dir: &str,
+    requirements: Option<&str>,
+) -> PathBuf {
+    cell.get_or_init(|| {
+        let dir = repo().join(dir);
+        let req = requirements.map(|r| dir.join(r));
+        component(name, target, &dir, req.as_deref())
+    })
+    .clone()
+}
+
 /// The router test app (tests/apps/router).
 pub fn router() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        component(
-            "router",
-            "app:application",
-            &repo().join("tests/apps/router"),
-            None,
-        )
-    })
-    .clone()
+    once(&P, "router", "app:application", "tests/apps/router", None)
+}
+
+/// The router wrapped in wsgiref's validator (tests/apps/router/validated.py).
+pub fn validated() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    once(
+        &P,
+        "validated",
+        "validated:application",
+        "tests/apps/router",
+        None,
+    )
 }
 
 /// examples/hello.
 pub fn hello() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        component(
-            "hello",
-            "app:application",
-            &repo().join("examples/hello"),
-            None,
-        )
-    })
-    .clone()
+    once(&P, "hello", "app:application", "examples/hello", None)
 }
 
 /// examples/flask, with Flask resolved from its requirements.txt.
 pub fn flask() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let dir = repo().join("examples/flask");
-        component(
-            "flask",
-            "app:app",
-            &dir,
-            Some(&dir.join("requirements.txt")),
-        )
-    })
-    .clone()
+    once(
+        &P,
+        "flask",
+        "app:app",
+        "examples/flask",
+        Some("requirements.txt"),
+    )
+}
+
+/// GET `path` and parse the JSON answer.
+pub fn get_json(s: &Server, path: &str) -> serde_json::Value {
+    client().get(s.url(path)).send().unwrap().json().unwrap()
 }
 
 /// A running `rsgi-wasm run`.
