@@ -7,14 +7,15 @@ LISTEN ?= 127.0.0.1:8000
 .PHONY: demo test lint bin bench
 .DELETE_ON_ERROR:
 
-demo: target/examples/flask.wasm
+demo: bin
+	$(MAKE) target/examples/flask.wasm
 	@echo "serving examples/flask; try: curl http://$(LISTEN)/  (Ctrl-C stops)"
 	$(BIN) run target/examples/flask.wasm --listen $(LISTEN)
 
 bin:
 	$(CARGO) build --release
 
-target/examples/flask.wasm: bin $(wildcard examples/flask/*.py examples/flask/templates/*) examples/flask/requirements.txt
+target/examples/flask.wasm: $(BIN) $(wildcard examples/flask/*.py examples/flask/templates/*) examples/flask/requirements.txt
 	./scripts/setup.sh
 	$(BIN) build app:app -p examples/flask -r examples/flask/requirements.txt -o $@
 

@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::time::Duration;
 
 use common::*;
 
@@ -432,8 +431,7 @@ fn graceful_shutdown_finishes_in_flight_requests() {
     let url = s.url("/sleep?1");
     let pending =
         std::thread::spawn(move || client().get(url).send().map(|r| (r.status(), r.text())));
-    // Give the request time to reach the app before the signal.
-    std::thread::sleep(Duration::from_millis(400));
+    s.wait_for_log("sleeping 1");
     let status = s.stop("TERM");
     assert!(status.success(), "exit status {status:?}");
     let (code, body) = pending.join().unwrap().unwrap();

@@ -187,26 +187,27 @@ fn memory_bomb_gets_5xx_and_the_server_keeps_serving() {
 #[test]
 fn queue_overflow_gets_503_with_retry_after() {
     let s = Server::start(&router(), &["--workers", "1", "--queue", "1"]);
-    let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let url = s.url("/sleep?1.5");
-            let t = std::thread::spawn(move || client().get(url).send().unwrap().status().as_u16());
-            std::thread::sleep(Duration::from_millis(150));
-            t
-        })
-        .collect();
+    let slow = |path: &str| {
+        let url = s.url(path);
+        std::thread::spawn(move || client().get(url).send().unwrap().status().as_u16())
+    };
+    let running = slow("/sleep?3");
+    s.wait_for_log("sleeping 3");
+    let waiting = slow("/sleep?0.1");
+    // The second request cannot be observed while it waits; give it ample
+    // time to reach the queue (it is held there for ~3 s).
+    std::thread::sleep(Duration::from_millis(700));
     // One runs, one waits: the third is refused at once.
     let r = client().get(s.url("/")).send().unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
-    for t in slow {
-        assert_eq!(t.join().unwrap(), 200);
-    }
+    assert_eq!(running.join().unwrap(), 200);
+    assert_eq!(waiting.join().unwrap(), 200);
     assert_eq!(get(&s, "/").0, 200);
 }
 
 fn request_count(s: &Server) -> u64 {
-    let v: serde_json::Value = get_json(&s, "/counters");
+    let v: serde_json::Value = get_json(s, "/counters");
     v["requests"].as_u64().unwrap()
 }
 
@@ -324,7 +325,7 @@ fn sighup_reload_swaps_apps_without_losing_requests() {
         let r = client().get(url).send().unwrap();
         (r.status().as_u16(), r.text().unwrap())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    s.wait_for_log("sleeping 1.5");
     // A changed app (new env) and a new one under /hello.
     let two = format!(
         "{}\n[[app]]\nname = \"hello\"\ncomponent = \"{}\"\npath_prefix = \"/hello\"\n",

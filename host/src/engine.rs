@@ -62,8 +62,11 @@ pub fn default_cache_dir() -> PathBuf {
 pub struct Loader {
     engine: Engine,
     cache_dir: PathBuf,
-    loaded: Mutex<HashMap<(PathBuf, u64, Option<SystemTime>), Component>>,
+    loaded: Mutex<HashMap<FileKey, Component>>,
 }
+
+/// A component file as last seen: path, size, modification time.
+type FileKey = (PathBuf, u64, Option<SystemTime>);
 
 impl Loader {
     /// A loader that caches compiled artifacts in `cache_dir`.

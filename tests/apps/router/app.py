@@ -203,6 +203,8 @@ def application(environ, start_response):
         return []
 
     if path == "/sleep":
+        # Tests wait for this line to know the request reached the app.
+        print(f"sleeping {query or '1'}", flush=True)
         time.sleep(float(query or "1"))
         return text(start_response, "slept")
 
