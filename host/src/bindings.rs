@@ -12,4 +12,3 @@ wasmtime::component::bindgen!({
 
 pub use self::rsgi_wasm::wsgi::request::BodyError;
 pub use self::rsgi_wasm::wsgi::response::{SendFileError, WriteError};
-pub use exports::rsgi_wasm::wsgi::handler::Guest as Handler;

@@ -82,11 +82,6 @@ impl AppPool {
         Ok(pool)
     }
 
-    /// The app's name (log lines, tenants).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The app's limits.
     pub fn limits(&self) -> &Limits {
         &self.limits

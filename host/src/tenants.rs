@@ -290,11 +290,6 @@ impl Router {
             .max_by_key(|(rank, r)| (*rank, r.prefix.len()))
             .map(|(_, r)| (&r.app, r.prefix.as_str()))
     }
-
-    /// The apps routed to (for reload bookkeeping).
-    pub fn apps(&self) -> impl Iterator<Item = &Arc<AppPool>> {
-        self.routes.iter().map(|r| &r.app)
-    }
 }
 
 #[cfg(test)]
