@@ -3,8 +3,10 @@
 Runs at module top level of the generated entry module, i.e. during
 componentize-py's pre-initialisation, so everything imported here (the app,
 its dependencies, and whatever a warm-up request touches) is captured in the
-snapshot. The stdlib is not on any filesystem at run time, so a module first
-imported lazily by a later request would be missing: warm-up prevents that.
+snapshot, so a first request does not pay for it. Whatever a later request
+imports lazily, and files the app reads (templates, migrations), come from
+the read-only copy of the stdlib, app dirs and site-packages that the host
+mounts at the same guest paths at run time (see ``host/src/bundle.rs``).
 
 Errors are reported as one line starting with ``rsgi-wasm-build-error:``
 which the host picks out of componentize-py's output.
@@ -184,19 +186,60 @@ def warm_up(app: Callable, paths: List[str]) -> List[str]:
     return report
 
 
+def check_native(native: Dict[str, str]) -> None:
+    """Stop the build, one line per package, for every package whose native
+    part was dropped (no WASI build) and that cannot import without it.
+    Packages with a pure-Python fallback (MarkupSafe, PyYAML, simplejson)
+    import fine and pass."""
+    failed: Dict[str, str] = {}
+    for module, dist in sorted(native.items()):
+        top = module.split(".")[0]
+        if top == module or dist in failed:
+            continue  # a top-level extension: only fails if the app imports it
+        try:
+            importlib.import_module(top)
+        except ImportError as e:
+            if e.name in native:
+                failed[dist] = e.name
+        except Exception:
+            pass  # not our concern here; the app's own import reports it
+    if failed:
+        raise BuildError(
+            "\n".join(
+                f"{dist}: native extension, no WASI build available (module {mod} cannot load in the sandbox)"
+                for dist, mod in sorted(failed.items())
+            )
+        )
+
+
+def export_stdlib(dest: str) -> None:
+    """Copy the standard library (mounted at /python while building) out to
+    the host, which ships it read-only with the component for lazy imports."""
+    import shutil
+
+    shutil.copytree("/python", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
 def boot(
     module: str,
     expr: str,
     mounts: Sequence[Tuple[str, str]],
+    app_dirs: int,
     native: Dict[str, str],
     warmup: List[str],
     report_path: Optional[str],
-) -> type:
+    stdlib_export: Optional[str] = None,
+) -> Tuple[type, type]:
+    """Import and warm up the app; return the exported ``Handler`` and
+    ``Command`` classes."""
+    if stdlib_export:
+        export_stdlib(stdlib_export)
     for name in LAZY_STDLIB:
         try:
             importlib.import_module(name)
         except ImportError:
             pass
+    check_native(native)
     module_obj = import_app_module(module, mounts, native)
     app = resolve_callable(module_obj, module, expr)
     report = warm_up(app, warmup)
@@ -206,6 +249,6 @@ def boot(
                 f.write("\n".join(report) + "\n")
         except OSError:
             pass
-    from .component import make_handler
+    from .component import make_command, make_handler
 
-    return make_handler(app)
+    return make_handler(app), make_command(list(mounts[:app_dirs]))

@@ -78,3 +78,14 @@ def make_handler(app: Callable) -> type:
                 raise Err(failure)
 
     return Handler
+
+
+def make_command(roots: List[Tuple[str, str]]) -> type:
+    """Build the ``Command`` class (``rsgi-wasm exec``) for the app's dirs."""
+    from . import script
+
+    class Command(exports.Command):
+        def run(self, argv: List[str]) -> int:
+            return script.run(list(argv), roots)
+
+    return Command

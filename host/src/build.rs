@@ -2,17 +2,20 @@
 //! using the embedded componentize-py (no Python needed for the build
 //! itself; `-r requirements.txt` asks the local pip to resolve wheels).
 //!
-//! Steps: lay out the guest adapter and a generated entry module in a work
-//! dir; resolve requirements for the WASI target (cached by content hash) and
-//! drop native extensions; run componentize-py, whose pre-initialisation
-//! imports the app and warms it up; report a clear error or the result.
+//! Steps: resolve dependencies (`deps`, cached by hash); hash everything the
+//! component depends on and reuse an earlier build with the same key; else
+//! lay out the guest adapter and a generated entry module, run
+//! componentize-py (whose pre-initialisation imports the app and warms it
+//! up), append the app's files (`bundle`) and store the result in the cache.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+
+use crate::bundle;
+use crate::deps::{self, Source};
 
 /// The guest adapter, compiled into the binary so `build` is self-contained.
 const GUEST_FILES: &[(&str, &str)] = &[
@@ -27,6 +30,10 @@ const GUEST_FILES: &[(&str, &str)] = &[
     (
         "component.py",
         include_str!("../../guest/rsgi_wasm_guest/component.py"),
+    ),
+    (
+        "script.py",
+        include_str!("../../guest/rsgi_wasm_guest/script.py"),
     ),
     (
         "protocol.py",
@@ -44,6 +51,10 @@ const WARMUP_REPORT: &str = "rsgi-wasm-warmup.txt";
 /// What the guest prints in front of a user-facing build error.
 const ERROR_MARKER: &str = "rsgi-wasm-build-error: ";
 
+/// The componentize-py whose CPython and stdlib are embedded (part of the
+/// build cache key, and the stdlib copy's name).
+const COMPONENTIZE_PY: &str = "componentize-py-0.25.1";
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -51,23 +62,28 @@ pub struct BuildOptions {
     pub target: String,
     /// Directories holding the app's own code.
     pub paths: Vec<PathBuf>,
-    /// requirements.txt to resolve.
-    pub requirements: Option<PathBuf>,
-    /// Where the component goes.
-    pub output: PathBuf,
+    /// Dependencies to resolve or copy (requirements, pyproject, and/or an
+    /// installed site-packages).
+    pub deps: Vec<Source>,
+    /// Where the component goes (`None`: only into the cache).
+    pub output: Option<PathBuf>,
     /// Paths requested at build time.
     pub warmup: Vec<String>,
-    /// Cache for resolved dependencies.
+    /// Cache for dependencies, stdlib and built components.
     pub cache_dir: PathBuf,
 }
 
 /// What was built.
 #[derive(Debug)]
 pub struct BuildReport {
+    /// The component: the output file, or its place in the cache.
+    pub path: PathBuf,
     /// Size of the component in bytes.
     pub size: u64,
     /// One line per warm-up request.
     pub warmup: Vec<String>,
+    /// An identical earlier build was reused.
+    pub cached: bool,
 }
 
 /// A problem the user must fix; shown without a Rust error chain.
@@ -117,16 +133,15 @@ fn py_str(s: &str) -> String {
     out
 }
 
-/// Build the component described by `opts`.
+/// Build the component described by `opts`, or reuse an identical build.
 pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
-    let t0 = Instant::now();
     let (module, callable) = parse_target(&opts.target)?;
-    let mut app_dirs = Vec::new();
     let paths = if opts.paths.is_empty() {
         vec![PathBuf::from(".")]
     } else {
         opts.paths.clone()
     };
+    let mut app_dirs = Vec::new();
     for p in &paths {
         let abs = p
             .canonicalize()
@@ -136,7 +151,99 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         }
         app_dirs.push(abs);
     }
+    let mut resolved = Vec::new();
+    for source in &opts.deps {
+        resolved.push(deps::resolve(source, &opts.cache_dir)?);
+    }
 
+    // Everything the component depends on goes into the key: this tool's
+    // guest code and WIT, the target and warm-up paths, the app's files
+    // and the prepared dependencies.
+    let mut h = Sha256::new();
+    h.update(env!("CARGO_PKG_VERSION"));
+    h.update(COMPONENTIZE_PY);
+    for (name, text) in GUEST_FILES {
+        h.update(name);
+        h.update(text);
+    }
+    h.update(WIT);
+    h.update(format!("{:?}", (&opts.target, &opts.warmup)));
+    for dir in &app_dirs {
+        h.update(dir.to_string_lossy().as_bytes());
+        bundle::hash_dir(&mut h, dir)?;
+    }
+    for r in &resolved {
+        h.update(&r.key);
+    }
+    let key = format!("{:x}", h.finalize())[..32].to_owned();
+    let builds = opts.cache_dir.join("builds");
+    let cached = builds.join(format!("{key}.wasm"));
+    let report_file = builds.join(format!("{key}.warmup.txt"));
+
+    let hit = cached.is_file();
+    if hit {
+        tracing::info!(
+            "{}: unchanged since the last build, reusing it",
+            opts.target
+        );
+    } else {
+        let component = generate(
+            &module,
+            &callable,
+            &app_dirs,
+            &resolved,
+            &opts.warmup,
+            &opts.cache_dir,
+            &report_file,
+        )
+        .await?;
+        write_atomic(&cached, &component)?;
+    }
+    let path = match &opts.output {
+        Some(out) => {
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::copy(&cached, out).with_context(|| format!("writing {}", out.display()))?;
+            out.clone()
+        }
+        None => cached,
+    };
+    let size = std::fs::metadata(&path)?.len();
+    let warmup = std::fs::read_to_string(&report_file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    Ok(BuildReport {
+        path,
+        size,
+        warmup,
+        cached: hit,
+    })
+}
+
+fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
+    let dir = dest.parent().context("cache path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, data)?;
+    tmp.persist(dest)?;
+    Ok(())
+}
+
+/// Run componentize-py on the app and append its files; returns the bytes.
+async fn generate(
+    module: &str,
+    callable: &str,
+    app_dirs: &[PathBuf],
+    resolved: &[deps::Resolved],
+    warmup: &[String],
+    cache_dir: &Path,
+    report_file: &Path,
+) -> Result<Vec<u8>> {
+    let t0 = Instant::now();
     let work = tempfile::Builder::new()
         .prefix("rsgi-wasm-build")
         .tempdir()?;
@@ -150,19 +257,17 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     std::fs::create_dir_all(&wit_dir)?;
     std::fs::write(wit_dir.join("wsgi.wit"), WIT)?;
 
-    let mut site_packages = None;
-    let mut native = BTreeMap::new();
-    if let Some(req) = &opts.requirements {
-        let (dir, found) = resolve_requirements(req, &opts.cache_dir)?;
-        native = found;
-        site_packages = Some(dir);
-    }
+    // The stdlib ships with every component (for lazy imports); the guest
+    // copies it out of componentize-py on the first build, then it is reused.
+    let stdlib = cache_dir.join("stdlib").join(COMPONENTIZE_PY);
+    let export_stdlib = !stdlib.join("os.py").is_file();
 
     // componentize-py mounts python_path[i] at /i during pre-initialisation:
-    // index 0 is the adapter, then the app's dirs, then dependencies.
+    // index 0 is the adapter, then the app's dirs, then dependencies. The
+    // same paths are mounted read-only at run time.
     let mut python_path: Vec<PathBuf> = vec![guest_dir.clone()];
     python_path.extend(app_dirs.iter().cloned());
-    python_path.extend(site_packages.iter().cloned());
+    python_path.extend(resolved.iter().map(|r| r.dir.clone()));
     let mounts: Vec<String> = python_path
         .iter()
         .enumerate()
@@ -175,28 +280,31 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
             )
         })
         .collect();
-    let native_py: Vec<String> = native
+    let native_py: Vec<String> = resolved
         .iter()
+        .flat_map(|r| r.native.iter())
         .map(|(m, d)| format!("{}: {}", py_str(m), py_str(d)))
         .collect();
-    let warmup: Vec<String> = opts.warmup.iter().map(|p| py_str(p)).collect();
+    let warmup_py: Vec<String> = warmup.iter().map(|p| py_str(p)).collect();
     let entry = format!(
         "# Generated by rsgi-wasm build: the component's top-level module.\n\
          from rsgi_wasm_guest.boot import boot\n\n\
-         Handler = boot(\n    module={},\n    expr={},\n    mounts=[{}],\n    native={{{}}},\n    warmup=[{}],\n    report_path={},\n)\n",
-        py_str(&module),
-        py_str(&callable),
+         Handler, Command = boot(\n    module={},\n    expr={},\n    mounts=[{}],\n    app_dirs={},\n    native={{{}}},\n    warmup=[{}],\n    report_path={},\n    stdlib_export={},\n)\n",
+        py_str(module),
+        py_str(callable),
         mounts.join(", "),
+        app_dirs.len(),
         native_py.join(", "),
-        warmup.join(", "),
+        warmup_py.join(", "),
         py_str(&format!("/0/{WARMUP_REPORT}")),
+        if export_stdlib {
+            py_str("/0/stdlib")
+        } else {
+            "None".to_owned()
+        },
     );
     std::fs::write(guest_dir.join(format!("{ENTRY_MODULE}.py")), entry)?;
 
-    if let Some(parent) = opts.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
     let python_path_str: Vec<String> = python_path
         .iter()
         .map(|p| p.to_string_lossy().into_owned())
@@ -205,10 +313,9 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let no_names = std::collections::HashMap::new();
     let tmp_out = work.path().join("app.wasm");
     tracing::info!(
-        "building {} (CPython 3.14 for WASI, pre-initialising the app)",
-        opts.target
+        "building {module}:{callable}: linking CPython 3.14 for WASI and pre-initialising the app"
     );
-    let result = componentize_py::ComponentGenerator {
+    let generator = componentize_py::ComponentGenerator {
         wit_paths: &[&wit_dir],
         worlds: &[WORLD],
         features: &[],
@@ -224,9 +331,8 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         export_interface_names: &no_names,
         full_names: false,
         intersect_world: None,
-    }
-    .generate()
-    .await;
+    };
+    let result = with_progress(generator.generate(), t0).await;
     if let Err(e) = result {
         let text = format!("{e:#}");
         let lines: Vec<&str> = text
@@ -240,170 +346,54 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         }
         bail!(BuildError(lines.join("\n")));
     }
-    std::fs::copy(&tmp_out, &opts.output)
-        .with_context(|| format!("writing {}", opts.output.display()))?;
-    let size = std::fs::metadata(&opts.output)?.len();
-    let warmup = std::fs::read_to_string(guest_dir.join(WARMUP_REPORT))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    tracing::debug!("build took {:.1}s", t0.elapsed().as_secs_f64());
-    Ok(BuildReport { size, warmup })
+    if export_stdlib {
+        let parent = stdlib.parent().expect("stdlib dir has a parent");
+        std::fs::create_dir_all(parent)?;
+        let _ = std::fs::remove_dir_all(&stdlib);
+        std::fs::rename(guest_dir.join("stdlib"), &stdlib)
+            .with_context(|| format!("caching the standard library in {}", stdlib.display()))?;
+    }
+
+    let mut roots = vec![("python".to_owned(), stdlib)];
+    roots.extend(
+        python_path
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, dir)| (i.to_string(), dir.clone())),
+    );
+    let (archive, count) = bundle::pack(&roots)?;
+    tracing::info!(
+        "packed {count} files ({:.1} MB compressed) for run-time imports and reads",
+        archive.len() as f64 / 1e6
+    );
+    let mut component =
+        std::fs::read(&tmp_out).with_context(|| format!("reading {}", tmp_out.display()))?;
+    bundle::append(&mut component, &archive);
+    let report = guest_dir.join(WARMUP_REPORT);
+    if report.is_file() {
+        std::fs::create_dir_all(report_file.parent().expect("report has a parent"))?;
+        std::fs::copy(&report, report_file)?;
+    }
+    Ok(component)
 }
 
-/// pip options that pick wheels for CPython 3.14 on WASI: pure wheels, and
-/// Linux wheels whose native part is optional (it is dropped afterwards).
-const PIP_TARGET: &[&str] = &[
-    "--only-binary=:all:",
-    "--python-version",
-    "3.14",
-    "--implementation",
-    "cp",
-    "--abi",
-    "cp314",
-    "--abi",
-    "abi3",
-    "--abi",
-    "none",
-    "--platform",
-    "any",
-    "--platform",
-    "manylinux2014_x86_64",
-    "--platform",
-    "manylinux_2_17_x86_64",
-    "--platform",
-    "manylinux_2_28_x86_64",
-];
-
-/// Install `requirements` into a cached site-packages for the WASI target.
-/// Returns the directory and the native modules that were removed, mapped to
-/// their distribution (so a failed import can name the package).
-fn resolve_requirements(
-    requirements: &Path,
-    cache: &Path,
-) -> Result<(PathBuf, BTreeMap<String, String>)> {
-    let text = std::fs::read(requirements)
-        .map_err(|e| BuildError(format!("-r {}: {e}", requirements.display())))?;
-    let mut h = Sha256::new();
-    h.update(&text);
-    h.update(PIP_TARGET.join(" "));
-    let key = format!("{:x}", h.finalize());
-    let dir = cache.join("deps").join(&key[..32]);
-    let site = dir.join("site-packages");
-    let native_list = dir.join("native.txt");
-    if !native_list.is_file() {
-        tracing::info!(
-            "resolving {} for the WASI target with pip",
-            requirements.display()
-        );
-        let tmp = dir.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        let status = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-compile",
-                "--root-user-action=ignore",
-            ])
-            .args(PIP_TARGET)
-            .arg("--target")
-            .arg(tmp.join("site-packages"))
-            .arg("-r")
-            .arg(requirements)
-            .status()
-            .map_err(|e| {
-                BuildError(format!(
-                    "resolving -r {} needs python3 with pip on PATH: {e}",
-                    requirements.display()
-                ))
-            })?;
-        if !status.success() {
-            bail!(BuildError(format!(
-                "pip could not resolve {} for CPython 3.14 on WASI (see pip's message above); \
-                 packages must ship a pure-Python wheel or a wheel whose native part is optional",
-                requirements.display()
-            )));
+/// Await a long step, logging every few seconds that it is still running.
+/// The ticker is a thread: componentize-py's pre-initialisation blocks the
+/// async task it runs on.
+async fn with_progress<T>(step: impl std::future::Future<Output = T>, t0: Instant) -> T {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let ticker = std::thread::spawn(move || {
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            wait.recv_timeout(Duration::from_secs(5))
+        {
+            tracing::info!("still building ({:.0}s so far)", t0.elapsed().as_secs_f64());
         }
-        let native = strip_native(&tmp.join("site-packages"))?;
-        let listing: String = native.iter().map(|(m, d)| format!("{m} {d}\n")).collect();
-        std::fs::write(tmp.join("native.txt"), listing)?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir)?;
-    }
-    let native = std::fs::read_to_string(&native_list)?
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(m, d)| (m.to_owned(), d.to_owned()))
-        .collect();
-    Ok((site, native))
-}
-
-/// Delete native extension modules (they cannot load in WASI) and return
-/// `module name → distribution` for each.
-fn strip_native(site: &Path) -> Result<BTreeMap<String, String>> {
-    let owners = record_owners(site);
-    let mut native = BTreeMap::new();
-    let mut stack = vec![site.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let is_native = (name.ends_with(".so") || name.contains(".so."))
-                && !name.ends_with("wasm32-wasi.so");
-            if !is_native {
-                continue;
-            }
-            let rel = path.strip_prefix(site).unwrap_or(&path);
-            let rel_str = rel.to_string_lossy().replace('\\', "/");
-            let stem = name.split('.').next().unwrap_or(name);
-            let mut parts: Vec<String> = rel
-                .parent()
-                .map(|p| p.iter().map(|c| c.to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            parts.push(stem.to_owned());
-            let module = parts.join(".");
-            let dist = owners
-                .get(&rel_str)
-                .cloned()
-                .unwrap_or_else(|| parts[0].clone());
-            std::fs::remove_file(&path)?;
-            native.insert(module, dist);
-        }
-    }
-    Ok(native)
-}
-
-/// Map installed files to their distribution via `*.dist-info/RECORD`.
-fn record_owners(site: &Path) -> BTreeMap<String, String> {
-    let mut owners = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(site) else {
-        return owners;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".dist-info") else {
-            continue;
-        };
-        // `Name-Version.dist-info`; the project name is before the last '-'.
-        let dist = stem.rsplit_once('-').map_or(stem, |(n, _)| n).to_owned();
-        if let Ok(record) = std::fs::read_to_string(entry.path().join("RECORD")) {
-            for line in record.lines() {
-                if let Some(file) = line.split(',').next() {
-                    owners.insert(file.to_owned(), dist.clone());
-                }
-            }
-        }
-    }
-    owners
+    });
+    let out = step.await;
+    drop(done);
+    let _ = ticker.join();
+    out
 }
 
 #[cfg(test)]

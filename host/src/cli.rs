@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::build::BuildOptions;
 use crate::config::{self, DirGrant, Grants, Limits, ServerConfig};
+use crate::deps::Source;
 
 /// Serve Python WSGI apps, each in its own WebAssembly sandbox.
 #[derive(Debug, Parser)]
@@ -22,8 +24,10 @@ pub struct Cli {
 pub enum Command {
     /// Build a WSGI app (MODULE:CALLABLE) into a sandboxed component.
     Build(BuildArgs),
-    /// Serve one component over HTTP.
-    Run(RunArgs),
+    /// Serve one app over HTTP: a component, or an app built on the fly.
+    Run(Box<RunArgs>),
+    /// Run one of the app's scripts in its sandbox: `exec app.wasm -- manage.py migrate`.
+    Exec(ExecArgs),
     /// Serve many apps from a tenants.toml (SIGHUP reloads it).
     Serve(ServeArgs),
 }
@@ -78,27 +82,25 @@ impl HttpArgs {
     }
 }
 
-/// `rsgi-wasm build`.
-#[derive(Debug, Args)]
-pub struct BuildArgs {
-    /// The WSGI app, gunicorn style: `module:callable`, `pkg.mod:obj.attr`
-    /// or `module:factory()`.
-    pub target: String,
+/// Where an app's code and dependencies come from (`build`, and `run`
+/// from source).
+#[derive(Debug, Args, Default)]
+pub struct SourceArgs {
     /// Directory to find the app's own modules in (repeatable; default: .).
     #[arg(short = 'p', long = "path", value_name = "DIR")]
     pub paths: Vec<PathBuf>,
     /// requirements.txt with the app's dependencies (pure-Python wheels are
-    /// bundled; optional C speed-ups are dropped).
+    /// bundled; optional C speed-ups are dropped; sdists are built if pure).
     #[arg(short = 'r', long = "requirements", value_name = "FILE")]
     pub requirements: Option<PathBuf>,
-    /// Output component.
-    #[arg(
-        short = 'o',
-        long = "output",
-        value_name = "FILE",
-        default_value = "app.wasm"
-    )]
-    pub output: PathBuf,
+    /// Take dependencies from pyproject.toml's [project].dependencies
+    /// (default file: pyproject.toml in the first -p directory).
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "", conflicts_with = "requirements")]
+    pub pyproject: Option<PathBuf>,
+    /// An already-installed site-packages to bundle (copied; native
+    /// extensions are dropped from the copy).
+    #[arg(long, value_name = "DIR")]
+    pub site_packages: Option<PathBuf>,
     /// Path to request at build time so what it imports is in the snapshot
     /// (repeatable; default: /).
     #[arg(long = "warmup", value_name = "PATH")]
@@ -108,11 +110,143 @@ pub struct BuildArgs {
     pub no_warmup: bool,
 }
 
+impl SourceArgs {
+    /// Whether any source flag was given.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+            && self.requirements.is_none()
+            && self.pyproject.is_none()
+            && self.site_packages.is_none()
+            && self.warmup.is_empty()
+            && !self.no_warmup
+    }
+
+    /// The build of `target` these flags describe.
+    pub fn build_options(
+        &self,
+        target: String,
+        output: Option<PathBuf>,
+        cache_dir: PathBuf,
+    ) -> BuildOptions {
+        let mut deps = Vec::new();
+        if let Some(r) = &self.requirements {
+            deps.push(Source::Requirements(r.clone()));
+        }
+        if let Some(p) = &self.pyproject {
+            let file = if p.as_os_str().is_empty() {
+                self.paths
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| PathBuf::from("."))
+                    .join("pyproject.toml")
+            } else {
+                p.clone()
+            };
+            deps.push(Source::Pyproject(file));
+        }
+        if let Some(s) = &self.site_packages {
+            deps.push(Source::SitePackages(s.clone()));
+        }
+        let warmup = if self.no_warmup {
+            Vec::new()
+        } else if self.warmup.is_empty() {
+            vec!["/".to_owned()]
+        } else {
+            self.warmup.clone()
+        };
+        BuildOptions {
+            target,
+            paths: self.paths.clone(),
+            deps,
+            output,
+            warmup,
+            cache_dir,
+        }
+    }
+}
+
+/// `rsgi-wasm build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The WSGI app, gunicorn style: `module:callable`, `pkg.mod:obj.attr`
+    /// or `module:factory()`.
+    pub target: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Output component.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FILE",
+        default_value = "app.wasm"
+    )]
+    pub output: PathBuf,
+    /// Cache for dependencies and builds (default as for `run`).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// What an app may reach: directories, environment, network.
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// Grant a directory: HOST_DIR::GUEST_DIR[:ro] (repeatable).
+    #[arg(long = "dir", value_name = "HOST::GUEST[:ro]", value_parser = config::parse_dir)]
+    pub dirs: Vec<DirGrant>,
+    /// Set an environment variable for the app: NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = config::parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Read NAME=VALUE lines for the app's environment from FILE.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    /// Allow outbound TCP to HOST:PORT (repeatable; nothing by default).
+    #[arg(long = "allow-net", value_name = "HOST:PORT", value_parser = config::parse_net)]
+    pub allow_net: Vec<Vec<std::net::SocketAddr>>,
+    /// Memory cap per instance: 128MiB, 1GiB, ...
+    #[arg(long, default_value = "512MiB", value_parser = config::parse_size)]
+    pub memory: u64,
+}
+
+impl GrantArgs {
+    /// The grants, with the env file read.
+    pub fn grants(&self) -> anyhow::Result<Grants> {
+        let mut env = match &self.env_file {
+            Some(path) => config::read_env_file(path)?,
+            None => Vec::new(),
+        };
+        env.extend(self.env.iter().cloned());
+        Ok(Grants {
+            dirs: self.dirs.clone(),
+            env,
+            net: self.allow_net.iter().flatten().copied().collect(),
+        })
+    }
+}
+
+/// `rsgi-wasm exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The component built by `rsgi-wasm build`.
+    pub component: PathBuf,
+    #[command(flatten)]
+    pub grants: GrantArgs,
+    /// Where compiled components are cached (as for `run`).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// The script and its arguments after `--`: `manage.py migrate`, or
+    /// `-m module args`.
+    #[arg(last = true, required = true, value_name = "SCRIPT [ARGS]")]
+    pub argv: Vec<String>,
+}
+
 /// `rsgi-wasm run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The component built by `rsgi-wasm build`.
-    pub component: PathBuf,
+    /// The component built by `rsgi-wasm build`, or an app to build first
+    /// (into the cache; rebuilt when its files change): `path/app.py:app`,
+    /// or `module:callable` with -p.
+    pub app: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
@@ -122,24 +256,16 @@ pub struct RunArgs {
     /// Requests that may wait when all workers are busy (503 beyond).
     #[arg(long, default_value_t = 1024)]
     pub queue: usize,
-    /// Grant a directory: HOST_DIR::GUEST_DIR[:ro] (repeatable).
-    #[arg(long = "dir", value_name = "HOST::GUEST[:ro]", value_parser = config::parse_dir)]
-    pub dirs: Vec<DirGrant>,
-    /// Set an environment variable for the app: NAME=VALUE (repeatable).
-    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = config::parse_env)]
-    pub env: Vec<(String, String)>,
-    /// Allow outbound TCP to HOST:PORT (repeatable; nothing by default).
-    #[arg(long = "allow-net", value_name = "HOST:PORT", value_parser = config::parse_net)]
-    pub allow_net: Vec<Vec<std::net::SocketAddr>>,
-    /// Read NAME=VALUE lines for the app's environment from FILE.
-    #[arg(long, value_name = "FILE")]
-    pub env_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub grants: GrantArgs,
+    /// Serve files under URL_PREFIX from HOST_DIR on the host, without
+    /// entering the app (ETag, Last-Modified, ranges), e.g. /static/=./static
+    /// (repeatable).
+    #[arg(long = "static", value_name = "URL_PREFIX=HOST_DIR", value_parser = crate::static_files::parse_static)]
+    pub statics: Vec<crate::static_files::StaticMount>,
     /// Per-request time limit (504 past it): seconds or 500ms / 30s / 2m.
     #[arg(long, default_value = "60s", value_parser = config::parse_duration)]
     pub timeout: Duration,
-    /// Memory cap per instance: 128MiB, 1GiB, ...
-    #[arg(long, default_value = "512MiB", value_parser = config::parse_size)]
-    pub memory: u64,
     /// Largest request body accepted (413 above it).
     #[arg(long, default_value = "1GiB", value_parser = config::parse_size)]
     pub max_body: u64,
@@ -161,21 +287,12 @@ impl RunArgs {
     /// Split the flags into server settings, grants and limits.
     pub fn split(&self) -> anyhow::Result<(ServerConfig, Grants, Limits)> {
         let server = self.http.server_config(self.listen);
-        let mut env = match &self.env_file {
-            Some(path) => config::read_env_file(path)?,
-            None => Vec::new(),
-        };
-        env.extend(self.env.iter().cloned());
-        let grants = Grants {
-            dirs: self.dirs.clone(),
-            env,
-            net: self.allow_net.iter().flatten().copied().collect(),
-        };
+        let grants = self.grants.grants()?;
         let limits = Limits {
             workers: self.workers as usize,
             queue: self.queue,
             timeout: self.timeout,
-            memory: self.memory,
+            memory: self.grants.memory,
             max_body: self.max_body,
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter,

@@ -8,51 +8,100 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
 use crate::build::{self, BuildOptions};
-use crate::cli::{BuildArgs, Command, RunArgs, ServeArgs};
+use crate::cli::{BuildArgs, Command, ExecArgs, RunArgs, ServeArgs};
 use crate::config::{Grants, Limits, ServerConfig};
 use crate::engine::{self, Loader};
-use crate::pool::AppPool;
-use crate::sandbox::Sandbox;
+use crate::pool::{self, AppPool};
+use crate::sandbox::{Sandbox, Stdio};
 use crate::server::{self, Site};
+use crate::static_files::StaticFiles;
 use crate::tenants::{self, Route, Router, TenantConfig};
 
-/// Run one parsed command line.
-pub async fn execute(command: Command) -> Result<()> {
+/// Run one parsed command line; returns the process exit status.
+pub async fn execute(command: Command) -> Result<u8> {
     match command {
-        Command::Build(args) => build_command(args).await,
-        Command::Run(args) => run_command(args).await,
-        Command::Serve(args) => serve_command(args).await,
+        Command::Build(args) => build_command(args).await.map(|()| 0),
+        Command::Run(args) => run_command(*args).await.map(|()| 0),
+        Command::Exec(args) => exec_command(args).await,
+        Command::Serve(args) => serve_command(args).await.map(|()| 0),
     }
 }
 
 async fn build_command(args: BuildArgs) -> Result<()> {
+    let cache = args.cache_dir.unwrap_or_else(engine::default_cache_dir);
+    let opts = args
+        .source
+        .build_options(args.target, Some(args.output), cache);
+    build_and_report(&opts).await.map(|_| ())
+}
+
+/// Build (or reuse) and print the warm-up results and the final line.
+async fn build_and_report(opts: &BuildOptions) -> Result<PathBuf> {
     let t0 = Instant::now();
-    let warmup = if args.no_warmup {
-        Vec::new()
-    } else if args.warmup.is_empty() {
-        vec!["/".to_owned()]
-    } else {
-        args.warmup.clone()
-    };
-    let report = build::build(&BuildOptions {
-        target: args.target.clone(),
-        paths: args.paths.clone(),
-        requirements: args.requirements.clone(),
-        output: args.output.clone(),
-        warmup,
-        cache_dir: engine::default_cache_dir(),
-    })
-    .await?;
+    let report = build::build(opts).await?;
     for line in &report.warmup {
         eprintln!("{line}");
     }
     eprintln!(
-        "built {}: {:.1} MB in {:.1}s",
-        args.output.display(),
+        "built {}: {:.1} MB in {:.1}s{}",
+        report.path.display(),
         report.size as f64 / 1e6,
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        if report.cached {
+            " (unchanged, from the build cache)"
+        } else {
+            ""
+        }
     );
-    Ok(())
+    Ok(report.path)
+}
+
+/// What `rsgi-wasm run APP` names: a built component, or source to build.
+fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
+    let app = args.app.as_str();
+    let cache = args
+        .http
+        .cache_dir
+        .clone()
+        .unwrap_or_else(engine::default_cache_dir);
+    let as_path = Path::new(app);
+    if app.ends_with(".wasm") || as_path.is_file() {
+        if !args.source.is_empty() {
+            anyhow::bail!(build::BuildError(format!(
+                "{app} is a component; -p, -r, --pyproject, --site-packages and --warmup only apply when running from source (like app.py:app)"
+            )));
+        }
+        return Ok(None);
+    }
+    let Some((file, callable)) = app.rsplit_once(':') else {
+        anyhow::bail!(build::BuildError(format!(
+            "{app}: no such component; give a .wasm built by `rsgi-wasm build`, or an app like path/to/app.py:app or module:callable with -p"
+        )));
+    };
+    if let Some(stem) = file.strip_suffix(".py") {
+        // `path/to/app.py:app`: module `app` in directory `path/to`.
+        let script = Path::new(file);
+        if !script.is_file() {
+            anyhow::bail!(build::BuildError(format!("{file}: no such file")));
+        }
+        let module = Path::new(stem)
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = script
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let mut opts = args
+            .source
+            .build_options(format!("{module}:{callable}"), None, cache);
+        if !opts.paths.contains(&dir) {
+            opts.paths.insert(0, dir);
+        }
+        return Ok(Some(opts));
+    }
+    Ok(Some(args.source.build_options(app.to_owned(), None, cache)))
 }
 
 /// Load, check and start one app: everything that can fail does so here,
@@ -66,9 +115,44 @@ async fn start_app(
 ) -> Result<Arc<AppPool>> {
     let engine = loader.engine();
     let loaded = loader.load(component)?;
-    let pre = engine::prepare(engine, &loaded, component)?;
-    let sandbox = Sandbox::new(name, grants, limits.memory);
+    let pre = engine::prepare(engine, &loaded.component, component)?;
+    let sandbox = Sandbox::new(name, grants, loaded.files.clone(), limits.memory)?;
     AppPool::start(name, engine.clone(), pre, sandbox, limits).await
+}
+
+/// `rsgi-wasm exec`: one instance, the terminal's stdio, the script's status.
+async fn exec_command(args: ExecArgs) -> Result<u8> {
+    let loader = new_loader(args.cache_dir.clone())?;
+    let engine = loader.engine();
+    let loaded = loader.load(&args.component)?;
+    let pre = engine::prepare(engine, &loaded.component, &args.component)?;
+    let name = app_name(&args.component);
+    let sandbox = Sandbox::new(
+        &name,
+        args.grants.grants()?,
+        loaded.files.clone(),
+        args.grants.memory,
+    )?;
+    let mut store = pool::new_store(engine, &sandbox, Stdio::Inherit)?;
+    let app = pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("starting {}", args.component.display()))?;
+    let status = app
+        .rsgi_wasm_wsgi_command()
+        .call_run(&mut store, &args.argv)
+        .await
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{} crashed (a trap in the sandbox)", args.argv.join(" ")))?;
+    Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
+}
+
+fn app_name(component: &Path) -> String {
+    component
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "app".into())
 }
 
 fn new_loader(cache_dir: Option<PathBuf>) -> Result<Loader> {
@@ -83,16 +167,19 @@ async fn listen(cfg: &ServerConfig) -> Result<TcpListener> {
 }
 
 async fn run_command(args: RunArgs) -> Result<()> {
-    let t0 = Instant::now();
     let (server_cfg, grants, limits) = args.split()?;
+    let statics = StaticFiles::new(args.statics.clone())?;
+    let (component, name) = match component_for_run(&args)? {
+        Some(opts) => {
+            let name = opts.target.split(':').next().unwrap_or("app").to_owned();
+            (build_and_report(&opts).await?, name)
+        }
+        None => (PathBuf::from(&args.app), app_name(Path::new(&args.app))),
+    };
+    let t0 = Instant::now();
     let loader = new_loader(args.http.cache_dir.clone())?;
-    let name = args
-        .component
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "app".into());
     let workers = limits.workers;
-    let pool = start_app(&loader, &name, &args.component, grants, limits).await?;
+    let pool = start_app(&loader, &name, &component, grants, limits).await?;
     let listener = listen(&server_cfg).await?;
     tracing::info!(
         "listening on http://{} (app {name}, {workers} worker{}, ready in {:.0} ms)",
@@ -100,7 +187,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
         if workers == 1 { "" } else { "s" },
         t0.elapsed().as_secs_f64() * 1000.0
     );
-    let site = Arc::new(Site::new(Router::single(pool), &server_cfg));
+    let site = Arc::new(Site::new(Router::single(pool), statics, &server_cfg));
     server::serve(listener, site, &server_cfg, server::shutdown_signal()).await
 }
 
@@ -175,7 +262,11 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         args.config.display(),
         t0.elapsed().as_secs_f64() * 1000.0
     );
-    let site = Arc::new(Site::new(router_for(&running), &server_cfg));
+    let site = Arc::new(Site::new(
+        router_for(&running),
+        StaticFiles::new(Vec::new())?,
+        &server_cfg,
+    ));
 
     let reload_site = site.clone();
     let config_path = args.config.clone();

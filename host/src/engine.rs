@@ -4,15 +4,15 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 use crate::bindings::{WsgiApp, WsgiAppPre};
+use crate::bundle::{self, Mount};
 use crate::sandbox::HostState;
 
 /// How often the epoch advances: the granularity of timeouts and of the
@@ -62,7 +62,16 @@ pub fn default_cache_dir() -> PathBuf {
 pub struct Loader {
     engine: Engine,
     cache_dir: PathBuf,
-    loaded: Mutex<HashMap<FileKey, Component>>,
+    loaded: Mutex<HashMap<FileKey, Loaded>>,
+}
+
+/// A compiled component and the read-only file tree it ships.
+#[derive(Clone)]
+pub struct Loaded {
+    /// The compiled code.
+    pub component: Component,
+    /// Its own files (stdlib, app dirs, site-packages), unpacked in the cache.
+    pub files: Arc<[Mount]>,
 }
 
 /// A component file as last seen: path, size, modification time.
@@ -85,7 +94,7 @@ impl Loader {
 
     /// The component at `path`, from memory if this file (same size and
     /// mtime) was loaded before, else from the artifact cache or compiled.
-    pub fn load(&self, path: &Path) -> Result<Component> {
+    pub fn load(&self, path: &Path) -> Result<Loaded> {
         let meta = std::fs::metadata(path)
             .with_context(|| format!("cannot read component {}", path.display()))?;
         let key = (
@@ -105,18 +114,33 @@ impl Loader {
     }
 }
 
-/// Load `path` as a component, compiling it once and reusing the native
-/// artifact from `cache_dir` afterwards (keyed by content and engine).
-pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<Component> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read component {}", path.display()))?;
+/// Load `path` as a component with its file tree.
+pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<Loaded> {
+    let bytes = bundle::read(path)?;
     check_header(&bytes, path)?;
+    let digest = bundle::digest(&bytes);
+    let files = bundle::mounts(&bytes, &digest, cache_dir)
+        .with_context(|| format!("loading the files shipped in {}", path.display()))?;
+    Ok(Loaded {
+        component: compile_cached(engine, &bytes, &digest, path, cache_dir)?,
+        files: files.into(),
+    })
+}
 
+/// Compile a component once and reuse the native artifact from `cache_dir`
+/// afterwards (keyed by content and engine).
+fn compile_cached(
+    engine: &Engine,
+    bytes: &[u8],
+    digest: &str,
+    path: &Path,
+    cache_dir: &Path,
+) -> Result<Component> {
     let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
     engine
         .precompile_compatibility_hash()
         .hash(&mut engine_hash);
-    let key = format!("{:x}-{:016x}", Sha256::digest(&bytes), engine_hash.finish());
+    let key = format!("{digest}-{:016x}", engine_hash.finish());
     let cached = cache_dir.join(format!("{key}.cwasm"));
     if cached.is_file() {
         // SAFETY: the file was written by `precompile_component` of an engine
@@ -138,7 +162,7 @@ pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<
     );
     let t = Instant::now();
     let compiled = engine
-        .precompile_component(&bytes)
+        .precompile_component(bytes)
         .map_err(anyhow::Error::from)
         .with_context(|| {
             format!(

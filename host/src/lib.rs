@@ -7,14 +7,17 @@
 
 pub mod bindings;
 pub mod build;
+pub mod bundle;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod deps;
 pub mod engine;
 pub mod environ;
 pub mod pool;
 pub mod sandbox;
 pub mod sendfile;
 pub mod server;
+pub mod static_files;
 pub mod tenants;
 pub mod wsgi;

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(rsgi_wasm::commands::execute(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(e) => {
             // User mistakes print as they are; anything else with its causes.
             if let Some(user) = e.downcast_ref::<BuildError>() {

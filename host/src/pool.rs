@@ -12,7 +12,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 
 use crate::bindings::{WsgiApp, WsgiAppPre};
 use crate::config::{Isolation, Limits};
-use crate::sandbox::{HostState, Sandbox};
+use crate::sandbox::{HostState, Sandbox, Stdio};
 use crate::wsgi::Exchange;
 
 /// One live instance and its store.
@@ -43,6 +43,19 @@ pub struct AppPool {
     slots: Semaphore,
     waiting: AtomicUsize,
     created: AtomicUsize,
+}
+
+/// A store for one instance of a sandboxed app, with its memory cap and
+/// the epoch yields every instance needs.
+pub fn new_store(engine: &Engine, sandbox: &Sandbox, stdio: Stdio) -> Result<Store<HostState>> {
+    let mut store = Store::new(engine, sandbox.host_state(stdio)?);
+    store.limiter(|s| &mut s.limiter);
+    // Every tick, hand the thread back to tokio: a CPU-bound guest cannot
+    // starve other requests, and the request timeout (a tokio timer) can
+    // fire while the guest computes.
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    store.set_epoch_deadline(1);
+    Ok(store)
 }
 
 impl AppPool {
@@ -88,7 +101,10 @@ impl AppPool {
     }
 
     async fn instantiate(&self) -> Result<Instance> {
-        let mut store = Store::new(&self.engine, self.sandbox.host_state()?);
+        let mut store = Store::new(
+            &self.engine,
+            self.sandbox.host_state(crate::sandbox::Stdio::Log)?,
+        );
         store.limiter(|s| &mut s.limiter);
         // Every tick, hand the thread back to tokio: a CPU-bound guest
         // cannot starve other requests, and the request timeout (a tokio

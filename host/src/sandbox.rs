@@ -13,6 +13,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{DirPerms, FilePerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::bundle::Mount;
 use crate::config::{DirGrant, Grants};
 use crate::wsgi::Exchange;
 
@@ -44,28 +45,63 @@ pub struct Sandbox {
     env: Vec<(String, String)>,
     net: Arc<[std::net::SocketAddr]>,
     dirs: Arc<[DirGrant]>,
+    files: Arc<[Mount]>,
     memory: u64,
 }
 
+/// Where a guest's stdio goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdio {
+    /// Serving: no stdin, stdout/stderr lines to the host log.
+    Log,
+    /// `rsgi-wasm exec`: the terminal's stdin, stdout and stderr.
+    Inherit,
+}
+
 impl Sandbox {
-    /// Sandbox for the app called `app` (the name tags its log lines).
-    pub fn new(app: &str, grants: Grants, memory: u64) -> Self {
-        Sandbox {
+    /// Sandbox for the app called `app` (the name tags its log lines);
+    /// `files` are the component's own read-only directories.
+    pub fn new(app: &str, grants: Grants, files: Arc<[Mount]>, memory: u64) -> Result<Self> {
+        for grant in &grants.dirs {
+            let g = grant.guest.trim_end_matches('/');
+            if let Some(m) = files.iter().find(|m| {
+                g == m.guest
+                    || g.starts_with(&format!("{}/", m.guest))
+                    || m.guest.starts_with(&format!("{g}/"))
+            }) {
+                anyhow::bail!(crate::config::ConfigError::Dir {
+                    value: format!("{}::{}", grant.host.display(), grant.guest),
+                    reason: format!(
+                        "the guest path overlaps {}, where the app's own files are mounted; pick another guest directory, like /data",
+                        m.guest
+                    ),
+                });
+            }
+        }
+        Ok(Sandbox {
             app: app.into(),
             env: grants.env,
             net: grants.net.into(),
             dirs: grants.dirs.into(),
+            files,
             memory,
-        }
+        })
     }
 
-    /// A new instance's state: only the granted dirs and env, no network,
-    /// no host stdin, stdout/stderr to the log.
-    pub fn host_state(&self) -> Result<HostState> {
+    /// A new instance's state: only the granted dirs and env, the app's own
+    /// files read-only, no network unless granted.
+    pub fn host_state(&self, stdio: Stdio) -> Result<HostState> {
         let mut b = WasiCtxBuilder::new();
-        b.stdout(GuestLog::new(&self.app, "stdout"))
-            .stderr(GuestLog::new(&self.app, "stderr"))
-            .allow_tcp(!self.net.is_empty())
+        match stdio {
+            Stdio::Log => {
+                b.stdout(GuestLog::new(&self.app, "stdout"))
+                    .stderr(GuestLog::new(&self.app, "stderr"));
+            }
+            Stdio::Inherit => {
+                b.inherit_stdio();
+            }
+        }
+        b.allow_tcp(!self.net.is_empty())
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         if !self.net.is_empty() {
@@ -77,6 +113,11 @@ impl Sandbox {
         }
         for (k, v) in &self.env {
             b.env(k, v);
+        }
+        for m in self.files.iter() {
+            b.preopened_dir(&m.host, &m.guest, DirPerms::READ, FilePerms::READ)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("mounting {} as {}", m.host.display(), m.guest))?;
         }
         for dir in self.dirs.iter() {
             let (dp, fp) = if dir.read_only {

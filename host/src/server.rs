@@ -1,7 +1,8 @@
 //! The HTTP side: accept loop (hyper 1 via hyper-util), per-request hand-off
 //! to an app's pool, request limits, access log, graceful shutdown.
 //!
-//! A request goes: [`serve`] accepts → [`handle`] builds the environ
+//! A request goes: [`serve`] accepts → [`handle`] answers `--static` paths
+//! itself (`static_files`), else builds the environ
 //! (`environ`) and an `Exchange` (`wsgi`) → `pool::AppPool::serve` runs the
 //! guest on a spawned task → the head comes back here as a hyper response
 //! whose body streams from the guest.
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use crate::config::Isolation;
 use crate::config::{ServerConfig, TrustedPeers};
 use crate::environ::{self, RequestInfo};
+use crate::static_files::StaticFiles;
 use crate::tenants::Router;
 use crate::wsgi::{self, Exchange, RequestBody, ResponseBody};
 
@@ -36,15 +38,19 @@ pub struct Site {
     pub forwarded_allow: TrustedPeers,
     /// Largest request head (431 above).
     pub max_header_bytes: usize,
+    /// `--static` mounts, answered by the host before any app is routed.
+    pub static_files: StaticFiles,
 }
 
 impl Site {
-    /// A site serving `router` with the server-wide settings of `cfg`.
-    pub fn new(router: Router, cfg: &ServerConfig) -> Self {
+    /// A site serving `router` (and `static_files` in front of it) with the
+    /// server-wide settings of `cfg`.
+    pub fn new(router: Router, static_files: StaticFiles, cfg: &ServerConfig) -> Self {
         Site {
             router: RwLock::new(Arc::new(router)),
             forwarded_allow: cfg.forwarded_allow.clone(),
             max_header_bytes: cfg.max_header_bytes,
+            static_files,
         }
     }
 
@@ -206,6 +212,17 @@ async fn handle(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "Request Header Fields Too Large",
         ));
+    }
+
+    if let Some(res) = site.static_files.serve(&parts).await {
+        let bytes = res
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        access_log(peer, &parts.method, &target, res.status().as_u16(), bytes, t0);
+        return Ok(res);
     }
 
     // A declared length over the limit is refused before the app runs and

@@ -1,0 +1,68 @@
+"""``rsgi-wasm exec``: run one of the app's scripts or a module as ``__main__``.
+
+Scripts such as Django's ``manage.py`` are found in the app's directories,
+which the host mounts read-only at the guest paths they had at build time.
+"""
+
+import os
+import runpy
+import sys
+import traceback
+from typing import List, Sequence, Tuple
+
+
+class ScriptNotFound(Exception):
+    """The script is in none of the app's directories."""
+
+
+def find_script(name: str, roots: Sequence[Tuple[str, str]]) -> str:
+    """The guest path of script ``name``; ``roots`` pairs each guest
+    directory with the host directory it came from (for the message)."""
+    if os.path.isabs(name):
+        if os.path.isfile(name):
+            return name
+    else:
+        for guest, _host in roots:
+            candidate = os.path.join(guest, name)
+            if os.path.isfile(candidate):
+                return candidate
+    looked = ", ".join(host for _, host in roots) or "(none)"
+    raise ScriptNotFound(f"{name}: no such script in the app's directories (given with -p at build time: {looked})")
+
+
+def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
+    """Run ``argv`` like ``python SCRIPT ARGS`` or ``python -m MODULE ARGS``
+    and return the exit status (tracebacks go to stderr)."""
+    if not argv or (argv[0] == "-m" and len(argv) < 2):
+        print("usage: rsgi-wasm exec APP.wasm -- SCRIPT [ARGS...] | -m MODULE [ARGS...]", file=sys.stderr)
+        return 2
+    saved = sys.argv
+    try:
+        if argv[0] == "-m":
+            sys.argv = [argv[1]] + argv[2:]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            path = find_script(argv[0], roots)
+            sys.argv = [path] + argv[1:]
+            runpy.run_path(path, run_name="__main__")
+        return 0
+    except ScriptNotFound as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:
+        if e.code is None:
+            return 0
+        if isinstance(e.code, int):
+            return e.code
+        print(e.code, file=sys.stderr)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.argv = saved
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass

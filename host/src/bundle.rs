@@ -1,0 +1,305 @@
+//! The app's own files inside its component: at build time the stdlib, the
+//! app directories and site-packages are packed (tar + zstd) into a trailing
+//! custom section; at run time they are unpacked once into the cache and
+//! mounted read-only at the guest paths they had during pre-initialisation.
+//!
+//! Why: the snapshot holds only what was imported while building. Templates,
+//! migrations, static assets, data files and modules a framework imports
+//! lazily are read from these paths later, so the component stays
+//! self-contained (ship one `.wasm`) while real apps run unchanged.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+/// Name of the custom section holding the archive.
+const SECTION: &str = "rsgi-wasm-files";
+/// Ends the section so the archive is found from the end of the file
+/// without parsing the component: `archive ‖ len (u64 LE) ‖ MAGIC`.
+const MAGIC: &[u8; 16] = b"rsgi-wasm-files1";
+const TRAILER: usize = 8 + MAGIC.len();
+
+/// Directories never shipped: caches, VCS data, virtualenvs, dependencies
+/// of other toolchains.
+const SKIP_DIRS: &[&str] = &[
+    "__pycache__",
+    ".git",
+    ".hg",
+    ".svn",
+    ".venv",
+    "venv",
+    "node_modules",
+    ".tox",
+    ".nox",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".idea",
+    ".vscode",
+];
+/// Files never shipped: bytecode (CPython for WASI compiles its own),
+/// built components (an output inside `-p .` would otherwise nest), and
+/// live SQLite databases (data belongs in a granted directory).
+const SKIP_SUFFIXES: &[&str] = &[
+    ".pyc",
+    ".pyo",
+    ".wasm",
+    ".cwasm",
+    ".sqlite3",
+    ".sqlite",
+    ".sqlite3-journal",
+    ".sqlite3-wal",
+    ".sqlite3-shm",
+];
+
+/// One directory of the guest's file tree: `guest` (like `/1`) shows the
+/// host directory `host`, read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Directory on the host (inside the cache).
+    pub host: PathBuf,
+    /// Absolute guest path.
+    pub guest: String,
+}
+
+/// The files under `dir` that ship with the app, as sorted relative paths.
+pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let here = dir.join(&rel);
+        let entries =
+            std::fs::read_dir(&here).with_context(|| format!("reading {}", here.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading {}", here.display()))?;
+            let name = entry.file_name();
+            let name_str = name.to_string_lossy();
+            let path = rel.join(&name);
+            // `metadata` follows symlinks: a link to a file ships its content;
+            // links to directories are not followed (no loops, no escapes).
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                if !SKIP_DIRS.contains(&name_str.as_ref()) {
+                    stack.push(path);
+                }
+            } else if !SKIP_SUFFIXES.iter().any(|s| name_str.ends_with(s))
+                && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file())
+            {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Feed the names and contents of `dir`'s shipped files into `hasher`
+/// (the build cache key); returns their total size.
+pub fn hash_dir(hasher: &mut Sha256, dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for rel in files(dir)? {
+        let data = std::fs::read(dir.join(&rel))
+            .with_context(|| format!("reading {}", dir.join(&rel).display()))?;
+        hasher.update(rel.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update((data.len() as u64).to_le_bytes());
+        hasher.update(&data);
+        total += data.len() as u64;
+    }
+    Ok(total)
+}
+
+/// Pack each `(guest root, host dir)` into one archive, e.g. `("python",
+/// stdlib)` → `/python/...`. Deterministic: fixed order, mtime and mode.
+pub fn pack(roots: &[(String, PathBuf)]) -> Result<(Vec<u8>, usize)> {
+    let encoder = zstd::Encoder::new(Vec::new(), 3)?;
+    let mut tar = tar::Builder::new(encoder);
+    let mut count = 0;
+    for (root, dir) in roots {
+        for rel in files(dir)? {
+            let src = dir.join(&rel);
+            let data = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o444);
+            header.set_mtime(0);
+            header.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut header, Path::new(root).join(&rel), data.as_slice())
+                .with_context(|| format!("packing {}", src.display()))?;
+            count += 1;
+        }
+    }
+    let archive = tar.into_inner()?.finish()?;
+    Ok((archive, count))
+}
+
+/// Append `archive` to a component as the trailing custom section.
+pub fn append(component: &mut Vec<u8>, archive: &[u8]) {
+    let mut payload = Vec::with_capacity(archive.len() + 64);
+    leb128(&mut payload, SECTION.len() as u64);
+    payload.extend_from_slice(SECTION.as_bytes());
+    payload.extend_from_slice(archive);
+    payload.extend_from_slice(&(archive.len() as u64).to_le_bytes());
+    payload.extend_from_slice(MAGIC);
+    component.push(0); // custom section id
+    leb128(component, payload.len() as u64);
+    component.extend_from_slice(&payload);
+}
+
+fn leb128(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// The archive appended by [`append`], if this component has one.
+pub fn find(component: &[u8]) -> Option<&[u8]> {
+    let end = component.len().checked_sub(TRAILER)?;
+    if &component[end + 8..] != MAGIC {
+        return None;
+    }
+    let len = u64::from_le_bytes(component[end..end + 8].try_into().ok()?);
+    let start = end.checked_sub(usize::try_from(len).ok()?)?;
+    Some(&component[start..end])
+}
+
+/// Unpack the archive of the component with content hash `digest` into the
+/// cache (once; later starts reuse it) and return its mounts.
+pub fn mounts(component: &[u8], digest: &str, cache_dir: &Path) -> Result<Vec<Mount>> {
+    let Some(archive) = find(component) else {
+        return Ok(Vec::new());
+    };
+    let dest = cache_dir
+        .join("files")
+        .join(&digest[..32.min(digest.len())]);
+    if !dest.join(".complete").is_file() {
+        unpack(archive, &dest)
+            .with_context(|| format!("unpacking the app's files into {}", dest.display()))?;
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dest)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            out.push(Mount {
+                host: entry.path(),
+                guest: format!("/{}", entry.file_name().to_string_lossy()),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.guest.cmp(&b.guest));
+    Ok(out)
+}
+
+fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
+    let parent = dest.parent().context("cache path has no parent")?;
+    std::fs::create_dir_all(parent)?;
+    // Unpack beside the destination and rename, so a crash or a concurrent
+    // start never sees half a tree.
+    let tmp = tempfile::Builder::new()
+        .prefix(".unpack")
+        .tempdir_in(parent)?;
+    let mut tar = tar::Archive::new(zstd::Decoder::new(archive)?);
+    tar.set_preserve_permissions(false);
+    // `unpack` refuses entries that would land outside the directory.
+    tar.unpack(tmp.path())?;
+    std::fs::File::create(tmp.path().join(".complete"))?.flush()?;
+    let tmp = tmp.keep();
+    if std::fs::rename(&tmp, dest).is_err() {
+        // Another process won the race (or a stale partial tree is there).
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dest.join(".complete").is_file() {
+            std::fs::remove_dir_all(dest).ok();
+            unpack(archive, dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Read a whole file (the component) with a clear error.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .with_context(|| format!("cannot read component {}", path.display()))?;
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_round_trips_through_a_component() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join("pkg/__pycache__")).unwrap();
+        std::fs::write(src.path().join("pkg/mod.py"), "x = 1\n").unwrap();
+        std::fs::write(src.path().join("pkg/__pycache__/mod.pyc"), "junk").unwrap();
+        std::fs::write(src.path().join("app.wasm"), "old build").unwrap();
+        std::fs::write(src.path().join("db.sqlite3"), "data").unwrap();
+        assert_eq!(
+            files(src.path()).unwrap(),
+            vec![PathBuf::from("pkg/mod.py")]
+        );
+
+        let (archive, count) = pack(&[("1".into(), src.path().to_path_buf())]).unwrap();
+        assert_eq!(count, 1);
+        let mut component = b"\0asm\x0d\x00\x01\x00".to_vec();
+        append(&mut component, &archive);
+        assert_eq!(find(&component), Some(archive.as_slice()));
+        assert_eq!(find(b"\0asm\x0d\x00\x01\x00"), None);
+
+        let cache = tempfile::tempdir().unwrap();
+        let m = mounts(&component, &digest(&component), cache.path()).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].guest, "/1");
+        assert_eq!(
+            std::fs::read_to_string(m[0].host.join("pkg/mod.py")).unwrap(),
+            "x = 1\n"
+        );
+        // Second start: already unpacked, same answer.
+        assert_eq!(
+            mounts(&component, &digest(&component), cache.path()).unwrap(),
+            m
+        );
+    }
+
+    #[test]
+    fn the_section_is_valid_wasm_framing() {
+        let mut component = Vec::new();
+        append(&mut component, &[1, 2, 3]);
+        assert_eq!(component[0], 0);
+        let size = component[1] as usize;
+        assert_eq!(component.len(), 2 + size);
+        assert_eq!(component[2] as usize, SECTION.len());
+        let mut v = Vec::new();
+        leb128(&mut v, 300);
+        assert_eq!(v, [0xac, 0x02]);
+    }
+
+    #[test]
+    fn hashing_sees_content_changes() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("app.py"), "a").unwrap();
+        let key = |dir: &Path| {
+            let mut h = Sha256::new();
+            hash_dir(&mut h, dir).unwrap();
+            format!("{:x}", h.finalize())
+        };
+        let before = key(src.path());
+        std::fs::write(src.path().join("app.py"), "b").unwrap();
+        assert_ne!(before, key(src.path()));
+    }
+}

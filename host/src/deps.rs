@@ -1,0 +1,482 @@
+//! An app's dependencies for the WASI target: `requirements.txt` or
+//! `pyproject.toml` resolved by pip (pure wheels; wheels whose native part
+//! is optional, with it dropped; sdists built into pure wheels), or an
+//! already-installed site-packages. Each is prepared once, cached by hash.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::build::BuildError;
+use crate::bundle;
+
+/// Where the dependencies come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// `-r requirements.txt`.
+    Requirements(PathBuf),
+    /// `--pyproject pyproject.toml` (PEP 621 `[project].dependencies`).
+    Pyproject(PathBuf),
+    /// `--site-packages DIR`, installed already.
+    SitePackages(PathBuf),
+}
+
+/// A prepared site-packages.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The directory to put on the guest's path.
+    pub dir: PathBuf,
+    /// Native modules that were dropped → their distribution.
+    pub native: BTreeMap<String, String>,
+    /// Content key (part of the build cache key).
+    pub key: String,
+}
+
+/// pip options that pick wheels for CPython 3.14 on WASI: pure wheels, and
+/// Linux wheels whose native part is optional (it is dropped afterwards).
+const PIP_TARGET: &[&str] = &[
+    "--only-binary=:all:",
+    "--python-version",
+    "3.14",
+    "--implementation",
+    "cp",
+    "--abi",
+    "cp314",
+    "--abi",
+    "abi3",
+    "--abi",
+    "none",
+    "--platform",
+    "any",
+    "--platform",
+    "manylinux2014_x86_64",
+    "--platform",
+    "manylinux_2_17_x86_64",
+    "--platform",
+    "manylinux_2_28_x86_64",
+];
+
+/// How many sdist-only packages one resolution may build.
+const MAX_SDISTS: usize = 16;
+
+/// Prepare `source` in `cache` (or reuse what an earlier build prepared).
+pub fn resolve(source: &Source, cache: &Path) -> Result<Resolved> {
+    match source {
+        Source::Requirements(file) => {
+            let text = std::fs::read(file)
+                .map_err(|e| BuildError(format!("-r {}: {e}", file.display())))?;
+            install(&text, file, &format!("-r {}", file.display()), cache)
+        }
+        Source::Pyproject(file) => {
+            let deps = pyproject_dependencies(file)?;
+            let text = deps.join("\n") + "\n";
+            let dir = cache.join("deps");
+            std::fs::create_dir_all(&dir)?;
+            let generated = dir.join(format!("pyproject-{}.txt", &hex(text.as_bytes())[..16]));
+            std::fs::write(&generated, &text)?;
+            install(
+                text.as_bytes(),
+                &generated,
+                &format!("--pyproject {}", file.display()),
+                cache,
+            )
+        }
+        Source::SitePackages(dir) => copy_site_packages(dir, cache),
+    }
+}
+
+fn hex(data: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(data))
+}
+
+/// `[project].dependencies` of a PEP 621 pyproject.toml.
+pub fn pyproject_dependencies(file: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| BuildError(format!("--pyproject {}: {e}", file.display())))?;
+    let doc: toml::Table = toml::from_str(&text).map_err(|e| {
+        BuildError(format!(
+            "--pyproject {}: not valid TOML: {e}",
+            file.display()
+        ))
+    })?;
+    let Some(project) = doc.get("project").and_then(|p| p.as_table()) else {
+        let hint = if doc.get("tool").and_then(|t| t.get("poetry")).is_some() {
+            " (Poetry projects: `poetry export -f requirements.txt -o requirements.txt`, then build with -r)"
+        } else {
+            ""
+        };
+        bail!(BuildError(format!(
+            "--pyproject {}: no [project] table with dependencies (PEP 621){hint}",
+            file.display()
+        )));
+    };
+    let dynamic = project
+        .get("dynamic")
+        .and_then(|d| d.as_array())
+        .is_some_and(|d| d.iter().any(|v| v.as_str() == Some("dependencies")));
+    if dynamic {
+        bail!(BuildError(format!(
+            "--pyproject {}: dependencies are dynamic; list them in a requirements.txt and build with -r",
+            file.display()
+        )));
+    }
+    let Some(deps) = project.get("dependencies") else {
+        return Ok(Vec::new());
+    };
+    let deps = deps.as_array().ok_or_else(|| {
+        BuildError(format!(
+            "--pyproject {}: [project].dependencies must be a list of strings",
+            file.display()
+        ))
+    })?;
+    deps.iter()
+        .map(|d| {
+            d.as_str().map(str::to_owned).ok_or_else(|| {
+                BuildError(format!(
+                    "--pyproject {}: [project].dependencies must be a list of strings, found {d}",
+                    file.display()
+                ))
+                .into()
+            })
+        })
+        .collect()
+}
+
+/// Install `requirements` (whose content is `text`) into a cached
+/// site-packages for the WASI target.
+fn install(text: &[u8], requirements: &Path, label: &str, cache: &Path) -> Result<Resolved> {
+    let mut h = Sha256::new();
+    h.update(text);
+    h.update(PIP_TARGET.join(" "));
+    let key = format!("{:x}", h.finalize())[..32].to_owned();
+    let dir = cache.join("deps").join(&key);
+    if !dir.join("native.txt").is_file() {
+        tracing::info!("resolving {label} for CPython 3.14 on WASI with pip");
+        let tmp = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("wheels"))?;
+        pip_install(requirements, label, &tmp)?;
+        let native = strip_native(&tmp.join("site-packages"))?;
+        write_native(&tmp, &native)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir)?;
+    }
+    Ok(Resolved {
+        dir: dir.join("site-packages"),
+        native: read_native(&dir)?,
+        key,
+    })
+}
+
+/// Run pip for the target; when a requirement only has an sdist, build it
+/// into a wheel here and, if that wheel is pure Python, retry with it.
+fn pip_install(requirements: &Path, label: &str, work: &Path) -> Result<()> {
+    let wheels = work.join("wheels");
+    let mut built: Vec<String> = Vec::new();
+    loop {
+        let out = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--no-compile", "--root-user-action=ignore"])
+            .args(PIP_TARGET)
+            .arg("--find-links")
+            .arg(&wheels)
+            .arg("--target")
+            .arg(work.join("site-packages"))
+            .arg("-r")
+            .arg(requirements)
+            .output()
+            .map_err(|e| {
+                BuildError(format!(
+                    "resolving {label} needs python3 with pip on PATH: {e}"
+                ))
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let missing = unavailable_requirement(&stderr);
+        match missing {
+            Some(spec) if !built.contains(&spec) && built.len() < MAX_SDISTS => {
+                build_pure_wheel(&spec, &wheels)?;
+                built.push(spec);
+            }
+            _ => bail!(BuildError(format!(
+                "pip could not resolve {label} for CPython 3.14 on WASI:\n{}\n\
+                 packages must ship a pure-Python wheel, a wheel whose native part is optional, \
+                 or a source distribution that builds without C code",
+                stderr.trim_end()
+            ))),
+        }
+    }
+}
+
+/// The requirement pip found no wheel for, from its error output.
+fn unavailable_requirement(stderr: &str) -> Option<String> {
+    stderr.lines().find_map(|l| {
+        l.split_once("No matching distribution found for ")
+            .map(|(_, spec)| spec.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    })
+}
+
+/// The project name at the start of a requirement like `docopt==0.6.2`.
+fn project_name(spec: &str) -> &str {
+    let end = spec
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
+        .unwrap_or(spec.len());
+    &spec[..end]
+}
+
+/// Build `spec` from its sdist with the host's pip; keep the wheel only if
+/// it is pure Python (`py3-none-any`), else the package cannot run in WASI.
+fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
+    let name = project_name(spec);
+    tracing::info!("{name}: no wheel for CPython 3.14 on WASI; building its source distribution");
+    let scratch = tempfile::tempdir()?;
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["--no-deps", "--no-binary", name, "-w"])
+        .arg(scratch.path())
+        .arg(spec)
+        .output()
+        .context("running pip wheel")?;
+    if !out.status.success() {
+        bail!(BuildError(format!(
+            "{name}: no wheel for CPython 3.14 on WASI, and no source distribution that builds:\n{}",
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        )));
+    }
+    for entry in std::fs::read_dir(scratch.path())? {
+        let path = entry?.path();
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        if !file.ends_with(".whl") {
+            continue;
+        }
+        if !file.ends_with("-none-any.whl") {
+            bail!(BuildError(format!(
+                "{name}: native extension, no WASI build available (its source distribution compiles C code: {file})"
+            )));
+        }
+        std::fs::copy(&path, wheels.join(file.as_ref()))?;
+    }
+    Ok(())
+}
+
+/// Copy an installed site-packages into the cache (keyed by its content)
+/// and drop its native modules there, leaving the user's copy untouched.
+fn copy_site_packages(src: &Path, cache: &Path) -> Result<Resolved> {
+    if !src.is_dir() {
+        bail!(BuildError(format!(
+            "--site-packages {}: no such directory",
+            src.display()
+        )));
+    }
+    let mut h = Sha256::new();
+    h.update(b"site-packages\0");
+    bundle::hash_dir(&mut h, src)?;
+    let key = format!("{:x}", h.finalize())[..32].to_owned();
+    let dir = cache.join("deps").join(format!("site-{key}"));
+    if !dir.join("native.txt").is_file() {
+        tracing::info!("copying {} into the build cache", src.display());
+        let tmp = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&tmp);
+        for rel in bundle::files(src)? {
+            let to = tmp.join("site-packages").join(&rel);
+            std::fs::create_dir_all(to.parent().expect("file has a parent"))?;
+            std::fs::copy(src.join(&rel), &to)
+                .with_context(|| format!("copying {}", src.join(&rel).display()))?;
+        }
+        std::fs::create_dir_all(tmp.join("site-packages"))?;
+        let native = strip_native(&tmp.join("site-packages"))?;
+        write_native(&tmp, &native)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir)?;
+    }
+    Ok(Resolved {
+        dir: dir.join("site-packages"),
+        native: read_native(&dir)?,
+        key,
+    })
+}
+
+fn write_native(dir: &Path, native: &BTreeMap<String, String>) -> Result<()> {
+    let listing: String = native.iter().map(|(m, d)| format!("{m} {d}\n")).collect();
+    std::fs::write(dir.join("native.txt"), listing)?;
+    Ok(())
+}
+
+fn read_native(dir: &Path) -> Result<BTreeMap<String, String>> {
+    Ok(std::fs::read_to_string(dir.join("native.txt"))?
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(m, d)| (m.to_owned(), d.to_owned()))
+        .collect())
+}
+
+/// Delete native extension modules (they cannot load in WASI) and return
+/// `module name → distribution` for each.
+fn strip_native(site: &Path) -> Result<BTreeMap<String, String>> {
+    let owners = record_owners(site);
+    let mut native = BTreeMap::new();
+    let mut stack = vec![site.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let is_native = (name.ends_with(".so") || name.contains(".so."))
+                && !name.ends_with("wasm32-wasi.so");
+            if !is_native {
+                continue;
+            }
+            let rel = path.strip_prefix(site).unwrap_or(&path);
+            let rel_str = rel.to_string_lossy().replace('\\', "/");
+            let stem = name.split('.').next().unwrap_or(name);
+            let mut parts: Vec<String> = rel
+                .parent()
+                .map(|p| p.iter().map(|c| c.to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            parts.push(stem.to_owned());
+            let module = parts.join(".");
+            let dist = owners
+                .get(&rel_str)
+                .cloned()
+                .unwrap_or_else(|| parts[0].clone());
+            std::fs::remove_file(&path)?;
+            native.insert(module, normalize(&dist));
+        }
+    }
+    Ok(native)
+}
+
+/// PEP 503 form of a project name (`Pydantic_Core` → `pydantic-core`).
+fn normalize(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !out.ends_with('-') {
+                out.push('-');
+            }
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// Map installed files to their distribution via `*.dist-info/RECORD`.
+fn record_owners(site: &Path) -> BTreeMap<String, String> {
+    let mut owners = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(site) else {
+        return owners;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".dist-info") else {
+            continue;
+        };
+        // `Name-Version.dist-info`; the project name is before the last '-'.
+        let dist = stem.rsplit_once('-').map_or(stem, |(n, _)| n).to_owned();
+        if let Ok(record) = std::fs::read_to_string(entry.path().join("RECORD")) {
+            for line in record.lines() {
+                if let Some(file) = line.split(',').next() {
+                    owners.insert(file.to_owned(), dist.clone());
+                }
+            }
+        }
+    }
+    owners
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pip_errors_name_the_missing_requirement() {
+        let err = "ERROR: Could not find a version that satisfies the requirement docopt==0.6.2 (from versions: none)\n\
+                   ERROR: No matching distribution found for docopt==0.6.2\n";
+        assert_eq!(
+            unavailable_requirement(err).as_deref(),
+            Some("docopt==0.6.2")
+        );
+        assert_eq!(unavailable_requirement("ERROR: something else"), None);
+        assert_eq!(project_name("docopt==0.6.2"), "docopt");
+        assert_eq!(
+            project_name("zope.interface>=5; python_version>'3'"),
+            "zope.interface"
+        );
+    }
+
+    #[test]
+    fn names_are_normalized() {
+        assert_eq!(normalize("Pydantic_Core"), "pydantic-core");
+        assert_eq!(normalize("zope.interface"), "zope-interface");
+    }
+
+    #[test]
+    fn pyproject_dependencies_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pyproject.toml");
+        std::fs::write(
+            &file,
+            "[project]\nname = \"x\"\ndependencies = [\"flask>=3\", \"pyyaml\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            pyproject_dependencies(&file).unwrap(),
+            vec!["flask>=3".to_owned(), "pyyaml".to_owned()]
+        );
+        std::fs::write(&file, "[tool.poetry]\nname = \"x\"\n").unwrap();
+        let err = pyproject_dependencies(&file).unwrap_err().to_string();
+        assert!(err.contains("poetry export"), "{err}");
+        std::fs::write(&file, "[project]\ndynamic = [\"dependencies\"]\n").unwrap();
+        assert!(pyproject_dependencies(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("dynamic"));
+    }
+
+    #[test]
+    fn native_modules_are_stripped_and_attributed() {
+        let site = tempfile::tempdir().unwrap();
+        let p = site.path();
+        std::fs::create_dir_all(p.join("pydantic_core")).unwrap();
+        std::fs::create_dir_all(p.join("pydantic_core-2.27.2.dist-info")).unwrap();
+        let so = "pydantic_core/_pydantic_core.cpython-314-x86_64-linux-gnu.so";
+        std::fs::write(p.join(so), "ELF").unwrap();
+        std::fs::write(p.join("pydantic_core/__init__.py"), "").unwrap();
+        std::fs::write(
+            p.join("pydantic_core-2.27.2.dist-info/RECORD"),
+            format!("{so},sha256=x,3\npydantic_core/__init__.py,,\n"),
+        )
+        .unwrap();
+        let native = strip_native(p).unwrap();
+        assert_eq!(
+            native
+                .get("pydantic_core._pydantic_core")
+                .map(String::as_str),
+            Some("pydantic-core")
+        );
+        assert!(!p.join(so).exists());
+        assert!(p.join("pydantic_core/__init__.py").exists());
+    }
+}
