@@ -514,3 +514,85 @@ fn build_errors_are_clear() {
         "{e}"
     );
 }
+
+#[test]
+fn static_files_are_served_by_the_host_with_validators_and_ranges() {
+    let dir = temp_dir("static");
+    let public = dir.join("public");
+    std::fs::create_dir_all(public.join("css")).unwrap();
+    std::fs::write(public.join("css/site.css"), "body { color: red }\n").unwrap();
+    let big = pseudo_random(100_000);
+    std::fs::write(public.join("blob.bin"), &big).unwrap();
+    std::fs::write(dir.join("secret.txt"), "outside").unwrap();
+    std::os::unix::fs::symlink(dir.join("secret.txt"), public.join("leak.txt")).unwrap();
+    let mount = format!("/static/={}", public.display());
+    let s = Server::start(&hello(), &["--static", &mount]);
+    let c = client();
+
+    let r = c.get(s.url("/static/css/site.css")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/css; charset=utf-8");
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let modified = r.headers()["last-modified"].to_str().unwrap().to_owned();
+    assert_eq!(r.text().unwrap(), "body { color: red }\n");
+
+    let r = c
+        .get(s.url("/static/css/site.css"))
+        .header("If-None-Match", &etag)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = c
+        .get(s.url("/static/css/site.css"))
+        .header("If-Modified-Since", &modified)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    let r = c
+        .get(s.url("/static/blob.bin"))
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 1000-1999/100000");
+    assert_eq!(r.bytes().unwrap().as_ref(), &big[1000..2000]);
+    let r = c
+        .get(s.url("/static/blob.bin"))
+        .header("Range", "bytes=200000-")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let r = c.get(s.url("/static/blob.bin")).send().unwrap();
+    assert_eq!(r.bytes().unwrap().as_ref(), big.as_slice());
+
+    // No way out of the directory: a symlink, `..`, an encoded slash.
+    for path in [
+        "/static/leak.txt",
+        "/static/../secret.txt",
+        "/static/%2e%2e/secret.txt",
+        "/static/css%2f..%2f..%2fsecret.txt",
+        "/static/missing.css",
+    ] {
+        let resp = raw(
+            s.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        let status = status_of(&resp);
+        assert!(status == 404 || status == 400, "{path}: {status}");
+        assert!(
+            !String::from_utf8_lossy(&resp).contains("outside"),
+            "{path}"
+        );
+    }
+    // Other paths still reach the app.
+    assert_eq!(
+        c.get(s.url("/")).send().unwrap().text().unwrap(),
+        "Hello, World!\n"
+    );
+    assert!(
+        s.logs().contains("\"GET /static/css/site.css\" 200"),
+        "{}",
+        s.logs()
+    );
+}

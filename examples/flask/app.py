@@ -1,8 +1,16 @@
-"""A small Flask app: templates, JSON, forms, redirects, streaming."""
+"""A small Flask app: templates, JSON, forms, redirects, streaming, a session
+cookie and a file upload."""
 
-from flask import Flask, Response, jsonify, redirect, render_template, request, url_for
+import hashlib
+
+from flask import Flask, Response, jsonify, redirect, render_template, request, session, url_for
+
 
 app = Flask(__name__)
+# Signs the session cookie. A constant development key: the module is
+# imported at build time (empty environment), so a key read from os.environ
+# here would be baked into the component anyway. Replace it before deploying.
+app.secret_key = "dev-only-insecure-key-rsgi-wasm-flask-example"
 
 
 @app.route("/")
@@ -37,3 +45,27 @@ def stream():
             yield f"line {i}\n"
 
     return Response(generate(), mimetype="text/plain")
+
+
+@app.route("/counter")
+def counter():
+    # Stored client-side in the signed cookie, so it survives across
+    # instances of the pool (and --isolation request).
+    session["count"] = session.get("count", 0) + 1
+    return f"{session['count']}\n", {"Content-Type": "text/plain; charset=utf-8"}
+
+
+@app.route("/upload", methods=["GET", "POST"])
+def upload():
+    if request.method == "GET":
+        return render_template("upload.html", title="Upload")
+    file = request.files.get("file")
+    if file is None or not file.filename:  # a browser sends "" if none was chosen
+        return jsonify(error="no file field named 'file'"), 400
+    # Hash in blocks: the upload may be large (up to --max-body).
+    digest = hashlib.sha256()
+    size = 0
+    while block := file.stream.read(64 * 1024):
+        digest.update(block)
+        size += len(block)
+    return jsonify(filename=file.filename, size=size, sha256=digest.hexdigest())

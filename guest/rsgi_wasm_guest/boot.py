@@ -232,6 +232,12 @@ def boot(
 ) -> Tuple[type, type]:
     """Import and warm up the app; return the exported ``Handler`` and
     ``Command`` classes."""
+    # The app's directories are mounted writable while building: leave no
+    # __pycache__ behind in the user's project.
+    sys.dont_write_bytecode = True
+    from . import compat
+
+    compat.install()
     if stdlib_export:
         export_stdlib(stdlib_export)
     for name in LAZY_STDLIB:

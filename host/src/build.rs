@@ -28,6 +28,10 @@ const GUEST_FILES: &[(&str, &str)] = &[
         include_str!("../../guest/rsgi_wasm_guest/boot.py"),
     ),
     (
+        "compat.py",
+        include_str!("../../guest/rsgi_wasm_guest/compat.py"),
+    ),
+    (
         "component.py",
         include_str!("../../guest/rsgi_wasm_guest/component.py"),
     ),

@@ -116,7 +116,10 @@ async fn start_app(
     let engine = loader.engine();
     let loaded = loader.load(component)?;
     let pre = engine::prepare(engine, &loaded.component, component)?;
-    let sandbox = Sandbox::new(name, grants, loaded.files.clone(), limits.memory)?;
+    let mut sandbox = Sandbox::new(name, grants, loaded.files.clone(), limits.memory)?;
+    if limits.isolation == crate::config::Isolation::Request {
+        sandbox = sandbox.tmp_per_instance();
+    }
     AppPool::start(name, engine.clone(), pre, sandbox, limits).await
 }
 

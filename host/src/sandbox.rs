@@ -27,6 +27,8 @@ pub struct HostState {
     pub exchange: Option<Exchange>,
     /// The directories granted to this instance (for `send-file`).
     pub dirs: Arc<[DirGrant]>,
+    /// This instance's own /tmp, removed with it (request isolation).
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl WasiView for HostState {
@@ -47,6 +49,20 @@ pub struct Sandbox {
     dirs: Arc<[DirGrant]>,
     files: Arc<[Mount]>,
     memory: u64,
+    tmp: Tmp,
+}
+
+/// The guest's /tmp: many libraries (uploads spooled by Werkzeug or
+/// Django, `tempfile`) need one, so each app gets a private scratch
+/// directory on the host unless it was granted its own /tmp.
+#[derive(Clone)]
+enum Tmp {
+    /// The app was granted a /tmp with `--dir`.
+    Granted,
+    /// One directory for all instances of the app, removed at exit.
+    Shared(Arc<tempfile::TempDir>),
+    /// A new directory per instance (request isolation: nothing shared).
+    PerInstance,
 }
 
 /// Where a guest's stdio goes.
@@ -78,6 +94,15 @@ impl Sandbox {
                 });
             }
         }
+        let tmp = if grants
+            .dirs
+            .iter()
+            .any(|d| d.guest.trim_end_matches('/') == "/tmp")
+        {
+            Tmp::Granted
+        } else {
+            Tmp::Shared(Arc::new(scratch_dir(app)?))
+        };
         Ok(Sandbox {
             app: app.into(),
             env: grants.env,
@@ -85,7 +110,16 @@ impl Sandbox {
             dirs: grants.dirs.into(),
             files,
             memory,
+            tmp,
         })
+    }
+
+    /// Give every instance its own /tmp instead of one per app.
+    pub fn tmp_per_instance(mut self) -> Self {
+        if !matches!(self.tmp, Tmp::Granted) {
+            self.tmp = Tmp::PerInstance;
+        }
+        self
     }
 
     /// A new instance's state: only the granted dirs and env, the app's own
@@ -119,6 +153,18 @@ impl Sandbox {
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("mounting {} as {}", m.host.display(), m.guest))?;
         }
+        let own_tmp = match &self.tmp {
+            Tmp::Granted => None,
+            Tmp::Shared(dir) => {
+                preopen_tmp(&mut b, dir.path())?;
+                None
+            }
+            Tmp::PerInstance => {
+                let dir = scratch_dir(&self.app)?;
+                preopen_tmp(&mut b, dir.path())?;
+                Some(dir)
+            }
+        };
         for dir in self.dirs.iter() {
             let (dp, fp) = if dir.read_only {
                 (DirPerms::READ, FilePerms::READ)
@@ -145,8 +191,23 @@ impl Sandbox {
             },
             exchange: None,
             dirs: self.dirs.clone(),
+            _tmp: own_tmp,
         })
     }
+}
+
+fn scratch_dir(app: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("rsgi-wasm-{app}-tmp-"))
+        .tempdir()
+        .context("creating the app's private /tmp")
+}
+
+fn preopen_tmp(b: &mut WasiCtxBuilder, host: &std::path::Path) -> Result<()> {
+    b.preopened_dir(host, "/tmp", DirPerms::all(), FilePerms::all())
+        .map_err(anyhow::Error::from)
+        .context("mounting the app's private /tmp")?;
+    Ok(())
 }
 
 /// Caps linear memory growth; a refused growth surfaces in Python as

@@ -221,7 +221,14 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        access_log(peer, &parts.method, &target, res.status().as_u16(), bytes, t0);
+        access_log(
+            peer,
+            &parts.method,
+            &target,
+            res.status().as_u16(),
+            bytes,
+            t0,
+        );
         return Ok(res);
     }
 

@@ -1,5 +1,5 @@
-//! Test harness: build real components from Python (cached by content hash
-//! under `target/`), start the real `rsgi-wasm` binary on a loopback port,
+//! Test harness: build real components from Python (the tool's build cache
+//! lives under `target/`), start the real `rsgi-wasm` binary on a loopback port,
 //! and talk HTTP to it. A failing test prints the server's log.
 
 #![allow(dead_code)]
@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-use sha2::{Digest, Sha256};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -41,70 +39,46 @@ pub fn bin() -> Command {
     c
 }
 
-fn hash_tree(h: &mut Sha256, dir: &Path) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if name == "__pycache__" || name.ends_with(".wasm") {
-            continue;
-        }
-        h.update(name.as_bytes());
-        if p.is_dir() {
-            hash_tree(h, &p);
-        } else {
-            h.update(std::fs::read(&p).unwrap());
-        }
-    }
-}
-
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
-/// Build `target` from `app_dir` (+ requirements) once per content hash.
-pub fn component(name: &str, target: &str, app_dir: &Path, requirements: Option<&Path>) -> PathBuf {
-    let mut h = Sha256::new();
-    h.update(target.as_bytes());
-    hash_tree(&mut h, &repo().join("guest").join("rsgi_wasm_guest"));
-    hash_tree(&mut h, &repo().join("wit"));
-    hash_tree(&mut h, app_dir);
-    if let Some(r) = requirements {
-        h.update(std::fs::read(r).unwrap());
-    }
-    let key = format!("{:x}", h.finalize());
-    let out = work_dir()
-        .join("components")
-        .join(format!("{name}-{}.wasm", &key[..16]));
-    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if out.is_file() {
-        drop(Server::start(&out, &[]));
-        return out;
-    }
+/// Run `rsgi-wasm build ARGS -o <name>.wasm` from the repository root, as
+/// a user would (its build cache makes an unchanged rebuild instant), then
+/// start it once so the compiled artifact is cached before tests race to
+/// compile the same component in parallel.
+pub fn build(name: &str, args: &[&str]) -> PathBuf {
+    let out = work_dir().join("components").join(format!("{name}.wasm"));
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let tmp = out.with_extension("partial.wasm");
-    let mut cmd = bin();
-    cmd.arg("build")
-        .arg(target)
-        .arg("-p")
-        .arg(app_dir)
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let res = bin()
+        .current_dir(repo())
+        .arg("build")
+        .args(args)
         .arg("-o")
-        .arg(&tmp);
-    if let Some(r) = requirements {
-        cmd.arg("-r").arg(r);
-    }
-    let res = cmd.output().unwrap();
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(
         res.status.success(),
         "building {name} failed:\n{}",
         String::from_utf8_lossy(&res.stderr)
     );
-    std::fs::rename(&tmp, &out).unwrap();
-    // Start it once so the compiled artifact is cached before tests race to
-    // compile the same component in parallel.
     drop(Server::start(&out, &[]));
     out
+}
+
+/// Build `target` from `app_dir` (+ requirements).
+pub fn component(name: &str, target: &str, app_dir: &Path, requirements: Option<&Path>) -> PathBuf {
+    let mut args = vec![
+        target.to_owned(),
+        "-p".into(),
+        app_dir.display().to_string(),
+    ];
+    if let Some(r) = requirements {
+        args.push("-r".into());
+        args.push(r.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    build(name, &args)
 }
 
 /// Build once per test binary (the file cache spans runs).
@@ -184,6 +158,7 @@ impl Server {
     /// Start `rsgi-wasm ARGS --listen 127.0.0.1:0`; waits for `listening on`.
     pub fn start_with(args: &[&str]) -> Server {
         let mut child = bin()
+            .current_dir(repo())
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())

@@ -1,0 +1,269 @@
+//! `rsgi-wasm build` and `run` from source over real builds: dependencies
+//! from requirements / pyproject / an installed site-packages, sdists, the
+//! native-package check, the build cache and rebuild on edit, run-time
+//! lazy imports and file reads, and `rsgi-wasm exec`.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn get(s: &Server, path: &str) -> (u16, String) {
+    let r = client().get(s.url(path)).send().unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+/// `rsgi-wasm ARGS` to completion: (status code, stderr).
+fn run_bin(args: &[&str]) -> (i32, String, String) {
+    let out = bin().current_dir(repo()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const DEPS_APP: &str = r#"
+import docopt, markupsafe, simplejson, yaml
+
+def application(environ, start_response):
+    body = "|".join([
+        repr(yaml.safe_load("a: [1, 2]")),
+        simplejson.dumps({"k": 1}),
+        docopt.__version__,
+        str(markupsafe.escape("<b>")),
+        str(yaml.__with_libyaml__),
+    ])
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body.encode()]
+"#;
+
+#[test]
+fn optional_native_parts_fall_back_and_sdists_build_pure() {
+    let dir = temp_dir("deps");
+    write(&dir, "app.py", DEPS_APP);
+    // PyYAML, simplejson and MarkupSafe ship Linux wheels whose C part is
+    // optional; docopt only has an sdist (pure Python).
+    write(
+        &dir,
+        "requirements.txt",
+        "pyyaml\nsimplejson\nmarkupsafe\ndocopt==0.6.2\n",
+    );
+    let c = component(
+        "deps",
+        "app:application",
+        &dir,
+        Some(&dir.join("requirements.txt")),
+    );
+    let s = Server::start(&c, &[]);
+    assert_eq!(
+        get(&s, "/"),
+        (
+            200,
+            "{'a': [1, 2]}|{\"k\": 1}|0.6.2|&lt;b&gt;|False".to_owned()
+        )
+    );
+}
+
+#[test]
+fn native_only_packages_stop_the_build_with_one_line_each() {
+    let dir = temp_dir("native");
+    write(&dir, "app.py", "import pydantic\napplication = None\n");
+    write(&dir, "requirements.txt", "pydantic\n");
+    let err = build_error("app:application", &dir, Some(&dir.join("requirements.txt")));
+    assert!(
+        err.contains("error: pydantic-core: native extension, no WASI build available"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pyproject_dependencies_are_resolved() {
+    let dir = temp_dir("pyproject");
+    write(
+        &dir,
+        "pyproject.toml",
+        "[project]\nname = \"demo\"\nversion = \"1\"\ndependencies = [\"pyyaml>=6\"]\n",
+    );
+    write(
+        &dir,
+        "app.py",
+        "import yaml\ndef app(environ, start_response):\n    start_response('200 OK', [])\n    return [yaml.safe_dump({'ok': True}).encode()]\n",
+    );
+    let d = dir.display().to_string();
+    let c = build("pyproject", &["app:app", "-p", &d, "--pyproject"]);
+    let s = Server::start(&c, &[]);
+    assert_eq!(get(&s, "/"), (200, "ok: true\n".to_owned()));
+}
+
+#[test]
+fn an_installed_site_packages_is_copied_without_its_native_modules() {
+    let dir = temp_dir("sitepkgs");
+    let site = dir.join("site");
+    // A package with an optional compiled speed-up, as pip installs it.
+    write(
+        &site,
+        "fastgreet/__init__.py",
+        "try:\n    from ._speedups import greet\nexcept ImportError:\n    def greet(n):\n        return 'hello ' + n\n",
+    );
+    let so = "fastgreet/_speedups.cpython-314-x86_64-linux-gnu.so";
+    write(&site, so, "\x7fELF not wasm");
+    write(
+        &dir.join("app"),
+        "app.py",
+        "from fastgreet import greet\ndef app(environ, start_response):\n    start_response('200 OK', [])\n    return [greet('wasm').encode()]\n",
+    );
+    let (a, sp) = (
+        dir.join("app").display().to_string(),
+        site.display().to_string(),
+    );
+    let c = build("sitepkgs", &["app:app", "-p", &a, "--site-packages", &sp]);
+    let s = Server::start(&c, &[]);
+    assert_eq!(get(&s, "/"), (200, "hello wasm".to_owned()));
+    assert!(
+        site.join(so).is_file(),
+        "the user's site-packages was modified"
+    );
+}
+
+#[test]
+fn unchanged_builds_are_cache_hits_and_edits_rebuild_on_run() {
+    let dir = temp_dir("edit");
+    let app = |text: &str| {
+        write(
+            &dir,
+            "app.py",
+            &format!("def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'{text}']\n"),
+        )
+    };
+    app("first");
+    let out = dir.join("out.wasm").display().to_string();
+    let d = dir.display().to_string();
+    let (code, _, err) = run_bin(&["build", "app:app", "-p", &d, "-o", &out]);
+    assert_eq!(code, 0, "{err}");
+    let last = err.lines().last().unwrap_or_default().to_owned();
+    assert!(
+        last.starts_with("built ") && last.contains(" MB in "),
+        "{err}"
+    );
+    let (code, _, err) = run_bin(&["build", "app:app", "-p", &d, "-o", &out]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("from the build cache"), "{err}");
+    assert!(!err.contains("pre-initialising"), "{err}");
+
+    // `run path/app.py:app` builds into the cache and serves.
+    let script = format!("{d}/app.py:app");
+    let s = Server::start_with(&["run", &script]);
+    assert_eq!(get(&s, "/"), (200, "first".to_owned()));
+    drop(s);
+    app("second");
+    let s = Server::start_with(&["run", &script]);
+    assert_eq!(get(&s, "/"), (200, "second".to_owned()));
+}
+
+#[test]
+fn run_reports_a_missing_app_clearly() {
+    let (code, _, err) = run_bin(&["run", "nowhere/app.py:app"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nowhere/app.py: no such file"), "{err}");
+    let (code, _, err) = run_bin(&["run", "missing.wasm"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read component missing.wasm"), "{err}");
+}
+
+const LAZY_APP: &str = r#"
+import os
+
+HERE = os.path.dirname(__file__)
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/lazy":
+        # Not imported at build time: comes from the shipped stdlib.
+        import fractions
+        body = str(fractions.Fraction(1, 3) * 3)
+    elif path == "/data":
+        with open(os.path.join(HERE, "templates", "page.txt")) as f:
+            body = f.read()
+    else:
+        body = "index"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body.encode()]
+"#;
+
+const SCRIPT: &str = r#"
+import sqlite3, sys
+db = sqlite3.connect("/data/notes.db")
+db.execute("create table if not exists notes (text)")
+db.execute("insert into notes values (?)", (sys.argv[1],))
+db.commit()
+print("notes:", db.execute("select count(*) from notes").fetchone()[0])
+sys.exit(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+"#;
+
+#[test]
+fn lazy_imports_files_and_exec_work_at_run_time() {
+    let dir = temp_dir("lazy");
+    write(&dir, "app.py", LAZY_APP);
+    write(&dir, "templates/page.txt", "a template read per request\n");
+    write(&dir, "tools/note.py", SCRIPT);
+    write(&dir, "tools/__init__.py", "");
+    let d = dir.display().to_string();
+    let c = build("lazy", &["app:app", "-p", &d, "--no-warmup"]);
+    let s = Server::start(&c, &[]);
+    assert_eq!(get(&s, "/lazy"), (200, "1".to_owned()));
+    assert_eq!(
+        get(&s, "/data"),
+        (200, "a template read per request\n".to_owned())
+    );
+    drop(s);
+
+    // `exec`: scripts and modules of the app, the terminal's stdio, the
+    // script's exit status, and only the granted directory is writable.
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let grant = format!("{}::/data", data.display());
+    let comp = c.display().to_string();
+    let (code, out, err) = run_bin(&["exec", &comp, "--dir", &grant, "--", "tools/note.py", "one"]);
+    assert_eq!((code, out.as_str()), (0, "notes: 1\n"), "{err}");
+    let (code, out, err) = run_bin(&[
+        "exec",
+        &comp,
+        "--dir",
+        &grant,
+        "--",
+        "-m",
+        "tools.note",
+        "two",
+        "7",
+    ]);
+    assert_eq!((code, out.as_str()), (7, "notes: 2\n"), "{err}");
+    assert!(data.join("notes.db").is_file());
+    let (code, _, err) = run_bin(&["exec", &comp, "--", "tools/note.py", "x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("sqlite3.OperationalError"), "{err}");
+    let (code, _, err) = run_bin(&["exec", &comp, "--", "manage.py"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("manage.py: no such script in the app's directories"),
+        "{err}"
+    );
+    // The app's own files are read-only at run time.
+    let (code, _, err) = run_bin(&[
+        "exec",
+        &comp,
+        "--dir",
+        &format!("{}::/1", data.display()),
+        "--",
+        "x.py",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("overlaps /1"), "{err}");
+}

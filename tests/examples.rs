@@ -1,0 +1,376 @@
+//! Every example in `examples/`, built with the command its README gives
+//! and exercised route by route over real HTTP, asserting on content.
+
+mod common;
+
+use common::*;
+use reqwest::blocking::Response;
+
+fn text(r: Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    (status, r.text().unwrap())
+}
+
+fn get(s: &Server, path: &str) -> (u16, String) {
+    text(client().get(s.url(path)).send().unwrap())
+}
+
+fn header(r: &Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// `rsgi-wasm ARGS` from the repository root: (exit status, stdout, stderr).
+fn run_bin(args: &[&str]) -> (i32, String, String) {
+    let out = bin().current_dir(repo()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The value of cookie `name` among a response's Set-Cookie headers.
+fn cookie(r: &Response, name: &str) -> Option<String> {
+    r.headers().get_all("set-cookie").iter().find_map(|v| {
+        let v = v.to_str().ok()?;
+        let (pair, _) = v.split_once(';').unwrap_or((v, ""));
+        let (k, val) = pair.split_once('=')?;
+        (k.trim() == name).then(|| val.to_owned())
+    })
+}
+
+/// The hidden CSRF token in a Django form.
+fn csrf_token(html: &str) -> String {
+    let at = html
+        .find("name=\"csrfmiddlewaretoken\" value=\"")
+        .expect("a CSRF token in the form");
+    let rest = &html[at + "name=\"csrfmiddlewaretoken\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(data))
+}
+
+#[test]
+fn plain_wsgi_callable() {
+    let c = build(
+        "example-plain",
+        &["app:application", "-p", "examples/plain"],
+    );
+    let s = Server::start(&c, &[]);
+    let r = client().get(s.url("/")).send().unwrap();
+    assert_eq!(header(&r, "content-length"), "29");
+    assert_eq!(text(r), (200, "Hello from a plain WSGI app!\n".into()));
+
+    let body = b"some bytes \x00\xff".repeat(1000);
+    let r = client()
+        .post(s.url("/echo"))
+        .header("Content-Type", "application/x-test")
+        .body(body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(header(&r, "content-type"), "application/x-test");
+    assert_eq!(r.bytes().unwrap().as_ref(), body.as_slice());
+    let r = client().get(s.url("/echo")).send().unwrap();
+    assert_eq!(header(&r, "allow"), "POST");
+    assert_eq!(text(r), (405, "POST only\n".into()));
+
+    let (status, body) = get(&s, "/json?name=caf%C3%A9&x=1");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["hello"], "café");
+    assert_eq!(v["query"]["x"], serde_json::json!(["1"]));
+    assert_eq!(
+        get(&s, "/stream").1,
+        (0..5).map(|i| format!("chunk {i}\n")).collect::<String>()
+    );
+    assert_eq!(get(&s, "/nope"), (404, "Not Found\n".into()));
+}
+
+#[test]
+fn flask_example() {
+    let c = build(
+        "example-flask",
+        &[
+            "app:app",
+            "-p",
+            "examples/flask",
+            "-r",
+            "examples/flask/requirements.txt",
+        ],
+    );
+    let s = Server::start(&c, &[]);
+    let (status, body) = get(&s, "/");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<h1>Hello from rsgi-wasm</h1>") && body.contains("<li>pooled</li>"),
+        "{body}"
+    );
+    assert_eq!(get(&s, "/hello/caf%C3%A9"), (200, "Hello, café!\n".into()));
+
+    let r = client()
+        .post(s.url("/api/echo"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"a": 1}"#)
+        .send()
+        .unwrap();
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v, serde_json::json!({"length": 8, "received": {"a": 1}}));
+    let r = client()
+        .post(s.url("/api/echo"))
+        .body("not json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let r = client()
+        .post(s.url("/form"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("name=bob")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    assert!(header(&r, "location").ends_with("/hello/bob"));
+    assert_eq!(
+        get(&s, "/stream").1,
+        (0..5).map(|i| format!("line {i}\n")).collect::<String>()
+    );
+
+    // A signed session cookie carries the count between requests.
+    let r = client().get(s.url("/counter")).send().unwrap();
+    let session = cookie(&r, "session").expect("a session cookie");
+    assert_eq!(r.text().unwrap(), "1\n");
+    let r = client()
+        .get(s.url("/counter"))
+        .header("Cookie", format!("session={session}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "2\n");
+
+    // A multipart upload bigger than Werkzeug's in-memory limit (it spools
+    // to the app's private /tmp).
+    let (status, page) = get(&s, "/upload");
+    assert_eq!(status, 200);
+    assert!(page.contains("enctype=\"multipart/form-data\""), "{page}");
+    let file: Vec<u8> = (0..1_200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut form = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"data.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    form.extend_from_slice(&file);
+    form.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let r = client()
+        .post(s.url("/upload"))
+        .header("Content-Type", "multipart/form-data; boundary=XyZ")
+        .body(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", s.logs());
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"filename": "data.bin", "size": file.len(), "sha256": sha256_hex(&file)})
+    );
+    let r = client()
+        .post(s.url("/upload"))
+        .header("Content-Type", "multipart/form-data; boundary=XyZ")
+        .body("--XyZ--\r\n")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (status, body) = get(&s, "/nope");
+    assert_eq!(status, 404);
+    assert!(body.contains("The requested URL was not found on the server"));
+}
+
+#[test]
+fn bottle_example() {
+    let c = build(
+        "example-bottle",
+        &[
+            "app:app",
+            "-p",
+            "examples/bottle",
+            "-r",
+            "examples/bottle/requirements.txt",
+        ],
+    );
+    let s = Server::start(&c, &[]);
+    let (status, body) = get(&s, "/");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<h1>Hello from rsgi-wasm</h1>") && body.contains("<li>pooled</li>"),
+        "{body}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&get(&s, "/api/info").1).unwrap();
+    assert_eq!(v["framework"], "bottle");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(get(&s, "/hello/caf%C3%A9"), (200, "Hello, café!\n".into()));
+    // A template not rendered during the build's warm-up: read at run time.
+    let r = client()
+        .post(s.url("/greet"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("name=Zo%C3%AB+%3Cb%3E")
+        .send()
+        .unwrap();
+    let (status, body) = text(r);
+    assert_eq!(status, 200);
+    assert!(body.contains("Nice to meet you, Zoë &lt;b&gt;!"), "{body}");
+    assert_eq!(get(&s, "/greet").0, 405);
+    let (status, body) = get(&s, "/nope");
+    assert_eq!(status, 404);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"error": "not found", "path": "/nope"})
+    );
+}
+
+#[test]
+fn django_example() {
+    let c = build(
+        "example-django",
+        &[
+            "mysite.wsgi:application",
+            "-p",
+            "examples/django",
+            "-r",
+            "examples/django/requirements.txt",
+            "--warmup",
+            "/health/",
+            "--warmup",
+            "/admin/login/",
+        ],
+    );
+    let comp = c.display().to_string();
+    let dir = temp_dir("django");
+    let (data, statics) = (dir.join("data"), dir.join("static"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&statics).unwrap();
+    let data_grant = format!("{}::/data", data.display());
+    let static_grant = format!("{}::/collected-static", statics.display());
+
+    // Migrations and collectstatic, as the README runs them.
+    let (code, out, err) = run_bin(&[
+        "exec",
+        &comp,
+        "--dir",
+        &data_grant,
+        "--",
+        "manage.py",
+        "migrate",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("Applying notes.0001_initial... OK"), "{out}");
+    assert!(data.join("db.sqlite3").is_file());
+    let (code, out, err) = run_bin(&[
+        "exec",
+        &comp,
+        "--dir",
+        &static_grant,
+        "--",
+        "manage.py",
+        "collectstatic",
+        "--noinput",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("static files copied to '/collected-static'"),
+        "{out}"
+    );
+    assert!(statics.join("admin/css/base.css").is_file());
+    let (code, out, err) = run_bin(&[
+        "exec",
+        &comp,
+        "--dir",
+        &data_grant,
+        "--env",
+        "DJANGO_SUPERUSER_PASSWORD=s3cret-pass",
+        "--",
+        "manage.py",
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        "admin",
+        "--email",
+        "a@example.com",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    let static_mount = format!("/static/={}", statics.display());
+    let s = Server::start(&c, &["--dir", &data_grant, "--static", &static_mount]);
+    assert_eq!(get(&s, "/health/"), (200, "ok".into()));
+
+    // The list page and its form, then a POST that passes CSRF.
+    let r = client().get(s.url("/")).send().unwrap();
+    let csrf_cookie = cookie(&r, "csrftoken").expect("a csrftoken cookie");
+    let (status, page) = text(r);
+    assert_eq!(status, 200, "{}", s.logs());
+    assert!(
+        page.contains("No notes yet.") && page.contains("/static/notes/style.css"),
+        "{page}"
+    );
+    let token = csrf_token(&page);
+    let post = |body: String, with_cookie: bool| {
+        let mut req = client()
+            .post(s.url("/notes/add/"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body);
+        if with_cookie {
+            req = req.header("Cookie", format!("csrftoken={csrf_cookie}"));
+        }
+        req.send().unwrap()
+    };
+    let r = post(
+        format!("csrfmiddlewaretoken={token}&text=hello+from+the+sandbox"),
+        true,
+    );
+    assert_eq!(r.status(), 302, "{}", s.logs());
+    assert_eq!(header(&r, "location"), "/");
+    let r = post("text=no+token".into(), false);
+    assert_eq!(r.status(), 403);
+    let r = post(format!("csrfmiddlewaretoken={token}&text="), true);
+    let (status, body) = text(r);
+    assert_eq!(status, 400);
+    assert!(body.contains("This field is required."), "{body}");
+    let (_, page) = get(&s, "/");
+    assert!(page.contains("hello from the sandbox"), "{page}");
+    let v: serde_json::Value = serde_json::from_str(&get(&s, "/api/notes/").1).unwrap();
+    assert_eq!(v["notes"][0]["text"], "hello from the sandbox");
+    assert!(v["notes"][0]["created"]
+        .as_str()
+        .unwrap()
+        .ends_with("+00:00"));
+
+    // The admin login page with its CSS, served by the host.
+    let r = client().get(s.url("/admin/login/")).send().unwrap();
+    let admin_csrf = cookie(&r, "csrftoken").unwrap_or(csrf_cookie.clone());
+    let (status, page) = text(r);
+    assert_eq!(status, 200);
+    assert!(page.contains("/static/admin/css/base.css"), "{page}");
+    let r = client()
+        .get(s.url("/static/admin/css/base.css"))
+        .send()
+        .unwrap();
+    assert_eq!(header(&r, "content-type"), "text/css; charset=utf-8");
+    assert!(r.text().unwrap().contains("--body-fg"));
+    assert!(!s.logs().contains("GET /static/admin/css/base.css\" 404"));
+
+    // Logging in checks the password hash made by createsuperuser.
+    let r = client()
+        .post(s.url("/admin/login/?next=/admin/"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Cookie", format!("csrftoken={admin_csrf}"))
+        .body(format!(
+            "csrfmiddlewaretoken={}&username=admin&password=s3cret-pass&next=/admin/",
+            csrf_token(&page)
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 302, "{}", s.logs());
+    assert_eq!(header(&r, "location"), "/admin/");
+    assert!(cookie(&r, "sessionid").is_some());
+    assert_eq!(get(&s, "/nope/").0, 404);
+}
