@@ -95,8 +95,13 @@ pub struct SourceArgs {
     pub requirements: Option<PathBuf>,
     /// Take dependencies from pyproject.toml's [project].dependencies
     /// (default file: pyproject.toml in the first -p directory).
-    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "", conflicts_with = "requirements")]
-    pub pyproject: Option<PathBuf>,
+    #[arg(
+        long,
+        value_name = "FILE",
+        num_args = 0..=1,
+        conflicts_with = "requirements"
+    )]
+    pub pyproject: Option<Option<PathBuf>>,
     /// An already-installed site-packages to bundle (copied; native
     /// extensions are dropped from the copy).
     #[arg(long, value_name = "DIR")]
@@ -133,15 +138,13 @@ impl SourceArgs {
             deps.push(Source::Requirements(r.clone()));
         }
         if let Some(p) = &self.pyproject {
-            let file = if p.as_os_str().is_empty() {
+            let file = p.clone().unwrap_or_else(|| {
                 self.paths
                     .first()
                     .cloned()
                     .unwrap_or_else(|| PathBuf::from("."))
                     .join("pyproject.toml")
-            } else {
-                p.clone()
-            };
+            });
             deps.push(Source::Pyproject(file));
         }
         if let Some(s) = &self.site_packages {
