@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := target/release/rsgi-wasm
 LISTEN ?= 127.0.0.1:8000
 
-.PHONY: demo test lint bin bench
+.PHONY: demo test lint bin bench bench-frameworks
 .DELETE_ON_ERROR:
 
 demo: bin
@@ -33,3 +33,9 @@ lint:
 bench: bin
 	./scripts/setup.sh
 	python3 bench/bench.py $(BENCH_ARGS)
+
+# Each example under rsgi-wasm and gunicorn: first request and steady-state
+# latency (installs gunicorn and the examples' requirements itself).
+bench-frameworks: bin
+	./scripts/setup.sh
+	python3 bench/frameworks.py

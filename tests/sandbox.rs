@@ -76,6 +76,19 @@ fn file_escapes_fail_with_oserror() {
     let (status, body) = get(&s, "/write-file?/ro/new.txt");
     assert_eq!(status, 403, "{body}");
     assert!(!ro.join("new.txt").exists());
+    // The app's own files are readable but not writable; /tmp is its own.
+    let (status, body) = get(&s, "/read-file?/1/app.py");
+    assert_eq!(status, 200);
+    assert!(body.contains("def application"), "{body}");
+    let (status, body) = get(&s, "/write-file?/1/app.py");
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = get(&s, "/write-file?/python/os.py");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(get(&s, "/write-file?/tmp/scratch.txt").0, 200);
+    assert_eq!(
+        get(&s, "/read-file?/tmp/scratch.txt"),
+        (200, "written by the app".into())
+    );
 }
 
 #[test]

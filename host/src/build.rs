@@ -59,6 +59,10 @@ const ERROR_MARKER: &str = "rsgi-wasm-build-error: ";
 /// build cache key, and the stdlib copy's name).
 const COMPONENTIZE_PY: &str = "componentize-py-0.25.1";
 
+/// App directories bigger than this get a warning: probably data or build
+/// output that should not ship.
+const LARGE_APP_DIR: u64 = 64 << 20;
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -174,7 +178,15 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     h.update(format!("{:?}", (&opts.target, &opts.warmup)));
     for dir in &app_dirs {
         h.update(dir.to_string_lossy().as_bytes());
-        bundle::hash_dir(&mut h, dir)?;
+        let bytes = bundle::hash_dir(&mut h, dir)?;
+        if bytes > LARGE_APP_DIR {
+            tracing::warn!(
+                "-p {} holds {:.0} MB of files, all shipped in the component; \
+                 keep data, build output and virtualenvs outside the app's directories",
+                dir.display(),
+                bytes as f64 / 1e6
+            );
+        }
     }
     for r in &resolved {
         h.update(&r.key);
