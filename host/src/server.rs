@@ -2,10 +2,10 @@
 //! to an app's pool, request limits, access log, graceful shutdown.
 //!
 //! A request goes: [`serve`] accepts → [`handle`] answers `--static` paths
-//! itself (`static_files`), else builds the environ
-//! (`environ`) and an `Exchange` (`wsgi`) → `pool::AppPool::serve` runs the
-//! guest on a spawned task → the head comes back here as a hyper response
-//! whose body streams from the guest.
+//! itself (`static_files`), else builds the environ (`environ`) and an
+//! `Exchange` (`wsgi`) → `pool::AppPool::serve` runs the guest, inline on
+//! the connection's task until the head is out ([`Inline`]) → the head
+//! comes back here as a hyper response whose body streams from the guest.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -286,14 +286,75 @@ async fn handle(
         parts.method == Method::HEAD,
     );
     let method = parts.method;
-    tokio::spawn(async move {
+    let mut call = Inline::new(async move {
         let served = app.serve(env, ex).await;
         access_log(peer, &method, &target, served.status, served.bytes, t0);
     });
-    Ok(match head_rx.await {
+    let mut head_rx = head_rx;
+    // Run the guest right here on the connection's task: most responses
+    // (head plus a body that fits the channel) finish within this poll, with
+    // no task spawned and no cross-thread wake-up. Only if the head is out
+    // while the guest still streams does the call move to its own task, so
+    // hyper can send the body meanwhile.
+    let head = tokio::select! {
+        biased;
+        () = call.run() => head_rx.await,
+        head = &mut head_rx => {
+            call.detach();
+            head
+        }
+    };
+    Ok(match head {
         Ok(head) => wsgi::into_response(head, chunk_rx),
         // The pool always answers before dropping the exchange; this is a
         // panic in the serving task.
         Err(_) => host_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
     })
+}
+
+/// A request's guest call, polled inline by the connection task until it
+/// has to continue on its own: then, or if the connection goes away first,
+/// it is spawned, so a started call always runs to the end (the app's
+/// `close()` is called, the instance goes back to the pool).
+struct Inline {
+    call: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Inline {
+    fn new(call: impl Future<Output = ()> + Send + 'static) -> Self {
+        Inline {
+            call: Some(Box::pin(call)),
+        }
+    }
+
+    /// Poll the call here until it completes.
+    async fn run(&mut self) {
+        std::future::poll_fn(|cx| match self.call.as_mut() {
+            Some(call) => {
+                let done = call.as_mut().poll(cx);
+                if done.is_ready() {
+                    self.call = None;
+                }
+                done
+            }
+            None => std::task::Poll::Ready(()),
+        })
+        .await
+    }
+
+    /// Let the call finish on its own task.
+    fn detach(&mut self) {
+        if let Some(call) = self.call.take() {
+            // Dropped outside a runtime only at process exit: nothing to run on.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(call);
+            }
+        }
+    }
+}
+
+impl Drop for Inline {
+    fn drop(&mut self) {
+        self.detach();
+    }
 }
