@@ -160,7 +160,7 @@ def run_gunicorn(name):
             django_data(tmp)
             env.update(PYTHONPATH=f"{PYDEPS}:{tmp}", DJANGO_SETTINGS_MODULE="bench_settings")
         p = subprocess.Popen(
-            ["taskset", "-c", "0", sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{PORT}",
+            ["taskset", "-c", "0", sys.executable, "-m", "gunicorn", "-w", "1", "--preload", "-b", f"127.0.0.1:{PORT}",
              "--chdir", os.path.join(ROOT, pdir), target],
             env=env, stderr=subprocess.DEVNULL)
         wait_ready(PORT, p)
@@ -192,7 +192,8 @@ def main():
         pass
     block = (f"Recorded {stamp} on {os.cpu_count()} cores ({cpu}) with `make bench-frameworks`; "
              f"first request after the server is ready, then p50/p99 of {N} sequential keep-alive "
-             "requests (ms). rsgi-wasm: pooled, 1 worker, cached artifact; gunicorn: sync, 1 worker.\n\n"
+             "requests (ms). rsgi-wasm: pooled, 1 worker, cached artifact; gunicorn: sync, 1 worker, "
+             "`--preload` (so it, too, listens only once the app is imported).\n\n"
              + table)
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     text = open(path).read()

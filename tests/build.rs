@@ -192,6 +192,10 @@ def app(environ, start_response):
     elif path == "/data":
         with open(os.path.join(HERE, "templates", "page.txt")) as f:
             body = f.read()
+    elif path == "/relative":
+        # The working directory is the first -p directory.
+        with open("templates/page.txt") as f:
+            body = f.read()
     else:
         body = "index"
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -221,6 +225,10 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
     assert_eq!(get(&s, "/lazy"), (200, "1".to_owned()));
     assert_eq!(
         get(&s, "/data"),
+        (200, "a template read per request\n".to_owned())
+    );
+    assert_eq!(
+        get(&s, "/relative"),
         (200, "a template read per request\n".to_owned())
     );
     drop(s);

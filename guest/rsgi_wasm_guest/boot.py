@@ -240,6 +240,15 @@ def boot(
     compat.install()
     if stdlib_export:
         export_stdlib(stdlib_export)
+    if app_dirs:
+        # Like gunicorn --chdir: relative paths resolve in the first app
+        # directory, at build time and (mounted at the same path) at run time.
+        import os
+
+        try:
+            os.chdir(mounts[0][0])
+        except OSError:
+            pass
     for name in LAZY_STDLIB:
         try:
             importlib.import_module(name)

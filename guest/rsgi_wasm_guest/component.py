@@ -57,6 +57,7 @@ class _HostTransport(protocol.Transport):
 
 
 _TRANSPORT = _HostTransport()
+SEP = "\u0100"
 
 
 def make_handler(app: Callable) -> type:
@@ -65,9 +66,11 @@ def make_handler(app: Callable) -> type:
     run = protocol.run
 
     class Handler(exports.Handler):
-        def handle(self, environ: List[Tuple[str, str]]) -> None:
+        def handle(self, environ: str) -> None:
+            # `key SEP value SEP ...` with SEP = U+0100 (see wit/wsgi.wit).
+            parts = environ.split(SEP)
             env = base.copy()
-            env.update(environ)
+            env.update(zip(parts[0::2], parts[1::2]))
             length = env.get("CONTENT_LENGTH")
             # The host validated CONTENT_LENGTH (digits only) before calling.
             env["wsgi.input"] = InputStream(_pull, int(length) if length else None)

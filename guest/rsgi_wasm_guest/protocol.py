@@ -60,15 +60,26 @@ class Transport:
         return False
 
 
+# Statuses and header names already validated: apps send the same few on
+# every request, so the checks run once per distinct string (bounded).
+_VALID_STATUS: set = set()
+_VALID_NAMES: set = set()
+_CACHE_MAX = 512
+
+
 def check_status(status: Any) -> str:
     if type(status) is not str:
         raise TypeError(f"status must be a str, got {type(status).__name__}: {status!r}")
+    if status in _VALID_STATUS:
+        return status
     if not _STATUS.match(status):
         raise ValueError(f"status {status!r} is not of the form 'NNN Reason'")
     try:
         status.encode("latin-1")
     except UnicodeEncodeError:
         raise ValueError(f"status {status!r} is not latin-1 encodable") from None
+    if len(_VALID_STATUS) < _CACHE_MAX:
+        _VALID_STATUS.add(status)
     return status
 
 
@@ -82,16 +93,20 @@ def check_headers(headers: Any) -> Headers:
         name, value = item
         if type(name) is not str or type(value) is not str:
             raise TypeError(f"response header {name!r}: name and value must be str, got {type(name).__name__} and {type(value).__name__}")
-        if not _TOKEN.match(name):
-            raise ValueError(f"response header name {name!r} is not a valid HTTP token")
+        if name not in _VALID_NAMES:
+            if not _TOKEN.match(name):
+                raise ValueError(f"response header name {name!r} is not a valid HTTP token")
+            if name.lower() in HOP_BY_HOP:
+                raise ValueError(f"response header {name!r} is hop-by-hop: the server manages it, a WSGI app must not set it")
+            if len(_VALID_NAMES) < _CACHE_MAX:
+                _VALID_NAMES.add(name)
         if "\r" in value or "\n" in value or "\x00" in value:
             raise ValueError(f"response header {name!r} has a CR, LF or NUL in its value (header injection)")
-        try:
-            value.encode("latin-1")
-        except UnicodeEncodeError:
-            raise ValueError(f"response header {name!r} value {value!r} is not latin-1 encodable (PEP 3333 native string)") from None
-        if name.lower() in HOP_BY_HOP:
-            raise ValueError(f"response header {name!r} is hop-by-hop: the server manages it, a WSGI app must not set it")
+        if not value.isascii():
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"response header {name!r} value {value!r} is not latin-1 encodable (PEP 3333 native string)") from None
         out.append((name, value))
     return out
 

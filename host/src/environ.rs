@@ -201,9 +201,57 @@ pub fn build(req: &RequestInfo<'_>) -> Vec<(String, String)> {
     env
 }
 
+/// Separates keys and values in the packed environ (see `wit/wsgi.wit`):
+/// above latin-1, so it never occurs in a WSGI native string.
+pub const SEP: char = '\u{100}';
+
+/// Pack `env` into the one string the guest's `handle` takes.
+pub fn pack(env: &[(String, String)]) -> String {
+    let len: usize = env.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    let mut out = String::with_capacity(len);
+    for (i, (k, v)) in env.iter().enumerate() {
+        if i > 0 {
+            out.push(SEP);
+        }
+        out.push_str(k);
+        out.push(SEP);
+        // Values are latin-1 by construction; a stray SEP would shift every
+        // later key, so it could only ever be replaced, never sent.
+        if v.contains(SEP) {
+            out.push_str(&v.replace(SEP, "?"));
+        } else {
+            out.push_str(v);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packing_round_trips() {
+        let env = vec![
+            ("PATH_INFO".to_owned(), "/caf\u{e9}\u{0}".to_owned()),
+            ("QUERY_STRING".to_owned(), String::new()),
+            ("HTTP_X".to_owned(), "a\u{100}b".to_owned()),
+        ];
+        let packed = pack(&env);
+        let parts: Vec<&str> = packed.split(SEP).collect();
+        assert_eq!(
+            parts,
+            [
+                "PATH_INFO",
+                "/caf\u{e9}\u{0}",
+                "QUERY_STRING",
+                "",
+                "HTTP_X",
+                "a?b"
+            ]
+        );
+        assert_eq!(pack(&[]), "");
+    }
     use http::HeaderValue;
 
     fn env_for(

@@ -134,11 +134,7 @@ impl AppPool {
     }
 
     /// Serve one request with a warm (or, if none is idle, new) instance.
-    pub async fn serve(
-        self: Arc<Self>,
-        environ: Vec<(String, String)>,
-        mut ex: Exchange,
-    ) -> Served {
+    pub async fn serve(self: Arc<Self>, environ: String, mut ex: Exchange) -> Served {
         let permit = if let Ok(p) = self.slots.try_acquire() {
             p
         } else {

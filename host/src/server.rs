@@ -281,6 +281,7 @@ async fn handle(
         env.push(("wsgi.run_once".into(), "1".into()));
     }
     drop(router);
+    let env = environ::pack(&env);
     let (ex, head_rx, chunk_rx) = Exchange::new(
         RequestBody::new(body, max_body),
         parts.method == Method::HEAD,
