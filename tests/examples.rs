@@ -56,6 +56,18 @@ fn sha256_hex(data: &[u8]) -> String {
     format!("{:x}", sha2::Sha256::digest(data))
 }
 
+/// The index template and `/hello/<name>` that the Flask and Bottle
+/// examples both have.
+fn assert_index_and_hello(s: &Server) {
+    let (status, body) = get(s, "/");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<h1>Hello from rsgi-wasm</h1>") && body.contains("<li>pooled</li>"),
+        "{body}"
+    );
+    assert_eq!(get(s, "/hello/caf%C3%A9"), (200, "Hello, café!\n".into()));
+}
+
 #[test]
 fn plain_wsgi_callable() {
     let c = build(
@@ -105,13 +117,7 @@ fn flask_example() {
         ],
     );
     let s = Server::start(&c, &[]);
-    let (status, body) = get(&s, "/");
-    assert_eq!(status, 200);
-    assert!(
-        body.contains("<h1>Hello from rsgi-wasm</h1>") && body.contains("<li>pooled</li>"),
-        "{body}"
-    );
-    assert_eq!(get(&s, "/hello/caf%C3%A9"), (200, "Hello, café!\n".into()));
+    assert_index_and_hello(&s);
 
     let r = client()
         .post(s.url("/api/echo"))
@@ -198,16 +204,10 @@ fn bottle_example() {
         ],
     );
     let s = Server::start(&c, &[]);
-    let (status, body) = get(&s, "/");
-    assert_eq!(status, 200);
-    assert!(
-        body.contains("<h1>Hello from rsgi-wasm</h1>") && body.contains("<li>pooled</li>"),
-        "{body}"
-    );
+    assert_index_and_hello(&s);
     let v: serde_json::Value = serde_json::from_str(&get(&s, "/api/info").1).unwrap();
     assert_eq!(v["framework"], "bottle");
     assert_eq!(v["method"], "GET");
-    assert_eq!(get(&s, "/hello/caf%C3%A9"), (200, "Hello, café!\n".into()));
     // A template not rendered during the build's warm-up: read at run time.
     let r = client()
         .post(s.url("/greet"))

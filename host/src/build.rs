@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bundle;
 use crate::deps::{self, Source};
+use crate::engine;
 
 /// The guest adapter, compiled into the binary so `build` is self-contained.
 const GUEST_FILES: &[(&str, &str)] = &[
@@ -213,7 +214,7 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
             &report_file,
         )
         .await?;
-        write_atomic(&cached, &component)?;
+        engine::write_atomic(&cached, &component)?;
     }
     let path = match &opts.output {
         Some(out) => {
@@ -238,15 +239,6 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         warmup,
         cached: hit,
     })
-}
-
-fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
-    let dir = dest.parent().context("cache path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, data)?;
-    tmp.persist(dest)?;
-    Ok(())
 }
 
 /// Run componentize-py on the app and append its files; returns the bytes.

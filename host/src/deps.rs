@@ -152,13 +152,25 @@ fn install(text: &[u8], requirements: &Path, label: &str, cache: &Path) -> Resul
     h.update(text);
     h.update(PIP_TARGET.join(" "));
     let key = format!("{:x}", h.finalize())[..32].to_owned();
-    let dir = cache.join("deps").join(&key);
-    if !dir.join("native.txt").is_file() {
+    prepare_once(cache.join("deps").join(&key), key, |tmp| {
         tracing::info!("resolving {label} for CPython 3.14 on WASI with pip");
+        std::fs::create_dir_all(tmp.join("wheels"))?;
+        pip_install(requirements, label, tmp)
+    })
+}
+
+/// Fill `dir/site-packages` once with `fill` (into a partial directory that
+/// is renamed when complete), drop its native modules, and describe it.
+fn prepare_once(
+    dir: PathBuf,
+    key: String,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<Resolved> {
+    if !dir.join("native.txt").is_file() {
         let tmp = dir.with_extension("partial");
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(tmp.join("wheels"))?;
-        pip_install(requirements, label, &tmp)?;
+        std::fs::create_dir_all(tmp.join("site-packages"))?;
+        fill(&tmp)?;
         let native = strip_native(&tmp.join("site-packages"))?;
         write_native(&tmp, &native)?;
         let _ = std::fs::remove_dir_all(&dir);
@@ -291,26 +303,15 @@ fn copy_site_packages(src: &Path, cache: &Path) -> Result<Resolved> {
     bundle::hash_dir(&mut h, src)?;
     let key = format!("{:x}", h.finalize())[..32].to_owned();
     let dir = cache.join("deps").join(format!("site-{key}"));
-    if !dir.join("native.txt").is_file() {
+    prepare_once(dir, key, |tmp| {
         tracing::info!("copying {} into the build cache", src.display());
-        let tmp = dir.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&tmp);
         for rel in bundle::files(src)? {
             let to = tmp.join("site-packages").join(&rel);
             std::fs::create_dir_all(to.parent().expect("file has a parent"))?;
             std::fs::copy(src.join(&rel), &to)
                 .with_context(|| format!("copying {}", src.join(&rel).display()))?;
         }
-        std::fs::create_dir_all(tmp.join("site-packages"))?;
-        let native = strip_native(&tmp.join("site-packages"))?;
-        write_native(&tmp, &native)?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir)?;
-    }
-    Ok(Resolved {
-        dir: dir.join("site-packages"),
-        native: read_native(&dir)?,
-        key,
+        Ok(())
     })
 }
 

@@ -171,7 +171,7 @@ fn compile_cached(
             )
         })?;
     tracing::info!("compiled in {:.1}s", t.elapsed().as_secs_f64());
-    if let Err(e) = write_atomic(cache_dir, &cached, &compiled) {
+    if let Err(e) = write_atomic(&cached, &compiled) {
         tracing::warn!(
             "cannot cache the compiled component in {}: {e:#}",
             cache_dir.display()
@@ -201,8 +201,10 @@ fn check_header(bytes: &[u8], path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_atomic(dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+/// Write a cache file so readers see the old file or the whole new one.
+pub(crate) fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
+    let dir = dest.parent().context("cache path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, data)?;
     tmp.persist(dest)?;
