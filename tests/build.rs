@@ -20,16 +20,6 @@ fn get(s: &Server, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().unwrap())
 }
 
-/// `rsgi-wasm ARGS` to completion: (status code, stderr).
-fn run_bin(args: &[&str]) -> (i32, String, String) {
-    let out = bin().current_dir(repo()).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 const DEPS_APP: &str = r#"
 import docopt, markupsafe, simplejson, yaml
 

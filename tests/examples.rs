@@ -22,16 +22,6 @@ fn header(r: &Response, name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// `rsgi-wasm ARGS` from the repository root: (exit status, stdout, stderr).
-fn run_bin(args: &[&str]) -> (i32, String, String) {
-    let out = bin().current_dir(repo()).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The value of cookie `name` among a response's Set-Cookie headers.
 fn cookie(r: &Response, name: &str) -> Option<String> {
     r.headers().get_all("set-cookie").iter().find_map(|v| {

@@ -66,6 +66,17 @@ pub fn build(name: &str, args: &[&str]) -> PathBuf {
     out
 }
 
+/// `rsgi-wasm ARGS` to completion from the repository root:
+/// (exit status, stdout, stderr).
+pub fn run_bin(args: &[&str]) -> (i32, String, String) {
+    let out = bin().current_dir(repo()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Build `target` from `app_dir` (+ requirements).
 pub fn component(name: &str, target: &str, app_dir: &Path, requirements: Option<&Path>) -> PathBuf {
     let mut args = vec![
