@@ -8,6 +8,11 @@ use rsgi_wasm::cli::Cli;
 use rsgi_wasm::config::ConfigError;
 use rsgi_wasm::tenants::TenantError;
 
+// perf showed glibc's malloc (free lists, consolidation) at ~9% of a pooled
+// hello request; with mimalloc hello at c=32 rose ~4% in A/B runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

@@ -101,16 +101,7 @@ impl AppPool {
     }
 
     async fn instantiate(&self) -> Result<Instance> {
-        let mut store = Store::new(
-            &self.engine,
-            self.sandbox.host_state(crate::sandbox::Stdio::Log)?,
-        );
-        store.limiter(|s| &mut s.limiter);
-        // Every tick, hand the thread back to tokio: a CPU-bound guest
-        // cannot starve other requests, and the request timeout (a tokio
-        // timer) can fire while the guest computes.
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-        store.set_epoch_deadline(1);
+        let mut store = new_store(&self.engine, &self.sandbox, Stdio::Log)?;
         let app = self
             .pre
             .instantiate_async(&mut store)
