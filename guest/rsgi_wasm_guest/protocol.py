@@ -60,73 +60,101 @@ class Transport:
         return False
 
 
-# Statuses and header names already validated: apps send the same few on
-# every request, so the checks run once per distinct string (bounded).
+# Validation results, cached: apps send the same few statuses and headers
+# on every request, so each distinct string (or header pair) is checked
+# once. Bounded: a cache that fills up (varying values such as
+# Content-Length or Set-Cookie) is emptied and refilled.
 _VALID_STATUS: set = set()
-_VALID_NAMES: set = set()
+_VALID_NAMES: dict = {}  # name -> its lower-case form
+_VALID_ITEMS: dict = {}  # (name, value) -> whether it is a Content-Length
 _CACHE_MAX = 512
+_CONTENT_LENGTH = "content-length"
 
 
 def check_status(status: Any) -> str:
     if type(status) is not str:
         raise TypeError(f"status must be a str, got {type(status).__name__}: {status!r}")
-    if status in _VALID_STATUS:
-        return status
     if not _STATUS.match(status):
         raise ValueError(f"status {status!r} is not of the form 'NNN Reason'")
     try:
         status.encode("latin-1")
     except UnicodeEncodeError:
         raise ValueError(f"status {status!r} is not latin-1 encodable") from None
-    if len(_VALID_STATUS) < _CACHE_MAX:
-        _VALID_STATUS.add(status)
+    if len(_VALID_STATUS) >= _CACHE_MAX:
+        _VALID_STATUS.clear()
+    _VALID_STATUS.add(status)
     return status
 
 
-def check_headers(headers: Any) -> Headers:
+def _check_name(name: Any) -> str:
+    """Validate a header name; returns it lower-cased."""
+    if type(name) is not str:
+        raise TypeError(f"response header name {name!r} must be str, got {type(name).__name__}")
+    lower = _VALID_NAMES.get(name)
+    if lower is not None:
+        return lower
+    if not _TOKEN.match(name):
+        raise ValueError(f"response header name {name!r} is not a valid HTTP token")
+    lower = name.lower()
+    if lower in HOP_BY_HOP:
+        raise ValueError(f"response header {name!r} is hop-by-hop: the server manages it, a WSGI app must not set it")
+    if len(_VALID_NAMES) >= _CACHE_MAX:
+        _VALID_NAMES.clear()
+    _VALID_NAMES[name] = lower
+    return lower
+
+
+def _check_item(item: Any) -> bool:
+    """Validate one ``(name, value)``; True if it is a Content-Length."""
+    if type(item) is not tuple or len(item) != 2:
+        raise TypeError(f"response header {item!r} is not a (name, value) tuple")
+    name, value = item
+    lower = _check_name(name)
+    if type(value) is not str:
+        raise TypeError(f"response header {name!r}: the value must be str, got {type(value).__name__}")
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise ValueError(f"response header {name!r} has a CR, LF or NUL in its value (header injection)")
+    if not value.isascii():
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError(f"response header {name!r} value {value!r} is not latin-1 encodable (PEP 3333 native string)") from None
+    is_length = lower == _CONTENT_LENGTH
+    if len(_VALID_ITEMS) >= _CACHE_MAX:
+        _VALID_ITEMS.clear()
+    _VALID_ITEMS[(name, value)] = is_length
+    return is_length
+
+
+def check_headers(headers: Any) -> Tuple[Headers, bool]:
+    """Validate response headers; returns a copy of them and whether one
+    is a Content-Length."""
     if not isinstance(headers, (list, tuple)):
         raise TypeError(f"response headers must be a list of (name, value) tuples, got {type(headers).__name__}")
-    out: Headers = []
-    for item in headers:
-        if not isinstance(item, tuple) or len(item) != 2:
-            raise TypeError(f"response header {item!r} is not a (name, value) tuple")
-        name, value = item
-        if type(name) is not str or type(value) is not str:
-            raise TypeError(f"response header {name!r}: name and value must be str, got {type(name).__name__} and {type(value).__name__}")
-        if name not in _VALID_NAMES:
-            if not _TOKEN.match(name):
-                raise ValueError(f"response header name {name!r} is not a valid HTTP token")
-            if name.lower() in HOP_BY_HOP:
-                raise ValueError(f"response header {name!r} is hop-by-hop: the server manages it, a WSGI app must not set it")
-            if len(_VALID_NAMES) < _CACHE_MAX:
-                _VALID_NAMES.add(name)
-        if "\r" in value or "\n" in value or "\x00" in value:
-            raise ValueError(f"response header {name!r} has a CR, LF or NUL in its value (header injection)")
-        if not value.isascii():
-            try:
-                value.encode("latin-1")
-            except UnicodeEncodeError:
-                raise ValueError(f"response header {name!r} value {value!r} is not latin-1 encodable (PEP 3333 native string)") from None
-        out.append((name, value))
-    return out
-
-
-def _has_header(headers: Headers, lower_name: str) -> bool:
-    for name, _ in headers:
-        if name.lower() == lower_name:
-            return True
-    return False
+    out: Headers = list(headers)
+    has_length = False
+    for item in out:
+        try:
+            is_length = _VALID_ITEMS.get(item)
+        except TypeError:  # unhashable, so not a (str, str) pair
+            is_length = None
+        if is_length is None:
+            is_length = _check_item(item)
+        if is_length:
+            has_length = True
+    return out, has_length
 
 
 class Response:
     """One request's response state: what ``start_response`` set and sent."""
 
-    __slots__ = ("transport", "status", "headers", "sent")
+    __slots__ = ("transport", "status", "headers", "has_length", "sent")
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.status: Optional[str] = None
         self.headers: Headers = []
+        self.has_length = False
         self.sent = False
 
     def start_response(self, status: str, headers: Headers, exc_info: Any = None) -> Callable[[bytes], None]:
@@ -139,8 +167,8 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise RuntimeError("start_response() called a second time without exc_info")
-        self.headers = check_headers(headers)
-        self.status = check_status(status)
+        self.headers, self.has_length = check_headers(headers)
+        self.status = status if type(status) is str and status in _VALID_STATUS else check_status(status)
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -187,11 +215,10 @@ def _error_page(transport: Transport, status: str, text: str) -> None:
 
 
 def _close(result: Any, errors: Any) -> None:
-    close = getattr(result, "close", None)
-    if close is None:
-        return
     try:
-        close()
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
     except BaseException:
         errors.write("rsgi-wasm: the app result's close() raised:\n")
         traceback.print_exc(file=errors)
@@ -205,19 +232,21 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
     result: Any = None
     try:
         result = app(environ, resp.start_response)
-        # PEP 3333 allows the server to add Content-Length when the result
-        # is a one-item sequence: it keeps HTTP/1.0 and HEAD responses exact.
-        if (
-            type(result) in (list, tuple)
-            and len(result) == 1
-            and resp.status is not None
-            and not resp.sent
-            and type(result[0]) is bytes
-            and not _has_header(resp.headers, "content-length")
-        ):
-            resp.headers.append(("Content-Length", str(len(result[0]))))
-        if type(result) is FileWrapper and resp.status is not None and not resp.sent and _send_file(result, resp):
-            return None
+        status = resp.status
+        if status is not None and not resp.sent:
+            kind = type(result)
+            if (kind is list or kind is tuple) and len(result) == 1 and type(result[0]) is bytes:
+                # The common shape, answered in one call to the host. PEP
+                # 3333 lets the server add Content-Length for a one-item
+                # sequence: it keeps HTTP/1.0 and HEAD responses exact.
+                body = result[0]
+                if not resp.has_length:
+                    resp.headers.append(("Content-Length", str(len(body))))
+                resp.sent = True
+                transport.start(status, resp.headers, body)
+                return None
+            if kind is FileWrapper and _send_file(result, resp):
+                return None
         for chunk in result:
             resp.send(chunk)
         resp.finish()
@@ -230,7 +259,8 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
         # an app must not escape the component export either.
         return _failed(exc, environ, resp, transport, errors)
     finally:
-        _close(result, errors)
+        if result is not None and type(result) is not list:
+            _close(result, errors)
         try:
             errors.flush()
         except Exception:

@@ -121,3 +121,34 @@ class InputStream:
 
     def close(self) -> None:
         """Apps may close the input; the host discards what is left."""
+
+
+class EmptyInput:
+    """``wsgi.input`` of a request without a body (no Content-Length and no
+    Transfer-Encoding, or a length of 0): always at its end. It has no
+    state, so one instance serves every such request."""
+
+    __slots__ = ()
+    too_large = False
+    disconnected = False
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        return b""
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: Optional[int] = -1) -> List[bytes]:
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        raise StopIteration
+
+    def close(self) -> None:
+        """Nothing to discard."""
+
+
+EMPTY = EmptyInput()

@@ -11,4 +11,4 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::rsgi_wasm::wsgi::request::BodyError;
-pub use self::rsgi_wasm::wsgi::response::{SendFileError, WriteError};
+pub use self::rsgi_wasm::wsgi::response::SendFileError;

@@ -27,6 +27,8 @@ pub struct RequestInfo<'a> {
     pub script_name: &'a str,
     /// `http` or `https` (after trusted proxy headers were applied).
     pub url_scheme: &'a str,
+    /// Request isolation: the instance serves this one request only.
+    pub run_once: bool,
 }
 
 /// Bytes → native string: each byte one char (ISO-8859-1).
@@ -95,67 +97,223 @@ pub fn forwarded_scheme(headers: &HeaderMap) -> Option<&'static str> {
         .and_then(|(_, v)| pick(v))
 }
 
-/// Build the CGI/WSGI keys for one request (RFC 3875 section 4.1, PEP 3333).
-pub fn build(req: &RequestInfo<'_>) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = Vec::with_capacity(16 + req.headers.keys_len());
-    let mut push = |k: &str, v: String| env.push((k.to_owned(), v));
+/// The keys every environ has, in this order. Their values come first in
+/// [`Environ::values`] and their names are not sent: the guest knows them
+/// (`FIXED_KEYS` in `guest/rsgi_wasm_guest/component.py`, checked equal by
+/// a test below; see `handle` in `wit/wsgi.wit`).
+pub const FIXED_KEYS: [&str; 12] = [
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "RAW_URI",
+    "REQUEST_URI",
+    "SERVER_PROTOCOL",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "wsgi.url_scheme",
+];
 
-    push("REQUEST_METHOD", req.method.as_str().to_owned());
-    push("SCRIPT_NAME", req.script_name.to_owned());
+/// The environ as it crosses the boundary (see `handle` in `wit/wsgi.wit`):
+/// keys and values packed into one string each, `separator` between items;
+/// `keys` names only the values after the [`FIXED_KEYS`] ones.
+#[derive(Debug)]
+pub struct Environ {
+    /// NUL, or U+0100 when a value contains NUL (then `wide` is set).
+    pub separator: char,
+    /// `key SEP key SEP ...`: the request's headers (`HTTP_*`,
+    /// `CONTENT_TYPE`, `CONTENT_LENGTH`) and `wsgi.run_once` if set.
+    pub keys: String,
+    /// `value SEP value SEP ...`: the [`FIXED_KEYS`] values, then one per
+    /// name in `keys`.
+    pub values: String,
+}
+
+/// The usual separator: NUL keeps both strings latin-1 for the guest.
+pub const SEP: char = '\0';
+/// The separator when a value contains NUL: above latin-1, so it never
+/// occurs in a WSGI native string.
+pub const WIDE_SEP: char = '\u{100}';
+
+impl Environ {
+    /// The key/value pairs (for tests and logs; the guest splits itself).
+    pub fn pairs(&self) -> Vec<(&str, &str)> {
+        let sent = self
+            .keys
+            .split(self.separator)
+            .filter(|_| !self.keys.is_empty());
+        FIXED_KEYS
+            .into_iter()
+            .chain(sent)
+            .zip(self.values.split(self.separator))
+            .collect()
+    }
+}
+
+/// Writes keys and values straight into the two packed strings, so no
+/// per-key `String` is allocated on the request path.
+struct Packer {
+    sep: char,
+    keys: String,
+    values: String,
+    /// Values written so far (the first ones are the fixed keys').
+    count: usize,
+    /// A value contained `sep` (only possible with NUL): pack again wide.
+    clash: bool,
+}
+
+impl Packer {
+    fn new(sep: char, headers: usize) -> Self {
+        Packer {
+            sep,
+            keys: String::with_capacity(256 + 16 * headers),
+            values: String::with_capacity(256 + 32 * headers),
+            count: 0,
+            clash: false,
+        }
+    }
+
+    /// Start the next value, for `key`.
+    fn key(&mut self, key: &str) {
+        if self.count > 0 {
+            self.values.push(self.sep);
+        }
+        self.count += 1;
+        if let Some(fixed) = FIXED_KEYS.get(self.count - 1) {
+            debug_assert_eq!(key, *fixed, "fixed keys go first, in order");
+            return;
+        }
+        if !self.keys.is_empty() {
+            self.keys.push(self.sep);
+        }
+        self.keys.push_str(key);
+    }
+
+    /// Append to the current value (latin-1 text).
+    fn text(&mut self, text: &str) {
+        self.clash |= text.contains(self.sep);
+        self.values.push_str(text);
+    }
+
+    /// Append bytes to the current value, one char per byte (latin-1).
+    fn bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_ascii() {
+            // ASCII is the same in UTF-8: no per-char mapping.
+            self.text(std::str::from_utf8(bytes).expect("ASCII is UTF-8"));
+        } else {
+            for &b in bytes {
+                self.clash |= char::from(b) == self.sep;
+                self.values.push(char::from(b));
+            }
+        }
+    }
+
+    fn pair(&mut self, key: &str, value: &str) {
+        self.key(key);
+        self.text(value);
+    }
+
+    /// A value that is an address or a number (never contains NUL).
+    fn display(&mut self, key: &str, value: impl std::fmt::Display) {
+        use std::fmt::Write;
+        self.key(key);
+        write!(self.values, "{value}").expect("writing to a String");
+    }
+}
+
+/// Build the CGI/WSGI keys for one request (RFC 3875 section 4.1, PEP 3333),
+/// packed for the guest.
+pub fn build(req: &RequestInfo<'_>) -> Environ {
+    let env = build_with(req, SEP);
+    if env.clash {
+        // A NUL in a value (a percent-decoded `%00` in the path) would
+        // split it in two: pack with the wide separator instead.
+        let wide = build_with(req, WIDE_SEP);
+        debug_assert!(!wide.clash);
+        return Environ {
+            separator: WIDE_SEP,
+            keys: wide.keys,
+            values: wide.values,
+        };
+    }
+    Environ {
+        separator: SEP,
+        keys: env.keys,
+        values: env.values,
+    }
+}
+
+fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
+    let mut env = Packer::new(sep, req.headers.keys_len());
+
+    env.pair("REQUEST_METHOD", req.method.as_str());
+    env.pair("SCRIPT_NAME", req.script_name);
     // PATH_INFO is the decoded path below the mount point (RFC 3875 4.1.5);
     // the raw target stays available as RAW_URI/REQUEST_URI (gunicorn, uWSGI).
     let raw_path = req.uri.path();
-    let decoded = latin1(&percent_decode(raw_path.as_bytes()));
-    let path_info = decoded
-        .strip_prefix(req.script_name)
-        .filter(|_| !req.script_name.is_empty())
-        .map(str::to_owned)
-        .unwrap_or(decoded);
-    push("PATH_INFO", path_info);
+    env.key("PATH_INFO");
+    if raw_path.contains('%') || !raw_path.is_ascii() {
+        let decoded = latin1(&percent_decode(raw_path.as_bytes()));
+        let path_info = match decoded.strip_prefix(req.script_name) {
+            Some(rest) if !req.script_name.is_empty() => rest,
+            _ => &decoded,
+        };
+        env.text(path_info);
+    } else {
+        // Nothing to decode: the raw path is already the native string.
+        let path_info = match raw_path.strip_prefix(req.script_name) {
+            Some(rest) if !req.script_name.is_empty() => rest,
+            _ => raw_path,
+        };
+        env.text(path_info);
+    }
     // QUERY_STRING stays raw (RFC 3875 4.1.7): the app decodes it.
-    push("QUERY_STRING", req.uri.query().unwrap_or("").to_owned());
+    env.pair("QUERY_STRING", req.uri.query().unwrap_or(""));
     let raw_uri = req
         .uri
         .path_and_query()
         .map(|pq| pq.as_str())
-        .unwrap_or("/")
-        .to_owned();
-    push("RAW_URI", raw_uri.clone());
-    push("REQUEST_URI", raw_uri);
-    push(
+        .unwrap_or("/");
+    env.pair("RAW_URI", raw_uri);
+    env.pair("REQUEST_URI", raw_uri);
+    env.pair(
         "SERVER_PROTOCOL",
         match req.version {
             Version::HTTP_10 => "HTTP/1.0",
             Version::HTTP_2 => "HTTP/2",
             _ => "HTTP/1.1",
-        }
-        .to_owned(),
+        },
     );
 
     let host_header = req
         .headers
         .get(http::header::HOST)
         .map(|v| latin1(v.as_bytes()));
-    let (server_name, server_port) = match host_header.as_deref().map(split_host) {
-        Some((name, port)) if !name.is_empty() => (
-            name.to_owned(),
-            port.map(str::to_owned).unwrap_or_else(|| {
-                if req.url_scheme == "https" {
-                    "443"
-                } else {
-                    "80"
-                }
-                .to_owned()
-            }),
-        ),
-        _ => (req.local.ip().to_string(), req.local.port().to_string()),
-    };
-    push("SERVER_NAME", server_name);
-    push("SERVER_PORT", server_port);
-    push("REMOTE_ADDR", req.peer.ip().to_string());
-    push("REMOTE_PORT", req.peer.port().to_string());
-    push("wsgi.url_scheme", req.url_scheme.to_owned());
+    match host_header.as_deref().map(split_host) {
+        Some((name, port)) if !name.is_empty() => {
+            env.pair("SERVER_NAME", name);
+            let default = if req.url_scheme == "https" {
+                "443"
+            } else {
+                "80"
+            };
+            env.pair("SERVER_PORT", port.unwrap_or(default));
+        }
+        _ => {
+            env.display("SERVER_NAME", req.local.ip());
+            env.display("SERVER_PORT", req.local.port());
+        }
+    }
+    env.display("REMOTE_ADDR", req.peer.ip());
+    env.display("REMOTE_PORT", req.peer.port());
+    env.pair("wsgi.url_scheme", req.url_scheme);
+    if req.run_once {
+        env.pair("wsgi.run_once", "1");
+    }
 
+    let mut key = String::with_capacity(64);
     for name in req.headers.keys() {
         let name = name.as_str(); // hyper gives lower-case names
                                   // A `_` in a name could collide with the `-` form after mapping to
@@ -163,95 +321,45 @@ pub fn build(req: &RequestInfo<'_>) -> Vec<(String, String)> {
         if name.contains('_') {
             continue;
         }
-        let key = match name {
-            "content-type" => "CONTENT_TYPE".to_owned(),
-            "content-length" => "CONTENT_LENGTH".to_owned(),
+        match name {
+            "content-type" => env.key("CONTENT_TYPE"),
+            "content-length" => env.key("CONTENT_LENGTH"),
             _ => {
-                let mut k = String::with_capacity(5 + name.len());
-                k.push_str("HTTP_");
-                k.extend(name.chars().map(|c| {
+                key.clear();
+                key.push_str("HTTP_");
+                key.extend(name.chars().map(|c| {
                     if c == '-' {
                         '_'
                     } else {
                         c.to_ascii_uppercase()
                     }
                 }));
-                k
+                env.key(&key);
             }
-        };
+        }
         let mut values = req.headers.get_all(name).iter();
-        let mut value = values
-            .next()
-            .map(|v| latin1(v.as_bytes()))
-            .unwrap_or_default();
+        if let Some(first) = values.next() {
+            env.bytes(first.as_bytes());
+        }
         if name == "content-length" {
             // hyper already rejected conflicting lengths; duplicates agree.
-            env.push((key, value));
             continue;
         }
         // RFC 9110 5.3: repeated fields join with ", "; Cookie uses "; "
         // (RFC 6265 5.4), which is what cookie parsers expect.
         let sep = if name == "cookie" { "; " } else { ", " };
         for v in values {
-            value.push_str(sep);
-            value.push_str(&latin1(v.as_bytes()));
+            env.text(sep);
+            env.bytes(v.as_bytes());
         }
-        env.push((key, value));
     }
     env
-}
-
-/// Separates keys and values in the packed environ (see `wit/wsgi.wit`):
-/// above latin-1, so it never occurs in a WSGI native string.
-pub const SEP: char = '\u{100}';
-
-/// Pack `env` into the one string the guest's `handle` takes.
-pub fn pack(env: &[(String, String)]) -> String {
-    let len: usize = env.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
-    let mut out = String::with_capacity(len);
-    for (i, (k, v)) in env.iter().enumerate() {
-        if i > 0 {
-            out.push(SEP);
-        }
-        out.push_str(k);
-        out.push(SEP);
-        // Values are latin-1 by construction; a stray SEP would shift every
-        // later key, so it could only ever be replaced, never sent.
-        if v.contains(SEP) {
-            out.push_str(&v.replace(SEP, "?"));
-        } else {
-            out.push_str(v);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn packing_round_trips() {
-        let env = vec![
-            ("PATH_INFO".to_owned(), "/caf\u{e9}\u{0}".to_owned()),
-            ("QUERY_STRING".to_owned(), String::new()),
-            ("HTTP_X".to_owned(), "a\u{100}b".to_owned()),
-        ];
-        let packed = pack(&env);
-        let parts: Vec<&str> = packed.split(SEP).collect();
-        assert_eq!(
-            parts,
-            [
-                "PATH_INFO",
-                "/caf\u{e9}\u{0}",
-                "QUERY_STRING",
-                "",
-                "HTTP_X",
-                "a?b"
-            ]
-        );
-        assert_eq!(pack(&[]), "");
-    }
     use http::HeaderValue;
 
     fn env_for(
@@ -260,6 +368,15 @@ mod tests {
         headers: &[(&str, &[u8])],
         script: &str,
     ) -> Vec<(String, String)> {
+        env_with_sep(method, target, headers, script).1
+    }
+
+    fn env_with_sep(
+        method: &str,
+        target: &str,
+        headers: &[(&str, &[u8])],
+        script: &str,
+    ) -> (char, Vec<(String, String)>) {
         let uri: Uri = target.parse().unwrap();
         let method: Method = method.parse().unwrap();
         let mut map = HeaderMap::new();
@@ -269,7 +386,7 @@ mod tests {
                 HeaderValue::from_bytes(v).unwrap(),
             );
         }
-        build(&RequestInfo {
+        let env = build(&RequestInfo {
             method: &method,
             uri: &uri,
             version: Version::HTTP_11,
@@ -278,7 +395,14 @@ mod tests {
             peer: "127.0.0.1:50000".parse().unwrap(),
             script_name: script,
             url_scheme: "http",
-        })
+            run_once: false,
+        });
+        let pairs = env
+            .pairs()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        (env.separator, pairs)
     }
 
     fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
@@ -292,6 +416,56 @@ mod tests {
         assert_eq!(get(&env, "PATH_INFO"), Some("/caf\u{c3}\u{a9}/a/b"));
         assert_eq!(get(&env, "QUERY_STRING"), Some("x=%C3%A9&y"));
         assert_eq!(get(&env, "RAW_URI"), Some("/caf%C3%A9/a%2Fb?x=%C3%A9&y"));
+    }
+
+    #[test]
+    fn guest_knows_the_same_fixed_keys() {
+        let guest = include_str!("../../guest/rsgi_wasm_guest/component.py");
+        let start = guest
+            .find("FIXED_KEYS = (")
+            .expect("FIXED_KEYS in component.py");
+        let list = &guest[start..guest[start..].find(')').unwrap() + start];
+        let names: Vec<&str> = list.split('"').skip(1).step_by(2).collect();
+        assert_eq!(names, FIXED_KEYS);
+    }
+
+    #[test]
+    fn only_header_keys_are_sent_by_name() {
+        let uri: Uri = "/x".parse().unwrap();
+        let none = HeaderMap::new();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("h"));
+        let info = |headers, run_once| RequestInfo {
+            method: &Method::GET,
+            uri: &uri,
+            version: Version::HTTP_10,
+            headers,
+            local: "127.0.0.1:8000".parse().unwrap(),
+            peer: "127.0.0.1:50000".parse().unwrap(),
+            script_name: "",
+            url_scheme: "http",
+            run_once,
+        };
+        let bare = build(&info(&none, false));
+        assert_eq!(bare.keys, "");
+        assert_eq!(bare.pairs().len(), FIXED_KEYS.len());
+        let env = build(&info(&headers, true));
+        assert_eq!(env.keys, "wsgi.run_once\0HTTP_HOST");
+        assert_eq!(env.values.split('\0').count(), FIXED_KEYS.len() + 2);
+        assert_eq!(env.pairs().last(), Some(&("HTTP_HOST", "h")));
+    }
+
+    #[test]
+    fn a_nul_in_the_path_switches_to_the_wide_separator() {
+        let (sep, env) = env_with_sep("GET", "/a%00b", &[("x-y", b"caf\xe9")], "");
+        assert_eq!(sep, WIDE_SEP);
+        assert_eq!(get(&env, "PATH_INFO"), Some("/a\u{0}b"));
+        assert_eq!(get(&env, "HTTP_X_Y"), Some("caf\u{e9}"));
+        assert_eq!(get(&env, "QUERY_STRING"), Some(""));
+        let (sep, env) = env_with_sep("GET", "/plain?q", &[], "");
+        assert_eq!(sep, SEP);
+        assert_eq!(get(&env, "PATH_INFO"), Some("/plain"));
+        assert_eq!(get(&env, "QUERY_STRING"), Some("q"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 
 use crate::bindings::{WsgiApp, WsgiAppPre};
 use crate::config::{Isolation, Limits};
+use crate::environ::Environ;
 use crate::sandbox::{HostState, Sandbox, Stdio};
 use crate::wsgi::Exchange;
 
@@ -125,7 +126,7 @@ impl AppPool {
     }
 
     /// Serve one request with a warm (or, if none is idle, new) instance.
-    pub async fn serve(self: Arc<Self>, environ: String, mut ex: Exchange) -> Served {
+    pub async fn serve(self: Arc<Self>, environ: Environ, mut ex: Exchange) -> Served {
         let permit = if let Ok(p) = self.slots.try_acquire() {
             p
         } else {
@@ -162,10 +163,12 @@ impl AppPool {
         };
 
         inst.store.data_mut().exchange = Some(ex);
-        let call = inst
-            .app
-            .rsgi_wasm_wsgi_handler()
-            .call_handle(&mut inst.store, &environ);
+        let call = inst.app.rsgi_wasm_wsgi_handler().call_handle(
+            &mut inst.store,
+            &environ.keys,
+            &environ.values,
+            environ.separator != crate::environ::SEP,
+        );
         let outcome = tokio::time::timeout(self.limits.timeout, call).await;
         let state = inst.store.data_mut();
         let mut ex = state

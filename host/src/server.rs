@@ -263,7 +263,7 @@ async fn handle(
         ));
     }
 
-    let mut env = environ::build(&RequestInfo {
+    let env = environ::build(&RequestInfo {
         method: &parts.method,
         uri: &parts.uri,
         version: parts.version,
@@ -276,12 +276,9 @@ async fn handle(
         } else {
             "http"
         },
+        run_once: app.limits().isolation == Isolation::Request,
     });
-    if app.limits().isolation == Isolation::Request {
-        env.push(("wsgi.run_once".into(), "1".into()));
-    }
     drop(router);
-    let env = environ::pack(&env);
     let (ex, head_rx, chunk_rx) = Exchange::new(
         RequestBody::new(body, max_body),
         parts.method == Method::HEAD,

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bindings::rsgi_wasm::wsgi::{request, response};
-use crate::bindings::{BodyError, SendFileError, WriteError};
+use crate::bindings::{BodyError, SendFileError};
 use crate::config::DirGrant;
 use crate::sandbox::HostState;
 use crate::sendfile;
@@ -305,21 +305,18 @@ impl Exchange {
         Bytes::from(chunk)
     }
 
-    fn start(
-        &mut self,
-        status: String,
-        headers: Vec<(String, String)>,
-        first: String,
-    ) -> Result<(), WriteError> {
+    /// Commit the head; false if the client is gone or the head was
+    /// refused (then a 500 went out instead).
+    fn start(&mut self, status: &str, headers: &str, extra: Option<u64>, first: String) -> bool {
         if self.head_tx.is_none() {
-            return Err(WriteError::Protocol);
+            return false;
         }
-        let head = match parse_head(&status, headers) {
+        let head = match parse_head(status, headers, extra) {
             Ok(head) => head,
             Err(why) => {
                 tracing::error!("invalid response from the app: {why}");
                 self.respond_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
-                return Err(WriteError::Protocol);
+                return false;
             }
         };
         let (status, reason, headers, content_length) = head;
@@ -338,13 +335,13 @@ impl Exchange {
             first,
             content_length,
         })
-        .map_err(|_| WriteError::Disconnected)
+        .is_ok()
     }
 
     fn send_file(
         &mut self,
-        status: String,
-        mut headers: Vec<(String, String)>,
+        status: &str,
+        headers: &str,
         path: &str,
         offset: u64,
         dirs: &[DirGrant],
@@ -356,14 +353,10 @@ impl Exchange {
             return Err(SendFileError::Unavailable);
         };
         let available = size.saturating_sub(offset);
-        if !headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        {
-            headers.push(("Content-Length".into(), available.to_string()));
+        // The file's remaining size, unless the app declared a length.
+        if !self.start(status, headers, Some(available), String::new()) {
+            return Err(SendFileError::Disconnected);
         }
-        self.start(status, headers, String::new())
-            .map_err(|_| SendFileError::Disconnected)?;
         // start() recorded the declared length in `remaining`.
         let declared = self.remaining.unwrap_or(available);
         let len = declared.min(available);
@@ -381,21 +374,19 @@ impl Exchange {
         Ok(())
     }
 
-    async fn write(&mut self, chunk: String) -> Result<(), WriteError> {
+    /// Push a chunk; false if the head is not out yet or the client left.
+    async fn write(&mut self, chunk: String) -> bool {
         if self.head_tx.is_some() {
-            return Err(WriteError::Protocol);
+            return false;
         }
         if chunk.is_empty() {
-            return Ok(());
+            return true;
         }
         let chunk = self.clip(chunk);
         if chunk.is_empty() {
-            return Ok(());
+            return true;
         }
-        self.chunk_tx
-            .send(Ok(chunk))
-            .await
-            .map_err(|_| WriteError::Disconnected)
+        self.chunk_tx.send(Ok(chunk)).await.is_ok()
     }
 }
 
@@ -426,8 +417,14 @@ fn native_bytes(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Re-check what the guest already validated (defence in depth: the guest
-/// is untrusted code) and build hyper's head.
-fn parse_head(status: &str, headers: Vec<(String, String)>) -> Result<ParsedHead, String> {
+/// is untrusted code) and build hyper's head. `headers` is the packed
+/// `name LF value LF ...` of `wit/wsgi.wit`; `default_length` is added as
+/// `Content-Length` when the app declared none (`send-file`).
+fn parse_head(
+    status: &str,
+    headers: &str,
+    default_length: Option<u64>,
+) -> Result<ParsedHead, String> {
     let code = status
         .get(..3)
         .and_then(|c| c.parse::<u16>().ok())
@@ -445,14 +442,24 @@ fn parse_head(status: &str, headers: Vec<(String, String)>) -> Result<ParsedHead
                 .map_err(|_| format!("status {status:?} has an invalid reason phrase"))?,
         )
     };
-    let mut map = HeaderMap::with_capacity(headers.len() + 1);
+    let mut map = HeaderMap::with_capacity(8);
     let mut content_length = None;
-    for (name, value) in headers {
+    let mut items = headers.split('\n');
+    if headers.is_empty() {
+        items.next();
+    }
+    while let Some(name) = items.next() {
+        let value = items
+            .next()
+            .ok_or_else(|| format!("response header {name:?} has no value"))?;
         let hname = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("response header name {name:?} is invalid"))?;
-        let hvalue = native_bytes(&value)
-            .and_then(|b| HeaderValue::from_bytes(&b).ok())
-            .ok_or_else(|| format!("response header {name:?} has an invalid value {value:?}"))?;
+        let hvalue = if value.is_ascii() {
+            HeaderValue::from_str(value).ok()
+        } else {
+            native_bytes(value).and_then(|b| HeaderValue::from_bytes(&b).ok())
+        }
+        .ok_or_else(|| format!("response header {name:?} has an invalid value {value:?}"))?;
         if hname == http::header::CONTENT_LENGTH {
             let n = value
                 .trim()
@@ -467,6 +474,12 @@ fn parse_head(status: &str, headers: Vec<(String, String)>) -> Result<ParsedHead
             content_length = Some(n);
         }
         map.append(hname, hvalue);
+    }
+    if content_length.is_none() {
+        if let Some(n) = default_length {
+            map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            content_length = Some(n);
+        }
     }
     if !map.contains_key(http::header::SERVER) {
         map.insert(http::header::SERVER, HeaderValue::from_static(SERVER));
@@ -484,36 +497,31 @@ impl request::Host for HostState {
 }
 
 impl response::Host for HostState {
-    async fn start(
-        &mut self,
-        status: String,
-        headers: Vec<(String, String)>,
-        first_chunk: String,
-    ) -> Result<(), WriteError> {
+    async fn start(&mut self, status: String, headers: String, first_chunk: String) -> bool {
         match self.exchange.as_mut() {
-            Some(ex) => ex.start(status, headers, first_chunk),
-            None => Err(WriteError::Protocol),
+            Some(ex) => ex.start(&status, &headers, None, first_chunk),
+            None => false,
         }
     }
 
     async fn send_file(
         &mut self,
         status: String,
-        headers: Vec<(String, String)>,
+        headers: String,
         path: String,
         offset: u64,
     ) -> Result<(), SendFileError> {
         let dirs = self.dirs.clone();
         match self.exchange.as_mut() {
-            Some(ex) => ex.send_file(status, headers, &path, offset, &dirs),
+            Some(ex) => ex.send_file(&status, &headers, &path, offset, &dirs),
             None => Err(SendFileError::Unavailable),
         }
     }
 
-    async fn write(&mut self, chunk: String) -> Result<(), WriteError> {
+    async fn write(&mut self, chunk: String) -> bool {
         match self.exchange.as_mut() {
             Some(ex) => ex.write(chunk).await,
-            None => Err(WriteError::Protocol),
+            None => false,
         }
     }
 }
@@ -524,37 +532,37 @@ mod tests {
 
     #[test]
     fn head_parsing_keeps_custom_reasons_and_latin1() {
-        let (code, reason, headers, cl) = parse_head(
-            "200 Fine",
-            vec![
-                ("X-Name".into(), "caf\u{e9}".into()),
-                ("Content-Length".into(), "5".into()),
-            ],
-        )
-        .unwrap();
+        let (code, reason, headers, cl) =
+            parse_head("200 Fine", "X-Name\ncaf\u{e9}\nContent-Length\n5", None).unwrap();
         assert_eq!(code, StatusCode::OK);
         assert_eq!(reason.unwrap().as_bytes(), b"Fine");
         assert_eq!(headers.get("x-name").unwrap().as_bytes(), b"caf\xe9");
         assert_eq!(headers.get("server").unwrap(), SERVER);
         assert_eq!(cl, Some(5));
-        let (_, reason, _, _) = parse_head("404 Not Found", vec![]).unwrap();
+        let (_, reason, headers, cl) = parse_head("404 Not Found", "", None).unwrap();
         assert!(reason.is_none());
+        assert_eq!(headers.len(), 1, "only Server");
+        assert_eq!(cl, None);
+        let (_, _, headers, cl) = parse_head("200 OK", "X\n", Some(7)).unwrap();
+        assert_eq!(headers.get("x").unwrap(), "");
+        assert_eq!(headers.get("content-length").unwrap(), "7");
+        assert_eq!(cl, Some(7));
+        let (_, _, _, cl) = parse_head("200 OK", "content-length\n3", Some(7)).unwrap();
+        assert_eq!(cl, Some(3), "the app's own length wins");
     }
 
     #[test]
     fn head_parsing_rejects_what_the_guest_should_have() {
-        assert!(parse_head("OK", vec![]).is_err());
-        assert!(parse_head("2000 OK", vec![]).is_err());
-        assert!(parse_head("200 OK", vec![("Bad Name".into(), "x".into())]).is_err());
-        assert!(parse_head("200 OK", vec![("X".into(), "a\r\nb".into())]).is_err());
-        assert!(parse_head("200 OK", vec![("X".into(), "\u{263a}".into())]).is_err());
-        assert!(parse_head(
-            "200 OK",
-            vec![
-                ("Content-Length".into(), "1".into()),
-                ("Content-Length".into(), "2".into())
-            ]
-        )
-        .is_err());
+        assert!(parse_head("OK", "", None).is_err());
+        assert!(parse_head("2000 OK", "", None).is_err());
+        assert!(parse_head("200 OK", "Bad Name\nx", None).is_err());
+        assert!(parse_head("200 OK", "X\na\r\nb", None).is_err());
+        assert!(parse_head("200 OK", "X\n\u{263a}", None).is_err());
+        assert!(
+            parse_head("200 OK", "X", None).is_err(),
+            "a name without value"
+        );
+        assert!(parse_head("200 OK", "X\na\nY", None).is_err());
+        assert!(parse_head("200 OK", "Content-Length\n1\nContent-Length\n2", None).is_err());
     }
 }
