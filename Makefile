@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := target/release/rsgi-wasm
 LISTEN ?= 127.0.0.1:8000
 
-.PHONY: demo test lint bin bench bench-frameworks
+.PHONY: demo test lint bin bench bench-frameworks profile
 .DELETE_ON_ERROR:
 
 demo: bin
@@ -39,3 +39,10 @@ bench: bin
 bench-frameworks: bin
 	./scripts/setup.sh
 	python3 bench/frameworks.py
+
+# Instructions per request under callgrind (guest / host / libc split, top
+# functions): comparable between two builds on a noisy machine, unlike
+# req/s. `make profile PROFILE_ARGS="--app flask-hello"`.
+profile: bin
+	./scripts/setup.sh
+	python3 bench/instructions.py $(PROFILE_ARGS)

@@ -176,6 +176,7 @@ def wrk(path, conc, duration, script):
         cmd += ["-s", lua]
     out = subprocess.run(cmd + [f"http://127.0.0.1:{PORT}{path}"], capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    count = int(re.search(r"(\d+) requests in", out).group(1))
 
     def pct(p):
         m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
@@ -188,6 +189,7 @@ def wrk(path, conc, duration, script):
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
         "rps": rps,
+        "count": count,
         "p50": pct(50),
         "p99": pct(99),
         "errors": (int(errors.group(1)) if errors else 0),
@@ -240,6 +242,8 @@ def cold_start(components):
 
 
 def fresh_instance(components, duration):
+    """Per-request cost of `--isolation request`: the latency it adds at
+    c=1, and the req/s one core sustains at c=32 (the CPU per instance)."""
     out = []
     for app, target in (("hello", "hello:app"), ("flask-hello", "flaskapp:app")):
         res = {}
@@ -248,8 +252,11 @@ def fresh_instance(components, duration):
             wait_200(PORT)
             wrk("/", 1, 2, None)
             res[iso] = wrk("/", 1, duration, None)
+            if iso == "request":
+                res["request-32"] = wrk("/", 32, duration, None)
             stop(p)
-        out.append((app, res["pooled"]["p50"], res["request"]["p50"], res["request"]["rps"]))
+        out.append((app, res["pooled"]["p50"], res["request"]["p50"], res["request"]["rps"],
+                    res["request-32"]["rps"]))
     return out
 
 
@@ -385,11 +392,12 @@ def main():
         "|---|---|---|",
         *[f"| {a} | {how} | {ms:.0f} |" for a, how, ms in cold],
         "",
-        "### Fresh instance (`--isolation request`, c=1)",
+        "### Fresh instance (`--isolation request`)",
         "",
-        "| app | pooled p50 ms | request p50 ms | fresh-instance cost ms | req/s in request mode |",
-        "|---|---|---|---|---|",
-        *[f"| {a} | {p:.3f} | {r:.3f} | {r - p:.3f} | {rps:,.0f} |" for a, p, r, rps in fresh],
+        "| app | pooled p50 ms | request p50 ms | fresh-instance cost ms | req/s in request mode, c=1 | "
+        "req/s in request mode, c=32 (one core) |",
+        "|---|---|---|---|---|---|",
+        *[f"| {a} | {p:.3f} | {r:.3f} | {r - p:.3f} | {rps:,.0f} | {rps32:,.0f} |" for a, p, r, rps, rps32 in fresh],
         "",
         "### Density",
         "",

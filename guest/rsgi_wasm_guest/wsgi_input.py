@@ -36,10 +36,10 @@ class InputStream:
         self.too_large = False
         self.disconnected = False
 
-    def _fill(self, want: int) -> bool:
-        """Pull one more chunk into the buffer; False at end of body."""
+    def _next(self, want: int) -> bytes:
+        """Pull one more chunk of at most ``want`` bytes; ``b""`` at the end."""
         if self._eof:
-            return False
+            return b""
         want = max(want, 1)
         if self._remaining is not None:
             want = min(want, self._remaining)
@@ -53,30 +53,54 @@ class InputStream:
             raise
         if not chunk:
             self._eof = True
-            return False
+            return b""
         if self._remaining is not None:
             # The host enforces the declared length too; this guards the
             # "never read past CONTENT_LENGTH" rule inside the guest as well.
-            chunk = chunk[: self._remaining]
+            if len(chunk) > self._remaining:
+                chunk = chunk[: self._remaining]
             self._remaining -= len(chunk)
             if self._remaining == 0:
                 self._eof = True
+        return chunk
+
+    def _fill(self, want: int) -> bool:
+        """Pull one more chunk into the buffer; False at end of body."""
+        chunk = self._next(want)
+        if not chunk:
+            return False
         self._buf += chunk
         return True
 
     def _take(self, n: int) -> bytes:
+        if n >= len(self._buf):
+            out = bytes(self._buf)
+            self._buf.clear()
+            return out
         out = bytes(self._buf[:n])
         del self._buf[:n]
         return out
 
     def read(self, size: Optional[int] = -1) -> bytes:
         if size is None or size < 0:
-            while self._fill(CHUNK):
-                pass
-            return self._take(len(self._buf))
-        while len(self._buf) < size and self._fill(size - len(self._buf)):
-            pass
-        return self._take(min(size, len(self._buf)))
+            size = -1
+        elif len(self._buf) >= size:
+            return self._take(size)
+        # Gather chunks in a list and join once: each byte is copied once
+        # here, and a chunk that is the whole answer is not copied at all.
+        parts = []
+        have = len(self._buf)
+        if have:
+            parts.append(self._take(have))
+        while size < 0 or have < size:
+            chunk = self._next(CHUNK if size < 0 else size - have)
+            if not chunk:
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
 
     def readline(self, size: Optional[int] = -1) -> bytes:
         limit = -1 if size is None or size < 0 else size

@@ -49,6 +49,32 @@ class InputStreamTest(unittest.TestCase):
         self.assertEqual(s.readlines(3), ref.readlines(3))
         self.assertEqual(s.readlines(), ref.readlines())
 
+    def test_mixed_reads_match_a_file(self):
+        # Whatever the host's chunk sizes, reads return what a file would.
+        import random
+
+        rng = random.Random(7)
+        data = bytes(rng.randrange(256) for _ in range(5000)).replace(b"\x00", b"\n")
+        for step in (1, 7, 64, 4096, 10000):
+            for length in (None, len(data), 3000):
+                s = InputStream(source(data, step), length)
+                ref = io.BytesIO(data if length is None else data[:length])
+                while True:
+                    op = rng.randrange(4)
+                    if op == 0:
+                        n = rng.choice((0, 1, 5, 100, 4096, 9000))
+                        got, want = s.read(n), ref.read(n)
+                    elif op == 1:
+                        n = rng.choice((-1, 3, 50))
+                        got, want = s.readline(n), ref.readline(n)
+                    elif op == 2:
+                        got, want = next(s, b""), ref.readline()
+                    else:
+                        got, want = s.read(), ref.read()
+                    self.assertEqual(got, want, (step, length, op))
+                    if not want and op != 0:
+                        break
+
     def test_errors_are_flagged(self):
         def too_large(n):
             raise BodyTooLarge("x")

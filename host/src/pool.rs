@@ -196,12 +196,12 @@ impl AppPool {
             Ok(Ok(Ok(()))) => {
                 if let Some(why) = ex.shortfall() {
                     tracing::warn!(app = %self.name, "{why}");
-                    ex.abort(why).await;
+                    ex.abort(why);
                 }
             }
             Ok(Ok(Err(reason))) => {
                 tracing::warn!(app = %self.name, "response cut short: {reason}");
-                ex.abort(reason).await;
+                ex.abort(reason);
             }
             Ok(Err(trap)) => {
                 keep = false;
@@ -241,8 +241,7 @@ impl AppPool {
     /// Answer an error page, or cut the body short if the head went out.
     async fn fail(&self, ex: &mut Exchange, status: StatusCode, text: &str) {
         if ex.committed() {
-            ex.abort(format!("{text} after the response head was sent"))
-                .await;
+            ex.abort(format!("{text} after the response head was sent"));
         } else {
             ex.respond_error(status, text);
         }

@@ -6,10 +6,9 @@ use std::io::SeekFrom;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio::sync::mpsc;
 
 use crate::config::DirGrant;
-use crate::wsgi::BodyAbort;
+use crate::wsgi::BodySender;
 
 const CHUNK: usize = 64 * 1024;
 
@@ -32,18 +31,10 @@ pub fn open_granted(dirs: &[DirGrant], path: &str) -> Option<(std::fs::File, u64
 /// Send `len` bytes of `file` from `offset` into the body channel; a file
 /// that ends early, or `short_by` missing bytes the app's Content-Length
 /// promised, abort the body so the client sees the truncation.
-pub async fn stream(
-    file: std::fs::File,
-    offset: u64,
-    len: u64,
-    short_by: u64,
-    tx: mpsc::Sender<Result<Bytes, BodyAbort>>,
-) {
+pub async fn stream(file: std::fs::File, offset: u64, len: u64, short_by: u64, tx: BodySender) {
     let mut file = tokio::fs::File::from_std(file);
     if let Err(e) = file.seek(SeekFrom::Start(offset)).await {
-        let _ = tx
-            .send(Err(BodyAbort(format!("seeking the file: {e}"))))
-            .await;
+        tx.abort(format!("seeking the file: {e}"));
         return;
     }
     let mut left = len;
@@ -51,22 +42,18 @@ pub async fn stream(
         let mut buf = vec![0u8; CHUNK.min(left as usize)];
         match file.read(&mut buf).await {
             Ok(0) => {
-                let _ = tx
-                    .send(Err(BodyAbort("file shrank while it was sent".into())))
-                    .await;
+                tx.abort("file shrank while it was sent".into());
                 return;
             }
             Ok(n) => {
                 buf.truncate(n);
                 left -= n as u64;
-                if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                if !tx.send(Bytes::from(buf)).await {
                     return; // client went away
                 }
             }
             Err(e) => {
-                let _ = tx
-                    .send(Err(BodyAbort(format!("reading the file: {e}"))))
-                    .await;
+                tx.abort(format!("reading the file: {e}"));
                 return;
             }
         }
@@ -74,6 +61,6 @@ pub async fn stream(
     if short_by > 0 {
         let why = format!("file is {short_by} bytes shorter than the app's Content-Length");
         tracing::warn!("{why}");
-        let _ = tx.send(Err(BodyAbort(why))).await;
+        tx.abort(why);
     }
 }

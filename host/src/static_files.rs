@@ -20,7 +20,6 @@ use bytes::Bytes;
 use cap_std::fs::Dir;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
-use tokio::sync::mpsc;
 
 use crate::sendfile;
 use crate::wsgi::{self, Head, ResponseBody};
@@ -29,9 +28,6 @@ use crate::wsgi::{self, Head, ResponseBody};
 const SERVER: &str = concat!("rsgi-wasm/", env!("CARGO_PKG_VERSION"));
 const CACHE_CONTROL: &str = "public, max-age=3600";
 const INDEX: &str = "index.html";
-/// Chunks buffered ahead of the client; each is up to 64 KiB (sendfile's
-/// chunk size), so a slow client pins at most this much per response.
-const READ_AHEAD: usize = 2;
 
 /// One `--static` value: request paths starting with `prefix` are files
 /// under `dir`.
@@ -691,7 +687,7 @@ fn file_response(
         *res.headers_mut() = headers;
         return res;
     }
-    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    let (tx, rx) = wsgi::body_channel();
     // sendfile::stream aborts the body if the file shrinks or a read
     // fails, so the client sees a truncated response rather than garbage.
     tokio::spawn(sendfile::stream(file, start, len, 0, tx));
