@@ -111,6 +111,44 @@ fn environ_has_the_pep3333_keys() {
     assert_eq!(v["wsgi.file_wrapper.present"], true);
 }
 
+#[test]
+fn environ_values_follow_their_own_request() {
+    // The guest keeps one environ layout per set of header names; a value
+    // must never land under another request's key, also after a request
+    // whose path holds a NUL (packed with the wide separator).
+    let s = Server::start(&router(), &[]);
+    let c = client();
+    let env = |path: &str, headers: &[(&str, &str)]| -> serde_json::Value {
+        let mut r = c.get(s.url(path));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().unwrap().json().unwrap()
+    };
+    let a = env("/env", &[("X-A", "1")]);
+    assert_eq!(a["HTTP_X_A"], "1");
+    let b = env("/env?q=2", &[("X-B", "2"), ("Cookie", "c=1")]);
+    assert_eq!(
+        (&b["HTTP_X_B"], &b["HTTP_COOKIE"]),
+        (&"2".into(), &"c=1".into())
+    );
+    assert_eq!(b["QUERY_STRING"], "q=2");
+    assert!(b.get("HTTP_X_A").is_none());
+    let a = env("/env", &[("X-A", "3")]);
+    assert_eq!(
+        (&a["HTTP_X_A"], &a["QUERY_STRING"]),
+        (&"3".into(), &"".into())
+    );
+    assert!(a.get("HTTP_X_B").is_none() && a.get("HTTP_COOKIE").is_none());
+    let nul = env("/path/a%00b", &[("X-A", "5")]);
+    assert_eq!(nul["path"], "/path/a\u{0}b");
+    let a = env("/env", &[("X-A", "4")]);
+    assert_eq!(
+        (&a["HTTP_X_A"], &a["PATH_INFO"]),
+        (&"4".into(), &"/env".into())
+    );
+}
+
 fn pseudo_random(n: usize) -> Vec<u8> {
     let mut x: u32 = 0x1234_5678;
     (0..n)
