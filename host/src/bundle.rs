@@ -8,7 +8,7 @@
 //! lazily are read from these paths later, so the component stays
 //! self-contained (ship one `.wasm`) while real apps run unchanged.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -160,28 +160,48 @@ fn leb128(out: &mut Vec<u8>, mut v: u64) {
     }
 }
 
-/// The archive appended by [`append`], if this component has one.
-pub fn find(component: &[u8]) -> Option<&[u8]> {
-    let end = component.len().checked_sub(TRAILER)?;
-    if &component[end + 8..] != MAGIC {
+/// Where the archive appended by [`append`] sits in a component of
+/// `len` bytes ending in `trailer`: `(start, length)`, if it has one.
+fn locate(trailer: &[u8], len: u64) -> Option<(u64, u64)> {
+    if trailer.len() != TRAILER || trailer[8..] != MAGIC[..] {
         return None;
     }
-    let len = u64::from_le_bytes(component[end..end + 8].try_into().ok()?);
-    let start = end.checked_sub(usize::try_from(len).ok()?)?;
-    Some(&component[start..end])
+    let archive_len = u64::from_le_bytes(trailer[..8].try_into().ok()?);
+    let end = len.checked_sub(TRAILER as u64)?;
+    Some((end.checked_sub(archive_len)?, archive_len))
+}
+
+/// Find the archive from the end of `component` without reading the rest.
+fn archive_at(component: &mut (impl Read + Seek)) -> Result<Option<(u64, u64)>> {
+    let len = component.seek(SeekFrom::End(0))?;
+    if len < TRAILER as u64 {
+        return Ok(None);
+    }
+    let mut trailer = [0u8; TRAILER];
+    component.seek(SeekFrom::End(-(TRAILER as i64)))?;
+    component.read_exact(&mut trailer)?;
+    Ok(locate(&trailer, len))
 }
 
 /// Unpack the archive of the component with content hash `digest` into the
 /// cache (once; later starts reuse it) and return its mounts.
-pub fn mounts(component: &[u8], digest: &str, cache_dir: &Path) -> Result<Vec<Mount>> {
-    let Some(archive) = find(component) else {
+/// Only a first start reads the archive itself.
+pub fn mounts(
+    component: &mut (impl Read + Seek),
+    digest: &str,
+    cache_dir: &Path,
+) -> Result<Vec<Mount>> {
+    let Some((start, len)) = archive_at(component)? else {
         return Ok(Vec::new());
     };
     let dest = cache_dir
         .join("files")
         .join(&digest[..32.min(digest.len())]);
     if !dest.join(".complete").is_file() {
-        unpack(archive, &dest)
+        let mut archive = Vec::new();
+        component.seek(SeekFrom::Start(start))?;
+        component.take(len).read_to_end(&mut archive)?;
+        unpack(&archive, &dest)
             .with_context(|| format!("unpacking the app's files into {}", dest.display()))?;
     }
     let mut out = Vec::new();
@@ -223,18 +243,19 @@ fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Hex SHA-256 of `bytes`.
-pub fn digest(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
-}
-
-/// Read a whole file (the component) with a clear error.
-pub fn read(path: &Path) -> Result<Vec<u8>> {
-    let mut data = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .with_context(|| format!("cannot read component {}", path.display()))?;
-    Ok(data)
+/// Hex SHA-256 of everything `r` yields, read in pieces so a large
+/// component is never held in memory just to hash it.
+pub fn digest(r: &mut impl Read) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(format!("{:x}", h.finalize())),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -258,11 +279,19 @@ mod tests {
         assert_eq!(count, 1);
         let mut component = b"\0asm\x0d\x00\x01\x00".to_vec();
         append(&mut component, &archive);
-        assert_eq!(find(&component), Some(archive.as_slice()));
-        assert_eq!(find(b"\0asm\x0d\x00\x01\x00"), None);
+        let at = |bytes: &[u8]| archive_at(&mut std::io::Cursor::new(bytes)).unwrap();
+        let (start, len) = at(&component).unwrap();
+        assert_eq!(
+            &component[start as usize..(start + len) as usize],
+            archive.as_slice()
+        );
+        assert_eq!(at(b"\0asm\x0d\x00\x01\x00"), None);
+        assert_eq!(at(b"x"), None);
 
         let cache = tempfile::tempdir().unwrap();
-        let m = mounts(&component, &digest(&component), cache.path()).unwrap();
+        let digest = digest(&mut component.as_slice()).unwrap();
+        let file = || std::io::Cursor::new(&component);
+        let m = mounts(&mut file(), &digest, cache.path()).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].guest, "/1");
         assert_eq!(
@@ -270,10 +299,7 @@ mod tests {
             "x = 1\n"
         );
         // Second start: already unpacked, same answer.
-        assert_eq!(
-            mounts(&component, &digest(&component), cache.path()).unwrap(),
-            m
-        );
+        assert_eq!(mounts(&mut file(), &digest, cache.path()).unwrap(), m);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -124,14 +125,23 @@ impl Loader {
 }
 
 /// Load `path` as a component with its file tree.
+/// The file is streamed through the hash; only a first start (compiling)
+/// reads it whole, so a cached start never holds the component in memory.
 pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<Loaded> {
-    let bytes = bundle::read(path)?;
-    check_header(&bytes, path)?;
-    let digest = bundle::digest(&bytes);
-    let files = bundle::mounts(&bytes, &digest, cache_dir)
+    let unreadable = || format!("cannot read component {}", path.display());
+    let mut file = std::fs::File::open(path).with_context(unreadable)?;
+    let mut head = Vec::with_capacity(8);
+    (&mut file)
+        .take(8)
+        .read_to_end(&mut head)
+        .with_context(unreadable)?;
+    check_header(&head, path)?;
+    file.rewind().with_context(unreadable)?;
+    let digest = bundle::digest(&mut file).with_context(unreadable)?;
+    let files = bundle::mounts(&mut file, &digest, cache_dir)
         .with_context(|| format!("loading the files shipped in {}", path.display()))?;
     Ok(Loaded {
-        component: compile_cached(engine, &bytes, &digest, path, cache_dir)?,
+        component: compile_cached(engine, &mut file, &digest, path, cache_dir)?,
         files: files.into(),
     })
 }
@@ -140,7 +150,7 @@ pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<
 /// afterwards (keyed by content and engine).
 fn compile_cached(
     engine: &Engine,
-    bytes: &[u8],
+    file: &mut std::fs::File,
     digest: &str,
     path: &Path,
     cache_dir: &Path,
@@ -169,9 +179,13 @@ fn compile_cached(
         path.display(),
         cache_dir.display()
     );
+    let mut bytes = Vec::new();
+    file.rewind()
+        .and_then(|()| file.read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read component {}", path.display()))?;
     let t = Instant::now();
     let compiled = engine
-        .precompile_component(bytes)
+        .precompile_component(&bytes)
         .map_err(anyhow::Error::from)
         .with_context(|| {
             format!(
