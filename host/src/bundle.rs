@@ -247,15 +247,11 @@ fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
 /// component is never held in memory just to hash it.
 pub fn digest(r: &mut impl Read) -> std::io::Result<String> {
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => return Ok(format!("{:x}", h.finalize())),
-            Ok(n) => h.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    std::io::copy(
+        &mut std::io::BufReader::with_capacity(256 * 1024, r),
+        &mut h,
+    )?;
+    Ok(format!("{:x}", h.finalize()))
 }
 
 #[cfg(test)]

@@ -105,8 +105,7 @@ impl Loader {
     /// The component at `path`, from memory if this file (same size and
     /// mtime) was loaded before, else from the artifact cache or compiled.
     pub fn load(&self, path: &Path) -> Result<Loaded> {
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("cannot read component {}", path.display()))?;
+        let meta = std::fs::metadata(path).with_context(|| cannot_read(path))?;
         let key = (
             path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
             meta.len(),
@@ -128,7 +127,7 @@ impl Loader {
 /// The file is streamed through the hash; only a first start (compiling)
 /// reads it whole, so a cached start never holds the component in memory.
 pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<Loaded> {
-    let unreadable = || format!("cannot read component {}", path.display());
+    let unreadable = || cannot_read(path);
     let mut file = std::fs::File::open(path).with_context(unreadable)?;
     let mut head = Vec::with_capacity(8);
     (&mut file)
@@ -144,6 +143,10 @@ pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<
         component: compile_cached(engine, &mut file, &digest, path, cache_dir)?,
         files: files.into(),
     })
+}
+
+fn cannot_read(path: &Path) -> String {
+    format!("cannot read component {}", path.display())
 }
 
 /// Compile a component once and reuse the native artifact from `cache_dir`
@@ -182,7 +185,7 @@ fn compile_cached(
     let mut bytes = Vec::new();
     file.rewind()
         .and_then(|()| file.read_to_end(&mut bytes))
-        .with_context(|| format!("cannot read component {}", path.display()))?;
+        .with_context(|| cannot_read(path))?;
     let t = Instant::now();
     let compiled = engine
         .precompile_component(&bytes)
