@@ -1,7 +1,10 @@
 //! PEP 3333 and HTTP/1.1 conformance, black-box: the raw request corpus in
 //! `tests/corpus/requests.txt` against the router app wrapped in
 //! `wsgiref.validate.validator`, plus the framing and connection rules that
-//! need more than one exchange. docs/conformance.md maps rules to tests.
+//! need more than one exchange; and gunicorn's own request-parser corpus
+//! (`tests/gunicorn_corpus.py`) against the probe app, sent with the
+//! client's side open and half-closed. docs/conformance.md maps rules to
+//! tests.
 
 mod common;
 
@@ -302,4 +305,125 @@ fn no_body_for_304_and_file_wrapper_paths() {
     // A symlink out of the grant is refused by the sandbox.
     let r = client().get(s.url("/file?escape")).send().unwrap();
     assert_eq!(r.status(), 500);
+}
+
+/// `python3 tests/gunicorn_corpus.py ARGS` from the repository root:
+/// (success, stdout + stderr).
+fn corpus_runner(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("python3")
+        .current_dir(repo())
+        .arg("tests/gunicorn_corpus.py")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn gunicorn_request_corpus_passes_open_and_half_closed() {
+    // The corpus comes from gunicorn's sdist on PyPI, cached under target/.
+    let dest = work_dir().join("gunicorn-corpus");
+    let (ok, fetched) = corpus_runner(&["--fetch", dest.to_str().unwrap()]);
+    assert!(ok, "fetching gunicorn's corpus failed:\n{fetched}");
+    let corpus = fetched.lines().last().unwrap().trim().to_owned();
+    // Short timeouts so incomplete requests are closed well before the
+    // runner's own wait.
+    let s = Server::start(&probe(), &["--header-timeout", "2s", "--timeout", "4s"]);
+    let addr = s.addr.to_string();
+    let (ok, report) = corpus_runner(&[
+        "--corpus",
+        &corpus,
+        "--addr",
+        &addr,
+        "--server",
+        "rsgi-wasm",
+        "--timeout",
+        "8",
+    ]);
+    println!("{report}");
+    assert!(ok, "{report}\n--- server log ---\n{}", s.logs());
+    // Each mode reports every non-skipped case as expected.
+    assert_eq!(report.matches(" 0 failed,").count(), 2, "{report}");
+    // The server is still fine afterwards.
+    assert_eq!(client().get(s.url("/x")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn half_closed_client_gets_the_whole_response() {
+    let s = Server::start(&router(), &[]);
+    // 8 MiB streamed: far more than socket buffers hold, so the response is
+    // still being written long after the client's FIN arrived.
+    let n = 8 << 20;
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    c.write_all(format!("GET /big?{n} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(got.len() - head_end, n, "whole body after a half-close");
+    // HTTP/1.0 style: request, half-close, read to EOF.
+    let resp = {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(b"POST /echo HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello")
+            .unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        got
+    };
+    assert!(
+        resp.ends_with(b"\r\n\r\nhello"),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
+}
+
+#[test]
+fn a_client_that_goes_away_frees_its_instance() {
+    // One instance: the next request can only be answered once the first
+    // one's instance is back, however the client left.
+    let s = Server::start(&router(), &["--workers", "1"]);
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.write_all(b"GET /big?1000000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut first = [0u8; 4096];
+        c.read_exact(&mut first).unwrap();
+        drop(c); // fully closed mid-body
+        let r = client().get(s.url("/")).send().unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+#[test]
+fn connect_gets_a_definite_answer() {
+    let s = Server::start(&router(), &[]);
+    // The router app says 200 to CONNECT, but it cannot tunnel: the client
+    // gets the status, no body framing, and the connection closes.
+    let resp = raw(
+        s.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("content-length"),
+        "{text}"
+    );
+    // The app saw the authority as the target.
+    assert!(s.logs().contains("\"CONNECT example.com:443\" 200"));
+    // CONNECT needs host:port; other methods may not use it.
+    let resp = raw(s.addr, b"CONNECT / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status_of(&resp), 400);
+    let resp = raw(s.addr, b"GET example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status_of(&resp), 400);
 }

@@ -97,6 +97,18 @@ pub fn forwarded_scheme(headers: &HeaderMap) -> Option<&'static str> {
         .and_then(|(_, v)| pick(v))
 }
 
+/// The request target as the client sent it: the path and query, the
+/// `host:port` of a CONNECT, or the whole absolute URI a proxy-style
+/// client sends.
+pub fn raw_target(uri: &Uri) -> std::borrow::Cow<'_, str> {
+    match (uri.scheme(), uri.authority(), uri.path_and_query()) {
+        (None, _, Some(pq)) => pq.as_str().into(),
+        (None, Some(authority), None) => authority.as_str().into(),
+        (Some(_), _, _) => uri.to_string().into(),
+        (None, None, None) => "/".into(),
+    }
+}
+
 /// The keys every environ has, in this order. Their values come first in
 /// [`Environ::values`] and their names are not sent: the guest knows them
 /// (`FIXED_KEYS` in `guest/rsgi_wasm_guest/component.py`, checked equal by
@@ -271,13 +283,9 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
     }
     // QUERY_STRING stays raw (RFC 3875 4.1.7): the app decodes it.
     env.pair("QUERY_STRING", req.uri.query().unwrap_or(""));
-    let raw_uri = req
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    env.pair("RAW_URI", raw_uri);
-    env.pair("REQUEST_URI", raw_uri);
+    let raw_uri = raw_target(req.uri);
+    env.pair("RAW_URI", &raw_uri);
+    env.pair("REQUEST_URI", &raw_uri);
     env.pair(
         "SERVER_PROTOCOL",
         match req.version {

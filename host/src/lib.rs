@@ -14,6 +14,7 @@ pub mod config;
 pub mod deps;
 pub mod engine;
 pub mod environ;
+pub mod head_rules;
 pub mod pool;
 pub mod sandbox;
 pub mod sendfile;

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use crate::config::Isolation;
 use crate::config::{ServerConfig, TrustedPeers};
 use crate::environ::{self, RequestInfo};
+use crate::head_rules;
 use crate::static_files::StaticFiles;
 use crate::tenants::Router;
 use crate::wsgi::{self, Exchange, RequestBody, ResponseBody};
@@ -78,6 +79,11 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // A client may shut down its sending side after the request (as
+        // `nc -N` and some health checkers do) and still wait for the
+        // answer: without this, hyper would take that EOF as the
+        // connection's end and drop the response.
+        .half_close(true)
         .header_read_timeout(cfg.header_timeout)
         .max_buf_size(cfg.max_header_bytes.max(8192));
     let graceful = GracefulShutdown::new();
@@ -192,11 +198,7 @@ async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let t0 = Instant::now();
     let (parts, body) = req.into_parts();
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+    let target = environ::raw_target(&parts.uri).into_owned();
 
     // hyper bounds its read buffer, not the head itself (a head that
     // arrives in one read can exceed it), so check the parsed size too.
@@ -212,6 +214,11 @@ async fn handle(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "Request Header Fields Too Large",
         ));
+    }
+
+    if let Err(e) = head_rules::check(&parts) {
+        access_log(peer, &parts.method, &target, e.status.as_u16(), 0, t0);
+        return Ok(refuse(e.status, e.reason));
     }
 
     if let Some(res) = site.static_files.serve(&parts).await {
@@ -283,6 +290,7 @@ async fn handle(
         RequestBody::new(body, max_body),
         parts.method == Method::HEAD,
     );
+    let connect = parts.method == Method::CONNECT;
     let method = parts.method;
     let mut call = Inline::new(async move {
         let served = app.serve(env, ex).await;
@@ -303,11 +311,26 @@ async fn handle(
         }
     };
     Ok(match head {
+        Ok(head) if connect && head.status.is_success() => no_tunnel(head),
         Ok(head) => wsgi::into_response(head, chunk_rx),
         // The pool always answers before dropping the exchange; this is a
         // panic in the serving task.
         Err(_) => host_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
     })
+}
+
+/// The app said yes to a CONNECT, but a WSGI app cannot tunnel: send its
+/// status and headers without body framing (RFC 9110 §9.3.6 forbids it on a
+/// 2xx to CONNECT) and no body, and let hyper close the connection, since
+/// no tunnel follows. Dropping the body ends the app's streaming.
+fn no_tunnel(head: wsgi::Head) -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::full(bytes::Bytes::new()));
+    *res.status_mut() = head.status;
+    *res.headers_mut() = head.headers;
+    let h = res.headers_mut();
+    h.remove(http::header::CONTENT_LENGTH);
+    h.remove(http::header::TRANSFER_ENCODING);
+    res
 }
 
 /// A request's guest call, polled inline by the connection task until it

@@ -126,6 +126,12 @@ pub fn validated() -> PathBuf {
     )
 }
 
+/// The probe app that echoes how a request was parsed (tests/apps/probe).
+pub fn probe() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    once(&P, "probe", "app:application", "tests/apps/probe", None)
+}
+
 /// examples/hello.
 pub fn hello() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();

@@ -57,6 +57,10 @@ def application(environ, start_response):
     query = environ.get("QUERY_STRING", "")
     inp = environ["wsgi.input"]
 
+    if environ["REQUEST_METHOD"] == "CONNECT":
+        # A WSGI app cannot tunnel; this one says yes anyway, the worst case.
+        return text(start_response, "no tunnel to " + environ["RAW_URI"])
+
     if path == "/":
         return text(start_response, "router\n")
 

@@ -1,0 +1,202 @@
+//! RFC 9112 rules on a parsed request head that hyper leaves to the server:
+//! `Host` (§3.2) and which request-target form each method may use (§3.2.3,
+//! §3.2.4). A request that breaks one is refused before routing.
+
+use http::request::Parts;
+use http::uri::Authority;
+use http::{Method, StatusCode, Version};
+
+/// Why a request head is refused: the status and a short text for the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadError {
+    /// 400 for every rule here.
+    pub status: StatusCode,
+    /// What was wrong, for the client.
+    pub reason: &'static str,
+}
+
+const fn bad(reason: &'static str) -> HeadError {
+    HeadError {
+        status: StatusCode::BAD_REQUEST,
+        reason,
+    }
+}
+
+/// Check the head of a request hyper accepted.
+pub fn check(parts: &Parts) -> Result<(), HeadError> {
+    check_target(&parts.method, &parts.uri)?;
+    check_host(parts)?;
+    // One Content-Type, or an app and a proxy in front of it may read the
+    // body differently (RFC 9110 §5.3: not a list-based field).
+    let mut types = parts.headers.get_all(http::header::CONTENT_TYPE).iter();
+    if types.next().is_some() && types.next().is_some() {
+        return Err(bad("Bad Request: more than one Content-Type header"));
+    }
+    Ok(())
+}
+
+fn check_target(method: &Method, uri: &http::Uri) -> Result<(), HeadError> {
+    // The target grammar is ASCII (RFC 9112 §3.2, RFC 3986): hyper passes
+    // raw UTF-8 through, but other servers and proxies decode such bytes
+    // differently, so one request could name two paths.
+    if !uri.path().is_ascii() || !uri.query().is_none_or(str::is_ascii) {
+        return Err(bad(
+            "Bad Request: the request target must be ASCII; percent-encode other bytes",
+        ));
+    }
+    let authority_form = uri.scheme().is_none() && uri.authority().is_some();
+    if authority_form != (method == Method::CONNECT) {
+        return Err(if authority_form {
+            // §3.2.3: only CONNECT uses `host:port` as its target.
+            bad("Bad Request: an authority-form target is only for CONNECT")
+        } else {
+            bad("Bad Request: CONNECT needs a host:port target")
+        });
+    }
+    // §3.2.4: `*` is only for a server-wide OPTIONS. http parses it as the
+    // path "*" with no scheme.
+    if uri.scheme().is_none() && uri.path() == "*" && method != Method::OPTIONS {
+        return Err(bad(
+            "Bad Request: an asterisk-form target is only for OPTIONS",
+        ));
+    }
+    Ok(())
+}
+
+fn check_host(parts: &Parts) -> Result<(), HeadError> {
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        // §3.2: "A server MUST respond with a 400 (Bad Request) status code
+        // to any HTTP/1.1 request message that lacks a Host header field and
+        // to any request message that contains more than one Host header
+        // field line or a Host header field with an invalid field value."
+        (None, _) if parts.version == Version::HTTP_11 => {
+            Err(bad("Bad Request: HTTP/1.1 requires a Host header"))
+        }
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(bad("Bad Request: more than one Host header")),
+        (Some(host), None) if !valid_host(host.as_bytes()) => Err(bad(
+            "Bad Request: the Host header is not a valid host[:port]",
+        )),
+        (Some(_), None) => Ok(()),
+    }
+}
+
+/// `Host = uri-host [ ":" port ]` (RFC 9110 §7.2), or empty when the
+/// target has no authority.
+fn valid_host(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    // Authority also admits `userinfo@`, which Host does not, and does not
+    // check that the port is a number.
+    let port = match value.iter().rposition(|&b| b == b':' || b == b']') {
+        Some(i) if value[i] == b':' => &value[i + 1..],
+        _ => &[],
+    };
+    !value.contains(&b'@')
+        && port.iter().all(u8::is_ascii_digit)
+        && Authority::try_from(value).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(method: &str, target: &str, version: Version, hosts: &[&str]) -> Parts {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(target)
+            .version(version);
+        for h in hosts {
+            req = req.header("host", *h);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    fn verdict(
+        method: &str,
+        target: &str,
+        version: Version,
+        hosts: &[&str],
+    ) -> Option<&'static str> {
+        check(&head(method, target, version, hosts))
+            .err()
+            .map(|e| e.reason)
+    }
+
+    #[test]
+    fn host_is_required_once_on_http11() {
+        assert!(verdict("GET", "/", Version::HTTP_11, &[])
+            .unwrap()
+            .contains("requires a Host"));
+        assert_eq!(verdict("GET", "/", Version::HTTP_10, &[]), None);
+        assert_eq!(
+            verdict("GET", "/", Version::HTTP_11, &["a.example:8080"]),
+            None
+        );
+        assert_eq!(verdict("GET", "/", Version::HTTP_11, &[""]), None);
+        assert!(verdict("GET", "/", Version::HTTP_10, &["a", "b"])
+            .unwrap()
+            .contains("more than one"));
+        assert!(verdict("GET", "/", Version::HTTP_11, &["a", "a"])
+            .unwrap()
+            .contains("more than one"));
+    }
+
+    #[test]
+    fn host_value_must_be_host_and_port() {
+        assert_eq!(verdict("GET", "/", Version::HTTP_11, &["[::1]:80"]), None);
+        // A reg-name may hold sub-delims (gunicorn's valid/002 sends this).
+        assert_eq!(
+            verdict("GET", "/", Version::HTTP_11, &["0.0.0.0=5000"]),
+            None
+        );
+        for bad in ["user@host", "a b", "host:port", "a/b"] {
+            assert!(
+                verdict("GET", "/", Version::HTTP_11, &[bad]).is_some(),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn one_content_type_and_an_ascii_target() {
+        let mut parts = head("POST", "/", Version::HTTP_11, &["x"]);
+        parts
+            .headers
+            .append("content-type", "text/plain".parse().unwrap());
+        assert_eq!(check(&parts), Ok(()));
+        parts
+            .headers
+            .append("content-type", "text/html".parse().unwrap());
+        assert!(check(&parts).unwrap_err().reason.contains("Content-Type"));
+        assert!(verdict("GET", "/caf\u{e9}", Version::HTTP_11, &["x"]).is_some());
+        assert!(verdict("GET", "/?q=\u{e9}", Version::HTTP_11, &["x"]).is_some());
+        assert_eq!(
+            verdict("GET", "/caf%C3%A9?q=%C3%A9", Version::HTTP_11, &["x"]),
+            None
+        );
+    }
+
+    #[test]
+    fn target_forms_follow_the_method() {
+        assert_eq!(
+            verdict(
+                "CONNECT",
+                "example.com:443",
+                Version::HTTP_11,
+                &["example.com:443"]
+            ),
+            None
+        );
+        assert!(verdict("GET", "example.com:443", Version::HTTP_11, &["x"]).is_some());
+        assert!(verdict("CONNECT", "/", Version::HTTP_11, &["x"]).is_some());
+        assert_eq!(verdict("OPTIONS", "*", Version::HTTP_11, &["x"]), None);
+        assert!(verdict("GET", "*", Version::HTTP_11, &["x"]).is_some());
+        assert_eq!(
+            verdict("GET", "http://x/a?b", Version::HTTP_11, &["x"]),
+            None
+        );
+    }
+}
