@@ -189,6 +189,41 @@ fn infinite_loop_times_out_while_other_apps_answer() {
 }
 
 #[test]
+fn a_tenant_answers_while_another_spins_on_every_core() {
+    let dir = temp_dir("fair");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"spinner\"\ncomponent = \"{}\"\nhosts = [\"spin.test\"]\nworkers = 2\ntimeout = \"60s\"\n\n\
+             [[app]]\nname = \"hello\"\ncomponent = \"{}\"\nhosts = [\"hello.test\"]\n",
+            router().display(),
+            hello().display()
+        ),
+    );
+    let s = serve(&config);
+    // Two instances spin (as many as a 2-core machine has cores); their
+    // clients are left hanging when the server stops with the test.
+    for _ in 0..2 {
+        let url = s.url("/spin");
+        std::thread::spawn(move || {
+            let _ = client().get(url).header("host", "spin.test").send();
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Liveness, not speed (the ratio is in `make bench-noisy`): each of 100
+    // sequential requests gets its answer within a generous deadline.
+    for i in 0..100 {
+        let t = Instant::now();
+        assert_eq!(
+            get_host(&s, "hello.test", "/"),
+            (200, "Hello, World!\n".into())
+        );
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(5), "request {i} took {took:?}");
+    }
+}
+
+#[test]
 fn memory_bomb_gets_5xx_and_the_server_keeps_serving() {
     let s = Server::start(&router(), &["--memory", "96MiB"]);
     let (status, _) = get(&s, "/bomb");
@@ -322,6 +357,23 @@ fn tenant_config_errors_name_file_line_and_field_before_listening() {
     assert!(!out.status.success());
     assert!(err.contains("tenants.toml:4: app[0].memory"), "{err}");
     assert!(!err.contains("listening on"), "{err}");
+    // A CPU share out of range names the field too, on both surfaces.
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"a\"\ncomponent = \"{}\"\ncpu = 0\n",
+            router().display()
+        ),
+    );
+    let (code, _, err) = run_bin(&["serve", config.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("tenants.toml:4: app[0].cpu"), "{err}");
+    let (code, _, err) = run_bin(&["run", router().to_str().unwrap(), "--cpu", "0"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--cpu") && err.contains("greater than 0"),
+        "{err}"
+    );
 }
 
 #[test]

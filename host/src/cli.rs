@@ -278,6 +278,11 @@ pub struct RunArgs {
     /// Extra requests (random per instance, up to this) before replacement.
     #[arg(long, default_value_t = 0)]
     pub max_requests_jitter: u64,
+    /// At most this many cores for the app's guests together (0.5, 2, ...),
+    /// averaged over 100 ms; over it they wait, they are not killed.
+    /// Default: no cap, but still a fair share next to other apps.
+    #[arg(long, value_parser = config::parse_cpu)]
+    pub cpu: Option<f64>,
     /// `pooled`: warm instances keep module state between requests;
     /// `request`: a fresh instance per request, nothing shared.
     #[arg(long, default_value = "pooled", value_parser = config::parse_isolation)]
@@ -300,6 +305,7 @@ impl RunArgs {
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter,
             isolation: self.isolation,
+            cpu: self.cpu,
         };
         Ok((server, grants, limits))
     }

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::build::{self, BuildOptions};
 use crate::cli::{BuildArgs, Command, ExecArgs, RunArgs, ServeArgs};
 use crate::config::{Grants, Limits, ServerConfig};
+use crate::cpu::{CpuScheduler, CpuShare, TenantCpu};
 use crate::engine::{self, Loader};
 use crate::pool::{self, AppPool};
 use crate::sandbox::{Sandbox, Stdio};
@@ -108,6 +109,7 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
 /// before the port is bound (or before a reload is swapped in).
 async fn start_app(
     loader: &Loader,
+    sched: &Arc<CpuScheduler>,
     name: &str,
     component: &Path,
     grants: Grants,
@@ -120,7 +122,8 @@ async fn start_app(
     if limits.isolation == crate::config::Isolation::Request {
         sandbox = sandbox.tmp_per_instance();
     }
-    AppPool::start(name, engine.clone(), pre, sandbox, limits).await
+    let cpu = CpuShare::new(sched.clone(), TenantCpu::new(limits.cpu));
+    AppPool::start(name, engine.clone(), pre, sandbox, limits, cpu).await
 }
 
 /// `rsgi-wasm exec`: one instance, the terminal's stdio, the script's status.
@@ -136,7 +139,7 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
         loaded.files.clone(),
         args.grants.memory,
     )?;
-    let mut store = pool::new_store(engine, &sandbox, Stdio::Inherit)?;
+    let mut store = pool::new_store(engine, &sandbox, Stdio::Inherit, None)?;
     let app = pre
         .instantiate_async(&mut store)
         .await
@@ -163,6 +166,14 @@ fn new_loader(cache_dir: Option<PathBuf>) -> Result<Loader> {
     Ok(Loader::new(engine::new_engine()?, cache))
 }
 
+/// The process's run slots, one per core, shared by every app.
+fn scheduler(loader: &Loader) -> Arc<CpuScheduler> {
+    CpuScheduler::new(
+        loader.engine().clone(),
+        CpuScheduler::slots_for_this_machine(),
+    )
+}
+
 async fn listen(cfg: &ServerConfig) -> Result<TcpListener> {
     TcpListener::bind(cfg.listen)
         .await
@@ -182,7 +193,8 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let t0 = Instant::now();
     let loader = new_loader(args.http.cache_dir.clone())?;
     let workers = limits.workers;
-    let pool = start_app(&loader, &name, &component, grants, limits).await?;
+    let sched = scheduler(&loader);
+    let pool = start_app(&loader, &sched, &name, &component, grants, limits).await?;
     let listener = listen(&server_cfg).await?;
     tracing::info!(
         "listening on http://{} (app {name}, {workers} worker{}, ready in {:.0} ms)",
@@ -208,6 +220,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
 /// Start what is new or changed, reuse what is not; all or nothing.
 async fn start_tenants(
     loader: &Loader,
+    sched: &Arc<CpuScheduler>,
     configs: Vec<TenantConfig>,
     previous: &[Running],
 ) -> Result<Vec<Running>> {
@@ -221,6 +234,7 @@ async fn start_tenants(
             Some(r) => r.pool.clone(),
             None => start_app(
                 loader,
+                sched,
                 &config.name,
                 &config.component,
                 config.grants.clone(),
@@ -256,7 +270,8 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     let server_cfg = args.http.server_config(args.listen);
     let loader = new_loader(args.http.cache_dir.clone())?;
     let configs = tenants::load(&args.config)?;
-    let mut running = start_tenants(&loader, configs, &[]).await?;
+    let sched = scheduler(&loader);
+    let mut running = start_tenants(&loader, &sched, configs, &[]).await?;
     let listener = listen(&server_cfg).await?;
     tracing::info!(
         "listening on http://{} ({} apps from {}, ready in {:.0} ms)",
@@ -282,7 +297,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading {}", config_path.display());
             let next = match tenants::load(&config_path) {
-                Ok(configs) => start_tenants(&loader, configs, &running).await,
+                Ok(configs) => start_tenants(&loader, &sched, configs, &running).await,
                 Err(e) => Err(e),
             };
             match next {

@@ -28,6 +28,11 @@ pub enum ConfigError {
     /// A `--forwarded-allow-ips` value that is not `*` or a list of IPs.
     #[error("--forwarded-allow-ips {0:?}: expected * or comma-separated IP addresses like 127.0.0.1,10.0.0.2")]
     Peers(String),
+    /// A CPU share that is not a number of cores in range.
+    #[error(
+        "cpu {0:?}: expected a number of cores greater than 0 and at most 1024, like 0.5 or 2"
+    )]
+    Cpu(String),
     /// A size that is neither bytes nor `128MiB` / `1GiB` / `64KiB`.
     #[error("{0:?} is not a size (use bytes, or units like 64KiB, 128MiB, 1GiB, 10MB)")]
     Size(String),
@@ -151,6 +156,16 @@ pub fn parse_size(value: &str) -> Result<u64, ConfigError> {
         .ok_or_else(|| ConfigError::Size(value.to_owned()))
 }
 
+/// Parse a CPU share in cores: `0.25`, `1`, `2.5`.
+pub fn parse_cpu(value: &str) -> Result<f64, ConfigError> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|c| c.is_finite() && *c > 0.0 && *c <= 1024.0)
+        .ok_or_else(|| ConfigError::Cpu(value.to_owned()))
+}
+
 /// What the sandbox grants one app: nothing unless listed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Grants {
@@ -196,6 +211,9 @@ pub struct Limits {
     pub max_requests_jitter: u64,
     /// Reuse warm instances, or give every request a fresh one.
     pub isolation: Isolation,
+    /// At most this many cores for the app's guests together, averaged over
+    /// a short window (none: no cap, but still a fair share).
+    pub cpu: Option<f64>,
 }
 
 /// How much state requests of one app share.
@@ -229,6 +247,7 @@ impl Default for Limits {
             max_requests: 0,
             max_requests_jitter: 0,
             isolation: Isolation::Pooled,
+            cpu: None,
         }
     }
 }
@@ -337,5 +356,10 @@ mod tests {
         assert!(t.contains("::1".parse().unwrap()));
         assert!(!t.contains("10.0.0.1".parse().unwrap()));
         assert!(parse_trusted("localhost").is_err());
+        assert_eq!(parse_cpu("0.25").unwrap(), 0.25);
+        assert_eq!(parse_cpu("2").unwrap(), 2.0);
+        for bad in ["0", "-1", "nan", "inf", "1e300", "lots"] {
+            assert!(parse_cpu(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod cpu;
 pub mod deps;
 pub mod engine;
 pub mod environ;

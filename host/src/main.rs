@@ -45,7 +45,11 @@ fn main() -> ExitCode {
         )
         .init();
     raise_fd_limit();
+    // One worker thread more than guests may run at once (one per core,
+    // `cpu::CpuScheduler`): however busy the guests, a thread is left for
+    // accepting, connection I/O and static files.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(rsgi_wasm::cpu::CpuScheduler::io_threads_for_this_machine())
         .enable_all()
         .build()
     {

@@ -12,6 +12,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 
 use crate::bindings::{WsgiApp, WsgiAppPre};
 use crate::config::{Isolation, Limits};
+use crate::cpu::CpuShare;
 use crate::environ::Environ;
 use crate::sandbox::{HostState, Sandbox, Stdio};
 use crate::wsgi::Exchange;
@@ -40,6 +41,7 @@ pub struct AppPool {
     pre: WsgiAppPre<HostState>,
     sandbox: Sandbox,
     limits: Limits,
+    cpu: CpuShare,
     idle: Mutex<Vec<Instance>>,
     slots: Semaphore,
     waiting: AtomicUsize,
@@ -47,14 +49,25 @@ pub struct AppPool {
 }
 
 /// A store for one instance of a sandboxed app, with its memory cap and
-/// the epoch yields every instance needs.
-pub fn new_store(engine: &Engine, sandbox: &Sandbox, stdio: Stdio) -> Result<Store<HostState>> {
+/// the epoch yields every instance needs; with `cpu`, those yields also
+/// give way to lighter tenants and enforce the app's cap.
+pub fn new_store(
+    engine: &Engine,
+    sandbox: &Sandbox,
+    stdio: Stdio,
+    cpu: Option<&CpuShare>,
+) -> Result<Store<HostState>> {
     let mut store = Store::new(engine, sandbox.host_state(stdio)?);
     store.limiter(|s| &mut s.limiter);
-    // Every tick, hand the thread back to tokio: a CPU-bound guest cannot
-    // starve other requests, and the request timeout (a tokio timer) can
-    // fire while the guest computes.
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    match cpu {
+        Some(cpu) => {
+            let mut check = cpu.deadline_callback();
+            store.epoch_deadline_callback(move |_| Ok(check()));
+        }
+        // Every tick, hand the thread back to tokio, so the guest's own
+        // timers can fire while it computes.
+        None => store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1))),
+    }
     store.set_epoch_deadline(1);
     Ok(store)
 }
@@ -68,6 +81,7 @@ impl AppPool {
         pre: WsgiAppPre<HostState>,
         sandbox: Sandbox,
         limits: Limits,
+        cpu: CpuShare,
     ) -> Result<Arc<Self>> {
         let pool = Arc::new(AppPool {
             name: name.into(),
@@ -76,6 +90,7 @@ impl AppPool {
             sandbox,
             slots: Semaphore::new(limits.workers),
             limits,
+            cpu,
             idle: Mutex::new(Vec::new()),
             waiting: AtomicUsize::new(0),
             created: AtomicUsize::new(0),
@@ -102,7 +117,7 @@ impl AppPool {
     }
 
     async fn instantiate(&self) -> Result<Instance> {
-        let mut store = new_store(&self.engine, &self.sandbox, Stdio::Log)?;
+        let mut store = new_store(&self.engine, &self.sandbox, Stdio::Log, Some(&self.cpu))?;
         let app = self
             .pre
             .instantiate_async(&mut store)
@@ -169,7 +184,7 @@ impl AppPool {
             &environ.values,
             environ.separator != crate::environ::SEP,
         );
-        let outcome = tokio::time::timeout(self.limits.timeout, call).await;
+        let outcome = tokio::time::timeout(self.limits.timeout, self.cpu.run(call)).await;
         let state = inst.store.data_mut();
         let mut ex = state
             .exchange

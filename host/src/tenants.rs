@@ -35,6 +35,7 @@ struct RawApp {
     isolation: Option<Spanned<String>>,
     max_requests: Option<u64>,
     max_requests_jitter: Option<u64>,
+    cpu: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +196,15 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
         if let Some(iso) = &app.isolation {
             limits.isolation = config::parse_isolation(iso.get_ref())
                 .map_err(|e| err(iso.span(), "isolation", e.to_string()))?;
+        }
+        if let Some(c) = &app.cpu {
+            let text = match c.get_ref() {
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => other.to_string(),
+            };
+            limits.cpu =
+                Some(config::parse_cpu(&text).map_err(|e| err(c.span(), "cpu", e.to_string()))?);
         }
         limits.max_requests = app.max_requests.unwrap_or(0);
         limits.max_requests_jitter = app.max_requests_jitter.unwrap_or(0);

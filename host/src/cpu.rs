@@ -1,0 +1,596 @@
+//! Fair CPU between tenants: guest code runs only while its call holds one
+//! of a fixed number of run slots (one per core). A free slot goes to the
+//! waiting call whose tenant used the least CPU lately. When every slot is
+//! busy, a call of a tenant lighter than one running takes a slot beyond
+//! the count at once, and the heavier guests give theirs up at their next
+//! epoch check (the epoch is bumped so that is within microseconds); a
+//! tenant over its `cpu` share waits until its budget refills, like cgroup
+//! `cpu.max`. docs/architecture.md ("Fair CPU") says why.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Engine, UpdateDeadline};
+
+/// How fast a tenant's recent CPU use fades: after this long, half of it
+/// counts. Short enough that a tenant that stops spinning is served first
+/// again within a fraction of a second.
+const HALF_LIFE: Duration = Duration::from_millis(100);
+
+/// A running guest keeps its slot at least this long before a lighter
+/// tenant may take it, so slots do not change hands on every check.
+pub const MIN_SLICE: Duration = Duration::from_millis(1);
+
+/// A guest that has run this long without waiting for anything hands its
+/// thread back to the runtime, so connection I/O queued on that thread
+/// waits no longer than this. The epoch is bumped for such guests only
+/// (by the scheduler's watch thread); short requests never see it.
+pub const YIELD_AFTER: Duration = Duration::from_millis(1);
+
+/// How often the watch thread looks while no guest runs long.
+const IDLE_WATCH: Duration = Duration::from_millis(5);
+
+/// The window a `cpu` cap is averaged over: a capped tenant may burst up
+/// to `cpu × WINDOW` of CPU time before it has to wait.
+const WINDOW: Duration = Duration::from_millis(100);
+
+/// The run slots of one process, shared by every tenant.
+pub struct CpuScheduler {
+    engine: Engine,
+    slots: usize,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Slots not held; below zero while lighter tenants run beyond the count.
+    free: isize,
+    /// The calls holding slots: holder id, tenant, since when.
+    holders: Vec<(u64, Arc<TenantCpu>, Instant)>,
+    /// Heavier guests still to give way for lighter ones that ran beyond
+    /// the count: one each, so a light call does not stop every guest.
+    evict: usize,
+    next_ticket: u64,
+    waiting: Vec<Waiting>,
+    /// Tickets handed a slot that their future has not picked up yet.
+    granted: Vec<u64>,
+}
+
+struct Waiting {
+    ticket: u64,
+    tenant: Arc<TenantCpu>,
+    waker: Waker,
+}
+
+/// One tenant's CPU account.
+pub struct TenantCpu {
+    recent: Mutex<Decayed>,
+    cap: Option<Cap>,
+    total_ns: AtomicU64,
+}
+
+/// CPU nanoseconds that fade with [`HALF_LIFE`].
+struct Decayed {
+    ns: f64,
+    at: Instant,
+}
+
+/// A `cpu = N` cap: a budget refilled at N CPU-seconds per second.
+struct Cap {
+    cores: f64,
+    bucket: Mutex<Decayed>,
+}
+
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+impl TenantCpu {
+    /// An account; `cap` is the tenant's `cpu` share in cores, if any.
+    pub fn new(cap: Option<f64>) -> Arc<Self> {
+        let now = Instant::now();
+        Arc::new(TenantCpu {
+            recent: Mutex::new(Decayed { ns: 0.0, at: now }),
+            cap: cap.map(|cores| Cap {
+                cores,
+                bucket: Mutex::new(Decayed {
+                    ns: cores * WINDOW.as_nanos() as f64,
+                    at: now,
+                }),
+            }),
+            total_ns: AtomicU64::new(0),
+        })
+    }
+
+    /// CPU time the tenant's guests have used since it started.
+    pub fn total(&self) -> Duration {
+        Duration::from_nanos(self.total_ns.load(Ordering::Relaxed))
+    }
+
+    /// Recent use in nanoseconds, faded to now.
+    fn recent(&self, now: Instant) -> f64 {
+        let mut r = self.recent.lock().expect("cpu lock");
+        fade(&mut r, now);
+        r.ns
+    }
+
+    fn charge(&self, ns: u64, now: Instant) {
+        self.total_ns.fetch_add(ns, Ordering::Relaxed);
+        {
+            let mut r = self.recent.lock().expect("cpu lock");
+            fade(&mut r, now);
+            r.ns += ns as f64;
+        }
+        if let Some(cap) = &self.cap {
+            let mut b = cap.bucket.lock().expect("cpu lock");
+            refill(cap.cores, &mut b, now);
+            b.ns -= ns as f64;
+        }
+    }
+
+    /// How long the tenant must wait before it may run again (zero when
+    /// it is within its share).
+    fn over_cap(&self, now: Instant) -> Duration {
+        let Some(cap) = &self.cap else {
+            return Duration::ZERO;
+        };
+        let mut b = cap.bucket.lock().expect("cpu lock");
+        refill(cap.cores, &mut b, now);
+        if b.ns >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos((-b.ns / cap.cores) as u64 + 1)
+        }
+    }
+}
+
+fn fade(d: &mut Decayed, now: Instant) {
+    let dt = now.saturating_duration_since(d.at).as_secs_f64();
+    d.ns *= (-dt / HALF_LIFE.as_secs_f64()).exp2();
+    d.at = now;
+}
+
+fn refill(cores: f64, b: &mut Decayed, now: Instant) {
+    let dt = now.saturating_duration_since(b.at).as_nanos() as f64;
+    b.ns = (b.ns + dt * cores).min(cores * WINDOW.as_nanos() as f64);
+    b.at = now;
+}
+
+/// What `acquire` found.
+enum Slot {
+    /// Run; the id to release the slot with.
+    Held(u64),
+    Wait,
+}
+
+impl CpuScheduler {
+    /// `slots` guests may run at once (one per core); `engine`'s epoch is
+    /// bumped to make running guests check whether to give way.
+    pub fn new(engine: Engine, slots: usize) -> Arc<Self> {
+        let slots = slots.max(1);
+        let sched = Arc::new(CpuScheduler {
+            engine,
+            slots,
+            state: Mutex::new(State {
+                free: slots as isize,
+                holders: Vec::new(),
+                evict: 0,
+                next_ticket: 0,
+                waiting: Vec::new(),
+                granted: Vec::new(),
+            }),
+        });
+        let weak = Arc::downgrade(&sched);
+        let watch = std::thread::Builder::new()
+            .name("rsgi-wasm-cpu".into())
+            .spawn(move || {
+                while let Some(sched) = weak.upgrade() {
+                    let busy = sched.nudge_long_runners();
+                    drop(sched);
+                    // Waking every half millisecond costs a context switch
+                    // each time (measured: ~8% of a pinned hello server),
+                    // so only while a guest runs long; otherwise every
+                    // IDLE_WATCH, which bounds a new spinner's first slice.
+                    std::thread::sleep(if busy { YIELD_AFTER / 2 } else { IDLE_WATCH });
+                }
+            });
+        if let Err(e) = watch {
+            // The engine's own 10 ms epoch still bounds every slice.
+            tracing::warn!("cannot start the CPU watch thread: {e}");
+        }
+        sched
+    }
+
+    /// Make guests that have run for [`YIELD_AFTER`] check in; whether
+    /// there were any.
+    fn nudge_long_runners(&self) -> bool {
+        let now = Instant::now();
+        let long = {
+            let st = self.state.lock().expect("cpu lock");
+            st.holders
+                .iter()
+                .any(|(_, _, since)| now.saturating_duration_since(*since) >= YIELD_AFTER)
+        };
+        if long {
+            self.engine.increment_epoch();
+        }
+        long
+    }
+
+    /// One slot per core the process may use.
+    pub fn slots_for_this_machine() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    /// Runtime worker threads: one more than there are slots, so however
+    /// busy the guests are, a thread is left for accepting, connection I/O
+    /// and static files. On one core the extra thread would only add
+    /// context switches (measured: 8% fewer hello requests pinned to one
+    /// core), and guests and I/O share that core either way.
+    pub fn io_threads_for_this_machine() -> usize {
+        match Self::slots_for_this_machine() {
+            1 => 1,
+            n => n + 1,
+        }
+    }
+
+    /// Guests that may run at once.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    fn acquire(&self, ticket: &mut Option<u64>, tenant: &Arc<TenantCpu>, waker: &Waker) -> Slot {
+        let mut st = self.state.lock().expect("cpu lock");
+        if let Some(t) = *ticket {
+            if let Some(i) = st.granted.iter().position(|g| *g == t) {
+                st.granted.swap_remove(i);
+                *ticket = None;
+                st.holders.push((t, tenant.clone(), Instant::now()));
+                return Slot::Held(t);
+            }
+            if let Some(w) = st.waiting.iter_mut().find(|w| w.ticket == t) {
+                w.waker.clone_from(waker);
+            }
+            return Slot::Wait;
+        }
+        let t = st.next_ticket;
+        st.next_ticket += 1;
+        if st.free > 0 && st.waiting.is_empty() {
+            st.free -= 1;
+            st.holders.push((t, tenant.clone(), Instant::now()));
+            return Slot::Held(t);
+        }
+        if st.free <= 0 && self.lighter_than_a_holder(&st, tenant) {
+            // Run now, beyond the count, instead of waiting for a heavier
+            // tenant's guest to notice; that guest gives its slot up at its
+            // next epoch check, which the bump makes immediate.
+            st.free -= 1;
+            st.evict += 1;
+            st.holders.push((t, tenant.clone(), Instant::now()));
+            self.engine.increment_epoch();
+            return Slot::Held(t);
+        }
+        st.waiting.push(Waiting {
+            ticket: t,
+            tenant: tenant.clone(),
+            waker: waker.clone(),
+        });
+        *ticket = Some(t);
+        if st.free > 0 {
+            self.dispatch(&mut st);
+            if let Some(i) = st.granted.iter().position(|g| *g == t) {
+                st.granted.swap_remove(i);
+                *ticket = None;
+                st.holders.push((t, tenant.clone(), Instant::now()));
+                return Slot::Held(t);
+            }
+        }
+        Slot::Wait
+    }
+
+    /// Whether `tenant` used clearly less CPU lately than some tenant
+    /// running now.
+    fn lighter_than_a_holder(&self, st: &State, tenant: &TenantCpu) -> bool {
+        let now = Instant::now();
+        let mine = tenant.recent(now) + MIN_SLICE.as_nanos() as f64;
+        st.holders.iter().any(|(_, h, _)| mine < h.recent(now))
+    }
+
+    fn release(&self, holder: u64) {
+        let mut st = self.state.lock().expect("cpu lock");
+        st.holders.retain(|(id, _, _)| *id != holder);
+        st.free += 1;
+        if st.free >= 0 {
+            st.evict = 0;
+        }
+        self.dispatch(&mut st);
+    }
+
+    /// Give free slots to the lightest waiting tenants.
+    fn dispatch(&self, st: &mut State) {
+        if st.free == 0 || st.waiting.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        while st.free > 0 && !st.waiting.is_empty() {
+            let best = (0..st.waiting.len())
+                .min_by(|&a, &b| {
+                    let (wa, wb) = (&st.waiting[a], &st.waiting[b]);
+                    wa.tenant
+                        .recent(now)
+                        .total_cmp(&wb.tenant.recent(now))
+                        .then(wa.ticket.cmp(&wb.ticket))
+                })
+                .expect("not empty");
+            let w = st.waiting.remove(best);
+            st.free -= 1;
+            st.granted.push(w.ticket);
+            w.waker.wake();
+        }
+    }
+
+    /// Forget a future dropped while waiting or holding.
+    fn abandon(&self, ticket: Option<u64>, holding: Option<u64>) {
+        let mut st = self.state.lock().expect("cpu lock");
+        let mut freed = false;
+        if let Some(id) = holding {
+            st.holders.retain(|(h, _, _)| *h != id);
+            freed = true;
+        }
+        if freed && st.free + 1 >= 0 {
+            st.evict = 0;
+        }
+        if let Some(t) = ticket {
+            st.waiting.retain(|w| w.ticket != t);
+            if let Some(i) = st.granted.iter().position(|g| *g == t) {
+                st.granted.swap_remove(i);
+                freed = true;
+            }
+        }
+        if freed {
+            st.free += 1;
+            self.dispatch(&mut st);
+        }
+    }
+
+    /// Whether a guest of `tenant` that has run for `ran` since it last
+    /// yielded should give its slot up now: more guests run than there are
+    /// slots and a lighter tenant is among them, or a lighter tenant waits
+    /// and this guest had its minimum slice.
+    fn should_give_way(&self, tenant: &TenantCpu, ran: Duration, now: Instant) -> bool {
+        let mut st = self.state.lock().expect("cpu lock");
+        if st.evict == 0 && (st.waiting.is_empty() || ran < MIN_SLICE) {
+            return false;
+        }
+        let mine = tenant.recent(now);
+        let margin = MIN_SLICE.as_nanos() as f64;
+        let lighter = |t: &TenantCpu| t.recent(now) + margin < mine;
+        if st.evict > 0 && st.holders.iter().any(|(_, h, _)| lighter(h)) {
+            st.evict -= 1;
+            return true;
+        }
+        ran >= MIN_SLICE && st.waiting.iter().any(|w| lighter(&w.tenant))
+    }
+}
+
+/// A tenant's handle on the scheduler: what its stores and calls need.
+#[derive(Clone)]
+pub struct CpuShare {
+    sched: Arc<CpuScheduler>,
+    tenant: Arc<TenantCpu>,
+}
+
+impl CpuShare {
+    /// `tenant`'s share of `sched`.
+    pub fn new(sched: Arc<CpuScheduler>, tenant: Arc<TenantCpu>) -> Self {
+        CpuShare { sched, tenant }
+    }
+
+    /// The tenant's account.
+    pub fn tenant(&self) -> &Arc<TenantCpu> {
+        &self.tenant
+    }
+
+    /// Run `call` under the scheduler.
+    pub fn run<F: Future>(&self, call: F) -> Fair<F> {
+        Fair {
+            inner: Box::pin(call),
+            share: self.clone(),
+            ticket: None,
+            holding: None,
+            nap: None,
+            settle: None,
+        }
+    }
+
+    /// The epoch-deadline callback of one store: a guest that has run for
+    /// [`YIELD_AFTER`] yields to the runtime (so I/O and timers, such as the
+    /// request timeout, get their turn), and it yields early when a lighter
+    /// tenant waits or its own tenant is over its cap.
+    pub fn deadline_callback(&self) -> impl FnMut() -> UpdateDeadline + Send + Sync + 'static {
+        let share = self.clone();
+        let mut last_yield = Instant::now();
+        move || {
+            let now = Instant::now();
+            let ran = now.saturating_duration_since(last_yield);
+            let give_way = ran >= YIELD_AFTER
+                || !share.tenant.over_cap(now).is_zero()
+                || share.sched.should_give_way(&share.tenant, ran, now);
+            if give_way {
+                last_yield = now;
+                // To the back of the runtime's queue, not its LIFO slot.
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+            } else {
+                UpdateDeadline::Continue(1)
+            }
+        }
+    }
+}
+
+/// A guest call that runs only while it holds a run slot; see the module
+/// comment.
+pub struct Fair<F> {
+    inner: Pin<Box<F>>,
+    share: CpuShare,
+    ticket: Option<u64>,
+    /// The holder id while this call holds a slot.
+    holding: Option<u64>,
+    nap: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// After a slot was handed over: one turn at the back of the runtime's
+    /// queue before running (see `poll`).
+    settle: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl<F: Future> Future for Fair<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let sched = &this.share.sched;
+        let tenant = &this.share.tenant;
+        loop {
+            if let Some(nap) = this.nap.as_mut() {
+                if nap.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.nap = None;
+            }
+            if let Some(settle) = this.settle.as_mut() {
+                if settle.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.settle = None;
+            }
+            if this.holding.is_some() {
+                break;
+            }
+            if this.ticket.is_none() {
+                let wait = tenant.over_cap(Instant::now());
+                if !wait.is_zero() {
+                    this.nap = Some(Box::pin(tokio::time::sleep(wait)));
+                    continue;
+                }
+            }
+            let waited = this.ticket.is_some();
+            match sched.acquire(&mut this.ticket, tenant, cx.waker()) {
+                Slot::Held(id) => this.holding = Some(id),
+                Slot::Wait => return Poll::Pending,
+            }
+            if waited {
+                // The slot was handed over from inside another call's poll,
+                // so tokio woke this task into that thread's LIFO slot, ahead
+                // of the connection I/O queued there: go to the back first.
+                this.settle = Some(Box::pin(tokio::task::yield_now()));
+            }
+        }
+        let t0 = thread_cpu_ns();
+        let out = this.inner.as_mut().poll(cx);
+        tenant.charge(thread_cpu_ns().saturating_sub(t0), Instant::now());
+        // Waiting for I/O, or yielding: the slot goes to whoever is next.
+        if let Some(id) = this.holding.take() {
+            sched.release(id);
+        }
+        out
+    }
+}
+
+impl<F> Drop for Fair<F> {
+    fn drop(&mut self) {
+        if self.holding.is_some() || self.ticket.is_some() {
+            self.share.sched.abandon(self.ticket, self.holding);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> Engine {
+        let mut c = wasmtime::Config::new();
+        c.epoch_interruption(true);
+        Engine::new(&c).unwrap()
+    }
+
+    #[test]
+    fn recent_use_fades_and_caps_refill() {
+        let t = TenantCpu::new(Some(0.5));
+        let now = Instant::now();
+        t.charge(100_000_000, now);
+        assert!((t.recent(now) - 1e8).abs() < 1.0);
+        let later = now + HALF_LIFE;
+        assert!((t.recent(later) - 5e7).abs() < 1e3);
+        // Budget: 0.5 × 100 ms = 50 ms; 100 ms used → 50 ms in debt, which
+        // takes 100 ms to repay at half a core.
+        let wait = t.over_cap(now);
+        assert!(
+            wait > Duration::from_millis(99) && wait < Duration::from_millis(101),
+            "{wait:?}"
+        );
+        assert!(t.over_cap(now + Duration::from_millis(101)).is_zero());
+        assert!(TenantCpu::new(None).over_cap(now).is_zero());
+    }
+
+    #[tokio::test]
+    async fn a_light_tenant_is_served_before_a_heavy_one() {
+        let sched = CpuScheduler::new(engine(), 1);
+        let heavy = TenantCpu::new(None);
+        let light = TenantCpu::new(None);
+        heavy.charge(50_000_000, Instant::now());
+        let waker = futures_task_noop();
+        // The only slot is taken.
+        let mut first = None;
+        let Slot::Held(a) = sched.acquire(&mut first, &heavy, &waker) else {
+            panic!("a free slot is taken at once")
+        };
+        let (mut h, mut l) = (None, None);
+        assert!(matches!(sched.acquire(&mut h, &heavy, &waker), Slot::Wait));
+        // The light tenant runs at once, beyond the count, and the heavy
+        // guest is told to give way (the other heavy call waits).
+        let Slot::Held(b) = sched.acquire(&mut l, &light, &waker) else {
+            panic!("a lighter tenant runs at once")
+        };
+        let now = Instant::now();
+        assert!(sched.should_give_way(&heavy, Duration::ZERO, now));
+        assert!(!sched.should_give_way(&light, Duration::ZERO, now));
+        sched.release(a);
+        // Still over the count: the waiting heavy call gets nothing yet.
+        assert!(matches!(sched.acquire(&mut h, &heavy, &waker), Slot::Wait));
+        sched.release(b);
+        let Slot::Held(c) = sched.acquire(&mut h, &heavy, &waker) else {
+            panic!("the slot goes to the waiting call")
+        };
+        // A dropped holder gives its slot back.
+        sched.abandon(None, Some(c));
+        assert_eq!(sched.state.lock().unwrap().free, 1);
+        assert!(sched.state.lock().unwrap().holders.is_empty());
+    }
+
+    #[tokio::test]
+    async fn fair_futures_run_and_account() {
+        let sched = CpuScheduler::new(engine(), 1);
+        let t = TenantCpu::new(None);
+        let share = CpuShare::new(sched.clone(), t.clone());
+        let spin = || {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_millis(5) {}
+        };
+        let out = share
+            .run(async {
+                spin();
+                7
+            })
+            .await;
+        assert_eq!(out, 7);
+        assert!(t.total() >= Duration::from_millis(3), "{:?}", t.total());
+        assert_eq!(sched.state.lock().unwrap().free, 1);
+    }
+
+    fn futures_task_noop() -> Waker {
+        Waker::noop().clone()
+    }
+}
