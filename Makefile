@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := target/release/rsgi-wasm
 LISTEN ?= 127.0.0.1:8000
 
-.PHONY: demo test lint bin bench bench-frameworks profile
+.PHONY: demo test lint bin bench bench-noisy bench-frameworks profile audit
 .DELETE_ON_ERROR:
 
 demo: bin
@@ -33,6 +33,17 @@ lint:
 bench: bin
 	./scripts/setup.sh
 	python3 bench/bench.py $(BENCH_ARGS)
+	python3 bench/noisy.py
+
+# Noisy neighbour: a healthy tenant's throughput while another spins or
+# allocates in the same process (about 2 minutes; part of `make bench`).
+bench-noisy: bin
+	./scripts/setup.sh
+	python3 bench/noisy.py $(NOISY_ARGS)
+
+# Cargo.lock against the RustSec advisory database, where it is reachable.
+audit:
+	./scripts/audit.sh
 
 # Each example under rsgi-wasm and gunicorn: first request and steady-state
 # latency (installs gunicorn and the examples' requirements itself).

@@ -19,6 +19,7 @@ import http.client
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -32,6 +33,10 @@ WORK = os.path.join(bench.WORK, "noisy")
 
 
 def build():
+    if not shutil.which("wrk"):
+        print("installing wrk (apt)", flush=True)
+        bench.sh(["apt-get", "update", "-qq"])
+        bench.sh(["apt-get", "install", "-y", "-qq", "wrk"])
     os.makedirs(WORK, exist_ok=True)
     out = {}
     for name, target in (("good", "hello:app"), ("bad", "bad:app")):

@@ -421,6 +421,50 @@ fn sighup_reload_swaps_apps_without_losing_requests() {
 }
 
 #[test]
+fn reloading_survives_out_of_range_values_and_keeps_working() {
+    let dir = temp_dir("reload-range");
+    let app = |extra: &str| {
+        format!(
+            "[[app]]\nname = \"hello\"\ncomponent = \"{}\"\n{extra}",
+            hello().display()
+        )
+    };
+    let config = write_config(&dir, &app(""));
+    let s = serve(&config);
+    // Values that used to panic the reload task (and so end reloading).
+    for (n, bad) in [
+        "timeout = \"1e300\"\n",
+        "max_requests_jitter = 9223372036854775807\n",
+        "memory = \"1e300GiB\"\n",
+        "workers = -1\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&config, app(bad)).unwrap();
+        s.signal("HUP");
+        s.wait_for_log_count("reload failed, still serving the previous config", n + 1);
+        assert_eq!(get(&s, "/"), (200, "Hello, World!\n".into()));
+    }
+    // The next good config still reloads.
+    std::fs::write(&config, app("path_prefix = \"/v2\"\n")).unwrap();
+    s.signal("HUP");
+    s.wait_for_log("reloaded: 1 apps");
+    assert_eq!(get(&s, "/v2/"), (200, "Hello, World!\n".into()));
+    // And the same values on the command line are errors, not panics.
+    for (flag, value) in [
+        ("--timeout", "1e300"),
+        ("--max-requests-jitter", "18446744073709551615"),
+        ("--memory", "1e300GiB"),
+    ] {
+        let (code, _, err) = run_bin(&["run", hello().to_str().unwrap(), flag, value]);
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        assert!(err.contains(flag), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
 fn idle_keep_alive_connections_are_closed() {
     let s = Server::start(&router(), &["--header-timeout", "1s"]);
     let (mut w, mut r) = connect(s.addr);
@@ -431,4 +475,32 @@ fn idle_keep_alive_connections_are_closed() {
     let n = std::io::Read::read_to_end(&mut r, &mut rest).unwrap_or(0);
     assert_eq!(n, 0, "idle connection was closed, not answered");
     assert!(t.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn compiled_code_is_only_loaded_from_a_private_cache() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("open-cache");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = bin()
+        .args(["run", hello().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .arg("--cache-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("chmod go-w"), "{err}");
+    assert!(!err.contains("listening on"), "{err}");
+    // No cache named anywhere: an error, not a shared temporary directory.
+    let out = bin()
+        .env_remove("RSGI_WASM_CACHE")
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("HOME")
+        .args(["run", hello().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--cache-dir"), "{err}");
 }

@@ -48,16 +48,16 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct HttpArgs {
     /// Time in-flight requests get to finish after SIGINT/SIGTERM.
-    #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = config::duration_in(config::GRACE))]
     pub grace: Duration,
     /// Time a client has to send a complete request head, which is also how
     /// long an idle keep-alive connection is kept (hyper uses one timer for
     /// both); then the connection is closed.
-    #[arg(long, default_value = "10s", value_parser = config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = config::duration_in(config::HEADER_TIMEOUT))]
     pub header_timeout: Duration,
     /// Open connections at most (more wait in the accept backlog).
-    #[arg(long, default_value_t = 10_000)]
-    pub max_connections: usize,
+    #[arg(long, default_value = "10000", value_parser = config::count_in(config::MAX_CONNECTIONS))]
+    pub max_connections: u64,
     /// Peers allowed to set the URL scheme via X-Forwarded-Proto or
     /// Forwarded: comma-separated IPs, or * for any.
     #[arg(long, default_value = "127.0.0.1", value_parser = config::parse_trusted)]
@@ -76,7 +76,7 @@ impl HttpArgs {
             grace: self.grace,
             header_timeout: self.header_timeout,
             forwarded_allow: self.forwarded_allow_ips.clone(),
-            max_connections: self.max_connections.max(1),
+            max_connections: self.max_connections as usize,
             ..ServerConfig::default()
         }
     }
@@ -205,7 +205,7 @@ pub struct GrantArgs {
     #[arg(long = "allow-net", value_name = "HOST:PORT", value_parser = config::parse_net)]
     pub allow_net: Vec<Vec<std::net::SocketAddr>>,
     /// Memory cap per instance: 128MiB, 1GiB, ...
-    #[arg(long, default_value = "512MiB", value_parser = config::parse_size)]
+    #[arg(long, default_value = "512MiB", value_parser = config::size_in(config::MEMORY))]
     pub memory: u64,
 }
 
@@ -254,11 +254,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
     /// Instances serving requests at once, kept warm.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub workers: u16,
+    #[arg(long, default_value = "1", value_parser = config::count_in(config::WORKERS))]
+    pub workers: u64,
     /// Requests that may wait when all workers are busy (503 beyond).
-    #[arg(long, default_value_t = 1024)]
-    pub queue: usize,
+    #[arg(long, default_value = "1024", value_parser = config::count_in(config::QUEUE))]
+    pub queue: u64,
     #[command(flatten)]
     pub grants: GrantArgs,
     /// Serve files under URL_PREFIX from HOST_DIR on the host, without
@@ -267,16 +267,16 @@ pub struct RunArgs {
     #[arg(long = "static", value_name = "URL_PREFIX=HOST_DIR", value_parser = crate::static_files::parse_static)]
     pub statics: Vec<crate::static_files::StaticMount>,
     /// Per-request time limit (504 past it): seconds or 500ms / 30s / 2m.
-    #[arg(long, default_value = "60s", value_parser = config::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = config::duration_in(config::TIMEOUT))]
     pub timeout: Duration,
     /// Largest request body accepted (413 above it).
-    #[arg(long, default_value = "1GiB", value_parser = config::parse_size)]
+    #[arg(long, default_value = "1GiB", value_parser = config::size_in(config::MAX_BODY))]
     pub max_body: u64,
     /// Replace an instance after this many requests (0 = never).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value = "0", value_parser = config::count_in(config::MAX_REQUESTS))]
     pub max_requests: u64,
     /// Extra requests (random per instance, up to this) before replacement.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value = "0", value_parser = config::count_in(config::MAX_REQUESTS))]
     pub max_requests_jitter: u64,
     /// At most this many cores for the app's guests together (0.5, 2, ...),
     /// averaged over 100 ms; over it they wait, they are not killed.
@@ -298,7 +298,7 @@ impl RunArgs {
         let grants = self.grants.grants()?;
         let limits = Limits {
             workers: self.workers as usize,
-            queue: self.queue,
+            queue: self.queue as usize,
             timeout: self.timeout,
             memory: self.grants.memory,
             max_body: self.max_body,

@@ -29,7 +29,7 @@ pub async fn execute(command: Command) -> Result<u8> {
 }
 
 async fn build_command(args: BuildArgs) -> Result<()> {
-    let cache = args.cache_dir.unwrap_or_else(engine::default_cache_dir);
+    let cache = engine::cache_dir(args.cache_dir)?;
     let opts = args
         .source
         .build_options(args.target, Some(args.output), cache);
@@ -60,11 +60,7 @@ async fn build_and_report(opts: &BuildOptions) -> Result<PathBuf> {
 /// What `rsgi-wasm run APP` names: a built component, or source to build.
 fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
     let app = args.app.as_str();
-    let cache = args
-        .http
-        .cache_dir
-        .clone()
-        .unwrap_or_else(engine::default_cache_dir);
+    let cache = engine::cache_dir(args.http.cache_dir.clone())?;
     let as_path = Path::new(app);
     if app.ends_with(".wasm") || as_path.is_file() {
         if !args.source.is_empty() {
@@ -108,7 +104,7 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
 /// Load, check and start one app: everything that can fail does so here,
 /// before the port is bound (or before a reload is swapped in).
 async fn start_app(
-    loader: &Loader,
+    loader: &Arc<Loader>,
     sched: &Arc<CpuScheduler>,
     name: &str,
     component: &Path,
@@ -116,7 +112,14 @@ async fn start_app(
     limits: Limits,
 ) -> Result<Arc<AppPool>> {
     let engine = loader.engine();
-    let loaded = loader.load(component)?;
+    // Hashing, unpacking and compiling block for milliseconds to seconds:
+    // off the runtime's threads, so requests to other apps never wait.
+    let loaded = {
+        let (loader, path) = (loader.clone(), component.to_owned());
+        tokio::task::spawn_blocking(move || loader.load(&path))
+            .await
+            .context("loading the component panicked")??
+    };
     let pre = engine::prepare(engine, &loaded.component, component)?;
     let mut sandbox = Sandbox::new(name, grants, loaded.files.clone(), limits.memory)?;
     if limits.isolation == crate::config::Isolation::Request {
@@ -139,7 +142,7 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
         loaded.files.clone(),
         args.grants.memory,
     )?;
-    let mut store = pool::new_store(engine, &sandbox, Stdio::Inherit, None)?;
+    let mut store = pool::new_store(engine, sandbox.host_state(Stdio::Inherit)?, None)?;
     let app = pre
         .instantiate_async(&mut store)
         .await
@@ -161,9 +164,9 @@ fn app_name(component: &Path) -> String {
         .unwrap_or_else(|| "app".into())
 }
 
-fn new_loader(cache_dir: Option<PathBuf>) -> Result<Loader> {
-    let cache = cache_dir.unwrap_or_else(engine::default_cache_dir);
-    Ok(Loader::new(engine::new_engine()?, cache))
+fn new_loader(cache_dir: Option<PathBuf>) -> Result<Arc<Loader>> {
+    let cache = engine::cache_dir(cache_dir)?;
+    Ok(Arc::new(Loader::new(engine::new_engine()?, cache)))
 }
 
 /// The process's run slots, one per core, shared by every app.
@@ -219,7 +222,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
 
 /// Start what is new or changed, reuse what is not; all or nothing.
 async fn start_tenants(
-    loader: &Loader,
+    loader: &Arc<Loader>,
     sched: &Arc<CpuScheduler>,
     configs: Vec<TenantConfig>,
     previous: &[Running],
@@ -271,7 +274,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     let loader = new_loader(args.http.cache_dir.clone())?;
     let configs = tenants::load(&args.config)?;
     let sched = scheduler(&loader);
-    let mut running = start_tenants(&loader, &sched, configs, &[]).await?;
+    let running = start_tenants(&loader, &sched, configs, &[]).await?;
     let listener = listen(&server_cfg).await?;
     tracing::info!(
         "listening on http://{} ({} apps from {}, ready in {:.0} ms)",
@@ -294,23 +297,37 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
             tracing::error!("cannot install a SIGHUP handler; reloading is off");
             return;
         };
+        let mut running = Arc::new(running);
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading {}", config_path.display());
-            let next = match tenants::load(&config_path) {
-                Ok(configs) => start_tenants(&loader, &sched, configs, &running).await,
-                Err(e) => Err(e),
-            };
-            match next {
-                Ok(next) => {
+            // Each attempt in its own task: whatever goes wrong in it, even a
+            // panic, leaves the running config and this loop as they were.
+            let attempt = tokio::spawn({
+                let (loader, sched, path, previous) = (
+                    loader.clone(),
+                    sched.clone(),
+                    config_path.clone(),
+                    running.clone(),
+                );
+                async move {
+                    let configs = tenants::load(&path)?;
+                    start_tenants(&loader, &sched, configs, &previous).await
+                }
+            });
+            match attempt.await {
+                Ok(Ok(next)) => {
                     reload_site.swap(router_for(&next));
                     tracing::info!("reloaded: {} apps", next.len());
                     // Apps no longer routed finish their in-flight requests
                     // (those hold the pool) and are dropped after.
-                    running = next;
+                    running = Arc::new(next);
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::error!("reload failed, still serving the previous config: {e:#}")
                 }
+                Err(panic) => tracing::error!(
+                    "reload failed (a bug: {panic}), still serving the previous config"
+                ),
             }
         }
     });

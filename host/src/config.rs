@@ -28,6 +28,9 @@ pub enum ConfigError {
     /// A `--forwarded-allow-ips` value that is not `*` or a list of IPs.
     #[error("--forwarded-allow-ips {0:?}: expected * or comma-separated IP addresses like 127.0.0.1,10.0.0.2")]
     Peers(String),
+    /// A duration, size or count outside what the setting allows.
+    #[error("{value:?} is out of range (allowed: {allowed})")]
+    Range { value: String, allowed: String },
     /// A CPU share that is not a number of cores in range.
     #[error(
         "cpu {0:?}: expected a number of cores greater than 0 and at most 1024, like 0.5 or 2"
@@ -128,8 +131,117 @@ pub fn parse_duration(value: &str) -> Result<Duration, ConfigError> {
         .parse::<f64>()
         .ok()
         .filter(|n| n.is_finite() && *n >= 0.0)
-        .map(|n| Duration::from_secs_f64(n * scale))
+        .and_then(|n| Duration::try_from_secs_f64(n * scale).ok())
         .ok_or_else(|| ConfigError::Duration(value.to_owned()))
+}
+
+/// The allowed values of one setting, inclusive.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds<T> {
+    /// Smallest allowed.
+    pub min: T,
+    /// Largest allowed.
+    pub max: T,
+}
+
+/// `--timeout` / `timeout`: a millisecond to a week.
+pub const TIMEOUT: Bounds<Duration> = Bounds {
+    min: Duration::from_millis(1),
+    max: Duration::from_secs(7 * 24 * 3600),
+};
+/// `--grace`: none to a day.
+pub const GRACE: Bounds<Duration> = Bounds {
+    min: Duration::ZERO,
+    max: Duration::from_secs(24 * 3600),
+};
+/// `--header-timeout`: a millisecond to an hour.
+pub const HEADER_TIMEOUT: Bounds<Duration> = Bounds {
+    min: Duration::from_millis(1),
+    max: Duration::from_secs(3600),
+};
+/// `--memory` / `memory`: 16 MiB (CPython's floor) to 4 GiB (wasm32's ceiling).
+pub const MEMORY: Bounds<u64> = Bounds {
+    min: 16 << 20,
+    max: 4 << 30,
+};
+/// `--max-body` / `max_body`: up to 1 TiB.
+pub const MAX_BODY: Bounds<u64> = Bounds {
+    min: 0,
+    max: 1 << 40,
+};
+/// `--workers` / `workers`.
+pub const WORKERS: Bounds<u64> = Bounds { min: 1, max: 1024 };
+/// `--queue` / `queue`.
+pub const QUEUE: Bounds<u64> = Bounds {
+    min: 0,
+    max: 1_000_000,
+};
+/// `--max-connections`.
+pub const MAX_CONNECTIONS: Bounds<u64> = Bounds {
+    min: 1,
+    max: 1_000_000,
+};
+/// `--max-requests` / `--max-requests-jitter` and their keys.
+pub const MAX_REQUESTS: Bounds<u64> = Bounds {
+    min: 0,
+    max: 1_000_000_000_000,
+};
+
+fn out_of_range(value: &str, allowed: String) -> ConfigError {
+    ConfigError::Range {
+        value: value.to_owned(),
+        allowed,
+    }
+}
+
+/// A duration within `b`.
+pub fn check_duration(value: &str, b: Bounds<Duration>) -> Result<Duration, ConfigError> {
+    let d = parse_duration(value)?;
+    if d < b.min || d > b.max {
+        return Err(out_of_range(value, format!("{:?} to {:?}", b.min, b.max)));
+    }
+    Ok(d)
+}
+
+/// A size within `b`.
+pub fn check_size(value: &str, b: Bounds<u64>) -> Result<u64, ConfigError> {
+    let n = parse_size(value)?;
+    if n < b.min || n > b.max {
+        return Err(out_of_range(value, format!("{} to {} bytes", b.min, b.max)));
+    }
+    Ok(n)
+}
+
+/// A whole number within `b`.
+pub fn check_count(value: &str, b: Bounds<u64>) -> Result<u64, ConfigError> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if (b.min..=b.max).contains(&n) => Ok(n),
+        _ => Err(out_of_range(
+            value,
+            format!("whole numbers {} to {}", b.min, b.max),
+        )),
+    }
+}
+
+/// A clap value parser for a duration within `b`.
+pub fn duration_in(
+    b: Bounds<Duration>,
+) -> impl Fn(&str) -> Result<Duration, ConfigError> + Clone + Send + Sync + 'static {
+    move |v| check_duration(v, b)
+}
+
+/// A clap value parser for a size within `b`.
+pub fn size_in(
+    b: Bounds<u64>,
+) -> impl Fn(&str) -> Result<u64, ConfigError> + Clone + Send + Sync + 'static {
+    move |v| check_size(v, b)
+}
+
+/// A clap value parser for a count within `b`.
+pub fn count_in(
+    b: Bounds<u64>,
+) -> impl Fn(&str) -> Result<u64, ConfigError> + Clone + Send + Sync + 'static {
+    move |v| check_count(v, b)
 }
 
 /// Parse `1048576`, `64KiB`, `128MiB`, `1GiB`, `10MB`.
@@ -151,8 +263,10 @@ pub fn parse_size(value: &str) -> Result<u64, ConfigError> {
     };
     num.parse::<f64>()
         .ok()
-        .filter(|n| n.is_finite() && *n >= 0.0)
-        .map(|n| (n * scale as f64) as u64)
+        .map(|n| n * scale as f64)
+        // Not past u64: `as` would saturate silently.
+        .filter(|n| n.is_finite() && *n >= 0.0 && *n < u64::MAX as f64)
+        .map(|n| n as u64)
         .ok_or_else(|| ConfigError::Size(value.to_owned()))
 }
 
@@ -351,6 +465,19 @@ mod tests {
         assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("lots").is_err());
+        assert!(parse_size("1e300GiB").is_err());
+        assert!(parse_duration("1e300").is_err());
+        let e = check_duration("0", TIMEOUT).unwrap_err().to_string();
+        assert!(e.contains("out of range") && e.contains("1ms"), "{e}");
+        assert_eq!(
+            check_duration("2s", TIMEOUT).unwrap(),
+            Duration::from_secs(2)
+        );
+        assert!(check_size("1MiB", MEMORY).is_err());
+        assert!(check_size("8GiB", MEMORY).is_err());
+        assert!(check_count("0", WORKERS).is_err());
+        assert!(check_count("18446744073709551615", MAX_REQUESTS).is_err());
+        assert_eq!(check_count("4", WORKERS).unwrap(), 4);
         assert_eq!(parse_trusted("*").unwrap(), TrustedPeers::All);
         let t = parse_trusted("127.0.0.1, ::1").unwrap();
         assert!(t.contains("::1".parse().unwrap()));

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::os::unix::fs::DirBuilderExt;
+
 use anyhow::{bail, Context, Result};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
@@ -52,18 +54,58 @@ pub fn new_engine() -> Result<Engine> {
     Ok(engine)
 }
 
-/// Where compiled components live unless `--cache-dir` says otherwise.
-pub fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("RSGI_WASM_CACHE") {
-        return PathBuf::from(dir);
+/// The cache directory to use: `given` (`--cache-dir`), else
+/// `$RSGI_WASM_CACHE`, `$XDG_CACHE_HOME/rsgi-wasm` or `~/.cache/rsgi-wasm`;
+/// created private if missing, and refused unless it can be trusted (see
+/// [`check_trusted`]). Never a shared temporary directory.
+pub fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    let dir = given
+        .or_else(|| var("RSGI_WASM_CACHE").map(PathBuf::from))
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("rsgi-wasm")))
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache").join("rsgi-wasm")))
+        .context(
+            "no cache directory: set HOME or XDG_CACHE_HOME, or pass --cache-dir DIR \
+             (a directory only you can write to)",
+        )?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating the cache directory {}", dir.display()))?;
+    check_trusted(&dir)?;
+    let files = dir.join("files");
+    if files.exists() {
+        check_trusted(&files)?;
     }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("rsgi-wasm");
+    Ok(dir)
+}
+
+/// Compiled artifacts in the cache are native code loaded without further
+/// checks, and the unpacked file trees become the app's code: refuse a
+/// directory another user owns or may write to.
+pub fn check_trusted(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "refusing the cache directory {}: it belongs to user {}, not to you (user {me}); \
+             compiled code in it would run as you. Use a directory of your own with --cache-dir",
+            dir.display(),
+            meta.uid()
+        );
     }
-    if let Some(home) = std::env::var_os("HOME") {
-        return PathBuf::from(home).join(".cache").join("rsgi-wasm");
+    if meta.mode() & 0o022 != 0 {
+        bail!(
+            "refusing the cache directory {}: others may write to it (mode {:o}), and compiled \
+             code in it would run as you. Fix it with: chmod go-w {}",
+            dir.display(),
+            meta.mode() & 0o7777,
+            dir.display()
+        );
     }
-    std::env::temp_dir().join("rsgi-wasm-cache")
+    Ok(())
 }
 
 /// Loads components for one engine; a file loaded twice (many tenants of

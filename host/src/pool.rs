@@ -53,11 +53,10 @@ pub struct AppPool {
 /// give way to lighter tenants and enforce the app's cap.
 pub fn new_store(
     engine: &Engine,
-    sandbox: &Sandbox,
-    stdio: Stdio,
+    state: HostState,
     cpu: Option<&CpuShare>,
 ) -> Result<Store<HostState>> {
-    let mut store = Store::new(engine, sandbox.host_state(stdio)?);
+    let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     match cpu {
         Some(cpu) => {
@@ -117,7 +116,13 @@ impl AppPool {
     }
 
     async fn instantiate(&self) -> Result<Instance> {
-        let mut store = new_store(&self.engine, &self.sandbox, Stdio::Log, Some(&self.cpu))?;
+        // Preopening directories (and, with request isolation, creating a
+        // fresh /tmp) touches the disk: off the runtime's threads.
+        let sandbox = self.sandbox.clone();
+        let state = tokio::task::spawn_blocking(move || sandbox.host_state(Stdio::Log))
+            .await
+            .context("preparing an instance's sandbox panicked")??;
+        let mut store = new_store(&self.engine, state, Some(&self.cpu))?;
         let app = self
             .pre
             .instantiate_async(&mut store)
@@ -128,9 +133,9 @@ impl AppPool {
             (Isolation::Request, _) => 1,
             (_, 0) => 0,
             // Spread retirements like gunicorn's --max-requests-jitter.
-            (_, max) => {
-                max + (n.wrapping_mul(2_654_435_761) % (self.limits.max_requests_jitter + 1))
-            }
+            (_, max) => max.saturating_add(
+                n.wrapping_mul(2_654_435_761) % self.limits.max_requests_jitter.saturating_add(1),
+            ),
         };
         Ok(Instance {
             store,
@@ -245,6 +250,9 @@ impl AppPool {
         }
         if keep {
             self.idle.lock().expect("pool lock").push(inst);
+        } else {
+            // Unmapping its memory and removing a per-instance /tmp block.
+            tokio::task::spawn_blocking(move || drop(inst));
         }
         drop(permit);
         Served {

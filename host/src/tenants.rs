@@ -27,14 +27,14 @@ struct RawApp {
     env: BTreeMap<String, String>,
     #[serde(default)]
     allow_net: Vec<Spanned<String>>,
-    workers: Option<Spanned<usize>>,
-    queue: Option<usize>,
+    workers: Option<Spanned<i64>>,
+    queue: Option<Spanned<i64>>,
     timeout: Option<Spanned<String>>,
     memory: Option<Spanned<String>>,
     max_body: Option<Spanned<String>>,
     isolation: Option<Spanned<String>>,
-    max_requests: Option<u64>,
-    max_requests_jitter: Option<u64>,
+    max_requests: Option<Spanned<i64>>,
+    max_requests_jitter: Option<Spanned<i64>>,
     cpu: Option<Spanned<toml::Value>>,
 }
 
@@ -172,25 +172,26 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
             );
         }
         let mut limits = Limits::default();
+        let count = |v: &Spanned<i64>, field: &str, b| {
+            config::check_count(&v.get_ref().to_string(), b)
+                .map_err(|e| err(v.span(), field, e.to_string()))
+        };
         if let Some(w) = &app.workers {
-            if *w.get_ref() == 0 {
-                return Err(err(w.span(), "workers", "must be at least 1".into()).into());
-            }
-            limits.workers = *w.get_ref();
+            limits.workers = count(w, "workers", config::WORKERS)? as usize;
         }
-        if let Some(q) = app.queue {
-            limits.queue = q;
+        if let Some(q) = &app.queue {
+            limits.queue = count(q, "queue", config::QUEUE)? as usize;
         }
         if let Some(t) = &app.timeout {
-            limits.timeout = config::parse_duration(t.get_ref())
+            limits.timeout = config::check_duration(t.get_ref(), config::TIMEOUT)
                 .map_err(|e| err(t.span(), "timeout", e.to_string()))?;
         }
         if let Some(m) = &app.memory {
-            limits.memory = config::parse_size(m.get_ref())
+            limits.memory = config::check_size(m.get_ref(), config::MEMORY)
                 .map_err(|e| err(m.span(), "memory", e.to_string()))?;
         }
         if let Some(m) = &app.max_body {
-            limits.max_body = config::parse_size(m.get_ref())
+            limits.max_body = config::check_size(m.get_ref(), config::MAX_BODY)
                 .map_err(|e| err(m.span(), "max_body", e.to_string()))?;
         }
         if let Some(iso) = &app.isolation {
@@ -206,8 +207,12 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
             limits.cpu =
                 Some(config::parse_cpu(&text).map_err(|e| err(c.span(), "cpu", e.to_string()))?);
         }
-        limits.max_requests = app.max_requests.unwrap_or(0);
-        limits.max_requests_jitter = app.max_requests_jitter.unwrap_or(0);
+        if let Some(m) = &app.max_requests {
+            limits.max_requests = count(m, "max_requests", config::MAX_REQUESTS)?;
+        }
+        if let Some(j) = &app.max_requests_jitter {
+            limits.max_requests_jitter = count(j, "max_requests_jitter", config::MAX_REQUESTS)?;
+        }
         out.push(TenantConfig {
             name,
             component,

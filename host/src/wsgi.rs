@@ -18,7 +18,6 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::bindings::rsgi_wasm::wsgi::{request, response};
 use crate::bindings::{BodyError, SendFileError};
-use crate::config::DirGrant;
 use crate::sandbox::HostState;
 use crate::sendfile;
 
@@ -407,14 +406,13 @@ impl Exchange {
         &mut self,
         status: &str,
         headers: &str,
-        path: &str,
+        opened: Option<(std::fs::File, u64)>,
         offset: u64,
-        dirs: &[DirGrant],
     ) -> Result<(), SendFileError> {
         if self.head_tx.is_none() {
             return Err(SendFileError::Unavailable);
         }
-        let Some((file, size)) = sendfile::open_granted(dirs, path) else {
+        let Some((file, size)) = opened else {
             return Err(SendFileError::Unavailable);
         };
         let available = size.saturating_sub(offset);
@@ -576,9 +574,17 @@ impl response::Host for HostState {
         path: String,
         offset: u64,
     ) -> Result<(), SendFileError> {
+        if self.exchange.as_ref().is_none_or(|ex| ex.head_tx.is_none()) {
+            return Err(SendFileError::Unavailable);
+        }
+        // Opening and stat-ing touch the disk: off the runtime's threads.
         let dirs = self.dirs.clone();
+        let opened = tokio::task::spawn_blocking(move || sendfile::open_granted(&dirs, &path))
+            .await
+            .ok()
+            .flatten();
         match self.exchange.as_mut() {
-            Some(ex) => ex.send_file(&status, &headers, &path, offset, &dirs),
+            Some(ex) => ex.send_file(&status, &headers, opened, offset),
             None => Err(SendFileError::Unavailable),
         }
     }

@@ -218,6 +218,19 @@ impl Server {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Wait until `needle` has appeared `count` times in the log.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.logs().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not logged {count} times:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Wait until the log contains `needle` (or fail with the log).
     pub fn wait_for_log(&self, needle: &str) {
         let t = Instant::now();
