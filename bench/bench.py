@@ -421,13 +421,19 @@ def main():
     ]
     text = "\n".join(report)
     print("\n" + text)
+    record("BENCH", "Side-by-side (`make bench`)", text)
+
+
+def record(marker, heading, text):
+    """Put `text` between the MARKER comments of docs/benchmarks.md (a new
+    section with `heading` at the end if they are not there yet)."""
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     doc = open(path).read()
-    begin, end = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
+    begin, end = f"<!-- {marker}:BEGIN -->", f"<!-- {marker}:END -->"
     if begin in doc:
         doc = doc[: doc.index(begin) + len(begin)] + "\n" + text + "\n" + doc[doc.index(end):]
     else:
-        doc += f"\n## Side-by-side (`make bench`)\n\n{begin}\n{text}\n{end}\n"
+        doc += f"\n## {heading}\n\n{begin}\n{text}\n{end}\n"
     open(path, "w").write(doc)
     print(f"\nwritten to {path}")
 

@@ -158,17 +158,8 @@ def main():
         )
     text = "\n".join(lines)
     print("\n" + text)
-    if args.no_write:
-        return
-    path = os.path.join(bench.ROOT, "docs", "benchmarks.md")
-    doc = open(path).read()
-    begin, end = "<!-- NOISY:BEGIN -->", "<!-- NOISY:END -->"
-    if begin in doc:
-        doc = doc[: doc.index(begin) + len(begin)] + "\n" + text + "\n" + doc[doc.index(end):]
-    else:
-        doc += f"\n## Noisy neighbour (`make bench-noisy`, part of `make bench`)\n\n{begin}\n{text}\n{end}\n"
-    open(path, "w").write(doc)
-    print(f"\nwritten to {path}")
+    if not args.no_write:
+        bench.record("NOISY", "Noisy neighbour (`make bench-noisy`, part of `make bench`)", text)
 
 
 if __name__ == "__main__":

@@ -265,3 +265,64 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
     assert_eq!(code, 1);
     assert!(err.contains("overlaps /1"), "{err}");
 }
+
+#[test]
+fn two_builds_at_once_share_a_fresh_cache_without_clobbering() {
+    // Two terminals (or CI and a developer) building the same project with
+    // the same requirements into one empty cache: both resolve, both export
+    // the standard library, both publish; neither may break the other.
+    let dir = temp_dir("concurrent");
+    let cache = temp_dir("concurrent-cache");
+    write(&dir, "requirements.txt", "six==1.17.0\n");
+    write(
+        &dir,
+        "app.py",
+        "import six\ndef app(environ, start_response):\n    start_response('200 OK', [])\n    return [six.ensure_binary('six ' + six.__version__)]\n",
+    );
+    let d = dir.display().to_string();
+    let builds: Vec<_> = (0..2)
+        .map(|i| {
+            bin()
+                .current_dir(repo())
+                .args(["build", "app:app", "-p", &d, "-r"])
+                .arg(dir.join("requirements.txt"))
+                .arg("--cache-dir")
+                .arg(&cache)
+                .arg("-o")
+                .arg(dir.join(format!("app{i}.wasm")))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for b in builds {
+        let out = b.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+    }
+    // No staging directories left behind, and what was published works.
+    let leftovers: Vec<_> = walk(&cache)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".partial-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    for i in 0..2 {
+        let c = dir.join(format!("app{i}.wasm"));
+        let cache_flag = cache.display().to_string();
+        let s = Server::start(&c, &["--cache-dir", &cache_flag]);
+        assert_eq!(get(&s, "/"), (200, "six 1.17.0".to_owned()));
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}

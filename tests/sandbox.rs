@@ -504,3 +504,53 @@ fn compiled_code_is_only_loaded_from_a_private_cache() {
     assert!(!out.status.success());
     assert!(err.contains("--cache-dir"), "{err}");
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[test]
+fn replaced_components_are_freed_over_many_reloads() {
+    let dir = temp_dir("reload-rss");
+    let component = dir.join("app.wasm");
+    std::fs::copy(hello(), &component).unwrap();
+    let config = write_config(
+        &dir,
+        "[[app]]\nname = \"hello\"\ncomponent = \"app.wasm\"\n",
+    );
+    let s = serve(&config);
+    let start = std::time::SystemTime::now();
+    let mut settled = 0;
+    for i in 1..=100u64 {
+        // A redeployed component: a new file version each time (new mtime),
+        // so every reload loads it and starts a fresh pool.
+        std::fs::File::options()
+            .write(true)
+            .open(&component)
+            .unwrap()
+            .set_modified(start + Duration::from_secs(i))
+            .unwrap();
+        s.signal("HUP");
+        s.wait_for_log_count("reloaded: 1 apps", i as usize);
+        assert_eq!(get(&s, "/"), (200, "Hello, World!\n".into()));
+        if i == 20 {
+            settled = rss_of(s.pid());
+        }
+    }
+    let end = rss_of(s.pid());
+    // Memory, not time: the last 80 reloads may not keep what they replaced.
+    assert!(
+        end < settled + (48 << 20),
+        "RSS grew from {} MiB to {} MiB over 80 reloads",
+        settled >> 20,
+        end >> 20
+    );
+}

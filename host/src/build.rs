@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::bundle;
+use crate::cachefs;
 use crate::deps::{self, Source};
 use crate::engine;
 
@@ -355,11 +356,13 @@ async fn generate(
         bail!(BuildError(lines.join("\n")));
     }
     if export_stdlib {
-        let parent = stdlib.parent().expect("stdlib dir has a parent");
-        std::fs::create_dir_all(parent)?;
-        let _ = std::fs::remove_dir_all(&stdlib);
-        std::fs::rename(guest_dir.join("stdlib"), &stdlib)
+        // Under a name of its own first: another build may be publishing
+        // or reading the same entry right now.
+        let staged = cachefs::staging(&stdlib)?.keep();
+        std::fs::remove_dir(&staged)?;
+        std::fs::rename(guest_dir.join("stdlib"), &staged)
             .with_context(|| format!("caching the standard library in {}", stdlib.display()))?;
+        cachefs::publish(&staged, &stdlib, |d| d.join("os.py").is_file())?;
     }
 
     let mut roots = vec![("python".to_owned(), stdlib)];

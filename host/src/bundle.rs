@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::cachefs;
+
 /// Name of the custom section holding the archive.
 const SECTION: &str = "rsgi-wasm-files";
 /// Ends the section so the archive is found from the end of the file
@@ -219,28 +221,13 @@ pub fn mounts(
 }
 
 fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
-    let parent = dest.parent().context("cache path has no parent")?;
-    std::fs::create_dir_all(parent)?;
-    // Unpack beside the destination and rename, so a crash or a concurrent
-    // start never sees half a tree.
-    let tmp = tempfile::Builder::new()
-        .prefix(".unpack")
-        .tempdir_in(parent)?;
+    let staged = cachefs::staging(dest)?;
     let mut tar = tar::Archive::new(zstd::Decoder::new(archive)?);
     tar.set_preserve_permissions(false);
     // `unpack` refuses entries that would land outside the directory.
-    tar.unpack(tmp.path())?;
-    std::fs::File::create(tmp.path().join(".complete"))?.flush()?;
-    let tmp = tmp.keep();
-    if std::fs::rename(&tmp, dest).is_err() {
-        // Another process won the race (or a stale partial tree is there).
-        let _ = std::fs::remove_dir_all(&tmp);
-        if !dest.join(".complete").is_file() {
-            std::fs::remove_dir_all(dest).ok();
-            unpack(archive, dest)?;
-        }
-    }
-    Ok(())
+    tar.unpack(staged.path())?;
+    std::fs::File::create(staged.path().join(".complete"))?.flush()?;
+    cachefs::publish(&staged.keep(), dest, |d| d.join(".complete").is_file())
 }
 
 /// Hex SHA-256 of everything `r` yields, read in pieces so a large

@@ -317,6 +317,9 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
             match attempt.await {
                 Ok(Ok(next)) => {
                     reload_site.swap(router_for(&next));
+                    let in_use: Vec<&Path> =
+                        next.iter().map(|r| r.config.component.as_path()).collect();
+                    loader.retain(&in_use);
                     tracing::info!("reloaded: {} apps", next.len());
                     // Apps no longer routed finish their in-flight requests
                     // (those hold the pool) and are dropped after.

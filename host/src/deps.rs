@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::build::BuildError;
 use crate::bundle;
+use crate::cachefs;
 
 /// Where the dependencies come from.
 #[derive(Debug, Clone)]
@@ -166,15 +167,15 @@ fn prepare_once(
     key: String,
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<Resolved> {
-    if !dir.join("native.txt").is_file() {
-        let tmp = dir.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&tmp);
+    let complete = |d: &Path| d.join("native.txt").is_file();
+    if !complete(&dir) {
+        let staged = cachefs::staging(&dir)?;
+        let tmp = staged.path();
         std::fs::create_dir_all(tmp.join("site-packages"))?;
-        fill(&tmp)?;
+        fill(tmp)?;
         let native = strip_native(&tmp.join("site-packages"))?;
-        write_native(&tmp, &native)?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir)?;
+        write_native(tmp, &native)?;
+        cachefs::publish(&staged.keep(), &dir, complete)?;
     }
     Ok(Resolved {
         dir: dir.join("site-packages"),

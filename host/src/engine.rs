@@ -129,6 +129,15 @@ pub struct Loaded {
 /// A component file as last seen: path, size, modification time.
 type FileKey = (PathBuf, u64, Option<SystemTime>);
 
+fn file_key(path: &Path) -> Result<FileKey> {
+    let meta = std::fs::metadata(path).with_context(|| cannot_read(path))?;
+    Ok((
+        path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
+        meta.len(),
+        meta.modified().ok(),
+    ))
+}
+
 impl Loader {
     /// A loader that caches compiled artifacts in `cache_dir`.
     pub fn new(engine: Engine, cache_dir: PathBuf) -> Self {
@@ -144,15 +153,21 @@ impl Loader {
         &self.engine
     }
 
+    /// Forget every loaded component but those of `in_use` as they are on
+    /// disk now: after a reload, a replaced component's compiled code is
+    /// freed once the pools that still run it finish.
+    pub fn retain(&self, in_use: &[&Path]) {
+        let keep: Vec<FileKey> = in_use.iter().filter_map(|p| file_key(p).ok()).collect();
+        self.loaded
+            .lock()
+            .expect("loader lock")
+            .retain(|k, _| keep.contains(k));
+    }
+
     /// The component at `path`, from memory if this file (same size and
     /// mtime) was loaded before, else from the artifact cache or compiled.
     pub fn load(&self, path: &Path) -> Result<Loaded> {
-        let meta = std::fs::metadata(path).with_context(|| cannot_read(path))?;
-        let key = (
-            path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
-            meta.len(),
-            meta.modified().ok(),
-        );
+        let key = file_key(path)?;
         if let Some(c) = self.loaded.lock().expect("loader lock").get(&key) {
             return Ok(c.clone());
         }

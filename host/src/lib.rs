@@ -8,6 +8,7 @@
 pub mod bindings;
 pub mod build;
 pub mod bundle;
+pub mod cachefs;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -1,0 +1,72 @@
+//! Publishing into the shared cache: a directory is filled under a unique
+//! temporary name beside its destination and renamed into place whole, so
+//! concurrent builds and starts (two terminals, CI and a developer) never
+//! see half a tree or remove each other's.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// A fresh, uniquely named directory beside `dest` to fill before
+/// [`publish`]; removed when dropped unless published.
+pub fn staging(dest: &Path) -> Result<tempfile::TempDir> {
+    let parent = dest.parent().context("cache path has no parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = dest
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}.partial-"))
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a staging directory in {}", parent.display()))
+}
+
+/// Move the filled `staged` directory to `dest`, unless another process
+/// already put a complete one there (then ours is discarded). A stale,
+/// incomplete `dest` is replaced.
+pub fn publish(staged: &Path, dest: &Path, complete: impl Fn(&Path) -> bool) -> Result<()> {
+    for _ in 0..3 {
+        if complete(dest) {
+            let _ = std::fs::remove_dir_all(staged);
+            return Ok(());
+        }
+        match std::fs::rename(staged, dest) {
+            Ok(()) => return Ok(()),
+            // A complete tree may have landed between the check and now:
+            // the next round sees it; an incomplete one is cleared.
+            Err(_) if complete(dest) => continue,
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(dest);
+            }
+        }
+    }
+    std::fs::rename(staged, dest).with_context(|| format!("publishing {}", dest.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_complete_tree_wins_and_stale_ones_are_replaced() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("tree");
+        let done = |d: &Path| d.join("done").is_file();
+        let fill = |tag: &str| {
+            let s = staging(&dest).unwrap().keep();
+            std::fs::write(s.join("done"), tag).unwrap();
+            s
+        };
+        let (a, b) = (fill("a"), fill("b"));
+        assert_ne!(a, b, "unique staging names");
+        publish(&a, &dest, done).unwrap();
+        publish(&b, &dest, done).unwrap();
+        assert_eq!(std::fs::read_to_string(dest.join("done")).unwrap(), "a");
+        assert!(!b.exists(), "the loser's copy is removed");
+        // An incomplete leftover is replaced.
+        std::fs::remove_file(dest.join("done")).unwrap();
+        let c = fill("c");
+        publish(&c, &dest, done).unwrap();
+        assert_eq!(std::fs::read_to_string(dest.join("done")).unwrap(), "c");
+    }
+}
