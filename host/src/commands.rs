@@ -106,6 +106,7 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
 async fn start_app(
     loader: &Arc<Loader>,
     sched: &Arc<CpuScheduler>,
+    alone: bool,
     name: &str,
     component: &Path,
     grants: Grants,
@@ -125,7 +126,12 @@ async fn start_app(
     if limits.isolation == crate::config::Isolation::Request {
         sandbox = sandbox.tmp_per_instance();
     }
-    let cpu = CpuShare::new(sched.clone(), TenantCpu::new(limits.cpu));
+    let tenant = TenantCpu::new(limits.cpu);
+    let cpu = if alone {
+        CpuShare::alone(sched.clone(), tenant)
+    } else {
+        CpuShare::new(sched.clone(), tenant)
+    };
     AppPool::start(name, engine.clone(), pre, sandbox, limits, cpu).await
 }
 
@@ -197,7 +203,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let loader = new_loader(args.http.cache_dir.clone())?;
     let workers = limits.workers;
     let sched = scheduler(&loader);
-    let pool = start_app(&loader, &sched, &name, &component, grants, limits).await?;
+    let pool = start_app(&loader, &sched, true, &name, &component, grants, limits).await?;
     let listener = listen(&server_cfg).await?;
     tracing::info!(
         "listening on http://{} (app {name}, {workers} worker{}, ready in {:.0} ms)",
@@ -238,6 +244,7 @@ async fn start_tenants(
             None => start_app(
                 loader,
                 sched,
+                false,
                 &config.name,
                 &config.component,
                 config.grants.clone(),
