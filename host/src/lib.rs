@@ -1,9 +1,10 @@
 //! rsgi-wasm: serve Python WSGI apps, each in its own WebAssembly sandbox.
 //!
-//! Request path: `server` (hyper) → `environ` (CGI keys) → `pool` (a warm
-//! instance) → `wsgi` (the WIT calls, streamed both ways) → guest adapter.
+//! Request path: `server` (hyper) → `head_rules` (RFC 9112 checks) →
+//! `environ` (CGI keys) → `pool` (a warm instance, run under `cpu`'s fair
+//! run slots) → `wsgi` (the WIT calls, streamed both ways) → guest adapter.
 //! Build path: `build` (componentize-py) → a component `engine` compiles
-//! once and caches.
+//! once and caches; `cachefs` publishes into the shared cache.
 
 pub mod bindings;
 pub mod build;
