@@ -41,7 +41,6 @@ const WINDOW: Duration = Duration::from_millis(100);
 /// The run slots of one process, shared by every tenant.
 pub struct CpuScheduler {
     engine: Engine,
-    slots: usize,
     state: Mutex<State>,
 }
 
@@ -174,7 +173,6 @@ impl CpuScheduler {
         let slots = slots.max(1);
         let sched = Arc::new(CpuScheduler {
             engine,
-            slots,
             state: Mutex::new(State {
                 free: slots as isize,
                 holders: Vec::new(),
@@ -242,56 +240,47 @@ impl CpuScheduler {
         }
     }
 
-    /// Guests that may run at once.
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
     fn acquire(&self, ticket: &mut Option<u64>, tenant: &Arc<TenantCpu>, waker: &Waker) -> Slot {
         let mut st = self.state.lock().expect("cpu lock");
-        if let Some(t) = *ticket {
-            if let Some(i) = st.granted.iter().position(|g| *g == t) {
-                st.granted.swap_remove(i);
-                *ticket = None;
-                st.holders.push((t, tenant.clone(), Instant::now()));
-                return Slot::Held(t);
+        let t = match *ticket {
+            Some(t) => t,
+            None => {
+                let t = st.next_ticket;
+                st.next_ticket += 1;
+                if st.free > 0 && st.waiting.is_empty() {
+                    st.free -= 1;
+                    st.holders.push((t, tenant.clone(), Instant::now()));
+                    return Slot::Held(t);
+                }
+                if st.free <= 0 && self.lighter_than_a_holder(&st, tenant) {
+                    // Run now, beyond the count, instead of waiting for a
+                    // heavier tenant's guest to notice; that guest gives its
+                    // slot up at its next epoch check, which the bump makes
+                    // immediate.
+                    st.free -= 1;
+                    st.evict += 1;
+                    st.holders.push((t, tenant.clone(), Instant::now()));
+                    self.engine.increment_epoch();
+                    return Slot::Held(t);
+                }
+                st.waiting.push(Waiting {
+                    ticket: t,
+                    tenant: tenant.clone(),
+                    waker: waker.clone(),
+                });
+                *ticket = Some(t);
+                self.dispatch(&mut st);
+                t
             }
-            if let Some(w) = st.waiting.iter_mut().find(|w| w.ticket == t) {
-                w.waker.clone_from(waker);
-            }
-            return Slot::Wait;
-        }
-        let t = st.next_ticket;
-        st.next_ticket += 1;
-        if st.free > 0 && st.waiting.is_empty() {
-            st.free -= 1;
+        };
+        if let Some(i) = st.granted.iter().position(|g| *g == t) {
+            st.granted.swap_remove(i);
+            *ticket = None;
             st.holders.push((t, tenant.clone(), Instant::now()));
             return Slot::Held(t);
         }
-        if st.free <= 0 && self.lighter_than_a_holder(&st, tenant) {
-            // Run now, beyond the count, instead of waiting for a heavier
-            // tenant's guest to notice; that guest gives its slot up at its
-            // next epoch check, which the bump makes immediate.
-            st.free -= 1;
-            st.evict += 1;
-            st.holders.push((t, tenant.clone(), Instant::now()));
-            self.engine.increment_epoch();
-            return Slot::Held(t);
-        }
-        st.waiting.push(Waiting {
-            ticket: t,
-            tenant: tenant.clone(),
-            waker: waker.clone(),
-        });
-        *ticket = Some(t);
-        if st.free > 0 {
-            self.dispatch(&mut st);
-            if let Some(i) = st.granted.iter().position(|g| *g == t) {
-                st.granted.swap_remove(i);
-                *ticket = None;
-                st.holders.push((t, tenant.clone(), Instant::now()));
-                return Slot::Held(t);
-            }
+        if let Some(w) = st.waiting.iter_mut().find(|w| w.ticket == t) {
+            w.waker.clone_from(waker);
         }
         Slot::Wait
     }
@@ -424,11 +413,6 @@ impl CpuShare {
             tenant,
             enforced,
         }
-    }
-
-    /// The tenant's account.
-    pub fn tenant(&self) -> &Arc<TenantCpu> {
-        &self.tenant
     }
 
     /// Run `call` under the scheduler.
