@@ -192,8 +192,9 @@ pub struct BuildArgs {
 /// What an app may reach: directories, environment, network.
 #[derive(Debug, Args)]
 pub struct GrantArgs {
-    /// Grant a directory: HOST_DIR::GUEST_DIR[:ro] (repeatable).
-    #[arg(long = "dir", value_name = "HOST::GUEST[:ro]", value_parser = config::parse_dir)]
+    /// Grant a directory: HOST_DIR::GUEST_DIR, then `:ro` for read-only or
+    /// `:quota=SIZE` to cap what it may hold (repeatable).
+    #[arg(long = "dir", value_name = "HOST::GUEST[:ro][:quota=SIZE]", value_parser = config::parse_dir)]
     pub dirs: Vec<DirGrant>,
     /// Set an environment variable for the app: NAME=VALUE (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = config::parse_env)]
@@ -207,6 +208,14 @@ pub struct GrantArgs {
     /// Memory cap per instance: 128MiB, 1GiB, ...
     #[arg(long, default_value = "512MiB", value_parser = config::size_in(config::MEMORY))]
     pub memory: u64,
+    /// What the app's private /tmp may hold, all its instances together;
+    /// writes past it fail with ENOSPC.
+    #[arg(long, default_value = "64MiB", value_parser = config::size_in(config::DISK))]
+    pub tmp_size: u64,
+    /// Bytes a second of stdout/stderr the app may log, in bursts of up
+    /// to 4 s of it; lines past it are dropped and counted.
+    #[arg(long, default_value = "1MiB", value_parser = config::size_in(config::LOG_RATE))]
+    pub log_rate: u64,
 }
 
 impl GrantArgs {
@@ -221,6 +230,8 @@ impl GrantArgs {
             dirs: self.dirs.clone(),
             env,
             net: self.allow_net.iter().flatten().copied().collect(),
+            tmp_size: self.tmp_size,
+            log_rate: self.log_rate,
         })
     }
 }

@@ -122,10 +122,21 @@ async fn start_app(
             .context("loading the component panicked")??
     };
     let pre = engine::prepare(engine, &loaded.component, component)?;
-    let mut sandbox = Sandbox::new(name, grants, loaded.files.clone(), limits.memory)?;
-    if limits.isolation == crate::config::Isolation::Request {
-        sandbox = sandbox.tmp_per_instance();
-    }
+    let per_request = limits.isolation == crate::config::Isolation::Request;
+    let sandbox = {
+        // Measuring a quota'd grant walks its tree: off the runtime too.
+        let (name, files, memory) = (name.to_owned(), loaded.files.clone(), limits.memory);
+        tokio::task::spawn_blocking(move || {
+            let sandbox = Sandbox::new(&name, grants, files, memory)?;
+            anyhow::Ok(if per_request {
+                sandbox.tmp_per_instance()
+            } else {
+                sandbox
+            })
+        })
+        .await
+        .context("setting up the sandbox panicked")??
+    };
     let tenant = TenantCpu::new(limits.cpu);
     let cpu = if alone {
         CpuShare::alone(sched.clone(), tenant)

@@ -50,9 +50,12 @@ pub struct DirGrant {
     pub guest: String,
     /// Granted read-only (`:ro`).
     pub read_only: bool,
+    /// At most this many bytes stored under it, counting what is there
+    /// already (`:quota=SIZE`); none: the host disk's own limit.
+    pub quota: Option<u64>,
 }
 
-/// Parse `HOST::GUEST[:ro]` and check the host directory exists.
+/// Parse `HOST::GUEST[:ro|:rw][:quota=SIZE]` and check the host directory exists.
 pub fn parse_dir(value: &str) -> Result<DirGrant, ConfigError> {
     let err = |reason: &str| ConfigError::Dir {
         value: value.to_owned(),
@@ -61,15 +64,33 @@ pub fn parse_dir(value: &str) -> Result<DirGrant, ConfigError> {
     let (host, rest) = value
         .split_once("::")
         .ok_or_else(|| err("missing `::` between host and guest directory"))?;
-    let (guest, read_only) = match rest.strip_suffix(":ro") {
-        Some(g) => (g, true),
-        None => (rest.strip_suffix(":rw").unwrap_or(rest), false),
-    };
+    let mut parts = rest.split(':');
+    let guest = parts.next().unwrap_or_default();
+    let (mut read_only, mut quota) = (false, None);
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => read_only = true,
+            None if opt == "rw" => read_only = false,
+            Some(("quota", size)) => {
+                quota = Some(check_size(size, DISK).map_err(|e| err(&format!("quota: {e}")))?)
+            }
+            _ => {
+                return Err(err(&format!(
+                    "unknown option {opt:?} (options: ro, rw, quota=SIZE)"
+                )))
+            }
+        }
+    }
     if host.is_empty() || guest.is_empty() {
         return Err(err("host and guest directory must both be given"));
     }
     if !guest.starts_with('/') {
         return Err(err("the guest directory must be absolute, like /data"));
+    }
+    if read_only && quota.is_some() {
+        return Err(err(
+            "a read-only directory cannot take writes, so a quota means nothing; drop :ro or :quota",
+        ));
     }
     let host = PathBuf::from(host);
     if !host.is_dir() {
@@ -81,6 +102,7 @@ pub fn parse_dir(value: &str) -> Result<DirGrant, ConfigError> {
         host,
         guest: guest.to_owned(),
         read_only,
+        quota,
     })
 }
 
@@ -169,6 +191,20 @@ pub const MAX_BODY: Bounds<u64> = Bounds {
     min: 0,
     max: 1 << 40,
 };
+/// `--tmp-size`, `tmp_size` and `:quota=`: up to 1 TiB.
+pub const DISK: Bounds<u64> = Bounds {
+    min: 0,
+    max: 1 << 40,
+};
+/// What an app's private /tmp may hold unless told otherwise.
+pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
+/// `--log-rate` / `log_rate`: bytes of guest output a second, up to 1 GiB.
+pub const LOG_RATE: Bounds<u64> = Bounds {
+    min: 0,
+    max: 1 << 30,
+};
+/// What an app may print a second unless told otherwise.
+pub const DEFAULT_LOG_RATE: u64 = 1 << 20;
 /// `--workers` / `workers`.
 pub const WORKERS: Bounds<u64> = Bounds { min: 1, max: 1024 };
 /// `--queue` / `queue`.
@@ -281,7 +317,7 @@ pub fn parse_cpu(value: &str) -> Result<f64, ConfigError> {
 }
 
 /// What the sandbox grants one app: nothing unless listed.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Grants {
     /// Preopened directories.
     pub dirs: Vec<DirGrant>,
@@ -289,6 +325,22 @@ pub struct Grants {
     pub env: Vec<(String, String)>,
     /// Addresses the app may open TCP connections to (none by default).
     pub net: Vec<std::net::SocketAddr>,
+    /// What the app's private /tmp may hold, all its instances together.
+    pub tmp_size: u64,
+    /// Bytes of stdout/stderr a second the app may log (bursts of 4 s).
+    pub log_rate: u64,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Grants {
+            dirs: Vec::new(),
+            env: Vec::new(),
+            net: Vec::new(),
+            tmp_size: DEFAULT_TMP_SIZE,
+            log_rate: DEFAULT_LOG_RATE,
+        }
+    }
 }
 
 /// Parse `HOST:PORT` for `--allow-net`; a host name is resolved once, now
@@ -447,6 +499,16 @@ mod tests {
         assert!(parse_dir(&format!("{host}::data")).is_err());
         let e = parse_dir("/does/not/exist::/data").unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
+        let g = parse_dir(&format!("{host}::/data:quota=10MiB")).unwrap();
+        assert_eq!((g.guest.as_str(), g.quota), ("/data", Some(10 << 20)));
+        let g = parse_dir(&format!("{host}::/data:rw:quota=4096")).unwrap();
+        assert_eq!(g.quota, Some(4096));
+        for bad in [":quota=2TiB", ":quota=lots", ":ro:quota=1MiB", ":fast"] {
+            let e = parse_dir(&format!("{host}::/data{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("/data"), "{bad}: {e}");
+        }
     }
 
     #[test]

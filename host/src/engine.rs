@@ -302,6 +302,7 @@ pub fn prepare(
 ) -> Result<WsgiAppPre<HostState>> {
     let mut linker: Linker<HostState> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    crate::quota_fs::add_to_linker(&mut linker, HostState::quota_fs)?;
     WsgiApp::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
     let pre = linker
         .instantiate_pre(component)

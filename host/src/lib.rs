@@ -5,6 +5,9 @@
 //! run slots) → `wsgi` (the WIT calls, streamed both ways) → guest adapter.
 //! Build path: `build` (componentize-py) → a component `engine` compiles
 //! once and caches; `cachefs` publishes into the shared cache.
+//! Sandbox: `sandbox` builds each instance's WASI context; `quota_fs`
+//! charges its file writes to `disk_quota` ledgers; `guest_log` takes its
+//! stdout/stderr, rate-limited.
 
 pub mod bindings;
 pub mod build;
@@ -15,10 +18,13 @@ pub mod commands;
 pub mod config;
 pub mod cpu;
 pub mod deps;
+pub mod disk_quota;
 pub mod engine;
 pub mod environ;
+pub mod guest_log;
 pub mod head_rules;
 pub mod pool;
+pub mod quota_fs;
 pub mod sandbox;
 pub mod sendfile;
 pub mod server;

@@ -1,20 +1,20 @@
 //! Per-instance sandbox state: the `WasiCtx` built from an app's grants (the
-//! only ambient authority a guest gets), its memory limiter, and guest
-//! stdout/stderr forwarded to the host log line by line.
+//! only ambient authority a guest gets), its memory limiter, the disk quotas
+//! of its /tmp and granted directories, and where its stdout/stderr go.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bytes::{Bytes, BytesMut};
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{DirPerms, FilePerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bundle::Mount;
 use crate::config::{DirGrant, Grants};
+use crate::disk_quota::{Budget, Ledger};
+use crate::guest_log::{GuestLog, LogBudget};
+use crate::quota_fs::{QuotaFsView, Quotas};
 use crate::wsgi::Exchange;
 
 /// Everything a `Store` holds for one instance.
@@ -27,8 +27,23 @@ pub struct HostState {
     pub exchange: Option<Exchange>,
     /// The directories granted to this instance (for `send-file`).
     pub dirs: Arc<[DirGrant]>,
+    /// What this instance's writes are charged to.
+    quotas: Quotas,
     /// This instance's own /tmp, removed with it (request isolation).
     _tmp: Option<tempfile::TempDir>,
+}
+
+impl HostState {
+    /// The view the quota-charging `wasi:filesystem` works on.
+    pub fn quota_fs(&mut self) -> QuotaFsView<'_> {
+        QuotaFsView {
+            fs: wasmtime_wasi::filesystem::WasiFilesystemCtxView {
+                ctx: self.wasi.filesystem(),
+                table: &mut self.table,
+            },
+            quotas: &mut self.quotas,
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -47,9 +62,14 @@ pub struct Sandbox {
     env: Vec<(String, String)>,
     net: Arc<[std::net::SocketAddr]>,
     dirs: Arc<[DirGrant]>,
+    /// The ledger of each `dirs` entry that has a quota.
+    dir_quotas: Arc<[Option<Arc<Ledger>>]>,
     files: Arc<[Mount]>,
     memory: u64,
     tmp: Tmp,
+    tmp_size: u64,
+    /// Shared by all the app's instances.
+    log: Arc<LogBudget>,
 }
 
 /// The guest's /tmp: many libraries (uploads spooled by Werkzeug or
@@ -60,9 +80,10 @@ enum Tmp {
     /// The app was granted a /tmp with `--dir`.
     Granted,
     /// One directory for all instances of the app, removed at exit.
-    Shared(Arc<tempfile::TempDir>),
-    /// A new directory per instance (request isolation: nothing shared).
-    PerInstance,
+    Shared(Arc<tempfile::TempDir>, Arc<Ledger>),
+    /// A new directory per instance (request isolation: nothing shared),
+    /// all drawing on one budget.
+    PerInstance(Arc<Budget>),
 }
 
 /// Where a guest's stdio goes.
@@ -76,7 +97,8 @@ pub enum Stdio {
 
 impl Sandbox {
     /// Sandbox for the app called `app` (the name tags its log lines);
-    /// `files` are the component's own read-only directories.
+    /// `files` are the component's own read-only directories. Blocks: a
+    /// granted directory with a quota is walked to charge what it holds.
     pub fn new(app: &str, grants: Grants, files: Arc<[Mount]>, memory: u64) -> Result<Self> {
         for grant in &grants.dirs {
             let g = grant.guest.trim_end_matches('/');
@@ -101,23 +123,53 @@ impl Sandbox {
         {
             Tmp::Granted
         } else {
-            Tmp::Shared(Arc::new(scratch_dir(app)?))
+            Tmp::Shared(
+                Arc::new(scratch_dir(app)?),
+                Ledger::new(Budget::new(grants.tmp_size), 0),
+            )
         };
+        let mut dir_quotas = Vec::new();
+        for dir in &grants.dirs {
+            let ledger = match dir.quota {
+                None => None,
+                Some(limit) => {
+                    let ledger =
+                        Ledger::for_tree(Budget::new(limit), &dir.host).with_context(|| {
+                            format!(
+                                "measuring what {} holds for its quota (app {app})",
+                                dir.host.display()
+                            )
+                        })?;
+                    if ledger.used() > limit {
+                        tracing::warn!(
+                            "app {app}: {} already holds {} bytes, over its quota of {limit}; writes there fail with ENOSPC until files are removed",
+                            dir.host.display(),
+                            ledger.used()
+                        );
+                    }
+                    Some(ledger)
+                }
+            };
+            dir_quotas.push(ledger);
+        }
         Ok(Sandbox {
             app: app.into(),
             env: grants.env,
             net: grants.net.into(),
             dirs: grants.dirs.into(),
+            dir_quotas: dir_quotas.into(),
             files,
             memory,
             tmp,
+            tmp_size: grants.tmp_size,
+            log: LogBudget::new(grants.log_rate),
         })
     }
 
     /// Give every instance its own /tmp instead of one per app.
     pub fn tmp_per_instance(mut self) -> Self {
         if !matches!(self.tmp, Tmp::Granted) {
-            self.tmp = Tmp::PerInstance;
+            self.tmp = Tmp::PerInstance(Budget::new(self.tmp_size));
         }
         self
     }
@@ -128,8 +180,8 @@ impl Sandbox {
         let mut b = WasiCtxBuilder::new();
         match stdio {
             Stdio::Log => {
-                b.stdout(GuestLog::new(&self.app, "stdout"))
-                    .stderr(GuestLog::new(&self.app, "stderr"));
+                b.stdout(GuestLog::new(&self.app, "stdout", &self.log))
+                    .stderr(GuestLog::new(&self.app, "stderr", &self.log));
             }
             Stdio::Inherit => {
                 b.inherit_stdio();
@@ -153,19 +205,25 @@ impl Sandbox {
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("mounting {} as {}", m.host.display(), m.guest))?;
         }
+        let mut quotas = Quotas::default();
         let own_tmp = match &self.tmp {
             Tmp::Granted => None,
-            Tmp::Shared(dir) => {
+            Tmp::Shared(dir, ledger) => {
                 preopen_tmp(&mut b, dir.path())?;
+                quotas.add_root(TMP, ledger.clone());
                 None
             }
-            Tmp::PerInstance => {
+            Tmp::PerInstance(budget) => {
                 let dir = scratch_dir(&self.app)?;
                 preopen_tmp(&mut b, dir.path())?;
+                quotas.add_root(TMP, Ledger::new(budget.clone(), 0));
                 Some(dir)
             }
         };
-        for dir in self.dirs.iter() {
+        for (dir, quota) in self.dirs.iter().zip(self.dir_quotas.iter()) {
+            if let Some(ledger) = quota {
+                quotas.add_root(&dir.guest, ledger.clone());
+            }
             let (dp, fp) = if dir.read_only {
                 (DirPerms::READ, FilePerms::READ)
             } else {
@@ -191,6 +249,7 @@ impl Sandbox {
             },
             exchange: None,
             dirs: self.dirs.clone(),
+            quotas,
             _tmp: own_tmp,
         })
     }
@@ -203,8 +262,11 @@ fn scratch_dir(app: &str) -> Result<tempfile::TempDir> {
         .context("creating the app's private /tmp")
 }
 
+/// Where the guest sees its private scratch directory.
+const TMP: &str = "/tmp";
+
 fn preopen_tmp(b: &mut WasiCtxBuilder, host: &std::path::Path) -> Result<()> {
-    b.preopened_dir(host, "/tmp", DirPerms::all(), FilePerms::all())
+    b.preopened_dir(host, TMP, DirPerms::all(), FilePerms::all())
         .map_err(anyhow::Error::from)
         .context("mounting the app's private /tmp")?;
     Ok(())
@@ -239,96 +301,5 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
-    }
-}
-
-/// Guest stdout or stderr: complete lines go to the host log.
-struct GuestLog {
-    app: Arc<str>,
-    stream: &'static str,
-}
-
-impl GuestLog {
-    fn new(app: &Arc<str>, stream: &'static str) -> Self {
-        GuestLog {
-            app: app.clone(),
-            stream,
-        }
-    }
-}
-
-impl IsTerminal for GuestLog {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for GuestLog {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineLogger {
-            app: self.app.clone(),
-            stream: self.stream,
-            buf: BytesMut::new(),
-        })
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        // Only WASI 0.3 guests use this; componentize-py 0.25 components
-        // for our world are WASI 0.2, so their output goes via `p2_stream`.
-        Box::new(tokio::io::sink())
-    }
-}
-
-/// Longest partial line kept before it is logged anyway.
-const MAX_LINE: usize = 16 * 1024;
-
-struct LineLogger {
-    app: Arc<str>,
-    stream: &'static str,
-    buf: BytesMut,
-}
-
-impl LineLogger {
-    fn emit(&self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches(['\r', '\n']);
-        tracing::info!(target: "guest", "[{} {}] {text}", self.app, self.stream);
-    }
-}
-
-impl OutputStream for LineLogger {
-    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.buf.extend_from_slice(&bytes);
-        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-            let line = self.buf.split_to(nl + 1);
-            self.emit(&line);
-        }
-        if self.buf.len() > MAX_LINE {
-            let line = self.buf.split();
-            self.emit(&line);
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> StreamResult<()> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for LineLogger {
-    async fn ready(&mut self) {}
-}
-
-impl Drop for LineLogger {
-    fn drop(&mut self) {
-        if !self.buf.is_empty() {
-            let line = self.buf.split();
-            self.emit(&line);
-        }
     }
 }

@@ -36,6 +36,8 @@ struct RawApp {
     max_requests: Option<Spanned<i64>>,
     max_requests_jitter: Option<Spanned<i64>>,
     cpu: Option<Spanned<toml::Value>>,
+    tmp_size: Option<Spanned<String>>,
+    log_rate: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,13 +188,14 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
             limits.timeout = config::check_duration(t.get_ref(), config::TIMEOUT)
                 .map_err(|e| err(t.span(), "timeout", e.to_string()))?;
         }
+        let size = |v: &Spanned<String>, field: &str, b| {
+            config::check_size(v.get_ref(), b).map_err(|e| err(v.span(), field, e.to_string()))
+        };
         if let Some(m) = &app.memory {
-            limits.memory = config::check_size(m.get_ref(), config::MEMORY)
-                .map_err(|e| err(m.span(), "memory", e.to_string()))?;
+            limits.memory = size(m, "memory", config::MEMORY)?;
         }
         if let Some(m) = &app.max_body {
-            limits.max_body = config::check_size(m.get_ref(), config::MAX_BODY)
-                .map_err(|e| err(m.span(), "max_body", e.to_string()))?;
+            limits.max_body = size(m, "max_body", config::MAX_BODY)?;
         }
         if let Some(iso) = &app.isolation {
             limits.isolation = config::parse_isolation(iso.get_ref())
@@ -213,6 +216,14 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
         if let Some(j) = &app.max_requests_jitter {
             limits.max_requests_jitter = count(j, "max_requests_jitter", config::MAX_REQUESTS)?;
         }
+        let tmp_size = match &app.tmp_size {
+            Some(t) => size(t, "tmp_size", config::DISK)?,
+            None => config::DEFAULT_TMP_SIZE,
+        };
+        let log_rate = match &app.log_rate {
+            Some(r) => size(r, "log_rate", config::LOG_RATE)?,
+            None => config::DEFAULT_LOG_RATE,
+        };
         out.push(TenantConfig {
             name,
             component,
@@ -222,6 +233,8 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
                 dirs,
                 env: app.env.into_iter().collect(),
                 net,
+                tmp_size,
+                log_rate,
             },
             limits,
         });

@@ -174,8 +174,14 @@ impl Server {
 
     /// Start `rsgi-wasm ARGS --listen 127.0.0.1:0`; waits for `listening on`.
     pub fn start_with(args: &[&str]) -> Server {
+        Server::start_env(args, &[])
+    }
+
+    /// As `start_with`, with extra environment variables for the server.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = bin()
             .current_dir(repo())
+            .envs(env.iter().copied())
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())

@@ -282,4 +282,78 @@ def application(environ, start_response):
         except OSError as e:
             return text(start_response, f"OSError: {e}", status="403 Forbidden")
 
+    if path == "/fill":
+        # /fill?PATH,MIB: write MIB one-MiB chunks, stop at the first OSError.
+        target, mib = query.split(",")
+        return as_json(start_response, fill(lambda: open(target, "wb"), int(mib)))
+
+    if path == "/fill-temp":
+        # /fill-temp?A,B: B MiB into a second unnamed temporary file while
+        # the first, holding A MiB and already deleted, is still open.
+        import tempfile
+
+        a, b = (int(x) for x in query.split(","))
+        with tempfile.TemporaryFile() as first:
+            one = fill(lambda: first, a, close=False)
+            two = fill(tempfile.TemporaryFile, b)
+        return as_json(start_response, {"first": one, "second": two})
+
+    if path == "/sparse":
+        # /sparse?PATH,OFFSET: one byte far into a new file, then truncate.
+        target, offset = query.split(",")
+        out = {}
+        with open(target, "wb", buffering=0) as f:
+            try:
+                f.seek(int(offset))
+                f.write(b"x")
+                f.flush()
+                out["write"] = "ok"
+            except OSError as e:
+                out["write"] = errno_name(e)
+        try:
+            os.truncate(target, int(offset))
+            out["truncate"] = "ok"
+        except OSError as e:
+            out["truncate"] = errno_name(e)
+        return as_json(start_response, out)
+
+    if path == "/flood":
+        # /flood?N: N lines of 100 bytes on stdout, as fast as it can.
+        line = "f" * 99
+        for _ in range(int(query)):
+            print(line)
+        sys.stdout.flush()
+        return text(start_response, "flooded")
+
+    if path == "/remove":
+        os.remove(query)
+        return text(start_response, "removed")
+
     return text(start_response, "not found\n", status="404 Not Found")
+
+
+def fill(opener, mib, close=True):
+    """Write `mib` MiB through the file `opener()` gives, and say how far it got."""
+    chunk = b"x" * (1 << 20)
+    written, errno, f = 0, None, None
+    try:
+        f = opener()  # creating a file takes room too
+        for _ in range(mib):
+            f.write(chunk)
+            f.flush()
+            written += len(chunk)
+    except OSError as e:
+        errno = errno_name(e)
+    finally:
+        if close and f is not None:
+            try:
+                f.close()
+            except OSError as e:
+                errno = errno or errno_name(e)
+    return {"written": written, "errno": errno}
+
+
+def errno_name(e):
+    import errno
+
+    return errno.errorcode.get(e.errno, str(e.errno))

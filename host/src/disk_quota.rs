@@ -1,0 +1,445 @@
+//! Disk quotas: what one app may store in a directory tree, charged in 4 KiB
+//! blocks as files and directories are created or grow, and credited when
+//! they shrink or their last link and last open handle are gone.
+//!
+//! The charge is decided *before* the host writes, so a write past the quota
+//! never reaches the disk: the guest sees `ENOSPC` instead. Sizes are
+//! apparent sizes (a sparse file costs what it could grow to), so nothing a
+//! guest can do stores more than it was charged for.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The unit of charge; every file, directory and symlink costs at least one.
+pub const BLOCK: u64 = 4096;
+
+/// What a file of `size` bytes is charged.
+pub fn blocks(size: u64) -> u64 {
+    size.div_ceil(BLOCK).max(1).saturating_mul(BLOCK)
+}
+
+/// A file's identity on the host: device and inode.
+pub type FileId = (u64, u64);
+
+/// The quota would be exceeded: the guest gets `ENOSPC`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("disk quota exceeded")]
+pub struct Full;
+
+/// A limit shared by one or more trees (all the per-request /tmp
+/// directories of one app draw on one budget).
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes, nothing used.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Budget {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, n: u64) -> Result<(), Full> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|t| *t <= self.limit)
+            })
+            .map(|_| ())
+            .map_err(|_| Full)
+    }
+
+    /// Charge without a check: what a granted tree already holds.
+    fn force(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn give(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+}
+
+/// The charges of one directory tree (one grant, or one /tmp), with the
+/// files open in it, so a file deleted while open is credited only when its
+/// last handle closes, as the disk frees it only then.
+#[derive(Debug)]
+pub struct Ledger {
+    budget: Arc<Budget>,
+    state: Mutex<State>,
+    /// Held across "look, then change the namespace" so two instances of
+    /// one app cannot race an unlink against a rename to be credited twice.
+    namespace: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Charged to the budget by this tree (given back when it goes).
+    used: u64,
+    open: HashMap<FileId, Open>,
+}
+
+#[derive(Debug)]
+struct Open {
+    size: u64,
+    handles: u32,
+    /// Its last link is gone; credit it when the last handle closes.
+    orphan: bool,
+}
+
+impl Ledger {
+    /// A ledger for a tree that already holds `existing` bytes (charged
+    /// even past the limit: then only deleting frees room).
+    pub fn new(budget: Arc<Budget>, existing: u64) -> Arc<Self> {
+        budget.force(existing);
+        Arc::new(Ledger {
+            budget,
+            state: Mutex::new(State {
+                used: existing,
+                open: HashMap::new(),
+            }),
+            namespace: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// A ledger for the tree at `root`, charged for what it holds now.
+    pub fn for_tree(budget: Arc<Budget>, root: &Path) -> std::io::Result<Arc<Self>> {
+        Ok(Self::new(budget, tree_usage(root)?))
+    }
+
+    /// The budget this tree draws on.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// Serialise namespace changes in this tree (see `namespace`).
+    pub async fn lock_namespace(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.namespace.lock().await
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain counters behind.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Charge `n` bytes for something about to be created.
+    pub fn reserve(&self, n: u64) -> Result<(), Full> {
+        let mut s = self.state();
+        self.budget.take(n)?;
+        s.used += n;
+        Ok(())
+    }
+
+    /// Give back bytes charged by `reserve` or for something now gone.
+    pub fn release(&self, n: u64) {
+        let mut s = self.state();
+        let n = n.min(s.used);
+        s.used -= n;
+        self.budget.give(n);
+    }
+
+    /// A handle on file `id` (a descriptor or a stream) was opened; `size`
+    /// is its size now. `truncated_from`: the open truncated it, and this
+    /// was its size before (credited the difference).
+    pub fn open(self: &Arc<Self>, id: FileId, size: u64, truncated_from: Option<u64>) -> Handle {
+        let mut s = self.state();
+        let credit = match s.open.get_mut(&id) {
+            Some(o) => {
+                o.handles += 1;
+                if truncated_from.is_some() {
+                    let was = std::mem::replace(&mut o.size, size);
+                    blocks(was).saturating_sub(blocks(size))
+                } else {
+                    // Never below what is charged: a write charged by another
+                    // instance may still be on its way to the disk.
+                    o.size = o.size.max(size);
+                    0
+                }
+            }
+            None => {
+                s.open.insert(
+                    id,
+                    Open {
+                        size,
+                        handles: 1,
+                        orphan: false,
+                    },
+                );
+                truncated_from.map_or(0, |b| blocks(b).saturating_sub(blocks(size)))
+            }
+        };
+        let credit = credit.min(s.used);
+        s.used -= credit;
+        self.budget.give(credit);
+        Handle {
+            ledger: self.clone(),
+            id,
+        }
+    }
+
+    fn close(&self, id: FileId) {
+        let mut s = self.state();
+        let Some(o) = s.open.get_mut(&id) else {
+            return;
+        };
+        o.handles -= 1;
+        if o.handles > 0 {
+            return;
+        }
+        let o = s.open.remove(&id).expect("entry checked above");
+        if o.orphan {
+            let n = blocks(o.size).min(s.used);
+            s.used -= n;
+            self.budget.give(n);
+        }
+    }
+
+    /// The size of open file `id` as charged (where an append writes).
+    pub fn size(&self, id: FileId) -> u64 {
+        self.state().open.get(&id).map_or(0, |o| o.size)
+    }
+
+    /// Open file `id` is about to be written up to byte `end`.
+    pub fn grow(&self, id: FileId, end: u64) -> Result<(), Full> {
+        let mut s = self.state();
+        let Some(o) = s.open.get_mut(&id) else {
+            return Ok(());
+        };
+        if end <= o.size {
+            return Ok(());
+        }
+        let delta = blocks(end) - blocks(o.size);
+        self.budget.take(delta)?;
+        o.size = end;
+        s.used += delta;
+        Ok(())
+    }
+
+    /// Whether open file `id` could grow to `end` now (nothing charged).
+    pub fn fits(&self, id: FileId, end: u64) -> bool {
+        let s = self.state();
+        let size = s.open.get(&id).map_or(0, |o| o.size);
+        let delta = blocks(end).saturating_sub(blocks(size));
+        self.budget.used().saturating_add(delta) <= self.budget.limit
+    }
+
+    /// Open file `id` is about to be truncated or extended to `size`.
+    pub fn resize(&self, id: FileId, size: u64) -> Result<(), Full> {
+        let mut s = self.state();
+        let Some(o) = s.open.get_mut(&id) else {
+            return Ok(());
+        };
+        let was = o.size;
+        if size >= was {
+            let delta = blocks(size) - blocks(was);
+            self.budget.take(delta)?;
+            o.size = size;
+            s.used += delta;
+        } else {
+            o.size = size;
+            let n = (blocks(was) - blocks(size)).min(s.used);
+            s.used -= n;
+            self.budget.give(n);
+        }
+        Ok(())
+    }
+
+    /// A name was removed (unlink, rmdir, or replaced by a rename). `last`:
+    /// it was the object's last link, so its space is freed now, or when
+    /// its last open handle closes.
+    pub fn removed(&self, id: FileId, size: u64, last: bool) {
+        if !last {
+            return;
+        }
+        let mut s = self.state();
+        if let Some(o) = s.open.get_mut(&id) {
+            o.orphan = true;
+            return;
+        }
+        let n = blocks(size).min(s.used);
+        s.used -= n;
+        self.budget.give(n);
+    }
+
+    /// Bytes this tree is charged.
+    pub fn used(&self) -> u64 {
+        self.state().used
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        // The tree goes with its ledger (a per-request /tmp) or outlives the
+        // app; either way its charge leaves the shared budget.
+        let used = self.state().used;
+        self.budget.give(used);
+    }
+}
+
+/// One open handle on a file in a ledger's tree; closing is dropping.
+#[derive(Debug)]
+pub struct Handle {
+    ledger: Arc<Ledger>,
+    id: FileId,
+}
+
+impl Handle {
+    /// The ledger this file is charged to.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// The file.
+    pub fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// Another handle on the same file (a stream made from a descriptor).
+    pub fn dup(&self) -> Handle {
+        let mut s = self.ledger.state();
+        if let Some(o) = s.open.get_mut(&self.id) {
+            o.handles += 1;
+        }
+        Handle {
+            ledger: self.ledger.clone(),
+            id: self.id,
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.ledger.close(self.id);
+    }
+}
+
+/// What a tree holds, charged as the ledger would: every file its blocks
+/// (hard links once), every directory and symlink one block. Symlinks are
+/// not followed.
+pub fn tree_usage(root: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                total = total.saturating_add(BLOCK);
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                if meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
+                    continue;
+                }
+                total = total.saturating_add(blocks(meta.len()));
+            } else {
+                total = total.saturating_add(BLOCK);
+            }
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: FileId = (1, 1);
+
+    #[test]
+    fn writes_are_charged_in_blocks_up_to_the_limit() {
+        let budget = Budget::new(4 * BLOCK);
+        let l = Ledger::new(budget.clone(), 0);
+        l.reserve(BLOCK).unwrap();
+        let h = l.open(F, 0, None);
+        l.grow(F, 10).unwrap();
+        assert_eq!(budget.used(), BLOCK);
+        l.grow(F, 3 * BLOCK + 1).unwrap();
+        assert_eq!(budget.used(), 4 * BLOCK);
+        assert_eq!(l.grow(F, 4 * BLOCK + 1), Err(Full));
+        // A refused write charges nothing and leaves the size alone.
+        assert_eq!(l.size(F), 3 * BLOCK + 1);
+        drop(h);
+        assert_eq!(budget.used(), 4 * BLOCK);
+    }
+
+    #[test]
+    fn a_file_deleted_while_open_is_credited_at_its_last_close() {
+        let budget = Budget::new(1 << 20);
+        let l = Ledger::new(budget.clone(), 0);
+        l.reserve(BLOCK).unwrap();
+        let h = l.open(F, 0, None);
+        l.grow(F, 100_000).unwrap();
+        let stream = h.dup();
+        l.removed(F, 100_000, true);
+        drop(h);
+        assert_eq!(budget.used(), blocks(100_000));
+        drop(stream);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn truncation_and_unlink_give_space_back() {
+        let budget = Budget::new(1 << 20);
+        let l = Ledger::new(budget.clone(), 0);
+        l.reserve(BLOCK).unwrap();
+        let h = l.open(F, 0, None);
+        l.grow(F, 50_000).unwrap();
+        l.resize(F, 10).unwrap();
+        assert_eq!(budget.used(), BLOCK);
+        drop(h);
+        // Reopened with O_TRUNC after growing elsewhere: credited.
+        let h = l.open(F, 0, Some(0));
+        l.grow(F, 20_000).unwrap();
+        drop(h);
+        let h = l.open(F, 0, Some(20_000));
+        assert_eq!(budget.used(), BLOCK);
+        drop(h);
+        l.removed(F, 0, true);
+        assert_eq!(budget.used(), 0);
+        // A name that was not the last link frees nothing.
+        l.reserve(BLOCK).unwrap();
+        l.removed(F, 0, false);
+        assert_eq!(budget.used(), BLOCK);
+    }
+
+    #[test]
+    fn trees_sharing_a_budget_give_it_back_when_they_go() {
+        let budget = Budget::new(3 * BLOCK);
+        let a = Ledger::new(budget.clone(), 0);
+        let b = Ledger::new(budget.clone(), 0);
+        a.reserve(2 * BLOCK).unwrap();
+        assert_eq!(b.reserve(2 * BLOCK), Err(Full));
+        drop(a);
+        b.reserve(2 * BLOCK).unwrap();
+        assert_eq!(budget.used(), 2 * BLOCK);
+    }
+
+    #[test]
+    fn a_tree_is_charged_for_what_it_already_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), vec![0u8; 5000]).unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/b"), b"").unwrap();
+        std::fs::hard_link(dir.path().join("a"), dir.path().join("d/a2")).unwrap();
+        assert_eq!(tree_usage(dir.path()).unwrap(), 2 * BLOCK + BLOCK + BLOCK);
+        let budget = Budget::new(4 * BLOCK);
+        let l = Ledger::for_tree(budget.clone(), dir.path()).unwrap();
+        assert_eq!(l.used(), 4 * BLOCK);
+        assert_eq!(l.reserve(1), Err(Full));
+    }
+}

@@ -1,0 +1,228 @@
+//! Guest stdout/stderr to the host log, line by line, under a per-app rate
+//! limit so one app printing in a loop cannot flood the log (or the disk
+//! behind it) for everyone.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// Longest partial line kept before it is logged anyway.
+const MAX_LINE: usize = 16 * 1024;
+
+/// How much an app may log: `rate` bytes a second, in bursts of up to
+/// `BURST_SECONDS` of it. Lines past it are dropped and counted, and the
+/// count is logged when the app's output fits again.
+pub struct LogBudget {
+    rate: u64,
+    state: Mutex<Bucket>,
+}
+
+/// A burst may use this many seconds' worth of the rate at once.
+const BURST_SECONDS: u64 = 4;
+
+struct Bucket {
+    tokens: u64,
+    last: Instant,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+}
+
+/// What to do with one line.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Log it, after saying this many lines / bytes were dropped before it.
+    Log { dropped: Option<(u64, u64)> },
+    /// Drop it; `first`: the first of a run of drops.
+    Drop { first: bool },
+}
+
+impl LogBudget {
+    /// A budget of `rate` bytes a second for one app's stdout and stderr.
+    pub fn new(rate: u64) -> Arc<Self> {
+        Arc::new(LogBudget {
+            rate,
+            state: Mutex::new(Bucket {
+                tokens: rate.saturating_mul(BURST_SECONDS),
+                last: Instant::now(),
+                dropped_lines: 0,
+                dropped_bytes: 0,
+            }),
+        })
+    }
+
+    fn admit(&self, len: usize, now: Instant) -> Verdict {
+        let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = now.saturating_duration_since(b.last);
+        let refill = (elapsed.as_secs_f64() * self.rate as f64) as u64;
+        if refill > 0 {
+            b.tokens = b
+                .tokens
+                .saturating_add(refill)
+                .min(self.rate.saturating_mul(BURST_SECONDS));
+            b.last = now;
+        }
+        let len = len as u64;
+        if b.tokens >= len {
+            b.tokens -= len;
+            let dropped = (b.dropped_lines > 0).then(|| (b.dropped_lines, b.dropped_bytes));
+            b.dropped_lines = 0;
+            b.dropped_bytes = 0;
+            Verdict::Log { dropped }
+        } else {
+            b.dropped_lines += 1;
+            b.dropped_bytes += len;
+            Verdict::Drop {
+                first: b.dropped_lines == 1,
+            }
+        }
+    }
+}
+
+/// Guest stdout or stderr: complete lines go to the host log.
+pub struct GuestLog {
+    app: Arc<str>,
+    stream: &'static str,
+    budget: Arc<LogBudget>,
+}
+
+impl GuestLog {
+    /// `stream` (`stdout` or `stderr`) of app `app`, drawing on `budget`.
+    pub fn new(app: &Arc<str>, stream: &'static str, budget: &Arc<LogBudget>) -> Self {
+        GuestLog {
+            app: app.clone(),
+            stream,
+            budget: budget.clone(),
+        }
+    }
+}
+
+impl IsTerminal for GuestLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestLog {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(LineLogger {
+            app: self.app.clone(),
+            stream: self.stream,
+            budget: self.budget.clone(),
+            buf: BytesMut::new(),
+        })
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        // Only WASI 0.3 guests use this; componentize-py 0.25 components
+        // for our world are WASI 0.2, so their output goes via `p2_stream`.
+        Box::new(tokio::io::sink())
+    }
+}
+
+struct LineLogger {
+    app: Arc<str>,
+    stream: &'static str,
+    budget: Arc<LogBudget>,
+    buf: BytesMut,
+}
+
+impl LineLogger {
+    fn emit(&self, line: &[u8]) {
+        match self.budget.admit(line.len(), Instant::now()) {
+            Verdict::Drop { first: true } => tracing::warn!(
+                target: "guest",
+                "[{} {}] logging faster than {} bytes/s: dropping its output until it slows down",
+                self.app,
+                self.stream,
+                self.budget.rate
+            ),
+            Verdict::Drop { first: false } => {}
+            Verdict::Log { dropped } => {
+                if let Some((lines, bytes)) = dropped {
+                    tracing::warn!(
+                        target: "guest",
+                        "[{} {}] {lines} lines ({bytes} bytes) of output were dropped by the log rate limit",
+                        self.app,
+                        self.stream
+                    );
+                }
+                let text = String::from_utf8_lossy(line);
+                let text = text.trim_end_matches(['\r', '\n']);
+                tracing::info!(target: "guest", "[{} {}] {text}", self.app, self.stream);
+            }
+        }
+    }
+}
+
+impl OutputStream for LineLogger {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.buf.extend_from_slice(&bytes);
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let line = self.buf.split_to(nl + 1);
+            self.emit(&line);
+        }
+        if self.buf.len() > MAX_LINE {
+            let line = self.buf.split();
+            self.emit(&line);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LineLogger {
+    async fn ready(&mut self) {}
+}
+
+impl Drop for LineLogger {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            let line = self.buf.split();
+            self.emit(&line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_burst_passes_a_flood_is_dropped_and_counted() {
+        let b = LogBudget::new(100);
+        let t0 = Instant::now();
+        // Four seconds' worth at once.
+        for _ in 0..4 {
+            assert_eq!(b.admit(100, t0), Verdict::Log { dropped: None });
+        }
+        assert_eq!(b.admit(10, t0), Verdict::Drop { first: true });
+        assert_eq!(b.admit(10, t0), Verdict::Drop { first: false });
+        // A second later there is room again, and the drops are reported.
+        assert_eq!(
+            b.admit(50, t0 + Duration::from_secs(1)),
+            Verdict::Log {
+                dropped: Some((2, 20))
+            }
+        );
+        assert_eq!(
+            b.admit(50, t0 + Duration::from_secs(1)),
+            Verdict::Log { dropped: None }
+        );
+        // Idle time refills no more than the burst.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(b.admit(400, later), Verdict::Log { dropped: None });
+        assert_eq!(b.admit(1, later), Verdict::Drop { first: true });
+    }
+}

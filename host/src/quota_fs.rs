@@ -1,0 +1,737 @@
+//! `wasi:filesystem` with disk quotas: linked over wasmtime-wasi's own
+//! implementation, it forwards every call to it and charges the ledger of the
+//! tree a descriptor belongs to before anything that can take disk space
+//! (writes, `set-size`, new files, directories and symlinks), and credits
+//! what is truncated or deleted. Descriptors outside quota'd trees pass
+//! straight through.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
+use wasmtime_wasi::p2::bindings::filesystem::types::{
+    ErrorCode, HostDescriptor, HostDirectoryEntryStream,
+};
+use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
+use wasmtime_wasi::p2::{
+    DynInputStream, DynOutputStream, FsError, FsResult, InputStream, OutputStream, Pollable,
+    StreamError, StreamResult,
+};
+
+use crate::disk_quota::{FileId, Handle, Ledger, BLOCK};
+
+/// The quota'd trees of one instance and the descriptors open in them.
+#[derive(Default)]
+pub struct Quotas {
+    /// Preopen name (guest path) → its tree's ledger.
+    roots: Vec<(String, Arc<Ledger>)>,
+    /// Descriptor (table index) → what it is charged to. Dropping a `File`
+    /// entry closes its handle, so an instance that ends without closing its
+    /// files still gives their space back.
+    open: HashMap<u32, Tracked>,
+}
+
+enum Tracked {
+    Dir(Arc<Ledger>),
+    File(Handle),
+}
+
+impl Quotas {
+    /// Charge what the guest stores under preopen `guest` to `ledger`.
+    pub fn add_root(&mut self, guest: &str, ledger: Arc<Ledger>) {
+        self.roots.push((guest.to_owned(), ledger));
+    }
+
+    fn ledger(&self, fd: &Resource<types::Descriptor>) -> Option<&Arc<Ledger>> {
+        match self.open.get(&fd.rep())? {
+            Tracked::Dir(l) => Some(l),
+            Tracked::File(h) => Some(h.ledger()),
+        }
+    }
+
+    fn file(&self, fd: &Resource<types::Descriptor>) -> Option<&Handle> {
+        match self.open.get(&fd.rep())? {
+            Tracked::File(h) => Some(h),
+            Tracked::Dir(_) => None,
+        }
+    }
+}
+
+/// The store data the shadowing `wasi:filesystem` sees.
+pub struct QuotaFsView<'a> {
+    /// wasmtime-wasi's own view, which does the work.
+    pub fs: WasiFilesystemCtxView<'a>,
+    /// The instance's quota'd trees.
+    pub quotas: &'a mut Quotas,
+}
+
+struct QuotaFs;
+
+impl HasData for QuotaFs {
+    type Data<'a> = QuotaFsView<'a>;
+}
+
+/// Link `wasi:filesystem/{types,preopens}` over wasmtime-wasi's, which must
+/// be in `linker` already.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> QuotaFsView<'_>,
+) -> anyhow::Result<()> {
+    linker.allow_shadowing(true);
+    types::add_to_linker::<T, QuotaFs>(linker, view)?;
+    preopens::add_to_linker::<T, QuotaFs>(linker, view)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+fn no_space() -> FsError {
+    ErrorCode::InsufficientSpace.into()
+}
+
+/// What a path names, looked at before a change that may free or take space.
+#[derive(Clone, Copy)]
+struct Meta {
+    id: FileId,
+    size: u64,
+    /// Removing this name frees the object (its last link, or a directory).
+    last_link: bool,
+}
+
+impl Meta {
+    fn of(m: &cap_std::fs::Metadata) -> Self {
+        use cap_std::fs::MetadataExt;
+        Meta {
+            id: (m.dev(), m.ino()),
+            size: if m.is_dir() || m.file_type().is_symlink() {
+                BLOCK
+            } else {
+                m.len()
+            },
+            last_link: m.is_dir() || m.nlink() <= 1,
+        }
+    }
+}
+
+impl QuotaFsView<'_> {
+    fn dir(&self, fd: &Resource<types::Descriptor>) -> FsResult<Arc<cap_std::fs::Dir>> {
+        match self.fs.table.get(fd)? {
+            Descriptor::Dir(d) => Ok(d.dir.clone()),
+            Descriptor::File(_) => Err(ErrorCode::NotDirectory.into()),
+        }
+    }
+
+    /// `path` under directory `fd`, not following a final symlink unless
+    /// `follow`; `None` if it does not exist (or cannot be looked at).
+    fn look(
+        &self,
+        fd: &Resource<types::Descriptor>,
+        path: &str,
+        follow: bool,
+    ) -> FsResult<impl std::future::Future<Output = FsResult<Option<Meta>>> + Send + 'static> {
+        let dir = self.dir(fd)?;
+        let path = path.to_owned();
+        Ok(async move {
+            let meta = tokio::task::spawn_blocking(move || {
+                if follow {
+                    dir.metadata(&path)
+                } else {
+                    dir.symlink_metadata(&path)
+                }
+            })
+            .await
+            .map_err(|e| FsError::trap(wasmtime::format_err!("looking up a path panicked: {e}")))?;
+            Ok(meta.ok().map(|m| Meta::of(&m)))
+        })
+    }
+
+    /// Track a descriptor just opened under a quota'd tree.
+    fn track(
+        &mut self,
+        fd: &Resource<types::Descriptor>,
+        ledger: Arc<Ledger>,
+        truncated_from: Option<u64>,
+    ) -> FsResult<()> {
+        let tracked = match self.fs.table.get(fd)? {
+            Descriptor::Dir(_) => Tracked::Dir(ledger),
+            Descriptor::File(f) => {
+                let m = f.file.metadata().map_err(ErrorCode::from)?;
+                let meta = Meta::of(&m);
+                Tracked::File(ledger.open(meta.id, meta.size, truncated_from))
+            }
+        };
+        self.quotas.open.insert(fd.rep(), tracked);
+        Ok(())
+    }
+
+    fn same_tree(
+        &self,
+        a: &Resource<types::Descriptor>,
+        b: &Resource<types::Descriptor>,
+    ) -> FsResult<Option<Arc<Ledger>>> {
+        match (self.quotas.ledger(a), self.quotas.ledger(b)) {
+            (None, None) => Ok(None),
+            (Some(x), Some(y)) if Arc::ptr_eq(x, y) => Ok(Some(x.clone())),
+            // Space cannot move between budgets by renaming; EXDEV is what
+            // a real mount boundary gives, and Python falls back to a copy.
+            _ => Err(ErrorCode::CrossDevice.into()),
+        }
+    }
+}
+
+impl preopens::Host for QuotaFsView<'_> {
+    fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
+        let dirs = preopens::Host::get_directories(&mut self.fs)?;
+        for (fd, name) in &dirs {
+            if let Some((_, l)) = self.quotas.roots.iter().find(|(n, _)| n == name) {
+                self.quotas.open.insert(fd.rep(), Tracked::Dir(l.clone()));
+            }
+        }
+        Ok(dirs)
+    }
+}
+
+impl types::Host for QuotaFsView<'_> {
+    fn convert_error_code(&mut self, err: FsError) -> wasmtime::Result<ErrorCode> {
+        types::Host::convert_error_code(&mut self.fs, err)
+    }
+
+    fn filesystem_error_code(
+        &mut self,
+        err: Resource<wasmtime::Error>,
+    ) -> wasmtime::Result<Option<ErrorCode>> {
+        types::Host::filesystem_error_code(&mut self.fs, err)
+    }
+}
+
+impl HostDirectoryEntryStream for QuotaFsView<'_> {
+    async fn read_directory_entry(
+        &mut self,
+        stream: Resource<types::DirectoryEntryStream>,
+    ) -> FsResult<Option<types::DirectoryEntry>> {
+        HostDirectoryEntryStream::read_directory_entry(&mut self.fs, stream).await
+    }
+
+    fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
+        HostDirectoryEntryStream::drop(&mut self.fs, stream)
+    }
+}
+
+impl HostDescriptor for QuotaFsView<'_> {
+    async fn advise(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        offset: types::Filesize,
+        len: types::Filesize,
+        advice: types::Advice,
+    ) -> FsResult<()> {
+        HostDescriptor::advise(&mut self.fs, fd, offset, len, advice).await
+    }
+
+    async fn sync_data(&mut self, fd: Resource<types::Descriptor>) -> FsResult<()> {
+        HostDescriptor::sync_data(&mut self.fs, fd).await
+    }
+
+    async fn get_flags(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+    ) -> FsResult<types::DescriptorFlags> {
+        HostDescriptor::get_flags(&mut self.fs, fd).await
+    }
+
+    async fn get_type(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+    ) -> FsResult<types::DescriptorType> {
+        HostDescriptor::get_type(&mut self.fs, fd).await
+    }
+
+    async fn set_size(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        size: types::Filesize,
+    ) -> FsResult<()> {
+        if let Some(h) = self.quotas.file(&fd) {
+            h.ledger().resize(h.id(), size).map_err(|_| no_space())?;
+        }
+        HostDescriptor::set_size(&mut self.fs, fd, size).await
+    }
+
+    async fn set_times(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        atim: types::NewTimestamp,
+        mtim: types::NewTimestamp,
+    ) -> FsResult<()> {
+        HostDescriptor::set_times(&mut self.fs, fd, atim, mtim).await
+    }
+
+    async fn read(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        len: types::Filesize,
+        offset: types::Filesize,
+    ) -> FsResult<(Vec<u8>, bool)> {
+        HostDescriptor::read(&mut self.fs, fd, len, offset).await
+    }
+
+    async fn write(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        buf: Vec<u8>,
+        offset: types::Filesize,
+    ) -> FsResult<types::Filesize> {
+        if let Some(h) = self.quotas.file(&fd) {
+            let end = offset.saturating_add(buf.len() as u64);
+            h.ledger().grow(h.id(), end).map_err(|_| no_space())?;
+        }
+        HostDescriptor::write(&mut self.fs, fd, buf, offset).await
+    }
+
+    async fn read_directory(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+    ) -> FsResult<Resource<types::DirectoryEntryStream>> {
+        HostDescriptor::read_directory(&mut self.fs, fd).await
+    }
+
+    async fn sync(&mut self, fd: Resource<types::Descriptor>) -> FsResult<()> {
+        HostDescriptor::sync(&mut self.fs, fd).await
+    }
+
+    async fn create_directory_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<()> {
+        let Some(ledger) = self.quotas.ledger(&fd).cloned() else {
+            return HostDescriptor::create_directory_at(&mut self.fs, fd, path).await;
+        };
+        let _ns = ledger.lock_namespace().await;
+        ledger.reserve(BLOCK).map_err(|_| no_space())?;
+        let r = HostDescriptor::create_directory_at(&mut self.fs, fd, path).await;
+        if r.is_err() {
+            ledger.release(BLOCK);
+        }
+        r
+    }
+
+    async fn stat(&mut self, fd: Resource<types::Descriptor>) -> FsResult<types::DescriptorStat> {
+        HostDescriptor::stat(&mut self.fs, fd).await
+    }
+
+    async fn stat_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+    ) -> FsResult<types::DescriptorStat> {
+        HostDescriptor::stat_at(&mut self.fs, fd, path_flags, path).await
+    }
+
+    async fn set_times_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+        atim: types::NewTimestamp,
+        mtim: types::NewTimestamp,
+    ) -> FsResult<()> {
+        HostDescriptor::set_times_at(&mut self.fs, fd, path_flags, path, atim, mtim).await
+    }
+
+    async fn link_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        old_path_flags: types::PathFlags,
+        old_path: String,
+        new_descriptor: Resource<types::Descriptor>,
+        new_path: String,
+    ) -> FsResult<()> {
+        // A second name costs nothing, but must stay in the same budget.
+        let _ = self.same_tree(&fd, &new_descriptor)?;
+        HostDescriptor::link_at(
+            &mut self.fs,
+            fd,
+            old_path_flags,
+            old_path,
+            new_descriptor,
+            new_path,
+        )
+        .await
+    }
+
+    async fn open_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+        oflags: types::OpenFlags,
+        flags: types::DescriptorFlags,
+    ) -> FsResult<Resource<types::Descriptor>> {
+        let Some(ledger) = self.quotas.ledger(&fd).cloned() else {
+            return HostDescriptor::open_at(&mut self.fs, fd, path_flags, path, oflags, flags)
+                .await;
+        };
+        let changes = oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE);
+        let _ns = if changes {
+            Some(ledger.lock_namespace().await)
+        } else {
+            None
+        };
+        let before = if changes {
+            let follow = path_flags.contains(types::PathFlags::SYMLINK_FOLLOW);
+            self.look(&fd, &path, follow)?.await?
+        } else {
+            None
+        };
+        let creates = before.is_none() && oflags.contains(types::OpenFlags::CREATE);
+        if creates {
+            ledger.reserve(BLOCK).map_err(|_| no_space())?;
+        }
+        let opened =
+            HostDescriptor::open_at(&mut self.fs, fd, path_flags, path, oflags, flags).await;
+        let new = match opened {
+            Ok(new) => new,
+            Err(e) => {
+                if creates {
+                    ledger.release(BLOCK);
+                }
+                return Err(e);
+            }
+        };
+        let truncated_from = before
+            .filter(|_| oflags.contains(types::OpenFlags::TRUNCATE))
+            .map(|m| m.size);
+        self.track(&new, ledger.clone(), truncated_from)?;
+        Ok(new)
+    }
+
+    fn drop(&mut self, fd: Resource<types::Descriptor>) -> wasmtime::Result<()> {
+        self.quotas.open.remove(&fd.rep());
+        HostDescriptor::drop(&mut self.fs, fd)
+    }
+
+    async fn readlink_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<String> {
+        HostDescriptor::readlink_at(&mut self.fs, fd, path).await
+    }
+
+    async fn remove_directory_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<()> {
+        let Some(ledger) = self.quotas.ledger(&fd).cloned() else {
+            return HostDescriptor::remove_directory_at(&mut self.fs, fd, path).await;
+        };
+        let _ns = ledger.lock_namespace().await;
+        let before = self.look(&fd, &path, false)?.await?;
+        HostDescriptor::remove_directory_at(&mut self.fs, fd, path).await?;
+        if let Some(m) = before {
+            ledger.removed(m.id, m.size, true);
+        }
+        Ok(())
+    }
+
+    async fn rename_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        old_path: String,
+        new_fd: Resource<types::Descriptor>,
+        new_path: String,
+    ) -> FsResult<()> {
+        let Some(ledger) = self.same_tree(&fd, &new_fd)? else {
+            return HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await;
+        };
+        let _ns = ledger.lock_namespace().await;
+        let from = self.look(&fd, &old_path, false)?.await?;
+        let replaced = self.look(&new_fd, &new_path, false)?.await?;
+        HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await?;
+        if let (Some(from), Some(gone)) = (from, replaced) {
+            // Renaming a name onto another link of itself changes nothing.
+            if from.id != gone.id {
+                ledger.removed(gone.id, gone.size, gone.last_link);
+            }
+        }
+        Ok(())
+    }
+
+    async fn symlink_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        src_path: String,
+        dest_path: String,
+    ) -> FsResult<()> {
+        let Some(ledger) = self.quotas.ledger(&fd).cloned() else {
+            return HostDescriptor::symlink_at(&mut self.fs, fd, src_path, dest_path).await;
+        };
+        let _ns = ledger.lock_namespace().await;
+        ledger.reserve(BLOCK).map_err(|_| no_space())?;
+        let r = HostDescriptor::symlink_at(&mut self.fs, fd, src_path, dest_path).await;
+        if r.is_err() {
+            ledger.release(BLOCK);
+        }
+        r
+    }
+
+    async fn unlink_file_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<()> {
+        let Some(ledger) = self.quotas.ledger(&fd).cloned() else {
+            return HostDescriptor::unlink_file_at(&mut self.fs, fd, path).await;
+        };
+        let _ns = ledger.lock_namespace().await;
+        let before = self.look(&fd, &path, false)?.await?;
+        HostDescriptor::unlink_file_at(&mut self.fs, fd, path).await?;
+        if let Some(m) = before {
+            ledger.removed(m.id, m.size, m.last_link);
+        }
+        Ok(())
+    }
+
+    fn read_via_stream(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        offset: types::Filesize,
+    ) -> FsResult<Resource<DynInputStream>> {
+        let handle = self.quotas.file(&fd).map(Handle::dup);
+        let stream = HostDescriptor::read_via_stream(&mut self.fs, fd, offset)?;
+        if let Some(handle) = handle {
+            // The stream keeps the file open: so must its charge.
+            let slot = self.fs.table.get_mut(&stream)?;
+            let inner = std::mem::replace(slot, Box::new(NoStream));
+            *slot = Box::new(HeldReader {
+                inner,
+                _handle: handle,
+            });
+        }
+        Ok(stream)
+    }
+
+    fn write_via_stream(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        offset: types::Filesize,
+    ) -> FsResult<Resource<DynOutputStream>> {
+        let handle = self.quotas.file(&fd).map(Handle::dup);
+        refuse_if_full(handle.as_ref(), Some(offset))?;
+        let stream = HostDescriptor::write_via_stream(&mut self.fs, fd, offset)?;
+        self.charge_stream(&stream, handle, Some(offset))?;
+        Ok(stream)
+    }
+
+    fn append_via_stream(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+    ) -> FsResult<Resource<DynOutputStream>> {
+        let handle = self.quotas.file(&fd).map(Handle::dup);
+        refuse_if_full(handle.as_ref(), None)?;
+        let stream = HostDescriptor::append_via_stream(&mut self.fs, fd)?;
+        self.charge_stream(&stream, handle, None)?;
+        Ok(stream)
+    }
+
+    async fn is_same_object(
+        &mut self,
+        a: Resource<types::Descriptor>,
+        b: Resource<types::Descriptor>,
+    ) -> wasmtime::Result<bool> {
+        HostDescriptor::is_same_object(&mut self.fs, a, b).await
+    }
+
+    async fn metadata_hash(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+    ) -> FsResult<types::MetadataHashValue> {
+        HostDescriptor::metadata_hash(&mut self.fs, fd).await
+    }
+
+    async fn metadata_hash_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+    ) -> FsResult<types::MetadataHashValue> {
+        HostDescriptor::metadata_hash_at(&mut self.fs, fd, path_flags, path).await
+    }
+}
+
+impl QuotaFsView<'_> {
+    /// Put a charging wrapper around an output stream of a quota'd file.
+    fn charge_stream(
+        &mut self,
+        stream: &Resource<DynOutputStream>,
+        handle: Option<Handle>,
+        position: Option<u64>,
+    ) -> FsResult<()> {
+        let Some(handle) = handle else {
+            return Ok(());
+        };
+        let slot = self.fs.table.get_mut(stream)?;
+        let inner = std::mem::replace(slot, Box::new(NoStream));
+        *slot = Box::new(ChargedWriter {
+            inner,
+            handle,
+            position,
+        });
+        Ok(())
+    }
+}
+
+/// Refuse a stream that could only grow a file (at or past its end) when
+/// not one more byte fits. The preview1 adapter in componentize-py reports
+/// every failed stream *write* as `EIO`, but a failed stream *open* with its
+/// real code, so this is where the guest can be told `ENOSPC`.
+fn refuse_if_full(handle: Option<&Handle>, position: Option<u64>) -> FsResult<()> {
+    let Some(h) = handle else {
+        return Ok(());
+    };
+    let size = h.ledger().size(h.id());
+    let start = position.unwrap_or(size);
+    if start >= size && !h.ledger().fits(h.id(), start.saturating_add(1)) {
+        return Err(no_space());
+    }
+    Ok(())
+}
+
+/// An output stream into a quota'd file: each write is charged before it is
+/// handed on, and refused with `ENOSPC` past the quota.
+struct ChargedWriter {
+    inner: DynOutputStream,
+    handle: Handle,
+    /// Where the next byte goes; `None` appends.
+    position: Option<u64>,
+}
+
+impl ChargedWriter {
+    fn charge(&mut self, len: usize) -> StreamResult<()> {
+        let ledger = self.handle.ledger();
+        let start = match self.position {
+            Some(p) => p,
+            None => ledger.size(self.handle.id()),
+        };
+        ledger
+            .grow(self.handle.id(), start.saturating_add(len as u64))
+            .map_err(|_| {
+                let enospc: std::io::Error = rustix::io::Errno::NOSPC.into();
+                StreamError::LastOperationFailed(enospc.into())
+            })
+    }
+
+    fn advance(&mut self, len: usize) {
+        if let Some(p) = &mut self.position {
+            *p = p.saturating_add(len as u64);
+        }
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for ChargedWriter {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        let len = bytes.len();
+        self.charge(len)?;
+        self.inner.write(bytes)?;
+        self.advance(len);
+        Ok(())
+    }
+
+    async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
+        let len = bytes.len();
+        self.charge(len)?;
+        self.inner.blocking_write_and_flush(bytes).await?;
+        self.advance(len);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        self.inner.check_write()
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for ChargedWriter {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
+
+/// An input stream that keeps its file's charge open while it lives.
+struct HeldReader {
+    inner: DynInputStream,
+    _handle: Handle,
+}
+
+#[wasmtime_wasi::async_trait]
+impl InputStream for HeldReader {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        self.inner.read(size)
+    }
+
+    async fn blocking_read(&mut self, size: usize) -> StreamResult<Bytes> {
+        self.inner.blocking_read(size).await
+    }
+
+    fn skip(&mut self, nelem: usize) -> StreamResult<usize> {
+        self.inner.skip(nelem)
+    }
+
+    async fn blocking_skip(&mut self, nelem: usize) -> StreamResult<usize> {
+        self.inner.blocking_skip(nelem).await
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for HeldReader {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
+
+/// Stands in for a stream for the instant it is being wrapped.
+struct NoStream;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for NoStream {
+    async fn ready(&mut self) {}
+}
+
+#[wasmtime_wasi::async_trait]
+impl InputStream for NoStream {
+    fn read(&mut self, _: usize) -> StreamResult<Bytes> {
+        Err(StreamError::Closed)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for NoStream {
+    fn write(&mut self, _: Bytes) -> StreamResult<()> {
+        Err(StreamError::Closed)
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Err(StreamError::Closed)
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Err(StreamError::Closed)
+    }
+}
