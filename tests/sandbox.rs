@@ -517,6 +517,31 @@ fn a_tenant_flooding_its_output_is_rate_limited() {
 }
 
 #[test]
+fn open_files_are_capped_per_app_and_given_back() {
+    let s = Server::start(&router(), &["--workers", "2", "--max-open-files", "50"]);
+    // Host descriptors are a process-wide resource: one app gets its cap,
+    // and the host keeps accepting connections.
+    for _ in 0..3 {
+        let r = get_json(&s, "/open-many?/1/app.py,100000");
+        assert_eq!(
+            (&r["opened"], &r["errno"]),
+            (&50.into(), &"ENOMEM".into()),
+            "{r}"
+        );
+    }
+    let r = get_json(&s, "/open-many?/tmp/f,100000,stream");
+    assert_eq!(r["errno"], "ENOMEM", "{r}");
+    assert!(r["opened"].as_u64().unwrap() <= 50, "{r}");
+    assert_eq!(get(&s, "/").0, 200);
+    let r = get_json(&s, "/open-many?/1/app.py,10");
+    assert_eq!(
+        (&r["opened"], &r["errno"]),
+        (&10.into(), &serde_json::Value::Null),
+        "{r}"
+    );
+}
+
+#[test]
 fn per_request_tmp_directories_share_one_quota_and_free_it() {
     let dir = temp_dir("quota-tenants");
     let config = write_config(

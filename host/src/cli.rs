@@ -216,6 +216,10 @@ pub struct GrantArgs {
     /// to 4 s of it; lines past it are dropped and counted.
     #[arg(long, default_value = "1MiB", value_parser = config::size_in(config::LOG_RATE))]
     pub log_rate: u64,
+    /// Files and directories the app's instances may hold open together;
+    /// past it, opening fails (ENOMEM: WASI has no EMFILE).
+    #[arg(long, default_value = "1024", value_parser = config::count_in(config::OPEN_FILES))]
+    pub max_open_files: u64,
 }
 
 impl GrantArgs {
@@ -232,6 +236,7 @@ impl GrantArgs {
             net: self.allow_net.iter().flatten().copied().collect(),
             tmp_size: self.tmp_size,
             log_rate: self.log_rate,
+            max_open_files: self.max_open_files as usize,
         })
     }
 }

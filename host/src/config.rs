@@ -205,6 +205,13 @@ pub const LOG_RATE: Bounds<u64> = Bounds {
 };
 /// What an app may print a second unless told otherwise.
 pub const DEFAULT_LOG_RATE: u64 = 1 << 20;
+/// `--max-open-files` / `max_open_files`.
+pub const OPEN_FILES: Bounds<u64> = Bounds {
+    min: 1,
+    max: 1_000_000,
+};
+/// Host files one app's instances may hold open unless told otherwise.
+pub const DEFAULT_OPEN_FILES: usize = 1024;
 /// `--workers` / `workers`.
 pub const WORKERS: Bounds<u64> = Bounds { min: 1, max: 1024 };
 /// `--queue` / `queue`.
@@ -329,6 +336,8 @@ pub struct Grants {
     pub tmp_size: u64,
     /// Bytes of stdout/stderr a second the app may log (bursts of 4 s).
     pub log_rate: u64,
+    /// Host files the app's instances may hold open together.
+    pub max_open_files: usize,
 }
 
 impl Default for Grants {
@@ -339,6 +348,7 @@ impl Default for Grants {
             net: Vec::new(),
             tmp_size: DEFAULT_TMP_SIZE,
             log_rate: DEFAULT_LOG_RATE,
+            max_open_files: DEFAULT_OPEN_FILES,
         }
     }
 }

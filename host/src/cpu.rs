@@ -38,6 +38,13 @@ const IDLE_WATCH: Duration = Duration::from_millis(5);
 /// to `cpu × WINDOW` of CPU time before it has to wait.
 const WINDOW: Duration = Duration::from_millis(100);
 
+thread_local! {
+    /// When the guest poll running on this thread began: a guest has "run
+    /// long" only if it ran that long in this poll, not since it last
+    /// yielded (an epoch bump for someone else must not make it yield).
+    static POLL_START: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
 /// The run slots of one process, shared by every tenant.
 pub struct CpuScheduler {
     engine: Engine,
@@ -436,7 +443,10 @@ impl CpuShare {
         let mut last_yield = Instant::now();
         move || {
             let now = Instant::now();
-            let ran = now.saturating_duration_since(last_yield);
+            let start = POLL_START
+                .with(|c| c.get())
+                .map_or(last_yield, |p| p.max(last_yield));
+            let ran = now.saturating_duration_since(start);
             let give_way = ran >= YIELD_AFTER
                 || !share.tenant.over_cap(now).is_zero()
                 || share.sched.should_give_way(&share.tenant, ran, now);
@@ -471,7 +481,7 @@ impl<F: Future> Future for Fair<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
         if !this.share.enforced {
-            return this.inner.as_mut().poll(cx);
+            return timed_poll(this.inner.as_mut(), cx);
         }
         let sched = &this.share.sched;
         let tenant = &this.share.tenant;
@@ -511,7 +521,7 @@ impl<F: Future> Future for Fair<F> {
             }
         }
         let t0 = thread_cpu_ns();
-        let out = this.inner.as_mut().poll(cx);
+        let out = timed_poll(this.inner.as_mut(), cx);
         tenant.charge(thread_cpu_ns().saturating_sub(t0), Instant::now());
         // Waiting for I/O, or yielding: the slot goes to whoever is next.
         if let Some(id) = this.holding.take() {
@@ -519,6 +529,14 @@ impl<F: Future> Future for Fair<F> {
         }
         out
     }
+}
+
+/// Poll a guest call with its start noted for the deadline callback.
+fn timed_poll<F: Future>(call: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    let outer = POLL_START.with(|c| c.replace(Some(Instant::now())));
+    let out = call.poll(cx);
+    POLL_START.with(|c| c.set(outer));
+    out
 }
 
 impl<F> Drop for Fair<F> {

@@ -123,9 +123,13 @@ impl AppPool {
             .await
             .context("preparing an instance's sandbox panicked")??;
         let mut store = new_store(&self.engine, state, Some(&self.cpu))?;
+        // Instantiating runs the component's start code and fills CPython's
+        // function table: milliseconds of CPU, which a tenant whose
+        // instances keep crashing or timing out would otherwise take from
+        // its neighbours outside the run slots. It is charged like a call.
         let app = self
-            .pre
-            .instantiate_async(&mut store)
+            .cpu
+            .run(self.pre.instantiate_async(&mut store))
             .await
             .map_err(anyhow::Error::from)?;
         let n = self.created.fetch_add(1, Ordering::Relaxed) as u64;

@@ -1,11 +1,12 @@
-//! `wasi:filesystem` with disk quotas: linked over wasmtime-wasi's own
+//! `wasi:filesystem` with quotas: linked over wasmtime-wasi's own
 //! implementation, it forwards every call to it and charges the ledger of the
 //! tree a descriptor belongs to before anything that can take disk space
-//! (writes, `set-size`, new files, directories and symlinks), and credits
-//! what is truncated or deleted. Descriptors outside quota'd trees pass
-//! straight through.
+//! (writes, `set-size`, new files, directories and symlinks), credits what is
+//! truncated or deleted, and holds each app to its count of open host files.
+//! Descriptors outside quota'd trees are only counted.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,40 +23,110 @@ use wasmtime_wasi::p2::{
 
 use crate::disk_quota::{FileId, Handle, Ledger, BLOCK};
 
+/// How many host files (and directories) one app's instances may hold
+/// open together: each `open-at` takes a host descriptor, and the process
+/// has a limited number of them for every app and every connection.
+pub struct OpenFiles {
+    limit: usize,
+    open: AtomicUsize,
+}
+
+impl OpenFiles {
+    /// At most `limit` open at once.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(OpenFiles {
+            limit,
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    fn take(self: &Arc<Self>) -> Option<Arc<FdSlot>> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Arc::new(FdSlot(self.clone())))
+    }
+}
+
+/// One host descriptor counted against its app; shared by the guest
+/// descriptor and every stream made from it, as the host file is.
+struct FdSlot(Arc<OpenFiles>);
+
+impl Drop for FdSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The quota'd trees of one instance and the descriptors open in them.
-#[derive(Default)]
 pub struct Quotas {
     /// Preopen name (guest path) → its tree's ledger.
     roots: Vec<(String, Arc<Ledger>)>,
-    /// Descriptor (table index) → what it is charged to. Dropping a `File`
-    /// entry closes its handle, so an instance that ends without closing its
-    /// files still gives their space back.
+    /// The app's open-file count.
+    files: Arc<OpenFiles>,
+    /// Descriptor (table index) → what it is charged to. Dropping an entry
+    /// closes its handle and slot, so an instance that ends without closing
+    /// its files still gives their space and count back.
     open: HashMap<u32, Tracked>,
 }
 
-enum Tracked {
-    Dir(Arc<Ledger>),
-    File(Handle),
+#[derive(Default)]
+struct Tracked {
+    /// The quota'd tree it is in.
+    ledger: Option<Arc<Ledger>>,
+    /// A file in that tree.
+    handle: Option<Handle>,
+    /// Its host descriptor (none for preopens, which share the host's).
+    slot: Option<Arc<FdSlot>>,
 }
 
 impl Quotas {
+    /// Count the instance's open files in `files`.
+    pub fn new(files: Arc<OpenFiles>) -> Self {
+        Quotas {
+            roots: Vec::new(),
+            files,
+            open: HashMap::new(),
+        }
+    }
+
     /// Charge what the guest stores under preopen `guest` to `ledger`.
     pub fn add_root(&mut self, guest: &str, ledger: Arc<Ledger>) {
         self.roots.push((guest.to_owned(), ledger));
     }
 
     fn ledger(&self, fd: &Resource<types::Descriptor>) -> Option<&Arc<Ledger>> {
-        match self.open.get(&fd.rep())? {
-            Tracked::Dir(l) => Some(l),
-            Tracked::File(h) => Some(h.ledger()),
-        }
+        self.open.get(&fd.rep())?.ledger.as_ref()
     }
 
     fn file(&self, fd: &Resource<types::Descriptor>) -> Option<&Handle> {
-        match self.open.get(&fd.rep())? {
-            Tracked::File(h) => Some(h),
-            Tracked::Dir(_) => None,
+        self.open.get(&fd.rep())?.handle.as_ref()
+    }
+
+    /// What a stream made from `fd` must hold while it lives.
+    fn hold(&self, fd: &Resource<types::Descriptor>) -> Held {
+        match self.open.get(&fd.rep()) {
+            None => Held::default(),
+            Some(t) => Held {
+                handle: t.handle.as_ref().map(Handle::dup),
+                _slot: t.slot.clone(),
+            },
         }
+    }
+}
+
+/// A file's charge and descriptor count, held by a stream.
+#[derive(Default)]
+struct Held {
+    handle: Option<Handle>,
+    _slot: Option<Arc<FdSlot>>,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.handle.is_none() && self._slot.is_none()
     }
 }
 
@@ -152,14 +223,20 @@ impl QuotaFsView<'_> {
         fd: &Resource<types::Descriptor>,
         ledger: Arc<Ledger>,
         truncated_from: Option<u64>,
+        slot: Arc<FdSlot>,
     ) -> FsResult<()> {
-        let tracked = match self.fs.table.get(fd)? {
-            Descriptor::Dir(_) => Tracked::Dir(ledger),
+        let handle = match self.fs.table.get(fd)? {
+            Descriptor::Dir(_) => None,
             Descriptor::File(f) => {
                 let m = f.file.metadata().map_err(ErrorCode::from)?;
                 let meta = Meta::of(&m);
-                Tracked::File(ledger.open(meta.id, meta.size, truncated_from))
+                Some(ledger.open(meta.id, meta.size, truncated_from))
             }
+        };
+        let tracked = Tracked {
+            ledger: Some(ledger),
+            handle,
+            slot: Some(slot),
         };
         self.quotas.open.insert(fd.rep(), tracked);
         Ok(())
@@ -185,7 +262,11 @@ impl preopens::Host for QuotaFsView<'_> {
         let dirs = preopens::Host::get_directories(&mut self.fs)?;
         for (fd, name) in &dirs {
             if let Some((_, l)) = self.quotas.roots.iter().find(|(n, _)| n == name) {
-                self.quotas.open.insert(fd.rep(), Tracked::Dir(l.clone()));
+                let tracked = Tracked {
+                    ledger: Some(l.clone()),
+                    ..Tracked::default()
+                };
+                self.quotas.open.insert(fd.rep(), tracked);
             }
         }
         Ok(dirs)
@@ -370,9 +451,21 @@ impl HostDescriptor for QuotaFsView<'_> {
         oflags: types::OpenFlags,
         flags: types::DescriptorFlags,
     ) -> FsResult<Resource<types::Descriptor>> {
+        // WASI has no EMFILE; ENOMEM is the nearest "no more descriptors".
+        let slot = self
+            .quotas
+            .files
+            .take()
+            .ok_or(ErrorCode::InsufficientMemory)?;
         let Some(ledger) = self.quotas.ledger(&fd).cloned() else {
-            return HostDescriptor::open_at(&mut self.fs, fd, path_flags, path, oflags, flags)
-                .await;
+            let new =
+                HostDescriptor::open_at(&mut self.fs, fd, path_flags, path, oflags, flags).await?;
+            let tracked = Tracked {
+                slot: Some(slot),
+                ..Tracked::default()
+            };
+            self.quotas.open.insert(new.rep(), tracked);
+            return Ok(new);
         };
         let changes = oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE);
         let _ns = if changes {
@@ -404,7 +497,7 @@ impl HostDescriptor for QuotaFsView<'_> {
         let truncated_from = before
             .filter(|_| oflags.contains(types::OpenFlags::TRUNCATE))
             .map(|m| m.size);
-        self.track(&new, ledger.clone(), truncated_from)?;
+        self.track(&new, ledger.clone(), truncated_from, slot)?;
         Ok(new)
     }
 
@@ -501,16 +594,13 @@ impl HostDescriptor for QuotaFsView<'_> {
         fd: Resource<types::Descriptor>,
         offset: types::Filesize,
     ) -> FsResult<Resource<DynInputStream>> {
-        let handle = self.quotas.file(&fd).map(Handle::dup);
+        let held = self.quotas.hold(&fd);
         let stream = HostDescriptor::read_via_stream(&mut self.fs, fd, offset)?;
-        if let Some(handle) = handle {
-            // The stream keeps the file open: so must its charge.
+        if !held.is_empty() {
+            // The stream keeps the file open: so must its charge and count.
             let slot = self.fs.table.get_mut(&stream)?;
             let inner = std::mem::replace(slot, Box::new(NoStream));
-            *slot = Box::new(HeldReader {
-                inner,
-                _handle: handle,
-            });
+            *slot = Box::new(HeldReader { inner, _held: held });
         }
         Ok(stream)
     }
@@ -520,10 +610,10 @@ impl HostDescriptor for QuotaFsView<'_> {
         fd: Resource<types::Descriptor>,
         offset: types::Filesize,
     ) -> FsResult<Resource<DynOutputStream>> {
-        let handle = self.quotas.file(&fd).map(Handle::dup);
-        refuse_if_full(handle.as_ref(), Some(offset))?;
+        let held = self.quotas.hold(&fd);
+        refuse_if_full(held.handle.as_ref(), Some(offset))?;
         let stream = HostDescriptor::write_via_stream(&mut self.fs, fd, offset)?;
-        self.charge_stream(&stream, handle, Some(offset))?;
+        self.wrap_writer(&stream, held, Some(offset))?;
         Ok(stream)
     }
 
@@ -531,10 +621,10 @@ impl HostDescriptor for QuotaFsView<'_> {
         &mut self,
         fd: Resource<types::Descriptor>,
     ) -> FsResult<Resource<DynOutputStream>> {
-        let handle = self.quotas.file(&fd).map(Handle::dup);
-        refuse_if_full(handle.as_ref(), None)?;
+        let held = self.quotas.hold(&fd);
+        refuse_if_full(held.handle.as_ref(), None)?;
         let stream = HostDescriptor::append_via_stream(&mut self.fs, fd)?;
-        self.charge_stream(&stream, handle, None)?;
+        self.wrap_writer(&stream, held, None)?;
         Ok(stream)
     }
 
@@ -564,21 +654,22 @@ impl HostDescriptor for QuotaFsView<'_> {
 }
 
 impl QuotaFsView<'_> {
-    /// Put a charging wrapper around an output stream of a quota'd file.
-    fn charge_stream(
+    /// Put a wrapper around an output stream of a tracked file that charges
+    /// its writes (in a quota'd tree) and holds its count.
+    fn wrap_writer(
         &mut self,
         stream: &Resource<DynOutputStream>,
-        handle: Option<Handle>,
+        held: Held,
         position: Option<u64>,
     ) -> FsResult<()> {
-        let Some(handle) = handle else {
+        if held.is_empty() {
             return Ok(());
-        };
+        }
         let slot = self.fs.table.get_mut(stream)?;
         let inner = std::mem::replace(slot, Box::new(NoStream));
-        *slot = Box::new(ChargedWriter {
+        *slot = Box::new(HeldWriter {
             inner,
-            handle,
+            held,
             position,
         });
         Ok(())
@@ -601,24 +692,27 @@ fn refuse_if_full(handle: Option<&Handle>, position: Option<u64>) -> FsResult<()
     Ok(())
 }
 
-/// An output stream into a quota'd file: each write is charged before it is
-/// handed on, and refused with `ENOSPC` past the quota.
-struct ChargedWriter {
+/// An output stream into a tracked file: in a quota'd tree each write is
+/// charged before it is handed on, and refused past the quota.
+struct HeldWriter {
     inner: DynOutputStream,
-    handle: Handle,
+    held: Held,
     /// Where the next byte goes; `None` appends.
     position: Option<u64>,
 }
 
-impl ChargedWriter {
+impl HeldWriter {
     fn charge(&mut self, len: usize) -> StreamResult<()> {
-        let ledger = self.handle.ledger();
+        let Some(handle) = &self.held.handle else {
+            return Ok(());
+        };
+        let ledger = handle.ledger();
         let start = match self.position {
             Some(p) => p,
-            None => ledger.size(self.handle.id()),
+            None => ledger.size(handle.id()),
         };
         ledger
-            .grow(self.handle.id(), start.saturating_add(len as u64))
+            .grow(handle.id(), start.saturating_add(len as u64))
             .map_err(|_| {
                 let enospc: std::io::Error = rustix::io::Errno::NOSPC.into();
                 StreamError::LastOperationFailed(enospc.into())
@@ -633,7 +727,7 @@ impl ChargedWriter {
 }
 
 #[wasmtime_wasi::async_trait]
-impl OutputStream for ChargedWriter {
+impl OutputStream for HeldWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         let len = bytes.len();
         self.charge(len)?;
@@ -664,16 +758,16 @@ impl OutputStream for ChargedWriter {
 }
 
 #[wasmtime_wasi::async_trait]
-impl Pollable for ChargedWriter {
+impl Pollable for HeldWriter {
     async fn ready(&mut self) {
         self.inner.ready().await
     }
 }
 
-/// An input stream that keeps its file's charge open while it lives.
+/// An input stream that keeps its file's charge and count while it lives.
 struct HeldReader {
     inner: DynInputStream,
-    _handle: Handle,
+    _held: Held,
 }
 
 #[wasmtime_wasi::async_trait]

@@ -14,7 +14,7 @@ use crate::bundle::Mount;
 use crate::config::{DirGrant, Grants};
 use crate::disk_quota::{Budget, Ledger};
 use crate::guest_log::{GuestLog, LogBudget};
-use crate::quota_fs::{QuotaFsView, Quotas};
+use crate::quota_fs::{OpenFiles, QuotaFsView, Quotas};
 use crate::wsgi::Exchange;
 
 /// Everything a `Store` holds for one instance.
@@ -70,6 +70,8 @@ pub struct Sandbox {
     tmp_size: u64,
     /// Shared by all the app's instances.
     log: Arc<LogBudget>,
+    /// Shared by all the app's instances.
+    open_files: Arc<OpenFiles>,
 }
 
 /// The guest's /tmp: many libraries (uploads spooled by Werkzeug or
@@ -163,6 +165,7 @@ impl Sandbox {
             tmp,
             tmp_size: grants.tmp_size,
             log: LogBudget::new(grants.log_rate),
+            open_files: OpenFiles::new(grants.max_open_files),
         })
     }
 
@@ -205,7 +208,7 @@ impl Sandbox {
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("mounting {} as {}", m.host.display(), m.guest))?;
         }
-        let mut quotas = Quotas::default();
+        let mut quotas = Quotas::new(self.open_files.clone());
         let own_tmp = match &self.tmp {
             Tmp::Granted => None,
             Tmp::Shared(dir, ledger) => {

@@ -38,6 +38,7 @@ struct RawApp {
     cpu: Option<Spanned<toml::Value>>,
     tmp_size: Option<Spanned<String>>,
     log_rate: Option<Spanned<String>>,
+    max_open_files: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,6 +225,10 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
             Some(r) => size(r, "log_rate", config::LOG_RATE)?,
             None => config::DEFAULT_LOG_RATE,
         };
+        let max_open_files = match &app.max_open_files {
+            Some(n) => count(n, "max_open_files", config::OPEN_FILES)? as usize,
+            None => config::DEFAULT_OPEN_FILES,
+        };
         out.push(TenantConfig {
             name,
             component,
@@ -235,6 +240,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
                 net,
                 tmp_size,
                 log_rate,
+                max_open_files,
             },
             limits,
         });

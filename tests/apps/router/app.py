@@ -325,6 +325,27 @@ def application(environ, start_response):
         sys.stdout.flush()
         return text(start_response, "flooded")
 
+    if path == "/open-many":
+        # /open-many?PATH,N[,stream]: open PATH up to N times at once (with
+        # "stream", as file objects with a write stream each, the
+        # descriptors closed); say how many opened and why it stopped.
+        target, n, *how = query.split(",")
+        held, errno = [], None
+        try:
+            for _ in range(int(n)):
+                if how:
+                    f = open(target, "ab", buffering=0)
+                    f.write(b"")
+                    held.append(f)
+                else:
+                    held.append(os.open(target, os.O_RDONLY))
+        except OSError as e:
+            errno = errno_name(e)
+        count = len(held)
+        for h in held:
+            h.close() if how else os.close(h)
+        return as_json(start_response, {"opened": count, "errno": errno})
+
     if path == "/remove":
         os.remove(query)
         return text(start_response, "removed")
