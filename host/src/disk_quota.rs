@@ -82,7 +82,7 @@ pub struct Ledger {
     state: Mutex<State>,
     /// Held across "look, then change the namespace" so two instances of
     /// one app cannot race an unlink against a rename to be credited twice.
-    namespace: tokio::sync::Mutex<()>,
+    namespace: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +98,11 @@ struct Open {
     handles: u32,
     /// Its last link is gone; credit it when the last handle closes.
     orphan: bool,
+    /// Writes charged and handed on but not known to be done, and the
+    /// furthest end among them: a truncation meanwhile must not credit
+    /// below it, since the write may still land after it.
+    in_flight: u32,
+    in_flight_end: u64,
 }
 
 impl Ledger {
@@ -111,7 +116,7 @@ impl Ledger {
                 used: existing,
                 open: HashMap::new(),
             }),
-            namespace: tokio::sync::Mutex::new(()),
+            namespace: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -126,8 +131,10 @@ impl Ledger {
     }
 
     /// Serialise namespace changes in this tree (see `namespace`).
-    pub async fn lock_namespace(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.namespace.lock().await
+    pub fn lock_namespace(
+        &self,
+    ) -> impl std::future::Future<Output = tokio::sync::OwnedMutexGuard<()>> + Send + 'static {
+        self.namespace.clone().lock_owned()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -160,6 +167,7 @@ impl Ledger {
             Some(o) => {
                 o.handles += 1;
                 if truncated_from.is_some() {
+                    let size = size.max(o.in_flight_end);
                     let was = std::mem::replace(&mut o.size, size);
                     blocks(was).saturating_sub(blocks(size))
                 } else {
@@ -176,6 +184,8 @@ impl Ledger {
                         size,
                         handles: 1,
                         orphan: false,
+                        in_flight: 0,
+                        in_flight_end: 0,
                     },
                 );
                 truncated_from.map_or(0, |b| blocks(b).saturating_sub(blocks(size)))
@@ -212,7 +222,8 @@ impl Ledger {
         self.state().open.get(&id).map_or(0, |o| o.size)
     }
 
-    /// Open file `id` is about to be written up to byte `end`.
+    /// Open file `id` is about to be written up to byte `end` (or extended
+    /// by `set-size`); give it back with [`Ledger::shrunk`] if that fails.
     pub fn grow(&self, id: FileId, end: u64) -> Result<(), Full> {
         let mut s = self.state();
         let Some(o) = s.open.get_mut(&id) else {
@@ -236,25 +247,41 @@ impl Ledger {
         self.budget.used().saturating_add(delta) <= self.budget.limit
     }
 
-    /// Open file `id` is about to be truncated or extended to `size`.
-    pub fn resize(&self, id: FileId, size: u64) -> Result<(), Full> {
+    /// A write up to `end` was handed on to the host and runs in the
+    /// background until [`Ledger::write_done`].
+    pub fn write_started(&self, id: FileId, end: u64) {
+        if let Some(o) = self.state().open.get_mut(&id) {
+            o.in_flight += 1;
+            o.in_flight_end = o.in_flight_end.max(end);
+        }
+    }
+
+    /// A write handed on by [`Ledger::write_started`] finished.
+    pub fn write_done(&self, id: FileId) {
+        if let Some(o) = self.state().open.get_mut(&id) {
+            o.in_flight = o.in_flight.saturating_sub(1);
+            if o.in_flight == 0 {
+                o.in_flight_end = 0;
+            }
+        }
+    }
+
+    /// Open file `id` was truncated to `size` (call after the host did it):
+    /// credit what it shrank by, never below a write still in flight.
+    pub fn shrunk(&self, id: FileId, size: u64) {
         let mut s = self.state();
         let Some(o) = s.open.get_mut(&id) else {
-            return Ok(());
+            return;
         };
-        let was = o.size;
-        if size >= was {
-            let delta = blocks(size) - blocks(was);
-            self.budget.take(delta)?;
-            o.size = size;
-            s.used += delta;
-        } else {
-            o.size = size;
-            let n = (blocks(was) - blocks(size)).min(s.used);
-            s.used -= n;
-            self.budget.give(n);
+        let size = size.max(o.in_flight_end);
+        if size >= o.size {
+            return;
         }
-        Ok(())
+        let n = blocks(o.size) - blocks(size);
+        o.size = size;
+        let n = n.min(s.used);
+        s.used -= n;
+        self.budget.give(n);
     }
 
     /// A name was removed (unlink, rmdir, or replaced by a rename). `last`:
@@ -262,6 +289,8 @@ impl Ledger {
     /// its last open handle closes.
     pub fn removed(&self, id: FileId, size: u64, last: bool) {
         if !last {
+            // One of several names: the block charged for the name.
+            self.release(BLOCK);
             return;
         }
         let mut s = self.state();
@@ -329,20 +358,33 @@ impl Drop for Handle {
 /// What a tree holds, charged as the ledger would: every file its blocks
 /// (hard links once), every directory and symlink one block. Symlinks are
 /// not followed.
+/// Only the root must be readable: a subdirectory that cannot be read (too
+/// deep for a path, or not ours) is skipped with a warning, so what a guest
+/// did to its grant cannot keep the app from starting.
 pub fn tree_usage(root: &Path) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0u64;
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if dir != root => {
+                tracing::warn!("not counting {} for its quota: {e}", dir.display());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let Ok(entry) = entry else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
                 total = total.saturating_add(BLOCK);
                 stack.push(entry.path());
             } else if meta.is_file() {
+                // A further name of a file costs a block, as `link-at` does.
                 if meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
+                    total = total.saturating_add(BLOCK);
                     continue;
                 }
                 total = total.saturating_add(blocks(meta.len()));
@@ -399,7 +441,12 @@ mod tests {
         l.reserve(BLOCK).unwrap();
         let h = l.open(F, 0, None);
         l.grow(F, 50_000).unwrap();
-        l.resize(F, 10).unwrap();
+        // A write still on its way keeps its charge through a truncation.
+        l.write_started(F, 50_000);
+        l.shrunk(F, 10);
+        assert_eq!(budget.used(), blocks(50_000));
+        l.write_done(F);
+        l.shrunk(F, 10);
         assert_eq!(budget.used(), BLOCK);
         drop(h);
         // Reopened with O_TRUNC after growing elsewhere: credited.
@@ -411,9 +458,9 @@ mod tests {
         drop(h);
         l.removed(F, 0, true);
         assert_eq!(budget.used(), 0);
-        // A name that was not the last link frees nothing.
-        l.reserve(BLOCK).unwrap();
-        l.removed(F, 0, false);
+        // A name that was not the last link frees only its own block.
+        l.reserve(2 * BLOCK).unwrap();
+        l.removed(F, 100_000, false);
         assert_eq!(budget.used(), BLOCK);
     }
 
@@ -436,10 +483,11 @@ mod tests {
         std::fs::create_dir(dir.path().join("d")).unwrap();
         std::fs::write(dir.path().join("d/b"), b"").unwrap();
         std::fs::hard_link(dir.path().join("a"), dir.path().join("d/a2")).unwrap();
-        assert_eq!(tree_usage(dir.path()).unwrap(), 2 * BLOCK + BLOCK + BLOCK);
-        let budget = Budget::new(4 * BLOCK);
+        // a: 2 blocks, d: 1, d/b: 1, d/a2: a second name, 1.
+        assert_eq!(tree_usage(dir.path()).unwrap(), 5 * BLOCK);
+        let budget = Budget::new(5 * BLOCK);
         let l = Ledger::for_tree(budget.clone(), dir.path()).unwrap();
-        assert_eq!(l.used(), 4 * BLOCK);
+        assert_eq!(l.used(), 5 * BLOCK);
         assert_eq!(l.reserve(1), Err(Full));
     }
 }

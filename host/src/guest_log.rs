@@ -7,10 +7,13 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 /// Longest partial line kept before it is logged anyway.
 const MAX_LINE: usize = 16 * 1024;
+
+/// What a line costs at least, so empty lines cannot multiply the rate.
+const LINE_COST: usize = 128;
 
 /// How much an app may log: `rate` bytes a second, in bursts of up to
 /// `BURST_SECONDS` of it. Lines past it are dropped and counted, and the
@@ -64,7 +67,7 @@ impl LogBudget {
                 .min(self.rate.saturating_mul(BURST_SECONDS));
             b.last = now;
         }
-        let len = len as u64;
+        let len = len.max(LINE_COST) as u64;
         if b.tokens >= len {
             b.tokens -= len;
             let dropped = (b.dropped_lines > 0).then(|| (b.dropped_lines, b.dropped_bytes));
@@ -86,6 +89,10 @@ pub struct GuestLog {
     app: Arc<str>,
     stream: &'static str,
     budget: Arc<LogBudget>,
+    /// The partial line, one per instance and stream however many times
+    /// the guest asks for the stream, so it cannot pin host memory by
+    /// asking many times.
+    partial: Arc<Mutex<BytesMut>>,
 }
 
 impl GuestLog {
@@ -95,6 +102,7 @@ impl GuestLog {
             app: app.clone(),
             stream,
             budget: budget.clone(),
+            partial: Arc::default(),
         }
     }
 }
@@ -111,7 +119,7 @@ impl StdoutStream for GuestLog {
             app: self.app.clone(),
             stream: self.stream,
             budget: self.budget.clone(),
-            buf: BytesMut::new(),
+            buf: self.partial.clone(),
         })
     }
 
@@ -126,12 +134,17 @@ struct LineLogger {
     app: Arc<str>,
     stream: &'static str,
     budget: Arc<LogBudget>,
-    buf: BytesMut,
+    buf: Arc<Mutex<BytesMut>>,
 }
+
+/// What `check_write` allows per write.
+const WRITE_PERMIT: usize = 64 * 1024;
 
 impl LineLogger {
     fn emit(&self, line: &[u8]) {
         match self.budget.admit(line.len(), Instant::now()) {
+            // The notices are not charged: at most one per run of drops,
+            // and a run ends only when a line was let through.
             Verdict::Drop { first: true } => tracing::warn!(
                 target: "guest",
                 "[{} {}] logging faster than {} bytes/s: dropping its output until it slows down",
@@ -159,14 +172,25 @@ impl LineLogger {
 
 impl OutputStream for LineLogger {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.buf.extend_from_slice(&bytes);
-        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-            let line = self.buf.split_to(nl + 1);
+        if bytes.len() > WRITE_PERMIT {
+            return Err(StreamError::Trap(wasmtime::format_err!(
+                "write of {} bytes past the {WRITE_PERMIT} check-write allowed",
+                bytes.len()
+            )));
+        }
+        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        buf.extend_from_slice(&bytes);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line = buf.split_to(nl + 1);
             self.emit(&line);
         }
-        if self.buf.len() > MAX_LINE {
-            let line = self.buf.split();
+        if buf.len() > MAX_LINE {
+            let line = buf.split();
             self.emit(&line);
+        }
+        // Keep no more memory than the partial line needs.
+        if buf.capacity() > 2 * MAX_LINE {
+            *buf = BytesMut::from(&buf[..]);
         }
         Ok(())
     }
@@ -176,7 +200,7 @@ impl OutputStream for LineLogger {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
+        Ok(WRITE_PERMIT)
     }
 }
 
@@ -187,10 +211,15 @@ impl Pollable for LineLogger {
 
 impl Drop for LineLogger {
     fn drop(&mut self) {
-        if !self.buf.is_empty() {
-            let line = self.buf.split();
-            self.emit(&line);
-        }
+        let line = {
+            let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+            // Another handle on the same stream may still write more.
+            if buf.is_empty() || Arc::strong_count(&self.buf) > 2 {
+                return;
+            }
+            buf.split()
+        };
+        self.emit(&line);
     }
 }
 
@@ -201,28 +230,38 @@ mod tests {
 
     #[test]
     fn a_burst_passes_a_flood_is_dropped_and_counted() {
-        let b = LogBudget::new(100);
+        let b = LogBudget::new(1000);
         let t0 = Instant::now();
         // Four seconds' worth at once.
         for _ in 0..4 {
-            assert_eq!(b.admit(100, t0), Verdict::Log { dropped: None });
+            assert_eq!(b.admit(1000, t0), Verdict::Log { dropped: None });
         }
-        assert_eq!(b.admit(10, t0), Verdict::Drop { first: true });
-        assert_eq!(b.admit(10, t0), Verdict::Drop { first: false });
+        assert_eq!(b.admit(200, t0), Verdict::Drop { first: true });
+        // Short lines cost LINE_COST each.
+        assert_eq!(b.admit(1, t0), Verdict::Drop { first: false });
         // A second later there is room again, and the drops are reported.
         assert_eq!(
-            b.admit(50, t0 + Duration::from_secs(1)),
+            b.admit(500, t0 + Duration::from_secs(1)),
             Verdict::Log {
-                dropped: Some((2, 20))
+                dropped: Some((2, 200 + LINE_COST as u64))
             }
         );
         assert_eq!(
-            b.admit(50, t0 + Duration::from_secs(1)),
+            b.admit(500, t0 + Duration::from_secs(1)),
             Verdict::Log { dropped: None }
+        );
+        assert_eq!(
+            b.admit(0, t0 + Duration::from_secs(1)),
+            Verdict::Drop { first: true }
         );
         // Idle time refills no more than the burst.
         let later = t0 + Duration::from_secs(3600);
-        assert_eq!(b.admit(400, later), Verdict::Log { dropped: None });
+        assert_eq!(
+            b.admit(4000, later),
+            Verdict::Log {
+                dropped: Some((1, LINE_COST as u64))
+            }
+        );
         assert_eq!(b.admit(1, later), Verdict::Drop { first: true });
     }
 }

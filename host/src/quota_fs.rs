@@ -217,6 +217,50 @@ impl QuotaFsView<'_> {
         })
     }
 
+    /// For a new directory or symlink under `fd`: if its tree has a quota,
+    /// lock the tree's namespace and charge the block it will take.
+    fn creation(
+        &self,
+        fd: &Resource<types::Descriptor>,
+    ) -> impl std::future::Future<Output = FsResult<Option<Creation>>> + Send + 'static {
+        let ledger = self.quotas.ledger(fd).cloned();
+        async move {
+            let Some(ledger) = ledger else {
+                return Ok(None);
+            };
+            let ns = ledger.lock_namespace().await;
+            ledger.reserve(BLOCK).map_err(|_| no_space())?;
+            Ok(Some(Creation { ledger, _ns: ns }))
+        }
+    }
+
+    /// For removing `path` under `fd`: if its tree has a quota, lock the
+    /// tree's namespace and look at what the path names, to credit it after.
+    fn removal(
+        &self,
+        fd: &Resource<types::Descriptor>,
+        path: &str,
+    ) -> FsResult<impl std::future::Future<Output = FsResult<Option<Removal>>> + Send + 'static>
+    {
+        let ledger = self.quotas.ledger(fd).cloned();
+        let look = match ledger {
+            Some(_) => Some(self.look(fd, path, false)?),
+            None => None,
+        };
+        Ok(async move {
+            let (Some(ledger), Some(look)) = (ledger, look) else {
+                return Ok(None);
+            };
+            let ns = ledger.lock_namespace().await;
+            let before = look.await?;
+            Ok(Some(Removal {
+                ledger,
+                _ns: ns,
+                before,
+            }))
+        })
+    }
+
     /// Track a descriptor just opened under a quota'd tree.
     fn track(
         &mut self,
@@ -333,10 +377,24 @@ impl HostDescriptor for QuotaFsView<'_> {
         fd: Resource<types::Descriptor>,
         size: types::Filesize,
     ) -> FsResult<()> {
-        if let Some(h) = self.quotas.file(&fd) {
-            h.ledger().resize(h.id(), size).map_err(|_| no_space())?;
+        let Some(h) = self.quotas.file(&fd) else {
+            return HostDescriptor::set_size(&mut self.fs, fd, size).await;
+        };
+        let (ledger, id) = (h.ledger().clone(), h.id());
+        let was = ledger.size(id);
+        let grows = size > was;
+        if grows {
+            ledger.grow(id, size).map_err(|_| no_space())?;
         }
-        HostDescriptor::set_size(&mut self.fs, fd, size).await
+        // Credit a shrink only once the host did it: a failed truncate
+        // (a read-only descriptor, say) must not give space back.
+        let r = HostDescriptor::set_size(&mut self.fs, fd, size).await;
+        match (&r, grows) {
+            (Err(_), true) => ledger.shrunk(id, was),
+            (Ok(()), false) => ledger.shrunk(id, size),
+            _ => {}
+        }
+        r
     }
 
     async fn set_times(
@@ -363,7 +421,7 @@ impl HostDescriptor for QuotaFsView<'_> {
         buf: Vec<u8>,
         offset: types::Filesize,
     ) -> FsResult<types::Filesize> {
-        if let Some(h) = self.quotas.file(&fd) {
+        if let Some(h) = self.quotas.file(&fd).filter(|_| !buf.is_empty()) {
             let end = offset.saturating_add(buf.len() as u64);
             h.ledger().grow(h.id(), end).map_err(|_| no_space())?;
         }
@@ -386,14 +444,10 @@ impl HostDescriptor for QuotaFsView<'_> {
         fd: Resource<types::Descriptor>,
         path: String,
     ) -> FsResult<()> {
-        let Some(ledger) = self.quotas.ledger(&fd).cloned() else {
-            return HostDescriptor::create_directory_at(&mut self.fs, fd, path).await;
-        };
-        let _ns = ledger.lock_namespace().await;
-        ledger.reserve(BLOCK).map_err(|_| no_space())?;
+        let creation = self.creation(&fd).await?;
         let r = HostDescriptor::create_directory_at(&mut self.fs, fd, path).await;
-        if r.is_err() {
-            ledger.release(BLOCK);
+        if let Some(c) = creation {
+            c.settle(r.is_ok());
         }
         r
     }
@@ -430,9 +484,11 @@ impl HostDescriptor for QuotaFsView<'_> {
         new_descriptor: Resource<types::Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
-        // A second name costs nothing, but must stay in the same budget.
-        let _ = self.same_tree(&fd, &new_descriptor)?;
-        HostDescriptor::link_at(
+        // A second name costs a block, like a file (directory entries are
+        // disk too), and must stay in the same budget.
+        self.same_tree(&fd, &new_descriptor)?;
+        let creation = self.creation(&new_descriptor).await?;
+        let r = HostDescriptor::link_at(
             &mut self.fs,
             fd,
             old_path_flags,
@@ -440,7 +496,11 @@ impl HostDescriptor for QuotaFsView<'_> {
             new_descriptor,
             new_path,
         )
-        .await
+        .await;
+        if let Some(c) = creation {
+            c.settle(r.is_ok());
+        }
+        r
     }
 
     async fn open_at(
@@ -467,12 +527,10 @@ impl HostDescriptor for QuotaFsView<'_> {
             self.quotas.open.insert(new.rep(), tracked);
             return Ok(new);
         };
+        // Held through tracking, so no other instance unlinks the file
+        // between the open and its handle being counted.
+        let _ns = ledger.lock_namespace().await;
         let changes = oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE);
-        let _ns = if changes {
-            Some(ledger.lock_namespace().await)
-        } else {
-            None
-        };
         let before = if changes {
             let follow = path_flags.contains(types::PathFlags::SYMLINK_FOLLOW);
             self.look(&fd, &path, follow)?.await?
@@ -497,7 +555,10 @@ impl HostDescriptor for QuotaFsView<'_> {
         let truncated_from = before
             .filter(|_| oflags.contains(types::OpenFlags::TRUNCATE))
             .map(|m| m.size);
-        self.track(&new, ledger.clone(), truncated_from, slot)?;
+        if let Err(e) = self.track(&new, ledger.clone(), truncated_from, slot) {
+            HostDescriptor::drop(&mut self.fs, new).map_err(FsError::trap)?;
+            return Err(e);
+        }
         Ok(new)
     }
 
@@ -519,14 +580,10 @@ impl HostDescriptor for QuotaFsView<'_> {
         fd: Resource<types::Descriptor>,
         path: String,
     ) -> FsResult<()> {
-        let Some(ledger) = self.quotas.ledger(&fd).cloned() else {
-            return HostDescriptor::remove_directory_at(&mut self.fs, fd, path).await;
-        };
-        let _ns = ledger.lock_namespace().await;
-        let before = self.look(&fd, &path, false)?.await?;
+        let removal = self.removal(&fd, &path)?.await?;
         HostDescriptor::remove_directory_at(&mut self.fs, fd, path).await?;
-        if let Some(m) = before {
-            ledger.removed(m.id, m.size, true);
+        if let Some(r) = removal {
+            r.done();
         }
         Ok(())
     }
@@ -560,14 +617,10 @@ impl HostDescriptor for QuotaFsView<'_> {
         src_path: String,
         dest_path: String,
     ) -> FsResult<()> {
-        let Some(ledger) = self.quotas.ledger(&fd).cloned() else {
-            return HostDescriptor::symlink_at(&mut self.fs, fd, src_path, dest_path).await;
-        };
-        let _ns = ledger.lock_namespace().await;
-        ledger.reserve(BLOCK).map_err(|_| no_space())?;
+        let creation = self.creation(&fd).await?;
         let r = HostDescriptor::symlink_at(&mut self.fs, fd, src_path, dest_path).await;
-        if r.is_err() {
-            ledger.release(BLOCK);
+        if let Some(c) = creation {
+            c.settle(r.is_ok());
         }
         r
     }
@@ -577,14 +630,10 @@ impl HostDescriptor for QuotaFsView<'_> {
         fd: Resource<types::Descriptor>,
         path: String,
     ) -> FsResult<()> {
-        let Some(ledger) = self.quotas.ledger(&fd).cloned() else {
-            return HostDescriptor::unlink_file_at(&mut self.fs, fd, path).await;
-        };
-        let _ns = ledger.lock_namespace().await;
-        let before = self.look(&fd, &path, false)?.await?;
+        let removal = self.removal(&fd, &path)?.await?;
         HostDescriptor::unlink_file_at(&mut self.fs, fd, path).await?;
-        if let Some(m) = before {
-            ledger.removed(m.id, m.size, m.last_link);
+        if let Some(r) = removal {
+            r.done();
         }
         Ok(())
     }
@@ -671,8 +720,40 @@ impl QuotaFsView<'_> {
             inner,
             held,
             position,
+            pending: false,
         });
         Ok(())
+    }
+}
+
+/// A block charged for a directory or symlink about to be made.
+struct Creation {
+    ledger: Arc<Ledger>,
+    _ns: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Creation {
+    /// Keep the charge if it was made, else give it back.
+    fn settle(self, made: bool) {
+        if !made {
+            self.ledger.release(BLOCK);
+        }
+    }
+}
+
+/// A name about to be removed, looked at first.
+struct Removal {
+    ledger: Arc<Ledger>,
+    _ns: tokio::sync::OwnedMutexGuard<()>,
+    before: Option<Meta>,
+}
+
+impl Removal {
+    /// It is gone: credit what it held.
+    fn done(self) {
+        if let Some(m) = self.before {
+            self.ledger.removed(m.id, m.size, m.last_link);
+        }
     }
 }
 
@@ -699,24 +780,27 @@ struct HeldWriter {
     held: Held,
     /// Where the next byte goes; `None` appends.
     position: Option<u64>,
+    /// A write was handed on and may still be running.
+    pending: bool,
 }
 
 impl HeldWriter {
-    fn charge(&mut self, len: usize) -> StreamResult<()> {
+    /// Charge a write of `len` bytes; the end it reaches, in a quota'd tree.
+    fn charge(&mut self, len: usize) -> StreamResult<Option<u64>> {
         let Some(handle) = &self.held.handle else {
-            return Ok(());
+            return Ok(None);
         };
         let ledger = handle.ledger();
         let start = match self.position {
             Some(p) => p,
             None => ledger.size(handle.id()),
         };
-        ledger
-            .grow(handle.id(), start.saturating_add(len as u64))
-            .map_err(|_| {
-                let enospc: std::io::Error = rustix::io::Errno::NOSPC.into();
-                StreamError::LastOperationFailed(enospc.into())
-            })
+        let end = start.saturating_add(len as u64);
+        ledger.grow(handle.id(), end).map_err(|_| {
+            let enospc: std::io::Error = rustix::io::Errno::NOSPC.into();
+            StreamError::LastOperationFailed(enospc.into())
+        })?;
+        Ok(Some(end))
     }
 
     fn advance(&mut self, len: usize) {
@@ -730,8 +814,13 @@ impl HeldWriter {
 impl OutputStream for HeldWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         let len = bytes.len();
-        self.charge(len)?;
+        let end = self.charge(len)?;
         self.inner.write(bytes)?;
+        if let (Some(h), Some(end)) = (&self.held.handle, end) {
+            // It runs in the background until `check_write` says it is done.
+            h.ledger().write_started(h.id(), end);
+            self.pending = true;
+        }
         self.advance(len);
         Ok(())
     }
@@ -749,7 +838,14 @@ impl OutputStream for HeldWriter {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        self.inner.check_write()
+        let r = self.inner.check_write();
+        if self.pending && !matches!(r, Ok(0)) {
+            self.pending = false;
+            if let Some(h) = &self.held.handle {
+                h.ledger().write_done(h.id());
+            }
+        }
+        r
     }
 
     async fn cancel(&mut self) {
