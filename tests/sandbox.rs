@@ -471,6 +471,27 @@ fn tmp_and_granted_directories_are_capped_with_enospc() {
     assert_full(&r["second"], 24 * MIB);
     let r = get_json(&s, "/fill?/tmp/after,60");
     assert_eq!(r["written"].as_u64(), Some(60 * MIB), "{r}");
+    // A truncation the host refuses (a read-only descriptor) gives nothing
+    // back; the quota is still full.
+    assert_eq!(
+        get(&s, "/fs-op?ftruncate-ro,/tmp/after"),
+        (200, "EINVAL".into())
+    );
+    let r = get_json(&s, "/fill?/tmp/more,10");
+    assert_eq!(r["written"].as_u64(), Some(4 * MIB), "{r}");
+    assert_eq!(get(&s, "/remove?/tmp/more").0, 200);
+    // Space cannot move between budgets: a rename across them is EXDEV, as
+    // across mounts, and shutil.move copies instead (within /data's quota).
+    assert_eq!(
+        get(&s, "/fs-op?rename,/tmp/after,/data/after"),
+        (200, "EXDEV".into())
+    );
+    let (_, moved) = get(&s, "/fs-op?move,/tmp/after,/data/after");
+    assert!(moved == "ENOSPC" || moved == "EIO", "{moved}");
+    assert!(du(&data) <= 8 * MIB, "{}", du(&data));
+    assert_eq!(get(&s, "/remove?/data/after").0, 200);
+    // A second name costs a block too.
+    assert_eq!(get(&s, "/fs-op?link,/tmp/after,/tmp/again").1, "ok");
     // A sparse file counts at the size it could fill.
     let r = get_json(&s, "/sparse?/tmp/sparse,1099511627776");
     assert_eq!(

@@ -346,6 +346,25 @@ def application(environ, start_response):
             h.close() if how else os.close(h)
         return as_json(start_response, {"opened": count, "errno": errno})
 
+    if path == "/fs-op":
+        # /fs-op?OP,A[,B]: one filesystem call; its errno name, or "ok".
+        op, a, *b = query.split(",")
+        try:
+            if op == "ftruncate-ro":
+                with open(a, "rb") as f:
+                    os.ftruncate(f.fileno(), 0)
+            elif op == "rename":
+                os.rename(a, b[0])
+            elif op == "move":
+                import shutil
+
+                shutil.move(a, b[0])
+            elif op == "link":
+                os.link(a, b[0])
+            return text(start_response, "ok")
+        except OSError as e:
+            return text(start_response, errno_name(e))
+
     if path == "/remove":
         os.remove(query)
         return text(start_response, "removed")
