@@ -139,6 +139,14 @@ pub fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, Stri
 
 /// Parse `2`, `0.5`, `500ms`, `30s`, `2m`.
 pub fn parse_duration(value: &str) -> Result<Duration, ConfigError> {
+    duration_seconds(value)
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| ConfigError::Duration(value.to_owned()))
+}
+
+/// The seconds `value` means, if it is a non-negative number with an
+/// optional unit (however large).
+fn duration_seconds(value: &str) -> Option<f64> {
     let v = value.trim();
     let (num, scale) = if let Some(n) = v.strip_suffix("ms") {
         (n, 0.001)
@@ -153,8 +161,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, ConfigError> {
         .parse::<f64>()
         .ok()
         .filter(|n| n.is_finite() && *n >= 0.0)
-        .and_then(|n| Duration::try_from_secs_f64(n * scale).ok())
-        .ok_or_else(|| ConfigError::Duration(value.to_owned()))
+        .map(|n| n * scale)
 }
 
 /// The allowed values of one setting, inclusive.
@@ -239,18 +246,29 @@ fn out_of_range(value: &str, allowed: String) -> ConfigError {
 
 /// A duration within `b`.
 pub fn check_duration(value: &str, b: Bounds<Duration>) -> Result<Duration, ConfigError> {
-    let d = parse_duration(value)?;
+    let range = || out_of_range(value, format!("{:?} to {:?}", b.min, b.max));
+    let d = match parse_duration(value) {
+        Ok(d) => d,
+        // A number past what a duration can hold is out of range, not malformed.
+        Err(_) if duration_seconds(value).is_some() => return Err(range()),
+        Err(e) => return Err(e),
+    };
     if d < b.min || d > b.max {
-        return Err(out_of_range(value, format!("{:?} to {:?}", b.min, b.max)));
+        return Err(range());
     }
     Ok(d)
 }
 
 /// A size within `b`.
 pub fn check_size(value: &str, b: Bounds<u64>) -> Result<u64, ConfigError> {
-    let n = parse_size(value)?;
+    let range = || out_of_range(value, format!("{} to {} bytes", b.min, b.max));
+    let n = match parse_size(value) {
+        Ok(n) => n,
+        Err(_) if size_bytes(value).is_some() => return Err(range()),
+        Err(e) => return Err(e),
+    };
     if n < b.min || n > b.max {
-        return Err(out_of_range(value, format!("{} to {} bytes", b.min, b.max)));
+        return Err(range());
     }
     Ok(n)
 }
@@ -289,6 +307,16 @@ pub fn count_in(
 
 /// Parse `1048576`, `64KiB`, `128MiB`, `1GiB`, `10MB`.
 pub fn parse_size(value: &str) -> Result<u64, ConfigError> {
+    size_bytes(value)
+        // Not past u64: `as` would saturate silently.
+        .filter(|n| *n < u64::MAX as f64)
+        .map(|n| n as u64)
+        .ok_or_else(|| ConfigError::Size(value.to_owned()))
+}
+
+/// The bytes `value` means, if it is a non-negative number with a known
+/// unit (however large).
+fn size_bytes(value: &str) -> Option<f64> {
     let v = value.trim();
     let split = v
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -302,15 +330,12 @@ pub fn parse_size(value: &str) -> Result<u64, ConfigError> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        _ => return Err(ConfigError::Size(value.to_owned())),
+        _ => return None,
     };
     num.parse::<f64>()
         .ok()
         .map(|n| n * scale as f64)
-        // Not past u64: `as` would saturate silently.
-        .filter(|n| n.is_finite() && *n >= 0.0 && *n < u64::MAX as f64)
-        .map(|n| n as u64)
-        .ok_or_else(|| ConfigError::Size(value.to_owned()))
+        .filter(|n| n.is_finite() && *n >= 0.0)
 }
 
 /// Parse a CPU share in cores: `0.25`, `1`, `2.5`.
@@ -539,6 +564,18 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("1e300GiB").is_err());
         assert!(parse_duration("1e300").is_err());
+        // Too large to hold is out of range, with the range said.
+        for e in [
+            check_duration("1e300", TIMEOUT).unwrap_err(),
+            check_size("100000000000000000000GiB", MEMORY).unwrap_err(),
+        ] {
+            assert!(matches!(e, ConfigError::Range { .. }), "{e}");
+            assert!(e.to_string().contains("allowed"), "{e}");
+        }
+        assert!(matches!(
+            check_duration("soon", TIMEOUT).unwrap_err(),
+            ConfigError::Duration(_)
+        ));
         let e = check_duration("0", TIMEOUT).unwrap_err().to_string();
         assert!(e.contains("out of range") && e.contains("1ms"), "{e}");
         assert_eq!(
