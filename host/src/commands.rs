@@ -122,20 +122,13 @@ async fn start_app(
             .context("loading the component panicked")??
     };
     let pre = engine::prepare(engine, &loaded.component, component)?;
-    let per_request = limits.isolation == crate::config::Isolation::Request;
     let sandbox = {
         // Measuring a quota'd grant walks its tree: off the runtime too.
-        let (name, files, memory) = (name.to_owned(), loaded.files.clone(), limits.memory);
-        tokio::task::spawn_blocking(move || {
-            let sandbox = Sandbox::new(&name, grants, files, memory)?;
-            anyhow::Ok(if per_request {
-                sandbox.tmp_per_instance()
-            } else {
-                sandbox
-            })
-        })
-        .await
-        .context("setting up the sandbox panicked")??
+        let (name, files) = (name.to_owned(), loaded.files.clone());
+        let (memory, isolation) = (limits.memory, limits.isolation);
+        tokio::task::spawn_blocking(move || Sandbox::new(&name, grants, files, memory, isolation))
+            .await
+            .context("setting up the sandbox panicked")??
     };
     let tenant = TenantCpu::new(limits.cpu);
     let cpu = if alone {
@@ -158,6 +151,7 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
         args.grants.grants()?,
         loaded.files.clone(),
         args.grants.memory,
+        crate::config::Isolation::Pooled,
     )?;
     let mut store = pool::new_store(engine, sandbox.host_state(Stdio::Inherit)?, None)?;
     let app = pre

@@ -125,11 +125,6 @@ impl Ledger {
         Ok(Self::new(budget, tree_usage(root)?))
     }
 
-    /// The budget this tree draws on.
-    pub fn budget(&self) -> &Arc<Budget> {
-        &self.budget
-    }
-
     /// Serialise namespace changes in this tree (see `namespace`).
     pub fn lock_namespace(
         &self,

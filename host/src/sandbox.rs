@@ -11,7 +11,7 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{DirPerms, FilePerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bundle::Mount;
-use crate::config::{DirGrant, Grants};
+use crate::config::{DirGrant, Grants, Isolation};
 use crate::disk_quota::{Budget, Ledger};
 use crate::guest_log::{GuestLog, LogBudget};
 use crate::quota_fs::{OpenFiles, QuotaFsView, Quotas};
@@ -67,7 +67,6 @@ pub struct Sandbox {
     files: Arc<[Mount]>,
     memory: u64,
     tmp: Tmp,
-    tmp_size: u64,
     /// Shared by all the app's instances.
     log: Arc<LogBudget>,
     /// Shared by all the app's instances.
@@ -99,9 +98,16 @@ pub enum Stdio {
 
 impl Sandbox {
     /// Sandbox for the app called `app` (the name tags its log lines);
-    /// `files` are the component's own read-only directories. Blocks: a
-    /// granted directory with a quota is walked to charge what it holds.
-    pub fn new(app: &str, grants: Grants, files: Arc<[Mount]>, memory: u64) -> Result<Self> {
+    /// `files` are the component's own read-only directories; with request
+    /// isolation every instance gets its own /tmp. Blocks: a granted
+    /// directory with a quota is walked to charge what it holds.
+    pub fn new(
+        app: &str,
+        grants: Grants,
+        files: Arc<[Mount]>,
+        memory: u64,
+        isolation: Isolation,
+    ) -> Result<Self> {
         for grant in &grants.dirs {
             let g = grant.guest.trim_end_matches('/');
             if let Some(m) = files.iter().find(|m| {
@@ -124,6 +130,8 @@ impl Sandbox {
             .any(|d| d.guest.trim_end_matches('/') == "/tmp")
         {
             Tmp::Granted
+        } else if isolation == Isolation::Request {
+            Tmp::PerInstance(Budget::new(grants.tmp_size))
         } else {
             Tmp::Shared(
                 Arc::new(scratch_dir(app)?),
@@ -163,18 +171,9 @@ impl Sandbox {
             files,
             memory,
             tmp,
-            tmp_size: grants.tmp_size,
             log: LogBudget::new(grants.log_rate),
             open_files: OpenFiles::new(grants.max_open_files),
         })
-    }
-
-    /// Give every instance its own /tmp instead of one per app.
-    pub fn tmp_per_instance(mut self) -> Self {
-        if !matches!(self.tmp, Tmp::Granted) {
-            self.tmp = Tmp::PerInstance(Budget::new(self.tmp_size));
-        }
-        self
     }
 
     /// A new instance's state: only the granted dirs and env, the app's own
