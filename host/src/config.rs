@@ -11,7 +11,9 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A `--dir` value that is not `HOST::GUEST[:ro]` or names no directory.
-    #[error("--dir {value:?}: {reason} (expected HOST_DIR::GUEST_DIR, then :ro and/or :quota=SIZE)")]
+    #[error(
+        "--dir {value:?}: {reason} (expected HOST_DIR::GUEST_DIR, then :ro and/or :quota=SIZE)"
+    )]
     Dir { value: String, reason: String },
     /// An `--env` value without `=` or with an empty name.
     #[error("--env {0:?}: expected NAME=VALUE")]
