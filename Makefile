@@ -26,6 +26,7 @@ test:
 
 lint:
 	$(CARGO) fmt --all --check
+	python3 scripts/check-modules.py
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
 # Side-by-side benchmark (installs wrk, granian, gunicorn itself); writes

@@ -228,10 +228,13 @@ def boot(
     native: Dict[str, str],
     warmup: List[str],
     report_path: Optional[str],
+    fixed_keys: Sequence[str],
     stdlib_export: Optional[str] = None,
 ) -> Tuple[type, type]:
     """Import and warm up the app; return the exported ``Handler`` and
-    ``Command`` classes."""
+    ``Command`` classes. ``fixed_keys`` are the environ keys whose values
+    the host sends first without their names (`FIXED_KEYS` in
+    host/src/protocol.rs, passed at build time)."""
     # The app's directories are mounted writable while building: leave no
     # __pycache__ behind in the user's project.
     sys.dont_write_bytecode = True
@@ -266,4 +269,4 @@ def boot(
             pass
     from .component import make_command, make_handler
 
-    return make_handler(app), make_command(list(mounts[:app_dirs]))
+    return make_handler(app, tuple(fixed_keys)), make_command([tuple(m) for m in mounts[:app_dirs]])

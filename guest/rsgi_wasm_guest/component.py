@@ -22,23 +22,6 @@ _UNAVAILABLE = response.SendFileError.UNAVAILABLE
 _TOO_LARGE = request.BodyError.TOO_LARGE
 _flat = chain.from_iterable
 
-# The keys every environ has, in the order the host sends their values
-# (`FIXED_KEYS` in host/src/environ.rs, checked equal by a test there).
-FIXED_KEYS = (
-    "REQUEST_METHOD",
-    "SCRIPT_NAME",
-    "PATH_INFO",
-    "QUERY_STRING",
-    "RAW_URI",
-    "REQUEST_URI",
-    "SERVER_PROTOCOL",
-    "SERVER_NAME",
-    "SERVER_PORT",
-    "REMOTE_ADDR",
-    "REMOTE_PORT",
-    "wsgi.url_scheme",
-)
-
 # Per `keys` string seen before (see `handle` in wit/wsgi.wit): its names,
 # split once, and an environ with every key already in place, so a request
 # copies a dict of the right size and only replaces values. Bounded:
@@ -83,8 +66,9 @@ class _HostTransport(protocol.Transport):
 _TRANSPORT = _HostTransport()
 
 
-def make_handler(app: Callable) -> type:
-    """Build the ``Handler`` class componentize-py exports for ``app``."""
+def make_handler(app: Callable, fixed_keys: Tuple[str, ...]) -> type:
+    """Build the ``Handler`` class componentize-py exports for ``app``;
+    ``fixed_keys`` name the values the host sends first, in order."""
     base = protocol.base_environ()
     run = protocol.run
 
@@ -93,7 +77,7 @@ def make_handler(app: Callable) -> type:
             sep = "\u0100" if wide else "\x00"
             layout = _LAYOUTS.get(keys)
             if layout is None:
-                names = FIXED_KEYS + tuple(keys.split(sep)) if keys else FIXED_KEYS
+                names = fixed_keys + tuple(keys.split(sep)) if keys else fixed_keys
                 template = base.copy()
                 template.update(dict.fromkeys(names, ""))
                 template["wsgi.input"] = EMPTY

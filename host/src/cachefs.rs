@@ -43,6 +43,16 @@ pub fn publish(staged: &Path, dest: &Path, complete: impl Fn(&Path) -> bool) -> 
     std::fs::rename(staged, dest).with_context(|| format!("publishing {}", dest.display()))
 }
 
+/// Write a cache file so readers see the old file or the whole new one.
+pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
+    let dir = dest.parent().context("cache path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, data)?;
+    tmp.persist(dest)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

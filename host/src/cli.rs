@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::build::deps::Source;
 use crate::build::BuildOptions;
 use crate::config::{self, DirGrant, Grants, Limits, ServerConfig};
-use crate::deps::Source;
 
 /// Serve Python WSGI apps, each in its own WebAssembly sandbox.
 #[derive(Debug, Parser)]
@@ -38,34 +38,41 @@ pub struct ServeArgs {
     /// The tenants file: a list of [[app]] tables (see README).
     pub config: PathBuf,
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8000")]
+    #[arg(long, default_value = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// Where compiled components and builds are kept (every subcommand).
+#[derive(Debug, Args, Clone)]
+pub struct CacheArgs {
+    /// Where compiled components are cached (default: $XDG_CACHE_HOME/rsgi-wasm,
+    /// else ~/.cache/rsgi-wasm).
+    #[arg(long, value_name = "DIR", env = "RSGI_WASM_CACHE")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Server-wide HTTP flags shared by `run` and `serve`.
 #[derive(Debug, Args)]
 pub struct HttpArgs {
     /// Time in-flight requests get to finish after SIGINT/SIGTERM.
-    #[arg(long, default_value = "30s", value_parser = config::duration_in(config::GRACE))]
+    #[arg(long, default_value = config::DEFAULT_GRACE, value_parser = config::duration_in(config::GRACE))]
     pub grace: Duration,
     /// Time a client has to send a complete request head, which is also how
     /// long an idle keep-alive connection is kept (hyper uses one timer for
     /// both); then the connection is closed.
-    #[arg(long, default_value = "10s", value_parser = config::duration_in(config::HEADER_TIMEOUT))]
+    #[arg(long, default_value = config::DEFAULT_HEADER_TIMEOUT, value_parser = config::duration_in(config::HEADER_TIMEOUT))]
     pub header_timeout: Duration,
     /// Open connections at most (more wait in the accept backlog).
-    #[arg(long, default_value = "10000", value_parser = config::count_in(config::MAX_CONNECTIONS))]
+    #[arg(long, default_value = config::DEFAULT_MAX_CONNECTIONS, value_parser = config::count_in(config::MAX_CONNECTIONS))]
     pub max_connections: u64,
     /// Peers allowed to set the URL scheme via X-Forwarded-Proto or
     /// Forwarded: comma-separated IPs, or * for any.
-    #[arg(long, default_value = "127.0.0.1", value_parser = config::parse_trusted)]
+    #[arg(long, default_value = config::DEFAULT_FORWARDED_ALLOW, value_parser = config::parse_trusted)]
     pub forwarded_allow_ips: config::TrustedPeers,
-    /// Where compiled components are cached (default: $RSGI_WASM_CACHE,
-    /// else $XDG_CACHE_HOME/rsgi-wasm, else ~/.cache/rsgi-wasm).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
 }
 
 impl HttpArgs {
@@ -77,7 +84,7 @@ impl HttpArgs {
             header_timeout: self.header_timeout,
             forwarded_allow: self.forwarded_allow_ips.clone(),
             max_connections: self.max_connections as usize,
-            ..ServerConfig::default()
+            max_header_bytes: config::MAX_HEADER_BYTES,
         }
     }
 }
@@ -184,13 +191,12 @@ pub struct BuildArgs {
         default_value = "app.wasm"
     )]
     pub output: PathBuf,
-    /// Cache for dependencies and builds (default as for `run`).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// What an app may reach: directories, environment, network.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct GrantArgs {
     /// Grant a directory: HOST_DIR::GUEST_DIR, then `:ro` for read-only or
     /// `:quota=SIZE` to cap what it may hold (repeatable).
@@ -206,19 +212,19 @@ pub struct GrantArgs {
     #[arg(long = "allow-net", value_name = "HOST:PORT", value_parser = config::parse_net)]
     pub allow_net: Vec<Vec<std::net::SocketAddr>>,
     /// Memory cap per instance: 128MiB, 1GiB, ...
-    #[arg(long, default_value = "512MiB", value_parser = config::size_in(config::MEMORY))]
+    #[arg(long, default_value = config::DEFAULT_MEMORY, value_parser = config::size_in(config::MEMORY))]
     pub memory: u64,
     /// What the app's private /tmp may hold, all its instances together;
     /// writes past it fail with ENOSPC.
-    #[arg(long, default_value = "64MiB", value_parser = config::size_in(config::DISK))]
+    #[arg(long, default_value = config::DEFAULT_TMP_SIZE, value_parser = config::size_in(config::DISK))]
     pub tmp_size: u64,
     /// Bytes a second of stdout/stderr the app may log, in bursts of up
     /// to 4 s of it; lines past it are dropped and counted.
-    #[arg(long, default_value = "1MiB", value_parser = config::size_in(config::LOG_RATE))]
+    #[arg(long, default_value = config::DEFAULT_LOG_RATE, value_parser = config::size_in(config::LOG_RATE))]
     pub log_rate: u64,
     /// Files and directories the app's instances may hold open together;
     /// past it, opening fails (ENOMEM: WASI has no EMFILE).
-    #[arg(long, default_value = "1024", value_parser = config::count_in(config::OPEN_FILES))]
+    #[arg(long, default_value = config::DEFAULT_OPEN_FILES, value_parser = config::count_in(config::OPEN_FILES))]
     pub max_open_files: u64,
 }
 
@@ -248,9 +254,8 @@ pub struct ExecArgs {
     pub component: PathBuf,
     #[command(flatten)]
     pub grants: GrantArgs,
-    /// Where compiled components are cached (as for `run`).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// The script and its arguments after `--`: `manage.py migrate`, or
     /// `-m module args`.
     #[arg(last = true, required = true, value_name = "SCRIPT [ARGS]")]
@@ -267,32 +272,51 @@ pub struct RunArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8000")]
+    #[arg(long, default_value = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// Instances serving requests at once, kept warm.
-    #[arg(long, default_value = "1", value_parser = config::count_in(config::WORKERS))]
-    pub workers: u64,
-    /// Requests that may wait when all workers are busy (503 beyond).
-    #[arg(long, default_value = "1024", value_parser = config::count_in(config::QUEUE))]
-    pub queue: u64,
+    #[command(flatten)]
+    pub app_args: AppArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// One app's settings: the flags of `run`, and the keys of an `[[app]]`
+/// in tenants.toml (`--max-body` is `max_body`), parsed by the same code.
+#[derive(Debug, Args, Clone)]
+pub struct AppArgs {
     #[command(flatten)]
     pub grants: GrantArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Serve files under URL_PREFIX from HOST_DIR on the host, without
     /// entering the app (ETag, Last-Modified, ranges), e.g. /static/=./static
     /// (repeatable).
-    #[arg(long = "static", value_name = "URL_PREFIX=HOST_DIR", value_parser = crate::static_files::parse_static)]
-    pub statics: Vec<crate::static_files::StaticMount>,
+    #[arg(long = "static", value_name = "URL_PREFIX=HOST_DIR", value_parser = crate::http::static_files::parse_static)]
+    pub statics: Vec<crate::http::static_files::StaticMount>,
+}
+
+/// How an app's instances run: how many, for how long, with what share.
+#[derive(Debug, Args, Clone)]
+pub struct LimitArgs {
+    /// Instances serving requests at once, kept warm.
+    #[arg(long, default_value = config::DEFAULT_WORKERS, value_parser = config::count_in(config::WORKERS))]
+    pub workers: u64,
+    /// Requests that may wait when all workers are busy (503 beyond).
+    #[arg(long, default_value = config::DEFAULT_QUEUE, value_parser = config::count_in(config::QUEUE))]
+    pub queue: u64,
     /// Per-request time limit (504 past it): seconds or 500ms / 30s / 2m.
-    #[arg(long, default_value = "60s", value_parser = config::duration_in(config::TIMEOUT))]
+    #[arg(long, default_value = config::DEFAULT_TIMEOUT, value_parser = config::duration_in(config::TIMEOUT))]
     pub timeout: Duration,
     /// Largest request body accepted (413 above it).
-    #[arg(long, default_value = "1GiB", value_parser = config::size_in(config::MAX_BODY))]
+    #[arg(long, default_value = config::DEFAULT_MAX_BODY, value_parser = config::size_in(config::MAX_BODY))]
     pub max_body: u64,
     /// Replace an instance after this many requests (0 = never).
-    #[arg(long, default_value = "0", value_parser = config::count_in(config::MAX_REQUESTS))]
+    #[arg(long, default_value = config::DEFAULT_MAX_REQUESTS, value_parser = config::count_in(config::MAX_REQUESTS))]
     pub max_requests: u64,
     /// Extra requests (random per instance, up to this) before replacement.
-    #[arg(long, default_value = "0", value_parser = config::count_in(config::MAX_REQUESTS))]
+    #[arg(long, default_value = config::DEFAULT_MAX_REQUESTS, value_parser = config::count_in(config::MAX_REQUESTS))]
     pub max_requests_jitter: u64,
     /// At most this many cores for the app's guests together (0.5, 2, ...),
     /// averaged over 100 ms; over it they wait, they are not killed.
@@ -301,28 +325,41 @@ pub struct RunArgs {
     pub cpu: Option<f64>,
     /// `pooled`: warm instances keep module state between requests;
     /// `request`: a fresh instance per request, nothing shared.
-    #[arg(long, default_value = "pooled", value_parser = config::parse_isolation)]
+    #[arg(long, default_value = config::DEFAULT_ISOLATION, value_parser = config::parse_isolation)]
     pub isolation: config::Isolation,
+}
+
+impl AppArgs {
+    /// The app's limits: the one place they are built.
+    pub fn limits(&self) -> Limits {
+        let l = &self.limits;
+        Limits {
+            workers: l.workers as usize,
+            queue: l.queue as usize,
+            timeout: l.timeout,
+            memory: self.grants.memory,
+            max_body: l.max_body,
+            max_requests: l.max_requests,
+            max_requests_jitter: l.max_requests_jitter,
+            isolation: l.isolation,
+            cpu: l.cpu,
+        }
+    }
+}
+
+/// An `[[app]]`'s settings keys, parsed as flags (see `tenants`).
+#[derive(Debug, Parser)]
+#[command(no_binary_name = true, disable_help_flag = true)]
+pub struct AppKeys {
     #[command(flatten)]
-    pub http: HttpArgs,
+    pub app: AppArgs,
 }
 
 impl RunArgs {
     /// Split the flags into server settings, grants and limits.
     pub fn split(&self) -> anyhow::Result<(ServerConfig, Grants, Limits)> {
         let server = self.http.server_config(self.listen);
-        let grants = self.grants.grants()?;
-        let limits = Limits {
-            workers: self.workers as usize,
-            queue: self.queue as usize,
-            timeout: self.timeout,
-            memory: self.grants.memory,
-            max_body: self.max_body,
-            max_requests: self.max_requests,
-            max_requests_jitter: self.max_requests_jitter,
-            isolation: self.isolation,
-            cpu: self.cpu,
-        };
-        Ok((server, grants, limits))
+        let grants = self.app_args.grants.grants()?;
+        Ok((server, grants, self.app_args.limits()))
     }
 }

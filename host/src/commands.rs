@@ -4,19 +4,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::error::UserError;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
 use crate::build::{self, BuildOptions};
 use crate::cli::{BuildArgs, Command, ExecArgs, RunArgs, ServeArgs};
 use crate::config::{Grants, Limits, ServerConfig};
-use crate::cpu::{CpuScheduler, CpuShare, TenantCpu};
-use crate::engine::{self, Loader};
-use crate::pool::{self, AppPool};
-use crate::sandbox::{Sandbox, Stdio};
-use crate::server::{self, Site};
-use crate::static_files::StaticFiles;
-use crate::tenants::{self, Route, Router, TenantConfig};
+use crate::http::router::{Route, Router};
+use crate::http::server::{self, Site};
+use crate::http::static_files::StaticFiles;
+use crate::runtime::cpu::{CpuScheduler, CpuShare, TenantCpu};
+use crate::runtime::engine::{self, Loader};
+use crate::runtime::pool::AppPool;
+use crate::runtime::sandbox::{Sandbox, Stdio};
+use crate::runtime::store;
+use crate::tenants::{self, TenantConfig};
 
 /// Run one parsed command line; returns the process exit status.
 pub async fn execute(command: Command) -> Result<u8> {
@@ -29,7 +32,7 @@ pub async fn execute(command: Command) -> Result<u8> {
 }
 
 async fn build_command(args: BuildArgs) -> Result<()> {
-    let cache = engine::cache_dir(args.cache_dir)?;
+    let cache = engine::cache_dir(args.cache.cache_dir)?;
     let opts = args
         .source
         .build_options(args.target, Some(args.output), cache);
@@ -60,18 +63,18 @@ async fn build_and_report(opts: &BuildOptions) -> Result<PathBuf> {
 /// What `rsgi-wasm run APP` names: a built component, or source to build.
 fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
     let app = args.app.as_str();
-    let cache = engine::cache_dir(args.http.cache_dir.clone())?;
+    let cache = engine::cache_dir(args.cache.cache_dir.clone())?;
     let as_path = Path::new(app);
     if app.ends_with(".wasm") || as_path.is_file() {
         if !args.source.is_empty() {
-            anyhow::bail!(build::BuildError(format!(
+            anyhow::bail!(UserError(format!(
                 "{app} is a component; -p, -r, --pyproject, --site-packages and --warmup only apply when running from source (like app.py:app)"
             )));
         }
         return Ok(None);
     }
     let Some((file, callable)) = app.rsplit_once(':') else {
-        anyhow::bail!(build::BuildError(format!(
+        anyhow::bail!(UserError(format!(
             "{app}: no such component; give a .wasm built by `rsgi-wasm build`, or an app like path/to/app.py:app or module:callable with -p"
         )));
     };
@@ -79,7 +82,7 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
         // `path/to/app.py:app`: module `app` in directory `path/to`.
         let script = Path::new(file);
         if !script.is_file() {
-            anyhow::bail!(build::BuildError(format!("{file}: no such file")));
+            anyhow::bail!(UserError(format!("{file}: no such file")));
         }
         let module = Path::new(stem)
             .file_name()
@@ -141,7 +144,7 @@ async fn start_app(
 
 /// `rsgi-wasm exec`: one instance, the terminal's stdio, the script's status.
 async fn exec_command(args: ExecArgs) -> Result<u8> {
-    let loader = new_loader(args.cache_dir.clone())?;
+    let loader = new_loader(args.cache.cache_dir.clone())?;
     let engine = loader.engine();
     let loaded = loader.load(&args.component)?;
     let pre = engine::prepare(engine, &loaded.component, &args.component)?;
@@ -153,7 +156,7 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
         args.grants.memory,
         crate::config::Isolation::Pooled,
     )?;
-    let mut store = pool::new_store(engine, sandbox.host_state(Stdio::Inherit)?, None)?;
+    let mut store = store::new_store(engine, sandbox.host_state(Stdio::Inherit)?, None)?;
     let app = pre
         .instantiate_async(&mut store)
         .await
@@ -196,7 +199,7 @@ async fn listen(cfg: &ServerConfig) -> Result<TcpListener> {
 
 async fn run_command(args: RunArgs) -> Result<()> {
     let (server_cfg, grants, limits) = args.split()?;
-    let statics = StaticFiles::new(args.statics.clone())?;
+    let statics = StaticFiles::new(args.app_args.statics.clone())?;
     let (component, name) = match component_for_run(&args)? {
         Some(opts) => {
             let name = opts.target.split(':').next().unwrap_or("app").to_owned();
@@ -205,7 +208,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
         None => (PathBuf::from(&args.app), app_name(Path::new(&args.app))),
     };
     let t0 = Instant::now();
-    let loader = new_loader(args.http.cache_dir.clone())?;
+    let loader = new_loader(args.cache.cache_dir.clone())?;
     let workers = limits.workers;
     let sched = scheduler(&loader);
     let pool = start_app(&loader, &sched, true, &name, &component, grants, limits).await?;
@@ -216,7 +219,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
         if workers == 1 { "" } else { "s" },
         t0.elapsed().as_secs_f64() * 1000.0
     );
-    let site = Arc::new(Site::new(Router::single(pool), statics, &server_cfg));
+    let site = Arc::new(Site::new(Router::single(pool, statics), &server_cfg));
     server::serve(listener, site, &server_cfg, server::shutdown_signal()).await
 }
 
@@ -225,6 +228,7 @@ struct Running {
     config: TenantConfig,
     modified: Option<SystemTime>,
     pool: Arc<AppPool>,
+    statics: Arc<StaticFiles>,
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -244,24 +248,31 @@ async fn start_tenants(
         let same = previous
             .iter()
             .find(|r| r.config == config && r.modified == stamp);
-        let pool = match same {
-            Some(r) => r.pool.clone(),
-            None => start_app(
-                loader,
-                sched,
-                false,
-                &config.name,
-                &config.component,
-                config.grants.clone(),
-                config.limits.clone(),
-            )
-            .await
-            .with_context(|| format!("app {}", config.name))?,
+        let (pool, statics) = match same {
+            Some(r) => (r.pool.clone(), r.statics.clone()),
+            None => (
+                start_app(
+                    loader,
+                    sched,
+                    false,
+                    &config.name,
+                    &config.component,
+                    config.grants.clone(),
+                    config.limits.clone(),
+                )
+                .await
+                .with_context(|| format!("app {}", config.name))?,
+                Arc::new(
+                    StaticFiles::new(config.statics.clone())
+                        .with_context(|| format!("app {}", config.name))?,
+                ),
+            ),
         };
         next.push(Running {
             config,
             modified: stamp,
             pool,
+            statics,
         });
     }
     Ok(next)
@@ -275,6 +286,7 @@ fn router_for(running: &[Running]) -> Router {
                 hosts: r.config.hosts.clone(),
                 prefix: r.config.path_prefix.clone(),
                 app: r.pool.clone(),
+                statics: r.statics.clone(),
             })
             .collect(),
     )
@@ -283,7 +295,7 @@ fn router_for(running: &[Running]) -> Router {
 async fn serve_command(args: ServeArgs) -> Result<()> {
     let t0 = Instant::now();
     let server_cfg = args.http.server_config(args.listen);
-    let loader = new_loader(args.http.cache_dir.clone())?;
+    let loader = new_loader(args.cache.cache_dir.clone())?;
     let configs = tenants::load(&args.config)?;
     let sched = scheduler(&loader);
     let running = start_tenants(&loader, &sched, configs, &[]).await?;
@@ -295,11 +307,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         args.config.display(),
         t0.elapsed().as_secs_f64() * 1000.0
     );
-    let site = Arc::new(Site::new(
-        router_for(&running),
-        StaticFiles::new(Vec::new())?,
-        &server_cfg,
-    ));
+    let site = Arc::new(Site::new(router_for(&running), &server_cfg));
 
     let reload_site = site.clone();
     let config_path = args.config.clone();

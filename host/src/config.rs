@@ -166,6 +166,41 @@ fn duration_seconds(value: &str) -> Option<f64> {
         .map(|n| n * scale)
 }
 
+// Every default, written once: the flags' defaults, and so the keys' of an
+// `[[app]]` in tenants.toml, which are parsed as flags.
+/// `--listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+/// `--grace`.
+pub const DEFAULT_GRACE: &str = "30s";
+/// `--header-timeout`.
+pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
+/// `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: &str = "10000";
+/// `--forwarded-allow-ips`.
+pub const DEFAULT_FORWARDED_ALLOW: &str = "127.0.0.1";
+/// Largest request head (431 above); not a flag.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// `--workers` / `workers`.
+pub const DEFAULT_WORKERS: &str = "1";
+/// `--queue` / `queue`.
+pub const DEFAULT_QUEUE: &str = "1024";
+/// `--timeout` / `timeout`.
+pub const DEFAULT_TIMEOUT: &str = "60s";
+/// `--max-body` / `max_body`.
+pub const DEFAULT_MAX_BODY: &str = "1GiB";
+/// `--max-requests`, `--max-requests-jitter` and their keys: never.
+pub const DEFAULT_MAX_REQUESTS: &str = "0";
+/// `--isolation` / `isolation`.
+pub const DEFAULT_ISOLATION: &str = "pooled";
+/// `--memory` / `memory`.
+pub const DEFAULT_MEMORY: &str = "512MiB";
+/// `--tmp-size` / `tmp_size`.
+pub const DEFAULT_TMP_SIZE: &str = "64MiB";
+/// `--log-rate` / `log_rate`.
+pub const DEFAULT_LOG_RATE: &str = "1MiB";
+/// `--max-open-files` / `max_open_files`.
+pub const DEFAULT_OPEN_FILES: &str = "1024";
+
 /// The allowed values of one setting, inclusive.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds<T> {
@@ -205,22 +240,16 @@ pub const DISK: Bounds<u64> = Bounds {
     min: 0,
     max: 1 << 40,
 };
-/// What an app's private /tmp may hold unless told otherwise.
-pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 /// `--log-rate` / `log_rate`: bytes of guest output a second, up to 1 GiB.
 pub const LOG_RATE: Bounds<u64> = Bounds {
     min: 0,
     max: 1 << 30,
 };
-/// What an app may print a second unless told otherwise.
-pub const DEFAULT_LOG_RATE: u64 = 1 << 20;
 /// `--max-open-files` / `max_open_files`.
 pub const OPEN_FILES: Bounds<u64> = Bounds {
     min: 1,
     max: 1_000_000,
 };
-/// Host files one app's instances may hold open unless told otherwise.
-pub const DEFAULT_OPEN_FILES: usize = 1024;
 /// `--workers` / `workers`.
 pub const WORKERS: Bounds<u64> = Bounds { min: 1, max: 1024 };
 /// `--queue` / `queue`.
@@ -367,19 +396,6 @@ pub struct Grants {
     pub max_open_files: usize,
 }
 
-impl Default for Grants {
-    fn default() -> Self {
-        Grants {
-            dirs: Vec::new(),
-            env: Vec::new(),
-            net: Vec::new(),
-            tmp_size: DEFAULT_TMP_SIZE,
-            log_rate: DEFAULT_LOG_RATE,
-            max_open_files: DEFAULT_OPEN_FILES,
-        }
-    }
-}
-
 /// Parse `HOST:PORT` for `--allow-net`; a host name is resolved once, now
 /// (the guest itself gets no name lookup), and every address it has is allowed.
 pub fn parse_net(value: &str) -> Result<Vec<std::net::SocketAddr>, ConfigError> {
@@ -439,22 +455,6 @@ pub fn parse_isolation(value: &str) -> Result<Isolation, ConfigError> {
     }
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            workers: 1,
-            queue: 1024,
-            timeout: Duration::from_secs(60),
-            memory: 512 << 20,
-            max_body: 1 << 30,
-            max_requests: 0,
-            max_requests_jitter: 0,
-            isolation: Isolation::Pooled,
-            cpu: None,
-        }
-    }
-}
-
 /// Server-wide HTTP settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -504,19 +504,6 @@ pub fn parse_trusted(value: &str) -> Result<TrustedPeers, ConfigError> {
         .map(|s| s.parse().map_err(|_| ConfigError::Peers(value.to_owned())))
         .collect::<Result<Vec<_>, _>>()
         .map(TrustedPeers::Only)
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: "127.0.0.1:8000".parse().expect("valid literal"),
-            grace: Duration::from_secs(30),
-            header_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 * 1024,
-            max_connections: 10_000,
-            forwarded_allow: TrustedPeers::Only(vec![std::net::Ipv4Addr::LOCALHOST.into()]),
-        }
-    }
 }
 
 #[cfg(test)]

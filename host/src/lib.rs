@@ -1,33 +1,99 @@
 //! rsgi-wasm: serve Python WSGI apps, each in its own WebAssembly sandbox.
 //!
-//! Request path: `server` (hyper) → `head_rules` (RFC 9112 checks) →
-//! `environ` (CGI keys) → `pool` (a warm instance, run under `cpu`'s fair
-//! run slots) → `wsgi` (the WIT calls, streamed both ways) → guest adapter.
-//! Build path: `build` (componentize-py) → a component `engine` compiles
-//! once and caches; `cachefs` publishes into the shared cache.
-//! Sandbox: `sandbox` builds each instance's WASI context; `quota_fs`
-//! charges its file writes to `disk_quota` ledgers; `guest_log` takes its
-//! stdout/stderr, rate-limited.
+//! Three layers, each using only the ones below it:
+//! - `cli` (flags) and `commands` (what each subcommand wires up), with
+//!   `tenants` for the tenants file, and `main` below printing a failure;
+//! - `build`: the build pipeline (dependencies, componentize-py, packing
+//!   the app's files with `bundle`);
+//! - `http` (accept loop, request checks, routing, static files) over
+//!   `runtime` (engine, instances, sandbox, the WSGI imports, bodies).
+//!
+//! `config` (validated settings), `error` (the user-facing error),
+//! `protocol` (what host and guest agree on), `bundle`, `cachefs` and
+//! `latin1` are shared below all of them. `docs/architecture.md` walks one request through them;
+//! `scripts/check-modules.py` checks the layering and that no two modules
+//! import each other.
 
-pub mod bindings;
-pub mod build;
-pub mod bundle;
-pub mod cachefs;
-pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod cpu;
-pub mod deps;
-pub mod disk_quota;
-pub mod engine;
-pub mod environ;
-pub mod guest_log;
-pub mod head_rules;
-pub mod pool;
-pub mod quota_fs;
-pub mod sandbox;
-pub mod sendfile;
-pub mod server;
-pub mod static_files;
-pub mod tenants;
-pub mod wsgi;
+mod build;
+mod bundle;
+mod cachefs;
+mod cli;
+mod commands;
+mod config;
+mod error;
+mod http;
+mod latin1;
+mod protocol;
+mod runtime;
+mod tenants;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Every warm instance holds a few directory handles (its preopened code
+/// directories and /tmp), so a process with many tenants or workers needs
+/// more descriptors than the usual soft limit of 1024: raise the soft limit
+/// to the hard one, as Go's runtime and nginx do.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (lim.current, lim.maximum) {
+        if current < maximum {
+            let raised = Rlimit {
+                current: Some(maximum),
+                maximum: Some(maximum),
+            };
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                tracing::debug!("cannot raise the open-file limit to {maximum}: {e}");
+            }
+        }
+    }
+}
+
+/// What to print for a command that failed with `e`: user mistakes as
+/// they are, anything else with its chain of causes.
+fn report(e: &anyhow::Error) -> String {
+    if let Some(user) = e.downcast_ref::<error::UserError>() {
+        return user.to_string();
+    }
+    if let Some(user) = e.downcast_ref::<config::ConfigError>() {
+        return user.to_string();
+    }
+    if let Some(user) = e.downcast_ref::<tenants::TenantError>() {
+        return user.to_string();
+    }
+    format!("{e:#}")
+}
+
+/// The whole program: parse flags, set up logging, run the command, and
+/// print a failure once with its exit status.
+pub fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    raise_fd_limit();
+    // One worker thread more than guests may run at once (one per core,
+    // `cpu::CpuScheduler`): however busy the guests, a thread is left for
+    // accepting, connection I/O and static files.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(runtime::cpu::CpuScheduler::io_threads_for_this_machine())
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"));
+    let outcome = runtime.and_then(|rt| rt.block_on(commands::execute(cli.command)));
+    match outcome {
+        Ok(status) => ExitCode::from(status),
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,52 +1,23 @@
-//! Many apps in one process: the `tenants.toml` format (checked with file,
-//! line and field before anything listens) and the router that maps a
-//! request's Host and path to an app and its `SCRIPT_NAME`.
+//! Many apps in one process: the `tenants.toml` format, checked with file,
+//! line and field before anything listens.
+//!
+//! An `[[app]]` has four keys of its own (`name`, `component`, `hosts`,
+//! `path_prefix`) and an `env` table; every other key is one of `run`'s
+//! per-app flags spelt with underscores, and is parsed as that flag
+//! (`cli::AppKeys`): the same parser, bounds and default on both surfaces.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use serde::Deserialize;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser};
+use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::config::{self, DirGrant, Grants, Limits};
-use crate::pool::AppPool;
-
-/// One `[[app]]` as written, spans kept for error messages.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApp {
-    name: Spanned<String>,
-    component: Spanned<String>,
-    #[serde(default)]
-    hosts: Vec<Spanned<String>>,
-    path_prefix: Option<Spanned<String>>,
-    #[serde(default)]
-    dirs: Vec<Spanned<String>>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    #[serde(default)]
-    allow_net: Vec<Spanned<String>>,
-    workers: Option<Spanned<i64>>,
-    queue: Option<Spanned<i64>>,
-    timeout: Option<Spanned<String>>,
-    memory: Option<Spanned<String>>,
-    max_body: Option<Spanned<String>>,
-    isolation: Option<Spanned<String>>,
-    max_requests: Option<Spanned<i64>>,
-    max_requests_jitter: Option<Spanned<i64>>,
-    cpu: Option<Spanned<toml::Value>>,
-    tmp_size: Option<Spanned<String>>,
-    log_rate: Option<Spanned<String>>,
-    max_open_files: Option<Spanned<i64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    app: Vec<RawApp>,
-}
+use crate::cli::AppKeys;
+use crate::config::{Grants, Limits};
+use crate::http::static_files::StaticMount;
 
 /// One validated tenant.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +34,8 @@ pub struct TenantConfig {
     pub grants: Grants,
     /// Limits.
     pub limits: Limits,
+    /// Static mounts answered before the app (`static`).
+    pub statics: Vec<StaticMount>,
 }
 
 /// A config problem, located in the file.
@@ -83,261 +56,324 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// Keys whose values are host paths, relative to the config file.
+const PATH_KEYS: [&str; 3] = ["dirs", "static", "env_file"];
+
+/// Keys spelt otherwise than their flag: a list of grants reads better
+/// as `dirs = [...]` than as `dir`.
+const RENAMED: [(&str, &str); 1] = [("dirs", "dir")];
+
+/// The flag (without `--`) that an `[[app]]` key stands for.
+fn flag_of(key: &str) -> String {
+    let key = RENAMED
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(key, |(_, f)| f);
+    key.replace('_', "-")
+}
+
+/// The `[[app]]` key of a flag (without `--`).
+fn key_of(flag: &str) -> String {
+    let key = flag.replace('-', "_");
+    RENAMED
+        .iter()
+        .find(|(_, f)| *f == key)
+        .map_or(key, |(k, _)| (*k).to_owned())
+}
+
 /// Read and check `path`. Every problem names file, line and field.
 pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read tenants file {file}: {e}"))?;
-    let raw: RawFile = toml::from_str(&text).map_err(|e| TenantError {
+    let at = |span: Range<usize>, field: String, message: String| TenantError {
         file: file.clone(),
-        line: e.span().map_or(1, |s| line_of(&text, s.start)),
-        field: "syntax".into(),
-        message: e.message().to_owned(),
+        line: line_of(&text, span.start),
+        field,
+        message,
+    };
+    let root = DeTable::parse(&text).map_err(|e| {
+        at(
+            e.span().unwrap_or(0..0),
+            "syntax".into(),
+            e.message().into(),
+        )
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut out: Vec<TenantConfig> = Vec::new();
-    for (i, app) in raw.app.into_iter().enumerate() {
-        let err = |span: std::ops::Range<usize>, field: &str, message: String| TenantError {
-            file: file.clone(),
-            line: line_of(&text, span.start),
-            field: format!("app[{i}].{field}"),
-            message,
-        };
-        let name = app.name.get_ref().clone();
-        if name.is_empty() || out.iter().any(|t| t.name == name) {
-            return Err(err(
-                app.name.span(),
-                "name",
-                format!("{name:?} is empty or used twice"),
+    let mut apps = Vec::new();
+    for (key, value) in root.get_ref() {
+        if key.get_ref().as_ref() != "app" {
+            return Err(at(
+                key.span(),
+                key.get_ref().to_string(),
+                "unknown key; the file holds [[app]] tables only".into(),
             )
             .into());
         }
-        let component = base.join(app.component.get_ref());
-        if !component.is_file() {
-            return Err(err(
-                app.component.span(),
-                "component",
-                format!(
-                    "{} does not exist (build it with `rsgi-wasm build`)",
-                    component.display()
-                ),
-            )
-            .into());
-        }
-        let mut hosts = Vec::new();
-        for h in &app.hosts {
-            let v = h.get_ref().to_ascii_lowercase();
-            let bare = v.strip_prefix("*.").unwrap_or(&v);
-            if bare.is_empty() || bare.contains(['*', '/', ' ']) {
-                return Err(err(
-                    h.span(),
-                    "hosts",
-                    format!("{v:?} is not a host name or *.domain pattern"),
+        match value.get_ref() {
+            DeValue::Array(items) => apps.extend(items.iter()),
+            _ => {
+                return Err(at(
+                    value.span(),
+                    "app".into(),
+                    "write each app as an [[app]] table".into(),
                 )
-                .into());
+                .into())
             }
-            hosts.push(v);
         }
-        let path_prefix = match &app.path_prefix {
-            None => String::new(),
-            Some(p) => {
-                let v = p.get_ref().trim_end_matches('/').to_owned();
-                if !p.get_ref().starts_with('/') {
-                    return Err(err(
-                        p.span(),
-                        "path_prefix",
-                        format!("{:?} must start with /", p.get_ref()),
-                    )
-                    .into());
-                }
-                v
-            }
+    }
+    let mut out: Vec<TenantConfig> = Vec::new();
+    for (i, app) in apps.into_iter().enumerate() {
+        let DeValue::Table(table) = app.get_ref() else {
+            return Err(at(app.span(), format!("app[{i}]"), "expected a table".into()).into());
         };
-        let mut dirs = Vec::new();
-        for d in &app.dirs {
-            // Relative host directories are relative to the config file.
-            let spec = d.get_ref();
-            let spec = match spec.split_once("::") {
-                Some((host, rest)) if !Path::new(host).is_absolute() => {
-                    format!("{}::{rest}", base.join(host).display())
-                }
-                _ => spec.clone(),
-            };
-            let grant: DirGrant =
-                config::parse_dir(&spec).map_err(|e| err(d.span(), "dirs", e.to_string()))?;
-            dirs.push(grant);
-        }
-        let mut net = Vec::new();
-        for n in &app.allow_net {
-            net.extend(
-                config::parse_net(n.get_ref())
-                    .map_err(|e| err(n.span(), "allow_net", e.to_string()))?,
-            );
-        }
-        let mut limits = Limits::default();
-        let count = |v: &Spanned<i64>, field: &str, b| {
-            config::check_count(&v.get_ref().to_string(), b)
-                .map_err(|e| err(v.span(), field, e.to_string()))
+        let err = |span: Range<usize>, field: &str, message: String| {
+            at(span, format!("app[{i}].{field}"), message)
         };
-        if let Some(w) = &app.workers {
-            limits.workers = count(w, "workers", config::WORKERS)? as usize;
+        let tenant = tenant(table, base, &err)
+            .map_err(|e| e.unwrap_or_else(|| err(app.span(), "name", "missing".into())))?;
+        if out.iter().any(|t| t.name == tenant.name) {
+            let span = table
+                .iter()
+                .find(|(k, _)| k.get_ref().as_ref() == "name")
+                .map_or(app.span(), |(_, v)| v.span());
+            return Err(err(span, "name", format!("{:?} is used twice", tenant.name)).into());
         }
-        if let Some(q) = &app.queue {
-            limits.queue = count(q, "queue", config::QUEUE)? as usize;
-        }
-        if let Some(t) = &app.timeout {
-            limits.timeout = config::check_duration(t.get_ref(), config::TIMEOUT)
-                .map_err(|e| err(t.span(), "timeout", e.to_string()))?;
-        }
-        let size = |v: &Spanned<String>, field: &str, b| {
-            config::check_size(v.get_ref(), b).map_err(|e| err(v.span(), field, e.to_string()))
-        };
-        if let Some(m) = &app.memory {
-            limits.memory = size(m, "memory", config::MEMORY)?;
-        }
-        if let Some(m) = &app.max_body {
-            limits.max_body = size(m, "max_body", config::MAX_BODY)?;
-        }
-        if let Some(iso) = &app.isolation {
-            limits.isolation = config::parse_isolation(iso.get_ref())
-                .map_err(|e| err(iso.span(), "isolation", e.to_string()))?;
-        }
-        if let Some(c) = &app.cpu {
-            let text = match c.get_ref() {
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                other => other.to_string(),
-            };
-            limits.cpu =
-                Some(config::parse_cpu(&text).map_err(|e| err(c.span(), "cpu", e.to_string()))?);
-        }
-        if let Some(m) = &app.max_requests {
-            limits.max_requests = count(m, "max_requests", config::MAX_REQUESTS)?;
-        }
-        if let Some(j) = &app.max_requests_jitter {
-            limits.max_requests_jitter = count(j, "max_requests_jitter", config::MAX_REQUESTS)?;
-        }
-        let tmp_size = match &app.tmp_size {
-            Some(t) => size(t, "tmp_size", config::DISK)?,
-            None => config::DEFAULT_TMP_SIZE,
-        };
-        let log_rate = match &app.log_rate {
-            Some(r) => size(r, "log_rate", config::LOG_RATE)?,
-            None => config::DEFAULT_LOG_RATE,
-        };
-        let max_open_files = match &app.max_open_files {
-            Some(n) => count(n, "max_open_files", config::OPEN_FILES)? as usize,
-            None => config::DEFAULT_OPEN_FILES,
-        };
-        out.push(TenantConfig {
-            name,
-            component,
-            hosts,
-            path_prefix,
-            grants: Grants {
-                dirs,
-                env: app.env.into_iter().collect(),
-                net,
-                tmp_size,
-                log_rate,
-                max_open_files,
-            },
-            limits,
-        });
+        out.push(tenant);
     }
     if out.is_empty() {
-        return Err(TenantError {
-            file,
-            line: 1,
-            field: "app".into(),
-            message: "no [[app]] entries".into(),
-        }
-        .into());
+        return Err(at(0..0, "app".into(), "no [[app]] entries".into()).into());
     }
     Ok(out)
 }
 
-/// One routing entry.
-pub struct Route {
-    /// Host patterns (lower-case); empty = any host.
-    pub hosts: Vec<String>,
-    /// Mount point (`""` = root).
-    pub prefix: String,
-    /// The app.
-    pub app: Arc<AppPool>,
-}
+type Located<'a> = &'a dyn Fn(Range<usize>, &str, String) -> TenantError;
 
-/// Host + path → app. Immutable; reloads build a new one and swap it in.
-#[derive(Default)]
-pub struct Router {
-    routes: Vec<Route>,
-}
-
-fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix("*.") {
-        Some(domain) => host
-            .strip_suffix(domain)
-            .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-        None => pattern == host,
-    }
-}
-
-impl Router {
-    /// A router over `routes`.
-    pub fn new(routes: Vec<Route>) -> Self {
-        Router { routes }
-    }
-
-    /// A router that sends everything to one app at the root.
-    pub fn single(app: Arc<AppPool>) -> Self {
-        Router::new(vec![Route {
-            hosts: Vec::new(),
-            prefix: String::new(),
-            app,
-        }])
-    }
-
-    /// The app for `host` (without port, any case) and raw `path`, and its
-    /// `SCRIPT_NAME`. Exact host beats a wildcard beats any host; then the
-    /// longest prefix that ends at a segment boundary wins.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<(&Arc<AppPool>, &str)> {
-        let host = host.map(|h| h.to_ascii_lowercase());
-        let host_rank = |r: &Route| -> Option<u8> {
-            if r.hosts.is_empty() {
-                return Some(0);
+/// One `[[app]]`: its own keys read here, the rest parsed as flags. None
+/// as the error: `name` is missing.
+fn tenant(
+    table: &DeTable<'_>,
+    base: &Path,
+    err: Located<'_>,
+) -> Result<TenantConfig, Option<TenantError>> {
+    let mut name = None;
+    let mut component = None;
+    let mut hosts = Vec::new();
+    let mut path_prefix = String::new();
+    let mut env = BTreeMap::new();
+    // Each flag with the key and span it came from, for errors.
+    let mut argv: Vec<String> = Vec::new();
+    let mut origin: Vec<(String, Range<usize>)> = Vec::new();
+    for (key, value) in table {
+        let k = key.get_ref().as_ref();
+        let span = value.span();
+        match k {
+            "name" => {
+                let v = string(value, k, err)?;
+                if v.is_empty() {
+                    return Err(Some(err(span, k, "must not be empty".into())));
+                }
+                name = Some(v);
             }
-            let h = host.as_deref()?;
-            r.hosts
-                .iter()
-                .filter(|p| host_matches(p, h))
-                .map(|p| if p.starts_with("*.") { 1 } else { 2 })
-                .max()
-        };
-        self.routes
+            "component" => {
+                let c = base.join(string(value, k, err)?);
+                if !c.is_file() {
+                    return Err(Some(err(
+                        span,
+                        k,
+                        format!(
+                            "{} does not exist (build it with `rsgi-wasm build`)",
+                            c.display()
+                        ),
+                    )));
+                }
+                component = Some((c, span));
+            }
+            "hosts" => {
+                for (h, span) in strings(value, k, err)? {
+                    let v = h.to_ascii_lowercase();
+                    let bare = v.strip_prefix("*.").unwrap_or(&v);
+                    if bare.is_empty() || bare.contains(['*', '/', ' ']) {
+                        return Err(Some(err(
+                            span,
+                            k,
+                            format!("{v:?} is not a host name or *.domain pattern"),
+                        )));
+                    }
+                    hosts.push(v);
+                }
+            }
+            "path_prefix" => {
+                let p = string(value, k, err)?;
+                if !p.starts_with('/') {
+                    return Err(Some(err(span, k, format!("{p:?} must start with /"))));
+                }
+                path_prefix = p.trim_end_matches('/').to_owned();
+            }
+            "env" => {
+                let DeValue::Table(vars) = value.get_ref() else {
+                    return Err(Some(err(
+                        span,
+                        k,
+                        "expected a table of NAME = \"value\"".into(),
+                    )));
+                };
+                for (name, v) in vars {
+                    env.insert(name.get_ref().to_string(), string(v, k, err)?);
+                }
+            }
+            _ => {
+                for (v, span) in strings(value, k, err)? {
+                    let v = if PATH_KEYS.contains(&k) {
+                        relative_to(base, k, &v)
+                    } else {
+                        v
+                    };
+                    argv.push(format!("--{}={v}", flag_of(k)));
+                    origin.push((k.to_owned(), span));
+                }
+            }
+        }
+    }
+    let name = name.ok_or(None)?;
+    let Some((component, _)) = component else {
+        return Err(Some(err(0..0, "component", "missing".into())));
+    };
+    let keys = AppKeys::try_parse_from(&argv).map_err(|e| Some(flag_error(&e, &origin, err)))?;
+    let app = keys.app;
+    let mut grants = app.grants.grants().map_err(|e| {
+        Some(err(
+            span_of(&origin, "env_file"),
+            "env_file",
+            format!("{e:#}"),
+        ))
+    })?;
+    grants.env.extend(env);
+    Ok(TenantConfig {
+        name,
+        component,
+        hosts,
+        path_prefix,
+        limits: app.limits(),
+        grants,
+        statics: app.statics,
+    })
+}
+
+/// A `dirs`, `static` or `env_file` value with its host path made relative
+/// to the config file's directory.
+fn relative_to(base: &Path, key: &str, value: &str) -> String {
+    let join = |p: &str| base.join(p).display().to_string();
+    match key {
+        "dirs" => match value.split_once("::") {
+            Some((host, rest)) if !host.is_empty() && !Path::new(host).is_absolute() => {
+                format!("{}::{rest}", join(host))
+            }
+            _ => value.to_owned(),
+        },
+        "static" => match value.split_once('=') {
+            Some((prefix, dir)) if !dir.is_empty() && !Path::new(dir).is_absolute() => {
+                format!("{prefix}={}", join(dir))
+            }
+            _ => value.to_owned(),
+        },
+        _ if !value.is_empty() && !Path::new(value).is_absolute() => join(value),
+        _ => value.to_owned(),
+    }
+}
+
+fn span_of(origin: &[(String, Range<usize>)], key: &str) -> Range<usize> {
+    origin
+        .iter()
+        .find(|(k, _)| k == key)
+        .map_or(0..0, |(_, s)| s.clone())
+}
+
+/// A flag's parse error, told as the key it came from.
+fn flag_error(e: &clap::Error, origin: &[(String, Range<usize>)], err: Located<'_>) -> TenantError {
+    let flag = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let key = key_of(
+        flag.trim_start_matches('-')
+            .split([' ', '='])
+            .next()
+            .unwrap_or_default(),
+    );
+    let span = span_of(origin, &key);
+    let message = match e.kind() {
+        ErrorKind::UnknownArgument => {
+            let known: Vec<String> = AppKeys::command()
+                .get_arguments()
+                .filter_map(|a| a.get_long())
+                .map(key_of)
+                .filter(|k| k != "env")
+                .collect();
+            format!(
+                "unknown key; an [[app]] takes name, component, hosts, path_prefix, env, {}",
+                known.join(", ")
+            )
+        }
+        _ => match std::error::Error::source(e) {
+            Some(cause) => cause.to_string(),
+            None => e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned(),
+        },
+    };
+    err(span, &key, message)
+}
+
+fn string(
+    value: &Spanned<DeValue<'_>>,
+    key: &str,
+    err: Located<'_>,
+) -> Result<String, Option<TenantError>> {
+    match value.get_ref() {
+        DeValue::String(s) => Ok(s.to_string()),
+        _ => Err(Some(err(value.span(), key, "expected a string".into()))),
+    }
+}
+
+/// A key's value as flag values: a string, number or boolean is one, an
+/// array one per item.
+fn strings(
+    value: &Spanned<DeValue<'_>>,
+    key: &str,
+    err: Located<'_>,
+) -> Result<Vec<(String, Range<usize>)>, Option<TenantError>> {
+    let one = |v: &Spanned<DeValue<'_>>| -> Result<String, Option<TenantError>> {
+        match v.get_ref() {
+            DeValue::String(s) => Ok(s.to_string()),
+            DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+                .map(|n| n.to_string())
+                .map_err(|_| Some(err(v.span(), key, "not a 64-bit integer".into()))),
+            DeValue::Float(f) => Ok(f.as_str().replace('_', "")),
+            DeValue::Boolean(b) => Ok(b.to_string()),
+            _ => Err(Some(err(
+                v.span(),
+                key,
+                "expected a string, a number or a list of them".into(),
+            ))),
+        }
+    };
+    match value.get_ref() {
+        DeValue::Array(items) => items
             .iter()
-            .filter(|r| {
-                path.strip_prefix(r.prefix.as_str()).is_some_and(|rest| {
-                    rest.is_empty() || rest.starts_with('/') || r.prefix.is_empty()
-                })
-            })
-            .filter_map(|r| host_rank(r).map(|rank| (rank, r)))
-            .max_by_key(|(rank, r)| (*rank, r.prefix.len()))
-            .map(|(_, r)| (&r.app, r.prefix.as_str()))
+            .map(|v| one(v).map(|s| (s, v.span())))
+            .collect(),
+        _ => Ok(vec![(one(value)?, value.span())]),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcards_match_subdomains_only() {
-        assert!(host_matches("*.shop.example.com", "a.shop.example.com"));
-        assert!(host_matches("*.shop.example.com", "a.b.shop.example.com"));
-        assert!(!host_matches("*.shop.example.com", "shop.example.com"));
-        assert!(!host_matches("*.shop.example.com", "evilshop.example.com"));
-        assert!(host_matches("shop.example.com", "shop.example.com"));
-    }
 
     #[test]
     fn errors_name_file_line_and_field() {
@@ -374,5 +410,113 @@ mod tests {
         .unwrap();
         let t = load(&cfg).unwrap();
         assert_eq!(t[0].path_prefix, "/api");
+    }
+
+    #[test]
+    fn keys_are_the_run_flags_with_the_same_defaults() {
+        let dir = std::env::temp_dir().join(format!("rsgi-tenants-model-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::create_dir_all(dir.join("static")).unwrap();
+        std::fs::write(dir.join("a.wasm"), b"x").unwrap();
+        std::fs::write(dir.join("app.env"), "FROM_FILE=1\nBOTH=file\n").unwrap();
+        let cfg = dir.join("t.toml");
+        // Nothing set: exactly the flags' defaults.
+        std::fs::write(&cfg, "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n").unwrap();
+        let t = load(&cfg).unwrap().remove(0);
+        let defaults = AppKeys::try_parse_from(Vec::<String>::new()).unwrap().app;
+        assert_eq!(t.limits, defaults.limits());
+        assert_eq!(t.grants, defaults.grants.grants().unwrap());
+        assert!(t.statics.is_empty());
+        // Every key set: what the same flags give, host paths taken
+        // relative to the file.
+        std::fs::write(
+            &cfg,
+            "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nworkers = 3\nqueue = 7\n\
+             timeout = \"2s\"\nmax_body = \"1MiB\"\nmax_requests = 100\nmax_requests_jitter = 10\n\
+             cpu = 0.5\nisolation = \"request\"\nmemory = \"64MiB\"\ntmp_size = \"1MiB\"\n\
+             log_rate = 4096\nmax_open_files = 64\ndirs = [\"data::/data:quota=1MiB\"]\n\
+             static = [\"/s/=static\"]\nenv_file = \"app.env\"\nallow_net = [\"127.0.0.1:5432\"]\n\
+             [app.env]\nBOTH = \"table\"\n",
+        )
+        .unwrap();
+        let t = load(&cfg).unwrap().remove(0);
+        let d = dir.display();
+        let flags = AppKeys::try_parse_from([
+            "--workers=3".to_owned(),
+            "--queue=7".into(),
+            "--timeout=2s".into(),
+            "--max-body=1MiB".into(),
+            "--max-requests=100".into(),
+            "--max-requests-jitter=10".into(),
+            "--cpu=0.5".into(),
+            "--isolation=request".into(),
+            "--memory=64MiB".into(),
+            "--tmp-size=1MiB".into(),
+            "--log-rate=4096".into(),
+            "--max-open-files=64".into(),
+            format!("--dir={d}/data::/data:quota=1MiB"),
+            format!("--static=/s/={d}/static"),
+            format!("--env-file={d}/app.env"),
+            "--allow-net=127.0.0.1:5432".into(),
+            "--env=BOTH=table".into(),
+        ])
+        .unwrap()
+        .app;
+        assert_eq!(t.limits, flags.limits());
+        assert_eq!(t.grants, flags.grants.grants().unwrap());
+        assert_eq!(t.statics, flags.statics);
+        assert_eq!(t.limits.workers, 3);
+        // The table's env comes after the file's, as --env after --env-file.
+        let env = &t.grants.env;
+        assert_eq!(env.iter().rfind(|(k, _)| k == "BOTH").unwrap().1, "table");
+        assert!(env.contains(&("FROM_FILE".into(), "1".into())));
+    }
+
+    #[test]
+    fn a_bad_key_is_told_with_its_line_and_what_it_expects() {
+        let dir = std::env::temp_dir().join(format!("rsgi-tenants-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.wasm"), b"x").unwrap();
+        let cfg = dir.join("t.toml");
+        for (line, field, says) in [
+            ("workers = 0", "workers", "out of range"),
+            ("workers = \"many\"", "workers", "out of range"),
+            ("cpu = [1, 2]", "cpu", "cannot be used multiple times"),
+            (
+                "memory = {}",
+                "memory",
+                "expected a string, a number or a list",
+            ),
+            ("isolation = \"shared\"", "isolation", "pooled or request"),
+            ("listen = \"0.0.0.0:80\"", "listen", "unknown key"),
+            ("env = [\"A=1\"]", "env", "expected a table"),
+            ("env_file = \"missing.env\"", "env_file", "missing.env"),
+            ("static = [\"/s/=nowhere\"]", "static", "cannot be used"),
+        ] {
+            std::fs::write(
+                &cfg,
+                format!("[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n{line}\n"),
+            )
+            .unwrap();
+            let e = load(&cfg).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("t.toml:4: app[0].{field}: ")),
+                "{line}: {e}"
+            );
+            assert!(e.contains(says), "{line}: {e}");
+        }
+        std::fs::write(&cfg, "[[app]]\ncomponent = \"a.wasm\"\n").unwrap();
+        let e = load(&cfg).unwrap_err().to_string();
+        assert!(e.contains("app[0].name: missing"), "{e}");
+        std::fs::write(&cfg, "[[app]]\nname = \"a\"\n").unwrap();
+        let e = load(&cfg).unwrap_err().to_string();
+        assert!(e.contains("app[0].component: missing"), "{e}");
+        std::fs::write(
+            &cfg,
+            "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n",
+        )
+        .unwrap();
+        let e = load(&cfg).unwrap_err().to_string();
+        assert!(e.contains("t.toml:5: app[1].name"), "{e}");
     }
 }

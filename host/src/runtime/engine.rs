@@ -14,9 +14,11 @@ use anyhow::{bail, Context, Result};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-use crate::bindings::{WsgiApp, WsgiAppPre};
 use crate::bundle::{self, Mount};
-use crate::sandbox::HostState;
+use crate::cachefs;
+use crate::runtime::generated::{WsgiApp, WsgiAppPre};
+use crate::runtime::store::HostState;
+use crate::runtime::wsgi::WsgiCtx;
 
 /// How often the epoch advances: the granularity of timeouts and of the
 /// yields that keep one CPU-bound guest from starving the others.
@@ -54,14 +56,14 @@ pub fn new_engine() -> Result<Engine> {
     Ok(engine)
 }
 
-/// The cache directory to use: `given` (`--cache-dir`), else
-/// `$RSGI_WASM_CACHE`, `$XDG_CACHE_HOME/rsgi-wasm` or `~/.cache/rsgi-wasm`;
+/// The cache directory to use: `given` (`--cache-dir` or
+/// `$RSGI_WASM_CACHE`), else `$XDG_CACHE_HOME/rsgi-wasm` or `~/.cache/rsgi-wasm`;
 /// created private if missing, and refused unless it can be trusted (see
 /// [`check_trusted`]). Never a shared temporary directory.
 pub fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
     let dir = given
-        .or_else(|| var("RSGI_WASM_CACHE").map(PathBuf::from))
+        .filter(|d| !d.as_os_str().is_empty())
         .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("rsgi-wasm")))
         .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache").join("rsgi-wasm")))
         .context(
@@ -254,7 +256,7 @@ fn compile_cached(
             )
         })?;
     tracing::info!("compiled in {:.1}s", t.elapsed().as_secs_f64());
-    if let Err(e) = write_atomic(&cached, &compiled) {
+    if let Err(e) = cachefs::write_atomic(&cached, &compiled) {
         tracing::warn!(
             "cannot cache the compiled component in {}: {e:#}",
             cache_dir.display()
@@ -284,16 +286,6 @@ fn check_header(bytes: &[u8], path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Write a cache file so readers see the old file or the whole new one.
-pub(crate) fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
-    let dir = dest.parent().context("cache path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, data)?;
-    tmp.persist(dest)?;
-    Ok(())
-}
-
 /// Link WASI and our WIT imports, and check the component's world.
 pub fn prepare(
     engine: &Engine,
@@ -302,8 +294,8 @@ pub fn prepare(
 ) -> Result<WsgiAppPre<HostState>> {
     let mut linker: Linker<HostState> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    crate::quota_fs::add_to_linker(&mut linker, HostState::quota_fs)?;
-    WsgiApp::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    crate::runtime::quota_fs::add_to_linker(&mut linker, HostState::quota_fs)?;
+    WsgiApp::add_to_linker::<HostState, HasSelf<WsgiCtx>>(&mut linker, HostState::wsgi)?;
     let pre = linker
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)

@@ -10,9 +10,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::build::BuildError;
 use crate::bundle;
 use crate::cachefs;
+use crate::error::UserError;
 
 /// Where the dependencies come from.
 #[derive(Debug, Clone)]
@@ -68,7 +68,7 @@ pub fn resolve(source: &Source, cache: &Path) -> Result<Resolved> {
     match source {
         Source::Requirements(file) => {
             let text = std::fs::read(file)
-                .map_err(|e| BuildError(format!("-r {}: {e}", file.display())))?;
+                .map_err(|e| UserError(format!("-r {}: {e}", file.display())))?;
             install(&text, file, &format!("-r {}", file.display()), cache)
         }
         Source::Pyproject(file) => {
@@ -96,9 +96,9 @@ fn hex(data: &[u8]) -> String {
 /// `[project].dependencies` of a PEP 621 pyproject.toml.
 pub fn pyproject_dependencies(file: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(file)
-        .map_err(|e| BuildError(format!("--pyproject {}: {e}", file.display())))?;
+        .map_err(|e| UserError(format!("--pyproject {}: {e}", file.display())))?;
     let doc: toml::Table = toml::from_str(&text).map_err(|e| {
-        BuildError(format!(
+        UserError(format!(
             "--pyproject {}: not valid TOML: {e}",
             file.display()
         ))
@@ -109,7 +109,7 @@ pub fn pyproject_dependencies(file: &Path) -> Result<Vec<String>> {
         } else {
             ""
         };
-        bail!(BuildError(format!(
+        bail!(UserError(format!(
             "--pyproject {}: no [project] table with dependencies (PEP 621){hint}",
             file.display()
         )));
@@ -119,7 +119,7 @@ pub fn pyproject_dependencies(file: &Path) -> Result<Vec<String>> {
         .and_then(|d| d.as_array())
         .is_some_and(|d| d.iter().any(|v| v.as_str() == Some("dependencies")));
     if dynamic {
-        bail!(BuildError(format!(
+        bail!(UserError(format!(
             "--pyproject {}: dependencies are dynamic; list them in a requirements.txt and build with -r",
             file.display()
         )));
@@ -128,7 +128,7 @@ pub fn pyproject_dependencies(file: &Path) -> Result<Vec<String>> {
         return Ok(Vec::new());
     };
     let deps = deps.as_array().ok_or_else(|| {
-        BuildError(format!(
+        UserError(format!(
             "--pyproject {}: [project].dependencies must be a list of strings",
             file.display()
         ))
@@ -136,7 +136,7 @@ pub fn pyproject_dependencies(file: &Path) -> Result<Vec<String>> {
     deps.iter()
         .map(|d| {
             d.as_str().map(str::to_owned).ok_or_else(|| {
-                BuildError(format!(
+                UserError(format!(
                     "--pyproject {}: [project].dependencies must be a list of strings, found {d}",
                     file.display()
                 ))
@@ -208,7 +208,7 @@ fn pip_install(requirements: &Path, label: &str, work: &Path) -> Result<()> {
             .arg(requirements)
             .output()
             .map_err(|e| {
-                BuildError(format!(
+                UserError(format!(
                     "resolving {label} needs python3 with pip on PATH: {e}"
                 ))
             })?;
@@ -222,7 +222,7 @@ fn pip_install(requirements: &Path, label: &str, work: &Path) -> Result<()> {
                 build_pure_wheel(&spec, &wheels)?;
                 built.push(spec);
             }
-            _ => bail!(BuildError(format!(
+            _ => bail!(UserError(format!(
                 "pip could not resolve {label} for CPython 3.14 on WASI:\n{}\n\
                  packages must ship a pure-Python wheel, a wheel whose native part is optional, \
                  or a source distribution that builds without C code",
@@ -269,7 +269,7 @@ fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
         .output()
         .context("running pip wheel")?;
     if !out.status.success() {
-        bail!(BuildError(format!(
+        bail!(UserError(format!(
             "{name}: no wheel for CPython 3.14 on WASI, and no source distribution that builds:\n{}",
             String::from_utf8_lossy(&out.stderr).trim_end()
         )));
@@ -281,7 +281,7 @@ fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
             continue;
         }
         if !file.ends_with("-none-any.whl") {
-            bail!(BuildError(format!(
+            bail!(UserError(format!(
                 "{name}: native extension, no WASI build available (its source distribution compiles C code: {file})"
             )));
         }
@@ -294,7 +294,7 @@ fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
 /// and drop its native modules there, leaving the user's copy untouched.
 fn copy_site_packages(src: &Path, cache: &Path) -> Result<Resolved> {
     if !src.is_dir() {
-        bail!(BuildError(format!(
+        bail!(UserError(format!(
             "--site-packages {}: no such directory",
             src.display()
         )));

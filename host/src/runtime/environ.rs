@@ -8,6 +8,10 @@
 use std::net::SocketAddr;
 
 use http::{HeaderMap, Method, Uri, Version};
+use percent_encoding::percent_decode;
+
+use crate::latin1;
+use crate::protocol::FIXED_KEYS;
 
 /// What the host knows about one request besides its headers.
 pub struct RequestInfo<'a> {
@@ -29,33 +33,6 @@ pub struct RequestInfo<'a> {
     pub url_scheme: &'a str,
     /// Request isolation: the instance serves this one request only.
     pub run_once: bool,
-}
-
-/// Bytes → native string: each byte one char (ISO-8859-1).
-pub fn latin1(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| b as char).collect()
-}
-
-/// Percent-decode a path (RFC 3986 section 2.1); malformed escapes stay as
-/// they are, like gunicorn and waitress do.
-pub fn percent_decode(input: &[u8]) -> Vec<u8> {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%' && i + 2 < input.len() {
-            if let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(input[i]);
-        i += 1;
-    }
-    out
 }
 
 /// Split a `Host` header value into name and port (`[v6]:port` aware).
@@ -109,25 +86,6 @@ pub fn raw_target(uri: &Uri) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The keys every environ has, in this order. Their values come first in
-/// [`Environ::values`] and their names are not sent: the guest knows them
-/// (`FIXED_KEYS` in `guest/rsgi_wasm_guest/component.py`, checked equal by
-/// a test below; see `handle` in `wit/wsgi.wit`).
-pub const FIXED_KEYS: [&str; 12] = [
-    "REQUEST_METHOD",
-    "SCRIPT_NAME",
-    "PATH_INFO",
-    "QUERY_STRING",
-    "RAW_URI",
-    "REQUEST_URI",
-    "SERVER_PROTOCOL",
-    "SERVER_NAME",
-    "SERVER_PORT",
-    "REMOTE_ADDR",
-    "REMOTE_PORT",
-    "wsgi.url_scheme",
-];
-
 /// The environ as it crosses the boundary (see `handle` in `wit/wsgi.wit`):
 /// keys and values packed into one string each, `separator` between items;
 /// `keys` names only the values after the [`FIXED_KEYS`] ones.
@@ -150,8 +108,9 @@ pub const SEP: char = '\0';
 pub const WIDE_SEP: char = '\u{100}';
 
 impl Environ {
-    /// The key/value pairs (for tests and logs; the guest splits itself).
-    pub fn pairs(&self) -> Vec<(&str, &str)> {
+    /// The key/value pairs (the guest splits them itself).
+    #[cfg(test)]
+    fn pairs(&self) -> Vec<(&str, &str)> {
         let sent = self
             .keys
             .split(self.separator)
@@ -267,7 +226,7 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
     let raw_path = req.uri.path();
     env.key("PATH_INFO");
     if raw_path.contains('%') || !raw_path.is_ascii() {
-        let decoded = latin1(&percent_decode(raw_path.as_bytes()));
+        let decoded = latin1::decode(&percent_decode(raw_path.as_bytes()).collect::<Vec<u8>>());
         let path_info = match decoded.strip_prefix(req.script_name) {
             Some(rest) if !req.script_name.is_empty() => rest,
             _ => &decoded,
@@ -298,7 +257,7 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
     let host_header = req
         .headers
         .get(http::header::HOST)
-        .map(|v| latin1(v.as_bytes()));
+        .map(|v| latin1::decode(v.as_bytes()));
     match host_header.as_deref().map(split_host) {
         Some((name, port)) if !name.is_empty() => {
             env.pair("SERVER_NAME", name);
@@ -427,17 +386,6 @@ mod tests {
     }
 
     #[test]
-    fn guest_knows_the_same_fixed_keys() {
-        let guest = include_str!("../../guest/rsgi_wasm_guest/component.py");
-        let start = guest
-            .find("FIXED_KEYS = (")
-            .expect("FIXED_KEYS in component.py");
-        let list = &guest[start..guest[start..].find(')').unwrap() + start];
-        let names: Vec<&str> = list.split('"').skip(1).step_by(2).collect();
-        assert_eq!(names, FIXED_KEYS);
-    }
-
-    #[test]
     fn only_header_keys_are_sent_by_name() {
         let uri: Uri = "/x".parse().unwrap();
         let none = HeaderMap::new();
@@ -478,8 +426,8 @@ mod tests {
 
     #[test]
     fn malformed_escapes_are_kept() {
-        assert_eq!(percent_decode(b"/a%zz%4"), b"/a%zz%4".to_vec());
-        assert_eq!(percent_decode(b"%41%"), b"A%".to_vec());
+        assert_eq!(percent_decode(b"/a%zz%4").collect::<Vec<u8>>(), b"/a%zz%4");
+        assert_eq!(percent_decode(b"%41%").collect::<Vec<u8>>(), b"A%");
     }
 
     #[test]

@@ -1,59 +1,22 @@
-//! Per-instance sandbox state: the `WasiCtx` built from an app's grants (the
-//! only ambient authority a guest gets), its memory limiter, the disk quotas
-//! of its /tmp and granted directories, and where its stdout/stderr go.
+//! An app's grants turned into each new instance's sandbox: the `WasiCtx`
+//! (the only ambient authority a guest gets), the disk quotas of its /tmp
+//! and granted directories, and where its stdout/stderr go.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use wasmtime::component::ResourceTable;
-use wasmtime::ResourceLimiter;
 use wasmtime_wasi::sockets::SocketAddrUse;
-use wasmtime_wasi::{DirPerms, FilePerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{DirPerms, FilePerms, WasiCtxBuilder};
 
 use crate::bundle::Mount;
 use crate::config::{DirGrant, Grants, Isolation};
-use crate::disk_quota::{Budget, Ledger};
-use crate::guest_log::{GuestLog, LogBudget};
-use crate::quota_fs::{OpenFiles, QuotaFsView, Quotas};
-use crate::wsgi::Exchange;
-
-/// Everything a `Store` holds for one instance.
-pub struct HostState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    /// Memory cap of this instance; remembers whether it was hit.
-    pub limiter: MemoryLimiter,
-    /// The request being served, if any.
-    pub exchange: Option<Exchange>,
-    /// The directories granted to this instance (for `send-file`).
-    pub dirs: Arc<[DirGrant]>,
-    /// What this instance's writes are charged to.
-    quotas: Quotas,
-    /// This instance's own /tmp, removed with it (request isolation).
-    _tmp: Option<ScratchDir>,
-}
-
-impl HostState {
-    /// The view the quota-charging `wasi:filesystem` works on.
-    pub fn quota_fs(&mut self) -> QuotaFsView<'_> {
-        QuotaFsView {
-            fs: wasmtime_wasi::filesystem::WasiFilesystemCtxView {
-                ctx: self.wasi.filesystem(),
-                table: &mut self.table,
-            },
-            quotas: &mut self.quotas,
-        }
-    }
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
+use crate::runtime::disk_quota::{Budget, Ledger};
+use crate::runtime::guest_log::{GuestLog, LogBudget};
+use crate::runtime::quota_fs::{OpenFiles, Quotas};
+use crate::runtime::scratch::{scratch_dir, ScratchDir};
+use crate::runtime::store::HostState;
+use crate::runtime::wsgi::WsgiCtx;
 
 /// The grants of one app, turned into a fresh `HostState` per instance.
 #[derive(Clone)]
@@ -246,88 +209,14 @@ impl Sandbox {
         // memory outside the memory limiter: bound how many it may hold.
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
-        Ok(HostState {
-            wasi: b.build(),
+        Ok(HostState::new(
+            b.build(),
             table,
-            limiter: MemoryLimiter {
-                max: self.memory as usize,
-                hit: false,
-            },
-            exchange: None,
-            dirs: self.dirs.clone(),
             quotas,
-            _tmp: own_tmp,
-        })
-    }
-}
-
-fn scratch_dir(app: &str) -> Result<ScratchDir> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("rsgi-wasm-{app}-tmp-"))
-        .tempdir()
-        .context("creating the app's private /tmp")?;
-    Ok(ScratchDir(dir.keep()))
-}
-
-/// An app's or instance's private /tmp on the host, removed with it.
-pub struct ScratchDir(std::path::PathBuf);
-
-impl ScratchDir {
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        if let Err(e) = remove_tree(&self.0) {
-            tracing::warn!("could not remove {}: {e}", self.0.display());
-        }
-    }
-}
-
-/// Remove `root` and all under it without recursion, two directories open
-/// at most. A guest can nest directories as deep as its quota pays for
-/// (16,384 levels in 64 MiB): deeper than a recursive removal's stack and
-/// descriptors allow, and too long for paths. So each pass removes what it
-/// can at the top and lifts the entries of non-empty directories up to the
-/// top, until nothing is left.
-fn remove_tree(root: &std::path::Path) -> std::io::Result<()> {
-    let mut n = 0u64;
-    loop {
-        let (mut left, mut progress) = (false, false);
-        for entry in std::fs::read_dir(root)? {
-            let entry = entry?;
-            left = true;
-            let path = entry.path();
-            if !entry.file_type()?.is_dir() {
-                std::fs::remove_file(&path)?;
-                progress = true;
-                continue;
-            }
-            if std::fs::remove_dir(&path).is_ok() {
-                progress = true;
-                continue;
-            }
-            for child in std::fs::read_dir(&path)? {
-                let child = child?;
-                let to = loop {
-                    n += 1;
-                    let to = root.join(format!(".rsgi-wasm-rm-{n}"));
-                    if std::fs::symlink_metadata(&to).is_err() {
-                        break to;
-                    }
-                };
-                std::fs::rename(child.path(), to)?;
-                progress = true;
-            }
-        }
-        if !left {
-            return std::fs::remove_dir(root);
-        }
-        if !progress {
-            return Err(std::io::Error::other("entries that cannot be removed"));
-        }
+            own_tmp,
+            self.memory,
+            WsgiCtx::new(self.dirs.clone()),
+        ))
     }
 }
 
@@ -342,75 +231,4 @@ fn preopen_tmp(b: &mut WasiCtxBuilder, host: &std::path::Path) -> Result<()> {
         .map_err(anyhow::Error::from)
         .context("mounting the app's private /tmp")?;
     Ok(())
-}
-
-/// Caps linear memory growth; a refused growth surfaces in Python as
-/// `MemoryError` and marks the instance for recycling.
-pub struct MemoryLimiter {
-    max: usize,
-    /// A growth was refused: replace this instance after the request.
-    pub hit: bool,
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.max {
-            self.hit = true;
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_tree_deeper_than_a_path_can_name_is_removed() {
-        let root = tempfile::tempdir().unwrap().keep();
-        // 20,000 levels of 40-byte names: 820 KB of path, far past
-        // PATH_MAX, and deeper than a recursive removal gets on this test
-        // thread's 2 MiB stack (as on tokio's blocking threads).
-        let name = "d".repeat(40);
-        let mut dir = std::fs::File::open(&root).unwrap();
-        for i in 0..20_000 {
-            use std::os::fd::AsFd;
-            rustix::fs::mkdirat(dir.as_fd(), name.as_str(), rustix::fs::Mode::RWXU).unwrap();
-            let fd = rustix::fs::openat(
-                dir.as_fd(),
-                name.as_str(),
-                rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
-                rustix::fs::Mode::empty(),
-            )
-            .unwrap();
-            if i % 100 == 0 {
-                let f = rustix::fs::openat(
-                    &fd,
-                    "f",
-                    rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY,
-                    rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
-                )
-                .unwrap();
-                drop(f);
-            }
-            dir = std::fs::File::from(fd);
-        }
-        drop(ScratchDir(root.clone()));
-        assert!(!root.exists());
-    }
 }

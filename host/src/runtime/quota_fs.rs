@@ -21,7 +21,7 @@ use wasmtime_wasi::p2::{
     StreamError, StreamResult,
 };
 
-use crate::disk_quota::{FileId, Handle, Ledger, BLOCK};
+use crate::runtime::disk_quota::{FileId, Handle, Ledger, BLOCK};
 
 /// How many host files (and directories) one app's instances may hold
 /// open together: each `open-at` takes a host descriptor, and the process

@@ -8,49 +8,52 @@
 //! componentize-py (whose pre-initialisation imports the app and warms it
 //! up), append the app's files (`bundle`) and store the result in the cache.
 
+pub mod deps;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use self::deps::Source;
 use crate::bundle;
 use crate::cachefs;
-use crate::deps::{self, Source};
-use crate::engine;
+use crate::error::UserError;
+use crate::protocol::FIXED_KEYS;
 
 /// The guest adapter, compiled into the binary so `build` is self-contained.
 const GUEST_FILES: &[(&str, &str)] = &[
     (
         "__init__.py",
-        include_str!("../../guest/rsgi_wasm_guest/__init__.py"),
+        include_str!("../../../guest/rsgi_wasm_guest/__init__.py"),
     ),
     (
         "boot.py",
-        include_str!("../../guest/rsgi_wasm_guest/boot.py"),
+        include_str!("../../../guest/rsgi_wasm_guest/boot.py"),
     ),
     (
         "compat.py",
-        include_str!("../../guest/rsgi_wasm_guest/compat.py"),
+        include_str!("../../../guest/rsgi_wasm_guest/compat.py"),
     ),
     (
         "component.py",
-        include_str!("../../guest/rsgi_wasm_guest/component.py"),
+        include_str!("../../../guest/rsgi_wasm_guest/component.py"),
     ),
     (
         "script.py",
-        include_str!("../../guest/rsgi_wasm_guest/script.py"),
+        include_str!("../../../guest/rsgi_wasm_guest/script.py"),
     ),
     (
         "protocol.py",
-        include_str!("../../guest/rsgi_wasm_guest/protocol.py"),
+        include_str!("../../../guest/rsgi_wasm_guest/protocol.py"),
     ),
     (
         "wsgi_input.py",
-        include_str!("../../guest/rsgi_wasm_guest/wsgi_input.py"),
+        include_str!("../../../guest/rsgi_wasm_guest/wsgi_input.py"),
     ),
 ];
-const WIT: &str = include_str!("../../wit/wsgi.wit");
+const WIT: &str = include_str!("../../../wit/wsgi.wit");
 const WORLD: &str = "wsgi-app";
 const ENTRY_MODULE: &str = "rsgi_wasm_entry";
 const WARMUP_REPORT: &str = "rsgi-wasm-warmup.txt";
@@ -96,15 +99,10 @@ pub struct BuildReport {
     pub cached: bool,
 }
 
-/// A problem the user must fix; shown without a Rust error chain.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BuildError(pub String);
-
 /// Split `module:callable` and check both parts look like Python names.
-pub fn parse_target(target: &str) -> Result<(String, String), BuildError> {
+pub fn parse_target(target: &str) -> Result<(String, String), UserError> {
     let usage = || {
-        BuildError(format!(
+        UserError(format!(
             "{target:?} is not MODULE:CALLABLE (for example `app:application` or `myproject.wsgi:application`)"
         ))
     };
@@ -125,24 +123,6 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c == '_' || c.is_alphanumeric())
 }
 
-/// A Python string literal for any text.
-fn py_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Build the component described by `opts`, or reuse an identical build.
 pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let (module, callable) = parse_target(&opts.target)?;
@@ -155,9 +135,9 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     for p in &paths {
         let abs = p
             .canonicalize()
-            .map_err(|_| BuildError(format!("-p {}: no such directory", p.display())))?;
+            .map_err(|_| UserError(format!("-p {}: no such directory", p.display())))?;
         if !abs.is_dir() {
-            bail!(BuildError(format!("-p {}: not a directory", p.display())));
+            bail!(UserError(format!("-p {}: not a directory", p.display())));
         }
         app_dirs.push(abs);
     }
@@ -177,7 +157,7 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         h.update(text);
     }
     h.update(WIT);
-    h.update(format!("{:?}", (&opts.target, &opts.warmup)));
+    h.update(format!("{:?}", (&opts.target, &opts.warmup, FIXED_KEYS)));
     for dir in &app_dirs {
         h.update(dir.to_string_lossy().as_bytes());
         let bytes = bundle::hash_dir(&mut h, dir)?;
@@ -215,7 +195,7 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
             &report_file,
         )
         .await?;
-        engine::write_atomic(&cached, &component)?;
+        cachefs::write_atomic(&cached, &component)?;
     }
     let path = match &opts.output {
         Some(out) => {
@@ -277,40 +257,40 @@ async fn generate(
     let mut python_path: Vec<PathBuf> = vec![guest_dir.clone()];
     python_path.extend(app_dirs.iter().cloned());
     python_path.extend(resolved.iter().map(|r| r.dir.clone()));
-    let mounts: Vec<String> = python_path
+    let mounts: Vec<(String, String)> = python_path
         .iter()
         .enumerate()
         .skip(1)
-        .map(|(i, host)| {
-            format!(
-                "({}, {})",
-                py_str(&format!("/{i}")),
-                py_str(&host.to_string_lossy())
-            )
-        })
+        .map(|(i, host)| (format!("/{i}"), host.to_string_lossy().into_owned()))
         .collect();
-    let native_py: Vec<String> = resolved
+    let native: std::collections::BTreeMap<&str, &str> = resolved
         .iter()
         .flat_map(|r| r.native.iter())
-        .map(|(m, d)| format!("{}: {}", py_str(m), py_str(d)))
+        .map(|(m, d)| (m.as_str(), d.as_str()))
         .collect();
-    let warmup_py: Vec<String> = warmup.iter().map(|p| py_str(p)).collect();
+    // The entry module's arguments travel as JSON, read at
+    // pre-initialisation from /0 where the adapter is mounted.
+    let args = serde_json::json!({
+        "module": module,
+        "expr": callable,
+        "mounts": mounts,
+        "app_dirs": app_dirs.len(),
+        "native": native,
+        "warmup": warmup,
+        "report_path": format!("/0/{WARMUP_REPORT}"),
+        "stdlib_export": export_stdlib.then_some("/0/stdlib"),
+        "fixed_keys": FIXED_KEYS,
+    });
+    std::fs::write(
+        guest_dir.join(format!("{ENTRY_MODULE}.json")),
+        serde_json::to_vec_pretty(&args)?,
+    )?;
     let entry = format!(
         "# Generated by rsgi-wasm build: the component's top-level module.\n\
+         import json\n\n\
          from rsgi_wasm_guest.boot import boot\n\n\
-         Handler, Command = boot(\n    module={},\n    expr={},\n    mounts=[{}],\n    app_dirs={},\n    native={{{}}},\n    warmup=[{}],\n    report_path={},\n    stdlib_export={},\n)\n",
-        py_str(module),
-        py_str(callable),
-        mounts.join(", "),
-        app_dirs.len(),
-        native_py.join(", "),
-        warmup_py.join(", "),
-        py_str(&format!("/0/{WARMUP_REPORT}")),
-        if export_stdlib {
-            py_str("/0/stdlib")
-        } else {
-            "None".to_owned()
-        },
+         with open(\"/0/{ENTRY_MODULE}.json\", encoding=\"utf-8\") as f:\n    \
+         Handler, Command = boot(**json.load(f))\n"
     );
     std::fs::write(guest_dir.join(format!("{ENTRY_MODULE}.py")), entry)?;
 
@@ -349,11 +329,11 @@ async fn generate(
             .filter_map(|l| l.split_once(ERROR_MARKER).map(|(_, m)| m))
             .collect();
         if lines.is_empty() {
-            bail!(BuildError(format!(
+            bail!(UserError(format!(
                 "componentize-py failed to build the component:\n{text}"
             )));
         }
-        bail!(BuildError(lines.join("\n")));
+        bail!(UserError(lines.join("\n")));
     }
     if export_stdlib {
         // Under a name of its own first: another build may be publishing
@@ -425,10 +405,5 @@ mod tests {
         assert!(parse_target("app:").is_err());
         assert!(parse_target("app-x:app").is_err());
         assert!(parse_target(":app").is_err());
-    }
-
-    #[test]
-    fn python_literals_escape() {
-        assert_eq!(py_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\x0a\"");
     }
 }

@@ -611,9 +611,10 @@ mod tests {
         let sched = CpuScheduler::new(engine(), 1);
         let t = TenantCpu::new(None);
         let share = CpuShare::new(sched.clone(), t.clone());
+        // 5 ms of this thread's CPU, however busy the machine is.
         let spin = || {
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_millis(5) {}
+            let t0 = thread_cpu_ns();
+            while thread_cpu_ns() - t0 < 5_000_000 {}
         };
         let out = share
             .run(async {

@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use http::StatusCode;
 use tokio::sync::Semaphore;
-use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime::{Engine, Store};
 
-use crate::bindings::{WsgiApp, WsgiAppPre};
 use crate::config::{Isolation, Limits};
-use crate::cpu::CpuShare;
-use crate::environ::Environ;
-use crate::sandbox::{HostState, Sandbox, Stdio};
-use crate::wsgi::Exchange;
+use crate::runtime::cpu::CpuShare;
+use crate::runtime::environ::Environ;
+use crate::runtime::generated::{WsgiApp, WsgiAppPre};
+use crate::runtime::sandbox::{Sandbox, Stdio};
+use crate::runtime::store::{new_store, HostState};
+use crate::runtime::wsgi::Exchange;
 
 /// One live instance and its store.
 struct Instance {
@@ -24,14 +25,6 @@ struct Instance {
     served: u64,
     /// Requests after which this instance retires (0 = never).
     retire_after: u64,
-}
-
-/// What happened to one request, for the access log.
-pub struct Served {
-    /// Status sent (0 if nothing was).
-    pub status: u16,
-    /// Body bytes the app produced.
-    pub bytes: u64,
 }
 
 /// The instances of one app.
@@ -46,29 +39,6 @@ pub struct AppPool {
     slots: Semaphore,
     waiting: AtomicUsize,
     created: AtomicUsize,
-}
-
-/// A store for one instance of a sandboxed app, with its memory cap and
-/// the epoch yields every instance needs; with `cpu`, those yields also
-/// give way to lighter tenants and enforce the app's cap.
-pub fn new_store(
-    engine: &Engine,
-    state: HostState,
-    cpu: Option<&CpuShare>,
-) -> Result<Store<HostState>> {
-    let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.limiter);
-    match cpu {
-        Some(cpu) => {
-            let mut check = cpu.deadline_callback();
-            store.epoch_deadline_callback(move |_| Ok(check()));
-        }
-        // Every tick, hand the thread back to tokio, so the guest's own
-        // timers can fire while it computes.
-        None => store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1))),
-    }
-    store.set_epoch_deadline(1);
-    Ok(store)
 }
 
 impl AppPool {
@@ -150,7 +120,7 @@ impl AppPool {
     }
 
     /// Serve one request with a warm (or, if none is idle, new) instance.
-    pub async fn serve(self: Arc<Self>, environ: Environ, mut ex: Exchange) -> Served {
+    pub async fn serve(self: Arc<Self>, environ: Environ, mut ex: Exchange) {
         let permit = if let Ok(p) = self.slots.try_acquire() {
             p
         } else {
@@ -161,10 +131,7 @@ impl AppPool {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Service Unavailable: server busy, retry shortly",
                 );
-                return Served {
-                    status: ex.status,
-                    bytes: ex.bytes,
-                };
+                return;
             }
             let p = self.slots.acquire().await.expect("semaphore never closed");
             self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -178,28 +145,22 @@ impl AppPool {
                 Err(e) => {
                     tracing::error!(app = %self.name, "cannot start an instance: {e:#}");
                     ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
-                    return Served {
-                        status: ex.status,
-                        bytes: ex.bytes,
-                    };
+                    return;
                 }
             },
         };
 
-        inst.store.data_mut().exchange = Some(ex);
+        inst.store.data_mut().wsgi().begin(ex);
         let call = inst.app.rsgi_wasm_wsgi_handler().call_handle(
             &mut inst.store,
             &environ.keys,
             &environ.values,
-            environ.separator != crate::environ::SEP,
+            environ.separator != crate::runtime::environ::SEP,
         );
         let outcome = tokio::time::timeout(self.limits.timeout, self.cpu.run(call)).await;
         let state = inst.store.data_mut();
-        let mut ex = state
-            .exchange
-            .take()
-            .expect("exchange is put back only here");
-        let memory_hit = std::mem::take(&mut state.limiter.hit);
+        let mut ex = state.wsgi().end().expect("begun above");
+        let memory_hit = state.take_memory_hit();
 
         let mut keep = true;
         match outcome {
@@ -259,10 +220,6 @@ impl AppPool {
             tokio::task::spawn_blocking(move || drop(inst));
         }
         drop(permit);
-        Served {
-            status: ex.status,
-            bytes: ex.bytes,
-        }
     }
 
     /// Answer an error page, or cut the body short if the head went out.

@@ -1,0 +1,118 @@
+//! The access log: one line per request, written once, when its response
+//! body is done or dropped, with the body bytes that actually went out.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Response};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::runtime::body::{BodyAbort, ResponseBody};
+
+/// Status logged for a request whose client left before any response
+/// (nginx's convention).
+const CLIENT_CLOSED: u16 = 499;
+
+/// What the line will say about the request.
+struct Line {
+    peer: IpAddr,
+    method: Method,
+    target: String,
+    t0: Instant,
+    status: u16,
+    sent: u64,
+}
+
+impl Line {
+    fn write(&self) {
+        tracing::info!(
+            target: "access",
+            "{} \"{} {}\" {} {} {:.2}ms",
+            self.peer,
+            self.method,
+            self.target,
+            self.status,
+            self.sent,
+            self.t0.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+}
+
+/// A request on its way to a response; logged as 499 if dropped first.
+pub struct AccessLog(Option<Line>);
+
+impl AccessLog {
+    /// Start timing a request.
+    pub fn start(peer: IpAddr, method: &Method, target: String) -> Self {
+        AccessLog(Some(Line {
+            peer,
+            method: method.clone(),
+            target,
+            t0: Instant::now(),
+            status: CLIENT_CLOSED,
+            sent: 0,
+        }))
+    }
+
+    /// The response, its body counted and the line written when it ends.
+    pub fn finish(mut self, res: Response<ResponseBody>) -> Response<LoggedBody> {
+        let mut line = self.0.take().expect("finished once");
+        line.status = res.status().as_u16();
+        res.map(|body| LoggedBody {
+            body,
+            line: Some(line),
+        })
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        if let Some(line) = &self.0 {
+            line.write();
+        }
+    }
+}
+
+/// A response body that counts the bytes hyper takes and writes the
+/// access line when it is dropped (finished, aborted or abandoned).
+pub struct LoggedBody {
+    body: ResponseBody,
+    line: Option<Line>,
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BodyAbort;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyAbort>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(data), Some(line)) = (frame.data_ref(), self.line.as_mut()) {
+                line.sent += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            line.write();
+        }
+    }
+}

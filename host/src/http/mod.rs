@@ -1,0 +1,9 @@
+//! The HTTP side: the accept loop and the one entrance every request goes
+//! through, the checks a request head must pass, routing to a tenant, and
+//! static files answered without entering a guest.
+
+pub mod access;
+pub mod head_rules;
+pub mod router;
+pub mod server;
+pub mod static_files;

@@ -1,0 +1,435 @@
+//! The accept loop (hyper 1 via hyper-util) and the one entrance every
+//! request takes: [`serve`] accepts → [`handle`] times and logs it →
+//! [`respond`] runs the stages (head checks, route, the tenant's static
+//! files, the body limit, the environ) and hands an `Exchange` to the
+//! app's pool, run inline on the connection's task until the response
+//! starts ([`call_app`]) → the response comes back whose body streams
+//! from the guest. A stage that refuses returns a [`Refusal`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Result;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::config::Isolation;
+use crate::config::{ServerConfig, TrustedPeers};
+use crate::http::access::{AccessLog, LoggedBody};
+use crate::http::head_rules;
+use crate::http::router::Router;
+use crate::runtime::body::{self, RequestBody, ResponseBody};
+use crate::runtime::environ::{self, RequestInfo};
+use crate::runtime::wsgi::{Exchange, ResponseReceiver};
+
+/// What the server routes requests to.
+pub struct Site {
+    /// The current routes; a reload swaps in a new router atomically, and
+    /// requests already routed keep their app alive until they finish.
+    router: RwLock<Arc<Router>>,
+    /// Peers whose proxy headers set `wsgi.url_scheme`.
+    pub forwarded_allow: TrustedPeers,
+    /// Largest request head (431 above).
+    pub max_header_bytes: usize,
+}
+
+impl Site {
+    /// A site serving `router` with the server-wide settings of `cfg`.
+    pub fn new(router: Router, cfg: &ServerConfig) -> Self {
+        Site {
+            router: RwLock::new(Arc::new(router)),
+            forwarded_allow: cfg.forwarded_allow.clone(),
+            max_header_bytes: cfg.max_header_bytes,
+        }
+    }
+
+    /// The routes in force now.
+    pub fn router(&self) -> Arc<Router> {
+        self.router.read().expect("router lock").clone()
+    }
+
+    /// Replace the routes (SIGHUP reload).
+    pub fn swap(&self, router: Router) {
+        *self.router.write().expect("router lock") = Arc::new(router);
+    }
+}
+
+/// Serve `site` on `listener` until `shutdown` resolves, then let in-flight
+/// requests finish within the grace period.
+pub async fn serve(
+    listener: TcpListener,
+    site: Arc<Site>,
+    cfg: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let local = listener.local_addr()?;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        // A client may shut down its sending side after the request (as
+        // `nc -N` and some health checkers do) and still wait for the
+        // answer: without this, hyper would take that EOF as the
+        // connection's end and drop the response.
+        .half_close(true)
+        .header_read_timeout(cfg.header_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192));
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        // At the connection cap, stop accepting: new clients wait in the
+        // kernel backlog instead of costing memory here.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            () = &mut shutdown => break,
+        };
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning, keep serving what is open.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let site = site.clone();
+                let svc = service_fn(move |req| handle(site.clone(), req, local, peer));
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                    drop(slot);
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        "shutting down: no new connections; waiting up to {:?} for in-flight requests",
+        cfg.grace
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all requests finished"),
+        () = tokio::time::sleep(cfg.grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// A request the host answers itself, before or instead of an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status sent.
+    pub status: StatusCode,
+    /// The page's one line.
+    pub text: &'static str,
+    /// Close the connection after it: the request body was not read.
+    pub close: bool,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, text: &'static str) -> Self {
+        Refusal {
+            status,
+            text,
+            close: true,
+        }
+    }
+
+    fn into_response(self) -> Response<ResponseBody> {
+        let mut res = body::host_page(self.status, self.text);
+        if self.close {
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        res
+    }
+}
+
+/// The one entrance of every request: answer it, and log it once when
+/// its response is done.
+async fn handle(
+    site: Arc<Site>,
+    req: Request<Incoming>,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Result<Response<LoggedBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let log = AccessLog::start(
+        peer.ip(),
+        &parts.method,
+        environ::raw_target(&parts.uri).into_owned(),
+    );
+    let res = respond(&site, parts, body, local, peer)
+        .await
+        .unwrap_or_else(Refusal::into_response);
+    Ok(log.finish(res))
+}
+
+/// The stages a request passes, in order; each may refuse it.
+async fn respond(
+    site: &Site,
+    parts: http::request::Parts,
+    body: Incoming,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Result<Response<ResponseBody>, Refusal> {
+    check_head(&parts, site.max_header_bytes)?;
+    let router = site.router();
+    let route = router
+        .route(host_of(&parts), parts.uri.path())
+        .ok_or(Refusal {
+            status: StatusCode::NOT_FOUND,
+            text: "Not Found: no app is configured for this host and path",
+            close: false,
+        })?;
+    if let Some(res) = route.statics.serve(&parts).await {
+        return Ok(res);
+    }
+    let app = route.app.clone();
+    check_length(&parts, app.limits().max_body)?;
+    let env = environ::build(&RequestInfo {
+        method: &parts.method,
+        uri: &parts.uri,
+        version: parts.version,
+        headers: &parts.headers,
+        local,
+        peer,
+        script_name: &route.prefix,
+        url_scheme: if site.forwarded_allow.contains(peer.ip()) {
+            environ::forwarded_scheme(&parts.headers).unwrap_or("http")
+        } else {
+            "http"
+        },
+        run_once: app.limits().isolation == Isolation::Request,
+    });
+    drop(router);
+    let connect = parts.method == Method::CONNECT;
+    let (ex, response) = Exchange::new(
+        RequestBody::new(body, app.limits().max_body),
+        parts.method == Method::HEAD,
+    );
+    Ok(match call_app(app.serve(env, ex), response).await {
+        Some(res) if connect && res.status().is_success() => no_tunnel(res),
+        Some(res) => res,
+        // The pool always answers before dropping the exchange; this is a
+        // panic in the serving task.
+        None => body::host_page(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+    })
+}
+
+/// The request head fits `--max-header-bytes` and RFC 9112's rules.
+fn check_head(parts: &http::request::Parts, max_header_bytes: usize) -> Result<(), Refusal> {
+    // hyper bounds its read buffer, not the head itself (a head that
+    // arrives in one read can exceed it), so check the parsed size too.
+    let head_size: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + environ::raw_target(&parts.uri).len();
+    if head_size > max_header_bytes {
+        return Err(Refusal::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request Header Fields Too Large",
+        ));
+    }
+    head_rules::check(parts).map_err(|e| Refusal::new(e.status, e.reason))
+}
+
+/// The host name the request is for (Host header, else the absolute URI's).
+fn host_of(parts: &http::request::Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .map(|h| environ::split_host(h).0)
+}
+
+/// A declared length over the limit is refused before the app runs and
+/// before `100 Continue` would invite the body.
+fn check_length(parts: &http::request::Parts, max_body: u64) -> Result<(), Refusal> {
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large",
+        ));
+    }
+    Ok(())
+}
+
+/// Run the guest right here on the connection's task: most responses
+/// (start plus a body that fits the channel) finish within this poll, with
+/// no task spawned and no cross-thread wake-up. Only if the response has
+/// started while the guest still streams does the call move to its own
+/// task, so hyper can send the body meanwhile.
+async fn call_app(
+    call: impl Future<Output = ()> + Send + 'static,
+    mut response: ResponseReceiver,
+) -> Option<Response<ResponseBody>> {
+    let mut call = Inline::new(call);
+    tokio::select! {
+        biased;
+        () = call.run() => response.await.ok(),
+        res = &mut response => {
+            call.detach();
+            res.ok()
+        }
+    }
+}
+
+/// The app said yes to a CONNECT, but a WSGI app cannot tunnel: send its
+/// status and headers without body framing (RFC 9110 §9.3.6 forbids it on a
+/// 2xx to CONNECT) and no body, and let hyper close the connection, since
+/// no tunnel follows. Dropping the body ends the app's streaming.
+fn no_tunnel(res: Response<ResponseBody>) -> Response<ResponseBody> {
+    let mut res = res.map(|_| ResponseBody::empty());
+    let h = res.headers_mut();
+    h.remove(http::header::CONTENT_LENGTH);
+    h.remove(http::header::TRANSFER_ENCODING);
+    res
+}
+
+/// A request's guest call, polled inline by the connection task until it
+/// has to continue on its own: then, or if the connection goes away first,
+/// it is spawned, so a started call always runs to the end (the app's
+/// `close()` is called, the instance goes back to the pool).
+struct Inline {
+    call: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Inline {
+    fn new(call: impl Future<Output = ()> + Send + 'static) -> Self {
+        Inline {
+            call: Some(Box::pin(call)),
+        }
+    }
+
+    /// Poll the call here until it completes.
+    async fn run(&mut self) {
+        std::future::poll_fn(|cx| match self.call.as_mut() {
+            Some(call) => {
+                let done = call.as_mut().poll(cx);
+                if done.is_ready() {
+                    self.call = None;
+                }
+                done
+            }
+            None => std::task::Poll::Ready(()),
+        })
+        .await
+    }
+
+    /// Let the call finish on its own task.
+    fn detach(&mut self) {
+        if let Some(call) = self.call.take() {
+            // Dropped outside a runtime only at process exit: nothing to run on.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(call);
+            }
+        }
+    }
+}
+
+impl Drop for Inline {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(req: http::request::Builder) -> http::request::Parts {
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn head_stage_refuses_oversized_and_malformed_heads() {
+        let ok = parts(Request::get("/a").header("host", "x"));
+        assert_eq!(check_head(&ok, 1024), Ok(()));
+        let big = parts(
+            Request::get("/a")
+                .header("host", "x")
+                .header("x-big", "y".repeat(2000)),
+        );
+        let r = check_head(&big, 1024).unwrap_err();
+        assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert!(
+            r.close,
+            "the unread body would be taken for the next request"
+        );
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
+        let no_host = parts(Request::get("/a").version(http::Version::HTTP_11));
+        assert_eq!(
+            check_head(&no_host, 1024).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn length_stage_refuses_declared_bodies_over_the_limit() {
+        let at = parts(Request::post("/").header("content-length", "10"));
+        assert_eq!(check_length(&at, 10), Ok(()));
+        let over = parts(Request::post("/").header("content-length", "11"));
+        let r = check_length(&over, 10).unwrap_err();
+        assert_eq!((r.status, r.close), (StatusCode::PAYLOAD_TOO_LARGE, true));
+        // Chunked bodies are counted as they are read instead.
+        let chunked = parts(Request::post("/").header("transfer-encoding", "chunked"));
+        assert_eq!(check_length(&chunked, 10), Ok(()));
+    }
+
+    #[test]
+    fn route_stage_takes_the_host_without_port_from_either_place() {
+        let p = parts(Request::get("/").header("host", "Example.com:8080"));
+        assert_eq!(host_of(&p), Some("Example.com"));
+        let p = parts(Request::get("http://[::1]:80/x"));
+        assert_eq!(host_of(&p), Some("[::1]"));
+        assert_eq!(host_of(&parts(Request::get("/"))), None);
+    }
+
+    #[test]
+    fn refusals_are_host_pages_that_close_when_asked() {
+        let r = Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
+        let res = r.into_response();
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(res.headers()["connection"], "close");
+        assert_eq!(res.headers()["server"], body::SERVER);
+        assert_eq!(res.headers()["content-length"], "23");
+        let r = Refusal { close: false, ..r };
+        assert!(!r.into_response().headers().contains_key("connection"));
+    }
+}

@@ -1,0 +1,38 @@
+//! PEP 3333 native strings: latin-1 text standing for bytes, one char per
+//! byte (U+0000..U+00FF), both ways across the WIT boundary.
+
+/// Bytes → native string.
+pub fn decode(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
+/// Native string → bytes; None if a char is above U+00FF.
+pub fn encode(s: &str) -> Option<Vec<u8>> {
+    s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
+}
+
+/// Native string → bytes for a body chunk. ASCII (most bodies) is already
+/// the right bytes; a char above U+00FF (impossible from our guest, which
+/// decodes bytes as latin-1) becomes `?` rather than corrupting framing.
+pub fn encode_lossy(s: String) -> Vec<u8> {
+    if s.is_ascii() {
+        return s.into_bytes();
+    }
+    s.chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(encode(&decode(&all)).unwrap(), all);
+        assert_eq!(encode_lossy(decode(&all)), all);
+        assert_eq!(encode("\u{263a}"), None);
+        assert_eq!(encode_lossy("a\u{263a}".into()), b"a?");
+    }
+}

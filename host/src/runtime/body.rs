@@ -1,0 +1,322 @@
+//! Body transport, apart from the WSGI protocol: the bounded response-body
+//! channel and [`ResponseBody`] hyper reads from it, the request body as
+//! the guest pulls it, a file streamed into a body, and host-made pages.
+//!
+//! Everything that produces a response (the guest through `wsgi`, static
+//! files, the server's own refusals) ends in a [`ResponseBody`], so the
+//! server has one body type and one place that counts what went out.
+
+use std::io::SeekFrom;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Value of the `Server` header on every response unless the app sets one.
+pub const SERVER: &str = concat!("rsgi-wasm/", env!("CARGO_PKG_VERSION"));
+
+/// Why a response body was cut short; hyper then closes the connection.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyAbort(pub String);
+
+type Chunk = Result<Bytes, BodyAbort>;
+
+/// Response-body bytes that may wait for hyper before a sender blocks:
+/// enough that a page written in small chunks never suspends the guest
+/// (measured: 64 KiB in 4 KiB chunks went from 15 hand-offs between the
+/// guest's task and the connection's to none), small enough that a slow
+/// client costs little memory per response.
+pub const BODY_BUDGET: usize = 64 * 1024;
+
+/// A chunk on its way to hyper, holding its share of the budget until
+/// hyper takes it.
+struct Queued {
+    chunk: Chunk,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// Sending half of a response body: `send` returns once the chunk is
+/// queued within [`BODY_BUDGET`] (backpressure: a slow client slows the
+/// app, memory stays bounded).
+#[derive(Clone)]
+pub struct BodySender {
+    tx: mpsc::UnboundedSender<Queued>,
+    budget: Arc<Semaphore>,
+}
+
+/// Receiving half of a response body, read by [`ResponseBody`].
+pub struct BodyReceiver(mpsc::UnboundedReceiver<Queued>);
+
+/// A response-body channel with a [`BODY_BUDGET`] of queued bytes.
+pub fn body_channel() -> (BodySender, BodyReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let budget = Arc::new(Semaphore::new(BODY_BUDGET));
+    (BodySender { tx, budget }, BodyReceiver(rx))
+}
+
+impl BodySender {
+    /// Queue a chunk, waiting while the budget is used up (a chunk larger
+    /// than the budget waits for all of it and then goes alone); false if
+    /// the client went away.
+    pub async fn send(&self, chunk: Bytes) -> bool {
+        let share = chunk.len().clamp(1, BODY_BUDGET) as u32;
+        // Dropping the receiver drops what it queued, which returns the
+        // budget, so this cannot wait for a client that is gone.
+        let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
+            return false;
+        };
+        self.tx
+            .send(Queued {
+                chunk: Ok(chunk),
+                _budget: Some(permit),
+            })
+            .is_ok()
+    }
+
+    /// Cut the body short (see [`BodyAbort`]).
+    pub fn abort(&self, why: String) {
+        let _ = self.tx.send(Queued {
+            chunk: Err(BodyAbort(why)),
+            _budget: None,
+        });
+    }
+}
+
+/// A response body: bytes known up front, or streamed through a
+/// [`body_channel`] (from the guest or a file).
+pub struct ResponseBody {
+    first: Option<Bytes>,
+    rx: Option<BodyReceiver>,
+    hint: SizeHint,
+    /// An abort waiting for one more poll (see `poll_frame`).
+    abort: Option<BodyAbort>,
+}
+
+impl ResponseBody {
+    /// A body that is just `bytes` (host-generated responses).
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        ResponseBody {
+            hint: SizeHint::with_exact(bytes.len() as u64),
+            first: Some(bytes),
+            rx: None,
+            abort: None,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+
+    /// `first`, then what arrives on `rx`; `content_length` is the size hint.
+    pub fn streamed(first: Bytes, rx: BodyReceiver, content_length: Option<u64>) -> Self {
+        ResponseBody {
+            hint: content_length.map_or_else(SizeHint::new, SizeHint::with_exact),
+            first: Some(first),
+            rx: Some(rx),
+            abort: None,
+        }
+    }
+
+    /// `len` bytes of `file` from `offset`, read by a task of their own.
+    pub fn file(file: std::fs::File, offset: u64, len: u64) -> Self {
+        let (tx, rx) = body_channel();
+        tokio::spawn(stream_file(file, offset, len, 0, tx));
+        Self::streamed(Bytes::new(), rx, Some(len))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyAbort;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyAbort>>> {
+        if let Some(abort) = self.abort.take() {
+            return Poll::Ready(Some(Err(abort)));
+        }
+        if let Some(first) = self.first.take() {
+            if !first.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(first))));
+            }
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // The chunk's share of the budget is returned as hyper takes it.
+        match rx.0.poll_recv(cx).map(|q| q.map(|q| q.chunk)) {
+            Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(Err(e))) => {
+                // hyper drops its unflushed write buffer when a body fails;
+                // return Pending once so it flushes the head and the bytes
+                // sent so far, then fail on the next poll.
+                self.rx = None;
+                self.abort = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                self.rx = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none()
+            && self.abort.is_none()
+            && self.first.as_ref().is_none_or(|b| b.is_empty())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+/// A page the host writes itself (an error, a refusal): plain text, with
+/// `Content-Length` and `Server`, and `Retry-After` on a 503.
+pub fn host_page(status: StatusCode, text: &str) -> Response<ResponseBody> {
+    let body = Bytes::from(format!("{text}\n"));
+    let mut headers = HeaderMap::with_capacity(4);
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(http::header::SERVER, HeaderValue::from_static(SERVER));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    let mut res = Response::new(ResponseBody::full(body));
+    *res.status_mut() = status;
+    *res.headers_mut() = headers;
+    res
+}
+
+/// Why the request body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// More than the limit arrived.
+    TooLarge,
+    /// Malformed framing, or the client left.
+    Disconnected,
+}
+
+/// The request body as the guest pulls it, with the `--max-body` check for
+/// bodies whose length is not known up front (chunked).
+pub struct RequestBody {
+    incoming: Option<Incoming>,
+    /// Reading failed (malformed chunked framing or the client left).
+    failed: bool,
+    leftover: Bytes,
+    received: u64,
+    limit: u64,
+}
+
+impl RequestBody {
+    /// Wrap hyper's body; more than `limit` bytes is refused as too large.
+    pub fn new(incoming: Incoming, limit: u64) -> Self {
+        RequestBody {
+            incoming: Some(incoming),
+            failed: false,
+            leftover: Bytes::new(),
+            received: 0,
+            limit,
+        }
+    }
+
+    /// Whether reading failed (the request, not the app, is at fault).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Up to `max` bytes (at least one); empty at the end of the body.
+    pub async fn read(&mut self, max: u32) -> Result<Vec<u8>, ReadError> {
+        while self.leftover.is_empty() {
+            let Some(incoming) = self.incoming.as_mut() else {
+                return Ok(Vec::new());
+            };
+            match incoming.frame().await {
+                None => {
+                    self.incoming = None;
+                    return Ok(Vec::new());
+                }
+                Some(Err(e)) => {
+                    tracing::debug!("request body read failed: {e}");
+                    self.incoming = None;
+                    self.failed = true;
+                    return Err(ReadError::Disconnected);
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.received += data.len() as u64;
+                        if self.received > self.limit {
+                            self.incoming = None;
+                            return Err(ReadError::TooLarge);
+                        }
+                        self.leftover = data;
+                    }
+                }
+            }
+        }
+        let n = (max.max(1) as usize).min(self.leftover.len());
+        Ok(self.leftover.split_to(n).to_vec())
+    }
+}
+
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// Send `len` bytes of `file` from `offset` into a body channel; a file
+/// that ends early, or `short_by` missing bytes the app's Content-Length
+/// promised, abort the body so the client sees the truncation.
+pub async fn stream_file(
+    file: std::fs::File,
+    offset: u64,
+    len: u64,
+    short_by: u64,
+    tx: BodySender,
+) {
+    let mut file = tokio::fs::File::from_std(file);
+    if let Err(e) = file.seek(SeekFrom::Start(offset)).await {
+        tx.abort(format!("seeking the file: {e}"));
+        return;
+    }
+    let mut left = len;
+    while left > 0 {
+        let mut buf = vec![0u8; FILE_CHUNK.min(left as usize)];
+        match file.read(&mut buf).await {
+            Ok(0) => {
+                tx.abort("file shrank while it was sent".into());
+                return;
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                left -= n as u64;
+                if !tx.send(Bytes::from(buf)).await {
+                    return; // client went away
+                }
+            }
+            Err(e) => {
+                tx.abort(format!("reading the file: {e}"));
+                return;
+            }
+        }
+    }
+    if short_by > 0 {
+        let why = format!("file is {short_by} bytes shorter than the app's Content-Length");
+        tracing::warn!("{why}");
+        tx.abort(why);
+    }
+}

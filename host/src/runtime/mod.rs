@@ -1,0 +1,20 @@
+//! The guest side: compiled components, their sandboxes and instances,
+//! and one request crossing the WIT boundary.
+//!
+//! `engine` compiles and links → `pool` keeps instances (each a `store`
+//! built by `sandbox`) and runs them under `cpu`'s run slots → `wsgi`
+//! implements the imports a guest calls, moving bytes through `body`.
+
+pub mod body;
+pub mod cpu;
+mod disk_quota;
+pub mod engine;
+pub mod environ;
+mod generated;
+mod guest_log;
+pub mod pool;
+mod quota_fs;
+pub mod sandbox;
+mod scratch;
+pub mod store;
+pub mod wsgi;

@@ -1,0 +1,137 @@
+//! Store data of one instance, composed in one place: WASI, the resource
+//! table, the store's limits and the WSGI context, with the disk quotas
+//! and private /tmp the sandbox gave it. Also the `Store` itself, with the
+//! epoch yields every instance needs.
+
+use anyhow::Result;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::runtime::cpu::CpuShare;
+use crate::runtime::quota_fs::{QuotaFsView, Quotas};
+use crate::runtime::scratch::ScratchDir;
+use crate::runtime::wsgi::WsgiCtx;
+
+/// Everything a `Store` holds for one instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: MemoryLimiter,
+    wsgi: WsgiCtx,
+    /// What this instance's writes are charged to.
+    quotas: Quotas,
+    /// This instance's own /tmp, removed with it (request isolation).
+    _tmp: Option<ScratchDir>,
+}
+
+impl HostState {
+    /// Compose an instance's state; `memory` caps its linear memory.
+    pub fn new(
+        wasi: WasiCtx,
+        table: ResourceTable,
+        quotas: Quotas,
+        tmp: Option<ScratchDir>,
+        memory: u64,
+        wsgi: WsgiCtx,
+    ) -> Self {
+        HostState {
+            wasi,
+            table,
+            limits: MemoryLimiter {
+                max: usize::try_from(memory).unwrap_or(usize::MAX),
+                hit: false,
+            },
+            wsgi,
+            quotas,
+            _tmp: tmp,
+        }
+    }
+
+    /// The WSGI side: the request being served.
+    pub fn wsgi(&mut self) -> &mut WsgiCtx {
+        &mut self.wsgi
+    }
+
+    /// Whether a memory growth was refused since the last call (the
+    /// instance must then be replaced).
+    pub fn take_memory_hit(&mut self) -> bool {
+        std::mem::take(&mut self.limits.hit)
+    }
+
+    /// The view the quota-charging `wasi:filesystem` works on.
+    pub fn quota_fs(&mut self) -> QuotaFsView<'_> {
+        QuotaFsView {
+            fs: WasiFilesystemCtxView {
+                ctx: self.wasi.filesystem(),
+                table: &mut self.table,
+            },
+            quotas: &mut self.quotas,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A store for one instance of a sandboxed app, with its memory cap and
+/// the epoch yields every instance needs; with `cpu`, those yields also
+/// give way to lighter tenants and enforce the app's cap.
+pub fn new_store(
+    engine: &Engine,
+    state: HostState,
+    cpu: Option<&CpuShare>,
+) -> Result<Store<HostState>> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    match cpu {
+        Some(cpu) => {
+            let mut check = cpu.deadline_callback();
+            store.epoch_deadline_callback(move |_| Ok(check()));
+        }
+        // Every tick, hand the thread back to tokio, so the guest's own
+        // timers can fire while it computes.
+        None => store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1))),
+    }
+    store.set_epoch_deadline(1);
+    Ok(store)
+}
+
+/// Caps linear memory growth; a refused growth surfaces in Python as
+/// `MemoryError` and marks the instance for recycling.
+struct MemoryLimiter {
+    max: usize,
+    /// A growth was refused: replace this instance after the request.
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}

@@ -1,0 +1,410 @@
+//! The WSGI protocol on the host side of the WIT: [`Exchange`] (one
+//! request's start line, headers and body as the guest produces them,
+//! checked against what HTTP allows) and [`WsgiCtx`], the store's WSGI
+//! state, on which the generated `request` and `response` imports are
+//! implemented. Bytes move through `body`; this module decides what they
+//! mean.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use tokio::sync::oneshot;
+
+use crate::config::DirGrant;
+use crate::latin1;
+use crate::runtime::body::{
+    self, body_channel, BodyReceiver, BodySender, ReadError, RequestBody, ResponseBody, SERVER,
+};
+use crate::runtime::generated::{BodyError, RequestHost, ResponseHost, SendFileError};
+
+/// Receives the response once the guest commits its start (or the host
+/// answers for it).
+pub type ResponseReceiver = oneshot::Receiver<Response<ResponseBody>>;
+
+/// One request's channels, owned by the instance while it serves it.
+pub struct Exchange {
+    body: RequestBody,
+    /// Taken when the response starts: the status and headers are out.
+    start_tx: Option<oneshot::Sender<Response<ResponseBody>>>,
+    /// Given to the response when it starts.
+    chunk_rx: Option<BodyReceiver>,
+    chunk_tx: BodySender,
+    /// Bytes still allowed by the app's `Content-Length` (None: no limit).
+    remaining: Option<u64>,
+    /// The method is HEAD: no body goes out, a short body is not an error.
+    head_method: bool,
+    body_allowed: bool,
+}
+
+impl Exchange {
+    /// Channels for one request; the server awaits the receiver.
+    pub fn new(body: RequestBody, head_method: bool) -> (Self, ResponseReceiver) {
+        let (start_tx, start_rx) = oneshot::channel();
+        let (chunk_tx, chunk_rx) = body_channel();
+        let ex = Exchange {
+            body,
+            start_tx: Some(start_tx),
+            chunk_rx: Some(chunk_rx),
+            chunk_tx,
+            remaining: None,
+            head_method,
+            body_allowed: true,
+        };
+        (ex, start_rx)
+    }
+
+    /// Whether reading the request body failed.
+    pub fn body_failed(&self) -> bool {
+        self.body.failed()
+    }
+
+    /// Whether the response has started (after that only the body can change).
+    pub fn committed(&self) -> bool {
+        self.start_tx.is_none()
+    }
+
+    /// Answer with a host page if the guest has not started a response.
+    pub fn respond_error(&mut self, status: StatusCode, text: &str) {
+        if let Some(tx) = self.start_tx.take() {
+            let _ = tx.send(body::host_page(status, text));
+        }
+    }
+
+    /// Cut the response short: the client sees a truncated body because
+    /// hyper closes the connection instead of ending the message.
+    pub fn abort(&mut self, why: String) {
+        self.chunk_tx.abort(why);
+    }
+
+    /// After the guest returned: a body shorter than its `Content-Length`
+    /// must not look complete, so say why it should be aborted.
+    pub fn shortfall(&self) -> Option<String> {
+        match self.remaining {
+            Some(n) if n > 0 && self.body_allowed && !self.head_method => Some(format!(
+                "app sent {n} bytes fewer than its Content-Length; closing the connection"
+            )),
+            _ => None,
+        }
+    }
+
+    /// Clip a chunk to what `Content-Length` still allows.
+    fn clip(&mut self, chunk: String) -> Bytes {
+        let mut chunk = latin1::encode_lossy(chunk);
+        if let Some(rem) = self.remaining.as_mut() {
+            if chunk.len() as u64 > *rem {
+                tracing::warn!(
+                    "app wrote more than its Content-Length; {} extra bytes dropped",
+                    chunk.len() as u64 - *rem
+                );
+                chunk.truncate(*rem as usize);
+            }
+            *rem -= chunk.len() as u64;
+        }
+        Bytes::from(chunk)
+    }
+
+    /// Start the response; false if the client is gone or the start was
+    /// refused (then a 500 went out instead). `default_length` becomes the
+    /// `Content-Length` unless the app set one (`send-file`).
+    fn start(
+        &mut self,
+        status: &str,
+        headers: &str,
+        default_length: Option<u64>,
+        first: String,
+    ) -> bool {
+        if self.start_tx.is_none() {
+            return false;
+        }
+        let (status, reason, headers, content_length) =
+            match parse_start(status, headers, default_length) {
+                Ok(start) => start,
+                Err(why) => {
+                    tracing::error!("invalid response from the app: {why}");
+                    self.respond_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+                    return false;
+                }
+            };
+        self.remaining = content_length;
+        // RFC 9110 6.4.1: 1xx, 204 and 304 responses have no content.
+        self.body_allowed = !(status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED);
+        let first = self.clip(first);
+        let rx = self
+            .chunk_rx
+            .take()
+            .expect("taken only here, with start_tx");
+        let mut res = Response::new(ResponseBody::streamed(first, rx, content_length));
+        *res.status_mut() = status;
+        *res.headers_mut() = headers;
+        if let Some(reason) = reason {
+            res.extensions_mut().insert(reason);
+        }
+        let tx = self.start_tx.take().expect("checked above");
+        tx.send(res).is_ok()
+    }
+
+    fn send_file(
+        &mut self,
+        status: &str,
+        headers: &str,
+        opened: Option<(std::fs::File, u64)>,
+        offset: u64,
+    ) -> Result<(), SendFileError> {
+        if self.start_tx.is_none() {
+            return Err(SendFileError::Unavailable);
+        }
+        let Some((file, size)) = opened else {
+            return Err(SendFileError::Unavailable);
+        };
+        let available = size.saturating_sub(offset);
+        // The file's remaining size, unless the app declared a length.
+        if !self.start(status, headers, Some(available), String::new()) {
+            return Err(SendFileError::Disconnected);
+        }
+        // start() recorded the declared length in `remaining`.
+        let declared = self.remaining.unwrap_or(available);
+        let len = declared.min(available);
+        self.remaining = Some(0); // the streaming task owns the framing now
+        if self.body_allowed && !self.head_method {
+            tokio::spawn(body::stream_file(
+                file,
+                offset,
+                len,
+                declared - len,
+                self.chunk_tx.clone(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Push a chunk; false if the response has not started or the client left.
+    async fn write(&mut self, chunk: String) -> bool {
+        if self.start_tx.is_some() {
+            return false;
+        }
+        if chunk.is_empty() {
+            return true;
+        }
+        let chunk = self.clip(chunk);
+        if chunk.is_empty() {
+            return true;
+        }
+        self.chunk_tx.send(chunk).await
+    }
+}
+
+/// The WSGI state of one store: the request being served, if any, and
+/// the directories `send-file` may open.
+pub struct WsgiCtx {
+    exchange: Option<Exchange>,
+    dirs: Arc<[DirGrant]>,
+}
+
+impl WsgiCtx {
+    /// No request yet; `send-file` may open files under `dirs`.
+    pub fn new(dirs: Arc<[DirGrant]>) -> Self {
+        WsgiCtx {
+            exchange: None,
+            dirs,
+        }
+    }
+
+    /// Serve `ex` with the next guest call.
+    pub fn begin(&mut self, ex: Exchange) {
+        self.exchange = Some(ex);
+    }
+
+    /// The exchange back after the guest call (None if none was begun).
+    pub fn end(&mut self) -> Option<Exchange> {
+        self.exchange.take()
+    }
+}
+
+/// Open guest `path` if it is a regular file inside a grant, with its
+/// size: through cap-std, so `..` and symlinks cannot leave the grant.
+fn open_granted(dirs: &[DirGrant], path: &str) -> Option<(std::fs::File, u64)> {
+    let (grant, rel) = dirs
+        .iter()
+        .filter_map(|d| {
+            let root = d.guest.trim_end_matches('/');
+            let rel = path.strip_prefix(root)?.strip_prefix('/')?;
+            (!rel.is_empty()).then_some((d, rel))
+        })
+        .max_by_key(|(d, _)| d.guest.len())?;
+    let dir = cap_std::fs::Dir::open_ambient_dir(&grant.host, cap_std::ambient_authority()).ok()?;
+    let file = dir.open(rel).ok()?;
+    let meta = file.metadata().ok()?;
+    meta.is_file().then(|| (file.into_std(), meta.len()))
+}
+
+type ParsedStart = (
+    StatusCode,
+    Option<hyper::ext::ReasonPhrase>,
+    HeaderMap,
+    Option<u64>,
+);
+
+/// Re-check what the guest already validated (defence in depth: the guest
+/// is untrusted code) and build hyper's response head. `headers` is the packed
+/// `name LF value LF ...` of `wit/wsgi.wit`; `default_length` is added as
+/// `Content-Length` when the app declared none (`send-file`).
+fn parse_start(
+    status: &str,
+    headers: &str,
+    default_length: Option<u64>,
+) -> Result<ParsedStart, String> {
+    let code = status
+        .get(..3)
+        .and_then(|c| c.parse::<u16>().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .filter(|_| status.as_bytes().get(3) == Some(&b' '))
+        .ok_or_else(|| format!("status {status:?} is not 'NNN Reason'"))?;
+    let reason_text = &status[4..];
+    let reason = if code.canonical_reason() == Some(reason_text) {
+        None
+    } else {
+        let bytes = latin1::encode(reason_text)
+            .ok_or_else(|| format!("status {status:?} is not latin-1"))?;
+        Some(
+            hyper::ext::ReasonPhrase::try_from(bytes)
+                .map_err(|_| format!("status {status:?} has an invalid reason phrase"))?,
+        )
+    };
+    let mut map = HeaderMap::with_capacity(8);
+    let mut content_length = None;
+    let mut items = headers.split('\n');
+    if headers.is_empty() {
+        items.next();
+    }
+    while let Some(name) = items.next() {
+        let value = items
+            .next()
+            .ok_or_else(|| format!("response header {name:?} has no value"))?;
+        let hname = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("response header name {name:?} is invalid"))?;
+        let hvalue = if value.is_ascii() {
+            HeaderValue::from_str(value).ok()
+        } else {
+            latin1::encode(value).and_then(|b| HeaderValue::from_bytes(&b).ok())
+        }
+        .ok_or_else(|| format!("response header {name:?} has an invalid value {value:?}"))?;
+        if hname == http::header::CONTENT_LENGTH {
+            let n = value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("response Content-Length {value:?} is not a number"))?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err("response has conflicting Content-Length headers".into());
+            }
+            if content_length.is_some() {
+                continue;
+            }
+            content_length = Some(n);
+        }
+        map.append(hname, hvalue);
+    }
+    if content_length.is_none() {
+        if let Some(n) = default_length {
+            map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            content_length = Some(n);
+        }
+    }
+    if !map.contains_key(http::header::SERVER) {
+        map.insert(http::header::SERVER, HeaderValue::from_static(SERVER));
+    }
+    Ok((code, reason, map, content_length))
+}
+
+impl RequestHost for WsgiCtx {
+    async fn read_body(&mut self, max: u32) -> Result<Vec<u8>, BodyError> {
+        let Some(ex) = self.exchange.as_mut() else {
+            return Err(BodyError::Disconnected);
+        };
+        ex.body.read(max).await.map_err(|e| match e {
+            ReadError::TooLarge => BodyError::TooLarge,
+            ReadError::Disconnected => BodyError::Disconnected,
+        })
+    }
+}
+
+impl ResponseHost for WsgiCtx {
+    async fn start(&mut self, status: String, headers: String, first_chunk: String) -> bool {
+        match self.exchange.as_mut() {
+            Some(ex) => ex.start(&status, &headers, None, first_chunk),
+            None => false,
+        }
+    }
+
+    async fn send_file(
+        &mut self,
+        status: String,
+        headers: String,
+        path: String,
+        offset: u64,
+    ) -> Result<(), SendFileError> {
+        if self.exchange.as_ref().is_none_or(Exchange::committed) {
+            return Err(SendFileError::Unavailable);
+        }
+        // Opening and stat-ing touch the disk: off the runtime's threads.
+        let dirs = self.dirs.clone();
+        let opened = tokio::task::spawn_blocking(move || open_granted(&dirs, &path))
+            .await
+            .ok()
+            .flatten();
+        match self.exchange.as_mut() {
+            Some(ex) => ex.send_file(&status, &headers, opened, offset),
+            None => Err(SendFileError::Unavailable),
+        }
+    }
+
+    async fn write(&mut self, chunk: String) -> bool {
+        match self.exchange.as_mut() {
+            Some(ex) => ex.write(chunk).await,
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_parsing_keeps_custom_reasons_and_latin1() {
+        let (code, reason, headers, cl) =
+            parse_start("200 Fine", "X-Name\ncaf\u{e9}\nContent-Length\n5", None).unwrap();
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(reason.unwrap().as_bytes(), b"Fine");
+        assert_eq!(headers.get("x-name").unwrap().as_bytes(), b"caf\xe9");
+        assert_eq!(headers.get("server").unwrap(), SERVER);
+        assert_eq!(cl, Some(5));
+        let (_, reason, headers, cl) = parse_start("404 Not Found", "", None).unwrap();
+        assert!(reason.is_none());
+        assert_eq!(headers.len(), 1, "only Server");
+        assert_eq!(cl, None);
+        let (_, _, headers, cl) = parse_start("200 OK", "X\n", Some(7)).unwrap();
+        assert_eq!(headers.get("x").unwrap(), "");
+        assert_eq!(headers.get("content-length").unwrap(), "7");
+        assert_eq!(cl, Some(7));
+        let (_, _, _, cl) = parse_start("200 OK", "content-length\n3", Some(7)).unwrap();
+        assert_eq!(cl, Some(3), "the app's own length wins");
+    }
+
+    #[test]
+    fn start_parsing_rejects_what_the_guest_should_have() {
+        assert!(parse_start("OK", "", None).is_err());
+        assert!(parse_start("2000 OK", "", None).is_err());
+        assert!(parse_start("200 OK", "Bad Name\nx", None).is_err());
+        assert!(parse_start("200 OK", "X\na\r\nb", None).is_err());
+        assert!(parse_start("200 OK", "X\n\u{263a}", None).is_err());
+        assert!(
+            parse_start("200 OK", "X", None).is_err(),
+            "a name without value"
+        );
+        assert!(parse_start("200 OK", "X\na\nY", None).is_err());
+        assert!(parse_start("200 OK", "Content-Length\n1\nContent-Length\n2", None).is_err());
+    }
+}
