@@ -21,6 +21,7 @@ target/examples/flask.wasm: $(BIN) $(wildcard examples/flask/*.py examples/flask
 
 test:
 	./scripts/setup.sh
+	python3 scripts/validate-manifests.py
 	python3 -m unittest discover -s guest/tests -t guest
 	$(CARGO) test --release
 

@@ -307,6 +307,44 @@ fn no_body_for_304_and_file_wrapper_paths() {
     assert_eq!(r.status(), 500);
 }
 
+#[test]
+fn the_access_line_counts_the_body_bytes_actually_sent() {
+    let dir = temp_dir("sendfile-partial");
+    let size: u64 = 64 << 20;
+    std::fs::write(dir.join("big.bin"), vec![7u8; size as usize]).unwrap();
+    let grant = format!("{}::/sync:ro", dir.display());
+    let s = Server::start(&router(), &["--dir", &grant]);
+    let logged = |s: &Server| -> Vec<u64> {
+        s.logs()
+            .lines()
+            .filter_map(|l| l.split("\"GET /file?big.bin\" 200 ").nth(1))
+            .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    {
+        // The client reads 100 KB of the 64 MiB and goes away.
+        let (mut w, mut r) = connect(s.addr);
+        w.write_all(b"GET /file?big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = vec![0u8; 100_000];
+        r.read_exact(&mut buf).unwrap();
+    }
+    s.wait_for_log("\"GET /file?big.bin\" 200 ");
+    let sent = logged(&s);
+    // At most what the socket buffers took, not the Content-Length.
+    assert!(sent.len() == 1 && sent[0] < size / 2, "{sent:?}");
+    // A response read to the end logs its whole length.
+    let body = client()
+        .get(s.url("/file?big.bin"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(body.len() as u64, size);
+    s.wait_for_log_count("\"GET /file?big.bin\" 200 ", 2);
+    assert_eq!(logged(&s)[1], size);
+}
+
 /// `python3 tests/gunicorn_corpus.py ARGS` from the repository root:
 /// (success, stdout + stderr).
 fn corpus_runner(args: &[&str]) -> (bool, String) {

@@ -634,3 +634,490 @@ fn static_files_are_served_by_the_host_with_validators_and_ranges() {
         s.logs()
     );
 }
+
+/// `/metrics` of the server's operator listener.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    let r = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().unwrap()
+}
+
+/// The value of the series `name` (with its labels as written), or 0.
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn metrics_and_health_are_served_on_their_own_port_and_move() {
+    // A cache of its own: the component compiles first, so /readyz is
+    // seen saying no while the app loads.
+    let cache = temp_dir("metrics-cache");
+    let component = router();
+    let mut child = bin()
+        .args([
+            "run",
+            component.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--metrics",
+            "127.0.0.1:0",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ])
+        .args(["--workers", "1", "--queue", "0", "--timeout", "2s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let ops: std::net::SocketAddr = loop {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
+            "no metrics line"
+        );
+        if let Some(rest) = line.split("metrics on http://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    let get = |path: &str| client().get(format!("http://{ops}{path}")).send().unwrap();
+    assert_eq!(get("/healthz").status(), 200);
+    assert_eq!(
+        get("/readyz").status(),
+        503,
+        "ready before the app has started"
+    );
+    let addr: std::net::SocketAddr = loop {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
+            "no listening line"
+        );
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in std::io::BufRead::lines(err) {});
+    assert_eq!(get("/readyz").status(), 200);
+    assert_eq!(get("/nothing").status(), 404);
+    let url = move |p: &str| format!("http://{addr}{p}");
+    let before = scrape(ops);
+    assert_eq!(
+        series(&before, "rsgi_wasm_artifact_cache_total{result=\"miss\"}"),
+        1.0
+    );
+    assert!(series(&before, "rsgi_wasm_linear_memory_bytes{tenant=\"router\"}") > 0.0);
+    assert_eq!(
+        series(
+            &before,
+            "rsgi_wasm_instances{tenant=\"router\",state=\"warm\"}"
+        ),
+        1.0
+    );
+    for _ in 0..3 {
+        assert_eq!(client().get(url("/")).send().unwrap().status(), 200);
+    }
+    assert_eq!(client().get(url("/error")).send().unwrap().status(), 500);
+    // The only worker spins until the timeout; meanwhile the queue of 0
+    // turns the next request away.
+    let spin = std::thread::spawn(move || client().get(url("/spin")).send().unwrap().status());
+    let t0 = std::time::Instant::now();
+    let busy = loop {
+        let s = client()
+            .get(format!("http://{addr}/"))
+            .send()
+            .unwrap()
+            .status();
+        if s == 503 || t0.elapsed() > std::time::Duration::from_secs(60) {
+            break s;
+        }
+    };
+    assert_eq!(busy, 503);
+    assert_eq!(spin.join().unwrap(), 504);
+    // Counted once the responses are done.
+    let t0 = std::time::Instant::now();
+    let after = loop {
+        let text = scrape(ops);
+        if series(
+            &text,
+            "rsgi_wasm_instance_recycles_total{tenant=\"router\",cause=\"timeout\"}",
+        ) >= 1.0
+            || t0.elapsed() > std::time::Duration::from_secs(60)
+        {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let class = |c: &str| {
+        series(
+            &after,
+            &format!("rsgi_wasm_requests_total{{tenant=\"router\",class=\"{c}\"}}"),
+        )
+    };
+    assert!(class("2xx") >= 3.0, "{after}");
+    assert!(class("5xx") >= 3.0, "500, 503 and 504: {after}");
+    assert_eq!(
+        series(&after, "rsgi_wasm_timeouts_total{tenant=\"router\"}"),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        series(&after, "rsgi_wasm_rejected_total{tenant=\"router\"}") >= 1.0,
+        "{after}"
+    );
+    assert_eq!(
+        series(
+            &after,
+            "rsgi_wasm_instance_recycles_total{tenant=\"router\",cause=\"timeout\"}"
+        ),
+        1.0
+    );
+    assert!(
+        series(
+            &after,
+            "rsgi_wasm_guest_cpu_seconds_total{tenant=\"router\"}"
+        ) >= 1.0,
+        "the spin ran 2 s: {after}"
+    );
+    assert!(
+        series(
+            &after,
+            "rsgi_wasm_request_duration_seconds_count{tenant=\"router\"}"
+        ) >= 6.0
+    );
+    assert_eq!(
+        series(&after, "rsgi_wasm_in_flight_requests{tenant=\"router\"}"),
+        0.0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn the_metrics_port_must_differ_from_the_apps() {
+    let (code, _, err) = run_bin(&[
+        "run",
+        router().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:18999",
+        "--metrics",
+        "127.0.0.1:18999",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--metrics") && err.contains("--listen"),
+        "{err}"
+    );
+    let (code, _, err) = run_bin(&["run", router().to_str().unwrap(), "--metrics", "nowhere"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--metrics"), "{err}");
+}
+
+#[test]
+fn json_logs_give_one_object_per_access_line() {
+    let s = Server::start(&hello(), &["--log-format", "json"]);
+    assert_eq!(client().get(s.url("/?q=1")).send().unwrap().status(), 200);
+    s.wait_for_log("\"status\":200");
+    let access: Vec<serde_json::Value> = s
+        .logs()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"))
+        })
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 1, "{access:?}");
+    let a = &access[0];
+    assert_eq!(a["method"], "GET");
+    assert_eq!(a["uri"], "/?q=1");
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["bytes"], 14);
+    assert!(a["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(a["peer"].as_str().unwrap().starts_with("127.0.0.1"));
+}
+
+fn h2_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn http2_cleartext_streams_both_ways_with_many_streams_on_one_connection() {
+    let s = Server::start(&router(), &["--workers", "4"]);
+    let h2 = h2_client();
+    let r = h2.get(s.url("/env?x=1")).send().unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let env: serde_json::Value = r.json().unwrap();
+    assert_eq!(env["SERVER_PROTOCOL"], "HTTP/2");
+    assert_eq!(env["HTTP_HOST"], s.addr.to_string(), "from :authority");
+    assert_eq!(env["SERVER_PORT"], s.addr.port().to_string());
+    assert_eq!(env["RAW_URI"], "/env?x=1");
+    assert_eq!(env["PATH_INFO"], "/env");
+    // A streamed upload comes back streamed.
+    let up: Vec<u8> = (0..20_000_000u32).map(|i| (i % 253) as u8).collect();
+    let back = h2.post(s.url("/echo")).body(up.clone()).send().unwrap();
+    assert_eq!(back.version(), reqwest::Version::HTTP_2);
+    assert!(back.bytes().unwrap() == up);
+    let down = h2.get(s.url("/big?50000000")).send().unwrap();
+    assert_eq!(down.bytes().unwrap().len(), 50_000_000);
+    // Per-stream limits hold as for HTTP/1.1.
+    let big = h2
+        .get(s.url("/"))
+        .header("x-big", "y".repeat(70_000))
+        .send();
+    assert!(
+        big.map_or(true, |r| r.status() == 431),
+        "an oversized head is refused"
+    );
+    // 32 requests at once share the client's one connection.
+    let threads: Vec<_> = (0..32)
+        .map(|i| {
+            let (h2, url) = (h2.clone(), s.url(&format!("/sleep?0.{}", i % 3)));
+            std::thread::spawn(move || {
+                let r = h2.get(url).send().unwrap();
+                (r.version(), r.status())
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(
+            t.join().unwrap(),
+            (reqwest::Version::HTTP_2, reqwest::StatusCode::OK)
+        );
+    }
+    // HTTP/1.1 on the same port is unchanged.
+    let r = client().get(s.url("/")).send().unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+}
+
+#[test]
+fn an_http2_rapid_reset_storm_does_not_take_the_server_down() {
+    let s = Server::start(&router(), &["--workers", "2"]);
+    let pydeps = work_dir().join("pydeps-h2");
+    let out = std::process::Command::new("python3")
+        .current_dir(repo())
+        .arg("tests/h2_reset_storm.py")
+        .arg(&pydeps)
+        .arg(s.addr.ip().to_string())
+        .arg(s.addr.port().to_string())
+        .arg("5000")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Cut off by GOAWAY or by closing, never answered in full.
+    assert!(
+        said.starts_with("goaway") || said.starts_with("closed"),
+        "{said}"
+    );
+    // Everyone else is still served, on both protocols.
+    assert_eq!(h2_client().get(s.url("/")).send().unwrap().status(), 200);
+    assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
+}
+
+/// A test CA, and PEM files it signed, in one directory.
+struct Pki {
+    dir: std::path::PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = temp_dir(name);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "rsgi-wasm test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    /// `NAME.pem` and `NAME.key` for `names`, signed by the CA; the cert's DER.
+    fn issue(&self, file: &str, names: &[&str], client: bool) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        if client {
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// An HTTPS client trusting the CA, with `names` resolving to `addr`.
+    fn client(
+        &self,
+        addr: std::net::SocketAddr,
+        names: &[&str],
+    ) -> reqwest::blocking::ClientBuilder {
+        let ca = std::fs::read(self.dir.join("ca.pem")).unwrap();
+        let mut b = reqwest::blocking::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .tls_info(true)
+            .timeout(std::time::Duration::from_secs(60));
+        for n in names {
+            b = b.resolve(n, addr);
+        }
+        b
+    }
+}
+
+fn peer_cert(r: &reqwest::blocking::Response) -> Vec<u8> {
+    r.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|t| t.peer_certificate())
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn tls_serves_https_with_h2_by_alpn_and_https_scheme() {
+    let pki = Pki::new("tls-basic");
+    let leaf = pki.issue("server", &["localhost"], false);
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let s = Server::start(&router(), &["--certfile", &cert, "--keyfile", &key]);
+    let url = format!("https://localhost:{}/env", s.addr.port());
+    let c = pki.client(s.addr, &["localhost"]).build().unwrap();
+    let r = c.get(&url).send().unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2, "h2 chosen by ALPN");
+    assert_eq!(peer_cert(&r), leaf);
+    let env: serde_json::Value = r.json().unwrap();
+    assert_eq!(env["wsgi.url_scheme"], "https");
+    assert_eq!(env["SERVER_PROTOCOL"], "HTTP/2");
+    let c1 = pki
+        .client(s.addr, &["localhost"])
+        .http1_only()
+        .build()
+        .unwrap();
+    let r = c1.get(&url).send().unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    let env: serde_json::Value = r.json().unwrap();
+    assert_eq!(env["wsgi.url_scheme"], "https");
+    // Plain HTTP to a TLS port is not served.
+    assert!(client().get(s.url("/")).send().is_err());
+    // A key that is not the certificate's stops the start, naming both.
+    pki.issue("other", &["localhost"], false);
+    let (code, _, err) = run_bin(&[
+        "run",
+        router().to_str().unwrap(),
+        "--certfile",
+        &cert,
+        "--keyfile",
+        &pki.path("other.key"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("server.pem") && err.contains("other.key"),
+        "{err}"
+    );
+    assert!(!err.contains("listening on"), "{err}");
+    let (code, _, err) = run_bin(&["run", router().to_str().unwrap(), "--certfile", &cert]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--keyfile"), "{err}");
+}
+
+#[test]
+fn sni_picks_the_tenants_certificate_and_sighup_reloads_them() {
+    let pki = Pki::new("tls-sni");
+    let default = pki.issue("default", &["localhost", "b.example"], false);
+    let a = pki.issue("a", &["a.example"], false);
+    let config = pki.dir.join("tenants.toml");
+    let router = router().display().to_string();
+    std::fs::write(
+        &config,
+        format!(
+            "[[app]]\nname = \"a\"\ncomponent = \"{router}\"\nhosts = [\"a.example\"]\n\
+             certfile = \"a.pem\"\nkeyfile = \"a.key\"\n\n\
+             [[app]]\nname = \"b\"\ncomponent = \"{router}\"\nhosts = [\"b.example\"]\n"
+        ),
+    )
+    .unwrap();
+    let (cert, key) = (pki.path("default.pem"), pki.path("default.key"));
+    let s = Server::start_with(&[
+        "serve",
+        config.to_str().unwrap(),
+        "--certfile",
+        &cert,
+        "--keyfile",
+        &key,
+    ]);
+    let port = s.addr.port();
+    let get = |host: &str| {
+        let c = pki.client(s.addr, &[host]).build().unwrap();
+        let r = c.get(format!("https://{host}:{port}/")).send().unwrap();
+        assert_eq!(r.status(), 200);
+        peer_cert(&r)
+    };
+    assert!(get("a.example") == a, "the tenant's own certificate");
+    assert!(
+        get("b.example") == default,
+        "no certificate of its own: the default"
+    );
+    // New certificates on disk, then SIGHUP: new connections get them.
+    let a2 = pki.issue("a", &["a.example"], false);
+    s.signal("HUP");
+    s.wait_for_log("reloaded");
+    assert!(get("a.example") == a2);
+    // A tenant certificate without the server's is refused at start.
+    let (code, _, err) = run_bin(&["serve", config.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--certfile"), "{err}");
+}
+
+#[test]
+fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
+    let pki = Pki::new("tls-mutual");
+    pki.issue("server", &["localhost"], false);
+    pki.issue("client", &["client.example"], true);
+    let s = Server::start(
+        &router(),
+        &[
+            "--certfile",
+            &pki.path("server.pem"),
+            "--keyfile",
+            &pki.path("server.key"),
+            "--ca-certs",
+            &pki.path("ca.pem"),
+        ],
+    );
+    let url = format!("https://localhost:{}/", s.addr.port());
+    let anonymous = pki.client(s.addr, &["localhost"]).build().unwrap();
+    assert!(anonymous.get(&url).send().is_err(), "no client certificate");
+    let mut identity = std::fs::read(pki.dir.join("client.pem")).unwrap();
+    identity.extend(std::fs::read(pki.dir.join("client.key")).unwrap());
+    let known = pki
+        .client(s.addr, &["localhost"])
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(known.get(&url).send().unwrap().status(), 200);
+    // The server is still up for everyone after the refusal.
+    assert_eq!(known.get(&url).send().unwrap().status(), 200);
+}

@@ -32,6 +32,17 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
+impl Command {
+    /// Whether log lines are JSON (`--log-format json`).
+    pub fn json_logs(&self) -> bool {
+        match self {
+            Command::Run(a) => a.http.log_format == "json",
+            Command::Serve(a) => a.http.log_format == "json",
+            Command::Build(_) | Command::Exec(_) => false,
+        }
+    }
+}
+
 /// `rsgi-wasm serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -56,7 +67,7 @@ pub struct CacheArgs {
 }
 
 /// Server-wide HTTP flags shared by `run` and `serve`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct HttpArgs {
     /// Time in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value = config::DEFAULT_GRACE, value_parser = config::duration_in(config::GRACE))]
@@ -73,9 +84,45 @@ pub struct HttpArgs {
     /// Forwarded: comma-separated IPs, or * for any.
     #[arg(long, default_value = config::DEFAULT_FORWARDED_ALLOW, value_parser = config::parse_trusted)]
     pub forwarded_allow_ips: config::TrustedPeers,
+    /// Streams one HTTP/2 connection may have open at once (each is a
+    /// request, with every per-request limit).
+    #[arg(long, default_value = config::DEFAULT_HTTP2_MAX_STREAMS, value_parser = config::count_in(config::HTTP2_STREAMS))]
+    pub http2_max_streams: u64,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs
+    /// --keyfile. HTTP/2 and HTTP/1.1 are offered by ALPN.
+    #[arg(long, value_name = "FILE", requires = "keyfile")]
+    pub certfile: Option<PathBuf>,
+    /// The PEM private key of --certfile.
+    #[arg(long, value_name = "FILE", requires = "certfile")]
+    pub keyfile: Option<PathBuf>,
+    /// Require client certificates signed by one of these PEM CA
+    /// certificates (mutual TLS); needs --certfile.
+    #[arg(long, value_name = "FILE", requires = "certfile")]
+    pub ca_certs: Option<PathBuf>,
+    /// The oldest TLS version accepted: 1.2 or 1.3.
+    #[arg(long, default_value = "1.2", value_parser = crate::http::tls::parse_min_version)]
+    pub tls_min_version: crate::http::tls::MinVersion,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address:
+    /// a port of its own, never the apps' (e.g. 127.0.0.1:9090).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Log lines as `text`, or `json` (one object per line, the access
+    /// line's fields as keys).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 impl HttpArgs {
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::http::tls::TlsFiles> {
+        Some(crate::http::tls::TlsFiles {
+            cert: self.certfile.clone()?,
+            key: self.keyfile.clone()?,
+            client_ca: self.ca_certs.clone(),
+            min_version: self.tls_min_version,
+        })
+    }
+
     /// Server settings for `listen`.
     pub fn server_config(&self, listen: SocketAddr) -> ServerConfig {
         ServerConfig {
@@ -85,6 +132,7 @@ impl HttpArgs {
             forwarded_allow: self.forwarded_allow_ips.clone(),
             max_connections: self.max_connections as usize,
             max_header_bytes: config::MAX_HEADER_BYTES,
+            http2_max_streams: self.http2_max_streams as u32,
         }
     }
 }

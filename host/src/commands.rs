@@ -1,19 +1,25 @@
 //! What each subcommand does: wires config, engine, pools and server.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::error::UserError;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::build::{self, BuildOptions};
-use crate::cli::{BuildArgs, Command, ExecArgs, RunArgs, ServeArgs};
+use crate::cli::{BuildArgs, Command, ExecArgs, HttpArgs, RunArgs, ServeArgs};
 use crate::config::{Grants, Limits, ServerConfig};
+use crate::http::ops;
 use crate::http::router::{Route, Router};
 use crate::http::server::{self, Site};
 use crate::http::static_files::StaticFiles;
+use crate::http::tls::{self, TenantCert};
+use crate::metrics::{self, TenantMetrics};
 use crate::runtime::cpu::{CpuScheduler, CpuShare, TenantCpu};
 use crate::runtime::engine::{self, Loader};
 use crate::runtime::pool::AppPool;
@@ -104,17 +110,31 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
     Ok(Some(args.source.build_options(app.to_owned(), None, cache)))
 }
 
+/// What starting an app takes from the process.
+#[derive(Clone)]
+struct Starter {
+    loader: Arc<Loader>,
+    /// The run slots, one per core, shared by every app.
+    sched: Arc<CpuScheduler>,
+    /// `--metrics` is on: account guest CPU even where nothing is scheduled.
+    metered: bool,
+}
+
 /// Load, check and start one app: everything that can fail does so here,
 /// before the port is bound (or before a reload is swapped in).
 async fn start_app(
-    loader: &Arc<Loader>,
-    sched: &Arc<CpuScheduler>,
+    starter: &Starter,
     alone: bool,
     name: &str,
     component: &Path,
     grants: Grants,
     limits: Limits,
 ) -> Result<Arc<AppPool>> {
+    let Starter {
+        loader,
+        sched,
+        metered,
+    } = starter;
     let engine = loader.engine();
     // Hashing, unpacking and compiling block for milliseconds to seconds:
     // off the runtime's threads, so requests to other apps never wait.
@@ -133,13 +153,14 @@ async fn start_app(
             .await
             .context("setting up the sandbox panicked")??
     };
-    let tenant = TenantCpu::new(limits.cpu);
+    let metrics = TenantMetrics::new(name);
+    let tenant = TenantCpu::metered(limits.cpu, metered.then(|| metrics.cpu.clone()));
     let cpu = if alone {
         CpuShare::alone(sched.clone(), tenant)
     } else {
         CpuShare::new(sched.clone(), tenant)
     };
-    AppPool::start(name, engine.clone(), pre, sandbox, limits, cpu).await
+    AppPool::start(name, engine.clone(), pre, sandbox, limits, cpu, metrics).await
 }
 
 /// `rsgi-wasm exec`: one instance, the terminal's stdio, the script's status.
@@ -197,8 +218,51 @@ async fn listen(cfg: &ServerConfig) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))
 }
 
+/// The TLS acceptor for `http`'s certificate and the tenants' own, read
+/// and checked now; none when TLS is off.
+fn tls_for(http: &HttpArgs, tenants: &[TenantConfig]) -> Result<Option<TlsAcceptor>> {
+    let certs: Vec<TenantCert> = tenants.iter().filter_map(|t| t.tls.clone()).collect();
+    let Some(files) = http.tls_files() else {
+        if let Some(t) = tenants.iter().find(|t| t.tls.is_some()) {
+            anyhow::bail!(UserError(format!(
+                "app {}: has a certfile, but TLS is off; give the server --certfile and --keyfile (the default certificate)",
+                t.name
+            )));
+        }
+        return Ok(None);
+    };
+    tls::acceptor(&files, &certs).map(Some)
+}
+
+/// `http` or `https`, for the log line that says where the server listens.
+fn scheme(tls: &Option<TlsAcceptor>) -> &'static str {
+    if tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// Start the `--metrics` listener, if asked for, before anything loads:
+/// `/healthz` answers at once, `/readyz` once every app has started.
+async fn start_ops(http: &HttpArgs, listen: SocketAddr) -> Result<bool> {
+    let Some(addr) = http.metrics else {
+        return Ok(false);
+    };
+    if addr == listen && addr.port() != 0 {
+        anyhow::bail!(UserError(format!(
+            "--metrics {addr}: the same address as --listen; give the metrics a port of their own"
+        )));
+    }
+    let bound = ops::start(addr).await?;
+    tracing::info!("metrics on http://{bound}/metrics, health on /healthz and /readyz");
+    Ok(true)
+}
+
 async fn run_command(args: RunArgs) -> Result<()> {
     let (server_cfg, grants, limits) = args.split()?;
+    let tls = tls_for(&args.http, &[])?;
+    let metered = start_ops(&args.http, server_cfg.listen).await?;
     let statics = StaticFiles::new(args.app_args.statics.clone())?;
     let (component, name) = match component_for_run(&args)? {
         Some(opts) => {
@@ -210,16 +274,47 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let t0 = Instant::now();
     let loader = new_loader(args.cache.cache_dir.clone())?;
     let workers = limits.workers;
-    let sched = scheduler(&loader);
-    let pool = start_app(&loader, &sched, true, &name, &component, grants, limits).await?;
+    let starter = Starter {
+        sched: scheduler(&loader),
+        loader,
+        metered,
+    };
+    let pool = start_app(&starter, true, &name, &component, grants, limits).await?;
     let listener = listen(&server_cfg).await?;
+    metrics::READY.store(true, Ordering::Release);
     tracing::info!(
-        "listening on http://{} (app {name}, {workers} worker{}, ready in {:.0} ms)",
+        "listening on {}://{} (app {name}, {workers} worker{}, ready in {:.0} ms)",
+        scheme(&tls),
         listener.local_addr()?,
         if workers == 1 { "" } else { "s" },
         t0.elapsed().as_secs_f64() * 1000.0
     );
-    let site = Arc::new(Site::new(Router::single(pool, statics), &server_cfg));
+    let reload_tls = tls.is_some();
+    let site = Arc::new(Site::new(Router::single(pool, statics), &server_cfg, tls));
+    if reload_tls {
+        // `run` has no config file to reload, but certificates expire.
+        let (site, http) = (site.clone(), args.http.clone());
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match tls_for(&http, &[]) {
+                    Ok(Some(tls)) => {
+                        site.swap_tls(tls);
+                        metrics::reload(true);
+                        tracing::info!("SIGHUP: certificates reloaded");
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        metrics::reload(false);
+                        tracing::error!("SIGHUP: keeping the old certificates: {e:#}");
+                    }
+                }
+            }
+        });
+    }
     server::serve(listener, site, &server_cfg, server::shutdown_signal()).await
 }
 
@@ -237,8 +332,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
 
 /// Start what is new or changed, reuse what is not; all or nothing.
 async fn start_tenants(
-    loader: &Arc<Loader>,
-    sched: &Arc<CpuScheduler>,
+    starter: &Starter,
     configs: Vec<TenantConfig>,
     previous: &[Running],
 ) -> Result<Vec<Running>> {
@@ -252,8 +346,7 @@ async fn start_tenants(
             Some(r) => (r.pool.clone(), r.statics.clone()),
             None => (
                 start_app(
-                    loader,
-                    sched,
+                    starter,
                     false,
                     &config.name,
                     &config.component,
@@ -295,19 +388,28 @@ fn router_for(running: &[Running]) -> Router {
 async fn serve_command(args: ServeArgs) -> Result<()> {
     let t0 = Instant::now();
     let server_cfg = args.http.server_config(args.listen);
+    let metered = start_ops(&args.http, server_cfg.listen).await?;
     let loader = new_loader(args.cache.cache_dir.clone())?;
     let configs = tenants::load(&args.config)?;
-    let sched = scheduler(&loader);
-    let running = start_tenants(&loader, &sched, configs, &[]).await?;
+    let tls = tls_for(&args.http, &configs)?;
+    let starter = Starter {
+        sched: scheduler(&loader),
+        loader,
+        metered,
+    };
+    let running = start_tenants(&starter, configs, &[]).await?;
     let listener = listen(&server_cfg).await?;
+    metrics::READY.store(true, Ordering::Release);
     tracing::info!(
-        "listening on http://{} ({} apps from {}, ready in {:.0} ms)",
+        "listening on {}://{} ({} apps from {}, ready in {:.0} ms)",
+        scheme(&tls),
         listener.local_addr()?,
         running.len(),
         args.config.display(),
         t0.elapsed().as_secs_f64() * 1000.0
     );
-    let site = Arc::new(Site::new(router_for(&running), &server_cfg));
+    let site = Arc::new(Site::new(router_for(&running), &server_cfg, tls));
+    let http = args.http.clone();
 
     let reload_site = site.clone();
     let config_path = args.config.clone();
@@ -323,34 +425,44 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
             // Each attempt in its own task: whatever goes wrong in it, even a
             // panic, leaves the running config and this loop as they were.
             let attempt = tokio::spawn({
-                let (loader, sched, path, previous) = (
-                    loader.clone(),
-                    sched.clone(),
+                let (starter, path, previous, http) = (
+                    starter.clone(),
                     config_path.clone(),
                     running.clone(),
+                    http.clone(),
                 );
                 async move {
                     let configs = tenants::load(&path)?;
-                    start_tenants(&loader, &sched, configs, &previous).await
+                    let tls = tls_for(&http, &configs)?;
+                    let next = start_tenants(&starter, configs, &previous).await?;
+                    anyhow::Ok((next, tls))
                 }
             });
             match attempt.await {
-                Ok(Ok(next)) => {
+                Ok(Ok((next, tls))) => {
+                    metrics::reload(true);
                     reload_site.swap(router_for(&next));
+                    if let Some(tls) = tls {
+                        reload_site.swap_tls(tls);
+                    }
                     let in_use: Vec<&Path> =
                         next.iter().map(|r| r.config.component.as_path()).collect();
-                    loader.retain(&in_use);
+                    starter.loader.retain(&in_use);
                     tracing::info!("reloaded: {} apps", next.len());
                     // Apps no longer routed finish their in-flight requests
                     // (those hold the pool) and are dropped after.
                     running = Arc::new(next);
                 }
                 Ok(Err(e)) => {
+                    metrics::reload(false);
                     tracing::error!("reload failed, still serving the previous config: {e:#}")
                 }
-                Err(panic) => tracing::error!(
-                    "reload failed (a bug: {panic}), still serving the previous config"
-                ),
+                Err(panic) => {
+                    metrics::reload(false);
+                    tracing::error!(
+                        "reload failed (a bug: {panic}), still serving the previous config"
+                    )
+                }
             }
         }
     });

@@ -178,6 +178,8 @@ pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
 pub const DEFAULT_MAX_CONNECTIONS: &str = "10000";
 /// `--forwarded-allow-ips`.
 pub const DEFAULT_FORWARDED_ALLOW: &str = "127.0.0.1";
+/// `--http2-max-streams`.
+pub const DEFAULT_HTTP2_MAX_STREAMS: &str = "100";
 /// Largest request head (431 above); not a flag.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// `--workers` / `workers`.
@@ -261,6 +263,11 @@ pub const QUEUE: Bounds<u64> = Bounds {
 pub const MAX_CONNECTIONS: Bounds<u64> = Bounds {
     min: 1,
     max: 1_000_000,
+};
+/// `--http2-max-streams`.
+pub const HTTP2_STREAMS: Bounds<u64> = Bounds {
+    min: 1,
+    max: 10_000,
 };
 /// `--max-requests` / `--max-requests-jitter` and their keys.
 pub const MAX_REQUESTS: Bounds<u64> = Bounds {
@@ -471,6 +478,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Peers whose `X-Forwarded-Proto` / `Forwarded` headers are believed.
     pub forwarded_allow: TrustedPeers,
+    /// Concurrent streams one HTTP/2 connection may open.
+    pub http2_max_streams: u32,
 }
 
 /// Which peers may set the URL scheme through proxy headers.

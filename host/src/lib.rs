@@ -23,6 +23,7 @@ mod config;
 mod error;
 mod http;
 mod latin1;
+mod metrics;
 mod protocol;
 mod runtime;
 mod tenants;
@@ -70,15 +71,19 @@ fn report(e: &anyhow::Error) -> String {
 /// print a failure once with its exit status.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    if cli.command.json_logs() {
+        http::access::JSON.store(true, std::sync::atomic::Ordering::Relaxed);
+        logs.json().flatten_event(true).with_target(true).init();
+    } else {
+        logs.with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     raise_fd_limit();
     // One worker thread more than guests may run at once (one per core,
     // `cpu::CpuScheduler`): however busy the guests, a thread is left for

@@ -1,8 +1,8 @@
 //! Many apps in one process: the `tenants.toml` format, checked with file,
 //! line and field before anything listens.
 //!
-//! An `[[app]]` has four keys of its own (`name`, `component`, `hosts`,
-//! `path_prefix`) and an `env` table; every other key is one of `run`'s
+//! An `[[app]]` has keys of its own (`name`, `component`, `hosts`,
+//! `path_prefix`, `certfile`, `keyfile`) and an `env` table; every other key is one of `run`'s
 //! per-app flags spelt with underscores, and is parsed as that flag
 //! (`cli::AppKeys`): the same parser, bounds and default on both surfaces.
 
@@ -18,6 +18,7 @@ use toml::Spanned;
 use crate::cli::AppKeys;
 use crate::config::{Grants, Limits};
 use crate::http::static_files::StaticMount;
+use crate::http::tls::TenantCert;
 
 /// One validated tenant.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,8 @@ pub struct TenantConfig {
     pub limits: Limits,
     /// Static mounts answered before the app (`static`).
     pub statics: Vec<StaticMount>,
+    /// The tenant's own certificate and key, served for its hosts (SNI).
+    pub tls: Option<TenantCert>,
 }
 
 /// A config problem, located in the file.
@@ -161,6 +164,7 @@ fn tenant(
     let mut hosts = Vec::new();
     let mut path_prefix = String::new();
     let mut env = BTreeMap::new();
+    let (mut certfile, mut keyfile) = (None, None);
     // Each flag with the key and span it came from, for errors.
     let mut argv: Vec<String> = Vec::new();
     let mut origin: Vec<(String, Range<usize>)> = Vec::new();
@@ -210,6 +214,21 @@ fn tenant(
                 }
                 path_prefix = p.trim_end_matches('/').to_owned();
             }
+            "certfile" | "keyfile" => {
+                let f = base.join(string(value, k, err)?);
+                if !f.is_file() {
+                    return Err(Some(err(
+                        span,
+                        k,
+                        format!("{} does not exist", f.display()),
+                    )));
+                }
+                if k == "certfile" {
+                    certfile = Some((f, span));
+                } else {
+                    keyfile = Some((f, span));
+                }
+            }
             "env" => {
                 let DeValue::Table(vars) = value.get_ref() else {
                     return Err(Some(err(
@@ -236,6 +255,38 @@ fn tenant(
         }
     }
     let name = name.ok_or(None)?;
+    let tls = match (certfile, keyfile) {
+        (None, None) => None,
+        (Some((_, span)), None) => {
+            return Err(Some(err(
+                span,
+                "keyfile",
+                "missing: certfile needs its keyfile".into(),
+            )))
+        }
+        (None, Some((_, span))) => {
+            return Err(Some(err(
+                span,
+                "certfile",
+                "missing: keyfile needs its certfile".into(),
+            )))
+        }
+        (Some((cert, span)), Some((key, _))) => {
+            if hosts.is_empty() {
+                return Err(Some(err(
+                    span,
+                    "certfile",
+                    "an app's own certificate needs `hosts`: the names clients ask for (SNI)"
+                        .into(),
+                )));
+            }
+            Some(TenantCert {
+                hosts: hosts.clone(),
+                cert,
+                key,
+            })
+        }
+    };
     let Some((component, _)) = component else {
         return Err(Some(err(0..0, "component", "missing".into())));
     };
@@ -257,6 +308,7 @@ fn tenant(
         limits: app.limits(),
         grants,
         statics: app.statics,
+        tls,
     })
 }
 
@@ -311,7 +363,7 @@ fn flag_error(e: &clap::Error, origin: &[(String, Range<usize>)], err: Located<'
                 .filter(|k| k != "env")
                 .collect();
             format!(
-                "unknown key; an [[app]] takes name, component, hosts, path_prefix, env, {}",
+                "unknown key; an [[app]] takes name, component, hosts, path_prefix, certfile, keyfile, env, {}",
                 known.join(", ")
             )
         }

@@ -195,7 +195,11 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                if let Some(rest) = line
+                    .split("listening on http://")
+                    .nth(1)
+                    .or_else(|| line.split("listening on https://").nth(1))
+                {
                     let addr = rest.split_whitespace().next().unwrap().to_owned();
                     let _ = tx.send(addr);
                 }
@@ -212,6 +216,15 @@ impl Server {
             }
         };
         Server { child, addr, logs }
+    }
+
+    /// The address logged as `{what}http://ADDR/...` (e.g. `metrics on `).
+    pub fn logged_addr(&self, what: &str) -> SocketAddr {
+        let needle = format!("{what}http://");
+        self.wait_for_log(&needle);
+        let logs = self.logs();
+        let rest = logs.split(needle.as_str()).nth(1).unwrap();
+        rest.split(['/', ' ', '"']).next().unwrap().parse().unwrap()
     }
 
     /// `http://ADDR/path`.

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -10,6 +12,7 @@ use bytes::Bytes;
 use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 
+use crate::metrics::{self, TenantMetrics};
 use crate::runtime::body::{BodyAbort, ResponseBody};
 
 /// Status logged for a request whose client left before any response
@@ -18,6 +21,8 @@ const CLIENT_CLOSED: u16 = 499;
 
 /// What the line will say about the request.
 struct Line {
+    /// The tenant's series, once the request is routed.
+    tenant: Option<Arc<TenantMetrics>>,
     peer: IpAddr,
     method: Method,
     target: String,
@@ -28,18 +33,40 @@ struct Line {
 
 impl Line {
     fn write(&self) {
-        tracing::info!(
-            target: "access",
-            "{} \"{} {}\" {} {} {:.2}ms",
-            self.peer,
-            self.method,
-            self.target,
-            self.status,
-            self.sent,
-            self.t0.elapsed().as_secs_f64() * 1000.0
-        );
+        let elapsed = self.t0.elapsed();
+        match &self.tenant {
+            Some(t) => t.finished(self.status, elapsed),
+            None => metrics::unrouted(self.status, elapsed),
+        }
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        if JSON.load(Ordering::Relaxed) {
+            // One object per line, for log shippers (`--log-format json`).
+            tracing::info!(
+                target: "access",
+                peer = %self.peer,
+                method = %self.method,
+                uri = %self.target,
+                status = self.status,
+                bytes = self.sent,
+                duration_ms = ms,
+                "access"
+            );
+        } else {
+            tracing::info!(
+                target: "access",
+                "{} \"{} {}\" {} {} {ms:.2}ms",
+                self.peer,
+                self.method,
+                self.target,
+                self.status,
+                self.sent,
+            );
+        }
     }
 }
+
+/// Access lines as JSON fields rather than text (`--log-format json`).
+pub static JSON: AtomicBool = AtomicBool::new(false);
 
 /// A request on its way to a response; logged as 499 if dropped first.
 pub struct AccessLog(Option<Line>);
@@ -48,6 +75,7 @@ impl AccessLog {
     /// Start timing a request.
     pub fn start(peer: IpAddr, method: &Method, target: String) -> Self {
         AccessLog(Some(Line {
+            tenant: None,
             peer,
             method: method.clone(),
             target,
@@ -55,6 +83,14 @@ impl AccessLog {
             status: CLIENT_CLOSED,
             sent: 0,
         }))
+    }
+
+    /// The request was routed to a tenant: count it there.
+    pub fn routed(&mut self, tenant: &Arc<TenantMetrics>) {
+        if let Some(line) = self.0.as_mut() {
+            tenant.started();
+            line.tenant = Some(tenant.clone());
+        }
     }
 
     /// The response, its body counted and the line written when it ends.

@@ -4,6 +4,8 @@
 
 pub mod access;
 pub mod head_rules;
+pub mod ops;
 pub mod router;
 pub mod server;
 pub mod static_files;
+pub mod tls;

@@ -15,11 +15,12 @@ use std::time::Duration;
 use anyhow::Result;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Isolation;
 use crate::config::{ServerConfig, TrustedPeers};
@@ -30,6 +31,11 @@ use crate::runtime::body::{self, RequestBody, ResponseBody};
 use crate::runtime::environ::{self, RequestInfo};
 use crate::runtime::wsgi::{Exchange, ResponseReceiver};
 
+/// Streams a client may reset before they were even answered, at once.
+const HTTP2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may reset because the client broke the protocol.
+const HTTP2_MAX_ERROR_RESETS: usize = 1024;
+
 /// What the server routes requests to.
 pub struct Site {
     /// The current routes; a reload swaps in a new router atomically, and
@@ -39,21 +45,36 @@ pub struct Site {
     pub forwarded_allow: TrustedPeers,
     /// Largest request head (431 above).
     pub max_header_bytes: usize,
+    /// TLS on every connection, when configured; replaced on SIGHUP.
+    tls: RwLock<Option<TlsAcceptor>>,
 }
 
 impl Site {
-    /// A site serving `router` with the server-wide settings of `cfg`.
-    pub fn new(router: Router, cfg: &ServerConfig) -> Self {
+    /// A site serving `router` with the server-wide settings of `cfg`,
+    /// over TLS when `tls` is given.
+    pub fn new(router: Router, cfg: &ServerConfig, tls: Option<TlsAcceptor>) -> Self {
         Site {
             router: RwLock::new(Arc::new(router)),
             forwarded_allow: cfg.forwarded_allow.clone(),
             max_header_bytes: cfg.max_header_bytes,
+            tls: RwLock::new(tls),
         }
     }
 
     /// The routes in force now.
     pub fn router(&self) -> Arc<Router> {
         self.router.read().expect("router lock").clone()
+    }
+
+    /// The TLS acceptor for new connections, if TLS is on.
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls.read().expect("tls lock").clone()
+    }
+
+    /// Replace the certificates (SIGHUP reload); connections already open
+    /// keep theirs.
+    pub fn swap_tls(&self, tls: TlsAcceptor) {
+        *self.tls.write().expect("tls lock") = Some(tls);
     }
 
     /// Replace the routes (SIGHUP reload).
@@ -71,8 +92,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let local = listener.local_addr()?;
-    let mut builder = http1::Builder::new();
+    // HTTP/1.1 and HTTP/2 on one port: cleartext h2 is recognised by its
+    // connection preface (prior knowledge), TLS would pick it by ALPN.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
         // A client may shut down its sending side after the request (as
@@ -82,6 +106,20 @@ pub async fn serve(
         .half_close(true)
         .header_read_timeout(cfg.header_timeout)
         .max_buf_size(cfg.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.http2_max_streams)
+        // The head limit holds per stream too (checked again in `respond`).
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): streams a client opens and cancels
+        // still cost work; past these counts the connection is closed.
+        .max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_RESETS))
+        .max_local_error_reset_streams(Some(HTTP2_MAX_ERROR_RESETS))
+        // A connection that stops answering pings is dropped.
+        .keep_alive_interval(Some(cfg.header_timeout))
+        .keep_alive_timeout(cfg.header_timeout);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     tokio::pin!(shutdown);
@@ -105,10 +143,39 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let site = site.clone();
-                let svc = service_fn(move |req| handle(site.clone(), req, local, peer));
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                let Some(acceptor) = site.tls() else {
+                    let site = site.clone();
+                    let svc = service_fn(move |req| handle(site.clone(), req, local, peer, false));
+                    let conn = graceful.watch(
+                        builder.serve_connection(TokioIo::new(stream), svc).into_owned(),
+                    );
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, "connection ended: {e}");
+                        }
+                        drop(slot);
+                    });
+                    continue;
+                };
+                // The handshake runs on the connection's own task, under
+                // the same deadline as a request head.
+                let (site, builder, watcher) = (site.clone(), builder.clone(), graceful.watcher());
+                let deadline = cfg.header_timeout;
                 tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let svc = service_fn(move |req| handle(site.clone(), req, local, peer, true));
+                    let conn = watcher
+                        .watch(builder.serve_connection(TokioIo::new(tls), svc).into_owned());
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
@@ -179,14 +246,15 @@ async fn handle(
     req: Request<Incoming>,
     local: SocketAddr,
     peer: SocketAddr,
+    tls: bool,
 ) -> Result<Response<LoggedBody>, Infallible> {
     let (parts, body) = req.into_parts();
-    let log = AccessLog::start(
+    let mut log = AccessLog::start(
         peer.ip(),
         &parts.method,
-        environ::raw_target(&parts.uri).into_owned(),
+        environ::raw_target(&parts.uri, parts.version).into_owned(),
     );
-    let res = respond(&site, parts, body, local, peer)
+    let res = respond(&site, parts, body, (local, peer, tls), &mut log)
         .await
         .unwrap_or_else(Refusal::into_response);
     Ok(log.finish(res))
@@ -197,8 +265,8 @@ async fn respond(
     site: &Site,
     parts: http::request::Parts,
     body: Incoming,
-    local: SocketAddr,
-    peer: SocketAddr,
+    (local, peer, tls): (SocketAddr, SocketAddr, bool),
+    log: &mut AccessLog,
 ) -> Result<Response<ResponseBody>, Refusal> {
     check_head(&parts, site.max_header_bytes)?;
     let router = site.router();
@@ -209,6 +277,7 @@ async fn respond(
             text: "Not Found: no app is configured for this host and path",
             close: false,
         })?;
+    log.routed(route.app.metrics());
     if let Some(res) = route.statics.serve(&parts).await {
         return Ok(res);
     }
@@ -222,7 +291,9 @@ async fn respond(
         local,
         peer,
         script_name: &route.prefix,
-        url_scheme: if site.forwarded_allow.contains(peer.ip()) {
+        url_scheme: if tls {
+            "https"
+        } else if site.forwarded_allow.contains(peer.ip()) {
             environ::forwarded_scheme(&parts.headers).unwrap_or("http")
         } else {
             "http"
@@ -253,7 +324,7 @@ fn check_head(parts: &http::request::Parts, max_header_bytes: usize) -> Result<(
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + environ::raw_target(&parts.uri).len();
+        + environ::raw_target(&parts.uri, parts.version).len();
     if head_size > max_header_bytes {
         return Err(Refusal::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

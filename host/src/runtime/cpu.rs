@@ -9,10 +9,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use wasmtime::{Engine, UpdateDeadline};
 
 /// How fast a tenant's recent CPU use fades: after this long, half of it
@@ -74,6 +76,8 @@ struct Waiting {
 pub struct TenantCpu {
     recent: Mutex<Decayed>,
     cap: Option<Cap>,
+    /// Where the tenant's CPU seconds are exported, if they are.
+    meter: Option<Counter<f64, AtomicU64>>,
 }
 
 /// CPU nanoseconds that fade with [`HALF_LIFE`].
@@ -95,9 +99,17 @@ fn thread_cpu_ns() -> u64 {
 
 impl TenantCpu {
     /// An account; `cap` is the tenant's `cpu` share in cores, if any.
+    #[cfg(test)]
     pub fn new(cap: Option<f64>) -> Arc<Self> {
+        Self::metered(cap, None)
+    }
+
+    /// An account whose CPU time also goes to `meter`, in seconds (even
+    /// when the calls are not scheduled: `rsgi-wasm run --metrics`).
+    pub fn metered(cap: Option<f64>, meter: Option<Counter<f64, AtomicU64>>) -> Arc<Self> {
         let now = Instant::now();
         Arc::new(TenantCpu {
+            meter,
             recent: Mutex::new(Decayed { ns: 0.0, at: now }),
             cap: cap.map(|cores| Cap {
                 cores,
@@ -117,6 +129,7 @@ impl TenantCpu {
     }
 
     fn charge(&self, ns: u64, now: Instant) {
+        self.meter_only(ns);
         {
             let mut r = self.recent.lock().expect("cpu lock");
             fade(&mut r, now);
@@ -126,6 +139,12 @@ impl TenantCpu {
             let mut b = cap.bucket.lock().expect("cpu lock");
             refill(cap.cores, &mut b, now);
             b.ns -= ns as f64;
+        }
+    }
+
+    fn meter_only(&self, ns: u64) {
+        if let Some(m) = &self.meter {
+            m.inc_by(ns as f64 / 1e9);
         }
     }
 
@@ -472,7 +491,15 @@ impl<F: Future> Future for Fair<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
         if !this.share.enforced {
-            return timed_poll(this.inner.as_mut(), cx);
+            if this.share.tenant.meter.is_none() {
+                return timed_poll(this.inner.as_mut(), cx);
+            }
+            let t0 = thread_cpu_ns();
+            let out = timed_poll(this.inner.as_mut(), cx);
+            this.share
+                .tenant
+                .meter_only(thread_cpu_ns().saturating_sub(t0));
+            return out;
         }
         let sched = &this.share.sched;
         let tenant = &this.share.tenant;

@@ -16,6 +16,7 @@ use wasmtime::{Config, Engine};
 
 use crate::bundle::{self, Mount};
 use crate::cachefs;
+use crate::metrics;
 use crate::runtime::generated::{WsgiApp, WsgiAppPre};
 use crate::runtime::store::HostState;
 use crate::runtime::wsgi::WsgiCtx;
@@ -228,7 +229,10 @@ fn compile_cached(
         // with the same compatibility hash (it is in the name), into a cache
         // directory owned by this user; wasmtime re-checks its header.
         match unsafe { Component::deserialize_file(engine, &cached) } {
-            Ok(c) => return Ok(c),
+            Ok(c) => {
+                metrics::artifact_cache(true);
+                return Ok(c);
+            }
             Err(e) => tracing::warn!(
                 "ignoring unusable cached artifact {}: {e:#}",
                 cached.display()
@@ -236,6 +240,7 @@ fn compile_cached(
         }
     }
 
+    metrics::artifact_cache(false);
     tracing::info!(
         "compiling {} (first start only; cached in {})",
         path.display(),

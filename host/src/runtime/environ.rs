@@ -76,8 +76,12 @@ pub fn forwarded_scheme(headers: &HeaderMap) -> Option<&'static str> {
 
 /// The request target as the client sent it: the path and query, the
 /// `host:port` of a CONNECT, or the whole absolute URI a proxy-style
-/// client sends.
-pub fn raw_target(uri: &Uri) -> std::borrow::Cow<'_, str> {
+/// client sends. HTTP/2 sends scheme and authority as pseudo-headers,
+/// which hyper puts in the URI: its target is the path and query.
+pub fn raw_target(uri: &Uri, version: Version) -> std::borrow::Cow<'_, str> {
+    if version == Version::HTTP_2 {
+        return uri.path_and_query().map_or("/", |pq| pq.as_str()).into();
+    }
     match (uri.scheme(), uri.authority(), uri.path_and_query()) {
         (None, _, Some(pq)) => pq.as_str().into(),
         (None, Some(authority), None) => authority.as_str().into(),
@@ -242,7 +246,7 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
     }
     // QUERY_STRING stays raw (RFC 3875 4.1.7): the app decodes it.
     env.pair("QUERY_STRING", req.uri.query().unwrap_or(""));
-    let raw_uri = raw_target(req.uri);
+    let raw_uri = raw_target(req.uri, req.version);
     env.pair("RAW_URI", &raw_uri);
     env.pair("REQUEST_URI", &raw_uri);
     env.pair(
@@ -254,10 +258,16 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
         },
     );
 
+    // HTTP/2 names the host in `:authority`, which apps expect as HTTP_HOST.
+    let authority = (req.version == Version::HTTP_2
+        && !req.headers.contains_key(http::header::HOST))
+    .then(|| req.uri.authority())
+    .flatten();
     let host_header = req
         .headers
         .get(http::header::HOST)
-        .map(|v| latin1::decode(v.as_bytes()));
+        .map(|v| latin1::decode(v.as_bytes()))
+        .or_else(|| authority.map(|a| a.as_str().to_owned()));
     match host_header.as_deref().map(split_host) {
         Some((name, port)) if !name.is_empty() => {
             env.pair("SERVER_NAME", name);
@@ -319,6 +329,10 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
             env.text(sep);
             env.bytes(v.as_bytes());
         }
+    }
+    if let Some(a) = authority {
+        env.key("HTTP_HOST");
+        env.text(a.as_str());
     }
     env
 }

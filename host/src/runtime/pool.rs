@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use wasmtime::{Engine, Store};
 
 use crate::config::{Isolation, Limits};
+use crate::metrics::{Recycle, TenantMetrics};
 use crate::runtime::cpu::CpuShare;
 use crate::runtime::environ::Environ;
 use crate::runtime::generated::{WsgiApp, WsgiAppPre};
@@ -39,6 +40,7 @@ pub struct AppPool {
     slots: Semaphore,
     waiting: AtomicUsize,
     created: AtomicUsize,
+    metrics: Arc<TenantMetrics>,
 }
 
 impl AppPool {
@@ -51,6 +53,7 @@ impl AppPool {
         sandbox: Sandbox,
         limits: Limits,
         cpu: CpuShare,
+        metrics: Arc<TenantMetrics>,
     ) -> Result<Arc<Self>> {
         let pool = Arc::new(AppPool {
             name: name.into(),
@@ -63,6 +66,7 @@ impl AppPool {
             idle: Mutex::new(Vec::new()),
             waiting: AtomicUsize::new(0),
             created: AtomicUsize::new(0),
+            metrics,
         });
         // Request isolation still instantiates one up front: a component
         // that cannot start must fail here, before the port is bound.
@@ -76,8 +80,14 @@ impl AppPool {
                 .await
                 .with_context(|| format!("starting an instance of app {name}"))?;
             pool.idle.lock().expect("pool lock").push(inst);
+            pool.metrics.warm.inc();
         }
         Ok(pool)
+    }
+
+    /// The app's metric series.
+    pub fn metrics(&self) -> &Arc<TenantMetrics> {
+        &self.metrics
     }
 
     /// The app's limits.
@@ -89,9 +99,10 @@ impl AppPool {
         // Preopening directories (and, with request isolation, creating a
         // fresh /tmp) touches the disk: off the runtime's threads.
         let sandbox = self.sandbox.clone();
-        let state = tokio::task::spawn_blocking(move || sandbox.host_state(Stdio::Log))
+        let mut state = tokio::task::spawn_blocking(move || sandbox.host_state(Stdio::Log))
             .await
             .context("preparing an instance's sandbox panicked")??;
+        state.meter_memory(self.metrics.memory.clone());
         let mut store = new_store(&self.engine, state, Some(&self.cpu))?;
         // Instantiating runs the component's start code and fills CPython's
         // function table: milliseconds of CPU, which a tenant whose
@@ -126,6 +137,7 @@ impl AppPool {
         } else {
             if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.queue {
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
+                self.metrics.rejected.inc();
                 tracing::warn!(app = %self.name, "queue full ({} waiting): 503", self.limits.queue);
                 ex.respond_error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -133,23 +145,37 @@ impl AppPool {
                 );
                 return;
             }
+            self.metrics.queued.inc();
             let p = self.slots.acquire().await.expect("semaphore never closed");
+            self.metrics.queued.dec();
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             p
         };
+        // A request that waited in the queue while its client left (or
+        // reset its HTTP/2 stream) is not run: cancelled streams must not
+        // turn into guest work.
+        if ex.client_gone() {
+            tracing::debug!(app = %self.name, "client left while queued; not run");
+            return;
+        }
         let idle = self.idle.lock().expect("pool lock").pop();
         let mut inst = match idle {
-            Some(i) => i,
+            Some(i) => {
+                self.metrics.warm.dec();
+                i
+            }
             None => match self.instantiate().await {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::error!(app = %self.name, "cannot start an instance: {e:#}");
+                    self.metrics.rejected.inc();
                     ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
                     return;
                 }
             },
         };
 
+        self.metrics.busy.inc();
         inst.store.data_mut().wsgi().begin(ex);
         let call = inst.app.rsgi_wasm_wsgi_handler().call_handle(
             &mut inst.store,
@@ -162,7 +188,8 @@ impl AppPool {
         let mut ex = state.wsgi().end().expect("begun above");
         let memory_hit = state.take_memory_hit();
 
-        let mut keep = true;
+        // Why the instance is replaced, if it is.
+        let mut recycle = None;
         match outcome {
             Ok(Ok(Ok(()))) if !ex.committed() => {
                 // The guest gives up without a response only when the
@@ -189,7 +216,7 @@ impl AppPool {
                 ex.abort(reason);
             }
             Ok(Err(trap)) => {
-                keep = false;
+                recycle = Some(Recycle::Trap);
                 tracing::error!(app = %self.name, "instance crashed and was replaced: {trap:?}");
                 self.fail(
                     &mut ex,
@@ -199,33 +226,37 @@ impl AppPool {
                 .await;
             }
             Err(_elapsed) => {
-                keep = false;
+                recycle = Some(Recycle::Timeout);
+                self.metrics.timeouts.inc();
                 tracing::error!(app = %self.name, "request exceeded the {:?} timeout; instance replaced", self.limits.timeout);
                 self.fail(&mut ex, StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout")
                     .await;
             }
         }
         if memory_hit {
-            keep = false;
+            recycle = recycle.or(Some(Recycle::Memory));
             tracing::warn!(app = %self.name, "instance hit its {} byte memory limit; replaced", self.limits.memory);
         }
         inst.served += 1;
         if inst.retire_after != 0 && inst.served >= inst.retire_after {
-            keep = false;
+            recycle = recycle.or(Some(Recycle::MaxRequests));
         }
-        if keep {
-            self.idle.lock().expect("pool lock").push(inst);
-        } else {
+        self.metrics.busy.dec();
+        if let Some(cause) = recycle {
+            self.metrics.recycled(cause);
             // Unmapping its memory and removing a per-instance /tmp block.
             tokio::task::spawn_blocking(move || drop(inst));
+        } else {
+            self.idle.lock().expect("pool lock").push(inst);
+            self.metrics.warm.inc();
         }
         drop(permit);
     }
 
-    /// Answer an error page, or cut the body short if the head went out.
+    /// Answer an error page, or cut the body short if the response started.
     async fn fail(&self, ex: &mut Exchange, status: StatusCode, text: &str) {
         if ex.committed() {
-            ex.abort(format!("{text} after the response head was sent"));
+            ex.abort(format!("{text} after the response started"));
         } else {
             ex.respond_error(status, text);
         }

@@ -9,6 +9,8 @@ use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::runtime::cpu::CpuShare;
 use crate::runtime::quota_fs::{QuotaFsView, Quotas};
 use crate::runtime::scratch::ScratchDir;
@@ -42,6 +44,8 @@ impl HostState {
             limits: MemoryLimiter {
                 max: usize::try_from(memory).unwrap_or(usize::MAX),
                 hit: false,
+                size: 0,
+                gauge: None,
             },
             wsgi,
             quotas,
@@ -52,6 +56,12 @@ impl HostState {
     /// The WSGI side: the request being served.
     pub fn wsgi(&mut self) -> &mut WsgiCtx {
         &mut self.wsgi
+    }
+
+    /// Count this instance's linear memory in `gauge` while it lives.
+    pub fn meter_memory(&mut self, gauge: Gauge) {
+        gauge.inc_by(self.limits.size as i64);
+        self.limits.gauge = Some(gauge);
     }
 
     /// Whether a memory growth was refused since the last call (the
@@ -110,18 +120,35 @@ struct MemoryLimiter {
     max: usize,
     /// A growth was refused: replace this instance after the request.
     hit: bool,
+    /// Linear memory granted so far, all memories together.
+    size: usize,
+    /// The tenant's linear-memory gauge, with `size` in it.
+    gauge: Option<Gauge>,
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.dec_by(self.size as i64);
+        }
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.max {
             self.hit = true;
             return Ok(false);
+        }
+        let grown = desired.saturating_sub(current);
+        self.size += grown;
+        if let Some(g) = &self.gauge {
+            g.inc_by(grown as i64);
         }
         Ok(true)
     }

@@ -59,6 +59,12 @@ impl Exchange {
         self.body.failed()
     }
 
+    /// Whether the client went away before the response started (an HTTP/2
+    /// stream reset, a closed connection): then nobody waits for it.
+    pub fn client_gone(&self) -> bool {
+        self.start_tx.as_ref().is_some_and(|tx| tx.is_closed())
+    }
+
     /// Whether the response has started (after that only the body can change).
     pub fn committed(&self) -> bool {
         self.start_tx.is_none()

@@ -1,5 +1,11 @@
 //! RFC 9110 validators, preconditions (§13) and single byte ranges (§14)
 //! for a file of known size and modification time.
+//!
+//! Parsed here rather than with the `headers` crate: its typed headers
+//! parse the same grammar, but the judgement around them (strong versus
+//! weak comparison per header, a repeated or multi-range `Range` answered
+//! with the whole file, positions past `u64` saturating, `If-Range` with a
+//! list) is what the tests below pin, and would stay here anyway.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

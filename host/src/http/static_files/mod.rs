@@ -28,8 +28,8 @@ use http::{Method, Response, StatusCode};
 
 use self::lookup::{lookup, Found};
 use self::path::{decode_path, PathError, Target};
-use self::response::{file_response, not_found, redirect_to_slash, text};
-use crate::runtime::body::ResponseBody;
+use self::response::{file_response, not_found, redirect_to_slash};
+use crate::runtime::body::{host_page, ResponseBody};
 
 /// One `--static` value: request paths starting with `prefix` are files
 /// under `dir`.
@@ -168,7 +168,7 @@ impl StaticFiles {
         let path = req.uri.path();
         let (_, dir, rest) = self.find(path)?;
         if req.method != Method::GET && req.method != Method::HEAD {
-            let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            let mut res = host_page(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             res.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return Some(res);
@@ -177,7 +177,7 @@ impl StaticFiles {
             Some(rest) => match decode_path(rest) {
                 Ok(t) => t,
                 Err(PathError::BadEscape) => {
-                    return Some(text(
+                    return Some(host_page(
                         StatusCode::BAD_REQUEST,
                         "Bad Request: malformed %-escape in the path",
                     ))
@@ -196,7 +196,7 @@ impl StaticFiles {
             Ok(found) => found,
             Err(e) => {
                 tracing::error!("static file lookup failed: {e}");
-                return Some(text(
+                return Some(host_page(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "Internal Server Error",
                 ));

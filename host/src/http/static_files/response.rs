@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use super::conditional::{evaluate, Decision, Validators};
-use crate::runtime::body::{ResponseBody, SERVER};
+use crate::runtime::body::{host_page, ResponseBody, SERVER};
 
 pub(super) const CACHE_CONTROL: &str = "public, max-age=3600";
 
@@ -56,7 +56,7 @@ pub(super) fn file_response(
     let (status, start, len) = match evaluate(&req.method, &req.headers, &v, size) {
         Decision::PreconditionFailed => {
             return with_headers(
-                text(StatusCode::PRECONDITION_FAILED, "Precondition Failed"),
+                host_page(StatusCode::PRECONDITION_FAILED, "Precondition Failed"),
                 headers,
             )
         }
@@ -68,7 +68,7 @@ pub(super) fn file_response(
         }
         Decision::Unsatisfiable => {
             let mut res = with_headers(
-                text(StatusCode::RANGE_NOT_SATISFIABLE, "Range Not Satisfiable"),
+                host_page(StatusCode::RANGE_NOT_SATISFIABLE, "Range Not Satisfiable"),
                 headers,
             );
             if let Ok(cr) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -125,20 +125,8 @@ fn with_headers(mut res: Response<ResponseBody>, headers: HeaderMap) -> Response
     res
 }
 
-pub(super) fn text(status: StatusCode, body: &str) -> Response<ResponseBody> {
-    let mut res = Response::new(ResponseBody::full(format!("{body}\n")));
-    *res.status_mut() = status;
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(header::SERVER, HeaderValue::from_static(SERVER));
-    res
-}
-
 pub(super) fn not_found() -> Response<ResponseBody> {
-    text(StatusCode::NOT_FOUND, "Not Found")
+    host_page(StatusCode::NOT_FOUND, "Not Found")
 }
 
 /// 301 from `/dir` to `/dir/`, query kept. The path has passed
@@ -153,7 +141,7 @@ pub(super) fn redirect_to_slash(req: &http::request::Parts) -> Response<Response
     let Ok(location) = HeaderValue::from_str(&location) else {
         return not_found();
     };
-    let mut res = text(StatusCode::MOVED_PERMANENTLY, "Moved Permanently");
+    let mut res = host_page(StatusCode::MOVED_PERMANENTLY, "Moved Permanently");
     res.headers_mut().insert(header::LOCATION, location);
     res
 }

@@ -1,0 +1,202 @@
+//! TLS with rustls: the server's certificate, a tenant's own certificate
+//! picked by SNI from its `hosts`, client certificates (mTLS), and ALPN
+//! offering h2 and http/1.1. Everything is read and checked before the
+//! port is bound, and again on SIGHUP.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+use crate::error::UserError;
+
+/// The oldest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// Parse `1.2` or `1.3`.
+pub fn parse_min_version(value: &str) -> Result<MinVersion, UserError> {
+    match value.trim() {
+        "1.2" => Ok(MinVersion::Tls12),
+        "1.3" => Ok(MinVersion::Tls13),
+        _ => Err(UserError(format!(
+            "--tls-min-version {value:?}: expected 1.2 or 1.3"
+        ))),
+    }
+}
+
+/// Where the server's TLS material is, as given on the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first (`--certfile`).
+    pub cert: PathBuf,
+    /// PEM private key (`--keyfile`).
+    pub key: PathBuf,
+    /// PEM CA certificates client certificates must chain to (`--ca-certs`).
+    pub client_ca: Option<PathBuf>,
+    /// `--tls-min-version`.
+    pub min_version: MinVersion,
+}
+
+/// A tenant's own certificate, served to clients asking for its hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantCert {
+    /// The tenant's `hosts` patterns (`example.com`, `*.example.com`).
+    pub hosts: Vec<String>,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Read a certificate chain and its key, and check they belong together.
+fn certified_key(cert: &Path, key: &Path, what: &str) -> Result<Arc<CertifiedKey>> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| {
+            UserError(format!(
+                "{what} {}: not a PEM certificate file ({e})",
+                cert.display()
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(UserError(format!("{what} {}: no certificate in it", cert.display())).into());
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        UserError(format!(
+            "{what} key {}: not a PEM private key ({e})",
+            key.display()
+        ))
+    })?;
+    let ck = CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
+        UserError(format!(
+            "{what} {} and its key {} do not go together: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// Picks the certificate for the name a client asks for (SNI): a
+/// tenant's, by its hosts (exact before `*.` wildcard), else the server's.
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    tenants: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+}
+
+fn host_rank(pattern: &str, host: &str) -> Option<u8> {
+    match pattern.strip_prefix("*.") {
+        Some(domain) => host
+            .strip_suffix(domain)
+            .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+            .then_some(1),
+        None => (pattern == host).then_some(2),
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name().map(str::to_ascii_lowercase) else {
+            return Some(self.default.clone());
+        };
+        self.tenants
+            .iter()
+            .filter_map(|(hosts, key)| {
+                let rank = hosts.iter().filter_map(|p| host_rank(p, &name)).max()?;
+                Some((rank, key))
+            })
+            .max_by_key(|(rank, _)| *rank)
+            .map(|(_, key)| key.clone())
+            .or_else(|| Some(self.default.clone()))
+    }
+}
+
+/// Build the acceptor: every file read and checked now.
+pub fn acceptor(files: &TlsFiles, tenants: &[TenantCert]) -> Result<TlsAcceptor> {
+    let default = certified_key(&files.cert, &files.key, "--certfile")?;
+    let mut by_host = Vec::new();
+    for t in tenants {
+        let what = format!("certfile of hosts {}", t.hosts.join(", "));
+        by_host.push((t.hosts.clone(), certified_key(&t.cert, &t.key, &what)?));
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match files.min_version {
+        MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        MinVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .context("choosing the TLS versions")?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+                .and_then(|c| c.collect())
+                .map_err(|e| {
+                    UserError(format!("--ca-certs {}: not a PEM file ({e})", ca.display()))
+                })?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                anyhow::bail!(UserError(format!(
+                    "--ca-certs {}: no usable CA certificate in it",
+                    ca.display()
+                )));
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| UserError(format!("--ca-certs {}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver {
+        default,
+        tenants: by_host,
+    }));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_hosts_beat_wildcards() {
+        assert_eq!(host_rank("a.example", "a.example"), Some(2));
+        assert_eq!(host_rank("*.example", "a.example"), Some(1));
+        assert_eq!(host_rank("*.example", "example"), None);
+        assert_eq!(host_rank("b.example", "a.example"), None);
+        assert!(parse_min_version("1.1").is_err());
+        assert_eq!(parse_min_version("1.3").unwrap(), MinVersion::Tls13);
+    }
+
+    #[test]
+    fn missing_or_mismatched_files_are_refused_with_their_names() {
+        let e = certified_key(
+            Path::new("/nonexistent.pem"),
+            Path::new("/nonexistent.key"),
+            "--certfile",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--certfile /nonexistent.pem"), "{e}");
+    }
+}

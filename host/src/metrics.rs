@@ -1,0 +1,324 @@
+//! Prometheus metrics: one process-wide registry, per-tenant handles cut
+//! once per app so a request touches atomics only, and the text encoding
+//! `--metrics` serves.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Tenant {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantClass {
+    tenant: String,
+    class: &'static str,
+}
+
+/// Why an instance was replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recycle {
+    /// The guest trapped.
+    Trap,
+    /// The request ran past `--timeout`.
+    Timeout,
+    /// A memory growth was refused.
+    Memory,
+    /// `--max-requests` (or request isolation, which retires after one).
+    MaxRequests,
+}
+
+/// The `cause` label of each [`Recycle`], in its order.
+const CAUSES: [&str; 4] = ["trap", "timeout", "memory", "max_requests"];
+/// The `class` label of each status hundred.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantCause {
+    tenant: String,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantState {
+    tenant: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    result: &'static str,
+}
+
+type Seconds = Counter<f64, AtomicU64>;
+type Latency = Family<Tenant, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every series the process exports.
+struct Metrics {
+    registry: Registry,
+    requests: Family<TenantClass, Counter>,
+    latency: Latency,
+    in_flight: Family<Tenant, Gauge>,
+    queued: Family<Tenant, Gauge>,
+    rejected: Family<Tenant, Counter>,
+    timeouts: Family<Tenant, Counter>,
+    instances: Family<TenantState, Gauge>,
+    recycles: Family<TenantCause, Counter>,
+    cpu: Family<Tenant, Seconds>,
+    memory: Family<Tenant, Gauge>,
+    cache: Family<Outcome, Counter>,
+    reloads: Family<Outcome, Counter>,
+}
+
+static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| Mutex::new(Metrics::new()));
+
+/// Whether the process has loaded its config and checked every tenant
+/// it starts eagerly (`/readyz`).
+pub static READY: AtomicBool = AtomicBool::new(false);
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("rsgi_wasm");
+        let m = Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            in_flight: Family::default(),
+            queued: Family::default(),
+            rejected: Family::default(),
+            timeouts: Family::default(),
+            instances: Family::default(),
+            recycles: Family::default(),
+            cpu: Family::default(),
+            memory: Family::default(),
+            cache: Family::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Responses sent, by tenant and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from the request head to the end of the response body",
+            m.latency.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests being answered",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "queued_requests",
+            "Requests waiting for a busy instance",
+            m.queued.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Requests answered 503 because the queue was full or no instance could start",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "timeouts",
+            "Requests answered 504 after --timeout",
+            m.timeouts.clone(),
+        );
+        registry.register(
+            "instances",
+            "Instances, warm (idle) or busy (serving)",
+            m.instances.clone(),
+        );
+        registry.register(
+            "instance_recycles",
+            "Instances replaced, by cause",
+            m.recycles.clone(),
+        );
+        registry.register(
+            "guest_cpu_seconds",
+            "CPU time spent in the tenant's guests",
+            m.cpu.clone(),
+        );
+        registry.register(
+            "linear_memory_bytes",
+            "Linear memory of the tenant's live instances",
+            m.memory.clone(),
+        );
+        registry.register(
+            "artifact_cache",
+            "Compiled-artifact cache lookups, hit or miss (compiled)",
+            m.cache.clone(),
+        );
+        registry.register("reloads", "SIGHUP reloads, ok or failed", m.reloads.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+fn with<T>(f: impl FnOnce(&Metrics) -> T) -> T {
+    f(&METRICS.lock().expect("metrics lock"))
+}
+
+/// The registry in Prometheus text format.
+pub fn encode() -> String {
+    let mut out = String::new();
+    with(|m| prometheus_client::encoding::text::encode(&mut out, &m.registry))
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// A compiled-artifact cache lookup: found, or compiled.
+pub fn artifact_cache(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    with(|m| m.cache.get_or_create(&Outcome { result }).inc());
+}
+
+/// A SIGHUP reload finished.
+pub fn reload(ok: bool) {
+    let result = if ok { "ok" } else { "failed" };
+    with(|m| m.reloads.get_or_create(&Outcome { result }).inc());
+}
+
+/// A response that never reached a tenant (refused before routing).
+pub fn unrouted(status: u16, elapsed: Duration) {
+    TenantMetrics::new("").response(status, elapsed);
+}
+
+/// One tenant's series, cut once: a request only touches atomics.
+pub struct TenantMetrics {
+    by_class: [Counter; 5],
+    latency: Histogram,
+    in_flight: Gauge,
+    /// Requests waiting for an instance.
+    pub queued: Gauge,
+    /// 503s.
+    pub rejected: Counter,
+    /// 504s.
+    pub timeouts: Counter,
+    /// Idle instances.
+    pub warm: Gauge,
+    /// Instances serving a request.
+    pub busy: Gauge,
+    recycles: [Counter; 4],
+    /// Guest CPU time, in seconds.
+    pub cpu: Seconds,
+    /// Linear memory of live instances.
+    pub memory: Gauge,
+}
+
+impl TenantMetrics {
+    /// The series of tenant `name` (the same ones again after a reload).
+    pub fn new(name: &str) -> Arc<Self> {
+        let t = || Tenant {
+            tenant: name.to_owned(),
+        };
+        with(|m| {
+            let class = |class| {
+                m.requests
+                    .get_or_create(&TenantClass {
+                        tenant: name.to_owned(),
+                        class,
+                    })
+                    .clone()
+            };
+            let recycle = |cause| {
+                m.recycles
+                    .get_or_create(&TenantCause {
+                        tenant: name.to_owned(),
+                        cause,
+                    })
+                    .clone()
+            };
+            let state = |state| {
+                m.instances
+                    .get_or_create(&TenantState {
+                        tenant: name.to_owned(),
+                        state,
+                    })
+                    .clone()
+            };
+            Arc::new(TenantMetrics {
+                by_class: CLASSES.map(class),
+                latency: m.latency.get_or_create(&t()).clone(),
+                in_flight: m.in_flight.get_or_create(&t()).clone(),
+                queued: m.queued.get_or_create(&t()).clone(),
+                rejected: m.rejected.get_or_create(&t()).clone(),
+                timeouts: m.timeouts.get_or_create(&t()).clone(),
+                warm: state("warm"),
+                busy: state("busy"),
+                recycles: CAUSES.map(recycle),
+                cpu: m.cpu.get_or_create(&t()).clone(),
+                memory: m.memory.get_or_create(&t()).clone(),
+            })
+        })
+    }
+
+    /// A request routed to this tenant is being answered.
+    pub fn started(&self) {
+        self.in_flight.inc();
+    }
+
+    /// Its response is done (or abandoned).
+    pub fn finished(&self, status: u16, elapsed: Duration) {
+        self.in_flight.dec();
+        self.response(status, elapsed);
+    }
+
+    fn response(&self, status: u16, elapsed: Duration) {
+        let i = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[i].inc();
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// An instance was replaced.
+    pub fn recycled(&self, cause: Recycle) {
+        let i = match cause {
+            Recycle::Trap => 0,
+            Recycle::Timeout => 1,
+            Recycle::Memory => 2,
+            Recycle::MaxRequests => 3,
+        };
+        self.recycles[i].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_series_are_exported_in_text_format() {
+        let t = TenantMetrics::new("unit-a");
+        t.started();
+        t.finished(204, Duration::from_millis(3));
+        t.recycled(Recycle::Timeout);
+        t.cpu.inc_by(0.25);
+        artifact_cache(true);
+        let text = encode();
+        for line in [
+            "rsgi_wasm_requests_total{tenant=\"unit-a\",class=\"2xx\"} 1",
+            "rsgi_wasm_in_flight_requests{tenant=\"unit-a\"} 0",
+            "rsgi_wasm_instance_recycles_total{tenant=\"unit-a\",cause=\"timeout\"} 1",
+            "rsgi_wasm_guest_cpu_seconds_total{tenant=\"unit-a\"} 0.25",
+            "rsgi_wasm_request_duration_seconds_count{tenant=\"unit-a\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+        // The same name after a reload gets the same series.
+        TenantMetrics::new("unit-a").finished(500, Duration::ZERO);
+        assert!(encode().contains("rsgi_wasm_requests_total{tenant=\"unit-a\",class=\"5xx\"} 1"));
+    }
+}
