@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := target/release/rsgi-wasm
 LISTEN ?= 127.0.0.1:8000
 
-.PHONY: demo test lint bin bench bench-noisy bench-frameworks profile audit
+.PHONY: demo test lint bin bench bench-noisy bench-protocols bench-frameworks profile audit
 .DELETE_ON_ERROR:
 
 demo: bin
@@ -36,12 +36,19 @@ bench: bin
 	./scripts/setup.sh
 	python3 bench/bench.py $(BENCH_ARGS)
 	python3 bench/noisy.py
+	python3 bench/protocols.py
 
 # Noisy neighbour: a healthy tenant's throughput while another spins or
 # allocates in the same process (about 2 minutes; part of `make bench`).
 bench-noisy: bin
 	./scripts/setup.sh
 	python3 bench/noisy.py $(NOISY_ARGS)
+
+# Hello over HTTP/1.1, HTTP/2 and TLS, next to Granian (about 3 minutes;
+# part of `make bench`).
+bench-protocols: bin
+	./scripts/setup.sh
+	python3 bench/protocols.py
 
 # Cargo.lock against the RustSec advisory database, where it is reachable.
 audit:

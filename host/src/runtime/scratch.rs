@@ -5,8 +5,12 @@ use anyhow::{Context, Result};
 
 /// A new private /tmp for `app` on the host.
 pub fn scratch_dir(app: &str) -> Result<ScratchDir> {
+    use std::os::unix::fs::PermissionsExt;
+    // Only this user: on a shared host, other users must not read what
+    // apps keep in their /tmp.
     let dir = tempfile::Builder::new()
         .prefix(&format!("rsgi-wasm-{app}-tmp-"))
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
         .context("creating the app's private /tmp")?;
     Ok(ScratchDir(dir.keep()))
