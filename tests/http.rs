@@ -1011,6 +1011,15 @@ fn tls_serves_https_with_h2_by_alpn_and_https_scheme() {
     let env: serde_json::Value = r.json().unwrap();
     assert_eq!(env["wsgi.url_scheme"], "https");
     assert_eq!(env["SERVER_PROTOCOL"], "HTTP/2");
+    // Streamed both ways over h2 in TLS.
+    let up: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+    let back = c
+        .post(format!("https://localhost:{}/echo", s.addr.port()))
+        .body(up.clone())
+        .send()
+        .unwrap();
+    assert_eq!(back.version(), reqwest::Version::HTTP_2);
+    assert!(back.bytes().unwrap() == up);
     let c1 = pki
         .client(s.addr, &["localhost"])
         .http1_only()
