@@ -31,6 +31,8 @@ use crate::runtime::body::{self, RequestBody, ResponseBody};
 use crate::runtime::environ::{self, RequestInfo};
 use crate::runtime::wsgi::{Exchange, ResponseReceiver};
 
+/// Read-buffer room beyond `--max-header-bytes` (see `serve`).
+const HEAD_SLACK: usize = 16 * 1024;
 /// Streams a client may reset before they were even answered, at once.
 const HTTP2_MAX_PENDING_RESETS: usize = 20;
 /// Streams the server may reset because the client broke the protocol.
@@ -105,7 +107,11 @@ pub async fn serve(
         // connection's end and drop the response.
         .half_close(true)
         .header_read_timeout(cfg.header_timeout)
-        .max_buf_size(cfg.max_header_bytes.max(8192));
+        // Room past the head limit, so hyper always reads a whole request
+        // line and answers an over-long URI 414 whatever the read pattern
+        // (the auto builder's protocol sniffing changes it); the head limit
+        // itself is checked on the parsed head in `respond`.
+        .max_buf_size(cfg.max_header_bytes.max(8192) + HEAD_SLACK);
     builder
         .http2()
         .timer(TokioTimer::new())
