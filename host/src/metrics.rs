@@ -192,9 +192,13 @@ pub fn reload(ok: bool) {
     with(|m| m.reloads.get_or_create(&Outcome { result }).inc());
 }
 
+/// The series of responses that never reached a tenant, cut once: a
+/// flood of malformed requests must not take the registry lock each.
+static UNROUTED: LazyLock<Arc<TenantMetrics>> = LazyLock::new(|| TenantMetrics::new(""));
+
 /// A response that never reached a tenant (refused before routing).
 pub fn unrouted(status: u16, elapsed: Duration) {
-    TenantMetrics::new("").response(status, elapsed);
+    UNROUTED.response(status, elapsed);
 }
 
 /// One tenant's series, cut once: a request only touches atomics.

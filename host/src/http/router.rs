@@ -23,12 +23,16 @@ pub struct Router {
     routes: Vec<Route>,
 }
 
-fn host_matches(pattern: &str, host: &str) -> bool {
+/// How well `pattern` (`example.com` or `*.example.com`) names `host`:
+/// 2 for the exact name, 1 for a wildcard covering a subdomain, none if
+/// it does not match. Routing and TLS certificates rank hosts alike.
+pub fn host_rank(pattern: &str, host: &str) -> Option<u8> {
     match pattern.strip_prefix("*.") {
         Some(domain) => host
             .strip_suffix(domain)
-            .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-        None => pattern == host,
+            .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+            .then_some(1),
+        None => (pattern == host).then_some(2),
     }
 }
 
@@ -58,11 +62,7 @@ impl Router {
                 return Some(0);
             }
             let h = host.as_deref()?;
-            r.hosts
-                .iter()
-                .filter(|p| host_matches(p, h))
-                .map(|p| if p.starts_with("*.") { 1 } else { 2 })
-                .max()
+            r.hosts.iter().filter_map(|p| host_rank(p, h)).max()
         };
         self.routes
             .iter()
@@ -80,6 +80,10 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn host_matches(pattern: &str, host: &str) -> bool {
+        host_rank(pattern, host).is_some()
+    }
 
     #[test]
     fn wildcards_match_subdomains_only() {

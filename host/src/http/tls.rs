@@ -16,6 +16,7 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::UserError;
+use crate::http::router::host_rank;
 
 /// The oldest TLS version accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,16 +101,6 @@ fn certified_key(cert: &Path, key: &Path, what: &str) -> Result<Arc<CertifiedKey
 struct SniResolver {
     default: Arc<CertifiedKey>,
     tenants: Vec<(Vec<String>, Arc<CertifiedKey>)>,
-}
-
-fn host_rank(pattern: &str, host: &str) -> Option<u8> {
-    match pattern.strip_prefix("*.") {
-        Some(domain) => host
-            .strip_suffix(domain)
-            .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
-            .then_some(1),
-        None => (pattern == host).then_some(2),
-    }
 }
 
 impl ResolvesServerCert for SniResolver {
