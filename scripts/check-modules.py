@@ -17,7 +17,7 @@ LAYERS = {
     "bundle": 0, "cachefs": 0, "latin1": 0, "config": 0, "error": 0, "protocol": 0, "metrics": 0,
     "runtime": 1, "build": 1,
     "http": 2,
-    "tenants": 3, "cli": 3, "commands": 3, "lib": 3,
+    "tenants": 3, "cli": 3, "commands": 3, "dev_reload": 3, "lib": 3,
 }
 
 

@@ -20,6 +20,21 @@ fn get(s: &Server, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().unwrap())
 }
 
+/// Build `app` (an `app.py` with `application`) with `requirements` in a
+/// fresh directory, and serve it.
+fn serve_with_requirements(name: &str, app: &str, requirements: &str) -> Server {
+    let dir = temp_dir(name);
+    write(&dir, "app.py", app);
+    write(&dir, "requirements.txt", requirements);
+    let c = component(
+        name,
+        "app:application",
+        &dir,
+        Some(&dir.join("requirements.txt")),
+    );
+    Server::start(&c, &[])
+}
+
 const DEPS_APP: &str = r#"
 import docopt, markupsafe, simplejson, yaml
 
@@ -37,28 +52,94 @@ def application(environ, start_response):
 
 #[test]
 fn optional_native_parts_fall_back_and_sdists_build_pure() {
-    let dir = temp_dir("deps");
-    write(&dir, "app.py", DEPS_APP);
     // PyYAML, simplejson and MarkupSafe ship Linux wheels whose C part is
     // optional; docopt only has an sdist (pure Python).
-    write(
-        &dir,
-        "requirements.txt",
+    let s = serve_with_requirements(
+        "deps",
+        DEPS_APP,
         "pyyaml\nsimplejson\nmarkupsafe\ndocopt==0.6.2\n",
     );
-    let c = component(
-        "deps",
-        "app:application",
-        &dir,
-        Some(&dir.join("requirements.txt")),
-    );
-    let s = Server::start(&c, &[]);
     assert_eq!(
         get(&s, "/"),
         (
             200,
             "{'a': [1, 2]}|{\"k\": 1}|0.6.2|&lt;b&gt;|False".to_owned()
         )
+    );
+}
+
+/// Reports the marker environment the guest really has, and what the
+/// marker-dependent requirements below resolved to.
+const MARKERS_APP: &str = r#"
+import importlib.util, json, os, platform, sys
+
+def application(environ, start_response):
+    import webob
+    req = webob.Request.blank("/?a=1", POST={"f": "x"})
+    found = lambda m: importlib.util.find_spec(m) is not None
+    body = {
+        "env": {
+            "implementation_name": sys.implementation.name,
+            "os_name": os.name,
+            "platform_machine": platform.machine(),
+            "platform_system": platform.system(),
+            "python_full_version": platform.python_version(),
+            "python_version": ".".join(platform.python_version_tuple()[:2]),
+            "sys_platform": sys.platform,
+        },
+        "webob": [req.GET["a"], req.POST["f"]],
+        "cgi": found("cgi"),
+        "keyring": found("keyring"),
+        "secretstorage": found("secretstorage"),
+        "jeepney": found("jeepney"),
+        "importlib_metadata": found("importlib_metadata"),
+    }
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(body).encode()]
+"#;
+
+#[test]
+fn dependencies_are_resolved_for_python_3_14_on_wasi() {
+    // WebOb needs `legacy-cgi; python_version >= "3.13"` (`cgi` left the
+    // stdlib); keyring needs SecretStorage and jeepney only where
+    // `sys_platform == "linux"`, and importlib_metadata only before 3.12.
+    // The build machine's Python (3.11 on Linux here) would pick the
+    // opposite of each.
+    let s = serve_with_requirements("markers", MARKERS_APP, "webob\nkeyring\n");
+    let r = get_json(&s, "/");
+    assert_eq!(r["webob"], serde_json::json!(["1", "x"]), "{r}");
+    assert_eq!(
+        (&r["cgi"], &r["keyring"], &r["secretstorage"], &r["jeepney"]),
+        (&true.into(), &true.into(), &false.into(), &false.into()),
+        "{r}"
+    );
+    assert_eq!(r["importlib_metadata"], false, "{r}");
+    // The markers the build resolves with are the ones the guest has.
+    assert_eq!(
+        r["env"],
+        serde_json::json!({
+            "implementation_name": "cpython",
+            "os_name": "posix",
+            "platform_machine": "wasm32",
+            "platform_system": "wasi",
+            "python_full_version": "3.14.0",
+            "python_version": "3.14",
+            "sys_platform": "wasi",
+        })
+    );
+}
+
+#[test]
+fn every_build_ships_the_timezone_database() {
+    // The router app lists no requirements at all.
+    let s = Server::start(&router(), &[]);
+    assert_eq!(
+        get(&s, "/zoneinfo?Europe/Paris"),
+        (200, "2:00:00 1:00:00".to_owned())
+    );
+    assert_eq!(
+        get(&s, "/zoneinfo?America/New_York"),
+        (200, "-1 day, 20:00:00 -1 day, 19:00:00".to_owned())
     );
 }
 
@@ -325,4 +406,55 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         out.push(path);
     }
     out
+}
+
+/// A WSGI app answering `version` (and `/slow`: the same, 20 s later).
+fn versioned_app(version: &str) -> String {
+    format!(
+        "import time\n\n\
+         def app(environ, start_response):\n    \
+         if environ['PATH_INFO'] == '/slow':\n        time.sleep(20)\n    \
+         start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+         return [b'{version}']\n"
+    )
+}
+
+#[test]
+fn run_reload_swaps_in_each_edit_and_survives_a_broken_one() {
+    let dir = temp_dir("reload");
+    write(&dir, "app.py", &versioned_app("v1"));
+    let script = format!("{}:app", dir.join("app.py").display());
+    let s = Server::start_with(&["run", &script, "--reload", "--no-warmup"]);
+    s.wait_for_log("--reload: watching");
+    assert_eq!(get(&s, "/"), (200, "v1".to_owned()));
+    let swapped = "--reload: rebuilt and swapped in";
+
+    // A request already running when the new version comes in finishes on
+    // the old one.
+    let slow = {
+        let url = s.url("/slow");
+        std::thread::spawn(move || {
+            let r = client().get(url).send().unwrap();
+            (r.status().as_u16(), r.text().unwrap())
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    write(&dir, "app.py", &versioned_app("v2"));
+    s.wait_for_log_count(swapped, 1);
+    assert_eq!(get(&s, "/"), (200, "v2".to_owned()));
+    assert_eq!(slow.join().unwrap(), (200, "v1".to_owned()));
+
+    // A file that does not build: the error is logged, v2 keeps serving.
+    write(&dir, "app.py", "def app(environ, start_response:\n");
+    s.wait_for_log_count("--reload: build failed", 1);
+    assert!(s.logs().contains("syntax error in"), "{}", s.logs());
+    assert_eq!(get(&s, "/"), (200, "v2".to_owned()));
+    write(&dir, "app.py", &versioned_app("v3"));
+    s.wait_for_log_count(swapped, 2);
+    assert_eq!(get(&s, "/"), (200, "v3".to_owned()));
+    // Back to an earlier version: from the build cache, swapped in all the same.
+    write(&dir, "app.py", &versioned_app("v1"));
+    s.wait_for_log_count(swapped, 3);
+    assert_eq!(get(&s, "/"), (200, "v1".to_owned()));
+    assert_eq!(s.logs().matches(swapped).count(), 3, "{}", s.logs());
 }

@@ -48,6 +48,52 @@ fn sha256_hex(data: &[u8]) -> String {
 
 /// The index template and `/hello/<name>` that the Flask and Bottle
 /// examples both have.
+/// `len` bytes of a repeating pattern.
+fn test_file(len: u32) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// POST `file` to `/upload` as the multipart field `file` (`data.bin`).
+fn upload(s: &Server, file: &[u8]) -> Response {
+    let mut form = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"data.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    form.extend_from_slice(file);
+    form.extend_from_slice(b"\r\n--XyZ--\r\n");
+    client()
+        .post(s.url("/upload"))
+        .header("Content-Type", "multipart/form-data; boundary=XyZ")
+        .body(form)
+        .send()
+        .unwrap()
+}
+
+/// The routes the Bottle and Pyramid examples share: the index and hello
+/// pages, `/api/info`, the `/greet` form (a template first rendered at run
+/// time) and a JSON 404.
+fn assert_small_framework_app(s: &Server, framework: &str) {
+    assert_index_and_hello(s);
+    let v: serde_json::Value = serde_json::from_str(&get(s, "/api/info").1).unwrap();
+    assert_eq!(
+        (&v["framework"], &v["method"]),
+        (&framework.into(), &"GET".into())
+    );
+    let r = client()
+        .post(s.url("/greet"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("name=Zo%C3%AB+%3Cb%3E")
+        .send()
+        .unwrap();
+    let (status, body) = text(r);
+    assert_eq!(status, 200);
+    assert!(body.contains("Nice to meet you, Zoë &lt;b&gt;!"), "{body}");
+    let (status, body) = get(s, "/nope");
+    assert_eq!(status, 404);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"error": "not found", "path": "/nope"})
+    );
+}
+
 fn assert_index_and_hello(s: &Server) {
     let (status, body) = get(s, "/");
     assert_eq!(status, 200);
@@ -153,16 +199,8 @@ fn flask_example() {
     let (status, page) = get(&s, "/upload");
     assert_eq!(status, 200);
     assert!(page.contains("enctype=\"multipart/form-data\""), "{page}");
-    let file: Vec<u8> = (0..1_200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let mut form = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"data.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
-    form.extend_from_slice(&file);
-    form.extend_from_slice(b"\r\n--XyZ--\r\n");
-    let r = client()
-        .post(s.url("/upload"))
-        .header("Content-Type", "multipart/form-data; boundary=XyZ")
-        .body(form)
-        .send()
-        .unwrap();
+    let file = test_file(1_200_000);
+    let r = upload(&s, &file);
     assert_eq!(r.status(), 200, "{}", s.logs());
     let v: serde_json::Value = r.json().unwrap();
     assert_eq!(
@@ -194,27 +232,32 @@ fn bottle_example() {
         ],
     );
     let s = Server::start(&c, &[]);
-    assert_index_and_hello(&s);
-    let v: serde_json::Value = serde_json::from_str(&get(&s, "/api/info").1).unwrap();
-    assert_eq!(v["framework"], "bottle");
-    assert_eq!(v["method"], "GET");
-    // A template not rendered during the build's warm-up: read at run time.
-    let r = client()
-        .post(s.url("/greet"))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body("name=Zo%C3%AB+%3Cb%3E")
-        .send()
-        .unwrap();
-    let (status, body) = text(r);
-    assert_eq!(status, 200);
-    assert!(body.contains("Nice to meet you, Zoë &lt;b&gt;!"), "{body}");
+    assert_small_framework_app(&s, "bottle");
     assert_eq!(get(&s, "/greet").0, 405);
-    let (status, body) = get(&s, "/nope");
-    assert_eq!(status, 404);
+}
+
+#[test]
+fn pyramid_example() {
+    let c = build(
+        "example-pyramid",
+        &[
+            "app:app",
+            "-p",
+            "examples/pyramid",
+            "-r",
+            "examples/pyramid/requirements.txt",
+        ],
+    );
+    let s = Server::start(&c, &[]);
+    assert_small_framework_app(&s, "pyramid");
+    // WebOb parses multipart bodies with cgi.FieldStorage (legacy-cgi).
+    let data = test_file(300_000);
+    let (status, body) = text(upload(&s, &data));
+    assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         v,
-        serde_json::json!({"error": "not found", "path": "/nope"})
+        serde_json::json!({"filename": "data.bin", "bytes": 300_000, "sha256": sha256_hex(&data)})
     );
 }
 

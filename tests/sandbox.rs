@@ -423,8 +423,8 @@ fn du(dir: &Path) -> u64 {
 const MIB: u64 = 1 << 20;
 
 /// The fill stopped at the quota: `ENOSPC`, or `EIO` where the write that
-/// crossed it went through a stream (the preview1 adapter bundled with
-/// componentize-py reports every failed stream write as `EIO`).
+/// crossed it went through a stream (the wasip2 wasi-libc bundled with
+/// componentize-py maps every failed stream write to `EIO`).
 fn assert_full(r: &serde_json::Value, at_most: u64) -> u64 {
     assert!(
         r["errno"] == "ENOSPC" || r["errno"] == "EIO",

@@ -5,11 +5,25 @@ unchanged.
 which the WASI build is not; Django's default password hasher needs it.
 This implements RFC 8018 §5.2 on top of ``hmac`` (the built-in SHA-2
 modules), slower than OpenSSL but correct.
+
+WASI has no users, so CPython for WASI has no ``os.getuid`` and its
+siblings, and ``from os import getuid`` fails at import (setuptools'
+vendored platformdirs does it, so Pyramid's ``import pkg_resources``
+failed). They answer 0, the owner ``os.stat`` reports for every file
+there, so ownership checks such as "is this directory mine" agree.
 """
 
 import hashlib
 import hmac
+import os
 from typing import Optional
+
+ID_FUNCTIONS = ("getuid", "geteuid", "getgid", "getegid")
+
+
+def _nobody_but_us() -> int:
+    """The only user and group WASI has."""
+    return 0
 
 
 def pbkdf2_hmac(hash_name: str, password: bytes, salt: bytes, iterations: int, dklen: Optional[int] = None) -> bytes:
@@ -47,3 +61,6 @@ def install() -> None:
     """Fill in what this CPython lacks; leaves real implementations alone."""
     if not hasattr(hashlib, "pbkdf2_hmac"):
         hashlib.pbkdf2_hmac = pbkdf2_hmac
+    for name in ID_FUNCTIONS:
+        if not hasattr(os, name):
+            setattr(os, name, _nobody_but_us)

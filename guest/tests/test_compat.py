@@ -27,5 +27,23 @@ class Pbkdf2(unittest.TestCase):
             pbkdf2_hmac("sha256", b"p", b"s", 1, 0)
 
 
+class UserIds(unittest.TestCase):
+    def test_install_fills_only_what_is_missing(self):
+        import os
+
+        from rsgi_wasm_guest import compat
+
+        real = os.getuid
+        saved = {n: getattr(os, n) for n in compat.ID_FUNCTIONS}
+        try:
+            del os.getgid
+            compat.install()
+            self.assertEqual(os.getgid(), 0)
+            self.assertIs(os.getuid, real)
+        finally:
+            for n, f in saved.items():
+                setattr(os, n, f)
+
+
 if __name__ == "__main__":
     unittest.main()

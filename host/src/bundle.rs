@@ -66,6 +66,25 @@ pub struct Mount {
     pub guest: String,
 }
 
+fn skipped_dir(name: &str) -> bool {
+    SKIP_DIRS.contains(&name)
+}
+
+fn skipped_file(name: &str) -> bool {
+    SKIP_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+/// Whether the file at `rel` (relative to an app directory) would ship
+/// with the app, so that changing it changes the build.
+pub fn ships(rel: &Path) -> bool {
+    let mut parts = rel.components().rev();
+    let Some(file) = parts.next() else {
+        return false;
+    };
+    !skipped_file(&file.as_os_str().to_string_lossy())
+        && parts.all(|d| !skipped_dir(&d.as_os_str().to_string_lossy()))
+}
+
 /// The files under `dir` that ship with the app, as sorted relative paths.
 pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
@@ -83,10 +102,10 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
             // links to directories are not followed (no loops, no escapes).
             let kind = entry.file_type()?;
             if kind.is_dir() {
-                if !SKIP_DIRS.contains(&name_str.as_ref()) {
+                if !skipped_dir(&name_str) {
                     stack.push(path);
                 }
-            } else if !SKIP_SUFFIXES.iter().any(|s| name_str.ends_with(s))
+            } else if !skipped_file(&name_str)
                 && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file())
             {
                 out.push(path);
@@ -296,6 +315,16 @@ mod tests {
         let mut v = Vec::new();
         leb128(&mut v, 300);
         assert_eq!(v, [0xac, 0x02]);
+    }
+
+    #[test]
+    fn ships_matches_what_is_packed() {
+        assert!(ships(Path::new("app.py")));
+        assert!(ships(Path::new("templates/index.html")));
+        assert!(!ships(Path::new("pkg/__pycache__/mod.cpython-314.pyc")));
+        assert!(!ships(Path::new(".git/index")));
+        assert!(!ships(Path::new("db.sqlite3")));
+        assert!(!ships(Path::new("")));
     }
 
     #[test]

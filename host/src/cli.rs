@@ -322,6 +322,11 @@ pub struct RunArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Development: watch the app's files and requirements (or the
+    /// component), rebuild on change and swap the new version in; a build
+    /// error is printed and the old version keeps serving.
+    #[arg(long)]
+    pub reload: bool,
     #[command(flatten)]
     pub app_args: AppArgs,
     #[command(flatten)]

@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::build::{self, BuildOptions};
 use crate::cli::{BuildArgs, Command, ExecArgs, HttpArgs, RunArgs, ServeArgs};
 use crate::config::{Grants, Limits, ServerConfig};
+use crate::dev_reload;
 use crate::http::ops;
 use crate::http::router::{Route, Router};
 use crate::http::server::{self, Site};
@@ -264,10 +265,11 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let tls = tls_for(&args.http, &[])?;
     let metered = start_ops(&args.http, server_cfg.listen).await?;
     let statics = StaticFiles::new(args.app_args.statics.clone())?;
-    let (component, name) = match component_for_run(&args)? {
+    let source = component_for_run(&args)?;
+    let (component, name) = match &source {
         Some(opts) => {
             let name = opts.target.split(':').next().unwrap_or("app").to_owned();
-            (build_and_report(&opts).await?, name)
+            (build_and_report(opts).await?, name)
         }
         None => (PathBuf::from(&args.app), app_name(Path::new(&args.app))),
     };
@@ -279,7 +281,15 @@ async fn run_command(args: RunArgs) -> Result<()> {
         loader,
         metered,
     };
-    let pool = start_app(&starter, true, &name, &component, grants, limits).await?;
+    let pool = start_app(
+        &starter,
+        true,
+        &name,
+        &component,
+        grants.clone(),
+        limits.clone(),
+    )
+    .await?;
     let listener = listen(&server_cfg).await?;
     metrics::READY.store(true, Ordering::Release);
     tracing::info!(
@@ -291,6 +301,18 @@ async fn run_command(args: RunArgs) -> Result<()> {
     );
     let reload_tls = tls.is_some();
     let site = Arc::new(Site::new(Router::single(pool, statics), &server_cfg, tls));
+    if args.reload {
+        let watched = dev_reload::Watched::new(source.as_ref(), &component);
+        let app = RunningApp {
+            starter,
+            site: site.clone(),
+            name,
+            grants,
+            limits,
+            statics: args.app_args.statics.clone(),
+        };
+        tokio::spawn(reload_on_change(watched, source, component, app));
+    }
     if reload_tls {
         // `run` has no config file to reload, but certificates expire.
         let (site, http) = (site.clone(), args.http.clone());
@@ -316,6 +338,86 @@ async fn run_command(args: RunArgs) -> Result<()> {
         });
     }
     server::serve(listener, site, &server_cfg, server::shutdown_signal()).await
+}
+
+/// What `run --reload` restarts the app with.
+struct RunningApp {
+    starter: Starter,
+    site: Arc<Site>,
+    name: String,
+    grants: Grants,
+    limits: Limits,
+    statics: Vec<crate::http::static_files::StaticMount>,
+}
+
+/// `run --reload`: rebuild (when running from source) and restart the app
+/// whenever what it is built from changes; failures leave the running
+/// version serving.
+async fn reload_on_change(
+    watched: dev_reload::Watched,
+    source: Option<BuildOptions>,
+    mut current: PathBuf,
+    app: RunningApp,
+) {
+    let mut changes = match dev_reload::Changes::start(watched) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e:#}; reloading is off");
+            return;
+        }
+    };
+    tracing::info!("--reload: watching the app's files for changes");
+    while changes.next().await {
+        let t0 = Instant::now();
+        let component = match &source {
+            Some(opts) => match dev_reload::rebuild(opts.clone()).await {
+                // A version built before comes from the cache, and is new
+                // to the running server all the same.
+                Ok(report) if report.path == current => continue,
+                Ok(report) => report.path,
+                Err(e) => {
+                    tracing::error!(
+                        "--reload: build failed, still serving the previous version: {e:#}"
+                    );
+                    continue;
+                }
+            },
+            None => current.clone(),
+        };
+        let started = match StaticFiles::new(app.statics.clone()) {
+            Ok(statics) => start_app(
+                &app.starter,
+                true,
+                &app.name,
+                &component,
+                app.grants.clone(),
+                app.limits.clone(),
+            )
+            .await
+            .map(|pool| (pool, statics)),
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok((pool, statics)) => {
+                // Requests already running hold the old pool and finish on it.
+                app.site.swap(Router::single(pool, statics));
+                app.starter.loader.retain(&[component.as_path()]);
+                metrics::reload(true);
+                tracing::info!(
+                    "--reload: rebuilt and swapped in {} in {:.1}s",
+                    app.name,
+                    t0.elapsed().as_secs_f64()
+                );
+                current = component;
+            }
+            Err(e) => {
+                metrics::reload(false);
+                tracing::error!(
+                    "--reload: cannot start the new version, still serving the previous one: {e:#}"
+                );
+            }
+        }
+    }
 }
 
 /// A running tenant and what it was started from.

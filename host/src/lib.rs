@@ -20,6 +20,7 @@ mod cachefs;
 mod cli;
 mod commands;
 mod config;
+mod dev_reload;
 mod error;
 mod http;
 mod latin1;

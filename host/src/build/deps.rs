@@ -60,6 +60,40 @@ const PIP_TARGET: &[&str] = &[
     "manylinux_2_28_x86_64",
 ];
 
+/// Runs pip with the environment markers of the target, CPython 3.14 on
+/// WASI, as the guest reports them (`sys.platform`, `platform.machine()`
+/// and the rest; tests/build.rs checks they still agree). pip evaluates
+/// markers against the interpreter that runs it, even with
+/// `--python-version`, so without this a 3.11 build machine skipped
+/// `legacy-cgi; python_version >= "3.13"` (WebOb) and took Linux-only
+/// dependencies. The resolver stays pip's; only its marker environment is
+/// the target's.
+const PIP_FOR_TARGET: &str = r#"
+import runpy, sys
+from pip._vendor.packaging import markers
+WASI = {
+    "implementation_name": "cpython",
+    "implementation_version": "3.14.0",
+    "os_name": "posix",
+    "platform_machine": "wasm32",
+    "platform_release": "0.0.0",
+    "platform_system": "wasi",
+    "platform_version": "0.0.0",
+    "python_full_version": "3.14.0",
+    "platform_python_implementation": "CPython",
+    "python_version": "3.14",
+    "sys_platform": "wasi",
+}
+markers.default_environment = lambda: dict(WASI)
+sys.argv[0] = "pip"
+runpy.run_module("pip", run_name="__main__", alter_sys=True)
+"#;
+
+/// The timezone database every component ships (Python's `zoneinfo`
+/// finds it when the system has none, as in WASI). An app that lists
+/// `tzdata` itself gets its own version instead.
+const TZDATA: &str = "tzdata==2026.6";
+
 /// How many sdist-only packages one resolution may build.
 const MAX_SDISTS: usize = 16;
 
@@ -87,6 +121,21 @@ pub fn resolve(source: &Source, cache: &Path) -> Result<Resolved> {
         }
         Source::SitePackages(dir) => copy_site_packages(dir, cache),
     }
+}
+
+/// The `tzdata` package, resolved once per machine.
+pub fn timezone_data(cache: &Path) -> Result<Resolved> {
+    let dir = cache.join("deps");
+    std::fs::create_dir_all(&dir)?;
+    let text = format!("{TZDATA}\n");
+    let file = dir.join("tzdata.txt");
+    cachefs::write_atomic(&file, text.as_bytes())?;
+    install(
+        text.as_bytes(),
+        &file,
+        "the timezone database (tzdata)",
+        cache,
+    )
 }
 
 fn hex(data: &[u8]) -> String {
@@ -152,6 +201,7 @@ fn install(text: &[u8], requirements: &Path, label: &str, cache: &Path) -> Resul
     let mut h = Sha256::new();
     h.update(text);
     h.update(PIP_TARGET.join(" "));
+    h.update(PIP_FOR_TARGET);
     let key = format!("{:x}", h.finalize())[..32].to_owned();
     prepare_once(cache.join("deps").join(&key), key, |tmp| {
         tracing::info!("resolving {label} for CPython 3.14 on WASI with pip");
@@ -192,8 +242,8 @@ fn pip_install(requirements: &Path, label: &str, work: &Path) -> Result<()> {
     loop {
         let out = Command::new("python3")
             .args([
-                "-m",
-                "pip",
+                "-c",
+                PIP_FOR_TARGET,
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
@@ -263,7 +313,15 @@ fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
             "--quiet",
             "--disable-pip-version-check",
         ])
-        .args(["--no-deps", "--no-binary", name, "-w"])
+        // The resolution above checked `Requires-Python` against 3.14;
+        // the build machine's own Python may be older.
+        .args([
+            "--no-deps",
+            "--ignore-requires-python",
+            "--no-binary",
+            name,
+            "-w",
+        ])
         .arg(scratch.path())
         .arg(spec)
         .output()

@@ -145,6 +145,16 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     for source in &opts.deps {
         resolved.push(deps::resolve(source, &opts.cache_dir)?);
     }
+    // Django's default `USE_TZ = True` and any `zoneinfo.ZoneInfo(...)`
+    // need the timezone database, which WASI has no system copy of.
+    if !resolved.iter().any(|r| r.dir.join("tzdata").is_dir()) {
+        match deps::timezone_data(&opts.cache_dir) {
+            Ok(tz) => resolved.push(tz),
+            Err(e) => tracing::warn!(
+                "building without the timezone database (zoneinfo will know only UTC): {e:#}"
+            ),
+        }
+    }
 
     // Everything the component depends on goes into the key: this tool's
     // guest code and WIT, the target and warm-up paths, the app's files

@@ -35,6 +35,10 @@ pub const YIELD_AFTER: Duration = Duration::from_millis(1);
 /// How often the watch thread looks while no guest runs long.
 const IDLE_WATCH: Duration = Duration::from_millis(5);
 
+/// A tenant with a call in this window counts as active: while other
+/// tenants are, one tenant's calls may not hold every slot.
+const ACTIVE: Duration = Duration::from_millis(100);
+
 /// The window a `cpu` cap is averaged over: a capped tenant may burst up
 /// to `cpu × WINDOW` of CPU time before it has to wait.
 const WINDOW: Duration = Duration::from_millis(100);
@@ -53,6 +57,8 @@ pub struct CpuScheduler {
 }
 
 struct State {
+    /// The slot count.
+    slots: usize,
     /// Slots not held; below zero while lighter tenants run beyond the count.
     free: isize,
     /// The calls holding slots: holder id, tenant, since when.
@@ -62,8 +68,58 @@ struct State {
     evict: usize,
     next_ticket: u64,
     waiting: Vec<Waiting>,
-    /// Tickets handed a slot that their future has not picked up yet.
-    granted: Vec<u64>,
+    /// Tickets handed a slot that their future has not picked up yet,
+    /// with their tenant.
+    granted: Vec<(u64, Arc<TenantCpu>)>,
+    /// Tenants that asked for a slot within [`ACTIVE`], when they last did
+    /// (at most `slots` of them: more never lowers a bound further).
+    active: Vec<(Arc<TenantCpu>, Instant)>,
+}
+
+impl State {
+    /// Note that `tenant` asks for a slot now.
+    fn note_active(&mut self, tenant: &Arc<TenantCpu>, now: Instant) {
+        if let Some(e) = self.active.iter_mut().find(|(t, _)| Arc::ptr_eq(t, tenant)) {
+            e.1 = now;
+            return;
+        }
+        self.active
+            .retain(|(_, at)| now.saturating_duration_since(*at) < ACTIVE);
+        if self.active.len() >= self.slots {
+            let oldest = (0..self.active.len())
+                .min_by_key(|&i| self.active[i].1)
+                .expect("slots >= 1");
+            self.active.swap_remove(oldest);
+        }
+        self.active.push((tenant.clone(), now));
+    }
+
+    /// How many slots `tenant` may hold: all of them alone, one fewer for
+    /// each other active tenant (at least one), so a heavy tenant cannot
+    /// fill every core while others have work. Guests cannot always be
+    /// stopped at once (a 16 MiB `memory.fill` is one instruction, and
+    /// ran 17 ms on this machine), so a lighter tenant's turn must not
+    /// depend on a heavy guest reaching its next check.
+    fn bound(&self, tenant: &Arc<TenantCpu>, now: Instant) -> usize {
+        let others = self
+            .active
+            .iter()
+            .filter(|(t, at)| {
+                !Arc::ptr_eq(t, tenant) && now.saturating_duration_since(*at) < ACTIVE
+            })
+            .count();
+        self.slots.saturating_sub(others).max(1)
+    }
+
+    /// The slots `tenant` holds or has been handed.
+    fn held_by(&self, tenant: &Arc<TenantCpu>) -> usize {
+        let holding = self
+            .holders
+            .iter()
+            .filter(|(_, t, _)| Arc::ptr_eq(t, tenant));
+        let granted = self.granted.iter().filter(|(_, t)| Arc::ptr_eq(t, tenant));
+        holding.count() + granted.count()
+    }
 }
 
 struct Waiting {
@@ -191,12 +247,14 @@ impl CpuScheduler {
         let sched = Arc::new(CpuScheduler {
             engine,
             state: Mutex::new(State {
+                slots,
                 free: slots as isize,
                 holders: Vec::new(),
                 evict: 0,
                 next_ticket: 0,
                 waiting: Vec::new(),
                 granted: Vec::new(),
+                active: Vec::new(),
             }),
         });
         let weak = Arc::downgrade(&sched);
@@ -227,6 +285,11 @@ impl CpuScheduler {
         let now = Instant::now();
         let (long, waiting) = {
             let mut st = self.state.lock().expect("cpu lock");
+            // A tenant whose calls wait is active however long they wait.
+            for i in 0..st.waiting.len() {
+                let t = st.waiting[i].tenant.clone();
+                st.note_active(&t, now);
+            }
             self.dispatch(&mut st);
             let long = st
                 .holders
@@ -264,12 +327,15 @@ impl CpuScheduler {
             None => {
                 let t = st.next_ticket;
                 st.next_ticket += 1;
-                if st.free > 0 && st.waiting.is_empty() {
+                let now = Instant::now();
+                st.note_active(tenant, now);
+                let room = st.held_by(tenant) < st.bound(tenant, now);
+                if st.free > 0 && st.waiting.is_empty() && room {
                     st.free -= 1;
                     st.holders.push((t, tenant.clone(), Instant::now()));
                     return Slot::Held(t);
                 }
-                if st.free <= 0 && self.lighter_than_a_holder(&st, tenant) {
+                if st.free <= 0 && room && self.lighter_than_a_holder(&st, tenant) {
                     // Run now, beyond the count, instead of waiting for a
                     // heavier tenant's guest to notice; that guest gives its
                     // slot up at its next epoch check, which the bump makes
@@ -290,7 +356,7 @@ impl CpuScheduler {
                 t
             }
         };
-        if let Some(i) = st.granted.iter().position(|g| *g == t) {
+        if let Some(i) = st.granted.iter().position(|(g, _)| *g == t) {
             st.granted.swap_remove(i);
             *ticket = None;
             st.holders.push((t, tenant.clone(), Instant::now()));
@@ -332,25 +398,32 @@ impl CpuScheduler {
         self.dispatch(&mut st);
     }
 
-    /// Give free slots to the lightest waiting tenants.
+    /// Give free slots to the lightest waiting tenants that are within
+    /// their bound.
     fn dispatch(&self, st: &mut State) {
-        if st.free == 0 || st.waiting.is_empty() {
+        if st.free <= 0 || st.waiting.is_empty() {
             return;
         }
         let now = Instant::now();
-        while st.free > 0 && !st.waiting.is_empty() {
+        while st.free > 0 {
             let best = (0..st.waiting.len())
+                .filter(|&i| {
+                    let t = &st.waiting[i].tenant;
+                    st.held_by(t) < st.bound(t, now)
+                })
                 .min_by(|&a, &b| {
                     let (wa, wb) = (&st.waiting[a], &st.waiting[b]);
                     wa.tenant
                         .recent(now)
                         .total_cmp(&wb.tenant.recent(now))
                         .then(wa.ticket.cmp(&wb.ticket))
-                })
-                .expect("not empty");
+                });
+            let Some(best) = best else {
+                return;
+            };
             let w = st.waiting.remove(best);
             st.free -= 1;
-            st.granted.push(w.ticket);
+            st.granted.push((w.ticket, w.tenant));
             w.waker.wake();
         }
     }
@@ -368,7 +441,7 @@ impl CpuScheduler {
         }
         if let Some(t) = ticket {
             st.waiting.retain(|w| w.ticket != t);
-            if let Some(i) = st.granted.iter().position(|g| *g == t) {
+            if let Some(i) = st.granted.iter().position(|(g, _)| *g == t) {
                 st.granted.swap_remove(i);
                 freed = true;
             }
@@ -439,9 +512,39 @@ impl CpuShare {
             share: self.clone(),
             ticket: None,
             holding: None,
+            keep: false,
             nap: None,
             settle: None,
         }
+    }
+
+    /// Run blocking `work` on a blocking thread while holding one of the
+    /// tenant's slots, and charge its CPU time to the tenant: tearing down
+    /// an instance that filled its memory unmaps hundreds of MiB (tens of
+    /// milliseconds of kernel time), which a tenant whose instances keep
+    /// blowing up would otherwise take beside its slots.
+    pub async fn run_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let job = tokio::task::spawn_blocking(move || {
+            let t0 = thread_cpu_ns();
+            let out = work();
+            (out, thread_cpu_ns().saturating_sub(t0))
+        });
+        let (out, ns) = if self.enforced {
+            let mut fair = self.run(job);
+            fair.keep = true;
+            fair.await?
+        } else {
+            job.await?
+        };
+        if self.enforced {
+            self.tenant.charge(ns, Instant::now());
+        } else {
+            self.tenant.meter_only(ns);
+        }
+        Ok(out)
     }
 
     /// The epoch-deadline callback of one store: a guest that has run for
@@ -479,6 +582,8 @@ pub struct Fair<F> {
     ticket: Option<u64>,
     /// The holder id while this call holds a slot.
     holding: Option<u64>,
+    /// Hold the slot while pending too: the work runs elsewhere.
+    keep: bool,
     nap: Option<Pin<Box<tokio::time::Sleep>>>,
     /// After a slot was handed over: one turn at the back of the runtime's
     /// queue before running (see `poll`).
@@ -542,8 +647,10 @@ impl<F: Future> Future for Fair<F> {
         let out = timed_poll(this.inner.as_mut(), cx);
         tenant.charge(thread_cpu_ns().saturating_sub(t0), Instant::now());
         // Waiting for I/O, or yielding: the slot goes to whoever is next.
-        if let Some(id) = this.holding.take() {
-            sched.release(id);
+        if out.is_ready() || !this.keep {
+            if let Some(id) = this.holding.take() {
+                sched.release(id);
+            }
         }
         out
     }
@@ -631,6 +738,58 @@ mod tests {
         sched.abandon(None, Some(c));
         assert_eq!(sched.state.lock().unwrap().free, 1);
         assert!(sched.state.lock().unwrap().holders.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_tenant_leaves_a_slot_while_another_is_active() {
+        let sched = CpuScheduler::new(engine(), 2);
+        let heavy = TenantCpu::new(None);
+        let other = TenantCpu::new(None);
+        let waker = futures_task_noop();
+        // Alone, a tenant may use every slot.
+        let (mut a, mut b) = (None, None);
+        let Slot::Held(x) = sched.acquire(&mut a, &heavy, &waker) else {
+            panic!("a free slot is taken at once")
+        };
+        let Slot::Held(y) = sched.acquire(&mut b, &heavy, &waker) else {
+            panic!("alone, the second slot too")
+        };
+        sched.release(x);
+        sched.release(y);
+        // Once another tenant has asked for a slot, one is left for it:
+        // the heavy tenant's second call waits although a slot is free.
+        let mut o = None;
+        let Slot::Held(z) = sched.acquire(&mut o, &other, &waker) else {
+            panic!("a free slot is taken at once")
+        };
+        sched.release(z);
+        let (mut c, mut d) = (None, None);
+        let Slot::Held(x) = sched.acquire(&mut c, &heavy, &waker) else {
+            panic!("a free slot is taken at once")
+        };
+        assert!(matches!(sched.acquire(&mut d, &heavy, &waker), Slot::Wait));
+        sched.nudge_long_runners();
+        assert!(matches!(sched.acquire(&mut d, &heavy, &waker), Slot::Wait));
+        // The other tenant still finds its slot free.
+        let mut o = None;
+        let Slot::Held(z) = sched.acquire(&mut o, &other, &waker) else {
+            panic!("the slot left free is taken at once")
+        };
+        sched.release(z);
+        // When the other tenant has been idle a while, the bound lapses.
+        {
+            let mut st = sched.state.lock().unwrap();
+            for e in &mut st.active {
+                e.1 = e.1.checked_sub(ACTIVE).unwrap();
+            }
+        }
+        sched.nudge_long_runners();
+        let Slot::Held(w) = sched.acquire(&mut d, &heavy, &waker) else {
+            panic!("the waiting call runs once the other tenant is idle")
+        };
+        sched.release(w);
+        sched.release(x);
+        assert_eq!(sched.state.lock().unwrap().free, 2);
     }
 
     #[tokio::test]

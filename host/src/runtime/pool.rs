@@ -237,6 +237,8 @@ impl AppPool {
             recycle = recycle.or(Some(Recycle::Memory));
             tracing::warn!(app = %self.name, "instance hit its {} byte memory limit; replaced", self.limits.memory);
         }
+        // The response is complete: the client must not wait for a teardown.
+        drop(ex);
         inst.served += 1;
         if inst.retire_after != 0 && inst.served >= inst.retire_after {
             recycle = recycle.or(Some(Recycle::MaxRequests));
@@ -244,8 +246,11 @@ impl AppPool {
         self.metrics.busy.dec();
         if let Some(cause) = recycle {
             self.metrics.recycled(cause);
-            // Unmapping its memory and removing a per-instance /tmp block.
-            tokio::task::spawn_blocking(move || drop(inst));
+            // Unmapping its memory and removing a per-instance /tmp block,
+            // in one of the tenant's slots and on its account.
+            if let Err(e) = self.cpu.run_blocking(move || drop(inst)).await {
+                tracing::error!(app = %self.name, "tearing down an instance failed: {e}");
+            }
         } else {
             self.idle.lock().expect("pool lock").push(inst);
             self.metrics.warm.inc();

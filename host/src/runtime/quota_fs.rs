@@ -758,8 +758,8 @@ impl Removal {
 }
 
 /// Refuse a stream that could only grow a file (at or past its end) when
-/// not one more byte fits. The preview1 adapter in componentize-py reports
-/// every failed stream *write* as `EIO`, but a failed stream *open* with its
+/// not one more byte fits. The wasip2 wasi-libc in componentize-py maps
+/// every failed stream *write* to `EIO`, but a failed stream *open* to its
 /// real code, so this is where the guest can be told `ENOSPC`.
 fn refuse_if_full(handle: Option<&Handle>, position: Option<u64>) -> FsResult<()> {
     let Some(h) = handle else {

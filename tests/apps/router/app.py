@@ -282,6 +282,16 @@ def application(environ, start_response):
         except OSError as e:
             return text(start_response, f"OSError: {e}", status="403 Forbidden")
 
+    if path == "/zoneinfo":
+        # /zoneinfo?KEY: the zone's UTC offset on a summer and a winter day
+        # (every build ships the timezone database).
+        import datetime
+        import zoneinfo
+
+        zone = zoneinfo.ZoneInfo(query)
+        days = [datetime.datetime(2026, m, 1, 12, tzinfo=zone) for m in (7, 1)]
+        return text(start_response, " ".join(str(d.utcoffset()) for d in days))
+
     if path == "/fill":
         # /fill?PATH,MIB: write MIB one-MiB chunks, stop at the first OSError.
         target, mib = query.split(",")
