@@ -384,19 +384,13 @@ async fn reload_on_change(
             },
             None => current.clone(),
         };
-        let started = match StaticFiles::new(app.statics.clone()) {
-            Ok(statics) => start_app(
-                &app.starter,
-                true,
-                &app.name,
-                &component,
-                app.grants.clone(),
-                app.limits.clone(),
-            )
-            .await
-            .map(|pool| (pool, statics)),
-            Err(e) => Err(e),
-        };
+        let started = async {
+            let statics = StaticFiles::new(app.statics.clone())?;
+            let (grants, limits) = (app.grants.clone(), app.limits.clone());
+            let pool = start_app(&app.starter, true, &app.name, &component, grants, limits).await?;
+            anyhow::Ok((pool, statics))
+        }
+        .await;
         match started {
             Ok((pool, statics)) => {
                 // Requests already running hold the old pool and finish on it.

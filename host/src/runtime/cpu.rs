@@ -332,7 +332,7 @@ impl CpuScheduler {
                 let room = st.held_by(tenant) < st.bound(tenant, now);
                 if st.free > 0 && st.waiting.is_empty() && room {
                     st.free -= 1;
-                    st.holders.push((t, tenant.clone(), Instant::now()));
+                    st.holders.push((t, tenant.clone(), now));
                     return Slot::Held(t);
                 }
                 if st.free <= 0 && room && self.lighter_than_a_holder(&st, tenant) {
@@ -342,7 +342,7 @@ impl CpuScheduler {
                     // immediate.
                     st.free -= 1;
                     st.evict += 1;
-                    st.holders.push((t, tenant.clone(), Instant::now()));
+                    st.holders.push((t, tenant.clone(), now));
                     self.engine.increment_epoch();
                     return Slot::Held(t);
                 }
