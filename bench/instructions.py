@@ -7,7 +7,8 @@ wasm functions named from wasmtime's perf map. The kernel is not counted
 (callgrind sees user space only); `perf record` shows that part.
 
 Run with `make profile` (setup included), or
-`python3 bench/instructions.py [--app hello|flask-hello|...] [--isolation request]`.
+`python3 bench/instructions.py [--app hello|flask-hello|...] [--isolation request]
+[--world wasi-http]`.
 """
 
 import argparse
@@ -86,6 +87,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--app", default="hello", choices=sorted(bench.APPS))
     ap.add_argument("--isolation", default="pooled", choices=["pooled", "request"])
+    ap.add_argument("--world", default="wsgi", choices=["wsgi", "wasi-http"],
+                    help="the export the component is built with (rsgi-wasm build --world)")
     ap.add_argument("--conc", type=int, default=8)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--top", type=int, default=25)
@@ -96,6 +99,9 @@ def main():
         bench.sh(["apt-get", "install", "-y", "-qq", "valgrind"])
     components = bench.setup()
     target, path, script = bench.APPS[args.app]
+    if args.world != "wsgi":
+        components[target] = bench.build(target, args.world)
+        bench.warm(target, components)
     out = os.path.join(bench.WORK, f"callgrind.{args.app}.out")
     for old in glob.glob(out + "*"):
         os.remove(old)

@@ -3,7 +3,9 @@
 Kubernetes OpenAPI schemas that kubernetes-validate bundles (strict: unknown
 fields are errors), then what a schema cannot see: duplicate YAML keys, the
 ConfigMap's tenants.toml parsing, selectors and names that must agree, and
-the Deployment's tenants checksum. Installs kubernetes-validate into
+the Deployment's tenants checksum; and deploy/spin/spin.toml and
+deploy/spinkube/ (a CRD the schemas do not cover) for their key fields.
+Installs kubernetes-validate into
 target/pydeps-k8s on first use. Exits non-zero on any problem.
 
 Usage: validate-manifests.py [DIR]   (default: deploy/kubernetes)"""
@@ -120,6 +122,55 @@ def cross_checks(resources, where):
     return errors
 
 
+# SpinApp's spec fields (SpinKube's core.spinkube.dev/v1alpha1 CRD): the
+# CRD is not in kubernetes-validate's schemas, so these are checked here.
+SPINAPP_SPEC = {
+    "image", "imagePullSecrets", "executor", "replicas", "enableAutoscaling",
+    "resources", "volumes", "volumeMounts", "variables", "checks",
+    "deploymentAnnotations", "podAnnotations", "podLabels", "serviceAnnotations",
+    "runtimeConfig", "components", "deploymentLabels", "serviceLabels",
+}
+
+
+def wasi_http_hosts(yaml, loader):
+    """deploy/spin/spin.toml and deploy/spinkube/*.yaml: parsed, and the
+    fields that tie them to what `rsgi-wasm unpack` prints."""
+    errors = []
+    spin = ROOT / "deploy" / "spin" / "spin.toml"
+    try:
+        m = tomllib.loads(spin.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        return [f"{show(spin)}: {e}"]
+    if m.get("spin_manifest_version") != 2:
+        errors.append(f"{show(spin)}: spin_manifest_version must be 2")
+    components = m.get("component", {})
+    for t in m.get("trigger", {}).get("http", []):
+        if t.get("component") not in components:
+            errors.append(f"{show(spin)}: trigger route {t.get('route')!r} names no [component]")
+    for name, c in components.items():
+        if not str(c.get("source", "")).endswith(".wasm"):
+            errors.append(f"{show(spin)}: component.{name}.source is not a .wasm")
+        dests = [f.get("destination") for f in c.get("files", [])]
+        for want in ("/python", "/1"):
+            if want not in dests:
+                errors.append(f"{show(spin)}: component.{name}.files maps nothing to {want} "
+                              f"(the paths `rsgi-wasm unpack` prints)")
+    for path in sorted((ROOT / "deploy" / "spinkube").glob("*.yaml")):
+        for doc in yaml.load_all(path.read_text(), Loader=loader):
+            if not doc:
+                continue
+            if (doc.get("apiVersion"), doc.get("kind")) != ("core.spinkube.dev/v1alpha1", "SpinApp"):
+                errors.append(f"{show(path)}: expected a core.spinkube.dev/v1alpha1 SpinApp")
+                continue
+            spec = doc.get("spec", {})
+            unknown = set(spec) - SPINAPP_SPEC
+            if unknown:
+                errors.append(f"{show(path)}: unknown SpinApp spec fields {sorted(unknown)}")
+            if not spec.get("image") or not spec.get("executor"):
+                errors.append(f"{show(path)}: a SpinApp needs spec.image and spec.executor")
+    return errors
+
+
 def show(path):
     try:
         return str(path.relative_to(ROOT))
@@ -167,6 +218,8 @@ def main():
             resources.append((rel, doc))
     if not errors:
         errors = cross_checks(resources, where)
+    if manifests == MANIFESTS:
+        errors += wasi_http_hosts(yaml, loader)
     if errors:
         for e in errors:
             print(f"error: {e}", file=sys.stderr)

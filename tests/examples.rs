@@ -153,7 +153,31 @@ fn flask_example() {
         ],
     );
     let s = Server::start(&c, &[]);
-    assert_index_and_hello(&s);
+    assert_flask_app(&s);
+}
+
+#[test]
+fn flask_example_under_wasi_http() {
+    let c = build(
+        "example-flask-http",
+        &[
+            "app:app",
+            "-p",
+            "examples/flask",
+            "-r",
+            "examples/flask/requirements.txt",
+            "--world",
+            "wasi-http",
+        ],
+    );
+    let s = Server::start(&c, &[]);
+    assert_flask_app(&s);
+}
+
+/// Every route of examples/flask: templates, JSON, a form POST and its
+/// redirect, streaming, the session cookie, a multipart upload, a 404.
+fn assert_flask_app(s: &Server) {
+    assert_index_and_hello(s);
 
     let r = client()
         .post(s.url("/api/echo"))
@@ -179,7 +203,7 @@ fn flask_example() {
     assert_eq!(r.status(), 302);
     assert!(header(&r, "location").ends_with("/hello/bob"));
     assert_eq!(
-        get(&s, "/stream").1,
+        get(s, "/stream").1,
         (0..5).map(|i| format!("line {i}\n")).collect::<String>()
     );
 
@@ -196,11 +220,11 @@ fn flask_example() {
 
     // A multipart upload bigger than Werkzeug's in-memory limit (it spools
     // to the app's private /tmp).
-    let (status, page) = get(&s, "/upload");
+    let (status, page) = get(s, "/upload");
     assert_eq!(status, 200);
     assert!(page.contains("enctype=\"multipart/form-data\""), "{page}");
     let file = test_file(1_200_000);
-    let r = upload(&s, &file);
+    let r = upload(s, &file);
     assert_eq!(r.status(), 200, "{}", s.logs());
     let v: serde_json::Value = r.json().unwrap();
     assert_eq!(
@@ -214,7 +238,7 @@ fn flask_example() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 400);
-    let (status, body) = get(&s, "/nope");
+    let (status, body) = get(s, "/nope");
     assert_eq!(status, 404);
     assert!(body.contains("The requested URL was not found on the server"));
 }
@@ -263,22 +287,54 @@ fn pyramid_example() {
 
 #[test]
 fn django_example() {
-    let c = build(
-        "example-django",
-        &[
-            "mysite.wsgi:application",
-            "-p",
-            "examples/django",
-            "-r",
-            "examples/django/requirements.txt",
-            "--warmup",
-            "/health/",
-            "--warmup",
-            "/admin/login/",
-        ],
-    );
+    let c = django_wsgi();
+    let grants = prepare_django(&c, "django");
+    let args: Vec<&str> = grants.iter().map(String::as_str).collect();
+    let s = Server::start(&c, &args);
+    assert_django_app(&s);
+}
+
+#[test]
+fn django_example_under_wasi_http() {
+    // Migrations run through `exec`, which needs rsgi-wasm's own world;
+    // the wasi:http build then serves the same data.
+    let grants = prepare_django(&django_wsgi(), "django-http");
+    let c = django_component("example-django-http", &["--world", "wasi-http"]);
+    let args: Vec<&str> = grants.iter().map(String::as_str).collect();
+    let s = Server::start(&c, &args);
+    assert_django_app(&s);
+}
+
+/// examples/django for our own world, built once per test binary: both
+/// Django tests run its `exec` while the other may build.
+fn django_wsgi() -> std::path::PathBuf {
+    static P: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    P.get_or_init(|| django_component("example-django", &[]))
+        .clone()
+}
+
+/// examples/django built as its README says (plus `extra` flags).
+fn django_component(name: &str, extra: &[&str]) -> std::path::PathBuf {
+    let mut args = vec![
+        "mysite.wsgi:application",
+        "-p",
+        "examples/django",
+        "-r",
+        "examples/django/requirements.txt",
+        "--warmup",
+        "/health/",
+        "--warmup",
+        "/admin/login/",
+    ];
+    args.extend_from_slice(extra);
+    build(name, &args)
+}
+
+/// Migrations, collectstatic and a superuser in a fresh directory, as the
+/// README runs them; returns the `run` flags that serve that site.
+fn prepare_django(c: &std::path::Path, name: &str) -> Vec<String> {
     let comp = c.display().to_string();
-    let dir = temp_dir("django");
+    let dir = temp_dir(name);
     let (data, statics) = (dir.join("data"), dir.join("static"));
     std::fs::create_dir_all(&data).unwrap();
     std::fs::create_dir_all(&statics).unwrap();
@@ -332,9 +388,18 @@ fn django_example() {
     ]);
     assert_eq!(code, 0, "{out}\n{err}");
 
-    let static_mount = format!("/static/={}", statics.display());
-    let s = Server::start(&c, &["--dir", &data_grant, "--static", &static_mount]);
-    assert_eq!(get(&s, "/health/"), (200, "ok".into()));
+    vec![
+        "--dir".into(),
+        data_grant,
+        "--static".into(),
+        format!("/static/={}", statics.display()),
+    ]
+}
+
+/// Every route of examples/django: pages, a CSRF-checked form, JSON, the
+/// admin login with the host's static files.
+fn assert_django_app(s: &Server) {
+    assert_eq!(get(s, "/health/"), (200, "ok".into()));
 
     // The list page and its form, then a POST that passes CSRF.
     let r = client().get(s.url("/")).send().unwrap();
@@ -368,9 +433,9 @@ fn django_example() {
     let (status, body) = text(r);
     assert_eq!(status, 400);
     assert!(body.contains("This field is required."), "{body}");
-    let (_, page) = get(&s, "/");
+    let (_, page) = get(s, "/");
     assert!(page.contains("hello from the sandbox"), "{page}");
-    let v: serde_json::Value = serde_json::from_str(&get(&s, "/api/notes/").1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&get(s, "/api/notes/").1).unwrap();
     assert_eq!(v["notes"][0]["text"], "hello from the sandbox");
     assert!(v["notes"][0]["created"]
         .as_str()
@@ -405,5 +470,5 @@ fn django_example() {
     assert_eq!(r.status(), 302, "{}", s.logs());
     assert_eq!(header(&r, "location"), "/admin/");
     assert!(cookie(&r, "sessionid").is_some());
-    assert_eq!(get(&s, "/nope/").0, 404);
+    assert_eq!(get(s, "/nope/").0, 404);
 }

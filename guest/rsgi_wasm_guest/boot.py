@@ -230,9 +230,11 @@ def boot(
     report_path: Optional[str],
     fixed_keys: Sequence[str],
     stdlib_export: Optional[str] = None,
-) -> Tuple[type, type]:
-    """Import and warm up the app; return the exported ``Handler`` and
-    ``Command`` classes. ``fixed_keys`` are the environ keys whose values
+    world: str = "wsgi",
+) -> Tuple[type, ...]:
+    """Import and warm up the app; return the exported classes: ``Handler``
+    and ``Command`` for our own world, ``IncomingHandler`` alone for
+    ``world="wasi-http"``. ``fixed_keys`` are the environ keys whose values
     the host sends first without their names (`FIXED_KEYS` in
     host/src/protocol.rs, passed at build time)."""
     # The app's directories are mounted writable while building: leave no
@@ -267,6 +269,10 @@ def boot(
                 f.write("\n".join(report) + "\n")
         except OSError:
             pass
+    if world == "wasi-http":
+        from . import http_component
+
+        return (http_component.make_handler(app),)
     from .component import make_command, make_handler
 
     return make_handler(app, tuple(fixed_keys)), make_command([tuple(m) for m in mounts[:app_dirs]])

@@ -40,17 +40,18 @@ def _pull(n: int) -> bytes:
 
 
 class _HostTransport(protocol.Transport):
-    """Headers cross packed as `name LF value LF ...`, body chunks as
-    latin-1 text (see `response` in wit/wsgi.wit)."""
+    """Headers cross packed as `name LF value LF ...` (see `response` in
+    wit/wsgi.wit); body chunks are always exact ``bytes`` here
+    (``protocol.Response.send``), which componentize-py requires."""
 
     __slots__ = ()
 
     def start(self, status: str, headers: protocol.Headers, first_chunk: bytes) -> None:
-        if not _start(status, "\n".join(_flat(headers)), first_chunk.decode("latin-1")):
+        if not _start(status, "\n".join(_flat(headers)), first_chunk):
             raise ClientDisconnected("client disconnected")
 
     def write(self, chunk: bytes) -> None:
-        if not _write(chunk.decode("latin-1")):
+        if not _write(chunk):
             raise ClientDisconnected("client disconnected")
 
     def send_file(self, status: str, headers: protocol.Headers, path: str, offset: int) -> bool:

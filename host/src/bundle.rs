@@ -225,8 +225,13 @@ pub fn mounts(
         unpack(&archive, &dest)
             .with_context(|| format!("unpacking the app's files into {}", dest.display()))?;
     }
+    dir_mounts(&dest)
+}
+
+/// Each top-level directory of an unpacked tree, mounted at `/name`.
+fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dest)? {
+    for entry in std::fs::read_dir(dest)? {
         let entry = entry?;
         if entry.file_type()?.is_dir() {
             out.push(Mount {
@@ -237,6 +242,28 @@ pub fn mounts(
     }
     out.sort_by(|a, b| a.guest.cmp(&b.guest));
     Ok(out)
+}
+
+/// Unpack the files a component ships into `dest`, a new or empty
+/// directory, for hosts that map directories themselves (`wasmtime serve
+/// --dir`, Spin's `files`); returns where each guest path's files went.
+pub fn extract(component: &mut (impl Read + Seek), dest: &Path) -> Result<Vec<Mount>> {
+    let Some((start, len)) = archive_at(component)? else {
+        return Ok(Vec::new());
+    };
+    if std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some()) {
+        anyhow::bail!(
+            "{} is not empty; unpack into a new directory",
+            dest.display()
+        );
+    }
+    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    component.seek(SeekFrom::Start(start))?;
+    let mut tar = tar::Archive::new(zstd::Decoder::new(component.take(len))?);
+    tar.set_preserve_permissions(false);
+    tar.unpack(dest)
+        .with_context(|| format!("unpacking into {}", dest.display()))?;
+    dir_mounts(dest)
 }
 
 fn unpack(archive: &[u8], dest: &Path) -> Result<()> {

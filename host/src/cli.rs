@@ -30,6 +30,9 @@ pub enum Command {
     Exec(ExecArgs),
     /// Serve many apps from a tenants.toml (SIGHUP reloads it).
     Serve(ServeArgs),
+    /// Write out the files a component ships (stdlib, app, site-packages)
+    /// for another wasi:http host, and print its flags.
+    Unpack(UnpackArgs),
 }
 
 impl Command {
@@ -38,7 +41,7 @@ impl Command {
         match self {
             Command::Run(a) => a.http.log_format == "json",
             Command::Serve(a) => a.http.log_format == "json",
-            Command::Build(_) | Command::Exec(_) => false,
+            Command::Build(_) | Command::Exec(_) | Command::Unpack(_) => false,
         }
     }
 }
@@ -168,6 +171,11 @@ pub struct SourceArgs {
     /// Do not send any warm-up request (imports only).
     #[arg(long, conflicts_with = "warmup")]
     pub no_warmup: bool,
+    /// What the component exports: `wsgi` (rsgi-wasm's own boundary, the
+    /// fastest here) or `wasi-http` (`wasi:http/incoming-handler@0.2.0`,
+    /// for wasmtime serve, Spin and SpinKube; rsgi-wasm runs it too).
+    #[arg(long, value_name = "WORLD", default_value = "wsgi", value_parser = config::parse_world)]
+    pub world: config::World,
 }
 
 impl SourceArgs {
@@ -179,6 +187,7 @@ impl SourceArgs {
             && self.site_packages.is_none()
             && self.warmup.is_empty()
             && !self.no_warmup
+            && self.world == config::World::Wsgi
     }
 
     /// The build of `target` these flags describe.
@@ -219,6 +228,7 @@ impl SourceArgs {
             output,
             warmup,
             cache_dir,
+            world: self.world,
         }
     }
 }
@@ -308,6 +318,15 @@ pub struct ExecArgs {
     /// `-m module args`.
     #[arg(last = true, required = true, value_name = "SCRIPT [ARGS]")]
     pub argv: Vec<String>,
+}
+
+/// `rsgi-wasm unpack`.
+#[derive(Debug, Args)]
+pub struct UnpackArgs {
+    /// The component built by `rsgi-wasm build`.
+    pub component: PathBuf,
+    /// A new (or empty) directory to write the files into.
+    pub dir: PathBuf,
 }
 
 /// `rsgi-wasm run`.

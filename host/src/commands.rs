@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::build::{self, BuildOptions};
-use crate::cli::{BuildArgs, Command, ExecArgs, HttpArgs, RunArgs, ServeArgs};
+use crate::cli::{BuildArgs, Command, ExecArgs, HttpArgs, RunArgs, ServeArgs, UnpackArgs};
 use crate::config::{Grants, Limits, ServerConfig};
 use crate::dev_reload;
 use crate::http::ops;
@@ -34,6 +34,7 @@ pub async fn execute(command: Command) -> Result<u8> {
         Command::Build(args) => build_command(args).await.map(|()| 0),
         Command::Run(args) => run_command(*args).await.map(|()| 0),
         Command::Exec(args) => exec_command(args).await,
+        Command::Unpack(args) => unpack_command(&args).map(|()| 0),
         Command::Serve(args) => serve_command(args).await.map(|()| 0),
     }
 }
@@ -75,7 +76,7 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
     if app.ends_with(".wasm") || as_path.is_file() {
         if !args.source.is_empty() {
             anyhow::bail!(UserError(format!(
-                "{app} is a component; -p, -r, --pyproject, --site-packages and --warmup only apply when running from source (like app.py:app)"
+                "{app} is a component; -p, -r, --pyproject, --site-packages, --warmup and --world only apply when running from source (like app.py:app)"
             )));
         }
         return Ok(None);
@@ -169,7 +170,13 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
     let loader = new_loader(args.cache.cache_dir.clone())?;
     let engine = loader.engine();
     let loaded = loader.load(&args.component)?;
-    let pre = engine::prepare(engine, &loaded.component, &args.component)?;
+    let engine::AppPre::Wsgi(pre) = engine::prepare(engine, &loaded.component, &args.component)?
+    else {
+        anyhow::bail!(UserError(format!(
+            "{} was built with --world wasi-http, which exports no scripts; build the app without --world to run `exec` on it",
+            args.component.display()
+        )));
+    };
     let name = app_name(&args.component);
     let sandbox = Sandbox::new(
         &name,
@@ -191,6 +198,45 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
         .map_err(anyhow::Error::from)
         .with_context(|| format!("{} crashed (a trap in the sandbox)", args.argv.join(" ")))?;
     Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
+}
+
+/// `rsgi-wasm unpack`: the component's files for a host that maps
+/// directories itself, and the flags that map them.
+fn unpack_command(args: &UnpackArgs) -> Result<()> {
+    let path = &args.component;
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read component {}", path.display()))?;
+    let mounts = crate::bundle::extract(&mut file, &args.dir)?;
+    if mounts.is_empty() {
+        println!("{} ships no files", path.display());
+        return Ok(());
+    }
+    let dirs: Vec<String> = mounts
+        .iter()
+        .map(|m| format!("--dir {}::{}", m.host.display(), m.guest))
+        .collect();
+    let files: Vec<String> = mounts
+        .iter()
+        .map(|m| {
+            format!(
+                "{{ source = \"{}\", destination = \"{}\" }}",
+                m.host.display(),
+                m.guest
+            )
+        })
+        .collect();
+    println!(
+        "unpacked the files of {} into {}\n\n\
+         wasmtime serve (a component built with --world wasi-http):\n  \
+         wasmtime serve -Scli {} {}\n\n\
+         Spin (spin.toml, in the app's [component.NAME]):\n  files = [{}]",
+        path.display(),
+        args.dir.display(),
+        dirs.join(" "),
+        path.display(),
+        files.join(", ")
+    );
+    Ok(())
 }
 
 fn app_name(component: &Path) -> String {
@@ -457,6 +503,15 @@ async fn start_tenants(
                 ),
             ),
         };
+        if same.is_none() && pool.wasi_http() && !config.path_prefix.is_empty() {
+            tracing::warn!(
+                app = %config.name,
+                "{} exports wasi:http, which has no SCRIPT_NAME: the app sees the full path, \
+                 {} included; build it without --world to mount it under path_prefix",
+                config.component.display(),
+                config.path_prefix
+            );
+        }
         next.push(Running {
             config,
             modified: stamp,

@@ -27,6 +27,9 @@ pub enum ConfigError {
     /// An isolation mode other than `pooled` or `request`.
     #[error("isolation {0:?}: expected pooled or request")]
     Isolation(String),
+    /// A `--world` other than `wsgi` or `wasi-http`.
+    #[error("--world {0:?}: expected wsgi (rsgi-wasm's own, fastest boundary) or wasi-http (runs on any wasi:http host: wasmtime serve, Spin, SpinKube)")]
+    World(String),
     /// A `--forwarded-allow-ips` value that is not `*` or a list of IPs.
     #[error("--forwarded-allow-ips {0:?}: expected * or comma-separated IP addresses like 127.0.0.1,10.0.0.2")]
     Peers(String),
@@ -459,6 +462,36 @@ pub fn parse_isolation(value: &str) -> Result<Isolation, ConfigError> {
         "pooled" => Ok(Isolation::Pooled),
         "request" => Ok(Isolation::Request),
         _ => Err(ConfigError::Isolation(value.to_owned())),
+    }
+}
+
+/// Which world a build exports (`--world`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum World {
+    /// `rsgi-wasm:wsgi/wsgi-app`: rsgi-wasm's own boundary (the default).
+    #[default]
+    Wsgi,
+    /// `wasi:http/proxy`: `wasi:http/incoming-handler@0.2.0`, for any
+    /// wasi:http host.
+    WasiHttp,
+}
+
+impl World {
+    /// The name `--world` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            World::Wsgi => "wsgi",
+            World::WasiHttp => "wasi-http",
+        }
+    }
+}
+
+/// Parse `wsgi` or `wasi-http`.
+pub fn parse_world(value: &str) -> Result<World, ConfigError> {
+    match value {
+        "wsgi" => Ok(World::Wsgi),
+        "wasi-http" => Ok(World::WasiHttp),
+        _ => Err(ConfigError::World(value.to_owned())),
     }
 }
 

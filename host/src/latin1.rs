@@ -11,18 +11,6 @@ pub fn encode(s: &str) -> Option<Vec<u8>> {
     s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
 }
 
-/// Native string → bytes for a body chunk. ASCII (most bodies) is already
-/// the right bytes; a char above U+00FF (impossible from our guest, which
-/// decodes bytes as latin-1) becomes `?` rather than corrupting framing.
-pub fn encode_lossy(s: String) -> Vec<u8> {
-    if s.is_ascii() {
-        return s.into_bytes();
-    }
-    s.chars()
-        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,8 +19,6 @@ mod tests {
     fn round_trips_every_byte() {
         let all: Vec<u8> = (0..=255).collect();
         assert_eq!(encode(&decode(&all)).unwrap(), all);
-        assert_eq!(encode_lossy(decode(&all)), all);
-        assert_eq!(encode("\u{263a}"), None);
-        assert_eq!(encode_lossy("a\u{263a}".into()), b"a?");
+        assert_eq!(encode("a\u{263a}"), None);
     }
 }

@@ -460,3 +460,59 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// 200 MiB down (`/big`) and up (`/length`) through a router component
+/// whose guest memory is capped well below one transfer, so a body
+/// buffered (or leaked) inside the sandbox would trip the limit; the
+/// host's peak RSS must not grow by a transfer either.
+pub fn assert_large_transfers_stream(component: &Path) {
+    const N: usize = 200 << 20;
+    let s = Server::start(component, &["--memory", "160MiB"]);
+    let baseline = s.peak_rss();
+    // Download 200 MiB generated on the fly.
+    let mut r = client().get(s.url(&format!("/big?{N}"))).send().unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(total, N);
+    // Upload 200 MiB as a chunked stream; the app only counts it.
+    struct Gen(usize);
+    impl Read for Gen {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.0);
+            buf[..n].fill(b'u');
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+    let r = client()
+        .post(s.url("/length"))
+        .body(reqwest::blocking::Body::new(Gen(N)))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), N.to_string());
+    // Neither direction was held in memory: the host's peak resident set
+    // grew by far less than one transfer.
+    let growth = s.peak_rss().saturating_sub(baseline);
+    assert!(growth < 64 << 20, "peak RSS grew by {} MiB", growth >> 20);
+    assert!(!s.logs().contains("memory limit"), "{}", s.logs());
+}
+
+/// POST `body` to the router's `/echo` and expect it back byte for byte.
+pub fn assert_echoes(s: &Server, body: Vec<u8>) {
+    let r = client()
+        .post(s.url("/echo"))
+        .body(body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = r.bytes().unwrap();
+    assert_eq!(got.len(), body.len());
+    assert!(got.as_ref() == body.as_slice(), "echoed bytes differ");
+}

@@ -6,9 +6,11 @@
 //! component depends on and reuse an earlier build with the same key; else
 //! lay out the guest adapter and a generated entry module, run
 //! componentize-py (whose pre-initialisation imports the app and warms it
-//! up), append the app's files (`bundle`) and store the result in the cache.
+//! up), mend its list leak (`free_lists`), append the app's files
+//! (`bundle`) and store the result in the cache.
 
 pub mod deps;
+mod free_lists;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ use sha2::{Digest, Sha256};
 use self::deps::Source;
 use crate::bundle;
 use crate::cachefs;
+use crate::config::World;
 use crate::error::UserError;
 use crate::protocol::FIXED_KEYS;
 
@@ -52,13 +55,73 @@ const GUEST_FILES: &[(&str, &str)] = &[
         "wsgi_input.py",
         include_str!("../../../guest/rsgi_wasm_guest/wsgi_input.py"),
     ),
+    (
+        "http_component.py",
+        include_str!("../../../guest/rsgi_wasm_guest/http_component.py"),
+    ),
+    (
+        "wasi_http.py",
+        include_str!("../../../guest/rsgi_wasm_guest/wasi_http.py"),
+    ),
 ];
 const WIT: &str = include_str!("../../../wit/wsgi.wit");
-const WORLD: &str = "wsgi-app";
+/// The WASI 0.2.0 packages `wsgi-http` includes (`wasi:http/proxy`), as
+/// componentize-py resolves them: every file of each package.
+const WIT_DEPS: &[(&str, &str)] = &wit_deps![
+    "cli/command.wit",
+    "cli/environment.wit",
+    "cli/exit.wit",
+    "cli/imports.wit",
+    "cli/run.wit",
+    "cli/stdio.wit",
+    "cli/terminal.wit",
+    "clocks/monotonic-clock.wit",
+    "clocks/wall-clock.wit",
+    "clocks/world.wit",
+    "filesystem/preopens.wit",
+    "filesystem/types.wit",
+    "filesystem/world.wit",
+    "http/handler.wit",
+    "http/proxy.wit",
+    "http/types.wit",
+    "io/error.wit",
+    "io/poll.wit",
+    "io/streams.wit",
+    "io/world.wit",
+    "random/insecure-seed.wit",
+    "random/insecure.wit",
+    "random/random.wit",
+    "random/world.wit",
+    "sockets/instance-network.wit",
+    "sockets/ip-name-lookup.wit",
+    "sockets/network.wit",
+    "sockets/tcp-create-socket.wit",
+    "sockets/tcp.wit",
+    "sockets/udp-create-socket.wit",
+    "sockets/udp.wit",
+    "sockets/world.wit",
+];
+/// The Python module names the wasi-http guest imports its interfaces by
+/// (`guest/rsgi_wasm_guest/http_component.py`), pinned so they do not
+/// depend on componentize-py's collision rules.
+const HTTP_IMPORT_NAMES: &[(&str, &str)] = &[
+    ("wasi:http/types@0.2.0", "http_types"),
+    ("wasi:io/streams@0.2.0", "streams"),
+];
+const HTTP_EXPORT_NAMES: &[(&str, &str)] =
+    &[("wasi:http/incoming-handler@0.2.0", "incoming_handler")];
 const ENTRY_MODULE: &str = "rsgi_wasm_entry";
 const WARMUP_REPORT: &str = "rsgi-wasm-warmup.txt";
 /// What the guest prints in front of a user-facing build error.
 const ERROR_MARKER: &str = "rsgi-wasm-build-error: ";
+
+/// `(path, text)` of each file under `wit/deps`, embedded.
+macro_rules! wit_deps {
+    ($($path:literal),* $(,)?) => {
+        [$(($path, include_str!(concat!("../../../wit/deps/", $path)))),*]
+    };
+}
+use wit_deps;
 
 /// The componentize-py whose CPython and stdlib are embedded (part of the
 /// build cache key, and the stdlib copy's name).
@@ -84,6 +147,8 @@ pub struct BuildOptions {
     pub warmup: Vec<String>,
     /// Cache for dependencies, stdlib and built components.
     pub cache_dir: PathBuf,
+    /// What the component exports.
+    pub world: World,
 }
 
 /// What was built.
@@ -167,6 +232,11 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         h.update(text);
     }
     h.update(WIT);
+    h.update(opts.world.name());
+    for (path, text) in WIT_DEPS {
+        h.update(path);
+        h.update(text);
+    }
     h.update(format!("{:?}", (&opts.target, &opts.warmup, FIXED_KEYS)));
     for dir in &app_dirs {
         h.update(dir.to_string_lossy().as_bytes());
@@ -195,16 +265,8 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
             opts.target
         );
     } else {
-        let component = generate(
-            &module,
-            &callable,
-            &app_dirs,
-            &resolved,
-            &opts.warmup,
-            &opts.cache_dir,
-            &report_file,
-        )
-        .await?;
+        let component =
+            generate(&module, &callable, &app_dirs, &resolved, opts, &report_file).await?;
         cachefs::write_atomic(&cached, &component)?;
     }
     let path = match &opts.output {
@@ -238,10 +300,10 @@ async fn generate(
     callable: &str,
     app_dirs: &[PathBuf],
     resolved: &[deps::Resolved],
-    warmup: &[String],
-    cache_dir: &Path,
+    opts: &BuildOptions,
     report_file: &Path,
 ) -> Result<Vec<u8>> {
+    let (warmup, cache_dir, world) = (&opts.warmup, &opts.cache_dir, opts.world);
     let t0 = Instant::now();
     let work = tempfile::Builder::new()
         .prefix("rsgi-wasm-build")
@@ -255,6 +317,11 @@ async fn generate(
     let wit_dir = work.path().join("wit");
     std::fs::create_dir_all(&wit_dir)?;
     std::fs::write(wit_dir.join("wsgi.wit"), WIT)?;
+    for (path, text) in WIT_DEPS {
+        let file = wit_dir.join("deps").join(path);
+        std::fs::create_dir_all(file.parent().expect("a WIT file has a directory"))?;
+        std::fs::write(file, text)?;
+    }
 
     // The stdlib ships with every component (for lazy imports); the guest
     // copies it out of componentize-py on the first build, then it is reused.
@@ -290,17 +357,23 @@ async fn generate(
         "report_path": format!("/0/{WARMUP_REPORT}"),
         "stdlib_export": export_stdlib.then_some("/0/stdlib"),
         "fixed_keys": FIXED_KEYS,
+        "world": world.name(),
     });
     std::fs::write(
         guest_dir.join(format!("{ENTRY_MODULE}.json")),
         serde_json::to_vec_pretty(&args)?,
     )?;
+    // componentize-py looks the exported classes up by interface name.
+    let exports = match world {
+        World::Wsgi => "Handler, Command",
+        World::WasiHttp => "(IncomingHandler,)",
+    };
     let entry = format!(
         "# Generated by rsgi-wasm build: the component's top-level module.\n\
          import json\n\n\
          from rsgi_wasm_guest.boot import boot\n\n\
          with open(\"/0/{ENTRY_MODULE}.json\", encoding=\"utf-8\") as f:\n    \
-         Handler, Command = boot(**json.load(f))\n"
+         {exports} = boot(**json.load(f))\n"
     );
     std::fs::write(guest_dir.join(format!("{ENTRY_MODULE}.py")), entry)?;
 
@@ -309,14 +382,21 @@ async fn generate(
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     let python_path_refs: Vec<&str> = python_path_str.iter().map(String::as_str).collect();
-    let no_names = std::collections::HashMap::new();
+    let names = |pairs: &[(&'static str, &'static str)]| match world {
+        World::Wsgi => std::collections::HashMap::new(),
+        World::WasiHttp => pairs.iter().copied().collect(),
+    };
+    let (import_names, export_names) = (names(HTTP_IMPORT_NAMES), names(HTTP_EXPORT_NAMES));
     let tmp_out = work.path().join("app.wasm");
     tracing::info!(
         "building {module}:{callable}: linking CPython 3.14 for WASI and pre-initialising the app"
     );
     let generator = componentize_py::ComponentGenerator {
         wit_paths: &[&wit_dir],
-        worlds: &[WORLD],
+        worlds: &[match world {
+            World::Wsgi => "wsgi-app",
+            World::WasiHttp => "wsgi-http",
+        }],
         features: &[],
         all_features: false,
         world_module: None,
@@ -326,8 +406,8 @@ async fn generate(
         output_path: &tmp_out,
         add_to_linker: None,
         stub_wasi: false,
-        import_interface_names: &no_names,
-        export_interface_names: &no_names,
+        import_interface_names: &import_names,
+        export_interface_names: &export_names,
         full_names: false,
         intersect_world: None,
     };
@@ -368,8 +448,9 @@ async fn generate(
         "packed {count} files ({:.1} MB compressed) for run-time imports and reads",
         archive.len() as f64 / 1e6
     );
-    let mut component =
+    let component =
         std::fs::read(&tmp_out).with_context(|| format!("reading {}", tmp_out.display()))?;
+    let mut component = free_lists::mend(&component)?;
     bundle::append(&mut component, &archive);
     let report = guest_dir.join(WARMUP_REPORT);
     if report.is_file() {

@@ -29,6 +29,8 @@ use crate::http::head_rules;
 use crate::http::router::Router;
 use crate::runtime::body::{self, RequestBody, ResponseBody};
 use crate::runtime::environ::{self, RequestInfo};
+use crate::runtime::pool::AppRequest;
+use crate::runtime::wasi_http::HttpRequest;
 use crate::runtime::wsgi::{Exchange, ResponseReceiver};
 
 /// Read-buffer room beyond `--max-header-bytes` (see `serve`).
@@ -289,30 +291,38 @@ async fn respond(
     }
     let app = route.app.clone();
     check_length(&parts, app.limits().max_body)?;
-    let env = environ::build(&RequestInfo {
-        method: &parts.method,
-        uri: &parts.uri,
-        version: parts.version,
-        headers: &parts.headers,
-        local,
-        peer,
-        script_name: &route.prefix,
-        url_scheme: if tls {
-            "https"
-        } else if site.forwarded_allow.contains(peer.ip()) {
-            environ::forwarded_scheme(&parts.headers).unwrap_or("http")
-        } else {
-            "http"
-        },
-        run_once: app.limits().isolation == Isolation::Request,
-    });
-    drop(router);
+    let url_scheme = if tls {
+        "https"
+    } else if site.forwarded_allow.contains(peer.ip()) {
+        environ::forwarded_scheme(&parts.headers).unwrap_or("http")
+    } else {
+        "http"
+    };
     let connect = parts.method == Method::CONNECT;
-    let (ex, response) = Exchange::new(
-        RequestBody::new(body, app.limits().max_body),
-        parts.method == Method::HEAD,
-    );
-    Ok(match call_app(app.serve(env, ex), response).await {
+    let head = parts.method == Method::HEAD;
+    let request = if app.wasi_http() {
+        // A wasi:http guest builds its environ itself, from the request as
+        // any wasi:http host passes it (no mount point, no client address).
+        AppRequest::WasiHttp(HttpRequest {
+            parts,
+            https: url_scheme == "https",
+        })
+    } else {
+        AppRequest::Wsgi(environ::build(&RequestInfo {
+            method: &parts.method,
+            uri: &parts.uri,
+            version: parts.version,
+            headers: &parts.headers,
+            local,
+            peer,
+            script_name: &route.prefix,
+            url_scheme,
+            run_once: app.limits().isolation == Isolation::Request,
+        }))
+    };
+    drop(router);
+    let (ex, response) = Exchange::new(RequestBody::new(body, app.limits().max_body), head);
+    Ok(match call_app(app.serve(request, ex), response).await {
         Some(res) if connect && res.status().is_success() => no_tunnel(res),
         Some(res) => res,
         // The pool always answers before dropping the exchange; this is a

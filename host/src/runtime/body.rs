@@ -237,6 +237,15 @@ impl RequestBody {
         }
     }
 
+    /// The body, unread, for another transport (and the limit); `None`
+    /// once taken or read from.
+    pub fn take(&mut self) -> Option<(Incoming, u64)> {
+        if self.received > 0 || !self.leftover.is_empty() {
+            return None;
+        }
+        Some((self.incoming.take()?, self.limit))
+    }
+
     /// Whether reading failed (the request, not the app, is at fault).
     pub fn failed(&self) -> bool {
         self.failed

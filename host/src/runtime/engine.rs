@@ -13,12 +13,14 @@ use std::os::unix::fs::DirBuilderExt;
 use anyhow::{bail, Context, Result};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::bundle::{self, Mount};
 use crate::cachefs;
 use crate::metrics;
 use crate::runtime::generated::{WsgiApp, WsgiAppPre};
 use crate::runtime::store::HostState;
+use crate::runtime::wasi_http::INCOMING_HANDLER;
 use crate::runtime::wsgi::WsgiCtx;
 
 /// How often the epoch advances: the granularity of timeouts and of the
@@ -291,26 +293,51 @@ fn check_header(bytes: &[u8], path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Link WASI and our WIT imports, and check the component's world.
-pub fn prepare(
-    engine: &Engine,
-    component: &Component,
-    path: &Path,
-) -> Result<WsgiAppPre<HostState>> {
+/// A linked component, ready to instantiate, by the world it exports.
+#[derive(Clone)]
+pub enum AppPre {
+    /// rsgi-wasm's own `wsgi-app` world (the default build).
+    Wsgi(WsgiAppPre<HostState>),
+    /// `wasi:http/proxy` (`rsgi-wasm build --world wasi-http`).
+    WasiHttp(ProxyPre<HostState>),
+}
+
+/// Link WASI, wasi:http and our WIT imports, and tell which world the
+/// component exports.
+pub fn prepare(engine: &Engine, component: &Component, path: &Path) -> Result<AppPre> {
     let mut linker: Linker<HostState> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::runtime::quota_fs::add_to_linker(&mut linker, HostState::quota_fs)?;
     WsgiApp::add_to_linker::<HostState, HasSelf<WsgiCtx>>(&mut linker, HostState::wsgi)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     let pre = linker
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)
         .with_context(|| {
             format!(
-                "{} does not fit rsgi-wasm's sandbox (it must be built by `rsgi-wasm build` for the rsgi-wasm:wsgi@0.2.0 world; a component built by another rsgi-wasm version must be rebuilt)",
+                "{} does not fit rsgi-wasm's sandbox (it must be built by `rsgi-wasm build`, for the rsgi-wasm:wsgi@0.3.0 world or with --world wasi-http; a component built by another rsgi-wasm version must be rebuilt)",
                 path.display()
             )
         })?;
+    let exports_http = component.get_export_index(None, INCOMING_HANDLER).is_some();
+    if exports_http {
+        return ProxyPre::new(pre)
+            .map(AppPre::WasiHttp)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!(
+                    "{} exports {INCOMING_HANDLER} with another signature",
+                    path.display()
+                )
+            });
+    }
     WsgiAppPre::new(pre)
+        .map(AppPre::Wsgi)
         .map_err(anyhow::Error::from)
-        .with_context(|| format!("{} does not export the rsgi-wasm handler", path.display()))
+        .with_context(|| {
+            format!(
+                "{} exports neither the rsgi-wasm handler nor {INCOMING_HANDLER}",
+                path.display()
+            )
+        })
 }

@@ -3,7 +3,8 @@
 //!
 //! `engine` compiles and links → `pool` keeps instances (each a `store`
 //! built by `sandbox`) and runs them under `cpu`'s run slots → `wsgi`
-//! implements the imports a guest calls, moving bytes through `body`.
+//! implements the imports a guest calls, moving bytes through `body`;
+//! a `wasi-http` component is called through `wasi_http` instead.
 
 pub mod body;
 pub mod cpu;
@@ -17,4 +18,5 @@ mod quota_fs;
 pub mod sandbox;
 mod scratch;
 pub mod store;
+pub mod wasi_http;
 pub mod wsgi;

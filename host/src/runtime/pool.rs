@@ -9,20 +9,38 @@ use anyhow::{Context, Result};
 use http::StatusCode;
 use tokio::sync::Semaphore;
 use wasmtime::{Engine, Store};
+use wasmtime_wasi_http::p2::bindings::Proxy;
+use wasmtime_wasi_http::p2::WasiHttpView;
 
 use crate::config::{Isolation, Limits};
 use crate::metrics::{Recycle, TenantMetrics};
 use crate::runtime::cpu::CpuShare;
+use crate::runtime::engine::AppPre;
 use crate::runtime::environ::Environ;
-use crate::runtime::generated::{WsgiApp, WsgiAppPre};
+use crate::runtime::generated::WsgiApp;
 use crate::runtime::sandbox::{Sandbox, Stdio};
 use crate::runtime::store::{new_store, HostState};
+use crate::runtime::wasi_http::{self, HttpRequest};
 use crate::runtime::wsgi::Exchange;
+
+/// An instance's exports, by world.
+enum Bound {
+    Wsgi(WsgiApp),
+    WasiHttp(Proxy),
+}
+
+/// One request as the app's world takes it.
+pub enum AppRequest {
+    /// The packed CGI environ (`wsgi-app`).
+    Wsgi(Environ),
+    /// The request head (`wasi:http`), the guest builds the environ.
+    WasiHttp(HttpRequest),
+}
 
 /// One live instance and its store.
 struct Instance {
     store: Store<HostState>,
-    app: WsgiApp,
+    app: Bound,
     served: u64,
     /// Requests after which this instance retires (0 = never).
     retire_after: u64,
@@ -32,7 +50,7 @@ struct Instance {
 pub struct AppPool {
     name: Arc<str>,
     engine: Engine,
-    pre: WsgiAppPre<HostState>,
+    pre: AppPre,
     sandbox: Sandbox,
     limits: Limits,
     cpu: CpuShare,
@@ -49,7 +67,7 @@ impl AppPool {
     pub async fn start(
         name: &str,
         engine: Engine,
-        pre: WsgiAppPre<HostState>,
+        pre: AppPre,
         sandbox: Sandbox,
         limits: Limits,
         cpu: CpuShare,
@@ -95,6 +113,11 @@ impl AppPool {
         &self.limits
     }
 
+    /// Whether the app exports `wasi:http` (it takes [`AppRequest::WasiHttp`]).
+    pub fn wasi_http(&self) -> bool {
+        matches!(self.pre, AppPre::WasiHttp(_))
+    }
+
     async fn instantiate(&self) -> Result<Instance> {
         // Preopening directories (and, with request isolation, creating a
         // fresh /tmp) touches the disk: off the runtime's threads.
@@ -108,11 +131,20 @@ impl AppPool {
         // function table: milliseconds of CPU, which a tenant whose
         // instances keep crashing or timing out would otherwise take from
         // its neighbours outside the run slots. It is charged like a call.
-        let app = self
-            .cpu
-            .run(self.pre.instantiate_async(&mut store))
-            .await
-            .map_err(anyhow::Error::from)?;
+        let app = match &self.pre {
+            AppPre::Wsgi(pre) => Bound::Wsgi(
+                self.cpu
+                    .run(pre.instantiate_async(&mut store))
+                    .await
+                    .map_err(anyhow::Error::from)?,
+            ),
+            AppPre::WasiHttp(pre) => Bound::WasiHttp(
+                self.cpu
+                    .run(pre.instantiate_async(&mut store))
+                    .await
+                    .map_err(anyhow::Error::from)?,
+            ),
+        };
         let n = self.created.fetch_add(1, Ordering::Relaxed) as u64;
         let retire_after = match (self.limits.isolation, self.limits.max_requests) {
             (Isolation::Request, _) => 1,
@@ -131,7 +163,7 @@ impl AppPool {
     }
 
     /// Serve one request with a warm (or, if none is idle, new) instance.
-    pub async fn serve(self: Arc<Self>, environ: Environ, mut ex: Exchange) {
+    pub async fn serve(self: Arc<Self>, request: AppRequest, mut ex: Exchange) {
         let permit = if let Ok(p) = self.slots.try_acquire() {
             p
         } else {
@@ -176,16 +208,56 @@ impl AppPool {
         };
 
         self.metrics.busy.inc();
-        inst.store.data_mut().wsgi().begin(ex);
-        let call = inst.app.rsgi_wasm_wsgi_handler().call_handle(
-            &mut inst.store,
-            &environ.keys,
-            &environ.values,
-            environ.separator != crate::runtime::environ::SEP,
-        );
-        let outcome = tokio::time::timeout(self.limits.timeout, self.cpu.run(call)).await;
+        let (outcome, mut ex) = match (&inst.app, request) {
+            (Bound::Wsgi(app), AppRequest::Wsgi(environ)) => {
+                inst.store.data_mut().wsgi().begin(ex);
+                let call = app.rsgi_wasm_wsgi_handler().call_handle(
+                    &mut inst.store,
+                    &environ.keys,
+                    &environ.values,
+                    environ.separator != crate::runtime::environ::SEP,
+                );
+                let outcome = tokio::time::timeout(self.limits.timeout, self.cpu.run(call)).await;
+                (
+                    outcome,
+                    inst.store.data_mut().wsgi().end().expect("begun above"),
+                )
+            }
+            (Bound::WasiHttp(proxy), AppRequest::WasiHttp(req)) => {
+                let (request, out, pending) = match wasi_http::bind(
+                    inst.store.data_mut().http(),
+                    req,
+                    &mut ex,
+                ) {
+                    Ok(bound) => bound,
+                    Err(e) => {
+                        tracing::error!(app = %self.name, "cannot pass the request to the app: {e:#}");
+                        ex.respond_error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "Internal Server Error",
+                        );
+                        self.metrics.busy.dec();
+                        self.idle.lock().expect("pool lock").push(inst);
+                        self.metrics.warm.inc();
+                        return;
+                    }
+                };
+                let call =
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut inst.store, request, out);
+                let call = async { call.await.map(Ok) };
+                let outcome = tokio::time::timeout(self.limits.timeout, self.cpu.run(call)).await;
+                // A guest that never set its response (or trapped first):
+                // the exchange answers for it below.
+                if let Some(responder) = pending.unanswered() {
+                    ex.restore(responder);
+                }
+                (outcome, ex)
+            }
+            _ => unreachable!("the server builds the request for the app's world"),
+        };
         let state = inst.store.data_mut();
-        let mut ex = state.wsgi().end().expect("begun above");
         let memory_hit = state.take_memory_hit();
 
         // Why the instance is replaced, if it is.

@@ -1,5 +1,5 @@
 //! Store data of one instance, composed in one place: WASI, the resource
-//! table, the store's limits and the WSGI context, with the disk quotas
+//! table, the store's limits, the WSGI context and the wasi:http one, with the disk quotas
 //! and private /tmp the sandbox gave it. Also the `Store` itself, with the
 //! epoch yields every instance needs.
 
@@ -8,12 +8,14 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::{WasiHttpCtxView, WasiHttpView};
 
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::runtime::cpu::CpuShare;
 use crate::runtime::quota_fs::{QuotaFsView, Quotas};
 use crate::runtime::scratch::ScratchDir;
+use crate::runtime::wasi_http::HttpState;
 use crate::runtime::wsgi::WsgiCtx;
 
 /// Everything a `Store` holds for one instance.
@@ -22,6 +24,8 @@ pub struct HostState {
     table: ResourceTable,
     limits: MemoryLimiter,
     wsgi: WsgiCtx,
+    /// wasi:http resources, for components of the `wasi-http` world.
+    http: HttpState,
     /// What this instance's writes are charged to.
     quotas: Quotas,
     /// This instance's own /tmp, removed with it (request isolation).
@@ -48,6 +52,7 @@ impl HostState {
                 gauge: None,
             },
             wsgi,
+            http: HttpState::default(),
             quotas,
             _tmp: tmp,
         }
@@ -88,6 +93,12 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        self.http.view(&mut self.table)
     }
 }
 

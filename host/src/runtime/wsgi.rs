@@ -22,6 +22,37 @@ use crate::runtime::generated::{BodyError, RequestHost, ResponseHost, SendFileEr
 /// answers for it).
 pub type ResponseReceiver = oneshot::Receiver<Response<ResponseBody>>;
 
+/// An exchange's response channels, lent to a transport that produces a
+/// whole `http::Response` (see `runtime::wasi_http`).
+pub struct Responder {
+    start_tx: oneshot::Sender<Response<ResponseBody>>,
+    chunk_rx: BodyReceiver,
+    chunk_tx: BodySender,
+}
+
+impl Responder {
+    /// Where the body's chunks go (with the exchange's backpressure).
+    pub fn body_sender(&self) -> BodySender {
+        self.chunk_tx.clone()
+    }
+
+    /// Send the head; the body follows through [`body_sender`](Self::body_sender).
+    /// `Server` is added unless the app set one, as for WSGI responses.
+    pub fn commit(self, mut parts: http::response::Parts, length: Option<u64>) {
+        parts
+            .headers
+            .entry(http::header::SERVER)
+            .or_insert(HeaderValue::from_static(SERVER));
+        let body = ResponseBody::streamed(Bytes::new(), self.chunk_rx, length);
+        let _ = self.start_tx.send(Response::from_parts(parts, body));
+    }
+
+    /// Answer with a host page instead.
+    pub fn page(self, status: StatusCode, text: &str) {
+        let _ = self.start_tx.send(body::host_page(status, text));
+    }
+}
+
 /// One request's channels, owned by the instance while it serves it.
 pub struct Exchange {
     body: RequestBody,
@@ -52,6 +83,29 @@ impl Exchange {
             body_allowed: true,
         };
         (ex, start_rx)
+    }
+
+    /// The request body for another transport to read (a wasi:http guest),
+    /// with its `--max-body` limit; `None` if it was already taken.
+    pub fn take_request_body(&mut self) -> Option<(hyper::body::Incoming, u64)> {
+        self.body.take()
+    }
+
+    /// The means to commit a response made elsewhere (a wasi:http guest);
+    /// until it is [`restore`](Self::restore)d, the exchange counts as
+    /// committed.
+    pub fn responder(&mut self) -> Option<Responder> {
+        Some(Responder {
+            start_tx: self.start_tx.take()?,
+            chunk_rx: self.chunk_rx.take()?,
+            chunk_tx: self.chunk_tx.clone(),
+        })
+    }
+
+    /// Take back a responder that was not used, so this exchange answers.
+    pub fn restore(&mut self, responder: Responder) {
+        self.start_tx = Some(responder.start_tx);
+        self.chunk_rx = Some(responder.chunk_rx);
     }
 
     /// Whether reading the request body failed.
@@ -95,8 +149,7 @@ impl Exchange {
     }
 
     /// Clip a chunk to what `Content-Length` still allows.
-    fn clip(&mut self, chunk: String) -> Bytes {
-        let mut chunk = latin1::encode_lossy(chunk);
+    fn clip(&mut self, mut chunk: Vec<u8>) -> Bytes {
         if let Some(rem) = self.remaining.as_mut() {
             if chunk.len() as u64 > *rem {
                 tracing::warn!(
@@ -118,7 +171,7 @@ impl Exchange {
         status: &str,
         headers: &str,
         default_length: Option<u64>,
-        first: String,
+        first: Vec<u8>,
     ) -> bool {
         if self.start_tx.is_none() {
             return false;
@@ -167,7 +220,7 @@ impl Exchange {
         };
         let available = size.saturating_sub(offset);
         // The file's remaining size, unless the app declared a length.
-        if !self.start(status, headers, Some(available), String::new()) {
+        if !self.start(status, headers, Some(available), Vec::new()) {
             return Err(SendFileError::Disconnected);
         }
         // start() recorded the declared length in `remaining`.
@@ -187,7 +240,7 @@ impl Exchange {
     }
 
     /// Push a chunk; false if the response has not started or the client left.
-    async fn write(&mut self, chunk: String) -> bool {
+    async fn write(&mut self, chunk: Vec<u8>) -> bool {
         if self.start_tx.is_some() {
             return false;
         }
@@ -337,7 +390,7 @@ impl RequestHost for WsgiCtx {
 }
 
 impl ResponseHost for WsgiCtx {
-    async fn start(&mut self, status: String, headers: String, first_chunk: String) -> bool {
+    async fn start(&mut self, status: String, headers: String, first_chunk: Vec<u8>) -> bool {
         match self.exchange.as_mut() {
             Some(ex) => ex.start(&status, &headers, None, first_chunk),
             None => false,
@@ -366,7 +419,7 @@ impl ResponseHost for WsgiCtx {
         }
     }
 
-    async fn write(&mut self, chunk: String) -> bool {
+    async fn write(&mut self, chunk: Vec<u8>) -> bool {
         match self.exchange.as_mut() {
             Some(ex) => ex.write(chunk).await,
             None => false,

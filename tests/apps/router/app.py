@@ -12,6 +12,11 @@ except ImportError as e:  # the sandbox's CPython may lack sockets entirely
     socket = None
     SOCKET_IMPORT_ERROR = repr(e)
 
+try:  # built with --world wasi-http: the generated wasi:http bindings
+    from wit_world.imports import http_types as wasi_types, outgoing_handler as wasi_outgoing
+except ImportError:  # rsgi-wasm's own world (or imported outside a build)
+    wasi_outgoing = None
+
 # State kept across requests of one pooled instance.
 COUNTERS = {"requests": 0, "closed": 0}
 
@@ -155,6 +160,20 @@ def application(environ, start_response):
 
     if path == "/counters":
         return as_json(start_response, COUNTERS)
+
+    if path == "/wasi-outgoing":
+        # Built with --world wasi-http: a request through wasi:http's own
+        # client (outgoing-handler), which the sandbox must refuse.
+        if wasi_outgoing is None:
+            return text(start_response, "no wasi:http")
+        req = wasi_types.OutgoingRequest(wasi_types.Fields())
+        req.set_authority("example.com")
+        req.set_path_with_query("/")
+        try:
+            wasi_outgoing.handle(req, None)
+        except Exception as e:  # componentize_py_types.Err(ErrorCode_...)
+            return text(start_response, "refused: " + type(getattr(e, "value", e)).__name__)
+        return text(start_response, "sent")
 
     if path == "/error":
         raise RuntimeError("boom from the router app")

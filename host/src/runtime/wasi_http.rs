@@ -1,0 +1,231 @@
+//! The second door into a guest: components built with `--world wasi-http`
+//! export `wasi:http/incoming-handler@0.2.0`, served here through
+//! wasmtime-wasi-http (the reference implementation `wasmtime serve` uses),
+//! so what runs on other wasi:http hosts is tested on ours.
+//!
+//! A request becomes an `incoming-request` resource whose body streams from
+//! hyper's `Incoming` (with `--max-body`), and the `response-outparam`
+//! commits through the request's [`Exchange`] channels: the response then
+//! travels the same body channel, access log and metrics as a WSGI one.
+//! The guest may not send requests of its own (`outgoing-handler` answers
+//! `HTTP-request-denied`): outbound access is granted through sockets only.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use anyhow::Result;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use wasmtime::component::Resource;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{
+    HostFutureIncomingResponse, HostIncomingRequest, HostResponseOutparam, OutgoingRequestConfig,
+};
+use wasmtime_wasi_http::p2::{HttpResult, WasiHttpCtxView, WasiHttpHooks};
+use wasmtime_wasi_http::WasiHttpCtx;
+
+use crate::runtime::body::BodySender;
+use crate::runtime::wsgi::{Exchange, Responder};
+
+/// The export name a wasi:http component is recognised by.
+pub const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2.0";
+
+/// An instance's wasi:http state: the context and our hooks.
+#[derive(Default)]
+pub struct HttpState {
+    ctx: WasiHttpCtx,
+    hooks: DenyOutgoing,
+}
+
+impl HttpState {
+    /// The view wasmtime-wasi-http's host functions work on.
+    pub fn view<'a>(
+        &'a mut self,
+        table: &'a mut wasmtime::component::ResourceTable,
+    ) -> WasiHttpCtxView<'a> {
+        WasiHttpCtxView {
+            ctx: &mut self.ctx,
+            table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outbound `wasi:http/outgoing-handler` requests are refused: the sandbox
+/// grants the network by `--allow-net`, which a host-side HTTP client
+/// would bypass.
+#[derive(Default)]
+struct DenyOutgoing;
+
+impl WasiHttpHooks for DenyOutgoing {
+    fn send_request(
+        &mut self,
+        _request: hyper::Request<HyperOutgoingBody>,
+        _config: OutgoingRequestConfig,
+    ) -> HttpResult<HostFutureIncomingResponse> {
+        Err(ErrorCode::HttpRequestDenied.into())
+    }
+}
+
+/// The request's parts as a wasi:http guest receives them.
+pub struct HttpRequest {
+    /// Method, target, version and headers.
+    pub parts: http::request::Parts,
+    /// The request came over TLS (or a trusted proxy says so).
+    pub https: bool,
+}
+
+/// The responder of a request being served, until the guest sets its
+/// response (then it is gone) or the call ends (then it goes back to the
+/// exchange, which answers for the guest).
+pub struct Pending(Arc<Mutex<Option<Responder>>>);
+
+impl Pending {
+    /// The responder, if the guest never set a response.
+    pub fn unanswered(self) -> Option<Responder> {
+        self.0.lock().expect("responder lock").take()
+    }
+}
+
+/// Make the `incoming-request` and `response-outparam` resources for one
+/// call of `handle`, in the instance's store.
+pub fn bind(
+    mut view: WasiHttpCtxView<'_>,
+    req: HttpRequest,
+    ex: &mut Exchange,
+) -> Result<(
+    Resource<HostIncomingRequest>,
+    Resource<HostResponseOutparam>,
+    Pending,
+)> {
+    let body = match ex.take_request_body() {
+        Some((incoming, limit)) => LimitedBody {
+            incoming: Some(incoming),
+            left: limit,
+            limit,
+        },
+        None => LimitedBody::empty(),
+    };
+    let scheme = if req.https {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    let request = view.new_incoming_request(scheme, http::Request::from_parts(req.parts, body))?;
+    let slot = Arc::new(Mutex::new(ex.responder()));
+    let pending = Pending(slot.clone());
+    let out = view.new_response_outparam_from_callback(move |result| {
+        let Some(responder) = slot.lock().expect("responder lock").take() else {
+            return;
+        };
+        match result {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                let hint = body.size_hint().exact();
+                let tx = responder.body_sender();
+                responder.commit(parts, hint);
+                tokio::spawn(pump(body, tx));
+            }
+            Err(code) => {
+                tracing::warn!("the app answered with a wasi:http error: {code:?}");
+                responder.page(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error",
+                );
+            }
+        }
+    })?;
+    Ok((request, out, pending))
+}
+
+/// Move the guest's body into the exchange's channel, with its
+/// backpressure; a guest error (or a body dropped unfinished) aborts the
+/// response so the client sees the truncation.
+async fn pump(mut body: HyperOutgoingBody, tx: BodySender) {
+    use http_body_util::BodyExt;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() && !tx.send(data).await {
+                        // The client is gone (or wants no body, as for
+                        // HEAD): dropping the body stops the guest's writes.
+                        return;
+                    }
+                }
+            }
+            Err(code) => {
+                tx.abort(format!("the app's response body failed: {code:?}"));
+                return;
+            }
+        }
+    }
+}
+
+/// The request body as the guest reads it: hyper's body, refused past
+/// `--max-body` (bodies of unknown length; a declared one was checked
+/// before the call).
+struct LimitedBody {
+    incoming: Option<Incoming>,
+    left: u64,
+    limit: u64,
+}
+
+impl LimitedBody {
+    fn empty() -> Self {
+        LimitedBody {
+            incoming: None,
+            left: 0,
+            limit: 0,
+        }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = ErrorCode;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ErrorCode>>> {
+        let Some(incoming) = self.incoming.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > self.left {
+                    self.incoming = None;
+                    return Poll::Ready(Some(Err(ErrorCode::HttpRequestBodySize(Some(
+                        self.limit,
+                    )))));
+                }
+                self.left -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.incoming = None;
+                Poll::Ready(Some(Err(ErrorCode::from(e))))
+            }
+            Poll::Ready(None) => {
+                self.incoming = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.as_ref().is_none_or(|i| i.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |i| i.size_hint())
+    }
+}

@@ -1,0 +1,220 @@
+//! Components built with `--world wasi-http` (`wasi:http/incoming-handler`),
+//! served through wasmtime-wasi-http, the implementation `wasmtime serve`
+//! uses: the router app's protocol routes, 200 MiB each way in capped
+//! guest memory, errors, `write()`, `close()`, HEAD and encoded paths. The
+//! Flask and Django examples run under this world in `tests/examples.rs`.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::*;
+
+/// tests/apps/router, exporting wasi:http instead of our own world.
+fn router_http() -> std::path::PathBuf {
+    static P: OnceLock<std::path::PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        build(
+            "router-http",
+            &[
+                "app:application",
+                "-p",
+                "tests/apps/router",
+                "--world",
+                "wasi-http",
+            ],
+        )
+    })
+    .clone()
+}
+
+fn get(s: &Server, path: &str) -> (u16, String) {
+    let r = client().get(s.url(path)).send().unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn the_environ_follows_pep_3333() {
+    let s = Server::start(&router_http(), &[]);
+    assert_eq!(get(&s, "/"), (200, "router\n".into()));
+    let env: serde_json::Value = client()
+        .get(s.url("/env?a=1&b=%20"))
+        .header("Cookie", "a=1")
+        .header("X-Multi", "one")
+        .header("X-Multi", "two")
+        .header("Content-Type", "text/x-test")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let port = s.addr.port().to_string();
+    for (key, want) in [
+        ("REQUEST_METHOD", "GET"),
+        ("SCRIPT_NAME", ""),
+        ("PATH_INFO", "/env"),
+        ("QUERY_STRING", "a=1&b=%20"),
+        ("RAW_URI", "/env?a=1&b=%20"),
+        ("SERVER_NAME", "127.0.0.1"),
+        ("SERVER_PORT", port.as_str()),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("HTTP_COOKIE", "a=1"),
+        ("HTTP_X_MULTI", "one, two"),
+        ("CONTENT_TYPE", "text/x-test"),
+        ("wsgi.url_scheme", "http"),
+    ] {
+        assert_eq!(env[key], want, "{key} in {env}");
+    }
+    assert_eq!(env["HTTP_HOST"], format!("127.0.0.1:{port}"));
+    assert_eq!(env["wsgi.run_once"], false);
+    assert_eq!(env["wsgi.input.present"], true);
+    assert_eq!(env["wsgi.file_wrapper.present"], true);
+
+    // A percent-encoded UTF-8 path arrives as a latin-1 native string,
+    // which the app decodes back to UTF-8 (as under gunicorn).
+    let v: serde_json::Value =
+        serde_json::from_str(&get(&s, "/path/caf%C3%A9%20%E2%82%AC?q=%C3%A9").1).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"path": "/path/café €", "query": "q=%C3%A9"})
+    );
+}
+
+#[test]
+fn bodies_errors_write_and_close() {
+    let s = Server::start(&router_http(), &[]);
+    // The request body streams through wsgi.input (chunked: no length).
+    assert_echoes(&s, (0..300_000u32).map(|i| (i % 253) as u8).collect());
+    let lines: serde_json::Value = client()
+        .post(s.url("/lines"))
+        .body("abcdefg\nsecond\nthird\nfourth")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(lines["first"], "abcd");
+    assert_eq!(lines["remaining"], serde_json::json!(["third\n", "fourth"]));
+
+    // write() before the iterable, in order.
+    assert_eq!(
+        get(&s, "/write"),
+        (200, "via write(); then iterable".into())
+    );
+    // close() is called: the next request sees the count go up.
+    let closed = |s: &Server| get_json(s, "/counters")["closed"].as_u64().unwrap();
+    let before = closed(&s);
+    assert_eq!(get(&s, "/close"), (200, "closing".into()));
+    assert_eq!(closed(&s), before + 1);
+
+    // An exception before the head: 500, traceback in the log, instance kept.
+    assert_eq!(get(&s, "/error").0, 500);
+    s.wait_for_log("RuntimeError: boom from the router app");
+    // After the head: the client sees a cut-short body, not a clean end.
+    let r = client().get(s.url("/error-after-head")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().is_err(),
+        "a truncated body must not look complete"
+    );
+    s.wait_for_log("late boom");
+    // Invalid headers are refused by the guest: 500, nothing injected.
+    let r = client().get(s.url("/bad-header")).send().unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(r.headers().get("set-cookie").is_none());
+    // wasi:http carries the status code; the reason phrase is the host's.
+    assert_eq!(get(&s, "/custom-reason"), (418, "teapot".into()));
+    assert_eq!(get(&s, "/empty"), (204, String::new()));
+    assert_eq!(get(&s, "/"), (200, "router\n".into()));
+    assert_no_crash(&s);
+}
+
+#[test]
+fn head_answers_the_headers_only() {
+    let s = Server::start(&router_http(), &[]);
+    let resp = raw(
+        s.addr,
+        b"HEAD /big?1000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(status_of(&resp), 200, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("content-length: 1000"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\n"), "no body after a HEAD: {text}");
+    // The connection's next request still works, and the instance that
+    // served the HEAD (whose body nobody reads) ended cleanly.
+    assert_eq!(get(&s, "/"), (200, "router\n".into()));
+    assert_no_crash(&s);
+}
+
+/// No instance trapped (a cleanup path that raised would abort it).
+fn assert_no_crash(s: &Server) {
+    let logs = s.logs();
+    assert!(!logs.contains("crashed"), "{logs}");
+}
+
+#[test]
+fn large_transfers_stream_with_bounded_memory() {
+    assert_large_transfers_stream(&router_http());
+}
+
+#[test]
+fn a_timeout_ends_only_that_instance() {
+    let s = Server::start(&router_http(), &["--timeout", "1s"]);
+    assert_eq!(get(&s, "/sleep?30").0, 504);
+    assert_eq!(get(&s, "/"), (200, "router\n".into()));
+}
+
+#[test]
+fn the_component_imports_only_wasi_0_2() {
+    use wasmparser::{Parser, Payload};
+    let bytes = std::fs::read(router_http()).unwrap();
+    let (mut depth, mut imports, mut exports) = (0, Vec::new(), Vec::new());
+    for payload in Parser::new(0).parse_all(&bytes) {
+        match payload.unwrap() {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth -= 1,
+            Payload::ComponentImportSection(r) if depth == 0 => {
+                imports.extend(r.into_iter().map(|i| i.unwrap().name.0.to_owned()))
+            }
+            Payload::ComponentExportSection(r) if depth == 0 => {
+                exports.extend(r.into_iter().map(|e| e.unwrap().name.0.to_owned()))
+            }
+            _ => {}
+        }
+    }
+    // What any wasi:http host provides, and nothing of rsgi-wasm's own.
+    assert!(!imports.is_empty());
+    for name in &imports {
+        assert!(
+            name.starts_with("wasi:") && name.contains("@0.2."),
+            "unexpected import {name} in {imports:?}"
+        );
+    }
+    // The handler, plus the plain-named instance componentize-py adds.
+    let interfaces: Vec<&String> = exports.iter().filter(|e| e.contains(':')).collect();
+    assert_eq!(
+        interfaces,
+        ["wasi:http/incoming-handler@0.2.0"],
+        "{exports:?}"
+    );
+}
+
+#[test]
+fn wasi_http_outgoing_requests_are_refused() {
+    // The network is granted by --allow-net only; a host-side HTTP client
+    // would bypass it.
+    let s = Server::start(&router_http(), &[]);
+    assert_eq!(
+        get(&s, "/wasi-outgoing"),
+        (200, "refused: ErrorCode_HttpRequestDenied".into())
+    );
+}
+
+#[test]
+fn exec_needs_the_wsgi_world() {
+    let c = router_http();
+    let (code, _, err) = run_bin(&["exec", &c.display().to_string(), "--", "app.py"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("built with --world wasi-http"), "{err}");
+}
