@@ -154,6 +154,18 @@ fn assert_no_crash(s: &Server) {
 }
 
 #[test]
+fn an_http_1_0_request_without_host_is_served() {
+    // wasi:http needs an authority; the server's address stands in, as
+    // it does for SERVER_NAME under our own world.
+    let s = Server::start(&router_http(), &[]);
+    let resp = raw(s.addr, b"GET /env HTTP/1.0\r\n\r\n");
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(status_of(&resp), 200, "{text}");
+    assert!(text.contains("\"SERVER_NAME\": \"127.0.0.1\""), "{text}");
+    assert_no_crash(&s);
+}
+
+#[test]
 fn large_transfers_stream_with_bounded_memory() {
     assert_large_transfers_stream(&router_http());
 }

@@ -303,10 +303,11 @@ async fn respond(
     let request = if app.wasi_http() {
         // A wasi:http guest builds its environ itself, from the request as
         // any wasi:http host passes it (no mount point, no client address).
-        AppRequest::WasiHttp(HttpRequest {
+        AppRequest::WasiHttp(Box::new(HttpRequest {
             parts,
             https: url_scheme == "https",
-        })
+            local,
+        }))
     } else {
         AppRequest::Wsgi(environ::build(&RequestInfo {
             method: &parts.method,

@@ -34,7 +34,7 @@ pub enum AppRequest {
     /// The packed CGI environ (`wsgi-app`).
     Wsgi(Environ),
     /// The request head (`wasi:http`), the guest builds the environ.
-    WasiHttp(HttpRequest),
+    WasiHttp(Box<HttpRequest>),
 }
 
 /// One live instance and its store.
@@ -226,7 +226,7 @@ impl AppPool {
             (Bound::WasiHttp(proxy), AppRequest::WasiHttp(req)) => {
                 let (request, out, pending) = match wasi_http::bind(
                     inst.store.data_mut().http(),
-                    req,
+                    *req,
                     &mut ex,
                 ) {
                     Ok(bound) => bound,

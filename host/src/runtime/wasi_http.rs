@@ -76,6 +76,9 @@ pub struct HttpRequest {
     pub parts: http::request::Parts,
     /// The request came over TLS (or a trusted proxy says so).
     pub https: bool,
+    /// The server socket it arrived on: the authority of a request that
+    /// names none (HTTP/1.0 without `Host`), as `SERVER_NAME` would be.
+    pub local: std::net::SocketAddr,
 }
 
 /// The responder of a request being served, until the guest sets its
@@ -114,7 +117,13 @@ pub fn bind(
     } else {
         Scheme::Http
     };
-    let request = view.new_incoming_request(scheme, http::Request::from_parts(req.parts, body))?;
+    let mut parts = req.parts;
+    if parts.uri.authority().is_none() && !parts.headers.contains_key(http::header::HOST) {
+        // wasi:http requires an authority; HTTP/1.0 does not.
+        let host = http::HeaderValue::from_str(&req.local.to_string())?;
+        parts.headers.insert(http::header::HOST, host);
+    }
+    let request = view.new_incoming_request(scheme, http::Request::from_parts(parts, body))?;
     let slot = Arc::new(Mutex::new(ex.responder()));
     let pending = Pending(slot.clone());
     let out = view.new_response_outparam_from_callback(move |result| {
