@@ -166,6 +166,37 @@ fn an_http_1_0_request_without_host_is_served() {
 }
 
 #[test]
+fn a_body_over_max_body_is_413() {
+    let s = Server::start(&router_http(), &["--max-body", "1000"]);
+    // Declared: refused by the host before the app runs.
+    let resp = raw(
+        s.addr,
+        b"POST /length HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n",
+    );
+    assert_eq!(status_of(&resp), 413, "{}", String::from_utf8_lossy(&resp));
+    // Chunked: the guest's read fails with the host's body-size error,
+    // which the adapter turns into the same 413.
+    let mut req =
+        b"POST /length HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        req.extend_from_slice(b"200\r\n");
+        req.extend_from_slice(&[b'z'; 0x200]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let resp = raw(s.addr, &req);
+    assert_eq!(status_of(&resp), 413, "{}", String::from_utf8_lossy(&resp));
+    // Under the limit is fine.
+    let r = client()
+        .post(s.url("/length"))
+        .body(vec![1u8; 1000])
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "1000");
+    assert_no_crash(&s);
+}
+
+#[test]
 fn large_transfers_stream_with_bounded_memory() {
     assert_large_transfers_stream(&router_http());
 }

@@ -18,7 +18,7 @@ from wit_world import exports
 from wit_world.imports import http_types as t, streams
 
 from . import protocol, wasi_http
-from .wsgi_input import EMPTY, ClientDisconnected, InputStream
+from .wsgi_input import EMPTY, BodyTooLarge, ClientDisconnected, InputStream
 
 # What one `read` asks the request body stream for.
 _READ = 64 * 1024
@@ -65,6 +65,8 @@ class _Body:
         except Err as e:
             if isinstance(e.value, streams.StreamError_Closed):
                 return b""
+            if _too_large(e.value):
+                raise BodyTooLarge("request body exceeds the server's limit") from None
             raise ClientDisconnected("client disconnected while sending the request body") from None
 
     def close(self) -> None:
@@ -72,6 +74,16 @@ class _Body:
             if r is not None:
                 _drop(r)
         self.stream = self.body = None
+
+
+def _too_large(err: object) -> bool:
+    """Whether a body stream failed because the host's size limit was hit
+    (so the app answers 413, as under our own world)."""
+    try:
+        code = t.http_error_code(err.value)  # the stream error's io-error
+    except Exception:
+        return False
+    return isinstance(code, t.ErrorCode_HttpRequestBodySize)
 
 
 class _WasiTransport(protocol.Transport):
