@@ -202,6 +202,24 @@ fn large_transfers_stream_with_bounded_memory() {
 }
 
 #[test]
+fn file_wrapper_is_read_through_the_guest() {
+    // No host-side file sending under wasi:http: the adapter iterates the
+    // file in the guest, and the bytes still arrive whole.
+    let dir = temp_dir("filewrap-http");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(dir.join("blob.bin"), &data).unwrap();
+    let grant = format!("{}::/sync:ro", dir.display());
+    let s = Server::start(&router_http(), &["--dir", &grant]);
+    let got = client()
+        .get(s.url("/file?blob.bin"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(got.as_ref() == data.as_slice(), "{} bytes", got.len());
+}
+
+#[test]
 fn a_timeout_ends_only_that_instance() {
     let s = Server::start(&router_http(), &["--timeout", "1s"]);
     assert_eq!(get(&s, "/sleep?30").0, 504);
