@@ -276,7 +276,7 @@ fn compile_cached(
 }
 
 /// Tell a wrong file apart from a broken component before compiling.
-fn check_header(bytes: &[u8], path: &Path) -> Result<()> {
+pub fn check_header(bytes: &[u8], path: &Path) -> Result<()> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         bail!(
             "{} is not a WebAssembly file (build one with `rsgi-wasm build MODULE:CALLABLE -o app.wasm`)",
