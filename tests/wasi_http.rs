@@ -273,6 +273,30 @@ fn wasi_http_outgoing_requests_are_refused() {
 }
 
 #[test]
+fn unpack_writes_the_files_and_prints_the_flags() {
+    let c = router_http().display().to_string();
+    let dir = temp_dir("unpack").join("files");
+    let out_dir = dir.display().to_string();
+    let (code, out, err) = run_bin(&["unpack", &c, &out_dir]);
+    assert_eq!(code, 0, "{err}");
+    assert!(dir.join("1/app.py").is_file());
+    assert!(dir.join("python/os.py").is_file());
+    let flags = format!("--dir {out_dir}/1::/1");
+    assert!(
+        out.contains("wasmtime serve -Scli") && out.contains(&flags),
+        "{out}"
+    );
+    assert!(out.contains("destination = \"/python\""), "{out}");
+    // Never into a directory that holds something already.
+    let (code, _, err) = run_bin(&["unpack", &c, &out_dir]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not empty"), "{err}");
+    let (code, _, err) = run_bin(&["unpack", "README.md", &out_dir]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not a WebAssembly file"), "{err}");
+}
+
+#[test]
 fn exec_needs_the_wsgi_world() {
     let c = router_http();
     let (code, _, err) = run_bin(&["exec", &c.display().to_string(), "--", "app.py"]);
