@@ -213,14 +213,7 @@ fn bodies_over_max_body_get_413() {
         String::from_utf8_lossy(&resp)
     );
     // Chunked: refused when the limit is crossed.
-    let mut req =
-        b"POST /length HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    for _ in 0..4 {
-        req.extend_from_slice(b"200\r\n");
-        req.extend_from_slice(&[b'z'; 0x200]);
-        req.extend_from_slice(b"\r\n");
-    }
-    req.extend_from_slice(b"0\r\n\r\n");
+    let req = chunked_post("/length", 4);
     let resp = raw(s.addr, &req);
     assert!(
         resp.starts_with(b"HTTP/1.1 413 "),

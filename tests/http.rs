@@ -392,18 +392,7 @@ fn guest_output_goes_to_the_log() {
 
 #[test]
 fn file_wrapper_streams_a_granted_file() {
-    let dir = temp_dir("filewrap");
-    let data = pseudo_random(300_000);
-    std::fs::write(dir.join("blob.bin"), &data).unwrap();
-    let grant = format!("{}::/sync:ro", dir.display());
-    let s = Server::start(&router(), &["--dir", &grant]);
-    let got = client()
-        .get(s.url("/file?blob.bin"))
-        .send()
-        .unwrap()
-        .bytes()
-        .unwrap();
-    assert!(got.as_ref() == data.as_slice());
+    assert_file_wrapper_sends_a_granted_file(&router(), &pseudo_random(300_000));
 }
 
 #[test]

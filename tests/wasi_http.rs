@@ -176,14 +176,7 @@ fn a_body_over_max_body_is_413() {
     assert_eq!(status_of(&resp), 413, "{}", String::from_utf8_lossy(&resp));
     // Chunked: the guest's read fails with the host's body-size error,
     // which the adapter turns into the same 413.
-    let mut req =
-        b"POST /length HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    for _ in 0..4 {
-        req.extend_from_slice(b"200\r\n");
-        req.extend_from_slice(&[b'z'; 0x200]);
-        req.extend_from_slice(b"\r\n");
-    }
-    req.extend_from_slice(b"0\r\n\r\n");
+    let req = chunked_post("/length", 4);
     let resp = raw(s.addr, &req);
     assert_eq!(status_of(&resp), 413, "{}", String::from_utf8_lossy(&resp));
     // Under the limit is fine.
@@ -205,18 +198,8 @@ fn large_transfers_stream_with_bounded_memory() {
 fn file_wrapper_is_read_through_the_guest() {
     // No host-side file sending under wasi:http: the adapter iterates the
     // file in the guest, and the bytes still arrive whole.
-    let dir = temp_dir("filewrap-http");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
-    std::fs::write(dir.join("blob.bin"), &data).unwrap();
-    let grant = format!("{}::/sync:ro", dir.display());
-    let s = Server::start(&router_http(), &["--dir", &grant]);
-    let got = client()
-        .get(s.url("/file?blob.bin"))
-        .send()
-        .unwrap()
-        .bytes()
-        .unwrap();
-    assert!(got.as_ref() == data.as_slice(), "{} bytes", got.len());
+    assert_file_wrapper_sends_a_granted_file(&router_http(), &data);
 }
 
 #[test]

@@ -161,14 +161,6 @@ def _drop(resource: object) -> None:
         pass
 
 
-def _answer(out: t.ResponseOutparam, code: int, text: str) -> None:
-    """A response made here, when the app could not make one."""
-    transport = _WasiTransport(out)
-    body = text.encode()
-    transport.start(f"{code} x", [("content-type", "text/plain; charset=utf-8"), ("content-length", str(len(body)))], body)
-    transport.finish(True)
-
-
 def make_handler(app: Callable) -> type:
     """Build the ``IncomingHandler`` class componentize-py exports for ``app``."""
     base = protocol.base_environ()
@@ -203,7 +195,8 @@ def make_handler(app: Callable) -> type:
                     # Nothing was started (the client left while the app ran,
                     # or the adapter failed): the host must still get an answer.
                     try:
-                        _answer(transport.out, 500, "Internal Server Error\n")
+                        protocol.error_page(transport, "500 Internal Server Error", "Internal Server Error\n")
+                        failure = None  # that page is whole: finish it
                     except BaseException:
                         pass
                 try:

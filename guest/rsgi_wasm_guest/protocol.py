@@ -202,7 +202,8 @@ class Response:
         self.transport.start(self.status, self.headers, b"")
 
 
-def _error_page(transport: Transport, status: str, text: str) -> None:
+def error_page(transport: Transport, status: str, text: str) -> None:
+    """A plain-text page the adapter answers with itself."""
     body = text.encode()
     try:
         transport.start(
@@ -287,7 +288,7 @@ def _failed(exc: BaseException, environ: dict, resp: Response, transport: Transp
     body_input = environ.get("wsgi.input")
     if getattr(body_input, "too_large", False) or isinstance(exc, BodyTooLarge):
         if not resp.sent:
-            _error_page(transport, "413 Content Too Large", "Request body too large\n")
+            error_page(transport, "413 Content Too Large", "Request body too large\n")
             return None
         return "request body too large"
     if getattr(body_input, "disconnected", False):
@@ -297,7 +298,7 @@ def _failed(exc: BaseException, environ: dict, resp: Response, transport: Transp
     errors.write(f"rsgi-wasm: error in the WSGI app serving {method} {path}:\n")
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=errors)
     if not resp.sent:
-        _error_page(transport, "500 Internal Server Error", "Internal Server Error\n")
+        error_page(transport, "500 Internal Server Error", "Internal Server Error\n")
         return None
     return f"app raised after the response head was sent: {type(exc).__name__}: {exc}"
 

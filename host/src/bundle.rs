@@ -169,7 +169,8 @@ pub fn append(component: &mut Vec<u8>, archive: &[u8]) {
     component.extend_from_slice(&payload);
 }
 
-fn leb128(out: &mut Vec<u8>, mut v: u64) {
+/// Append `v` as unsigned LEB128 (WebAssembly's sizes and counts).
+pub fn leb128(out: &mut Vec<u8>, mut v: u64) {
     loop {
         let byte = (v & 0x7f) as u8;
         v >>= 7;

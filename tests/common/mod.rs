@@ -516,3 +516,38 @@ pub fn assert_echoes(s: &Server, body: Vec<u8>) {
     assert_eq!(got.len(), body.len());
     assert!(got.as_ref() == body.as_slice(), "echoed bytes differ");
 }
+
+/// A chunked `POST path` of `chunks` chunks of 0x200 `z` bytes, then the
+/// last chunk, as raw HTTP/1.1.
+pub fn chunked_post(path: &str, chunks: usize) -> Vec<u8> {
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .into_bytes();
+    for _ in 0..chunks {
+        req.extend_from_slice(b"200\r\n");
+        req.extend_from_slice(&[b'z'; 0x200]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    req
+}
+
+/// `wsgi.file_wrapper` over a 300 KB file in a granted directory (the
+/// router's `/file`) arrives byte for byte.
+pub fn assert_file_wrapper_sends_a_granted_file(component: &Path, data: &[u8]) {
+    let dir = temp_dir("filewrap");
+    std::fs::write(dir.join("blob.bin"), data).unwrap();
+    let grant = format!("{}::/sync:ro", dir.display());
+    let s = Server::start(component, &["--dir", &grant]);
+    let got = client()
+        .get(s.url("/file?blob.bin"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(
+        got.as_ref() == data,
+        "{} bytes of {}",
+        got.len(),
+        data.len()
+    );
+}

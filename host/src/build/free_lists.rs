@@ -73,16 +73,8 @@ pub fn mend(component: &[u8]) -> Result<Vec<u8>> {
 /// `1` (core module section) then the size as LEB128.
 fn section_header(len: usize) -> Vec<u8> {
     let mut h = vec![1u8];
-    let mut n = len as u64;
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            h.push(byte);
-            return h;
-        }
-        h.push(byte | 0x80);
-    }
+    crate::bundle::leb128(&mut h, len as u64);
+    h
 }
 
 /// What the first pass learns about a module.
@@ -176,8 +168,9 @@ fn mend_module(module: &[u8]) -> Result<Option<Vec<u8>>> {
                     .context("function body outside the code section")?
                     .raw(&module[body.range()]);
             }
-            Payload::End(_) => {}
             other => {
+                // The code section ends where the next section (or the
+                // module) does: the wrapper's body goes last in it.
                 if let Some(mut section) = code.take() {
                     section.function(&wrapper_body(pop_list, dealloc));
                     out.section(&section);
@@ -190,10 +183,6 @@ fn mend_module(module: &[u8]) -> Result<Option<Vec<u8>>> {
                 }
             }
         }
-    }
-    if let Some(mut section) = code.take() {
-        section.function(&wrapper_body(pop_list, dealloc));
-        out.section(&section);
     }
     Ok(Some(out.finish()))
 }

@@ -224,36 +224,29 @@ impl AppPool {
                 )
             }
             (Bound::WasiHttp(proxy), AppRequest::WasiHttp(req)) => {
-                let (request, out, pending) = match wasi_http::bind(
-                    inst.store.data_mut().http(),
-                    *req,
-                    &mut ex,
-                ) {
-                    Ok(bound) => bound,
-                    Err(e) => {
-                        tracing::error!(app = %self.name, "cannot pass the request to the app: {e:#}");
-                        ex.respond_error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "Internal Server Error",
+                match wasi_http::bind(inst.store.data_mut().http(), *req, &mut ex) {
+                    Ok((request, out, pending)) => {
+                        let call = proxy.wasi_http_incoming_handler().call_handle(
+                            &mut inst.store,
+                            request,
+                            out,
                         );
-                        self.metrics.busy.dec();
-                        self.idle.lock().expect("pool lock").push(inst);
-                        self.metrics.warm.inc();
-                        return;
+                        let call = async { call.await.map(Ok) };
+                        let outcome =
+                            tokio::time::timeout(self.limits.timeout, self.cpu.run(call)).await;
+                        // A guest that never set its response (or trapped
+                        // first): the exchange answers for it below.
+                        if let Some(responder) = pending.unanswered() {
+                            ex.restore(responder);
+                        }
+                        (outcome, ex)
                     }
-                };
-                let call =
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut inst.store, request, out);
-                let call = async { call.await.map(Ok) };
-                let outcome = tokio::time::timeout(self.limits.timeout, self.cpu.run(call)).await;
-                // A guest that never set its response (or trapped first):
-                // the exchange answers for it below.
-                if let Some(responder) = pending.unanswered() {
-                    ex.restore(responder);
+                    Err(e) => {
+                        // Not called: answered 500 below, the instance kept.
+                        tracing::error!(app = %self.name, "cannot pass the request to the app: {e:#}");
+                        (Ok(Ok(Ok(()))), ex)
+                    }
                 }
-                (outcome, ex)
             }
             _ => unreachable!("the server builds the request for the app's world"),
         };

@@ -88,7 +88,7 @@ pub struct Pending(Arc<Mutex<Option<Responder>>>);
 
 impl Pending {
     /// The responder, if the guest never set a response.
-    pub fn unanswered(self) -> Option<Responder> {
+    pub fn unanswered(&self) -> Option<Responder> {
         self.0.lock().expect("responder lock").take()
     }
 }
@@ -146,7 +146,18 @@ pub fn bind(
                 );
             }
         }
-    })?;
+    });
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            // Nothing was called: the exchange keeps answering for the request.
+            if let Some(responder) = pending.unanswered() {
+                ex.restore(responder);
+            }
+            let _ = view.table.delete(request);
+            return Err(e.into());
+        }
+    };
     Ok((request, out, pending))
 }
 
