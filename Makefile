@@ -37,6 +37,7 @@ bench: bin
 	python3 bench/bench.py $(BENCH_ARGS)
 	python3 bench/noisy.py
 	python3 bench/protocols.py
+	python3 bench/distinct.py
 
 # Noisy neighbour: a healthy tenant's throughput while another spins or
 # allocates in the same process (about 2 minutes; part of `make bench`).
@@ -49,6 +50,7 @@ bench-noisy: bin
 bench-protocols: bin
 	./scripts/setup.sh
 	python3 bench/protocols.py
+	python3 bench/distinct.py
 
 # Cargo.lock against the RustSec advisory database, where it is reachable.
 audit:

@@ -51,6 +51,18 @@ def sh(cmd, **kw):
 
 def setup():
     """Install wrk, the competitors and Flask (native), build components."""
+    setup_tools()
+    os.makedirs(WORK, exist_ok=True)
+    built = {target: build(target) for target in sorted({a[0] for a in APPS.values()})}
+    # Start each once so measured runs load the cached artifact instead of
+    # compiling (Cranelift's memory would also dominate peak RSS).
+    for target in built:
+        warm(target, built)
+    return built
+
+
+def setup_tools():
+    """Install wrk and the competitors (Granian, gunicorn, Flask: native)."""
     if not shutil.which("wrk"):
         print("installing wrk (apt)", flush=True)
         sh(["apt-get", "update", "-qq"])
@@ -62,13 +74,6 @@ def setup():
             "granian==2.8.*", "gunicorn", "flask==3.1.*"])
     if not os.path.exists(BIN):
         sh(["cargo", "build", "--release"], cwd=ROOT)
-    os.makedirs(WORK, exist_ok=True)
-    built = {target: build(target) for target in sorted({a[0] for a in APPS.values()})}
-    # Start each once so measured runs load the cached artifact instead of
-    # compiling (Cranelift's memory would also dominate peak RSS).
-    for target in built:
-        warm(target, built)
-    return built
 
 
 def build(target, world="wsgi"):

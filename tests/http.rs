@@ -434,6 +434,27 @@ fn compiled_artifact_is_cached_between_starts() {
     drop(a);
     let b = Server::start(&component, &["--cache-dir", &cache_arg]);
     assert!(!b.logs().contains("compiling"), "{}", b.logs());
+    drop(b);
+    // Another app compiles only the core modules the first did not have:
+    // CPython, libc and the runtime are shared.
+    let new_modules = |s: &Server| -> (u32, u32) {
+        let logs = s.logs();
+        let rest = logs.split("compiled in ").nth(1).expect("compiled");
+        let words: Vec<&str> = rest.split([' ', '(']).collect();
+        (words[2].parse().unwrap(), words[5].parse().unwrap())
+    };
+    let cache = temp_dir("artifact-cache-shared");
+    let cache_arg = cache.display().to_string();
+    let a = Server::start(&component, &["--cache-dir", &cache_arg]);
+    let (new, total) = new_modules(&a);
+    assert_eq!(new, total, "{}", a.logs());
+    let h = Server::start(&hello(), &["--cache-dir", &cache_arg]);
+    let (new, total) = new_modules(&h);
+    assert!(new < total / 2, "{}", h.logs());
+    let r = client().get(h.url("/")).send().unwrap();
+    assert_eq!(r.text().unwrap(), "Hello, World!\n");
+    let r = client().get(a.url("/")).send().unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 #[test]
@@ -578,23 +599,6 @@ fn static_files_are_served_by_the_host_with_validators_and_ranges() {
     );
 }
 
-/// `/metrics` of the server's operator listener.
-fn scrape(addr: std::net::SocketAddr) -> String {
-    let r = client()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().unwrap()
-}
-
-/// The value of the series `name` (with its labels as written), or 0.
-fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 #[test]
 fn metrics_and_health_are_served_on_their_own_port_and_move() {
     // A cache of its own: the component compiles first, so /readyz is
@@ -669,9 +673,30 @@ fn metrics_and_health_are_served_on_their_own_port_and_move() {
         assert_eq!(client().get(url("/")).send().unwrap().status(), 200);
     }
     assert_eq!(client().get(url("/error")).send().unwrap().status(), 500);
+    // The 500 can reach the client before its instance is back in the
+    // pool (the call ends on its own task); with a queue of 0 the spin
+    // below must find the instance free.
+    let t0 = std::time::Instant::now();
+    while series(
+        &scrape(ops),
+        "rsgi_wasm_instances{tenant=\"router\",state=\"warm\"}",
+    ) != 1.0
+    {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // The only worker spins until the timeout; meanwhile the queue of 0
     // turns the next request away.
     let spin = std::thread::spawn(move || client().get(url("/spin")).send().unwrap().status());
+    let t0 = std::time::Instant::now();
+    while series(
+        &scrape(ops),
+        "rsgi_wasm_instances{tenant=\"router\",state=\"busy\"}",
+    ) != 1.0
+    {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let t0 = std::time::Instant::now();
     let busy = loop {
         let s = client()

@@ -775,3 +775,274 @@ fn replaced_components_are_freed_over_many_reloads() {
         end >> 20
     );
 }
+
+/// Wait until `/metrics` shows `name` at `value` (a state change the
+/// server makes on its own, like an idle unload).
+fn wait_for_series(ops: std::net::SocketAddr, name: &str, value: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = scrape(ops);
+        if series(&text, name) == value {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never became {value}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn tenants_load_on_first_request_and_unload_when_idle() {
+    let dir = temp_dir("lazy");
+    // `a` and `b` run one component file, `c` another; `b` stays loaded.
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"a\"\ncomponent = \"{r}\"\nhosts = [\"a.test\"]\nidle_timeout = \"1s\"\n\n\
+             [[app]]\nname = \"b\"\ncomponent = \"{r}\"\nhosts = [\"b.test\"]\n\n\
+             [[app]]\nname = \"c\"\ncomponent = \"{h}\"\nhosts = [\"c.test\"]\nidle_timeout = \"1s\"\n\n\
+             [[app]]\nname = \"slow\"\ncomponent = \"{h}\"\nhosts = [\"slow.test\"]\nidle_timeout = \"0\"\n",
+            r = router().display(),
+            h = hello().display()
+        ),
+    );
+    let s = Server::start_with(&[
+        "serve",
+        config.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let ops = s.logged_addr("metrics on ");
+    let m = scrape(ops);
+    for app in ["a", "b", "c", "slow"] {
+        assert_eq!(
+            series(&m, &format!("rsgi_wasm_tenant_loaded{{tenant=\"{app}\"}}")),
+            0.0,
+            "{app} loaded before any request:\n{m}"
+        );
+    }
+    assert_eq!(series(&m, "rsgi_wasm_components_loaded"), 0.0, "{m}");
+    assert!(!s.logs().contains("cold start"), "{}", s.logs());
+
+    // Eight requests at once to the cold tenant: one load, all answered.
+    let url = s.url("/counters");
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let r = client().get(url).header("host", "a.test").send().unwrap();
+                (r.status().as_u16(), r.text().unwrap())
+            })
+        })
+        .collect();
+    for t in burst {
+        let (status, body) = t.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let m = scrape(ops);
+    let cold_a = "rsgi_wasm_cold_start_seconds_count{tenant=\"a\"}";
+    assert_eq!(series(&m, cold_a), 1.0, "{m}");
+    assert_eq!(series(&m, "rsgi_wasm_tenant_loaded{tenant=\"a\"}"), 1.0);
+    assert_eq!(series(&m, "rsgi_wasm_components_loaded"), 1.0, "{m}");
+    let loads = |app: &str| {
+        s.logs()
+            .lines()
+            .filter(|l| l.contains("cold start: loaded in") && l.ends_with(&format!("app={app}")))
+            .count()
+    };
+    assert_eq!(loads("a"), 1, "{}", s.logs());
+    assert!(
+        s.logs()
+            .lines()
+            .any(|l| l.contains("\"GET /counters\" 200") && l.contains(" cold=")),
+        "no access line shows the cold start:\n{}",
+        s.logs()
+    );
+    // A second tenant of the same file shares its compiled code.
+    assert_eq!(get_host(&s, "b.test", "/").0, 200);
+    // The module state of `a`'s instance lives until it is unloaded.
+    let (_, before) = get_host(&s, "a.test", "/counters");
+    let before: serde_json::Value = serde_json::from_str(&before).unwrap();
+    assert!(before["requests"].as_u64().unwrap() >= 9, "{before}");
+    assert_eq!(get_host(&s, "c.test", "/"), (200, "Hello, World!\n".into()));
+    let m = scrape(ops);
+    assert_eq!(series(&m, "rsgi_wasm_components_loaded"), 2.0, "{m}");
+
+    // A request that outlasts the idle timeout keeps its app loaded.
+    let slow_url = s.url("/sleep?2.5");
+    let sleeper = std::thread::spawn(move || {
+        let r = client()
+            .get(slow_url)
+            .header("host", "a.test")
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    });
+    s.wait_for_log("sleeping 2.5");
+    // Meanwhile `c` (idle 1 s too) goes, and its component's code with it:
+    // no tenant uses that file any more.
+    wait_for_series(ops, "rsgi_wasm_tenant_loaded{tenant=\"c\"}", 0.0);
+    wait_for_series(ops, "rsgi_wasm_components_loaded", 1.0);
+    let m = scrape(ops);
+    assert_eq!(
+        series(&m, "rsgi_wasm_tenant_loaded{tenant=\"a\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        series(&m, "rsgi_wasm_idle_unloads_total{tenant=\"a\"}"),
+        0.0
+    );
+    assert_eq!(sleeper.join().unwrap(), (200, "slept".into()));
+
+    // Idle past its timeout, `a` is unloaded; `b` keeps the shared code.
+    wait_for_series(ops, "rsgi_wasm_tenant_loaded{tenant=\"a\"}", 0.0);
+    let m = scrape(ops);
+    assert_eq!(
+        series(&m, "rsgi_wasm_idle_unloads_total{tenant=\"a\"}"),
+        1.0
+    );
+    assert_eq!(
+        series(&m, "rsgi_wasm_tenant_loaded{tenant=\"b\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(series(&m, "rsgi_wasm_components_loaded"), 1.0, "{m}");
+    assert_eq!(
+        series(&m, "rsgi_wasm_instances{tenant=\"a\",state=\"warm\"}"),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        series(&m, "rsgi_wasm_linear_memory_bytes{tenant=\"a\"}"),
+        0.0
+    );
+
+    // Back from cold: a fresh instance (its module state starts over).
+    let (status, after) = get_host(&s, "a.test", "/counters");
+    assert_eq!(status, 200);
+    let after: serde_json::Value = serde_json::from_str(&after).unwrap();
+    assert!(
+        after["requests"].as_u64() < before["requests"].as_u64(),
+        "{before} then {after}"
+    );
+    let m = scrape(ops);
+    assert_eq!(series(&m, cold_a), 2.0, "{m}");
+    assert_eq!(series(&m, "rsgi_wasm_tenant_loaded{tenant=\"slow\"}"), 0.0);
+}
+
+#[test]
+fn a_tenant_that_cannot_load_answers_503_and_the_others_serve() {
+    let dir = temp_dir("lazy-broken");
+    // Its grant overlaps where the component's own files are mounted: the
+    // load fails, not the server's start.
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"broken\"\ncomponent = \"{r}\"\nhosts = [\"broken.test\"]\ndirs = [\".::/python/x\"]\n\n\
+             [[app]]\nname = \"hello\"\ncomponent = \"{h}\"\n",
+            r = router().display(),
+            h = hello().display()
+        ),
+    );
+    let s = serve(&config);
+    for _ in 0..3 {
+        let (status, body) = get_host(&s, "broken.test", "/");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("could not be started"), "{body}");
+    }
+    assert!(
+        s.logs()
+            .lines()
+            .any(|l| l.contains("cannot load the app") && l.ends_with("app=broken")),
+        "{}",
+        s.logs()
+    );
+    assert!(s.logs().contains("overlaps /python"), "{}", s.logs());
+    // The failure is remembered for a while, not retried per request.
+    assert_eq!(s.logs().matches("cannot load the app").count(), 1);
+    assert_eq!(
+        get_host(&s, "other.test", "/"),
+        (200, "Hello, World!\n".into())
+    );
+
+    // What can be checked without loading is checked at start.
+    std::fs::write(dir.join("not.wasm"), "not a component").unwrap();
+    std::fs::write(dir.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    for (file, says) in [
+        ("not.wasm", "is not a WebAssembly file"),
+        ("core.wasm", "is a core WebAssembly module"),
+    ] {
+        let config = write_config(
+            &dir,
+            &format!("[[app]]\nname = \"bad\"\ncomponent = \"{file}\"\n"),
+        );
+        let (code, _, err) = run_bin(&["serve", config.to_str().unwrap()]);
+        assert_ne!(code, 0);
+        assert!(err.contains("app bad") && err.contains(says), "{err}");
+        assert!(!err.contains("listening on"), "{err}");
+    }
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"a\"\ncomponent = \"{}\"\nidle_timeout = \"soon\"\n",
+            router().display()
+        ),
+    );
+    let (code, _, err) = run_bin(&["serve", config.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("tenants.toml:4: app[0].idle_timeout"), "{err}");
+}
+
+#[test]
+fn distinct_apps_first_asked_at_once_share_one_compile_of_cpython() {
+    let dir = temp_dir("lazy-compile");
+    let cache = temp_dir("lazy-compile-cache");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"r\"\ncomponent = \"{}\"\nhosts = [\"r.test\"]\n\n\
+             [[app]]\nname = \"h\"\ncomponent = \"{}\"\nhosts = [\"h.test\"]\n",
+            router().display(),
+            hello().display()
+        ),
+    );
+    let s = Server::start_with(&[
+        "serve",
+        config.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    // Both cold, on an empty cache, at the same moment.
+    let asks: Vec<_> = ["r.test", "h.test"]
+        .into_iter()
+        .map(|host| {
+            let url = s.url("/");
+            std::thread::spawn(move || {
+                let r = client().get(url).header("host", host).send().unwrap();
+                (r.status().as_u16(), r.text().unwrap())
+            })
+        })
+        .collect();
+    for a in asks {
+        assert_eq!(a.join().unwrap().0, 200);
+    }
+    // One compiled every core module; the other only what it does not
+    // share (the snapshot and its glue), not CPython again.
+    let logs = s.logs();
+    let counts: Vec<(u32, u32)> = logs
+        .split("compiled in ")
+        .skip(1)
+        .map(|rest| {
+            let words: Vec<&str> = rest.split([' ', '(']).collect();
+            (words[2].parse().unwrap(), words[5].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(counts.len(), 2, "{logs}");
+    let (first, second) = (counts[0], counts[1]);
+    assert_eq!(first.0, first.1, "{logs}");
+    assert!(second.0 < second.1 / 2, "{logs}");
+    assert_eq!(get_host(&s, "h.test", "/"), (200, "Hello, World!\n".into()));
+}

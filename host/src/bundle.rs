@@ -219,30 +219,74 @@ pub fn mounts(
     let dest = cache_dir
         .join("files")
         .join(&digest[..32.min(digest.len())]);
-    if !dest.join(".complete").is_file() {
-        let mut archive = Vec::new();
-        component.seek(SeekFrom::Start(start))?;
-        component.take(len).read_to_end(&mut archive)?;
-        unpack(&archive, &dest)
-            .with_context(|| format!("unpacking the app's files into {}", dest.display()))?;
+    if dest.join(".complete").is_file() {
+        match dir_mounts(&dest) {
+            Ok(mounts) => return Ok(mounts),
+            // A shared tree was removed from the cache: unpack again.
+            Err(e) => {
+                tracing::warn!("unpacking {} again: {e:#}", dest.display());
+                std::fs::remove_dir_all(&dest)
+                    .with_context(|| format!("removing {}", dest.display()))?;
+            }
+        }
     }
+    let mut archive = Vec::new();
+    component.seek(SeekFrom::Start(start))?;
+    component.take(len).read_to_end(&mut archive)?;
+    unpack(&archive, &dest)
+        .with_context(|| format!("unpacking the app's files into {}", dest.display()))?;
     dir_mounts(&dest)
 }
 
-/// Each top-level directory of an unpacked tree, mounted at `/name`.
+/// The index of an unpacked component: `NAME TAB TREE` per line, the guest
+/// directory `/NAME` being the shared tree `files/trees/TREE`.
+const INDEX: &str = "mounts";
+
+/// Each top-level directory of an unpacked tree, mounted at `/name`: the
+/// shared trees its index names, or (`rsgi-wasm unpack`) its own
+/// directories.
 fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dest)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            out.push(Mount {
-                host: entry.path(),
-                guest: format!("/{}", entry.file_name().to_string_lossy()),
-            });
+    match std::fs::read_to_string(dest.join(INDEX)) {
+        Ok(index) => {
+            let trees = trees_dir(dest)?;
+            for line in index.lines() {
+                let (name, tree) = line
+                    .split_once('\t')
+                    .with_context(|| format!("malformed line in {}", dest.join(INDEX).display()))?;
+                let host = trees.join(tree);
+                if !host.is_dir() {
+                    anyhow::bail!("{} is missing", host.display());
+                }
+                out.push(Mount {
+                    host,
+                    guest: format!("/{name}"),
+                });
+            }
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            for entry in std::fs::read_dir(dest)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    out.push(Mount {
+                        host: entry.path(),
+                        guest: format!("/{}", entry.file_name().to_string_lossy()),
+                    });
+                }
+            }
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dest.display())),
     }
     out.sort_by(|a, b| a.guest.cmp(&b.guest));
     Ok(out)
+}
+
+/// Where the content-addressed trees of the `files` cache live.
+fn trees_dir(unpacked: &Path) -> Result<PathBuf> {
+    Ok(unpacked
+        .parent()
+        .context("cache path has no parent")?
+        .join("trees"))
 }
 
 /// Unpack the files a component ships into `dest`, a new or empty
@@ -267,14 +311,62 @@ pub fn extract(component: &mut (impl Read + Seek), dest: &Path) -> Result<Vec<Mo
     dir_mounts(dest)
 }
 
+/// Unpack `archive` for the component cached at `dest`. Each top-level
+/// directory goes to a tree named by the hash of its files, shared by every
+/// component that ships the same files (the stdlib, identical
+/// site-packages), so a thousand apps do not keep a thousand copies of it;
+/// `dest` keeps only the index.
 fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
     let staged = cachefs::staging(dest)?;
     let mut tar = tar::Archive::new(zstd::Decoder::new(archive)?);
     tar.set_preserve_permissions(false);
     // `unpack` refuses entries that would land outside the directory.
     tar.unpack(staged.path())?;
+    let trees = trees_dir(dest)?;
+    std::fs::create_dir_all(&trees).with_context(|| format!("creating {}", trees.display()))?;
+    let mut dirs: Vec<_> = std::fs::read_dir(staged.path())?
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    let mut index = String::new();
+    for dir in dirs {
+        let mut h = Sha256::new();
+        hash_tree(&mut h, &dir, Path::new(""))?;
+        let tree = format!("{:x}", h.finalize());
+        let tree = &tree[..32];
+        // A tree appears whole (one rename), so existing means complete.
+        cachefs::publish(&dir, &trees.join(tree), |d| d.is_dir())?;
+        let name = dir.file_name().context("unpacked directory has no name")?;
+        index.push_str(&format!("{}\t{tree}\n", name.to_string_lossy()));
+    }
+    std::fs::write(staged.path().join(INDEX), index)?;
     std::fs::File::create(staged.path().join(".complete"))?.flush()?;
     cachefs::publish(&staged.keep(), dest, |d| d.join(".complete").is_file())
+}
+
+/// Feed every entry under `dir` (names, kinds and file contents, in name
+/// order) into `h`.
+fn hash_tree(h: &mut Sha256, dir: &Path, rel: &Path) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir.join(rel))?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = rel.join(entry.file_name());
+        h.update(path.as_os_str().as_encoded_bytes());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            h.update(b"\0d\0");
+            hash_tree(h, dir, &path)?;
+        } else {
+            let data = std::fs::read(entry.path())?;
+            h.update(b"\0f\0");
+            h.update((data.len() as u64).to_le_bytes());
+            h.update(&data);
+        }
+    }
+    Ok(())
 }
 
 /// Hex SHA-256 of everything `r` yields, read in pieces so a large
@@ -330,6 +422,33 @@ mod tests {
         );
         // Second start: already unpacked, same answer.
         assert_eq!(mounts(&mut file(), &digest, cache.path()).unwrap(), m);
+
+        // Another component shipping the same directory (and one more)
+        // shares the tree on disk.
+        let extra = tempfile::tempdir().unwrap();
+        std::fs::write(extra.path().join("other.py"), "y = 2\n").unwrap();
+        let (archive, _) = pack(&[
+            ("1".into(), src.path().to_path_buf()),
+            ("2".into(), extra.path().to_path_buf()),
+        ])
+        .unwrap();
+        let mut second = b"\0asm\x0d\x00\x01\x00".to_vec();
+        append(&mut second, &archive);
+        let digest2 = super::digest(&mut second.as_slice()).unwrap();
+        let m2 = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
+        assert_eq!(m2.len(), 2);
+        assert_eq!(m2[0], m[0]);
+        assert_eq!(
+            std::fs::read_dir(cache.path().join("files/trees"))
+                .unwrap()
+                .count(),
+            2
+        );
+        // A shared tree removed from under the cache is unpacked again.
+        std::fs::remove_dir_all(&m2[1].host).unwrap();
+        let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
+        assert_eq!(again, m2);
+        assert!(again[1].host.join("other.py").is_file());
     }
 
     #[test]

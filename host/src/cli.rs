@@ -399,6 +399,12 @@ pub struct LimitArgs {
     /// `request`: a fresh instance per request, nothing shared.
     #[arg(long, default_value = config::DEFAULT_ISOLATION, value_parser = config::parse_isolation)]
     pub isolation: config::Isolation,
+    /// Unload the app (its instances, and its compiled code once no other
+    /// app uses it) after this long without a request; the next request
+    /// loads it again. 0 keeps it loaded. Default: 5m under `serve`, never
+    /// under `run`.
+    #[arg(long, value_name = "DURATION", value_parser = config::duration_in(config::IDLE_TIMEOUT))]
+    pub idle_timeout: Option<Duration>,
 }
 
 impl AppArgs {
@@ -415,6 +421,7 @@ impl AppArgs {
             max_requests_jitter: l.max_requests_jitter,
             isolation: l.isolation,
             cpu: l.cpu,
+            idle_timeout: l.idle_timeout,
         }
     }
 }

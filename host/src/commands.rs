@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::UserError;
 use anyhow::{Context, Result};
@@ -13,19 +13,19 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::build::{self, BuildOptions};
 use crate::cli::{BuildArgs, Command, ExecArgs, HttpArgs, RunArgs, ServeArgs, UnpackArgs};
-use crate::config::{Grants, Limits, ServerConfig};
+use crate::config::{self, Grants, Limits, ServerConfig};
 use crate::dev_reload;
 use crate::http::ops;
 use crate::http::router::{Route, Router};
 use crate::http::server::{self, Site};
 use crate::http::static_files::StaticFiles;
 use crate::http::tls::{self, TenantCert};
-use crate::metrics::{self, TenantMetrics};
-use crate::runtime::cpu::{CpuScheduler, CpuShare, TenantCpu};
+use crate::metrics;
+use crate::runtime::cpu::CpuScheduler;
 use crate::runtime::engine::{self, Loader};
-use crate::runtime::pool::AppPool;
 use crate::runtime::sandbox::{Sandbox, Stdio};
 use crate::runtime::store;
+use crate::runtime::tenant::{self, AppSpec, Starter, Tenant};
 use crate::tenants::{self, TenantConfig};
 
 /// Run one parsed command line; returns the process exit status.
@@ -112,66 +112,12 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
     Ok(Some(args.source.build_options(app.to_owned(), None, cache)))
 }
 
-/// What starting an app takes from the process.
-#[derive(Clone)]
-struct Starter {
-    loader: Arc<Loader>,
-    /// The run slots, one per core, shared by every app.
-    sched: Arc<CpuScheduler>,
-    /// `--metrics` is on: account guest CPU even where nothing is scheduled.
-    metered: bool,
-}
-
-/// Load, check and start one app: everything that can fail does so here,
-/// before the port is bound (or before a reload is swapped in).
-async fn start_app(
-    starter: &Starter,
-    alone: bool,
-    name: &str,
-    component: &Path,
-    grants: Grants,
-    limits: Limits,
-) -> Result<Arc<AppPool>> {
-    let Starter {
-        loader,
-        sched,
-        metered,
-    } = starter;
-    let engine = loader.engine();
-    // Hashing, unpacking and compiling block for milliseconds to seconds:
-    // off the runtime's threads, so requests to other apps never wait.
-    let loaded = {
-        let (loader, path) = (loader.clone(), component.to_owned());
-        tokio::task::spawn_blocking(move || loader.load(&path))
-            .await
-            .context("loading the component panicked")??
-    };
-    let pre = engine::prepare(engine, &loaded.component, component)?;
-    let sandbox = {
-        // Measuring a quota'd grant walks its tree: off the runtime too.
-        let (name, files) = (name.to_owned(), loaded.files.clone());
-        let (memory, isolation) = (limits.memory, limits.isolation);
-        tokio::task::spawn_blocking(move || Sandbox::new(&name, grants, files, memory, isolation))
-            .await
-            .context("setting up the sandbox panicked")??
-    };
-    let metrics = TenantMetrics::new(name);
-    let tenant = TenantCpu::metered(limits.cpu, metered.then(|| metrics.cpu.clone()));
-    let cpu = if alone {
-        CpuShare::alone(sched.clone(), tenant)
-    } else {
-        CpuShare::new(sched.clone(), tenant)
-    };
-    AppPool::start(name, engine.clone(), pre, sandbox, limits, cpu, metrics).await
-}
-
 /// `rsgi-wasm exec`: one instance, the terminal's stdio, the script's status.
 async fn exec_command(args: ExecArgs) -> Result<u8> {
     let loader = new_loader(args.cache.cache_dir.clone())?;
     let engine = loader.engine();
     let loaded = loader.load(&args.component)?;
-    let engine::AppPre::Wsgi(pre) = engine::prepare(engine, &loaded.component, &args.component)?
-    else {
+    let engine::AppPre::Wsgi(pre) = engine::prepare(engine, &loaded, &args.component)? else {
         anyhow::bail!(UserError(format!(
             "{} was built with --world wasi-http, which exports no scripts; build the app without --world to run `exec` on it",
             args.component.display()
@@ -330,15 +276,15 @@ async fn run_command(args: RunArgs) -> Result<()> {
         loader,
         metered,
     };
-    let pool = start_app(
-        &starter,
-        true,
-        &name,
-        &component,
-        grants.clone(),
-        limits.clone(),
-    )
-    .await?;
+    let spec = AppSpec {
+        name: name.clone(),
+        component: component.clone(),
+        grants: grants.clone(),
+        limits: limits.clone(),
+    };
+    let app = Tenant::start(&starter, spec, true, Duration::ZERO).await?;
+    // Before the port is bound, as in `serve`.
+    let hup = tls.is_some().then(hangup).transpose()?;
     let listener = listen(&server_cfg).await?;
     metrics::READY.store(true, Ordering::Release);
     tracing::info!(
@@ -348,8 +294,8 @@ async fn run_command(args: RunArgs) -> Result<()> {
         if workers == 1 { "" } else { "s" },
         t0.elapsed().as_secs_f64() * 1000.0
     );
-    let reload_tls = tls.is_some();
-    let site = Arc::new(Site::new(Router::single(pool, statics), &server_cfg, tls));
+    let site = Arc::new(Site::new(Router::single(app, statics), &server_cfg, tls));
+    let idle = sweep_idle(site.clone());
     if args.reload {
         let watched = dev_reload::Watched::new(source.as_ref(), &component);
         let app = RunningApp {
@@ -362,14 +308,10 @@ async fn run_command(args: RunArgs) -> Result<()> {
         };
         tokio::spawn(reload_on_change(watched, source, component, app));
     }
-    if reload_tls {
+    if let Some(mut hup) = hup {
         // `run` has no config file to reload, but certificates expire.
         let (site, http) = (site.clone(), args.http.clone());
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
             while hup.recv().await.is_some() {
                 match tls_for(&http, &[]) {
                     Ok(Some(tls)) => {
@@ -386,7 +328,30 @@ async fn run_command(args: RunArgs) -> Result<()> {
             }
         });
     }
-    server::serve(listener, site, &server_cfg, server::shutdown_signal()).await
+    let served = server::serve(listener, site, &server_cfg, server::shutdown_signal()).await;
+    idle.abort();
+    served
+}
+
+/// Unload the apps of `site` that are idle past their `idle_timeout`,
+/// until the returned task is aborted.
+fn sweep_idle(site: Arc<Site>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let tenants = site.router().tenants();
+            let interval = tenant::sweep_interval(&tenants);
+            tenant::sweep(&tenants);
+            drop(tenants);
+            tokio::time::sleep(interval).await;
+        }
+    })
+}
+
+/// The SIGHUP stream; from the moment it exists the signal no longer
+/// ends the process.
+fn hangup() -> Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup()).context("installing the SIGHUP handler")
 }
 
 /// What `run --reload` restarts the app with.
@@ -435,16 +400,20 @@ async fn reload_on_change(
         };
         let started = async {
             let statics = StaticFiles::new(app.statics.clone())?;
-            let (grants, limits) = (app.grants.clone(), app.limits.clone());
-            let pool = start_app(&app.starter, true, &app.name, &component, grants, limits).await?;
-            anyhow::Ok((pool, statics))
+            let spec = AppSpec {
+                name: app.name.clone(),
+                component: component.clone(),
+                grants: app.grants.clone(),
+                limits: app.limits.clone(),
+            };
+            let tenant = Tenant::start(&app.starter, spec, true, Duration::ZERO).await?;
+            anyhow::Ok((tenant, statics))
         }
         .await;
         match started {
             Ok((pool, statics)) => {
                 // Requests already running hold the old pool and finish on it.
                 app.site.swap(Router::single(pool, statics));
-                app.starter.loader.retain(&[component.as_path()]);
                 metrics::reload(true);
                 tracing::info!(
                     "--reload: rebuilt and swapped in {} in {:.1}s",
@@ -467,7 +436,7 @@ async fn reload_on_change(
 struct Running {
     config: TenantConfig,
     modified: Option<SystemTime>,
-    pool: Arc<AppPool>,
+    app: Arc<Tenant>,
     statics: Arc<StaticFiles>,
 }
 
@@ -475,8 +444,9 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Start what is new or changed, reuse what is not; all or nothing.
-async fn start_tenants(
+/// Check what is new or changed, reuse what is not; all or nothing. An app
+/// is loaded on its first request, not here.
+fn check_tenants(
     starter: &Starter,
     configs: Vec<TenantConfig>,
     previous: &[Running],
@@ -487,26 +457,23 @@ async fn start_tenants(
         let same = previous
             .iter()
             .find(|r| r.config == config && r.modified == stamp);
-        let (pool, statics) = match same {
-            Some(r) => (r.pool.clone(), r.statics.clone()),
-            None => (
-                start_app(
-                    starter,
-                    false,
-                    &config.name,
-                    &config.component,
-                    config.grants.clone(),
-                    config.limits.clone(),
-                )
-                .await
-                .with_context(|| format!("app {}", config.name))?,
-                Arc::new(
-                    StaticFiles::new(config.statics.clone())
-                        .with_context(|| format!("app {}", config.name))?,
-                ),
-            ),
+        let (app, statics) = match same {
+            Some(r) => (r.app.clone(), r.statics.clone()),
+            None => {
+                let spec = AppSpec {
+                    name: config.name.clone(),
+                    component: config.component.clone(),
+                    grants: config.grants.clone(),
+                    limits: config.limits.clone(),
+                };
+                let app = Tenant::check(starter, spec, false, config::DEFAULT_IDLE_TIMEOUT)
+                    .with_context(|| format!("app {}", config.name))?;
+                let statics = StaticFiles::new(config.statics.clone())
+                    .with_context(|| format!("app {}", config.name))?;
+                (app, Arc::new(statics))
+            }
         };
-        if same.is_none() && pool.wasi_http() && !config.path_prefix.is_empty() {
+        if same.is_none() && app.wasi_http() && !config.path_prefix.is_empty() {
             tracing::warn!(
                 app = %config.name,
                 "{} exports wasi:http, which has no SCRIPT_NAME: the app sees the full path, \
@@ -518,7 +485,7 @@ async fn start_tenants(
         next.push(Running {
             config,
             modified: stamp,
-            pool,
+            app,
             statics,
         });
     }
@@ -532,7 +499,7 @@ fn router_for(running: &[Running]) -> Router {
             .map(|r| Route {
                 hosts: r.config.hosts.clone(),
                 prefix: r.config.path_prefix.clone(),
-                app: r.pool.clone(),
+                app: r.app.clone(),
                 statics: r.statics.clone(),
             })
             .collect(),
@@ -551,7 +518,10 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         loader,
         metered,
     };
-    let running = start_tenants(&starter, configs, &[]).await?;
+    let running = check_tenants(&starter, configs, &[])?;
+    // Before the port is bound: a SIGHUP sent as soon as the server says
+    // it listens must reload, not kill it (the signal's default action).
+    let mut hup = hangup()?;
     let listener = listen(&server_cfg).await?;
     metrics::READY.store(true, Ordering::Release);
     tracing::info!(
@@ -563,16 +533,12 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         t0.elapsed().as_secs_f64() * 1000.0
     );
     let site = Arc::new(Site::new(router_for(&running), &server_cfg, tls));
+    let idle = sweep_idle(site.clone());
     let http = args.http.clone();
 
     let reload_site = site.clone();
     let config_path = args.config.clone();
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::error!("cannot install a SIGHUP handler; reloading is off");
-            return;
-        };
         let mut running = Arc::new(running);
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading {}", config_path.display());
@@ -588,7 +554,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
                 async move {
                     let configs = tenants::load(&path)?;
                     let tls = tls_for(&http, &configs)?;
-                    let next = start_tenants(&starter, configs, &previous).await?;
+                    let next = check_tenants(&starter, configs, &previous)?;
                     anyhow::Ok((next, tls))
                 }
             });
@@ -599,9 +565,6 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
                     if let Some(tls) = tls {
                         reload_site.swap_tls(tls);
                     }
-                    let in_use: Vec<&Path> =
-                        next.iter().map(|r| r.config.component.as_path()).collect();
-                    starter.loader.retain(&in_use);
                     tracing::info!("reloaded: {} apps", next.len());
                     // Apps no longer routed finish their in-flight requests
                     // (those hold the pool) and are dropped after.
@@ -620,5 +583,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
             }
         }
     });
-    server::serve(listener, site, &server_cfg, server::shutdown_signal()).await
+    let served = server::serve(listener, site, &server_cfg, server::shutdown_signal()).await;
+    idle.abort();
+    served
 }

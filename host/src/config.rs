@@ -205,6 +205,8 @@ pub const DEFAULT_TMP_SIZE: &str = "64MiB";
 pub const DEFAULT_LOG_RATE: &str = "1MiB";
 /// `--max-open-files` / `max_open_files`.
 pub const DEFAULT_OPEN_FILES: &str = "1024";
+/// `idle_timeout` of a `serve` tenant that sets none: five minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The allowed values of one setting, inclusive.
 #[derive(Debug, Clone, Copy)]
@@ -224,6 +226,11 @@ pub const TIMEOUT: Bounds<Duration> = Bounds {
 pub const GRACE: Bounds<Duration> = Bounds {
     min: Duration::ZERO,
     max: Duration::from_secs(24 * 3600),
+};
+/// `--idle-timeout` / `idle_timeout`: zero (never unload) to a week.
+pub const IDLE_TIMEOUT: Bounds<Duration> = Bounds {
+    min: Duration::ZERO,
+    max: Duration::from_secs(7 * 24 * 3600),
 };
 /// `--header-timeout`: a millisecond to an hour.
 pub const HEADER_TIMEOUT: Bounds<Duration> = Bounds {
@@ -443,6 +450,10 @@ pub struct Limits {
     /// At most this many cores for the app's guests together, averaged over
     /// a short window (none: no cap, but still a fair share).
     pub cpu: Option<f64>,
+    /// Unload the app after this long without a request (zero: never);
+    /// none: the command's default ([`DEFAULT_IDLE_TIMEOUT`] under `serve`,
+    /// never under `run`).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// How much state requests of one app share.

@@ -82,6 +82,11 @@ struct Metrics {
     memory: Family<Tenant, Gauge>,
     cache: Family<Outcome, Counter>,
     reloads: Family<Outcome, Counter>,
+    loaded: Family<Tenant, Gauge>,
+    cold_starts: Latency,
+    unloads: Family<Tenant, Counter>,
+    components: Gauge,
+    core_modules: Gauge,
 }
 
 static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| Mutex::new(Metrics::new()));
@@ -106,6 +111,11 @@ impl Metrics {
             memory: Family::default(),
             cache: Family::default(),
             reloads: Family::default(),
+            loaded: Family::default(),
+            cold_starts: Family::new_with_constructor(latency_histogram),
+            unloads: Family::default(),
+            components: Gauge::default(),
+            core_modules: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -164,6 +174,31 @@ impl Metrics {
             m.cache.clone(),
         );
         registry.register("reloads", "SIGHUP reloads, ok or failed", m.reloads.clone());
+        registry.register(
+            "tenant_loaded",
+            "1 while the tenant's app is loaded, 0 while it is cold",
+            m.loaded.clone(),
+        );
+        registry.register(
+            "cold_start_seconds",
+            "Loads of a cold tenant on its first request: time until it could serve",
+            m.cold_starts.clone(),
+        );
+        registry.register(
+            "idle_unloads",
+            "Tenants unloaded after idle_timeout without requests",
+            m.unloads.clone(),
+        );
+        registry.register(
+            "components_loaded",
+            "Distinct compiled components in memory",
+            m.components.clone(),
+        );
+        registry.register(
+            "core_modules_loaded",
+            "Distinct compiled core modules in memory, each shared by the components that ship it",
+            m.core_modules.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -184,6 +219,16 @@ pub fn encode() -> String {
 pub fn artifact_cache(hit: bool) {
     let result = if hit { "hit" } else { "miss" };
     with(|m| m.cache.get_or_create(&Outcome { result }).inc());
+}
+
+/// A compiled component was loaded (+1) or freed (-1).
+pub fn components_loaded(delta: i64) {
+    with(|m| m.components.inc_by(delta));
+}
+
+/// A split-out core module was loaded (+1) or freed (-1).
+pub fn core_modules_loaded(delta: i64) {
+    with(|m| m.core_modules.inc_by(delta));
 }
 
 /// A SIGHUP reload finished.
@@ -221,6 +266,12 @@ pub struct TenantMetrics {
     pub cpu: Seconds,
     /// Linear memory of live instances.
     pub memory: Gauge,
+    /// 1 while the app is loaded.
+    pub loaded: Gauge,
+    /// Cold loads, by how long they took.
+    pub cold_starts: Histogram,
+    /// Unloads after `idle_timeout`.
+    pub unloads: Counter,
 }
 
 impl TenantMetrics {
@@ -266,6 +317,9 @@ impl TenantMetrics {
                 recycles: CAUSES.map(recycle),
                 cpu: m.cpu.get_or_create(&t()).clone(),
                 memory: m.memory.get_or_create(&t()).clone(),
+                loaded: m.loaded.get_or_create(&t()).clone(),
+                cold_starts: m.cold_starts.get_or_create(&t()).clone(),
+                unloads: m.unloads.get_or_create(&t()).clone(),
             })
         })
     }

@@ -551,3 +551,20 @@ pub fn assert_file_wrapper_sends_a_granted_file(component: &Path, data: &[u8]) {
         data.len()
     );
 }
+
+/// `/metrics` of the server's operator listener.
+pub fn scrape(addr: std::net::SocketAddr) -> String {
+    let r = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().unwrap()
+}
+
+/// The value of the series `name` (with its labels as written), or 0.
+pub fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}

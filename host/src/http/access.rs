@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Response};
@@ -29,6 +29,8 @@ struct Line {
     t0: Instant,
     status: u16,
     sent: u64,
+    /// How long the request waited for its cold app to load.
+    cold: Option<Duration>,
 }
 
 impl Line {
@@ -49,12 +51,17 @@ impl Line {
                 status = self.status,
                 bytes = self.sent,
                 duration_ms = ms,
+                cold_start_ms = self.cold.map(|d| d.as_secs_f64() * 1000.0),
                 "access"
             );
         } else {
+            let cold = self
+                .cold
+                .map(|d| format!(" cold={:.1}ms", d.as_secs_f64() * 1000.0))
+                .unwrap_or_default();
             tracing::info!(
                 target: "access",
-                "{} \"{} {}\" {} {} {ms:.2}ms",
+                "{} \"{} {}\" {} {} {ms:.2}ms{cold}",
                 self.peer,
                 self.method,
                 self.target,
@@ -82,6 +89,7 @@ impl AccessLog {
             t0: Instant::now(),
             status: CLIENT_CLOSED,
             sent: 0,
+            cold: None,
         }))
     }
 
@@ -90,6 +98,13 @@ impl AccessLog {
         if let Some(line) = self.0.as_mut() {
             tenant.started();
             line.tenant = Some(tenant.clone());
+        }
+    }
+
+    /// The request waited `waited` for its app to load (a cold start).
+    pub fn cold_start(&mut self, waited: Duration) {
+        if let Some(line) = self.0.as_mut() {
+            line.cold = Some(waited);
         }
     }
 

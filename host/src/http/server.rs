@@ -289,8 +289,9 @@ async fn respond(
     if let Some(res) = route.statics.serve(&parts).await {
         return Ok(res);
     }
-    let app = route.app.clone();
-    check_length(&parts, app.limits().max_body)?;
+    let tenant = route.app.clone();
+    let limits = tenant.limits().clone();
+    check_length(&parts, limits.max_body)?;
     let url_scheme = if tls {
         "https"
     } else if site.forwarded_allow.contains(peer.ip()) {
@@ -300,7 +301,7 @@ async fn respond(
     };
     let connect = parts.method == Method::CONNECT;
     let head = parts.method == Method::HEAD;
-    let request = if app.wasi_http() {
+    let request = if tenant.wasi_http() {
         // A wasi:http guest builds its environ itself, from the request as
         // any wasi:http host passes it (no mount point, no client address).
         AppRequest::WasiHttp(Box::new(HttpRequest {
@@ -318,12 +319,27 @@ async fn respond(
             peer,
             script_name: &route.prefix,
             url_scheme,
-            run_once: app.limits().isolation == Isolation::Request,
+            run_once: limits.isolation == Isolation::Request,
         }))
     };
     drop(router);
-    let (ex, response) = Exchange::new(RequestBody::new(body, app.limits().max_body), head);
-    Ok(match call_app(app.serve(request, ex), response).await {
+    // A cold app is loaded here; this request and those arriving meanwhile
+    // wait for that one load.
+    let (pool, cold) = tenant.pool().await.map_err(|_| Refusal {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        text: "Service Unavailable: the app could not be started",
+        close: false,
+    })?;
+    if let Some(waited) = cold {
+        log.cold_start(waited);
+    }
+    let (ex, response) = Exchange::new(RequestBody::new(body, limits.max_body), head);
+    let call = async move {
+        pool.serve(request, ex).await;
+        // Idle time counts from the end of the last response.
+        tenant.touch();
+    };
+    Ok(match call_app(call, response).await {
         Some(res) if connect && res.status().is_success() => no_tunnel(res),
         Some(res) => res,
         // The pool always answers before dropping the exchange; this is a

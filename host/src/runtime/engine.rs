@@ -5,19 +5,21 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use std::os::unix::fs::DirBuilderExt;
 
 use anyhow::{bail, Context, Result};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, Module};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::bundle::{self, Mount};
 use crate::cachefs;
+use crate::config::World;
 use crate::metrics;
+use crate::runtime::core_modules;
 use crate::runtime::generated::{WsgiApp, WsgiAppPre};
 use crate::runtime::store::HostState;
 use crate::runtime::wasi_http::INCOMING_HANDLER;
@@ -115,20 +117,48 @@ pub fn check_trusted(dir: &Path) -> Result<()> {
 
 /// Loads components for one engine; a file loaded twice (many tenants of
 /// one component, or a reload) shares one `Component`, so its code is
-/// mapped once and the file is hashed once.
+/// mapped once and the file is hashed once. The loader holds components
+/// weakly: once no app holds one, its code is unmapped.
 pub struct Loader {
     engine: Engine,
     cache_dir: PathBuf,
-    loaded: Mutex<HashMap<FileKey, Loaded>>,
+    loaded: Mutex<HashMap<FileKey, Weak<Loaded>>>,
+    /// Split-out core modules by hash, shared by every component that
+    /// imports them, and freed with the last one.
+    modules: Mutex<HashMap<String, Weak<SharedModule>>>,
+    /// Held while compiling: apps first asked for at once on an empty
+    /// cache compile one after another (Cranelift already uses every core
+    /// for one), and each finds what the one before compiled instead of
+    /// compiling CPython again in parallel, with its memory.
+    compiling: Mutex<()>,
 }
 
 /// A compiled component and the read-only file tree it ships.
-#[derive(Clone)]
 pub struct Loaded {
     /// The compiled code.
     pub component: Component,
     /// Its own files (stdlib, app dirs, site-packages), unpacked in the cache.
     pub files: Arc<[Mount]>,
+    /// The core modules it imports once split ([`core_modules`]), by name.
+    pub modules: Vec<LinkedModule>,
+}
+
+/// A split-out core module and the name the component imports it by.
+pub type LinkedModule = (String, Arc<SharedModule>);
+
+/// A core module compiled once for every component that ships it.
+pub struct SharedModule(Module);
+
+impl Drop for SharedModule {
+    fn drop(&mut self) {
+        metrics::core_modules_loaded(-1);
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        metrics::components_loaded(-1);
+    }
 }
 
 /// A component file as last seen: path, size, modification time.
@@ -150,6 +180,8 @@ impl Loader {
             engine,
             cache_dir,
             loaded: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(()),
         }
     }
 
@@ -158,121 +190,243 @@ impl Loader {
         &self.engine
     }
 
-    /// Forget every loaded component but those of `in_use` as they are on
-    /// disk now: after a reload, a replaced component's compiled code is
-    /// freed once the pools that still run it finish.
-    pub fn retain(&self, in_use: &[&Path]) {
-        let keep: Vec<FileKey> = in_use.iter().filter_map(|p| file_key(p).ok()).collect();
-        self.loaded
-            .lock()
-            .expect("loader lock")
-            .retain(|k, _| keep.contains(k));
-    }
-
     /// The component at `path`, from memory if this file (same size and
-    /// mtime) was loaded before, else from the artifact cache or compiled.
-    pub fn load(&self, path: &Path) -> Result<Loaded> {
+    /// mtime) is loaded now, else from the artifact cache or compiled.
+    /// Blocks: hashing, unpacking and compiling take milliseconds to seconds.
+    pub fn load(&self, path: &Path) -> Result<Arc<Loaded>> {
         let key = file_key(path)?;
-        if let Some(c) = self.loaded.lock().expect("loader lock").get(&key) {
-            return Ok(c.clone());
+        if let Some(c) = self.live(&key) {
+            return Ok(c);
         }
-        let c = load_component(&self.engine, path, &self.cache_dir)?;
-        self.loaded
-            .lock()
-            .expect("loader lock")
-            .insert(key, c.clone());
+        let c = Arc::new(self.load_component(path)?);
+        metrics::components_loaded(1);
+        let mut loaded = self.loaded.lock().expect("loader lock");
+        // Two apps of one component loading at once: keep the first.
+        if let Some(first) = loaded.get(&key).and_then(Weak::upgrade) {
+            return Ok(first);
+        }
+        loaded.retain(|_, w| w.strong_count() > 0);
+        loaded.insert(key, Arc::downgrade(&c));
         Ok(c)
     }
+
+    fn live(&self, key: &FileKey) -> Option<Arc<Loaded>> {
+        self.loaded
+            .lock()
+            .expect("loader lock")
+            .get(key)
+            .and_then(Weak::upgrade)
+    }
 }
 
-/// Load `path` as a component with its file tree.
-/// The file is streamed through the hash; only a first start (compiling)
-/// reads it whole, so a cached start never holds the component in memory.
-pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<Loaded> {
-    let unreadable = || cannot_read(path);
-    let mut file = std::fs::File::open(path).with_context(unreadable)?;
-    let mut head = Vec::with_capacity(8);
-    (&mut file)
-        .take(8)
-        .read_to_end(&mut head)
-        .with_context(unreadable)?;
-    check_header(&head, path)?;
-    file.rewind().with_context(unreadable)?;
-    let digest = bundle::digest(&mut file).with_context(unreadable)?;
-    let files = bundle::mounts(&mut file, &digest, cache_dir)
-        .with_context(|| format!("loading the files shipped in {}", path.display()))?;
-    Ok(Loaded {
-        component: compile_cached(engine, &mut file, &digest, path, cache_dir)?,
-        files: files.into(),
-    })
-}
-
-fn cannot_read(path: &Path) -> String {
-    format!("cannot read component {}", path.display())
-}
-
-/// Compile a component once and reuse the native artifact from `cache_dir`
-/// afterwards (keyed by content and engine).
-fn compile_cached(
-    engine: &Engine,
-    file: &mut std::fs::File,
-    digest: &str,
-    path: &Path,
-    cache_dir: &Path,
-) -> Result<Component> {
-    let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-    engine
-        .precompile_compatibility_hash()
-        .hash(&mut engine_hash);
-    let key = format!("{digest}-{:016x}", engine_hash.finish());
-    let cached = cache_dir.join(format!("{key}.cwasm"));
-    if cached.is_file() {
-        // SAFETY: the file was written by `precompile_component` of an engine
-        // with the same compatibility hash (it is in the name), into a cache
-        // directory owned by this user; wasmtime re-checks its header.
-        match unsafe { Component::deserialize_file(engine, &cached) } {
-            Ok(c) => {
-                metrics::artifact_cache(true);
-                return Ok(c);
-            }
-            Err(e) => tracing::warn!(
-                "ignoring unusable cached artifact {}: {e:#}",
-                cached.display()
-            ),
-        }
+impl Loader {
+    /// Load `path` as a component with its file tree and the core modules
+    /// it imports. The file is streamed through the hash; only a first
+    /// start (compiling) reads it whole, so a cached start never holds the
+    /// component in memory.
+    fn load_component(&self, path: &Path) -> Result<Loaded> {
+        let unreadable = || cannot_read(path);
+        let mut file = std::fs::File::open(path).with_context(unreadable)?;
+        let mut head = Vec::with_capacity(8);
+        (&mut file)
+            .take(8)
+            .read_to_end(&mut head)
+            .with_context(unreadable)?;
+        check_header(&head, path)?;
+        file.rewind().with_context(unreadable)?;
+        let digest = bundle::digest(&mut file).with_context(unreadable)?;
+        let files = bundle::mounts(&mut file, &digest, &self.cache_dir)
+            .with_context(|| format!("loading the files shipped in {}", path.display()))?;
+        let (component, modules) = self.compile_cached(&mut file, &digest, path)?;
+        Ok(Loaded {
+            component,
+            files: files.into(),
+            modules,
+        })
     }
 
-    metrics::artifact_cache(false);
-    tracing::info!(
-        "compiling {} (first start only; cached in {})",
-        path.display(),
-        cache_dir.display()
-    );
-    let mut bytes = Vec::new();
-    file.rewind()
-        .and_then(|()| file.read_to_end(&mut bytes))
-        .with_context(|| cannot_read(path))?;
-    let t = Instant::now();
-    let compiled = engine
-        .precompile_component(&bytes)
-        .map_err(anyhow::Error::from)
-        .with_context(|| {
+    /// The engine's part of every artifact's name: artifacts of another
+    /// wasmtime or configuration are never picked up.
+    fn engine_key(&self) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    /// Compile a component once and reuse the native artifact from the
+    /// cache afterwards (keyed by content and engine). Its core modules are
+    /// split out first ([`core_modules`]) and compiled, cached and loaded
+    /// by their own hash, so a module many apps ship is compiled once.
+    fn compile_cached(
+        &self,
+        file: &mut std::fs::File,
+        digest: &str,
+        path: &Path,
+    ) -> Result<(Component, Vec<LinkedModule>)> {
+        let cached = self
+            .cache_dir
+            .join(format!("{digest}-{}-split.cwasm", self.engine_key()));
+        if let Some(hit) = self.cached_component(&cached)? {
+            return Ok(hit);
+        }
+        // A compile that panicked leaves nothing half-done behind the lock.
+        let _compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+        // Compiled by another app while this one waited for the lock.
+        if let Some(hit) = self.cached_component(&cached)? {
+            return Ok(hit);
+        }
+        metrics::artifact_cache(false);
+        tracing::info!(
+            "compiling {} (first start only; cached in {})",
+            path.display(),
+            self.cache_dir.display()
+        );
+        let mut bytes = Vec::new();
+        file.rewind()
+            .and_then(|()| file.read_to_end(&mut bytes))
+            .with_context(|| cannot_read(path))?;
+        let invalid = || {
             format!(
                 "{} is not a valid WebAssembly component (was it built by `rsgi-wasm build`?)",
                 path.display()
             )
-        })?;
-    tracing::info!("compiled in {:.1}s", t.elapsed().as_secs_f64());
-    if let Err(e) = cachefs::write_atomic(&cached, &compiled) {
-        tracing::warn!(
-            "cannot cache the compiled component in {}: {e:#}",
-            cache_dir.display()
+        };
+        let t = Instant::now();
+        let split = core_modules::split(&bytes).with_context(invalid)?;
+        let mut compiled_modules = 0;
+        if let Some(split) = &split {
+            for m in &split.modules {
+                compiled_modules +=
+                    usize::from(self.compile_module(&m.hash, &bytes[m.range.clone()])?);
+            }
+        }
+        let whole = split.as_ref().map_or(&bytes[..], |s| &s.component[..]);
+        let compiled = self
+            .engine
+            .precompile_component(whole)
+            .map_err(anyhow::Error::from)
+            .with_context(invalid)?;
+        let total = split.as_ref().map_or(0, |s| s.modules.len());
+        tracing::info!(
+            "compiled in {:.1}s ({compiled_modules} of its {total} core modules were new)",
+            t.elapsed().as_secs_f64(),
         );
-        // SAFETY: the bytes were just produced by this engine.
-        return unsafe { Component::deserialize(engine, &compiled) }.map_err(Into::into);
+        let component = match cachefs::write_atomic(&cached, &compiled) {
+            // SAFETY: the file now holds exactly what this engine wrote.
+            Ok(()) => unsafe { Component::deserialize_file(&self.engine, &cached) },
+            Err(e) => {
+                tracing::warn!(
+                    "cannot cache the compiled component in {}: {e:#}",
+                    self.cache_dir.display()
+                );
+                // SAFETY: the bytes were just produced by this engine.
+                unsafe { Component::deserialize(&self.engine, &compiled) }
+            }
+        }
+        .map_err(anyhow::Error::from)?;
+        let modules = self
+            .linked_modules(&component)?
+            .context("a compiled core module vanished from the cache while loading")?;
+        Ok((component, modules))
     }
-    // SAFETY: as above; the file now holds exactly what this engine wrote.
-    unsafe { Component::deserialize_file(engine, &cached) }.map_err(Into::into)
+
+    /// The component cached at `path` with its modules, if all are there.
+    fn cached_component(&self, path: &Path) -> Result<Option<(Component, Vec<LinkedModule>)>> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        // SAFETY: the file was written by `precompile_component` of an
+        // engine with the same compatibility hash (it is in the name), into
+        // a cache directory owned by this user; wasmtime re-checks its
+        // header.
+        match unsafe { Component::deserialize_file(&self.engine, path) } {
+            // None: a module's artifact was removed; compile again.
+            Ok(c) => Ok(self.linked_modules(&c)?.map(|modules| {
+                metrics::artifact_cache(true);
+                (c, modules)
+            })),
+            Err(e) => {
+                tracing::warn!(
+                    "ignoring unusable cached artifact {}: {e:#}",
+                    path.display()
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    fn module_artifact(&self, hash: &str) -> PathBuf {
+        self.cache_dir
+            .join("modules")
+            .join(format!("{hash}-{}.cwasm", self.engine_key()))
+    }
+
+    /// Compile `module` into the cache unless it is there; whether it was
+    /// compiled now.
+    fn compile_module(&self, hash: &str, module: &[u8]) -> Result<bool> {
+        let artifact = self.module_artifact(hash);
+        if artifact.is_file() {
+            return Ok(false);
+        }
+        let compiled = self
+            .engine
+            .precompile_module(module)
+            .map_err(anyhow::Error::from)
+            .context("compiling a core module of the component")?;
+        let dir = artifact.parent().expect("in the modules directory");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        cachefs::write_atomic(&artifact, &compiled)
+            .with_context(|| format!("caching a compiled core module in {}", dir.display()))?;
+        Ok(true)
+    }
+
+    /// The core modules `component` imports, from memory if another app
+    /// has them loaded, else mapped from the cache; none if one of them is
+    /// not in the cache.
+    fn linked_modules(&self, component: &Component) -> Result<Option<Vec<LinkedModule>>> {
+        let mut linked = Vec::new();
+        for (name, _) in component.component_type().imports(&self.engine) {
+            let Some(hash) = core_modules::hash_of_import(name) else {
+                continue;
+            };
+            let live = self
+                .modules
+                .lock()
+                .expect("loader lock")
+                .get(hash)
+                .and_then(Weak::upgrade);
+            let module = match live {
+                Some(m) => m,
+                None => {
+                    let artifact = self.module_artifact(hash);
+                    if !artifact.is_file() {
+                        return Ok(None);
+                    }
+                    // SAFETY: as for components: written by this engine
+                    // (its hash is in the name) into our private cache.
+                    let module = unsafe { Module::deserialize_file(&self.engine, &artifact) }
+                        .map_err(anyhow::Error::from)
+                        .with_context(|| format!("loading {}", artifact.display()))?;
+                    let module = Arc::new(SharedModule(module));
+                    metrics::core_modules_loaded(1);
+                    let mut map = self.modules.lock().expect("loader lock");
+                    map.retain(|_, w| w.strong_count() > 0);
+                    map.insert(hash.to_owned(), Arc::downgrade(&module));
+                    module
+                }
+            };
+            linked.push((name.to_owned(), module));
+        }
+        Ok(Some(linked))
+    }
+}
+
+fn cannot_read(path: &Path) -> String {
+    format!("cannot read component {}", path.display())
 }
 
 /// Tell a wrong file apart from a broken component before compiling.
@@ -293,6 +447,87 @@ pub fn check_header(bytes: &[u8], path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Our handler's export, whose version must match the host's WIT.
+const WSGI_HANDLER: &str = "rsgi-wasm:wsgi/handler@0.3.0";
+
+/// The world the component at `path` exports, read from its top-level
+/// export section without loading or compiling it: `serve` checks every
+/// tenant this way at start, and loads one on its first request.
+pub fn exported_world(path: &Path) -> Result<World> {
+    let unreadable = || cannot_read(path);
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).with_context(unreadable)?);
+    let mut head = [0u8; 8];
+    file.read_exact(&mut head)
+        .map_err(|_| anyhow::anyhow!("{} is empty or truncated", path.display()))
+        .and_then(|()| check_header(&head, path))?;
+    let mut names = Vec::new();
+    loop {
+        let mut id = [0u8; 1];
+        if file.read(&mut id).with_context(unreadable)? == 0 {
+            break;
+        }
+        let size = read_u32_leb(&mut file)
+            .with_context(|| format!("{} is not a well-formed component", path.display()))?;
+        // Section 11: the component's export section.
+        if id[0] != 11 {
+            file.seek_relative(i64::from(size))
+                .with_context(unreadable)?;
+            continue;
+        }
+        let mut section = vec![0u8; size as usize];
+        file.read_exact(&mut section)
+            .with_context(|| format!("{} is truncated", path.display()))?;
+        let reader = wasmparser::ComponentExportSectionReader::new(wasmparser::BinaryReader::new(
+            &section, 0,
+        ))
+        .and_then(|r| {
+            r.into_iter()
+                .map(|e| e.map(|e| e.name.0.to_owned()))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        names.extend(reader.map_err(|e| {
+            anyhow::anyhow!("{} has a malformed export section: {e}", path.display())
+        })?);
+    }
+    world_of(&names, path)
+}
+
+/// Tell the world from a component's export names.
+fn world_of(names: &[String], path: &Path) -> Result<World> {
+    if names.iter().any(|n| n == INCOMING_HANDLER) {
+        return Ok(World::WasiHttp);
+    }
+    if names.iter().any(|n| n == WSGI_HANDLER) {
+        return Ok(World::Wsgi);
+    }
+    if let Some(other) = names
+        .iter()
+        .find(|n| n.starts_with("rsgi-wasm:wsgi/handler@"))
+    {
+        bail!(
+            "{} was built by another rsgi-wasm version (it exports {other}, this server serves {WSGI_HANDLER}); rebuild it with `rsgi-wasm build`",
+            path.display()
+        );
+    }
+    bail!(
+        "{} exports neither the rsgi-wasm handler ({WSGI_HANDLER}) nor {INCOMING_HANDLER}; build it with `rsgi-wasm build`",
+        path.display()
+    )
+}
+
+fn read_u32_leb(r: &mut impl Read) -> Result<u32> {
+    let mut value: u64 = 0;
+    for shift in (0..35).step_by(7) {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).context("truncated section header")?;
+        value |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            return u32::try_from(value).context("section size out of range");
+        }
+    }
+    bail!("section size is not a LEB128 number")
+}
+
 /// A linked component, ready to instantiate, by the world it exports.
 #[derive(Clone)]
 pub enum AppPre {
@@ -304,8 +539,12 @@ pub enum AppPre {
 
 /// Link WASI, wasi:http and our WIT imports, and tell which world the
 /// component exports.
-pub fn prepare(engine: &Engine, component: &Component, path: &Path) -> Result<AppPre> {
+pub fn prepare(engine: &Engine, loaded: &Loaded, path: &Path) -> Result<AppPre> {
+    let component = &loaded.component;
     let mut linker: Linker<HostState> = Linker::new(engine);
+    for (name, module) in &loaded.modules {
+        linker.root().module(name, &module.0)?;
+    }
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::runtime::quota_fs::add_to_linker(&mut linker, HostState::quota_fs)?;
     WsgiApp::add_to_linker::<HostState, HasSelf<WsgiCtx>>(&mut linker, HostState::wsgi)?;

@@ -1,12 +1,14 @@
 //! The guest side: compiled components, their sandboxes and instances,
 //! and one request crossing the WIT boundary.
 //!
+//! `tenant` loads an app on its first request and unloads it when idle →
 //! `engine` compiles and links → `pool` keeps instances (each a `store`
 //! built by `sandbox`) and runs them under `cpu`'s run slots → `wsgi`
 //! implements the imports a guest calls, moving bytes through `body`;
 //! a `wasi-http` component is called through `wasi_http` instead.
 
 pub mod body;
+pub mod core_modules;
 pub mod cpu;
 mod disk_quota;
 pub mod engine;
@@ -18,5 +20,6 @@ mod quota_fs;
 pub mod sandbox;
 mod scratch;
 pub mod store;
+pub mod tenant;
 pub mod wasi_http;
 pub mod wsgi;

@@ -15,7 +15,7 @@ use wasmtime_wasi_http::p2::WasiHttpView;
 use crate::config::{Isolation, Limits};
 use crate::metrics::{Recycle, TenantMetrics};
 use crate::runtime::cpu::CpuShare;
-use crate::runtime::engine::AppPre;
+use crate::runtime::engine::{AppPre, Loaded};
 use crate::runtime::environ::Environ;
 use crate::runtime::generated::WsgiApp;
 use crate::runtime::sandbox::{Sandbox, Stdio};
@@ -50,6 +50,8 @@ struct Instance {
 pub struct AppPool {
     name: Arc<str>,
     engine: Engine,
+    /// The compiled component, kept in memory while this pool lives.
+    _code: Arc<Loaded>,
     pre: AppPre,
     sandbox: Sandbox,
     limits: Limits,
@@ -66,7 +68,7 @@ impl AppPool {
     /// to instantiate fails here, before the server binds its port.
     pub async fn start(
         name: &str,
-        engine: Engine,
+        code: Arc<Loaded>,
         pre: AppPre,
         sandbox: Sandbox,
         limits: Limits,
@@ -75,7 +77,8 @@ impl AppPool {
     ) -> Result<Arc<Self>> {
         let pool = Arc::new(AppPool {
             name: name.into(),
-            engine,
+            engine: code.component.engine().clone(),
+            _code: code,
             pre,
             sandbox,
             slots: Semaphore::new(limits.workers),
@@ -103,19 +106,10 @@ impl AppPool {
         Ok(pool)
     }
 
-    /// The app's metric series.
-    pub fn metrics(&self) -> &Arc<TenantMetrics> {
-        &self.metrics
-    }
-
-    /// The app's limits.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    /// Whether the app exports `wasi:http` (it takes [`AppRequest::WasiHttp`]).
-    pub fn wasi_http(&self) -> bool {
-        matches!(self.pre, AppPre::WasiHttp(_))
+    /// Whether no request is being served or waits for an instance.
+    pub fn is_idle(&self) -> bool {
+        self.slots.available_permits() == self.limits.workers
+            && self.waiting.load(Ordering::SeqCst) == 0
     }
 
     async fn instantiate(&self) -> Result<Instance> {
@@ -330,5 +324,13 @@ impl AppPool {
         } else {
             ex.respond_error(status, text);
         }
+    }
+}
+
+impl Drop for AppPool {
+    fn drop(&mut self) {
+        // Unloaded: its warm instances go with it.
+        let idle = self.idle.get_mut().map_or(0, |v| v.len());
+        self.metrics.warm.dec_by(idle as i64);
     }
 }

@@ -1,0 +1,334 @@
+//! Splits a component's core modules out of it, so the modules every app
+//! ships alike (CPython, libc, the componentize-py runtime, the WASI
+//! adapter) are compiled, cached and mapped once for all of them.
+//!
+//! How: each top-level core module section is replaced by a core module
+//! type (the module's own imports and exports) and a component import of
+//! that type, named after the module's SHA-256. Module indices do not move
+//! (an imported module takes the index the defined one had), and the
+//! componentize-py output this runs on defines no core types of its own,
+//! so the new types are numbered from zero. The host compiles each module
+//! once as a `wasmtime::Module`, keyed by its hash, and links it under that
+//! name. The user's `app.wasm` is never changed: this is how the host
+//! loads it, not a format anyone ships.
+
+use std::ops::Range;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
+use wasm_encoder::{
+    ComponentImportSection, ComponentSection, ComponentTypeRef, CoreTypeSection, EntityType,
+    ModuleType,
+};
+use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
+
+/// Component section ids (the component model's binary format).
+const CORE_MODULE: u8 = 1;
+const CORE_TYPE: u8 = 3;
+const CUSTOM: u8 = 0;
+
+/// What the host imports a split-out module as: this prefix, then its
+/// SHA-256 in hex (and `-nN` for a second copy in one component).
+pub const IMPORT_PREFIX: &str = "rsgi-core-h";
+
+/// The custom section rsgi-wasm appends the app's files in: the compiled
+/// component does not need it (the files are read from the original).
+const FILES_SECTION: &str = "rsgi-wasm-files";
+
+/// A component with its core modules replaced by imports.
+pub struct Split {
+    /// The rewritten component.
+    pub component: Vec<u8>,
+    /// Each module taken out: its hash (which its import name carries)
+    /// and where its bytes are in the original component.
+    pub modules: Vec<SplitModule>,
+}
+
+/// One core module taken out of a component.
+pub struct SplitModule {
+    /// SHA-256 of the module's bytes, in hex.
+    pub hash: String,
+    /// The module's bytes in the original component.
+    pub range: Range<usize>,
+}
+
+/// The hash a split-out module's import name carries, if it is one.
+pub fn hash_of_import(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(IMPORT_PREFIX)?;
+    let hash = rest.split('-').next()?;
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
+}
+
+/// The top-level sections of a component or module: id and content range.
+pub fn sections(bytes: &[u8]) -> Result<Vec<(u8, Range<usize>)>> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        bail!("not a WebAssembly binary");
+    }
+    let mut out = Vec::new();
+    let mut at = 8;
+    while at < bytes.len() {
+        let id = bytes[at];
+        let mut reader = wasmparser::BinaryReader::new(&bytes[at + 1..], at + 1);
+        let size = reader.read_var_u32().context("malformed section header")? as usize;
+        let start = reader.original_position();
+        let end = start
+            .checked_add(size)
+            .filter(|&e| e <= bytes.len())
+            .context("a section runs past the end of the file")?;
+        out.push((id, start..end));
+        at = end;
+    }
+    Ok(out)
+}
+
+/// `component` with every top-level core module replaced by an import of
+/// it; none if there is nothing to split or the component has a shape
+/// this does not handle (its own core types), which then loads whole.
+pub fn split(component: &[u8]) -> Result<Option<Split>> {
+    let sections = sections(component)?;
+    if sections.iter().any(|(id, _)| *id == CORE_TYPE)
+        || !sections.iter().any(|(id, _)| *id == CORE_MODULE)
+    {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(1 << 20);
+    out.extend_from_slice(&component[..8]);
+    let mut modules: Vec<SplitModule> = Vec::new();
+    let mut types = 0u32;
+    for (id, range) in sections {
+        let bytes = &component[range.clone()];
+        match id {
+            CORE_MODULE => {
+                let hash = format!("{:x}", Sha256::digest(bytes));
+                let copies = modules.iter().filter(|m| m.hash == hash).count();
+                let name = match copies {
+                    0 => format!("{IMPORT_PREFIX}{hash}"),
+                    n => format!("{IMPORT_PREFIX}{hash}-n{}", n + 1),
+                };
+                let ty = module_type(bytes)
+                    .with_context(|| format!("reading core module {}", modules.len()))?;
+                let mut core_types = CoreTypeSection::new();
+                core_types.ty().module(&ty);
+                write_section(&mut out, &core_types);
+                let mut import = ComponentImportSection::new();
+                import.import(&name, ComponentTypeRef::Module(types));
+                write_section(&mut out, &import);
+                types += 1;
+                modules.push(SplitModule { hash, range });
+            }
+            CUSTOM if custom_name(bytes) == Some(FILES_SECTION) => {}
+            _ => {
+                out.push(id);
+                crate::bundle::leb128(&mut out, bytes.len() as u64);
+                out.extend_from_slice(bytes);
+            }
+        }
+    }
+    Ok(Some(Split {
+        component: out,
+        modules,
+    }))
+}
+
+fn write_section(out: &mut Vec<u8>, section: &impl ComponentSection) {
+    out.push(section.id());
+    section.encode(out);
+}
+
+fn custom_name(bytes: &[u8]) -> Option<&str> {
+    wasmparser::BinaryReader::new(bytes, 0).read_string().ok()
+}
+
+/// The type of `module`: its type section as it is (so the type indices
+/// of its imports and exports stay valid), its imports, and its exports.
+fn module_type(module: &[u8]) -> Result<ModuleType> {
+    let mut re = RoundtripReencoder;
+    let mut ty = ModuleType::new();
+    // The type of every function, table, memory, global and tag, by index
+    // (imports first, as in the module's index spaces).
+    let (mut funcs, mut tables, mut memories, mut globals, mut tags) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut exports = Vec::new();
+    for payload in Parser::new(0).parse_all(module) {
+        match payload? {
+            Payload::TypeSection(reader) => {
+                for group in reader {
+                    re.parse_recursive_type_group(ty.ty(), group?)?;
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    let import = import?;
+                    match import.ty {
+                        TypeRef::Func(t) | TypeRef::FuncExact(t) => funcs.push(t),
+                        TypeRef::Table(t) => tables.push(re.table_type(t)?),
+                        TypeRef::Memory(m) => memories.push(re.memory_type(m)?),
+                        TypeRef::Global(g) => globals.push(re.global_type(g)?),
+                        TypeRef::Tag(t) => tags.push(re.tag_type(t)?),
+                    }
+                    ty.import(import.module, import.name, re.entity_type(import.ty)?);
+                }
+            }
+            Payload::FunctionSection(reader) => {
+                for t in reader {
+                    funcs.push(t?);
+                }
+            }
+            Payload::TableSection(reader) => {
+                for t in reader {
+                    tables.push(re.table_type(t?.ty)?);
+                }
+            }
+            Payload::MemorySection(reader) => {
+                for m in reader {
+                    memories.push(re.memory_type(m?)?);
+                }
+            }
+            Payload::GlobalSection(reader) => {
+                for g in reader {
+                    globals.push(re.global_type(g?.ty)?);
+                }
+            }
+            Payload::TagSection(reader) => {
+                for t in reader {
+                    tags.push(re.tag_type(t?)?);
+                }
+            }
+            Payload::ExportSection(reader) => {
+                for e in reader {
+                    let e = e?;
+                    exports.push((e.name.to_owned(), e.kind, e.index as usize));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (name, kind, i) in exports {
+        let missing = || format!("export {name} names a missing item");
+        let entity = match kind {
+            ExternalKind::Func | ExternalKind::FuncExact => {
+                EntityType::Function(*funcs.get(i).with_context(missing)?)
+            }
+            ExternalKind::Table => EntityType::Table(*tables.get(i).with_context(missing)?),
+            ExternalKind::Memory => EntityType::Memory(*memories.get(i).with_context(missing)?),
+            ExternalKind::Global => EntityType::Global(*globals.get(i).with_context(missing)?),
+            ExternalKind::Tag => EntityType::Tag(*tags.get(i).with_context(missing)?),
+        };
+        ty.export(&name, entity);
+    }
+    Ok(ty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component of three core modules (the third a copy of the first),
+    /// the second instantiated with the first's exports.
+    fn component() -> Vec<u8> {
+        wat::parse_str(
+            r#"(component
+                (core module
+                    (memory (export "memory") 1)
+                    (global (export "base") i32 (i32.const 0))
+                    (table (export "table") 2 funcref)
+                    (func (export "add") (param i32 i32) (result i32)
+                        local.get 0 local.get 1 i32.add))
+                (core module
+                    (import "lib" "add" (func $add (param i32 i32) (result i32)))
+                    (import "lib" "memory" (memory 1))
+                    (func (export "run") (result i32)
+                        i32.const 2 i32.const 3 call $add))
+                (core module
+                    (memory (export "memory") 1)
+                    (global (export "base") i32 (i32.const 0))
+                    (table (export "table") 2 funcref)
+                    (func (export "add") (param i32 i32) (result i32)
+                        local.get 0 local.get 1 i32.add))
+                (core instance $l (instantiate 0))
+                (core instance $a (instantiate 1 (with "lib" (instance $l))))
+                (func (export "run") (result s32)
+                    (canon lift (core func $a "run")))
+            )"#,
+        )
+        .unwrap()
+    }
+
+    fn import_names(component: &[u8]) -> Vec<String> {
+        let mut names = Vec::new();
+        for (id, range) in sections(component).unwrap() {
+            if id == 10 {
+                let reader = wasmparser::ComponentImportSectionReader::new(
+                    wasmparser::BinaryReader::new(&component[range], 0),
+                )
+                .unwrap();
+                for import in reader {
+                    names.push(import.unwrap().name.0.to_owned());
+                }
+            }
+        }
+        names.retain(|n| n.starts_with(IMPORT_PREFIX));
+        names
+    }
+
+    #[test]
+    fn modules_become_imports_and_the_component_still_validates() {
+        let original = component();
+        let split = split(&original).unwrap().unwrap();
+        assert_eq!(split.modules.len(), 3);
+        // Identical modules share a hash, under distinct import names.
+        assert_eq!(split.modules[0].hash, split.modules[2].hash);
+        let names = import_names(&split.component);
+        assert_eq!(names.len(), 3);
+        assert_ne!(names[0], names[2]);
+        for (m, name) in split.modules.iter().zip(&names) {
+            assert_eq!(hash_of_import(name), Some(m.hash.as_str()));
+            wasmparser::Validator::new()
+                .validate_all(&original[m.range.clone()])
+                .unwrap();
+        }
+        wasmparser::Validator::new()
+            .validate_all(&split.component)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_split_component_runs_with_its_modules_linked_in() {
+        use wasmtime::component::{Component, Linker};
+        use wasmtime::{Engine, Module, Store};
+        let original = component();
+        let split = split(&original).unwrap().unwrap();
+        let engine = Engine::default();
+        let component = Component::new(&engine, &split.component).unwrap();
+        let mut linker: Linker<()> = Linker::new(&engine);
+        for name in import_names(&split.component) {
+            let hash = hash_of_import(&name).unwrap();
+            let m = split.modules.iter().find(|m| m.hash == hash).unwrap();
+            let module = Module::new(&engine, &original[m.range.clone()]).unwrap();
+            linker.root().module(&name, &module).unwrap();
+        }
+        let mut store = Store::new(&engine, ());
+        let instance = linker.instantiate(&mut store, &component).unwrap();
+        let run = instance
+            .get_typed_func::<(), (i32,)>(&mut store, "run")
+            .unwrap();
+        assert_eq!(run.call(&mut store, ()).unwrap(), (5,));
+    }
+
+    #[test]
+    fn what_it_does_not_handle_loads_whole() {
+        let core_types = wat::parse_str(
+            r#"(component
+                (core type (module))
+                (core module))"#,
+        )
+        .unwrap();
+        assert!(split(&core_types).unwrap().is_none());
+        let no_modules = wat::parse_str("(component)").unwrap();
+        assert!(split(&no_modules).unwrap().is_none());
+        assert!(hash_of_import("rsgi-core-hxyz").is_none());
+        assert!(hash_of_import("wasi:cli/run@0.2.0").is_none());
+        assert!(sections(b"\0asm\x0d\0\x01\0\x07\xff").is_err());
+    }
+}

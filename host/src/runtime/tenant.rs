@@ -1,0 +1,314 @@
+//! One app as the router sees it: checked at start, loaded on its first
+//! request (requests arriving meanwhile wait for that one load), and
+//! unloaded after `idle_timeout` without requests, so thousands of listed
+//! apps cost memory only while they are used.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::config::{Grants, Limits, World};
+use crate::metrics::TenantMetrics;
+use crate::runtime::cpu::{CpuScheduler, CpuShare, TenantCpu};
+use crate::runtime::engine::{self, Loader};
+use crate::runtime::pool::AppPool;
+use crate::runtime::sandbox::Sandbox;
+
+/// What loading an app takes from the process.
+#[derive(Clone)]
+pub struct Starter {
+    /// Compiled components, shared by the apps that run the same file.
+    pub loader: Arc<Loader>,
+    /// The run slots, one per core, shared by every app.
+    pub sched: Arc<CpuScheduler>,
+    /// `--metrics` is on: account guest CPU even where nothing is scheduled.
+    pub metered: bool,
+}
+
+/// What an app is started from.
+#[derive(Clone)]
+pub struct AppSpec {
+    /// Its name (logs, metrics).
+    pub name: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// Directories, env and network granted.
+    pub grants: Grants,
+    /// Its limits.
+    pub limits: Limits,
+}
+
+/// How long a failed load is remembered: requests in the meantime get 503
+/// at once instead of each compiling a broken component again.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// Milliseconds since the process started: an idle clock one atomic wide.
+static T0: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_ms() -> u64 {
+    T0.elapsed().as_millis() as u64
+}
+
+enum State {
+    Cold,
+    Warm(Arc<AppPool>),
+    Failed { at: Instant, error: String },
+}
+
+/// An app that may or may not be loaded.
+pub struct Tenant {
+    spec: AppSpec,
+    world: World,
+    /// Zero: never unloaded.
+    idle_timeout: Duration,
+    starter: Starter,
+    metrics: Arc<TenantMetrics>,
+    /// The app's CPU account, kept across loads so unloading does not
+    /// reset its fair share.
+    cpu: CpuShare,
+    state: Mutex<State>,
+    /// Held while loading: the requests that find the app cold queue here.
+    loading: tokio::sync::Mutex<()>,
+    last_used: AtomicU64,
+}
+
+/// Why a cold app could not serve.
+#[derive(Debug, thiserror::Error)]
+#[error("app {app} could not be loaded: {error}")]
+pub struct LoadError {
+    /// The app.
+    pub app: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+impl Tenant {
+    /// Check `spec`'s component (readable, a component, a world this
+    /// server serves) without loading it. `alone`: the only app in the
+    /// process (`run`), which skips the run slots unless capped.
+    pub fn check(
+        starter: &Starter,
+        spec: AppSpec,
+        alone: bool,
+        default_idle: Duration,
+    ) -> Result<Arc<Tenant>> {
+        let world = engine::exported_world(&spec.component)?;
+        let metrics = TenantMetrics::new(&spec.name);
+        let account = TenantCpu::metered(
+            spec.limits.cpu,
+            starter.metered.then(|| metrics.cpu.clone()),
+        );
+        let cpu = if alone {
+            CpuShare::alone(starter.sched.clone(), account)
+        } else {
+            CpuShare::new(starter.sched.clone(), account)
+        };
+        metrics.loaded.set(0);
+        Ok(Arc::new(Tenant {
+            idle_timeout: spec.limits.idle_timeout.unwrap_or(default_idle),
+            spec,
+            world,
+            starter: starter.clone(),
+            metrics,
+            cpu,
+            state: Mutex::new(State::Cold),
+            loading: tokio::sync::Mutex::new(()),
+            last_used: AtomicU64::new(now_ms()),
+        }))
+    }
+
+    /// Check and load now: everything that can fail does so here, before
+    /// the port is bound (or before a reload is swapped in).
+    pub async fn start(
+        starter: &Starter,
+        spec: AppSpec,
+        alone: bool,
+        default_idle: Duration,
+    ) -> Result<Arc<Tenant>> {
+        let tenant = Tenant::check(starter, spec, alone, default_idle)?;
+        let pool = tenant.load().await?;
+        *tenant.state.lock().expect("tenant lock") = State::Warm(pool);
+        tenant.metrics.loaded.set(1);
+        Ok(tenant)
+    }
+
+    /// The app's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.spec.limits
+    }
+
+    /// The app's metric series.
+    pub fn metrics(&self) -> &Arc<TenantMetrics> {
+        &self.metrics
+    }
+
+    /// Whether the app exports `wasi:http` rather than our own world.
+    pub fn wasi_http(&self) -> bool {
+        self.world == World::WasiHttp
+    }
+
+    /// A request used the app now (its idle time starts again).
+    pub fn touch(&self) {
+        self.last_used.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn warm(&self) -> Option<Arc<AppPool>> {
+        match &*self.state.lock().expect("tenant lock") {
+            State::Warm(pool) => Some(pool.clone()),
+            _ => None,
+        }
+    }
+
+    /// The app's pool, loading it first if it is cold; with the time this
+    /// request waited for that load.
+    pub async fn pool(self: &Arc<Self>) -> Result<(Arc<AppPool>, Option<Duration>), LoadError> {
+        self.touch();
+        if let Some(pool) = self.warm() {
+            return Ok((pool, None));
+        }
+        let t0 = Instant::now();
+        // In a task of its own, so a client that leaves does not cancel the
+        // load for the requests queued behind it.
+        let this = self.clone();
+        let pool = tokio::spawn(async move { this.load_once().await })
+            .await
+            .unwrap_or_else(|panic| {
+                Err(LoadError {
+                    app: self.spec.name.clone(),
+                    error: format!("loading panicked (a bug): {panic}"),
+                })
+            })?;
+        Ok((pool, Some(t0.elapsed())))
+    }
+
+    /// Load unless another request did while this one queued.
+    async fn load_once(&self) -> Result<Arc<AppPool>, LoadError> {
+        let _loading = self.loading.lock().await;
+        match &*self.state.lock().expect("tenant lock") {
+            State::Warm(pool) => return Ok(pool.clone()),
+            State::Failed { at, error } if at.elapsed() < RETRY_AFTER => {
+                return Err(LoadError {
+                    app: self.spec.name.clone(),
+                    error: error.clone(),
+                })
+            }
+            _ => {}
+        }
+        let t0 = Instant::now();
+        match self.load().await {
+            Ok(pool) => {
+                let took = t0.elapsed();
+                self.metrics.cold_starts.observe(took.as_secs_f64());
+                self.metrics.loaded.set(1);
+                tracing::info!(app = %self.spec.name, "cold start: loaded in {:.1} ms", took.as_secs_f64() * 1000.0);
+                *self.state.lock().expect("tenant lock") = State::Warm(pool.clone());
+                Ok(pool)
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                tracing::error!(app = %self.spec.name, "cannot load the app: {error}");
+                *self.state.lock().expect("tenant lock") = State::Failed {
+                    at: Instant::now(),
+                    error: error.clone(),
+                };
+                Err(LoadError {
+                    app: self.spec.name.clone(),
+                    error,
+                })
+            }
+        }
+    }
+
+    /// Load the component, link it, set up the sandbox and start the pool.
+    async fn load(&self) -> Result<Arc<AppPool>> {
+        let AppSpec {
+            name,
+            component,
+            grants,
+            limits,
+        } = self.spec.clone();
+        let loader = &self.starter.loader;
+        let engine = loader.engine();
+        // Hashing, unpacking and compiling block for milliseconds to seconds:
+        // off the runtime's threads, so requests to other apps never wait.
+        let loaded = {
+            let (loader, path) = (loader.clone(), component.clone());
+            tokio::task::spawn_blocking(move || loader.load(&path))
+                .await
+                .context("loading the component panicked")??
+        };
+        let pre = engine::prepare(engine, &loaded, &component)?;
+        let sandbox = {
+            // Measuring a quota'd grant walks its tree: off the runtime too.
+            let (name, files) = (name.clone(), loaded.files.clone());
+            let (memory, isolation) = (limits.memory, limits.isolation);
+            tokio::task::spawn_blocking(move || {
+                Sandbox::new(&name, grants, files, memory, isolation)
+            })
+            .await
+            .context("setting up the sandbox panicked")??
+        };
+        AppPool::start(
+            &name,
+            loaded,
+            pre,
+            sandbox,
+            limits,
+            self.cpu.clone(),
+            self.metrics.clone(),
+        )
+        .await
+    }
+
+    /// Unload the app if it is loaded, serves nothing, and has had no
+    /// request for its `idle_timeout`; the pool is returned so the caller
+    /// can drop it off the runtime's threads.
+    pub fn unload_if_idle(&self) -> Option<Arc<AppPool>> {
+        if self.idle_timeout.is_zero() {
+            return None;
+        }
+        let idle_ms = now_ms().saturating_sub(self.last_used.load(Ordering::Relaxed));
+        if u128::from(idle_ms) < self.idle_timeout.as_millis() {
+            return None;
+        }
+        let mut state = self.state.lock().expect("tenant lock");
+        let State::Warm(pool) = &*state else {
+            return None;
+        };
+        if !pool.is_idle() {
+            return None;
+        }
+        let State::Warm(pool) = std::mem::replace(&mut *state, State::Cold) else {
+            unreachable!("matched above");
+        };
+        drop(state);
+        self.metrics.loaded.set(0);
+        self.metrics.unloads.inc();
+        tracing::info!(app = %self.spec.name, "unloaded after {:?} idle", self.idle_timeout);
+        Some(pool)
+    }
+}
+
+/// How often the idle sweep looks at `tenants`: often enough to honour
+/// the shortest `idle_timeout` to within a quarter of it.
+pub fn sweep_interval(tenants: &[Arc<Tenant>]) -> Duration {
+    tenants
+        .iter()
+        .map(|t| t.idle_timeout)
+        .filter(|d| !d.is_zero())
+        .min()
+        .map_or(Duration::from_secs(5), |d| d / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// Unload every idle app of `tenants`; the pools are torn down on a
+/// blocking thread (unmapping instances' memory takes milliseconds).
+pub fn sweep(tenants: &[Arc<Tenant>]) {
+    let unloaded: Vec<Arc<AppPool>> = tenants.iter().filter_map(|t| t.unload_if_idle()).collect();
+    if !unloaded.is_empty() {
+        tokio::task::spawn_blocking(move || drop(unloaded));
+    }
+}
