@@ -437,12 +437,7 @@ fn compiled_artifact_is_cached_between_starts() {
     drop(b);
     // Another app compiles only the core modules the first did not have:
     // CPython, libc and the runtime are shared.
-    let new_modules = |s: &Server| -> (u32, u32) {
-        let logs = s.logs();
-        let rest = logs.split("compiled in ").nth(1).expect("compiled");
-        let words: Vec<&str> = rest.split([' ', '(']).collect();
-        (words[2].parse().unwrap(), words[5].parse().unwrap())
-    };
+    let new_modules = |s: &Server| compiled_modules(&s.logs())[0];
     let cache = temp_dir("artifact-cache-shared");
     let cache_arg = cache.display().to_string();
     let a = Server::start(&component, &["--cache-dir", &cache_arg]);
@@ -676,27 +671,19 @@ fn metrics_and_health_are_served_on_their_own_port_and_move() {
     // The 500 can reach the client before its instance is back in the
     // pool (the call ends on its own task); with a queue of 0 the spin
     // below must find the instance free.
-    let t0 = std::time::Instant::now();
-    while series(
-        &scrape(ops),
+    wait_for_series(
+        ops,
         "rsgi_wasm_instances{tenant=\"router\",state=\"warm\"}",
-    ) != 1.0
-    {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(60));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        1.0,
+    );
     // The only worker spins until the timeout; meanwhile the queue of 0
     // turns the next request away.
     let spin = std::thread::spawn(move || client().get(url("/spin")).send().unwrap().status());
-    let t0 = std::time::Instant::now();
-    while series(
-        &scrape(ops),
+    wait_for_series(
+        ops,
         "rsgi_wasm_instances{tenant=\"router\",state=\"busy\"}",
-    ) != 1.0
-    {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(60));
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+        1.0,
+    );
     let t0 = std::time::Instant::now();
     let busy = loop {
         let s = client()

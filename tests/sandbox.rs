@@ -776,23 +776,6 @@ fn replaced_components_are_freed_over_many_reloads() {
     );
 }
 
-/// Wait until `/metrics` shows `name` at `value` (a state change the
-/// server makes on its own, like an idle unload).
-fn wait_for_series(ops: std::net::SocketAddr, name: &str, value: f64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = scrape(ops);
-        if series(&text, name) == value {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never became {value}:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn tenants_load_on_first_request_and_unload_when_idle() {
     let dir = temp_dir("lazy");
@@ -1032,14 +1015,7 @@ fn distinct_apps_first_asked_at_once_share_one_compile_of_cpython() {
     // One compiled every core module; the other only what it does not
     // share (the snapshot and its glue), not CPython again.
     let logs = s.logs();
-    let counts: Vec<(u32, u32)> = logs
-        .split("compiled in ")
-        .skip(1)
-        .map(|rest| {
-            let words: Vec<&str> = rest.split([' ', '(']).collect();
-            (words[2].parse().unwrap(), words[5].parse().unwrap())
-        })
-        .collect();
+    let counts = compiled_modules(&logs);
     assert_eq!(counts.len(), 2, "{logs}");
     let (first, second) = (counts[0], counts[1]);
     assert_eq!(first.0, first.1, "{logs}");

@@ -312,59 +312,88 @@ pub fn extract(component: &mut (impl Read + Seek), dest: &Path) -> Result<Vec<Mo
 }
 
 /// Unpack `archive` for the component cached at `dest`. Each top-level
-/// directory goes to a tree named by the hash of its files, shared by every
-/// component that ships the same files (the stdlib, identical
+/// directory goes to a tree named by the hash of its entries, shared by
+/// every component that ships the same files (the stdlib, identical
 /// site-packages), so a thousand apps do not keep a thousand copies of it;
-/// `dest` keeps only the index.
+/// `dest` keeps only the index. The hashes come from the archive itself,
+/// so a tree the cache has already is never written again: a new app
+/// unpacks only its own directories.
 fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
-    let staged = cachefs::staging(dest)?;
-    let mut tar = tar::Archive::new(zstd::Decoder::new(archive)?);
-    tar.set_preserve_permissions(false);
-    // `unpack` refuses entries that would land outside the directory.
-    tar.unpack(staged.path())?;
     let trees = trees_dir(dest)?;
-    std::fs::create_dir_all(&trees).with_context(|| format!("creating {}", trees.display()))?;
-    let mut dirs: Vec<_> = std::fs::read_dir(staged.path())?
-        .collect::<std::io::Result<Vec<_>>>()?
+    let mut hashes: std::collections::BTreeMap<String, Sha256> = Default::default();
+    for_each_entry(archive, |top, entry| {
+        let h = hashes.entry(top.to_owned()).or_default();
+        // Relative to its directory: the same files under another guest
+        // path (site-packages at /2 in one app, /3 in another) share too.
+        let path = entry.path()?.into_owned();
+        let rel = path.strip_prefix(top).unwrap_or(&path);
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update([0, entry.header().entry_type().as_byte()]);
+        if let Some(link) = entry.link_name()? {
+            h.update(link.as_os_str().as_encoded_bytes());
+        }
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data)?;
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(&data);
+        Ok(())
+    })?;
+    let named: Vec<(String, String)> = hashes
         .into_iter()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
+        .map(|(name, h)| (name, format!("{:x}", h.finalize())[..32].to_owned()))
         .collect();
-    dirs.sort();
-    let mut index = String::new();
-    for dir in dirs {
-        let mut h = Sha256::new();
-        hash_tree(&mut h, &dir, Path::new(""))?;
-        let tree = format!("{:x}", h.finalize());
-        let tree = &tree[..32];
-        // A tree appears whole (one rename), so existing means complete.
-        cachefs::publish(&dir, &trees.join(tree), |d| d.is_dir())?;
-        let name = dir.file_name().context("unpacked directory has no name")?;
-        index.push_str(&format!("{}\t{tree}\n", name.to_string_lossy()));
+    let missing: Vec<&(String, String)> = named
+        .iter()
+        .filter(|(_, tree)| !trees.join(tree).is_dir())
+        .collect();
+    let staged = cachefs::staging(dest)?;
+    if !missing.is_empty() {
+        let wanted = |top: &str| missing.iter().any(|(name, _)| name == top);
+        for_each_entry(archive, |top, entry| {
+            if wanted(top) {
+                // Refuses entries that would land outside the directory.
+                entry.unpack_in(staged.path())?;
+            }
+            Ok(())
+        })?;
+        std::fs::create_dir_all(&trees).with_context(|| format!("creating {}", trees.display()))?;
+        for (name, tree) in missing {
+            // A tree appears whole (one rename), so existing means complete.
+            cachefs::publish(&staged.path().join(name), &trees.join(tree), |d| d.is_dir())?;
+        }
     }
+    let index: String = named
+        .iter()
+        .map(|(name, tree)| format!("{name}\t{tree}\n"))
+        .collect();
     std::fs::write(staged.path().join(INDEX), index)?;
     std::fs::File::create(staged.path().join(".complete"))?.flush()?;
     cachefs::publish(&staged.keep(), dest, |d| d.join(".complete").is_file())
 }
 
-/// Feed every entry under `dir` (names, kinds and file contents, in name
-/// order) into `h`.
-fn hash_tree(h: &mut Sha256, dir: &Path, rel: &Path) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir.join(rel))?.collect::<std::io::Result<_>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = rel.join(entry.file_name());
-        h.update(path.as_os_str().as_encoded_bytes());
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            h.update(b"\0d\0");
-            hash_tree(h, dir, &path)?;
-        } else {
-            let data = std::fs::read(entry.path())?;
-            h.update(b"\0f\0");
-            h.update((data.len() as u64).to_le_bytes());
-            h.update(&data);
-        }
+/// Call `f` with every entry of `archive` under a top-level directory, and
+/// that directory's name.
+fn for_each_entry(
+    archive: &[u8],
+    mut f: impl FnMut(
+        &str,
+        &mut tar::Entry<'_, zstd::Decoder<'_, std::io::BufReader<&[u8]>>>,
+    ) -> Result<()>,
+) -> Result<()> {
+    let mut tar = tar::Archive::new(zstd::Decoder::new(archive)?);
+    tar.set_preserve_permissions(false);
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let mut parts = path.components();
+        let top = match (parts.next(), parts.next()) {
+            (Some(std::path::Component::Normal(top)), Some(_)) => {
+                top.to_string_lossy().into_owned()
+            }
+            // A file at the top, or a path that is not plain: not mounted.
+            _ => continue,
+        };
+        f(&top, &mut entry)?;
     }
     Ok(())
 }

@@ -568,3 +568,32 @@ pub fn series(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
+
+/// Wait until `/metrics` shows `name` at `value` (a state change the
+/// server makes on its own, like an idle unload).
+pub fn wait_for_series(ops: std::net::SocketAddr, name: &str, value: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = scrape(ops);
+        if series(&text, name) == value {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never became {value}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Each "compiled in ... (N of its M core modules were new)" line of a
+/// server's log, as (N, M).
+pub fn compiled_modules(logs: &str) -> Vec<(u32, u32)> {
+    logs.split("compiled in ")
+        .skip(1)
+        .map(|rest| {
+            let words: Vec<&str> = rest.split([' ', '(']).collect();
+            (words[2].parse().unwrap(), words[5].parse().unwrap())
+        })
+        .collect()
+}

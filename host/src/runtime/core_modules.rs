@@ -170,37 +170,14 @@ fn module_type(module: &[u8]) -> Result<ModuleType> {
                     ty.import(import.module, import.name, re.entity_type(import.ty)?);
                 }
             }
-            Payload::FunctionSection(reader) => {
-                for t in reader {
-                    funcs.push(t?);
-                }
-            }
-            Payload::TableSection(reader) => {
-                for t in reader {
-                    tables.push(re.table_type(t?.ty)?);
-                }
-            }
-            Payload::MemorySection(reader) => {
-                for m in reader {
-                    memories.push(re.memory_type(m?)?);
-                }
-            }
-            Payload::GlobalSection(reader) => {
-                for g in reader {
-                    globals.push(re.global_type(g?.ty)?);
-                }
-            }
-            Payload::TagSection(reader) => {
-                for t in reader {
-                    tags.push(re.tag_type(t?)?);
-                }
-            }
-            Payload::ExportSection(reader) => {
-                for e in reader {
-                    let e = e?;
-                    exports.push((e.name.to_owned(), e.kind, e.index as usize));
-                }
-            }
+            Payload::FunctionSection(r) => funcs.extend(each(r, Ok::<_, anyhow::Error>)?),
+            Payload::TableSection(r) => tables.extend(each(r, |t| re.table_type(t.ty))?),
+            Payload::MemorySection(r) => memories.extend(each(r, |m| re.memory_type(m))?),
+            Payload::GlobalSection(r) => globals.extend(each(r, |g| re.global_type(g.ty))?),
+            Payload::TagSection(r) => tags.extend(each(r, |t| re.tag_type(t))?),
+            Payload::ExportSection(r) => exports.extend(each(r, |e| {
+                Ok::<_, anyhow::Error>((e.name.to_owned(), e.kind, e.index as usize))
+            })?),
             _ => {}
         }
     }
@@ -218,6 +195,23 @@ fn module_type(module: &[u8]) -> Result<ModuleType> {
         ty.export(&name, entity);
     }
     Ok(ty)
+}
+
+/// Every item of a section, each through `f`.
+fn each<'a, T, U, E>(
+    reader: wasmparser::SectionLimited<'a, T>,
+    f: impl FnMut(T) -> Result<U, E>,
+) -> Result<Vec<U>>
+where
+    T: wasmparser::FromReader<'a>,
+    E: Into<anyhow::Error>,
+{
+    let mut f = f;
+    let mut out = Vec::new();
+    for item in reader {
+        out.push(f(item?).map_err(Into::into)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -106,7 +106,6 @@ impl Tenant {
         } else {
             CpuShare::new(starter.sched.clone(), account)
         };
-        metrics.loaded.set(0);
         Ok(Arc::new(Tenant {
             idle_timeout: spec.limits.idle_timeout.unwrap_or(default_idle),
             spec,
@@ -131,7 +130,7 @@ impl Tenant {
         let tenant = Tenant::check(starter, spec, alone, default_idle)?;
         let pool = tenant.load().await?;
         *tenant.state.lock().expect("tenant lock") = State::Warm(pool);
-        tenant.metrics.loaded.set(1);
+        tenant.metrics.loaded.inc();
         Ok(tenant)
     }
 
@@ -202,7 +201,7 @@ impl Tenant {
             Ok(pool) => {
                 let took = t0.elapsed();
                 self.metrics.cold_starts.observe(took.as_secs_f64());
-                self.metrics.loaded.set(1);
+                self.metrics.loaded.inc();
                 tracing::info!(app = %self.spec.name, "cold start: loaded in {:.1} ms", took.as_secs_f64() * 1000.0);
                 *self.state.lock().expect("tenant lock") = State::Warm(pool.clone());
                 Ok(pool)
@@ -285,10 +284,21 @@ impl Tenant {
             unreachable!("matched above");
         };
         drop(state);
-        self.metrics.loaded.set(0);
+        self.metrics.loaded.dec();
         self.metrics.unloads.inc();
         tracing::info!(app = %self.spec.name, "unloaded after {:?} idle", self.idle_timeout);
         Some(pool)
+    }
+}
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        // Replaced by a reload while loaded. Counted up and down rather
+        // than set: a reload's new tenant of the same name shares the
+        // series, and may load before the last request lets this one go.
+        if matches!(self.state.get_mut().map(|s| &*s), Ok(State::Warm(_))) {
+            self.metrics.loaded.dec();
+        }
     }
 }
 
