@@ -218,34 +218,32 @@ where
 mod tests {
     use super::*;
 
+    /// A library module: a memory, a global, a table and a function.
+    const LIB: &str = r#"(core module
+        (memory (export "memory") 1)
+        (global (export "base") i32 (i32.const 0))
+        (table (export "table") 2 funcref)
+        (func (export "add") (param i32 i32) (result i32)
+            local.get 0 local.get 1 i32.add))"#;
+
     /// A component of three core modules (the third a copy of the first),
     /// the second instantiated with the first's exports.
     fn component() -> Vec<u8> {
-        wat::parse_str(
+        wat::parse_str(format!(
             r#"(component
-                (core module
-                    (memory (export "memory") 1)
-                    (global (export "base") i32 (i32.const 0))
-                    (table (export "table") 2 funcref)
-                    (func (export "add") (param i32 i32) (result i32)
-                        local.get 0 local.get 1 i32.add))
+                {LIB}
                 (core module
                     (import "lib" "add" (func $add (param i32 i32) (result i32)))
                     (import "lib" "memory" (memory 1))
                     (func (export "run") (result i32)
                         i32.const 2 i32.const 3 call $add))
-                (core module
-                    (memory (export "memory") 1)
-                    (global (export "base") i32 (i32.const 0))
-                    (table (export "table") 2 funcref)
-                    (func (export "add") (param i32 i32) (result i32)
-                        local.get 0 local.get 1 i32.add))
+                {LIB}
                 (core instance $l (instantiate 0))
                 (core instance $a (instantiate 1 (with "lib" (instance $l))))
                 (func (export "run") (result s32)
                     (canon lift (core func $a "run")))
-            )"#,
-        )
+            )"#
+        ))
         .unwrap()
     }
 
