@@ -986,7 +986,7 @@ fn distinct_apps_first_asked_at_once_share_one_compile_of_cpython() {
     let config = write_config(
         &dir,
         &format!(
-            "[[app]]\nname = \"r\"\ncomponent = \"{}\"\nhosts = [\"r.test\"]\n\n\
+            "[[app]]\nname = \"r\"\ncomponent = \"{}\"\nhosts = [\"r.test\"]\nqueue = 0\n\n\
              [[app]]\nname = \"h\"\ncomponent = \"{}\"\nhosts = [\"h.test\"]\n",
             router().display(),
             hello().display()
@@ -998,20 +998,24 @@ fn distinct_apps_first_asked_at_once_share_one_compile_of_cpython() {
         "--cache-dir",
         cache.to_str().unwrap(),
     ]);
-    // Both cold, on an empty cache, at the same moment.
-    let asks: Vec<_> = ["r.test", "h.test"]
-        .into_iter()
-        .map(|host| {
-            let url = s.url("/");
-            std::thread::spawn(move || {
-                let r = client().get(url).header("host", host).send().unwrap();
-                (r.status().as_u16(), r.text().unwrap())
-            })
+    // Both cold, on an empty cache, asked while the first compiles.
+    let ask = |host: &'static str| {
+        let url = s.url("/");
+        std::thread::spawn(move || {
+            let r = client().get(url).header("host", host).send().unwrap();
+            (r.status().as_u16(), r.text().unwrap())
         })
-        .collect();
-    for a in asks {
-        assert_eq!(a.join().unwrap().0, 200);
-    }
+    };
+    let r = ask("r.test");
+    s.wait_for_log("compiling");
+    let h = ask("h.test");
+    // `r` may hold workers + queue = 1 request while it loads: one more
+    // is turned away at once, not queued without bound.
+    let (status, body) = get_host(&s, "r.test", "/");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("busy"), "{body}");
+    assert_eq!(r.join().unwrap().0, 200);
+    assert_eq!(h.join().unwrap().0, 200);
     // One compiled every core module; the other only what it does not
     // share (the snapshot and its glue), not CPython again.
     let logs = s.logs();

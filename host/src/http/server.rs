@@ -30,6 +30,7 @@ use crate::http::router::Router;
 use crate::runtime::body::{self, RequestBody, ResponseBody};
 use crate::runtime::environ::{self, RequestInfo};
 use crate::runtime::pool::AppRequest;
+use crate::runtime::tenant::LoadError;
 use crate::runtime::wasi_http::HttpRequest;
 use crate::runtime::wsgi::{Exchange, ResponseReceiver};
 
@@ -325,9 +326,12 @@ async fn respond(
     drop(router);
     // A cold app is loaded here; this request and those arriving meanwhile
     // wait for that one load.
-    let (pool, cold) = tenant.pool().await.map_err(|_| Refusal {
+    let (pool, cold) = tenant.pool().await.map_err(|e| Refusal {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        text: "Service Unavailable: the app could not be started",
+        text: match e {
+            LoadError::Failed { .. } => "Service Unavailable: the app could not be started",
+            LoadError::Busy { .. } => "Service Unavailable: server busy, retry shortly",
+        },
         close: false,
     })?;
     if let Some(waited) = cold {

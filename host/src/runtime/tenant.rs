@@ -4,7 +4,7 @@
 //! apps cost memory only while they are used.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,17 +72,29 @@ pub struct Tenant {
     state: Mutex<State>,
     /// Held while loading: the requests that find the app cold queue here.
     loading: tokio::sync::Mutex<()>,
+    /// Requests waiting for the app to load.
+    cold_waiting: AtomicUsize,
     last_used: AtomicU64,
 }
 
 /// Why a cold app could not serve.
 #[derive(Debug, thiserror::Error)]
-#[error("app {app} could not be loaded: {error}")]
-pub struct LoadError {
-    /// The app.
-    pub app: String,
-    /// What went wrong.
-    pub error: String,
+pub enum LoadError {
+    /// Loading failed (now, or within the last [`RETRY_AFTER`]).
+    #[error("app {app} could not be loaded: {error}")]
+    Failed {
+        /// The app.
+        app: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// As many requests as the app may hold (`workers` + `queue`) already
+    /// wait for it to load.
+    #[error("app {app} is loading and its queue is full")]
+    Busy {
+        /// The app.
+        app: String,
+    },
 }
 
 impl Tenant {
@@ -115,6 +127,7 @@ impl Tenant {
             cpu,
             state: Mutex::new(State::Cold),
             loading: tokio::sync::Mutex::new(()),
+            cold_waiting: AtomicUsize::new(0),
             last_used: AtomicU64::new(now_ms()),
         }))
     }
@@ -154,20 +167,31 @@ impl Tenant {
         self.last_used.store(now_ms(), Ordering::Relaxed);
     }
 
-    fn warm(&self) -> Option<Arc<AppPool>> {
-        match &*self.state.lock().expect("tenant lock") {
-            State::Warm(pool) => Some(pool.clone()),
-            _ => None,
-        }
-    }
-
     /// The app's pool, loading it first if it is cold; with the time this
     /// request waited for that load.
     pub async fn pool(self: &Arc<Self>) -> Result<(Arc<AppPool>, Option<Duration>), LoadError> {
         self.touch();
-        if let Some(pool) = self.warm() {
-            return Ok((pool, None));
+        if let Some(ready) = self.ready() {
+            return ready.map(|pool| (pool, None));
         }
+        // While it loads, the app holds no more waiting requests than it
+        // would once loaded.
+        let limit = self.spec.limits.workers + self.spec.limits.queue;
+        if self.cold_waiting.fetch_add(1, Ordering::SeqCst) >= limit {
+            self.cold_waiting.fetch_sub(1, Ordering::SeqCst);
+            self.metrics.rejected.inc();
+            tracing::warn!(app = %self.spec.name, "loading, and {limit} requests already wait for it: 503");
+            return Err(LoadError::Busy {
+                app: self.spec.name.clone(),
+            });
+        }
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _waiting = Waiting(&self.cold_waiting);
         let t0 = Instant::now();
         // In a task of its own, so a client that leaves does not cancel the
         // load for the requests queued behind it.
@@ -175,26 +199,35 @@ impl Tenant {
         let pool = tokio::spawn(async move { this.load_once().await })
             .await
             .unwrap_or_else(|panic| {
-                Err(LoadError {
-                    app: self.spec.name.clone(),
-                    error: format!("loading panicked (a bug): {panic}"),
-                })
+                Err(self.failed(format!("loading panicked (a bug): {panic}")))
             })?;
         Ok((pool, Some(t0.elapsed())))
+    }
+
+    fn failed(&self, error: String) -> LoadError {
+        LoadError::Failed {
+            app: self.spec.name.clone(),
+            error,
+        }
+    }
+
+    /// The pool if loaded, the error if the last load failed lately; none
+    /// if the app is to be loaded.
+    fn ready(&self) -> Option<Result<Arc<AppPool>, LoadError>> {
+        match &*self.state.lock().expect("tenant lock") {
+            State::Warm(pool) => Some(Ok(pool.clone())),
+            State::Failed { at, error } if at.elapsed() < RETRY_AFTER => {
+                Some(Err(self.failed(error.clone())))
+            }
+            _ => None,
+        }
     }
 
     /// Load unless another request did while this one queued.
     async fn load_once(&self) -> Result<Arc<AppPool>, LoadError> {
         let _loading = self.loading.lock().await;
-        match &*self.state.lock().expect("tenant lock") {
-            State::Warm(pool) => return Ok(pool.clone()),
-            State::Failed { at, error } if at.elapsed() < RETRY_AFTER => {
-                return Err(LoadError {
-                    app: self.spec.name.clone(),
-                    error: error.clone(),
-                })
-            }
-            _ => {}
+        if let Some(ready) = self.ready() {
+            return ready;
         }
         let t0 = Instant::now();
         match self.load().await {
@@ -213,10 +246,7 @@ impl Tenant {
                     at: Instant::now(),
                     error: error.clone(),
                 };
-                Err(LoadError {
-                    app: self.spec.name.clone(),
-                    error,
-                })
+                Err(self.failed(error))
             }
         }
     }
