@@ -950,6 +950,39 @@ fn a_tenant_that_cannot_load_answers_503_and_the_others_serve() {
         get_host(&s, "other.test", "/"),
         (200, "Hello, World!\n".into())
     );
+    drop(s);
+    // With --preload the same app stops the start, naming it.
+    let (code, _, err) = run_bin(&["serve", config.to_str().unwrap(), "--preload"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--preload: app broken") && err.contains("overlaps /python"),
+        "{err}"
+    );
+    assert!(!err.contains("listening on"), "{err}");
+    // And loads every app before it listens.
+    let good = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"hello\"\ncomponent = \"{}\"\n",
+            hello().display()
+        ),
+    );
+    let s = Server::start_with(&[
+        "serve",
+        good.to_str().unwrap(),
+        "--preload",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let m = scrape(s.logged_addr("metrics on "));
+    assert_eq!(
+        series(&m, "rsgi_wasm_tenant_loaded{tenant=\"hello\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(get(&s, "/").0, 200);
+    assert!(!s.logs().contains(" cold="), "{}", s.logs());
+    drop(s);
 
     // What can be checked without loading is checked at start.
     std::fs::write(dir.join("not.wasm"), "not a component").unwrap();

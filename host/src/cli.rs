@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Load every app before listening (and before /readyz passes), as a
+    /// first request would; apps still unload after their idle_timeout.
+    #[arg(long)]
+    pub preload: bool,
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]

@@ -519,6 +519,16 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         metered,
     };
     let running = check_tenants(&starter, configs, &[])?;
+    if args.preload {
+        // One after another: the first compiles what the others share.
+        for r in &running {
+            r.app
+                .pool()
+                .await
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("--preload: app {}", r.config.name))?;
+        }
+    }
     // Before the port is bound: a SIGHUP sent as soon as the server says
     // it listens must reload, not kill it (the signal's default action).
     let mut hup = hangup()?;
