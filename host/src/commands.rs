@@ -150,11 +150,7 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
 /// directories itself, and the flags that map them.
 fn unpack_command(args: &UnpackArgs) -> Result<()> {
     let path = &args.component;
-    let unreadable = || format!("cannot read component {}", path.display());
-    let mut file = std::fs::File::open(path).with_context(unreadable)?;
-    let mut head = [0u8; 8];
-    let n = std::io::Read::read(&mut file, &mut head).with_context(unreadable)?;
-    engine::check_header(&head[..n], path)?;
+    let mut file = engine::open_component(path)?;
     let mounts = crate::bundle::extract(&mut file, &args.dir)?;
     if mounts.is_empty() {
         println!("{} ships no files", path.display());

@@ -291,8 +291,8 @@ async fn respond(
         return Ok(res);
     }
     let tenant = route.app.clone();
-    let limits = tenant.limits().clone();
-    check_length(&parts, limits.max_body)?;
+    let max_body = tenant.limits().max_body;
+    check_length(&parts, max_body)?;
     let url_scheme = if tls {
         "https"
     } else if site.forwarded_allow.contains(peer.ip()) {
@@ -320,7 +320,7 @@ async fn respond(
             peer,
             script_name: &route.prefix,
             url_scheme,
-            run_once: limits.isolation == Isolation::Request,
+            run_once: tenant.limits().isolation == Isolation::Request,
         }))
     };
     drop(router);
@@ -337,7 +337,7 @@ async fn respond(
     if let Some(waited) = cold {
         log.cold_start(waited);
     }
-    let (ex, response) = Exchange::new(RequestBody::new(body, limits.max_body), head);
+    let (ex, response) = Exchange::new(RequestBody::new(body, max_body), head);
     let call = async move {
         pool.serve(request, ex).await;
         // Idle time counts from the end of the last response.

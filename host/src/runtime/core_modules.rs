@@ -12,6 +12,7 @@
 //! name. The user's `app.wasm` is never changed: this is how the host
 //! loads it, not a format anyone ships.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 
 use anyhow::{bail, Context, Result};
@@ -60,33 +61,49 @@ pub fn hash_of_import(name: &str) -> Option<&str> {
     (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
 }
 
-/// The top-level sections of a component or module: id and content range.
-pub fn sections(bytes: &[u8]) -> Result<Vec<(u8, Range<usize>)>> {
-    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        bail!("not a WebAssembly binary");
-    }
+/// The top-level sections of a component or module after its 8-byte
+/// header: id and content range. Only the section headers are read; the
+/// contents are skipped with a seek, so a large file is not read whole.
+pub fn sections(r: &mut (impl Read + Seek)) -> Result<Vec<(u8, Range<u64>)>> {
+    let len = r.seek(SeekFrom::End(0))?;
+    let mut at = r.seek(SeekFrom::Start(8))?;
     let mut out = Vec::new();
-    let mut at = 8;
-    while at < bytes.len() {
-        let id = bytes[at];
-        let mut reader = wasmparser::BinaryReader::new(&bytes[at + 1..], at + 1);
-        let size = reader.read_var_u32().context("malformed section header")? as usize;
-        let start = reader.original_position();
+    while at < len {
+        let mut id = [0u8; 1];
+        r.read_exact(&mut id)?;
+        let size = read_u32_leb(r).context("malformed section header")?;
+        let start = r.stream_position()?;
         let end = start
-            .checked_add(size)
-            .filter(|&e| e <= bytes.len())
+            .checked_add(u64::from(size))
+            .filter(|&e| e <= len)
             .context("a section runs past the end of the file")?;
-        out.push((id, start..end));
-        at = end;
+        out.push((id[0], start..end));
+        at = r.seek(SeekFrom::Start(end))?;
     }
     Ok(out)
+}
+
+fn read_u32_leb(r: &mut impl Read) -> Result<u32> {
+    let mut value: u64 = 0;
+    for shift in (0..35).step_by(7) {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).context("truncated section header")?;
+        value |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            return u32::try_from(value).context("section size out of range");
+        }
+    }
+    bail!("section size is not a LEB128 number")
 }
 
 /// `component` with every top-level core module replaced by an import of
 /// it; none if there is nothing to split or the component has a shape
 /// this does not handle (its own core types), which then loads whole.
 pub fn split(component: &[u8]) -> Result<Option<Split>> {
-    let sections = sections(component)?;
+    if component.len() < 8 || &component[..4] != b"\0asm" {
+        bail!("not a WebAssembly binary");
+    }
+    let sections = sections(&mut std::io::Cursor::new(component))?;
     if sections.iter().any(|(id, _)| *id == CORE_TYPE)
         || !sections.iter().any(|(id, _)| *id == CORE_MODULE)
     {
@@ -97,6 +114,7 @@ pub fn split(component: &[u8]) -> Result<Option<Split>> {
     let mut modules: Vec<SplitModule> = Vec::new();
     let mut types = 0u32;
     for (id, range) in sections {
+        let range = range.start as usize..range.end as usize;
         let bytes = &component[range.clone()];
         match id {
             CORE_MODULE => {
@@ -249,8 +267,9 @@ mod tests {
 
     fn import_names(component: &[u8]) -> Vec<String> {
         let mut names = Vec::new();
-        for (id, range) in sections(component).unwrap() {
+        for (id, range) in sections(&mut std::io::Cursor::new(component)).unwrap() {
             if id == 10 {
+                let range = range.start as usize..range.end as usize;
                 let reader = wasmparser::ComponentImportSectionReader::new(
                     wasmparser::BinaryReader::new(&component[range], 0),
                 )
@@ -321,6 +340,9 @@ mod tests {
         assert!(split(&no_modules).unwrap().is_none());
         assert!(hash_of_import("rsgi-core-hxyz").is_none());
         assert!(hash_of_import("wasi:cli/run@0.2.0").is_none());
-        assert!(sections(b"\0asm\x0d\0\x01\0\x07\xff").is_err());
+        let mut cut = std::io::Cursor::new(b"\0asm\x0d\0\x01\0\x07\xff");
+        assert!(sections(&mut cut).is_err());
+        let mut past_end = std::io::Cursor::new(b"\0asm\x0d\0\x01\0\x07\x05ab");
+        assert!(sections(&mut past_end).is_err());
     }
 }

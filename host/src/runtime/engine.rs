@@ -226,14 +226,7 @@ impl Loader {
     /// component in memory.
     fn load_component(&self, path: &Path) -> Result<Loaded> {
         let unreadable = || cannot_read(path);
-        let mut file = std::fs::File::open(path).with_context(unreadable)?;
-        let mut head = Vec::with_capacity(8);
-        (&mut file)
-            .take(8)
-            .read_to_end(&mut head)
-            .with_context(unreadable)?;
-        check_header(&head, path)?;
-        file.rewind().with_context(unreadable)?;
+        let mut file = open_component(path)?;
         let digest = bundle::digest(&mut file).with_context(unreadable)?;
         let files = bundle::mounts(&mut file, &digest, &self.cache_dir)
             .with_context(|| format!("loading the files shipped in {}", path.display()))?;
@@ -429,6 +422,21 @@ fn cannot_read(path: &Path) -> String {
     format!("cannot read component {}", path.display())
 }
 
+/// Open the component at `path`, its header checked ([`check_header`]),
+/// positioned at its start.
+pub fn open_component(path: &Path) -> Result<std::fs::File> {
+    let unreadable = || cannot_read(path);
+    let mut file = std::fs::File::open(path).with_context(unreadable)?;
+    let mut head = Vec::with_capacity(8);
+    (&mut file)
+        .take(8)
+        .read_to_end(&mut head)
+        .with_context(unreadable)?;
+    check_header(&head, path)?;
+    file.rewind().with_context(unreadable)?;
+    Ok(file)
+}
+
 /// Tell a wrong file apart from a broken component before compiling.
 pub fn check_header(bytes: &[u8], path: &Path) -> Result<()> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
@@ -455,28 +463,19 @@ const WSGI_HANDLER: &str = "rsgi-wasm:wsgi/handler@0.3.0";
 /// tenant this way at start, and loads one on its first request.
 pub fn exported_world(path: &Path) -> Result<World> {
     let unreadable = || cannot_read(path);
-    let mut file = std::io::BufReader::new(std::fs::File::open(path).with_context(unreadable)?);
-    let mut head = [0u8; 8];
-    file.read_exact(&mut head)
-        .map_err(|_| anyhow::anyhow!("{} is empty or truncated", path.display()))
-        .and_then(|()| check_header(&head, path))?;
+    let mut file = std::io::BufReader::new(open_component(path)?);
+    let malformed = || format!("{} is not a well-formed component", path.display());
     let mut names = Vec::new();
-    loop {
-        let mut id = [0u8; 1];
-        if file.read(&mut id).with_context(unreadable)? == 0 {
-            break;
-        }
-        let size = read_u32_leb(&mut file)
-            .with_context(|| format!("{} is not a well-formed component", path.display()))?;
-        // Section 11: the component's export section.
-        if id[0] != 11 {
-            file.seek_relative(i64::from(size))
-                .with_context(unreadable)?;
-            continue;
-        }
-        let mut section = vec![0u8; size as usize];
-        file.read_exact(&mut section)
-            .with_context(|| format!("{} is truncated", path.display()))?;
+    // Section 11: the component's export section.
+    for (_, range) in core_modules::sections(&mut file)
+        .with_context(malformed)?
+        .into_iter()
+        .filter(|(id, _)| *id == 11)
+    {
+        let mut section = vec![0u8; (range.end - range.start) as usize];
+        file.seek(std::io::SeekFrom::Start(range.start))
+            .and_then(|_| file.read_exact(&mut section))
+            .with_context(unreadable)?;
         let reader = wasmparser::ComponentExportSectionReader::new(wasmparser::BinaryReader::new(
             &section, 0,
         ))
@@ -513,19 +512,6 @@ fn world_of(names: &[String], path: &Path) -> Result<World> {
         "{} exports neither the rsgi-wasm handler ({WSGI_HANDLER}) nor {INCOMING_HANDLER}; build it with `rsgi-wasm build`",
         path.display()
     )
-}
-
-fn read_u32_leb(r: &mut impl Read) -> Result<u32> {
-    let mut value: u64 = 0;
-    for shift in (0..35).step_by(7) {
-        let mut b = [0u8; 1];
-        r.read_exact(&mut b).context("truncated section header")?;
-        value |= u64::from(b[0] & 0x7f) << shift;
-        if b[0] & 0x80 == 0 {
-            return u32::try_from(value).context("section size out of range");
-        }
-    }
-    bail!("section size is not a LEB128 number")
 }
 
 /// A linked component, ready to instantiate, by the world it exports.
