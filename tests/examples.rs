@@ -472,3 +472,236 @@ fn assert_django_app(s: &Server) {
     assert!(cookie(&r, "sessionid").is_some());
     assert_eq!(get(s, "/nope/").0, 404);
 }
+
+/// Every library's `GET https://localhost:PORT/...` through the sandbox.
+fn fetch(s: &Server, lib: &str, url: &str) -> (u16, serde_json::Value) {
+    let r = client()
+        .get(s.url("/fetch"))
+        .query(&[("lib", lib), ("url", url)])
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap())
+}
+
+/// The exception types of a failure the app reported, outermost first.
+fn error_types(v: &serde_json::Value) -> Vec<String> {
+    v["error"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no error in {v}"))
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+const LIBS: [&str; 4] = ["requests", "httpx", "urllib", "http.client"];
+
+#[test]
+fn https_client_example() {
+    let c = build(
+        "example-https-client",
+        &[
+            "app:app",
+            "-p",
+            "examples/https-client",
+            "-r",
+            "examples/https-client/requirements.txt",
+        ],
+    );
+    let pki = Pki::new("https-client");
+    pki.issue("localhost", &["localhost"], false);
+    let api = https_server(&pki, "localhost");
+    let echo = echo_server();
+    let url = format!("https://localhost:{}/v1/items?id=7", api.port());
+    let allow_api = format!("localhost:{}", api.port());
+    let allow_echo = format!("localhost:{}", echo.port());
+    let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = ops.local_addr().unwrap();
+    drop(ops);
+    let s = Server::start(
+        &c,
+        &[
+            "--allow-net",
+            &allow_api,
+            "--allow-net",
+            &allow_echo,
+            "--tls-ca",
+            &pki.path("ca.pem"),
+            "--metrics",
+            &metrics.to_string(),
+        ],
+    );
+    let (status, index) = {
+        let r = client().get(s.url("/")).send().unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().unwrap())
+    };
+    assert_eq!(status, 200, "{index}");
+    assert!(index["ssl"].as_str().unwrap().contains("rustls"), "{index}");
+
+    // Each library, unmodified, verifies the server against the operator's
+    // CA and sends the name as SNI.
+    for lib in LIBS {
+        let (status, v) = fetch(&s, lib, &url);
+        assert_eq!(status, 200, "{lib}: {v}");
+        assert_eq!(v["status"], 200, "{lib}: {v}");
+        let body: serde_json::Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"path": "/v1/items?id=7", "sni": "localhost"}),
+            "{lib}"
+        );
+    }
+
+    // Plain TCP by name.
+    let r: serde_json::Value = client()
+        .get(s.url("/tcp"))
+        .query(&[("host", "localhost"), ("port", &echo.port().to_string())])
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r, serde_json::json!({"answer": "echo: ping\n"}));
+
+    // A name no rule covers is not even looked up: PermissionError.
+    for lib in LIBS {
+        let (status, v) = fetch(&s, lib, "https://api.example.com/");
+        assert_eq!(status, 502, "{lib}: {v}");
+        // httpx reports it as its ConnectError, with the message.
+        let types = error_types(&v);
+        assert!(
+            types
+                .iter()
+                .any(|t| t == "PermissionError" || t == "ConnectError"),
+            "{lib}: {v}"
+        );
+        let text = v.to_string();
+        assert!(
+            text.contains("looking up 'api.example.com' is not allowed")
+                && text.contains("--allow-net"),
+            "{lib}: {v}"
+        );
+    }
+    // The allowed name on another port: refused at connect.
+    let (status, v) = fetch(
+        &s,
+        "urllib",
+        &format!("https://localhost:{}/", echo.port() + 1),
+    );
+    assert_eq!(status, 502, "{v}");
+    assert!(
+        error_types(&v).iter().any(|t| t == "PermissionError"),
+        "{v}"
+    );
+    // An address no lookup of an allowed name returned, by IP literal:
+    // only the name was allowed.
+    let (status, v) = fetch(
+        &s,
+        "requests",
+        &format!("https://127.0.0.2:{}/", api.port()),
+    );
+    assert_eq!(status, 502, "{v}");
+    assert!(
+        error_types(&v).iter().any(|t| t == "PermissionError"),
+        "{v}"
+    );
+    let r: serde_json::Value = client()
+        .get(s.url("/resolve"))
+        .query(&[("name", "localhost")])
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        r["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "127.0.0.1"),
+        "{r}"
+    );
+
+    // Lookups and connections are counted per tenant.
+    let text = scrape(metrics);
+    let tenant = "example-https-client";
+    for (name, min) in [
+        (
+            format!(
+                "rsgi_wasm_outbound_connections_total{{tenant=\"{tenant}\",result=\"allowed\"}}"
+            ),
+            5.0,
+        ),
+        (
+            format!(
+                "rsgi_wasm_outbound_connections_total{{tenant=\"{tenant}\",result=\"denied\"}}"
+            ),
+            2.0,
+        ),
+        (
+            format!("rsgi_wasm_outbound_lookups_total{{tenant=\"{tenant}\",result=\"denied\"}}"),
+            4.0,
+        ),
+        (
+            format!(
+                "rsgi_wasm_outbound_tls_bytes_total{{tenant=\"{tenant}\",direction=\"received\"}}"
+            ),
+            1000.0,
+        ),
+    ] {
+        assert!(series(&text, &name) >= min, "{name} in\n{text}");
+    }
+    drop(s);
+
+    // Without the operator's CA the same server fails verification in every
+    // library, as `ssl.SSLCertVerificationError`; with verification off
+    // (`verify=False`) it answers.
+    let s = Server::start(&c, &["--allow-net", &allow_api]);
+    for lib in LIBS {
+        let (status, v) = fetch(&s, lib, &url);
+        assert_eq!(status, 502, "{lib}: {v}");
+        let text = v.to_string();
+        assert!(
+            error_types(&v)
+                .iter()
+                .any(|t| t == "SSLCertVerificationError")
+                || text.contains("CERTIFICATE_VERIFY_FAILED"),
+            "{lib}: {v}"
+        );
+        assert!(
+            text.contains("unable to get local issuer certificate"),
+            "{lib}: {v}"
+        );
+        let r: serde_json::Value = client()
+            .get(s.url("/fetch"))
+            .query(&[("lib", lib), ("url", &url), ("verify", "0")])
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(r["status"], 200, "{lib} with verification off: {r}");
+    }
+
+    // A certificate for another name fails the hostname check.
+    pki.issue("other", &["other.test"], false);
+    let other = https_server(&pki, "other");
+    let s = Server::start(
+        &c,
+        &[
+            "--allow-net",
+            &format!("localhost:{}", other.port()),
+            "--tls-ca",
+            &pki.path("ca.pem"),
+        ],
+    );
+    // (urllib3 checks the name itself against `getpeercert()`, as it does
+    // with any ssl module whose OPENSSL_VERSION is not "OpenSSL ...".)
+    for lib in LIBS {
+        let (status, v) = fetch(&s, lib, &format!("https://localhost:{}/", other.port()));
+        assert_eq!(status, 502, "{lib}: {v}");
+        let text = v.to_string();
+        assert!(
+            text.contains("Hostname mismatch, certificate is not valid for 'localhost'")
+                || text.contains("hostname 'localhost' doesn't match 'other.test'"),
+            "{lib}: {v}"
+        );
+    }
+}

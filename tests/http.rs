@@ -890,65 +890,6 @@ fn an_http2_rapid_reset_storm_does_not_take_the_server_down() {
     assert!(ran < 100, "{ran} of 5,000 reset requests ran the app");
 }
 
-/// A test CA, and PEM files it signed, in one directory.
-struct Pki {
-    dir: std::path::PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = temp_dir(name);
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "rsgi-wasm test CA");
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        Pki { dir, ca, ca_key }
-    }
-
-    /// `NAME.pem` and `NAME.key` for `names`, signed by the CA; the cert's DER.
-    fn issue(&self, file: &str, names: &[&str], client: bool) -> Vec<u8> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        if client {
-            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        }
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
-        cert.der().to_vec()
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).display().to_string()
-    }
-
-    /// An HTTPS client trusting the CA, with `names` resolving to `addr`.
-    fn client(
-        &self,
-        addr: std::net::SocketAddr,
-        names: &[&str],
-    ) -> reqwest::blocking::ClientBuilder {
-        let ca = std::fs::read(self.dir.join("ca.pem")).unwrap();
-        let mut b = reqwest::blocking::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-            .tls_info(true)
-            .timeout(std::time::Duration::from_secs(60));
-        for n in names {
-            b = b.resolve(n, addr);
-        }
-        b
-    }
-}
-
 fn peer_cert(r: &reqwest::blocking::Response) -> Vec<u8> {
     r.extensions()
         .get::<reqwest::tls::TlsInfo>()

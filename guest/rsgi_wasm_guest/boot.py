@@ -243,6 +243,13 @@ def boot(
     from . import compat
 
     compat.install()
+    compat.network_closed(True)
+    if world == "wsgi":
+        # `ssl` imports `_ssl`, which here is ours (tls.py, over the host's
+        # rustls). The adapter's own files are not mounted at run time, so
+        # it must be in the snapshot even if the app imports `ssl` later.
+        # Only the module: no TLS resource exists before a request.
+        importlib.import_module("_ssl")
     if stdlib_export:
         export_stdlib(stdlib_export)
     if app_dirs:
@@ -263,6 +270,9 @@ def boot(
     module_obj = import_app_module(module, mounts, native)
     app = resolve_callable(module_obj, module, expr)
     report = warm_up(app, warmup)
+    # The snapshot is taken after boot returns, with no Python running:
+    # from here on the calls are the app's, at run time.
+    compat.network_closed(False)
     if report_path:
         try:
             with open(report_path, "w") as f:

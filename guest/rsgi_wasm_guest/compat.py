@@ -11,8 +11,18 @@ siblings, and ``from os import getuid`` fails at import (setuptools'
 vendored platformdirs does it, so Pyramid's ``import pkg_resources``
 failed). They answer 0, the owner ``os.stat`` reports for every file
 there, so ownership checks such as "is this directory mine" agree.
+
+The sandbox refuses a name lookup or a connection no ``--allow-net`` rule
+covers with ``EACCES``, which Python raises as a bare ``PermissionError:
+[Errno 2] Permission denied``. The wrappers below say what was refused and
+which setting grants it; the exception type and errno stay the same. They
+also refuse the network while the build takes its snapshot (urllib3, for
+one, binds a socket at import to probe for IPv6): wasi-libc keeps the
+network handle it gets on first use, and a handle of the build's sandbox
+would not exist at run time, so every later lookup would trap.
 """
 
+import errno
 import hashlib
 import hmac
 import os
@@ -57,8 +67,80 @@ def pbkdf2_hmac(hash_name: str, password: bytes, salt: bytes, iterations: int, d
     return b"".join(blocks)[:dklen]
 
 
+ALLOW_NET_HINT = "add an --allow-net rule (allow_net in tenants.toml) for it"
+
+
+class _Network:
+    """Whether the snapshot is being taken: no network then."""
+
+    building = False
+
+
+def _address(address) -> str:
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else repr(address)
+
+
+def _guard(real, what, name: str):
+    """``real`` (a socket function or method that reaches the network),
+    refusing while the snapshot is taken, and naming what was refused when
+    the sandbox refuses it (``what(args)`` describes the target)."""
+
+    def call(*args, **kwargs):
+        if _Network.building:
+            # wasi-libc caches its network handle on first use; one taken in
+            # the build's sandbox would not exist at run time.
+            raise PermissionError(
+                errno.EACCES,
+                f"rsgi-wasm build: no network while the app is imported and warmed up "
+                f"({name} {what(args)}); open connections on the first request instead",
+            )
+        try:
+            return real(*args, **kwargs)
+        except PermissionError as e:
+            raise PermissionError(
+                e.errno, f"rsgi-wasm sandbox: {name} {what(args)} is not allowed; {ALLOW_NET_HINT}"
+            ) from None
+
+    call.__name__ = getattr(real, "__name__", name)
+    call.__doc__ = getattr(real, "__doc__", None)
+    return call
+
+
+def _guard_network(socket) -> None:
+    """Wrap what reaches the network in ``socket``: lookups and
+    ``connect``/``bind`` (see ``_guard``)."""
+    host = lambda args: repr(args[0]) if args else ""  # noqa: E731
+    for fn in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
+        if hasattr(socket, fn):
+            setattr(socket, fn, _guard(getattr(socket, fn), host, "looking up"))
+    target = lambda args: _address(args[1]) if len(args) > 1 else ""  # noqa: E731
+    socket.socket.connect = _guard(socket.socket.connect, target, "connecting to")
+    socket.socket.bind = _guard(socket.socket.bind, target, "binding")
+    real_connect_ex = socket.socket.connect_ex
+
+    def connect_ex(self, address):
+        if _Network.building:
+            return errno.EACCES
+        return real_connect_ex(self, address)
+
+    socket.socket.connect_ex = connect_ex
+
+
+def network_closed(closed: bool) -> None:
+    """Refuse (``True``, while building) or allow network calls."""
+    _Network.building = closed
+
+
 def install() -> None:
     """Fill in what this CPython lacks; leaves real implementations alone."""
+    try:
+        import socket
+    except ImportError:
+        pass
+    else:
+        if not getattr(socket, "_rsgi_wasm_guarded", False):
+            _guard_network(socket)
+            socket._rsgi_wasm_guarded = True
     if not hasattr(hashlib, "pbkdf2_hmac"):
         hashlib.pbkdf2_hmac = pbkdf2_hmac
     for name in ID_FUNCTIONS:

@@ -47,3 +47,62 @@ class UserIds(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SandboxRefusals(unittest.TestCase):
+    def fake_socket(self):
+        import errno
+        import types
+
+        from rsgi_wasm_guest import compat
+
+        calls = []
+
+        def refuse(*args, **kwargs):
+            calls.append(args)
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        class Socket:
+            connect = refuse
+            bind = refuse
+
+            def connect_ex(self, address):
+                calls.append(address)
+                return 0
+
+        fake = types.SimpleNamespace(getaddrinfo=refuse, gethostbyname=refuse, socket=Socket)
+        compat._guard_network(fake)
+        return compat, fake, calls
+
+    def test_refusals_name_what_was_refused_and_the_setting(self):
+        import errno
+
+        compat, fake, calls = self.fake_socket()
+        compat.network_closed(False)
+        with self.assertRaises(PermissionError) as e:
+            fake.getaddrinfo("api.example.com", 443)
+        self.assertEqual(e.exception.errno, errno.EACCES)
+        self.assertIn("looking up 'api.example.com'", str(e.exception))
+        self.assertIn("--allow-net", str(e.exception))
+        with self.assertRaises(PermissionError) as e:
+            fake.socket().connect(("10.0.0.9", 5432))
+        self.assertIn("connecting to 10.0.0.9:5432", str(e.exception))
+        self.assertEqual(len(calls), 2)
+
+    def test_no_network_call_reaches_libc_while_building(self):
+        compat, fake, calls = self.fake_socket()
+        compat.network_closed(True)
+        try:
+            for call in (
+                lambda: fake.getaddrinfo("localhost", 80),
+                lambda: fake.gethostbyname("localhost"),
+                lambda: fake.socket().bind(("::1", 0)),
+                lambda: fake.socket().connect(("127.0.0.1", 80)),
+            ):
+                with self.assertRaises(PermissionError) as e:
+                    call()
+                self.assertIn("first request", str(e.exception))
+            self.assertNotEqual(fake.socket().connect_ex(("127.0.0.1", 80)), 0)
+            self.assertEqual(calls, [])
+        finally:
+            compat.network_closed(False)

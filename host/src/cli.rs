@@ -270,9 +270,15 @@ pub struct GrantArgs {
     /// Read NAME=VALUE lines for the app's environment from FILE.
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
-    /// Allow outbound TCP to HOST:PORT (repeatable; nothing by default).
+    /// Allow outbound TCP to HOST:PORT (repeatable; nothing by default):
+    /// an IP address, a name the app may look up, or `*.domain` for every
+    /// name under it; the port may be `*`.
     #[arg(long = "allow-net", value_name = "HOST:PORT", value_parser = config::parse_net)]
-    pub allow_net: Vec<Vec<std::net::SocketAddr>>,
+    pub allow_net: Vec<config::NetRule>,
+    /// Trust the CA certificates in this PEM file for the app's outbound
+    /// TLS, on top of the roots the app chooses (repeatable).
+    #[arg(long = "tls-ca", value_name = "FILE")]
+    pub tls_ca: Vec<PathBuf>,
     /// Memory cap per instance: 128MiB, 1GiB, ...
     #[arg(long, default_value = config::DEFAULT_MEMORY, value_parser = config::size_in(config::MEMORY))]
     pub memory: u64,
@@ -301,7 +307,13 @@ impl GrantArgs {
         Ok(Grants {
             dirs: self.dirs.clone(),
             env,
-            net: self.allow_net.iter().flatten().copied().collect(),
+            net: self.allow_net.clone(),
+            tls_ca: self
+                .tls_ca
+                .iter()
+                .map(|path| config::read_tls_ca(path))
+                .collect::<Result<Vec<_>, _>>()?
+                .concat(),
             tmp_size: self.tmp_size,
             log_rate: self.log_rate,
             max_open_files: self.max_open_files as usize,

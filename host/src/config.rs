@@ -21,9 +21,12 @@ pub enum ConfigError {
     /// A duration that is neither plain seconds nor `500ms` / `30s` / `2m`.
     #[error("{0:?} is not a duration (use seconds like 2 or 0.5, or 500ms, 30s, 2m)")]
     Duration(String),
-    /// An `--allow-net` value that is not a reachable HOST:PORT.
-    #[error("--allow-net {0:?}: {1} (expected HOST:PORT, e.g. 10.0.0.5:5432 or db.internal:5432)")]
+    /// An `--allow-net` value that is not HOST:PORT.
+    #[error("--allow-net {0:?}: {1} (expected HOST:PORT: an IP address, a name or *.domain, then a port or *; e.g. 10.0.0.5:5432, api.example.com:443, *.example.com:443)")]
     Net(String, String),
+    /// A `--tls-ca` file that holds no usable certificate.
+    #[error("--tls-ca {0:?}: {1} (expected a PEM file of CA certificates)")]
+    TlsCa(String, String),
     /// An isolation mode other than `pooled` or `request`.
     #[error("isolation {0:?}: expected pooled or request")]
     Isolation(String),
@@ -403,8 +406,11 @@ pub struct Grants {
     pub dirs: Vec<DirGrant>,
     /// Environment variables (the host's own never reach the guest).
     pub env: Vec<(String, String)>,
-    /// Addresses the app may open TCP connections to (none by default).
-    pub net: Vec<std::net::SocketAddr>,
+    /// Where the app may open TCP connections (nowhere by default).
+    pub net: Vec<NetRule>,
+    /// CA certificates (DER) the app's TLS trusts besides its own choice
+    /// of roots (`--tls-ca`).
+    pub tls_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// What the app's private /tmp may hold, all its instances together.
     pub tmp_size: u64,
     /// Bytes of stdout/stderr a second the app may log (bursts of 4 s).
@@ -413,18 +419,116 @@ pub struct Grants {
     pub max_open_files: usize,
 }
 
-/// Parse `HOST:PORT` for `--allow-net`; a host name is resolved once, now
-/// (the guest itself gets no name lookup), and every address it has is allowed.
-pub fn parse_net(value: &str) -> Result<Vec<std::net::SocketAddr>, ConfigError> {
-    use std::net::ToSocketAddrs;
-    let addrs: Vec<_> = value
-        .to_socket_addrs()
-        .map_err(|e| ConfigError::Net(value.to_owned(), e.to_string()))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(ConfigError::Net(value.to_owned(), "no address".into()));
+/// Where an allowed connection may go: one `--allow-net` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetRule {
+    /// The address or names it covers.
+    pub host: NetHost,
+    /// The port (none: any port, written `*`).
+    pub port: Option<u16>,
+}
+
+/// The host part of a [`NetRule`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetHost {
+    /// Connections to exactly this address.
+    Ip(std::net::IpAddr),
+    /// This name (lower case, no trailing dot): the guest may look it up
+    /// and connect to what it resolves to.
+    Name(String),
+    /// Every name under this domain (`*.example.com` is stored as
+    /// `example.com`; it does not cover `example.com` itself).
+    Subdomains(String),
+}
+
+impl std::fmt::Display for NetRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            NetHost::Ip(std::net::IpAddr::V6(ip)) => write!(f, "[{ip}]")?,
+            NetHost::Ip(ip) => write!(f, "{ip}")?,
+            NetHost::Name(name) => write!(f, "{name}")?,
+            NetHost::Subdomains(domain) => write!(f, "*.{domain}")?,
+        }
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => write!(f, ":*"),
+        }
     }
-    Ok(addrs)
+}
+
+/// Parse `HOST:PORT` for `--allow-net`: an IP address (`[v6]` in brackets),
+/// a name, or `*.domain`, then a port or `*`. Names are not resolved here:
+/// the guest looks them up when it connects, through the host, which lets
+/// only listed names through.
+pub fn parse_net(value: &str) -> Result<NetRule, ConfigError> {
+    let err = |why: &str| ConfigError::Net(value.to_owned(), why.to_owned());
+    let (host, port) = value.rsplit_once(':').ok_or_else(|| err("no port"))?;
+    let port = match port {
+        "*" => None,
+        p => match p.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(err("the port must be 1 to 65535, or *")),
+            Ok(p) => Some(p),
+        },
+    };
+    let host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        NetHost::Ip(std::net::IpAddr::V6(
+            v6.parse().map_err(|_| err("not an IPv6 address"))?,
+        ))
+    } else if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
+        NetHost::Ip(ip.into())
+    } else if host.contains(':') {
+        return Err(err("an IPv6 address goes in brackets, like [::1]:5432"));
+    } else if host == "*" {
+        return Err(err(
+            "a bare * would allow every host; list the names, or *.domain",
+        ));
+    } else if let Some(domain) = host.strip_prefix("*.") {
+        NetHost::Subdomains(host_name(domain).ok_or_else(|| err("not a domain name after *."))?)
+    } else {
+        NetHost::Name(host_name(host).ok_or_else(|| {
+            err(if host.contains('*') {
+                "a wildcard must be a whole first label, like *.example.com"
+            } else {
+                "not a host name"
+            })
+        })?)
+    };
+    Ok(NetRule { host, port })
+}
+
+/// `name` as a lower-case DNS name without its trailing dot, if it is one
+/// (labels of letters, digits, `-` and `_`, at most 253 characters).
+pub fn host_name(name: &str) -> Option<String> {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && !l.starts_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    (!name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)).then_some(name)
+}
+
+/// Read the CA certificates of a `--tls-ca` PEM file.
+pub fn read_tls_ca(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    let err = |why: String| ConfigError::TlsCa(path.display().to_string(), why);
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(err("no CERTIFICATE block in it".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| err(format!("a certificate that cannot be a trust anchor: {e}")))?;
+    }
+    Ok(certs)
 }
 
 /// Per-app resource limits.
@@ -562,6 +666,39 @@ pub fn parse_trusted(value: &str) -> Result<TrustedPeers, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allow_net_rules_parse_and_reject() {
+        let rule = |s: &str| parse_net(s).map(|r| r.to_string());
+        for (input, parsed) in [
+            ("10.0.0.5:5432", "10.0.0.5:5432"),
+            ("[::1]:443", "[::1]:443"),
+            ("API.Example.com.:443", "api.example.com:443"),
+            ("*.example.com:443", "*.example.com:443"),
+            ("db_1.internal:*", "db_1.internal:*"),
+            ("localhost:8443", "localhost:8443"),
+        ] {
+            assert_eq!(rule(input).unwrap(), parsed, "{input}");
+        }
+        for (input, why) in [
+            ("example.com", "no port"),
+            ("example.com:0", "1 to 65535"),
+            ("example.com:https", "1 to 65535"),
+            ("::1:443", "brackets"),
+            ("[nope]:443", "IPv6"),
+            ("*:443", "every host"),
+            ("a.*.com:443", "whole first label"),
+            ("*.:443", "domain name"),
+            ("bad name:443", "not a host name"),
+            ("-x.com:443", "not a host name"),
+            ("a..b:443", "not a host name"),
+        ] {
+            let e = rule(input).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("--allow-net"), "{input}: {e}");
+        }
+        let long = format!("{}.com:1", "a".repeat(64));
+        assert!(parse_net(&long).is_err());
+    }
 
     #[test]
     fn dir_grants_parse_and_reject() {

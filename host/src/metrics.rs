@@ -87,6 +87,21 @@ struct Metrics {
     unloads: Family<Tenant, Counter>,
     components: Gauge,
     core_modules: Gauge,
+    outbound_connections: Family<TenantResult, Counter>,
+    outbound_lookups: Family<TenantResult, Counter>,
+    outbound_tls_bytes: Family<TenantDirection, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantResult {
+    tenant: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantDirection {
+    tenant: String,
+    direction: &'static str,
 }
 
 static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| Mutex::new(Metrics::new()));
@@ -116,6 +131,9 @@ impl Metrics {
             unloads: Family::default(),
             components: Gauge::default(),
             core_modules: Gauge::default(),
+            outbound_connections: Family::default(),
+            outbound_lookups: Family::default(),
+            outbound_tls_bytes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -198,6 +216,21 @@ impl Metrics {
             "core_modules_loaded",
             "Distinct compiled core modules in memory, each shared by the components that ship it",
             m.core_modules.clone(),
+        );
+        registry.register(
+            "outbound_connections",
+            "Outbound TCP connections the tenant's guests opened (allowed) or were refused (denied) by --allow-net",
+            m.outbound_connections.clone(),
+        );
+        registry.register(
+            "outbound_lookups",
+            "Host name lookups by the tenant's guests, allowed or denied by --allow-net",
+            m.outbound_lookups.clone(),
+        );
+        registry.register(
+            "outbound_tls_bytes",
+            "Bytes of TLS records the tenant's guests sent and received through the host's TLS",
+            m.outbound_tls_bytes.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -350,6 +383,56 @@ impl TenantMetrics {
             Recycle::MaxRequests => 3,
         };
         self.recycles[i].inc();
+    }
+}
+
+/// One tenant's outbound series, cut once per app.
+pub struct OutboundMetrics {
+    connections: [Counter; 2],
+    lookups: [Counter; 2],
+    /// TLS bytes written to the network.
+    pub tls_sent: Counter,
+    /// TLS bytes read from the network.
+    pub tls_received: Counter,
+}
+
+impl OutboundMetrics {
+    /// The series of tenant `name`.
+    pub fn new(name: &str) -> Self {
+        let result = |family: &Family<TenantResult, Counter>| {
+            ["allowed", "denied"].map(|result| {
+                family
+                    .get_or_create(&TenantResult {
+                        tenant: name.to_owned(),
+                        result,
+                    })
+                    .clone()
+            })
+        };
+        let direction = |m: &Metrics, direction| {
+            m.outbound_tls_bytes
+                .get_or_create(&TenantDirection {
+                    tenant: name.to_owned(),
+                    direction,
+                })
+                .clone()
+        };
+        with(|m| OutboundMetrics {
+            connections: result(&m.outbound_connections),
+            lookups: result(&m.outbound_lookups),
+            tls_sent: direction(m, "sent"),
+            tls_received: direction(m, "received"),
+        })
+    }
+
+    /// A connection was allowed or refused.
+    pub fn connection(&self, allowed: bool) {
+        self.connections[usize::from(!allowed)].inc();
+    }
+
+    /// A name lookup was allowed or refused.
+    pub fn lookup(&self, allowed: bool) {
+        self.lookups[usize::from(!allowed)].inc();
     }
 }
 

@@ -60,7 +60,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Keys whose values are host paths, relative to the config file.
-const PATH_KEYS: [&str; 3] = ["dirs", "static", "env_file"];
+const PATH_KEYS: [&str; 4] = ["dirs", "static", "env_file", "tls_ca"];
 
 /// Keys spelt otherwise than their flag: a list of grants reads better
 /// as `dirs = [...]` than as `dir`.
@@ -293,11 +293,12 @@ fn tenant(
     let keys = AppKeys::try_parse_from(&argv).map_err(|e| Some(flag_error(&e, &origin, err)))?;
     let app = keys.app;
     let mut grants = app.grants.grants().map_err(|e| {
-        Some(err(
-            span_of(&origin, "env_file"),
-            "env_file",
-            format!("{e:#}"),
-        ))
+        // The files `grants` reads: the env file and the CA files.
+        let field = match e.downcast_ref::<crate::config::ConfigError>() {
+            Some(crate::config::ConfigError::TlsCa(..)) => "tls_ca",
+            _ => "env_file",
+        };
+        Some(err(span_of(&origin, field), field, format!("{e:#}")))
     })?;
     grants.env.extend(env);
     Ok(TenantConfig {
@@ -471,6 +472,8 @@ mod tests {
         std::fs::create_dir_all(dir.join("static")).unwrap();
         std::fs::write(dir.join("a.wasm"), b"x").unwrap();
         std::fs::write(dir.join("app.env"), "FROM_FILE=1\nBOTH=file\n").unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.cert.pem()).unwrap();
         let cfg = dir.join("t.toml");
         // Nothing set: exactly the flags' defaults.
         std::fs::write(&cfg, "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n").unwrap();
@@ -487,7 +490,8 @@ mod tests {
              timeout = \"2s\"\nmax_body = \"1MiB\"\nmax_requests = 100\nmax_requests_jitter = 10\n\
              cpu = 0.5\nisolation = \"request\"\nmemory = \"64MiB\"\ntmp_size = \"1MiB\"\n\
              log_rate = 4096\nmax_open_files = 64\ndirs = [\"data::/data:quota=1MiB\"]\n\
-             static = [\"/s/=static\"]\nenv_file = \"app.env\"\nallow_net = [\"127.0.0.1:5432\"]\n\
+             static = [\"/s/=static\"]\nenv_file = \"app.env\"\nallow_net = [\"127.0.0.1:5432\", \"*.example.com:443\"]\n\
+             tls_ca = [\"ca.pem\"]\n\
              [app.env]\nBOTH = \"table\"\n",
         )
         .unwrap();
@@ -510,6 +514,8 @@ mod tests {
             format!("--static=/s/={d}/static"),
             format!("--env-file={d}/app.env"),
             "--allow-net=127.0.0.1:5432".into(),
+            "--allow-net=*.example.com:443".into(),
+            format!("--tls-ca={d}/ca.pem"),
             "--env=BOTH=table".into(),
         ])
         .unwrap()
@@ -518,6 +524,8 @@ mod tests {
         assert_eq!(t.grants, flags.grants.grants().unwrap());
         assert_eq!(t.statics, flags.statics);
         assert_eq!(t.limits.workers, 3);
+        assert_eq!(t.grants.net.len(), 2);
+        assert_eq!(t.grants.tls_ca.len(), 1);
         // The table's env comes after the file's, as --env after --env-file.
         let env = &t.grants.env;
         assert_eq!(env.iter().rfind(|(k, _)| k == "BOTH").unwrap().1, "table");
@@ -544,6 +552,8 @@ mod tests {
             ("env = [\"A=1\"]", "env", "expected a table"),
             ("env_file = \"missing.env\"", "env_file", "missing.env"),
             ("static = [\"/s/=nowhere\"]", "static", "cannot be used"),
+            ("allow_net = [\"*:443\"]", "allow_net", "every host"),
+            ("tls_ca = [\"nope.pem\"]", "tls_ca", "nope.pem"),
         ] {
             std::fs::write(
                 &cfg,

@@ -597,3 +597,136 @@ pub fn compiled_modules(logs: &str) -> Vec<(u32, u32)> {
         })
         .collect()
 }
+
+/// A test CA, and PEM files it signed, in one directory.
+pub struct Pki {
+    pub dir: std::path::PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let dir = temp_dir(name);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "rsgi-wasm test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    /// `NAME.pem` and `NAME.key` for `names`, signed by the CA; the cert's DER.
+    pub fn issue(&self, file: &str, names: &[&str], client: bool) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        if client {
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// An HTTPS client trusting the CA, with `names` resolving to `addr`.
+    pub fn client(
+        &self,
+        addr: std::net::SocketAddr,
+        names: &[&str],
+    ) -> reqwest::blocking::ClientBuilder {
+        let ca = std::fs::read(self.dir.join("ca.pem")).unwrap();
+        let mut b = reqwest::blocking::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .tls_info(true)
+            .timeout(std::time::Duration::from_secs(60));
+        for n in names {
+            b = b.resolve(n, addr);
+        }
+        b
+    }
+}
+
+/// A one-thread-per-connection HTTPS server on a loopback port, with the
+/// certificate `cert` of `pki`: each request is answered with
+/// `200 {"path": ..., "sni": ...}` and the connection closed.
+pub fn https_server(pki: &Pki, cert: &str) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let chain =
+        rustls::pki_types::CertificateDer::pem_file_iter(pki.dir.join(format!("{cert}.pem")))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pki.dir.join(format!("{cert}.key")))
+        .unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let sni = tls.conn.server_name().map(str::to_owned);
+                let body = serde_json::json!({"path": path, "sni": sni}).to_string();
+                let _ = write!(
+                    tls,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP server on a loopback port that answers each line with `echo: LINE`.
+pub fn echo_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(tcp.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let _ = (&tcp).write_all(format!("echo: {line}").as_bytes());
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
+}

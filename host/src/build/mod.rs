@@ -28,41 +28,48 @@ use crate::protocol::FIXED_KEYS;
 /// The guest adapter, compiled into the binary so `build` is self-contained.
 const GUEST_FILES: &[(&str, &str)] = &[
     (
-        "__init__.py",
+        "rsgi_wasm_guest/__init__.py",
         include_str!("../../../guest/rsgi_wasm_guest/__init__.py"),
     ),
     (
-        "boot.py",
+        "rsgi_wasm_guest/boot.py",
         include_str!("../../../guest/rsgi_wasm_guest/boot.py"),
     ),
     (
-        "compat.py",
+        "rsgi_wasm_guest/compat.py",
         include_str!("../../../guest/rsgi_wasm_guest/compat.py"),
     ),
     (
-        "component.py",
+        "rsgi_wasm_guest/component.py",
         include_str!("../../../guest/rsgi_wasm_guest/component.py"),
     ),
     (
-        "script.py",
+        "rsgi_wasm_guest/script.py",
         include_str!("../../../guest/rsgi_wasm_guest/script.py"),
     ),
     (
-        "protocol.py",
+        "rsgi_wasm_guest/protocol.py",
         include_str!("../../../guest/rsgi_wasm_guest/protocol.py"),
     ),
     (
-        "wsgi_input.py",
+        "rsgi_wasm_guest/wsgi_input.py",
         include_str!("../../../guest/rsgi_wasm_guest/wsgi_input.py"),
     ),
     (
-        "http_component.py",
+        "rsgi_wasm_guest/http_component.py",
         include_str!("../../../guest/rsgi_wasm_guest/http_component.py"),
     ),
     (
-        "wasi_http.py",
+        "rsgi_wasm_guest/wasi_http.py",
         include_str!("../../../guest/rsgi_wasm_guest/wasi_http.py"),
     ),
+    (
+        "rsgi_wasm_guest/tls.py",
+        include_str!("../../../guest/rsgi_wasm_guest/tls.py"),
+    ),
+    // The stdlib's `ssl` imports the C module `_ssl`, which CPython for
+    // WASI lacks: this one is `tls.py`, over the host's rustls.
+    ("_ssl.py", include_str!("../../../guest/_ssl.py")),
 ];
 const WIT: &str = include_str!("../../../wit/wsgi.wit");
 /// The WASI 0.2.0 packages `wsgi-http` includes (`wasi:http/proxy`), as
@@ -309,10 +316,9 @@ async fn generate(
         .prefix("rsgi-wasm-build")
         .tempdir()?;
     let guest_dir = work.path().join("guest");
-    let pkg = guest_dir.join("rsgi_wasm_guest");
-    std::fs::create_dir_all(&pkg)?;
+    std::fs::create_dir_all(guest_dir.join("rsgi_wasm_guest"))?;
     for (name, text) in GUEST_FILES {
-        std::fs::write(pkg.join(name), text)?;
+        std::fs::write(guest_dir.join(name), text)?;
     }
     let wit_dir = work.path().join("wit");
     std::fs::create_dir_all(&wit_dir)?;

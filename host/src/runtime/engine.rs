@@ -20,7 +20,7 @@ use crate::cachefs;
 use crate::config::World;
 use crate::metrics;
 use crate::runtime::core_modules;
-use crate::runtime::generated::{WsgiApp, WsgiAppPre};
+use crate::runtime::generated::{request, response, WsgiAppPre};
 use crate::runtime::store::HostState;
 use crate::runtime::wasi_http::INCOMING_HANDLER;
 use crate::runtime::wsgi::WsgiCtx;
@@ -533,7 +533,10 @@ pub fn prepare(engine: &Engine, loaded: &Loaded, path: &Path) -> Result<AppPre> 
     }
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::runtime::quota_fs::add_to_linker(&mut linker, HostState::quota_fs)?;
-    WsgiApp::add_to_linker::<HostState, HasSelf<WsgiCtx>>(&mut linker, HostState::wsgi)?;
+    crate::runtime::outbound::add_to_linker(&mut linker, HostState::name_lookup)?;
+    request::add_to_linker::<HostState, HasSelf<WsgiCtx>>(&mut linker, HostState::wsgi)?;
+    response::add_to_linker::<HostState, HasSelf<WsgiCtx>>(&mut linker, HostState::wsgi)?;
+    crate::runtime::tls_client::add_to_linker(&mut linker, HostState::tls)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     let pre = linker
         .instantiate_pre(component)

@@ -13,11 +13,13 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "wsgi-app",
-        imports: { default: async },
+        imports: { "rsgi-wasm:wsgi/tls": async | trappable, default: async },
         exports: { default: async },
+        with: { "rsgi-wasm:wsgi/tls.client": crate::runtime::tls_session::Session },
     });
 }
 
-pub use bindings::rsgi_wasm::wsgi::request::{BodyError, Host as RequestHost};
-pub use bindings::rsgi_wasm::wsgi::response::{Host as ResponseHost, SendFileError};
+pub use bindings::rsgi_wasm::wsgi::request::{self, BodyError, Host as RequestHost};
+pub use bindings::rsgi_wasm::wsgi::response::{self, Host as ResponseHost, SendFileError};
+pub use bindings::rsgi_wasm::wsgi::tls;
 pub use bindings::{WsgiApp, WsgiAppPre};

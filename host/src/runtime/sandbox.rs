@@ -6,16 +6,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{DirPerms, FilePerms, WasiCtxBuilder};
 
 use crate::bundle::Mount;
 use crate::config::{DirGrant, Grants, Isolation};
 use crate::runtime::disk_quota::{Budget, Ledger};
 use crate::runtime::guest_log::{GuestLog, LogBudget};
+use crate::runtime::outbound::{InstanceNet, Outbound};
 use crate::runtime::quota_fs::{OpenFiles, Quotas};
 use crate::runtime::scratch::{scratch_dir, ScratchDir};
-use crate::runtime::store::HostState;
+use crate::runtime::store::{HostState, Network};
+use crate::runtime::tls_client::TlsClients;
 use crate::runtime::wsgi::WsgiCtx;
 
 /// The grants of one app, turned into a fresh `HostState` per instance.
@@ -23,7 +24,8 @@ use crate::runtime::wsgi::WsgiCtx;
 pub struct Sandbox {
     app: Arc<str>,
     env: Vec<(String, String)>,
-    net: Arc<[std::net::SocketAddr]>,
+    outbound: Arc<Outbound>,
+    tls: Arc<TlsClients>,
     dirs: Arc<[DirGrant]>,
     /// The ledger of each `dirs` entry that has a quota.
     dir_quotas: Arc<[Option<Arc<Ledger>>]>,
@@ -125,10 +127,13 @@ impl Sandbox {
             };
             dir_quotas.push(ledger);
         }
+        let app: Arc<str> = app.into();
+        let outbound = Outbound::new(&app, grants.net);
         Ok(Sandbox {
-            app: app.into(),
+            tls: TlsClients::new(grants.tls_ca, outbound.clone()),
+            outbound,
+            app,
             env: grants.env,
-            net: grants.net.into(),
             dirs: grants.dirs.into(),
             dir_quotas: dir_quotas.into(),
             files,
@@ -152,16 +157,17 @@ impl Sandbox {
                 b.inherit_stdio();
             }
         }
-        b.allow_tcp(!self.net.is_empty())
+        // Lookups pass through `outbound`, which refuses names no rule
+        // covers; connections through its check.
+        let net = InstanceNet::new(self.outbound.clone());
+        b.allow_tcp(self.outbound.any())
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        if !self.net.is_empty() {
-            let allowed = self.net.clone();
-            b.socket_addr_check(move |addr, use_| {
-                let ok = matches!(use_, SocketAddrUse::TcpConnect) && allowed.contains(&addr);
-                Box::pin(async move { ok })
-            });
-        }
+            .allow_ip_name_lookup(self.outbound.any());
+        let check = net.clone();
+        b.socket_addr_check(move |addr, use_| {
+            let ok = check.check(addr, use_);
+            Box::pin(async move { ok })
+        });
         for (k, v) in &self.env {
             b.env(k, v);
         }
@@ -216,6 +222,10 @@ impl Sandbox {
             own_tmp,
             self.memory,
             WsgiCtx::new(self.dirs.clone()),
+            Network {
+                net,
+                tls: self.tls.clone(),
+            },
         ))
     }
 }

@@ -3,18 +3,23 @@
 //! and private /tmp the sandbox gave it. Also the `Store` itself, with the
 //! epoch yields every instance needs.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
+use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::{WasiHttpCtxView, WasiHttpView};
 
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::runtime::cpu::CpuShare;
+use crate::runtime::outbound::{InstanceNet, NameLookupView};
 use crate::runtime::quota_fs::{QuotaFsView, Quotas};
 use crate::runtime::scratch::ScratchDir;
+use crate::runtime::tls_client::{TlsClients, TlsView};
 use crate::runtime::wasi_http::HttpState;
 use crate::runtime::wsgi::WsgiCtx;
 
@@ -30,6 +35,19 @@ pub struct HostState {
     quotas: Quotas,
     /// This instance's own /tmp, removed with it (request isolation).
     _tmp: Option<ScratchDir>,
+    /// Where it may connect, and what it resolved.
+    net: Arc<InstanceNet>,
+    /// Its app's outbound TLS trust, and how many sessions it holds.
+    tls: Arc<TlsClients>,
+    tls_sessions: usize,
+}
+
+/// What an instance may reach over the network (see `sandbox`).
+pub struct Network {
+    /// The rules and the names this instance resolved.
+    pub net: Arc<InstanceNet>,
+    /// Its app's outbound TLS.
+    pub tls: Arc<TlsClients>,
 }
 
 impl HostState {
@@ -41,6 +59,7 @@ impl HostState {
         tmp: Option<ScratchDir>,
         memory: u64,
         wsgi: WsgiCtx,
+        network: Network,
     ) -> Self {
         HostState {
             wasi,
@@ -55,6 +74,29 @@ impl HostState {
             http: HttpState::default(),
             quotas,
             _tmp: tmp,
+            net: network.net,
+            tls: network.tls,
+            tls_sessions: 0,
+        }
+    }
+
+    /// The view the allow-list-checking `ip-name-lookup` works on.
+    pub fn name_lookup(&mut self) -> NameLookupView<'_> {
+        NameLookupView {
+            sockets: WasiSocketsCtxView {
+                ctx: self.wasi.sockets(),
+                table: &mut self.table,
+            },
+            net: &self.net,
+        }
+    }
+
+    /// The view the guest's TLS sessions work on.
+    pub fn tls(&mut self) -> TlsView<'_> {
+        TlsView {
+            table: &mut self.table,
+            clients: &self.tls,
+            sessions: &mut self.tls_sessions,
         }
     }
 
