@@ -137,6 +137,27 @@ def resolve_callable(module_obj: Any, module: str, expr: str) -> Callable:
     return obj
 
 
+class LiveApp:
+    """The app of a ``run --reload`` build: imported on first use, from the
+    app's directories the host mounts live, so an edit needs a new
+    instance, not a new build (the snapshot holds the stdlib only)."""
+
+    def __init__(self, module: str, expr: str, mounts: Sequence[Tuple[str, str]], native: Dict[str, str]) -> None:
+        self.spec = (module, expr, mounts, native)
+        self.app: Optional[Callable] = None
+
+    def load(self) -> Callable:
+        """The app, imported now if it was not yet (``BuildError`` if it
+        does not import)."""
+        if self.app is None:
+            module, expr, mounts, native = self.spec
+            self.app = resolve_callable(import_app_module(module, mounts, native), module, expr)
+        return self.app
+
+    def __call__(self, environ: Dict[str, Any], start_response: Callable) -> Any:
+        return self.load()(environ, start_response)
+
+
 class _Discard(protocol.Transport):
     def __init__(self) -> None:
         self.status = ""
@@ -231,12 +252,15 @@ def boot(
     fixed_keys: Sequence[str],
     stdlib_export: Optional[str] = None,
     world: str = "wsgi",
+    live: bool = False,
 ) -> Tuple[type, ...]:
     """Import and warm up the app; return the exported classes: ``Handler``
     and ``Command`` for our own world, ``IncomingHandler`` alone for
     ``world="wasi-http"``. ``fixed_keys`` are the environ keys whose values
     the host sends first without their names (`FIXED_KEYS` in
-    host/src/protocol.rs, passed at build time)."""
+    host/src/protocol.rs, passed at build time). ``live`` (``run
+    --reload``): the app is imported on its first request instead, from its
+    directories as they are then (see ``LiveApp``)."""
     # The app's directories are mounted writable while building: leave no
     # __pycache__ behind in the user's project.
     sys.dont_write_bytecode = True
@@ -267,9 +291,12 @@ def boot(
         except ImportError:
             pass
     check_native(native)
-    module_obj = import_app_module(module, mounts, native)
-    app = resolve_callable(module_obj, module, expr)
-    report = warm_up(app, warmup)
+    if live:
+        app = LiveApp(module, expr, mounts, native)
+        report = ["live: each instance imports the app as it starts, from its directories as they are then"]
+    else:
+        app = resolve_callable(import_app_module(module, mounts, native), module, expr)
+        report = warm_up(app, warmup)
     # The snapshot is taken after boot returns, with no Python running:
     # from here on the calls are the app's, at run time.
     compat.network_closed(False)
@@ -285,4 +312,5 @@ def boot(
         return (http_component.make_handler(app),)
     from .component import make_command, make_handler
 
-    return make_handler(app, tuple(fixed_keys)), make_command([tuple(m) for m in mounts[:app_dirs]])
+    roots = [tuple(m) for m in mounts[:app_dirs]]
+    return make_handler(app, tuple(fixed_keys)), make_command(roots, app.load if live else None)

@@ -80,7 +80,7 @@ def _address(address) -> str:
     return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else repr(address)
 
 
-def _guard(real, what, name: str):
+def _guard(real, what, name: str, hint: str = ALLOW_NET_HINT):
     """``real`` (a socket function or method that reaches the network),
     refusing while the snapshot is taken, and naming what was refused when
     the sandbox refuses it (``what(args)`` describes the target)."""
@@ -98,7 +98,7 @@ def _guard(real, what, name: str):
             return real(*args, **kwargs)
         except PermissionError as e:
             raise PermissionError(
-                e.errno, f"rsgi-wasm sandbox: {name} {what(args)} is not allowed; {ALLOW_NET_HINT}"
+                e.errno, f"rsgi-wasm sandbox: {name} {what(args)} is not allowed; {hint}"
             ) from None
 
     call.__name__ = getattr(real, "__name__", name)
@@ -115,7 +115,12 @@ def _guard_network(socket) -> None:
             setattr(socket, fn, _guard(getattr(socket, fn), host, "looking up"))
     target = lambda args: _address(args[1]) if len(args) > 1 else ""  # noqa: E731
     socket.socket.connect = _guard(socket.socket.connect, target, "connecting to")
-    socket.socket.bind = _guard(socket.socket.bind, target, "binding")
+    socket.socket.bind = _guard(
+        socket.socket.bind,
+        target,
+        "binding",
+        "an app can connect out (--allow-net) but not listen, so asyncio's event loop, which needs a local socket pair, is not available",
+    )
     real_connect_ex = socket.socket.connect_ex
 
     def connect_ex(self, address):

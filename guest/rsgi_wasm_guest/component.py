@@ -5,7 +5,7 @@ componentize-py from ``wit/wsgi.wit``).
 """
 
 from itertools import chain
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from componentize_py_types import Err
 from wit_world import exports
@@ -106,12 +106,21 @@ def make_handler(app: Callable, fixed_keys: Tuple[str, ...]) -> type:
     return Handler
 
 
-def make_command(roots: List[Tuple[str, str]]) -> type:
-    """Build the ``Command`` class (``rsgi-wasm exec``) for the app's dirs."""
+# The argv with which the host asks, before it swaps a new version in under
+# `run --reload`, whether the app imports (`IMPORT_CHECK` in
+# host/src/commands.rs).
+IMPORT_CHECK = "--rsgi-wasm-import-app"
+
+
+def make_command(roots: List[Tuple[str, str]], load_app: Optional[Callable[[], Callable]] = None) -> type:
+    """Build the ``Command`` class (``rsgi-wasm exec``) for the app's dirs;
+    ``load_app`` imports a live build's app (``boot.LiveApp.load``)."""
     from . import script
 
     class Command(exports.Command):
         def run(self, argv: List[str]) -> int:
+            if list(argv) == [IMPORT_CHECK]:
+                return script.check_import(load_app)
             return script.run(list(argv), roots)
 
     return Command

@@ -66,3 +66,17 @@ def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
                 stream.flush()
             except Exception:
                 pass
+
+
+def check_import(load_app) -> int:
+    """Import the app (``load_app``; none: it is in the snapshot already):
+    0, or 1 with the reason on stderr."""
+    from .boot import BuildError
+
+    if load_app is None:
+        return 0
+    try:
+        load_app()
+    except BuildError:  # printed to stderr as it was raised
+        return 1
+    return 0

@@ -217,3 +217,29 @@ class ProtocolTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LiveApps(unittest.TestCase):
+    def test_imported_on_first_use_and_a_failure_is_a_build_error(self):
+        import os
+        import sys
+        import tempfile
+
+        from rsgi_wasm_guest import boot
+
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "live_mod_ok.py"), "w") as f:
+                f.write("def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'live']\n")
+            with open(os.path.join(d, "live_mod_bad.py"), "w") as f:
+                f.write("def app(:\n")
+            sys.path.insert(0, d)
+            try:
+                live = boot.LiveApp("live_mod_ok", "app", [], {})
+                self.assertNotIn("live_mod_ok", sys.modules)
+                self.assertEqual(live({}, lambda status, headers: None), [b"live"])
+                self.assertIs(live.load(), live.load())
+                with self.assertRaises(boot.BuildError) as e:
+                    boot.LiveApp("live_mod_bad", "app", [], {}).load()
+                self.assertIn("syntax error", str(e.exception))
+            finally:
+                sys.path.remove(d)

@@ -87,7 +87,10 @@ class SandboxRefusals(unittest.TestCase):
         with self.assertRaises(PermissionError) as e:
             fake.socket().connect(("10.0.0.9", 5432))
         self.assertIn("connecting to 10.0.0.9:5432", str(e.exception))
-        self.assertEqual(len(calls), 2)
+        with self.assertRaises(PermissionError) as e:
+            fake.socket().bind(("127.0.0.1", 0))
+        self.assertIn("not listen", str(e.exception))
+        self.assertEqual(len(calls), 3)
 
     def test_no_network_call_reaches_libc_while_building(self):
         compat, fake, calls = self.fake_socket()

@@ -10,6 +10,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -64,6 +65,27 @@ pub struct Mount {
     pub host: PathBuf,
     /// Absolute guest path.
     pub guest: String,
+}
+
+/// `files` with the app's own directories (guest `/1`, `/2`, ... in `-p`
+/// order) replaced by `dirs` as they are on the host: `run --reload`'s live
+/// builds import the app from there, so an edit is seen by the next
+/// instance without a rebuild.
+pub fn with_live_dirs(files: &Arc<[Mount]>, dirs: &[PathBuf]) -> Arc<[Mount]> {
+    if dirs.is_empty() {
+        return files.clone();
+    }
+    let live = |guest: &str| {
+        let i: usize = guest.strip_prefix('/')?.parse().ok()?;
+        dirs.get(i.checked_sub(1)?).cloned()
+    };
+    files
+        .iter()
+        .map(|m| Mount {
+            host: live(&m.guest).unwrap_or_else(|| m.host.clone()),
+            guest: m.guest.clone(),
+        })
+        .collect()
 }
 
 fn skipped_dir(name: &str) -> bool {

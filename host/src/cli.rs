@@ -233,6 +233,7 @@ impl SourceArgs {
             warmup,
             cache_dir,
             world: self.world,
+            live: false,
         }
     }
 }

@@ -48,7 +48,7 @@ async fn build_command(args: BuildArgs) -> Result<()> {
 }
 
 /// Build (or reuse) and print the warm-up results and the final line.
-async fn build_and_report(opts: &BuildOptions) -> Result<PathBuf> {
+async fn build_and_report(opts: &BuildOptions) -> Result<build::BuildReport> {
     let t0 = Instant::now();
     let report = build::build(opts).await?;
     for line in &report.warmup {
@@ -65,7 +65,7 @@ async fn build_and_report(opts: &BuildOptions) -> Result<PathBuf> {
             ""
         }
     );
-    Ok(report.path)
+    Ok(report)
 }
 
 /// What `rsgi-wasm run APP` names: a built component, or source to build.
@@ -256,13 +256,23 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let tls = tls_for(&args.http, &[])?;
     let metered = start_ops(&args.http, server_cfg.listen).await?;
     let statics = StaticFiles::new(args.app_args.statics.clone())?;
-    let source = component_for_run(&args)?;
-    let (component, name) = match &source {
+    let mut source = component_for_run(&args)?;
+    if let Some(opts) = &mut source {
+        // From source with --reload: the app is imported from its
+        // directories at run time, so edits need no rebuild.
+        opts.live = args.reload;
+    }
+    let (component, name, live_dirs) = match &source {
         Some(opts) => {
             let name = opts.target.split(':').next().unwrap_or("app").to_owned();
-            (build_and_report(opts).await?, name)
+            let report = build_and_report(opts).await?;
+            (report.path, name, report.live_dirs)
         }
-        None => (PathBuf::from(&args.app), app_name(Path::new(&args.app))),
+        None => (
+            PathBuf::from(&args.app),
+            app_name(Path::new(&args.app)),
+            Vec::new(),
+        ),
     };
     let t0 = Instant::now();
     let loader = new_loader(args.cache.cache_dir.clone())?;
@@ -277,7 +287,9 @@ async fn run_command(args: RunArgs) -> Result<()> {
         component: component.clone(),
         grants: grants.clone(),
         limits: limits.clone(),
+        live_dirs,
     };
+    let live_dirs = spec.live_dirs.clone();
     let app = Tenant::start(&starter, spec, true, Duration::ZERO).await?;
     // Before the port is bound, as in `serve`.
     let hup = tls.is_some().then(hangup).transpose()?;
@@ -301,6 +313,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
             grants,
             limits,
             statics: args.app_args.statics.clone(),
+            live_dirs,
         };
         tokio::spawn(reload_on_change(watched, source, component, app));
     }
@@ -358,6 +371,8 @@ struct RunningApp {
     grants: Grants,
     limits: Limits,
     statics: Vec<crate::http::static_files::StaticMount>,
+    /// A live build's directories (`BuildReport::live_dirs`).
+    live_dirs: Vec<PathBuf>,
 }
 
 /// `run --reload`: rebuild (when running from source) and restart the app
@@ -379,12 +394,17 @@ async fn reload_on_change(
     tracing::info!("--reload: watching the app's files for changes");
     while changes.next().await {
         let t0 = Instant::now();
-        let component = match &source {
+        let (component, how) = match &source {
             Some(opts) => match dev_reload::rebuild(opts.clone()).await {
-                // A version built before comes from the cache, and is new
-                // to the running server all the same.
-                Ok(report) if report.path == current => continue,
-                Ok(report) => report.path,
+                // A live build is the same until the requirements change:
+                // the edit is in the app's directories, which the next
+                // instances import from.
+                Ok(report) if report.path == current && !opts.live => continue,
+                Ok(report) if report.cached && opts.live => {
+                    (report.path, "no rebuild: the app is imported live")
+                }
+                Ok(report) if report.cached => (report.path, "from the build cache"),
+                Ok(report) => (report.path, "rebuilt"),
                 Err(e) => {
                     tracing::error!(
                         "--reload: build failed, still serving the previous version: {e:#}"
@@ -392,16 +412,17 @@ async fn reload_on_change(
                     continue;
                 }
             },
-            None => current.clone(),
+            None => (current.clone(), "the component changed"),
+        };
+        let spec = AppSpec {
+            name: app.name.clone(),
+            component: component.clone(),
+            grants: app.grants.clone(),
+            limits: app.limits.clone(),
+            live_dirs: app.live_dirs.clone(),
         };
         let started = async {
             let statics = StaticFiles::new(app.statics.clone())?;
-            let spec = AppSpec {
-                name: app.name.clone(),
-                component: component.clone(),
-                grants: app.grants.clone(),
-                limits: app.limits.clone(),
-            };
             let tenant = Tenant::start(&app.starter, spec, true, Duration::ZERO).await?;
             anyhow::Ok((tenant, statics))
         }
@@ -412,7 +433,7 @@ async fn reload_on_change(
                 app.site.swap(Router::single(pool, statics));
                 metrics::reload(true);
                 tracing::info!(
-                    "--reload: rebuilt and swapped in {} in {:.1}s",
+                    "--reload: swapped in {} in {:.2}s ({how})",
                     app.name,
                     t0.elapsed().as_secs_f64()
                 );
@@ -461,6 +482,7 @@ fn check_tenants(
                     component: config.component.clone(),
                     grants: config.grants.clone(),
                     limits: config.limits.clone(),
+                    live_dirs: Vec::new(),
                 };
                 let app = Tenant::check(starter, spec, false, config::DEFAULT_IDLE_TIMEOUT)
                     .with_context(|| format!("app {}", config.name))?;

@@ -156,6 +156,12 @@ pub struct BuildOptions {
     pub cache_dir: PathBuf,
     /// What the component exports.
     pub world: World,
+    /// For `run --reload`: the app's own modules are not imported into the
+    /// snapshot but on the first request, from its directories mounted
+    /// live (`AppSpec::live_dirs`), so an edit to them needs a new
+    /// instance, not a new build; the build then depends on their paths,
+    /// not their contents.
+    pub live: bool,
 }
 
 /// What was built.
@@ -169,6 +175,9 @@ pub struct BuildReport {
     pub warmup: Vec<String>,
     /// An identical earlier build was reused.
     pub cached: bool,
+    /// A live build (`BuildOptions::live`): the app's directories to mount
+    /// as they are, in `-p` order.
+    pub live_dirs: Vec<PathBuf>,
 }
 
 /// Split `module:callable` and check both parts look like Python names.
@@ -245,8 +254,12 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         h.update(text);
     }
     h.update(format!("{:?}", (&opts.target, &opts.warmup, FIXED_KEYS)));
+    h.update([u8::from(opts.live)]);
     for dir in &app_dirs {
         h.update(dir.to_string_lossy().as_bytes());
+        if opts.live {
+            continue;
+        }
         let bytes = bundle::hash_dir(&mut h, dir)?;
         if bytes > LARGE_APP_DIR {
             tracing::warn!(
@@ -298,6 +311,7 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         size,
         warmup,
         cached: hit,
+        live_dirs: if opts.live { app_dirs } else { Vec::new() },
     })
 }
 
@@ -364,6 +378,7 @@ async fn generate(
         "stdlib_export": export_stdlib.then_some("/0/stdlib"),
         "fixed_keys": FIXED_KEYS,
         "world": world.name(),
+        "live": opts.live,
     });
     std::fs::write(
         guest_dir.join(format!("{ENTRY_MODULE}.json")),

@@ -23,6 +23,10 @@ use crate::runtime::store::{new_store, HostState};
 use crate::runtime::wasi_http::{self, HttpRequest};
 use crate::runtime::wsgi::Exchange;
 
+/// The argv with which a live build's guest imports its app and answers
+/// whether it could (`IMPORT_CHECK` in guest/rsgi_wasm_guest/component.py).
+const IMPORT_CHECK: &str = "--rsgi-wasm-import-app";
+
 /// An instance's exports, by world.
 enum Bound {
     Wsgi(WsgiApp),
@@ -112,6 +116,31 @@ impl AppPool {
             && self.waiting.load(Ordering::SeqCst) == 0
     }
 
+    /// Import a live build's app in a new instance (through the `command`
+    /// export, as `exec` runs scripts): its reason goes to the log, and an
+    /// instance that cannot serve never joins the pool.
+    async fn import_app(&self, app: &WsgiApp, store: &mut Store<HostState>) -> Result<()> {
+        let argv = [IMPORT_CHECK.to_owned()];
+        let call = app.rsgi_wasm_wsgi_command().call_run(&mut *store, &argv);
+        let status = tokio::time::timeout(self.limits.timeout, self.cpu.run(call))
+            .await
+            .map_err(|_| anyhow::anyhow!("importing app {} took longer than --timeout", self.name))?
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!(
+                    "importing app {} crashed (a trap in the sandbox)",
+                    self.name
+                )
+            })?;
+        if status != 0 {
+            anyhow::bail!(
+                "app {} does not import (the reason is logged above)",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
     async fn instantiate(&self) -> Result<Instance> {
         // Preopening directories (and, with request isolation, creating a
         // fresh /tmp) touches the disk: off the runtime's threads.
@@ -126,12 +155,17 @@ impl AppPool {
         // instances keep crashing or timing out would otherwise take from
         // its neighbours outside the run slots. It is charged like a call.
         let app = match &self.pre {
-            AppPre::Wsgi(pre) => Bound::Wsgi(
-                self.cpu
+            AppPre::Wsgi(pre) => {
+                let app = self
+                    .cpu
                     .run(pre.instantiate_async(&mut store))
                     .await
-                    .map_err(anyhow::Error::from)?,
-            ),
+                    .map_err(anyhow::Error::from)?;
+                if self.sandbox.live() {
+                    self.import_app(&app, &mut store).await?;
+                }
+                Bound::Wsgi(app)
+            }
             AppPre::WasiHttp(pre) => Bound::WasiHttp(
                 self.cpu
                     .run(pre.instantiate_async(&mut store))

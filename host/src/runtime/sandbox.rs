@@ -36,6 +36,8 @@ pub struct Sandbox {
     log: Arc<LogBudget>,
     /// Shared by all the app's instances.
     open_files: Arc<OpenFiles>,
+    /// The app's own directories are mounted live (`with_live_dirs`).
+    live: bool,
 }
 
 /// The guest's /tmp: many libraries (uploads spooled by Werkzeug or
@@ -141,7 +143,25 @@ impl Sandbox {
             tmp,
             log: LogBudget::new(grants.log_rate),
             open_files: OpenFiles::new(grants.max_open_files),
+            live: false,
         })
+    }
+
+    /// Mount the app's own directories from `dirs` as they are (`run
+    /// --reload`'s live builds, whose snapshot does not hold the app);
+    /// none: the component's copies.
+    pub fn with_live_dirs(mut self, dirs: &[std::path::PathBuf]) -> Self {
+        if !dirs.is_empty() {
+            self.files = crate::bundle::with_live_dirs(&self.files, dirs);
+            self.live = true;
+        }
+        self
+    }
+
+    /// Whether each instance must import the app as it starts (a live
+    /// build), so a version that does not import fails to start.
+    pub fn live(&self) -> bool {
+        self.live
     }
 
     /// A new instance's state: only the granted dirs and env, the app's own

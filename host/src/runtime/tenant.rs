@@ -39,6 +39,9 @@ pub struct AppSpec {
     pub grants: Grants,
     /// Its limits.
     pub limits: Limits,
+    /// `run --reload` from source: the app's own directories, mounted as
+    /// they are in place of the component's copies (empty: the copies).
+    pub live_dirs: Vec<PathBuf>,
 }
 
 /// How long a failed load is remembered: requests in the meantime get 503
@@ -258,6 +261,7 @@ impl Tenant {
             component,
             grants,
             limits,
+            live_dirs,
         } = self.spec.clone();
         let loader = &self.starter.loader;
         let engine = loader.engine();
@@ -276,6 +280,7 @@ impl Tenant {
             let (memory, isolation) = (limits.memory, limits.isolation);
             tokio::task::spawn_blocking(move || {
                 Sandbox::new(&name, grants, files, memory, isolation)
+                    .map(|s| s.with_live_dirs(&live_dirs))
             })
             .await
             .context("setting up the sandbox panicked")??
