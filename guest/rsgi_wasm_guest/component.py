@@ -106,9 +106,9 @@ def make_handler(app: Callable, fixed_keys: Tuple[str, ...]) -> type:
     return Handler
 
 
-# The argv with which the host asks, before it swaps a new version in under
-# `run --reload`, whether the app imports (`IMPORT_CHECK` in
-# host/src/commands.rs).
+# The argv with which the host has a new instance of a live build (`run
+# --reload`) import the app, and learns whether it could (`IMPORT_CHECK` in
+# host/src/runtime/pool.rs).
 IMPORT_CHECK = "--rsgi-wasm-import-app"
 
 

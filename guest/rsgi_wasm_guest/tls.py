@@ -722,8 +722,9 @@ class MemoryBIO:
 
 
 class SSLSession:
-    """A TLS session to resume (``ssl.SSLSession``): the host engine resumes
-    sessions by itself, so none is ever handed out."""
+    """A TLS session to resume (``ssl.SSLSession``): the host engine does
+    not resume sessions (a session cache would be state shared between an
+    app's instances), so none is ever handed out."""
 
 
 class Certificate:
@@ -1184,7 +1185,7 @@ class _SSLSocket:
 
     @property
     def session(self) -> None:
-        """Always None: the host engine resumes sessions by itself."""
+        """Always None: the host engine does not resume sessions."""
         return None
 
     @session.setter

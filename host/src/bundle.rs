@@ -79,13 +79,54 @@ pub fn with_live_dirs(files: &Arc<[Mount]>, dirs: &[PathBuf]) -> Arc<[Mount]> {
         let i: usize = guest.strip_prefix('/')?.parse().ok()?;
         dirs.get(i.checked_sub(1)?).cloned()
     };
-    files
+    let mut out: Vec<Mount> = files
         .iter()
         .map(|m| Mount {
             host: live(&m.guest).unwrap_or_else(|| m.host.clone()),
             guest: m.guest.clone(),
         })
-        .collect()
+        .collect();
+    // A directory that shipped no file at the build has no mount yet.
+    for (i, dir) in dirs.iter().enumerate() {
+        let guest = format!("/{}", i + 1);
+        if !out.iter().any(|m| m.guest == guest) {
+            out.push(Mount {
+                host: dir.clone(),
+                guest,
+            });
+        }
+    }
+    out.into()
+}
+
+/// A copy of each of `dirs`' shipped files as they are now, under
+/// `cache/live/<content hash>` (made once per content): what a live
+/// build's instances mount, so every instance of one version sees the same
+/// files, even those started after a later edit.
+pub fn freeze_dirs(dirs: &[PathBuf], cache: &Path) -> Result<Vec<PathBuf>> {
+    let mut frozen = Vec::new();
+    for dir in dirs {
+        let mut h = Sha256::new();
+        hash_dir(&mut h, dir)?;
+        let dest = cache
+            .join("live")
+            .join(&format!("{:x}", h.finalize())[..32]);
+        if !dest.is_dir() {
+            let staged = crate::cachefs::staging(&dest)?.keep();
+            for rel in files(dir)? {
+                let to = staged.join(&rel);
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
+                std::fs::copy(dir.join(&rel), &to)
+                    .with_context(|| format!("copying {}", dir.join(&rel).display()))?;
+            }
+            crate::cachefs::publish(&staged, &dest, Path::is_dir)?;
+        }
+        frozen.push(dest);
+    }
+    Ok(frozen)
 }
 
 fn skipped_dir(name: &str) -> bool {
@@ -434,6 +475,50 @@ pub fn digest(r: &mut impl Read) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_versions_are_frozen_by_content_and_mounted_in_place() {
+        let src = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("app.py"), "v1").unwrap();
+        std::fs::create_dir(src.path().join("__pycache__")).unwrap();
+        std::fs::write(src.path().join("__pycache__/app.pyc"), "x").unwrap();
+        let dirs = [src.path().to_path_buf()];
+        let v1 = freeze_dirs(&dirs, cache.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(v1[0].join("app.py")).unwrap(), "v1");
+        assert!(!v1[0].join("__pycache__").exists());
+        assert_eq!(freeze_dirs(&dirs, cache.path()).unwrap(), v1);
+        std::fs::write(src.path().join("app.py"), "v2").unwrap();
+        let v2 = freeze_dirs(&dirs, cache.path()).unwrap();
+        assert_ne!(v2, v1);
+        // The old version's copy stays for the instances still using it.
+        assert_eq!(std::fs::read_to_string(v1[0].join("app.py")).unwrap(), "v1");
+        let files: Arc<[Mount]> = vec![
+            Mount {
+                host: "/cache/stdlib".into(),
+                guest: "/python".into(),
+            },
+            Mount {
+                host: "/cache/deps".into(),
+                guest: "/3".into(),
+            },
+        ]
+        .into();
+        let live = with_live_dirs(&files, &[v2[0].clone(), "/src/b".into()]);
+        let guests: Vec<_> = live
+            .iter()
+            .map(|m| (m.guest.as_str(), m.host.clone()))
+            .collect();
+        assert_eq!(
+            guests,
+            vec![
+                ("/python", "/cache/stdlib".into()),
+                ("/3", "/cache/deps".into()),
+                ("/1", v2[0].clone()),
+                ("/2", "/src/b".into()),
+            ]
+        );
+    }
 
     #[test]
     fn archive_round_trips_through_a_component() {

@@ -259,8 +259,9 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let mut source = component_for_run(&args)?;
     if let Some(opts) = &mut source {
         // From source with --reload: the app is imported from its
-        // directories at run time, so edits need no rebuild.
-        opts.live = args.reload;
+        // directories at run time, so edits need no rebuild. Not with
+        // request isolation, where every request would import it.
+        opts.live = args.reload && limits.isolation == config::Isolation::Pooled;
     }
     let (component, name, live_dirs) = match &source {
         Some(opts) => {
@@ -273,6 +274,10 @@ async fn run_command(args: RunArgs) -> Result<()> {
             app_name(Path::new(&args.app)),
             Vec::new(),
         ),
+    };
+    let frozen = match &source {
+        Some(opts) => crate::bundle::freeze_dirs(&live_dirs, &opts.cache_dir)?,
+        None => Vec::new(),
     };
     let t0 = Instant::now();
     let loader = new_loader(args.cache.cache_dir.clone())?;
@@ -287,9 +292,8 @@ async fn run_command(args: RunArgs) -> Result<()> {
         component: component.clone(),
         grants: grants.clone(),
         limits: limits.clone(),
-        live_dirs,
+        live_dirs: frozen,
     };
-    let live_dirs = spec.live_dirs.clone();
     let app = Tenant::start(&starter, spec, true, Duration::ZERO).await?;
     // Before the port is bound, as in `serve`.
     let hup = tls.is_some().then(hangup).transpose()?;
@@ -371,7 +375,8 @@ struct RunningApp {
     grants: Grants,
     limits: Limits,
     statics: Vec<crate::http::static_files::StaticMount>,
-    /// A live build's directories (`BuildReport::live_dirs`).
+    /// A live build's directories (`BuildReport::live_dirs`), copied
+    /// (`bundle::freeze_dirs`) for each version.
     live_dirs: Vec<PathBuf>,
 }
 
@@ -414,12 +419,23 @@ async fn reload_on_change(
             },
             None => (current.clone(), "the component changed"),
         };
+        let frozen = match &source {
+            Some(opts) => crate::bundle::freeze_dirs(&app.live_dirs, &opts.cache_dir),
+            None => Ok(Vec::new()),
+        };
+        let frozen = match frozen {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!("--reload: cannot copy the app's files, still serving the previous version: {e:#}");
+                continue;
+            }
+        };
         let spec = AppSpec {
             name: app.name.clone(),
             component: component.clone(),
             grants: app.grants.clone(),
             limits: app.limits.clone(),
-            live_dirs: app.live_dirs.clone(),
+            live_dirs: frozen,
         };
         let started = async {
             let statics = StaticFiles::new(app.statics.clone())?;

@@ -471,9 +471,11 @@ pub fn parse_net(value: &str) -> Result<NetRule, ConfigError> {
         },
     };
     let host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        NetHost::Ip(std::net::IpAddr::V6(
-            v6.parse().map_err(|_| err("not an IPv6 address"))?,
-        ))
+        // `[::ffff:10.0.0.5]` is 10.0.0.5: connections are compared so.
+        NetHost::Ip(
+            std::net::IpAddr::V6(v6.parse().map_err(|_| err("not an IPv6 address"))?)
+                .to_canonical(),
+        )
     } else if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
         NetHost::Ip(ip.into())
     } else if host.contains(':') {
@@ -484,6 +486,20 @@ pub fn parse_net(value: &str) -> Result<NetRule, ConfigError> {
         ));
     } else if let Some(domain) = host.strip_prefix("*.") {
         NetHost::Subdomains(host_name(domain).ok_or_else(|| err("not a domain name after *."))?)
+    } else if host
+        .trim_end_matches('.')
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| {
+            !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit())
+                || last.to_ascii_lowercase().starts_with("0x")
+        })
+    {
+        // `127.1` or `010.0.0.5`: a resolver reads these as IPv4 (010 is
+        // octal), so as a name rule they would open another address.
+        return Err(err(
+            "looks like an IPv4 address but is not one in dotted-decimal form (four numbers 0-255, no leading zeros)",
+        ));
     } else {
         NetHost::Name(host_name(host).ok_or_else(|| {
             err(if host.contains('*') {
@@ -673,6 +689,7 @@ mod tests {
         for (input, parsed) in [
             ("10.0.0.5:5432", "10.0.0.5:5432"),
             ("[::1]:443", "[::1]:443"),
+            ("[::ffff:10.0.0.5]:443", "10.0.0.5:443"),
             ("API.Example.com.:443", "api.example.com:443"),
             ("*.example.com:443", "*.example.com:443"),
             ("db_1.internal:*", "db_1.internal:*"),
@@ -691,6 +708,9 @@ mod tests {
             ("*.:443", "domain name"),
             ("bad name:443", "not a host name"),
             ("-x.com:443", "not a host name"),
+            ("127.1:80", "dotted-decimal"),
+            ("010.0.0.5:80", "dotted-decimal"),
+            ("host.0x1f:80", "dotted-decimal"),
             ("a..b:443", "not a host name"),
         ] {
             let e = rule(input).unwrap_err().to_string();

@@ -24,9 +24,12 @@ use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
 use crate::config::{NetHost, NetRule};
 use crate::metrics::OutboundMetrics;
 
-/// Addresses one instance may remember from its lookups; past it the
-/// oldest are forgotten (a connection to one needs a fresh lookup).
+/// Addresses one instance may remember from its lookups; past it they are
+/// forgotten (a connection to one needs a fresh lookup).
 const MAX_RESOLVED: usize = 4096;
+/// Lookups one instance may have under way: each holds one of the host's
+/// blocking threads, which every tenant shares.
+const MAX_LOOKUPS: usize = 16;
 
 /// One app's rules and counters, shared by its instances.
 pub struct Outbound {
@@ -207,6 +210,9 @@ impl ip_name_lookup::Host for NameLookupView<'_> {
             metrics.lookup(false);
             tracing::debug!(app = %self.net.outbound.app, "refused a lookup of {name:?}: no --allow-net rule names it");
             return Err(ErrorCode::AccessDenied.into());
+        }
+        if self.net.state.lock().expect("resolved lock").streams.len() >= MAX_LOOKUPS {
+            return Err(ErrorCode::TemporaryResolverFailure.into());
         }
         metrics.lookup(true);
         let stream = ip_name_lookup::Host::resolve_addresses(&mut self.sockets, network, name)?;

@@ -27,13 +27,20 @@ use crate::runtime::generated::tls::{
 use crate::runtime::outbound::Outbound;
 use crate::runtime::tls_session::Session as Client;
 
-/// Sessions one instance may hold at once: each keeps up to 64 KiB of
-/// buffers on the host, outside the instance's memory limit.
+/// Sessions one instance may hold at once: each keeps its buffers on the
+/// host (up to 64 KiB of unsent plaintext, 16 KiB received, the records in
+/// flight), outside the instance's memory limit.
 const MAX_SESSIONS: usize = 256;
 /// Client configurations an app keeps built (most apps use one or two).
 const CACHED_CONFIGS: usize = 8;
 /// Largest plaintext chunk one `read` returns.
 const MAX_READ: usize = 64 * 1024;
+/// Most bytes of certificates and key one session's settings may carry
+/// (certifi's whole bundle is about 0.3 MB).
+const MAX_SETTINGS_BYTES: usize = 4 << 20;
+/// Distinct configurations an app's sessions may hold at once: each holds
+/// its roots in host memory, outside the instances' `--memory`.
+const MAX_LIVE_CONFIGS: usize = 32;
 
 static PROVIDER: LazyLock<Arc<CryptoProvider>> =
     LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
@@ -46,8 +53,16 @@ static DEFAULT_ROOTS: LazyLock<RootCertStore> = LazyLock::new(|| RootCertStore {
 /// One app's TLS: the operator's CAs and the configurations built so far.
 pub struct TlsClients {
     operator_ca: Vec<CertificateDer<'static>>,
-    configs: Mutex<Vec<([u8; 32], Arc<ClientConfig>)>>,
+    configs: Mutex<Configs>,
     outbound: Arc<Outbound>,
+}
+
+/// The configurations an app built: the last few kept for reuse, and every
+/// one a session still holds (counted against `MAX_LIVE_CONFIGS`).
+#[derive(Default)]
+struct Configs {
+    cached: Vec<([u8; 32], Arc<ClientConfig>)>,
+    live: Vec<std::sync::Weak<ClientConfig>>,
 }
 
 impl TlsClients {
@@ -65,20 +80,35 @@ impl TlsClients {
     /// using `requests` hands over certifi's whole bundle with every new
     /// session, and parsing it each time would cost more than the handshake.
     fn config(&self, s: &Settings) -> Result<Arc<ClientConfig>, Error> {
+        let size = s.ca_certs.iter().map(Vec::len).sum::<usize>()
+            + s.client_chain.len()
+            + s.client_key.len();
+        if size > MAX_SETTINGS_BYTES {
+            return Err(Error::Settings(format!(
+                "{size} bytes of certificates and keys in one context; at most {MAX_SETTINGS_BYTES} are accepted"
+            )));
+        }
         let key = settings_key(s);
-        if let Some((_, c)) = self.lock().iter().find(|(k, _)| *k == key) {
+        if let Some((_, c)) = self.lock().cached.iter().find(|(k, _)| *k == key) {
             return Ok(c.clone());
         }
         let config = Arc::new(self.build(s)?);
         let mut configs = self.lock();
-        if configs.len() >= CACHED_CONFIGS {
-            configs.remove(0);
+        configs.live.retain(|c| c.strong_count() > 0);
+        if configs.live.len() >= MAX_LIVE_CONFIGS {
+            return Err(Error::Settings(format!(
+                "{MAX_LIVE_CONFIGS} different TLS configurations are in use by this app's connections; close some, or reuse one SSLContext"
+            )));
         }
-        configs.push((key, config.clone()));
+        configs.live.push(Arc::downgrade(&config));
+        if configs.cached.len() >= CACHED_CONFIGS {
+            configs.cached.remove(0);
+        }
+        configs.cached.push((key, config.clone()));
         Ok(config)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<([u8; 32], Arc<ClientConfig>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Configs> {
         self.configs.lock().expect("tls config lock")
     }
 
@@ -147,6 +177,10 @@ impl TlsClients {
                 .map_err(|e| bad(format!("the client certificate and key do not fit: {e}")))?
         };
         config.alpn_protocols = s.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        // A configuration serves all of an app's instances: a session cache
+        // in it would be state shared between them (and between requests
+        // under request isolation).
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(config)
     }
 }
@@ -499,11 +533,15 @@ fn receive(s: &mut Client, records: &[u8]) -> Result<u32, Error> {
         return Ok(0);
     }
     while !rest.is_empty() {
-        // Fails only when the received plaintext buffer is full: the guest
-        // offers the rest again after reading.
         match s.conn.read_tls(&mut rest) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(_) => {}
+            // The received plaintext buffer is full: the guest offers the
+            // rest again after reading.
+            Err(e) if e.kind() == std::io::ErrorKind::Other => break,
+            // Anything else (a handshake message larger than rustls
+            // buffers) cannot get better by offering the bytes again.
+            Err(e) => return Err(Error::Protocol(e.to_string())),
         }
         s.conn
             .process_new_packets()
@@ -604,6 +642,43 @@ mod tests {
             panic!("junk CA accepted");
         };
         assert!(why.contains("no certificate"), "{why}");
+    }
+
+    #[test]
+    fn settings_are_bounded_in_size_and_in_distinct_live_configurations() {
+        let c = clients();
+        let huge = Settings {
+            ca_certs: vec![vec![b'x'; MAX_SETTINGS_BYTES + 1]],
+            ..settings()
+        };
+        let Err(Error::Settings(why)) = c.config(&huge) else {
+            panic!("a huge CA bundle was accepted");
+        };
+        assert!(why.contains("at most"), "{why}");
+        let held: Vec<_> = (0..MAX_LIVE_CONFIGS)
+            .map(|i| {
+                let s = Settings {
+                    alpn: vec![format!("p{i}")],
+                    ..settings()
+                };
+                c.config(&s).unwrap()
+            })
+            .collect();
+        let one_more = Settings {
+            alpn: vec!["another".into()],
+            ..settings()
+        };
+        assert!(c.config(&one_more).is_err());
+        // One already built is still handed out, and freeing some makes room.
+        assert!(c
+            .config(&Settings {
+                alpn: vec![format!("p{}", MAX_LIVE_CONFIGS - 1)],
+                ..settings()
+            })
+            .is_ok());
+        drop(held);
+        c.lock().cached.clear();
+        assert!(c.config(&one_more).is_ok());
     }
 
     #[test]
