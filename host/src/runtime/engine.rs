@@ -532,8 +532,11 @@ pub fn prepare(engine: &Engine, loaded: &Loaded, path: &Path) -> Result<AppPre> 
         linker.root().module(name, &module.0)?;
     }
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    // Ours over wasmtime-wasi's: disk quotas, and lookups by the rules.
+    linker.allow_shadowing(true);
     crate::runtime::quota_fs::add_to_linker(&mut linker, HostState::quota_fs)?;
     crate::runtime::outbound::add_to_linker(&mut linker, HostState::name_lookup)?;
+    linker.allow_shadowing(false);
     request::add_to_linker::<HostState, HasSelf<WsgiCtx>>(&mut linker, HostState::wsgi)?;
     response::add_to_linker::<HostState, HasSelf<WsgiCtx>>(&mut linker, HostState::wsgi)?;
     crate::runtime::tls_client::add_to_linker(&mut linker, HostState::tls)?;

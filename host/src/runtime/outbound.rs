@@ -155,14 +155,12 @@ impl HasData for NameLookup {
 }
 
 /// Link `wasi:sockets/ip-name-lookup` over wasmtime-wasi's, which must be
-/// in `linker` already.
+/// in `linker` already (with shadowing allowed).
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     view: fn(&mut T) -> NameLookupView<'_>,
 ) -> anyhow::Result<()> {
-    linker.allow_shadowing(true);
     ip_name_lookup::add_to_linker::<T, NameLookup>(linker, view)?;
-    linker.allow_shadowing(false);
     Ok(())
 }
 

@@ -145,15 +145,13 @@ impl HasData for QuotaFs {
 }
 
 /// Link `wasi:filesystem/{types,preopens}` over wasmtime-wasi's, which must
-/// be in `linker` already.
+/// be in `linker` already (with shadowing allowed).
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     view: fn(&mut T) -> QuotaFsView<'_>,
 ) -> anyhow::Result<()> {
-    linker.allow_shadowing(true);
     types::add_to_linker::<T, QuotaFs>(linker, view)?;
     preopens::add_to_linker::<T, QuotaFs>(linker, view)?;
-    linker.allow_shadowing(false);
     Ok(())
 }
 

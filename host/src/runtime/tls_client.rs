@@ -145,7 +145,7 @@ impl TlsClients {
                 }
             }
             if roots.is_empty() {
-                Arc::new(Blanket::Refuse)
+                Arc::new(Lenient::Refuse)
             } else {
                 let webpki =
                     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), PROVIDER.clone())
@@ -154,11 +154,11 @@ impl TlsClients {
                 if s.check_hostname {
                     webpki
                 } else {
-                    Arc::new(AnyName(webpki))
+                    Arc::new(Lenient::AnyName(webpki))
                 }
             }
         } else {
-            Arc::new(Blanket::Accept)
+            Arc::new(Lenient::Accept)
         };
         let builder = builder
             .dangerous()
@@ -227,61 +227,21 @@ fn certificates(item: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
     Ok(certs)
 }
 
-/// `check_hostname = False` with verification on: the chain must verify,
-/// the name need not match.
+/// The verifiers other than plain webpki (`CERT_REQUIRED` with
+/// `check_hostname`); every one still checks the handshake's signatures.
 #[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-/// The same answer for every certificate; the handshake's signatures are
-/// still checked.
-#[derive(Debug)]
-enum Blanket {
-    /// `verify_mode = CERT_NONE`.
+enum Lenient {
+    /// `check_hostname = False` with verification on: the chain must
+    /// verify, the name need not match.
+    AnyName(Arc<WebPkiServerVerifier>),
+    /// `verify_mode = CERT_NONE`: any certificate.
     Accept,
     /// Verification on with no CA at all: refused, as OpenSSL refuses a
     /// chain it cannot anchor.
     Refuse,
 }
 
-macro_rules! signatures_by_provider {
-    () => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &PROVIDER.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &PROVIDER.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            PROVIDER
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    };
-}
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -290,38 +250,60 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    signatures_by_provider!();
-}
-
-impl ServerCertVerifier for Blanket {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
         match self {
-            Blanket::Accept => Ok(ServerCertVerified::assertion()),
-            Blanket::Refuse => Err(rustls::Error::InvalidCertificate(
+            Lenient::AnyName(webpki) => match webpki.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ) {
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            },
+            Lenient::Accept => Ok(ServerCertVerified::assertion()),
+            Lenient::Refuse => Err(rustls::Error::InvalidCertificate(
                 CertificateError::UnknownIssuer,
             )),
         }
     }
 
-    signatures_by_provider!();
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &PROVIDER.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &PROVIDER.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        PROVIDER
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// A rustls error as the guest's `ssl` reports it.
