@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := target/release/rsgi-wasm
 LISTEN ?= 127.0.0.1:8000
 
-.PHONY: demo test lint bin bench bench-noisy bench-protocols bench-frameworks profile audit
+.PHONY: demo test lint bin bench bench-noisy bench-protocols bench-distinct bench-frameworks profile audit
 .DELETE_ON_ERROR:
 
 demo: bin
@@ -37,7 +37,7 @@ bench: bin
 	python3 bench/bench.py $(BENCH_ARGS)
 	python3 bench/noisy.py
 	python3 bench/protocols.py
-	python3 bench/distinct.py
+	python3 bench/distinct.py $(DISTINCT_ARGS)
 
 # Noisy neighbour: a healthy tenant's throughput while another spins or
 # allocates in the same process (about 2 minutes; part of `make bench`).
@@ -50,7 +50,13 @@ bench-noisy: bin
 bench-protocols: bin
 	./scripts/setup.sh
 	python3 bench/protocols.py
-	python3 bench/distinct.py
+
+# Many distinct apps in one process (issue 15): compile, disk, memory and
+# cold starts per additional app (about 5 minutes and 12 GB of disk under
+# target/bench/distinct; part of `make bench`).
+bench-distinct: bin
+	./scripts/setup.sh
+	python3 bench/distinct.py $(DISTINCT_ARGS)
 
 # Cargo.lock against the RustSec advisory database, where it is reachable.
 audit:

@@ -1,15 +1,17 @@
 """Many *different* apps in one process (issue 15): what each additional
 distinct app costs to compile, store, map and start, and what thousands of
 listed tenants cost at rest. Writes its table into docs/benchmarks.md
-between the DISTINCT markers. Run by `make bench`, or alone:
+between the DISTINCT markers. Run by `make bench` and `make bench-distinct`, or alone:
 `python3 bench/distinct.py [--apps N] [--flask-apps N] [--listed N]`.
 
 The apps are distinct components, not one component shared by tenants:
 - "real" variants are built by `rsgi-wasm build` from copies of the bench
   app with another response text (a build takes 10-20 s here);
-- the density runs need a thousand, so those are made from the built
-  hello (or Flask) component by changing its response string inside the
-  pre-initialised heap snapshot ("Hello, World!" -> "Hello, 000042"): every
+- the density runs need hundreds (300 hello and 60 Flask by default: a
+  process's memory grows by the same amount for each, and 1,000 would need
+  40 GB of disk for the variants and their artifacts), so those are made
+  from the built hello (or Flask) component by changing its response
+  string inside the pre-initialised heap snapshot ("Hello, World!" -> "Hello, 000042"): every
   variant has its own snapshot module (its own hash, compiled, cached and
   mapped for it alone), exactly what a rebuild with another text gives,
   and each answers with its own text, which the run checks.
@@ -209,8 +211,8 @@ def fresh_instance(component, duration):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--apps", type=int, default=1000, help="distinct hello apps in the density run")
-    ap.add_argument("--flask-apps", type=int, default=100, help="distinct Flask apps in the density run")
+    ap.add_argument("--apps", type=int, default=300, help="distinct hello apps in the density run")
+    ap.add_argument("--flask-apps", type=int, default=60, help="distinct Flask apps in the density run")
     ap.add_argument("--listed", type=int, default=10000, help="tenants listed in the start/idle run")
     ap.add_argument("--duration", type=int, default=5)
     args = ap.parse_args()
@@ -250,7 +252,7 @@ def main():
         f"{platform.system()} {platform.release()}; command: `make bench` "
         f"(`python3 bench/distinct.py --apps {args.apps} --flask-apps {args.flask_apps} "
         f"--listed {args.listed}`); servers pinned to core 0. Every app is a distinct component "
-        "(see the script's docstring for how a thousand are made); \"before\" is the issue's "
+        "(see the script's docstring for how the variants are made); \"before\" is the issue's "
         "measurement of the build before core modules were shared and tenants loaded lazily.",
         "",
         "| figure | before | now | target |",

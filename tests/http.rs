@@ -240,6 +240,19 @@ fn close_is_called_on_the_result() {
 }
 
 #[test]
+fn the_snapshot_heap_is_frozen_and_new_cycles_are_still_collected() {
+    // Frozen at build: the collector never walks (so never reads or
+    // writes) the objects every instance maps from the snapshot.
+    let s = Server::start(&router(), &[]);
+    let gc: serde_json::Value = get_json(&s, "/gc");
+    assert!(
+        gc["frozen"].as_u64().unwrap() > 10_000,
+        "the imported heap is frozen: {gc}"
+    );
+    assert_eq!(gc["cycle_collected"], true, "{gc}");
+}
+
+#[test]
 fn app_exception_is_500_with_traceback_and_the_instance_keeps_serving() {
     let s = Server::start(&router(), &[]);
     let c = client();
@@ -418,6 +431,40 @@ fn graceful_shutdown_finishes_in_flight_requests() {
     let (code, body) = pending.join().unwrap().unwrap();
     assert_eq!(code, 200);
     assert_eq!(body.unwrap(), "slept");
+}
+
+#[test]
+fn a_component_rewritten_in_place_runs_its_new_version() {
+    // Same path, inode and size, only the bytes differ: the cache keeps a
+    // component's hash by its identity on disk, and a write must change it.
+    let dir = temp_dir("rewritten-in-place");
+    let path = dir.join("app.wasm");
+    let original = std::fs::read(hello()).unwrap();
+    // The response is a bytes constant in the heap snapshot.
+    let swap = |bytes: &[u8], from: &[u8], to: &[u8]| {
+        let mut out = bytes.to_vec();
+        let mut at = 0;
+        while let Some(i) = out[at..].windows(from.len()).position(|w| w == from) {
+            out[at + i..at + i + to.len()].copy_from_slice(to);
+            at += i + to.len();
+        }
+        assert_ne!(out, bytes);
+        out
+    };
+    let v1 = swap(&original, b"Hello, World!\n", b"Version one!\n\n");
+    let v2 = swap(&original, b"Hello, World!\n", b"Version two!\n\n");
+    std::fs::write(&path, &v1).unwrap();
+    // Old enough for its hash to be recorded at the first start.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let get = |s: &Server| client().get(s.url("/")).send().unwrap().text().unwrap();
+    let s = Server::start(&path, &[]);
+    assert_eq!(get(&s), "Version one!\n\n");
+    drop(s);
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut f, &v2).unwrap();
+    drop(f);
+    let s = Server::start(&path, &[]);
+    assert_eq!(get(&s), "Version two!\n\n");
 }
 
 #[test]

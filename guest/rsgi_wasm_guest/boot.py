@@ -309,8 +309,25 @@ def boot(
     if world == "wasi-http":
         from . import http_component
 
-        return (http_component.make_handler(app),)
-    from .component import make_command, make_handler
+        exports: Tuple[type, ...] = (http_component.make_handler(app),)
+    else:
+        from .component import make_command, make_handler
 
-    roots = [tuple(m) for m in mounts[:app_dirs]]
-    return make_handler(app, tuple(fixed_keys)), make_command(roots, app.load if live else None)
+        roots = [tuple(m) for m in mounts[:app_dirs]]
+        exports = make_handler(app, tuple(fixed_keys)), make_command(roots, app.load if live else None)
+    freeze_heap()
+    return exports
+
+
+def freeze_heap() -> None:
+    """Move every object the snapshot holds out of the cyclic collector's
+    reach, as before a fork: otherwise each instance's collections walk the
+    imported heap, writing to the pages it maps from the snapshot, which
+    then become private copies (measured on Flask: one pooled instance held
+    21 MB of private memory after 20 s of load, 10.6 MB frozen). No
+    collection first: the memory it frees inside the snapshot is what new
+    objects would then be written into (a fresh hello instance took 3-4 ms
+    instead of 2.2)."""
+    import gc
+
+    gc.freeze()

@@ -9,7 +9,7 @@
 //!   `runtime` (engine, instances, sandbox, the WSGI imports, bodies).
 //!
 //! `config` (validated settings), `error` (the user-facing error),
-//! `protocol` (what host and guest agree on), `bundle`, `cachefs` and
+//! `protocol` (what host and guest agree on), `bundle`, `cachefs`, `digests` and
 //! `latin1` are shared below all of them. `docs/architecture.md` walks one request through them;
 //! `scripts/check-modules.py` checks the layering and that no two modules
 //! import each other.
@@ -21,6 +21,7 @@ mod cli;
 mod commands;
 mod config;
 mod dev_reload;
+mod digests;
 mod error;
 mod http;
 mod latin1;

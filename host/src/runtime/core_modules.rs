@@ -12,7 +12,8 @@
 //! name. The user's `app.wasm` is never changed: this is how the host
 //! loads it, not a format anyone ships.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::collections::HashSet;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::ops::Range;
 
 use anyhow::{bail, Context, Result};
@@ -22,12 +23,19 @@ use wasm_encoder::{
     ComponentImportSection, ComponentSection, ComponentTypeRef, CoreTypeSection, EntityType,
     ModuleType,
 };
-use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
+use wasmparser::{
+    ComponentAlias, ComponentExternalKind, ComponentOuterAliasKind, ExternalKind, Instance, Parser,
+    Payload, TypeRef,
+};
 
 /// Component section ids (the component model's binary format).
-const CORE_MODULE: u8 = 1;
-const CORE_TYPE: u8 = 3;
 const CUSTOM: u8 = 0;
+const CORE_MODULE: u8 = 1;
+const CORE_INSTANCE: u8 = 2;
+const CORE_TYPE: u8 = 3;
+const COMPONENT: u8 = 4;
+const ALIAS: u8 = 6;
+const IMPORT: u8 = 10;
 
 /// What the host imports a split-out module as: this prefix, then its
 /// SHA-256 in hex (and `-nN` for a second copy in one component).
@@ -63,34 +71,41 @@ pub fn hash_of_import(name: &str) -> Option<&str> {
 
 /// The top-level sections of a component or module after its 8-byte
 /// header: id and content range. Only the section headers are read; the
-/// contents are skipped with a seek, so a large file is not read whole.
-pub fn sections(r: &mut (impl Read + Seek)) -> Result<Vec<(u8, Range<u64>)>> {
+/// contents are skipped, so a large file is not read whole. The skips stay
+/// inside the reader's buffer where they can: a component has thousands of
+/// small sections, and `serve` reads the headers of every listed one at
+/// start (with a seek per section that was a read and a seek system call
+/// each, 0.5 ms per tenant).
+pub fn sections<R: Read + Seek>(r: &mut BufReader<R>) -> Result<Vec<(u8, Range<u64>)>> {
     let len = r.seek(SeekFrom::End(0))?;
     let mut at = r.seek(SeekFrom::Start(8))?;
     let mut out = Vec::new();
     while at < len {
         let mut id = [0u8; 1];
         r.read_exact(&mut id)?;
-        let size = read_u32_leb(r).context("malformed section header")?;
-        let start = r.stream_position()?;
+        let (size, header) = read_u32_leb(r).context("malformed section header")?;
+        let start = at + 1 + header;
         let end = start
             .checked_add(u64::from(size))
             .filter(|&e| e <= len)
             .context("a section runs past the end of the file")?;
         out.push((id[0], start..end));
-        at = r.seek(SeekFrom::Start(end))?;
+        r.seek_relative(i64::from(size))?;
+        at = end;
     }
     Ok(out)
 }
 
-fn read_u32_leb(r: &mut impl Read) -> Result<u32> {
+/// A LEB128 `u32` and how many bytes it took.
+fn read_u32_leb(r: &mut impl Read) -> Result<(u32, u64)> {
     let mut value: u64 = 0;
-    for shift in (0..35).step_by(7) {
+    for (n, shift) in (0..35).step_by(7).enumerate() {
         let mut b = [0u8; 1];
         r.read_exact(&mut b).context("truncated section header")?;
         value |= u64::from(b[0] & 0x7f) << shift;
         if b[0] & 0x80 == 0 {
-            return u32::try_from(value).context("section size out of range");
+            let value = u32::try_from(value).context("section size out of range")?;
+            return Ok((value, n as u64 + 1));
         }
     }
     bail!("section size is not a LEB128 number")
@@ -103,12 +118,36 @@ pub fn split(component: &[u8]) -> Result<Option<Split>> {
     if component.len() < 8 || &component[..4] != b"\0asm" {
         bail!("not a WebAssembly binary");
     }
-    let sections = sections(&mut std::io::Cursor::new(component))?;
+    let sections = sections(&mut BufReader::new(std::io::Cursor::new(component)))?;
     if sections.iter().any(|(id, _)| *id == CORE_TYPE)
         || !sections.iter().any(|(id, _)| *id == CORE_MODULE)
     {
         return Ok(None);
     }
+    // Declaring only the exports in use must leave a valid component; if
+    // it ever does not (a shape `used_exports` misreads), declare them all.
+    if let Some(used) = used_exports(component, &sections)? {
+        let trimmed = rewrite(component, &sections, Some(&used))?;
+        if wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(&trimmed.component)
+            .is_ok()
+        {
+            return Ok(Some(trimmed));
+        }
+        tracing::debug!(
+            "declaring every export of the split modules: the trimmed types do not validate"
+        );
+    }
+    rewrite(component, &sections, None).map(Some)
+}
+
+/// `component` with each core module replaced by an import of it, whose
+/// type declares the exports in `used` (all if none).
+fn rewrite(
+    component: &[u8],
+    sections: &[(u8, Range<u64>)],
+    used: Option<&[HashSet<String>]>,
+) -> Result<Split> {
     let mut out = Vec::with_capacity(1 << 20);
     out.extend_from_slice(&component[..8]);
     let mut modules: Vec<SplitModule> = Vec::new();
@@ -116,7 +155,7 @@ pub fn split(component: &[u8]) -> Result<Option<Split>> {
     for (id, range) in sections {
         let range = range.start as usize..range.end as usize;
         let bytes = &component[range.clone()];
-        match id {
+        match *id {
             CORE_MODULE => {
                 let hash = format!("{:x}", Sha256::digest(bytes));
                 let copies = modules.iter().filter(|m| m.hash == hash).count();
@@ -124,8 +163,10 @@ pub fn split(component: &[u8]) -> Result<Option<Split>> {
                     0 => format!("{IMPORT_PREFIX}{hash}"),
                     n => format!("{IMPORT_PREFIX}{hash}-n{}", n + 1),
                 };
-                let ty = module_type(bytes)
-                    .with_context(|| format!("reading core module {}", modules.len()))?;
+                let index = modules.len();
+                let keep = used.map(|u| &u[index]);
+                let ty = module_type(bytes, keep)
+                    .with_context(|| format!("reading core module {index}"))?;
                 let mut core_types = CoreTypeSection::new();
                 core_types.ty().module(&ty);
                 write_section(&mut out, &core_types);
@@ -137,16 +178,130 @@ pub fn split(component: &[u8]) -> Result<Option<Split>> {
             }
             CUSTOM if custom_name(bytes) == Some(FILES_SECTION) => {}
             _ => {
-                out.push(id);
+                out.push(*id);
                 crate::bundle::leb128(&mut out, bytes.len() as u64);
                 out.extend_from_slice(bytes);
             }
         }
     }
-    Ok(Some(Split {
+    Ok(Split {
         component: out,
         modules,
-    }))
+    })
+}
+
+/// For each core module (by index), the exports the component uses: those
+/// it aliases from an instance of the module, and those another module
+/// imports from such an instance passed to it whole. None where this cannot
+/// tell (a nested component, or a core instance or module from elsewhere),
+/// and then every export is declared.
+fn used_exports(
+    component: &[u8],
+    sections: &[(u8, Range<u64>)],
+) -> Result<Option<Vec<HashSet<String>>>> {
+    // Each module's imports, by the module name they are imported from.
+    let mut imports: Vec<Vec<(String, String)>> = Vec::new();
+    // Each core instance's module, if it instantiates one.
+    let mut instances: Vec<Option<usize>> = Vec::new();
+    let mut used: Vec<HashSet<String>> = Vec::new();
+    for (id, range) in sections {
+        let bytes = &component[range.start as usize..range.end as usize];
+        let reader = || wasmparser::BinaryReader::new(bytes, 0);
+        match *id {
+            // A nested component reaches our modules only by an outer
+            // alias, and never our core instances.
+            COMPONENT if aliases_outer_modules(bytes)? => return Ok(None),
+            IMPORT => {
+                for import in wasmparser::ComponentImportSectionReader::new(reader())? {
+                    if matches!(import?.ty, wasmparser::ComponentTypeRef::Module(_)) {
+                        return Ok(None);
+                    }
+                }
+            }
+            CORE_MODULE => {
+                let mut names = Vec::new();
+                for payload in Parser::new(0).parse_all(bytes) {
+                    if let Payload::ImportSection(r) = payload? {
+                        for import in r.into_imports() {
+                            let import = import?;
+                            names.push((import.module.to_owned(), import.name.to_owned()));
+                        }
+                    }
+                }
+                imports.push(names);
+                used.push(HashSet::new());
+            }
+            CORE_INSTANCE => {
+                for instance in wasmparser::InstanceSectionReader::new(reader())? {
+                    match instance? {
+                        Instance::Instantiate { module_index, args } => {
+                            let module = module_index as usize;
+                            let Some(wanted) = imports.get(module) else {
+                                return Ok(None);
+                            };
+                            for arg in args.iter() {
+                                let Some(Some(from)) = instances.get(arg.index as usize) else {
+                                    continue;
+                                };
+                                let names = wanted.iter().filter(|(m, _)| m == arg.name);
+                                used[*from].extend(names.map(|(_, n)| n.clone()));
+                            }
+                            instances.push(Some(module));
+                        }
+                        Instance::FromExports(_) => instances.push(None),
+                    }
+                }
+            }
+            ALIAS => {
+                for alias in wasmparser::ComponentAliasSectionReader::new(reader())? {
+                    match alias? {
+                        ComponentAlias::CoreInstanceExport {
+                            instance_index,
+                            name,
+                            ..
+                        } => match instances.get(instance_index as usize) {
+                            Some(Some(m)) => {
+                                used[*m].insert(name.to_owned());
+                            }
+                            Some(None) => {}
+                            None => return Ok(None),
+                        },
+                        // A module or core instance from elsewhere.
+                        ComponentAlias::Outer {
+                            kind: ComponentOuterAliasKind::CoreModule,
+                            ..
+                        } => return Ok(None),
+                        ComponentAlias::InstanceExport {
+                            kind: ComponentExternalKind::Module,
+                            ..
+                        } => return Ok(None),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Some(used))
+}
+
+/// Whether a nested component (its section's bytes) aliases a core module
+/// of an enclosing component, at any depth.
+fn aliases_outer_modules(component: &[u8]) -> Result<bool> {
+    for payload in Parser::new(0).parse_all(component) {
+        if let Payload::ComponentAliasSection(reader) = payload? {
+            for alias in reader {
+                if let ComponentAlias::Outer {
+                    kind: ComponentOuterAliasKind::CoreModule,
+                    ..
+                } = alias?
+                {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
 }
 
 fn write_section(out: &mut Vec<u8>, section: &impl ComponentSection) {
@@ -159,8 +314,13 @@ fn custom_name(bytes: &[u8]) -> Option<&str> {
 }
 
 /// The type of `module`: its type section as it is (so the type indices
-/// of its imports and exports stay valid), its imports, and its exports.
-fn module_type(module: &[u8]) -> Result<ModuleType> {
+/// of its imports and exports stay valid), its imports, and its exports,
+/// only those in `keep` if given. Every import must stay (the module
+/// linked in must not need more than the type promises it is given), but
+/// an export nothing uses need not be declared, and each declared one costs
+/// every app that ships the module memory and load time in the host
+/// (wasmtime keeps each name of an imported module's type).
+fn module_type(module: &[u8], keep: Option<&HashSet<String>>) -> Result<ModuleType> {
     let mut re = RoundtripReencoder;
     let mut ty = ModuleType::new();
     // The type of every function, table, memory, global and tag, by index
@@ -200,6 +360,9 @@ fn module_type(module: &[u8]) -> Result<ModuleType> {
         }
     }
     for (name, kind, i) in exports {
+        if keep.is_some_and(|k| !k.contains(&name)) {
+            continue;
+        }
         let missing = || format!("export {name} names a missing item");
         let entity = match kind {
             ExternalKind::Func | ExternalKind::FuncExact => {
@@ -267,7 +430,7 @@ mod tests {
 
     fn import_names(component: &[u8]) -> Vec<String> {
         let mut names = Vec::new();
-        for (id, range) in sections(&mut std::io::Cursor::new(component)).unwrap() {
+        for (id, range) in sections(&mut BufReader::new(std::io::Cursor::new(component))).unwrap() {
             if id == 10 {
                 let range = range.start as usize..range.end as usize;
                 let reader = wasmparser::ComponentImportSectionReader::new(
@@ -302,6 +465,38 @@ mod tests {
         wasmparser::Validator::new()
             .validate_all(&split.component)
             .unwrap();
+    }
+
+    /// The number of exports each module type in `component` declares.
+    fn declared_exports(component: &[u8]) -> Vec<usize> {
+        let mut counts = Vec::new();
+        for (id, range) in sections(&mut BufReader::new(std::io::Cursor::new(component))).unwrap() {
+            if id != CORE_TYPE {
+                continue;
+            }
+            let bytes = &component[range.start as usize..range.end as usize];
+            let reader =
+                wasmparser::CoreTypeSectionReader::new(wasmparser::BinaryReader::new(bytes, 0))
+                    .unwrap();
+            for ty in reader {
+                if let wasmparser::CoreType::Module(decls) = ty.unwrap() {
+                    let exports = decls
+                        .iter()
+                        .filter(|d| matches!(d, wasmparser::ModuleTypeDeclaration::Export { .. }));
+                    counts.push(exports.count());
+                }
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn only_the_exports_the_component_uses_are_declared() {
+        let split = split(&component()).unwrap().unwrap();
+        // The first library: `add` and `memory`, which the second module
+        // imports from its instance; the second: `run`, which is lifted;
+        // the copy, never instantiated: nothing.
+        assert_eq!(declared_exports(&split.component), [2, 1, 0]);
     }
 
     #[test]
@@ -340,9 +535,9 @@ mod tests {
         assert!(split(&no_modules).unwrap().is_none());
         assert!(hash_of_import("rsgi-core-hxyz").is_none());
         assert!(hash_of_import("wasi:cli/run@0.2.0").is_none());
-        let mut cut = std::io::Cursor::new(b"\0asm\x0d\0\x01\0\x07\xff");
+        let mut cut = BufReader::new(std::io::Cursor::new(b"\0asm\x0d\0\x01\0\x07\xff"));
         assert!(sections(&mut cut).is_err());
-        let mut past_end = std::io::Cursor::new(b"\0asm\x0d\0\x01\0\x07\x05ab");
+        let mut past_end = BufReader::new(std::io::Cursor::new(b"\0asm\x0d\0\x01\0\x07\x05ab"));
         assert!(sections(&mut past_end).is_err());
     }
 }

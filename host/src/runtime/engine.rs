@@ -18,6 +18,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::bundle::{self, Mount};
 use crate::cachefs;
 use crate::config::World;
+use crate::digests;
 use crate::metrics;
 use crate::runtime::core_modules;
 use crate::runtime::generated::{request, response, WsgiAppPre};
@@ -227,7 +228,7 @@ impl Loader {
     fn load_component(&self, path: &Path) -> Result<Loaded> {
         let unreadable = || cannot_read(path);
         let mut file = open_component(path)?;
-        let digest = bundle::digest(&mut file).with_context(unreadable)?;
+        let digest = digests::of_component(&mut file, &self.cache_dir).with_context(unreadable)?;
         let files = bundle::mounts(&mut file, &digest, &self.cache_dir)
             .with_context(|| format!("loading the files shipped in {}", path.display()))?;
         let (component, modules) = self.compile_cached(&mut file, &digest, path)?;

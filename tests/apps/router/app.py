@@ -161,6 +161,22 @@ def application(environ, start_response):
     if path == "/counters":
         return as_json(start_response, COUNTERS)
 
+    if path == "/gc":
+        # What the snapshot left frozen, and whether a cycle made now is
+        # still collected.
+        import gc
+        import weakref
+
+        class Node:
+            pass
+
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        gone = weakref.ref(a)
+        del a, b
+        gc.collect()
+        return as_json(start_response, {"frozen": gc.get_freeze_count(), "cycle_collected": gone() is None})
+
     if path == "/wasi-outgoing":
         # Built with --world wasi-http: a request through wasi:http's own
         # client (outgoing-handler), which the sandbox must refuse.
