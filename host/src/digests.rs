@@ -4,12 +4,17 @@
 //! Hashing was half of a cold tenant's load (about 12 ms of 24 for a 24 MB
 //! hello component, SHA-NI included). The identity is what `stat` says of
 //! the open file: device, inode, size, and modification and change times to
-//! the nanosecond. Any write changes the change time, which no user can set
-//! back, so a file with the same identity has the same bytes, with one
-//! exception git's index also guards against: a write within the same clock
-//! tick as the recorded change time. An entry is therefore recorded only
-//! for a file whose change time is a few seconds old; a newer file is
-//! hashed again on every load until it is.
+//! the nanosecond. On the local file systems listed in [`KEEPS_CTIME`], any
+//! write changes the change time, which no user can set back, so a file
+//! with the same identity has the same bytes, with one exception git's
+//! index also guards against: a write within the same clock tick as the
+//! recorded change time. An entry is therefore recorded only for a file
+//! whose change time is a few seconds old (and not in the future); a newer
+//! file is hashed again on every load until it is. Elsewhere (network and
+//! FUSE file systems, whose times come from another clock or from the
+//! file's own mtime, and read-only images, whose inode numbers and times
+//! repeat from one image to the next) nothing is recorded and every load
+//! hashes.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -25,6 +30,19 @@ use crate::{bundle, cachefs};
 /// more than the coarsest timestamp tick of a common file system (FAT's 2 s).
 const SETTLED: Duration = Duration::from_secs(3);
 
+/// Local file systems (`statfs` magic numbers) where the kernel itself sets
+/// a file's change time on every write: ext2/3/4, XFS, Btrfs, tmpfs, F2FS,
+/// overlayfs (over one of those) and ZFS.
+const KEEPS_CTIME: [u32; 7] = [
+    0xEF53,
+    0x5846_5342,
+    0x9123_683E,
+    0x0102_1994,
+    0xF2F5_2010,
+    0x794C_7630,
+    0x2FC1_2FC1,
+];
+
 /// The SHA-256 of `file` (from its start) in hex: from the index in
 /// `cache_dir` if this file was hashed before, unchanged, else hashed now
 /// (and recorded once the file has settled). Its read position afterwards
@@ -34,6 +52,10 @@ pub fn of_component(file: &mut File, cache_dir: &Path) -> std::io::Result<String
 }
 
 fn of_component_at(file: &mut File, cache_dir: &Path, now: SystemTime) -> std::io::Result<String> {
+    if !keeps_ctime(file) {
+        file.seek(SeekFrom::Start(0))?;
+        return bundle::digest(file);
+    }
     let meta = file.metadata()?;
     let identity = format!(
         "dev {} ino {} size {} mtime {}.{:09} ctime {}.{:09}",
@@ -56,11 +78,39 @@ fn of_component_at(file: &mut File, cache_dir: &Path, now: SystemTime) -> std::i
             u64::try_from(meta.ctime()).unwrap_or(0),
             u32::try_from(meta.ctime_nsec()).unwrap_or(0),
         );
+    // Not in the future either: a change time ahead of this clock says
+    // nothing about when the file settled.
     if now.duration_since(changed).is_ok_and(|age| age >= SETTLED) {
         // Best effort: without the entry the next load hashes again.
-        let _ = cachefs::write_atomic(&entry, format!("{identity}\n{digest}\n").as_bytes());
+        let _ = record(&entry, &format!("{identity}\n{digest}\n"));
     }
     Ok(digest)
+}
+
+/// Whether `file` is on a file system in [`KEEPS_CTIME`].
+fn keeps_ctime(file: &File) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::fs::fstatfs(file).is_ok_and(|st| KEEPS_CTIME.contains(&(st.f_type as u32)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        false
+    }
+}
+
+/// Write an entry, its directory private like the rest of the cache (an
+/// entry decides which compiled code runs for a file).
+fn record(entry: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = entry.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    cachefs::write_atomic(entry, text.as_bytes())
 }
 
 /// Where the entry for `identity` lives: named by a hash of it, holding the
@@ -100,6 +150,14 @@ mod tests {
             of_component_at(&mut f, &cache, later).unwrap(),
             sha(b"version one")
         );
+        if !keeps_ctime(&f) {
+            assert!(!cache.join("digests").exists(), "never recorded here");
+            return;
+        }
+        let mode = std::fs::metadata(cache.join("digests"))
+            .unwrap()
+            .permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077, 0);
         let entries: Vec<_> = std::fs::read_dir(cache.join("digests")).unwrap().collect();
         assert_eq!(entries.len(), 1, "recorded once settled");
 
@@ -113,7 +171,8 @@ mod tests {
 
         // ...until the file changes in place, same size and inode (a clock
         // tick later, as `SETTLED` ensures for a recorded file).
-        std::thread::sleep(Duration::from_millis(20));
+        // A second covers file systems that keep whole seconds.
+        std::thread::sleep(Duration::from_millis(1100));
         let mut w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         w.write_all(b"version two").unwrap();
         drop(w);
@@ -136,6 +195,13 @@ mod tests {
             !cache.join("digests").exists(),
             "a write in the same tick could follow"
         );
+        // Nor one changed "later" than now, by another machine's clock.
+        let earlier = SystemTime::now() - Duration::from_secs(60);
+        assert_eq!(
+            of_component_at(&mut f, &cache, earlier).unwrap(),
+            sha(b"fresh")
+        );
+        assert!(!cache.join("digests").exists());
     }
 
     #[test]

@@ -82,9 +82,13 @@ pub fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
         .create(&dir)
         .with_context(|| format!("creating the cache directory {}", dir.display()))?;
     check_trusted(&dir)?;
-    let files = dir.join("files");
-    if files.exists() {
-        check_trusted(&files)?;
+    // Its unpacked trees become apps' code, and its hash entries say which
+    // compiled code runs for a file: both as private as the cache.
+    for sub in ["files", "digests"] {
+        let sub = dir.join(sub);
+        if sub.exists() {
+            check_trusted(&sub)?;
+        }
     }
     Ok(dir)
 }
