@@ -169,9 +169,9 @@ mod tests {
         let mut f = File::open(&path).unwrap();
         assert_eq!(of_component_at(&mut f, &cache, later).unwrap(), fake);
 
-        // ...until the file changes in place, same size and inode (a clock
-        // tick later, as `SETTLED` ensures for a recorded file).
-        // A second covers file systems that keep whole seconds.
+        // ...until the file changes in place, same size and inode, a clock
+        // tick later as `SETTLED` ensures for a recorded file (a second here,
+        // for file systems that keep whole seconds).
         std::thread::sleep(Duration::from_millis(1100));
         let mut w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         w.write_all(b"version two").unwrap();
