@@ -253,6 +253,65 @@ fn the_snapshot_heap_is_frozen_and_new_cycles_are_still_collected() {
 }
 
 #[test]
+fn warm_instances_map_only_the_snapshot_pages_their_requests_read() {
+    // Left alone, the kernel reads ahead around each fault on the
+    // copy-on-write mapping of the heap snapshot and maps what it read:
+    // about half the snapshot for every loaded app.
+    let s = Server::start(&router(), &[]);
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(c.get(s.url("/")).send().unwrap().status(), 200);
+    }
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", s.pid())).unwrap();
+    let mut snapshots = 0;
+    let mut block: Vec<&str> = Vec::new();
+    let mut check = |block: &[&str]| {
+        let Some(head) = block.first() else { return };
+        let fields: Vec<&str> = head.split_whitespace().collect();
+        let is_snapshot = fields.get(1) == Some(&"rw-p")
+            && fields
+                .get(5)
+                .is_some_and(|p| p.contains("/modules/") && p.ends_with(".cwasm"));
+        if !is_snapshot {
+            return;
+        }
+        snapshots += 1;
+        let kb = |name: &str| -> u64 {
+            block
+                .iter()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap()
+        };
+        let flags = block.iter().find(|l| l.starts_with("VmFlags:")).unwrap();
+        assert!(
+            flags.split_whitespace().any(|f| f == "rr"),
+            "read-ahead is on for {head}: {flags}"
+        );
+        let clean = kb("Rss") - kb("Anonymous");
+        assert!(
+            clean * 2 < kb("Size"),
+            "{clean} kB of the snapshot mapped: {}",
+            block.join("\n")
+        );
+    };
+    for line in smaps.lines() {
+        // A mapping's header starts with its address range.
+        if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| w.contains('-'))
+        {
+            check(&block);
+            block.clear();
+        }
+        block.push(line);
+    }
+    check(&block);
+    assert!(snapshots >= 1, "no snapshot mapping found:\n{smaps}");
+}
+
+#[test]
 fn app_exception_is_500_with_traceback_and_the_instance_keeps_serving() {
     let s = Server::start(&router(), &[]);
     let c = client();

@@ -49,6 +49,11 @@ pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, data)?;
+    // On disk before it is renamed into place: a crash must not leave a
+    // name whose content was never written (wasmtime maps compiled code
+    // from these files). Clean pages also leave the page cache when asked
+    // (`snapshot_pages`).
+    tmp.as_file().sync_data()?;
     tmp.persist(dest)?;
     Ok(())
 }

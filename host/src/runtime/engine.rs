@@ -22,6 +22,7 @@ use crate::digests;
 use crate::metrics;
 use crate::runtime::core_modules;
 use crate::runtime::generated::{request, response, WsgiAppPre};
+use crate::runtime::snapshot_pages::{self, SnapshotFile};
 use crate::runtime::store::HostState;
 use crate::runtime::wasi_http::INCOMING_HANDLER;
 use crate::runtime::wsgi::WsgiCtx;
@@ -152,7 +153,21 @@ pub struct Loaded {
 pub type LinkedModule = (String, Arc<SharedModule>);
 
 /// A core module compiled once for every component that ships it.
-pub struct SharedModule(Module);
+pub struct SharedModule {
+    module: Module,
+    /// Its artifact, if instances map their memory from it.
+    snapshot: Option<SnapshotFile>,
+}
+
+impl Loaded {
+    /// The artifacts its instances map their memory from.
+    pub fn snapshot_files(&self) -> Vec<SnapshotFile> {
+        self.modules
+            .iter()
+            .filter_map(|(_, m)| m.snapshot.clone())
+            .collect()
+    }
+}
 
 impl Drop for SharedModule {
     fn drop(&mut self) {
@@ -404,12 +419,17 @@ impl Loader {
                     if !artifact.is_file() {
                         return Ok(None);
                     }
+                    let loading = || format!("loading {}", artifact.display());
+                    let file = std::fs::File::open(&artifact).with_context(loading)?;
+                    let for_wasmtime = file.try_clone().with_context(loading)?;
                     // SAFETY: as for components: written by this engine
                     // (its hash is in the name) into our private cache.
-                    let module = unsafe { Module::deserialize_file(&self.engine, &artifact) }
-                        .map_err(anyhow::Error::from)
-                        .with_context(|| format!("loading {}", artifact.display()))?;
-                    let module = Arc::new(SharedModule(module));
+                    let module =
+                        unsafe { Module::deserialize_open_file(&self.engine, for_wasmtime) }
+                            .map_err(anyhow::Error::from)
+                            .with_context(loading)?;
+                    let snapshot = snapshot_pages::on_load(&file, &artifact, &module);
+                    let module = Arc::new(SharedModule { module, snapshot });
                     metrics::core_modules_loaded(1);
                     let mut map = self.modules.lock().expect("loader lock");
                     map.retain(|_, w| w.strong_count() > 0);
@@ -534,7 +554,7 @@ pub fn prepare(engine: &Engine, loaded: &Loaded, path: &Path) -> Result<AppPre> 
     let component = &loaded.component;
     let mut linker: Linker<HostState> = Linker::new(engine);
     for (name, module) in &loaded.modules {
-        linker.root().module(name, &module.0)?;
+        linker.root().module(name, &module.module)?;
     }
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     // Ours over wasmtime-wasi's: disk quotas, and lookups by the rules.

@@ -22,6 +22,7 @@ pub mod pool;
 mod quota_fs;
 pub mod sandbox;
 mod scratch;
+pub mod snapshot_pages;
 pub mod store;
 pub mod tenant;
 pub mod tls_client;

@@ -19,6 +19,7 @@ use crate::runtime::engine::{AppPre, Loaded};
 use crate::runtime::environ::Environ;
 use crate::runtime::generated::WsgiApp;
 use crate::runtime::sandbox::{Sandbox, Stdio};
+use crate::runtime::snapshot_pages::{self, SnapshotFile};
 use crate::runtime::store::{new_store, HostState};
 use crate::runtime::wasi_http::{self, HttpRequest};
 use crate::runtime::wsgi::Exchange;
@@ -56,6 +57,8 @@ pub struct AppPool {
     engine: Engine,
     /// The compiled component, kept in memory while this pool lives.
     _code: Arc<Loaded>,
+    /// The artifacts its instances map their memory from.
+    snapshots: Arc<[SnapshotFile]>,
     pre: AppPre,
     sandbox: Sandbox,
     limits: Limits,
@@ -82,6 +85,7 @@ impl AppPool {
         let pool = Arc::new(AppPool {
             name: name.into(),
             engine: code.component.engine().clone(),
+            snapshots: code.snapshot_files().into(),
             _code: code,
             pre,
             sandbox,
@@ -141,6 +145,22 @@ impl AppPool {
         Ok(())
     }
 
+    /// Before a new long-lived instance runs, keep the kernel from reading
+    /// ahead in its mapping of the heap snapshot ([`snapshot_pages`]). An
+    /// instance serving one request would not keep those pages long enough
+    /// to matter.
+    async fn advise_snapshot_mappings(&self) {
+        if self.limits.isolation != Isolation::Pooled || self.snapshots.is_empty() {
+            return;
+        }
+        let files = self.snapshots.clone();
+        let advised =
+            tokio::task::spawn_blocking(move || snapshot_pages::advise_instance_mappings(&files));
+        if let Err(e) = advised.await {
+            tracing::warn!("advising the kernel about app {}'s memory: {e}", self.name);
+        }
+    }
+
     async fn instantiate(&self) -> Result<Instance> {
         // Preopening directories (and, with request isolation, creating a
         // fresh /tmp) touches the disk: off the runtime's threads.
@@ -161,17 +181,21 @@ impl AppPool {
                     .run(pre.instantiate_async(&mut store))
                     .await
                     .map_err(anyhow::Error::from)?;
+                self.advise_snapshot_mappings().await;
                 if self.sandbox.live() {
                     self.import_app(&app, &mut store).await?;
                 }
                 Bound::Wsgi(app)
             }
-            AppPre::WasiHttp(pre) => Bound::WasiHttp(
-                self.cpu
+            AppPre::WasiHttp(pre) => {
+                let app = self
+                    .cpu
                     .run(pre.instantiate_async(&mut store))
                     .await
-                    .map_err(anyhow::Error::from)?,
-            ),
+                    .map_err(anyhow::Error::from)?;
+                self.advise_snapshot_mappings().await;
+                Bound::WasiHttp(app)
+            }
         };
         let n = self.created.fetch_add(1, Ordering::Relaxed) as u64;
         let retire_after = match (self.limits.isolation, self.limits.max_requests) {

@@ -1,0 +1,327 @@
+//! Keeps the pages of an app's heap snapshot that its requests never read
+//! out of memory.
+//!
+//! wasmtime maps each instance's linear memory copy-on-write from the
+//! artifact of the core module that defines it: the app's pre-initialised
+//! heap, 13-14 MB for a hello app, its own file per app. Left alone, the
+//! kernel reads ahead around every page fault on that mapping (`read_ahead_kb`
+//! of the disk: 128 KiB to 8 MiB) and, on later faults, maps every cached
+//! page in the 64 KiB around the faulting one. A request reads about half a
+//! megabyte of the snapshot, scattered over all of it, so an instance ended
+//! up mapping about 7.6 MiB of it, counted whole against each loaded app.
+//!
+//! So, for an artifact whose module defines a memory:
+//! - when it is loaded, wasmtime's own mapping of it is set to random
+//!   access, and the pages that reading its header pulled into the page
+//!   cache are dropped ([`on_load`]);
+//! - when a long-lived instance has been created, before it runs, its
+//!   copy-on-write mapping of the snapshot is set to random access too
+//!   ([`advise_instance_mappings`]). wasmtime does not say where it mapped
+//!   it, so it is looked up among the process's mappings: with
+//!   `PROCMAP_QUERY` on Linux 6.11 and later, in `/proc/self/maps` before.
+//!
+//! The kernel then reads only the pages an instance touches, and maps
+//! around a fault only pages that some instance of that app has touched.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use wasmtime::{ExternType, Module};
+
+/// A loaded snapshot artifact, as the kernel names the mappings of it.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    dev: (u32, u32),
+    ino: u64,
+    /// The artifact's file name (its content hash): what still matches on
+    /// file systems such as overlayfs, whose mappings show another inode.
+    name: OsString,
+}
+
+impl SnapshotFile {
+    fn matches(&self, m: &Mapping) -> bool {
+        (m.dev == self.dev && m.ino == self.ino)
+            || Path::new(OsStr::from_bytes(&m.path)).file_name() == Some(self.name.as_os_str())
+    }
+}
+
+/// Advise the kernel about a module just loaded from `file` (at `path`);
+/// the snapshot file to look for in its instances' mappings if the module
+/// defines a memory, which wasmtime maps from the artifact.
+pub fn on_load(file: &File, path: &Path, module: &Module) -> Option<SnapshotFile> {
+    let defines_memory = module
+        .exports()
+        .any(|e| matches!(e.ty(), ExternType::Memory(_)))
+        && !module
+            .imports()
+            .any(|i| matches!(i.ty(), ExternType::Memory(_)));
+    if !defines_memory {
+        return None;
+    }
+    let image = module.image_range();
+    let (start, end) = (image.start as usize, image.end as usize);
+    advise_random(start, end);
+    // Mostly in the page cache: just compiled (written whole) or read
+    // ahead; otherwise what is cached is what instances read since it was
+    // last dropped, which the next ones will read too, and reading it again
+    // page by page would slow their first requests. Only pages no mapping
+    // holds are dropped: wasmtime's header and metadata stay.
+    if mostly_resident(start, end) {
+        if let Err(e) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
+            tracing::debug!("fadvise(DONTNEED) on {}: {e}", path.display());
+        }
+    }
+    let meta = file.metadata().ok()?;
+    Some(SnapshotFile {
+        dev: (rustix::fs::major(meta.dev()), rustix::fs::minor(meta.dev())),
+        ino: meta.ino(),
+        name: path.file_name()?.to_owned(),
+    })
+}
+
+/// Set every private writable mapping of one of `files` to random access:
+/// the snapshot mappings of instances created since the last call (the
+/// others already are). Call it after instantiating, before the instance
+/// runs.
+pub fn advise_instance_mappings(files: &[SnapshotFile]) {
+    if files.is_empty() {
+        return;
+    }
+    let mappings = match procmap_query::writable_file_mappings() {
+        Ok(m) => m,
+        // Before Linux 6.11 (ENOTTY) or where /proc forbids the ioctl.
+        Err(_) => match std::fs::read("/proc/self/maps") {
+            Ok(text) => parse_maps(&text),
+            Err(e) => {
+                tracing::debug!("cannot read /proc/self/maps: {e}");
+                return;
+            }
+        },
+    };
+    for m in mappings
+        .iter()
+        .filter(|m| files.iter().any(|f| f.matches(m)))
+    {
+        advise_random(m.start, m.end);
+    }
+}
+
+/// Whether more than half the pages of the file mapped at `start..end`
+/// are in the page cache.
+fn mostly_resident(start: usize, end: usize) -> bool {
+    let page = rustix::param::page_size();
+    let start = start & !(page - 1);
+    let pages = end.saturating_sub(start).div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `start..end` is a live mapping and `vec` has a byte per page.
+    let rc = unsafe { libc::mincore(start as *mut _, end - start, vec.as_mut_ptr()) };
+    if rc != 0 {
+        // Cannot tell: drop, which costs page-by-page reads, not memory.
+        return true;
+    }
+    vec.iter().filter(|&&b| b & 1 != 0).count() * 2 > pages
+}
+
+/// `madvise(MADV_RANDOM)` over the pages of `start..end`.
+fn advise_random(start: usize, end: usize) {
+    let page = rustix::param::page_size();
+    let start = start & !(page - 1);
+    if end <= start {
+        return;
+    }
+    // SAFETY: advice about how to page, not a change of contents or
+    // protection; the range lies in mappings the caller keeps alive.
+    if let Err(e) =
+        unsafe { rustix::mm::madvise(start as *mut _, end - start, rustix::mm::Advice::Random) }
+    {
+        tracing::debug!("madvise(RANDOM) at {start:#x}: {e}");
+    }
+}
+
+/// A private writable file mapping of this process.
+#[derive(Debug, PartialEq)]
+struct Mapping {
+    start: usize,
+    end: usize,
+    dev: (u32, u32),
+    ino: u64,
+    path: Vec<u8>,
+}
+
+/// The private writable file mappings listed in `/proc/self/maps` text.
+fn parse_maps(text: &[u8]) -> Vec<Mapping> {
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            // start-end perms offset major:minor inode [path]
+            let mut fields = line.splitn(6, |&b| b == b' ');
+            let range = std::str::from_utf8(fields.next()?).ok()?;
+            let perms = fields.next()?;
+            let _offset = fields.next()?;
+            let dev = std::str::from_utf8(fields.next()?).ok()?;
+            let ino: u64 = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+            let path = fields.next().unwrap_or_default().trim_ascii_start();
+            if !perms.starts_with(b"rw") || perms.get(3) != Some(&b'p') || ino == 0 {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            let (major, minor) = dev.split_once(':')?;
+            Some(Mapping {
+                start: usize::from_str_radix(start, 16).ok()?,
+                end: usize::from_str_radix(end, 16).ok()?,
+                dev: (
+                    u32::from_str_radix(major, 16).ok()?,
+                    u32::from_str_radix(minor, 16).ok()?,
+                ),
+                ino,
+                path: path.to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// The same list through the `PROCMAP_QUERY` ioctl (Linux 6.11), which
+/// walks only the matching mappings instead of formatting all of them.
+mod procmap_query {
+    use super::{io, File, Mapping};
+    use linux_raw_sys::general::{
+        procmap_query, procmap_query_flags::PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
+        procmap_query_flags::PROCMAP_QUERY_FILE_BACKED_VMA,
+        procmap_query_flags::PROCMAP_QUERY_VMA_SHARED,
+        procmap_query_flags::PROCMAP_QUERY_VMA_WRITABLE,
+    };
+    use rustix::io::Errno;
+    use rustix::ioctl::{opcode, Updater};
+
+    const QUERY: rustix::ioctl::Opcode = opcode::read_write::<procmap_query>(b'f', 17);
+
+    pub(super) fn writable_file_mappings() -> io::Result<Vec<Mapping>> {
+        let maps = File::open("/proc/self/maps")?;
+        let mut found = Vec::new();
+        let mut name = vec![0u8; 4096];
+        let mut addr = 0u64;
+        loop {
+            // SAFETY: a plain C struct; all zeroes is a valid value.
+            let mut q: procmap_query = unsafe { std::mem::zeroed() };
+            q.size = size_of::<procmap_query>() as u64;
+            q.query_flags = PROCMAP_QUERY_COVERING_OR_NEXT_VMA as u64
+                | PROCMAP_QUERY_FILE_BACKED_VMA as u64
+                | PROCMAP_QUERY_VMA_WRITABLE as u64;
+            q.query_addr = addr;
+            q.vma_name_addr = name.as_mut_ptr() as u64;
+            q.vma_name_size = name.len() as u32;
+            // SAFETY: PROCMAP_QUERY reads and writes exactly this struct,
+            // and writes at most `vma_name_size` bytes to `name`.
+            match unsafe { rustix::ioctl::ioctl(&maps, Updater::<QUERY, _>::new(&mut q)) } {
+                Ok(()) => {}
+                Err(Errno::NOENT) => return Ok(found),
+                Err(e) => return Err(e.into()),
+            }
+            if q.vma_end <= addr {
+                return Ok(found);
+            }
+            addr = q.vma_end;
+            if q.vma_flags & PROCMAP_QUERY_VMA_SHARED as u64 != 0 {
+                continue;
+            }
+            // The size includes the terminating NUL.
+            let len = (q.vma_name_size as usize).saturating_sub(1).min(name.len());
+            found.push(Mapping {
+                start: q.vma_start as usize,
+                end: q.vma_end as usize,
+                dev: (q.dev_major, q.dev_minor),
+                ino: q.inode,
+                path: name[..len].to_vec(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_yield_only_private_writable_file_mappings() {
+        let text = b"\
+55d0c0000000-55d0c0001000 r--p 00000000 fe:00 42 /usr/bin/x
+7f05082f0000-7f0509190000 rw-p 0003e000 fe:00 5555699                    /cache/modules/abc-1.cwasm
+7f0509190000-7f0509200000 rw-p 00000000 00:00 0 
+7f0509200000-7f0509300000 rw-s 00000000 00:01 77 /dev/shm/x
+7f0509300000-7f0509400000 rw-p 00000000 103:0a 9 /with space/y (deleted)
+";
+        let found = parse_maps(text);
+        assert_eq!(
+            found,
+            vec![
+                Mapping {
+                    start: 0x7f05082f0000,
+                    end: 0x7f0509190000,
+                    dev: (0xfe, 0),
+                    ino: 5555699,
+                    path: b"/cache/modules/abc-1.cwasm".to_vec(),
+                },
+                Mapping {
+                    start: 0x7f0509300000,
+                    end: 0x7f0509400000,
+                    dev: (0x103, 0x0a),
+                    ino: 9,
+                    path: b"/with space/y (deleted)".to_vec(),
+                },
+            ]
+        );
+    }
+
+    /// A private writable mapping of a file in this process, as wasmtime
+    /// makes of a snapshot, is found (by the ioctl where the kernel has it,
+    /// and in /proc/self/maps) and set to random access.
+    #[test]
+    fn a_private_file_mapping_is_found_and_set_to_random_access() {
+        let dir = std::env::temp_dir().join(format!("snapshot-pages-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("snap-1.cwasm");
+        std::fs::write(&path, vec![7u8; 64 * 1024]).unwrap();
+        let file = File::open(&path).unwrap();
+        // SAFETY: a fresh private mapping that nothing else uses.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                64 * 1024,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+                &file,
+                0,
+            )
+        }
+        .unwrap() as usize;
+        let meta = file.metadata().unwrap();
+        let snap = SnapshotFile {
+            dev: (rustix::fs::major(meta.dev()), rustix::fs::minor(meta.dev())),
+            ino: meta.ino(),
+            name: "snap-1.cwasm".into(),
+        };
+        let in_maps = parse_maps(&std::fs::read("/proc/self/maps").unwrap());
+        assert!(in_maps.iter().any(|m| m.start == ptr && snap.matches(m)));
+        if let Ok(queried) = procmap_query::writable_file_mappings() {
+            let m = queried.iter().find(|m| m.start == ptr).expect("listed");
+            assert!(snap.matches(m), "{m:?}");
+            assert!(m.path.ends_with(b"snap-1.cwasm"), "{m:?}");
+        }
+        let flags = || {
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            let head = format!("{ptr:x}-");
+            let block = smaps.split_once(&head).unwrap().1;
+            let line = block.lines().find(|l| l.starts_with("VmFlags:")).unwrap();
+            line.split_whitespace().any(|f| f == "rr")
+        };
+        assert!(!flags());
+        advise_instance_mappings(std::slice::from_ref(&snap));
+        assert!(flags(), "the mapping is not set to random access");
+        // SAFETY: mapped above, not used after.
+        unsafe { rustix::mm::munmap(ptr as *mut _, 64 * 1024).unwrap() };
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
