@@ -542,16 +542,25 @@ fn compiled_artifact_is_cached_between_starts() {
     assert!(!b.logs().contains("compiling"), "{}", b.logs());
     drop(b);
     // Another app compiles only the core modules the first did not have:
-    // CPython, libc and the runtime are shared.
+    // CPython, libc and the runtime are shared, and so is the shell around
+    // them (the same libraries, although the heaps differ in size).
     let new_modules = |s: &Server| compiled_modules(&s.logs())[0];
     let cache = temp_dir("artifact-cache-shared");
     let cache_arg = cache.display().to_string();
     let a = Server::start(&component, &["--cache-dir", &cache_arg]);
     let (new, total) = new_modules(&a);
     assert_eq!(new, total, "{}", a.logs());
+    assert!(a.logs().contains("a new shell"), "{}", a.logs());
     let h = Server::start(&hello(), &["--cache-dir", &cache_arg]);
     let (new, total) = new_modules(&h);
     assert!(new < total / 2, "{}", h.logs());
+    assert!(
+        h.logs().contains("the shell other apps use"),
+        "{}",
+        h.logs()
+    );
+    let shells = std::fs::read_dir(cache.join("shells")).unwrap().count();
+    assert_eq!(shells, 1);
     let r = client().get(h.url("/")).send().unwrap();
     assert_eq!(r.text().unwrap(), "Hello, World!\n");
     let r = client().get(a.url("/")).send().unwrap();

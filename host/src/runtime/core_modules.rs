@@ -4,13 +4,20 @@
 //!
 //! How: each top-level core module section is replaced by a core module
 //! type (the module's own imports and exports) and a component import of
-//! that type, named after the module's SHA-256. Module indices do not move
-//! (an imported module takes the index the defined one had), and the
+//! that type, named after the module's position. Module indices do not
+//! move (an imported module takes the index the defined one had), and the
 //! componentize-py output this runs on defines no core types of its own,
 //! so the new types are numbered from zero. The host compiles each module
 //! once as a `wasmtime::Module`, keyed by its hash, and links it under that
 //! name. The user's `app.wasm` is never changed: this is how the host
 //! loads it, not a format anyone ships.
+//!
+//! What is left, the component's shell, is then the same for every app
+//! built against the same libraries: names by position, not hash, and the
+//! one type that follows the app's heap (the snapshot module's memory,
+//! whose minimum is the heap's size) declared at the least the other
+//! modules ask of it. So the host compiles, stores and keeps one shell for
+//! all of them.
 
 use std::collections::HashSet;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -38,8 +45,8 @@ const ALIAS: u8 = 6;
 const IMPORT: u8 = 10;
 
 /// What the host imports a split-out module as: this prefix, then its
-/// SHA-256 in hex (and `-nN` for a second copy in one component).
-pub const IMPORT_PREFIX: &str = "rsgi-core-h";
+/// position among the component's modules.
+const IMPORT_PREFIX: &str = "rsgi-core-m";
 
 /// The custom section rsgi-wasm appends the app's files in: the compiled
 /// component does not need it (the files are read from the original).
@@ -62,11 +69,9 @@ pub struct SplitModule {
     pub range: Range<usize>,
 }
 
-/// The hash a split-out module's import name carries, if it is one.
-pub fn hash_of_import(name: &str) -> Option<&str> {
-    let rest = name.strip_prefix(IMPORT_PREFIX)?;
-    let hash = rest.split('-').next()?;
-    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
+/// The name the split component imports its `index`th module by.
+pub fn import_name(index: usize) -> String {
+    format!("{IMPORT_PREFIX}{index}")
 }
 
 /// The top-level sections of a component or module after its 8-byte
@@ -124,10 +129,12 @@ pub fn split(component: &[u8]) -> Result<Option<Split>> {
     {
         return Ok(None);
     }
-    // Declaring only the exports in use must leave a valid component; if
-    // it ever does not (a shape `used_exports` misreads), declare them all.
+    // Declaring only the exports in use, and the memory at the least its
+    // importers ask, must leave a valid component; if it ever does not (a
+    // shape `used_exports` misreads), declare every module as it is.
     if let Some(used) = used_exports(component, &sections)? {
-        let trimmed = rewrite(component, &sections, Some(&used))?;
+        let floor = memory_floor(component, &sections)?;
+        let trimmed = rewrite(component, &sections, Some(&used), Some(floor))?;
         if wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
             .validate_all(&trimmed.component)
             .is_ok()
@@ -138,15 +145,38 @@ pub fn split(component: &[u8]) -> Result<Option<Split>> {
             "declaring every export of the split modules: the trimmed types do not validate"
         );
     }
-    rewrite(component, &sections, None).map(Some)
+    rewrite(component, &sections, None, None).map(Some)
+}
+
+/// The largest minimum size any core module's memory import asks for.
+fn memory_floor(component: &[u8], sections: &[(u8, Range<u64>)]) -> Result<u64> {
+    let mut floor = 0;
+    for (id, range) in sections {
+        if *id != CORE_MODULE {
+            continue;
+        }
+        let bytes = &component[range.start as usize..range.end as usize];
+        for payload in Parser::new(0).parse_all(bytes) {
+            if let Payload::ImportSection(r) = payload? {
+                for import in r.into_imports() {
+                    if let TypeRef::Memory(m) = import?.ty {
+                        floor = floor.max(m.initial);
+                    }
+                }
+            }
+        }
+    }
+    Ok(floor)
 }
 
 /// `component` with each core module replaced by an import of it, whose
-/// type declares the exports in `used` (all if none).
+/// type declares the exports in `used` (all if none), and exported
+/// memories no larger than `memory_floor` (as they are if none).
 fn rewrite(
     component: &[u8],
     sections: &[(u8, Range<u64>)],
     used: Option<&[HashSet<String>]>,
+    memory_floor: Option<u64>,
 ) -> Result<Split> {
     let mut out = Vec::with_capacity(1 << 20);
     out.extend_from_slice(&component[..8]);
@@ -158,14 +188,10 @@ fn rewrite(
         match *id {
             CORE_MODULE => {
                 let hash = format!("{:x}", Sha256::digest(bytes));
-                let copies = modules.iter().filter(|m| m.hash == hash).count();
-                let name = match copies {
-                    0 => format!("{IMPORT_PREFIX}{hash}"),
-                    n => format!("{IMPORT_PREFIX}{hash}-n{}", n + 1),
-                };
                 let index = modules.len();
+                let name = import_name(index);
                 let keep = used.map(|u| &u[index]);
-                let ty = module_type(bytes, keep)
+                let ty = module_type(bytes, keep, memory_floor)
                     .with_context(|| format!("reading core module {index}"))?;
                 let mut core_types = CoreTypeSection::new();
                 core_types.ty().module(&ty);
@@ -319,8 +345,14 @@ fn custom_name(bytes: &[u8]) -> Option<&str> {
 /// linked in must not need more than the type promises it is given), but
 /// an export nothing uses need not be declared, and each declared one costs
 /// every app that ships the module memory and load time in the host
-/// (wasmtime keeps each name of an imported module's type).
-fn module_type(module: &[u8], keep: Option<&HashSet<String>>) -> Result<ModuleType> {
+/// (wasmtime keeps each name of an imported module's type). An exported
+/// memory is declared with a minimum of at most `memory_floor`: any
+/// larger memory is still of that type.
+fn module_type(
+    module: &[u8],
+    keep: Option<&HashSet<String>>,
+    memory_floor: Option<u64>,
+) -> Result<ModuleType> {
     let mut re = RoundtripReencoder;
     let mut ty = ModuleType::new();
     // The type of every function, table, memory, global and tag, by index
@@ -369,7 +401,13 @@ fn module_type(module: &[u8], keep: Option<&HashSet<String>>) -> Result<ModuleTy
                 EntityType::Function(*funcs.get(i).with_context(missing)?)
             }
             ExternalKind::Table => EntityType::Table(*tables.get(i).with_context(missing)?),
-            ExternalKind::Memory => EntityType::Memory(*memories.get(i).with_context(missing)?),
+            ExternalKind::Memory => {
+                let mut memory = *memories.get(i).with_context(missing)?;
+                if let Some(floor) = memory_floor {
+                    memory.minimum = memory.minimum.min(floor);
+                }
+                EntityType::Memory(memory)
+            }
             ExternalKind::Global => EntityType::Global(*globals.get(i).with_context(missing)?),
             ExternalKind::Tag => EntityType::Tag(*tags.get(i).with_context(missing)?),
         };
@@ -446,18 +484,70 @@ mod tests {
         names
     }
 
+    /// `component()` with the first library's memory `pages` large.
+    fn component_with_heap(pages: u32) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(component
+                {lib}
+                (core module
+                    (import "lib" "add" (func $add (param i32 i32) (result i32)))
+                    (import "lib" "memory" (memory 1))
+                    (func (export "run") (result i32)
+                        i32.const 2 i32.const 3 call $add))
+                (core instance $l (instantiate 0))
+                (core instance $a (instantiate 1 (with "lib" (instance $l))))
+                (func (export "run") (result s32)
+                    (canon lift (core func $a "run")))
+            )"#,
+            lib = LIB.replace(
+                "(export \"memory\") 1",
+                &format!("(export \"memory\") {pages}")
+            ),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn apps_whose_heaps_differ_in_size_share_one_shell() {
+        let small = split(&component_with_heap(1)).unwrap().unwrap();
+        let large = split(&component_with_heap(3)).unwrap().unwrap();
+        assert_ne!(small.modules[0].hash, large.modules[0].hash);
+        assert_eq!(small.component, large.component);
+        // The larger memory links into the shared shell and runs.
+        let original = component_with_heap(3);
+        assert_eq!(run_split(&original, &small.component, &large), 5);
+    }
+
+    /// Instantiate `shell` with the modules of `split` (of `original`) and
+    /// call its `run`.
+    fn run_split(original: &[u8], shell: &[u8], split: &Split) -> i32 {
+        use wasmtime::component::{Component, Linker};
+        use wasmtime::{Engine, Module, Store};
+        let engine = Engine::default();
+        let component = Component::new(&engine, shell).unwrap();
+        let mut linker: Linker<()> = Linker::new(&engine);
+        for (i, m) in split.modules.iter().enumerate() {
+            let module = Module::new(&engine, &original[m.range.clone()]).unwrap();
+            linker.root().module(&import_name(i), &module).unwrap();
+        }
+        let mut store = Store::new(&engine, ());
+        let instance = linker.instantiate(&mut store, &component).unwrap();
+        let run = instance
+            .get_typed_func::<(), (i32,)>(&mut store, "run")
+            .unwrap();
+        run.call(&mut store, ()).unwrap().0
+    }
+
     #[test]
     fn modules_become_imports_and_the_component_still_validates() {
         let original = component();
         let split = split(&original).unwrap().unwrap();
         assert_eq!(split.modules.len(), 3);
-        // Identical modules share a hash, under distinct import names.
+        // Identical modules share a hash; imports are named by position.
         assert_eq!(split.modules[0].hash, split.modules[2].hash);
         let names = import_names(&split.component);
-        assert_eq!(names.len(), 3);
-        assert_ne!(names[0], names[2]);
-        for (m, name) in split.modules.iter().zip(&names) {
-            assert_eq!(hash_of_import(name), Some(m.hash.as_str()));
+        assert_eq!(names, [import_name(0), import_name(1), import_name(2)]);
+        for m in &split.modules {
             wasmparser::Validator::new()
                 .validate_all(&original[m.range.clone()])
                 .unwrap();
@@ -501,25 +591,9 @@ mod tests {
 
     #[test]
     fn the_split_component_runs_with_its_modules_linked_in() {
-        use wasmtime::component::{Component, Linker};
-        use wasmtime::{Engine, Module, Store};
         let original = component();
         let split = split(&original).unwrap().unwrap();
-        let engine = Engine::default();
-        let component = Component::new(&engine, &split.component).unwrap();
-        let mut linker: Linker<()> = Linker::new(&engine);
-        for name in import_names(&split.component) {
-            let hash = hash_of_import(&name).unwrap();
-            let m = split.modules.iter().find(|m| m.hash == hash).unwrap();
-            let module = Module::new(&engine, &original[m.range.clone()]).unwrap();
-            linker.root().module(&name, &module).unwrap();
-        }
-        let mut store = Store::new(&engine, ());
-        let instance = linker.instantiate(&mut store, &component).unwrap();
-        let run = instance
-            .get_typed_func::<(), (i32,)>(&mut store, "run")
-            .unwrap();
-        assert_eq!(run.call(&mut store, ()).unwrap(), (5,));
+        assert_eq!(run_split(&original, &split.component, &split), 5);
     }
 
     #[test]
@@ -533,8 +607,6 @@ mod tests {
         assert!(split(&core_types).unwrap().is_none());
         let no_modules = wat::parse_str("(component)").unwrap();
         assert!(split(&no_modules).unwrap().is_none());
-        assert!(hash_of_import("rsgi-core-hxyz").is_none());
-        assert!(hash_of_import("wasi:cli/run@0.2.0").is_none());
         let mut cut = BufReader::new(std::io::Cursor::new(b"\0asm\x0d\0\x01\0\x07\xff"));
         assert!(sections(&mut cut).is_err());
         let mut past_end = BufReader::new(std::io::Cursor::new(b"\0asm\x0d\0\x01\0\x07\x05ab"));

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use std::os::unix::fs::DirBuilderExt;
 
 use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Module};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -132,6 +133,9 @@ pub struct Loader {
     /// Split-out core modules by hash, shared by every component that
     /// imports them, and freed with the last one.
     modules: Mutex<HashMap<String, Weak<SharedModule>>>,
+    /// Compiled shells by hash, shared by every app built against the same
+    /// libraries, and freed with the last one.
+    shells: Mutex<HashMap<String, Weak<SharedShell>>>,
     /// Held while compiling: apps first asked for at once on an empty
     /// cache compile one after another (Cranelift already uses every core
     /// for one), and each finds what the one before compiled instead of
@@ -141,8 +145,10 @@ pub struct Loader {
 
 /// A compiled component and the read-only file tree it ships.
 pub struct Loaded {
-    /// The compiled code.
+    /// The compiled code: its shell, which imports `modules`.
     pub component: Component,
+    /// Keeps the shell listed as loaded while this app holds it.
+    _shell: Arc<SharedShell>,
     /// Its own files (stdlib, app dirs, site-packages), unpacked in the cache.
     pub files: Arc<[Mount]>,
     /// The core modules it imports once split ([`core_modules`]), by name.
@@ -151,6 +157,10 @@ pub struct Loaded {
 
 /// A split-out core module and the name the component imports it by.
 pub type LinkedModule = (String, Arc<SharedModule>);
+
+/// A component's shell ([`core_modules`]) compiled once for every app
+/// that has it.
+pub struct SharedShell(Component);
 
 /// A core module compiled once for every component that ships it.
 pub struct SharedModule {
@@ -201,6 +211,7 @@ impl Loader {
             cache_dir,
             loaded: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
+            shells: Mutex::new(HashMap::new()),
             compiling: Mutex::new(()),
         }
     }
@@ -250,9 +261,10 @@ impl Loader {
         let digest = digests::of_component(&mut file, &self.cache_dir).with_context(unreadable)?;
         let files = bundle::mounts(&mut file, &digest, &self.cache_dir)
             .with_context(|| format!("loading the files shipped in {}", path.display()))?;
-        let (component, modules) = self.compile_cached(&mut file, &digest, path)?;
+        let (shell, modules) = self.compile_cached(&mut file, &digest, path)?;
         Ok(Loaded {
-            component,
+            component: shell.0.clone(),
+            _shell: shell,
             files: files.into(),
             modules,
         })
@@ -266,26 +278,31 @@ impl Loader {
         format!("{:016x}", h.finish())
     }
 
-    /// Compile a component once and reuse the native artifact from the
+    /// Compile a component once and reuse the native artifacts from the
     /// cache afterwards (keyed by content and engine). Its core modules are
     /// split out first ([`core_modules`]) and compiled, cached and loaded
-    /// by their own hash, so a module many apps ship is compiled once.
+    /// by their own hash, so a module many apps ship is compiled once; so
+    /// is what is left, the shell, which apps built against the same
+    /// libraries share. The app's `.links` file names its shell and
+    /// modules.
     fn compile_cached(
         &self,
         file: &mut std::fs::File,
         digest: &str,
         path: &Path,
-    ) -> Result<(Component, Vec<LinkedModule>)> {
-        let cached = self
+    ) -> Result<(Arc<SharedShell>, Vec<LinkedModule>)> {
+        let links = self
             .cache_dir
-            .join(format!("{digest}-{}-split.cwasm", self.engine_key()));
-        if let Some(hit) = self.cached_component(&cached)? {
+            .join(format!("{digest}-{}.links", self.engine_key()));
+        if let Some(hit) = self.linked(&links)? {
+            metrics::artifact_cache(true);
             return Ok(hit);
         }
         // A compile that panicked leaves nothing half-done behind the lock.
         let _compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
         // Compiled by another app while this one waited for the lock.
-        if let Some(hit) = self.cached_component(&cached)? {
+        if let Some(hit) = self.linked(&links)? {
+            metrics::artifact_cache(true);
             return Ok(hit);
         }
         metrics::artifact_cache(false);
@@ -307,65 +324,124 @@ impl Loader {
         let t = Instant::now();
         let split = core_modules::split(&bytes).with_context(invalid)?;
         let mut compiled_modules = 0;
+        let mut hashes = Vec::new();
         if let Some(split) = &split {
             for m in &split.modules {
                 compiled_modules +=
                     usize::from(self.compile_module(&m.hash, &bytes[m.range.clone()])?);
+                hashes.push(m.hash.clone());
             }
         }
-        let whole = split.as_ref().map_or(&bytes[..], |s| &s.component[..]);
-        let compiled = self
-            .engine
-            .precompile_component(whole)
-            .map_err(anyhow::Error::from)
+        let shell = split.as_ref().map_or(&bytes[..], |s| &s.component[..]);
+        let shell_hash = format!("{:x}", Sha256::digest(shell));
+        let new_shell = self
+            .compile_shell(&shell_hash, shell)
             .with_context(invalid)?;
-        let total = split.as_ref().map_or(0, |s| s.modules.len());
         tracing::info!(
-            "compiled in {:.1}s ({compiled_modules} of its {total} core modules were new)",
+            "compiled in {:.1}s ({compiled_modules} of its {} core modules were new; {})",
             t.elapsed().as_secs_f64(),
+            hashes.len(),
+            if new_shell {
+                "a new shell"
+            } else {
+                "the shell other apps use"
+            },
         );
-        let component = match cachefs::write_atomic(&cached, &compiled) {
-            // SAFETY: the file now holds exactly what this engine wrote.
-            Ok(()) => unsafe { Component::deserialize_file(&self.engine, &cached) },
-            Err(e) => {
-                tracing::warn!(
-                    "cannot cache the compiled component in {}: {e:#}",
-                    self.cache_dir.display()
-                );
-                // SAFETY: the bytes were just produced by this engine.
-                unsafe { Component::deserialize(&self.engine, &compiled) }
-            }
-        }
-        .map_err(anyhow::Error::from)?;
-        let modules = self
-            .linked_modules(&component)?
-            .context("a compiled core module vanished from the cache while loading")?;
-        Ok((component, modules))
+        cachefs::write_atomic(&links, write_links(&shell_hash, &hashes).as_bytes()).with_context(
+            || {
+                format!(
+                    "caching what {} links in {}",
+                    path.display(),
+                    links.display()
+                )
+            },
+        )?;
+        self.linked(&links)?
+            .context("a compiled artifact vanished from the cache while loading")
     }
 
-    /// The component cached at `path` with its modules, if all are there.
-    fn cached_component(&self, path: &Path) -> Result<Option<(Component, Vec<LinkedModule>)>> {
-        if !path.is_file() {
+    /// The shell and modules the links file at `path` names, if it is
+    /// there and all of them are.
+    fn linked(&self, path: &Path) -> Result<Option<(Arc<SharedShell>, Vec<LinkedModule>)>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let Some((shell, modules)) = read_links(&text) else {
+            tracing::warn!("ignoring unreadable cache file {}", path.display());
+            return Ok(None);
+        };
+        let Some(shell) = self.shell(shell)? else {
+            return Ok(None);
+        };
+        Ok(self.linked_modules(&modules)?.map(|m| (shell, m)))
+    }
+
+    fn shell_artifact(&self, hash: &str) -> PathBuf {
+        self.cache_dir
+            .join("shells")
+            .join(format!("{hash}-{}.cwasm", self.engine_key()))
+    }
+
+    /// Compile a shell into the cache unless it is there; whether it was
+    /// compiled now.
+    fn compile_shell(&self, hash: &str, shell: &[u8]) -> Result<bool> {
+        let artifact = self.shell_artifact(hash);
+        if artifact.is_file() {
+            return Ok(false);
+        }
+        let compiled = self
+            .engine
+            .precompile_component(shell)
+            .map_err(anyhow::Error::from)?;
+        self.cache_artifact(&artifact, &compiled)?;
+        Ok(true)
+    }
+
+    /// The shell `hash`, from memory if another app has it loaded, else
+    /// mapped from the cache; none if it is not in the cache.
+    fn shell(&self, hash: &str) -> Result<Option<Arc<SharedShell>>> {
+        if let Some(s) = self.shells.lock().expect("loader lock").get(hash) {
+            if let Some(s) = s.upgrade() {
+                return Ok(Some(s));
+            }
+        }
+        let artifact = self.shell_artifact(hash);
+        if !artifact.is_file() {
             return Ok(None);
         }
         // SAFETY: the file was written by `precompile_component` of an
         // engine with the same compatibility hash (it is in the name), into
         // a cache directory owned by this user; wasmtime re-checks its
         // header.
-        match unsafe { Component::deserialize_file(&self.engine, path) } {
-            // None: a module's artifact was removed; compile again.
-            Ok(c) => Ok(self.linked_modules(&c)?.map(|modules| {
-                metrics::artifact_cache(true);
-                (c, modules)
-            })),
+        let component = match unsafe { Component::deserialize_file(&self.engine, &artifact) } {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!(
                     "ignoring unusable cached artifact {}: {e:#}",
-                    path.display()
+                    artifact.display()
                 );
-                Ok(None)
+                return Ok(None);
             }
-        }
+        };
+        let shell = Arc::new(SharedShell(component));
+        let mut map = self.shells.lock().expect("loader lock");
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(hash.to_owned(), Arc::downgrade(&shell));
+        Ok(Some(shell))
+    }
+
+    /// Write a compiled artifact into its directory of the cache.
+    fn cache_artifact(&self, artifact: &Path, compiled: &[u8]) -> Result<()> {
+        let dir = artifact.parent().expect("in a directory of the cache");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        cachefs::write_atomic(artifact, compiled)
+            .with_context(|| format!("caching compiled code in {}", dir.display()))
     }
 
     fn module_artifact(&self, hash: &str) -> PathBuf {
@@ -386,26 +462,16 @@ impl Loader {
             .precompile_module(module)
             .map_err(anyhow::Error::from)
             .context("compiling a core module of the component")?;
-        let dir = artifact.parent().expect("in the modules directory");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        cachefs::write_atomic(&artifact, &compiled)
-            .with_context(|| format!("caching a compiled core module in {}", dir.display()))?;
+        self.cache_artifact(&artifact, &compiled)?;
         Ok(true)
     }
 
-    /// The core modules `component` imports, from memory if another app
-    /// has them loaded, else mapped from the cache; none if one of them is
-    /// not in the cache.
-    fn linked_modules(&self, component: &Component) -> Result<Option<Vec<LinkedModule>>> {
+    /// The core modules `hashes` names, in the order the shell imports
+    /// them, from memory if another app has them loaded, else mapped from
+    /// the cache; none if one of them is not in the cache.
+    fn linked_modules(&self, hashes: &[&str]) -> Result<Option<Vec<LinkedModule>>> {
         let mut linked = Vec::new();
-        for (name, _) in component.component_type().imports(&self.engine) {
-            let Some(hash) = core_modules::hash_of_import(name) else {
-                continue;
-            };
+        for (index, &hash) in hashes.iter().enumerate() {
             let live = self
                 .modules
                 .lock()
@@ -437,10 +503,40 @@ impl Loader {
                     module
                 }
             };
-            linked.push((name.to_owned(), module));
+            linked.push((core_modules::import_name(index), module));
         }
         Ok(Some(linked))
     }
+}
+
+/// The first line of a links file: its format.
+const LINKS_HEADER: &str = "rsgi-wasm links 1";
+
+/// A links file: the format line, the shell's hash, then each module's
+/// hash in the order the shell imports them.
+fn write_links(shell: &str, modules: &[String]) -> String {
+    let mut text = format!("{LINKS_HEADER}\nshell {shell}\n");
+    for m in modules {
+        text.push_str(&format!("module {m}\n"));
+    }
+    text
+}
+
+/// The shell and module hashes of a links file; none if it is not one.
+fn read_links(text: &str) -> Option<(&str, Vec<&str>)> {
+    let is_hash = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut lines = text.lines();
+    if lines.next()? != LINKS_HEADER {
+        return None;
+    }
+    let shell = lines
+        .next()?
+        .strip_prefix("shell ")
+        .filter(|h| is_hash(h))?;
+    let modules = lines
+        .map(|l| l.strip_prefix("module ").filter(|h| is_hash(h)))
+        .collect::<Option<Vec<_>>>()?;
+    Some((shell, modules))
 }
 
 fn cannot_read(path: &Path) -> String {
@@ -596,4 +692,30 @@ pub fn prepare(engine: &Engine, loaded: &Loaded, path: &Path) -> Result<AppPre> 
                 path.display()
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_files_round_trip_and_anything_else_is_refused() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let text = write_links(&a, std::slice::from_ref(&b));
+        assert_eq!(read_links(&text), Some((a.as_str(), vec![b.as_str()])));
+        assert_eq!(
+            read_links(&write_links(&a, &[])),
+            Some((a.as_str(), vec![]))
+        );
+        for bad in [
+            String::new(),
+            format!("shell {a}\n"),
+            format!("{LINKS_HEADER}\nshell {}\n", &a[1..]),
+            format!("{LINKS_HEADER}\nshell {a}\nmodule {b}x\n"),
+            format!("{LINKS_HEADER}\nshell {a}\nmodule {b}\n\n"),
+            text[..text.len() - 10].to_owned(),
+        ] {
+            assert_eq!(read_links(&bad), None, "{bad:?}");
+        }
+    }
 }
