@@ -779,18 +779,22 @@ fn metrics_and_health_are_served_on_their_own_port_and_move() {
         ),
         1.0
     );
+    // A response can reach the client before its instance is back in the
+    // pool (the call ends on its own task); with a queue of 0 each next
+    // request must find the instance free.
+    let back_in_the_pool = || {
+        wait_for_series(
+            ops,
+            "rsgi_wasm_instances{tenant=\"router\",state=\"warm\"}",
+            1.0,
+        )
+    };
     for _ in 0..3 {
         assert_eq!(client().get(url("/")).send().unwrap().status(), 200);
+        back_in_the_pool();
     }
     assert_eq!(client().get(url("/error")).send().unwrap().status(), 500);
-    // The 500 can reach the client before its instance is back in the
-    // pool (the call ends on its own task); with a queue of 0 the spin
-    // below must find the instance free.
-    wait_for_series(
-        ops,
-        "rsgi_wasm_instances{tenant=\"router\",state=\"warm\"}",
-        1.0,
-    );
+    back_in_the_pool();
     // The only worker spins until the timeout; meanwhile the queue of 0
     // turns the next request away.
     let spin = std::thread::spawn(move || client().get(url("/spin")).send().unwrap().status());

@@ -84,9 +84,10 @@ pub fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
         .create(&dir)
         .with_context(|| format!("creating the cache directory {}", dir.display()))?;
     check_trusted(&dir)?;
-    // Its unpacked trees become apps' code, and its hash entries say which
-    // compiled code runs for a file: both as private as the cache.
-    for sub in ["files", "digests"] {
+    // Its unpacked trees become apps' code, its hash entries say which
+    // compiled code runs for a file, and the other two hold compiled code:
+    // all as private as the cache.
+    for sub in ["files", "digests", "modules", "shells"] {
         let sub = dir.join(sub);
         if sub.exists() {
             check_trusted(&sub)?;

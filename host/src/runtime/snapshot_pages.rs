@@ -65,12 +65,13 @@ pub fn on_load(file: &File, path: &Path, module: &Module) -> Option<SnapshotFile
     let image = module.image_range();
     let (start, end) = (image.start as usize, image.end as usize);
     advise_random(start, end);
-    // Mostly in the page cache: just compiled (written whole) or read
-    // ahead; otherwise what is cached is what instances read since it was
-    // last dropped, which the next ones will read too, and reading it again
-    // page by page would slow their first requests. Only pages no mapping
-    // holds are dropped: wasmtime's header and metadata stay.
-    if mostly_resident(start, end) {
+    // Much of it in the page cache: just compiled (written whole), read
+    // ahead, or read by another program. Otherwise what is cached is what
+    // instances read since it was last dropped (a few percent of it), which
+    // the next ones will read too, and reading that again page by page
+    // would slow their first requests. Only pages no mapping holds are
+    // dropped: wasmtime's header and metadata stay.
+    if resident_over_a_quarter(start, end) {
         if let Err(e) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
             tracing::debug!("fadvise(DONTNEED) on {}: {e}", path.display());
         }
@@ -110,9 +111,9 @@ pub fn advise_instance_mappings(files: &[SnapshotFile]) {
     }
 }
 
-/// Whether more than half the pages of the file mapped at `start..end`
-/// are in the page cache.
-fn mostly_resident(start: usize, end: usize) -> bool {
+/// Whether more than a quarter of the pages of the file mapped at
+/// `start..end` are in the page cache.
+fn resident_over_a_quarter(start: usize, end: usize) -> bool {
     let page = rustix::param::page_size();
     let start = start & !(page - 1);
     let pages = end.saturating_sub(start).div_ceil(page);
@@ -123,7 +124,7 @@ fn mostly_resident(start: usize, end: usize) -> bool {
         // Cannot tell: drop, which costs page-by-page reads, not memory.
         return true;
     }
-    vec.iter().filter(|&&b| b & 1 != 0).count() * 2 > pages
+    vec.iter().filter(|&&b| b & 1 != 0).count() * 4 > pages
 }
 
 /// `madvise(MADV_RANDOM)` over the pages of `start..end`.
