@@ -74,6 +74,12 @@ pub fn import_name(index: usize) -> String {
     format!("{IMPORT_PREFIX}{index}")
 }
 
+/// Whether `name` is the import of a split-out module.
+pub fn is_module_import(name: &str) -> bool {
+    name.strip_prefix(IMPORT_PREFIX)
+        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The top-level sections of a component or module after its 8-byte
 /// header: id and content range. Only the section headers are read; the
 /// contents are skipped, so a large file is not read whole. The skips stay
@@ -547,6 +553,8 @@ mod tests {
         assert_eq!(split.modules[0].hash, split.modules[2].hash);
         let names = import_names(&split.component);
         assert_eq!(names, [import_name(0), import_name(1), import_name(2)]);
+        assert!(names.iter().all(|n| is_module_import(n)));
+        assert!(!is_module_import("rsgi-core-m") && !is_module_import("wasi:cli/run@0.2.0"));
         for m in &split.modules {
             wasmparser::Validator::new()
                 .validate_all(&original[m.range.clone()])

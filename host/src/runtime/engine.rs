@@ -364,18 +364,35 @@ impl Loader {
     /// The shell and modules the links file at `path` names, if it is
     /// there and all of them are.
     fn linked(&self, path: &Path) -> Result<Option<(Arc<SharedShell>, Vec<LinkedModule>)>> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let Some((shell, modules)) = read_links(&text) else {
+        let links = std::str::from_utf8(&bytes).ok().and_then(read_links);
+        let Some((shell, modules)) = links else {
             tracing::warn!("ignoring unreadable cache file {}", path.display());
             return Ok(None);
         };
         let Some(shell) = self.shell(shell)? else {
             return Ok(None);
         };
+        // A links file for another shell (written by hand, or damaged):
+        // compile again rather than fail at every load.
+        let imported = shell
+            .0
+            .component_type()
+            .imports(&self.engine)
+            .filter(|(name, _)| core_modules::is_module_import(name))
+            .count();
+        if imported != modules.len() {
+            tracing::warn!(
+                "ignoring {}: it names {} modules for a shell that imports {imported}",
+                path.display(),
+                modules.len()
+            );
+            return Ok(None);
+        }
         Ok(self.linked_modules(&modules)?.map(|m| (shell, m)))
     }
 
@@ -419,15 +436,16 @@ impl Loader {
         let component = match unsafe { Component::deserialize_file(&self.engine, &artifact) } {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(
-                    "ignoring unusable cached artifact {}: {e:#}",
-                    artifact.display()
-                );
+                discard_unusable(&artifact, &e);
                 return Ok(None);
             }
         };
         let shell = Arc::new(SharedShell(component));
         let mut map = self.shells.lock().expect("loader lock");
+        // Loaded by another app meanwhile: keep one copy.
+        if let Some(first) = map.get(hash).and_then(Weak::upgrade) {
+            return Ok(Some(first));
+        }
         map.retain(|_, w| w.strong_count() > 0);
         map.insert(hash.to_owned(), Arc::downgrade(&shell));
         Ok(Some(shell))
@@ -488,25 +506,52 @@ impl Loader {
                     }
                     let loading = || format!("loading {}", artifact.display());
                     let file = std::fs::File::open(&artifact).with_context(loading)?;
+                    let cached_before = snapshot_pages::residency(&file);
                     let for_wasmtime = file.try_clone().with_context(loading)?;
                     // SAFETY: as for components: written by this engine
                     // (its hash is in the name) into our private cache.
-                    let module =
-                        unsafe { Module::deserialize_open_file(&self.engine, for_wasmtime) }
-                            .map_err(anyhow::Error::from)
-                            .with_context(loading)?;
-                    let snapshot = snapshot_pages::on_load(&file, &artifact, &module);
+                    let module = match unsafe {
+                        Module::deserialize_open_file(&self.engine, for_wasmtime)
+                    } {
+                        Ok(m) => m,
+                        Err(e) => {
+                            discard_unusable(&artifact, &e);
+                            return Ok(None);
+                        }
+                    };
+                    let snapshot =
+                        snapshot_pages::on_load(&file, &artifact, &module, cached_before);
                     let module = Arc::new(SharedModule { module, snapshot });
+                    // Counted down by its `Drop`, this copy's too.
                     metrics::core_modules_loaded(1);
                     let mut map = self.modules.lock().expect("loader lock");
-                    map.retain(|_, w| w.strong_count() > 0);
-                    map.insert(hash.to_owned(), Arc::downgrade(&module));
-                    module
+                    // Loaded by another app meanwhile: keep one copy.
+                    match map.get(hash).and_then(Weak::upgrade) {
+                        Some(first) => first,
+                        None => {
+                            map.retain(|_, w| w.strong_count() > 0);
+                            map.insert(hash.to_owned(), Arc::downgrade(&module));
+                            module
+                        }
+                    }
                 }
             };
             linked.push((core_modules::import_name(index), module));
         }
         Ok(Some(linked))
+    }
+}
+
+/// Remove a cached artifact wasmtime refuses (damaged, or written by
+/// something else), so the app compiles it again instead of failing at
+/// every load.
+fn discard_unusable(artifact: &Path, e: &wasmtime::Error) {
+    tracing::warn!(
+        "compiling again: the cached artifact {} is unusable: {e:#}",
+        artifact.display()
+    );
+    if let Err(e) = std::fs::remove_file(artifact) {
+        tracing::warn!("cannot remove {}: {e}", artifact.display());
     }
 }
 

@@ -12,20 +12,26 @@
 //!
 //! So, for an artifact whose module defines a memory:
 //! - when it is loaded, wasmtime's own mapping of it is set to random
-//!   access, and the pages that reading its header pulled into the page
-//!   cache are dropped ([`on_load`]);
+//!   access, and if much of the file is in the page cache (just compiled,
+//!   or read ahead while wasmtime read its header) its unmapped pages are
+//!   dropped from it ([`on_load`]);
 //! - when a long-lived instance has been created, before it runs, its
 //!   copy-on-write mapping of the snapshot is set to random access too
 //!   ([`advise_instance_mappings`]). wasmtime does not say where it mapped
 //!   it, so it is looked up among the process's mappings: with
 //!   `PROCMAP_QUERY` on Linux 6.11 and later, in `/proc/self/maps` before.
 //!
+//! Linux only: elsewhere both are no-ops.
+//!
 //! The kernel then reads only the pages an instance touches, and maps
 //! around a fault only pages that some instance of that app has touched.
+
+#![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -49,10 +55,20 @@ impl SnapshotFile {
     }
 }
 
-/// Advise the kernel about a module just loaded from `file` (at `path`);
-/// the snapshot file to look for in its instances' mappings if the module
-/// defines a memory, which wasmtime maps from the artifact.
-pub fn on_load(file: &File, path: &Path, module: &Module) -> Option<SnapshotFile> {
+/// Advise the kernel about a module just loaded from `file` (at `path`),
+/// whose pages in the page cache before wasmtime read it were `before`
+/// ([`residency`]); the snapshot file to look for in its instances'
+/// mappings if the module defines a memory, which wasmtime maps from the
+/// artifact.
+pub fn on_load(
+    file: &File,
+    path: &Path,
+    module: &Module,
+    before: Option<Vec<bool>>,
+) -> Option<SnapshotFile> {
+    if cfg!(not(target_os = "linux")) {
+        return None;
+    }
     let defines_memory = module
         .exports()
         .any(|e| matches!(e.ty(), ExternType::Memory(_)))
@@ -65,16 +81,14 @@ pub fn on_load(file: &File, path: &Path, module: &Module) -> Option<SnapshotFile
     let image = module.image_range();
     let (start, end) = (image.start as usize, image.end as usize);
     advise_random(start, end);
-    // Much of it in the page cache: just compiled (written whole), read
-    // ahead, or read by another program. Otherwise what is cached is what
-    // instances read since it was last dropped (a few percent of it), which
-    // the next ones will read too, and reading that again page by page
-    // would slow their first requests. Only pages no mapping holds are
-    // dropped: wasmtime's header and metadata stay.
-    if resident_over_a_quarter(start, end) {
-        if let Err(e) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
-            tracing::debug!("fadvise(DONTNEED) on {}: {e}", path.display());
+    #[cfg(target_os = "linux")]
+    match before {
+        Some(before) => settle_page_cache(file, path, before),
+        // Cannot tell what is cached: drop it all if much is.
+        None if resident_over_a_quarter(start, end) => {
+            fadvise(file, path, 0..usize::MAX, rustix::fs::Advice::DontNeed)
         }
+        None => {}
     }
     let meta = file.metadata().ok()?;
     Some(SnapshotFile {
@@ -89,6 +103,14 @@ pub fn on_load(file: &File, path: &Path, module: &Module) -> Option<SnapshotFile
 /// others already are). Call it after instantiating, before the instance
 /// runs.
 pub fn advise_instance_mappings(files: &[SnapshotFile]) {
+    #[cfg(target_os = "linux")]
+    advise_on_linux(files);
+    #[cfg(not(target_os = "linux"))]
+    let _ = files;
+}
+
+#[cfg(target_os = "linux")]
+fn advise_on_linux(files: &[SnapshotFile]) {
     if files.is_empty() {
         return;
     }
@@ -111,20 +133,159 @@ pub fn advise_instance_mappings(files: &[SnapshotFile]) {
     }
 }
 
-/// Whether more than a quarter of the pages of the file mapped at
-/// `start..end` are in the page cache.
-fn resident_over_a_quarter(start: usize, end: usize) -> bool {
+/// Which pages of `file` are in the page cache, one flag per page (none
+/// where the kernel cannot tell). Call it before wasmtime maps and reads
+/// the file, for [`on_load`].
+#[cfg(target_os = "linux")]
+pub fn residency(file: &File) -> Option<Vec<bool>> {
+    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+    if len == 0 {
+        return None;
+    }
+    // SAFETY: a fresh read-only mapping of our own, never read (mincore
+    // does not fault pages in), unmapped below.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::READ,
+            rustix::mm::MapFlags::SHARED,
+            file,
+            0,
+        )
+    }
+    .ok()?;
+    let pages = mincore(ptr as usize, ptr as usize + len);
+    // SAFETY: mapped above with this length, and nothing refers to it.
+    let _ = unsafe { rustix::mm::munmap(ptr, len) };
+    pages
+}
+
+/// Elsewhere the page cache is left alone.
+#[cfg(not(target_os = "linux"))]
+pub fn residency(_file: &File) -> Option<Vec<bool>> {
+    None
+}
+
+/// Leave in the page cache the snapshot pages instances will read, and
+/// only those: wasmtime's reading of the header may have read ahead far
+/// around it, and what was cached `before` it says what is known.
+/// - Much of the file was cached (more than a quarter): it was just
+///   compiled (written whole), or read whole by another program; nothing
+///   says which pages instances read.
+/// - None was (after a reboot, or once evicted): nothing is known either.
+/// - Otherwise what is cached is what instances read since it was last
+///   dropped (a few percent of it), which the next ones will read too:
+///   it is recorded next to the artifact (`.hot`), for the first two
+///   cases, where the recorded pages are read back in ahead of the first
+///   request instead of one by one as it faults them.
+///
+/// Only pages no mapping holds are dropped: wasmtime's header and
+/// metadata stay.
+#[cfg(target_os = "linux")]
+fn settle_page_cache(file: &File, path: &Path, before: Vec<bool>) {
+    use rustix::fs::Advice;
+    let hot_path = path.with_extension("hot");
+    let recorded = std::fs::read(&hot_path)
+        .ok()
+        .and_then(|b| read_hot(&b, before.len()));
+    let cached = before.iter().filter(|&&c| c).count();
+    let wanted = if cached > 0 && cached * 4 <= before.len() {
+        let mut merged = before;
+        if let Some(r) = &recorded {
+            merged.iter_mut().zip(r).for_each(|(m, &r)| *m |= r);
+        }
+        if recorded.as_ref() != Some(&merged) {
+            if let Err(e) = crate::cachefs::write_atomic(&hot_path, &write_hot(&merged)) {
+                tracing::debug!("recording {}: {e:#}", hot_path.display());
+            }
+        }
+        merged
+    } else {
+        recorded.unwrap_or_else(|| vec![false; before.len()])
+    };
+    let Some(now) = residency(file) else { return };
+    let page = rustix::param::page_size();
+    let bytes = |r: Range<usize>| r.start * page..r.end * page;
+    for r in runs(&now, &wanted, |now, wanted| now && !wanted) {
+        fadvise(file, path, bytes(r), Advice::DontNeed);
+    }
+    for r in runs(&now, &wanted, |now, wanted| wanted && !now) {
+        fadvise(file, path, bytes(r), Advice::WillNeed);
+    }
+}
+
+/// The maximal runs of page indices where `pick(a[i], b[i])`.
+fn runs(a: &[bool], b: &[bool], pick: impl Fn(bool, bool) -> bool) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for (i, (&a, &b)) in a.iter().zip(b).enumerate() {
+        if !pick(a, b) {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if last.end == i => last.end = i + 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
+
+/// The first line of a `.hot` file; a bitmap of its pages follows.
+const HOT_HEADER: &str = "rsgi-wasm hot pages 1";
+
+fn write_hot(pages: &[bool]) -> Vec<u8> {
+    let mut out = format!("{HOT_HEADER} {}\n", pages.len()).into_bytes();
+    out.extend(pages.chunks(8).map(|c| {
+        c.iter()
+            .enumerate()
+            .fold(0u8, |b, (i, &p)| b | (u8::from(p) << i))
+    }));
+    out
+}
+
+/// A `.hot` file's pages, if it is one for a file of `pages` pages.
+fn read_hot(bytes: &[u8], pages: usize) -> Option<Vec<bool>> {
+    let newline = bytes.iter().position(|&b| b == b'\n')?;
+    let header = std::str::from_utf8(&bytes[..newline]).ok()?;
+    let count: usize = header.strip_prefix(HOT_HEADER)?.trim_start().parse().ok()?;
+    let bitmap = &bytes[newline + 1..];
+    if count != pages || bitmap.len() != pages.div_ceil(8) {
+        return None;
+    }
+    Some(
+        (0..pages)
+            .map(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
+            .collect(),
+    )
+}
+
+/// `posix_fadvise` over a byte range of `file` (to its end if it runs past).
+#[cfg(target_os = "linux")]
+fn fadvise(file: &File, path: &Path, range: Range<usize>, advice: rustix::fs::Advice) {
+    let len = std::num::NonZeroU64::new(range.end.saturating_sub(range.start) as u64)
+        .filter(|_| range.end != usize::MAX);
+    if let Err(e) = rustix::fs::fadvise(file, range.start as u64, len, advice) {
+        tracing::debug!("fadvise({advice:?}) on {}: {e}", path.display());
+    }
+}
+
+/// Page-cache residency of the mapped range `start..end`, a flag a page.
+#[cfg(target_os = "linux")]
+fn mincore(start: usize, end: usize) -> Option<Vec<bool>> {
     let page = rustix::param::page_size();
     let start = start & !(page - 1);
-    let pages = end.saturating_sub(start).div_ceil(page);
-    let mut vec = vec![0u8; pages];
+    let mut vec = vec![0u8; end.saturating_sub(start).div_ceil(page)];
     // SAFETY: `start..end` is a live mapping and `vec` has a byte per page.
     let rc = unsafe { libc::mincore(start as *mut _, end - start, vec.as_mut_ptr()) };
-    if rc != 0 {
-        // Cannot tell: drop, which costs page-by-page reads, not memory.
-        return true;
-    }
-    vec.iter().filter(|&&b| b & 1 != 0).count() * 4 > pages
+    (rc == 0).then(|| vec.iter().map(|b| b & 1 != 0).collect())
+}
+
+/// Whether more than a quarter of the pages of the file mapped at
+/// `start..end` are in the page cache.
+#[cfg(target_os = "linux")]
+fn resident_over_a_quarter(start: usize, end: usize) -> bool {
+    // Cannot tell: drop, which costs page-by-page reads, not memory.
+    mincore(start, end).is_none_or(|p| p.iter().filter(|&&c| c).count() * 4 > p.len())
 }
 
 /// `madvise(MADV_RANDOM)` over the pages of `start..end`.
@@ -185,7 +346,8 @@ fn parse_maps(text: &[u8]) -> Vec<Mapping> {
 }
 
 /// The same list through the `PROCMAP_QUERY` ioctl (Linux 6.11), which
-/// walks only the matching mappings instead of formatting all of them.
+/// returns only the matching mappings instead of formatting all of them.
+#[cfg(target_os = "linux")]
 mod procmap_query {
     use super::{io, File, Mapping};
     use linux_raw_sys::general::{
@@ -246,6 +408,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn runs_and_hot_files() {
+        let a = [true, true, false, true, false, false, true];
+        let b = [false; 7];
+        assert_eq!(runs(&a, &b, |a, b| a && !b), [0..2, 3..4, 6..7]);
+        assert_eq!(runs(&a, &b, |a, _| !a), [2..3, 4..6]);
+        let pages: Vec<bool> = (0..21).map(|i| i % 3 == 0 || i == 20).collect();
+        let file = write_hot(&pages);
+        assert_eq!(read_hot(&file, 21), Some(pages.clone()));
+        assert_eq!(read_hot(&file, 22), None, "another file's record");
+        assert_eq!(read_hot(&file[..file.len() - 1], 21), None, "truncated");
+        assert_eq!(read_hot(b"garbage", 21), None);
+    }
+
+    #[test]
     fn maps_lines_yield_only_private_writable_file_mappings() {
         let text = b"\
 55d0c0000000-55d0c0001000 r--p 00000000 fe:00 42 /usr/bin/x
@@ -279,6 +455,7 @@ mod tests {
     /// A private writable mapping of a file in this process, as wasmtime
     /// makes of a snapshot, is found (by the ioctl where the kernel has it,
     /// and in /proc/self/maps) and set to random access.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_private_file_mapping_is_found_and_set_to_random_access() {
         let dir = std::env::temp_dir().join(format!("snapshot-pages-{}", std::process::id()));
