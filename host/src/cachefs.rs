@@ -45,15 +45,28 @@ pub fn publish(staged: &Path, dest: &Path, complete: impl Fn(&Path) -> bool) -> 
 
 /// Write a cache file so readers see the old file or the whole new one.
 pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
-    let dir = dest.parent().context("cache path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, data)?;
     // On disk before it is renamed into place: a crash must not leave a
     // name whose content was never written (wasmtime maps compiled code
     // from these files). Clean pages also leave the page cache when asked
     // (`snapshot_pages`).
-    tmp.as_file().sync_data()?;
+    write_renamed(dest, data, true)
+}
+
+/// As [`write_atomic`] without waiting for the disk, for a hint whose
+/// reader checks it and ignores a damaged one: it is written while an app
+/// loads, where a sync can take tens of milliseconds.
+pub fn write_hint(dest: &Path, data: &[u8]) -> Result<()> {
+    write_renamed(dest, data, false)
+}
+
+fn write_renamed(dest: &Path, data: &[u8], sync: bool) -> Result<()> {
+    let dir = dest.parent().context("cache path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, data)?;
+    if sync {
+        tmp.as_file().sync_data()?;
+    }
     tmp.persist(dest)?;
     Ok(())
 }

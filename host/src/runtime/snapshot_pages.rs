@@ -196,7 +196,7 @@ fn settle_page_cache(file: &File, path: &Path, before: Vec<bool>) {
             merged.iter_mut().zip(r).for_each(|(m, &r)| *m |= r);
         }
         if recorded.as_ref() != Some(&merged) {
-            if let Err(e) = crate::cachefs::write_atomic(&hot_path, &write_hot(&merged)) {
+            if let Err(e) = crate::cachefs::write_hint(&hot_path, &write_hot(&merged)) {
                 tracing::debug!("recording {}: {e:#}", hot_path.display());
             }
         }
