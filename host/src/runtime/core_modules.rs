@@ -454,9 +454,18 @@ mod tests {
     /// A component of three core modules (the third a copy of the first),
     /// the second instantiated with the first's exports.
     fn component() -> Vec<u8> {
+        component_with_heap(1)
+    }
+
+    /// `component()` with the first library's memory `pages` large.
+    fn component_with_heap(pages: u32) -> Vec<u8> {
+        let lib = LIB.replace(
+            "(export \"memory\") 1",
+            &format!("(export \"memory\") {pages}"),
+        );
         wat::parse_str(format!(
             r#"(component
-                {LIB}
+                {lib}
                 (core module
                     (import "lib" "add" (func $add (param i32 i32) (result i32)))
                     (import "lib" "memory" (memory 1))
@@ -488,29 +497,6 @@ mod tests {
         }
         names.retain(|n| n.starts_with(IMPORT_PREFIX));
         names
-    }
-
-    /// `component()` with the first library's memory `pages` large.
-    fn component_with_heap(pages: u32) -> Vec<u8> {
-        wat::parse_str(format!(
-            r#"(component
-                {lib}
-                (core module
-                    (import "lib" "add" (func $add (param i32 i32) (result i32)))
-                    (import "lib" "memory" (memory 1))
-                    (func (export "run") (result i32)
-                        i32.const 2 i32.const 3 call $add))
-                (core instance $l (instantiate 0))
-                (core instance $a (instantiate 1 (with "lib" (instance $l))))
-                (func (export "run") (result s32)
-                    (canon lift (core func $a "run")))
-            )"#,
-            lib = LIB.replace(
-                "(export \"memory\") 1",
-                &format!("(export \"memory\") {pages}")
-            ),
-        ))
-        .unwrap()
     }
 
     #[test]

@@ -328,15 +328,22 @@ impl Loader {
         let mut hashes = Vec::new();
         if let Some(split) = &split {
             for m in &split.modules {
-                compiled_modules +=
-                    usize::from(self.compile_module(&m.hash, &bytes[m.range.clone()])?);
+                let module = &bytes[m.range.clone()];
+                let new = self
+                    .compile_into(&self.artifact("modules", &m.hash), |e| {
+                        e.precompile_module(module)
+                    })
+                    .context("compiling a core module of the component")?;
+                compiled_modules += usize::from(new);
                 hashes.push(m.hash.clone());
             }
         }
         let shell = split.as_ref().map_or(&bytes[..], |s| &s.component[..]);
         let shell_hash = format!("{:x}", Sha256::digest(shell));
         let new_shell = self
-            .compile_shell(&shell_hash, shell)
+            .compile_into(&self.artifact("shells", &shell_hash), |e| {
+                e.precompile_component(shell)
+            })
             .with_context(invalid)?;
         tracing::info!(
             "compiled in {:.1}s ({compiled_modules} of its {} core modules were new; {})",
@@ -396,24 +403,32 @@ impl Loader {
         Ok(self.linked_modules(&modules)?.map(|m| (shell, m)))
     }
 
-    fn shell_artifact(&self, hash: &str) -> PathBuf {
+    /// Where the compiled `hash` is cached in `dir` (`shells`, `modules`).
+    fn artifact(&self, dir: &str, hash: &str) -> PathBuf {
         self.cache_dir
-            .join("shells")
+            .join(dir)
             .join(format!("{hash}-{}.cwasm", self.engine_key()))
     }
 
-    /// Compile a shell into the cache unless it is there; whether it was
-    /// compiled now.
-    fn compile_shell(&self, hash: &str, shell: &[u8]) -> Result<bool> {
-        let artifact = self.shell_artifact(hash);
+    /// Compile into `artifact` unless it is there; whether it was compiled
+    /// now.
+    fn compile_into(
+        &self,
+        artifact: &Path,
+        compile: impl FnOnce(&Engine) -> wasmtime::Result<Vec<u8>>,
+    ) -> Result<bool> {
         if artifact.is_file() {
             return Ok(false);
         }
-        let compiled = self
-            .engine
-            .precompile_component(shell)
-            .map_err(anyhow::Error::from)?;
-        self.cache_artifact(&artifact, &compiled)?;
+        let compiled = compile(&self.engine).map_err(anyhow::Error::from)?;
+        let dir = artifact.parent().expect("in a directory of the cache");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        cachefs::write_atomic(artifact, &compiled)
+            .with_context(|| format!("caching compiled code in {}", dir.display()))?;
         Ok(true)
     }
 
@@ -425,7 +440,7 @@ impl Loader {
                 return Ok(Some(s));
             }
         }
-        let artifact = self.shell_artifact(hash);
+        let artifact = self.artifact("shells", hash);
         if !artifact.is_file() {
             return Ok(None);
         }
@@ -451,40 +466,6 @@ impl Loader {
         Ok(Some(shell))
     }
 
-    /// Write a compiled artifact into its directory of the cache.
-    fn cache_artifact(&self, artifact: &Path, compiled: &[u8]) -> Result<()> {
-        let dir = artifact.parent().expect("in a directory of the cache");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        cachefs::write_atomic(artifact, compiled)
-            .with_context(|| format!("caching compiled code in {}", dir.display()))
-    }
-
-    fn module_artifact(&self, hash: &str) -> PathBuf {
-        self.cache_dir
-            .join("modules")
-            .join(format!("{hash}-{}.cwasm", self.engine_key()))
-    }
-
-    /// Compile `module` into the cache unless it is there; whether it was
-    /// compiled now.
-    fn compile_module(&self, hash: &str, module: &[u8]) -> Result<bool> {
-        let artifact = self.module_artifact(hash);
-        if artifact.is_file() {
-            return Ok(false);
-        }
-        let compiled = self
-            .engine
-            .precompile_module(module)
-            .map_err(anyhow::Error::from)
-            .context("compiling a core module of the component")?;
-        self.cache_artifact(&artifact, &compiled)?;
-        Ok(true)
-    }
-
     /// The core modules `hashes` names, in the order the shell imports
     /// them, from memory if another app has them loaded, else mapped from
     /// the cache; none if one of them is not in the cache.
@@ -500,7 +481,7 @@ impl Loader {
             let module = match live {
                 Some(m) => m,
                 None => {
-                    let artifact = self.module_artifact(hash);
+                    let artifact = self.artifact("modules", hash);
                     if !artifact.is_file() {
                         return Ok(None);
                     }

@@ -175,28 +175,23 @@ impl AppPool {
         // instances keep crashing or timing out would otherwise take from
         // its neighbours outside the run slots. It is charged like a call.
         let app = match &self.pre {
-            AppPre::Wsgi(pre) => {
-                let app = self
-                    .cpu
+            AppPre::Wsgi(pre) => Bound::Wsgi(
+                self.cpu
                     .run(pre.instantiate_async(&mut store))
                     .await
-                    .map_err(anyhow::Error::from)?;
-                self.advise_snapshot_mappings().await;
-                if self.sandbox.live() {
-                    self.import_app(&app, &mut store).await?;
-                }
-                Bound::Wsgi(app)
-            }
-            AppPre::WasiHttp(pre) => {
-                let app = self
-                    .cpu
+                    .map_err(anyhow::Error::from)?,
+            ),
+            AppPre::WasiHttp(pre) => Bound::WasiHttp(
+                self.cpu
                     .run(pre.instantiate_async(&mut store))
                     .await
-                    .map_err(anyhow::Error::from)?;
-                self.advise_snapshot_mappings().await;
-                Bound::WasiHttp(app)
-            }
+                    .map_err(anyhow::Error::from)?,
+            ),
         };
+        self.advise_snapshot_mappings().await;
+        if let (Bound::Wsgi(app), true) = (&app, self.sandbox.live()) {
+            self.import_app(app, &mut store).await?;
+        }
         let n = self.created.fetch_add(1, Ordering::Relaxed) as u64;
         let retire_after = match (self.limits.isolation, self.limits.max_requests) {
             (Isolation::Request, _) => 1,

@@ -81,14 +81,11 @@ pub fn on_load(
     let image = module.image_range();
     let (start, end) = (image.start as usize, image.end as usize);
     advise_random(start, end);
+    // Where the kernel cannot tell what was cached, the cache is left as
+    // it is.
     #[cfg(target_os = "linux")]
-    match before {
-        Some(before) => settle_page_cache(file, path, before),
-        // Cannot tell what is cached: drop it all if much is.
-        None if resident_over_a_quarter(start, end) => {
-            fadvise(file, path, 0..usize::MAX, rustix::fs::Advice::DontNeed)
-        }
-        None => {}
+    if let Some(before) = before {
+        settle_page_cache(file, path, before);
     }
     let meta = file.metadata().ok()?;
     Some(SnapshotFile {
@@ -259,12 +256,13 @@ fn read_hot(bytes: &[u8], pages: usize) -> Option<Vec<bool>> {
     )
 }
 
-/// `posix_fadvise` over a byte range of `file` (to its end if it runs past).
+/// `posix_fadvise` over a byte range of `file`.
 #[cfg(target_os = "linux")]
 fn fadvise(file: &File, path: &Path, range: Range<usize>, advice: rustix::fs::Advice) {
-    let len = std::num::NonZeroU64::new(range.end.saturating_sub(range.start) as u64)
-        .filter(|_| range.end != usize::MAX);
-    if let Err(e) = rustix::fs::fadvise(file, range.start as u64, len, advice) {
+    let Some(len) = std::num::NonZeroU64::new(range.len() as u64) else {
+        return;
+    };
+    if let Err(e) = rustix::fs::fadvise(file, range.start as u64, Some(len), advice) {
         tracing::debug!("fadvise({advice:?}) on {}: {e}", path.display());
     }
 }
@@ -278,14 +276,6 @@ fn mincore(start: usize, end: usize) -> Option<Vec<bool>> {
     // SAFETY: `start..end` is a live mapping and `vec` has a byte per page.
     let rc = unsafe { libc::mincore(start as *mut _, end - start, vec.as_mut_ptr()) };
     (rc == 0).then(|| vec.iter().map(|b| b & 1 != 0).collect())
-}
-
-/// Whether more than a quarter of the pages of the file mapped at
-/// `start..end` are in the page cache.
-#[cfg(target_os = "linux")]
-fn resident_over_a_quarter(start: usize, end: usize) -> bool {
-    // Cannot tell: drop, which costs page-by-page reads, not memory.
-    mincore(start, end).is_none_or(|p| p.iter().filter(|&&c| c).count() * 4 > p.len())
 }
 
 /// `madvise(MADV_RANDOM)` over the pages of `start..end`.
