@@ -20,6 +20,31 @@ except ImportError:  # rsgi-wasm's own world (or imported outside a build)
 # State kept across requests of one pooled instance.
 COUNTERS = {"requests": 0, "closed": 0}
 
+# Heap the snapshot holds, for /snapshot-heap: a plain table; an object
+# with a finaliser and one with a weakref.finalize callback, both to be
+# dropped by a request; and free chunks inside the heap (every other one of
+# many small objects freed), below SCATTER_TOP.
+SNAPSHOT_TABLE = {"key": [1, 2, 3]}
+FINALISED = {}
+
+
+class _Finalised:
+    def __del__(self):
+        FINALISED["del"] = True
+
+
+class _Target:
+    pass
+
+
+DROPPED_AT_RUN_TIME = [_Finalised(), _Target()]
+import weakref  # noqa: E402
+
+weakref.finalize(DROPPED_AT_RUN_TIME[1], FINALISED.__setitem__, "weakref", True)
+_SCATTER = [bytes(30) for _ in range(20000)]
+del _SCATTER[::2]
+SCATTER_TOP = max(map(id, _SCATTER))
+
 
 def text(start_response, body, status="200 OK", headers=()):
     if isinstance(body, str):
@@ -160,6 +185,20 @@ def application(environ, start_response):
 
     if path == "/counters":
         return as_json(start_response, COUNTERS)
+
+    if path == "/snapshot-heap":
+        made = [bytes(30) for _ in range(1000)]
+        mortal = {"made": "now"}
+        out = {
+            "table_immortal": sys.getrefcount(SNAPSHOT_TABLE) >= 2**30,
+            "function_immortal": sys.getrefcount(text) >= 2**30,
+            "new_object_immortal": sys.getrefcount(mortal) >= 2**30,
+            "finalisable_immortal": any(sys.getrefcount(o) >= 2**30 for o in DROPPED_AT_RUN_TIME),
+            "new_objects_in_old_free_chunks": sum(id(m) < SCATTER_TOP for m in made),
+        }
+        DROPPED_AT_RUN_TIME.clear()
+        out["finalised"] = dict(FINALISED)
+        return as_json(start_response, out)
 
     if path == "/gc":
         # What the snapshot left frozen, and whether a cycle made now is
