@@ -209,6 +209,25 @@ def fresh_instance(component, duration):
     return one["p50"], many["rps"]
 
 
+def private_snapshot_pages(component, duration):
+    """kB of the heap snapshot one pooled instance has written (its private
+    copies), after `duration` seconds of requests at c=1."""
+    p = run(component)
+    try:
+        b.wait_200(b.PORT)
+        b.wrk("/", 1, duration, None)
+        private, head = 0, ""
+        for line in open(f"/proc/{p.pid}/smaps"):
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                head = line
+            elif fields[0] == "Anonymous:" and " rw-p " in head and "/modules/" in head:
+                private += int(fields[1])
+        return private
+    finally:
+        b.stop(p)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--apps", type=int, default=300, help="distinct hello apps in the density run")
@@ -234,6 +253,11 @@ def main():
     fresh = {
         "hello": fresh_instance(hello, args.duration),
         "flask-hello": fresh_instance(flask, args.duration),
+    }
+
+    private = {
+        "hello": private_snapshot_pages(hello, args.duration),
+        "flask-hello": private_snapshot_pages(flask, args.duration),
     }
 
     fresh_cache()
@@ -277,6 +301,8 @@ def main():
         f"| fresh instance, hello / Flask (`--isolation request`, p50 at c=1) | ~2 ms / ~5.5 ms | "
         f"{fresh['hello'][0]:.2f} ms / {fresh['flask-hello'][0]:.2f} ms | ≤ 0.3 ms / ≤ 1 ms |",
         f"| isolated hello req/s on one core (c=32) | 495 | {fresh['hello'][1]:,.0f} | ≥ 3,000 |",
+        f"| snapshot pages a pooled instance made private, after {args.duration} s of requests, "
+        f"hello / Flask | — | {private['hello']:,} kB / {private['flask-hello']:,} kB | |",
         f"| `serve` with {args.listed:,} listed tenants: start, idle RSS (PSS) | all loaded at start | "
         f"{start_s * 1000:,.0f} ms, {idle_rss / mib:.0f} MiB ({idle_pss / mib:.0f} MiB) | ≤ 2 s, ≤ 200 MiB |",
         f"| first request to a cold tenant, artifact cached ({len(cold)} tenants: median, max) | — | "

@@ -267,6 +267,8 @@ fn snapshot_objects_are_immortal_and_new_objects_land_above_the_snapshot() {
     assert_eq!(heap["finalisable_immortal"], false, "{heap}");
     assert_eq!(heap["finalised"]["del"], true, "{heap}");
     assert_eq!(heap["finalised"]["weakref"], true, "{heap}");
+    // Walking the heap at build time ran none of the app's code.
+    assert_eq!(heap["finalised"].get("proxy_woken"), None, "{heap}");
     // 10,000 chunks of that size were freed at import, below SCATTER_TOP:
     // unfilled, 992 of 1,000 new objects landed in them (or in chunks the
     // build freed after filling).

@@ -338,14 +338,24 @@ def settle_heap(objects_path: str) -> None:
        (``list_snapshot_objects``).
     4. The heap is frozen: the cyclic collector no longer walks it.
 
-    Measured on the bench apps, 4 s of load on one pooled instance
-    (docs/benchmarks.md): private snapshot pages 0.67 -> 0.53 MB (hello),
-    3.7 -> 2.0-3.4 MB (Flask, depending on the build)."""
+    Steps 2 and 3 are optimisations: if one fails, the build goes on with
+    the heap as it is. Measured in docs/benchmarks.md (one pooled Flask
+    instance, 4 s of load): 8.4 -> 6.1 MB of private memory."""
     import gc
 
     gc.collect()
-    fill_free_memory(max(map(id, gc.get_objects()), default=0))
-    list_snapshot_objects((sys.modules,), objects_path)
+    # No collection may free anything between the filling and the
+    # snapshot, nor run a finaliser during the walk.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        fill_free_memory(max(map(id, gc.get_objects()), default=0))
+        list_snapshot_objects((sys.modules,), objects_path)
+    except Exception:  # noqa: BLE001 - best effort, see above
+        pass
+    finally:
+        if enabled:
+            gc.enable()
     # Frozen as before a fork: otherwise each instance's collections walk
     # the imported heap, writing to the pages it maps from the snapshot
     # (measured on Flask: one pooled instance held 21 MB of private memory
@@ -356,9 +366,9 @@ def settle_heap(objects_path: str) -> None:
 # The objects fill_free_memory allocated: held for good, never touched.
 _FILLING: List[list] = []
 
-# Largest number of filler objects of one size (a bound, not a target: an
-# ordinary heap takes a few thousand).
-_FILL_LIMIT = 1 << 20
+# At most this many bytes of fillers of each size (a bound, not a target:
+# the bench's Flask app takes about 2.3 MB in all).
+_FILL_BUDGET = 64 << 20
 
 
 def fill_free_memory(ceiling: int) -> None:
@@ -369,17 +379,25 @@ def fill_free_memory(ceiling: int) -> None:
     (the highest object address known), each above the last; those 64 are
     given back. The walk that follows in ``list_snapshot_objects`` frees
     what it allocates at the top, where it came from.
-    The filler pages cost nothing new: free chunks are in the snapshot
-    either way."""
-    for make in (lambda: bytes(4000), lambda: bytes(200), lambda: bytes(20), object):
+
+    The fillers cost nothing in the snapshot (the free chunks are in it
+    either way; zeros, so those that were zeros stay out of its data) but
+    an instance can no longer reuse that memory: it grows its heap that
+    much sooner (about 2.3 MB for the bench's Flask app)."""
+    for size in (4000, 200, 20, 0):
+        make = object if size == 0 else (lambda n=size: bytes(n))
         kept: list = []
+        limit = _FILL_BUDGET // max(size, 16)
         run = last = 0
-        while run < 64 and len(kept) < _FILL_LIMIT:
-            o = make()
-            a = id(o)
-            run = run + 1 if a > ceiling and a > last else 0
-            last = a
-            kept.append(o)
+        try:
+            while run < 64 and len(kept) < limit:
+                o = make()
+                a = id(o)
+                run = run + 1 if a > ceiling and a > last else 0
+                last = a
+                kept.append(o)
+        except MemoryError:
+            run = 0
         if run:
             del kept[-run:]
         _FILLING.append(kept)
@@ -390,26 +408,38 @@ def list_snapshot_objects(roots: Tuple[Any, ...], path: str) -> None:
     from ``roots`` to ``path``, as little-endian u32 pairs, for the build to
     make them immortal in the snapshot (``host/src/build/immortal.rs``):
     a request that reads an immortal object does not write its reference
-    count, so the page holding it stays shared.
+    count, so the page holding it stays shared. The host writes an entry
+    only if the snapshot still holds a live object of that type there: an
+    object freed between this walk and the snapshot is skipped. The two
+    known such frees are not walked into at all: componentize-py empties
+    ``os.environ`` and ``sys.argv`` after the entry module returns.
 
-    Only objects reachable from the roots are listed: they outlive the
-    build's last steps, whereas any other object (the import system's
-    locals) may be freed before the snapshot is taken; the host checks
-    each pair against the snapshot again before it writes anything. Left
-    mortal, so that dropping them at run time still finalises them:
-    objects with a ``__del__`` (files, generators) and objects something
-    holds a weak reference to (``weakref.finalize``, weak caches), except
-    classes (their bases hold weak references to every subclass).
+    Left mortal, so that dropping them at run time still finalises them:
+    objects whose type defines ``__del__`` (files, generators) and objects
+    something holds a weak reference to (``weakref.finalize``, weak
+    caches), except classes (their bases hold weak references to every
+    subclass). Not reached, so left mortal too: what only C code refers
+    to. The tests never call into the app: a lazy proxy or a module that
+    loads on first attribute access is not woken.
+
+    Code objects' constants and names are walked by hand (the default
+    build's ``gc.get_referents`` shows nothing of a code object), and the
+    hashes of strings and bytes are computed now rather than written by
+    the first request that needs one.
 
     Visited addresses are kept in a bitmap (a bit per 8-byte-aligned
     address) rather than a set: the walk's garbage stays in the snapshot."""
     import gc
     import struct
+    import types
     import weakref
 
     seen = bytearray()
     out = bytearray()
     pack = struct.Struct("<II").pack
+    type_mro = type.__dict__["__mro__"].__get__
+    type_dict = type.__dict__["__dict__"].__get__
+    code_parts = ("co_consts", "co_names", "co_filename", "co_name", "co_qualname", "co_linetable", "co_exceptiontable")
 
     def first_visit(obj: Any) -> bool:
         a = id(obj) >> 3
@@ -421,17 +451,36 @@ def list_snapshot_objects(roots: Tuple[Any, ...], path: str) -> None:
         seen[i] |= bit
         return True
 
+    def may_be_immortal(obj: Any, tp: type) -> bool:
+        # Through the type's own dictionaries only: nothing here may run
+        # the app's code (a proxy's __class__, a metaclass __getattr__).
+        if any("__del__" in type_dict(k) for k in type_mro(tp)):
+            return False
+        return issubclass(tp, type) or not weakref.getweakrefcount(obj)
+
+    import os
+
+    for emptied_later in (getattr(os.environ, "_data", None), sys.argv):
+        if emptied_later is not None:
+            first_visit(emptied_later)
     stack = [r for r in roots if first_visit(r)]
-    try:
-        with open(path, "wb") as f:
-            while stack:
-                obj = stack.pop()
-                if not hasattr(type(obj), "__del__") and (isinstance(obj, type) or not weakref.getweakrefcount(obj)):
-                    out += pack(id(obj), id(type(obj)))
-                    if len(out) >= 1 << 16:
-                        f.write(out)
-                        del out[:]
-                stack.extend(r for r in gc.get_referents(obj) if first_visit(r))
-            f.write(out)
-    except OSError:
-        pass
+    with open(path, "wb") as f:
+        while stack:
+            obj = stack.pop()
+            tp = type(obj)
+            if tp is str or tp is bytes:
+                hash(obj)
+            try:
+                listed = may_be_immortal(obj, tp)
+            except Exception:  # noqa: BLE001 - left mortal
+                listed = False
+            if listed:
+                out += pack(id(obj), id(tp))
+                if len(out) >= 1 << 16:
+                    f.write(out)
+                    del out[:]
+            referents = gc.get_referents(obj)
+            if tp is types.CodeType:
+                referents.extend(getattr(obj, name) for name in code_parts)
+            stack.extend(r for r in referents if first_visit(r))
+        f.write(out)

@@ -22,7 +22,7 @@
 
 use std::ops::Range;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use wasmparser::{ConstExpr, DataKind, Operator, Parser, Payload};
 
 /// `_Py_IMMORTAL_INITIAL_REFCNT` for 32-bit builds (`5 << 28`): below the
@@ -44,9 +44,19 @@ pub struct Outcome {
 }
 
 /// Make the objects listed in `objects` (little-endian `u32` pairs:
-/// address, type address) immortal in `component`'s data segments.
+/// address, type address) immortal in `component`'s data segments. An
+/// error (a component this pass cannot read) leaves it unchanged.
 pub fn apply(component: &mut [u8], objects: &[u8]) -> Result<Outcome> {
     let segments = segments(component)?;
+    if let Some(w) = segments
+        .windows(2)
+        .find(|w| w[0].guest.end > w[1].guest.start)
+    {
+        bail!(
+            "data segments overlap at {:#x}: which one holds an object is unknown",
+            w[1].guest.start
+        );
+    }
     let mut outcome = Outcome::default();
     for pair in objects.chunks_exact(8) {
         outcome.listed += 1;
@@ -216,6 +226,30 @@ mod tests {
         wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
             .validate_all(&c)
             .unwrap();
+    }
+
+    #[test]
+    fn overlapping_segments_are_refused_and_nothing_is_written() {
+        let mut module = Module::new();
+        let mut memories = MemorySection::new();
+        memories.memory(MemoryType {
+            minimum: 1,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        module.section(&memories);
+        let mut data = DataSection::new();
+        data.active(0, &ConstExpr::i32_const(0), words(&[1, 9]));
+        data.active(0, &ConstExpr::i32_const(4), words(&[1, 9]));
+        module.section(&data);
+        let mut component = Component::new();
+        component.section(&ModuleSection(&module));
+        let mut c = component.finish();
+        let before = c.clone();
+        assert!(apply(&mut c, &pairs(&[(0, 9)])).is_err());
+        assert_eq!(c, before);
     }
 
     #[test]

@@ -483,15 +483,19 @@ async fn generate(
     let component =
         std::fs::read(&tmp_out).with_context(|| format!("reading {}", tmp_out.display()))?;
     let mut component = free_lists::mend(&component)?;
-    // Missing when the guest could not write it: the build stands, with
-    // every object left mortal.
-    if let Ok(objects) = std::fs::read(guest_dir.join(OBJECTS_LIST)) {
-        let outcome = immortal::apply(&mut component, &objects)?;
-        tracing::debug!(
+    // An optimisation: without it the build stands, every object mortal.
+    let immortal = std::fs::read(guest_dir.join(OBJECTS_LIST))
+        .context("the guest wrote no list of the snapshot's objects")
+        .and_then(|objects| immortal::apply(&mut component, &objects));
+    match immortal {
+        Ok(outcome) => tracing::debug!(
             "made {} of the snapshot's {} listed objects immortal",
             outcome.immortal,
             outcome.listed
-        );
+        ),
+        Err(e) => tracing::warn!(
+            "snapshot objects left mortal (requests will write their reference counts): {e:#}"
+        ),
     }
     bundle::append(&mut component, &archive);
     let report = guest_dir.join(WARMUP_REPORT);

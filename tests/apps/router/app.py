@@ -41,6 +41,22 @@ DROPPED_AT_RUN_TIME = [_Finalised(), _Target()]
 import weakref  # noqa: E402
 
 weakref.finalize(DROPPED_AT_RUN_TIME[1], FINALISED.__setitem__, "weakref", True)
+class _Meta(type):
+    def __getattr__(cls, name):
+        raise KeyError(name)
+
+
+class _LazyProxy(metaclass=_Meta):
+    """Like Django's lazy objects: touching __class__ would load something.
+    The build's heap walk must not."""
+
+    @property
+    def __class__(self):
+        FINALISED["proxy_woken"] = True
+        raise RuntimeError("a lazy proxy was woken at build time")
+
+
+LAZY_PROXY = _LazyProxy()
 _SCATTER = [bytes(30) for _ in range(20000)]
 del _SCATTER[::2]
 SCATTER_TOP = max(map(id, _SCATTER))
