@@ -220,6 +220,24 @@ fn bodies_over_max_body_get_413() {
         "{:?}",
         String::from_utf8_lossy(&resp)
     );
+    // HTTP/2 without a declared length: refused when the limit is crossed.
+    let h2 = reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let no_length = |n: usize| reqwest::blocking::Body::new(std::io::Cursor::new(vec![1u8; n]));
+    let r = h2
+        .post(s.url("/length"))
+        .body(no_length(5000))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = h2
+        .post(s.url("/length"))
+        .body(no_length(999))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "999");
     // Under the limit is fine.
     let r = client()
         .post(s.url("/length"))

@@ -41,8 +41,8 @@ import urllib.parse
 GUNICORN = "gunicorn==27.0.1"
 
 # Where rsgi-wasm answers differently from gunicorn on purpose:
-# case -> (outcome, why). Outcomes: "refused" (4xx or closed, app never
-# ran), "accepted" (the app answers what gunicorn's parser would have
+# case -> (outcome, why). Outcomes: "refused" (4xx, 501 or closed, app
+# never ran), "accepted" (the app answers what gunicorn's parser would have
 # seen, had it accepted the request). HTTP/1.1 requests without Host are
 # found by `expectation` itself (see NO_HOST).
 DIFFERENCES = {
@@ -51,6 +51,24 @@ DIFFERENCES = {
         'a `"` in the request target: not allowed by RFC 3986 and refused '
         "by hyper's URI parser (the http crate) before any request exists; "
         "browsers and curl send it percent-encoded",
+    ),
+    **{
+        case: (
+            "refused",
+            "a transfer coding other than chunked (gzip, identity) gets 501 "
+            "(RFC 9112 §6.1), as h11 and uvicorn answer; gunicorn hands the "
+            "app a body still encoded",
+        )
+        for case in (
+            "valid/025", "valid/025_line", "valid/029", "valid/030",
+            "valid/rfc9112_smuggle_gzip_chunked_01",
+            "valid/rfc9112_smuggle_te_identity_chunked_01",
+        )
+    },
+    "valid/rfc9112_target_absolute_userinfo_01": (
+        "refused",
+        "user information in an absolute target gets 400, as RFC 9110 §4.2.4 "
+        "asks a recipient to treat it as an error",
     ),
     "valid/099": (
         "refused",
@@ -439,7 +457,7 @@ def check(requests, outcome, got):
             return None
         if first == "timeout":
             return "no answer and the connection stayed open"
-        if 400 <= first[0] < 500 and not answered_by_app(first):
+        if (400 <= first[0] < 500 or first[0] == 501) and not answered_by_app(first):
             return None
         return f"expected a refusal, got {first[0]} {first[2][:120]!r}"
     if outcome == "incomplete":

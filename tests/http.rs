@@ -1067,6 +1067,7 @@ fn json_logs_give_one_object_per_access_line() {
     assert_eq!(a["bytes"], 14);
     assert!(a["duration_ms"].as_f64().unwrap() >= 0.0);
     assert!(a["peer"].as_str().unwrap().starts_with("127.0.0.1"));
+    assert!(a["app"].as_str().is_some_and(|n| !n.is_empty()), "{a}");
 }
 
 fn h2_client() -> reqwest::blocking::Client {
@@ -1094,6 +1095,15 @@ fn http2_cleartext_streams_both_ways_with_many_streams_on_one_connection() {
     let back = h2.post(s.url("/echo")).body(up.clone()).send().unwrap();
     assert_eq!(back.version(), reqwest::Version::HTTP_2);
     assert!(back.bytes().unwrap() == up);
+    // So does one of no declared length (HTTP/2 has no chunked coding:
+    // the body ends with the stream).
+    let no_length = |body: Vec<u8>| reqwest::blocking::Body::new(std::io::Cursor::new(body));
+    let back = h2
+        .post(s.url("/echo"))
+        .body(no_length(b"hello world".to_vec()))
+        .send()
+        .unwrap();
+    assert_eq!(back.text().unwrap(), "hello world");
     let down = h2.get(s.url("/big?50000000")).send().unwrap();
     assert_eq!(down.bytes().unwrap().len(), 50_000_000);
     // Per-stream limits hold as for HTTP/1.1.
@@ -1124,6 +1134,28 @@ fn http2_cleartext_streams_both_ways_with_many_streams_on_one_connection() {
     // HTTP/1.1 on the same port is unchanged.
     let r = client().get(s.url("/")).send().unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
+}
+
+#[test]
+fn bodiless_statuses_carry_no_body_and_interim_ones_are_refused_on_both_protocols() {
+    let s = Server::start(&router(), &[]);
+    for c in [client(), h2_client()] {
+        for code in [204, 304] {
+            let r = c.get(s.url(&format!("/status?{code}"))).send().unwrap();
+            assert_eq!(r.status().as_u16(), code);
+            if code == 204 {
+                assert!(r.headers().get("content-length").is_none(), "{r:?}");
+            }
+            assert_eq!(r.bytes().unwrap().len(), 0);
+        }
+        // Interim and unknown statuses are not final responses: 500, and
+        // the connection goes on.
+        for code in [100, 103, 600, 999] {
+            let r = c.get(s.url(&format!("/status?{code}"))).send().unwrap();
+            assert_eq!(r.status(), 500, "{code}");
+        }
+        assert_eq!(c.get(s.url("/")).send().unwrap().status(), 200);
+    }
 }
 
 #[test]

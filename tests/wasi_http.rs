@@ -286,3 +286,29 @@ fn exec_needs_the_wsgi_world() {
     assert_ne!(code, 0);
     assert!(err.contains("built with --world wasi-http"), "{err}");
 }
+
+#[test]
+fn a_component_replaced_by_a_build_of_the_other_world_is_refused_until_a_reload() {
+    let dir = temp_dir("world-swap");
+    let file = dir.join("app.wasm");
+    std::fs::copy(hello(), &file).unwrap();
+    let config = dir.join("tenants.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[app]]\nname = \"w\"\ncomponent = \"{}\"\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let s = Server::start_with(&["serve", &config.display().to_string()]);
+    // Checked as `wsgi` at start, replaced before its first request.
+    std::fs::copy(router_http(), &file).unwrap();
+    assert_eq!(get(&s, "/").0, 503);
+    s.wait_for_log("was replaced by a build for --world wasi-http");
+    assert!(!s.logs().contains("panicked"), "{}", s.logs());
+    // A reload checks the file again, and serves it.
+    s.signal("HUP");
+    s.wait_for_log("reloaded: 1 apps");
+    assert_eq!(get(&s, "/"), (200, "router\n".into()));
+}

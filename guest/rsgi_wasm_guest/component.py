@@ -87,12 +87,16 @@ def make_handler(app: Callable, fixed_keys: Tuple[str, ...]) -> type:
                 layout = _LAYOUTS[keys] = (names, template)
             env = layout[1].copy()
             env.update(zip(layout[0], values.split(sep)))
-            # The host validated CONTENT_LENGTH (digits only) before calling;
-            # a request has a body only with a length or Transfer-Encoding.
+            # The host validated CONTENT_LENGTH (digits only) before calling.
+            # An HTTP/1 request has a body only with a length or
+            # Transfer-Encoding; an HTTP/2 one may have a body of no declared
+            # length (its end is the stream's end), read until the host says so.
             length = env.get("CONTENT_LENGTH")
             if length is not None and length != "0":
                 env["wsgi.input"] = InputStream(_pull, int(length))
-            elif length is None and "HTTP_TRANSFER_ENCODING" in env:
+            elif length is None and (
+                "HTTP_TRANSFER_ENCODING" in env or env["SERVER_PROTOCOL"] == "HTTP/2"
+            ):
                 env["wsgi.input"] = InputStream(_pull, None)
             if env["wsgi.run_once"] == "1":  # sent only under request isolation
                 env["wsgi.run_once"] = True

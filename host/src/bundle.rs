@@ -137,6 +137,14 @@ fn skipped_file(name: &str) -> bool {
     SKIP_SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
+/// The file that marks a cache directory (<https://bford.info/cachedir/>,
+/// honoured by tar and backup tools too); directories holding it do not ship.
+pub const CACHE_TAG: &str = "CACHEDIR.TAG";
+
+/// What [`CACHE_TAG`] must start with.
+pub const CACHE_TAG_TEXT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This file marks rsgi-wasm's cache: build output, not an app's files.\n";
+
 /// Whether the file at `rel` (relative to an app directory) would ship
 /// with the app, so that changing it changes the build.
 pub fn ships(rel: &Path) -> bool {
@@ -165,7 +173,9 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
             // links to directories are not followed (no loops, no escapes).
             let kind = entry.file_type()?;
             if kind.is_dir() {
-                if !skipped_dir(&name_str) {
+                // A cache directory (rsgi-wasm's own, when it lies inside an
+                // app's directory) is build output, never the app's files.
+                if !skipped_dir(&name_str) && !entry.path().join(CACHE_TAG).is_file() {
                     stack.push(path);
                 }
             } else if !skipped_file(&name_str)
@@ -312,6 +322,11 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
     let mut out = Vec::new();
     match std::fs::read_to_string(dest.join(INDEX)) {
         Ok(index) => {
+            // Every bundle ships the standard library at least: an empty
+            // index is a damaged one (a full disk, a hand edit).
+            if index.trim().is_empty() {
+                anyhow::bail!("{} is empty", dest.join(INDEX).display());
+            }
             let trees = trees_dir(dest)?;
             for line in index.lines() {
                 let (name, tree) = line
@@ -585,6 +600,12 @@ mod tests {
         let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
         assert_eq!(again, m2);
         assert!(again[1].host.join("other.py").is_file());
+        // So is a component whose index was emptied.
+        let index = cache.path().join("files").join(&digest2[..32]).join(INDEX);
+        std::fs::write(&index, "").unwrap();
+        let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
+        assert_eq!(again, m2);
+        assert!(std::fs::read_to_string(&index).unwrap().contains('\t'));
     }
 
     #[test]
@@ -598,6 +619,17 @@ mod tests {
         let mut v = Vec::new();
         leb128(&mut v, 300);
         assert_eq!(v, [0xac, 0x02]);
+    }
+
+    #[test]
+    fn a_cache_directory_inside_the_app_is_not_its_files() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("app.py"), "a").unwrap();
+        let cache = src.path().join("cache");
+        std::fs::create_dir_all(cache.join("builds")).unwrap();
+        std::fs::write(cache.join("builds/x.cwasm"), "compiled").unwrap();
+        std::fs::write(cache.join(CACHE_TAG), CACHE_TAG_TEXT).unwrap();
+        assert_eq!(files(src.path()).unwrap(), [PathBuf::from("app.py")]);
     }
 
     #[test]

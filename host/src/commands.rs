@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::error::UserError;
 use anyhow::{Context, Result};
@@ -15,6 +15,7 @@ use crate::build::{self, BuildOptions};
 use crate::cli::{BuildArgs, Command, ExecArgs, HttpArgs, RunArgs, ServeArgs, UnpackArgs};
 use crate::config::{self, Grants, Limits, ServerConfig};
 use crate::dev_reload;
+use crate::digests;
 use crate::http::ops;
 use crate::http::router::{Route, Router};
 use crate::http::server::{self, Site};
@@ -468,13 +469,11 @@ async fn reload_on_change(
 /// A running tenant and what it was started from.
 struct Running {
     config: TenantConfig,
-    modified: Option<SystemTime>,
+    /// The component file's identity when it was checked: a file replaced
+    /// since (even with its old size and time) is checked again.
+    file: Option<digests::Identity>,
     app: Arc<Tenant>,
     statics: Arc<StaticFiles>,
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// Check what is new or changed, reuse what is not; all or nothing. An app
@@ -486,10 +485,10 @@ fn check_tenants(
 ) -> Result<Vec<Running>> {
     let mut next = Vec::with_capacity(configs.len());
     for config in configs {
-        let stamp = modified(&config.component);
+        let stamp = digests::Identity::of_path(&config.component).ok();
         let same = previous
             .iter()
-            .find(|r| r.config == config && r.modified == stamp);
+            .find(|r| r.config == config && r.file == stamp);
         let (app, statics) = match same {
             Some(r) => (r.app.clone(), r.statics.clone()),
             None => {
@@ -501,7 +500,7 @@ fn check_tenants(
                     live_dirs: Vec::new(),
                 };
                 let app = Tenant::check(starter, spec, false, config::DEFAULT_IDLE_TIMEOUT)
-                    .with_context(|| format!("app {}", config.name))?;
+                    .with_context(|| config.component_at.to_string())?;
                 let statics = StaticFiles::new(config.statics.clone())
                     .with_context(|| format!("app {}", config.name))?;
                 (app, Arc::new(statics))
@@ -518,7 +517,7 @@ fn check_tenants(
         }
         next.push(Running {
             config,
-            modified: stamp,
+            file: stamp,
             app,
             statics,
         });

@@ -18,6 +18,9 @@ pub enum ConfigError {
     /// An `--env` value without `=` or with an empty name.
     #[error("--env {0:?}: expected NAME=VALUE")]
     Env(String),
+    /// An environment variable no process environment can hold.
+    #[error("environment variable {0:?}: {1}")]
+    EnvVar(String, &'static str),
     /// A duration that is neither plain seconds nor `500ms` / `30s` / `2m`.
     #[error("{0:?} is not a duration (use seconds like 2 or 0.5, or 500ms, 30s, 2m)")]
     Duration(String),
@@ -40,9 +43,7 @@ pub enum ConfigError {
     #[error("{value:?} is out of range (allowed: {allowed})")]
     Range { value: String, allowed: String },
     /// A CPU share that is not a number of cores in range.
-    #[error(
-        "cpu {0:?}: expected a number of cores greater than 0 and at most 1024, like 0.5 or 2"
-    )]
+    #[error("cpu {0:?}: expected a number of cores from 0.01 to 1024, like 0.5 or 2")]
     Cpu(String),
     /// A size that is neither bytes nor `128MiB` / `1GiB` / `64KiB`.
     #[error("{0:?} is not a size (use bytes, or units like 64KiB, 128MiB, 1GiB, 10MB)")]
@@ -117,9 +118,27 @@ pub fn parse_dir(value: &str) -> Result<DirGrant, ConfigError> {
 /// Parse `NAME=VALUE`.
 pub fn parse_env(value: &str) -> Result<(String, String), ConfigError> {
     match value.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        Some((k, v)) if !k.is_empty() => {
+            check_env_var(k, v)?;
+            Ok((k.to_owned(), v.to_owned()))
+        }
         _ => Err(ConfigError::Env(value.to_owned())),
     }
+}
+
+/// A variable the guest's `os.environ` can hold: a name without `=`, and
+/// neither part with a NUL (CPython refuses both, on every request).
+pub fn check_env_var(name: &str, value: &str) -> Result<(), ConfigError> {
+    let why = if name.is_empty() {
+        "the name is empty"
+    } else if name.contains('=') {
+        "the name contains '='"
+    } else if name.contains('\0') || value.contains('\0') {
+        "it contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::EnvVar(name.to_owned(), why))
 }
 
 /// Read `NAME=VALUE` lines (blank lines and `#` comments skipped).
@@ -389,13 +408,17 @@ fn size_bytes(value: &str) -> Option<f64> {
         .filter(|n| n.is_finite() && *n >= 0.0)
 }
 
+/// The smallest CPU cap: a hundredth of a core already makes a 1 ms slice
+/// wait 100 ms.
+const MIN_CPU: f64 = 0.01;
+
 /// Parse a CPU share in cores: `0.25`, `1`, `2.5`.
 pub fn parse_cpu(value: &str) -> Result<f64, ConfigError> {
     value
         .trim()
         .parse::<f64>()
         .ok()
-        .filter(|c| c.is_finite() && *c > 0.0 && *c <= 1024.0)
+        .filter(|c| (MIN_CPU..=1024.0).contains(c))
         .ok_or_else(|| ConfigError::Cpu(value.to_owned()))
 }
 
@@ -793,7 +816,7 @@ mod tests {
         assert!(parse_trusted("localhost").is_err());
         assert_eq!(parse_cpu("0.25").unwrap(), 0.25);
         assert_eq!(parse_cpu("2").unwrap(), 2.0);
-        for bad in ["0", "-1", "nan", "inf", "1e300", "lots"] {
+        for bad in ["0", "-1", "nan", "inf", "1e300", "1e-15", "0.001", "lots"] {
             assert!(parse_cpu(bad).is_err(), "{bad}");
         }
     }

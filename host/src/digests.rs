@@ -43,6 +43,46 @@ const KEEPS_CTIME: [u32; 7] = [
     0x2FC1_2FC1,
 ];
 
+/// What `stat` says of a file that changes with every write on the file
+/// systems of [`KEEPS_CTIME`]: device, inode, size, and modification and
+/// change times to the nanosecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Identity {
+    /// The identity of the file `meta` describes.
+    pub fn of(meta: &std::fs::Metadata) -> Identity {
+        Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The identity of the file at `path` (following symlinks).
+    pub fn of_path(path: &Path) -> std::io::Result<Identity> {
+        std::fs::metadata(path).map(|m| Identity::of(&m))
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "dev {} ino {} size {} mtime {}.{:09} ctime {}.{:09}",
+            self.dev, self.ino, self.size, self.mtime.0, self.mtime.1, self.ctime.0, self.ctime.1
+        )
+    }
+}
+
 /// The SHA-256 of `file` (from its start) in hex: from the index in
 /// `cache_dir` if this file was hashed before, unchanged, else hashed now
 /// (and recorded once the file has settled). Its read position afterwards
@@ -57,16 +97,7 @@ fn of_component_at(file: &mut File, cache_dir: &Path, now: SystemTime) -> std::i
         return bundle::digest(file);
     }
     let meta = file.metadata()?;
-    let identity = format!(
-        "dev {} ino {} size {} mtime {}.{:09} ctime {}.{:09}",
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.ctime(),
-        meta.ctime_nsec(),
-    );
+    let identity = Identity::of(&meta).to_string();
     let entry = entry_path(cache_dir, &identity);
     if let Some(digest) = recorded(&entry, &identity) {
         return Ok(digest);

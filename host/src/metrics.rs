@@ -85,6 +85,7 @@ struct Metrics {
     loaded: Family<Tenant, Gauge>,
     cold_starts: Latency,
     unloads: Family<Tenant, Counter>,
+    load_failures: Family<Tenant, Counter>,
     components: Gauge,
     core_modules: Gauge,
     outbound_connections: Family<TenantResult, Counter>,
@@ -129,6 +130,7 @@ impl Metrics {
             loaded: Family::default(),
             cold_starts: Family::new_with_constructor(latency_histogram),
             unloads: Family::default(),
+            load_failures: Family::default(),
             components: Gauge::default(),
             core_modules: Gauge::default(),
             outbound_connections: Family::default(),
@@ -208,6 +210,11 @@ impl Metrics {
             m.unloads.clone(),
         );
         registry.register(
+            "load_failures",
+            "Loads of a tenant that failed (its requests got 503 for the next 10 s)",
+            m.load_failures.clone(),
+        );
+        registry.register(
             "components_loaded",
             "Distinct compiled components in memory",
             m.components.clone(),
@@ -272,6 +279,20 @@ pub fn reload(ok: bool) {
 
 /// The series of responses that never reached a tenant, cut once: a
 /// flood of malformed requests must not take the registry lock each.
+/// `value` as the text exposition format quotes a label value.
+fn label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 static UNROUTED: LazyLock<Arc<TenantMetrics>> = LazyLock::new(|| TenantMetrics::new(""));
 
 /// A response that never reached a tenant (refused before routing).
@@ -281,6 +302,8 @@ pub fn unrouted(status: u16, elapsed: Duration) {
 
 /// One tenant's series, cut once: a request only touches atomics.
 pub struct TenantMetrics {
+    /// The tenant's name, as written (empty: no tenant).
+    pub name: Arc<str>,
     by_class: [Counter; 5],
     latency: Histogram,
     in_flight: Gauge,
@@ -305,11 +328,18 @@ pub struct TenantMetrics {
     pub cold_starts: Histogram,
     /// Unloads after `idle_timeout`.
     pub unloads: Counter,
+    /// Loads that failed.
+    pub load_failures: Counter,
 }
 
 impl TenantMetrics {
     /// The series of tenant `name` (the same ones again after a reload).
     pub fn new(name: &str) -> Arc<Self> {
+        // prometheus-client writes label values as given: escaped here, so
+        // no app name can break the exposition for every other tenant.
+        let given: Arc<str> = name.into();
+        let escaped = label_value(name);
+        let name = escaped.as_str();
         let t = || Tenant {
             tenant: name.to_owned(),
         };
@@ -339,6 +369,7 @@ impl TenantMetrics {
                     .clone()
             };
             Arc::new(TenantMetrics {
+                name: given.clone(),
                 by_class: CLASSES.map(class),
                 latency: m.latency.get_or_create(&t()).clone(),
                 in_flight: m.in_flight.get_or_create(&t()).clone(),
@@ -353,6 +384,7 @@ impl TenantMetrics {
                 loaded: m.loaded.get_or_create(&t()).clone(),
                 cold_starts: m.cold_starts.get_or_create(&t()).clone(),
                 unloads: m.unloads.get_or_create(&t()).clone(),
+                load_failures: m.load_failures.get_or_create(&t()).clone(),
             })
         })
     }
@@ -439,6 +471,17 @@ impl OutboundMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_odd_tenant_name_is_escaped_not_breaking_the_exposition() {
+        TenantMetrics::new("we\"ird\nna}me\\").started();
+        let text = encode();
+        assert!(
+            text.contains("rsgi_wasm_in_flight_requests{tenant=\"we\\\"ird\\nna}me\\\\\"} 1"),
+            "{text}"
+        );
+        assert!(!text.lines().any(|l| l.starts_with("na}me")), "{text}");
+    }
 
     #[test]
     fn tenant_series_are_exported_in_text_format() {

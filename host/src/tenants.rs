@@ -39,6 +39,26 @@ pub struct TenantConfig {
     pub statics: Vec<StaticMount>,
     /// The tenant's own certificate and key, served for its hosts (SNI).
     pub tls: Option<TenantCert>,
+    /// Where `component` is set (`tenants.toml:6: app[1].component`), for
+    /// errors found in the file it names.
+    pub component_at: Origin,
+}
+
+/// Where a value was written. Not part of what a tenant is: an app moved
+/// down the file by an edit is the same app to a reload.
+#[derive(Debug, Clone, Default)]
+pub struct Origin(pub String);
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Origin) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A config problem, located in the file.
@@ -133,7 +153,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
         let err = |span: Range<usize>, field: &str, message: String| {
             at(span, format!("app[{i}].{field}"), message)
         };
-        let tenant = tenant(table, base, &err)
+        let tenant = tenant(table, app.span(), base, &err)
             .map_err(|e| e.unwrap_or_else(|| err(app.span(), "name", "missing".into())))?;
         if out.iter().any(|t| t.name == tenant.name) {
             let span = table
@@ -141,6 +161,26 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
                 .find(|(k, _)| k.get_ref().as_ref() == "name")
                 .map_or(app.span(), |(_, v)| v.span());
             return Err(err(span, "name", format!("{:?} is used twice", tenant.name)).into());
+        }
+        if let Some((host, other)) = shared_route(&out, &tenant) {
+            let span = table
+                .iter()
+                .find(|(k, _)| k.get_ref().as_ref() == "hosts")
+                .map_or(app.span(), |(_, v)| v.span());
+            let host = host.map_or("any host".to_owned(), |h| format!("host {h:?}"));
+            let prefix = match tenant.path_prefix.as_str() {
+                "" => "/".to_owned(),
+                p => format!("{p:?}"),
+            };
+            return Err(err(
+                span,
+                "hosts",
+                format!(
+                    "{host} under path {prefix} is already routed to app {:?}; give one of them another host or path_prefix",
+                    other.name
+                ),
+            )
+            .into());
         }
         out.push(tenant);
     }
@@ -150,12 +190,67 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
     Ok(out)
 }
 
+/// A host (none: the catch-all) and path prefix `tenant` would share with
+/// an app listed before it, which would make one of them unreachable.
+fn shared_route<'a>(
+    before: &'a [TenantConfig],
+    tenant: &'a TenantConfig,
+) -> Option<(Option<&'a str>, &'a TenantConfig)> {
+    let hosts = |t: &'a TenantConfig| -> Vec<Option<&'a str>> {
+        if t.hosts.is_empty() {
+            vec![None]
+        } else {
+            t.hosts.iter().map(|h| Some(h.as_str())).collect()
+        }
+    };
+    let mine = hosts(tenant);
+    before
+        .iter()
+        .filter(|t| t.path_prefix == tenant.path_prefix)
+        .find_map(|t| {
+            let theirs = hosts(t);
+            mine.iter().find(|h| theirs.contains(h)).map(|h| (*h, t))
+        })
+}
+
+/// A `hosts` entry as the router compares it: lower case, without a final
+/// dot; a DNS name, an IP address, or `*.` and a domain.
+fn host_name(entry: &str) -> Result<String, String> {
+    let v = entry.to_ascii_lowercase();
+    let v = v.strip_suffix('.').unwrap_or(&v).to_owned();
+    let bare = v.strip_prefix("*.").unwrap_or(&v);
+    if let Some(inner) = bare.strip_prefix('[').and_then(|b| b.strip_suffix(']')) {
+        if inner.parse::<std::net::Ipv6Addr>().is_ok() && !v.starts_with('*') {
+            return Ok(v);
+        }
+    }
+    let why = if !entry.is_ascii() {
+        "write an international name in its ASCII (xn--) form"
+    } else if bare.contains(':') {
+        "a host name without a port (an IPv6 address goes in brackets)"
+    } else if bare.is_empty()
+        || bare.split('.').any(|label| {
+            label.is_empty()
+                || label.len() > 63
+                || !label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+    {
+        "not a host name or *.domain pattern"
+    } else {
+        return Ok(v);
+    };
+    Err(format!("{entry:?}: {why}"))
+}
+
 type Located<'a> = &'a dyn Fn(Range<usize>, &str, String) -> TenantError;
 
 /// One `[[app]]`: its own keys read here, the rest parsed as flags. None
 /// as the error: `name` is missing.
 fn tenant(
     table: &DeTable<'_>,
+    whole: Range<usize>,
     base: &Path,
     err: Located<'_>,
 ) -> Result<TenantConfig, Option<TenantError>> {
@@ -174,13 +269,30 @@ fn tenant(
         match k {
             "name" => {
                 let v = string(value, k, err)?;
-                if v.is_empty() {
-                    return Err(Some(err(span, k, "must not be empty".into())));
+                // It names the app in logs, metrics labels and errors.
+                if v.is_empty()
+                    || v.len() > 128
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                {
+                    return Err(Some(err(
+                        span,
+                        k,
+                        format!("{v:?}: use 1 to 128 letters, digits, '.', '_' or '-'"),
+                    )));
                 }
                 name = Some(v);
             }
             "component" => {
                 let c = base.join(string(value, k, err)?);
+                if c.is_dir() {
+                    return Err(Some(err(
+                        span,
+                        k,
+                        format!("{} is a directory, not a component file", c.display()),
+                    )));
+                }
                 if !c.is_file() {
                     return Err(Some(err(
                         span,
@@ -195,15 +307,7 @@ fn tenant(
             }
             "hosts" => {
                 for (h, span) in strings(value, k, err)? {
-                    let v = h.to_ascii_lowercase();
-                    let bare = v.strip_prefix("*.").unwrap_or(&v);
-                    if bare.is_empty() || bare.contains(['*', '/', ' ']) {
-                        return Err(Some(err(
-                            span,
-                            k,
-                            format!("{v:?} is not a host name or *.domain pattern"),
-                        )));
-                    }
+                    let v = host_name(&h).map_err(|why| Some(err(span, k, why)))?;
                     hosts.push(v);
                 }
             }
@@ -211,6 +315,18 @@ fn tenant(
                 let p = string(value, k, err)?;
                 if !p.starts_with('/') {
                     return Err(Some(err(span, k, format!("{p:?} must start with /"))));
+                }
+                // Matched against the decoded path, so written decoded.
+                if p.bytes()
+                    .any(|b| b"%?#".contains(&b) || !b.is_ascii_graphic())
+                {
+                    return Err(Some(err(
+                        span,
+                        k,
+                        format!(
+                            "{p:?}: write the path decoded, in printable ASCII without %, ? or #"
+                        ),
+                    )));
                 }
                 path_prefix = p.trim_end_matches('/').to_owned();
             }
@@ -238,7 +354,10 @@ fn tenant(
                     )));
                 };
                 for (name, v) in vars {
-                    env.insert(name.get_ref().to_string(), string(v, k, err)?);
+                    let value = string(v, k, err)?;
+                    crate::config::check_env_var(name.get_ref(), &value)
+                        .map_err(|e| Some(err(name.span(), k, e.to_string())))?;
+                    env.insert(name.get_ref().to_string(), value);
                 }
             }
             _ => {
@@ -287,8 +406,12 @@ fn tenant(
             })
         }
     };
-    let Some((component, _)) = component else {
-        return Err(Some(err(0..0, "component", "missing".into())));
+    let Some((component, component_span)) = component else {
+        return Err(Some(err(whole, "component", "missing".into())));
+    };
+    let component_at = {
+        let e = err(component_span, "component", String::new());
+        Origin(format!("{}:{}: {}", e.file, e.line, e.field))
     };
     let keys = AppKeys::try_parse_from(&argv).map_err(|e| Some(flag_error(&e, &origin, err)))?;
     let app = keys.app;
@@ -310,6 +433,7 @@ fn tenant(
         grants,
         statics: app.statics,
         tls,
+        component_at,
     })
 }
 
@@ -533,6 +657,32 @@ mod tests {
     }
 
     #[test]
+    fn host_names_are_compared_lower_case_without_a_final_dot() {
+        assert_eq!(host_name("Dot.Test.").unwrap(), "dot.test");
+        assert_eq!(host_name("*.Example.com").unwrap(), "*.example.com");
+        assert_eq!(host_name("[::1]").unwrap(), "[::1]");
+        assert_eq!(
+            host_name("xn--bcher-kva.test").unwrap(),
+            "xn--bcher-kva.test"
+        );
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "*",
+            "*.",
+            "a*.b",
+            "a/b",
+            "::1",
+            "[x]",
+            "a.test:80",
+            "a\nb",
+        ] {
+            assert!(host_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn a_bad_key_is_told_with_its_line_and_what_it_expects() {
         let dir = std::env::temp_dir().join(format!("rsgi-tenants-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -554,6 +704,14 @@ mod tests {
             ("static = [\"/s/=nowhere\"]", "static", "cannot be used"),
             ("allow_net = [\"*:443\"]", "allow_net", "every host"),
             ("tls_ca = [\"nope.pem\"]", "tls_ca", "nope.pem"),
+            ("env = { \"A=B\" = \"1\" }", "env", "contains '='"),
+            ("env = { A = \"x\\u0000y\" }", "env", "NUL"),
+            ("hosts = [\"a.test:8080\"]", "hosts", "without a port"),
+            ("hosts = [\"b\u{fc}cher.test\"]", "hosts", "xn--"),
+            ("hosts = [\"a b\"]", "hosts", "not a host name"),
+            ("path_prefix = \"/a?b\"", "path_prefix", "without %, ? or #"),
+            ("path_prefix = \"/a%2Fb\"", "path_prefix", "decoded"),
+            ("cpu = 1e-15", "cpu", "from 0.01"),
         ] {
             std::fs::write(
                 &cfg,
@@ -570,9 +728,57 @@ mod tests {
         std::fs::write(&cfg, "[[app]]\ncomponent = \"a.wasm\"\n").unwrap();
         let e = load(&cfg).unwrap_err().to_string();
         assert!(e.contains("app[0].name: missing"), "{e}");
+        std::fs::write(&cfg, "[[app]]\nname = \"a\\nb\"\ncomponent = \"a.wasm\"\n").unwrap();
+        let e = load(&cfg).unwrap_err().to_string();
+        assert!(e.contains("t.toml:2: app[0].name: \"a\\nb\": use"), "{e}");
+        std::fs::create_dir_all(dir.join("d.wasm")).unwrap();
+        std::fs::write(&cfg, "[[app]]\nname = \"a\"\ncomponent = \"d.wasm\"\n").unwrap();
+        let e = load(&cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml:3: app[0].component: ") && e.contains("is a directory"),
+            "{e}"
+        );
+        // Two apps on one host and path: the second would never be reached.
+        std::fs::write(
+            &cfg,
+            "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nhosts = [\"x.test\"]\n\n\
+             [[app]]\nname = \"b\"\ncomponent = \"a.wasm\"\nhosts = [\"y.test\", \"X.test.\"]\n",
+        )
+        .unwrap();
+        let e = load(&cfg).unwrap_err().to_string();
+        assert!(e.contains("t.toml:9: app[1].hosts: host \"x.test\" under path / is already routed to app \"a\""), "{e}");
+        std::fs::write(
+            &cfg,
+            "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[[app]]\nname = \"b\"\ncomponent = \"a.wasm\"\n",
+        )
+        .unwrap();
+        let e = load(&cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("app[1].hosts: any host under path / is already routed to app \"a\""),
+            "{e}"
+        );
+        // The same host under another path is another route.
+        std::fs::write(
+            &cfg,
+            "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[[app]]\nname = \"b\"\ncomponent = \"a.wasm\"\npath_prefix = \"/b\"\n",
+        )
+        .unwrap();
+        let apps = load(&cfg).unwrap();
+        assert_eq!(
+            apps[1].component_at.0,
+            format!("{}:6: app[1].component", cfg.display())
+        );
         std::fs::write(&cfg, "[[app]]\nname = \"a\"\n").unwrap();
         let e = load(&cfg).unwrap_err().to_string();
         assert!(e.contains("app[0].component: missing"), "{e}");
+        std::fs::write(
+            &cfg,
+            "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n\n[[app]]\nname = \"b\"\n",
+        )
+        .unwrap();
+        let e = load(&cfg).unwrap_err().to_string();
+        assert!(!e.contains("t.toml:1:"), "{e}");
+        assert!(e.contains("app[1].component: missing"), "{e}");
         std::fs::write(
             &cfg,
             "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n",

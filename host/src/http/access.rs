@@ -41,11 +41,14 @@ impl Line {
             None => metrics::unrouted(self.status, elapsed),
         }
         let ms = elapsed.as_secs_f64() * 1000.0;
+        // Which app answered: with many in one process, the line says.
+        let app = self.tenant.as_ref().map_or("", |t| &t.name);
         if JSON.load(Ordering::Relaxed) {
             // One object per line, for log shippers (`--log-format json`).
             tracing::info!(
                 target: "access",
                 peer = %self.peer,
+                app = app,
                 method = %self.method,
                 uri = %self.target,
                 status = self.status,
@@ -59,9 +62,14 @@ impl Line {
                 .cold
                 .map(|d| format!(" cold={:.1}ms", d.as_secs_f64() * 1000.0))
                 .unwrap_or_default();
+            let app = if app.is_empty() {
+                String::new()
+            } else {
+                format!(" app={app}")
+            };
             tracing::info!(
                 target: "access",
-                "{} \"{} {}\" {} {} {ms:.2}ms{cold}",
+                "{} \"{} {}\" {} {} {ms:.2}ms{cold}{app}",
                 self.peer,
                 self.method,
                 self.target,

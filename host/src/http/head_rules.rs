@@ -1,15 +1,19 @@
 //! RFC 9112 rules on a parsed request head that hyper leaves to the server:
-//! `Host` (§3.2) and which request-target form each method may use (§3.2.3,
-//! §3.2.4). A request that breaks one is refused before routing.
+//! `Host` (§3.2) and its agreement with an absolute target or HTTP/2's
+//! `:authority`, which request-target form each method may use (§3.2.3,
+//! §3.2.4), and the transfer codings (§6.1). A request that breaks one is
+//! refused before routing.
 
 use http::request::Parts;
 use http::uri::Authority;
 use http::{Method, StatusCode, Version};
 
+use crate::runtime::environ::split_host;
+
 /// Why a request head is refused: the status and a short text for the page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeadError {
-    /// 400 for every rule here.
+    /// 400, or 501 for a transfer coding the server does not implement.
     pub status: StatusCode,
     /// What was wrong, for the client.
     pub reason: &'static str,
@@ -26,6 +30,7 @@ const fn bad(reason: &'static str) -> HeadError {
 pub fn check(parts: &Parts) -> Result<(), HeadError> {
     check_target(&parts.method, &parts.uri)?;
     check_host(parts)?;
+    check_transfer_coding(parts)?;
     // One Content-Type, or an app and a proxy in front of it may read the
     // body differently (RFC 9110 §5.3: not a list-based field).
     let mut types = parts.headers.get_all(http::header::CONTENT_TYPE).iter();
@@ -42,6 +47,19 @@ fn check_target(method: &Method, uri: &http::Uri) -> Result<(), HeadError> {
     if !uri.path().is_ascii() || !uri.query().is_none_or(str::is_ascii) {
         return Err(bad(
             "Bad Request: the request target must be ASCII; percent-encode other bytes",
+        ));
+    }
+    if uri
+        .scheme_str()
+        .is_some_and(|s| !s.eq_ignore_ascii_case("http") && !s.eq_ignore_ascii_case("https"))
+    {
+        return Err(bad(
+            "Bad Request: the target's scheme must be http or https",
+        ));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(bad(
+            "Bad Request: the target must not carry user information",
         ));
     }
     let authority_form = uri.scheme().is_none() && uri.authority().is_some();
@@ -78,8 +96,50 @@ fn check_host(parts: &Parts) -> Result<(), HeadError> {
         (Some(host), None) if !valid_host(host.as_bytes()) => Err(bad(
             "Bad Request: the Host header is not a valid host[:port]",
         )),
-        (Some(_), None) => Ok(()),
+        // An absolute target (§3.2.2) or HTTP/2's `:authority` (RFC 9113
+        // §8.3.1) names the host too: when they differ, routing and the
+        // app's HTTP_HOST would disagree about which site is asked.
+        (Some(host), None) => match (parts.uri.authority(), host.to_str()) {
+            (Some(authority), Ok(host)) if !same_host(authority.as_str(), host) => Err(bad(
+                "Bad Request: the Host header differs from the target's authority",
+            )),
+            _ => Ok(()),
+        },
     }
+}
+
+/// §6.1: `chunked` at most once, and last (hyper checks the last), and no
+/// other coding: the body would reach the app still encoded.
+fn check_transfer_coding(parts: &Parts) -> Result<(), HeadError> {
+    let mut chunked = 0;
+    for value in parts.headers.get_all(http::header::TRANSFER_ENCODING) {
+        let Ok(value) = value.to_str() else {
+            return Err(bad("Bad Request: invalid Transfer-Encoding"));
+        };
+        for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err(HeadError {
+                    status: StatusCode::NOT_IMPLEMENTED,
+                    reason: "Not Implemented: only the chunked transfer coding is supported",
+                });
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return Err(bad("Bad Request: chunked applied more than once"));
+    }
+    Ok(())
+}
+
+/// Whether two `host[:port]` values name the same host (ports aside: they
+/// do not choose the app).
+fn same_host(a: &str, b: &str) -> bool {
+    let name = |v| {
+        let n = split_host(v).0;
+        n.strip_suffix('.').unwrap_or(n)
+    };
+    name(a).eq_ignore_ascii_case(name(b))
 }
 
 /// `Host = uri-host [ ":" port ]` (RFC 9110 §7.2), or empty when the
@@ -96,6 +156,7 @@ fn valid_host(value: &[u8]) -> bool {
     };
     !value.contains(&b'@')
         && port.iter().all(u8::is_ascii_digit)
+        && (port.is_empty() || std::str::from_utf8(port).is_ok_and(|p| p.parse::<u16>().is_ok()))
         && Authority::try_from(value).is_ok()
 }
 
@@ -152,7 +213,15 @@ mod tests {
             verdict("GET", "/", Version::HTTP_11, &["0.0.0.0=5000"]),
             None
         );
-        for bad in ["user@host", "a b", "host:port", "a/b"] {
+        assert_eq!(verdict("GET", "/", Version::HTTP_11, &["x:"]), None);
+        for bad in [
+            "user@host",
+            "a b",
+            "host:port",
+            "a/b",
+            "x:999999999999",
+            "x:65536",
+        ] {
             assert!(
                 verdict("GET", "/", Version::HTTP_11, &[bad]).is_some(),
                 "{bad:?} accepted"
@@ -198,5 +267,43 @@ mod tests {
             verdict("GET", "http://x/a?b", Version::HTTP_11, &["x"]),
             None
         );
+        assert_eq!(
+            verdict(
+                "GET",
+                "https://X.example.:443/",
+                Version::HTTP_11,
+                &["x.example"]
+            ),
+            None
+        );
+        for (target, why) in [
+            ("http://evil.example:9/env", "differs"),
+            ("ftp://x/", "scheme"),
+            ("http://u:p@x/", "user information"),
+        ] {
+            assert!(
+                verdict("GET", target, Version::HTTP_11, &["x"]).is_some_and(|r| r.contains(why)),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_is_the_only_transfer_coding_and_comes_once() {
+        let with = |values: &[&str]| {
+            let mut parts = head("POST", "/", Version::HTTP_11, &["x"]);
+            for v in values {
+                parts
+                    .headers
+                    .append("transfer-encoding", v.parse().unwrap());
+            }
+            check(&parts).err().map(|e| e.status.as_u16())
+        };
+        assert_eq!(with(&["chunked"]), None);
+        assert_eq!(with(&["Chunked"]), None);
+        assert_eq!(with(&["chunked, chunked"]), Some(400));
+        assert_eq!(with(&["chunked", "chunked"]), Some(400));
+        assert_eq!(with(&["gzip", "chunked"]), Some(501));
+        assert_eq!(with(&["identity"]), Some(501));
     }
 }

@@ -280,7 +280,7 @@ async fn respond(
     check_head(&parts, site.max_header_bytes)?;
     let router = site.router();
     let route = router
-        .route(host_of(&parts), parts.uri.path())
+        .route(host_of(&parts), &environ::decoded_path(parts.uri.path()))
         .ok_or(Refusal {
             status: StatusCode::NOT_FOUND,
             text: "Not Found: no app is configured for this host and path",
@@ -331,6 +331,7 @@ async fn respond(
         text: match e {
             LoadError::Failed { .. } => "Service Unavailable: the app could not be started",
             LoadError::Busy { .. } => "Service Unavailable: server busy, retry shortly",
+            LoadError::Slow { .. } => "Service Unavailable: the app is starting, retry shortly",
         },
         close: false,
     })?;
@@ -361,7 +362,8 @@ fn check_head(parts: &http::request::Parts, max_header_bytes: usize) -> Result<(
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + environ::raw_target(&parts.uri, parts.version).len();
+        + environ::raw_target(&parts.uri, parts.version).len()
+        + parts.method.as_str().len();
     if head_size > max_header_bytes {
         return Err(Refusal::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -371,14 +373,24 @@ fn check_head(parts: &http::request::Parts, max_header_bytes: usize) -> Result<(
     head_rules::check(parts).map_err(|e| Refusal::new(e.status, e.reason))
 }
 
-/// The host name the request is for (Host header, else the absolute URI's).
+/// The host name the request is for, without port or a final dot: the
+/// target's authority when it has one (absolute form, HTTP/2's
+/// `:authority`; `head_rules` refused a `Host` that differs), else `Host`.
 fn host_of(parts: &http::request::Parts) -> Option<&str> {
     parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-        .map(|h| environ::split_host(h).0)
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .map(|h| {
+            let name = environ::split_host(h).0;
+            name.strip_suffix('.').unwrap_or(name)
+        })
 }
 
 /// A declared length over the limit is refused before the app runs and

@@ -215,7 +215,9 @@ impl TenantCpu {
         if b.ns >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_nanos((-b.ns / cap.cores) as u64 + 1)
+            // At least a nanosecond (zero means "not over"), and finite
+            // whatever the cap.
+            Duration::from_nanos((-b.ns / cap.cores).clamp(1.0, 1e12) as u64)
         }
     }
 }

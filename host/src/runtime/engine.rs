@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use std::os::unix::fs::DirBuilderExt;
 
@@ -84,6 +84,12 @@ pub fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
         .create(&dir)
         .with_context(|| format!("creating the cache directory {}", dir.display()))?;
     check_trusted(&dir)?;
+    let tag = dir.join(bundle::CACHE_TAG);
+    if !tag.exists() {
+        // Best effort: without it a cache inside an app's directory would
+        // be packed into the app's next build.
+        let _ = cachefs::write_atomic(&tag, bundle::CACHE_TAG_TEXT.as_bytes());
+    }
     // Its unpacked trees become apps' code, its hash entries say which
     // compiled code runs for a file, and the other two hold compiled code:
     // all as private as the cache.
@@ -192,15 +198,15 @@ impl Drop for Loaded {
     }
 }
 
-/// A component file as last seen: path, size, modification time.
-type FileKey = (PathBuf, u64, Option<SystemTime>);
+/// A component file as last seen: its path and what `stat` says of it
+/// (any write, rename over it or `touch` back to an old time changes it).
+type FileKey = (PathBuf, digests::Identity);
 
 fn file_key(path: &Path) -> Result<FileKey> {
-    let meta = std::fs::metadata(path).with_context(|| cannot_read(path))?;
+    let identity = digests::Identity::of_path(path).with_context(|| cannot_read(path))?;
     Ok((
         path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
-        meta.len(),
-        meta.modified().ok(),
+        identity,
     ))
 }
 

@@ -220,6 +220,18 @@ pub fn build(req: &RequestInfo<'_>) -> Environ {
     }
 }
 
+/// A request path percent-decoded, as a native string (latin-1): what
+/// `PATH_INFO` holds, and what routes are matched against, so no encoding
+/// of a path reaches another app than the one mounted there.
+pub fn decoded_path(raw: &str) -> std::borrow::Cow<'_, str> {
+    if raw.contains('%') || !raw.is_ascii() {
+        latin1::decode(&percent_decode(raw.as_bytes()).collect::<Vec<u8>>()).into()
+    } else {
+        // Nothing to decode: the raw path is already the native string.
+        raw.into()
+    }
+}
+
 fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
     let mut env = Packer::new(sep, req.headers.keys_len());
 
@@ -227,23 +239,13 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
     env.pair("SCRIPT_NAME", req.script_name);
     // PATH_INFO is the decoded path below the mount point (RFC 3875 4.1.5);
     // the raw target stays available as RAW_URI/REQUEST_URI (gunicorn, uWSGI).
-    let raw_path = req.uri.path();
     env.key("PATH_INFO");
-    if raw_path.contains('%') || !raw_path.is_ascii() {
-        let decoded = latin1::decode(&percent_decode(raw_path.as_bytes()).collect::<Vec<u8>>());
-        let path_info = match decoded.strip_prefix(req.script_name) {
-            Some(rest) if !req.script_name.is_empty() => rest,
-            _ => &decoded,
-        };
-        env.text(path_info);
-    } else {
-        // Nothing to decode: the raw path is already the native string.
-        let path_info = match raw_path.strip_prefix(req.script_name) {
-            Some(rest) if !req.script_name.is_empty() => rest,
-            _ => raw_path,
-        };
-        env.text(path_info);
-    }
+    let decoded = decoded_path(req.uri.path());
+    let path_info = match decoded.strip_prefix(req.script_name) {
+        Some(rest) if !req.script_name.is_empty() => rest,
+        _ => &decoded,
+    };
+    env.text(path_info);
     // QUERY_STRING stays raw (RFC 3875 4.1.7): the app decodes it.
     env.pair("QUERY_STRING", req.uri.query().unwrap_or(""));
     let raw_uri = raw_target(req.uri, req.version);

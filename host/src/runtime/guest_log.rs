@@ -68,7 +68,16 @@ impl LogBudget {
             b.last = now;
         }
         let len = len.max(LINE_COST) as u64;
-        if b.tokens >= len {
+        // Once dropping, wait for a second's worth of room before logging
+        // again: resuming at every refill would wrap each line that gets
+        // through in a "dropping" and a "dropped" notice, more than the
+        // flood itself.
+        let needed = if b.dropped_lines > 0 {
+            len.max(self.rate)
+        } else {
+            len
+        };
+        if b.tokens >= needed {
             b.tokens -= len;
             let dropped = (b.dropped_lines > 0).then(|| (b.dropped_lines, b.dropped_bytes));
             b.dropped_lines = 0;
@@ -254,14 +263,21 @@ mod tests {
             b.admit(0, t0 + Duration::from_secs(1)),
             Verdict::Drop { first: true }
         );
-        // Idle time refills no more than the burst.
-        let later = t0 + Duration::from_secs(3600);
+        // While dropping, a little room is not enough to resume: lines
+        // drop until a second's worth has come back.
         assert_eq!(
-            b.admit(4000, later),
+            b.admit(1, t0 + Duration::from_millis(1500)),
+            Verdict::Drop { first: false }
+        );
+        assert_eq!(
+            b.admit(1, t0 + Duration::from_millis(2000)),
             Verdict::Log {
-                dropped: Some((1, LINE_COST as u64))
+                dropped: Some((2, 2 * LINE_COST as u64))
             }
         );
+        // Idle time refills no more than the burst.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(b.admit(4000, later), Verdict::Log { dropped: None });
         assert_eq!(b.admit(1, later), Verdict::Drop { first: true });
     }
 }

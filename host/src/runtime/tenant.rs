@@ -98,6 +98,15 @@ pub enum LoadError {
         /// The app.
         app: String,
     },
+    /// The load took longer than the request may (`timeout`); it goes on
+    /// for the requests after this one.
+    #[error("app {app} is still loading after {waited:?}")]
+    Slow {
+        /// The app.
+        app: String,
+        /// How long the request waited.
+        waited: Duration,
+    },
 }
 
 impl Tenant {
@@ -173,6 +182,15 @@ impl Tenant {
     /// The app's pool, loading it first if it is cold; with the time this
     /// request waited for that load.
     pub async fn pool(self: &Arc<Self>) -> Result<(Arc<AppPool>, Option<Duration>), LoadError> {
+        let got = self.pool_or_load().await;
+        // Every 503 counts, as the pool's do.
+        if matches!(got, Err(LoadError::Failed { .. } | LoadError::Slow { .. })) {
+            self.metrics.rejected.inc();
+        }
+        got
+    }
+
+    async fn pool_or_load(self: &Arc<Self>) -> Result<(Arc<AppPool>, Option<Duration>), LoadError> {
         self.touch();
         if let Some(ready) = self.ready() {
             return ready.map(|pool| (pool, None));
@@ -188,22 +206,36 @@ impl Tenant {
                 app: self.spec.name.clone(),
             });
         }
-        struct Waiting<'a>(&'a AtomicUsize);
+        // Counted as queued, as it would be behind a busy pool.
+        struct Waiting<'a>(&'a AtomicUsize, &'a TenantMetrics);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
                 self.0.fetch_sub(1, Ordering::SeqCst);
+                self.1.queued.dec();
             }
         }
-        let _waiting = Waiting(&self.cold_waiting);
+        self.metrics.queued.inc();
+        let _waiting = Waiting(&self.cold_waiting, &self.metrics);
         let t0 = Instant::now();
         // In a task of its own, so a client that leaves does not cancel the
         // load for the requests queued behind it.
         let this = self.clone();
-        let pool = tokio::spawn(async move { this.load_once().await })
-            .await
-            .unwrap_or_else(|panic| {
+        let load = tokio::spawn(async move { this.load_once().await });
+        // A load slowed down by the app's CPU cap, or a compile on a busy
+        // machine, holds a request no longer than running it may.
+        let pool = match tokio::time::timeout(self.spec.limits.timeout, load).await {
+            Ok(joined) => joined.unwrap_or_else(|panic| {
                 Err(self.failed(format!("loading panicked (a bug): {panic}")))
-            })?;
+            })?,
+            Err(_) => {
+                let waited = t0.elapsed();
+                tracing::warn!(app = %self.spec.name, "still loading after the {:?} timeout: 503", self.spec.limits.timeout);
+                return Err(LoadError::Slow {
+                    app: self.spec.name.clone(),
+                    waited,
+                });
+            }
+        };
         Ok((pool, Some(t0.elapsed())))
     }
 
@@ -244,6 +276,7 @@ impl Tenant {
             }
             Err(e) => {
                 let error = format!("{e:#}");
+                self.metrics.load_failures.inc();
                 tracing::error!(app = %self.spec.name, "cannot load the app: {error}");
                 *self.state.lock().expect("tenant lock") = State::Failed {
                     at: Instant::now(),
@@ -274,6 +307,20 @@ impl Tenant {
                 .context("loading the component panicked")??
         };
         let pre = engine::prepare(engine, &loaded, &component)?;
+        // The server builds each request for the world checked at start; a
+        // file since replaced by a build of the other world cannot take it.
+        let world = match pre {
+            engine::AppPre::Wsgi(_) => World::Wsgi,
+            engine::AppPre::WasiHttp(_) => World::WasiHttp,
+        };
+        if world != self.world {
+            anyhow::bail!(
+                "{} was replaced by a build for --world {} (it was --world {} when this app was checked); reload (SIGHUP) or restart to serve it",
+                component.display(),
+                world.name(),
+                self.world.name()
+            );
+        }
         let sandbox = {
             // Measuring a quota'd grant walks its tree: off the runtime too.
             let (name, files) = (name.clone(), loaded.files.clone());

@@ -150,6 +150,11 @@ impl Exchange {
 
     /// Clip a chunk to what `Content-Length` still allows.
     fn clip(&mut self, mut chunk: Vec<u8>) -> Bytes {
+        // Nothing of a 204's or 304's body, or of a HEAD's, goes out on any
+        // protocol (HTTP/1 drops it in hyper, HTTP/2 would send it).
+        if !self.body_allowed || self.head_method {
+            return Bytes::new();
+        }
         if let Some(rem) = self.remaining.as_mut() {
             if chunk.len() as u64 > *rem {
                 tracing::warn!(
@@ -195,7 +200,15 @@ impl Exchange {
             .chunk_rx
             .take()
             .expect("taken only here, with start_tx");
-        let mut res = Response::new(ResponseBody::streamed(first, rx, content_length));
+        // No body at all, not an empty stream: HTTP/2 would otherwise
+        // announce a length (a 304's Content-Length describes the
+        // representation, a 204 has none). `clip` sends nothing more.
+        let body = if self.body_allowed {
+            ResponseBody::streamed(first, rx, content_length)
+        } else {
+            ResponseBody::empty()
+        };
+        let mut res = Response::new(body);
         *res.status_mut() = status;
         *res.headers_mut() = headers;
         if let Some(reason) = reason {
@@ -321,6 +334,13 @@ fn parse_start(
         .and_then(|c| StatusCode::from_u16(c).ok())
         .filter(|_| status.as_bytes().get(3) == Some(&b' '))
         .ok_or_else(|| format!("status {status:?} is not 'NNN Reason'"))?;
+    // 1xx are interim responses the server sends itself (100 Continue);
+    // RFC 9110 15 defines no final status above 599.
+    if !(200..=599).contains(&code.as_u16()) {
+        return Err(format!(
+            "status {status:?}: a WSGI response's status must be from 200 to 599"
+        ));
+    }
     let reason_text = &status[4..];
     let reason = if code.canonical_reason() == Some(reason_text) {
         None
@@ -370,6 +390,12 @@ fn parse_start(
             map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
             content_length = Some(n);
         }
+    }
+    // RFC 9110 8.6: no Content-Length on a 204 (one an app or the
+    // one-item-list rule set would announce content that never comes).
+    if code == StatusCode::NO_CONTENT {
+        map.remove(http::header::CONTENT_LENGTH);
+        content_length = None;
     }
     if !map.contains_key(http::header::SERVER) {
         map.insert(http::header::SERVER, HeaderValue::from_static(SERVER));
@@ -456,6 +482,28 @@ mod tests {
     fn start_parsing_rejects_what_the_guest_should_have() {
         assert!(parse_start("OK", "", None).is_err());
         assert!(parse_start("2000 OK", "", None).is_err());
+        for interim_or_unknown in ["100 Continue", "103 Early Hints", "600 Odd", "999 Weird"] {
+            assert!(parse_start(interim_or_unknown, "", None).is_err());
+        }
+        let (_, _, headers, cl) = parse_start(
+            "204 No Content",
+            "Content-Length
+4",
+            None,
+        )
+        .unwrap();
+        assert!(!headers.contains_key("content-length") && cl.is_none());
+        let (_, _, headers, cl) = parse_start(
+            "304 Not Modified",
+            "Content-Length
+4",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (headers["content-length"].to_str().unwrap(), cl),
+            ("4", Some(4))
+        );
         assert!(parse_start("200 OK", "Bad Name\nx", None).is_err());
         assert!(parse_start("200 OK", "X\na\r\nb", None).is_err());
         assert!(parse_start("200 OK", "X\n\u{263a}", None).is_err());

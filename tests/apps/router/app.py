@@ -296,6 +296,11 @@ def application(environ, start_response):
         start_response("204 No Content", [])
         return []
 
+    if path == "/status":
+        # Any status, with a body it may not be allowed to have.
+        start_response(environ["QUERY_STRING"] + " Whatever", [])
+        return [b"oops"]
+
     if path == "/sleep":
         # Tests wait for this line to know the request reached the app.
         print(f"sleeping {query or '1'}", flush=True)
