@@ -56,8 +56,17 @@ impl Watched {
         }
         self.dirs
             .iter()
-            .any(|d| path.strip_prefix(d).is_ok_and(bundle::ships))
+            .any(|d| path.strip_prefix(d).is_ok_and(bundle::ships) && !in_cache_dir(d, path))
     }
+}
+
+/// Whether `path` lies in a cache directory inside `root` (the build's own
+/// cache there would otherwise trigger a build with every write it makes).
+fn in_cache_dir(root: &Path, path: &Path) -> bool {
+    path.ancestors()
+        .skip(1)
+        .take_while(|a| a.starts_with(root))
+        .any(|a| a.join(bundle::CACHE_TAG).is_file())
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -146,6 +155,20 @@ pub async fn rebuild(opts: BuildOptions) -> Result<BuildReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_directory_inside_the_app_does_not_matter() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let w = Watched {
+            dirs: vec![root.clone()],
+            files: Vec::new(),
+        };
+        std::fs::create_dir_all(root.join("cache/modules")).unwrap();
+        std::fs::write(root.join("cache").join(bundle::CACHE_TAG), "").unwrap();
+        assert!(!w.matters(&root.join("cache/modules/x.cwasm")));
+        assert!(w.matters(&root.join("app.py")));
+    }
 
     #[test]
     fn only_shipped_files_and_named_inputs_matter() {

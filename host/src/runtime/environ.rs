@@ -278,7 +278,11 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
             } else {
                 "80"
             };
-            env.pair("SERVER_PORT", port.unwrap_or(default));
+            // `Host: x:` has an empty port, which means the default.
+            env.pair(
+                "SERVER_PORT",
+                port.filter(|p| !p.is_empty()).unwrap_or(default),
+            );
         }
         _ => {
             env.display("SERVER_NAME", req.local.ip());
@@ -500,6 +504,8 @@ mod tests {
         assert_eq!(get(&env, "SERVER_NAME"), Some("[::1]"));
         assert_eq!(get(&env, "SERVER_PORT"), Some("9"));
         let env = env_for("GET", "/", &[("host", b"example.com")], "");
+        assert_eq!(get(&env, "SERVER_PORT"), Some("80"));
+        let env = env_for("GET", "/", &[("host", b"example.com:")], "");
         assert_eq!(get(&env, "SERVER_PORT"), Some("80"));
         let env = env_for("GET", "/", &[], "");
         assert_eq!(get(&env, "SERVER_NAME"), Some("127.0.0.1"));
