@@ -312,3 +312,26 @@ fn a_component_replaced_by_a_build_of_the_other_world_is_refused_until_a_reload(
     s.wait_for_log("reloaded: 1 apps");
     assert_eq!(get(&s, "/"), (200, "router\n".into()));
 }
+
+#[test]
+fn bodiless_answers_of_a_wasi_http_guest_carry_no_body_on_either_protocol() {
+    let s = Server::start(&router_http(), &[]);
+    let h2 = reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for c in [client(), h2] {
+        for code in [204, 304] {
+            let r = c.get(s.url(&format!("/status?{code}"))).send().unwrap();
+            assert_eq!(r.status().as_u16(), code);
+            assert!(r.headers().get("content-length").is_none(), "{r:?}");
+            assert_eq!(r.bytes().unwrap().len(), 0);
+        }
+        let r = c.head(s.url("/")).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().unwrap().len(), 0);
+        // Not a final status: 500, and the connection goes on.
+        assert_eq!(c.get(s.url("/status?103")).send().unwrap().status(), 500);
+        assert_eq!(get(&s, "/"), (200, "router\n".into()));
+    }
+}

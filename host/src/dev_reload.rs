@@ -65,7 +65,7 @@ impl Watched {
 fn in_cache_dir(root: &Path, path: &Path) -> bool {
     path.ancestors()
         .skip(1)
-        .take_while(|a| a.starts_with(root))
+        .take_while(|a| *a != root && a.starts_with(root))
         .any(|a| a.join(bundle::CACHE_TAG).is_file())
 }
 
@@ -166,7 +166,12 @@ mod tests {
         };
         std::fs::create_dir_all(root.join("cache/modules")).unwrap();
         std::fs::write(root.join("cache").join(bundle::CACHE_TAG), "").unwrap();
-        assert!(!w.matters(&root.join("cache/modules/x.cwasm")));
+        std::fs::create_dir_all(root.join("cache/files/x")).unwrap();
+        assert!(!w.matters(&root.join("cache/files/x/app.py")));
+        assert!(w.matters(&root.join("app.py")));
+        assert!(w.matters(&root.join("pkg/app.py")));
+        // The watched directory itself is the app's, as packing has it.
+        std::fs::write(root.join(bundle::CACHE_TAG), "").unwrap();
         assert!(w.matters(&root.join("app.py")));
     }
 

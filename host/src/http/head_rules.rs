@@ -96,15 +96,20 @@ fn check_host(parts: &Parts) -> Result<(), HeadError> {
         (Some(host), None) if !valid_host(host.as_bytes()) => Err(bad(
             "Bad Request: the Host header is not a valid host[:port]",
         )),
-        // An absolute target (§3.2.2) or HTTP/2's `:authority` (RFC 9113
-        // §8.3.1) names the host too: when they differ, routing and the
-        // app's HTTP_HOST would disagree about which site is asked.
-        (Some(host), None) => match (parts.uri.authority(), host.to_str()) {
-            (Some(authority), Ok(host)) if !same_host(authority.as_str(), host) => Err(bad(
-                "Bad Request: the Host header differs from the target's authority",
-            )),
-            _ => Ok(()),
-        },
+        // An absolute target names the host too (§3.2.2 would have the
+        // server ignore `Host`): when they differ, refused, so nothing
+        // downstream can take one for the other. HTTP/2 clients that send
+        // `Host` beside `:authority` (hyper's, with a URL by address) mean
+        // `Host`, which routing and HTTP_HOST both use.
+        (Some(host), None) if parts.version != Version::HTTP_2 => {
+            match (parts.uri.authority(), host.to_str()) {
+                (Some(authority), Ok(host)) if !same_host(authority.as_str(), host) => Err(bad(
+                    "Bad Request: the Host header differs from the target's authority",
+                )),
+                _ => Ok(()),
+            }
+        }
+        (Some(_), None) => Ok(()),
     }
 }
 
@@ -273,6 +278,16 @@ mod tests {
                 "https://X.example.:443/",
                 Version::HTTP_11,
                 &["x.example"]
+            ),
+            None
+        );
+        // HTTP/2: `Host` beside `:authority` is what routing uses.
+        assert_eq!(
+            verdict(
+                "GET",
+                "http://127.0.0.1:8000/",
+                Version::HTTP_2,
+                &["a.test"]
             ),
             None
         );

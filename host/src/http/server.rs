@@ -373,20 +373,16 @@ fn check_head(parts: &http::request::Parts, max_header_bytes: usize) -> Result<(
     head_rules::check(parts).map_err(|e| Refusal::new(e.status, e.reason))
 }
 
-/// The host name the request is for, without port or a final dot: the
-/// target's authority when it has one (absolute form, HTTP/2's
-/// `:authority`; `head_rules` refused a `Host` that differs), else `Host`.
+/// The host name the request is for, without port or a final dot: `Host`,
+/// as the app's `HTTP_HOST` (an HTTP/1 absolute target naming another host
+/// was refused by `head_rules`), else the target's authority (HTTP/2's
+/// `:authority`, an HTTP/1.0 absolute target).
 fn host_of(parts: &http::request::Parts) -> Option<&str> {
     parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .map(|h| {
             let name = environ::split_host(h).0;
             name.strip_suffix('.').unwrap_or(name)

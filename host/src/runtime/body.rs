@@ -117,6 +117,19 @@ impl ResponseBody {
         Self::full(Bytes::new())
     }
 
+    /// The body of a response that has none (HEAD, 204, 304) but may
+    /// announce a length: not at its end before hyper writes the head, so
+    /// HTTP/1 keeps the `Content-Length` and HTTP/2 sends the head alone
+    /// with nothing after it.
+    pub fn bodiless(content_length: Option<u64>) -> Self {
+        if content_length.is_none() {
+            return Self::empty();
+        }
+        let (tx, rx) = body_channel();
+        drop(tx);
+        Self::streamed(Bytes::new(), rx, content_length)
+    }
+
     /// `first`, then what arrives on `rx`; `content_length` is the size hint.
     pub fn streamed(first: Bytes, rx: BodyReceiver, content_length: Option<u64>) -> Self {
         ResponseBody {

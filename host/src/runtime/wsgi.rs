@@ -28,6 +28,7 @@ pub struct Responder {
     start_tx: oneshot::Sender<Response<ResponseBody>>,
     chunk_rx: BodyReceiver,
     chunk_tx: BodySender,
+    head_method: bool,
 }
 
 impl Responder {
@@ -39,11 +40,25 @@ impl Responder {
     /// Send the head; the body follows through [`body_sender`](Self::body_sender).
     /// `Server` is added unless the app set one, as for WSGI responses.
     pub fn commit(self, mut parts: http::response::Parts, length: Option<u64>) {
+        if !(200..=599).contains(&parts.status.as_u16()) {
+            tracing::error!(
+                "invalid response from the app: status {}: a final response's status must be from 200 to 599",
+                parts.status.as_u16()
+            );
+            return self.page(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+        }
         parts
             .headers
             .entry(http::header::SERVER)
             .or_insert(HeaderValue::from_static(SERVER));
-        let body = ResponseBody::streamed(Bytes::new(), self.chunk_rx, length);
+        let length = content_rules(parts.status, &mut parts.headers, length);
+        let body = if self.head_method || !body_allowed(parts.status) {
+            // The guest's body goes nowhere (its writes stop, as when the
+            // client leaves); the head keeps its Content-Length.
+            ResponseBody::bodiless(length)
+        } else {
+            ResponseBody::streamed(Bytes::new(), self.chunk_rx, length)
+        };
         let _ = self.start_tx.send(Response::from_parts(parts, body));
     }
 
@@ -99,6 +114,7 @@ impl Exchange {
             start_tx: self.start_tx.take()?,
             chunk_rx: self.chunk_rx.take()?,
             chunk_tx: self.chunk_tx.clone(),
+            head_method: self.head_method,
         })
     }
 
@@ -191,22 +207,17 @@ impl Exchange {
                 }
             };
         self.remaining = content_length;
-        // RFC 9110 6.4.1: 1xx, 204 and 304 responses have no content.
-        self.body_allowed = !(status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED);
+        self.body_allowed = body_allowed(status);
         let first = self.clip(first);
         let rx = self
             .chunk_rx
             .take()
             .expect("taken only here, with start_tx");
-        // No body at all, not an empty stream: HTTP/2 would otherwise
-        // announce a length (a 304's Content-Length describes the
-        // representation, a 204 has none). `clip` sends nothing more.
+        // `clip` lets nothing through for these.
         let body = if self.body_allowed {
             ResponseBody::streamed(first, rx, content_length)
         } else {
-            ResponseBody::empty()
+            ResponseBody::bodiless(content_length)
         };
         let mut res = Response::new(body);
         *res.status_mut() = status;
@@ -319,6 +330,26 @@ type ParsedStart = (
     Option<u64>,
 );
 
+/// RFC 9110 6.4.1: 1xx, 204 and 304 responses have no content.
+fn body_allowed(status: StatusCode) -> bool {
+    !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+/// The length a response may announce: none on a 204 or 304 (RFC 9110
+/// 8.6). A 204 must not send one; a 304 may, only as the length of the
+/// representation, which the one-item-list rule does not know (it counts
+/// what the app returned), and HTTP/2 clients (the h2 crate) refuse a 304
+/// announcing bytes it does not carry.
+fn content_rules(status: StatusCode, headers: &mut HeaderMap, length: Option<u64>) -> Option<u64> {
+    if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {
+        headers.remove(http::header::CONTENT_LENGTH);
+        return None;
+    }
+    length
+}
+
 /// Re-check what the guest already validated (defence in depth: the guest
 /// is untrusted code) and build hyper's response head. `headers` is the packed
 /// `name LF value LF ...` of `wit/wsgi.wit`; `default_length` is added as
@@ -391,12 +422,7 @@ fn parse_start(
             content_length = Some(n);
         }
     }
-    // RFC 9110 8.6: no Content-Length on a 204 (one an app or the
-    // one-item-list rule set would announce content that never comes).
-    if code == StatusCode::NO_CONTENT {
-        map.remove(http::header::CONTENT_LENGTH);
-        content_length = None;
-    }
+    content_length = content_rules(code, &mut map, content_length);
     if !map.contains_key(http::header::SERVER) {
         map.insert(http::header::SERVER, HeaderValue::from_static(SERVER));
     }
@@ -485,25 +511,10 @@ mod tests {
         for interim_or_unknown in ["100 Continue", "103 Early Hints", "600 Odd", "999 Weird"] {
             assert!(parse_start(interim_or_unknown, "", None).is_err());
         }
-        let (_, _, headers, cl) = parse_start(
-            "204 No Content",
-            "Content-Length
-4",
-            None,
-        )
-        .unwrap();
-        assert!(!headers.contains_key("content-length") && cl.is_none());
-        let (_, _, headers, cl) = parse_start(
-            "304 Not Modified",
-            "Content-Length
-4",
-            None,
-        )
-        .unwrap();
-        assert_eq!(
-            (headers["content-length"].to_str().unwrap(), cl),
-            ("4", Some(4))
-        );
+        for bodiless in ["204 No Content", "304 Not Modified"] {
+            let (_, _, headers, cl) = parse_start(bodiless, "Content-Length\n4", None).unwrap();
+            assert!(!headers.contains_key("content-length") && cl.is_none());
+        }
         assert!(parse_start("200 OK", "Bad Name\nx", None).is_err());
         assert!(parse_start("200 OK", "X\na\r\nb", None).is_err());
         assert!(parse_start("200 OK", "X\n\u{263a}", None).is_err());
