@@ -688,6 +688,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("a.wasm"), b"x").unwrap();
         let cfg = dir.join("t.toml");
+        let error_of = |text: &str| {
+            std::fs::write(&cfg, text).unwrap();
+            load(&cfg).unwrap_err().to_string()
+        };
         for (line, field, says) in [
             ("workers = 0", "workers", "out of range"),
             ("workers = \"many\"", "workers", "out of range"),
@@ -713,46 +717,34 @@ mod tests {
             ("path_prefix = \"/a%2Fb\"", "path_prefix", "decoded"),
             ("cpu = 1e-15", "cpu", "from 0.01"),
         ] {
-            std::fs::write(
-                &cfg,
-                format!("[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n{line}\n"),
-            )
-            .unwrap();
-            let e = load(&cfg).unwrap_err().to_string();
+            let e = error_of(&format!(
+                "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n{line}\n"
+            ));
             assert!(
                 e.contains(&format!("t.toml:4: app[0].{field}: ")),
                 "{line}: {e}"
             );
             assert!(e.contains(says), "{line}: {e}");
         }
-        std::fs::write(&cfg, "[[app]]\ncomponent = \"a.wasm\"\n").unwrap();
-        let e = load(&cfg).unwrap_err().to_string();
+        let e = error_of("[[app]]\ncomponent = \"a.wasm\"\n");
         assert!(e.contains("app[0].name: missing"), "{e}");
-        std::fs::write(&cfg, "[[app]]\nname = \"a\\nb\"\ncomponent = \"a.wasm\"\n").unwrap();
-        let e = load(&cfg).unwrap_err().to_string();
+        let e = error_of("[[app]]\nname = \"a\\nb\"\ncomponent = \"a.wasm\"\n");
         assert!(e.contains("t.toml:2: app[0].name: \"a\\nb\": use"), "{e}");
         std::fs::create_dir_all(dir.join("d.wasm")).unwrap();
-        std::fs::write(&cfg, "[[app]]\nname = \"a\"\ncomponent = \"d.wasm\"\n").unwrap();
-        let e = load(&cfg).unwrap_err().to_string();
+        let e = error_of("[[app]]\nname = \"a\"\ncomponent = \"d.wasm\"\n");
         assert!(
             e.contains("t.toml:3: app[0].component: ") && e.contains("is a directory"),
             "{e}"
         );
         // Two apps on one host and path: the second would never be reached.
-        std::fs::write(
-            &cfg,
+        let e = error_of(
             "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nhosts = [\"x.test\"]\n\n\
              [[app]]\nname = \"b\"\ncomponent = \"a.wasm\"\nhosts = [\"y.test\", \"X.test.\"]\n",
-        )
-        .unwrap();
-        let e = load(&cfg).unwrap_err().to_string();
+        );
         assert!(e.contains("t.toml:9: app[1].hosts: host \"x.test\" under path / is already routed to app \"a\""), "{e}");
-        std::fs::write(
-            &cfg,
+        let e = error_of(
             "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[[app]]\nname = \"b\"\ncomponent = \"a.wasm\"\n",
-        )
-        .unwrap();
-        let e = load(&cfg).unwrap_err().to_string();
+        );
         assert!(
             e.contains("app[1].hosts: any host under path / is already routed to app \"a\""),
             "{e}"
@@ -768,23 +760,15 @@ mod tests {
             apps[1].component_at.0,
             format!("{}:6: app[1].component", cfg.display())
         );
-        std::fs::write(&cfg, "[[app]]\nname = \"a\"\n").unwrap();
-        let e = load(&cfg).unwrap_err().to_string();
+        let e = error_of("[[app]]\nname = \"a\"\n");
         assert!(e.contains("app[0].component: missing"), "{e}");
-        std::fs::write(
-            &cfg,
-            "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n\n[[app]]\nname = \"b\"\n",
-        )
-        .unwrap();
-        let e = load(&cfg).unwrap_err().to_string();
+        let e =
+            error_of("[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n\n[[app]]\nname = \"b\"\n");
         assert!(!e.contains("t.toml:1:"), "{e}");
         assert!(e.contains("app[1].component: missing"), "{e}");
-        std::fs::write(
-            &cfg,
+        let e = error_of(
             "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n",
-        )
-        .unwrap();
-        let e = load(&cfg).unwrap_err().to_string();
+        );
         assert!(e.contains("t.toml:5: app[1].name"), "{e}");
     }
 }

@@ -153,6 +153,12 @@ mod tests {
     /// A component whose one module has a memory and one data segment of
     /// `bytes` at `offset`.
     fn component(offset: i32, bytes: &[u8]) -> Vec<u8> {
+        component_with(&[(offset, bytes)])
+    }
+
+    /// A component whose one module has a memory and these active data
+    /// segments (offset, bytes).
+    fn component_with(segments: &[(i32, &[u8])]) -> Vec<u8> {
         let mut module = Module::new();
         let mut memories = MemorySection::new();
         memories.memory(MemoryType {
@@ -164,7 +170,9 @@ mod tests {
         });
         module.section(&memories);
         let mut data = DataSection::new();
-        data.active(0, &ConstExpr::i32_const(offset), bytes.iter().copied());
+        for (offset, bytes) in segments {
+            data.active(0, &ConstExpr::i32_const(*offset), bytes.iter().copied());
+        }
         module.section(&data);
         let mut component = Component::new();
         component.section(&ModuleSection(&module));
@@ -230,23 +238,8 @@ mod tests {
 
     #[test]
     fn overlapping_segments_are_refused_and_nothing_is_written() {
-        let mut module = Module::new();
-        let mut memories = MemorySection::new();
-        memories.memory(MemoryType {
-            minimum: 1,
-            maximum: None,
-            memory64: false,
-            shared: false,
-            page_size_log2: None,
-        });
-        module.section(&memories);
-        let mut data = DataSection::new();
-        data.active(0, &ConstExpr::i32_const(0), words(&[1, 9]));
-        data.active(0, &ConstExpr::i32_const(4), words(&[1, 9]));
-        module.section(&data);
-        let mut component = Component::new();
-        component.section(&ModuleSection(&module));
-        let mut c = component.finish();
+        let object = words(&[1, 9]);
+        let mut c = component_with(&[(0, &object), (4, &object)]);
         let before = c.clone();
         assert!(apply(&mut c, &pairs(&[(0, 9)])).is_err());
         assert_eq!(c, before);

@@ -62,14 +62,10 @@ impl Line {
                 .cold
                 .map(|d| format!(" cold={:.1}ms", d.as_secs_f64() * 1000.0))
                 .unwrap_or_default();
-            let app = if app.is_empty() {
-                String::new()
-            } else {
-                format!(" app={app}")
-            };
+            let app_key = if app.is_empty() { "" } else { " app=" };
             tracing::info!(
                 target: "access",
-                "{} \"{} {}\" {} {} {ms:.2}ms{cold}{app}",
+                "{} \"{} {}\" {} {} {ms:.2}ms{cold}{app_key}{app}",
                 self.peer,
                 self.method,
                 self.target,

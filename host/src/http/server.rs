@@ -279,13 +279,13 @@ async fn respond(
 ) -> Result<Response<ResponseBody>, Refusal> {
     check_head(&parts, site.max_header_bytes)?;
     let router = site.router();
-    let route = router
-        .route(host_of(&parts), &environ::decoded_path(parts.uri.path()))
-        .ok_or(Refusal {
-            status: StatusCode::NOT_FOUND,
-            text: "Not Found: no app is configured for this host and path",
-            close: false,
-        })?;
+    // Routes match the decoded path, the one PATH_INFO is cut from.
+    let path = environ::decoded_path(parts.uri.path());
+    let route = router.route(host_of(&parts), &path).ok_or(Refusal {
+        status: StatusCode::NOT_FOUND,
+        text: "Not Found: no app is configured for this host and path",
+        close: false,
+    })?;
     log.routed(route.app.metrics());
     if let Some(res) = route.statics.serve(&parts).await {
         return Ok(res);
@@ -314,6 +314,7 @@ async fn respond(
         AppRequest::Wsgi(environ::build(&RequestInfo {
             method: &parts.method,
             uri: &parts.uri,
+            path: &path,
             version: parts.version,
             headers: &parts.headers,
             local,

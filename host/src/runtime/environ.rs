@@ -19,6 +19,8 @@ pub struct RequestInfo<'a> {
     pub method: &'a Method,
     /// Request target as received (origin or absolute form).
     pub uri: &'a Uri,
+    /// Its path percent-decoded ([`decoded_path`]), as routing matched it.
+    pub path: &'a str,
     /// HTTP version of the request.
     pub version: Version,
     /// Request headers.
@@ -240,10 +242,9 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
     // PATH_INFO is the decoded path below the mount point (RFC 3875 4.1.5);
     // the raw target stays available as RAW_URI/REQUEST_URI (gunicorn, uWSGI).
     env.key("PATH_INFO");
-    let decoded = decoded_path(req.uri.path());
-    let path_info = match decoded.strip_prefix(req.script_name) {
+    let path_info = match req.path.strip_prefix(req.script_name) {
         Some(rest) if !req.script_name.is_empty() => rest,
-        _ => &decoded,
+        _ => req.path,
     };
     env.text(path_info);
     // QUERY_STRING stays raw (RFC 3875 4.1.7): the app decodes it.
@@ -376,6 +377,7 @@ mod tests {
         let env = build(&RequestInfo {
             method: &method,
             uri: &uri,
+            path: &decoded_path(uri.path()),
             version: Version::HTTP_11,
             headers: &map,
             local: "127.0.0.1:8000".parse().unwrap(),
@@ -414,6 +416,7 @@ mod tests {
         let info = |headers, run_once| RequestInfo {
             method: &Method::GET,
             uri: &uri,
+            path: "/x",
             version: Version::HTTP_10,
             headers,
             local: "127.0.0.1:8000".parse().unwrap(),
