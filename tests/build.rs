@@ -1,7 +1,8 @@
 //! `rsgi-wasm build` and `run` from source over real builds: dependencies
 //! from requirements / pyproject / an installed site-packages, sdists, the
 //! native-package check, the build cache and rebuild on edit, run-time
-//! lazy imports and file reads, and `rsgi-wasm exec`.
+//! lazy imports and file reads, `rsgi-wasm exec`, and the build's time
+//! limit.
 
 mod common;
 
@@ -249,14 +250,75 @@ fn run_reports_a_missing_app_clearly() {
     assert!(err.contains("cannot read component missing.wasm"), "{err}");
 }
 
+/// An import that never returns is stopped at `--build-timeout` with an
+/// error saying so, and the process doing the import is gone with it.
+#[test]
+fn a_build_whose_import_never_returns_stops_at_the_build_timeout() {
+    let dir = temp_dir("hanging-import");
+    write(
+        &dir,
+        "app.py",
+        "import time\ntime.sleep(10**6)\n\ndef app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'never']\n",
+    );
+    let out = dir.join("app.wasm");
+    let res = bin()
+        .args(["build", "app:app", "--build-timeout", "90s", "-o"])
+        .arg(&out)
+        .arg("-p")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("app:app: linking, importing the app and its warm-up requests did not finish within 90s (--build-timeout)"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists());
+    // The pre-initialising child names the app's directory on its command
+    // line; none may outlive the build.
+    let needle = dir.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains("internal-preinit") && c.contains(&needle))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 const LAZY_APP: &str = r#"
 import os
 
 HERE = os.path.dirname(__file__)
 
+# Runs at build time only (the snapshot holds the imported module).
+try:
+    with open(os.path.join(HERE, "written_at_build.txt"), "w") as f:
+        f.write("the build wrote this")
+except OSError:
+    pass
+
 def app(environ, start_response):
     path = environ["PATH_INFO"]
-    if path == "/lazy":
+    if path.startswith("/file/"):
+        try:
+            with open(os.path.join(HERE, path[len("/file/"):])) as f:
+                body = f.read()
+        except OSError:
+            body = "missing"
+    elif path == "/lazy":
         # Not imported at build time: comes from the shipped stdlib.
         import fractions
         body = str(fractions.Fraction(1, 3) * 3)
@@ -290,9 +352,36 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
     write(&dir, "templates/page.txt", "a template read per request\n");
     write(&dir, "tools/note.py", SCRIPT);
     write(&dir, "tools/__init__.py", "");
+    write(
+        &dir,
+        "tools/bye.py",
+        "import os, sys\nos._exit(int(sys.argv[1]))\n",
+    );
+    // A link to a file of the app ships its content; one to a file of the
+    // build machine outside the app's directory does not.
+    let outside = temp_dir("lazy-outside");
+    write(&outside, "secret.txt", "a file of the build machine\n");
+    std::os::unix::fs::symlink("page.txt", dir.join("templates/linked.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), dir.join("secret.txt")).unwrap();
+    // Loops are not followed, and a name WASI cannot spell is left out.
+    std::os::unix::fs::symlink(".", dir.join("self")).unwrap();
+    std::os::unix::fs::symlink("..", dir.join("templates/up")).unwrap();
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::write(
+        dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")),
+        "latin-1 name",
+    )
+    .unwrap();
     let d = dir.display().to_string();
     let c = build("lazy", &["app:app", "-p", &d, "--no-warmup"]);
+    // The import wrote into a copy: the app's directory is untouched.
+    assert!(!dir.join("written_at_build.txt").exists());
     let s = Server::start(&c, &[]);
+    assert_eq!(
+        get(&s, "/file/templates/linked.txt"),
+        (200, "a template read per request\n".to_owned())
+    );
+    assert_eq!(get(&s, "/file/secret.txt"), (200, "missing".to_owned()));
     assert_eq!(get(&s, "/lazy"), (200, "1".to_owned()));
     assert_eq!(
         get(&s, "/data"),
@@ -325,6 +414,16 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
     ]);
     assert_eq!((code, out.as_str()), (7, "notes: 2\n"), "{err}");
     assert!(data.join("notes.db").is_file());
+    // os._exit is an exit, not a crash (WASI 0.2 says only success or
+    // failure: status 1 for any other than 0).
+    let (code, _, err) = run_bin(&["exec", &comp, "--", "tools/bye.py", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_bin(&["exec", &comp, "--", "tools/bye.py", "3"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        !err.contains("crashed") && !err.contains("backtrace"),
+        "{err}"
+    );
     let (code, _, err) = run_bin(&["exec", &comp, "--", "tools/note.py", "x"]);
     assert_eq!(code, 1);
     assert!(err.contains("sqlite3.OperationalError"), "{err}");

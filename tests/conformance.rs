@@ -220,6 +220,13 @@ fn bodies_over_max_body_get_413() {
         "{:?}",
         String::from_utf8_lossy(&resp)
     );
+    // Even when the app catches the refusal and answers for itself.
+    let resp = raw(s.addr, &chunked_post("/swallow", 4));
+    assert!(
+        resp.starts_with(b"HTTP/1.1 413 "),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
     // HTTP/2 without a declared length: refused when the limit is crossed.
     let h2 = reqwest::blocking::Client::builder()
         .http2_prior_knowledge()

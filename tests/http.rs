@@ -487,6 +487,24 @@ fn guest_output_goes_to_the_log() {
     assert_eq!(client().get(s.url("/print")).send().unwrap().status(), 200);
     s.wait_for_log("hello from guest stdout");
     s.wait_for_log("hello from wsgi.errors");
+    // A line left unterminated is logged as its request ends, not glued
+    // to the next request's output.
+    assert_eq!(
+        client()
+            .get(s.url("/print?partial"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(client().get(s.url("/print")).send().unwrap().status(), 200);
+    s.wait_for_log_count("hello from guest stdout", 2);
+    let logs = s.logs();
+    assert!(
+        logs.lines().any(|l| l.ends_with("] no newline at the end")),
+        "{logs}"
+    );
+    assert!(!logs.contains("no newline at the endhello"), "{logs}");
 }
 
 #[test]

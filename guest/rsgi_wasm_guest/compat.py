@@ -115,6 +115,18 @@ def _guard_network(socket) -> None:
             setattr(socket, fn, _guard(getattr(socket, fn), host, "looking up"))
     target = lambda args: _address(args[1]) if len(args) > 1 else ""  # noqa: E731
     socket.socket.connect = _guard(socket.socket.connect, target, "connecting to")
+    real_init = socket.socket.__init__
+
+    def __init__(self, *args, **kwargs):
+        # Without an --allow-net rule the sandbox refuses the socket itself.
+        try:
+            real_init(self, *args, **kwargs)
+        except PermissionError as e:
+            raise PermissionError(
+                e.errno, f"rsgi-wasm sandbox: opening a socket is not allowed; {ALLOW_NET_HINT}"
+            ) from None
+
+    socket.socket.__init__ = __init__
     socket.socket.bind = _guard(
         socket.socket.bind,
         target,

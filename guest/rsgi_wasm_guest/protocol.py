@@ -148,14 +148,24 @@ def check_headers(headers: Any) -> Tuple[Headers, bool]:
 class Response:
     """One request's response state: what ``start_response`` set and sent."""
 
-    __slots__ = ("transport", "status", "headers", "has_length", "sent")
+    __slots__ = ("transport", "status", "headers", "has_length", "sent", "body_input")
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, body_input: Any = None) -> None:
         self.transport = transport
         self.status: Optional[str] = None
         self.headers: Headers = []
         self.has_length = False
         self.sent = False
+        # The request body as the server made it (middleware may replace
+        # environ["wsgi.input"]).
+        self.body_input = body_input
+
+    def check_body(self) -> None:
+        """Before the head goes out: a body the host refused as too large
+        is answered 413 whatever the app made of the error (frameworks
+        catch it and answer 500, or carry on)."""
+        if getattr(self.body_input, "too_large", False):
+            raise BodyTooLarge("request body exceeds the server's --max-body")
 
     def start_response(self, status: str, headers: Headers, exc_info: Any = None) -> Callable[[bytes], None]:
         if exc_info is not None:
@@ -190,6 +200,7 @@ class Response:
             return
         if self.status is None:
             raise RuntimeError("the app produced body data before calling start_response()")
+        self.check_body()
         self.sent = True
         self.transport.start(self.status, self.headers, data)
 
@@ -198,6 +209,7 @@ class Response:
             return
         if self.status is None:
             raise RuntimeError("the app returned without calling start_response()")
+        self.check_body()
         self.sent = True
         self.transport.start(self.status, self.headers, b"")
 
@@ -228,7 +240,8 @@ def _close(result: Any, errors: Any) -> None:
 def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport) -> Optional[str]:
     """Serve one request; never raises. Returns None when the response is
     complete, or why it was cut short after its head was sent."""
-    resp = Response(transport)
+    body_input = environ.get("wsgi.input")
+    resp = Response(transport, body_input)
     errors = environ["wsgi.errors"]
     result: Any = None
     try:
@@ -243,6 +256,7 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
                 body = result[0]
                 if not resp.has_length:
                     resp.headers.append(("Content-Length", str(len(body))))
+                resp.check_body()
                 resp.sent = True
                 transport.start(status, resp.headers, body)
                 return None
@@ -278,6 +292,7 @@ def _send_file(wrapper: "FileWrapper", resp: Response) -> bool:
         offset = f.tell()
     except (AttributeError, OSError, ValueError):
         return False
+    resp.check_body()
     if resp.transport.send_file(resp.status or "", resp.headers, path, offset):
         resp.sent = True
         return True
@@ -285,7 +300,7 @@ def _send_file(wrapper: "FileWrapper", resp: Response) -> bool:
 
 
 def _failed(exc: BaseException, environ: dict, resp: Response, transport: Transport, errors: Any) -> Optional[str]:
-    body_input = environ.get("wsgi.input")
+    body_input = resp.body_input
     if getattr(body_input, "too_large", False) or isinstance(exc, BodyTooLarge):
         if not resp.sent:
             error_page(transport, "413 Content Too Large", "Request body too large\n")

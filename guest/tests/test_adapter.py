@@ -140,6 +140,32 @@ class ProtocolTest(unittest.TestCase):
         self.assertTrue(t.head[0].startswith("500 "))
         self.assertIn("KeyError: 'nope'", log)
 
+    def test_a_refused_body_is_413_whatever_the_app_answers(self):
+        def too_large(n):
+            raise BodyTooLarge("x")
+
+        def swallowing(shape):
+            def app(environ, start_response):
+                try:
+                    environ["wsgi.input"].read()
+                except OSError:
+                    pass
+                # Middleware swapping the stream does not hide the refusal.
+                environ["wsgi.input"] = io.BytesIO()
+                start_response("500 Internal Server Error", [])
+                return shape
+
+            return app
+
+        for shape in ([b"framework's page"], iter([b"a", b"b"]), []):
+            t = Recorder()
+            env = protocol.base_environ(io.StringIO())
+            env.update({"REQUEST_METHOD": "POST", "PATH_INFO": "/"})
+            env["wsgi.input"] = InputStream(too_large, None)
+            self.assertIsNone(protocol.run(swallowing(shape), env, t))
+            self.assertEqual(t.head[0], "413 Content Too Large", shape)
+            self.assertEqual(t.chunks, [b"Request body too large\n"])
+
     def test_exception_after_head_reports_cut_short(self):
         def app(environ, start_response):
             start_response("200 OK", [])

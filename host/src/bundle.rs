@@ -113,20 +113,26 @@ pub fn freeze_dirs(dirs: &[PathBuf], cache: &Path) -> Result<Vec<PathBuf>> {
             .join(&format!("{:x}", h.finalize())[..32]);
         if !dest.is_dir() {
             let staged = crate::cachefs::staging(&dest)?.keep();
-            for rel in files(dir)? {
-                let to = staged.join(&rel);
-                if let Some(parent) = to.parent() {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("creating {}", parent.display()))?;
-                }
-                std::fs::copy(dir.join(&rel), &to)
-                    .with_context(|| format!("copying {}", dir.join(&rel).display()))?;
-            }
+            copy_files(dir, &staged)?;
             crate::cachefs::publish(&staged, &dest, Path::is_dir)?;
         }
         frozen.push(dest);
     }
     Ok(frozen)
+}
+
+/// Copy `dir`'s shipped files into the directory `dest`.
+pub fn copy_files(dir: &Path, dest: &Path) -> Result<()> {
+    for rel in files(dir)? {
+        let to = dest.join(&rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::copy(dir.join(&rel), &to)
+            .with_context(|| format!("copying {}", dir.join(&rel).display()))?;
+    }
+    Ok(())
 }
 
 fn skipped_dir(name: &str) -> bool {
@@ -158,6 +164,9 @@ pub fn ships(rel: &Path) -> bool {
 
 /// The files under `dir` that ship with the app, as sorted relative paths.
 pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let root = dir
+        .canonicalize()
+        .with_context(|| format!("reading {}", dir.display()))?;
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -169,9 +178,20 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
             let name = entry.file_name();
             let name_str = name.to_string_lossy();
             let path = rel.join(&name);
-            // `metadata` follows symlinks: a link to a file ships its content;
-            // links to directories are not followed (no loops, no escapes).
+            // A link to a file inside the directory ships its content; one
+            // to a file outside would hand the app a file of the build
+            // machine, and links to directories are not followed (no
+            // loops, no escapes).
             let kind = entry.file_type()?;
+            if kind.is_symlink() && !link_stays_inside(&root, &entry.path()) {
+                continue;
+            }
+            // WASI paths are UTF-8: such a name could not be opened by the
+            // app, and would break listing its directory in the sandbox.
+            if name.to_str().is_none() {
+                not_shipped(&here.join(&name), "the name is not UTF-8");
+                continue;
+            }
             if kind.is_dir() {
                 // A cache directory (rsgi-wasm's own, when it lies inside an
                 // app's directory) is build output, never the app's files.
@@ -187,6 +207,33 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Whether the symlink `link` resolves to somewhere under `root` (which is
+/// canonical).
+fn link_stays_inside(root: &Path, link: &Path) -> bool {
+    match std::fs::canonicalize(link) {
+        Ok(t) if t.starts_with(root) => true,
+        Ok(t) => {
+            not_shipped(
+                link,
+                &format!("a symlink to {}, outside {}", t.display(), root.display()),
+            );
+            false
+        }
+        // Dangling, or a loop: nothing to ship either way.
+        Err(_) => false,
+    }
+}
+
+/// Warn, once per process and path, that `path` is left out of the app.
+fn not_shipped(path: &Path, why: &str) {
+    static REPORTED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut reported = REPORTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !reported.iter().any(|p| p == path) {
+        reported.push(path.to_owned());
+        tracing::warn!("{}: not shipped: {why}", path.display());
+    }
 }
 
 /// Feed the names and contents of `dir`'s shipped files into `hasher`

@@ -33,6 +33,9 @@ pub enum Command {
     /// Write out the files a component ships (stdlib, app, site-packages)
     /// for another wasi:http host, and print its flags.
     Unpack(UnpackArgs),
+    /// The child `build` starts for componentize-py's pre-initialisation.
+    #[command(name = crate::build::preinit::SUBCOMMAND, hide = true)]
+    Preinit(crate::build::preinit::Job),
 }
 
 impl Command {
@@ -41,7 +44,9 @@ impl Command {
         match self {
             Command::Run(a) => a.http.log_format == "json",
             Command::Serve(a) => a.http.log_format == "json",
-            Command::Build(_) | Command::Exec(_) | Command::Unpack(_) => false,
+            Command::Build(_) | Command::Exec(_) | Command::Unpack(_) | Command::Preinit(_) => {
+                false
+            }
         }
     }
 }
@@ -180,6 +185,10 @@ pub struct SourceArgs {
     /// for wasmtime serve, Spin and SpinKube; rsgi-wasm runs it too).
     #[arg(long, value_name = "WORLD", default_value = "wsgi", value_parser = config::parse_world)]
     pub world: config::World,
+    /// How long linking, importing the app and its warm-up requests may
+    /// take before the build is stopped with an error [default: 10m].
+    #[arg(long, value_name = "DURATION", value_parser = config::duration_in(config::BUILD_TIMEOUT))]
+    pub build_timeout: Option<Duration>,
 }
 
 impl SourceArgs {
@@ -192,6 +201,7 @@ impl SourceArgs {
             && self.warmup.is_empty()
             && !self.no_warmup
             && self.world == config::World::Wsgi
+            && self.build_timeout.is_none()
     }
 
     /// The build of `target` these flags describe.
@@ -234,6 +244,7 @@ impl SourceArgs {
             cache_dir,
             world: self.world,
             live: false,
+            timeout: self.build_timeout.unwrap_or(config::DEFAULT_BUILD_TIMEOUT),
         }
     }
 }
@@ -305,6 +316,22 @@ impl GrantArgs {
             None => Vec::new(),
         };
         env.extend(self.env.iter().cloned());
+        // Two grants at one guest path: WASI would show only the last.
+        for (i, grant) in self.dirs.iter().enumerate() {
+            let g = grant.guest.trim_end_matches('/');
+            if let Some(other) = self.dirs[..i]
+                .iter()
+                .find(|o| o.guest.trim_end_matches('/') == g)
+            {
+                anyhow::bail!(config::ConfigError::Dir {
+                    value: format!("{}::{}", grant.host.display(), grant.guest),
+                    reason: format!(
+                        "{} is already granted at this guest path; give each directory a path of its own",
+                        other.host.display()
+                    ),
+                });
+            }
+        }
         Ok(Grants {
             dirs: self.dirs.clone(),
             env,

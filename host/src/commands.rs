@@ -37,6 +37,7 @@ pub async fn execute(command: Command) -> Result<u8> {
         Command::Exec(args) => exec_command(args).await,
         Command::Unpack(args) => unpack_command(&args).map(|()| 0),
         Command::Serve(args) => serve_command(args).await.map(|()| 0),
+        Command::Preinit(job) => Ok(job.run_here().await),
     }
 }
 
@@ -77,7 +78,7 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
     if app.ends_with(".wasm") || as_path.is_file() {
         if !args.source.is_empty() {
             anyhow::bail!(UserError(format!(
-                "{app} is a component; -p, -r, --pyproject, --site-packages, --warmup and --world only apply when running from source (like app.py:app)"
+                "{app} is a component; -p, -r, --pyproject, --site-packages, --warmup, --world and --build-timeout only apply when running from source (like app.py:app)"
             )));
         }
         return Ok(None);
@@ -138,12 +139,21 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
         .await
         .map_err(anyhow::Error::from)
         .with_context(|| format!("starting {}", args.component.display()))?;
-    let status = app
+    let status = match app
         .rsgi_wasm_wsgi_command()
         .call_run(&mut store, &args.argv)
         .await
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("{} crashed (a trap in the sandbox)", args.argv.join(" ")))?;
+    {
+        Ok(status) => status,
+        Err(e) => match crate::runtime::exit_status(&e) {
+            Some(status) => status,
+            None => {
+                return Err(anyhow::Error::from(e)).with_context(|| {
+                    format!("{} crashed (a trap in the sandbox)", args.argv.join(" "))
+                })
+            }
+        },
+    };
     Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
 }
 

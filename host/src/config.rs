@@ -96,6 +96,11 @@ pub fn parse_dir(value: &str) -> Result<DirGrant, ConfigError> {
     if !guest.starts_with('/') {
         return Err(err("the guest directory must be absolute, like /data"));
     }
+    if guest.split('/').any(|c| c == "." || c == "..") || guest.contains("//") {
+        return Err(err(
+            "the guest directory must be a plain path, without `.`, `..` or `//`",
+        ));
+    }
     if read_only && quota.is_some() {
         return Err(err(
             "a read-only directory cannot take writes, so a quota means nothing; drop :ro or :quota",
@@ -141,9 +146,33 @@ pub fn check_env_var(name: &str, value: &str) -> Result<(), ConfigError> {
     Err(ConfigError::EnvVar(name.to_owned(), why))
 }
 
+/// The most a config file (tenants file, env file) may hold.
+const MAX_CONFIG_FILE: u64 = 16 << 20;
+
+/// Read the config file `path` as text: a regular file (not a FIFO, which
+/// would block, or a device) of at most [`MAX_CONFIG_FILE`] bytes.
+pub fn read_config_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Error, Read};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_FILE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_FILE {
+        return Err(Error::other(format!(
+            "larger than {} MiB",
+            MAX_CONFIG_FILE >> 20
+        )));
+    }
+    Ok(text)
+}
+
 /// Read `NAME=VALUE` lines (blank lines and `#` comments skipped).
 pub fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path)
+    let text = read_config_file(path)
         .map_err(|e| anyhow::anyhow!("--env-file {}: {e}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -181,6 +210,10 @@ fn duration_seconds(value: &str) -> Option<f64> {
         (n, 1.0)
     } else if let Some(n) = v.strip_suffix('m') {
         (n, 60.0)
+    } else if let Some(n) = v.strip_suffix('h') {
+        (n, 3600.0)
+    } else if let Some(n) = v.strip_suffix('d') {
+        (n, 86400.0)
     } else {
         (v, 1.0)
     };
@@ -244,6 +277,14 @@ pub const TIMEOUT: Bounds<Duration> = Bounds {
     min: Duration::from_millis(1),
     max: Duration::from_secs(7 * 24 * 3600),
 };
+/// `--build-timeout`: a second to a day.
+pub const BUILD_TIMEOUT: Bounds<Duration> = Bounds {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(24 * 3600),
+};
+/// `--build-timeout`'s default: minutes more than a big app needs on a slow
+/// machine, seconds of which are compiling CPython.
+pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 /// `--grace`: none to a day.
 pub const GRACE: Bounds<Duration> = Bounds {
     min: Duration::ZERO,
@@ -314,9 +355,32 @@ fn out_of_range(value: &str, allowed: String) -> ConfigError {
     }
 }
 
+/// `d` as it would be written in a flag: `0`, `500ms`, `10s`, `5m`, `7d`.
+fn spelt(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0".to_owned(),
+        _ if ms.is_multiple_of(86_400_000) => format!("{}d", ms / 86_400_000),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+/// `n` bytes as a flag would say it: `16MiB`, `1TiB`, `1000`.
+fn bytes_spelt(n: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n > 0 && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    format!("{n} bytes")
+}
+
 /// A duration within `b`.
 pub fn check_duration(value: &str, b: Bounds<Duration>) -> Result<Duration, ConfigError> {
-    let range = || out_of_range(value, format!("{:?} to {:?}", b.min, b.max));
+    let range = || out_of_range(value, format!("{} to {}", spelt(b.min), spelt(b.max)));
     let d = match parse_duration(value) {
         Ok(d) => d,
         // A number past what a duration can hold is out of range, not malformed.
@@ -331,7 +395,12 @@ pub fn check_duration(value: &str, b: Bounds<Duration>) -> Result<Duration, Conf
 
 /// A size within `b`.
 pub fn check_size(value: &str, b: Bounds<u64>) -> Result<u64, ConfigError> {
-    let range = || out_of_range(value, format!("{} to {} bytes", b.min, b.max));
+    let range = || {
+        out_of_range(
+            value,
+            format!("{} to {}", bytes_spelt(b.min), bytes_spelt(b.max)),
+        )
+    };
     let n = match parse_size(value) {
         Ok(n) => n,
         Err(_) if size_bytes(value).is_some() => return Err(range()),
@@ -400,6 +469,8 @@ fn size_bytes(value: &str) -> Option<f64> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
         _ => return None,
     };
     num.parse::<f64>()
@@ -754,6 +825,9 @@ mod tests {
         assert!(!g.read_only);
         assert!(parse_dir("nodir").is_err());
         assert!(parse_dir(&format!("{host}::data")).is_err());
+        for odd in ["/data/../x", "/./data", "//data", "/data/.."] {
+            assert!(parse_dir(&format!("{host}::{odd}")).is_err(), "{odd}");
+        }
         let e = parse_dir("/does/not/exist::/data").unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
         let g = parse_dir(&format!("{host}::/data:quota=10MiB")).unwrap();

@@ -134,8 +134,8 @@ fn is_change(kind: &EventKind) -> bool {
     )
 }
 
-/// Build `opts` on a thread of its own, so the seconds of linking and
-/// pre-initialising never hold a thread that serves requests.
+/// Build `opts` on a thread of its own, so resolving, hashing and packing
+/// the app's files never hold a thread that serves requests.
 pub async fn rebuild(opts: BuildOptions) -> Result<BuildReport> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

@@ -2,6 +2,7 @@
 //! once per app so a request touches atomics only, and the text encoding
 //! `--metrics` serves.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -41,6 +42,12 @@ pub enum Recycle {
 const CAUSES: [&str; 4] = ["trap", "timeout", "memory", "max_requests"];
 /// The `class` label of each status hundred.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// The `state` label of instances: warm (idle) and busy.
+const STATES: [&str; 2] = ["warm", "busy"];
+/// The `result` label of outbound connections and lookups.
+const RESULTS: [&str; 2] = ["allowed", "denied"];
+/// The `direction` label of outbound TLS bytes.
+const DIRECTIONS: [&str; 2] = ["sent", "received"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TenantCause {
@@ -91,6 +98,10 @@ struct Metrics {
     outbound_connections: Family<TenantResult, Counter>,
     outbound_lookups: Family<TenantResult, Counter>,
     outbound_tls_bytes: Family<TenantDirection, Counter>,
+    /// Live [`TenantMetrics`] per (escaped) tenant name: a tenant's series
+    /// are dropped from the exposition with its last handle, so tenants
+    /// removed by reloads do not pile up.
+    holders: HashMap<String, usize>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,6 +147,7 @@ impl Metrics {
             outbound_connections: Family::default(),
             outbound_lookups: Family::default(),
             outbound_tls_bytes: Family::default(),
+            holders: HashMap::new(),
             registry: Registry::default(),
         };
         registry.register(
@@ -243,8 +255,57 @@ impl Metrics {
     }
 }
 
-fn with<T>(f: impl FnOnce(&Metrics) -> T) -> T {
-    f(&METRICS.lock().expect("metrics lock"))
+fn with<T>(f: impl FnOnce(&mut Metrics) -> T) -> T {
+    f(&mut METRICS.lock().expect("metrics lock"))
+}
+
+impl Metrics {
+    /// Remove every series labelled with tenant `name` (escaped).
+    fn forget(&self, name: &str) {
+        let t = Tenant {
+            tenant: name.to_owned(),
+        };
+        for family in [&self.in_flight, &self.queued, &self.memory, &self.loaded] {
+            family.remove(&t);
+        }
+        for family in [
+            &self.rejected,
+            &self.timeouts,
+            &self.unloads,
+            &self.load_failures,
+        ] {
+            family.remove(&t);
+        }
+        self.latency.remove(&t);
+        self.cold_starts.remove(&t);
+        self.cpu.remove(&t);
+        let tenant = name.to_owned();
+        for class in CLASSES {
+            let tenant = tenant.clone();
+            self.requests.remove(&TenantClass { tenant, class });
+        }
+        for cause in CAUSES {
+            let tenant = tenant.clone();
+            self.recycles.remove(&TenantCause { tenant, cause });
+        }
+        for state in STATES {
+            let tenant = tenant.clone();
+            self.instances.remove(&TenantState { tenant, state });
+        }
+        for result in RESULTS {
+            let label = TenantResult {
+                tenant: tenant.clone(),
+                result,
+            };
+            self.outbound_connections.remove(&label);
+            self.outbound_lookups.remove(&label);
+        }
+        for direction in DIRECTIONS {
+            let tenant = tenant.clone();
+            self.outbound_tls_bytes
+                .remove(&TenantDirection { tenant, direction });
+        }
+    }
 }
 
 /// The registry in Prometheus text format.
@@ -344,6 +405,7 @@ impl TenantMetrics {
             tenant: name.to_owned(),
         };
         with(|m| {
+            *m.holders.entry(name.to_owned()).or_default() += 1;
             let class = |class| {
                 m.requests
                     .get_or_create(&TenantClass {
@@ -376,8 +438,8 @@ impl TenantMetrics {
                 queued: m.queued.get_or_create(&t()).clone(),
                 rejected: m.rejected.get_or_create(&t()).clone(),
                 timeouts: m.timeouts.get_or_create(&t()).clone(),
-                warm: state("warm"),
-                busy: state("busy"),
+                warm: state(STATES[0]),
+                busy: state(STATES[1]),
                 recycles: CAUSES.map(recycle),
                 cpu: m.cpu.get_or_create(&t()).clone(),
                 memory: m.memory.get_or_create(&t()).clone(),
@@ -418,6 +480,22 @@ impl TenantMetrics {
     }
 }
 
+impl Drop for TenantMetrics {
+    fn drop(&mut self) {
+        let name = label_value(&self.name);
+        with(|m| {
+            let Some(n) = m.holders.get_mut(&name) else {
+                return;
+            };
+            *n -= 1;
+            if *n == 0 {
+                m.holders.remove(&name);
+                m.forget(&name);
+            }
+        });
+    }
+}
+
 /// One tenant's outbound series, cut once per app.
 pub struct OutboundMetrics {
     connections: [Counter; 2],
@@ -431,8 +509,10 @@ pub struct OutboundMetrics {
 impl OutboundMetrics {
     /// The series of tenant `name`.
     pub fn new(name: &str) -> Self {
+        let name = label_value(name);
+        let name = name.as_str();
         let result = |family: &Family<TenantResult, Counter>| {
-            ["allowed", "denied"].map(|result| {
+            RESULTS.map(|result| {
                 family
                     .get_or_create(&TenantResult {
                         tenant: name.to_owned(),
@@ -452,8 +532,8 @@ impl OutboundMetrics {
         with(|m| OutboundMetrics {
             connections: result(&m.outbound_connections),
             lookups: result(&m.outbound_lookups),
-            tls_sent: direction(m, "sent"),
-            tls_received: direction(m, "received"),
+            tls_sent: direction(m, DIRECTIONS[0]),
+            tls_received: direction(m, DIRECTIONS[1]),
         })
     }
 
@@ -474,13 +554,41 @@ mod tests {
 
     #[test]
     fn an_odd_tenant_name_is_escaped_not_breaking_the_exposition() {
-        TenantMetrics::new("we\"ird\nna}me\\").started();
+        let t = TenantMetrics::new("we\"ird\nna}me\\");
+        t.started();
+        let _out = OutboundMetrics::new("we\"ird\nna}me\\");
         let text = encode();
         assert!(
             text.contains("rsgi_wasm_in_flight_requests{tenant=\"we\\\"ird\\nna}me\\\\\"} 1"),
             "{text}"
         );
         assert!(!text.lines().any(|l| l.starts_with("na}me")), "{text}");
+        assert!(
+            text.contains("rsgi_wasm_outbound_lookups_total{tenant=\"we\\\"ird\\nna}me\\\\\",result=\"denied\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_tenant_s_series_go_with_its_last_handle() {
+        let label = "tenant=\"unit-gone\"";
+        let first = TenantMetrics::new("unit-gone");
+        let _outbound = OutboundMetrics::new("unit-gone");
+        first.started();
+        let lines = || encode().lines().filter(|l| l.contains(label)).count();
+        // Every per-tenant family has its series from the start.
+        let all = lines();
+        assert!(all >= 40, "{all}: {}", encode());
+        // A reload's new handle for the same name keeps them.
+        let second = TenantMetrics::new("unit-gone");
+        drop(first);
+        assert_eq!(lines(), all);
+        drop(second);
+        assert_eq!(lines(), 0, "{}", encode());
+        // A tenant added again starts from zero.
+        let again = TenantMetrics::new("unit-gone");
+        assert!(encode().contains("rsgi_wasm_in_flight_requests{tenant=\"unit-gone\"} 0"));
+        drop(again);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::cli::AppKeys;
-use crate::config::{Grants, Limits};
+use crate::config::{self, Grants, Limits};
 use crate::http::static_files::StaticMount;
 use crate::http::tls::TenantCert;
 
@@ -107,7 +107,7 @@ fn key_of(flag: &str) -> String {
 /// Read and check `path`. Every problem names file, line and field.
 pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
+    let text = config::read_config_file(path)
         .map_err(|e| anyhow::anyhow!("cannot read tenants file {file}: {e}"))?;
     let at = |span: Range<usize>, field: String, message: String| TenantError {
         file: file.clone(),
@@ -294,14 +294,12 @@ fn tenant(
                     )));
                 }
                 if !c.is_file() {
-                    return Err(Some(err(
-                        span,
-                        k,
-                        format!(
-                            "{} does not exist (build it with `rsgi-wasm build`)",
-                            c.display()
-                        ),
-                    )));
+                    let why = if c.exists() {
+                        "is not a regular file"
+                    } else {
+                        "does not exist (build it with `rsgi-wasm build`)"
+                    };
+                    return Err(Some(err(span, k, format!("{} {why}", c.display()))));
                 }
                 component = Some((c, span));
             }
@@ -416,9 +414,11 @@ fn tenant(
     let keys = AppKeys::try_parse_from(&argv).map_err(|e| Some(flag_error(&e, &origin, err)))?;
     let app = keys.app;
     let mut grants = app.grants.grants().map_err(|e| {
-        // The files `grants` reads: the env file and the CA files.
+        // The files `grants` reads (the env file and the CA files), and
+        // the directories it checks against each other.
         let field = match e.downcast_ref::<crate::config::ConfigError>() {
             Some(crate::config::ConfigError::TlsCa(..)) => "tls_ca",
+            Some(crate::config::ConfigError::Dir { .. }) => "dirs",
             _ => "env_file",
         };
         Some(err(span_of(&origin, field), field, format!("{e:#}")))

@@ -12,6 +12,7 @@
 pub mod deps;
 mod free_lists;
 mod immortal;
+pub mod preinit;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -168,6 +169,9 @@ pub struct BuildOptions {
     /// instance, not a new build; the build then depends on their paths,
     /// not their contents.
     pub live: bool,
+    /// How long componentize-py's linking and the app's pre-initialisation
+    /// may take (`--build-timeout`).
+    pub timeout: Duration,
 }
 
 /// What was built.
@@ -358,15 +362,26 @@ async fn generate(
     // componentize-py mounts python_path[i] at /i during pre-initialisation:
     // index 0 is the adapter, then the app's dirs, then dependencies. The
     // same paths are mounted read-only at run time.
-    let mut python_path: Vec<PathBuf> = vec![guest_dir.clone()];
-    python_path.extend(app_dirs.iter().cloned());
-    python_path.extend(resolved.iter().map(|r| r.dir.clone()));
-    let mounts: Vec<(String, String)> = python_path
+    let sources: Vec<&PathBuf> = app_dirs
+        .iter()
+        .chain(resolved.iter().map(|r| &r.dir))
+        .collect();
+    let mounts: Vec<(String, String)> = sources
         .iter()
         .enumerate()
-        .skip(1)
-        .map(|(i, host)| (format!("/{i}"), host.to_string_lossy().into_owned()))
+        .map(|(i, host)| (format!("/{}", i + 1), host.to_string_lossy().into_owned()))
         .collect();
+    // componentize-py mounts each directory writable while the app is
+    // imported: it gets copies, so neither the app's own directories nor
+    // the dependencies cached for other builds can be written by it. They
+    // are also what gets packed: the files the snapshot was taken from.
+    let mut python_path: Vec<PathBuf> = vec![guest_dir.clone()];
+    for (i, dir) in sources.iter().enumerate() {
+        let copy = work.path().join("src").join((i + 1).to_string());
+        std::fs::create_dir_all(&copy)?;
+        bundle::copy_files(dir, &copy)?;
+        python_path.push(copy);
+    }
     let native: std::collections::BTreeMap<&str, &str> = resolved
         .iter()
         .flat_map(|r| r.native.iter())
@@ -409,53 +424,41 @@ async fn generate(
     );
     std::fs::write(guest_dir.join(format!("{ENTRY_MODULE}.py")), entry)?;
 
-    let python_path_str: Vec<String> = python_path
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    let python_path_refs: Vec<&str> = python_path_str.iter().map(String::as_str).collect();
-    let names = |pairs: &[(&'static str, &'static str)]| match world {
-        World::Wsgi => std::collections::HashMap::new(),
-        World::WasiHttp => pairs.iter().copied().collect(),
-    };
-    let (import_names, export_names) = (names(HTTP_IMPORT_NAMES), names(HTTP_EXPORT_NAMES));
-    let tmp_out = work.path().join("app.wasm");
     tracing::info!(
         "building {module}:{callable}: linking CPython 3.14 for WASI and pre-initialising the app"
     );
-    let generator = componentize_py::ComponentGenerator {
-        wit_paths: &[&wit_dir],
-        worlds: &[match world {
-            World::Wsgi => "wsgi-app",
-            World::WasiHttp => "wsgi-http",
-        }],
-        features: &[],
-        all_features: false,
-        world_module: None,
-        python_path: &python_path_refs,
-        module_worlds: &[],
-        app_name: ENTRY_MODULE,
-        output_path: &tmp_out,
-        add_to_linker: None,
-        stub_wasi: false,
-        import_interface_names: &import_names,
-        export_interface_names: &export_names,
-        full_names: false,
-        intersect_world: None,
+    let tmp_out = work.path().join("app.wasm");
+    let job = preinit::Job {
+        wit: wit_dir,
+        world,
+        python_path: python_path.clone(),
+        app_name: ENTRY_MODULE.to_owned(),
+        output: tmp_out.clone(),
     };
-    let result = with_progress(generator.generate(), t0).await;
-    if let Err(e) = result {
-        let text = format!("{e:#}");
-        let lines: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.split_once(ERROR_MARKER).map(|(_, m)| m))
-            .collect();
-        if lines.is_empty() {
-            bail!(UserError(format!(
-                "componentize-py failed to build the component:\n{text}"
-            )));
+    match with_progress(job.run_bounded(opts.timeout), t0).await? {
+        Ok(()) => {}
+        Err(preinit::PreinitError::Failed(text)) => {
+            let lines: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.split_once(ERROR_MARKER).map(|(_, m)| m))
+                .collect();
+            if lines.is_empty() {
+                bail!(UserError(format!(
+                    "componentize-py failed to build the component:\n{text}"
+                )));
+            }
+            bail!(UserError(lines.join("\n")));
         }
-        bail!(UserError(lines.join("\n")));
+        Err(preinit::PreinitError::TimedOut(limit)) => bail!(UserError(format!(
+            "{module}:{callable}: linking, importing the app and its warm-up requests did not \
+             finish within {}s (--build-timeout): look for an endless loop, a sleep or a wait \
+             for the network at import time or on the warm-up paths, or give a longer \
+             --build-timeout",
+            limit.as_secs_f64()
+        ))),
+        Err(e @ preinit::PreinitError::Died(..)) => {
+            bail!(UserError(format!("{module}:{callable}: {e}")))
+        }
     }
     if export_stdlib {
         // Under a name of its own first: another build may be publishing
@@ -507,22 +510,21 @@ async fn generate(
 }
 
 /// Await a long step, logging every few seconds that it is still running.
-/// The ticker is a thread: componentize-py's pre-initialisation blocks the
-/// async task it runs on.
 async fn with_progress<T>(step: impl std::future::Future<Output = T>, t0: Instant) -> T {
-    let (done, wait) = std::sync::mpsc::channel::<()>();
-    let ticker = std::thread::spawn(move || {
-        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            wait.recv_timeout(Duration::from_secs(5))
-        {
-            tracing::info!("still building ({:.0}s so far)", t0.elapsed().as_secs_f64());
+    tokio::pin!(step);
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    loop {
+        tokio::select! {
+            out = &mut step => return out,
+            _ = ticks.tick() => {
+                tracing::info!("still building ({:.0}s so far)", t0.elapsed().as_secs_f64());
+            }
         }
-    });
-    let out = step.await;
-    drop(done);
-    let _ = ticker.join();
-    out
+    }
 }
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

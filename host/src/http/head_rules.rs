@@ -62,6 +62,16 @@ fn check_target(method: &Method, uri: &http::Uri) -> Result<(), HeadError> {
             "Bad Request: the target must not carry user information",
         ));
     }
+    // The same rule as for `Host`, for an absolute target and for HTTP/2's
+    // `:authority` (which hyper makes the URI's authority).
+    if uri
+        .authority()
+        .is_some_and(|a| !valid_host(a.as_str().as_bytes()))
+    {
+        return Err(bad(
+            "Bad Request: the target's authority is not a valid host[:port]",
+        ));
+    }
     let authority_form = uri.scheme().is_none() && uri.authority().is_some();
     if authority_form != (method == Method::CONNECT) {
         return Err(if authority_form {
@@ -72,8 +82,8 @@ fn check_target(method: &Method, uri: &http::Uri) -> Result<(), HeadError> {
         });
     }
     // §3.2.4: `*` is only for a server-wide OPTIONS. http parses it as the
-    // path "*" with no scheme.
-    if uri.scheme().is_none() && uri.path() == "*" && method != Method::OPTIONS {
+    // path "*" (with HTTP/2's scheme and authority on an h2 request).
+    if uri.path() == "*" && method != Method::OPTIONS {
         return Err(bad(
             "Bad Request: an asterisk-form target is only for OPTIONS",
         ));
@@ -102,10 +112,18 @@ fn check_host(parts: &Parts) -> Result<(), HeadError> {
         // `Host` beside `:authority` (hyper's, with a URL by address) mean
         // `Host`, which routing and HTTP_HOST both use.
         (Some(host), None) if parts.version != Version::HTTP_2 => {
+            let default_port = match parts.uri.scheme_str() {
+                Some(s) if s.eq_ignore_ascii_case("https") => "443",
+                _ => "80",
+            };
             match (parts.uri.authority(), host.to_str()) {
-                (Some(authority), Ok(host)) if !same_host(authority.as_str(), host) => Err(bad(
-                    "Bad Request: the Host header differs from the target's authority",
-                )),
+                (Some(authority), Ok(host))
+                    if !same_host(authority.as_str(), host, default_port) =>
+                {
+                    Err(bad(
+                        "Bad Request: the Host header differs from the target's authority",
+                    ))
+                }
                 _ => Ok(()),
             }
         }
@@ -137,14 +155,19 @@ fn check_transfer_coding(parts: &Parts) -> Result<(), HeadError> {
     Ok(())
 }
 
-/// Whether two `host[:port]` values name the same host (ports aside: they
-/// do not choose the app).
-fn same_host(a: &str, b: &str) -> bool {
-    let name = |v| {
-        let n = split_host(v).0;
-        n.strip_suffix('.').unwrap_or(n)
+/// Whether two `host[:port]` values name the same host and port (a port
+/// left out is `default_port`), so the app's `SERVER_PORT` is not one
+/// spelling's and the client's target another's.
+fn same_host(a: &str, b: &str, default_port: &str) -> bool {
+    let parts = |v| {
+        let (n, port) = split_host(v);
+        (
+            n.strip_suffix('.').unwrap_or(n),
+            port.filter(|p| !p.is_empty()).unwrap_or(default_port),
+        )
     };
-    name(a).eq_ignore_ascii_case(name(b))
+    let ((name_a, port_a), (name_b, port_b)) = (parts(a), parts(b));
+    name_a.eq_ignore_ascii_case(name_b) && port_a == port_b
 }
 
 /// `Host = uri-host [ ":" port ]` (RFC 9110 §7.2), or empty when the
@@ -291,6 +314,29 @@ mod tests {
             ),
             None
         );
+        assert_eq!(
+            verdict("GET", "http://x:80/env", Version::HTTP_11, &["x"]),
+            None
+        );
+        for (target, host) in [("http://x:99/env", "x"), ("http://x/env", "x:99")] {
+            assert!(
+                verdict("GET", target, Version::HTTP_11, &[host])
+                    .is_some_and(|r| r.contains("differs")),
+                "{target} {host}"
+            );
+        }
+        // HTTP/2 pseudo-headers: the same rules as HTTP/1's target and Host.
+        assert!(verdict("GET", "http://x:99999/", Version::HTTP_2, &[])
+            .is_some_and(|r| r.contains("authority")));
+        let mut asterisk = http::uri::Parts::default();
+        asterisk.scheme = Some(http::uri::Scheme::HTTP);
+        asterisk.authority = Some(Authority::from_static("x"));
+        asterisk.path_and_query = Some(http::uri::PathAndQuery::from_static("*"));
+        let mut h2 = head("GET", "/", Version::HTTP_2, &[]);
+        h2.uri = http::Uri::from_parts(asterisk).unwrap();
+        assert!(check(&h2).is_err_and(|e| e.reason.contains("asterisk")));
+        h2.method = Method::OPTIONS;
+        assert!(check(&h2).is_ok());
         for (target, why) in [
             ("http://evil.example:9/env", "differs"),
             ("ftp://x/", "scheme"),

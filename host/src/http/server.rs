@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -152,16 +153,22 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let deadline = cfg.header_timeout;
                 let Some(acceptor) = site.tls() else {
                     let site = site.clone();
-                    let svc = service_fn(move |req| handle(site.clone(), req, local, peer, false));
+                    let began = Arc::new(AtomicBool::new(false));
+                    let svc = service_fn({
+                        let began = began.clone();
+                        move |req| {
+                            began.store(true, Ordering::Relaxed);
+                            handle(site.clone(), req, local, peer, false)
+                        }
+                    });
                     let conn = graceful.watch(
                         builder.serve_connection(TokioIo::new(stream), svc).into_owned(),
                     );
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, "connection ended: {e}");
-                        }
+                        drive(conn, &began, deadline, peer).await;
                         drop(slot);
                     });
                     continue;
@@ -169,7 +176,6 @@ pub async fn serve(
                 // The handshake runs on the connection's own task, under
                 // the same deadline as a request head.
                 let (site, builder, watcher) = (site.clone(), builder.clone(), graceful.watcher());
-                let deadline = cfg.header_timeout;
                 tokio::spawn(async move {
                     let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
@@ -182,12 +188,17 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let svc = service_fn(move |req| handle(site.clone(), req, local, peer, true));
+                    let began = Arc::new(AtomicBool::new(false));
+                    let svc = service_fn({
+                        let began = began.clone();
+                        move |req| {
+                            began.store(true, Ordering::Relaxed);
+                            handle(site.clone(), req, local, peer, true)
+                        }
+                    });
                     let conn = watcher
                         .watch(builder.serve_connection(TokioIo::new(tls), svc).into_owned());
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
+                    drive(conn, &began, deadline, peer).await;
                     drop(slot);
                 });
             }
@@ -204,6 +215,33 @@ pub async fn serve(
         () = tokio::time::sleep(cfg.grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
     Ok(())
+}
+
+/// Serve one connection to its end, or drop it (closing it) if no request
+/// has begun on it within `deadline`. hyper's header timeout starts only
+/// once it knows the protocol, from the first bytes: a client that sends
+/// nothing, or part of the HTTP/2 preface, would otherwise hold its
+/// connection slot for good.
+async fn drive<E: std::fmt::Display>(
+    conn: impl Future<Output = Result<(), E>>,
+    began: &AtomicBool,
+    deadline: Duration,
+    peer: SocketAddr,
+) {
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = &mut conn => ended,
+        () = tokio::time::sleep(deadline) => {
+            if !began.load(Ordering::Relaxed) {
+                tracing::debug!(%peer, "no request within {deadline:?}; connection closed");
+                return;
+            }
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

@@ -32,12 +32,22 @@ use crate::runtime::wsgi::WsgiCtx;
 /// yields that keep one CPU-bound guest from starving the others.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// The native stack wasm frames may use.
+const MAX_WASM_STACK: usize = 8 << 20;
+
 /// Make the engine and start its epoch ticker thread.
 pub fn new_engine() -> Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // CPython bounds its recursion by the stack it keeps in linear memory;
+    // wasm frames also use the native stack, and wasmtime's default of
+    // 512 KiB ran out first: a JSON body 1,500 arrays deep trapped instead
+    // of raising RecursionError. Fiber stacks are touched as used.
+    config.max_wasm_stack(MAX_WASM_STACK);
+    // Host functions run on the same fiber, after the guest's frames.
+    config.async_stack_size(MAX_WASM_STACK + (2 << 20));
     // Our world has no async WIT functions: without the component-model
     // concurrency machinery every guest call takes the plain fiber path
     // (measured: 3% fewer instructions per hello request).

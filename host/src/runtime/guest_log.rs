@@ -94,6 +94,7 @@ impl LogBudget {
 }
 
 /// Guest stdout or stderr: complete lines go to the host log.
+#[derive(Clone)]
 pub struct GuestLog {
     app: Arc<str>,
     stream: &'static str,
@@ -114,6 +115,28 @@ impl GuestLog {
             partial: Arc::default(),
         }
     }
+
+    /// Log the line the guest left unterminated, so that it is not glued
+    /// to the next request's first line (called as a request ends).
+    pub fn end_line(&self) {
+        let line = {
+            let mut buf = self.partial.lock().unwrap_or_else(|e| e.into_inner());
+            if buf.is_empty() {
+                return;
+            }
+            buf.split()
+        };
+        self.logger().emit(&line);
+    }
+
+    fn logger(&self) -> LineLogger {
+        LineLogger {
+            app: self.app.clone(),
+            stream: self.stream,
+            budget: self.budget.clone(),
+            buf: self.partial.clone(),
+        }
+    }
 }
 
 impl IsTerminal for GuestLog {
@@ -124,12 +147,7 @@ impl IsTerminal for GuestLog {
 
 impl StdoutStream for GuestLog {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineLogger {
-            app: self.app.clone(),
-            stream: self.stream,
-            budget: self.budget.clone(),
-            buf: self.partial.clone(),
-        })
+        Box::new(self.logger())
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
@@ -172,11 +190,34 @@ impl LineLogger {
                     );
                 }
                 let text = String::from_utf8_lossy(line);
-                let text = text.trim_end_matches(['\r', '\n']);
+                let text = visible(text.trim_end_matches(['\r', '\n']));
                 tracing::info!(target: "guest", "[{} {}] {text}", self.app, self.stream);
             }
         }
     }
+}
+
+/// `text` with its control characters but tab spelt out: a guest's line
+/// cannot move the cursor (`\r`) over its own prefix, or pass for another
+/// app's line on a terminal.
+fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => {
+                let _ =
+                    std::fmt::Write::write_fmt(&mut out, format_args!("\\x{:02x}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 impl OutputStream for LineLogger {
@@ -236,6 +277,12 @@ impl Drop for LineLogger {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn control_characters_are_spelt_out() {
+        assert_eq!(visible("plain\ttext é"), "plain\ttext é");
+        assert_eq!(visible("a\rb\x1b[31mc\u{7f}"), "a\\rb\\x1b[31mc\\x7f");
+    }
 
     #[test]
     fn a_burst_passes_a_flood_is_dropped_and_counted() {

@@ -29,3 +29,12 @@ pub mod tls_client;
 mod tls_session;
 pub mod wasi_http;
 pub mod wsgi;
+
+/// The status a guest exited with, if `error` is its call to
+/// `wasi:cli/exit` (`os._exit`, or C code's `exit`) rather than a crash.
+/// WASI 0.2 carries success or failure only: 0 or 1.
+pub fn exit_status(error: &wasmtime::Error) -> Option<i32> {
+    error
+        .downcast_ref::<wasmtime_wasi::I32Exit>()
+        .map(|exit| exit.0)
+}

@@ -303,6 +303,7 @@ impl AppPool {
             }
         };
         let state = inst.store.data_mut();
+        state.end_log_lines();
         let memory_hit = state.take_memory_hit();
 
         // Why the instance is replaced, if it is.
@@ -334,7 +335,15 @@ impl AppPool {
             }
             Ok(Err(trap)) => {
                 recycle = Some(Recycle::Trap);
-                tracing::error!(app = %self.name, "instance crashed and was replaced: {trap:#}");
+                match crate::runtime::exit_status(&trap) {
+                    Some(status) => tracing::error!(
+                        app = %self.name,
+                        "the app exited the process (os._exit or a C-level exit, status {status}) during a request; instance replaced"
+                    ),
+                    None => {
+                        tracing::error!(app = %self.name, "instance crashed and was replaced: {trap:#}")
+                    }
+                }
                 self.fail(
                     &mut ex,
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -168,21 +168,25 @@ impl Sandbox {
     /// files read-only, no network unless granted.
     pub fn host_state(&self, stdio: Stdio) -> Result<HostState> {
         let mut b = WasiCtxBuilder::new();
+        let mut logs = Vec::new();
         match stdio {
             Stdio::Log => {
-                b.stdout(GuestLog::new(&self.app, "stdout", &self.log))
-                    .stderr(GuestLog::new(&self.app, "stderr", &self.log));
+                logs.push(GuestLog::new(&self.app, "stdout", &self.log));
+                logs.push(GuestLog::new(&self.app, "stderr", &self.log));
+                b.stdout(logs[0].clone()).stderr(logs[1].clone());
             }
             Stdio::Inherit => {
                 b.inherit_stdio();
             }
         }
         // Lookups pass through `outbound`, which refuses names no rule
-        // covers; connections through its check.
+        // covers (and counts it, so lookups are on even without a rule);
+        // connections through its check. Without a rule no TCP socket can
+        // be made at all: each would be a host descriptor.
         let net = InstanceNet::new(self.outbound.clone());
         b.allow_tcp(self.outbound.any())
             .allow_udp(false)
-            .allow_ip_name_lookup(self.outbound.any());
+            .allow_ip_name_lookup(true);
         let check = net.clone();
         b.socket_addr_check(move |addr, use_| {
             let ok = check.check(addr, use_);
@@ -235,7 +239,7 @@ impl Sandbox {
         // memory outside the memory limiter: bound how many it may hold.
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
-        Ok(HostState::new(
+        let mut state = HostState::new(
             b.build(),
             table,
             quotas,
@@ -246,7 +250,9 @@ impl Sandbox {
                 net,
                 tls: self.tls.clone(),
             },
-        ))
+        );
+        state.logs = logs;
+        Ok(state)
     }
 }
 

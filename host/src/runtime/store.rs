@@ -16,6 +16,7 @@ use wasmtime_wasi_http::p2::{WasiHttpCtxView, WasiHttpView};
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::runtime::cpu::CpuShare;
+use crate::runtime::guest_log::GuestLog;
 use crate::runtime::outbound::{InstanceNet, NameLookupView};
 use crate::runtime::quota_fs::{QuotaFsView, Quotas};
 use crate::runtime::scratch::ScratchDir;
@@ -40,6 +41,8 @@ pub struct HostState {
     /// Its app's outbound TLS trust, and how many sessions it holds.
     tls: Arc<TlsClients>,
     tls_sessions: usize,
+    /// Its stdout and stderr, when they go to the host log.
+    pub(crate) logs: Vec<GuestLog>,
 }
 
 /// What an instance may reach over the network (see `sandbox`).
@@ -77,6 +80,14 @@ impl HostState {
             net: network.net,
             tls: network.tls,
             tls_sessions: 0,
+            logs: Vec::new(),
+        }
+    }
+
+    /// A request ended: log what it printed without a final newline.
+    pub fn end_log_lines(&self) {
+        for log in &self.logs {
+            log.end_line();
         }
     }
 

@@ -390,9 +390,12 @@ fn parse_start(
         items.next();
     }
     while let Some(name) = items.next() {
+        // Whitespace around a value is not part of it (RFC 9110 §5.5), and
+        // HTTP/2 clients refuse a field that keeps it (RFC 9113 §8.2.1).
         let value = items
             .next()
-            .ok_or_else(|| format!("response header {name:?} has no value"))?;
+            .ok_or_else(|| format!("response header {name:?} has no value"))?
+            .trim_matches([' ', '\t']);
         let hname = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("response header name {name:?} is invalid"))?;
         let hvalue = if value.is_ascii() {
@@ -402,10 +405,11 @@ fn parse_start(
         }
         .ok_or_else(|| format!("response header {name:?} has an invalid value {value:?}"))?;
         if hname == http::header::CONTENT_LENGTH {
-            let n = value
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| format!("response Content-Length {value:?} is not a number"))?;
+            // Digits only: `parse` would take "+4", which clients refuse.
+            let n = Some(value)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| format!("response Content-Length {value:?} is not a number"))?;
             if content_length.is_some_and(|m| m != n) {
                 return Err("response has conflicting Content-Length headers".into());
             }
@@ -524,5 +528,20 @@ mod tests {
         );
         assert!(parse_start("200 OK", "X\na\nY", None).is_err());
         assert!(parse_start("200 OK", "Content-Length\n1\nContent-Length\n2", None).is_err());
+        for odd in ["+4", "-1", "0x4", "4 4", ""] {
+            assert!(
+                parse_start("200 OK", &format!("Content-Length\n{odd}"), None).is_err(),
+                "{odd:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn whitespace_around_values_is_dropped() {
+        let (_, _, headers, cl) =
+            parse_start("200 OK", "X-A\n abc\t\nContent-Length\n 4 ", None).unwrap();
+        assert_eq!(headers.get("x-a").unwrap(), "abc");
+        assert_eq!(headers.get("content-length").unwrap(), "4");
+        assert_eq!(cl, Some(4));
     }
 }

@@ -130,6 +130,22 @@ def application(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return gen()
 
+    if path == "/swallow":
+        # A framework's habit: every error in the view becomes its own 500.
+        try:
+            inp.read()
+        except OSError:
+            pass
+        return text(start_response, "swallowed", "500 Internal Server Error")
+
+    if path == "/json":
+        # Parse the body as a framework's request.get_json() would.
+        try:
+            json.loads(inp.read())
+        except RecursionError:
+            return text(start_response, "too deep", "400 Bad Request")
+        return text(start_response, "parsed")
+
     if path == "/length":
         total = 0
         while True:
@@ -308,6 +324,9 @@ def application(environ, start_response):
         return text(start_response, "slept")
 
     if path == "/print":
+        if query == "partial":
+            sys.stderr.write("no newline at the end")
+            return text(start_response, "printed")
         print("hello from guest stdout", flush=True)
         environ["wsgi.errors"].write("hello from wsgi.errors\n")
         return text(start_response, "printed")
