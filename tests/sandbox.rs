@@ -62,11 +62,22 @@ fn file_escapes_fail_with_oserror() {
         let (status, body) = get(&s, "/read-file?/data/app-link");
         assert_eq!(status, 403, "{body}");
     }
-    let (status, _) = get(&s, "/symlink?../../../etc/passwd,/data/app-link2");
-    if status == 200 {
-        let (status, body) = get(&s, "/read-file?/data/app-link2");
-        assert_eq!(status, 403, "{body}");
+    // Nor be made to climb out with a relative target (host tools and
+    // other apps granted the parent would follow it); inside is fine.
+    for target in ["../../../etc/passwd", "sub/../../x", "../outside"] {
+        let (status, body) = get(&s, &format!("/symlink?{target},/data/app-link2"));
+        assert_eq!(status, 403, "{target}: {body}");
     }
+    assert!(rw.join("app-link2").symlink_metadata().is_err());
+    assert_eq!(get(&s, "/write-file?/data/inside.txt").0, 200);
+    assert_eq!(
+        get(&s, "/symlink?inside.txt,/data/app-link3"),
+        (200, "linked".into())
+    );
+    assert_eq!(
+        get(&s, "/read-file?/data/app-link3"),
+        (200, "written by the app".into())
+    );
     // Writes: allowed in the rw grant, refused in the :ro one.
     assert_eq!(get(&s, "/write-file?/data/new.txt").0, 200);
     assert_eq!(
@@ -829,6 +840,43 @@ fn connections_without_a_request_are_closed_at_the_header_timeout() {
         }
     }
     assert_eq!(served.join().unwrap().unwrap(), 200);
+}
+
+/// A client that stops sending its body, or stops reading the response,
+/// holds the app's only instance for `--header-timeout`, not `--timeout`:
+/// the stalled upload gets 400, and the next client is served.
+#[test]
+fn clients_that_stall_free_the_instance_at_the_header_timeout() {
+    let s = Server::start(
+        &router(),
+        &[
+            "--workers",
+            "1",
+            "--timeout",
+            "300s",
+            "--header-timeout",
+            "1s",
+        ],
+    );
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"POST /length HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nab")
+        .unwrap();
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(read_response(&mut r, false).status, 400);
+
+    // A response nobody reads: 50 MiB, far more than the socket buffers.
+    let (mut w, _r) = connect(s.addr);
+    w.write_all(b"GET /big?52428800 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    s.wait_for_log("took no response bytes");
+    let quick = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let r = quick.get(s.url("/")).send().unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 #[test]

@@ -220,8 +220,20 @@ def check_native(native: Dict[str, str]) -> None:
         try:
             importlib.import_module(top)
         except ImportError as e:
-            if e.name in native:
-                failed[dist] = e.name
+            # numpy and others re-raise their own ImportError from the one
+            # that names the missing module.
+            # `from . import _ext` names the package, and the module in
+            # `name_from`.
+            cause: Optional[BaseException] = e
+            while cause is not None:
+                if isinstance(cause, ImportError):
+                    name, part = cause.name, getattr(cause, "name_from", None)
+                    missing = [name, f"{name}.{part}" if part else None]
+                    hit = next((m for m in missing if m in native), None)
+                    if hit:
+                        failed[dist] = hit
+                        break
+                cause = cause.__cause__ or cause.__context__
         except Exception:
             pass  # not our concern here; the app's own import reports it
     if failed:

@@ -269,3 +269,29 @@ class LiveApps(unittest.TestCase):
                 self.assertIn("syntax error", str(e.exception))
             finally:
                 sys.path.remove(d)
+
+
+class NativeCheck(unittest.TestCase):
+    def test_a_package_rewrapping_its_missing_native_part_stops_the_build(self):
+        import os
+        import tempfile
+
+        from rsgi_wasm_guest import boot
+
+        with tempfile.TemporaryDirectory() as d:
+            # numpy's shape: the package re-raises its own ImportError from
+            # the one naming the extension that was dropped.
+            os.makedirs(os.path.join(d, "wrapnative"))
+            with open(os.path.join(d, "wrapnative", "__init__.py"), "w") as f:
+                f.write(
+                    "try:\n    import wrapnative._core\nexcept ImportError as e:\n"
+                    "    raise ImportError('please read this advice') from e\n"
+                )
+            sys.path.insert(0, d)
+            try:
+                with self.assertRaises(boot.BuildError) as e:
+                    boot.check_native({"wrapnative._core": "wrapnative"})
+                self.assertIn("wrapnative: native extension", str(e.exception))
+            finally:
+                sys.path.remove(d)
+                sys.modules.pop("wrapnative", None)

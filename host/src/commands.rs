@@ -46,7 +46,14 @@ async fn build_command(args: BuildArgs) -> Result<()> {
     let opts = args
         .source
         .build_options(args.target, Some(args.output), cache);
-    build_and_report(&opts).await.map(|_| ())
+    // On SIGINT or SIGTERM the build is dropped, not left behind: its
+    // scratch directory is removed and its pre-initialising child killed.
+    tokio::select! {
+        built = build_and_report(&opts) => built.map(|_| ()),
+        () = crate::http::server::shutdown_signal() => {
+            anyhow::bail!(UserError("build interrupted".into()))
+        }
+    }
 }
 
 /// Build (or reuse) and print the warm-up results and the final line.

@@ -181,11 +181,17 @@ pub fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, Stri
             continue;
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
+        // dotenv's reading: spaces around `=` do not count, and a value
+        // in matching single or double quotes is what is inside them.
+        let line = match line.split_once('=') {
+            Some((k, v)) => format!("{}={}", k.trim_end(), v.trim_start()),
+            None => line.to_owned(),
+        };
         let (k, v) =
-            parse_env(line).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
-        let v = v
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
+            parse_env(&line).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+        let v = ['"', '\'']
+            .into_iter()
+            .find_map(|q| v.strip_prefix(q).and_then(|v| v.strip_suffix(q)))
             .map(str::to_owned)
             .unwrap_or(v);
         out.push((k, v));
@@ -776,6 +782,30 @@ pub fn parse_trusted(value: &str) -> Result<TrustedPeers, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_files_are_read_as_dotenv_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app.env");
+        std::fs::write(
+            &file,
+            "A=1\nB=\"two words\"\nC='single'\n  F = spaced\nexport G=g\n# note\nH='odd\"\n",
+        )
+        .unwrap();
+        let got = read_env_file(&file).unwrap();
+        let want = [
+            ("A", "1"),
+            ("B", "two words"),
+            ("C", "single"),
+            ("F", "spaced"),
+            ("G", "g"),
+            ("H", "'odd\""),
+        ];
+        let got: Vec<(&str, &str)> = got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, want);
+        // Not a regular file: refused, not read (a FIFO would block).
+        assert!(read_env_file(dir.path()).is_err());
+    }
 
     #[test]
     fn allow_net_rules_parse_and_reject() {

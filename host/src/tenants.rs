@@ -232,6 +232,8 @@ fn host_name(entry: &str) -> Result<String, String> {
         || bare.split('.').any(|label| {
             label.is_empty()
                 || label.len() > 63
+                || label.starts_with('-')
+                || label.ends_with('-')
                 || !label
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -304,6 +306,18 @@ fn tenant(
                 component = Some((c, span));
             }
             "hosts" => {
+                let is_string = |v: &DeValue<'_>| matches!(v, DeValue::String(_));
+                let texts = match value.get_ref() {
+                    DeValue::Array(items) => items.iter().all(|v| is_string(v.get_ref())),
+                    v => is_string(v),
+                };
+                if !texts {
+                    return Err(Some(err(
+                        span,
+                        k,
+                        "expected a string or a list of strings".into(),
+                    )));
+                }
                 for (h, span) in strings(value, k, err)? {
                     let v = host_name(&h).map_err(|why| Some(err(span, k, why)))?;
                     hosts.push(v);
@@ -359,6 +373,11 @@ fn tenant(
                 }
             }
             _ => {
+                // A list only where the flag takes many values: `memory = []`
+                // would otherwise quietly mean the default.
+                if matches!(value.get_ref(), DeValue::Array(_)) && !repeatable(&flag_of(k)) {
+                    return Err(Some(err(span, k, "expected one value, not a list".into())));
+                }
                 for (v, span) in strings(value, k, err)? {
                     let v = if PATH_KEYS.contains(&k) {
                         relative_to(base, k, &v)
@@ -506,6 +525,14 @@ fn flag_error(e: &clap::Error, origin: &[(String, Range<usize>)], err: Located<'
     err(span, &key, message)
 }
 
+/// Whether the flag `--long` takes a value per use (so its key a list).
+fn repeatable(long: &str) -> bool {
+    AppKeys::command()
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .is_some_and(|a| matches!(a.get_action(), clap::ArgAction::Append))
+}
+
 fn string(
     value: &Spanned<DeValue<'_>>,
     key: &str,
@@ -580,6 +607,30 @@ mod tests {
         .unwrap();
         let e = load(&cfg).unwrap_err().to_string();
         assert!(e.contains("t.toml:3: app[0].component"), "{e}");
+        // Values of the wrong shape are refused, not read as the default.
+        for (line, field, why) in [
+            ("memory = []", "memory", "not a list"),
+            ("timeout = [\"1s\"]", "timeout", "not a list"),
+            ("hosts = [1]", "hosts", "list of strings"),
+        ] {
+            std::fs::write(
+                &cfg,
+                format!("[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n{line}\n"),
+            )
+            .unwrap();
+            let e = load(&cfg).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("t.toml:4: app[0].{field}")) && e.contains(why),
+                "{e}"
+            );
+        }
+        // A list where the flag repeats.
+        std::fs::write(
+            &cfg,
+            "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\ndirs = []\nallow_net = []\n",
+        )
+        .unwrap();
+        load(&cfg).unwrap();
         std::fs::write(
             &cfg,
             "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\npath_prefix = \"/api/\"\n",
@@ -677,6 +728,8 @@ mod tests {
             "[x]",
             "a.test:80",
             "a\nb",
+            "-a.com",
+            "a-.com",
         ] {
             assert!(host_name(bad).is_err(), "{bad:?}");
         }
@@ -695,7 +748,7 @@ mod tests {
         for (line, field, says) in [
             ("workers = 0", "workers", "out of range"),
             ("workers = \"many\"", "workers", "out of range"),
-            ("cpu = [1, 2]", "cpu", "cannot be used multiple times"),
+            ("cpu = [1, 2]", "cpu", "not a list"),
             (
                 "memory = {}",
                 "memory",

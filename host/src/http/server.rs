@@ -51,6 +51,10 @@ pub struct Site {
     pub forwarded_allow: TrustedPeers,
     /// Largest request head (431 above).
     pub max_header_bytes: usize,
+    /// How long a request body or a response may make no progress
+    /// (`--header-timeout`): a client that stalls is taken as gone, and
+    /// frees the instance serving it.
+    pub stall: Duration,
     /// TLS on every connection, when configured; replaced on SIGHUP.
     tls: RwLock<Option<TlsAcceptor>>,
 }
@@ -63,6 +67,7 @@ impl Site {
             router: RwLock::new(Arc::new(router)),
             forwarded_allow: cfg.forwarded_allow.clone(),
             max_header_bytes: cfg.max_header_bytes,
+            stall: cfg.header_timeout,
             tls: RwLock::new(tls),
         }
     }
@@ -377,7 +382,8 @@ async fn respond(
     if let Some(waited) = cold {
         log.cold_start(waited);
     }
-    let (ex, response) = Exchange::new(RequestBody::new(body, max_body), head);
+    let stall = site.stall;
+    let (ex, response) = Exchange::new(RequestBody::new(body, max_body, stall), head, stall);
     let call = async move {
         pool.serve(request, ex).await;
         // Idle time counts from the end of the last response.

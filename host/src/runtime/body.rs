@@ -10,6 +10,7 @@ use std::io::SeekFrom;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
@@ -50,6 +51,9 @@ struct Queued {
 pub struct BodySender {
     tx: mpsc::UnboundedSender<Queued>,
     budget: Arc<Semaphore>,
+    /// How long `send` waits for a client taking nothing (`None`: as long
+    /// as it takes).
+    stall: Option<Duration>,
 }
 
 /// Receiving half of a response body, read by [`ResponseBody`].
@@ -59,18 +63,47 @@ pub struct BodyReceiver(mpsc::UnboundedReceiver<Queued>);
 pub fn body_channel() -> (BodySender, BodyReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let budget = Arc::new(Semaphore::new(BODY_BUDGET));
-    (BodySender { tx, budget }, BodyReceiver(rx))
+    (
+        BodySender {
+            tx,
+            budget,
+            stall: None,
+        },
+        BodyReceiver(rx),
+    )
 }
 
 impl BodySender {
+    /// Give up on a client that takes nothing for `stall`: `send` then
+    /// says it went away, so the app stops instead of holding its instance.
+    pub fn with_stall(mut self, stall: Duration) -> Self {
+        self.stall = Some(stall);
+        self
+    }
+
     /// Queue a chunk, waiting while the budget is used up (a chunk larger
     /// than the budget waits for all of it and then goes alone); false if
-    /// the client went away.
+    /// the client went away or stopped reading for the stall limit.
     pub async fn send(&self, chunk: Bytes) -> bool {
         let share = chunk.len().clamp(1, BODY_BUDGET) as u32;
         // Dropping the receiver drops what it queued, which returns the
         // budget, so this cannot wait for a client that is gone.
-        let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
+        let acquire = self.budget.clone().acquire_many_owned(share);
+        let permit = match self.stall {
+            None => acquire.await,
+            Some(stall) => match tokio::time::timeout(stall, acquire).await {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // Cut short, not ended: a client that reads on must not
+                    // take what it got for the whole response.
+                    let why = format!("the client took no response bytes for {stall:?}");
+                    tracing::info!("response cut short: {why}");
+                    self.abort(why);
+                    return false;
+                }
+            },
+        };
+        let Ok(permit) = permit else {
             return false;
         };
         self.tx
@@ -231,6 +264,8 @@ pub enum ReadError {
 /// bodies whose length is not known up front (chunked).
 pub struct RequestBody {
     incoming: Option<Incoming>,
+    /// How long a read waits for the client's next bytes.
+    stall: Duration,
     /// Reading failed (malformed chunked framing or the client left).
     failed: bool,
     leftover: Bytes,
@@ -239,10 +274,12 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    /// Wrap hyper's body; more than `limit` bytes is refused as too large.
-    pub fn new(incoming: Incoming, limit: u64) -> Self {
+    /// Wrap hyper's body; more than `limit` bytes is refused as too large,
+    /// and a client sending nothing for `stall` is taken as gone.
+    pub fn new(incoming: Incoming, limit: u64, stall: Duration) -> Self {
         RequestBody {
             incoming: Some(incoming),
+            stall,
             failed: false,
             leftover: Bytes::new(),
             received: 0,
@@ -270,7 +307,16 @@ impl RequestBody {
             let Some(incoming) = self.incoming.as_mut() else {
                 return Ok(Vec::new());
             };
-            match incoming.frame().await {
+            let Ok(frame) = tokio::time::timeout(self.stall, incoming.frame()).await else {
+                tracing::info!(
+                    "request body: nothing from the client for {:?}; answered 400",
+                    self.stall
+                );
+                self.incoming = None;
+                self.failed = true;
+                return Err(ReadError::Disconnected);
+            };
+            match frame {
                 None => {
                     self.incoming = None;
                     return Ok(Vec::new());

@@ -615,6 +615,12 @@ impl HostDescriptor for QuotaFsView<'_> {
         src_path: String,
         dest_path: String,
     ) -> FsResult<()> {
+        // cap-std refuses absolute targets but makes relative ones that
+        // climb out: the guest cannot follow them, but host tools, static
+        // file serving or another app granted the parent directory would.
+        if !target_stays_inside(&dest_path, &src_path) {
+            return Err(ErrorCode::NotPermitted.into());
+        }
         let creation = self.creation(&fd).await?;
         let r = HostDescriptor::symlink_at(&mut self.fs, fd, src_path, dest_path).await;
         if let Some(c) = creation {
@@ -722,6 +728,28 @@ impl QuotaFsView<'_> {
         });
         Ok(())
     }
+}
+
+/// Whether a symlink at `link` (relative to a directory) whose target is
+/// the relative path `target` points inside that directory, read as paths
+/// are, without following links already there.
+fn target_stays_inside(link: &str, target: &str) -> bool {
+    fn walk<'a>(mut depth: usize, parts: impl Iterator<Item = &'a str>) -> Option<usize> {
+        for part in parts {
+            match part {
+                "" | "." => {}
+                ".." => depth = depth.checked_sub(1)?,
+                _ => depth += 1,
+            }
+        }
+        Some(depth)
+    }
+    let mut dirs: Vec<&str> = link.split('/').collect();
+    dirs.pop();
+    !target.starts_with('/')
+        && walk(0, dirs.into_iter())
+            .and_then(|depth| walk(depth, target.split('/')))
+            .is_some()
 }
 
 /// A block charged for a directory or symlink about to be made.
@@ -921,5 +949,30 @@ impl OutputStream for NoStream {
 
     fn check_write(&mut self) -> StreamResult<usize> {
         Err(StreamError::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlink_targets_must_stay_inside() {
+        for (link, target) in [
+            ("l", "a"),
+            ("d/l", "../a"),
+            ("d/e/l", "../../a/b"),
+            ("l", "./a"),
+        ] {
+            assert!(target_stays_inside(link, target), "{link} -> {target}");
+        }
+        for (link, target) in [
+            ("l", "../a"),
+            ("d/l", "../../a"),
+            ("l", "a/../../b"),
+            ("l", "/etc"),
+        ] {
+            assert!(!target_stays_inside(link, target), "{link} -> {target}");
+        }
     }
 }

@@ -85,9 +85,14 @@ pub struct Exchange {
 
 impl Exchange {
     /// Channels for one request; the server awaits the receiver.
-    pub fn new(body: RequestBody, head_method: bool) -> (Self, ResponseReceiver) {
+    pub fn new(
+        body: RequestBody,
+        head_method: bool,
+        stall: std::time::Duration,
+    ) -> (Self, ResponseReceiver) {
         let (start_tx, start_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = body_channel();
+        let chunk_tx = chunk_tx.with_stall(stall);
         let ex = Exchange {
             body,
             start_tx: Some(start_tx),
