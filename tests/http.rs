@@ -1214,6 +1214,54 @@ fn peer_cert(r: &reqwest::blocking::Response) -> Vec<u8> {
         .to_vec()
 }
 
+/// What a client chose by ALPN is what it must speak: HTTP/1.1 sent on a
+/// connection that agreed on h2 is not served.
+#[test]
+fn tls_serves_only_the_protocol_alpn_chose() {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let pki = Pki::new("tls-alpn");
+    pki.issue("server", &["localhost"], false);
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let s = Server::start(&router(), &["--certfile", &cert, "--keyfile", &key]);
+    let ask = |alpn: &[u8]| -> Vec<u8> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(pki.path("ca.pem")).unwrap())
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let tcp = std::net::TcpStream::connect(s.addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let _ = tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let mut out = Vec::new();
+        // Whatever arrived before the server closed (without close_notify
+        // for a refused connection).
+        let _ = tls.read_to_end(&mut out);
+        out
+    };
+    let h1 = ask(b"http/1.1");
+    assert!(
+        h1.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&h1)
+    );
+    let h2 = ask(b"h2");
+    assert!(
+        !h2.starts_with(b"HTTP/1"),
+        "{:?}",
+        String::from_utf8_lossy(&h2)
+    );
+}
+
 #[test]
 fn tls_serves_https_with_h2_by_alpn_and_https_scheme() {
     let pki = Pki::new("tls-basic");

@@ -134,6 +134,12 @@ pub async fn serve(
         // A connection that stops answering pings is dropped.
         .keep_alive_interval(Some(cfg.header_timeout))
         .keep_alive_timeout(cfg.header_timeout);
+    // What a TLS client chose by ALPN is the protocol it must speak: a
+    // connection that agreed on h2 and then sends HTTP/1.1 is refused.
+    let by_alpn = Arc::new(ByAlpn {
+        h2: builder.clone().http2_only(),
+        h1: builder.clone().http1_only(),
+    });
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
@@ -181,6 +187,7 @@ pub async fn serve(
                 // The handshake runs on the connection's own task, under
                 // the same deadline as a request head.
                 let (site, builder, watcher) = (site.clone(), builder.clone(), graceful.watcher());
+                let by_alpn = by_alpn.clone();
                 tokio::spawn(async move {
                     let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
@@ -201,6 +208,11 @@ pub async fn serve(
                             handle(site.clone(), req, local, peer, true)
                         }
                     });
+                    let builder = match tls.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => &by_alpn.h2,
+                        Some(b"http/1.1") => &by_alpn.h1,
+                        _ => &*builder,
+                    };
                     let conn = watcher
                         .watch(builder.serve_connection(TokioIo::new(tls), svc).into_owned());
                     drive(conn, &began, deadline, peer).await;
@@ -220,6 +232,13 @@ pub async fn serve(
         () = tokio::time::sleep(cfg.grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
     Ok(())
+}
+
+/// The connection builders for TLS connections whose client chose a
+/// protocol by ALPN.
+struct ByAlpn {
+    h2: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<TokioExecutor>,
 }
 
 /// Serve one connection to its end, or drop it (closing it) if no request

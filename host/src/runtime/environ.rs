@@ -323,7 +323,7 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
         }
         let mut values = req.headers.get_all(name).iter();
         if let Some(first) = values.next() {
-            env.bytes(first.as_bytes());
+            env.bytes(trim_ows(first.as_bytes()));
         }
         if name == "content-length" {
             // hyper already rejected conflicting lengths; duplicates agree.
@@ -334,7 +334,7 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
         let sep = if name == "cookie" { "; " } else { ", " };
         for v in values {
             env.text(sep);
-            env.bytes(v.as_bytes());
+            env.bytes(trim_ows(v.as_bytes()));
         }
     }
     if let Some(a) = authority {
@@ -342,6 +342,15 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
         env.text(a.as_str());
     }
     env
+}
+
+/// A field value without the whitespace around it, which is not part of it
+/// (RFC 9110 §5.5): HTTP/1's parser drops it, HTTP/2 passes it through.
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
+    let end = value.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    &value[start..end]
 }
 
 #[cfg(test)]
@@ -396,6 +405,13 @@ mod tests {
 
     fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
         env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn whitespace_around_header_values_is_dropped() {
+        assert_eq!(trim_ows(b" \t1 2\t "), b"1 2");
+        assert_eq!(trim_ows(b"   "), b"");
+        assert_eq!(trim_ows(b"x"), b"x");
     }
 
     #[test]
