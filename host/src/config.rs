@@ -22,7 +22,7 @@ pub enum ConfigError {
     #[error("environment variable {0:?}: {1}")]
     EnvVar(String, &'static str),
     /// A duration that is neither plain seconds nor `500ms` / `30s` / `2m`.
-    #[error("{0:?} is not a duration (use seconds like 2 or 0.5, or 500ms, 30s, 2m)")]
+    #[error("{0:?} is not a duration (use seconds like 2 or 0.5, or 500ms, 30s, 2m, 1h, 7d)")]
     Duration(String),
     /// An `--allow-net` value that is not HOST:PORT.
     #[error("--allow-net {0:?}: {1} (expected HOST:PORT: an IP address, a name or *.domain, then a port or *; e.g. 10.0.0.5:5432, api.example.com:443, *.example.com:443)")]

@@ -361,7 +361,8 @@ async fn generate(
 
     // componentize-py mounts python_path[i] at /i during pre-initialisation:
     // index 0 is the adapter, then the app's dirs, then dependencies. The
-    // same paths are mounted read-only at run time.
+    // guest knows each by its original path (`mounts`), and the same
+    // files are mounted read-only at run time.
     let sources: Vec<&PathBuf> = app_dirs
         .iter()
         .chain(resolved.iter().map(|r| &r.dir))

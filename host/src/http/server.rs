@@ -166,15 +166,7 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let deadline = cfg.header_timeout;
                 let Some(acceptor) = site.tls() else {
-                    let site = site.clone();
-                    let began = Arc::new(AtomicBool::new(false));
-                    let svc = service_fn({
-                        let began = began.clone();
-                        move |req| {
-                            began.store(true, Ordering::Relaxed);
-                            handle(site.clone(), req, local, peer, false)
-                        }
-                    });
+                    let (began, svc) = service(site.clone(), local, peer, false);
                     let conn = graceful.watch(
                         builder.serve_connection(TokioIo::new(stream), svc).into_owned(),
                     );
@@ -200,14 +192,7 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let began = Arc::new(AtomicBool::new(false));
-                    let svc = service_fn({
-                        let began = began.clone();
-                        move |req| {
-                            began.store(true, Ordering::Relaxed);
-                            handle(site.clone(), req, local, peer, true)
-                        }
-                    });
+                    let (began, svc) = service(site, local, peer, true);
                     let builder = match tls.get_ref().1.alpn_protocol() {
                         Some(b"h2") => &by_alpn.h2,
                         Some(b"http/1.1") => &by_alpn.h1,
@@ -232,6 +217,33 @@ pub async fn serve(
         () = tokio::time::sleep(cfg.grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
     Ok(())
+}
+
+/// A connection's service: each request goes to `handle`, and sets the
+/// flag [`drive`] reads to know a request has begun.
+fn service(
+    site: Arc<Site>,
+    local: SocketAddr,
+    peer: SocketAddr,
+    tls: bool,
+) -> (
+    Arc<AtomicBool>,
+    impl hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<LoggedBody>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static,
+) {
+    let began = Arc::new(AtomicBool::new(false));
+    let flag = began.clone();
+    let svc = service_fn(move |req| {
+        flag.store(true, Ordering::Relaxed);
+        handle(site.clone(), req, local, peer, tls)
+    });
+    (began, svc)
 }
 
 /// The connection builders for TLS connections whose client chose a
