@@ -442,8 +442,8 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
         "--",
         "x.py",
     ]);
-    assert_eq!(code, 1);
-    assert!(err.contains("overlaps /1"), "{err}");
+    assert_ne!(code, 0);
+    assert!(err.contains("mounted at /python and /1, /2"), "{err}");
 }
 
 #[test]

@@ -426,6 +426,17 @@ fn response_validation_and_framing() {
         assert_eq!(c.get(s.url(path)).send().unwrap().status(), 500, "{path}");
     }
     s.wait_for_log("'X-Evil'");
+    // Too many for any client: refused, the server and instance unharmed.
+    assert_eq!(
+        c.get(s.url("/many-headers?50")).send().unwrap().status(),
+        200
+    );
+    assert_eq!(
+        c.get(s.url("/many-headers?40000")).send().unwrap().status(),
+        500
+    );
+    s.wait_for_log("over the 256 KiB a response may have");
+    assert!(!s.logs().contains("panicked"), "{}", s.logs());
     s.wait_for_log("'Connection' is hop-by-hop");
     // More bytes than Content-Length: clipped.
     let resp = raw(
@@ -474,6 +485,58 @@ fn http10_without_length_is_close_delimited() {
         "{text}"
     );
     assert!(text.ends_with("via write(); then iterable"), "{text}");
+    // A keep-alive request is told the connection closes, since it must.
+    let resp = raw(
+        s.addr,
+        b"GET /write HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(!text.contains("keep-alive"), "{text}");
+    // One of known length keeps the connection for the next request.
+    let resp = raw(
+        s.addr,
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.0\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+    assert_eq!(text.matches("http/1.0 200 ok\r\n").count(), 2, "{text}");
+    assert!(text.contains("connection: keep-alive"), "{text}");
+}
+
+#[test]
+fn an_unread_request_body_does_not_cost_the_connection() {
+    let s = Server::start(&router(), &[]);
+    let (mut w, mut r) = connect(s.addr);
+    // Larger than what hyper has buffered when the response is done.
+    let body = vec![b'x'; 300_000];
+    for _ in 0..2 {
+        w.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n")
+            .unwrap();
+        w.write_all(&body).unwrap();
+        let res = read_response(&mut r, false);
+        assert_eq!(res.status, 200);
+        assert_eq!(res.header("connection"), None);
+    }
+    w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut r, false).body, b"router\n");
+}
+
+#[test]
+fn a_chunk_larger_than_one_host_call_copies_is_sent_whole() {
+    // Over the 128 MiB wasmtime lets one host call copy: once a trap.
+    const N: usize = 129 * 1024 * 1024 + 7;
+    let s = Server::start(&router(), &[]);
+    for how in ["list", "write"] {
+        let r = client()
+            .get(s.url(&format!("/one-chunk?{N},{how}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{how}");
+        let body = r.bytes().unwrap();
+        assert_eq!(body.len(), N, "{how}");
+        assert!(body.iter().all(|&b| b == b'y'), "{how}");
+    }
+    assert!(!s.logs().contains("crashed"), "{}", s.logs());
 }
 
 #[test]
@@ -535,6 +598,19 @@ fn graceful_shutdown_finishes_in_flight_requests() {
     let (code, body) = pending.join().unwrap().unwrap();
     assert_eq!(code, 200);
     assert_eq!(body.unwrap(), "slept");
+}
+
+#[test]
+fn a_second_signal_stops_waiting_for_in_flight_requests() {
+    let s = Server::start(&router(), &["--grace", "300s", "--timeout", "300s"]);
+    let url = s.url("/sleep?200");
+    let _pending = std::thread::spawn(move || client().get(url).send().map(|r| r.status()));
+    s.wait_for_log("sleeping 200");
+    s.signal("TERM");
+    s.wait_for_log("shutting down");
+    // Well within the 60 s `stop` waits, where the grace is 300 s.
+    let status = s.stop("INT");
+    assert!(status.success(), "exit status {status:?}");
 }
 
 #[test]
@@ -1040,6 +1116,15 @@ fn metrics_and_health_are_served_on_their_own_port_and_move() {
         series(&after, "rsgi_wasm_in_flight_requests{tenant=\"router\"}"),
         0.0
     );
+    // A request refused before routing is no tenant's.
+    let bad = raw(addr, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    assert_eq!(status_of(&bad), 400);
+    let text = scrape(ops);
+    assert!(!text.contains("tenant=\"\""), "{text}");
+    assert!(
+        series(&text, "rsgi_wasm_unrouted_requests_total{class=\"4xx\"}") >= 1.0,
+        "{text}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -1086,14 +1171,6 @@ fn json_logs_give_one_object_per_access_line() {
     assert!(a["duration_ms"].as_f64().unwrap() >= 0.0);
     assert!(a["peer"].as_str().unwrap().starts_with("127.0.0.1"));
     assert!(a["app"].as_str().is_some_and(|n| !n.is_empty()), "{a}");
-}
-
-fn h2_client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .http2_prior_knowledge()
-        .timeout(std::time::Duration::from_secs(120))
-        .build()
-        .unwrap()
 }
 
 #[test]
@@ -1164,6 +1241,11 @@ fn bodiless_statuses_carry_no_body_and_interim_ones_are_refused_on_both_protocol
             assert!(r.headers().get("content-length").is_none(), "{r:?}");
             assert_eq!(r.bytes().unwrap().len(), 0);
         }
+        // A 205 says its content is empty (RFC 9110 §15.3.6).
+        let r = c.get(s.url("/status?205")).send().unwrap();
+        assert_eq!(r.status().as_u16(), 205);
+        assert_eq!(r.headers()["content-length"], "0");
+        assert_eq!(r.bytes().unwrap().len(), 0);
         // Interim and unknown statuses are not final responses: 500, and
         // the connection goes on.
         for code in [100, 103, 600, 999] {

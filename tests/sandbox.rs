@@ -844,7 +844,8 @@ fn connections_without_a_request_are_closed_at_the_header_timeout() {
 
 /// A client that stops sending its body, or stops reading the response,
 /// holds the app's only instance for `--header-timeout`, not `--timeout`:
-/// the stalled upload gets 400, and the next client is served.
+/// the stalled upload gets 408, as does one trickling its bytes, and the
+/// next client is served.
 #[test]
 fn clients_that_stall_free_the_instance_at_the_header_timeout() {
     let s = Server::start(
@@ -864,7 +865,27 @@ fn clients_that_stall_free_the_instance_at_the_header_timeout() {
     r.get_ref()
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    assert_eq!(read_response(&mut r, false).status, 400);
+    assert_eq!(read_response(&mut r, false).status, 408);
+
+    // A byte every 200 ms: never a stall of 1 s, but far under 1 KiB/s.
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"POST /length HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..1000 {
+            std::thread::sleep(Duration::from_millis(200));
+            if w.write_all(b"a").is_err() {
+                return;
+            }
+        }
+    });
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(read_response(&mut r, false).status, 408);
+    drop(r);
+    trickle.join().unwrap();
+    s.wait_for_log("slower than 1024 bytes/s");
 
     // A response nobody reads: 50 MiB, far more than the socket buffers.
     let (mut w, _r) = connect(s.addr);
@@ -883,17 +904,25 @@ fn clients_that_stall_free_the_instance_at_the_header_timeout() {
 fn compiled_code_is_only_loaded_from_a_private_cache() {
     use std::os::unix::fs::PermissionsExt;
     let dir = temp_dir("open-cache");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = bin()
-        .args(["run", hello().to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .arg("--cache-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    // The refusal, with the cache directory's mode set to `mode`.
+    let refused_with = |mode: u32| {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = bin()
+            .args(["run", hello().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .arg("--cache-dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused_with(0o777);
     assert!(err.contains("chmod go-w"), "{err}");
     assert!(!err.contains("listening on"), "{err}");
+    // A shared one like /tmp is not to be changed: use one inside it.
+    let err = refused_with(0o1777);
+    assert!(err.contains("a directory of your own inside it"), "{err}");
+    assert!(!err.contains("chmod"), "{err}");
     // No cache named anywhere: an error, not a shared temporary directory.
     let out = bin()
         .env_remove("RSGI_WASM_CACHE")
@@ -1113,18 +1142,22 @@ fn tenants_load_on_first_request_and_unload_when_idle() {
 #[test]
 fn a_tenant_that_cannot_load_answers_503_and_the_others_serve() {
     let dir = temp_dir("lazy-broken");
-    // Its grant overlaps where the component's own files are mounted: the
-    // load fails, not the server's start.
+    // Its granted directory is gone by the time it loads (an unmounted
+    // volume): the load fails (measuring it for its quota), not the
+    // server's start.
+    let gone = dir.join("gone");
+    std::fs::create_dir_all(&gone).unwrap();
     let config = write_config(
         &dir,
         &format!(
-            "[[app]]\nname = \"broken\"\ncomponent = \"{r}\"\nhosts = [\"broken.test\"]\ndirs = [\".::/python/x\"]\n\n\
+            "[[app]]\nname = \"broken\"\ncomponent = \"{r}\"\nhosts = [\"broken.test\"]\ndirs = [\"gone::/data:quota=1MiB\"]\n\n\
              [[app]]\nname = \"hello\"\ncomponent = \"{h}\"\n",
             r = router().display(),
             h = hello().display()
         ),
     );
     let s = serve(&config);
+    std::fs::remove_dir(&gone).unwrap();
     for _ in 0..3 {
         let (status, body) = get_host(&s, "broken.test", "/");
         assert_eq!(status, 503, "{body}");
@@ -1137,7 +1170,7 @@ fn a_tenant_that_cannot_load_answers_503_and_the_others_serve() {
         "{}",
         s.logs()
     );
-    assert!(s.logs().contains("overlaps /python"), "{}", s.logs());
+    assert!(s.logs().contains("for its quota"), "{}", s.logs());
     // The failure is remembered for a while, not retried per request.
     assert_eq!(s.logs().matches("cannot load the app").count(), 1);
     assert_eq!(
@@ -1145,11 +1178,19 @@ fn a_tenant_that_cannot_load_answers_503_and_the_others_serve() {
         (200, "Hello, World!\n".into())
     );
     drop(s);
-    // With --preload the same app stops the start, naming it.
+    // A grant where every component mounts its own files could never
+    // load: refused with the config, naming where.
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"broken\"\ncomponent = \"{}\"\ndirs = [\".::/python/x\"]\n",
+            router().display()
+        ),
+    );
     let (code, _, err) = run_bin(&["serve", config.to_str().unwrap(), "--preload"]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("--preload: app broken") && err.contains("overlaps /python"),
+        err.contains("tenants.toml:4: app[0].dirs") && err.contains("mounted at /python"),
         "{err}"
     );
     assert!(!err.contains("listening on"), "{err}");

@@ -314,13 +314,36 @@ fn a_component_replaced_by_a_build_of_the_other_world_is_refused_until_a_reload(
 }
 
 #[test]
+fn response_headers_over_the_wasi_http_limit_are_a_500_not_a_crash() {
+    let s = Server::start(&router_http(), &[]);
+    assert_eq!(get(&s, "/many-headers?50").0, 200);
+    assert_eq!(get(&s, "/many-headers?2000").0, 500);
+    s.wait_for_log("too large for wasi:http");
+    assert_eq!(get(&s, "/"), (200, "router\n".into()));
+    assert_no_crash(&s);
+}
+
+#[test]
+fn the_app_sees_the_host_it_was_routed_by_on_http2() {
+    let s = Server::start(&router_http(), &[]);
+    let h2 = h2_client();
+    // `:authority` is the URL's 127.0.0.1:PORT; routing goes by `Host`.
+    let env: serde_json::Value = h2
+        .get(s.url("/env"))
+        .header("Host", "other.test:8080")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(env["HTTP_HOST"], "other.test:8080", "{env}");
+    assert_eq!(env["SERVER_NAME"], "other.test", "{env}");
+    assert_eq!(env["SERVER_PORT"], "8080", "{env}");
+}
+
+#[test]
 fn bodiless_answers_of_a_wasi_http_guest_carry_no_body_on_either_protocol() {
     let s = Server::start(&router_http(), &[]);
-    let h2 = reqwest::blocking::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    for c in [client(), h2] {
+    for c in [client(), h2_client()] {
         for code in [204, 304] {
             let r = c.get(s.url(&format!("/status?{code}"))).send().unwrap();
             assert_eq!(r.status().as_u16(), code);

@@ -36,23 +36,30 @@ def _pull(n: int) -> bytes:
     except Err as e:
         if e.value == _TOO_LARGE:
             raise BodyTooLarge("request body exceeds the server's --max-body") from None
-        raise ClientDisconnected("client disconnected while sending the request body") from None
+        raise ClientDisconnected("the request body could not be read: the client left, stalled or sent malformed framing") from None
 
 
 class _HostTransport(protocol.Transport):
     """Headers cross packed as `name LF value LF ...` (see `response` in
     wit/wsgi.wit); body chunks are always exact ``bytes`` here
-    (``protocol.Response.send``), which componentize-py requires."""
+    (``protocol.Response.send``), which componentize-py requires. A chunk
+    larger than ``protocol.PIECE`` crosses in pieces: wasmtime traps a
+    host call that copies more than 128 MiB."""
 
     __slots__ = ()
 
     def start(self, status: str, headers: protocol.Headers, first_chunk: bytes) -> None:
-        if not _start(status, "\n".join(_flat(headers)), first_chunk):
+        pieces = protocol.pieces(first_chunk)
+        if not _start(status, "\n".join(_flat(headers)), next(pieces)):
             raise ClientDisconnected("client disconnected")
+        for piece in pieces:
+            if not _write(piece):
+                raise ClientDisconnected("client disconnected")
 
     def write(self, chunk: bytes) -> None:
-        if not _write(chunk):
-            raise ClientDisconnected("client disconnected")
+        for piece in protocol.pieces(chunk):
+            if not _write(piece):
+                raise ClientDisconnected("client disconnected")
 
     def send_file(self, status: str, headers: protocol.Headers, path: str, offset: int) -> bool:
         try:
@@ -100,10 +107,14 @@ def make_handler(app: Callable, fixed_keys: Tuple[str, ...]) -> type:
                 env["wsgi.input"] = InputStream(_pull, None)
             if env["wsgi.run_once"] == "1":  # sent only under request isolation
                 env["wsgi.run_once"] = True
+            body = env["wsgi.input"]
             try:
                 failure = run(app, env, _TRANSPORT)
             except BaseException as e:  # a bug here must not abort the instance
                 failure = f"rsgi-wasm adapter error: {type(e).__name__}: {e}"
+            # An input kept past its request must not read the next one's.
+            if body is not EMPTY:
+                body.end()
             if failure is not None:
                 raise Err(failure)
 

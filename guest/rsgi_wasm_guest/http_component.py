@@ -86,6 +86,11 @@ def _too_large(err: object) -> bool:
     return isinstance(code, t.ErrorCode_HttpRequestBodySize)
 
 
+# What a wasi:http host counts against its limit on one `fields`.
+_FIELDS_LIMIT = 128 * 1024
+_FIELD_COST = 80
+
+
 class _WasiTransport(protocol.Transport):
     """The response as a wasi:http outgoing response and body stream."""
 
@@ -97,6 +102,16 @@ class _WasiTransport(protocol.Transport):
         self.stream = None
 
     def start(self, status: str, headers: protocol.Headers, first_chunk: bytes) -> None:
+        # wasmtime's wasi:http hosts (this one, `wasmtime serve`, Spin) end
+        # the instance, not the call, on `fields` over 128 KiB, counting
+        # about 70 bytes of bookkeeping per entry: refused here instead,
+        # which the app's caller answers with a 500.
+        size = sum(len(name) + len(value) + _FIELD_COST for name, value in headers)
+        if size > _FIELDS_LIMIT:
+            raise ValueError(
+                f"response headers too large for wasi:http: {len(headers)} headers "
+                f"count {size} bytes, over the host's {_FIELDS_LIMIT // 1024} KiB"
+            )
         fields = t.Fields.from_list([(name, value.encode("latin-1")) for name, value in headers])
         response = t.OutgoingResponse(fields)
         # wasi:http carries the code only; the reason phrase is the host's.
@@ -172,6 +187,7 @@ def make_handler(app: Callable) -> type:
             transport = _WasiTransport(response_out)
             body = _Body(request)
             failure: Optional[str] = "adapter error"
+            stream: Optional[InputStream] = None
             try:
                 env = wasi_http.environ(
                     base,
@@ -183,7 +199,7 @@ def make_handler(app: Callable) -> type:
                 )
                 has_body, length = wasi_http.body_length(env)
                 if has_body:
-                    env["wsgi.input"] = InputStream(body.pull, length)
+                    stream = env["wsgi.input"] = InputStream(body.pull, length)
                 failure = run(app, env, transport)
             except BaseException as e:  # a bug here must not abort the instance
                 import sys
@@ -191,6 +207,8 @@ def make_handler(app: Callable) -> type:
                 print(f"rsgi-wasm adapter error: {type(e).__name__}: {e}", file=sys.stderr)
             finally:
                 body.close()
+                if stream is not None:
+                    stream.end()  # kept past its request, it reads b""
                 if transport.out is not None:
                     # Nothing was started (the client left while the app ran,
                     # or the adapter failed): the host must still get an answer.

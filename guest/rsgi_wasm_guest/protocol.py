@@ -19,11 +19,26 @@ Rules implemented (PEP 3333):
 import re
 import sys
 import traceback
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from .wsgi_input import BodyTooLarge, ClientDisconnected
 
 Headers = List[Tuple[str, str]]
+
+# The most body bytes handed to the host in one call: wasmtime traps a host
+# call that copies more than 128 MiB ("fuel allocated for hostcalls").
+PIECE = 16 * 1024 * 1024
+
+
+def pieces(chunk: bytes) -> Iterator[bytes]:
+    """``chunk`` in pieces of at most ``PIECE`` bytes (itself if it fits,
+    and one empty piece for an empty chunk)."""
+    if len(chunk) <= PIECE:
+        yield chunk
+        return
+    view = memoryview(chunk)
+    for at in range(0, len(chunk), PIECE):
+        yield bytes(view[at : at + PIECE])
 
 # RFC 9110 section 5.6.2: token characters allowed in a field name.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")

@@ -20,6 +20,10 @@ class BodyTooLarge(OSError):
     """The request body is over the server's ``--max-body``."""
 
 
+def _ended(n: int) -> bytes:
+    return b""
+
+
 class InputStream:
     """Buffered reader over ``pull(max_bytes) -> bytes`` (``b""`` = end)."""
 
@@ -145,6 +149,14 @@ class InputStream:
 
     def close(self) -> None:
         """Apps may close the input; the host discards what is left."""
+
+    def end(self) -> None:
+        """The request is over: a stream the app kept (in a global, a
+        thread, a cache) reads ``b""`` from now on, never the body of a
+        later request."""
+        self._eof = True
+        self._buf.clear()
+        self._pull = _ended
 
 
 class EmptyInput:

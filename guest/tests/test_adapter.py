@@ -75,6 +75,17 @@ class InputStreamTest(unittest.TestCase):
                     if not want and op != 0:
                         break
 
+    def test_an_ended_stream_reads_nothing_more(self):
+        # Kept past its request, the stream must not pull the next body.
+        s = InputStream(source(b"first body, partly read"), 23)
+        self.assertEqual(s.read(5), b"first")
+        self.assertEqual(s.readline(2), b" b")
+        s.end()
+        self.assertEqual(s.read(), b"")
+        self.assertEqual(s.read(4), b"")
+        self.assertEqual(s.readline(), b"")
+        self.assertEqual(list(s), [])
+
     def test_errors_are_flagged(self):
         def too_large(n):
             raise BodyTooLarge("x")
@@ -115,6 +126,15 @@ def run(app):
 
 
 class ProtocolTest(unittest.TestCase):
+    def test_large_chunks_go_to_the_host_in_pieces(self):
+        self.assertEqual(list(protocol.pieces(b"")), [b""])
+        self.assertEqual(list(protocol.pieces(b"ab")), [b"ab"])
+        big = bytes(range(256)) * (protocol.PIECE // 128 + 1)
+        parts = list(protocol.pieces(big))
+        self.assertEqual([len(p) for p in parts[:-1]], [protocol.PIECE] * 2)
+        self.assertTrue(all(type(p) is bytes for p in parts))
+        self.assertEqual(b"".join(parts), big)
+
     def test_head_goes_with_first_nonempty_chunk(self):
         def app(environ, start_response):
             start_response("200 OK", [("X-A", "1")])

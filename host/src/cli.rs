@@ -112,7 +112,7 @@ pub struct HttpArgs {
     #[arg(long, value_name = "FILE", requires = "certfile")]
     pub ca_certs: Option<PathBuf>,
     /// The oldest TLS version accepted: 1.2 or 1.3.
-    #[arg(long, default_value = "1.2", value_parser = crate::http::tls::parse_min_version)]
+    #[arg(long, default_value = "1.2", value_parser = crate::http::tls::parse_min_version, requires = "certfile")]
     pub tls_min_version: crate::http::tls::MinVersion,
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address:
     /// a port of its own, never the apps' (e.g. 127.0.0.1:9090).

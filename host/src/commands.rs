@@ -233,10 +233,10 @@ async fn listen(cfg: &ServerConfig) -> Result<TcpListener> {
 fn tls_for(http: &HttpArgs, tenants: &[TenantConfig]) -> Result<Option<TlsAcceptor>> {
     let certs: Vec<TenantCert> = tenants.iter().filter_map(|t| t.tls.clone()).collect();
     let Some(files) = http.tls_files() else {
-        if let Some(t) = tenants.iter().find(|t| t.tls.is_some()) {
+        if let Some((t, cert)) = tenants.iter().find_map(|t| Some((t, t.tls.as_ref()?))) {
             anyhow::bail!(UserError(format!(
-                "app {}: has a certfile, but TLS is off; give the server --certfile and --keyfile (the default certificate)",
-                t.name
+                "{}: app {} has its own certificate, but TLS is off; give the server --certfile and --keyfile (the default certificate)",
+                cert.at, t.name
             )));
         }
         return Ok(None);
@@ -272,6 +272,9 @@ async fn start_ops(http: &HttpArgs, listen: SocketAddr) -> Result<bool> {
 async fn run_command(args: RunArgs) -> Result<()> {
     let (server_cfg, grants, limits) = args.split()?;
     let tls = tls_for(&args.http, &[])?;
+    // With TLS, SIGHUP reloads the certificate: installed before a build
+    // or a compile that can take a while, as in `serve`.
+    let hup = tls.is_some().then(hangup).transpose()?;
     let metered = start_ops(&args.http, server_cfg.listen).await?;
     let statics = StaticFiles::new(args.app_args.statics.clone())?;
     let mut source = component_for_run(&args)?;
@@ -313,8 +316,6 @@ async fn run_command(args: RunArgs) -> Result<()> {
         live_dirs: frozen,
     };
     let app = Tenant::start(&starter, spec, true, Duration::ZERO).await?;
-    // Before the port is bound, as in `serve`.
-    let hup = tls.is_some().then(hangup).transpose()?;
     let listener = listen(&server_cfg).await?;
     metrics::READY.store(true, Ordering::Release);
     tracing::info!(
@@ -501,11 +502,17 @@ fn check_tenants(
     previous: &[Running],
 ) -> Result<Vec<Running>> {
     let mut next = Vec::with_capacity(configs.len());
+    // Names are unique in a config: a reload of thousands of apps looks
+    // each up instead of comparing it with every other.
+    let by_name: std::collections::HashMap<&str, &Running> = previous
+        .iter()
+        .map(|r| (r.config.name.as_str(), r))
+        .collect();
     for config in configs {
         let stamp = digests::Identity::of_path(&config.component).ok();
-        let same = previous
-            .iter()
-            .find(|r| r.config == config && r.file == stamp);
+        let same = by_name
+            .get(config.name.as_str())
+            .filter(|r| r.config == config && r.file == stamp);
         let (app, statics) = match same {
             Some(r) => (r.app.clone(), r.statics.clone()),
             None => {
@@ -558,6 +565,11 @@ fn router_for(running: &[Running]) -> Router {
 
 async fn serve_command(args: ServeArgs) -> Result<()> {
     let t0 = Instant::now();
+    // First: a SIGHUP during a long start (thousands of apps, --preload)
+    // must not kill the server (the signal's default action, which
+    // systemd's `Restart=on-failure` takes for a clean stop). One that
+    // arrives meanwhile reloads once the server listens.
+    let mut hup = hangup()?;
     let server_cfg = args.http.server_config(args.listen);
     let metered = start_ops(&args.http, server_cfg.listen).await?;
     let loader = new_loader(args.cache.cache_dir.clone())?;
@@ -579,9 +591,6 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
                 .with_context(|| format!("--preload: app {}", r.config.name))?;
         }
     }
-    // Before the port is bound: a SIGHUP sent as soon as the server says
-    // it listens must reload, not kill it (the signal's default action).
-    let mut hup = hangup()?;
     let listener = listen(&server_cfg).await?;
     metrics::READY.store(true, Ordering::Release);
     tracing::info!(
@@ -604,14 +613,16 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
             tracing::info!("SIGHUP: reloading {}", config_path.display());
             // Each attempt in its own task: whatever goes wrong in it, even a
             // panic, leaves the running config and this loop as they were.
-            let attempt = tokio::spawn({
+            // A blocking one: reading and hashing thousands of files must
+            // not hold a thread that serves requests.
+            let attempt = tokio::task::spawn_blocking({
                 let (starter, path, previous, http) = (
                     starter.clone(),
                     config_path.clone(),
                     running.clone(),
                     http.clone(),
                 );
-                async move {
+                move || {
                     let configs = tenants::load(&path)?;
                     let tls = tls_for(&http, &configs)?;
                     let next = check_tenants(&starter, configs, &previous)?;

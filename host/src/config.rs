@@ -42,12 +42,36 @@ pub enum ConfigError {
     /// A duration, size or count outside what the setting allows.
     #[error("{value:?} is out of range (allowed: {allowed})")]
     Range { value: String, allowed: String },
+    /// A count that is not a whole number.
+    #[error("{0:?} is not a whole number (allowed: {1})")]
+    NotCount(String, String),
     /// A CPU share that is not a number of cores in range.
     #[error("cpu {0:?}: expected a number of cores from 0.01 to 1024, like 0.5 or 2")]
     Cpu(String),
     /// A size that is neither bytes nor `128MiB` / `1GiB` / `64KiB`.
     #[error("{0:?} is not a size (use bytes, or units like 64KiB, 128MiB, 1GiB, 10MB)")]
     Size(String),
+}
+
+/// Log lines as JSON objects, their fields as keys (`--log-format json`).
+pub static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Where a value was written (`tenants.toml:6: app[1].component`), for
+/// errors. Not part of what it qualifies: an app moved down the file by an
+/// edit is the same app to a reload.
+#[derive(Debug, Clone, Default)]
+pub struct Origin(pub String);
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Origin) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// One directory granted to the guest.
@@ -99,6 +123,19 @@ pub fn parse_dir(value: &str) -> Result<DirGrant, ConfigError> {
     if guest.split('/').any(|c| c == "." || c == "..") || guest.contains("//") {
         return Err(err(
             "the guest directory must be a plain path, without `.`, `..` or `//`",
+        ));
+    }
+    // Where every component mounts its own files (`bundle::mounts`): the
+    // standard library at /python, the app's directories at /1, /2, ...
+    // Refused here, so a reload cannot swap in an app that cannot load.
+    let top = guest
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("");
+    if top.is_empty() || top == "python" || top.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err(
+            "the app's own files are mounted at /python and /1, /2, ...; pick another guest directory, like /data",
         ));
     }
     if read_only && quota.is_some() {
@@ -420,12 +457,16 @@ pub fn check_size(value: &str, b: Bounds<u64>) -> Result<u64, ConfigError> {
 
 /// A whole number within `b`.
 pub fn check_count(value: &str, b: Bounds<u64>) -> Result<u64, ConfigError> {
-    match value.trim().parse::<u64>() {
+    let allowed = || format!("whole numbers {} to {}", b.min, b.max);
+    let v = value.trim();
+    match v.parse::<u64>() {
         Ok(n) if (b.min..=b.max).contains(&n) => Ok(n),
-        _ => Err(out_of_range(
-            value,
-            format!("whole numbers {} to {}", b.min, b.max),
-        )),
+        // Digits past u64 are a number too large, not a malformed one.
+        _ if !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()) => {
+            Err(out_of_range(value, allowed()))
+        }
+        Ok(_) => Err(out_of_range(value, allowed())),
+        Err(_) => Err(ConfigError::NotCount(value.to_owned(), allowed())),
     }
 }
 
@@ -858,6 +899,15 @@ mod tests {
         for odd in ["/data/../x", "/./data", "//data", "/data/.."] {
             assert!(parse_dir(&format!("{host}::{odd}")).is_err(), "{odd}");
         }
+        // Where the app's own files are mounted.
+        for taken in ["/", "/python", "/python/x", "/1", "/12/x"] {
+            let e = parse_dir(&format!("{host}::{taken}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("mounted at /python"), "{taken}: {e}");
+        }
+        parse_dir(&format!("{host}::/python3")).unwrap();
+        parse_dir(&format!("{host}::/1a")).unwrap();
         let e = parse_dir("/does/not/exist::/data").unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
         let g = parse_dir(&format!("{host}::/data:quota=10MiB")).unwrap();

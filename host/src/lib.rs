@@ -79,7 +79,7 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
     if cli.command.json_logs() {
-        http::access::JSON.store(true, std::sync::atomic::Ordering::Relaxed);
+        config::JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
         logs.json().flatten_event(true).with_target(true).init();
     } else {
         logs.with_target(false)

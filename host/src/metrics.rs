@@ -20,6 +20,11 @@ struct Tenant {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Class {
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TenantClass {
     tenant: String,
     class: &'static str,
@@ -78,6 +83,7 @@ fn latency_histogram() -> Histogram {
 struct Metrics {
     registry: Registry,
     requests: Family<TenantClass, Counter>,
+    unrouted: Family<Class, Counter>,
     latency: Latency,
     in_flight: Family<Tenant, Gauge>,
     queued: Family<Tenant, Gauge>,
@@ -127,6 +133,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("rsgi_wasm");
         let m = Metrics {
             requests: Family::default(),
+            unrouted: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             in_flight: Family::default(),
             queued: Family::default(),
@@ -154,6 +161,11 @@ impl Metrics {
             "requests",
             "Responses sent, by tenant and status class",
             m.requests.clone(),
+        );
+        registry.register(
+            "unrouted_requests",
+            "Responses to requests no app took: refused before routing, or no app for their host and path (404)",
+            m.unrouted.clone(),
         );
         registry.register(
             "request_duration_seconds",
@@ -354,11 +366,11 @@ fn label_value(value: &str) -> String {
     out
 }
 
-static UNROUTED: LazyLock<Arc<TenantMetrics>> = LazyLock::new(|| TenantMetrics::new(""));
-
-/// A response that never reached a tenant (refused before routing).
-pub fn unrouted(status: u16, elapsed: Duration) {
-    UNROUTED.response(status, elapsed);
+/// A response that never reached a tenant (refused before routing): not
+/// counted as a tenant's, which would show a tenant named "".
+pub fn unrouted(status: u16) {
+    let class = CLASSES[(status / 100).clamp(1, 5) as usize - 1];
+    with(|m| m.unrouted.get_or_create(&Class { class }).inc());
 }
 
 /// One tenant's series, cut once: a request only touches atomics.

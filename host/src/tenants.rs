@@ -6,7 +6,7 @@
 //! per-app flags spelt with underscores, and is parsed as that flag
 //! (`cli::AppKeys`): the same parser, bounds and default on both surfaces.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +16,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::cli::AppKeys;
+pub use crate::config::Origin;
 use crate::config::{self, Grants, Limits};
 use crate::http::static_files::StaticMount;
 use crate::http::tls::TenantCert;
@@ -44,23 +45,6 @@ pub struct TenantConfig {
     pub component_at: Origin,
 }
 
-/// Where a value was written. Not part of what a tenant is: an app moved
-/// down the file by an edit is the same app to a reload.
-#[derive(Debug, Clone, Default)]
-pub struct Origin(pub String);
-
-impl PartialEq for Origin {
-    fn eq(&self, _: &Origin) -> bool {
-        true
-    }
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// A config problem, located in the file.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {field}: {message}")]
@@ -75,8 +59,19 @@ pub struct TenantError {
     pub message: String,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
+/// Line numbers of offsets into a text, looked up in the offsets of its
+/// line ends: a file of thousands of apps is not scanned for each value.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn of(text: &str) -> Self {
+        Lines(text.match_indices('\n').map(|(i, _)| i).collect())
+    }
+
+    /// The 1-based line holding `offset`.
+    fn line_of(&self, offset: usize) -> usize {
+        self.0.partition_point(|&end| end < offset) + 1
+    }
 }
 
 /// Keys whose values are host paths, relative to the config file.
@@ -109,9 +104,10 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
     let file = path.display().to_string();
     let text = config::read_config_file(path)
         .map_err(|e| anyhow::anyhow!("cannot read tenants file {file}: {e}"))?;
+    let lines = Lines::of(&text);
     let at = |span: Range<usize>, field: String, message: String| TenantError {
         file: file.clone(),
-        line: line_of(&text, span.start),
+        line: lines.line_of(span.start),
         field,
         message,
     };
@@ -135,17 +131,24 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
         }
         match value.get_ref() {
             DeValue::Array(items) => apps.extend(items.iter()),
-            _ => {
+            found => {
+                let found = match found {
+                    DeValue::Table(_) => "a table (`[app]` or `[[app.NAME]]`)",
+                    _ => "a value",
+                };
                 return Err(at(
                     value.span(),
                     "app".into(),
-                    "write each app as an [[app]] table".into(),
+                    format!("found {found}; write each app as an [[app]] table"),
                 )
-                .into())
+                .into());
             }
         }
     }
     let mut out: Vec<TenantConfig> = Vec::new();
+    // Names and routes taken so far, for a file of thousands of apps.
+    let mut names = HashSet::new();
+    let mut routes: HashMap<(Option<String>, String), usize> = HashMap::new();
     for (i, app) in apps.into_iter().enumerate() {
         let DeValue::Table(table) = app.get_ref() else {
             return Err(at(app.span(), format!("app[{i}]"), "expected a table".into()).into());
@@ -153,35 +156,44 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
         let err = |span: Range<usize>, field: &str, message: String| {
             at(span, format!("app[{i}].{field}"), message)
         };
+        let span_of_key = |key: &str| {
+            table
+                .iter()
+                .find(|(k, _)| k.get_ref().as_ref() == key)
+                .map(|(_, v)| v.span())
+        };
         let tenant = tenant(table, app.span(), base, &err)
             .map_err(|e| e.unwrap_or_else(|| err(app.span(), "name", "missing".into())))?;
-        if out.iter().any(|t| t.name == tenant.name) {
-            let span = table
-                .iter()
-                .find(|(k, _)| k.get_ref().as_ref() == "name")
-                .map_or(app.span(), |(_, v)| v.span());
+        if !names.insert(tenant.name.clone()) {
+            let span = span_of_key("name").unwrap_or(app.span());
             return Err(err(span, "name", format!("{:?} is used twice", tenant.name)).into());
         }
-        if let Some((host, other)) = shared_route(&out, &tenant) {
-            let span = table
-                .iter()
-                .find(|(k, _)| k.get_ref().as_ref() == "hosts")
-                .map_or(app.span(), |(_, v)| v.span());
-            let host = host.map_or("any host".to_owned(), |h| format!("host {h:?}"));
-            let prefix = match tenant.path_prefix.as_str() {
+        let keys = route_keys(&tenant);
+        if let Some(((host, prefix), &other)) = keys.iter().find_map(|k| routes.get_key_value(k)) {
+            // Said at the key that makes the two routes one.
+            let (field, span) = match (span_of_key("hosts"), span_of_key("path_prefix")) {
+                (Some(span), _) => ("hosts", span),
+                (None, Some(span)) => ("path_prefix", span),
+                (None, None) => ("path_prefix", app.span()),
+            };
+            let host = host
+                .as_ref()
+                .map_or("any host".to_owned(), |h| format!("host {h:?}"));
+            let prefix = match prefix.as_str() {
                 "" => "/".to_owned(),
                 p => format!("{p:?}"),
             };
             return Err(err(
                 span,
-                "hosts",
+                field,
                 format!(
                     "{host} under path {prefix} is already routed to app {:?}; give one of them another host or path_prefix",
-                    other.name
+                    out[other].name
                 ),
             )
             .into());
         }
+        routes.extend(keys.into_iter().map(|k| (k, out.len())));
         out.push(tenant);
     }
     if out.is_empty() {
@@ -190,27 +202,18 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
     Ok(out)
 }
 
-/// A host (none: the catch-all) and path prefix `tenant` would share with
-/// an app listed before it, which would make one of them unreachable.
-fn shared_route<'a>(
-    before: &'a [TenantConfig],
-    tenant: &'a TenantConfig,
-) -> Option<(Option<&'a str>, &'a TenantConfig)> {
-    let hosts = |t: &'a TenantConfig| -> Vec<Option<&'a str>> {
-        if t.hosts.is_empty() {
-            vec![None]
-        } else {
-            t.hosts.iter().map(|h| Some(h.as_str())).collect()
-        }
-    };
-    let mine = hosts(tenant);
-    before
+/// The routes a tenant takes: each host (none: the catch-all) under its
+/// path prefix. Two apps sharing one would make one of them unreachable.
+fn route_keys(tenant: &TenantConfig) -> Vec<(Option<String>, String)> {
+    let prefix = || tenant.path_prefix.clone();
+    if tenant.hosts.is_empty() {
+        return vec![(None, prefix())];
+    }
+    tenant
+        .hosts
         .iter()
-        .filter(|t| t.path_prefix == tenant.path_prefix)
-        .find_map(|t| {
-            let theirs = hosts(t);
-            mine.iter().find(|h| theirs.contains(h)).map(|h| (*h, t))
-        })
+        .map(|h| (Some(h.clone()), prefix()))
+        .collect()
 }
 
 /// A `hosts` entry as the router compares it: lower case, without a final
@@ -287,7 +290,15 @@ fn tenant(
                 name = Some(v);
             }
             "component" => {
-                let c = base.join(string(value, k, err)?);
+                let c = string(value, k, err)?;
+                if c.is_empty() {
+                    return Err(Some(err(
+                        span,
+                        k,
+                        "empty: give the component file `rsgi-wasm build` wrote".into(),
+                    )));
+                }
+                let c = base.join(c);
                 if c.is_dir() {
                     return Err(Some(err(
                         span,
@@ -351,6 +362,7 @@ fn tenant(
                         format!("{} does not exist", f.display()),
                     )));
                 }
+                origin.push((k.to_owned(), span.clone()));
                 if k == "certfile" {
                     certfile = Some((f, span));
                 } else {
@@ -391,6 +403,10 @@ fn tenant(
         }
     }
     let name = name.ok_or(None)?;
+    let origin_of = |span: Range<usize>, field: &str| {
+        let e = err(span, field, String::new());
+        Origin(format!("{}:{}: {}", e.file, e.line, e.field))
+    };
     let tls = match (certfile, keyfile) {
         (None, None) => None,
         (Some((_, span)), None) => {
@@ -420,16 +436,15 @@ fn tenant(
                 hosts: hosts.clone(),
                 cert,
                 key,
+                at: origin_of(span.clone(), "certfile"),
             })
         }
     };
     let Some((component, component_span)) = component else {
         return Err(Some(err(whole, "component", "missing".into())));
     };
-    let component_at = {
-        let e = err(component_span, "component", String::new());
-        Origin(format!("{}:{}: {}", e.file, e.line, e.field))
-    };
+    let component_at = origin_of(component_span, "component");
+
     let keys = AppKeys::try_parse_from(&argv).map_err(|e| Some(flag_error(&e, &origin, err)))?;
     let app = keys.app;
     let mut grants = app.grants.grants().map_err(|e| {
@@ -443,6 +458,20 @@ fn tenant(
         Some(err(span_of(&origin, field), field, format!("{e:#}")))
     })?;
     grants.env.extend(env);
+    // Checked here, not only when the mounts are opened, to say where.
+    let spans = origin.iter().filter(|(k, _)| k == "static").map(|(_, s)| s);
+    for (i, (mount, span)) in app.statics.iter().zip(spans).enumerate() {
+        if app.statics[..i].iter().any(|m| m.prefix == mount.prefix) {
+            return Err(Some(err(
+                span.clone(),
+                "static",
+                format!(
+                    "the URL prefix {} is given twice; give each directory its own",
+                    mount.prefix
+                ),
+            )));
+        }
+    }
     Ok(TenantConfig {
         name,
         component,
@@ -708,6 +737,16 @@ mod tests {
     }
 
     #[test]
+    fn lines_are_counted_from_one() {
+        let lines = Lines::of("a\nbb\n\nc");
+        let at = |o| lines.line_of(o);
+        assert_eq!(
+            [at(0), at(1), at(2), at(4), at(5), at(6), at(99)],
+            [1, 1, 2, 2, 3, 4, 4]
+        );
+    }
+
+    #[test]
     fn host_names_are_compared_lower_case_without_a_final_dot() {
         assert_eq!(host_name("Dot.Test.").unwrap(), "dot.test");
         assert_eq!(host_name("*.Example.com").unwrap(), "*.example.com");
@@ -747,7 +786,13 @@ mod tests {
         };
         for (line, field, says) in [
             ("workers = 0", "workers", "out of range"),
-            ("workers = \"many\"", "workers", "out of range"),
+            (
+                "workers = \"many\"",
+                "workers",
+                "\"many\" is not a whole number",
+            ),
+            ("workers = 1.5", "workers", "not a whole number"),
+            ("workers = true", "workers", "not a whole number"),
             ("cpu = [1, 2]", "cpu", "not a list"),
             (
                 "memory = {}",
@@ -799,7 +844,7 @@ mod tests {
             "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[[app]]\nname = \"b\"\ncomponent = \"a.wasm\"\n",
         );
         assert!(
-            e.contains("app[1].hosts: any host under path / is already routed to app \"a\""),
+            e.contains("t.toml:4: app[1].path_prefix: any host under path / is already routed to app \"a\""),
             "{e}"
         );
         // The same host under another path is another route.
@@ -815,6 +860,8 @@ mod tests {
         );
         let e = error_of("[[app]]\nname = \"a\"\n");
         assert!(e.contains("app[0].component: missing"), "{e}");
+        let e = error_of("[[app]]\nname = \"a\"\ncomponent = \"\"\n");
+        assert!(e.contains("t.toml:3: app[0].component: empty"), "{e}");
         let e =
             error_of("[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n\n[[app]]\nname = \"b\"\n");
         assert!(!e.contains("t.toml:1:"), "{e}");
@@ -823,5 +870,31 @@ mod tests {
             "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n",
         );
         assert!(e.contains("t.toml:5: app[1].name"), "{e}");
+        // The second of two mounts at one prefix, wherever the slash is.
+        std::fs::create_dir_all(dir.join("s")).unwrap();
+        let e = error_of(
+            "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nstatic = [\n  \"/s=s\",\n  \"/s/=s\",\n]\n",
+        );
+        assert!(
+            e.contains("t.toml:6: app[0].static: the URL prefix /s/ is given twice"),
+            "{e}"
+        );
+        let e = error_of("[[app.x]]\nname = \"a\"\n");
+        assert!(e.contains("t.toml:1: app: found a table"), "{e}");
+        let e = error_of("app = 1\n");
+        assert!(e.contains("t.toml:1: app: found a value"), "{e}");
+        // Where a tenant's certificate is set, for a server without TLS.
+        std::fs::write(dir.join("c.pem"), b"x").unwrap();
+        std::fs::write(
+            &cfg,
+            "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nhosts = [\"a.test\"]\n\
+             certfile = \"c.pem\"\nkeyfile = \"c.pem\"\n",
+        )
+        .unwrap();
+        let apps = load(&cfg).unwrap();
+        assert_eq!(
+            apps[0].tls.as_ref().unwrap().at.0,
+            format!("{}:5: app[0].certfile", cfg.display())
+        );
     }
 }

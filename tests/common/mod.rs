@@ -313,6 +313,15 @@ impl Drop for Server {
     }
 }
 
+/// A blocking HTTP/2 client by prior knowledge (cleartext h2).
+pub fn h2_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
 /// A blocking HTTP client without connection reuse surprises.
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()

@@ -266,6 +266,15 @@ fn pip_install(requirements: &Path, label: &str, work: &Path) -> Result<()> {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
+        // pip reports an index it cannot reach as packages without a
+        // version; building their sources would fail the same way.
+        if let Some(why) = unreachable_index(&stderr) {
+            bail!(UserError(format!(
+                "pip could not reach the package index while resolving {label}: {why}\n\
+                 check the network or proxy, or point pip at a reachable index \
+                 (PIP_INDEX_URL, or --index-url in the requirements file)"
+            )));
+        }
         let missing = unavailable_requirement(&stderr);
         match missing {
             Some(spec) if !built.contains(&spec) && built.len() < MAX_SDISTS => {
@@ -288,6 +297,25 @@ fn unavailable_requirement(stderr: &str) -> Option<String> {
         l.split_once("No matching distribution found for ")
             .map(|(_, spec)| spec.trim().to_owned())
             .filter(|s| !s.is_empty())
+    })
+}
+
+/// Why pip could not reach its index, from its warnings, if it could not.
+fn unreachable_index(stderr: &str) -> Option<String> {
+    stderr.lines().find_map(|l| {
+        let l = l.trim();
+        if let Some((_, rest)) = l.split_once("Failed to establish a new connection: ") {
+            return rest.split("')").next().map(str::to_owned);
+        }
+        let network = l.starts_with("WARNING: Retrying")
+            || l.contains("Could not fetch URL")
+            || l.contains("is not a trusted or secure host");
+        network.then(|| {
+            l.trim_start_matches("WARNING: ")
+                .chars()
+                .take(300)
+                .collect()
+        })
     })
 }
 
@@ -484,6 +512,27 @@ mod tests {
             project_name("zope.interface>=5; python_version>'3'"),
             "zope.interface"
         );
+    }
+
+    #[test]
+    fn an_unreachable_index_is_told_as_such() {
+        let refused = "WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) \
+            after connection broken by 'NewConnectionError('<pip._vendor.urllib3.connection.HTTPConnection \
+            object at 0x7f>: Failed to establish a new connection: [Errno 111] Connection refused')': /simple/flask/\n\
+            ERROR: Could not find a version that satisfies the requirement flask (from versions: none)\n\
+            ERROR: No matching distribution found for flask\n";
+        assert_eq!(
+            unreachable_index(refused).as_deref(),
+            Some("[Errno 111] Connection refused")
+        );
+        let http = "WARNING: The repository located at nonexistent.invalid is not a trusted or secure host \
+            and is being ignored.\nERROR: No matching distribution found for flask\n";
+        assert!(unreachable_index(http)
+            .unwrap()
+            .contains("nonexistent.invalid"));
+        let missing = "ERROR: Could not find a version that satisfies the requirement nope (from versions: none)\n\
+            ERROR: No matching distribution found for nope\n";
+        assert_eq!(unreachable_index(missing), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -24,7 +24,8 @@ struct Line {
     /// The tenant's series, once the request is routed.
     tenant: Option<Arc<TenantMetrics>>,
     peer: IpAddr,
-    method: Method,
+    /// Both clipped to `MAX_LOGGED`.
+    method: String,
     target: String,
     t0: Instant,
     status: u16,
@@ -38,12 +39,12 @@ impl Line {
         let elapsed = self.t0.elapsed();
         match &self.tenant {
             Some(t) => t.finished(self.status, elapsed),
-            None => metrics::unrouted(self.status, elapsed),
+            None => metrics::unrouted(self.status),
         }
         let ms = elapsed.as_secs_f64() * 1000.0;
         // Which app answered: with many in one process, the line says.
         let app = self.tenant.as_ref().map_or("", |t| &t.name);
-        if JSON.load(Ordering::Relaxed) {
+        if crate::config::JSON_LOGS.load(Ordering::Relaxed) {
             // One object per line, for log shippers (`--log-format json`).
             tracing::info!(
                 target: "access",
@@ -68,7 +69,7 @@ impl Line {
                 "{} \"{} {}\" {} {} {ms:.2}ms{cold}{app_key}{app}",
                 self.peer,
                 self.method,
-                self.target,
+                quotable(&self.target),
                 self.status,
                 self.sent,
             );
@@ -76,20 +77,43 @@ impl Line {
     }
 }
 
-/// Access lines as JSON fields rather than text (`--log-format json`).
-pub static JSON: AtomicBool = AtomicBool::new(false);
+/// The most of a method or target a line keeps: a 70 KB target refused
+/// with 431 must not make a 70 KB log line (nginx keeps about 8 KB too).
+const MAX_LOGGED: usize = 8 * 1024;
+
+/// `s`, cut to `MAX_LOGGED` bytes (on a character boundary) with a mark.
+fn clipped(s: &str) -> String {
+    if s.len() <= MAX_LOGGED {
+        return s.to_owned();
+    }
+    let mut end = MAX_LOGGED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// A target as it sits between quotes in a text line: a `"` in it (which
+/// hyper lets through) must not end the quoted part early.
+fn quotable(target: &str) -> std::borrow::Cow<'_, str> {
+    if target.contains(['"', '\\']) {
+        target.replace('\\', "\\\\").replace('"', "\\\"").into()
+    } else {
+        target.into()
+    }
+}
 
 /// A request on its way to a response; logged as 499 if dropped first.
 pub struct AccessLog(Option<Line>);
 
 impl AccessLog {
     /// Start timing a request.
-    pub fn start(peer: IpAddr, method: &Method, target: String) -> Self {
+    pub fn start(peer: IpAddr, method: &Method, target: &str) -> Self {
         AccessLog(Some(Line {
             tenant: None,
             peer,
-            method: method.clone(),
-            target,
+            method: clipped(method.as_str()),
+            target: clipped(target),
             t0: Instant::now(),
             status: CLIENT_CLOSED,
             sent: 0,
@@ -169,5 +193,24 @@ impl Drop for LoggedBody {
         if let Some(line) = self.line.take() {
             line.write();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_target_cannot_end_its_quotes_or_grow_the_line() {
+        assert_eq!(quotable("/a\"b\\c"), "/a\\\"b\\\\c");
+        assert_eq!(quotable("/plain"), "/plain");
+        let long = "é".repeat(MAX_LOGGED);
+        let cut = clipped(&long);
+        assert!(
+            cut.len() <= MAX_LOGGED + 3 && cut.ends_with("..."),
+            "{}",
+            cut.len()
+        );
+        assert_eq!(clipped("/x"), "/x");
     }
 }

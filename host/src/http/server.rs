@@ -215,6 +215,8 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all requests finished"),
         () = tokio::time::sleep(cfg.grace) => tracing::warn!("grace period over; closing remaining connections"),
+        // The operator asked twice (Ctrl-C again): no more waiting.
+        () = shutdown_signal() => tracing::warn!("second signal; closing remaining connections now"),
     }
     Ok(())
 }
@@ -332,15 +334,44 @@ async fn handle(
     tls: bool,
 ) -> Result<Response<LoggedBody>, Infallible> {
     let (parts, body) = req.into_parts();
+    let (version, head) = (parts.version, parts.method == Method::HEAD);
     let mut log = AccessLog::start(
         peer.ip(),
         &parts.method,
-        environ::raw_target(&parts.uri, parts.version).into_owned(),
+        &environ::raw_target(&parts.uri, parts.version),
     );
     let res = respond(&site, parts, body, (local, peer, tls), &mut log)
         .await
         .unwrap_or_else(Refusal::into_response);
-    Ok(log.finish(res))
+    Ok(log.finish(close_delimited(version, head, res)))
+}
+
+/// An HTTP/1.0 response of unknown length ends when the connection
+/// closes; say so, or hyper answers a keep-alive request with
+/// `connection: keep-alive` and then closes anyway. The head is marked
+/// HTTP/1.0 too, as hyper reads that as "close" and adds no `keep-alive`.
+fn close_delimited(
+    version: http::Version,
+    head: bool,
+    mut res: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    use hyper::body::Body as _;
+    let unsized_body = !head
+        && !res.status().is_informational()
+        && !matches!(
+            res.status(),
+            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+        )
+        && !res.headers().contains_key(http::header::CONTENT_LENGTH)
+        && res.body().size_hint().exact().is_none();
+    if version == http::Version::HTTP_10 && unsized_body {
+        *res.version_mut() = http::Version::HTTP_10;
+        res.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 /// The stages a request passes, in order; each may refuse it.
@@ -375,6 +406,8 @@ async fn respond(
         "http"
     };
     let connect = parts.method == Method::CONNECT;
+    let drain =
+        parts.version < http::Version::HTTP_2 && !parts.headers.contains_key(http::header::EXPECT);
     let head = parts.method == Method::HEAD;
     let request = if tenant.wasi_http() {
         // A wasi:http guest builds its environ itself, from the request as
@@ -414,7 +447,11 @@ async fn respond(
         log.cold_start(waited);
     }
     let stall = site.stall;
-    let (ex, response) = Exchange::new(RequestBody::new(body, max_body, stall), head, stall);
+    let mut body = RequestBody::new(body, max_body, stall);
+    if drain {
+        body = body.drain_when_dropped();
+    }
+    let (ex, response) = Exchange::new(body, head, stall);
     let call = async move {
         pool.serve(request, ex).await;
         // Idle time counts from the end of the last response.

@@ -60,14 +60,22 @@ pub struct TenantCert {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// Where `certfile` is set in the tenants file, for errors.
+    pub at: crate::config::Origin,
 }
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Read a certificate chain and its key, and check they belong together.
-fn certified_key(cert: &Path, key: &Path, what: &str) -> Result<Arc<CertifiedKey>> {
+/// Read a certificate chain and its key, and check they belong together;
+/// errors name them as `cert_what` and `key_what` (the flags, or where a
+/// tenant set them).
+fn certified_key(
+    cert: &Path,
+    key: &Path,
+    (what, key_what): (&str, &str),
+) -> Result<Arc<CertifiedKey>> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect())
         .map_err(|e| {
@@ -80,14 +88,23 @@ fn certified_key(cert: &Path, key: &Path, what: &str) -> Result<Arc<CertifiedKey
         return Err(UserError(format!("{what} {}: no certificate in it", cert.display())).into());
     }
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        UserError(format!(
-            "{what} key {}: not a PEM private key ({e})",
-            key.display()
-        ))
+        let text = std::fs::read(key).unwrap_or_default();
+        let encrypted = [&b"ENCRYPTED PRIVATE KEY"[..], b"Proc-Type: 4,ENCRYPTED"]
+            .iter()
+            .any(|marker| text.windows(marker.len()).any(|w| w == *marker));
+        let why = if encrypted {
+            "the key is encrypted; give it without a passphrase \
+             (`openssl pkey -in KEY -out plain.pem`), readable only by the server"
+                .to_owned()
+        } else {
+            format!("not a PEM private key ({e})")
+        };
+        UserError(format!("{key_what} {}: {why}", key.display()))
     })?;
     let ck = CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
         UserError(format!(
-            "{what} {} and its key {} do not go together: {e}",
+            "{what} {} and {key_what} {} do not go together ({e}): the key must \
+             belong to the file's first certificate, the leaf, followed by its intermediates",
             cert.display(),
             key.display()
         ))
@@ -122,11 +139,15 @@ impl ResolvesServerCert for SniResolver {
 
 /// Build the acceptor: every file read and checked now.
 pub fn acceptor(files: &TlsFiles, tenants: &[TenantCert]) -> Result<TlsAcceptor> {
-    let default = certified_key(&files.cert, &files.key, "--certfile")?;
+    let default = certified_key(&files.cert, &files.key, ("--certfile", "--keyfile"))?;
     let mut by_host = Vec::new();
     for t in tenants {
-        let what = format!("certfile of hosts {}", t.hosts.join(", "));
-        by_host.push((t.hosts.clone(), certified_key(&t.cert, &t.key, &what)?));
+        let what = t.at.to_string();
+        let key_what = format!("{what}'s keyfile");
+        by_host.push((
+            t.hosts.clone(),
+            certified_key(&t.cert, &t.key, (&what, &key_what))?,
+        ));
     }
     let versions: &[&rustls::SupportedProtocolVersion] = match files.min_version {
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -181,13 +202,44 @@ mod tests {
 
     #[test]
     fn missing_or_mismatched_files_are_refused_with_their_names() {
+        let flags = ("--certfile", "--keyfile");
         let e = certified_key(
             Path::new("/nonexistent.pem"),
             Path::new("/nonexistent.key"),
-            "--certfile",
+            flags,
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("--certfile /nonexistent.pem"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let a = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b.test".to_owned()]).unwrap();
+        let cert = file("a.pem", &a.cert.pem());
+        let key = file("a.key", &a.key_pair.serialize_pem());
+        certified_key(&cert, &key, flags).unwrap();
+        let missing = Path::new("/nonexistent.key");
+        let e = certified_key(&cert, missing, flags)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--keyfile /nonexistent.key: "), "{e}");
+        let other = file("b.key", &b.key_pair.serialize_pem());
+        let e = certified_key(&cert, &other, flags).unwrap_err().to_string();
+        assert!(
+            e.contains("do not go together") && e.contains("leaf"),
+            "{e}"
+        );
+        let locked = file(
+            "locked.key",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        );
+        let e = certified_key(&cert, &locked, flags)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the key is encrypted"), "{e}");
     }
 }

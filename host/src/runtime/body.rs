@@ -114,6 +114,11 @@ impl BodySender {
             .is_ok()
     }
 
+    /// Whether the receiving end is gone: the client left.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Cut the body short (see [`BodyAbort`]).
     pub fn abort(&self, why: String) {
         let _ = self.tx.send(Queued {
@@ -260,6 +265,11 @@ pub enum ReadError {
     Disconnected,
 }
 
+/// The slowest a request body may arrive, in bytes per second of the
+/// app waiting for it, after a first `--header-timeout` of grace: a client
+/// trickling bytes would otherwise hold an instance until `--timeout`.
+const MIN_RATE: f64 = 1024.0;
+
 /// The request body as the guest pulls it, with the `--max-body` check for
 /// bodies whose length is not known up front (chunked).
 pub struct RequestBody {
@@ -268,9 +278,16 @@ pub struct RequestBody {
     stall: Duration,
     /// Reading failed (malformed chunked framing or the client left).
     failed: bool,
+    /// The client was too slow: it stalled, or trickled under `MIN_RATE`.
+    timed_out: bool,
+    /// Time spent waiting for the client's bytes (not the app's own pace).
+    waited: Duration,
     leftover: Bytes,
     received: u64,
     limit: u64,
+    /// Read what the app left unread when dropped, so the connection stays
+    /// open for the client's next request.
+    drain: bool,
 }
 
 impl RequestBody {
@@ -281,10 +298,23 @@ impl RequestBody {
             incoming: Some(incoming),
             stall,
             failed: false,
+            timed_out: false,
+            waited: Duration::ZERO,
             leftover: Bytes::new(),
             received: 0,
             limit,
+            drain: false,
         }
+    }
+
+    /// Drain the unread rest (up to the limit) once dropped. Only for an
+    /// HTTP/1 request not waiting for `100 Continue`: hyper closes a
+    /// connection whose request body is left unread, without saying so,
+    /// and a client still sending gets a broken pipe instead of the
+    /// response; HTTP/2 resets just the stream.
+    pub fn drain_when_dropped(mut self) -> Self {
+        self.drain = true;
+        self
     }
 
     /// The body, unread, for another transport (and the limit); `None`
@@ -301,19 +331,49 @@ impl RequestBody {
         self.failed
     }
 
+    /// Whether it failed because the client was too slow (408).
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    /// How long the next read may wait: `stall` at most, and no longer
+    /// than keeps the client, over the whole body, at `MIN_RATE` after a
+    /// first `stall` of grace. None when that time is used up.
+    fn patience(&self) -> Option<Duration> {
+        let earned = self.stall + Duration::from_secs_f64(self.received as f64 / MIN_RATE);
+        earned
+            .checked_sub(self.waited)
+            .filter(|d| !d.is_zero())
+            .map(|d| d.min(self.stall))
+    }
+
     /// Up to `max` bytes (at least one); empty at the end of the body.
     pub async fn read(&mut self, max: u32) -> Result<Vec<u8>, ReadError> {
         while self.leftover.is_empty() {
+            let patience = self.patience().unwrap_or_default();
             let Some(incoming) = self.incoming.as_mut() else {
                 return Ok(Vec::new());
             };
-            let Ok(frame) = tokio::time::timeout(self.stall, incoming.frame()).await else {
-                tracing::info!(
-                    "request body: nothing from the client for {:?}; answered 400",
-                    self.stall
-                );
+            let t0 = tokio::time::Instant::now();
+            let frame = tokio::time::timeout(patience, incoming.frame()).await;
+            self.waited += t0.elapsed();
+            let Ok(frame) = frame else {
+                if patience < self.stall {
+                    tracing::info!(
+                        "request body: {} bytes in {:?} of waiting, slower than {} bytes/s; answered 408",
+                        self.received,
+                        self.waited,
+                        MIN_RATE
+                    );
+                } else {
+                    tracing::info!(
+                        "request body: nothing from the client for {:?}; answered 408",
+                        self.stall
+                    );
+                }
                 self.incoming = None;
                 self.failed = true;
+                self.timed_out = true;
                 return Err(ReadError::Disconnected);
             };
             match frame {
@@ -341,6 +401,32 @@ impl RequestBody {
         }
         let n = (max.max(1) as usize).min(self.leftover.len());
         Ok(self.leftover.split_to(n).to_vec())
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let Some(mut incoming) = self.incoming.take() else {
+            return;
+        };
+        if !self.drain || incoming.is_end_stream() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (stall, mut left) = (self.stall, self.limit.saturating_sub(self.received));
+        runtime.spawn(async move {
+            // Given up at the limit, a stall or an error: hyper then
+            // closes the connection, as it would have.
+            while let Ok(Some(Ok(frame))) = tokio::time::timeout(stall, incoming.frame()).await {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                match left.checked_sub(n) {
+                    Some(rest) => left = rest,
+                    None => return,
+                }
+            }
+        });
     }
 }
 

@@ -128,12 +128,24 @@ pub fn check_trusted(dir: &Path) -> Result<()> {
         );
     }
     if meta.mode() & 0o022 != 0 {
+        // A shared directory like /tmp (sticky, writable by all) must stay
+        // so: point at one of your own instead of changing it.
+        let fix = if meta.mode() & 0o1000 != 0 {
+            "Give --cache-dir a directory of your own inside it, like".to_owned()
+        } else {
+            "Fix it with: chmod go-w".to_owned()
+        };
+        let target = if meta.mode() & 0o1000 != 0 {
+            dir.join("rsgi-wasm-cache")
+        } else {
+            dir.to_owned()
+        };
         bail!(
             "refusing the cache directory {}: others may write to it (mode {:o}), and compiled \
-             code in it would run as you. Fix it with: chmod go-w {}",
+             code in it would run as you. {fix} {}",
             dir.display(),
             meta.mode() & 0o7777,
-            dir.display()
+            target.display()
         );
     }
     Ok(())

@@ -191,7 +191,12 @@ impl LineLogger {
                 }
                 let text = String::from_utf8_lossy(line);
                 let text = visible(text.trim_end_matches(['\r', '\n']));
-                tracing::info!(target: "guest", "[{} {}] {text}", self.app, self.stream);
+                if crate::config::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Keys a log shipper can filter on, as access lines have.
+                    tracing::info!(target: "guest", app = %self.app, stream = %self.stream, "{text}");
+                } else {
+                    tracing::info!(target: "guest", "[{} {}] {text}", self.app, self.stream);
+                }
             }
         }
     }

@@ -254,7 +254,7 @@ impl AppPool {
             },
         };
 
-        self.metrics.busy.inc();
+        let busy = Busy::new(&self.metrics.busy);
         let (outcome, mut ex) = match (&inst.app, request) {
             (Bound::Wsgi(app), AppRequest::Wsgi(environ)) => {
                 inst.store.data_mut().wsgi().begin(ex);
@@ -313,7 +313,12 @@ impl AppPool {
                 // The guest gives up without a response only when the
                 // request body could not be read: malformed framing (bad
                 // chunk size) or a client that left mid-body.
-                let (status, text) = if ex.body_failed() {
+                let (status, text) = if ex.body_timed_out() {
+                    (
+                        StatusCode::REQUEST_TIMEOUT,
+                        "Request Timeout: the request body arrived too slowly",
+                    )
+                } else if ex.body_failed() {
                     (
                         StatusCode::BAD_REQUEST,
                         "Bad Request: malformed or incomplete request body",
@@ -369,7 +374,7 @@ impl AppPool {
         if inst.retire_after != 0 && inst.served >= inst.retire_after {
             recycle = recycle.or(Some(Recycle::MaxRequests));
         }
-        self.metrics.busy.dec();
+        drop(busy);
         if let Some(cause) = recycle {
             self.metrics.recycled(cause);
             // Unmapping its memory and removing a per-instance /tmp block,
@@ -399,5 +404,21 @@ impl Drop for AppPool {
         // Unloaded: its warm instances go with it.
         let idle = self.idle.get_mut().map_or(0, |v| v.len());
         self.metrics.warm.dec_by(idle as i64);
+    }
+}
+
+/// An instance counted busy until dropped, even by a panic in the call.
+struct Busy(prometheus_client::metrics::gauge::Gauge);
+
+impl Busy {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Busy(gauge.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -118,6 +118,18 @@ pub fn bind(
         Scheme::Http
     };
     let mut parts = req.parts;
+    // The app must see the host the request was routed by (`Host`), not an
+    // HTTP/2 `:authority` naming another (RFC 9113 §8.3.1); the default
+    // world's HTTP_HOST is `Host` too. An HTTP/1 target that disagrees
+    // with `Host` was refused already.
+    let host = parts.headers.get(http::header::HOST).cloned();
+    if let (Some(host), Some(authority)) = (host, parts.uri.authority()) {
+        if host.as_bytes() != authority.as_str().as_bytes() {
+            let mut uri = parts.uri.clone().into_parts();
+            uri.authority = Some(http::uri::Authority::try_from(host.as_bytes())?);
+            parts.uri = http::Uri::from_parts(uri)?;
+        }
+    }
     if parts.uri.authority().is_none() && !parts.headers.contains_key(http::header::HOST) {
         // wasi:http requires an authority; HTTP/1.0 does not.
         let host = http::HeaderValue::from_str(&req.local.to_string())?;

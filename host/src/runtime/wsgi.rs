@@ -134,6 +134,11 @@ impl Exchange {
         self.body.failed()
     }
 
+    /// Whether it failed because the client sent it too slowly.
+    pub fn body_timed_out(&self) -> bool {
+        self.body.timed_out()
+    }
+
     /// Whether the client went away before the response started (an HTTP/2
     /// stream reset, a closed connection): then nobody waits for it.
     pub fn client_gone(&self) -> bool {
@@ -161,6 +166,10 @@ impl Exchange {
     /// After the guest returned: a body shorter than its `Content-Length`
     /// must not look complete, so say why it should be aborted.
     pub fn shortfall(&self) -> Option<String> {
+        // A client that left stopped the app's writes: not the app's doing.
+        if self.chunk_tx.is_closed() {
+            return None;
+        }
         match self.remaining {
             Some(n) if n > 0 && self.body_allowed && !self.head_method => Some(format!(
                 "app sent {n} bytes fewer than its Content-Length; closing the connection"
@@ -335,10 +344,12 @@ type ParsedStart = (
     Option<u64>,
 );
 
-/// RFC 9110 6.4.1: 1xx, 204 and 304 responses have no content.
+/// RFC 9110 6.4.1: 1xx, 204 and 304 responses have no content, and a
+/// server must not send any in a 205 (15.3.6).
 fn body_allowed(status: StatusCode) -> bool {
     !(status.is_informational()
         || status == StatusCode::NO_CONTENT
+        || status == StatusCode::RESET_CONTENT
         || status == StatusCode::NOT_MODIFIED)
 }
 
@@ -352,8 +363,17 @@ fn content_rules(status: StatusCode, headers: &mut HeaderMap, length: Option<u64
         headers.remove(http::header::CONTENT_LENGTH);
         return None;
     }
+    // Its length says the (empty) content ends, on a connection kept open.
+    if status == StatusCode::RESET_CONTENT {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(0));
+        return Some(0);
+    }
     length
 }
+
+/// The most header bytes a response may carry (names and values); browsers
+/// refuse larger heads (Chromium at 256 KiB).
+const MAX_RESPONSE_HEADERS: usize = 256 * 1024;
 
 /// Re-check what the guest already validated (defence in depth: the guest
 /// is untrusted code) and build hyper's response head. `headers` is the packed
@@ -388,6 +408,13 @@ fn parse_start(
                 .map_err(|_| format!("status {status:?} has an invalid reason phrase"))?,
         )
     };
+    if headers.len() > MAX_RESPONSE_HEADERS {
+        return Err(format!(
+            "response headers take {} bytes, over the {} KiB a response may have",
+            headers.len(),
+            MAX_RESPONSE_HEADERS / 1024
+        ));
+    }
     let mut map = HeaderMap::with_capacity(8);
     let mut content_length = None;
     let mut items = headers.split('\n');
@@ -423,7 +450,8 @@ fn parse_start(
             }
             content_length = Some(n);
         }
-        map.append(hname, hvalue);
+        map.try_append(hname, hvalue)
+            .map_err(|_| "response has too many headers".to_owned())?;
     }
     if content_length.is_none() {
         if let Some(n) = default_length {
@@ -524,6 +552,27 @@ mod tests {
             let (_, _, headers, cl) = parse_start(bodiless, "Content-Length\n4", None).unwrap();
             assert!(!headers.contains_key("content-length") && cl.is_none());
         }
+        let (_, _, headers, cl) =
+            parse_start("205 Reset Content", "Content-Length\n4", None).unwrap();
+        assert_eq!(headers.get("content-length").unwrap(), "0");
+        assert_eq!(cl, Some(0));
+        assert!(!body_allowed(StatusCode::RESET_CONTENT));
+        // More headers than a HeaderMap holds, or than clients take: an
+        // error, not a panic.
+        let name = |i: u32| -> String {
+            [i / 1296, i / 36 % 36, i % 36]
+                .map(|d| char::from_digit(d, 36).unwrap())
+                .iter()
+                .collect()
+        };
+        let many: String = (0..40_000).map(|i| format!("{}\n\n", name(i))).collect();
+        let e = parse_start("200 OK", many.trim_end_matches('\n'), None).unwrap_err();
+        assert!(e.contains("too many headers"), "{e}");
+        let big: String = (0..5_000)
+            .map(|i| format!("{}\n{}\n", name(i), "v".repeat(60)))
+            .collect();
+        let e = parse_start("200 OK", big.trim_end_matches('\n'), None).unwrap_err();
+        assert!(e.contains("over the 256 KiB"), "{e}");
         assert!(parse_start("200 OK", "Bad Name\nx", None).is_err());
         assert!(parse_start("200 OK", "X\na\r\nb", None).is_err());
         assert!(parse_start("200 OK", "X\n\u{263a}", None).is_err());

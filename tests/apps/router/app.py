@@ -187,6 +187,22 @@ def application(environ, start_response):
 
         return gen()
 
+    if path == "/many-headers":
+        # n distinct headers of about 100 bytes each.
+        n = int(query)
+        start_response("200 OK", [("X-H%d" % i, "v" * 90) for i in range(n)])
+        return [b"many"]
+
+    if path == "/one-chunk":
+        # The whole body in one bytes object: returned, or passed to write().
+        n, how = query.split(",")
+        body = b"y" * int(n)
+        if how == "write":
+            start_response("200 OK", [("Content-Length", n)])(body)
+            return []
+        start_response("200 OK", [])
+        return [body]
+
     if path == "/stream":
         # First chunk, then wait until the test has seen it (a file appears in
         # the granted /sync dir), then the last chunk.
