@@ -481,6 +481,8 @@ fn tmp_and_granted_directories_are_capped_with_enospc() {
     // 1 GiB into /tmp stops at the default 64 MiB, and no more reaches the disk.
     assert_full(&get_json(&s, "/fill?/tmp/big,1024"), 64 * MIB);
     assert!(du(&tmp_root) <= 64 * MIB, "{}", du(&tmp_root));
+    // The operator is told, once a minute at most, not per failed write.
+    s.wait_for_log(": /tmp: disk quota of 67108864 bytes reached");
     // The app handled it; the next request is fine, and deleting frees room.
     assert_eq!(get(&s, "/").0, 200);
     let r = get_json(&s, "/fill?/tmp/more,10");
@@ -535,6 +537,8 @@ fn tmp_and_granted_directories_are_capped_with_enospc() {
     // A granted directory's quota counts what was there already.
     assert_full(&get_json(&s, "/fill?/data/new.bin,100"), 5 * MIB);
     assert!(du(&data) <= 8 * MIB, "{}", du(&data));
+    s.wait_for_log(": /data: disk quota of 8388608 bytes reached");
+    assert_eq!(s.logs().matches(": /tmp: disk quota of").count(), 1);
     assert_eq!(
         std::fs::metadata(data.join("old.bin")).unwrap().len(),
         3 << 20

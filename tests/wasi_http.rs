@@ -324,6 +324,35 @@ fn response_headers_over_the_wasi_http_limit_are_a_500_not_a_crash() {
 }
 
 #[test]
+fn a_stalled_or_malformed_body_is_the_clients_fault() {
+    let s = Server::start(
+        &router_http(),
+        &["--header-timeout", "1s", "--timeout", "300s"],
+    );
+    // Two bytes of a thousand, then nothing: 408 at the header timeout.
+    let resp = raw(
+        s.addr,
+        b"POST /length HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nab",
+    );
+    assert_eq!(status_of(&resp), 408, "{}", String::from_utf8_lossy(&resp));
+    s.wait_for_log("nothing from the client for 1s");
+    // A chunk size that is not hex: 400, not the app's 500.
+    let resp = raw(
+        s.addr,
+        b"POST /length HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nab\r\n0\r\n\r\n",
+    );
+    assert_eq!(status_of(&resp), 400, "{}", String::from_utf8_lossy(&resp));
+    assert_eq!(get(&s, "/"), (200, "router\n".into()));
+    assert_no_crash(&s);
+}
+
+#[test]
+fn an_unread_request_body_does_not_cost_the_connection() {
+    let s = Server::start(&router_http(), &[]);
+    assert_unread_bodies_keep_the_connection(s.addr);
+}
+
+#[test]
 fn the_app_sees_the_host_it_was_routed_by_on_http2() {
     let s = Server::start(&router_http(), &[]);
     let h2 = h2_client();

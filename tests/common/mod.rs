@@ -313,6 +313,24 @@ impl Drop for Server {
     }
 }
 
+/// Two POSTs whose bodies `/` does not read, larger than what hyper has
+/// buffered when the response is done, then a GET, all on one HTTP/1.1
+/// connection: the server must drain the bodies, not close.
+pub fn assert_unread_bodies_keep_the_connection(addr: SocketAddr) {
+    let (mut w, mut r) = connect(addr);
+    let body = vec![b'x'; 300_000];
+    for _ in 0..2 {
+        w.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n")
+            .unwrap();
+        w.write_all(&body).unwrap();
+        let res = read_response(&mut r, false);
+        assert_eq!(res.status, 200);
+        assert_eq!(res.header("connection"), None);
+    }
+    w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut r, false).body, b"router\n");
+}
+
 /// A blocking HTTP/2 client by prior knowledge (cleartext h2).
 pub fn h2_client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()

@@ -19,6 +19,12 @@ use crate::runtime::body::{BodyAbort, ResponseBody};
 /// (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
 
+/// Set when shutdown gives up on the requests still running (the grace
+/// period is over, or a second signal came): those had no response
+/// because the server left, not the client, and are logged 503.
+pub static CUT_AT_SHUTDOWN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// What the line will say about the request.
 struct Line {
     /// The tenant's series, once the request is routed.
@@ -36,10 +42,14 @@ struct Line {
 
 impl Line {
     fn write(&self) {
+        let status = match self.status {
+            CLIENT_CLOSED if CUT_AT_SHUTDOWN.load(Ordering::Acquire) => 503,
+            s => s,
+        };
         let elapsed = self.t0.elapsed();
         match &self.tenant {
-            Some(t) => t.finished(self.status, elapsed),
-            None => metrics::unrouted(self.status),
+            Some(t) => t.finished(status, elapsed),
+            None => metrics::unrouted(status),
         }
         let ms = elapsed.as_secs_f64() * 1000.0;
         // Which app answered: with many in one process, the line says.
@@ -52,7 +62,7 @@ impl Line {
                 app = app,
                 method = %self.method,
                 uri = %self.target,
-                status = self.status,
+                status = status,
                 bytes = self.sent,
                 duration_ms = ms,
                 cold_start_ms = self.cold.map(|d| d.as_secs_f64() * 1000.0),
@@ -70,7 +80,7 @@ impl Line {
                 self.peer,
                 self.method,
                 quotable(&self.target),
-                self.status,
+                status,
                 self.sent,
             );
         }

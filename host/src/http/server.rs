@@ -184,7 +184,14 @@ pub async fn serve(
                     let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
-                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            // Scanners fail handshakes all day; a refused
+                            // client certificate is what an operator setting
+                            // up mutual TLS needs to see.
+                            if refused_client_cert(&e) {
+                                tracing::info!(%peer, "TLS handshake refused the client certificate: {e}");
+                            } else {
+                                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            }
                             return;
                         }
                         Err(_) => {
@@ -214,11 +221,26 @@ pub async fn serve(
     );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all requests finished"),
-        () = tokio::time::sleep(cfg.grace) => tracing::warn!("grace period over; closing remaining connections"),
+        () = tokio::time::sleep(cfg.grace) => {
+            tracing::warn!("grace period over; closing remaining connections");
+            crate::http::access::CUT_AT_SHUTDOWN.store(true, Ordering::Release);
+        }
         // The operator asked twice (Ctrl-C again): no more waiting.
-        () = shutdown_signal() => tracing::warn!("second signal; closing remaining connections now"),
+        () = shutdown_signal() => {
+            tracing::warn!("second signal; closing remaining connections now");
+            crate::http::access::CUT_AT_SHUTDOWN.store(true, Ordering::Release);
+        }
     }
     Ok(())
+}
+
+/// Whether a failed handshake was the client certificate's fault (mutual
+/// TLS): missing, or not signed by `--ca-certs`.
+fn refused_client_cert(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    )
 }
 
 /// A connection's service: each request goes to `handle`, and sets the
@@ -406,8 +428,10 @@ async fn respond(
         "http"
     };
     let connect = parts.method == Method::CONNECT;
-    let drain =
-        parts.version < http::Version::HTTP_2 && !parts.headers.contains_key(http::header::EXPECT);
+    // What becomes of a body the app leaves unread (`RequestBody`).
+    let http1 = parts.version < http::Version::HTTP_2;
+    let expects = http1 && parts.headers.contains_key(http::header::EXPECT);
+    let drain = http1 && !expects;
     let head = parts.method == Method::HEAD;
     let request = if tenant.wasi_http() {
         // A wasi:http guest builds its environ itself, from the request as
@@ -450,6 +474,9 @@ async fn respond(
     let mut body = RequestBody::new(body, max_body, stall);
     if drain {
         body = body.drain_when_dropped();
+    }
+    if expects {
+        body = body.expecting_continue();
     }
     let (ex, response) = Exchange::new(body, head, stall);
     let call = async move {

@@ -270,24 +270,84 @@ pub enum ReadError {
 /// trickling bytes would otherwise hold an instance until `--timeout`.
 const MIN_RATE: f64 = 1024.0;
 
+/// How long a request body may keep the app waiting: `stall` for any one
+/// wait, and over the whole body a first `stall` of grace plus the time
+/// `MIN_RATE` earns for the bytes received. Only time the app spends
+/// waiting for the client counts, not the app's own pace.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// The longest one wait for the client's next bytes.
+    pub stall: Duration,
+    waited: Duration,
+}
+
+impl Pace {
+    /// Nothing waited yet.
+    pub fn new(stall: Duration) -> Self {
+        Pace {
+            stall,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// How long the next wait may last, `received` bytes in; zero when the
+    /// client used up its time.
+    pub fn patience(&self, received: u64) -> Duration {
+        let earned = self.stall + Duration::from_secs_f64(received as f64 / MIN_RATE);
+        earned.saturating_sub(self.waited).min(self.stall)
+    }
+
+    /// Count a wait for the client.
+    pub fn waited(&mut self, d: Duration) {
+        self.waited += d;
+    }
+
+    /// Log why a wait of `patience` that ran out ends the body.
+    pub fn log_timeout(&self, patience: Duration, received: u64) {
+        if patience < self.stall {
+            tracing::info!(
+                "request body: {received} bytes in {:?} of waiting, slower than {MIN_RATE} bytes/s; answered 408",
+                self.waited
+            );
+        } else {
+            tracing::info!(
+                "request body: nothing from the client for {:?}; answered 408",
+                self.stall
+            );
+        }
+    }
+}
+
 /// The request body as the guest pulls it, with the `--max-body` check for
 /// bodies whose length is not known up front (chunked).
 pub struct RequestBody {
     incoming: Option<Incoming>,
-    /// How long a read waits for the client's next bytes.
-    stall: Duration,
+    /// How long reads may wait for the client.
+    pace: Pace,
     /// Reading failed (malformed chunked framing or the client left).
     failed: bool,
     /// The client was too slow: it stalled, or trickled under `MIN_RATE`.
     timed_out: bool,
-    /// Time spent waiting for the client's bytes (not the app's own pace).
-    waited: Duration,
     leftover: Bytes,
     received: u64,
     limit: u64,
     /// Read what the app left unread when dropped, so the connection stays
     /// open for the client's next request.
     drain: bool,
+    /// An HTTP/1 request with `Expect: 100-continue`.
+    expects_continue: bool,
+}
+
+/// A request body handed to another transport, with its bounds.
+pub struct Taken {
+    /// hyper's body, unread.
+    pub incoming: Incoming,
+    /// `--max-body`.
+    pub limit: u64,
+    /// How long the reader may be kept waiting.
+    pub pace: Pace,
+    /// Drain what is left unread ([`drain_later`]).
+    pub drain: bool,
 }
 
 impl RequestBody {
@@ -296,14 +356,14 @@ impl RequestBody {
     pub fn new(incoming: Incoming, limit: u64, stall: Duration) -> Self {
         RequestBody {
             incoming: Some(incoming),
-            stall,
+            pace: Pace::new(stall),
             failed: false,
             timed_out: false,
-            waited: Duration::ZERO,
             leftover: Bytes::new(),
             received: 0,
             limit,
             drain: false,
+            expects_continue: false,
         }
     }
 
@@ -317,13 +377,35 @@ impl RequestBody {
         self
     }
 
-    /// The body, unread, for another transport (and the limit); `None`
-    /// once taken or read from.
-    pub fn take(&mut self) -> Option<(Incoming, u64)> {
+    /// The body, unread, for another transport (with what it must keep to:
+    /// the limit, the pace, whether to drain it); `None` once taken or read
+    /// from.
+    pub fn take(&mut self) -> Option<Taken> {
         if self.received > 0 || !self.leftover.is_empty() {
             return None;
         }
-        Some((self.incoming.take()?, self.limit))
+        Some(Taken {
+            incoming: self.incoming.take()?,
+            limit: self.limit,
+            pace: self.pace,
+            drain: self.drain,
+        })
+    }
+
+    /// Whether the client waits for `100 Continue` that was never sent: the
+    /// app answered without reading. hyper then closes the connection, so
+    /// the response says so.
+    pub fn unread_after_expect(&self) -> bool {
+        self.expects_continue
+            && self.received == 0
+            && self.incoming.as_ref().is_some_and(|i| !i.is_end_stream())
+    }
+
+    /// The HTTP/1 request asked for `100 Continue` (see
+    /// [`unread_after_expect`](Self::unread_after_expect)).
+    pub fn expecting_continue(mut self) -> Self {
+        self.expects_continue = true;
+        self
     }
 
     /// Whether reading failed (the request, not the app, is at fault).
@@ -336,41 +418,18 @@ impl RequestBody {
         self.timed_out
     }
 
-    /// How long the next read may wait: `stall` at most, and no longer
-    /// than keeps the client, over the whole body, at `MIN_RATE` after a
-    /// first `stall` of grace. None when that time is used up.
-    fn patience(&self) -> Option<Duration> {
-        let earned = self.stall + Duration::from_secs_f64(self.received as f64 / MIN_RATE);
-        earned
-            .checked_sub(self.waited)
-            .filter(|d| !d.is_zero())
-            .map(|d| d.min(self.stall))
-    }
-
     /// Up to `max` bytes (at least one); empty at the end of the body.
     pub async fn read(&mut self, max: u32) -> Result<Vec<u8>, ReadError> {
         while self.leftover.is_empty() {
-            let patience = self.patience().unwrap_or_default();
+            let patience = self.pace.patience(self.received);
             let Some(incoming) = self.incoming.as_mut() else {
                 return Ok(Vec::new());
             };
             let t0 = tokio::time::Instant::now();
             let frame = tokio::time::timeout(patience, incoming.frame()).await;
-            self.waited += t0.elapsed();
+            self.pace.waited(t0.elapsed());
             let Ok(frame) = frame else {
-                if patience < self.stall {
-                    tracing::info!(
-                        "request body: {} bytes in {:?} of waiting, slower than {} bytes/s; answered 408",
-                        self.received,
-                        self.waited,
-                        MIN_RATE
-                    );
-                } else {
-                    tracing::info!(
-                        "request body: nothing from the client for {:?}; answered 408",
-                        self.stall
-                    );
-                }
+                self.pace.log_timeout(patience, self.received);
                 self.incoming = None;
                 self.failed = true;
                 self.timed_out = true;
@@ -406,28 +465,36 @@ impl RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        let Some(mut incoming) = self.incoming.take() else {
-            return;
-        };
-        if !self.drain || incoming.is_end_stream() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (stall, mut left) = (self.stall, self.limit.saturating_sub(self.received));
-        runtime.spawn(async move {
-            // Given up at the limit, a stall or an error: hyper then
-            // closes the connection, as it would have.
-            while let Ok(Some(Ok(frame))) = tokio::time::timeout(stall, incoming.frame()).await {
-                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-                match left.checked_sub(n) {
-                    Some(rest) => left = rest,
-                    None => return,
-                }
+        if let Some(incoming) = self.incoming.take() {
+            if self.drain {
+                let left = self.limit.saturating_sub(self.received);
+                drain_later(incoming, self.pace.stall, left);
             }
-        });
+        }
     }
+}
+
+/// Read and drop what is left of a body the app did not read, up to `left`
+/// bytes and while its client keeps sending (no wait over `stall`), on a
+/// task of its own: the HTTP/1 connection then goes on to the next request.
+/// Given up at the limit, a stall or an error: hyper then closes the
+/// connection, as it would have.
+pub fn drain_later(mut incoming: Incoming, stall: Duration, mut left: u64) {
+    if incoming.is_end_stream() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout(stall, incoming.frame()).await {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            match left.checked_sub(n) {
+                Some(rest) => left = rest,
+                None => return,
+            }
+        }
+    });
 }
 
 const FILE_CHUNK: usize = 64 * 1024;

@@ -34,15 +34,58 @@ pub struct Full;
 pub struct Budget {
     limit: u64,
     used: AtomicU64,
+    /// Whose and where, for the log line a refusal writes (none: silent).
+    label: Option<String>,
+    /// When a refusal was last logged (ms since the Unix epoch).
+    warned_at: AtomicU64,
 }
 
+/// At most one refusal logged per budget in this many milliseconds: a
+/// guest retrying a write in a loop must not flood the log.
+const WARN_EVERY_MS: u64 = 60_000;
+
 impl Budget {
-    /// A budget of `limit` bytes, nothing used.
+    /// A budget of `limit` bytes, nothing used, whose refusals are silent.
+    #[cfg(test)]
     pub fn new(limit: u64) -> Arc<Self> {
         Arc::new(Budget {
             limit,
             used: AtomicU64::new(0),
+            label: None,
+            warned_at: AtomicU64::new(0),
         })
+    }
+
+    /// A budget whose refusals are logged as `label` (like `app x: /data`),
+    /// at most once a minute.
+    pub fn labelled(limit: u64, label: String) -> Arc<Self> {
+        Arc::new(Budget {
+            limit,
+            used: AtomicU64::new(0),
+            label: Some(label),
+            warned_at: AtomicU64::new(0),
+        })
+    }
+
+    fn refused(&self, n: u64) {
+        let Some(label) = &self.label else { return };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.warned_at.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= WARN_EVERY_MS;
+        if due
+            && self
+                .warned_at
+                .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                "{label}: disk quota of {} bytes reached ({} used); a write of {n} bytes failed with ENOSPC (logged at most once a minute)",
+                self.limit,
+                self.used()
+            );
+        }
     }
 
     /// Bytes charged now.
@@ -56,7 +99,10 @@ impl Budget {
                 u.checked_add(n).filter(|t| *t <= self.limit)
             })
             .map(|_| ())
-            .map_err(|_| Full)
+            .map_err(|_| {
+                self.refused(n);
+                Full
+            })
     }
 
     /// Charge without a check: what a granted tree already holds.

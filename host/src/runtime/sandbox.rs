@@ -98,11 +98,17 @@ impl Sandbox {
         {
             Tmp::Granted
         } else if isolation == Isolation::Request {
-            Tmp::PerInstance(Budget::new(grants.tmp_size))
+            Tmp::PerInstance(Budget::labelled(
+                grants.tmp_size,
+                format!("app {app}: /tmp"),
+            ))
         } else {
             Tmp::Shared(
                 Arc::new(scratch_dir(app)?),
-                Ledger::new(Budget::new(grants.tmp_size), 0),
+                Ledger::new(
+                    Budget::labelled(grants.tmp_size, format!("app {app}: /tmp")),
+                    0,
+                ),
             )
         };
         let mut dir_quotas = Vec::new();
@@ -110,13 +116,13 @@ impl Sandbox {
             let ledger = match dir.quota {
                 None => None,
                 Some(limit) => {
-                    let ledger =
-                        Ledger::for_tree(Budget::new(limit), &dir.host).with_context(|| {
-                            format!(
-                                "measuring what {} holds for its quota (app {app})",
-                                dir.host.display()
-                            )
-                        })?;
+                    let budget = Budget::labelled(limit, format!("app {app}: {}", dir.guest));
+                    let ledger = Ledger::for_tree(budget, &dir.host).with_context(|| {
+                        format!(
+                            "measuring what {} holds for its quota (app {app})",
+                            dir.host.display()
+                        )
+                    })?;
                     if ledger.used() > limit {
                         tracing::warn!(
                             "app {app}: {} already holds {} bytes, over its quota of {limit}; writes there fail with ENOSPC until files are removed",

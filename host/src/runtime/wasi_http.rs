@@ -11,8 +11,10 @@
 //! `HTTP-request-denied`): outbound access is granted through sockets only.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -27,7 +29,7 @@ use wasmtime_wasi_http::p2::types::{
 use wasmtime_wasi_http::p2::{HttpResult, WasiHttpCtxView, WasiHttpHooks};
 use wasmtime_wasi_http::WasiHttpCtx;
 
-use crate::runtime::body::BodySender;
+use crate::runtime::body::{self, BodySender, Pace};
 use crate::runtime::wsgi::{Exchange, Responder};
 
 /// The export name a wasi:http component is recognised by.
@@ -104,13 +106,19 @@ pub fn bind(
     Resource<HostResponseOutparam>,
     Pending,
 )> {
+    let fault = Arc::new(AtomicU8::new(FAULT_NONE));
     let body = match ex.take_request_body() {
-        Some((incoming, limit)) => LimitedBody {
-            incoming: Some(incoming),
-            left: limit,
-            limit,
+        Some(taken) => LimitedBody {
+            incoming: Some(taken.incoming),
+            left: taken.limit,
+            limit: taken.limit,
+            pace: taken.pace,
+            drain: taken.drain,
+            received: 0,
+            waiting: None,
+            fault: fault.clone(),
         },
-        None => LimitedBody::empty(),
+        None => LimitedBody::empty(fault.clone()),
     };
     let scheme = if req.https {
         Scheme::Https
@@ -142,6 +150,27 @@ pub fn bind(
         let Some(responder) = slot.lock().expect("responder lock").take() else {
             return;
         };
+        // The adapter answers 500 when the body could not be read; the
+        // request, not the app, was at fault.
+        let fault = match fault.load(Ordering::Acquire) {
+            FAULT_SLOW => Some((
+                http::StatusCode::REQUEST_TIMEOUT,
+                "Request Timeout: the request body arrived too slowly",
+            )),
+            FAULT_BROKEN => Some((
+                http::StatusCode::BAD_REQUEST,
+                "Bad Request: malformed or incomplete request body",
+            )),
+            _ => None,
+        };
+        let app_failed = match &result {
+            Ok(response) => response.status() == http::StatusCode::INTERNAL_SERVER_ERROR,
+            Err(_) => true,
+        };
+        if let (Some((status, text)), true) = (fault, app_failed) {
+            responder.page(status, text);
+            return;
+        }
         match result {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
@@ -204,14 +233,50 @@ struct LimitedBody {
     incoming: Option<Incoming>,
     left: u64,
     limit: u64,
+    /// How long the guest may be kept waiting for the client's bytes.
+    pace: Pace,
+    /// Drain what the guest leaves unread, once dropped (`body::drain_later`).
+    drain: bool,
+    received: u64,
+    /// Since when, and until when, the guest has been waiting.
+    waiting: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
+    /// Why reading failed, for the response (`FAULT_*`).
+    fault: Arc<AtomicU8>,
 }
 
+/// The request body was read whole, or not at all.
+const FAULT_NONE: u8 = 0;
+/// Malformed framing, or the client left mid-body: 400.
+const FAULT_BROKEN: u8 = 1;
+/// The client stalled or trickled (`Pace`): 408.
+const FAULT_SLOW: u8 = 2;
+
 impl LimitedBody {
-    fn empty() -> Self {
+    fn empty(fault: Arc<AtomicU8>) -> Self {
         LimitedBody {
             incoming: None,
             left: 0,
             limit: 0,
+            pace: Pace::new(std::time::Duration::ZERO),
+            drain: false,
+            received: 0,
+            waiting: None,
+            fault,
+        }
+    }
+
+    /// Stop reading, recording why.
+    fn fail(&mut self, fault: u8) {
+        self.incoming = None;
+        self.waiting = None;
+        self.fault.store(fault, Ordering::Release);
+    }
+}
+
+impl Drop for LimitedBody {
+    fn drop(&mut self) {
+        if let (Some(incoming), true) = (self.incoming.take(), self.drain) {
+            body::drain_later(incoming, self.pace.stall, self.left);
         }
     }
 }
@@ -221,33 +286,58 @@ impl Body for LimitedBody {
     type Error = ErrorCode;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ErrorCode>>> {
-        let Some(incoming) = self.incoming.as_mut() else {
+        let this = self.get_mut();
+        let Some(incoming) = this.incoming.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(incoming).poll_frame(cx) {
+        let polled = Pin::new(incoming).poll_frame(cx);
+        if polled.is_ready() {
+            if let Some((since, _)) = this.waiting.take() {
+                this.pace.waited(since.elapsed());
+            }
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
-                if len > self.left {
-                    self.incoming = None;
+                if len > this.left {
+                    this.incoming = None;
                     return Poll::Ready(Some(Err(ErrorCode::HttpRequestBodySize(Some(
-                        self.limit,
+                        this.limit,
                     )))));
                 }
-                self.left -= len;
+                this.left -= len;
+                this.received += len;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                self.incoming = None;
+                this.fail(FAULT_BROKEN);
                 Poll::Ready(Some(Err(ErrorCode::from(e))))
             }
             Poll::Ready(None) => {
-                self.incoming = None;
+                this.incoming = None;
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // The guest waits for the client from now: bounded as the
+                // default world's reads are (`RequestBody::read`).
+                let (pace, received) = (this.pace, this.received);
+                let (_, deadline) = this.waiting.get_or_insert_with(|| {
+                    let patience = pace.patience(received);
+                    (Instant::now(), Box::pin(tokio::time::sleep(patience)))
+                });
+                if std::future::Future::poll(deadline.as_mut(), cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let (since, _) = this.waiting.take().expect("set above");
+                let waited = since.elapsed();
+                this.pace.waited(waited);
+                this.pace.log_timeout(waited, received);
+                this.fail(FAULT_SLOW);
+                Poll::Ready(Some(Err(ErrorCode::ConnectionReadTimeout)))
+            }
         }
     }
 

@@ -107,7 +107,7 @@ impl Exchange {
 
     /// The request body for another transport to read (a wasi:http guest),
     /// with its `--max-body` limit; `None` if it was already taken.
-    pub fn take_request_body(&mut self) -> Option<(hyper::body::Incoming, u64)> {
+    pub fn take_request_body(&mut self) -> Option<body::Taken> {
         self.body.take()
     }
 
@@ -238,6 +238,10 @@ impl Exchange {
         *res.headers_mut() = headers;
         if let Some(reason) = reason {
             res.extensions_mut().insert(reason);
+        }
+        if self.body.unread_after_expect() {
+            res.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         let tx = self.start_tx.take().expect("checked above");
         tx.send(res).is_ok()
