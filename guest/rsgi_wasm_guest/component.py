@@ -49,17 +49,22 @@ class _HostTransport(protocol.Transport):
     __slots__ = ()
 
     def start(self, status: str, headers: protocol.Headers, first_chunk: bytes) -> None:
-        pieces = protocol.pieces(first_chunk)
-        if not _start(status, "\n".join(_flat(headers)), next(pieces)):
+        rest = None
+        if len(first_chunk) > protocol.PIECE:
+            rest = protocol.pieces(first_chunk)
+            first_chunk = next(rest)
+        if not _start(status, "\n".join(_flat(headers)), first_chunk):
             raise ClientDisconnected("client disconnected")
-        for piece in pieces:
-            if not _write(piece):
-                raise ClientDisconnected("client disconnected")
+        if rest is not None:
+            for piece in rest:
+                self.write(piece)
 
     def write(self, chunk: bytes) -> None:
-        for piece in protocol.pieces(chunk):
-            if not _write(piece):
-                raise ClientDisconnected("client disconnected")
+        if len(chunk) > protocol.PIECE:
+            for piece in protocol.pieces(chunk):
+                self.write(piece)
+        elif not _write(chunk):
+            raise ClientDisconnected("client disconnected")
 
     def send_file(self, status: str, headers: protocol.Headers, path: str, offset: int) -> bool:
         try:

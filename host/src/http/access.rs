@@ -30,8 +30,8 @@ struct Line {
     /// The tenant's series, once the request is routed.
     tenant: Option<Arc<TenantMetrics>>,
     peer: IpAddr,
-    /// Both clipped to `MAX_LOGGED`.
-    method: String,
+    method: Method,
+    /// Clipped to `MAX_LOGGED`.
     target: String,
     t0: Instant,
     status: u16,
@@ -60,7 +60,7 @@ impl Line {
                 target: "access",
                 peer = %self.peer,
                 app = app,
-                method = %self.method,
+                method = %clipped(self.method.as_str()),
                 uri = %self.target,
                 status = status,
                 bytes = self.sent,
@@ -78,7 +78,7 @@ impl Line {
                 target: "access",
                 "{} \"{} {}\" {} {} {ms:.2}ms{cold}{app_key}{app}",
                 self.peer,
-                self.method,
+                clipped(self.method.as_str()),
                 quotable(&self.target),
                 status,
                 self.sent,
@@ -92,15 +92,15 @@ impl Line {
 const MAX_LOGGED: usize = 8 * 1024;
 
 /// `s`, cut to `MAX_LOGGED` bytes (on a character boundary) with a mark.
-fn clipped(s: &str) -> String {
+fn clipped(s: &str) -> std::borrow::Cow<'_, str> {
     if s.len() <= MAX_LOGGED {
-        return s.to_owned();
+        return s.into();
     }
     let mut end = MAX_LOGGED;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}...", &s[..end])
+    format!("{}...", &s[..end]).into()
 }
 
 /// A target as it sits between quotes in a text line: a `"` in it (which
@@ -122,8 +122,8 @@ impl AccessLog {
         AccessLog(Some(Line {
             tenant: None,
             peer,
-            method: clipped(method.as_str()),
-            target: clipped(target),
+            method: method.clone(),
+            target: clipped(target).into_owned(),
             t0: Instant::now(),
             status: CLIENT_CLOSED,
             sent: 0,

@@ -33,7 +33,7 @@ use crate::runtime::environ::{self, RequestInfo};
 use crate::runtime::pool::AppRequest;
 use crate::runtime::tenant::LoadError;
 use crate::runtime::wasi_http::HttpRequest;
-use crate::runtime::wsgi::{Exchange, ResponseReceiver};
+use crate::runtime::wsgi::{self, Exchange, ResponseReceiver};
 
 /// Read-buffer room beyond `--max-header-bytes` (see `serve`).
 const HEAD_SLACK: usize = 16 * 1024;
@@ -378,15 +378,14 @@ fn close_delimited(
     mut res: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
     use hyper::body::Body as _;
+    if version != http::Version::HTTP_10 {
+        return res;
+    }
     let unsized_body = !head
-        && !res.status().is_informational()
-        && !matches!(
-            res.status(),
-            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-        )
+        && wsgi::body_allowed(res.status())
         && !res.headers().contains_key(http::header::CONTENT_LENGTH)
         && res.body().size_hint().exact().is_none();
-    if version == http::Version::HTTP_10 && unsized_body {
+    if unsized_body {
         *res.version_mut() = http::Version::HTTP_10;
         res.headers_mut().insert(
             http::header::CONNECTION,
@@ -428,10 +427,8 @@ async fn respond(
         "http"
     };
     let connect = parts.method == Method::CONNECT;
-    // What becomes of a body the app leaves unread (`RequestBody`).
     let http1 = parts.version < http::Version::HTTP_2;
-    let expects = http1 && parts.headers.contains_key(http::header::EXPECT);
-    let drain = http1 && !expects;
+    let expects = parts.headers.contains_key(http::header::EXPECT);
     let head = parts.method == Method::HEAD;
     let request = if tenant.wasi_http() {
         // A wasi:http guest builds its environ itself, from the request as
@@ -472,11 +469,8 @@ async fn respond(
     }
     let stall = site.stall;
     let mut body = RequestBody::new(body, max_body, stall);
-    if drain {
-        body = body.drain_when_dropped();
-    }
-    if expects {
-        body = body.expecting_continue();
+    if http1 {
+        body = body.over_http1(expects);
     }
     let (ex, response) = Exchange::new(body, head, stall);
     let call = async move {

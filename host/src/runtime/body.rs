@@ -367,13 +367,15 @@ impl RequestBody {
         }
     }
 
-    /// Drain the unread rest (up to the limit) once dropped. Only for an
-    /// HTTP/1 request not waiting for `100 Continue`: hyper closes a
-    /// connection whose request body is left unread, without saying so,
-    /// and a client still sending gets a broken pipe instead of the
-    /// response; HTTP/2 resets just the stream.
-    pub fn drain_when_dropped(mut self) -> Self {
-        self.drain = true;
+    /// A body on an HTTP/1 connection, which hyper closes when a request
+    /// body is left unread, without saying so (a client still sending
+    /// gets a broken pipe instead of the response); HTTP/2 resets just the
+    /// stream. So the unread rest (up to the limit) is drained once
+    /// dropped, unless the client waits for a `100 Continue` that was
+    /// never sent (see [`unread_after_expect`](Self::unread_after_expect)).
+    pub fn over_http1(mut self, expects_continue: bool) -> Self {
+        self.drain = !expects_continue;
+        self.expects_continue = expects_continue;
         self
     }
 
@@ -399,13 +401,6 @@ impl RequestBody {
         self.expects_continue
             && self.received == 0
             && self.incoming.as_ref().is_some_and(|i| !i.is_end_stream())
-    }
-
-    /// The HTTP/1 request asked for `100 Continue` (see
-    /// [`unread_after_expect`](Self::unread_after_expect)).
-    pub fn expecting_continue(mut self) -> Self {
-        self.expects_continue = true;
-        self
     }
 
     /// Whether reading failed (the request, not the app, is at fault).

@@ -48,21 +48,20 @@ impl Budget {
     /// A budget of `limit` bytes, nothing used, whose refusals are silent.
     #[cfg(test)]
     pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(Budget {
-            limit,
-            used: AtomicU64::new(0),
-            label: None,
-            warned_at: AtomicU64::new(0),
-        })
+        Self::make(limit, None)
     }
 
     /// A budget whose refusals are logged as `label` (like `app x: /data`),
     /// at most once a minute.
     pub fn labelled(limit: u64, label: String) -> Arc<Self> {
+        Self::make(limit, Some(label))
+    }
+
+    fn make(limit: u64, label: Option<String>) -> Arc<Self> {
         Arc::new(Budget {
             limit,
             used: AtomicU64::new(0),
-            label: Some(label),
+            label,
             warned_at: AtomicU64::new(0),
         })
     }

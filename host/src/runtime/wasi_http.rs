@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -107,19 +107,7 @@ pub fn bind(
     Pending,
 )> {
     let fault = Arc::new(AtomicU8::new(FAULT_NONE));
-    let body = match ex.take_request_body() {
-        Some(taken) => LimitedBody {
-            incoming: Some(taken.incoming),
-            left: taken.limit,
-            limit: taken.limit,
-            pace: taken.pace,
-            drain: taken.drain,
-            received: 0,
-            waiting: None,
-            fault: fault.clone(),
-        },
-        None => LimitedBody::empty(fault.clone()),
-    };
+    let body = LimitedBody::new(ex.take_request_body(), fault.clone());
     let scheme = if req.https {
         Scheme::Https
     } else {
@@ -237,9 +225,9 @@ struct LimitedBody {
     pace: Pace,
     /// Drain what the guest leaves unread, once dropped (`body::drain_later`).
     drain: bool,
-    received: u64,
-    /// Since when, and until when, the guest has been waiting.
-    waiting: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
+    /// Since when the guest has been waiting, how long it may, and the
+    /// timer that ends the wait.
+    waiting: Option<(Instant, Duration, Pin<Box<tokio::time::Sleep>>)>,
     /// Why reading failed, for the response (`FAULT_*`).
     fault: Arc<AtomicU8>,
 }
@@ -252,14 +240,18 @@ const FAULT_BROKEN: u8 = 1;
 const FAULT_SLOW: u8 = 2;
 
 impl LimitedBody {
-    fn empty(fault: Arc<AtomicU8>) -> Self {
+    /// The body the exchange handed over, if any (none: an empty body).
+    fn new(taken: Option<body::Taken>, fault: Arc<AtomicU8>) -> Self {
+        let (incoming, limit, pace, drain) = match taken {
+            Some(t) => (Some(t.incoming), t.limit, t.pace, t.drain),
+            None => (None, 0, Pace::new(Duration::ZERO), false),
+        };
         LimitedBody {
-            incoming: None,
-            left: 0,
-            limit: 0,
-            pace: Pace::new(std::time::Duration::ZERO),
-            drain: false,
-            received: 0,
+            incoming,
+            left: limit,
+            limit,
+            pace,
+            drain,
             waiting: None,
             fault,
         }
@@ -295,7 +287,7 @@ impl Body for LimitedBody {
         };
         let polled = Pin::new(incoming).poll_frame(cx);
         if polled.is_ready() {
-            if let Some((since, _)) = this.waiting.take() {
+            if let Some((since, _, _)) = this.waiting.take() {
                 this.pace.waited(since.elapsed());
             }
         }
@@ -309,7 +301,6 @@ impl Body for LimitedBody {
                     )))));
                 }
                 this.left -= len;
-                this.received += len;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -323,18 +314,19 @@ impl Body for LimitedBody {
             Poll::Pending => {
                 // The guest waits for the client from now: bounded as the
                 // default world's reads are (`RequestBody::read`).
-                let (pace, received) = (this.pace, this.received);
-                let (_, deadline) = this.waiting.get_or_insert_with(|| {
+                let received = this.limit - this.left;
+                let pace = this.pace;
+                let (_, _, deadline) = this.waiting.get_or_insert_with(|| {
                     let patience = pace.patience(received);
-                    (Instant::now(), Box::pin(tokio::time::sleep(patience)))
+                    let timer = Box::pin(tokio::time::sleep(patience));
+                    (Instant::now(), patience, timer)
                 });
                 if std::future::Future::poll(deadline.as_mut(), cx).is_pending() {
                     return Poll::Pending;
                 }
-                let (since, _) = this.waiting.take().expect("set above");
-                let waited = since.elapsed();
-                this.pace.waited(waited);
-                this.pace.log_timeout(waited, received);
+                let (since, patience, _) = this.waiting.take().expect("set above");
+                this.pace.waited(since.elapsed());
+                this.pace.log_timeout(patience, received);
                 this.fail(FAULT_SLOW);
                 Poll::Ready(Some(Err(ErrorCode::ConnectionReadTimeout)))
             }

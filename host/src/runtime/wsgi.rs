@@ -350,7 +350,7 @@ type ParsedStart = (
 
 /// RFC 9110 6.4.1: 1xx, 204 and 304 responses have no content, and a
 /// server must not send any in a 205 (15.3.6).
-fn body_allowed(status: StatusCode) -> bool {
+pub fn body_allowed(status: StatusCode) -> bool {
     !(status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::RESET_CONTENT
