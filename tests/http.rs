@@ -409,6 +409,12 @@ fn malformed_request_line_is_400() {
         let resp = raw(s.addr, bad);
         assert_eq!(status_of(&resp), 400, "{:?}", String::from_utf8_lossy(bad));
     }
+    // A target over hyper's URI limit (64 KiB) in a head that fits its buffer.
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    assert_eq!(status_of(&raw(s.addr, long.as_bytes())), 414);
+    // What the parser refused never became a request, yet each is logged.
+    s.wait_for_log_count("\"- -\" 400 0 -", 3);
+    s.wait_for_log_count("\"- -\" 414 0 -", 1);
     // The server is still fine.
     assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
 }
@@ -1122,10 +1128,15 @@ fn metrics_and_health_are_served_on_their_own_port_and_move() {
     assert_eq!(status_of(&bad), 400);
     let text = scrape(ops);
     assert!(!text.contains("tenant=\"\""), "{text}");
-    assert!(
-        series(&text, "rsgi_wasm_unrouted_requests_total{class=\"4xx\"}") >= 1.0,
-        "{text}"
+    let unrouted = "rsgi_wasm_unrouted_requests_total{class=\"4xx\"}";
+    let refused = series(&text, unrouted);
+    assert!(refused >= 1.0, "{text}");
+    // So is one the HTTP/1 parser answered itself.
+    assert_eq!(
+        status_of(&raw(addr, b"GET / HTTP/1.1\r\nbad name: x\r\n\r\n")),
+        400
     );
+    wait_for_series(ops, unrouted, refused + 1.0);
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -1417,14 +1428,15 @@ fn sni_picks_the_tenants_certificate_and_sighup_reloads_them() {
     )
     .unwrap();
     let (cert, key) = (pki.path("default.pem"), pki.path("default.key"));
-    let s = Server::start_with(&[
+    let with_tls = [
         "serve",
         config.to_str().unwrap(),
         "--certfile",
         &cert,
         "--keyfile",
         &key,
-    ]);
+    ];
+    let s = Server::start_with(&with_tls);
     let port = s.addr.port();
     let get = |host: &str| {
         let c = pki.client(s.addr, &[host]).build().unwrap();
@@ -1446,6 +1458,14 @@ fn sni_picks_the_tenants_certificate_and_sighup_reloads_them() {
     let (code, _, err) = run_bin(&["serve", config.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("--certfile"), "{err}");
+    // A tenant's unreadable key is blamed on the line that names it.
+    std::fs::write(pki.dir.join("bad.key"), "not a key\n").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"a.key\"", "\"bad.key\"")).unwrap();
+    let (code, _, err) = run_bin(&with_tls);
+    assert_ne!(code, 0);
+    assert!(err.contains(":6: app[0].keyfile"), "{err}");
+    assert!(err.contains("not a PEM private key"), "{err}");
 }
 
 #[test]

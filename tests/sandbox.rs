@@ -475,9 +475,17 @@ fn tmp_and_granted_directories_are_capped_with_enospc() {
     std::fs::write(data.join("old.bin"), vec![0u8; 3 << 20]).unwrap();
     let grant = format!("{}::/data:quota=8MiB", data.display());
     let s = Server::start_env(
-        &["run", router().to_str().unwrap(), "--dir", &grant],
+        &[
+            "run",
+            router().to_str().unwrap(),
+            "--dir",
+            &grant,
+            "--metrics",
+            "127.0.0.1:0",
+        ],
         &[("TMPDIR", tmp_root.to_str().unwrap())],
     );
+    let ops = s.logged_addr("metrics on ");
     // 1 GiB into /tmp stops at the default 64 MiB, and no more reaches the disk.
     assert_full(&get_json(&s, "/fill?/tmp/big,1024"), 64 * MIB);
     assert!(du(&tmp_root) <= 64 * MIB, "{}", du(&tmp_root));
@@ -491,6 +499,9 @@ fn tmp_and_granted_directories_are_capped_with_enospc() {
         (&"ENOSPC".into(), Some(0)),
         "{r}"
     );
+    // Every refusal is counted, though logged once.
+    let refusals = "rsgi_wasm_disk_quota_refusals_total{tenant=\"router\"}";
+    assert!(series(&scrape(ops), refusals) >= 2.0, "{}", scrape(ops));
     assert_eq!(get(&s, "/remove?/tmp/big"), (200, "removed".into()));
     let r = get_json(&s, "/fill?/tmp/again,40");
     assert_eq!(

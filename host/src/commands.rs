@@ -236,7 +236,7 @@ fn tls_for(http: &HttpArgs, tenants: &[TenantConfig]) -> Result<Option<TlsAccept
         if let Some((t, cert)) = tenants.iter().find_map(|t| Some((t, t.tls.as_ref()?))) {
             anyhow::bail!(UserError(format!(
                 "{}: app {} has its own certificate, but TLS is off; give the server --certfile and --keyfile (the default certificate)",
-                cert.at, t.name
+                cert.cert_at, t.name
             )));
         }
         return Ok(None);

@@ -99,6 +99,7 @@ struct Metrics {
     cold_starts: Latency,
     unloads: Family<Tenant, Counter>,
     load_failures: Family<Tenant, Counter>,
+    quota_refusals: Family<Tenant, Counter>,
     components: Gauge,
     core_modules: Gauge,
     outbound_connections: Family<TenantResult, Counter>,
@@ -149,6 +150,7 @@ impl Metrics {
             cold_starts: Family::new_with_constructor(latency_histogram),
             unloads: Family::default(),
             load_failures: Family::default(),
+            quota_refusals: Family::default(),
             components: Gauge::default(),
             core_modules: Gauge::default(),
             outbound_connections: Family::default(),
@@ -239,6 +241,11 @@ impl Metrics {
             m.load_failures.clone(),
         );
         registry.register(
+            "disk_quota_refusals",
+            "Guest writes refused with ENOSPC because a disk quota of the tenant (its /tmp or a granted directory's) was reached",
+            m.quota_refusals.clone(),
+        );
+        registry.register(
             "components_loaded",
             "Distinct compiled components in memory",
             m.components.clone(),
@@ -285,6 +292,7 @@ impl Metrics {
             &self.timeouts,
             &self.unloads,
             &self.load_failures,
+            &self.quota_refusals,
         ] {
             family.remove(&t);
         }
@@ -364,6 +372,12 @@ fn label_value(value: &str) -> String {
         }
     }
     out
+}
+
+/// The counter of tenant `name`'s writes refused by a disk quota.
+pub fn quota_refusals(name: &str) -> Counter {
+    let tenant = label_value(name);
+    with(|m| m.quota_refusals.get_or_create(&Tenant { tenant }).clone())
 }
 
 /// A response that never reached a tenant (refused before routing): not

@@ -423,7 +423,7 @@ fn tenant(
                 "missing: keyfile needs its certfile".into(),
             )))
         }
-        (Some((cert, span)), Some((key, _))) => {
+        (Some((cert, span)), Some((key, key_span))) => {
             if hosts.is_empty() {
                 return Err(Some(err(
                     span,
@@ -436,7 +436,8 @@ fn tenant(
                 hosts: hosts.clone(),
                 cert,
                 key,
-                at: origin_of(span.clone(), "certfile"),
+                cert_at: origin_of(span.clone(), "certfile"),
+                key_at: origin_of(key_span, "keyfile"),
             })
         }
     };
@@ -892,9 +893,11 @@ mod tests {
         )
         .unwrap();
         let apps = load(&cfg).unwrap();
+        let tls = apps[0].tls.as_ref().unwrap();
         assert_eq!(
-            apps[0].tls.as_ref().unwrap().at.0,
+            tls.cert_at.0,
             format!("{}:5: app[0].certfile", cfg.display())
         );
+        assert_eq!(tls.key_at.0, format!("{}:6: app[0].keyfile", cfg.display()));
     }
 }

@@ -51,39 +51,86 @@ impl Line {
             Some(t) => t.finished(status, elapsed),
             None => metrics::unrouted(status),
         }
-        let ms = elapsed.as_secs_f64() * 1000.0;
-        // Which app answered: with many in one process, the line says.
-        let app = self.tenant.as_ref().map_or("", |t| &t.name);
-        if crate::config::JSON_LOGS.load(Ordering::Relaxed) {
-            // One object per line, for log shippers (`--log-format json`).
-            tracing::info!(
-                target: "access",
-                peer = %self.peer,
-                app = app,
-                method = %clipped(self.method.as_str()),
-                uri = %self.target,
-                status = status,
-                bytes = self.sent,
-                duration_ms = ms,
-                cold_start_ms = self.cold.map(|d| d.as_secs_f64() * 1000.0),
-                "access"
-            );
-        } else {
-            let cold = self
-                .cold
-                .map(|d| format!(" cold={:.1}ms", d.as_secs_f64() * 1000.0))
-                .unwrap_or_default();
-            let app_key = if app.is_empty() { "" } else { " app=" };
-            tracing::info!(
-                target: "access",
-                "{} \"{} {}\" {} {} {ms:.2}ms{cold}{app_key}{app}",
-                self.peer,
-                clipped(self.method.as_str()),
-                quotable(&self.target),
-                status,
-                self.sent,
-            );
-        }
+        emit(&Fields {
+            peer: self.peer,
+            app: self.tenant.as_ref().map_or("", |t| &t.name),
+            method: self.method.as_str(),
+            target: &self.target,
+            status,
+            sent: self.sent,
+            took: Some(elapsed),
+            cold: self.cold,
+        });
+    }
+}
+
+/// A request head the HTTP/1 parser refused, answered by hyper itself
+/// (`status`: 400, 414 or 431) before any request existed: logged and
+/// counted as unrouted, with `-` for the method, target and duration it
+/// never had.
+pub fn refused_head(peer: IpAddr, status: u16) {
+    metrics::unrouted(status);
+    emit(&Fields {
+        peer,
+        app: "",
+        method: "-",
+        target: "-",
+        status,
+        sent: 0,
+        took: None,
+        cold: None,
+    });
+}
+
+/// What one access line says.
+struct Fields<'a> {
+    peer: IpAddr,
+    /// Which app answered: with many in one process, the line says.
+    app: &'a str,
+    method: &'a str,
+    target: &'a str,
+    status: u16,
+    sent: u64,
+    took: Option<Duration>,
+    cold: Option<Duration>,
+}
+
+/// Write one access line, as text or JSON (`--log-format json`).
+fn emit(f: &Fields<'_>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    if crate::config::JSON_LOGS.load(Ordering::Relaxed) {
+        // One object per line, for log shippers.
+        tracing::info!(
+            target: "access",
+            peer = %f.peer,
+            app = f.app,
+            method = %clipped(f.method),
+            uri = %f.target,
+            status = f.status,
+            bytes = f.sent,
+            duration_ms = f.took.map(ms),
+            cold_start_ms = f.cold.map(ms),
+            "access"
+        );
+    } else {
+        let took = f
+            .took
+            .map_or_else(|| "-".to_owned(), |d| format!("{:.2}ms", ms(d)));
+        let cold = f
+            .cold
+            .map(|d| format!(" cold={:.1}ms", ms(d)))
+            .unwrap_or_default();
+        let app_key = if f.app.is_empty() { "" } else { " app=" };
+        tracing::info!(
+            target: "access",
+            "{} \"{} {}\" {} {} {took}{cold}{app_key}{}",
+            f.peer,
+            clipped(f.method),
+            quotable(f.target),
+            f.status,
+            f.sent,
+            f.app,
+        );
     }
 }
 

@@ -282,8 +282,8 @@ struct ByAlpn {
 /// once it knows the protocol, from the first bytes: a client that sends
 /// nothing, or part of the HTTP/2 preface, would otherwise hold its
 /// connection slot for good.
-async fn drive<E: std::fmt::Display>(
-    conn: impl Future<Output = Result<(), E>>,
+async fn drive(
+    conn: impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
     began: &AtomicBool,
     deadline: Duration,
     peer: SocketAddr,
@@ -300,8 +300,28 @@ async fn drive<E: std::fmt::Display>(
         }
     };
     if let Err(e) = ended {
-        tracing::debug!(%peer, "connection ended: {e}");
+        match e.downcast_ref::<hyper::Error>().and_then(parser_answer) {
+            Some(status) => crate::http::access::refused_head(peer.ip(), status),
+            None => tracing::debug!(%peer, "connection ended: {e}"),
+        }
     }
+}
+
+/// The status hyper's HTTP/1 parser answered a head it refused with (its
+/// `on_error`), so the request it never became is logged and counted too;
+/// `None` where it sent nothing (an HTTP/2 preface on an HTTP/1-only
+/// connection, its own internal error).
+fn parser_answer(e: &hyper::Error) -> Option<u16> {
+    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
+        return None;
+    }
+    // The two too-large kinds and the internal one have no predicate of
+    // their own; their messages are hyper's fixed descriptions.
+    let what = e.to_string();
+    if e.is_parse_too_large() {
+        return Some(if what.starts_with("URI") { 414 } else { 431 });
+    }
+    (!what.starts_with("internal")).then_some(400)
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

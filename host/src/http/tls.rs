@@ -61,7 +61,9 @@ pub struct TenantCert {
     /// PEM private key.
     pub key: PathBuf,
     /// Where `certfile` is set in the tenants file, for errors.
-    pub at: crate::config::Origin,
+    pub cert_at: crate::config::Origin,
+    /// Where `keyfile` is set.
+    pub key_at: crate::config::Origin,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -142,11 +144,10 @@ pub fn acceptor(files: &TlsFiles, tenants: &[TenantCert]) -> Result<TlsAcceptor>
     let default = certified_key(&files.cert, &files.key, ("--certfile", "--keyfile"))?;
     let mut by_host = Vec::new();
     for t in tenants {
-        let what = t.at.to_string();
-        let key_what = format!("{what}'s keyfile");
+        let whats = (t.cert_at.to_string(), t.key_at.to_string());
         by_host.push((
             t.hosts.clone(),
-            certified_key(&t.cert, &t.key, (&what, &key_what))?,
+            certified_key(&t.cert, &t.key, (&whats.0, &whats.1))?,
         ));
     }
     let versions: &[&rustls::SupportedProtocolVersion] = match files.min_version {

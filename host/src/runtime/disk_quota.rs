@@ -34,8 +34,9 @@ pub struct Full;
 pub struct Budget {
     limit: u64,
     used: AtomicU64,
-    /// Whose and where, for the log line a refusal writes (none: silent).
-    label: Option<String>,
+    /// Whose and where, for the log line a refusal writes, and the
+    /// tenant's counter of refusals (none: silent).
+    label: Option<(String, prometheus_client::metrics::counter::Counter)>,
     /// When a refusal was last logged (ms since the Unix epoch).
     warned_at: AtomicU64,
 }
@@ -51,13 +52,18 @@ impl Budget {
         Self::make(limit, None)
     }
 
-    /// A budget whose refusals are logged as `label` (like `app x: /data`),
-    /// at most once a minute.
-    pub fn labelled(limit: u64, label: String) -> Arc<Self> {
-        Self::make(limit, Some(label))
+    /// A budget of app `app`'s directory `place` (like `/tmp`), whose
+    /// refusals are counted in the app's metrics and logged at most once
+    /// a minute.
+    pub fn of_app(limit: u64, app: &str, place: &str) -> Arc<Self> {
+        let label = format!("app {app}: {place}");
+        Self::make(limit, Some((label, crate::metrics::quota_refusals(app))))
     }
 
-    fn make(limit: u64, label: Option<String>) -> Arc<Self> {
+    fn make(
+        limit: u64,
+        label: Option<(String, prometheus_client::metrics::counter::Counter)>,
+    ) -> Arc<Self> {
         Arc::new(Budget {
             limit,
             used: AtomicU64::new(0),
@@ -67,7 +73,10 @@ impl Budget {
     }
 
     fn refused(&self, n: u64) {
-        let Some(label) = &self.label else { return };
+        let Some((label, refusals)) = &self.label else {
+            return;
+        };
+        refusals.inc();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

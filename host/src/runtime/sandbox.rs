@@ -98,17 +98,11 @@ impl Sandbox {
         {
             Tmp::Granted
         } else if isolation == Isolation::Request {
-            Tmp::PerInstance(Budget::labelled(
-                grants.tmp_size,
-                format!("app {app}: /tmp"),
-            ))
+            Tmp::PerInstance(Budget::of_app(grants.tmp_size, app, "/tmp"))
         } else {
             Tmp::Shared(
                 Arc::new(scratch_dir(app)?),
-                Ledger::new(
-                    Budget::labelled(grants.tmp_size, format!("app {app}: /tmp")),
-                    0,
-                ),
+                Ledger::new(Budget::of_app(grants.tmp_size, app, "/tmp"), 0),
             )
         };
         let mut dir_quotas = Vec::new();
@@ -116,7 +110,7 @@ impl Sandbox {
             let ledger = match dir.quota {
                 None => None,
                 Some(limit) => {
-                    let budget = Budget::labelled(limit, format!("app {app}: {}", dir.guest));
+                    let budget = Budget::of_app(limit, app, &dir.guest);
                     let ledger = Ledger::for_tree(budget, &dir.host).with_context(|| {
                         format!(
                             "measuring what {} holds for its quota (app {app})",
