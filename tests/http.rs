@@ -526,6 +526,55 @@ fn an_unread_request_body_does_not_cost_the_connection() {
 }
 
 #[test]
+fn a_body_that_fails_closes_the_connection_and_a_client_that_left_is_logged_499() {
+    let s = Server::start(&router(), &[]);
+    // Malformed framing: the client's fault, 400, and the connection ends.
+    let bad = raw(
+        s.addr,
+        b"POST /length HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&bad).to_ascii_lowercase();
+    assert_eq!(status_of(&bad), 400, "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    s.wait_for_log("\"POST /length\" 400 ");
+    // A client that stops sending mid-body: it left, so its line says 499,
+    // even where it still reads (a half-close looks the same).
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"POST /length HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+        .unwrap();
+    w.shutdown(std::net::Shutdown::Write).unwrap();
+    let res = read_response(&mut r, false);
+    assert_eq!(res.status, 400);
+    assert_eq!(res.header("connection"), Some(&b"close"[..]));
+    s.wait_for_log("\"POST /length\" 499 ");
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_at_the_stall_time() {
+    let s = Server::start(&router(), &["--header-timeout", "1s"]);
+    // One 16 MB piece, which hyper takes whole: only the socket waits.
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"GET /one-chunk?16000000,return HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    // The server gave up: what was in flight arrives, then the end, well
+    // short of the whole body (a server still waiting would send it all).
+    c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got > 0 && got < 16_000_000, "{got} bytes arrived");
+    // The server is still fine.
+    assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
+}
+
+#[test]
 fn a_chunk_larger_than_one_host_call_copies_is_sent_whole() {
     // Over the 128 MiB wasmtime lets one host call copy: once a trap.
     const N: usize = 129 * 1024 * 1024 + 7;

@@ -11,6 +11,7 @@ Only importable inside ``rsgi-wasm build --world wasi-http`` (the
 module names are pinned by ``host/src/build/mod.rs``).
 """
 
+import gc
 from typing import Callable, Optional
 
 from componentize_py_types import Err, Ok
@@ -188,6 +189,7 @@ def make_handler(app: Callable) -> type:
             body = _Body(request)
             failure: Optional[str] = "adapter error"
             stream: Optional[InputStream] = None
+            env = None
             try:
                 env = wasi_http.environ(
                     base,
@@ -207,8 +209,8 @@ def make_handler(app: Callable) -> type:
                 print(f"rsgi-wasm adapter error: {type(e).__name__}: {e}", file=sys.stderr)
             finally:
                 body.close()
-                if stream is not None:
-                    stream.end()  # kept past its request, it reads b""
+                # Kept past its request, it reads b"" (and see SPOOLED).
+                spooled = stream is not None and stream.end()
                 if transport.out is not None:
                     # Nothing was started (the client left while the app ran,
                     # or the adapter failed): the host must still get an answer.
@@ -222,5 +224,8 @@ def make_handler(app: Callable) -> type:
                 except BaseException:
                     pass
                 _drop(request)
+                if spooled:
+                    del env, stream
+                    gc.collect()
 
     return IncomingHandler

@@ -24,10 +24,20 @@ def _ended(n: int) -> bytes:
     return b""
 
 
+# A request that carried this much body (or failed reading it) may have
+# left temporary files behind (frameworks spool uploads to /tmp: Werkzeug
+# past 500 KB, WebOb past 100 KB), held open by reference cycles between
+# the request, its environ and any traceback. Collecting right after it
+# gives their space back to the app's /tmp quota now, not whenever the
+# cyclic collector next reaches its oldest generation: until then every
+# upload could fail for want of room.
+SPOOLED = 256 * 1024
+
+
 class InputStream:
     """Buffered reader over ``pull(max_bytes) -> bytes`` (``b""`` = end)."""
 
-    __slots__ = ("_pull", "_remaining", "_buf", "_eof", "too_large", "disconnected")
+    __slots__ = ("_pull", "_remaining", "_buf", "_eof", "_pulled", "too_large", "disconnected")
 
     def __init__(self, pull: Callable[[int], bytes], content_length: Optional[int]) -> None:
         self._pull = pull
@@ -35,6 +45,7 @@ class InputStream:
         self._remaining = content_length
         self._buf = bytearray()
         self._eof = content_length == 0
+        self._pulled = 0
         # Set when the host refused the body, so the server side can answer
         # 413 (or nothing) even if the app swallowed or wrapped the error.
         self.too_large = False
@@ -58,6 +69,7 @@ class InputStream:
         if not chunk:
             self._eof = True
             return b""
+        self._pulled += len(chunk)
         if self._remaining is not None:
             # The host enforces the declared length too; this guards the
             # "never read past CONTENT_LENGTH" rule inside the guest as well.
@@ -150,13 +162,15 @@ class InputStream:
     def close(self) -> None:
         """Apps may close the input; the host discards what is left."""
 
-    def end(self) -> None:
+    def end(self) -> bool:
         """The request is over: a stream the app kept (in a global, a
         thread, a cache) reads ``b""`` from now on, never the body of a
-        later request."""
+        later request. Returns whether the body was one frameworks spool
+        to a temporary file (see ``SPOOLED``)."""
         self._eof = True
         self._buf.clear()
         self._pull = _ended
+        return self._pulled >= SPOOLED or self.too_large or self.disconnected
 
 
 class EmptyInput:

@@ -80,11 +80,16 @@ class InputStreamTest(unittest.TestCase):
         s = InputStream(source(b"first body, partly read"), 23)
         self.assertEqual(s.read(5), b"first")
         self.assertEqual(s.readline(2), b" b")
-        s.end()
+        self.assertFalse(s.end(), "a small body leaves no temporary file")
         self.assertEqual(s.read(), b"")
         self.assertEqual(s.read(4), b"")
         self.assertEqual(s.readline(), b"")
         self.assertEqual(list(s), [])
+
+    def test_a_large_body_asks_for_a_collection_when_it_ends(self):
+        big = InputStream(source(b"x" * (300 * 1024)), 300 * 1024)
+        self.assertEqual(len(big.read()), 300 * 1024)
+        self.assertTrue(big.end())
 
     def test_errors_are_flagged(self):
         def too_large(n):

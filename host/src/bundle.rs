@@ -253,7 +253,10 @@ pub fn hash_dir(hasher: &mut Sha256, dir: &Path) -> Result<u64> {
 }
 
 /// Pack each `(guest root, host dir)` into one archive, e.g. `("python",
-/// stdlib)` → `/python/...`. Deterministic: fixed order, mtime and mode.
+/// stdlib)` → `/python/...`. Deterministic: fixed order and mode, and each
+/// file keeps its source's modification time, which frameworks compare
+/// (Django's collectstatic, `Last-Modified` and the `ETag`s of Flask's
+/// `send_file`): a rebuilt file must not look unchanged.
 pub fn pack(roots: &[(String, PathBuf)]) -> Result<(Vec<u8>, usize)> {
     let encoder = zstd::Encoder::new(Vec::new(), 3)?;
     let mut tar = tar::Builder::new(encoder);
@@ -265,7 +268,7 @@ pub fn pack(roots: &[(String, PathBuf)]) -> Result<(Vec<u8>, usize)> {
             let mut header = tar::Header::new_gnu();
             header.set_size(data.len() as u64);
             header.set_mode(0o444);
-            header.set_mtime(0);
+            header.set_mtime(mtime(&src));
             header.set_entry_type(tar::EntryType::Regular);
             tar.append_data(&mut header, Path::new(root).join(&rel), data.as_slice())
                 .with_context(|| format!("packing {}", src.display()))?;
@@ -274,6 +277,16 @@ pub fn pack(roots: &[(String, PathBuf)]) -> Result<(Vec<u8>, usize)> {
     }
     let archive = tar.into_inner()?.finish()?;
     Ok((archive, count))
+}
+
+/// `path`'s modification time in whole seconds since the epoch; 1 where
+/// it has none to give (the earliest a tar extractor keeps).
+fn mtime(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(1, |d| d.as_secs().max(1))
 }
 
 /// Append `archive` to a component as the trailing custom section.
@@ -342,6 +355,8 @@ pub fn mounts(
     if dest.join(".complete").is_file() {
         match dir_mounts(&dest) {
             Ok(mounts) => return Ok(mounts),
+            // Out of descriptors or memory: nothing is wrong with the tree.
+            Err(e) if cachefs::short_of_resources(e.chain()) => return Err(e),
             // A shared tree was removed from the cache: unpack again.
             Err(e) => {
                 tracing::warn!("unpacking {} again: {e:#}", dest.display());
@@ -590,6 +605,12 @@ mod tests {
         std::fs::write(src.path().join("pkg/__pycache__/mod.pyc"), "junk").unwrap();
         std::fs::write(src.path().join("app.wasm"), "old build").unwrap();
         std::fs::write(src.path().join("db.sqlite3"), "data").unwrap();
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        std::fs::File::options()
+            .write(true)
+            .open(src.path().join("pkg/mod.py"))
+            .and_then(|f| f.set_modified(when))
+            .unwrap();
         assert_eq!(
             files(src.path()).unwrap(),
             vec![PathBuf::from("pkg/mod.py")]
@@ -618,6 +639,9 @@ mod tests {
             std::fs::read_to_string(m[0].host.join("pkg/mod.py")).unwrap(),
             "x = 1\n"
         );
+        // Unpacked with the source's modification time.
+        let unpacked = std::fs::metadata(m[0].host.join("pkg/mod.py")).unwrap();
+        assert_eq!(unpacked.modified().unwrap(), when);
         // Second start: already unpacked, same answer.
         assert_eq!(mounts(&mut file(), &digest, cache.path()).unwrap(), m);
 

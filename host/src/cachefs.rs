@@ -7,6 +7,19 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// Whether an error comes down to the process running short of file
+/// descriptors or memory: a passing condition, not a damaged cache entry
+/// to remove.
+pub fn short_of_resources<'a>(
+    mut chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> bool {
+    chain.any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|code| [libc::EMFILE, libc::ENFILE, libc::ENOMEM].contains(&code))
+    })
+}
+
 /// A fresh, uniquely named directory beside `dest` to fill before
 /// [`publish`]; removed when dropped unless published.
 pub fn staging(dest: &Path) -> Result<tempfile::TempDir> {
@@ -74,6 +87,14 @@ fn write_renamed(dest: &Path, data: &[u8], sync: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_short_of_descriptors_is_not_damage() {
+        let err = |code| anyhow::Error::from(std::io::Error::from_raw_os_error(code)).context("x");
+        assert!(short_of_resources(err(libc::EMFILE).chain()));
+        assert!(short_of_resources(err(libc::ENOMEM).chain()));
+        assert!(!short_of_resources(err(libc::ENOENT).chain()));
+    }
 
     #[test]
     fn the_first_complete_tree_wins_and_stale_ones_are_replaced() {

@@ -472,6 +472,18 @@ fn tenant(
                 ),
             )));
         }
+        // Static prefixes are matched against the whole path, and only
+        // requests under the app's own prefix are routed to it.
+        if !mount.prefix.starts_with(&format!("{path_prefix}/")) {
+            return Err(Some(err(
+                span.clone(),
+                "static",
+                format!(
+                    "the URL prefix {} is outside this app's path_prefix {path_prefix}, so no request for it reaches this app; write {path_prefix}{}",
+                    mount.prefix, mount.prefix
+                ),
+            )));
+        }
     }
     Ok(TenantConfig {
         name,
@@ -668,6 +680,16 @@ mod tests {
         .unwrap();
         let t = load(&cfg).unwrap();
         assert_eq!(t[0].path_prefix, "/api");
+        // Its static files live under it too.
+        let app = "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\npath_prefix = \"/api\"\n";
+        std::fs::write(&cfg, format!("{app}static = [\"/api/s/=.\"]\n")).unwrap();
+        load(&cfg).unwrap();
+        std::fs::write(&cfg, format!("{app}static = [\"/s/=.\"]\n")).unwrap();
+        let e = load(&cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml:5: app[0].static") && e.contains("write /api/s/"),
+            "{e}"
+        );
     }
 
     #[test]

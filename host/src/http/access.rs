@@ -13,7 +13,7 @@ use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::metrics::{self, TenantMetrics};
-use crate::runtime::body::{BodyAbort, ResponseBody};
+use crate::runtime::body::{self, BodyAbort, ResponseBody};
 
 /// Status logged for a request whose client left before any response
 /// (nginx's convention).
@@ -196,7 +196,10 @@ impl AccessLog {
     /// The response, its body counted and the line written when it ends.
     pub fn finish(mut self, res: Response<ResponseBody>) -> Response<LoggedBody> {
         let mut line = self.0.take().expect("finished once");
-        line.status = res.status().as_u16();
+        line.status = match res.extensions().get::<body::ClientLeft>() {
+            Some(_) => CLIENT_CLOSED,
+            None => res.status().as_u16(),
+        };
         res.map(|body| LoggedBody {
             body,
             line: Some(line),

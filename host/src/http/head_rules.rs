@@ -101,6 +101,11 @@ fn check_host(parts: &Parts) -> Result<(), HeadError> {
         (None, _) if parts.version == Version::HTTP_11 => {
             Err(bad("Bad Request: HTTP/1.1 requires a Host header"))
         }
+        // RFC 9113 §8.3.1: with the http or https scheme (the only ones
+        // let through), `:authority` or `Host` is required.
+        (None, _) if parts.version == Version::HTTP_2 && parts.uri.authority().is_none() => Err(
+            bad("Bad Request: an HTTP/2 request needs :authority or a Host header"),
+        ),
         (None, _) => Ok(()),
         (Some(_), Some(_)) => Err(bad("Bad Request: more than one Host header")),
         (Some(host), None) if !valid_host(host.as_bytes()) => Err(bad(
@@ -225,6 +230,12 @@ mod tests {
             None
         );
         assert_eq!(verdict("GET", "/", Version::HTTP_11, &[""]), None);
+        // HTTP/2: `:authority` (the target's authority) or `Host`.
+        assert!(verdict("GET", "/", Version::HTTP_2, &[])
+            .unwrap()
+            .contains(":authority"));
+        assert_eq!(verdict("GET", "/", Version::HTTP_2, &["a"]), None);
+        assert_eq!(verdict("GET", "http://a/", Version::HTTP_2, &[]), None);
         assert!(verdict("GET", "/", Version::HTTP_10, &["a", "b"])
             .unwrap()
             .contains("more than one"));

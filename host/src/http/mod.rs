@@ -9,3 +9,4 @@ pub mod router;
 pub mod server;
 pub mod static_files;
 pub mod tls;
+pub mod write_deadline;

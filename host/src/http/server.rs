@@ -28,6 +28,7 @@ use crate::config::{ServerConfig, TrustedPeers};
 use crate::http::access::{AccessLog, LoggedBody};
 use crate::http::head_rules;
 use crate::http::router::Router;
+use crate::http::write_deadline::WriteDeadline;
 use crate::runtime::body::{self, RequestBody, ResponseBody};
 use crate::runtime::environ::{self, RequestInfo};
 use crate::runtime::pool::AppRequest;
@@ -165,6 +166,7 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let deadline = cfg.header_timeout;
+                let stream = WriteDeadline::new(stream, deadline);
                 let Some(acceptor) = site.tls() else {
                     let (began, svc) = service(site.clone(), local, peer, false);
                     let conn = graceful.watch(

@@ -256,6 +256,54 @@ pub fn host_page(status: StatusCode, text: &str) -> Response<ResponseBody> {
     res
 }
 
+/// Marks a response to a client that had already left (it stopped sending
+/// its body): the access line says 499 for it, whatever its status.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLeft;
+
+/// The page for a request whose body could not be read: over HTTP/1 it
+/// says `Connection: close`, as hyper closes the connection after it; to
+/// a client that left it is marked [`ClientLeft`].
+pub fn fault_page(
+    status: StatusCode,
+    text: &str,
+    http1: bool,
+    left: bool,
+) -> Response<ResponseBody> {
+    let mut res = host_page(status, text);
+    mark(&mut res, http1, left);
+    res
+}
+
+fn mark<B>(res: &mut Response<B>, closes: bool, left: bool) {
+    if closes {
+        res.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if left {
+        res.extensions_mut().insert(ClientLeft);
+    }
+}
+
+/// Whether a request body failed because the client left: over HTTP/2 a
+/// body fails only with its stream; over HTTP/1, anything but the framing
+/// errors hyper reports as invalid data (a bad chunk size, say) is the
+/// connection ending early (EOF, a reset).
+pub fn client_left(e: &hyper::Error, http1: bool) -> bool {
+    if !http1 {
+        return true;
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{InvalidData, InvalidInput};
+            return !matches!(io.kind(), InvalidData | InvalidInput);
+        }
+        cause = c.source();
+    }
+    true
+}
+
 /// Why the request body could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadError {
@@ -336,6 +384,10 @@ pub struct RequestBody {
     drain: bool,
     /// An HTTP/1 request with `Expect: 100-continue`.
     expects_continue: bool,
+    /// Over HTTP/1, where a failed body ends the connection.
+    http1: bool,
+    /// Reading failed because the client left (not bad framing).
+    gone: bool,
 }
 
 /// A request body handed to another transport, with its bounds.
@@ -348,6 +400,8 @@ pub struct Taken {
     pub pace: Pace,
     /// Drain what is left unread ([`drain_later`]).
     pub drain: bool,
+    /// Over HTTP/1 ([`client_left`]).
+    pub http1: bool,
 }
 
 impl RequestBody {
@@ -364,6 +418,8 @@ impl RequestBody {
             limit,
             drain: false,
             expects_continue: false,
+            http1: false,
+            gone: false,
         }
     }
 
@@ -376,6 +432,7 @@ impl RequestBody {
     pub fn over_http1(mut self, expects_continue: bool) -> Self {
         self.drain = !expects_continue;
         self.expects_continue = expects_continue;
+        self.http1 = true;
         self
     }
 
@@ -391,6 +448,7 @@ impl RequestBody {
             limit: self.limit,
             pace: self.pace,
             drain: self.drain,
+            http1: self.http1,
         })
     }
 
@@ -411,6 +469,15 @@ impl RequestBody {
     /// Whether it failed because the client was too slow (408).
     pub fn timed_out(&self) -> bool {
         self.timed_out
+    }
+
+    /// Mark the response for what reading this body left behind: hyper
+    /// closes an HTTP/1 connection whose body failed or whose `100
+    /// Continue` was never sent, so the response says so; a client that
+    /// left is logged 499 ([`ClientLeft`]).
+    pub fn mark<B>(&self, res: &mut Response<B>) {
+        let closes = self.http1 && (self.failed || self.unread_after_expect());
+        mark(res, closes, self.gone);
     }
 
     /// Up to `max` bytes (at least one); empty at the end of the body.
@@ -439,6 +506,7 @@ impl RequestBody {
                     tracing::debug!("request body read failed: {e}");
                     self.incoming = None;
                     self.failed = true;
+                    self.gone = client_left(&e, self.http1);
                     return Err(ReadError::Disconnected);
                 }
                 Some(Ok(frame)) => {

@@ -34,11 +34,20 @@ pub struct Full;
 pub struct Budget {
     limit: u64,
     used: AtomicU64,
-    /// Whose and where, for the log line a refusal writes, and the
-    /// tenant's counter of refusals (none: silent).
-    label: Option<(String, prometheus_client::metrics::counter::Counter)>,
+    /// Whose, for the log line a refusal writes, and the tenant's
+    /// counter of refusals (none: silent).
+    owner: Option<Owner>,
     /// When a refusal was last logged (ms since the Unix epoch).
     warned_at: AtomicU64,
+}
+
+/// The app a budget belongs to, and which of its directories.
+#[derive(Debug)]
+struct Owner {
+    app: String,
+    /// The guest path, like `/tmp`.
+    place: String,
+    refusals: prometheus_client::metrics::counter::Counter,
 }
 
 /// At most one refusal logged per budget in this many milliseconds: a
@@ -56,27 +65,30 @@ impl Budget {
     /// refusals are counted in the app's metrics and logged at most once
     /// a minute.
     pub fn of_app(limit: u64, app: &str, place: &str) -> Arc<Self> {
-        let label = format!("app {app}: {place}");
-        Self::make(limit, Some((label, crate::metrics::quota_refusals(app))))
+        Self::make(
+            limit,
+            Some(Owner {
+                app: app.to_owned(),
+                place: place.to_owned(),
+                refusals: crate::metrics::quota_refusals(app),
+            }),
+        )
     }
 
-    fn make(
-        limit: u64,
-        label: Option<(String, prometheus_client::metrics::counter::Counter)>,
-    ) -> Arc<Self> {
+    fn make(limit: u64, owner: Option<Owner>) -> Arc<Self> {
         Arc::new(Budget {
             limit,
             used: AtomicU64::new(0),
-            label,
+            owner,
             warned_at: AtomicU64::new(0),
         })
     }
 
     fn refused(&self, n: u64) {
-        let Some((label, refusals)) = &self.label else {
+        let Some(owner) = &self.owner else {
             return;
         };
-        refusals.inc();
+        owner.refusals.inc();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -89,7 +101,9 @@ impl Budget {
                 .is_ok()
         {
             tracing::warn!(
-                "{label}: disk quota of {} bytes reached ({} used); a write of {n} bytes failed with ENOSPC (logged at most once a minute)",
+                app = %owner.app,
+                "{}: disk quota of {} bytes reached ({} used); a write of {n} bytes failed with ENOSPC (logged at most once a minute)",
+                owner.place,
                 self.limit,
                 self.used()
             );

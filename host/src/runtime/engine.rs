@@ -479,7 +479,7 @@ impl Loader {
         let component = match unsafe { Component::deserialize_file(&self.engine, &artifact) } {
             Ok(c) => c,
             Err(e) => {
-                discard_unusable(&artifact, &e);
+                discard_unusable(&artifact, &e)?;
                 return Ok(None);
             }
         };
@@ -524,7 +524,7 @@ impl Loader {
                     } {
                         Ok(m) => m,
                         Err(e) => {
-                            discard_unusable(&artifact, &e);
+                            discard_unusable(&artifact, &e)?;
                             return Ok(None);
                         }
                     };
@@ -553,8 +553,12 @@ impl Loader {
 
 /// Remove a cached artifact wasmtime refuses (damaged, or written by
 /// something else), so the app compiles it again instead of failing at
-/// every load.
-fn discard_unusable(artifact: &Path, e: &wasmtime::Error) {
+/// every load; but one that could not be opened or mapped for want of
+/// descriptors or memory is sound, and the load fails instead.
+fn discard_unusable(artifact: &Path, e: &wasmtime::Error) -> Result<()> {
+    if cachefs::short_of_resources(e.chain()) {
+        anyhow::bail!("loading {}: {e:#}", artifact.display());
+    }
     tracing::warn!(
         "compiling again: the cached artifact {} is unusable: {e:#}",
         artifact.display()
@@ -562,6 +566,7 @@ fn discard_unusable(artifact: &Path, e: &wasmtime::Error) {
     if let Err(e) = std::fs::remove_file(artifact) {
         tracing::warn!("cannot remove {}: {e}", artifact.display());
     }
+    Ok(())
 }
 
 /// The first line of a links file: its format.

@@ -202,6 +202,26 @@ impl LineLogger {
     }
 }
 
+/// Most of a guest's text (an exception message, a trap's backtrace) a
+/// host log line quotes: a guest must not write megabytes per request
+/// past its `log_rate` through the host's own lines.
+const MAX_QUOTED: usize = 4 * 1024;
+
+/// Guest-supplied `text` as a host log line may quote it: control
+/// characters spelt out (no forged lines), clipped to `MAX_QUOTED`.
+pub fn quoted(text: &str) -> String {
+    let mut end = text.len().min(MAX_QUOTED);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let clipped = if end < text.len() {
+        format!("{}... ({} bytes in all)", &text[..end], text.len())
+    } else {
+        text.to_owned()
+    };
+    visible(&clipped).into_owned()
+}
+
 /// `text` with its control characters but tab spelt out: a guest's line
 /// cannot move the cursor (`\r`) over its own prefix, or pass for another
 /// app's line on a terminal.
@@ -239,8 +259,8 @@ impl OutputStream for LineLogger {
             let line = buf.split_to(nl + 1);
             self.emit(&line);
         }
-        if buf.len() > MAX_LINE {
-            let line = buf.split();
+        while buf.len() > MAX_LINE {
+            let line = buf.split_to(MAX_LINE);
             self.emit(&line);
         }
         // Keep no more memory than the partial line needs.
@@ -287,6 +307,11 @@ mod tests {
     fn control_characters_are_spelt_out() {
         assert_eq!(visible("plain\ttext é"), "plain\ttext é");
         assert_eq!(visible("a\rb\x1b[31mc\u{7f}"), "a\\rb\\x1b[31mc\\x7f");
+        // What a host line quotes of a guest's text: one line, and short.
+        assert_eq!(quoted("boom\n2026 INFO forged"), "boom\\n2026 INFO forged");
+        let long = quoted(&"é".repeat(10_000));
+        assert!(long.len() < MAX_QUOTED + 64, "{}", long.len());
+        assert!(long.ends_with("... (20000 bytes in all)"), "{long}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::runtime::cpu::CpuShare;
 use crate::runtime::engine::{AppPre, Loaded};
 use crate::runtime::environ::Environ;
 use crate::runtime::generated::WsgiApp;
+use crate::runtime::guest_log;
 use crate::runtime::sandbox::{Sandbox, Stdio};
 use crate::runtime::snapshot_pages::{self, SnapshotFile};
 use crate::runtime::store::{new_store, HostState};
@@ -211,6 +212,7 @@ impl AppPool {
 
     /// Serve one request with a warm (or, if none is idle, new) instance.
     pub async fn serve(self: Arc<Self>, request: AppRequest, mut ex: Exchange) {
+        ex.answered_by(self.name.clone());
         let permit = if let Ok(p) = self.slots.try_acquire() {
             p
         } else {
@@ -335,6 +337,7 @@ impl AppPool {
                 }
             }
             Ok(Ok(Err(reason))) => {
+                let reason = guest_log::quoted(&reason);
                 tracing::warn!(app = %self.name, "response cut short: {reason}");
                 ex.abort(reason);
             }
@@ -346,7 +349,10 @@ impl AppPool {
                         "the app exited the process (os._exit or a C-level exit, status {status}) during a request; instance replaced"
                     ),
                     None => {
-                        tracing::error!(app = %self.name, "instance crashed and was replaced: {trap:#}")
+                        // Its backtrace names the guest's functions, as the
+                        // guest named them.
+                        let trap = guest_log::quoted(&format!("{trap:#}"));
+                        tracing::error!(app = %self.name, "instance crashed and was replaced: {trap}")
                     }
                 }
                 self.fail(

@@ -107,7 +107,9 @@ pub fn bind(
     Pending,
 )> {
     let fault = Arc::new(AtomicU8::new(FAULT_NONE));
-    let body = LimitedBody::new(ex.take_request_body(), fault.clone());
+    let taken = ex.take_request_body();
+    let http1 = taken.as_ref().is_some_and(|t| t.http1);
+    let body = LimitedBody::new(taken, fault.clone());
     let scheme = if req.https {
         Scheme::Https
     } else {
@@ -140,12 +142,13 @@ pub fn bind(
         };
         // The adapter answers 500 when the body could not be read; the
         // request, not the app, was at fault.
-        let fault = match fault.load(Ordering::Acquire) {
+        let fault_code = fault.load(Ordering::Acquire);
+        let fault = match fault_code {
             FAULT_SLOW => Some((
                 http::StatusCode::REQUEST_TIMEOUT,
                 "Request Timeout: the request body arrived too slowly",
             )),
-            FAULT_BROKEN => Some((
+            FAULT_BROKEN | FAULT_GONE => Some((
                 http::StatusCode::BAD_REQUEST,
                 "Bad Request: malformed or incomplete request body",
             )),
@@ -156,7 +159,8 @@ pub fn bind(
             Err(_) => true,
         };
         if let (Some((status, text)), true) = (fault, app_failed) {
-            responder.page(status, text);
+            let left = fault_code == FAULT_GONE;
+            responder.send(body::fault_page(status, text, http1, left));
             return;
         }
         match result {
@@ -225,6 +229,8 @@ struct LimitedBody {
     pace: Pace,
     /// Drain what the guest leaves unread, once dropped (`body::drain_later`).
     drain: bool,
+    /// Over HTTP/1 (`body::client_left`).
+    http1: bool,
     /// Since when the guest has been waiting, how long it may, and the
     /// timer that ends the wait.
     waiting: Option<(Instant, Duration, Pin<Box<tokio::time::Sleep>>)>,
@@ -234,17 +240,19 @@ struct LimitedBody {
 
 /// The request body was read whole, or not at all.
 const FAULT_NONE: u8 = 0;
-/// Malformed framing, or the client left mid-body: 400.
+/// Malformed framing: 400.
 const FAULT_BROKEN: u8 = 1;
+/// The client left mid-body: 400 to nobody, logged 499.
+const FAULT_GONE: u8 = 3;
 /// The client stalled or trickled (`Pace`): 408.
 const FAULT_SLOW: u8 = 2;
 
 impl LimitedBody {
     /// The body the exchange handed over, if any (none: an empty body).
     fn new(taken: Option<body::Taken>, fault: Arc<AtomicU8>) -> Self {
-        let (incoming, limit, pace, drain) = match taken {
-            Some(t) => (Some(t.incoming), t.limit, t.pace, t.drain),
-            None => (None, 0, Pace::new(Duration::ZERO), false),
+        let (incoming, limit, pace, drain, http1) = match taken {
+            Some(t) => (Some(t.incoming), t.limit, t.pace, t.drain, t.http1),
+            None => (None, 0, Pace::new(Duration::ZERO), false, false),
         };
         LimitedBody {
             incoming,
@@ -252,6 +260,7 @@ impl LimitedBody {
             limit,
             pace,
             drain,
+            http1,
             waiting: None,
             fault,
         }
@@ -304,7 +313,11 @@ impl Body for LimitedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.fail(FAULT_BROKEN);
+                this.fail(if body::client_left(&e, this.http1) {
+                    FAULT_GONE
+                } else {
+                    FAULT_BROKEN
+                });
                 Poll::Ready(Some(Err(ErrorCode::from(e))))
             }
             Poll::Ready(None) => {

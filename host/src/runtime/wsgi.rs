@@ -17,6 +17,7 @@ use crate::runtime::body::{
     self, body_channel, BodyReceiver, BodySender, ReadError, RequestBody, ResponseBody, SERVER,
 };
 use crate::runtime::generated::{BodyError, RequestHost, ResponseHost, SendFileError};
+use crate::runtime::guest_log;
 
 /// Receives the response once the guest commits its start (or the host
 /// answers for it).
@@ -25,6 +26,8 @@ pub type ResponseReceiver = oneshot::Receiver<Response<ResponseBody>>;
 /// An exchange's response channels, lent to a transport that produces a
 /// whole `http::Response` (see `runtime::wasi_http`).
 pub struct Responder {
+    /// The app answering, for the log.
+    app: Arc<str>,
     start_tx: oneshot::Sender<Response<ResponseBody>>,
     chunk_rx: BodyReceiver,
     chunk_tx: BodySender,
@@ -42,6 +45,7 @@ impl Responder {
     pub fn commit(self, mut parts: http::response::Parts, length: Option<u64>) {
         if !(200..=599).contains(&parts.status.as_u16()) {
             tracing::error!(
+                app = %self.app,
                 "invalid response from the app: status {}: a final response's status must be from 200 to 599",
                 parts.status.as_u16()
             );
@@ -64,12 +68,19 @@ impl Responder {
 
     /// Answer with a host page instead.
     pub fn page(self, status: StatusCode, text: &str) {
-        let _ = self.start_tx.send(body::host_page(status, text));
+        self.send(body::host_page(status, text));
+    }
+
+    /// Answer with `res`, made by the host.
+    pub fn send(self, res: Response<ResponseBody>) {
+        let _ = self.start_tx.send(res);
     }
 }
 
 /// One request's channels, owned by the instance while it serves it.
 pub struct Exchange {
+    /// The app answering, for the log (set when a pool takes the request).
+    app: Arc<str>,
     body: RequestBody,
     /// Taken when the response starts: the status and headers are out.
     start_tx: Option<oneshot::Sender<Response<ResponseBody>>>,
@@ -94,6 +105,7 @@ impl Exchange {
         let (chunk_tx, chunk_rx) = body_channel();
         let chunk_tx = chunk_tx.with_stall(stall);
         let ex = Exchange {
+            app: "".into(),
             body,
             start_tx: Some(start_tx),
             chunk_rx: Some(chunk_rx),
@@ -116,6 +128,7 @@ impl Exchange {
     /// committed.
     pub fn responder(&mut self) -> Option<Responder> {
         Some(Responder {
+            app: self.app.clone(),
             start_tx: self.start_tx.take()?,
             chunk_rx: self.chunk_rx.take()?,
             chunk_tx: self.chunk_tx.clone(),
@@ -150,10 +163,17 @@ impl Exchange {
         self.start_tx.is_none()
     }
 
+    /// Name the app answering, for its log lines.
+    pub fn answered_by(&mut self, app: Arc<str>) {
+        self.app = app;
+    }
+
     /// Answer with a host page if the guest has not started a response.
     pub fn respond_error(&mut self, status: StatusCode, text: &str) {
         if let Some(tx) = self.start_tx.take() {
-            let _ = tx.send(body::host_page(status, text));
+            let mut page = body::host_page(status, text);
+            self.body.mark(&mut page);
+            let _ = tx.send(page);
         }
     }
 
@@ -215,7 +235,8 @@ impl Exchange {
             match parse_start(status, headers, default_length) {
                 Ok(start) => start,
                 Err(why) => {
-                    tracing::error!("invalid response from the app: {why}");
+                    let why = guest_log::quoted(&why);
+                    tracing::error!(app = %self.app, "invalid response from the app: {why}");
                     self.respond_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
                     return false;
                 }
@@ -239,10 +260,7 @@ impl Exchange {
         if let Some(reason) = reason {
             res.extensions_mut().insert(reason);
         }
-        if self.body.unread_after_expect() {
-            res.headers_mut()
-                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        }
+        self.body.mark(&mut res);
         let tx = self.start_tx.take().expect("checked above");
         tx.send(res).is_ok()
     }
@@ -375,8 +393,8 @@ fn content_rules(status: StatusCode, headers: &mut HeaderMap, length: Option<u64
     length
 }
 
-/// The most header bytes a response may carry (names and values); browsers
-/// refuse larger heads (Chromium at 256 KiB).
+/// The most bytes a response head may carry (the status line, header names
+/// and values); browsers refuse larger heads (Chromium at 256 KiB).
 const MAX_RESPONSE_HEADERS: usize = 256 * 1024;
 
 /// Re-check what the guest already validated (defence in depth: the guest
@@ -388,6 +406,14 @@ fn parse_start(
     headers: &str,
     default_length: Option<u64>,
 ) -> Result<ParsedStart, String> {
+    // The reason phrase counts too: it has no length limit of its own.
+    if status.len() + headers.len() > MAX_RESPONSE_HEADERS {
+        return Err(format!(
+            "response status and headers take {} bytes, over the {} KiB a response may have",
+            status.len() + headers.len(),
+            MAX_RESPONSE_HEADERS / 1024
+        ));
+    }
     let code = status
         .get(..3)
         .and_then(|c| c.parse::<u16>().ok())
@@ -412,13 +438,6 @@ fn parse_start(
                 .map_err(|_| format!("status {status:?} has an invalid reason phrase"))?,
         )
     };
-    if headers.len() > MAX_RESPONSE_HEADERS {
-        return Err(format!(
-            "response headers take {} bytes, over the {} KiB a response may have",
-            headers.len(),
-            MAX_RESPONSE_HEADERS / 1024
-        ));
-    }
     let mut map = HeaderMap::with_capacity(8);
     let mut content_length = None;
     let mut items = headers.split('\n');
@@ -576,6 +595,8 @@ mod tests {
             .map(|i| format!("{}\n{}\n", name(i), "v".repeat(60)))
             .collect();
         let e = parse_start("200 OK", big.trim_end_matches('\n'), None).unwrap_err();
+        assert!(e.contains("over the 256 KiB"), "{e}");
+        let e = parse_start(&format!("200 {}", "S".repeat(300_000)), "", None).unwrap_err();
         assert!(e.contains("over the 256 KiB"), "{e}");
         assert!(parse_start("200 OK", "Bad Name\nx", None).is_err());
         assert!(parse_start("200 OK", "X\na\r\nb", None).is_err());
