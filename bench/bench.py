@@ -297,7 +297,7 @@ def serve_tenants(component, n, expect):
     env = dict(os.environ, RUST_LOG="warn", RSGI_WASM_CACHE=CACHE)
     t = time.time()
     p = subprocess.Popen(["taskset", "-c", SERVER_CPU, BIN, "serve", cfg, "--listen", f"127.0.0.1:{PORT}",
-                          "--cache-dir", CACHE], env=env, stdout=subprocess.DEVNULL,
+                          "--cache-dir", CACHE, "--max-loaded", "1000000"], env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_port(PORT, timeout=900)

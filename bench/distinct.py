@@ -138,7 +138,7 @@ def serve(cfg):
     env = dict(os.environ, RUST_LOG="warn")
     t = time.time()
     p = subprocess.Popen(["taskset", "-c", b.SERVER_CPU, b.BIN, "serve", cfg, "--listen",
-                          f"127.0.0.1:{b.PORT}", "--cache-dir", CACHE], env=env,
+                          f"127.0.0.1:{b.PORT}", "--cache-dir", CACHE, "--max-loaded", "1000000"], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     b.wait_port(b.PORT, timeout=600)
     return p, time.time() - t

@@ -1022,6 +1022,62 @@ fn replaced_components_are_freed_over_many_reloads() {
 }
 
 #[test]
+fn past_max_loaded_the_least_recently_used_idle_app_makes_room() {
+    let dir = temp_dir("max-loaded");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"a\"\ncomponent = \"{r}\"\nhosts = [\"a.test\"]\n\n\
+             [[app]]\nname = \"b\"\ncomponent = \"{r}\"\nhosts = [\"b.test\"]\n\n\
+             [[app]]\nname = \"c\"\ncomponent = \"{r}\"\nhosts = [\"c.test\"]\n",
+            r = router().display()
+        ),
+    );
+    let config = config.to_str().unwrap();
+    let s = Server::start_with(&[
+        "serve",
+        config,
+        "--max-loaded",
+        "2",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let ops = s.logged_addr("metrics on ");
+    // One request, and its instance back in the pool (serving nothing).
+    let get = |app: &str| {
+        let r = client()
+            .get(s.url("/"))
+            .header("host", format!("{app}.test"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let warm = format!("rsgi_wasm_instances{{tenant=\"{app}\",state=\"warm\"}}");
+        wait_for_series(ops, &warm, 1.0);
+        // Distinct last-use times, in milliseconds.
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let loaded = || {
+        let m = scrape(ops);
+        ["a", "b", "c"].map(|t| series(&m, &format!("rsgi_wasm_tenant_loaded{{tenant=\"{t}\"}}")))
+    };
+    get("a");
+    get("b");
+    get("a");
+    // A third app: b, the least recently used, makes room.
+    get("c");
+    assert_eq!(loaded(), [1.0, 0.0, 1.0]);
+    s.wait_for_log("unloaded, least recently used, to make room");
+    // b comes back on its next request, and a (now the oldest) goes.
+    get("b");
+    assert_eq!(loaded(), [0.0, 1.0, 1.0]);
+    for bad in ["0", "-1", "1e300", "many", ""] {
+        let (code, _, err) = run_bin(&["serve", config, "--max-loaded", bad]);
+        assert_ne!(code, 0);
+        assert!(err.contains("--max-loaded"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn tenants_load_on_first_request_and_unload_when_idle() {
     let dir = temp_dir("lazy");
     // `a` and `b` run one component file, `c` another; `b` stays loaded.

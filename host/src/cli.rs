@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// first request would; apps still unload after their idle_timeout.
     #[arg(long)]
     pub preload: bool,
+    /// Most apps loaded at once: loading one more first unloads the least
+    /// recently used app serving nothing, so clients naming every host
+    /// cannot load every app (1 to 1000000).
+    #[arg(long, default_value = config::DEFAULT_MAX_LOADED, value_parser = config::count_in(config::MAX_LOADED))]
+    pub max_loaded: u64,
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]

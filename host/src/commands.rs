@@ -26,7 +26,7 @@ use crate::runtime::cpu::CpuScheduler;
 use crate::runtime::engine::{self, Loader};
 use crate::runtime::sandbox::{Sandbox, Stdio};
 use crate::runtime::store;
-use crate::runtime::tenant::{self, AppSpec, Starter, Tenant};
+use crate::runtime::tenant::{self, AppSpec, Resident, Starter, Tenant};
 use crate::tenants::{self, TenantConfig};
 
 /// Run one parsed command line; returns the process exit status.
@@ -307,6 +307,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
         sched: scheduler(&loader),
         loader,
         metered,
+        resident: Resident::new(usize::MAX),
     };
     let spec = AppSpec {
         name: name.clone(),
@@ -579,6 +580,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         sched: scheduler(&loader),
         loader,
         metered,
+        resident: Resident::new(usize::try_from(args.max_loaded).unwrap_or(usize::MAX)),
     };
     let running = check_tenants(&starter, configs, &[])?;
     if args.preload {

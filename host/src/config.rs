@@ -277,6 +277,8 @@ pub const DEFAULT_GRACE: &str = "30s";
 pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
 /// `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: &str = "10000";
+/// `serve --max-loaded`.
+pub const DEFAULT_MAX_LOADED: &str = "1000";
 /// `--forwarded-allow-ips`.
 pub const DEFAULT_FORWARDED_ALLOW: &str = "127.0.0.1";
 /// `--http2-max-streams`.
@@ -373,6 +375,11 @@ pub const WORKERS: Bounds<u64> = Bounds { min: 1, max: 1024 };
 /// `--queue` / `queue`.
 pub const QUEUE: Bounds<u64> = Bounds {
     min: 0,
+    max: 1_000_000,
+};
+/// `serve --max-loaded`.
+pub const MAX_LOADED: Bounds<u64> = Bounds {
+    min: 1,
     max: 1_000_000,
 };
 /// `--max-connections`.

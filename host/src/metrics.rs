@@ -232,7 +232,7 @@ impl Metrics {
         );
         registry.register(
             "idle_unloads",
-            "Tenants unloaded after idle_timeout without requests",
+            "Tenants unloaded: after idle_timeout without requests, or the least recently used when serve --max-loaded apps were loaded",
             m.unloads.clone(),
         );
         registry.register(

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -26,6 +26,55 @@ pub struct Starter {
     pub sched: Arc<CpuScheduler>,
     /// `--metrics` is on: account guest CPU even where nothing is scheduled.
     pub metered: bool,
+    /// The apps loaded now, and how many may be.
+    pub resident: Arc<Resident>,
+}
+
+/// The apps loaded in the process, across reloads, and how many may be
+/// at once (`serve --max-loaded`): every loaded app costs memory and file
+/// descriptors, and a client can name every host.
+pub struct Resident {
+    cap: usize,
+    /// Loaded (or loading) apps; entries of apps unloaded or replaced
+    /// since are dropped when looked at.
+    apps: Mutex<Vec<Weak<Tenant>>>,
+}
+
+impl Resident {
+    /// At most `cap` apps loaded at once.
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Resident {
+            cap,
+            apps: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Count `newcomer` in before it loads; at the cap, unload the least
+    /// recently used app that serves nothing to make room (returned, to be
+    /// torn down off the runtime's threads). With every app busy the cap
+    /// is passed for now: a request is never refused for it.
+    fn admit(&self, newcomer: &Arc<Tenant>) -> Option<Arc<AppPool>> {
+        let mut apps = self.apps.lock().expect("resident lock");
+        apps.retain(|w| {
+            w.upgrade()
+                .is_some_and(|t| matches!(*t.state.lock().expect("tenant lock"), State::Warm(_)))
+        });
+        let mut evicted = None;
+        if apps.len() >= self.cap {
+            let mut loaded: Vec<Arc<Tenant>> = apps.iter().filter_map(Weak::upgrade).collect();
+            loaded.sort_by_key(|t| t.last_used.load(Ordering::Relaxed));
+            evicted = loaded.iter().find_map(|t| {
+                t.unload(|| {
+                    format!(
+                        "unloaded, least recently used, to make room: {} apps were loaded (--max-loaded)",
+                        self.cap
+                    )
+                })
+            });
+        }
+        apps.push(Arc::downgrade(newcomer));
+        evicted
+    }
 }
 
 /// What an app is started from.
@@ -259,10 +308,13 @@ impl Tenant {
     }
 
     /// Load unless another request did while this one queued.
-    async fn load_once(&self) -> Result<Arc<AppPool>, LoadError> {
+    async fn load_once(self: &Arc<Self>) -> Result<Arc<AppPool>, LoadError> {
         let _loading = self.loading.lock().await;
         if let Some(ready) = self.ready() {
             return ready;
+        }
+        if let Some(evicted) = self.starter.resident.admit(self) {
+            tokio::task::spawn_blocking(move || drop(evicted));
         }
         let t0 = Instant::now();
         match self.load().await {
@@ -355,6 +407,11 @@ impl Tenant {
         if u128::from(idle_ms) < self.idle_timeout.as_millis() {
             return None;
         }
+        self.unload(|| format!("unloaded after {:?} idle", self.idle_timeout))
+    }
+
+    /// Unload the app if it is loaded and serves nothing, saying `why`.
+    fn unload(&self, why: impl FnOnce() -> String) -> Option<Arc<AppPool>> {
         let mut state = self.state.lock().expect("tenant lock");
         let State::Warm(pool) = &*state else {
             return None;
@@ -368,7 +425,7 @@ impl Tenant {
         drop(state);
         self.metrics.loaded.dec();
         self.metrics.unloads.inc();
-        tracing::info!(app = %self.spec.name, "unloaded after {:?} idle", self.idle_timeout);
+        tracing::info!(app = %self.spec.name, "{}", why());
         Some(pool)
     }
 }
