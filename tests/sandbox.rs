@@ -1071,7 +1071,7 @@ fn past_max_loaded_the_least_recently_used_idle_app_makes_room() {
     get("b");
     assert_eq!(loaded(), [0.0, 1.0, 1.0]);
     for bad in ["0", "-1", "1e300", "many", ""] {
-        let (code, _, err) = run_bin(&["serve", config, "--max-loaded", bad]);
+        let (code, _, err) = run_bin(&["serve", config, &format!("--max-loaded={bad}")]);
         assert_ne!(code, 0);
         assert!(err.contains("--max-loaded"), "{bad}: {err}");
     }
