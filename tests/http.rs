@@ -621,6 +621,14 @@ fn guest_output_goes_to_the_log() {
         "{logs}"
     );
     assert!(!logs.contains("no newline at the endhello"), "{logs}");
+    // A long print arrives whole, in lines of at most 16 KiB.
+    assert_eq!(
+        client().get(s.url("/print?long")).send().unwrap().status(),
+        200
+    );
+    s.wait_for_log("END OF THE LONG LINE");
+    let longest = s.logs().lines().map(str::len).max().unwrap();
+    assert!(longest < 16 * 1024 + 200, "{longest}");
 }
 
 #[test]

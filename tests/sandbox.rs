@@ -1029,8 +1029,14 @@ fn past_max_loaded_the_least_recently_used_idle_app_makes_room() {
         &format!(
             "[[app]]\nname = \"a\"\ncomponent = \"{r}\"\nhosts = [\"a.test\"]\n\n\
              [[app]]\nname = \"b\"\ncomponent = \"{r}\"\nhosts = [\"b.test\"]\n\n\
-             [[app]]\nname = \"c\"\ncomponent = \"{r}\"\nhosts = [\"c.test\"]\n",
-            r = router().display()
+             [[app]]\nname = \"c\"\ncomponent = \"{r}\"\nhosts = [\"c.test\"]\n\n{more}",
+            r = router().display(),
+            more = ["d", "e", "f"]
+                .map(|t| format!(
+                    "[[app]]\nname = \"{t}\"\ncomponent = \"{}\"\nhosts = [\"{t}.test\"]\n\n",
+                    router().display()
+                ))
+                .concat()
         ),
     );
     let config = config.to_str().unwrap();
@@ -1070,6 +1076,41 @@ fn past_max_loaded_the_least_recently_used_idle_app_makes_room() {
     // b comes back on its next request, and a (now the oldest) goes.
     get("b");
     assert_eq!(loaded(), [0.0, 1.0, 1.0]);
+    // A burst of first requests to every app at once: all answered, and
+    // the apps loaded past the cap meanwhile are unloaded again after.
+    let url = s.url("/");
+    let burst: Vec<_> = (0..12)
+        .map(|i| {
+            let (url, host) = (
+                url.clone(),
+                format!("{}.test", ["a", "b", "c", "d", "e", "f"][i % 6]),
+            );
+            std::thread::spawn(move || {
+                client()
+                    .get(url)
+                    .header("host", host)
+                    .send()
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    for t in burst {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = scrape(ops);
+        let total: f64 = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|t| series(&m, &format!("rsgi_wasm_tenant_loaded{{tenant=\"{t}\"}}")))
+            .sum();
+        if total <= 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{total} apps still loaded:\n{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for bad in ["0", "-1", "1e300", "many", ""] {
         let (code, _, err) = run_bin(&["serve", config, &format!("--max-loaded={bad}")]);
         assert_ne!(code, 0);

@@ -121,16 +121,21 @@ pub fn freeze_dirs(dirs: &[PathBuf], cache: &Path) -> Result<Vec<PathBuf>> {
     Ok(frozen)
 }
 
-/// Copy `dir`'s shipped files into the directory `dest`.
+/// Copy `dir`'s shipped files into the directory `dest`, with their
+/// modification times (what is packed from the copy keeps them, see
+/// [`pack`]).
 pub fn copy_files(dir: &Path, dest: &Path) -> Result<()> {
     for rel in files(dir)? {
-        let to = dest.join(&rel);
+        let (from, to) = (dir.join(&rel), dest.join(&rel));
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        std::fs::copy(dir.join(&rel), &to)
-            .with_context(|| format!("copying {}", dir.join(&rel).display()))?;
+        std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+        std::fs::metadata(&from)
+            .and_then(|m| m.modified())
+            .and_then(|t| std::fs::File::open(&to)?.set_modified(t))
+            .with_context(|| format!("dating {} as {}", to.display(), from.display()))?;
     }
     Ok(())
 }
@@ -595,6 +600,21 @@ mod tests {
                 ("/2", "/src/b".into()),
             ]
         );
+    }
+
+    #[test]
+    fn copies_keep_modification_times() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir(src.path().join("static")).unwrap();
+        std::fs::write(src.path().join("static/a.css"), "a {}").unwrap();
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        std::fs::File::open(src.path().join("static/a.css"))
+            .and_then(|f| f.set_modified(when))
+            .unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        copy_files(src.path(), dest.path()).unwrap();
+        let copied = std::fs::metadata(dest.path().join("static/a.css")).unwrap();
+        assert_eq!(copied.modified().unwrap(), when);
     }
 
     #[test]

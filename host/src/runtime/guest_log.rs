@@ -164,8 +164,10 @@ struct LineLogger {
     buf: Arc<Mutex<BytesMut>>,
 }
 
-/// What `check_write` allows per write.
-const WRITE_PERMIT: usize = 64 * 1024;
+/// What `check_write` allows per write: what a program prints at once.
+/// Python's text streams over a raw file drop what a short write leaves,
+/// so a 100 KB `print` lost its tail at 64 KiB.
+const WRITE_PERMIT: usize = 4 * 1024 * 1024;
 
 impl LineLogger {
     fn emit(&self, line: &[u8]) {

@@ -4,7 +4,7 @@
 //! apps cost memory only while they are used.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -50,29 +50,59 @@ impl Resident {
     }
 
     /// Count `newcomer` in before it loads; at the cap, unload the least
-    /// recently used app that serves nothing to make room (returned, to be
+    /// recently used apps that serve nothing to make room (returned, to be
     /// torn down off the runtime's threads). With every app busy the cap
-    /// is passed for now: a request is never refused for it.
-    fn admit(&self, newcomer: &Arc<Tenant>) -> Option<Arc<AppPool>> {
+    /// is passed for now (a request is never refused for it), and the
+    /// idle sweep trims the excess later ([`trim`](Self::trim)).
+    fn admit(&self, newcomer: &Arc<Tenant>) -> Vec<Arc<AppPool>> {
         let mut apps = self.apps.lock().expect("resident lock");
-        apps.retain(|w| {
-            w.upgrade()
-                .is_some_and(|t| matches!(*t.state.lock().expect("tenant lock"), State::Warm(_)))
-        });
-        let mut evicted = None;
-        if apps.len() >= self.cap {
-            let mut loaded: Vec<Arc<Tenant>> = apps.iter().filter_map(Weak::upgrade).collect();
-            loaded.sort_by_key(|t| t.last_used.load(Ordering::Relaxed));
-            evicted = loaded.iter().find_map(|t| {
-                t.unload(|| {
-                    format!(
-                        "unloaded, least recently used, to make room: {} apps were loaded (--max-loaded)",
-                        self.cap
-                    )
-                })
-            });
+        let evicted = self.evict(&mut apps, self.cap.saturating_sub(1));
+        // Unloaded and loading again before an entry was dropped: once.
+        if !apps
+            .iter()
+            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(newcomer)))
+        {
+            apps.push(Arc::downgrade(newcomer));
         }
-        apps.push(Arc::downgrade(newcomer));
+        evicted
+    }
+
+    /// Unload the least recently used idle apps past the cap.
+    pub fn trim(&self) -> Vec<Arc<AppPool>> {
+        let mut apps = self.apps.lock().expect("resident lock");
+        self.evict(&mut apps, self.cap)
+    }
+
+    /// Leave at most `keep` of `apps` loaded, unloading the least recently
+    /// used that serve nothing.
+    fn evict(&self, apps: &mut Vec<Weak<Tenant>>, keep: usize) -> Vec<Arc<AppPool>> {
+        // Loading ones count: a burst of first requests must not pass the
+        // cap by loading many apps at once.
+        apps.retain(|w| w.upgrade().is_some_and(|t| t.resident()));
+        let mut evicted = Vec::new();
+        if apps.len() <= keep {
+            return evicted;
+        }
+        let mut loaded: Vec<Arc<Tenant>> = apps.iter().filter_map(Weak::upgrade).collect();
+        loaded.sort_by_key(|t| t.last_used.load(Ordering::Relaxed));
+        let mut over = apps.len() - keep;
+        for t in &loaded {
+            if over == 0 {
+                break;
+            }
+            let why = || {
+                format!(
+                    "unloaded, least recently used, to make room: {} apps were loaded or loading (--max-loaded {})",
+                    apps.len(),
+                    self.cap
+                )
+            };
+            if let Some(pool) = t.unload(why) {
+                evicted.push(pool);
+                over -= 1;
+            }
+        }
+        apps.retain(|w| w.upgrade().is_some_and(|t| t.resident()));
         evicted
     }
 }
@@ -127,6 +157,17 @@ pub struct Tenant {
     /// Requests waiting for the app to load.
     cold_waiting: AtomicUsize,
     last_used: AtomicU64,
+    /// A load is under way (counted against `--max-loaded`).
+    loading_now: AtomicBool,
+}
+
+/// Clears a flag when dropped.
+struct Done<'a>(&'a AtomicBool);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Why a cold app could not serve.
@@ -190,6 +231,7 @@ impl Tenant {
             loading: tokio::sync::Mutex::new(()),
             cold_waiting: AtomicUsize::new(0),
             last_used: AtomicU64::new(now_ms()),
+            loading_now: AtomicBool::new(false),
         }))
     }
 
@@ -313,11 +355,16 @@ impl Tenant {
         if let Some(ready) = self.ready() {
             return ready;
         }
-        if let Some(evicted) = self.starter.resident.admit(self) {
+        self.loading_now.store(true, Ordering::SeqCst);
+        let evicted = self.starter.resident.admit(self);
+        if !evicted.is_empty() {
             tokio::task::spawn_blocking(move || drop(evicted));
         }
         let t0 = Instant::now();
-        match self.load().await {
+        let loaded = self.load().await;
+        // Warm or failed from here: counted by its state again.
+        let _done = Done(&self.loading_now);
+        match loaded {
             Ok(pool) => {
                 let took = t0.elapsed();
                 self.metrics.cold_starts.observe(took.as_secs_f64());
@@ -410,6 +457,12 @@ impl Tenant {
         self.unload(|| format!("unloaded after {:?} idle", self.idle_timeout))
     }
 
+    /// Loaded, or being loaded.
+    fn resident(&self) -> bool {
+        self.loading_now.load(Ordering::SeqCst)
+            || matches!(*self.state.lock().expect("tenant lock"), State::Warm(_))
+    }
+
     /// Unload the app if it is loaded and serves nothing, saying `why`.
     fn unload(&self, why: impl FnOnce() -> String) -> Option<Arc<AppPool>> {
         let mut state = self.state.lock().expect("tenant lock");
@@ -456,7 +509,12 @@ pub fn sweep_interval(tenants: &[Arc<Tenant>]) -> Duration {
 /// Unload every idle app of `tenants`; the pools are torn down on a
 /// blocking thread (unmapping instances' memory takes milliseconds).
 pub fn sweep(tenants: &[Arc<Tenant>]) {
-    let unloaded: Vec<Arc<AppPool>> = tenants.iter().filter_map(|t| t.unload_if_idle()).collect();
+    let mut unloaded: Vec<Arc<AppPool>> =
+        tenants.iter().filter_map(|t| t.unload_if_idle()).collect();
+    // Past the cap after a burst that kept every app busy.
+    if let Some(t) = tenants.first() {
+        unloaded.extend(t.starter.resident.trim());
+    }
     if !unloaded.is_empty() {
         tokio::task::spawn_blocking(move || drop(unloaded));
     }

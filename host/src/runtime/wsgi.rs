@@ -51,6 +51,13 @@ impl Responder {
             );
             return self.page(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
         }
+        if let Some(name) = parts.headers.keys().find(|n| hop_by_hop(n)) {
+            tracing::error!(
+                app = %self.app,
+                "invalid response from the app: header {name} is hop-by-hop: the server manages it"
+            );
+            return self.page(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+        }
         parts
             .headers
             .entry(http::header::SERVER)
@@ -397,6 +404,31 @@ fn content_rules(status: StatusCode, headers: &mut HeaderMap, length: Option<u64
 /// and values); browsers refuse larger heads (Chromium at 256 KiB).
 const MAX_RESPONSE_HEADERS: usize = 256 * 1024;
 
+/// The longest reason phrase sent.
+const MAX_REASON: usize = 1024;
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1, PEP 3333): the server frames the
+/// connection; an app's `Transfer-Encoding` would make hyper send a body
+/// no client can read.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::{
+        CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
+        UPGRADE,
+    };
+    [
+        CONNECTION,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "trailers"
+}
+
 /// Re-check what the guest already validated (defence in depth: the guest
 /// is untrusted code) and build hyper's response head. `headers` is the packed
 /// `name LF value LF ...` of `wit/wsgi.wit`; `default_length` is added as
@@ -428,6 +460,13 @@ fn parse_start(
         ));
     }
     let reason_text = &status[4..];
+    // Clients give up on longer lines (curl at 100 KB).
+    if reason_text.len() > MAX_REASON {
+        return Err(format!(
+            "the reason phrase takes {} bytes, over the {MAX_REASON} a status line may carry",
+            reason_text.len()
+        ));
+    }
     let reason = if code.canonical_reason() == Some(reason_text) {
         None
     } else {
@@ -453,6 +492,11 @@ fn parse_start(
             .trim_matches([' ', '\t']);
         let hname = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("response header name {name:?} is invalid"))?;
+        if hop_by_hop(&hname) {
+            return Err(format!(
+                "response header {name:?} is hop-by-hop: the server manages it, a WSGI app must not set it"
+            ));
+        }
         let hvalue = if value.is_ascii() {
             HeaderValue::from_str(value).ok()
         } else {
@@ -598,6 +642,12 @@ mod tests {
         assert!(e.contains("over the 256 KiB"), "{e}");
         let e = parse_start(&format!("200 {}", "S".repeat(300_000)), "", None).unwrap_err();
         assert!(e.contains("over the 256 KiB"), "{e}");
+        let e = parse_start(&format!("200 {}", "S".repeat(2000)), "", None).unwrap_err();
+        assert!(e.contains("reason phrase"), "{e}");
+        for name in ["Transfer-Encoding", "connection", "Keep-Alive", "Upgrade"] {
+            let e = parse_start("200 OK", &format!("{name}\nx"), None).unwrap_err();
+            assert!(e.contains("hop-by-hop"), "{e}");
+        }
         assert!(parse_start("200 OK", "Bad Name\nx", None).is_err());
         assert!(parse_start("200 OK", "X\na\r\nb", None).is_err());
         assert!(parse_start("200 OK", "X\n\u{263a}", None).is_err());

@@ -343,6 +343,9 @@ def application(environ, start_response):
         if query == "partial":
             sys.stderr.write("no newline at the end")
             return text(start_response, "printed")
+        if query == "long":
+            print("L" * 100000 + "END OF THE LONG LINE")
+            return text(start_response, "printed")
         print("hello from guest stdout", flush=True)
         environ["wsgi.errors"].write("hello from wsgi.errors\n")
         return text(start_response, "printed")
