@@ -224,11 +224,12 @@ pub fn quoted(text: &str) -> String {
     visible(&clipped).into_owned()
 }
 
-/// `text` with its control characters but tab spelt out: a guest's line
+/// `text` with its control characters but tab, and the other [`hidden`]
+/// ones, spelt out: a guest's line
 /// cannot move the cursor (`\r`) over its own prefix, or pass for another
 /// app's line on a terminal.
 fn visible(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\t') {
+    if !text.chars().any(|c| hidden(c) && c != '\t') {
         return text.into();
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -241,10 +242,25 @@ fn visible(text: &str) -> std::borrow::Cow<'_, str> {
                 let _ =
                     std::fmt::Write::write_fmt(&mut out, format_args!("\\x{:02x}", u32::from(c)));
             }
+            c if hidden(c) => {
+                let _ = std::fmt::Write::write_fmt(
+                    &mut out,
+                    format_args!("\\u{{{:04x}}}", u32::from(c)),
+                );
+            }
             c => out.push(c),
         }
     }
     out.into()
+}
+
+/// A character that moves or reorders what follows it where a log is
+/// read: controls, the Unicode line and paragraph separators (new lines
+/// to some viewers), and the bidirectional overrides and isolates (which
+/// can make one line read as another).
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 impl OutputStream for LineLogger {
@@ -309,6 +325,7 @@ mod tests {
     fn control_characters_are_spelt_out() {
         assert_eq!(visible("plain\ttext é"), "plain\ttext é");
         assert_eq!(visible("a\rb\x1b[31mc\u{7f}"), "a\\rb\\x1b[31mc\\x7f");
+        assert_eq!(visible("a\u{2028}b\u{202e}c"), "a\\u{2028}b\\u{202e}c");
         // What a host line quotes of a guest's text: one line, and short.
         assert_eq!(quoted("boom\n2026 INFO forged"), "boom\\n2026 INFO forged");
         let long = quoted(&"é".repeat(10_000));
