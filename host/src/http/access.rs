@@ -143,11 +143,7 @@ fn clipped(s: &str) -> std::borrow::Cow<'_, str> {
     if s.len() <= MAX_LOGGED {
         return s.into();
     }
-    let mut end = MAX_LOGGED;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end]).into()
+    format!("{}...", &s[..s.floor_char_boundary(MAX_LOGGED)]).into()
 }
 
 /// A target as it sits between quotes in a text line: a `"` in it (which

@@ -494,7 +494,7 @@ async fn respond(
     if http1 {
         body = body.over_http1(expects);
     }
-    let (ex, response) = Exchange::new(body, head, stall);
+    let (ex, response) = Exchange::new(tenant.metrics().name.clone(), body, head, stall);
     let call = async move {
         pool.serve(request, ex).await;
         // Idle time counts from the end of the last response.

@@ -144,10 +144,10 @@ pub fn acceptor(files: &TlsFiles, tenants: &[TenantCert]) -> Result<TlsAcceptor>
     let default = certified_key(&files.cert, &files.key, ("--certfile", "--keyfile"))?;
     let mut by_host = Vec::new();
     for t in tenants {
-        let whats = (t.cert_at.to_string(), t.key_at.to_string());
+        let (what, key_what) = (t.cert_at.to_string(), t.key_at.to_string());
         by_host.push((
             t.hosts.clone(),
-            certified_key(&t.cert, &t.key, (&whats.0, &whats.1))?,
+            certified_key(&t.cert, &t.key, (&what, &key_what))?,
         ));
     }
     let versions: &[&rustls::SupportedProtocolVersion] = match files.min_version {

@@ -212,10 +212,7 @@ const MAX_QUOTED: usize = 4 * 1024;
 /// Guest-supplied `text` as a host log line may quote it: control
 /// characters spelt out (no forged lines), clipped to `MAX_QUOTED`.
 pub fn quoted(text: &str) -> String {
-    let mut end = text.len().min(MAX_QUOTED);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = text.floor_char_boundary(MAX_QUOTED);
     let clipped = if end < text.len() {
         format!("{}... ({} bytes in all)", &text[..end], text.len())
     } else {

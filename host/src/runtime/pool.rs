@@ -212,7 +212,6 @@ impl AppPool {
 
     /// Serve one request with a warm (or, if none is idle, new) instance.
     pub async fn serve(self: Arc<Self>, request: AppRequest, mut ex: Exchange) {
-        ex.answered_by(self.name.clone());
         let permit = if let Ok(p) = self.slots.try_acquire() {
             p
         } else {

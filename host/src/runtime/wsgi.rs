@@ -86,7 +86,7 @@ impl Responder {
 
 /// One request's channels, owned by the instance while it serves it.
 pub struct Exchange {
-    /// The app answering, for the log (set when a pool takes the request).
+    /// The app answering, for the log.
     app: Arc<str>,
     body: RequestBody,
     /// Taken when the response starts: the status and headers are out.
@@ -102,8 +102,9 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Channels for one request; the server awaits the receiver.
+    /// Channels for one request to `app`; the server awaits the receiver.
     pub fn new(
+        app: Arc<str>,
         body: RequestBody,
         head_method: bool,
         stall: std::time::Duration,
@@ -112,7 +113,7 @@ impl Exchange {
         let (chunk_tx, chunk_rx) = body_channel();
         let chunk_tx = chunk_tx.with_stall(stall);
         let ex = Exchange {
-            app: "".into(),
+            app,
             body,
             start_tx: Some(start_tx),
             chunk_rx: Some(chunk_rx),
@@ -168,11 +169,6 @@ impl Exchange {
     /// Whether the response has started (after that only the body can change).
     pub fn committed(&self) -> bool {
         self.start_tx.is_none()
-    }
-
-    /// Name the app answering, for its log lines.
-    pub fn answered_by(&mut self, app: Arc<str>) {
-        self.app = app;
     }
 
     /// Answer with a host page if the guest has not started a response.
@@ -411,22 +407,18 @@ const MAX_REASON: usize = 1024;
 /// connection; an app's `Transfer-Encoding` would make hyper send a body
 /// no client can read.
 fn hop_by_hop(name: &HeaderName) -> bool {
-    use http::header::{
-        CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
-        UPGRADE,
-    };
-    [
-        CONNECTION,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ]
-    .contains(name)
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "trailers"
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "trailers"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 /// Re-check what the guest already validated (defence in depth: the guest
