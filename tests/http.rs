@@ -575,6 +575,35 @@ fn a_client_that_stops_reading_is_cut_off_at_the_stall_time() {
 }
 
 #[test]
+fn an_http2_client_that_never_opens_its_window_loses_the_rest_after_the_stall_time() {
+    use std::io::Read;
+    let s = Server::start(&router(), &["--header-timeout", "1s"]);
+    // One 16 MB piece; the client reads nothing, so past its first window
+    // its stream takes no more bytes (the connection stays live).
+    let mut r = h2_client()
+        .get(s.url("/one-chunk?16000000,return"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    // The server dropped what it held: reading on gets what was in flight,
+    // then the stream's end, well short of the whole body (a server still
+    // holding it would send it all).
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got > 0 && got < 16_000_000, "{got} bytes arrived");
+    s.wait_for_log("the client took no response bytes for 1s");
+    // The connection and the server are still fine.
+    assert_eq!(h2_client().get(s.url("/")).send().unwrap().status(), 200);
+}
+
+#[test]
 fn a_chunk_larger_than_one_host_call_copies_is_sent_whole() {
     // Over the 128 MiB wasmtime lets one host call copy: once a trap.
     const N: usize = 129 * 1024 * 1024 + 7;

@@ -386,7 +386,8 @@ async fn handle(
     );
     let res = respond(&site, parts, body, (local, peer, tls), &mut log)
         .await
-        .unwrap_or_else(Refusal::into_response);
+        .unwrap_or_else(Refusal::into_response)
+        .map(|body| body.stalling_after(site.stall));
     Ok(log.finish(close_delimited(version, head, res)))
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -38,10 +38,10 @@ type Chunk = Result<Bytes, BodyAbort>;
 pub const BODY_BUDGET: usize = 64 * 1024;
 
 /// A chunk on its way to hyper, holding its share of the budget until
-/// hyper takes it.
+/// hyper takes it (its last piece, for a chunk over [`PIECE`]).
 struct Queued {
     chunk: Chunk,
-    _budget: Option<OwnedSemaphorePermit>,
+    budget: Option<OwnedSemaphorePermit>,
 }
 
 /// Sending half of a response body: `send` returns once the chunk is
@@ -109,7 +109,7 @@ impl BodySender {
         self.tx
             .send(Queued {
                 chunk: Ok(chunk),
-                _budget: Some(permit),
+                budget: Some(permit),
             })
             .is_ok()
     }
@@ -123,19 +123,43 @@ impl BodySender {
     pub fn abort(&self, why: String) {
         let _ = self.tx.send(Queued {
             chunk: Err(BodyAbort(why)),
-            _budget: None,
+            budget: None,
         });
     }
+}
+
+/// Most bytes handed to hyper in one frame. hyper's HTTP/2 side takes a
+/// frame whole whatever the peer's flow-control window, and waits for
+/// window before it polls the body again: cut to this size, a stream whose
+/// client never opens its window holds one piece in hyper, and the rest of
+/// a large chunk stays here, where the stall watch can drop it.
+const PIECE: usize = 64 * 1024;
+
+/// The rest of a chunk larger than [`PIECE`], given to hyper a piece at a
+/// time; shared with the task that watches it for a client taking nothing.
+struct Held {
+    rest: Bytes,
+    /// The chunk's share of the body budget: the sender waits until the
+    /// last piece is taken.
+    budget: Option<OwnedSemaphorePermit>,
+    /// When hyper last took a piece.
+    taken: tokio::time::Instant,
+    /// Set when the watch dropped `rest`, to the stall that expired.
+    expired: Option<Duration>,
 }
 
 /// A response body: bytes known up front, or streamed through a
 /// [`body_channel`] (from the guest or a file).
 pub struct ResponseBody {
     first: Option<Bytes>,
+    held: Option<Arc<std::sync::Mutex<Held>>>,
     rx: Option<BodyReceiver>,
     hint: SizeHint,
     /// An abort waiting for one more poll (see `poll_frame`).
     abort: Option<BodyAbort>,
+    /// How long a large chunk may wait for hyper to take its next piece
+    /// before it is dropped (`None`: as long as it takes).
+    stall: Option<Duration>,
 }
 
 impl ResponseBody {
@@ -145,8 +169,10 @@ impl ResponseBody {
         ResponseBody {
             hint: SizeHint::with_exact(bytes.len() as u64),
             first: Some(bytes),
+            held: None,
             rx: None,
             abort: None,
+            stall: None,
         }
     }
 
@@ -173,8 +199,10 @@ impl ResponseBody {
         ResponseBody {
             hint: content_length.map_or_else(SizeHint::new, SizeHint::with_exact),
             first: Some(first),
+            held: None,
             rx: Some(rx),
             abort: None,
+            stall: None,
         }
     }
 
@@ -183,6 +211,94 @@ impl ResponseBody {
         let (tx, rx) = body_channel();
         tokio::spawn(stream_file(file, offset, len, 0, tx));
         Self::streamed(Bytes::new(), rx, Some(len))
+    }
+
+    /// Drop the rest of a large chunk hyper takes no piece of for `stall`
+    /// (an HTTP/2 client that never opens its window would otherwise keep
+    /// it in memory for as long as it stays connected); the body then
+    /// fails, and the sender is told the client is gone.
+    pub fn stalling_after(mut self, stall: Duration) -> Self {
+        self.stall = Some(stall);
+        self
+    }
+
+    /// The first piece of `chunk`, holding the rest (with its `budget`)
+    /// for the next polls when it is larger than [`PIECE`].
+    fn hold(&mut self, mut chunk: Bytes, budget: Option<OwnedSemaphorePermit>) -> Bytes {
+        if chunk.len() <= PIECE {
+            return chunk;
+        }
+        let piece = copied_piece(&mut chunk);
+        let held = Arc::new(std::sync::Mutex::new(Held {
+            rest: chunk,
+            budget,
+            taken: tokio::time::Instant::now(),
+            expired: None,
+        }));
+        if let (Some(stall), Ok(runtime)) = (self.stall, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(watch(Arc::downgrade(&held), stall));
+        }
+        self.held = Some(held);
+        piece
+    }
+
+    /// The next piece of a held chunk, if one is held.
+    fn next_piece(&mut self) -> Option<Result<Bytes, BodyAbort>> {
+        let held = self.held.as_ref()?;
+        let mut h = held.lock().expect("held lock");
+        if let Some(stall) = h.expired {
+            drop(h);
+            self.held = None;
+            return Some(Err(BodyAbort(stalled(stall))));
+        }
+        let piece = copied_piece(&mut h.rest);
+        h.taken = tokio::time::Instant::now();
+        if h.rest.is_empty() {
+            drop(h);
+            self.held = None;
+        }
+        Some(Ok(piece))
+    }
+}
+
+/// The next piece of `rest`, copied: a view would keep the whole chunk's
+/// memory alive for as long as hyper holds the piece, so dropping the
+/// rest of a stalled response would free nothing.
+fn copied_piece(rest: &mut Bytes) -> Bytes {
+    let n = rest.len().min(PIECE);
+    let piece = Bytes::copy_from_slice(&rest[..n]);
+    rest.advance(n);
+    piece
+}
+
+fn stalled(stall: Duration) -> String {
+    format!("the client took no response bytes for {stall:?}")
+}
+
+/// Drop a held chunk's rest once hyper has taken no piece of it for
+/// `stall`, and close its budget so the sender stops at once; ends when
+/// the body is done with the chunk.
+async fn watch(held: std::sync::Weak<std::sync::Mutex<Held>>, stall: Duration) {
+    loop {
+        let due = match held.upgrade() {
+            Some(h) => h.lock().expect("held lock").taken + stall,
+            None => return,
+        };
+        tokio::time::sleep_until(due).await;
+        let Some(h) = held.upgrade() else { return };
+        let mut h = h.lock().expect("held lock");
+        if h.rest.is_empty() {
+            return;
+        }
+        if h.taken + stall <= tokio::time::Instant::now() {
+            h.rest = Bytes::new();
+            if let Some(budget) = h.budget.take() {
+                budget.semaphore().close();
+            }
+            h.expired = Some(stall);
+            tracing::info!("response cut short: {}", stalled(stall));
+            return;
+        }
     }
 }
 
@@ -199,16 +315,23 @@ impl Body for ResponseBody {
         }
         if let Some(first) = self.first.take() {
             if !first.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(first))));
+                let piece = self.hold(first, None);
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
             }
+        }
+        if let Some(piece) = self.next_piece() {
+            return Poll::Ready(Some(piece.map(Frame::data)));
         }
         let Some(rx) = self.rx.as_mut() else {
             return Poll::Ready(None);
         };
         // The chunk's share of the budget is returned as hyper takes it.
-        match rx.0.poll_recv(cx).map(|q| q.map(|q| q.chunk)) {
-            Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-            Poll::Ready(Some(Err(e))) => {
+        match rx.0.poll_recv(cx) {
+            Poll::Ready(Some(Queued {
+                chunk: Ok(b),
+                budget,
+            })) => Poll::Ready(Some(Ok(Frame::data(self.hold(b, budget))))),
+            Poll::Ready(Some(Queued { chunk: Err(e), .. })) => {
                 // hyper drops its unflushed write buffer when a body fails;
                 // return Pending once so it flushes the head and the bytes
                 // sent so far, then fail on the next poll.
@@ -227,6 +350,7 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         self.rx.is_none()
+            && self.held.is_none()
             && self.abort.is_none()
             && self.first.as_ref().is_none_or(|b| b.is_empty())
     }
@@ -602,5 +726,56 @@ pub async fn stream_file(
         let why = format!("file is {short_by} bytes shorter than the app's Content-Length");
         tracing::warn!("{why}");
         tx.abort(why);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn data(body: &mut ResponseBody) -> Bytes {
+        let frame = body.frame().await.expect("a frame").expect("data");
+        frame.into_data().expect("data")
+    }
+
+    #[tokio::test]
+    async fn a_large_body_goes_out_in_pieces_and_whole() {
+        let bytes: Vec<u8> = (0..4 * PIECE + 7).map(|i| i as u8).collect();
+        let mut body = ResponseBody::full(bytes.clone()).stalling_after(Duration::from_secs(5));
+        let mut got = Vec::new();
+        while !body.is_end_stream() {
+            let piece = data(&mut body).await;
+            assert!(!piece.is_empty() && piece.len() <= PIECE, "{}", piece.len());
+            got.extend_from_slice(&piece);
+        }
+        assert_eq!(got, bytes);
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_chunk_nobody_takes_is_dropped_after_the_stall() {
+        let (tx, rx) = body_channel();
+        let stall = Duration::from_secs(5);
+        let mut body = ResponseBody::streamed(Bytes::new(), rx, None).stalling_after(stall);
+        assert!(tx.send(Bytes::from(vec![7; 3 * PIECE + 1])).await);
+        assert_eq!(data(&mut body).await.len(), PIECE);
+        // Pieces taken within the stall keep the chunk, however long the
+        // whole takes; the sender waits for its budget meanwhile.
+        let next = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(Bytes::from_static(b"next")).await }
+        });
+        for _ in 0..2 {
+            tokio::time::sleep(stall - Duration::from_secs(1)).await;
+            assert_eq!(data(&mut body).await.len(), PIECE);
+        }
+        assert!(!next.is_finished());
+        // Then nothing is taken for the stall: the rest is dropped, the
+        // sender hears the client is gone, and the body fails.
+        tokio::time::sleep(stall + Duration::from_secs(1)).await;
+        assert!(!next.await.unwrap());
+        assert!(!tx.send(Bytes::from_static(b"more")).await);
+        let e = body.frame().await.expect("a frame").unwrap_err();
+        assert!(e.0.contains("no response bytes"), "{e}");
     }
 }
