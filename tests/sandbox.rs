@@ -469,6 +469,54 @@ fn assert_full(r: &serde_json::Value, at_most: u64) -> u64 {
 }
 
 #[test]
+fn what_a_killed_server_left_in_tmp_is_removed_by_the_next_to_start() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = temp_dir("killed-tmp");
+    let tmpdir = tmp.display().to_string();
+    let component = router().display().to_string();
+    let args = ["run", component.as_str()];
+    let env = [("TMPDIR", tmpdir.as_str())];
+    let runs = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("rsgi-wasm-run-")
+            })
+            .collect()
+    };
+    // Killed outright (SIGKILL, as the OOM killer does) with a file in its
+    // app's /tmp: nothing of it can clean up.
+    let s = Server::start_env(&args, &env);
+    let r = get_json(&s, "/fill?/tmp/left,2");
+    assert_eq!(r["written"], 2 << 20, "{r}");
+    let left = runs();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(s.stop("KILL").signal(), Some(9));
+    assert!(left[0].exists());
+    // The next server to start removes it, and keeps its own.
+    let s = Server::start_env(&args, &env);
+    assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while left[0].exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} left:\n{}",
+            left[0],
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(runs().len(), 1);
+    // One that is stopped removes its own.
+    assert!(s.stop("TERM").success());
+    assert_eq!(runs(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
 fn tmp_and_granted_directories_are_capped_with_enospc() {
     let tmp_root = temp_dir("quota-tmproot");
     let data = temp_dir("quota-data");

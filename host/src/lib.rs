@@ -96,6 +96,8 @@ pub fn main() -> ExitCode {
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"));
     let outcome = runtime.and_then(|rt| rt.block_on(commands::execute(cli.command)));
+    // The runtime is gone, and with it every instance's and app's /tmp.
+    runtime::scratch::finish();
     match outcome {
         Ok(status) => ExitCode::from(status),
         Err(e) => {

@@ -623,8 +623,8 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_field() {
-        let dir = std::env::temp_dir().join(format!("rsgi-tenants-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
         std::fs::write(dir.join("a.wasm"), b"x").unwrap();
         let cfg = dir.join("t.toml");
         std::fs::write(
@@ -694,7 +694,8 @@ mod tests {
 
     #[test]
     fn keys_are_the_run_flags_with_the_same_defaults() {
-        let dir = std::env::temp_dir().join(format!("rsgi-tenants-model-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
         std::fs::create_dir_all(dir.join("data")).unwrap();
         std::fs::create_dir_all(dir.join("static")).unwrap();
         std::fs::write(dir.join("a.wasm"), b"x").unwrap();
@@ -799,8 +800,8 @@ mod tests {
 
     #[test]
     fn a_bad_key_is_told_with_its_line_and_what_it_expects() {
-        let dir = std::env::temp_dir().join(format!("rsgi-tenants-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
         std::fs::write(dir.join("a.wasm"), b"x").unwrap();
         let cfg = dir.join("t.toml");
         let error_of = |text: &str| {

@@ -21,7 +21,7 @@ pub mod outbound;
 pub mod pool;
 mod quota_fs;
 pub mod sandbox;
-mod scratch;
+pub mod scratch;
 pub mod snapshot_pages;
 pub mod store;
 pub mod tenant;

@@ -1,27 +1,128 @@
 //! Scratch directories on the host (an app's or an instance's private
-//! /tmp) and their removal, however deep a guest nested them.
+//! /tmp) and their removal, however deep a guest nested them, including
+//! those a killed process left behind.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 
-/// A new private /tmp for `app` on the host.
-pub fn scratch_dir(app: &str) -> Result<ScratchDir> {
+/// Prefix of a process's directory under the host's temp dir.
+const RUN_PREFIX: &str = "rsgi-wasm-run-";
+/// The lock file in it, held for the process's whole life.
+const LOCK: &str = ".lock";
+
+/// This process's directory under the host's temp dir, holding every
+/// private /tmp it makes. Its lock file stays locked while the process
+/// lives, so a later process can tell a directory left by one that was
+/// killed (SIGKILL, the OOM killer) and remove it; a lock, not a PID,
+/// since processes in other PID namespaces may share the temp dir.
+struct RunDir {
+    path: PathBuf,
+    _lock: std::fs::File,
+}
+
+static RUN: OnceLock<std::result::Result<RunDir, String>> = OnceLock::new();
+
+fn run_dir() -> Result<&'static Path> {
+    let run = RUN.get_or_init(|| {
+        let run = new_run_dir().map_err(|e| format!("{e:#}"))?;
+        let (tmp, ours) = (std::env::temp_dir(), run.path.clone());
+        // Off the load path: what a killed process left may be large.
+        std::thread::spawn(move || sweep(&tmp, &ours));
+        Ok(run)
+    });
+    match run {
+        Ok(run) => Ok(&run.path),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
+fn new_run_dir() -> Result<RunDir> {
     use std::os::unix::fs::PermissionsExt;
+    let tmp = std::env::temp_dir();
     // Only this user: on a shared host, other users must not read what
     // apps keep in their /tmp.
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("rsgi-wasm-{app}-tmp-"))
+    let path = tempfile::Builder::new()
+        .prefix(RUN_PREFIX)
         .permissions(std::fs::Permissions::from_mode(0o700))
-        .tempdir()
+        .tempdir_in(&tmp)
+        .with_context(|| {
+            format!(
+                "creating the apps' private /tmp directories under {} (set TMPDIR to a writable directory)",
+                tmp.display()
+            )
+        })?
+        .keep();
+    let lock = std::fs::File::create(path.join(LOCK))
+        .and_then(|f| f.try_lock().map(|()| f).map_err(std::io::Error::other))
+        .with_context(|| format!("locking {}", path.join(LOCK).display()))?;
+    Ok(RunDir { path, _lock: lock })
+}
+
+/// Remove the run directories under `tmp` whose process is gone (their
+/// lock is free), except `ours`. One whose lock file is missing may be a
+/// process starting up, so it is left alone.
+fn sweep(tmp: &Path, ours: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let named = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(RUN_PREFIX));
+        if !named || path == ours || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(path.join(LOCK)) else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            continue; // its process is alive
+        }
+        match remove_tree(&path) {
+            Ok(()) => tracing::info!(
+                "removed {}, left by a server that was killed",
+                path.display()
+            ),
+            Err(e) => tracing::warn!(
+                "could not remove {}, left by a server that was killed: {e}",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// Remove this process's run directory as it exits, when every private
+/// /tmp in it is gone already; otherwise the next process sweeps it.
+pub fn finish() {
+    let Some(Ok(run)) = RUN.get() else { return };
+    let only_the_lock = std::fs::read_dir(&run.path)
+        .map(|entries| entries.flatten().all(|e| e.file_name() == LOCK))
+        .unwrap_or(false);
+    if only_the_lock {
+        let _ = std::fs::remove_file(run.path.join(LOCK));
+        let _ = std::fs::remove_dir(&run.path);
+    }
+}
+
+/// A new private /tmp for `app` on the host.
+pub fn scratch_dir(app: &str) -> Result<ScratchDir> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{app}-tmp-"))
+        .tempdir_in(run_dir()?)
         .context("creating the app's private /tmp")?;
     Ok(ScratchDir(dir.keep()))
 }
 
 /// An app's or instance's private /tmp on the host, removed with it.
-pub struct ScratchDir(std::path::PathBuf);
+pub struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     /// Where it is on the host.
-    pub fn path(&self) -> &std::path::Path {
+    pub fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -40,7 +141,7 @@ impl Drop for ScratchDir {
 /// descriptors allow, and too long for paths. So each pass removes what it
 /// can at the top and lifts the entries of non-empty directories up to the
 /// top, until nothing is left.
-fn remove_tree(root: &std::path::Path) -> std::io::Result<()> {
+fn remove_tree(root: &Path) -> std::io::Result<()> {
     let mut n = 0u64;
     loop {
         let (mut left, mut progress) = (false, false);
@@ -115,5 +216,49 @@ mod tests {
         }
         drop(ScratchDir(root.clone()));
         assert!(!root.exists());
+    }
+
+    #[test]
+    fn a_run_directory_is_swept_only_once_its_process_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let make = |name: &str| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(dir.join("app-tmp-x/deep")).unwrap();
+            std::fs::write(dir.join("app-tmp-x/deep/f"), b"left").unwrap();
+            dir
+        };
+        let live = make("rsgi-wasm-run-live");
+        let held = std::fs::File::create(live.join(LOCK)).unwrap();
+        held.try_lock().unwrap();
+        let dead = make("rsgi-wasm-run-dead");
+        std::fs::File::create(dead.join(LOCK)).unwrap();
+        let starting = make("rsgi-wasm-run-starting");
+        let ours = make("rsgi-wasm-run-ours");
+        std::fs::File::create(ours.join(LOCK)).unwrap();
+        let other = make("unrelated");
+        std::fs::File::create(other.join(LOCK)).unwrap();
+        sweep(tmp.path(), &ours);
+        assert!(!dead.exists());
+        for kept in [&live, &starting, &ours, &other] {
+            assert!(kept.join("app-tmp-x/deep/f").exists(), "{}", kept.display());
+        }
+    }
+
+    #[test]
+    fn scratch_dirs_live_in_this_process_s_locked_run_directory() {
+        let a = scratch_dir("a").unwrap();
+        let run = a.path().parent().unwrap().to_owned();
+        assert!(run
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(RUN_PREFIX));
+        // Another process (here: another open file) cannot take its lock.
+        let lock = std::fs::File::open(run.join(LOCK)).unwrap();
+        assert!(lock.try_lock().is_err());
+        let path = a.path().to_owned();
+        drop(a);
+        assert!(!path.exists() && run.exists());
     }
 }

@@ -448,8 +448,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_private_file_mapping_is_found_and_set_to_random_access() {
-        let dir = std::env::temp_dir().join(format!("snapshot-pages-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
         let path = dir.join("snap-1.cwasm");
         std::fs::write(&path, vec![7u8; 64 * 1024]).unwrap();
         let file = File::open(&path).unwrap();
@@ -490,6 +490,5 @@ mod tests {
         assert!(flags(), "the mapping is not set to random access");
         // SAFETY: mapped above, not used after.
         unsafe { rustix::mm::munmap(ptr as *mut _, 64 * 1024).unwrap() };
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
