@@ -8,6 +8,7 @@
 
 use std::io::SeekFrom;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -51,26 +52,63 @@ struct Queued {
 pub struct BodySender {
     tx: mpsc::UnboundedSender<Queued>,
     budget: Arc<Semaphore>,
+    taken: Arc<LastTaken>,
     /// How long `send` waits for a client taking nothing (`None`: as long
     /// as it takes).
     stall: Option<Duration>,
 }
 
 /// Receiving half of a response body, read by [`ResponseBody`].
-pub struct BodyReceiver(mpsc::UnboundedReceiver<Queued>);
+pub struct BodyReceiver {
+    rx: mpsc::UnboundedReceiver<Queued>,
+    taken: Arc<LastTaken>,
+}
 
 /// A response-body channel with a [`BODY_BUDGET`] of queued bytes.
 pub fn body_channel() -> (BodySender, BodyReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let budget = Arc::new(Semaphore::new(BODY_BUDGET));
+    let taken = LastTaken::new();
     (
         BodySender {
             tx,
             budget,
+            taken: taken.clone(),
             stall: None,
         },
-        BodyReceiver(rx),
+        BodyReceiver { rx, taken },
     )
+}
+
+/// When hyper last took bytes of a response, shared by its sender, its
+/// body and the watch on a held chunk: a stall is a stretch with nothing
+/// taken, however long the whole response takes a slow client.
+struct LastTaken {
+    base: tokio::time::Instant,
+    /// Nanoseconds from `base`.
+    last: AtomicU64,
+}
+
+impl LastTaken {
+    fn new() -> Arc<Self> {
+        Arc::new(LastTaken {
+            base: tokio::time::Instant::now(),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    fn mark(&self) {
+        let since = self.base.elapsed().as_nanos();
+        self.last
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// When a wait that began at `since` has gone `stall` with nothing
+    /// taken.
+    fn stalled_at(&self, since: tokio::time::Instant, stall: Duration) -> tokio::time::Instant {
+        let last = self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed));
+        last.max(since) + stall
+    }
 }
 
 impl BodySender {
@@ -83,25 +121,32 @@ impl BodySender {
 
     /// Queue a chunk, waiting while the budget is used up (a chunk larger
     /// than the budget waits for all of it and then goes alone); false if
-    /// the client went away or stopped reading for the stall limit.
+    /// the client went away or took nothing for the stall limit.
     pub async fn send(&self, chunk: Bytes) -> bool {
         let share = chunk.len().clamp(1, BODY_BUDGET) as u32;
         // Dropping the receiver drops what it queued, which returns the
         // budget, so this cannot wait for a client that is gone.
-        let acquire = self.budget.clone().acquire_many_owned(share);
+        let mut acquire = std::pin::pin!(self.budget.clone().acquire_many_owned(share));
         let permit = match self.stall {
             None => acquire.await,
-            Some(stall) => match tokio::time::timeout(stall, acquire).await {
-                Ok(permit) => permit,
-                Err(_) => {
-                    // Cut short, not ended: a client that reads on must not
-                    // take what it got for the whole response.
-                    let why = format!("the client took no response bytes for {stall:?}");
-                    tracing::info!("response cut short: {why}");
-                    self.abort(why);
-                    return false;
+            Some(stall) => {
+                let since = tokio::time::Instant::now();
+                loop {
+                    let due = self.taken.stalled_at(since, stall);
+                    match tokio::time::timeout_at(due, &mut acquire).await {
+                        Ok(permit) => break permit,
+                        // Bytes were taken meanwhile: slow, not stalled.
+                        Err(_) if self.taken.stalled_at(since, stall) > due => {}
+                        Err(_) => {
+                            // Cut short, not ended: a client that reads on
+                            // must not take what it got for the whole.
+                            tracing::info!("response cut short: {}", stalled(stall));
+                            self.abort(stalled(stall));
+                            return false;
+                        }
+                    }
                 }
-            },
+            }
         };
         let Ok(permit) = permit else {
             return false;
@@ -133,7 +178,7 @@ impl BodySender {
 /// window before it polls the body again: cut to this size, a stream whose
 /// client never opens its window holds one piece in hyper, and the rest of
 /// a large chunk stays here, where the stall watch can drop it.
-const PIECE: usize = 64 * 1024;
+const PIECE: usize = 16 * 1024;
 
 /// The rest of a chunk larger than [`PIECE`], given to hyper a piece at a
 /// time; shared with the task that watches it for a client taking nothing.
@@ -142,8 +187,6 @@ struct Held {
     /// The chunk's share of the body budget: the sender waits until the
     /// last piece is taken.
     budget: Option<OwnedSemaphorePermit>,
-    /// When hyper last took a piece.
-    taken: tokio::time::Instant,
     /// Set when the watch dropped `rest`, to the stall that expired.
     expired: Option<Duration>,
 }
@@ -153,7 +196,8 @@ struct Held {
 pub struct ResponseBody {
     first: Option<Bytes>,
     held: Option<Arc<std::sync::Mutex<Held>>>,
-    rx: Option<BodyReceiver>,
+    rx: Option<mpsc::UnboundedReceiver<Queued>>,
+    taken: Arc<LastTaken>,
     hint: SizeHint,
     /// An abort waiting for one more poll (see `poll_frame`).
     abort: Option<BodyAbort>,
@@ -171,6 +215,7 @@ impl ResponseBody {
             first: Some(bytes),
             held: None,
             rx: None,
+            taken: LastTaken::new(),
             abort: None,
             stall: None,
         }
@@ -200,7 +245,8 @@ impl ResponseBody {
             hint: content_length.map_or_else(SizeHint::new, SizeHint::with_exact),
             first: Some(first),
             held: None,
-            rx: Some(rx),
+            rx: Some(rx.rx),
+            taken: rx.taken,
             abort: None,
             stall: None,
         }
@@ -232,11 +278,12 @@ impl ResponseBody {
         let held = Arc::new(std::sync::Mutex::new(Held {
             rest: chunk,
             budget,
-            taken: tokio::time::Instant::now(),
             expired: None,
         }));
         if let (Some(stall), Ok(runtime)) = (self.stall, tokio::runtime::Handle::try_current()) {
-            runtime.spawn(watch(Arc::downgrade(&held), stall));
+            let since = tokio::time::Instant::now();
+            let watched = (Arc::downgrade(&held), self.taken.clone());
+            runtime.spawn(watch(watched, since, stall));
         }
         self.held = Some(held);
         piece
@@ -252,7 +299,6 @@ impl ResponseBody {
             return Some(Err(BodyAbort(stalled(stall))));
         }
         let piece = copied_piece(&mut h.rest);
-        h.taken = tokio::time::Instant::now();
         if h.rest.is_empty() {
             drop(h);
             self.held = None;
@@ -275,22 +321,22 @@ fn stalled(stall: Duration) -> String {
     format!("the client took no response bytes for {stall:?}")
 }
 
-/// Drop a held chunk's rest once hyper has taken no piece of it for
-/// `stall`, and close its budget so the sender stops at once; ends when
-/// the body is done with the chunk.
-async fn watch(held: std::sync::Weak<std::sync::Mutex<Held>>, stall: Duration) {
+/// Drop a held chunk's rest once hyper has taken nothing for `stall`, and
+/// close its budget so the sender stops at once; ends when the body is
+/// done with the chunk.
+async fn watch(
+    (held, taken): (std::sync::Weak<std::sync::Mutex<Held>>, Arc<LastTaken>),
+    since: tokio::time::Instant,
+    stall: Duration,
+) {
     loop {
-        let due = match held.upgrade() {
-            Some(h) => h.lock().expect("held lock").taken + stall,
-            None => return,
-        };
-        tokio::time::sleep_until(due).await;
+        tokio::time::sleep_until(taken.stalled_at(since, stall)).await;
         let Some(h) = held.upgrade() else { return };
         let mut h = h.lock().expect("held lock");
         if h.rest.is_empty() {
             return;
         }
-        if h.taken + stall <= tokio::time::Instant::now() {
+        if taken.stalled_at(since, stall) <= tokio::time::Instant::now() {
             h.rest = Bytes::new();
             if let Some(budget) = h.budget.take() {
                 budget.semaphore().close();
@@ -310,6 +356,27 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyAbort>>> {
+        let polled = self.poll_next(cx);
+        if let Poll::Ready(Some(Ok(_))) = polled {
+            self.taken.mark();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none()
+            && self.held.is_none()
+            && self.abort.is_none()
+            && self.first.as_ref().is_none_or(|b| b.is_empty())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+impl ResponseBody {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyAbort>>> {
         if let Some(abort) = self.abort.take() {
             return Poll::Ready(Some(Err(abort)));
         }
@@ -326,7 +393,7 @@ impl Body for ResponseBody {
             return Poll::Ready(None);
         };
         // The chunk's share of the budget is returned as hyper takes it.
-        match rx.0.poll_recv(cx) {
+        match rx.poll_recv(cx) {
             Poll::Ready(Some(Queued {
                 chunk: Ok(b),
                 budget,
@@ -346,17 +413,6 @@ impl Body for ResponseBody {
             }
             Poll::Pending => Poll::Pending,
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.rx.is_none()
-            && self.held.is_none()
-            && self.abort.is_none()
-            && self.first.as_ref().is_none_or(|b| b.is_empty())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.hint
     }
 }
 
@@ -754,13 +810,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_large_chunk_nobody_takes_is_dropped_after_the_stall() {
-        let (tx, rx) = body_channel();
         let stall = Duration::from_secs(5);
+        let (tx, rx) = body_channel();
+        let tx = tx.with_stall(stall);
         let mut body = ResponseBody::streamed(Bytes::new(), rx, None).stalling_after(stall);
-        assert!(tx.send(Bytes::from(vec![7; 3 * PIECE + 1])).await);
+        assert!(tx.send(Bytes::from(vec![7; BODY_BUDGET + 1])).await);
         assert_eq!(data(&mut body).await.len(), PIECE);
         // Pieces taken within the stall keep the chunk, however long the
-        // whole takes; the sender waits for its budget meanwhile.
+        // whole takes; the sender waits for its budget meanwhile, past its
+        // own stall, as the client is slow, not gone.
         let next = tokio::spawn({
             let tx = tx.clone();
             async move { tx.send(Bytes::from_static(b"next")).await }
