@@ -217,6 +217,29 @@ fn streamed_response_reaches_client_before_the_app_finishes() {
 }
 
 #[test]
+fn the_response_ends_before_the_results_close_runs() {
+    let sync = temp_dir("close-waits");
+    let grant = format!("{}::/sync", sync.display());
+    let s = Server::start(&router(), &["--dir", &grant]);
+    for h2 in [false, true] {
+        let name = if h2 { "h2" } else { "h1" };
+        let c = if h2 { h2_client() } else { client() };
+        // The whole body arrives while close() still waits (it would wait
+        // 60 s for a file that only appears after the client is done).
+        let r = c
+            .get(s.url(&format!("/close-waits?{name}")))
+            .timeout(std::time::Duration::from_secs(30))
+            .send()
+            .unwrap();
+        assert_eq!(r.text().unwrap(), "all of it\n", "{name}");
+        std::fs::write(sync.join(name), b"").unwrap();
+    }
+    // Both instances came back: nothing timed out or was replaced.
+    assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
+    assert!(!s.logs().contains("exceeded the"), "{}", s.logs());
+}
+
+#[test]
 fn write_callable_and_iterable_both_reach_the_body() {
     let s = Server::start(&router(), &[]);
     let r = client().get(s.url("/write")).send().unwrap();

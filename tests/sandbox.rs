@@ -668,6 +668,15 @@ fn open_files_are_capped_per_app_and_given_back() {
 }
 
 #[test]
+fn temporary_files_go_to_tmp_though_the_build_asked_where_they_go() {
+    // The router asks tempfile at import, when the build has no /tmp.
+    let s = Server::start(&router(), &[]);
+    let r = get_json(&s, "/tempdir");
+    assert_eq!(r["now"], "/tmp", "{r}");
+    assert_ne!(r["build"], "/tmp", "{r}");
+}
+
+#[test]
 fn an_upload_spooled_to_tmp_gives_its_space_back_when_its_request_ends() {
     let s = Server::start(&router(), &["--tmp-size", "8MiB"]);
     let spool = |mib: usize| {

@@ -309,6 +309,7 @@ def boot(
     else:
         app = resolve_callable(import_app_module(module, mounts, native), module, expr)
         report = warm_up(app, warmup)
+    forget_build_tempdir()
     # The snapshot is taken after boot returns, with no Python running:
     # from here on the calls are the app's, at run time.
     compat.network_closed(False)
@@ -328,6 +329,19 @@ def boot(
         roots = [tuple(m) for m in mounts[:app_dirs]]
         exports = make_handler(app, tuple(fixed_keys)), make_command(roots, app.load if live else None)
     return exports
+
+
+def forget_build_tempdir() -> None:
+    """``tempfile`` keeps the first directory it finds writable. While
+    building there is no /tmp, so an import or warm-up that asked found the
+    working directory (the app's, writable only then); forget it, so run
+    time finds the instance's /tmp. A directory the app chose itself
+    (``tempfile.tempdir``, ``TMPDIR``) is kept."""
+    import os
+
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None and tempfile.tempdir is not None and tempfile.tempdir == os.getcwd():
+        tempfile.tempdir = None
 
 
 def settle_heap(objects_path: str) -> None:

@@ -19,6 +19,7 @@ _read_body = request.read_body
 _start = response.start
 _write = response.write
 _send_file = response.send_file
+_finish = response.finish
 _UNAVAILABLE = response.SendFileError.UNAVAILABLE
 _TOO_LARGE = request.BodyError.TOO_LARGE
 _flat = chain.from_iterable
@@ -75,6 +76,9 @@ class _HostTransport(protocol.Transport):
             if e.value == _UNAVAILABLE:
                 return False
             raise ClientDisconnected("client disconnected") from None
+
+    def end(self) -> None:
+        _finish()
 
 
 _TRANSPORT = _HostTransport()

@@ -145,6 +145,9 @@ class _WasiTransport(protocol.Transport):
         except Err:
             raise ClientDisconnected("client disconnected") from None
 
+    def end(self) -> None:
+        self.finish(True)
+
     def finish(self, complete: bool) -> None:
         """End the body: finished when ``complete``, else dropped unfinished,
         which makes the host cut the response short."""

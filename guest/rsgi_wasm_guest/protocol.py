@@ -74,6 +74,10 @@ class Transport:
         """Let the host stream a granted file; False if it cannot."""
         return False
 
+    def end(self) -> None:
+        """The response is complete: let it go out before the app's result
+        is closed (a slow ``close()`` must not keep the client waiting)."""
+
 
 # Validation results, cached: apps send the same few statuses and headers
 # on every request, so each distinct string (or header pair) is checked
@@ -242,6 +246,13 @@ def error_page(transport: Transport, status: str, text: str) -> None:
         pass
 
 
+def _end(transport: Transport) -> None:
+    try:
+        transport.end()
+    except Exception:  # the client left: close() runs all the same
+        pass
+
+
 def _close(result: Any, errors: Any) -> None:
     try:
         close = getattr(result, "close", None)
@@ -259,6 +270,7 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
     resp = Response(transport, body_input)
     errors = environ["wsgi.errors"]
     result: Any = None
+    complete = False
     try:
         result = app(environ, resp.start_response)
         status = resp.status
@@ -276,10 +288,12 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
                 transport.start(status, resp.headers, body)
                 return None
             if kind is FileWrapper and _send_file(result, resp):
+                complete = True
                 return None
         for chunk in result:
             resp.send(chunk)
         resp.finish()
+        complete = True
         return None
     except ClientDisconnected:
         # The client went away mid-request: nobody to answer, nothing to log.
@@ -290,6 +304,8 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
         return _failed(exc, environ, resp, transport, errors)
     finally:
         if result is not None and type(result) is not list:
+            if complete:
+                _end(transport)
             _close(result, errors)
         try:
             errors.flush()

@@ -121,9 +121,13 @@ class Recorder(protocol.Transport):
     def write(self, chunk):
         self.chunks.append(chunk)
 
+    def end(self):
+        self.events.append("end")
 
-def run(app):
+
+def run(app, events=None):
     t = Recorder()
+    t.events = [] if events is None else events
     env = protocol.base_environ(io.StringIO())
     env.update({"REQUEST_METHOD": "GET", "PATH_INFO": "/"})
     failure = protocol.run(app, env, t)
@@ -139,6 +143,39 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual([len(p) for p in parts[:-1]], [protocol.PIECE] * 2)
         self.assertTrue(all(type(p) is bytes for p in parts))
         self.assertEqual(b"".join(parts), big)
+
+    def test_the_response_ends_before_close_and_not_after_an_error(self):
+        class Result:
+            def __init__(self, chunks, log):
+                self.chunks, self.log = chunks, log
+
+            def __iter__(self):
+                for c in self.chunks:
+                    if c is None:
+                        raise RuntimeError("mid-body")
+                    yield c
+
+            def close(self):
+                self.log.append("close")
+
+        def app_of(chunks, log):
+            def app(environ, start_response):
+                start_response("200 OK", [])
+                return Result(chunks, log)
+
+            return app
+
+        log = []
+        t, failure, _ = run(app_of([b"a", b"b"], log), log)
+        self.assertIsNone(failure)
+        self.assertEqual(t.chunks, [b"a", b"b"])
+        self.assertEqual(log, ["end", "close"])
+        # An error after the head: cut short by the host, never ended.
+        log = []
+        t, failure, _ = run(app_of([b"a", None], log), log)
+        self.assertIn("mid-body", failure)
+        self.assertEqual(t.chunks, [b"a"])
+        self.assertEqual(log, ["close"])
 
     def test_head_goes_with_first_nonempty_chunk(self):
         def app(environ, start_response):
@@ -266,8 +303,24 @@ class ProtocolTest(unittest.TestCase):
         self.assertIn("must be bytes", log)
 
 
-if __name__ == "__main__":
-    unittest.main()
+class BuildTempdirTest(unittest.TestCase):
+    def test_the_build_s_working_directory_is_forgotten_a_chosen_one_kept(self):
+        import os
+        import tempfile
+
+        from rsgi_wasm_guest import boot
+
+        saved = tempfile.tempdir
+        try:
+            tempfile.tempdir = os.getcwd()
+            boot.forget_build_tempdir()
+            self.assertIsNone(tempfile.tempdir)
+            tempfile.tempdir = "/data/tmp"
+            boot.forget_build_tempdir()
+            self.assertEqual(tempfile.tempdir, "/data/tmp")
+        finally:
+            tempfile.tempdir = saved
+
 
 
 class LiveApps(unittest.TestCase):
@@ -320,3 +373,7 @@ class NativeCheck(unittest.TestCase):
             finally:
                 sys.path.remove(d)
                 sys.modules.pop("wrapnative", None)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -201,6 +201,21 @@ impl Exchange {
         }
     }
 
+    /// The guest says the body is complete, before it calls the result's
+    /// `close()`: end it now (cut short if under its `Content-Length`).
+    fn finish(&mut self) {
+        if !self.committed() || self.chunk_tx.is_closed() {
+            return;
+        }
+        if let Some(why) = self.shortfall() {
+            tracing::warn!(app = %self.app, "{why}");
+            self.abort(why);
+        }
+        // Ours is the last sender but a file's still streaming: dropping it
+        // ends the body. Its stand-in is closed from the start.
+        self.chunk_tx = body_channel().0;
+    }
+
     /// Clip a chunk to what `Content-Length` still allows.
     fn clip(&mut self, mut chunk: Vec<u8>) -> Bytes {
         // Nothing of a 204's or 304's body, or of a HEAD's, goes out on any
@@ -571,6 +586,12 @@ impl ResponseHost for WsgiCtx {
         match self.exchange.as_mut() {
             Some(ex) => ex.write(chunk).await,
             None => false,
+        }
+    }
+
+    async fn finish(&mut self) {
+        if let Some(ex) = self.exchange.as_mut() {
+            ex.finish();
         }
     }
 }

@@ -41,6 +41,12 @@ DROPPED_AT_RUN_TIME = [_Finalised(), _Target()]
 import weakref  # noqa: E402
 
 weakref.finalize(DROPPED_AT_RUN_TIME[1], FINALISED.__setitem__, "weakref", True)
+
+# Asked at import, as libraries that pick a cache directory do: the build
+# has no /tmp, so this is the build's answer; requests must find /tmp.
+import tempfile  # noqa: E402
+
+BUILD_TEMPDIR = tempfile.gettempdir()
 class _Meta(type):
     def __getattr__(cls, name):
         raise KeyError(name)
@@ -440,6 +446,31 @@ def application(environ, start_response):
             one = fill(lambda: first, a, close=False)
             two = fill(tempfile.TemporaryFile, b)
         return as_json(start_response, {"first": one, "second": two})
+
+    if path == "/close-waits":
+        # A body without Content-Length whose close() waits for the test (a
+        # file in the granted /sync dir) after the client has the whole body.
+        marker = "/sync/" + (query or "closed")
+
+        class Result:
+            def __iter__(self):
+                yield b"all of it\n"
+
+            def close(self):
+                deadline = time.monotonic() + 60
+                while not os.path.exists(marker) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Result()
+
+    if path == "/tempdir":
+        # Where temporary files go at run time, after the build asked (below).
+        import tempfile
+
+        with tempfile.TemporaryFile() as f:
+            f.write(b"x")
+        return as_json(start_response, {"build": BUILD_TEMPDIR, "now": tempfile.gettempdir()})
 
     if path == "/spool":
         # As frameworks keep an upload: the body in a temporary file, which a
