@@ -715,12 +715,33 @@ fn graceful_shutdown_finishes_in_flight_requests() {
 
 #[test]
 fn a_second_signal_stops_waiting_for_in_flight_requests() {
-    let s = Server::start(&router(), &["--grace", "300s", "--timeout", "300s"]);
+    let s = Server::start(
+        &router(),
+        &[
+            "--grace",
+            "300s",
+            "--timeout",
+            "300s",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let ops = s.logged_addr("metrics on ");
+    let ready = || {
+        client()
+            .get(format!("http://{ops}/readyz"))
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(ready(), 200);
     let url = s.url("/sleep?200");
     let _pending = std::thread::spawn(move || client().get(url).send().map(|r| r.status()));
     s.wait_for_log("sleeping 200");
     s.signal("TERM");
     s.wait_for_log("shutting down");
+    // Draining: not ready, so a load balancer sends nothing more.
+    assert_eq!(ready(), 503);
     // Well within the 60 s `stop` waits, where the grace is 300 s.
     s.signal("INT");
     // The request cut short is the server's doing, not a client's (499).
@@ -1292,6 +1313,19 @@ fn json_logs_give_one_object_per_access_line() {
     assert!(a["duration_ms"].as_f64().unwrap() >= 0.0);
     assert!(a["peer"].as_str().unwrap().starts_with("127.0.0.1"));
     assert!(a["app"].as_str().is_some_and(|n| !n.is_empty()), "{a}");
+    // A fatal error is a JSON line too.
+    let (code, _, err) = run_bin(&["run", "/no/such/app.wasm", "--log-format", "json"]);
+    assert_ne!(code, 0);
+    let last: serde_json::Value =
+        serde_json::from_str(err.lines().last().unwrap()).unwrap_or_else(|e| panic!("{err}: {e}"));
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("/no/such/app.wasm"),
+        "{last}"
+    );
 }
 
 #[test]

@@ -1097,6 +1097,29 @@ fn past_max_loaded_the_least_recently_used_idle_app_makes_room() {
         ),
     );
     let config = config.to_str().unwrap();
+    // Preloading more apps than may stay loaded would defeat itself.
+    let mut refused = bin()
+        .args(["serve", config, "--preload", "--max-loaded", "2"])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while refused.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = refused.kill();
+            panic!("--preload past --max-loaded was not refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = refused.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--preload loads all 6 apps") && err.contains("--max-loaded"),
+        "{err}"
+    );
     let s = Server::start_with(&[
         "serve",
         config,

@@ -180,7 +180,7 @@ pub struct SourceArgs {
     pub site_packages: Option<PathBuf>,
     /// Path to request at build time so what it imports is in the snapshot
     /// (repeatable; default: /).
-    #[arg(long = "warmup", value_name = "PATH")]
+    #[arg(long = "warmup", value_name = "PATH", value_parser = warmup_path)]
     pub warmup: Vec<String>,
     /// Do not send any warm-up request (imports only).
     #[arg(long, conflicts_with = "warmup")]
@@ -489,5 +489,31 @@ impl RunArgs {
         let server = self.http.server_config(self.listen);
         let grants = self.app_args.grants.grants()?;
         Ok((server, grants, self.app_args.limits()))
+    }
+}
+
+/// `--warmup`: a request target as the app would see it, `/path?query`.
+fn warmup_path(value: &str) -> Result<String, String> {
+    if !value.starts_with('/') {
+        return Err(format!(
+            "`{value}` is not a path: start it with `/`, like /health or /?q=1"
+        ));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a path without spaces or control characters (write them as %XX)".into());
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warmup_path_must_be_a_path() {
+        assert_eq!(warmup_path("/health?x=1").unwrap(), "/health?x=1");
+        for bad in ["nope", "", "/a b", "/a\n"] {
+            assert!(warmup_path(bad).is_err(), "{bad:?}");
+        }
     }
 }

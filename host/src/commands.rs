@@ -582,6 +582,19 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         metered,
         resident: Resident::new(usize::try_from(args.max_loaded).unwrap_or(usize::MAX)),
     };
+    // Apps load lazily, each making its /tmp then: a temp dir that cannot
+    // hold them is an error now, not a 503 on every first request.
+    crate::runtime::scratch::prepare()?;
+    if args.preload && configs.len() as u64 > args.max_loaded {
+        anyhow::bail!(UserError(format!(
+            "--preload loads all {} apps of {}, but --max-loaded {} would unload them again as it goes: \
+             raise --max-loaded to at least {}, or drop --preload",
+            configs.len(),
+            args.config.display(),
+            args.max_loaded,
+            configs.len()
+        )));
+    }
     let running = check_tenants(&starter, configs, &[])?;
     if args.preload {
         // One after another: the first compiles what the others share.

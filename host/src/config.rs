@@ -186,25 +186,33 @@ pub fn check_env_var(name: &str, value: &str) -> Result<(), ConfigError> {
 /// The most a config file (tenants file, env file) may hold.
 const MAX_CONFIG_FILE: u64 = 16 << 20;
 
-/// Read the config file `path` as text: a regular file (not a FIFO, which
-/// would block, or a device) of at most [`MAX_CONFIG_FILE`] bytes.
+/// Read the config file `path` as text (see [`read_small_file`]).
 pub fn read_config_file(path: &std::path::Path) -> std::io::Result<String> {
+    String::from_utf8(read_small_file(path)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Read a file the operator named (config, env file, certificates, keys):
+/// a regular file (not a FIFO, which would block a reload forever, or a
+/// device such as /dev/zero, which never ends) of at most
+/// [`MAX_CONFIG_FILE`] bytes.
+pub fn read_small_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, Read};
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() {
         return Err(Error::other("not a regular file"));
     }
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(MAX_CONFIG_FILE + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_CONFIG_FILE {
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE {
         return Err(Error::other(format!(
             "larger than {} MiB",
             MAX_CONFIG_FILE >> 20
         )));
     }
-    Ok(text)
+    Ok(bytes)
 }
 
 /// Read `NAME=VALUE` lines (blank lines and `#` comments skipped).
@@ -679,7 +687,7 @@ pub fn read_tls_ca(
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
     use rustls::pki_types::pem::PemObject;
     let err = |why: String| ConfigError::TlsCa(path.display().to_string(), why);
-    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let pem = read_small_file(path).map_err(|e| err(e.to_string()))?;
     let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(format!("not PEM: {e}")))?;

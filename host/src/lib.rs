@@ -101,7 +101,12 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(status) => ExitCode::from(status),
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            if config::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+                // One JSON object per line holds for the last one too.
+                tracing::error!("{}", report(&e));
+            } else {
+                eprintln!("error: {}", report(&e));
+            }
             ExitCode::FAILURE
         }
     }

@@ -129,6 +129,10 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| Mutex::new(Metrics::
 /// it starts eagerly (`/readyz`).
 pub static READY: AtomicBool = AtomicBool::new(false);
 
+/// Whether the process is shutting down (`/readyz` then fails, so a load
+/// balancer stops sending it traffic while in-flight requests finish).
+pub static DRAINING: AtomicBool = AtomicBool::new(false);
+
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("rsgi_wasm");

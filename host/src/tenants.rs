@@ -351,16 +351,32 @@ fn tenant(
                         ),
                     )));
                 }
-                path_prefix = p.trim_end_matches('/').to_owned();
+                let trimmed = p.trim_end_matches('/');
+                // Routes match the path as the client sent it: a prefix
+                // with empty, `.` or `..` segments would match only paths
+                // that clients normalise away.
+                if trimmed
+                    .split('/')
+                    .skip(1)
+                    .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+                {
+                    return Err(Some(err(
+                        span,
+                        k,
+                        format!("{p:?}: no `//`, `.` or `..` segments (write the path as clients send it, like /api)"),
+                    )));
+                }
+                path_prefix = trimmed.to_owned();
             }
             "certfile" | "keyfile" => {
                 let f = base.join(string(value, k, err)?);
                 if !f.is_file() {
-                    return Err(Some(err(
-                        span,
-                        k,
-                        format!("{} does not exist", f.display()),
-                    )));
+                    let why = if f.exists() {
+                        "is not a regular file"
+                    } else {
+                        "does not exist"
+                    };
+                    return Err(Some(err(span, k, format!("{} {why}", f.display()))));
                 }
                 origin.push((k.to_owned(), span.clone()));
                 if k == "certfile" {
@@ -837,6 +853,10 @@ mod tests {
             ("hosts = [\"a b\"]", "hosts", "not a host name"),
             ("path_prefix = \"/a?b\"", "path_prefix", "without %, ? or #"),
             ("path_prefix = \"/a%2Fb\"", "path_prefix", "decoded"),
+            ("path_prefix = \"/a/../b\"", "path_prefix", "segments"),
+            ("path_prefix = \"//a\"", "path_prefix", "segments"),
+            ("tls_ca = [\"/dev/zero\"]", "tls_ca", "not a regular file"),
+            ("certfile = \"/dev/zero\"", "certfile", "not a regular file"),
             ("cpu = 1e-15", "cpu", "from 0.01"),
         ] {
             let e = error_of(&format!(

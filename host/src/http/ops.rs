@@ -1,6 +1,7 @@
 //! The operator's listener (`--metrics ADDR`), never the apps' port:
 //! `/metrics` in Prometheus text format, `/healthz` (the process is up)
-//! and `/readyz` (config loaded, every eagerly started tenant checked).
+//! and `/readyz` (config loaded, every eagerly started tenant checked,
+//! not shutting down).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -60,6 +61,10 @@ async fn answer(req: Request<Incoming>) -> Result<Response<ResponseBody>, Infall
             res
         }
         "/healthz" => host_page(StatusCode::OK, "ok"),
+        "/readyz" if metrics::DRAINING.load(Ordering::Acquire) => host_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down, finishing the requests in flight",
+        ),
         "/readyz" if metrics::READY.load(Ordering::Acquire) => host_page(StatusCode::OK, "ready"),
         "/readyz" => host_page(
             StatusCode::SERVICE_UNAVAILABLE,

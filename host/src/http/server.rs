@@ -217,6 +217,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    crate::metrics::DRAINING.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
         "shutting down: no new connections; waiting up to {:?} for in-flight requests",
         cfg.grace

@@ -15,6 +15,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::read_small_file;
 use crate::error::UserError;
 use crate::http::router::host_rank;
 
@@ -78,8 +79,11 @@ fn certified_key(
     key: &Path,
     (what, key_what): (&str, &str),
 ) -> Result<Arc<CertifiedKey>> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect())
+    let read = |path: &Path, what: &str| {
+        read_small_file(path).map_err(|e| UserError(format!("{what} {}: {e}", path.display())))
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert, what)?)
+        .collect::<Result<_, _>>()
         .map_err(|e| {
             UserError(format!(
                 "{what} {}: not a PEM certificate file ({e})",
@@ -89,8 +93,8 @@ fn certified_key(
     if chain.is_empty() {
         return Err(UserError(format!("{what} {}: no certificate in it", cert.display())).into());
     }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        let text = std::fs::read(key).unwrap_or_default();
+    let text = read(key, key_what)?;
+    let private = PrivateKeyDer::from_pem_slice(&text).map_err(|e| {
         let encrypted = [&b"ENCRYPTED PRIVATE KEY"[..], b"Proc-Type: 4,ENCRYPTED"]
             .iter()
             .any(|marker| text.windows(marker.len()).any(|w| w == *marker));
@@ -161,8 +165,10 @@ pub fn acceptor(files: &TlsFiles, tenants: &[TenantCert]) -> Result<TlsAcceptor>
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-                .and_then(|c| c.collect())
+            let pem = read_small_file(ca)
+                .map_err(|e| UserError(format!("--ca-certs {}: {e}", ca.display())))?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
                 .map_err(|e| {
                     UserError(format!("--ca-certs {}: not a PEM file ({e})", ca.display()))
                 })?;

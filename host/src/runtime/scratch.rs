@@ -95,6 +95,12 @@ fn sweep(tmp: &Path, ours: &Path) {
     }
 }
 
+/// Make this process's run directory now, so a temp dir that cannot hold
+/// it is an error at start.
+pub fn prepare() -> Result<()> {
+    run_dir().map(|_| ())
+}
+
 /// Remove this process's run directory as it exits, when every private
 /// /tmp in it is gone already; otherwise the next process sweeps it.
 pub fn finish() {
