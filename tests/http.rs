@@ -546,6 +546,9 @@ fn an_unread_request_body_does_not_cost_the_connection() {
     let res = read_response(&mut r, false);
     assert_eq!(res.status, 200);
     assert_eq!(res.header("connection"), Some(&b"close"[..]));
+    // Nor does a client trickling what it left.
+    let s = Server::start(&router(), &["--header-timeout", "1s"]);
+    assert_a_trickled_unread_body_ends_the_connection(s.addr);
 }
 
 #[test]
@@ -1151,6 +1154,15 @@ fn metrics_and_health_are_served_on_their_own_port_and_move() {
         series(&before, "rsgi_wasm_artifact_cache_total{result=\"miss\"}"),
         1.0
     );
+    // Counters of events yet to happen are there, at 0.
+    assert_eq!(
+        series(&before, "rsgi_wasm_reloads_total{result=\"failed\"}"),
+        0.0
+    );
+    assert_eq!(
+        series(&before, "rsgi_wasm_unrouted_requests_total{class=\"5xx\"}"),
+        0.0
+    );
     assert!(series(&before, "rsgi_wasm_linear_memory_bytes{tenant=\"router\"}") > 0.0);
     assert_eq!(
         series(
@@ -1326,6 +1338,29 @@ fn json_logs_give_one_object_per_access_line() {
             .contains("/no/such/app.wasm"),
         "{last}"
     );
+}
+
+#[test]
+fn an_idle_connection_is_closed_at_the_header_timeout_on_http2_too() {
+    let s = Server::start(
+        &router(),
+        &["--header-timeout", "1s", "--max-connections", "1"],
+    );
+    let new_client = |h2: bool| if h2 { h2_client() } else { client() };
+    for h2 in [false, true] {
+        // `first` keeps its connection (answering the server's pings over
+        // HTTP/2); the only slot frees once that has been idle for 1 s.
+        let first = new_client(h2);
+        assert_eq!(first.get(s.url("/")).send().unwrap().status(), 200);
+        let second = new_client(h2);
+        let r = second
+            .get(s.url("/"))
+            .timeout(std::time::Duration::from_secs(30))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        drop(first);
+    }
 }
 
 #[test]

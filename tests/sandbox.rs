@@ -1383,8 +1383,20 @@ fn a_tenant_that_cannot_load_answers_503_and_the_others_serve() {
         s.logs()
     );
     assert!(s.logs().contains("for its quota"), "{}", s.logs());
-    // The failure is remembered for a while, not retried per request.
+    // The failure is remembered for a while (10 s), not retried per
+    // request, and the 503 says when a retry can succeed.
     assert_eq!(s.logs().matches("cannot load the app").count(), 1);
+    let r = client()
+        .get(s.url("/"))
+        .header("host", "broken.test")
+        .send()
+        .unwrap();
+    let after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((2..=10).contains(&after), "Retry-After: {after}");
     assert_eq!(
         get_host(&s, "other.test", "/"),
         (200, "Hello, World!\n".into())

@@ -350,6 +350,8 @@ fn a_stalled_or_malformed_body_is_the_clients_fault() {
 fn an_unread_request_body_does_not_cost_the_connection() {
     let s = Server::start(&router_http(), &[]);
     assert_unread_bodies_keep_the_connection(s.addr);
+    let s = Server::start(&router_http(), &["--header-timeout", "1s"]);
+    assert_a_trickled_unread_body_ends_the_connection(s.addr);
 }
 
 #[test]

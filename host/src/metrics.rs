@@ -274,6 +274,17 @@ impl Metrics {
             "Bytes of TLS records the tenant's guests sent and received through the host's TLS",
             m.outbound_tls_bytes.clone(),
         );
+        // The process-wide counters start at 0, so an alert on their
+        // increase sees the first event too.
+        for result in ["ok", "failed"] {
+            let _ = m.reloads.get_or_create(&Outcome { result });
+        }
+        for result in ["hit", "miss"] {
+            let _ = m.cache.get_or_create(&Outcome { result });
+        }
+        for class in CLASSES {
+            let _ = m.unrouted.get_or_create(&Class { class });
+        }
         Metrics { registry, ..m }
     }
 }

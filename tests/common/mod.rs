@@ -331,7 +331,43 @@ pub fn assert_unread_bodies_keep_the_connection(addr: SocketAddr) {
     assert_eq!(read_response(&mut r, false).body, b"router\n");
 }
 
-/// A blocking HTTP/2 client by prior knowledge (cleartext h2).
+/// A body `/` does not read, trickled a byte every 200 ms once answered:
+/// under the 1 KiB/s the server asks of any body, read or drained, so it
+/// ends the connection (for a server started with `--header-timeout 1s`)
+/// instead of draining for as long as the client keeps trickling.
+pub fn assert_a_trickled_unread_body_ends_the_connection(addr: SocketAddr) {
+    let (mut w, mut r) = connect(addr);
+    w.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nx")
+        .unwrap();
+    assert_eq!(read_response(&mut r, false).status, 200);
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(10)))
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "still draining a trickle after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        if w.write_all(b"x").is_err() {
+            return;
+        }
+        let mut byte = [0u8; 1];
+        match r.read(&mut byte) {
+            Ok(0) => return,
+            Ok(_) => panic!("bytes after the response"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A blocking HTTP/2 client by prior knowledge (cleartext h2)./// A blocking HTTP/2 client by prior knowledge (cleartext h2).
 pub fn h2_client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .http2_prior_knowledge()

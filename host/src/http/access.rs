@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 
+use crate::http::conn_idle::InFlight;
 use crate::metrics::{self, TenantMetrics};
 use crate::runtime::body::{self, BodyAbort, ResponseBody};
 
@@ -199,6 +200,7 @@ impl AccessLog {
         res.map(|body| LoggedBody {
             body,
             line: Some(line),
+            in_flight: None,
         })
     }
 }
@@ -216,6 +218,16 @@ impl Drop for AccessLog {
 pub struct LoggedBody {
     body: ResponseBody,
     line: Option<Line>,
+    /// Keeps the request in flight on its connection until the body ends.
+    in_flight: Option<InFlight>,
+}
+
+impl LoggedBody {
+    /// Count the request as in flight on its connection until this body
+    /// is done (so the connection is not idle while it streams).
+    pub fn in_flight(&mut self, guard: InFlight) {
+        self.in_flight = Some(guard);
+    }
 }
 
 impl Body for LoggedBody {

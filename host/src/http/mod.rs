@@ -3,6 +3,7 @@
 //! static files answered without entering a guest.
 
 pub mod access;
+pub mod conn_idle;
 pub mod head_rules;
 pub mod ops;
 pub mod router;

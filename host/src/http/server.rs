@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Isolation;
 use crate::config::{ServerConfig, TrustedPeers};
 use crate::http::access::{AccessLog, LoggedBody};
+use crate::http::conn_idle::Activity;
 use crate::http::head_rules;
 use crate::http::router::Router;
 use crate::http::write_deadline::WriteDeadline;
@@ -168,12 +169,12 @@ pub async fn serve(
                 let deadline = cfg.header_timeout;
                 let stream = WriteDeadline::new(stream, deadline);
                 let Some(acceptor) = site.tls() else {
-                    let (began, svc) = service(site.clone(), local, peer, false);
+                    let (activity, svc) = service(site.clone(), local, peer, false);
                     let conn = graceful.watch(
                         builder.serve_connection(TokioIo::new(stream), svc).into_owned(),
                     );
                     tokio::spawn(async move {
-                        drive(conn, &began, deadline, peer).await;
+                        drive(conn, &activity, deadline, peer).await;
                         drop(slot);
                     });
                     continue;
@@ -201,7 +202,7 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let (began, svc) = service(site, local, peer, true);
+                    let (activity, svc) = service(site, local, peer, true);
                     let builder = match tls.get_ref().1.alpn_protocol() {
                         Some(b"h2") => &by_alpn.h2,
                         Some(b"http/1.1") => &by_alpn.h1,
@@ -209,7 +210,7 @@ pub async fn serve(
                     };
                     let conn = watcher
                         .watch(builder.serve_connection(TokioIo::new(tls), svc).into_owned());
-                    drive(conn, &began, deadline, peer).await;
+                    drive(conn, &activity, deadline, peer).await;
                     drop(slot);
                 });
             }
@@ -246,15 +247,16 @@ fn refused_client_cert(e: &std::io::Error) -> bool {
     )
 }
 
-/// A connection's service: each request goes to `handle`, and sets the
-/// flag [`drive`] reads to know a request has begun.
+/// A connection's service: each request goes to `handle`, counted in the
+/// connection's [`Activity`] (which [`drive`] watches) until its response
+/// body is done.
 fn service(
     site: Arc<Site>,
     local: SocketAddr,
     peer: SocketAddr,
     tls: bool,
 ) -> (
-    Arc<AtomicBool>,
+    Arc<Activity>,
     impl hyper::service::Service<
             Request<Incoming>,
             Response = Response<LoggedBody>,
@@ -264,13 +266,18 @@ fn service(
         + Send
         + 'static,
 ) {
-    let began = Arc::new(AtomicBool::new(false));
-    let flag = began.clone();
+    let activity = Activity::new();
+    let counted = activity.clone();
     let svc = service_fn(move |req| {
-        flag.store(true, Ordering::Relaxed);
-        handle(site.clone(), req, local, peer, tls)
+        let in_flight = counted.begin();
+        let answer = handle(site.clone(), req, local, peer, tls);
+        async move {
+            let mut res = answer.await?;
+            res.body_mut().in_flight(in_flight);
+            Ok(res)
+        }
     });
-    (began, svc)
+    (activity, svc)
 }
 
 /// The connection builders for TLS connections whose client chose a
@@ -280,26 +287,35 @@ struct ByAlpn {
     h1: auto::Builder<TokioExecutor>,
 }
 
-/// Serve one connection to its end, or drop it (closing it) if no request
-/// has begun on it within `deadline`. hyper's header timeout starts only
-/// once it knows the protocol, from the first bytes: a client that sends
-/// nothing, or part of the HTTP/2 preface, would otherwise hold its
-/// connection slot for good.
+/// Serve one connection to its end, or drop it (closing it) once it has
+/// had no request in flight for `deadline`: since it opened (hyper's
+/// header timeout starts only once it knows the protocol, from the first
+/// bytes, so a client that sends nothing, or part of the HTTP/2 preface,
+/// would otherwise hold its connection slot for good) or since its last
+/// response ended (an HTTP/2 client answering pings would hold it too).
 async fn drive(
     conn: impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
-    began: &AtomicBool,
+    activity: &Activity,
     deadline: Duration,
     peer: SocketAddr,
 ) {
     tokio::pin!(conn);
-    let ended = tokio::select! {
-        ended = &mut conn => ended,
-        () = tokio::time::sleep(deadline) => {
-            if !began.load(Ordering::Relaxed) {
-                tracing::debug!(%peer, "no request within {deadline:?}; connection closed");
-                return;
+    let ended = loop {
+        let check = activity
+            .idle_at(deadline)
+            .unwrap_or_else(|| tokio::time::Instant::now() + deadline);
+        tokio::select! {
+            ended = &mut conn => break ended,
+            () = tokio::time::sleep_until(check) => {
+                if activity.idle_at(deadline).is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    if activity.began() {
+                        tracing::debug!(%peer, "idle for {deadline:?}; connection closed");
+                    } else {
+                        tracing::debug!(%peer, "no request within {deadline:?}; connection closed");
+                    }
+                    return;
+                }
             }
-            conn.await
         }
     };
     if let Err(e) = ended {
@@ -479,15 +495,30 @@ async fn respond(
     drop(router);
     // A cold app is loaded here; this request and those arriving meanwhile
     // wait for that one load.
-    let (pool, cold) = tenant.pool().await.map_err(|e| Refusal {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        text: match e {
-            LoadError::Failed { .. } => "Service Unavailable: the app could not be started",
-            LoadError::Busy { .. } => "Service Unavailable: server busy, retry shortly",
-            LoadError::Slow { .. } => "Service Unavailable: the app is starting, retry shortly",
-        },
-        close: false,
-    })?;
+    let (pool, cold) = match tenant.pool().await {
+        Ok(loaded) => loaded,
+        Err(LoadError::Failed { retry_in, .. }) => {
+            // The failure is remembered: say when a retry can succeed.
+            let mut res = body::host_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable: the app could not be started",
+            );
+            let secs = retry_in.as_secs_f64().ceil().max(1.0) as u64;
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+            return Ok(res);
+        }
+        Err(e) => {
+            return Err(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                text: match e {
+                    LoadError::Busy { .. } => "Service Unavailable: server busy, retry shortly",
+                    _ => "Service Unavailable: the app is starting, retry shortly",
+                },
+                close: false,
+            })
+        }
+    };
     if let Some(waited) = cold {
         log.cold_start(waited);
     }

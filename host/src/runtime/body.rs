@@ -711,18 +711,19 @@ impl Drop for RequestBody {
         if let Some(incoming) = self.incoming.take() {
             if self.drain {
                 let left = self.limit.saturating_sub(self.received);
-                drain_later(incoming, self.pace.stall, left);
+                drain_later(incoming, self.pace, self.received, left);
             }
         }
     }
 }
 
 /// Read and drop what is left of a body the app did not read, up to `left`
-/// bytes and while its client keeps sending (no wait over `stall`), on a
-/// task of its own: the HTTP/1 connection then goes on to the next request.
-/// Given up at the limit, a stall or an error: hyper then closes the
+/// more bytes and at the pace a read body must keep (`pace`, with
+/// `received` bytes in so far: no stall, no trickle), on a task of its
+/// own: the HTTP/1 connection then goes on to the next request. Given up
+/// at the limit, a stall, a trickle or an error: hyper then closes the
 /// connection, as it would have.
-pub fn drain_later(mut incoming: Incoming, stall: Duration, mut left: u64) {
+pub fn drain_later(mut incoming: Incoming, mut pace: Pace, mut received: u64, mut left: u64) {
     if incoming.is_end_stream() {
         return;
     }
@@ -730,8 +731,15 @@ pub fn drain_later(mut incoming: Incoming, stall: Duration, mut left: u64) {
         return;
     };
     runtime.spawn(async move {
-        while let Ok(Some(Ok(frame))) = tokio::time::timeout(stall, incoming.frame()).await {
+        loop {
+            let patience = pace.patience(received);
+            let t0 = tokio::time::Instant::now();
+            let Ok(Some(Ok(frame))) = tokio::time::timeout(patience, incoming.frame()).await else {
+                return;
+            };
+            pace.waited(t0.elapsed());
             let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            received += n;
             match left.checked_sub(n) {
                 Some(rest) => left = rest,
                 None => return,

@@ -180,6 +180,8 @@ pub enum LoadError {
         app: String,
         /// What went wrong.
         error: String,
+        /// When the next request will try loading again.
+        retry_in: Duration,
     },
     /// As many requests as the app may hold (`workers` + `queue`) already
     /// wait for it to load.
@@ -316,7 +318,7 @@ impl Tenant {
         // machine, holds a request no longer than running it may.
         let pool = match tokio::time::timeout(self.spec.limits.timeout, load).await {
             Ok(joined) => joined.unwrap_or_else(|panic| {
-                Err(self.failed(format!("loading panicked (a bug): {panic}")))
+                Err(self.failed(format!("loading panicked (a bug): {panic}"), Instant::now()))
             })?,
             Err(_) => {
                 let waited = t0.elapsed();
@@ -330,10 +332,11 @@ impl Tenant {
         Ok((pool, Some(t0.elapsed())))
     }
 
-    fn failed(&self, error: String) -> LoadError {
+    fn failed(&self, error: String, since: Instant) -> LoadError {
         LoadError::Failed {
             app: self.spec.name.clone(),
             error,
+            retry_in: RETRY_AFTER.saturating_sub(since.elapsed()),
         }
     }
 
@@ -343,7 +346,7 @@ impl Tenant {
         match &*self.state.lock().expect("tenant lock") {
             State::Warm(pool) => Some(Ok(pool.clone())),
             State::Failed { at, error } if at.elapsed() < RETRY_AFTER => {
-                Some(Err(self.failed(error.clone())))
+                Some(Err(self.failed(error.clone(), *at)))
             }
             _ => None,
         }
@@ -381,7 +384,7 @@ impl Tenant {
                     at: Instant::now(),
                     error: error.clone(),
                 };
-                Err(self.failed(error))
+                Err(self.failed(error, Instant::now()))
             }
         }
     }

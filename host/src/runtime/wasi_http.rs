@@ -277,7 +277,8 @@ impl LimitedBody {
 impl Drop for LimitedBody {
     fn drop(&mut self) {
         if let (Some(incoming), true) = (self.incoming.take(), self.drain) {
-            body::drain_later(incoming, self.pace.stall, self.left);
+            let received = self.limit - self.left;
+            body::drain_later(incoming, self.pace, received, self.left);
         }
     }
 }
