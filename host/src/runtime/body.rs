@@ -140,8 +140,9 @@ impl BodySender {
                         Err(_) => {
                             // Cut short, not ended: a client that reads on
                             // must not take what it got for the whole.
-                            tracing::info!("response cut short: {}", stalled(stall));
-                            self.abort(stalled(stall));
+                            let why = stalled(stall);
+                            tracing::info!("response cut short: {why}");
+                            self.abort(why);
                             return false;
                         }
                     }
@@ -180,6 +181,12 @@ impl BodySender {
 /// a large chunk stays here, where the stall watch can drop it.
 const PIECE: usize = 16 * 1024;
 
+/// Chunks larger than this are watched for a client taking nothing (and
+/// copied out in pieces, so dropping the rest frees it). Smaller ones go
+/// out as views with no task of their own: a stalled stream holds at most
+/// this much here, and a page of a few hundred KiB costs no timer.
+const WATCHED: usize = 1 << 20;
+
 /// The rest of a chunk larger than [`PIECE`], given to hyper a piece at a
 /// time; shared with the task that watches it for a client taking nothing.
 struct Held {
@@ -189,6 +196,8 @@ struct Held {
     budget: Option<OwnedSemaphorePermit>,
     /// Set when the watch dropped `rest`, to the stall that expired.
     expired: Option<Duration>,
+    /// Pieces are copies (the chunk is watched).
+    copied: bool,
 }
 
 /// A response body: bytes known up front, or streamed through a
@@ -274,13 +283,16 @@ impl ResponseBody {
         if chunk.len() <= PIECE {
             return chunk;
         }
-        let piece = copied_piece(&mut chunk);
+        let watch_for = self.stall.filter(|_| chunk.len() > WATCHED);
+        let copied = watch_for.is_some();
+        let piece = next_of(&mut chunk, copied);
         let held = Arc::new(std::sync::Mutex::new(Held {
             rest: chunk,
             budget,
             expired: None,
+            copied,
         }));
-        if let (Some(stall), Ok(runtime)) = (self.stall, tokio::runtime::Handle::try_current()) {
+        if let (Some(stall), Ok(runtime)) = (watch_for, tokio::runtime::Handle::try_current()) {
             let since = tokio::time::Instant::now();
             let watched = (Arc::downgrade(&held), self.taken.clone());
             runtime.spawn(watch(watched, since, stall));
@@ -298,7 +310,8 @@ impl ResponseBody {
             self.held = None;
             return Some(Err(BodyAbort(stalled(stall))));
         }
-        let piece = copied_piece(&mut h.rest);
+        let copied = h.copied;
+        let piece = next_of(&mut h.rest, copied);
         if h.rest.is_empty() {
             drop(h);
             self.held = None;
@@ -307,11 +320,15 @@ impl ResponseBody {
     }
 }
 
-/// The next piece of `rest`, copied: a view would keep the whole chunk's
-/// memory alive for as long as hyper holds the piece, so dropping the
-/// rest of a stalled response would free nothing.
-fn copied_piece(rest: &mut Bytes) -> Bytes {
+/// The next piece of `rest`: `copied` for a watched chunk, as a view
+/// would keep the whole chunk's memory alive for as long as hyper holds
+/// the piece, so dropping the rest of a stalled response would free
+/// nothing.
+fn next_of(rest: &mut Bytes, copied: bool) -> Bytes {
     let n = rest.len().min(PIECE);
+    if !copied {
+        return rest.split_to(n);
+    }
     let piece = Bytes::copy_from_slice(&rest[..n]);
     rest.advance(n);
     piece
@@ -804,16 +821,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_body_goes_out_in_pieces_and_whole() {
-        let bytes: Vec<u8> = (0..4 * PIECE + 7).map(|i| i as u8).collect();
-        let mut body = ResponseBody::full(bytes.clone()).stalling_after(Duration::from_secs(5));
-        let mut got = Vec::new();
-        while !body.is_end_stream() {
-            let piece = data(&mut body).await;
-            assert!(!piece.is_empty() && piece.len() <= PIECE, "{}", piece.len());
-            got.extend_from_slice(&piece);
+        // Views of an unwatched chunk, copies of a watched one.
+        for len in [4 * PIECE + 7, WATCHED + 7] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut body = ResponseBody::full(bytes.clone()).stalling_after(Duration::from_secs(5));
+            let mut got = Vec::new();
+            while !body.is_end_stream() {
+                let piece = data(&mut body).await;
+                assert!(!piece.is_empty() && piece.len() <= PIECE, "{}", piece.len());
+                got.extend_from_slice(&piece);
+            }
+            assert_eq!(got, bytes);
+            assert!(body.frame().await.is_none());
         }
-        assert_eq!(got, bytes);
-        assert!(body.frame().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -822,7 +842,7 @@ mod tests {
         let (tx, rx) = body_channel();
         let tx = tx.with_stall(stall);
         let mut body = ResponseBody::streamed(Bytes::new(), rx, None).stalling_after(stall);
-        assert!(tx.send(Bytes::from(vec![7; BODY_BUDGET + 1])).await);
+        assert!(tx.send(Bytes::from(vec![7; WATCHED + 1])).await);
         assert_eq!(data(&mut body).await.len(), PIECE);
         // Pieces taken within the stall keep the chunk, however long the
         // whole takes; the sender waits for its budget meanwhile, past its

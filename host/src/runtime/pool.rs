@@ -329,12 +329,7 @@ impl AppPool {
                 };
                 ex.respond_error(status, text);
             }
-            Ok(Ok(Ok(()))) => {
-                if let Some(why) = ex.shortfall() {
-                    tracing::warn!(app = %self.name, "{why}");
-                    ex.abort(why);
-                }
-            }
+            Ok(Ok(Ok(()))) => ex.finish(),
             Ok(Ok(Err(reason))) => {
                 let reason = guest_log::quoted(&reason);
                 tracing::warn!(app = %self.name, "response cut short: {reason}");

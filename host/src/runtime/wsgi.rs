@@ -93,7 +93,8 @@ pub struct Exchange {
     start_tx: Option<oneshot::Sender<Response<ResponseBody>>>,
     /// Given to the response when it starts.
     chunk_rx: Option<BodyReceiver>,
-    chunk_tx: BodySender,
+    /// `None` once the guest said the body is complete (`finish`).
+    chunk_tx: Option<BodySender>,
     /// Bytes still allowed by the app's `Content-Length` (None: no limit).
     remaining: Option<u64>,
     /// The method is HEAD: no body goes out, a short body is not an error.
@@ -117,7 +118,7 @@ impl Exchange {
             body,
             start_tx: Some(start_tx),
             chunk_rx: Some(chunk_rx),
-            chunk_tx,
+            chunk_tx: Some(chunk_tx),
             remaining: None,
             head_method,
             body_allowed: true,
@@ -139,7 +140,7 @@ impl Exchange {
             app: self.app.clone(),
             start_tx: self.start_tx.take()?,
             chunk_rx: self.chunk_rx.take()?,
-            chunk_tx: self.chunk_tx.clone(),
+            chunk_tx: self.chunk_tx.clone()?,
             head_method: self.head_method,
         })
     }
@@ -183,14 +184,17 @@ impl Exchange {
     /// Cut the response short: the client sees a truncated body because
     /// hyper closes the connection instead of ending the message.
     pub fn abort(&mut self, why: String) {
-        self.chunk_tx.abort(why);
+        if let Some(tx) = &self.chunk_tx {
+            tx.abort(why);
+        }
     }
 
-    /// After the guest returned: a body shorter than its `Content-Length`
-    /// must not look complete, so say why it should be aborted.
-    pub fn shortfall(&self) -> Option<String> {
+    /// A body shorter than its `Content-Length` must not look complete:
+    /// why it should be aborted, if it is one.
+    fn shortfall(&self) -> Option<String> {
         // A client that left stopped the app's writes: not the app's doing.
-        if self.chunk_tx.is_closed() {
+        // A body already finished was checked then.
+        if self.chunk_tx.as_ref().is_none_or(BodySender::is_closed) {
             return None;
         }
         match self.remaining {
@@ -201,19 +205,19 @@ impl Exchange {
         }
     }
 
-    /// The guest says the body is complete, before it calls the result's
-    /// `close()`: end it now (cut short if under its `Content-Length`).
-    fn finish(&mut self) {
-        if !self.committed() || self.chunk_tx.is_closed() {
+    /// The body is complete (the guest says so before it calls the
+    /// result's `close()`, or its call returned): end it, cut short if
+    /// under its `Content-Length`. Ours is the last sender unless a file
+    /// still streams, so dropping it ends the body.
+    pub fn finish(&mut self) {
+        if !self.committed() {
             return;
         }
         if let Some(why) = self.shortfall() {
             tracing::warn!(app = %self.app, "{why}");
             self.abort(why);
         }
-        // Ours is the last sender but a file's still streaming: dropping it
-        // ends the body. Its stand-in is closed from the start.
-        self.chunk_tx = body_channel().0;
+        self.chunk_tx = None;
     }
 
     /// Clip a chunk to what `Content-Length` still allows.
@@ -305,13 +309,13 @@ impl Exchange {
         let declared = self.remaining.unwrap_or(available);
         let len = declared.min(available);
         self.remaining = Some(0); // the streaming task owns the framing now
-        if self.body_allowed && !self.head_method {
+        if let (true, Some(tx)) = (self.body_allowed && !self.head_method, &self.chunk_tx) {
             tokio::spawn(body::stream_file(
                 file,
                 offset,
                 len,
                 declared - len,
-                self.chunk_tx.clone(),
+                tx.clone(),
             ));
         }
         Ok(())
@@ -329,7 +333,10 @@ impl Exchange {
         if chunk.is_empty() {
             return true;
         }
-        self.chunk_tx.send(chunk).await
+        match &self.chunk_tx {
+            Some(tx) => tx.send(chunk).await,
+            None => false,
+        }
     }
 }
 
