@@ -134,11 +134,12 @@ def write_tenants(path, components, listed=None, idle="0"):
                     f'hosts = ["t{i}.test"]\nidle_timeout = "{idle}"\n\n')
 
 
-def serve(cfg):
+def serve(cfg, *extra):
     env = dict(os.environ, RUST_LOG="warn")
     t = time.time()
     p = subprocess.Popen(["taskset", "-c", b.SERVER_CPU, b.BIN, "serve", cfg, "--listen",
-                          f"127.0.0.1:{b.PORT}", "--cache-dir", CACHE, "--max-loaded", "1000000"], env=env,
+                          f"127.0.0.1:{b.PORT}", "--cache-dir", CACHE, "--max-loaded", "1000000", *extra],
+                         env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     b.wait_port(b.PORT, timeout=600)
     return p, time.time() - t
@@ -179,10 +180,12 @@ def density(components, label):
 
 def listed(components, n):
     """`serve` with n listed tenants over the distinct components: start
-    time, RSS at rest, and the first requests to cold tenants."""
+    time, RSS at rest, the first requests to cold tenants, and the size of
+    a metrics scrape after them."""
     cfg = os.path.join(WORK, "tenants-listed.toml")
     write_tenants(cfg, components, listed=n, idle="5m")
-    p, start_s = serve(cfg)
+    metrics = b.PORT + 1
+    p, start_s = serve(cfg, "--metrics", f"127.0.0.1:{metrics}")
     try:
         time.sleep(1)
         idle_rss = b.rss_of(p.pid, "VmRSS")
@@ -192,9 +195,13 @@ def listed(components, n):
             status, _, ms = ask(i)
             assert status == 200, status
             cold.append(ms)
+        c = http.client.HTTPConnection("127.0.0.1", metrics, timeout=600)
+        c.request("GET", "/metrics")
+        scrape = len(c.getresponse().read())
+        c.close()
     finally:
         b.stop(p)
-    return start_s, idle_rss, idle_pss, cold
+    return start_s, idle_rss, idle_pss, cold, scrape
 
 
 def fresh_instance(component, duration):
@@ -265,7 +272,7 @@ def main():
     flask_vs = patched_variants(flask, max(args.flask_apps, 1), "flask")
     dens = {"hello": density(hello_vs, "hello"), "flask-hello": density(flask_vs, "flask")}
     per_app_disk = compiled_bytes() / (len(hello_vs) + len(flask_vs))
-    start_s, idle_rss, idle_pss, cold = listed(hello_vs, args.listed)
+    start_s, idle_rss, idle_pss, cold, scrape = listed(hello_vs, args.listed)
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
                "unknown")
@@ -307,6 +314,8 @@ def main():
         f"{start_s * 1000:,.0f} ms, {idle_rss / mib:.0f} MiB ({idle_pss / mib:.0f} MiB) | ≤ 2 s, ≤ 200 MiB |",
         f"| first request to a cold tenant, artifact cached ({len(cold)} tenants: median, max) | — | "
         f"{statistics.median(cold):.0f} ms, {max(cold):.0f} ms | ≤ 50 ms |",
+        f"| `/metrics` scrape with {args.listed:,} listed tenants, {len(cold)} of them asked | 36 MB "
+        f"(measured 2026-12-03) | {scrape / 1e3:,.0f} kB | |",
     ]
     text = "\n".join(report)
     print("\n" + text)

@@ -1,10 +1,14 @@
 //! Prometheus metrics: one process-wide registry, per-tenant handles cut
 //! once per app so a request touches atomics only, and the text encoding
 //! `--metrics` serves.
+//!
+//! A tenant's series are registered at its first load or request, not when
+//! it is listed: a config of thousands of tenants, most of them cold, must
+//! not make every scrape carry dozens of zero series for each.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -102,13 +106,23 @@ struct Metrics {
     quota_refusals: Family<Tenant, Counter>,
     components: Gauge,
     core_modules: Gauge,
+    listed: Gauge,
     outbound_connections: Family<TenantResult, Counter>,
     outbound_lookups: Family<TenantResult, Counter>,
     outbound_tls_bytes: Family<TenantDirection, Counter>,
-    /// Live [`TenantMetrics`] per (escaped) tenant name: a tenant's series
-    /// are dropped from the exposition with its last handle, so tenants
-    /// removed by reloads do not pile up.
-    holders: HashMap<String, usize>,
+    /// Live [`TenantMetrics`] per (escaped) tenant name.
+    holders: HashMap<String, Holders>,
+}
+
+/// The live handles of one tenant name, across reloads.
+#[derive(Default)]
+struct Holders {
+    /// Handles, registered or not: the name is listed while any is live.
+    handles: usize,
+    /// Handles whose series are registered: the series leave the
+    /// exposition with the last of these, so tenants removed by reloads do
+    /// not pile up.
+    registered: usize,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,6 +171,7 @@ impl Metrics {
             quota_refusals: Family::default(),
             components: Gauge::default(),
             core_modules: Gauge::default(),
+            listed: Gauge::default(),
             outbound_connections: Family::default(),
             outbound_lookups: Family::default(),
             outbound_tls_bytes: Family::default(),
@@ -258,6 +273,11 @@ impl Metrics {
             "core_modules_loaded",
             "Distinct compiled core modules in memory, each shared by the components that ship it",
             m.core_modules.clone(),
+        );
+        registry.register(
+            "tenants_listed",
+            "Tenants in the config, loaded or not (a tenant's own series appear at its first load or request)",
+            m.listed.clone(),
         );
         registry.register(
             "outbound_connections",
@@ -405,10 +425,17 @@ pub fn unrouted(status: u16) {
     BY_CLASS[(status / 100).clamp(1, 5) as usize - 1].inc();
 }
 
-/// One tenant's series, cut once: a request only touches atomics.
+/// One tenant's handle on its series, which it registers at first use.
 pub struct TenantMetrics {
     /// The tenant's name, as written (empty: no tenant).
     pub name: Arc<str>,
+    /// The name as a label value.
+    escaped: String,
+    series: OnceLock<TenantSeries>,
+}
+
+/// One tenant's series, cut once: a request only touches atomics.
+pub struct TenantSeries {
     by_class: [Counter; 5],
     latency: Histogram,
     in_flight: Gauge,
@@ -437,79 +464,93 @@ pub struct TenantMetrics {
     pub load_failures: Counter,
 }
 
-impl TenantMetrics {
-    /// The series of tenant `name` (the same ones again after a reload).
-    pub fn new(name: &str) -> Arc<Self> {
-        // prometheus-client writes label values as given: escaped here, so
-        // no app name can break the exposition for every other tenant.
-        let given: Arc<str> = name.into();
-        let escaped = label_value(name);
-        let name = escaped.as_str();
+impl TenantSeries {
+    /// Register (or find again) the series of escaped name `name`.
+    fn cut(m: &mut Metrics, name: &str) -> Self {
+        m.holders.entry(name.to_owned()).or_default().registered += 1;
         let t = || Tenant {
             tenant: name.to_owned(),
         };
+        let class = |class| {
+            let tenant = name.to_owned();
+            m.requests
+                .get_or_create(&TenantClass { tenant, class })
+                .clone()
+        };
+        let recycle = |cause| {
+            let tenant = name.to_owned();
+            m.recycles
+                .get_or_create(&TenantCause { tenant, cause })
+                .clone()
+        };
+        let state = |state| {
+            let tenant = name.to_owned();
+            m.instances
+                .get_or_create(&TenantState { tenant, state })
+                .clone()
+        };
+        TenantSeries {
+            by_class: CLASSES.map(class),
+            latency: m.latency.get_or_create(&t()).clone(),
+            in_flight: m.in_flight.get_or_create(&t()).clone(),
+            queued: m.queued.get_or_create(&t()).clone(),
+            rejected: m.rejected.get_or_create(&t()).clone(),
+            timeouts: m.timeouts.get_or_create(&t()).clone(),
+            warm: state(STATES[0]),
+            busy: state(STATES[1]),
+            recycles: CAUSES.map(recycle),
+            cpu: m.cpu.get_or_create(&t()).clone(),
+            memory: m.memory.get_or_create(&t()).clone(),
+            loaded: m.loaded.get_or_create(&t()).clone(),
+            cold_starts: m.cold_starts.get_or_create(&t()).clone(),
+            unloads: m.unloads.get_or_create(&t()).clone(),
+            load_failures: m.load_failures.get_or_create(&t()).clone(),
+        }
+    }
+}
+
+impl TenantMetrics {
+    /// The handle of tenant `name`. Its series are registered at first use,
+    /// or now if a live handle of the same name (the tenant before a
+    /// reload) has them, so a reload never resets a tenant's counters.
+    pub fn new(name: &str) -> Arc<Self> {
+        // prometheus-client writes label values as given: escaped here, so
+        // no app name can break the exposition for every other tenant.
+        let escaped = label_value(name);
+        let series = OnceLock::new();
         with(|m| {
-            *m.holders.entry(name.to_owned()).or_default() += 1;
-            let class = |class| {
-                m.requests
-                    .get_or_create(&TenantClass {
-                        tenant: name.to_owned(),
-                        class,
-                    })
-                    .clone()
-            };
-            let recycle = |cause| {
-                m.recycles
-                    .get_or_create(&TenantCause {
-                        tenant: name.to_owned(),
-                        cause,
-                    })
-                    .clone()
-            };
-            let state = |state| {
-                m.instances
-                    .get_or_create(&TenantState {
-                        tenant: name.to_owned(),
-                        state,
-                    })
-                    .clone()
-            };
-            Arc::new(TenantMetrics {
-                name: given.clone(),
-                by_class: CLASSES.map(class),
-                latency: m.latency.get_or_create(&t()).clone(),
-                in_flight: m.in_flight.get_or_create(&t()).clone(),
-                queued: m.queued.get_or_create(&t()).clone(),
-                rejected: m.rejected.get_or_create(&t()).clone(),
-                timeouts: m.timeouts.get_or_create(&t()).clone(),
-                warm: state(STATES[0]),
-                busy: state(STATES[1]),
-                recycles: CAUSES.map(recycle),
-                cpu: m.cpu.get_or_create(&t()).clone(),
-                memory: m.memory.get_or_create(&t()).clone(),
-                loaded: m.loaded.get_or_create(&t()).clone(),
-                cold_starts: m.cold_starts.get_or_create(&t()).clone(),
-                unloads: m.unloads.get_or_create(&t()).clone(),
-                load_failures: m.load_failures.get_or_create(&t()).clone(),
-            })
+            let holders = m.holders.entry(escaped.clone()).or_default();
+            holders.handles += 1;
+            if holders.registered > 0 {
+                let _ = series.set(TenantSeries::cut(m, &escaped));
+            }
+            m.listed.set(m.holders.len() as i64);
+        });
+        Arc::new(TenantMetrics {
+            name: name.into(),
+            escaped,
+            series,
         })
+    }
+
+    /// The tenant's series, registered now if this is their first use.
+    pub fn series(&self) -> &TenantSeries {
+        self.series
+            .get_or_init(|| with(|m| TenantSeries::cut(m, &self.escaped)))
     }
 
     /// A request routed to this tenant is being answered.
     pub fn started(&self) {
-        self.in_flight.inc();
+        self.series().in_flight.inc();
     }
 
     /// Its response is done (or abandoned).
     pub fn finished(&self, status: u16, elapsed: Duration) {
-        self.in_flight.dec();
-        self.response(status, elapsed);
-    }
-
-    fn response(&self, status: u16, elapsed: Duration) {
+        let s = self.series();
+        s.in_flight.dec();
         let i = (status / 100).clamp(1, 5) as usize - 1;
-        self.by_class[i].inc();
-        self.latency.observe(elapsed.as_secs_f64());
+        s.by_class[i].inc();
+        s.latency.observe(elapsed.as_secs_f64());
     }
 
     /// An instance was replaced.
@@ -520,22 +561,27 @@ impl TenantMetrics {
             Recycle::Memory => 2,
             Recycle::MaxRequests => 3,
         };
-        self.recycles[i].inc();
+        self.series().recycles[i].inc();
     }
 }
 
 impl Drop for TenantMetrics {
     fn drop(&mut self) {
-        let name = label_value(&self.name);
+        let registered = self.series.get().is_some();
         with(|m| {
-            let Some(n) = m.holders.get_mut(&name) else {
+            let Some(h) = m.holders.get_mut(&self.escaped) else {
                 return;
             };
-            *n -= 1;
-            if *n == 0 {
-                m.holders.remove(&name);
-                m.forget(&name);
+            h.handles -= 1;
+            h.registered -= usize::from(registered);
+            let (handles, left) = (h.handles, h.registered);
+            if registered && left == 0 {
+                m.forget(&self.escaped);
             }
+            if handles == 0 {
+                m.holders.remove(&self.escaped);
+            }
+            m.listed.set(m.holders.len() as i64);
         });
     }
 }
@@ -616,23 +662,28 @@ mod tests {
     #[test]
     fn a_tenant_s_series_go_with_its_last_handle() {
         let label = "tenant=\"unit-gone\"";
-        let first = TenantMetrics::new("unit-gone");
-        let _outbound = OutboundMetrics::new("unit-gone");
-        first.started();
         let lines = || encode().lines().filter(|l| l.contains(label)).count();
-        // Every per-tenant family has its series from the start.
+        let first = TenantMetrics::new("unit-gone");
+        // Listed, never used: no series yet.
+        assert_eq!(lines(), 0, "{}", encode());
+        first.started();
+        let _outbound = OutboundMetrics::new("unit-gone");
+        // Every per-tenant family has its series from the first use.
         let all = lines();
         assert!(all >= 40, "{all}: {}", encode());
-        // A reload's new handle for the same name keeps them.
+        // A reload's new handle for the same name keeps them, used or not.
         let second = TenantMetrics::new("unit-gone");
         drop(first);
         assert_eq!(lines(), all);
+        assert!(encode().contains("rsgi_wasm_in_flight_requests{tenant=\"unit-gone\"} 1"));
         drop(second);
         assert_eq!(lines(), 0, "{}", encode());
         // A tenant added again starts from zero.
         let again = TenantMetrics::new("unit-gone");
+        again.series();
         assert!(encode().contains("rsgi_wasm_in_flight_requests{tenant=\"unit-gone\"} 0"));
         drop(again);
+        assert_eq!(lines(), 0, "{}", encode());
     }
 
     #[test]
@@ -641,7 +692,7 @@ mod tests {
         t.started();
         t.finished(204, Duration::from_millis(3));
         t.recycled(Recycle::Timeout);
-        t.cpu.inc_by(0.25);
+        t.series().cpu.inc_by(0.25);
         artifact_cache(true);
         let text = encode();
         for line in [

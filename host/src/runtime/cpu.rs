@@ -9,13 +9,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
 use wasmtime::{Engine, UpdateDeadline};
+
+use crate::metrics::TenantMetrics;
 
 /// How fast a tenant's recent CPU use fades: after this long, half of it
 /// counts. Short enough that a tenant that stops spinning is served first
@@ -132,8 +132,10 @@ struct Waiting {
 pub struct TenantCpu {
     recent: Mutex<Decayed>,
     cap: Option<Cap>,
-    /// Where the tenant's CPU seconds are exported, if they are.
-    meter: Option<Counter<f64, AtomicU64>>,
+    /// Where the tenant's CPU seconds are exported, if they are. Weak: the
+    /// scheduler may keep an account a while after its tenant is gone
+    /// (`State::active`), and must not keep the tenant's series with it.
+    meter: Option<Weak<TenantMetrics>>,
 }
 
 /// CPU nanoseconds that fade with [`HALF_LIFE`].
@@ -162,10 +164,10 @@ impl TenantCpu {
 
     /// An account whose CPU time also goes to `meter`, in seconds (even
     /// when the calls are not scheduled: `rsgi-wasm run --metrics`).
-    pub fn metered(cap: Option<f64>, meter: Option<Counter<f64, AtomicU64>>) -> Arc<Self> {
+    pub fn metered(cap: Option<f64>, meter: Option<Arc<TenantMetrics>>) -> Arc<Self> {
         let now = Instant::now();
         Arc::new(TenantCpu {
-            meter,
+            meter: meter.as_ref().map(Arc::downgrade),
             recent: Mutex::new(Decayed { ns: 0.0, at: now }),
             cap: cap.map(|cores| Cap {
                 cores,
@@ -199,8 +201,8 @@ impl TenantCpu {
     }
 
     fn meter_only(&self, ns: u64) {
-        if let Some(m) = &self.meter {
-            m.inc_by(ns as f64 / 1e9);
+        if let Some(m) = self.meter.as_ref().and_then(Weak::upgrade) {
+            m.series().cpu.inc_by(ns as f64 / 1e9);
         }
     }
 

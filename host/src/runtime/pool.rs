@@ -110,7 +110,7 @@ impl AppPool {
                 .await
                 .with_context(|| format!("starting an instance of app {name}"))?;
             pool.idle.lock().expect("pool lock").push(inst);
-            pool.metrics.warm.inc();
+            pool.metrics.series().warm.inc();
         }
         Ok(pool)
     }
@@ -169,7 +169,7 @@ impl AppPool {
         let mut state = tokio::task::spawn_blocking(move || sandbox.host_state(Stdio::Log))
             .await
             .context("preparing an instance's sandbox panicked")??;
-        state.meter_memory(self.metrics.memory.clone());
+        state.meter_memory(self.metrics.series().memory.clone());
         let mut store = new_store(&self.engine, state, Some(&self.cpu))?;
         // Instantiating runs the component's start code and fills CPython's
         // function table: milliseconds of CPU, which a tenant whose
@@ -217,7 +217,7 @@ impl AppPool {
         } else {
             if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.queue {
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
-                self.metrics.rejected.inc();
+                self.metrics.series().rejected.inc();
                 tracing::warn!(app = %self.name, "queue full ({} waiting): 503", self.limits.queue);
                 ex.respond_error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -225,9 +225,9 @@ impl AppPool {
                 );
                 return;
             }
-            self.metrics.queued.inc();
+            self.metrics.series().queued.inc();
             let p = self.slots.acquire().await.expect("semaphore never closed");
-            self.metrics.queued.dec();
+            self.metrics.series().queued.dec();
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             p
         };
@@ -241,21 +241,21 @@ impl AppPool {
         let idle = self.idle.lock().expect("pool lock").pop();
         let mut inst = match idle {
             Some(i) => {
-                self.metrics.warm.dec();
+                self.metrics.series().warm.dec();
                 i
             }
             None => match self.instantiate().await {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::error!(app = %self.name, "cannot start an instance: {e:#}");
-                    self.metrics.rejected.inc();
+                    self.metrics.series().rejected.inc();
                     ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
                     return;
                 }
             },
         };
 
-        let busy = Busy::new(&self.metrics.busy);
+        let busy = Busy::new(&self.metrics.series().busy);
         let (outcome, mut ex) = match (&inst.app, request) {
             (Bound::Wsgi(app), AppRequest::Wsgi(environ)) => {
                 inst.store.data_mut().wsgi().begin(ex);
@@ -358,7 +358,7 @@ impl AppPool {
             }
             Err(_elapsed) => {
                 recycle = Some(Recycle::Timeout);
-                self.metrics.timeouts.inc();
+                self.metrics.series().timeouts.inc();
                 tracing::error!(app = %self.name, "request exceeded the {:?} timeout; instance replaced", self.limits.timeout);
                 self.fail(&mut ex, StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout")
                     .await;
@@ -384,7 +384,7 @@ impl AppPool {
             }
         } else {
             self.idle.lock().expect("pool lock").push(inst);
-            self.metrics.warm.inc();
+            self.metrics.series().warm.inc();
         }
         drop(permit);
     }
@@ -403,7 +403,7 @@ impl Drop for AppPool {
     fn drop(&mut self) {
         // Unloaded: its warm instances go with it.
         let idle = self.idle.get_mut().map_or(0, |v| v.len());
-        self.metrics.warm.dec_by(idle as i64);
+        self.metrics.series().warm.dec_by(idle as i64);
     }
 }
 

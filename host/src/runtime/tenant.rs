@@ -213,10 +213,7 @@ impl Tenant {
     ) -> Result<Arc<Tenant>> {
         let world = engine::exported_world(&spec.component)?;
         let metrics = TenantMetrics::new(&spec.name);
-        let account = TenantCpu::metered(
-            spec.limits.cpu,
-            starter.metered.then(|| metrics.cpu.clone()),
-        );
+        let account = TenantCpu::metered(spec.limits.cpu, starter.metered.then(|| metrics.clone()));
         let cpu = if alone {
             CpuShare::alone(starter.sched.clone(), account)
         } else {
@@ -248,7 +245,7 @@ impl Tenant {
         let tenant = Tenant::check(starter, spec, alone, default_idle)?;
         let pool = tenant.load().await?;
         *tenant.state.lock().expect("tenant lock") = State::Warm(pool);
-        tenant.metrics.loaded.inc();
+        tenant.metrics.series().loaded.inc();
         Ok(tenant)
     }
 
@@ -278,7 +275,7 @@ impl Tenant {
         let got = self.pool_or_load().await;
         // Every 503 counts, as the pool's do.
         if matches!(got, Err(LoadError::Failed { .. } | LoadError::Slow { .. })) {
-            self.metrics.rejected.inc();
+            self.metrics.series().rejected.inc();
         }
         got
     }
@@ -293,7 +290,7 @@ impl Tenant {
         let limit = self.spec.limits.workers + self.spec.limits.queue;
         if self.cold_waiting.fetch_add(1, Ordering::SeqCst) >= limit {
             self.cold_waiting.fetch_sub(1, Ordering::SeqCst);
-            self.metrics.rejected.inc();
+            self.metrics.series().rejected.inc();
             tracing::warn!(app = %self.spec.name, "loading, and {limit} requests already wait for it: 503");
             return Err(LoadError::Busy {
                 app: self.spec.name.clone(),
@@ -304,10 +301,10 @@ impl Tenant {
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
                 self.0.fetch_sub(1, Ordering::SeqCst);
-                self.1.queued.dec();
+                self.1.series().queued.dec();
             }
         }
-        self.metrics.queued.inc();
+        self.metrics.series().queued.inc();
         let _waiting = Waiting(&self.cold_waiting, &self.metrics);
         let t0 = Instant::now();
         // In a task of its own, so a client that leaves does not cancel the
@@ -370,15 +367,16 @@ impl Tenant {
         match loaded {
             Ok(pool) => {
                 let took = t0.elapsed();
-                self.metrics.cold_starts.observe(took.as_secs_f64());
-                self.metrics.loaded.inc();
+                let series = self.metrics.series();
+                series.cold_starts.observe(took.as_secs_f64());
+                series.loaded.inc();
                 tracing::info!(app = %self.spec.name, "cold start: loaded in {:.1} ms", took.as_secs_f64() * 1000.0);
                 *self.state.lock().expect("tenant lock") = State::Warm(pool.clone());
                 Ok(pool)
             }
             Err(e) => {
                 let error = format!("{e:#}");
-                self.metrics.load_failures.inc();
+                self.metrics.series().load_failures.inc();
                 tracing::error!(app = %self.spec.name, "cannot load the app: {error}");
                 *self.state.lock().expect("tenant lock") = State::Failed {
                     at: Instant::now(),
@@ -398,6 +396,9 @@ impl Tenant {
             limits,
             live_dirs,
         } = self.spec.clone();
+        // Registered before the sandbox cuts its quota and outbound series,
+        // which leave the exposition with these.
+        self.metrics.series();
         let loader = &self.starter.loader;
         let engine = loader.engine();
         // Hashing, unpacking and compiling block for milliseconds to seconds:
@@ -479,8 +480,9 @@ impl Tenant {
             unreachable!("matched above");
         };
         drop(state);
-        self.metrics.loaded.dec();
-        self.metrics.unloads.inc();
+        let series = self.metrics.series();
+        series.loaded.dec();
+        series.unloads.inc();
         tracing::info!(app = %self.spec.name, "{}", why());
         Some(pool)
     }
@@ -492,7 +494,7 @@ impl Drop for Tenant {
         // than set: a reload's new tenant of the same name shares the
         // series, and may load before the last request lets this one go.
         if matches!(self.state.get_mut().map(|s| &*s), Ok(State::Warm(_))) {
-            self.metrics.loaded.dec();
+            self.metrics.series().loaded.dec();
         }
     }
 }
