@@ -94,9 +94,28 @@ def application(environ, start_response):
         "secretstorage": found("secretstorage"),
         "jeepney": found("jeepney"),
         "importlib_metadata": found("importlib_metadata"),
+        "needs_py313": found("needs_py313"),
     }
     start_response("200 OK", [("Content-Type", "application/json")])
     return [json.dumps(body).encode()]
+"#;
+
+/// Writes a pure wheel `needs-py313 1.0` that requires Python 3.13 into
+/// the directory given, byte for byte the same each time (the build cache
+/// keys on it).
+const NEEDS_PY313_WHEEL: &str = r#"
+import os, sys, zipfile
+files = {
+    "needs_py313/__init__.py": "",
+    "needs_py313-1.0.dist-info/METADATA":
+        "Metadata-Version: 2.1\nName: needs-py313\nVersion: 1.0\nRequires-Python: >=3.13\n",
+    "needs_py313-1.0.dist-info/WHEEL":
+        "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    "needs_py313-1.0.dist-info/RECORD": "",
+}
+with zipfile.ZipFile(os.path.join(sys.argv[1], "needs_py313-1.0-py3-none-any.whl"), "w") as z:
+    for name, text in files.items():
+        z.writestr(zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0)), text)
 "#;
 
 #[test]
@@ -106,8 +125,28 @@ fn dependencies_are_resolved_for_python_3_14_on_wasi() {
     // `sys_platform == "linux"`, and importlib_metadata only before 3.12.
     // The build machine's Python (3.11 on Linux here) would pick the
     // opposite of each.
-    let s = serve_with_requirements("markers", MARKERS_APP, "webob\nkeyring\n");
+    // And a package that needs Python 3.13 (Requires-Python), which pip
+    // checked against the Python running it, not the target.
+    // A fixed place, so the requirements (and the cached build) stay the same.
+    let wheels = work_dir().join("wheels-needs-py313");
+    std::fs::create_dir_all(&wheels).unwrap();
+    let made = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(NEEDS_PY313_WHEEL)
+        .arg(&wheels)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let s = serve_with_requirements(
+        "markers",
+        MARKERS_APP,
+        &format!(
+            "webob\nkeyring\n--find-links {}\nneeds-py313==1.0\n",
+            wheels.display()
+        ),
+    );
     let r = get_json(&s, "/");
+    assert_eq!(r["needs_py313"], true, "{r}");
     assert_eq!(r["webob"], serde_json::json!(["1", "x"]), "{r}");
     assert_eq!(
         (&r["cgi"], &r["keyring"], &r["secretstorage"], &r["jeepney"]),
@@ -229,6 +268,25 @@ fn unchanged_builds_are_cache_hits_and_edits_rebuild_on_run() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("from the build cache"), "{err}");
     assert!(!err.contains("pre-initialising"), "{err}");
+    // The output gets the mode the user's umask gives, as `cp` would (it
+    // was 0600 whatever the umask, unreadable for a service's user).
+    for (umask, mode) in [("022", 0o644), ("027", 0o640)] {
+        let out = dir.join(format!("umask-{umask}.wasm"));
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$@\""))
+            .arg("sh")
+            .arg(bin().get_program())
+            .args(["build", "app:app", "-p", &d, "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{status:?}");
+        let got = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&out).unwrap().permissions(),
+        );
+        assert_eq!(got & 0o777, mode, "umask {umask}: {got:o}");
+    }
 
     // `run path/app.py:app` builds into the cache and serves.
     let script = format!("{d}/app.py:app");

@@ -275,6 +275,15 @@ fn slow_client_is_disconnected_after_the_header_timeout() {
 }
 
 #[test]
+fn the_app_s_own_modules_come_before_the_standard_library_s() {
+    // As with `python app.py` and gunicorn: the router's `tabnanny.py`,
+    // not the standard library's module of that name.
+    let s = Server::start(&router(), &[]);
+    let r = client().get(s.url("/shadow")).send().unwrap();
+    assert_eq!(r.text().unwrap(), "the app's");
+}
+
+#[test]
 fn url_scheme_follows_trusted_proxy_headers_only() {
     let scheme = |s: &Server, header: (&str, &str)| -> String {
         let v: serde_json::Value = client()
@@ -293,6 +302,19 @@ fn url_scheme_follows_trusted_proxy_headers_only() {
         "https"
     );
     assert_eq!(scheme(&trusted, ("X-Forwarded-Proto", "nonsense")), "http");
+    // A proxy appends to what the client sent: the last value is the
+    // trusted one, and a client's leading `https` changes nothing.
+    assert_eq!(
+        scheme(&trusted, ("X-Forwarded-Proto", "https, http")),
+        "http"
+    );
+    assert_eq!(
+        scheme(
+            &trusted,
+            ("Forwarded", "proto=https, for=1.2.3.4;proto=http")
+        ),
+        "http"
+    );
     let untrusted = Server::start(&router(), &["--forwarded-allow-ips", "10.9.8.7"]);
     assert_eq!(scheme(&untrusted, ("X-Forwarded-Proto", "https")), "http");
 }

@@ -1098,24 +1098,7 @@ fn past_max_loaded_the_least_recently_used_idle_app_makes_room() {
     );
     let config = config.to_str().unwrap();
     // Preloading more apps than may stay loaded would defeat itself.
-    let mut refused = bin()
-        .args(["serve", config, "--preload", "--max-loaded", "2"])
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while refused.try_wait().unwrap().is_none() {
-        if t0.elapsed() > Duration::from_secs(60) {
-            let _ = refused.kill();
-            panic!("--preload past --max-loaded was not refused");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = refused.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused(&["serve", config, "--preload", "--max-loaded", "2"]);
     assert!(
         err.contains("--preload loads all 6 apps") && err.contains("--max-loaded"),
         "{err}"
@@ -1196,6 +1179,113 @@ fn past_max_loaded_the_least_recently_used_idle_app_makes_room() {
         assert_ne!(code, 0);
         assert!(err.contains("--max-loaded"), "{bad}: {err}");
     }
+}
+
+/// `rsgi-wasm ARGS`, which must exit non-zero within a minute: its stderr.
+fn refused(args: &[&str]) -> String {
+    let mut child = bin()
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{args:?} was not refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn pinned_apps_stay_loaded_and_preload_holds_across_reloads() {
+    let dir = temp_dir("pinned");
+    let app = |name: &str, idle: &str| {
+        format!(
+            "[[app]]\nname = \"{name}\"\ncomponent = \"{}\"\nhosts = [\"{name}.test\"]\n{idle}\n",
+            router().display()
+        )
+    };
+    let pin = "idle_timeout = \"0\"\n";
+    // More apps pinned by `idle_timeout = "0"` than --max-loaded: refused.
+    let config = write_config(
+        &dir,
+        &[app("a", pin), app("b", pin), app("c", pin)].concat(),
+    );
+    let err = refused(&["serve", config.to_str().unwrap(), "--max-loaded", "2"]);
+    assert!(
+        err.contains("3 apps")
+            && err.contains("idle_timeout = \"0\"")
+            && err.contains("--max-loaded 2"),
+        "{err}"
+    );
+
+    // A pinned app is not the one unloaded to make room, though it was
+    // used least recently.
+    let config = write_config(&dir, &[app("a", pin), app("b", ""), app("c", "")].concat());
+    let s = Server::start_with(&[
+        "serve",
+        config.to_str().unwrap(),
+        "--max-loaded",
+        "2",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let ops = s.logged_addr("metrics on ");
+    let loaded = |ops, apps: &[&str]| {
+        let m = scrape(ops);
+        apps.iter()
+            .map(|t| series(&m, &format!("rsgi_wasm_tenant_loaded{{tenant=\"{t}\"}}")))
+            .collect::<Vec<_>>()
+    };
+    for t in ["a", "b", "c"] {
+        assert_eq!(get_host(&s, &format!("{t}.test"), "/").0, 200);
+        wait_for_series(
+            ops,
+            &format!("rsgi_wasm_instances{{tenant=\"{t}\",state=\"warm\"}}"),
+            1.0,
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(loaded(ops, &["a", "b", "c"]), [1.0, 0.0, 1.0]);
+    drop(s);
+
+    // --preload loads what a reload adds or changes before the swap, and a
+    // reload past --max-loaded is refused as a start would be.
+    let config = write_config(&dir, &app("a", ""));
+    let s = Server::start_with(&[
+        "serve",
+        config.to_str().unwrap(),
+        "--preload",
+        "--max-loaded",
+        "2",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let ops = s.logged_addr("metrics on ");
+    std::fs::write(&config, [app("a", "workers = 2\n"), app("d", "")].concat()).unwrap();
+    s.signal("HUP");
+    s.wait_for_log("reloaded: 2 apps");
+    assert_eq!(loaded(ops, &["a", "d"]), [1.0, 1.0]);
+    std::fs::write(&config, [app("a", ""), app("d", ""), app("e", "")].concat()).unwrap();
+    s.signal("HUP");
+    s.wait_for_log("reload failed");
+    assert!(
+        s.logs().contains("--preload loads all 3 apps"),
+        "{}",
+        s.logs()
+    );
+    // d answers without loading again.
+    let loads = || s.logs().matches("cold start").count();
+    let before = loads();
+    assert_eq!(get_host(&s, "d.test", "/").0, 200);
+    assert_eq!(loads(), before, "{}", s.logs());
 }
 
 #[test]

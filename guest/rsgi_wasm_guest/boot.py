@@ -253,6 +253,16 @@ def export_stdlib(dest: str) -> None:
     shutil.copytree("/python", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
+def app_dirs_first(path: Sequence[str], app_dirs: Sequence[str]) -> List[str]:
+    """``path`` with the app's own directories first, as ``python app.py``
+    (the script's directory) and gunicorn (``--chdir``, the working
+    directory) have them: an app's ``secrets.py`` is the app's, not the
+    standard library's. Dependencies stay after the standard library, as
+    site-packages does."""
+    first = list(app_dirs)
+    return first + [p for p in path if p not in first]
+
+
 def boot(
     module: str,
     expr: str,
@@ -302,6 +312,9 @@ def boot(
             importlib.import_module(name)
         except ImportError:
             pass
+    # After the adapter's own imports, as CPython's start-up modules come
+    # before the script's directory is searched.
+    sys.path[:] = app_dirs_first(sys.path, [guest for guest, _ in mounts[:app_dirs]])
     check_native(native)
     if live:
         app = LiveApp(module, expr, mounts, native)

@@ -323,6 +323,18 @@ class BuildTempdirTest(unittest.TestCase):
 
 
 
+class ImportPath(unittest.TestCase):
+    def test_the_app_s_directories_come_before_the_standard_library(self):
+        from rsgi_wasm_guest import boot
+
+        path = ["/python", "/0", "/1", "/2", "/3"]
+        self.assertEqual(
+            boot.app_dirs_first(path, ["/1", "/2"]),
+            ["/1", "/2", "/python", "/0", "/3"],
+        )
+        self.assertEqual(boot.app_dirs_first(path, []), path)
+
+
 class LiveApps(unittest.TestCase):
     def test_imported_on_first_use_and_a_failure_is_a_build_error(self):
         import os

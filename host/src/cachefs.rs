@@ -75,7 +75,11 @@ pub fn write_hint(dest: &Path, data: &[u8]) -> Result<()> {
 fn write_renamed(dest: &Path, data: &[u8], sync: bool) -> Result<()> {
     let dir = dest.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    // Readable as the umask allows, like any file a build writes: `build
+    // -o` copies this file's mode, and a service user must read the app.
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)?;
     std::io::Write::write_all(&mut tmp, data)?;
     if sync {
         tmp.as_file().sync_data()?;

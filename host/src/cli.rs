@@ -300,7 +300,8 @@ pub struct GrantArgs {
     #[arg(long, default_value = config::DEFAULT_MEMORY, value_parser = config::size_in(config::MEMORY))]
     pub memory: u64,
     /// What the app's private /tmp may hold, all its instances together;
-    /// writes past it fail with ENOSPC.
+    /// writes past it fail (the app sees OSError EIO, wasi-libc's mapping;
+    /// the log and metrics say ENOSPC).
     #[arg(long, default_value = config::DEFAULT_TMP_SIZE, value_parser = config::size_in(config::DISK))]
     pub tmp_size: u64,
     /// Bytes a second of stdout/stderr the app may log, in bursts of up

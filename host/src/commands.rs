@@ -26,7 +26,7 @@ use crate::runtime::cpu::CpuScheduler;
 use crate::runtime::engine::{self, Loader};
 use crate::runtime::sandbox::{Sandbox, Stdio};
 use crate::runtime::store;
-use crate::runtime::tenant::{self, AppSpec, Resident, Starter, Tenant};
+use crate::runtime::tenant::{self, AppSpec, Starter, Tenant};
 use crate::tenants::{self, TenantConfig};
 
 /// Run one parsed command line; returns the process exit status.
@@ -303,12 +303,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let t0 = Instant::now();
     let loader = new_loader(args.cache.cache_dir.clone())?;
     let workers = limits.workers;
-    let starter = Starter {
-        sched: scheduler(&loader),
-        loader,
-        metered,
-        resident: Resident::new(usize::MAX),
-    };
+    let starter = Starter::new(loader.clone(), scheduler(&loader), metered, usize::MAX);
     let spec = AppSpec {
         name: name.clone(),
         component: component.clone(),
@@ -564,6 +559,57 @@ fn router_for(running: &[Running]) -> Router {
     )
 }
 
+/// How many apps a config may hold loaded (`--max-loaded`), and whether
+/// `--preload` loads them all up front.
+#[derive(Clone)]
+struct Fits {
+    max_loaded: u64,
+    preload: bool,
+    /// The tenants file, for errors.
+    path: PathBuf,
+}
+
+impl Fits {
+    /// Refuse a config whose apps must all stay loaded (`--preload`, or
+    /// `idle_timeout = "0"`) but would not fit under `--max-loaded`.
+    fn check(&self, configs: &[TenantConfig]) -> Result<()> {
+        let (n, max, path) = (configs.len(), self.max_loaded, self.path.display());
+        if self.preload && n as u64 > max {
+            anyhow::bail!(UserError(format!(
+                "--preload loads all {n} apps of {path}, but --max-loaded {max} would unload them again as it goes: \
+                 raise --max-loaded to at least {n}, or drop --preload"
+            )));
+        }
+        let pinned = configs
+            .iter()
+            .filter(|c| c.limits.idle_timeout == Some(Duration::ZERO))
+            .count();
+        if pinned as u64 > max {
+            anyhow::bail!(UserError(format!(
+                "{pinned} apps of {path} have idle_timeout = \"0\" (never unloaded), more than --max-loaded {max}: \
+                 raise --max-loaded to at least {pinned}, or give some of them an idle_timeout"
+            )));
+        }
+        Ok(())
+    }
+
+    /// With `--preload`, load every app of `running` not loaded yet.
+    async fn preload(&self, running: &[Running]) -> Result<()> {
+        if !self.preload {
+            return Ok(());
+        }
+        // One after another: the first compiles what the others share.
+        for r in running {
+            r.app
+                .pool()
+                .await
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("--preload: app {}", r.config.name))?;
+        }
+        Ok(())
+    }
+}
+
 async fn serve_command(args: ServeArgs) -> Result<()> {
     let t0 = Instant::now();
     // First: a SIGHUP during a long start (thousands of apps, --preload)
@@ -576,36 +622,19 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     let loader = new_loader(args.cache.cache_dir.clone())?;
     let configs = tenants::load(&args.config)?;
     let tls = tls_for(&args.http, &configs)?;
-    let starter = Starter {
-        sched: scheduler(&loader),
-        loader,
-        metered,
-        resident: Resident::new(usize::try_from(args.max_loaded).unwrap_or(usize::MAX)),
-    };
+    let max_loaded = usize::try_from(args.max_loaded).unwrap_or(usize::MAX);
+    let starter = Starter::new(loader.clone(), scheduler(&loader), metered, max_loaded);
     // Apps load lazily, each making its /tmp then: a temp dir that cannot
     // hold them is an error now, not a 503 on every first request.
     crate::runtime::scratch::prepare()?;
-    if args.preload && configs.len() as u64 > args.max_loaded {
-        anyhow::bail!(UserError(format!(
-            "--preload loads all {} apps of {}, but --max-loaded {} would unload them again as it goes: \
-             raise --max-loaded to at least {}, or drop --preload",
-            configs.len(),
-            args.config.display(),
-            args.max_loaded,
-            configs.len()
-        )));
-    }
+    let fits = Fits {
+        max_loaded: args.max_loaded,
+        preload: args.preload,
+        path: args.config.clone(),
+    };
+    fits.check(&configs)?;
     let running = check_tenants(&starter, configs, &[])?;
-    if args.preload {
-        // One after another: the first compiles what the others share.
-        for r in &running {
-            r.app
-                .pool()
-                .await
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("--preload: app {}", r.config.name))?;
-        }
-    }
+    fits.preload(&running).await?;
     let listener = listen(&server_cfg).await?;
     metrics::READY.store(true, Ordering::Release);
     tracing::info!(
@@ -637,14 +666,25 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
                     running.clone(),
                     http.clone(),
                 );
+                let fits = fits.clone();
                 move || {
                     let configs = tenants::load(&path)?;
+                    fits.check(&configs)?;
                     let tls = tls_for(&http, &configs)?;
                     let next = check_tenants(&starter, configs, &previous)?;
                     anyhow::Ok((next, tls))
                 }
             });
-            match attempt.await {
+            // New and changed apps load before the swap, as at start: what
+            // --preload promises holds across reloads too.
+            let attempt = match attempt.await {
+                Ok(Ok((next, tls))) => match fits.preload(&next).await {
+                    Ok(()) => Ok(Ok((next, tls))),
+                    Err(e) => Ok(Err(e)),
+                },
+                other => other,
+            };
+            match attempt {
                 Ok(Ok((next, tls))) => {
                     metrics::reload(true);
                     reload_site.swap(router_for(&next));

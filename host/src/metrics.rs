@@ -123,6 +123,9 @@ struct Holders {
     /// exposition with the last of these, so tenants removed by reloads do
     /// not pile up.
     registered: usize,
+    /// Loaded copies of the app: a reload's new tenant may load before
+    /// the old one's last request lets it go.
+    copies: Arc<Mutex<i64>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -455,7 +458,8 @@ pub struct TenantSeries {
     /// Linear memory of live instances.
     pub memory: Gauge,
     /// 1 while the app is loaded.
-    pub loaded: Gauge,
+    loaded: Gauge,
+    copies: Arc<Mutex<i64>>,
     /// Cold loads, by how long they took.
     pub cold_starts: Histogram,
     /// Unloads after `idle_timeout`.
@@ -467,7 +471,9 @@ pub struct TenantSeries {
 impl TenantSeries {
     /// Register (or find again) the series of escaped name `name`.
     fn cut(m: &mut Metrics, name: &str) -> Self {
-        m.holders.entry(name.to_owned()).or_default().registered += 1;
+        let holders = m.holders.entry(name.to_owned()).or_default();
+        holders.registered += 1;
+        let copies = holders.copies.clone();
         let t = || Tenant {
             tenant: name.to_owned(),
         };
@@ -502,10 +508,22 @@ impl TenantSeries {
             cpu: m.cpu.get_or_create(&t()).clone(),
             memory: m.memory.get_or_create(&t()).clone(),
             loaded: m.loaded.get_or_create(&t()).clone(),
+            copies,
             cold_starts: m.cold_starts.get_or_create(&t()).clone(),
             unloads: m.unloads.get_or_create(&t()).clone(),
             load_failures: m.load_failures.get_or_create(&t()).clone(),
         }
+    }
+}
+
+impl TenantSeries {
+    /// One more (+1) or one fewer (-1) loaded copy of the app. The gauge
+    /// says whether any is, so it stays 0 or 1 while a reload's old and new
+    /// copies overlap.
+    pub fn loaded_copies(&self, delta: i64) {
+        let mut n = self.copies.lock().expect("metrics lock");
+        *n += delta;
+        self.loaded.set(i64::from(*n > 0));
     }
 }
 
@@ -684,6 +702,21 @@ mod tests {
         assert!(encode().contains("rsgi_wasm_in_flight_requests{tenant=\"unit-gone\"} 0"));
         drop(again);
         assert_eq!(lines(), 0, "{}", encode());
+    }
+
+    #[test]
+    fn tenant_loaded_stays_0_or_1_while_a_reload_s_copies_overlap() {
+        let line = |v| format!("rsgi_wasm_tenant_loaded{{tenant=\"unit-copies\"}} {v}");
+        let old = TenantMetrics::new("unit-copies");
+        old.series().loaded_copies(1);
+        let new = TenantMetrics::new("unit-copies");
+        new.series().loaded_copies(1);
+        assert!(encode().contains(&line(1)), "{}", encode());
+        old.series().loaded_copies(-1);
+        drop(old);
+        assert!(encode().contains(&line(1)), "{}", encode());
+        new.series().loaded_copies(-1);
+        assert!(encode().contains(&line(0)), "{}", encode());
     }
 
     #[test]

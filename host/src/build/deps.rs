@@ -85,6 +85,19 @@ WASI = {
     "sys_platform": "wasi",
 }
 markers.default_environment = lambda: dict(WASI)
+# `pip install` checks Requires-Python against the interpreter running it,
+# not --python-version (only `pip download` passes that on, up to pip 25 at
+# least): a 3.11 build machine refused Django 6 (>=3.12) and quietly took
+# Django 5. The resolver's idea of the Python is the target's too.
+try:
+    from pip._internal.resolution.resolvelib import factory
+    _init = factory.Factory.__init__
+    def _for_target(self, *args, **kwargs):
+        _init(self, *args, **kwargs)
+        self._python_candidate = factory.RequiresPythonCandidate((3, 14, 0))
+    factory.Factory.__init__ = _for_target
+except (ImportError, AttributeError):
+    pass
 sys.argv[0] = "pip"
 runpy.run_module("pip", run_name="__main__", alter_sys=True)
 "#;
@@ -200,6 +213,7 @@ pub fn pyproject_dependencies(file: &Path) -> Result<Vec<String>> {
 fn install(text: &[u8], requirements: &Path, label: &str, cache: &Path) -> Result<Resolved> {
     let mut h = Sha256::new();
     h.update(text);
+    hash_referenced(&mut h, requirements, &String::from_utf8_lossy(text), 0)?;
     h.update(PIP_TARGET.join(" "));
     h.update(PIP_FOR_TARGET);
     let key = format!("{:x}", h.finalize())[..32].to_owned();
@@ -208,6 +222,73 @@ fn install(text: &[u8], requirements: &Path, label: &str, cache: &Path) -> Resul
         std::fs::create_dir_all(tmp.join("wheels"))?;
         pip_install(requirements, label, tmp)
     })
+}
+
+/// Hash what a requirements file names besides packages of the index:
+/// the files it includes (`-r`, `-c`), relative to it, and local packages
+/// (`./lib`, `-e ../pkg`, `name @ file:///...`), relative to where pip
+/// runs, as pip reads them. An edit to any of them must resolve again, not
+/// reuse the site-packages of before.
+fn hash_referenced(h: &mut Sha256, file: &Path, text: &str, depth: usize) -> Result<()> {
+    // pip refuses deeper nesting long before; this only stops a cycle.
+    if depth > 16 {
+        return Ok(());
+    }
+    for line in text.lines() {
+        let line = match line.find(" #") {
+            Some(i) => &line[..i],
+            None => line,
+        }
+        .trim();
+        let included = ["-r", "--requirement", "-c", "--constraint"]
+            .iter()
+            .find_map(|flag| option_value(line, flag));
+        if let Some(name) = included {
+            let path = file.parent().unwrap_or(Path::new(".")).join(name);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            h.update(b"\0include\0");
+            h.update(path.to_string_lossy().as_bytes());
+            h.update(text.as_bytes());
+            hash_referenced(h, &path, &text, depth + 1)?;
+            continue;
+        }
+        let target = ["-e", "--editable"]
+            .iter()
+            .find_map(|flag| option_value(line, flag))
+            .or_else(|| line.split_once(" @ ").map(|(_, url)| url.trim()))
+            .unwrap_or(line);
+        let local = target
+            .strip_prefix("file://")
+            .or_else(|| (target.starts_with('.') || target.starts_with('/')).then_some(target));
+        if let Some(local) = local {
+            // `./lib[extra]`: the extras are not part of the path.
+            let path = Path::new(local.split('[').next().unwrap_or(local));
+            h.update(b"\0local\0");
+            h.update(path.to_string_lossy().as_bytes());
+            if path.is_dir() {
+                bundle::hash_dir(h, path)?;
+            } else if let Ok(data) = std::fs::read(path) {
+                h.update(&data);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The value of option `flag` on requirements line `line` (`-r x`,
+/// `-rx`, `--requirement=x`), if it is that option.
+fn option_value<'a>(line: &'a str, flag: &str) -> Option<&'a str> {
+    let rest = line.strip_prefix(flag)?;
+    // `-rx` glues a short option to its value; a long one needs `=` or a
+    // space (`--requirementx` is no such option).
+    let value = if let Some(v) = rest.strip_prefix('=') {
+        v
+    } else if rest.starts_with(char::is_whitespace) || flag.len() == 2 {
+        rest
+    } else {
+        return None;
+    };
+    Some(value.trim()).filter(|v| !v.is_empty())
 }
 
 /// Fill `dir/site-packages` once with `fill` (into a partial directory that
@@ -281,10 +362,16 @@ fn pip_install(requirements: &Path, label: &str, work: &Path) -> Result<()> {
                 build_pure_wheel(&spec, &wheels)?;
                 built.push(spec);
             }
-            _ => bail!(UserError(format!(
+            // The hint only where the trouble is finding distributions,
+            // not for a syntax error or a hash mismatch.
+            _ if missing.is_some() => bail!(UserError(format!(
                 "pip could not resolve {label} for CPython 3.14 on WASI:\n{}\n\
                  packages must ship a pure-Python wheel, a wheel whose native part is optional, \
                  or a source distribution that builds without C code",
+                stderr.trim_end()
+            ))),
+            _ => bail!(UserError(format!(
+                "pip could not resolve {label} for CPython 3.14 on WASI:\n{}",
                 stderr.trim_end()
             ))),
         }
@@ -355,9 +442,18 @@ fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
         .output()
         .context("running pip wheel")?;
     if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Not on the index at all (a typo, a version that does not exist):
+        // nothing to do with WASI.
+        if unavailable_requirement(&stderr).is_some() {
+            bail!(UserError(format!(
+                "{spec}: the package index has no distribution of it at all (is the name or version right?):\n{}",
+                stderr.trim_end()
+            )));
+        }
         bail!(UserError(format!(
             "{name}: no wheel for CPython 3.14 on WASI, and no source distribution that builds:\n{}",
-            String::from_utf8_lossy(&out.stderr).trim_end()
+            stderr.trim_end()
         )));
     }
     for entry in std::fs::read_dir(scratch.path())? {
@@ -497,6 +593,49 @@ fn record_owners(site: &Path) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn included_files_and_local_packages_are_part_of_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("sub/lib")).unwrap();
+        let top = d.join("requirements.txt");
+        let lib = d.join("sub/lib");
+        let text = format!(
+            "bottle==0.13.4  # a comment\n-r sub/base.txt\n--constraint=sub/pins.txt\n-e {lib}\nmylib @ file://{lib}\n",
+            lib = lib.display()
+        );
+        std::fs::write(&top, &text).unwrap();
+        let key = || {
+            let mut h = Sha256::new();
+            hash_referenced(&mut h, &top, &text, 0).unwrap();
+            format!("{:x}", h.finalize())
+        };
+        let edits: [(&str, &str); 4] = [
+            ("sub/base.txt", "six==1.17.0\n-rmore.txt\n"),
+            ("sub/more.txt", "idna\n"),
+            ("sub/pins.txt", "six<2\n"),
+            ("sub/lib/mylib.py", "X = 43\n"),
+        ];
+        let mut seen = vec![key()];
+        for (file, content) in edits {
+            std::fs::write(d.join(file), content).unwrap();
+            let k = key();
+            assert!(!seen.contains(&k), "editing {file} left the key as it was");
+            seen.push(k);
+        }
+        // Unchanged inputs, the same key; a cycle ends.
+        assert_eq!(key(), *seen.last().unwrap());
+        std::fs::write(d.join("sub/more.txt"), "-r more.txt\n").unwrap();
+        key();
+        assert_eq!(option_value("-rx.txt", "-r"), Some("x.txt"));
+        assert_eq!(
+            option_value("--requirement x.txt", "--requirement"),
+            Some("x.txt")
+        );
+        assert_eq!(option_value("--requirementx", "--requirement"), None);
+        assert_eq!(option_value("-r", "-r"), None);
+    }
 
     #[test]
     fn pip_errors_name_the_missing_requirement() {

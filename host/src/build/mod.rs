@@ -306,7 +306,11 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
-            std::fs::copy(&cached, out).with_context(|| format!("writing {}", out.display()))?;
+            // Created with the umask's mode, as `cp` would (fs::copy would
+            // give it the cache file's).
+            let copied = std::fs::File::open(&cached)
+                .and_then(|mut from| std::io::copy(&mut from, &mut std::fs::File::create(out)?));
+            copied.with_context(|| format!("writing {}", out.display()))?;
             out.clone()
         }
         None => cached,

@@ -244,6 +244,11 @@ enum Slot {
 }
 
 impl CpuScheduler {
+    /// How many guests may run at once.
+    pub fn slots(&self) -> usize {
+        self.state.lock().expect("cpu lock").slots
+    }
+
     /// `slots` guests may run at once (one per core); `engine`'s epoch is
     /// bumped to make running guests check whether to give way.
     pub fn new(engine: Engine, slots: usize) -> Arc<Self> {

@@ -53,23 +53,25 @@ pub fn split_host(host: &str) -> (&str, Option<&str>) {
 }
 
 /// The scheme a trusted proxy says the client used: `X-Forwarded-Proto`
-/// (gunicorn's and nginx's convention) or the `proto` of the first
-/// `Forwarded` element (RFC 7239). Only `http` and `https` are accepted.
+/// (gunicorn's and nginx's convention) or the `proto` of `Forwarded` (RFC
+/// 7239). Only `http` and `https` are accepted. The last value counts: a
+/// proxy appends its own to what the client sent (a list, or a header
+/// line after the client's), and only the peer is trusted, so an earlier
+/// value may be the client's (Werkzeug's ProxyFix reads it the same way).
 pub fn forwarded_scheme(headers: &HeaderMap) -> Option<&'static str> {
     let pick = |v: &str| match v.trim().trim_matches('"').to_ascii_lowercase().as_str() {
         "https" => Some("https"),
         "http" => Some("http"),
         _ => None,
     };
-    if let Some(v) = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-    {
-        return pick(v.split(',').next().unwrap_or(""));
+    let last = |name| {
+        let line = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+        line.rsplit(',').next()
+    };
+    if headers.contains_key("x-forwarded-proto") {
+        return pick(last("x-forwarded-proto")?);
     }
-    let v = headers.get(http::header::FORWARDED)?.to_str().ok()?;
-    let first = v.split(',').next()?;
-    first
+    last(http::header::FORWARDED.as_str())?
         .split(';')
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("proto"))
@@ -79,10 +81,13 @@ pub fn forwarded_scheme(headers: &HeaderMap) -> Option<&'static str> {
 /// The request target as the client sent it: the path and query, the
 /// `host:port` of a CONNECT, or the whole absolute URI a proxy-style
 /// client sends. HTTP/2 sends scheme and authority as pseudo-headers,
-/// which hyper puts in the URI: its target is the path and query.
+/// which hyper puts in the URI: its target is the path and query, or the
+/// authority of a CONNECT (which has no path), as over HTTP/1.1.
 pub fn raw_target(uri: &Uri, version: Version) -> std::borrow::Cow<'_, str> {
     if version == Version::HTTP_2 {
-        return uri.path_and_query().map_or("/", |pq| pq.as_str()).into();
+        let target = uri.path_and_query().map(|pq| pq.as_str());
+        let target = target.or_else(|| uri.authority().map(|a| a.as_str()));
+        return target.unwrap_or("/").into();
     }
     match (uri.scheme(), uri.authority(), uri.path_and_query()) {
         (None, _, Some(pq)) => pq.as_str().into(),
@@ -532,15 +537,42 @@ mod tests {
     }
 
     #[test]
+    fn an_http2_connect_s_target_is_its_authority() {
+        let connect = Uri::from_static("example.com:443");
+        assert_eq!(raw_target(&connect, Version::HTTP_2), "example.com:443");
+        assert_eq!(raw_target(&connect, Version::HTTP_11), "example.com:443");
+        let get = Uri::from_static("https://example.com/p?q=1");
+        assert_eq!(raw_target(&get, Version::HTTP_2), "/p?q=1");
+    }
+
+    #[test]
     fn forwarded_scheme_headers() {
         let mut h = HeaderMap::new();
         assert_eq!(forwarded_scheme(&h), None);
         h.insert(
             "forwarded",
-            HeaderValue::from_static("for=1.2.3.4;proto=https, for=5.6.7.8"),
+            HeaderValue::from_static("for=1.2.3.4;proto=http, for=5.6.7.8;proto=https"),
         );
         assert_eq!(forwarded_scheme(&h), Some("https"));
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http, https"));
+        // What the client sent first, the proxy's value last: the proxy's.
+        h.insert(
+            "forwarded",
+            HeaderValue::from_static("proto=https, for=5.6.7.8;proto=http"),
+        );
+        assert_eq!(forwarded_scheme(&h), Some("http"));
+        h.append("forwarded", HeaderValue::from_static("proto=https"));
+        assert_eq!(forwarded_scheme(&h), Some("https"));
+        // The proxy's element without a proto: none (not the client's).
+        h.append(
+            "forwarded",
+            HeaderValue::from_static("proto=https, for=1.2.3.4"),
+        );
+        assert_eq!(forwarded_scheme(&h), None);
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https, http"));
+        assert_eq!(forwarded_scheme(&h), Some("http"));
+        h.append("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert_eq!(forwarded_scheme(&h), Some("https"));
+        h.append("x-forwarded-proto", HeaderValue::from_static("http"));
         assert_eq!(forwarded_scheme(&h), Some("http"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
         assert_eq!(forwarded_scheme(&h), None);

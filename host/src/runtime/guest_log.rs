@@ -67,6 +67,9 @@ impl LogBudget {
                 .min(self.rate.saturating_mul(BURST_SECONDS));
             b.last = now;
         }
+        // Charged at least LINE_COST, but the drop count says what the
+        // app wrote.
+        let wrote = len as u64;
         let len = len.max(LINE_COST) as u64;
         // Once dropping, wait for a second's worth of room before logging
         // again: resuming at every refill would wrap each line that gets
@@ -85,7 +88,7 @@ impl LogBudget {
             Verdict::Log { dropped }
         } else {
             b.dropped_lines += 1;
-            b.dropped_bytes += len;
+            b.dropped_bytes += wrote;
             Verdict::Drop {
                 first: b.dropped_lines == 1,
             }
@@ -345,7 +348,7 @@ mod tests {
         assert_eq!(
             b.admit(500, t0 + Duration::from_secs(1)),
             Verdict::Log {
-                dropped: Some((2, 200 + LINE_COST as u64))
+                dropped: Some((2, 201))
             }
         );
         assert_eq!(
@@ -365,7 +368,7 @@ mod tests {
         assert_eq!(
             b.admit(1, t0 + Duration::from_millis(2000)),
             Verdict::Log {
-                dropped: Some((2, 2 * LINE_COST as u64))
+                dropped: Some((2, 1))
             }
         );
         // Idle time refills no more than the burst.

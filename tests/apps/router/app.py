@@ -233,6 +233,11 @@ def application(environ, start_response):
         write(b"")
         return [b"then ", b"iterable"]
 
+    if path == "/shadow":
+        import tabnanny
+
+        return text(start_response, getattr(tabnanny, "WHOSE", "the standard library's"))
+
     if path == "/close":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return Closing([b"closing"])
