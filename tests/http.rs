@@ -1301,6 +1301,25 @@ fn the_metrics_port_must_differ_from_the_apps() {
     let (code, _, err) = run_bin(&["run", router().to_str().unwrap(), "--metrics", "nowhere"]);
     assert_ne!(code, 0);
     assert!(err.contains("--metrics"), "{err}");
+    // A host name the system resolves is taken, as gunicorn's -b takes it.
+    let mut child = bin()
+        .args(["run", router().to_str().unwrap(), "--listen", "localhost:0"])
+        .args(["--metrics", "localhost:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let listening = lines
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening on ") || l.contains("error"))
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let addr = listening.split("http://").nth(1).unwrap_or_default();
+    assert!(
+        addr.starts_with("127.0.0.1:") || addr.starts_with("[::1]:"),
+        "{listening}"
+    );
 }
 
 #[test]

@@ -655,6 +655,9 @@ fn open_files_are_capped_per_app_and_given_back() {
             "{r}"
         );
     }
+    // The operator is told, once for the three refusals.
+    s.wait_for_log("files open, the app's max_open_files");
+    assert_eq!(s.logs().matches("the app's max_open_files").count(), 1);
     let r = get_json(&s, "/open-many?/tmp/f,100000,stream");
     assert_eq!(r["errno"], "ENOMEM", "{r}");
     assert!(r["opened"].as_u64().unwrap() <= 50, "{r}");

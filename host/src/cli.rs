@@ -57,7 +57,7 @@ pub struct ServeArgs {
     /// The tenants file: a list of [[app]] tables (see README).
     pub config: PathBuf,
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = config::DEFAULT_LISTEN)]
+    #[arg(long, default_value = config::DEFAULT_LISTEN, value_parser = config::listen_addr)]
     pub listen: SocketAddr,
     /// Load every app before listening (and before /readyz passes), as a
     /// first request would; apps still unload after their idle_timeout.
@@ -121,7 +121,7 @@ pub struct HttpArgs {
     pub tls_min_version: crate::http::tls::MinVersion,
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address:
     /// a port of its own, never the apps' (e.g. 127.0.0.1:9090).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = config::listen_addr)]
     pub metrics: Option<SocketAddr>,
     /// Log lines as `text`, or `json` (one object per line, the access
     /// line's fields as keys).
@@ -389,7 +389,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = config::DEFAULT_LISTEN)]
+    #[arg(long, default_value = config::DEFAULT_LISTEN, value_parser = config::listen_addr)]
     pub listen: SocketAddr,
     /// Development: watch the app's files and requirements (or the
     /// component), rebuild on change and swap the new version in; a build

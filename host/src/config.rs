@@ -492,6 +492,29 @@ pub fn duration_in(
     move |v| check_duration(v, b)
 }
 
+/// A listen address: `IP:PORT`, or `HOST:PORT` with a name the system
+/// resolves (`localhost:8000`, as gunicorn's `-b` takes), its first address.
+pub fn listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "{text:?} is not HOST:PORT (like 127.0.0.1:8000, [::1]:8000 or localhost:8000)"
+        ));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} in {text:?} is not a port (0 to 65535)"))?;
+    let mut addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
+}
+
 /// A clap value parser for a size within `b`.
 pub fn size_in(
     b: Bounds<u64>,
@@ -838,6 +861,26 @@ pub fn parse_trusted(value: &str) -> Result<TrustedPeers, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_may_name_a_host() {
+        assert_eq!(
+            listen_addr("127.0.0.1:80").unwrap().to_string(),
+            "127.0.0.1:80"
+        );
+        assert_eq!(listen_addr("[::1]:80").unwrap().to_string(), "[::1]:80");
+        let local = listen_addr("localhost:8000").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 8000, "{local}");
+        for (bad, says) in [
+            ("8000", "is not HOST:PORT"),
+            ("localhost:99999", "is not a port"),
+            ("localhost:", "is not a port"),
+            ("no-such-host.invalid:80", "cannot resolve"),
+        ] {
+            let err = listen_addr(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn env_files_are_read_as_dotenv_does() {

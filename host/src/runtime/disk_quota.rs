@@ -37,8 +37,31 @@ pub struct Budget {
     /// Whose, for the log line a refusal writes, and the tenant's
     /// counter of refusals (none: silent).
     owner: Option<Owner>,
-    /// When a refusal was last logged (ms since the Unix epoch).
-    warned_at: AtomicU64,
+    /// When a refusal was last logged.
+    warned: WarnEvery,
+}
+
+/// Lets a warning through at most once a minute ([`WARN_EVERY_MS`]): a
+/// guest retrying a refused write or open in a loop must not flood the log.
+#[derive(Debug, Default)]
+pub struct WarnEvery {
+    /// When one was last let through (ms since the Unix epoch; 0: never).
+    at: AtomicU64,
+}
+
+impl WarnEvery {
+    /// Whether a warning may be logged now (and then not for a minute).
+    pub fn due(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.at.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= WARN_EVERY_MS;
+        due && self
+            .at
+            .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
 }
 
 /// The app a budget belongs to, and which of its directories.
@@ -80,7 +103,7 @@ impl Budget {
             limit,
             used: AtomicU64::new(0),
             owner,
-            warned_at: AtomicU64::new(0),
+            warned: WarnEvery::default(),
         })
     }
 
@@ -89,17 +112,7 @@ impl Budget {
             return;
         };
         owner.refusals.inc();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let last = self.warned_at.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= WARN_EVERY_MS;
-        if due
-            && self
-                .warned_at
-                .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.warned.due() {
             tracing::warn!(
                 app = %owner.app,
                 "{}: disk quota of {} bytes reached ({} used); a write of {n} bytes failed with ENOSPC (logged at most once a minute)",

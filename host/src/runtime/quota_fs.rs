@@ -21,7 +21,7 @@ use wasmtime_wasi::p2::{
     StreamError, StreamResult,
 };
 
-use crate::runtime::disk_quota::{FileId, Handle, Ledger, BLOCK};
+use crate::runtime::disk_quota::{FileId, Handle, Ledger, WarnEvery, BLOCK};
 
 /// How many host files (and directories) one app's instances may hold
 /// open together: each `open-at` takes a host descriptor, and the process
@@ -29,23 +29,39 @@ use crate::runtime::disk_quota::{FileId, Handle, Ledger, BLOCK};
 pub struct OpenFiles {
     limit: usize,
     open: AtomicUsize,
+    /// Whose, for the log line a refusal writes.
+    app: Arc<str>,
+    warned: WarnEvery,
 }
 
 impl OpenFiles {
-    /// At most `limit` open at once.
-    pub fn new(limit: usize) -> Arc<Self> {
+    /// At most `limit` open at once by app `app`'s instances.
+    pub fn new(limit: usize, app: Arc<str>) -> Arc<Self> {
         Arc::new(OpenFiles {
             limit,
             open: AtomicUsize::new(0),
+            app,
+            warned: WarnEvery::default(),
         })
     }
 
     fn take(self: &Arc<Self>) -> Option<Arc<FdSlot>> {
-        self.open
+        let taken = self
+            .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.limit).then_some(n + 1)
-            })
-            .ok()?;
+            });
+        if taken.is_err() {
+            // The app sees ENOMEM, which says little: the operator is told.
+            if self.warned.due() {
+                tracing::warn!(
+                    app = %self.app,
+                    "{} files open, the app's max_open_files: an open failed with ENOMEM (logged at most once a minute)",
+                    self.limit
+                );
+            }
+            return None;
+        }
         Some(Arc::new(FdSlot(self.clone())))
     }
 }

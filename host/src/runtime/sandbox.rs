@@ -134,7 +134,6 @@ impl Sandbox {
         Ok(Sandbox {
             tls: TlsClients::new(grants.tls_ca, outbound.clone()),
             outbound,
-            app,
             env: grants.env,
             dirs: grants.dirs.into(),
             dir_quotas: dir_quotas.into(),
@@ -142,7 +141,8 @@ impl Sandbox {
             memory,
             tmp,
             log: LogBudget::new(grants.log_rate),
-            open_files: OpenFiles::new(grants.max_open_files),
+            open_files: OpenFiles::new(grants.max_open_files, app.clone()),
+            app,
             live: false,
         })
     }
