@@ -504,6 +504,13 @@ pub fn listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
             "{text:?} is not HOST:PORT (like 127.0.0.1:8000, [::1]:8000 or localhost:8000)"
         ));
     };
+    // What did not parse as an address above but looks like IPv6 is a
+    // malformed one, not a host name.
+    if host.starts_with('[') || host.contains(':') {
+        return Err(format!(
+            "{text:?} is not an IPv6 address and port (like [::1]:8000)"
+        ));
+    }
     let port: u16 = port
         .parse()
         .map_err(|_| format!("{port:?} in {text:?} is not a port (0 to 65535)"))?;
@@ -876,6 +883,8 @@ mod tests {
             ("localhost:99999", "is not a port"),
             ("localhost:", "is not a port"),
             ("no-such-host.invalid:80", "cannot resolve"),
+            ("[::1", "not an IPv6 address"),
+            ("::1:80", "not an IPv6 address"),
         ] {
             let err = listen_addr(bad).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");

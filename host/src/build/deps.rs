@@ -226,7 +226,8 @@ fn install(text: &[u8], requirements: &Path, label: &str, cache: &Path) -> Resul
 
 /// Hash what a requirements file names besides packages of the index:
 /// the files it includes (`-r`, `-c`), relative to it, and local packages
-/// (`./lib`, `-e ../pkg`, `name @ file:///...`), relative to where pip
+/// (`./lib`, `-e ../pkg`, `name @ file:///...`) and wheel directories
+/// (`--find-links ./wheels`), relative to where pip
 /// runs, as pip reads them. An edit to any of them must resolve again, not
 /// reuse the site-packages of before.
 fn hash_referenced(h: &mut Sha256, file: &Path, text: &str, depth: usize) -> Result<()> {
@@ -252,7 +253,7 @@ fn hash_referenced(h: &mut Sha256, file: &Path, text: &str, depth: usize) -> Res
             hash_referenced(h, &path, &text, depth + 1)?;
             continue;
         }
-        let target = ["-e", "--editable"]
+        let target = ["-e", "--editable", "-f", "--find-links"]
             .iter()
             .find_map(|flag| option_value(line, flag))
             .or_else(|| line.split_once(" @ ").map(|(_, url)| url.trim()))
@@ -601,9 +602,11 @@ mod tests {
         std::fs::create_dir_all(d.join("sub/lib")).unwrap();
         let top = d.join("requirements.txt");
         let lib = d.join("sub/lib");
+        std::fs::create_dir_all(d.join("wheels")).unwrap();
         let text = format!(
-            "bottle==0.13.4  # a comment\n-r sub/base.txt\n--constraint=sub/pins.txt\n-e {lib}\nmylib @ file://{lib}\n",
-            lib = lib.display()
+            "bottle==0.13.4  # a comment\n-r sub/base.txt\n--constraint=sub/pins.txt\n-e {lib}\nmylib @ file://{lib}\n--find-links {wheels}\n",
+            lib = lib.display(),
+            wheels = d.join("wheels").display()
         );
         std::fs::write(&top, &text).unwrap();
         let key = || {
@@ -611,11 +614,12 @@ mod tests {
             hash_referenced(&mut h, &top, &text, 0).unwrap();
             format!("{:x}", h.finalize())
         };
-        let edits: [(&str, &str); 4] = [
+        let edits: [(&str, &str); 5] = [
             ("sub/base.txt", "six==1.17.0\n-rmore.txt\n"),
             ("sub/more.txt", "idna\n"),
             ("sub/pins.txt", "six<2\n"),
             ("sub/lib/mylib.py", "X = 43\n"),
+            ("wheels/mylib-1.0-py3-none-any.whl", "a rebuilt wheel"),
         ];
         let mut seen = vec![key()];
         for (file, content) in edits {

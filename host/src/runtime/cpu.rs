@@ -164,10 +164,10 @@ impl TenantCpu {
 
     /// An account whose CPU time also goes to `meter`, in seconds (even
     /// when the calls are not scheduled: `rsgi-wasm run --metrics`).
-    pub fn metered(cap: Option<f64>, meter: Option<Arc<TenantMetrics>>) -> Arc<Self> {
+    pub fn metered(cap: Option<f64>, meter: Option<&Arc<TenantMetrics>>) -> Arc<Self> {
         let now = Instant::now();
         Arc::new(TenantCpu {
-            meter: meter.as_ref().map(Arc::downgrade),
+            meter: meter.map(Arc::downgrade),
             recent: Mutex::new(Decayed { ns: 0.0, at: now }),
             cap: cap.map(|cores| Cap {
                 cores,

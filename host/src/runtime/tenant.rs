@@ -241,7 +241,7 @@ impl Tenant {
     ) -> Result<Arc<Tenant>> {
         let world = engine::exported_world(&spec.component)?;
         let metrics = TenantMetrics::new(&spec.name);
-        let account = TenantCpu::metered(spec.limits.cpu, starter.metered.then(|| metrics.clone()));
+        let account = TenantCpu::metered(spec.limits.cpu, starter.metered.then_some(&metrics));
         let cpu = if alone {
             CpuShare::alone(starter.sched.clone(), account)
         } else {
