@@ -268,6 +268,12 @@ fn unchanged_builds_are_cache_hits_and_edits_rebuild_on_run() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("from the build cache"), "{err}");
     assert!(!err.contains("pre-initialising"), "{err}");
+    // `-o` replaces a component, never another file (`-o app.py`).
+    let source = dir.join("app.py").display().to_string();
+    let (code, _, err) = run_bin(&["build", "app:app", "-p", &d, "-o", &source]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not a WebAssembly file; refusing"), "{err}");
+    assert!(std::fs::read_to_string(&source).unwrap().contains("first"));
     // The output gets the mode the user's umask gives, as `cp` would (it
     // was 0600 whatever the umask, unreadable for a service's user).
     for (umask, mode) in [("022", 0o644), ("027", 0o640)] {
@@ -306,6 +312,39 @@ fn run_reports_a_missing_app_clearly() {
     let (code, _, err) = run_bin(&["run", "missing.wasm"]);
     assert_eq!(code, 1);
     assert!(err.contains("cannot read component missing.wasm"), "{err}");
+}
+
+/// gunicorn's factory form with literal arguments, colons inside them
+/// included, from `run`'s `path/app.py:...` spelling.
+#[test]
+fn a_factory_gets_its_literal_arguments() {
+    let dir = temp_dir("factory");
+    write(
+        &dir,
+        "app.py",
+        r#"
+def create_app(db, debug=False, extra=None):
+    body = repr((db, debug, extra)).encode()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+
+    return app
+"#,
+    );
+    let script = format!(
+        "{}/app.py:create_app('sqlite:///x.db', debug=True, extra={{'k': [1, 2.5, None]}})",
+        dir.display()
+    );
+    let s = Server::start_with(&["run", &script, "--no-warmup"]);
+    assert_eq!(
+        get(&s, "/"),
+        (
+            200,
+            "('sqlite:///x.db', True, {'k': [1, 2.5, None]})".to_owned()
+        )
+    );
 }
 
 /// An import that never returns is stopped at `--build-timeout` with an

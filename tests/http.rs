@@ -536,16 +536,6 @@ fn http10_without_length_is_close_delimited() {
 fn an_unread_request_body_does_not_cost_the_connection() {
     let s = Server::start(&router(), &[]);
     assert_unread_bodies_keep_the_connection(s.addr);
-    // Unless the client waits for `100 Continue`, which never came: then
-    // the connection ends, and the response says so.
-    let (mut w, mut r) = connect(s.addr);
-    w.write_all(
-        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\nExpect: 100-continue\r\n\r\n",
-    )
-    .unwrap();
-    let res = read_response(&mut r, false);
-    assert_eq!(res.status, 200);
-    assert_eq!(res.header("connection"), Some(&b"close"[..]));
     // Nor does a client trickling what it left.
     let s = Server::start(&router(), &["--header-timeout", "1s"]);
     assert_a_trickled_unread_body_ends_the_connection(s.addr);
@@ -1079,6 +1069,23 @@ fn static_files_are_served_by_the_host_with_validators_and_ranges() {
             !String::from_utf8_lossy(&resp).contains("outside"),
             "{path}"
         );
+    }
+    // The prefix is matched as routes are, decoded: the app never sees it.
+    for path in ["/stat%69c/css/site.css", "/static%2Fcss/site.css"] {
+        let r = c.get(s.url(path)).send().unwrap();
+        assert_eq!(r.text().unwrap(), "body { color: red }\n", "{path}");
+    }
+    // A body sent along is drained: the connection goes on.
+    let (mut w, mut r) = connect(s.addr);
+    for _ in 0..2 {
+        w.write_all(
+            b"POST /static/css/site.css HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n",
+        )
+        .unwrap();
+        w.write_all(&vec![b'x'; 300_000]).unwrap();
+        let res = read_response(&mut r, false);
+        assert_eq!(res.status, 405);
+        assert_eq!(res.header("connection"), None);
     }
     // Other paths still reach the app.
     assert_eq!(
@@ -1696,4 +1703,57 @@ fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
     assert_eq!(known.get(&url).send().unwrap().status(), 200);
     // The server is still up for everyone after the refusal.
     assert_eq!(known.get(&url).send().unwrap().status(), 200);
+}
+
+/// `run` without TLS or `--reload` takes SIGHUP as gunicorn does: the app
+/// restarts from its component, and a request in flight finishes on the
+/// old instances (the signal used to end the process).
+#[test]
+fn sighup_restarts_a_run_s_app_while_requests_in_flight_finish() {
+    let s = Server::start(&router(), &[]);
+    let url = s.url("/sleep?2");
+    let slow = std::thread::spawn(move || {
+        let r = client().get(url).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    });
+    s.wait_for_log("sleeping 2");
+    s.signal("HUP");
+    s.wait_for_log("SIGHUP: swapped in router");
+    assert_eq!(slow.join().unwrap(), (200, "slept".to_owned()));
+    let r = client().get(s.url("/")).send().unwrap();
+    assert_eq!(r.text().unwrap(), "router\n");
+}
+
+/// An idle HTTP/2 connection is ended with a GOAWAY (RFC 9113 §9.1), not
+/// a bare close: a client whose request crosses it knows it was not taken.
+#[test]
+fn an_idle_http2_connection_gets_a_goaway_before_it_closes() {
+    let s = Server::start(&hello(), &["--header-timeout", "1s"]);
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut kinds = Vec::new();
+    loop {
+        let mut head = [0u8; 9];
+        if c.read_exact(&mut head).is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        c.read_exact(&mut payload).unwrap();
+        let (kind, flags) = (head[3], head[4]);
+        kinds.push(kind);
+        // Answer what a live client answers, so only idleness ends it.
+        let reply: Option<Vec<u8>> = match (kind, flags & 1) {
+            (4, 0) => Some(b"\0\0\0\x04\x01\0\0\0\0".to_vec()),
+            (6, 0) => Some([&b"\0\0\x08\x06\x01\0\0\0\0"[..], &payload].concat()),
+            _ => None,
+        };
+        if let Some(reply) = reply {
+            let _ = c.write_all(&reply);
+        }
+    }
+    assert!(kinds.contains(&7), "frames seen: {kinds:?}");
 }

@@ -644,7 +644,18 @@ fn a_tenant_flooding_its_output_is_rate_limited() {
 
 #[test]
 fn open_files_are_capped_per_app_and_given_back() {
-    let s = Server::start(&router(), &["--workers", "2", "--max-open-files", "50"]);
+    let s = Server::start(
+        &router(),
+        &[
+            "--workers",
+            "2",
+            "--max-open-files",
+            "50",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let ops = s.logged_addr("metrics on ");
     // Host descriptors are a process-wide resource: one app gets its cap,
     // and the host keeps accepting connections.
     for _ in 0..3 {
@@ -658,6 +669,9 @@ fn open_files_are_capped_per_app_and_given_back() {
     // The operator is told, once for the three refusals.
     s.wait_for_log("files open, the app's max_open_files");
     assert_eq!(s.logs().matches("the app's max_open_files").count(), 1);
+    // ... and every refusal is counted.
+    let refusals = "rsgi_wasm_open_files_refusals_total{tenant=\"router\"}";
+    assert!(series(&scrape(ops), refusals) >= 3.0, "{}", scrape(ops));
     let r = get_json(&s, "/open-many?/tmp/f,100000,stream");
     assert_eq!(r["errno"], "ENOMEM", "{r}");
     assert!(r["opened"].as_u64().unwrap() <= 50, "{r}");
@@ -668,6 +682,30 @@ fn open_files_are_capped_per_app_and_given_back() {
         (&10.into(), &serde_json::Value::Null),
         "{r}"
     );
+}
+
+/// Each app's cap does not stop apps together from taking every
+/// descriptor of the process: guests get at most half of its limit, and
+/// the server keeps accepting.
+#[test]
+fn apps_together_get_at_most_half_the_process_s_open_files() {
+    let component = router();
+    let s = Server::start_with_nofile(
+        400,
+        &[
+            "run",
+            component.to_str().unwrap(),
+            "--max-open-files",
+            "5000",
+        ],
+    );
+    let r = get_json(&s, "/open-many?/1/app.py,5000");
+    assert_eq!(r["errno"], "ENOMEM", "{r}");
+    assert!(r["opened"].as_u64().unwrap() <= 200, "{r}");
+    s.wait_for_log("half the process's open-file limit");
+    for _ in 0..20 {
+        assert_eq!(get(&s, "/").0, 200);
+    }
 }
 
 #[test]

@@ -386,6 +386,47 @@ fn bodiless_answers_of_a_wasi_http_guest_carry_no_body_on_either_protocol() {
         assert_eq!(r.bytes().unwrap().len(), 0);
         // Not a final status: 500, and the connection goes on.
         assert_eq!(c.get(s.url("/status?103")).send().unwrap().status(), 500);
+        // wasi:http has no reason phrase: a code hyper cannot name gets
+        // none, not `<none>`.
+        let status_line = raw(
+            s.addr,
+            b"GET /status?299 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert!(
+            status_line.starts_with(b"HTTP/1.1 299 \r\n"),
+            "{}",
+            String::from_utf8_lossy(&status_line)
+        );
         assert_eq!(get(&s, "/"), (200, "router\n".into()));
     }
+}
+
+/// wasi:http has no mount point: below a `path_prefix` the guest gets the
+/// path after it, and the prefix in `X-Forwarded-Prefix` (the client's
+/// own replaced), as a proxy that strips a prefix passes them.
+#[test]
+fn below_a_path_prefix_the_guest_gets_the_rest_of_the_path() {
+    let dir = temp_dir("wasi-http-prefix");
+    let config = dir.join("tenants.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[app]]\nname = \"b\"\ncomponent = \"{}\"\npath_prefix = \"/b\"\n",
+            router_http().display()
+        ),
+    )
+    .unwrap();
+    let s = Server::start_with(&["serve", &config.display().to_string()]);
+    for (path, path_info) in [("/b/env", "/env"), ("/%62/env?x=1", "/env")] {
+        let env: serde_json::Value = client()
+            .get(s.url(path))
+            .header("X-Forwarded-Prefix", "/spoofed")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(env["PATH_INFO"], path_info, "{path}: {env}");
+        assert_eq!(env["HTTP_X_FORWARDED_PREFIX"], "/b", "{path}: {env}");
+    }
+    assert_eq!(get(&s, "/b"), (200, "router\n".into()));
 }

@@ -12,11 +12,12 @@ Errors are reported as one line starting with ``rsgi-wasm-build-error:``
 which the host picks out of componentize-py's output.
 """
 
+import ast
 import importlib
 import io
 import sys
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import protocol
 from .wsgi_input import InputStream
@@ -115,23 +116,54 @@ def import_app_module(module: str, mounts: Sequence[Tuple[str, str]], native: Di
         raise BuildError(f"importing {module!r} raised {type(e).__name__}: {e}\n{_app_frames(e, mounts)}") from None
 
 
-def resolve_callable(module_obj: Any, module: str, expr: str) -> Callable:
-    """``name``, ``a.b`` or ``factory()`` (gunicorn's forms), checked."""
-    call = expr.endswith("()")
-    path = expr[:-2] if call else expr
+def _dotted(node: Any) -> Optional[List[str]]:
+    """``a.b.c`` as its parts, or None for any other expression."""
+    parts: List[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return parts[::-1]
+
+
+def resolve_callable(module_obj: Any, module: str, expr: str, mounts: Sequence[Tuple[str, str]] = ()) -> Callable:
+    """``name``, ``a.b``, ``factory()`` or ``factory('prod', debug=True)``
+    (gunicorn's forms: arguments are Python literals), checked."""
+    usage = f"{module}:{expr} is not a valid callable (use module:name, module:factory() or module:factory('arg', key=1) with literal arguments)"
+    try:
+        tree = ast.parse(expr.strip(), mode="eval").body
+    except SyntaxError:
+        raise BuildError(usage) from None
+    call = tree if isinstance(tree, ast.Call) else None
+    path = _dotted(call.func if call else tree)
+    if path is None:
+        raise BuildError(usage)
+    args: List[Any] = []
+    kwargs: Dict[str, Any] = {}
+    if call:
+        try:
+            args = [ast.literal_eval(a) for a in call.args]
+            for kw in call.keywords:
+                if kw.arg is None:
+                    raise ValueError("**")
+                kwargs[kw.arg] = ast.literal_eval(kw.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise BuildError(
+                f"{module}:{expr}: the factory's arguments must be Python literals (strings, numbers, True/False/None, lists, dicts)"
+            ) from None
     obj = module_obj
-    for part in path.split("."):
-        if not part.isidentifier():
-            raise BuildError(f"{module}:{expr} is not a valid callable name (use module:name or module:factory())")
+    for part in path:
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise BuildError(f"module {module!r} has no attribute {part!r} (looked up {module}:{expr})") from None
     if call:
         try:
-            obj = obj()
+            obj = obj(*args, **kwargs)
         except BaseException as e:
-            raise BuildError(f"calling {module}:{expr} raised {type(e).__name__}: {e}") from None
+            raise BuildError(f"calling {module}:{expr} raised {type(e).__name__}: {e}\n{_app_frames(e, mounts)}") from None
     if not callable(obj):
         raise BuildError(f"{module}:{expr} is a {type(obj).__name__}, not a callable WSGI application")
     return obj
@@ -142,8 +174,18 @@ class LiveApp:
     app's directories the host mounts live, so an edit needs a new
     instance, not a new build (the snapshot holds the stdlib only)."""
 
-    def __init__(self, module: str, expr: str, mounts: Sequence[Tuple[str, str]], native: Dict[str, str]) -> None:
+    def __init__(
+        self,
+        module: str,
+        expr: str,
+        mounts: Sequence[Tuple[str, str]],
+        native: Dict[str, str],
+        own_dirs: Sequence[str] = (),
+        keep: Set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> None:
         self.spec = (module, expr, mounts, native)
+        # Files added since the build may shadow what the adapter imported.
+        self.shadow = (own_dirs, keep)
         self.app: Optional[Callable] = None
 
     def load(self) -> Callable:
@@ -151,7 +193,8 @@ class LiveApp:
         does not import)."""
         if self.app is None:
             module, expr, mounts, native = self.spec
-            self.app = resolve_callable(import_app_module(module, mounts, native), module, expr)
+            forget_shadowed(*self.shadow)
+            self.app = resolve_callable(import_app_module(module, mounts, native), module, expr, mounts)
         return self.app
 
     def __call__(self, environ: Dict[str, Any], start_response: Callable) -> Any:
@@ -263,6 +306,56 @@ def app_dirs_first(path: Sequence[str], app_dirs: Sequence[str]) -> List[str]:
     return first + [p for p in path if p not in first]
 
 
+def app_module_names(app_dirs: Sequence[str]) -> Set[str]:
+    """Top-level modules and packages the app's directories provide."""
+    import os
+
+    names: Set[str] = set()
+    for d in app_dirs:
+        try:
+            entries = os.listdir(d)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.endswith(".py"):
+                names.add(entry[:-3])
+            elif os.path.isfile(os.path.join(d, entry, "__init__.py")):
+                names.add(entry)
+    return names
+
+
+def _in_use(name: str) -> bool:
+    """Whether a loaded module outside package ``name`` holds it, or
+    something defined in it (``import calendar``, ``from calendar import
+    timegm``)."""
+    for other_name, other in list(sys.modules.items()):
+        if other_name.partition(".")[0] == name:
+            continue
+        for value in list(getattr(other, "__dict__", {}).values()):
+            if getattr(value, "__name__", None) == name and type(value) is type(sys):
+                return True
+            if getattr(value, "__module__", None) == name:
+                return True
+    return False
+
+
+def forget_shadowed(app_dirs: Sequence[str], keep: Set[str]) -> None:
+    """Drop from ``sys.modules`` the standard modules the adapter only
+    preloaded ahead of the app (``LAZY_STDLIB``) that one of the app's own
+    modules shadows, so the app's ``import secrets`` finds its
+    ``secrets.py``, as under gunicorn. What the server's own modules use
+    stays, as gunicorn's own imports do (an app package named ``calendar``
+    does not replace the one ``email.utils`` uses), and so do the modules
+    in ``keep``, imported before the app's directories were on the path."""
+    shadowed = app_module_names(app_dirs) - keep - set(sys.builtin_module_names)
+    for top in shadowed:
+        if top not in sys.modules or _in_use(top):
+            continue
+        for name in list(sys.modules):
+            if name.partition(".")[0] == top:
+                del sys.modules[name]
+
+
 def boot(
     module: str,
     expr: str,
@@ -286,6 +379,8 @@ def boot(
     # The app's directories are mounted writable while building: leave no
     # __pycache__ behind in the user's project.
     sys.dont_write_bytecode = True
+    # What is imported already is the adapter's and CPython's start-up's.
+    keep = {name.partition(".")[0] for name in sys.modules}
     from . import compat
 
     compat.install()
@@ -314,13 +409,15 @@ def boot(
             pass
     # After the adapter's own imports, as CPython's start-up modules come
     # before the script's directory is searched.
-    sys.path[:] = app_dirs_first(sys.path, [guest for guest, _ in mounts[:app_dirs]])
+    own_dirs = [guest for guest, _ in mounts[:app_dirs]]
+    sys.path[:] = app_dirs_first(sys.path, own_dirs)
+    forget_shadowed(own_dirs, keep)
     check_native(native)
     if live:
-        app = LiveApp(module, expr, mounts, native)
+        app = LiveApp(module, expr, mounts, native, own_dirs, keep)
         report = ["live: each instance imports the app as it starts, from its directories as they are then"]
     else:
-        app = resolve_callable(import_app_module(module, mounts, native), module, expr)
+        app = resolve_callable(import_app_module(module, mounts, native), module, expr, mounts)
         report = warm_up(app, warmup)
     forget_build_tempdir()
     # The snapshot is taken after boot returns, with no Python running:

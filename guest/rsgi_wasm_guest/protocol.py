@@ -42,7 +42,8 @@ def pieces(chunk: bytes) -> Iterator[bytes]:
 
 # RFC 9110 section 5.6.2: token characters allowed in a field name.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_STATUS = re.compile(r"[1-9][0-9][0-9] [^\r\n\x00]*\Z")
+# A bare "200" is taken too, as gunicorn and wsgiref take it.
+_STATUS = re.compile(r"[1-9][0-9][0-9](?: [^\r\n\x00]*)?\Z")
 # RFC 9110 section 7.6.1: connection-specific fields a WSGI app must not set
 # (PEP 3333: "hop-by-hop" headers are the server's business).
 HOP_BY_HOP = frozenset(
@@ -53,7 +54,6 @@ HOP_BY_HOP = frozenset(
         "proxy-authorization",
         "proxy-connection",
         "te",
-        "trailer",
         "trailers",
         "transfer-encoding",
         "upgrade",
@@ -77,6 +77,21 @@ class Transport:
     def end(self) -> None:
         """The response is complete: let it go out before the app's result
         is closed (a slow ``close()`` must not keep the client waiting)."""
+
+
+class _Ended(Transport):
+    """A finished request's transport. The host's calls write to whichever
+    request is current, so a ``write`` callable (or response) kept past its
+    own request must fail, not write into the next one's response."""
+
+    def start(self, status: str, headers: Headers, first_chunk: bytes) -> None:
+        self.write(first_chunk)
+
+    def write(self, chunk: bytes) -> None:
+        raise RuntimeError("write() called after its request ended")
+
+
+_ENDED = _Ended()
 
 
 # Validation results, cached: apps send the same few statuses and headers
@@ -307,6 +322,7 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
             if complete:
                 _end(transport)
             _close(result, errors)
+        resp.transport = _ENDED
         try:
             errors.flush()
         except Exception:

@@ -177,6 +177,25 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual(t.chunks, [b"a"])
         self.assertEqual(log, ["close"])
 
+    def test_a_write_callable_kept_past_its_request_fails_there(self):
+        kept = []
+
+        def first(environ, start_response):
+            kept.append(start_response("200 OK", []))
+            return [b"one"]
+
+        def second(environ, start_response):
+            start_response("200 OK", [])
+            kept[0](b"leaked")
+            return [b"two"]
+
+        t, failure, _ = run(first)
+        self.assertEqual(t.chunks, [b"one"])
+        t, failure, log = run(second)
+        self.assertEqual(t.head[0], "500 Internal Server Error")
+        self.assertNotIn(b"leaked", b"".join(t.chunks))
+        self.assertIn("called after its request ended", log)
+
     def test_head_goes_with_first_nonempty_chunk(self):
         def app(environ, start_response):
             start_response("200 OK", [("X-A", "1")])
@@ -270,9 +289,12 @@ class ProtocolTest(unittest.TestCase):
         ):
             t, _, log = run(lambda e, sr, h=headers: (sr("200 OK", h), [b""])[1])
             self.assertTrue(t.head[0].startswith("500 "), headers)
-        for status in ("200", "OK", b"200 OK", "20 OK"):
+        for status in ("200x", "OK", b"200 OK", "20 OK", "200\t OK"):
             t, _, _ = run(lambda e, sr, s=status: (sr(s, []), [b""])[1])
             self.assertTrue(t.head[0].startswith("500 "), status)
+        # As gunicorn and wsgiref: a bare code, and `Trailer` (end-to-end).
+        t, _, _ = run(lambda e, sr: (sr("200", [("Trailer", "X-T")]), [b""])[1])
+        self.assertEqual(t.head, ("200", [("Trailer", "X-T"), ("Content-Length", "0")]))
 
     def test_close_is_always_called(self):
         closed = []
@@ -333,6 +355,75 @@ class ImportPath(unittest.TestCase):
             ["/1", "/2", "/python", "/0", "/3"],
         )
         self.assertEqual(boot.app_dirs_first(path, []), path)
+
+    def test_modules_imported_ahead_of_the_app_that_it_shadows_are_forgotten(self):
+        import os
+        import sys
+        import tempfile
+
+        from rsgi_wasm_guest import boot
+
+        with tempfile.TemporaryDirectory() as d:
+            for name in ("secrets.py", "json/__init__.py", "notes/readme.txt"):
+                os.makedirs(os.path.dirname(os.path.join(d, name)), exist_ok=True)
+                open(os.path.join(d, name), "w").close()
+            self.assertEqual(boot.app_module_names([d, "/nowhere"]), {"secrets", "json"})
+            saved = dict(sys.modules)
+            try:
+                import json.decoder  # noqa: F401
+                import secrets  # noqa: F401
+
+                boot.forget_shadowed([d], keep={"json"})
+                self.assertNotIn("secrets", sys.modules)
+                self.assertIn("json.decoder", sys.modules)
+                # What other loaded modules use stays (`email.utils` and
+                # its `calendar`), as gunicorn's own imports do.
+                import email.utils  # noqa: F401
+
+                open(os.path.join(d, "calendar.py"), "w").close()
+                boot.forget_shadowed([d], keep=set())
+                self.assertIn("calendar", sys.modules)
+            finally:
+                sys.modules.clear()
+                sys.modules.update(saved)
+
+
+class Callables(unittest.TestCase):
+    def test_names_attributes_and_factories_with_literal_arguments(self):
+        import types
+
+        from rsgi_wasm_guest import boot
+
+        def wsgi(environ, start_response):
+            return []
+
+        def create_app(config="dev", *, debug=False):
+            made = lambda e, s: []  # noqa: E731
+            made.made_with = (config, debug)
+            return made
+
+        mod = types.SimpleNamespace(app=wsgi, create_app=create_app, sub=types.SimpleNamespace(app=wsgi), data=42)
+        self.assertIs(boot.resolve_callable(mod, "m", "app"), wsgi)
+        self.assertIs(boot.resolve_callable(mod, "m", "sub.app"), wsgi)
+        self.assertEqual(boot.resolve_callable(mod, "m", "create_app()").made_with, ("dev", False))
+        self.assertEqual(
+            boot.resolve_callable(mod, "m", "create_app('sqlite:///x', debug=True)").made_with,
+            ("sqlite:///x", True),
+        )
+        errors = {
+            "create_app(os.environ)": "must be Python literals",
+            "create_app(**{'debug': 1})": "must be Python literals",
+            "create_app(x=__import__('os'))": "must be Python literals",
+            "create_app('a'": "not a valid callable",
+            "app[0]": "not a valid callable",
+            "missing": "has no attribute 'missing'",
+            "data": "is a int, not a callable",
+            "create_app(1, 2, 3)": "raised TypeError",
+        }
+        for expr, message in errors.items():
+            with self.assertRaises(boot.BuildError, msg=expr) as caught:
+                boot.resolve_callable(mod, "m", expr)
+            self.assertIn(message, str(caught.exception), expr)
 
 
 class LiveApps(unittest.TestCase):

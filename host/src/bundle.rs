@@ -55,7 +55,13 @@ const SKIP_SUFFIXES: &[&str] = &[
     ".sqlite3-journal",
     ".sqlite3-wal",
     ".sqlite3-shm",
+    ".sqlite-journal",
+    ".sqlite-wal",
+    ".sqlite-shm",
 ];
+/// Of those, the ones whose skip is logged: a database is data someone
+/// may have meant to ship; bytecode and components never are.
+const SQLITE_SUFFIXES: &[&str] = &[".sqlite3", ".sqlite"];
 
 /// One directory of the guest's file tree: `guest` (like `/1`) shows the
 /// host directory `host`, read-only.
@@ -203,10 +209,22 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
                 if !skipped_dir(&name_str) && !entry.path().join(CACHE_TAG).is_file() {
                     stack.push(path);
                 }
-            } else if !skipped_file(&name_str)
-                && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file())
-            {
-                out.push(path);
+            } else if skipped_file(&name_str) {
+                if SQLITE_SUFFIXES.iter().any(|s| name_str.ends_with(s)) {
+                    not_shipped(
+                        &entry.path(),
+                        "a SQLite database (data the app writes belongs in a --dir grant)",
+                    );
+                }
+            } else {
+                match std::fs::metadata(entry.path()) {
+                    Ok(m) if m.is_file() => out.push(path),
+                    Ok(m) if m.is_dir() => {
+                        not_shipped(&entry.path(), "a symlink to a directory (not followed)")
+                    }
+                    Ok(_) => not_shipped(&entry.path(), "not a regular file"),
+                    Err(_) => not_shipped(&entry.path(), "a dangling symlink"),
+                }
             }
         }
     }
@@ -226,8 +244,10 @@ fn link_stays_inside(root: &Path, link: &Path) -> bool {
             );
             false
         }
-        // Dangling, or a loop: nothing to ship either way.
-        Err(_) => false,
+        Err(_) => {
+            not_shipped(link, "a dangling symlink, or a loop");
+            false
+        }
     }
 }
 

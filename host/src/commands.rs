@@ -90,7 +90,16 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
         }
         return Ok(None);
     }
-    let Some((file, callable)) = app.rsplit_once(':') else {
+    // The last `:` before a factory's arguments, which may hold colons
+    // themselves (`app.py:create_app('sqlite:///db')`).
+    let head = app.split_once('(').map_or(app, |(head, _)| head);
+    let split = match head.rfind(':') {
+        Some(at) => Some((&app[..at], &app[at + 1..])),
+        // `path/app.py` alone: its `application`, as gunicorn has it.
+        None if app.ends_with(".py") => Some((app, "application")),
+        None => None,
+    };
+    let Some((file, callable)) = split else {
         anyhow::bail!(UserError(format!(
             "{app}: no such component; give a .wasm built by `rsgi-wasm build`, or an app like path/to/app.py:app or module:callable with -p"
         )));
@@ -272,9 +281,10 @@ async fn start_ops(http: &HttpArgs, listen: SocketAddr) -> Result<bool> {
 async fn run_command(args: RunArgs) -> Result<()> {
     let (server_cfg, grants, limits) = args.split()?;
     let tls = tls_for(&args.http, &[])?;
-    // With TLS, SIGHUP reloads the certificate: installed before a build
-    // or a compile that can take a while, as in `serve`.
-    let hup = tls.is_some().then(hangup).transpose()?;
+    // SIGHUP reloads the certificates and restarts the app, as gunicorn's
+    // HUP does: installed before a build or a compile that can take a
+    // while, as in `serve`, so an early one does not end the process.
+    let hup = hangup()?;
     let metered = start_ops(&args.http, server_cfg.listen).await?;
     let statics = StaticFiles::new(args.app_args.statics.clone())?;
     let mut source = component_for_run(&args)?;
@@ -323,39 +333,32 @@ async fn run_command(args: RunArgs) -> Result<()> {
     );
     let site = Arc::new(Site::new(Router::single(app, statics), &server_cfg, tls));
     let idle = sweep_idle(site.clone());
-    if args.reload {
+    let changes = if args.reload {
         let watched = dev_reload::Watched::new(source.as_ref(), &component);
-        let app = RunningApp {
-            starter,
-            site: site.clone(),
-            name,
-            grants,
-            limits,
-            statics: args.app_args.statics.clone(),
-            live_dirs,
-        };
-        tokio::spawn(reload_on_change(watched, source, component, app));
-    }
-    if let Some(mut hup) = hup {
-        // `run` has no config file to reload, but certificates expire.
-        let (site, http) = (site.clone(), args.http.clone());
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                match tls_for(&http, &[]) {
-                    Ok(Some(tls)) => {
-                        site.swap_tls(tls);
-                        metrics::reload(true);
-                        tracing::info!("SIGHUP: certificates reloaded");
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        metrics::reload(false);
-                        tracing::error!("SIGHUP: keeping the old certificates: {e:#}");
-                    }
-                }
+        match dev_reload::Changes::start(watched) {
+            Ok(c) => {
+                tracing::info!("--reload: watching the app's files for changes");
+                Some(c)
             }
-        });
-    }
+            Err(e) => {
+                tracing::error!("{e:#}; reloading on changes is off");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let app = RunningApp {
+        starter,
+        site: site.clone(),
+        name,
+        grants,
+        limits,
+        statics: args.app_args.statics.clone(),
+        live_dirs,
+        http: args.http.clone(),
+    };
+    tokio::spawn(reload_app(changes, hup, source, component, app));
     let served = server::serve(listener, site, &server_cfg, server::shutdown_signal()).await;
     idle.abort();
     served
@@ -393,33 +396,66 @@ struct RunningApp {
     /// A live build's directories (`BuildReport::live_dirs`), copied
     /// (`bundle::freeze_dirs`) for each version.
     live_dirs: Vec<PathBuf>,
+    /// Where the certificates come from, read again on SIGHUP.
+    http: HttpArgs,
 }
 
-/// `run --reload`: rebuild (when running from source) and restart the app
-/// whenever what it is built from changes; failures leave the running
-/// version serving.
-async fn reload_on_change(
-    watched: dev_reload::Watched,
+/// The next burst of changes; never without `--reload`, or once the
+/// watcher stopped.
+async fn next_change(changes: &mut Option<dev_reload::Changes>) {
+    if let Some(c) = changes {
+        if c.next().await {
+            return;
+        }
+    }
+    *changes = None;
+    std::future::pending::<()>().await
+}
+
+/// Reload the certificates of a `run` with TLS, after SIGHUP.
+fn reload_certificates(app: &RunningApp) {
+    match tls_for(&app.http, &[]) {
+        Ok(Some(tls)) => {
+            app.site.swap_tls(tls);
+            tracing::info!("SIGHUP: certificates reloaded");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            metrics::reload(false);
+            tracing::error!("SIGHUP: keeping the old certificates: {e:#}");
+        }
+    }
+}
+
+/// Rebuild (when running from source) and restart the app whenever what
+/// it is built from changes (`run --reload`) and on SIGHUP, which also
+/// reloads the certificates; failures leave the running version serving.
+async fn reload_app(
+    mut changes: Option<dev_reload::Changes>,
+    mut hup: tokio::signal::unix::Signal,
     source: Option<BuildOptions>,
     mut current: PathBuf,
     app: RunningApp,
 ) {
-    let mut changes = match dev_reload::Changes::start(watched) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e:#}; reloading is off");
-            return;
-        }
-    };
-    tracing::info!("--reload: watching the app's files for changes");
-    while changes.next().await {
+    loop {
+        let hangup = tokio::select! {
+            () = next_change(&mut changes) => false,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                reload_certificates(&app);
+                true
+            }
+        };
+        let why = if hangup { "SIGHUP" } else { "--reload" };
         let t0 = Instant::now();
         let (component, how) = match &source {
             Some(opts) => match dev_reload::rebuild(opts.clone()).await {
                 // A live build is the same until the requirements change:
                 // the edit is in the app's directories, which the next
                 // instances import from.
-                Ok(report) if report.path == current && !opts.live => continue,
+                Ok(report) if report.path == current && !opts.live && !hangup => continue,
                 Ok(report) if report.cached && opts.live => {
                     (report.path, "no rebuild: the app is imported live")
                 }
@@ -427,11 +463,12 @@ async fn reload_on_change(
                 Ok(report) => (report.path, "rebuilt"),
                 Err(e) => {
                     tracing::error!(
-                        "--reload: build failed, still serving the previous version: {e:#}"
+                        "{why}: build failed, still serving the previous version: {e:#}"
                     );
                     continue;
                 }
             },
+            None if hangup => (current.clone(), "the component as it is now"),
             None => (current.clone(), "the component changed"),
         };
         let frozen = match &source {
@@ -441,7 +478,9 @@ async fn reload_on_change(
         let frozen = match frozen {
             Ok(f) => f,
             Err(e) => {
-                tracing::error!("--reload: cannot copy the app's files, still serving the previous version: {e:#}");
+                tracing::error!(
+                    "{why}: cannot copy the app's files, still serving the previous version: {e:#}"
+                );
                 continue;
             }
         };
@@ -464,7 +503,7 @@ async fn reload_on_change(
                 app.site.swap(Router::single(pool, statics));
                 metrics::reload(true);
                 tracing::info!(
-                    "--reload: swapped in {} in {:.2}s ({how})",
+                    "{why}: swapped in {} in {:.2}s ({how})",
                     app.name,
                     t0.elapsed().as_secs_f64()
                 );
@@ -473,7 +512,7 @@ async fn reload_on_change(
             Err(e) => {
                 metrics::reload(false);
                 tracing::error!(
-                    "--reload: cannot start the new version, still serving the previous one: {e:#}"
+                    "{why}: cannot start the new version, still serving the previous one: {e:#}"
                 );
             }
         }

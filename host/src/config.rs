@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::env_file;
+
 /// A user-facing problem with a flag or config value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -99,11 +101,20 @@ pub fn parse_dir(value: &str) -> Result<DirGrant, ConfigError> {
         .ok_or_else(|| err("missing `::` between host and guest directory"))?;
     let mut parts = rest.split(':');
     let guest = parts.next().unwrap_or_default();
-    let (mut read_only, mut quota) = (false, None);
+    let (mut mode, mut quota) = (None, None);
     for opt in parts {
         match opt.split_once('=') {
-            None if opt == "ro" => read_only = true,
-            None if opt == "rw" => read_only = false,
+            // Given twice, the last would win silently: a merged or
+            // mistyped grant could turn a read-only one writable.
+            None if opt == "ro" || opt == "rw" => {
+                if mode.is_some_and(|m| m != opt) {
+                    return Err(err("both `ro` and `rw` are given; keep one"));
+                }
+                mode = Some(opt);
+            }
+            Some(("quota", _)) if quota.is_some() => {
+                return Err(err("`quota` is given twice; keep one"));
+            }
             Some(("quota", size)) => {
                 quota = Some(check_size(size, DISK).map_err(|e| err(&format!("quota: {e}")))?)
             }
@@ -138,6 +149,7 @@ pub fn parse_dir(value: &str) -> Result<DirGrant, ConfigError> {
             "the app's own files are mounted at /python and /1, /2, ...; pick another guest directory, like /data",
         ));
     }
+    let read_only = mode == Some("ro");
     if read_only && quota.is_some() {
         return Err(err(
             "a read-only directory cannot take writes, so a quota means nothing; drop :ro or :quota",
@@ -215,33 +227,16 @@ pub fn read_small_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Read `NAME=VALUE` lines (blank lines and `#` comments skipped).
+/// Read an env file as python-dotenv does (see [`env_file::parse`]).
 pub fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
     let text = read_config_file(path)
         .map_err(|e| anyhow::anyhow!("--env-file {}: {e}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        // dotenv's reading: spaces around `=` do not count, and a value
-        // in matching single or double quotes is what is inside them.
-        let line = match line.split_once('=') {
-            Some((k, v)) => format!("{}={}", k.trim_end(), v.trim_start()),
-            None => line.to_owned(),
-        };
-        let (k, v) =
-            parse_env(&line).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
-        let v = ['"', '\'']
-            .into_iter()
-            .find_map(|q| v.strip_prefix(q).and_then(|v| v.strip_suffix(q)))
-            .map(str::to_owned)
-            .unwrap_or(v);
-        out.push((k, v));
+    let pairs = env_file::parse(&text)
+        .map_err(|e| anyhow::anyhow!("--env-file {}:{}: {}", path.display(), e.line, e.reason))?;
+    for (k, v) in &pairs {
+        check_env_var(k, v).map_err(|e| anyhow::anyhow!("--env-file {}: {e}", path.display()))?;
     }
-    Ok(out)
+    Ok(pairs)
 }
 
 /// Parse `2`, `0.5`, `500ms`, `30s`, `2m`.
@@ -893,24 +888,18 @@ mod tests {
 
     #[test]
     fn env_files_are_read_as_dotenv_does() {
+        // The syntax is `env_file`'s to test; here, what reading adds.
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("app.env");
-        std::fs::write(
-            &file,
-            "A=1\nB=\"two words\"\nC='single'\n  F = spaced\nexport G=g\n# note\nH='odd\"\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "export A='1'\nB=2 # note\n").unwrap();
         let got = read_env_file(&file).unwrap();
-        let want = [
-            ("A", "1"),
-            ("B", "two words"),
-            ("C", "single"),
-            ("F", "spaced"),
-            ("G", "g"),
-            ("H", "'odd\""),
-        ];
-        let got: Vec<(&str, &str)> = got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        assert_eq!(got, want);
+        assert_eq!(got, [("A".into(), "1".into()), ("B".into(), "2".into())]);
+        std::fs::write(&file, "A=1\nB C=2\n").unwrap();
+        let e = read_env_file(&file).unwrap_err().to_string();
+        assert!(e.contains("app.env:2: expected `=`"), "{e}");
+        std::fs::write(&file, "A=\"x\\0\"\nNUL=\"\0\"\n").unwrap();
+        let e = read_env_file(&file).unwrap_err().to_string();
+        assert!(e.contains("NUL"), "{e}");
         // Not a regular file: refused, not read (a FIFO would block).
         assert!(read_env_file(dir.path()).is_err());
     }
@@ -987,6 +976,22 @@ mod tests {
                 .to_string();
             assert!(e.contains("/data"), "{bad}: {e}");
         }
+        // Contradictions are refused, not settled by the last word.
+        for (bad, why) in [
+            (":ro:rw", "both `ro` and `rw`"),
+            (":rw:ro", "both `ro` and `rw`"),
+            (":quota=1MiB:quota=2GiB", "`quota` is given twice"),
+        ] {
+            let e = parse_dir(&format!("{host}::/data{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(
+            parse_dir(&format!("{host}::/data:ro:ro"))
+                .unwrap()
+                .read_only
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod commands;
 mod config;
 mod dev_reload;
 mod digests;
+mod env_file;
 mod error;
 mod http;
 mod latin1;

@@ -104,6 +104,7 @@ struct Metrics {
     unloads: Family<Tenant, Counter>,
     load_failures: Family<Tenant, Counter>,
     quota_refusals: Family<Tenant, Counter>,
+    open_files_refusals: Family<Tenant, Counter>,
     components: Gauge,
     core_modules: Gauge,
     listed: Gauge,
@@ -172,6 +173,7 @@ impl Metrics {
             unloads: Family::default(),
             load_failures: Family::default(),
             quota_refusals: Family::default(),
+            open_files_refusals: Family::default(),
             components: Gauge::default(),
             core_modules: Gauge::default(),
             listed: Gauge::default(),
@@ -198,7 +200,7 @@ impl Metrics {
         );
         registry.register(
             "in_flight_requests",
-            "Requests being answered",
+            "Requests the tenant holds: being answered, or waiting for an instance (queued_requests of them)",
             m.in_flight.clone(),
         );
         registry.register(
@@ -268,6 +270,11 @@ impl Metrics {
             m.quota_refusals.clone(),
         );
         registry.register(
+            "open_files_refusals",
+            "Guest opens refused with ENOMEM because the tenant's max_open_files were open",
+            m.open_files_refusals.clone(),
+        );
+        registry.register(
             "components_loaded",
             "Distinct compiled components in memory",
             m.components.clone(),
@@ -331,6 +338,7 @@ impl Metrics {
             &self.unloads,
             &self.load_failures,
             &self.quota_refusals,
+            &self.open_files_refusals,
         ] {
             family.remove(&t);
         }
@@ -416,6 +424,16 @@ fn label_value(value: &str) -> String {
 pub fn quota_refusals(name: &str) -> Counter {
     let tenant = label_value(name);
     with(|m| m.quota_refusals.get_or_create(&Tenant { tenant }).clone())
+}
+
+/// The counter of tenant `name`'s opens refused by `max_open_files`.
+pub fn open_files_refusals(name: &str) -> Counter {
+    let tenant = label_value(name);
+    with(|m| {
+        m.open_files_refusals
+            .get_or_create(&Tenant { tenant })
+            .clone()
+    })
 }
 
 /// A response that never reached a tenant (refused before routing): not

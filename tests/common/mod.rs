@@ -179,7 +179,23 @@ impl Server {
 
     /// As `start_with`, with extra environment variables for the server.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = bin()
+        Server::spawn(bin(), args, env)
+    }
+
+    /// As `start_with`, in a process whose open-file limit (soft and hard)
+    /// is `nofile`.
+    pub fn start_with_nofile(nofile: u32, args: &[&str]) -> Server {
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_rsgi-wasm"))
+            .env("RSGI_WASM_CACHE", cache_dir())
+            .env("RUST_LOG", "info");
+        Server::spawn(sh, args, &[])
+    }
+
+    fn spawn(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut child = command
             .current_dir(repo())
             .envs(env.iter().copied())
             .args(args)
@@ -315,7 +331,8 @@ impl Drop for Server {
 
 /// Two POSTs whose bodies `/` does not read, larger than what hyper has
 /// buffered when the response is done, then a GET, all on one HTTP/1.1
-/// connection: the server must drain the bodies, not close.
+/// connection: the server must drain the bodies, not close. Unless the
+/// client waits for a `100 Continue`: then the response says it closes.
 pub fn assert_unread_bodies_keep_the_connection(addr: SocketAddr) {
     let (mut w, mut r) = connect(addr);
     let body = vec![b'x'; 300_000];
@@ -329,6 +346,20 @@ pub fn assert_unread_bodies_keep_the_connection(addr: SocketAddr) {
     }
     w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut r, false).body, b"router\n");
+    // Unless the client waits for `100 Continue`, which never came: then
+    // the connection ends, and the response says so.
+    let (mut w, mut r) = connect(addr);
+    w.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let res = read_response(&mut r, false);
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("connection"), Some(&b"close"[..]));
+    let _ = w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
 }
 
 /// A body `/` does not read, trickled a byte every 200 ms once answered:

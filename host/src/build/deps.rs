@@ -336,6 +336,10 @@ fn pip_install(requirements: &Path, label: &str, work: &Path) -> Result<()> {
             .arg(&wheels)
             .arg("--target")
             .arg(work.join("site-packages"))
+            // Where `-e git+...` checks out: pip's default is ./src, in
+            // the user's working directory.
+            .arg("--src")
+            .arg(work.join("src"))
             .arg("-r")
             .arg(requirements)
             .output()

@@ -190,22 +190,61 @@ pub struct BuildReport {
     pub live_dirs: Vec<PathBuf>,
 }
 
-/// Split `module:callable` and check both parts look like Python names.
+/// Split `module:callable` (`module` alone: its `application`) and check
+/// both parts look like Python names;
+/// the callable may be a factory call, `create_app('prod', debug=True)`,
+/// whose literal arguments the guest parses.
 pub fn parse_target(target: &str) -> Result<(String, String), UserError> {
     let usage = || {
         UserError(format!(
-            "{target:?} is not MODULE:CALLABLE (for example `app:application` or `myproject.wsgi:application`)"
+            "{target:?} is not MODULE:CALLABLE (for example `app:application`, `myproject.wsgi:application` or `app:create_app('prod')`)"
         ))
     };
-    let (module, callable) = target.split_once(':').ok_or_else(usage)?;
+    // A bare module means its `application`, as gunicorn has it (but
+    // `app.py` is a file name, not the module `py` of package `app`).
+    let (module, callable) = match target.split_once(':') {
+        Some(split) => split,
+        None if target.ends_with(".py") => return Err(usage()),
+        None => (target, "application"),
+    };
     if module.is_empty() || !module.split('.').all(is_identifier) {
         return Err(usage());
     }
-    let callable_path = callable.strip_suffix("()").unwrap_or(callable);
+    let callable_path = match callable.split_once('(') {
+        Some((path, _)) if callable.trim_end().ends_with(')') => path.trim_end(),
+        Some(_) => return Err(usage()),
+        None => callable,
+    };
     if callable_path.is_empty() || !callable_path.split('.').all(is_identifier) {
         return Err(usage());
     }
     Ok((module.to_owned(), callable.to_owned()))
+}
+
+/// `-o` may replace an earlier component, never another file: a typo
+/// (`-o app.py`) must not overwrite the app's own source.
+fn check_output(out: &Path) -> Result<(), UserError> {
+    use std::io::Read as _;
+    let refuse = |what: &str| {
+        UserError(format!(
+            "-o {}: {what}; refusing to overwrite it (give -o a path for the component, like app.wasm)",
+            out.display()
+        ))
+    };
+    match std::fs::metadata(out) {
+        Err(_) => Ok(()),
+        Ok(m) if m.is_dir() => Err(refuse("is a directory")),
+        // An empty file holds nothing to lose (`mktemp`, a placeholder).
+        Ok(m) if m.len() == 0 => Ok(()),
+        Ok(_) => {
+            let mut magic = [0u8; 4];
+            let read = std::fs::File::open(out).and_then(|mut f| f.read_exact(&mut magic));
+            match read {
+                Ok(()) if &magic == b"\0asm" => Ok(()),
+                _ => Err(refuse("exists and is not a WebAssembly file")),
+            }
+        }
+    }
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -217,6 +256,9 @@ fn is_identifier(s: &str) -> bool {
 /// Build the component described by `opts`, or reuse an identical build.
 pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let (module, callable) = parse_target(&opts.target)?;
+    if let Some(out) = &opts.output {
+        check_output(out)?;
+    }
     let paths = if opts.paths.is_empty() {
         vec![PathBuf::from(".")]
     } else {
@@ -290,7 +332,10 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let report_file = builds.join(format!("{key}.warmup.txt"));
 
     let hit = cached.is_file();
-    if hit {
+    if hit && opts.live {
+        // Every edit of a live app lands here: its files are not built in.
+        tracing::debug!("{}: live build unchanged, reusing it", opts.target);
+    } else if hit {
         tracing::info!(
             "{}: unchanged since the last build, reusing it",
             opts.target
@@ -545,7 +590,17 @@ mod tests {
             parse_target("my.proj.wsgi:make_app()").unwrap().1,
             "make_app()"
         );
-        assert!(parse_target("app").is_err());
+        assert_eq!(
+            parse_target("app:create_app('sqlite:///x', debug=True)").unwrap(),
+            ("app".into(), "create_app('sqlite:///x', debug=True)".into())
+        );
+        assert!(parse_target("app:create_app('x'").is_err());
+        assert!(parse_target("app:(lambda: 1)()").is_err());
+        assert_eq!(
+            parse_target("pkg.wsgi").unwrap(),
+            ("pkg.wsgi".into(), "application".into())
+        );
+        assert!(parse_target("app.py").is_err());
         assert!(parse_target("app:").is_err());
         assert!(parse_target("app-x:app").is_err());
         assert!(parse_target(":app").is_err());

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -30,6 +30,7 @@ use crate::http::conn_idle::Activity;
 use crate::http::head_rules;
 use crate::http::router::Router;
 use crate::http::write_deadline::WriteDeadline;
+use crate::latin1;
 use crate::runtime::body::{self, RequestBody, ResponseBody};
 use crate::runtime::environ::{self, RequestInfo};
 use crate::runtime::pool::AppRequest;
@@ -143,7 +144,9 @@ pub async fn serve(
         h1: builder.clone().http1_only(),
     });
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    // Shutdown reaches every connection's driver through `stop`; once each
+    // has ended (dropping its receiver), `stop_tx.closed()` resolves.
+    let (stop_tx, stop) = tokio::sync::watch::channel(());
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     tokio::pin!(shutdown);
     loop {
@@ -170,18 +173,17 @@ pub async fn serve(
                 let stream = WriteDeadline::new(stream, deadline);
                 let Some(acceptor) = site.tls() else {
                     let (activity, svc) = service(site.clone(), local, peer, false);
-                    let conn = graceful.watch(
-                        builder.serve_connection(TokioIo::new(stream), svc).into_owned(),
-                    );
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                    let stop = stop.clone();
                     tokio::spawn(async move {
-                        drive(conn, &activity, deadline, peer).await;
+                        drive(conn, &activity, deadline, peer, stop).await;
                         drop(slot);
                     });
                     continue;
                 };
                 // The handshake runs on the connection's own task, under
                 // the same deadline as a request head.
-                let (site, builder, watcher) = (site.clone(), builder.clone(), graceful.watcher());
+                let (site, builder, stop) = (site.clone(), builder.clone(), stop.clone());
                 let by_alpn = by_alpn.clone();
                 tokio::spawn(async move {
                     let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
@@ -208,9 +210,8 @@ pub async fn serve(
                         Some(b"http/1.1") => &by_alpn.h1,
                         _ => &*builder,
                     };
-                    let conn = watcher
-                        .watch(builder.serve_connection(TokioIo::new(tls), svc).into_owned());
-                    drive(conn, &activity, deadline, peer).await;
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+                    drive(conn, &activity, deadline, peer, stop).await;
                     drop(slot);
                 });
             }
@@ -223,8 +224,10 @@ pub async fn serve(
         "shutting down: no new connections; waiting up to {:?} for in-flight requests",
         cfg.grace
     );
+    let _ = stop_tx.send(());
+    drop(stop);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all requests finished"),
+        () = stop_tx.closed() => tracing::info!("all requests finished"),
         () = tokio::time::sleep(cfg.grace) => {
             tracing::warn!("grace period over; closing remaining connections");
             crate::http::access::CUT_AT_SHUTDOWN.store(true, Ordering::Release);
@@ -287,33 +290,61 @@ struct ByAlpn {
     h1: auto::Builder<TokioExecutor>,
 }
 
-/// Serve one connection to its end, or drop it (closing it) once it has
-/// had no request in flight for `deadline`: since it opened (hyper's
-/// header timeout starts only once it knows the protocol, from the first
-/// bytes, so a client that sends nothing, or part of the HTTP/2 preface,
-/// would otherwise hold its connection slot for good) or since its last
-/// response ended (an HTTP/2 client answering pings would hold it too).
-async fn drive(
-    conn: impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+/// Serve one connection to its end. Once it has had no request in flight
+/// for `deadline` (since it opened: hyper's header timeout starts only once
+/// it knows the protocol, from the first bytes, so a client that sends
+/// nothing, or part of the HTTP/2 preface, would otherwise hold its
+/// connection slot for good; or since its last response ended: an HTTP/2
+/// client answering pings would hold it too), or when the server shuts
+/// down (`stop`), it is ended gracefully: HTTP/2 gets a GOAWAY (RFC 9113
+/// §9.1), so a client whose request crosses the close knows it was not
+/// taken, and HTTP/1 closes between requests. One that does not end
+/// within another `deadline` is dropped.
+async fn drive<C>(
+    conn: C,
     activity: &Activity,
     deadline: Duration,
     peer: SocketAddr,
-) {
+    mut stop: tokio::sync::watch::Receiver<()>,
+) where
+    C: GracefulConnection<Error = Box<dyn std::error::Error + Send + Sync>>,
+{
     tokio::pin!(conn);
+    // A graceful end was asked for (shutdown, or idle).
+    let mut asked = false;
+    // Idle, it was asked to end; dropped if it has not by then.
+    let mut give_up: Option<tokio::time::Instant> = None;
     let ended = loop {
-        let check = activity
-            .idle_at(deadline)
-            .unwrap_or_else(|| tokio::time::Instant::now() + deadline);
+        let check = give_up.unwrap_or_else(|| {
+            activity
+                .idle_at(deadline)
+                .unwrap_or_else(|| tokio::time::Instant::now() + deadline)
+        });
         tokio::select! {
             ended = &mut conn => break ended,
+            _ = stop.changed(), if !asked => {
+                // Requests in flight finish: the server waits for them up
+                // to its grace period.
+                conn.as_mut().graceful_shutdown();
+                asked = true;
+            }
             () = tokio::time::sleep_until(check) => {
+                if give_up.is_some() {
+                    tracing::debug!(%peer, "did not end {deadline:?} after it was asked to; dropped");
+                    return;
+                }
                 if activity.idle_at(deadline).is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    if asked {
+                        return;
+                    }
                     if activity.began() {
                         tracing::debug!(%peer, "idle for {deadline:?}; connection closed");
                     } else {
                         tracing::debug!(%peer, "no request within {deadline:?}; connection closed");
                     }
-                    return;
+                    conn.as_mut().graceful_shutdown();
+                    asked = true;
+                    give_up = Some(tokio::time::Instant::now() + deadline);
                 }
             }
         }
@@ -321,9 +352,27 @@ async fn drive(
     if let Err(e) = ended {
         match e.downcast_ref::<hyper::Error>().and_then(parser_answer) {
             Some(status) => crate::http::access::refused_head(peer.ip(), status),
-            None => tracing::debug!(%peer, "connection ended: {e}"),
+            // The socket's write deadline (`write_deadline.rs`) can end a
+            // stalled response before its body's own watch does: the
+            // operator hears of it either way.
+            None => match write_stalled(&*e) {
+                Some(why) => tracing::info!(%peer, "response cut short: {why}"),
+                None => tracing::debug!(%peer, "connection ended: {e}"),
+            },
         }
     }
+}
+
+/// The write deadline's error in `e`'s chain, if that is what ended it.
+fn write_stalled<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e std::io::Error> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return (io.kind() == std::io::ErrorKind::TimedOut).then_some(io);
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// The status hyper's HTTP/1 parser answered a head it refused with (its
@@ -435,6 +484,41 @@ fn close_delimited(
     res
 }
 
+/// A wasi:http request cannot carry a mount point (`SCRIPT_NAME`): below
+/// a `path_prefix`, the guest gets the path after it, as a proxy that
+/// strips a prefix passes it, and the prefix in `X-Forwarded-Prefix`
+/// (replacing any the client sent), which apps may opt in to (Werkzeug's
+/// `ProxyFix(x_prefix=1)`).
+fn below_prefix(parts: &mut http::request::Parts, prefix: &str) {
+    const FORWARDED_PREFIX: &str = "x-forwarded-prefix";
+    if prefix.is_empty() {
+        return;
+    }
+    let Some(rest) = latin1::encode(prefix)
+        .and_then(|p| environ::after_prefix(parts.uri.path(), &p).map(str::to_owned))
+    else {
+        return;
+    };
+    let rest = if rest.is_empty() {
+        "/".to_owned()
+    } else {
+        rest
+    };
+    let target = match parts.uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest,
+    };
+    let mut uri = parts.uri.clone().into_parts();
+    uri.path_and_query = http::uri::PathAndQuery::try_from(target).ok();
+    if let Ok(rewritten) = http::Uri::from_parts(uri) {
+        parts.uri = rewritten;
+    }
+    parts.headers.remove(FORWARDED_PREFIX);
+    if let Ok(value) = http::HeaderValue::from_str(prefix) {
+        parts.headers.insert(FORWARDED_PREFIX, value);
+    }
+}
+
 /// The stages a request passes, in order; each may refuse it.
 async fn respond(
     site: &Site,
@@ -447,17 +531,34 @@ async fn respond(
     let router = site.router();
     // Routes match the decoded path, the one PATH_INFO is cut from.
     let path = environ::decoded_path(parts.uri.path());
-    let route = router.route(host_of(&parts), &path).ok_or(Refusal {
-        status: StatusCode::NOT_FOUND,
-        text: "Not Found: no app is configured for this host and path",
-        close: false,
+    let route = router.route(host_of(&parts), &path).ok_or_else(|| {
+        use hyper::body::Body as _;
+        Refusal {
+            status: StatusCode::NOT_FOUND,
+            text: "Not Found: no app is configured for this host and path",
+            // No app's limits to drain a body by: hyper closes the
+            // connection when it is left unread, so say so.
+            close: parts.version < http::Version::HTTP_2 && !body.is_end_stream(),
+        }
     })?;
     log.routed(route.app.metrics());
-    if let Some(res) = route.statics.serve(&parts).await {
-        return Ok(res);
-    }
     let tenant = route.app.clone();
     let max_body = tenant.limits().max_body;
+    let http1 = parts.version < http::Version::HTTP_2;
+    let expects = parts.headers.contains_key(http::header::EXPECT);
+    // A body no app reads is drained, as an app's unread one is, so the
+    // HTTP/1 connection goes on (or says it will not).
+    let unread = |body, mut res| {
+        let mut body = RequestBody::new(body, max_body, site.stall);
+        if http1 {
+            body = body.over_http1(expects);
+        }
+        body.mark(&mut res);
+        res
+    };
+    if let Some(res) = route.statics.serve(&parts).await {
+        return Ok(unread(body, res));
+    }
     check_length(&parts, max_body)?;
     let url_scheme = if tls {
         "https"
@@ -467,12 +568,12 @@ async fn respond(
         "http"
     };
     let connect = parts.method == Method::CONNECT;
-    let http1 = parts.version < http::Version::HTTP_2;
-    let expects = parts.headers.contains_key(http::header::EXPECT);
     let head = parts.method == Method::HEAD;
     let request = if tenant.wasi_http() {
         // A wasi:http guest builds its environ itself, from the request as
         // any wasi:http host passes it (no mount point, no client address).
+        let mut parts = parts;
+        below_prefix(&mut parts, &route.prefix);
         AppRequest::WasiHttp(Box::new(HttpRequest {
             parts,
             https: url_scheme == "https",
@@ -506,17 +607,18 @@ async fn respond(
             let secs = retry_in.as_secs_f64().ceil().max(1.0) as u64;
             res.headers_mut()
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
-            return Ok(res);
+            return Ok(unread(body, res));
         }
         Err(e) => {
-            return Err(Refusal {
+            let page = Refusal {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 text: match e {
                     LoadError::Busy { .. } => "Service Unavailable: server busy, retry shortly",
                     _ => "Service Unavailable: the app is starting, retry shortly",
                 },
                 close: false,
-            })
+            };
+            return Ok(unread(body, page.into_response()));
         }
     };
     if let Some(waited) = cold {

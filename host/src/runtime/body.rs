@@ -599,6 +599,9 @@ pub struct Taken {
     pub drain: bool,
     /// Over HTTP/1 ([`client_left`]).
     pub http1: bool,
+    /// The client waits for a `100 Continue`, which hyper sends when the
+    /// body is first read ([`RequestBody::unread_after_expect`]).
+    pub expects_continue: bool,
 }
 
 impl RequestBody {
@@ -646,6 +649,7 @@ impl RequestBody {
             pace: self.pace,
             drain: self.drain,
             http1: self.http1,
+            expects_continue: self.expects_continue,
         })
     }
 

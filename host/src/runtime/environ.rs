@@ -239,6 +239,33 @@ pub fn decoded_path(raw: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Where raw request path `raw` goes on after `prefix` (percent-decoded
+/// bytes), comparing `raw` as routes and `PATH_INFO` see it, decoded: a
+/// static mount owns `/stat%69c/a.css` as it owns `/static/a.css`, or the
+/// app would be handed paths the operator gave to the host. `None` if
+/// `raw` is not under `prefix`.
+pub fn after_prefix<'p>(raw: &'p str, prefix: &[u8]) -> Option<&'p str> {
+    let b = raw.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut i = 0;
+    for &want in prefix {
+        // A malformed escape stays literal, as in `environ::decoded_path`.
+        let escaped = match b.get(i..i + 3) {
+            Some([b'%', h, l]) => hex(*h).zip(hex(*l)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        let (got, width) = match escaped {
+            Some(byte) => (byte, 3),
+            None => (*b.get(i)?, 1),
+        };
+        if got != want {
+            return None;
+        }
+        i += width;
+    }
+    raw.get(i..)
+}
+
 fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
     let mut env = Packer::new(sep, req.headers.keys_len());
 
@@ -361,8 +388,20 @@ fn trim_ows(value: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use http::HeaderValue;
+
+    #[test]
+    fn prefixes_match_the_decoded_path() {
+        let p = b"/static/";
+        assert_eq!(after_prefix("/static/a.css", p), Some("a.css"));
+        assert_eq!(after_prefix("/stat%69c/%2e%2e/x", p), Some("%2e%2e/x"));
+        assert_eq!(after_prefix("/static%2Fa.css", p), Some("a.css"));
+        assert_eq!(after_prefix("/static", p), None);
+        assert_eq!(after_prefix("/statix/a", p), None);
+        // A malformed escape is literal, never half of a match.
+        assert_eq!(after_prefix("/%zz/", b"/%zz/"), Some(""));
+        assert_eq!(after_prefix("/%7", b"/s"), None);
+    }
 
     fn env_for(
         method: &str,

@@ -32,6 +32,7 @@ pub struct OpenFiles {
     /// Whose, for the log line a refusal writes.
     app: Arc<str>,
     warned: WarnEvery,
+    refusals: prometheus_client::metrics::counter::Counter,
 }
 
 impl OpenFiles {
@@ -40,39 +41,79 @@ impl OpenFiles {
         Arc::new(OpenFiles {
             limit,
             open: AtomicUsize::new(0),
+            refusals: crate::metrics::open_files_refusals(&app),
             app,
             warned: WarnEvery::default(),
         })
     }
 
     fn take(self: &Arc<Self>) -> Option<Arc<FdSlot>> {
-        let taken = self
-            .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.limit).then_some(n + 1)
-            });
-        if taken.is_err() {
-            // The app sees ENOMEM, which says little: the operator is told.
-            if self.warned.due() {
-                tracing::warn!(
-                    app = %self.app,
-                    "{} files open, the app's max_open_files: an open failed with ENOMEM (logged at most once a minute)",
-                    self.limit
-                );
-            }
+        let process = &*PROCESS_FILES;
+        if !count_up(&self.open, self.limit) {
+            self.refused(format_args!(
+                "{} files open, the app's max_open_files",
+                self.limit
+            ));
+            return None;
+        }
+        if !count_up(&process.open, process.limit) {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.refused(format_args!(
+                "{} files open by all apps together, half the process's open-file limit (raise it with `ulimit -n` or systemd's LimitNOFILE)",
+                process.limit
+            ));
             return None;
         }
         Some(Arc::new(FdSlot(self.clone())))
     }
+
+    /// Count a refused open; the app sees ENOMEM, which says little, so
+    /// the operator is told why.
+    fn refused(&self, why: std::fmt::Arguments<'_>) {
+        self.refusals.inc();
+        if self.warned.due() {
+            tracing::warn!(
+                app = %self.app,
+                "{why}: an open failed with ENOMEM (logged at most once a minute)"
+            );
+        }
+    }
 }
 
-/// One host descriptor counted against its app; shared by the guest
-/// descriptor and every stream made from it, as the host file is.
+/// Add one to `open` unless it is at `limit` already.
+fn count_up(open: &AtomicUsize, limit: usize) -> bool {
+    open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        (n < limit).then_some(n + 1)
+    })
+    .is_ok()
+}
+
+/// Host files all apps' guests hold open together. Each app's own cap
+/// (`max_open_files`) does not stop many apps from taking every descriptor
+/// of the process, and then connections cannot be accepted: guests get at
+/// most half of the open-file limit (raised to the hard one at start),
+/// connections, compiled code and the cache keep the rest.
+struct ProcessFiles {
+    limit: usize,
+    open: AtomicUsize,
+}
+
+static PROCESS_FILES: std::sync::LazyLock<ProcessFiles> = std::sync::LazyLock::new(|| {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    ProcessFiles {
+        limit: nofile.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX)),
+        open: AtomicUsize::new(0),
+    }
+});
+
+/// One host descriptor counted against its app and the process; shared by
+/// the guest descriptor and every stream made from it, as the host file is.
 struct FdSlot(Arc<OpenFiles>);
 
 impl Drop for FdSlot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
+        PROCESS_FILES.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

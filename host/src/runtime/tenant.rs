@@ -187,6 +187,9 @@ pub struct Tenant {
     last_used: AtomicU64,
     /// A load is under way (counted against `--max-loaded`).
     loading_now: AtomicBool,
+    /// The "requests already wait" warning, at most once a minute: each
+    /// such 503 is in the access log and `rejected` already.
+    busy_warned: crate::runtime::disk_quota::WarnEvery,
 }
 
 /// Clears a flag when dropped.
@@ -259,6 +262,7 @@ impl Tenant {
             cold_waiting: AtomicUsize::new(0),
             last_used: AtomicU64::new(now_ms()),
             loading_now: AtomicBool::new(false),
+            busy_warned: Default::default(),
         }))
     }
 
@@ -319,7 +323,12 @@ impl Tenant {
         if self.cold_waiting.fetch_add(1, Ordering::SeqCst) >= limit {
             self.cold_waiting.fetch_sub(1, Ordering::SeqCst);
             self.metrics.series().rejected.inc();
-            tracing::warn!(app = %self.spec.name, "loading, and {limit} requests already wait for it: 503");
+            if self.busy_warned.due() {
+                tracing::warn!(
+                    app = %self.spec.name,
+                    "loading, and {limit} requests already wait for it: 503 (logged at most once a minute)"
+                );
+            }
             return Err(LoadError::Busy {
                 app: self.spec.name.clone(),
             });

@@ -11,7 +11,7 @@
 //! `HTTP-request-denied`): outbound access is granted through sockets only.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -109,7 +109,14 @@ pub fn bind(
     let fault = Arc::new(AtomicU8::new(FAULT_NONE));
     let taken = ex.take_request_body();
     let http1 = taken.as_ref().is_some_and(|t| t.http1);
-    let body = LimitedBody::new(taken, fault.clone());
+    // Set while a client waiting for `100 Continue` has not had it: hyper
+    // closes such a connection when the body is left unread, so the
+    // response must say so (as `RequestBody::mark` does in our world).
+    let unread = taken
+        .as_ref()
+        .is_some_and(|t| t.expects_continue && !t.incoming.is_end_stream())
+        .then(|| Arc::new(AtomicBool::new(true)));
+    let body = LimitedBody::new(taken, fault.clone(), unread.clone());
     let scheme = if req.https {
         Scheme::Https
     } else {
@@ -166,6 +173,10 @@ pub fn bind(
         match result {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
+                let responder = match unread {
+                    Some(u) if u.load(Ordering::Acquire) => responder.closing(),
+                    _ => responder,
+                };
                 let hint = body.size_hint().exact();
                 let tx = responder.body_sender();
                 responder.commit(parts, hint);
@@ -236,6 +247,8 @@ struct LimitedBody {
     waiting: Option<(Instant, Duration, Pin<Box<tokio::time::Sleep>>)>,
     /// Why reading failed, for the response (`FAULT_*`).
     fault: Arc<AtomicU8>,
+    /// Cleared at the first read, when hyper sends a `100 Continue`.
+    unread: Option<Arc<AtomicBool>>,
 }
 
 /// The request body was read whole, or not at all.
@@ -249,7 +262,11 @@ const FAULT_SLOW: u8 = 2;
 
 impl LimitedBody {
     /// The body the exchange handed over, if any (none: an empty body).
-    fn new(taken: Option<body::Taken>, fault: Arc<AtomicU8>) -> Self {
+    fn new(
+        taken: Option<body::Taken>,
+        fault: Arc<AtomicU8>,
+        unread: Option<Arc<AtomicBool>>,
+    ) -> Self {
         let (incoming, limit, pace, drain, http1) = match taken {
             Some(t) => (Some(t.incoming), t.limit, t.pace, t.drain, t.http1),
             None => (None, 0, Pace::new(Duration::ZERO), false, false),
@@ -263,6 +280,7 @@ impl LimitedBody {
             http1,
             waiting: None,
             fault,
+            unread,
         }
     }
 
@@ -292,6 +310,9 @@ impl Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ErrorCode>>> {
         let this = self.get_mut();
+        if let Some(unread) = this.unread.take() {
+            unread.store(false, Ordering::Release);
+        }
         let Some(incoming) = this.incoming.as_mut() else {
             return Poll::Ready(None);
         };

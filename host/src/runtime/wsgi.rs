@@ -32,9 +32,18 @@ pub struct Responder {
     chunk_rx: BodyReceiver,
     chunk_tx: BodySender,
     head_method: bool,
+    /// Say `Connection: close`: hyper ends the connection after it.
+    closes: bool,
 }
 
 impl Responder {
+    /// Mark the response `Connection: close` (a request body left unread
+    /// while its client waits for `100 Continue`).
+    pub fn closing(mut self) -> Self {
+        self.closes = true;
+        self
+    }
+
     /// Where the body's chunks go (with the exchange's backpressure).
     pub fn body_sender(&self) -> BodySender {
         self.chunk_tx.clone()
@@ -62,6 +71,18 @@ impl Responder {
             .headers
             .entry(http::header::SERVER)
             .or_insert(HeaderValue::from_static(SERVER));
+        // wasi:http carries no reason phrase; hyper would write `<none>`
+        // for a status it has no name for.
+        if parts.status.canonical_reason().is_none() {
+            parts
+                .extensions
+                .insert(hyper::ext::ReasonPhrase::from_static(b""));
+        }
+        if self.closes {
+            parts
+                .headers
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let length = content_rules(parts.status, &mut parts.headers, length);
         let body = if self.head_method || !body_allowed(parts.status) {
             // The guest's body goes nowhere (its writes stop, as when the
@@ -142,6 +163,7 @@ impl Exchange {
             chunk_rx: self.chunk_rx.take()?,
             chunk_tx: self.chunk_tx.clone()?,
             head_method: self.head_method,
+            closes: false,
         })
     }
 
@@ -436,7 +458,6 @@ fn hop_by_hop(name: &HeaderName) -> bool {
             | "proxy-authenticate"
             | "proxy-authorization"
             | "te"
-            | "trailer"
             | "trailers"
             | "transfer-encoding"
             | "upgrade"
@@ -464,7 +485,8 @@ fn parse_start(
         .get(..3)
         .and_then(|c| c.parse::<u16>().ok())
         .and_then(|c| StatusCode::from_u16(c).ok())
-        .filter(|_| status.as_bytes().get(3) == Some(&b' '))
+        // A bare `NNN` is taken too, as gunicorn and wsgiref take it.
+        .filter(|_| matches!(status.as_bytes().get(3), None | Some(&b' ')))
         .ok_or_else(|| format!("status {status:?} is not 'NNN Reason'"))?;
     // 1xx are interim responses the server sends itself (100 Continue);
     // RFC 9110 15 defines no final status above 599.
@@ -473,7 +495,7 @@ fn parse_start(
             "status {status:?}: a WSGI response's status must be from 200 to 599"
         ));
     }
-    let reason_text = &status[4..];
+    let reason_text = status.get(4..).unwrap_or("");
     // Clients give up on longer lines (curl at 100 KB).
     if reason_text.len() > MAX_REASON {
         return Err(format!(
@@ -481,7 +503,9 @@ fn parse_start(
             reason_text.len()
         ));
     }
-    let reason = if code.canonical_reason() == Some(reason_text) {
+    let reason = if code.canonical_reason() == Some(reason_text)
+        || (reason_text.is_empty() && code.canonical_reason().is_some())
+    {
         None
     } else {
         let bytes = latin1::encode(reason_text)
@@ -626,12 +650,20 @@ mod tests {
         assert_eq!(cl, Some(7));
         let (_, _, _, cl) = parse_start("200 OK", "content-length\n3", Some(7)).unwrap();
         assert_eq!(cl, Some(3), "the app's own length wins");
+        // A bare code, as gunicorn takes it: its own name, or none at all
+        // (never hyper's `<none>`).
+        let (code, reason, headers, _) = parse_start("200", "Trailer\nX-T", None).unwrap();
+        assert_eq!((code, reason.is_none()), (StatusCode::OK, true));
+        assert_eq!(headers.get("trailer").unwrap(), "X-T");
+        let (_, reason, _, _) = parse_start("299", "", None).unwrap();
+        assert_eq!(reason.unwrap().as_bytes(), b"");
     }
 
     #[test]
     fn start_parsing_rejects_what_the_guest_should_have() {
         assert!(parse_start("OK", "", None).is_err());
         assert!(parse_start("2000 OK", "", None).is_err());
+        assert!(parse_start("200x", "", None).is_err());
         for interim_or_unknown in ["100 Continue", "103 Early Hints", "600 Odd", "999 Weird"] {
             assert!(parse_start(interim_or_unknown, "", None).is_err());
         }

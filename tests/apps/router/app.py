@@ -234,9 +234,13 @@ def application(environ, start_response):
         return [b"then ", b"iterable"]
 
     if path == "/shadow":
+        import secrets
         import tabnanny
 
-        return text(start_response, getattr(tabnanny, "WHOSE", "the standard library's"))
+        return text(
+            start_response,
+            " ".join(getattr(m, "WHOSE", "the standard library's") for m in (tabnanny, secrets)),
+        )
 
     if path == "/close":
         start_response("200 OK", [("Content-Type", "text/plain")])

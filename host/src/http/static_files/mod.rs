@@ -27,9 +27,10 @@ use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use self::lookup::{lookup, Found};
-use self::path::{decode_path, PathError, Target};
+use self::path::{decode_path, decode_prefix, PathError, Target};
 use self::response::{file_response, not_found, redirect_to_slash};
 use crate::runtime::body::{host_page, ResponseBody};
+use crate::runtime::environ::after_prefix;
 
 /// One `--static` value: request paths starting with `prefix` are files
 /// under `dir`.
@@ -69,8 +70,8 @@ pub fn parse_static(value: &str) -> Result<StaticMount, StaticMountError> {
     if !prefix.starts_with('/') {
         return Err(err("the URL prefix must start with `/`, like /static/"));
     }
-    // The prefix is compared with the raw request path, so it must be
-    // spelled the way it appears on the wire.
+    // Compared with the request path decoded, as routes are; other
+    // characters are written %XX.
     if prefix
         .chars()
         .any(|c| !c.is_ascii_graphic() || matches!(c, '?' | '#' | '\\'))
@@ -111,15 +112,25 @@ pub fn parse_static(value: &str) -> Result<StaticMount, StaticMountError> {
 #[derive(Debug)]
 pub struct StaticFiles {
     /// Longest prefix first, so the most specific mount wins.
-    mounts: Vec<(StaticMount, Arc<Dir>)>,
+    mounts: Vec<Mounted>,
+}
+
+/// A mount with its directory open and its prefix decoded.
+#[derive(Debug)]
+struct Mounted {
+    mount: StaticMount,
+    dir: Arc<Dir>,
+    /// `mount.prefix` percent-decoded, as request paths are compared.
+    prefix: Vec<u8>,
 }
 
 impl StaticFiles {
     /// Open every mount's directory; a prefix given twice is an error.
     pub fn new(mounts: Vec<StaticMount>) -> anyhow::Result<Self> {
-        let mut out: Vec<(StaticMount, Arc<Dir>)> = Vec::with_capacity(mounts.len());
+        let mut out: Vec<Mounted> = Vec::with_capacity(mounts.len());
         for m in mounts {
-            if out.iter().any(|(o, _)| o.prefix == m.prefix) {
+            let prefix = decode_prefix(&m.prefix);
+            if out.iter().any(|o| o.prefix == prefix) {
                 anyhow::bail!("--static {}: this URL prefix is given twice", m.prefix);
             }
             let dir =
@@ -130,15 +141,20 @@ impl StaticFiles {
                         m.dir.display()
                     )
                 })?;
-            out.push((m, Arc::new(dir)));
+            out.push(Mounted {
+                mount: m,
+                dir: Arc::new(dir),
+                prefix,
+            });
         }
-        out.sort_by_key(|(m, _)| std::cmp::Reverse(m.prefix.len()));
+        out.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
         Ok(StaticFiles { mounts: out })
     }
 
-    /// The mount that owns raw request path `path` (`uri.path()`, not
-    /// decoded), if any. The prefix without its trailing slash (`/static`)
-    /// belongs to the mount too: it is redirected to `/static/`.
+    /// The mount that owns raw request path `path` (`uri.path()`),
+    /// compared decoded (`environ::after_prefix`), if any. The prefix without its
+    /// trailing slash (`/static`) belongs to the mount too: it is
+    /// redirected to `/static/`.
     #[cfg(test)]
     fn matches(&self, path: &str) -> Option<&StaticMount> {
         self.find(path).map(|(m, _, _)| m)
@@ -150,11 +166,12 @@ impl StaticFiles {
         &'s self,
         path: &'p str,
     ) -> Option<(&'s StaticMount, &'s Arc<Dir>, Option<&'p str>)> {
-        self.mounts.iter().find_map(move |(m, dir)| {
-            if let Some(rest) = path.strip_prefix(m.prefix.as_str()) {
-                Some((m, dir, Some(rest)))
-            } else if m.prefix.len() > 1 && path == &m.prefix[..m.prefix.len() - 1] {
-                Some((m, dir, None))
+        self.mounts.iter().find_map(move |m| {
+            let bare = &m.prefix[..m.prefix.len() - 1];
+            if let Some(rest) = after_prefix(path, &m.prefix) {
+                Some((&m.mount, &m.dir, Some(rest)))
+            } else if !bare.is_empty() && after_prefix(path, bare) == Some("") {
+                Some((&m.mount, &m.dir, None))
             } else {
                 None
             }
@@ -266,6 +283,11 @@ mod tests {
         assert_eq!(hit("/s/deep"), Some("/s/deep/"));
         assert_eq!(hit("/s/deeper"), Some("/s/"));
         assert_eq!(hit("/sx"), None);
+        // Compared decoded, as routes and PATH_INFO are.
+        assert_eq!(hit("/%73/x.css"), Some("/s/"));
+        assert_eq!(hit("/s%2Fdeep/x"), Some("/s/deep/"));
+        assert_eq!(hit("/%73"), Some("/s/"));
+        assert_eq!(hit("/%7"), None);
         assert_eq!(hit("/"), None);
         assert_eq!(hit("*"), None);
         assert!(StaticFiles::new(vec![mount("/s/"), mount("/s/")]).is_err());

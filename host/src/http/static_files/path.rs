@@ -50,6 +50,11 @@ pub(super) fn decode_path(rest: &str) -> Result<Target, PathError> {
     Ok(Target { rel, slash })
 }
 
+/// A mount's URL prefix as bytes, percent-decoded.
+pub(super) fn decode_prefix(prefix: &str) -> Vec<u8> {
+    percent_encoding::percent_decode(prefix.as_bytes()).collect()
+}
+
 /// A segment's bytes; a `%` not followed by two hex digits is refused
 /// (the one percent-decoder of the host does the decoding).
 fn percent_decode(seg: &str) -> Result<Vec<u8>, PathError> {
