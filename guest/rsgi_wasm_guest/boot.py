@@ -324,36 +324,19 @@ def app_module_names(app_dirs: Sequence[str]) -> Set[str]:
     return names
 
 
-def _in_use(name: str) -> bool:
-    """Whether a loaded module outside package ``name`` holds it, or
-    something defined in it (``import calendar``, ``from calendar import
-    timegm``)."""
-    for other_name, other in list(sys.modules.items()):
-        if other_name.partition(".")[0] == name:
-            continue
-        for value in list(getattr(other, "__dict__", {}).values()):
-            if getattr(value, "__name__", None) == name and type(value) is type(sys):
-                return True
-            if getattr(value, "__module__", None) == name:
-                return True
-    return False
-
-
 def forget_shadowed(app_dirs: Sequence[str], keep: Set[str]) -> None:
-    """Drop from ``sys.modules`` the standard modules the adapter only
-    preloaded ahead of the app (``LAZY_STDLIB``) that one of the app's own
-    modules shadows, so the app's ``import secrets`` finds its
-    ``secrets.py``, as under gunicorn. What the server's own modules use
-    stays, as gunicorn's own imports do (an app package named ``calendar``
-    does not replace the one ``email.utils`` uses), and so do the modules
-    in ``keep``, imported before the app's directories were on the path."""
+    """Drop from ``sys.modules`` the standard modules the adapter imported
+    ahead of the app (``LAZY_STDLIB``) that one of the app's own modules
+    shadows, so the app's ``import secrets`` finds its ``secrets.py`` as
+    it would under ``python app.py``. Modules in ``keep``, imported before
+    the app's directories were on the path, stay, as gunicorn's own do;
+    modules that imported a dropped one keep the object they hold."""
     shadowed = app_module_names(app_dirs) - keep - set(sys.builtin_module_names)
-    for top in shadowed:
-        if top not in sys.modules or _in_use(top):
-            continue
-        for name in list(sys.modules):
-            if name.partition(".")[0] == top:
-                del sys.modules[name]
+    if not shadowed:
+        return
+    for name in list(sys.modules):
+        if name.partition(".")[0] in shadowed:
+            del sys.modules[name]
 
 
 def boot(
