@@ -54,8 +54,13 @@ fn new_run_dir() -> Result<RunDir> {
             )
         })?
         .keep();
-    let lock = std::fs::File::create(path.join(LOCK))
+    // Locked under another name, then renamed: another server's `sweep`
+    // sees no lock file (a process starting up) or a locked one, never an
+    // unlocked one it would take for a dead server's and remove.
+    let staging = path.join(".lock-new");
+    let lock = std::fs::File::create(&staging)
         .and_then(|f| f.try_lock().map(|()| f).map_err(std::io::Error::other))
+        .and_then(|f| std::fs::rename(&staging, path.join(LOCK)).map(|()| f))
         .with_context(|| format!("locking {}", path.join(LOCK).display()))?;
     Ok(RunDir { path, _lock: lock })
 }
