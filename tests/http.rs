@@ -467,6 +467,7 @@ fn response_validation_and_framing() {
     s.wait_for_log("over the 256 KiB a response may have");
     assert!(!s.logs().contains("panicked"), "{}", s.logs());
     s.wait_for_log("'Connection' is hop-by-hop");
+    assert_content_lengths_are_checked(&s);
     // More bytes than Content-Length: clipped.
     let resp = raw(
         s.addr,
@@ -565,6 +566,18 @@ fn a_body_that_fails_closes_the_connection_and_a_client_that_left_is_logged_499(
     s.wait_for_log("\"POST /length\" 499 ");
 }
 
+/// How many bytes `r` gives until its end, or an error (a cut).
+fn bytes_until_the_end(r: &mut impl std::io::Read) -> usize {
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got += n,
+        }
+    }
+}
+
 #[test]
 fn a_client_that_stops_reading_is_cut_off_at_the_stall_time() {
     let s = Server::start(&router(), &["--header-timeout", "1s"]);
@@ -577,44 +590,92 @@ fn a_client_that_stops_reading_is_cut_off_at_the_stall_time() {
     // short of the whole body (a server still waiting would send it all).
     c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .unwrap();
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
+    let got = bytes_until_the_end(&mut c);
     assert!(got > 0 && got < 16_000_000, "{got} bytes arrived");
     // The server is still fine.
     assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
 }
 
 #[test]
-fn an_http2_client_that_never_opens_its_window_loses_the_rest_after_the_stall_time() {
-    use std::io::Read;
-    let s = Server::start(&router(), &["--header-timeout", "1s"]);
-    // One 16 MB piece; the client reads nothing, so past its first window
-    // its stream takes no more bytes (the connection stays live).
-    let mut r = h2_client()
-        .get(s.url("/one-chunk?16000000,return"))
-        .send()
+fn a_slow_reader_that_keeps_taking_bytes_gets_the_whole_response() {
+    use std::os::fd::FromRawFd;
+    let s = Server::start(&router(), &["--header-timeout", "3s"]);
+    // A small receive buffer, set before connecting so the window is
+    // small from the start: the server's socket fills, and its kernel
+    // holds what the client has not taken, as for a slow link.
+    let std::net::SocketAddr::V4(v4) = s.addr else {
+        panic!("a loopback IPv4 address")
+    };
+    // SAFETY: a new socket this test owns, an int option, and a
+    // sockaddr_in built whole; the fd goes to the TcpStream that closes it.
+    let mut c = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let small: libc::c_int = 8192;
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::from_ref(&small).cast(),
+            std::mem::size_of_val(&small) as libc::socklen_t,
+        );
+        assert_eq!(rc, 0);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = v4.port().to_be();
+        sa.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+        let rc = libc::connect(
+            fd,
+            std::ptr::from_ref(&sa).cast(),
+            std::mem::size_of_val(&sa) as libc::socklen_t,
+        );
+        assert_eq!(rc, 0);
+        std::net::TcpStream::from_raw_fd(fd)
+    };
+    c.write_all(b"GET /big?20000000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
-    assert_eq!(r.status(), 200);
-    std::thread::sleep(std::time::Duration::from_secs(4));
-    // The server dropped what it held: reading on gets what was in flight,
-    // then the stream's end, well short of the whole body (a server still
-    // holding it would send it all).
+    // 8 KB/s for 5 s: over the 16 KiB per --header-timeout a reader must
+    // take, far slower than the server writes.
     let mut got = 0usize;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
+    let mut buf = vec![0u8; 2048];
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        match c.read(&mut buf).unwrap() {
+            0 => break,
+            n => got += n,
         }
+        std::thread::sleep(std::time::Duration::from_millis(250));
     }
-    assert!(got > 0 && got < 16_000_000, "{got} bytes arrived");
-    s.wait_for_log("the client took no response bytes for 1s");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    got += rest.len();
+    // The head and every byte of the body: nothing was cut short.
+    assert!(got > 20_000_000, "{got} bytes arrived");
+    s.wait_for_log("\"GET /big?20000000\" 200 20000000 ");
+    assert!(!s.logs().contains("cut short"), "{}", s.logs());
+}
+
+#[test]
+fn an_http2_client_that_never_opens_its_window_loses_the_rest_after_the_stall_time() {
+    // The same for a static file, which would otherwise also hold an open
+    // file for as long as the client stays connected.
+    let files = temp_dir("stall-static");
+    std::fs::write(files.join("big.bin"), vec![b'z'; 16_000_000]).unwrap();
+    let mount = format!("/files/={}", files.display());
+    let s = Server::start(&router(), &["--header-timeout", "1s", "--static", &mount]);
+    for path in ["/one-chunk?16000000,return", "/files/big.bin"] {
+        // 16 MB; the client reads nothing, so past its first window its
+        // stream takes no more bytes (the connection stays live).
+        let mut r = h2_client().get(s.url(path)).send().unwrap();
+        assert_eq!(r.status(), 200);
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        // The server dropped what it held: reading on gets what was in
+        // flight, then the stream's end, well short of the whole body (a
+        // server still holding it would send it all).
+        let got = bytes_until_the_end(&mut r);
+        assert!(got > 0 && got < 16_000_000, "{path}: {got} bytes arrived");
+        s.wait_for_log("the client took no response bytes for 1s");
+    }
     // The connection and the server are still fine.
     assert_eq!(h2_client().get(s.url("/")).send().unwrap().status(), 200);
 }

@@ -301,13 +301,47 @@ fn pooled_keeps_state_request_isolation_does_not() {
     let a = request_count(&pooled);
     let b = request_count(&pooled);
     assert_eq!(b, a + 1);
-    let isolated = Server::start(&router(), &["--isolation", "request"]);
+    let isolated = Server::start(
+        &router(),
+        &["--isolation", "request", "--metrics", "127.0.0.1:0"],
+    );
+    let ops = isolated.logged_addr("metrics on ");
     let first = request_count(&isolated);
-    assert_eq!(request_count(&isolated), first);
     assert_eq!(
         first, a,
         "a fresh instance is the snapshot plus this request"
     );
+    // The next request's instance is made once a response is out, so
+    // between requests one waits, never used.
+    let warm = scrape(ops)
+        .lines()
+        .find(|l| l.starts_with("rsgi_wasm_instances{") && l.contains("state=\"warm\""))
+        .and_then(|l| l.rsplit_once(' '))
+        .map(|(name, _)| name.to_owned())
+        .expect("a warm instances series");
+    for _ in 0..3 {
+        wait_for_series(ops, &warm, 1.0);
+        assert_eq!(request_count(&isolated), first);
+    }
+    // Requests at once (one of them takes the spare being made, the
+    // others their own new instances): each still a fresh instance.
+    let url = isolated.url("/counters");
+    let counts: Vec<u64> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| {
+                        let v: serde_json::Value =
+                            client().get(&url).send().unwrap().json().unwrap();
+                        v["requests"].as_u64().unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(counts.iter().all(|&n| n == first), "{counts:?}");
     let env: serde_json::Value = get_json(&isolated, "/env");
     assert_eq!(env["wsgi.run_once"], true);
 }

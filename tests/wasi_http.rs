@@ -120,6 +120,7 @@ fn bodies_errors_write_and_close() {
     let r = client().get(s.url("/bad-header")).send().unwrap();
     assert_eq!(r.status(), 500);
     assert!(r.headers().get("set-cookie").is_none());
+    assert_content_lengths_are_checked(&s);
     // wasi:http carries the status code; the reason phrase is the host's.
     assert_eq!(get(&s, "/custom-reason"), (418, "teapot".into()));
     assert_eq!(get(&s, "/empty"), (204, String::new()));

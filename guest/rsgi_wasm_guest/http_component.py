@@ -92,6 +92,28 @@ _FIELDS_LIMIT = 128 * 1024
 _FIELD_COST = 80
 
 
+def _settled(headers: protocol.Headers) -> protocol.Headers:
+    """``headers`` as the default world sends them: values without the
+    whitespace around them (RFC 9110 §5.5), and one Content-Length, which
+    must be a number and agree with any repeat; else ValueError, which the
+    app's caller answers with a 500 (a host would otherwise drop the
+    response, or fail with no word of why)."""
+    out = []
+    length = None
+    for name, value in headers:
+        value = value.strip(" \t")
+        if name.lower() == "content-length":
+            if not (value.isascii() and value.isdigit()):
+                raise ValueError(f"response Content-Length {value!r} is not a number")
+            if length is not None:
+                if int(value) != length:
+                    raise ValueError("response has conflicting Content-Length headers")
+                continue
+            length = int(value)
+        out.append((name, value))
+    return out
+
+
 class _WasiTransport(protocol.Transport):
     """The response as a wasi:http outgoing response and body stream."""
 
@@ -113,7 +135,9 @@ class _WasiTransport(protocol.Transport):
                 f"response headers too large for wasi:http: {len(headers)} headers "
                 f"count {size} bytes, over the host's {_FIELDS_LIMIT // 1024} KiB"
             )
-        fields = t.Fields.from_list([(name, value.encode("latin-1")) for name, value in headers])
+        fields = t.Fields.from_list(
+            [(name, value.encode("latin-1")) for name, value in _settled(headers)]
+        )
         response = t.OutgoingResponse(fields)
         # wasi:http carries the code only; the reason phrase is the host's.
         response.set_status_code(int(status[:3]))

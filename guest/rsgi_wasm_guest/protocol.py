@@ -146,6 +146,8 @@ def _check_item(item: Any) -> bool:
     lower = _check_name(name)
     if type(value) is not str:
         raise TypeError(f"response header {name!r}: the value must be str, got {type(value).__name__}")
+    if len(value) > MAX_HEAD:
+        raise ValueError(_too_large(len(name) + len(value)))
     if "\r" in value or "\n" in value or "\x00" in value:
         raise ValueError(f"response header {name!r} has a CR, LF or NUL in its value (header injection)")
     if not value.isascii():
@@ -160,6 +162,18 @@ def _check_item(item: Any) -> bool:
     return is_length
 
 
+# What the host lets a response's status and headers take (the packed
+# form, `MAX_RESPONSE_HEADERS` in host/src/runtime/wsgi.rs): checked here
+# before the head is copied for the host, since copies of a header of
+# hundreds of megabytes would end the instance by memory before the host
+# could refuse it.
+MAX_HEAD = 256 * 1024
+
+
+def _too_large(size: int) -> str:
+    return f"response status and headers take {size} bytes, over the {MAX_HEAD // 1024} KiB a response may have"
+
+
 def check_headers(headers: Any) -> Tuple[Headers, bool]:
     """Validate response headers; returns a copy of them and whether one
     is a Content-Length."""
@@ -167,6 +181,7 @@ def check_headers(headers: Any) -> Tuple[Headers, bool]:
         raise TypeError(f"response headers must be a list of (name, value) tuples, got {type(headers).__name__}")
     out: Headers = list(headers)
     has_length = False
+    size = 0
     for item in out:
         try:
             is_length = _VALID_ITEMS.get(item)
@@ -176,6 +191,9 @@ def check_headers(headers: Any) -> Tuple[Headers, bool]:
             is_length = _check_item(item)
         if is_length:
             has_length = True
+        size += len(item[0]) + len(item[1]) + 2
+    if size > MAX_HEAD:
+        raise ValueError(_too_large(size))
     return out, has_length
 
 

@@ -286,9 +286,13 @@ class ProtocolTest(unittest.TestCase):
             [("Transfer-Encoding", "chunked")],
             [("X", "\u263a")],
             [(b"X", "y")],
+            # Over what the host takes, refused before any copy is made.
+            [("X", "v" * (protocol.MAX_HEAD + 1))],
+            [("X-%d" % i, "v" * 1000) for i in range(300)],
         ):
             t, _, log = run(lambda e, sr, h=headers: (sr("200 OK", h), [b""])[1])
-            self.assertTrue(t.head[0].startswith("500 "), headers)
+            self.assertTrue(t.head[0].startswith("500 "), headers[:1])
+        self.assertIn("over the 256 KiB", log)
         for status in ("200x", "OK", b"200 OK", "20 OK", "200\t OK"):
             t, _, _ = run(lambda e, sr, s=status: (sr(s, []), [b""])[1])
             self.assertTrue(t.head[0].startswith("500 "), status)

@@ -43,9 +43,12 @@ const SKIP_DIRS: &[&str] = &[
     ".vscode",
 ];
 /// Files never shipped: bytecode (CPython for WASI compiles its own),
-/// built components (an output inside `-p .` would otherwise nest), and
-/// live SQLite databases (data belongs in a granted directory).
+/// built components (an output inside `-p .` would otherwise nest), logs
+/// (a server's own log written into the app's directory would otherwise
+/// make `--reload` rebuild at every line it logs), and live SQLite
+/// databases (data belongs in a granted directory).
 const SKIP_SUFFIXES: &[&str] = &[
+    ".log",
     ".pyc",
     ".pyo",
     ".wasm",
@@ -162,8 +165,31 @@ pub const CACHE_TAG: &str = "CACHEDIR.TAG";
 pub const CACHE_TAG_TEXT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file marks rsgi-wasm's cache: build output, not an app's files.\n";
 
+/// Why a directory never ships whatever its name.
+#[derive(Debug, PartialEq)]
+pub enum Unshipped {
+    /// It holds [`CACHE_TAG`]: build output (rsgi-wasm's own cache, when
+    /// it lies inside an app's directory), never the app's files.
+    Cache,
+    /// It holds `pyvenv.cfg`: a virtualenv, whatever its name (its
+    /// packages are the build machine's, native ones included).
+    Virtualenv,
+}
+
+/// Whether the directory `dir` is marked as one that never ships.
+pub fn marked_unshipped(dir: &Path) -> Option<Unshipped> {
+    if dir.join(CACHE_TAG).is_file() {
+        Some(Unshipped::Cache)
+    } else if dir.join("pyvenv.cfg").is_file() {
+        Some(Unshipped::Virtualenv)
+    } else {
+        None
+    }
+}
+
 /// Whether the file at `rel` (relative to an app directory) would ship
-/// with the app, so that changing it changes the build.
+/// with the app, so that changing it changes the build (by its path: see
+/// also [`marked_unshipped`]).
 pub fn ships(rel: &Path) -> bool {
     let mut parts = rel.components().rev();
     let Some(file) = parts.next() else {
@@ -204,10 +230,15 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
                 continue;
             }
             if kind.is_dir() {
-                // A cache directory (rsgi-wasm's own, when it lies inside an
-                // app's directory) is build output, never the app's files.
-                if !skipped_dir(&name_str) && !entry.path().join(CACHE_TAG).is_file() {
-                    stack.push(path);
+                if skipped_dir(&name_str) {
+                    continue;
+                }
+                match marked_unshipped(&entry.path()) {
+                    Some(Unshipped::Cache) => {}
+                    Some(Unshipped::Virtualenv) => {
+                        not_shipped(&entry.path(), "a virtualenv (it holds pyvenv.cfg)")
+                    }
+                    None => stack.push(path),
                 }
             } else if skipped_file(&name_str) {
                 if SQLITE_SUFFIXES.iter().any(|s| name_str.ends_with(s)) {
@@ -217,6 +248,13 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
                     );
                 }
             } else {
+                if name_str == ".env" {
+                    tracing::warn!(
+                        "{}: ships inside the component, readable by anyone who has it; \
+                         pass secrets at run time with --env-file instead",
+                        entry.path().display()
+                    );
+                }
                 match std::fs::metadata(entry.path()) {
                     Ok(m) if m.is_file() => out.push(path),
                     Ok(m) if m.is_dir() => {
@@ -645,6 +683,11 @@ mod tests {
         std::fs::write(src.path().join("pkg/__pycache__/mod.pyc"), "junk").unwrap();
         std::fs::write(src.path().join("app.wasm"), "old build").unwrap();
         std::fs::write(src.path().join("db.sqlite3"), "data").unwrap();
+        std::fs::write(src.path().join("server.log"), "a line\n").unwrap();
+        // A virtualenv by any name: its packages are the build machine's.
+        std::fs::create_dir_all(src.path().join("env2/lib")).unwrap();
+        std::fs::write(src.path().join("env2/pyvenv.cfg"), "home = /usr\n").unwrap();
+        std::fs::write(src.path().join("env2/lib/six.py"), "").unwrap();
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         std::fs::File::options()
             .write(true)

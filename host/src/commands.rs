@@ -334,7 +334,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let site = Arc::new(Site::new(Router::single(app, statics), &server_cfg, tls));
     let idle = sweep_idle(site.clone());
     let changes = if args.reload {
-        let watched = dev_reload::Watched::new(source.as_ref(), &component);
+        let watched = dev_reload::Watched::new(source.as_ref(), &component, &grants.dirs);
         match dev_reload::Changes::start(watched) {
             Ok(c) => {
                 tracing::info!("--reload: watching the app's files for changes");

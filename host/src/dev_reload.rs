@@ -11,6 +11,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use crate::build::deps::Source;
 use crate::build::{self, BuildOptions, BuildReport};
 use crate::bundle;
+use crate::config::DirGrant;
 
 /// A burst of changes (an editor writing a temp file, then renaming it;
 /// `git checkout` touching many files) ends when nothing changed for this
@@ -24,15 +25,41 @@ pub struct Watched {
     dirs: Vec<PathBuf>,
     /// Single files: requirements, pyproject, or the component.
     files: Vec<PathBuf>,
+    /// Directories granted to the app (`--dir`): what it writes there is
+    /// data, not a new version, even inside its own directory.
+    data: Vec<PathBuf>,
+    /// This process's stdout and stderr when they are files: a server
+    /// logging into its app's directory must not reload at every line.
+    own_output: Vec<(u64, u64)>,
 }
 
 impl Watched {
-    /// What `opts` builds from, or `component` when there is nothing to build.
-    pub fn new(opts: Option<&BuildOptions>, component: &Path) -> Self {
+    /// What `opts` builds from, or `component` when there is nothing to
+    /// build; never the `granted` directories.
+    pub fn new(opts: Option<&BuildOptions>, component: &Path, granted: &[DirGrant]) -> Self {
+        // As given (the watched directories are not resolved either, and
+        // events name paths under them) and resolved.
+        let data = granted
+            .iter()
+            .flat_map(|g| [Some(absolute(&g.host)), std::fs::canonicalize(&g.host).ok()])
+            .flatten()
+            .collect();
+        use std::os::fd::AsFd;
+        let own_output = [
+            rustix::fs::fstat(std::io::stdout().as_fd()),
+            rustix::fs::fstat(std::io::stderr().as_fd()),
+        ]
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
+        .map(|st| (st.st_dev, st.st_ino))
+        .collect();
         let Some(opts) = opts else {
             return Watched {
                 dirs: Vec::new(),
                 files: vec![absolute(component)],
+                data,
+                own_output,
             };
         };
         let mut dirs: Vec<PathBuf> = opts.paths.iter().map(|p| absolute(p)).collect();
@@ -46,7 +73,12 @@ impl Watched {
                 Source::SitePackages(d) => dirs.push(absolute(d)),
             }
         }
-        Watched { dirs, files }
+        Watched {
+            dirs,
+            files,
+            data,
+            own_output,
+        }
     }
 
     /// Whether a change at `path` can change the build.
@@ -54,19 +86,30 @@ impl Watched {
         if self.files.iter().any(|f| f == path) {
             return true;
         }
-        self.dirs
+        let shipped = self
+            .dirs
             .iter()
-            .any(|d| path.strip_prefix(d).is_ok_and(bundle::ships) && !in_cache_dir(d, path))
+            .any(|d| path.strip_prefix(d).is_ok_and(bundle::ships) && !in_unshipped_dir(d, path));
+        shipped && !self.data.iter().any(|d| path.starts_with(d)) && !self.is_own_output(path)
+    }
+
+    fn is_own_output(&self, path: &Path) -> bool {
+        !self.own_output.is_empty()
+            && std::fs::metadata(path).is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                self.own_output.contains(&(m.dev(), m.ino()))
+            })
     }
 }
 
-/// Whether `path` lies in a cache directory inside `root` (the build's own
-/// cache there would otherwise trigger a build with every write it makes).
-fn in_cache_dir(root: &Path, path: &Path) -> bool {
+/// Whether `path` lies in a directory inside `root` that never ships (the
+/// build's own cache there would otherwise trigger a build with every
+/// write it makes; a virtualenv, at every package installed).
+fn in_unshipped_dir(root: &Path, path: &Path) -> bool {
     path.ancestors()
         .skip(1)
         .take_while(|a| *a != root && a.starts_with(root))
-        .any(|a| a.join(bundle::CACHE_TAG).is_file())
+        .any(|a| bundle::marked_unshipped(a).is_some())
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -160,16 +203,29 @@ mod tests {
     fn a_cache_directory_inside_the_app_does_not_matter() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let w = Watched {
-            dirs: vec![root.clone()],
-            files: Vec::new(),
+        let data = root.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let grant = DirGrant {
+            host: data.clone(),
+            guest: "/data".into(),
+            read_only: false,
+            quota: None,
         };
+        let mut w = Watched::new(None, &root.join("x.wasm"), &[grant]);
+        w.dirs = vec![root.clone()];
+        w.files.clear();
         std::fs::create_dir_all(root.join("cache/modules")).unwrap();
         std::fs::write(root.join("cache").join(bundle::CACHE_TAG), "").unwrap();
         std::fs::create_dir_all(root.join("cache/files/x")).unwrap();
         assert!(!w.matters(&root.join("cache/files/x/app.py")));
         assert!(w.matters(&root.join("app.py")));
         assert!(w.matters(&root.join("pkg/app.py")));
+        // A virtualenv, whatever its name, and a granted directory.
+        std::fs::create_dir_all(root.join("env1/lib")).unwrap();
+        std::fs::write(root.join("env1/pyvenv.cfg"), "home = /usr\n").unwrap();
+        assert!(!w.matters(&root.join("env1/lib/x.py")));
+        assert!(!w.matters(&data.join("notes.txt")));
+        assert!(w.matters(&root.join("datum.txt")));
         // The watched directory itself is the app's, as packing has it.
         std::fs::write(root.join(bundle::CACHE_TAG), "").unwrap();
         assert!(w.matters(&root.join("app.py")));
@@ -181,11 +237,14 @@ mod tests {
         let w = Watched {
             dirs: vec![root.clone()],
             files: vec![absolute(Path::new("/srv/req.txt"))],
+            data: Vec::new(),
+            own_output: Vec::new(),
         };
         assert!(w.matters(&root.join("app.py")));
         assert!(w.matters(&root.join("templates/a.html")));
         assert!(!w.matters(&root.join("__pycache__/app.cpython-314.pyc")));
         assert!(!w.matters(&root.join("db.sqlite3")));
+        assert!(!w.matters(&root.join("logs/server.log")));
         assert!(w.matters(Path::new("/srv/req.txt")));
         assert!(!w.matters(Path::new("/srv/other.txt")));
     }

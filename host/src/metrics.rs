@@ -215,7 +215,7 @@ impl Metrics {
         );
         registry.register(
             "timeouts",
-            "Requests answered 504 after --timeout",
+            "Requests past --timeout: answered 504, or cut short if their response had started",
             m.timeouts.clone(),
         );
         registry.register(

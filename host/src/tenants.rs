@@ -229,8 +229,12 @@ fn host_name(entry: &str) -> Result<String, String> {
     }
     let why = if !entry.is_ascii() {
         "write an international name in its ASCII (xn--) form"
-    } else if bare.contains(':') {
+    } else if bare.starts_with('[') && bare.contains('%') {
+        "an IPv6 address with a zone (%...) is never a Host header's: drop the zone"
+    } else if bare.contains(':') && !(bare.starts_with('[') && bare.ends_with(']')) {
         "a host name without a port (an IPv6 address goes in brackets)"
+    } else if bare.starts_with('[') {
+        "not an IPv6 address in brackets"
     } else if bare.is_empty()
         || bare.split('.').any(|label| {
             label.is_empty()
@@ -812,6 +816,14 @@ mod tests {
         ] {
             assert!(host_name(bad).is_err(), "{bad:?}");
         }
+        let zoned = host_name("[fe80::1%eth0]").unwrap_err();
+        assert!(zoned.contains("zone"), "{zoned}");
+        assert!(host_name("[::1]:80")
+            .unwrap_err()
+            .contains("without a port"));
+        assert!(host_name("[::g]")
+            .unwrap_err()
+            .contains("not an IPv6 address"));
     }
 
     #[test]

@@ -824,3 +824,28 @@ pub fn echo_server() -> SocketAddr {
     });
     addr
 }
+
+/// An app's Content-Length headers, in either world: a repeat of one
+/// value goes out once, a conflict or a non-number is a 500 with a log
+/// line saying so, and whitespace around values is dropped.
+pub fn assert_content_lengths_are_checked(s: &Server) {
+    let get = |query: &str| {
+        client()
+            .get(s.url(&format!("/lengths?{query}")))
+            .send()
+            .unwrap()
+    };
+    let r = get("5;5");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get_all("content-length").iter().count(), 1);
+    assert_eq!(r.text().unwrap(), "hello");
+    assert_eq!(get("3;5").status(), 500);
+    s.wait_for_log("conflicting Content-Length");
+    let r = get("%202%20");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-pad"], "padded");
+    assert_eq!(r.text().unwrap(), "he");
+    assert_eq!(get("1,%202").status(), 500);
+    s.wait_for_log("is not a number");
+    assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
+}

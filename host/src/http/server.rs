@@ -29,7 +29,7 @@ use crate::http::access::{AccessLog, LoggedBody};
 use crate::http::conn_idle::Activity;
 use crate::http::head_rules;
 use crate::http::router::Router;
-use crate::http::write_deadline::WriteDeadline;
+use crate::http::write_deadline::{self, WriteDeadline};
 use crate::latin1;
 use crate::runtime::body::{self, RequestBody, ResponseBody};
 use crate::runtime::environ::{self, RequestInfo};
@@ -169,6 +169,7 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                write_deadline::limit_unsent(&stream);
                 let deadline = cfg.header_timeout;
                 let stream = WriteDeadline::new(stream, deadline);
                 let Some(acceptor) = site.tls() else {
@@ -556,7 +557,7 @@ async fn respond(
         body.mark(&mut res);
         res
     };
-    if let Some(res) = route.statics.serve(&parts).await {
+    if let Some(res) = route.statics.serve(&parts, site.stall).await {
         return Ok(unread(body, res));
     }
     check_length(&parts, max_body)?;

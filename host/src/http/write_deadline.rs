@@ -2,7 +2,10 @@
 //! no bytes for the stall time (`--header-timeout`). hyper waits for a
 //! writable socket without limit, so a client that stops reading would
 //! otherwise keep its connection slot, and the response buffered for it,
-//! for as long as it likes (a slow-read attack).
+//! for as long as it likes (a slow-read attack). Progress is what the
+//! client takes, not when the socket turns writable: the kernel wakes a
+//! writer only once much of the send buffer is free again, which a slow
+//! but steady reader of a large buffer may take minutes to free.
 
 use std::future::Future;
 use std::io;
@@ -19,15 +22,73 @@ pub struct WriteDeadline<T> {
     stall: Duration,
     /// Armed while a write waits for the client; cleared by any progress.
     waiting: Option<Pin<Box<Sleep>>>,
+    /// What [`Unsent`] said when the wait began or last moved on.
+    unsent: Option<u64>,
 }
 
-impl<T> WriteDeadline<T> {
+/// Most bytes a connection's socket holds that are not sent yet (before
+/// the client's window lets them go): a writer is woken once half of them
+/// went, so readiness, and the stall watches timed from it, follow what
+/// the client takes, 16 KiB at a time, as `--header-timeout`'s documented
+/// floor has it; left alone, the kernel buffers megabytes for a slow
+/// reader and wakes the writer only once a third of that is gone.
+const UNSENT_LOW_WATER: libc::c_int = 32 * 1024;
+
+/// Keep at most [`UNSENT_LOW_WATER`] unsent bytes in `stream`'s socket.
+pub fn limit_unsent(stream: &tokio::net::TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let value = UNSENT_LOW_WATER;
+        // SAFETY: setting an int option on a socket this stream owns.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                std::ptr::from_ref(&value).cast(),
+                std::mem::size_of_val(&value) as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!("TCP_NOTSENT_LOWAT: {}", io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
+}
+
+/// Bytes written to a connection that its client has not taken yet.
+pub trait Unsent {
+    /// `None` where the system cannot tell.
+    fn unsent(&self) -> Option<u64>;
+}
+
+impl Unsent for tokio::net::TcpStream {
+    #[cfg(target_os = "linux")]
+    fn unsent(&self) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) on a socket this stream owns writes
+        // one int: the bytes in its send queue, not yet acknowledged.
+        let rc = unsafe { libc::ioctl(self.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        (rc == 0).then(|| u64::try_from(queued).unwrap_or(0))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn unsent(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl<T: Unsent> WriteDeadline<T> {
     /// Watch the writes to `io`.
     pub fn new(io: T, stall: Duration) -> Self {
         WriteDeadline {
             io,
             stall,
             waiting: None,
+            unsent: None,
         }
     }
 
@@ -43,12 +104,24 @@ impl<T> WriteDeadline<T> {
             return polled;
         }
         let stall = self.stall;
+        if self.waiting.is_none() {
+            self.unsent = self.io.unsent();
+        }
         let timer = self
             .waiting
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
         // Polling the timer registers the task to be woken when it fires;
         // the connection then writes again and lands here with it expired.
-        if timer.as_mut().poll(cx).is_ready() {
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = self.io.unsent();
+            if let (Some(now), Some(before)) = (now, self.unsent) {
+                if now < before {
+                    // Taken meanwhile: slow, not stalled.
+                    self.unsent = Some(now);
+                    timer.as_mut().reset(tokio::time::Instant::now() + stall);
+                    continue;
+                }
+            }
             self.waiting = None;
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -69,7 +142,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
+impl<T: AsyncWrite + Unsent + Unpin> AsyncWrite for WriteDeadline<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -108,6 +181,12 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    impl Unsent for tokio::io::DuplexStream {
+        fn unsent(&self) -> Option<u64> {
+            None
+        }
+    }
+
     #[tokio::test]
     async fn a_write_the_reader_never_takes_times_out_and_progress_resets_it() {
         let (near, mut far) = tokio::io::duplex(1024);
@@ -125,5 +204,37 @@ mod tests {
         // Nobody reads any more: the write gives up.
         let e = w.write_all(&[2; 4096]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_keeps_taking_bytes_is_not_cut_however_full_the_socket() {
+        // A slow but steady reader: the kernel wakes a writer only once
+        // much of a large send buffer is free, which at this pace takes
+        // far longer than the stall; the bytes it takes are progress.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut w = WriteDeadline::new(server, Duration::from_millis(500));
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut client = client;
+            let mut buf = [0u8; 4096];
+            let mut got = 0usize;
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(4) {
+                got += client.read(&mut buf).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            got
+        });
+        // More than the reader takes (about 200 KB a second).
+        let wrote =
+            tokio::time::timeout(Duration::from_secs(3), w.write_all(&vec![7; 64 << 20])).await;
+        assert!(
+            wrote.is_err(),
+            "still writing when the reader stopped: {wrote:?}"
+        );
+        assert!(reader.join().unwrap() > 100_000);
     }
 }

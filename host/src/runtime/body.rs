@@ -261,10 +261,12 @@ impl ResponseBody {
         }
     }
 
-    /// `len` bytes of `file` from `offset`, read by a task of their own.
-    pub fn file(file: std::fs::File, offset: u64, len: u64) -> Self {
+    /// `len` bytes of `file` from `offset`, read by a task of their own,
+    /// which gives up (closing the file) on a client that takes nothing
+    /// for `stall`.
+    pub fn file(file: std::fs::File, offset: u64, len: u64, stall: Duration) -> Self {
         let (tx, rx) = body_channel();
-        tokio::spawn(stream_file(file, offset, len, 0, tx));
+        tokio::spawn(stream_file(file, offset, len, 0, tx.with_stall(stall)));
         Self::streamed(Bytes::new(), rx, Some(len))
     }
 
@@ -450,6 +452,12 @@ pub fn host_page(status: StatusCode, text: &str) -> Response<ResponseBody> {
     let mut res = Response::new(ResponseBody::full(body));
     *res.status_mut() = status;
     *res.headers_mut() = headers;
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // RFC 9110's name, which the guest's own 413 uses too (the http
+        // crate still has RFC 7231's "Payload Too Large").
+        res.extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(b"Content Too Large"));
+    }
     res
 }
 

@@ -19,6 +19,7 @@ const LINE_COST: usize = 128;
 /// `BURST_SECONDS` of it. Lines past it are dropped and counted, and the
 /// count is logged when the app's output fits again.
 pub struct LogBudget {
+    app: Arc<str>,
     rate: u64,
     state: Mutex<Bucket>,
 }
@@ -43,9 +44,10 @@ enum Verdict {
 }
 
 impl LogBudget {
-    /// A budget of `rate` bytes a second for one app's stdout and stderr.
-    pub fn new(rate: u64) -> Arc<Self> {
+    /// A budget of `rate` bytes a second for app `app`'s stdout and stderr.
+    pub fn new(app: &Arc<str>, rate: u64) -> Arc<Self> {
         Arc::new(LogBudget {
+            app: app.clone(),
             rate,
             state: Mutex::new(Bucket {
                 tokens: rate.saturating_mul(BURST_SECONDS),
@@ -92,6 +94,23 @@ impl LogBudget {
             Verdict::Drop {
                 first: b.dropped_lines == 1,
             }
+        }
+    }
+}
+
+impl Drop for LogBudget {
+    /// An app unloaded (or reloaded) while dropping its output would
+    /// otherwise never say how much it dropped.
+    fn drop(&mut self) {
+        let b = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if b.dropped_lines > 0 {
+            tracing::warn!(
+                target: "guest",
+                "[{}] {} lines ({} bytes) of output were dropped by the log rate limit before this version of the app was unloaded",
+                self.app,
+                b.dropped_lines,
+                b.dropped_bytes
+            );
         }
     }
 }
@@ -335,7 +354,7 @@ mod tests {
 
     #[test]
     fn a_burst_passes_a_flood_is_dropped_and_counted() {
-        let b = LogBudget::new(1000);
+        let b = LogBudget::new(&Arc::from("app"), 1000);
         let t0 = Instant::now();
         // Four seconds' worth at once.
         for _ in 0..4 {

@@ -140,7 +140,7 @@ impl Sandbox {
             files,
             memory,
             tmp,
-            log: LogBudget::new(grants.log_rate),
+            log: LogBudget::new(&app, grants.log_rate),
             open_files: OpenFiles::new(grants.max_open_files, app.clone()),
             app,
             live: false,

@@ -67,6 +67,12 @@ impl Responder {
             );
             return self.page(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
         }
+        // Our guest sends one; another wasi:http component may not, and
+        // hyper would drop the response without a word.
+        if let Err(why) = one_content_length(&mut parts.headers) {
+            tracing::error!(app = %self.app, "invalid response from the app: {why}");
+            return self.page(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+        }
         parts
             .headers
             .entry(http::header::SERVER)
@@ -571,6 +577,27 @@ fn parse_start(
     Ok((code, reason, map, content_length))
 }
 
+/// Leave one `Content-Length` in `headers`: every value a number (around
+/// whitespace aside), and all the same.
+fn one_content_length(headers: &mut HeaderMap) -> Result<(), String> {
+    let mut length = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        let v = value.as_bytes().trim_ascii();
+        let n = Some(v)
+            .filter(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+            .ok_or_else(|| format!("response Content-Length {value:?} is not a number"))?;
+        if length.is_some_and(|m| m != n) {
+            return Err("response has conflicting Content-Length headers".into());
+        }
+        length = Some(n);
+    }
+    if let Some(n) = length {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(())
+}
+
 impl RequestHost for WsgiCtx {
     async fn read_body(&mut self, max: u32) -> Result<Vec<u8>, BodyError> {
         let Some(ex) = self.exchange.as_mut() else {
@@ -715,6 +742,31 @@ mod tests {
                 "{odd:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_wasi_http_guest_s_content_lengths_become_one() {
+        let headers = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(
+                    http::header::CONTENT_LENGTH,
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        let mut h = headers(&["5", " 5 "]);
+        assert_eq!(one_content_length(&mut h), Ok(()));
+        assert_eq!(h.get_all(http::header::CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(h[http::header::CONTENT_LENGTH], "5");
+        assert!(one_content_length(&mut headers(&["3", "5"]))
+            .unwrap_err()
+            .contains("conflicting"));
+        for bad in ["1, 2", "+4", "", "x"] {
+            assert!(one_content_length(&mut headers(&[bad])).is_err(), "{bad:?}");
+        }
+        assert_eq!(one_content_length(&mut HeaderMap::new()), Ok(()));
     }
 
     #[test]

@@ -325,6 +325,16 @@ def application(environ, start_response):
         start_response("200 OK", [("Connection", "close")])
         return [b"unreachable"]
 
+    if path == "/lengths":
+        # Content-Length values from the query, one header each: ?5;5 (a
+        # repeat), ?3;5 (a conflict), ?%202%20 (padded), ?1,%202 (a list).
+        import urllib.parse
+
+        values = urllib.parse.unquote(environ["QUERY_STRING"]).split(";")
+        start_response("200 OK", [("Content-Length", v) for v in values] + [("X-Pad", "  padded  ")])
+        first = values[0].strip()
+        return [b"hello"[: int(first) if first.isdigit() else 5]]
+
     if path == "/short":
         start_response("200 OK", [("Content-Length", "10")])
         return [b"12345"]

@@ -14,6 +14,8 @@ const INDEX: &str = "index.html";
 
 pub(super) enum Found {
     Missing,
+    /// The process is out of file descriptors (`EMFILE`, `ENFILE`).
+    NoDescriptors,
     /// A directory with an `index.html`, asked for without the trailing
     /// slash: redirect so relative links in the page resolve.
     Directory,
@@ -54,6 +56,13 @@ fn open_file(dir: &Dir, rel: PathBuf) -> Found {
     }
     let file = match dir.open(&rel) {
         Ok(f) => f.into_std(),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            tracing::warn!(
+                "static file {}: {e}; answered 503 (raise the open-files limit: ulimit -n, LimitNOFILE)",
+                rel.display()
+            );
+            return Found::NoDescriptors;
+        }
         Err(e) => {
             log_lookup_error(&rel, &e);
             return Found::Missing;
@@ -64,11 +73,20 @@ fn open_file(dir: &Dir, rel: PathBuf) -> Found {
         Ok(meta) if meta.is_file() => Found::File {
             file,
             size: meta.len(),
-            modified: meta.modified().ok(),
+            modified: meta.modified().ok().filter(|&t| http_date_holds(t)),
             rel,
         },
         _ => Found::Missing,
     }
+}
+
+/// Whether an HTTP date can say `t`: from 1970 to the year 9999
+/// (`httpdate` panics outside). A file dated otherwise is served without
+/// `Last-Modified`.
+fn http_date_holds(t: SystemTime) -> bool {
+    const YEAR_10000: u64 = 253_402_300_800;
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .is_ok_and(|d| d.as_secs() < YEAR_10000)
 }
 
 fn log_lookup_error(rel: &Path, e: &std::io::Error) {

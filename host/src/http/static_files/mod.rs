@@ -20,6 +20,7 @@ mod response;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use cap_std::fs::Dir;
@@ -28,7 +29,7 @@ use http::{Method, Response, StatusCode};
 
 use self::lookup::{lookup, Found};
 use self::path::{decode_path, decode_prefix, PathError, Target};
-use self::response::{file_response, not_found, redirect_to_slash};
+use self::response::{file_response, not_found, redirect_to_slash, unavailable};
 use crate::runtime::body::{host_page, ResponseBody};
 use crate::runtime::environ::after_prefix;
 
@@ -147,6 +148,14 @@ impl StaticFiles {
                 prefix,
             });
         }
+        if let Some(root) = out.iter().find(|m| m.prefix == b"/") {
+            tracing::warn!(
+                "--static {}={}: every path is the mount's, so the app gets no request \
+                 (mount the files under a prefix such as /static/)",
+                root.mount.prefix,
+                root.mount.dir.display()
+            );
+        }
         out.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
         Ok(StaticFiles { mounts: out })
     }
@@ -180,8 +189,13 @@ impl StaticFiles {
 
     /// The response for `req` if its path belongs to a mount (see
     /// [`matches`](Self::matches)); `None` means "not ours, route it to an
-    /// app". The request body is never read.
-    pub async fn serve(&self, req: &http::request::Parts) -> Option<Response<ResponseBody>> {
+    /// app". The request body is never read; a client that takes none of
+    /// the file for `stall` is given up on.
+    pub async fn serve(
+        &self,
+        req: &http::request::Parts,
+        stall: Duration,
+    ) -> Option<Response<ResponseBody>> {
         let path = req.uri.path();
         let (_, dir, rest) = self.find(path)?;
         if req.method != Method::GET && req.method != Method::HEAD {
@@ -221,13 +235,14 @@ impl StaticFiles {
         };
         Some(match found {
             Found::Missing => not_found(),
+            Found::NoDescriptors => unavailable(),
             Found::Directory => redirect_to_slash(req),
             Found::File {
                 file,
                 size,
                 modified,
                 rel,
-            } => file_response(req, file, size, modified, &rel),
+            } => file_response(req, file, size, modified, &rel, stall),
         })
     }
 }
@@ -333,7 +348,7 @@ mod tests {
         let serve = |method: Method, uri: &str, headers: &[(&str, &str)]| {
             let req = request(method, uri, headers);
             let sf = &sf;
-            async move { sf.serve(&req).await }
+            async move { sf.serve(&req, Duration::from_secs(5)).await }
         };
 
         assert!(serve(Method::GET, "/other/hello.txt", &[]).await.is_none());
@@ -479,5 +494,18 @@ mod tests {
             assert_eq!(res.status(), 404, "{uri}");
             assert_eq!(body(res).await, b"Not Found\n", "{uri}");
         }
+
+        // Dates an HTTP date cannot say (before 1970: archives, `touch -d
+        // @-1`): served, without Last-Modified.
+        let old = std::fs::File::options()
+            .write(true)
+            .open(root.join("hello.txt"))
+            .unwrap();
+        old.set_modified(std::time::UNIX_EPOCH - Duration::from_secs(1))
+            .unwrap();
+        let res = serve(Method::GET, "/static/hello.txt", &[]).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(!res.headers().contains_key("last-modified"));
+        assert_eq!(body(res).await, b"hello, world");
     }
 }

@@ -2,7 +2,7 @@
 //! range, 304, 412, 416), a redirect to the directory's slash, a 404.
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -32,6 +32,7 @@ pub(super) fn file_response(
     size: u64,
     modified: Option<SystemTime>,
     rel: &Path,
+    stall: Duration,
 ) -> Response<ResponseBody> {
     let v = Validators::of(size, modified);
     let mut headers = HeaderMap::new();
@@ -110,7 +111,7 @@ pub(super) fn file_response(
     // The file streams from its own task, which aborts the body if the
     // file shrinks or a read fails: the client sees a truncated response
     // rather than garbage.
-    let mut res = Response::new(ResponseBody::file(file, start, len));
+    let mut res = Response::new(ResponseBody::file(file, start, len, stall));
     *res.status_mut() = status;
     *res.headers_mut() = headers;
     res
@@ -123,6 +124,15 @@ fn with_headers(mut res: Response<ResponseBody>, headers: HeaderMap) -> Response
             .or_insert_with(|| value.clone());
     }
     res
+}
+
+/// No file descriptor was left to open the file: the server's trouble, for
+/// a moment, not the client's.
+pub(super) fn unavailable() -> Response<ResponseBody> {
+    host_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable: server busy, retry shortly",
+    )
 }
 
 pub(super) fn not_found() -> Response<ResponseBody> {
