@@ -80,9 +80,11 @@ class Transport:
 
 
 class _Ended(Transport):
-    """A finished request's transport. The host's calls write to whichever
+    """A finished response's transport. The host's calls write to whichever
     request is current, so a ``write`` callable (or response) kept past its
-    own request must fail, not write into the next one's response."""
+    own request must fail, not write into the next one's response; so must
+    a write from the result's ``close()``, which runs once the response is
+    complete or cut."""
 
     def start(self, status: str, headers: Headers, first_chunk: bytes) -> None:
         self.write(first_chunk)
@@ -339,6 +341,7 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
         if result is not None and type(result) is not list:
             if complete:
                 _end(transport)
+            resp.transport = _ENDED
             _close(result, errors)
         resp.transport = _ENDED
         try:

@@ -196,6 +196,26 @@ class ProtocolTest(unittest.TestCase):
         self.assertNotIn(b"leaked", b"".join(t.chunks))
         self.assertIn("called after its request ended", log)
 
+    def test_a_write_from_close_fails_with_a_clear_error(self):
+        class Result:
+            def __init__(self, write):
+                self.write = write
+
+            def __iter__(self):
+                return iter([b"body"])
+
+            def close(self):
+                self.write(b"late")
+
+        def app(environ, start_response):
+            return Result(start_response("200 OK", []))
+
+        t, failure, log = run(app)
+        self.assertIsNone(failure)
+        self.assertEqual(b"".join(t.chunks), b"body")
+        self.assertIn("close() raised", log)
+        self.assertIn("called after its request ended", log)
+
     def test_head_goes_with_first_nonempty_chunk(self):
         def app(environ, start_response):
             start_response("200 OK", [("X-A", "1")])
