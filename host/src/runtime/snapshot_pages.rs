@@ -167,11 +167,9 @@ pub fn residency(_file: &File) -> Option<Vec<bool>> {
 /// Leave in the page cache the snapshot pages instances will read, and
 /// only those: wasmtime's reading of the header may have read ahead far
 /// around it, and what was cached `before` it says what is known.
-/// - Most of the file was cached (more than three quarters): it was just
+/// - Much of the file was cached (more than a quarter): it was just
 ///   compiled (written whole), or read whole by another program; nothing
-///   says which pages instances read. (A quarter was the line before; but
-///   some builds' first request reads more than that, and such an app
-///   then had every page dropped at each load, never recorded.)
+///   says which pages instances read.
 /// - None was (after a reboot, or once evicted): nothing is known either.
 /// - Otherwise what is cached is what instances read since it was last
 ///   dropped (a few percent of it), which the next ones will read too:
@@ -189,7 +187,7 @@ fn settle_page_cache(file: &File, path: &Path, before: Vec<bool>) {
         .ok()
         .and_then(|b| read_hot(&b, before.len()));
     let cached = before.iter().filter(|&&c| c).count();
-    let wanted = if cached > 0 && cached * 4 <= before.len() * 3 {
+    let wanted = if cached > 0 && cached * 4 <= before.len() {
         let mut merged = before;
         if let Some(r) = &recorded {
             merged.iter_mut().zip(r).for_each(|(m, &r)| *m |= r);
