@@ -306,8 +306,11 @@ fn snapshot_objects_are_immortal_and_new_objects_land_above_the_snapshot() {
 fn warm_instances_map_only_the_snapshot_pages_their_requests_read() {
     // Left alone, the kernel reads ahead around each fault on the
     // copy-on-write mapping of the heap snapshot and maps what it read:
-    // about half the snapshot for every loaded app.
-    let s = Server::start(&router(), &[]);
+    // about half the snapshot for every loaded app. A cache of its own:
+    // pages the suite's other requests read into the shared one are
+    // mapped around faults too, more the more routes ran before.
+    let cache = temp_dir("warm-pages");
+    let s = Server::start(&router(), &["--cache-dir", &cache.display().to_string()]);
     let c = client();
     for _ in 0..3 {
         assert_eq!(c.get(s.url("/")).send().unwrap().status(), 200);
@@ -956,7 +959,7 @@ fn the_snapshot_pages_instances_read_are_read_back_ahead_after_eviction() {
     let cache = temp_dir("hot-pages");
     let cache_arg = cache.display().to_string();
     let start = || Server::start(&router(), &["--cache-dir", &cache_arg]);
-    // Compiled (the whole file cached, so dropped), then asked: the pages
+    // Compiled (its pages dropped once written), then asked: the pages
     // its instance read stay cached.
     let s = start();
     assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);

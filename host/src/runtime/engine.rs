@@ -457,6 +457,7 @@ impl Loader {
             .with_context(|| format!("creating {}", dir.display()))?;
         cachefs::write_atomic(artifact, &compiled)
             .with_context(|| format!("caching compiled code in {}", dir.display()))?;
+        snapshot_pages::forget_written(artifact);
         Ok(true)
     }
 

@@ -11,10 +11,12 @@
 //! up mapping about 7.6 MiB of it, counted whole against each loaded app.
 //!
 //! So, for an artifact whose module defines a memory:
+//! - when it has been compiled and written, its pages leave the page
+//!   cache ([`forget_written`]);
 //! - when it is loaded, wasmtime's own mapping of it is set to random
-//!   access, and if much of the file is in the page cache (just compiled,
-//!   or read ahead while wasmtime read its header) its unmapped pages are
-//!   dropped from it ([`on_load`]);
+//!   access, the pages earlier instances read (what is cached) are
+//!   recorded, and the rest (read ahead while wasmtime read its header,
+//!   or by another program) leave the cache ([`on_load`]);
 //! - when a long-lived instance has been created, before it runs, its
 //!   copy-on-write mapping of the snapshot is set to random access too
 //!   ([`advise_instance_mappings`]). wasmtime does not say where it mapped
@@ -24,7 +26,11 @@
 //! Linux only: elsewhere both are no-ops.
 //!
 //! The kernel then reads only the pages an instance touches, and maps
-//! around a fault only pages that some instance of that app has touched.
+//! around a fault only pages that some instance of that app has touched:
+//! an app whose requests, taken together, read a third of its snapshot
+//! has each new instance map more of it than one route alone would. Those
+//! are shared page-cache pages, counted once in memory however many
+//! instances map them.
 
 #![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
@@ -93,6 +99,24 @@ pub fn on_load(
         ino: meta.ino(),
         name: path.file_name()?.to_owned(),
     })
+}
+
+/// Drop from the page cache the artifact just written at `path`, whole:
+/// what is cached of it at its next load is then what loads and requests
+/// read ([`on_load`]), never the compile's copy. Its pages are clean
+/// (`cachefs::write_atomic` syncs), so the kernel can drop them.
+pub fn forget_written(path: &Path) {
+    #[cfg(target_os = "linux")]
+    match File::open(path) {
+        Ok(file) => {
+            if let Err(e) = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed) {
+                tracing::debug!("fadvise(DONTNEED) on {}: {e}", path.display());
+            }
+        }
+        Err(e) => tracing::debug!("opening {}: {e}", path.display()),
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = path;
 }
 
 /// Set every private writable mapping of one of `files` to random access:
@@ -167,9 +191,12 @@ pub fn residency(_file: &File) -> Option<Vec<bool>> {
 /// Leave in the page cache the snapshot pages instances will read, and
 /// only those: wasmtime's reading of the header may have read ahead far
 /// around it, and what was cached `before` it says what is known.
-/// - Much of the file was cached (more than a quarter): it was just
-///   compiled (written whole), or read whole by another program; nothing
-///   says which pages instances read.
+/// - Most of the file was cached (more than three quarters): another
+///   program read it whole (a copy, a backup); nothing says which pages
+///   instances read. A just-compiled artifact is not such a file: its
+///   pages were dropped once written ([`forget_written`]), so how much
+///   of the cache requests fill is never mistaken for a compile (a
+///   router app's first requests read 23-36% of its snapshot).
 /// - None was (after a reboot, or once evicted): nothing is known either.
 /// - Otherwise what is cached is what instances read since it was last
 ///   dropped (a few percent of it), which the next ones will read too:
@@ -187,7 +214,7 @@ fn settle_page_cache(file: &File, path: &Path, before: Vec<bool>) {
         .ok()
         .and_then(|b| read_hot(&b, before.len()));
     let cached = before.iter().filter(|&&c| c).count();
-    let wanted = if cached > 0 && cached * 4 <= before.len() {
+    let wanted = if cached > 0 && cached * 4 <= before.len() * 3 {
         let mut merged = before;
         if let Some(r) = &recorded {
             merged.iter_mut().zip(r).for_each(|(m, &r)| *m |= r);
