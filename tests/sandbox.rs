@@ -1689,3 +1689,42 @@ fn distinct_apps_first_asked_at_once_share_one_compile_of_cpython() {
     assert!(second.0 < second.1 / 2, "{logs}");
     assert_eq!(get_host(&s, "h.test", "/"), (200, "Hello, World!\n".into()));
 }
+
+#[test]
+fn a_file_read_to_its_end_is_read_on_once_it_grows() {
+    // wasi-libc keeps a file's read stream across reads and across a seek
+    // to where it already is, and wasmtime-wasi's stream stays at its end:
+    // a reader never saw what was written after it once found the end.
+    let data = temp_dir("grow-data");
+    let grant = format!("{}::/data", data.display());
+    let s = Server::start(&router(), &["--dir", &grant, "--workers", "4"]);
+    let r = get_json(&s, "/grow?/data/g.txt");
+    assert_eq!(
+        r,
+        serde_json::json!({
+            "empty": "",
+            "read on": "first",
+            "seek in place": " second",
+            "from the start": "first second",
+        })
+    );
+    // So SQLite, which seeks and reads: a connection opened while the
+    // database did not exist yet reads what another one created.
+    let r = get_json(&s, "/sqlite-created-meanwhile?/data/t.db");
+    assert_eq!(r, serde_json::json!({"rows": [1, 2]}));
+    // And instances creating one database at once all add their row (one
+    // in ten failed before).
+    let bodies: Vec<String> = (0..16)
+        .map(|_| {
+            let url = s.url("/sqlite-add?/data/shared.db");
+            std::thread::spawn(move || client().get(url).send().unwrap().text().unwrap())
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    for body in &bodies {
+        assert!(!body.contains("error"), "{body}");
+    }
+    assert_eq!(get_json(&s, "/sqlite-add?/data/shared.db")["rows"], 17);
+}

@@ -15,6 +15,7 @@ pub mod cpu;
 mod disk_quota;
 pub mod engine;
 pub mod environ;
+mod file_reads;
 mod generated;
 mod guest_log;
 pub mod outbound;

@@ -22,6 +22,7 @@ use wasmtime_wasi::p2::{
 };
 
 use crate::runtime::disk_quota::{FileId, Handle, Ledger, WarnEvery, BLOCK};
+use crate::runtime::file_reads::FileReader;
 
 /// How many host files (and directories) one app's instances may hold
 /// open together: each `open-at` takes a host descriptor, and the process
@@ -705,12 +706,16 @@ impl HostDescriptor for QuotaFsView<'_> {
         offset: types::Filesize,
     ) -> FsResult<Resource<DynInputStream>> {
         let held = self.quotas.hold(&fd);
+        let file = match self.fs.table.get(&fd)? {
+            Descriptor::File(f) => Some(f.file.clone()),
+            Descriptor::Dir(_) => None,
+        };
         let stream = HostDescriptor::read_via_stream(&mut self.fs, fd, offset)?;
-        if !held.is_empty() {
+        if let Some(file) = file {
             // The stream keeps the file open: so must its charge and count.
             let slot = self.fs.table.get_mut(&stream)?;
             let inner = std::mem::replace(slot, Box::new(NoStream));
-            *slot = Box::new(HeldReader { inner, _held: held });
+            *slot = Box::new(FileReader::new(inner, file, offset, held));
         }
         Ok(stream)
     }
@@ -938,42 +943,6 @@ impl OutputStream for HeldWriter {
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for HeldWriter {
-    async fn ready(&mut self) {
-        self.inner.ready().await
-    }
-}
-
-/// An input stream that keeps its file's charge and count while it lives.
-struct HeldReader {
-    inner: DynInputStream,
-    _held: Held,
-}
-
-#[wasmtime_wasi::async_trait]
-impl InputStream for HeldReader {
-    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
-        self.inner.read(size)
-    }
-
-    async fn blocking_read(&mut self, size: usize) -> StreamResult<Bytes> {
-        self.inner.blocking_read(size).await
-    }
-
-    fn skip(&mut self, nelem: usize) -> StreamResult<usize> {
-        self.inner.skip(nelem)
-    }
-
-    async fn blocking_skip(&mut self, nelem: usize) -> StreamResult<usize> {
-        self.inner.blocking_skip(nelem).await
-    }
-
-    async fn cancel(&mut self) {
-        self.inner.cancel().await
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for HeldReader {
     async fn ready(&mut self) {
         self.inner.ready().await
     }

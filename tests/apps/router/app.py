@@ -3,6 +3,7 @@ tests (`tests/http.rs`). Every route answers something a test can check."""
 
 import json
 import os
+import sqlite3
 import sys
 import time
 
@@ -580,6 +581,61 @@ def application(environ, start_response):
     if path == "/remove":
         os.remove(query)
         return text(start_response, "removed")
+
+    if path == "/grow":
+        # /grow?PATH: read a new file to its end, let another descriptor
+        # write there, then read on: as on a disk, the reader sees it.
+        seen = {}
+        reader = os.open(query, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        try:
+            seen["empty"] = os.read(reader, 16).decode()
+            writer = os.open(query, os.O_WRONLY)
+            os.write(writer, b"first")
+            seen["read on"] = os.read(reader, 16).decode()
+            os.write(writer, b" second")
+            os.close(writer)
+            os.lseek(reader, 5, os.SEEK_SET)  # where it already is
+            seen["seek in place"] = os.read(reader, 16).decode()
+            os.lseek(reader, 0, os.SEEK_SET)
+            seen["from the start"] = os.read(reader, 64).decode()
+        finally:
+            os.close(reader)
+        return as_json(start_response, seen)
+
+    if path == "/sqlite-add":
+        # /sqlite-add?PATH: add a row to a database, creating it if needed.
+        con = sqlite3.connect(query, timeout=30)
+        try:
+            con.execute("create table if not exists t (x integer)")
+            con.execute("insert into t values (1)")
+            con.commit()
+            return as_json(start_response, {"rows": con.execute("select count(*) from t").fetchone()[0]})
+        except sqlite3.Error as e:
+            return as_json(start_response, {"error": f"{type(e).__name__}: {e}"})
+        finally:
+            con.close()
+
+    if path == "/sqlite-created-meanwhile":
+        # /sqlite-created-meanwhile?PATH: a connection opened on a missing
+        # database, which another connection then creates.
+        if os.path.exists(query):
+            os.remove(query)
+        late = sqlite3.connect(query)
+        early = sqlite3.connect(query)
+        early.execute("create table t (x integer)")
+        early.execute("insert into t values (1)")
+        early.commit()
+        early.close()
+        try:
+            late.execute("create table if not exists t (x integer)")
+            late.execute("insert into t values (2)")
+            late.commit()
+            rows = [r[0] for r in late.execute("select x from t order by x")]
+            return as_json(start_response, {"rows": rows})
+        except sqlite3.Error as e:
+            return as_json(start_response, {"error": f"{type(e).__name__}: {e}"})
+        finally:
+            late.close()
 
     return text(start_response, "not found\n", status="404 Not Found")
 
