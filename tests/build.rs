@@ -196,6 +196,70 @@ fn native_only_packages_stop_the_build_with_one_line_each() {
 }
 
 #[test]
+fn a_native_module_its_package_needs_is_an_error_or_a_warning_not_a_silent_drop() {
+    // A wheel whose compiled part was taken for optional and dropped: a
+    // package importing it with no fallback stops the build (Brotli), one
+    // whose code reaches it later is warned about (cffi's `FFI()`).
+    let dir = temp_dir("needed-native");
+    let so = "cpython-314-x86_64-linux-gnu.so";
+    let site = |name: &str, module: &str, code: &str| {
+        let site = dir.join(name);
+        write(&site, &format!("{name}.py"), code);
+        write(&site, &format!("{module}.{so}"), "\x7fELF not wasm");
+        write(
+            &site,
+            &format!("{name}-1.0.dist-info/RECORD"),
+            &format!("{name}.py,,\n{module}.{so},,\n"),
+        );
+        site.display().to_string()
+    };
+    write(
+        &dir.join("app"),
+        "app.py",
+        "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n",
+    );
+    let app = dir.join("app").display().to_string();
+    let needy = site("needy", "_needy", "import _needy\n");
+    let (code, _, err) = run_bin(&[
+        "build",
+        "app:app",
+        "-p",
+        &app,
+        "--site-packages",
+        &needy,
+        "--no-warmup",
+        "-o",
+        &dir.join("needy.wasm").display().to_string(),
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("needy: native extension, no WASI build available (needy.py:1 imports its native module _needy"),
+        "{err}"
+    );
+    let lazy = site(
+        "lazy",
+        "_lazy",
+        "def ffi():\n    import _lazy\n    return _lazy\n",
+    );
+    let (code, _, err) = run_bin(&[
+        "build",
+        "app:app",
+        "-p",
+        &app,
+        "--site-packages",
+        &lazy,
+        "--no-warmup",
+        "-o",
+        &dir.join("lazy.wasm").display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("lazy: its native module _lazy has no WASI build and was left out; lazy.py:2 imports it"),
+        "{err}"
+    );
+}
+
+#[test]
 fn pyproject_dependencies_are_resolved() {
     let dir = temp_dir("pyproject");
     write(

@@ -666,7 +666,11 @@ fn an_http2_client_that_never_opens_its_window_loses_the_rest_after_the_stall_ti
     std::fs::write(files.join("big.bin"), vec![b'z'; 16_000_000]).unwrap();
     let mount = format!("/files/={}", files.display());
     let s = Server::start(&router(), &["--header-timeout", "1s", "--static", &mount]);
-    for path in ["/one-chunk?16000000,return", "/files/big.bin"] {
+    for path in [
+        "/one-chunk?16000000,return",
+        "/big?16000000",
+        "/files/big.bin",
+    ] {
         // 16 MB; the client reads nothing, so past its first window its
         // stream takes no more bytes (the connection stays live).
         let mut r = h2_client().get(s.url(path)).send().unwrap();
@@ -679,6 +683,12 @@ fn an_http2_client_that_never_opens_its_window_loses_the_rest_after_the_stall_ti
         assert!(got > 0 && got < 16_000_000, "{path}: {got} bytes arrived");
         s.wait_for_log("the client took no response bytes for 1s");
     }
+    // The client's stall, not the app's short body.
+    assert!(
+        !s.logs().contains("fewer than its Content-Length"),
+        "{}",
+        s.logs()
+    );
     // The connection and the server are still fine.
     assert_eq!(h2_client().get(s.url("/")).send().unwrap().status(), 200);
 }
@@ -1074,9 +1084,26 @@ fn static_files_are_served_by_the_host_with_validators_and_ranges() {
     std::fs::write(public.join("blob.bin"), &big).unwrap();
     std::fs::write(dir.join("secret.txt"), "outside").unwrap();
     std::os::unix::fs::symlink(dir.join("secret.txt"), public.join("leak.txt")).unwrap();
+    std::fs::create_dir_all(public.join(".git")).unwrap();
+    std::fs::write(public.join(".git/config"), "[core]").unwrap();
+    std::fs::create_dir_all(public.join(".well-known")).unwrap();
+    std::fs::write(public.join(".well-known/security.txt"), "Contact: x").unwrap();
     let mount = format!("/static/={}", public.display());
     let s = Server::start(&hello(), &["--static", &mount]);
     let c = client();
+    // A mounted project directory keeps its hidden files to itself.
+    for hidden in ["/static/.git/config", "/static/%2egit/config"] {
+        assert_eq!(
+            c.get(s.url(hidden)).send().unwrap().status(),
+            404,
+            "{hidden}"
+        );
+    }
+    let r = c
+        .get(s.url("/static/.well-known/security.txt"))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "Contact: x");
 
     let r = c.get(s.url("/static/css/site.css")).send().unwrap();
     assert_eq!(r.status(), 200);
@@ -1615,6 +1642,13 @@ fn tls_serves_only_the_protocol_alpn_chose() {
         h1.starts_with(b"HTTP/1.1 200"),
         "{:?}",
         String::from_utf8_lossy(&h1)
+    );
+    // A client offering only HTTP/1.0 (`curl --http1.0`) is served too.
+    let h10 = ask(b"http/1.0");
+    assert!(
+        h10.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&h10)
     );
     let h2 = ask(b"h2");
     assert!(

@@ -278,6 +278,16 @@ fn unpack_writes_the_files_and_prints_the_flags() {
     let (code, _, err) = run_bin(&["unpack", "README.md", &out_dir]);
     assert_ne!(code, 0);
     assert!(err.contains("is not a WebAssembly file"), "{err}");
+    // rsgi-wasm's own world runs nowhere else: no commands for it, no files.
+    let own = temp_dir("unpack-own").join("files");
+    let (code, _, err) = run_bin(&[
+        "unpack",
+        &router().display().to_string(),
+        &own.display().to_string(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("build it with --world wasi-http"), "{err}");
+    assert!(!own.exists());
 }
 
 #[test]

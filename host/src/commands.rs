@@ -178,6 +178,21 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
 fn unpack_command(args: &UnpackArgs) -> Result<()> {
     let path = &args.component;
     let mut file = engine::open_component(path)?;
+    // Other hosts call the wasi:http world only: refuse before writing out
+    // files that would come with commands that cannot work.
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let exports = crate::runtime::core_modules::top_level_exports(&bytes)
+        .with_context(|| path.display().to_string())?;
+    if !exports
+        .iter()
+        .any(|e| e.starts_with("wasi:http/incoming-handler@"))
+    {
+        anyhow::bail!(UserError(format!(
+            "{} exports rsgi-wasm's own world, which only rsgi-wasm runs; \
+             build it with --world wasi-http for wasmtime serve or Spin, then unpack that",
+            path.display()
+        )));
+    }
     let mounts = crate::bundle::extract(&mut file, &args.dir)?;
     if mounts.is_empty() {
         println!("{} ships no files", path.display());

@@ -4,8 +4,10 @@
 //! already-installed site-packages. Each is prepared once, cached by hash.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -109,6 +111,53 @@ const TZDATA: &str = "tzdata==2026.6";
 
 /// How many sdist-only packages one resolution may build.
 const MAX_SDISTS: usize = 16;
+
+/// Process groups of the pip runs under way, by the build that started
+/// them: pip starts build backends, which start compilers, none of which
+/// a signal to us reaches.
+static RUNNING: Mutex<Vec<(u64, i32)>> = Mutex::new(Vec::new());
+
+std::thread_local! {
+    /// The build this thread resolves for ([`for_build`]).
+    static BUILD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Run `resolve` on this thread for build `id`: the pip runs it starts are
+/// the ones [`stop_running`]`(id)` ends.
+pub fn for_build<T>(id: u64, resolve: impl FnOnce() -> T) -> T {
+    BUILD.with(|b| b.set(id));
+    resolve()
+}
+
+/// Run `cmd` to completion in a process group of its own, which
+/// [`stop_running`] can end whole.
+fn output(cmd: &mut Command) -> std::io::Result<Output> {
+    let child = cmd
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let run = (
+        BUILD.with(std::cell::Cell::get),
+        i32::try_from(child.id()).unwrap_or(i32::MAX),
+    );
+    RUNNING.lock().expect("running lock").push(run);
+    let out = child.wait_with_output();
+    RUNNING.lock().expect("running lock").retain(|&r| r != run);
+    out
+}
+
+/// End build `id`'s pip runs under way, with what they started: the build
+/// was interrupted or ran out of time.
+pub fn stop_running(id: u64) {
+    let running = RUNNING.lock().expect("running lock");
+    for &(_, group) in running.iter().filter(|r| r.0 == id) {
+        if let Some(pid) = rustix::process::Pid::from_raw(group) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
 
 /// Prepare `source` in `cache` (or reuse what an earlier build prepared).
 pub fn resolve(source: &Source, cache: &Path) -> Result<Resolved> {
@@ -216,6 +265,7 @@ fn install(text: &[u8], requirements: &Path, label: &str, cache: &Path) -> Resul
     hash_referenced(&mut h, requirements, &String::from_utf8_lossy(text), 0)?;
     h.update(PIP_TARGET.join(" "));
     h.update(PIP_FOR_TARGET);
+    h.update(NATIVE_IMPORTS);
     let key = format!("{:x}", h.finalize())[..32].to_owned();
     prepare_once(cache.join("deps").join(&key), key, |tmp| {
         tracing::info!("resolving {label} for CPython 3.14 on WASI with pip");
@@ -226,21 +276,37 @@ fn install(text: &[u8], requirements: &Path, label: &str, cache: &Path) -> Resul
 
 /// Hash what a requirements file names besides packages of the index:
 /// the files it includes (`-r`, `-c`), relative to it, and local packages
-/// (`./lib`, `-e ../pkg`, `name @ file:///...`) and wheel directories
+/// (`./lib`, `name @ file:///...`) and wheel directories
 /// (`--find-links ./wheels`), relative to where pip
 /// runs, as pip reads them. An edit to any of them must resolve again, not
-/// reuse the site-packages of before.
+/// reuse the site-packages of before. An editable requirement (`-e`) is
+/// refused here, naming its line.
 fn hash_referenced(h: &mut Sha256, file: &Path, text: &str, depth: usize) -> Result<()> {
     // pip refuses deeper nesting long before; this only stops a cycle.
     if depth > 16 {
         return Ok(());
     }
-    for line in text.lines() {
+    for (number, line) in text.lines().enumerate() {
         let line = match line.find(" #") {
             Some(i) => &line[..i],
             None => line,
         }
         .trim();
+        if let Some(target) = ["-e", "--editable"]
+            .iter()
+            .find_map(|flag| option_value(line, flag))
+        {
+            // pip installs a finder pointing at the build machine's copy
+            // (or a checkout in the build cache), which the component
+            // cannot read: the import failed later as "not installed".
+            bail!(UserError(format!(
+                "{}:{}: `{line}`: an editable install links to a directory on this machine, \
+                 which the sandboxed app cannot read; list it without `-e` (`{target}`) so that \
+                 a copy is built into the component",
+                file.display(),
+                number + 1
+            )));
+        }
         let included = ["-r", "--requirement", "-c", "--constraint"]
             .iter()
             .find_map(|flag| option_value(line, flag));
@@ -253,7 +319,7 @@ fn hash_referenced(h: &mut Sha256, file: &Path, text: &str, depth: usize) -> Res
             hash_referenced(h, &path, &text, depth + 1)?;
             continue;
         }
-        let target = ["-e", "--editable", "-f", "--find-links"]
+        let target = ["-f", "--find-links"]
             .iter()
             .find_map(|flag| option_value(line, flag))
             .or_else(|| line.split_once(" @ ").map(|(_, url)| url.trim()))
@@ -306,8 +372,15 @@ fn prepare_once(
         std::fs::create_dir_all(tmp.join("site-packages"))?;
         fill(tmp)?;
         let native = strip_native(&tmp.join("site-packages"))?;
+        let warnings = check_native_needed(&tmp.join("site-packages"), &native)?;
+        std::fs::write(tmp.join("native-warnings.txt"), warnings)?;
         write_native(tmp, &native)?;
         cachefs::publish(&staged.keep(), &dir, complete)?;
+    }
+    // Every build that uses these dependencies says it, not only the first.
+    let warnings = std::fs::read_to_string(dir.join("native-warnings.txt")).unwrap_or_default();
+    for line in warnings.lines() {
+        tracing::warn!("{line}");
     }
     Ok(Resolved {
         dir: dir.join("site-packages"),
@@ -320,35 +393,42 @@ fn prepare_once(
 /// into a wheel here and, if that wheel is pure Python, retry with it.
 fn pip_install(requirements: &Path, label: &str, work: &Path) -> Result<()> {
     let wheels = work.join("wheels");
+    // pip's temporary directories, inside the staging directory: a build
+    // stopped by a signal (pip killed) leaves none in the system's.
+    let pip_tmp = work.join("pip-tmp");
+    std::fs::create_dir_all(&pip_tmp)?;
     let mut built: Vec<String> = Vec::new();
     loop {
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                PIP_FOR_TARGET,
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["--no-compile", "--root-user-action=ignore"])
-            .args(PIP_TARGET)
-            .arg("--find-links")
-            .arg(&wheels)
-            .arg("--target")
-            .arg(work.join("site-packages"))
-            // Where `-e git+...` checks out: pip's default is ./src, in
-            // the user's working directory.
-            .arg("--src")
-            .arg(work.join("src"))
-            .arg("-r")
-            .arg(requirements)
-            .output()
-            .map_err(|e| {
-                UserError(format!(
-                    "resolving {label} needs python3 with pip on PATH: {e}"
-                ))
-            })?;
+        let out = output(
+            Command::new("python3")
+                .env("TMPDIR", &pip_tmp)
+                .args([
+                    "-c",
+                    PIP_FOR_TARGET,
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args(["--no-compile", "--root-user-action=ignore"])
+                .args(PIP_TARGET)
+                .arg("--find-links")
+                .arg(&wheels)
+                .arg("--target")
+                .arg(work.join("site-packages"))
+                // Where a VCS requirement checks out: pip's default is
+                // ./src, in the user's working directory.
+                .arg("--src")
+                .arg(work.join("src"))
+                .arg("-r")
+                .arg(requirements),
+        )
+        .map_err(|e| {
+            UserError(format!(
+                "resolving {label} needs python3 with pip on PATH: {e}"
+            ))
+        })?;
         if out.status.success() {
+            std::fs::remove_dir_all(&pip_tmp)?;
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -381,6 +461,14 @@ fn pip_install(requirements: &Path, label: &str, work: &Path) -> Result<()> {
             ))),
         }
     }
+}
+
+/// The last `n` lines of `text`: what a failed native build printed last.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let skip = lines.len().saturating_sub(n);
+    let cut = if skip > 0 { "...\n" } else { "" };
+    format!("{cut}{}", lines[skip..].join("\n"))
 }
 
 /// The requirement pip found no wheel for, from its error output.
@@ -425,27 +513,38 @@ fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
     let name = project_name(spec);
     tracing::info!("{name}: no wheel for CPython 3.14 on WASI; building its source distribution");
     let scratch = tempfile::tempdir()?;
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        // The resolution above checked `Requires-Python` against 3.14;
-        // the build machine's own Python may be older.
-        .args([
-            "--no-deps",
-            "--ignore-requires-python",
-            "--no-binary",
-            name,
-            "-w",
-        ])
-        .arg(scratch.path())
-        .arg(spec)
-        .output()
-        .context("running pip wheel")?;
+    // pip's own temporary directories too, so that a build stopped by a
+    // signal (pip killed) leaves none behind.
+    let pip_tmp = scratch.path().join("tmp");
+    std::fs::create_dir(&pip_tmp)?;
+    let out = output(
+        Command::new("python3")
+            .env("TMPDIR", &pip_tmp)
+            .args([
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            // No compilers: native code could not run in WASI anyway, and
+            // compiling it here (numpy's meson build) took minutes before
+            // failing the check below. A package whose C part is optional
+            // falls back to pure Python, as without a compiler anywhere.
+            .envs(["CC", "CXX", "FC", "RUSTC"].map(|var| (var, "false")))
+            // The resolution above checked `Requires-Python` against 3.14;
+            // the build machine's own Python may be older.
+            .args([
+                "--no-deps",
+                "--ignore-requires-python",
+                "--no-binary",
+                name,
+                "-w",
+            ])
+            .arg(scratch.path())
+            .arg(spec),
+    )
+    .context("running pip wheel")?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         // Not on the index at all (a typo, a version that does not exist):
@@ -457,8 +556,11 @@ fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
             )));
         }
         bail!(UserError(format!(
-            "{name}: no wheel for CPython 3.14 on WASI, and no source distribution that builds:\n{}",
-            stderr.trim_end()
+            "{name}: native extension, no WASI build available, or a source distribution that \
+             does not build: there is no wheel for CPython 3.14 on WASI, and its source \
+             distribution does not build as pure Python (it is built without C, C++, Fortran \
+             or Rust compilers, as native code cannot run in WASI); pip said:\n{}",
+            last_lines(&stderr, 30)
         )));
     }
     for entry in std::fs::read_dir(scratch.path())? {
@@ -488,6 +590,7 @@ fn copy_site_packages(src: &Path, cache: &Path) -> Result<Resolved> {
     }
     let mut h = Sha256::new();
     h.update(b"site-packages\0");
+    h.update(NATIVE_IMPORTS);
     bundle::hash_dir(&mut h, src)?;
     let key = format!("{:x}", h.finalize())[..32].to_owned();
     let dir = cache.join("deps").join(format!("site-{key}"));
@@ -556,6 +659,79 @@ fn strip_native(site: &Path) -> Result<BTreeMap<String, String>> {
     Ok(native)
 }
 
+/// The check of which dropped native modules a distribution needs; part
+/// of every resolution's key, so a changed check runs again.
+const NATIVE_IMPORTS: &str = include_str!("native_imports.py");
+
+/// An import of a dropped native module that nothing guards, as
+/// `native_imports.py` reports it.
+#[derive(serde::Deserialize)]
+struct NeededNative {
+    module: String,
+    dist: String,
+    file: String,
+    line: u64,
+    /// Runs when the distribution's top-level module is imported.
+    top: bool,
+}
+
+/// Refuse a distribution whose own top-level module imports one of its
+/// dropped native modules without a fallback (Brotli, pydantic-core: it
+/// can never be imported in WASI), and warn of code that would fail later
+/// (cffi's `FFI()`), where its native part was taken for optional: the
+/// warnings, one a line.
+fn check_native_needed(site: &Path, native: &BTreeMap<String, String>) -> Result<String> {
+    if native.is_empty() {
+        return Ok(String::new());
+    }
+    let dropped = serde_json::to_string(native)?;
+    let out = match output(
+        Command::new("python3")
+            .arg("-c")
+            .arg(NATIVE_IMPORTS)
+            .arg(site)
+            .arg(dropped),
+    ) {
+        Ok(out) if out.status.success() => out,
+        // Without the check the build goes on as before: the import fails
+        // at run time, naming the module.
+        Ok(out) => {
+            tracing::debug!(
+                "checking native imports failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return Ok(String::new());
+        }
+        Err(e) => {
+            tracing::debug!("checking native imports: {e}");
+            return Ok(String::new());
+        }
+    };
+    let needed: Vec<NeededNative> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    if let Some(n) = needed.iter().find(|n| n.top) {
+        bail!(UserError(format!(
+            "{}: native extension, no WASI build available ({}:{} imports its native module {} \
+             with no fallback, so `import` of it cannot work in WASI)",
+            n.dist, n.file, n.line, n.module
+        )));
+    }
+    let mut warned = std::collections::BTreeSet::new();
+    let mut warnings = String::new();
+    for n in &needed {
+        if warned.insert(&n.module) {
+            warnings += &format!(
+                "{}: its native module {} has no WASI build and was left out; {}:{} imports it \
+                 with no fallback, so code that gets there fails with ModuleNotFoundError\n",
+                n.dist, n.module, n.file, n.line
+            );
+        }
+    }
+    Ok(warnings)
+}
+
 /// PEP 503 form of a project name (`Pydantic_Core` → `pydantic-core`).
 fn normalize(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
@@ -608,7 +784,7 @@ mod tests {
         let lib = d.join("sub/lib");
         std::fs::create_dir_all(d.join("wheels")).unwrap();
         let text = format!(
-            "bottle==0.13.4  # a comment\n-r sub/base.txt\n--constraint=sub/pins.txt\n-e {lib}\nmylib @ file://{lib}\n--find-links {wheels}\n",
+            "bottle==0.13.4  # a comment\n-r sub/base.txt\n--constraint=sub/pins.txt\n./sub/lib\nmylib @ file://{lib}\n--find-links {wheels}\n",
             lib = lib.display(),
             wheels = d.join("wheels").display()
         );
@@ -643,6 +819,26 @@ mod tests {
         );
         assert_eq!(option_value("--requirementx", "--requirement"), None);
         assert_eq!(option_value("-r", "-r"), None);
+    }
+
+    #[test]
+    fn editable_requirements_are_refused_naming_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("requirements.txt");
+        std::fs::write(
+            dir.path().join("base.txt"),
+            "six
+--editable=./lp
+",
+        )
+        .unwrap();
+        let text = "flask
+-r base.txt
+";
+        let e = hash_referenced(&mut Sha256::new(), &top, text, 0).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("base.txt:2: `--editable=./lp`"), "{e}");
+        assert!(e.contains("without `-e` (`./lp`)"), "{e}");
     }
 
     #[test]

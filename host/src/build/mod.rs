@@ -274,20 +274,7 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         }
         app_dirs.push(abs);
     }
-    let mut resolved = Vec::new();
-    for source in &opts.deps {
-        resolved.push(deps::resolve(source, &opts.cache_dir)?);
-    }
-    // Django's default `USE_TZ = True` and any `zoneinfo.ZoneInfo(...)`
-    // need the timezone database, which WASI has no system copy of.
-    if !resolved.iter().any(|r| r.dir.join("tzdata").is_dir()) {
-        match deps::timezone_data(&opts.cache_dir) {
-            Ok(tz) => resolved.push(tz),
-            Err(e) => tracing::warn!(
-                "building without the timezone database (zoneinfo will know only UTC): {e:#}"
-            ),
-        }
-    }
+    let resolved = resolve_deps(opts).await?;
 
     // Everything the component depends on goes into the key: this tool's
     // guest code and WIT, the target and warm-up paths, the app's files
@@ -560,6 +547,50 @@ async fn generate(
 }
 
 /// Await a long step, logging every few seconds that it is still running.
+/// The app's dependencies and the timezone database, prepared by pip on
+/// a blocking thread within `--build-timeout`; the pip runs end with the
+/// build if it is interrupted (dropped) or runs out of time.
+async fn resolve_deps(opts: &BuildOptions) -> Result<Vec<deps::Resolved>> {
+    struct StopPip(u64);
+    impl Drop for StopPip {
+        fn drop(&mut self) {
+            deps::stop_running(self.0);
+        }
+    }
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (sources, cache) = (opts.deps.clone(), opts.cache_dir.clone());
+    let work = tokio::task::spawn_blocking(move || {
+        deps::for_build(id, || -> Result<Vec<deps::Resolved>> {
+            let mut resolved = Vec::new();
+            for source in &sources {
+                resolved.push(deps::resolve(source, &cache)?);
+            }
+            // Django's default `USE_TZ = True` and any `zoneinfo.ZoneInfo(...)`
+            // need the timezone database, which WASI has no system copy of.
+            if !resolved.iter().any(|r| r.dir.join("tzdata").is_dir()) {
+                match deps::timezone_data(&cache) {
+                    Ok(tz) => resolved.push(tz),
+                    Err(e) => tracing::warn!(
+                    "building without the timezone database (zoneinfo will know only UTC): {e:#}"
+                ),
+                }
+            }
+            Ok(resolved)
+        })
+    });
+    let _stop = StopPip(id);
+    let t0 = Instant::now();
+    match tokio::time::timeout(opts.timeout, with_progress(work, t0)).await {
+        Ok(joined) => joined.context("resolving dependencies")?,
+        Err(_) => bail!(UserError(format!(
+            "resolving the app's dependencies took longer than --build-timeout ({:?}); \
+             raise it if pip needs longer here",
+            opts.timeout
+        ))),
+    }
+}
+
 async fn with_progress<T>(step: impl std::future::Future<Output = T>, t0: Instant) -> T {
     tokio::pin!(step);
     let mut ticks =

@@ -208,7 +208,7 @@ pub async fn serve(
                     let (activity, svc) = service(site, local, peer, true);
                     let builder = match tls.get_ref().1.alpn_protocol() {
                         Some(b"h2") => &by_alpn.h2,
-                        Some(b"http/1.1") => &by_alpn.h1,
+                        Some(b"http/1.1" | b"http/1.0") => &by_alpn.h1,
                         _ => &*builder,
                     };
                     let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();

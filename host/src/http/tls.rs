@@ -189,7 +189,9 @@ pub fn acceptor(files: &TlsFiles, tenants: &[TenantCert]) -> Result<TlsAcceptor>
         default,
         tenants: by_host,
     }));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `http/1.0` too: a client offering only it (`curl --http1.0`) is
+    // otherwise refused the handshake, where gunicorn (no ALPN) serves it.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -8,7 +8,7 @@
 
 use std::io::SeekFrom;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -56,6 +56,9 @@ pub struct BodySender {
     /// How long `send` waits for a client taking nothing (`None`: as long
     /// as it takes).
     stall: Option<Duration>,
+    /// `send` gave up on a client that took nothing for `stall` (shared by
+    /// clones: any of them may be the one that gave up).
+    stalled: Arc<AtomicBool>,
 }
 
 /// Receiving half of a response body, read by [`ResponseBody`].
@@ -75,6 +78,7 @@ pub fn body_channel() -> (BodySender, BodyReceiver) {
             budget,
             taken: taken.clone(),
             stall: None,
+            stalled: Default::default(),
         },
         BodyReceiver { rx, taken },
     )
@@ -142,6 +146,7 @@ impl BodySender {
                             // must not take what it got for the whole.
                             let why = stalled(stall);
                             tracing::info!("response cut short: {why}");
+                            self.stalled.store(true, Ordering::Relaxed);
                             self.abort(why);
                             return false;
                         }
@@ -150,6 +155,8 @@ impl BodySender {
             }
         };
         let Ok(permit) = permit else {
+            // Only the stall watch of a held chunk closes the budget.
+            self.stalled.store(true, Ordering::Relaxed);
             return false;
         };
         self.tx
@@ -163,6 +170,12 @@ impl BodySender {
     /// Whether the receiving end is gone: the client left.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// Whether the client ended the body early: it left, or took nothing
+    /// for the stall limit.
+    pub fn client_gave_out(&self) -> bool {
+        self.is_closed() || self.stalled.load(Ordering::Relaxed)
     }
 
     /// Cut the body short (see [`BodyAbort`]).

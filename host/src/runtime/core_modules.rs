@@ -80,6 +80,28 @@ pub fn is_module_import(name: &str) -> bool {
         .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The names `component` exports at its top level, such as
+/// `wasi:http/incoming-handler@0.2.0`: its world, read without compiling.
+pub fn top_level_exports(component: &[u8]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    // Every nested module or component opens with its own version header
+    // and closes with its own end.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(component) {
+        match payload.context("not a valid WebAssembly component")? {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentExportSection(exports) if depth == 1 => {
+                for export in exports {
+                    names.push(export?.name.0.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(names)
+}
+
 /// The top-level sections of a component or module after its 8-byte
 /// header: id and content range. Only the section headers are read; the
 /// contents are skipped, so a large file is not read whole. The skips stay

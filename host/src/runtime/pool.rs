@@ -348,7 +348,12 @@ impl AppPool {
                 match crate::runtime::exit_status(&trap) {
                     Some(status) => tracing::error!(
                         app = %self.name,
-                        "the app exited the process (os._exit or a C-level exit, status {status}) during a request; instance replaced"
+                        "the app exited the process (os._exit or a C-level exit, with {}) during a request; instance replaced",
+                        if status == 0 {
+                            "success"
+                        } else {
+                            "a failure status: WASI 0.2 carries no other exit code"
+                        }
                     ),
                     None => {
                         // Its backtrace names the guest's functions, as the
@@ -388,12 +393,17 @@ impl AppPool {
             self.clone().make_spare();
         }
         inst.served += 1;
-        if inst.retire_after != 0 && inst.served >= inst.retire_after {
+        let retired = inst.retire_after != 0 && inst.served >= inst.retire_after;
+        // Under request isolation every instance serves one request by
+        // design: not a recycle an operator should look into.
+        if retired && self.limits.isolation != Isolation::Request {
             recycle = recycle.or(Some(Recycle::MaxRequests));
         }
         drop(busy);
         if let Some(cause) = recycle {
             self.metrics.recycled(cause);
+        }
+        if recycle.is_some() || retired {
             // Unmapping its memory and removing a per-instance /tmp block,
             // in one of the tenant's slots and on its account.
             if let Err(e) = self.cpu.run_blocking(move || drop(inst)).await {

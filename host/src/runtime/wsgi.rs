@@ -220,9 +220,13 @@ impl Exchange {
     /// A body shorter than its `Content-Length` must not look complete:
     /// why it should be aborted, if it is one.
     fn shortfall(&self) -> Option<String> {
-        // A client that left stopped the app's writes: not the app's doing.
-        // A body already finished was checked then.
-        if self.chunk_tx.as_ref().is_none_or(BodySender::is_closed) {
+        // A client that left or stalled stopped the app's writes: not the
+        // app's doing. A body already finished was checked then.
+        if self
+            .chunk_tx
+            .as_ref()
+            .is_none_or(BodySender::client_gave_out)
+        {
             return None;
         }
         match self.remaining {

@@ -65,7 +65,10 @@ pub(super) fn evaluate(method: &Method, h: &HeaderMap, v: &Validators, size: u64
             return Decision::NotModified;
         }
     } else if let (Some(since), Some(m)) = (date(h, header::IF_MODIFIED_SINCE), v.modified) {
-        if m <= since {
+        // A date after the server's clock is a client's clock ahead of it
+        // (RFC 7232 §3.3 calls it invalid): answering 304 to it would keep
+        // that client from ever seeing the file change.
+        if m <= since && since <= now() {
             return Decision::NotModified;
         }
     }
@@ -110,6 +113,12 @@ fn joined(h: &HeaderMap, name: HeaderName) -> String {
         .map(|v| v.to_str().unwrap_or(""))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn date(h: &HeaderMap, name: HeaderName) -> Option<u64> {
@@ -391,6 +400,13 @@ mod tests {
         );
         assert_eq!(
             ev(&[(header::IF_MODIFIED_SINCE, "yesterday")], Method::GET),
+            full
+        );
+        // A client whose clock is ahead of ours still gets the file.
+        let ahead =
+            httpdate::fmt_http_date(SystemTime::now() + std::time::Duration::from_secs(86_400));
+        assert_eq!(
+            ev(&[(header::IF_MODIFIED_SINCE, &ahead)], Method::GET),
             full
         );
         assert_eq!(

@@ -100,11 +100,13 @@ pub fn parse_static(value: &str) -> Result<StaticMount, StaticMountError> {
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(err("the host directory is not a directory")),
-        Err(e) => {
+        // A tenants file's paths arrive resolved against its directory.
+        Err(e) if dir.is_relative() => {
             return Err(err(&format!(
                 "the host directory cannot be used ({e}); relative paths are from the current directory"
             )))
         }
+        Err(e) => return Err(err(&format!("the host directory cannot be used ({e})"))),
     }
     Ok(StaticMount { prefix, dir })
 }

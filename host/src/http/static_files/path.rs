@@ -24,8 +24,10 @@ pub(super) enum PathError {
 }
 
 /// Percent-decode each segment of `rest` and refuse anything that could
-/// step outside or mean something else on the host: `.`/`..`, empty
-/// segments, encoded `/`, backslash and NUL.
+/// step outside or mean something else on the host (`.`/`..`, empty
+/// segments, encoded `/`, backslash and NUL), and hidden files: a mount
+/// of a project directory must not serve its `.git` or `.env`. Only
+/// `.well-known` (RFC 8615: ACME challenges, `security.txt`) is served.
 pub(super) fn decode_path(rest: &str) -> Result<Target, PathError> {
     let mut rel = PathBuf::new();
     if rest.is_empty() {
@@ -38,8 +40,7 @@ pub(super) fn decode_path(rest: &str) -> Result<Target, PathError> {
     for seg in body.split('/') {
         let bytes = percent_decode(seg)?;
         if bytes.is_empty()
-            || bytes == b"."
-            || bytes == b".."
+            || (bytes.starts_with(b".") && bytes != b".well-known")
             || bytes.iter().any(|&b| matches!(b, 0 | b'/' | b'\\'))
         {
             return Err(PathError::Refused);
@@ -94,7 +95,12 @@ mod tests {
         ok("css/a%20b.css", "css/a b.css", false);
         ok("docs/", "docs", true);
         ok("%C3%A9t%c3%a9", "été", false);
-        ok("..a/b..", "..a/b..", false);
+        ok("a../b..", "a../b..", false);
+        ok(
+            ".well-known/security.txt",
+            ".well-known/security.txt",
+            false,
+        );
         for refused in [
             "..",
             "../x",
@@ -112,6 +118,11 @@ mod tests {
             "a\\b",
             "a%00b",
             "%2e%2e%5c%2e%2e",
+            ".git/config",
+            "%2egit/config",
+            "a/.env",
+            "..a",
+            ".well-known/.secret",
         ] {
             assert_eq!(decode_path(refused), Err(PathError::Refused), "{refused}");
         }

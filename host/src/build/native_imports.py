@@ -1,0 +1,126 @@
+"""Which dropped native modules a distribution's own Python code needs.
+
+Run by `rsgi-wasm build` (deps.rs) with the host's python3, after the
+native modules of a resolved site-packages were deleted:
+
+    python3 native_imports.py SITE_PACKAGES '{"module": "distribution", ...}'
+
+Prints one JSON object per import of a dropped module that no `try` with an
+ImportError handler guards, in the distribution's own package (the one
+named after it, tests aside):
+{"module", "dist", "file", "line", "top"}; `top` is true where the import
+runs when the module named after the distribution is imported, which then
+can never work in WASI.
+"""
+
+import ast
+import json
+import os
+import re
+import sys
+
+CATCHES = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+
+
+def normalize(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def files_of(site):
+    """Distribution (normalised) -> its .py files, from dist-info RECORDs."""
+    owned = {}
+    for entry in os.listdir(site):
+        if not entry.endswith(".dist-info"):
+            continue
+        dist = normalize(entry[: -len(".dist-info")].rsplit("-", 1)[0])
+        try:
+            with open(os.path.join(site, entry, "RECORD"), encoding="utf-8") as f:
+                for line in f:
+                    path = line.split(",", 1)[0]
+                    if path.endswith(".py") and not path.startswith(".."):
+                        owned.setdefault(dist, []).append(path)
+        except OSError:
+            pass
+    return owned
+
+
+def guarded(node, parents):
+    """Whether `node` sits in the body of a try that catches ImportError."""
+    child = node
+    for parent in parents:
+        if isinstance(parent, ast.Try) and child in parent.body:
+            for handler in parent.handlers:
+                names = []
+                if handler.type is None:
+                    return True
+                kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+                for kind in kinds:
+                    if isinstance(kind, ast.Name):
+                        names.append(kind.id)
+                    elif isinstance(kind, ast.Attribute):
+                        names.append(kind.attr)
+                if CATCHES & set(names):
+                    return True
+        child = parent
+    return False
+
+
+def imported(node, package):
+    """Absolute module names an import statement loads."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = node.module or ""
+    if node.level:
+        parts = package.split(".") if package else []
+        parts = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+        base = ".".join(p for p in parts + ([base] if base else []) if p)
+    # `from pkg import mod` may load the submodule `pkg.mod`.
+    return [base] + [f"{base}.{a.name}" if base else a.name for a in node.names]
+
+
+def main():
+    site, dropped = sys.argv[1], json.loads(sys.argv[2])
+    owned = files_of(site)
+    for module, dist in sorted(dropped.items()):
+        as_path = module.replace(".", "/")
+        if os.path.exists(os.path.join(site, as_path + ".py")) or os.path.exists(
+            os.path.join(site, as_path, "__init__.py")
+        ):
+            continue  # a pure-Python module of that name takes its place
+        for rel in sorted(owned.get(normalize(dist), [])):
+            try:
+                with open(os.path.join(site, rel), "rb") as f:
+                    tree = ast.parse(f.read(), rel)
+            except (OSError, SyntaxError, ValueError):
+                continue
+            parts = rel[:-3].split("/")
+            # Only the distribution's own package (cffi/api.py), not its
+            # tests or a compatibility shim beside it (PyYAML's _yaml), which
+            # an app does not reach.
+            if normalize(parts[0]) != normalize(dist) or any(
+                p in ("test", "tests") or p.startswith("test_") for p in parts
+            ):
+                continue
+            is_init = parts[-1] == "__init__"
+            package = ".".join(parts[:-1])
+            # The distribution's top-level module itself (brotli.py,
+            # pydantic_core/__init__.py).
+            top = len(parts) == 1 or (len(parts) == 2 and is_init)
+            stack = [(tree, [], False)]
+            while stack:
+                node, parents, in_function = stack.pop()
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and module in imported(node, package):
+                    if not guarded(node, parents):
+                        print(json.dumps({
+                            "module": module,
+                            "dist": dist,
+                            "file": rel,
+                            "line": node.lineno,
+                            "top": top and not in_function,
+                        }))
+                for child in ast.iter_child_nodes(node):
+                    inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                    stack.append((child, [node] + parents, inner))
+
+
+main()
