@@ -694,6 +694,32 @@ fn an_http2_client_that_never_opens_its_window_loses_the_rest_after_the_stall_ti
 }
 
 #[test]
+fn one_http2_connection_that_never_reads_leaves_an_instance_for_others() {
+    // Each stream it opens holds an instance until the stall limit; one
+    // connection of a few hundred bytes held every instance that long.
+    let s = Server::start(&router(), &["--workers", "2", "--header-timeout", "20s"]);
+    let h2 = h2_client();
+    let mut held = vec![h2.get(s.url("/big?16000000")).send().unwrap()];
+    assert_eq!(held[0].status(), 200);
+    for _ in 0..3 {
+        let (h2, url) = (h2.clone(), s.url("/big?16000000"));
+        // Detached: these wait for their connection's share, or hold an
+        // instance too, until the server goes.
+        std::thread::spawn(move || {
+            let r = h2.get(url).send();
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            drop(r);
+        });
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    // Another client is served while those streams are still stalled,
+    // not once the first of them is cut at the stall limit.
+    assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
+    assert!(!s.logs().contains("took no response bytes"), "{}", s.logs());
+    held.clear();
+}
+
+#[test]
 fn a_chunk_larger_than_one_host_call_copies_is_sent_whole() {
     // Over the 128 MiB wasmtime lets one host call copy: once a trap.
     const N: usize = 129 * 1024 * 1024 + 7;

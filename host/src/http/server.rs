@@ -272,9 +272,13 @@ fn service(
 ) {
     let activity = Activity::new();
     let counted = activity.clone();
+    // Which connection a request came on: an app's pool keeps one of its
+    // instances from the requests of any single connection (`AppPool::serve`).
+    static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let conn = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let svc = service_fn(move |req| {
         let in_flight = counted.begin();
-        let answer = handle(site.clone(), req, local, peer, tls);
+        let answer = handle(site.clone(), req, (local, peer, tls, conn));
         async move {
             let mut res = answer.await?;
             res.body_mut().in_flight(in_flight);
@@ -440,10 +444,9 @@ impl Refusal {
 async fn handle(
     site: Arc<Site>,
     req: Request<Incoming>,
-    local: SocketAddr,
-    peer: SocketAddr,
-    tls: bool,
+    conn: Connection,
 ) -> Result<Response<LoggedBody>, Infallible> {
+    let peer = conn.1;
     let (parts, body) = req.into_parts();
     let (version, head) = (parts.version, parts.method == Method::HEAD);
     let mut log = AccessLog::start(
@@ -451,7 +454,7 @@ async fn handle(
         &parts.method,
         &environ::raw_target(&parts.uri, parts.version),
     );
-    let res = respond(&site, parts, body, (local, peer, tls), &mut log)
+    let res = respond(&site, parts, body, conn, &mut log)
         .await
         .unwrap_or_else(Refusal::into_response)
         .map(|body| body.stalling_after(site.stall));
@@ -521,11 +524,15 @@ fn below_prefix(parts: &mut http::request::Parts, prefix: &str) {
 }
 
 /// The stages a request passes, in order; each may refuse it.
+/// Where a request came from: the local and peer addresses, whether over
+/// TLS, and the connection's number.
+type Connection = (SocketAddr, SocketAddr, bool, u64);
+
 async fn respond(
     site: &Site,
     parts: http::request::Parts,
     body: Incoming,
-    (local, peer, tls): (SocketAddr, SocketAddr, bool),
+    (local, peer, tls, conn): Connection,
     log: &mut AccessLog,
 ) -> Result<Response<ResponseBody>, Refusal> {
     check_head(&parts, site.max_header_bytes)?;
@@ -632,7 +639,7 @@ async fn respond(
     }
     let (ex, response) = Exchange::new(tenant.metrics().name.clone(), body, head, stall);
     let call = async move {
-        pool.serve(request, ex).await;
+        pool.serve(request, ex, conn).await;
         // Idle time counts from the end of the last response.
         tenant.touch();
     };

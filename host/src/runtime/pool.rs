@@ -3,12 +3,13 @@
 //! timeout, a memory-limit hit or `max_requests`. With request isolation,
 //! the next request's fresh instance is made ahead, after each response.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use http::StatusCode;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::p2::bindings::Proxy;
 use wasmtime_wasi_http::p2::WasiHttpView;
@@ -79,6 +80,30 @@ pub struct AppPool {
     waiting: AtomicUsize,
     created: AtomicUsize,
     metrics: Arc<TenantMetrics>,
+    /// Requests each connection has in [`serve`](Self::serve), and a wake
+    /// for those waiting for their connection's share.
+    by_connection: Mutex<HashMap<u64, usize>>,
+    share_freed: Notify,
+}
+
+/// A connection's count of requests in an app's pool, given back on drop.
+struct Share<'a> {
+    pool: &'a AppPool,
+    conn: u64,
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.pool.by_connection.lock().expect("share lock");
+        if let Some(n) = counts.get_mut(&self.conn) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.conn);
+            }
+        }
+        drop(counts);
+        self.pool.share_freed.notify_waiters();
+    }
 }
 
 impl AppPool {
@@ -107,6 +132,8 @@ impl AppPool {
             waiting: AtomicUsize::new(0),
             created: AtomicUsize::new(0),
             metrics,
+            by_connection: Mutex::default(),
+            share_freed: Notify::new(),
         });
         // Request isolation still instantiates one up front: a component
         // that cannot start must fail here, before the port is bound.
@@ -223,7 +250,8 @@ impl AppPool {
     }
 
     /// Serve one request with a warm (or, if none is idle, new) instance.
-    pub async fn serve(self: Arc<Self>, request: AppRequest, mut ex: Exchange) {
+    pub async fn serve(self: Arc<Self>, request: AppRequest, mut ex: Exchange, conn: u64) {
+        let _share = self.share(conn).await;
         let permit = if let Ok(p) = self.slots.try_acquire() {
             p
         } else {
@@ -413,6 +441,28 @@ impl AppPool {
             self.park(inst);
         }
         drop(permit);
+    }
+
+    /// A place among the requests of connection `conn`, once it has fewer
+    /// than all but one of the app's instances: an HTTP/2 client opening
+    /// many streams that it never reads (each holds an instance until the
+    /// stall limit) leaves one for everyone else, where one connection
+    /// could take them all. A lone client gives up one instance of
+    /// parallelism; HTTP/1 has one request at a time anyway.
+    async fn share(&self, conn: u64) -> Share<'_> {
+        let most = self.limits.workers.saturating_sub(1).max(1);
+        loop {
+            let freed = self.share_freed.notified();
+            {
+                let mut counts = self.by_connection.lock().expect("share lock");
+                let n = counts.entry(conn).or_default();
+                if *n < most {
+                    *n += 1;
+                    return Share { pool: self, conn };
+                }
+            }
+            freed.await;
+        }
     }
 
     /// An instance ready to serve: a warm one, else (request isolation)
