@@ -248,12 +248,17 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
                     );
                 }
             } else {
+                // Once: the build reads the app's tree more than once, the
+                // last time in its own copy.
+                static ENV_WARNED: std::sync::Once = std::sync::Once::new();
                 if name_str == ".env" {
-                    tracing::warn!(
-                        "{}: ships inside the component, readable by anyone who has it; \
+                    ENV_WARNED.call_once(|| {
+                        tracing::warn!(
+                            "{}: ships inside the component, readable by anyone who has it; \
                          pass secrets at run time with --env-file instead",
-                        entry.path().display()
-                    );
+                            entry.path().display()
+                        )
+                    });
                 }
                 match std::fs::metadata(entry.path()) {
                     Ok(m) if m.is_file() => out.push(path),

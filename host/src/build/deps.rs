@@ -653,6 +653,7 @@ fn strip_native(site: &Path) -> Result<BTreeMap<String, String>> {
                 .cloned()
                 .unwrap_or_else(|| parts[0].clone());
             std::fs::remove_file(&path)?;
+            tracing::info!("{dist}: left out its native module {module} (no WASI build of it)");
             native.insert(module, normalize(&dist));
         }
     }

@@ -193,8 +193,9 @@ pub async fn serve(
                             // Scanners fail handshakes all day; a refused
                             // client certificate is what an operator setting
                             // up mutual TLS needs to see.
-                            if refused_client_cert(&e) {
-                                tracing::info!(%peer, "TLS handshake refused the client certificate: {e}");
+                            if let Some(refused) = refused_client_cert(&e) {
+                                let why = crate::http::tls::client_cert_refusal(refused);
+                                tracing::info!(%peer, "TLS handshake refused the client certificate: {why}");
                             } else {
                                 tracing::debug!(%peer, "TLS handshake failed: {e}");
                             }
@@ -242,13 +243,17 @@ pub async fn serve(
     Ok(())
 }
 
-/// Whether a failed handshake was the client certificate's fault (mutual
-/// TLS): missing, or not signed by `--ca-certs`.
-fn refused_client_cert(e: &std::io::Error) -> bool {
-    matches!(
-        e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
-        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
-    )
+/// The client certificate's fault a failed handshake was, if it was one
+/// (mutual TLS): missing, or refused by the `--ca-certs` verifier.
+fn refused_client_cert(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .filter(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        })
 }
 
 /// A connection's service: each request goes to `handle`, counted in the

@@ -108,8 +108,14 @@ fn certified_key(
         UserError(format!("{key_what} {}: {why}", key.display()))
     })?;
     let ck = CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(_) => {
+                "the private key is not the certificate's".to_owned()
+            }
+            other => other.to_string(),
+        };
         UserError(format!(
-            "{what} {} and {key_what} {} do not go together ({e}): the key must \
+            "{what} {} and {key_what} {} do not go together ({why}): the key must \
              belong to the file's first certificate, the leaf, followed by its intermediates",
             cert.display(),
             key.display()
@@ -195,9 +201,67 @@ pub fn acceptor(files: &TlsFiles, tenants: &[TenantCert]) -> Result<TlsAcceptor>
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Why a client certificate was refused, in words: rustls spells the
+/// verifier's reasons as Rust debug text (`Other(OtherError(
+/// UnsupportedCertVersion))`).
+pub fn client_cert_refusal(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    let rustls::Error::InvalidCertificate(cert) = e else {
+        return match e {
+            rustls::Error::NoCertificatesPresented => "the client presented none".to_owned(),
+            other => other.to_string(),
+        };
+    };
+    match cert {
+        C::Expired | C::ExpiredContext { .. } => "it has expired".to_owned(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "it is not valid yet".to_owned(),
+        C::UnknownIssuer => "it is not signed by a CA of --ca-certs".to_owned(),
+        C::BadSignature => "its signature does not verify".to_owned(),
+        C::Revoked => "it has been revoked".to_owned(),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+            "it is not for client authentication (extended key usage)".to_owned()
+        }
+        C::Other(other) => {
+            let name = format!("{other:?}");
+            if name.contains("UnsupportedCertVersion") {
+                "it is an X.509 v1 or v2 certificate; v3 is required".to_owned()
+            } else if name.contains("CaUsedAsEndEntity") {
+                "it is a CA certificate, not the client's own".to_owned()
+            } else {
+                format!("{other}")
+            }
+        }
+        other => format!("{other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_certificate_refusals_are_told_in_words() {
+        use rustls::{CertificateError, Error, OtherError};
+        let told = |e: Error| client_cert_refusal(&e);
+        assert_eq!(
+            told(Error::InvalidCertificate(CertificateError::Expired)),
+            "it has expired"
+        );
+        assert_eq!(told(Error::NoCertificatesPresented), "the client presented none");
+        #[derive(Debug)]
+        struct UnsupportedCertVersion;
+        impl std::fmt::Display for UnsupportedCertVersion {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "UnsupportedCertVersion")
+            }
+        }
+        impl std::error::Error for UnsupportedCertVersion {}
+        let v1 = CertificateError::Other(OtherError(Arc::new(UnsupportedCertVersion)));
+        assert_eq!(
+            told(Error::InvalidCertificate(v1)),
+            "it is an X.509 v1 or v2 certificate; v3 is required"
+        );
+    }
 
     #[test]
     fn exact_hosts_beat_wildcards() {

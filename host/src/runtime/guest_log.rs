@@ -89,6 +89,11 @@ impl LogBudget {
             b.dropped_bytes = 0;
             Verdict::Log { dropped }
         } else {
+            // What is dropped is charged too, as far as the bucket goes: a
+            // line too long to ever fit left it full, so the short line
+            // after it got through, wrapped in a notice pair, at every
+            // turn of a print loop.
+            b.tokens = b.tokens.saturating_sub(len);
             b.dropped_lines += 1;
             b.dropped_bytes += wrote;
             Verdict::Drop {
@@ -198,9 +203,8 @@ impl LineLogger {
             // and a run ends only when a line was let through.
             Verdict::Drop { first: true } => tracing::warn!(
                 target: "guest",
-                "[{} {}] logging faster than {} bytes/s: dropping its output until it slows down",
+                "[{}] logging faster than {} bytes/s (its stdout and stderr together): dropping its output until it slows down",
                 self.app,
-                self.stream,
                 self.budget.rate
             ),
             Verdict::Drop { first: false } => {}
@@ -208,9 +212,8 @@ impl LineLogger {
                 if let Some((lines, bytes)) = dropped {
                     tracing::warn!(
                         target: "guest",
-                        "[{} {}] {lines} lines ({bytes} bytes) of output were dropped by the log rate limit",
-                        self.app,
-                        self.stream
+                        "[{}] {lines} lines ({bytes} bytes) of output were dropped by the log rate limit",
+                        self.app
                     );
                 }
                 let text = String::from_utf8_lossy(line);
@@ -379,20 +382,31 @@ mod tests {
             Verdict::Drop { first: true }
         );
         // While dropping, a little room is not enough to resume: lines
-        // drop until a second's worth has come back.
+        // drop until a second's worth has come back, and what they would
+        // have cost is taken from it.
         assert_eq!(
             b.admit(1, t0 + Duration::from_millis(1500)),
             Verdict::Drop { first: false }
         );
         assert_eq!(
             b.admit(1, t0 + Duration::from_millis(2000)),
+            Verdict::Drop { first: false }
+        );
+        assert_eq!(
+            b.admit(1, t0 + Duration::from_millis(2500)),
             Verdict::Log {
-                dropped: Some((2, 1))
+                dropped: Some((3, 2))
             }
         );
         // Idle time refills no more than the burst.
         let later = t0 + Duration::from_secs(3600);
         assert_eq!(b.admit(4000, later), Verdict::Log { dropped: None });
         assert_eq!(b.admit(1, later), Verdict::Drop { first: true });
+        // A line too long for the whole burst empties it: the short lines
+        // after it wait for a second's worth, not one notice pair each.
+        let huge = LogBudget::new(&Arc::from("app"), 1000);
+        assert_eq!(huge.admit(1_000_000, t0), Verdict::Drop { first: true });
+        assert_eq!(huge.admit(10, t0), Verdict::Drop { first: false });
+        assert_eq!(huge.admit(1_000_000, t0), Verdict::Drop { first: false });
     }
 }
