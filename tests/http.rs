@@ -1089,6 +1089,13 @@ fn build_errors_are_clear() {
     assert!(e.contains("broken.py, line 2"), "{e}");
     let e = build_error("not a target", &dir, None);
     assert!(e.contains("is not MODULE:CALLABLE"), "{e}");
+    std::fs::write(dir.join("exits.py"), "import os\nos._exit(0)\n").unwrap();
+    let e = build_error("exits:app", &dir, None);
+    assert!(
+        e.contains("importing 'exits' (or its warm-up) exited the process with status 0"),
+        "{e}"
+    );
+    assert!(!e.contains("wasm backtrace"), "{e}");
     let e = build_error(
         "needs_native:application",
         &dir,

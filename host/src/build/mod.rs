@@ -479,7 +479,19 @@ async fn generate(
                 .lines()
                 .filter_map(|l| l.split_once(ERROR_MARKER).map(|(_, m)| m))
                 .collect();
+            // `os._exit()` (or C code's `exit()`) while importing ends the
+            // pre-initialisation with wasmtime's backtrace, not our marker.
             if lines.is_empty() {
+                if let Some(status) = text
+                    .split_once("Exited with i32 exit status ")
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                {
+                    bail!(UserError(format!(
+                        "importing '{module}' (or its warm-up) exited the process with status \
+                         {status} (os._exit or a C-level exit): an app must not exit while it is \
+                         imported or serves a request"
+                    )));
+                }
                 bail!(UserError(format!(
                     "componentize-py failed to build the component:\n{text}"
                 )));
