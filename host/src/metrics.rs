@@ -291,7 +291,7 @@ impl Metrics {
         );
         registry.register(
             "outbound_connections",
-            "Outbound TCP connections the tenant's guests opened (allowed) or were refused (denied) by --allow-net",
+            "Outbound TCP connections the tenant's guests opened (allowed) or were refused (denied) by its --allow-net rules; a tenant with no rule cannot open a socket at all, which is not counted",
             m.outbound_connections.clone(),
         );
         registry.register(
