@@ -575,6 +575,15 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
     ]);
     assert_eq!((code, out.as_str()), (7, "notes: 2\n"), "{err}");
     assert!(data.join("notes.db").is_file());
+    // As a POSIX parent sees `sys.exit(300)`: its low byte.
+    let (code, _, err) = run_bin(&[
+        "exec", &comp, "--dir", &grant, "--", "tools/note.py", "three", "300",
+    ]);
+    assert_eq!(code, 44, "{err}");
+    let (code, _, err) = run_bin(&["exec", &comp, "--", "-m", "tools.nosuch"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("No module named tools.nosuch"), "{err}");
+    assert!(!err.contains("Traceback"), "{err}");
     // os._exit is an exit, not a crash (WASI 0.2 says only success or
     // failure: status 1 for any other than 0).
     let (code, _, err) = run_bin(&["exec", &comp, "--", "tools/bye.py", "0"]);

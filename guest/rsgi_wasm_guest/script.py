@@ -39,6 +39,10 @@ def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
     saved = sys.argv
     try:
         if argv[0] == "-m":
+            if not _module_exists(argv[1]):
+                # As `python -m`: one line, not runpy's traceback.
+                print(f"error: No module named {argv[1]}", file=sys.stderr)
+                return 1
             sys.argv = [argv[1]] + argv[2:]
             runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         else:
@@ -53,9 +57,13 @@ def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
         if e.code is None:
             return 0
         if isinstance(e.code, int):
-            return e.code
+            # What a POSIX parent sees of `sys.exit(300)`: its low byte.
+            return e.code & 0xFF
         print(e.code, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        return 130  # as CPython's: killed by SIGINT, 128 + 2
     except BaseException:
         traceback.print_exc()
         return 1
@@ -66,6 +74,17 @@ def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
                 stream.flush()
             except Exception:
                 pass
+
+
+def _module_exists(name: str) -> bool:
+    """Whether module ``name`` can be found (its parent packages are
+    imported to look, as ``python -m`` does)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def check_import(load_app) -> int:
