@@ -577,7 +577,14 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
     assert!(data.join("notes.db").is_file());
     // As a POSIX parent sees `sys.exit(300)`: its low byte.
     let (code, _, err) = run_bin(&[
-        "exec", &comp, "--dir", &grant, "--", "tools/note.py", "three", "300",
+        "exec",
+        &comp,
+        "--dir",
+        &grant,
+        "--",
+        "tools/note.py",
+        "three",
+        "300",
     ]);
     assert_eq!(code, 44, "{err}");
     let (code, _, err) = run_bin(&["exec", &comp, "--", "-m", "tools.nosuch"]);

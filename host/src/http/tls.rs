@@ -247,7 +247,10 @@ mod tests {
             told(Error::InvalidCertificate(CertificateError::Expired)),
             "it has expired"
         );
-        assert_eq!(told(Error::NoCertificatesPresented), "the client presented none");
+        assert_eq!(
+            told(Error::NoCertificatesPresented),
+            "the client presented none"
+        );
         #[derive(Debug)]
         struct UnsupportedCertVersion;
         impl std::fmt::Display for UnsupportedCertVersion {
