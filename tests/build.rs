@@ -257,6 +257,50 @@ fn a_native_module_its_package_needs_is_an_error_or_a_warning_not_a_silent_drop(
         err.contains("lazy: its native module _lazy has no WASI build and was left out; lazy.py:2 imports it"),
         "{err}"
     );
+    // A flag set by a guarded import (multidict's USE_EXTENSIONS) is how
+    // packages fall back: neither an error nor a warning.
+    let flagged = site(
+        "flagged",
+        "_flagged",
+        "try:\n    import _flagged\n    FAST = True\nexcept ImportError:\n    FAST = False\nif FAST:\n    from _flagged import speed\n",
+    );
+    let (code, _, err) = run_bin(&[
+        "build",
+        "app:app",
+        "-p",
+        &app,
+        "--site-packages",
+        &flagged,
+        "--no-warmup",
+        "-o",
+        &dir.join("flagged.wasm").display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("has no WASI build and was left out"), "{err}");
+    // A distribution that is one compiled module (ujson) cannot be imported.
+    let solo = dir.join("solo");
+    write(&solo, &format!("solo.{so}"), "\x7fELF not wasm");
+    write(
+        &solo,
+        "solo-1.0.dist-info/RECORD",
+        &format!("solo.{so},,\n"),
+    );
+    let (code, _, err) = run_bin(&[
+        "build",
+        "app:app",
+        "-p",
+        &app,
+        "--site-packages",
+        &solo.display().to_string(),
+        "--no-warmup",
+        "-o",
+        &dir.join("solo.wasm").display().to_string(),
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("solo: native extension, no WASI build available (its module solo is compiled code only)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -712,6 +712,12 @@ fn check_native_needed(site: &Path, native: &BTreeMap<String, String>) -> Result
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    if let Some(n) = needed.iter().find(|n| n.top && n.line == 0) {
+        bail!(UserError(format!(
+            "{}: native extension, no WASI build available (its module {} is compiled code only)",
+            n.dist, n.module
+        )));
+    }
     if let Some(n) = needed.iter().find(|n| n.top) {
         bail!(UserError(format!(
             "{}: native extension, no WASI build available ({}:{} imports its native module {} \

@@ -10,7 +10,8 @@ ImportError handler guards, in the distribution's own package (the one
 named after it, tests aside):
 {"module", "dist", "file", "line", "top"}; `top` is true where the import
 runs when the module named after the distribution is imported, which then
-can never work in WASI.
+can never work in WASI, and for a distribution that is one compiled module
+(no file, line 0).
 """
 
 import ast
@@ -20,6 +21,8 @@ import re
 import sys
 
 CATCHES = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+BRANCHES = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try, getattr(ast, "Match", ast.If))
 
 
 def normalize(name):
@@ -87,6 +90,11 @@ def main():
             os.path.join(site, as_path, "__init__.py")
         ):
             continue  # a pure-Python module of that name takes its place
+        if normalize(module) == normalize(dist):
+            # The distribution is that compiled module (ujson): `import` of
+            # it cannot work, whatever imports it.
+            print(json.dumps({"module": module, "dist": dist, "file": "", "line": 0, "top": True}))
+            continue
         for rel in sorted(owned.get(normalize(dist), [])):
             try:
                 with open(os.path.join(site, rel), "rb") as f:
@@ -106,21 +114,30 @@ def main():
             # The distribution's top-level module itself (brotli.py,
             # pydantic_core/__init__.py).
             top = len(parts) == 1 or (len(parts) == 2 and is_init)
-            stack = [(tree, [], False)]
+            # (node, its parents, inside a function, under a module-level
+            # condition such as multidict's `if not USE_EXTENSIONS:`, a flag
+            # set by a guarded import elsewhere: not reported, as such a
+            # flag is how packages fall back).
+            stack = [(tree, [], False, False)]
             while stack:
-                node, parents, in_function = stack.pop()
-                if isinstance(node, (ast.Import, ast.ImportFrom)) and module in imported(node, package):
-                    if not guarded(node, parents):
-                        print(json.dumps({
-                            "module": module,
-                            "dist": dist,
-                            "file": rel,
-                            "line": node.lineno,
-                            "top": top and not in_function,
-                        }))
+                node, parents, in_function, conditional = stack.pop()
+                if (
+                    isinstance(node, (ast.Import, ast.ImportFrom))
+                    and module in imported(node, package)
+                    and not guarded(node, parents)
+                    and (in_function or not conditional)
+                ):
+                    print(json.dumps({
+                        "module": module,
+                        "dist": dist,
+                        "file": rel,
+                        "line": node.lineno,
+                        "top": top and not in_function,
+                    }))
+                inner = in_function or isinstance(node, FUNCTIONS)
+                branch = conditional or (not in_function and isinstance(node, BRANCHES))
                 for child in ast.iter_child_nodes(node):
-                    inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-                    stack.append((child, [node] + parents, inner))
+                    stack.append((child, [node] + parents, inner, branch))
 
 
 main()
