@@ -190,8 +190,9 @@ pub struct SourceArgs {
     /// for wasmtime serve, Spin and SpinKube; rsgi-wasm runs it too).
     #[arg(long, value_name = "WORLD", default_value = "wsgi", value_parser = config::parse_world)]
     pub world: config::World,
-    /// How long linking, importing the app and its warm-up requests may
-    /// take before the build is stopped with an error [default: 10m].
+    /// How long resolving the dependencies, and then linking, importing
+    /// the app and its warm-up requests, may each take before the build is
+    /// stopped with an error [default: 10m].
     #[arg(long, value_name = "DURATION", value_parser = config::duration_in(config::BUILD_TIMEOUT))]
     pub build_timeout: Option<Duration>,
 }
