@@ -154,11 +154,12 @@ def resolve_callable(module_obj: Any, module: str, expr: str, mounts: Sequence[T
                 f"{module}:{expr}: the factory's arguments must be Python literals (strings, numbers, True/False/None, lists, dicts)"
             ) from None
     obj = module_obj
-    for part in path:
+    for depth, part in enumerate(path):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise BuildError(f"module {module!r} has no attribute {part!r} (looked up {module}:{expr})") from None
+            owner = f"module {module!r}" if depth == 0 else f"{module}:{'.'.join(path[:depth])}"
+            raise BuildError(f"{owner} has no attribute {part!r} (looked up {module}:{expr})") from None
     if call:
         try:
             obj = obj(*args, **kwargs)
@@ -166,6 +167,14 @@ def resolve_callable(module_obj: Any, module: str, expr: str, mounts: Sequence[T
             raise BuildError(f"calling {module}:{expr} raised {type(e).__name__}: {e}\n{_app_frames(e, mounts)}") from None
     if not callable(obj):
         raise BuildError(f"{module}:{expr} is a {type(obj).__name__}, not a callable WSGI application")
+    import inspect
+
+    if inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(getattr(obj, "__call__", None)):
+        raise BuildError(
+            f"{module}:{expr} is an async callable, an ASGI application by the look of it; "
+            "rsgi-wasm serves WSGI applications, callables taking (environ, start_response) "
+            "(Django: get_wsgi_application(); Flask, Falcon, Pyramid and Bottle apps are WSGI)"
+        )
     return obj
 
 

@@ -419,7 +419,21 @@ class Callables(unittest.TestCase):
             made.made_with = (config, debug)
             return made
 
-        mod = types.SimpleNamespace(app=wsgi, create_app=create_app, sub=types.SimpleNamespace(app=wsgi), data=42)
+        async def asgi(scope, receive, send):
+            pass
+
+        class AsgiApp:
+            async def __call__(self, scope, receive, send):
+                pass
+
+        mod = types.SimpleNamespace(
+            app=wsgi,
+            create_app=create_app,
+            sub=types.SimpleNamespace(app=wsgi),
+            data=42,
+            asgi=asgi,
+            asgi_app=AsgiApp(),
+        )
         self.assertIs(boot.resolve_callable(mod, "m", "app"), wsgi)
         self.assertIs(boot.resolve_callable(mod, "m", "sub.app"), wsgi)
         self.assertEqual(boot.resolve_callable(mod, "m", "create_app()").made_with, ("dev", False))
@@ -433,8 +447,12 @@ class Callables(unittest.TestCase):
             "create_app(x=__import__('os'))": "must be Python literals",
             "create_app('a'": "not a valid callable",
             "app[0]": "not a valid callable",
-            "missing": "has no attribute 'missing'",
+            "missing": "module 'm' has no attribute 'missing'",
+            "app.x": "m:app has no attribute 'x'",
+            "sub.nope": "m:sub has no attribute 'nope'",
             "data": "is a int, not a callable",
+            "asgi": "an ASGI application by the look of it",
+            "asgi_app": "an ASGI application by the look of it",
             "create_app(1, 2, 3)": "raised TypeError",
         }
         for expr, message in errors.items():
