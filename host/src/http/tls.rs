@@ -155,10 +155,17 @@ pub fn acceptor(files: &TlsFiles, tenants: &[TenantCert]) -> Result<TlsAcceptor>
     let mut by_host = Vec::new();
     for t in tenants {
         let (what, key_what) = (t.cert_at.to_string(), t.key_at.to_string());
-        by_host.push((
-            t.hosts.clone(),
-            certified_key(&t.cert, &t.key, (&what, &key_what))?,
-        ));
+        let key = certified_key(&t.cert, &t.key, (&what, &key_what))?;
+        for host in uncovered_hosts(&key, &t.hosts) {
+            // A client checking names would refuse it: the operator should
+            // know at start, not from a user's browser.
+            tracing::warn!(
+                "{what} {}: the certificate does not cover host {host:?} of its tenant; \
+                 clients asking for that name will refuse the connection",
+                t.cert.display()
+            );
+        }
+        by_host.push((t.hosts.clone(), key));
     }
     let versions: &[&rustls::SupportedProtocolVersion] = match files.min_version {
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -201,6 +208,29 @@ pub fn acceptor(files: &TlsFiles, tenants: &[TenantCert]) -> Result<TlsAcceptor>
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The host patterns of `hosts` that `key`'s certificate is not valid for
+/// (a `*.example.com` pattern is checked with one name under it).
+fn uncovered_hosts<'a>(key: &CertifiedKey, hosts: &'a [String]) -> Vec<&'a str> {
+    let Some(leaf) = key.cert.first() else {
+        return Vec::new();
+    };
+    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+        return Vec::new();
+    };
+    hosts
+        .iter()
+        .map(String::as_str)
+        .filter(|host| {
+            let name = match host.strip_prefix("*.") {
+                Some(parent) => format!("any-name.{parent}"),
+                None => (*host).to_owned(),
+            };
+            rustls::pki_types::ServerName::try_from(name)
+                .is_ok_and(|n| cert.verify_is_valid_for_subject_name(&n).is_err())
+        })
+        .collect()
+}
+
 /// Why a client certificate was refused, in words: rustls spells the
 /// verifier's reasons as Rust debug text (`Other(OtherError(
 /// UnsupportedCertVersion))`).
@@ -238,6 +268,28 @@ pub fn client_cert_refusal(e: &rustls::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_a_tenant_certificate_does_not_cover_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let made =
+            rcgen::generate_simple_self_signed(vec!["a.test".to_owned(), "*.shop.test".to_owned()])
+                .unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+        let ck = certified_key(&cert, &key, ("certfile", "keyfile")).unwrap();
+        let hosts: Vec<String> = [
+            "a.test",
+            "b.test",
+            "x.shop.test",
+            "*.shop.test",
+            "*.other.test",
+        ]
+        .map(str::to_owned)
+        .into();
+        assert_eq!(uncovered_hosts(&ck, &hosts), ["b.test", "*.other.test"]);
+    }
 
     #[test]
     fn client_certificate_refusals_are_told_in_words() {
