@@ -219,18 +219,15 @@ fn a_native_module_its_package_needs_is_an_error_or_a_warning_not_a_silent_drop(
         "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n",
     );
     let app = dir.join("app").display().to_string();
+    // Build the app against `site`: (exit status, stderr).
+    let build_with = |site: &str, name: &str| {
+        let out = dir.join(format!("{name}.wasm")).display().to_string();
+        let args = ["build", "app:app", "-p", &app, "--site-packages", site];
+        let (code, _, err) = run_bin(&[&args[..], &["--no-warmup", "-o", &out]].concat());
+        (code, err)
+    };
     let needy = site("needy", "_needy", "import _needy\n");
-    let (code, _, err) = run_bin(&[
-        "build",
-        "app:app",
-        "-p",
-        &app,
-        "--site-packages",
-        &needy,
-        "--no-warmup",
-        "-o",
-        &dir.join("needy.wasm").display().to_string(),
-    ]);
+    let (code, err) = build_with(&needy, "needy");
     assert_ne!(code, 0, "{err}");
     assert!(
         err.contains("needy: native extension, no WASI build available (needy.py:1 imports its native module _needy"),
@@ -241,17 +238,7 @@ fn a_native_module_its_package_needs_is_an_error_or_a_warning_not_a_silent_drop(
         "_lazy",
         "def ffi():\n    import _lazy\n    return _lazy\n",
     );
-    let (code, _, err) = run_bin(&[
-        "build",
-        "app:app",
-        "-p",
-        &app,
-        "--site-packages",
-        &lazy,
-        "--no-warmup",
-        "-o",
-        &dir.join("lazy.wasm").display().to_string(),
-    ]);
+    let (code, err) = build_with(&lazy, "lazy");
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("lazy: its native module _lazy has no WASI build and was left out; lazy.py:2 imports it"),
@@ -264,17 +251,7 @@ fn a_native_module_its_package_needs_is_an_error_or_a_warning_not_a_silent_drop(
         "_flagged",
         "try:\n    import _flagged\n    FAST = True\nexcept ImportError:\n    FAST = False\nif FAST:\n    from _flagged import speed\n",
     );
-    let (code, _, err) = run_bin(&[
-        "build",
-        "app:app",
-        "-p",
-        &app,
-        "--site-packages",
-        &flagged,
-        "--no-warmup",
-        "-o",
-        &dir.join("flagged.wasm").display().to_string(),
-    ]);
+    let (code, err) = build_with(&flagged, "flagged");
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("has no WASI build and was left out"), "{err}");
     // A distribution that is one compiled module (ujson) cannot be imported.
@@ -285,17 +262,7 @@ fn a_native_module_its_package_needs_is_an_error_or_a_warning_not_a_silent_drop(
         "solo-1.0.dist-info/RECORD",
         &format!("solo.{so},,\n"),
     );
-    let (code, _, err) = run_bin(&[
-        "build",
-        "app:app",
-        "-p",
-        &app,
-        "--site-packages",
-        &solo.display().to_string(),
-        "--no-warmup",
-        "-o",
-        &dir.join("solo.wasm").display().to_string(),
-    ]);
+    let (code, err) = build_with(&solo.display().to_string(), "solo");
     assert_ne!(code, 0, "{err}");
     assert!(
         err.contains("solo: native extension, no WASI build available (its module solo is compiled code only)"),

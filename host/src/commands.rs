@@ -180,7 +180,10 @@ fn unpack_command(args: &UnpackArgs) -> Result<()> {
     let mut file = engine::open_component(path)?;
     // Other hosts call the wasi:http world only: refuse before writing out
     // files that would come with commands that cannot work.
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut bytes = Vec::new();
+    std::io::Seek::rewind(&mut file)
+        .and_then(|()| std::io::Read::read_to_end(&mut file, &mut bytes))
+        .with_context(|| format!("reading {}", path.display()))?;
     let exports = crate::runtime::core_modules::top_level_exports(&bytes)
         .with_context(|| path.display().to_string())?;
     if !exports

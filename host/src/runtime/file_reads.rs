@@ -46,10 +46,11 @@ impl<H> FileReader<H> {
         }
     }
 
-    /// Count what the inner stream returned, and note its end.
-    fn advance(&mut self, r: StreamResult<Bytes>) -> StreamResult<Bytes> {
+    /// Count the bytes the inner stream returned or skipped (`len` of
+    /// them), and note its end.
+    fn advance<T>(&mut self, r: StreamResult<T>, len: impl Fn(&T) -> usize) -> StreamResult<T> {
         match &r {
-            Ok(b) => self.position += b.len() as u64,
+            Ok(t) => self.position += len(t) as u64,
             Err(StreamError::Closed) => self.past_end = true,
             Err(_) => {}
         }
@@ -91,7 +92,7 @@ impl<H: Send + Sync + 'static> InputStream for FileReader<H> {
     fn read(&mut self, size: usize) -> StreamResult<Bytes> {
         if !self.past_end {
             let r = self.inner.read(size);
-            return self.advance(r);
+            return self.advance(r, Bytes::len);
         }
         if size == 0 {
             return Ok(Bytes::new());
@@ -105,7 +106,7 @@ impl<H: Send + Sync + 'static> InputStream for FileReader<H> {
     async fn blocking_read(&mut self, size: usize) -> StreamResult<Bytes> {
         if !self.past_end {
             let r = self.inner.blocking_read(size).await;
-            return self.advance(r);
+            return self.advance(r, Bytes::len);
         }
         if size == 0 {
             return Ok(Bytes::new());
@@ -120,12 +121,7 @@ impl<H: Send + Sync + 'static> InputStream for FileReader<H> {
     fn skip(&mut self, nelem: usize) -> StreamResult<usize> {
         if !self.past_end {
             let r = self.inner.skip(nelem);
-            match &r {
-                Ok(n) => self.position += *n as u64,
-                Err(StreamError::Closed) => self.past_end = true,
-                Err(_) => {}
-            }
-            return r;
+            return self.advance(r, |&n| n);
         }
         self.read(nelem).map(|b| b.len())
     }
@@ -133,12 +129,7 @@ impl<H: Send + Sync + 'static> InputStream for FileReader<H> {
     async fn blocking_skip(&mut self, nelem: usize) -> StreamResult<usize> {
         if !self.past_end {
             let r = self.inner.blocking_skip(nelem).await;
-            match &r {
-                Ok(n) => self.position += *n as u64,
-                Err(StreamError::Closed) => self.past_end = true,
-                Err(_) => {}
-            }
-            return r;
+            return self.advance(r, |&n| n);
         }
         self.blocking_read(nelem).await.map(|b| b.len())
     }
