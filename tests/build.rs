@@ -602,6 +602,18 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("No module named tools.nosuch"), "{err}");
     assert!(!err.contains("Traceback"), "{err}");
+    // `-c`, as `python -c`: the app's modules importable, the grants apply.
+    let (code, out, err) = run_bin(&[
+        "exec",
+        &comp,
+        "--dir",
+        &grant,
+        "--",
+        "-c",
+        "import sys, os, tools; print(sys.argv, os.path.isfile('/data/notes.db'))",
+        "x",
+    ]);
+    assert_eq!((code, out.as_str()), (0, "['-c', 'x'] True\n"), "{err}");
     // os._exit is an exit, not a crash (WASI 0.2 says only success or
     // failure: status 1 for any other than 0).
     let (code, _, err) = run_bin(&["exec", &comp, "--", "tools/bye.py", "0"]);

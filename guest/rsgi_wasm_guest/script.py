@@ -31,14 +31,29 @@ def find_script(name: str, roots: Sequence[Tuple[str, str]]) -> str:
 
 
 def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
-    """Run ``argv`` like ``python SCRIPT ARGS`` or ``python -m MODULE ARGS``
-    and return the exit status (tracebacks go to stderr)."""
-    if not argv or (argv[0] == "-m" and len(argv) < 2):
-        print("usage: rsgi-wasm exec APP.wasm -- SCRIPT [ARGS...] | -m MODULE [ARGS...]", file=sys.stderr)
+    """Run ``argv`` like ``python SCRIPT ARGS``, ``python -m MODULE ARGS``
+    or ``python -c CODE ARGS`` and return the exit status (tracebacks go to
+    stderr)."""
+    if not argv or (argv[0] in ("-m", "-c") and len(argv) < 2):
+        print(
+            "usage: rsgi-wasm exec APP.wasm -- SCRIPT [ARGS...] | -m MODULE [ARGS...] | -c CODE [ARGS...]",
+            file=sys.stderr,
+        )
         return 2
     saved = sys.argv
     try:
-        if argv[0] == "-m":
+        if argv[0] == "-c":
+            # As `python -c`: argv[0] is "-c", the code runs in a fresh
+            # `__main__` namespace and its tracebacks name "<string>".
+            try:
+                code = compile(argv[1], "<string>", "exec")
+            except SyntaxError as e:
+                # The error and its caret, without this module's frames.
+                traceback.print_exception(type(e), e, None)
+                return 1
+            sys.argv = ["-c"] + argv[2:]
+            exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+        elif argv[0] == "-m":
             if not _module_exists(argv[1]):
                 # As `python -m`: one line, not runpy's traceback.
                 print(f"error: No module named {argv[1]}", file=sys.stderr)

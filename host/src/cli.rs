@@ -365,8 +365,8 @@ pub struct ExecArgs {
     pub grants: GrantArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
-    /// The script and its arguments after `--`: `manage.py migrate`, or
-    /// `-m module args`.
+    /// The script and its arguments after `--`: `manage.py migrate`,
+    /// `-m module args`, or `-c CODE args`.
     #[arg(last = true, required = true, value_name = "SCRIPT [ARGS]")]
     pub argv: Vec<String>,
 }

@@ -151,11 +151,18 @@ impl ResolvesServerCert for SniResolver {
 
 /// Build the acceptor: every file read and checked now.
 pub fn acceptor(files: &TlsFiles, tenants: &[TenantCert]) -> Result<TlsAcceptor> {
+    let now = std::time::SystemTime::now();
     let default = certified_key(&files.cert, &files.key, ("--certfile", "--keyfile"))?;
+    if let Some(why) = validity_warning(&default, now) {
+        tracing::warn!("--certfile {}: {why}", files.cert.display());
+    }
     let mut by_host = Vec::new();
     for t in tenants {
         let (what, key_what) = (t.cert_at.to_string(), t.key_at.to_string());
         let key = certified_key(&t.cert, &t.key, (&what, &key_what))?;
+        if let Some(why) = validity_warning(&key, now) {
+            tracing::warn!("{what} {}: {why}", t.cert.display());
+        }
         for host in uncovered_hosts(&key, &t.hosts) {
             // A client checking names would refuse it: the operator should
             // know at start, not from a user's browser.
@@ -231,6 +238,58 @@ fn uncovered_hosts<'a>(key: &CertifiedKey, hosts: &'a [String]) -> Vec<&'a str> 
         .collect()
 }
 
+/// How soon before its end a certificate is named at start.
+const EXPIRY_NOTICE: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
+/// A warning when the leaf of `key` has expired, is not valid yet, or
+/// expires within [`EXPIRY_NOTICE`] of `now`: serving it starts, since the
+/// operator may be replacing it, but browsers refuse it.
+fn validity_warning(key: &CertifiedKey, now: std::time::SystemTime) -> Option<String> {
+    let leaf = key.cert.first()?;
+    let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+    let at = |when: std::time::SystemTime| {
+        let since = when.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        rustls::pki_types::UnixTime::since_unix_epoch(since)
+    };
+    let date = |t: rustls::pki_types::UnixTime| {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.as_secs());
+        httpdate::fmt_http_date(when)
+    };
+    // webpki checks the leaf's own validity before it looks for an issuer,
+    // so with no trust anchors a valid leaf fails as `UnknownIssuer` and a
+    // leaf out of its dates fails saying which date, at the time given.
+    let check = |when| {
+        cert.verify_for_usage(
+            &[],
+            &[],
+            &[],
+            at(when),
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .err()
+    };
+    match check(now) {
+        Some(webpki::Error::CertExpired { not_after, .. }) => Some(format!(
+            "the certificate expired on {}; clients will refuse the connection",
+            date(not_after)
+        )),
+        Some(webpki::Error::CertNotValidYet { not_before, .. }) => Some(format!(
+            "the certificate is not valid before {}; clients will refuse the connection \
+             until then (is this machine's clock right?)",
+            date(not_before)
+        )),
+        _ => match check(now + EXPIRY_NOTICE) {
+            Some(webpki::Error::CertExpired { not_after, .. }) => Some(format!(
+                "the certificate expires on {}; renew it",
+                date(not_after)
+            )),
+            _ => None,
+        },
+    }
+}
+
 /// Why a client certificate was refused, in words: rustls spells the
 /// verifier's reasons as Rust debug text (`Other(OtherError(
 /// UnsupportedCertVersion))`).
@@ -289,6 +348,29 @@ mod tests {
         .map(str::to_owned)
         .into();
         assert_eq!(uncovered_hosts(&ck, &hosts), ["b.test", "*.other.test"]);
+    }
+
+    #[test]
+    fn a_certificate_out_of_its_dates_or_about_to_be_is_named() {
+        let key = |not_before: (i32, u8, u8), not_after: (i32, u8, u8)| {
+            let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
+            params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+            params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+            let pair = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&pair).unwrap();
+            let private = PrivateKeyDer::try_from(pair.serialize_der()).unwrap();
+            CertifiedKey::from_der(vec![cert.der().clone()], private, &provider()).unwrap()
+        };
+        // 2030-06-15, a fixed "now" so the test does not age.
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_907_712_000);
+        let told = |k| validity_warning(&k, now);
+        assert_eq!(told(key((2029, 1, 1), (2031, 1, 1))), None);
+        let expired = told(key((2029, 1, 1), (2030, 6, 1))).unwrap();
+        assert!(expired.starts_with("the certificate expired on Sat, 01 Jun 2030"), "{expired}");
+        let early = told(key((2030, 7, 1), (2031, 1, 1))).unwrap();
+        assert!(early.contains("not valid before Mon, 01 Jul 2030"), "{early}");
+        let soon = told(key((2029, 1, 1), (2030, 6, 20))).unwrap();
+        assert!(soon.starts_with("the certificate expires on Thu, 20 Jun 2030"), "{soon}");
     }
 
     #[test]

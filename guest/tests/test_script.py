@@ -1,0 +1,54 @@
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import unittest
+
+from rsgi_wasm_guest import script
+
+
+def run(argv, roots=()):
+    """``script.run``'s status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = script.run(argv, roots)
+    return status, out.getvalue(), err.getvalue()
+
+
+class Code(unittest.TestCase):
+    def test_runs_as_main_with_its_arguments(self):
+        saved = sys.argv
+        status, out, _ = run(["-c", "import sys; print(__name__, sys.argv)", "a", "b"])
+        self.assertEqual((status, out), (0, "__main__ ['-c', 'a', 'b']\n"))
+        self.assertIs(sys.argv, saved)
+
+    def test_exit_status_and_exceptions(self):
+        self.assertEqual(run(["-c", "raise SystemExit(300)"])[0], 44)
+        status, _, err = run(["-c", "1/0"])
+        self.assertEqual(status, 1)
+        self.assertIn('File "<string>", line 1', err)
+        self.assertIn("ZeroDivisionError", err)
+
+    def test_a_syntax_error_is_the_error_only(self):
+        status, _, err = run(["-c", "def f(:"])
+        self.assertEqual(status, 1)
+        self.assertIn('File "<string>", line 1', err)
+        self.assertIn("SyntaxError", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_missing_code_is_a_usage_error(self):
+        status, _, err = run(["-c"])
+        self.assertEqual(status, 2)
+        self.assertIn("-c CODE", err)
+
+
+class Scripts(unittest.TestCase):
+    def test_found_in_the_app_directories(self):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "tool.py"), "w") as f:
+                f.write("import sys\nprint(sys.argv[1:])\nsys.exit(3)\n")
+            self.assertEqual(run(["tool.py", "x"], [(d, "./app")])[:2], (3, "['x']\n"))
+            status, _, err = run(["nosuch.py"], [(d, "./app")])
+            self.assertEqual(status, 2)
+            self.assertIn("nosuch.py: no such script in the app's directories (given with -p at build time: ./app)", err)
