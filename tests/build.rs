@@ -778,3 +778,27 @@ fn run_reload_swaps_in_each_edit_and_survives_a_broken_one() {
         .count();
     assert!(live >= 4 && live == logs.matches(swapped).count(), "{logs}");
 }
+
+#[test]
+fn run_reload_waits_for_an_app_broken_at_start_to_be_fixed() {
+    // As a development reloader: the first version does not import, the
+    // server says why and listens once an edit fixes it.
+    let dir = temp_dir("reload-broken");
+    write(&dir, "app.py", "def app(environ, start_response:\n");
+    let script = format!("{}:app", dir.join("app.py").display());
+    let s = Server::start_after(&["run", &script, "--reload", "--no-warmup"], |logs| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while !logs().contains("--reload: waiting for a change") {
+            assert!(std::time::Instant::now() < deadline, "{}", logs());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(logs().contains("syntax error in"), "{}", logs());
+        write(&dir, "app.py", &versioned_app("fixed"));
+    });
+    assert_eq!(get(&s, "/"), (200, "fixed".to_owned()));
+    // Without --reload the same app is an error, not a wait.
+    write(&dir, "app.py", "def app(environ, start_response:\n");
+    let (code, _, err) = run_bin(&["run", &script, "--no-warmup", "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("syntax error in"), "{err}");
+}

@@ -302,7 +302,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
     // SIGHUP reloads the certificates and restarts the app, as gunicorn's
     // HUP does: installed before a build or a compile that can take a
     // while, as in `serve`, so an early one does not end the process.
-    let hup = hangup()?;
+    let mut hup = hangup()?;
     let metered = start_ops(&args.http, server_cfg.listen).await?;
     let statics = StaticFiles::new(args.app_args.statics.clone())?;
     let mut source = component_for_run(&args)?;
@@ -312,52 +312,13 @@ async fn run_command(args: RunArgs) -> Result<()> {
         // request isolation, where every request would import it.
         opts.live = args.reload && limits.isolation == config::Isolation::Pooled;
     }
-    let (component, name, live_dirs) = match &source {
-        Some(opts) => {
-            let name = opts.target.split(':').next().unwrap_or("app").to_owned();
-            let report = build_and_report(opts).await?;
-            (report.path, name, report.live_dirs)
-        }
-        None => (
-            PathBuf::from(&args.app),
-            app_name(Path::new(&args.app)),
-            Vec::new(),
-        ),
-    };
-    let frozen = match &source {
-        Some(opts) => crate::bundle::freeze_dirs(&live_dirs, &opts.cache_dir)?,
-        None => Vec::new(),
-    };
-    let t0 = Instant::now();
     let loader = new_loader(args.cache.cache_dir.clone())?;
     let workers = limits.workers;
     let starter = Starter::new(loader.clone(), scheduler(&loader), metered, usize::MAX);
-    let spec = AppSpec {
-        name: name.clone(),
-        component: component.clone(),
-        grants: grants.clone(),
-        limits: limits.clone(),
-        live_dirs: frozen,
-    };
-    let app = Tenant::start(&starter, spec, true, Duration::ZERO).await?;
-    let listener = listen(&server_cfg).await?;
-    metrics::READY.store(true, Ordering::Release);
-    tracing::info!(
-        "listening on {}://{} (app {name}, {workers} worker{}, ready in {:.0} ms)",
-        scheme(&tls),
-        listener.local_addr()?,
-        if workers == 1 { "" } else { "s" },
-        t0.elapsed().as_secs_f64() * 1000.0
-    );
-    let site = Arc::new(Site::new(Router::single(app, statics), &server_cfg, tls));
-    let idle = sweep_idle(site.clone());
-    let changes = if args.reload {
-        let watched = dev_reload::Watched::new(source.as_ref(), &component, &grants.dirs);
+    let mut changes = if args.reload {
+        let watched = dev_reload::Watched::new(source.as_ref(), Path::new(&args.app), &grants.dirs);
         match dev_reload::Changes::start(watched) {
-            Ok(c) => {
-                tracing::info!("--reload: watching the app's files for changes");
-                Some(c)
-            }
+            Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!("{e:#}; reloading on changes is off");
                 None
@@ -366,6 +327,49 @@ async fn run_command(args: RunArgs) -> Result<()> {
     } else {
         None
     };
+    // With --reload an app that does not build or start is waited for, as
+    // a development reloader does: the next edit may fix it.
+    let first = loop {
+        let error = match first_version(&args, source.as_ref(), &starter, &grants, &limits).await {
+            Ok(first) => break first,
+            Err(e) => e,
+        };
+        let Some(watching) = changes.as_mut() else {
+            return Err(error);
+        };
+        tracing::error!("{error:#}");
+        tracing::info!(
+            "--reload: waiting for a change to the app's files (or SIGHUP) to try again"
+        );
+        let changed = tokio::select! {
+            changed = watching.next() => changed,
+            _ = hup.recv() => true,
+        };
+        if !changed {
+            return Err(error);
+        }
+    };
+    let FirstVersion {
+        app,
+        component,
+        name,
+        live_dirs,
+        took,
+    } = first;
+    let listener = listen(&server_cfg).await?;
+    metrics::READY.store(true, Ordering::Release);
+    tracing::info!(
+        "listening on {}://{} (app {name}, {workers} worker{}, ready in {:.0} ms)",
+        scheme(&tls),
+        listener.local_addr()?,
+        if workers == 1 { "" } else { "s" },
+        took.as_secs_f64() * 1000.0
+    );
+    let site = Arc::new(Site::new(Router::single(app, statics), &server_cfg, tls));
+    let idle = sweep_idle(site.clone());
+    if changes.is_some() {
+        tracing::info!("--reload: watching the app's files for changes");
+    }
     let app = RunningApp {
         starter,
         site: site.clone(),
@@ -380,6 +384,59 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let served = server::serve(listener, site, &server_cfg, server::shutdown_signal()).await;
     idle.abort();
     served
+}
+
+/// What `run` started: the app, the component it runs and what it took.
+struct FirstVersion {
+    app: Arc<Tenant>,
+    component: PathBuf,
+    name: String,
+    /// A live build's directories, copied again for each later version.
+    live_dirs: Vec<PathBuf>,
+    /// From loading the component to the app ready (the build excluded).
+    took: Duration,
+}
+
+/// Build the app of `run` (when from source) and start it.
+async fn first_version(
+    args: &RunArgs,
+    source: Option<&BuildOptions>,
+    starter: &Starter,
+    grants: &Grants,
+    limits: &Limits,
+) -> Result<FirstVersion> {
+    let (component, name, live_dirs) = match source {
+        Some(opts) => {
+            let name = opts.target.split(':').next().unwrap_or("app").to_owned();
+            let report = build_and_report(opts).await?;
+            (report.path, name, report.live_dirs)
+        }
+        None => (
+            PathBuf::from(&args.app),
+            app_name(Path::new(&args.app)),
+            Vec::new(),
+        ),
+    };
+    let frozen = match source {
+        Some(opts) => crate::bundle::freeze_dirs(&live_dirs, &opts.cache_dir)?,
+        None => Vec::new(),
+    };
+    let t0 = Instant::now();
+    let spec = AppSpec {
+        name: name.clone(),
+        component: component.clone(),
+        grants: grants.clone(),
+        limits: limits.clone(),
+        live_dirs: frozen,
+    };
+    let app = Tenant::start(starter, spec, true, Duration::ZERO).await?;
+    Ok(FirstVersion {
+        app,
+        component,
+        name,
+        live_dirs,
+        took: t0.elapsed(),
+    })
 }
 
 /// Unload the apps of `site` that are idle past their `idle_timeout`,

@@ -179,7 +179,14 @@ impl Server {
 
     /// As `start_with`, with extra environment variables for the server.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::spawn(bin(), args, env)
+        Server::spawn(bin(), args, env, |_| {})
+    }
+
+    /// As `start_with`, running `meanwhile` (given what the server has
+    /// logged so far) before waiting for `listening on`: for a server that
+    /// listens only once something happens.
+    pub fn start_after(args: &[&str], meanwhile: impl FnOnce(&dyn Fn() -> String)) -> Server {
+        Server::spawn(bin(), args, &[], meanwhile)
     }
 
     /// As `start_with`, in a process whose open-file limit (soft and hard)
@@ -191,10 +198,15 @@ impl Server {
             .arg(env!("CARGO_BIN_EXE_rsgi-wasm"))
             .env("RSGI_WASM_CACHE", cache_dir())
             .env("RUST_LOG", "info");
-        Server::spawn(sh, args, &[])
+        Server::spawn(sh, args, &[], |_| {})
     }
 
-    fn spawn(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Server {
+    fn spawn(
+        mut command: Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+        meanwhile: impl FnOnce(&dyn Fn() -> String),
+    ) -> Server {
         let mut child = command
             .current_dir(repo())
             .envs(env.iter().copied())
@@ -224,6 +236,7 @@ impl Server {
                 l.push('\n');
             }
         });
+        meanwhile(&|| logs.lock().unwrap().clone());
         let addr = match rx.recv_timeout(Duration::from_secs(300)) {
             Ok(a) => a.parse().unwrap(),
             Err(_) => {

@@ -248,7 +248,9 @@ fn validity_warning(key: &CertifiedKey, now: std::time::SystemTime) -> Option<St
     let leaf = key.cert.first()?;
     let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
     let at = |when: std::time::SystemTime| {
-        let since = when.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let since = when
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         rustls::pki_types::UnixTime::since_unix_epoch(since)
     };
     let date = |t: rustls::pki_types::UnixTime| {
@@ -366,11 +368,20 @@ mod tests {
         let told = |k| validity_warning(&k, now);
         assert_eq!(told(key((2029, 1, 1), (2031, 1, 1))), None);
         let expired = told(key((2029, 1, 1), (2030, 6, 1))).unwrap();
-        assert!(expired.starts_with("the certificate expired on Sat, 01 Jun 2030"), "{expired}");
+        assert!(
+            expired.starts_with("the certificate expired on Sat, 01 Jun 2030"),
+            "{expired}"
+        );
         let early = told(key((2030, 7, 1), (2031, 1, 1))).unwrap();
-        assert!(early.contains("not valid before Mon, 01 Jul 2030"), "{early}");
+        assert!(
+            early.contains("not valid before Mon, 01 Jul 2030"),
+            "{early}"
+        );
         let soon = told(key((2029, 1, 1), (2030, 6, 20))).unwrap();
-        assert!(soon.starts_with("the certificate expires on Thu, 20 Jun 2030"), "{soon}");
+        assert!(
+            soon.starts_with("the certificate expires on Thu, 20 Jun 2030"),
+            "{soon}"
+        );
     }
 
     #[test]
