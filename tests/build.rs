@@ -614,6 +614,21 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
         "x",
     ]);
     assert_eq!((code, out.as_str()), (0, "['-c', 'x'] True\n"), "{err}");
+    // One write past what the terminal's stream takes at once (1 MiB)
+    // arrives whole.
+    let (code, out, err) = run_bin(&[
+        "exec",
+        &comp,
+        "--",
+        "-c",
+        "import sys; sys.stdout.write('y' * 3_000_000 + '\\n'); sys.stderr.write('z' * 2_000_000)",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        (out.len(), out.matches('y').count()),
+        (3_000_001, 3_000_000)
+    );
+    assert_eq!(err.matches('z').count(), 2_000_000);
     // os._exit is an exit, not a crash (WASI 0.2 says only success or
     // failure: status 1 for any other than 0).
     let (code, _, err) = run_bin(&["exec", &comp, "--", "tools/bye.py", "0"]);

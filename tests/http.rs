@@ -720,6 +720,85 @@ fn one_http2_connection_that_never_reads_leaves_an_instance_for_others() {
 }
 
 #[test]
+fn parallel_http2_uploads_on_one_connection_all_complete() {
+    // One is served, the others wait for an instance with their bodies
+    // arriving meanwhile: those bodies must not take the whole
+    // connection's window, or the served one starves until the stall.
+    let s = Server::start(&router(), &["--workers", "2", "--header-timeout", "30s"]);
+    let h2 = h2_client();
+    assert_eq!(h2.get(s.url("/")).send().unwrap().status(), 200);
+    let uploads: Vec<_> = (0..4)
+        .map(|i| {
+            let (h2, url) = (h2.clone(), s.url("/length"));
+            std::thread::spawn(move || {
+                let body = vec![b'u'; 2_000_000 + i];
+                let r = h2.post(url).body(body).send().unwrap();
+                (r.status().as_u16(), r.text().unwrap())
+            })
+        })
+        .collect();
+    for (i, u) in uploads.into_iter().enumerate() {
+        assert_eq!(u.join().unwrap(), (200, (2_000_000 + i).to_string()));
+    }
+    assert!(!s.logs().contains("answered 408"), "{}", s.logs());
+}
+
+/// A raw HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    [&len[1..], &[kind, flags], &stream.to_be_bytes(), payload].concat()
+}
+
+#[test]
+fn an_http2_request_body_reset_before_its_length_is_a_client_that_left() {
+    // hyper ends a body at RST_STREAM(NO_ERROR) as if it were whole (how a
+    // server stops an upload it answered early); from a client it is an
+    // upload given up, which the app must not take for a complete one.
+    let s = Server::start(&router(), &[]);
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    // HPACK without Huffman: :method POST, :scheme http (static entries 3
+    // and 6), :authority, :path and content-length as literals with
+    // indexed names.
+    let mut block = vec![0x83, 0x86, 0x01, 1, b'x', 0x04, 7];
+    block.extend_from_slice(b"/length");
+    block.extend_from_slice(&[0x0f, 0x0d, 6]);
+    block.extend_from_slice(b"100000");
+    let frames = [
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+        h2_frame(4, 0, 0, &[]),
+        h2_frame(1, 4, 1, &block),
+        h2_frame(0, 0, 1, &[b'x'; 10_000]),
+        h2_frame(3, 0, 1, &[0, 0, 0, 0]),
+    ]
+    .concat();
+    c.write_all(&frames).unwrap();
+    s.wait_for_log("\"POST /length\" 499 ");
+    assert!(!s.logs().contains("\"POST /length\" 200"), "{}", s.logs());
+}
+
+#[test]
+fn an_http2_connection_whose_streams_wait_on_a_shut_window_is_closed() {
+    // A client answering pings whose streams never open their window held
+    // its connection slot for as long as it liked.
+    let s = Server::start(
+        &router(),
+        &["--header-timeout", "1s", "--max-connections", "1"],
+    );
+    let shut = reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .http2_initial_stream_window_size(0)
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let mut r = shut.get(s.url("/big?1000000")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    // The only slot is freed once that connection is closed: another
+    // client is answered.
+    assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
+    assert!(bytes_until_the_end(&mut r) < 1_000_000);
+}
+
+#[test]
 fn a_chunk_larger_than_one_host_call_copies_is_sent_whole() {
     // Over the 128 MiB wasmtime lets one host call copy: once a trap.
     const N: usize = 129 * 1024 * 1024 + 7;
@@ -744,7 +823,8 @@ fn large_transfers_stream_with_bounded_memory() {
 
 #[test]
 fn guest_output_goes_to_the_log() {
-    let s = Server::start(&router(), &[]);
+    // A log rate with room for /print?whole's 5 MB at once.
+    let s = Server::start(&router(), &["--log-rate", "16MiB"]);
     assert_eq!(client().get(s.url("/print")).send().unwrap().status(), 200);
     s.wait_for_log("hello from guest stdout");
     s.wait_for_log("hello from wsgi.errors");
@@ -773,6 +853,23 @@ fn guest_output_goes_to_the_log() {
     );
     s.wait_for_log("END OF THE LONG LINE");
     let longest = s.logs().lines().map(str::len).max().unwrap();
+    assert!(longest < 16 * 1024 + 200, "{longest}");
+    // The same for a line written whole, past what the host takes per
+    // write: nothing lost (Python's unbuffered stdout kept no tail of a
+    // short write), nothing over 16 KiB.
+    let r = client().get(s.url("/print?whole")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), (5_000_000 + 22).to_string());
+    s.wait_for_log("HHHend of the whole line");
+    let logs = s.logs();
+    let printed: usize = logs
+        .lines()
+        .filter_map(|l| l.split_once("stdout] "))
+        .filter(|(_, text)| text.starts_with('H'))
+        .map(|(_, text)| text.matches('H').count())
+        .sum();
+    assert_eq!(printed, 5_000_000);
+    let longest = logs.lines().map(str::len).max().unwrap();
     assert!(longest < 16 * 1024 + 200, "{longest}");
 }
 

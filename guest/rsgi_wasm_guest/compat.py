@@ -20,12 +20,21 @@ also refuse the network while the build takes its snapshot (urllib3, for
 one, binds a socket at import to probe for IPv6): wasi-libc keeps the
 network handle it gets on first use, and a handle of the build's sandbox
 would not exist at run time, so every later lookup would trap.
+
+CPython for WASI runs with unbuffered standard streams: ``sys.stdout`` is a
+text wrapper writing straight through to a raw ``FileIO``, and a text
+wrapper keeps nothing of what a short raw write leaves. The host's stdout
+takes at most 1 MiB per write (wasmtime's), so a 2 MB ``print`` lost its
+second half without a word. ``sys.stdout`` and ``sys.stderr`` are rebuilt
+over a raw stream that writes everything it is given.
 """
 
 import errno
 import hashlib
 import hmac
+import io
 import os
+import sys
 from typing import Optional
 
 ID_FUNCTIONS = ("getuid", "geteuid", "getgid", "getegid")
@@ -148,8 +157,71 @@ def network_closed(closed: bool) -> None:
     _Network.building = closed
 
 
+class WholeWrites(io.RawIOBase):
+    """A raw standard stream whose ``write`` writes all it is given,
+    however many short writes the stream underneath makes of it."""
+
+    def __init__(self, raw: io.FileIO) -> None:
+        super().__init__()
+        self.raw = raw
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def isatty(self) -> bool:
+        return self.raw.isatty()
+
+    @property
+    def name(self):
+        return self.raw.name
+
+    @property
+    def mode(self) -> str:
+        return self.raw.mode
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            n = self.raw.write(view[done:])
+            if not n:  # a closed stream (0): nothing more will go
+                break
+            done += n
+        return done
+
+
+def whole_stdio() -> None:
+    """Rebuild ``sys.stdout`` and ``sys.stderr`` over ``WholeWrites`` when
+    they write straight to a raw file, keeping their encoding and modes."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        raw = getattr(stream, "buffer", None)
+        if type(raw) is not io.FileIO:
+            continue  # buffered (its writer loops) or replaced by someone
+        whole = io.TextIOWrapper(
+            WholeWrites(raw),
+            encoding=stream.encoding,
+            errors=stream.errors,
+            line_buffering=stream.line_buffering,
+            write_through=True,
+        )
+        # The old wrapper stays referenced: collecting it would flush and
+        # close what it wraps.
+        _REPLACED.append(stream)
+        setattr(sys, name, whole)
+        if getattr(sys, f"__{name}__", None) is stream:
+            setattr(sys, f"__{name}__", whole)
+
+
+_REPLACED: list = []
+
+
 def install() -> None:
     """Fill in what this CPython lacks; leaves real implementations alone."""
+    whole_stdio()
     try:
         import socket
     except ImportError:

@@ -109,3 +109,31 @@ class SandboxRefusals(unittest.TestCase):
             self.assertEqual(calls, [])
         finally:
             compat.network_closed(False)
+
+
+class WholeStdio(unittest.TestCase):
+    def test_short_raw_writes_lose_nothing(self):
+        import io
+
+        from rsgi_wasm_guest.compat import WholeWrites
+
+        class Short(io.RawIOBase):
+            """At most 1,000 bytes per write, as the host's stdout at 1 MiB."""
+
+            def __init__(self):
+                super().__init__()
+                self.got = bytearray()
+
+            def writable(self):
+                return True
+
+            def write(self, b):
+                n = min(len(b), 1000)
+                self.got += bytes(memoryview(b)[:n])
+                return n
+
+        short = Short()
+        text = io.TextIOWrapper(WholeWrites(short), encoding="utf-8", write_through=True)
+        text.write("é" * 5000 + "\n")
+        self.assertEqual(bytes(short.got), ("é" * 5000 + "\n").encode())
+        self.assertEqual(WholeWrites(short).write(b"x" * 2500), 2500)

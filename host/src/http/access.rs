@@ -225,7 +225,10 @@ pub struct LoggedBody {
 impl LoggedBody {
     /// Count the request as in flight on its connection until this body
     /// is done (so the connection is not idle while it streams).
-    pub fn in_flight(&mut self, guard: InFlight) {
+    pub fn in_flight(&mut self, mut guard: InFlight) {
+        // The head is hyper's to send: an HTTP/2 stream whose window stays
+        // shut is never polled for its body at all.
+        guard.client_turn();
         self.in_flight = Some(guard);
     }
 }
@@ -242,6 +245,12 @@ impl Body for LoggedBody {
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let (Some(data), Some(line)) = (frame.data_ref(), self.line.as_mut()) {
                 line.sent += data.len() as u64;
+            }
+        }
+        if let Some(guard) = self.in_flight.as_mut() {
+            match polled {
+                Poll::Pending => guard.app_turn(),
+                Poll::Ready(_) => guard.client_turn(),
             }
         }
         polled

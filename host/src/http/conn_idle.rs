@@ -2,6 +2,9 @@
 //! one ended, so a connection idle for `--header-timeout` is closed over
 //! either protocol (hyper's own keep-alive timer covers HTTP/1 only; an
 //! HTTP/2 client answering pings would otherwise hold its slot for good).
+//! A request whose response waits on the client (hyper holds its bytes and
+//! takes no more, as for an HTTP/2 stream whose window stays shut) does not
+//! keep its connection busy: only one waiting on the app does.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,9 +15,12 @@ use tokio::time::Instant;
 /// One connection's activity, shared by its service and its driver.
 pub struct Activity {
     opened: Instant,
-    in_flight: AtomicUsize,
-    /// Milliseconds from `opened` to the end of the last request (0: none yet).
-    last_end: AtomicU64,
+    /// Requests in flight whose next step is the app's: being handled, or
+    /// a response body hyper is waiting on.
+    app_turn: AtomicUsize,
+    /// Milliseconds from `opened` to the last end of a request or hand-off
+    /// of response bytes to hyper (0: none yet).
+    last_event: AtomicU64,
     /// Requests begun on the connection.
     begun: AtomicU64,
 }
@@ -24,18 +30,22 @@ impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Activity {
             opened: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            last_end: AtomicU64::new(0),
+            app_turn: AtomicUsize::new(0),
+            last_event: AtomicU64::new(0),
             begun: AtomicU64::new(0),
         })
     }
 
     /// A request begins; it counts as in flight until the guard drops
-    /// (with its response body, or with the request if it never got one).
+    /// (with its response body, or with the request if it never got one),
+    /// and as the app's turn until [`InFlight::client_turn`].
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.begun.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        self.app_turn.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            activity: self.clone(),
+            app_turn: true,
+        }
     }
 
     /// Whether any request began on the connection.
@@ -44,25 +54,51 @@ impl Activity {
     }
 
     /// When the connection will have been idle for `limit`, if nothing
-    /// begins meanwhile; `None` while a request is in flight.
+    /// happens meanwhile; `None` while a request waits on the app.
     pub fn idle_at(&self, limit: Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
+        if self.app_turn.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let last = Duration::from_millis(self.last_end.load(Ordering::Acquire));
+        let last = Duration::from_millis(self.last_event.load(Ordering::Acquire));
         Some(self.opened + last + limit)
+    }
+
+    fn event(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_event.fetch_max(ms, Ordering::AcqRel);
     }
 }
 
 /// A request in flight on its connection (see [`Activity::begin`]).
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    app_turn: bool,
+}
+
+impl InFlight {
+    /// Bytes of the response (or its head) were handed to hyper: what
+    /// happens next is the client's taking them.
+    pub fn client_turn(&mut self) {
+        if std::mem::replace(&mut self.app_turn, false) {
+            self.activity.app_turn.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.activity.event();
+    }
+
+    /// hyper asked for more of the response and waits on the app.
+    pub fn app_turn(&mut self) {
+        if !std::mem::replace(&mut self.app_turn, true) {
+            self.activity.app_turn.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let a = &self.0;
-        let ms = u64::try_from(a.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        a.last_end.fetch_max(ms, Ordering::AcqRel);
-        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.activity.event();
+        if self.app_turn {
+            self.activity.app_turn.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -86,5 +122,31 @@ mod tests {
         drop(two);
         let at = a.idle_at(limit).unwrap();
         assert_eq!(at, a.opened + Duration::from_secs(35) + limit);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_waiting_on_its_client_leaves_the_connection_idle() {
+        let limit = Duration::from_secs(10);
+        let a = Activity::new();
+        let mut stalled = a.begin();
+        let mut streaming = a.begin();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stalled.client_turn();
+        streaming.client_turn();
+        // The app still owes the second its next bytes: not idle.
+        streaming.app_turn();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(a.idle_at(limit), None);
+        // Handed over, and the client takes nothing of either.
+        streaming.client_turn();
+        assert_eq!(
+            a.idle_at(limit),
+            Some(a.opened + Duration::from_secs(61) + limit)
+        );
+        drop((stalled, streaming));
+        assert_eq!(
+            a.idle_at(limit),
+            Some(a.opened + Duration::from_secs(61) + limit)
+        );
     }
 }

@@ -44,6 +44,21 @@ const HEAD_SLACK: usize = 16 * 1024;
 const HTTP2_MAX_PENDING_RESETS: usize = 20;
 /// Streams the server may reset because the client broke the protocol.
 const HTTP2_MAX_ERROR_RESETS: usize = 1024;
+/// How much of a request body an HTTP/2 client may send before the app
+/// reads it: the protocol's own initial window.
+const HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
+
+/// The connection's window: room for every stream's window and one more.
+/// A stream waiting for an instance holds what its client sent until the
+/// app reads it; were the connection's window no larger than a stream's
+/// (hyper's default: 1 MiB each), two uploads on one connection, one
+/// served and one waiting for the first to end, deadlocked until the
+/// stall limit answered both 408.
+fn http2_connection_window(max_streams: u32) -> u32 {
+    (u64::from(max_streams) + 1)
+        .saturating_mul(u64::from(HTTP2_STREAM_WINDOW))
+        .min((1 << 31) - 1) as u32
+}
 
 /// What the server routes requests to.
 pub struct Site {
@@ -128,6 +143,8 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.http2_max_streams)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(http2_connection_window(cfg.http2_max_streams))
         // The head limit holds per stream too (checked again in `respond`).
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         // Rapid reset (CVE-2023-44487): streams a client opens and cancels

@@ -108,6 +108,19 @@ fn certified_key(
         UserError(format!("{key_what} {}: {why}", key.display()))
     })?;
     let ck = CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
+        // The certificate itself, or the key itself, before whether they
+        // go together.
+        if let rustls::Error::InvalidCertificate(_) = e {
+            let why = client_cert_refusal(&e);
+            return UserError(format!("{what} {}: {why}", cert.display()));
+        }
+        if let rustls::Error::General(_) = e {
+            return UserError(format!(
+                "{key_what} {}: a key TLS here cannot use ({e}); use RSA of 2048 to \
+                 8192 bits, ECDSA P-256 or P-384, or Ed25519",
+                key.display()
+            ));
+        }
         let why = match e {
             rustls::Error::InconsistentKeys(_) => {
                 "the private key is not the certificate's".to_owned()

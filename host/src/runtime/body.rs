@@ -721,7 +721,18 @@ impl RequestBody {
             };
             match frame {
                 None => {
+                    // hyper ends an HTTP/2 body at RST_STREAM(NO_ERROR) as
+                    // if it were whole (a server's way to stop an upload it
+                    // answered early, RFC 9113 §8.1): short of its
+                    // Content-Length, the client gave it up.
+                    let short = incoming.size_hint().exact().is_some_and(|left| left > 0);
                     self.incoming = None;
+                    if short {
+                        tracing::debug!("request body ended before its Content-Length");
+                        self.failed = true;
+                        self.gone = true;
+                        return Err(ReadError::Disconnected);
+                    }
                     return Ok(Vec::new());
                 }
                 Some(Err(e)) => {

@@ -297,7 +297,10 @@ impl OutputStream for LineLogger {
         buf.extend_from_slice(&bytes);
         while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
             let line = buf.split_to(nl + 1);
-            self.emit(&line);
+            // A long line written whole is split as one written in parts.
+            for piece in line.chunks(MAX_LINE) {
+                self.emit(piece);
+            }
         }
         while buf.len() > MAX_LINE {
             let line = buf.split_to(MAX_LINE);

@@ -372,6 +372,11 @@ def application(environ, start_response):
         if query == "long":
             print("L" * 100000 + "END OF THE LONG LINE")
             return text(start_response, "printed")
+        if query == "whole":
+            # One write, newline included, past what the host takes per
+            # write (1 MiB for exec's stdout, 4 MiB for the log).
+            n = sys.stdout.write("H" * 5_000_000 + "end of the whole line\n")
+            return text(start_response, str(n))
         print("hello from guest stdout", flush=True)
         environ["wsgi.errors"].write("hello from wsgi.errors\n")
         return text(start_response, "printed")
