@@ -306,7 +306,8 @@ pub struct GrantArgs {
     #[arg(long, default_value = config::DEFAULT_TMP_SIZE, value_parser = config::size_in(config::DISK))]
     pub tmp_size: u64,
     /// Bytes a second of stdout/stderr the app may log, in bursts of up
-    /// to 4 s of it; lines past it are dropped and counted.
+    /// to 4 s of it; lines past it are dropped and counted (not `exec`'s,
+    /// which go to the terminal whole).
     #[arg(long, default_value = config::DEFAULT_LOG_RATE, value_parser = config::size_in(config::LOG_RATE))]
     pub log_rate: u64,
     /// Files and directories the app's instances may hold open together;

@@ -521,6 +521,9 @@ fn tenant(
 /// A `dirs`, `static` or `env_file` value with its host path made relative
 /// to the config file's directory.
 fn relative_to(base: &Path, key: &str, value: &str) -> String {
+    // Absolute, so an error names the path that was tried, not one that
+    // reads as relative to the current directory.
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
     let join = |p: &str| base.join(p).display().to_string();
     match key {
         "dirs" => match value.split_once("::") {

@@ -480,6 +480,28 @@ fn unavailable_requirement(stderr: &str) -> Option<String> {
     })
 }
 
+/// The versions pip found on the index, from its `(from versions: ...)`
+/// line (empty for `none`).
+fn versions_on_index(stderr: &str) -> Option<Vec<&str>> {
+    let (_, rest) = stderr.split_once("(from versions: ")?;
+    let list = rest.split(')').next()?.trim();
+    Some(if list == "none" {
+        Vec::new()
+    } else {
+        list.split(", ").collect()
+    })
+}
+
+/// The last `n` of `versions` (the newest, as pip lists them oldest first).
+fn last_versions(versions: &[&str], n: usize) -> String {
+    let shown = versions[versions.len().saturating_sub(n)..].join(", ");
+    if versions.len() > n {
+        format!("..., {shown}")
+    } else {
+        shown
+    }
+}
+
 /// Why pip could not reach its index, from its warnings, if it could not.
 fn unreachable_index(stderr: &str) -> Option<String> {
     stderr.lines().find_map(|l| {
@@ -550,10 +572,15 @@ fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
         // Not on the index at all (a typo, a version that does not exist):
         // nothing to do with WASI.
         if unavailable_requirement(&stderr).is_some() {
-            bail!(UserError(format!(
-                "{spec}: the package index has no distribution of it at all (is the name or version right?):\n{}",
-                stderr.trim_end()
-            )));
+            let why = match versions_on_index(&stderr) {
+                Some(v) if !v.is_empty() => format!(
+                    "no version of {name} on the package index matches (it has {})",
+                    last_versions(&v, 8)
+                ),
+                _ => "the package index has no distribution of it at all (is the name right?)"
+                    .to_owned(),
+            };
+            bail!(UserError(format!("{spec}: {why}")));
         }
         bail!(UserError(format!(
             "{name}: native extension, no WASI build available, or a source distribution that \
@@ -781,6 +808,25 @@ fn record_owners(site: &Path) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_that_matches_none_is_told_from_a_name_that_is_not_there() {
+        let some = "ERROR: Could not find a version that satisfies the requirement attrs>=99 \
+                    (from versions: 17.1.0, 17.2.0, 25.3.0, 25.4.0)\n\
+                    ERROR: No matching distribution found for attrs>=99\n";
+        assert_eq!(
+            versions_on_index(some).unwrap(),
+            ["17.1.0", "17.2.0", "25.3.0", "25.4.0"]
+        );
+        assert_eq!(
+            last_versions(&versions_on_index(some).unwrap(), 2),
+            "..., 25.3.0, 25.4.0"
+        );
+        let none = "ERROR: Could not find a version that satisfies the requirement nosuchpkg \
+                    (from versions: none)\n";
+        assert_eq!(versions_on_index(none).unwrap(), Vec::<&str>::new());
+        assert_eq!(versions_on_index("other"), None);
+    }
 
     #[test]
     fn included_files_and_local_packages_are_part_of_the_key() {
