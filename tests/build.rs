@@ -377,6 +377,15 @@ fn unchanged_builds_are_cache_hits_and_edits_rebuild_on_run() {
     app("second");
     let s = Server::start_with(&["run", &script]);
     assert_eq!(get(&s, "/"), (200, "second".to_owned()));
+    drop(s);
+    // Without a callable, `application`, as gunicorn (and `build`) take
+    // it: for a script path, and for a module with -p.
+    write(&dir, "wsgi.py", "from app import app as application\n");
+    let s = Server::start_with(&["run", &format!("{d}/wsgi.py")]);
+    assert_eq!(get(&s, "/"), (200, "second".to_owned()));
+    drop(s);
+    let s = Server::start_with(&["run", "wsgi", "-p", &d]);
+    assert_eq!(get(&s, "/"), (200, "second".to_owned()));
 }
 
 #[test]
@@ -629,6 +638,25 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
         (3_000_001, 3_000_000)
     );
     assert_eq!(err.matches('z').count(), 2_000_000);
+    // Ctrl-C ends it with 130, as a shell reports SIGINT, and removes its
+    // private /tmp (the default action left it for the next start).
+    let tmp = temp_dir("exec-signal");
+    let mut child = bin()
+        .env("TMPDIR", &tmp)
+        .args(["exec", &comp, "--", "-c", "import time; time.sleep(600)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::read_dir(&tmp).unwrap().next().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no private /tmp made");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: a signal to the child this test started and still waits on.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     // os._exit is an exit, not a crash (WASI 0.2 says only success or
     // failure: status 1 for any other than 0).
     let (code, _, err) = run_bin(&["exec", &comp, "--", "tools/bye.py", "0"]);

@@ -82,7 +82,8 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
     let app = args.app.as_str();
     let cache = engine::cache_dir(args.cache.cache_dir.clone())?;
     let as_path = Path::new(app);
-    if app.ends_with(".wasm") || as_path.is_file() {
+    // `app.py` alone is a script to serve (below), not a component.
+    if app.ends_with(".wasm") || (as_path.is_file() && !app.ends_with(".py")) {
         if !args.source.is_empty() {
             anyhow::bail!(UserError(format!(
                 "{app} is a component; -p, -r, --pyproject, --site-packages, --warmup, --world and --build-timeout only apply when running from source (like app.py:app)"
@@ -95,8 +96,10 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
     let head = app.split_once('(').map_or(app, |(head, _)| head);
     let split = match head.rfind(':') {
         Some(at) => Some((&app[..at], &app[at + 1..])),
-        // `path/app.py` alone: its `application`, as gunicorn has it.
+        // `path/app.py` alone, or a module with -p: its `application`, as
+        // gunicorn has it (and `build`).
         None if app.ends_with(".py") => Some((app, "application")),
+        None if !args.source.paths.is_empty() && is_module_name(app) => Some((app, "application")),
         None => None,
     };
     let Some((file, callable)) = split else {
@@ -142,6 +145,8 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
         )));
     };
     let name = app_name(&args.component);
+    // Before the private /tmp exists, so no signal can leave it behind.
+    end_exec_on_signals()?;
     let sandbox = Sandbox::new(
         &name,
         args.grants.grants()?,
@@ -171,6 +176,48 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
         },
     };
     Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
+}
+
+/// Ctrl-C or SIGTERM ends `exec` with the shell's status for the signal,
+/// its private /tmp removed first. The script cannot be told (WASI has no
+/// signals), and the default action left the directory for the next
+/// start to sweep. Watched on a thread of its own, since a script
+/// computing without a pause may hold every worker of the runtime.
+fn end_exec_on_signals() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (ready, registered) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("rsgi-wasm-exec-signals".into())
+        .spawn(move || {
+            let watch = async {
+                let mut int = signal(SignalKind::interrupt())?;
+                let mut term = signal(SignalKind::terminate())?;
+                let _ = ready.send(Ok(()));
+                anyhow::Ok(tokio::select! {
+                    _ = int.recv() => 130,
+                    _ = term.recv() => 143,
+                })
+            };
+            let status = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(watch));
+            match status {
+                Ok(status) => {
+                    crate::runtime::scratch::abandon();
+                    std::process::exit(status);
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            }
+        })
+        .context("starting the signal watcher")?;
+    registered
+        .recv()
+        .context("the signal watcher stopped")?
+        .context("watching for signals")
 }
 
 /// `rsgi-wasm unpack`: the component's files for a host that maps
@@ -384,6 +431,16 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let served = server::serve(listener, site, &server_cfg, server::shutdown_signal()).await;
     idle.abort();
     served
+}
+
+/// Whether `name` reads as a dotted Python module name (`app`, `pkg.wsgi`).
+fn is_module_name(name: &str) -> bool {
+    name.split('.').all(|part| {
+        part.chars()
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+    })
 }
 
 /// What `run` started: the app, the component it runs and what it took.

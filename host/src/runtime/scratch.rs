@@ -119,6 +119,14 @@ pub fn finish() {
     }
 }
 
+/// Remove this process's run directory and everything in it, for an exit
+/// that runs no destructors (`exec` ended by a signal).
+pub fn abandon() {
+    if let Some(Ok(run)) = RUN.get() {
+        let _ = remove_tree(&run.path);
+    }
+}
+
 /// A new private /tmp for `app` on the host.
 pub fn scratch_dir(app: &str) -> Result<ScratchDir> {
     let dir = tempfile::Builder::new()
