@@ -820,7 +820,8 @@ fn sighup_reload_swaps_apps_without_losing_requests() {
     );
     std::fs::write(&config, two).unwrap();
     s.signal("HUP");
-    s.wait_for_log("reloaded: 2 apps");
+    // The log says what changed.
+    s.wait_for_log("reloaded: 2 apps (added hello; changed router)");
     assert_eq!(in_flight.join().unwrap(), (200, "slept".into()));
     let env: serde_json::Value = get_json(&s, "/os-environ");
     assert_eq!(env["GEN"], "2");
@@ -839,6 +840,11 @@ fn sighup_reload_swaps_apps_without_losing_requests() {
     s.signal("HUP");
     s.wait_for_log("reload failed, still serving the previous config");
     assert_eq!(get(&s, "/hello/"), (200, "Hello, World!\n".into()));
+    std::fs::write(&config, &one).unwrap();
+    s.signal("HUP");
+    s.wait_for_log("reloaded: 1 apps (changed router; removed hello)");
+    s.signal("HUP");
+    s.wait_for_log("reloaded: 1 apps (nothing changed)");
 }
 
 #[test]

@@ -651,6 +651,52 @@ async fn reload_app(
     }
 }
 
+/// What a reload changed, by app name: added, changed (a new tenant in
+/// place of the old one) and removed, each list clipped for the log.
+fn reload_changes(previous: &[Running], next: &[Running]) -> String {
+    let before: std::collections::HashMap<&str, &Arc<Tenant>> = previous
+        .iter()
+        .map(|r| (r.config.name.as_str(), &r.app))
+        .collect();
+    let after: std::collections::HashSet<&str> =
+        next.iter().map(|r| r.config.name.as_str()).collect();
+    let (mut added, mut changed) = (Vec::new(), Vec::new());
+    for r in next {
+        match before.get(r.config.name.as_str()) {
+            None => added.push(r.config.name.as_str()),
+            Some(old) if !Arc::ptr_eq(old, &r.app) => changed.push(r.config.name.as_str()),
+            Some(_) => {}
+        }
+    }
+    let removed: Vec<&str> = previous
+        .iter()
+        .map(|r| r.config.name.as_str())
+        .filter(|name| !after.contains(name))
+        .collect();
+    let listed = |what: &str, names: &[&str]| {
+        const SHOWN: usize = 10;
+        let mut text = format!("{what} {}", names[..names.len().min(SHOWN)].join(", "));
+        if names.len() > SHOWN {
+            text.push_str(&format!(" and {} more", names.len() - SHOWN));
+        }
+        text
+    };
+    let parts: Vec<String> = [
+        ("added", &added),
+        ("changed", &changed),
+        ("removed", &removed),
+    ]
+    .into_iter()
+    .filter(|(_, names)| !names.is_empty())
+    .map(|(what, names)| listed(what, names))
+    .collect();
+    if parts.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// A running tenant and what it was started from.
 struct Running {
     config: TenantConfig,
@@ -862,7 +908,11 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
                     if let Some(tls) = tls {
                         reload_site.swap_tls(tls);
                     }
-                    tracing::info!("reloaded: {} apps", next.len());
+                    tracing::info!(
+                        "reloaded: {} apps ({})",
+                        next.len(),
+                        reload_changes(&running, &next)
+                    );
                     // Apps no longer routed finish their in-flight requests
                     // (those hold the pool) and are dropped after.
                     running = Arc::new(next);
