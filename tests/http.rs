@@ -1786,6 +1786,15 @@ fn tls_serves_only_the_protocol_alpn_chose() {
         "{:?}",
         String::from_utf8_lossy(&h2)
     );
+    // Plain HTTP to the TLS port: a 400 that says so, not a TLS alert.
+    let plain = raw(s.addr, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(status_of(&plain), 400);
+    assert!(
+        String::from_utf8_lossy(&plain).contains("use an https:// URL"),
+        "{:?}",
+        String::from_utf8_lossy(&plain)
+    );
+    s.wait_for_log("\"- -\" 400 ");
 }
 
 #[test]

@@ -188,8 +188,8 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 write_deadline::limit_unsent(&stream);
                 let deadline = cfg.header_timeout;
-                let stream = WriteDeadline::new(stream, deadline);
                 let Some(acceptor) = site.tls() else {
+                    let stream = WriteDeadline::new(stream, deadline);
                     let (activity, svc) = service(site.clone(), local, peer, false);
                     let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                     let stop = stop.clone();
@@ -204,7 +204,13 @@ pub async fn serve(
                 let (site, builder, stop) = (site.clone(), builder.clone(), stop.clone());
                 let by_alpn = by_alpn.clone();
                 tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                    let until = tokio::time::Instant::now() + deadline;
+                    if let Ok(true) = tokio::time::timeout_at(until, speaks_plain_http(&stream)).await {
+                        tell_plain_http_to_use_tls(stream, until, peer).await;
+                        return;
+                    }
+                    let stream = WriteDeadline::new(stream, deadline);
+                    let tls = match tokio::time::timeout_at(until, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
                             // Scanners fail handshakes all day; a refused
@@ -258,6 +264,46 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Whether a connection to the TLS port opens like plain HTTP (a method's
+/// first letter) instead of a TLS record (0x16).
+async fn speaks_plain_http(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
+}
+
+/// Answer plain HTTP sent to the TLS port with a 400 saying so, as nginx
+/// does, instead of a TLS alert a browser shows as a broken connection.
+async fn tell_plain_http_to_use_tls(
+    mut stream: tokio::net::TcpStream,
+    until: tokio::time::Instant,
+    peer: SocketAddr,
+) {
+    use tokio::io::AsyncWriteExt;
+    const TEXT: &str = "This port speaks HTTPS: use an https:// URL.\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{TEXT}",
+        TEXT.len()
+    );
+    let _ = tokio::time::timeout_at(until, async {
+        use tokio::io::AsyncReadExt;
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Read what the client sent (a little of it) before closing: a
+        // close with unread bytes would reset the connection, and the
+        // client might lose the response.
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            if stream.read(&mut sink).await? == 0 {
+                break;
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+    crate::http::access::refused_head(peer.ip(), 400);
 }
 
 /// The client certificate's fault a failed handshake was, if it was one
