@@ -262,6 +262,7 @@ impl Exchange {
         if let Some(rem) = self.remaining.as_mut() {
             if chunk.len() as u64 > *rem {
                 tracing::warn!(
+                    app = %self.app,
                     "app wrote more than its Content-Length; {} extra bytes dropped",
                     chunk.len() as u64 - *rem
                 );
