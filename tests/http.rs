@@ -776,6 +776,114 @@ fn an_http2_request_body_reset_before_its_length_is_a_client_that_left() {
     assert!(!s.logs().contains("\"POST /length\" 200"), "{}", s.logs());
 }
 
+/// A loopback TCP connection to `addr` whose receive buffer is `bytes`,
+/// set before connecting so the window is small from the start: the
+/// server's socket fills, and its kernel holds what the client has not
+/// taken, as for a slow link.
+fn small_window_connection(addr: std::net::SocketAddr, bytes: libc::c_int) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("a loopback IPv4 address")
+    };
+    // SAFETY: a new socket this test owns, an int option, and a
+    // sockaddr_in built whole; the fd goes to the TcpStream that closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::from_ref(&bytes).cast(),
+            std::mem::size_of_val(&bytes) as libc::socklen_t,
+        );
+        assert_eq!(rc, 0);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = v4.port().to_be();
+        sa.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+        let rc = libc::connect(
+            fd,
+            std::ptr::from_ref(&sa).cast(),
+            std::mem::size_of_val(&sa) as libc::socklen_t,
+        );
+        assert_eq!(rc, 0);
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+#[test]
+fn a_slow_http2_reader_whose_window_opens_rarely_gets_the_whole_response() {
+    // Its window lets the whole response go at once, so hyper has nothing
+    // more to do for it; the bytes then wait in the socket for a client
+    // reading 20 KB/s, far longer than --header-timeout. Taken as idle
+    // (and as dead by hyper's ping timeout) it lost the rest.
+    const N: usize = 400_000;
+    let s = Server::start(&router(), &["--header-timeout", "1s"]);
+    let mut c = small_window_connection(s.addr, 4096);
+    c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut block = vec![0x82, 0x86, 0x01, 1, b'x', 0x04];
+    let path = format!("/big?{N}");
+    block.push(u8::try_from(path.len()).unwrap());
+    block.extend_from_slice(path.as_bytes());
+    let window = 1u32 << 20;
+    let setting = [&[0u8, 4][..], &window.to_be_bytes()].concat();
+    c.write_all(
+        &[
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            h2_frame(4, 0, 0, &setting),
+            h2_frame(8, 0, 0, &window.to_be_bytes()),
+            h2_frame(1, 5, 1, &block),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    // 2 KiB every 100 ms; pings answered as any client does.
+    let mut reader = std::io::BufReader::with_capacity(2048, c.try_clone().unwrap());
+    let mut paced = |buf: &mut [u8]| -> bool {
+        let mut at = 0;
+        while at < buf.len() {
+            if reader.buffer().is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            match std::io::BufRead::fill_buf(&mut reader) {
+                Ok([]) | Err(_) => return false,
+                Ok(got) => {
+                    let n = got.len().min(buf.len() - at);
+                    buf[at..at + n].copy_from_slice(&got[..n]);
+                    std::io::BufRead::consume(&mut reader, n);
+                    at += n;
+                }
+            }
+        }
+        true
+    };
+    let mut body = 0usize;
+    let mut head = [0u8; 9];
+    while paced(&mut head) {
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if !paced(&mut payload) {
+            break;
+        }
+        let (kind, flags) = (head[3], head[4]);
+        match kind {
+            0 => {
+                body += len;
+                if flags & 1 == 1 {
+                    break;
+                }
+            }
+            4 if flags & 1 == 0 => c.write_all(&h2_frame(4, 1, 0, &[])).unwrap(),
+            6 if flags & 1 == 0 => c.write_all(&h2_frame(6, 1, 0, &payload)).unwrap(),
+            7 | 3 => break,
+            _ => {}
+        }
+    }
+    assert_eq!(body, N, "{}", s.logs());
+}
+
 #[test]
 fn an_http2_connection_whose_streams_wait_on_a_shut_window_is_closed() {
     // A client answering pings whose streams never open their window held

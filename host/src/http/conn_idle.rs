@@ -63,7 +63,8 @@ impl Activity {
         Some(self.opened + last + limit)
     }
 
-    fn event(&self) {
+    /// Something happened on the connection now (idle counts from here).
+    pub fn touch(&self) {
         let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_event.fetch_max(ms, Ordering::AcqRel);
     }
@@ -82,7 +83,7 @@ impl InFlight {
         if std::mem::replace(&mut self.app_turn, false) {
             self.activity.app_turn.fetch_sub(1, Ordering::AcqRel);
         }
-        self.activity.event();
+        self.activity.touch();
     }
 
     /// hyper asked for more of the response and waits on the app.
@@ -95,7 +96,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.activity.event();
+        self.activity.touch();
         if self.app_turn {
             self.activity.app_turn.fetch_sub(1, Ordering::AcqRel);
         }

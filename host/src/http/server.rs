@@ -29,7 +29,7 @@ use crate::http::access::{AccessLog, LoggedBody};
 use crate::http::conn_idle::Activity;
 use crate::http::head_rules;
 use crate::http::router::Router;
-use crate::http::write_deadline::{self, WriteDeadline};
+use crate::http::write_deadline::{self, Delivered, WriteDeadline};
 use crate::latin1;
 use crate::runtime::body::{self, RequestBody, ResponseBody};
 use crate::runtime::environ::{self, RequestInfo};
@@ -44,6 +44,11 @@ const HEAD_SLACK: usize = 16 * 1024;
 const HTTP2_MAX_PENDING_RESETS: usize = 20;
 /// Streams the server may reset because the client broke the protocol.
 const HTTP2_MAX_ERROR_RESETS: usize = 1024;
+/// Bytes a client must take per `--header-timeout` to count as reading
+/// while nothing else happens on its connection (its settings, pings and
+/// window updates are less).
+const MIN_TAKEN: u64 = 1024;
+
 /// How much of a request body an HTTP/2 client may send before the app
 /// reads it: the protocol's own initial window.
 const HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
@@ -139,6 +144,9 @@ pub async fn serve(
         // (the auto builder's protocol sniffing changes it); the head limit
         // itself is checked on the parsed head in `respond`.
         .max_buf_size(cfg.max_header_bytes.max(8192) + HEAD_SLACK);
+    // No keep-alive pings: a slow reader's answer waits behind every byte
+    // queued for it, so a ping timeout cut clients that were reading. A
+    // silent or vanished client is found by the idle and write deadlines.
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -150,10 +158,7 @@ pub async fn serve(
         // Rapid reset (CVE-2023-44487): streams a client opens and cancels
         // still cost work; past these counts the connection is closed.
         .max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_RESETS))
-        .max_local_error_reset_streams(Some(HTTP2_MAX_ERROR_RESETS))
-        // A connection that stops answering pings is dropped.
-        .keep_alive_interval(Some(cfg.header_timeout))
-        .keep_alive_timeout(cfg.header_timeout);
+        .max_local_error_reset_streams(Some(HTTP2_MAX_ERROR_RESETS));
     // What a TLS client chose by ALPN is the protocol it must speak: a
     // connection that agreed on h2 and then sends HTTP/1.1 is refused.
     let by_alpn = Arc::new(ByAlpn {
@@ -190,11 +195,12 @@ pub async fn serve(
                 let deadline = cfg.header_timeout;
                 let Some(acceptor) = site.tls() else {
                     let stream = WriteDeadline::new(stream, deadline);
+                    let delivered = stream.delivered();
                     let (activity, svc) = service(site.clone(), local, peer, false);
                     let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                     let stop = stop.clone();
                     tokio::spawn(async move {
-                        drive(conn, &activity, deadline, peer, stop).await;
+                        drive(conn, &activity, (deadline, delivered), peer, stop).await;
                         drop(slot);
                     });
                     continue;
@@ -210,6 +216,7 @@ pub async fn serve(
                         return;
                     }
                     let stream = WriteDeadline::new(stream, deadline);
+                    let delivered = stream.delivered();
                     let tls = match tokio::time::timeout_at(until, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
@@ -236,7 +243,7 @@ pub async fn serve(
                         _ => &*builder,
                     };
                     let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
-                    drive(conn, &activity, deadline, peer, stop).await;
+                    drive(conn, &activity, (deadline, delivered), peer, stop).await;
                     drop(slot);
                 });
             }
@@ -372,11 +379,12 @@ struct ByAlpn {
 /// down (`stop`), it is ended gracefully: HTTP/2 gets a GOAWAY (RFC 9113
 /// §9.1), so a client whose request crosses the close knows it was not
 /// taken, and HTTP/1 closes between requests. One that does not end
-/// within another `deadline` is dropped.
+/// within another `deadline` is dropped. A client still taking bytes
+/// (`delivered`) is not idle, however long ago they were written.
 async fn drive<C>(
     conn: C,
     activity: &Activity,
-    deadline: Duration,
+    (deadline, delivered): (Duration, Delivered),
     peer: SocketAddr,
     mut stop: tokio::sync::watch::Receiver<()>,
 ) where
@@ -387,6 +395,11 @@ async fn drive<C>(
     let mut asked = false;
     // Idle, it was asked to end; dropped if it has not by then.
     let mut give_up: Option<tokio::time::Instant> = None;
+    // What the client had taken by two moments: `base`, at least half a
+    // deadline before `recent`, so progress is judged over that long
+    // whenever the connection is looked at.
+    let start = (delivered.so_far(), tokio::time::Instant::now());
+    let (mut base, mut recent) = (start, start);
     let ended = loop {
         let check = give_up.unwrap_or_else(|| {
             activity
@@ -406,7 +419,19 @@ async fn drive<C>(
                     tracing::debug!(%peer, "did not end {deadline:?} after it was asked to; dropped");
                     return;
                 }
+                // A slow reader whose flow-control window opens less often
+                // than the deadline (hyper handed it all the window allowed
+                // long ago) is still taking bytes: more than control frames.
+                let now = (delivered.so_far(), tokio::time::Instant::now());
+                if now.1 >= recent.1 + deadline / 2 {
+                    (base, recent) = (recent, now);
+                }
+                let taking = matches!((now.0, base.0), (Some(n), Some(b)) if n > b + MIN_TAKEN);
                 if activity.idle_at(deadline).is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    if taking && !asked {
+                        activity.touch();
+                        continue;
+                    }
                     if asked {
                         return;
                     }

@@ -9,7 +9,10 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +22,8 @@ use tokio::time::Sleep;
 /// `io`, whose writes fail with `TimedOut` after `stall` without progress.
 pub struct WriteDeadline<T> {
     io: T,
+    /// Bytes written to `io` so far (see [`Delivered`]).
+    written: Arc<AtomicU64>,
     stall: Duration,
     /// Armed while a write waits for the client; cleared by any progress.
     waiting: Option<Pin<Box<Sleep>>>,
@@ -65,20 +70,27 @@ pub trait Unsent {
 }
 
 impl Unsent for tokio::net::TcpStream {
-    #[cfg(target_os = "linux")]
     fn unsent(&self) -> Option<u64> {
-        use std::os::fd::AsRawFd;
-        let mut queued: libc::c_int = 0;
-        // SAFETY: TIOCOUTQ (SIOCOUTQ) on a socket this stream owns writes
-        // one int: the bytes in its send queue, not yet acknowledged.
-        let rc = unsafe { libc::ioctl(self.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-        (rc == 0).then(|| u64::try_from(queued).unwrap_or(0))
+        use std::os::fd::AsFd;
+        unsent_in(self.as_fd())
     }
+}
 
-    #[cfg(not(target_os = "linux"))]
-    fn unsent(&self) -> Option<u64> {
-        None
-    }
+/// The bytes in `socket`'s send queue its peer has not acknowledged.
+#[cfg(target_os = "linux")]
+pub fn unsent_in(socket: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) on a live socket writes one int: the
+    // bytes in its send queue, not yet acknowledged.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    (rc == 0).then(|| u64::try_from(queued).unwrap_or(0))
+}
+
+/// The bytes in `socket`'s send queue: unknown off Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn unsent_in(_socket: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    None
 }
 
 impl<T: Unsent> WriteDeadline<T> {
@@ -86,6 +98,7 @@ impl<T: Unsent> WriteDeadline<T> {
     pub fn new(io: T, stall: Duration) -> Self {
         WriteDeadline {
             io,
+            written: Arc::new(AtomicU64::new(0)),
             stall,
             waiting: None,
             unsent: None,
@@ -142,6 +155,45 @@ impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
     }
 }
 
+impl WriteDeadline<tokio::net::TcpStream> {
+    /// What the client has taken of this connection's writes.
+    pub fn delivered(&self) -> Delivered {
+        Delivered {
+            written: self.written.clone(),
+            socket: self.io.as_raw_fd(),
+        }
+    }
+}
+
+/// How many of the bytes written to a connection its client has taken
+/// (acknowledged): a slow reader whose flow-control window opens less
+/// often than the stall time is seen taking them, though nothing is
+/// written meanwhile.
+pub struct Delivered {
+    written: Arc<AtomicU64>,
+    socket: RawFd,
+}
+
+impl Delivered {
+    /// Bytes taken so far; `None` where the system cannot tell. Only to be
+    /// asked while the connection that owns the socket is alive.
+    pub fn so_far(&self) -> Option<u64> {
+        // SAFETY: the caller holds the connection, which owns the socket,
+        // so the descriptor is open and still this connection's.
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.socket) };
+        let queued = unsent_in(socket)?;
+        Some(self.written.load(Ordering::Relaxed).saturating_sub(queued))
+    }
+}
+
+impl<T: AsyncWrite + Unsent + Unpin> WriteDeadline<T> {
+    fn count(&self, polled: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = polled {
+            self.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 impl<T: AsyncWrite + Unsent + Unpin> AsyncWrite for WriteDeadline<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -149,6 +201,7 @@ impl<T: AsyncWrite + Unsent + Unpin> AsyncWrite for WriteDeadline<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.count(&polled);
         self.watch(cx, polled)
     }
 
@@ -158,6 +211,7 @@ impl<T: AsyncWrite + Unsent + Unpin> AsyncWrite for WriteDeadline<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.count(&polled);
         self.watch(cx, polled)
     }
 
