@@ -274,10 +274,10 @@ pub async fn serve(
 }
 
 /// Whether a connection to the TLS port opens like plain HTTP (a method's
-/// first letter) instead of a TLS record (0x16).
+/// first letter, in either case) instead of a TLS record (0x16).
 async fn speaks_plain_http(stream: &tokio::net::TcpStream) -> bool {
     let mut first = [0u8; 1];
-    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_alphabetic())
 }
 
 /// Answer plain HTTP sent to the TLS port with a 400 saying so, as nginx

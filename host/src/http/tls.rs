@@ -116,8 +116,9 @@ fn certified_key(
         }
         if let rustls::Error::General(_) = e {
             return UserError(format!(
-                "{key_what} {}: a key TLS here cannot use ({e}); use RSA of 2048 to \
-                 8192 bits, ECDSA P-256 or P-384, or Ed25519",
+                "{key_what} {}: a key of a kind or size TLS here cannot use (RSA under 2048 \
+                 or over 8192 bits, or another curve); use RSA of 2048 to 8192 bits, \
+                 ECDSA P-256 or P-384, or Ed25519",
                 key.display()
             ));
         }
