@@ -1937,8 +1937,10 @@ fn tls_serves_https_with_h2_by_alpn_and_https_scheme() {
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
     let env: serde_json::Value = r.json().unwrap();
     assert_eq!(env["wsgi.url_scheme"], "https");
-    // Plain HTTP to a TLS port is not served.
-    assert!(client().get(s.url("/")).send().is_err());
+    // Plain HTTP to a TLS port is not served: a 400 says to use https.
+    let plain = client().get(s.url("/")).send().unwrap();
+    assert_eq!(plain.status(), 400);
+    assert!(plain.text().unwrap().contains("https://"));
     // A key that is not the certificate's stops the start, naming both.
     pki.issue("other", &["localhost"], false);
     let (code, _, err) = run_bin(&[

@@ -659,6 +659,11 @@ fn a_tenant_flooding_its_output_is_rate_limited() {
         (200, "flooded".into())
     );
     let took = t.elapsed().as_secs_f64();
+    // Its own error, raised while its output is being dropped, is still
+    // logged with its traceback: reports have a budget of their own.
+    assert_eq!(get_host(&s, "loud.test", "/error").0, 500);
+    s.wait_for_log("error in the WSGI app serving GET /error");
+    s.wait_for_log("[loud stderr] RuntimeError");
     assert_eq!(get_host(&s, "hello.test", "/").0, 200);
     s.wait_for_log("logging faster than 4096 bytes/s");
     let logged = s.logs().matches("[loud stdout] fff").count();

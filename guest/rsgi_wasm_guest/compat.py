@@ -183,8 +183,11 @@ class WholeWrites(io.RawIOBase):
         return self.raw.mode
 
     def write(self, data) -> int:
+        n = self.raw.write(data)
+        if n == len(data):  # the usual case: as fast as the raw stream
+            return n
         view = memoryview(data).cast("B")
-        done = 0
+        done = n or 0
         while done < len(view):
             n = self.raw.write(view[done:])
             if not n:  # a closed stream (0): nothing more will go

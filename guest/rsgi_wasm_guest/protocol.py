@@ -23,6 +23,10 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from .wsgi_input import BodyTooLarge, ClientDisconnected
 
+#: The first words of an app exception's report on stderr (guest_log.rs
+#: `ERROR_REPORT` must match).
+ERROR_REPORT = "rsgi-wasm: error in the WSGI app serving"
+
 Headers = List[Tuple[str, str]]
 
 # The most body bytes handed to the host in one call: wasmtime traps a host
@@ -378,8 +382,12 @@ def _failed(exc: BaseException, environ: dict, resp: Response, transport: Transp
         return None
     method = environ.get("REQUEST_METHOD", "?")
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    errors.write(f"rsgi-wasm: error in the WSGI app serving {method} {path}:\n")
-    traceback.print_exception(type(exc), exc, exc.__traceback__, file=errors)
+    # One write: the host knows a report by its first line and logs it
+    # whole, past the app's log rate (clipped), so a noisy app cannot hide
+    # its own errors.
+    report = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    errors.write(f"{ERROR_REPORT} {method} {path}:\n{report}")
+    errors.flush()
     if not resp.sent:
         error_page(transport, "500 Internal Server Error", "Internal Server Error\n")
         return None

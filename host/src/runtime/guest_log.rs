@@ -22,6 +22,9 @@ pub struct LogBudget {
     app: Arc<str>,
     rate: u64,
     state: Mutex<Bucket>,
+    /// App exceptions' reports, at the same rate but apart: an app flooding
+    /// its output cannot hide its own errors.
+    reports: Mutex<Bucket>,
 }
 
 /// A burst may use this many seconds' worth of the rate at once.
@@ -46,20 +49,32 @@ enum Verdict {
 impl LogBudget {
     /// A budget of `rate` bytes a second for app `app`'s stdout and stderr.
     pub fn new(app: &Arc<str>, rate: u64) -> Arc<Self> {
-        Arc::new(LogBudget {
-            app: app.clone(),
-            rate,
-            state: Mutex::new(Bucket {
+        let full = || {
+            Mutex::new(Bucket {
                 tokens: rate.saturating_mul(BURST_SECONDS),
                 last: Instant::now(),
                 dropped_lines: 0,
                 dropped_bytes: 0,
-            }),
+            })
+        };
+        Arc::new(LogBudget {
+            app: app.clone(),
+            rate,
+            state: full(),
+            reports: full(),
         })
     }
 
     fn admit(&self, len: usize, now: Instant) -> Verdict {
-        let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.admit_in(&self.state, len, now)
+    }
+
+    fn admit_report(&self, len: usize, now: Instant) -> Verdict {
+        self.admit_in(&self.reports, len, now)
+    }
+
+    fn admit_in(&self, bucket: &Mutex<Bucket>, len: usize, now: Instant) -> Verdict {
+        let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
         let elapsed = now.saturating_duration_since(b.last);
         let refill = (elapsed.as_secs_f64() * self.rate as f64) as u64;
         if refill > 0 {
@@ -107,15 +122,20 @@ impl Drop for LogBudget {
     /// An app unloaded (or reloaded) while dropping its output would
     /// otherwise never say how much it dropped.
     fn drop(&mut self) {
-        let b = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if b.dropped_lines > 0 {
-            tracing::warn!(
-                target: "guest",
-                "[{}] {} lines ({} bytes) of output were dropped by the log rate limit before this version of the app was unloaded",
-                self.app,
-                b.dropped_lines,
-                b.dropped_bytes
-            );
+        for (bucket, what) in [
+            (&mut self.state, "lines"),
+            (&mut self.reports, "error reports"),
+        ] {
+            let b = bucket.get_mut().unwrap_or_else(|e| e.into_inner());
+            if b.dropped_lines > 0 {
+                tracing::warn!(
+                    target: "guest",
+                    "[{}] {} {what} ({} bytes) of output were dropped by the log rate limit before this version of the app was unloaded",
+                    self.app,
+                    b.dropped_lines,
+                    b.dropped_bytes
+                );
+            }
         }
     }
 }
@@ -216,17 +236,83 @@ impl LineLogger {
                         self.app
                     );
                 }
-                let text = String::from_utf8_lossy(line);
-                let text = visible(text.trim_end_matches(['\r', '\n']));
-                if crate::config::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
-                    // Keys a log shipper can filter on, as access lines have.
-                    tracing::info!(target: "guest", app = %self.app, stream = %self.stream, "{text}");
-                } else {
-                    tracing::info!(target: "guest", "[{} {}] {text}", self.app, self.stream);
+                self.log_line(line);
+            }
+        }
+    }
+
+    fn log_line(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = visible(text.trim_end_matches(['\r', '\n']));
+        if crate::config::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+            // Keys a log shipper can filter on, as access lines have.
+            tracing::info!(target: "guest", app = %self.app, stream = %self.stream, "{text}");
+        } else {
+            tracing::info!(target: "guest", "[{} {}] {text}", self.app, self.stream);
+        }
+    }
+
+    /// An app exception's report, written whole by the guest: logged
+    /// under the reports' own budget, clipped to [`MAX_REPORT`].
+    fn report(&self, text: &[u8]) {
+        let text = clip_report(text);
+        match self.budget.admit_report(text.len(), Instant::now()) {
+            Verdict::Drop { first: true } => tracing::warn!(
+                target: "guest",
+                "[{}] reporting errors faster than {} bytes/s: dropping its error reports until it slows down",
+                self.app,
+                self.budget.rate
+            ),
+            Verdict::Drop { first: false } => {}
+            Verdict::Log { dropped } => {
+                if let Some((reports, bytes)) = dropped {
+                    tracing::warn!(
+                        target: "guest",
+                        "[{}] {reports} error reports ({bytes} bytes) were dropped by the log rate limit",
+                        self.app
+                    );
+                }
+                for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    for piece in line.chunks(MAX_LINE) {
+                        self.log_line(piece);
+                    }
                 }
             }
         }
     }
+}
+
+/// The first words of an app exception's report on stderr (the guest's
+/// `protocol.ERROR_REPORT`).
+const ERROR_REPORT: &[u8] = b"rsgi-wasm: error in the WSGI app serving";
+
+/// Most of a report logged: its first line, which names the request, and
+/// its end, which names the exception.
+const MAX_REPORT: usize = 16 * 1024;
+
+/// `text`, or its first line and its last lines within [`MAX_REPORT`].
+fn clip_report(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if text.len() <= MAX_REPORT {
+        return text.into();
+    }
+    let first = text
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(text.len(), |nl| nl + 1)
+        .min(1024);
+    let tail = &text[text.len() - (MAX_REPORT - first)..];
+    let tail = tail
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(tail, |nl| &tail[nl + 1..]);
+    let left_out = text.len() - first - tail.len();
+    let mut out = text[..first].to_vec();
+    if !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(format!("[{left_out} bytes of the report left out]\n").as_bytes());
+    out.extend_from_slice(tail);
+    out.into()
 }
 
 /// Most of a guest's text (an exception message, a trap's backtrace) a
@@ -294,6 +380,16 @@ impl OutputStream for LineLogger {
             )));
         }
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        if bytes.starts_with(ERROR_REPORT) {
+            // What the app left unterminated goes first, on its own.
+            let pending = buf.split();
+            drop(buf);
+            if !pending.is_empty() {
+                self.emit(&pending);
+            }
+            self.report(&bytes);
+            return Ok(());
+        }
         buf.extend_from_slice(&bytes);
         while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
             let line = buf.split_to(nl + 1);
@@ -356,6 +452,23 @@ mod tests {
         let long = quoted(&"é".repeat(10_000));
         assert!(long.len() < MAX_QUOTED + 64, "{}", long.len());
         assert!(long.ends_with("... (20000 bytes in all)"), "{long}");
+    }
+
+    #[test]
+    fn a_long_report_keeps_its_first_line_and_its_end() {
+        let short = b"rsgi-wasm: error in the WSGI app serving GET /:\nTraceback\nValueError: x\n";
+        assert_eq!(&*clip_report(short), &short[..]);
+        let mut long = b"rsgi-wasm: error in the WSGI app serving GET /deep:\n".to_vec();
+        for i in 0..5000 {
+            long.extend_from_slice(format!("  File \"app.py\", line {i}, in f\n").as_bytes());
+        }
+        long.extend_from_slice(b"RecursionError: maximum recursion depth exceeded\n");
+        let clipped = clip_report(&long);
+        assert!(clipped.len() <= MAX_REPORT + 64, "{}", clipped.len());
+        let text = String::from_utf8_lossy(&clipped);
+        assert!(text.starts_with("rsgi-wasm: error in the WSGI app serving GET /deep:\n["));
+        assert!(text.contains(" bytes of the report left out]\n  File"));
+        assert!(text.ends_with("RecursionError: maximum recursion depth exceeded\n"));
     }
 
     #[test]
