@@ -218,25 +218,38 @@ const WRITE_PERMIT: usize = 4 * 1024 * 1024;
 
 impl LineLogger {
     fn emit(&self, line: &[u8]) {
-        match self.budget.admit(line.len(), Instant::now()) {
-            // The notices are not charged: at most one per run of drops,
-            // and a run ends only when a line was let through.
-            Verdict::Drop { first: true } => tracing::warn!(
-                target: "guest",
-                "[{}] logging faster than {} bytes/s (its stdout and stderr together): dropping its output until it slows down",
-                self.app,
-                self.budget.rate
-            ),
-            Verdict::Drop { first: false } => {}
+        let verdict = self.budget.admit(line.len(), Instant::now());
+        let told = (
+            "logging faster than {rate} bytes/s (its stdout and stderr together): dropping its output",
+            "lines",
+        );
+        if self.admitted(verdict, told) {
+            self.log_line(line);
+        }
+    }
+
+    /// Log the notices `verdict` calls for (a run of drops beginning, or
+    /// ending with its count); whether to log what was admitted. `told`:
+    /// what the app is doing too fast, and what the count counts. The
+    /// notices are not charged: at most one per run of drops, and a run
+    /// ends only when something was let through.
+    fn admitted(&self, verdict: Verdict, (doing, counted): (&str, &str)) -> bool {
+        match verdict {
+            Verdict::Drop { first: true } => {
+                let doing = doing.replace("{rate}", &self.budget.rate.to_string());
+                tracing::warn!(target: "guest", "[{}] {doing} until it slows down", self.app);
+                false
+            }
+            Verdict::Drop { first: false } => false,
             Verdict::Log { dropped } => {
-                if let Some((lines, bytes)) = dropped {
+                if let Some((n, bytes)) = dropped {
                     tracing::warn!(
                         target: "guest",
-                        "[{}] {lines} lines ({bytes} bytes) of output were dropped by the log rate limit",
+                        "[{}] {n} {counted} ({bytes} bytes) of output were dropped by the log rate limit",
                         self.app
                     );
                 }
-                self.log_line(line);
+                true
             }
         }
     }
@@ -256,26 +269,15 @@ impl LineLogger {
     /// under the reports' own budget, clipped to [`MAX_REPORT`].
     fn report(&self, text: &[u8]) {
         let text = clip_report(text);
-        match self.budget.admit_report(text.len(), Instant::now()) {
-            Verdict::Drop { first: true } => tracing::warn!(
-                target: "guest",
-                "[{}] reporting errors faster than {} bytes/s: dropping its error reports until it slows down",
-                self.app,
-                self.budget.rate
-            ),
-            Verdict::Drop { first: false } => {}
-            Verdict::Log { dropped } => {
-                if let Some((reports, bytes)) = dropped {
-                    tracing::warn!(
-                        target: "guest",
-                        "[{}] {reports} error reports ({bytes} bytes) were dropped by the log rate limit",
-                        self.app
-                    );
-                }
-                for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    for piece in line.chunks(MAX_LINE) {
-                        self.log_line(piece);
-                    }
+        let verdict = self.budget.admit_report(text.len(), Instant::now());
+        let told = (
+            "reporting errors faster than {rate} bytes/s: dropping its error reports",
+            "error reports",
+        );
+        if self.admitted(verdict, told) {
+            for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                for piece in line.chunks(MAX_LINE) {
+                    self.log_line(piece);
                 }
             }
         }
