@@ -601,40 +601,8 @@ fn a_client_that_stops_reading_is_cut_off_at_the_stall_time() {
 
 #[test]
 fn a_slow_reader_that_keeps_taking_bytes_gets_the_whole_response() {
-    use std::os::fd::FromRawFd;
     let s = Server::start(&router(), &["--header-timeout", "3s"]);
-    // A small receive buffer, set before connecting so the window is
-    // small from the start: the server's socket fills, and its kernel
-    // holds what the client has not taken, as for a slow link.
-    let std::net::SocketAddr::V4(v4) = s.addr else {
-        panic!("a loopback IPv4 address")
-    };
-    // SAFETY: a new socket this test owns, an int option, and a
-    // sockaddr_in built whole; the fd goes to the TcpStream that closes it.
-    let mut c = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0);
-        let small: libc::c_int = 8192;
-        let rc = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            std::ptr::from_ref(&small).cast(),
-            std::mem::size_of_val(&small) as libc::socklen_t,
-        );
-        assert_eq!(rc, 0);
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_port = v4.port().to_be();
-        sa.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
-        let rc = libc::connect(
-            fd,
-            std::ptr::from_ref(&sa).cast(),
-            std::mem::size_of_val(&sa) as libc::socklen_t,
-        );
-        assert_eq!(rc, 0);
-        std::net::TcpStream::from_raw_fd(fd)
-    };
+    let mut c = small_window_connection(s.addr, 8192);
     c.write_all(b"GET /big?20000000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     // 8 KB/s for 5 s: over the 16 KiB per --header-timeout a reader must
