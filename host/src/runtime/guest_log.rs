@@ -219,25 +219,32 @@ const WRITE_PERMIT: usize = 4 * 1024 * 1024;
 impl LineLogger {
     fn emit(&self, line: &[u8]) {
         let verdict = self.budget.admit(line.len(), Instant::now());
-        let told = (
-            "logging faster than {rate} bytes/s (its stdout and stderr together): dropping its output",
-            "lines",
-        );
-        if self.admitted(verdict, told) {
+        if self.admitted(
+            verdict,
+            (
+                "logging",
+                "its output (stdout and stderr together)",
+                "lines",
+            ),
+        ) {
             self.log_line(line);
         }
     }
 
     /// Log the notices `verdict` calls for (a run of drops beginning, or
-    /// ending with its count); whether to log what was admitted. `told`:
-    /// what the app is doing too fast, and what the count counts. The
-    /// notices are not charged: at most one per run of drops, and a run
-    /// ends only when something was let through.
-    fn admitted(&self, verdict: Verdict, (doing, counted): (&str, &str)) -> bool {
+    /// ending with its count); whether to log what was admitted. Told as
+    /// what the app does too fast, what is dropped, and what the count
+    /// counts. The notices are not charged: at most one per run of drops,
+    /// and a run ends only when something was let through.
+    fn admitted(&self, verdict: Verdict, (doing, dropping, counted): (&str, &str, &str)) -> bool {
         match verdict {
             Verdict::Drop { first: true } => {
-                let doing = doing.replace("{rate}", &self.budget.rate.to_string());
-                tracing::warn!(target: "guest", "[{}] {doing} until it slows down", self.app);
+                tracing::warn!(
+                    target: "guest",
+                    "[{}] {doing} faster than {} bytes/s: dropping {dropping} until it slows down",
+                    self.app,
+                    self.budget.rate
+                );
                 false
             }
             Verdict::Drop { first: false } => false,
@@ -270,11 +277,10 @@ impl LineLogger {
     fn report(&self, text: &[u8]) {
         let text = clip_report(text);
         let verdict = self.budget.admit_report(text.len(), Instant::now());
-        let told = (
-            "reporting errors faster than {rate} bytes/s: dropping its error reports",
-            "error reports",
-        );
-        if self.admitted(verdict, told) {
+        if self.admitted(
+            verdict,
+            ("reporting errors", "its error reports", "error reports"),
+        ) {
             for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 for piece in line.chunks(MAX_LINE) {
                     self.log_line(piece);
