@@ -198,47 +198,119 @@ fn native_only_packages_stop_the_build_with_one_line_each() {
 #[test]
 fn a_native_module_its_package_needs_is_an_error_or_a_warning_not_a_silent_drop() {
     // A wheel whose compiled part was taken for optional and dropped: a
-    // package importing it with no fallback stops the build (Brotli), one
-    // whose code reaches it later is warned about (cffi's `FFI()`).
+    // package importing it with no fallback stops the build that asked for
+    // it (Brotli), one whose code reaches it later is warned about (cffi's
+    // `FFI()`). From an installed tree (--site-packages), which often holds
+    // packages the app never imports, an unusable one is only left out.
     let dir = temp_dir("needed-native");
     let so = "cpython-314-x86_64-linux-gnu.so";
-    let site = |name: &str, module: &str, code: &str| {
-        let site = dir.join(name);
-        write(&site, &format!("{name}.py"), code);
-        write(&site, &format!("{module}.{so}"), "\x7fELF not wasm");
+    // The files of a distribution `name` with the compiled `module`.
+    let files = |root: &Path, name: &str, module: &str, code: Option<&str>| {
+        let mut record = format!("{module}.{so},,\n");
+        if let Some(code) = code {
+            write(root, &format!("{name}.py"), code);
+            record += &format!("{name}.py,,\n");
+        }
+        write(root, &format!("{module}.{so}"), "\x7fELF not wasm");
+        let info = format!("{name}-1.0.dist-info");
         write(
-            &site,
-            &format!("{name}-1.0.dist-info/RECORD"),
-            &format!("{name}.py,,\n{module}.{so},,\n"),
+            root,
+            &format!("{info}/METADATA"),
+            &format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"),
         );
+        write(
+            root,
+            &format!("{info}/WHEEL"),
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        );
+        record += &format!("{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n");
+        write(root, &format!("{info}/RECORD"), &record);
+    };
+    let site = |name: &str, module: &str, code: Option<&str>| {
+        let site = dir.join(name);
+        files(&site, name, module, code);
         site.display().to_string()
     };
-    write(
-        &dir.join("app"),
-        "app.py",
-        "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n",
-    );
-    let app = dir.join("app").display().to_string();
-    // Build the app against `site`: (exit status, stderr).
-    let build_with = |site: &str, name: &str| {
+    // The same as a wheel file, named in a requirements file.
+    let wheel = |name: &str, module: &str, code: Option<&str>| {
+        let tree = dir.join(format!("{name}-wheel"));
+        files(&tree, name, module, code);
+        let whl = dir.join(format!("{name}-1.0-py3-none-any.whl"));
+        let zipped = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import shutil, sys; shutil.make_archive(sys.argv[1], 'zip', sys.argv[2])",
+            ])
+            .arg(&whl)
+            .arg(&tree)
+            .status()
+            .unwrap();
+        assert!(zipped.success());
+        std::fs::rename(whl.with_extension("whl.zip"), &whl).unwrap();
+        whl.display().to_string()
+    };
+    let app_importing = |module: &str| {
+        let app = dir.join(format!("app-{module}"));
+        write(
+            &app,
+            "app.py",
+            &format!("import {module}\ndef app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n"),
+        );
+        app.display().to_string()
+    };
+    let app = app_importing("os");
+    // Build the app against `deps` (`--site-packages DIR` or `-r FILE`):
+    // (exit status, stderr).
+    let build_with = |app: &str, deps: [&str; 2], name: &str| {
         let out = dir.join(format!("{name}.wasm")).display().to_string();
-        let args = ["build", "app:app", "-p", &app, "--site-packages", site];
+        let args = ["build", "app:app", "-p", app, deps[0], deps[1]];
         let (code, _, err) = run_bin(&[&args[..], &["--no-warmup", "-o", &out]].concat());
         (code, err)
     };
-    let needy = site("needy", "_needy", "import _needy\n");
-    let (code, err) = build_with(&needy, "needy");
+    // Asked for: every unusable distribution gets its line, and the build stops.
+    let requirements = dir.join("requirements.txt");
+    let needy_code = Some("import _needy\n");
+    write(
+        &dir,
+        "requirements.txt",
+        &format!(
+            "{}\n{}\n",
+            wheel("needy", "_needy", needy_code),
+            wheel("solo", "solo", None)
+        ),
+    );
+    let (code, err) = build_with(&app, ["-r", &requirements.display().to_string()], "asked");
     assert_ne!(code, 0, "{err}");
     assert!(
-        err.contains("needy: native extension, no WASI build available (needy.py:1 imports its native module _needy"),
+        err.contains("error: needy: native extension, no WASI build available (needy.py:1 imports its native module _needy"),
         "{err}"
     );
+    // A distribution that is one compiled module (ujson) cannot be imported.
+    assert!(
+        err.contains("error: solo: native extension, no WASI build available (its module solo is compiled code only)"),
+        "{err}"
+    );
+    // In an installed tree: left out with a warning, unless the app imports it.
+    let needy = site("needy", "_needy", needy_code);
+    let (code, err) = build_with(&app, ["--site-packages", &needy], "needy");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("needy: native extension, no WASI build available (needy.py:1 imports its native module _needy with no fallback, so `import` of it cannot work in WASI); its native part was left out"),
+        "{err}"
+    );
+    let (code, err) = build_with(
+        &app_importing("needy"),
+        ["--site-packages", &needy],
+        "needy-used",
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("error: needy: native extension"), "{err}");
     let lazy = site(
         "lazy",
         "_lazy",
-        "def ffi():\n    import _lazy\n    return _lazy\n",
+        Some("def ffi():\n    import _lazy\n    return _lazy\n"),
     );
-    let (code, err) = build_with(&lazy, "lazy");
+    let (code, err) = build_with(&app, ["--site-packages", &lazy], "lazy");
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("lazy: its native module _lazy has no WASI build and was left out; lazy.py:2 imports it"),
@@ -249,25 +321,11 @@ fn a_native_module_its_package_needs_is_an_error_or_a_warning_not_a_silent_drop(
     let flagged = site(
         "flagged",
         "_flagged",
-        "try:\n    import _flagged\n    FAST = True\nexcept ImportError:\n    FAST = False\nif FAST:\n    from _flagged import speed\n",
+        Some("try:\n    import _flagged\n    FAST = True\nexcept ImportError:\n    FAST = False\nif FAST:\n    from _flagged import speed\n"),
     );
-    let (code, err) = build_with(&flagged, "flagged");
+    let (code, err) = build_with(&app, ["--site-packages", &flagged], "flagged");
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("has no WASI build and was left out"), "{err}");
-    // A distribution that is one compiled module (ujson) cannot be imported.
-    let solo = dir.join("solo");
-    write(&solo, &format!("solo.{so}"), "\x7fELF not wasm");
-    write(
-        &solo,
-        "solo-1.0.dist-info/RECORD",
-        &format!("solo.{so},,\n"),
-    );
-    let (code, err) = build_with(&solo.display().to_string(), "solo");
-    assert_ne!(code, 0, "{err}");
-    assert!(
-        err.contains("solo: native extension, no WASI build available (its module solo is compiled code only)"),
-        "{err}"
-    );
 }
 
 #[test]
@@ -301,6 +359,23 @@ fn an_installed_site_packages_is_copied_without_its_native_modules() {
     );
     let so = "fastgreet/_speedups.cpython-314-x86_64-linux-gnu.so";
     write(&site, so, "\x7fELF not wasm");
+    // A package that is compiled code only, which the app never imports:
+    // left out with a warning, as an installed tree often holds one.
+    write(
+        &site,
+        "nativeonly.cpython-314-x86_64-linux-gnu.so",
+        "\x7fELF not wasm",
+    );
+    write(
+        &site,
+        "nativeonly-1.0.dist-info/RECORD",
+        "nativeonly.cpython-314-x86_64-linux-gnu.so,,\nnativeonly-1.0.dist-info/RECORD,,\n",
+    );
+    write(
+        &site,
+        "nativeonly-1.0.dist-info/METADATA",
+        "Metadata-Version: 2.1\nName: nativeonly\nVersion: 1.0\n",
+    );
     write(
         &dir.join("app"),
         "app.py",
@@ -429,6 +504,38 @@ def create_app(db, debug=False, extra=None):
             "('sqlite:///x.db', True, {'k': [1, 2.5, None]})".to_owned()
         )
     );
+}
+
+/// An app module named like a standard one: the app's own is imported
+/// where `python app.py` would import it (`tempfile`); where the server
+/// loaded the standard one before the app (`json`, and `random`, which the
+/// runtime reseeds by name) the build says the app's is not used, instead
+/// of failing or ignoring it without a word.
+#[test]
+fn app_modules_named_like_standard_ones_are_used_or_named_in_a_warning() {
+    let dir = temp_dir("stdlib-names");
+    for name in ["random.py", "json.py", "tempfile.py"] {
+        write(&dir, name, "WHOSE = \"app\"\n");
+    }
+    write(
+        &dir,
+        "app.py",
+        r#"
+import json, random, tempfile
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    whose = [getattr(m, "WHOSE", "std") for m in (json, random, tempfile)]
+    return [" ".join(whose).encode(), b" %d" % (random.randrange(5) // 10)]
+"#,
+    );
+    let s = Server::start_with(&["run", &format!("{}/app.py", dir.display())]);
+    assert_eq!(get(&s, "/"), (200, "std std app 0".to_owned()));
+    for name in ["json", "random"] {
+        let warning = format!("warning: the app's own module '{name}' is not used");
+        assert!(s.logs().contains(&warning), "{}", s.logs());
+    }
+    assert!(!s.logs().contains("'tempfile' is not used"), "{}", s.logs());
 }
 
 /// An import that never returns is stopped at `--build-timeout` with an

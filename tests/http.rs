@@ -1083,7 +1083,13 @@ fn compiled_artifact_is_cached_between_starts() {
         "{}",
         h.logs()
     );
-    let shells = std::fs::read_dir(cache.join("shells")).unwrap().count();
+    let shells = std::fs::read_dir(cache.join("shells"))
+        .unwrap()
+        .filter(|e| {
+            let path = e.as_ref().unwrap().path();
+            path.extension().is_some_and(|x| x == "cwasm")
+        })
+        .count();
     assert_eq!(shells, 1);
     let r = client().get(h.url("/")).send().unwrap();
     assert_eq!(r.text().unwrap(), "Hello, World!\n");
@@ -1095,6 +1101,7 @@ fn compiled_artifact_is_cached_between_starts() {
 fn damaged_cache_files_are_compiled_again() {
     // Whatever happened to the cache (a crash, a full disk, a stray edit),
     // an app whose cached files are unusable compiles them again.
+    use object::{Object, ObjectSection};
     let cache = temp_dir("damaged-cache");
     let cache_arg = cache.display().to_string();
     let start = || Server::start(&router(), &["--cache-dir", &cache_arg]);
@@ -1113,10 +1120,24 @@ fn damaged_cache_files_are_compiled_again() {
     let mut one_module_too_many = good_links.clone();
     one_module_too_many.push_str(good_links.lines().last().unwrap());
     one_module_too_many.push('\n');
-    for what in [
-        "a truncated shell",
-        "links that are not text",
-        "links naming one module too many",
+    let modules = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.join("modules"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect()
+    };
+    for (what, logged) in [
+        ("a truncated shell", "compiling"),
+        ("links that are not text", "compiling"),
+        ("links naming one module too many", "compiling"),
+        // Its format intact, so wasmtime would map it and run it: without
+        // the checksum, the whole server dies at the first call.
+        (
+            "machine code overwritten in every module",
+            "checksum mismatch",
+        ),
+        ("a module without its checksum", "no checksum"),
     ] {
         match what {
             "a truncated shell" => {
@@ -1125,10 +1146,28 @@ fn damaged_cache_files_are_compiled_again() {
                 std::fs::write(&shell, &bytes[..bytes.len() / 2]).unwrap();
             }
             "links that are not text" => std::fs::write(&links, b"\xff\xfe\x00garbage").unwrap(),
-            _ => std::fs::write(&links, &one_module_too_many).unwrap(),
+            "links naming one module too many" => {
+                std::fs::write(&links, &one_module_too_many).unwrap()
+            }
+            "machine code overwritten in every module" => {
+                for module in modules() {
+                    let mut bytes = std::fs::read(&module).unwrap();
+                    let text = object::File::parse(&bytes[..])
+                        .unwrap()
+                        .section_by_name(".text")
+                        .unwrap()
+                        .file_range()
+                        .unwrap();
+                    let (at, len) = (text.0 as usize, text.1 as usize);
+                    // int3 everywhere: any call into it traps the process.
+                    bytes[at..at + len].fill(0xcc);
+                    std::fs::write(&module, &bytes).unwrap();
+                }
+            }
+            _ => std::fs::remove_file(modules()[0].with_extension("sum")).unwrap(),
         }
         let s = start();
-        assert!(s.logs().contains("compiling"), "{what}: {}", s.logs());
+        assert!(s.logs().contains(logged), "{what}: {}", s.logs());
         let r = client().get(s.url("/")).send().unwrap();
         assert_eq!(r.status(), 200, "{what}");
         drop(s);

@@ -1739,3 +1739,50 @@ fn a_file_read_to_its_end_is_read_on_once_it_grows() {
     }
     assert_eq!(get_json(&s, "/sqlite-add?/data/shared.db")["rows"], 17);
 }
+
+/// SIGTERM while `serve --preload` compiles (a pod deleted while it
+/// starts): the start is abandoned at once, the server exits 0 as a drain
+/// does, and its scratch directory goes with it. Before, the signal's
+/// default action killed it (and, as a container's PID 1, it was ignored
+/// until the start was over).
+#[test]
+fn a_signal_while_preloading_stops_the_server_cleanly() {
+    let dir = temp_dir("stop-while-starting");
+    let (cache, tmp) = (dir.join("cache"), dir.join("tmp"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"a\"\ncomponent = \"{}\"\n",
+            router().display()
+        ),
+    );
+    let log = dir.join("server.log");
+    let mut child = bin()
+        .env("TMPDIR", &tmp)
+        .args(["serve", &config.display().to_string(), "--preload"])
+        .args(["--cache-dir", &cache.display().to_string()])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // An empty cache: the preload compiles for seconds.
+    while !logged().contains("compiling") {
+        assert!(Instant::now() < deadline, "never compiled: {}", logged());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: a signal to the child this test started and still waits on.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", logged());
+    assert!(
+        logged().contains("stopped by a signal while starting"),
+        "{}",
+        logged()
+    );
+    assert!(!logged().contains("listening on"), "{}", logged());
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "scratch left");
+}

@@ -56,6 +56,7 @@ LAZY_STDLIB = (
     "json",
     "locale",
     "mimetypes",
+    "random",
     "secrets",
     "string",
     "struct",
@@ -333,6 +334,26 @@ def app_module_names(app_dirs: Sequence[str]) -> Set[str]:
     return names
 
 
+# Standard modules the componentize-py runtime calls by name (it reseeds
+# ``random`` from the host's randomness): an app's ``random.py`` in their
+# place would break every instance.
+RUNTIME_OWN = frozenset({"random"})
+
+
+def unused_app_modules(app_dirs: Sequence[str], keep: Set[str]) -> List[str]:
+    """Build warnings for the app's top-level modules that it will never
+    import: a standard module of the same name is loaded before the app
+    (by CPython's start-up, the adapter or the runtime), as gunicorn's own
+    imports are, and ``import NAME`` finds that one."""
+    taken = keep | set(sys.builtin_module_names)
+    return [
+        f"warning: the app's own module {name!r} is not used: `import {name}` gives the standard "
+        f"library's, which the server loads before the app; rename the app's module"
+        for name in sorted(app_module_names(app_dirs) & taken)
+        if not name.startswith(("rsgi_wasm", "componentize_py"))
+    ]
+
+
 def forget_shadowed(app_dirs: Sequence[str], keep: Set[str]) -> None:
     """Drop from ``sys.modules`` the standard modules the adapter imported
     ahead of the app (``LAZY_STDLIB``) that one of the app's own modules
@@ -372,7 +393,7 @@ def boot(
     # __pycache__ behind in the user's project.
     sys.dont_write_bytecode = True
     # What is imported already is the adapter's and CPython's start-up's.
-    keep = {name.partition(".")[0] for name in sys.modules}
+    keep = {name.partition(".")[0] for name in sys.modules} | RUNTIME_OWN
     from . import compat
 
     compat.install()
@@ -405,12 +426,13 @@ def boot(
     sys.path[:] = app_dirs_first(sys.path, own_dirs)
     forget_shadowed(own_dirs, keep)
     check_native(native)
+    report = unused_app_modules(own_dirs, keep)
     if live:
         app = LiveApp(module, expr, mounts, native, own_dirs, keep)
-        report = ["live: each instance imports the app as it starts, from its directories as they are then"]
+        report.append("live: each instance imports the app as it starts, from its directories as they are then")
     else:
         app = resolve_callable(import_app_module(module, mounts, native), module, expr, mounts)
-        report = warm_up(app, warmup)
+        report += warm_up(app, warmup)
     forget_build_tempdir()
     # The snapshot is taken after boot returns, with no Python running:
     # from here on the calls are the app's, at run time.
@@ -441,9 +463,11 @@ def forget_build_tempdir() -> None:
     (``tempfile.tempdir``, ``TMPDIR``) is kept."""
     import os
 
+    # The app's own ``tempfile.py``, if it has one, is left alone.
     tempfile = sys.modules.get("tempfile")
-    if tempfile is not None and tempfile.tempdir is not None and tempfile.tempdir == os.getcwd():
-        tempfile.tempdir = None
+    tempdir = getattr(tempfile, "tempdir", None)
+    if isinstance(tempdir, str) and tempdir == os.getcwd():
+        tempfile.tempdir = None  # type: ignore[union-attr]
 
 
 def settle_heap(objects_path: str) -> None:

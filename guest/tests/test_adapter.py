@@ -400,6 +400,9 @@ class ImportPath(unittest.TestCase):
                 boot.forget_shadowed([d], keep={"json"})
                 self.assertNotIn("secrets", sys.modules)
                 self.assertIn("json.decoder", sys.modules)
+                # The one that stays is named in a build warning.
+                (warning,) = boot.unused_app_modules([d], keep={"json"})
+                self.assertIn("module 'json' is not used", warning)
             finally:
                 sys.modules.clear()
                 sys.modules.update(saved)

@@ -248,17 +248,22 @@ fn unpack_command(args: &UnpackArgs) -> Result<()> {
         println!("{} ships no files", path.display());
         return Ok(());
     }
+    // Printed to be pasted: quoted for a POSIX shell and for TOML.
     let dirs: Vec<String> = mounts
         .iter()
-        .map(|m| format!("--dir {}::{}", m.host.display(), m.guest))
+        .map(|m| {
+            let grant = format!("{}::{}", m.host.display(), m.guest);
+            format!("--dir {}", shell_word(&grant))
+        })
         .collect();
+    let toml_string = |s: String| toml::Value::String(s).to_string();
     let files: Vec<String> = mounts
         .iter()
         .map(|m| {
             format!(
-                "{{ source = \"{}\", destination = \"{}\" }}",
-                m.host.display(),
-                m.guest
+                "{{ source = {}, destination = {} }}",
+                toml_string(m.host.display().to_string()),
+                toml_string(m.guest.clone())
             )
         })
         .collect();
@@ -270,10 +275,21 @@ fn unpack_command(args: &UnpackArgs) -> Result<()> {
         path.display(),
         args.dir.display(),
         dirs.join(" "),
-        path.display(),
+        shell_word(&path.display().to_string()),
         files.join(", ")
     );
     Ok(())
+}
+
+/// `word` as one POSIX shell word: as it is if nothing in it is special,
+/// else in single quotes (a quote inside written `'\\''`).
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 fn app_name(component: &Path) -> String {
@@ -350,6 +366,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
     // HUP does: installed before a build or a compile that can take a
     // while, as in `serve`, so an early one does not end the process.
     let mut hup = hangup()?;
+    let mut stop = server::Stop::install()?;
     let metered = start_ops(&args.http, server_cfg.listen).await?;
     let statics = StaticFiles::new(args.app_args.statics.clone())?;
     let mut source = component_for_run(&args)?;
@@ -376,24 +393,34 @@ async fn run_command(args: RunArgs) -> Result<()> {
     };
     // With --reload an app that does not build or start is waited for, as
     // a development reloader does: the next edit may fix it.
-    let first = loop {
-        let error = match first_version(&args, source.as_ref(), &starter, &grants, &limits).await {
-            Ok(first) => break first,
-            Err(e) => e,
-        };
-        let Some(watching) = changes.as_mut() else {
-            return Err(error);
-        };
-        tracing::error!("{error:#}");
-        tracing::info!(
-            "--reload: waiting for a change to the app's files (or SIGHUP) to try again"
-        );
-        let changed = tokio::select! {
-            changed = watching.next() => changed,
-            _ = hup.recv() => true,
-        };
-        if !changed {
-            return Err(error);
+    let first = async {
+        loop {
+            let error =
+                match first_version(&args, source.as_ref(), &starter, &grants, &limits).await {
+                    Ok(first) => return Ok(first),
+                    Err(e) => e,
+                };
+            let Some(watching) = changes.as_mut() else {
+                return Err(error);
+            };
+            tracing::error!("{error:#}");
+            tracing::info!(
+                "--reload: waiting for a change to the app's files (or SIGHUP) to try again"
+            );
+            let changed = tokio::select! {
+                changed = watching.next() => changed,
+                _ = hup.recv() => true,
+            };
+            if !changed {
+                return Err(error);
+            }
+        }
+    };
+    let first = tokio::select! {
+        first = first => first?,
+        () = stop.recv() => {
+            stopped_while_starting();
+            return Ok(());
         }
     };
     let FirstVersion {
@@ -428,7 +455,13 @@ async fn run_command(args: RunArgs) -> Result<()> {
         http: args.http.clone(),
     };
     tokio::spawn(reload_app(changes, hup, source, component, app));
-    let served = server::serve(listener, site, &server_cfg, server::shutdown_signal()).await;
+    let served = server::serve(
+        listener,
+        site,
+        &server_cfg,
+        async move { stop.recv().await },
+    )
+    .await;
     idle.abort();
     served
 }
@@ -746,8 +779,10 @@ fn check_tenants(
         if same.is_none() && app.wasi_http() && !config.path_prefix.is_empty() {
             tracing::warn!(
                 app = %config.name,
-                "{} exports wasi:http, which has no SCRIPT_NAME: the app sees the full path, \
-                 {} included; build it without --world to mount it under path_prefix",
+                "{} exports wasi:http, which has no SCRIPT_NAME: the app sees the path after \
+                 {} and the prefix only in X-Forwarded-Prefix, so its links lack the prefix unless \
+                 it reads that header (Werkzeug's ProxyFix(x_prefix=1)); build it without --world \
+                 to get SCRIPT_NAME",
                 config.component.display(),
                 config.path_prefix
             );
@@ -834,6 +869,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     // systemd's `Restart=on-failure` takes for a clean stop). One that
     // arrives meanwhile reloads once the server listens.
     let mut hup = hangup()?;
+    let mut stop = server::Stop::install()?;
     let server_cfg = args.http.server_config(args.listen);
     let metered = start_ops(&args.http, server_cfg.listen).await?;
     let loader = new_loader(args.cache.cache_dir.clone())?;
@@ -850,9 +886,18 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         path: args.config.clone(),
     };
     fits.check(&configs)?;
-    let running = check_tenants(&starter, configs, &[])?;
-    fits.preload(&running).await?;
-    let listener = listen(&server_cfg).await?;
+    let started = async {
+        let running = check_tenants(&starter, configs, &[])?;
+        fits.preload(&running).await?;
+        anyhow::Ok((running, listen(&server_cfg).await?))
+    };
+    let (running, listener) = tokio::select! {
+        started = started => started?,
+        () = stop.recv() => {
+            stopped_while_starting();
+            return Ok(());
+        }
+    };
     metrics::READY.store(true, Ordering::Release);
     tracing::info!(
         "listening on {}://{} ({} apps from {}, ready in {:.0} ms)",
@@ -930,7 +975,38 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
             }
         }
     });
-    let served = server::serve(listener, site, &server_cfg, server::shutdown_signal()).await;
+    let served = server::serve(
+        listener,
+        site,
+        &server_cfg,
+        async move { stop.recv().await },
+    )
+    .await;
     idle.abort();
     served
+}
+
+/// Log a stop asked for before the server listened: loads and compiles
+/// under way are abandoned (`main` does not wait long for them).
+fn stopped_while_starting() {
+    tracing::info!("stopped by a signal while starting, before listening");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_read_back_as_they_were() {
+        for word in ["plain/path-1.0", "u10 sp'q", "a\"b$c`d\\e", "", "*;|&"] {
+            let quoted = shell_word(word);
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {quoted}"))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), word, "{quoted}");
+        }
+        assert_eq!(shell_word("plain/path-1.0"), "plain/path-1.0");
+    }
 }

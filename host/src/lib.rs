@@ -70,6 +70,10 @@ fn report(e: &anyhow::Error) -> String {
     format!("{e:#}")
 }
 
+/// How long the exit waits for blocking work still running (file writes
+/// the command did not wait for finish in far less).
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The whole program: parse flags, set up logging, run the command, and
 /// print a failure once with its exit status.
 pub fn main() -> ExitCode {
@@ -98,7 +102,14 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"));
-    let outcome = runtime.and_then(|rt| rt.block_on(commands::execute(cli.command)));
+    let outcome = runtime.and_then(|rt| {
+        let outcome = rt.block_on(commands::execute(cli.command));
+        // Not waiting for whatever blocking work is left past a moment: a
+        // compile a stopped start abandoned, or one a cold tenant began
+        // before the grace period ran out, would hold the exit for seconds.
+        rt.shutdown_timeout(EXIT_WAIT);
+        outcome
+    });
     // The runtime is gone, and with it every instance's and app's /tmp.
     runtime::scratch::finish();
     match outcome {

@@ -267,11 +267,16 @@ fn install(text: &[u8], requirements: &Path, label: &str, cache: &Path) -> Resul
     h.update(PIP_FOR_TARGET);
     h.update(NATIVE_IMPORTS);
     let key = format!("{:x}", h.finalize())[..32].to_owned();
-    prepare_once(cache.join("deps").join(&key), key, |tmp| {
-        tracing::info!("resolving {label} for CPython 3.14 on WASI with pip");
-        std::fs::create_dir_all(tmp.join("wheels"))?;
-        pip_install(requirements, label, tmp)
-    })
+    prepare_once(
+        cache.join("deps").join(&key),
+        key,
+        Asked::EachPackage,
+        |tmp| {
+            tracing::info!("resolving {label} for CPython 3.14 on WASI with pip");
+            std::fs::create_dir_all(tmp.join("wheels"))?;
+            pip_install(requirements, label, tmp)
+        },
+    )
 }
 
 /// Hash what a requirements file names besides packages of the index:
@@ -358,11 +363,22 @@ fn option_value<'a>(line: &'a str, flag: &str) -> Option<&'a str> {
     Some(value.trim()).filter(|v| !v.is_empty())
 }
 
+/// How the user chose the packages: a package that cannot work in WASI
+/// stops a build that asked for it, and is only left out, with a warning,
+/// from an installed tree (`--site-packages`), which often holds native
+/// packages the app never imports.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    EachPackage,
+    WholeTree,
+}
+
 /// Fill `dir/site-packages` once with `fill` (into a partial directory that
 /// is renamed when complete), drop its native modules, and describe it.
 fn prepare_once(
     dir: PathBuf,
     key: String,
+    asked: Asked,
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<Resolved> {
     let complete = |d: &Path| d.join("native.txt").is_file();
@@ -372,7 +388,7 @@ fn prepare_once(
         std::fs::create_dir_all(tmp.join("site-packages"))?;
         fill(tmp)?;
         let native = strip_native(&tmp.join("site-packages"))?;
-        let warnings = check_native_needed(&tmp.join("site-packages"), &native)?;
+        let warnings = check_native_needed(&tmp.join("site-packages"), &native, asked)?;
         std::fs::write(tmp.join("native-warnings.txt"), warnings)?;
         write_native(tmp, &native)?;
         cachefs::publish(&staged.keep(), &dir, complete)?;
@@ -616,12 +632,14 @@ fn copy_site_packages(src: &Path, cache: &Path) -> Result<Resolved> {
         )));
     }
     let mut h = Sha256::new();
-    h.update(b"site-packages\0");
+    // The second version leaves unusable packages out with a warning
+    // (`Asked::WholeTree`); the warnings are kept with the copy.
+    h.update(b"site-packages 2\0");
     h.update(NATIVE_IMPORTS);
     bundle::hash_dir(&mut h, src)?;
     let key = format!("{:x}", h.finalize())[..32].to_owned();
     let dir = cache.join("deps").join(format!("site-{key}"));
-    prepare_once(dir, key, |tmp| {
+    prepare_once(dir, key, Asked::WholeTree, |tmp| {
         tracing::info!("copying {} into the build cache", src.display());
         for rel in bundle::files(src)? {
             let to = tmp.join("site-packages").join(&rel);
@@ -707,8 +725,12 @@ struct NeededNative {
 /// dropped native modules without a fallback (Brotli, pydantic-core: it
 /// can never be imported in WASI), and warn of code that would fail later
 /// (cffi's `FFI()`), where its native part was taken for optional: the
-/// warnings, one a line.
-fn check_native_needed(site: &Path, native: &BTreeMap<String, String>) -> Result<String> {
+/// warnings, one a line. Each unusable distribution gets a line.
+fn check_native_needed(
+    site: &Path,
+    native: &BTreeMap<String, String>,
+    asked: Asked,
+) -> Result<String> {
     if native.is_empty() {
         return Ok(String::new());
     }
@@ -739,22 +761,44 @@ fn check_native_needed(site: &Path, native: &BTreeMap<String, String>) -> Result
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    if let Some(n) = needed.iter().find(|n| n.top && n.line == 0) {
-        bail!(UserError(format!(
-            "{}: native extension, no WASI build available (its module {} is compiled code only)",
-            n.dist, n.module
-        )));
+    let mut unusable = std::collections::BTreeMap::new();
+    for n in needed.iter().filter(|n| n.top) {
+        let why = if n.line == 0 {
+            format!("its module {} is compiled code only", n.module)
+        } else {
+            format!(
+                "{}:{} imports its native module {} with no fallback, so `import` of it cannot \
+                 work in WASI",
+                n.file, n.line, n.module
+            )
+        };
+        // A module compiled code only says the most; else the first import.
+        let first = unusable
+            .entry(n.dist.clone())
+            .or_insert_with(|| why.clone());
+        if n.line == 0 {
+            *first = why;
+        }
     }
-    if let Some(n) = needed.iter().find(|n| n.top) {
-        bail!(UserError(format!(
-            "{}: native extension, no WASI build available ({}:{} imports its native module {} \
-             with no fallback, so `import` of it cannot work in WASI)",
-            n.dist, n.file, n.line, n.module
-        )));
+    let mut warnings = String::new();
+    if !unusable.is_empty() {
+        let lines: Vec<String> = unusable
+            .iter()
+            .map(|(dist, why)| format!("{dist}: native extension, no WASI build available ({why})"))
+            .collect();
+        if asked == Asked::EachPackage {
+            // Printed after `error: `, as each line is.
+            bail!(UserError(lines.join("\nerror: ")));
+        }
+        for line in lines {
+            warnings += &format!(
+                "{line}; its native part was left out of the copy of --site-packages, so \
+                 importing it fails with ModuleNotFoundError\n"
+            );
+        }
     }
     let mut warned = std::collections::BTreeSet::new();
-    let mut warnings = String::new();
-    for n in &needed {
+    for n in needed.iter().filter(|n| !unusable.contains_key(&n.dist)) {
         if warned.insert(&n.module) {
             warnings += &format!(
                 "{}: its native module {} has no WASI build and was left out; {}:{} imports it \

@@ -253,8 +253,8 @@ pub async fn serve(
     drop(listener);
     crate::metrics::DRAINING.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
-        "shutting down: no new connections; waiting up to {:?} for in-flight requests",
-        cfg.grace
+        "shutting down: no new connections; waiting up to {}s for in-flight requests",
+        cfg.grace.as_secs_f64()
     );
     let _ = stop_tx.send(());
     drop(stop);
@@ -492,11 +492,39 @@ fn parser_answer(e: &hyper::Error) -> Option<u16> {
 
 /// Resolves on the first SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+    Stop::install()
+        .expect("installing the SIGINT and SIGTERM handlers")
+        .recv()
+        .await
+}
+
+/// SIGINT and SIGTERM, caught from the moment this exists. Made before a
+/// long start (a compile, `--preload`): a signal then is seen when the
+/// start looks, instead of killing the process by the default action,
+/// leaving its scratch directories, or, as a container's PID 1, being
+/// ignored until the start is over.
+pub struct Stop {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    /// Catch the signals now.
+    pub fn install() -> anyhow::Result<Stop> {
+        use anyhow::Context;
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Stop {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    /// The next of them (at once if one came since the last call).
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {},
+            _ = self.term.recv() => {},
+        }
     }
 }
 

@@ -592,6 +592,8 @@ pub struct RequestBody {
     pace: Pace,
     /// Reading failed (malformed chunked framing or the client left).
     failed: bool,
+    /// It went past the limit: the rest is not read, so hyper closes.
+    overflowed: bool,
     /// The client was too slow: it stalled, or trickled under `MIN_RATE`.
     timed_out: bool,
     leftover: Bytes,
@@ -633,6 +635,7 @@ impl RequestBody {
             incoming: Some(incoming),
             pace: Pace::new(stall),
             failed: false,
+            overflowed: false,
             timed_out: false,
             leftover: Bytes::new(),
             received: 0,
@@ -694,11 +697,11 @@ impl RequestBody {
     }
 
     /// Mark the response for what reading this body left behind: hyper
-    /// closes an HTTP/1 connection whose body failed or whose `100
-    /// Continue` was never sent, so the response says so; a client that
-    /// left is logged 499 ([`ClientLeft`]).
+    /// closes an HTTP/1 connection whose body failed, went past the limit
+    /// or whose `100 Continue` was never sent, so the response says so; a
+    /// client that left is logged 499 ([`ClientLeft`]).
     pub fn mark<B>(&self, res: &mut Response<B>) {
-        let closes = self.http1 && (self.failed || self.unread_after_expect());
+        let closes = self.http1 && (self.failed || self.overflowed || self.unread_after_expect());
         mark(res, closes, self.gone);
     }
 
@@ -747,6 +750,7 @@ impl RequestBody {
                         self.received += data.len() as u64;
                         if self.received > self.limit {
                             self.incoming = None;
+                            self.overflowed = true;
                             return Err(ReadError::TooLarge);
                         }
                         self.leftover = data;

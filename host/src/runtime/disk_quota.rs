@@ -113,9 +113,16 @@ impl Budget {
         };
         owner.refusals.inc();
         if self.warned.due() {
+            // What the guest sees: wasi-libc turns a failed write to an open
+            // file into EIO; creating, extending or copying gets ENOSPC.
+            let raise = if owner.place == "/tmp" {
+                "raise it with --tmp-size (`tmp_size` in tenants.toml): frameworks spool uploads there"
+            } else {
+                "raise the grant's :quota="
+            };
             tracing::warn!(
                 app = %owner.app,
-                "{}: disk quota of {} bytes reached ({} used); a write of {n} bytes failed with ENOSPC (logged at most once a minute)",
+                "{}: disk quota of {} bytes reached ({} used); a write of {n} bytes was refused, and the app sees an OSError (ENOSPC, or EIO writing to an open file); {raise} (logged at most once a minute)",
                 owner.place,
                 self.limit,
                 self.used()

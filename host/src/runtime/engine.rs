@@ -1,7 +1,7 @@
 //! The process-wide wasmtime `Engine`, the compiled-artifact cache, and
 //! loading a component into a checked, reusable `InstancePre`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
@@ -21,12 +21,12 @@ use crate::cachefs;
 use crate::config::World;
 use crate::digests;
 use crate::metrics;
-use crate::runtime::core_modules;
 use crate::runtime::generated::{request, response, WsgiAppPre};
 use crate::runtime::snapshot_pages::{self, SnapshotFile};
 use crate::runtime::store::HostState;
 use crate::runtime::wasi_http::INCOMING_HANDLER;
 use crate::runtime::wsgi::WsgiCtx;
+use crate::runtime::{artifact_sums, core_modules};
 
 /// How often the epoch advances: the granularity of timeouts and of the
 /// yields that keep one CPU-bound guest from starving the others.
@@ -170,6 +170,9 @@ pub struct Loader {
     /// for one), and each finds what the one before compiled instead of
     /// compiling CPython again in parallel, with its memory.
     compiling: Mutex<()>,
+    /// Artifacts this process found sound ([`artifact_sums`]), as they
+    /// were then: one replaced since is checked again.
+    checked: Mutex<HashSet<FileKey>>,
 }
 
 /// A compiled component and the read-only file tree it ships.
@@ -242,6 +245,7 @@ impl Loader {
             modules: Mutex::new(HashMap::new()),
             shells: Mutex::new(HashMap::new()),
             compiling: Mutex::new(()),
+            checked: Mutex::new(HashSet::new()),
         }
     }
 
@@ -438,15 +442,17 @@ impl Loader {
             .join(format!("{hash}-{}.cwasm", self.engine_key()))
     }
 
-    /// Compile into `artifact` unless it is there; whether it was compiled
-    /// now.
+    /// Compile into `artifact` unless a sound one is there; whether it was
+    /// compiled now.
     fn compile_into(
         &self,
         artifact: &Path,
         compile: impl FnOnce(&Engine) -> wasmtime::Result<Vec<u8>>,
     ) -> Result<bool> {
-        if artifact.is_file() {
-            return Ok(false);
+        if let Ok(file) = std::fs::File::open(artifact) {
+            if self.sound(&file, artifact)? {
+                return Ok(false);
+            }
         }
         let compiled = compile(&self.engine).map_err(anyhow::Error::from)?;
         let dir = artifact.parent().expect("in a directory of the cache");
@@ -455,10 +461,43 @@ impl Loader {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
+        artifact_sums::record(artifact, &compiled)?;
         cachefs::write_atomic(artifact, &compiled)
             .with_context(|| format!("caching compiled code in {}", dir.display()))?;
         snapshot_pages::forget_written(artifact);
+        // Just hashed from these bytes: its first load need not read it
+        // again. (Another process may rename its own copy over it; that
+        // changes its identity, and it is checked then.)
+        if let Ok(identity) = digests::Identity::of_path(artifact) {
+            let key = (artifact.to_path_buf(), identity);
+            self.checked.lock().expect("loader lock").insert(key);
+        }
         Ok(true)
+    }
+
+    /// Whether the artifact open as `file` may be mapped and run: its
+    /// checksum matches, now or when this process last saw it as it is. A
+    /// damaged one is removed, to be compiled again.
+    fn sound(&self, file: &std::fs::File, artifact: &Path) -> Result<bool> {
+        let loading = || format!("loading {}", artifact.display());
+        let identity = digests::Identity::of(&file.metadata().with_context(loading)?);
+        let key = (artifact.to_path_buf(), identity);
+        if self.checked.lock().expect("loader lock").contains(&key) {
+            return Ok(true);
+        }
+        let why = match artifact_sums::check(file, artifact) {
+            Ok(artifact_sums::Verdict::Sound) => {
+                self.checked.lock().expect("loader lock").insert(key);
+                return Ok(true);
+            }
+            Ok(artifact_sums::Verdict::Unusable(why)) => why,
+            Err(e) if cachefs::short_of_resources(e.chain()) => {
+                return Err(e).with_context(loading);
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        discard(artifact, &why);
+        Ok(false)
     }
 
     /// The shell `hash`, from memory if another app has it loaded, else
@@ -470,7 +509,12 @@ impl Loader {
             }
         }
         let artifact = self.artifact("shells", hash);
-        if !artifact.is_file() {
+        let file = match std::fs::File::open(&artifact) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("loading {}", artifact.display())),
+        };
+        if !self.sound(&file, &artifact)? {
             return Ok(None);
         }
         // SAFETY: the file was written by `precompile_component` of an
@@ -516,6 +560,9 @@ impl Loader {
                     }
                     let loading = || format!("loading {}", artifact.display());
                     let file = std::fs::File::open(&artifact).with_context(loading)?;
+                    if !self.sound(&file, &artifact)? {
+                        return Ok(None);
+                    }
                     let cached_before = snapshot_pages::residency(&file);
                     let for_wasmtime = file.try_clone().with_context(loading)?;
                     // SAFETY: as for components: written by this engine
@@ -560,14 +607,20 @@ fn discard_unusable(artifact: &Path, e: &wasmtime::Error) -> Result<()> {
     if cachefs::short_of_resources(e.chain()) {
         anyhow::bail!("loading {}: {e:#}", artifact.display());
     }
+    discard(artifact, &format!("{e:#}"));
+    Ok(())
+}
+
+/// Remove a cached artifact that cannot be used, and say why.
+fn discard(artifact: &Path, why: &str) {
     tracing::warn!(
-        "compiling again: the cached artifact {} is unusable: {e:#}",
+        "compiling again: the cached artifact {} is unusable: {why}",
         artifact.display()
     );
     if let Err(e) = std::fs::remove_file(artifact) {
         tracing::warn!("cannot remove {}: {e}", artifact.display());
     }
-    Ok(())
+    artifact_sums::forget(artifact);
 }
 
 /// The first line of a links file: its format.

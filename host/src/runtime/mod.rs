@@ -9,6 +9,7 @@
 //! guest may reach over the network is `outbound`'s call, and its TLS is
 //! `tls_client`'s.
 
+mod artifact_sums;
 pub mod body;
 pub mod core_modules;
 pub mod cpu;
