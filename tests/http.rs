@@ -1138,6 +1138,12 @@ fn damaged_cache_files_are_compiled_again() {
             "checksum mismatch",
         ),
         ("a module without its checksum", "no checksum"),
+        // The sum names what it was compiled from: a module copied over
+        // another, with its sum, is not taken for it.
+        (
+            "a module and its checksum copied over another",
+            "checksum mismatch",
+        ),
     ] {
         match what {
             "a truncated shell" => {
@@ -1164,7 +1170,14 @@ fn damaged_cache_files_are_compiled_again() {
                     std::fs::write(&module, &bytes).unwrap();
                 }
             }
-            _ => std::fs::remove_file(modules()[0].with_extension("sum")).unwrap(),
+            "a module without its checksum" => {
+                std::fs::remove_file(modules()[0].with_extension("sum")).unwrap()
+            }
+            _ => {
+                let (from, to) = (&modules()[0], &modules()[1]);
+                std::fs::copy(from, to).unwrap();
+                std::fs::copy(from.with_extension("sum"), to.with_extension("sum")).unwrap();
+            }
         }
         let s = start();
         assert!(s.logs().contains(logged), "{what}: {}", s.logs());

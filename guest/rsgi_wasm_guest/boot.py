@@ -260,11 +260,13 @@ def warm_up(app: Callable, paths: List[str]) -> List[str]:
     return report
 
 
-def check_native(native: Dict[str, str]) -> None:
+def check_native(native: Dict[str, str], lenient: Sequence[str] = ()) -> List[str]:
     """Stop the build, one line per package, for every package whose native
     part was dropped (no WASI build) and that cannot import without it.
     Packages with a pure-Python fallback (MarkupSafe, PyYAML, simplejson)
-    import fine and pass."""
+    import fine and pass. Those of an installed tree (``lenient``:
+    ``--site-packages``, which often holds packages the app never imports)
+    are warnings instead, returned; the app's own import of one fails."""
     failed: Dict[str, str] = {}
     for module, dist in sorted(native.items()):
         top = module.split(".")[0]
@@ -289,13 +291,17 @@ def check_native(native: Dict[str, str]) -> None:
                 cause = cause.__cause__ or cause.__context__
         except Exception:
             pass  # not our concern here; the app's own import reports it
-    if failed:
-        raise BuildError(
-            "\n".join(
-                f"{dist}: native extension, no WASI build available (module {mod} cannot load in the sandbox)"
-                for dist, mod in sorted(failed.items())
-            )
-        )
+    lines = {
+        dist: f"{dist}: native extension, no WASI build available (module {mod} cannot load in the sandbox)"
+        for dist, mod in sorted(failed.items())
+    }
+    errors = [line for dist, line in lines.items() if dist not in lenient]
+    if errors:
+        raise BuildError("\n".join(errors))
+    return [
+        f"warning: {line}; left out of the copy of --site-packages: importing it fails"
+        for dist, line in lines.items()
+    ]
 
 
 def export_stdlib(dest: str) -> None:
@@ -345,7 +351,10 @@ def unused_app_modules(app_dirs: Sequence[str], keep: Set[str]) -> List[str]:
     import: a standard module of the same name is loaded before the app
     (by CPython's start-up, the adapter or the runtime), as gunicorn's own
     imports are, and ``import NAME`` finds that one."""
-    taken = keep | set(sys.builtin_module_names)
+    # Only standard names: CPython's start-up also imports the path's
+    # `sitecustomize`, which is then the app's own.
+    standard = set(sys.stdlib_module_names) | set(sys.builtin_module_names)
+    taken = (keep | set(sys.builtin_module_names)) & standard
     return [
         f"warning: the app's own module {name!r} is not used: `import {name}` gives the standard "
         f"library's, which the server loads before the app; rename the app's module"
@@ -381,6 +390,7 @@ def boot(
     stdlib_export: Optional[str] = None,
     world: str = "wsgi",
     live: bool = False,
+    lenient: Sequence[str] = (),
 ) -> Tuple[type, ...]:
     """Import and warm up the app; return the exported classes: ``Handler``
     and ``Command`` for our own world, ``IncomingHandler`` alone for
@@ -425,8 +435,7 @@ def boot(
     own_dirs = [guest for guest, _ in mounts[:app_dirs]]
     sys.path[:] = app_dirs_first(sys.path, own_dirs)
     forget_shadowed(own_dirs, keep)
-    check_native(native)
-    report = unused_app_modules(own_dirs, keep)
+    report = check_native(native, lenient) + unused_app_modules(own_dirs, keep)
     if live:
         app = LiveApp(module, expr, mounts, native, own_dirs, keep)
         report.append("live: each instance imports the app as it starts, from its directories as they are then")
@@ -581,11 +590,13 @@ def list_snapshot_objects(roots: Tuple[Any, ...], path: str) -> None:
 
     Visited addresses are kept in a bitmap (a bit per 8-byte-aligned
     address) rather than a set: the walk's garbage stays in the snapshot."""
+    # The C modules, not `struct`, `types` and `weakref`: this runs after
+    # the app, whose own `struct.py` would be found by those names.
+    import _struct as struct
+    import _weakref as weakref
     import gc
-    import struct
-    import types
-    import weakref
 
+    code_type = type(settle_heap.__code__)
     seen = bytearray()
     out = bytearray()
     pack = struct.Struct("<II").pack
@@ -632,7 +643,7 @@ def list_snapshot_objects(roots: Tuple[Any, ...], path: str) -> None:
                     f.write(out)
                     del out[:]
             referents = gc.get_referents(obj)
-            if tp is types.CodeType:
+            if tp is code_type:
                 referents.extend(getattr(obj, name) for name in code_parts)
             stack.extend(r for r in referents if first_visit(r))
         f.write(out)

@@ -511,6 +511,9 @@ class NativeCheck(unittest.TestCase):
                 with self.assertRaises(boot.BuildError) as e:
                     boot.check_native({"wrapnative._core": "wrapnative"})
                 self.assertIn("wrapnative: native extension", str(e.exception))
+                # From an installed tree (--site-packages): a warning.
+                (warning,) = boot.check_native({"wrapnative._core": "wrapnative"}, ["wrapnative"])
+                self.assertIn("warning: wrapnative: native extension", warning)
             finally:
                 sys.path.remove(d)
                 sys.modules.pop("wrapnative", None)

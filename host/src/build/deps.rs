@@ -36,6 +36,9 @@ pub struct Resolved {
     pub native: BTreeMap<String, String>,
     /// Content key (part of the build cache key).
     pub key: String,
+    /// An installed tree (`--site-packages`), not packages asked for one by
+    /// one: one that cannot import without its native part is a warning.
+    pub whole_tree: bool,
 }
 
 /// pip options that pick wheels for CPython 3.14 on WASI: pure wheels, and
@@ -402,6 +405,7 @@ fn prepare_once(
         dir: dir.join("site-packages"),
         native: read_native(&dir)?,
         key,
+        whole_tree: asked == Asked::WholeTree,
     })
 }
 

@@ -424,6 +424,12 @@ async fn generate(
         .flat_map(|r| r.native.iter())
         .map(|(m, d)| (m.as_str(), d.as_str()))
         .collect();
+    let whole_trees: std::collections::BTreeSet<&str> = resolved
+        .iter()
+        .filter(|r| r.whole_tree)
+        .flat_map(|r| r.native.values())
+        .map(String::as_str)
+        .collect();
     // The entry module's arguments travel as JSON, read at
     // pre-initialisation from /0 where the adapter is mounted.
     let args = serde_json::json!({
@@ -432,6 +438,7 @@ async fn generate(
         "mounts": mounts,
         "app_dirs": app_dirs.len(),
         "native": native,
+        "lenient": whole_trees,
         "warmup": warmup,
         "report_path": format!("/0/{WARMUP_REPORT}"),
         "stdlib_export": export_stdlib.then_some("/0/stdlib"),
