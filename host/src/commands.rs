@@ -858,6 +858,12 @@ impl Fits {
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("--preload: app {}", r.config.name))?;
         }
+        // Their idle time starts now, when they can be asked: one that took
+        // longer to load than its `idle_timeout` (a first compile) would
+        // otherwise be unloaded as the server starts listening.
+        for r in running {
+            r.app.touch();
+        }
         Ok(())
     }
 }
