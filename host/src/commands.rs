@@ -416,12 +416,8 @@ async fn run_command(args: RunArgs) -> Result<()> {
             }
         }
     };
-    let first = tokio::select! {
-        first = first => first?,
-        () = stop.recv() => {
-            stopped_while_starting();
-            return Ok(());
-        }
+    let Some(first) = unless_stopped(&mut stop, first).await? else {
+        return Ok(());
     };
     let FirstVersion {
         app,
@@ -455,15 +451,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
         http: args.http.clone(),
     };
     tokio::spawn(reload_app(changes, hup, source, component, app));
-    let served = server::serve(
-        listener,
-        site,
-        &server_cfg,
-        async move { stop.recv().await },
-    )
-    .await;
-    idle.abort();
-    served
+    serve_until_stopped(listener, site, &server_cfg, stop, idle).await
 }
 
 /// Whether `name` reads as a dotted Python module name (`app`, `pkg.wsgi`).
@@ -897,12 +885,8 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         fits.preload(&running).await?;
         anyhow::Ok((running, listen(&server_cfg).await?))
     };
-    let (running, listener) = tokio::select! {
-        started = started => started?,
-        () = stop.recv() => {
-            stopped_while_starting();
-            return Ok(());
-        }
+    let Some((running, listener)) = unless_stopped(&mut stop, started).await? else {
+        return Ok(());
     };
     metrics::READY.store(true, Ordering::Release);
     tracing::info!(
@@ -981,21 +965,37 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
             }
         }
     });
-    let served = server::serve(
-        listener,
-        site,
-        &server_cfg,
-        async move { stop.recv().await },
-    )
-    .await;
+    serve_until_stopped(listener, site, &server_cfg, stop, idle).await
+}
+
+/// Serve `site` until SIGINT or SIGTERM and the grace period after it,
+/// then stop its idle sweep.
+async fn serve_until_stopped(
+    listener: TcpListener,
+    site: Arc<Site>,
+    cfg: &ServerConfig,
+    mut stop: server::Stop,
+    idle: tokio::task::JoinHandle<()>,
+) -> Result<()> {
+    let served = server::serve(listener, site, cfg, stop.recv()).await;
     idle.abort();
     served
 }
 
-/// Log a stop asked for before the server listened: loads and compiles
-/// under way are abandoned (`main` does not wait long for them).
-fn stopped_while_starting() {
-    tracing::info!("stopped by a signal while starting, before listening");
+/// What `start` gives, or none if SIGINT or SIGTERM comes first: the
+/// start is dropped, and loads and compiles under way are abandoned
+/// (`main` does not wait long for them).
+async fn unless_stopped<T>(
+    stop: &mut server::Stop,
+    start: impl std::future::Future<Output = Result<T>>,
+) -> Result<Option<T>> {
+    tokio::select! {
+        started = start => started.map(Some),
+        () = stop.recv() => {
+            tracing::info!("stopped by a signal while starting, before listening");
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]

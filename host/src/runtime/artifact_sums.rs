@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use object::{Object, ObjectSection};
 
 use crate::cachefs;
+use crate::runtime::file_map::FileMap;
 
 /// The first line of a `.sum` file: its format (which sections it covers).
 const HEADER: &str = "rsgi-wasm sum 3";
@@ -160,30 +161,11 @@ fn of_bytes(name: &[u8], data: &[u8]) -> Option<String> {
 /// The sum of the file, read through a mapping (no copy; the memory
 /// images left out are never touched); none if it is not ELF.
 fn of_file(name: &[u8], file: &File) -> Result<Option<String>> {
-    let len = usize::try_from(file.metadata()?.len()).context("file too large")?;
-    if len == 0 {
+    // SAFETY: a compiled artifact of our cache (see `FileMap::new`).
+    let Some(map) = unsafe { FileMap::new(file) }.context("mapping it")? else {
         return Ok(None);
-    }
-    // SAFETY: a read-only private mapping of a file in our cache, which is
-    // only ever replaced by renaming (never truncated in place: wasmtime
-    // maps it the same way), unmapped below and not referred to after.
-    let ptr = unsafe {
-        rustix::mm::mmap(
-            std::ptr::null_mut(),
-            len,
-            rustix::mm::ProtFlags::READ,
-            rustix::mm::MapFlags::PRIVATE,
-            file,
-            0,
-        )
-    }
-    .context("mapping it")?;
-    // SAFETY: the mapping above, `len` bytes, readable.
-    let data = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
-    let sum = of_bytes(name, data);
-    // SAFETY: mapped above with this length; `data` is not used after.
-    let _ = unsafe { rustix::mm::munmap(ptr, len) };
-    Ok(sum)
+    };
+    Ok(of_bytes(name, map.bytes()))
 }
 
 #[cfg(test)]

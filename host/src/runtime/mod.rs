@@ -16,6 +16,7 @@ pub mod cpu;
 mod disk_quota;
 pub mod engine;
 pub mod environ;
+mod file_map;
 mod file_reads;
 mod generated;
 mod guest_log;

@@ -44,6 +44,9 @@ use std::path::Path;
 
 use wasmtime::{ExternType, Module};
 
+#[cfg(target_os = "linux")]
+use crate::runtime::file_map::FileMap;
+
 /// A loaded snapshot artifact, as the kernel names the mappings of it.
 #[derive(Debug, Clone)]
 pub struct SnapshotFile {
@@ -159,27 +162,11 @@ fn advise_on_linux(files: &[SnapshotFile]) {
 /// the file, for [`on_load`].
 #[cfg(target_os = "linux")]
 pub fn residency(file: &File) -> Option<Vec<bool>> {
-    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
-    if len == 0 {
-        return None;
-    }
-    // SAFETY: a fresh read-only mapping of our own, never read (mincore
-    // does not fault pages in), unmapped below.
-    let ptr = unsafe {
-        rustix::mm::mmap(
-            std::ptr::null_mut(),
-            len,
-            rustix::mm::ProtFlags::READ,
-            rustix::mm::MapFlags::SHARED,
-            file,
-            0,
-        )
-    }
-    .ok()?;
-    let pages = mincore(ptr as usize, ptr as usize + len);
-    // SAFETY: mapped above with this length, and nothing refers to it.
-    let _ = unsafe { rustix::mm::munmap(ptr, len) };
-    pages
+    // SAFETY: a compiled artifact of the cache (see `FileMap::new`); its
+    // pages are never read (mincore does not fault them in).
+    let map = unsafe { FileMap::new(file) }.ok()??;
+    let start = map.bytes().as_ptr() as usize;
+    mincore(start, start + map.bytes().len())
 }
 
 /// Elsewhere the page cache is left alone.
