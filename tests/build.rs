@@ -664,6 +664,13 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
     write(&dir, "templates/page.txt", "a template read per request\n");
     write(&dir, "tools/note.py", SCRIPT);
     write(&dir, "tools/__init__.py", "");
+    // As `python tools/sibling.py`: the modules beside a script import.
+    write(
+        &dir,
+        "tools/sibling.py",
+        "import words\nprint(words.WORD)\n",
+    );
+    write(&dir, "tools/words.py", "WORD = 'beside'\n");
     write(
         &dir,
         "tools/bye.py",
@@ -713,6 +720,8 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
     let comp = c.display().to_string();
     let (code, out, err) = run_bin(&["exec", &comp, "--dir", &grant, "--", "tools/note.py", "one"]);
     assert_eq!((code, out.as_str()), (0, "notes: 1\n"), "{err}");
+    let (code, out, err) = run_bin(&["exec", &comp, "--", "tools/sibling.py"]);
+    assert_eq!((code, out.as_str()), (0, "beside\n"), "{err}");
     let (code, out, err) = run_bin(&[
         "exec",
         &comp,
@@ -754,6 +763,33 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
         "x",
     ]);
     assert_eq!((code, out.as_str()), (0, "['-c', 'x'] True\n"), "{err}");
+    // Piped stdin is there to be found, as in a native pipe: a
+    // zero-timeout select sees it (Django's `shell` reads piped code so).
+    let mut child = bin()
+        .args([
+            "exec",
+            &comp,
+            "--",
+            "-c",
+            "import select, sys, time; time.sleep(1); \
+             print(select.select([sys.stdin], [], [], 0)[0] != [], sys.stdin.read())",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"piped").unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(
+        (
+            done.status.code(),
+            String::from_utf8_lossy(&done.stdout).as_ref()
+        ),
+        (Some(0), "True piped\n"),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     // One write past what the terminal's stream takes at once (1 MiB)
     // arrives whole.
     let (code, out, err) = run_bin(&[

@@ -24,6 +24,23 @@ fn hello_world() {
 }
 
 #[test]
+fn a_heap_over_memory_names_the_flag_under_run_and_exec() {
+    // Flask's pre-initialised heap is over the smallest --memory (16 MiB).
+    let comp = flask().display().to_string();
+    for argv in [
+        vec!["run", &comp, "--memory", "16MiB", "--listen", "127.0.0.1:0"],
+        vec!["exec", &comp, "--memory", "16MiB", "--", "-c", "print(1)"],
+    ] {
+        let (code, out, err) = run_bin(&argv);
+        assert_ne!(code, 0, "{argv:?}: {out}");
+        assert!(
+            err.contains("pre-initialised heap needs") && err.contains("raise --memory"),
+            "{argv:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn flask_routes() {
     let s = Server::start(&flask(), &[]);
     let c = client();
@@ -198,6 +215,10 @@ fn input_stream_readline_readlines_iteration() {
     assert_eq!(v["second"], "second\n", "iteration yields lines");
     assert_eq!(v["remaining"], serde_json::json!(["third\n", "fourth"]));
     assert_eq!(v["after_end"], "", "read() at the end is b''");
+    assert_eq!(
+        v["float_size"],
+        "TypeError: argument should be integer or None, not 'float'"
+    );
 }
 
 #[test]
@@ -1120,6 +1141,12 @@ fn damaged_cache_files_are_compiled_again() {
     let mut one_module_too_many = good_links.clone();
     one_module_too_many.push_str(good_links.lines().last().unwrap());
     one_module_too_many.push('\n');
+    // The format line, the shell, then the modules in the order the shell
+    // imports them.
+    let mut lines: Vec<&str> = good_links.lines().collect();
+    lines[2..].reverse();
+    let modules_reordered = lines.join("\n") + "\n";
+    assert_ne!(modules_reordered, good_links);
     let modules = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir(cache.join("modules"))
             .unwrap()
@@ -1131,6 +1158,10 @@ fn damaged_cache_files_are_compiled_again() {
         ("a truncated shell", "compiling"),
         ("links that are not text", "compiling"),
         ("links naming one module too many", "compiling"),
+        (
+            "links naming the modules in another order",
+            "does not export",
+        ),
         // Its format intact, so wasmtime would map it and run it: without
         // the checksum, the whole server dies at the first call.
         (
@@ -1154,6 +1185,9 @@ fn damaged_cache_files_are_compiled_again() {
             "links that are not text" => std::fs::write(&links, b"\xff\xfe\x00garbage").unwrap(),
             "links naming one module too many" => {
                 std::fs::write(&links, &one_module_too_many).unwrap()
+            }
+            "links naming the modules in another order" => {
+                std::fs::write(&links, &modules_reordered).unwrap()
             }
             "machine code overwritten in every module" => {
                 for module in modules() {
@@ -1957,6 +1991,18 @@ fn tls_serves_https_with_h2_by_alpn_and_https_scheme() {
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
     let env: serde_json::Value = r.json().unwrap();
     assert_eq!(env["wsgi.url_scheme"], "https");
+    // A trusted proxy that re-encrypts says what its client used, as with
+    // gunicorn (the test client is 127.0.0.1, trusted by default).
+    for (header, value) in [("x-forwarded-proto", "http"), ("forwarded", "proto=http")] {
+        let env: serde_json::Value = c1
+            .get(&url)
+            .header(header, value)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(env["wsgi.url_scheme"], "http", "{header}");
+    }
     // Plain HTTP to a TLS port is not served: a 400 says to use https.
     let plain = client().get(s.url("/")).send().unwrap();
     assert_eq!(plain.status(), 400);

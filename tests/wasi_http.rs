@@ -93,6 +93,10 @@ fn bodies_errors_write_and_close() {
         .unwrap();
     assert_eq!(lines["first"], "abcd");
     assert_eq!(lines["remaining"], serde_json::json!(["third\n", "fourth"]));
+    assert_eq!(
+        lines["float_size"],
+        "TypeError: argument should be integer or None, not 'float'"
+    );
 
     // write() before the iterable, in order.
     assert_eq!(

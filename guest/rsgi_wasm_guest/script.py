@@ -40,7 +40,7 @@ def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
             file=sys.stderr,
         )
         return 2
-    saved = sys.argv
+    saved, saved_path = sys.argv, sys.path[:]
     try:
         if argv[0] == "-c":
             # As `python -c`: argv[0] is "-c", the code runs in a fresh
@@ -63,6 +63,11 @@ def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
         else:
             path = find_script(argv[0], roots)
             sys.argv = [path] + argv[1:]
+            # As `python dir/script.py`: the script's own directory comes
+            # first, so it imports the modules beside it.
+            here = os.path.dirname(path)
+            if sys.path[:1] != [here]:
+                sys.path.insert(0, here)
             runpy.run_path(path, run_name="__main__")
         return 0
     except ScriptNotFound as e:
@@ -84,6 +89,7 @@ def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
         return 1
     finally:
         sys.argv = saved
+        sys.path[:] = saved_path
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

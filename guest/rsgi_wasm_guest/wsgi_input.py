@@ -6,7 +6,8 @@ at the end of the body (``wsgi.input_terminated`` is True, so apps may also
 read a chunked body until ``b""``).
 """
 
-from typing import Callable, Iterator, List, Optional
+import operator
+from typing import Any, Callable, Iterator, List, Optional
 
 # How much to pull from the host per call when the caller did not bound it.
 CHUNK = 64 * 1024
@@ -22,6 +23,21 @@ class BodyTooLarge(OSError):
 
 def _ended(n: int) -> bytes:
     return b""
+
+
+def _size(size: Any) -> int:
+    """A size or hint argument as ``io`` takes it: ``None`` or an integer
+    (anything with ``__index__``), ``-1`` for ``None``. ``read(n / 2)`` is a
+    ``TypeError`` the app can catch, as with any file; the float must never
+    reach the host call, whose argument is an integer."""
+    if size is None:
+        return -1
+    try:
+        return operator.index(size)
+    except TypeError:
+        raise TypeError(
+            f"argument should be integer or None, not '{type(size).__name__}'"
+        ) from None
 
 
 # A request that carried this much body (or failed reading it) may have
@@ -98,7 +114,8 @@ class InputStream:
         return out
 
     def read(self, size: Optional[int] = -1) -> bytes:
-        if size is None or size < 0:
+        size = _size(size)
+        if size < 0:
             size = -1
         elif len(self._buf) >= size:
             return self._take(size)
@@ -119,7 +136,7 @@ class InputStream:
         return b"".join(parts)
 
     def readline(self, size: Optional[int] = -1) -> bytes:
-        limit = -1 if size is None or size < 0 else size
+        limit = max(_size(size), -1)
         scanned = 0
         while True:
             nl = self._buf.find(b"\n", scanned)
@@ -138,6 +155,7 @@ class InputStream:
         return self._take(end)
 
     def readlines(self, hint: Optional[int] = -1) -> List[bytes]:
+        hint = _size(hint)
         lines = []
         total = 0
         while True:
@@ -146,7 +164,7 @@ class InputStream:
                 break
             lines.append(line)
             total += len(line)
-            if hint is not None and 0 < hint <= total:
+            if 0 < hint <= total:
                 break
         return lines
 
@@ -183,12 +201,15 @@ class EmptyInput:
     disconnected = False
 
     def read(self, size: Optional[int] = -1) -> bytes:
+        _size(size)
         return b""
 
     def readline(self, size: Optional[int] = -1) -> bytes:
+        _size(size)
         return b""
 
     def readlines(self, hint: Optional[int] = -1) -> List[bytes]:
+        _size(hint)
         return []
 
     def __iter__(self) -> Iterator[bytes]:

@@ -75,6 +75,29 @@ class InputStreamTest(unittest.TestCase):
                     if not want and op != 0:
                         break
 
+    def test_sizes_are_integers_or_none_as_for_a_file(self):
+        # A float must be the TypeError io raises, never reach the host.
+        from rsgi_wasm_guest.wsgi_input import EmptyInput
+
+        asked, inner = [], source(b"abc\ndef")
+
+        def pull(n):
+            asked.append(n)
+            return inner(n)
+
+        s, ref = InputStream(pull, 7), io.BytesIO(b"abc\ndef")
+        for stream in (s, ref, EmptyInput()):
+            for call in (stream.read, stream.readline, stream.readlines):
+                with self.assertRaises(TypeError, msg=(stream, call)):
+                    call(3.0)
+                with self.assertRaises(TypeError, msg=(stream, call)):
+                    call("3")
+        self.assertEqual(asked, [])
+        self.assertEqual(s.read(True), ref.read(True))
+        self.assertEqual({type(n) for n in asked}, {int})
+        self.assertEqual(s.readline(None), ref.readline(None))
+        self.assertEqual(s.readlines(None), ref.readlines(None))
+
     def test_an_ended_stream_reads_nothing_more(self):
         # Kept past its request, the stream must not pull the next body.
         s = InputStream(source(b"first body, partly read"), 23)

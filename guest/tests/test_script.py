@@ -52,3 +52,19 @@ class Scripts(unittest.TestCase):
             status, _, err = run(["nosuch.py"], [(d, "./app")])
             self.assertEqual(status, 2)
             self.assertIn("nosuch.py: no such script in the app's directories (given with -p at build time: ./app)", err)
+
+    def test_a_script_imports_the_modules_beside_it(self):
+        # As `python scripts/tool.py`: its directory comes first on the path.
+        with tempfile.TemporaryDirectory() as d:
+            os.mkdir(os.path.join(d, "scripts"))
+            with open(os.path.join(d, "scripts", "tool.py"), "w") as f:
+                f.write("import sys, beside_tool_xyz\nprint(beside_tool_xyz.X, sys.path[0])\n")
+            with open(os.path.join(d, "scripts", "beside_tool_xyz.py"), "w") as f:
+                f.write("X = 'beside'\n")
+            saved = sys.path[:]
+            try:
+                status, out, err = run(["scripts/tool.py"], [(d, "./app")])
+                self.assertEqual((status, out), (0, f"beside {os.path.join(d, 'scripts')}\n"), err)
+                self.assertEqual(sys.path, saved)
+            finally:
+                sys.modules.pop("beside_tool_xyz", None)

@@ -158,7 +158,7 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
     let app = pre
         .instantiate_async(&mut store)
         .await
-        .map_err(anyhow::Error::from)
+        .map_err(|e| crate::runtime::pool::memory_hint(e.into(), args.grants.memory))
         .with_context(|| format!("starting {}", args.component.display()))?;
     let status = match app
         .rsgi_wasm_wsgi_command()

@@ -667,20 +667,10 @@ pub fn parse_net(value: &str) -> Result<NetRule, ConfigError> {
         ));
     } else if let Some(domain) = host.strip_prefix("*.") {
         NetHost::Subdomains(host_name(domain).ok_or_else(|| err("not a domain name after *."))?)
-    } else if host
-        .trim_end_matches('.')
-        .rsplit('.')
-        .next()
-        .is_some_and(|last| {
-            !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit())
-                || last.to_ascii_lowercase().starts_with("0x")
-        })
-    {
+    } else if looks_like_ipv4(host) {
         // `127.1` or `010.0.0.5`: a resolver reads these as IPv4 (010 is
         // octal), so as a name rule they would open another address.
-        return Err(err(
-            "looks like an IPv4 address but is not one in dotted-decimal form (four numbers 0-255, no leading zeros)",
-        ));
+        return Err(err(NOT_DOTTED_DECIMAL));
     } else {
         NetHost::Name(host_name(host).ok_or_else(|| {
             err(if host.contains('*') {
@@ -693,13 +683,31 @@ pub fn parse_net(value: &str) -> Result<NetRule, ConfigError> {
     Ok(NetRule { host, port })
 }
 
+/// Why a host that [`looks_like_ipv4`] but does not parse as one is refused.
+pub const NOT_DOTTED_DECIMAL: &str = "looks like an IPv4 address but is not one in dotted-decimal form (four numbers 0-255, no leading zeros)";
+
+/// Whether a resolver would read `host` as an IPv4 address (its last label
+/// a number, or hexadecimal): true of real ones, and of `127.1`, `010.0.0.5`
+/// or `999.1.1.1`, which are no names either.
+pub fn looks_like_ipv4(host: &str) -> bool {
+    host.trim_end_matches('.')
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| {
+            !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit())
+                || last.to_ascii_lowercase().starts_with("0x")
+        })
+}
+
 /// `name` as a lower-case DNS name without its trailing dot, if it is one
-/// (labels of letters, digits, `-` and `_`, at most 253 characters).
+/// (labels of letters, digits, `-` and `_`, neither starting nor ending
+/// with `-`; at most 253 characters).
 pub fn host_name(name: &str) -> Option<String> {
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     let label_ok = |l: &str| {
         (1..=63).contains(&l.len())
             && !l.starts_with('-')
+            && !l.ends_with('-')
             && l.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };

@@ -235,17 +235,12 @@ fn host_name(entry: &str) -> Result<String, String> {
         "a host name without a port (an IPv6 address goes in brackets)"
     } else if bare.starts_with('[') {
         "not an IPv6 address in brackets"
-    } else if bare.is_empty()
-        || bare.split('.').any(|label| {
-            label.is_empty()
-                || label.len() > 63
-                || label.starts_with('-')
-                || label.ends_with('-')
-                || !label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-    {
+    } else if config::looks_like_ipv4(bare) {
+        if bare.parse::<std::net::Ipv4Addr>().is_ok() && !v.starts_with('*') {
+            return Ok(v);
+        }
+        config::NOT_DOTTED_DECIMAL
+    } else if config::host_name(bare).is_none() {
         "not a host name or *.domain pattern"
     } else {
         return Ok(v);
@@ -337,6 +332,15 @@ fn tenant(
                     let v = host_name(&h).map_err(|why| Some(err(span, k, why)))?;
                     hosts.push(v);
                 }
+                // Left out, `hosts` means any host: an emptied list (a
+                // template's, say) must not quietly widen the app so.
+                if hosts.is_empty() {
+                    return Err(Some(err(
+                        span,
+                        k,
+                        "an empty list: name at least one host, or leave `hosts` out to serve any host".into(),
+                    )));
+                }
             }
             "path_prefix" => {
                 let p = string(value, k, err)?;
@@ -355,7 +359,8 @@ fn tenant(
                         ),
                     )));
                 }
-                let trimmed = p.trim_end_matches('/');
+                // One final `/` is a matter of taste; more are `//`.
+                let trimmed = p.strip_suffix('/').unwrap_or(&p);
                 // Routes match the path as the client sent it: a prefix
                 // with empty, `.` or `..` segments would match only paths
                 // that clients normalise away.
@@ -798,6 +803,11 @@ mod tests {
         assert_eq!(host_name("Dot.Test.").unwrap(), "dot.test");
         assert_eq!(host_name("*.Example.com").unwrap(), "*.example.com");
         assert_eq!(host_name("[::1]").unwrap(), "[::1]");
+        assert_eq!(host_name("10.0.0.1").unwrap(), "10.0.0.1");
+        assert_eq!(
+            host_name(&"a.".repeat(126)).unwrap(),
+            "a.".repeat(125) + "a"
+        );
         assert_eq!(
             host_name("xn--bcher-kva.test").unwrap(),
             "xn--bcher-kva.test"
@@ -816,6 +826,10 @@ mod tests {
             "a\nb",
             "-a.com",
             "a-.com",
+            "999.1.1.1",
+            "127.1",
+            "*.10.0.0.1",
+            "a.".repeat(128).as_str(),
         ] {
             assert!(host_name(bad).is_err(), "{bad:?}");
         }
@@ -870,6 +884,9 @@ mod tests {
             ("path_prefix = \"/a%2Fb\"", "path_prefix", "decoded"),
             ("path_prefix = \"/a/../b\"", "path_prefix", "segments"),
             ("path_prefix = \"//a\"", "path_prefix", "segments"),
+            ("path_prefix = \"/api//\"", "path_prefix", "segments"),
+            ("hosts = []", "hosts", "leave `hosts` out"),
+            ("hosts = [\"1.2.3.999\"]", "hosts", "dotted-decimal"),
             ("tls_ca = [\"/dev/zero\"]", "tls_ca", "not a regular file"),
             ("certfile = \"/dev/zero\"", "certfile", "not a regular file"),
             ("cpu = 1e-15", "cpu", "from 0.01"),

@@ -689,12 +689,13 @@ async fn respond(
         return Ok(unread(body, res));
     }
     check_length(&parts, max_body)?;
-    let url_scheme = if tls {
-        "https"
-    } else if site.forwarded_allow.contains(peer.ip()) {
-        environ::forwarded_scheme(&parts.headers).unwrap_or("http")
+    // As gunicorn does: the connection's scheme, unless a trusted proxy
+    // says what its client used (one that re-encrypts to us may say http).
+    let own_scheme = if tls { "https" } else { "http" };
+    let url_scheme = if site.forwarded_allow.contains(peer.ip()) {
+        environ::forwarded_scheme(&parts.headers).unwrap_or(own_scheme)
     } else {
-        "http"
+        own_scheme
     };
     let connect = parts.method == Method::CONNECT;
     let head = parts.method == Method::HEAD;

@@ -416,23 +416,45 @@ impl Loader {
         let Some(shell) = self.shell(shell)? else {
             return Ok(None);
         };
-        // A links file for another shell (written by hand, or damaged):
-        // compile again rather than fail at every load.
-        let imported = shell
+        // A links file for another shell, or naming its modules in another
+        // order (written by hand, or damaged): compile again rather than
+        // fail to link at every load.
+        let wanted: HashMap<String, wasmtime::component::types::Module> = shell
             .0
             .component_type()
             .imports(&self.engine)
-            .filter(|(name, _)| core_modules::is_module_import(name))
-            .count();
-        if imported != modules.len() {
+            .filter_map(|(name, item)| match item.ty {
+                wasmtime::component::types::ComponentItem::Module(ty)
+                    if core_modules::is_module_import(name) =>
+                {
+                    Some((name.to_owned(), ty))
+                }
+                _ => None,
+            })
+            .collect();
+        if wanted.len() != modules.len() {
             tracing::warn!(
-                "ignoring {}: it names {} modules for a shell that imports {imported}",
+                "ignoring {}: it names {} modules for a shell that imports {}",
                 path.display(),
-                modules.len()
+                modules.len(),
+                wanted.len()
             );
             return Ok(None);
         }
-        Ok(self.linked_modules(&modules)?.map(|m| (shell, m)))
+        let Some(linked) = self.linked_modules(&modules)? else {
+            return Ok(None);
+        };
+        if let Some((name, missing)) = linked.iter().find_map(|(name, m)| {
+            let ty = wanted.get(name)?;
+            lacks_export(&self.engine, ty, &m.module).map(|e| (name, e))
+        }) {
+            tracing::warn!(
+                "ignoring {}: the module it names for {name} does not export `{missing}`",
+                path.display(),
+            );
+            return Ok(None);
+        }
+        Ok(Some((shell, linked)))
     }
 
     /// Where the compiled `hash` is cached in `dir` (`shells`, `modules`).
@@ -597,6 +619,19 @@ impl Loader {
         }
         Ok(Some(linked))
     }
+}
+
+/// An export the shell's import type `ty` asks of `module` and it lacks.
+fn lacks_export(
+    engine: &Engine,
+    ty: &wasmtime::component::types::Module,
+    module: &Module,
+) -> Option<String> {
+    let has: HashSet<&str> = module.exports().map(|e| e.name()).collect();
+    ty.exports(engine)
+        .map(|(name, _)| name)
+        .find(|name| !has.contains(name))
+        .map(str::to_owned)
 }
 
 /// Remove a cached artifact wasmtime refuses (damaged, or written by

@@ -549,7 +549,7 @@ impl Drop for AppPool {
 
 /// wasmtime's refusal of a memory whose snapshot is larger than
 /// `--memory`, with what the app needs and the flag that grants it.
-fn memory_hint(e: anyhow::Error, limit: u64) -> anyhow::Error {
+pub fn memory_hint(e: anyhow::Error, limit: u64) -> anyhow::Error {
     let text = format!("{e:#}");
     let pages = text
         .split("memory minimum size of ")

@@ -63,6 +63,22 @@ pub enum Stdio {
     Inherit,
 }
 
+/// A piped or redirected stdin starts arriving now, as a native process
+/// finds it waiting in its pipe. wasmtime-wasi reads stdin only once the
+/// guest first asks, so a zero-timeout `select` found nothing yet, and
+/// `echo CODE | manage.py shell` opened the interactive console (Django
+/// looks so for piped code). A terminal is left alone: what is typed for
+/// the shell after `exec` ends must not be taken.
+fn start_reading_piped_stdin() {
+    use std::io::IsTerminal;
+    use wasmtime_wasi::cli::StdinStream;
+    if !std::io::stdin().is_terminal() {
+        // Asks wasmtime-wasi's stdin worker for a read; what it reads is
+        // kept for the guest's first read (this one returns nothing).
+        let _ = wasmtime_wasi::cli::stdin().p2_stream().read(64 * 1024);
+    }
+}
+
 impl Sandbox {
     /// Sandbox for the app called `app` (the name tags its log lines);
     /// `files` are the component's own read-only directories; with request
@@ -177,6 +193,7 @@ impl Sandbox {
             }
             Stdio::Inherit => {
                 b.inherit_stdio();
+                start_reading_piped_stdin();
             }
         }
         // Lookups pass through `outbound`, which refuses names no rule

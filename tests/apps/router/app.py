@@ -163,6 +163,12 @@ def application(environ, start_response):
         return text(start_response, str(total))
 
     if path == "/lines":
+        # A size that is not an integer (`n / 2`) fails as it does on a file.
+        try:
+            inp.read(1.5)
+            float_size = "accepted"
+        except TypeError as e:
+            float_size = f"TypeError: {e}"
         first = inp.readline(4)
         rest_of_first = inp.readline()
         second = next(iter(inp), b"")
@@ -176,6 +182,7 @@ def application(environ, start_response):
                 "second": second.decode("latin-1"),
                 "remaining": [line.decode("latin-1") for line in remaining],
                 "after_end": after_end.decode("latin-1"),
+                "float_size": float_size,
             },
         )
 
