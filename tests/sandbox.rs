@@ -154,6 +154,13 @@ fn allow_net_opens_exactly_the_listed_address() {
     let (status, body) = get(&s, &format!("/connect?{}", other.local_addr().unwrap()));
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("PermissionError"), "{body}");
+    // UDP is off whatever the rules: no rule is suggested.
+    let (status, body) = get(&s, "/udp");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("PermissionError") && body.contains("only TCP connections out"),
+        "{body}"
+    );
 }
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
@@ -692,6 +699,8 @@ fn open_files_are_capped_per_app_and_given_back() {
             "50",
             "--metrics",
             "127.0.0.1:0",
+            "--allow-net",
+            "127.0.0.1:9",
         ],
     );
     let ops = s.logged_addr("metrics on ");
@@ -721,6 +730,19 @@ fn open_files_are_capped_per_app_and_given_back() {
         (&10.into(), &serde_json::Value::Null),
         "{r}"
     );
+    // Sockets are host descriptors too, made before any connection the
+    // rules could refuse: counted the same, and given back when closed.
+    for _ in 0..3 {
+        let r = get_json(&s, "/open-many?socket,100000");
+        assert_eq!(
+            (&r["opened"], &r["errno"]),
+            (&50.into(), &"EMFILE".into()),
+            "{r}"
+        );
+    }
+    // Counted with the files' refusals (the log says so once a minute).
+    assert!(series(&scrape(ops), refusals) >= 6.0, "{}", scrape(ops));
+    assert_eq!(get(&s, "/").0, 200);
 }
 
 /// Each app's cap does not stop apps together from taking every
@@ -736,12 +758,17 @@ fn apps_together_get_at_most_half_the_process_s_open_files() {
             component.to_str().unwrap(),
             "--max-open-files",
             "5000",
+            "--allow-net",
+            "127.0.0.1:9",
         ],
     );
     let r = get_json(&s, "/open-many?/1/app.py,5000");
     assert_eq!(r["errno"], "ENOMEM", "{r}");
     assert!(r["opened"].as_u64().unwrap() <= 200, "{r}");
     s.wait_for_log("half the process's open-file limit");
+    let r = get_json(&s, "/open-many?socket,5000");
+    assert_eq!(r["errno"], "EMFILE", "{r}");
+    assert!(r["opened"].as_u64().unwrap() <= 200, "{r}");
     for _ in 0..20 {
         assert_eq!(get(&s, "/").0, 200);
     }

@@ -127,13 +127,17 @@ def _guard_network(socket) -> None:
     real_init = socket.socket.__init__
 
     def __init__(self, *args, **kwargs):
-        # Without an --allow-net rule the sandbox refuses the socket itself.
+        # Without an --allow-net rule the sandbox refuses a TCP socket
+        # itself; UDP it refuses whatever the rules.
         try:
             real_init(self, *args, **kwargs)
         except PermissionError as e:
-            raise PermissionError(
-                e.errno, f"rsgi-wasm sandbox: opening a socket is not allowed; {ALLOW_NET_HINT}"
-            ) from None
+            kind = args[1] if len(args) > 1 else kwargs.get("type", socket.SOCK_STREAM)
+            hint = ALLOW_NET_HINT
+            # Flags such as SOCK_NONBLOCK sit above the type's bits.
+            if isinstance(kind, int) and kind & 0xFF != socket.SOCK_STREAM:
+                hint = "the sandbox allows only TCP connections out, whatever the --allow-net rules"
+            raise PermissionError(e.errno, f"rsgi-wasm sandbox: opening a socket is not allowed; {hint}") from None
 
     socket.socket.__init__ = __init__
     socket.socket.bind = _guard(

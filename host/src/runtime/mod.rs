@@ -7,7 +7,8 @@
 //! implements the imports a guest calls, moving bytes through `body`;
 //! a `wasi-http` component is called through `wasi_http` instead. What a
 //! guest may reach over the network is `outbound`'s call, and its TLS is
-//! `tls_client`'s.
+//! `tls_client`'s; its files and sockets are counted by `quota_fs` and
+//! `socket_slots`.
 
 mod artifact_sums;
 pub mod body;
@@ -26,6 +27,7 @@ mod quota_fs;
 pub mod sandbox;
 pub mod scratch;
 pub mod snapshot_pages;
+mod socket_slots;
 pub mod store;
 pub mod tenant;
 pub mod tls_client;

@@ -340,7 +340,7 @@ impl AppPool {
             }
         };
         let state = inst.store.data_mut();
-        state.end_log_lines();
+        state.request_ended();
         let memory_hit = state.take_memory_hit();
 
         // Why the instance is replaced, if it is.

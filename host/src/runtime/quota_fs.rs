@@ -48,13 +48,15 @@ impl OpenFiles {
         })
     }
 
-    fn take(self: &Arc<Self>) -> Option<Arc<FdSlot>> {
+    /// One more host descriptor, unless the app or the process is at its
+    /// limit; `refused` says what the guest got instead, for the log.
+    fn take(self: &Arc<Self>, refused: &str) -> Option<Arc<FdSlot>> {
         let process = &*PROCESS_FILES;
         if !count_up(&self.open, self.limit) {
-            self.refused(format_args!(
-                "{} files open, the app's max_open_files",
-                self.limit
-            ));
+            self.refused(
+                format_args!("{} files open, the app's max_open_files", self.limit),
+                refused,
+            );
             return None;
         }
         if !count_up(&process.open, process.limit) {
@@ -62,20 +64,20 @@ impl OpenFiles {
             self.refused(format_args!(
                 "{} files open by all apps together, half the process's open-file limit (raise it with `ulimit -n` or systemd's LimitNOFILE)",
                 process.limit
-            ));
+            ), refused);
             return None;
         }
         Some(Arc::new(FdSlot(self.clone())))
     }
 
-    /// Count a refused open; the app sees ENOMEM, which says little, so
-    /// the operator is told why.
-    fn refused(&self, why: std::fmt::Arguments<'_>) {
+    /// Count a refusal; what the app sees (ENOMEM, EMFILE) says little,
+    /// so the operator is told why.
+    fn refused(&self, why: std::fmt::Arguments<'_>, refused: &str) {
         self.refusals.inc();
         if self.warned.due() {
             tracing::warn!(
                 app = %self.app,
-                "{why}: an open failed with ENOMEM (logged at most once a minute)"
+                "{why}: {refused} (logged at most once a minute)"
             );
         }
     }
@@ -128,7 +130,12 @@ pub struct Quotas {
     /// closes its handle and slot, so an instance that ends without closing
     /// its files still gives their space and count back.
     open: HashMap<u32, Tracked>,
+    /// TCP socket (table index) → its count among the open files.
+    sockets: HashMap<u32, Arc<FdSlot>>,
 }
+
+/// A host descriptor counted for a TCP socket about to be made.
+pub struct SocketSlot(Arc<FdSlot>);
 
 #[derive(Default)]
 struct Tracked {
@@ -147,7 +154,30 @@ impl Quotas {
             roots: Vec::new(),
             files,
             open: HashMap::new(),
+            sockets: HashMap::new(),
         }
+    }
+
+    /// Count a TCP socket about to be made among the open files, the app's
+    /// and the process's: each is a host descriptor too. None if a limit
+    /// is reached.
+    pub fn take_socket(&mut self) -> Option<SocketSlot> {
+        self.files
+            .take("a new socket failed with EMFILE")
+            .map(SocketSlot)
+    }
+
+    /// Give back the counts of the sockets (table indexes) that are `closed`.
+    pub fn forget_sockets(&mut self, closed: impl Fn(u32) -> bool) {
+        if !self.sockets.is_empty() {
+            self.sockets.retain(|&rep, _| !closed(rep));
+        }
+    }
+
+    /// Hold `slot` while the socket at table index `rep` is open (or
+    /// until the instance ends).
+    pub fn hold_socket(&mut self, rep: u32, slot: SocketSlot) {
+        self.sockets.insert(rep, slot.0);
     }
 
     /// Charge what the guest stores under preopen `guest` to `ledger`.
@@ -571,7 +601,7 @@ impl HostDescriptor for QuotaFsView<'_> {
         let slot = self
             .quotas
             .files
-            .take()
+            .take("an open failed with ENOMEM")
             .ok_or(ErrorCode::InsufficientMemory)?;
         let Some(ledger) = self.quotas.ledger(&fd).cloned() else {
             let new =

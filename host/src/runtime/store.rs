@@ -20,6 +20,7 @@ use crate::runtime::guest_log::GuestLog;
 use crate::runtime::outbound::{InstanceNet, NameLookupView};
 use crate::runtime::quota_fs::{QuotaFsView, Quotas};
 use crate::runtime::scratch::ScratchDir;
+use crate::runtime::socket_slots::SocketSlotsView;
 use crate::runtime::tls_client::{TlsClients, TlsView};
 use crate::runtime::wasi_http::HttpState;
 use crate::runtime::wsgi::WsgiCtx;
@@ -84,11 +85,14 @@ impl HostState {
         }
     }
 
-    /// A request ended: log what it printed without a final newline.
-    pub fn end_log_lines(&self) {
+    /// A request ended: log what it printed without a final newline, and
+    /// give back the counts of the sockets it closed, which its app's
+    /// other instances may need before this one makes another.
+    pub fn request_ended(&mut self) {
         for log in &self.logs {
             log.end_line();
         }
+        self.socket_slots().give_back_closed();
     }
 
     /// The view the allow-list-checking `ip-name-lookup` works on.
@@ -99,6 +103,17 @@ impl HostState {
                 table: &mut self.table,
             },
             net: &self.net,
+        }
+    }
+
+    /// The view the counting `tcp-create-socket` works on.
+    pub fn socket_slots(&mut self) -> SocketSlotsView<'_> {
+        SocketSlotsView {
+            sockets: WasiSocketsCtxView {
+                ctx: self.wasi.sockets(),
+                table: &mut self.table,
+            },
+            quotas: &mut self.quotas,
         }
     }
 

@@ -427,6 +427,13 @@ def application(environ, start_response):
         except Exception as e:
             return text(start_response, f"{type(e).__name__}: {e}", status="403 Forbidden")
 
+    if path == "/udp":
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+            return text(start_response, "opened")
+        except Exception as e:
+            return text(start_response, f"{type(e).__name__}: {e}", status="403 Forbidden")
+
     if path == "/write-file":
         try:
             with open(query, "wb") as f:
@@ -553,12 +560,15 @@ def application(environ, start_response):
     if path == "/open-many":
         # /open-many?PATH,N[,stream]: open PATH up to N times at once (with
         # "stream", as file objects with a write stream each, the
-        # descriptors closed); say how many opened and why it stopped.
+        # descriptors closed; PATH "socket": TCP sockets, never connected);
+        # say how many opened and why it stopped.
         target, n, *how = query.split(",")
         held, errno = [], None
         try:
             for _ in range(int(n)):
-                if how:
+                if target == "socket":
+                    held.append(socket.socket())
+                elif how:
                     f = open(target, "ab", buffering=0)
                     f.write(b"")
                     held.append(f)
@@ -568,7 +578,7 @@ def application(environ, start_response):
             errno = errno_name(e)
         count = len(held)
         for h in held:
-            h.close() if how else os.close(h)
+            h.close() if how or target == "socket" else os.close(h)
         return as_json(start_response, {"opened": count, "errno": errno})
 
     if path == "/fs-op":
