@@ -805,8 +805,8 @@ pub fn prepare(engine: &Engine, loaded: &Loaded, path: &Path) -> Result<AppPre> 
     // Ours over wasmtime-wasi's: disk quotas, and lookups by the rules.
     linker.allow_shadowing(true);
     crate::runtime::quota_fs::add_to_linker(&mut linker, HostState::quota_fs)?;
-    crate::runtime::outbound::add_to_linker(&mut linker, HostState::name_lookup)?;
-    crate::runtime::socket_slots::add_to_linker(&mut linker, HostState::socket_slots)?;
+    crate::runtime::outbound::add_to_linker(&mut linker, HostState::sockets)?;
+    crate::runtime::socket_slots::add_to_linker(&mut linker, HostState::sockets)?;
     linker.allow_shadowing(false);
     request::add_to_linker::<HostState, HasSelf<WsgiCtx>>(&mut linker, HostState::wsgi)?;
     response::add_to_linker::<HostState, HasSelf<WsgiCtx>>(&mut linker, HostState::wsgi)?;

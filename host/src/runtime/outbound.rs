@@ -23,6 +23,7 @@ use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
 
 use crate::config::{NetHost, NetRule};
 use crate::metrics::OutboundMetrics;
+use crate::runtime::quota_fs::Quotas;
 
 /// Addresses one instance may remember from its lookups; past it they are
 /// forgotten (a connection to one needs a fresh lookup).
@@ -140,33 +141,36 @@ impl InstanceNet {
     }
 }
 
-/// The store data the shadowing `ip-name-lookup` sees.
-pub struct NameLookupView<'a> {
-    /// wasmtime-wasi's own view, which does the lookups.
+/// The store data the shadowing `wasi:sockets` interfaces see: this
+/// module's `ip-name-lookup` and `socket_slots`' `tcp-create-socket`.
+pub struct SocketsView<'a> {
+    /// wasmtime-wasi's own view, which does the work.
     pub sockets: WasiSocketsCtxView<'a>,
     /// The instance's rules and resolved addresses.
     pub net: &'a InstanceNet,
+    /// The instance's open-file count, which its sockets take part of.
+    pub quotas: &'a mut Quotas,
 }
 
 struct NameLookup;
 
 impl HasData for NameLookup {
-    type Data<'a> = NameLookupView<'a>;
+    type Data<'a> = SocketsView<'a>;
 }
 
 /// Link `wasi:sockets/ip-name-lookup` over wasmtime-wasi's, which must be
 /// in `linker` already (with shadowing allowed).
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
-    view: fn(&mut T) -> NameLookupView<'_>,
+    view: fn(&mut T) -> SocketsView<'_>,
 ) -> anyhow::Result<()> {
     ip_name_lookup::add_to_linker::<T, NameLookup>(linker, view)?;
     Ok(())
 }
 
-// `ip-name-lookup`'s bindings ask for `network` too (its types); it is
-// wasmtime-wasi's, unchanged.
-impl network::Host for NameLookupView<'_> {
+// The shadowing interfaces' bindings ask for `network` too (its types); it
+// is wasmtime-wasi's, unchanged.
+impl network::Host for SocketsView<'_> {
     fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
         network::Host::convert_error_code(&mut self.sockets, error)
     }
@@ -179,13 +183,13 @@ impl network::Host for NameLookupView<'_> {
     }
 }
 
-impl network::HostNetwork for NameLookupView<'_> {
+impl network::HostNetwork for SocketsView<'_> {
     fn drop(&mut self, network: Resource<Network>) -> wasmtime::Result<()> {
         network::HostNetwork::drop(&mut self.sockets, network)
     }
 }
 
-impl ip_name_lookup::Host for NameLookupView<'_> {
+impl ip_name_lookup::Host for SocketsView<'_> {
     fn resolve_addresses(
         &mut self,
         network: Resource<Network>,
@@ -224,7 +228,7 @@ impl ip_name_lookup::Host for NameLookupView<'_> {
     }
 }
 
-impl HostResolveAddressStream for NameLookupView<'_> {
+impl HostResolveAddressStream for SocketsView<'_> {
     fn resolve_next_address(
         &mut self,
         stream: Resource<ResolveAddressStream>,

@@ -17,10 +17,9 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::runtime::cpu::CpuShare;
 use crate::runtime::guest_log::GuestLog;
-use crate::runtime::outbound::{InstanceNet, NameLookupView};
+use crate::runtime::outbound::{InstanceNet, SocketsView};
 use crate::runtime::quota_fs::{QuotaFsView, Quotas};
 use crate::runtime::scratch::ScratchDir;
-use crate::runtime::socket_slots::SocketSlotsView;
 use crate::runtime::tls_client::{TlsClients, TlsView};
 use crate::runtime::wasi_http::HttpState;
 use crate::runtime::wsgi::WsgiCtx;
@@ -92,27 +91,18 @@ impl HostState {
         for log in &self.logs {
             log.end_line();
         }
-        self.socket_slots().give_back_closed();
+        self.sockets().give_back_closed();
     }
 
-    /// The view the allow-list-checking `ip-name-lookup` works on.
-    pub fn name_lookup(&mut self) -> NameLookupView<'_> {
-        NameLookupView {
+    /// The view the shadowing `wasi:sockets` interfaces work on: the
+    /// allow-list-checking `ip-name-lookup`, the counting `tcp-create-socket`.
+    pub fn sockets(&mut self) -> SocketsView<'_> {
+        SocketsView {
             sockets: WasiSocketsCtxView {
                 ctx: self.wasi.sockets(),
                 table: &mut self.table,
             },
             net: &self.net,
-        }
-    }
-
-    /// The view the counting `tcp-create-socket` works on.
-    pub fn socket_slots(&mut self) -> SocketSlotsView<'_> {
-        SocketSlotsView {
-            sockets: WasiSocketsCtxView {
-                ctx: self.wasi.sockets(),
-                table: &mut self.table,
-            },
             quotas: &mut self.quotas,
         }
     }
