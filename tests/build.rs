@@ -485,6 +485,42 @@ fn run_reports_a_missing_app_clearly() {
     assert!(err.contains("cannot read component missing.wasm"), "{err}");
 }
 
+/// A missing `--site-packages` is named before pip resolves anything else
+/// the build asked for (here a requirement pip could never find).
+#[test]
+fn a_missing_site_packages_is_named_before_any_resolving() {
+    let dir = temp_dir("missing-site");
+    write(
+        &dir,
+        "app.py",
+        "def app(environ, start_response):\n    pass\n",
+    );
+    write(
+        &dir,
+        "req.txt",
+        "rsgi-wasm-no-such-distribution-anywhere==1\n",
+    );
+    let d = dir.display().to_string();
+    let (req, missing) = (format!("{d}/req.txt"), format!("{d}/no-site"));
+    let args = [
+        "build",
+        "app:app",
+        "-p",
+        &d,
+        "-r",
+        &req,
+        "--site-packages",
+        &missing,
+    ];
+    let (code, _, err) = run_bin(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("--site-packages {missing}: no such directory")),
+        "{err}"
+    );
+    assert!(!err.contains("rsgi-wasm-no-such-distribution"), "{err}");
+}
+
 /// gunicorn's factory form with literal arguments, colons inside them
 /// included, from `run`'s `path/app.py:...` spelling.
 #[test]

@@ -352,6 +352,23 @@ fn no_body_for_304_and_file_wrapper_paths() {
     // A symlink out of the grant is refused by the sandbox.
     let r = client().get(s.url("/file?escape")).send().unwrap();
     assert_eq!(r.status(), 500);
+    // A file shorter than the app's Content-Length: cut short, and logged
+    // with the app's name, as every line about an app is.
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"GET /file?blob.bin,300000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = r.read_to_end(&mut got);
+    let body_at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(got.len() - body_at, data.len());
+    s.wait_for_log("50000 bytes shorter than the app's Content-Length");
+    let line = s
+        .logs()
+        .lines()
+        .find(|l| l.contains("50000 bytes shorter"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("app=router"), "{line}");
 }
 
 #[test]

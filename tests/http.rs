@@ -1688,6 +1688,36 @@ fn the_metrics_port_must_differ_from_the_apps() {
         err.contains("--metrics") && err.contains("--listen"),
         "{err}"
     );
+    // The wildcard address covers every other one on its port.
+    for (listen, metrics) in [
+        ("127.0.0.1:18999", "0.0.0.0:18999"),
+        ("0.0.0.0:18999", "127.0.0.1:18999"),
+    ] {
+        let app = router();
+        let args = [
+            "run",
+            app.to_str().unwrap(),
+            "--listen",
+            listen,
+            "--metrics",
+            metrics,
+        ];
+        let (code, _, err) = run_bin(&args);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains(&format!("--metrics {metrics}: the same port as --listen")),
+            "{err}"
+        );
+    }
+    // A port taken by another program: the error names the flag.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = run_bin(&["run", router().to_str().unwrap(), "--listen", &at]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("--listen {at}: cannot listen there")),
+        "{err}"
+    );
     let (code, _, err) = run_bin(&["run", router().to_str().unwrap(), "--metrics", "nowhere"]);
     assert_ne!(code, 0);
     assert!(err.contains("--metrics"), "{err}");
@@ -2069,7 +2099,7 @@ fn sni_picks_the_tenants_certificate_and_sighup_reloads_them() {
     // New certificates on disk, then SIGHUP: new connections get them.
     let a2 = pki.issue("a", &["a.example"], false);
     s.signal("HUP");
-    s.wait_for_log("reloaded");
+    s.wait_for_log("reloaded: 2 apps (nothing changed); certificates reloaded");
     assert!(get("a.example") == a2);
     // A tenant certificate without the server's is refused at start.
     let (code, _, err) = run_bin(&["serve", config.to_str().unwrap()]);

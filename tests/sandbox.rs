@@ -78,6 +78,33 @@ fn file_escapes_fail_with_oserror() {
         get(&s, "/read-file?/data/app-link3"),
         (200, "written by the app".into())
     );
+    // Nor moved to where it would climb out: `..` from a directory in the
+    // grant stays inside; the same link renamed or hard-linked to the top,
+    // or its directory renamed there, would point at the grant's parent.
+    assert_eq!(get(&s, "/fs-op?mkdir,/data/a/b").1, "ok");
+    assert_eq!(get(&s, "/symlink?..,/data/a/up"), (200, "linked".into()));
+    assert_eq!(
+        get(&s, "/symlink?../..,/data/a/b/up"),
+        (200, "linked".into())
+    );
+    for op in [
+        "rename,/data/a/up,/data/up",
+        "link,/data/a/up,/data/up",
+        "rename,/data/a/b,/data/b",
+    ] {
+        assert_eq!(get(&s, &format!("/fs-op?{op}")).1, "EPERM", "{op}");
+    }
+    assert!(rw.join("up").symlink_metadata().is_err());
+    assert!(rw.join("b").symlink_metadata().is_err());
+    // Within their directory, or deeper, they still point inside.
+    assert_eq!(get(&s, "/fs-op?rename,/data/a/b,/data/a/c").1, "ok");
+    assert_eq!(get(&s, "/fs-op?mkdir,/data/a/d/e").1, "ok");
+    assert_eq!(get(&s, "/fs-op?rename,/data/a/up,/data/a/d/up").1, "ok");
+    assert_eq!(get(&s, "/fs-op?rename,/data/a/c,/data/a/d/e/c").1, "ok");
+    assert_eq!(
+        std::fs::read_link(rw.join("a/d/e/c/up")).unwrap(),
+        Path::new("../..")
+    );
     // Writes: allowed in the rw grant, refused in the :ro one.
     assert_eq!(get(&s, "/write-file?/data/new.txt").0, 200);
     assert_eq!(
@@ -1647,6 +1674,18 @@ fn a_tenant_that_cannot_load_answers_503_and_the_others_serve() {
     );
     assert_eq!(get(&s, "/").0, 200);
     assert!(!s.logs().contains(" cold="), "{}", s.logs());
+    drop(s);
+    // However long the load takes: an app's `timeout` bounds its
+    // requests, not a preload (a first compile takes seconds).
+    let quick = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"quick\"\ncomponent = \"{}\"\ntimeout = \"1ms\"\n",
+            hello().display()
+        ),
+    );
+    let s = Server::start_with(&["serve", quick.to_str().unwrap(), "--preload"]);
+    assert!(!s.logs().contains("still loading"), "{}", s.logs());
     drop(s);
 
     // What can be checked without loading is checked at start.

@@ -40,6 +40,14 @@ def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
             file=sys.stderr,
         )
         return 2
+    if argv[0].startswith("-") and argv[0] not in ("-m", "-c"):
+        # `python -u script.py`: an interpreter option, which no script is
+        # named like; say so rather than that no such script exists.
+        print(
+            f"error: {argv[0]}: exec takes no interpreter options; give a SCRIPT, -m MODULE or -c CODE",
+            file=sys.stderr,
+        )
+        return 2
     saved, saved_path = sys.argv, sys.path[:]
     try:
         if argv[0] == "-c":

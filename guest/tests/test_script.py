@@ -44,6 +44,12 @@ class Code(unittest.TestCase):
 
 
 class Scripts(unittest.TestCase):
+    def test_an_interpreter_option_is_named_as_one(self):
+        for option in ("-u", "-X", "--version"):
+            status, _, err = run([option, "manage.py"])
+            self.assertEqual(status, 2)
+            self.assertIn(f"error: {option}: exec takes no interpreter options", err)
+
     def test_found_in_the_app_directories(self):
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "tool.py"), "w") as f:

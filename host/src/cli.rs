@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::build::deps::Source;
 use crate::build::BuildOptions;
@@ -17,6 +17,34 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments, exiting with clap's message on an error.
+    ///
+    /// Every option that takes a value takes the next word whatever it
+    /// starts with, so `--max-requests -1` or `--memory -5M` is refused by
+    /// that flag's own check, naming it, instead of being read as unknown
+    /// short flags; and `--memory --reload` names `--memory`.
+    pub fn parse_args() -> Cli {
+        let matches = hyphen_values(Cli::command()).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// `command` with every option that takes a value allowed to take one that
+/// starts with `-`, in each subcommand too.
+fn hyphen_values(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| {
+            let takes_value = arg.get_action().takes_values();
+            if takes_value && !arg.is_positional() {
+                arg.allow_hyphen_values(true)
+            } else {
+                arg
+            }
+        })
+        .mut_subcommands(hyphen_values)
 }
 
 /// The subcommands.
@@ -114,10 +142,10 @@ pub struct HttpArgs {
     pub keyfile: Option<PathBuf>,
     /// Require client certificates signed by one of these PEM CA
     /// certificates (mutual TLS); needs --certfile.
-    #[arg(long, value_name = "FILE", requires = "certfile")]
+    #[arg(long, value_name = "FILE", requires = "certfile", requires = "keyfile")]
     pub ca_certs: Option<PathBuf>,
     /// The oldest TLS version accepted: 1.2 or 1.3.
-    #[arg(long, default_value = "1.2", value_parser = crate::http::tls::parse_min_version, requires = "certfile")]
+    #[arg(long, default_value = "1.2", value_parser = crate::http::tls::parse_min_version, requires = "certfile", requires = "keyfile")]
     pub tls_min_version: crate::http::tls::MinVersion,
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address:
     /// a port of its own, never the apps' (e.g. 127.0.0.1:9090).
@@ -518,5 +546,44 @@ mod tests {
         for bad in ["nope", "", "/a b", "/a\n"] {
             assert!(warmup_path(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_value_starting_with_a_hyphen_is_judged_by_its_flag() {
+        let parse = |args: &[&str]| {
+            let argv = ["rsgi-wasm"].iter().chain(args).copied();
+            hyphen_values(Cli::command()).try_get_matches_from(argv)
+        };
+        for (args, flag) in [
+            (
+                &["run", "app.wasm", "--max-requests", "-1"][..],
+                "--max-requests",
+            ),
+            (&["run", "app.wasm", "--memory", "-5M"], "--memory"),
+            (&["run", "app.wasm", "--timeout", "-1s"], "--timeout"),
+            (&["run", "app.wasm", "--memory", "--reload"], "--memory"),
+            (&["serve", "t.toml", "--grace", "-3s"], "--grace"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
+        // A TLS option alone names both files it needs.
+        for option in [&["--tls-min-version", "1.3"][..], &["--ca-certs", "ca.pem"]] {
+            let args: Vec<&str> = ["run", "app.wasm"].iter().chain(option).copied().collect();
+            let e = parse(&args).unwrap_err().to_string();
+            assert!(
+                e.contains("--certfile") && e.contains("--keyfile"),
+                "{option:?}: {e}"
+            );
+        }
+        // A word where an app goes is still no value: an unknown flag stays one.
+        let e = parse(&["run", "-x"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        assert!(parse(&["run", "app.wasm", "--max-requests", "10"]).is_ok());
     }
 }

@@ -315,7 +315,7 @@ fn scheduler(loader: &Loader) -> Arc<CpuScheduler> {
 async fn listen(cfg: &ServerConfig) -> Result<TcpListener> {
     TcpListener::bind(cfg.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))
+        .with_context(|| format!("--listen {}: cannot listen there", cfg.listen))
 }
 
 /// The TLS acceptor for `http`'s certificate and the tenants' own, read
@@ -349,9 +349,18 @@ async fn start_ops(http: &HttpArgs, listen: SocketAddr) -> Result<bool> {
     let Some(addr) = http.metrics else {
         return Ok(false);
     };
-    if addr == listen && addr.port() != 0 {
+    // One port on an address and on a wildcard covering it (its family's,
+    // or `[::]`, dual-stack) overlap: whichever binds second would fail,
+    // blaming only itself.
+    let covers = |wild: SocketAddr, other: SocketAddr| {
+        wild.ip().is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
+    let overlaps = addr.port() == listen.port()
+        && addr.port() != 0
+        && (addr.ip() == listen.ip() || covers(addr, listen) || covers(listen, addr));
+    if overlaps {
         anyhow::bail!(UserError(format!(
-            "--metrics {addr}: the same address as --listen; give the metrics a port of their own"
+            "--metrics {addr}: the same port as --listen {listen}; give the metrics a port of their own"
         )));
     }
     let bound = ops::start(addr).await?;
@@ -841,7 +850,7 @@ impl Fits {
         // One after another: the first compiles what the others share.
         for r in running {
             r.app
-                .pool()
+                .preload()
                 .await
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("--preload: app {}", r.config.name))?;
@@ -940,11 +949,15 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
                 Ok(Ok((next, tls))) => {
                     metrics::reload(true);
                     reload_site.swap(router_for(&next));
-                    if let Some(tls) = tls {
+                    // Read again at every reload, renewed or not.
+                    let certs = if let Some(tls) = tls {
                         reload_site.swap_tls(tls);
-                    }
+                        "; certificates reloaded"
+                    } else {
+                        ""
+                    };
                     tracing::info!(
-                        "reloaded: {} apps ({})",
+                        "reloaded: {} apps ({}){certs}",
                         next.len(),
                         reload_changes(&running, &next)
                     );

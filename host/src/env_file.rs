@@ -21,7 +21,8 @@ pub struct EnvFileError {
 /// ignored; a value in single quotes taken as it is (`\'` and `\\` aside),
 /// one in double quotes with its backslash escapes (`\n`, `\t`, `\"`, ...),
 /// either may span lines; an unquoted value ends at the line's end or at
-/// a `#` after whitespace, trailing spaces dropped.
+/// a `#` after whitespace, trailing spaces dropped; a name alone on its
+/// line sets nothing.
 pub fn parse(text: &str) -> Result<Vec<(String, String)>, EnvFileError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut p = Parser {
@@ -55,6 +56,12 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, EnvFileError> {
             return Err(fail("expected NAME=VALUE"));
         }
         p.skip(|c| c == ' ' || c == '\t');
+        if matches!(p.peek(), None | Some('\n' | '\r' | '#')) {
+            // A bare name: python-dotenv reads it as a name without a
+            // value, which `load_dotenv` leaves unset; so is it here.
+            p.skip(|c| c != '\n');
+            continue;
+        }
         if !p.eat('=') {
             return Err(fail("expected `=` after the name (names have no spaces)"));
         }
@@ -162,7 +169,8 @@ mod tests {
     fn reads_what_python_dotenv_reads() {
         let text = "\u{feff}A=1\nB=\"two words\"\nC='single'\n  F = spaced\nexport G=g\n\
                     export\tH=h\nexport  I=i\n# note\nJ=3 # note\nK=a#b\nL=\"x\\ny\"\n\
-                    M='x\\ny'\nN=\"multi\nline\" # after\nO=\nP=\"\"\nQ=$HOME\nexport=e\nR=\"it\\'s\"\r\nS=t\r\n";
+                    M='x\\ny'\nN=\"multi\nline\" # after\nO=\nP=\"\"\nQ=$HOME\nexport=e\nR=\"it\\'s\"\r\nS=t\r\n\
+                    BARE\nexport BARE2 # no value\nBARE3\r\nT=t\nBARE4";
         let want = [
             ("A", "1"),
             ("B", "two words"),
@@ -182,6 +190,7 @@ mod tests {
             ("export", "e"),
             ("R", "it's"),
             ("S", "t"),
+            ("T", "t"),
         ];
         let got = pairs(text);
         let got: Vec<(&str, &str)> = got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -192,7 +201,6 @@ mod tests {
     fn says_which_line_is_wrong() {
         for (text, line, says) in [
             ("A=1\nB C=2\n", 2, "expected `=`"),
-            ("A=1\n\nnovalue\n", 3, "expected `=`"),
             ("A=1\nB=\"open\nC=3\n", 2, "not closed"),
             ("A='x' y\n", 1, "after the closing quote"),
             ("=x\n", 1, "expected NAME=VALUE"),

@@ -33,8 +33,6 @@ mod tenants;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// Every warm instance holds a few directory handles (its preopened code
 /// directories and /tmp), so a process with many tenants or workers needs
 /// more descriptors than the usual soft limit of 1024: raise the soft limit
@@ -77,7 +75,7 @@ const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The whole program: parse flags, set up logging, run the command, and
 /// print a failure once with its exit status.
 pub fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_args();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // notify reports at info what is not news to an operator (a watch
         // on a file already deleted could not be removed).

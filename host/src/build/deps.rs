@@ -188,6 +188,28 @@ pub fn resolve(source: &Source, cache: &Path) -> Result<Resolved> {
     }
 }
 
+/// Refuse what no pip run can fix before any runs: a `--site-packages`
+/// that is not a directory would otherwise be reported only after the
+/// requirements were resolved, minutes later.
+pub fn check_sources(sources: &[Source]) -> Result<()> {
+    for source in sources {
+        if let Source::SitePackages(dir) = source {
+            site_packages_is_a_dir(dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn site_packages_is_a_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!(UserError(format!(
+            "--site-packages {}: no such directory",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The `tzdata` package, resolved once per machine.
 pub fn timezone_data(cache: &Path) -> Result<Resolved> {
     let dir = cache.join("deps");
@@ -629,12 +651,7 @@ fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
 /// Copy an installed site-packages into the cache (keyed by its content)
 /// and drop its native modules there, leaving the user's copy untouched.
 fn copy_site_packages(src: &Path, cache: &Path) -> Result<Resolved> {
-    if !src.is_dir() {
-        bail!(UserError(format!(
-            "--site-packages {}: no such directory",
-            src.display()
-        )));
-    }
+    site_packages_is_a_dir(src)?;
     let mut h = Sha256::new();
     // The second version leaves unusable packages out with a warning
     // (`Asked::WholeTree`); the warnings are kept with the copy.

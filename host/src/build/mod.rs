@@ -581,6 +581,7 @@ async fn resolve_deps(opts: &BuildOptions) -> Result<Vec<deps::Resolved>> {
     let (sources, cache) = (opts.deps.clone(), opts.cache_dir.clone());
     let work = tokio::task::spawn_blocking(move || {
         deps::for_build(id, || -> Result<Vec<deps::Resolved>> {
+            deps::check_sources(&sources)?;
             let mut resolved = Vec::new();
             for source in &sources {
                 resolved.push(deps::resolve(source, &cache)?);

@@ -303,6 +303,27 @@ impl QuotaFsView<'_> {
         })
     }
 
+    /// The symlinks a move of `old_path` under `from` to `new_path` under
+    /// `to` takes along, to check where they would point from there.
+    fn moved_links(
+        &self,
+        from: &Resource<types::Descriptor>,
+        old_path: &str,
+        to: &Resource<types::Descriptor>,
+        new_path: &str,
+    ) -> FsResult<MovedLinks> {
+        let parent = |p: &str| p.rsplit_once('/').map_or("", |(dir, _)| dir).to_owned();
+        Ok(MovedLinks {
+            from: self.dir(from)?,
+            to: self.dir(to)?,
+            old_path: old_path.to_owned(),
+            new_path: new_path.to_owned(),
+            // Within one directory nothing changes depth.
+            same_place: from.rep() == to.rep() && parent(old_path) == parent(new_path),
+            descend: true,
+        })
+    }
+
     /// For a new directory or symlink under `fd`: if its tree has a quota,
     /// lock the tree's namespace and charge the block it will take.
     fn creation(
@@ -573,6 +594,11 @@ impl HostDescriptor for QuotaFsView<'_> {
         // A second name costs a block, like a file (directory entries are
         // disk too), and must stay in the same budget.
         self.same_tree(&fd, &new_descriptor)?;
+        // A second name for a symlink (directories have none) is a move
+        // that leaves the first in place.
+        let mut linked = self.moved_links(&fd, &old_path, &new_descriptor, &new_path)?;
+        linked.descend = false;
+        linked.refuse_climbing(true).await?;
         let creation = self.creation(&new_descriptor).await?;
         let r = HostDescriptor::link_at(
             &mut self.fs,
@@ -681,13 +707,20 @@ impl HostDescriptor for QuotaFsView<'_> {
         new_fd: Resource<types::Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
+        let moved = self.moved_links(&fd, &old_path, &new_fd, &new_path)?;
         let Some(ledger) = self.same_tree(&fd, &new_fd)? else {
-            return HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await;
+            let placed = moved.placed();
+            moved.refuse_climbing(true).await?;
+            HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await?;
+            return placed.refuse_climbing(false).await;
         };
         let _ns = ledger.lock_namespace().await;
+        let placed = moved.placed();
+        moved.refuse_climbing(true).await?;
         let from = self.look(&fd, &old_path, false)?.await?;
         let replaced = self.look(&new_fd, &new_path, false)?.await?;
         HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await?;
+        placed.refuse_climbing(false).await?;
         if let (Some(from), Some(gone)) = (from, replaced) {
             // Renaming a name onto another link of itself changes nothing.
             if from.id != gone.id {
@@ -842,6 +875,119 @@ fn target_stays_inside(link: &str, target: &str) -> bool {
         && walk(0, dirs.into_iter())
             .and_then(|depth| walk(depth, target.split('/')))
             .is_some()
+}
+
+/// What a rename or a hard link moves, as far as symlinks go. A relative
+/// target with `..` means something else from another place: a link made
+/// where it stays inside the grant (`a/b/up -> ../..`), moved to the top,
+/// would point at the grant's parent, for host tools, `--static` or an
+/// app granted the parent to follow. So each such link is checked from
+/// where it lands (as `symlink_at` checks a new one): before the move, and
+/// again after it, for a link another instance made meanwhile.
+struct MovedLinks {
+    from: Arc<cap_std::fs::Dir>,
+    to: Arc<cap_std::fs::Dir>,
+    old_path: String,
+    new_path: String,
+    same_place: bool,
+    /// Look inside a moved directory too (a hard link moves one name).
+    descend: bool,
+}
+
+impl MovedLinks {
+    /// The same names, looked at where the move put them.
+    fn placed(&self) -> MovedLinks {
+        MovedLinks {
+            from: self.to.clone(),
+            old_path: self.new_path.clone(),
+            to: self.to.clone(),
+            new_path: self.new_path.clone(),
+            same_place: self.same_place,
+            descend: self.descend,
+        }
+    }
+
+    /// `EPERM` if a moved link would point out from its new place. After
+    /// the move (`before` false) such links are removed first: another
+    /// instance of the app made them while this one moved their directory.
+    async fn refuse_climbing(self, before: bool) -> FsResult<()> {
+        if self.same_place {
+            return Ok(());
+        }
+        let climbing = tokio::task::spawn_blocking(move || {
+            let found = climbing_links(&self.from, &self.old_path, &self.new_path, self.descend);
+            if !before {
+                for rel in &found {
+                    let _ = self.to.remove_file(rel);
+                }
+            }
+            found
+        })
+        .await
+        .map_err(|e| FsError::trap(wasmtime::format_err!("checking moved links panicked: {e}")))?;
+        if climbing.is_empty() {
+            Ok(())
+        } else {
+            if !before {
+                tracing::warn!(
+                    "removed {} symlink(s) a rename would have left pointing out of the grant (another instance made them during the rename)",
+                    climbing.len()
+                );
+            }
+            Err(ErrorCode::NotPermitted.into())
+        }
+    }
+}
+
+/// The symlinks at or under `path` in `dir` (not following links) whose
+/// relative targets would climb out of the tree if `path` were at `place`:
+/// their paths under `dir` as they are now, where `path` is.
+fn climbing_links(
+    dir: &cap_std::fs::Dir,
+    path: &str,
+    place: &str,
+    descend: bool,
+) -> Vec<std::path::PathBuf> {
+    use std::path::{Path, PathBuf};
+    // `join("")` would add a `/`, which follows a final symlink.
+    let under = |base: &str, rel: &Path| match rel.as_os_str().is_empty() {
+        true => PathBuf::from(base),
+        false => Path::new(base).join(rel),
+    };
+    let mut found = Vec::new();
+    let mut todo: Vec<PathBuf> = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let here = under(path, &rel);
+        let Ok(meta) = dir.symlink_metadata(&here) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            // Absolute targets (cap-std reads none: only the host makes
+            // them) mean the same from anywhere.
+            if let Ok(target) = dir.read_link(&here) {
+                let target = target.to_string_lossy();
+                let at = under(place, &rel);
+                if target.split('/').any(|p| p == "..")
+                    && !target_stays_inside(&at.to_string_lossy(), &target)
+                {
+                    found.push(here);
+                }
+            }
+        } else if meta.is_dir() && descend {
+            let Ok(entries) = dir.read_dir(&here) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let is_link_or_dir = entry
+                    .file_type()
+                    .is_ok_and(|t| t.is_symlink() || t.is_dir());
+                if is_link_or_dir {
+                    todo.push(rel.join(entry.file_name()));
+                }
+            }
+        }
+    }
+    found
 }
 
 /// A block charged for a directory or symlink about to be made.
@@ -1011,6 +1157,30 @@ impl OutputStream for NoStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_a_move_would_make_climb_out_are_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("a/b/c")).unwrap();
+        std::os::unix::fs::symlink("..", tmp.path().join("a/up")).unwrap();
+        std::os::unix::fs::symlink("../..", tmp.path().join("a/b/up")).unwrap();
+        std::os::unix::fs::symlink("c", tmp.path().join("a/b/down")).unwrap();
+        let dir =
+            cap_std::fs::Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap();
+        let found = |path, place, descend| {
+            let mut f: Vec<String> = climbing_links(&dir, path, place, descend)
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            f.sort();
+            f
+        };
+        assert_eq!(found("a/up", "up", true), ["a/up"]);
+        assert_eq!(found("a/b", "b", true), ["a/b/up"]);
+        assert_eq!(found("a", "x", true), Vec::<String>::new());
+        assert_eq!(found("a/b", "a/d/b", true), Vec::<String>::new());
+        assert_eq!(found("a/b", "b", false), Vec::<String>::new());
+    }
 
     #[test]
     fn symlink_targets_must_stay_inside() {

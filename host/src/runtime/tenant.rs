@@ -344,16 +344,10 @@ impl Tenant {
         self.metrics.series().queued.inc();
         let _waiting = Waiting(&self.cold_waiting, &self.metrics);
         let t0 = Instant::now();
-        // In a task of its own, so a client that leaves does not cancel the
-        // load for the requests queued behind it.
-        let this = self.clone();
-        let load = tokio::spawn(async move { this.load_once().await });
         // A load slowed down by the app's CPU cap, or a compile on a busy
         // machine, holds a request no longer than running it may.
-        let pool = match tokio::time::timeout(self.spec.limits.timeout, load).await {
-            Ok(joined) => joined.unwrap_or_else(|panic| {
-                Err(self.failed(format!("loading panicked (a bug): {panic}"), Instant::now()))
-            })?,
+        let pool = match tokio::time::timeout(self.spec.limits.timeout, self.load_task()).await {
+            Ok(loaded) => loaded?,
             Err(_) => {
                 let waited = t0.elapsed();
                 tracing::warn!(app = %self.spec.name, "still loading after the {:?} timeout: 503", self.spec.limits.timeout);
@@ -364,6 +358,29 @@ impl Tenant {
             }
         };
         Ok((pool, Some(t0.elapsed())))
+    }
+
+    /// Load the app before the server listens (`serve --preload`): for as
+    /// long as that takes, since a first compile can take far longer than
+    /// a request's `timeout`, and no request waits on it.
+    pub async fn preload(self: &Arc<Self>) -> Result<Arc<AppPool>, LoadError> {
+        self.load_task().await
+    }
+
+    /// The load, in a task of its own, so a request that stops waiting
+    /// (its client left, or its `timeout` passed) does not cancel it for
+    /// the requests queued behind.
+    fn load_task(
+        self: &Arc<Self>,
+    ) -> impl std::future::Future<Output = Result<Arc<AppPool>, LoadError>> {
+        let this = self.clone();
+        let load = tokio::spawn(async move { this.load_once().await });
+        let this = self.clone();
+        async move {
+            load.await.unwrap_or_else(|panic| {
+                Err(this.failed(format!("loading panicked (a bug): {panic}"), Instant::now()))
+            })
+        }
     }
 
     fn failed(&self, error: String, since: Instant) -> LoadError {

@@ -343,6 +343,13 @@ impl Exchange {
         let len = declared.min(available);
         self.remaining = Some(0); // the streaming task owns the framing now
         if let (true, Some(tx)) = (self.body_allowed && !self.head_method, &self.chunk_tx) {
+            if declared > len {
+                tracing::warn!(
+                    app = %self.app,
+                    "file is {} bytes shorter than the app's Content-Length: the response is cut short",
+                    declared - len
+                );
+            }
             tokio::spawn(body::stream_file(
                 file,
                 offset,

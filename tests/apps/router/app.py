@@ -389,9 +389,13 @@ def application(environ, start_response):
         return text(start_response, "printed")
 
     if path == "/file":
-        name = query or "file.txt"
+        # /file?NAME[,LENGTH]: LENGTH, if given, as the Content-Length.
+        name, _, length = (query or "file.txt").partition(",")
         f = open("/sync/" + name, "rb")
-        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        headers = [("Content-Type", "application/octet-stream")]
+        if length:
+            headers.append(("Content-Length", length))
+        start_response("200 OK", headers)
         return environ["wsgi.file_wrapper"](f, 4096)
 
     if path == "/bytesio":
@@ -596,6 +600,8 @@ def application(environ, start_response):
                 shutil.move(a, b[0])
             elif op == "link":
                 os.link(a, b[0])
+            elif op == "mkdir":
+                os.makedirs(a)
             return text(start_response, "ok")
         except OSError as e:
             return text(start_response, errno_name(e))
