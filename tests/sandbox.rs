@@ -437,6 +437,24 @@ fn tenants_are_routed_by_host_and_prefix_with_their_own_grants() {
     assert!(body.contains("no app is configured"), "{body}");
     // `/bx` is not under the `/b` prefix.
     assert_eq!(get_host(&s, "nobody.test", "/bx").0, 404);
+    // Dot segments, which a proxy in front would have removed (and so
+    // routed elsewhere), are refused where prefixes route; sent raw, as
+    // HTTP clients remove them too.
+    for path in ["/b/../env", "/b/%2e%2e/env", "/./b/env", "/b/x/%2E"] {
+        let (mut w, mut r) = connect(s.addr);
+        write!(w, "GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+        let res = read_response(&mut r, false);
+        assert_eq!(res.status, 400, "{path}");
+    }
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"GET /b/..env HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let res = read_response(&mut r, false);
+    assert_eq!(
+        (res.status, res.body.as_slice()),
+        (404, &b"not found\n"[..]),
+        "the app's own 404"
+    );
 }
 
 #[test]

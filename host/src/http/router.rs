@@ -29,6 +29,14 @@ pub struct Router<A = Arc<Tenant>> {
     wildcard: HashMap<String, Vec<usize>>,
     /// Routes for any host.
     any: Vec<usize>,
+    /// Some route has a path prefix.
+    prefixed: bool,
+}
+
+/// Whether decoded `path` has a `.` or `..` segment: a proxy that removes
+/// them (RFC 3986 §5.2.4) would route it elsewhere than its prefix says.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// How well `pattern` (`example.com` or `*.example.com`) names `host`:
@@ -52,6 +60,7 @@ impl<A> Router<A> {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
             any: Vec::new(),
+            prefixed: routes.iter().any(|r| !r.prefix.is_empty()),
         };
         for (i, route) in routes.iter().enumerate() {
             if route.hosts.is_empty() {
@@ -70,6 +79,11 @@ impl<A> Router<A> {
         }
         router.routes = routes;
         router
+    }
+
+    /// Whether any route is chosen by a path prefix.
+    pub fn prefixed(&self) -> bool {
+        self.prefixed
     }
 
     /// The route for `host` (without port, any case) and raw `path`; its
@@ -139,6 +153,16 @@ mod tests {
 
     fn host_matches(pattern: &str, host: &str) -> bool {
         host_rank(pattern, host).is_some()
+    }
+
+    #[test]
+    fn dot_segments_are_whole_segments() {
+        for path in ["/a/../b", "/./x", "/a/..", "/.."] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in ["/a/..b/c", "/.well-known/x", "/a.b/", "/...", "/"] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
     }
 
     #[test]

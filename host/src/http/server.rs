@@ -28,7 +28,7 @@ use crate::config::{ServerConfig, TrustedPeers};
 use crate::http::access::{AccessLog, LoggedBody};
 use crate::http::conn_idle::Activity;
 use crate::http::head_rules;
-use crate::http::router::Router;
+use crate::http::router::{has_dot_segment, Router};
 use crate::http::write_deadline::{self, Delivered, WriteDeadline};
 use crate::latin1;
 use crate::runtime::body::{self, RequestBody, ResponseBody};
@@ -660,15 +660,31 @@ async fn respond(
     let router = site.router();
     // Routes match the decoded path, the one PATH_INFO is cut from.
     let path = environ::decoded_path(parts.uri.path());
-    let route = router.route(host_of(&parts), &path).ok_or_else(|| {
+    // No app's limits to drain a body by: hyper closes the connection when
+    // it is left unread, so say so.
+    let unrouted = |status, text| {
         use hyper::body::Body as _;
+        let close = parts.version < http::Version::HTTP_2 && !body.is_end_stream();
         Refusal {
-            status: StatusCode::NOT_FOUND,
-            text: "Not Found: no app is configured for this host and path",
-            // No app's limits to drain a body by: hyper closes the
-            // connection when it is left unread, so say so.
-            close: parts.version < http::Version::HTTP_2 && !body.is_end_stream(),
+            status,
+            text,
+            close,
         }
+    };
+    // Browsers and proxies remove dot segments before they send a path; a
+    // proxy in front would send `/api/v2/../x` to the app at `/api`, not
+    // `/api/v2`, and its rules for one would not hold for the other.
+    if router.prefixed() && has_dot_segment(&path) {
+        return Err(unrouted(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: `.` or `..` segments in a path routed by its prefix",
+        ));
+    }
+    let route = router.route(host_of(&parts), &path).ok_or_else(|| {
+        unrouted(
+            StatusCode::NOT_FOUND,
+            "Not Found: no app is configured for this host and path",
+        )
     })?;
     log.routed(route.app.metrics());
     let tenant = route.app.clone();
