@@ -32,13 +32,15 @@ impl Cli {
     }
 }
 
-/// `command` with every option that takes a value allowed to take one that
-/// starts with `-`, in each subcommand too.
+/// `command` with every option that must take a value allowed to take one
+/// that starts with `-`, in each subcommand too. Not one whose value is
+/// optional (`--pyproject [FILE]`): that would swallow the next flag.
 fn hyphen_values(command: clap::Command) -> clap::Command {
     command
         .mut_args(|arg| {
-            let takes_value = arg.get_action().takes_values();
-            if takes_value && !arg.is_positional() {
+            let needs_value = arg.get_action().takes_values()
+                && arg.get_num_args().is_none_or(|n| n.min_values() > 0);
+            if needs_value && !arg.is_positional() {
                 arg.allow_hyphen_values(true)
             } else {
                 arg
@@ -585,5 +587,15 @@ mod tests {
         let e = parse(&["run", "-x"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
         assert!(parse(&["run", "app.wasm", "--max-requests", "10"]).is_ok());
+        // An optional value is not the next flag.
+        let m = parse(&["build", "app:app", "--pyproject", "-o", "out.wasm"]).unwrap();
+        let (_, build) = m.subcommand().unwrap();
+        assert_eq!(
+            build
+                .get_one::<std::path::PathBuf>("output")
+                .unwrap()
+                .to_str(),
+            Some("out.wasm")
+        );
     }
 }

@@ -321,6 +321,7 @@ impl QuotaFsView<'_> {
             // Within one directory nothing changes depth.
             same_place: from.rep() == to.rep() && parent(old_path) == parent(new_path),
             descend: true,
+            app: self.quotas.files.app.clone(),
         })
     }
 
@@ -892,6 +893,8 @@ struct MovedLinks {
     same_place: bool,
     /// Look inside a moved directory too (a hard link moves one name).
     descend: bool,
+    /// Whose, for the log.
+    app: Arc<str>,
 }
 
 impl MovedLinks {
@@ -904,6 +907,7 @@ impl MovedLinks {
             new_path: self.new_path.clone(),
             same_place: self.same_place,
             descend: self.descend,
+            app: self.app.clone(),
         }
     }
 
@@ -914,6 +918,7 @@ impl MovedLinks {
         if self.same_place {
             return Ok(());
         }
+        let app = self.app.clone();
         let climbing = tokio::task::spawn_blocking(move || {
             let found = climbing_links(&self.from, &self.old_path, &self.new_path, self.descend);
             if !before {
@@ -930,6 +935,7 @@ impl MovedLinks {
         } else {
             if !before {
                 tracing::warn!(
+                    app = %app,
                     "removed {} symlink(s) a rename would have left pointing out of the grant (another instance made them during the rename)",
                     climbing.len()
                 );
