@@ -62,49 +62,64 @@ fn file_escapes_fail_with_oserror() {
         let (status, body) = get(&s, "/read-file?/data/app-link");
         assert_eq!(status, 403, "{body}");
     }
-    // Nor be made to climb out with a relative target (host tools and
-    // other apps granted the parent would follow it); inside is fine.
-    for target in ["../../../etc/passwd", "sub/../../x", "../outside"] {
-        let (status, body) = get(&s, &format!("/symlink?{target},/data/app-link2"));
+    // Nor be made with `..` in its target (host tools and other apps
+    // granted the parent would follow it out): through a symlinked
+    // directory, or once a directory in its target is swapped for a link,
+    // a `..` that looks inside can climb out.
+    assert_eq!(get(&s, "/symlink?.,/data/s"), (200, "linked".into()));
+    for (target, link) in [
+        ("../../../etc/passwd", "/data/app-link2"),
+        ("sub/../../x", "/data/app-link2"),
+        ("../outside", "/data/app-link2"),
+        ("..", "/data/app-link2"),
+        ("sub/..", "/data/app-link2"),
+        ("../etc", "/data/s/app-link2"),
+        ("s/..", "/data/app-link2"),
+        ("s/../x", "/data/app-link2"),
+    ] {
+        let (status, body) = get(&s, &format!("/symlink?{target},{link}"));
         assert_eq!(status, 403, "{target}: {body}");
     }
     assert!(rw.join("app-link2").symlink_metadata().is_err());
     assert_eq!(get(&s, "/write-file?/data/inside.txt").0, 200);
+    // Made through a symlinked directory, a link lands where that points.
     assert_eq!(
-        get(&s, "/symlink?inside.txt,/data/app-link3"),
+        get(&s, "/symlink?inside.txt,/data/s/app-link3"),
         (200, "linked".into())
     );
     assert_eq!(
         get(&s, "/read-file?/data/app-link3"),
         (200, "written by the app".into())
     );
-    // Nor moved to where it would climb out: `..` from a directory in the
-    // grant stays inside; the same link renamed or hard-linked to the top,
-    // or its directory renamed there, would point at the grant's parent.
-    assert_eq!(get(&s, "/fs-op?mkdir,/data/a/b").1, "ok");
-    assert_eq!(get(&s, "/symlink?..,/data/a/up"), (200, "linked".into()));
-    assert_eq!(
-        get(&s, "/symlink?../..,/data/a/b/up"),
-        (200, "linked".into())
-    );
+    // The host's own `..` links (here one that points inside from where it
+    // is) cannot be moved by the app, alone or in their directory: from
+    // elsewhere, or through a symlinked directory, they could point out.
+    std::fs::create_dir_all(rw.join("a/b")).unwrap();
+    std::os::unix::fs::symlink("..", rw.join("a/up")).unwrap();
+    std::os::unix::fs::symlink("../..", rw.join("a/b/up")).unwrap();
     for op in [
         "rename,/data/a/up,/data/up",
         "link,/data/a/up,/data/up",
         "rename,/data/a/b,/data/b",
+        "rename,/data/a/b,/data/a/c",
+        "rename,/data/a/up,/data/s/a/up2",
+        "rename,/data/a,/data/s/z",
     ] {
         assert_eq!(get(&s, &format!("/fs-op?{op}")).1, "EPERM", "{op}");
     }
     assert!(rw.join("up").symlink_metadata().is_err());
     assert!(rw.join("b").symlink_metadata().is_err());
-    // Within their directory, or deeper, they still point inside.
-    assert_eq!(get(&s, "/fs-op?rename,/data/a/b,/data/a/c").1, "ok");
-    assert_eq!(get(&s, "/fs-op?mkdir,/data/a/d/e").1, "ok");
-    assert_eq!(get(&s, "/fs-op?rename,/data/a/up,/data/a/d/up").1, "ok");
-    assert_eq!(get(&s, "/fs-op?rename,/data/a/c,/data/a/d/e/c").1, "ok");
+    assert!(rw.join("z").symlink_metadata().is_err());
     assert_eq!(
-        std::fs::read_link(rw.join("a/d/e/c/up")).unwrap(),
+        std::fs::read_link(rw.join("a/b/up")).unwrap(),
         Path::new("../..")
     );
+    // The app's own links, and directories without `..` links, move freely.
+    assert_eq!(get(&s, "/fs-op?mkdir,/data/m/n").1, "ok");
+    assert_eq!(get(&s, "/symlink?x,/data/m/n/l"), (200, "linked".into()));
+    assert_eq!(get(&s, "/fs-op?rename,/data/m,/data/a/m").1, "ok");
+    assert_eq!(get(&s, "/fs-op?rename,/data/a/m/n/l,/data/l").1, "ok");
+    assert_eq!(std::fs::read_link(rw.join("l")).unwrap(), Path::new("x"));
     // Writes: allowed in the rw grant, refused in the :ro one.
     assert_eq!(get(&s, "/write-file?/data/new.txt").0, 200);
     assert_eq!(

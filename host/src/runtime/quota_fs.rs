@@ -303,25 +303,30 @@ impl QuotaFsView<'_> {
         })
     }
 
-    /// The symlinks a move of `old_path` under `from` to `new_path` under
-    /// `to` takes along, to check where they would point from there.
-    fn moved_links(
+    /// `EPERM`, before a rename or hard link of `path` under `fd`, if it
+    /// would carry a symlink with `..` in its target (at `path`, or under it
+    /// when `descend`) to another directory. Only the host makes such links
+    /// (`symlink_at` refuses them): from elsewhere, through symlinked
+    /// directories the app can make, they could point out of the grant.
+    fn refuse_moving_climbers(
         &self,
-        from: &Resource<types::Descriptor>,
-        old_path: &str,
-        to: &Resource<types::Descriptor>,
-        new_path: &str,
-    ) -> FsResult<MovedLinks> {
-        let parent = |p: &str| p.rsplit_once('/').map_or("", |(dir, _)| dir).to_owned();
-        Ok(MovedLinks {
-            from: self.dir(from)?,
-            to: self.dir(to)?,
-            old_path: old_path.to_owned(),
-            new_path: new_path.to_owned(),
-            // Within one directory nothing changes depth.
-            same_place: from.rep() == to.rep() && parent(old_path) == parent(new_path),
-            descend: true,
-            app: self.quotas.files.app.clone(),
+        fd: &Resource<types::Descriptor>,
+        path: &str,
+        descend: bool,
+    ) -> FsResult<impl std::future::Future<Output = FsResult<()>> + Send + 'static> {
+        let dir = self.dir(fd)?;
+        let path = path.to_owned();
+        Ok(async move {
+            let found =
+                tokio::task::spawn_blocking(move || has_climbing_link(&dir, &path, descend))
+                    .await
+                    .map_err(|e| {
+                        FsError::trap(wasmtime::format_err!("checking moved links panicked: {e}"))
+                    })?;
+            match found {
+                true => Err(ErrorCode::NotPermitted.into()),
+                false => Ok(()),
+            }
         })
     }
 
@@ -597,9 +602,7 @@ impl HostDescriptor for QuotaFsView<'_> {
         self.same_tree(&fd, &new_descriptor)?;
         // A second name for a symlink (directories have none) is a move
         // that leaves the first in place.
-        let mut linked = self.moved_links(&fd, &old_path, &new_descriptor, &new_path)?;
-        linked.descend = false;
-        linked.refuse_climbing(true).await?;
+        self.refuse_moving_climbers(&fd, &old_path, false)?.await?;
         let creation = self.creation(&new_descriptor).await?;
         let r = HostDescriptor::link_at(
             &mut self.fs,
@@ -708,20 +711,18 @@ impl HostDescriptor for QuotaFsView<'_> {
         new_fd: Resource<types::Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
-        let moved = self.moved_links(&fd, &old_path, &new_fd, &new_path)?;
+        // No instance can make a link this looks for, so none can appear
+        // in the tree between the look and the move.
+        let moving = self.refuse_moving_climbers(&fd, &old_path, true)?;
         let Some(ledger) = self.same_tree(&fd, &new_fd)? else {
-            let placed = moved.placed();
-            moved.refuse_climbing(true).await?;
-            HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await?;
-            return placed.refuse_climbing(false).await;
+            moving.await?;
+            return HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await;
         };
         let _ns = ledger.lock_namespace().await;
-        let placed = moved.placed();
-        moved.refuse_climbing(true).await?;
+        moving.await?;
         let from = self.look(&fd, &old_path, false)?.await?;
         let replaced = self.look(&new_fd, &new_path, false)?.await?;
         HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await?;
-        placed.refuse_climbing(false).await?;
         if let (Some(from), Some(gone)) = (from, replaced) {
             // Renaming a name onto another link of itself changes nothing.
             if from.id != gone.id {
@@ -740,7 +741,11 @@ impl HostDescriptor for QuotaFsView<'_> {
         // cap-std refuses absolute targets but makes relative ones that
         // climb out: the guest cannot follow them, but host tools, static
         // file serving or another app granted the parent directory would.
-        if !target_stays_inside(&dest_path, &src_path) {
+        // Whether `..` stays inside depends on where the link really is,
+        // which symlinked directories hide from its path and which a later
+        // rename or swapped directory changes; without `..` a link only
+        // points below its own directory, wherever that is in the grant.
+        if src_path.starts_with('/') || climbs(&src_path) {
             return Err(ErrorCode::NotPermitted.into());
         }
         let creation = self.creation(&fd).await?;
@@ -856,128 +861,32 @@ impl QuotaFsView<'_> {
     }
 }
 
-/// Whether a symlink at `link` (relative to a directory) whose target is
-/// the relative path `target` points inside that directory, read as paths
-/// are, without following links already there.
-fn target_stays_inside(link: &str, target: &str) -> bool {
-    fn walk<'a>(mut depth: usize, parts: impl Iterator<Item = &'a str>) -> Option<usize> {
-        for part in parts {
-            match part {
-                "" | "." => {}
-                ".." => depth = depth.checked_sub(1)?,
-                _ => depth += 1,
-            }
-        }
-        Some(depth)
-    }
-    let mut dirs: Vec<&str> = link.split('/').collect();
-    dirs.pop();
-    !target.starts_with('/')
-        && walk(0, dirs.into_iter())
-            .and_then(|depth| walk(depth, target.split('/')))
-            .is_some()
+/// Whether a relative symlink target has a `..` component.
+fn climbs(target: &str) -> bool {
+    target.split('/').any(|part| part == "..")
 }
 
-/// What a rename or a hard link moves, as far as symlinks go. A relative
-/// target with `..` means something else from another place: a link made
-/// where it stays inside the grant (`a/b/up -> ../..`), moved to the top,
-/// would point at the grant's parent, for host tools, `--static` or an
-/// app granted the parent to follow. So each such link is checked from
-/// where it lands (as `symlink_at` checks a new one): before the move, and
-/// again after it, for a link another instance made meanwhile.
-struct MovedLinks {
-    from: Arc<cap_std::fs::Dir>,
-    to: Arc<cap_std::fs::Dir>,
-    old_path: String,
-    new_path: String,
-    same_place: bool,
-    /// Look inside a moved directory too (a hard link moves one name).
-    descend: bool,
-    /// Whose, for the log.
-    app: Arc<str>,
-}
-
-impl MovedLinks {
-    /// The same names, looked at where the move put them.
-    fn placed(&self) -> MovedLinks {
-        MovedLinks {
-            from: self.to.clone(),
-            old_path: self.new_path.clone(),
-            to: self.to.clone(),
-            new_path: self.new_path.clone(),
-            same_place: self.same_place,
-            descend: self.descend,
-            app: self.app.clone(),
-        }
-    }
-
-    /// `EPERM` if a moved link would point out from its new place. After
-    /// the move (`before` false) such links are removed first: another
-    /// instance of the app made them while this one moved their directory.
-    async fn refuse_climbing(self, before: bool) -> FsResult<()> {
-        if self.same_place {
-            return Ok(());
-        }
-        let app = self.app.clone();
-        let climbing = tokio::task::spawn_blocking(move || {
-            let found = climbing_links(&self.from, &self.old_path, &self.new_path, self.descend);
-            if !before {
-                for rel in &found {
-                    let _ = self.to.remove_file(rel);
-                }
-            }
-            found
-        })
-        .await
-        .map_err(|e| FsError::trap(wasmtime::format_err!("checking moved links panicked: {e}")))?;
-        if climbing.is_empty() {
-            Ok(())
-        } else {
-            if !before {
-                tracing::warn!(
-                    app = %app,
-                    "removed {} symlink(s) a rename would have left pointing out of the grant (another instance made them during the rename)",
-                    climbing.len()
-                );
-            }
-            Err(ErrorCode::NotPermitted.into())
-        }
-    }
-}
-
-/// The symlinks at or under `path` in `dir` (not following links) whose
-/// relative targets would climb out of the tree if `path` were at `place`:
-/// their paths under `dir` as they are now, where `path` is.
-fn climbing_links(
-    dir: &cap_std::fs::Dir,
-    path: &str,
-    place: &str,
-    descend: bool,
-) -> Vec<std::path::PathBuf> {
-    use std::path::{Path, PathBuf};
-    // `join("")` would add a `/`, which follows a final symlink.
-    let under = |base: &str, rel: &Path| match rel.as_os_str().is_empty() {
-        true => PathBuf::from(base),
-        false => Path::new(base).join(rel),
+/// Whether `path` in `dir` is a symlink whose target climbs (`..`), or,
+/// with `descend`, a directory with one anywhere under it (links not
+/// followed).
+fn has_climbing_link(dir: &cap_std::fs::Dir, path: &str, descend: bool) -> bool {
+    use std::path::PathBuf;
+    // A trailing `/` would follow the link itself.
+    let path = match path.trim_end_matches('/') {
+        "" => path,
+        trimmed => trimmed,
     };
-    let mut found = Vec::new();
-    let mut todo: Vec<PathBuf> = vec![PathBuf::new()];
-    while let Some(rel) = todo.pop() {
-        let here = under(path, &rel);
+    let mut todo = vec![PathBuf::from(path)];
+    while let Some(here) = todo.pop() {
         let Ok(meta) = dir.symlink_metadata(&here) else {
             continue;
         };
         if meta.file_type().is_symlink() {
-            // Absolute targets (cap-std reads none: only the host makes
-            // them) mean the same from anywhere.
-            if let Ok(target) = dir.read_link(&here) {
-                let target = target.to_string_lossy();
-                let at = under(place, &rel);
-                if target.split('/').any(|p| p == "..")
-                    && !target_stays_inside(&at.to_string_lossy(), &target)
-                {
-                    found.push(here);
-                }
+            if dir
+                .read_link(&here)
+                .is_ok_and(|t| climbs(&t.to_string_lossy()))
+            {
+                return true;
             }
         } else if meta.is_dir() && descend {
             let Ok(entries) = dir.read_dir(&here) else {
@@ -988,12 +897,12 @@ fn climbing_links(
                     .file_type()
                     .is_ok_and(|t| t.is_symlink() || t.is_dir());
                 if is_link_or_dir {
-                    todo.push(rel.join(entry.file_name()));
+                    todo.push(here.join(entry.file_name()));
                 }
             }
         }
     }
-    found
+    false
 }
 
 /// A block charged for a directory or symlink about to be made.
@@ -1165,46 +1074,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn links_a_move_would_make_climb_out_are_found() {
+    fn links_with_dot_dot_targets_are_found_at_or_under_a_path() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(tmp.path().join("a/b/c")).unwrap();
-        std::os::unix::fs::symlink("..", tmp.path().join("a/up")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("x/y")).unwrap();
         std::os::unix::fs::symlink("../..", tmp.path().join("a/b/up")).unwrap();
-        std::os::unix::fs::symlink("c", tmp.path().join("a/b/down")).unwrap();
+        std::os::unix::fs::symlink("c/d..e", tmp.path().join("a/b/down")).unwrap();
+        std::os::unix::fs::symlink(".", tmp.path().join("here")).unwrap();
+        std::os::unix::fs::symlink("a", tmp.path().join("x/y/to-a")).unwrap();
         let dir =
             cap_std::fs::Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap();
-        let found = |path, place, descend| {
-            let mut f: Vec<String> = climbing_links(&dir, path, place, descend)
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            f.sort();
-            f
-        };
-        assert_eq!(found("a/up", "up", true), ["a/up"]);
-        assert_eq!(found("a/b", "b", true), ["a/b/up"]);
-        assert_eq!(found("a", "x", true), Vec::<String>::new());
-        assert_eq!(found("a/b", "a/d/b", true), Vec::<String>::new());
-        assert_eq!(found("a/b", "b", false), Vec::<String>::new());
+        for (path, descend) in [
+            ("a/b/up", false),
+            ("a", true),
+            ("a/b/", true),
+            ("here/a/b/up", false),
+            ("here/a", true),
+        ] {
+            assert!(has_climbing_link(&dir, path, descend), "{path}");
+        }
+        for (path, descend) in [
+            ("a", false),
+            ("a/b/down", true),
+            ("a/b/c", true),
+            ("x", true),
+            ("missing", true),
+        ] {
+            assert!(!has_climbing_link(&dir, path, descend), "{path}");
+        }
     }
 
     #[test]
-    fn symlink_targets_must_stay_inside() {
-        for (link, target) in [
-            ("l", "a"),
-            ("d/l", "../a"),
-            ("d/e/l", "../../a/b"),
-            ("l", "./a"),
-        ] {
-            assert!(target_stays_inside(link, target), "{link} -> {target}");
+    fn only_targets_with_dot_dot_climb() {
+        for target in ["a", "./a", "a/b", "a..", "..a/b", "a/.../b"] {
+            assert!(!climbs(target), "{target}");
         }
-        for (link, target) in [
-            ("l", "../a"),
-            ("d/l", "../../a"),
-            ("l", "a/../../b"),
-            ("l", "/etc"),
-        ] {
-            assert!(!target_stays_inside(link, target), "{link} -> {target}");
+        for target in ["..", "../a", "a/../b", "a/..", "./.."] {
+            assert!(climbs(target), "{target}");
         }
     }
 }
