@@ -360,7 +360,14 @@ fn no_body_for_304_and_file_wrapper_paths() {
     let mut got = Vec::new();
     let _ = r.read_to_end(&mut got);
     let body_at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert_eq!(got.len() - body_at, data.len());
+    // What the file holds, or a part of it: the connection is closed on
+    // the error, and hyper may drop what it had not flushed yet.
+    let body = &got[body_at..];
+    assert!(
+        body.len() <= data.len() && data.starts_with(body),
+        "{}",
+        body.len()
+    );
     s.wait_for_log("50000 bytes shorter than the app's Content-Length");
     let line = s
         .logs()

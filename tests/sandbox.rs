@@ -145,6 +145,35 @@ fn file_escapes_fail_with_oserror() {
 }
 
 #[test]
+fn a_move_takes_what_it_checked_while_another_request_swaps_its_path() {
+    // The host's `a/b/up2 -> ../..` may not move (from the top it would
+    // point out); one request renames `m/up2` while another swaps `m`
+    // between a directory holding a plain `up2` and a symlink to `a/b`.
+    let rw = temp_dir("grant-race");
+    std::fs::create_dir_all(rw.join("a/b")).unwrap();
+    std::fs::create_dir_all(rw.join("m")).unwrap();
+    std::os::unix::fs::symlink("../..", rw.join("a/b/up2")).unwrap();
+    let grant = format!("{}::/data", rw.display());
+    let s = Server::start(&router(), &["--dir", &grant, "--workers", "2"]);
+    let swapper = std::thread::spawn({
+        let url = s.url("/move-race?swap,/data");
+        move || client().get(url).send().unwrap().text().unwrap()
+    });
+    let took: serde_json::Value = get_json(&s, "/move-race?take,/data");
+    assert_eq!(swapper.join().unwrap(), "swapped");
+    assert_eq!(took["carried"], 0, "{took}");
+    assert!(
+        took["refused"].as_u64().unwrap() > 0 && took["moved"].as_u64().unwrap() > 0,
+        "the two requests did not overlap: {took}"
+    );
+    assert_eq!(
+        std::fs::read_link(rw.join("a/b/up2")).unwrap(),
+        Path::new("../..")
+    );
+    assert!(rw.join("lk").symlink_metadata().is_err());
+}
+
+#[test]
 fn environment_shows_only_grants() {
     let env_file = temp_dir("envfile").join("app.env");
     std::fs::write(&env_file, "# comment\nFROM_FILE=1\nexport QUOTED=\"a b\"\n").unwrap();

@@ -303,31 +303,96 @@ impl QuotaFsView<'_> {
         })
     }
 
-    /// `EPERM`, before a rename or hard link of `path` under `fd`, if it
-    /// would carry a symlink with `..` in its target (at `path`, or under it
-    /// when `descend`) to another directory. Only the host makes such links
-    /// (`symlink_at` refuses them): from elsewhere, through symlinked
-    /// directories the app can make, they could point out of the grant.
-    fn refuse_moving_climbers(
-        &self,
+    /// The directory holding `path` under `fd`, opened once so that what
+    /// is checked is what moves (a path looked up again could lead
+    /// elsewhere by then, through a directory another instance swapped for
+    /// a symlink), and `EPERM` if the move would carry a symlink with `..`
+    /// in its target (`path` itself, or one under it when `descend`) to
+    /// another directory. Only the host makes such links (`symlink_at`
+    /// refuses them); from elsewhere, or through a symlinked directory,
+    /// they could point out of the grant. `not_a_name` is the error for a
+    /// path ending in `.` or `..`.
+    async fn move_source(
+        &mut self,
         fd: &Resource<types::Descriptor>,
         path: &str,
         descend: bool,
-    ) -> FsResult<impl std::future::Future<Output = FsResult<()>> + Send + 'static> {
-        let dir = self.dir(fd)?;
-        let path = path.to_owned();
-        Ok(async move {
-            let found =
-                tokio::task::spawn_blocking(move || has_climbing_link(&dir, &path, descend))
+        not_a_name: ErrorCode,
+    ) -> FsResult<MoveSource> {
+        let (parent, name) = match split_last(path) {
+            Ok(split) => split,
+            Err(LastName::Missing) => return Err(ErrorCode::NoEntry.into()),
+            Err(LastName::Absolute) => return Err(ErrorCode::NotPermitted.into()),
+            Err(LastName::Dots) => return Err(not_a_name.into()),
+        };
+        let dir = HostDescriptor::open_at(
+            &mut self.fs,
+            Resource::new_borrow(fd.rep()),
+            types::PathFlags::SYMLINK_FOLLOW,
+            parent.to_owned(),
+            types::OpenFlags::DIRECTORY,
+            types::DescriptorFlags::READ,
+        )
+        .await?;
+        let source = MoveSource {
+            dir,
+            name: name.to_owned(),
+        };
+        let handle = self.dir(&source.dir);
+        let name = source.name.clone();
+        let climbing = match handle {
+            Ok(handle) => {
+                tokio::task::spawn_blocking(move || has_climbing_link(&handle, &name, descend))
                     .await
                     .map_err(|e| {
                         FsError::trap(wasmtime::format_err!("checking moved links panicked: {e}"))
-                    })?;
-            match found {
-                true => Err(ErrorCode::NotPermitted.into()),
-                false => Ok(()),
+                    })
             }
-        })
+            Err(e) => Err(e),
+        };
+        match climbing {
+            Ok(false) => Ok(source),
+            Ok(true) => {
+                self.close(source)?;
+                Err(ErrorCode::NotPermitted.into())
+            }
+            Err(e) => {
+                self.close(source)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Close the directory a move took its name from.
+    fn close(&mut self, source: MoveSource) -> FsResult<()> {
+        HostDescriptor::drop(&mut self.fs, source.dir).map_err(FsError::trap)
+    }
+
+    /// Rename `source` to `new_path` under `new_fd`, crediting `ledger`
+    /// (whose namespace the caller holds) with a file the rename replaced.
+    async fn rename_from(
+        &mut self,
+        source: &MoveSource,
+        ledger: Option<Arc<Ledger>>,
+        new_fd: Resource<types::Descriptor>,
+        new_path: String,
+    ) -> FsResult<()> {
+        let old = || Resource::new_borrow(source.dir.rep());
+        let Some(ledger) = ledger else {
+            let name = source.name.clone();
+            return HostDescriptor::rename_at(&mut self.fs, old(), name, new_fd, new_path).await;
+        };
+        let from = self.look(&old(), &source.name, false)?.await?;
+        let replaced = self.look(&new_fd, &new_path, false)?.await?;
+        let name = source.name.clone();
+        HostDescriptor::rename_at(&mut self.fs, old(), name, new_fd, new_path).await?;
+        if let (Some(from), Some(gone)) = (from, replaced) {
+            // Renaming a name onto another link of itself changes nothing.
+            if from.id != gone.id {
+                ledger.removed(gone.id, gone.size, gone.last_link);
+            }
+        }
+        Ok(())
     }
 
     /// For a new directory or symlink under `fd`: if its tree has a quota,
@@ -602,13 +667,21 @@ impl HostDescriptor for QuotaFsView<'_> {
         self.same_tree(&fd, &new_descriptor)?;
         // A second name for a symlink (directories have none) is a move
         // that leaves the first in place.
-        self.refuse_moving_climbers(&fd, &old_path, false)?.await?;
-        let creation = self.creation(&new_descriptor).await?;
+        let source = self
+            .move_source(&fd, &old_path, false, ErrorCode::NotPermitted)
+            .await?;
+        let creation = match self.creation(&new_descriptor).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.close(source)?;
+                return Err(e);
+            }
+        };
         let r = HostDescriptor::link_at(
             &mut self.fs,
-            fd,
+            Resource::new_borrow(source.dir.rep()),
             old_path_flags,
-            old_path,
+            source.name.clone(),
             new_descriptor,
             new_path,
         )
@@ -616,6 +689,7 @@ impl HostDescriptor for QuotaFsView<'_> {
         if let Some(c) = creation {
             c.settle(r.is_ok());
         }
+        self.close(source)?;
         r
     }
 
@@ -711,25 +785,19 @@ impl HostDescriptor for QuotaFsView<'_> {
         new_fd: Resource<types::Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
+        let ledger = self.same_tree(&fd, &new_fd)?;
+        let _ns = match &ledger {
+            Some(ledger) => Some(ledger.lock_namespace().await),
+            None => None,
+        };
         // No instance can make a link this looks for, so none can appear
         // in the tree between the look and the move.
-        let moving = self.refuse_moving_climbers(&fd, &old_path, true)?;
-        let Some(ledger) = self.same_tree(&fd, &new_fd)? else {
-            moving.await?;
-            return HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await;
-        };
-        let _ns = ledger.lock_namespace().await;
-        moving.await?;
-        let from = self.look(&fd, &old_path, false)?.await?;
-        let replaced = self.look(&new_fd, &new_path, false)?.await?;
-        HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await?;
-        if let (Some(from), Some(gone)) = (from, replaced) {
-            // Renaming a name onto another link of itself changes nothing.
-            if from.id != gone.id {
-                ledger.removed(gone.id, gone.size, gone.last_link);
-            }
-        }
-        Ok(())
+        let source = self
+            .move_source(&fd, &old_path, true, ErrorCode::Busy)
+            .await?;
+        let r = self.rename_from(&source, ledger, new_fd, new_path).await;
+        self.close(source)?;
+        r
     }
 
     async fn symlink_at(
@@ -858,6 +926,38 @@ impl QuotaFsView<'_> {
             pending: false,
         });
         Ok(())
+    }
+}
+
+/// The directory a rename or hard link takes a name from, held open.
+struct MoveSource {
+    dir: Resource<types::Descriptor>,
+    /// The name in `dir`, with any trailing `/` the path had.
+    name: String,
+}
+
+/// Why a path has no last name to move.
+#[derive(Debug, PartialEq)]
+enum LastName {
+    Missing,
+    Absolute,
+    /// It ends in `.` or `..`.
+    Dots,
+}
+
+/// `path` as the directory holding its last name (`.` if none is named)
+/// and that name, with any trailing `/`.
+fn split_last(path: &str) -> Result<(&str, &str), LastName> {
+    if path.starts_with('/') {
+        return Err(LastName::Absolute);
+    }
+    let trimmed = path.trim_end_matches('/');
+    let start = trimmed.rfind('/').map_or(0, |i| i + 1);
+    match &trimmed[start..] {
+        "" => Err(LastName::Missing),
+        "." | ".." => Err(LastName::Dots),
+        _ if start == 0 => Ok((".", path)),
+        _ => Ok((&path[..start - 1], &path[start..])),
     }
 }
 
@@ -1102,6 +1202,18 @@ mod tests {
         ] {
             assert!(!has_climbing_link(&dir, path, descend), "{path}");
         }
+    }
+
+    #[test]
+    fn a_path_splits_into_its_directory_and_last_name() {
+        assert_eq!(split_last("a"), Ok((".", "a")));
+        assert_eq!(split_last("a/"), Ok((".", "a/")));
+        assert_eq!(split_last("a/b/c"), Ok(("a/b", "c")));
+        assert_eq!(split_last("a//b//"), Ok(("a/", "b//")));
+        assert_eq!(split_last("./a/.."), Err(LastName::Dots));
+        assert_eq!(split_last("a/."), Err(LastName::Dots));
+        assert_eq!(split_last(""), Err(LastName::Missing));
+        assert_eq!(split_last("/etc"), Err(LastName::Absolute));
     }
 
     #[test]

@@ -606,6 +606,45 @@ def application(environ, start_response):
         except OSError as e:
             return text(start_response, errno_name(e))
 
+    if path == "/move-race":
+        # /move-race?swap,DIR or /move-race?take,DIR: run together. "swap"
+        # turns DIR/m from a directory holding a plain file up2 into a
+        # symlink to a/b and back, until DIR/stop appears; "take" renames
+        # DIR/m/up2 to DIR/lk meanwhile, and says whether it ever carried
+        # off a symlink (a/b/up2, the host's) rather than the plain file.
+        role, base = query.split(",")
+        m, mdir, lk = f"{base}/m", f"{base}/mdir", f"{base}/lk"
+        counts = {"carried": 0, "moved": 0, "refused": 0, "missed": 0}
+        if role == "swap":
+            for _ in range(200_000):
+                if os.path.exists(f"{base}/stop"):
+                    break
+                try:
+                    os.rename(m, mdir)
+                    open(f"{mdir}/up2", "a").close()
+                    os.symlink("a/b", m)
+                    os.unlink(m)
+                    os.rename(mdir, m)
+                except OSError:
+                    pass
+            return text(start_response, "swapped")
+        for _ in range(3_000):
+            try:
+                os.rename(f"{m}/up2", lk)
+            except PermissionError:
+                counts["refused"] += 1
+                continue
+            except OSError:
+                counts["missed"] += 1
+                continue
+            if os.path.islink(lk):
+                counts["carried"] += 1
+                break
+            counts["moved"] += 1
+            os.unlink(lk)
+        open(f"{base}/stop", "w").close()
+        return as_json(start_response, counts)
+
     if path == "/remove":
         os.remove(query)
         return text(start_response, "removed")
