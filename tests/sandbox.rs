@@ -107,6 +107,22 @@ fn file_escapes_fail_with_oserror() {
     ] {
         assert_eq!(get(&s, &format!("/fs-op?{op}")).1, "EPERM", "{op}");
     }
+    // However deep the link: 20 levels of 250-character names are past
+    // PATH_MAX from the top, and the check still finds it.
+    let host = cap_std::fs::Dir::open_ambient_dir(&rw, cap_std::ambient_authority()).unwrap();
+    host.create_dir("long").unwrap();
+    let mut deep = host.open_dir("long").unwrap();
+    for i in 0..20 {
+        let name = format!("{i:02}{}", "z".repeat(248));
+        deep.create_dir(&name).unwrap();
+        deep = deep.open_dir(&name).unwrap();
+    }
+    deep.symlink(
+        "../../../../../../../../../../../../../../../../../../../../..",
+        "up",
+    )
+    .unwrap();
+    assert_eq!(get(&s, "/fs-op?rename,/data/long,/data/long2").1, "EPERM");
     assert!(rw.join("up").symlink_metadata().is_err());
     assert!(rw.join("b").symlink_metadata().is_err());
     assert!(rw.join("z").symlink_metadata().is_err());

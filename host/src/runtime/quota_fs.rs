@@ -966,43 +966,92 @@ fn climbs(target: &str) -> bool {
     target.split('/').any(|part| part == "..")
 }
 
-/// Whether `path` in `dir` is a symlink whose target climbs (`..`), or,
+/// How many directories the walk in `has_climbing_link` holds open at
+/// once (one per level that still has subdirectories to see): a tree that
+/// needs more is refused rather than let take the process's descriptors.
+const MAX_OPEN_DIRS: usize = 256;
+
+/// Whether `name` in `dir` is a symlink whose target climbs (`..`), or,
 /// with `descend`, a directory with one anywhere under it (links not
-/// followed).
-fn has_climbing_link(dir: &cap_std::fs::Dir, path: &str, descend: bool) -> bool {
-    use std::path::PathBuf;
+/// followed). The walk goes one directory handle at a time, so no path
+/// grows past the system's limit; what cannot be looked at counts as
+/// climbing, as does a tree too bushy to walk within `MAX_OPEN_DIRS`.
+fn has_climbing_link(dir: &cap_std::fs::Dir, name: &str, descend: bool) -> bool {
+    use cap_fs_ext::DirExt;
+    use std::ffi::OsString;
+    use std::io::ErrorKind::NotFound;
+    let link_climbs = |dir: &cap_std::fs::Dir, name: &std::ffi::OsStr| match dir.read_link(name) {
+        Ok(target) => climbs(&target.to_string_lossy()),
+        Err(e) => e.kind() != NotFound,
+    };
     // A trailing `/` would follow the link itself.
-    let path = match path.trim_end_matches('/') {
-        "" => path,
+    let name = match name.trim_end_matches('/') {
+        "" => name,
         trimmed => trimmed,
     };
-    let mut todo = vec![PathBuf::from(path)];
-    while let Some(here) = todo.pop() {
-        let Ok(meta) = dir.symlink_metadata(&here) else {
-            continue;
-        };
-        if meta.file_type().is_symlink() {
-            if dir
-                .read_link(&here)
-                .is_ok_and(|t| climbs(&t.to_string_lossy()))
-            {
+    let meta = match dir.symlink_metadata(name) {
+        Ok(meta) => meta,
+        // The move fails on its own.
+        Err(e) => return e.kind() != NotFound,
+    };
+    if meta.file_type().is_symlink() {
+        return link_climbs(dir, name.as_ref());
+    }
+    if !meta.is_dir() || !descend {
+        return false;
+    }
+    // Each frame: a directory and its subdirectories not yet seen.
+    let mut frames: Vec<(cap_std::fs::Dir, Vec<OsString>)> = Vec::new();
+    let mut next = match dir.open_dir_nofollow(name) {
+        Ok(d) => Some(d),
+        Err(e) => return e.kind() != NotFound,
+    };
+    loop {
+        if let Some(here) = next.take() {
+            let Ok(entries) = here.entries() else {
                 return true;
-            }
-        } else if meta.is_dir() && descend {
-            let Ok(entries) = dir.read_dir(&here) else {
-                continue;
             };
-            for entry in entries.flatten() {
-                let is_link_or_dir = entry
-                    .file_type()
-                    .is_ok_and(|t| t.is_symlink() || t.is_dir());
-                if is_link_or_dir {
-                    todo.push(here.join(entry.file_name()));
+            let mut subdirs = Vec::new();
+            for entry in entries {
+                let Ok(entry) = entry else {
+                    return true;
+                };
+                match entry.file_type() {
+                    Ok(t) if t.is_symlink() => {
+                        if link_climbs(&here, &entry.file_name()) {
+                            return true;
+                        }
+                    }
+                    Ok(t) if t.is_dir() => subdirs.push(entry.file_name()),
+                    Ok(_) => {}
+                    Err(_) => return true,
                 }
             }
+            if !subdirs.is_empty() {
+                // Seen in name order (popped from the end): the same walk,
+                // and the same answer, every time.
+                subdirs.sort_unstable_by(|a, b| b.cmp(a));
+                if frames.len() == MAX_OPEN_DIRS {
+                    return true;
+                }
+                frames.push((here, subdirs));
+            }
+        }
+        let Some((here, subdirs)) = frames.last_mut() else {
+            return false;
+        };
+        let sub = subdirs.pop().expect("frames with nothing left are popped");
+        next = match here.open_dir_nofollow(&sub) {
+            Ok(d) => Some(d),
+            // Moved or removed since it was listed: not in this tree now.
+            Err(e) if e.kind() == NotFound => None,
+            Err(_) => return true,
+        };
+        if subdirs.is_empty() {
+            // A chain of single directories holds one handle, not one per level.
+            frames.pop();
         }
     }
-    false
 }
 
 /// A block charged for a directory or symlink about to be made.
@@ -1202,6 +1251,31 @@ mod tests {
         ] {
             assert!(!has_climbing_link(&dir, path, descend), "{path}");
         }
+    }
+
+    #[test]
+    fn the_walk_holds_one_handle_per_level_with_subdirectories_left() {
+        // (Paths past PATH_MAX: `sandbox::file_escapes_fail_with_oserror`.)
+        let tmp = tempfile::tempdir().unwrap();
+        let root =
+            cap_std::fs::Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap();
+        // A chain deeper than MAX_OPEN_DIRS with no links holds one handle
+        // at a time; a comb as deep (a sibling at every level) is refused.
+        root.create_dir("chain").unwrap();
+        root.create_dir("comb").unwrap();
+        let (mut chain, mut comb) = (
+            root.open_dir("chain").unwrap(),
+            root.open_dir("comb").unwrap(),
+        );
+        for _ in 0..MAX_OPEN_DIRS + 10 {
+            chain.create_dir("d").unwrap();
+            chain = chain.open_dir("d").unwrap();
+            comb.create_dir("d").unwrap();
+            comb.create_dir("e").unwrap();
+            comb = comb.open_dir("d").unwrap();
+        }
+        assert!(!has_climbing_link(&root, "chain", true));
+        assert!(has_climbing_link(&root, "comb", true));
     }
 
     #[test]
