@@ -1000,6 +1000,10 @@ fn run_reload_swaps_in_each_edit_and_survives_a_broken_one() {
     write(&dir, "app.py", &versioned_app("v1"));
     s.wait_for_log_count(swapped, 3);
     assert_eq!(get(&s, "/"), (200, "v1".to_owned()));
+    // An empty directory does not ship: seen, but nothing to swap in.
+    std::fs::create_dir(dir.join("empty")).unwrap();
+    s.wait_for_log_count("no shipped file changed", 1);
+    assert_eq!(s.logs().matches(swapped).count(), 3, "{}", s.logs());
     // A new module next to the app is seen too.
     write(&dir, "greeting.py", "TEXT = b'v4 from greeting.py'\n");
     write(

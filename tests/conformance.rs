@@ -233,6 +233,17 @@ fn bodies_over_max_body_get_413() {
         "{:?}",
         String::from_utf8_lossy(&resp)
     );
+    // A body that cannot be read (a bad chunk size after a good chunk) is
+    // the client's fault however the app answers it: 400, not its 500.
+    let resp = raw(
+        s.addr,
+        b"PUT /swallow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nxx\r\n0\r\n\r\n",
+    );
+    assert!(
+        resp.starts_with(b"HTTP/1.1 400 ") && closes(&resp),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
     // HTTP/2 without a declared length: refused when the limit is crossed.
     let h2 = reqwest::blocking::Client::builder()
         .http2_prior_knowledge()

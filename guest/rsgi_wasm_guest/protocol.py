@@ -221,9 +221,14 @@ class Response:
     def check_body(self) -> None:
         """Before the head goes out: a body the host refused as too large
         is answered 413 whatever the app made of the error (frameworks
-        catch it and answer 500, or carry on)."""
-        if getattr(self.body_input, "too_large", False):
+        catch it and answer 500, or carry on), and one that could not be
+        read (malformed framing, a client that stalled or left) is left to
+        the host, which answers 400 or 408, or no one."""
+        body = self.body_input
+        if getattr(body, "too_large", False):
             raise BodyTooLarge("request body exceeds the server's --max-body")
+        if getattr(body, "disconnected", False):
+            raise ClientDisconnected("the request body could not be read")
 
     def start_response(self, status: str, headers: Headers, exc_info: Any = None) -> Callable[[bytes], None]:
         if exc_info is not None:

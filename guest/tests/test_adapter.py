@@ -264,9 +264,12 @@ class ProtocolTest(unittest.TestCase):
         self.assertTrue(t.head[0].startswith("500 "))
         self.assertIn("KeyError: 'nope'", log)
 
-    def test_a_refused_body_is_413_whatever_the_app_answers(self):
-        def too_large(n):
-            raise BodyTooLarge("x")
+    def answers_to_a_failed_body(self, error):
+        """What each answer shape of an app that swallows the error its body
+        read raises leaves behind: (transport, result of run) per shape."""
+
+        def pull(n):
+            raise error
 
         def swallowing(shape):
             def app(environ, start_response):
@@ -274,7 +277,7 @@ class ProtocolTest(unittest.TestCase):
                     environ["wsgi.input"].read()
                 except OSError:
                     pass
-                # Middleware swapping the stream does not hide the refusal.
+                # Middleware swapping the stream does not hide the failure.
                 environ["wsgi.input"] = io.BytesIO()
                 start_response("500 Internal Server Error", [])
                 return shape
@@ -285,10 +288,20 @@ class ProtocolTest(unittest.TestCase):
             t = Recorder()
             env = protocol.base_environ(io.StringIO())
             env.update({"REQUEST_METHOD": "POST", "PATH_INFO": "/"})
-            env["wsgi.input"] = InputStream(too_large, None)
-            self.assertIsNone(protocol.run(swallowing(shape), env, t))
+            env["wsgi.input"] = InputStream(pull, None)
+            yield shape, t, protocol.run(swallowing(shape), env, t)
+
+    def test_a_refused_body_is_413_whatever_the_app_answers(self):
+        for shape, t, failure in self.answers_to_a_failed_body(BodyTooLarge("x")):
+            self.assertIsNone(failure)
             self.assertEqual(t.head[0], "413 Content Too Large", shape)
             self.assertEqual(t.chunks, [b"Request body too large\n"])
+
+    def test_an_unreadable_body_is_left_to_the_host_whatever_the_app_answers(self):
+        for shape, t, failure in self.answers_to_a_failed_body(ClientDisconnected("malformed framing")):
+            self.assertIsNone(failure)
+            # No head: the host answers 400 (framing) or 408 (a stall).
+            self.assertIsNone(t.head, shape)
 
     def test_exception_after_head_reports_cut_short(self):
         def app(environ, start_response):

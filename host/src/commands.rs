@@ -433,6 +433,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
         component,
         name,
         live_dirs,
+        frozen,
         took,
     } = first;
     let listener = listen(&server_cfg).await?;
@@ -457,6 +458,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
         limits,
         statics: args.app_args.statics.clone(),
         live_dirs,
+        frozen,
         http: args.http.clone(),
     };
     tokio::spawn(reload_app(changes, hup, source, component, app));
@@ -480,6 +482,8 @@ struct FirstVersion {
     name: String,
     /// A live build's directories, copied again for each later version.
     live_dirs: Vec<PathBuf>,
+    /// The copies this version's instances mount.
+    frozen: Vec<PathBuf>,
     /// From loading the component to the app ready (the build excluded).
     took: Duration,
 }
@@ -514,7 +518,7 @@ async fn first_version(
         component: component.clone(),
         grants: grants.clone(),
         limits: limits.clone(),
-        live_dirs: frozen,
+        live_dirs: frozen.clone(),
     };
     let app = Tenant::start(starter, spec, true, Duration::ZERO).await?;
     Ok(FirstVersion {
@@ -522,6 +526,7 @@ async fn first_version(
         component,
         name,
         live_dirs,
+        frozen,
         took: t0.elapsed(),
     })
 }
@@ -558,6 +563,8 @@ struct RunningApp {
     /// A live build's directories (`BuildReport::live_dirs`), copied
     /// (`bundle::freeze_dirs`) for each version.
     live_dirs: Vec<PathBuf>,
+    /// The copies the running version mounts, named by their content.
+    frozen: Vec<PathBuf>,
     /// Where the certificates come from, read again on SIGHUP.
     http: HttpArgs,
 }
@@ -597,7 +604,7 @@ async fn reload_app(
     mut hup: tokio::signal::unix::Signal,
     source: Option<BuildOptions>,
     mut current: PathBuf,
-    app: RunningApp,
+    mut app: RunningApp,
 ) {
     loop {
         let hangup = tokio::select! {
@@ -646,12 +653,19 @@ async fn reload_app(
                 continue;
             }
         };
+        let live = source.as_ref().is_some_and(|o| o.live);
+        if live && !hangup && component == current && frozen == app.frozen {
+            // A change to nothing that ships (an empty directory made or
+            // removed, a file written back as it was).
+            tracing::info!("--reload: no shipped file changed; still serving the same version");
+            continue;
+        }
         let spec = AppSpec {
             name: app.name.clone(),
             component: component.clone(),
             grants: app.grants.clone(),
             limits: app.limits.clone(),
-            live_dirs: frozen,
+            live_dirs: frozen.clone(),
         };
         let started = async {
             let statics = StaticFiles::new(app.statics.clone())?;
@@ -670,6 +684,7 @@ async fn reload_app(
                     t0.elapsed().as_secs_f64()
                 );
                 current = component;
+                app.frozen = frozen;
             }
             Err(e) => {
                 metrics::reload(false);

@@ -99,6 +99,17 @@ fn key_of(flag: &str) -> String {
         .map_or(key, |(k, _)| (*k).to_owned())
 }
 
+/// A TOML error message with the text it points at (`duplicate key` says
+/// which), when that is short and on one line.
+fn with_snippet(message: &str, text: &str, span: Range<usize>) -> String {
+    match text.get(span) {
+        Some(s) if !s.trim().is_empty() && s.len() <= 60 && !s.contains('\n') => {
+            format!("{message} (at `{}`)", s.trim())
+        }
+        _ => message.to_owned(),
+    }
+}
+
 /// Read and check `path`. Every problem names file, line and field.
 pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
     let file = path.display().to_string();
@@ -112,10 +123,11 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
         message,
     };
     let root = DeTable::parse(&text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
         at(
-            e.span().unwrap_or(0..0),
+            span.clone(),
             "syntax".into(),
-            e.message().into(),
+            with_snippet(e.message(), &text, span),
         )
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -677,6 +689,17 @@ mod tests {
         .unwrap();
         let e = load(&cfg).unwrap_err().to_string();
         assert!(e.contains("t.toml:3: app[0].component"), "{e}");
+        // A syntax error shows what it points at: which key is twice.
+        std::fs::write(
+            &cfg,
+            "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nworkers = 1\nworkers = 2\n",
+        )
+        .unwrap();
+        let e = load(&cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml:5: syntax") && e.contains("`workers`"),
+            "{e}"
+        );
         // Values of the wrong shape are refused, not read as the default.
         for (line, field, why) in [
             ("memory = []", "memory", "not a list"),
