@@ -519,21 +519,44 @@ fn a_missing_site_packages_is_named_before_any_resolving() {
         "{err}"
     );
     assert!(!err.contains("rsgi-wasm-no-such-distribution"), "{err}");
+    // A virtualenv's root, not its site-packages: said so, with where.
+    let venv = format!("{d}/venv");
+    write(&dir, "venv/pyvenv.cfg", "home = /usr/bin\n");
+    let args = ["build", "app:app", "-p", &d, "--site-packages", &venv];
+    let (code, _, err) = run_bin(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("this is a virtualenv") && err.contains("/lib/python3.X/site-packages"),
+        "{err}"
+    );
 }
 
 /// gunicorn's factory form with literal arguments, colons inside them
 /// included, from `run`'s `path/app.py:...` spelling.
 #[test]
-fn a_factory_gets_its_literal_arguments() {
+fn a_factory_gets_its_literal_arguments_and_a_loud_import_builds() {
+    // componentize-py keeps 10,000 bytes of each output stream while
+    // building and fails the next write: the app's output past a cap is
+    // dropped, and a logger holding stderr since import still logs whole.
     let dir = temp_dir("factory");
     write(
         &dir,
         "app.py",
         r#"
+import logging, sys
+
+for i in range(20000):
+    print("line", i)
+sys.stderr.write("x" * 16000 + "\n")
+log = logging.getLogger("loud")
+log.addHandler(logging.StreamHandler(sys.stderr))
+log.setLevel(logging.INFO)
+
 def create_app(db, debug=False, extra=None):
     body = repr((db, debug, extra)).encode()
 
     def app(environ, start_response):
+        log.info("served " + "y" * 12000)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [body]
 
@@ -552,6 +575,7 @@ def create_app(db, debug=False, extra=None):
             "('sqlite:///x.db', True, {'k': [1, 2.5, None]})".to_owned()
         )
     );
+    s.wait_for_log(&format!("served {}", "y".repeat(12000)));
 }
 
 /// An app module named like a standard one: the app's own is imported

@@ -2116,6 +2116,47 @@ fn sni_picks_the_tenants_certificate_and_sighup_reloads_them() {
 }
 
 #[test]
+fn run_counts_each_sighup_once_however_its_certificates_fare() {
+    let pki = Pki::new("tls-run-hup");
+    pki.issue("server", &["localhost"], false);
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let s = Server::start(
+        &router(),
+        &[
+            "--certfile",
+            &cert,
+            "--keyfile",
+            &key,
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let ops = s.logged_addr("metrics on ");
+    let reloads = |result: &str| {
+        series(
+            &scrape(ops),
+            &format!("rsgi_wasm_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+    // A key that no longer matches: the old certificates keep serving,
+    // the app is swapped in, and the SIGHUP counts once, as failed.
+    let good_key = std::fs::read(&key).unwrap();
+    std::fs::write(&key, "not a key\n").unwrap();
+    s.signal("HUP");
+    s.wait_for_log_count("SIGHUP: swapped in router", 1);
+    assert!(
+        s.logs().contains("keeping the old certificates"),
+        "{}",
+        s.logs()
+    );
+    assert_eq!((reloads("failed"), reloads("ok")), (1.0, 0.0));
+    std::fs::write(&key, good_key).unwrap();
+    s.signal("HUP");
+    s.wait_for_log_count("SIGHUP: swapped in router", 2);
+    assert_eq!((reloads("failed"), reloads("ok")), (1.0, 1.0));
+}
+
+#[test]
 fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
     let pki = Pki::new("tls-mutual");
     pki.issue("server", &["localhost"], false);

@@ -24,6 +24,9 @@ from .wsgi_input import InputStream
 
 MARKER = "rsgi-wasm-build-error: "
 
+# Characters of a build error report (see ``BuildError``).
+REPORT_MAX = 3000
+
 # Modules that frameworks and the stdlib import lazily on a first request
 # (codecs by name, cookie and date parsing, ...). Cheap to import up front.
 LAZY_STDLIB = (
@@ -75,7 +78,13 @@ class BuildError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        print(MARKER + message.replace("\n", "\n" + MARKER), file=sys.stderr, flush=True)
+        from .compat import report_stream
+
+        # What componentize-py keeps of stderr has room for about this much
+        # after the app's own output; a traceback's end says the most.
+        if len(message) > REPORT_MAX:
+            message = "... (the start is cut)\n" + message[-REPORT_MAX:]
+        print(MARKER + message.replace("\n", "\n" + MARKER), file=report_stream(), flush=True)
 
 
 def _host_path(path: Optional[str], mounts: Sequence[Tuple[str, str]]) -> str:
@@ -407,6 +416,7 @@ def boot(
     from . import compat
 
     compat.install()
+    uncap_stdio = compat.capped_stdio()
     compat.network_closed(True)
     if world == "wsgi":
         # `ssl` imports `_ssl`, which here is ours (tls.py, over the host's
@@ -446,6 +456,7 @@ def boot(
     # The snapshot is taken after boot returns, with no Python running:
     # from here on the calls are the app's, at run time.
     compat.network_closed(False)
+    uncap_stdio()
     if report_path:
         try:
             with open(report_path, "w") as f:

@@ -35,7 +35,7 @@ import hmac
 import io
 import os
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 ID_FUNCTIONS = ("getuid", "geteuid", "getgid", "getegid")
 
@@ -224,6 +224,71 @@ def whole_stdio() -> None:
 
 
 _REPLACED: list = []
+
+
+class BuildOutput:
+    """``sys.stdout`` or ``sys.stderr`` while building: componentize-py
+    keeps 10,000 bytes of each and fails the next write with
+    ``BrokenPipeError``, so an app printing more at import could not be
+    built, and the build's own error report would be lost. The first
+    ``budget`` characters go through, the rest is dropped with one note;
+    after the build (``unlimited``) everything goes through, for loggers
+    that kept this stream in the snapshot."""
+
+    def __init__(self, stream, budget: int) -> None:
+        self.stream = stream
+        self.budget: Optional[int] = budget
+
+    def write(self, text: str) -> int:
+        left = self.budget
+        if left is None:
+            return self.stream.write(text)
+        if left > 0:
+            data = text.encode("utf-8", "replace")
+            self.budget = left - len(data)
+            if self.budget >= 0:
+                self.stream.write(text)
+            else:
+                self.budget = 0
+                self.stream.write(data[:left].decode("utf-8", "ignore"))
+                self.stream.write("\n[rsgi-wasm: the rest of the output while building is dropped]\n")
+        return len(text)
+
+    def unlimited(self) -> None:
+        self.budget = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+# Bytes of the app's output kept while building, per stream; the rest of
+# componentize-py's 10,000 bytes is left for the build's report.
+BUILD_OUTPUT = {"stdout": 6000, "stderr": 3000}
+
+
+def capped_stdio() -> Callable[[], None]:
+    """Put ``BuildOutput`` over ``sys.stdout`` and ``sys.stderr``; the
+    returned function puts the streams back and lifts the caps."""
+    capped = []
+    for name, budget in BUILD_OUTPUT.items():
+        stream = getattr(sys, name)
+        wrapper = BuildOutput(stream, budget)
+        capped.append((name, stream, wrapper))
+        setattr(sys, name, wrapper)
+
+    def restore() -> None:
+        for name, stream, wrapper in capped:
+            wrapper.unlimited()
+            if getattr(sys, name) is wrapper:
+                setattr(sys, name, stream)
+
+    return restore
+
+
+def report_stream():
+    """Where the build's own error report goes: past the app's cap."""
+    stream = sys.stderr
+    return stream.stream if isinstance(stream, BuildOutput) else stream
 
 
 def install() -> None:

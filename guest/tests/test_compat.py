@@ -1,6 +1,8 @@
+import io
 import hashlib
 import unittest
 
+from rsgi_wasm_guest import compat
 from rsgi_wasm_guest.compat import pbkdf2_hmac
 
 
@@ -137,3 +139,21 @@ class WholeStdio(unittest.TestCase):
         text.write("é" * 5000 + "\n")
         self.assertEqual(bytes(short.got), ("é" * 5000 + "\n").encode())
         self.assertEqual(WholeWrites(short).write(b"x" * 2500), 2500)
+
+
+class BuildOutputTest(unittest.TestCase):
+    def test_output_past_the_cap_is_dropped_until_the_build_ends(self):
+        sink = io.StringIO()
+        out = compat.BuildOutput(sink, 10)
+        self.assertEqual(out.write("abcdefghijkl"), 12)
+        self.assertEqual(out.write("more"), 4)
+        self.assertTrue(sink.getvalue().startswith("abcdefghij\n[rsgi-wasm: "), sink.getvalue())
+        self.assertNotIn("more", sink.getvalue())
+        out.unlimited()
+        out.write("after")
+        self.assertTrue(sink.getvalue().endswith("after"))
+
+    def test_a_cut_never_splits_a_character(self):
+        sink = io.StringIO()
+        compat.BuildOutput(sink, 3).write("aé€")
+        self.assertTrue(sink.getvalue().startswith("aé\n"), sink.getvalue())

@@ -581,17 +581,19 @@ async fn next_change(changes: &mut Option<dev_reload::Changes>) {
     std::future::pending::<()>().await
 }
 
-/// Reload the certificates of a `run` with TLS, after SIGHUP.
-fn reload_certificates(app: &RunningApp) {
+/// Reload the certificates of a `run` with TLS, after SIGHUP; false if
+/// the new ones were refused (the old ones keep serving).
+fn reload_certificates(app: &RunningApp) -> bool {
     match tls_for(&app.http, &[]) {
         Ok(Some(tls)) => {
             app.site.swap_tls(tls);
             tracing::info!("SIGHUP: certificates reloaded");
+            true
         }
-        Ok(None) => {}
+        Ok(None) => true,
         Err(e) => {
-            metrics::reload(false);
             tracing::error!("SIGHUP: keeping the old certificates: {e:#}");
+            false
         }
     }
 }
@@ -613,10 +615,12 @@ async fn reload_app(
                 if got.is_none() {
                     return;
                 }
-                reload_certificates(&app);
                 true
             }
         };
+        // One SIGHUP counts once in the metrics: failed if either the
+        // certificates or the app could not be reloaded.
+        let certs_ok = !hangup || reload_certificates(&app);
         let why = if hangup { "SIGHUP" } else { "--reload" };
         let t0 = Instant::now();
         let (component, how) = match &source {
@@ -631,6 +635,7 @@ async fn reload_app(
                 Ok(report) if report.cached => (report.path, "from the build cache"),
                 Ok(report) => (report.path, "rebuilt"),
                 Err(e) => {
+                    metrics::reload(false);
                     tracing::error!(
                         "{why}: build failed, still serving the previous version: {e:#}"
                     );
@@ -647,6 +652,7 @@ async fn reload_app(
         let frozen = match frozen {
             Ok(f) => f,
             Err(e) => {
+                metrics::reload(false);
                 tracing::error!(
                     "{why}: cannot copy the app's files, still serving the previous version: {e:#}"
                 );
@@ -677,7 +683,7 @@ async fn reload_app(
             Ok((pool, statics)) => {
                 // Requests already running hold the old pool and finish on it.
                 app.site.swap(Router::single(pool, statics));
-                metrics::reload(true);
+                metrics::reload(certs_ok);
                 tracing::info!(
                     "{why}: swapped in {} in {:.2}s ({how})",
                     app.name,

@@ -207,6 +207,15 @@ fn site_packages_is_a_dir(dir: &Path) -> Result<()> {
             dir.display()
         )));
     }
+    if dir.join("pyvenv.cfg").is_file() {
+        // Its packages are two levels down; packing the whole environment
+        // would ship its interpreter links and find none of them.
+        bail!(UserError(format!(
+            "--site-packages {}: this is a virtualenv; give its site-packages directory ({}/lib/python3.X/site-packages)",
+            dir.display(),
+            dir.display()
+        )));
+    }
     Ok(())
 }
 

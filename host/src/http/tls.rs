@@ -291,6 +291,12 @@ fn validity_warning(key: &CertifiedKey, now: std::time::SystemTime) -> Option<St
             "the certificate expired on {}; clients will refuse the connection",
             date(not_after)
         )),
+        // `openssl x509 -days -1` makes one: its end before its start.
+        Some(webpki::Error::InvalidCertValidity) => Some(
+            "the certificate ends before it starts (notAfter earlier than notBefore); \
+             clients will refuse the connection"
+                .to_owned(),
+        ),
         Some(webpki::Error::CertNotValidYet { not_before, .. }) => Some(format!(
             "the certificate is not valid before {}; clients will refuse the connection \
              until then (is this machine's clock right?)",
@@ -391,6 +397,8 @@ mod tests {
             early.contains("not valid before Mon, 01 Jul 2030"),
             "{early}"
         );
+        let backwards = told(key((2030, 6, 14), (2030, 6, 13))).unwrap();
+        assert!(backwards.contains("ends before it starts"), "{backwards}");
         let soon = told(key((2029, 1, 1), (2030, 6, 20))).unwrap();
         assert!(
             soon.starts_with("the certificate expires on Thu, 20 Jun 2030"),
