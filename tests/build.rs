@@ -54,11 +54,13 @@ def application(environ, start_response):
 #[test]
 fn optional_native_parts_fall_back_and_sdists_build_pure() {
     // PyYAML, simplejson and MarkupSafe ship Linux wheels whose C part is
-    // optional; docopt only has an sdist (pure Python).
+    // optional; docopt only has an sdist (pure Python). PyYAML 6.0.2 has
+    // no pure wheel: its sdist builds one without the C part, tagged for
+    // this machine all the same.
     let s = serve_with_requirements(
         "deps",
         DEPS_APP,
-        "pyyaml\nsimplejson\nmarkupsafe\ndocopt==0.6.2\n",
+        "pyyaml==6.0.2\nsimplejson\nmarkupsafe\ndocopt==0.6.2\n",
     );
     assert_eq!(
         get(&s, "/"),

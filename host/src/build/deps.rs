@@ -647,14 +647,58 @@ fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
         if !file.ends_with(".whl") {
             continue;
         }
-        if !file.ends_with("-none-any.whl") {
-            bail!(UserError(format!(
-                "{name}: native extension, no WASI build available (its source distribution compiles C code: {file})"
-            )));
-        }
-        std::fs::copy(&path, wheels.join(file.as_ref()))?;
+        let file = if file.ends_with("-none-any.whl") {
+            file.into_owned()
+        } else {
+            // Tagged for this machine, though the C part may have been
+            // optional and left out (PyYAML before 6.0.3): pure if it holds
+            // no native module.
+            let native = native_files(&path)?;
+            if !native.is_empty() {
+                bail!(UserError(format!(
+                    "{name}: native extension, no WASI build available (its source distribution compiles C code: {file} holds {})",
+                    native.join(", ")
+                )));
+            }
+            pure_wheel_name(&file).with_context(|| format!("{file}: not a wheel's name"))?
+        };
+        std::fs::copy(&path, wheels.join(file))?;
     }
     Ok(())
+}
+
+/// The native modules in the wheel at `path` (read with the host's Python).
+fn native_files(path: &Path) -> Result<Vec<String>> {
+    const LIST: &str = "import sys, zipfile\n\
+        names = zipfile.ZipFile(sys.argv[1]).namelist()\n\
+        print('\\n'.join(n for n in names if n.endswith(('.so', '.pyd', '.dylib')) or '.so.' in n))";
+    let out = output(Command::new("python3").args(["-c", LIST]).arg(path))
+        .context("reading a built wheel")?;
+    if !out.status.success() {
+        bail!(
+            "reading the wheel {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// `name` (`dist-version[-build]-python-abi-platform.whl`) as a wheel for
+/// any Python 3 and platform.
+fn pure_wheel_name(name: &str) -> Option<String> {
+    let parts: Vec<&str> = name.strip_suffix(".whl")?.split('-').collect();
+    if !(5..=6).contains(&parts.len()) {
+        return None;
+    }
+    Some(format!(
+        "{}-py3-none-any.whl",
+        parts[..parts.len() - 3].join("-")
+    ))
 }
 
 /// Copy an installed site-packages into the cache (keyed by its content)
@@ -882,6 +926,20 @@ fn record_owners(site: &Path) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wheel_built_for_this_machine_is_renamed_for_any() {
+        assert_eq!(
+            pure_wheel_name("PyYAML-6.0.2-cp311-cp311-linux_x86_64.whl").as_deref(),
+            Some("PyYAML-6.0.2-py3-none-any.whl")
+        );
+        assert_eq!(
+            pure_wheel_name("pkg-1.0-1build-cp312-abi3-linux_x86_64.whl").as_deref(),
+            Some("pkg-1.0-1build-py3-none-any.whl")
+        );
+        assert_eq!(pure_wheel_name("pkg-1.0.tar.gz"), None);
+        assert_eq!(pure_wheel_name("pkg-1.0-any.whl"), None);
+    }
 
     #[test]
     fn a_version_that_matches_none_is_told_from_a_name_that_is_not_there() {
