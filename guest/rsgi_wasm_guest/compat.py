@@ -231,7 +231,7 @@ class BuildOutput:
     keeps 10,000 bytes of each and fails the next write with
     ``BrokenPipeError``, so an app printing more at import could not be
     built, and the build's own error report would be lost. The first
-    ``budget`` characters go through, the rest is dropped with one note;
+    ``budget`` bytes (UTF-8) go through, the rest is dropped with one note;
     after the build (``unlimited``) everything goes through, for loggers
     that kept this stream in the snapshot."""
 

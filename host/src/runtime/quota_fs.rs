@@ -338,29 +338,22 @@ impl QuotaFsView<'_> {
             dir,
             name: name.to_owned(),
         };
-        let handle = self.dir(&source.dir);
-        let name = source.name.clone();
-        let climbing = match handle {
-            Ok(handle) => {
-                tokio::task::spawn_blocking(move || has_climbing_link(&handle, &name, descend))
-                    .await
-                    .map_err(|e| {
-                        FsError::trap(wasmtime::format_err!("checking moved links panicked: {e}"))
-                    })
-            }
-            Err(e) => Err(e),
+        let (handle, name) = (self.dir(&source.dir), source.name.clone());
+        let checked = async move {
+            let handle = handle?;
+            tokio::task::spawn_blocking(move || has_climbing_link(&handle, &name, descend))
+                .await
+                .map_err(|e| {
+                    FsError::trap(wasmtime::format_err!("checking moved links panicked: {e}"))
+                })
         };
-        match climbing {
-            Ok(false) => Ok(source),
-            Ok(true) => {
-                self.close(source)?;
-                Err(ErrorCode::NotPermitted.into())
-            }
-            Err(e) => {
-                self.close(source)?;
-                Err(e)
-            }
-        }
+        let refused = match checked.await {
+            Ok(false) => return Ok(source),
+            Ok(true) => ErrorCode::NotPermitted.into(),
+            Err(e) => e,
+        };
+        self.close(source)?;
+        Err(refused)
     }
 
     /// Close the directory a move took its name from.
@@ -377,16 +370,18 @@ impl QuotaFsView<'_> {
         new_fd: Resource<types::Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
-        let old = || Resource::new_borrow(source.dir.rep());
-        let Some(ledger) = ledger else {
-            let name = source.name.clone();
-            return HostDescriptor::rename_at(&mut self.fs, old(), name, new_fd, new_path).await;
+        let old = Resource::new_borrow(source.dir.rep());
+        // Only a quota'd tree needs to know what the rename replaced.
+        let (from, replaced) = match ledger {
+            Some(_) => (
+                self.look(&old, &source.name, false)?.await?,
+                self.look(&new_fd, &new_path, false)?.await?,
+            ),
+            None => (None, None),
         };
-        let from = self.look(&old(), &source.name, false)?.await?;
-        let replaced = self.look(&new_fd, &new_path, false)?.await?;
         let name = source.name.clone();
-        HostDescriptor::rename_at(&mut self.fs, old(), name, new_fd, new_path).await?;
-        if let (Some(from), Some(gone)) = (from, replaced) {
+        HostDescriptor::rename_at(&mut self.fs, old, name, new_fd, new_path).await?;
+        if let (Some(ledger), Some(from), Some(gone)) = (ledger, from, replaced) {
             // Renaming a name onto another link of itself changes nothing.
             if from.id != gone.id {
                 ledger.removed(gone.id, gone.size, gone.last_link);
@@ -985,10 +980,7 @@ fn has_climbing_link(dir: &cap_std::fs::Dir, name: &str, descend: bool) -> bool 
         Err(e) => e.kind() != NotFound,
     };
     // A trailing `/` would follow the link itself.
-    let name = match name.trim_end_matches('/') {
-        "" => name,
-        trimmed => trimmed,
-    };
+    let name = name.trim_end_matches('/');
     let meta = match dir.symlink_metadata(name) {
         Ok(meta) => meta,
         // The move fails on its own.
