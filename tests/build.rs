@@ -533,6 +533,46 @@ fn a_missing_site_packages_is_named_before_any_resolving() {
     );
 }
 
+/// Inputs a build must refuse with a sentence, not pip's traceback, a
+/// walk of the whole disk, or packages from where the user said not to
+/// look.
+#[test]
+fn awkward_build_inputs_are_refused_naming_what_is_wrong() {
+    let dir = temp_dir("awkward-inputs");
+    write(
+        &dir,
+        "app.py",
+        "def app(environ, start_response):\n    pass\n",
+    );
+    let d = dir.display().to_string();
+    let (code, _, err) = run_bin(&["build", "app:app", "-p", "/"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("-p /: the whole filesystem cannot ship"),
+        "{err}"
+    );
+    // pip reads requirements as UTF-8 and died with a traceback.
+    std::fs::write(dir.join("latin1.txt"), b"six  # caf\xe9\n").unwrap();
+    let latin1 = format!("{d}/latin1.txt");
+    let (code, _, err) = run_bin(&["build", "app:app", "-p", &d, "-r", &latin1]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is not UTF-8 text") && !err.contains("Traceback"),
+        "{err}"
+    );
+    // --no-index holds for the sdist fallback too: six was fetched from
+    // the index and built after pip found no wheel where it was told to
+    // look.
+    write(&dir, "offline.txt", "--no-index\nsix==1.17.0\n");
+    let offline = format!("{d}/offline.txt");
+    let (code, _, err) = run_bin(&["build", "app:app", "-p", &d, "-r", &offline]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("six==1.17.0: the requirements say --no-index"),
+        "{err}"
+    );
+}
+
 /// gunicorn's factory form with literal arguments, colons inside them
 /// included, from `run`'s `path/app.py:...` spelling.
 #[test]

@@ -258,6 +258,13 @@ fn the_response_ends_before_the_results_close_runs() {
     // Both instances came back: nothing timed out or was replaced.
     assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
     assert!(!s.logs().contains("exceeded the"), "{}", s.logs());
+    // A close() that never returns: the client still has it all, and the
+    // timeout blames the close(), not a slow client.
+    let s = Server::start(&router(), &["--dir", &grant, "--timeout", "2s"]);
+    let r = client().get(s.url("/close-waits?never")).send().unwrap();
+    assert_eq!(r.text().unwrap(), "all of it\n");
+    s.wait_for_log("after its whole response was handed over: the app's close()");
+    assert!(!s.logs().contains("slow client"), "{}", s.logs());
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -848,6 +848,51 @@ fn open_files_are_capped_per_app_and_given_back() {
     // Counted with the files' refusals (the log says so once a minute).
     assert!(series(&scrape(ops), refusals) >= 6.0, "{}", scrape(ops));
     assert_eq!(get(&s, "/").0, 200);
+}
+
+/// A file the host sends for `wsgi.file_wrapper` stays open while a slow
+/// client takes it, after the request's instance has moved on: it counts
+/// among the app's open files, or clients that never read would let one
+/// app hold descriptors past its cap.
+#[test]
+fn files_sent_for_file_wrapper_count_as_the_app_s_open_files() {
+    let dir = temp_dir("sent-files");
+    // Far more than loopback's socket buffers take, so the sending stalls.
+    std::fs::File::create(dir.join("big"))
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let grant = format!("{}::/sync:ro", dir.display());
+    let s = Server::start(
+        &router(),
+        &["--workers", "4", "--max-open-files", "4", "--dir", &grant],
+    );
+    let opened = || get_json(&s, "/open-many?/sync/big,100")["opened"].clone();
+    assert_eq!(opened(), 4);
+    let mut stalled = Vec::new();
+    for held in 1..=2u64 {
+        let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+        c.write_all(b"GET /file?big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        // The head has arrived, so the host has the file; the body is left
+        // unread.
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        stalled.push(c);
+        assert_eq!(opened(), 4 - held, "{held} files held by stalled responses");
+    }
+    // Closed by their clients, the responses end and give the files back.
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while opened() != 4 {
+        assert!(
+            Instant::now() < deadline,
+            "files still counted: {}",
+            opened()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Each app's cap does not stop apps together from taking every

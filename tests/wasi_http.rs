@@ -275,6 +275,21 @@ fn unpack_writes_the_files_and_prints_the_flags() {
         "{out}"
     );
     assert!(out.contains("destination = \"/python\""), "{out}");
+    // Other hosts grant directories writable: the app's code and the
+    // stdlib must not be changeable by the host's (non-root) user.
+    use std::os::unix::fs::PermissionsExt;
+    for sub in ["1", "python", "python/json"] {
+        let mode = std::fs::metadata(dir.join(sub))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o555, "{sub}");
+    }
+    let mode = std::fs::metadata(dir.join("1/app.py"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o222, 0, "app.py");
     // Never into a directory that holds something already.
     let (code, _, err) = run_bin(&["unpack", &c, &out_dir]);
     assert_ne!(code, 0);

@@ -84,6 +84,7 @@ class BuildError(Exception):
         # after the app's own output; a traceback's end says the most.
         if len(message) > REPORT_MAX:
             message = "... (the start is cut)\n" + message[-REPORT_MAX:]
+        message = message.rstrip("\n")
         print(MARKER + message.replace("\n", "\n" + MARKER), file=report_stream(), flush=True)
 
 
@@ -256,15 +257,19 @@ def warm_up(app: Callable, paths: List[str]) -> List[str]:
         )
         sink = _Discard()
         saved = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = io.StringIO()
+        output = io.StringIO()
+        sys.stdout = sys.stderr = output
         try:
             protocol.run(app, environ, sink)
         finally:
             sys.stdout, sys.stderr = saved
         line = f"warm-up GET {target}: {sink.status or 'no response'}"
         if sink.status.startswith("5"):
-            first_error = errors.getvalue().strip().splitlines()[-1:] or [""]
-            line += f" ({first_error[0]})"
+            # The app's own 500 (Flask's, Django's) logs its exception to
+            # stderr, not to wsgi.errors.
+            said = errors.getvalue().strip() or output.getvalue().strip()
+            if said:
+                line += f" ({said.splitlines()[-1].strip()})"
         report.append(line)
     return report
 
@@ -416,6 +421,8 @@ def boot(
     from . import compat
 
     compat.install()
+    if world == "wasi-http":
+        compat.for_other_hosts()
     uncap_stdio = compat.capped_stdio()
     compat.network_closed(True)
     if world == "wsgi":
@@ -480,7 +487,13 @@ def forget_build_tempdir() -> None:
     building there is no /tmp, so an import or warm-up that asked found the
     working directory (the app's, writable only then); forget it, so run
     time finds the instance's /tmp. A directory the app chose itself
-    (``tempfile.tempdir``, ``TMPDIR``) is kept."""
+    (``tempfile.tempdir``, ``TMPDIR``) is kept.
+
+    From then on the working directory is no candidate at all: on a
+    wasi:http host that grants no /tmp (``wasmtime serve`` without
+    ``--dir X::/tmp``, Spin) and writes through the app's own directory,
+    uploads were spooled among its code; now tempfile says it found no
+    usable temporary directory."""
     import os
 
     # The app's own ``tempfile.py``, if it has one, is left alone.
@@ -488,6 +501,15 @@ def forget_build_tempdir() -> None:
     tempdir = getattr(tempfile, "tempdir", None)
     if isinstance(tempdir, str) and tempdir == os.getcwd():
         tempfile.tempdir = None  # type: ignore[union-attr]
+    candidates = getattr(tempfile, "_candidate_tempdir_list", None)
+    if callable(candidates) and not getattr(candidates, "_rsgi_wasm", False):
+
+        def without_cwd() -> list:
+            cwd = os.getcwd()
+            return [d for d in candidates() if d not in (cwd, os.curdir)]
+
+        without_cwd._rsgi_wasm = True  # type: ignore[attr-defined]
+        tempfile._candidate_tempdir_list = without_cwd  # type: ignore[union-attr]
 
 
 def settle_heap(objects_path: str) -> None:

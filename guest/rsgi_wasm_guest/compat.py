@@ -78,11 +78,31 @@ def pbkdf2_hmac(hash_name: str, password: bytes, salt: bytes, iterations: int, d
 
 ALLOW_NET_HINT = "add an --allow-net rule (allow_net in tenants.toml) for it"
 
+# A wasi-http component may run on any wasi:http host, whose own settings
+# grant the network: the hints must not send its users to rsgi-wasm's flags.
+OTHER_HOSTS_HINT = (
+    "the host grants network access (rsgi-wasm: --allow-net; "
+    "wasmtime serve: -Sinherit-network; Spin: allowed_outbound_hosts)"
+)
+
 
 class _Network:
-    """Whether the snapshot is being taken: no network then."""
+    """Whether the snapshot is being taken: no network then; and whether
+    the component is for other wasi:http hosts (``for_other_hosts``)."""
 
     building = False
+    other_hosts = False
+
+
+def for_other_hosts() -> None:
+    """Word network refusals for any wasi:http host, not rsgi-wasm's own."""
+    _Network.other_hosts = True
+
+
+def _refused(errno_: int, what: str, hint: str) -> PermissionError:
+    if _Network.other_hosts:
+        return PermissionError(errno_, f"sandbox: {what} was refused; {OTHER_HOSTS_HINT}")
+    return PermissionError(errno_, f"rsgi-wasm sandbox: {what} is not allowed; {hint}")
 
 
 def _address(address) -> str:
@@ -106,9 +126,7 @@ def _guard(real, what, name: str, hint: str = ALLOW_NET_HINT):
         try:
             return real(*args, **kwargs)
         except PermissionError as e:
-            raise PermissionError(
-                e.errno, f"rsgi-wasm sandbox: {name} {what(args)} is not allowed; {hint}"
-            ) from None
+            raise _refused(e.errno, f"{name} {what(args)}", hint) from None
 
     call.__name__ = getattr(real, "__name__", name)
     call.__doc__ = getattr(real, "__doc__", None)
@@ -137,7 +155,7 @@ def _guard_network(socket) -> None:
             # Flags such as SOCK_NONBLOCK sit above the type's bits.
             if isinstance(kind, int) and kind & 0xFF != socket.SOCK_STREAM:
                 hint = "the sandbox allows only TCP connections out, whatever the --allow-net rules"
-            raise PermissionError(e.errno, f"rsgi-wasm sandbox: opening a socket is not allowed; {hint}") from None
+            raise _refused(e.errno, "opening a socket", hint) from None
 
     socket.socket.__init__ = __init__
     socket.socket.bind = _guard(

@@ -117,12 +117,13 @@ def _settled(headers: protocol.Headers) -> protocol.Headers:
 class _WasiTransport(protocol.Transport):
     """The response as a wasi:http outgoing response and body stream."""
 
-    __slots__ = ("out", "body", "stream")
+    __slots__ = ("out", "body", "stream", "bodiless")
 
     def __init__(self, out: t.ResponseOutparam) -> None:
         self.out = out
         self.body = None
         self.stream = None
+        self.bodiless = False
 
     def start(self, status: str, headers: protocol.Headers, first_chunk: bytes) -> None:
         # wasmtime's wasi:http hosts (this one, `wasmtime serve`, Spin) end
@@ -135,12 +136,17 @@ class _WasiTransport(protocol.Transport):
                 f"response headers too large for wasi:http: {len(headers)} headers "
                 f"count {size} bytes, over the host's {_FIELDS_LIMIT // 1024} KiB"
             )
-        fields = t.Fields.from_list(
-            [(name, value.encode("latin-1")) for name, value in _settled(headers)]
-        )
+        headers = _settled(headers)
+        code = int(status[:3])
+        # Other wasi:http hosts send what they are given: the rules the
+        # default world's host applies are applied here.
+        headers, self.bodiless = wasi_http.response_headers(code, headers)
+        if self.bodiless:
+            first_chunk = b""
+        fields = t.Fields.from_list([(name, value.encode("latin-1")) for name, value in headers])
         response = t.OutgoingResponse(fields)
         # wasi:http carries the code only; the reason phrase is the host's.
-        response.set_status_code(int(status[:3]))
+        response.set_status_code(code)
         self.body = response.body()
         self.stream = self.body.write()
         out, self.out = self.out, None
@@ -152,6 +158,8 @@ class _WasiTransport(protocol.Transport):
         stream = self.stream
         if stream is None:
             raise ClientDisconnected("write before start")
+        if self.bodiless:
+            return
         view = memoryview(chunk)
         try:
             if len(chunk) <= stream.check_write():
@@ -240,9 +248,10 @@ def make_handler(app: Callable) -> type:
                 spooled = stream is not None and stream.end()
                 if transport.out is not None:
                     # Nothing was started (the client left while the app ran,
-                    # or the adapter failed): the host must still get an answer.
+                    # its body could not be read, or the adapter failed): the
+                    # host must still get an answer.
                     try:
-                        protocol.error_page(transport, "500 Internal Server Error", "Internal Server Error\n")
+                        protocol.error_page(transport, *wasi_http.unanswered_page(stream))
                         failure = None  # that page is whole: finish it
                     except BaseException:
                         pass

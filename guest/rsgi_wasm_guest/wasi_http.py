@@ -12,7 +12,7 @@ Pure Python, so it is unit-tested outside a component
 (``guest/tests/test_wasi_http.py``).
 """
 
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
 
@@ -91,3 +91,27 @@ def body_length(env: dict) -> Tuple[bool, Optional[int]]:
         return False, None
     n = int(length)
     return n > 0, n
+
+
+def response_headers(code: int, headers: List[Tuple[str, str]]) -> Tuple[List[Tuple[str, str]], bool]:
+    """The headers to send with status ``code``, and whether the response
+    carries no content (RFC 9110: 204 and 304 announce no length, a 205 a
+    length of 0), as the default world's host sends them: other wasi:http
+    hosts send what they are given."""
+    if code not in (204, 205, 304):
+        return headers, False
+    kept = [(name, value) for name, value in headers if name.lower() != "content-length"]
+    if code == 205:
+        kept.append(("Content-Length", "0"))
+    return kept, True
+
+
+def unanswered_page(body: object) -> Tuple[str, str]:
+    """The page for a request the app left unanswered, given its
+    ``wsgi.input`` (or None): a body that could not be read (malformed
+    chunked framing; ``Response.check_body`` held the app's own answer back)
+    is the client's fault, 400 as from the default world's host; anything
+    else (the client left, the adapter failed) a 500."""
+    if getattr(body, "disconnected", False):
+        return "400 Bad Request", "Bad Request: malformed or incomplete request body\n"
+    return "500 Internal Server Error", "Internal Server Error\n"

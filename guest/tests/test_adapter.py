@@ -392,16 +392,23 @@ class BuildTempdirTest(unittest.TestCase):
 
         from rsgi_wasm_guest import boot
 
-        saved = tempfile.tempdir
+        saved = tempfile.tempdir, tempfile._candidate_tempdir_list
         try:
+            self.assertIn(os.getcwd(), tempfile._candidate_tempdir_list())
             tempfile.tempdir = os.getcwd()
             boot.forget_build_tempdir()
             self.assertIsNone(tempfile.tempdir)
+            # Nor is it ever found again: on a host with no /tmp, temporary
+            # files must not land among the app's code.
+            candidates = tempfile._candidate_tempdir_list()
+            self.assertNotIn(os.getcwd(), candidates)
+            self.assertIn("/tmp", candidates)
             tempfile.tempdir = "/data/tmp"
             boot.forget_build_tempdir()
             self.assertEqual(tempfile.tempdir, "/data/tmp")
+            self.assertEqual(tempfile._candidate_tempdir_list(), candidates)
         finally:
-            tempfile.tempdir = saved
+            tempfile.tempdir, tempfile._candidate_tempdir_list = saved
 
 
 
@@ -498,6 +505,42 @@ class Callables(unittest.TestCase):
             with self.assertRaises(boot.BuildError, msg=expr) as caught:
                 boot.resolve_callable(mod, "m", expr)
             self.assertIn(message, str(caught.exception), expr)
+
+
+class WarmUp(unittest.TestCase):
+    def test_a_5xx_line_says_why_wherever_the_app_said_it(self):
+        import traceback
+
+        from rsgi_wasm_guest import boot
+
+        def own_500(environ, start_response):
+            # As Flask does: the exception logged to stderr, a 500 answered.
+            try:
+                1 / 0
+            except ZeroDivisionError:
+                traceback.print_exc()
+            start_response("500 INTERNAL SERVER ERROR", [])
+            return [b"oops"]
+
+        def raises(environ, start_response):
+            raise KeyError("k")
+
+        def quiet_503(environ, start_response):
+            start_response("503 Busy", [])
+            return [b""]
+
+        def ok(environ, start_response):
+            print("noise")
+            start_response("200 OK", [])
+            return [b"fine"]
+
+        self.assertEqual(
+            boot.warm_up(own_500, ["/"]),
+            ["warm-up GET /: 500 INTERNAL SERVER ERROR (ZeroDivisionError: division by zero)"],
+        )
+        self.assertEqual(boot.warm_up(raises, ["/"]), ["warm-up GET /: 500 Internal Server Error (KeyError: 'k')"])
+        self.assertEqual(boot.warm_up(quiet_503, ["/a?b"]), ["warm-up GET /a?b: 503 Busy"])
+        self.assertEqual(boot.warm_up(ok, ["/"]), ["warm-up GET /: 200 OK"])
 
 
 class LiveApps(unittest.TestCase):

@@ -76,3 +76,28 @@ class EnvironTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ResponseTest(unittest.TestCase):
+    def test_bodiless_statuses_lose_their_length_as_the_default_world_s_host_does(self):
+        h = [("Content-Type", "text/plain"), ("Content-Length", "4")]
+        self.assertEqual(wasi_http.response_headers(200, h), (h, False))
+        for code in (204, 304):
+            self.assertEqual(wasi_http.response_headers(code, h), ([("Content-Type", "text/plain")], True))
+        self.assertEqual(
+            wasi_http.response_headers(205, h),
+            ([("Content-Type", "text/plain"), ("Content-Length", "0")], True),
+        )
+
+    def test_an_unreadable_body_left_unanswered_is_a_400(self):
+        from rsgi_wasm_guest.wsgi_input import ClientDisconnected, InputStream
+
+        def broken(n):
+            raise ClientDisconnected("malformed chunk")
+
+        body = InputStream(broken, None)
+        with self.assertRaises(ClientDisconnected):
+            body.read()
+        self.assertEqual(wasi_http.unanswered_page(body)[0], "400 Bad Request")
+        self.assertEqual(wasi_http.unanswered_page(InputStream(lambda n: b"", 0))[0], "500 Internal Server Error")
+        self.assertEqual(wasi_http.unanswered_page(None)[0], "500 Internal Server Error")

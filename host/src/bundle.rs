@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::cachefs;
+use crate::error::UserError;
 
 /// Name of the custom section holding the archive.
 const SECTION: &str = "rsgi-wasm-files";
@@ -199,12 +200,22 @@ pub fn ships(rel: &Path) -> bool {
         && parts.all(|d| !skipped_dir(&d.as_os_str().to_string_lossy()))
 }
 
+/// Most files one directory may ship: far past any app and its packages
+/// (Django with its admin is about 3,000), short of a home directory or
+/// a filesystem given by mistake, which would otherwise be read whole.
+const MAX_FILES: usize = 200_000;
+
+/// Most bytes one directory may ship: the archive is built in memory, and
+/// a wasm section holds less than 4 GiB.
+const MAX_BYTES: u64 = 2 << 30;
+
 /// The files under `dir` that ship with the app, as sorted relative paths.
 pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
     let root = dir
         .canonicalize()
         .with_context(|| format!("reading {}", dir.display()))?;
     let mut out = Vec::new();
+    let mut bytes = 0u64;
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let here = dir.join(&rel);
@@ -261,7 +272,19 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
                     });
                 }
                 match std::fs::metadata(entry.path()) {
-                    Ok(m) if m.is_file() => out.push(path),
+                    Ok(m) if m.is_file() => {
+                        bytes += m.len();
+                        out.push(path);
+                        if out.len() > MAX_FILES || bytes > MAX_BYTES {
+                            anyhow::bail!(UserError(format!(
+                                "{} holds more than {MAX_FILES} files or {} GiB to ship in the \
+                                 component; point at the app's own directory, and keep data, \
+                                 build output and virtualenvs outside it",
+                                dir.display(),
+                                MAX_BYTES >> 30
+                            )));
+                        }
+                    }
                     Ok(m) if m.is_dir() => {
                         not_shipped(&entry.path(), "a symlink to a directory (not followed)")
                     }
@@ -516,7 +539,35 @@ pub fn extract(component: &mut (impl Read + Seek), dest: &Path) -> Result<Vec<Mo
     tar.set_preserve_permissions(false);
     tar.unpack(dest)
         .with_context(|| format!("unpacking into {}", dest.display()))?;
+    read_only_below(dest)?;
     dir_mounts(dest)
+}
+
+/// Make every directory below `dest` read-only (its files are already):
+/// other hosts grant directories writable (`wasmtime serve --dir` has no
+/// read-only form), and an app that could write into its own code or the
+/// stdlib would change every later instance. A host run as root ignores
+/// the modes; `dest` itself stays writable.
+fn read_only_below(dest: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut dirs = Vec::new();
+    let mut stack = vec![dest.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+                dirs.push(entry.path());
+            }
+        }
+    }
+    for dir in dirs {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555))
+            .with_context(|| format!("making {} read-only", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Unpack `archive` for the component cached at `dest`. Each top-level

@@ -271,7 +271,10 @@ fn unpack_command(args: &UnpackArgs) -> Result<()> {
         "unpacked the files of {} into {}\n\n\
          wasmtime serve (a component built with --world wasi-http):\n  \
          wasmtime serve -Scli {} {}\n\n\
-         Spin (spin.toml, in the app's [component.NAME]):\n  files = [{}]",
+         Spin (spin.toml, in the app's [component.NAME]):\n  files = [{}]\n\n\
+         The directories are read-only (a host run as root ignores that: run it as another \
+         user). Under wasmtime serve also grant a writable /tmp (--dir SOME_DIR::/tmp; \
+         Spin has none) and set limits (-W max-memory-size=BYTES -W timeout=30s).",
         path.display(),
         args.dir.display(),
         dirs.join(" "),

@@ -1,6 +1,11 @@
 //! What host and guest agree on beyond the WIT types, defined once here
 //! and given to the guest at build time.
 
+/// What the guest prints in front of each line of a user-facing error about
+/// the app (`MARKER` in guest/rsgi_wasm_guest/boot.py): a build reports
+/// them, and a live build's instance logs them as errors.
+pub const BUILD_ERROR_MARKER: &str = "rsgi-wasm-build-error: ";
+
 /// The keys every environ has, in this order. Their values come first in
 /// `runtime::environ::Environ::values` and their names are not sent: the guest knows them
 /// (`rsgi-wasm build` hands them to the guest adapter in its boot

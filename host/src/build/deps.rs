@@ -308,19 +308,28 @@ fn install(text: &[u8], requirements: &Path, label: &str, cache: &Path) -> Resul
         |tmp| {
             tracing::info!("resolving {label} for CPython 3.14 on WASI with pip");
             std::fs::create_dir_all(tmp.join("wheels"))?;
-            pip_install(requirements, label, tmp)
+            let index = index_options(requirements, &String::from_utf8_lossy(text))?;
+            pip_install(requirements, label, &index, tmp)
         },
     )
 }
 
-/// Hash what a requirements file names besides packages of the index:
-/// the files it includes (`-r`, `-c`), relative to it, and local packages
-/// (`./lib`, `name @ file:///...`) and wheel directories
-/// (`--find-links ./wheels`), relative to where pip
-/// runs, as pip reads them. An edit to any of them must resolve again, not
-/// reuse the site-packages of before. An editable requirement (`-e`) is
-/// refused here, naming its line.
-fn hash_referenced(h: &mut Sha256, file: &Path, text: &str, depth: usize) -> Result<()> {
+/// What a requirements walk meets: a line (comment and blanks removed,
+/// with its file and 1-based number), or a file included by `-r`/`-c`.
+enum Met<'a> {
+    Line(&'a Path, usize, &'a str),
+    Included(&'a Path, &'a str),
+}
+
+/// Show `visit` each line of requirements file `file` (content `text`),
+/// and after an `-r`/`-c` line the file it names, read relative to `file`,
+/// then that file's lines.
+fn walk_requirements(
+    file: &Path,
+    text: &str,
+    depth: usize,
+    visit: &mut dyn FnMut(Met) -> Result<()>,
+) -> Result<()> {
     // pip refuses deeper nesting long before; this only stops a cycle.
     if depth > 16 {
         return Ok(());
@@ -331,6 +340,38 @@ fn hash_referenced(h: &mut Sha256, file: &Path, text: &str, depth: usize) -> Res
             None => line,
         }
         .trim();
+        visit(Met::Line(file, number + 1, line))?;
+        let included = ["-r", "--requirement", "-c", "--constraint"]
+            .iter()
+            .find_map(|flag| option_value(line, flag));
+        if let Some(name) = included {
+            let path = file.parent().unwrap_or(Path::new(".")).join(name);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            visit(Met::Included(&path, &text))?;
+            walk_requirements(&path, &text, depth + 1, visit)?;
+        }
+    }
+    Ok(())
+}
+
+/// Hash what a requirements file names besides packages of the index:
+/// the files it includes (`-r`, `-c`), relative to it, and local packages
+/// (`./lib`, `name @ file:///...`) and wheel directories
+/// (`--find-links ./wheels`), relative to where pip
+/// runs, as pip reads them. An edit to any of them must resolve again, not
+/// reuse the site-packages of before. An editable requirement (`-e`) is
+/// refused here, naming its line.
+fn hash_referenced(h: &mut Sha256, file: &Path, text: &str, depth: usize) -> Result<()> {
+    walk_requirements(file, text, depth, &mut |met| {
+        let (file, number, line) = match met {
+            Met::Included(path, text) => {
+                h.update(b"\0include\0");
+                h.update(path.to_string_lossy().as_bytes());
+                h.update(text.as_bytes());
+                return Ok(());
+            }
+            Met::Line(file, number, line) => (file, number, line),
+        };
         if let Some(target) = ["-e", "--editable"]
             .iter()
             .find_map(|flag| option_value(line, flag))
@@ -339,24 +380,17 @@ fn hash_referenced(h: &mut Sha256, file: &Path, text: &str, depth: usize) -> Res
             // (or a checkout in the build cache), which the component
             // cannot read: the import failed later as "not installed".
             bail!(UserError(format!(
-                "{}:{}: `{line}`: an editable install links to a directory on this machine, \
+                "{}:{number}: `{line}`: an editable install links to a directory on this machine, \
                  which the sandboxed app cannot read; list it without `-e` (`{target}`) so that \
                  a copy is built into the component",
                 file.display(),
-                number + 1
             )));
         }
-        let included = ["-r", "--requirement", "-c", "--constraint"]
+        if ["-r", "--requirement", "-c", "--constraint"]
             .iter()
-            .find_map(|flag| option_value(line, flag));
-        if let Some(name) = included {
-            let path = file.parent().unwrap_or(Path::new(".")).join(name);
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            h.update(b"\0include\0");
-            h.update(path.to_string_lossy().as_bytes());
-            h.update(text.as_bytes());
-            hash_referenced(h, &path, &text, depth + 1)?;
-            continue;
+            .any(|flag| option_value(line, flag).is_some())
+        {
+            return Ok(());
         }
         let target = ["-f", "--find-links"]
             .iter()
@@ -377,8 +411,48 @@ fn hash_referenced(h: &mut Sha256, file: &Path, text: &str, depth: usize) -> Res
                 h.update(&data);
             }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+}
+
+/// Where a requirements file (and those it includes) tells pip to look for
+/// packages (`--index-url`, `--extra-index-url`, `--no-index`,
+/// `--find-links`, `--trusted-host`, `--pre`), as pip arguments: building
+/// a source distribution must look where resolving did, and nowhere else.
+fn index_options(requirements: &Path, text: &str) -> Result<Vec<String>> {
+    const WITH_VALUE: &[(&str, &str)] = &[
+        ("-i", "--index-url"),
+        ("--index-url", "--index-url"),
+        ("--extra-index-url", "--extra-index-url"),
+        ("-f", "--find-links"),
+        ("--find-links", "--find-links"),
+        ("--trusted-host", "--trusted-host"),
+    ];
+    let mut args = Vec::new();
+    walk_requirements(requirements, text, 0, &mut |met| {
+        let Met::Line(file, _, line) = met else {
+            return Ok(());
+        };
+        if line == "--no-index" || line == "--pre" {
+            args.push(line.to_owned());
+        }
+        for (flag, long) in WITH_VALUE {
+            if let Some(value) = option_value(line, flag) {
+                let mut value = value.to_owned();
+                // pip reads a relative --find-links next to the file that
+                // says it when that path exists, else where pip runs.
+                if *long == "--find-links" && !value.contains("://") {
+                    let beside = file.parent().unwrap_or(Path::new(".")).join(&value);
+                    if beside.exists() {
+                        value = beside.to_string_lossy().into_owned();
+                    }
+                }
+                args.extend([long.to_string(), value]);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(args)
 }
 
 /// The value of option `flag` on requirements line `line` (`-r x`,
@@ -441,8 +515,9 @@ fn prepare_once(
 }
 
 /// Run pip for the target; when a requirement only has an sdist, build it
-/// into a wheel here and, if that wheel is pure Python, retry with it.
-fn pip_install(requirements: &Path, label: &str, work: &Path) -> Result<()> {
+/// into a wheel here (from where `index`, the requirements' own index
+/// options, says) and, if that wheel is pure Python, retry with it.
+fn pip_install(requirements: &Path, label: &str, index: &[String], work: &Path) -> Result<()> {
     let wheels = work.join("wheels");
     // pip's temporary directories, inside the staging directory: a build
     // stopped by a signal (pip killed) leaves none in the system's.
@@ -492,10 +567,18 @@ fn pip_install(requirements: &Path, label: &str, work: &Path) -> Result<()> {
                  (PIP_INDEX_URL, or --index-url in the requirements file)"
             )));
         }
+        // pip reads requirements files as UTF-8 (or as a BOM or a coding
+        // line says) and otherwise dies with a traceback.
+        if let Some(why) = stderr.lines().find(|l| l.starts_with("UnicodeDecodeError")) {
+            bail!(UserError(format!(
+                "pip could not read {label} or a file it includes: it is not UTF-8 text \
+                 ({why}); save it as UTF-8"
+            )));
+        }
         let missing = unavailable_requirement(&stderr);
         match missing {
             Some(spec) if !built.contains(&spec) && built.len() < MAX_SDISTS => {
-                build_pure_wheel(&spec, &wheels)?;
+                build_pure_wheel(&spec, index, &wheels)?;
                 built.push(spec);
             }
             // The hint only where the trouble is finding distributions,
@@ -582,7 +665,7 @@ fn project_name(spec: &str) -> &str {
 
 /// Build `spec` from its sdist with the host's pip; keep the wheel only if
 /// it is pure Python (`py3-none-any`), else the package cannot run in WASI.
-fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
+fn build_pure_wheel(spec: &str, index: &[String], wheels: &Path) -> Result<()> {
     let name = project_name(spec);
     tracing::info!("{name}: no wheel for CPython 3.14 on WASI; building its source distribution");
     let scratch = tempfile::tempdir()?;
@@ -615,6 +698,7 @@ fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
                 "-w",
             ])
             .arg(scratch.path())
+            .args(index)
             .arg(spec),
     )
     .context("running pip wheel")?;
@@ -624,6 +708,11 @@ fn build_pure_wheel(spec: &str, wheels: &Path) -> Result<()> {
         // nothing to do with WASI.
         if unavailable_requirement(&stderr).is_some() {
             let why = match versions_on_index(&stderr) {
+                _ if index.iter().any(|a| a == "--no-index") => {
+                    "the requirements say --no-index, and their --find-links locations have \
+                     neither a wheel for CPython 3.14 on WASI nor a source distribution of it"
+                        .to_owned()
+                }
                 Some(v) if !v.is_empty() => format!(
                     "no version of {name} on the package index matches (it has {})",
                     last_versions(&v, 8)
@@ -1004,6 +1093,41 @@ mod tests {
         );
         assert_eq!(option_value("--requirementx", "--requirement"), None);
         assert_eq!(option_value("-r", "-r"), None);
+    }
+
+    #[test]
+    fn sdists_are_fetched_from_where_the_requirements_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("sub/wheels")).unwrap();
+        std::fs::write(
+            d.join("sub/base.txt"),
+            "--find-links wheels\n--extra-index-url https://extra.test/simple\nsix\n",
+        )
+        .unwrap();
+        let top = d.join("requirements.txt");
+        let text = "--no-index  # offline\n-i https://mirror.test/simple\n-r sub/base.txt\n\
+                    --find-links=./elsewhere\n--trusted-host mirror.test\n--pre\nflask\n";
+        let wheels = d.join("sub/wheels").to_string_lossy().into_owned();
+        assert_eq!(
+            index_options(&top, text).unwrap(),
+            [
+                "--no-index",
+                "--index-url",
+                "https://mirror.test/simple",
+                "--find-links",
+                &wheels,
+                "--extra-index-url",
+                "https://extra.test/simple",
+                // Not beside the file: left for pip to find where it runs.
+                "--find-links",
+                "./elsewhere",
+                "--trusted-host",
+                "mirror.test",
+                "--pre",
+            ]
+        );
+        assert!(index_options(&top, "flask\n").unwrap().is_empty());
     }
 
     #[test]

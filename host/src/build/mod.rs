@@ -25,7 +25,7 @@ use crate::bundle;
 use crate::cachefs;
 use crate::config::World;
 use crate::error::UserError;
-use crate::protocol::FIXED_KEYS;
+use crate::protocol::{self, FIXED_KEYS};
 
 /// The guest adapter, compiled into the binary so `build` is self-contained.
 const GUEST_FILES: &[(&str, &str)] = &[
@@ -126,8 +126,6 @@ const OBJECTS_LIST: &str = "rsgi-wasm-objects.bin";
 /// What is done to componentize-py's output after it returns, in the build
 /// key: a change here must not reuse components built before it.
 const POST_PASSES: &str = "free-lists 1, immortal 1";
-/// What the guest prints in front of a user-facing build error.
-const ERROR_MARKER: &str = "rsgi-wasm-build-error: ";
 
 /// `(path, text)` of each file under `wit/deps`, embedded.
 macro_rules! wit_deps {
@@ -271,6 +269,13 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
             .map_err(|_| UserError(format!("-p {}: no such directory", p.display())))?;
         if !abs.is_dir() {
             bail!(UserError(format!("-p {}: not a directory", p.display())));
+        }
+        if abs.parent().is_none() {
+            bail!(UserError(format!(
+                "-p {}: the whole filesystem cannot ship in a component; \
+                 point -p at the app's own directory",
+                p.display()
+            )));
         }
         app_dirs.push(abs);
     }
@@ -484,7 +489,7 @@ async fn generate(
         Err(preinit::PreinitError::Failed(text)) => {
             let lines: Vec<&str> = text
                 .lines()
-                .filter_map(|l| l.split_once(ERROR_MARKER).map(|(_, m)| m))
+                .filter_map(|l| l.split_once(protocol::BUILD_ERROR_MARKER).map(|(_, m)| m))
                 .collect();
             // `os._exit()` (or C code's `exit()`) while importing ends the
             // pre-initialisation with wasmtime's backtrace, not our marker.

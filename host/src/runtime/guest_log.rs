@@ -204,6 +204,15 @@ impl StdoutStream for GuestLog {
     }
 }
 
+/// How a guest line is logged: the app's output at INFO; its errors (an
+/// exception's report, why it does not import) at ERROR, which a log
+/// filtered to warnings keeps.
+#[derive(Clone, Copy)]
+enum Kind {
+    Output,
+    Error,
+}
+
 struct LineLogger {
     app: Arc<str>,
     stream: &'static str,
@@ -218,6 +227,11 @@ const WRITE_PERMIT: usize = 4 * 1024 * 1024;
 
 impl LineLogger {
     fn emit(&self, line: &[u8]) {
+        // Why a live build's app does not import, as a build would report it.
+        let (line, kind) = match line.strip_prefix(crate::protocol::BUILD_ERROR_MARKER.as_bytes()) {
+            Some(error) => (error, Kind::Error),
+            None => (line, Kind::Output),
+        };
         let verdict = self.budget.admit(line.len(), Instant::now());
         if self.admitted(
             verdict,
@@ -227,7 +241,7 @@ impl LineLogger {
                 "lines",
             ),
         ) {
-            self.log_line(line);
+            self.log_line(line, kind);
         }
     }
 
@@ -261,14 +275,17 @@ impl LineLogger {
         }
     }
 
-    fn log_line(&self, line: &[u8]) {
+    fn log_line(&self, line: &[u8], kind: Kind) {
         let text = String::from_utf8_lossy(line);
         let text = visible(text.trim_end_matches(['\r', '\n']));
-        if crate::config::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
-            // Keys a log shipper can filter on, as access lines have.
-            tracing::info!(target: "guest", app = %self.app, stream = %self.stream, "{text}");
-        } else {
-            tracing::info!(target: "guest", "[{} {}] {text}", self.app, self.stream);
+        // Keys a log shipper can filter on, as access lines have.
+        let json = crate::config::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed);
+        let (app, stream) = (&self.app, self.stream);
+        match (kind, json) {
+            (Kind::Output, true) => tracing::info!(target: "guest", %app, %stream, "{text}"),
+            (Kind::Output, false) => tracing::info!(target: "guest", "[{app} {stream}] {text}"),
+            (Kind::Error, true) => tracing::error!(target: "guest", %app, %stream, "{text}"),
+            (Kind::Error, false) => tracing::error!(target: "guest", "[{app} {stream}] {text}"),
         }
     }
 
@@ -283,7 +300,7 @@ impl LineLogger {
         ) {
             for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 for piece in line.chunks(MAX_LINE) {
-                    self.log_line(piece);
+                    self.log_line(piece, Kind::Error);
                 }
             }
         }

@@ -400,7 +400,9 @@ impl AppPool {
             Err(_elapsed) => {
                 recycle = Some(Recycle::Timeout);
                 self.metrics.series().timeouts.inc();
-                if ex.committed() {
+                if ex.finished() {
+                    tracing::error!(app = %self.name, "request exceeded the {:?} timeout after its whole response was handed over: the app's close() of its response, or what it runs then, did not return; instance replaced", self.limits.timeout);
+                } else if ex.committed() {
                     // Often a client reading a long response slowly: the
                     // app waits for it, and --timeout counts that too.
                     tracing::error!(app = %self.name, "request exceeded the {:?} timeout after its response had started (the app may have been waiting for a slow client to take it); response cut short, instance replaced", self.limits.timeout);

@@ -70,6 +70,16 @@ impl OpenFiles {
         Some(Arc::new(FdSlot(self.clone())))
     }
 
+    /// Count the host's own descriptor for a file it sends for the app
+    /// (`wsgi.file_wrapper`), which outlives the request's instance while
+    /// a slow client takes it: without this, clients that never read made
+    /// one app hold descriptors past its `max_open_files`. `None` at the
+    /// limit: the app then streams the file itself, from its instance.
+    pub fn take_sent_file(self: &Arc<Self>) -> Option<SentFileSlot> {
+        self.take("a file for wsgi.file_wrapper, which the app then streams itself")
+            .map(|held| SentFileSlot { _held: held })
+    }
+
     /// Count a refusal; what the app sees (ENOMEM, EMFILE) says little,
     /// so the operator is told why.
     fn refused(&self, why: std::fmt::Arguments<'_>, refused: &str) {
@@ -132,6 +142,12 @@ pub struct Quotas {
     open: HashMap<u32, Tracked>,
     /// TCP socket (table index) → its count among the open files.
     sockets: HashMap<u32, Arc<FdSlot>>,
+}
+
+/// A host descriptor counted for a file the host sends for the app, until
+/// it is dropped.
+pub struct SentFileSlot {
+    _held: Arc<FdSlot>,
 }
 
 /// A host descriptor counted for a TCP socket about to be made.

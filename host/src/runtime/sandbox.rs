@@ -262,7 +262,7 @@ impl Sandbox {
             quotas,
             own_tmp,
             self.memory,
-            WsgiCtx::new(self.dirs.clone()),
+            WsgiCtx::new(self.dirs.clone(), self.open_files.clone()),
             Network {
                 net,
                 tls: self.tls.clone(),

@@ -147,8 +147,10 @@ pub fn bind(
         let Some(responder) = slot.lock().expect("responder lock").take() else {
             return;
         };
-        // The adapter answers 500 when the body could not be read; the
-        // request, not the app, was at fault.
+        // The adapter answers 400 when the body could not be read (as it
+        // must on hosts that cannot tell why), and an app may answer 500:
+        // the host knows better whether the client stalled, broke the
+        // framing, or left.
         let fault_code = fault.load(Ordering::Acquire);
         let fault = match fault_code {
             FAULT_SLOW => Some((
@@ -162,7 +164,10 @@ pub fn bind(
             _ => None,
         };
         let app_failed = match &result {
-            Ok(response) => response.status() == http::StatusCode::INTERNAL_SERVER_ERROR,
+            Ok(response) => matches!(
+                response.status(),
+                http::StatusCode::INTERNAL_SERVER_ERROR | http::StatusCode::BAD_REQUEST
+            ),
             Err(_) => true,
         };
         if let (Some((status, text)), true) = (fault, app_failed) {

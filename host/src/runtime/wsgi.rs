@@ -18,6 +18,7 @@ use crate::runtime::body::{
 };
 use crate::runtime::generated::{BodyError, RequestHost, ResponseHost, SendFileError};
 use crate::runtime::guest_log;
+use crate::runtime::quota_fs::{OpenFiles, SentFileSlot};
 
 /// Receives the response once the guest commits its start (or the host
 /// answers for it).
@@ -200,6 +201,12 @@ impl Exchange {
         self.start_tx.is_none()
     }
 
+    /// Whether the guest handed over the whole response ([`finish`](Self::finish)):
+    /// what it runs after that (the result's `close()`) no longer shapes it.
+    pub fn finished(&self) -> bool {
+        self.committed() && self.chunk_tx.is_none()
+    }
+
     /// Answer with a host page if the guest has not started a response.
     pub fn respond_error(&mut self, status: StatusCode, text: &str) {
         if let Some(tx) = self.start_tx.take() {
@@ -324,13 +331,13 @@ impl Exchange {
         &mut self,
         status: &str,
         headers: &str,
-        opened: Option<(std::fs::File, u64)>,
+        opened: Option<((std::fs::File, u64), SentFileSlot)>,
         offset: u64,
     ) -> Result<(), SendFileError> {
         if self.start_tx.is_none() {
             return Err(SendFileError::Unavailable);
         }
-        let Some((file, size)) = opened else {
+        let Some(((file, size), slot)) = opened else {
             return Err(SendFileError::Unavailable);
         };
         let available = size.saturating_sub(offset);
@@ -350,13 +357,12 @@ impl Exchange {
                     declared - len
                 );
             }
-            tokio::spawn(body::stream_file(
-                file,
-                offset,
-                len,
-                declared - len,
-                tx.clone(),
-            ));
+            let stream = body::stream_file(file, offset, len, declared - len, tx.clone());
+            tokio::spawn(async move {
+                stream.await;
+                // The descriptor counts until the file is closed.
+                drop(slot);
+            });
         }
         Ok(())
     }
@@ -385,14 +391,18 @@ impl Exchange {
 pub struct WsgiCtx {
     exchange: Option<Exchange>,
     dirs: Arc<[DirGrant]>,
+    /// The app's open-file count, which the files `send-file` opens join.
+    open_files: Arc<OpenFiles>,
 }
 
 impl WsgiCtx {
-    /// No request yet; `send-file` may open files under `dirs`.
-    pub fn new(dirs: Arc<[DirGrant]>) -> Self {
+    /// No request yet; `send-file` may open files under `dirs`, counted in
+    /// `open_files`.
+    pub fn new(dirs: Arc<[DirGrant]>, open_files: Arc<OpenFiles>) -> Self {
         WsgiCtx {
             exchange: None,
             dirs,
+            open_files,
         }
     }
 
@@ -640,6 +650,9 @@ impl ResponseHost for WsgiCtx {
         if self.exchange.as_ref().is_none_or(Exchange::committed) {
             return Err(SendFileError::Unavailable);
         }
+        let Some(slot) = self.open_files.take_sent_file() else {
+            return Err(SendFileError::Unavailable);
+        };
         // Opening and stat-ing touch the disk: off the runtime's threads.
         let dirs = self.dirs.clone();
         let opened = tokio::task::spawn_blocking(move || open_granted(&dirs, &path))
@@ -647,7 +660,7 @@ impl ResponseHost for WsgiCtx {
             .ok()
             .flatten();
         match self.exchange.as_mut() {
-            Some(ex) => ex.send_file(&status, &headers, opened, offset),
+            Some(ex) => ex.send_file(&status, &headers, opened.map(|o| (o, slot)), offset),
             None => Err(SendFileError::Unavailable),
         }
     }
