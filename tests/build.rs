@@ -571,7 +571,47 @@ fn awkward_build_inputs_are_refused_naming_what_is_wrong() {
         err.contains("six==1.17.0: the requirements say --no-index"),
         "{err}"
     );
+    // An sdist that is there, whose build backend is not: that is named.
+    let links = dir.join("links");
+    std::fs::create_dir_all(&links).unwrap();
+    let made = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SDIST_NEEDING_SETUPTOOLS)
+        .arg(&links)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    write(
+        &dir,
+        "offline-sdist.txt",
+        &format!("--no-index\n--find-links {}\nmypkg-n\n", links.display()),
+    );
+    let offline = format!("{d}/offline-sdist.txt");
+    let (code, _, err) = run_bin(&["build", "app:app", "-p", &d, "-r", &offline]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("mypkg-n: building its source distribution needs setuptools")
+            && err.contains("put a wheel of it in their --find-links directory"),
+        "{err}"
+    );
 }
+
+/// Writes `mypkg_n-0.1.tar.gz`, an sdist built with setuptools, into argv[1].
+const SDIST_NEEDING_SETUPTOOLS: &str = r#"
+import io, sys, tarfile
+files = {
+    "mypkg_n-0.1/pyproject.toml": '[build-system]\nrequires = ["setuptools>=40.8.0"]\nbuild-backend = "setuptools.build_meta"\n\n[project]\nname = "mypkg-n"\nversion = "0.1"\n',
+    "mypkg_n-0.1/mypkg_n.py": "X = 42\n",
+    "mypkg_n-0.1/PKG-INFO": "Metadata-Version: 2.1\nName: mypkg-n\nVersion: 0.1\n",
+}
+with tarfile.open(sys.argv[1] + "/mypkg_n-0.1.tar.gz", "w:gz") as t:
+    for name, text in files.items():
+        data = text.encode()
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 1577836800
+        t.addfile(info, io.BytesIO(data))
+"#;
 
 /// gunicorn's factory form with literal arguments, colons inside them
 /// included, from `run`'s `path/app.py:...` spelling.

@@ -1924,6 +1924,50 @@ fn an_http2_rapid_reset_storm_does_not_take_the_server_down() {
     assert!(ran < 100, "{ran} of 5,000 reset requests ran the app");
 }
 
+/// A request reset while it waits in the queue gives its place up at once,
+/// so clients that send and reset cannot keep the queue full for others.
+#[test]
+fn a_request_reset_while_queued_gives_its_place_up() {
+    let s = Server::start(
+        &router(),
+        &["--workers", "1", "--queue", "1", "--metrics", "127.0.0.1:0"],
+    );
+    let ops = s.logged_addr("metrics on ");
+    let busy = std::thread::spawn({
+        let url = s.url("/sleep?20");
+        move || client().get(url).send().map(|r| r.status().as_u16())
+    });
+    s.wait_for_log("sleeping 20");
+    let pydeps = work_dir().join("pydeps-h2");
+    let out = std::process::Command::new("python3")
+        .current_dir(repo())
+        .arg("tests/h2_reset_storm.py")
+        .arg(&pydeps)
+        .arg(s.addr.ip().to_string())
+        .arg(s.addr.port().to_string())
+        .arg("10")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let queued = "rsgi_wasm_queued_requests{tenant=\"router\"}";
+    // Well before the busy request ends (and the queue with it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while series(&scrape(ops), queued) != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reset requests still queued"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The one place is free: this request waits for the instance, no 503.
+    assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
+    assert_eq!(busy.join().unwrap().unwrap(), 200);
+}
+
 fn peer_cert(r: &reqwest::blocking::Response) -> Vec<u8> {
     r.extensions()
         .get::<reqwest::tls::TlsInfo>()

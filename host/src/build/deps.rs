@@ -706,9 +706,25 @@ fn build_pure_wheel(spec: &str, index: &[String], wheels: &Path) -> Result<()> {
         let stderr = String::from_utf8_lossy(&out.stderr);
         // Not on the index at all (a typo, a version that does not exist):
         // nothing to do with WASI.
-        if unavailable_requirement(&stderr).is_some() {
+        if let Some(missing) = unavailable_requirement(&stderr) {
+            let no_index = index.iter().any(|a| a == "--no-index");
+            // PEP 503 names: `Foo_Bar` and `foo-bar` are one project.
+            let normal = |n: &str| n.to_ascii_lowercase().replace(['_', '.'], "-");
+            if normal(project_name(&missing)) != normal(name) {
+                // The sdist was found; what building it needs was not.
+                bail!(UserError(format!(
+                    "{spec}: building its source distribution needs {missing} (a build \
+                     dependency), which pip could not get{}",
+                    if no_index {
+                        "; the requirements say --no-index: put a wheel of it in their \
+                         --find-links directory"
+                    } else {
+                        ""
+                    }
+                )));
+            }
             let why = match versions_on_index(&stderr) {
-                _ if index.iter().any(|a| a == "--no-index") => {
+                _ if no_index => {
                     "the requirements say --no-index, and their --find-links locations have \
                      neither a wheel for CPython 3.14 on WASI nor a source distribution of it"
                         .to_owned()

@@ -49,6 +49,10 @@ const HTTP2_MAX_ERROR_RESETS: usize = 1024;
 /// window updates are less).
 const MIN_TAKEN: u64 = 1024;
 
+/// How long a connection on which no request ever began is given to end
+/// after it was asked to, at its idle deadline.
+const NO_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// How much of a request body an HTTP/2 client may send before the app
 /// reads it: the protocol's own initial window.
 const HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
@@ -442,7 +446,12 @@ async fn drive<C>(
                     }
                     conn.as_mut().graceful_shutdown();
                     asked = true;
-                    give_up = Some(tokio::time::Instant::now() + deadline);
+                    // With no request ever begun nothing is in flight to
+                    // finish: time to read the GOAWAY, no more (a client
+                    // that never sent its HTTP/2 preface, over TLS with h2
+                    // by ALPN, gets none and was held a whole deadline).
+                    let grace = if activity.began() { deadline } else { deadline.min(NO_REQUEST_GRACE) };
+                    give_up = Some(tokio::time::Instant::now() + grace);
                 }
             }
         }

@@ -251,29 +251,12 @@ impl AppPool {
 
     /// Serve one request with a warm (or, if none is idle, new) instance.
     pub async fn serve(self: Arc<Self>, request: AppRequest, mut ex: Exchange, conn: u64) {
-        let _share = self.share(conn).await;
-        let permit = if let Ok(p) = self.slots.try_acquire() {
-            p
-        } else {
-            if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.queue {
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
-                self.metrics.series().rejected.inc();
-                tracing::warn!(app = %self.name, "queue full ({} waiting): 503", self.limits.queue);
-                ex.respond_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Service Unavailable: server busy, retry shortly",
-                );
-                return;
-            }
-            self.metrics.series().queued.inc();
-            let p = self.slots.acquire().await.expect("semaphore never closed");
-            self.metrics.series().queued.dec();
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            p
+        let Some((_share, permit)) = self.admit(&mut ex, conn).await else {
+            return;
         };
-        // A request that waited in the queue while its client left (or
-        // reset its HTTP/2 stream) is not run: cancelled streams must not
-        // turn into guest work.
+        // A request whose client left (or reset its HTTP/2 stream) as it
+        // got its place is not run: cancelled streams must not turn into
+        // guest work.
         if ex.client_gone() {
             tracing::debug!(app = %self.name, "client left while queued; not run");
             return;
@@ -443,6 +426,47 @@ impl AppPool {
             self.park(inst);
         }
         drop(permit);
+    }
+
+    /// Wait for the request's place: its connection's share, then one of
+    /// the app's slots, queued if none is free. `None` when it has been
+    /// answered (503, the queue is full) or its client left (an HTTP/2
+    /// stream reset, a dropped request) while it waited: a request nobody
+    /// waits for gives its place in the queue up at once, so clients that
+    /// send and reset cannot fill it for others.
+    async fn admit(
+        &self,
+        ex: &mut Exchange,
+        conn: u64,
+    ) -> Option<(Share<'_>, tokio::sync::SemaphorePermit<'_>)> {
+        let share = tokio::select! {
+            share = self.share(conn) => share,
+            () = ex.client_left() => return None,
+        };
+        if let Ok(p) = self.slots.try_acquire() {
+            return Some((share, p));
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.queue {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.metrics.series().rejected.inc();
+            tracing::warn!(app = %self.name, "queue full ({} waiting): 503", self.limits.queue);
+            ex.respond_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable: server busy, retry shortly",
+            );
+            return None;
+        }
+        self.metrics.series().queued.inc();
+        let permit = tokio::select! {
+            p = self.slots.acquire() => Some(p.expect("semaphore never closed")),
+            () = ex.client_left() => None,
+        };
+        self.metrics.series().queued.dec();
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        if permit.is_none() {
+            tracing::debug!(app = %self.name, "client left while queued; its place given up");
+        }
+        Some((share, permit?))
     }
 
     /// A place among the requests of connection `conn`, once it has fewer

@@ -30,9 +30,14 @@ use crate::runtime::file_reads::FileReader;
 pub struct OpenFiles {
     limit: usize,
     open: AtomicUsize,
+    /// Files the host sends for the app (`wsgi.file_wrapper`), held while
+    /// clients take them: as many again as the app's own, apart from them,
+    /// so clients that do not read cannot use up what the app opens.
+    sent: AtomicUsize,
     /// Whose, for the log line a refusal writes.
     app: Arc<str>,
     warned: WarnEvery,
+    sent_warned: WarnEvery,
     refusals: prometheus_client::metrics::counter::Counter,
 }
 
@@ -42,9 +47,11 @@ impl OpenFiles {
         Arc::new(OpenFiles {
             limit,
             open: AtomicUsize::new(0),
+            sent: AtomicUsize::new(0),
             refusals: crate::metrics::open_files_refusals(&app),
             app,
             warned: WarnEvery::default(),
+            sent_warned: WarnEvery::default(),
         })
     }
 
@@ -72,12 +79,36 @@ impl OpenFiles {
 
     /// Count the host's own descriptor for a file it sends for the app
     /// (`wsgi.file_wrapper`), which outlives the request's instance while
-    /// a slow client takes it: without this, clients that never read made
-    /// one app hold descriptors past its `max_open_files`. `None` at the
-    /// limit: the app then streams the file itself, from its instance.
+    /// a slow client takes it: at most `max_open_files` of them, apart
+    /// from the app's own opens (which anonymous clients that never read
+    /// would otherwise use up), and within the process's share for guests.
+    /// `None` at either limit: the app then streams the file itself, from
+    /// its instance, as it would any body.
     pub fn take_sent_file(self: &Arc<Self>) -> Option<SentFileSlot> {
-        self.take("a file for wsgi.file_wrapper, which the app then streams itself")
-            .map(|held| SentFileSlot { _held: held })
+        let process = &*PROCESS_FILES;
+        let why = if !count_up(&self.sent, self.limit) {
+            format!(
+                "{} files already being sent for wsgi.file_wrapper (max_open_files) to clients \
+                 that have not taken them",
+                self.limit
+            )
+        } else if !count_up(&process.open, process.limit) {
+            self.sent.fetch_sub(1, Ordering::AcqRel);
+            format!(
+                "{} files open by all apps together, half the process's open-file limit",
+                process.limit
+            )
+        } else {
+            return Some(SentFileSlot(self.clone()));
+        };
+        if self.sent_warned.due() {
+            tracing::warn!(
+                app = %self.app,
+                "{why}: the app streams the next ones itself, each holding an instance until its \
+                 client has taken it (logged at most once a minute)"
+            );
+        }
+        None
     }
 
     /// Count a refusal; what the app sees (ENOMEM, EMFILE) says little,
@@ -146,8 +177,13 @@ pub struct Quotas {
 
 /// A host descriptor counted for a file the host sends for the app, until
 /// it is dropped.
-pub struct SentFileSlot {
-    _held: Arc<FdSlot>,
+pub struct SentFileSlot(Arc<OpenFiles>);
+
+impl Drop for SentFileSlot {
+    fn drop(&mut self) {
+        self.0.sent.fetch_sub(1, Ordering::AcqRel);
+        PROCESS_FILES.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A host descriptor counted for a TCP socket about to be made.

@@ -196,6 +196,15 @@ impl Exchange {
         self.start_tx.as_ref().is_some_and(|tx| tx.is_closed())
     }
 
+    /// Resolves when the client goes away before the response started (see
+    /// [`client_gone`](Self::client_gone)); never once it has started.
+    pub async fn client_left(&mut self) {
+        match self.start_tx.as_mut() {
+            Some(tx) => tx.closed().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Whether the response has started (after that only the body can change).
     pub fn committed(&self) -> bool {
         self.start_tx.is_none()
