@@ -1892,25 +1892,32 @@ fn bodiless_statuses_carry_no_body_and_interim_ones_are_refused_on_both_protocol
     }
 }
 
-#[test]
-fn an_http2_rapid_reset_storm_does_not_take_the_server_down() {
-    let s = Server::start(&router(), &["--workers", "2"]);
-    let pydeps = work_dir().join("pydeps-h2");
+/// Run `tests/h2_reset_storm.py` against `s`: `streams` GETs of
+/// `/sleep?0.2`, each reset as it is sent, on one h2c connection; what it
+/// printed about how the connection ended.
+fn reset_storm(s: &Server, streams: usize) -> String {
     let out = std::process::Command::new("python3")
         .current_dir(repo())
         .arg("tests/h2_reset_storm.py")
-        .arg(&pydeps)
+        .arg(work_dir().join("pydeps-h2"))
         .arg(s.addr.ip().to_string())
         .arg(s.addr.port().to_string())
-        .arg("5000")
+        .arg(streams.to_string())
         .output()
         .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    said
+}
+
+#[test]
+fn an_http2_rapid_reset_storm_does_not_take_the_server_down() {
+    let s = Server::start(&router(), &["--workers", "2"]);
+    let said = reset_storm(&s, 5000);
     // h2 cuts such a connection off (GOAWAY, then close: measured after
     // about 400 of the 5,000 streams); whether the client saw that before
     // its last stream depends on timing, so it is only printed. What must
@@ -1938,21 +1945,7 @@ fn a_request_reset_while_queued_gives_its_place_up() {
         move || client().get(url).send().map(|r| r.status().as_u16())
     });
     s.wait_for_log("sleeping 20");
-    let pydeps = work_dir().join("pydeps-h2");
-    let out = std::process::Command::new("python3")
-        .current_dir(repo())
-        .arg("tests/h2_reset_storm.py")
-        .arg(&pydeps)
-        .arg(s.addr.ip().to_string())
-        .arg(s.addr.port().to_string())
-        .arg("10")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    reset_storm(&s, 10);
     let queued = "rsgi_wasm_queued_requests{tenant=\"router\"}";
     // Well before the busy request ends (and the queue with it).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

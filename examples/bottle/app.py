@@ -6,8 +6,9 @@ import os
 
 import bottle
 
-# Bottle looks templates up relative to the working directory ('./views/'),
-# which in the sandbox is not this directory: point it here explicitly.
+# Bottle looks templates up relative to the working directory ('./views/').
+# rsgi-wasm starts the app in its first -p directory, as gunicorn --chdir
+# would, but a server started elsewhere need not: point it here explicitly.
 bottle.TEMPLATE_PATH.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "views"))
 
 app = bottle.Bottle()

@@ -297,14 +297,24 @@ def _end(transport: Transport) -> None:
         pass
 
 
-def _close(result: Any, errors: Any) -> None:
+def _report(errors: Any, environ: dict, what: str, exc: BaseException) -> None:
+    """Write an app exception's report in one write: the host knows a
+    report by its first line and logs it whole, as an error, past the app's
+    log rate (clipped), so a noisy app cannot hide its own errors."""
+    method = environ.get("REQUEST_METHOD", "?")
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    report = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    errors.write(f"{ERROR_REPORT} {method} {path}{what}:\n{report}")
+    errors.flush()
+
+
+def _close(result: Any, errors: Any, environ: dict) -> None:
     try:
         close = getattr(result, "close", None)
         if close is not None:
             close()
-    except BaseException:
-        errors.write("rsgi-wasm: the app result's close() raised:\n")
-        traceback.print_exc(file=errors)
+    except BaseException as exc:
+        _report(errors, environ, " (the result's close() raised)", exc)
 
 
 def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport) -> Optional[str]:
@@ -351,7 +361,7 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
             if complete:
                 _end(transport)
             resp.transport = _ENDED
-            _close(result, errors)
+            _close(result, errors, environ)
         resp.transport = _ENDED
         try:
             errors.flush()
@@ -385,14 +395,7 @@ def _failed(exc: BaseException, environ: dict, resp: Response, transport: Transp
         return "request body too large"
     if getattr(body_input, "disconnected", False):
         return None
-    method = environ.get("REQUEST_METHOD", "?")
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    # One write: the host knows a report by its first line and logs it
-    # whole, past the app's log rate (clipped), so a noisy app cannot hide
-    # its own errors.
-    report = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    errors.write(f"{ERROR_REPORT} {method} {path}:\n{report}")
-    errors.flush()
+    _report(errors, environ, "", exc)
     if not resp.sent:
         error_page(transport, "500 Internal Server Error", "Internal Server Error\n")
         return None

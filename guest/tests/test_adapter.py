@@ -238,6 +238,8 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual(b"".join(t.chunks), b"body")
         self.assertIn("close() raised", log)
         self.assertIn("called after its request ended", log)
+        # A report the host logs as an error, as it does any app exception's.
+        self.assertTrue(log.startswith(protocol.ERROR_REPORT + " GET /"), log)
 
     def test_head_goes_with_first_nonempty_chunk(self):
         def app(environ, start_response):

@@ -450,7 +450,11 @@ async fn drive<C>(
                     // finish: time to read the GOAWAY, no more (a client
                     // that never sent its HTTP/2 preface, over TLS with h2
                     // by ALPN, gets none and was held a whole deadline).
-                    let grace = if activity.began() { deadline } else { deadline.min(NO_REQUEST_GRACE) };
+                    let grace = if activity.began() {
+                        deadline
+                    } else {
+                        deadline.min(NO_REQUEST_GRACE)
+                    };
                     give_up = Some(tokio::time::Instant::now() + grace);
                 }
             }

@@ -53,8 +53,10 @@ pub fn split_host(host: &str) -> (&str, Option<&str>) {
 }
 
 /// The scheme a trusted proxy says the client used: `X-Forwarded-Proto`
-/// (gunicorn's and nginx's convention) or the `proto` of `Forwarded` (RFC
-/// 7239). Only `http` and `https` are accepted. The last value counts: a
+/// (gunicorn's and nginx's convention), then gunicorn's other two
+/// (`X-Forwarded-Protocol: ssl`, `X-Forwarded-Ssl: on`: https, any other
+/// value http), then the `proto` of `Forwarded` (RFC 7239); the first
+/// present decides. Only `http` and `https` are accepted. The last value counts: a
 /// proxy appends its own to what the client sent (a list, or a header
 /// line after the client's), and only the peer is trusted, so an earlier
 /// value may be the client's (Werkzeug's ProxyFix reads it the same way).
@@ -70,6 +72,12 @@ pub fn forwarded_scheme(headers: &HeaderMap) -> Option<&'static str> {
     };
     if headers.contains_key("x-forwarded-proto") {
         return pick(last("x-forwarded-proto")?);
+    }
+    for (name, secure) in [("x-forwarded-protocol", "ssl"), ("x-forwarded-ssl", "on")] {
+        if headers.contains_key(name) {
+            let on = last(name)?.trim().eq_ignore_ascii_case(secure);
+            return Some(if on { "https" } else { "http" });
+        }
     }
     last(http::header::FORWARDED.as_str())?
         .split(';')
@@ -599,6 +607,18 @@ mod tests {
     #[test]
     fn forwarded_scheme_headers() {
         let mut h = HeaderMap::new();
+        for (name, value, scheme) in [
+            ("x-forwarded-ssl", "on", "https"),
+            ("x-forwarded-ssl", "off", "http"),
+            ("x-forwarded-protocol", "ssl", "https"),
+            ("x-forwarded-protocol", "tls", "http"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(value));
+            // Under a Forwarded that says otherwise: gunicorn reads only these.
+            h.insert("forwarded", HeaderValue::from_static("proto=ftp"));
+            assert_eq!(forwarded_scheme(&h), Some(scheme), "{name}: {value}");
+        }
         assert_eq!(forwarded_scheme(&h), None);
         h.insert(
             "forwarded",
