@@ -563,9 +563,20 @@ fn awkward_build_inputs_are_refused_naming_what_is_wrong() {
     // --no-index holds for the sdist fallback too: six was fetched from
     // the index and built after pip found no wheel where it was told to
     // look.
+    // pip's own settings on this machine (PIP_FIND_LINKS, a pip.conf) must
+    // not offer what the requirements' own locations lack.
+    let offline_build = |requirements: &str| {
+        let args = ["build", "app:app", "-p", &d, "-r", requirements];
+        outcome(
+            bin()
+                .current_dir(repo())
+                .args(args)
+                .env_remove("PIP_FIND_LINKS")
+                .env("PIP_CONFIG_FILE", "/dev/null"),
+        )
+    };
     write(&dir, "offline.txt", "--no-index\nsix==1.17.0\n");
-    let offline = format!("{d}/offline.txt");
-    let (code, _, err) = run_bin(&["build", "app:app", "-p", &d, "-r", &offline]);
+    let (code, _, err) = offline_build(&format!("{d}/offline.txt"));
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("six==1.17.0: the requirements say --no-index"),
@@ -586,8 +597,7 @@ fn awkward_build_inputs_are_refused_naming_what_is_wrong() {
         "offline-sdist.txt",
         &format!("--no-index\n--find-links {}\nmypkg-n\n", links.display()),
     );
-    let offline = format!("{d}/offline-sdist.txt");
-    let (code, _, err) = run_bin(&["build", "app:app", "-p", &d, "-r", &offline]);
+    let (code, _, err) = offline_build(&format!("{d}/offline-sdist.txt"));
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("mypkg-n: building its source distribution needs setuptools")

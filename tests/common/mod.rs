@@ -69,7 +69,12 @@ pub fn build(name: &str, args: &[&str]) -> PathBuf {
 /// `rsgi-wasm ARGS` to completion from the repository root:
 /// (exit status, stdout, stderr).
 pub fn run_bin(args: &[&str]) -> (i32, String, String) {
-    let out = bin().current_dir(repo()).args(args).output().unwrap();
+    outcome(bin().current_dir(repo()).args(args))
+}
+
+/// `cmd` run to completion: (exit status, stdout, stderr).
+pub fn outcome(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

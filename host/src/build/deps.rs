@@ -392,14 +392,19 @@ fn hash_referenced(h: &mut Sha256, file: &Path, text: &str, depth: usize) -> Res
         {
             return Ok(());
         }
-        let target = ["-f", "--find-links"]
+        let find_links = ["-f", "--find-links"]
             .iter()
             .find_map(|flag| option_value(line, flag))
+            .map(|value| find_links_place(file, value));
+        let target = find_links
+            .as_deref()
             .or_else(|| line.split_once(" @ ").map(|(_, url)| url.trim()))
             .unwrap_or(line);
-        let local = target
-            .strip_prefix("file://")
-            .or_else(|| (target.starts_with('.') || target.starts_with('/')).then_some(target));
+        // A --find-links that is no URL is a directory (or file) here.
+        let named_local = find_links.is_some() && !target.contains("://");
+        let local = target.strip_prefix("file://").or_else(|| {
+            (named_local || target.starts_with('.') || target.starts_with('/')).then_some(target)
+        });
         if let Some(local) = local {
             // `./lib[extra]`: the extras are not part of the path.
             let path = Path::new(local.split('[').next().unwrap_or(local));
@@ -438,21 +443,29 @@ fn index_options(requirements: &Path, text: &str) -> Result<Vec<String>> {
         }
         for (flag, long) in WITH_VALUE {
             if let Some(value) = option_value(line, flag) {
-                let mut value = value.to_owned();
-                // pip reads a relative --find-links next to the file that
-                // says it when that path exists, else where pip runs.
-                if *long == "--find-links" && !value.contains("://") {
-                    let beside = file.parent().unwrap_or(Path::new(".")).join(&value);
-                    if beside.exists() {
-                        value = beside.to_string_lossy().into_owned();
-                    }
-                }
+                let value = match *long {
+                    "--find-links" => find_links_place(file, value),
+                    _ => value.to_owned(),
+                };
                 args.extend([long.to_string(), value]);
             }
         }
         Ok(())
     })?;
     Ok(args)
+}
+
+/// Where pip looks for requirements file `file`'s `--find-links value`:
+/// next to the file when that path exists, else as given (a URL, or a
+/// path from where pip runs).
+fn find_links_place(file: &Path, value: &str) -> String {
+    if !value.contains("://") {
+        let beside = file.parent().unwrap_or(Path::new(".")).join(value);
+        if beside.exists() {
+            return beside.to_string_lossy().into_owned();
+        }
+    }
+    value.to_owned()
 }
 
 /// The value of option `flag` on requirements line `line` (`-r x`,
@@ -1098,6 +1111,18 @@ mod tests {
             assert!(!seen.contains(&k), "editing {file} left the key as it was");
             seen.push(k);
         }
+        // A --find-links directory named next to the file that says it
+        // (as pip reads it), without `./`.
+        std::fs::create_dir_all(d.join("sub/lw")).unwrap();
+        std::fs::write(d.join("sub/base.txt"), "six\n-rmore.txt\n--find-links lw\n").unwrap();
+        let before = key();
+        std::fs::write(d.join("sub/lw/six-1.17.0-py3-none-any.whl"), "a wheel").unwrap();
+        assert_ne!(
+            key(),
+            before,
+            "a wheel added beside base.txt left the key as it was"
+        );
+        seen.push(key());
         // Unchanged inputs, the same key; a cycle ends.
         assert_eq!(key(), *seen.last().unwrap());
         std::fs::write(d.join("sub/more.txt"), "-r more.txt\n").unwrap();

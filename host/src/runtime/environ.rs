@@ -56,8 +56,8 @@ pub fn split_host(host: &str) -> (&str, Option<&str>) {
 /// (gunicorn's and nginx's convention), then gunicorn's other two
 /// (`X-Forwarded-Protocol: ssl`, `X-Forwarded-Ssl: on`: https, any other
 /// value http), then the `proto` of `Forwarded` (RFC 7239); the first
-/// present decides. Only `http` and `https` are accepted. The last value counts: a
-/// proxy appends its own to what the client sent (a list, or a header
+/// present decides. Only `http` and `https` are accepted. The last value
+/// counts: a proxy appends its own to what the client sent (a list, or a header
 /// line after the client's), and only the peer is trusted, so an earlier
 /// value may be the client's (Werkzeug's ProxyFix reads it the same way).
 pub fn forwarded_scheme(headers: &HeaderMap) -> Option<&'static str> {
@@ -606,7 +606,6 @@ mod tests {
 
     #[test]
     fn forwarded_scheme_headers() {
-        let mut h = HeaderMap::new();
         for (name, value, scheme) in [
             ("x-forwarded-ssl", "on", "https"),
             ("x-forwarded-ssl", "off", "http"),
@@ -619,6 +618,7 @@ mod tests {
             h.insert("forwarded", HeaderValue::from_static("proto=ftp"));
             assert_eq!(forwarded_scheme(&h), Some(scheme), "{name}: {value}");
         }
+        let mut h = HeaderMap::new();
         assert_eq!(forwarded_scheme(&h), None);
         h.insert(
             "forwarded",

@@ -55,26 +55,30 @@ impl OpenFiles {
         })
     }
 
+    /// One more in `count` (at most the app's limit) and in the process's
+    /// share for guests, or which of the two was full.
+    fn count_in(&self, count: &AtomicUsize) -> Result<(), Full> {
+        let process = &*PROCESS_FILES;
+        if !count_up(count, self.limit) {
+            return Err(Full::App);
+        }
+        if !count_up(&process.open, process.limit) {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return Err(Full::Process);
+        }
+        Ok(())
+    }
+
     /// One more host descriptor, unless the app or the process is at its
     /// limit; `refused` says what the guest got instead, for the log.
     fn take(self: &Arc<Self>, refused: &str) -> Option<Arc<FdSlot>> {
-        let process = &*PROCESS_FILES;
-        if !count_up(&self.open, self.limit) {
-            self.refused(
-                format_args!("{} files open, the app's max_open_files", self.limit),
-                refused,
-            );
-            return None;
-        }
-        if !count_up(&process.open, process.limit) {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            self.refused(format_args!(
-                "{} files open by all apps together, half the process's open-file limit (raise it with `ulimit -n` or systemd's LimitNOFILE)",
-                process.limit
-            ), refused);
-            return None;
-        }
-        Some(Arc::new(FdSlot(self.clone())))
+        let full = match self.count_in(&self.open) {
+            Ok(()) => return Some(Arc::new(FdSlot(self.clone()))),
+            Err(Full::App) => format!("{} files open, the app's max_open_files", self.limit),
+            Err(Full::Process) => process_full(),
+        };
+        self.refused(&full, refused);
+        None
     }
 
     /// Count the host's own descriptor for a file it sends for the app
@@ -85,27 +89,20 @@ impl OpenFiles {
     /// `None` at either limit: the app then streams the file itself, from
     /// its instance, as it would any body.
     pub fn take_sent_file(self: &Arc<Self>) -> Option<SentFileSlot> {
-        let process = &*PROCESS_FILES;
-        let why = if !count_up(&self.sent, self.limit) {
-            format!(
+        let full = match self.count_in(&self.sent) {
+            Ok(()) => return Some(SentFileSlot(self.clone())),
+            Err(Full::App) => format!(
                 "{} files already being sent for wsgi.file_wrapper (max_open_files) to clients \
                  that have not taken them",
                 self.limit
-            )
-        } else if !count_up(&process.open, process.limit) {
-            self.sent.fetch_sub(1, Ordering::AcqRel);
-            format!(
-                "{} files open by all apps together, half the process's open-file limit",
-                process.limit
-            )
-        } else {
-            return Some(SentFileSlot(self.clone()));
+            ),
+            Err(Full::Process) => process_full(),
         };
         if self.sent_warned.due() {
             tracing::warn!(
                 app = %self.app,
-                "{why}: the app streams the next ones itself, each holding an instance until its \
-                 client has taken it (logged at most once a minute)"
+                "{full}: the app streams the next files itself, each holding an instance until \
+                 its client has taken it (logged at most once a minute)"
             );
         }
         None
@@ -113,7 +110,7 @@ impl OpenFiles {
 
     /// Count a refusal; what the app sees (ENOMEM, EMFILE) says little,
     /// so the operator is told why.
-    fn refused(&self, why: std::fmt::Arguments<'_>, refused: &str) {
+    fn refused(&self, why: &str, refused: &str) {
         self.refusals.inc();
         if self.warned.due() {
             tracing::warn!(
@@ -122,6 +119,23 @@ impl OpenFiles {
             );
         }
     }
+}
+
+/// Which count a host descriptor was refused by.
+enum Full {
+    /// The app's own (`max_open_files`).
+    App,
+    /// The process's share for all guests.
+    Process,
+}
+
+/// Why a descriptor was refused by the process's share, for the log.
+fn process_full() -> String {
+    format!(
+        "{} files open by all apps together, half the process's open-file limit (raise it \
+         with `ulimit -n` or systemd's LimitNOFILE)",
+        PROCESS_FILES.limit
+    )
 }
 
 /// Add one to `open` unless it is at `limit` already.
