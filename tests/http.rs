@@ -1387,9 +1387,33 @@ fn static_files_are_served_by_the_host_with_validators_and_ranges() {
     std::fs::write(public.join(".git/config"), "[core]").unwrap();
     std::fs::create_dir_all(public.join(".well-known")).unwrap();
     std::fs::write(public.join(".well-known/security.txt"), "Contact: x").unwrap();
+    // A deploy that swaps the directory behind a symlink is served at once.
+    for (release, text) in [("rel1", "v1"), ("rel2", "v2")] {
+        std::fs::create_dir_all(dir.join(release)).unwrap();
+        std::fs::write(dir.join(release).join("app.css"), text).unwrap();
+    }
+    std::os::unix::fs::symlink("rel1", dir.join("current")).unwrap();
     let mount = format!("/static/={}", public.display());
-    let s = Server::start(&hello(), &["--static", &mount]);
+    let assets = format!("/assets/={}", dir.join("current").display());
+    let s = Server::start(&hello(), &["--static", &mount, "--static", &assets]);
     let c = client();
+    let asset = || {
+        let r = c.get(s.url("/assets/app.css")).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(asset(), (200, "v1".into()));
+    std::os::unix::fs::symlink("rel2", dir.join("next")).unwrap();
+    std::fs::rename(dir.join("next"), dir.join("current")).unwrap();
+    std::fs::remove_dir_all(dir.join("rel1")).unwrap();
+    assert_eq!(asset(), (200, "v2".into()));
+    // Gone altogether: 404, and the operator is told why.
+    std::fs::remove_dir_all(dir.join("rel2")).unwrap();
+    assert_eq!(asset().0, 404);
+    assert!(
+        s.logs().contains("the directory cannot be opened"),
+        "{}",
+        s.logs()
+    );
     // A mounted project directory keeps its hidden files to itself.
     for hidden in ["/static/.git/config", "/static/%2egit/config"] {
         assert_eq!(

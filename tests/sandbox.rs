@@ -232,12 +232,31 @@ fn allow_net_opens_exactly_the_listed_address() {
     let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
     let other = TcpListener::bind("127.0.0.1:0").unwrap();
     let allowed_addr = allowed.local_addr().unwrap().to_string();
-    let s = Server::start(&router(), &["--allow-net", &allowed_addr]);
+    // Allowed, but nothing listens there any more.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let s = Server::start(
+        &router(),
+        &["--allow-net", &allowed_addr, "--allow-net", &closed],
+    );
     assert_eq!(
         get(&s, &format!("/connect?{allowed_addr}")),
         (200, "connected".into())
     );
     allowed.accept().unwrap();
+    // A refused connect is the app's exception to catch, and the socket it
+    // leaves answers `repr` and can be dropped unclosed: wasi-libc ended
+    // the instance when asked its address.
+    let (status, body) = get(&s, &format!("/connect?{closed}"));
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("ConnectionRefusedError") && body.contains("<socket.socket"),
+        "{body}"
+    );
+    assert!(!s.logs().contains("crashed"), "{}", s.logs());
     let (status, body) = get(&s, &format!("/connect?{}", other.local_addr().unwrap()));
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("PermissionError"), "{body}");

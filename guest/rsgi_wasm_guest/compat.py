@@ -17,9 +17,10 @@ covers with ``EACCES``, which Python raises as a bare ``PermissionError:
 [Errno 2] Permission denied``. The wrappers below say what was refused and
 which setting grants it; the exception type and errno stay the same. They
 also refuse the network while the build takes its snapshot (urllib3, for
-one, binds a socket at import to probe for IPv6): wasi-libc keeps the
-network handle it gets on first use, and a handle of the build's sandbox
-would not exist at run time, so every later lookup would trap.
+one, binds a socket at import to probe for IPv6, and its answer is undone
+after the build): wasi-libc keeps the network handle it gets on first use,
+and a handle of the build's sandbox would not exist at run time, so every
+later lookup would trap.
 
 CPython for WASI runs with unbuffered standard streams: ``sys.stdout`` is a
 text wrapper writing straight through to a raw ``FileIO``, and a text
@@ -177,6 +178,22 @@ def _guard_network(socket) -> None:
 def network_closed(closed: bool) -> None:
     """Refuse (``True``, while building) or allow network calls."""
     _Network.building = closed
+    if not closed:
+        _unprobe_ipv6()
+
+
+def _unprobe_ipv6() -> None:
+    """Undo what urllib3 concluded from the build's refusal. It decides at
+    import whether to ask for IPv6 addresses by binding a socket to ``::1``,
+    which the build refuses (and the sandbox at run time: an app cannot
+    listen), so ``requests`` would never reach an IPv6 address an
+    ``--allow-net`` rule grants: ``getaddrinfo`` returned nothing for
+    ``[::1]``. Connecting out over IPv6 works like IPv4, so it may ask."""
+    import socket
+
+    connection = sys.modules.get("urllib3.util.connection")
+    if connection is not None and getattr(connection, "HAS_IPV6", None) is False:
+        connection.HAS_IPV6 = socket.has_ipv6
 
 
 class WholeWrites(io.RawIOBase):

@@ -113,6 +113,27 @@ class SandboxRefusals(unittest.TestCase):
             compat.network_closed(False)
 
 
+class Ipv6Probe(unittest.TestCase):
+    def test_urllib3s_probe_refused_at_build_is_undone(self):
+        import socket
+        import sys
+        import types
+
+        probed = types.SimpleNamespace(HAS_IPV6=False)
+        saved = sys.modules.get("urllib3.util.connection")
+        sys.modules["urllib3.util.connection"] = probed
+        try:
+            compat.network_closed(True)
+            self.assertIs(probed.HAS_IPV6, False)
+            compat.network_closed(False)
+            self.assertIs(probed.HAS_IPV6, socket.has_ipv6)
+        finally:
+            if saved is None:
+                del sys.modules["urllib3.util.connection"]
+            else:
+                sys.modules["urllib3.util.connection"] = saved
+
+
 class WholeStdio(unittest.TestCase):
     def test_short_raw_writes_lose_nothing(self):
         import io

@@ -485,6 +485,15 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
                 let (name, tree) = line
                     .split_once('\t')
                     .with_context(|| format!("malformed line in {}", dest.join(INDEX).display()))?;
+                // A hash and a plain directory name, as written: an edited
+                // index must not mount a host path (`../../etc`) into the
+                // sandbox.
+                let plain = |s: &str| {
+                    !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\\', '\0'])
+                };
+                if !plain(name) || !tree.bytes().all(|b| b.is_ascii_hexdigit()) || tree.is_empty() {
+                    anyhow::bail!("malformed line in {}: {line:?}", dest.join(INDEX).display());
+                }
                 let host = trees.join(tree);
                 if !host.is_dir() {
                     anyhow::bail!("{} is missing", host.display());
@@ -714,6 +723,29 @@ mod tests {
                 ("/2", "/src/b".into()),
             ]
         );
+    }
+
+    #[test]
+    fn an_index_naming_anything_but_a_tree_is_refused() {
+        let cache = tempfile::tempdir().unwrap();
+        let unpacked = cache.path().join("files").join("abc");
+        let trees = cache.path().join("files").join("trees");
+        std::fs::create_dir_all(trees.join("0f3e")).unwrap();
+        std::fs::create_dir_all(&unpacked).unwrap();
+        std::fs::write(unpacked.join(INDEX), "python\t0f3e\n").unwrap();
+        let mounts = dir_mounts(&unpacked).unwrap();
+        assert_eq!(mounts[0].guest, "/python");
+        for bad in [
+            "1\t../../../../etc\n",
+            "1\t/etc\n",
+            "..\t0f3e\n",
+            "a/b\t0f3e\n",
+            "1\t\n",
+        ] {
+            std::fs::write(unpacked.join(INDEX), bad).unwrap();
+            let e = dir_mounts(&unpacked).unwrap_err().to_string();
+            assert!(e.contains("malformed line"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -370,6 +370,22 @@ impl GrantArgs {
                 });
             }
         }
+        // A granted /tmp replaces the private one, whose size this is: a
+        // limit asked for and silently not applied.
+        let default_tmp = config::parse_size(config::DEFAULT_TMP_SIZE)?;
+        if self.tmp_size != default_tmp {
+            if let Some(grant) = self
+                .dirs
+                .iter()
+                .find(|d| d.guest.trim_end_matches('/') == "/tmp")
+            {
+                anyhow::bail!(
+                    "--tmp-size sizes the app's private /tmp, which --dir {}::/tmp replaces;                      limit the grant instead (--dir {}::/tmp:quota=SIZE, quota in tenants.toml's dirs)                      or drop --tmp-size",
+                    grant.host.display(),
+                    grant.host.display()
+                );
+            }
+        }
         Ok(Grants {
             dirs: self.dirs.clone(),
             env,
@@ -541,6 +557,24 @@ fn warmup_path(value: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tmp_size_for_a_granted_tmp_is_refused() {
+        let dir = std::env::temp_dir();
+        let grant = format!("{}::/tmp", dir.display());
+        let grants = |extra: &[&str]| {
+            let argv = ["rsgi-wasm", "exec", "app.wasm", "--dir", &grant];
+            let cli = Cli::try_parse_from(argv.iter().chain(extra).chain(&["--", "x.py"]))
+                .expect("parses");
+            let Command::Exec(args) = cli.command else {
+                panic!("not exec")
+            };
+            args.grants.grants()
+        };
+        assert!(grants(&[]).is_ok());
+        let e = grants(&["--tmp-size", "1GiB"]).unwrap_err().to_string();
+        assert!(e.contains("--tmp-size") && e.contains(":quota="), "{e}");
+    }
 
     #[test]
     fn a_warmup_path_must_be_a_path() {

@@ -643,6 +643,12 @@ impl std::fmt::Display for NetRule {
 /// only listed names through.
 pub fn parse_net(value: &str) -> Result<NetRule, ConfigError> {
     let err = |why: &str| ConfigError::Net(value.to_owned(), why.to_owned());
+    if let Some((_, rest)) = value.split_once("://") {
+        return Err(err(&format!(
+            "a rule is a host and port, not a URL: write {}",
+            rest.split('/').next().unwrap_or(rest)
+        )));
+    }
     let (host, port) = value.rsplit_once(':').ok_or_else(|| err("no port"))?;
     let port = match port {
         "*" => None,
@@ -680,6 +686,11 @@ pub fn parse_net(value: &str) -> Result<NetRule, ConfigError> {
             })
         })?)
     };
+    if matches!(host, NetHost::Ip(ip) if ip.is_unspecified()) {
+        return Err(err(
+            "0.0.0.0 and :: are no address to connect to; name the one the app connects to",
+        ));
+    }
     Ok(NetRule { host, port })
 }
 
@@ -941,6 +952,9 @@ mod tests {
             ("010.0.0.5:80", "dotted-decimal"),
             ("host.0x1f:80", "dotted-decimal"),
             ("a..b:443", "not a host name"),
+            ("0.0.0.0:80", "no address to connect to"),
+            ("[::]:80", "no address to connect to"),
+            ("http://x.com:80/path", "write x.com:80"),
         ] {
             let e = rule(input).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains("--allow-net"), "{input}: {e}");

@@ -807,6 +807,7 @@ pub fn prepare(engine: &Engine, loaded: &Loaded, path: &Path) -> Result<AppPre> 
     crate::runtime::quota_fs::add_to_linker(&mut linker, HostState::quota_fs)?;
     crate::runtime::outbound::add_to_linker(&mut linker, HostState::sockets)?;
     crate::runtime::socket_slots::add_to_linker(&mut linker, HostState::sockets)?;
+    crate::runtime::socket_states::add_to_linker(&mut linker, HostState::sockets)?;
     linker.allow_shadowing(false);
     request::add_to_linker::<HostState, HasSelf<WsgiCtx>>(&mut linker, HostState::wsgi)?;
     response::add_to_linker::<HostState, HasSelf<WsgiCtx>>(&mut linker, HostState::wsgi)?;

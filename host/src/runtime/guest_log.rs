@@ -23,14 +23,21 @@ pub struct LogBudget {
     rate: u64,
     state: Mutex<Bucket>,
     /// App exceptions' reports, at the same rate but apart: an app flooding
-    /// its output cannot hide its own errors.
+    /// its output cannot hide its own errors. At least [`REPORTS_AT_LEAST`]:
+    /// a rate set to silence an app's output (`--log-rate 0`) must not
+    /// silence its tracebacks.
     reports: Mutex<Bucket>,
 }
+
+/// The least rate of error reports: one whole report a second.
+const REPORTS_AT_LEAST: u64 = MAX_REPORT as u64;
 
 /// A burst may use this many seconds' worth of the rate at once.
 const BURST_SECONDS: u64 = 4;
 
 struct Bucket {
+    /// Bytes a second.
+    rate: u64,
     tokens: u64,
     last: Instant,
     dropped_lines: u64,
@@ -49,8 +56,9 @@ enum Verdict {
 impl LogBudget {
     /// A budget of `rate` bytes a second for app `app`'s stdout and stderr.
     pub fn new(app: &Arc<str>, rate: u64) -> Arc<Self> {
-        let full = || {
+        let full = |rate: u64| {
             Mutex::new(Bucket {
+                rate,
                 tokens: rate.saturating_mul(BURST_SECONDS),
                 last: Instant::now(),
                 dropped_lines: 0,
@@ -60,8 +68,8 @@ impl LogBudget {
         Arc::new(LogBudget {
             app: app.clone(),
             rate,
-            state: full(),
-            reports: full(),
+            state: full(rate),
+            reports: full(rate.max(REPORTS_AT_LEAST)),
         })
     }
 
@@ -76,12 +84,12 @@ impl LogBudget {
     fn admit_in(&self, bucket: &Mutex<Bucket>, len: usize, now: Instant) -> Verdict {
         let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
         let elapsed = now.saturating_duration_since(b.last);
-        let refill = (elapsed.as_secs_f64() * self.rate as f64) as u64;
+        let refill = (elapsed.as_secs_f64() * b.rate as f64) as u64;
         if refill > 0 {
             b.tokens = b
                 .tokens
                 .saturating_add(refill)
-                .min(self.rate.saturating_mul(BURST_SECONDS));
+                .min(b.rate.saturating_mul(BURST_SECONDS));
             b.last = now;
         }
         // Charged at least LINE_COST, but the drop count says what the
@@ -93,7 +101,7 @@ impl LogBudget {
         // through in a "dropping" and a "dropped" notice, more than the
         // flood itself.
         let needed = if b.dropped_lines > 0 {
-            len.max(self.rate)
+            len.max(b.rate)
         } else {
             len
         };
@@ -235,6 +243,7 @@ impl LineLogger {
         let verdict = self.budget.admit(line.len(), Instant::now());
         if self.admitted(
             verdict,
+            self.budget.rate,
             (
                 "logging",
                 "its output (stdout and stderr together)",
@@ -250,14 +259,18 @@ impl LineLogger {
     /// what the app does too fast, what is dropped, and what the count
     /// counts. The notices are not charged: at most one per run of drops,
     /// and a run ends only when something was let through.
-    fn admitted(&self, verdict: Verdict, (doing, dropping, counted): (&str, &str, &str)) -> bool {
+    fn admitted(
+        &self,
+        verdict: Verdict,
+        rate: u64,
+        (doing, dropping, counted): (&str, &str, &str),
+    ) -> bool {
         match verdict {
             Verdict::Drop { first: true } => {
                 tracing::warn!(
                     target: "guest",
-                    "[{}] {doing} faster than {} bytes/s: dropping {dropping} until it slows down",
+                    "[{}] {doing} faster than {rate} bytes/s: dropping {dropping} until it slows down",
                     self.app,
-                    self.budget.rate
                 );
                 false
             }
@@ -296,6 +309,7 @@ impl LineLogger {
         let verdict = self.budget.admit_report(text.len(), Instant::now());
         if self.admitted(
             verdict,
+            self.budget.rate.max(REPORTS_AT_LEAST),
             ("reporting errors", "its error reports", "error reports"),
         ) {
             for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -494,6 +508,14 @@ mod tests {
         assert!(text.starts_with("rsgi-wasm: error in the WSGI app serving GET /deep:\n["));
         assert!(text.contains(" bytes of the report left out]\n  File"));
         assert!(text.ends_with("RecursionError: maximum recursion depth exceeded\n"));
+    }
+
+    #[test]
+    fn a_rate_of_nothing_still_lets_error_reports_through() {
+        let b = LogBudget::new(&Arc::from("app"), 0);
+        let t0 = Instant::now();
+        assert_eq!(b.admit(10, t0), Verdict::Drop { first: true });
+        assert_eq!(b.admit_report(2000, t0), Verdict::Log { dropped: None });
     }
 
     #[test]

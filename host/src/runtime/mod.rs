@@ -28,12 +28,15 @@ pub mod sandbox;
 pub mod scratch;
 pub mod snapshot_pages;
 mod socket_slots;
+mod socket_states;
 pub mod store;
 pub mod tenant;
 pub mod tls_client;
 mod tls_session;
 pub mod wasi_http;
 pub mod wsgi;
+
+pub use disk_quota::WarnEvery;
 
 /// The status a guest exited with, if `error` is its call to
 /// `wasi:cli/exit` (`os._exit`, or C code's `exit`) rather than a crash.

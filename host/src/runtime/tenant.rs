@@ -431,6 +431,11 @@ impl Tenant {
                 series.cold_starts.observe(took.as_secs_f64());
                 series.loaded_copies(1);
                 tracing::info!(app = %self.spec.name, "cold start: loaded in {:.1} ms", took.as_secs_f64() * 1000.0);
+                // Idle from now, not from the request that asked: a load
+                // longer than `idle_timeout` (a compile), whose waiting
+                // requests all timed out, was unloaded the moment it was
+                // done, and the client's retry paid for it again.
+                self.touch();
                 *self.state.lock().expect("tenant lock") = State::Warm(pool.clone());
                 Ok(pool)
             }

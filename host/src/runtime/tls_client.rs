@@ -336,7 +336,16 @@ fn guest_error(e: rustls::Error, server: &str) -> Error {
                 cert(26, "unsupported certificate purpose".into())
             }
             C::UnhandledCriticalExtension => cert(34, "unhandled critical extension".into()),
-            other => cert(1, format!("certificate verify failed: {other:?}")),
+            // `openssl req -x509` makes a CA certificate, which webpki
+            // refuses as a server's own; OpenSSL says what it is.
+            C::Other(ref o)
+                if o.0.downcast_ref::<webpki::Error>()
+                    == Some(&webpki::Error::CaUsedAsEndEntity) =>
+            {
+                cert(18, "self-signed certificate".into())
+            }
+            // The guest's message starts "certificate verify failed: ".
+            other => cert(1, other.to_string()),
         },
         rustls::Error::AlertReceived(alert) => {
             Error::Protocol(format!("the server sent the TLS alert {alert:?}"))
@@ -674,5 +683,17 @@ mod tests {
         };
         assert_eq!(code, 62);
         assert!(message.contains("'example.com'"), "{message}");
+        let of = |c| match guest_error(rustls::Error::InvalidCertificate(c), "x") {
+            Error::Certificate(CertError { code, message }) => (code, message),
+            _ => panic!("not a certificate error"),
+        };
+        let ca_as_leaf = rustls::OtherError(Arc::new(webpki::Error::CaUsedAsEndEntity));
+        assert_eq!(
+            of(CertificateError::Other(ca_as_leaf)),
+            (18, "self-signed certificate".into())
+        );
+        let (code, message) = of(CertificateError::BadEncoding);
+        assert_eq!(code, 1);
+        assert!(!message.contains("verify failed"), "{message}");
     }
 }

@@ -421,6 +421,7 @@ def application(environ, start_response):
         if socket is None:
             return text(start_response, f"no socket module: {SOCKET_IMPORT_ERROR}", status="403 Forbidden")
         host, _, port = query.rpartition(":")
+        sock = None
         try:
             # A numeric address: no name lookup, straight to connect().
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -429,7 +430,12 @@ def application(environ, start_response):
             sock.close()
             return text(start_response, "connected")
         except Exception as e:
-            return text(start_response, f"{type(e).__name__}: {e}", status="403 Forbidden")
+            # What a socket whose connect failed says of itself (its repr
+            # asks for its address), and dropping it unclosed (the
+            # ResourceWarning formats that repr), as careless code does.
+            said = repr(sock)
+            sock = None
+            return text(start_response, f"{type(e).__name__}: {e}; {said}", status="403 Forbidden")
 
     if path == "/udp":
         try:

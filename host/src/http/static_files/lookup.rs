@@ -1,19 +1,35 @@
-//! Finding a file under a mount's directory through its cap-std handle, so
+//! Finding a file under a mount's directory through a cap-std handle, so
 //! `..`, absolute paths and symlinks that lead outside are refused by the
 //! resolver itself.
 
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use cap_std::fs::Dir;
 
 use super::path::Target;
+use crate::runtime::WarnEvery;
 
 /// Served for a path that ends in `/`.
 const INDEX: &str = "index.html";
 
+/// A mount as lookups see it: its directory's path, opened at each lookup.
+#[derive(Debug)]
+pub(super) struct Place {
+    /// The URL prefix, for log lines.
+    pub(super) prefix: String,
+    pub(super) dir: PathBuf,
+    /// The operator's problems (the directory gone, a file the server may
+    /// not read) are logged at most once a minute per mount.
+    pub(super) warned: WarnEvery,
+}
+
 pub(super) enum Found {
     Missing,
+    /// The server's user may not read the file or search a directory on
+    /// its way (`EACCES`, `EPERM`).
+    Forbidden,
     /// The process is out of file descriptors (`EMFILE`, `ENFILE`).
     NoDescriptors,
     /// A directory with an `index.html`, asked for without the trailing
@@ -28,9 +44,23 @@ pub(super) enum Found {
     },
 }
 
-pub(super) fn lookup(dir: &Dir, target: Target) -> Found {
+pub(super) fn lookup(place: &Place, target: Target) -> Found {
+    let dir = match Dir::open_ambient_dir(&place.dir, cap_std::ambient_authority()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            let found = failed(place, Path::new(""), &e);
+            if matches!(found, Found::Missing) && place.warned.due() {
+                tracing::warn!(
+                    "static mount {}={}: the directory cannot be opened ({e}); answered 404 (logged at most once a minute)",
+                    place.prefix,
+                    place.dir.display()
+                );
+            }
+            return found;
+        }
+    };
     if target.slash {
-        return open_file(dir, target.rel.join(INDEX));
+        return open_file(place, &dir, target.rel.join(INDEX));
     }
     let is_dir =
         target.rel.as_os_str().is_empty() || dir.metadata(&target.rel).is_ok_and(|m| m.is_dir());
@@ -40,33 +70,20 @@ pub(super) fn lookup(dir: &Dir, target: Target) -> Found {
             _ => Found::Missing,
         };
     }
-    open_file(dir, target.rel)
+    open_file(place, &dir, target.rel)
 }
 
-fn open_file(dir: &Dir, rel: PathBuf) -> Found {
+fn open_file(place: &Place, dir: &Dir, rel: PathBuf) -> Found {
     // stat before open: opening a FIFO or device would block or have side
     // effects; only regular files are served.
     match dir.metadata(&rel) {
         Ok(m) if m.is_file() => {}
         Ok(_) => return Found::Missing,
-        Err(e) => {
-            log_lookup_error(&rel, &e);
-            return Found::Missing;
-        }
+        Err(e) => return failed(place, &rel, &e),
     }
     let file = match dir.open(&rel) {
         Ok(f) => f.into_std(),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-            tracing::warn!(
-                "static file {}: {e}; answered 503 (raise the open-files limit: ulimit -n, LimitNOFILE)",
-                rel.display()
-            );
-            return Found::NoDescriptors;
-        }
-        Err(e) => {
-            log_lookup_error(&rel, &e);
-            return Found::Missing;
-        }
+        Err(e) => return failed(place, &rel, &e),
     };
     // The opened file's own metadata, in case the name changed in between.
     match file.metadata() {
@@ -80,6 +97,39 @@ fn open_file(dir: &Dir, rel: PathBuf) -> Found {
     }
 }
 
+/// What a failed open or stat of `rel` answers. Missing files are routine,
+/// and an escape the resolver refused is the client's doing: both are 404
+/// with at most a debug line. A permission the operator forgot is 403 and
+/// worth a warning; so is running out of descriptors (503).
+fn failed(place: &Place, rel: &Path, e: &std::io::Error) -> Found {
+    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+        tracing::warn!(
+            "static file {}{}: {e}; answered 503 (raise the open-files limit: ulimit -n, LimitNOFILE)",
+            place.prefix,
+            rel.display()
+        );
+        return Found::NoDescriptors;
+    }
+    // cap-std reports a path that would leave the directory as
+    // PermissionDenied too; only the kernel's own refusal is the
+    // operator's file mode.
+    if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+        if place.warned.due() {
+            tracing::warn!(
+                "static file {}{} under {}: {e}; answered 403 (make it readable by the server's user; logged at most once a minute)",
+                place.prefix,
+                rel.display(),
+                place.dir.display()
+            );
+        }
+        return Found::Forbidden;
+    }
+    if e.kind() != ErrorKind::NotFound {
+        tracing::debug!("static file {}{}: {e}", place.prefix, rel.display());
+    }
+    Found::Missing
+}
+
 /// Whether an HTTP date can say `t`: from 1970 to the year 9999
 /// (`httpdate` panics outside). A file dated otherwise is served without
 /// `Last-Modified`.
@@ -89,10 +139,34 @@ fn http_date_holds(t: SystemTime) -> bool {
         .is_ok_and(|d| d.as_secs() < YEAR_10000)
 }
 
-fn log_lookup_error(rel: &Path, e: &std::io::Error) {
-    // Missing files are routine; escapes and permission problems are worth
-    // a line when debugging a deployment, but are still just 404 to clients.
-    if e.kind() != std::io::ErrorKind::NotFound {
-        tracing::debug!("static file {}: {e}", rel.display());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_permission_is_403_and_a_missing_file_404() {
+        let place = Place {
+            prefix: "/s/".into(),
+            dir: "/nowhere".into(),
+            warned: WarnEvery::default(),
+        };
+        let of = |errno| {
+            failed(
+                &place,
+                Path::new("a"),
+                &std::io::Error::from_raw_os_error(errno),
+            )
+        };
+        assert!(matches!(of(libc::EACCES), Found::Forbidden));
+        assert!(matches!(of(libc::EPERM), Found::Forbidden));
+        assert!(matches!(of(libc::ENOENT), Found::Missing));
+        assert!(matches!(of(libc::ENOTDIR), Found::Missing));
+        assert!(matches!(of(libc::EMFILE), Found::NoDescriptors));
+        // cap-std's own refusal of a way out is not the operator's mode.
+        let escape = std::io::Error::new(ErrorKind::PermissionDenied, "outside");
+        assert!(matches!(
+            failed(&place, Path::new("a"), &escape),
+            Found::Missing
+        ));
     }
 }

@@ -2,10 +2,14 @@
 //! host directory from the host itself, without entering the guest, with
 //! validators, conditional requests and single byte ranges.
 //!
-//! Each directory is opened once through cap-std and every lookup is made
-//! relative to that handle, so `..`, absolute paths and symlinks that lead
-//! outside are refused by the resolver itself, not only by the string checks
-//! here. Responses are `Response<body::ResponseBody>`, the server's own body
+//! Each lookup opens the mount's directory through cap-std from its path
+//! and resolves the file relative to that handle, so `..`, absolute paths
+//! and symlinks that lead outside are refused by the resolver itself, not
+//! only by the string checks here. Opening by path at each request (one
+//! `openat`) is what lets a deploy swap the directory (a `current` symlink
+//! moved to the next release, a directory renamed and made anew) and be
+//! served at once, as nginx does; a handle kept from the start would serve
+//! the old tree, then nothing once it is deleted. Responses are `Response<body::ResponseBody>`, the server's own body
 //! type; file bytes stream through `body::stream_file` like the
 //! `wsgi.file_wrapper` fast path.
 //!
@@ -27,11 +31,12 @@ use cap_std::fs::Dir;
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 
-use self::lookup::{lookup, Found};
+use self::lookup::{lookup, Found, Place};
 use self::path::{decode_path, decode_prefix, PathError, Target};
-use self::response::{file_response, not_found, redirect_to_slash, unavailable};
+use self::response::{file_response, forbidden, not_found, redirect_to_slash, unavailable};
 use crate::runtime::body::{host_page, ResponseBody};
 use crate::runtime::environ::after_prefix;
+use crate::runtime::WarnEvery;
 
 /// One `--static` value: request paths starting with `prefix` are files
 /// under `dir`.
@@ -86,19 +91,34 @@ pub fn parse_static(value: &str) -> Result<StaticMount, StaticMountError> {
         prefix.push('/');
     }
     // Clients normalise `.`/`..` and servers see `//` as an empty segment:
-    // such a prefix would never match, or match surprisingly.
-    if prefix != "/"
-        && prefix[1..prefix.len() - 1]
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
+    // such a prefix would never match, or match surprisingly. Checked as
+    // requests are matched, decoded: `%2e%2e` is `..` and `%2f` a `/`.
+    let Some(decoded) = decode_prefix(&prefix) else {
+        return Err(err(
+            "the URL prefix has a `%` not followed by two hex digits",
+        ));
+    };
+    if decoded != b"/"
+        && decoded[1..decoded.len() - 1]
+            .split(|&b| b == b'/')
+            .any(|s| s.is_empty() || s == b"." || s == b".." || s.contains(&0))
     {
         return Err(err(
-            "the URL prefix must not contain `//`, `.` or `..` segments",
+            "the URL prefix must not contain `//`, `.` or `..` segments, written plainly or as %XX",
         ));
     }
     let dir = PathBuf::from(dir);
     match std::fs::metadata(&dir) {
-        Ok(m) if m.is_dir() => {}
+        // A directory the server may not search would answer every request
+        // with 403: refuse it now, as a missing one is.
+        Ok(m) if m.is_dir() => {
+            if let Err(e) = rustix::fs::access(&dir, rustix::fs::Access::EXEC_OK) {
+                return Err(err(&format!(
+                    "the server's user may not enter the host directory ({}): make it readable and searchable (chmod a+rx)",
+                    std::io::Error::from(e)
+                )));
+            }
+        }
         Ok(_) => return Err(err("the host directory is not a directory")),
         // A tenants file's paths arrive resolved against its directory.
         Err(e) if dir.is_relative() => {
@@ -111,42 +131,52 @@ pub fn parse_static(value: &str) -> Result<StaticMount, StaticMountError> {
     Ok(StaticMount { prefix, dir })
 }
 
-/// The `--static` mounts, each directory opened once at start.
+/// The `--static` mounts, each directory checked at start and opened by
+/// its path at every lookup.
 #[derive(Debug)]
 pub struct StaticFiles {
     /// Longest prefix first, so the most specific mount wins.
     mounts: Vec<Mounted>,
 }
 
-/// A mount with its directory open and its prefix decoded.
+/// A mount with its prefix decoded.
 #[derive(Debug)]
 struct Mounted {
     mount: StaticMount,
-    dir: Arc<Dir>,
+    /// What a lookup needs from the mount, sent to the blocking pool.
+    place: Arc<Place>,
     /// `mount.prefix` percent-decoded, as request paths are compared.
     prefix: Vec<u8>,
 }
 
 impl StaticFiles {
-    /// Open every mount's directory; a prefix given twice is an error.
+    /// Check every mount's directory opens; a prefix given twice is an error.
     pub fn new(mounts: Vec<StaticMount>) -> anyhow::Result<Self> {
         let mut out: Vec<Mounted> = Vec::with_capacity(mounts.len());
         for m in mounts {
-            let prefix = decode_prefix(&m.prefix);
+            let prefix = decode_prefix(&m.prefix).with_context(|| {
+                format!(
+                    "--static {}: a `%` not followed by two hex digits",
+                    m.prefix
+                )
+            })?;
             if out.iter().any(|o| o.prefix == prefix) {
                 anyhow::bail!("--static {}: this URL prefix is given twice", m.prefix);
             }
-            let dir =
-                Dir::open_ambient_dir(&m.dir, cap_std::ambient_authority()).with_context(|| {
-                    format!(
-                        "--static {}={}: opening the directory",
-                        m.prefix,
-                        m.dir.display()
-                    )
-                })?;
+            Dir::open_ambient_dir(&m.dir, cap_std::ambient_authority()).with_context(|| {
+                format!(
+                    "--static {}={}: opening the directory",
+                    m.prefix,
+                    m.dir.display()
+                )
+            })?;
             out.push(Mounted {
+                place: Arc::new(Place {
+                    prefix: m.prefix.clone(),
+                    dir: m.dir.clone(),
+                    warned: WarnEvery::default(),
+                }),
                 mount: m,
-                dir: Arc::new(dir),
                 prefix,
             });
         }
@@ -171,18 +201,18 @@ impl StaticFiles {
         self.find(path).map(|(m, _, _)| m)
     }
 
-    /// Mount, its directory, and the rest of the path after the prefix
+    /// Mount, its place, and the rest of the path after the prefix
     /// (`None` for the prefix without its trailing slash).
     fn find<'s, 'p>(
         &'s self,
         path: &'p str,
-    ) -> Option<(&'s StaticMount, &'s Arc<Dir>, Option<&'p str>)> {
+    ) -> Option<(&'s StaticMount, &'s Arc<Place>, Option<&'p str>)> {
         self.mounts.iter().find_map(move |m| {
             let bare = &m.prefix[..m.prefix.len() - 1];
             if let Some(rest) = after_prefix(path, &m.prefix) {
-                Some((&m.mount, &m.dir, Some(rest)))
+                Some((&m.mount, &m.place, Some(rest)))
             } else if !bare.is_empty() && after_prefix(path, bare) == Some("") {
-                Some((&m.mount, &m.dir, None))
+                Some((&m.mount, &m.place, None))
             } else {
                 None
             }
@@ -199,7 +229,7 @@ impl StaticFiles {
         stall: Duration,
     ) -> Option<Response<ResponseBody>> {
         let path = req.uri.path();
-        let (_, dir, rest) = self.find(path)?;
+        let (_, place, rest) = self.find(path)?;
         if req.method != Method::GET && req.method != Method::HEAD {
             let mut res = host_page(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             res.headers_mut()
@@ -222,10 +252,10 @@ impl StaticFiles {
                 slash: false,
             },
         };
-        let dir = dir.clone();
+        let place = place.clone();
         // open/stat are blocking syscalls (slow on network filesystems);
         // keep them off the reactor threads.
-        let found = match tokio::task::spawn_blocking(move || lookup(&dir, target)).await {
+        let found = match tokio::task::spawn_blocking(move || lookup(&place, target)).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::error!("static file lookup failed: {e}");
@@ -237,6 +267,7 @@ impl StaticFiles {
         };
         Some(match found {
             Found::Missing => not_found(),
+            Found::Forbidden => forbidden(),
             Found::NoDescriptors => unavailable(),
             Found::Directory => redirect_to_slash(req),
             Found::File {
@@ -275,6 +306,11 @@ mod tests {
             (format!("/a?b={d}"), "plain URL path"),
             (format!("/a//b={d}"), "`//`"),
             (format!("/a/../b={d}"), "`..`"),
+            (format!("/a/%2e%2E/b={d}"), "`..`"),
+            (format!("/s%2f/={d}"), "`//`"),
+            (format!("/s%2F%2Fx={d}"), "`//`"),
+            (format!("/s%00={d}"), "`..`"),
+            (format!("/s%zz={d}"), "two hex digits"),
             (format!("/s={}", file.display()), "not a directory"),
             (format!("/s={d}/missing"), "cannot be used"),
         ] {

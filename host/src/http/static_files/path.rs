@@ -51,9 +51,10 @@ pub(super) fn decode_path(rest: &str) -> Result<Target, PathError> {
     Ok(Target { rel, slash })
 }
 
-/// A mount's URL prefix as bytes, percent-decoded.
-pub(super) fn decode_prefix(prefix: &str) -> Vec<u8> {
-    percent_encoding::percent_decode(prefix.as_bytes()).collect()
+/// A mount's URL prefix as bytes, percent-decoded; `None` for a `%` not
+/// followed by two hex digits.
+pub(super) fn decode_prefix(prefix: &str) -> Option<Vec<u8>> {
+    percent_decode(prefix).ok()
 }
 
 /// A segment's bytes; a `%` not followed by two hex digits is refused

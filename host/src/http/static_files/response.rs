@@ -1,5 +1,5 @@
 //! Building the responses static files answer with: a file (whole, a
-//! range, 304, 412, 416), a redirect to the directory's slash, a 404.
+//! range, 304, 412, 416), a redirect to the directory's slash, a 403 or 404.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -133,6 +133,11 @@ pub(super) fn unavailable() -> Response<ResponseBody> {
         StatusCode::SERVICE_UNAVAILABLE,
         "Service Unavailable: server busy, retry shortly",
     )
+}
+
+/// A file or directory the server's user may not read (nginx answers so).
+pub(super) fn forbidden() -> Response<ResponseBody> {
+    host_page(StatusCode::FORBIDDEN, "Forbidden")
 }
 
 pub(super) fn not_found() -> Response<ResponseBody> {
