@@ -1085,7 +1085,14 @@ fn run_reload_swaps_in_each_edit_and_survives_a_broken_one() {
     let dir = temp_dir("reload");
     write(&dir, "app.py", &versioned_app("v1"));
     let script = format!("{}:app", dir.join("app.py").display());
-    let s = Server::start_with(&["run", &script, "--reload", "--no-warmup"]);
+    let s = Server::start_with(&[
+        "run",
+        &script,
+        "--reload",
+        "--no-warmup",
+        "--log-rate",
+        "1KiB",
+    ]);
     s.wait_for_log("--reload: watching");
     assert_eq!(get(&s, "/"), (200, "v1".to_owned()));
     let swapped = "--reload: swapped in";
@@ -1110,6 +1117,15 @@ fn run_reload_swaps_in_each_edit_and_survives_a_broken_one() {
     s.wait_for_log_count("still serving the previous", 1);
     assert!(s.logs().contains("syntax error in"), "{}", s.logs());
     assert_eq!(get(&s, "/"), (200, "v2".to_owned()));
+    // One that prints past the log rate before it fails: the reason is
+    // still logged.
+    write(
+        &dir,
+        "app.py",
+        "for i in range(300):\n    print('flood', i, 'x' * 100)\nraise ValueError('the real reason')\n",
+    );
+    s.wait_for_log_count("still serving the previous", 2);
+    assert!(s.logs().contains("ValueError: the real reason"), "{}", s.logs());
     write(&dir, "app.py", &versioned_app("v3"));
     s.wait_for_log_count(swapped, 2);
     assert_eq!(get(&s, "/"), (200, "v3".to_owned()));
@@ -1131,11 +1147,14 @@ fn run_reload_swaps_in_each_edit_and_survives_a_broken_one() {
     // (Two writes: one burst of changes, or two swaps if the watcher saw
     // them apart; either way the last one serves v4.)
     s.wait_for_log_count(swapped, 4);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while get(&s, "/").1 != "v4 from greeting.py" && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    assert_eq!(get(&s, "/"), (200, "v4 from greeting.py".to_owned()));
+    let serves = |text: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while get(&s, "/").1 != text && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert_eq!(get(&s, "/"), (200, text.to_owned()), "{}", s.logs());
+    };
+    serves("v4 from greeting.py");
     // None of the edits rebuilt: the app is imported live from its
     // directory by each new instance.
     let logs = s.logs();
@@ -1143,6 +1162,14 @@ fn run_reload_swaps_in_each_edit_and_survives_a_broken_one() {
         .matches("(no rebuild: the app is imported live)")
         .count();
     assert!(live >= 4 && live == logs.matches(swapped).count(), "{logs}");
+    // The directory itself removed and made anew (a fresh checkout): the
+    // new one is watched, and so are the edits after it.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    write(&dir, "app.py", &versioned_app("v5"));
+    serves("v5");
+    write(&dir, "app.py", &versioned_app("v6"));
+    serves("v6");
 }
 
 #[test]

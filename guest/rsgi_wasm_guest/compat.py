@@ -141,6 +141,8 @@ def _guard_network(socket) -> None:
     for fn in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
         if hasattr(socket, fn):
             setattr(socket, fn, _guard(getattr(socket, fn), host, "looking up"))
+    if hasattr(socket, "gethostbyaddr") and hasattr(socket, "herror"):
+        socket.gethostbyaddr = _no_reverse_lookup(socket.gethostbyaddr, socket.herror)
     target = lambda args: _address(args[1]) if len(args) > 1 else ""  # noqa: E731
     socket.socket.connect = _guard(socket.socket.connect, target, "connecting to")
     real_init = socket.socket.__init__
@@ -173,6 +175,23 @@ def _guard_network(socket) -> None:
         return real_connect_ex(self, address)
 
     socket.socket.connect_ex = connect_ex
+
+
+def _no_reverse_lookup(real, herror):
+    """``gethostbyaddr`` whose failure reads as glibc's. WASI has no
+    reverse lookup; wasi-libc fails every address with a placeholder
+    message (``[Errno 0] hstrerror: TODO``)."""
+
+    def gethostbyaddr(address):
+        try:
+            return real(address)
+        except herror as e:
+            if e.args and e.args[0] == 0:
+                raise herror(1, "Unknown host (WASI has no reverse lookup)") from None
+            raise
+
+    gethostbyaddr.__doc__ = getattr(real, "__doc__", None)
+    return gethostbyaddr
 
 
 def network_closed(closed: bool) -> None:

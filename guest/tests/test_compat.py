@@ -113,6 +113,27 @@ class SandboxRefusals(unittest.TestCase):
             compat.network_closed(False)
 
 
+class ReverseLookup(unittest.TestCase):
+    def test_a_placeholder_failure_reads_as_unknown_host(self):
+        import types
+
+        class herror(OSError):
+            pass
+
+        def todo(address):
+            raise herror(0, "hstrerror: TODO")
+
+        fake = types.SimpleNamespace(gethostbyaddr=todo, herror=herror, socket=type("S", (), {}))
+        fake.socket.connect = todo
+        fake.socket.bind = todo
+        fake.socket.connect_ex = lambda self, a: 0
+        compat._guard_network(fake)
+        with self.assertRaises(herror) as e:
+            fake.gethostbyaddr("127.0.0.1")
+        self.assertEqual(e.exception.args[0], 1)
+        self.assertIn("Unknown host", str(e.exception))
+
+
 class Ipv6Probe(unittest.TestCase):
     def test_urllib3s_probe_refused_at_build_is_undone(self):
         import socket

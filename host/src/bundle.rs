@@ -109,26 +109,93 @@ pub fn with_live_dirs(files: &Arc<[Mount]>, dirs: &[PathBuf]) -> Arc<[Mount]> {
     out.into()
 }
 
+/// Copies of a live build's directories, held: each has a shared lock on
+/// `live/<hash>.lock` while this value lives, so [`prune_live`] (in this
+/// process or another sharing the cache) leaves it alone.
+#[derive(Debug, Default)]
+pub struct Frozen {
+    /// The copies, in the order of the directories they were made from.
+    pub dirs: Vec<PathBuf>,
+    _held: Vec<std::fs::File>,
+}
+
 /// A copy of each of `dirs`' shipped files as they are now, under
 /// `cache/live/<content hash>` (made once per content): what a live
 /// build's instances mount, so every instance of one version sees the same
 /// files, even those started after a later edit.
-pub fn freeze_dirs(dirs: &[PathBuf], cache: &Path) -> Result<Vec<PathBuf>> {
-    let mut frozen = Vec::new();
+pub fn freeze_dirs(dirs: &[PathBuf], cache: &Path) -> Result<Frozen> {
+    let mut frozen = Frozen::default();
     for dir in dirs {
         let mut h = Sha256::new();
         hash_dir(&mut h, dir)?;
         let dest = cache
             .join("live")
             .join(&format!("{:x}", h.finalize())[..32]);
+        // Held before looking: a prune under way finishes first, and the
+        // copy is then made again.
+        frozen._held.push(live_lock(&dest, true)?);
         if !dest.is_dir() {
             let staged = crate::cachefs::staging(&dest)?.keep();
             copy_files(dir, &staged)?;
             crate::cachefs::publish(&staged, &dest, Path::is_dir)?;
         }
-        frozen.push(dest);
+        frozen.dirs.push(dest);
     }
     Ok(frozen)
+}
+
+/// The lock of the live copy `dest`: shared (waiting for it), or
+/// exclusive if free now; `None` for an exclusive one another holds.
+fn live_lock(dest: &Path, shared: bool) -> Result<std::fs::File> {
+    let path = dest.with_extension("lock");
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if shared {
+        file.lock_shared()
+            .with_context(|| format!("locking {}", path.display()))?;
+    } else {
+        file.try_lock()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(file)
+}
+
+/// Remove the live copies in `cache` no process holds ([`Frozen`]): every
+/// saved edit of a `--reload` app makes one, with all its files, so a long
+/// session would otherwise fill the disk. Returns how many were removed.
+pub fn prune_live(cache: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(cache.join("live")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let is_copy = name
+            .to_str()
+            .is_some_and(|n| n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !is_copy || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        // Held by a running version (here or in another process): kept.
+        let Ok(_unheld) = live_lock(&path, false) else {
+            continue;
+        };
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::debug!("--reload: cannot remove {}: {e}", path.display()),
+        }
+    }
+    removed
 }
 
 /// Copy `dir`'s shipped files into the directory `dest`, with their
@@ -689,15 +756,27 @@ mod tests {
         std::fs::create_dir(src.path().join("__pycache__")).unwrap();
         std::fs::write(src.path().join("__pycache__/app.pyc"), "x").unwrap();
         let dirs = [src.path().to_path_buf()];
-        let v1 = freeze_dirs(&dirs, cache.path()).unwrap();
+        let held1 = freeze_dirs(&dirs, cache.path()).unwrap();
+        let v1 = held1.dirs.clone();
         assert_eq!(std::fs::read_to_string(v1[0].join("app.py")).unwrap(), "v1");
         assert!(!v1[0].join("__pycache__").exists());
-        assert_eq!(freeze_dirs(&dirs, cache.path()).unwrap(), v1);
+        assert_eq!(freeze_dirs(&dirs, cache.path()).unwrap().dirs, v1);
         std::fs::write(src.path().join("app.py"), "v2").unwrap();
-        let v2 = freeze_dirs(&dirs, cache.path()).unwrap();
+        let held2 = freeze_dirs(&dirs, cache.path()).unwrap();
+        let v2 = held2.dirs.clone();
         assert_ne!(v2, v1);
-        // The old version's copy stays for the instances still using it.
+        // The old version's copy stays while it is held (instances still
+        // using it), and goes once it is not.
+        assert_eq!(prune_live(cache.path()), 0);
         assert_eq!(std::fs::read_to_string(v1[0].join("app.py")).unwrap(), "v1");
+        drop(held1);
+        assert_eq!(prune_live(cache.path()), 1);
+        assert!(!v1[0].exists() && v2[0].is_dir());
+        // Made again if wanted again.
+        std::fs::write(src.path().join("app.py"), "v1").unwrap();
+        assert_eq!(freeze_dirs(&dirs, cache.path()).unwrap().dirs, v1);
+        assert_eq!(std::fs::read_to_string(v1[0].join("app.py")).unwrap(), "v1");
+        drop(held2);
         let files: Arc<[Mount]> = vec![
             Mount {
                 host: "/cache/stdlib".into(),

@@ -462,8 +462,14 @@ async fn run_command(args: RunArgs) -> Result<()> {
         statics: args.app_args.statics.clone(),
         live_dirs,
         frozen,
+        previous: crate::bundle::Frozen::default(),
         http: args.http.clone(),
     };
+    // What earlier runs of this or any app left (each saved edit's copy).
+    if let Some(opts) = &source {
+        let cache = opts.cache_dir.clone();
+        tokio::task::spawn_blocking(move || crate::bundle::prune_live(&cache));
+    }
     tokio::spawn(reload_app(changes, hup, source, component, app));
     serve_until_stopped(listener, site, &server_cfg, stop, idle).await
 }
@@ -486,7 +492,7 @@ struct FirstVersion {
     /// A live build's directories, copied again for each later version.
     live_dirs: Vec<PathBuf>,
     /// The copies this version's instances mount.
-    frozen: Vec<PathBuf>,
+    frozen: crate::bundle::Frozen,
     /// From loading the component to the app ready (the build excluded).
     took: Duration,
 }
@@ -513,7 +519,7 @@ async fn first_version(
     };
     let frozen = match source {
         Some(opts) => crate::bundle::freeze_dirs(&live_dirs, &opts.cache_dir)?,
-        None => Vec::new(),
+        None => crate::bundle::Frozen::default(),
     };
     let t0 = Instant::now();
     let spec = AppSpec {
@@ -521,7 +527,7 @@ async fn first_version(
         component: component.clone(),
         grants: grants.clone(),
         limits: limits.clone(),
-        live_dirs: frozen.clone(),
+        live_dirs: frozen.dirs.clone(),
     };
     let app = Tenant::start(starter, spec, true, Duration::ZERO).await?;
     Ok(FirstVersion {
@@ -567,7 +573,9 @@ struct RunningApp {
     /// (`bundle::freeze_dirs`) for each version.
     live_dirs: Vec<PathBuf>,
     /// The copies the running version mounts, named by their content.
-    frozen: Vec<PathBuf>,
+    frozen: crate::bundle::Frozen,
+    /// The previous version's, held while requests may still run on it.
+    previous: crate::bundle::Frozen,
     /// Where the certificates come from, read again on SIGHUP.
     http: HttpArgs,
 }
@@ -650,7 +658,7 @@ async fn reload_app(
         };
         let frozen = match &source {
             Some(opts) => crate::bundle::freeze_dirs(&app.live_dirs, &opts.cache_dir),
-            None => Ok(Vec::new()),
+            None => Ok(crate::bundle::Frozen::default()),
         };
         let frozen = match frozen {
             Ok(f) => f,
@@ -663,7 +671,7 @@ async fn reload_app(
             }
         };
         let live = source.as_ref().is_some_and(|o| o.live);
-        if live && !hangup && component == current && frozen == app.frozen {
+        if live && !hangup && component == current && frozen.dirs == app.frozen.dirs {
             // A change to nothing that ships (an empty directory made or
             // removed, a file written back as it was).
             tracing::info!("--reload: no shipped file changed; still serving the same version");
@@ -674,7 +682,7 @@ async fn reload_app(
             component: component.clone(),
             grants: app.grants.clone(),
             limits: app.limits.clone(),
-            live_dirs: frozen.clone(),
+            live_dirs: frozen.dirs.clone(),
         };
         let started = async {
             let statics = StaticFiles::new(app.statics.clone())?;
@@ -693,7 +701,13 @@ async fn reload_app(
                     t0.elapsed().as_secs_f64()
                 );
                 current = component;
-                app.frozen = frozen;
+                app.previous = std::mem::replace(&mut app.frozen, frozen);
+                // Copies of versions before the previous one (and of
+                // edits that never started) are let go.
+                if let Some(opts) = &source {
+                    let cache = opts.cache_dir.clone();
+                    tokio::task::spawn_blocking(move || crate::bundle::prune_live(&cache));
+                }
             }
             Err(e) => {
                 metrics::reload(false);

@@ -3,6 +3,8 @@
 //! while requests already running finish on the old one.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -83,7 +85,7 @@ impl Watched {
 
     /// Whether a change at `path` can change the build.
     fn matters(&self, path: &Path) -> bool {
-        if self.files.iter().any(|f| f == path) {
+        if self.files.iter().any(|f| f == path) || self.is_root(path) {
             return true;
         }
         let shipped = self
@@ -91,6 +93,11 @@ impl Watched {
             .iter()
             .any(|d| path.strip_prefix(d).is_ok_and(bundle::ships) && !in_unshipped_dir(d, path));
         shipped && !self.data.iter().any(|d| path.starts_with(d)) && !self.is_own_output(path)
+    }
+
+    /// Whether `path` is one of the watched directories itself.
+    fn is_root(&self, path: &Path) -> bool {
+        self.dirs.iter().any(|d| d == path)
     }
 
     fn is_own_output(&self, path: &Path) -> bool {
@@ -118,8 +125,11 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Bursts of relevant changes, as they end.
 pub struct Changes {
-    /// Keeps the watches alive.
-    _watcher: notify::RecommendedWatcher,
+    /// Holds the watches; a watched directory replaced is watched again.
+    watcher: notify::RecommendedWatcher,
+    watched: Arc<Watched>,
+    /// Set when a watched directory itself was created, removed or renamed.
+    roots_moved: Arc<AtomicBool>,
     rx: tokio::sync::mpsc::UnboundedReceiver<()>,
 }
 
@@ -127,11 +137,16 @@ impl Changes {
     /// Start watching.
     pub fn start(watched: Watched) -> Result<Self> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let filter = std::sync::Arc::new(watched);
+        let filter = Arc::new(watched);
         let seen = filter.clone();
+        let roots_moved = Arc::new(AtomicBool::new(false));
+        let moved = roots_moved.clone();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
                 Ok(ev) if is_change(&ev.kind) && ev.paths.iter().any(|p| seen.matters(p)) => {
+                    if ev.paths.iter().any(|p| seen.is_root(p)) {
+                        moved.store(true, Ordering::Release);
+                    }
                     let _ = tx.send(());
                 }
                 Ok(_) => {}
@@ -142,6 +157,15 @@ impl Changes {
             watcher
                 .watch(dir, RecursiveMode::Recursive)
                 .with_context(|| format!("--reload: cannot watch {}", dir.display()))?;
+            // The directory's own removal, renaming or re-creation is seen
+            // only from above it: a watch ends with the directory it was
+            // put on, and `rm -rf app; git clone ... app` (or `mv`) left
+            // the new one unwatched for good.
+            if let Some(parent) = dir.parent() {
+                if !filter.dirs.iter().any(|d| parent.starts_with(d)) {
+                    let _ = watcher.watch(parent, RecursiveMode::NonRecursive);
+                }
+            }
         }
         for file in &filter.files {
             // The file's directory, not the file: editors and `rsgi-wasm
@@ -153,7 +177,9 @@ impl Changes {
                 .with_context(|| format!("--reload: cannot watch {}", dir.display()))?;
         }
         Ok(Changes {
-            _watcher: watcher,
+            watcher,
+            watched: filter,
+            roots_moved,
             rx,
         })
     }
@@ -166,7 +192,32 @@ impl Changes {
             return false;
         }
         while let Ok(Some(())) = tokio::time::timeout(QUIET, self.rx.recv()).await {}
+        if self.roots_moved.swap(false, Ordering::AcqRel) {
+            self.rewatch_roots();
+        }
         true
+    }
+
+    /// Watch again each watched directory that was removed, renamed or
+    /// made anew: whatever is at its path now.
+    fn rewatch_roots(&mut self) {
+        for dir in &self.watched.dirs {
+            let _ = self.watcher.unwatch(dir);
+            if !dir.is_dir() {
+                tracing::warn!(
+                    "--reload: {} is gone; the app is watched again once it is back",
+                    dir.display()
+                );
+                continue;
+            }
+            match self.watcher.watch(dir, RecursiveMode::Recursive) {
+                Ok(()) => tracing::info!(
+                    "--reload: {} was replaced; watching it again",
+                    dir.display()
+                ),
+                Err(e) => tracing::warn!("--reload: cannot watch {} again: {e}", dir.display()),
+            }
+        }
     }
 }
 

@@ -109,6 +109,7 @@ pub fn main() -> ExitCode {
         outcome
     });
     // The runtime is gone, and with it every instance's and app's /tmp.
+    build::remove_abandoned_work();
     runtime::scratch::finish();
     match outcome {
         Ok(status) => ExitCode::from(status),

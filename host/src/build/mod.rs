@@ -367,6 +367,46 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     })
 }
 
+/// Builds under way, by their scratch directories.
+static WORK_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A build's scratch directory, removed when the build ends, or by
+/// [`remove_abandoned_work`] when the process exits with the build still
+/// running: a `--reload` rebuild cut short by SIGTERM runs no destructor.
+struct WorkDir(tempfile::TempDir);
+
+impl WorkDir {
+    fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("rsgi-wasm-build")
+            .tempdir()
+            .context("creating the build's scratch directory (set TMPDIR to a writable one)")?;
+        let mut dirs = WORK_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+        dirs.push(dir.path().to_owned());
+        Ok(WorkDir(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let mut dirs = WORK_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+        dirs.retain(|d| d != self.0.path());
+    }
+}
+
+/// Remove the scratch directories of builds still running as the process
+/// exits (their child processes die with it).
+pub fn remove_abandoned_work() {
+    let dirs = std::mem::take(&mut *WORK_DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// Run componentize-py on the app and append its files; returns the bytes.
 async fn generate(
     module: &str,
@@ -378,9 +418,7 @@ async fn generate(
 ) -> Result<Vec<u8>> {
     let (warmup, cache_dir, world) = (&opts.warmup, &opts.cache_dir, opts.world);
     let t0 = Instant::now();
-    let work = tempfile::Builder::new()
-        .prefix("rsgi-wasm-build")
-        .tempdir()?;
+    let work = WorkDir::new()?;
     let guest_dir = work.path().join("guest");
     std::fs::create_dir_all(guest_dir.join("rsgi_wasm_guest"))?;
     for (name, text) in GUEST_FILES {

@@ -54,7 +54,8 @@ impl Job {
     /// Run the job in a child process and wait at most `limit` for it; a
     /// child still running then is killed.
     pub async fn run_bounded(&self, limit: Duration) -> Result<Result<(), PreinitError>> {
-        let child = tokio::process::Command::new(own_executable()?)
+        let mut child = tokio::process::Command::new(own_executable()?);
+        child
             .arg(SUBCOMMAND)
             .args(self.to_args())
             .stdin(Stdio::null())
@@ -62,7 +63,28 @@ impl Job {
             .stderr(Stdio::piped())
             // Dropping the wait at the deadline kills it (SIGKILL); tokio
             // reaps it.
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        let parent = rustix::process::getpid();
+        // SAFETY: between fork and exec, only two raw syscalls, which
+        // allocate nothing and take no lock.
+        unsafe {
+            child.pre_exec(move || {
+                // A server that exits mid-build (SIGTERM during a
+                // `--reload` rebuild) runs no destructor that would kill
+                // the child: the kernel does, when the thread that started
+                // it is gone. That thread is a runtime worker or the
+                // rebuild's own, each living as long as the build.
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
+                if rustix::process::getppid() != Some(parent) {
+                    // The parent ended before the signal was set.
+                    return Err(std::io::Error::other("the server exited"));
+                }
+                Ok(())
+            });
+        }
+        let child = child
             .spawn()
             .context("starting the build's pre-initialisation process")?;
         let Ok(out) = tokio::time::timeout(limit, child.wait_with_output()).await else {

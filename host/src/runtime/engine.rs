@@ -339,6 +339,9 @@ impl Loader {
             return Ok(hit);
         }
         metrics::artifact_cache(false);
+        // Seconds of compiling whose result could not be kept would be
+        // spent again by every app and at every retry: ask first.
+        writable(&self.cache_dir)?;
         tracing::info!(
             "compiling {} (first start only; cached in {})",
             path.display(),
@@ -644,6 +647,19 @@ fn discard_unusable(artifact: &Path, e: &wasmtime::Error) -> Result<()> {
     }
     discard(artifact, &format!("{e:#}"));
     Ok(())
+}
+
+/// Fail unless compiled code can be written into the cache `dir` (a
+/// read-only mount, say).
+fn writable(dir: &Path) -> Result<()> {
+    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK)
+        .map_err(std::io::Error::from)
+        .with_context(|| {
+            format!(
+                "the app is not compiled in the cache {}, which cannot be written: make it writable, or fill it on a machine that ran these apps with the same rsgi-wasm",
+                dir.display()
+            )
+        })
 }
 
 /// Remove a cached artifact that cannot be used, and say why.

@@ -235,11 +235,15 @@ const WRITE_PERMIT: usize = 4 * 1024 * 1024;
 
 impl LineLogger {
     fn emit(&self, line: &[u8]) {
-        // Why a live build's app does not import, as a build would report it.
-        let (line, kind) = match line.strip_prefix(crate::protocol::BUILD_ERROR_MARKER.as_bytes()) {
-            Some(error) => (error, Kind::Error),
-            None => (line, Kind::Output),
-        };
+        // Why a live build's app does not import, as a build would report
+        // it: an error report, under the reports' budget, so output printed
+        // before the failure cannot crowd it out.
+        if let Some(error) = line.strip_prefix(crate::protocol::BUILD_ERROR_MARKER.as_bytes()) {
+            if self.report_admitted(error.len()) {
+                self.log_line(error, Kind::Error);
+            }
+            return;
+        }
         let verdict = self.budget.admit(line.len(), Instant::now());
         if self.admitted(
             verdict,
@@ -250,7 +254,7 @@ impl LineLogger {
                 "lines",
             ),
         ) {
-            self.log_line(line, kind);
+            self.log_line(line, Kind::Output);
         }
     }
 
@@ -288,6 +292,16 @@ impl LineLogger {
         }
     }
 
+    /// Whether an error report of `len` bytes fits the reports' budget now.
+    fn report_admitted(&self, len: usize) -> bool {
+        let verdict = self.budget.admit_report(len, Instant::now());
+        self.admitted(
+            verdict,
+            self.budget.rate.max(REPORTS_AT_LEAST),
+            ("reporting errors", "its error reports", "error reports"),
+        )
+    }
+
     fn log_line(&self, line: &[u8], kind: Kind) {
         let text = String::from_utf8_lossy(line);
         let text = visible(text.trim_end_matches(['\r', '\n']));
@@ -306,12 +320,7 @@ impl LineLogger {
     /// under the reports' own budget, clipped to [`MAX_REPORT`].
     fn report(&self, text: &[u8]) {
         let text = clip_report(text);
-        let verdict = self.budget.admit_report(text.len(), Instant::now());
-        if self.admitted(
-            verdict,
-            self.budget.rate.max(REPORTS_AT_LEAST),
-            ("reporting errors", "its error reports", "error reports"),
-        ) {
+        if self.report_admitted(text.len()) {
             for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 for piece in line.chunks(MAX_LINE) {
                     self.log_line(piece, Kind::Error);

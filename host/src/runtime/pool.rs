@@ -164,16 +164,27 @@ impl AppPool {
     async fn import_app(&self, app: &WsgiApp, store: &mut Store<HostState>) -> Result<()> {
         let argv = [IMPORT_CHECK.to_owned()];
         let call = app.rsgi_wasm_wsgi_command().call_run(&mut *store, &argv);
-        let status = tokio::time::timeout(self.limits.timeout, self.cpu.run(call))
-            .await
-            .map_err(|_| anyhow::anyhow!("importing app {} took longer than --timeout", self.name))?
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!(
-                    "importing app {} crashed (a trap in the sandbox)",
+        let limit = self.limits.timeout;
+        let status = match tokio::time::timeout(limit, self.cpu.run(call)).await {
+            Err(_) => anyhow::bail!(
+                "importing app {} took longer than --timeout ({limit:?}): does its import wait for something, or loop?",
+                self.name
+            ),
+            Ok(Ok(status)) => status,
+            // `os._exit()` at import is the app's exit, not a crash.
+            Ok(Err(e)) => match crate::runtime::exit_status(&e) {
+                Some(code) => anyhow::bail!(
+                    "app {} exited while it was imported (os._exit or C code's exit(), status {code})",
                     self.name
-                )
-            })?;
+                ),
+                None => {
+                    return Err(anyhow::Error::from(e).context(format!(
+                        "importing app {} crashed (a trap in the sandbox)",
+                        self.name
+                    )))
+                }
+            },
+        };
         if status != 0 {
             anyhow::bail!(
                 "app {} does not import (the reason is logged above)",
