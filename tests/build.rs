@@ -1125,7 +1125,11 @@ fn run_reload_swaps_in_each_edit_and_survives_a_broken_one() {
         "for i in range(300):\n    print('flood', i, 'x' * 100)\nraise ValueError('the real reason')\n",
     );
     s.wait_for_log_count("still serving the previous", 2);
-    assert!(s.logs().contains("ValueError: the real reason"), "{}", s.logs());
+    assert!(
+        s.logs().contains("ValueError: the real reason"),
+        "{}",
+        s.logs()
+    );
     write(&dir, "app.py", &versioned_app("v3"));
     s.wait_for_log_count(swapped, 2);
     assert_eq!(get(&s, "/"), (200, "v3".to_owned()));

@@ -145,7 +145,10 @@ pub fn freeze_dirs(dirs: &[PathBuf], cache: &Path) -> Result<Frozen> {
 }
 
 /// The lock of the live copy `dest`: shared (waiting for it), or
-/// exclusive if free now; `None` for an exclusive one another holds.
+/// exclusive if free now (an error if another holds it). Lock files stay
+/// when their copy goes: one unlinked while another process waits on it
+/// would let a third lock a new file of the same name, and both think
+/// they hold the copy.
 fn live_lock(dest: &Path, shared: bool) -> Result<std::fs::File> {
     let path = dest.with_extension("lock");
     if let Some(parent) = path.parent() {
