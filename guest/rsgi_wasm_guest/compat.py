@@ -17,8 +17,8 @@ covers with ``EACCES``, which Python raises as a bare ``PermissionError:
 [Errno 2] Permission denied``. The wrappers below say what was refused and
 which setting grants it; the exception type and errno stay the same. They
 also refuse the network while the build takes its snapshot (urllib3, for
-one, binds a socket at import to probe for IPv6, and its answer is undone
-after the build): wasi-libc keeps the network handle it gets on first use,
+one, binds a socket at import to probe for IPv6; an import hook corrects
+its answer): wasi-libc keeps the network handle it gets on first use,
 and a handle of the build's sandbox would not exist at run time, so every
 later lookup would trap.
 
@@ -197,22 +197,53 @@ def _no_reverse_lookup(real, herror):
 def network_closed(closed: bool) -> None:
     """Refuse (``True``, while building) or allow network calls."""
     _Network.building = closed
-    if not closed:
-        _unprobe_ipv6()
 
 
-def _unprobe_ipv6() -> None:
-    """Undo what urllib3 concluded from the build's refusal. It decides at
-    import whether to ask for IPv6 addresses by binding a socket to ``::1``,
-    which the build refuses (and the sandbox at run time: an app cannot
-    listen), so ``requests`` would never reach an IPv6 address an
-    ``--allow-net`` rule grants: ``getaddrinfo`` returned nothing for
-    ``[::1]``. Connecting out over IPv6 works like IPv4, so it may ask."""
-    import socket
+class Urllib3Ipv6:
+    """An import hook that corrects urllib3's IPv6 probe as it is imported.
+    urllib3 decides at import whether to ask for IPv6 addresses by binding
+    a socket to ``::1``, which the sandbox refuses (an app cannot listen;
+    nor can anything while the build takes its snapshot), so ``requests``
+    never reached an IPv6 address an ``--allow-net`` rule grants:
+    ``getaddrinfo`` returned nothing for ``[::1]``. Connecting out over IPv6
+    works like IPv4, so it may ask. A hook, not a fix after the build: a
+    ``--reload`` app, or one importing ``requests`` lazily, imports urllib3
+    at run time."""
 
-    connection = sys.modules.get("urllib3.util.connection")
-    if connection is not None and getattr(connection, "HAS_IPV6", None) is False:
-        connection.HAS_IPV6 = socket.has_ipv6
+    MODULE = "urllib3.util.connection"
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.MODULE:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _Ipv6Probed(spec.loader)
+                return spec
+        return None
+
+
+class _Ipv6Probed:
+    """A loader that runs the module, then gives it the IPv6 answer."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        import socket
+
+        self.loader.exec_module(module)
+        if getattr(module, "HAS_IPV6", None) is False:
+            module.HAS_IPV6 = socket.has_ipv6
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
 
 
 class WholeWrites(io.RawIOBase):
@@ -356,6 +387,8 @@ def install() -> None:
         if not getattr(socket, "_rsgi_wasm_guarded", False):
             _guard_network(socket)
             socket._rsgi_wasm_guarded = True
+    if not any(isinstance(f, Urllib3Ipv6) for f in sys.meta_path):
+        sys.meta_path.insert(0, Urllib3Ipv6())
     if not hasattr(hashlib, "pbkdf2_hmac"):
         hashlib.pbkdf2_hmac = pbkdf2_hmac
     for name in ID_FUNCTIONS:

@@ -135,24 +135,36 @@ class ReverseLookup(unittest.TestCase):
 
 
 class Ipv6Probe(unittest.TestCase):
-    def test_urllib3s_probe_refused_at_build_is_undone(self):
+    def test_urllib3s_refused_probe_is_corrected_as_it_is_imported(self):
+        import os
         import socket
         import sys
-        import types
+        import tempfile
 
-        probed = types.SimpleNamespace(HAS_IPV6=False)
-        saved = sys.modules.get("urllib3.util.connection")
-        sys.modules["urllib3.util.connection"] = probed
-        try:
-            compat.network_closed(True)
-            self.assertIs(probed.HAS_IPV6, False)
-            compat.network_closed(False)
-            self.assertIs(probed.HAS_IPV6, socket.has_ipv6)
-        finally:
-            if saved is None:
-                del sys.modules["urllib3.util.connection"]
-            else:
-                sys.modules["urllib3.util.connection"] = saved
+        saved = {k: v for k, v in sys.modules.items() if k == "urllib3" or k.startswith("urllib3.")}
+        for k in saved:
+            del sys.modules[k]
+        hook = compat.Urllib3Ipv6()
+        with tempfile.TemporaryDirectory() as root:
+            pkg = os.path.join(root, "urllib3", "util")
+            os.makedirs(pkg)
+            for d in (os.path.join(root, "urllib3"), pkg):
+                open(os.path.join(d, "__init__.py"), "w").close()
+            with open(os.path.join(pkg, "connection.py"), "w") as f:
+                f.write("HAS_IPV6 = False  # the probe was refused\nOTHER = 1\n")
+            sys.path.insert(0, root)
+            sys.meta_path.insert(0, hook)
+            try:
+                import urllib3.util.connection as connection
+
+                self.assertIs(connection.HAS_IPV6, socket.has_ipv6)
+                self.assertEqual(connection.OTHER, 1)
+            finally:
+                sys.meta_path.remove(hook)
+                sys.path.remove(root)
+                for k in [k for k in sys.modules if k == "urllib3" or k.startswith("urllib3.")]:
+                    del sys.modules[k]
+                sys.modules.update(saved)
 
 
 class WholeStdio(unittest.TestCase):

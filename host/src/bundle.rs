@@ -565,8 +565,10 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
                     anyhow::bail!("malformed line in {}: {line:?}", dest.join(INDEX).display());
                 }
                 let host = trees.join(tree);
-                if !host.is_dir() {
-                    anyhow::bail!("{} is missing", host.display());
+                // Not followed: a symlink there would mount whatever it
+                // points at.
+                if !std::fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
+                    anyhow::bail!("{} is missing or not a directory", host.display());
                 }
                 out.push(Mount {
                     host,
@@ -828,6 +830,10 @@ mod tests {
             let e = dir_mounts(&unpacked).unwrap_err().to_string();
             assert!(e.contains("malformed line"), "{bad:?}: {e}");
         }
+        std::os::unix::fs::symlink("/etc", trees.join("eeee")).unwrap();
+        std::fs::write(unpacked.join(INDEX), "1\teeee\n").unwrap();
+        let e = dir_mounts(&unpacked).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
     }
 
     #[test]

@@ -380,7 +380,9 @@ impl GrantArgs {
                 .find(|d| d.guest.trim_end_matches('/') == "/tmp")
             {
                 anyhow::bail!(
-                    "--tmp-size sizes the app's private /tmp, which --dir {}::/tmp replaces;                      limit the grant instead (--dir {}::/tmp:quota=SIZE, quota in tenants.toml's dirs)                      or drop --tmp-size",
+                    "--tmp-size sizes the app's private /tmp, which --dir {}::/tmp replaces; \
+                     limit the grant instead (--dir {}::/tmp:quota=SIZE, quota in tenants.toml's dirs) \
+                     or drop --tmp-size",
                     grant.host.display(),
                     grant.host.display()
                 );
@@ -574,6 +576,7 @@ mod tests {
         assert!(grants(&[]).is_ok());
         let e = grants(&["--tmp-size", "1GiB"]).unwrap_err().to_string();
         assert!(e.contains("--tmp-size") && e.contains(":quota="), "{e}");
+        assert!(!e.contains("  "), "{e}");
     }
 
     #[test]

@@ -77,9 +77,10 @@ const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse_args();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // notify reports at info what is not news to an operator (a watch
-        // on a file already deleted could not be removed).
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=warn"));
+        // notify logs, up to warnings, what is not news to an operator (a
+        // watch on a directory already deleted could not be removed, as
+        // `--reload` watches a replaced app directory again).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=error"));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

@@ -64,6 +64,14 @@ impl Job {
             // Dropping the wait at the deadline kills it (SIGKILL); tokio
             // reaps it.
             .kill_on_drop(true);
+        // componentize-py's own temporary directories (a 14 MB copy of the
+        // stdlib among them) go inside the build's scratch directory, which
+        // is removed even when the child is killed before it cleans up.
+        if let Some(work) = self.output.parent() {
+            let tmp = work.join("tmp");
+            std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            child.env("TMPDIR", tmp);
+        }
         let parent = rustix::process::getpid();
         // SAFETY: between fork and exec, only two raw syscalls, which
         // allocate nothing and take no lock.

@@ -347,6 +347,11 @@ fn guest_error(e: rustls::Error, server: &str) -> Error {
             // The guest's message starts "certificate verify failed: ".
             other => cert(1, other.to_string()),
         },
+        // A server that does not speak TLS (plain HTTP on that port):
+        // OpenSSL's words for it, not rustls's enum.
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            Error::Protocol("wrong version number (does the server speak TLS on that port?)".into())
+        }
         rustls::Error::AlertReceived(alert) => {
             Error::Protocol(format!("the server sent the TLS alert {alert:?}"))
         }

@@ -98,10 +98,18 @@ pub fn parse_static(value: &str) -> Result<StaticMount, StaticMountError> {
             "the URL prefix has a `%` not followed by two hex digits",
         ));
     };
+    if decoded
+        .iter()
+        .any(|&b| matches!(b, 0 | b'\\' | b'?' | b'#'))
+    {
+        return Err(err(
+            "the URL prefix must be a plain URL path: no NUL, `?`, `#` or `\\`, written plainly or as %XX",
+        ));
+    }
     if decoded != b"/"
         && decoded[1..decoded.len() - 1]
             .split(|&b| b == b'/')
-            .any(|s| s.is_empty() || s == b"." || s == b".." || s.contains(&0))
+            .any(|s| s.is_empty() || s == b"." || s == b"..")
     {
         return Err(err(
             "the URL prefix must not contain `//`, `.` or `..` segments, written plainly or as %XX",
@@ -309,7 +317,8 @@ mod tests {
             (format!("/a/%2e%2E/b={d}"), "`..`"),
             (format!("/s%2f/={d}"), "`//`"),
             (format!("/s%2F%2Fx={d}"), "`//`"),
-            (format!("/s%00={d}"), "`..`"),
+            (format!("/s%00={d}"), "plain URL path"),
+            (format!("/s%5c={d}"), "plain URL path"),
             (format!("/s%zz={d}"), "two hex digits"),
             (format!("/s={}", file.display()), "not a directory"),
             (format!("/s={d}/missing"), "cannot be used"),
