@@ -604,6 +604,29 @@ fn awkward_build_inputs_are_refused_naming_what_is_wrong() {
             && err.contains("put a wheel of it in their --find-links directory"),
         "{err}"
     );
+    // An app that fails at import: what it printed first is shown with the
+    // error, often the clue to it.
+    let loud = temp_dir("awkward-loud");
+    write(
+        &loud,
+        "app.py",
+        "import sys\nprint('connecting to the db')\nprint('no DATABASE_URL', file=sys.stderr)\nraise ValueError('x')\n",
+    );
+    let out = format!("{}/app.wasm", loud.display());
+    let (code, _, err) = run_bin(&[
+        "build",
+        "app:app",
+        "-p",
+        &loud.display().to_string(),
+        "-o",
+        &out,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("ValueError: x")
+            && err.contains("what the app printed while it was imported:\nconnecting to the db\nno DATABASE_URL"),
+        "{err}"
+    );
 }
 
 /// Writes `mypkg_n-0.1.tar.gz`, an sdist built with setuptools, into argv[1].

@@ -565,9 +565,7 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
                     anyhow::bail!("malformed line in {}: {line:?}", dest.join(INDEX).display());
                 }
                 let host = trees.join(tree);
-                // Not followed: a symlink there would mount whatever it
-                // points at.
-                if !std::fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
+                if !is_real_dir(&host) {
                     anyhow::bail!("{} is missing or not a directory", host.display());
                 }
                 out.push(Mount {
@@ -591,6 +589,13 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
     }
     out.sort_by(|a, b| a.guest.cmp(&b.guest));
     Ok(out)
+}
+
+/// Whether `path` is a directory itself, not a symlink to one: a tree of
+/// the `files` cache that is a symlink would mount whatever it points at,
+/// so it is taken for missing (and replaced by the real one).
+fn is_real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
 /// Where the content-addressed trees of the `files` cache live.
@@ -684,7 +689,7 @@ fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
         .collect();
     let missing: Vec<&(String, String)> = named
         .iter()
-        .filter(|(_, tree)| !trees.join(tree).is_dir())
+        .filter(|(_, tree)| !is_real_dir(&trees.join(tree)))
         .collect();
     let staged = cachefs::staging(dest)?;
     if !missing.is_empty() {
@@ -699,7 +704,7 @@ fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
         std::fs::create_dir_all(&trees).with_context(|| format!("creating {}", trees.display()))?;
         for (name, tree) in missing {
             // A tree appears whole (one rename), so existing means complete.
-            cachefs::publish(&staged.path().join(name), &trees.join(tree), |d| d.is_dir())?;
+            cachefs::publish(&staged.path().join(name), &trees.join(tree), is_real_dir)?;
         }
     }
     let index: String = named
@@ -929,6 +934,15 @@ mod tests {
         std::fs::remove_dir_all(&m2[1].host).unwrap();
         let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
         assert_eq!(again, m2);
+        assert!(again[1].host.join("other.py").is_file());
+        // So is one replaced by a symlink, which is never followed.
+        std::fs::remove_dir_all(&m2[1].host).unwrap();
+        std::os::unix::fs::symlink(src.path(), &m2[1].host).unwrap();
+        let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
+        assert_eq!(again, m2);
+        assert!(!std::fs::symlink_metadata(&again[1].host)
+            .unwrap()
+            .is_symlink());
         assert!(again[1].host.join("other.py").is_file());
         // So is a component whose index was emptied.
         let index = cache.path().join("files").join(&digest2[..32]).join(INDEX);

@@ -525,6 +525,7 @@ async fn generate(
     match with_progress(job.run_bounded(opts.timeout), t0).await? {
         Ok(()) => {}
         Err(preinit::PreinitError::Failed(text)) => {
+            tracing::debug!("componentize-py's report: {text}");
             let lines: Vec<&str> = text
                 .lines()
                 .filter_map(|l| l.split_once(protocol::BUILD_ERROR_MARKER).map(|(_, m)| m))
@@ -536,17 +537,44 @@ async fn generate(
                     .split_once("Exited with i32 exit status ")
                     .and_then(|(_, rest)| rest.split_whitespace().next())
                 {
+                    let how = if status == "0" {
+                        "successfully"
+                    } else {
+                        "with a failure (WASI 0.2 carries no exit number)"
+                    };
                     bail!(UserError(format!(
-                        "importing '{module}' (or its warm-up) exited the process with status \
-                         {status} (os._exit or a C-level exit): an app must not exit while it is \
-                         imported or serves a request"
+                        "importing '{module}' (or its warm-up) exited the process {how} (os._exit \
+                         or a C-level exit): an app must not exit while it is imported or serves \
+                         a request"
+                    )));
+                }
+                // componentize-py copies the heap out in one piece, within
+                // a budget of its wasmtime's; past it this is all it says.
+                if text.contains("fuel allocated for hostcalls has been exhausted") {
+                    bail!(UserError(format!(
+                        "{module}:{callable}: the app's heap after its import and warm-up is too \
+                         large to snapshot (the build copies it out in one piece): allocate large \
+                         buffers on the first request instead of at import or on the warm-up paths \
+                         ({text})"
                     )));
                 }
                 bail!(UserError(format!(
                     "componentize-py failed to build the component:\n{text}"
                 )));
             }
-            bail!(UserError(lines.join("\n")));
+            // What the app printed before it failed comes first (its
+            // stdout, then its stderr, each capped by the guest): often
+            // the clue to the error.
+            let printed = text
+                .find(protocol::BUILD_ERROR_MARKER)
+                .map_or("", |at| text[..at].trim_end());
+            if printed.is_empty() {
+                bail!(UserError(lines.join("\n")));
+            }
+            bail!(UserError(format!(
+                "{}\n\nwhat the app printed while it was imported:\n{printed}",
+                lines.join("\n")
+            )));
         }
         Err(preinit::PreinitError::TimedOut(limit)) => bail!(UserError(format!(
             "{module}:{callable}: linking, importing the app and its warm-up requests did not \

@@ -50,7 +50,7 @@ pub struct StaticMount {
 
 /// A `--static` value that is malformed or names no directory.
 #[derive(Debug, thiserror::Error)]
-#[error("--static {value:?}: {reason} (expected URL_PREFIX=HOST_DIR, e.g. /static/=./public)")]
+#[error("--static {value:?}: {reason}")]
 pub struct StaticMountError {
     /// The flag value as given.
     pub value: String,
@@ -63,7 +63,7 @@ pub struct StaticMountError {
 pub fn parse_static(value: &str) -> Result<StaticMount, StaticMountError> {
     let err = |reason: &str| StaticMountError {
         value: value.to_owned(),
-        reason: reason.to_owned(),
+        reason: format!("{reason} (expected URL_PREFIX=HOST_DIR, e.g. /static/=./public)"),
     };
     let (prefix, dir) = value
         .split_once('=')
@@ -121,10 +121,14 @@ pub fn parse_static(value: &str) -> Result<StaticMount, StaticMountError> {
         // with 403: refuse it now, as a missing one is.
         Ok(m) if m.is_dir() => {
             if let Err(e) = rustix::fs::access(&dir, rustix::fs::Access::EXEC_OK) {
-                return Err(err(&format!(
-                    "the server's user may not enter the host directory ({}): make it readable and searchable (chmod a+rx)",
-                    std::io::Error::from(e)
-                )));
+                // The syntax was right: no hint about it.
+                return Err(StaticMountError {
+                    value: value.to_owned(),
+                    reason: format!(
+                        "the server's user may not enter the host directory ({}): make it readable and searchable (chmod a+rx)",
+                        std::io::Error::from(e)
+                    ),
+                });
             }
         }
         Ok(_) => return Err(err("the host directory is not a directory")),
