@@ -1358,7 +1358,7 @@ fn build_errors_are_clear() {
     std::fs::write(dir.join("exits.py"), "import os\nos._exit(0)\n").unwrap();
     let e = build_error("exits:app", &dir, None);
     assert!(
-        e.contains("importing 'exits' (or its warm-up) exited the process with status 0"),
+        e.contains("importing 'exits' (or its warm-up) exited the process successfully"),
         "{e}"
     );
     assert!(!e.contains("wasm backtrace"), "{e}");
