@@ -16,6 +16,17 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Run the build machine's Python on `script`, with `dir` as its argument.
+fn python_script(script: &str, dir: &Path) {
+    let ran = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(ran.success(), "python3 -c ...: {ran}");
+}
+
 fn get(s: &Server, path: &str) -> (u16, String) {
     let r = client().get(s.url(path)).send().unwrap();
     (r.status().as_u16(), r.text().unwrap())
@@ -132,13 +143,7 @@ fn dependencies_are_resolved_for_python_3_14_on_wasi() {
     // A fixed place, so the requirements (and the cached build) stay the same.
     let wheels = work_dir().join("wheels-needs-py313");
     std::fs::create_dir_all(&wheels).unwrap();
-    let made = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(NEEDS_PY313_WHEEL)
-        .arg(&wheels)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    python_script(NEEDS_PY313_WHEEL, &wheels);
     let s = serve_with_requirements(
         "markers",
         MARKERS_APP,
@@ -585,13 +590,7 @@ fn awkward_build_inputs_are_refused_naming_what_is_wrong() {
     // An sdist that is there, whose build backend is not: that is named.
     let links = dir.join("links");
     std::fs::create_dir_all(&links).unwrap();
-    let made = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(SDIST_NEEDING_SETUPTOOLS)
-        .arg(&links)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    python_script(SDIST_NEEDING_SETUPTOOLS, &links);
     write(
         &dir,
         "offline-sdist.txt",

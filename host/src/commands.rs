@@ -466,10 +466,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
         http: args.http.clone(),
     };
     // What earlier runs of this or any app left (each saved edit's copy).
-    if let Some(opts) = &source {
-        let cache = opts.cache_dir.clone();
-        tokio::task::spawn_blocking(move || crate::bundle::prune_live(&cache));
-    }
+    prune_live_copies(source.as_ref());
     tokio::spawn(reload_app(changes, hup, source, component, app));
     serve_until_stopped(listener, site, &server_cfg, stop, idle).await
 }
@@ -609,6 +606,15 @@ fn reload_certificates(app: &RunningApp) -> bool {
     }
 }
 
+/// Remove, off the reactor, the live copies in a from-source app's cache
+/// that no running version holds (`bundle::prune_live`).
+fn prune_live_copies(source: Option<&BuildOptions>) {
+    if let Some(opts) = source {
+        let cache = opts.cache_dir.clone();
+        tokio::task::spawn_blocking(move || crate::bundle::prune_live(&cache));
+    }
+}
+
 /// Rebuild (when running from source) and restart the app whenever what
 /// it is built from changes (`run --reload`) and on SIGHUP, which also
 /// reloads the certificates; failures leave the running version serving.
@@ -704,10 +710,7 @@ async fn reload_app(
                 app.previous = std::mem::replace(&mut app.frozen, frozen);
                 // Copies of versions before the previous one (and of
                 // edits that never started) are let go.
-                if let Some(opts) = &source {
-                    let cache = opts.cache_dir.clone();
-                    tokio::task::spawn_blocking(move || crate::bundle::prune_live(&cache));
-                }
+                prune_live_copies(source.as_ref());
             }
             Err(e) => {
                 metrics::reload(false);

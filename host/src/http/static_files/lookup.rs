@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use cap_std::fs::Dir;
 
 use super::path::Target;
+use super::StaticMount;
 use crate::runtime::WarnEvery;
 
 /// Served for a path that ends in `/`.
@@ -17,9 +18,7 @@ const INDEX: &str = "index.html";
 /// A mount as lookups see it: its directory's path, opened at each lookup.
 #[derive(Debug)]
 pub(super) struct Place {
-    /// The URL prefix, for log lines.
-    pub(super) prefix: String,
-    pub(super) dir: PathBuf,
+    pub(super) mount: StaticMount,
     /// The operator's problems (the directory gone, a file the server may
     /// not read) are logged at most once a minute per mount.
     pub(super) warned: WarnEvery,
@@ -45,15 +44,16 @@ pub(super) enum Found {
 }
 
 pub(super) fn lookup(place: &Place, target: Target) -> Found {
-    let dir = match Dir::open_ambient_dir(&place.dir, cap_std::ambient_authority()) {
+    let mount = &place.mount;
+    let dir = match Dir::open_ambient_dir(&mount.dir, cap_std::ambient_authority()) {
         Ok(dir) => dir,
         Err(e) => {
             let found = failed(place, Path::new(""), &e);
             if matches!(found, Found::Missing) && place.warned.due() {
                 tracing::warn!(
                     "static mount {}={}: the directory cannot be opened ({e}); answered 404 (logged at most once a minute)",
-                    place.prefix,
-                    place.dir.display()
+                    mount.prefix,
+                    mount.dir.display()
                 );
             }
             return found;
@@ -105,7 +105,7 @@ fn failed(place: &Place, rel: &Path, e: &std::io::Error) -> Found {
     if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
         tracing::warn!(
             "static file {}{}: {e}; answered 503 (raise the open-files limit: ulimit -n, LimitNOFILE)",
-            place.prefix,
+            place.mount.prefix,
             rel.display()
         );
         return Found::NoDescriptors;
@@ -117,15 +117,15 @@ fn failed(place: &Place, rel: &Path, e: &std::io::Error) -> Found {
         if place.warned.due() {
             tracing::warn!(
                 "static file {}{} under {}: {e}; answered 403 (make it readable by the server's user; logged at most once a minute)",
-                place.prefix,
+                place.mount.prefix,
                 rel.display(),
-                place.dir.display()
+                place.mount.dir.display()
             );
         }
         return Found::Forbidden;
     }
     if e.kind() != ErrorKind::NotFound {
-        tracing::debug!("static file {}{}: {e}", place.prefix, rel.display());
+        tracing::debug!("static file {}{}: {e}", place.mount.prefix, rel.display());
     }
     Found::Missing
 }
@@ -146,8 +146,10 @@ mod tests {
     #[test]
     fn a_refused_permission_is_403_and_a_missing_file_404() {
         let place = Place {
-            prefix: "/s/".into(),
-            dir: "/nowhere".into(),
+            mount: StaticMount {
+                prefix: "/s/".into(),
+                dir: "/nowhere".into(),
+            },
             warned: WarnEvery::default(),
         };
         let of = |errno| {

@@ -154,10 +154,9 @@ pub struct StaticFiles {
 /// A mount with its prefix decoded.
 #[derive(Debug)]
 struct Mounted {
-    mount: StaticMount,
-    /// What a lookup needs from the mount, sent to the blocking pool.
+    /// The mount as given, sent to the blocking pool for lookups.
     place: Arc<Place>,
-    /// `mount.prefix` percent-decoded, as request paths are compared.
+    /// `place.mount.prefix` percent-decoded, as request paths are compared.
     prefix: Vec<u8>,
 }
 
@@ -184,11 +183,9 @@ impl StaticFiles {
             })?;
             out.push(Mounted {
                 place: Arc::new(Place {
-                    prefix: m.prefix.clone(),
-                    dir: m.dir.clone(),
+                    mount: m,
                     warned: WarnEvery::default(),
                 }),
-                mount: m,
                 prefix,
             });
         }
@@ -196,8 +193,8 @@ impl StaticFiles {
             tracing::warn!(
                 "--static {}={}: every path is the mount's, so the app gets no request \
                  (mount the files under a prefix such as /static/)",
-                root.mount.prefix,
-                root.mount.dir.display()
+                root.place.mount.prefix,
+                root.place.mount.dir.display()
             );
         }
         out.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
@@ -210,21 +207,18 @@ impl StaticFiles {
     /// redirected to `/static/`.
     #[cfg(test)]
     fn matches(&self, path: &str) -> Option<&StaticMount> {
-        self.find(path).map(|(m, _, _)| m)
+        self.find(path).map(|(place, _)| &place.mount)
     }
 
-    /// Mount, its place, and the rest of the path after the prefix
-    /// (`None` for the prefix without its trailing slash).
-    fn find<'s, 'p>(
-        &'s self,
-        path: &'p str,
-    ) -> Option<(&'s StaticMount, &'s Arc<Place>, Option<&'p str>)> {
+    /// The mount, and the rest of the path after its prefix (`None` for
+    /// the prefix without its trailing slash).
+    fn find<'s, 'p>(&'s self, path: &'p str) -> Option<(&'s Arc<Place>, Option<&'p str>)> {
         self.mounts.iter().find_map(move |m| {
             let bare = &m.prefix[..m.prefix.len() - 1];
             if let Some(rest) = after_prefix(path, &m.prefix) {
-                Some((&m.mount, &m.place, Some(rest)))
+                Some((&m.place, Some(rest)))
             } else if !bare.is_empty() && after_prefix(path, bare) == Some("") {
-                Some((&m.mount, &m.place, None))
+                Some((&m.place, None))
             } else {
                 None
             }
@@ -241,7 +235,7 @@ impl StaticFiles {
         stall: Duration,
     ) -> Option<Response<ResponseBody>> {
         let path = req.uri.path();
-        let (_, place, rest) = self.find(path)?;
+        let (place, rest) = self.find(path)?;
         if req.method != Method::GET && req.method != Method::HEAD {
             let mut res = host_page(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             res.headers_mut()
