@@ -925,6 +925,10 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("No module named tools.nosuch"), "{err}");
     assert!(!err.contains("Traceback"), "{err}");
+    // A rate on output that goes to the terminal whole would not apply.
+    let (code, _, err) = run_bin(&["exec", &comp, "--log-rate", "0", "--", "-c", "pass"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("--log-rate limits what `run`"), "{err}");
     // `-c`, as `python -c`: the app's modules importable, the grants apply.
     let (code, out, err) = run_bin(&[
         "exec",

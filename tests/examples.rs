@@ -515,12 +515,15 @@ fn https_client_example() {
     let url = format!("https://localhost:{}/v1/items?id=7", api.port());
     let allow_api = format!("localhost:{}", api.port());
     let allow_echo = format!("localhost:{}", echo.port());
+    let api_url = format!("API_URL=https://localhost:{}", api.port());
     let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let metrics = ops.local_addr().unwrap();
     drop(ops);
     let s = Server::start(
         &c,
         &[
+            "--env",
+            &api_url,
             "--allow-net",
             &allow_api,
             "--allow-net",
@@ -537,6 +540,17 @@ fn https_client_example() {
     };
     assert_eq!(status, 200, "{index}");
     assert!(index["ssl"].as_str().unwrap().contains("rustls"), "{index}");
+    // `--env` reaches the app, which reads it per request as its README
+    // has it (read at import, it would be the build's empty environment).
+    assert_eq!(index["api"], api_url["API_URL=".len()..], "{index}");
+    let v: serde_json::Value = client()
+        .get(s.url("/fetch"))
+        .query(&[("lib", "urllib"), ("path", "/v1/items?id=7")])
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["status"], 200, "{v}");
 
     // Each library, unmodified, verifies the server against the operator's
     // CA and sends the name as SNI.

@@ -1463,6 +1463,10 @@ fn past_max_loaded_the_least_recently_used_idle_app_makes_room() {
         assert_ne!(code, 0);
         assert!(err.contains("--max-loaded"), "{bad}: {err}");
     }
+    // An app's setting given as a flag: told where it goes.
+    let (code, _, err) = run_bin(&["serve", config, "--idle-timeout", "1s"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("write `idle_timeout = ...`"), "{err}");
 }
 
 /// `rsgi-wasm ARGS`, which must exit non-zero within a minute: its stderr.

@@ -18,7 +18,12 @@ import urllib.request
 import httpx
 import requests
 
-API_URL = os.environ.get("API_URL", "https://api.example.com")
+
+
+def api_url():
+    # Read per request, not at import: the import runs at build time, in
+    # an empty environment, and its globals are what `run --env` finds.
+    return os.environ.get("API_URL", "https://api.example.com")
 
 
 def via_requests(url, verify):
@@ -91,12 +96,12 @@ def app(environ, start_response):
     path = environ["PATH_INFO"]
     q = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")))
     if path == "/":
-        return reply(start_response, "200 OK", {"api": API_URL, "libraries": sorted(LIBS), "ssl": ssl.OPENSSL_VERSION})
+        return reply(start_response, "200 OK", {"api": api_url(), "libraries": sorted(LIBS), "ssl": ssl.OPENSSL_VERSION})
     if path == "/fetch":
         lib = LIBS.get(q.get("lib", "requests"))
         if lib is None:
             return reply(start_response, "400 Bad Request", {"error": "lib must be one of " + ", ".join(sorted(LIBS))})
-        url = q.get("url") or API_URL + q.get("path", "/")
+        url = q.get("url") or api_url() + q.get("path", "/")
         try:
             status, text = lib(url, q.get("verify", "1") != "0")
         except Exception as e:

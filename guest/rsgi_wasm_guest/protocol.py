@@ -111,7 +111,15 @@ _CACHE_MAX = 512
 _CONTENT_LENGTH = "content-length"
 
 
+def _native(text: Any) -> Any:
+    """``text`` as an exact ``str`` when it is a subclass: frameworks pass
+    ``markupsafe.Markup``, Django's ``SafeString`` and ``StrEnum`` members
+    as header values, which gunicorn accepts; anything else unchanged."""
+    return str.__str__(text) if isinstance(text, str) and type(text) is not str else text
+
+
 def check_status(status: Any) -> str:
+    status = _native(status)
     if type(status) is not str:
         raise TypeError(f"status must be a str, got {type(status).__name__}: {status!r}")
     if not _STATUS.match(status):
@@ -144,11 +152,13 @@ def _check_name(name: Any) -> str:
     return lower
 
 
-def _check_item(item: Any) -> bool:
-    """Validate one ``(name, value)``; True if it is a Content-Length."""
-    if type(item) is not tuple or len(item) != 2:
+def _check_item(item: Any) -> Tuple[Tuple[str, str], bool]:
+    """Validate one ``(name, value)``; returns it as a tuple of exact
+    ``str`` and whether it is a Content-Length. A named tuple or a
+    two-item list is taken as gunicorn takes it."""
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
         raise TypeError(f"response header {item!r} is not a (name, value) tuple")
-    name, value = item
+    name, value = _native(item[0]), _native(item[1])
     lower = _check_name(name)
     if type(value) is not str:
         raise TypeError(f"response header {name!r}: the value must be str, got {type(value).__name__}")
@@ -164,8 +174,9 @@ def _check_item(item: Any) -> bool:
     is_length = lower == _CONTENT_LENGTH
     if len(_VALID_ITEMS) >= _CACHE_MAX:
         _VALID_ITEMS.clear()
-    _VALID_ITEMS[(name, value)] = is_length
-    return is_length
+    pair = (name, value)
+    _VALID_ITEMS[pair] = is_length
+    return pair, is_length
 
 
 # What the host lets a response's status and headers take (the packed
@@ -188,13 +199,16 @@ def check_headers(headers: Any) -> Tuple[Headers, bool]:
     out: Headers = list(headers)
     has_length = False
     size = 0
-    for item in out:
+    for i, item in enumerate(out):
+        # Only exact tuples take the cached answer, so a named tuple or a
+        # list equal to a cached pair is still copied as a plain tuple.
         try:
-            is_length = _VALID_ITEMS.get(item)
+            is_length = _VALID_ITEMS.get(item) if type(item) is tuple else None
         except TypeError:  # unhashable, so not a (str, str) pair
             is_length = None
         if is_length is None:
-            is_length = _check_item(item)
+            item, is_length = _check_item(item)
+            out[i] = item
         if is_length:
             has_length = True
         size += len(item[0]) + len(item[1]) + 2

@@ -2,6 +2,8 @@
 `python3 -m unittest discover -s guest/tests -t guest`); the component
 itself is tested black-box over HTTP in tests/http.rs."""
 
+import collections
+import enum
 import io
 import sys
 import unittest
@@ -357,6 +359,31 @@ class ProtocolTest(unittest.TestCase):
         # As gunicorn and wsgiref: a bare code, and `Trailer` (end-to-end).
         t, _, _ = run(lambda e, sr: (sr("200", [("Trailer", "X-T")]), [b""])[1])
         self.assertEqual(t.head, ("200", [("Trailer", "X-T"), ("Content-Length", "0")]))
+
+    def test_str_subclasses_named_tuples_and_pairs_as_lists_are_taken(self):
+        # What frameworks hand over: markupsafe's Markup and Django's
+        # SafeString are str subclasses, StrEnum members too.
+        class Markup(str):
+            pass
+
+        class Kind(enum.StrEnum):
+            TEXT = "text/plain"
+            OK = "200 OK"
+
+        Pair = collections.namedtuple("Pair", "name value")
+        headers = [("X-Name", Markup("a&amp;b")), ("Content-Type", Kind.TEXT), Pair("X-P", "1"), ["X-L", "2"]]
+        for _ in range(2):  # the second time from the validation caches
+            t, _, _ = run(lambda e, sr: (sr(Kind.OK, list(headers)), [b""])[1])
+            status, sent = t.head
+            self.assertEqual(status, "200 OK")
+            self.assertIs(type(status), str)
+            self.assertEqual(sent[:4], [("X-Name", "a&amp;b"), ("Content-Type", "text/plain"), ("X-P", "1"), ("X-L", "2")])
+            self.assertTrue(all(type(h) is tuple for h in sent), sent)
+        # Validated as the str they hold.
+        t, _, _ = run(lambda e, sr: (sr("200 OK", [("X", Markup("a\r\nb"))]), [b""])[1])
+        self.assertTrue(t.head[0].startswith("500 "))
+        t, _, _ = run(lambda e, sr: (sr("200 OK", [["X", "1", "2"]]), [b""])[1])
+        self.assertTrue(t.head[0].startswith("500 "))
 
     def test_close_is_always_called(self):
         closed = []

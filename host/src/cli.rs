@@ -27,9 +27,41 @@ impl Cli {
     /// that flag's own check, naming it, instead of being read as unknown
     /// short flags; and `--memory --reload` names `--memory`.
     pub fn parse_args() -> Cli {
-        let matches = hyphen_values(Cli::command()).get_matches();
+        let matches = hyphen_values(Cli::command())
+            .try_get_matches()
+            .unwrap_or_else(|e| serve_key_hint(e).exit());
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
+}
+
+/// `e`, or for a flag `serve` does not take that is an `[[app]]` key
+/// (`--workers`), an error saying to set it in the tenants file: clap's
+/// own hint offers a flag of another meaning (`--idle-timeout` →
+/// `--header-timeout`) or to pass it as a value.
+fn serve_key_hint(e: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let flag = match (e.kind(), e.get(ContextKind::InvalidArg)) {
+        (ErrorKind::UnknownArgument, Some(ContextValue::String(s))) => s.clone(),
+        _ => return e,
+    };
+    let name = flag
+        .trim_start_matches('-')
+        .split('=')
+        .next()
+        .unwrap_or_default();
+    let is_key = AppKeys::command()
+        .get_arguments()
+        .any(|a| a.get_long() == Some(name));
+    if !is_key || std::env::args().nth(1).as_deref() != Some("serve") {
+        return e;
+    }
+    Cli::command().error(
+        ErrorKind::UnknownArgument,
+        format!(
+            "serve takes each app's settings from its tenants file, not as flags: write `{} = ...` in the [[app]] tables instead of {flag}",
+            key_of(name)
+        ),
+    )
 }
 
 /// `command` with every option that must take a value allowed to take one
@@ -121,7 +153,8 @@ pub struct HttpArgs {
     pub grace: Duration,
     /// Time a client has to send a complete request head, which is also how
     /// long an idle keep-alive connection is kept (hyper uses one timer for
-    /// both); then the connection is closed.
+    /// both); then the connection is closed. Also how long a client may
+    /// stall sending its body (408) or taking the response (cut short).
     #[arg(long, default_value = config::DEFAULT_HEADER_TIMEOUT, value_parser = config::duration_in(config::HEADER_TIMEOUT))]
     pub header_timeout: Duration,
     /// Open connections at most (more wait in the accept backlog).
@@ -308,9 +341,10 @@ pub struct BuildArgs {
 /// What an app may reach: directories, environment, network.
 #[derive(Debug, Args, Clone)]
 pub struct GrantArgs {
-    /// Grant a directory: HOST_DIR::GUEST_DIR, then `:ro` for read-only or
-    /// `:quota=SIZE` to cap what it may hold (repeatable).
-    #[arg(long = "dir", value_name = "HOST::GUEST[:ro][:quota=SIZE]", value_parser = config::parse_dir)]
+    /// Grant a directory: HOST_DIR::GUEST_DIR, then `:ro` for read-only
+    /// (`:rw`, the default, says it) or `:quota=SIZE` to cap what it may
+    /// hold (repeatable).
+    #[arg(long = "dir", value_name = "HOST::GUEST[:ro|:rw][:quota=SIZE]", value_parser = config::parse_dir)]
     pub dirs: Vec<DirGrant>,
     /// Set an environment variable for the app: NAME=VALUE (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = config::parse_env)]
@@ -340,8 +374,9 @@ pub struct GrantArgs {
     /// which go to the terminal whole).
     #[arg(long, default_value = config::DEFAULT_LOG_RATE, value_parser = config::size_in(config::LOG_RATE))]
     pub log_rate: u64,
-    /// Files and directories the app's instances may hold open together;
-    /// past it, opening fails (ENOMEM: WASI has no EMFILE).
+    /// Files, directories and sockets the app's instances may hold open
+    /// together; past it, opening fails (files with ENOMEM, as WASI has no
+    /// EMFILE; sockets with EMFILE).
     #[arg(long, default_value = config::DEFAULT_OPEN_FILES, value_parser = config::count_in(config::OPEN_FILES))]
     pub max_open_files: u64,
 }
@@ -379,13 +414,9 @@ impl GrantArgs {
                 .iter()
                 .find(|d| d.guest.trim_end_matches('/') == "/tmp")
             {
-                anyhow::bail!(
-                    "--tmp-size sizes the app's private /tmp, which --dir {}::/tmp replaces; \
-                     limit the grant instead (--dir {}::/tmp:quota=SIZE, quota in tenants.toml's dirs) \
-                     or drop --tmp-size",
-                    grant.host.display(),
-                    grant.host.display()
-                );
+                anyhow::bail!(config::ConfigError::TmpSizeBesideTmpGrant(
+                    grant.host.display().to_string()
+                ));
             }
         }
         Ok(Grants {
@@ -442,8 +473,9 @@ pub struct RunArgs {
     #[arg(long, default_value = config::DEFAULT_LISTEN, value_parser = config::listen_addr)]
     pub listen: SocketAddr,
     /// Development: watch the app's files and requirements (or the
-    /// component), rebuild on change and swap the new version in; a build
-    /// error is printed and the old version keeps serving.
+    /// component) and swap a new version in on a change: an edit is
+    /// imported live, a requirements change rebuilds; a version that does
+    /// not import or build is logged and the old one keeps serving.
     #[arg(long)]
     pub reload: bool,
     #[command(flatten)]
@@ -524,6 +556,28 @@ impl AppArgs {
             idle_timeout: l.idle_timeout,
         }
     }
+}
+
+/// Keys spelt otherwise than their flag: a list of grants reads better
+/// as `dirs = [...]` than as `dir`.
+const RENAMED: [(&str, &str); 1] = [("dirs", "dir")];
+
+/// The flag (without `--`) that an `[[app]]` key stands for.
+pub fn flag_of(key: &str) -> String {
+    let key = RENAMED
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(key, |(_, f)| f);
+    key.replace('_', "-")
+}
+
+/// The `[[app]]` key of a flag (without `--`).
+pub fn key_of(flag: &str) -> String {
+    let key = flag.replace('-', "_");
+    RENAMED
+        .iter()
+        .find(|(_, f)| *f == key)
+        .map_or(key, |(k, _)| (*k).to_owned())
 }
 
 /// An `[[app]]`'s settings keys, parsed as flags (see `tenants`).

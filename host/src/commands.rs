@@ -60,8 +60,10 @@ async fn build_command(args: BuildArgs) -> Result<()> {
 async fn build_and_report(opts: &BuildOptions) -> Result<build::BuildReport> {
     let t0 = Instant::now();
     let report = build::build(opts).await?;
+    // A cached build's lines are its warm-up's, when it was built.
+    let when = if report.cached { " (when built)" } else { "" };
     for line in &report.warmup {
-        eprintln!("{line}");
+        eprintln!("{line}{when}");
     }
     eprintln!(
         "built {}: {:.1} MB in {:.1}s{}",
@@ -135,6 +137,13 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
 
 /// `rsgi-wasm exec`: one instance, the terminal's stdio, the script's status.
 async fn exec_command(args: ExecArgs) -> Result<u8> {
+    // The flag is shared with `run`, but a script's output goes to the
+    // terminal whole: a rate asked for would silently not apply.
+    if args.grants.log_rate != config::parse_size(config::DEFAULT_LOG_RATE)? {
+        anyhow::bail!(UserError(
+            "--log-rate limits what `run` and `serve` log of an app's output; `exec` writes a script's output to the terminal whole, so drop it".into()
+        ));
+    }
     let loader = new_loader(args.cache.cache_dir.clone())?;
     let engine = loader.engine();
     let loaded = loader.load(&args.component)?;
@@ -915,10 +924,12 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     let mut hup = hangup()?;
     let mut stop = server::Stop::install()?;
     let server_cfg = args.http.server_config(args.listen);
-    let metered = start_ops(&args.http, server_cfg.listen).await?;
-    let loader = new_loader(args.cache.cache_dir.clone())?;
+    // A mistake in the file is told before anything listens, the
+    // metrics port included.
     let configs = tenants::load(&args.config)?;
     let tls = tls_for(&args.http, &configs)?;
+    let metered = start_ops(&args.http, server_cfg.listen).await?;
+    let loader = new_loader(args.cache.cache_dir.clone())?;
     let max_loaded = usize::try_from(args.max_loaded).unwrap_or(usize::MAX);
     let starter = Starter::new(loader.clone(), scheduler(&loader), metered, max_loaded);
     // Apps load lazily, each making its /tmp then: a temp dir that cannot

@@ -14,9 +14,17 @@ use crate::env_file;
 pub enum ConfigError {
     /// A `--dir` value that is not `HOST::GUEST[:ro]` or names no directory.
     #[error(
-        "--dir {value:?}: {reason} (expected HOST_DIR::GUEST_DIR, then :ro and/or :quota=SIZE)"
+        "--dir {value:?}: {reason} (expected HOST_DIR::GUEST_DIR, then :ro or :rw and/or :quota=SIZE)"
     )]
     Dir { value: String, reason: String },
+    /// A `--tmp-size` beside a `--dir` grant of `/tmp`, which replaces the
+    /// private `/tmp` that the size is for.
+    #[error(
+        "--tmp-size sizes the app's private /tmp, which --dir {0}::/tmp replaces; \
+         limit the grant instead (--dir {0}::/tmp:quota=SIZE, quota in tenants.toml's dirs) \
+         or drop --tmp-size"
+    )]
+    TmpSizeBesideTmpGrant(String),
     /// An `--env` value without `=` or with an empty name.
     #[error("--env {0:?}: expected NAME=VALUE")]
     Env(String),

@@ -15,7 +15,7 @@ use clap::{CommandFactory, Parser};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::cli::AppKeys;
+use crate::cli::{flag_of, key_of, AppKeys};
 pub use crate::config::Origin;
 use crate::config::{self, Grants, Limits};
 use crate::http::static_files::StaticMount;
@@ -76,28 +76,6 @@ impl Lines {
 
 /// Keys whose values are host paths, relative to the config file.
 const PATH_KEYS: [&str; 4] = ["dirs", "static", "env_file", "tls_ca"];
-
-/// Keys spelt otherwise than their flag: a list of grants reads better
-/// as `dirs = [...]` than as `dir`.
-const RENAMED: [(&str, &str); 1] = [("dirs", "dir")];
-
-/// The flag (without `--`) that an `[[app]]` key stands for.
-fn flag_of(key: &str) -> String {
-    let key = RENAMED
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map_or(key, |(_, f)| f);
-    key.replace('_', "-")
-}
-
-/// The `[[app]]` key of a flag (without `--`).
-fn key_of(flag: &str) -> String {
-    let key = flag.replace('-', "_");
-    RENAMED
-        .iter()
-        .find(|(_, f)| *f == key)
-        .map_or(key, |(k, _)| (*k).to_owned())
-}
 
 /// A TOML error message with the text it points at (`duplicate key` says
 /// which), when that is short and on one line.
@@ -422,6 +400,17 @@ fn tenant(
                 }
             }
             _ => {
+                // Keys are the flags' names with `_`: `max-body` or `dir`
+                // would otherwise pass as flags, and their errors could
+                // not point at them.
+                let spelt = key_of(&flag_of(k));
+                if spelt != k {
+                    return Err(Some(err(
+                        key.span(),
+                        k,
+                        format!("unknown key; the key is spelt {spelt}"),
+                    )));
+                }
                 // A list only where the flag takes many values: `memory = []`
                 // would otherwise quietly mean the default.
                 if matches!(value.get_ref(), DeValue::Array(_)) && !repeatable(&flag_of(k)) {
@@ -491,6 +480,7 @@ fn tenant(
         let field = match e.downcast_ref::<crate::config::ConfigError>() {
             Some(crate::config::ConfigError::TlsCa(..)) => "tls_ca",
             Some(crate::config::ConfigError::Dir { .. }) => "dirs",
+            Some(crate::config::ConfigError::TmpSizeBesideTmpGrant(_)) => "tmp_size",
             _ => "env_file",
         };
         Some(err(span_of(&origin, field), field, format!("{e:#}")))
@@ -913,6 +903,14 @@ mod tests {
             ("tls_ca = [\"/dev/zero\"]", "tls_ca", "not a regular file"),
             ("certfile = \"/dev/zero\"", "certfile", "not a regular file"),
             ("cpu = 1e-15", "cpu", "from 0.01"),
+            ("max-body = \"1B\"", "max-body", "spelt max_body"),
+            ("path-prefix = \"/x\"", "path-prefix", "spelt path_prefix"),
+            ("dir = [\"d::/d\"]", "dir", "spelt dirs"),
+            (
+                "tmp_size = \"1MiB\"\ndirs = [\".::/tmp\"]",
+                "tmp_size",
+                "limit the grant instead",
+            ),
         ] {
             let e = error_of(&format!(
                 "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n{line}\n"

@@ -755,7 +755,8 @@ fn build_pure_wheel(spec: &str, index: &[String], wheels: &Path) -> Result<()> {
             "{name}: native extension, no WASI build available, or a source distribution that \
              does not build: there is no wheel for CPython 3.14 on WASI, and its source \
              distribution does not build as pure Python (it is built without C, C++, Fortran \
-             or Rust compilers, as native code cannot run in WASI); pip said:\n{}",
+             or Rust compilers, as native code cannot run in WASI); pip said:\n{}\n\
+             (the build stopped at {name}: it needs native code, which has no WASI build)",
             last_lines(&stderr, 30)
         )));
     }

@@ -23,6 +23,8 @@ pub struct Activity {
     last_event: AtomicU64,
     /// Requests begun on the connection.
     begun: AtomicU64,
+    /// Requests in flight, whoever's turn it is.
+    open: AtomicUsize,
 }
 
 impl Activity {
@@ -33,6 +35,7 @@ impl Activity {
             app_turn: AtomicUsize::new(0),
             last_event: AtomicU64::new(0),
             begun: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
         })
     }
 
@@ -41,11 +44,18 @@ impl Activity {
     /// and as the app's turn until [`InFlight::client_turn`].
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.begun.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::AcqRel);
         self.app_turn.fetch_add(1, Ordering::AcqRel);
         InFlight {
             activity: self.clone(),
             app_turn: true,
         }
+    }
+
+    /// Whether a request is in flight (its response not yet all handed
+    /// to hyper, or not yet taken by the client).
+    pub fn in_flight(&self) -> bool {
+        self.open.load(Ordering::Acquire) > 0
     }
 
     /// Whether any request began on the connection.
@@ -97,6 +107,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.activity.touch();
+        self.activity.open.fetch_sub(1, Ordering::AcqRel);
         if self.app_turn {
             self.activity.app_turn.fetch_sub(1, Ordering::AcqRel);
         }

@@ -404,10 +404,18 @@ async fn drive<C>(
     // whenever the connection is looked at.
     let start = (delivered.so_far(), tokio::time::Instant::now());
     let (mut base, mut recent) = (start, start);
+    // Seen taking bytes after the deadline: while its responses are in
+    // flight it may pause longer (its window reopens rarely).
+    let mut reading = false;
     let ended = loop {
+        let limit = if reading && activity.in_flight() {
+            deadline * body::SLOW_READER_PATIENCE
+        } else {
+            deadline
+        };
         let check = give_up.unwrap_or_else(|| {
             activity
-                .idle_at(deadline)
+                .idle_at(limit)
                 .unwrap_or_else(|| tokio::time::Instant::now() + deadline)
         });
         tokio::select! {
@@ -431,9 +439,10 @@ async fn drive<C>(
                     (base, recent) = (recent, now);
                 }
                 let taking = matches!((now.0, base.0), (Some(n), Some(b)) if n > b + MIN_TAKEN);
-                if activity.idle_at(deadline).is_some_and(|at| at <= tokio::time::Instant::now()) {
+                if activity.idle_at(limit).is_some_and(|at| at <= tokio::time::Instant::now()) {
                     if taking && !asked {
                         activity.touch();
+                        reading = true;
                         continue;
                     }
                     if asked {

@@ -19,6 +19,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::runtime::body::SLOW_READER_PATIENCE;
+
 /// `io`, whose writes fail with `TimedOut` after `stall` without progress.
 pub struct WriteDeadline<T> {
     io: T,
@@ -29,6 +31,9 @@ pub struct WriteDeadline<T> {
     waiting: Option<Pin<Box<Sleep>>>,
     /// What [`Unsent`] said when the wait began or last moved on.
     unsent: Option<u64>,
+    /// The client took bytes while a write waited past the stall time: it
+    /// reads, slowly, and is given [`SLOW_READER_PATIENCE`] times as long.
+    reading: bool,
 }
 
 /// Most bytes a connection's socket holds that are not sent yet (before
@@ -102,6 +107,16 @@ impl<T: Unsent> WriteDeadline<T> {
             stall,
             waiting: None,
             unsent: None,
+            reading: false,
+        }
+    }
+
+    /// How long a write may wait with nothing taken.
+    fn patience(&self) -> Duration {
+        if self.reading {
+            self.stall * SLOW_READER_PATIENCE
+        } else {
+            self.stall
         }
     }
 
@@ -116,29 +131,35 @@ impl<T: Unsent> WriteDeadline<T> {
             self.waiting = None;
             return polled;
         }
-        let stall = self.stall;
         if self.waiting.is_none() {
             self.unsent = self.io.unsent();
+            let patience = self.patience();
+            self.waiting = Some(Box::pin(tokio::time::sleep(patience)));
         }
-        let timer = self
-            .waiting
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
         // Polling the timer registers the task to be woken when it fires;
         // the connection then writes again and lands here with it expired.
-        while timer.as_mut().poll(cx).is_ready() {
+        while let Some(timer) = self.waiting.as_mut() {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
             let now = self.io.unsent();
             if let (Some(now), Some(before)) = (now, self.unsent) {
                 if now < before {
                     // Taken meanwhile: slow, not stalled.
                     self.unsent = Some(now);
-                    timer.as_mut().reset(tokio::time::Instant::now() + stall);
+                    self.reading = true;
+                    let next = tokio::time::Instant::now() + self.patience();
+                    if let Some(timer) = self.waiting.as_mut() {
+                        timer.as_mut().reset(next);
+                    }
                     continue;
                 }
             }
+            let waited = self.patience();
             self.waiting = None;
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("the client took no response bytes for {stall:?}"),
+                format!("the client took no response bytes for {waited:?}"),
             )));
         }
         Poll::Pending
@@ -239,6 +260,53 @@ mod tests {
         fn unsent(&self) -> Option<u64> {
             None
         }
+    }
+
+    /// A socket no write gets into, whose queue the test empties by hand.
+    struct Stuck(Arc<AtomicU64>);
+
+    impl Unsent for Stuck {
+        fn unsent(&self) -> Option<u64> {
+            Some(self.0.load(Ordering::Relaxed))
+        }
+    }
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_shown_reading_may_pause_longer_before_it_is_cut() {
+        let queued = Arc::new(AtomicU64::new(100_000));
+        let mut w = WriteDeadline::new(Stuck(queued.clone()), Duration::from_secs(1));
+        let start = tokio::time::Instant::now();
+        // Its window opens at 0.5 s, then 4.5 s later: longer than the
+        // stall, as a slow reader's kernel reopens a large window.
+        let client = tokio::spawn(async move {
+            for at in [500, 5_000] {
+                tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                queued.fetch_sub(10_000, Ordering::Relaxed);
+            }
+        });
+        let e = w.write_all(b"x").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        // Seen taking bytes at the first deadline (1 s), it gets 6 s a
+        // wait: kept at 7 s (bytes taken at 5 s), cut at 13 s.
+        assert_eq!(start.elapsed(), Duration::from_secs(13));
+        assert!(e.to_string().contains("for 6s"), "{e}");
+        client.await.unwrap();
     }
 
     #[tokio::test]

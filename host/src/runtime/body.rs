@@ -84,13 +84,28 @@ pub fn body_channel() -> (BodySender, BodyReceiver) {
     )
 }
 
+/// How many times the stall time a client that has shown it reads may
+/// take nothing before it is cut. A reader's kernel reopens a full
+/// receive window only once a share of its buffer is free (Linux: the
+/// larger of one segment, 64 KiB on loopback, and a sixteenth of the
+/// buffer), so a client steadily reading 10 KB/s takes nothing for 12 s
+/// at a time, and was cut as stalled at the default 10 s.
+pub const SLOW_READER_PATIENCE: u32 = 6;
+
+/// A pause in taking bytes that, ended by the client taking more, shows
+/// it is reading, not stalled.
+pub const READING_SHOWN_AFTER: Duration = Duration::from_secs(1);
+
 /// When hyper last took bytes of a response, shared by its sender, its
 /// body and the watch on a held chunk: a stall is a stretch with nothing
 /// taken, however long the whole response takes a slow client.
 struct LastTaken {
     base: tokio::time::Instant,
-    /// Nanoseconds from `base`.
+    /// Nanoseconds from `base` (0: nothing taken yet).
     last: AtomicU64,
+    /// The client took bytes after pausing for [`READING_SHOWN_AFTER`]
+    /// with the app's bytes waiting: it reads, slowly.
+    reading: AtomicBool,
 }
 
 impl LastTaken {
@@ -98,20 +113,36 @@ impl LastTaken {
         Arc::new(LastTaken {
             base: tokio::time::Instant::now(),
             last: AtomicU64::new(0),
+            reading: AtomicBool::new(false),
         })
     }
 
-    fn mark(&self) {
-        let since = self.base.elapsed().as_nanos();
-        self.last
-            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+    /// hyper took bytes now; `client_paced` if they were waiting for it
+    /// (it had not been waiting on the app since it last took some).
+    fn mark(&self, client_paced: bool) {
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let before = self.last.swap(now, Ordering::Relaxed);
+        let paused = Duration::from_nanos(now.saturating_sub(before));
+        if client_paced && before != 0 && paused >= READING_SHOWN_AFTER {
+            self.reading.store(true, Ordering::Relaxed);
+        }
     }
 
-    /// When a wait that began at `since` has gone `stall` with nothing
-    /// taken.
+    /// How long a wait may go with nothing taken: `stall`, or
+    /// [`SLOW_READER_PATIENCE`] times it for a client shown to be reading.
+    fn patience(&self, stall: Duration) -> Duration {
+        if self.reading.load(Ordering::Relaxed) {
+            stall * SLOW_READER_PATIENCE
+        } else {
+            stall
+        }
+    }
+
+    /// When a wait that began at `since` has gone its patience with
+    /// nothing taken.
     fn stalled_at(&self, since: tokio::time::Instant, stall: Duration) -> tokio::time::Instant {
         let last = self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed));
-        last.max(since) + stall
+        last.max(since) + self.patience(stall)
     }
 }
 
@@ -144,7 +175,7 @@ impl BodySender {
                         Err(_) => {
                             // Cut short, not ended: a client that reads on
                             // must not take what it got for the whole.
-                            let why = stalled(stall);
+                            let why = stalled(self.taken.patience(stall));
                             tracing::info!("response cut short: {why}");
                             self.stalled.store(true, Ordering::Relaxed);
                             self.abort(why);
@@ -226,6 +257,9 @@ pub struct ResponseBody {
     /// How long a large chunk may wait for hyper to take its next piece
     /// before it is dropped (`None`: as long as it takes).
     stall: Option<Duration>,
+    /// hyper found no bytes ready since it last took some: a pause until
+    /// the next is the app's, not the client's.
+    waited_on_app: bool,
 }
 
 impl ResponseBody {
@@ -240,6 +274,7 @@ impl ResponseBody {
             taken: LastTaken::new(),
             abort: None,
             stall: None,
+            waited_on_app: false,
         }
     }
 
@@ -271,6 +306,7 @@ impl ResponseBody {
             taken: rx.taken,
             abort: None,
             stall: None,
+            waited_on_app: false,
         }
     }
 
@@ -373,8 +409,9 @@ async fn watch(
             if let Some(budget) = h.budget.take() {
                 budget.semaphore().close();
             }
-            h.expired = Some(stall);
-            tracing::info!("response cut short: {}", stalled(stall));
+            let waited = taken.patience(stall);
+            h.expired = Some(waited);
+            tracing::info!("response cut short: {}", stalled(waited));
             return;
         }
     }
@@ -389,8 +426,13 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyAbort>>> {
         let polled = self.poll_next(cx);
-        if let Poll::Ready(Some(Ok(_))) = polled {
-            self.taken.mark();
+        match polled {
+            Poll::Ready(Some(Ok(_))) => {
+                self.taken.mark(!self.waited_on_app);
+                self.waited_on_app = false;
+            }
+            Poll::Pending => self.waited_on_app = true,
+            Poll::Ready(_) => {}
         }
         polled
     }
@@ -897,12 +939,39 @@ mod tests {
             assert_eq!(data(&mut body).await.len(), PIECE);
         }
         assert!(!next.is_finished());
-        // Then nothing is taken for the stall: the rest is dropped, the
-        // sender hears the client is gone, and the body fails.
+        // Taking pieces after pauses showed a reader: one stall with
+        // nothing taken is not the end (its window may reopen rarely).
         tokio::time::sleep(stall + Duration::from_secs(1)).await;
+        assert!(!next.is_finished());
+        // Nothing taken for its longer patience: the rest is dropped, the
+        // sender hears the client is gone, and the body fails.
+        tokio::time::sleep(stall * (SLOW_READER_PATIENCE - 1)).await;
         assert!(!next.await.unwrap());
         assert!(!tx.send(Bytes::from_static(b"more")).await);
         let e = body.frame().await.expect("a frame").unwrap_err();
-        assert!(e.0.contains("no response bytes"), "{e}");
+        assert!(e.0.contains("no response bytes for 30s"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_that_were_the_app_s_show_no_reader() {
+        let stall = Duration::from_secs(5);
+        let (tx, rx) = body_channel();
+        let tx = tx.with_stall(stall);
+        let mut body = ResponseBody::streamed(Bytes::new(), rx, None);
+        // The app takes 2 s for each chunk; the client takes each at once.
+        for _ in 0..3 {
+            let sender = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                sender.send(Bytes::from_static(b"chunk")).await
+            });
+            assert_eq!(data(&mut body).await, Bytes::from_static(b"chunk"));
+        }
+        // Then the client takes nothing: the app's send gives up after one
+        // stall, as for a client never seen reading.
+        let start = tokio::time::Instant::now();
+        assert!(tx.send(Bytes::from(vec![1; BODY_BUDGET])).await);
+        assert!(!tx.send(Bytes::from_static(b"more")).await);
+        assert_eq!(start.elapsed(), stall);
     }
 }
