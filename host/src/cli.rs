@@ -366,9 +366,10 @@ pub struct GrantArgs {
     pub memory: u64,
     /// What the app's private /tmp may hold, all its instances together;
     /// writes past it fail (the app sees OSError EIO, wasi-libc's mapping;
-    /// the log and metrics say ENOSPC).
-    #[arg(long, default_value = config::DEFAULT_TMP_SIZE, value_parser = config::size_in(config::DISK))]
-    pub tmp_size: u64,
+    /// the log and metrics say ENOSPC) [default: 64MiB]
+    // No clap default: given at all beside a `/tmp` grant, it is refused.
+    #[arg(long, value_name = "TMP_SIZE", value_parser = config::size_in(config::DISK))]
+    pub tmp_size: Option<u64>,
     /// Bytes a second of stdout/stderr the app may log, in bursts of up
     /// to 4 s of it; lines past it are dropped and counted (not `exec`'s,
     /// which go to the terminal whole).
@@ -407,8 +408,7 @@ impl GrantArgs {
         }
         // A granted /tmp replaces the private one, whose size this is: a
         // limit asked for and silently not applied.
-        let default_tmp = config::parse_size(config::DEFAULT_TMP_SIZE)?;
-        if self.tmp_size != default_tmp {
+        if self.tmp_size.is_some() {
             if let Some(grant) = self
                 .dirs
                 .iter()
@@ -429,7 +429,10 @@ impl GrantArgs {
                 .map(|path| config::read_tls_ca(path))
                 .collect::<Result<Vec<_>, _>>()?
                 .concat(),
-            tmp_size: self.tmp_size,
+            tmp_size: match self.tmp_size {
+                Some(size) => size,
+                None => config::parse_size(config::DEFAULT_TMP_SIZE)?,
+            },
             log_rate: self.log_rate,
             max_open_files: self.max_open_files as usize,
         })
@@ -628,8 +631,12 @@ mod tests {
             args.grants.grants()
         };
         assert!(grants(&[]).is_ok());
+        // Any size, the default's too: it would not apply.
+        for size in ["1GiB", "64MiB"] {
+            let e = grants(&["--tmp-size", size]).unwrap_err().to_string();
+            assert!(e.contains("--tmp-size") && e.contains(":quota="), "{e}");
+        }
         let e = grants(&["--tmp-size", "1GiB"]).unwrap_err().to_string();
-        assert!(e.contains("--tmp-size") && e.contains(":quota="), "{e}");
         assert!(!e.contains("  "), "{e}");
     }
 

@@ -924,11 +924,12 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     let mut hup = hangup()?;
     let mut stop = server::Stop::install()?;
     let server_cfg = args.http.server_config(args.listen);
-    // A mistake in the file is told before anything listens, the
-    // metrics port included.
+    // A mistake in the file or a component is told before anything
+    // listens, the metrics port included (it opens once the components
+    // are checked, so it answers health checks during a --preload).
     let configs = tenants::load(&args.config)?;
     let tls = tls_for(&args.http, &configs)?;
-    let metered = start_ops(&args.http, server_cfg.listen).await?;
+    let metered = args.http.metrics.is_some();
     let loader = new_loader(args.cache.cache_dir.clone())?;
     let max_loaded = usize::try_from(args.max_loaded).unwrap_or(usize::MAX);
     let starter = Starter::new(loader.clone(), scheduler(&loader), metered, max_loaded);
@@ -943,6 +944,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     fits.check(&configs)?;
     let started = async {
         let running = check_tenants(&starter, configs, &[])?;
+        start_ops(&args.http, server_cfg.listen).await?;
         fits.preload(&running).await?;
         anyhow::Ok((running, listen(&server_cfg).await?))
     };

@@ -20,9 +20,8 @@ pub enum ConfigError {
     /// A `--tmp-size` beside a `--dir` grant of `/tmp`, which replaces the
     /// private `/tmp` that the size is for.
     #[error(
-        "--tmp-size sizes the app's private /tmp, which --dir {0}::/tmp replaces; \
-         limit the grant instead (--dir {0}::/tmp:quota=SIZE, quota in tenants.toml's dirs) \
-         or drop --tmp-size"
+        "--tmp-size (tmp_size in tenants.toml) sizes the app's private /tmp, which the grant \
+         {0}::/tmp replaces; limit the grant instead ({0}::/tmp:quota=SIZE) or drop the size"
     )]
     TmpSizeBesideTmpGrant(String),
     /// An `--env` value without `=` or with an empty name.

@@ -25,6 +25,8 @@ pub struct Activity {
     begun: AtomicU64,
     /// Requests in flight, whoever's turn it is.
     open: AtomicUsize,
+    /// Of those, HTTP/1 requests (see [`Activity::idle_at`]).
+    open_http1: AtomicUsize,
 }
 
 impl Activity {
@@ -36,19 +38,24 @@ impl Activity {
             last_event: AtomicU64::new(0),
             begun: AtomicU64::new(0),
             open: AtomicUsize::new(0),
+            open_http1: AtomicUsize::new(0),
         })
     }
 
     /// A request begins; it counts as in flight until the guard drops
     /// (with its response body, or with the request if it never got one),
     /// and as the app's turn until [`InFlight::client_turn`].
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    pub fn begin(self: &Arc<Self>, http2: bool) -> InFlight {
         self.begun.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::AcqRel);
+        if !http2 {
+            self.open_http1.fetch_add(1, Ordering::AcqRel);
+        }
         self.app_turn.fetch_add(1, Ordering::AcqRel);
         InFlight {
             activity: self.clone(),
             app_turn: true,
+            http2,
         }
     }
 
@@ -64,9 +71,15 @@ impl Activity {
     }
 
     /// When the connection will have been idle for `limit`, if nothing
-    /// happens meanwhile; `None` while a request waits on the app.
+    /// happens meanwhile; `None` while a request waits on the app, or an
+    /// HTTP/1 response on its client: that client's stalls are bounded by
+    /// the socket's write deadline and the body's watch, which tell a slow
+    /// reader from a stalled one (judged here from sparse samples, 10 KB/s
+    /// readers were dropped without a word). An HTTP/2 stream whose window
+    /// the client keeps shut blocks neither, so it is judged here.
     pub fn idle_at(&self, limit: Duration) -> Option<Instant> {
-        if self.app_turn.load(Ordering::Acquire) > 0 {
+        if self.app_turn.load(Ordering::Acquire) > 0 || self.open_http1.load(Ordering::Acquire) > 0
+        {
             return None;
         }
         let last = Duration::from_millis(self.last_event.load(Ordering::Acquire));
@@ -84,6 +97,7 @@ impl Activity {
 pub struct InFlight {
     activity: Arc<Activity>,
     app_turn: bool,
+    http2: bool,
 }
 
 impl InFlight {
@@ -108,6 +122,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.activity.touch();
         self.activity.open.fetch_sub(1, Ordering::AcqRel);
+        if !self.http2 {
+            self.activity.open_http1.fetch_sub(1, Ordering::AcqRel);
+        }
         if self.app_turn {
             self.activity.app_turn.fetch_sub(1, Ordering::AcqRel);
         }
@@ -124,8 +141,8 @@ mod tests {
         let a = Activity::new();
         assert!(!a.began());
         assert_eq!(a.idle_at(limit), Some(a.opened + limit));
-        let one = a.begin();
-        let two = a.begin();
+        let one = a.begin(false);
+        let two = a.begin(false);
         assert!(a.began());
         tokio::time::sleep(Duration::from_secs(30)).await;
         drop(one);
@@ -137,11 +154,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_http1_response_waiting_on_its_client_is_left_to_its_deadlines() {
+        let limit = Duration::from_secs(10);
+        let a = Activity::new();
+        let mut r = a.begin(false);
+        r.client_turn();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(a.idle_at(limit), None);
+        drop(r);
+        assert_eq!(
+            a.idle_at(limit),
+            Some(a.opened + Duration::from_secs(60) + limit)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_response_waiting_on_its_client_leaves_the_connection_idle() {
         let limit = Duration::from_secs(10);
         let a = Activity::new();
-        let mut stalled = a.begin();
-        let mut streaming = a.begin();
+        let mut stalled = a.begin(true);
+        let mut streaming = a.begin(true);
         tokio::time::sleep(Duration::from_secs(1)).await;
         stalled.client_turn();
         streaming.client_turn();

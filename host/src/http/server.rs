@@ -175,6 +175,8 @@ pub async fn serve(
     let (stop_tx, stop) = tokio::sync::watch::channel(());
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     tokio::pin!(shutdown);
+    let accept_warned = crate::runtime::WarnEvery::default();
+    let mut failed_accepts = 0u64;
     loop {
         // At the connection cap, stop accepting: new clients wait in the
         // kernel backlog instead of costing memory here.
@@ -188,8 +190,16 @@ pub async fn serve(
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors and the like: back off
-                        // instead of spinning, keep serving what is open.
-                        tracing::warn!("accept failed: {e}");
+                        // instead of spinning, keep serving what is open;
+                        // said once a minute with a count, not 20 times a
+                        // second while it lasts.
+                        failed_accepts += 1;
+                        if accept_warned.due() {
+                            tracing::warn!(
+                                "accept failed: {e} ({failed_accepts} since this was last logged, at most once a minute); retrying every 50 ms, open connections are served"
+                            );
+                            failed_accepts = 0;
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -356,7 +366,7 @@ fn service(
     static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let conn = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let svc = service_fn(move |req| {
-        let in_flight = counted.begin();
+        let in_flight = counted.begin(req.version() == http::Version::HTTP_2);
         let answer = handle(site.clone(), req, (local, peer, tls, conn));
         async move {
             let mut res = answer.await?;
@@ -428,7 +438,14 @@ async fn drive<C>(
             }
             () = tokio::time::sleep_until(check) => {
                 if give_up.is_some() {
-                    tracing::debug!(%peer, "did not end {deadline:?} after it was asked to; dropped");
+                    if activity.in_flight() {
+                        // Its responses' clients took nothing: the one
+                        // place such a cut is told (the body's watch and
+                        // the socket's deadline log their own).
+                        tracing::info!(%peer, "response cut short: the connection was idle (its client took nothing) and did not end {deadline:?} after it was asked to; dropped");
+                    } else {
+                        tracing::debug!(%peer, "did not end {deadline:?} after it was asked to; dropped");
+                    }
                     return;
                 }
                 // A slow reader whose flow-control window opens less often
