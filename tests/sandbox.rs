@@ -1954,6 +1954,58 @@ fn a_file_read_to_its_end_is_read_on_once_it_grows() {
     assert_eq!(get_json(&s, "/sqlite-add?/data/shared.db")["rows"], 17);
 }
 
+/// SQLite locks a database by making `NAME.lock`: a process killed in a
+/// transaction left it, and the database stayed locked for every later
+/// process. The next one now breaks it (its maker's `flock` is gone) and
+/// finds the transaction rolled back.
+#[test]
+fn a_database_lock_left_by_a_killed_process_is_broken() {
+    let data = temp_dir("stale-lock");
+    let grant = format!("{}::/data", data.display());
+    let router = router();
+    let router = router.to_str().unwrap();
+    let hold = "import sqlite3, time\n\
+                c = sqlite3.connect('/data/h.db', isolation_level=None)\n\
+                c.execute('create table if not exists t (x)')\n\
+                c.execute('begin immediate')\n\
+                c.execute('insert into t values (1)')\n\
+                time.sleep(600)";
+    let mut child = bin()
+        .args(["exec", router, "--dir", &grant, "--", "-c", hold])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = data.join("h.db.lock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !lock.is_dir() {
+        assert!(Instant::now() < deadline, "the transaction never began");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(lock.is_dir(), "SQLite's lock is left behind");
+    let (code, out, err) = run_bin(&[
+        "exec",
+        router,
+        "--dir",
+        &grant,
+        "--",
+        "-c",
+        "import sqlite3\n\
+         c = sqlite3.connect('/data/h.db', timeout=20)\n\
+         print(c.execute('select count(*) from t').fetchone()[0])\n\
+         c.execute('insert into t values (2)')\n\
+         c.commit()",
+    ]);
+    assert_eq!((code, out.trim()), (0, "0"), "{err}");
+    assert!(
+        err.contains("removed the lock directory h.db.lock"),
+        "{err}"
+    );
+    assert!(!lock.exists());
+}
+
 /// SIGTERM while `serve --preload` compiles (a pod deleted while it
 /// starts): the start is abandoned at once, the server exits 0 as a drain
 /// does, and its scratch directory goes with it. Before, the signal's

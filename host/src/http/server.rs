@@ -87,6 +87,23 @@ pub struct Site {
 }
 
 impl Site {
+    /// How long a response over `version` may wait on its client taking
+    /// nothing before its body gives up. Over HTTP/1 the socket's write
+    /// deadline (`write_deadline.rs`) ends a stalled client's connection
+    /// at `stall`, judged by the bytes it takes; the body sees only the
+    /// chunks hyper takes, one per 64 KiB or so, which a reader with a
+    /// small window (4 KiB at 5 KB/s) took less often than that. So there
+    /// the body's own limit is a backstop, [`body::SLOW_READER_PATIENCE`]
+    /// times longer. Over HTTP/2 a stream whose window the client keeps
+    /// shut blocks no socket: the body's limit is the one that applies.
+    pub fn response_stall(&self, version: http::Version) -> Duration {
+        if version < http::Version::HTTP_2 {
+            self.stall * body::SLOW_READER_PATIENCE
+        } else {
+            self.stall
+        }
+    }
+
     /// A site serving `router` with the server-wide settings of `cfg`,
     /// over TLS when `tls` is given.
     pub fn new(router: Router, cfg: &ServerConfig, tls: Option<TlsAcceptor>) -> Self {
@@ -617,7 +634,7 @@ async fn handle(
     let res = respond(&site, parts, body, conn, &mut log)
         .await
         .unwrap_or_else(Refusal::into_response)
-        .map(|body| body.stalling_after(site.stall));
+        .map(|body| body.stalling_after(site.response_stall(version)));
     Ok(log.finish(close_delimited(version, head, res)))
 }
 
@@ -728,7 +745,8 @@ async fn respond(
     log.routed(route.app.metrics());
     let tenant = route.app.clone();
     let max_body = tenant.limits().max_body;
-    let http1 = parts.version < http::Version::HTTP_2;
+    let version = parts.version;
+    let http1 = version < http::Version::HTTP_2;
     let expects = parts.headers.contains_key(http::header::EXPECT);
     // A body no app reads is drained, as an app's unread one is, so the
     // HTTP/1 connection goes on (or says it will not).
@@ -740,7 +758,11 @@ async fn respond(
         body.mark(&mut res);
         res
     };
-    if let Some(res) = route.statics.serve(&parts, site.stall).await {
+    if let Some(res) = route
+        .statics
+        .serve(&parts, site.response_stall(version))
+        .await
+    {
         return Ok(unread(body, res));
     }
     check_length(&parts, max_body)?;
@@ -814,7 +836,8 @@ async fn respond(
     if http1 {
         body = body.over_http1(expects);
     }
-    let (ex, response) = Exchange::new(tenant.metrics().name.clone(), body, head, stall);
+    let response_stall = site.response_stall(version);
+    let (ex, response) = Exchange::new(tenant.metrics().name.clone(), body, head, response_stall);
     let call = async move {
         pool.serve(request, ex, conn).await;
         // Idle time counts from the end of the last response.

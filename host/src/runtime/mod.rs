@@ -21,6 +21,7 @@ mod file_map;
 mod file_reads;
 mod generated;
 mod guest_log;
+mod lock_dirs;
 pub mod outbound;
 pub mod pool;
 mod quota_fs;

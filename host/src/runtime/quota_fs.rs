@@ -23,6 +23,7 @@ use wasmtime_wasi::p2::{
 
 use crate::runtime::disk_quota::{FileId, Handle, Ledger, WarnEvery, BLOCK};
 use crate::runtime::file_reads::FileReader;
+use crate::runtime::lock_dirs;
 
 /// How many host files (and directories) one app's instances may hold
 /// open together: each `open-at` takes a host descriptor, and the process
@@ -187,6 +188,8 @@ pub struct Quotas {
     open: HashMap<u32, Tracked>,
     /// TCP socket (table index) → its count among the open files.
     sockets: HashMap<u32, Arc<FdSlot>>,
+    /// Lock directories the instance made (see `lock_dirs`).
+    locks: lock_dirs::Held,
 }
 
 /// A host descriptor counted for a file the host sends for the app, until
@@ -221,6 +224,7 @@ impl Quotas {
             files,
             open: HashMap::new(),
             sockets: HashMap::new(),
+            locks: lock_dirs::Held::default(),
         }
     }
 
@@ -684,7 +688,21 @@ impl HostDescriptor for QuotaFsView<'_> {
         path: String,
     ) -> FsResult<()> {
         let creation = self.creation(&fd).await?;
-        let r = HostDescriptor::create_directory_at(&mut self.fs, fd, path).await;
+        let lock_in = if lock_dirs::is_lock_name(&path) {
+            Some(self.dir(&fd)?)
+        } else {
+            None
+        };
+        let mut r = HostDescriptor::create_directory_at(&mut self.fs, fd, path.clone()).await;
+        if let Some(dir) = lock_in {
+            let found = matches!(&r, Err(e) if e.downcast_ref() == Some(&ErrorCode::Exist));
+            if found && lock_dirs::break_if_left(&dir, &path) && dir.create_dir(&path).is_ok() {
+                r = Ok(());
+            }
+            if r.is_ok() {
+                self.quotas.locks.made(&dir, &path);
+            }
+        }
         if let Some(c) = creation {
             c.settle(r.is_ok());
         }
@@ -832,7 +850,15 @@ impl HostDescriptor for QuotaFsView<'_> {
         path: String,
     ) -> FsResult<()> {
         let removal = self.removal(&fd, &path)?.await?;
+        let lock = if lock_dirs::is_lock_name(&path) {
+            lock_dirs::Held::key_of(&*self.dir(&fd)?, &path)
+        } else {
+            None
+        };
         HostDescriptor::remove_directory_at(&mut self.fs, fd, path).await?;
+        if let Some(key) = lock {
+            self.quotas.locks.removed(key);
+        }
         if let Some(r) = removal {
             r.done();
         }
