@@ -2004,6 +2004,24 @@ fn a_database_lock_left_by_a_killed_process_is_broken() {
         "{err}"
     );
     assert!(!lock.exists());
+    // Each lock directory kept is held open by the host: one of the app's
+    // open files, so an app cannot use up the process's descriptors.
+    let make_locks = "import os\nmade = 0\ntry:\n    for i in range(200):\n        os.mkdir(f'/data/l{i}.lock'); made += 1\nexcept OSError as e:\n    print(made)";
+    let (code, out, err) = run_bin(&[
+        "exec",
+        router,
+        "--dir",
+        &grant,
+        "--max-open-files",
+        "40",
+        "--",
+        "-c",
+        make_locks,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let made: usize = out.trim().parse().unwrap_or(999);
+    assert!((20..=40).contains(&made), "{out} {err}");
+    assert!(err.contains("max_open_files"), "{err}");
 }
 
 /// SIGTERM while `serve --preload` compiles (a pod deleted while it

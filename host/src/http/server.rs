@@ -44,10 +44,6 @@ const HEAD_SLACK: usize = 16 * 1024;
 const HTTP2_MAX_PENDING_RESETS: usize = 20;
 /// Streams the server may reset because the client broke the protocol.
 const HTTP2_MAX_ERROR_RESETS: usize = 1024;
-/// Bytes a client must take per `--header-timeout` to count as reading
-/// while nothing else happens on its connection (its settings, pings and
-/// window updates are less).
-const MIN_TAKEN: u64 = 1024;
 
 /// How long a connection on which no request ever began is given to end
 /// after it was asked to, at its idle deadline.
@@ -472,7 +468,7 @@ async fn drive<C>(
                 if now.1 >= recent.1 + deadline / 2 {
                     (base, recent) = (recent, now);
                 }
-                let taking = matches!((now.0, base.0), (Some(n), Some(b)) if n > b + MIN_TAKEN);
+                let taking = matches!((now.0, base.0), (Some(n), Some(b)) if n > b + write_deadline::MIN_PROGRESS);
                 if activity.idle_at(limit).is_some_and(|at| at <= tokio::time::Instant::now()) {
                     if taking && !asked {
                         activity.touch();

@@ -44,6 +44,12 @@ pub struct WriteDeadline<T> {
 /// reader and wakes the writer only once a third of that is gone.
 const UNSENT_LOW_WATER: libc::c_int = 32 * 1024;
 
+/// Bytes a client must take while a write waits (or, for the connection
+/// idle check, per `--header-timeout`) for its progress to count: a
+/// client's settings, pings and window updates are less, and so is what a
+/// non-reading client's kernel takes as it compacts a small buffer.
+pub const MIN_PROGRESS: u64 = 1024;
+
 /// Keep at most [`UNSENT_LOW_WATER`] unsent bytes in `stream`'s socket.
 pub fn limit_unsent(stream: &tokio::net::TcpStream) {
     #[cfg(target_os = "linux")]
@@ -68,7 +74,11 @@ pub fn limit_unsent(stream: &tokio::net::TcpStream) {
     let _ = stream;
 }
 
-/// Bytes written to a connection that its client has not taken yet.
+/// Bytes written to a connection that its client's window has not let
+/// go yet: they shrink only as the client reads. (Bytes sent but not yet
+/// acknowledged would not do: a client that reads nothing still
+/// acknowledges what was in flight when its window shut, which was taken
+/// for a reader's progress.)
 pub trait Unsent {
     /// `None` where the system cannot tell.
     fn unsent(&self) -> Option<u64>;
@@ -77,24 +87,36 @@ pub trait Unsent {
 impl Unsent for tokio::net::TcpStream {
     fn unsent(&self) -> Option<u64> {
         use std::os::fd::AsFd;
-        unsent_in(self.as_fd())
+        queued_in(self.as_fd(), Queued::NotSent)
     }
 }
 
-/// The bytes in `socket`'s send queue its peer has not acknowledged.
+/// Which part of a socket's send queue [`queued_in`] counts.
+#[derive(Clone, Copy)]
+pub enum Queued {
+    /// Not acknowledged by the peer (`SIOCOUTQ`).
+    Unacknowledged,
+    /// Not sent yet (`SIOCOUTQNSD`).
+    NotSent,
+}
+
+/// The bytes in `socket`'s send queue that are `which`.
 #[cfg(target_os = "linux")]
-pub fn unsent_in(socket: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+pub fn queued_in(socket: std::os::fd::BorrowedFd<'_>, which: Queued) -> Option<u64> {
     use std::os::fd::AsRawFd;
+    let request = match which {
+        Queued::Unacknowledged => libc::TIOCOUTQ,
+        Queued::NotSent => libc::SIOCOUTQNSD,
+    };
     let mut queued: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (SIOCOUTQ) on a live socket writes one int: the
-    // bytes in its send queue, not yet acknowledged.
-    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    // SAFETY: SIOCOUTQ and SIOCOUTQNSD on a live socket write one int.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), request, &mut queued) };
     (rc == 0).then(|| u64::try_from(queued).unwrap_or(0))
 }
 
 /// The bytes in `socket`'s send queue: unknown off Linux.
 #[cfg(not(target_os = "linux"))]
-pub fn unsent_in(_socket: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+pub fn queued_in(_socket: std::os::fd::BorrowedFd<'_>, _which: Queued) -> Option<u64> {
     None
 }
 
@@ -144,7 +166,10 @@ impl<T: Unsent> WriteDeadline<T> {
             }
             let now = self.io.unsent();
             if let (Some(now), Some(before)) = (now, self.unsent) {
-                if now < before {
+                // More than a few bytes: a client that reads nothing still
+                // lets its kernel take some now and then, as it compacts
+                // a small receive buffer, and was taken for a slow reader.
+                if now + MIN_PROGRESS < before {
                     // Taken meanwhile: slow, not stalled.
                     self.unsent = Some(now);
                     self.reading = true;
@@ -202,7 +227,7 @@ impl Delivered {
         // SAFETY: the caller holds the connection, which owns the socket,
         // so the descriptor is open and still this connection's.
         let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.socket) };
-        let queued = unsent_in(socket)?;
+        let queued = queued_in(socket, Queued::Unacknowledged)?;
         Some(self.written.load(Ordering::Relaxed).saturating_sub(queued))
     }
 }
@@ -306,6 +331,23 @@ mod tests {
         // wait: kept at 7 s (bytes taken at 5 s), cut at 13 s.
         assert_eq!(start.elapsed(), Duration::from_secs(13));
         assert!(e.to_string().contains("for 6s"), "{e}");
+        client.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_few_bytes_taken_are_not_reading() {
+        // What a non-reading client's kernel takes as it compacts a small
+        // receive buffer: cut at the stall, not given a reader's patience.
+        let queued = Arc::new(AtomicU64::new(32_768));
+        let mut w = WriteDeadline::new(Stuck(queued.clone()), Duration::from_secs(1));
+        let start = tokio::time::Instant::now();
+        let client = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            queued.fetch_sub(MIN_PROGRESS / 2, Ordering::Relaxed);
+        });
+        let e = w.write_all(b"x").await.unwrap_err();
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert!(e.to_string().contains("for 1s"), "{e}");
         client.await.unwrap();
     }
 

@@ -28,13 +28,21 @@ pub fn is_lock_name(path: &str) -> bool {
 }
 
 /// The lock directories one instance made and has not removed, each open
-/// and `flock`ed: dropped with the instance, which releases them.
-#[derive(Default)]
-pub struct Held(HashMap<(u64, u64), std::fs::File>);
+/// and `flock`ed, with `G` (its count among the app's open files: each is
+/// a host descriptor, and an app making them by the thousand would
+/// otherwise use up the process's): dropped with the instance, which
+/// releases them.
+pub struct Held<G>(HashMap<(u64, u64), (std::fs::File, G)>);
 
-impl Held {
-    /// `path` under `dir` was just made: hold it.
-    pub fn made(&mut self, dir: &Dir, path: &str) {
+impl<G> Default for Held<G> {
+    fn default() -> Self {
+        Held(HashMap::new())
+    }
+}
+
+impl<G> Held<G> {
+    /// `path` under `dir` was just made: hold it, with `slot`.
+    pub fn made(&mut self, dir: &Dir, path: &str, slot: G) {
         let Some(file) = open_for_lock(dir, path) else {
             return;
         };
@@ -43,20 +51,20 @@ impl Held {
         }
         if let Ok(meta) = file.metadata() {
             use std::os::unix::fs::MetadataExt as _;
-            self.0.insert((meta.dev(), meta.ino()), file);
+            self.0.insert((meta.dev(), meta.ino()), (file, slot));
         }
-    }
-
-    /// `path` under `dir` is about to be removed: which held one it is.
-    pub fn key_of(dir: &Dir, path: &str) -> Option<(u64, u64)> {
-        let meta = dir.symlink_metadata(path).ok()?;
-        Some((meta.dev(), meta.ino()))
     }
 
     /// The directory `key` was removed: let it go.
     pub fn removed(&mut self, key: (u64, u64)) {
         self.0.remove(&key);
     }
+}
+
+/// Which held directory `path` under `dir` is, asked before it is removed.
+pub fn key_of(dir: &Dir, path: &str) -> Option<(u64, u64)> {
+    let meta = dir.symlink_metadata(path).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 /// The directory `path` under `dir`, opened for reading (not `O_PATH`,
@@ -119,7 +127,7 @@ mod tests {
         // Made and held by an instance: never broken, however old.
         dir.create_dir("held.db.lock").unwrap();
         let mut held = Held::default();
-        held.made(&dir, "held.db.lock");
+        held.made(&dir, "held.db.lock", ());
         let old = std::time::SystemTime::now() - Duration::from_secs(60);
         let age = |name: &str| {
             let f = std::fs::File::open(tmp.path().join(name)).unwrap();
@@ -144,8 +152,8 @@ mod tests {
         // Removed by its maker: let go.
         let mut held = Held::default();
         dir.create_dir("t.db.lock").unwrap();
-        held.made(&dir, "t.db.lock");
-        let key = Held::key_of(&dir, "t.db.lock").unwrap();
+        held.made(&dir, "t.db.lock", ());
+        let key = key_of(&dir, "t.db.lock").unwrap();
         dir.remove_dir("t.db.lock").unwrap();
         held.removed(key);
         assert!(held.0.is_empty());

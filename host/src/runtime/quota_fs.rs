@@ -189,7 +189,7 @@ pub struct Quotas {
     /// TCP socket (table index) → its count among the open files.
     sockets: HashMap<u32, Arc<FdSlot>>,
     /// Lock directories the instance made (see `lock_dirs`).
-    locks: lock_dirs::Held,
+    locks: lock_dirs::Held<Arc<FdSlot>>,
 }
 
 /// A host descriptor counted for a file the host sends for the app, until
@@ -688,19 +688,26 @@ impl HostDescriptor for QuotaFsView<'_> {
         path: String,
     ) -> FsResult<()> {
         let creation = self.creation(&fd).await?;
+        // A lock directory is held open while it exists: one of the app's
+        // open files, refused as an open past the limit is.
         let lock_in = if lock_dirs::is_lock_name(&path) {
-            Some(self.dir(&fd)?)
+            let slot = self
+                .quotas
+                .files
+                .take("a lock directory's mkdir failed with ENOMEM")
+                .ok_or(ErrorCode::InsufficientMemory)?;
+            Some((self.dir(&fd)?, slot))
         } else {
             None
         };
         let mut r = HostDescriptor::create_directory_at(&mut self.fs, fd, path.clone()).await;
-        if let Some(dir) = lock_in {
+        if let Some((dir, slot)) = lock_in {
             let found = matches!(&r, Err(e) if e.downcast_ref() == Some(&ErrorCode::Exist));
             if found && lock_dirs::break_if_left(&dir, &path) && dir.create_dir(&path).is_ok() {
                 r = Ok(());
             }
             if r.is_ok() {
-                self.quotas.locks.made(&dir, &path);
+                self.quotas.locks.made(&dir, &path, slot);
             }
         }
         if let Some(c) = creation {
@@ -851,7 +858,7 @@ impl HostDescriptor for QuotaFsView<'_> {
     ) -> FsResult<()> {
         let removal = self.removal(&fd, &path)?.await?;
         let lock = if lock_dirs::is_lock_name(&path) {
-            lock_dirs::Held::key_of(&*self.dir(&fd)?, &path)
+            lock_dirs::key_of(&*self.dir(&fd)?, &path)
         } else {
             None
         };
