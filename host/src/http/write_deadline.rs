@@ -312,43 +312,43 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_client_shown_reading_may_pause_longer_before_it_is_cut() {
-        let queued = Arc::new(AtomicU64::new(100_000));
+    /// A write to a socket holding `queued` unsent bytes, whose client
+    /// takes `bytes` at each `ms` after the start, with a stall of 1 s:
+    /// when it is cut (in virtual time) and what it was told.
+    async fn cut_after(queued: u64, takes: &'static [(u64, u64)]) -> (Duration, io::Error) {
+        let queued = Arc::new(AtomicU64::new(queued));
         let mut w = WriteDeadline::new(Stuck(queued.clone()), Duration::from_secs(1));
         let start = tokio::time::Instant::now();
-        // Its window opens at 0.5 s, then 4.5 s later: longer than the
-        // stall, as a slow reader's kernel reopens a large window.
         let client = tokio::spawn(async move {
-            for at in [500, 5_000] {
-                tokio::time::sleep_until(start + Duration::from_millis(at)).await;
-                queued.fetch_sub(10_000, Ordering::Relaxed);
+            for &(ms, bytes) in takes {
+                tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+                queued.fetch_sub(bytes, Ordering::Relaxed);
             }
         });
         let e = w.write_all(b"x").await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        client.await.unwrap();
+        (start.elapsed(), e)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_shown_reading_may_pause_longer_before_it_is_cut() {
+        // Its window opens at 0.5 s, then 4.5 s later: longer than the
+        // stall, as a slow reader's kernel reopens a large window.
+        let (at, e) = cut_after(100_000, &[(500, 10_000), (5_000, 10_000)]).await;
         // Seen taking bytes at the first deadline (1 s), it gets 6 s a
         // wait: kept at 7 s (bytes taken at 5 s), cut at 13 s.
-        assert_eq!(start.elapsed(), Duration::from_secs(13));
+        assert_eq!(at, Duration::from_secs(13));
         assert!(e.to_string().contains("for 6s"), "{e}");
-        client.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_few_bytes_taken_are_not_reading() {
         // What a non-reading client's kernel takes as it compacts a small
         // receive buffer: cut at the stall, not given a reader's patience.
-        let queued = Arc::new(AtomicU64::new(32_768));
-        let mut w = WriteDeadline::new(Stuck(queued.clone()), Duration::from_secs(1));
-        let start = tokio::time::Instant::now();
-        let client = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            queued.fetch_sub(MIN_PROGRESS / 2, Ordering::Relaxed);
-        });
-        let e = w.write_all(b"x").await.unwrap_err();
-        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        let (at, e) = cut_after(32_768, &[(500, MIN_PROGRESS / 2)]).await;
+        assert_eq!(at, Duration::from_secs(1));
         assert!(e.to_string().contains("for 1s"), "{e}");
-        client.await.unwrap();
     }
 
     #[tokio::test]
