@@ -687,9 +687,9 @@ impl HostDescriptor for QuotaFsView<'_> {
         fd: Resource<types::Descriptor>,
         path: String,
     ) -> FsResult<()> {
-        let creation = self.creation(&fd).await?;
         // A lock directory is held open while it exists: one of the app's
-        // open files, refused as an open past the limit is.
+        // open files, refused as an open past the limit is (before the
+        // disk is charged, which a refusal would not give back).
         let lock_in = if lock_dirs::is_lock_name(&path) {
             let slot = self
                 .quotas
@@ -700,6 +700,7 @@ impl HostDescriptor for QuotaFsView<'_> {
         } else {
             None
         };
+        let creation = self.creation(&fd).await?;
         let mut r = HostDescriptor::create_directory_at(&mut self.fs, fd, path.clone()).await;
         if let Some((dir, slot)) = lock_in {
             let found = matches!(&r, Err(e) if e.downcast_ref() == Some(&ErrorCode::Exist));
