@@ -437,6 +437,31 @@ fn unchanged_builds_are_cache_hits_and_edits_rebuild_on_run() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("from the build cache"), "{err}");
     assert!(!err.contains("pre-initialising"), "{err}");
+    // A damaged cache entry is built again, not shipped as "unchanged".
+    let built = std::fs::read(&out).unwrap();
+    let entry = std::fs::read_dir(cache_dir().join("builds"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "wasm")
+                && std::fs::metadata(p).unwrap().len() == built.len() as u64
+                && std::fs::read(p).unwrap() == built
+        })
+        .expect("the build's cache entry");
+    let mut damaged = built.clone();
+    let at = damaged.windows(5).position(|w| w == b"first").unwrap();
+    damaged[at..at + 5].copy_from_slice(b"pwned");
+    std::fs::write(&entry, &damaged).unwrap();
+    let (code, _, err) = run_bin(&["build", "app:app", "-p", &d, "-o", &out]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("is not used: its bytes differ") && !err.contains("from the build cache"),
+        "{err}"
+    );
+    let rebuilt = std::fs::read(&out).unwrap();
+    assert!(
+        rebuilt.windows(5).any(|w| w == b"first") && !rebuilt.windows(5).any(|w| w == b"pwned")
+    );
     // `-o` replaces a component, never another file (`-o app.py`).
     let source = dir.join("app.py").display().to_string();
     let (code, _, err) = run_bin(&["build", "app:app", "-p", &d, "-o", &source]);

@@ -412,6 +412,21 @@ fn app_exception_is_500_with_traceback_and_the_instance_keeps_serving() {
 }
 
 #[test]
+fn an_app_that_closes_its_stderr_still_has_its_report_logged_and_is_replaced() {
+    let s = Server::start(&router(), &["--workers", "1"]);
+    let c = client();
+    let r = c.get(s.url("/close-stderr")).send().unwrap();
+    assert_eq!(r.status(), 500);
+    s.wait_for_log("RuntimeError: raised with stderr closed");
+    s.wait_for_log("the app's stderr cannot be written");
+    s.wait_for_log("instance replaced");
+    assert!(!s.logs().contains("response cut short"), "{}", s.logs());
+    // The next instance has its stderr: reports are logged as before.
+    assert_eq!(c.get(s.url("/error")).send().unwrap().status(), 500);
+    s.wait_for_log("RuntimeError: boom from the router app");
+}
+
+#[test]
 fn error_after_head_cuts_the_connection() {
     let s = Server::start(&router(), &[]);
     let resp = raw(s.addr, b"GET /error-after-head HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -1569,6 +1584,12 @@ fn metrics_and_health_are_served_on_their_own_port_and_move() {
     std::thread::spawn(move || for _ in std::io::BufRead::lines(err) {});
     assert_eq!(get("/readyz").status(), 200);
     assert_eq!(get("/nothing").status(), 404);
+    let post = client()
+        .post(format!("http://{ops}/metrics"))
+        .send()
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET, HEAD");
     let url = move |p: &str| format!("http://{addr}{p}");
     let before = scrape(ops);
     assert_eq!(

@@ -79,6 +79,11 @@ def pbkdf2_hmac(hash_name: str, password: bytes, salt: bytes, iterations: int, d
 
 ALLOW_NET_HINT = "add an --allow-net rule (allow_net in tenants.toml) for it"
 
+NO_LISTENING = (
+    "an app can connect out (--allow-net) but not listen, so asyncio's event loop, "
+    "which needs a local socket pair, is not available"
+)
+
 # A wasi-http component may run on any wasi:http host, whose own settings
 # grant the network: the hints must not send its users to rsgi-wasm's flags.
 OTHER_HOSTS_HINT = (
@@ -161,12 +166,22 @@ def _guard_network(socket) -> None:
             raise _refused(e.errno, "opening a socket", hint) from None
 
     socket.socket.__init__ = __init__
-    socket.socket.bind = _guard(
-        socket.socket.bind,
-        target,
-        "binding",
-        "an app can connect out (--allow-net) but not listen, so asyncio's event loop, which needs a local socket pair, is not available",
-    )
+    socket.socket.bind = _guard(socket.socket.bind, target, "binding", NO_LISTENING)
+    if hasattr(socket, "socketpair"):
+        # CPython makes a pair on WASI by listening on loopback; refused
+        # with or without --allow-net rules, so the rules are no help.
+        real_pair = socket.socketpair
+
+        def socketpair(*args, **kwargs):
+            try:
+                return real_pair(*args, **kwargs)
+            except PermissionError as e:
+                raise PermissionError(
+                    e.errno, f"rsgi-wasm sandbox: making a socket pair is not allowed; {NO_LISTENING}"
+                ) from None
+
+        socketpair.__doc__ = real_pair.__doc__
+        socket.socketpair = socketpair
     real_connect_ex = socket.socket.connect_ex
 
     def connect_ex(self, address):

@@ -27,6 +27,14 @@ from .wsgi_input import BodyTooLarge, ClientDisconnected
 #: `ERROR_REPORT` must match).
 ERROR_REPORT = "rsgi-wasm: error in the WSGI app serving"
 
+#: How a failure of the adapter itself starts: the host replaces the
+#: instance (protocol.rs `ADAPTER_ERROR` must match).
+ADAPTER_ERROR = "rsgi-wasm adapter error"
+
+# A report the app's stderr would not take, for the host to log instead
+# (`take_lost_report`).
+_lost: List[str] = []
+
 Headers = List[Tuple[str, str]]
 
 # The most body bytes handed to the host in one call: wasmtime traps a host
@@ -318,8 +326,24 @@ def _report(errors: Any, environ: dict, what: str, exc: BaseException) -> None:
     method = environ.get("REQUEST_METHOD", "?")
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     report = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    errors.write(f"{ERROR_REPORT} {method} {path}{what}:\n{report}")
-    errors.flush()
+    text = f"{ERROR_REPORT} {method} {path}{what}:\n{report}"
+    try:
+        errors.write(text)
+        errors.flush()
+    except (OSError, ValueError) as e:
+        # The app closed its stderr (os.close(2)): every later report and
+        # line of output of this instance would be lost too.
+        _lost.append(f"{ADAPTER_ERROR}: the app's stderr cannot be written ({type(e).__name__}: {e}); {text}")
+
+
+def take_lost_report() -> Optional[str]:
+    """The report of this request that stderr would not take, if any: the
+    handler fails with it, so the host logs it and replaces the instance."""
+    if not _lost:
+        return None
+    lost = _lost[-1]
+    _lost.clear()
+    return lost
 
 
 def _close(result: Any, errors: Any, environ: dict) -> None:

@@ -4,6 +4,7 @@ Scripts such as Django's ``manage.py`` are found in the app's directories,
 which the host mounts read-only at the guest paths they had at build time.
 """
 
+import atexit
 import os
 import runpy
 import sys
@@ -96,6 +97,10 @@ def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
         traceback.print_exc()
         return 1
     finally:
+        # As CPython does at exit, after the exit status is known: the
+        # handlers the script and its modules registered (logging's
+        # shutdown flushes buffered records). It prints their errors.
+        atexit._run_exitfuncs()
         sys.argv = saved
         sys.path[:] = saved_path
         for stream in (sys.stdout, sys.stderr):

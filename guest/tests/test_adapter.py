@@ -316,6 +316,25 @@ class ProtocolTest(unittest.TestCase):
         t, failure, _ = run(app)
         self.assertIn("ValueError: late", failure)
 
+    def test_a_report_stderr_will_not_take_goes_to_the_host(self):
+        def app(environ, start_response):
+            environ["wsgi.errors"].close()  # as os.close(2) leaves it
+            raise ValueError("lost")
+
+        t = Recorder()
+        env = protocol.base_environ(io.StringIO())
+        env.update({"REQUEST_METHOD": "GET", "PATH_INFO": "/x"})
+        self.assertIsNone(protocol.run(app, env, t))
+        self.assertEqual(t.head[0], "500 Internal Server Error")
+        lost = protocol.take_lost_report()
+        self.assertTrue(lost.startswith(protocol.ADAPTER_ERROR + ": the app's stderr cannot be written"), lost)
+        self.assertIn(protocol.ERROR_REPORT + " GET /x:\nTraceback", lost)
+        self.assertIn("ValueError: lost", lost)
+        self.assertIsNone(protocol.take_lost_report(), "taken once")
+        # A report stderr takes leaves nothing behind.
+        run(app=lambda e, s: 1 / 0)
+        self.assertIsNone(protocol.take_lost_report())
+
     def test_exc_info_rules(self):
         def replaces(environ, start_response):
             start_response("200 OK", [])

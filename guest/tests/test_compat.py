@@ -72,7 +72,7 @@ class SandboxRefusals(unittest.TestCase):
                 calls.append(address)
                 return 0
 
-        fake = types.SimpleNamespace(getaddrinfo=refuse, gethostbyname=refuse, socket=Socket)
+        fake = types.SimpleNamespace(getaddrinfo=refuse, gethostbyname=refuse, socket=Socket, socketpair=refuse)
         compat._guard_network(fake)
         return compat, fake, calls
 
@@ -92,7 +92,13 @@ class SandboxRefusals(unittest.TestCase):
         with self.assertRaises(PermissionError) as e:
             fake.socket().bind(("127.0.0.1", 0))
         self.assertIn("not listen", str(e.exception))
-        self.assertEqual(len(calls), 3)
+        # asyncio's event loop starts with a pair: no --allow-net advice.
+        with self.assertRaises(PermissionError) as e:
+            fake.socketpair()
+        self.assertIn("making a socket pair is not allowed", str(e.exception))
+        self.assertIn("asyncio", str(e.exception))
+        self.assertNotIn("add an --allow-net rule", str(e.exception))
+        self.assertEqual(len(calls), 4)
 
     def test_no_network_call_reaches_libc_while_building(self):
         compat, fake, calls = self.fake_socket()

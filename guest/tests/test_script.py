@@ -30,6 +30,14 @@ class Code(unittest.TestCase):
         self.assertIn('File "<string>", line 1', err)
         self.assertIn("ZeroDivisionError", err)
 
+    def test_exit_handlers_run_as_at_the_interpreters_exit(self):
+        code = "import atexit, sys; atexit.register(print, 'handler ran'); print('body'); sys.exit(3)"
+        self.assertEqual(run(["-c", code])[:2], (3, "body\nhandler ran\n"))
+        # A raising handler is reported; the status stays the script's.
+        status, out, err = run(["-c", "import atexit; atexit.register(lambda: 1/0); print('ok')"])
+        self.assertEqual((status, out), (0, "ok\n"))
+        self.assertIn("ZeroDivisionError", err)
+
     def test_a_syntax_error_is_the_error_only(self):
         status, _, err = run(["-c", "def f(:"])
         self.assertEqual(status, 1)

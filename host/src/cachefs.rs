@@ -56,7 +56,37 @@ pub fn publish(staged: &Path, dest: &Path, complete: impl Fn(&Path) -> bool) -> 
     std::fs::rename(staged, dest).with_context(|| format!("publishing {}", dest.display()))
 }
 
-/// Write a cache file so readers see the old file or the whole new one.
+/// Move directory `from` to `to` (a fresh name): renamed, or copied and
+/// removed when `to` is on another file system (a cache on its own volume,
+/// the scratch directory under `TMPDIR`).
+pub fn move_tree(from: &Path, to: &Path) -> Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            copy_tree(from, to).with_context(|| format!("copying {}", from.display()))?;
+            std::fs::remove_dir_all(from).with_context(|| format!("removing {}", from.display()))
+        }
+        moved => moved.with_context(|| format!("moving {}", from.display())),
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Write a file so readers see the old file or the whole new one.
 pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
     // On disk before it is renamed into place: a crash must not leave a
     // name whose content was never written (wasmtime maps compiled code
@@ -75,8 +105,8 @@ pub fn write_hint(dest: &Path, data: &[u8]) -> Result<()> {
 fn write_renamed(dest: &Path, data: &[u8], sync: bool) -> Result<()> {
     let dir = dest.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // Readable as the umask allows, like any file a build writes: `build
-    // -o` copies this file's mode, and a service user must read the app.
+    // Readable as the umask allows, like any file a build writes (`build
+    // -o` too): a service user must read the app.
     let mut tmp = tempfile::Builder::new()
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)?;
@@ -91,6 +121,29 @@ fn write_renamed(dest: &Path, data: &[u8], sync: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_is_moved_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        std::fs::create_dir_all(from.join("pkg/sub")).unwrap();
+        std::fs::write(from.join("pkg/sub/m.py"), "x = 1\n").unwrap();
+        std::os::unix::fs::symlink("sub/m.py", from.join("pkg/link.py")).unwrap();
+        // The copy a move across file systems falls back to.
+        let copied = dir.path().join("copied");
+        copy_tree(&from, &copied).unwrap();
+        assert_eq!(
+            std::fs::read(copied.join("pkg/link.py")).unwrap(),
+            b"x = 1\n"
+        );
+        assert!(std::fs::symlink_metadata(copied.join("pkg/link.py"))
+            .unwrap()
+            .is_symlink());
+        let to = dir.path().join("to");
+        move_tree(&from, &to).unwrap();
+        assert!(!from.exists());
+        assert_eq!(std::fs::read(to.join("pkg/sub/m.py")).unwrap(), b"x = 1\n");
+    }
 
     #[test]
     fn running_short_of_descriptors_is_not_damage() {

@@ -141,7 +141,9 @@ pub struct ServeArgs {
 pub struct CacheArgs {
     /// Where compiled components are cached (default: $XDG_CACHE_HOME/rsgi-wasm,
     /// else ~/.cache/rsgi-wasm).
-    #[arg(long, value_name = "DIR", env = "RSGI_WASM_CACHE")]
+    // Empty (`RSGI_WASM_CACHE=`) is taken, as unset, not refused as missing.
+    #[arg(long, value_name = "DIR", env = "RSGI_WASM_CACHE",
+          value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
     pub cache_dir: Option<PathBuf>,
 }
 

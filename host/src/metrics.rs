@@ -45,10 +45,13 @@ pub enum Recycle {
     Memory,
     /// `--max-requests` (or request isolation, which retires after one).
     MaxRequests,
+    /// The guest's adapter failed (the app closed its stderr): its state
+    /// is not to be trusted with another request.
+    Adapter,
 }
 
 /// The `cause` label of each [`Recycle`], in its order.
-const CAUSES: [&str; 4] = ["trap", "timeout", "memory", "max_requests"];
+const CAUSES: [&str; 5] = ["trap", "timeout", "memory", "max_requests", "adapter"];
 /// The `class` label of each status hundred.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// The `state` label of instances: warm (idle) and busy.
@@ -470,7 +473,7 @@ pub struct TenantSeries {
     pub warm: Gauge,
     /// Instances serving a request.
     pub busy: Gauge,
-    recycles: [Counter; 4],
+    recycles: [Counter; CAUSES.len()],
     /// Guest CPU time, in seconds.
     pub cpu: Seconds,
     /// Linear memory of live instances.
@@ -596,6 +599,7 @@ impl TenantMetrics {
             Recycle::Timeout => 1,
             Recycle::Memory => 2,
             Recycle::MaxRequests => 3,
+            Recycle::Adapter => 4,
         };
         self.series().recycles[i].inc();
     }

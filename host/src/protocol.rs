@@ -6,6 +6,10 @@
 /// them, and a live build's instance logs them as errors.
 pub const BUILD_ERROR_MARKER: &str = "rsgi-wasm-build-error: ";
 
+/// How the guest's own failures start (`ADAPTER_ERROR` in
+/// guest/rsgi_wasm_guest/protocol.py): the instance that had one is replaced.
+pub const ADAPTER_ERROR: &str = "rsgi-wasm adapter error";
+
 /// The keys every environ has, in this order. Their values come first in
 /// `runtime::environ::Environ::values` and their names are not sent: the guest knows them
 /// (`rsgi-wasm build` hands them to the guest adapter in its boot

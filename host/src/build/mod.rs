@@ -323,7 +323,7 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let cached = builds.join(format!("{key}.wasm"));
     let report_file = builds.join(format!("{key}.warmup.txt"));
 
-    let hit = cached.is_file();
+    let hit = cached.is_file() && build_cache_sound(&cached);
     if hit && opts.live {
         // Every edit of a live app lands here: its files are not built in.
         tracing::debug!("{}: live build unchanged, reusing it", opts.target);
@@ -335,6 +335,8 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     } else {
         let component =
             generate(&module, &callable, &app_dirs, &resolved, opts, &report_file).await?;
+        // The sum first: a reader that finds the entry finds its sum.
+        cachefs::write_atomic(&build_sum_path(&cached), build_sum(&component).as_bytes())?;
         cachefs::write_atomic(&cached, &component)?;
     }
     let path = match &opts.output {
@@ -343,11 +345,13 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
-            // Created with the umask's mode, as `cp` would (fs::copy would
-            // give it the cache file's).
-            let copied = std::fs::File::open(&cached)
-                .and_then(|mut from| std::io::copy(&mut from, &mut std::fs::File::create(out)?));
-            copied.with_context(|| format!("writing {}", out.display()))?;
+            // Renamed into place whole: a full disk or a crash keeps the
+            // last good build, and a server reloading the file never reads
+            // half of one.
+            let component = std::fs::read(&cached)
+                .with_context(|| format!("reading the build cache's {}", cached.display()))?;
+            cachefs::write_atomic(out, &component)
+                .with_context(|| format!("writing {}", out.display()))?;
             out.clone()
         }
         None => cached,
@@ -365,6 +369,37 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         cached: hit,
         live_dirs: if opts.live { app_dirs } else { Vec::new() },
     })
+}
+
+/// Where the SHA-256 of the build cache's entry `cached` is kept.
+fn build_sum_path(cached: &Path) -> PathBuf {
+    cached.with_extension("sha256")
+}
+
+fn build_sum(component: &[u8]) -> String {
+    format!("{:x}\n", Sha256::digest(component))
+}
+
+/// Whether the build cache's `cached` holds what was built: a damaged
+/// entry (a bad block, a stray write, a truncation) would otherwise be
+/// shipped by every later build as "unchanged". One that is not is
+/// removed, so it is built again.
+fn build_cache_sound(cached: &Path) -> bool {
+    let sum = build_sum_path(cached);
+    let why = match (std::fs::read(cached), std::fs::read_to_string(&sum)) {
+        (Ok(component), Ok(recorded)) if build_sum(&component) == recorded => return true,
+        (Ok(_), Ok(_)) => "its bytes differ from what was built (checksum mismatch)".to_owned(),
+        (Ok(_), Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            "it has no checksum (built by an older rsgi-wasm)".to_owned()
+        }
+        (Err(e), _) | (_, Err(e)) => format!("it cannot be read: {e}"),
+    };
+    tracing::warn!(
+        "the build cache's {} is not used: {why}; building again",
+        cached.display()
+    );
+    let _ = std::fs::remove_file(cached);
+    false
 }
 
 /// Builds under way, by their scratch directories.
@@ -592,7 +627,7 @@ async fn generate(
         // or reading the same entry right now.
         let staged = cachefs::staging(&stdlib)?.keep();
         std::fs::remove_dir(&staged)?;
-        std::fs::rename(guest_dir.join("stdlib"), &staged)
+        cachefs::move_tree(&guest_dir.join("stdlib"), &staged)
             .with_context(|| format!("caching the standard library in {}", stdlib.display()))?;
         cachefs::publish(&staged, &stdlib, |d| d.join("os.py").is_file())?;
     }

@@ -491,7 +491,8 @@ impl ResponseBody {
 }
 
 /// A page the host writes itself (an error, a refusal): plain text, with
-/// `Content-Length` and `Server`, and `Retry-After` on a 503.
+/// `Content-Length` and `Server`, `Retry-After` on a 503 and `Allow` on
+/// a 405.
 pub fn host_page(status: StatusCode, text: &str) -> Response<ResponseBody> {
     let body = Bytes::from(format!("{text}\n"));
     let mut headers = HeaderMap::with_capacity(4);
@@ -503,6 +504,11 @@ pub fn host_page(status: StatusCode, text: &str) -> Response<ResponseBody> {
     headers.insert(http::header::SERVER, HeaderValue::from_static(SERVER));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        // RFC 9110 requires it on a 405; the host's own endpoints (static
+        // files, the operator's port) all take only these two.
+        headers.insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
     let mut res = Response::new(ResponseBody::full(body));
     *res.status_mut() = status;

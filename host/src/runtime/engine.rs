@@ -82,12 +82,25 @@ pub fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
     let dir = given
         .filter(|d| !d.as_os_str().is_empty())
-        .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("rsgi-wasm")))
+        // The XDG spec has a relative value ignored.
+        .or_else(|| {
+            var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .filter(|d| d.is_absolute())
+                .map(|d| d.join("rsgi-wasm"))
+        })
         .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache").join("rsgi-wasm")))
         .context(
             "no cache directory: set HOME or XDG_CACHE_HOME, or pass --cache-dir DIR \
              (a directory only you can write to)",
         )?;
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "the cache directory {} is not a directory: give --cache-dir (or RSGI_WASM_CACHE) \
+             a directory, or remove what is there",
+            dir.display()
+        );
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

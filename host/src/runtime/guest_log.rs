@@ -303,17 +303,7 @@ impl LineLogger {
     }
 
     fn log_line(&self, line: &[u8], kind: Kind) {
-        let text = String::from_utf8_lossy(line);
-        let text = visible(text.trim_end_matches(['\r', '\n']));
-        // Keys a log shipper can filter on, as access lines have.
-        let json = crate::config::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed);
-        let (app, stream) = (&self.app, self.stream);
-        match (kind, json) {
-            (Kind::Output, true) => tracing::info!(target: "guest", %app, %stream, "{text}"),
-            (Kind::Output, false) => tracing::info!(target: "guest", "[{app} {stream}] {text}"),
-            (Kind::Error, true) => tracing::error!(target: "guest", %app, %stream, "{text}"),
-            (Kind::Error, false) => tracing::error!(target: "guest", "[{app} {stream}] {text}"),
-        }
+        log_line(&self.app, self.stream, line, kind);
     }
 
     /// An app exception's report, written whole by the guest: logged
@@ -321,45 +311,134 @@ impl LineLogger {
     fn report(&self, text: &[u8]) {
         let text = clip_report(text);
         if self.report_admitted(text.len()) {
-            for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                for piece in line.chunks(MAX_LINE) {
-                    self.log_line(piece, Kind::Error);
-                }
-            }
+            log_report(&self.app, self.stream, &text);
         }
     }
+}
+
+fn log_line(app: &str, stream: &str, line: &[u8], kind: Kind) {
+    let text = String::from_utf8_lossy(line);
+    let text = visible(text.trim_end_matches(['\r', '\n']));
+    // Keys a log shipper can filter on, as access lines have.
+    let json = crate::config::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed);
+    match (kind, json) {
+        (Kind::Output, true) => tracing::info!(target: "guest", %app, %stream, "{text}"),
+        (Kind::Output, false) => tracing::info!(target: "guest", "[{app} {stream}] {text}"),
+        (Kind::Error, true) => tracing::error!(target: "guest", %app, %stream, "{text}"),
+        (Kind::Error, false) => tracing::error!(target: "guest", "[{app} {stream}] {text}"),
+    }
+}
+
+/// A failure of app `app`'s guest adapter, with the error report its
+/// stderr would not take: logged as a report is, line by line, clipped.
+/// Its instance is replaced, so an app cannot repeat it without paying
+/// for a fresh instance each time.
+pub fn adapter_failure(app: &str, text: &str) {
+    log_report(app, "stderr", &clip_report(text.as_bytes()));
+}
+
+/// A clipped report's lines, as errors.
+fn log_report(app: &str, stream: &str, text: &[u8]) {
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        for piece in pieces(line) {
+            log_line(app, stream, piece, Kind::Error);
+        }
+    }
+}
+
+/// `line` in pieces of at most [`MAX_LINE`] bytes, none ending inside a
+/// UTF-8 character, so each piece is logged as the text it holds.
+fn pieces(mut line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if line.is_empty() {
+            return None;
+        }
+        let (piece, rest) = line.split_at(utf8_cut(line, MAX_LINE));
+        line = rest;
+        Some(piece)
+    })
+}
+
+/// Where to cut `bytes` to at most `max` bytes: before the character that
+/// `max` falls inside, if it is UTF-8, else at `max`.
+fn utf8_cut(bytes: &[u8], max: usize) -> usize {
+    if bytes.len() <= max {
+        return bytes.len();
+    }
+    let continues = |i: usize| bytes[i] & 0xc0 == 0x80;
+    // A character is at most four bytes: three continue its first.
+    (max.saturating_sub(3)..=max)
+        .rev()
+        .find(|&i| !continues(i))
+        .filter(|&i| i > 0)
+        .unwrap_or(max)
 }
 
 /// The first words of an app exception's report on stderr (the guest's
 /// `protocol.ERROR_REPORT`).
 const ERROR_REPORT: &[u8] = b"rsgi-wasm: error in the WSGI app serving";
 
-/// Most of a report logged: its first line, which names the request, and
-/// its end, which names the exception.
+/// Most of a report logged: its start, which names the request and the
+/// first frames, and its end, which names the exception.
 const MAX_REPORT: usize = 16 * 1024;
 
-/// `text`, or its first line and its last lines within [`MAX_REPORT`].
+/// Most of one report line kept: an exception message of a megabyte keeps
+/// its start, and leaves room for the frames and the exception's name.
+const MAX_REPORT_LINE: usize = 2 * 1024;
+
+/// `text` within [`MAX_REPORT`]: each line clipped to [`MAX_REPORT_LINE`],
+/// then, if that is still too long, the lines of its first and last halves,
+/// with what was left out said in their place.
 fn clip_report(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if text.len() <= MAX_REPORT {
         return text.into();
     }
-    let first = text
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(text.len(), |nl| nl + 1)
-        .min(1024);
-    let tail = &text[text.len() - (MAX_REPORT - first)..];
-    let tail = tail
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(tail, |nl| &tail[nl + 1..]);
-    let left_out = text.len() - first - tail.len();
-    let mut out = text[..first].to_vec();
+    let lines: Vec<Vec<u8>> = text
+        .split_inclusive(|&b| b == b'\n')
+        .map(|line| {
+            if line.len() <= MAX_REPORT_LINE {
+                return line.to_vec();
+            }
+            let keep = utf8_cut(line, MAX_REPORT_LINE);
+            let mut clipped = line[..keep].to_vec();
+            let left = line.len() - keep;
+            clipped.extend_from_slice(
+                format!("... [{left} bytes of this line left out]\n").as_bytes(),
+            );
+            clipped
+        })
+        .collect();
+    let total: usize = lines.iter().map(Vec::len).sum();
+    if total <= MAX_REPORT {
+        return lines.concat().into();
+    }
+    // Whole lines from each end, each end up to half the room.
+    let half = MAX_REPORT / 2;
+    let take = |lines: &mut dyn Iterator<Item = &Vec<u8>>| {
+        let mut size = 0;
+        lines
+            .take_while(|l| {
+                size += l.len();
+                size <= half
+            })
+            .count()
+    };
+    let head = take(&mut lines.iter()).max(1);
+    let tail = take(&mut lines[head..].iter().rev());
+    let left_out = &lines[head..lines.len() - tail];
+    let bytes: usize = left_out.iter().map(Vec::len).sum();
+    let mut out = lines[..head].concat();
     if !out.ends_with(b"\n") {
         out.push(b'\n');
     }
-    out.extend_from_slice(format!("[{left_out} bytes of the report left out]\n").as_bytes());
-    out.extend_from_slice(tail);
+    out.extend_from_slice(
+        format!(
+            "[{} lines ({bytes} bytes) of the report left out]\n",
+            left_out.len()
+        )
+        .as_bytes(),
+    );
+    out.extend(lines[lines.len() - tail..].iter().flatten());
     out.into()
 }
 
@@ -442,12 +521,13 @@ impl OutputStream for LineLogger {
         while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
             let line = buf.split_to(nl + 1);
             // A long line written whole is split as one written in parts.
-            for piece in line.chunks(MAX_LINE) {
+            for piece in pieces(&line) {
                 self.emit(piece);
             }
         }
         while buf.len() > MAX_LINE {
-            let line = buf.split_to(MAX_LINE);
+            let cut = utf8_cut(&buf, MAX_LINE);
+            let line = buf.split_to(cut);
             self.emit(&line);
         }
         // Keep no more memory than the partial line needs.
@@ -491,6 +571,23 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn long_lines_are_cut_between_characters() {
+        let line = format!("{}é{}", "a".repeat(MAX_LINE - 1), "€".repeat(MAX_LINE));
+        let got: Vec<&[u8]> = pieces(line.as_bytes()).collect();
+        assert_eq!(got.concat(), line.as_bytes(), "nothing lost");
+        assert!(got
+            .iter()
+            .all(|p| p.len() <= MAX_LINE && std::str::from_utf8(p).is_ok()));
+        assert_eq!(got[0].len(), MAX_LINE - 1, "é is not split");
+        // Bytes that are not UTF-8 are cut where the size says.
+        let junk = vec![0x80u8; MAX_LINE + 5];
+        assert_eq!(
+            pieces(&junk).map(<[u8]>::len).collect::<Vec<_>>(),
+            [MAX_LINE, 5]
+        );
+    }
+
+    #[test]
     fn control_characters_are_spelt_out() {
         assert_eq!(visible("plain\ttext é"), "plain\ttext é");
         assert_eq!(visible("a\rb\x1b[31mc\u{7f}"), "a\\rb\\x1b[31mc\\x7f");
@@ -503,10 +600,11 @@ mod tests {
     }
 
     #[test]
-    fn a_long_report_keeps_its_first_line_and_its_end() {
+    fn a_long_report_keeps_its_start_and_its_end() {
         let short = b"rsgi-wasm: error in the WSGI app serving GET /:\nTraceback\nValueError: x\n";
         assert_eq!(&*clip_report(short), &short[..]);
-        let mut long = b"rsgi-wasm: error in the WSGI app serving GET /deep:\n".to_vec();
+        let first = "rsgi-wasm: error in the WSGI app serving GET /deep:\nTraceback (most recent call last):\n";
+        let mut long = first.as_bytes().to_vec();
         for i in 0..5000 {
             long.extend_from_slice(format!("  File \"app.py\", line {i}, in f\n").as_bytes());
         }
@@ -514,9 +612,36 @@ mod tests {
         let clipped = clip_report(&long);
         assert!(clipped.len() <= MAX_REPORT + 64, "{}", clipped.len());
         let text = String::from_utf8_lossy(&clipped);
-        assert!(text.starts_with("rsgi-wasm: error in the WSGI app serving GET /deep:\n["));
-        assert!(text.contains(" bytes of the report left out]\n  File"));
+        assert!(text.starts_with(&format!("{first}  File \"app.py\", line 0, in f\n")));
+        assert!(text.contains(" bytes) of the report left out]\n  File"));
         assert!(text.ends_with("RecursionError: maximum recursion depth exceeded\n"));
+
+        // A message of a megabyte keeps its start; the frames and the
+        // exception's name are all there.
+        let huge = format!(
+            "{first}  File \"app.py\", line 3, in app\nValueError: START {} END\n",
+            "é".repeat(500_000)
+        );
+        let clipped = clip_report(huge.as_bytes());
+        let text = std::str::from_utf8(&clipped).expect("cut between characters");
+        assert!(text.starts_with(first), "{text}");
+        assert!(
+            text.contains("line 3, in app\nValueError: START éé"),
+            "{text}"
+        );
+        assert!(text.ends_with(" bytes of this line left out]\n"), "{text}");
+        assert!(text.len() < 4 * 1024);
+
+        // Many notes after the exception (json's "when serializing ..."):
+        // the frames and the exception's line stay, from the start.
+        let mut noted = format!("{first}  File \"app.py\", line 9, in app\nRecursionError: deep\n");
+        for _ in 0..3000 {
+            noted.push_str("when serializing list item 0\n");
+        }
+        let clipped = clip_report(noted.as_bytes());
+        let text = String::from_utf8_lossy(&clipped);
+        assert!(text.contains("in app\nRecursionError: deep\n"), "{text}");
+        assert!(text.ends_with("when serializing list item 0\n"));
     }
 
     #[test]

@@ -360,6 +360,24 @@ impl AppPool {
                 ex.respond_error(status, text);
             }
             Ok(Ok(Ok(()))) => ex.finish(),
+            Ok(Ok(Err(reason))) if reason.starts_with(crate::protocol::ADAPTER_ERROR) => {
+                recycle = Some(Recycle::Adapter);
+                guest_log::adapter_failure(&self.name, &reason);
+                tracing::error!(app = %self.name, "the guest adapter failed (above); instance replaced");
+                let reason = guest_log::quoted(&reason);
+                if ex.finished() {
+                    // The response went out whole (the app's own 500).
+                } else if ex.committed() {
+                    ex.abort(reason);
+                } else {
+                    self.fail(
+                        &mut ex,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Internal Server Error",
+                    )
+                    .await;
+                }
+            }
             Ok(Ok(Err(reason))) => {
                 let reason = guest_log::quoted(&reason);
                 tracing::warn!(app = %self.name, "response cut short: {reason}");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::config::{Grants, Limits, World};
+use crate::config::{Grants, Isolation, Limits, World};
 use crate::metrics::TenantMetrics;
 use crate::runtime::cpu::{CpuScheduler, CpuShare, TenantCpu};
 use crate::runtime::engine::{self, Loader};
@@ -243,6 +243,15 @@ impl Tenant {
         default_idle: Duration,
     ) -> Result<Arc<Tenant>> {
         let world = engine::exported_world(&spec.component)?;
+        let limits = &spec.limits;
+        if limits.isolation == Isolation::Request && limits.max_requests > 0 {
+            tracing::warn!(
+                app = %spec.name,
+                "max_requests (--max-requests) {} has no effect with isolation request: every \
+                 instance serves one request and is dropped",
+                limits.max_requests
+            );
+        }
         let metrics = TenantMetrics::new(&spec.name);
         let account = TenantCpu::metered(spec.limits.cpu, starter.metered.then_some(&metrics));
         let cpu = if alone {

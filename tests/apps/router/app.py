@@ -304,6 +304,10 @@ def application(environ, start_response):
     if path == "/error":
         raise RuntimeError("boom from the router app")
 
+    if path == "/close-stderr":
+        os.close(2)
+        raise RuntimeError("raised with stderr closed")
+
     if path == "/error-after-head":
         def gen():
             yield b"partial"

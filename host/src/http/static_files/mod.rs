@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cap_std::fs::Dir;
-use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use self::lookup::{lookup, Found, Place};
@@ -237,10 +236,10 @@ impl StaticFiles {
         let path = req.uri.path();
         let (place, rest) = self.find(path)?;
         if req.method != Method::GET && req.method != Method::HEAD {
-            let mut res = host_page(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-            res.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return Some(res);
+            return Some(host_page(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed",
+            ));
         }
         let target = match rest {
             Some(rest) => match decode_path(rest) {
