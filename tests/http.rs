@@ -424,6 +424,13 @@ fn an_app_that_closes_its_stderr_still_has_its_report_logged_and_is_replaced() {
     // The next instance has its stderr: reports are logged as before.
     assert_eq!(c.get(s.url("/error")).send().unwrap().status(), 500);
     s.wait_for_log("RuntimeError: boom from the router app");
+    // A closed stdout fails the app's prints: replaced at the first.
+    assert_eq!(c.get(s.url("/close-stdout")).send().unwrap().status(), 500);
+    s.wait_for_log("the app closed its stdout (fd 1)");
+    s.wait_for_log("OSError: [Errno 8] Bad file descriptor");
+    // The next instance prints again.
+    assert_eq!(c.get(s.url("/print")).send().unwrap().status(), 200);
+    s.wait_for_log("hello from guest stdout");
 }
 
 #[test]

@@ -16,6 +16,8 @@ Rules implemented (PEP 3333):
   short so the host aborts the connection.
 """
 
+import errno
+import os
 import re
 import sys
 import traceback
@@ -333,15 +335,36 @@ def _report(errors: Any, environ: dict, what: str, exc: BaseException) -> None:
     except (OSError, ValueError) as e:
         # The app closed its stderr (os.close(2)): every later report and
         # line of output of this instance would be lost too.
-        _lost.append(f"{ADAPTER_ERROR}: the app's stderr cannot be written ({type(e).__name__}: {e}); {text}")
+        _lost.append(f"{ADAPTER_ERROR}: the app's stderr cannot be written ({type(e).__name__}: {e}); its report:\n{text}")
+        return
+    closed = _closed_stdio(exc)
+    if closed:
+        _lost.append(f"{ADAPTER_ERROR}: the app closed its {closed}, so its output fails from now on")
+
+
+def _closed_stdio(exc: BaseException) -> str:
+    """Which of stdout and stderr the app closed, when ``exc`` says a
+    descriptor was bad (a ``print`` after ``os.close(1)``); checked only
+    then, so a request that raises nothing pays nothing."""
+    if not (isinstance(exc, OSError) and exc.errno == errno.EBADF):
+        return ""
+    closed = []
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError as e:
+            if e.errno == errno.EBADF:
+                closed.append(f"{name} (fd {fd})")
+    return " and ".join(closed)
 
 
 def take_lost_report() -> Optional[str]:
-    """The report of this request that stderr would not take, if any: the
-    handler fails with it, so the host logs it and replaces the instance."""
+    """What this request's reports could not say through stderr, if
+    anything: the handler fails with it, so the host logs it and replaces
+    the instance."""
     if not _lost:
         return None
-    lost = _lost[-1]
+    lost = "\n".join(_lost)
     _lost.clear()
     return lost
 

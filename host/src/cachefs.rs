@@ -62,7 +62,11 @@ pub fn publish(staged: &Path, dest: &Path, complete: impl Fn(&Path) -> bool) -> 
 pub fn move_tree(from: &Path, to: &Path) -> Result<()> {
     match std::fs::rename(from, to) {
         Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
-            copy_tree(from, to).with_context(|| format!("copying {}", from.display()))?;
+            if let Err(e) = copy_tree(from, to) {
+                // A full disk must not keep half a copy.
+                let _ = std::fs::remove_dir_all(to);
+                return Err(e).with_context(|| format!("copying {}", from.display()));
+            }
             std::fs::remove_dir_all(from).with_context(|| format!("removing {}", from.display()))
         }
         moved => moved.with_context(|| format!("moving {}", from.display())),

@@ -119,7 +119,9 @@ pub fn main() -> ExitCode {
                 // One JSON object per line holds for the last one too.
                 tracing::error!("{}", report(&e));
             } else {
-                eprintln!("error: {}", report(&e));
+                // A build's error quotes what the app printed: it must not
+                // drive the terminal.
+                eprintln!("error: {}", runtime::visible_lines(&report(&e)));
             }
             ExitCode::FAILURE
         }

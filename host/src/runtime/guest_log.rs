@@ -310,7 +310,7 @@ impl LineLogger {
     /// under the reports' own budget, clipped to [`MAX_REPORT`].
     fn report(&self, text: &[u8]) {
         let text = clip_report(text);
-        if self.report_admitted(text.len()) {
+        if self.report_admitted(report_cost(&text)) {
             log_report(&self.app, self.stream, &text);
         }
     }
@@ -386,11 +386,24 @@ const MAX_REPORT: usize = 16 * 1024;
 /// its start, and leaves room for the frames and the exception's name.
 const MAX_REPORT_LINE: usize = 2 * 1024;
 
-/// `text` within [`MAX_REPORT`]: each line clipped to [`MAX_REPORT_LINE`],
-/// then, if that is still too long, the lines of its first and last halves,
-/// with what was left out said in their place.
+/// What a report line costs at least, against [`MAX_REPORT`] and the
+/// reports' budget: each logged line carries a prefix, so a report of
+/// thousands of tiny lines must not log many times its size.
+const REPORT_LINE_COST: usize = 64;
+
+/// What the lines of `text` cost: their bytes, each at least
+/// [`REPORT_LINE_COST`].
+fn report_cost(text: &[u8]) -> usize {
+    text.split_inclusive(|&b| b == b'\n')
+        .map(|l| l.len().max(REPORT_LINE_COST))
+        .sum()
+}
+
+/// `text` costing at most [`MAX_REPORT`]: each line clipped to
+/// [`MAX_REPORT_LINE`], then, if that is still too much, the lines of its
+/// first and last halves, with what was left out said in their place.
 fn clip_report(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if text.len() <= MAX_REPORT {
+    if report_cost(text) <= MAX_REPORT {
         return text.into();
     }
     let lines: Vec<Vec<u8>> = text
@@ -408,17 +421,18 @@ fn clip_report(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
             clipped
         })
         .collect();
-    let total: usize = lines.iter().map(Vec::len).sum();
-    if total <= MAX_REPORT {
+    let cost = |l: &Vec<u8>| l.len().max(REPORT_LINE_COST);
+    if lines.iter().map(cost).sum::<usize>() <= MAX_REPORT {
         return lines.concat().into();
     }
-    // Whole lines from each end, each end up to half the room.
-    let half = MAX_REPORT / 2;
+    // Whole lines from each end, each end up to half the room (less the
+    // line saying what was left out).
+    let half = MAX_REPORT / 2 - REPORT_LINE_COST;
     let take = |lines: &mut dyn Iterator<Item = &Vec<u8>>| {
         let mut size = 0;
         lines
             .take_while(|l| {
-                size += l.len();
+                size += cost(l);
                 size <= half
             })
             .count()
@@ -487,6 +501,11 @@ fn visible(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     out.into()
+}
+
+/// `text` as [`visible`] spells it, line by line: its new lines stay.
+pub fn visible_lines(text: &str) -> String {
+    text.split('\n').map(visible).collect::<Vec<_>>().join("\n")
 }
 
 /// A character that moves or reorders what follows it where a log is
@@ -592,6 +611,10 @@ mod tests {
         assert_eq!(visible("plain\ttext é"), "plain\ttext é");
         assert_eq!(visible("a\rb\x1b[31mc\u{7f}"), "a\\rb\\x1b[31mc\\x7f");
         assert_eq!(visible("a\u{2028}b\u{202e}c"), "a\\u{2028}b\\u{202e}c");
+        assert_eq!(
+            visible_lines("one\x1b[2J\ntwo\0\n"),
+            "one\\x1b[2J\ntwo\\x00\n"
+        );
         // What a host line quotes of a guest's text: one line, and short.
         assert_eq!(quoted("boom\n2026 INFO forged"), "boom\\n2026 INFO forged");
         let long = quoted(&"é".repeat(10_000));
@@ -610,7 +633,7 @@ mod tests {
         }
         long.extend_from_slice(b"RecursionError: maximum recursion depth exceeded\n");
         let clipped = clip_report(&long);
-        assert!(clipped.len() <= MAX_REPORT + 64, "{}", clipped.len());
+        assert!(report_cost(&clipped) <= MAX_REPORT, "{}", clipped.len());
         let text = String::from_utf8_lossy(&clipped);
         assert!(text.starts_with(&format!("{first}  File \"app.py\", line 0, in f\n")));
         assert!(text.contains(" bytes) of the report left out]\n  File"));
@@ -642,6 +665,12 @@ mod tests {
         let text = String::from_utf8_lossy(&clipped);
         assert!(text.contains("in app\nRecursionError: deep\n"), "{text}");
         assert!(text.ends_with("when serializing list item 0\n"));
+
+        // Tiny lines cost a log line's prefix each: few are kept.
+        let tiny = format!("{first}{}", "HUGESTR\n".repeat(200_000));
+        let clipped = clip_report(tiny.as_bytes());
+        assert!(report_cost(&clipped) <= MAX_REPORT);
+        assert!(clipped.split(|&b| b == b'\n').count() <= MAX_REPORT / REPORT_LINE_COST + 1);
     }
 
     #[test]

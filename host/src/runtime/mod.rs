@@ -38,6 +38,7 @@ pub mod wasi_http;
 pub mod wsgi;
 
 pub use disk_quota::WarnEvery;
+pub use guest_log::visible_lines;
 
 /// The status a guest exited with, if `error` is its call to
 /// `wasi:cli/exit` (`os._exit`, or C code's `exit`) rather than a crash.

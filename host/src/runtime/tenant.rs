@@ -244,12 +244,14 @@ impl Tenant {
     ) -> Result<Arc<Tenant>> {
         let world = engine::exported_world(&spec.component)?;
         let limits = &spec.limits;
-        if limits.isolation == Isolation::Request && limits.max_requests > 0 {
+        if limits.isolation == Isolation::Request
+            && (limits.max_requests > 0 || limits.max_requests_jitter > 0)
+        {
             tracing::warn!(
                 app = %spec.name,
-                "max_requests (--max-requests) {} has no effect with isolation request: every \
-                 instance serves one request and is dropped",
-                limits.max_requests
+                "max_requests and max_requests_jitter (--max-requests, --max-requests-jitter) \
+                 have no effect with isolation request: every instance serves one request and \
+                 is dropped"
             );
         }
         let metrics = TenantMetrics::new(&spec.name);

@@ -308,6 +308,11 @@ def application(environ, start_response):
         os.close(2)
         raise RuntimeError("raised with stderr closed")
 
+    if path == "/close-stdout":
+        os.close(1)
+        print("printed with stdout closed", flush=True)
+        return text(start_response, "unreachable")
+
     if path == "/error-after-head":
         def gen():
             yield b"partial"
