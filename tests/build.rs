@@ -395,10 +395,24 @@ fn an_installed_site_packages_is_copied_without_its_native_modules() {
         "nativeonly-1.0.dist-info/METADATA",
         "Metadata-Version: 2.1\nName: nativeonly\nVersion: 1.0\n",
     );
+    // Files of any name ship as pip installed them (the app's own
+    // directories' skips are not a package's), and `.pth` files are
+    // processed as in a site-packages.
+    write(&site, "fastgreet/venv/__init__.py", "NAME = 'venv'\n");
+    write(&site, "fastgreet/data/sample.log", "logged\n");
+    write(
+        &site,
+        "zz_extra.pth",
+        "extra_dir\nimport sys; sys.PTH_RAN = 'ran'\n",
+    );
+    write(&site, "extra_dir/extramod.py", "VALUE = 'extra'\n");
     write(
         &dir.join("app"),
         "app.py",
-        "from fastgreet import greet\ndef app(environ, start_response):\n    start_response('200 OK', [])\n    return [greet('wasm').encode()]\n",
+        "import sys, pkgutil, extramod\nfrom fastgreet import greet, venv\n\
+         def app(environ, start_response):\n    start_response('200 OK', [])\n\
+         \x20   log = pkgutil.get_data('fastgreet', 'data/sample.log').decode().strip()\n\
+         \x20   return [' '.join([greet('wasm'), venv.NAME, log, extramod.VALUE, sys.PTH_RAN]).encode()]\n",
     );
     let (a, sp) = (
         dir.join("app").display().to_string(),
@@ -406,7 +420,10 @@ fn an_installed_site_packages_is_copied_without_its_native_modules() {
     );
     let c = build("sitepkgs", &["app:app", "-p", &a, "--site-packages", &sp]);
     let s = Server::start(&c, &[]);
-    assert_eq!(get(&s, "/"), (200, "hello wasm".to_owned()));
+    assert_eq!(
+        get(&s, "/"),
+        (200, "hello wasm venv logged extra ran".to_owned())
+    );
     assert!(
         site.join(so).is_file(),
         "the user's site-packages was modified"

@@ -336,6 +336,24 @@ def app_dirs_first(path: Sequence[str], app_dirs: Sequence[str]) -> List[str]:
     return first + [p for p in path if p not in first]
 
 
+def add_site_dirs(dirs: Sequence[str]) -> None:
+    """Treat the dependencies' directories as site-packages are on Linux:
+    their ``.pth`` files add paths and run their ``import`` lines (older
+    namespace packages, import hooks). componentize-py only puts the
+    directories on ``sys.path``; this runs while building, so what the
+    lines do is in the snapshot."""
+    import os
+    import site
+
+    for d in dirs:
+        try:
+            has_pth = any(name.endswith(".pth") for name in os.listdir(d))
+        except OSError:
+            continue
+        if has_pth:
+            site.addsitedir(d)
+
+
 def app_module_names(app_dirs: Sequence[str]) -> Set[str]:
     """Top-level modules and packages the app's directories provide."""
     import os
@@ -451,6 +469,7 @@ def boot(
     # before the script's directory is searched.
     own_dirs = [guest for guest, _ in mounts[:app_dirs]]
     sys.path[:] = app_dirs_first(sys.path, own_dirs)
+    add_site_dirs([guest for guest, _ in mounts[app_dirs:]])
     forget_shadowed(own_dirs, keep)
     report = check_native(native, lenient) + unused_app_modules(own_dirs, keep)
     if live:

@@ -391,9 +391,44 @@ def report_stream():
     return stream.stream if isinstance(stream, BuildOutput) else stream
 
 
+def c_locale_only(real: Callable, error: type) -> Callable:
+    """``locale.setlocale`` refusing what it cannot honour. wasi-libc has
+    the C locale only, yet takes any name and answers with it, so
+    ``setlocale(LC_ALL, "de_DE.UTF-8")`` seemed to work while dates and
+    numbers stayed English: refused with ``locale.Error``, as CPython on a
+    Linux without that locale refuses it."""
+
+    def setlocale(category, locale=None):
+        if locale is None:
+            return real(category)
+        before = real(category)
+        name = real(category, locale)
+        if _is_c_locale(name):
+            return name
+        real(category, before)
+        raise error(
+            f"unsupported locale setting: {name!r} (CPython for WASI has only the C locale: "
+            f"its C library has no locale data; format for other locales with a library such as Babel)"
+        )
+
+    setlocale.__doc__ = real.__doc__
+    setlocale._rsgi_wasm = True
+    return setlocale
+
+
+def _is_c_locale(name: str) -> bool:
+    """``C``, ``POSIX``, ``C.UTF-8``, or ``LC_ALL``'s ``CAT=NAME;...`` of them."""
+    parts = [part.partition("=")[2] or part for part in name.split(";")]
+    return all(part.partition(".")[0] in ("C", "POSIX") for part in parts)
+
+
 def install() -> None:
     """Fill in what this CPython lacks; leaves real implementations alone."""
     whole_stdio()
+    import locale
+
+    if not getattr(locale.setlocale, "_rsgi_wasm", False):
+        locale.setlocale = c_locale_only(locale.setlocale, locale.Error)
     try:
         import socket
     except ImportError:

@@ -471,6 +471,28 @@ class ImportPath(unittest.TestCase):
         )
         self.assertEqual(boot.app_dirs_first(path, []), path)
 
+    def test_pth_files_of_the_dependencies_are_processed(self):
+        import os
+        import sys
+        import tempfile
+
+        from rsgi_wasm_guest import boot
+
+        with tempfile.TemporaryDirectory() as d:
+            os.makedirs(os.path.join(d, "extra_dir"))
+            with open(os.path.join(d, "a.pth"), "w") as f:
+                f.write("extra_dir\nimport sys; sys._rsgi_wasm_pth_ran = True\n")
+            saved = sys.path[:]
+            try:
+                sys.path.append(d)
+                boot.add_site_dirs([d, "/nowhere"])
+                self.assertIn(os.path.join(d, "extra_dir"), sys.path)
+                self.assertTrue(getattr(sys, "_rsgi_wasm_pth_ran", False))
+                self.assertEqual(sys.path.count(d), 1)
+            finally:
+                sys.path[:] = saved
+                sys.__dict__.pop("_rsgi_wasm_pth_ran", None)
+
     def test_modules_imported_ahead_of_the_app_that_it_shadows_are_forgotten(self):
         import os
         import sys

@@ -119,6 +119,32 @@ class SandboxRefusals(unittest.TestCase):
             compat.network_closed(False)
 
 
+class Locale(unittest.TestCase):
+    def test_a_locale_without_data_is_refused_and_the_setting_kept(self):
+        # wasi-libc's setlocale: any name taken, formatting stays C.
+        state = {"LC_ALL": "C.UTF-8"}
+
+        def real(category, locale=None):
+            if locale is None:
+                return state[category]
+            state[category] = locale or "C.UTF-8"
+            return state[category]
+
+        class Error(Exception):
+            pass
+
+        setlocale = compat.c_locale_only(real, Error)
+        self.assertEqual(setlocale("LC_ALL", ""), "C.UTF-8")
+        self.assertEqual(setlocale("LC_ALL", "POSIX"), "POSIX")
+        for name in ("de_DE.UTF-8", "xx_YY.bogus", "en_US"):
+            with self.assertRaises(Error) as e:
+                setlocale("LC_ALL", name)
+            self.assertIn("only the C locale", str(e.exception))
+            self.assertEqual(setlocale("LC_ALL"), "POSIX", "the setting before is kept")
+        self.assertTrue(compat._is_c_locale("LC_CTYPE=C.UTF-8;LC_NUMERIC=C"))
+        self.assertFalse(compat._is_c_locale("LC_CTYPE=C.UTF-8;LC_TIME=de_DE.UTF-8"))
+
+
 class ReverseLookup(unittest.TestCase):
     def test_a_placeholder_failure_reads_as_unknown_host(self):
         import types

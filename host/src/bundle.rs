@@ -127,7 +127,7 @@ pub fn freeze_dirs(dirs: &[PathBuf], cache: &Path) -> Result<Frozen> {
     let mut frozen = Frozen::default();
     for dir in dirs {
         let mut h = Sha256::new();
-        hash_dir(&mut h, dir)?;
+        hash_dir(&mut h, dir, Tree::App)?;
         let dest = cache
             .join("live")
             .join(&format!("{:x}", h.finalize())[..32]);
@@ -136,7 +136,7 @@ pub fn freeze_dirs(dirs: &[PathBuf], cache: &Path) -> Result<Frozen> {
         frozen._held.push(live_lock(&dest, true)?);
         if !dest.is_dir() {
             let staged = crate::cachefs::staging(&dest)?.keep();
-            copy_files(dir, &staged)?;
+            copy_files(dir, &staged, Tree::App)?;
             crate::cachefs::publish(&staged, &dest, Path::is_dir)?;
         }
         frozen.dirs.push(dest);
@@ -204,8 +204,8 @@ pub fn prune_live(cache: &Path) -> usize {
 /// Copy `dir`'s shipped files into the directory `dest`, with their
 /// modification times (what is packed from the copy keeps them, see
 /// [`pack`]).
-pub fn copy_files(dir: &Path, dest: &Path) -> Result<()> {
-    for rel in files(dir)? {
+pub fn copy_files(dir: &Path, dest: &Path, tree: Tree) -> Result<()> {
+    for rel in files(dir, tree)? {
         let (from, to) = (dir.join(&rel), dest.join(&rel));
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)
@@ -220,12 +220,36 @@ pub fn copy_files(dir: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn skipped_dir(name: &str) -> bool {
-    SKIP_DIRS.contains(&name)
+/// The rules of what ships, for the build cache's key: a build packed
+/// under other rules is not reused.
+pub const PACKING: &str = "packing 2: packages whole";
+
+/// What a directory that ships holds, which decides what of it ships.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tree {
+    /// The app's own directory (`-p`): its caches, VCS data, virtualenvs,
+    /// logs, databases and build output stay behind.
+    App,
+    /// Installed packages or the standard library: everything ships as
+    /// `pip install` put it (a package's `venv` module, its data files of
+    /// any name) but bytecode, which CPython for WASI compiles itself.
+    Packages,
 }
 
-fn skipped_file(name: &str) -> bool {
-    SKIP_SUFFIXES.iter().any(|s| name.ends_with(s))
+impl Tree {
+    fn skips_dir(self, name: &str) -> bool {
+        match self {
+            Tree::App => SKIP_DIRS.contains(&name),
+            Tree::Packages => name == "__pycache__",
+        }
+    }
+
+    fn skips_file(self, name: &str) -> bool {
+        match self {
+            Tree::App => SKIP_SUFFIXES.iter().any(|s| name.ends_with(s)),
+            Tree::Packages => name.ends_with(".pyc") || name.ends_with(".pyo"),
+        }
+    }
 }
 
 /// The file that marks a cache directory (<https://bford.info/cachedir/>,
@@ -266,8 +290,8 @@ pub fn ships(rel: &Path) -> bool {
     let Some(file) = parts.next() else {
         return false;
     };
-    !skipped_file(&file.as_os_str().to_string_lossy())
-        && parts.all(|d| !skipped_dir(&d.as_os_str().to_string_lossy()))
+    !Tree::App.skips_file(&file.as_os_str().to_string_lossy())
+        && parts.all(|d| !Tree::App.skips_dir(&d.as_os_str().to_string_lossy()))
 }
 
 /// Most files one directory may ship: far past any app and its packages
@@ -279,8 +303,9 @@ const MAX_FILES: usize = 200_000;
 /// a wasm section holds less than 4 GiB.
 const MAX_BYTES: u64 = 2 << 30;
 
-/// The files under `dir` that ship with the app, as sorted relative paths.
-pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The files under `dir`, a `tree` of that kind, that ship with the app,
+/// as sorted relative paths.
+pub fn files(dir: &Path, tree: Tree) -> Result<Vec<PathBuf>> {
     let root = dir
         .canonicalize()
         .with_context(|| format!("reading {}", dir.display()))?;
@@ -311,17 +336,17 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
                 continue;
             }
             if kind.is_dir() {
-                if skipped_dir(&name_str) {
+                if tree.skips_dir(&name_str) {
                     continue;
                 }
-                match marked_unshipped(&entry.path()) {
+                match marked_unshipped(&entry.path()).filter(|_| tree == Tree::App) {
                     Some(Unshipped::Cache) => {}
                     Some(Unshipped::Virtualenv) => {
                         not_shipped(&entry.path(), "a virtualenv (it holds pyvenv.cfg)")
                     }
                     None => stack.push(path),
                 }
-            } else if skipped_file(&name_str) {
+            } else if tree.skips_file(&name_str) {
                 if SQLITE_SUFFIXES.iter().any(|s| name_str.ends_with(s)) {
                     not_shipped(
                         &entry.path(),
@@ -332,7 +357,7 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
                 // Once: the build reads the app's tree more than once, the
                 // last time in its own copy.
                 static ENV_WARNED: std::sync::Once = std::sync::Once::new();
-                if name_str == ".env" {
+                if name_str == ".env" && tree == Tree::App {
                     ENV_WARNED.call_once(|| {
                         tracing::warn!(
                             "{}: ships inside the component, readable by anyone who has it; \
@@ -399,9 +424,9 @@ fn not_shipped(path: &Path, why: &str) {
 
 /// Feed the names and contents of `dir`'s shipped files into `hasher`
 /// (the build cache key); returns their total size.
-pub fn hash_dir(hasher: &mut Sha256, dir: &Path) -> Result<u64> {
+pub fn hash_dir(hasher: &mut Sha256, dir: &Path, tree: Tree) -> Result<u64> {
     let mut total = 0;
-    for rel in files(dir)? {
+    for rel in files(dir, tree)? {
         let data = std::fs::read(dir.join(&rel))
             .with_context(|| format!("reading {}", dir.join(&rel).display()))?;
         hasher.update(rel.to_string_lossy().as_bytes());
@@ -418,12 +443,12 @@ pub fn hash_dir(hasher: &mut Sha256, dir: &Path) -> Result<u64> {
 /// file keeps its source's modification time, which frameworks compare
 /// (Django's collectstatic, `Last-Modified` and the `ETag`s of Flask's
 /// `send_file`): a rebuilt file must not look unchanged.
-pub fn pack(roots: &[(String, PathBuf)]) -> Result<(Vec<u8>, usize)> {
+pub fn pack(roots: &[(String, PathBuf, Tree)]) -> Result<(Vec<u8>, usize)> {
     let encoder = zstd::Encoder::new(Vec::new(), 3)?;
     let mut tar = tar::Builder::new(encoder);
     let mut count = 0;
-    for (root, dir) in roots {
-        for rel in files(dir)? {
+    for (root, dir, tree) in roots {
+        for rel in files(dir, *tree)? {
             let src = dir.join(&rel);
             let data = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
             let mut header = tar::Header::new_gnu();
@@ -851,7 +876,7 @@ mod tests {
             .and_then(|f| f.set_modified(when))
             .unwrap();
         let dest = tempfile::tempdir().unwrap();
-        copy_files(src.path(), dest.path()).unwrap();
+        copy_files(src.path(), dest.path(), Tree::App).unwrap();
         let copied = std::fs::metadata(dest.path().join("static/a.css")).unwrap();
         assert_eq!(copied.modified().unwrap(), when);
     }
@@ -876,11 +901,25 @@ mod tests {
             .and_then(|f| f.set_modified(when))
             .unwrap();
         assert_eq!(
-            files(src.path()).unwrap(),
+            files(src.path(), Tree::App).unwrap(),
             vec![PathBuf::from("pkg/mod.py")]
         );
+        // Installed packages ship as pip put them, bytecode aside: a
+        // package's data files of any name, its `venv` module.
+        let packages: Vec<PathBuf> = [
+            "app.wasm",
+            "db.sqlite3",
+            "env2/lib/six.py",
+            "env2/pyvenv.cfg",
+            "pkg/mod.py",
+            "server.log",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(files(src.path(), Tree::Packages).unwrap(), packages);
 
-        let (archive, count) = pack(&[("1".into(), src.path().to_path_buf())]).unwrap();
+        let (archive, count) = pack(&[("1".into(), src.path().to_path_buf(), Tree::App)]).unwrap();
         assert_eq!(count, 1);
         let mut component = b"\0asm\x0d\x00\x01\x00".to_vec();
         append(&mut component, &archive);
@@ -914,8 +953,8 @@ mod tests {
         let extra = tempfile::tempdir().unwrap();
         std::fs::write(extra.path().join("other.py"), "y = 2\n").unwrap();
         let (archive, _) = pack(&[
-            ("1".into(), src.path().to_path_buf()),
-            ("2".into(), extra.path().to_path_buf()),
+            ("1".into(), src.path().to_path_buf(), Tree::App),
+            ("2".into(), extra.path().to_path_buf(), Tree::App),
         ])
         .unwrap();
         let mut second = b"\0asm\x0d\x00\x01\x00".to_vec();
@@ -973,7 +1012,10 @@ mod tests {
         std::fs::create_dir_all(cache.join("builds")).unwrap();
         std::fs::write(cache.join("builds/x.cwasm"), "compiled").unwrap();
         std::fs::write(cache.join(CACHE_TAG), CACHE_TAG_TEXT).unwrap();
-        assert_eq!(files(src.path()).unwrap(), [PathBuf::from("app.py")]);
+        assert_eq!(
+            files(src.path(), Tree::App).unwrap(),
+            [PathBuf::from("app.py")]
+        );
     }
 
     #[test]
@@ -992,7 +1034,7 @@ mod tests {
         std::fs::write(src.path().join("app.py"), "a").unwrap();
         let key = |dir: &Path| {
             let mut h = Sha256::new();
-            hash_dir(&mut h, dir).unwrap();
+            hash_dir(&mut h, dir, Tree::App).unwrap();
             format!("{:x}", h.finalize())
         };
         let before = key(src.path());

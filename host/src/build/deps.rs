@@ -411,7 +411,9 @@ fn hash_referenced(h: &mut Sha256, file: &Path, text: &str, depth: usize) -> Res
             h.update(b"\0local\0");
             h.update(path.to_string_lossy().as_bytes());
             if path.is_dir() {
-                bundle::hash_dir(h, path)?;
+                // A package's source tree, the app's kind: its VCS data
+                // and virtualenvs do not change what pip builds.
+                bundle::hash_dir(h, path, bundle::Tree::App)?;
             } else if let Ok(data) = std::fs::read(path) {
                 h.update(&data);
             }
@@ -680,7 +682,7 @@ fn project_name(spec: &str) -> &str {
 /// it is pure Python (`py3-none-any`), else the package cannot run in WASI.
 fn build_pure_wheel(spec: &str, index: &[String], wheels: &Path) -> Result<()> {
     let name = project_name(spec);
-    tracing::info!("{name}: no wheel for CPython 3.14 on WASI; building its source distribution");
+    tracing::info!("{name}: no wheel for CPython 3.14 on WASI; trying its source distribution");
     let scratch = tempfile::tempdir()?;
     // pip's own temporary directories too, so that a build stopped by a
     // signal (pip killed) leaves none behind.
@@ -829,12 +831,12 @@ fn copy_site_packages(src: &Path, cache: &Path) -> Result<Resolved> {
     // (`Asked::WholeTree`); the warnings are kept with the copy.
     h.update(b"site-packages 2\0");
     h.update(NATIVE_IMPORTS);
-    bundle::hash_dir(&mut h, src)?;
+    bundle::hash_dir(&mut h, src, bundle::Tree::Packages)?;
     let key = format!("{:x}", h.finalize())[..32].to_owned();
     let dir = cache.join("deps").join(format!("site-{key}"));
     prepare_once(dir, key, Asked::WholeTree, |tmp| {
         tracing::info!("copying {} into the build cache", src.display());
-        for rel in bundle::files(src)? {
+        for rel in bundle::files(src, bundle::Tree::Packages)? {
             let to = tmp.join("site-packages").join(&rel);
             std::fs::create_dir_all(to.parent().expect("file has a parent"))?;
             std::fs::copy(src.join(&rel), &to)

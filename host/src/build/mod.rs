@@ -288,6 +288,7 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     h.update(env!("CARGO_PKG_VERSION"));
     h.update(COMPONENTIZE_PY);
     h.update(POST_PASSES);
+    h.update(bundle::PACKING);
     for (name, text) in GUEST_FILES {
         h.update(name);
         h.update(text);
@@ -305,7 +306,7 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
         if opts.live {
             continue;
         }
-        let bytes = bundle::hash_dir(&mut h, dir)?;
+        let bytes = bundle::hash_dir(&mut h, dir, bundle::Tree::App)?;
         if bytes > LARGE_APP_DIR {
             tracing::warn!(
                 "-p {} holds {:.0} MB of files, all shipped in the component; \
@@ -382,8 +383,9 @@ fn build_sum(component: &[u8]) -> String {
 
 /// Whether the build cache's `cached` holds what was built: a damaged
 /// entry (a bad block, a stray write, a truncation) would otherwise be
-/// shipped by every later build as "unchanged". One that is not is
-/// removed, so it is built again.
+/// shipped by every later build as "unchanged". One that does not is
+/// built again and replaced (not removed here: a build of the same app
+/// in another process may be between writing the sum and the entry).
 fn build_cache_sound(cached: &Path) -> bool {
     let sum = build_sum_path(cached);
     let why = match (std::fs::read(cached), std::fs::read_to_string(&sum)) {
@@ -398,7 +400,6 @@ fn build_cache_sound(cached: &Path) -> bool {
         "the build cache's {} is not used: {why}; building again",
         cached.display()
     );
-    let _ = std::fs::remove_file(cached);
     false
 }
 
@@ -491,10 +492,17 @@ async fn generate(
     // the dependencies cached for other builds can be written by it. They
     // are also what gets packed: the files the snapshot was taken from.
     let mut python_path: Vec<PathBuf> = vec![guest_dir.clone()];
+    let tree_of = |i: usize| {
+        if i < app_dirs.len() {
+            bundle::Tree::App
+        } else {
+            bundle::Tree::Packages
+        }
+    };
     for (i, dir) in sources.iter().enumerate() {
         let copy = work.path().join("src").join((i + 1).to_string());
         std::fs::create_dir_all(&copy)?;
-        bundle::copy_files(dir, &copy)?;
+        bundle::copy_files(dir, &copy, tree_of(i))?;
         python_path.push(copy);
     }
     let native: std::collections::BTreeMap<&str, &str> = resolved
@@ -632,13 +640,13 @@ async fn generate(
         cachefs::publish(&staged, &stdlib, |d| d.join("os.py").is_file())?;
     }
 
-    let mut roots = vec![("python".to_owned(), stdlib)];
+    let mut roots = vec![("python".to_owned(), stdlib, bundle::Tree::Packages)];
     roots.extend(
         python_path
             .iter()
             .enumerate()
             .skip(1)
-            .map(|(i, dir)| (i.to_string(), dir.clone())),
+            .map(|(i, dir)| (i.to_string(), dir.clone(), tree_of(i - 1))),
     );
     let (archive, count) = bundle::pack(&roots)?;
     tracing::info!(
