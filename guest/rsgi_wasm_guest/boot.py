@@ -78,14 +78,20 @@ class BuildError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        from .compat import report_stream
+        tell(message)
 
-        # What componentize-py keeps of stderr has room for about this much
-        # after the app's own output; a traceback's end says the most.
-        if len(message) > REPORT_MAX:
-            message = "... (the start is cut)\n" + message[-REPORT_MAX:]
-        message = message.rstrip("\n")
-        print(MARKER + message.replace("\n", "\n" + MARKER), file=report_stream(), flush=True)
+
+def tell(message: str) -> None:
+    """Print ``message`` where the build reports a failure, each line
+    marked (the host shows only marked lines)."""
+    from .compat import report_stream
+
+    # What componentize-py keeps of stderr has room for about this much
+    # after the app's own output; a traceback's end says the most.
+    if len(message) > REPORT_MAX:
+        message = "... (the start is cut)\n" + message[-REPORT_MAX:]
+    message = message.rstrip("\n")
+    print(MARKER + message.replace("\n", "\n" + MARKER), file=report_stream(), flush=True)
 
 
 def _host_path(path: Optional[str], mounts: Sequence[Tuple[str, str]]) -> str:
@@ -336,22 +342,70 @@ def app_dirs_first(path: Sequence[str], app_dirs: Sequence[str]) -> List[str]:
     return first + [p for p in path if p not in first]
 
 
-def add_site_dirs(dirs: Sequence[str]) -> None:
-    """Treat the dependencies' directories as site-packages are on Linux:
-    their ``.pth`` files add paths and run their ``import`` lines (older
-    namespace packages, import hooks). componentize-py only puts the
-    directories on ``sys.path``; this runs while building, so what the
-    lines do is in the snapshot."""
+def add_site_dirs(mounts: Sequence[Tuple[str, str]]) -> List[str]:
+    """Treat the dependencies' directories (guest, host) as site-packages
+    are on Linux: their ``.pth`` files add paths and run their ``import``
+    lines (older namespace packages, import hooks). componentize-py only
+    puts the directories on ``sys.path``; this runs while building, so what
+    the lines do is in the snapshot. Returns build warnings: what CPython
+    would print about a line, and paths the sandbox does not have."""
+    import contextlib
+    import io
     import os
     import site
 
-    for d in dirs:
+    warnings = []
+    for guest, host in mounts:
         try:
-            has_pth = any(name.endswith(".pth") for name in os.listdir(d))
+            pth = sorted(name for name in os.listdir(guest) if name.endswith(".pth"))
         except OSError:
             continue
-        if has_pth:
-            site.addsitedir(d)
+        if not pth:
+            continue
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(said):
+                site.addsitedir(guest)
+        except BaseException as e:  # sys.exit() in a line, an undecodable file
+            raise BuildError(
+                f"processing the .pth files of {host} ({', '.join(pth)}) raised {type(e).__name__}: {e}"
+            ) from None
+        warnings += [f"warning: {host}: {line}" for line in said.getvalue().splitlines() if line.strip()]
+        for name in pth:
+            warnings += _pth_outside(os.path.join(guest, name), f"{host}/{name}")
+    return warnings
+
+
+def _pth_outside(path: str, shown: str) -> List[str]:
+    """Warnings for the path lines of ``.pth`` file ``path`` that name a
+    directory the sandbox does not have: an editable install (``pip
+    install -e``) points at its source tree on the build machine."""
+    import os
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    editable = os.path.basename(path).startswith("__editable__")
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#") or line.startswith(("import ", "import\t")):
+            continue
+        if os.path.isabs(line) and not os.path.isdir(line):
+            out.append(
+                f"warning: {shown} adds {line}, which is not shipped"
+                + (" (an editable install, pip install -e)" if editable else "")
+                + ": give that directory with -p, or install the package without -e"
+            )
+    if editable and not out:
+        out.append(
+            f"warning: {shown}: an editable install (pip install -e) keeps its code in its "
+            f"source tree, which is not shipped: give that directory with -p, or install the "
+            f"package without -e"
+        )
+    return out
 
 
 def app_module_names(app_dirs: Sequence[str]) -> Set[str]:
@@ -469,14 +523,20 @@ def boot(
     # before the script's directory is searched.
     own_dirs = [guest for guest, _ in mounts[:app_dirs]]
     sys.path[:] = app_dirs_first(sys.path, own_dirs)
-    add_site_dirs([guest for guest, _ in mounts[app_dirs:]])
+    site_warnings = add_site_dirs(mounts[app_dirs:])
     forget_shadowed(own_dirs, keep)
-    report = check_native(native, lenient) + unused_app_modules(own_dirs, keep)
+    report = site_warnings + check_native(native, lenient) + unused_app_modules(own_dirs, keep)
     if live:
         app = LiveApp(module, expr, mounts, native, own_dirs, keep)
         report.append("live: each instance imports the app as it starts, from its directories as they are then")
     else:
-        app = resolve_callable(import_app_module(module, mounts, native), module, expr, mounts)
+        try:
+            app = resolve_callable(import_app_module(module, mounts, native), module, expr, mounts)
+        except BuildError:
+            # A .pth path the sandbox lacks is often why an import fails.
+            if site_warnings:
+                tell("\n".join(site_warnings))
+            raise
         report += warm_up(app, warmup)
     forget_build_tempdir()
     # The snapshot is taken after boot returns, with no Python running:

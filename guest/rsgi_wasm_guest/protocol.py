@@ -328,7 +328,7 @@ def _report(errors: Any, environ: dict, what: str, exc: BaseException) -> None:
     method = environ.get("REQUEST_METHOD", "?")
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     report = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    text = f"{ERROR_REPORT} {method} {path}{what}:\n{report}"
+    text = _clipped(f"{ERROR_REPORT} {method} {path}{what}:\n{report}")
     try:
         errors.write(text)
         errors.flush()
@@ -342,19 +342,36 @@ def _report(errors: Any, environ: dict, what: str, exc: BaseException) -> None:
         _lost.append(f"{ADAPTER_ERROR}: the app closed its {closed}, so its output fails from now on")
 
 
+#: The most characters of a report written: the host logs 16 KiB of it
+#: (its start and its end), and takes 4 MiB per write, past which the rest
+#: of one write would arrive as plain output.
+REPORT_MAX = 256 * 1024
+
+
+def _clipped(text: str) -> str:
+    if len(text) <= REPORT_MAX:
+        return text
+    half = REPORT_MAX // 2
+    left = len(text) - 2 * half
+    return f"{text[:half]}\n[{left} characters of the report left out]\n{text[-half:]}"
+
+
 def _closed_stdio(exc: BaseException) -> str:
-    """Which of stdout and stderr the app closed, when ``exc`` says a
-    descriptor was bad (a ``print`` after ``os.close(1)``); checked only
-    then, so a request that raises nothing pays nothing."""
-    if not (isinstance(exc, OSError) and exc.errno == errno.EBADF):
-        return ""
-    closed = []
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        try:
-            os.fstat(fd)
-        except OSError as e:
-            if e.errno == errno.EBADF:
-                closed.append(f"{name} (fd {fd})")
+    """Which of stdout and stderr the app closed (``sys.stdout.close()``,
+    or ``os.close(1)``, whose descriptor is checked only when ``exc`` says
+    one was bad): a request that raises nothing pays nothing."""
+    closed = [
+        f"sys.{name}"
+        for name in ("stdout", "stderr")
+        if getattr(getattr(sys, name, None), "closed", False) is True
+    ]
+    if isinstance(exc, OSError) and exc.errno == errno.EBADF:
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            try:
+                os.fstat(fd)
+            except OSError as e:
+                if e.errno == errno.EBADF:
+                    closed.append(f"{name} (fd {fd})")
     return " and ".join(closed)
 
 

@@ -334,6 +334,26 @@ class ProtocolTest(unittest.TestCase):
         # A report stderr takes leaves nothing behind.
         run(app=lambda e, s: 1 / 0)
         self.assertIsNone(protocol.take_lost_report())
+        # A closed sys.stdout fails every later print: said, to be replaced.
+        closed = io.StringIO()
+        closed.close()
+        saved = sys.stdout
+        try:
+            sys.stdout = closed
+            run(app=lambda e, s: print("x"))
+        finally:
+            sys.stdout = saved
+        self.assertIn("the app closed its sys.stdout", protocol.take_lost_report())
+
+    def test_a_huge_report_is_written_in_one_piece(self):
+        def app(environ, start_response):
+            raise ValueError("\n".join(f"p{i}" for i in range(400_000)))
+
+        _, _, errors = run(app)
+        self.assertLessEqual(len(errors), protocol.REPORT_MAX + 100)
+        self.assertTrue(errors.startswith(protocol.ERROR_REPORT + " GET /:\nTraceback"), errors[:200])
+        self.assertIn(" characters of the report left out]\n", errors)
+        self.assertTrue(errors.endswith("p399999\n"), errors[-50:])
 
     def test_exc_info_rules(self):
         def replaces(environ, start_response):
@@ -482,13 +502,33 @@ class ImportPath(unittest.TestCase):
             os.makedirs(os.path.join(d, "extra_dir"))
             with open(os.path.join(d, "a.pth"), "w") as f:
                 f.write("extra_dir\nimport sys; sys._rsgi_wasm_pth_ran = True\n")
+            # What CPython would print of a bad line, and a path the
+            # sandbox lacks (an editable install's source tree), are said.
+            with open(os.path.join(d, "b.pth"), "w") as f:
+                f.write("import this_module_does_not_exist_xyz\n")
+            with open(os.path.join(d, "__editable__.proj-0.1.pth"), "w") as f:
+                f.write("/home/dev/proj/src\n")
             saved = sys.path[:]
             try:
                 sys.path.append(d)
-                boot.add_site_dirs([d, "/nowhere"])
+                warnings = boot.add_site_dirs([(d, "./site"), ("/nowhere", "./gone")])
                 self.assertIn(os.path.join(d, "extra_dir"), sys.path)
                 self.assertTrue(getattr(sys, "_rsgi_wasm_pth_ran", False))
                 self.assertEqual(sys.path.count(d), 1)
+                said = "\n".join(warnings)
+                self.assertIn("warning: ./site: Error processing line 1 of", said)
+                self.assertIn(
+                    "warning: ./site/__editable__.proj-0.1.pth adds /home/dev/proj/src, which is not shipped "
+                    "(an editable install, pip install -e): give that directory with -p",
+                    said,
+                )
+                # A line that exits names the file, not the app.
+                with open(os.path.join(d, "c.pth"), "w") as f:
+                    f.write("import sys; sys.exit(3)\n")
+                with self.assertRaises(boot.BuildError) as e:
+                    boot.add_site_dirs([(d, "./site")])
+                self.assertIn("processing the .pth files of ./site", str(e.exception))
+                self.assertIn("SystemExit", str(e.exception))
             finally:
                 sys.path[:] = saved
                 sys.__dict__.pop("_rsgi_wasm_pth_ran", None)

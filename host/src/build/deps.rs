@@ -682,7 +682,9 @@ fn project_name(spec: &str) -> &str {
 /// it is pure Python (`py3-none-any`), else the package cannot run in WASI.
 fn build_pure_wheel(spec: &str, index: &[String], wheels: &Path) -> Result<()> {
     let name = project_name(spec);
-    tracing::info!("{name}: no wheel for CPython 3.14 on WASI; trying its source distribution");
+    tracing::info!(
+        "{spec}: no wheel for CPython 3.14 on WASI matches; trying a source distribution"
+    );
     let scratch = tempfile::tempdir()?;
     // pip's own temporary directories too, so that a build stopped by a
     // signal (pip killed) leaves none behind.
