@@ -1380,10 +1380,24 @@ fn build_errors_are_clear() {
     std::fs::write(dir.join("exits.py"), "import os\nos._exit(0)\n").unwrap();
     let e = build_error("exits:app", &dir, None);
     assert!(
-        e.contains("importing 'exits' (or its warm-up) exited the process successfully"),
+        e.contains(
+            "importing 'exits' (or its warm-up, or a dependency's .pth file) exited the process \
+             successfully"
+        ),
         "{e}"
     );
     assert!(!e.contains("wasm backtrace"), "{e}");
+    // Closed in the snapshot, closed in every instance.
+    std::fs::write(
+        dir.join("closes.py"),
+        "import sys\nsys.stdout.close()\ndef app(environ, start_response):\n    print('hi')\n",
+    )
+    .unwrap();
+    let e = build_error("closes:app", &dir, None);
+    assert!(
+        e.contains("closed its sys.stdout while it was imported"),
+        "{e}"
+    );
     let e = build_error(
         "needs_native:application",
         &dir,

@@ -342,7 +342,7 @@ def app_dirs_first(path: Sequence[str], app_dirs: Sequence[str]) -> List[str]:
     return first + [p for p in path if p not in first]
 
 
-def add_site_dirs(mounts: Sequence[Tuple[str, str]]) -> List[str]:
+def add_site_dirs(mounts: Sequence[Tuple[str, str]], app_dirs: Sequence[str] = ()) -> List[str]:
     """Treat the dependencies' directories (guest, host) as site-packages
     are on Linux: their ``.pth`` files add paths and run their ``import``
     lines (older namespace packages, import hooks). componentize-py only
@@ -372,15 +372,20 @@ def add_site_dirs(mounts: Sequence[Tuple[str, str]]) -> List[str]:
             ) from None
         warnings += [f"warning: {host}: {line}" for line in said.getvalue().splitlines() if line.strip()]
         for name in pth:
-            warnings += _pth_outside(os.path.join(guest, name), f"{host}/{name}")
+            warnings += _pth_outside(os.path.join(guest, name), f"{host}/{name}", app_dirs)
     return warnings
 
 
-def _pth_outside(path: str, shown: str) -> List[str]:
+def _pth_outside(path: str, shown: str, app_dirs: Sequence[str]) -> List[str]:
     """Warnings for the path lines of ``.pth`` file ``path`` that name a
-    directory the sandbox does not have: an editable install (``pip
-    install -e``) points at its source tree on the build machine."""
+    directory the sandbox does not have, unless it is one of the app's own
+    (``app_dirs``, host paths, given with ``-p``): an editable install
+    (``pip install -e``) points at its source tree on the build machine."""
     import os
+
+    def shipped(line: str) -> bool:
+        line = os.path.normpath(line)
+        return any(line == d or line.startswith(d.rstrip("/") + "/") for d in map(os.path.normpath, app_dirs))
 
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -393,7 +398,9 @@ def _pth_outside(path: str, shown: str) -> List[str]:
         line = line.strip()
         if not line or line.startswith("#") or line.startswith(("import ", "import\t")):
             continue
-        if os.path.isabs(line) and not os.path.isdir(line):
+        if shipped(line):
+            editable = False  # what it points at is there
+        elif os.path.isabs(line) and not os.path.isdir(line):
             out.append(
                 f"warning: {shown} adds {line}, which is not shipped"
                 + (" (an editable install, pip install -e)" if editable else "")
@@ -523,7 +530,7 @@ def boot(
     # before the script's directory is searched.
     own_dirs = [guest for guest, _ in mounts[:app_dirs]]
     sys.path[:] = app_dirs_first(sys.path, own_dirs)
-    site_warnings = add_site_dirs(mounts[app_dirs:])
+    site_warnings = add_site_dirs(mounts[app_dirs:], [host for _, host in mounts[:app_dirs]])
     forget_shadowed(own_dirs, keep)
     report = site_warnings + check_native(native, lenient) + unused_app_modules(own_dirs, keep)
     if live:
@@ -543,6 +550,14 @@ def boot(
     # from here on the calls are the app's, at run time.
     compat.network_closed(False)
     uncap_stdio()
+    closed = protocol.closed_stdio()
+    if closed:
+        # Every instance starts from the snapshot: each would fail its
+        # first print and be replaced by another just like it.
+        raise BuildError(
+            f"the app closed its {closed} while it was imported (or a dependency's .pth file did): "
+            f"every instance would start with it closed, and fail at its first output"
+        )
     if report_path:
         try:
             with open(report_path, "w") as f:

@@ -12,6 +12,7 @@ module names are pinned by ``host/src/build/mod.rs``).
 """
 
 import gc
+import sys
 from typing import Callable, Optional
 
 from componentize_py_types import Err, Ok
@@ -239,10 +240,16 @@ def make_handler(app: Callable) -> type:
                     stream = env["wsgi.input"] = InputStream(body.pull, length)
                 failure = run(app, env, transport)
             except BaseException as e:  # a bug here must not abort the instance
-                import sys
-
-                print(f"rsgi-wasm adapter error: {type(e).__name__}: {e}", file=sys.stderr)
+                print(f"{protocol.ADAPTER_ERROR}: {type(e).__name__}: {e}", file=sys.stderr)
             finally:
+                # Another wasi:http host has no way to be told to replace
+                # the instance: said on stderr if it takes it, and not kept.
+                lost = protocol.take_lost_report()
+                if lost is not None:
+                    try:
+                        print(lost, file=sys.__stderr__)
+                    except BaseException:
+                        pass
                 body.close()
                 # Kept past its request, it reads b"" (and see SPOOLED).
                 spooled = stream is not None and stream.end()

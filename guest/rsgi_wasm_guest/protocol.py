@@ -337,14 +337,17 @@ def _report(errors: Any, environ: dict, what: str, exc: BaseException) -> None:
         # line of output of this instance would be lost too.
         _lost.append(f"{ADAPTER_ERROR}: the app's stderr cannot be written ({type(e).__name__}: {e}); its report:\n{text}")
         return
-    closed = _closed_stdio(exc)
+    # The descriptors only when the exception says one was bad: a request
+    # that raises nothing pays nothing.
+    closed = closed_stdio(descriptors=isinstance(exc, OSError) and exc.errno == errno.EBADF)
     if closed:
         _lost.append(f"{ADAPTER_ERROR}: the app closed its {closed}, so its output fails from now on")
 
 
 #: The most characters of a report written: the host logs 16 KiB of it
 #: (its start and its end), and takes 4 MiB per write, past which the rest
-#: of one write would arrive as plain output.
+#: of one write would arrive as plain output. (guest_log.rs `guest_left_out`
+#: reads the count this leaves.)
 REPORT_MAX = 256 * 1024
 
 
@@ -356,16 +359,16 @@ def _clipped(text: str) -> str:
     return f"{text[:half]}\n[{left} characters of the report left out]\n{text[-half:]}"
 
 
-def _closed_stdio(exc: BaseException) -> str:
-    """Which of stdout and stderr the app closed (``sys.stdout.close()``,
-    or ``os.close(1)``, whose descriptor is checked only when ``exc`` says
-    one was bad): a request that raises nothing pays nothing."""
+def closed_stdio(descriptors: bool = True) -> str:
+    """Which of the app's standard output streams is closed: as an object
+    (``sys.stdout.close()``), or, with ``descriptors``, as a descriptor
+    (``os.close(1)``)."""
     closed = [
         f"sys.{name}"
         for name in ("stdout", "stderr")
         if getattr(getattr(sys, name, None), "closed", False) is True
     ]
-    if isinstance(exc, OSError) and exc.errno == errno.EBADF:
+    if descriptors:
         for fd, name in ((1, "stdout"), (2, "stderr")):
             try:
                 os.fstat(fd)

@@ -522,6 +522,11 @@ class ImportPath(unittest.TestCase):
                     "(an editable install, pip install -e): give that directory with -p",
                     said,
                 )
+                # Not once the directory is shipped with -p.
+                editable = os.path.join(d, "__editable__.proj-0.1.pth")
+                self.assertEqual(boot._pth_outside(editable, "x", ["/home/dev/proj/src/"]), [])
+                self.assertEqual(boot._pth_outside(editable, "x", ["/home/dev/proj"]), [])
+                self.assertEqual(len(boot._pth_outside(editable, "x", ["/home/dev/pro"])), 1)
                 # A line that exits names the file, not the app.
                 with open(os.path.join(d, "c.pth"), "w") as f:
                     f.write("import sys; sys.exit(3)\n")

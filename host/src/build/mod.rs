@@ -586,9 +586,9 @@ async fn generate(
                         "with a failure (WASI 0.2 carries no exit number)"
                     };
                     bail!(UserError(format!(
-                        "importing '{module}' (or its warm-up) exited the process {how} (os._exit \
-                         or a C-level exit): an app must not exit while it is imported or serves \
-                         a request"
+                        "importing '{module}' (or its warm-up, or a dependency's .pth file) exited \
+                         the process {how} (os._exit or a C-level exit): an app must not exit while \
+                         it is imported or serves a request"
                     )));
                 }
                 // componentize-py copies the heap out in one piece, within

@@ -441,19 +441,36 @@ fn clip_report(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let tail = take(&mut lines[head..].iter().rev());
     let left_out = &lines[head..lines.len() - tail];
     let bytes: usize = left_out.iter().map(Vec::len).sum();
+    // The guest clips a huge report before writing it: its own count of
+    // what it left out, among these lines, is told too.
+    let before: u64 = left_out.iter().filter_map(|l| guest_left_out(l)).sum();
+    let before = if before > 0 {
+        format!(", and {before} characters before it was written")
+    } else {
+        String::new()
+    };
     let mut out = lines[..head].concat();
     if !out.ends_with(b"\n") {
         out.push(b'\n');
     }
     out.extend_from_slice(
         format!(
-            "[{} lines ({bytes} bytes) of the report left out]\n",
+            "[{} lines ({bytes} bytes) of the report left out{before}]\n",
             left_out.len()
         )
         .as_bytes(),
     );
     out.extend(lines[lines.len() - tail..].iter().flatten());
     out.into()
+}
+
+/// The count in the line the guest puts where it clipped a report
+/// (`protocol._clipped`: "[N characters of the report left out]").
+fn guest_left_out(line: &[u8]) -> Option<u64> {
+    let n = line
+        .strip_prefix(b"[")?
+        .strip_suffix(b" characters of the report left out]\n")?;
+    std::str::from_utf8(n).ok()?.parse().ok()
 }
 
 /// Most of a guest's text (an exception message, a trap's backtrace) a
@@ -665,6 +682,23 @@ mod tests {
         let text = String::from_utf8_lossy(&clipped);
         assert!(text.contains("in app\nRecursionError: deep\n"), "{text}");
         assert!(text.ends_with("when serializing list item 0\n"));
+
+        // What the guest left out before writing is counted too.
+        let mut pre = first.to_string();
+        for i in 0..2000 {
+            pre.push_str(&format!("line {i}\n"));
+        }
+        pre.push_str("[9000000 characters of the report left out]\n");
+        for i in 0..2000 {
+            pre.push_str(&format!("line {i}\n"));
+        }
+        let text = String::from_utf8_lossy(&clip_report(pre.as_bytes())).into_owned();
+        assert!(
+            text.contains(
+                " bytes) of the report left out, and 9000000 characters before it was written]"
+            ),
+            "{text}"
+        );
 
         // Tiny lines cost a log line's prefix each: few are kept.
         let tiny = format!("{first}{}", "HUGESTR\n".repeat(200_000));
