@@ -122,7 +122,8 @@ def make_handler(app: Callable, fixed_keys: Tuple[str, ...]) -> type:
                 failure = run(app, env, _TRANSPORT)
             except BaseException as e:  # a bug here must not abort the instance
                 failure = f"{protocol.ADAPTER_ERROR}: {type(e).__name__}: {e}"
-            failure = protocol.take_lost_report() or failure
+            if protocol.LOST_REPORTS:
+                failure = protocol.take_lost_report()
             # An input kept past its request must not read the next one's.
             if body is not EMPTY and body.end():
                 del env, body

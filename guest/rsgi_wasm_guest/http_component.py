@@ -244,10 +244,9 @@ def make_handler(app: Callable) -> type:
             finally:
                 # Another wasi:http host has no way to be told to replace
                 # the instance: said on stderr if it takes it, and not kept.
-                lost = protocol.take_lost_report()
-                if lost is not None:
+                if protocol.LOST_REPORTS:
                     try:
-                        print(lost, file=sys.__stderr__)
+                        print(protocol.take_lost_report(), file=sys.__stderr__)
                     except BaseException:
                         pass
                 body.close()

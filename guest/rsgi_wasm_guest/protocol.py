@@ -33,9 +33,10 @@ ERROR_REPORT = "rsgi-wasm: error in the WSGI app serving"
 #: instance (protocol.rs `ADAPTER_ERROR` must match).
 ADAPTER_ERROR = "rsgi-wasm adapter error"
 
-# A report the app's stderr would not take, for the host to log instead
-# (`take_lost_report`).
-_lost: List[str] = []
+#: What this request's reports could not say through stderr, for the host
+#: to log instead (`take_lost_report`); empty on nearly every request, so
+#: handlers test it before calling.
+LOST_REPORTS: List[str] = []
 
 Headers = List[Tuple[str, str]]
 
@@ -335,13 +336,13 @@ def _report(errors: Any, environ: dict, what: str, exc: BaseException) -> None:
     except (OSError, ValueError) as e:
         # The app closed its stderr (os.close(2)): every later report and
         # line of output of this instance would be lost too.
-        _lost.append(f"{ADAPTER_ERROR}: the app's stderr cannot be written ({type(e).__name__}: {e}); its report:\n{text}")
+        LOST_REPORTS.append(f"{ADAPTER_ERROR}: the app's stderr cannot be written ({type(e).__name__}: {e}); its report:\n{text}")
         return
     # The descriptors only when the exception says one was bad: a request
     # that raises nothing pays nothing.
     closed = closed_stdio(descriptors=isinstance(exc, OSError) and exc.errno == errno.EBADF)
     if closed:
-        _lost.append(f"{ADAPTER_ERROR}: the app closed its {closed}, so its output fails from now on")
+        LOST_REPORTS.append(f"{ADAPTER_ERROR}: the app closed its {closed}, so its output fails from now on")
 
 
 #: The most characters of a report written: the host logs 16 KiB of it
@@ -382,10 +383,10 @@ def take_lost_report() -> Optional[str]:
     """What this request's reports could not say through stderr, if
     anything: the handler fails with it, so the host logs it and replaces
     the instance."""
-    if not _lost:
+    if not LOST_REPORTS:
         return None
-    lost = "\n".join(_lost)
-    _lost.clear()
+    lost = "\n".join(LOST_REPORTS)
+    LOST_REPORTS.clear()
     return lost
 
 

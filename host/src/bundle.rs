@@ -339,7 +339,11 @@ pub fn files(dir: &Path, tree: Tree) -> Result<Vec<PathBuf>> {
                 if tree.skips_dir(&name_str) {
                     continue;
                 }
-                match marked_unshipped(&entry.path()).filter(|_| tree == Tree::App) {
+                let marked = match tree {
+                    Tree::App => marked_unshipped(&entry.path()),
+                    Tree::Packages => None,
+                };
+                match marked {
                     Some(Unshipped::Cache) => {}
                     Some(Unshipped::Virtualenv) => {
                         not_shipped(&entry.path(), "a virtualenv (it holds pyvenv.cfg)")

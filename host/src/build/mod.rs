@@ -324,22 +324,30 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let cached = builds.join(format!("{key}.wasm"));
     let report_file = builds.join(format!("{key}.warmup.txt"));
 
-    let hit = cached.is_file() && build_cache_sound(&cached);
-    if hit && opts.live {
-        // Every edit of a live app lands here: its files are not built in.
-        tracing::debug!("{}: live build unchanged, reusing it", opts.target);
-    } else if hit {
-        tracing::info!(
-            "{}: unchanged since the last build, reusing it",
-            opts.target
-        );
-    } else {
-        let component =
-            generate(&module, &callable, &app_dirs, &resolved, opts, &report_file).await?;
-        // The sum first: a reader that finds the entry finds its sum.
-        cachefs::write_atomic(&build_sum_path(&cached), build_sum(&component).as_bytes())?;
-        cachefs::write_atomic(&cached, &component)?;
-    }
+    let reused = cached.is_file().then(|| sound_build(&cached)).flatten();
+    let hit = reused.is_some();
+    let component = match reused {
+        Some(component) => {
+            if opts.live {
+                // Every edit of a live app lands here: its files are not built in.
+                tracing::debug!("{}: live build unchanged, reusing it", opts.target);
+            } else {
+                tracing::info!(
+                    "{}: unchanged since the last build, reusing it",
+                    opts.target
+                );
+            }
+            component
+        }
+        None => {
+            let component =
+                generate(&module, &callable, &app_dirs, &resolved, opts, &report_file).await?;
+            // The sum first: a reader that finds the entry finds its sum.
+            cachefs::write_atomic(&build_sum_path(&cached), build_sum(&component).as_bytes())?;
+            cachefs::write_atomic(&cached, &component)?;
+            component
+        }
+    };
     let path = match &opts.output {
         Some(out) => {
             if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -349,8 +357,6 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
             // Renamed into place whole: a full disk or a crash keeps the
             // last good build, and a server reloading the file never reads
             // half of one.
-            let component = std::fs::read(&cached)
-                .with_context(|| format!("reading the build cache's {}", cached.display()))?;
             cachefs::write_atomic(out, &component)
                 .with_context(|| format!("writing {}", out.display()))?;
             out.clone()
@@ -381,15 +387,17 @@ fn build_sum(component: &[u8]) -> String {
     format!("{:x}\n", Sha256::digest(component))
 }
 
-/// Whether the build cache's `cached` holds what was built: a damaged
+/// The build cache's `cached`, if it holds what was built: a damaged
 /// entry (a bad block, a stray write, a truncation) would otherwise be
 /// shipped by every later build as "unchanged". One that does not is
 /// built again and replaced (not removed here: a build of the same app
 /// in another process may be between writing the sum and the entry).
-fn build_cache_sound(cached: &Path) -> bool {
+fn sound_build(cached: &Path) -> Option<Vec<u8>> {
     let sum = build_sum_path(cached);
     let why = match (std::fs::read(cached), std::fs::read_to_string(&sum)) {
-        (Ok(component), Ok(recorded)) if build_sum(&component) == recorded => return true,
+        (Ok(component), Ok(recorded)) if build_sum(&component) == recorded => {
+            return Some(component)
+        }
         (Ok(_), Ok(_)) => "its bytes differ from what was built (checksum mismatch)".to_owned(),
         (Ok(_), Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             "it has no checksum (built by an older rsgi-wasm)".to_owned()
@@ -400,7 +408,7 @@ fn build_cache_sound(cached: &Path) -> bool {
         "the build cache's {} is not used: {why}; building again",
         cached.display()
     );
-    false
+    None
 }
 
 /// Builds under way, by their scratch directories.

@@ -364,11 +364,10 @@ impl AppPool {
                 recycle = Some(Recycle::Adapter);
                 guest_log::adapter_failure(&self.name, &reason);
                 tracing::error!(app = %self.name, "the guest adapter failed (above); instance replaced");
-                let reason = guest_log::quoted(&reason);
                 if ex.finished() {
                     // The response went out whole (the app's own 500).
                 } else if ex.committed() {
-                    ex.abort(reason);
+                    ex.abort(guest_log::quoted(&reason));
                 } else {
                     self.fail(
                         &mut ex,
