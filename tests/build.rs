@@ -826,6 +826,63 @@ fn a_build_whose_import_never_returns_stops_at_the_build_timeout() {
     }
 }
 
+/// The build's scratch directory under `tmp`, once one exists.
+fn build_scratch_in(tmp: &Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(tmp).ok()?.flatten().find_map(|run| {
+        std::fs::read_dir(run.path())
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("build-"))
+            })
+    })
+}
+
+#[test]
+fn a_killed_build_s_scratch_is_removed_by_the_next_start() {
+    let dir = temp_dir("killed-build");
+    write(
+        &dir,
+        "app.py",
+        "import time\ntime.sleep(10**6)\n\ndef app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'never']\n",
+    );
+    let tmp = temp_dir("killed-build-tmp");
+    let mut build = bin()
+        .args(["build", "app:app", "-o"])
+        .arg(dir.join("app.wasm"))
+        .arg("-p")
+        .arg(&dir)
+        .env("TMPDIR", &tmp)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let scratch = loop {
+        if let Some(found) = build_scratch_in(&tmp) {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scratch directory in {tmp:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // As the OOM killer would: no destructor, no exit handler.
+    build.kill().unwrap();
+    build.wait().unwrap();
+    assert!(scratch.exists());
+    let tmp_text = tmp.to_string_lossy().into_owned();
+    let s = Server::start_env(
+        &["run", router().to_str().unwrap()],
+        &[("TMPDIR", tmp_text.as_str())],
+    );
+    s.wait_for_log("left by a server that was killed");
+    assert!(!scratch.exists(), "{scratch:?} is still there");
+    assert!(build_scratch_in(&tmp).is_none());
+}
+
 const LAZY_APP: &str = r#"
 import os
 

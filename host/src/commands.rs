@@ -214,7 +214,7 @@ fn end_exec_on_signals() -> Result<()> {
                 .and_then(|rt| rt.block_on(watch));
             match status {
                 Ok(status) => {
-                    crate::runtime::scratch::abandon();
+                    crate::scratch::abandon();
                     std::process::exit(status);
                 }
                 Err(e) => {
@@ -935,7 +935,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     let starter = Starter::new(loader.clone(), scheduler(&loader), metered, max_loaded);
     // Apps load lazily, each making its /tmp then: a temp dir that cannot
     // hold them is an error now, not a 503 on every first request.
-    crate::runtime::scratch::prepare()?;
+    crate::scratch::prepare()?;
     let fits = Fits {
         max_loaded: args.max_loaded,
         preload: args.preload,

@@ -9,8 +9,8 @@
 //!   `runtime` (engine, instances, sandbox, the WSGI imports, bodies).
 //!
 //! `config` (validated settings), `error` (the user-facing error),
-//! `protocol` (what host and guest agree on), `bundle`, `cachefs`, `digests` and
-//! `latin1` are shared below all of them. `docs/architecture.md` walks one request through them;
+//! `protocol` (what host and guest agree on), `bundle`, `cachefs`, `digests`,
+//! `scratch` and `latin1` are shared below all of them. `docs/architecture.md` walks one request through them;
 //! `scripts/check-modules.py` checks the layering and that no two modules
 //! import each other.
 
@@ -29,6 +29,7 @@ mod latin1;
 mod metrics;
 mod protocol;
 mod runtime;
+mod scratch;
 mod tenants;
 
 use std::process::ExitCode;
@@ -111,7 +112,7 @@ pub fn main() -> ExitCode {
     });
     // The runtime is gone, and with it every instance's and app's /tmp.
     build::remove_abandoned_work();
-    runtime::scratch::finish();
+    scratch::finish();
     match outcome {
         Ok(status) => ExitCode::from(status),
         Err(e) => {

@@ -685,7 +685,7 @@ fn build_pure_wheel(spec: &str, index: &[String], wheels: &Path) -> Result<()> {
     tracing::info!(
         "{spec}: no wheel for CPython 3.14 on WASI matches; trying a source distribution"
     );
-    let scratch = tempfile::tempdir()?;
+    let scratch = crate::scratch::work_dir("sdist-")?;
     // pip's own temporary directories too, so that a build stopped by a
     // signal (pip killed) leaves none behind.
     let pip_tmp = scratch.path().join("tmp");

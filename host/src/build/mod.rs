@@ -416,15 +416,14 @@ static WORK_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::ne
 
 /// A build's scratch directory, removed when the build ends, or by
 /// [`remove_abandoned_work`] when the process exits with the build still
-/// running: a `--reload` rebuild cut short by SIGTERM runs no destructor.
+/// running (a `--reload` rebuild cut short by SIGTERM runs no destructor),
+/// or by the next process's sweep of the run directory it is in when this
+/// one was killed.
 struct WorkDir(tempfile::TempDir);
 
 impl WorkDir {
     fn new() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("rsgi-wasm-build")
-            .tempdir()
-            .context("creating the build's scratch directory (set TMPDIR to a writable one)")?;
+        let dir = crate::scratch::work_dir("build-")?;
         let mut dirs = WORK_DIRS.lock().unwrap_or_else(|e| e.into_inner());
         dirs.push(dir.path().to_owned());
         Ok(WorkDir(dir))

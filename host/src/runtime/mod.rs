@@ -26,7 +26,6 @@ pub mod outbound;
 pub mod pool;
 mod quota_fs;
 pub mod sandbox;
-pub mod scratch;
 pub mod snapshot_pages;
 mod socket_slots;
 mod socket_states;

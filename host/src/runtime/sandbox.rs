@@ -14,10 +14,10 @@ use crate::runtime::disk_quota::{Budget, Ledger};
 use crate::runtime::guest_log::{GuestLog, LogBudget};
 use crate::runtime::outbound::{InstanceNet, Outbound};
 use crate::runtime::quota_fs::{OpenFiles, Quotas};
-use crate::runtime::scratch::{scratch_dir, ScratchDir};
 use crate::runtime::store::{HostState, Network};
 use crate::runtime::tls_client::TlsClients;
 use crate::runtime::wsgi::WsgiCtx;
+use crate::scratch::{scratch_dir, ScratchDir};
 
 /// The grants of one app, turned into a fresh `HostState` per instance.
 #[derive(Clone)]

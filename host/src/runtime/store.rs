@@ -19,10 +19,10 @@ use crate::runtime::cpu::CpuShare;
 use crate::runtime::guest_log::GuestLog;
 use crate::runtime::outbound::{InstanceNet, SocketsView};
 use crate::runtime::quota_fs::{QuotaFsView, Quotas};
-use crate::runtime::scratch::ScratchDir;
 use crate::runtime::tls_client::{TlsClients, TlsView};
 use crate::runtime::wasi_http::HttpState;
 use crate::runtime::wsgi::WsgiCtx;
+use crate::scratch::ScratchDir;
 
 /// Everything a `Store` holds for one instance.
 pub struct HostState {

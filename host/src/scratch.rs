@@ -1,6 +1,6 @@
 //! Scratch directories on the host (an app's or an instance's private
-//! /tmp) and their removal, however deep a guest nested them, including
-//! those a killed process left behind.
+//! /tmp, a build's work) and their removal, however deep a guest nested
+//! them, including those a killed process left behind.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -134,6 +134,16 @@ pub fn scratch_dir(app: &str) -> Result<ScratchDir> {
         .tempdir_in(run_dir()?)
         .context("creating the app's private /tmp")?;
     Ok(ScratchDir(dir.keep()))
+}
+
+/// A build's work directory, named `{prefix}...`, in this process's run
+/// directory: removed when dropped, and by the next process's sweep if
+/// this one is killed first (a build's scratch holds tens of megabytes).
+pub fn work_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(run_dir()?)
+        .context("creating a scratch directory for the build (set TMPDIR to a writable one)")
 }
 
 /// An app's or instance's private /tmp on the host, removed with it.
