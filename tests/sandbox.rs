@@ -525,6 +525,14 @@ fn tenants_are_routed_by_host_and_prefix_with_their_own_grants() {
         let res = read_response(&mut r, false);
         assert_eq!(res.status, 400, "{path}");
     }
+    // So are encoded slashes where they decide the app: one proxy reads
+    // `/b%2Fenv` as under `/b`, another not. Past the prefix they are the
+    // app's business.
+    for (path, status) in [("/b%2Fenv", 400), ("/b%2fenv", 400), ("/b/x%2Fy", 404)] {
+        let (mut w, mut r) = connect(s.addr);
+        write!(w, "GET {path} HTTP/1.1\r\nHost: nobody.test\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut r, false).status, status, "{path}");
+    }
     let (mut w, mut r) = connect(s.addr);
     w.write_all(b"GET /b/..env HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .unwrap();

@@ -144,7 +144,11 @@ class _WasiTransport(protocol.Transport):
         headers, self.bodiless = wasi_http.response_headers(code, headers)
         if self.bodiless:
             first_chunk = b""
-        fields = t.Fields.from_list([(name, value.encode("latin-1")) for name, value in headers])
+        pairs = [(name, value.encode("latin-1")) for name, value in headers]
+        try:
+            fields = t.Fields.from_list(pairs)
+        except Err as e:
+            raise ValueError(_refused_header(pairs, e)) from None
         response = t.OutgoingResponse(fields)
         # wasi:http carries the code only; the reason phrase is the host's.
         response.set_status_code(code)
@@ -202,6 +206,18 @@ class _WasiTransport(protocol.Transport):
                     pass
             else:
                 _drop(body)
+
+
+def _refused_header(pairs: list, err: Err) -> str:
+    """Name the header wasi:http refused: its error says only how."""
+    for name, value in pairs:
+        for what, tried in (("name", b""), ("value", value)):
+            try:
+                _drop(t.Fields.from_list([(name, tried)]))
+            except Err:
+                shown = name if what == "name" else value.decode("latin-1")
+                return f"response header {name!r} has an invalid {what} {shown!r} (wasi:http: {err.value})"
+    return f"wasi:http refused the response headers ({err.value})"
 
 
 def _drop(resource: object) -> None:

@@ -399,6 +399,13 @@ def _close(result: Any, errors: Any, environ: dict) -> None:
         _report(errors, environ, " (the result's close() raised)", exc)
 
 
+#: Why a response is cut short when the app stopped at its request body.
+BODY_FAILED_AFTER_HEAD = (
+    "the request body could not be read after the response had started "
+    "(the client stalled, left or sent malformed framing), and the app stopped there"
+)
+
+
 def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport) -> Optional[str]:
     """Serve one request; never raises. Returns None when the response is
     complete, or why it was cut short after its head was sent."""
@@ -432,6 +439,11 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
         complete = True
         return None
     except ClientDisconnected:
+        if resp.sent and getattr(body_input, "disconnected", False):
+            # The app gave up on a request body that failed after its
+            # response started: a client that stalled or garbled the body
+            # is still there, and must not take what it got for the whole.
+            return BODY_FAILED_AFTER_HEAD
         # The client went away mid-request: nobody to answer, nothing to log.
         return None
     except BaseException as exc:

@@ -307,6 +307,32 @@ class ProtocolTest(unittest.TestCase):
             # No head: the host answers 400 (framing) or 408 (a stall).
             self.assertIsNone(t.head, shape)
 
+    def test_a_body_that_fails_after_the_head_cuts_the_response_short(self):
+        def pull(n):
+            raise ClientDisconnected("stalled")
+
+        def echo(environ, start_response):
+            start_response("200 OK", [])
+            yield b"started"
+            yield environ["wsgi.input"].read()
+
+        t = Recorder()
+        env = protocol.base_environ(io.StringIO())
+        env.update({"REQUEST_METHOD": "POST", "PATH_INFO": "/echo"})
+        env["wsgi.input"] = InputStream(pull, None)
+        self.assertEqual(protocol.run(echo, env, t), protocol.BODY_FAILED_AFTER_HEAD)
+        self.assertEqual(t.head[0], "200 OK")
+
+        def leaving(environ, start_response):
+            # A client that left mid-download: nobody to tell.
+            start_response("200 OK", [])
+            yield b"started"
+            raise ClientDisconnected("client disconnected")
+
+        env = protocol.base_environ(io.StringIO())
+        env.update({"REQUEST_METHOD": "GET", "PATH_INFO": "/"})
+        self.assertIsNone(protocol.run(leaving, env, Recorder()))
+
     def test_exception_after_head_reports_cut_short(self):
         def app(environ, start_response):
             start_response("200 OK", [])

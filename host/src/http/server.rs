@@ -701,6 +701,19 @@ fn below_prefix(parts: &mut http::request::Parts, prefix: &str) {
 /// TLS, and the connection's number.
 type Connection = (SocketAddr, SocketAddr, bool, u64);
 
+/// Whether a raw path has an encoded slash (`%2F`, any case).
+fn raw_has_encoded_slash(raw: &str) -> bool {
+    raw.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+}
+
+/// `raw` with each encoded slash escaped again, so decoding leaves it
+/// `%2F` inside its segment (no prefix has a `%`).
+fn keep_encoded_slashes(raw: &str) -> String {
+    raw.replace("%2F", "%252F").replace("%2f", "%252f")
+}
+
 async fn respond(
     site: &Site,
     parts: http::request::Parts,
@@ -732,7 +745,24 @@ async fn respond(
             "Bad Request: `.` or `..` segments in a path routed by its prefix",
         ));
     }
-    let route = router.route(host_of(&parts), &path).ok_or_else(|| {
+    let route = router.route(host_of(&parts), &path);
+    // An encoded slash is one segment to a proxy that leaves it encoded
+    // (Envoy, HAProxy) and two to one that decodes it: refused where the
+    // two readings route to different apps, as dot segments are.
+    if router.prefixed() && raw_has_encoded_slash(parts.uri.path()) {
+        let kept = keep_encoded_slashes(parts.uri.path());
+        let other = router.route(host_of(&parts), &environ::decoded_path(&kept));
+        if !std::ptr::eq(
+            route.map_or(std::ptr::null(), |r| r as *const _),
+            other.map_or(std::ptr::null(), |r| r as *const _),
+        ) {
+            return Err(unrouted(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: an encoded `/` (%2F) in a path routed by its prefix, where it changes the app",
+            ));
+        }
+    }
+    let route = route.ok_or_else(|| {
         unrouted(
             StatusCode::NOT_FOUND,
             "Not Found: no app is configured for this host and path",

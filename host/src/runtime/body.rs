@@ -620,12 +620,12 @@ impl Pace {
     pub fn log_timeout(&self, patience: Duration, received: u64) {
         if patience < self.stall {
             tracing::info!(
-                "request body: {received} bytes in {:?} of waiting, slower than {MIN_RATE} bytes/s; answered 408",
+                "request body: {received} bytes in {:?} of waiting, slower than {MIN_RATE} bytes/s; given up (408 unless the response had started)",
                 self.waited
             );
         } else {
             tracing::info!(
-                "request body: nothing from the client for {:?}; answered 408",
+                "request body: nothing from the client for {:?}; given up (408 unless the response had started)",
                 self.stall
             );
         }

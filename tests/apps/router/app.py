@@ -335,6 +335,10 @@ def application(environ, start_response):
         return [b"unreachable"]
 
     if path == "/bad-header":
+        if query == "ctl":
+            # Past the adapter's CR/LF/NUL check: the host's rules refuse it.
+            start_response("200 OK", [("X-Ctl", "a\x01b")])
+            return [b"unreachable"]
         start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: pwned=1")])
         return [b"unreachable"]
 
