@@ -645,6 +645,62 @@ fn a_request_body_that_stalls_after_the_response_started_cuts_the_response_short
     );
 }
 
+#[test]
+fn a_server_whose_log_cannot_be_written_keeps_serving_and_usr1_is_ignored() {
+    use std::io::BufRead;
+    let mut child = bin()
+        .args(["run", router().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr: std::net::SocketAddr = loop {
+        let mut line = String::new();
+        assert!(log.read_line(&mut line).unwrap() > 0, "no listening line");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split(['/', ' ']).next().unwrap().parse().unwrap();
+        }
+    };
+    // logrotate's habit: USR1 to reopen the log, which would end a
+    // process that does not catch it.
+    std::process::Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .unwrap();
+    loop {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "USR1 ended the server"
+        );
+        if line.contains("SIGUSR1 ignored") {
+            break;
+        }
+    }
+    // The log's reader goes away (a `| head`, a collector that died):
+    // every later line fails with EPIPE.
+    drop(log);
+    let url = |path: &str| format!("http://{addr}{path}");
+    let answers: Vec<_> = (0..20)
+        .map(|i| {
+            let path = ["/", "/error", "/print"][i % 3];
+            let url = url(path);
+            std::thread::spawn(move || client().get(url).send().map(|r| r.status().as_u16()))
+        })
+        .collect();
+    for (i, a) in answers.into_iter().enumerate() {
+        let want = if i % 3 == 1 { 500 } else { 200 };
+        assert_eq!(a.join().unwrap().unwrap(), want, "request {i}");
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the server ended");
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
 /// How many bytes `r` gives until its end, or an error (a cut).
 fn bytes_until_the_end(r: &mut impl std::io::Read) -> usize {
     let mut got = 0usize;

@@ -26,6 +26,26 @@ fn get_host(s: &Server, host: &str, path: &str) -> (u16, String) {
 }
 
 #[test]
+fn a_name_wasi_cannot_carry_is_left_out_of_its_listing_not_the_rest() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = temp_dir("unlistable");
+    std::fs::write(dir.join("ok.txt"), "ok").unwrap();
+    std::fs::write(dir.join("caf\u{e9}.txt"), "utf-8").unwrap();
+    std::fs::write(
+        dir.join(std::ffi::OsStr::from_bytes(b"latin1-\xff.txt")),
+        "x",
+    )
+    .unwrap();
+    let grant = format!("{}::/data:ro", dir.display());
+    let s = Server::start(&router(), &["--dir", &grant]);
+    assert_eq!(
+        get(&s, "/fs-op?listdir,/data"),
+        (200, "caf\u{e9}.txt,ok.txt".into())
+    );
+    s.wait_for_log("a directory listing left out a file whose name is not UTF-8");
+}
+
+#[test]
 fn file_escapes_fail_with_oserror() {
     let outside = temp_dir("outside");
     std::fs::write(outside.join("secret.txt"), "host secret").unwrap();

@@ -1,5 +1,6 @@
 //! What each subcommand does: wires config, engine, pools and server.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -62,10 +63,13 @@ async fn build_and_report(opts: &BuildOptions) -> Result<build::BuildReport> {
     let report = build::build(opts).await?;
     // A cached build's lines are its warm-up's, when it was built.
     let when = if report.cached { " (when built)" } else { "" };
+    // Progress only: a stderr that cannot be written must not fail the build.
+    let mut err = std::io::stderr().lock();
     for line in &report.warmup {
-        eprintln!("{line}{when}");
+        let _ = writeln!(err, "{line}{when}");
     }
-    eprintln!(
+    let _ = writeln!(
+        err,
         "built {}: {:.1} MB in {:.1}s{}",
         report.path.display(),
         report.size as f64 / 1e6,
@@ -254,7 +258,8 @@ fn unpack_command(args: &UnpackArgs) -> Result<()> {
     }
     let mounts = crate::bundle::extract(&mut file, &args.dir)?;
     if mounts.is_empty() {
-        println!("{} ships no files", path.display());
+        writeln!(std::io::stdout(), "{} ships no files", path.display())
+            .context("writing to stdout")?;
         return Ok(());
     }
     // Printed to be pasted: quoted for a POSIX shell and for TOML.
@@ -276,7 +281,8 @@ fn unpack_command(args: &UnpackArgs) -> Result<()> {
             )
         })
         .collect();
-    println!(
+    writeln!(
+        std::io::stdout(),
         "unpacked the files of {} into {}\n\n\
          wasmtime serve (a component built with --world wasi-http):\n  \
          wasmtime serve -Scli {} {}\n\n\
@@ -289,8 +295,8 @@ fn unpack_command(args: &UnpackArgs) -> Result<()> {
         dirs.join(" "),
         shell_word(&path.display().to_string()),
         files.join(", ")
-    );
-    Ok(())
+    )
+    .context("writing to stdout")
 }
 
 /// `word` as one POSIX shell word: as it is if nothing in it is special,
@@ -387,6 +393,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
     // HUP does: installed before a build or a compile that can take a
     // while, as in `serve`, so an early one does not end the process.
     let mut hup = hangup()?;
+    ignore_user_signals()?;
     let mut stop = server::Stop::install()?;
     let metered = start_ops(&args.http, server_cfg.listen).await?;
     let statics = StaticFiles::new(args.app_args.statics.clone())?;
@@ -565,6 +572,25 @@ fn sweep_idle(site: Arc<Site>) -> tokio::task::JoinHandle<()> {
 fn hangup() -> Result<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{signal, SignalKind};
     signal(SignalKind::hangup()).context("installing the SIGHUP handler")
+}
+
+/// Log and ignore SIGUSR1 and SIGUSR2 from now on: their default action
+/// ends the process, and logrotate setups send USR1 to servers that reopen
+/// their log files, while this one logs to stderr, with nothing to reopen.
+fn ignore_user_signals() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    for (kind, name) in [
+        (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::user_defined2(), "SIGUSR2"),
+    ] {
+        let mut signals = signal(kind).with_context(|| format!("installing the {name} handler"))?;
+        tokio::spawn(async move {
+            while signals.recv().await.is_some() {
+                tracing::info!("{name} ignored: the log goes to stderr, with no file to reopen");
+            }
+        });
+    }
+    Ok(())
 }
 
 /// What `run --reload` restarts the app with.
@@ -922,6 +948,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     // systemd's `Restart=on-failure` takes for a clean stop). One that
     // arrives meanwhile reloads once the server listens.
     let mut hup = hangup()?;
+    ignore_user_signals()?;
     let mut stop = server::Stop::install()?;
     let server_cfg = args.http.server_config(args.listen);
     // A mistake in the file or a component is told before anything

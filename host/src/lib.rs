@@ -54,6 +54,47 @@ fn raise_fd_limit() {
     }
 }
 
+/// Threads a process uses besides the runtime's workers and `main`: the
+/// epoch and CPU-watch threads, the temp-dir sweep, and a few of tokio's
+/// blocking pool (loading, hashing, file I/O).
+const HELPER_THREADS: usize = 6;
+
+/// Start (and end) as many threads as the process needs at once, so a
+/// limit on threads too low for them (`ulimit -u`, systemd's `TasksMax`,
+/// a container's pids limit) is one clear error before anything starts:
+/// tokio panics when it cannot start its workers, and then hangs.
+fn check_thread_limit(workers: usize) -> anyhow::Result<()> {
+    let needed = workers + HELPER_THREADS;
+    let mut started = Vec::with_capacity(needed);
+    let mut failure = None;
+    for _ in 0..needed {
+        let (hold, wait) = std::sync::mpsc::channel::<()>();
+        match std::thread::Builder::new().spawn(move || {
+            let _ = wait.recv();
+        }) {
+            Ok(thread) => started.push((hold, thread)),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    for (hold, thread) in started {
+        drop(hold);
+        let _ = thread.join();
+    }
+    let Some(e) = failure else { return Ok(()) };
+    use rustix::process::{getrlimit, Resource};
+    let limit = match getrlimit(Resource::Nproc).current {
+        Some(n) => format!("ulimit -u is {n}, counting every process and thread of this user"),
+        None => "ulimit -u is unlimited, so a cgroup's pids.max (systemd's TasksMax, a container's pids limit) is the likely cap".into(),
+    };
+    Err(anyhow::anyhow!(
+        "cannot start the {} threads rsgi-wasm needs on this machine ({e}): {limit}; raise the limit",
+        needed + 1,
+    ))
+}
+
 /// What to print for a command that failed with `e`: user mistakes as
 /// they are, anything else with its chain of causes.
 fn report(e: &anyhow::Error) -> String {
@@ -82,8 +123,13 @@ pub fn main() -> ExitCode {
         // watch on a directory already deleted could not be removed, as
         // `--reload` watches a replaced app directory again).
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=error"));
+    // A log that cannot be written (its pipe's reader gone, a full disk)
+    // loses its lines, not the server: the subscriber's own report of the
+    // failure would go to the same stderr with `eprintln!`, which panics
+    // the thread serving the request.
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_env_filter(filter);
     if cli.command.json_logs() {
         config::JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -97,11 +143,14 @@ pub fn main() -> ExitCode {
     // One worker thread more than guests may run at once (one per core,
     // `cpu::CpuScheduler`): however busy the guests, a thread is left for
     // accepting, connection I/O and static files.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(runtime::cpu::CpuScheduler::io_threads_for_this_machine())
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"));
+    let workers = runtime::cpu::CpuScheduler::io_threads_for_this_machine();
+    let runtime = check_thread_limit(workers).and_then(|()| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+    });
     let outcome = runtime.and_then(|rt| {
         let outcome = rt.block_on(commands::execute(cli.command));
         // Not waiting for whatever blocking work is left past a moment: a
@@ -122,7 +171,8 @@ pub fn main() -> ExitCode {
             } else {
                 // A build's error quotes what the app printed: it must not
                 // drive the terminal.
-                eprintln!("error: {}", runtime::visible_lines(&report(&e)));
+                let line = format!("error: {}\n", runtime::visible_lines(&report(&e)));
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             }
             ExitCode::FAILURE
         }

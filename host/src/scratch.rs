@@ -27,9 +27,16 @@ static RUN: OnceLock<std::result::Result<RunDir, String>> = OnceLock::new();
 fn run_dir() -> Result<&'static Path> {
     let run = RUN.get_or_init(|| {
         let run = new_run_dir().map_err(|e| format!("{e:#}"))?;
-        let (tmp, ours) = (std::env::temp_dir(), run.path.clone());
+        let (tmp, ours) = (host_temp_dir(), run.path.clone());
         // Off the load path: what a killed process left may be large.
-        std::thread::spawn(move || sweep(&tmp, &ours));
+        // Without a thread to spare (a thread limit reached), the next
+        // start sweeps instead.
+        if let Err(e) = std::thread::Builder::new()
+            .name("rsgi-wasm-sweep".into())
+            .spawn(move || sweep(&tmp, &ours))
+        {
+            tracing::debug!("not sweeping the temp dir now: {e}");
+        }
         Ok(run)
     });
     match run {
@@ -38,9 +45,18 @@ fn run_dir() -> Result<&'static Path> {
     }
 }
 
+/// `$TMPDIR`, or `/tmp` when it is unset or empty: the standard
+/// library takes an empty one for the working directory.
+fn host_temp_dir() -> PathBuf {
+    match std::env::var_os("TMPDIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from("/tmp"),
+    }
+}
+
 fn new_run_dir() -> Result<RunDir> {
     use std::os::unix::fs::PermissionsExt;
-    let tmp = std::env::temp_dir();
+    let tmp = host_temp_dir();
     // Only this user: on a shared host, other users must not read what
     // apps keep in their /tmp.
     let path = tempfile::Builder::new()

@@ -602,7 +602,8 @@ impl Drop for AppPool {
 }
 
 /// wasmtime's refusal of a memory whose snapshot is larger than
-/// `--memory`, with what the app needs and the flag that grants it.
+/// `--memory`, with what the app needs and the flag that grants it; or of
+/// a memory's reservation under an address-space limit, with that limit.
 pub fn memory_hint(e: anyhow::Error, limit: u64) -> anyhow::Error {
     let text = format!("{e:#}");
     let pages = text
@@ -617,6 +618,16 @@ pub fn memory_hint(e: anyhow::Error, limit: u64) -> anyhow::Error {
                 need as f64 / (1024.0 * 1024.0),
                 limit as f64 / (1024.0 * 1024.0)
             ))
+        }
+        _ if text.contains("mmap failed to reserve") => {
+            use rustix::process::{getrlimit, Resource};
+            match getrlimit(Resource::As).current {
+                Some(limit) => e.context(format!(
+                    "the address-space limit (ulimit -v, RLIMIT_AS) is {:.1} GiB, and each instance reserves about 4 GiB of it for its memory and guard pages (reserved, not used: the app's memory is still capped by --memory); raise it to about 2 GiB for the server plus 4.1 GiB per instance (workers, across all apps), or lift it (ulimit -v unlimited; systemd: LimitAS=infinity)",
+                    limit as f64 / (1u64 << 30) as f64
+                )),
+                None => e,
+            }
         }
         _ => e,
     }

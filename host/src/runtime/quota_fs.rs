@@ -39,6 +39,8 @@ pub struct OpenFiles {
     app: Arc<str>,
     warned: WarnEvery,
     sent_warned: WarnEvery,
+    /// Listings that left out a name WASI cannot carry.
+    unlisted_warned: WarnEvery,
     refusals: prometheus_client::metrics::counter::Counter,
 }
 
@@ -53,7 +55,19 @@ impl OpenFiles {
             app,
             warned: WarnEvery::default(),
             sent_warned: WarnEvery::default(),
+            unlisted_warned: WarnEvery::default(),
         })
+    }
+
+    /// Say (at most once a minute) that a listing left out a name that is
+    /// not UTF-8: the app would otherwise not know why a file is missing.
+    fn unlisted(&self) {
+        if self.unlisted_warned.due() {
+            tracing::warn!(
+                app = %self.app,
+                "a directory listing left out a file whose name is not UTF-8, which WASI cannot carry: rename it for the app to see it"
+            );
+        }
     }
 
     /// One more in `count` (at most the app's limit) and in the process's
@@ -578,7 +592,19 @@ impl HostDirectoryEntryStream for QuotaFsView<'_> {
         &mut self,
         stream: Resource<types::DirectoryEntryStream>,
     ) -> FsResult<Option<types::DirectoryEntry>> {
-        HostDirectoryEntryStream::read_directory_entry(&mut self.fs, stream).await
+        // wasmtime-wasi fails the entry of a name that is not UTF-8, and
+        // wasi-libc then the whole listing: one such file made a granted
+        // directory unlistable (`glob` and `os.walk` found nothing). The
+        // others are listed, as natively.
+        loop {
+            let borrowed = Resource::new_borrow(stream.rep());
+            match HostDirectoryEntryStream::read_directory_entry(&mut self.fs, borrowed).await {
+                Err(e) if matches!(e.downcast_ref(), Some(ErrorCode::IllegalByteSequence)) => {
+                    self.quotas.files.unlisted()
+                }
+                next => return next,
+            }
+        }
     }
 
     fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {

@@ -621,6 +621,8 @@ def application(environ, start_response):
                 os.link(a, b[0])
             elif op == "mkdir":
                 os.makedirs(a)
+            elif op == "listdir":
+                return text(start_response, ",".join(sorted(os.listdir(a))))
             return text(start_response, "ok")
         except OSError as e:
             return text(start_response, errno_name(e))
