@@ -443,6 +443,21 @@ fn error_after_head_cuts_the_connection() {
     // No terminating zero-size chunk: the client can tell it was cut short.
     assert!(!text.ends_with("0\r\n\r\n"), "{text:?}");
     s.wait_for_log("late boom");
+    // HTTP/1.0 has no chunks: the body ends with the connection, so only
+    // a reset, not an orderly close, tells the client it was cut.
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"GET /error-after-head HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let ended = loop {
+        match r.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert_eq!(ended, Err(std::io::ErrorKind::ConnectionReset));
+    s.wait_for_log_count("late boom", 2);
 }
 
 #[test]
@@ -1873,6 +1888,13 @@ fn the_metrics_port_must_differ_from_the_apps() {
         err.contains(&format!("--listen {at}: cannot listen there")),
         "{err}"
     );
+    // Told before the app is loaded (a first compile takes seconds).
+    let (code, _, err) = run_bin(&["run", "/nonexistent/app.wasm", "--listen", &at]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("--listen {at}: cannot listen there")),
+        "{err}"
+    );
     let (code, _, err) = run_bin(&["run", router().to_str().unwrap(), "--metrics", "nowhere"]);
     assert_ne!(code, 0);
     assert!(err.contains("--metrics"), "{err}");
@@ -1964,7 +1986,7 @@ fn http2_cleartext_streams_both_ways_with_many_streams_on_one_connection() {
     let r = h2.get(s.url("/env?x=1")).send().unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     let env: serde_json::Value = r.json().unwrap();
-    assert_eq!(env["SERVER_PROTOCOL"], "HTTP/2");
+    assert_eq!(env["SERVER_PROTOCOL"], "HTTP/2.0");
     assert_eq!(env["HTTP_HOST"], s.addr.to_string(), "from :authority");
     assert_eq!(env["SERVER_PORT"], s.addr.port().to_string());
     assert_eq!(env["RAW_URI"], "/env?x=1");
@@ -2194,7 +2216,7 @@ fn tls_serves_https_with_h2_by_alpn_and_https_scheme() {
     assert_eq!(peer_cert(&r), leaf);
     let env: serde_json::Value = r.json().unwrap();
     assert_eq!(env["wsgi.url_scheme"], "https");
-    assert_eq!(env["SERVER_PROTOCOL"], "HTTP/2");
+    assert_eq!(env["SERVER_PROTOCOL"], "HTTP/2.0");
     // Streamed both ways over h2 in TLS.
     let up: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
     let back = c

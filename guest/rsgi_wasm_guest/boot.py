@@ -113,6 +113,12 @@ def _app_frames(exc: BaseException, mounts: Sequence[Tuple[str, str]]) -> str:
 
 
 def import_app_module(module: str, mounts: Sequence[Tuple[str, str]], native: Dict[str, str]) -> Any:
+    import os
+
+    # As gunicorn sets it before loading the app: web.py turns its debug
+    # pages (source, locals and request headers, for every client) on at
+    # import unless it is there.
+    os.environ.setdefault("SERVER_SOFTWARE", "rsgi-wasm")
     try:
         return importlib.import_module(module)
     except SyntaxError as e:

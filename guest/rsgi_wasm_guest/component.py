@@ -112,7 +112,7 @@ def make_handler(app: Callable, fixed_keys: Tuple[str, ...]) -> type:
             if length is not None and length != "0":
                 env["wsgi.input"] = InputStream(_pull, int(length))
             elif length is None and (
-                "HTTP_TRANSFER_ENCODING" in env or env["SERVER_PROTOCOL"] == "HTTP/2"
+                "HTTP_TRANSFER_ENCODING" in env or env["SERVER_PROTOCOL"] == "HTTP/2.0"
             ):
                 env["wsgi.input"] = InputStream(_pull, None)
             if env["wsgi.run_once"] == "1":  # sent only under request isolation

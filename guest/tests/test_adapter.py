@@ -507,6 +507,27 @@ class BuildTempdirTest(unittest.TestCase):
 
 
 class ImportPath(unittest.TestCase):
+    def test_the_app_is_imported_with_server_software_set_as_gunicorn_does(self):
+        import os
+        import tempfile
+
+        from rsgi_wasm_guest import boot
+
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "seen_server_software.py"), "w") as f:
+                f.write("import os\nSEEN = os.environ.get('SERVER_SOFTWARE')\n")
+            saved = os.environ.pop("SERVER_SOFTWARE", None)
+            sys.path.insert(0, d)
+            try:
+                module = boot.import_app_module("seen_server_software", [], {})
+                self.assertEqual(module.SEEN, "rsgi-wasm")
+            finally:
+                sys.path.remove(d)
+                sys.modules.pop("seen_server_software", None)
+                os.environ.pop("SERVER_SOFTWARE", None)
+                if saved is not None:
+                    os.environ["SERVER_SOFTWARE"] = saved
+
     def test_the_app_s_directories_come_before_the_standard_library(self):
         from rsgi_wasm_guest import boot
 

@@ -330,9 +330,29 @@ fn scheduler(loader: &Loader) -> Arc<CpuScheduler> {
     )
 }
 
-async fn listen(cfg: &ServerConfig) -> Result<TcpListener> {
-    TcpListener::bind(cfg.listen)
-        .await
+/// The server's address, bound now and listened on once the apps are
+/// ready ([`listen`]): a port another program holds is told before a
+/// first compile of seconds, and nothing connects meanwhile (a bound
+/// socket that does not listen refuses connections, as a free port does).
+fn reserve(cfg: &ServerConfig) -> Result<tokio::net::TcpSocket> {
+    let at = || format!("--listen {}: cannot listen there", cfg.listen);
+    let socket = if cfg.listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .with_context(at)?;
+    // As `TcpListener::bind` does: a restart binds while the last run's
+    // connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true).with_context(at)?;
+    socket.bind(cfg.listen).with_context(at)?;
+    Ok(socket)
+}
+
+/// Start listening on the address [`reserve`] bound.
+fn listen(socket: tokio::net::TcpSocket, cfg: &ServerConfig) -> Result<TcpListener> {
+    socket
+        .listen(1024)
         .with_context(|| format!("--listen {}: cannot listen there", cfg.listen))
 }
 
@@ -395,6 +415,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let mut hup = hangup()?;
     ignore_user_signals()?;
     let mut stop = server::Stop::install()?;
+    let reserved = reserve(&server_cfg)?;
     let metered = start_ops(&args.http, server_cfg.listen).await?;
     let statics = StaticFiles::new(args.app_args.statics.clone())?;
     let mut source = component_for_run(&args)?;
@@ -455,7 +476,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
         frozen,
         took,
     } = first;
-    let listener = listen(&server_cfg).await?;
+    let listener = listen(reserved, &server_cfg)?;
     metrics::READY.store(true, Ordering::Release);
     tracing::info!(
         "listening on {}://{} (app {name}, {workers} worker{}, ready in {:.0} ms)",
@@ -951,6 +972,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     ignore_user_signals()?;
     let mut stop = server::Stop::install()?;
     let server_cfg = args.http.server_config(args.listen);
+    let reserved = reserve(&server_cfg)?;
     // A mistake in the file or a component is told before anything
     // listens, the metrics port included (it opens once the components
     // are checked, so it answers health checks during a --preload).
@@ -973,7 +995,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         let running = check_tenants(&starter, configs, &[])?;
         start_ops(&args.http, server_cfg.listen).await?;
         fits.preload(&running).await?;
-        anyhow::Ok((running, listen(&server_cfg).await?))
+        anyhow::Ok((running, listen(reserved, &server_cfg)?))
     };
     let Some((running, listener)) = unless_stopped(&mut stop, started).await? else {
         return Ok(());

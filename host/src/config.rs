@@ -103,9 +103,13 @@ pub fn parse_dir(value: &str) -> Result<DirGrant, ConfigError> {
         value: value.to_owned(),
         reason: reason.to_owned(),
     };
-    let (host, rest) = value
-        .split_once("::")
+    // The guest directory is absolute, so the last `::/` splits the two:
+    // a host path may hold `::` itself.
+    let at = value
+        .rfind("::/")
+        .or_else(|| value.find("::"))
         .ok_or_else(|| err("missing `::` between host and guest directory"))?;
+    let (host, rest) = (&value[..at], &value[at + 2..]);
     let mut parts = rest.split(':');
     let guest = parts.next().unwrap_or_default();
     let (mut mode, mut quota) = (None, None);
@@ -207,8 +211,14 @@ const MAX_CONFIG_FILE: u64 = 16 << 20;
 
 /// Read the config file `path` as text (see [`read_small_file`]).
 pub fn read_config_file(path: &std::path::Path) -> std::io::Result<String> {
-    String::from_utf8(read_small_file(path)?)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+    String::from_utf8(read_small_file(path)?).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (line {line})"),
+        )
+    })
 }
 
 /// Read a file the operator named (config, env file, certificates, keys):
@@ -968,6 +978,23 @@ mod tests {
         }
         let long = format!("{}.com:1", "a".repeat(64));
         assert!(parse_net(&long).is_err());
+    }
+
+    #[test]
+    fn a_config_file_that_is_not_utf8_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.env");
+        std::fs::write(&path, b"A=1\nB=caf\xe9\n").unwrap();
+        let e = read_config_file(&path).unwrap_err().to_string();
+        assert_eq!(e, "not UTF-8 text (line 2)");
+    }
+
+    #[test]
+    fn a_host_directory_may_hold_two_colons() {
+        let dir = tempfile::Builder::new().prefix("a::b").tempdir().unwrap();
+        let g = parse_dir(&format!("{}::/data:ro", dir.path().display())).unwrap();
+        assert_eq!((g.host.as_path(), g.guest.as_str()), (dir.path(), "/data"));
+        assert!(g.read_only);
     }
 
     #[test]

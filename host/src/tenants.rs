@@ -345,7 +345,7 @@ fn tenant(
                         span,
                         k,
                         format!(
-                            "{p:?}: write the path decoded, in printable ASCII without %, ? or #"
+                            "{p:?}: write the path decoded, in printable ASCII without spaces, %, ? or #"
                         ),
                     )));
                 }

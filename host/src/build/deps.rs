@@ -612,6 +612,13 @@ fn pip_install(requirements: &Path, label: &str, index: &[String], work: &Path) 
     }
 }
 
+/// The way out when a package with native code is only another's
+/// dependency, which the app never imports.
+const NOT_IMPORTED: &str = "if it comes in only as another package's dependency and the app \
+     never imports it, pin that package to a version that does without it, or install the \
+     packages yourself (pip install --target DIR --python-version 3.14 --only-binary=:all: ...) \
+     and build with --site-packages DIR, which stops only if the app imports it";
+
 /// The last `n` lines of `text`: what a failed native build printed last.
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.trim_end().lines().collect();
@@ -760,7 +767,8 @@ fn build_pure_wheel(spec: &str, index: &[String], wheels: &Path) -> Result<()> {
              does not build: there is no wheel for CPython 3.14 on WASI, and its source \
              distribution does not build as pure Python (it is built without C, C++, Fortran \
              or Rust compilers, as native code cannot run in WASI); pip said:\n{}\n\
-             (the build stopped at {name}: it needs native code, which has no WASI build)",
+             (the build stopped at {name}: it needs native code, which has no WASI build; \
+             {NOT_IMPORTED})",
             last_lines(&stderr, 30)
         )));
     }
@@ -779,7 +787,7 @@ fn build_pure_wheel(spec: &str, index: &[String], wheels: &Path) -> Result<()> {
             let native = native_files(&path)?;
             if !native.is_empty() {
                 bail!(UserError(format!(
-                    "{name}: native extension, no WASI build available (its source distribution compiles C code: {file} holds {})",
+                    "{name}: native extension, no WASI build available (its source distribution compiles C code: {file} holds {}; {NOT_IMPORTED})",
                     native.join(", ")
                 )));
             }
@@ -985,7 +993,10 @@ fn check_native_needed(
             .collect();
         if asked == Asked::EachPackage {
             // Printed after `error: `, as each line is.
-            bail!(UserError(lines.join("\nerror: ")));
+            bail!(UserError(format!(
+                "{}\n({NOT_IMPORTED})",
+                lines.join("\nerror: ")
+            )));
         }
         for line in lines {
             warnings += &format!(

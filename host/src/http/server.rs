@@ -500,6 +500,16 @@ async fn drive<C>(
         }
     };
     if let Err(e) = ended {
+        // A response body cut short (the app failed after its head, the
+        // body fell short of its length): over HTTP/1 the connection ends
+        // there, and a reset rather than an orderly close keeps a response
+        // delimited by the close (HTTP/1.0's, and so nginx's by default)
+        // from looking whole.
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            delivered.reset_at_close();
+        }
         match e.downcast_ref::<hyper::Error>().and_then(parser_answer) {
             Some(status) => crate::http::access::refused_head(peer.ip(), status),
             // The socket's write deadline (`write_deadline.rs`) can end a

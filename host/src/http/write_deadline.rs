@@ -230,6 +230,28 @@ impl Delivered {
         let queued = queued_in(socket, Queued::Unacknowledged)?;
         Some(self.written.load(Ordering::Relaxed).saturating_sub(queued))
     }
+
+    /// Make the socket's close a reset rather than an orderly end, so a
+    /// response cut short is not taken for a whole one where only the
+    /// close ends it (HTTP/1.0 without a length). Only to be asked while
+    /// the connection that owns the socket is alive.
+    pub fn reset_at_close(&self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: the caller holds the connection, so the descriptor is
+        // open and this connection's; SO_LINGER reads one `linger`.
+        unsafe {
+            libc::setsockopt(
+                self.socket,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
 }
 
 impl<T: AsyncWrite + Unsent + Unpin> WriteDeadline<T> {

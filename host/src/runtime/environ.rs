@@ -296,7 +296,9 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
         "SERVER_PROTOCOL",
         match req.version {
             Version::HTTP_10 => "HTTP/1.0",
-            Version::HTTP_2 => "HTTP/2",
+            // `HTTP/2.0`, as Apache gives CGI and mod_wsgi: CGI's grammar
+            // is HTTP/DIGIT.DIGIT (RFC 3875 §4.1.16), which CherryPy indexes.
+            Version::HTTP_2 => "HTTP/2.0",
             _ => "HTTP/1.1",
         },
     );
