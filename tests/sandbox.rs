@@ -548,7 +548,14 @@ fn tenants_are_routed_by_host_and_prefix_with_their_own_grants() {
     // So are encoded slashes where they decide the app: one proxy reads
     // `/b%2Fenv` as under `/b`, another not. Past the prefix they are the
     // app's business.
-    for (path, status) in [("/b%2Fenv", 400), ("/b%2fenv", 400), ("/b/x%2Fy", 404)] {
+    // And empty segments, which nginx merges.
+    for (path, status) in [
+        ("/b%2Fenv", 400),
+        ("/b%2fenv", 400),
+        ("/b/x%2Fy", 404),
+        ("//b/env", 400),
+        ("/b//x", 404),
+    ] {
         let (mut w, mut r) = connect(s.addr);
         write!(w, "GET {path} HTTP/1.1\r\nHost: nobody.test\r\n\r\n").unwrap();
         assert_eq!(read_response(&mut r, false).status, status, "{path}");

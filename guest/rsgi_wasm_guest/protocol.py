@@ -402,8 +402,24 @@ def _close(result: Any, errors: Any, environ: dict) -> None:
 #: Why a response is cut short when the app stopped at its request body.
 BODY_FAILED_AFTER_HEAD = (
     "the request body could not be read after the response had started "
-    "(the client stalled, left or sent malformed framing), and the app stopped there"
+    "(the client stalled, left or sent malformed framing)"
 )
+
+
+#: The same when the body went over ``--max-body`` after the head.
+BODY_TOO_LARGE_AFTER_HEAD = (
+    "the request body went over the server's --max-body after the response had started"
+)
+
+
+def _body_failed(body_input: Any) -> Optional[str]:
+    """Why the request body failed, if it did (the head has gone out by
+    then: ``check_body`` refuses to send one after)."""
+    if getattr(body_input, "disconnected", False):
+        return BODY_FAILED_AFTER_HEAD
+    if getattr(body_input, "too_large", False):
+        return BODY_TOO_LARGE_AFTER_HEAD
+    return None
 
 
 def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport) -> Optional[str]:
@@ -436,14 +452,19 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
         for chunk in result:
             resp.send(chunk)
         resp.finish()
+        failed = _body_failed(body_input)
+        if failed:
+            # The app caught its body's failure and carried on after the
+            # head: what it sent is not the whole answer to the request.
+            return failed
         complete = True
         return None
     except ClientDisconnected:
-        if resp.sent and getattr(body_input, "disconnected", False):
+        if resp.sent and _body_failed(body_input):
             # The app gave up on a request body that failed after its
             # response started: a client that stalled or garbled the body
             # is still there, and must not take what it got for the whole.
-            return BODY_FAILED_AFTER_HEAD
+            return _body_failed(body_input)
         # The client went away mid-request: nobody to answer, nothing to log.
         return None
     except BaseException as exc:

@@ -323,6 +323,25 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual(protocol.run(echo, env, t), protocol.BODY_FAILED_AFTER_HEAD)
         self.assertEqual(t.head[0], "200 OK")
 
+        def catching(environ, start_response):
+            # The app catches the failure and finishes its answer anyway.
+            start_response("200 OK", [])
+            yield b"started"
+            try:
+                environ["wsgi.input"].read()
+            except OSError:
+                pass
+            yield b"END"
+
+        t = Recorder()
+        t.events = []
+        env = protocol.base_environ(io.StringIO())
+        env.update({"REQUEST_METHOD": "POST", "PATH_INFO": "/echo"})
+        env["wsgi.input"] = InputStream(pull, None)
+        self.assertEqual(protocol.run(catching, env, t), protocol.BODY_FAILED_AFTER_HEAD)
+        self.assertEqual(t.chunks, [b"started", b"END"])
+        self.assertEqual(t.events, [], "cut short, not ended")
+
         def leaving(environ, start_response):
             # A client that left mid-download: nobody to tell.
             start_response("200 OK", [])

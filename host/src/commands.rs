@@ -43,6 +43,7 @@ pub async fn execute(command: Command) -> Result<u8> {
 }
 
 async fn build_command(args: BuildArgs) -> Result<()> {
+    ignore_user_signals()?;
     let cache = engine::cache_dir(args.cache.cache_dir)?;
     let opts = args
         .source
@@ -141,6 +142,7 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
 
 /// `rsgi-wasm exec`: one instance, the terminal's stdio, the script's status.
 async fn exec_command(args: ExecArgs) -> Result<u8> {
+    ignore_user_signals()?;
     // The flag is shared with `run`, but a script's output goes to the
     // terminal whole: a rate asked for would silently not apply.
     if args.grants.log_rate != config::parse_size(config::DEFAULT_LOG_RATE)? {

@@ -711,6 +711,34 @@ fn below_prefix(parts: &mut http::request::Parts, prefix: &str) {
 /// TLS, and the connection's number.
 type Connection = (SocketAddr, SocketAddr, bool, u64);
 
+/// How proxies in front may read a path other than decoded (`decoded`
+/// from `raw`), with the refusal where that changes the app: an encoded
+/// slash kept inside its segment (Envoy's and HAProxy's default), and runs
+/// of slashes merged (nginx's `merge_slashes`).
+fn other_readings(raw: &str, decoded: &str) -> Vec<(String, &'static str)> {
+    let mut readings = Vec::new();
+    if raw_has_encoded_slash(raw) {
+        let kept = keep_encoded_slashes(raw);
+        readings.push((
+            environ::decoded_path(&kept).into_owned(),
+            "Bad Request: an encoded `/` (%2F) in a path routed by its prefix, where it changes the app",
+        ));
+    }
+    if decoded.contains("//") {
+        let mut merged = String::with_capacity(decoded.len());
+        for c in decoded.chars() {
+            if !(c == '/' && merged.ends_with('/')) {
+                merged.push(c);
+            }
+        }
+        readings.push((
+            merged,
+            "Bad Request: an empty segment (`//`) in a path routed by its prefix, where it changes the app",
+        ));
+    }
+    readings
+}
+
 /// Whether a raw path has an encoded slash (`%2F`, any case).
 fn raw_has_encoded_slash(raw: &str) -> bool {
     raw.as_bytes()
@@ -756,20 +784,18 @@ async fn respond(
         ));
     }
     let route = router.route(host_of(&parts), &path);
-    // An encoded slash is one segment to a proxy that leaves it encoded
-    // (Envoy, HAProxy) and two to one that decodes it: refused where the
-    // two readings route to different apps, as dot segments are.
-    if router.prefixed() && raw_has_encoded_slash(parts.uri.path()) {
-        let kept = keep_encoded_slashes(parts.uri.path());
-        let other = router.route(host_of(&parts), &environ::decoded_path(&kept));
-        if !std::ptr::eq(
-            route.map_or(std::ptr::null(), |r| r as *const _),
-            other.map_or(std::ptr::null(), |r| r as *const _),
-        ) {
-            return Err(unrouted(
-                StatusCode::BAD_REQUEST,
-                "Bad Request: an encoded `/` (%2F) in a path routed by its prefix, where it changes the app",
-            ));
+    // Where a proxy in front may read the path otherwise and so route it
+    // to another app than this one would, its rules for one app would
+    // hold for another: refused, as dot segments are.
+    if router.prefixed() {
+        for (other, why) in other_readings(parts.uri.path(), &path) {
+            let theirs = router.route(host_of(&parts), &other);
+            if !std::ptr::eq(
+                route.map_or(std::ptr::null(), |r| r as *const _),
+                theirs.map_or(std::ptr::null(), |r| r as *const _),
+            ) {
+                return Err(unrouted(StatusCode::BAD_REQUEST, why));
+            }
         }
     }
     let route = route.ok_or_else(|| {

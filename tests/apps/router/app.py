@@ -137,6 +137,23 @@ def application(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return gen()
 
+    if path == "/echo-catching":
+        # /echo that catches its body's failure and finishes anyway.
+        def gen():
+            yield b"start\n"
+            try:
+                while True:
+                    chunk = inp.read(65536)
+                    if not chunk:
+                        break
+                    yield chunk
+            except OSError:
+                pass
+            yield b"END\n"
+
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return gen()
+
     if path == "/swallow":
         # A framework's habit: every error in the view becomes its own 500.
         try:
