@@ -893,7 +893,11 @@ mod tests {
             ("hosts = [\"a.test:8080\"]", "hosts", "without a port"),
             ("hosts = [\"b\u{fc}cher.test\"]", "hosts", "xn--"),
             ("hosts = [\"a b\"]", "hosts", "not a host name"),
-            ("path_prefix = \"/a?b\"", "path_prefix", "without spaces, %, ? or #"),
+            (
+                "path_prefix = \"/a?b\"",
+                "path_prefix",
+                "without spaces, %, ? or #",
+            ),
             ("path_prefix = \"/a%2Fb\"", "path_prefix", "decoded"),
             ("path_prefix = \"/a/../b\"", "path_prefix", "segments"),
             ("path_prefix = \"//a\"", "path_prefix", "segments"),

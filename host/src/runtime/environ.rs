@@ -303,11 +303,13 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
         },
     );
 
-    // HTTP/2 names the host in `:authority`, which apps expect as HTTP_HOST.
-    let authority = (req.version == Version::HTTP_2
-        && !req.headers.contains_key(http::header::HOST))
-    .then(|| req.uri.authority())
-    .flatten();
+    // HTTP/2 names the host in `:authority`, which apps expect as HTTP_HOST;
+    // so does an HTTP/1.0 absolute target without a Host (`GET http://a/x`),
+    // which routing reads too: the app must see the name it was routed by.
+    // (An HTTP/1.1 one without Host was refused, and with one, they agree.)
+    let authority = (!req.headers.contains_key(http::header::HOST))
+        .then(|| req.uri.authority())
+        .flatten();
     let host_header = req
         .headers
         .get(http::header::HOST)
@@ -507,6 +509,29 @@ mod tests {
         assert_eq!(env.keys, "wsgi.run_once\0HTTP_HOST");
         assert_eq!(env.values.split('\0').count(), FIXED_KEYS.len() + 2);
         assert_eq!(env.pairs().last(), Some(&("HTTP_HOST", "h")));
+    }
+
+    #[test]
+    fn an_http_1_0_absolute_target_without_host_names_the_server() {
+        let uri: Uri = "http://a.test:8080/x".parse().unwrap();
+        let none = HeaderMap::new();
+        let env = build(&RequestInfo {
+            method: &Method::GET,
+            uri: &uri,
+            path: "/x",
+            version: Version::HTTP_10,
+            headers: &none,
+            local: "127.0.0.1:8000".parse().unwrap(),
+            peer: "127.0.0.1:50000".parse().unwrap(),
+            script_name: "",
+            url_scheme: "http",
+            run_once: false,
+        });
+        let pairs = env.pairs();
+        let get = |k: &str| pairs.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        assert_eq!(get("SERVER_NAME"), Some("a.test"));
+        assert_eq!(get("SERVER_PORT"), Some("8080"));
+        assert_eq!(get("HTTP_HOST"), Some("a.test:8080"));
     }
 
     #[test]
