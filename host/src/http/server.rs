@@ -711,18 +711,19 @@ fn below_prefix(parts: &mut http::request::Parts, prefix: &str) {
 /// TLS, and the connection's number.
 type Connection = (SocketAddr, SocketAddr, bool, u64);
 
+/// The refusal of a path a proxy in front may route to another app: one
+/// message for both readings, as `/%2Fapi` decodes to `//api`.
+const AMBIGUOUS_PATH: &str = "Bad Request: an encoded `/` (%2F) or an empty segment (`//`) in a path routed by its prefix, which a proxy in front may route to another app";
+
 /// How proxies in front may read a path other than decoded (`decoded`
-/// from `raw`), with the refusal where that changes the app: an encoded
-/// slash kept inside its segment (Envoy's and HAProxy's default), and runs
-/// of slashes merged (nginx's `merge_slashes`).
-fn other_readings(raw: &str, decoded: &str) -> Vec<(String, &'static str)> {
+/// from `raw`): an encoded slash kept inside its segment (Envoy's and
+/// HAProxy's default), and runs of slashes merged (nginx's
+/// `merge_slashes`).
+fn other_readings(raw: &str, decoded: &str) -> Vec<String> {
     let mut readings = Vec::new();
     if raw_has_encoded_slash(raw) {
         let kept = keep_encoded_slashes(raw);
-        readings.push((
-            environ::decoded_path(&kept).into_owned(),
-            "Bad Request: an encoded `/` (%2F) in a path routed by its prefix, where it changes the app",
-        ));
+        readings.push(environ::decoded_path(&kept).into_owned());
     }
     if decoded.contains("//") {
         let mut merged = String::with_capacity(decoded.len());
@@ -731,10 +732,7 @@ fn other_readings(raw: &str, decoded: &str) -> Vec<(String, &'static str)> {
                 merged.push(c);
             }
         }
-        readings.push((
-            merged,
-            "Bad Request: an empty segment (`//`) in a path routed by its prefix, where it changes the app",
-        ));
+        readings.push(merged);
     }
     readings
 }
@@ -788,13 +786,13 @@ async fn respond(
     // to another app than this one would, its rules for one app would
     // hold for another: refused, as dot segments are.
     if router.prefixed() {
-        for (other, why) in other_readings(parts.uri.path(), &path) {
+        for other in other_readings(parts.uri.path(), &path) {
             let theirs = router.route(host_of(&parts), &other);
             if !std::ptr::eq(
                 route.map_or(std::ptr::null(), |r| r as *const _),
                 theirs.map_or(std::ptr::null(), |r| r as *const _),
             ) {
-                return Err(unrouted(StatusCode::BAD_REQUEST, why));
+                return Err(unrouted(StatusCode::BAD_REQUEST, AMBIGUOUS_PATH));
             }
         }
     }
