@@ -460,11 +460,12 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
         complete = True
         return None
     except ClientDisconnected:
-        if resp.sent and _body_failed(body_input):
+        failed = _body_failed(body_input)
+        if resp.sent and failed:
             # The app gave up on a request body that failed after its
             # response started: a client that stalled or garbled the body
             # is still there, and must not take what it got for the whole.
-            return _body_failed(body_input)
+            return failed
         # The client went away mid-request: nobody to answer, nothing to log.
         return None
     except BaseException as exc:
