@@ -545,6 +545,10 @@ fn connect_gets_a_definite_answer() {
     // CONNECT needs host:port; other methods may not use it.
     let resp = raw(s.addr, b"CONNECT / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status_of(&resp), 400);
+    for portless in ["example.com", "example.com:0"] {
+        let req = format!("CONNECT {portless} HTTP/1.1\r\nHost: {portless}\r\n\r\n");
+        assert_eq!(status_of(&raw(s.addr, req.as_bytes())), 400, "{portless}");
+    }
     let resp = raw(s.addr, b"GET example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status_of(&resp), 400);
 }

@@ -73,13 +73,17 @@ fn check_target(method: &Method, uri: &http::Uri) -> Result<(), HeadError> {
         ));
     }
     let authority_form = uri.scheme().is_none() && uri.authority().is_some();
-    if authority_form != (method == Method::CONNECT) {
-        return Err(if authority_form {
-            // §3.2.3: only CONNECT uses `host:port` as its target.
-            bad("Bad Request: an authority-form target is only for CONNECT")
-        } else {
-            bad("Bad Request: CONNECT needs a host:port target")
-        });
+    // §3.2.3: only CONNECT uses `host:port` as its target.
+    if authority_form && method != Method::CONNECT {
+        return Err(bad(
+            "Bad Request: an authority-form target is only for CONNECT",
+        ));
+    }
+    // RFC 9110 §9.3.6: a CONNECT target is a host and a port; without one
+    // (or with port 0) there is nowhere to tunnel to.
+    let no_port = uri.port_u16().is_none_or(|p| p == 0);
+    if method == Method::CONNECT && (!authority_form || no_port) {
+        return Err(bad("Bad Request: CONNECT needs a host:port target"));
     }
     // §3.2.4: `*` is only for a server-wide OPTIONS. http parses it as the
     // path "*" (with HTTP/2's scheme and authority on an h2 request).
@@ -300,6 +304,10 @@ mod tests {
         );
         assert!(verdict("GET", "example.com:443", Version::HTTP_11, &["x"]).is_some());
         assert!(verdict("CONNECT", "/", Version::HTTP_11, &["x"]).is_some());
+        for portless in ["example.com", "example.com:0"] {
+            let e = verdict("CONNECT", portless, Version::HTTP_11, &[portless]);
+            assert!(e.is_some_and(|e| e.contains("host:port")), "{portless}");
+        }
         assert_eq!(verdict("OPTIONS", "*", Version::HTTP_11, &["x"]), None);
         assert!(verdict("GET", "*", Version::HTTP_11, &["x"]).is_some());
         assert_eq!(
