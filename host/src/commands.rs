@@ -337,7 +337,7 @@ fn scheduler(loader: &Loader) -> Arc<CpuScheduler> {
 /// first compile of seconds, and nothing connects meanwhile (a bound
 /// socket that does not listen refuses connections, as a free port does).
 fn reserve(cfg: &ServerConfig) -> Result<tokio::net::TcpSocket> {
-    let at = || format!("--listen {}: cannot listen there", cfg.listen);
+    let at = || cannot_listen(cfg);
     let socket = if cfg.listen.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
     } else {
@@ -353,9 +353,11 @@ fn reserve(cfg: &ServerConfig) -> Result<tokio::net::TcpSocket> {
 
 /// Start listening on the address [`reserve`] bound.
 fn listen(socket: tokio::net::TcpSocket, cfg: &ServerConfig) -> Result<TcpListener> {
-    socket
-        .listen(1024)
-        .with_context(|| format!("--listen {}: cannot listen there", cfg.listen))
+    socket.listen(1024).with_context(|| cannot_listen(cfg))
+}
+
+fn cannot_listen(cfg: &ServerConfig) -> String {
+    format!("--listen {}: cannot listen there", cfg.listen)
 }
 
 /// The TLS acceptor for `http`'s certificate and the tenants' own, read

@@ -788,10 +788,7 @@ async fn respond(
     if router.prefixed() {
         for other in other_readings(parts.uri.path(), &path) {
             let theirs = router.route(host_of(&parts), &other);
-            if !std::ptr::eq(
-                route.map_or(std::ptr::null(), |r| r as *const _),
-                theirs.map_or(std::ptr::null(), |r| r as *const _),
-            ) {
+            if route.map(|r| r as *const _) != theirs.map(|r| r as *const _) {
                 return Err(unrouted(StatusCode::BAD_REQUEST, AMBIGUOUS_PATH));
             }
         }
