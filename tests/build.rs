@@ -27,11 +27,6 @@ fn python_script(script: &str, dir: &Path) {
     assert!(ran.success(), "python3 -c ...: {ran}");
 }
 
-fn get(s: &Server, path: &str) -> (u16, String) {
-    let r = client().get(s.url(path)).send().unwrap();
-    (r.status().as_u16(), r.text().unwrap())
-}
-
 /// Build `app` (an `app.py` with `application`) with `requirements` in a
 /// fresh directory, and serve it.
 fn serve_with_requirements(name: &str, app: &str, requirements: &str) -> Server {
@@ -699,8 +694,9 @@ fn a_factory_gets_its_literal_arguments_and_a_loud_import_builds() {
         &dir,
         "app.py",
         r#"
-import logging, sys
+import logging, sys, warnings
 
+warnings.warn("no directory at /collected/")
 for i in range(20000):
     print("line", i)
 sys.stderr.write("x" * 16000 + "\n")
@@ -732,6 +728,18 @@ def create_app(db, debug=False, extra=None):
         )
     );
     s.wait_for_log(&format!("served {}", "y".repeat(12000)));
+    // What the import printed is in the build's report, up to the cap:
+    // a warning there is often the only word of what will not work.
+    let logs = s.logs();
+    for line in [
+        "[import stdout] line 0\n",
+        "[import stdout] [rsgi-wasm: the rest of the output while building is dropped]",
+        "[import stderr] /",
+        "UserWarning: no directory at /collected/",
+    ] {
+        assert!(logs.contains(line), "{line:?} not in\n{logs}");
+    }
+    assert!(!logs.contains("line 19999"), "{logs}");
 }
 
 /// An app module named like a standard one: the app's own is imported

@@ -11,10 +11,6 @@ fn text(r: Response) -> (u16, String) {
     (status, r.text().unwrap())
 }
 
-fn get(s: &Server, path: &str) -> (u16, String) {
-    text(client().get(s.url(path)).send().unwrap())
-}
-
 fn header(r: &Response, name: &str) -> String {
     r.headers()
         .get(name)

@@ -1110,6 +1110,33 @@ fn file_wrapper_streams_a_granted_file() {
     assert_file_wrapper_sends_a_granted_file(&router(), &pseudo_random(300_000));
 }
 
+/// Django's `FileResponse(model.field.open())` hands `wsgi.file_wrapper` a
+/// proxy of the file, not the file: the host still sends the file itself
+/// and frees the instance, rather than the app streaming it for as long as
+/// the client takes (and being cut at `--timeout`).
+#[test]
+fn a_proxy_of_a_granted_file_is_sent_by_the_host() {
+    let dir = temp_dir("filewrap-proxy");
+    let data = pseudo_random(300_000);
+    std::fs::write(dir.join("blob.bin"), &data).unwrap();
+    let grant = grant_with_a_big_file(&dir);
+    let s = Server::start(
+        &router(),
+        &["--workers", "1", "--queue", "0", "--dir", &grant],
+    );
+    let got = client()
+        .get(s.url("/file-proxy?blob.bin"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(got.as_ref() == data, "{} bytes", got.len());
+    let _stalled = stalled_download(s.addr, "/file-proxy?big");
+    // The one instance is free while that client leaves its body unread
+    // (one still streaming it would leave no place: 503).
+    assert_eq!(get(&s, "/"), (200, "router\n".to_owned()));
+}
+
 #[test]
 fn only_granted_env_and_files_are_visible() {
     let s = Server::start(&router(), &["--env", "GREETING=hi"]);

@@ -28,11 +28,6 @@ fn router_http() -> std::path::PathBuf {
     .clone()
 }
 
-fn get(s: &Server, path: &str) -> (u16, String) {
-    let r = client().get(s.url(path)).send().unwrap();
-    (r.status().as_u16(), r.text().unwrap())
-}
-
 #[test]
 fn the_environ_follows_pep_3333() {
     let s = Server::start(&router_http(), &[]);

@@ -539,6 +539,7 @@ def boot(
     site_warnings = add_site_dirs(mounts[app_dirs:], [host for _, host in mounts[:app_dirs]])
     forget_shadowed(own_dirs, keep)
     report = site_warnings + check_native(native, lenient) + unused_app_modules(own_dirs, keep)
+    printed_at = len(report)  # what is printed while importing goes before the warm-up's lines
     if live:
         app = LiveApp(module, expr, mounts, native, own_dirs, keep)
         report.append("live: each instance imports the app as it starts, from its directories as they are then")
@@ -555,7 +556,8 @@ def boot(
     # The snapshot is taken after boot returns, with no Python running:
     # from here on the calls are the app's, at run time.
     compat.network_closed(False)
-    uncap_stdio()
+    printed = uncap_stdio()
+    report[printed_at:printed_at] = printed_lines(printed)
     closed = protocol.closed_stdio()
     if closed:
         # Every instance starts from the snapshot: each would fail its
@@ -580,6 +582,12 @@ def boot(
         roots = [tuple(m) for m in mounts[:app_dirs]]
         exports = make_handler(app, tuple(fixed_keys)), make_command(roots, app.load if live else None)
     return exports
+
+
+def printed_lines(printed: Dict[str, str]) -> List[str]:
+    """The build report's lines for what the app (or a dependency) printed
+    while it was imported, each marked with its stream."""
+    return [f"[import {name}] {line}" for name, text in printed.items() for line in text.splitlines() if line.strip()]
 
 
 def forget_build_tempdir() -> None:

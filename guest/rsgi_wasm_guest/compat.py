@@ -36,7 +36,7 @@ import hmac
 import io
 import os
 import sys
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional
 
 ID_FUNCTIONS = ("getuid", "geteuid", "getgid", "getegid")
 
@@ -333,29 +333,40 @@ class BuildOutput:
     built, and the build's own error report would be lost. The first
     ``budget`` bytes (UTF-8) go through, the rest is dropped with one note;
     after the build (``unlimited``) everything goes through, for loggers
-    that kept this stream in the snapshot."""
+    that kept this stream in the snapshot. What went through is also kept,
+    since componentize-py shows it only when the build fails: a successful
+    build reports it too (a warning at import is often the only word of
+    why something will not work)."""
 
     def __init__(self, stream, budget: int) -> None:
         self.stream = stream
         self.budget: Optional[int] = budget
+        self.dropping = False
+        self.kept: List[str] = []
 
     def write(self, text: str) -> int:
         left = self.budget
         if left is None:
             return self.stream.write(text)
-        if left > 0:
-            data = text.encode("utf-8", "replace")
+        if self.dropping:
+            return len(text)
+        data = text.encode("utf-8", "replace")
+        shown = text
+        if len(data) <= left:
             self.budget = left - len(data)
-            if self.budget >= 0:
-                self.stream.write(text)
-            else:
-                self.budget = 0
-                self.stream.write(data[:left].decode("utf-8", "ignore"))
-                self.stream.write("\n[rsgi-wasm: the rest of the output while building is dropped]\n")
+        else:
+            # Noted once, also when the output before filled the cap exactly.
+            self.budget, self.dropping = 0, True
+            shown = data[:left].decode("utf-8", "ignore") + "\n[rsgi-wasm: the rest of the output while building is dropped]\n"
+        self.stream.write(shown)
+        self.kept.append(shown)
         return len(text)
 
-    def unlimited(self) -> None:
+    def unlimited(self) -> str:
+        """Lift the cap; return what went through while it held."""
         self.budget = None
+        kept, self.kept = "".join(self.kept), []
+        return kept
 
     def __getattr__(self, name: str):
         return getattr(self.stream, name)
@@ -366,9 +377,10 @@ class BuildOutput:
 BUILD_OUTPUT = {"stdout": 6000, "stderr": 3000}
 
 
-def capped_stdio() -> Callable[[], None]:
+def capped_stdio() -> Callable[[], Dict[str, str]]:
     """Put ``BuildOutput`` over ``sys.stdout`` and ``sys.stderr``; the
-    returned function puts the streams back and lifts the caps."""
+    returned function puts the streams back, lifts the caps and returns
+    what each stream took meanwhile."""
     capped = []
     for name, budget in BUILD_OUTPUT.items():
         stream = getattr(sys, name)
@@ -376,11 +388,13 @@ def capped_stdio() -> Callable[[], None]:
         capped.append((name, stream, wrapper))
         setattr(sys, name, wrapper)
 
-    def restore() -> None:
+    def restore() -> Dict[str, str]:
+        printed = {}
         for name, stream, wrapper in capped:
-            wrapper.unlimited()
+            printed[name] = wrapper.unlimited()
             if getattr(sys, name) is wrapper:
                 setattr(sys, name, stream)
+        return printed
 
     return restore
 
@@ -416,6 +430,26 @@ def c_locale_only(real: Callable, error: type) -> Callable:
     return setlocale
 
 
+def makedirs_naming_the_grant(real: Callable) -> Callable:
+    """``os.makedirs`` whose failure names the directory asked for. WASI has
+    no ``/`` to look at (each grant is a root of its own), so making a path
+    no grant covers climbed to ``/`` and failed naming it, which said
+    nothing of the missing grant. ``os.makedirs`` calls itself by its
+    module's name for each parent, so the first one under ``/`` is named."""
+
+    def makedirs(name, mode=0o777, exist_ok=False):
+        try:
+            return real(name, mode, exist_ok)
+        except FileNotFoundError as e:
+            if e.filename not in ("/", b"/") or os.fspath(name) in ("/", b"/"):
+                raise
+            raise FileNotFoundError(e.errno, f"{e.strerror} (no granted directory holds it)", name) from None
+
+    makedirs.__doc__ = real.__doc__
+    makedirs._rsgi_wasm = True
+    return makedirs
+
+
 def _is_c_locale(name: str) -> bool:
     """``C``, ``POSIX``, ``C.UTF-8``, or ``LC_ALL``'s ``CAT=NAME;...`` of them."""
     parts = [part.partition("=")[2] or part for part in name.split(";")]
@@ -439,6 +473,8 @@ def install() -> None:
             socket._rsgi_wasm_guarded = True
     if not any(isinstance(f, Urllib3Ipv6) for f in sys.meta_path):
         sys.meta_path.insert(0, Urllib3Ipv6())
+    if not getattr(os.makedirs, "_rsgi_wasm", False):
+        os.makedirs = makedirs_naming_the_grant(os.makedirs)
     if not hasattr(hashlib, "pbkdf2_hmac"):
         hashlib.pbkdf2_hmac = pbkdf2_hmac
     for name in ID_FUNCTIONS:

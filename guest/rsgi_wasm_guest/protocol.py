@@ -488,6 +488,13 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
 def _send_file(wrapper: "FileWrapper", resp: Response) -> bool:
     """Hand a real file to the host instead of copying it through Python."""
     f = wrapper.filelike
+    # A proxy whose `read` is its file's own bound method (Django's `File`,
+    # what `FileResponse(model.field.open())` hands over) reads that file
+    # unchanged, so the file itself can be sent; a wrapper that transforms
+    # what it reads has a `read` of its own and is iterated.
+    inner = getattr(getattr(f, "read", None), "__self__", None)
+    if inner is not None and inner is not f and hasattr(inner, "tell"):
+        f = inner
     path = getattr(f, "name", None)
     if type(path) is not str or not path.startswith("/"):
         return False

@@ -235,11 +235,51 @@ class BuildOutputTest(unittest.TestCase):
         self.assertEqual(out.write("more"), 4)
         self.assertTrue(sink.getvalue().startswith("abcdefghij\n[rsgi-wasm: "), sink.getvalue())
         self.assertNotIn("more", sink.getvalue())
-        out.unlimited()
+        # What went through is given back once, for the build's report.
+        self.assertEqual(out.unlimited(), sink.getvalue())
         out.write("after")
         self.assertTrue(sink.getvalue().endswith("after"))
+        self.assertEqual(out.unlimited(), "")
+
+    def test_what_the_import_printed_is_reported_line_by_line(self):
+        from rsgi_wasm_guest.boot import printed_lines
+
+        self.assertEqual(
+            printed_lines({"stdout": "hello\n\n  \nworld", "stderr": "UserWarning: x\n"}),
+            ["[import stdout] hello", "[import stdout] world", "[import stderr] UserWarning: x"],
+        )
+
+    def test_output_that_fills_the_cap_exactly_is_noted_at_the_next_write(self):
+        sink = io.StringIO()
+        out = compat.BuildOutput(sink, 4)
+        out.write("line")
+        out.write(" 1\n")
+        out.write("more")
+        self.assertEqual(sink.getvalue(), "line\n[rsgi-wasm: the rest of the output while building is dropped]\n")
 
     def test_a_cut_never_splits_a_character(self):
         sink = io.StringIO()
         compat.BuildOutput(sink, 3).write("aé€")
         self.assertTrue(sink.getvalue().startswith("aé\n"), sink.getvalue())
+
+
+class MakedirsTest(unittest.TestCase):
+    def test_a_climb_to_the_root_names_the_first_directory_under_it(self):
+        import os
+
+        def real(name, mode=0o777, exist_ok=False):
+            # As on WASI: `/` cannot be looked at, so makedirs recurses up to it.
+            head = os.path.dirname(name)
+            if head != name:
+                makedirs(head, mode, exist_ok)
+            raise FileNotFoundError(2, "No such file or directory", "/")
+
+        makedirs = compat.makedirs_naming_the_grant(real)
+        with self.assertRaises(FileNotFoundError) as e:
+            makedirs("/data/up/x", exist_ok=True)
+        self.assertEqual(e.exception.filename, "/data")
+        self.assertIn("no granted directory holds it", str(e.exception))
+        other = compat.makedirs_naming_the_grant(lambda *a: (_ for _ in ()).throw(FileNotFoundError(2, "gone", "/a/b")))
+        with self.assertRaises(FileNotFoundError) as e:
+            other("/a/b/c")
+        self.assertEqual(e.exception.filename, "/a/b")

@@ -110,9 +110,10 @@ fn write_renamed(dest: &Path, data: &[u8], sync: bool) -> Result<()> {
     let dir = dest.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // Readable as the umask allows, like any file a build writes (`build
-    // -o` too): a service user must read the app.
+    // -o` too): a service user must read the app. Never writable by
+    // others, whatever the umask: compiled code is loaded from these.
     let mut tmp = tempfile::Builder::new()
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(dir)?;
     std::io::Write::write_all(&mut tmp, data)?;
     if sync {

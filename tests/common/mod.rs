@@ -155,6 +155,34 @@ pub fn flask() -> PathBuf {
     )
 }
 
+/// The status and text of a plain `GET path`.
+pub fn get(s: &Server, path: &str) -> (u16, String) {
+    let r = client().get(s.url(path)).send().unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+/// A read-only grant of `dir` at `/sync`, after putting `big` in it: a
+/// sparse 256 MiB file, far more than loopback's socket buffers take, so
+/// sending it to a client that does not read stalls.
+pub fn grant_with_a_big_file(dir: &Path) -> String {
+    std::fs::File::create(dir.join("big"))
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    format!("{}::/sync:ro", dir.display())
+}
+
+/// `GET path` on a connection of its own, returned once the response's
+/// head (a 200) has arrived, with its body left unread.
+pub fn stalled_download(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut c = TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    c
+}
+
 /// GET `path` and parse the JSON answer.
 pub fn get_json(s: &Server, path: &str) -> serde_json::Value {
     client().get(s.url(path)).send().unwrap().json().unwrap()

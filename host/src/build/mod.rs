@@ -179,7 +179,8 @@ pub struct BuildReport {
     pub path: PathBuf,
     /// Size of the component in bytes.
     pub size: u64,
-    /// One line per warm-up request.
+    /// The build's report: its warnings, what the import printed, and one
+    /// line per warm-up request.
     pub warmup: Vec<String>,
     /// An identical earlier build was reused.
     pub cached: bool,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -106,7 +106,7 @@ pub fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("creating the cache directory {}", dir.display()))?;
-    check_trusted(&dir)?;
+    let was_private = make_private(&dir)?;
     let tag = dir.join(bundle::CACHE_TAG);
     if !tag.exists() {
         // Best effort: without it a cache inside an app's directory would
@@ -118,50 +118,106 @@ pub fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     // all as private as the cache.
     for sub in ["files", "digests", "modules", "shells"] {
         let sub = dir.join(sub);
-        if sub.exists() {
-            check_trusted(&sub)?;
+        if !sub.exists() {
+            continue;
+        }
+        match check_trusted(&sub) {
+            // Made under a permissive umask (`umask 000`) inside a cache
+            // nobody else could enter: nobody else wrote to it.
+            Err(TrustError::Writable(mode)) if was_private => {
+                std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(mode & !0o022))
+                    .with_context(|| format!("making {} private", sub.display()))?;
+            }
+            checked => {
+                checked.map_err(|e| e.refusal(&sub))?;
+            }
         }
     }
     Ok(dir)
 }
 
+/// Why a cache directory is not to be trusted.
+#[derive(Debug, thiserror::Error)]
+enum TrustError {
+    #[error("unreadable")]
+    Unreadable(#[source] std::io::Error),
+    #[error("owned by another user")]
+    Owner(u32),
+    #[error("writable by others")]
+    Writable(u32),
+}
+
+impl TrustError {
+    /// The user-facing refusal of directory `dir`, with the way out.
+    fn refusal(self, dir: &Path) -> anyhow::Error {
+        let me = rustix::process::geteuid().as_raw();
+        match self {
+            TrustError::Unreadable(e) => {
+                anyhow::Error::new(e).context(format!("reading {}", dir.display()))
+            }
+            TrustError::Owner(uid) => anyhow::anyhow!(
+                "refusing the cache directory {}: it belongs to user {uid}, not to you (user \
+                 {me}); compiled code in it would run as you. Use a directory of your own with \
+                 --cache-dir",
+                dir.display()
+            ),
+            TrustError::Writable(mode) => {
+                // A shared directory like /tmp (sticky, writable by all)
+                // must stay so: point at one of your own instead.
+                let (fix, target) = if mode & 0o1000 != 0 {
+                    (
+                        "Give --cache-dir a directory of your own inside it, like",
+                        dir.join("rsgi-wasm-cache"),
+                    )
+                } else {
+                    ("Fix it with: chmod go-w", dir.to_owned())
+                };
+                anyhow::anyhow!(
+                    "refusing the cache directory {}: others may write to it (mode {:o}), and \
+                     compiled code and apps' files in it would run as you. {fix} {}",
+                    dir.display(),
+                    mode & 0o7777,
+                    target.display()
+                )
+            }
+        }
+    }
+}
+
+/// Check the cache root (see [`check_trusted`]), then close it to others
+/// if they may read or enter it: it holds the apps' code (settings and
+/// their secrets included) and, made under a permissive umask, entries
+/// others could write. Returns whether it was private already.
+fn make_private(dir: &Path) -> Result<bool> {
+    let mode = check_trusted(dir).map_err(|e| e.refusal(dir))?;
+    if mode & 0o077 == 0 {
+        return Ok(true);
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making the cache directory {} private", dir.display()))?;
+    tracing::warn!(
+        "made the cache directory {} private (mode 700, was {:o}): it holds your apps' files \
+         and compiled code",
+        dir.display(),
+        mode & 0o7777
+    );
+    Ok(false)
+}
+
 /// Compiled artifacts in the cache are native code loaded without further
-/// checks, and the unpacked file trees become the app's code: refuse a
-/// directory another user owns or may write to.
-pub fn check_trusted(dir: &Path) -> Result<()> {
+/// checks, and the unpacked file trees become the app's code: a directory
+/// another user owns or may write to is not to be trusted. Its mode if it
+/// is.
+fn check_trusted(dir: &Path) -> Result<u32, TrustError> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        bail!(
-            "refusing the cache directory {}: it belongs to user {}, not to you (user {me}); \
-             compiled code in it would run as you. Use a directory of your own with --cache-dir",
-            dir.display(),
-            meta.uid()
-        );
+    let meta = std::fs::metadata(dir).map_err(TrustError::Unreadable)?;
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(TrustError::Owner(meta.uid()));
     }
     if meta.mode() & 0o022 != 0 {
-        // A shared directory like /tmp (sticky, writable by all) must stay
-        // so: point at one of your own instead of changing it.
-        let fix = if meta.mode() & 0o1000 != 0 {
-            "Give --cache-dir a directory of your own inside it, like".to_owned()
-        } else {
-            "Fix it with: chmod go-w".to_owned()
-        };
-        let target = if meta.mode() & 0o1000 != 0 {
-            dir.join("rsgi-wasm-cache")
-        } else {
-            dir.to_owned()
-        };
-        bail!(
-            "refusing the cache directory {}: others may write to it (mode {:o}), and compiled \
-             code in it would run as you. {fix} {}",
-            dir.display(),
-            meta.mode() & 0o7777,
-            target.display()
-        );
+        return Err(TrustError::Writable(meta.mode()));
     }
-    Ok(())
+    Ok(meta.mode())
 }
 
 /// Loads components for one engine; a file loaded twice (many tenants of
