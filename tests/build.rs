@@ -697,6 +697,7 @@ fn a_factory_gets_its_literal_arguments_and_a_loud_import_builds() {
 import logging, sys, warnings
 
 warnings.warn("no directory at /collected/")
+print("escape \x1b[2Jcleared")
 for i in range(20000):
     print("line", i)
 sys.stderr.write("x" * 16000 + "\n")
@@ -736,10 +737,67 @@ def create_app(db, debug=False, extra=None):
         "[import stdout] [rsgi-wasm: the rest of the output while building is dropped]",
         "[import stderr] /",
         "UserWarning: no directory at /collected/",
+        // Shown, not obeyed by the terminal.
+        "[import stdout] escape \\x1b[2Jcleared",
     ] {
         assert!(logs.contains(line), "{line:?} not in\n{logs}");
     }
     assert!(!logs.contains("line 19999"), "{logs}");
+}
+
+/// The import runs at build time, in an empty environment: what the app's
+/// own code looked up there is named with its line, as `--env` at run time
+/// cannot change it, and a lookup that fails the import says why.
+#[test]
+fn environment_lookups_at_import_are_named() {
+    let dir = temp_dir("env-at-import");
+    write(
+        &dir,
+        "app.py",
+        r#"
+import os
+DEBUG = os.environ.get("DEBUG", "") == "1"
+HAS_DSN = "DATABASE_URL" in os.environ
+NAME = os.getenv("APP_NAME", "default")
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"{NAME} {os.getenv('PER_REQUEST')}".encode()]
+"#,
+    );
+    let app = dir.join("app.py").display().to_string();
+    let s = Server::start_with(&[
+        "run",
+        &app,
+        "--env",
+        "APP_NAME=given",
+        "--env",
+        "PER_REQUEST=yes",
+    ]);
+    assert_eq!(get(&s, "/"), (200, "default yes".to_owned()));
+    let logs = s.logs();
+    for read in [
+        format!("looked up DEBUG ({app}:3), DATABASE_URL ({app}:4), APP_NAME ({app}:5) in the environment"),
+        "`--env` at run time will not change it".to_owned(),
+    ] {
+        assert!(logs.contains(&read), "{read:?} not in\n{logs}");
+    }
+    // Read per request (the warm-up's included), and set at build time.
+    assert!(
+        !logs.contains("PER_REQUEST (") && !logs.contains("SERVER_SOFTWARE ("),
+        "{logs}"
+    );
+    write(
+        &dir,
+        "app.py",
+        "import os\nKEY = os.environ['SECRET_KEY']\n",
+    );
+    let e = build_error("app", &dir, None);
+    assert!(e.contains("KeyError: 'SECRET_KEY'"), "{e}");
+    assert!(
+        e.contains("SECRET_KEY is not set: the app is imported at build time"),
+        "{e}"
+    );
 }
 
 /// An app module named like a standard one: the app's own is imported

@@ -335,6 +335,11 @@ fn url_scheme_follows_trusted_proxy_headers_only() {
     );
     let untrusted = Server::start(&router(), &["--forwarded-allow-ips", "10.9.8.7"]);
     assert_eq!(scheme(&untrusted, ("X-Forwarded-Proto", "https")), "http");
+    // A network, as a cluster's proxies are named by (127.0.0.1 is in it).
+    let network = Server::start(&router(), &["--forwarded-allow-ips", "::1,127.0.0.0/8"]);
+    assert_eq!(scheme(&network, ("X-Forwarded-Proto", "https")), "https");
+    let other = Server::start(&router(), &["--forwarded-allow-ips", "10.0.0.0/8"]);
+    assert_eq!(scheme(&other, ("X-Forwarded-Proto", "https")), "http");
 }
 
 #[test]

@@ -291,6 +291,19 @@ fn close_is_called_on_the_result() {
 }
 
 #[test]
+fn the_monotonic_clock_never_runs_behind_what_the_import_read() {
+    // The import ran at build time, on the build's clock; every fresh
+    // instance must read later than it did, or a stamp taken at import
+    // (a TTL cache's, an uptime's start) is in the future.
+    let s = Server::start(&router(), &["--isolation", "request"]);
+    for _ in 0..2 {
+        let clock = get_json(&s, "/clock");
+        let since = clock["since_import"].as_f64().unwrap();
+        assert!(since >= 0.0, "the clock went back {since} s: {clock}");
+    }
+}
+
+#[test]
 fn the_snapshot_heap_is_frozen_and_new_cycles_are_still_collected() {
     // Frozen at build: the collector never walks (so never reads or
     // writes) the objects every instance maps from the snapshot.
@@ -670,7 +683,7 @@ fn a_request_body_that_stalls_after_the_response_started_cuts_the_response_short
 }
 
 #[test]
-fn a_server_whose_log_cannot_be_written_keeps_serving_and_usr1_is_ignored() {
+fn a_server_whose_log_cannot_be_written_keeps_serving_and_usr1_and_ttin_are_ignored() {
     use std::io::BufRead;
     let mut child = bin()
         .args(["run", router().to_str().unwrap(), "--listen", "127.0.0.1:0"])
@@ -687,19 +700,22 @@ fn a_server_whose_log_cannot_be_written_keeps_serving_and_usr1_is_ignored() {
         }
     };
     // logrotate's habit: USR1 to reopen the log, which would end a
-    // process that does not catch it.
-    std::process::Command::new("kill")
-        .args(["-USR1", &child.id().to_string()])
-        .status()
-        .unwrap();
-    loop {
-        let mut line = String::new();
-        assert!(
-            log.read_line(&mut line).unwrap() > 0,
-            "USR1 ended the server"
-        );
-        if line.contains("SIGUSR1 ignored") {
-            break;
+    // process that does not catch it; gunicorn's TTIN (one worker more),
+    // which would stop it.
+    for signal in ["USR1", "TTIN"] {
+        std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        loop {
+            let mut line = String::new();
+            assert!(
+                log.read_line(&mut line).unwrap() > 0,
+                "{signal} ended the server"
+            );
+            if line.contains(&format!("SIG{signal} ignored")) {
+                break;
+            }
         }
     }
     // The log's reader goes away (a `| head`, a collector that died):

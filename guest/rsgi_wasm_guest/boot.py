@@ -139,6 +139,61 @@ def import_app_module(module: str, mounts: Sequence[Tuple[str, str]], native: Di
         raise BuildError(f"importing {module!r} raised {type(e).__name__}: {e}\n{_app_frames(e, mounts)}") from None
 
 
+def record_environ_reads(own_dirs: Sequence[str]) -> Callable[[], Dict[str, Tuple[str, int]]]:
+    """Start noting the variables the app's own code looks up in the
+    environment and does not find (``os.environ[...]``, ``.get``,
+    ``os.getenv``, ``in``); the function returned stops and gives each
+    one's first file and line. The import runs at build time, in an empty
+    environment: what it read is in the snapshot, and ``--env`` at run time
+    never reaches it. Reads by dependencies are left out (Flask's of
+    ``FLASK_DEBUG`` would be in every Flask app's report)."""
+    import _collections_abc
+    import os
+
+    environ_type = type(os.environ)
+    real = environ_type.__getitem__
+    # The lookups between the app's line and `__getitem__`: `os.getenv`
+    # and Mapping's `get` and `__contains__` (frozen modules, named so).
+    lookups = {os.getenv.__code__.co_filename, _collections_abc.Mapping.get.__code__.co_filename}
+    prefixes = tuple(d.rstrip("/") + "/" for d in own_dirs)
+    read: Dict[str, Tuple[str, int]] = {}
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def]
+        try:
+            return real(self, key)
+        except KeyError:
+            if self is os.environ and isinstance(key, str) and key not in read and prefixes:
+                frame = sys._getframe(1)
+                while frame is not None and frame.f_code.co_filename in lookups:
+                    frame = frame.f_back
+                if frame is not None and frame.f_code.co_filename.startswith(prefixes):
+                    read[key] = (frame.f_code.co_filename, frame.f_lineno)
+            raise
+
+    environ_type.__getitem__ = __getitem__  # type: ignore[method-assign]
+
+    def stop() -> Dict[str, Tuple[str, int]]:
+        environ_type.__getitem__ = real  # type: ignore[method-assign]
+        # Not those the app set itself (`os.environ.setdefault(
+        # "DJANGO_SETTINGS_MODULE", ...)` looks first).
+        return {key: where for key, where in read.items() if key not in os.environ}
+
+    return stop
+
+
+def environ_read_warning(read: Dict[str, Tuple[str, int]], mounts: Sequence[Tuple[str, str]]) -> List[str]:
+    """The build report's warning for what `record_environ_reads` noted."""
+    if not read:
+        return []
+    shown = [f"{key} ({_host_path(path, mounts)}:{line})" for key, (path, line) in list(read.items())[:8]]
+    more = f" and {len(read) - 8} more" if len(read) > 8 else ""
+    return [
+        f"warning: the app looked up {', '.join(shown)}{more} in the environment while it was imported, "
+        "at build time, where it is unset: what it got instead is in the component, and `--env` at run "
+        "time will not change it. Read it when a request needs it (or in a function called then)"
+    ]
+
+
 def _dotted(node: Any) -> Optional[List[str]]:
     """``a.b.c`` as its parts, or None for any other expression."""
     parts: List[str] = []
@@ -544,13 +599,22 @@ def boot(
         app = LiveApp(module, expr, mounts, native, own_dirs, keep)
         report.append("live: each instance imports the app as it starts, from its directories as they are then")
     else:
+        stop_recording = record_environ_reads(own_dirs)
         try:
             app = resolve_callable(import_app_module(module, mounts, native), module, expr, mounts)
-        except BuildError:
+        except BuildError as e:
             # A .pth path the sandbox lacks is often why an import fails.
             if site_warnings:
                 tell("\n".join(site_warnings))
+            missing = [key for key in stop_recording() if f"KeyError: {key!r}" in str(e)]
+            if missing:
+                tell(
+                    f"{missing[0]} is not set: the app is imported at build time, with an empty "
+                    "environment (`--env` reaches only what runs per request); read it when a request "
+                    "needs it, or give it a default"
+                )
             raise
+        report += environ_read_warning(stop_recording(), mounts)
         report += warm_up(app, warmup)
     forget_build_tempdir()
     # The snapshot is taken after boot returns, with no Python running:
@@ -618,6 +682,12 @@ def forget_build_tempdir() -> None:
 
         without_cwd._rsgi_wasm = True  # type: ignore[attr-defined]
         tempfile._candidate_tempdir_list = without_cwd  # type: ignore[union-attr]
+    # Its name generator, if the build used it, is in the snapshot: every
+    # instance would make the same names in the same order (it reseeds
+    # itself only when the pid changes, and every instance has pid 42).
+    # Made again on its first use, from fresh randomness.
+    if hasattr(tempfile, "_name_sequence"):
+        tempfile._name_sequence = None  # type: ignore[union-attr]
 
 
 def settle_heap(objects_path: str) -> None:

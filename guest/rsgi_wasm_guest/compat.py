@@ -430,20 +430,56 @@ def c_locale_only(real: Callable, error: type) -> Callable:
     return setlocale
 
 
+def single_threaded_wait(self, timeout=None) -> bool:
+    """``threading.Condition.wait`` where no other thread can notify: this
+    CPython has no threads. A timed wait sleeps its time out and times out,
+    as it would natively; the C lock's timed acquire returned at once, so
+    ``while not event.wait(0.1)`` spun the CPU 400,000 times a second and
+    ``queue.get(timeout=2)`` burnt its two seconds. A wait without a timeout
+    would never end: it trapped the instance, with a WebAssembly backtrace
+    instead of the Python line; now it raises there."""
+    if not self._is_owned():
+        raise RuntimeError("cannot wait on un-acquired lock")
+    if timeout is None:
+        raise RuntimeError(
+            "waiting without a timeout for a notification no thread can send: CPython for WASI "
+            "has no threads, so the wait would never end (threading.Event.wait(), "
+            "queue.Queue.get() and Condition.wait() with nothing to wait for)"
+        )
+    if timeout > 0:
+        import time
+
+        time.sleep(timeout)
+    return False
+
+
 def makedirs_naming_the_grant(real: Callable) -> Callable:
-    """``os.makedirs`` whose failure names the directory asked for. WASI has
-    no ``/`` to look at (each grant is a root of its own), so making a path
-    no grant covers climbed to ``/`` and failed naming it, which said
-    nothing of the missing grant. ``os.makedirs`` calls itself by its
-    module's name for each parent, so the first one under ``/`` is named."""
+    """``os.makedirs`` as on a system with a root directory. WASI has no
+    ``/`` to look at (each grant is a root of its own), so ``makedirs``
+    climbed up to it and failed there: ``makedirs("/data", exist_ok=True)``
+    of the grant itself raised ``FileNotFoundError: '/'``, as did a path no
+    grant holds, which said nothing of the missing grant. ``os.makedirs``
+    calls itself by its module's name for each parent, so this sees ``/``
+    asked for, and answers as for the root that is always there; a first
+    directory under it that cannot be made is named, with the reason."""
+
+    def rooted(path) -> Optional[str]:
+        """An absolute path as the root sees it (`//x/./y` is `/x/y`)."""
+        path = os.fsdecode(path) if isinstance(path, (str, bytes)) else ""
+        return os.path.normpath("/" + path.lstrip("/")) if path.startswith("/") else None
 
     def makedirs(name, mode=0o777, exist_ok=False):
+        if rooted(os.fspath(name)) == "/":
+            if exist_ok:
+                return None
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
         try:
             return real(name, mode, exist_ok)
         except FileNotFoundError as e:
-            if e.filename not in ("/", b"/") or os.fspath(name) in ("/", b"/"):
+            failed = rooted(e.filename)
+            if failed is None or failed == "/" or os.path.dirname(failed) != "/":
                 raise
-            raise FileNotFoundError(e.errno, f"{e.strerror} (no granted directory holds it)", name) from None
+            raise FileNotFoundError(e.errno, f"{e.strerror} (no granted directory holds it)", e.filename) from None
 
     makedirs.__doc__ = real.__doc__
     makedirs._rsgi_wasm = True
@@ -473,6 +509,9 @@ def install() -> None:
             socket._rsgi_wasm_guarded = True
     if not any(isinstance(f, Urllib3Ipv6) for f in sys.meta_path):
         sys.meta_path.insert(0, Urllib3Ipv6())
+    import threading
+
+    threading.Condition.wait = single_threaded_wait  # type: ignore[method-assign]
     if not getattr(os.makedirs, "_rsgi_wasm", False):
         os.makedirs = makedirs_naming_the_grant(os.makedirs)
     if not hasattr(hashlib, "pbkdf2_hmac"):

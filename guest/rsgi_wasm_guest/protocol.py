@@ -17,6 +17,7 @@ Rules implemented (PEP 3333):
 """
 
 import errno
+import io
 import os
 import re
 import sys
@@ -485,22 +486,40 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
             pass
 
 
+# What the host may send from disk itself: binary files whose `read` gives
+# the bytes on disk. Exact types only: a subclass may override `read`, as
+# GzipFile and text files (which have a `name` too) transform what they read.
+_RAW_FILES = (io.FileIO, io.BufferedReader, io.BufferedRandom)
+
+
+def _raw_file(f: Any) -> Any:
+    """The binary file that `f` reads unchanged: `f` itself, or the file a
+    proxy's `read` belongs to (Django's `File`, as
+    `FileResponse(instance.field.open())` passes it; tempfile's wrapper), or
+    None: anything else is iterated through its own `read`."""
+    read = getattr(f, "read", None)
+    for candidate in (f, getattr(read, "__self__", None), getattr(getattr(read, "__wrapped__", None), "__self__", None)):
+        if type(candidate) in _RAW_FILES:
+            return candidate
+    return None
+
+
 def _send_file(wrapper: "FileWrapper", resp: Response) -> bool:
     """Hand a real file to the host instead of copying it through Python."""
-    f = wrapper.filelike
-    # A proxy whose `read` is its file's own bound method (Django's `File`,
-    # what `FileResponse(model.field.open())` hands over) reads that file
-    # unchanged, so the file itself can be sent; a wrapper that transforms
-    # what it reads has a `read` of its own and is iterated.
-    inner = getattr(getattr(f, "read", None), "__self__", None)
-    if inner is not None and inner is not f and hasattr(inner, "tell"):
-        f = inner
+    f = _raw_file(wrapper.filelike)
     path = getattr(f, "name", None)
     if type(path) is not str or not path.startswith("/"):
         return False
     try:
+        if not f.readable():
+            return False
         offset = f.tell()
-    except (AttributeError, OSError, ValueError):
+        # The host opens the path again: it must still name the file the
+        # app opened, not one moved or linked there since.
+        opened, named = os.fstat(f.fileno()), os.stat(path)
+    except (OSError, ValueError):
+        return False
+    if (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino):
         return False
     resp.check_body()
     if resp.transport.send_file(resp.status or "", resp.headers, path, offset):

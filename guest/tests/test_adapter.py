@@ -5,6 +5,7 @@ itself is tested black-box over HTTP in tests/http.rs."""
 import collections
 import enum
 import io
+import os
 import sys
 import unittest
 
@@ -157,6 +158,84 @@ def run(app, events=None):
     env.update({"REQUEST_METHOD": "GET", "PATH_INFO": "/"})
     failure = protocol.run(app, env, t)
     return t, failure, env["wsgi.errors"].getvalue()
+
+
+class Sender(Recorder):
+    """A transport that takes every file offered to the host."""
+
+    def send_file(self, status, headers, path, offset):
+        self.sent = (path, offset)
+        return True
+
+
+def sent_by_host(filelike):
+    """Where the host was asked to send ``filelike`` from, or None if the
+    guest iterated it."""
+    t = Sender()
+    t.events, t.sent = [], None
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](filelike)
+
+    env = protocol.base_environ(io.StringIO())
+    env.update({"REQUEST_METHOD": "GET", "PATH_INFO": "/"})
+    protocol.run(app, env, t)
+    return t.sent
+
+
+class FileWrapperTest(unittest.TestCase):
+    def setUp(self):
+        import tempfile
+
+        self.dir = tempfile.TemporaryDirectory()
+        self.addCleanup(self.dir.cleanup)
+        self.path = os.path.join(self.dir.name, "f.bin")
+        with open(self.path, "wb") as f:
+            f.write(b"line one\r\nline two\r\n")
+
+    def test_a_binary_file_or_a_proxy_reading_it_unchanged_is_sent_by_the_host(self):
+        f = open(self.path, "rb")
+        f.read(5)
+        self.assertEqual(sent_by_host(f), (self.path, 5))
+
+        class DjangoFile:  # `read` and `tell` are the file's own
+            def __init__(self, file):
+                self.file, self.name = file, "uploads/f.bin"
+
+            read = property(lambda self: self.file.read)
+            close = property(lambda self: self.file.close)
+
+        self.assertEqual(sent_by_host(DjangoFile(open(self.path, "rb"))), (self.path, 0))
+        self.assertEqual(sent_by_host(open(self.path, "rb", buffering=0)), (self.path, 0))
+
+    def test_what_reads_other_bytes_than_the_disk_s_is_iterated(self):
+        import gzip
+
+        class Upper(io.FileIO):
+            def read(self, n=-1):
+                return super().read(n).upper()
+
+        with open(self.path + ".gz", "wb") as z:
+            z.write(gzip.compress(b"inflated"))
+        for f in [
+            gzip.open(self.path + ".gz", "rb"),
+            Upper(self.path),
+            open(self.path, "r"),
+            open(self.path + ".out", "wb"),
+            io.BytesIO(b"x"),
+        ]:
+            with self.subTest(f=f):
+                self.assertIsNone(sent_by_host(f))
+
+    def test_a_file_whose_path_now_names_another_is_iterated(self):
+        f = open(self.path, "rb")
+        other = os.path.join(self.dir.name, "other")
+        with open(other, "wb") as o:
+            o.write(b"new")
+        os.replace(other, self.path)
+        self.assertIsNone(sent_by_host(f))
+        f.close()
 
 
 class ProtocolTest(unittest.TestCase):
@@ -509,8 +588,11 @@ class BuildTempdirTest(unittest.TestCase):
         try:
             self.assertIn(os.getcwd(), tempfile._candidate_tempdir_list())
             tempfile.tempdir = os.getcwd()
+            tempfile._get_candidate_names()
             boot.forget_build_tempdir()
             self.assertIsNone(tempfile.tempdir)
+            # Names are drawn afresh in each instance, not replayed.
+            self.assertIsNone(tempfile._name_sequence)
             # Nor is it ever found again: on a host with no /tmp, temporary
             # files must not land among the app's code.
             candidates = tempfile._candidate_tempdir_list()
@@ -523,6 +605,48 @@ class BuildTempdirTest(unittest.TestCase):
         finally:
             tempfile.tempdir, tempfile._candidate_tempdir_list = saved
 
+
+
+class EnvironReadsTest(unittest.TestCase):
+    def test_the_app_s_own_lookups_of_unset_variables_are_noted_once(self):
+        import os
+
+        from rsgi_wasm_guest import boot
+
+        real = type(os.environ).__getitem__
+        os.environ["RSGI_WASM_TEST_SET"] = "1"
+        stop = boot.record_environ_reads(["/app/"])
+        try:
+            app = compile(
+                "import os\n"
+                "a = os.environ.get('RSGI_WASM_TEST_A')\n"
+                "b = 'RSGI_WASM_TEST_B' in os.environ\n"
+                "c = os.getenv('RSGI_WASM_TEST_C', 'x'), os.getenv('RSGI_WASM_TEST_A')\n"
+                "d = os.environ.get('RSGI_WASM_TEST_SET')\n"
+                "try:\n    os.environ['RSGI_WASM_TEST_D']\nexcept KeyError:\n    pass\n"
+                "os.environ.setdefault('RSGI_WASM_TEST_OWN', 'mysite.settings')\n",
+                "/app/settings.py",
+                "exec",
+            )
+            exec(app, {})
+            exec(compile("import os\nos.getenv('RSGI_WASM_TEST_LIB')\n", "/deps/lib.py", "exec"), {})
+        finally:
+            read = stop()
+            del os.environ["RSGI_WASM_TEST_SET"]
+            os.environ.pop("RSGI_WASM_TEST_OWN", None)
+        self.assertIs(type(os.environ).__getitem__, real)
+        self.assertEqual(
+            read,
+            {
+                "RSGI_WASM_TEST_A": ("/app/settings.py", 2),
+                "RSGI_WASM_TEST_B": ("/app/settings.py", 3),
+                "RSGI_WASM_TEST_C": ("/app/settings.py", 4),
+                "RSGI_WASM_TEST_D": ("/app/settings.py", 7),
+            },
+        )
+        warning = boot.environ_read_warning(read, [("/app", "./mysite")])
+        self.assertIn("RSGI_WASM_TEST_A (./mysite/settings.py:2), RSGI_WASM_TEST_B", warning[0])
+        self.assertEqual(boot.environ_read_warning({}, []), [])
 
 
 class ImportPath(unittest.TestCase):

@@ -1,5 +1,6 @@
 import io
 import hashlib
+import os
 import unittest
 
 from rsgi_wasm_guest import compat
@@ -264,22 +265,73 @@ class BuildOutputTest(unittest.TestCase):
 
 
 class MakedirsTest(unittest.TestCase):
-    def test_a_climb_to_the_root_names_the_first_directory_under_it(self):
+    @staticmethod
+    def wasi_like(made):
+        """``os.makedirs`` over a file system, as on WASI, with no `/` and
+        only the directories in ``made`` (grants and what was made)."""
         import os
 
+        def mkdir(name, mode=0o777):
+            name = os.path.normpath(name)
+            if name in made:
+                raise FileExistsError(17, "File exists", name)
+            if os.path.dirname(name) not in made:
+                raise FileNotFoundError(44, "No such file or directory", name)
+            made.add(name)
+
         def real(name, mode=0o777, exist_ok=False):
-            # As on WASI: `/` cannot be looked at, so makedirs recurses up to it.
-            head = os.path.dirname(name)
-            if head != name:
-                makedirs(head, mode, exist_ok)
-            raise FileNotFoundError(2, "No such file or directory", "/")
+            # CPython's os.makedirs, over `mkdir` and `exists` above.
+            head, tail = os.path.split(name)
+            if head and tail and head not in made:
+                try:
+                    makedirs(head, exist_ok=exist_ok)
+                except FileExistsError:
+                    pass
+            try:
+                mkdir(name, mode)
+            except OSError:
+                if not exist_ok or os.path.normpath(name) not in made:
+                    raise
 
         makedirs = compat.makedirs_naming_the_grant(real)
-        with self.assertRaises(FileNotFoundError) as e:
-            makedirs("/data/up/x", exist_ok=True)
-        self.assertEqual(e.exception.filename, "/data")
-        self.assertIn("no granted directory holds it", str(e.exception))
-        other = compat.makedirs_naming_the_grant(lambda *a: (_ for _ in ()).throw(FileNotFoundError(2, "gone", "/a/b")))
-        with self.assertRaises(FileNotFoundError) as e:
-            other("/a/b/c")
-        self.assertEqual(e.exception.filename, "/a/b")
+        return makedirs
+
+    def test_the_grant_itself_and_paths_under_it_are_made_as_natively(self):
+        made = {"/data"}
+        makedirs = self.wasi_like(made)
+        makedirs("/data", exist_ok=True)
+        makedirs("/data/", exist_ok=True)
+        makedirs("/data/up/x", exist_ok=True)
+        self.assertIn("/data/up/x", made)
+        with self.assertRaises(FileExistsError):
+            makedirs("/data")
+        makedirs("/", exist_ok=True)
+        makedirs("//", exist_ok=True)
+        with self.assertRaises(FileExistsError):
+            makedirs("/")
+
+    def test_a_path_no_grant_holds_names_its_first_directory(self):
+        makedirs = self.wasi_like({"/data"})
+        for path in ["/nogrant/up/x", "//nogrant//x", "/./nogrant/x"]:
+            with self.subTest(path=path), self.assertRaises(FileNotFoundError) as e:
+                makedirs(path, exist_ok=True)
+            self.assertEqual([p for p in e.exception.filename.split("/") if p not in ("", ".")], ["nogrant"])
+            self.assertIn("no granted directory holds it", str(e.exception))
+
+
+class SingleThreadedWaitTest(unittest.TestCase):
+    def test_a_timed_wait_times_out_after_its_time_and_an_endless_one_raises(self):
+        import threading
+        import time
+
+        c = threading.Condition()
+        with self.assertRaises(RuntimeError):
+            compat.single_threaded_wait(c, 0.01)
+        with c:
+            started = time.monotonic()
+            self.assertFalse(compat.single_threaded_wait(c, 0.05))
+            self.assertGreaterEqual(time.monotonic() - started, 0.05)
+            self.assertFalse(compat.single_threaded_wait(c, -1))
+            with self.assertRaises(RuntimeError) as e:
+                compat.single_threaded_wait(c)
+            self.assertIn("no threads", str(e.exception))

@@ -67,7 +67,9 @@ async fn build_and_report(opts: &BuildOptions) -> Result<build::BuildReport> {
     // Progress only: a stderr that cannot be written must not fail the build.
     let mut err = std::io::stderr().lock();
     for line in &report.warmup {
-        let _ = writeln!(err, "{line}{when}");
+        // They quote what the app printed while imported: it must not
+        // drive the terminal.
+        let _ = writeln!(err, "{}{when}", crate::runtime::visible_lines(line));
     }
     let _ = writeln!(
         err,
@@ -603,15 +605,30 @@ fn hangup() -> Result<tokio::signal::unix::Signal> {
 /// ends the process, and logrotate setups send USR1 to servers that reopen
 /// their log files, while this one logs to stderr, with nothing to reopen.
 fn ignore_user_signals() -> Result<()> {
+    use rustix::process::Signal;
     use tokio::signal::unix::{signal, SignalKind};
-    for (kind, name) in [
-        (SignalKind::user_defined1(), "SIGUSR1"),
-        (SignalKind::user_defined2(), "SIGUSR2"),
+    // gunicorn's TTIN and TTOU add and remove a worker; by default they
+    // would stop this process, as a background job reading its terminal.
+    const NO_LOG_FILE: &str = "the log goes to stderr, with no file to reopen";
+    const FIXED_WORKERS: &str = "the number of instances is --workers";
+    for (kind, name, why) in [
+        (SignalKind::user_defined1(), "SIGUSR1", NO_LOG_FILE),
+        (SignalKind::user_defined2(), "SIGUSR2", NO_LOG_FILE),
+        (
+            SignalKind::from_raw(Signal::TTIN.as_raw()),
+            "SIGTTIN",
+            FIXED_WORKERS,
+        ),
+        (
+            SignalKind::from_raw(Signal::TTOU.as_raw()),
+            "SIGTTOU",
+            FIXED_WORKERS,
+        ),
     ] {
         let mut signals = signal(kind).with_context(|| format!("installing the {name} handler"))?;
         tokio::spawn(async move {
             while signals.recv().await.is_some() {
-                tracing::info!("{name} ignored: the log goes to stderr, with no file to reopen");
+                tracing::info!("{name} ignored: {why}");
             }
         });
     }

@@ -46,7 +46,7 @@ pub enum ConfigError {
     #[error("--world {0:?}: expected wsgi (rsgi-wasm's own, fastest boundary) or wasi-http (runs on any wasi:http host: wasmtime serve, Spin, SpinKube)")]
     World(String),
     /// A `--forwarded-allow-ips` value that is not `*` or a list of IPs.
-    #[error("--forwarded-allow-ips {0:?}: expected * or comma-separated IP addresses like 127.0.0.1,10.0.0.2")]
+    #[error("--forwarded-allow-ips {0:?}: expected * or comma-separated IP addresses or networks like 127.0.0.1,::1,10.0.0.0/8")]
     Peers(String),
     /// A duration, size or count outside what the setting allows.
     #[error("{value:?} is out of range (allowed: {allowed})")]
@@ -300,7 +300,7 @@ pub const DEFAULT_MAX_CONNECTIONS: &str = "10000";
 /// `serve --max-loaded`.
 pub const DEFAULT_MAX_LOADED: &str = "1000";
 /// `--forwarded-allow-ips`.
-pub const DEFAULT_FORWARDED_ALLOW: &str = "127.0.0.1";
+pub const DEFAULT_FORWARDED_ALLOW: &str = "127.0.0.1,::1";
 /// `--http2-max-streams`.
 pub const DEFAULT_HTTP2_MAX_STREAMS: &str = "100";
 /// Largest request head (431 above); not a flag.
@@ -511,6 +511,17 @@ pub fn listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
         return Ok(addr);
     }
     use std::net::ToSocketAddrs;
+    // gunicorn's other `--bind` forms, named rather than taken for a host.
+    if text.starts_with("unix:") || text.starts_with('/') {
+        return Err(format!(
+            "{text:?}: Unix sockets are not supported; listen on TCP (like 127.0.0.1:8000) and point the proxy there"
+        ));
+    }
+    if text.starts_with("fd://") {
+        return Err(format!(
+            "{text:?}: inherited sockets (fd://, socket activation) are not supported; give HOST:PORT"
+        ));
+    }
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err(format!(
             "{text:?} is not HOST:PORT (like 127.0.0.1:8000, [::1]:8000 or localhost:8000)"
@@ -526,6 +537,11 @@ pub fn listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
     let port: u16 = port
         .parse()
         .map_err(|_| format!("{port:?} in {text:?} is not a port (0 to 65535)"))?;
+    if host.is_empty() {
+        return Err(format!(
+            "{text:?} has no host: give 0.0.0.0:{port} (every interface) or 127.0.0.1:{port} (this machine only)"
+        ));
+    }
     let mut addrs = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host:?}: {e}"))?;
@@ -868,21 +884,23 @@ pub struct ServerConfig {
 pub enum TrustedPeers {
     /// Any peer (`*`): only behind a proxy that overwrites the headers.
     All,
-    /// Only these addresses.
-    Only(Vec<std::net::IpAddr>),
+    /// Only these addresses and networks.
+    Only(Vec<ipnet::IpNet>),
 }
 
 impl TrustedPeers {
-    /// Whether `peer` is trusted.
+    /// Whether `peer` is trusted. An IPv4 client of a dual-stack listener
+    /// (`[::]`) arrives as `::ffff:a.b.c.d`, and is trusted as `a.b.c.d`.
     pub fn contains(&self, peer: std::net::IpAddr) -> bool {
         match self {
             TrustedPeers::All => true,
-            TrustedPeers::Only(list) => list.contains(&peer),
+            TrustedPeers::Only(list) => list.iter().any(|net| net.contains(&peer.to_canonical())),
         }
     }
 }
 
-/// Parse `*` or a comma-separated list of IP addresses.
+/// Parse `*` or a comma-separated list of IP addresses and networks
+/// (`10.0.0.0/8`, as a cluster's proxies have addresses of their own).
 pub fn parse_trusted(value: &str) -> Result<TrustedPeers, ConfigError> {
     if value.trim() == "*" {
         return Ok(TrustedPeers::All);
@@ -891,7 +909,15 @@ pub fn parse_trusted(value: &str) -> Result<TrustedPeers, ConfigError> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| ConfigError::Peers(value.to_owned())))
+        .map(|s| {
+            let net = s
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(Into::into));
+            // A network written by one of its addresses (10.1.2.3/8) is
+            // the network, as gunicorn takes it.
+            net.map(|n| n.trunc())
+                .map_err(|_| ConfigError::Peers(value.to_owned()))
+        })
         .collect::<Result<Vec<_>, _>>()
         .map(TrustedPeers::Only)
 }
@@ -916,6 +942,10 @@ mod tests {
             ("no-such-host.invalid:80", "cannot resolve"),
             ("[::1", "not an IPv6 address"),
             ("::1:80", "not an IPv6 address"),
+            ("unix:/run/app.sock", "Unix sockets are not supported"),
+            ("/run/app.sock", "Unix sockets are not supported"),
+            ("fd://3", "inherited sockets"),
+            (":8000", "give 0.0.0.0:8000"),
         ] {
             let err = listen_addr(bad).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");
@@ -1092,10 +1122,18 @@ mod tests {
         assert!(check_count("18446744073709551615", MAX_REQUESTS).is_err());
         assert_eq!(check_count("4", WORKERS).unwrap(), 4);
         assert_eq!(parse_trusted("*").unwrap(), TrustedPeers::All);
-        let t = parse_trusted("127.0.0.1, ::1").unwrap();
+        let t = parse_trusted(DEFAULT_FORWARDED_ALLOW).unwrap();
         assert!(t.contains("::1".parse().unwrap()));
+        assert!(t.contains("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!t.contains("10.0.0.1".parse().unwrap()));
-        assert!(parse_trusted("localhost").is_err());
+        let t = parse_trusted("10.1.2.3/8, fd00::/8").unwrap();
+        assert!(t.contains("10.200.0.7".parse().unwrap()));
+        assert!(t.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(t.contains("fd12::1".parse().unwrap()));
+        assert!(!t.contains("11.0.0.1".parse().unwrap()));
+        for bad in ["localhost", "10.0.0.0/33", "10.0.0.0/", "/8", "::1/129"] {
+            assert!(parse_trusted(bad).is_err(), "{bad}");
+        }
         assert_eq!(parse_cpu("0.25").unwrap(), 0.25);
         assert_eq!(parse_cpu("2").unwrap(), 2.0);
         for bad in ["0", "-1", "nan", "inf", "1e300", "1e-15", "0.001", "lots"] {

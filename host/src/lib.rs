@@ -26,6 +26,7 @@ mod env_file;
 mod error;
 mod http;
 mod latin1;
+mod log_filter;
 mod metrics;
 mod protocol;
 mod runtime;
@@ -118,11 +119,7 @@ const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// print a failure once with its exit status.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse_args();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // notify logs, up to warnings, what is not news to an operator (a
-        // watch on a directory already deleted could not be removed, as
-        // `--reload` watches a replaced app directory again).
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=error"));
+    let (filter, filter_warning) = log_filter::from_env();
     // A log that cannot be written (its pipe's reader gone, a full disk)
     // loses its lines, not the server: the subscriber's own report of the
     // failure would go to the same stderr with `eprintln!`, which panics
@@ -138,6 +135,9 @@ pub fn main() -> ExitCode {
         logs.with_target(false)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
+    }
+    if let Some(warning) = filter_warning {
+        tracing::warn!("{warning}");
     }
     raise_fd_limit();
     // One worker thread more than guests may run at once (one per core,

@@ -393,9 +393,19 @@ fn tenant(
                     )));
                 };
                 for (name, v) in vars {
-                    let value = string(v, k, err)?;
+                    // Named as TOML writes the key: `env.PORT`, `env."A B"`.
+                    let bare = name
+                        .get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                    let field = if bare && !name.get_ref().is_empty() {
+                        format!("{k}.{}", name.get_ref())
+                    } else {
+                        format!("{k}.{:?}", name.get_ref())
+                    };
+                    let value = string(v, &field, err)?;
                     crate::config::check_env_var(name.get_ref(), &value)
-                        .map_err(|e| Some(err(name.span(), k, e.to_string())))?;
+                        .map_err(|e| Some(err(name.span(), &field, e.to_string())))?;
                     env.insert(name.get_ref().to_string(), value);
                 }
             }
@@ -888,8 +898,14 @@ mod tests {
             ("static = [\"/s/=nowhere\"]", "static", "cannot be used"),
             ("allow_net = [\"*:443\"]", "allow_net", "every host"),
             ("tls_ca = [\"nope.pem\"]", "tls_ca", "nope.pem"),
-            ("env = { \"A=B\" = \"1\" }", "env", "contains '='"),
-            ("env = { A = \"x\\u0000y\" }", "env", "NUL"),
+            ("env = { \"A=B\" = \"1\" }", "env.\"A=B\"", "contains '='"),
+            ("env = { A = \"x\\u0000y\" }", "env.A", "NUL"),
+            ("env = { PORT = 8000 }", "env.PORT", "expected a string"),
+            (
+                "env = { \"A B\" = true }",
+                "env.\"A B\"",
+                "expected a string",
+            ),
             ("hosts = [\"a.test:8080\"]", "hosts", "without a port"),
             ("hosts = [\"b\u{fc}cher.test\"]", "hosts", "xn--"),
             ("hosts = [\"a b\"]", "hosts", "not a host name"),

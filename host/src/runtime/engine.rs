@@ -106,17 +106,15 @@ pub fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("creating the cache directory {}", dir.display()))?;
-    let was_private = make_private(&dir)?;
-    let tag = dir.join(bundle::CACHE_TAG);
-    if !tag.exists() {
-        // Best effort: without it a cache inside an app's directory would
-        // be packed into the app's next build.
-        let _ = cachefs::write_atomic(&tag, bundle::CACHE_TAG_TEXT.as_bytes());
-    }
+    let mode = check_trusted(&dir).map_err(|e| e.refusal(&dir))?;
+    let was_private = mode & 0o077 == 0;
     // Its unpacked trees become apps' code, its hash entries say which
-    // compiled code runs for a file, and the other two hold compiled code:
-    // all as private as the cache.
-    for sub in ["files", "digests", "modules", "shells"] {
+    // compiled code runs for a file, two hold compiled code, and the build
+    // cache's (and `--reload`'s copies) hold what apps run: all as private
+    // as the cache.
+    for sub in [
+        "files", "digests", "modules", "shells", "builds", "stdlib", "deps", "live",
+    ] {
         let sub = dir.join(sub);
         if !sub.exists() {
             continue;
@@ -132,6 +130,17 @@ pub fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
                 checked.map_err(|e| e.refusal(&sub))?;
             }
         }
+    }
+    // Closed only once all is found sound: one refused stays refused (and
+    // is not taken, at the next start, for what a private cache made).
+    if !was_private {
+        make_private(&dir, mode)?;
+    }
+    let tag = dir.join(bundle::CACHE_TAG);
+    if !tag.exists() {
+        // Best effort: without it a cache inside an app's directory would
+        // be packed into the app's next build.
+        let _ = cachefs::write_atomic(&tag, bundle::CACHE_TAG_TEXT.as_bytes());
     }
     Ok(dir)
 }
@@ -184,15 +193,10 @@ impl TrustError {
     }
 }
 
-/// Check the cache root (see [`check_trusted`]), then close it to others
-/// if they may read or enter it: it holds the apps' code (settings and
-/// their secrets included) and, made under a permissive umask, entries
-/// others could write. Returns whether it was private already.
-fn make_private(dir: &Path) -> Result<bool> {
-    let mode = check_trusted(dir).map_err(|e| e.refusal(dir))?;
-    if mode & 0o077 == 0 {
-        return Ok(true);
-    }
+/// Close the cache root (`mode`) to others, who may read or enter it: it
+/// holds the apps' code (settings and their secrets included) and, made
+/// under a permissive umask, entries others could write.
+fn make_private(dir: &Path, mode: u32) -> Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("making the cache directory {} private", dir.display()))?;
     tracing::warn!(
@@ -201,7 +205,7 @@ fn make_private(dir: &Path) -> Result<bool> {
         dir.display(),
         mode & 0o7777
     );
-    Ok(false)
+    Ok(())
 }
 
 /// Compiled artifacts in the cache are native code loaded without further

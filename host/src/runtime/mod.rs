@@ -20,6 +20,7 @@ pub mod environ;
 mod file_map;
 mod file_reads;
 mod generated;
+mod guest_clock;
 mod guest_log;
 mod lock_dirs;
 pub mod outbound;

@@ -11,6 +11,7 @@ use wasmtime_wasi::{DirPerms, FilePerms, WasiCtxBuilder};
 use crate::bundle::Mount;
 use crate::config::{DirGrant, Grants, Isolation};
 use crate::runtime::disk_quota::{Budget, Ledger};
+use crate::runtime::guest_clock::GuestMonotonic;
 use crate::runtime::guest_log::{GuestLog, LogBudget};
 use crate::runtime::outbound::{InstanceNet, Outbound};
 use crate::runtime::quota_fs::{OpenFiles, Quotas};
@@ -184,6 +185,7 @@ impl Sandbox {
     /// files read-only, no network unless granted.
     pub fn host_state(&self, stdio: Stdio) -> Result<HostState> {
         let mut b = WasiCtxBuilder::new();
+        b.monotonic_clock(GuestMonotonic);
         let mut logs = Vec::new();
         match stdio {
             Stdio::Log => {

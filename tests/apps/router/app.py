@@ -21,6 +21,9 @@ except ImportError:  # rsgi-wasm's own world (or imported outside a build)
 # State kept across requests of one pooled instance.
 COUNTERS = {"requests": 0, "closed": 0}
 
+# Read at build time, as a TTL cache stamps what it fills at import.
+IMPORTED_AT = time.monotonic()
+
 # Heap the snapshot holds, for /snapshot-heap: a plain table; an object
 # with a finaliser and one with a weakref.finalize callback, both to be
 # dropped by a request; and free chunks inside the heap (every other one of
@@ -273,6 +276,9 @@ def application(environ, start_response):
 
     if path == "/counters":
         return as_json(start_response, COUNTERS)
+
+    if path == "/clock":
+        return as_json(start_response, {"since_import": time.monotonic() - IMPORTED_AT})
 
     if path == "/snapshot-heap":
         made = [bytes(30) for _ in range(1000)]
