@@ -746,11 +746,18 @@ def create_app(db, debug=False, extra=None):
 }
 
 /// The import runs at build time, in an empty environment: what the app's
-/// own code looked up there is named with its line, as `--env` at run time
-/// cannot change it, and a lookup that fails the import says why.
+/// code looked up there (itself or through a library's helper) is named
+/// with its line, as `--env` at run time cannot change it; a lookup that
+/// fails the import says why; what the import set stays set.
 #[test]
 fn environment_lookups_at_import_are_named() {
     let dir = temp_dir("env-at-import");
+    write(
+        &dir,
+        "settings_lib.py",
+        "import os\ndef env(key):\n    if key not in os.environ:\n        \
+         raise LookupError(f'Set the {key} environment variable')\n    return os.environ[key]\n",
+    );
     write(
         &dir,
         "app.py",
@@ -759,10 +766,14 @@ import os
 DEBUG = os.environ.get("DEBUG", "") == "1"
 HAS_DSN = "DATABASE_URL" in os.environ
 NAME = os.getenv("APP_NAME", "default")
+os.environ.setdefault("SET_AT_IMPORT", "kept")
+os.environ.setdefault("GIVEN_WINS", "import")
+ALL = dict(os.environ)
 
 def application(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
-    return [f"{NAME} {os.getenv('PER_REQUEST')}".encode()]
+    seen = [os.getenv(k) for k in ("PER_REQUEST", "SET_AT_IMPORT", "GIVEN_WINS")]
+    return [f"{NAME} {seen}".encode()]
 "#,
     );
     let app = dir.join("app.py").display().to_string();
@@ -773,20 +784,36 @@ def application(environ, start_response):
         "APP_NAME=given",
         "--env",
         "PER_REQUEST=yes",
+        "--env",
+        "GIVEN_WINS=env",
     ]);
-    assert_eq!(get(&s, "/"), (200, "default yes".to_owned()));
+    // What the import set is there at run time, as natively, under what
+    // `--env` gives: request after request of one instance.
+    for _ in 0..3 {
+        assert_eq!(
+            get(&s, "/"),
+            (200, "default ['yes', 'kept', 'env']".to_owned())
+        );
+    }
     let logs = s.logs();
     for read in [
-        format!("looked up DEBUG ({app}:3), DATABASE_URL ({app}:4), APP_NAME ({app}:5) in the environment"),
+        format!(
+            "looked up DEBUG ({app}:3), DATABASE_URL ({app}:4), APP_NAME ({app}:5) in the \
+             environment and read the whole environment ({app}:8)"
+        ),
         "`--env` at run time will not change it".to_owned(),
     ] {
         assert!(logs.contains(&read), "{read:?} not in\n{logs}");
     }
-    // Read per request (the warm-up's included), and set at build time.
-    assert!(
-        !logs.contains("PER_REQUEST (") && !logs.contains("SERVER_SOFTWARE ("),
-        "{logs}"
-    );
+    // Read per request (the warm-up's included), or set by the import.
+    for not_named in [
+        "PER_REQUEST (",
+        "SERVER_SOFTWARE (",
+        "SET_AT_IMPORT (",
+        "GIVEN_WINS (",
+    ] {
+        assert!(!logs.contains(not_named), "{not_named}: {logs}");
+    }
     write(
         &dir,
         "app.py",
@@ -796,6 +823,16 @@ def application(environ, start_response):
     assert!(e.contains("KeyError: 'SECRET_KEY'"), "{e}");
     assert!(
         e.contains("SECRET_KEY is not set: the app is imported at build time"),
+        "{e}"
+    );
+    write(
+        &dir,
+        "app.py",
+        "from settings_lib import env\nDB = env('DATABASE_URL')\n",
+    );
+    let e = build_error("app", &dir, None);
+    assert!(
+        e.contains("DATABASE_URL is not set: the app is imported at build time"),
         "{e}"
     );
 }

@@ -139,41 +139,66 @@ def import_app_module(module: str, mounts: Sequence[Tuple[str, str]], native: Di
         raise BuildError(f"importing {module!r} raised {type(e).__name__}: {e}\n{_app_frames(e, mounts)}") from None
 
 
+# What `record_environ_reads` notes for a read of every variable at once.
+WHOLE_ENVIRONMENT = "(the whole environment)"
+
+
 def record_environ_reads(own_dirs: Sequence[str]) -> Callable[[], Dict[str, Tuple[str, int]]]:
-    """Start noting the variables the app's own code looks up in the
+    """Start noting the variables the app's code looks up in the
     environment and does not find (``os.environ[...]``, ``.get``,
-    ``os.getenv``, ``in``); the function returned stops and gives each
-    one's first file and line. The import runs at build time, in an empty
-    environment: what it read is in the snapshot, and ``--env`` at run time
-    never reaches it. Reads by dependencies are left out (Flask's of
-    ``FLASK_DEBUG`` would be in every Flask app's report)."""
+    ``os.getenv``, ``in``, and a library's helper called by the app, such
+    as decouple's ``config`` or django-environ's ``env``), and whether it
+    reads all of it (``os.environ.copy()``, ``.items()``, Flask's
+    ``from_prefixed_env``). The function returned stops and gives each
+    one's first line of the app's code. The import runs at build time, in
+    an empty environment: what it read is in the snapshot, and ``--env``
+    at run time never reaches it. Left out: a dependency reading its own
+    settings as it is imported, and the standard library's lookups
+    (``tempfile``'s ``TMPDIR``)."""
     import _collections_abc
     import os
 
     environ_type = type(os.environ)
-    real = environ_type.__getitem__
-    # The lookups between the app's line and `__getitem__`: `os.getenv`
-    # and Mapping's `get` and `__contains__` (frozen modules, named so).
+    real_get, real_iter = environ_type.__getitem__, environ_type.__iter__
+    # Between the reader and `__getitem__`: `os.getenv`, `os.environ.copy`
+    # and Mapping's methods (frozen modules, named so).
     lookups = {os.getenv.__code__.co_filename, _collections_abc.Mapping.get.__code__.co_filename}
     prefixes = tuple(d.rstrip("/") + "/" for d in own_dirs)
     read: Dict[str, Tuple[str, int]] = {}
 
+    def note(key: str) -> None:
+        frame = sys._getframe(2)
+        while frame is not None and frame.f_code.co_filename in lookups:
+            frame = frame.f_back
+        if frame is None or frame.f_code.co_filename.startswith(("/python/", "<")):
+            return
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if name.startswith(prefixes):
+                read[key] = (name, frame.f_lineno)
+                return
+            if name.startswith("<frozen importlib"):
+                return
+            frame = frame.f_back
+
     def __getitem__(self, key):  # type: ignore[no-untyped-def]
         try:
-            return real(self, key)
+            return real_get(self, key)
         except KeyError:
             if self is os.environ and isinstance(key, str) and key not in read and prefixes:
-                frame = sys._getframe(1)
-                while frame is not None and frame.f_code.co_filename in lookups:
-                    frame = frame.f_back
-                if frame is not None and frame.f_code.co_filename.startswith(prefixes):
-                    read[key] = (frame.f_code.co_filename, frame.f_lineno)
+                note(key)
             raise
 
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        if self is os.environ and WHOLE_ENVIRONMENT not in read and prefixes:
+            note(WHOLE_ENVIRONMENT)
+        return real_iter(self)
+
     environ_type.__getitem__ = __getitem__  # type: ignore[method-assign]
+    environ_type.__iter__ = __iter__  # type: ignore[method-assign]
 
     def stop() -> Dict[str, Tuple[str, int]]:
-        environ_type.__getitem__ = real  # type: ignore[method-assign]
+        environ_type.__getitem__, environ_type.__iter__ = real_get, real_iter  # type: ignore[method-assign]
         # Not those the app set itself (`os.environ.setdefault(
         # "DJANGO_SETTINGS_MODULE", ...)` looks first).
         return {key: where for key, where in read.items() if key not in os.environ}
@@ -183,14 +208,21 @@ def record_environ_reads(own_dirs: Sequence[str]) -> Callable[[], Dict[str, Tupl
 
 def environ_read_warning(read: Dict[str, Tuple[str, int]], mounts: Sequence[Tuple[str, str]]) -> List[str]:
     """The build report's warning for what `record_environ_reads` noted."""
-    if not read:
+    where = {key: f"({_host_path(path, mounts)}:{line})" for key, (path, line) in read.items()}
+    whole = where.pop(WHOLE_ENVIRONMENT, None)
+    said = []
+    if where:
+        shown = [f"{key} {at}" for key, at in list(where.items())[:8]]
+        more = f" and {len(where) - 8} more" if len(where) > 8 else ""
+        said.append(f"looked up {', '.join(shown)}{more} in the environment")
+    if whole:
+        said.append(f"read the whole environment {whole}")
+    if not said:
         return []
-    shown = [f"{key} ({_host_path(path, mounts)}:{line})" for key, (path, line) in list(read.items())[:8]]
-    more = f" and {len(read) - 8} more" if len(read) > 8 else ""
     return [
-        f"warning: the app looked up {', '.join(shown)}{more} in the environment while it was imported, "
-        "at build time, where it is unset: what it got instead is in the component, and `--env` at run "
-        "time will not change it. Read it when a request needs it (or in a function called then)"
+        f"warning: the app {' and '.join(said)} while it was imported, at build time, where the "
+        "environment is empty: what it got is in the component, and `--env` at run time will not "
+        "change it. Read settings when a request needs them (or in a function called then)"
     ]
 
 
@@ -600,13 +632,18 @@ def boot(
         report.append("live: each instance imports the app as it starts, from its directories as they are then")
     else:
         stop_recording = record_environ_reads(own_dirs)
+        import os
+
+        before = dict(os.environ)
         try:
             app = resolve_callable(import_app_module(module, mounts, native), module, expr, mounts)
         except BuildError as e:
             # A .pth path the sandbox lacks is often why an import fails.
             if site_warnings:
                 tell("\n".join(site_warnings))
-            missing = [key for key in stop_recording() if f"KeyError: {key!r}" in str(e)]
+            # Named by the error, whoever raised it (`KeyError`, django-environ's
+            # ImproperlyConfigured, decouple's UndefinedValueError).
+            missing = [key for key in stop_recording() if key != WHOLE_ENVIRONMENT and key in str(e)]
             if missing:
                 tell(
                     f"{missing[0]} is not set: the app is imported at build time, with an empty "
@@ -615,6 +652,10 @@ def boot(
                 )
             raise
         report += environ_read_warning(stop_recording(), mounts)
+        # `SERVER_SOFTWARE` is the build's own (see `import_app_module`).
+        compat.IMPORT_ENVIRON = {
+            k: v for k, v in os.environ.items() if before.get(k) != v and k != "SERVER_SOFTWARE"
+        } or None
         report += warm_up(app, warmup)
     forget_build_tempdir()
     # The snapshot is taken after boot returns, with no Python running:

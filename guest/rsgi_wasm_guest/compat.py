@@ -77,6 +77,10 @@ def pbkdf2_hmac(hash_name: str, password: bytes, salt: bytes, iterations: int, d
     return b"".join(blocks)[:dklen]
 
 
+# What `makedirs` adds to the error for a path no grant holds (once: it
+# calls itself for each parent).
+NO_GRANT = "(no granted directory holds it)"
+
 ALLOW_NET_HINT = "add an --allow-net rule (allow_net in tenants.toml) for it"
 
 NO_LISTENING = (
@@ -176,8 +180,9 @@ def _guard_network(socket) -> None:
             try:
                 return real_pair(*args, **kwargs)
             except PermissionError as e:
+                # The errno WASI gave (ENOENT) would read as a missing file.
                 raise PermissionError(
-                    e.errno, f"rsgi-wasm sandbox: making a socket pair is not allowed; {NO_LISTENING}"
+                    errno.EACCES, f"rsgi-wasm sandbox: making a socket pair is not allowed; {NO_LISTENING}"
                 ) from None
 
         socketpair.__doc__ = real_pair.__doc__
@@ -453,6 +458,75 @@ def single_threaded_wait(self, timeout=None) -> bool:
     return False
 
 
+class SingleThreadedLock:
+    """``threading.Lock`` where no other thread can release it. CPython for
+    WASI has no threads, and its C lock, once held, neither waits nor
+    fails as it should: a blocking ``acquire`` trapped the instance (a
+    re-entered ``with lock:`` is a common bug, and Python never saw it) and
+    a timed one returned False at once, so a polling loop spun the CPU.
+    Here a timed ``acquire`` sleeps its timeout out and fails, as it would
+    natively with no one to release the lock, and a blocking one raises."""
+
+    __slots__ = ("_lock", "__weakref__")
+
+    def __init__(self) -> None:
+        self._lock = _real_allocate_lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not blocking and timeout != -1:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        if timeout != -1 and timeout < 0:
+            raise ValueError("timeout value must be a non-negative number")
+        if self._lock.acquire(False):
+            return True
+        if not blocking:
+            return False
+        if timeout == -1:
+            raise RuntimeError(
+                "acquiring a lock that is already held, with no timeout: CPython for WASI has no "
+                "threads, so nothing could release it and the wait would never end (re-entering "
+                "`with lock:` needs a threading.RLock)"
+            )
+        import time
+
+        time.sleep(timeout)
+        return False
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def _at_fork_reinit(self) -> None:
+        self._lock = _real_allocate_lock()
+
+    def __repr__(self) -> str:
+        state = "locked" if self._lock.locked() else "unlocked"
+        return f"<{state} {type(self).__module__}.{type(self).__qualname__} object at {id(self):#x}>"
+
+
+def _real_allocate_lock():  # type: ignore[no-untyped-def]
+    import _thread
+
+    return _thread.allocate_lock()
+
+
+def times() -> "os.times_result":
+    """``os.times`` in seconds: WASI's ``times()`` counts in other units
+    than the clock ticks CPython divides by, so it answered tens of
+    thousands of years. CPU time is ``time.process_time()`` (wall-clock
+    here, as documented), and elapsed time the monotonic clock."""
+    import time
+
+    return os.times_result((time.process_time(), 0.0, 0.0, 0.0, time.monotonic()))
+
+
 def makedirs_naming_the_grant(real: Callable) -> Callable:
     """``os.makedirs`` as on a system with a root directory. WASI has no
     ``/`` to look at (each grant is a root of its own), so ``makedirs``
@@ -477,9 +551,9 @@ def makedirs_naming_the_grant(real: Callable) -> Callable:
             return real(name, mode, exist_ok)
         except FileNotFoundError as e:
             failed = rooted(e.filename)
-            if failed is None or failed == "/" or os.path.dirname(failed) != "/":
+            if failed is None or failed == "/" or os.path.dirname(failed) != "/" or NO_GRANT in (e.strerror or ""):
                 raise
-            raise FileNotFoundError(e.errno, f"{e.strerror} (no granted directory holds it)", e.filename) from None
+            raise FileNotFoundError(e.errno, f"{e.strerror} {NO_GRANT}", e.filename) from None
 
     makedirs.__doc__ = real.__doc__
     makedirs._rsgi_wasm = True
@@ -490,6 +564,22 @@ def _is_c_locale(name: str) -> bool:
     """``C``, ``POSIX``, ``C.UTF-8``, or ``LC_ALL``'s ``CAT=NAME;...`` of them."""
     parts = [part.partition("=")[2] or part for part in name.split(";")]
     return all(part.partition(".")[0] in ("C", "POSIX") for part in parts)
+
+
+# What the app set in `os.environ` while it was imported, at build time
+# (`os.environ.setdefault("DJANGO_SETTINGS_MODULE", ...)`), until an
+# instance has put it back: componentize-py empties `os.environ` after the
+# build, and each instance's comes from the host (`--env`).
+IMPORT_ENVIRON: Optional[Dict[str, str]] = None
+
+
+def restore_import_environ() -> None:
+    """Put back what the app set at import, in the instance's first call;
+    `--env` wins, as it was there before the import under gunicorn."""
+    global IMPORT_ENVIRON
+    saved, IMPORT_ENVIRON = IMPORT_ENVIRON, None
+    for key, value in (saved or {}).items():
+        os.environ.setdefault(key, value)
 
 
 def install() -> None:
@@ -512,6 +602,10 @@ def install() -> None:
     import threading
 
     threading.Condition.wait = single_threaded_wait  # type: ignore[method-assign]
+    # `threading.Lock()` only: `_thread`'s stays for importlib's own locks.
+    threading.Lock = SingleThreadedLock  # type: ignore[misc, assignment]
+    if sys.platform == "wasi":
+        os.times = times
     if not getattr(os.makedirs, "_rsgi_wasm", False):
         os.makedirs = makedirs_naming_the_grant(os.makedirs)
     if not hasattr(hashlib, "pbkdf2_hmac"):

@@ -12,7 +12,7 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import request, response
 
-from . import protocol
+from . import compat, protocol
 from .wsgi_input import EMPTY, BodyTooLarge, ClientDisconnected, InputStream
 
 _read_body = request.read_body
@@ -92,6 +92,8 @@ def make_handler(app: Callable, fixed_keys: Tuple[str, ...]) -> type:
 
     class Handler(exports.Handler):
         def handle(self, keys: str, values: str, wide: bool) -> None:
+            if compat.IMPORT_ENVIRON is not None:
+                compat.restore_import_environ()
             sep = "\u0100" if wide else "\x00"
             layout = _LAYOUTS.get(keys)
             if layout is None:
@@ -147,6 +149,7 @@ def make_command(roots: List[Tuple[str, str]], load_app: Optional[Callable[[], C
 
     class Command(exports.Command):
         def run(self, argv: List[str]) -> int:
+            compat.restore_import_environ()
             if list(argv) == [IMPORT_CHECK]:
                 return script.check_import(load_app)
             return script.run(list(argv), roots)

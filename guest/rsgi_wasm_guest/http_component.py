@@ -19,7 +19,7 @@ from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports import http_types as t, streams
 
-from . import protocol, wasi_http
+from . import compat, protocol, wasi_http
 from .wsgi_input import EMPTY, BodyTooLarge, ClientDisconnected, InputStream
 
 # What one `read` asks the request body stream for.
@@ -237,6 +237,8 @@ def make_handler(app: Callable) -> type:
 
     class IncomingHandler(exports.IncomingHandler):
         def handle(self, request: t.IncomingRequest, response_out: t.ResponseOutparam) -> None:
+            if compat.IMPORT_ENVIRON is not None:
+                compat.restore_import_environ()
             transport = _WasiTransport(response_out)
             body = _Body(request)
             failure: Optional[str] = "adapter error"

@@ -499,9 +499,25 @@ def _raw_file(f: Any) -> Any:
     None: anything else is iterated through its own `read`."""
     read = getattr(f, "read", None)
     for candidate in (f, getattr(read, "__self__", None), getattr(getattr(read, "__wrapped__", None), "__self__", None)):
-        if type(candidate) in _RAW_FILES:
+        if _reads_unchanged(candidate):
             return candidate
     return None
+
+
+def _reads_unchanged(f: Any) -> bool:
+    """Whether `f` is a file of an exact built-in type, reading through an
+    exact `FileIO`, with no reading method replaced on either instance."""
+    raw = getattr(f, "raw", f) if type(f) is not io.FileIO else f
+    return (
+        type(f) in _RAW_FILES
+        and type(raw) is io.FileIO
+        and not any(name in getattr(obj, "__dict__", ()) for obj in (f, raw) for name in _READS)
+    )
+
+
+# What reading a file goes through: one replaced on the instance (`f.read =
+# ...`) changes what the app would send.
+_READS = ("read", "readinto", "readall", "read1", "readinto1", "peek")
 
 
 def _send_file(wrapper: "FileWrapper", resp: Response) -> bool:

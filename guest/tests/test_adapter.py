@@ -216,6 +216,17 @@ class FileWrapperTest(unittest.TestCase):
             def read(self, n=-1):
                 return super().read(n).upper()
 
+        class Zeroes(io.FileIO):
+            def readinto(self, b):
+                n = super().readinto(b)
+                b[:n] = bytes(n)
+                return n
+
+        replaced = open(self.path, "rb")
+        replaced.read = io.BytesIO(b"other").read
+        raw_replaced = open(self.path, "rb")
+        raw_replaced.raw.readinto = lambda b: 0
+
         with open(self.path + ".gz", "wb") as z:
             z.write(gzip.compress(b"inflated"))
         for f in [
@@ -224,6 +235,9 @@ class FileWrapperTest(unittest.TestCase):
             open(self.path, "r"),
             open(self.path + ".out", "wb"),
             io.BytesIO(b"x"),
+            io.BufferedReader(Zeroes(self.path)),
+            replaced,
+            raw_replaced,
         ]:
             with self.subTest(f=f):
                 self.assertIsNone(sent_by_host(f))
@@ -630,6 +644,13 @@ class EnvironReadsTest(unittest.TestCase):
             )
             exec(app, {})
             exec(compile("import os\nos.getenv('RSGI_WASM_TEST_LIB')\n", "/deps/lib.py", "exec"), {})
+            # A library's helper, and the standard library's own lookup,
+            # called by the app; a read of everything.
+            helpers = {}
+            exec(compile("import os\ndef config(key):\n    return os.environ[key]\n", "/deps/decouple.py", "exec"), helpers)
+            exec(compile("import os\ndef gettempdir():\n    return os.getenv('RSGI_WASM_TEST_TMP')\n", "/python/tempfile.py", "exec"), helpers)
+            calls = "import os\ntry:\n    config('RSGI_WASM_TEST_E')\nexcept KeyError:\n    pass\ngettempdir()\ndict(os.environ)\n"
+            exec(compile(calls, "/app/more.py", "exec"), helpers)
         finally:
             read = stop()
             del os.environ["RSGI_WASM_TEST_SET"]
@@ -642,10 +663,13 @@ class EnvironReadsTest(unittest.TestCase):
                 "RSGI_WASM_TEST_B": ("/app/settings.py", 3),
                 "RSGI_WASM_TEST_C": ("/app/settings.py", 4),
                 "RSGI_WASM_TEST_D": ("/app/settings.py", 7),
+                "RSGI_WASM_TEST_E": ("/app/more.py", 3),
+                boot.WHOLE_ENVIRONMENT: ("/app/more.py", 7),
             },
         )
         warning = boot.environ_read_warning(read, [("/app", "./mysite")])
-        self.assertIn("RSGI_WASM_TEST_A (./mysite/settings.py:2), RSGI_WASM_TEST_B", warning[0])
+        self.assertIn("looked up RSGI_WASM_TEST_A (./mysite/settings.py:2), RSGI_WASM_TEST_B", warning[0])
+        self.assertIn("in the environment and read the whole environment (./mysite/more.py:7)", warning[0])
         self.assertEqual(boot.environ_read_warning({}, []), [])
 
 

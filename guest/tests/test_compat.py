@@ -316,7 +316,53 @@ class MakedirsTest(unittest.TestCase):
             with self.subTest(path=path), self.assertRaises(FileNotFoundError) as e:
                 makedirs(path, exist_ok=True)
             self.assertEqual([p for p in e.exception.filename.split("/") if p not in ("", ".")], ["nogrant"])
-            self.assertIn("no granted directory holds it", str(e.exception))
+            self.assertEqual(str(e.exception).count("no granted directory holds it"), 1, str(e.exception))
+
+
+class SingleThreadedLockTest(unittest.TestCase):
+    def test_a_held_lock_times_out_after_its_time_and_an_endless_wait_raises(self):
+        import time
+
+        lock = compat.SingleThreadedLock()
+        self.assertTrue(lock.acquire())
+        self.assertTrue(lock.locked())
+        self.assertFalse(lock.acquire(False))
+        started = time.monotonic()
+        self.assertFalse(lock.acquire(timeout=0.05))
+        self.assertGreaterEqual(time.monotonic() - started, 0.05)
+        with self.assertRaises(RuntimeError) as e:
+            lock.acquire()
+        self.assertIn("RLock", str(e.exception))
+        with self.assertRaises(RuntimeError):
+            with lock:
+                pass
+        for bad in [dict(blocking=False, timeout=1), dict(timeout=-2)]:
+            with self.subTest(bad=bad), self.assertRaises(ValueError):
+                lock.acquire(**bad)
+        lock.release()
+        with lock:
+            self.assertTrue(lock.locked())
+        self.assertFalse(lock.locked())
+        with self.assertRaises(RuntimeError):
+            lock.release()
+        self.assertIn("unlocked", repr(lock))
+
+    def test_queues_and_events_built_on_it_time_out(self):
+        import queue
+        import threading
+
+        saved = threading.Lock, threading.Condition.wait
+        threading.Lock, threading.Condition.wait = compat.SingleThreadedLock, compat.single_threaded_wait
+        try:
+            q = queue.Queue()
+            q.put(1)
+            self.assertEqual(q.get(timeout=0.01), 1)
+            with self.assertRaises(queue.Empty):
+                q.get(timeout=0.01)
+            self.assertFalse(threading.Event().wait(0.01))
+            self.assertFalse(threading.Semaphore(0).acquire(timeout=0.01))
+        finally:
+            threading.Lock, threading.Condition.wait = saved
 
 
 class SingleThreadedWaitTest(unittest.TestCase):

@@ -163,8 +163,8 @@ pub struct HttpArgs {
     #[arg(long, default_value = config::DEFAULT_MAX_CONNECTIONS, value_parser = config::count_in(config::MAX_CONNECTIONS))]
     pub max_connections: u64,
     /// Peers allowed to set the URL scheme via X-Forwarded-Proto or
-    /// Forwarded: comma-separated IPs, or * for any.
-    #[arg(long, default_value = config::DEFAULT_FORWARDED_ALLOW, value_parser = config::parse_trusted)]
+    /// Forwarded: comma-separated IPs and networks, or * for any.
+    #[arg(long, env = "FORWARDED_ALLOW_IPS", default_value = config::DEFAULT_FORWARDED_ALLOW, value_parser = config::parse_trusted)]
     pub forwarded_allow_ips: config::TrustedPeers,
     /// Streams one HTTP/2 connection may have open at once (each is a
     /// request, with every per-request limit).

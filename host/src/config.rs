@@ -46,8 +46,8 @@ pub enum ConfigError {
     #[error("--world {0:?}: expected wsgi (rsgi-wasm's own, fastest boundary) or wasi-http (runs on any wasi:http host: wasmtime serve, Spin, SpinKube)")]
     World(String),
     /// A `--forwarded-allow-ips` value that is not `*` or a list of IPs.
-    #[error("--forwarded-allow-ips {0:?}: expected * or comma-separated IP addresses or networks like 127.0.0.1,::1,10.0.0.0/8")]
-    Peers(String),
+    #[error("--forwarded-allow-ips {0:?}: {1}")]
+    Peers(String, String),
     /// A duration, size or count outside what the setting allows.
     #[error("{value:?} is out of range (allowed: {allowed})")]
     Range { value: String, allowed: String },
@@ -899,6 +899,21 @@ impl TrustedPeers {
     }
 }
 
+/// An IPv4 network written IPv6-mapped (`::ffff:127.0.0.1`, as a
+/// dual-stack listener logs IPv4 peers) as the IPv4 one peers are
+/// compared with.
+fn unmapped(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(Into::into)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
 /// Parse `*` or a comma-separated list of IP addresses and networks
 /// (`10.0.0.0/8`, as a cluster's proxies have addresses of their own).
 pub fn parse_trusted(value: &str) -> Result<TrustedPeers, ConfigError> {
@@ -910,13 +925,25 @@ pub fn parse_trusted(value: &str) -> Result<TrustedPeers, ConfigError> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
+            let refused = |why: String| ConfigError::Peers(value.to_owned(), why);
             let net = s
                 .parse::<ipnet::IpNet>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(Into::into));
-            // A network written by one of its addresses (10.1.2.3/8) is
-            // the network, as gunicorn takes it.
-            net.map(|n| n.trunc())
-                .map_err(|_| ConfigError::Peers(value.to_owned()))
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(Into::into))
+                .map_err(|_| {
+                    refused(format!(
+                        "{s:?} is not an IP address or network; expected * or a comma-separated \
+                         list like 127.0.0.1,::1,10.0.0.0/8"
+                    ))
+                })?;
+            if net != net.trunc() {
+                // As Python's `ip_network`: 10.1.2.3/8 is more likely a
+                // slip than the whole of 10.0.0.0/8.
+                return Err(refused(format!(
+                    "{s:?} has bits set past its prefix: the network is {}",
+                    net.trunc()
+                )));
+            }
+            Ok(unmapped(net))
         })
         .collect::<Result<Vec<_>, _>>()
         .map(TrustedPeers::Only)
@@ -1126,13 +1153,25 @@ mod tests {
         assert!(t.contains("::1".parse().unwrap()));
         assert!(t.contains("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!t.contains("10.0.0.1".parse().unwrap()));
-        let t = parse_trusted("10.1.2.3/8, fd00::/8").unwrap();
+        let t = parse_trusted("10.0.0.0/8, fd00::/8, ::ffff:192.168.0.0/112").unwrap();
+        assert!(t.contains("192.168.7.1".parse().unwrap()));
+        assert!(parse_trusted("::ffff:127.0.0.1")
+            .unwrap()
+            .contains("::ffff:127.0.0.1".parse().unwrap()));
         assert!(t.contains("10.200.0.7".parse().unwrap()));
         assert!(t.contains("::ffff:10.0.0.1".parse().unwrap()));
         assert!(t.contains("fd12::1".parse().unwrap()));
         assert!(!t.contains("11.0.0.1".parse().unwrap()));
-        for bad in ["localhost", "10.0.0.0/33", "10.0.0.0/", "/8", "::1/129"] {
-            assert!(parse_trusted(bad).is_err(), "{bad}");
+        for (bad, says) in [
+            ("localhost", "not an IP address"),
+            ("10.0.0.0/33", "not an IP address"),
+            ("10.0.0.0/", "not an IP address"),
+            ("/8", "not an IP address"),
+            ("::1/129", "not an IP address"),
+            ("10.1.2.3/8", "the network is 10.0.0.0/8"),
+        ] {
+            let e = parse_trusted(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
         }
         assert_eq!(parse_cpu("0.25").unwrap(), 0.25);
         assert_eq!(parse_cpu("2").unwrap(), 2.0);

@@ -137,7 +137,7 @@ pub fn main() -> ExitCode {
             .init();
     }
     if let Some(warning) = filter_warning {
-        tracing::warn!("{warning}");
+        log_filter::warn(&warning);
     }
     raise_fd_limit();
     // One worker thread more than guests may run at once (one per core,

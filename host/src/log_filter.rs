@@ -22,9 +22,30 @@ pub fn from_env() -> (EnvFilter, Option<String>) {
     }
 }
 
+/// The target the filter's own warning is logged under, let through
+/// whatever the filter says.
+pub const TARGET: &str = "rsgi_wasm::log_filter";
+
+/// Log what [`from_env`] said of `RUST_LOG`.
+pub fn warn(warning: &str) {
+    tracing::warn!(target: TARGET, "{warning}");
+}
+
 fn parse(spec: &str) -> (EnvFilter, Option<String>) {
-    match EnvFilter::try_new(translate(spec)) {
-        Ok(filter) => (filter, None),
+    let mut translated = translate(spec);
+    let mut warning = None;
+    if !translated.split(',').any(|d| LEVELS.contains(&d.trim())) {
+        // Every directive names a target: tracing would log nothing else,
+        // not even a traceback. A mistyped level (`warnig`) is such a name.
+        translated.push_str(",error");
+        warning = Some(format!(
+            "RUST_LOG={spec:?} gives no level for everything else (a bare word is a target's name), \
+             so only errors are logged besides; add one, as in `{spec},info` (targets: access, \
+             guest, rsgi_wasm)"
+        ));
+    }
+    match EnvFilter::try_new(format!("{translated},{TARGET}=warn")) {
+        Ok(filter) => (filter, warning),
         Err(e) => (
             EnvFilter::new(DEFAULT),
             Some(format!(
@@ -48,12 +69,20 @@ fn translate(spec: &str) -> String {
         .join(",")
 }
 
+/// What a directive without a target may say.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
 fn level_name(word: &str) -> &str {
-    match word.trim().to_ascii_lowercase().as_str() {
+    let lower = word.trim().to_ascii_lowercase();
+    match lower.as_str() {
         "warning" => "warn",
         "critical" | "fatal" => "error",
         "verbose" => "debug",
-        _ => word,
+        _ => LEVELS
+            .iter()
+            .find(|l| **l == lower)
+            .copied()
+            .unwrap_or(word),
     }
 }
 
@@ -75,15 +104,27 @@ mod tests {
             translate("my_app[span{x=1}]=debug"),
             "my_app[span{x=1}]=debug"
         );
-        assert_eq!(
-            parse("warning").0.to_string(),
-            EnvFilter::new("warn").to_string()
-        );
+        assert_eq!(translate("WARN"), "warn");
+        let (filter, warning) = parse("warning");
+        assert!(filter.to_string().contains("warn") && warning.is_none());
+    }
+
+    #[test]
+    fn a_filter_of_targets_alone_still_logs_errors_and_says_so() {
+        for spec in ["garbage", "warnig", "rsgi_wasm=debug"] {
+            let (filter, warning) = parse(spec);
+            assert!(filter.to_string().contains("error"), "{spec}: {filter}");
+            assert!(warning
+                .unwrap()
+                .contains(&format!("add one, as in `{spec},info`")));
+        }
+        assert!(parse("rsgi_wasm=debug,info").1.is_none());
+        assert!(parse("off").1.is_none());
     }
 
     #[test]
     fn a_filter_that_cannot_parse_logs_at_the_default_and_says_so() {
-        let (filter, warning) = parse("rsgi_wasm=loud");
+        let (filter, warning) = parse("rsgi_wasm=loud,info");
         assert_eq!(filter.to_string(), EnvFilter::new(DEFAULT).to_string());
         assert!(warning.unwrap().contains("rsgi_wasm=loud"));
         assert!(parse("debug").1.is_none());

@@ -555,12 +555,14 @@ fn parser_answer(e: &hyper::Error) -> Option<u16> {
 /// Resolves on the first SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     Stop::install()
-        .expect("installing the SIGINT and SIGTERM handlers")
+        .expect("installing the SIGINT, SIGTERM and SIGQUIT handlers")
         .recv()
         .await
 }
 
-/// SIGINT and SIGTERM, caught from the moment this exists. Made before a
+/// SIGINT, SIGTERM and SIGQUIT (gunicorn's quick shutdown, which by
+/// default would kill the process and its requests with it), caught from
+/// the moment this exists. Made before a
 /// long start (a compile, `--preload`): a signal then is seen when the
 /// start looks, instead of killing the process by the default action,
 /// leaving its scratch directories, or, as a container's PID 1, being
@@ -568,6 +570,7 @@ pub async fn shutdown_signal() {
 pub struct Stop {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
 }
 
 impl Stop {
@@ -578,6 +581,7 @@ impl Stop {
         Ok(Stop {
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            quit: signal(SignalKind::quit()).context("installing the SIGQUIT handler")?,
         })
     }
 
@@ -586,6 +590,7 @@ impl Stop {
         tokio::select! {
             _ = self.int.recv() => {},
             _ = self.term.recv() => {},
+            _ = self.quit.recv() => {},
         }
     }
 }

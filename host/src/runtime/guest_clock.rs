@@ -1,8 +1,7 @@
-//! The guests' monotonic clock: the host's, counted from a base past every
-//! reading an app can have taken while it was imported at build time.
+//! The guests' monotonic clock: the machine's, counted from a base past
+//! every reading an app can have taken while it was imported at build time.
 
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime_wasi::HostMonotonicClock;
 
@@ -16,14 +15,11 @@ use crate::config;
 /// stamped at import never expired, `monotonic() - started` was negative.
 pub const BASE: Duration = config::BUILD_TIMEOUT.max.saturating_mul(2);
 
-/// `wasi:clocks/monotonic-clock` for every instance of this process: one
-/// origin, so instances agree, and never behind what the snapshot read.
+/// `wasi:clocks/monotonic-clock` for every instance: the machine's own
+/// monotonic clock (`CLOCK_MONOTONIC`, as native Python reads it), so
+/// instances, processes and restarts agree, moved past every reading the
+/// snapshot can hold.
 pub struct GuestMonotonic;
-
-fn origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
-}
 
 impl HostMonotonicClock for GuestMonotonic {
     fn resolution(&self) -> u64 {
@@ -31,8 +27,13 @@ impl HostMonotonicClock for GuestMonotonic {
     }
 
     fn now(&self) -> u64 {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let since_boot = Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_nsec).unwrap_or(0),
+        );
         // u64 nanoseconds last 584 years.
-        u64::try_from((BASE + origin().elapsed()).as_nanos()).unwrap_or(u64::MAX)
+        u64::try_from((BASE + since_boot).as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
