@@ -787,6 +787,7 @@ def application(environ, start_response):
         "--env",
         "GIVEN_WINS=env",
     ]);
+    let built = build("env-at-import", &["app", "-p", &dir.display().to_string()]);
     // What the import set is there at run time, as natively, under what
     // `--env` gives: request after request of one instance.
     for _ in 0..3 {
@@ -798,22 +799,35 @@ def application(environ, start_response):
     let logs = s.logs();
     for read in [
         format!(
-            "looked up DEBUG ({app}:3), DATABASE_URL ({app}:4), APP_NAME ({app}:5) in the \
-             environment and read the whole environment ({app}:8)"
+            "looked up DEBUG ({app}:3), DATABASE_URL ({app}:4), APP_NAME ({app}:5), \
+             SET_AT_IMPORT ({app}:6), GIVEN_WINS ({app}:7) in the environment and read the whole \
+             environment ({app}:8)"
         ),
         "`--env` at run time will not change it".to_owned(),
     ] {
         assert!(logs.contains(&read), "{read:?} not in\n{logs}");
     }
-    // Read per request (the warm-up's included), or set by the import.
-    for not_named in [
-        "PER_REQUEST (",
-        "SERVER_SOFTWARE (",
-        "SET_AT_IMPORT (",
-        "GIVEN_WINS (",
-    ] {
+    // Read per request (the warm-up's included), or the build's own.
+    for not_named in ["PER_REQUEST (", "SERVER_SOFTWARE ("] {
         assert!(!logs.contains(not_named), "{not_named}: {logs}");
     }
+    // A script run with a value the import already decided on is told so
+    // (Django's settings module); one the import never read is not.
+    let script = ["-c", "import os; print(os.environ['GIVEN_WINS'])"];
+    let exec = |env: &str| {
+        let mut args = vec!["exec", built.to_str().unwrap(), "--env", env, "--"];
+        args.extend(script);
+        run_bin(&args)
+    };
+    let (code, out, err) = exec("GIVEN_WINS=other");
+    assert_eq!((code, out.as_str()), (0, "other\n"), "{err}");
+    assert!(
+        err.contains("GIVEN_WINS given here, but the app read them when it was imported"),
+        "{err}"
+    );
+    let (code, out, err) = exec("PER_REQUEST=x");
+    assert_eq!((code, out.as_str()), (0, "import\n"), "{err}");
+    assert!(!err.contains("given here"), "{err}");
     write(
         &dir,
         "app.py",

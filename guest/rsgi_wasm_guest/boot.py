@@ -172,13 +172,19 @@ def record_environ_reads(own_dirs: Sequence[str]) -> Callable[[], Dict[str, Tupl
             frame = frame.f_back
         if frame is None or frame.f_code.co_filename.startswith(("/python/", "<")):
             return
+        direct = True
         while frame is not None:
             name = frame.f_code.co_filename
             if name.startswith(prefixes):
-                read[key] = (name, frame.f_lineno)
+                # Through a library, only a variable the app named
+                # (`config("SECRET_KEY")`), not one the library looks up
+                # for itself (`Flask(__name__)` reads FLASK_DEBUG).
+                if direct or key == WHOLE_ENVIRONMENT or key in frame.f_code.co_consts:
+                    read[key] = (name, frame.f_lineno)
                 return
             if name.startswith("<frozen importlib"):
                 return
+            direct = False
             frame = frame.f_back
 
     def __getitem__(self, key):  # type: ignore[no-untyped-def]
@@ -198,10 +204,11 @@ def record_environ_reads(own_dirs: Sequence[str]) -> Callable[[], Dict[str, Tupl
     environ_type.__iter__ = __iter__  # type: ignore[method-assign]
 
     def stop() -> Dict[str, Tuple[str, int]]:
+        # Those the app then set itself too: `os.environ.setdefault(
+        # "DJANGO_SETTINGS_MODULE", ...)` chose the settings the component
+        # holds, and `--env` cannot choose others.
         environ_type.__getitem__, environ_type.__iter__ = real_get, real_iter  # type: ignore[method-assign]
-        # Not those the app set itself (`os.environ.setdefault(
-        # "DJANGO_SETTINGS_MODULE", ...)` looks first).
-        return {key: where for key, where in read.items() if key not in os.environ}
+        return read
 
     return stop
 
@@ -222,7 +229,8 @@ def environ_read_warning(read: Dict[str, Tuple[str, int]], mounts: Sequence[Tupl
     return [
         f"warning: the app {' and '.join(said)} while it was imported, at build time, where the "
         "environment is empty: what it got is in the component, and `--env` at run time will not "
-        "change it. Read settings when a request needs them (or in a function called then)"
+        "change it. Read settings when a request needs them, and keep them no longer than that "
+        "request (warm-up requests run at build time too)"
     ]
 
 
@@ -651,11 +659,13 @@ def boot(
                     "needs it, or give it a default"
                 )
             raise
-        report += environ_read_warning(stop_recording(), mounts)
+        looked_up = stop_recording()
+        report += environ_read_warning(looked_up, mounts)
         # `SERVER_SOFTWARE` is the build's own (see `import_app_module`).
         compat.IMPORT_ENVIRON = {
             k: v for k, v in os.environ.items() if before.get(k) != v and k != "SERVER_SOFTWARE"
         } or None
+        compat.IMPORT_LOOKUPS = {k: os.environ.get(k) for k in looked_up if k != WHOLE_ENVIRONMENT}
         report += warm_up(app, warmup)
     forget_build_tempdir()
     # The snapshot is taken after boot returns, with no Python running:

@@ -573,6 +573,18 @@ def _is_c_locale(name: str) -> bool:
 IMPORT_ENVIRON: Optional[Dict[str, str]] = None
 
 
+# The variables the app looked up while it was imported, with what each
+# was when the import ended (None: unset); see `boot.record_environ_reads`.
+IMPORT_LOOKUPS: Dict[str, Optional[str]] = {}
+
+
+def overridden_lookups() -> List[str]:
+    """The variables the app looked up at import that this instance's
+    environment gives otherwise: what the import made of them (Django's
+    settings module) is in the snapshot, whatever `--env` says now."""
+    return [k for k, v in IMPORT_LOOKUPS.items() if os.environ.get(k) != v]
+
+
 def restore_import_environ() -> None:
     """Put back what the app set at import, in the instance's first call;
     `--env` wins, as it was there before the import under gunicorn."""
@@ -604,6 +616,10 @@ def install() -> None:
     threading.Condition.wait = single_threaded_wait  # type: ignore[method-assign]
     # `threading.Lock()` only: `_thread`'s stays for importlib's own locks.
     threading.Lock = SingleThreadedLock  # type: ignore[misc, assignment]
+    import queue
+
+    # The C one waits on its own lock, as `threading.Lock` did.
+    queue.SimpleQueue = queue._PySimpleQueue  # type: ignore[misc, attr-defined]
     if sys.platform == "wasi":
         os.times = times
     if not getattr(os.makedirs, "_rsgi_wasm", False):

@@ -5,6 +5,7 @@ componentize-py from ``wit/wsgi.wit``).
 """
 
 import gc
+import sys
 from itertools import chain
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -152,6 +153,15 @@ def make_command(roots: List[Tuple[str, str]], load_app: Optional[Callable[[], C
             compat.restore_import_environ()
             if list(argv) == [IMPORT_CHECK]:
                 return script.check_import(load_app)
+            overridden = compat.overridden_lookups()
+            if overridden:
+                print(
+                    f"rsgi-wasm: warning: {', '.join(overridden)} given here, but the app read them when "
+                    "it was imported, at build time: what it made of them then (Django's settings "
+                    "module, say) is what runs here, whatever they say now; to run with others, "
+                    "change the app's defaults and build again",
+                    file=sys.stderr,
+                )
             return script.run(list(argv), roots)
 
     return Command

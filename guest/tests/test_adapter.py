@@ -647,9 +647,10 @@ class EnvironReadsTest(unittest.TestCase):
             # A library's helper, and the standard library's own lookup,
             # called by the app; a read of everything.
             helpers = {}
-            exec(compile("import os\ndef config(key):\n    return os.environ[key]\n", "/deps/decouple.py", "exec"), helpers)
+            library = "import os\ndef config(key):\n    return os.environ[key]\ndef Flask():\n    return os.getenv('RSGI_WASM_TEST_OWN_SETTING')\n"
+            exec(compile(library, "/deps/decouple.py", "exec"), helpers)
             exec(compile("import os\ndef gettempdir():\n    return os.getenv('RSGI_WASM_TEST_TMP')\n", "/python/tempfile.py", "exec"), helpers)
-            calls = "import os\ntry:\n    config('RSGI_WASM_TEST_E')\nexcept KeyError:\n    pass\ngettempdir()\ndict(os.environ)\n"
+            calls = "import os\ntry:\n    config('RSGI_WASM_TEST_E')\nexcept KeyError:\n    pass\ngettempdir()\ndict(os.environ)\nFlask()\n"
             exec(compile(calls, "/app/more.py", "exec"), helpers)
         finally:
             read = stop()
@@ -663,6 +664,7 @@ class EnvironReadsTest(unittest.TestCase):
                 "RSGI_WASM_TEST_B": ("/app/settings.py", 3),
                 "RSGI_WASM_TEST_C": ("/app/settings.py", 4),
                 "RSGI_WASM_TEST_D": ("/app/settings.py", 7),
+                "RSGI_WASM_TEST_OWN": ("/app/settings.py", 10),
                 "RSGI_WASM_TEST_E": ("/app/more.py", 3),
                 boot.WHOLE_ENVIRONMENT: ("/app/more.py", 7),
             },

@@ -29,9 +29,89 @@ impl Cli {
     pub fn parse_args() -> Cli {
         let matches = hyphen_values(Cli::command())
             .try_get_matches()
-            .unwrap_or_else(|e| serve_key_hint(e).exit());
+            .unwrap_or_else(|e| {
+                gunicorn_hint(&e)
+                    .unwrap_or_else(|| serve_key_hint(e))
+                    .exit()
+            });
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
+}
+
+/// gunicorn's flags that have no namesake here, and what to use instead:
+/// clap's own hint offered one of another meaning (`--preload` →
+/// `--reload`, `--log-level` → `--log-rate`).
+const GUNICORN_FLAGS: &[(&str, &str)] = &[
+    ("bind", "--listen HOST:PORT"),
+    ("b", "--listen HOST:PORT"),
+    ("w", "--workers N"),
+    (
+        "preload",
+        "nothing: the app is imported once, at build time, and every instance starts from that",
+    ),
+    (
+        "threads",
+        "--workers N: an instance serves one request at a time",
+    ),
+    (
+        "worker-class",
+        "nothing: every app runs in WebAssembly instances (--workers N of them)",
+    ),
+    (
+        "k",
+        "nothing: every app runs in WebAssembly instances (--workers N of them)",
+    ),
+    (
+        "log-level",
+        "RUST_LOG=LEVEL in the environment (warning, info, debug, ...)",
+    ),
+    (
+        "access-logfile",
+        "stderr: access lines and the app's output go there; redirect it",
+    ),
+    (
+        "error-logfile",
+        "stderr: access lines and the app's output go there; redirect it",
+    ),
+    (
+        "access-logformat",
+        "--log-format json for the access line's fields",
+    ),
+    (
+        "chdir",
+        "-p DIR (the first -p directory is the working directory)",
+    ),
+    (
+        "keep-alive",
+        "--header-timeout (also the idle keep-alive timeout)",
+    ),
+    ("graceful-timeout", "--grace"),
+    (
+        "daemon",
+        "a service manager (systemd, a container runtime; see docs/deploy.md)",
+    ),
+    (
+        "pid",
+        "a service manager (systemd, a container runtime; see docs/deploy.md)",
+    ),
+];
+
+/// For an unknown flag that is gunicorn's, an error saying what to use.
+fn gunicorn_hint(e: &clap::Error) -> Option<clap::Error> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let (ErrorKind::UnknownArgument, Some(ContextValue::String(flag))) =
+        (e.kind(), e.get(ContextKind::InvalidArg))
+    else {
+        return None;
+    };
+    let name = flag.trim_start_matches('-').split('=').next()?;
+    let (_, instead) = GUNICORN_FLAGS.iter().find(|(f, _)| *f == name)?;
+    Some(Cli::command().error(
+        ErrorKind::UnknownArgument,
+        format!(
+            "{flag} is gunicorn's; here use {instead} (docs/deploy.md, \"Coming from gunicorn\")"
+        ),
+    ))
 }
 
 /// `e`, or for a flag `serve` does not take that is an `[[app]]` key
@@ -640,6 +720,40 @@ mod tests {
         }
         let e = grants(&["--tmp-size", "1GiB"]).unwrap_err().to_string();
         assert!(!e.contains("  "), "{e}");
+    }
+
+    #[test]
+    fn gunicorn_s_flags_are_answered_with_their_counterparts() {
+        for (args, says) in [
+            (
+                &["run", "app.wasm", "--bind", "0.0.0.0:80"][..],
+                "here use --listen",
+            ),
+            (
+                &["run", "app.wasm", "-b", "0.0.0.0:80"],
+                "here use --listen",
+            ),
+            (
+                &["run", "app.wasm", "--preload"],
+                "imported once, at build time",
+            ),
+            (
+                &["serve", "t.toml", "--log-level=warning"],
+                "RUST_LOG=LEVEL",
+            ),
+        ] {
+            let argv = ["rsgi-wasm"].iter().chain(args).copied();
+            let e = hyphen_values(Cli::command())
+                .try_get_matches_from(argv)
+                .unwrap_err();
+            let hint = gunicorn_hint(&e).expect("a hint").to_string();
+            assert!(hint.contains(says), "{args:?}: {hint}");
+        }
+        let argv = ["rsgi-wasm", "run", "app.wasm", "--no-such-flag"];
+        let e = hyphen_values(Cli::command())
+            .try_get_matches_from(argv)
+            .unwrap_err();
+        assert!(gunicorn_hint(&e).is_none());
     }
 
     #[test]

@@ -195,7 +195,7 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
     Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
 }
 
-/// Ctrl-C or SIGTERM ends `exec` with the shell's status for the signal,
+/// Ctrl-C, SIGTERM or SIGQUIT ends `exec` with the shell's status for the signal,
 /// its private /tmp removed first. The script cannot be told (WASI has no
 /// signals), and the default action left the directory for the next
 /// start to sweep. Watched on a thread of its own, since a script
@@ -209,10 +209,12 @@ fn end_exec_on_signals() -> Result<()> {
             let watch = async {
                 let mut int = signal(SignalKind::interrupt())?;
                 let mut term = signal(SignalKind::terminate())?;
+                let mut quit = signal(SignalKind::quit())?;
                 let _ = ready.send(Ok(()));
                 anyhow::Ok(tokio::select! {
                     _ = int.recv() => 130,
                     _ = term.recv() => 143,
+                    _ = quit.recv() => 131,
                 })
             };
             let status = tokio::runtime::Builder::new_current_thread()

@@ -39,9 +39,9 @@ fn parse(spec: &str) -> (EnvFilter, Option<String>) {
         // not even a traceback. A mistyped level (`warnig`) is such a name.
         translated.push_str(",error");
         warning = Some(format!(
-            "RUST_LOG={spec:?} gives no level for everything else (a bare word is a target's name), \
-             so only errors are logged besides; add one, as in `{spec},info` (targets: access, \
-             guest, rsgi_wasm)"
+            "RUST_LOG={spec:?} gives no level for everything else (a word that is not a level, \
+             such as a mistyped one, is taken for a target's name), so only errors are logged \
+             besides; add one, as in `{spec},info` (targets: access, guest, rsgi_wasm)"
         ));
     }
     match EnvFilter::try_new(format!("{translated},{TARGET}=warn")) {

@@ -875,6 +875,12 @@ pub async fn stream_file(
         let mut buf = vec![0u8; FILE_CHUNK.min(left as usize)];
         match file.read(&mut buf).await {
             Ok(0) => {
+                // The client sees a truncation; the operator, why.
+                tracing::warn!(
+                    "a file was cut short while it was sent ({} of {len} bytes): something \
+                     truncated it meanwhile (for an app's file, perhaps a later request)",
+                    len - left
+                );
                 tx.abort("file shrank while it was sent".into());
                 return;
             }

@@ -366,7 +366,10 @@ impl Exchange {
                     declared - len
                 );
             }
-            let stream = body::stream_file(file, offset, len, declared - len, tx.clone());
+            let stream = tracing::Instrument::instrument(
+                body::stream_file(file, offset, len, declared - len, tx.clone()),
+                tracing::warn_span!("send_file", app = %self.app),
+            );
             tokio::spawn(async move {
                 stream.await;
                 // The descriptor counts until the file is closed.
