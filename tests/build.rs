@@ -769,6 +769,7 @@ NAME = os.getenv("APP_NAME", "default")
 os.environ.setdefault("SET_AT_IMPORT", "kept")
 os.environ.setdefault("GIVEN_WINS", "import")
 ALL = dict(os.environ)
+HELD = open(os.path.join(os.path.dirname(__file__), "held.txt"), "w")
 
 def application(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -799,16 +800,27 @@ def application(environ, start_response):
     let logs = s.logs();
     for read in [
         format!(
-            "looked up DEBUG ({app}:3), DATABASE_URL ({app}:4), APP_NAME ({app}:5), \
-             SET_AT_IMPORT ({app}:6), GIVEN_WINS ({app}:7) in the environment and read the whole \
-             environment ({app}:8)"
+            "looked up DEBUG ({app}:3), DATABASE_URL ({app}:4), APP_NAME ({app}:5) in the \
+             environment and read the whole environment ({app}:8)"
         ),
         "`--env` at run time will not change it".to_owned(),
     ] {
         assert!(logs.contains(&read), "{read:?} not in\n{logs}");
     }
-    // Read per request (the warm-up's included), or the build's own.
-    for not_named in ["PER_REQUEST (", "SERVER_SOFTWARE ("] {
+    // A file the import left open cannot be used at run time.
+    let held = format!(
+        "the app keeps {} open from its import",
+        dir.join("held.txt").display()
+    );
+    assert!(logs.contains(&held), "{held:?} not in\n{logs}");
+    // Read per request (the warm-up's included), the build's own, or
+    // then set by the app itself (Django's settings module).
+    for not_named in [
+        "PER_REQUEST (",
+        "SERVER_SOFTWARE (",
+        "SET_AT_IMPORT (",
+        "GIVEN_WINS (",
+    ] {
         assert!(!logs.contains(not_named), "{not_named}: {logs}");
     }
     // A script run with a value the import already decided on is told so
@@ -822,7 +834,7 @@ def application(environ, start_response):
     let (code, out, err) = exec("GIVEN_WINS=other");
     assert_eq!((code, out.as_str()), (0, "other\n"), "{err}");
     assert!(
-        err.contains("GIVEN_WINS given here, but the app read them when it was imported"),
+        err.contains("GIVEN_WINS is given here, but the app read it when it was imported"),
         "{err}"
     );
     let (code, out, err) = exec("PER_REQUEST=x");

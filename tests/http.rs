@@ -1520,7 +1520,7 @@ fn build_errors_are_clear() {
     let e = build_error("ok:missing", &dir, None);
     assert!(e.contains("has no attribute 'missing'"), "{e}");
     let e = build_error("ok:app", &dir, None);
-    assert!(e.contains("ok:app is a int, not a callable"), "{e}");
+    assert!(e.contains("ok:app is of type int, not a callable"), "{e}");
     let e = build_error("broken:app", &dir, None);
     assert!(e.contains("syntax error in"), "{e}");
     assert!(e.contains("broken.py, line 2"), "{e}");

@@ -234,6 +234,36 @@ def environ_read_warning(read: Dict[str, Tuple[str, int]], mounts: Sequence[Tupl
     ]
 
 
+def open_files_warning(own_dirs: Sequence[str], mounts: Sequence[Tuple[str, str]]) -> List[str]:
+    """A warning for each file of the app's the import (or warm-up) left
+    open: its descriptor is not in any instance, so every use at run time
+    fails (`logging.basicConfig(filename=...)` logged `Bad file
+    descriptor` for each line), and the app's directories are read-only
+    then anyway."""
+    import gc
+
+    prefixes = tuple(d.rstrip("/") + "/" for d in own_dirs)
+    # By `type()`, not `isinstance`: that asks a lazy proxy its
+    # `__class__`, which would run the app's code.
+    held = sorted(
+        {
+            obj.name
+            for obj in gc.get_objects()
+            if issubclass(type(obj), io.FileIO)
+            and not obj.closed
+            and type(obj.name) is str
+            and obj.name.startswith(prefixes)
+        }
+    )
+    return [
+        f"warning: the app keeps {_host_path(name, mounts)} open from its import, at build time: "
+        "no instance has that file open, so each use fails at run time (OSError: Bad file "
+        "descriptor), and the app's directories are read-only then. Open it when a request needs "
+        "it, in a --dir grant (logging: FileHandler(path, delay=True))"
+        for name in held
+    ]
+
+
 def _dotted(node: Any) -> Optional[List[str]]:
     """``a.b.c`` as its parts, or None for any other expression."""
     parts: List[str] = []
@@ -284,7 +314,7 @@ def resolve_callable(module_obj: Any, module: str, expr: str, mounts: Sequence[T
         except BaseException as e:
             raise BuildError(f"calling {module}:{expr} raised {type(e).__name__}: {e}\n{_app_frames(e, mounts)}") from None
     if not callable(obj):
-        raise BuildError(f"{module}:{expr} is a {type(obj).__name__}, not a callable WSGI application")
+        raise BuildError(f"{module}:{expr} is of type {type(obj).__name__}, not a callable WSGI application")
     import inspect
 
     if inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(getattr(obj, "__call__", None)):
@@ -660,13 +690,17 @@ def boot(
                 )
             raise
         looked_up = stop_recording()
-        report += environ_read_warning(looked_up, mounts)
+        # Not those the app then set itself: Django's generated
+        # `setdefault("DJANGO_SETTINGS_MODULE", ...)` is no advice to give
+        # (`exec` still warns when it is given another, see `IMPORT_LOOKUPS`).
+        report += environ_read_warning({k: v for k, v in looked_up.items() if k not in os.environ}, mounts)
         # `SERVER_SOFTWARE` is the build's own (see `import_app_module`).
         compat.IMPORT_ENVIRON = {
             k: v for k, v in os.environ.items() if before.get(k) != v and k != "SERVER_SOFTWARE"
         } or None
         compat.IMPORT_LOOKUPS = {k: os.environ.get(k) for k in looked_up if k != WHOLE_ENVIRONMENT}
         report += warm_up(app, warmup)
+        report += open_files_warning(own_dirs, mounts)
     forget_build_tempdir()
     # The snapshot is taken after boot returns, with no Python running:
     # from here on the calls are the app's, at run time.

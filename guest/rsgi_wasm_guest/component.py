@@ -155,11 +155,12 @@ def make_command(roots: List[Tuple[str, str]], load_app: Optional[Callable[[], C
                 return script.check_import(load_app)
             overridden = compat.overridden_lookups()
             if overridden:
+                one = len(overridden) == 1
                 print(
-                    f"rsgi-wasm: warning: {', '.join(overridden)} given here, but the app read them when "
-                    "it was imported, at build time: what it made of them then (Django's settings "
-                    "module, say) is what runs here, whatever they say now; to run with others, "
-                    "change the app's defaults and build again",
+                    f"rsgi-wasm: warning: {', '.join(overridden)} {'is' if one else 'are'} given here, "
+                    f"but the app read {'it' if one else 'them'} when it was imported, at build time: "
+                    "what it made of that then is what runs here, whatever is given now; to run with "
+                    "another value, change the app's default and build again",
                     file=sys.stderr,
                 )
             return script.run(list(argv), roots)

@@ -675,6 +675,30 @@ class EnvironReadsTest(unittest.TestCase):
         self.assertEqual(boot.environ_read_warning({}, []), [])
 
 
+class OpenFilesTest(unittest.TestCase):
+    def test_a_file_of_the_app_s_left_open_is_named_and_no_proxy_is_woken(self):
+        import tempfile
+
+        from rsgi_wasm_guest import boot
+
+        class Lazy:
+            @property
+            def __class__(self):
+                raise RuntimeError("woken")
+
+        proxy = Lazy()
+        with tempfile.TemporaryDirectory() as d:
+            held = open(os.path.join(d, "app.log"), "w")
+            with open(os.path.join(d, "closed.txt"), "w"):
+                pass
+            warnings = boot.open_files_warning([d], [(d, "./mysite")])
+            held.close()
+            self.assertEqual(len(warnings), 1, warnings)
+            self.assertIn("keeps ./mysite/app.log open from its import", warnings[0])
+            self.assertEqual(boot.open_files_warning([d], [(d, "./mysite")]), [])
+        del proxy
+
+
 class ImportPath(unittest.TestCase):
     def test_the_app_is_imported_with_server_software_set_as_gunicorn_does(self):
         import os
@@ -827,7 +851,7 @@ class Callables(unittest.TestCase):
             "missing": "module 'm' has no attribute 'missing'",
             "app.x": "m:app has no attribute 'x'",
             "sub.nope": "m:sub has no attribute 'nope'",
-            "data": "is a int, not a callable",
+            "data": "is of type int, not a callable",
             "asgi": "an ASGI application by the look of it",
             "asgi_app": "an ASGI application by the look of it",
             "create_app(1, 2, 3)": "raised TypeError",

@@ -86,6 +86,36 @@ const GUNICORN_FLAGS: &[(&str, &str)] = &[
         "--header-timeout (also the idle keep-alive timeout)",
     ),
     ("graceful-timeout", "--grace"),
+    ("t", "--timeout"),
+    (
+        "limit-request-line",
+        "nothing: the request head is limited to 64 KiB and 100 header fields",
+    ),
+    (
+        "limit-request-fields",
+        "nothing: the request head is limited to 64 KiB and 100 header fields",
+    ),
+    (
+        "limit-request-field_size",
+        "nothing: the request head is limited to 64 KiB and 100 header fields",
+    ),
+    ("worker-connections", "--max-connections"),
+    (
+        "capture-output",
+        "nothing: the app's output is logged, tagged with its name",
+    ),
+    (
+        "user",
+        "a service manager (systemd, a container runtime; see docs/deploy.md)",
+    ),
+    (
+        "group",
+        "a service manager (systemd, a container runtime; see docs/deploy.md)",
+    ),
+    (
+        "umask",
+        "nothing: the app writes only to --dir grants and its private /tmp",
+    ),
     (
         "daemon",
         "a service manager (systemd, a container runtime; see docs/deploy.md)",
@@ -741,6 +771,8 @@ mod tests {
                 &["serve", "t.toml", "--log-level=warning"],
                 "RUST_LOG=LEVEL",
             ),
+            (&["run", "app.wasm", "-t", "30"], "here use --timeout"),
+            (&["run", "app.wasm", "--umask", "007"], "--dir grants"),
         ] {
             let argv = ["rsgi-wasm"].iter().chain(args).copied();
             let e = hyphen_values(Cli::command())

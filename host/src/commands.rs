@@ -1025,10 +1025,11 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     };
     metrics::READY.store(true, Ordering::Release);
     tracing::info!(
-        "listening on {}://{} ({} apps from {}, ready in {:.0} ms)",
+        "listening on {}://{} ({} app{} from {}, ready in {:.0} ms)",
         scheme(&tls),
         listener.local_addr()?,
         running.len(),
+        if running.len() == 1 { "" } else { "s" },
         args.config.display(),
         t0.elapsed().as_secs_f64() * 1000.0
     );

@@ -17,7 +17,7 @@ pub fn from_env() -> (EnvFilter, Option<String>) {
         Ok(_) | Err(std::env::VarError::NotPresent) => (EnvFilter::new(DEFAULT), None),
         Err(std::env::VarError::NotUnicode(_)) => (
             EnvFilter::new(DEFAULT),
-            Some(format!("RUST_LOG is not UTF-8; logging with {DEFAULT:?}")),
+            Some("RUST_LOG is not UTF-8; logging at INFO".to_owned()),
         ),
     }
 }
@@ -41,7 +41,8 @@ fn parse(spec: &str) -> (EnvFilter, Option<String>) {
         warning = Some(format!(
             "RUST_LOG={spec:?} gives no level for everything else (a word that is not a level, \
              such as a mistyped one, is taken for a target's name), so only errors are logged \
-             besides; add one, as in `{spec},info` (targets: access, guest, rsgi_wasm)"
+             besides; give one (off, error, warn, info, debug, trace; or warning, critical), \
+             alone or after the targets, as in `{spec},info` (targets: access, guest, rsgi_wasm)"
         ));
     }
     match EnvFilter::try_new(format!("{translated},{TARGET}=warn")) {
@@ -49,7 +50,8 @@ fn parse(spec: &str) -> (EnvFilter, Option<String>) {
         Err(e) => (
             EnvFilter::new(DEFAULT),
             Some(format!(
-                "RUST_LOG={spec:?} is not a log filter ({e}); logging with {DEFAULT:?} \
+                "RUST_LOG={spec:?} is not a log filter ({e}; Python's warning and critical are \
+                 taken too); logging at INFO \
                  (give a level such as `warn`, or `rsgi_wasm=debug,info`)"
             )),
         ),
@@ -114,9 +116,7 @@ mod tests {
         for spec in ["garbage", "warnig", "rsgi_wasm=debug"] {
             let (filter, warning) = parse(spec);
             assert!(filter.to_string().contains("error"), "{spec}: {filter}");
-            assert!(warning
-                .unwrap()
-                .contains(&format!("add one, as in `{spec},info`")));
+            assert!(warning.unwrap().contains(&format!("as in `{spec},info`")));
         }
         assert!(parse("rsgi_wasm=debug,info").1.is_none());
         assert!(parse("off").1.is_none());
