@@ -41,88 +41,63 @@ impl Cli {
 /// gunicorn's flags that have no namesake here, and what to use instead:
 /// clap's own hint offered one of another meaning (`--preload` →
 /// `--reload`, `--log-level` → `--log-rate`).
-const GUNICORN_FLAGS: &[(&str, &str)] = &[
-    ("bind", "--listen HOST:PORT"),
-    ("b", "--listen HOST:PORT"),
-    ("w", "--workers N"),
+const GUNICORN_FLAGS: &[(&[&str], &str)] = &[
+    (&["bind", "b"], "--listen HOST:PORT"),
+    (&["w"], "--workers N"),
+    (&["t"], "--timeout"),
     (
-        "preload",
+        &["preload"],
         "nothing: the app is imported once, at build time, and every instance starts from that",
     ),
     (
-        "threads",
+        &["threads"],
         "--workers N: an instance serves one request at a time",
     ),
     (
-        "worker-class",
+        &["worker-class", "k"],
         "nothing: every app runs in WebAssembly instances (--workers N of them)",
     ),
+    (&["worker-connections"], "--max-connections"),
     (
-        "k",
-        "nothing: every app runs in WebAssembly instances (--workers N of them)",
-    ),
-    (
-        "log-level",
+        &["log-level"],
         "RUST_LOG=LEVEL in the environment (warning, info, debug, ...)",
     ),
     (
-        "access-logfile",
+        &["access-logfile", "error-logfile"],
         "stderr: access lines and the app's output go there; redirect it",
     ),
     (
-        "error-logfile",
-        "stderr: access lines and the app's output go there; redirect it",
-    ),
-    (
-        "access-logformat",
+        &["access-logformat"],
         "--log-format json for the access line's fields",
     ),
     (
-        "chdir",
-        "-p DIR (the first -p directory is the working directory)",
-    ),
-    (
-        "keep-alive",
-        "--header-timeout (also the idle keep-alive timeout)",
-    ),
-    ("graceful-timeout", "--grace"),
-    ("t", "--timeout"),
-    (
-        "limit-request-line",
-        "nothing: the request head is limited to 64 KiB and 100 header fields",
-    ),
-    (
-        "limit-request-fields",
-        "nothing: the request head is limited to 64 KiB and 100 header fields",
-    ),
-    (
-        "limit-request-field_size",
-        "nothing: the request head is limited to 64 KiB and 100 header fields",
-    ),
-    ("worker-connections", "--max-connections"),
-    (
-        "capture-output",
+        &["capture-output"],
         "nothing: the app's output is logged, tagged with its name",
     ),
     (
-        "user",
+        &["chdir"],
+        "-p DIR (the first -p directory is the working directory)",
+    ),
+    (
+        &["keep-alive"],
+        "--header-timeout (also the idle keep-alive timeout)",
+    ),
+    (&["graceful-timeout"], "--grace"),
+    (
+        &[
+            "limit-request-line",
+            "limit-request-fields",
+            "limit-request-field_size",
+        ],
+        "nothing: the request head is limited to 64 KiB and 100 header fields",
+    ),
+    (
+        &["daemon", "pid", "user", "group"],
         "a service manager (systemd, a container runtime; see docs/deploy.md)",
     ),
     (
-        "group",
-        "a service manager (systemd, a container runtime; see docs/deploy.md)",
-    ),
-    (
-        "umask",
+        &["umask"],
         "nothing: the app writes only to --dir grants and its private /tmp",
-    ),
-    (
-        "daemon",
-        "a service manager (systemd, a container runtime; see docs/deploy.md)",
-    ),
-    (
-        "pid",
-        "a service manager (systemd, a container runtime; see docs/deploy.md)",
     ),
 ];
 
@@ -135,7 +110,7 @@ fn gunicorn_hint(e: &clap::Error) -> Option<clap::Error> {
         return None;
     };
     let name = flag.trim_start_matches('-').split('=').next()?;
-    let (_, instead) = GUNICORN_FLAGS.iter().find(|(f, _)| *f == name)?;
+    let (_, instead) = GUNICORN_FLAGS.iter().find(|(f, _)| f.contains(&name))?;
     Some(Cli::command().error(
         ErrorKind::UnknownArgument,
         format!(
