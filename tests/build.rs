@@ -807,6 +807,18 @@ def application(environ, start_response):
     ] {
         assert!(logs.contains(&read), "{read:?} not in\n{logs}");
     }
+    // And the server given values the import already read says so, once
+    // for the app, however many instances start.
+    let told: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("given here, but the app read"))
+        .collect();
+    assert_eq!(told.len(), 1, "{logs}");
+    assert!(
+        told[0].contains("WARN")
+            && told[0].contains("APP_NAME, GIVEN_WINS are given here, but the app read them"),
+        "{logs}"
+    );
     // A file the import left open cannot be used at run time.
     let held = format!(
         "the app keeps {} open from its import",

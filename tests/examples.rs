@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use reqwest::blocking::Response;
+use std::io::{Read as _, Write as _};
 
 fn text(r: Response) -> (u16, String) {
     let status = r.status().as_u16();
@@ -237,6 +238,31 @@ fn assert_flask_app(s: &Server) {
     let (status, body) = get(s, "/nope");
     assert_eq!(status, 404);
     assert!(body.contains("The requested URL was not found on the server"));
+
+    // An upload whose client stops halfway is Werkzeug's ClientDisconnected
+    // to Flask: a 400 from the host, and no 500 traceback in the log for
+    // each client that leaves mid-upload.
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; \
+                boundary=XyZ\r\nContent-Length: 2000000\r\n\r\n--XyZ\r\nContent-Disposition: \
+                form-data; name=\"file\"; filename=\"cut.bin\"\r\n\r\n";
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(&test_file(500_000)).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    assert_eq!(
+        status_of(&answer),
+        400,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Logged as 499: the client closed its side while the body was read.
+    s.wait_for_log("\"POST /upload\" 499");
+    let logs = s.logs();
+    assert!(!logs.contains("Exception on /upload"), "{logs}");
 }
 
 #[test]

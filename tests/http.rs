@@ -263,8 +263,19 @@ fn the_response_ends_before_the_results_close_runs() {
     let s = Server::start(&router(), &["--dir", &grant, "--timeout", "2s"]);
     let r = client().get(s.url("/close-waits?never")).send().unwrap();
     assert_eq!(r.text().unwrap(), "all of it\n");
-    s.wait_for_log("after its whole response was handed over: the app's close()");
+    s.wait_for_log(
+        "after its whole response was handed over: the app's code after it (its close()",
+    );
     assert!(!s.logs().contains("slow client"), "{}", s.logs());
+    // So does a body that stalls once its Content-Length is written: the
+    // client has it all, and nothing was cut short.
+    let r = client()
+        .get(s.url("/stalls-after-its-length"))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "all of it\n");
+    s.wait_for_log_count("after its whole response was handed over", 2);
+    assert!(!s.logs().contains("cut short"), "{}", s.logs());
 }
 
 #[test]
@@ -1777,6 +1788,10 @@ fn metrics_and_health_are_served_on_their_own_port_and_move() {
     );
     assert!(series(&before, "rsgi_wasm_linear_memory_bytes{tenant=\"router\"}") > 0.0);
     assert_eq!(
+        series(&before, "rsgi_wasm_connection_limit_reached_total"),
+        0.0
+    );
+    assert_eq!(
         series(
             &before,
             "rsgi_wasm_instances{tenant=\"router\",state=\"warm\"}"
@@ -1797,6 +1812,12 @@ fn metrics_and_health_are_served_on_their_own_port_and_move() {
         assert_eq!(client().get(url("/")).send().unwrap().status(), 200);
         back_in_the_pool();
     }
+    // A kept-alive connection to the app is counted as open.
+    let kept = client();
+    assert_eq!(kept.get(url("/")).send().unwrap().status(), 200);
+    back_in_the_pool();
+    let open = series(&scrape(ops), "rsgi_wasm_open_connections");
+    assert!(open >= 1.0, "{open}");
     assert_eq!(client().get(url("/error")).send().unwrap().status(), 500);
     back_in_the_pool();
     // The only worker spins until the timeout; meanwhile the queue of 0
@@ -2029,6 +2050,8 @@ fn an_idle_connection_is_closed_at_the_header_timeout_on_http2_too() {
         assert_eq!(r.status(), 200);
         drop(first);
     }
+    // Every slot taken is said, since every client then waits.
+    s.wait_for_log("all 1 client connections (--max-connections) are open");
 }
 
 #[test]

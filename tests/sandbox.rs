@@ -2014,6 +2014,25 @@ fn a_file_read_to_its_end_is_read_on_once_it_grows() {
         assert!(!body.contains("error"), "{body}");
     }
     assert_eq!(get_json(&s, "/sqlite-add?/data/shared.db")["rows"], 17);
+    // A database beside the app's code (a new Django project's default),
+    // or where no grant is, says what to grant: SQLite says only that it
+    // could not open the file.
+    let grant_it = "keep the database in a --dir grant (for example --dir ./data::/data, and \
+                    /data/db.sqlite3))";
+    assert_eq!(
+        get_json(&s, "/sqlite-add?db.sqlite3")["error"],
+        format!(
+            "OperationalError: unable to open database file (/1/db.sqlite3 is among the app's \
+             own files, which are read-only in the sandbox: {grant_it}"
+        )
+    );
+    assert_eq!(
+        get_json(&s, "/sqlite-add?/srv/db.sqlite3")["error"],
+        format!(
+            "OperationalError: unable to open database file (no granted directory holds \
+             /srv/db.sqlite3: {grant_it}"
+        )
+    );
 }
 
 /// SQLite locks a database by making `NAME.lock`: a process killed in a

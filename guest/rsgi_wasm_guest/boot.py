@@ -699,6 +699,7 @@ def boot(
             k: v for k, v in os.environ.items() if before.get(k) != v and k != "SERVER_SOFTWARE"
         } or None
         compat.IMPORT_LOOKUPS = {k: os.environ.get(k) for k in looked_up if k != WHOLE_ENVIRONMENT}
+        compat.FIRST_REQUEST_PENDING = bool(compat.IMPORT_ENVIRON or compat.IMPORT_LOOKUPS)
         report += warm_up(app, warmup)
         report += open_files_warning(own_dirs, mounts)
     forget_build_tempdir()

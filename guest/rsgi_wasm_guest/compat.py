@@ -219,21 +219,136 @@ def network_closed(closed: bool) -> None:
     _Network.building = closed
 
 
-class Urllib3Ipv6:
-    """An import hook that corrects urllib3's IPv6 probe as it is imported.
-    urllib3 decides at import whether to ask for IPv6 addresses by binding
-    a socket to ``::1``, which the sandbox refuses (an app cannot listen;
-    nor can anything while the build takes its snapshot), so ``requests``
-    never reached an IPv6 address an ``--allow-net`` rule grants:
-    ``getaddrinfo`` returned nothing for ``[::1]``. Connecting out over IPv6
-    works like IPv4, so it may ask. A hook, not a fix after the build: a
-    ``--reload`` app, or one importing ``requests`` lazily, imports urllib3
-    at run time."""
+def urllib3_may_ask_for_ipv6(module) -> None:
+    """urllib3 decides at import whether to ask for IPv6 addresses by
+    binding a socket to ``::1``, which the sandbox refuses (an app cannot
+    listen; nor can anything while the build takes its snapshot), so
+    ``requests`` never reached an IPv6 address an ``--allow-net`` rule
+    grants: ``getaddrinfo`` returned nothing for ``[::1]``. Connecting out
+    over IPv6 works like IPv4, so it may ask."""
+    import socket
 
-    MODULE = "urllib3.util.connection"
+    if getattr(module, "HAS_IPV6", None) is False:
+        module.HAS_IPV6 = socket.has_ipv6
+
+
+# What SQLite says when it cannot make or open the file, and when the
+# file is there but cannot be written.
+SQLITE_CANNOT_WRITE = ("unable to open database file", "attempt to write a readonly database")
+
+
+def sqlite_path(database, uri: bool) -> Optional[str]:
+    """The file a ``sqlite3.connect`` argument names, absolute, or None
+    for an in-memory database (or a URI this does not read)."""
+    try:
+        name = os.fsdecode(os.fspath(database))
+    except TypeError:
+        return None
+    if uri and name.startswith("file:"):
+        # Django passes `uri=True` with a plain path, which SQLite takes as is.
+        name = name[len("file:") :].partition("?")[0].partition("#")[0]
+        if name.startswith("//"):
+            # `file://host/path`: only an empty or `localhost` host is a file.
+            host, _, rest = name[2:].partition("/")
+            if host not in ("", "localhost"):
+                return None
+            name = "/" + rest
+    if name in ("", ":memory:"):
+        return None
+    return os.path.abspath(name)
+
+
+def is_code_mount(path: str) -> bool:
+    """Whether ``path`` is in the app's own files: the stdlib at
+    ``/python``, the app's directories and packages at ``/1``, ``/2``, ...,
+    which the host mounts read-only."""
+    top = path.split("/")[1] if path.startswith("/") else ""
+    return top == "python" or (top.isascii() and top.isdigit())
+
+
+def sqlite_hint(path: str) -> Optional[str]:
+    """Why SQLite cannot write ``path`` in the sandbox, when it is the
+    sandbox's doing: a database beside the app's code (Django's default
+    ``BASE_DIR / "db.sqlite3"``) or in a directory no grant holds."""
+    grant = "keep the database in a --dir grant (for example --dir ./data::/data, and /data/db.sqlite3)"
+    if is_code_mount(path):
+        return f"{path} is among the app's own files, which are read-only in the sandbox: {grant}"
+    top = "/" + path.split("/")[1]
+    if not os.path.isdir(top):
+        return f"no granted directory holds {path}: {grant}"
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        return f"{path}: its directory {parent} does not exist"
+    return None
+
+
+def in_wal_mode(path: str) -> bool:
+    """Whether the SQLite database at ``path`` is in WAL mode: its header's
+    file format versions (bytes 18 and 19) are 2."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return False
+    return head[:16] == b"SQLite format 3\x00" and 2 in head[18:20]
+
+
+def wal_hint(path: str) -> str:
+    return (
+        f"{path} is in WAL mode (journal_mode=wal), which SQLite cannot open in the sandbox: "
+        "WASI has no shared memory for its index. Switch it back once, outside: "
+        "sqlite3 FILE 'PRAGMA journal_mode=delete'"
+    )
+
+
+def sqlite_connect_explained(module) -> None:
+    """``sqlite3.connect`` (Django's and SQLAlchemy's ``dbapi2.connect``)
+    naming the file and what the sandbox needs when it cannot be opened:
+    SQLite says only "unable to open database file", and a new Django
+    project's database sits beside its code, which is read-only here."""
+    real = module.connect
+    if getattr(real, "_rsgi_wasm", False):
+        return
+
+    def connect(database, *args, **kwargs):
+        uri = kwargs.get("uri", args[6] if len(args) > 6 else False)
+        try:
+            connection = real(database, *args, **kwargs)
+        except module.OperationalError as e:
+            path = sqlite_path(database, bool(uri))
+            hint = sqlite_hint(path) if path and str(e) in SQLITE_CANNOT_WRITE else None
+            if hint is not None:
+                # The same exception, so `sqlite_errorcode` and the type stay.
+                e.args = (f"{e} ({hint})",) + e.args[1:]
+            raise
+        # SQLite reads the header only at the first statement, and then
+        # says "file is not a database", as if it were damaged.
+        path = sqlite_path(database, bool(uri))
+        if path is not None and in_wal_mode(path):
+            connection.close()
+            raise module.DatabaseError(f"file is not a database ({wal_hint(path)})")
+        return connection
+
+    connect.__doc__ = real.__doc__
+    connect._rsgi_wasm = True
+    module.connect = connect
+    package = sys.modules.get("sqlite3")
+    if package is not None and getattr(package, "connect", None) is real:
+        package.connect = connect
+
+
+class AfterImport:
+    """An import hook that corrects a module as it is imported
+    (``FIXES``: its name and what to do to it then). A hook, not a fix
+    after the build: a ``--reload`` app, or one importing lazily, imports
+    these modules at run time."""
+
+    def __init__(self, fixes: Optional[Dict[str, Callable]] = None) -> None:
+        self.fixes = FIXES if fixes is None else fixes
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != self.MODULE:
+        fix = self.fixes.get(fullname)
+        if fix is None:
             return None
         for finder in sys.meta_path:
             find = getattr(finder, "find_spec", None)
@@ -241,29 +356,34 @@ class Urllib3Ipv6:
                 continue
             spec = find(fullname, path, target)
             if spec is not None and spec.loader is not None:
-                spec.loader = _Ipv6Probed(spec.loader)
+                spec.loader = _Fixed(spec.loader, fix)
                 return spec
         return None
 
 
-class _Ipv6Probed:
-    """A loader that runs the module, then gives it the IPv6 answer."""
+class _Fixed:
+    """A loader that runs the module, then its fix."""
 
-    def __init__(self, loader) -> None:
+    def __init__(self, loader, fix: Callable) -> None:
         self.loader = loader
+        self.fix = fix
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
-        import socket
-
         self.loader.exec_module(module)
-        if getattr(module, "HAS_IPV6", None) is False:
-            module.HAS_IPV6 = socket.has_ipv6
+        self.fix(module)
 
     def __getattr__(self, name):
         return getattr(self.loader, name)
+
+
+FIXES: Dict[str, Callable] = {
+    "urllib3.util.connection": urllib3_may_ask_for_ipv6,
+    # `sqlite3` takes `connect` from here by `import *`, after the fix.
+    "sqlite3.dbapi2": sqlite_connect_explained,
+}
 
 
 class WholeWrites(io.RawIOBase):
@@ -585,6 +705,47 @@ def overridden_lookups() -> List[str]:
     return [k for k, v in IMPORT_LOOKUPS.items() if os.environ.get(k) != v]
 
 
+def overridden_warning() -> Optional[str]:
+    """What to say of :func:`overridden_lookups`, if there are any."""
+    overridden = overridden_lookups()
+    if not overridden:
+        return None
+    one = len(overridden) == 1
+    return (
+        f"{', '.join(overridden)} {'is' if one else 'are'} given here, "
+        f"but the app read {'it' if one else 'them'} when it was imported, at build time: "
+        "what it made of that then is what runs here, whatever is given now; to run with "
+        "another value, change the app's default and build again"
+    )
+
+
+# What a warning the host logs once per app starts with, whichever instance
+# says it (`WARN_ONCE_MARKER` in host/src/protocol.rs).
+WARN_ONCE = "rsgi-wasm-warning: "
+
+# Whether this instance has yet to answer its first request; set at build
+# when there is something to do then (see `first_request`).
+FIRST_REQUEST_PENDING = False
+
+
+def first_request() -> None:
+    """Once per instance, before its first request: put back what the
+    import set in `os.environ`, and have the host warn (once per app) when
+    the environment it was given changes what the import already read:
+    `run --env DATABASE_URL=...` of a settings module that read it at
+    build time is otherwise silently not what runs."""
+    global FIRST_REQUEST_PENDING
+    FIRST_REQUEST_PENDING = False
+    restore_import_environ()
+    warning = overridden_warning()
+    if warning is not None:
+        try:
+            sys.stderr.write(f"{WARN_ONCE}{warning}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # a closed stderr is the app's to report
+
+
 def restore_import_environ() -> None:
     """Put back what the app set at import, in the instance's first call;
     `--env` wins, as it was there before the import under gunicorn."""
@@ -609,8 +770,12 @@ def install() -> None:
         if not getattr(socket, "_rsgi_wasm_guarded", False):
             _guard_network(socket)
             socket._rsgi_wasm_guarded = True
-    if not any(isinstance(f, Urllib3Ipv6) for f in sys.meta_path):
-        sys.meta_path.insert(0, Urllib3Ipv6())
+    if not any(isinstance(f, AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, AfterImport())
+    for name, fix in FIXES.items():
+        # Imported before the hook was there (by the boot, or by a test).
+        if name in sys.modules:
+            fix(sys.modules[name])
     import threading
 
     threading.Condition.wait = single_threaded_wait  # type: ignore[method-assign]

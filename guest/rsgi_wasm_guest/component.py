@@ -14,7 +14,7 @@ from wit_world import exports
 from wit_world.imports import request, response
 
 from . import compat, protocol
-from .wsgi_input import EMPTY, BodyTooLarge, ClientDisconnected, InputStream
+from .wsgi_input import EMPTY, BodyTooLarge, ClientDisconnected, InputStream, body_error
 
 _read_body = request.read_body
 _start = response.start
@@ -38,8 +38,10 @@ def _pull(n: int) -> bytes:
         return _read_body(n)
     except Err as e:
         if e.value == _TOO_LARGE:
-            raise BodyTooLarge("request body exceeds the server's --max-body") from None
-        raise ClientDisconnected("the request body could not be read: the client left, stalled or sent malformed framing") from None
+            raise body_error(BodyTooLarge, "request body exceeds the server's --max-body") from None
+        raise body_error(
+            ClientDisconnected, "the request body could not be read: the client left, stalled or sent malformed framing"
+        ) from None
 
 
 class _HostTransport(protocol.Transport):
@@ -93,8 +95,8 @@ def make_handler(app: Callable, fixed_keys: Tuple[str, ...]) -> type:
 
     class Handler(exports.Handler):
         def handle(self, keys: str, values: str, wide: bool) -> None:
-            if compat.IMPORT_ENVIRON is not None:
-                compat.restore_import_environ()
+            if compat.FIRST_REQUEST_PENDING:
+                compat.first_request()
             sep = "\u0100" if wide else "\x00"
             layout = _LAYOUTS.get(keys)
             if layout is None:
@@ -153,16 +155,9 @@ def make_command(roots: List[Tuple[str, str]], load_app: Optional[Callable[[], C
             compat.restore_import_environ()
             if list(argv) == [IMPORT_CHECK]:
                 return script.check_import(load_app)
-            overridden = compat.overridden_lookups()
-            if overridden:
-                one = len(overridden) == 1
-                print(
-                    f"rsgi-wasm: warning: {', '.join(overridden)} {'is' if one else 'are'} given here, "
-                    f"but the app read {'it' if one else 'them'} when it was imported, at build time: "
-                    "what it made of that then is what runs here, whatever is given now; to run with "
-                    "another value, change the app's default and build again",
-                    file=sys.stderr,
-                )
+            warning = compat.overridden_warning()
+            if warning is not None:
+                print(f"rsgi-wasm: warning: {warning}", file=sys.stderr)
             return script.run(list(argv), roots)
 
     return Command

@@ -20,7 +20,7 @@ from wit_world import exports
 from wit_world.imports import http_types as t, streams
 
 from . import compat, protocol, wasi_http
-from .wsgi_input import EMPTY, BodyTooLarge, ClientDisconnected, InputStream
+from .wsgi_input import EMPTY, BodyTooLarge, ClientDisconnected, InputStream, body_error
 
 # What one `read` asks the request body stream for.
 _READ = 64 * 1024
@@ -68,8 +68,8 @@ class _Body:
             if isinstance(e.value, streams.StreamError_Closed):
                 return b""
             if _too_large(e.value):
-                raise BodyTooLarge("request body exceeds the server's limit") from None
-            raise ClientDisconnected("client disconnected while sending the request body") from None
+                raise body_error(BodyTooLarge, "request body exceeds the server's limit") from None
+            raise body_error(ClientDisconnected, "client disconnected while sending the request body") from None
 
     def close(self) -> None:
         for r in (self.stream, self.body):
@@ -237,8 +237,8 @@ def make_handler(app: Callable) -> type:
 
     class IncomingHandler(exports.IncomingHandler):
         def handle(self, request: t.IncomingRequest, response_out: t.ResponseOutparam) -> None:
-            if compat.IMPORT_ENVIRON is not None:
-                compat.restore_import_environ()
+            if compat.FIRST_REQUEST_PENDING:
+                compat.first_request()
             transport = _WasiTransport(response_out)
             body = _Body(request)
             failure: Optional[str] = "adapter error"

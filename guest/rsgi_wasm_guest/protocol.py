@@ -24,7 +24,7 @@ import sys
 import traceback
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
-from .wsgi_input import BodyTooLarge, ClientDisconnected
+from .wsgi_input import BodyTooLarge, ClientDisconnected, body_error
 
 #: The first words of an app exception's report on stderr (guest_log.rs
 #: `ERROR_REPORT` must match).
@@ -252,9 +252,9 @@ class Response:
         the host, which answers 400 or 408, or no one."""
         body = self.body_input
         if getattr(body, "too_large", False):
-            raise BodyTooLarge("request body exceeds the server's --max-body")
+            raise body_error(BodyTooLarge, "request body exceeds the server's --max-body")
         if getattr(body, "disconnected", False):
-            raise ClientDisconnected("the request body could not be read")
+            raise body_error(ClientDisconnected, "the request body could not be read")
 
     def start_response(self, status: str, headers: Headers, exc_info: Any = None) -> Callable[[bytes], None]:
         if exc_info is not None:

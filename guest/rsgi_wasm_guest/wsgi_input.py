@@ -7,7 +7,8 @@ read a chunked body until ``b""``).
 """
 
 import operator
-from typing import Any, Callable, Iterator, List, Optional
+import sys
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 # How much to pull from the host per call when the caller did not bound it.
 CHUNK = 64 * 1024
@@ -19,6 +20,32 @@ class ClientDisconnected(OSError):
 
 class BodyTooLarge(OSError):
     """The request body is over the server's ``--max-body``."""
+
+
+# Werkzeug's classes for the same two failures (400 and 413). Raised as
+# both, a Flask app answers them as the HTTP errors they are, as it does
+# Werkzeug's own, instead of logging a 500 traceback for every client that
+# leaves mid-upload; the host still decides the status (see
+# `protocol.Response.check_body`).
+_WERKZEUG = {ClientDisconnected: "ClientDisconnected", BodyTooLarge: "RequestEntityTooLarge"}
+_BOTH: Dict[type, type] = {}
+
+
+def body_error(kind: type, message: str) -> OSError:
+    """A ``kind`` (``ClientDisconnected`` or ``BodyTooLarge``) saying
+    ``message``; Werkzeug's class for it too, once the app imported it."""
+    werkzeug = sys.modules.get("werkzeug.exceptions")
+    theirs = getattr(werkzeug, _WERKZEUG[kind], None)
+    if not isinstance(theirs, type) or not issubclass(theirs, Exception):
+        return kind(message)
+    both = _BOTH.get(kind)
+    if both is None or not issubclass(both, theirs):
+        both = _BOTH[kind] = type(kind.__name__, (kind, theirs), {"__module__": __name__})
+    error = both(message)
+    # OSError's constructor ran, not Werkzeug's: what it would have set.
+    error.description = message
+    error.response = None
+    return error
 
 
 def _ended(n: int) -> bytes:

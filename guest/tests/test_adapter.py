@@ -135,6 +135,54 @@ class InputStreamTest(unittest.TestCase):
         self.assertTrue(s.disconnected)
 
 
+class BodyErrorTest(unittest.TestCase):
+    def test_werkzeug_s_classes_are_taken_on_once_it_is_imported(self):
+        import sys
+        import types
+
+        from rsgi_wasm_guest.wsgi_input import body_error
+
+        plain = body_error(ClientDisconnected, "gone")
+        self.assertIs(type(plain), ClientDisconnected)
+
+        class HTTPException(Exception):
+            def __init__(self, description=None, response=None):
+                super().__init__()
+                self.description, self.response = description, response
+
+        class BadRequest(HTTPException):
+            code = 400
+
+        class WerkzeugDisconnected(BadRequest):
+            pass
+
+        class RequestEntityTooLarge(HTTPException):
+            code = 413
+
+        fake = types.ModuleType("werkzeug.exceptions")
+        fake.ClientDisconnected = WerkzeugDisconnected
+        fake.RequestEntityTooLarge = RequestEntityTooLarge
+        saved = sys.modules.get("werkzeug.exceptions")
+        sys.modules["werkzeug.exceptions"] = fake
+        try:
+            e = body_error(ClientDisconnected, "the client left")
+            self.assertIsInstance(e, ClientDisconnected)
+            self.assertIsInstance(e, OSError)
+            self.assertIsInstance(e, WerkzeugDisconnected)
+            self.assertEqual((e.code, e.description, e.response), (400, "the client left", None))
+            self.assertEqual(str(e), "the client left")
+            big = body_error(BodyTooLarge, "too large")
+            self.assertIsInstance(big, BodyTooLarge)
+            self.assertEqual(big.code, 413)
+            # The class is made once.
+            self.assertIs(type(body_error(ClientDisconnected, "again")), type(e))
+        finally:
+            if saved is None:
+                del sys.modules["werkzeug.exceptions"]
+            else:
+                sys.modules["werkzeug.exceptions"] = saved
+
+
 class Recorder(protocol.Transport):
     def __init__(self):
         self.head = None

@@ -177,7 +177,7 @@ class Ipv6Probe(unittest.TestCase):
         saved = {k: v for k, v in sys.modules.items() if k == "urllib3" or k.startswith("urllib3.")}
         for k in saved:
             del sys.modules[k]
-        hook = compat.Urllib3Ipv6()
+        hook = compat.AfterImport()
         with tempfile.TemporaryDirectory() as root:
             pkg = os.path.join(root, "urllib3", "util")
             os.makedirs(pkg)
@@ -198,6 +198,133 @@ class Ipv6Probe(unittest.TestCase):
                 for k in [k for k in sys.modules if k == "urllib3" or k.startswith("urllib3.")]:
                     del sys.modules[k]
                 sys.modules.update(saved)
+
+
+class FirstRequest(unittest.TestCase):
+    def test_values_the_import_read_that_differ_now_are_told_once_per_instance(self):
+        import io
+        import os
+        from unittest import mock
+
+        saved = (compat.IMPORT_LOOKUPS, compat.IMPORT_ENVIRON, compat.FIRST_REQUEST_PENDING)
+        compat.IMPORT_LOOKUPS = {"RSGI_T_URL": None, "RSGI_T_SAME": "x", "RSGI_T_SET": "mine"}
+        compat.IMPORT_ENVIRON = {"RSGI_T_SET": "mine"}
+        compat.FIRST_REQUEST_PENDING = True
+        err = io.StringIO()
+        try:
+            with mock.patch.dict(os.environ, {"RSGI_T_URL": "given", "RSGI_T_SAME": "x"}), mock.patch("sys.stderr", err):
+                compat.first_request()
+                self.assertEqual(os.environ["RSGI_T_SET"], "mine")
+            self.assertFalse(compat.FIRST_REQUEST_PENDING)
+            self.assertEqual(
+                err.getvalue(),
+                compat.WARN_ONCE + "RSGI_T_URL is given here, but the app read it when it was imported, "
+                "at build time: what it made of that then is what runs here, whatever is given now; "
+                "to run with another value, change the app's default and build again\n",
+            )
+            err.truncate(0)
+            with mock.patch.dict(os.environ, {"RSGI_T_SAME": "x", "RSGI_T_SET": "mine"}), mock.patch("sys.stderr", err):
+                self.assertIsNone(compat.overridden_warning())
+        finally:
+            compat.IMPORT_LOOKUPS, compat.IMPORT_ENVIRON, compat.FIRST_REQUEST_PENDING = saved
+
+
+class SqliteHint(unittest.TestCase):
+    def connect(self, *args, **kwargs):
+        """``connect`` as the app gets it, the host's sqlite3 put back after."""
+        import sqlite3
+        import types
+
+        real = sqlite3.connect
+        module = types.SimpleNamespace(
+            connect=real, OperationalError=sqlite3.OperationalError, DatabaseError=sqlite3.DatabaseError
+        )
+        compat.sqlite_connect_explained(module)
+        try:
+            self.assertIs(sqlite3.connect, module.connect)
+            return module.connect(*args, **kwargs)
+        finally:
+            sqlite3.connect = real
+
+    def test_a_database_beside_the_code_names_the_grant(self):
+        import pathlib
+        import sqlite3
+
+        # Django's default NAME, passed as Django does.
+        with self.assertRaises(sqlite3.OperationalError) as e:
+            self.connect(database=pathlib.Path("/1/proj/db.sqlite3"), uri=True)
+        self.assertEqual(
+            str(e.exception),
+            "unable to open database file (/1/proj/db.sqlite3 is among the app's own files, "
+            "which are read-only in the sandbox: keep the database in a --dir grant "
+            "(for example --dir ./data::/data, and /data/db.sqlite3))",
+        )
+        self.assertEqual(e.exception.sqlite_errorname, "SQLITE_CANTOPEN")
+
+    def test_a_path_no_grant_holds_is_named(self):
+        import sqlite3
+
+        with self.assertRaises(sqlite3.OperationalError) as e:
+            self.connect("file:/no-such-grant-x/app.db?mode=rwc", 5.0, 0, "", True, sqlite3.Connection, 128, True)
+        self.assertIn("(no granted directory holds /no-such-grant-x/app.db: keep the database in a --dir grant", str(e.exception))
+
+    def test_other_failures_and_memory_databases_are_untouched(self):
+        import os
+        import sqlite3
+        import tempfile
+
+        self.connect(":memory:").close()
+        self.connect("file::memory:?cache=shared", uri=True).close()
+        with tempfile.TemporaryDirectory() as root:
+            with self.assertRaises(sqlite3.OperationalError) as e:
+                self.connect(os.path.join(root, "missing", "db.sqlite3"))
+            self.assertEqual(
+                str(e.exception),
+                f"unable to open database file ({root}/missing/db.sqlite3: its directory {root}/missing does not exist)",
+            )
+            path = os.path.join(root, "db.sqlite3")
+            with open(path, "w") as f:
+                f.write("not a database, but a file of the same length as a header..")
+            with self.assertRaises(sqlite3.DatabaseError) as e:
+                self.connect(path).execute("select 1 from t")
+            self.assertEqual(str(e.exception), "file is not a database")
+
+    def test_a_database_in_wal_mode_is_named_as_such(self):
+        import os
+        import sqlite3
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as root:
+            path = os.path.join(root, "app.db")
+            native = sqlite3.connect(path)
+            native.execute("pragma journal_mode=wal")
+            native.execute("create table t (x)")
+            native.commit()
+            native.close()
+            self.assertTrue(compat.in_wal_mode(path))
+            with self.assertRaises(sqlite3.DatabaseError) as e:
+                self.connect(path)
+            self.assertEqual(str(e.exception), f"file is not a database ({compat.wal_hint(path)})")
+            self.assertIn("WAL mode", str(e.exception))
+            native = sqlite3.connect(path)
+            native.execute("pragma journal_mode=delete")
+            native.close()
+            self.assertFalse(compat.in_wal_mode(path))
+            self.connect(path).execute("select * from t").close()
+
+    def test_paths_are_read_as_sqlite_reads_them(self):
+        self.assertIsNone(compat.sqlite_path(":memory:", False))
+        self.assertIsNone(compat.sqlite_path("file::memory:?cache=shared", True))
+        self.assertIsNone(compat.sqlite_path("file://otherhost/x.db", True))
+        self.assertEqual(compat.sqlite_path("file:///data/x.db?mode=ro", True), "/data/x.db")
+        self.assertEqual(compat.sqlite_path("file://localhost/data/x.db", True), "/data/x.db")
+        self.assertEqual(compat.sqlite_path(b"/data/x.db", False), "/data/x.db")
+        self.assertEqual(compat.sqlite_path("/data/file:x.db", True), "/data/file:x.db")
+        self.assertIsNone(compat.sqlite_path(3, False))
+        self.assertTrue(compat.is_code_mount("/python/lib/x.db"))
+        self.assertTrue(compat.is_code_mount("/12/x.db"))
+        self.assertFalse(compat.is_code_mount("/data/x.db"))
+        self.assertFalse(compat.is_code_mount("/1a/x.db"))
 
 
 class WholeStdio(unittest.TestCase):

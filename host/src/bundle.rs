@@ -306,6 +306,21 @@ const MAX_BYTES: u64 = 2 << 30;
 /// The files under `dir`, a `tree` of that kind, that ship with the app,
 /// as sorted relative paths.
 pub fn files(dir: &Path, tree: Tree) -> Result<Vec<PathBuf>> {
+    files_seen_as(dir, tree, None)
+}
+
+/// [`files`], where a file left out is named as the app sees it under
+/// `guest` (`/1/db.sqlite3`) when `dir` is the build's own copy: that one
+/// holds only what ships and what the build made (a warm-up request's
+/// database), and its path on the host says nothing to the user.
+fn files_seen_as(dir: &Path, tree: Tree, guest: Option<&str>) -> Result<Vec<PathBuf>> {
+    let left_out = |rel: &Path, why: &str| match guest {
+        None => not_shipped(&dir.join(rel), why),
+        Some(root) => not_shipped(
+            &Path::new("/").join(root).join(rel),
+            &format!("{why}; the build made it (the import or a warm-up request)"),
+        ),
+    };
     let root = dir
         .canonicalize()
         .with_context(|| format!("reading {}", dir.display()))?;
@@ -332,7 +347,7 @@ pub fn files(dir: &Path, tree: Tree) -> Result<Vec<PathBuf>> {
             // WASI paths are UTF-8: such a name could not be opened by the
             // app, and would break listing its directory in the sandbox.
             if name.to_str().is_none() {
-                not_shipped(&here.join(&name), "the name is not UTF-8");
+                left_out(&path, "the name is not UTF-8");
                 continue;
             }
             if kind.is_dir() {
@@ -346,14 +361,14 @@ pub fn files(dir: &Path, tree: Tree) -> Result<Vec<PathBuf>> {
                 match marked {
                     Some(Unshipped::Cache) => {}
                     Some(Unshipped::Virtualenv) => {
-                        not_shipped(&entry.path(), "a virtualenv (it holds pyvenv.cfg)")
+                        left_out(&path, "a virtualenv (it holds pyvenv.cfg)")
                     }
                     None => stack.push(path),
                 }
             } else if tree.skips_file(&name_str) {
                 if SQLITE_SUFFIXES.iter().any(|s| name_str.ends_with(s)) {
-                    not_shipped(
-                        &entry.path(),
+                    left_out(
+                        &path,
                         "a SQLite database (data the app writes belongs in a --dir grant)",
                     );
                 }
@@ -385,10 +400,10 @@ pub fn files(dir: &Path, tree: Tree) -> Result<Vec<PathBuf>> {
                         }
                     }
                     Ok(m) if m.is_dir() => {
-                        not_shipped(&entry.path(), "a symlink to a directory (not followed)")
+                        left_out(&path, "a symlink to a directory (not followed)")
                     }
-                    Ok(_) => not_shipped(&entry.path(), "not a regular file"),
-                    Err(_) => not_shipped(&entry.path(), "a dangling symlink"),
+                    Ok(_) => left_out(&path, "not a regular file"),
+                    Err(_) => left_out(&path, "a dangling symlink"),
                 }
             }
         }
@@ -452,7 +467,7 @@ pub fn pack(roots: &[(String, PathBuf, Tree)]) -> Result<(Vec<u8>, usize)> {
     let mut tar = tar::Builder::new(encoder);
     let mut count = 0;
     for (root, dir, tree) in roots {
-        for rel in files(dir, *tree)? {
+        for rel in files_seen_as(dir, *tree, Some(root))? {
             let src = dir.join(&rel);
             let data = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
             let mut header = tar::Header::new_gnu();

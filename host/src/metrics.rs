@@ -111,6 +111,8 @@ struct Metrics {
     components: Gauge,
     core_modules: Gauge,
     listed: Gauge,
+    connections: Gauge,
+    connections_full: Counter,
     outbound_connections: Family<TenantResult, Counter>,
     outbound_lookups: Family<TenantResult, Counter>,
     outbound_tls_bytes: Family<TenantDirection, Counter>,
@@ -180,6 +182,8 @@ impl Metrics {
             components: Gauge::default(),
             core_modules: Gauge::default(),
             listed: Gauge::default(),
+            connections: Gauge::default(),
+            connections_full: Counter::default(),
             outbound_connections: Family::default(),
             outbound_lookups: Family::default(),
             outbound_tls_bytes: Family::default(),
@@ -293,6 +297,16 @@ impl Metrics {
             m.listed.clone(),
         );
         registry.register(
+            "open_connections",
+            "Client connections open (at most --max-connections)",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connection_limit_reached",
+            "Times every --max-connections slot was taken, so no more connections were accepted until one closed (many idle or slow connections: a slowloris; or too low a limit)",
+            m.connections_full.clone(),
+        );
+        registry.register(
             "outbound_connections",
             "Outbound TCP connections the tenant's guests opened (allowed) or were refused (denied) by its --allow-net rules; a tenant with no rule cannot open a socket at all, which is not counted",
             m.outbound_connections.clone(),
@@ -389,6 +403,12 @@ pub fn encode() -> String {
 pub fn artifact_cache(hit: bool) {
     let result = if hit { "hit" } else { "miss" };
     with(|m| m.cache.get_or_create(&Outcome { result }).inc());
+}
+
+/// The gauge of open client connections, and the counter of times all
+/// `--max-connections` were open when the next came.
+pub fn client_connections() -> (Gauge, Counter) {
+    with(|m| (m.connections.clone(), m.connections_full.clone()))
 }
 
 /// A compiled component was loaded (+1) or freed (-1).

@@ -6,6 +6,11 @@
 /// them, and a live build's instance logs them as errors.
 pub const BUILD_ERROR_MARKER: &str = "rsgi-wasm-build-error: ";
 
+/// What the guest prints in front of a warning about the app that holds
+/// for every instance (`WARN_ONCE` in guest/rsgi_wasm_guest/compat.py):
+/// logged once per app, at WARN, however many instances say it.
+pub const WARN_ONCE_MARKER: &str = "rsgi-wasm-warning: ";
+
 /// How the guest's own failures start (`ADAPTER_ERROR` in
 /// guest/rsgi_wasm_guest/protocol.py): the instance that had one is replaced.
 pub const ADAPTER_ERROR: &str = "rsgi-wasm adapter error";

@@ -41,12 +41,15 @@ pub struct Resolved {
     pub whole_tree: bool,
 }
 
+/// The CPython an app runs on.
+const TARGET_PYTHON: &str = "3.14";
+
 /// pip options that pick wheels for CPython 3.14 on WASI: pure wheels, and
 /// Linux wheels whose native part is optional (it is dropped afterwards).
 const PIP_TARGET: &[&str] = &[
     "--only-binary=:all:",
     "--python-version",
-    "3.14",
+    TARGET_PYTHON,
     "--implementation",
     "cp",
     "--abi",
@@ -195,6 +198,15 @@ pub fn check_sources(sources: &[Source]) -> Result<()> {
     for source in sources {
         if let Source::SitePackages(dir) = source {
             site_packages_is_a_dir(dir)?;
+            if let Some(version) = installed_for(dir).filter(|v| v != TARGET_PYTHON) {
+                tracing::warn!(
+                "--site-packages {}: installed for Python {version}, and the app runs on CPython \
+                 {TARGET_PYTHON}: what pip chose by version (markers like `python_version < \"3.12\"`, \
+                 wheels for {version}) may be missing or wrong there; -r requirements.txt resolves \
+                 for {TARGET_PYTHON}",
+                dir.display()
+            );
+            }
         }
     }
     Ok(())
@@ -217,6 +229,34 @@ fn site_packages_is_a_dir(dir: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The Python version an installed tree was made for: the `pythonX.Y` of
+/// its path (a virtualenv's `lib/python3.11/site-packages`), else the tag
+/// of the bytecode pip compiled in its packages (`pip install --target`).
+fn installed_for(dir: &Path) -> Option<String> {
+    let from_path = dir.canonicalize().ok().and_then(|path| {
+        path.components().rev().find_map(|c| {
+            let name = c.as_os_str().to_str()?;
+            let (major, minor) = name.strip_prefix("python")?.split_once('.')?;
+            let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            (numeric(major) && numeric(minor)).then(|| format!("{major}.{minor}"))
+        })
+    });
+    from_path.or_else(|| {
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|package| {
+            std::fs::read_dir(package.path().join("__pycache__"))
+                .ok()?
+                .flatten()
+                .find_map(|pyc| {
+                    let name = pyc.file_name().into_string().ok()?;
+                    let tag = name.strip_suffix(".pyc")?.rsplit('.').next()?;
+                    let minor = tag.strip_prefix("cpython-3")?;
+                    (!minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| format!("3.{minor}"))
+                })
+        })
+    })
 }
 
 /// The `tzdata` package, resolved once per machine.
@@ -1060,6 +1100,22 @@ fn record_owners(site: &Path) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_python_a_tree_was_installed_for_is_read_from_its_path_or_bytecode() {
+        let root = tempfile::tempdir().unwrap();
+        let venv = root.path().join("lib/python3.11/site-packages");
+        std::fs::create_dir_all(&venv).unwrap();
+        assert_eq!(installed_for(&venv).as_deref(), Some("3.11"));
+        let target = root.path().join("target");
+        std::fs::create_dir_all(target.join("flask/__pycache__")).unwrap();
+        assert_eq!(installed_for(&target), None);
+        std::fs::write(target.join("flask/__pycache__/app.cpython-312.pyc"), "").unwrap();
+        assert_eq!(installed_for(&target).as_deref(), Some("3.12"));
+        let current = root.path().join("python3.14/site-packages");
+        std::fs::create_dir_all(&current).unwrap();
+        assert_eq!(installed_for(&current).as_deref(), Some(TARGET_PYTHON));
+    }
 
     #[test]
     fn a_wheel_built_for_this_machine_is_renamed_for_any() {

@@ -195,9 +195,14 @@ pub struct BuildReport {
 /// whose literal arguments the guest parses.
 pub fn parse_target(target: &str) -> Result<(String, String), UserError> {
     let usage = || {
-        UserError(format!(
+        match module_of_file(target) {
+        Some(instead) => UserError(format!(
+            "{target:?} names a file; the app is named by its module: {instead}"
+        )),
+        None => UserError(format!(
             "{target:?} is not MODULE:CALLABLE (for example `app:application`, `myproject.wsgi:application` or `app:create_app('prod')`)"
-        ))
+        )),
+    }
     };
     // A bare module means its `application`, as gunicorn has it (but
     // `app.py` is a file name, not the module `py` of package `app`).
@@ -218,6 +223,41 @@ pub fn parse_target(target: &str) -> Result<(String, String), UserError> {
         return Err(usage());
     }
     Ok((module.to_owned(), callable.to_owned()))
+}
+
+/// What to give instead of a file path for a target (`app/app.py:app`,
+/// `./wsgi.py`, `myproject/wsgi:application`): its module, dotted where the
+/// file is in a package under the current directory, else with `-p` for
+/// the file's directory.
+fn module_of_file(target: &str) -> Option<String> {
+    let (file, callable) = target.split_once(':').unwrap_or((target, "application"));
+    if !(file.ends_with(".py") || file.contains('/')) {
+        return None;
+    }
+    let path = Path::new(file.strip_suffix(".py").unwrap_or(file));
+    let module = path.file_name()?.to_str()?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && *p != Path::new("."));
+    let dotted = |dir: &Path| -> Option<String> {
+        let parts = dir
+            .components()
+            .filter(|c| *c != std::path::Component::CurDir)
+            .map(|c| match c {
+                std::path::Component::Normal(name) => name.to_str().filter(|n| is_identifier(n)),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(format!("{}.{module}", parts.join(".")))
+    };
+    let named = match parent {
+        None => format!("`{module}:{callable}`"),
+        Some(dir) => match dotted(dir).filter(|_| dir.join("__init__.py").is_file()) {
+            Some(dotted) => format!("`{dotted}:{callable}`"),
+            None => format!("`-p {} {module}:{callable}`", dir.display()),
+        },
+    };
+    is_identifier(module).then_some(named)
 }
 
 /// `-o` may replace an earlier component, never another file: a typo
@@ -774,6 +814,20 @@ mod tests {
             ("pkg.wsgi".into(), "application".into())
         );
         assert!(parse_target("app.py").is_err());
+        let hint = |t: &str| parse_target(t).unwrap_err().0;
+        assert_eq!(
+            hint("app/app.py:app"),
+            "\"app/app.py:app\" names a file; the app is named by its module: `-p app app:app`"
+        );
+        assert!(hint("./wsgi.py").ends_with(": `wsgi:application`"));
+        assert!(hint("/srv/x/my-app.py:app").contains("is not MODULE:CALLABLE"));
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("proj");
+        std::fs::create_dir(&pkg).unwrap();
+        std::fs::write(pkg.join("__init__.py"), "").unwrap();
+        let file = format!("{}/wsgi.py:application", pkg.display());
+        // Absolute: the package is not under the current directory.
+        assert!(hint(&file).ends_with(&format!("`-p {} wsgi:application`", pkg.display())));
         assert!(parse_target("app:").is_err());
         assert!(parse_target("app-x:app").is_err());
         assert!(parse_target(":app").is_err());

@@ -190,11 +190,24 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let accept_warned = crate::runtime::WarnEvery::default();
     let mut failed_accepts = 0u64;
+    let (open, full) = crate::metrics::client_connections();
+    let full_warned = crate::runtime::WarnEvery::default();
     loop {
         // At the connection cap, stop accepting: new clients wait in the
-        // kernel backlog instead of costing memory here.
+        // kernel backlog instead of costing memory here. Said, since every
+        // tenant's clients then wait, whoever holds the connections (a
+        // slowloris left no trace before).
+        if slots.available_permits() == 0 {
+            full.inc();
+            if full_warned.due() {
+                tracing::warn!(
+                    "all {} client connections (--max-connections) are open: no more are accepted until one closes (new clients wait in the listen backlog), and idle ones close after --header-timeout; logged at most once a minute, rsgi_wasm_connection_limit_reached_total counts each time",
+                    cfg.max_connections
+                );
+            }
+        }
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            slot = slots.clone().acquire_owned() => Slot::new(slot.expect("never closed"), &open),
             () = &mut shutdown => break,
         };
         tokio::select! {
@@ -388,6 +401,32 @@ fn service(
         }
     });
     (activity, svc)
+}
+
+/// One of the `--max-connections` slots, held by a connection until it
+/// ends, and counted in `rsgi_wasm_open_connections` meanwhile.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Slot {
+    fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        open: &prometheus_client::metrics::gauge::Gauge,
+    ) -> Self {
+        open.inc();
+        Slot {
+            _permit: permit,
+            open: open.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 /// The connection builders for TLS connections whose client chose a

@@ -441,42 +441,170 @@ impl Drop for Handle {
 /// What a tree holds, charged as the ledger would: every file its blocks
 /// (hard links once), every directory and symlink one block. Symlinks are
 /// not followed.
-/// Only the root must be readable: a subdirectory that cannot be read (too
-/// deep for a path, or not ours) is skipped with a warning, so what a guest
-/// did to its grant cannot keep the app from starting.
+///
+/// The walk opens each directory from its parent's descriptor and climbs
+/// back by `..` (checked to be the directory it came from), holding one
+/// descriptor whatever the depth: a guest can nest directories past what
+/// a path can name (`mkdir` relative to a `dir_fd`), and a walk by paths
+/// left those uncounted, so each load of the app gave it a fresh quota.
+/// A directory the server may not read is skipped with a warning: the
+/// guest can neither add to it nor empty it, so what it holds is not
+/// room the guest could free.
 pub fn tree_usage(root: &Path) -> std::io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
+    let mut tries = 0;
+    loop {
+        match walk(root) {
+            Err(Walk::Moved) if tries < 3 => tries += 1,
+            Err(Walk::Moved) => {
+                return Err(std::io::Error::other(format!(
+                    "{}: directories kept moving while what it holds was counted for its quota",
+                    root.display()
+                )))
+            }
+            Err(Walk::Io(e)) => return Err(e),
+            Ok(total) => return Ok(total),
+        }
+    }
+}
+
+/// Why a walk of a tree stopped.
+enum Walk {
+    /// A directory was moved while the walk was below it.
+    Moved,
+    Io(std::io::Error),
+}
+
+impl From<rustix::io::Errno> for Walk {
+    fn from(e: rustix::io::Errno) -> Self {
+        Walk::Io(e.into())
+    }
+}
+
+/// One directory on the way down: its identity, and the subdirectories
+/// still to visit.
+struct Level {
+    id: (u64, u64),
+    below: Vec<std::ffi::CString>,
+    name: std::ffi::CString,
+}
+
+fn walk(root: &Path) -> Result<u64, Walk> {
+    use rustix::fs::{fstat, openat, Mode, OFlags, CWD};
+    let down = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut total = 0u64;
     let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if dir != root => {
-                tracing::warn!("not counting {} for its quota: {e}", dir.display());
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let Ok(entry) = entry else { continue };
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                total = total.saturating_add(BLOCK);
-                stack.push(entry.path());
-            } else if meta.is_file() {
-                // A further name of a file costs a block, as `link-at` does.
-                if meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
-                    total = total.saturating_add(BLOCK);
+    let mut here = openat(
+        CWD,
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Walk::Io(e.into()))?;
+    let below = list(&here, &mut total, &mut seen).map_err(Walk::Io)?;
+    let mut levels = vec![Level {
+        id: file_id(&fstat(&here)?),
+        below,
+        name: std::ffi::CString::default(),
+    }];
+    while let Some(level) = levels.last_mut() {
+        if let Some(name) = level.below.pop() {
+            let dir = match openat(&here, name.as_c_str(), down, Mode::empty()) {
+                Ok(dir) => dir,
+                // Gone, or no longer a directory, since it was listed.
+                Err(
+                    rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP,
+                ) => continue,
+                Err(e) => {
+                    skipped(root, &levels, &name, e.into());
                     continue;
                 }
-                total = total.saturating_add(blocks(meta.len()));
-            } else {
-                total = total.saturating_add(BLOCK);
+            };
+            let below = match list(&dir, &mut total, &mut seen) {
+                Ok(below) => below,
+                Err(e) => {
+                    skipped(root, &levels, &name, e);
+                    continue;
+                }
+            };
+            levels.push(Level {
+                id: file_id(&fstat(&dir)?),
+                below,
+                name,
+            });
+            here = dir;
+        } else {
+            levels.pop();
+            let Some(parent) = levels.last() else { break };
+            let up = openat(&here, c"..", down, Mode::empty())?;
+            if file_id(&fstat(&up)?) != parent.id {
+                return Err(Walk::Moved);
             }
+            here = up;
         }
     }
     Ok(total)
+}
+
+/// A file's device and inode.
+fn file_id(st: &rustix::fs::Stat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
+}
+
+/// Charge what the directory `dir` holds directly to `total`; its
+/// subdirectories, to visit next.
+fn list(
+    dir: &rustix::fd::OwnedFd,
+    total: &mut u64,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+) -> std::io::Result<Vec<std::ffi::CString>> {
+    use rustix::fs::{statat, AtFlags, FileType};
+    let mut below = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let st = match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                *total = total.saturating_add(BLOCK);
+                below.push(name.to_owned());
+            }
+            FileType::RegularFile => {
+                // A further name of a file costs a block, as `link-at` does.
+                if st.st_nlink > 1 && !seen.insert(file_id(&st)) {
+                    *total = total.saturating_add(BLOCK);
+                } else {
+                    *total = total.saturating_add(blocks(st.st_size as u64));
+                }
+            }
+            _ => *total = total.saturating_add(BLOCK),
+        }
+    }
+    Ok(below)
+}
+
+/// Warn that the directory `name` under `levels` was not counted.
+fn skipped(root: &Path, levels: &[Level], name: &std::ffi::CStr, e: std::io::Error) {
+    // Deeper down, by its parent's name and its depth: the whole path may
+    // be far longer than a log line should be.
+    let name = name.to_string_lossy();
+    let at = match levels {
+        [_] => format!("{}/{name}", root.display()),
+        [.., parent] => format!(
+            "{}/.../{}/{name} ({} levels down)",
+            root.display(),
+            parent.name.to_string_lossy(),
+            levels.len()
+        ),
+        [] => root.display().to_string(),
+    };
+    tracing::warn!("not counting {at} for its quota: {e}");
 }
 
 #[cfg(test)]
@@ -572,5 +700,39 @@ mod tests {
         let l = Ledger::for_tree(budget.clone(), dir.path()).unwrap();
         assert_eq!(l.used(), 5 * BLOCK);
         assert_eq!(l.reserve(1), Err(Full));
+    }
+
+    #[test]
+    fn a_tree_deeper_than_a_path_can_name_is_charged_whole() {
+        use rustix::fs::{mkdirat, openat, Mode, OFlags};
+        let dir = tempfile::tempdir().unwrap();
+        let name = "d".repeat(200);
+        let mut here = openat(rustix::fs::CWD, dir.path(), OFlags::RDONLY, Mode::empty()).unwrap();
+        // 100 levels of 201 bytes: 20 KB of path, five times PATH_MAX.
+        for _ in 0..100 {
+            mkdirat(&here, name.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+            here = openat(
+                &here,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                Mode::empty(),
+            )
+            .unwrap();
+        }
+        let file = openat(
+            &here,
+            "f",
+            OFlags::WRONLY | OFlags::CREATE,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&file, 1 << 20).unwrap();
+        // And a sibling tree beside the deep one, visited after it.
+        std::fs::create_dir(dir.path().join("e")).unwrap();
+        std::fs::write(dir.path().join("e/g"), b"x").unwrap();
+        assert_eq!(
+            tree_usage(dir.path()).unwrap(),
+            100 * BLOCK + blocks(1 << 20) + BLOCK + blocks(1)
+        );
     }
 }

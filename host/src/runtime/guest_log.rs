@@ -27,7 +27,15 @@ pub struct LogBudget {
     /// a rate set to silence an app's output (`--log-rate 0`) must not
     /// silence its tracebacks.
     reports: Mutex<Bucket>,
+    /// The warnings logged once for the app (`WARN_ONCE_MARKER`), at most
+    /// [`WARNINGS_KEPT`]: every instance of it says the same.
+    warned: Mutex<Vec<Box<[u8]>>>,
 }
+
+/// Most distinct once-per-app warnings logged; an app cannot make more
+/// than a handful (they name what its import read), so more is a guest
+/// writing the marker itself, and that is dropped.
+const WARNINGS_KEPT: usize = 16;
 
 /// The least rate of error reports: one whole report a second.
 const REPORTS_AT_LEAST: u64 = MAX_REPORT as u64;
@@ -70,7 +78,18 @@ impl LogBudget {
             rate,
             state: full(rate),
             reports: full(rate.max(REPORTS_AT_LEAST)),
+            warned: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Whether the once-per-app warning `text` is new for this app.
+    fn first_warning(&self, text: &[u8]) -> bool {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.len() >= WARNINGS_KEPT || warned.iter().any(|w| **w == *text) {
+            return false;
+        }
+        warned.push(text.into());
+        true
     }
 
     fn admit(&self, len: usize, now: Instant) -> Verdict {
@@ -214,10 +233,11 @@ impl StdoutStream for GuestLog {
 
 /// How a guest line is logged: the app's output at INFO; its errors (an
 /// exception's report, why it does not import) at ERROR, which a log
-/// filtered to warnings keeps.
+/// filtered to warnings keeps; the adapter's warnings about the app at WARN.
 #[derive(Clone, Copy)]
 enum Kind {
     Output,
+    Warning,
     Error,
 }
 
@@ -241,6 +261,12 @@ impl LineLogger {
         if let Some(error) = line.strip_prefix(crate::protocol::BUILD_ERROR_MARKER.as_bytes()) {
             if self.report_admitted(error.len()) {
                 self.log_line(error, Kind::Error);
+            }
+            return;
+        }
+        if let Some(warning) = line.strip_prefix(crate::protocol::WARN_ONCE_MARKER.as_bytes()) {
+            if self.budget.first_warning(warning) {
+                self.log_line(warning, Kind::Warning);
             }
             return;
         }
@@ -324,6 +350,8 @@ fn log_line(app: &str, stream: &str, line: &[u8], kind: Kind) {
     match (kind, json) {
         (Kind::Output, true) => tracing::info!(target: "guest", %app, %stream, "{text}"),
         (Kind::Output, false) => tracing::info!(target: "guest", "[{app} {stream}] {text}"),
+        (Kind::Warning, true) => tracing::warn!(target: "guest", %app, %stream, "{text}"),
+        (Kind::Warning, false) => tracing::warn!(target: "guest", "[{app} {stream}] {text}"),
         (Kind::Error, true) => tracing::error!(target: "guest", %app, %stream, "{text}"),
         (Kind::Error, false) => tracing::error!(target: "guest", "[{app} {stream}] {text}"),
     }
@@ -604,6 +632,17 @@ impl Drop for LineLogger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warning_is_logged_once_per_app_and_only_so_many() {
+        let budget = LogBudget::new(&Arc::from("app"), 1 << 20);
+        assert!(budget.first_warning(b"X is given here"));
+        assert!(!budget.first_warning(b"X is given here"));
+        for i in 1..WARNINGS_KEPT {
+            assert!(budget.first_warning(format!("other {i}").as_bytes()));
+        }
+        assert!(!budget.first_warning(b"one too many"));
+    }
     use std::time::Duration;
 
     #[test]

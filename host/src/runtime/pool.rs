@@ -411,8 +411,8 @@ impl AppPool {
             Err(_elapsed) => {
                 recycle = Some(Recycle::Timeout);
                 self.metrics.series().timeouts.inc();
-                if ex.finished() {
-                    tracing::error!(app = %self.name, "request exceeded the {:?} timeout after its whole response was handed over: the app's close() of its response, or what it runs then, did not return; instance replaced", self.limits.timeout);
+                if ex.delivered() {
+                    tracing::error!(app = %self.name, "request exceeded the {:?} timeout after its whole response was handed over: the app's code after it (its close() of the response, what that runs, or a finaliser) did not return; instance replaced", self.limits.timeout);
                 } else if ex.committed() {
                     // Often a client reading a long response slowly: the
                     // app waits for it, and --timeout counts that too.

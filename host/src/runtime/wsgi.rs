@@ -216,6 +216,13 @@ impl Exchange {
         self.committed() && self.chunk_tx.is_none()
     }
 
+    /// Whether every byte of the response is out of the guest's hands: it
+    /// handed over the whole response, or wrote all its `Content-Length`
+    /// (a client has it all even if the guest never returns after).
+    pub fn delivered(&self) -> bool {
+        self.finished() || (self.committed() && self.remaining == Some(0))
+    }
+
     /// Answer with a host page if the guest has not started a response.
     pub fn respond_error(&mut self, status: StatusCode, text: &str) {
         if let Some(tx) = self.start_tx.take() {

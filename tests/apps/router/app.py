@@ -563,6 +563,16 @@ def application(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return Result()
 
+    if path == "/stalls-after-its-length":
+        # The whole Content-Length, then a generator that never ends.
+        def body():
+            yield b"all of it\n"
+            while True:
+                time.sleep(0.05)
+
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+        return body()
+
     if path == "/tempdir":
         # Where temporary files go at run time, after the build asked (below).
         import tempfile
@@ -729,7 +739,10 @@ def application(environ, start_response):
 
     if path == "/sqlite-add":
         # /sqlite-add?PATH: add a row to a database, creating it if needed.
-        con = sqlite3.connect(query, timeout=30)
+        try:
+            con = sqlite3.connect(query, timeout=30)
+        except sqlite3.Error as e:
+            return as_json(start_response, {"error": f"{type(e).__name__}: {e}"})
         try:
             con.execute("create table if not exists t (x integer)")
             con.execute("insert into t values (1)")
