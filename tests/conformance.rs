@@ -557,3 +557,21 @@ fn connect_gets_a_definite_answer() {
     let resp = raw(s.addr, b"GET example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status_of(&resp), 400);
 }
+
+#[test]
+fn pbkdf2_and_thread_pools_work_without_openssl_or_threads() {
+    // hashlib's PBKDF2 (Django's password hasher) is filled in, and a
+    // ThreadPoolExecutor runs its tasks in the caller: WhiteNoise's
+    // compressing `collectstatic` failed at "can't start new thread".
+    let router = router();
+    let script = "import hashlib, threading, concurrent.futures as cf\n\
+                  print(hashlib.pbkdf2_hmac('sha256', b'password', b'salt', 4096).hex())\n\
+                  with cf.ThreadPoolExecutor(4) as ex:\n    \
+                  print(list(ex.map(lambda x: x * x, range(5))), threading.active_count())\n";
+    let (code, out, err) = run_bin(&["exec", router.to_str().unwrap(), "--", "-c", script]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "c5e478d59288c841aa530db6845c4c8d962893a001ce4e11a4963873aa98134a\n[0, 1, 4, 9, 16] 1\n"
+    );
+}

@@ -363,16 +363,14 @@ fn prepare_django(c: &std::path::Path, name: &str) -> Vec<String> {
     let data_grant = format!("{}::/data", data.display());
     let static_grant = format!("{}::/collected-static", statics.display());
 
+    // `manage.py ARGS` with the database's grant.
+    let manage = |args: &[&str]| {
+        let mut all = vec!["exec", &comp, "--dir", &data_grant, "--", "manage.py"];
+        all.extend(args);
+        run_bin(&all)
+    };
     // Migrations and collectstatic, as the README runs them.
-    let (code, out, err) = run_bin(&[
-        "exec",
-        &comp,
-        "--dir",
-        &data_grant,
-        "--",
-        "manage.py",
-        "migrate",
-    ]);
+    let (code, out, err) = manage(&["migrate"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("Applying notes.0001_initial... OK"), "{out}");
     assert!(data.join("db.sqlite3").is_file());
@@ -409,6 +407,17 @@ fn prepare_django(c: &std::path::Path, name: &str) -> Vec<String> {
         "a@example.com",
     ]);
     assert_eq!(code, 0, "{out}\n{err}");
+    // Another settings module than the one built in would run with the
+    // built one (and its database), so it is refused.
+    let (code, _, err) = manage(&["migrate", "--settings=mysite.production"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "--settings=mysite.production cannot take effect: Django's settings module, \
+             mysite.settings, was chosen"
+        ),
+        "{err}"
+    );
 
     vec![
         "--dir".into(),

@@ -275,6 +275,13 @@ fn the_response_ends_before_the_results_close_runs() {
         .unwrap();
     assert_eq!(r.text().unwrap(), "all of it\n");
     s.wait_for_log_count("after its whole response was handed over", 2);
+    // And a HEAD of it, whose response has no body to wait for.
+    let r = client()
+        .head(s.url("/stalls-after-its-length"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.wait_for_log_count("after its whole response was handed over", 3);
     assert!(!s.logs().contains("cut short"), "{}", s.logs());
 }
 

@@ -643,6 +643,24 @@ fn tenant_config_errors_name_file_line_and_field_before_listening() {
         assert_ne!(code, 0);
         assert!(err.contains(args[0]), "{err}");
     }
+    // A quota'd grant with another inside it: writes through the inner one
+    // would not count against the quota.
+    let outer = temp_dir("quota-outer");
+    std::fs::create_dir_all(outer.join("sub")).unwrap();
+    let (code, _, err) = run_bin(&[
+        "run",
+        &router,
+        "--dir",
+        &format!("{}::/data:quota=1MiB", outer.display()),
+        "--dir",
+        &format!("{}::/sub", outer.join("sub").display()),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("--dir \"{}::/sub\"", outer.join("sub").display()))
+            && err.contains("one of them has a quota"),
+        "{err}"
+    );
 }
 
 /// Apparent bytes of the files under `dir`.

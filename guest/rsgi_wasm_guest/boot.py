@@ -404,11 +404,57 @@ def warm_up(app: Callable, paths: List[str]) -> List[str]:
         if sink.status.startswith("5"):
             # The app's own 500 (Flask's, Django's) logs its exception to
             # stderr, not to wsgi.errors.
-            said = errors.getvalue().strip() or output.getvalue().strip()
+            said = failure_of(errors.getvalue()) or failure_of(output.getvalue())
             if said:
-                line += f" ({said.splitlines()[-1].strip()})"
+                line += f" ({said})"
         report.append(line)
+    forget_static_manifest()
     return report
+
+
+def failure_of(text: str) -> Optional[str]:
+    """The exception a 500's output names: the line that ends the last
+    traceback in it (a Django project mailing its admins on the console
+    prints the mail's rules after it), or, in the text of Django's error
+    mail, its "Exception Type" and "Exception Value"; else the last line."""
+    lines = text.strip().splitlines()
+    found = None
+    for i, line in enumerate(lines):
+        if not line.startswith("Traceback (most recent call last):"):
+            continue
+        for j in range(i + 1, len(lines)):
+            end = lines[j]
+            if not end or end[0].isspace():
+                continue
+            kind = end.partition("Exception Type: ")[2]
+            if kind and j + 1 < len(lines) and lines[j + 1].startswith("Exception Value: "):
+                end = f"{kind.split(' at ')[0]}: {lines[j + 1].partition(': ')[2]}"
+            found = end.strip()
+            break
+    return found or (lines[-1].strip() if lines else None)
+
+
+def forget_static_manifest() -> None:
+    """Django's static files storage made again at run time when a warm-up
+    made one that reads a manifest (``ManifestStaticFilesStorage``, and
+    WhiteNoise's): it read ``staticfiles.json`` in ``STATIC_ROOT``, a grant
+    that is not there at build time, as empty, and the snapshot kept that,
+    so every ``{% static %}`` failed with "Missing staticfiles manifest
+    entry" for good, whatever ``collectstatic`` wrote later. Made on first
+    use, as under gunicorn, it reads the manifest then."""
+    storage = sys.modules.get("django.contrib.staticfiles.storage")
+    mixin = getattr(storage, "ManifestFilesMixin", None)
+    lazy = getattr(storage, "staticfiles_storage", None)
+    functional = sys.modules.get("django.utils.functional")
+    if mixin is None or lazy is None or functional is None:
+        return
+    if isinstance(lazy._wrapped, mixin):
+        lazy._wrapped = functional.empty
+    # Django 4.2+ keeps each configured storage in `storages` too.
+    made = getattr(getattr(sys.modules.get("django.core.files.storage"), "storages", None), "_storages", None)
+    if isinstance(made, dict):
+        for alias in [a for a, backend in made.items() if isinstance(backend, mixin)]:
+            del made[alias]
 
 
 def check_native(native: Dict[str, str], lenient: Sequence[str] = ()) -> List[str]:

@@ -47,7 +47,13 @@ def _nobody_but_us() -> int:
 
 
 def pbkdf2_hmac(hash_name: str, password: bytes, salt: bytes, iterations: int, dklen: Optional[int] = None) -> bytes:
-    """RFC 8018 PBKDF2 with HMAC-``hash_name``, as ``hashlib.pbkdf2_hmac``."""
+    """RFC 8018 PBKDF2 with HMAC-``hash_name``, as ``hashlib.pbkdf2_hmac``
+    (this CPython has no OpenSSL, which gives the C one). Django hashes a
+    password with a million HMACs at each login: each is one call into
+    CPython's own C HMAC (``_hmac``, 3.14), and the XOR of their results is
+    taken 1,024 at a time, which halved a login's time again (3.4 s for a
+    million here with an HMAC object copied per step and a big-int XOR
+    per step; 1.7 s now)."""
     password = bytes(memoryview(password))
     salt = bytes(memoryview(salt))
     if iterations < 1:
@@ -58,23 +64,66 @@ def pbkdf2_hmac(hash_name: str, password: bytes, salt: bytes, iterations: int, d
         dklen = size
     if dklen < 1:
         raise ValueError("key length must be greater than 0.")
+    prf = _keyed_hmac(hash_name, password, base)
     blocks = []
     index = 1
     while len(blocks) * size < dklen:
         # U1 = PRF(P, S || INT(i)); Ui = PRF(P, Ui-1); T = U1 xor ... xor Uc.
-        # Copying the keyed HMAC state avoids re-keying per iteration.
-        mac = base.copy()
-        mac.update(salt + index.to_bytes(4, "big"))
-        u = mac.digest()
+        u = prf(salt + index.to_bytes(4, "big"))
         acc = int.from_bytes(u, "big")
-        for _ in range(iterations - 1):
-            mac = base.copy()
-            mac.update(u)
-            u = mac.digest()
-            acc ^= int.from_bytes(u, "big")
+        left = iterations - 1
+        while left:
+            batch = []
+            for _ in range(min(left, _FOLD)):
+                u = prf(u)
+                batch.append(u)
+            left -= len(batch)
+            acc ^= _xor_all(batch, size)
         blocks.append(acc.to_bytes(size, "big"))
         index += 1
     return b"".join(blocks)[:dklen]
+
+
+# How many PBKDF2 steps are XORed together at once (see `_xor_all`).
+_FOLD = 1024
+
+
+def _keyed_hmac(hash_name: str, password: bytes, base: "hmac.HMAC") -> Callable[[bytes], bytes]:
+    """HMAC-``hash_name`` keyed with ``password``, as one C call where
+    CPython has its own HMAC (``_hmac.compute_sha256`` and the like), else
+    by copying the keyed ``base``."""
+    try:
+        import _hmac  # type: ignore[import-not-found]
+    except ImportError:
+        _hmac = None
+    compute = getattr(_hmac, "compute_" + hash_name.lower().replace("-", ""), None)
+    if compute is not None:
+        import functools
+
+        return functools.partial(compute, password)
+
+    def prf(message: bytes) -> bytes:
+        mac = base.copy()
+        mac.update(message)
+        return mac.digest()
+
+    return prf
+
+
+def _xor_all(values: List[bytes], size: int) -> int:
+    """The XOR of ``values`` (each ``size`` bytes) as an integer: joined
+    into one number, padded to a power of two of them, and folded in
+    halves, instead of one ``int.from_bytes`` and XOR per value."""
+    count = 1
+    while count < len(values):
+        count *= 2
+    joined = b"".join(values) + bytes(size * (count - len(values)))
+    x = int.from_bytes(joined, "big")
+    while count > 1:
+        count //= 2
+        bits = size * 8 * count
+        x = (x >> bits) ^ (x & ((1 << bits) - 1))
+    return x
 
 
 # What `makedirs` adds to the error for a path no grant holds (once: it
@@ -379,10 +428,76 @@ class _Fixed:
         return getattr(self.loader, name)
 
 
+def django_makedirs_naming_the_grant(module) -> None:
+    """Django's own copy of ``makedirs`` (``django.utils._os``, which its
+    file-based cache and ``safe_makedirs`` use) answered as ``os.makedirs``
+    is: it too climbed to ``/`` and named that instead of the missing
+    grant."""
+    if not getattr(module.makedirs, "_rsgi_wasm", False):
+        module.makedirs = makedirs_naming_the_grant(module.makedirs)
+
+
+def inline_thread_pool(module) -> None:
+    """``ThreadPoolExecutor`` running each task in the caller, at
+    ``submit``: an app cannot start a thread here, so every pool failed at
+    its first task (WhiteNoise's compressing ``collectstatic``, libraries'
+    ``executor.map``). Tasks run one after another, so a task that waits
+    for a later one fails (see the waits in docs/conformance.md) instead
+    of running. WASI only: elsewhere threads start."""
+    real = module.ThreadPoolExecutor
+    if sys.platform != "wasi" or getattr(real, "_rsgi_wasm", False):
+        return
+    inline = module.ThreadPoolExecutor = inline_pool_class(real, module.BrokenThreadPool)
+    # The package keeps the class once asked for it.
+    package = sys.modules.get("concurrent.futures")
+    if package is not None and vars(package).get("ThreadPoolExecutor") is real:
+        package.ThreadPoolExecutor = inline
+
+
+def inline_pool_class(real: type, broken: type) -> type:
+    """A subclass of the pool ``real`` whose tasks run at ``submit``."""
+    from concurrent.futures import Future
+
+    class ThreadPoolExecutor(real):  # type: ignore[misc, valid-type]
+        _rsgi_wasm = True
+
+        def __init__(self, max_workers=None, thread_name_prefix="", initializer=None, initargs=(), **kwargs):
+            super().__init__(max_workers, thread_name_prefix, **kwargs)
+            self._initializer_left = (initializer, initargs)
+
+        def submit(self, fn, /, *args, **kwargs):
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            initializer, initargs = self._initializer_left
+            if initializer is not None:
+                self._initializer_left = (None, ())
+                try:
+                    initializer(*initargs)
+                except BaseException:
+                    self._shutdown = True
+                    raise broken("A thread initializer failed, the thread pool is not usable anymore") from None
+            future = Future()
+            future.set_running_or_notify_cancel()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as e:
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+            return future
+
+    ThreadPoolExecutor.__qualname__ = real.__qualname__
+    ThreadPoolExecutor.__module__ = real.__module__
+    return ThreadPoolExecutor
+
+
 FIXES: Dict[str, Callable] = {
     "urllib3.util.connection": urllib3_may_ask_for_ipv6,
     # `sqlite3` takes `connect` from here by `import *`, after the fix.
     "sqlite3.dbapi2": sqlite_connect_explained,
+    "django.utils._os": django_makedirs_naming_the_grant,
+    # `concurrent.futures` takes the pool from here when first asked.
+    "concurrent.futures.thread": inline_thread_pool,
 }
 
 
@@ -662,13 +777,13 @@ def makedirs_naming_the_grant(real: Callable) -> Callable:
         path = os.fsdecode(path) if isinstance(path, (str, bytes)) else ""
         return os.path.normpath("/" + path.lstrip("/")) if path.startswith("/") else None
 
-    def makedirs(name, mode=0o777, exist_ok=False):
+    def makedirs(name, mode=0o777, exist_ok=False, **kwargs):
         if rooted(os.fspath(name)) == "/":
             if exist_ok:
                 return None
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
         try:
-            return real(name, mode, exist_ok)
+            return real(name, mode, exist_ok, **kwargs)
         except FileNotFoundError as e:
             failed = rooted(e.filename)
             if failed is None or failed == "/" or os.path.dirname(failed) != "/" or NO_GRANT in (e.strerror or ""):
@@ -703,6 +818,33 @@ def overridden_lookups() -> List[str]:
     environment gives otherwise: what the import made of them (Django's
     settings module) is in the snapshot, whatever `--env` says now."""
     return [k for k, v in IMPORT_LOOKUPS.items() if os.environ.get(k) != v]
+
+
+def django_settings_refusal(argv: List[str]) -> Optional[str]:
+    """Why ``manage.py ... --settings X`` cannot do what it says, if it
+    names another settings module than the one the import chose (at build
+    time, with its database): it would run with that one, silently."""
+    if not argv or not (os.path.basename(argv[0]) == "manage.py" or argv[:2] == ["-m", "django"]):
+        return None
+    settings = getattr(sys.modules.get("django.conf"), "settings", None)
+    if settings is None or not settings.configured:
+        return None
+    given = None
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--settings" and i + 1 < len(argv):
+            given = argv[i + 1]
+        elif arg.startswith("--settings="):
+            given = arg.partition("=")[2]
+    chosen = getattr(settings, "SETTINGS_MODULE", None)
+    if given is None or given == chosen:
+        return None
+    return (
+        f"--settings={given} cannot take effect: Django's settings module, {chosen}, was chosen "
+        "when the app was imported, at build time, and this command would run with it (its "
+        f"database included); build a component whose wsgi.py names {given} to use those settings"
+    )
 
 
 def overridden_warning() -> Optional[str]:

@@ -155,6 +155,10 @@ def make_command(roots: List[Tuple[str, str]], load_app: Optional[Callable[[], C
             compat.restore_import_environ()
             if list(argv) == [IMPORT_CHECK]:
                 return script.check_import(load_app)
+            refusal = compat.django_settings_refusal(list(argv))
+            if refusal is not None:
+                print(f"rsgi-wasm: error: {refusal}", file=sys.stderr)
+                return 2
             warning = compat.overridden_warning()
             if warning is not None:
                 print(f"rsgi-wasm: warning: {warning}", file=sys.stderr)

@@ -135,6 +135,67 @@ class InputStreamTest(unittest.TestCase):
         self.assertTrue(s.disconnected)
 
 
+class WarmUpFailures(unittest.TestCase):
+    def test_the_exception_that_ends_the_last_traceback_is_named(self):
+        from rsgi_wasm_guest.boot import failure_of
+
+        self.assertEqual(failure_of("one\ntwo\n"), "two")
+        self.assertIsNone(failure_of(""))
+        text = (
+            "Traceback (most recent call last):\n  File \"a.py\", line 1, in f\n    g()\n"
+            "KeyError: 'a'\n\nDuring handling of the above exception, another exception occurred:\n\n"
+            "Traceback (most recent call last):\n  File \"b.py\", line 2, in g\n"
+            "ValueError: Missing staticfiles manifest entry for 'x.css'\n"
+            + "-" * 79 + "\n"
+        )
+        self.assertEqual(failure_of(text), "ValueError: Missing staticfiles manifest entry for 'x.css'")
+        mail = (
+            "Subject: [Django] ERROR\n\nTraceback (most recent call last):\n  File \"v.py\", line 3\n\n"
+            "Exception Type: ValueError at /admin/login/\nException Value: Missing entry\n" + "-" * 79
+        )
+        self.assertEqual(failure_of(mail), "ValueError: Missing entry")
+
+    def test_a_manifest_storage_made_at_build_is_made_again_at_run_time(self):
+        import sys
+        import types
+
+        from rsgi_wasm_guest.boot import forget_static_manifest
+
+        empty = object()
+
+        class ManifestFilesMixin:
+            pass
+
+        class Manifest(ManifestFilesMixin):
+            pass
+
+        storage = types.ModuleType("django.contrib.staticfiles.storage")
+        storage.ManifestFilesMixin = ManifestFilesMixin
+        storage.staticfiles_storage = types.SimpleNamespace(_wrapped=Manifest())
+        functional = types.ModuleType("django.utils.functional")
+        functional.empty = empty
+        files = types.ModuleType("django.core.files.storage")
+        other = object()
+        files.storages = types.SimpleNamespace(_storages={"staticfiles": Manifest(), "default": other})
+        names = ["django.contrib.staticfiles.storage", "django.utils.functional", "django.core.files.storage"]
+        saved = {n: sys.modules.get(n) for n in names}
+        sys.modules.update(zip(names, [storage, functional, files]))
+        try:
+            forget_static_manifest()
+            self.assertIs(storage.staticfiles_storage._wrapped, empty)
+            self.assertEqual(files.storages._storages, {"default": other})
+            plain = object()
+            storage.staticfiles_storage._wrapped = plain
+            forget_static_manifest()
+            self.assertIs(storage.staticfiles_storage._wrapped, plain)
+        finally:
+            for n, m in saved.items():
+                if m is None:
+                    sys.modules.pop(n, None)
+                else:
+                    sys.modules[n] = m
+
+
 class BodyErrorTest(unittest.TestCase):
     def test_werkzeug_s_classes_are_taken_on_once_it_is_imported(self):
         import sys

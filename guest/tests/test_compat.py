@@ -14,6 +14,9 @@ class Pbkdf2(unittest.TestCase):
             ("sha1", b"password", b"salt", 2, 20),
             ("sha256", b"p", b"s", 3, 77),
             ("sha512", b"x", bytearray(b"y"), 10, None),
+            # Past one fold of steps, and not a whole number of them.
+            ("sha256", b"pw", b"salt", 2 * compat._FOLD + 3, None),
+            ("sha1", b"pw", b"salt", compat._FOLD + 1, 45),
         ]:
             self.assertEqual(pbkdf2_hmac(*args), hashlib.pbkdf2_hmac(*args), args)
 
@@ -22,6 +25,17 @@ class Pbkdf2(unittest.TestCase):
             pbkdf2_hmac("sha1", b"password", b"salt", 4096).hex(),
             "4b007901b765489abead49d926f721d065a429c1",
         )
+
+    def test_the_xor_of_many_is_that_of_each(self):
+        import functools
+        import operator
+        import random
+
+        rng = random.Random(7)
+        for n in (1, 2, 3, 5, 1024, 1025):
+            values = [rng.randbytes(32) for _ in range(n)]
+            each = functools.reduce(operator.xor, (int.from_bytes(v, "big") for v in values))
+            self.assertEqual(compat._xor_all(values, 32), each, n)
 
     def test_bad_arguments(self):
         with self.assertRaises(ValueError):
@@ -198,6 +212,67 @@ class Ipv6Probe(unittest.TestCase):
                 for k in [k for k in sys.modules if k == "urllib3" or k.startswith("urllib3.")]:
                     del sys.modules[k]
                 sys.modules.update(saved)
+
+
+class InlinePool(unittest.TestCase):
+    def test_tasks_run_at_submit_in_the_caller(self):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures.thread import BrokenThreadPool
+
+        pool_class = compat.inline_pool_class(ThreadPoolExecutor, BrokenThreadPool)
+        ran = []
+        with pool_class(4, initializer=ran.append, initargs=("init",)) as pool:
+            self.assertIsInstance(pool, ThreadPoolExecutor)
+            here = threading.get_ident()
+            future = pool.submit(lambda x: (threading.get_ident(), x * 2), 21)
+            self.assertTrue(future.done())
+            self.assertEqual(future.result(), (here, 42))
+            self.assertEqual(list(pool.map(str.upper, ["a", "b"])), ["A", "B"])
+            failed = pool.submit(int, "x")
+            self.assertIsInstance(failed.exception(), ValueError)
+        self.assertEqual(ran, ["init"])
+        self.assertEqual(threading.active_count(), 1)
+        with self.assertRaises(RuntimeError):
+            pool.submit(print)
+
+        def broken_init():
+            raise OSError("no")
+
+        pool = pool_class(initializer=broken_init)
+        with self.assertRaises(BrokenThreadPool):
+            pool.submit(print)
+        with self.assertRaises(ValueError):
+            pool_class(0)
+
+
+class DjangoSettingsFlag(unittest.TestCase):
+    def test_another_settings_module_than_the_built_one_is_refused(self):
+        import sys
+        import types
+
+        conf = types.ModuleType("django.conf")
+        conf.settings = types.SimpleNamespace(configured=True, SETTINGS_MODULE="shop.settings")
+        saved = sys.modules.get("django.conf")
+        sys.modules["django.conf"] = conf
+        try:
+            refuse = compat.django_settings_refusal
+            self.assertIn(
+                "--settings=shop.prod cannot take effect: Django's settings module, shop.settings",
+                refuse(["manage.py", "migrate", "--settings", "shop.prod"]),
+            )
+            self.assertIsNotNone(refuse(["-m", "django", "check", "--settings=shop.prod"]))
+            self.assertIsNone(refuse(["manage.py", "migrate", "--settings=shop.settings"]))
+            self.assertIsNone(refuse(["manage.py", "migrate"]))
+            self.assertIsNone(refuse(["tool.py", "--settings", "x.yaml"]))
+            self.assertIsNone(refuse(["manage.py", "shell", "--", "--settings=x"]))
+            conf.settings.configured = False
+            self.assertIsNone(refuse(["manage.py", "migrate", "--settings", "shop.prod"]))
+        finally:
+            if saved is None:
+                del sys.modules["django.conf"]
+            else:
+                sys.modules["django.conf"] = saved
 
 
 class FirstRequest(unittest.TestCase):

@@ -211,7 +211,9 @@ pub fn parse_target(target: &str) -> Result<(String, String), UserError> {
         None if target.ends_with(".py") => return Err(usage()),
         None => (target, "application"),
     };
-    if module.is_empty() || !module.split('.').all(is_identifier) {
+    // `app.py:app` parses as the module `py` of a package `app`, which no
+    // one means.
+    if module.is_empty() || !module.split('.').all(is_identifier) || module.ends_with(".py") {
         return Err(usage());
     }
     let callable_path = match callable.split_once('(') {
@@ -820,6 +822,7 @@ mod tests {
             "\"app/app.py:app\" names a file; the app is named by its module: `-p app app:app`"
         );
         assert!(hint("./wsgi.py").ends_with(": `wsgi:application`"));
+        assert!(hint("fsapp.py:app").ends_with(": `fsapp:app`"));
         assert!(hint("/srv/x/my-app.py:app").contains("is not MODULE:CALLABLE"));
         let dir = tempfile::tempdir().unwrap();
         let pkg = dir.path().join("proj");

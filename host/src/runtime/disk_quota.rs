@@ -213,6 +213,36 @@ impl Ledger {
         Ok(Self::new(budget, tree_usage(root)?))
     }
 
+    /// The ledger of app `app`'s grant of `root` (seen at `place`) with a
+    /// quota of `limit`: the one an earlier load of the same app still
+    /// holds, if any (a reload's new version serves while the old one
+    /// finishes its requests; each with a ledger of its own, counted apart,
+    /// the two could fill the tree to twice the quota), else a new one
+    /// charged for what the tree holds.
+    pub fn of_grant(app: &str, place: &str, limit: u64, root: &Path) -> std::io::Result<Arc<Self>> {
+        type Key = (String, FileId, u64);
+        static LIVE: Mutex<Vec<(Key, std::sync::Weak<Ledger>)>> = Mutex::new(Vec::new());
+        let st = rustix::fs::stat(root)?;
+        let key: Key = (app.to_owned(), (st.st_dev, st.st_ino), limit);
+        let live = |live: &mut Vec<(Key, std::sync::Weak<Ledger>)>| {
+            live.retain(|(_, l)| l.strong_count() > 0);
+            live.iter()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, l)| l.upgrade())
+        };
+        if let Some(ledger) = live(&mut LIVE.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(ledger);
+        }
+        // Walked unlocked: other apps' loads need not wait for this tree.
+        let ledger = Self::for_tree(Budget::of_app(limit, app, place), root)?;
+        let mut all = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(earlier) = live(&mut all) {
+            return Ok(earlier);
+        }
+        all.push((key, Arc::downgrade(&ledger)));
+        Ok(ledger)
+    }
+
     /// Serialise namespace changes in this tree (see `namespace`).
     pub fn lock_namespace(
         &self,
@@ -700,6 +730,26 @@ mod tests {
         let l = Ledger::for_tree(budget.clone(), dir.path()).unwrap();
         assert_eq!(l.used(), 5 * BLOCK);
         assert_eq!(l.reserve(1), Err(Full));
+    }
+
+    #[test]
+    fn a_reload_shares_the_ledger_of_the_load_still_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), vec![0u8; 5000]).unwrap();
+        let first = Ledger::of_grant("t", "/data", 1 << 20, dir.path()).unwrap();
+        let again = Ledger::of_grant("t", "/data", 1 << 20, dir.path()).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        again.reserve(BLOCK).unwrap();
+        assert_eq!(first.used(), 3 * BLOCK);
+        // Another app, or another quota, counts on its own.
+        let other = Ledger::of_grant("u", "/data", 1 << 20, dir.path()).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        let bigger = Ledger::of_grant("t", "/data", 2 << 20, dir.path()).unwrap();
+        assert!(!Arc::ptr_eq(&first, &bigger));
+        // Once no load holds it, the next walks the tree again.
+        drop((first, again));
+        let fresh = Ledger::of_grant("t", "/data", 1 << 20, dir.path()).unwrap();
+        assert_eq!(fresh.used(), 2 * BLOCK);
     }
 
     #[test]

@@ -217,10 +217,12 @@ impl Exchange {
     }
 
     /// Whether every byte of the response is out of the guest's hands: it
-    /// handed over the whole response, or wrote all its `Content-Length`
-    /// (a client has it all even if the guest never returns after).
+    /// handed over the whole response, wrote all its `Content-Length`, or
+    /// the response has no body (HEAD, 204, 304): a client has it all even
+    /// if the guest never returns after.
     pub fn delivered(&self) -> bool {
-        self.finished() || (self.committed() && self.remaining == Some(0))
+        let no_body = !self.body_allowed || self.head_method;
+        self.finished() || (self.committed() && (no_body || self.remaining == Some(0)))
     }
 
     /// Answer with a host page if the guest has not started a response.
