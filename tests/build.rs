@@ -825,6 +825,13 @@ def application(environ, start_response):
         dir.join("held.txt").display()
     );
     assert!(logs.contains(&held), "{held:?} not in\n{logs}");
+    // And, as what the import wrote in the app's directory, that writing
+    // there fails at run time.
+    let wrote = format!(
+        "the import or a warm-up request wrote {} in the app's own directory",
+        dir.join("held.txt").display()
+    );
+    assert!(logs.contains(&wrote), "{wrote:?} not in\n{logs}");
     // Read per request (the warm-up's included), the build's own, or
     // then set by the app itself (Django's settings module).
     for not_named in [

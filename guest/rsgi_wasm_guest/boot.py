@@ -87,9 +87,12 @@ def tell(message: str) -> None:
     from .compat import report_stream
 
     # What componentize-py keeps of stderr has room for about this much
-    # after the app's own output; a traceback's end says the most.
+    # after the app's own output: the start says what failed and the
+    # app's own line, a traceback's end why.
     if len(message) > REPORT_MAX:
-        message = "... (the start is cut)\n" + message[-REPORT_MAX:]
+        head = REPORT_MAX // 4
+        cut = len(message) - REPORT_MAX
+        message = f"{message[:head]}\n... ({cut} characters cut)\n{message[head + cut:]}"
     message = message.rstrip("\n")
     print(MARKER + message.replace("\n", "\n" + MARKER), file=report_stream(), flush=True)
 
@@ -131,6 +134,13 @@ def import_app_module(module: str, mounts: Sequence[Tuple[str, str]], native: Di
         if missing == module or module.startswith(missing + "."):
             dirs = ", ".join(host for _, host in mounts) or "(none)"
             raise BuildError(f"module {module!r} not found; looked in the app paths: {dirs} (add the right directory with -p)") from None
+        if missing.partition(".")[0] in sys.stdlib_module_names:
+            # `fcntl`, `_ctypes`: no requirement can add them.
+            raise BuildError(
+                f"importing {module!r} failed: {_importer(e, mounts)} imports {missing!r}, a module of "
+                "the standard library that CPython for WASI does not have (docs/conformance.md lists "
+                f"them), so that code cannot run in the sandbox\n{_app_frames(e, mounts)}"
+            ) from None
         raise BuildError(
             f"importing {module!r} failed: module {missing!r} is not installed "
             f"(add it to requirements.txt, or with -p if it is your own code)\n{_app_frames(e, mounts)}"
@@ -139,11 +149,27 @@ def import_app_module(module: str, mounts: Sequence[Tuple[str, str]], native: Di
         raise BuildError(f"importing {module!r} raised {type(e).__name__}: {e}\n{_app_frames(e, mounts)}") from None
 
 
+def _importer(e: BaseException, mounts: Sequence[Tuple[str, str]]) -> str:
+    """Where the import that failed with ``e`` was written: the last frame
+    of its traceback outside the import machinery."""
+    last = None
+    tb = e.__traceback__
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith("<"):
+            last = tb
+        tb = tb.tb_next
+    if last is None:
+        return "the app"
+    return f"{_host_path(last.tb_frame.f_code.co_filename, mounts)}:{last.tb_lineno}"
+
+
 # What `record_environ_reads` notes for a read of every variable at once.
 WHOLE_ENVIRONMENT = "(the whole environment)"
 
 
-def record_environ_reads(own_dirs: Sequence[str]) -> Callable[[], Dict[str, Tuple[str, int]]]:
+def record_environ_reads(
+    own_dirs: Sequence[str], everything: Optional[Dict[str, None]] = None
+) -> Callable[[], Dict[str, Tuple[str, int]]]:
     """Start noting the variables the app's code looks up in the
     environment and does not find (``os.environ[...]``, ``.get``,
     ``os.getenv``, ``in``, and a library's helper called by the app, such
@@ -154,7 +180,10 @@ def record_environ_reads(own_dirs: Sequence[str]) -> Callable[[], Dict[str, Tupl
     an empty environment: what it read is in the snapshot, and ``--env``
     at run time never reaches it. Left out: a dependency reading its own
     settings as it is imported, and the standard library's lookups
-    (``tempfile``'s ``TMPDIR``)."""
+    (``tempfile``'s ``TMPDIR``). ``everything`` gets those of dependencies
+    too (sentry-sdk's ``SENTRY_DSN``, read by the ``init`` the app calls):
+    not for the build's advice, but `--env` at run time cannot change what
+    they made of them either (see ``compat.overridden_lookups``)."""
     import _collections_abc
     import os
 
@@ -164,14 +193,18 @@ def record_environ_reads(own_dirs: Sequence[str]) -> Callable[[], Dict[str, Tupl
     # and Mapping's methods (frozen modules, named so).
     lookups = {os.getenv.__code__.co_filename, _collections_abc.Mapping.get.__code__.co_filename}
     prefixes = tuple(d.rstrip("/") + "/" for d in own_dirs)
+    # This adapter's own lookups (`SERVER_SOFTWARE`, set as gunicorn does).
+    adapter = os.path.dirname(os.path.abspath(__file__)) + "/"
     read: Dict[str, Tuple[str, int]] = {}
 
     def note(key: str) -> None:
         frame = sys._getframe(2)
         while frame is not None and frame.f_code.co_filename in lookups:
             frame = frame.f_back
-        if frame is None or frame.f_code.co_filename.startswith(("/python/", "<")):
+        if frame is None or frame.f_code.co_filename.startswith(("/python/", "<", adapter)):
             return
+        if everything is not None:
+            everything[key] = None
         direct = True
         while frame is not None:
             name = frame.f_code.co_filename
@@ -261,6 +294,43 @@ def open_files_warning(own_dirs: Sequence[str], mounts: Sequence[Tuple[str, str]
         "descriptor), and the app's directories are read-only then. Open it when a request needs "
         "it, in a --dir grant (logging: FileHandler(path, delay=True))"
         for name in held
+    ]
+
+
+# Files a build writes in the app's directories that are reported anyway:
+# bytecode, and SQLite databases (named as not shipped, by the host).
+_REPORTED_ELSEWHERE = (".pyc", ".sqlite3", ".sqlite", ".db", "-journal")
+
+
+def written_at_build_warning(own_dirs: Sequence[str], mounts: Sequence[Tuple[str, str]], since: float) -> List[str]:
+    """A warning naming what the import or a warm-up wrote in the app's
+    own directories (files, and directories left empty), which are
+    writable at build time only: a library that keeps its state there
+    (Flask-Session's ``flask_session``, a file cache beside the code)
+    silently loses every write at run time."""
+    import os
+
+    written = []
+    for top in own_dirs:
+        for root, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for name in files if files else ([""] if not dirs and root != top else []):
+                path = os.path.join(root, name) if name else root
+                if name.endswith(_REPORTED_ELSEWHERE):
+                    continue
+                try:
+                    if os.stat(path).st_mtime >= since:
+                        written.append(path)
+                except OSError:
+                    continue
+    if not written:
+        return []
+    shown = ", ".join(_host_path(p, mounts) for p in sorted(written)[:5])
+    more = f" and {len(written) - 5} more" if len(written) > 5 else ""
+    return [
+        f"warning: the import or a warm-up request wrote {shown}{more} in the app's own directory, "
+        "which is read-only at run time, so writing there fails then (Flask-Session's filesystem "
+        "sessions, a file cache): keep such files in a --dir grant, or in /tmp"
     ]
 
 
@@ -396,10 +466,16 @@ def warm_up(app: Callable, paths: List[str]) -> List[str]:
         saved = sys.stdout, sys.stderr
         output = io.StringIO()
         sys.stdout = sys.stderr = output
+        # Logging handlers made at import hold the streams of then.
+        handlers = _stream_handlers(saved)
+        for handler in handlers:
+            handler.stream = output
         try:
             protocol.run(app, environ, sink)
         finally:
             sys.stdout, sys.stderr = saved
+            for handler, stream in handlers.items():
+                handler.stream = stream
         line = f"warm-up GET {target}: {sink.status or 'no response'}"
         if sink.status.startswith("5"):
             # The app's own 500 (Flask's, Django's) logs its exception to
@@ -412,6 +488,19 @@ def warm_up(app: Callable, paths: List[str]) -> List[str]:
     return report
 
 
+def _stream_handlers(streams: Tuple[Any, ...]) -> Dict[Any, Any]:
+    """The logging handlers writing to one of ``streams``, with theirs."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return {}
+    found = {}
+    for ref in list(getattr(logging, "_handlerList", ())):
+        handler = ref()
+        if isinstance(handler, logging.StreamHandler) and any(handler.stream is s for s in streams):
+            found[handler] = handler.stream
+    return found
+
+
 def failure_of(text: str) -> Optional[str]:
     """The exception a 500's output names: the line that ends the last
     traceback in it (a Django project mailing its admins on the console
@@ -420,6 +509,14 @@ def failure_of(text: str) -> Optional[str]:
     lines = text.strip().splitlines()
     found = None
     for i, line in enumerate(lines):
+        if line.lstrip().startswith("+ Exception Group Traceback"):
+            # A group's own line is the first `| Name: ...` after it.
+            for end in lines[i + 1 :]:
+                head = end.strip().removeprefix("| ")
+                if end.strip().startswith("| ") and head[:1].isalpha() and ": " in head:
+                    found = head
+                    break
+            continue
         if not line.startswith("Traceback (most recent call last):"):
             continue
         for j in range(i + 1, len(lines)):
@@ -431,7 +528,9 @@ def failure_of(text: str) -> Optional[str]:
                 end = f"{kind.split(' at ')[0]}: {lines[j + 1].partition(': ')[2]}"
             found = end.strip()
             break
-    return found or (lines[-1].strip() if lines else None)
+    if found is None and lines:
+        return f"no traceback; its last output: {lines[-1].strip()}"
+    return found
 
 
 def forget_static_manifest() -> None:
@@ -715,7 +814,14 @@ def boot(
         app = LiveApp(module, expr, mounts, native, own_dirs, keep)
         report.append("live: each instance imports the app as it starts, from its directories as they are then")
     else:
-        stop_recording = record_environ_reads(own_dirs)
+        everything: Dict[str, None] = {}
+        stop_recording = record_environ_reads(own_dirs, everything)
+        import time
+
+        # Less a second: file times come from the kernel's coarse clock,
+        # a tick behind `time.time()`; the app's files were copied, with
+        # their own times, seconds before (linking comes first).
+        import_started = time.time() - 1
         import os
 
         before = dict(os.environ)
@@ -744,10 +850,13 @@ def boot(
         compat.IMPORT_ENVIRON = {
             k: v for k, v in os.environ.items() if before.get(k) != v and k != "SERVER_SOFTWARE"
         } or None
-        compat.IMPORT_LOOKUPS = {k: os.environ.get(k) for k in looked_up if k != WHOLE_ENVIRONMENT}
+        compat.IMPORT_LOOKUPS = {
+            k: os.environ.get(k) for k in [*looked_up, *everything] if k != WHOLE_ENVIRONMENT
+        }
         compat.FIRST_REQUEST_PENDING = bool(compat.IMPORT_ENVIRON or compat.IMPORT_LOOKUPS)
         report += warm_up(app, warmup)
         report += open_files_warning(own_dirs, mounts)
+        report += written_at_build_warning(own_dirs, mounts, import_started)
     forget_build_tempdir()
     # The snapshot is taken after boot returns, with no Python running:
     # from here on the calls are the app's, at run time.

@@ -34,6 +34,7 @@ import errno
 import hashlib
 import hmac
 import io
+import operator
 import os
 import sys
 from typing import Callable, Dict, List, Optional
@@ -54,16 +55,25 @@ def pbkdf2_hmac(hash_name: str, password: bytes, salt: bytes, iterations: int, d
     taken 1,024 at a time, which halved a login's time again (3.4 s for a
     million here with an HMAC object copied per step and a big-int XOR
     per step; 1.7 s now)."""
+    if not isinstance(hash_name, str):
+        raise TypeError(f"pbkdf2_hmac() argument 'hash_name' must be str, not {type(hash_name).__name__}")
     password = bytes(memoryview(password))
     salt = bytes(memoryview(salt))
+    iterations = operator.index(iterations)
     if iterations < 1:
         raise ValueError("iteration value must be greater than 0.")
+    # OpenSSL's bounds: past them the loop would run for ever, not fail.
+    if iterations > 0xFFFFFFFF:
+        raise OverflowError("iteration value is too great.")
     base = hmac.new(password, digestmod=hash_name)
     size = base.digest_size
     if dklen is None:
         dklen = size
+    dklen = operator.index(dklen)
     if dklen < 1:
         raise ValueError("key length must be greater than 0.")
+    if dklen > 0xFFFFFFFF:
+        raise OverflowError("key length is too great.")
     prf = _keyed_hmac(hash_name, password, base)
     blocks = []
     index = 1
@@ -320,6 +330,12 @@ def sqlite_hint(path: str) -> Optional[str]:
     sandbox's doing: a database beside the app's code (Django's default
     ``BASE_DIR / "db.sqlite3"``) or in a directory no grant holds."""
     grant = "keep the database in a --dir grant (for example --dir ./data::/data, and /data/db.sqlite3)"
+    if _Network.building and not is_code_mount(path):
+        return (
+            f"{path} was opened while the app was imported, at build time, when no --dir grant "
+            "exists: connect when a request needs it, and create tables with rsgi-wasm exec "
+            "(Flask-SQLAlchemy's db.create_all() at import cannot run)"
+        )
     if is_code_mount(path):
         return f"{path} is among the app's own files, which are read-only in the sandbox: {grant}"
     top = "/" + path.split("/")[1]
@@ -428,6 +444,26 @@ class _Fixed:
         return getattr(self.loader, name)
 
 
+def path_mkdir_naming_the_grant(real: Callable) -> Callable:
+    """``pathlib.Path.mkdir(parents=True)`` naming the missing grant, as
+    ``os.makedirs`` does (see ``makedirs_naming_the_grant``): it climbs to
+    ``/``, which WASI does not have, and named that."""
+
+    def mkdir(self, mode=0o777, parents=False, exist_ok=False):
+        try:
+            return real(self, mode, parents, exist_ok)
+        except FileNotFoundError as e:
+            path = os.fspath(self)
+            if not (parents and e.filename == "/" and path.startswith("/") and path.strip("/")):
+                raise
+            first = "/" + path.strip("/").split("/")[0]
+            raise FileNotFoundError(e.errno, f"{e.strerror} {NO_GRANT}", first) from None
+
+    mkdir.__doc__ = real.__doc__
+    mkdir._rsgi_wasm = True
+    return mkdir
+
+
 def django_makedirs_naming_the_grant(module) -> None:
     """Django's own copy of ``makedirs`` (``django.utils._os``, which its
     file-based cache and ``safe_makedirs`` use) answered as ``os.makedirs``
@@ -435,6 +471,52 @@ def django_makedirs_naming_the_grant(module) -> None:
     grant."""
     if not getattr(module.makedirs, "_rsgi_wasm", False):
         module.makedirs = makedirs_naming_the_grant(module.makedirs)
+
+
+NO_THREADS = "the rsgi-wasm sandbox runs no threads (WASI has none): see docs/conformance.md"
+
+
+def thread_start_explained(real: Callable) -> Callable:
+    """``Thread.start`` saying why it cannot start, and, at run time, having
+    the host warn once per app of the code that tried: libraries that
+    catch the error and carry on (sentry-sdk's sending worker) otherwise
+    drop what the thread was for without a word."""
+
+    def start(self):
+        try:
+            return real(self)
+        except RuntimeError as e:
+            if "can't start new thread" not in str(e):
+                raise
+            if not _Network.building:
+                frame = sys._getframe(1)
+                while frame is not None and frame.f_code.co_filename.endswith("threading.py"):
+                    frame = frame.f_back
+                where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else "the app"
+                hint = (
+                    "; sentry-sdk drops every event so: give sentry_sdk.init a transport that "
+                    "sends in the request (docs/conformance.md)"
+                    if "sentry_sdk" in where
+                    else ""
+                )
+                warn_once(
+                    f"{where} tried to start a thread, which cannot run in the rsgi-wasm sandbox "
+                    f"(WASI has no threads): what it was to do in the background does not happen{hint}"
+                )
+            raise RuntimeError(f"can't start new thread: {NO_THREADS}") from None
+
+    start.__doc__ = real.__doc__
+    start._rsgi_wasm = True
+    return start
+
+
+def warn_once(text: str) -> None:
+    """Have the host log ``text`` as a warning, once per app."""
+    try:
+        sys.stderr.write(f"{WARN_ONCE}{text}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # a closed stderr is the app's to report
 
 
 def inline_thread_pool(module) -> None:
@@ -824,7 +906,7 @@ def django_settings_refusal(argv: List[str]) -> Optional[str]:
     """Why ``manage.py ... --settings X`` cannot do what it says, if it
     names another settings module than the one the import chose (at build
     time, with its database): it would run with that one, silently."""
-    if not argv or not (os.path.basename(argv[0]) == "manage.py" or argv[:2] == ["-m", "django"]):
+    if not argv or not (argv[:2] == ["-m", "django"] or _runs_django_commands(argv[0])):
         return None
     settings = getattr(sys.modules.get("django.conf"), "settings", None)
     if settings is None or not settings.configured:
@@ -838,13 +920,26 @@ def django_settings_refusal(argv: List[str]) -> Optional[str]:
         elif arg.startswith("--settings="):
             given = arg.partition("=")[2]
     chosen = getattr(settings, "SETTINGS_MODULE", None)
-    if given is None or given == chosen:
+    # An empty one means the default, as natively.
+    if not given or given == chosen:
         return None
     return (
         f"--settings={given} cannot take effect: Django's settings module, {chosen}, was chosen "
         "when the app was imported, at build time, and this command would run with it (its "
         f"database included); build a component whose wsgi.py names {given} to use those settings"
     )
+
+
+def _runs_django_commands(script: str) -> bool:
+    """Whether ``script`` is Django's command line: ``manage.py``, or any
+    script handing its arguments to ``execute_from_command_line``."""
+    if os.path.basename(script) == "manage.py":
+        return True
+    try:
+        with open(script, encoding="utf-8", errors="replace") as f:
+            return "execute_from_command_line" in f.read(1 << 20)
+    except OSError:
+        return False
 
 
 def overridden_warning() -> Optional[str]:
@@ -881,11 +976,7 @@ def first_request() -> None:
     restore_import_environ()
     warning = overridden_warning()
     if warning is not None:
-        try:
-            sys.stderr.write(f"{WARN_ONCE}{warning}\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass  # a closed stderr is the app's to report
+        warn_once(warning)
 
 
 def restore_import_environ() -> None:
@@ -921,6 +1012,8 @@ def install() -> None:
     import threading
 
     threading.Condition.wait = single_threaded_wait  # type: ignore[method-assign]
+    if sys.platform == "wasi" and not getattr(threading.Thread.start, "_rsgi_wasm", False):
+        threading.Thread.start = thread_start_explained(threading.Thread.start)  # type: ignore[method-assign]
     # `threading.Lock()` only: `_thread`'s stays for importlib's own locks.
     threading.Lock = SingleThreadedLock  # type: ignore[misc, assignment]
     import queue
@@ -931,6 +1024,10 @@ def install() -> None:
         os.times = times
     if not getattr(os.makedirs, "_rsgi_wasm", False):
         os.makedirs = makedirs_naming_the_grant(os.makedirs)
+    import pathlib
+
+    if not getattr(pathlib.Path.mkdir, "_rsgi_wasm", False):
+        pathlib.Path.mkdir = path_mkdir_naming_the_grant(pathlib.Path.mkdir)  # type: ignore[method-assign]
     if not hasattr(hashlib, "pbkdf2_hmac"):
         hashlib.pbkdf2_hmac = pbkdf2_hmac
     for name in ID_FUNCTIONS:

@@ -135,11 +135,36 @@ class InputStreamTest(unittest.TestCase):
         self.assertTrue(s.disconnected)
 
 
+class BuildReport(unittest.TestCase):
+    def test_a_long_failure_keeps_its_start_and_its_end(self):
+        import io
+        from unittest import mock
+
+        from rsgi_wasm_guest import boot
+
+        message = "importing 'app' raised OperationalError: x\n  File \"app.py\", line 9\n" + "frame\n" * 2000 + "the cause"
+        err = io.StringIO()
+        with mock.patch("sys.stderr", err):
+            boot.tell(message)
+        said = err.getvalue()
+        self.assertIn(boot.MARKER + "importing 'app' raised OperationalError: x", said)
+        self.assertIn('File "app.py", line 9', said)
+        self.assertIn("characters cut)", said)
+        self.assertTrue(said.rstrip().endswith("the cause"), said[-100:])
+        self.assertLess(len(said.replace(boot.MARKER, "")), boot.REPORT_MAX + 100)
+
+
 class WarmUpFailures(unittest.TestCase):
     def test_the_exception_that_ends_the_last_traceback_is_named(self):
         from rsgi_wasm_guest.boot import failure_of
 
-        self.assertEqual(failure_of("one\ntwo\n"), "two")
+        self.assertEqual(failure_of("one\ntwo\n"), "no traceback; its last output: two")
+        group = (
+            "  + Exception Group Traceback (most recent call last):\n  |   File \"a.py\", line 1\n"
+            "  | ExceptionGroup: two failed (2 sub-exceptions)\n  +-+---------------- 1 ----\n"
+            "    | ValueError: one\n    +------------------------------------\n"
+        )
+        self.assertEqual(failure_of(group), "ExceptionGroup: two failed (2 sub-exceptions)")
         self.assertIsNone(failure_of(""))
         text = (
             "Traceback (most recent call last):\n  File \"a.py\", line 1, in f\n    g()\n"
@@ -738,7 +763,8 @@ class EnvironReadsTest(unittest.TestCase):
 
         real = type(os.environ).__getitem__
         os.environ["RSGI_WASM_TEST_SET"] = "1"
-        stop = boot.record_environ_reads(["/app/"])
+        everything = {}
+        stop = boot.record_environ_reads(["/app/"], everything)
         try:
             app = compile(
                 "import os\n"
@@ -778,10 +804,45 @@ class EnvironReadsTest(unittest.TestCase):
                 boot.WHOLE_ENVIRONMENT: ("/app/more.py", 7),
             },
         )
+        # Libraries' own lookups are kept apart, the standard library's not.
+        self.assertIn("RSGI_WASM_TEST_LIB", everything)
+        self.assertIn("RSGI_WASM_TEST_OWN_SETTING", everything)
+        self.assertIn("RSGI_WASM_TEST_A", everything)
+        self.assertNotIn("RSGI_WASM_TEST_TMP", everything)
         warning = boot.environ_read_warning(read, [("/app", "./mysite")])
         self.assertIn("looked up RSGI_WASM_TEST_A (./mysite/settings.py:2), RSGI_WASM_TEST_B", warning[0])
         self.assertIn("in the environment and read the whole environment (./mysite/more.py:7)", warning[0])
         self.assertEqual(boot.environ_read_warning({}, []), [])
+
+
+class WrittenAtBuild(unittest.TestCase):
+    def test_what_the_import_wrote_in_the_app_s_directory_is_named(self):
+        import os
+        import tempfile
+        import time
+
+        from rsgi_wasm_guest import boot
+
+        with tempfile.TemporaryDirectory() as d:
+            old = time.time() - 100
+            for name in ("app.py", "pkg/mod.py"):
+                os.makedirs(os.path.dirname(os.path.join(d, name)), exist_ok=True)
+                with open(os.path.join(d, name), "w") as f:
+                    f.write("")
+                os.utime(os.path.join(d, name), (old, old))
+            since = time.time() - 1
+            self.assertEqual(boot.written_at_build_warning([d], [], since), [])
+            os.makedirs(os.path.join(d, "flask_session"))
+            os.makedirs(os.path.join(d, "__pycache__"))
+            with open(os.path.join(d, "__pycache__", "app.cpython-314.pyc"), "w") as f:
+                f.write("")
+            with open(os.path.join(d, "db.sqlite3"), "w") as f:
+                f.write("")
+            with open(os.path.join(d, "pkg", "cache.json"), "w") as f:
+                f.write("{}")
+            said = boot.written_at_build_warning([d], [(d, "./app")], since)
+            self.assertEqual(len(said), 1)
+            self.assertIn("wrote ./app/flask_session, ./app/pkg/cache.json in the app's own directory", said[0])
 
 
 class OpenFilesTest(unittest.TestCase):
@@ -829,6 +890,34 @@ class ImportPath(unittest.TestCase):
                 os.environ.pop("SERVER_SOFTWARE", None)
                 if saved is not None:
                     os.environ["SERVER_SOFTWARE"] = saved
+
+    def test_a_standard_module_wasi_lacks_is_not_sent_to_requirements(self):
+        import os
+        import tempfile
+
+        from rsgi_wasm_guest import boot
+
+        with tempfile.TemporaryDirectory() as d:
+            os.makedirs(os.path.join(d, "needs_winapi"))
+            with open(os.path.join(d, "needs_winapi", "__init__.py"), "w") as f:
+                f.write("import _winapi\n")
+            with open(os.path.join(d, "uses_it.py"), "w") as f:
+                f.write("import needs_winapi\n")
+            sys.path.insert(0, d)
+            try:
+                with self.assertRaises(boot.BuildError) as e:
+                    boot.import_app_module("uses_it", [], {})
+            finally:
+                sys.path.remove(d)
+                for name in ("uses_it", "needs_winapi"):
+                    sys.modules.pop(name, None)
+        said = str(e.exception)
+        self.assertIn(
+            f"{d}/needs_winapi/__init__.py:1 imports '_winapi', a module of the standard library "
+            "that CPython for WASI does not have",
+            said,
+        )
+        self.assertNotIn("requirements.txt", said)
 
     def test_the_app_s_directories_come_before_the_standard_library(self):
         from rsgi_wasm_guest import boot
@@ -1005,6 +1094,36 @@ class WarmUp(unittest.TestCase):
         self.assertEqual(boot.warm_up(raises, ["/"]), ["warm-up GET /: 500 Internal Server Error (KeyError: 'k')"])
         self.assertEqual(boot.warm_up(quiet_503, ["/a?b"]), ["warm-up GET /a?b: 503 Busy"])
         self.assertEqual(boot.warm_up(ok, ["/"]), ["warm-up GET /: 200 OK"])
+
+    def test_a_500_logged_through_a_handler_made_at_import_says_why(self):
+        import io
+        import logging
+        from unittest import mock
+
+        from rsgi_wasm_guest import boot
+
+        build_stderr = io.StringIO()
+        with mock.patch("sys.stderr", build_stderr):
+            # `logging.basicConfig(stream=sys.stderr)` at import: the stream of then.
+            handler = logging.StreamHandler(sys.stderr)
+            log = logging.getLogger("rsgi_wasm_test_import_time")
+            log.addHandler(handler)
+            log.propagate = False
+
+            def logged_500(environ, start_response):
+                try:
+                    {}["missing"]
+                except KeyError:
+                    log.exception("failed")
+                start_response("500 Internal Server Error", [])
+                return [b""]
+
+            try:
+                said = boot.warm_up(logged_500, ["/"])
+            finally:
+                log.removeHandler(handler)
+        self.assertEqual(said, ["warm-up GET /: 500 Internal Server Error (KeyError: 'missing')"])
+        self.assertIs(handler.stream, build_stderr)
 
 
 class LiveApps(unittest.TestCase):

@@ -42,6 +42,15 @@ class Pbkdf2(unittest.TestCase):
             pbkdf2_hmac("sha256", b"p", b"s", 0)
         with self.assertRaises(ValueError):
             pbkdf2_hmac("sha256", b"p", b"s", 1, 0)
+        # Refused at once, as OpenSSL's: the loop would not end.
+        with self.assertRaises(OverflowError):
+            pbkdf2_hmac("sha256", b"p", b"s", 2**32)
+        with self.assertRaises(OverflowError):
+            pbkdf2_hmac("sha256", b"p", b"s", 1, 2**40)
+        with self.assertRaises(TypeError):
+            pbkdf2_hmac("sha256", b"p", b"s", 1.0)
+        with self.assertRaises(TypeError):
+            pbkdf2_hmac(b"sha256", b"p", b"s", 1)
 
 
 class UserIds(unittest.TestCase):
@@ -214,6 +223,30 @@ class Ipv6Probe(unittest.TestCase):
                 sys.modules.update(saved)
 
 
+class PathMkdir(unittest.TestCase):
+    def test_a_path_no_grant_holds_names_its_first_directory(self):
+        import errno as errno_
+        import pathlib
+
+        calls = []
+
+        def wasi_mkdir(self, mode=0o777, parents=False, exist_ok=False):
+            # As on WASI: nothing is there, not even `/`.
+            calls.append(str(self))
+            if parents and str(self) != "/":
+                mkdir(self.parent, parents=True, exist_ok=True)
+            raise FileNotFoundError(errno_.ENOENT, "No such file or directory", "/")
+
+        mkdir = compat.path_mkdir_naming_the_grant(wasi_mkdir)
+        with self.assertRaises(FileNotFoundError) as e:
+            mkdir(pathlib.PurePosixPath("/nogrant/p/q"), parents=True)
+        self.assertEqual(e.exception.filename, "/nogrant")
+        self.assertIn(compat.NO_GRANT, e.exception.strerror)
+        with self.assertRaises(FileNotFoundError) as e:
+            mkdir(pathlib.PurePosixPath("/x"))
+        self.assertEqual(e.exception.filename, "/")
+
+
 class InlinePool(unittest.TestCase):
     def test_tasks_run_at_submit_in_the_caller(self):
         import threading
@@ -246,6 +279,32 @@ class InlinePool(unittest.TestCase):
             pool_class(0)
 
 
+class ThreadStart(unittest.TestCase):
+    def test_a_refused_start_says_why_and_is_warned_of_once_per_app(self):
+        import io
+        from unittest import mock
+
+        def refuse(thread):
+            raise RuntimeError("can't start new thread")
+
+        start = compat.thread_start_explained(refuse)
+        err = io.StringIO()
+        with mock.patch("sys.stderr", err), self.assertRaises(RuntimeError) as e:
+            start(object())
+        self.assertEqual(str(e.exception), f"can't start new thread: {compat.NO_THREADS}")
+        line = err.getvalue()
+        self.assertTrue(line.startswith(compat.WARN_ONCE), line)
+        self.assertIn("test_compat.py:", line)
+        self.assertIn("tried to start a thread, which cannot run in the rsgi-wasm sandbox", line)
+
+        def other(thread):
+            raise RuntimeError("threads can only be started once")
+
+        with self.assertRaises(RuntimeError) as e:
+            compat.thread_start_explained(other)(object())
+        self.assertEqual(str(e.exception), "threads can only be started once")
+
+
 class DjangoSettingsFlag(unittest.TestCase):
     def test_another_settings_module_than_the_built_one_is_refused(self):
         import sys
@@ -266,6 +325,13 @@ class DjangoSettingsFlag(unittest.TestCase):
             self.assertIsNone(refuse(["manage.py", "migrate"]))
             self.assertIsNone(refuse(["tool.py", "--settings", "x.yaml"]))
             self.assertIsNone(refuse(["manage.py", "shell", "--", "--settings=x"]))
+            self.assertIsNone(refuse(["manage.py", "check", "--settings="]))
+            import tempfile
+
+            with tempfile.NamedTemporaryFile("w", suffix=".py") as admin:
+                admin.write("from django.core.management import execute_from_command_line\n")
+                admin.flush()
+                self.assertIsNotNone(refuse([admin.name, "migrate", "--settings=shop.prod"]))
             conf.settings.configured = False
             self.assertIsNone(refuse(["manage.py", "migrate", "--settings", "shop.prod"]))
         finally:

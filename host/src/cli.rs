@@ -506,6 +506,7 @@ impl GrantArgs {
                 ));
             }
         }
+        config::refuse_quotas_over_other_grants(&self.dirs)?;
         Ok(Grants {
             dirs: self.dirs.clone(),
             env,

@@ -340,6 +340,7 @@ fn install(text: &[u8], requirements: &Path, label: &str, cache: &Path) -> Resul
     h.update(PIP_TARGET.join(" "));
     h.update(PIP_FOR_TARGET);
     h.update(NATIVE_IMPORTS);
+    h.update(STRIPPING);
     let key = format!("{:x}", h.finalize())[..32].to_owned();
     prepare_once(
         cache.join("deps").join(&key),
@@ -881,6 +882,7 @@ fn copy_site_packages(src: &Path, cache: &Path) -> Result<Resolved> {
     // (`Asked::WholeTree`); the warnings are kept with the copy.
     h.update(b"site-packages 2\0");
     h.update(NATIVE_IMPORTS);
+    h.update(STRIPPING);
     bundle::hash_dir(&mut h, src, bundle::Tree::Packages)?;
     let key = format!("{:x}", h.finalize())[..32].to_owned();
     let dir = cache.join("deps").join(format!("site-{key}"));
@@ -943,12 +945,41 @@ fn strip_native(site: &Path) -> Result<BTreeMap<String, String>> {
                 .cloned()
                 .unwrap_or_else(|| parts[0].clone());
             std::fs::remove_file(&path)?;
+            // Type stubs beside it (cryptography's `_rust/*.pyi`) would
+            // make a namespace package of its name: importing it then
+            // "works", and `from ._rust import x` fails with an ImportError
+            // that fallbacks catching ModuleNotFoundError miss.
+            let stubs = dir.join(stem);
+            if stubs.is_dir() && !holds_python(&stubs) {
+                std::fs::remove_dir_all(&stubs)
+                    .with_context(|| format!("removing {}", stubs.display()))?;
+            }
             tracing::info!("{dist}: left out its native module {module} (no WASI build of it)");
             native.insert(module, normalize(&dist));
         }
     }
     Ok(native)
 }
+
+/// Whether the tree at `dir` holds Python code (a `.py` file), not only
+/// type stubs and data.
+fn holds_python(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return true;
+    };
+    entries.flatten().any(|e| {
+        let path = e.path();
+        if path.is_dir() {
+            holds_python(&path)
+        } else {
+            path.extension().is_some_and(|x| x == "py")
+        }
+    })
+}
+
+/// How a native module's leftovers are stripped, in every prepared
+/// site-packages' key: a tree stripped under other rules is not reused.
+const STRIPPING: &str = "stripping 2: a dropped native module's stub-only directory goes too";
 
 /// The check of which dropped native modules a distribution needs; part
 /// of every resolution's key, so a changed check runs again.
@@ -1352,5 +1383,22 @@ mod tests {
         );
         assert!(!p.join(so).exists());
         assert!(p.join("pydantic_core/__init__.py").exists());
+    }
+
+    #[test]
+    fn a_dropped_native_module_s_stubs_do_not_make_a_namespace_package() {
+        let site = tempfile::tempdir().unwrap();
+        let p = site.path().join("cryptography/hazmat/bindings");
+        std::fs::create_dir_all(p.join("_rust/openssl")).unwrap();
+        std::fs::write(p.join("_rust.abi3.so"), "ELF").unwrap();
+        std::fs::write(p.join("_rust/__init__.pyi"), "").unwrap();
+        std::fs::write(p.join("_rust/openssl/aead.pyi"), "").unwrap();
+        // A package of the same name with code in it stays.
+        std::fs::create_dir_all(p.join("_speedups")).unwrap();
+        std::fs::write(p.join("_speedups.abi3.so"), "ELF").unwrap();
+        std::fs::write(p.join("_speedups/fallback.py"), "").unwrap();
+        strip_native(site.path()).unwrap();
+        assert!(!p.join("_rust").exists());
+        assert!(p.join("_speedups/fallback.py").exists());
     }
 }

@@ -32,7 +32,8 @@ pub struct Full;
 /// directories of one app draw on one budget).
 #[derive(Debug)]
 pub struct Budget {
-    limit: u64,
+    /// Atomic: a reload of the app may change it (see `Ledger::of_grant`).
+    limit: AtomicU64,
     used: AtomicU64,
     /// Whose, for the log line a refusal writes, and the tenant's
     /// counter of refusals (none: silent).
@@ -100,7 +101,7 @@ impl Budget {
 
     fn make(limit: u64, owner: Option<Owner>) -> Arc<Self> {
         Arc::new(Budget {
-            limit,
+            limit: AtomicU64::new(limit),
             used: AtomicU64::new(0),
             owner,
             warned: WarnEvery::default(),
@@ -124,7 +125,7 @@ impl Budget {
                 app = %owner.app,
                 "{}: disk quota of {} bytes reached ({} used); a write of {n} bytes was refused, and the app sees an OSError (ENOSPC, or EIO writing to an open file); {raise} (logged at most once a minute)",
                 owner.place,
-                self.limit,
+                self.limit.load(Ordering::Relaxed),
                 self.used()
             );
         }
@@ -138,7 +139,8 @@ impl Budget {
     fn take(&self, n: u64) -> Result<(), Full> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                u.checked_add(n).filter(|t| *t <= self.limit)
+                u.checked_add(n)
+                    .filter(|t| *t <= self.limit.load(Ordering::Relaxed))
             })
             .map(|_| ())
             .map_err(|_| {
@@ -215,20 +217,23 @@ impl Ledger {
 
     /// The ledger of app `app`'s grant of `root` (seen at `place`) with a
     /// quota of `limit`: the one an earlier load of the same app still
-    /// holds, if any (a reload's new version serves while the old one
-    /// finishes its requests; each with a ledger of its own, counted apart,
-    /// the two could fill the tree to twice the quota), else a new one
-    /// charged for what the tree holds.
+    /// holds, if any, now with this quota (a reload's new version serves
+    /// while the old one finishes its requests; each with a ledger of its
+    /// own, counted apart, the two could fill the tree past either quota),
+    /// else a new one charged for what the tree holds.
     pub fn of_grant(app: &str, place: &str, limit: u64, root: &Path) -> std::io::Result<Arc<Self>> {
-        type Key = (String, FileId, u64);
+        type Key = (String, FileId);
         static LIVE: Mutex<Vec<(Key, std::sync::Weak<Ledger>)>> = Mutex::new(Vec::new());
         let st = rustix::fs::stat(root)?;
-        let key: Key = (app.to_owned(), (st.st_dev, st.st_ino), limit);
+        let key: Key = (app.to_owned(), (st.st_dev, st.st_ino));
         let live = |live: &mut Vec<(Key, std::sync::Weak<Ledger>)>| {
             live.retain(|(_, l)| l.strong_count() > 0);
-            live.iter()
+            let ledger = live
+                .iter()
                 .find(|(k, _)| *k == key)
-                .and_then(|(_, l)| l.upgrade())
+                .and_then(|(_, l)| l.upgrade())?;
+            ledger.budget.limit.store(limit, Ordering::Relaxed);
+            Some(ledger)
         };
         if let Some(ledger) = live(&mut LIVE.lock().unwrap_or_else(|e| e.into_inner())) {
             return Ok(ledger);
@@ -357,7 +362,7 @@ impl Ledger {
         let s = self.state();
         let size = s.open.get(&id).map_or(0, |o| o.size);
         let delta = blocks(end).saturating_sub(blocks(size));
-        self.budget.used().saturating_add(delta) <= self.budget.limit
+        self.budget.used().saturating_add(delta) <= self.budget.limit.load(Ordering::Relaxed)
     }
 
     /// A write up to `end` was handed on to the host and runs in the
@@ -741,11 +746,14 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again));
         again.reserve(BLOCK).unwrap();
         assert_eq!(first.used(), 3 * BLOCK);
-        // Another app, or another quota, counts on its own.
+        // Another app counts on its own.
         let other = Ledger::of_grant("u", "/data", 1 << 20, dir.path()).unwrap();
         assert!(!Arc::ptr_eq(&first, &other));
-        let bigger = Ledger::of_grant("t", "/data", 2 << 20, dir.path()).unwrap();
-        assert!(!Arc::ptr_eq(&first, &bigger));
+        // A reload that changes the quota changes it for both versions.
+        let smaller = Ledger::of_grant("t", "/data", 3 * BLOCK, dir.path()).unwrap();
+        assert!(Arc::ptr_eq(&first, &smaller));
+        assert_eq!(first.reserve(1), Err(Full));
+        drop(smaller);
         // Once no load holds it, the next walks the tree again.
         drop((first, again));
         let fresh = Ledger::of_grant("t", "/data", 1 << 20, dir.path()).unwrap();

@@ -80,38 +80,6 @@ fn start_reading_piped_stdin() {
     }
 }
 
-/// Refuse two grants of one app where one holds the other and either has
-/// a quota: what is written or deleted through one would not be charged
-/// or credited to the other's, so deleting through the inner grant gave
-/// the outer quota room it never charged.
-fn refuse_quotas_over_other_grants(dirs: &[crate::config::DirGrant]) -> Result<()> {
-    let canonical: Vec<_> = dirs
-        .iter()
-        .map(|d| std::fs::canonicalize(&d.host).unwrap_or_else(|_| d.host.clone()))
-        .collect();
-    for (i, outer) in dirs.iter().enumerate() {
-        for (j, inner) in dirs.iter().enumerate() {
-            if i != j
-                && canonical[j].starts_with(&canonical[i])
-                && (outer.quota.is_some() || inner.quota.is_some())
-                && (i < j || canonical[i] != canonical[j])
-            {
-                anyhow::bail!(crate::config::ConfigError::Dir {
-                    value: format!("{}::{}", inner.host.display(), inner.guest),
-                    reason: format!(
-                        "it is {} the grant {}::{}, and one of them has a quota: writes through one \
-                         would not count against the other's; grant only the outer directory",
-                        if canonical[i] == canonical[j] { "the same directory as" } else { "inside" },
-                        outer.host.display(),
-                        outer.guest
-                    ),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
 impl Sandbox {
     /// Sandbox for the app called `app` (the name tags its log lines);
     /// `files` are the component's own read-only directories; with request
@@ -140,7 +108,6 @@ impl Sandbox {
                 });
             }
         }
-        refuse_quotas_over_other_grants(&grants.dirs)?;
         let tmp = if grants
             .dirs
             .iter()
@@ -319,52 +286,4 @@ fn preopen_tmp(b: &mut WasiCtxBuilder, host: &std::path::Path) -> Result<()> {
         .map_err(anyhow::Error::from)
         .context("mounting the app's private /tmp")?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::DirGrant;
-
-    fn grant(host: &std::path::Path, guest: &str, quota: Option<u64>) -> DirGrant {
-        DirGrant {
-            host: host.to_owned(),
-            guest: guest.to_owned(),
-            read_only: false,
-            quota,
-        }
-    }
-
-    #[test]
-    fn a_quota_over_or_under_another_grant_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let sub = dir.path().join("sub");
-        std::fs::create_dir(&sub).unwrap();
-        let other = tempfile::tempdir().unwrap();
-        let quota = Some(1 << 20);
-        for dirs in [
-            vec![grant(dir.path(), "/data", quota), grant(&sub, "/sub", None)],
-            vec![grant(&sub, "/sub", quota), grant(dir.path(), "/data", None)],
-            vec![
-                grant(dir.path(), "/a", quota),
-                grant(dir.path(), "/b", quota),
-            ],
-        ] {
-            let e = refuse_quotas_over_other_grants(&dirs)
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("one of them has a quota"), "{e}");
-        }
-        // Apart, or nested without any quota, they stay allowed.
-        refuse_quotas_over_other_grants(&[
-            grant(dir.path(), "/data", quota),
-            grant(other.path(), "/o", quota),
-        ])
-        .unwrap();
-        refuse_quotas_over_other_grants(&[
-            grant(dir.path(), "/data", None),
-            grant(&sub, "/sub", None),
-        ])
-        .unwrap();
-    }
 }
