@@ -151,13 +151,19 @@ def import_app_module(module: str, mounts: Sequence[Tuple[str, str]], native: Di
 
 def _importer(e: BaseException, mounts: Sequence[Tuple[str, str]]) -> str:
     """Where the import that failed with ``e`` was written: the last frame
-    of its traceback outside the import machinery."""
-    last = None
+    of its traceback outside the import machinery and, if there is one,
+    outside the standard library (psycopg's `import ctypes`, not ctypes's
+    own `from _ctypes import ...`)."""
+    last = outside_stdlib = None
     tb = e.__traceback__
     while tb is not None:
-        if not tb.tb_frame.f_code.co_filename.startswith("<"):
+        name = tb.tb_frame.f_code.co_filename
+        if not name.startswith("<"):
             last = tb
+            if not name.startswith("/python/"):
+                outside_stdlib = tb
         tb = tb.tb_next
+    last = outside_stdlib or last
     if last is None:
         return "the app"
     return f"{_host_path(last.tb_frame.f_code.co_filename, mounts)}:{last.tb_lineno}"
@@ -481,8 +487,7 @@ def warm_up(app: Callable, paths: List[str]) -> List[str]:
             # The app's own 500 (Flask's, Django's) logs its exception to
             # stderr, not to wsgi.errors.
             said = failure_of(errors.getvalue()) or failure_of(output.getvalue())
-            if said:
-                line += f" ({said})"
+            line += f" ({said or 'the app answered it without a traceback or any output'})"
         report.append(line)
     forget_static_manifest()
     return report

@@ -62,8 +62,9 @@ def pbkdf2_hmac(hash_name: str, password: bytes, salt: bytes, iterations: int, d
     iterations = operator.index(iterations)
     if iterations < 1:
         raise ValueError("iteration value must be greater than 0.")
-    # OpenSSL's bounds: past them the loop would run for ever, not fail.
-    if iterations > 0xFFFFFFFF:
+    # CPython's bounds (a C int): past them the loop would run for ever,
+    # not fail.
+    if iterations > 0x7FFFFFFF:
         raise OverflowError("iteration value is too great.")
     base = hmac.new(password, digestmod=hash_name)
     size = base.digest_size
@@ -72,7 +73,7 @@ def pbkdf2_hmac(hash_name: str, password: bytes, salt: bytes, iterations: int, d
     dklen = operator.index(dklen)
     if dklen < 1:
         raise ValueError("key length must be greater than 0.")
-    if dklen > 0xFFFFFFFF:
+    if dklen > 0x7FFFFFFF:
         raise OverflowError("key length is too great.")
     prf = _keyed_hmac(hash_name, password, base)
     blocks = []

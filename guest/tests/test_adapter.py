@@ -1092,7 +1092,10 @@ class WarmUp(unittest.TestCase):
             ["warm-up GET /: 500 INTERNAL SERVER ERROR (ZeroDivisionError: division by zero)"],
         )
         self.assertEqual(boot.warm_up(raises, ["/"]), ["warm-up GET /: 500 Internal Server Error (KeyError: 'k')"])
-        self.assertEqual(boot.warm_up(quiet_503, ["/a?b"]), ["warm-up GET /a?b: 503 Busy"])
+        self.assertEqual(
+            boot.warm_up(quiet_503, ["/a?b"]),
+            ["warm-up GET /a?b: 503 Busy (the app answered it without a traceback or any output)"],
+        )
         self.assertEqual(boot.warm_up(ok, ["/"]), ["warm-up GET /: 200 OK"])
 
     def test_a_500_logged_through_a_handler_made_at_import_says_why(self):

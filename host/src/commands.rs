@@ -1076,6 +1076,19 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
                 Ok(Ok((next, tls))) => {
                     metrics::reload(true);
                     reload_site.swap(router_for(&next));
+                    // A changed quota binds the version still finishing its
+                    // requests now, not once the new one first loads.
+                    for tenant in next.iter() {
+                        for dir in &tenant.config.grants.dirs {
+                            if let Some(limit) = dir.quota {
+                                crate::runtime::QuotaLedger::requota(
+                                    &tenant.config.name,
+                                    &dir.host,
+                                    limit,
+                                );
+                            }
+                        }
+                    }
                     // Read again at every reload, renewed or not.
                     let certs = if let Some(tls) = tls {
                         reload_site.swap_tls(tls);

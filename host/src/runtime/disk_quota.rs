@@ -195,6 +195,12 @@ struct Open {
     in_flight_end: u64,
 }
 
+/// A loaded app's quota'd grant: the app's name and the tree's root.
+type LiveKey = (String, FileId);
+
+/// The ledgers loads hold, by app and tree (see [`Ledger::of_grant`]).
+static LIVE: Mutex<Vec<(LiveKey, std::sync::Weak<Ledger>)>> = Mutex::new(Vec::new());
+
 impl Ledger {
     /// A ledger for a tree that already holds `existing` bytes (charged
     /// even past the limit: then only deleting frees room).
@@ -222,11 +228,9 @@ impl Ledger {
     /// own, counted apart, the two could fill the tree past either quota),
     /// else a new one charged for what the tree holds.
     pub fn of_grant(app: &str, place: &str, limit: u64, root: &Path) -> std::io::Result<Arc<Self>> {
-        type Key = (String, FileId);
-        static LIVE: Mutex<Vec<(Key, std::sync::Weak<Ledger>)>> = Mutex::new(Vec::new());
         let st = rustix::fs::stat(root)?;
-        let key: Key = (app.to_owned(), (st.st_dev, st.st_ino));
-        let live = |live: &mut Vec<(Key, std::sync::Weak<Ledger>)>| {
+        let key: LiveKey = (app.to_owned(), (st.st_dev, st.st_ino));
+        let live = |live: &mut Vec<(LiveKey, std::sync::Weak<Ledger>)>| {
             live.retain(|(_, l)| l.strong_count() > 0);
             let ledger = live
                 .iter()
@@ -246,6 +250,22 @@ impl Ledger {
         }
         all.push((key, Arc::downgrade(&ledger)));
         Ok(ledger)
+    }
+
+    /// Give app `app`'s live ledger of `root`, if a load holds one, the
+    /// quota `limit` (a reload that changed it: the version still serving
+    /// writes under the new quota from now on).
+    pub fn requota(app: &str, root: &Path, limit: u64) {
+        let Ok(st) = rustix::fs::stat(root) else {
+            return;
+        };
+        let key: LiveKey = (app.to_owned(), (st.st_dev, st.st_ino));
+        let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, ledger) in live.iter().filter(|(k, _)| *k == key) {
+            if let Some(ledger) = ledger.upgrade() {
+                ledger.budget.limit.store(limit, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Serialise namespace changes in this tree (see `namespace`).
@@ -754,6 +774,9 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &smaller));
         assert_eq!(first.reserve(1), Err(Full));
         drop(smaller);
+        // So does one told of it before the new version loads.
+        Ledger::requota("t", dir.path(), 1 << 20);
+        first.reserve(1).unwrap();
         // Once no load holds it, the next walks the tree again.
         drop((first, again));
         let fresh = Ledger::of_grant("t", "/data", 1 << 20, dir.path()).unwrap();

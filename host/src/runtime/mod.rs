@@ -37,7 +37,7 @@ mod tls_session;
 pub mod wasi_http;
 pub mod wsgi;
 
-pub use disk_quota::WarnEvery;
+pub use disk_quota::{Ledger as QuotaLedger, WarnEvery};
 pub use guest_log::visible_lines;
 
 /// The status a guest exited with, if `error` is its call to
