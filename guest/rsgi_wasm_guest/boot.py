@@ -109,7 +109,26 @@ def _host_path(path: Optional[str], mounts: Sequence[Tuple[str, str]]) -> str:
 
 
 def _app_frames(exc: BaseException, mounts: Sequence[Tuple[str, str]]) -> str:
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """``exc``'s traceback with the user's paths, without the frames of
+    this adapter and of the import machinery, which say nothing to the
+    user and took the room of the app's own line in a long report."""
+    import os
+
+    adapter = os.path.dirname(os.path.abspath(__file__)) + "/"
+    shown = traceback.TracebackException.from_exception(exc)
+    seen = set()
+    todo = [shown]
+    while todo:
+        each = todo.pop()
+        if id(each) in seen:
+            continue
+        seen.add(id(each))
+        kept = [f for f in each.stack if not f.filename.startswith((adapter, "<frozen importlib"))]
+        if kept:
+            each.stack = traceback.StackSummary.from_list(kept)
+        todo += [t for t in (each.__cause__, each.__context__) if t is not None]
+        todo += getattr(each, "exceptions", None) or []
+    text = "".join(shown.format())
     for guest, host in mounts:
         text = text.replace('"' + guest.rstrip("/") + "/", '"' + host.rstrip("/") + "/")
     return text

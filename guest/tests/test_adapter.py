@@ -918,6 +918,10 @@ class ImportPath(unittest.TestCase):
             said,
         )
         self.assertNotIn("requirements.txt", said)
+        # The app's frames are there; the adapter's and importlib's not.
+        self.assertIn('uses_it.py", line 1', said)
+        self.assertNotIn("rsgi_wasm_guest/boot.py", said)
+        self.assertNotIn("<frozen importlib", said)
 
     def test_the_app_s_directories_come_before_the_standard_library(self):
         from rsgi_wasm_guest import boot
