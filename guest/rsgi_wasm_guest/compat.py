@@ -37,7 +37,7 @@ import io
 import operator
 import os
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set
 
 ID_FUNCTIONS = ("getuid", "geteuid", "getgid", "getegid")
 
@@ -348,15 +348,25 @@ def sqlite_hint(path: str) -> Optional[str]:
     return None
 
 
+# Databases found not in WAL mode, checked once per instance: Django
+# connects per request, and SQLite here cannot turn a database to WAL.
+_NOT_WAL: Set[str] = set()
+
+
 def in_wal_mode(path: str) -> bool:
     """Whether the SQLite database at ``path`` is in WAL mode: its header's
     file format versions (bytes 18 and 19) are 2."""
+    if path in _NOT_WAL:
+        return False
     try:
         with open(path, "rb") as f:
             head = f.read(20)
     except OSError:
         return False
-    return head[:16] == b"SQLite format 3\x00" and 2 in head[18:20]
+    wal = head[:16] == b"SQLite format 3\x00" and 2 in head[18:20]
+    if not wal and len(head) == 20 and len(_NOT_WAL) < 256:
+        _NOT_WAL.add(path)
+    return wal
 
 
 def wal_hint(path: str) -> str:

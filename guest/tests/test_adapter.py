@@ -8,6 +8,7 @@ import io
 import os
 import sys
 import unittest
+from unittest import mock
 
 from rsgi_wasm_guest import protocol
 from rsgi_wasm_guest.wsgi_input import BodyTooLarge, ClientDisconnected, InputStream
@@ -203,9 +204,7 @@ class WarmUpFailures(unittest.TestCase):
         other = object()
         files.storages = types.SimpleNamespace(_storages={"staticfiles": Manifest(), "default": other})
         names = ["django.contrib.staticfiles.storage", "django.utils.functional", "django.core.files.storage"]
-        saved = {n: sys.modules.get(n) for n in names}
-        sys.modules.update(zip(names, [storage, functional, files]))
-        try:
+        with mock.patch.dict(sys.modules, dict(zip(names, [storage, functional, files]))):
             forget_static_manifest()
             self.assertIs(storage.staticfiles_storage._wrapped, empty)
             self.assertEqual(files.storages._storages, {"default": other})
@@ -213,12 +212,6 @@ class WarmUpFailures(unittest.TestCase):
             storage.staticfiles_storage._wrapped = plain
             forget_static_manifest()
             self.assertIs(storage.staticfiles_storage._wrapped, plain)
-        finally:
-            for n, m in saved.items():
-                if m is None:
-                    sys.modules.pop(n, None)
-                else:
-                    sys.modules[n] = m
 
 
 class BodyErrorTest(unittest.TestCase):
@@ -248,9 +241,7 @@ class BodyErrorTest(unittest.TestCase):
         fake = types.ModuleType("werkzeug.exceptions")
         fake.ClientDisconnected = WerkzeugDisconnected
         fake.RequestEntityTooLarge = RequestEntityTooLarge
-        saved = sys.modules.get("werkzeug.exceptions")
-        sys.modules["werkzeug.exceptions"] = fake
-        try:
+        with mock.patch.dict(sys.modules, {"werkzeug.exceptions": fake}):
             e = body_error(ClientDisconnected, "the client left")
             self.assertIsInstance(e, ClientDisconnected)
             self.assertIsInstance(e, OSError)
@@ -262,11 +253,6 @@ class BodyErrorTest(unittest.TestCase):
             self.assertEqual(big.code, 413)
             # The class is made once.
             self.assertIs(type(body_error(ClientDisconnected, "again")), type(e))
-        finally:
-            if saved is None:
-                del sys.modules["werkzeug.exceptions"]
-            else:
-                sys.modules["werkzeug.exceptions"] = saved
 
 
 class Recorder(protocol.Transport):

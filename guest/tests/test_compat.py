@@ -310,11 +310,11 @@ class DjangoSettingsFlag(unittest.TestCase):
         import sys
         import types
 
+        from unittest import mock
+
         conf = types.ModuleType("django.conf")
         conf.settings = types.SimpleNamespace(configured=True, SETTINGS_MODULE="shop.settings")
-        saved = sys.modules.get("django.conf")
-        sys.modules["django.conf"] = conf
-        try:
+        with mock.patch.dict(sys.modules, {"django.conf": conf}):
             refuse = compat.django_settings_refusal
             self.assertIn(
                 "--settings=shop.prod cannot take effect: Django's settings module, shop.settings",
@@ -334,11 +334,6 @@ class DjangoSettingsFlag(unittest.TestCase):
                 self.assertIsNotNone(refuse([admin.name, "migrate", "--settings=shop.prod"]))
             conf.settings.configured = False
             self.assertIsNone(refuse(["manage.py", "migrate", "--settings", "shop.prod"]))
-        finally:
-            if saved is None:
-                del sys.modules["django.conf"]
-            else:
-                sys.modules["django.conf"] = saved
 
 
 class FirstRequest(unittest.TestCase):

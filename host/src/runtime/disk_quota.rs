@@ -198,6 +198,12 @@ struct Open {
 /// A loaded app's quota'd grant: the app's name and the tree's root.
 type LiveKey = (String, FileId);
 
+/// App `app`'s key for the tree at `root`.
+fn live_key(app: &str, root: &Path) -> std::io::Result<LiveKey> {
+    let st = rustix::fs::stat(root)?;
+    Ok((app.to_owned(), (st.st_dev, st.st_ino)))
+}
+
 /// The ledgers loads hold, by app and tree (see [`Ledger::of_grant`]).
 static LIVE: Mutex<Vec<(LiveKey, std::sync::Weak<Ledger>)>> = Mutex::new(Vec::new());
 
@@ -228,8 +234,7 @@ impl Ledger {
     /// own, counted apart, the two could fill the tree past either quota),
     /// else a new one charged for what the tree holds.
     pub fn of_grant(app: &str, place: &str, limit: u64, root: &Path) -> std::io::Result<Arc<Self>> {
-        let st = rustix::fs::stat(root)?;
-        let key: LiveKey = (app.to_owned(), (st.st_dev, st.st_ino));
+        let key = live_key(app, root)?;
         let live = |live: &mut Vec<(LiveKey, std::sync::Weak<Ledger>)>| {
             live.retain(|(_, l)| l.strong_count() > 0);
             let ledger = live
@@ -256,10 +261,9 @@ impl Ledger {
     /// quota `limit` (a reload that changed it: the version still serving
     /// writes under the new quota from now on).
     pub fn requota(app: &str, root: &Path, limit: u64) {
-        let Ok(st) = rustix::fs::stat(root) else {
+        let Ok(key) = live_key(app, root) else {
             return;
         };
-        let key: LiveKey = (app.to_owned(), (st.st_dev, st.st_ino));
         let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
         for (_, ledger) in live.iter().filter(|(k, _)| *k == key) {
             if let Some(ledger) = ledger.upgrade() {
