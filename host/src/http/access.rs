@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::http::conn_idle::InFlight;
 use crate::metrics::{self, TenantMetrics};
 use crate::runtime::body::{self, BodyAbort, ResponseBody};
+use crate::runtime::visible;
 
 /// Status logged for a request whose client left before any response
 /// (nginx's convention).
@@ -106,7 +107,7 @@ fn emit(f: &Fields<'_>) {
             peer = %f.peer,
             app = f.app,
             method = %clipped(f.method),
-            uri = %f.target,
+            uri = %visible(f.target),
             status = f.status,
             bytes = f.sent,
             duration_ms = f.took.map(ms),
@@ -148,12 +149,18 @@ fn clipped(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// A target as it sits between quotes in a text line: a `"` in it (which
-/// hyper lets through) must not end the quoted part early.
+/// hyper lets through) must not end the quoted part early, and what would
+/// move or reorder the line where it is read (a bidirectional override, a
+/// line separator) is spelt out as in guests' lines.
 fn quotable(target: &str) -> std::borrow::Cow<'_, str> {
-    if target.contains(['"', '\\']) {
+    let quoted: std::borrow::Cow<'_, str> = if target.contains(['"', '\\']) {
         target.replace('\\', "\\\\").replace('"', "\\\"").into()
     } else {
         target.into()
+    };
+    match visible(&quoted) {
+        std::borrow::Cow::Borrowed(_) => quoted,
+        std::borrow::Cow::Owned(spelt) => spelt.into(),
     }
 }
 
@@ -281,6 +288,12 @@ mod tests {
     fn a_logged_target_cannot_end_its_quotes_or_grow_the_line() {
         assert_eq!(quotable("/a\"b\\c"), "/a\\\"b\\\\c");
         assert_eq!(quotable("/plain"), "/plain");
+        // A client's target cannot reorder or split the line where it is
+        // read, any more than a guest's output can.
+        assert_eq!(
+            quotable("/x\u{202e}evil\u{2028}INFO fake\u{85}"),
+            "/x\\u{202e}evil\\u{2028}INFO fake\\x85"
+        );
         let long = "é".repeat(MAX_LOGGED);
         let cut = clipped(&long);
         assert!(

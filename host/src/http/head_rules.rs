@@ -28,6 +28,20 @@ const fn bad(reason: &'static str) -> HeadError {
 
 /// Check the head of a request hyper accepted.
 pub fn check(parts: &Parts) -> Result<(), HeadError> {
+    // Methods are case-sensitive (RFC 9110 §9.1): `post` is not POST, but
+    // frameworks upper-case the method to route it (Werkzeug does), so a
+    // middleware comparing it to "POST" would be passed by. gunicorn
+    // refuses lower case in a method too.
+    if parts
+        .method
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        return Err(bad(
+            "Bad Request: the method must be in upper case (methods are case-sensitive)",
+        ));
+    }
     check_target(&parts.method, &parts.uri)?;
     check_host(parts)?;
     check_transfer_coding(parts)?;
@@ -289,6 +303,24 @@ mod tests {
             verdict("GET", "/caf%C3%A9?q=%C3%A9", Version::HTTP_11, &["x"]),
             None
         );
+    }
+
+    #[test]
+    fn a_method_in_lower_case_is_refused() {
+        for method in ["post", "pOsT", "Get", "purge"] {
+            let e = verdict(method, "/", Version::HTTP_11, &["x"]);
+            assert!(
+                e.is_some_and(|r| r.contains("upper case")),
+                "{method}: {e:?}"
+            );
+        }
+        for method in ["POST", "PURGE", "M-SEARCH", "PROPFIND"] {
+            assert_eq!(
+                verdict(method, "/", Version::HTTP_11, &["x"]),
+                None,
+                "{method}"
+            );
+        }
     }
 
     #[test]

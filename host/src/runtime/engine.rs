@@ -26,11 +26,16 @@ use crate::runtime::snapshot_pages::{self, SnapshotFile};
 use crate::runtime::store::HostState;
 use crate::runtime::wasi_http::INCOMING_HANDLER;
 use crate::runtime::wsgi::WsgiCtx;
-use crate::runtime::{artifact_sums, core_modules};
+use crate::runtime::{artifact_sums, core_modules, fuse};
 
 /// How often the epoch advances: the granularity of timeouts and of the
 /// yields that keep one CPU-bound guest from starving the others.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How the host lays a component out before compiling it (split, fused):
+/// part of each app's links file name, so a cache made by an older layout
+/// is compiled again rather than linked as it was.
+const LAYOUT: &str = "fused1";
 
 /// The native stack wasm frames may use.
 const MAX_WASM_STACK: usize = 8 << 20;
@@ -399,7 +404,7 @@ impl Loader {
     ) -> Result<(Arc<SharedShell>, Vec<LinkedModule>)> {
         let links = self
             .cache_dir
-            .join(format!("{digest}-{}.links", self.engine_key()));
+            .join(format!("{digest}-{}-{LAYOUT}.links", self.engine_key()));
         if let Some(hit) = self.linked(&links)? {
             metrics::artifact_cache(true);
             return Ok(hit);
@@ -431,6 +436,9 @@ impl Loader {
             )
         };
         let t = Instant::now();
+        if let Some(fused) = fuse::fuse(&bytes) {
+            bytes = fused;
+        }
         let split = core_modules::split(&bytes).with_context(invalid)?;
         let mut compiled_modules = 0;
         let mut hashes = Vec::new();

@@ -522,7 +522,7 @@ pub fn quoted(text: &str) -> String {
 /// ones, spelt out: a guest's line
 /// cannot move the cursor (`\r`) over its own prefix, or pass for another
 /// app's line on a terminal.
-fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(|c| hidden(c) && c != '\t') {
         return text.into();
     }

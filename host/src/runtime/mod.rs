@@ -19,6 +19,7 @@ pub mod engine;
 pub mod environ;
 mod file_map;
 mod file_reads;
+pub mod fuse;
 mod generated;
 mod guest_clock;
 mod guest_log;
@@ -38,7 +39,7 @@ pub mod wasi_http;
 pub mod wsgi;
 
 pub use disk_quota::{Ledger as QuotaLedger, WarnEvery};
-pub use guest_log::visible_lines;
+pub use guest_log::{visible, visible_lines};
 
 /// The status a guest exited with, if `error` is its call to
 /// `wasi:cli/exit` (`os._exit`, or C code's `exit`) rather than a crash.
