@@ -1337,12 +1337,18 @@ fn damaged_cache_files_are_compiled_again() {
     let mut one_module_too_many = good_links.clone();
     one_module_too_many.push_str(good_links.lines().last().unwrap());
     one_module_too_many.push('\n');
-    // The format line, the shell, then the modules in the order the shell
-    // imports them.
+    // The format line, the component, the shell, then the modules in the
+    // order the shell imports them.
     let mut lines: Vec<&str> = good_links.lines().collect();
-    lines[2..].reverse();
+    lines[3..].reverse();
     let modules_reordered = lines.join("\n") + "\n";
     assert_ne!(modules_reordered, good_links);
+    // Another app's links copied over this one's: valid, all of its
+    // artifacts there, and not this app's code.
+    let mut lines: Vec<String> = good_links.lines().map(str::to_owned).collect();
+    assert!(lines[1].starts_with("component "), "{good_links}");
+    lines[1] = format!("component {}", "0".repeat(64));
+    let another_components = lines.join("\n") + "\n";
     let modules = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir(cache.join("modules"))
             .unwrap()
@@ -1357,6 +1363,10 @@ fn damaged_cache_files_are_compiled_again() {
         (
             "links naming the modules in another order",
             "does not export",
+        ),
+        (
+            "links of another component",
+            "names the modules of another component",
         ),
         // Its format intact, so wasmtime would map it and run it: without
         // the checksum, the whole server dies at the first call.
@@ -1385,6 +1395,7 @@ fn damaged_cache_files_are_compiled_again() {
             "links naming the modules in another order" => {
                 std::fs::write(&links, &modules_reordered).unwrap()
             }
+            "links of another component" => std::fs::write(&links, &another_components).unwrap(),
             "machine code overwritten in every module" => {
                 for module in modules() {
                     let mut bytes = std::fs::read(&module).unwrap();

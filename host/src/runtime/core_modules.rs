@@ -341,7 +341,7 @@ fn used_exports(
 
 /// Whether a nested component (its section's bytes) aliases a core module
 /// of an enclosing component, at any depth.
-fn aliases_outer_modules(component: &[u8]) -> Result<bool> {
+pub(crate) fn aliases_outer_modules(component: &[u8]) -> Result<bool> {
     for payload in Parser::new(0).parse_all(component) {
         if let Payload::ComponentAliasSection(reader) = payload? {
             for alias in reader {

@@ -405,14 +405,14 @@ impl Loader {
         let links = self
             .cache_dir
             .join(format!("{digest}-{}-{LAYOUT}.links", self.engine_key()));
-        if let Some(hit) = self.linked(&links)? {
+        if let Some(hit) = self.linked(&links, digest)? {
             metrics::artifact_cache(true);
             return Ok(hit);
         }
         // A compile that panicked leaves nothing half-done behind the lock.
         let _compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
         // Compiled by another app while this one waited for the lock.
-        if let Some(hit) = self.linked(&links)? {
+        if let Some(hit) = self.linked(&links, digest)? {
             metrics::artifact_cache(true);
             return Ok(hit);
         }
@@ -471,32 +471,44 @@ impl Loader {
                 "the shell other apps use"
             },
         );
-        cachefs::write_atomic(&links, write_links(&shell_hash, &hashes).as_bytes()).with_context(
-            || {
+        cachefs::write_atomic(&links, write_links(digest, &shell_hash, &hashes).as_bytes())
+            .with_context(|| {
                 format!(
                     "caching what {} links in {}",
                     path.display(),
                     links.display()
                 )
-            },
-        )?;
-        self.linked(&links)?
+            })?;
+        self.linked(&links, digest)?
             .context("a compiled artifact vanished from the cache while loading")
     }
 
     /// The shell and modules the links file at `path` names, if it is
     /// there and all of them are.
-    fn linked(&self, path: &Path) -> Result<Option<(Arc<SharedShell>, Vec<LinkedModule>)>> {
+    fn linked(
+        &self,
+        path: &Path,
+        digest: &str,
+    ) -> Result<Option<(Arc<SharedShell>, Vec<LinkedModule>)>> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let links = std::str::from_utf8(&bytes).ok().and_then(read_links);
-        let Some((shell, modules)) = links else {
+        let Some((component, shell, modules)) = links else {
             tracing::warn!("ignoring unreadable cache file {}", path.display());
             return Ok(None);
         };
+        // Another app's links copied over this one's (a restore gone
+        // wrong) would serve that app's code under this one's name.
+        if component != digest {
+            tracing::warn!(
+                "ignoring {}: it names the modules of another component",
+                path.display()
+            );
+            return Ok(None);
+        }
         let Some(shell) = self.shell(shell)? else {
             return Ok(None);
         };
@@ -756,12 +768,12 @@ fn discard(artifact: &Path, why: &str) {
 }
 
 /// The first line of a links file: its format.
-const LINKS_HEADER: &str = "rsgi-wasm links 1";
+const LINKS_HEADER: &str = "rsgi-wasm links 2";
 
-/// A links file: the format line, the shell's hash, then each module's
+/// A links file: the format line, the component it is for, the shell's hash, then each module's
 /// hash in the order the shell imports them.
-fn write_links(shell: &str, modules: &[String]) -> String {
-    let mut text = format!("{LINKS_HEADER}\nshell {shell}\n");
+fn write_links(component: &str, shell: &str, modules: &[String]) -> String {
+    let mut text = format!("{LINKS_HEADER}\ncomponent {component}\nshell {shell}\n");
     for m in modules {
         text.push_str(&format!("module {m}\n"));
     }
@@ -769,12 +781,16 @@ fn write_links(shell: &str, modules: &[String]) -> String {
 }
 
 /// The shell and module hashes of a links file; none if it is not one.
-fn read_links(text: &str) -> Option<(&str, Vec<&str>)> {
+fn read_links(text: &str) -> Option<(&str, &str, Vec<&str>)> {
     let is_hash = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
     let mut lines = text.lines();
     if lines.next()? != LINKS_HEADER {
         return None;
     }
+    let component = lines
+        .next()?
+        .strip_prefix("component ")
+        .filter(|h| is_hash(h))?;
     let shell = lines
         .next()?
         .strip_prefix("shell ")
@@ -782,7 +798,7 @@ fn read_links(text: &str) -> Option<(&str, Vec<&str>)> {
     let modules = lines
         .map(|l| l.strip_prefix("module ").filter(|h| is_hash(h)))
         .collect::<Option<Vec<_>>>()?;
-    Some((shell, modules))
+    Some((component, shell, modules))
 }
 
 fn cannot_read(path: &Path) -> String {
@@ -948,19 +964,25 @@ mod tests {
 
     #[test]
     fn links_files_round_trip_and_anything_else_is_refused() {
-        let (a, b) = ("a".repeat(64), "b".repeat(64));
-        let text = write_links(&a, std::slice::from_ref(&b));
-        assert_eq!(read_links(&text), Some((a.as_str(), vec![b.as_str()])));
+        let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let text = write_links(&c, &a, std::slice::from_ref(&b));
         assert_eq!(
-            read_links(&write_links(&a, &[])),
-            Some((a.as_str(), vec![]))
+            read_links(&text),
+            Some((c.as_str(), a.as_str(), vec![b.as_str()]))
+        );
+        assert_eq!(
+            read_links(&write_links(&c, &a, &[])),
+            Some((c.as_str(), a.as_str(), vec![]))
         );
         for bad in [
             String::new(),
             format!("shell {a}\n"),
-            format!("{LINKS_HEADER}\nshell {}\n", &a[1..]),
-            format!("{LINKS_HEADER}\nshell {a}\nmodule {b}x\n"),
-            format!("{LINKS_HEADER}\nshell {a}\nmodule {b}\n\n"),
+            // The first format, without the component it is for.
+            format!("rsgi-wasm links 1\nshell {a}\nmodule {b}\n"),
+            format!("{LINKS_HEADER}\nshell {a}\nmodule {b}\n"),
+            format!("{LINKS_HEADER}\ncomponent {c}\nshell {}\n", &a[1..]),
+            format!("{LINKS_HEADER}\ncomponent {c}\nshell {a}\nmodule {b}x\n"),
+            format!("{LINKS_HEADER}\ncomponent {c}\nshell {a}\nmodule {b}\n\n"),
             text[..text.len() - 10].to_owned(),
         ] {
             assert_eq!(read_links(&bad), None, "{bad:?}");

@@ -559,7 +559,19 @@ pub fn visible_lines(text: &str) -> String {
 /// can make one line read as another).
 fn hidden(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            // The bidirectional marks, embeddings, overrides and isolates,
+            // and the zero-width no-break space (a byte order mark).
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
+        )
 }
 
 impl OutputStream for LineLogger {
@@ -667,6 +679,10 @@ mod tests {
         assert_eq!(visible("plain\ttext é"), "plain\ttext é");
         assert_eq!(visible("a\rb\x1b[31mc\u{7f}"), "a\\rb\\x1b[31mc\\x7f");
         assert_eq!(visible("a\u{2028}b\u{202e}c"), "a\\u{2028}b\\u{202e}c");
+        assert_eq!(
+            visible("a\u{200f}b\u{200e}c\u{061c}d\u{feff}e"),
+            "a\\u{200f}b\\u{200e}c\\u{061c}d\\u{feff}e"
+        );
         assert_eq!(
             visible_lines("one\x1b[2J\ntwo\0\n"),
             "one\\x1b[2J\ntwo\\x00\n"

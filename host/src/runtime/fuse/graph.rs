@@ -12,6 +12,8 @@ use wasmparser::{
     Payload, TypeRef,
 };
 
+use crate::runtime::core_modules;
+
 /// A core item's kind: functions, tables, memories, globals.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub(super) enum Kind {
@@ -72,6 +74,7 @@ pub(super) struct ModuleInfo<'a> {
     pub(super) has_start: bool,
     pub(super) has_tags: bool,
     pub(super) element_segments: usize,
+    pub(super) data_segments: usize,
 }
 
 impl<'a> ModuleInfo<'a> {
@@ -87,6 +90,7 @@ impl<'a> ModuleInfo<'a> {
             has_start: false,
             has_tags: false,
             element_segments: 0,
+            data_segments: 0,
         };
         for payload in Parser::new(0).parse_all(bytes) {
             match payload? {
@@ -132,6 +136,7 @@ impl<'a> ModuleInfo<'a> {
                 Payload::StartSection { .. } => m.has_start = true,
                 Payload::TagSection(_) => m.has_tags = true,
                 Payload::ElementSection(r) => m.element_segments += r.count() as usize,
+                Payload::DataSection(r) => m.data_segments += r.count() as usize,
                 _ => {}
             }
         }
@@ -209,6 +214,13 @@ impl<'a> Graph<'a> {
                 _ => {}
             }
             match payload {
+                // A nested component instantiating one of these modules
+                // itself would get a stub or the fused module.
+                Payload::ComponentSection {
+                    unchecked_range, ..
+                } if core_modules::aliases_outer_modules(&component[unchecked_range.clone()])? => {
+                    bail!("a nested component uses the component's own modules");
+                }
                 Payload::ModuleSection {
                     unchecked_range, ..
                 } => {

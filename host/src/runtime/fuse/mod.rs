@@ -152,6 +152,19 @@ fn plan(graph: &Graph) -> Result<Plan> {
     if owner.0 >= libs[0] {
         bail!("the table is defined after its first importer");
     }
+    // Fused, the libraries are all instantiated at the first one's place:
+    // nothing instantiated between them may run code or write memory when
+    // it is instantiated, or it would now see them (or their late
+    // functions) in another state.
+    let last = *libs.last().expect("two or more");
+    for i in libs[0]..last {
+        if let CoreInstance::Module { module, .. } = &graph.instances[i as usize] {
+            let m = &graph.modules[*module as usize];
+            if !libs.contains(&i) && (m.has_start || m.data_segments > 0) {
+                bail!("instance {i}, made between the libraries, runs code or writes memory");
+            }
+        }
+    }
     Ok(Plan {
         libs,
         modules,
@@ -252,9 +265,15 @@ mod tests {
         (import "env" "memory" (memory 1))
         (import "env" "__table_base" (global i32))"#;
 
-    fn component(start_in_a: bool) -> Vec<u8> {
+    fn component(start_in_a: bool, start_between: bool) -> Vec<u8> {
         let start = if start_in_a {
             "(start $double_start)"
+        } else {
+            ""
+        };
+        // A module that runs code when instantiated, between A and B.
+        let between = if start_between {
+            "(core module $noisy (func $s) (start $s)) (core instance (instantiate $noisy))"
         } else {
             ""
         };
@@ -298,6 +317,7 @@ mod tests {
                     (export "__table_base" (global $m "a_base"))
                     (export "fwd" (func $m "fwd")))
                 (core instance $ia (instantiate $a (with "env" (instance $env_a))))
+                {between}
                 (core func $lowered (canon lower (func $host_add)))
                 (core instance $host (export "add" (func $lowered)))
                 (core instance $env_b
@@ -371,7 +391,7 @@ mod tests {
 
     #[test]
     fn fused_libraries_run_as_they_did_with_a_table_of_their_own() {
-        let original = component(false);
+        let original = component(false, false);
         // 3 * 2 + 1 = 7, through main's forwarder to `target`: 1007, + 10.
         assert_eq!(run(&original), (1017, 1001));
         let fused = fuse(&original).expect("fused");
@@ -393,7 +413,10 @@ mod tests {
     #[test]
     fn a_shape_it_does_not_know_is_left_as_it_is() {
         // A library's start function would run earlier fused.
-        assert!(fuse(&component(true)).is_none());
+        assert!(fuse(&component(true, false)).is_none());
+        // So would a module instantiated between the libraries that runs
+        // code when it is instantiated.
+        assert!(fuse(&component(false, true)).is_none());
         assert!(fuse(&wat::parse_str("(component)").unwrap()).is_none());
         assert!(fuse(b"\0asm\x0d\0\x01\0\x07\xff").is_none());
     }
