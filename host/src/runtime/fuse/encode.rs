@@ -4,9 +4,6 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::graph::*;
-use super::link::*;
-use super::*;
 use anyhow::{bail, Context, Result};
 use wasm_encoder::reencode::{Error as ReencodeError, Reencode, RoundtripReencoder};
 use wasm_encoder::{
@@ -15,6 +12,10 @@ use wasm_encoder::{
     TypeSection,
 };
 use wasmparser::{ElementItems, ElementKind, Parser, Payload, TypeRef};
+
+use super::graph::*;
+use super::link::*;
+use super::*;
 
 /// The fused module and a stub for each other library (in plan order; the
 /// first library's place takes the fused module), each with the

@@ -4,10 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::graph::*;
-use super::*;
 use anyhow::{bail, Context, Result};
 use wasmparser::{ElementItems, ElementKind, Operator, Parser, Payload, TypeRef};
+
+use super::graph::*;
+use super::*;
 
 /// Where a fused library's import goes.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]

@@ -46,7 +46,6 @@ use graph::*;
 
 /// Component section ids (the component model's binary format).
 const CORE_MODULE: u8 = 1;
-
 const CORE_INSTANCE: u8 = 2;
 
 /// What a stub imports the fused module as.
