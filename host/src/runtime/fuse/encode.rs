@@ -375,7 +375,7 @@ pub(super) fn build(graph: &Graph, plan: &Plan) -> Result<Fused> {
         }
     }
 
-    let layout = Layout {
+    let mut layout = Layout {
         graph,
         plan,
         libs,
@@ -391,7 +391,6 @@ pub(super) fn build(graph: &Graph, plan: &Plan) -> Result<Fused> {
         owner_table,
         forwarded,
     };
-    let mut layout = layout;
     let module = layout.fused_module()?;
     let first = plan.libs[0];
     let mut stubs = Vec::new();

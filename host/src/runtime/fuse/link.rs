@@ -52,12 +52,21 @@ pub(super) fn placed_links(
             };
             for e in r {
                 let e = e?;
-                let (ElementKind::Active { offset_expr, .. }, ElementItems::Functions(funcs)) =
-                    (e.kind, e.items)
+                let (
+                    ElementKind::Active {
+                        offset_expr,
+                        table_index,
+                    },
+                    ElementItems::Functions(funcs),
+                ) = (e.kind, e.items)
                 else {
                     continue;
                 };
-                // Every library's only table is the shared one.
+                // A library's only imported table, so its table 0, is the
+                // shared one; a table of its own is not.
+                if table_index.unwrap_or(0) != 0 {
+                    continue;
+                }
                 let Some(at) = constant_offset(graph, &offset_expr, lib, libs, plan) else {
                     continue;
                 };
@@ -209,7 +218,8 @@ pub(super) struct OwnerCalls {
     /// Its forwarders (functions that only call slot N with their own
     /// arguments), by function index: their slot.
     pub(super) forwarders: HashMap<u32, u32>,
-    /// Whether every call through the table is in a forwarder.
+    /// Whether every function it defines is a forwarder (then a slot is
+    /// needed only where its forwarder is used).
     pub(super) only_forwarders: bool,
 }
 
@@ -320,6 +330,11 @@ pub(super) fn owner_calls(module: &[u8], table: u32) -> Result<OwnerCalls> {
             }
             _ => {}
         }
+    }
+    // A function of its own that is not a forwarder could call one
+    // directly, and then the slot that one reads is needed too.
+    if calls.forwarders.len() != body_index as usize {
+        calls.only_forwarders = false;
     }
     Ok(calls)
 }
@@ -447,6 +462,21 @@ mod tests {
         assert_eq!(calls.forwarders, HashMap::from([(0, 3)]));
         assert_eq!(calls.slots, BTreeSet::from([3, 4, 5]));
         assert!(!calls.only_forwarders);
+        let forwarders = wat::parse_str(
+            r#"(module (type $t (func)) (table 8 funcref)
+                (func (type $t) i32.const 1 call_indirect (type $t))
+                (func (type $t) i32.const 2 call_indirect (type $t)))"#,
+        )
+        .unwrap();
+        assert!(owner_calls(&forwarders, 0).unwrap().only_forwarders);
+        // A function of its own calling a forwarder directly.
+        let caller = wat::parse_str(
+            r#"(module (type $t (func)) (table 8 funcref)
+                (func $f (type $t) i32.const 1 call_indirect (type $t))
+                (func (export "g") (type $t) call $f))"#,
+        )
+        .unwrap();
+        assert!(!owner_calls(&caller, 0).unwrap().only_forwarders);
         let dynamic = wat::parse_str(
             r#"(module (table 8 funcref) (type $t (func))
                 (func (param i32) local.get 0 call_indirect (type $t)))"#,
