@@ -256,7 +256,8 @@ mod tests {
     /// base and a forwarder to slot 7; library A placing `double` at its
     /// base (2) and calling the forwarder; library B placing `inc`,
     /// `plus_host` and `target` at its base (5), calling A, the table and
-    /// a host function lowered only after A exists.
+    /// a host function lowered only after A exists, and filling slot 7 of
+    /// a table of its own with another function.
     /// What both libraries begin with: a type and the main module's
     /// table, memory and their table base.
     const LIB_HEAD: &str = r#"(type $t (func (param i32) (result i32)))
@@ -308,7 +309,12 @@ mod tests {
                         i32.const 5 call_indirect (type $t)
                         call $via_main
                         i32.const 6 call_indirect (type $t))
-                    (elem (table 0) (offset (global.get 0)) func $inc $plus_host $target))
+                    (elem (table 0) (offset (global.get 0)) func $inc $plus_host $target)
+                    ;; A table of B's own, whose slot 7 is not the shared
+                    ;; table's slot 7.
+                    (table $own 8 funcref)
+                    (func $other (type $t) local.get 0 i32.const 5000 i32.add)
+                    (elem (table $own) (i32.const 7) func $other))
                 (core instance $m (instantiate $main))
                 (core instance $env_a
                     (export "table" (table $m "table"))
@@ -396,12 +402,12 @@ mod tests {
         let fused = fuse(&original).expect("fused");
         assert_eq!(run(&fused), (1017, 1001));
         let segments = segments(&fused);
-        // Library A's place: its segment and B's, at constant offsets in
-        // the table it defines, then main's forwarded slot (7, which the
-        // lifted `fwd` calls) written into main's table, last.
+        // Library A's place: its segment and B's two, at constant offsets
+        // in the tables it defines, then main's forwarded slot (7, which
+        // the lifted `fwd` calls) written into main's table, last.
         assert_eq!(
             segments[1],
-            [(false, true), (false, true), (true, true)],
+            [(false, true), (false, true), (false, true), (true, true)],
             "{segments:?}"
         );
         // B's place: a stub that puts the late host function in the fused
