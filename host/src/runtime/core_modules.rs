@@ -383,11 +383,6 @@ fn module_type(
 ) -> Result<ModuleType> {
     let mut re = RoundtripReencoder;
     let mut ty = ModuleType::new();
-    // The type of every function, table, memory, global and tag, by index
-    // (imports first, as in the module's index spaces).
-    let (mut funcs, mut tables, mut memories, mut globals, mut tags) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut exports = Vec::new();
     for payload in Parser::new(0).parse_all(module) {
         match payload? {
             Payload::TypeSection(reader) => {
@@ -398,14 +393,44 @@ fn module_type(
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
                     let import = import?;
-                    match import.ty {
+                    ty.import(import.module, import.name, re.entity_type(import.ty)?);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (name, mut entity) in exported_entities(module)? {
+        if keep.is_some_and(|k| !k.contains(&name)) {
+            continue;
+        }
+        if let (EntityType::Memory(memory), Some(floor)) = (&mut entity, memory_floor) {
+            memory.minimum = memory.minimum.min(floor);
+        }
+        ty.export(&name, entity);
+    }
+    Ok(ty)
+}
+
+/// Each export of `module` with its type (a function's as an index into
+/// the module's own types).
+pub(crate) fn exported_entities(module: &[u8]) -> Result<Vec<(String, EntityType)>> {
+    let mut re = RoundtripReencoder;
+    // The type of every function, table, memory, global and tag, by index
+    // (imports first, as in the module's index spaces).
+    let (mut funcs, mut tables, mut memories, mut globals, mut tags) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut exports = Vec::new();
+    for payload in Parser::new(0).parse_all(module) {
+        match payload? {
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    match import?.ty {
                         TypeRef::Func(t) | TypeRef::FuncExact(t) => funcs.push(t),
                         TypeRef::Table(t) => tables.push(re.table_type(t)?),
                         TypeRef::Memory(m) => memories.push(re.memory_type(m)?),
                         TypeRef::Global(g) => globals.push(re.global_type(g)?),
                         TypeRef::Tag(t) => tags.push(re.tag_type(t)?),
                     }
-                    ty.import(import.module, import.name, re.entity_type(import.ty)?);
                 }
             }
             Payload::FunctionSection(r) => funcs.extend(each(r, Ok::<_, anyhow::Error>)?),
@@ -419,29 +444,21 @@ fn module_type(
             _ => {}
         }
     }
+    let mut out = Vec::new();
     for (name, kind, i) in exports {
-        if keep.is_some_and(|k| !k.contains(&name)) {
-            continue;
-        }
         let missing = || format!("export {name} names a missing item");
         let entity = match kind {
             ExternalKind::Func | ExternalKind::FuncExact => {
                 EntityType::Function(*funcs.get(i).with_context(missing)?)
             }
             ExternalKind::Table => EntityType::Table(*tables.get(i).with_context(missing)?),
-            ExternalKind::Memory => {
-                let mut memory = *memories.get(i).with_context(missing)?;
-                if let Some(floor) = memory_floor {
-                    memory.minimum = memory.minimum.min(floor);
-                }
-                EntityType::Memory(memory)
-            }
+            ExternalKind::Memory => EntityType::Memory(*memories.get(i).with_context(missing)?),
             ExternalKind::Global => EntityType::Global(*globals.get(i).with_context(missing)?),
             ExternalKind::Tag => EntityType::Tag(*tags.get(i).with_context(missing)?),
         };
-        ty.export(&name, entity);
+        out.push((name, entity));
     }
-    Ok(ty)
+    Ok(out)
 }
 
 /// Every item of a section, each through `f`.

@@ -713,67 +713,21 @@ impl Layout<'_> {
     ) -> Result<(Vec<u8>, BTreeSet<u32>)> {
         let info = self.libs[lib];
         let base = self.type_base[lib];
-        // Each item's type, by kind and index, imports first.
-        let mut funcs: Vec<u32> = Vec::new();
-        let mut tables = Vec::new();
-        let mut memories = Vec::new();
-        let mut globals = Vec::new();
-        for (_, _, ty) in &info.imports {
-            match ty {
-                TypeRef::Func(t) | TypeRef::FuncExact(t) => funcs.push(*t),
-                TypeRef::Table(t) => tables.push(*t),
-                TypeRef::Memory(m) => memories.push(*m),
-                TypeRef::Global(g) => globals.push(*g),
-                TypeRef::Tag(_) => bail!("a tag import"),
-            }
-        }
-        for payload in Parser::new(0).parse_all(info.bytes) {
-            match payload? {
-                Payload::FunctionSection(r) => {
-                    for t in r {
-                        funcs.push(t?);
-                    }
-                }
-                Payload::TableSection(r) => {
-                    for t in r {
-                        tables.push(t?.ty);
-                    }
-                }
-                Payload::GlobalSection(r) => {
-                    for g in r {
-                        globals.push(g?.ty);
-                    }
-                }
-                _ => {}
-            }
-        }
-        let mut re = RoundtripReencoder;
+        let entities: HashMap<String, EntityType> = core_modules::exported_entities(info.bytes)?
+            .into_iter()
+            .collect();
         let mut imports = ImportSection::new();
         let mut exports = ExportSection::new();
         let mut counts = [0u32; 4];
         for (name, kind) in used {
-            let Some(&(k, index)) = info.exports.get(name) else {
-                continue;
-            };
-            if k != *kind {
-                continue;
-            }
-            let i = index as usize;
-            let missing = || format!("export {name} names a missing item");
-            let entity = match kind {
-                Kind::Func => EntityType::Function(base + *funcs.get(i).with_context(missing)?),
-                Kind::Table => EntityType::Table(
-                    re.table_type(*tables.get(i).with_context(missing)?)
-                        .map_err(encode_err)?,
-                ),
-                Kind::Memory => EntityType::Memory(
-                    re.memory_type(*memories.get(i).with_context(missing)?)
-                        .map_err(encode_err)?,
-                ),
-                Kind::Global => EntityType::Global(
-                    re.global_type(*globals.get(i).with_context(missing)?)
-                        .map_err(encode_err)?,
-                ),
+            // The fused module's types are every library's, one after
+            // another.
+            let entity = match (kind, entities.get(name)) {
+                (Kind::Func, Some(EntityType::Function(t))) => EntityType::Function(base + t),
+                (Kind::Table, Some(e @ EntityType::Table(_)))
+                | (Kind::Memory, Some(e @ EntityType::Memory(_)))
+                | (Kind::Global, Some(e @ EntityType::Global(_))) => *e,
+                _ => continue,
             };
             imports.import(FUSED, &fused_export(lib, name), entity);
             exports.export(name, kind.export_kind(), counts[kind.slot()]);
