@@ -107,9 +107,9 @@ def cross_checks(resources, where):
                     f"deployment/{name}: annotation {CHECKSUM} is {have!r} but "
                     f"configmap/{ref}'s tenants.toml hashes to {want}: set it so "
                     f"the change rolls out")
-    for kind in ("Service", "PodDisruptionBudget"):
+    for kind in ("Service", "PodDisruptionBudget", "NetworkPolicy"):
         for name, r in by_kind.get(kind, {}).items():
-            sel = r["spec"].get("selector", {})
+            sel = r["spec"].get("podSelector" if kind == "NetworkPolicy" else "selector", {})
             if kind == "Service":
                 sel = {"matchLabels": sel}
             if not any(_matches(sel, d["spec"]["template"]["metadata"].get("labels", {}))

@@ -205,6 +205,58 @@ fn a_move_takes_what_it_checked_while_another_request_swaps_its_path() {
 }
 
 #[test]
+fn a_fifo_in_a_grant_is_refused_not_waited_on() {
+    // Only an operator can put one there; opening it would wait for a
+    // writer, on the thread the guest's file system calls run on.
+    let grant = temp_dir("grant-fifo");
+    let fifo = grant.join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::write(grant.join("ok.txt"), "inside").unwrap();
+    let dir = format!("{}::/data", grant.display());
+    let s = Server::start(&router(), &["--dir", &dir, "--timeout", "300s"]);
+    for _ in 0..4 {
+        let (status, body) = get(&s, "/read-file?/data/pipe");
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("Permission denied"), "{body}");
+    }
+    assert_eq!(get(&s, "/read-file?/data/ok.txt"), (200, "inside".into()));
+}
+
+#[test]
+fn the_host_s_side_of_file_system_calls_is_charged_to_the_tenant() {
+    let s = Server::start(&router(), &["--metrics", "127.0.0.1:0"]);
+    let ops = s.logged_addr("metrics on ");
+    // The process's CPU time, in seconds (USER_HZ is 100 on Linux).
+    let process = || -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.pid())).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+    };
+    let guest = || {
+        series(
+            &scrape(ops),
+            "rsgi_wasm_guest_cpu_seconds_total{tenant=\"router\"}",
+        )
+    };
+    assert_eq!(get(&s, "/file-calls?10"), (200, "done".into()));
+    let (p0, g0) = (process(), guest());
+    assert_eq!(get(&s, "/file-calls?20000"), (200, "done".into()));
+    let (p1, g1) = (process(), guest());
+    // Done on blocking threads, about half of it went uncounted: a
+    // tenant's `cpu` cap and fair share did not hold it.
+    let (process, guest) = (p1 - p0, g1 - g0);
+    assert!(
+        guest >= 0.75 * process,
+        "the tenant was charged {guest:.2}s of the process's {process:.2}s"
+    );
+}
+
+#[test]
 fn environment_shows_only_grants() {
     let env_file = temp_dir("envfile").join("app.env");
     std::fs::write(&env_file, "# comment\nFROM_FILE=1\nexport QUOTED=\"a b\"\n").unwrap();

@@ -206,8 +206,10 @@ pub async fn serve(
                 );
             }
         }
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => Slot::new(slot.expect("never closed"), &open),
+        // The slot is taken before accepting, so the cap holds; it counts
+        // as an open connection only once one is accepted.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
             () = &mut shutdown => break,
         };
         tokio::select! {
@@ -230,6 +232,7 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let slot = Slot::new(permit, &open);
                 let _ = stream.set_nodelay(true);
                 write_deadline::limit_unsent(&stream);
                 let deadline = cfg.header_timeout;

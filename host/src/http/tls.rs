@@ -98,9 +98,17 @@ fn certified_key(
         let encrypted = [&b"ENCRYPTED PRIVATE KEY"[..], b"Proc-Type: 4,ENCRYPTED"]
             .iter()
             .any(|marker| text.windows(marker.len()).any(|w| w == *marker));
+        let has = |marker: &[u8]| text.windows(marker.len()).any(|w| w == marker);
         let why = if encrypted {
             "the key is encrypted; give it without a passphrase \
              (`openssl pkey -in KEY -out plain.pem`), readable only by the server"
+                .to_owned()
+        } else if has(b"-----BEGIN CERTIFICATE") {
+            "it holds a certificate, not a private key (swapped with the certificate file?)"
+                .to_owned()
+        } else if !has(b"-----BEGIN") {
+            "not a PEM private key: no `-----BEGIN` line (a DER key? convert it: \
+             `openssl pkey -in KEY -inform DER -out key.pem`)"
                 .to_owned()
         } else {
             format!("not a PEM private key ({e})")
@@ -484,5 +492,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("the key is encrypted"), "{e}");
+        // The certificate given as the key, and a key in DER.
+        let e = certified_key(&cert, &cert, flags).unwrap_err().to_string();
+        assert!(
+            e.contains("it holds a certificate, not a private key"),
+            "{e}"
+        );
+        let der = dir.path().join("a.der");
+        std::fs::write(&der, a.key_pair.serialize_der()).unwrap();
+        let e = certified_key(&cert, &der, flags).unwrap_err().to_string();
+        assert!(e.contains("no `-----BEGIN` line (a DER key?"), "{e}");
     }
 }

@@ -35,7 +35,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// How the host lays a component out before compiling it (split, fused):
 /// part of each app's links file name, so a cache made by an older layout
 /// is compiled again rather than linked as it was.
-const LAYOUT: &str = "fused1";
+const LAYOUT: &str = "fused2";
 
 /// The native stack wasm frames may use.
 const MAX_WASM_STACK: usize = 8 << 20;

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod environ;
 mod file_map;
 mod file_reads;
+mod file_writes;
 pub mod fuse;
 mod generated;
 mod guest_clock;

@@ -23,6 +23,7 @@ use wasmtime_wasi::p2::{
 
 use crate::runtime::disk_quota::{FileId, Handle, Ledger, WarnEvery, BLOCK};
 use crate::runtime::file_reads::FileReader;
+use crate::runtime::file_writes::FileWriter;
 use crate::runtime::lock_dirs;
 
 /// How many host files (and directories) one app's instances may hold
@@ -363,6 +364,22 @@ impl QuotaFsView<'_> {
         }
     }
 
+    /// Whether `path` under directory `fd` is something opening could wait
+    /// on (a FIFO, a socket, a device): only an operator can put one in a
+    /// grant, and file system calls run on the guest's thread, where a
+    /// wait would hold a runtime thread past any timeout.
+    fn waits_to_open(&self, fd: &Resource<types::Descriptor>, path: &str, follow: bool) -> bool {
+        let Ok(dir) = self.dir(fd) else {
+            return false;
+        };
+        let meta = if follow {
+            dir.metadata(path)
+        } else {
+            dir.symlink_metadata(path)
+        };
+        meta.is_ok_and(|m| is_special(&m.file_type()))
+    }
+
     /// `path` under directory `fd`, not following a final symlink unless
     /// `follow`; `None` if it does not exist (or cannot be looked at).
     fn look(
@@ -374,15 +391,12 @@ impl QuotaFsView<'_> {
         let dir = self.dir(fd)?;
         let path = path.to_owned();
         Ok(async move {
-            let meta = tokio::task::spawn_blocking(move || {
-                if follow {
-                    dir.metadata(&path)
-                } else {
-                    dir.symlink_metadata(&path)
-                }
-            })
-            .await
-            .map_err(|e| FsError::trap(wasmtime::format_err!("looking up a path panicked: {e}")))?;
+            // On the guest's thread, charged to its tenant (see sandbox.rs).
+            let meta = if follow {
+                dir.metadata(&path)
+            } else {
+                dir.symlink_metadata(&path)
+            };
             Ok(meta.ok().map(|m| Meta::of(&m)))
         })
     }
@@ -423,15 +437,9 @@ impl QuotaFsView<'_> {
             name: name.to_owned(),
         };
         let (handle, name) = (self.dir(&source.dir), source.name.clone());
-        let checked = async move {
-            let handle = handle?;
-            tokio::task::spawn_blocking(move || has_climbing_link(&handle, &name, descend))
-                .await
-                .map_err(|e| {
-                    FsError::trap(wasmtime::format_err!("checking moved links panicked: {e}"))
-                })
-        };
-        let refused = match checked.await {
+        // On the guest's thread, charged to its tenant (see sandbox.rs).
+        let checked = handle.map(|handle| has_climbing_link(&handle, &name, descend));
+        let refused = match checked {
             Ok(false) => return Ok(source),
             Ok(true) => ErrorCode::NotPermitted.into(),
             Err(e) => e,
@@ -814,6 +822,13 @@ impl HostDescriptor for QuotaFsView<'_> {
         oflags: types::OpenFlags,
         flags: types::DescriptorFlags,
     ) -> FsResult<Resource<types::Descriptor>> {
+        if self.waits_to_open(
+            &fd,
+            &path,
+            path_flags.contains(types::PathFlags::SYMLINK_FOLLOW),
+        ) {
+            return Err(ErrorCode::Access.into());
+        }
         // WASI has no EMFILE; ENOMEM is the nearest "no more descriptors".
         let slot = self
             .quotas
@@ -964,16 +979,11 @@ impl HostDescriptor for QuotaFsView<'_> {
         offset: types::Filesize,
     ) -> FsResult<Resource<DynInputStream>> {
         let held = self.quotas.hold(&fd);
-        let file = match self.fs.table.get(&fd)? {
-            Descriptor::File(f) => Some(f.file.clone()),
-            Descriptor::Dir(_) => None,
-        };
+        let file = self.file_of(&fd)?;
         let stream = HostDescriptor::read_via_stream(&mut self.fs, fd, offset)?;
         if let Some(file) = file {
             // The stream keeps the file open: so must its charge and count.
-            let slot = self.fs.table.get_mut(&stream)?;
-            let inner = std::mem::replace(slot, Box::new(NoStream));
-            *slot = Box::new(FileReader::new(inner, file, offset, held));
+            *self.fs.table.get_mut(&stream)? = Box::new(FileReader::new(file, offset, held));
         }
         Ok(stream)
     }
@@ -985,7 +995,9 @@ impl HostDescriptor for QuotaFsView<'_> {
     ) -> FsResult<Resource<DynOutputStream>> {
         let held = self.quotas.hold(&fd);
         refuse_if_full(held.handle.as_ref(), Some(offset))?;
+        let file = self.file_of(&fd)?;
         let stream = HostDescriptor::write_via_stream(&mut self.fs, fd, offset)?;
+        self.write_inline(&stream, file, Some(offset))?;
         self.wrap_writer(&stream, held, Some(offset))?;
         Ok(stream)
     }
@@ -996,7 +1008,9 @@ impl HostDescriptor for QuotaFsView<'_> {
     ) -> FsResult<Resource<DynOutputStream>> {
         let held = self.quotas.hold(&fd);
         refuse_if_full(held.handle.as_ref(), None)?;
+        let file = self.file_of(&fd)?;
         let stream = HostDescriptor::append_via_stream(&mut self.fs, fd)?;
+        self.write_inline(&stream, file, None)?;
         self.wrap_writer(&stream, held, None)?;
         Ok(stream)
     }
@@ -1027,6 +1041,31 @@ impl HostDescriptor for QuotaFsView<'_> {
 }
 
 impl QuotaFsView<'_> {
+    /// The open file `fd` is, if it is a file.
+    fn file_of(
+        &self,
+        fd: &Resource<types::Descriptor>,
+    ) -> FsResult<Option<Arc<cap_std::fs::File>>> {
+        Ok(match self.fs.table.get(fd)? {
+            Descriptor::File(f) => Some(f.file.clone()),
+            Descriptor::Dir(_) => None,
+        })
+    }
+
+    /// Have a file's output stream write on the guest's thread
+    /// ([`FileWriter`]) instead of wasmtime-wasi's blocking threads.
+    fn write_inline(
+        &mut self,
+        stream: &Resource<DynOutputStream>,
+        file: Option<Arc<cap_std::fs::File>>,
+        position: Option<u64>,
+    ) -> FsResult<()> {
+        if let Some(file) = file {
+            *self.fs.table.get_mut(stream)? = Box::new(FileWriter::new(file, position));
+        }
+        Ok(())
+    }
+
     /// Put a wrapper around an output stream of a tracked file that charges
     /// its writes (in a quota'd tree) and holds its count.
     fn wrap_writer(
@@ -1304,6 +1343,12 @@ impl Pollable for HeldWriter {
     async fn ready(&mut self) {
         self.inner.ready().await
     }
+}
+
+/// A FIFO, socket or device: what opening or reading can wait on.
+fn is_special(t: &cap_std::fs::FileType) -> bool {
+    use cap_std::fs::FileTypeExt;
+    t.is_fifo() || t.is_socket() || t.is_char_device() || t.is_block_device()
 }
 
 /// Stands in for a stream for the instant it is being wrapped.

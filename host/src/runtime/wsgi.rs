@@ -450,6 +450,10 @@ fn open_granted(dirs: &[DirGrant], path: &str) -> Option<(std::fs::File, u64)> {
         })
         .max_by_key(|(d, _)| d.guest.len())?;
     let dir = cap_std::fs::Dir::open_ambient_dir(&grant.host, cap_std::ambient_authority()).ok()?;
+    // Opening a FIFO would wait, on the guest's thread.
+    if !dir.metadata(rel).ok()?.is_file() {
+        return None;
+    }
     let file = dir.open(rel).ok()?;
     let meta = file.metadata().ok()?;
     meta.is_file().then(|| (file.into_std(), meta.len()))
@@ -674,12 +678,9 @@ impl ResponseHost for WsgiCtx {
         let Some(slot) = self.open_files.take_sent_file() else {
             return Err(SendFileError::Unavailable);
         };
-        // Opening and stat-ing touch the disk: off the runtime's threads.
-        let dirs = self.dirs.clone();
-        let opened = tokio::task::spawn_blocking(move || open_granted(&dirs, &path))
-            .await
-            .ok()
-            .flatten();
+        // On the guest's thread, so charged to its tenant, as its own file
+        // system calls are (see sandbox.rs).
+        let opened = open_granted(&self.dirs, &path);
         match self.exchange.as_mut() {
             Some(ex) => ex.send_file(&status, &headers, opened.map(|o| (o, slot)), offset),
             None => Err(SendFileError::Unavailable),

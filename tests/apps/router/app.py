@@ -513,6 +513,18 @@ def application(environ, start_response):
     if path == "/os-environ":
         return as_json(start_response, dict(os.environ))
 
+    if path == "/file-calls":
+        # /file-calls?N: N rounds of file system calls, each mostly the
+        # host's work: stat, create and write, read back, delete.
+        for i in range(int(query)):
+            os.stat("/tmp")
+            with open("/tmp/calls", "wb") as f:
+                f.write(b"x")
+            with open("/tmp/calls", "rb") as f:
+                f.read()
+            os.unlink("/tmp/calls")
+        return text(start_response, b"done")
+
     if path == "/read-file":
         try:
             with open(query, "rb") as f:

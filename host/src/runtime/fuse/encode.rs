@@ -54,6 +54,8 @@ pub(super) struct Remap {
     pub(super) spaces: [Vec<u32>; 4],
     pub(super) data: u32,
     pub(super) elements: u32,
+    /// The library's globals that are constants: index, value.
+    pub(super) constants: HashMap<u32, i32>,
 }
 
 impl Reencode for Remap {
@@ -79,6 +81,17 @@ impl Reencode for Remap {
     }
     fn element_index(&mut self, e: u32) -> Result<u32, ReencodeError<String>> {
         Ok(self.elements + e)
+    }
+    fn instruction<'a>(
+        &mut self,
+        op: wasmparser::Operator<'a>,
+    ) -> Result<wasm_encoder::Instruction<'a>, ReencodeError<String>> {
+        if let wasmparser::Operator::GlobalGet { global_index } = op {
+            if let Some(&v) = self.constants.get(&global_index) {
+                return Ok(wasm_encoder::Instruction::I32Const(v));
+            }
+        }
+        wasm_encoder::reencode::utils::instruction(self, op)
     }
 }
 
@@ -128,6 +141,8 @@ pub(super) struct Layout<'g> {
     /// the slots it calls.
     pub(super) owner_table: Option<u32>,
     pub(super) forwarded: BTreeSet<u32>,
+    /// The values of the constant globals, defined before the libraries'.
+    pub(super) constants: Vec<i32>,
 }
 
 /// Build the fused module and the stubs.
@@ -219,6 +234,12 @@ pub(super) fn build(graph: &Graph, plan: &Plan) -> Result<Fused> {
         }
     }
 
+    // A global no code writes, defined by a constant, needs no import:
+    // its uses become that constant (the GOT entries, ~500 for CPython,
+    // each an import resolved by name at every instantiation, and a load
+    // at every use).
+    fold_constant_globals(graph, &libs, &mut links);
+
     // The fused module's imports, and the late functions, each once.
     let mut externals: Vec<(u32, String, EntityType)> = Vec::new();
     let mut external_index: HashMap<(u32, String, Kind), u32> = HashMap::new();
@@ -268,7 +289,7 @@ pub(super) fn build(graph: &Graph, plan: &Plan) -> Result<Fused> {
                         host,
                     });
                 }
-                Link::Internal { .. } | Link::MainTable => {}
+                Link::Internal { .. } | Link::MainTable | Link::Constant(_) => {}
             }
         }
     }
@@ -317,11 +338,23 @@ pub(super) fn build(graph: &Graph, plan: &Plan) -> Result<Fused> {
         Some(index)
     };
     let main_table = imported[Kind::Table.slot()];
+    // The constants' globals come first among the defined ones.
+    let mut constants: Vec<i32> = Vec::new();
+    let mut constant_index: HashMap<i32, u32> = HashMap::new();
+    for link in links.iter().flatten() {
+        if let Link::Constant(v) = link {
+            constant_index.entry(*v).or_insert_with(|| {
+                constants.push(*v);
+                imported[Kind::Global.slot()] + constants.len() as u32 - 1
+            });
+        }
+    }
 
     // Each library's defined items, after every import and the libraries
     // before it; then the late functions' callers and their table.
     let mut next = imported;
     next[Kind::Table.slot()] += 1;
+    next[Kind::Global.slot()] += constants.len() as u32;
     let mut defined_base = Vec::new();
     for info in &libs {
         defined_base.push(next);
@@ -338,14 +371,19 @@ pub(super) fn build(graph: &Graph, plan: &Plan) -> Result<Fused> {
             Link::MainTable => main_table,
             Link::External { instance, name } => external_index[&(*instance, name.clone(), kind)],
             Link::Late { instance, name } => late_funcs + late_index[&(*instance, name.clone())],
+            Link::Constant(v) => constant_index[v],
         }
     };
     let mut remaps = Vec::new();
     let (mut data, mut elements) = (0u32, 0u32);
     for (lib, info) in libs.iter().enumerate() {
         let mut spaces: [Vec<u32>; 4] = Default::default();
+        let mut lib_constants = HashMap::new();
         for ((_, _, ty), link) in info.imports.iter().zip(&links[lib]) {
             let kind = Kind::of_import(ty).context("a tag import")?;
+            if let Link::Constant(v) = link {
+                lib_constants.insert(spaces[kind.slot()].len() as u32, *v);
+            }
             spaces[kind.slot()].push(resolve(link, kind));
         }
         let counts = defined_counts(info)?;
@@ -358,6 +396,7 @@ pub(super) fn build(graph: &Graph, plan: &Plan) -> Result<Fused> {
             spaces,
             data,
             elements,
+            constants: lib_constants,
         });
         data += d;
         elements += e;
@@ -390,6 +429,7 @@ pub(super) fn build(graph: &Graph, plan: &Plan) -> Result<Fused> {
         main_table_type,
         owner_table,
         forwarded,
+        constants,
     };
     let module = layout.fused_module()?;
     let first = plan.libs[0];
@@ -407,6 +447,54 @@ pub(super) fn build(graph: &Graph, plan: &Plan) -> Result<Fused> {
         args: args.into_iter().map(|i| (arg_name(i), i)).collect(),
         stubs,
     })
+}
+
+/// Turn each library's import of a global into [`Link::Constant`] where
+/// that global is an `i32` defined by a constant that no module's code
+/// writes and the library does not pass on as an export. If what is
+/// written cannot be told, nothing is folded.
+fn fold_constant_globals(graph: &Graph, libs: &[&ModuleInfo], links: &mut [Vec<Link>]) {
+    let written = match written_globals(graph) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::debug!("not folding constant globals: {e:#}");
+            return;
+        }
+    };
+    for (info, links) in libs.iter().zip(links.iter_mut()) {
+        let exported: HashSet<u32> = info
+            .exports
+            .values()
+            .filter(|(k, _)| *k == Kind::Global)
+            .map(|(_, i)| *i)
+            .collect();
+        let mut global = 0u32;
+        for ((_, _, ty), link) in info.imports.iter().zip(links.iter_mut()) {
+            let TypeRef::Global(gt) = ty else {
+                continue;
+            };
+            let index = global;
+            global += 1;
+            let Link::External { instance, name } = &*link else {
+                continue;
+            };
+            if gt.content_type != wasmparser::ValType::I32 || exported.contains(&index) {
+                continue;
+            }
+            let Ok(Some(defined)) = graph.defining(*instance, name, Kind::Global) else {
+                continue;
+            };
+            let value = graph.module_of(defined.0).and_then(|m| {
+                match graph.modules[m as usize].globals.get(defined.1 as usize) {
+                    Some((t, Some(v))) if t.content_type == wasmparser::ValType::I32 => Some(*v),
+                    _ => None,
+                }
+            });
+            if let (Some(v), false) = (value, written.contains(&defined)) {
+                *link = Link::Constant(v);
+            }
+        }
+    }
 }
 
 /// Each type of `module`, none for a type that is not a function's.
@@ -490,6 +578,19 @@ impl Layout<'_> {
                 .table_type(self.main_table_type)
                 .map_err(encode_err)?,
         );
+        // Mutable, as the GOT entries were: a library's code that cannot
+        // run may still set one, and must still validate. Every read has
+        // become the constant.
+        for &v in &self.constants {
+            globals.global(
+                wasm_encoder::GlobalType {
+                    val_type: wasm_encoder::ValType::I32,
+                    mutable: true,
+                    shared: false,
+                },
+                &ConstExpr::i32_const(v),
+            );
+        }
         // What the libraries put in the shared table, to copy the
         // forwarded slots from.
         let mut placed: BTreeMap<u32, u32> = BTreeMap::new();

@@ -23,6 +23,9 @@ pub(super) enum Link {
     /// lowering defined later): called through a table of the fused
     /// module's that the stub of a later library fills.
     Late { instance: u32, name: String },
+    /// A global no code ever writes, defined with this `i32.const`: its
+    /// value, which the fused module's code uses as a constant.
+    Constant(i32),
 }
 
 /// What the libraries put in the shared table at constant offsets: each
@@ -401,6 +404,131 @@ pub(super) fn global_value(
         return None;
     }
     *value
+}
+
+/// Every global (as its defining instance and defined index) that some
+/// module's code writes with `global.set`; an error if a written import
+/// does not resolve to a definition.
+pub(super) fn written_globals(graph: &Graph) -> Result<HashSet<(u32, u32)>> {
+    let mut writes_of: HashMap<u32, BTreeSet<u32>> = HashMap::new();
+    let mut written = HashSet::new();
+    for (i, instance) in graph.instances.iter().enumerate() {
+        let CoreInstance::Module { module, args } = instance else {
+            continue;
+        };
+        let info = &graph.modules[*module as usize];
+        if !writes_of.contains_key(module) {
+            writes_of.insert(*module, global_sets(info.bytes)?);
+        }
+        for &g in &writes_of[module] {
+            if g >= info.imported(Kind::Global) {
+                written.insert((i as u32, g - info.imported(Kind::Global)));
+                continue;
+            }
+            let (from, name) = info
+                .import_of(Kind::Global, g)
+                .context("a written global out of range")?;
+            let arg = args
+                .iter()
+                .find(|(n, _)| n == from)
+                .with_context(|| format!("no argument {from}"))?
+                .1;
+            let defined = graph
+                .defining(arg, name, Kind::Global)?
+                .context("a written global without a definition")?;
+            written.insert(defined);
+        }
+    }
+    Ok(written)
+}
+
+/// The globals `module`'s code can set: `global.set` in any function that
+/// can run. A function can run if it is exported, the start function, in
+/// an element segment, named by any `ref.func`, or called by one that can
+/// (the snapshot's linker leaves a function that set every GOT entry once,
+/// before the snapshot, and that nothing reaches any more).
+fn global_sets(module: &[u8]) -> Result<BTreeSet<u32>> {
+    let mut imported = 0u32;
+    let mut roots: Vec<u32> = Vec::new();
+    // Each defined function's callees and the globals it sets.
+    let mut bodies: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
+    let refs = |expr: &wasmparser::ConstExpr, roots: &mut Vec<u32>| -> Result<()> {
+        for op in expr.get_operators_reader() {
+            if let Operator::RefFunc { function_index } = op? {
+                roots.push(function_index);
+            }
+        }
+        Ok(())
+    };
+    for payload in Parser::new(0).parse_all(module) {
+        match payload? {
+            Payload::ImportSection(r) => {
+                for import in r.into_imports() {
+                    if let TypeRef::Func(_) | TypeRef::FuncExact(_) = import?.ty {
+                        imported += 1;
+                    }
+                }
+            }
+            Payload::ExportSection(r) => {
+                for e in r {
+                    let e = e?;
+                    if e.kind == wasmparser::ExternalKind::Func {
+                        roots.push(e.index);
+                    }
+                }
+            }
+            Payload::StartSection { func, .. } => roots.push(func),
+            Payload::GlobalSection(r) => {
+                for g in r {
+                    refs(&g?.init_expr, &mut roots)?;
+                }
+            }
+            Payload::ElementSection(r) => {
+                for e in r {
+                    match e?.items {
+                        ElementItems::Functions(funcs) => {
+                            for f in funcs {
+                                roots.push(f?);
+                            }
+                        }
+                        ElementItems::Expressions(_, exprs) => {
+                            for expr in exprs {
+                                refs(&expr?, &mut roots)?;
+                            }
+                        }
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let (mut calls, mut sets) = (Vec::new(), Vec::new());
+                for op in body.get_operators_reader()? {
+                    match op? {
+                        Operator::Call { function_index }
+                        | Operator::ReturnCall { function_index } => calls.push(function_index),
+                        Operator::RefFunc { function_index } => roots.push(function_index),
+                        Operator::GlobalSet { global_index } => sets.push(global_index),
+                        _ => {}
+                    }
+                }
+                bodies.push((calls, sets));
+            }
+            _ => {}
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut out = BTreeSet::new();
+    while let Some(f) = roots.pop() {
+        if !seen.insert(f) {
+            continue;
+        }
+        let Some((calls, sets)) = f.checked_sub(imported).and_then(|i| bodies.get(i as usize))
+        else {
+            continue;
+        };
+        out.extend(sets.iter().copied());
+        roots.extend(calls.iter().copied());
+    }
+    Ok(out)
 }
 
 /// The names the component uses of instance `instance`: aliased from it,

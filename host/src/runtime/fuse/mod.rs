@@ -415,6 +415,92 @@ mod tests {
         assert_eq!(segments[2], [(true, true)]);
     }
 
+    /// Libraries reading two GOT-like globals of the main module: `got`,
+    /// which only a function nothing reaches sets, and `counter`, which
+    /// library A's exported `bump` sets.
+    const GLOBALS: &str = r#"(component
+        (core module $main
+            (memory (export "memory") 1)
+            (table (export "table") 4 funcref)
+            (global (export "a_base") i32 (i32.const 0))
+            (global (export "b_base") i32 (i32.const 2))
+            (global (export "got") (mut i32) (i32.const 40))
+            (global (export "counter") (mut i32) (i32.const 0)))
+        (core module $a
+            (import "env" "table" (table 1 funcref))
+            (import "env" "memory" (memory 1))
+            (import "env" "__table_base" (global i32))
+            (import "env" "got" (global $got (mut i32)))
+            (import "env" "counter" (global $counter (mut i32)))
+            (func $f (result i32) global.get $got)
+            (func $dead i32.const 1 global.set $got)
+            (func (export "bump") (result i32)
+                global.get $counter i32.const 1 i32.add global.set $counter
+                global.get $counter)
+            (elem (table 0) (offset (global.get 0)) func $f))
+        (core module $b
+            (type $r (func (result i32)))
+            (import "env" "table" (table 1 funcref))
+            (import "env" "memory" (memory 1))
+            (import "env" "__table_base" (global i32))
+            (import "env" "got" (global $got (mut i32)))
+            (import "a" "bump" (func $bump (result i32)))
+            (func (export "run") (result i32)
+                global.get $got
+                i32.const 0 call_indirect (type $r) i32.add
+                call $bump i32.add
+                call $bump i32.add))
+        (core instance $m (instantiate $main))
+        (core instance $env_a
+            (export "table" (table $m "table"))
+            (export "memory" (memory $m "memory"))
+            (export "__table_base" (global $m "a_base"))
+            (export "got" (global $m "got"))
+            (export "counter" (global $m "counter")))
+        (core instance $ia (instantiate $a (with "env" (instance $env_a))))
+        (core instance $env_b
+            (export "table" (table $m "table"))
+            (export "memory" (memory $m "memory"))
+            (export "__table_base" (global $m "b_base"))
+            (export "got" (global $m "got")))
+        (core instance $ib (instantiate $b (with "env" (instance $env_b)) (with "a" (instance $ia))))
+        (func (export "run") (result s32) (canon lift (core func $ib "run"))))"#;
+
+    #[test]
+    fn globals_no_code_can_write_become_constants() {
+        let run = |component: &[u8]| -> Vec<i32> {
+            use wasmtime::component::{Component, Linker};
+            use wasmtime::{Engine, Store};
+            let engine = Engine::default();
+            let component = Component::new(&engine, component).unwrap();
+            let mut store = Store::new(&engine, ());
+            let instance = Linker::<()>::new(&engine)
+                .instantiate(&mut store, &component)
+                .unwrap();
+            let run = instance
+                .get_typed_func::<(), (i32,)>(&mut store, "run")
+                .unwrap();
+            (0..2)
+                .map(|_| run.call(&mut store, ()).unwrap().0)
+                .collect()
+        };
+        let original = wat::parse_str(GLOBALS).unwrap();
+        // 40 + 40 + 1 + 2, then the counter goes on: 40 + 40 + 3 + 4.
+        assert_eq!(run(&original), [83, 87]);
+        let fused = fuse(&original).expect("fuses");
+        assert_eq!(run(&fused), [83, 87]);
+        // The fused module (in library A's place) imports the global code
+        // writes, and not the one only unreachable code sets.
+        let graph = Graph::read(&fused).unwrap();
+        let globals: Vec<&str> = graph.modules[1]
+            .imports
+            .iter()
+            .filter(|(_, _, ty)| matches!(ty, wasmparser::TypeRef::Global(_)))
+            .map(|(_, name, _)| name.as_str())
+            .collect();
+        assert_eq!(globals, ["counter"]);
+    }
+
     #[test]
     fn a_shape_it_does_not_know_is_left_as_it_is() {
         // A library's start function would run earlier fused.
