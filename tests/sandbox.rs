@@ -1096,6 +1096,15 @@ fn per_request_tmp_directories_share_one_quota_and_free_it() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // What one request left in its /tmp, the next never sees: the host
+    // hands an ended instance's directory on only once it is emptied.
+    for _ in 0..6 {
+        assert_eq!(get(&s, "/write-file?/tmp/left").0, 200);
+        let (status, body) = get(&s, "/read-file?/tmp/left");
+        assert_eq!(status, 403, "{body}");
+        let (status, body) = get(&s, "/read-file?/tmp/big");
+        assert_eq!(status, 403, "{body}");
+    }
 }
 
 #[test]

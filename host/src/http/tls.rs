@@ -91,27 +91,30 @@ fn certified_key(
             ))
         })?;
     if chain.is_empty() {
-        return Err(UserError(format!("{what} {}: no certificate in it", cert.display())).into());
+        let why = pem_hint(&read(cert, what)?, "certificate", "x509");
+        return Err(UserError(format!(
+            "{what} {}: no certificate in it{why}",
+            cert.display()
+        ))
+        .into());
     }
     let text = read(key, key_what)?;
     let private = PrivateKeyDer::from_pem_slice(&text).map_err(|e| {
         let encrypted = [&b"ENCRYPTED PRIVATE KEY"[..], b"Proc-Type: 4,ENCRYPTED"]
             .iter()
-            .any(|marker| text.windows(marker.len()).any(|w| w == *marker));
-        let has = |marker: &[u8]| text.windows(marker.len()).any(|w| w == marker);
+            .any(|marker| pem_has(&text, marker));
         let why = if encrypted {
             "the key is encrypted; give it without a passphrase \
              (`openssl pkey -in KEY -out plain.pem`), readable only by the server"
                 .to_owned()
-        } else if has(b"-----BEGIN CERTIFICATE") {
+        } else if pem_has(&text, b"-----BEGIN CERTIFICATE") {
             "it holds a certificate, not a private key (swapped with the certificate file?)"
                 .to_owned()
-        } else if !has(b"-----BEGIN") {
-            "not a PEM private key: no `-----BEGIN` line (a DER key? convert it: \
-             `openssl pkey -in KEY -inform DER -out key.pem`)"
-                .to_owned()
         } else {
-            format!("not a PEM private key ({e})")
+            format!(
+                "not a PEM private key ({e}){}",
+                pem_hint(&text, "key", "pkey")
+            )
         };
         UserError(format!("{key_what} {}: {why}", key.display()))
     })?;
@@ -354,6 +357,28 @@ pub fn client_cert_refusal(e: &rustls::Error) -> String {
     }
 }
 
+/// Whether `text` holds `marker`.
+fn pem_has(text: &[u8], marker: &[u8]) -> bool {
+    text.windows(marker.len()).any(|w| w == marker)
+}
+
+/// What a file that held no PEM `what` (certificate or key) seems to hold
+/// instead, as the end of the error; `tool` is the openssl command that
+/// converts one from DER.
+fn pem_hint(text: &[u8], what: &str, tool: &str) -> String {
+    if text.iter().all(u8::is_ascii_whitespace) {
+        ": the file is empty".to_owned()
+    } else if what == "certificate" && pem_has(text, b"PRIVATE KEY-----") {
+        "; it holds a private key (swapped with the key file?)".to_owned()
+    } else if !pem_has(text, b"-----BEGIN") {
+        format!(
+            "; no `-----BEGIN` line (DER? convert it: `openssl {tool} -inform DER -in FILE -out {what}.pem`)"
+        )
+    } else {
+        String::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,6 +526,12 @@ mod tests {
         let der = dir.path().join("a.der");
         std::fs::write(&der, a.key_pair.serialize_der()).unwrap();
         let e = certified_key(&cert, &der, flags).unwrap_err().to_string();
-        assert!(e.contains("no `-----BEGIN` line (a DER key?"), "{e}");
+        assert!(e.contains("no `-----BEGIN` line (DER? convert"), "{e}");
+        // The key given as the certificate, and an empty key file.
+        let e = certified_key(&key, &key, flags).unwrap_err().to_string();
+        assert!(e.contains("it holds a private key (swapped"), "{e}");
+        let empty = file("empty.key", "");
+        let e = certified_key(&cert, &empty, flags).unwrap_err().to_string();
+        assert!(e.contains("the file is empty"), "{e}");
     }
 }

@@ -37,6 +37,15 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// is compiled again rather than linked as it was.
 const LAYOUT: &str = "fused2";
 
+/// `tracing::warn!` unless `$said` (the same file was judged just before).
+macro_rules! warn_once {
+    ($said:expr, $($arg:tt)*) => {
+        if !$said {
+            tracing::warn!($($arg)*);
+        }
+    };
+}
+
 /// The native stack wasm frames may use.
 const MAX_WASM_STACK: usize = 8 << 20;
 
@@ -405,14 +414,15 @@ impl Loader {
         let links = self
             .cache_dir
             .join(format!("{digest}-{}-{LAYOUT}.links", self.engine_key()));
-        if let Some(hit) = self.linked(&links, digest)? {
+        if let Some(hit) = self.linked(&links, digest, false)? {
             metrics::artifact_cache(true);
             return Ok(hit);
         }
         // A compile that panicked leaves nothing half-done behind the lock.
         let _compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
-        // Compiled by another app while this one waited for the lock.
-        if let Some(hit) = self.linked(&links, digest)? {
+        // Compiled by another app while this one waited for the lock (what
+        // is wrong with the file was said just before).
+        if let Some(hit) = self.linked(&links, digest, true)? {
             metrics::artifact_cache(true);
             return Ok(hit);
         }
@@ -479,7 +489,7 @@ impl Loader {
                     links.display()
                 )
             })?;
-        self.linked(&links, digest)?
+        self.linked(&links, digest, false)?
             .context("a compiled artifact vanished from the cache while loading")
     }
 
@@ -489,6 +499,7 @@ impl Loader {
         &self,
         path: &Path,
         digest: &str,
+        said: bool,
     ) -> Result<Option<(Arc<SharedShell>, Vec<LinkedModule>)>> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
@@ -497,13 +508,14 @@ impl Loader {
         };
         let links = std::str::from_utf8(&bytes).ok().and_then(read_links);
         let Some((component, shell, modules)) = links else {
-            tracing::warn!("ignoring unreadable cache file {}", path.display());
+            warn_once!(said, "ignoring unreadable cache file {}", path.display());
             return Ok(None);
         };
         // Another app's links copied over this one's (a restore gone
         // wrong) would serve that app's code under this one's name.
         if component != digest {
-            tracing::warn!(
+            warn_once!(
+                said,
                 "ignoring {}: it names the modules of another component",
                 path.display()
             );
@@ -529,7 +541,8 @@ impl Loader {
             })
             .collect();
         if wanted.len() != modules.len() {
-            tracing::warn!(
+            warn_once!(
+                said,
                 "ignoring {}: it names {} modules for a shell that imports {}",
                 path.display(),
                 modules.len(),
@@ -544,7 +557,8 @@ impl Loader {
             let ty = wanted.get(name)?;
             lacks_export(&self.engine, ty, &m.module).map(|e| (name, e))
         }) {
-            tracing::warn!(
+            warn_once!(
+                said,
                 "ignoring {}: the module it names for {name} does not export `{missing}`",
                 path.display(),
             );

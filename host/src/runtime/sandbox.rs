@@ -18,7 +18,7 @@ use crate::runtime::quota_fs::{OpenFiles, Quotas};
 use crate::runtime::store::{HostState, Network};
 use crate::runtime::tls_client::TlsClients;
 use crate::runtime::wsgi::WsgiCtx;
-use crate::scratch::{scratch_dir, ScratchDir};
+use crate::scratch::{scratch_dir, ScratchBin, ScratchDir};
 
 /// The grants of one app, turned into a fresh `HostState` per instance.
 #[derive(Clone)]
@@ -50,9 +50,9 @@ enum Tmp {
     Granted,
     /// One directory for all instances of the app, removed at exit.
     Shared(Arc<ScratchDir>, Arc<Ledger>),
-    /// A new directory per instance (request isolation: nothing shared),
-    /// all drawing on one budget.
-    PerInstance(Arc<Budget>),
+    /// A directory per instance (request isolation: nothing shared; an
+    /// earlier instance's, emptied), all drawing on one budget.
+    PerInstance(Arc<Budget>, Arc<ScratchBin>),
 }
 
 /// Where a guest's stdio goes.
@@ -115,7 +115,10 @@ impl Sandbox {
         {
             Tmp::Granted
         } else if isolation == Isolation::Request {
-            Tmp::PerInstance(Budget::of_app(grants.tmp_size, app, "/tmp"))
+            Tmp::PerInstance(
+                Budget::of_app(grants.tmp_size, app, "/tmp"),
+                ScratchBin::new(app),
+            )
         } else {
             Tmp::Shared(
                 Arc::new(scratch_dir(app)?),
@@ -234,8 +237,8 @@ impl Sandbox {
                 quotas.add_root(TMP, ledger.clone());
                 None
             }
-            Tmp::PerInstance(budget) => {
-                let dir = scratch_dir(&self.app)?;
+            Tmp::PerInstance(budget, bin) => {
+                let dir = bin.take()?;
                 preopen_tmp(&mut b, dir.path())?;
                 quotas.add_root(TMP, Ledger::new(budget.clone(), 0));
                 Some(dir)
