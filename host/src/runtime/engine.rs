@@ -38,7 +38,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 const LAYOUT: &str = "fused2";
 
 /// `tracing::warn!` unless `$said` (the same file was judged just before).
-macro_rules! warn_once {
+macro_rules! warn_unless_said {
     ($said:expr, $($arg:tt)*) => {
         if !$said {
             tracing::warn!($($arg)*);
@@ -508,13 +508,13 @@ impl Loader {
         };
         let links = std::str::from_utf8(&bytes).ok().and_then(read_links);
         let Some((component, shell, modules)) = links else {
-            warn_once!(said, "ignoring unreadable cache file {}", path.display());
+            warn_unless_said!(said, "ignoring unreadable cache file {}", path.display());
             return Ok(None);
         };
         // Another app's links copied over this one's (a restore gone
         // wrong) would serve that app's code under this one's name.
         if component != digest {
-            warn_once!(
+            warn_unless_said!(
                 said,
                 "ignoring {}: it names the modules of another component",
                 path.display()
@@ -541,7 +541,7 @@ impl Loader {
             })
             .collect();
         if wanted.len() != modules.len() {
-            warn_once!(
+            warn_unless_said!(
                 said,
                 "ignoring {}: it names {} modules for a shell that imports {}",
                 path.display(),
@@ -557,7 +557,7 @@ impl Loader {
             let ty = wanted.get(name)?;
             lacks_export(&self.engine, ty, &m.module).map(|e| (name, e))
         }) {
-            warn_once!(
+            warn_unless_said!(
                 said,
                 "ignoring {}: the module it names for {name} does not export `{missing}`",
                 path.display(),
