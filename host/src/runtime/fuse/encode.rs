@@ -163,11 +163,7 @@ pub(super) fn build(graph: &Graph, plan: &Plan) -> Result<Fused> {
         let mut out = Vec::new();
         for (from, name, ty) in &info.imports {
             let kind = Kind::of_import(ty).context("a tag import")?;
-            let arg = args
-                .iter()
-                .find(|(n, _)| n == from)
-                .with_context(|| format!("no argument {from}"))?
-                .1;
+            let arg = arg_named(args, from)?;
             let link = link(graph, plan, &lib_of, arg, name, kind)
                 .with_context(|| format!("linking {from}.{name} of library {lib}"))?;
             out.push(link);
@@ -192,7 +188,7 @@ pub(super) fn build(graph: &Graph, plan: &Plan) -> Result<Fused> {
     let owner_module = graph.module_of(plan.owner.0).context("owner")?;
     let owner_info = &graph.modules[owner_module as usize];
     let owner_table_index = owner_info.imported(Kind::Table) + plan.owner.1;
-    let calls = owner_calls(owner_info.bytes, owner_table_index)?;
+    let calls = owner_calls(owner_info, owner_table_index)?;
     if owner_info.element_segments > 0 {
         bail!("the main module has element segments");
     }

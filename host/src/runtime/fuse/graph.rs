@@ -356,11 +356,7 @@ impl<'a> Graph<'a> {
             return Ok(Hop::Defined(index - m.imported(kind)));
         }
         let (from, field) = m.import_of(kind, index).context("bad import")?;
-        let arg = args
-            .iter()
-            .find(|(n, _)| n == from)
-            .with_context(|| format!("no argument {from}"))?;
-        Ok(Hop::Next(arg.1, field.to_owned()))
+        Ok(Hop::Next(arg_named(args, from)?, field.to_owned()))
     }
 
     /// Follow `name` of `instance` through bags and re-exported imports to
@@ -397,6 +393,14 @@ impl<'a> Graph<'a> {
         }
         bail!("an import chain does not end")
     }
+}
+
+/// The instance a module instance was given as its import module `from`.
+pub(super) fn arg_named(args: &[(String, u32)], from: &str) -> Result<u32> {
+    args.iter()
+        .find(|(n, _)| n == from)
+        .map(|(_, i)| *i)
+        .with_context(|| format!("no argument {from}"))
 }
 
 /// One step along an export of a module instance.

@@ -226,9 +226,9 @@ pub(super) struct OwnerCalls {
     pub(super) only_forwarders: bool,
 }
 
-/// How `module`'s code uses table `table`; an error if some call through
+/// How the module's code uses table `table`; an error if some call through
 /// it is not at a constant slot, or the code uses the table otherwise.
-pub(super) fn owner_calls(module: &[u8], table: u32) -> Result<OwnerCalls> {
+pub(super) fn owner_calls(info: &ModuleInfo, table: u32) -> Result<OwnerCalls> {
     let mut calls = OwnerCalls {
         slots: BTreeSet::new(),
         forwarders: HashMap::new(),
@@ -236,9 +236,9 @@ pub(super) fn owner_calls(module: &[u8], table: u32) -> Result<OwnerCalls> {
     };
     let mut types: Vec<Option<usize>> = Vec::new();
     let mut func_types: Vec<u32> = Vec::new();
-    let mut imported_funcs = 0u32;
+    let imported_funcs = info.imported(Kind::Func);
     let mut body_index = 0u32;
-    for payload in Parser::new(0).parse_all(module) {
+    for payload in Parser::new(0).parse_all(info.bytes) {
         match payload? {
             Payload::TypeSection(r) => {
                 for group in r {
@@ -247,13 +247,6 @@ pub(super) fn owner_calls(module: &[u8], table: u32) -> Result<OwnerCalls> {
                             wasmparser::CompositeInnerType::Func(f) => Some(f.params().len()),
                             _ => None,
                         });
-                    }
-                }
-            }
-            Payload::ImportSection(r) => {
-                for import in r.into_imports() {
-                    if let TypeRef::Func(_) | TypeRef::FuncExact(_) = import?.ty {
-                        imported_funcs += 1;
                     }
                 }
             }
@@ -391,7 +384,7 @@ pub(super) fn global_value(
         let CoreInstance::Module { args, .. } = &graph.instances[plan.libs[lib] as usize] else {
             return None;
         };
-        let arg = args.iter().find(|(n, _)| n == from)?.1;
+        let arg = arg_named(args, from).ok()?;
         graph.defining(arg, name, Kind::Global).ok()??
     } else {
         (plan.libs[lib], index - info.imported(Kind::Global))
@@ -418,7 +411,7 @@ pub(super) fn written_globals(graph: &Graph) -> Result<HashSet<(u32, u32)>> {
         };
         let info = &graph.modules[*module as usize];
         if !writes_of.contains_key(module) {
-            writes_of.insert(*module, global_sets(info.bytes)?);
+            writes_of.insert(*module, global_sets(info)?);
         }
         for &g in &writes_of[module] {
             if g >= info.imported(Kind::Global) {
@@ -428,11 +421,7 @@ pub(super) fn written_globals(graph: &Graph) -> Result<HashSet<(u32, u32)>> {
             let (from, name) = info
                 .import_of(Kind::Global, g)
                 .context("a written global out of range")?;
-            let arg = args
-                .iter()
-                .find(|(n, _)| n == from)
-                .with_context(|| format!("no argument {from}"))?
-                .1;
+            let arg = arg_named(args, from)?;
             let defined = graph
                 .defining(arg, name, Kind::Global)?
                 .context("a written global without a definition")?;
@@ -447,9 +436,14 @@ pub(super) fn written_globals(graph: &Graph) -> Result<HashSet<(u32, u32)>> {
 /// an element segment, named by any `ref.func`, or called by one that can
 /// (the snapshot's linker leaves a function that set every GOT entry once,
 /// before the snapshot, and that nothing reaches any more).
-fn global_sets(module: &[u8]) -> Result<BTreeSet<u32>> {
-    let mut imported = 0u32;
-    let mut roots: Vec<u32> = Vec::new();
+fn global_sets(info: &ModuleInfo) -> Result<BTreeSet<u32>> {
+    let imported = info.imported(Kind::Func);
+    let mut roots: Vec<u32> = info
+        .exports
+        .values()
+        .filter(|(kind, _)| *kind == Kind::Func)
+        .map(|(_, f)| *f)
+        .collect();
     // Each defined function's callees and the globals it sets.
     let mut bodies: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
     let refs = |expr: &wasmparser::ConstExpr, roots: &mut Vec<u32>| -> Result<()> {
@@ -460,23 +454,8 @@ fn global_sets(module: &[u8]) -> Result<BTreeSet<u32>> {
         }
         Ok(())
     };
-    for payload in Parser::new(0).parse_all(module) {
+    for payload in Parser::new(0).parse_all(info.bytes) {
         match payload? {
-            Payload::ImportSection(r) => {
-                for import in r.into_imports() {
-                    if let TypeRef::Func(_) | TypeRef::FuncExact(_) = import?.ty {
-                        imported += 1;
-                    }
-                }
-            }
-            Payload::ExportSection(r) => {
-                for e in r {
-                    let e = e?;
-                    if e.kind == wasmparser::ExternalKind::Func {
-                        roots.push(e.index);
-                    }
-                }
-            }
             Payload::StartSection { func, .. } => roots.push(func),
             Payload::GlobalSection(r) => {
                 for g in r {
@@ -586,7 +565,7 @@ mod tests {
                 (func (type $t) local.get 0 i32.const 1 i32.const 5 call_indirect (type $t)))"#,
         )
         .unwrap();
-        let calls = owner_calls(&module, 0).unwrap();
+        let calls = owner_calls(&ModuleInfo::read(&module).unwrap(), 0).unwrap();
         assert_eq!(calls.forwarders, HashMap::from([(0, 3)]));
         assert_eq!(calls.slots, BTreeSet::from([3, 4, 5]));
         assert!(!calls.only_forwarders);
@@ -596,7 +575,11 @@ mod tests {
                 (func (type $t) i32.const 2 call_indirect (type $t)))"#,
         )
         .unwrap();
-        assert!(owner_calls(&forwarders, 0).unwrap().only_forwarders);
+        assert!(
+            owner_calls(&ModuleInfo::read(&forwarders).unwrap(), 0)
+                .unwrap()
+                .only_forwarders
+        );
         // A function of its own calling a forwarder directly.
         let caller = wat::parse_str(
             r#"(module (type $t (func)) (table 8 funcref)
@@ -604,12 +587,16 @@ mod tests {
                 (func (export "g") (type $t) call $f))"#,
         )
         .unwrap();
-        assert!(!owner_calls(&caller, 0).unwrap().only_forwarders);
+        assert!(
+            !owner_calls(&ModuleInfo::read(&caller).unwrap(), 0)
+                .unwrap()
+                .only_forwarders
+        );
         let dynamic = wat::parse_str(
             r#"(module (table 8 funcref) (type $t (func))
                 (func (param i32) local.get 0 call_indirect (type $t)))"#,
         )
         .unwrap();
-        assert!(owner_calls(&dynamic, 0).is_err());
+        assert!(owner_calls(&ModuleInfo::read(&dynamic).unwrap(), 0).is_err());
     }
 }

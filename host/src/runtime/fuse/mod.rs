@@ -111,12 +111,9 @@ fn plan(graph: &Graph) -> Result<Plan> {
         let m = &graph.modules[*module as usize];
         for &import in &m.imports_of[Kind::Table.slot()] {
             let (from, name, _) = &m.imports[import];
-            let (_, arg) = args
-                .iter()
-                .find(|(n, _)| n == from)
-                .context("a table import without its argument")?;
+            let arg = arg_named(args, from)?;
             let defining = graph
-                .defining(*arg, name, Kind::Table)?
+                .defining(arg, name, Kind::Table)?
                 .context("a table import that does not resolve to a defined table")?;
             importers.entry(defining).or_default().push(i as u32);
         }
