@@ -1383,6 +1383,52 @@ fn clients_that_stall_free_the_instance_at_the_header_timeout() {
     assert_eq!(r.status(), 200);
 }
 
+/// With `--timeout` shorter than `--header-timeout`, a client that stalls
+/// its body runs the request out of time while the app waits for it: the
+/// client's doing, so 408 and a `slow_client` recycle, not an app timeout.
+#[test]
+fn a_body_stalled_past_the_request_timeout_is_the_client_s_408() {
+    let s = Server::start(
+        &router(),
+        &[
+            "--timeout",
+            "1s",
+            "--header-timeout",
+            "60s",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let ops = s.logged_addr("metrics on ");
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"POST /length HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab")
+        .unwrap();
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let resp = read_response(&mut r, false);
+    assert_eq!(resp.status, 408);
+    assert_eq!(resp.header("connection"), Some(&b"close"[..]));
+    s.wait_for_log("while the app waited for the client to send the request body");
+    let metrics = scrape(ops);
+    assert_eq!(
+        series(&metrics, "rsgi_wasm_timeouts_total{tenant=\"router\"}"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            "rsgi_wasm_instance_recycles_total{tenant=\"router\",cause=\"slow_client\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    // An app that runs out of time on its own is still a 504.
+    assert_eq!(get(&s, "/sleep?5").0, 504);
+    assert_eq!(get(&s, "/").0, 200);
+}
+
 #[test]
 fn compiled_code_is_only_loaded_from_a_private_cache() {
     use std::os::unix::fs::PermissionsExt;
@@ -2234,4 +2280,34 @@ fn a_signal_while_preloading_stops_the_server_cleanly() {
     );
     assert!(!logged().contains("listening on"), "{}", logged());
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "scratch left");
+}
+
+#[test]
+fn an_app_whose_files_are_removed_from_the_cache_while_it_runs_gets_them_back() {
+    let cache = cache_with_compiled_code("files-removed");
+    let s = Server::start(&router(), &["--cache-dir", cache.to_str().unwrap()]);
+    let read = || get(&s, "/read-file?/python/LICENSE.txt");
+    let (status, body) = read();
+    assert_eq!(status, 200, "{body}");
+    // A cache cleaner at work: the warm instance holds directories that
+    // are gone, and every read from them fails.
+    std::fs::remove_dir_all(cache.join("files")).unwrap();
+    // Within the sweep's files check (5 s) the app is unloaded, and its
+    // next request loads it again, unpacking its files.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, again) = read();
+        if status == 200 {
+            assert_eq!(again, body);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {status} after 60 s: {again}\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s.wait_for_log("was removed from the cache while the app ran");
+    assert!(cache.join("files").is_dir());
 }

@@ -456,9 +456,11 @@ class LiveApp:
 class _Discard(protocol.Transport):
     def __init__(self) -> None:
         self.status = ""
+        self.cookies: List[str] = []
 
     def start(self, status: str, headers: protocol.Headers, first_chunk: bytes) -> None:
         self.status = status
+        self.cookies = set_cookies(headers)
 
     def write(self, chunk: bytes) -> None:
         pass
@@ -508,8 +510,35 @@ def warm_up(app: Callable, paths: List[str]) -> List[str]:
             said = failure_of(errors.getvalue()) or failure_of(output.getvalue())
             line += f" ({said or 'the app answered it without a traceback or any output'})"
         report.append(line)
+        if sink.cookies:
+            # Whatever the app keeps for that cookie (a session in its
+            # cache, a cart) is in the snapshot: in every instance, under
+            # a key anyone with the component file can read.
+            report.append(
+                f"warning: warm-up GET {target} set the cookie {', '.join(sink.cookies)}: what the app keeps "
+                "for it on the server (a session, a cart) is in the snapshot, shared by every instance under a "
+                "key anyone with the component can read; warm up a path that sets no cookie "
+                "(`--warmup PATH`), or build with `--no-warmup`"
+            )
     forget_static_manifest()
     return report
+
+
+def set_cookies(headers: protocol.Headers) -> List[str]:
+    """The names of the cookies ``headers`` set, leaving out those they
+    clear (``Max-Age=0`` or an empty value, as a logout sends)."""
+    names = []
+    for name, value in headers:
+        if name.lower() != "set-cookie":
+            continue
+        pair, _, attrs = value.partition(";")
+        key, _, val = pair.partition("=")
+        cleared = not val.strip().strip('"') or any(
+            a.strip().lower().replace(" ", "") == "max-age=0" for a in attrs.split(";")
+        )
+        if key.strip() and not cleared:
+            names.append(key.strip())
+    return names
 
 
 def _stream_handlers(streams: Tuple[Any, ...]) -> Dict[Any, Any]:

@@ -181,6 +181,32 @@ class WarmUpFailures(unittest.TestCase):
         )
         self.assertEqual(failure_of(mail), "ValueError: Missing entry")
 
+    def test_a_warm_up_that_sets_a_cookie_is_warned_about(self):
+        from rsgi_wasm_guest.boot import set_cookies, warm_up
+
+        def app(environ, start_response):
+            headers = [("Content-Type", "text/plain")]
+            if environ["PATH_INFO"] == "/login":
+                headers += [
+                    ("Set-Cookie", "sessionid=abc123; HttpOnly; Path=/"),
+                    ("Set-Cookie", "csrftoken=x; Max-Age=31449600"),
+                ]
+            if environ["PATH_INFO"] == "/logout":
+                headers += [
+                    ("Set-Cookie", 'sessionid=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0'),
+                    ("set-cookie", "flash=gone; Max-Age = 0"),
+                ]
+            start_response("200 OK", headers)
+            return [b"ok"]
+
+        report = warm_up(app, ["/", "/login", "/logout"])
+        self.assertEqual(report[:2], ["warm-up GET /: 200 OK", "warm-up GET /login: 200 OK"])
+        self.assertTrue(report[2].startswith("warning: warm-up GET /login set the cookie sessionid, csrftoken:"), report)
+        self.assertIn("--warmup PATH", report[2])
+        # Clearing a cookie (a logout) keeps nothing for it.
+        self.assertEqual(report[3:], ["warm-up GET /logout: 200 OK"])
+        self.assertEqual(set_cookies([("Set-Cookie", "=novalue"), ("X", "a=b")]), [])
+
     def test_a_manifest_storage_made_at_build_is_made_again_at_run_time(self):
         import sys
         import types

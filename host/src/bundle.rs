@@ -635,6 +635,12 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
     Ok(out)
 }
 
+/// The first of `mounts` whose directory is gone from the host (someone
+/// removed the cache's `files`, or part of it, while apps ran), if any.
+pub fn missing_mount(mounts: &[Mount]) -> Option<&Mount> {
+    mounts.iter().find(|m| !is_real_dir(&m.host))
+}
+
 /// Whether `path` is a directory itself, not a symlink to one: a tree of
 /// the `files` cache that is a symlink would mount whatever it points at,
 /// so it is taken for missing (and replaced by the real one).

@@ -96,30 +96,40 @@ pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
     // name whose content was never written (wasmtime maps compiled code
     // from these files). Clean pages also leave the page cache when asked
     // (`snapshot_pages`).
-    write_renamed(dest, data, true)
+    write_renamed(dest, data, true, 0o644)
+}
+
+/// As [`write_atomic`], for compiled code: read-only, since a process
+/// maps it and a write in place (a restore with `cp` over it, a
+/// truncation) would change or remove code and memory under every
+/// running instance. Replacing it whole (rename) or removing it is safe.
+pub fn write_compiled(dest: &Path, data: &[u8]) -> Result<()> {
+    write_renamed(dest, data, true, 0o444)
 }
 
 /// As [`write_atomic`] without waiting for the disk, for a hint whose
 /// reader checks it and ignores a damaged one: it is written while an app
 /// loads, where a sync can take tens of milliseconds.
 pub fn write_hint(dest: &Path, data: &[u8]) -> Result<()> {
-    write_renamed(dest, data, false)
+    write_renamed(dest, data, false, 0o644)
 }
 
-fn write_renamed(dest: &Path, data: &[u8], sync: bool) -> Result<()> {
+fn write_renamed(dest: &Path, data: &[u8], sync: bool, mode: u32) -> Result<()> {
     let dir = dest.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let writing = || format!("writing {}", dest.display());
     // Readable as the umask allows, like any file a build writes (`build
     // -o` too): a service user must read the app. Never writable by
     // others, whatever the umask: compiled code is loaded from these.
     let mut tmp = tempfile::Builder::new()
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .tempfile_in(dir)?;
-    std::io::Write::write_all(&mut tmp, data)?;
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .tempfile_in(dir)
+        .with_context(writing)?;
+    std::io::Write::write_all(&mut tmp, data).with_context(writing)?;
     if sync {
-        tmp.as_file().sync_data()?;
+        tmp.as_file().sync_data().with_context(writing)?;
     }
-    tmp.persist(dest)?;
+    tmp.persist(dest).with_context(writing)?;
     Ok(())
 }
 
@@ -148,6 +158,25 @@ mod tests {
         move_tree(&from, &to).unwrap();
         assert!(!from.exists());
         assert_eq!(std::fs::read(to.join("pkg/sub/m.py")).unwrap(), b"x = 1\n");
+    }
+
+    #[test]
+    fn compiled_code_is_written_read_only_and_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let artifact = dir.path().join("m.cwasm");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        write_compiled(&artifact, b"one").unwrap();
+        assert_eq!(mode(&artifact), 0o444);
+        write_compiled(&artifact, b"two").unwrap();
+        assert_eq!(std::fs::read(&artifact).unwrap(), b"two");
+        write_atomic(&dir.path().join("m.sum"), b"sum").unwrap();
+        assert_eq!(mode(&dir.path().join("m.sum")), 0o644);
+        // Where it could not be written, the error names it.
+        let missing = dir.path().join("gone").join("m.cwasm");
+        std::fs::write(dir.path().join("gone"), b"a file, not a directory").unwrap();
+        let e = format!("{:#}", write_compiled(&missing, b"x").unwrap_err());
+        assert!(e.contains("gone"), "{e}");
     }
 
     #[test]

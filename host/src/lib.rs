@@ -9,13 +9,14 @@
 //!   `runtime` (engine, instances, sandbox, the WSGI imports, bodies).
 //!
 //! `config` (validated settings), `error` (the user-facing error),
-//! `protocol` (what host and guest agree on), `bundle`, `cachefs`, `digests`,
+//! `protocol` (what host and guest agree on), `bundle`, `bus_error`, `cachefs`, `digests`,
 //! `scratch` and `latin1` are shared below all of them. `docs/architecture.md` walks one request through them;
 //! `scripts/check-modules.py` checks the layering and that no two modules
 //! import each other.
 
 mod build;
 mod bundle;
+mod bus_error;
 mod cachefs;
 mod cli;
 mod commands;
@@ -140,6 +141,7 @@ pub fn main() -> ExitCode {
         log_filter::warn(&warning);
     }
     raise_fd_limit();
+    bus_error::install();
     // One worker thread more than guests may run at once (one per core,
     // `cpu::CpuScheduler`): however busy the guests, a thread is left for
     // accepting, connection I/O and static files.

@@ -48,10 +48,20 @@ pub enum Recycle {
     /// The guest's adapter failed (the app closed its stderr): its state
     /// is not to be trusted with another request.
     Adapter,
+    /// The request's time ran out while the app waited for the client's
+    /// body: the client was too slow, and the call was abandoned.
+    SlowClient,
 }
 
 /// The `cause` label of each [`Recycle`], in its order.
-const CAUSES: [&str; 5] = ["trap", "timeout", "memory", "max_requests", "adapter"];
+const CAUSES: [&str; 6] = [
+    "trap",
+    "timeout",
+    "memory",
+    "max_requests",
+    "adapter",
+    "slow_client",
+];
 /// The `class` label of each status hundred.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// The `state` label of instances: warm (idle) and busy.
@@ -620,6 +630,7 @@ impl TenantMetrics {
             Recycle::Memory => 2,
             Recycle::MaxRequests => 3,
             Recycle::Adapter => 4,
+            Recycle::SlowClient => 5,
         };
         self.series().recycles[i].inc();
     }

@@ -601,6 +601,26 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A fresh cache directory for one test that holds the shared cache's
+/// compiled code, hard-linked (nothing is compiled again), but not its
+/// unpacked files: for a test that damages a cache.
+pub fn cache_with_compiled_code(name: &str) -> PathBuf {
+    let cache = temp_dir(name);
+    let shared = cache_dir();
+    for dir in ["", "modules", "shells", "digests"] {
+        std::fs::create_dir_all(cache.join(dir)).unwrap();
+        let Ok(entries) = std::fs::read_dir(shared.join(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                std::fs::hard_link(entry.path(), cache.join(dir).join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    cache
+}
+
 /// 200 MiB down (`/big`) and up (`/length`) through a router component
 /// whose guest memory is capped well below one transfer, so a body
 /// buffered (or leaked) inside the sandbox would trip the limit; the

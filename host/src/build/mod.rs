@@ -300,6 +300,17 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
     if let Some(out) = &opts.output {
         check_output(out)?;
     }
+    // Said before seconds of building whose result could not be kept.
+    if let Err(e) = rustix::fs::access(&opts.cache_dir, rustix::fs::Access::WRITE_OK) {
+        if e != rustix::io::Errno::NOENT {
+            bail!(UserError(format!(
+                "the cache {} cannot be written ({}): a build keeps its dependencies and its result there; \
+                 make it writable, or give a writable one (`--cache-dir` or RSGI_WASM_CACHE)",
+                opts.cache_dir.display(),
+                std::io::Error::from(e)
+            )));
+        }
+    }
     let paths = if opts.paths.is_empty() {
         vec![PathBuf::from(".")]
     } else {
@@ -723,8 +734,10 @@ async fn generate(
     bundle::append(&mut component, &archive);
     let report = guest_dir.join(WARMUP_REPORT);
     if report.is_file() {
-        std::fs::create_dir_all(report_file.parent().expect("report has a parent"))?;
-        std::fs::copy(&report, report_file)?;
+        let builds = report_file.parent().expect("report has a parent");
+        std::fs::create_dir_all(builds)
+            .and_then(|()| std::fs::copy(&report, report_file))
+            .with_context(|| format!("caching the build's report in {}", builds.display()))?;
     }
     Ok(component)
 }

@@ -12,6 +12,13 @@
 //! to every cold app's first request), the map from machine code to wasm
 //! offsets (read with bounds checks, for backtraces only: 10 of
 //! libpython's 28 MB), and the ELF symbols wasmtime ignores.
+//!
+//! The memory images have a sum of their own, checked only when the
+//! artifact's inode changed after its sum was written (a write in place,
+//! a copy or a restore: its ctime is then the later). A damaged image
+//! would otherwise crash that app's every instance, in every process,
+//! until someone removed the file by hand. A pass writes the sum again,
+//! so later loads skip the images.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -23,7 +30,14 @@ use crate::cachefs;
 use crate::runtime::file_map::FileMap;
 
 /// The first line of a `.sum` file: its format (which sections it covers).
-const HEADER: &str = "rsgi-wasm sum 3";
+const HEADER: &str = "rsgi-wasm sum 4";
+
+/// The format before the memory images had a sum: still trusted for the
+/// code it covers, so an upgrade compiles nothing again.
+const HEADER_CODE_ONLY: &str = "rsgi-wasm sum 3";
+
+/// The section holding the guest's memory images (`obj::ELF_WASM_DATA`).
+const IMAGES: &str = ".rodata.wasm";
 
 /// The sections the sum leaves out: wasmtime's names for the guest's
 /// memory images (`obj::ELF_WASM_DATA`) and the address map
@@ -48,22 +62,42 @@ fn sum_path(artifact: &Path) -> PathBuf {
 /// Record the sum of the freshly `compiled` artifact, before the artifact
 /// itself is put in place: a reader that sees the artifact sees its sum.
 pub fn record(artifact: &Path, compiled: &[u8]) -> Result<()> {
-    let sum = of_bytes(&name_of(artifact), compiled).with_context(|| {
-        format!(
-            "reading what was compiled for {} (wasmtime's output is not ELF)",
-            artifact.display()
-        )
-    })?;
-    cachefs::write_atomic(&sum_path(artifact), format!("{HEADER}\n{sum}\n").as_bytes())
+    let name = name_of(artifact);
+    let sums = of_bytes(&name, compiled, Part::Code)
+        .zip(of_bytes(&name, compiled, Part::Images))
+        .with_context(|| {
+            format!(
+                "reading what was compiled for {} (wasmtime's output is not ELF)",
+                artifact.display()
+            )
+        })?;
+    write(artifact, &sums)
+}
+
+/// Write the sum of `artifact` again, as it is, once the artifact is in
+/// place: the sum is then the later of the two, as for an artifact
+/// nobody changed since.
+pub fn record_again(artifact: &Path) -> Result<()> {
+    let path = sum_path(artifact);
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    cachefs::write_atomic(&path, &text)
         .with_context(|| format!("caching the checksum of {}", artifact.display()))
+}
+
+fn write(artifact: &Path, (code, images): &(String, String)) -> Result<()> {
+    cachefs::write_atomic(
+        &sum_path(artifact),
+        format!("{HEADER}\n{code}\n{images}\n").as_bytes(),
+    )
+    .with_context(|| format!("caching the checksum of {}", artifact.display()))
 }
 
 /// Check the artifact open as `file` (at `artifact`) against its sum.
 /// An error is one reading it (the caller tells passing shortages from
 /// damage); a damaged or unsummed artifact is a verdict.
 pub fn check(file: &File, artifact: &Path) -> Result<Verdict> {
-    let recorded = match std::fs::read_to_string(sum_path(artifact)) {
-        Ok(text) => text,
+    let sum_file = match File::open(sum_path(artifact)) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Verdict::Unusable(
                 "it has no checksum (compiled by an older rsgi-wasm, or its .sum file was removed)"
@@ -72,20 +106,55 @@ pub fn check(file: &File, artifact: &Path) -> Result<Verdict> {
         }
         Err(e) => return Err(e).context("reading its checksum"),
     };
-    let Some(recorded) = parse(&recorded) else {
+    let mut recorded = String::new();
+    std::io::Read::read_to_string(&mut (&sum_file), &mut recorded)
+        .context("reading its checksum")?;
+    let Some((code, images)) = parse(&recorded) else {
         return Ok(Verdict::Unusable(
             "its .sum file is damaged or of another format".into(),
         ));
     };
-    let actual = match of_file(&name_of(artifact), file)? {
-        Some(sum) => sum,
-        None => return Ok(Verdict::Unusable("it is not a readable ELF file".into())),
+    let name = name_of(artifact);
+    // SAFETY: a compiled artifact of our cache (see `FileMap::new`).
+    let Some(map) = unsafe { FileMap::new(file) }.context("mapping it")? else {
+        return Ok(Verdict::Unusable("it is not a readable ELF file".into()));
     };
-    Ok(if actual == recorded {
-        Verdict::Sound
-    } else {
-        Verdict::Unusable("its bytes differ from what was compiled (checksum mismatch)".into())
-    })
+    let Some(actual) = of_bytes(&name, map.bytes(), Part::Code) else {
+        return Ok(Verdict::Unusable("it is not a readable ELF file".into()));
+    };
+    if actual != code {
+        return Ok(Verdict::Unusable(
+            "its bytes differ from what was compiled (checksum mismatch)".into(),
+        ));
+    }
+    let Some(images) = images else {
+        return Ok(Verdict::Sound);
+    };
+    if !changed_after(file, &sum_file)? {
+        return Ok(Verdict::Sound);
+    }
+    if of_bytes(&name, map.bytes(), Part::Images).as_deref() != Some(images) {
+        return Ok(Verdict::Unusable(
+            "its guest memory image differs from what was compiled (checksum mismatch)".into(),
+        ));
+    }
+    // Written again, the sum is the later: the next load skips the images.
+    // Not being able to is no reason to refuse a sound artifact.
+    if let Err(e) = write(artifact, &(code.to_owned(), images.to_owned())) {
+        tracing::debug!("{e:#}");
+    }
+    Ok(Verdict::Sound)
+}
+
+/// Whether the artifact's inode changed after its sum was written: its
+/// status-change time (which no one can set back) is the later.
+fn changed_after(artifact: &File, sum: &File) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let ctime = |f: &File| -> Result<(i64, i64)> {
+        let m = f.metadata().context("reading its status")?;
+        Ok((m.ctime(), m.ctime_nsec()))
+    };
+    Ok(ctime(artifact)? > ctime(sum)?)
 }
 
 /// Remove the sum of an artifact being removed.
@@ -93,26 +162,50 @@ pub fn forget(artifact: &Path) {
     let _ = std::fs::remove_file(sum_path(artifact));
 }
 
-fn parse(text: &str) -> Option<&str> {
+/// The code's sum and, in the current format, the memory images'.
+fn parse(text: &str) -> Option<(&str, Option<&str>)> {
+    let is_sum = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
     let mut lines = text.lines();
-    (lines.next() == Some(HEADER)).then_some(())?;
-    let sum = lines.next()?;
-    (sum.len() == 64 && sum.bytes().all(|b| b.is_ascii_hexdigit()) && lines.next().is_none())
-        .then_some(sum)
+    let header = lines.next()?;
+    let code = lines.next().filter(|s| is_sum(s))?;
+    let images = match header {
+        HEADER => Some(lines.next().filter(|s| is_sum(s))?),
+        HEADER_CODE_ONLY => None,
+        _ => return None,
+    };
+    lines.next().is_none().then_some((code, images))
 }
 
-/// The byte ranges of the ELF file `data` the sum covers, in order;
-/// none if it is not ELF.
-fn covered(data: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+/// What part of an artifact a sum covers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Everything but [`UNCHECKED`].
+    Code,
+    /// The guest's memory images ([`IMAGES`]).
+    Images,
+}
+
+/// The byte ranges of the ELF file `data` the sum of `part` covers, in
+/// order; none if it is not ELF.
+fn covered(data: &[u8], part: Part) -> Option<Vec<std::ops::Range<usize>>> {
     let file = object::File::parse(data).ok()?;
     let mut skipped = Vec::new();
+    let mut images = Vec::new();
     for section in file.sections() {
-        if UNCHECKED.contains(&section.name().ok()?) {
+        let name = section.name().ok()?;
+        if UNCHECKED.contains(&name) {
             if let Some((start, len)) = section.file_range() {
                 let start = usize::try_from(start).ok()?;
-                skipped.push(start..start.checked_add(usize::try_from(len).ok()?)?);
+                let range = start..start.checked_add(usize::try_from(len).ok()?)?;
+                if name == IMAGES {
+                    images.push(range.clone());
+                }
+                skipped.push(range);
             }
         }
+    }
+    if part == Part::Images {
+        return Some(images);
     }
     skipped.sort_by_key(|r| r.start);
     let mut covered = Vec::new();
@@ -139,14 +232,14 @@ fn name_of(artifact: &Path) -> Vec<u8> {
         .map_or_else(Vec::new, |n| n.as_bytes().to_vec())
 }
 
-fn of_bytes(name: &[u8], data: &[u8]) -> Option<String> {
+fn of_bytes(name: &[u8], data: &[u8], part: Part) -> Option<String> {
     // ring's SHA-256 (already here for TLS) takes the CPU's SHA
     // instructions at about 1.8 GB/s, over twice the sha2 crate's speed
     // here: CPython's 18 MB checked in about 10 ms.
     let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     h.update(name);
     h.update(b"\0");
-    for range in covered(data)? {
+    for range in covered(data, part)? {
         h.update(data.get(range)?);
     }
     Some(
@@ -156,16 +249,6 @@ fn of_bytes(name: &[u8], data: &[u8]) -> Option<String> {
             .map(|b| format!("{b:02x}"))
             .collect(),
     )
-}
-
-/// The sum of the file, read through a mapping (no copy; the memory
-/// images left out are never touched); none if it is not ELF.
-fn of_file(name: &[u8], file: &File) -> Result<Option<String>> {
-    // SAFETY: a compiled artifact of our cache (see `FileMap::new`).
-    let Some(map) = unsafe { FileMap::new(file) }.context("mapping it")? else {
-        return Ok(None);
-    };
-    Ok(of_bytes(name, map.bytes()))
 }
 
 #[cfg(test)]
@@ -213,12 +296,32 @@ mod tests {
         std::fs::write(&artifact, &damaged).unwrap();
         assert!(matches!(verdict(), Verdict::Unusable(why) if why.contains("mismatch")));
 
-        // The guest's memory image is not covered.
-        assert!(covered(&bytes).unwrap().len() > 1);
+        // The guest's memory image is left out of the code's sum, and
+        // checked when the artifact changed after its sum was written.
+        assert!(covered(&bytes, Part::Code).unwrap().len() > 1);
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(20));
         let mut image = bytes.clone();
         image[offset_of(&bytes, b"guest memory image")] = b'G';
+        pause();
+        std::fs::write(&artifact, &image).unwrap();
+        assert!(matches!(verdict(), Verdict::Unusable(why) if why.contains("memory image")));
+
+        // Put back as compiled: sound, and its sum written again after
+        // it, so the next load skips the images.
+        pause();
+        std::fs::write(&artifact, &bytes).unwrap();
+        assert_eq!(verdict(), Verdict::Sound);
+        let sum = File::open(sum_path(&artifact)).unwrap();
+        assert!(!changed_after(&File::open(&artifact).unwrap(), &sum).unwrap());
+
+        // A sum of the older format covers the code only.
+        let code = of_bytes(&name_of(&artifact), &bytes, Part::Code).unwrap();
+        std::fs::write(sum_path(&artifact), format!("{HEADER_CODE_ONLY}\n{code}\n")).unwrap();
+        pause();
         std::fs::write(&artifact, &image).unwrap();
         assert_eq!(verdict(), Verdict::Sound);
+        record(&artifact, &bytes).unwrap();
+        std::fs::write(&artifact, &bytes).unwrap();
 
         // Copied, with its sum, over another artifact's name.
         let other = dir.path().join("m-2.cwasm");

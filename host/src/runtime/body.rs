@@ -632,6 +632,9 @@ impl Pace {
     }
 }
 
+/// The text of the 408 for a client that sent its body too slowly.
+pub const SLOW_BODY: &str = "Request Timeout: the request body arrived too slowly";
+
 /// The request body as the guest pulls it, with the `--max-body` check for
 /// bodies whose length is not known up front (chunked).
 pub struct RequestBody {
@@ -656,6 +659,9 @@ pub struct RequestBody {
     http1: bool,
     /// Reading failed because the client left (not bad framing).
     gone: bool,
+    /// A read is waiting for the client's next bytes; still set if that
+    /// read was abandoned (the request's `--timeout` ran out meanwhile).
+    waiting: bool,
 }
 
 /// A request body handed to another transport, with its bounds.
@@ -692,6 +698,7 @@ impl RequestBody {
             expects_continue: false,
             http1: false,
             gone: false,
+            waiting: false,
         }
     }
 
@@ -744,6 +751,21 @@ impl RequestBody {
         self.timed_out
     }
 
+    /// Whether the app was left waiting for the client's next bytes: a
+    /// read began and never returned (the request ran out of time in it).
+    pub fn left_waiting(&self) -> bool {
+        self.waiting
+    }
+
+    /// Give up on a client that kept the app waiting for its body until
+    /// the request's time ran out: as too slow (408), the connection
+    /// closed with the response.
+    pub fn give_up_on_slow_client(&mut self) {
+        self.incoming = None;
+        self.failed = true;
+        self.timed_out = true;
+    }
+
     /// Mark the response for what reading this body left behind: hyper
     /// closes an HTTP/1 connection whose body failed, went past the limit
     /// or whose `100 Continue` was never sent, so the response says so; a
@@ -761,7 +783,9 @@ impl RequestBody {
                 return Ok(Vec::new());
             };
             let t0 = tokio::time::Instant::now();
+            self.waiting = true;
             let frame = tokio::time::timeout(patience, incoming.frame()).await;
+            self.waiting = false;
             self.pace.waited(t0.elapsed());
             let Ok(frame) = frame else {
                 self.pace.log_timeout(patience, self.received);

@@ -353,7 +353,11 @@ impl Loader {
         metrics::components_loaded(1);
         let mut loaded = self.loaded.lock().expect("loader lock");
         // Two apps of one component loading at once: keep the first.
-        if let Some(first) = loaded.get(&key).and_then(Weak::upgrade) {
+        if let Some(first) = loaded
+            .get(&key)
+            .and_then(Weak::upgrade)
+            .filter(|c| c.missing_files().is_none())
+        {
             return Ok(first);
         }
         loaded.retain(|_, w| w.strong_count() > 0);
@@ -367,6 +371,17 @@ impl Loader {
             .expect("loader lock")
             .get(key)
             .and_then(Weak::upgrade)
+            // Its files removed from the cache: loaded again, which
+            // unpacks them.
+            .filter(|c| c.missing_files().is_none())
+    }
+}
+
+impl Loaded {
+    /// A directory of the app's own files that is gone from the cache, if
+    /// any: its instances cannot import or read from it.
+    pub fn missing_files(&self) -> Option<&Path> {
+        bundle::missing_mount(&self.files).map(|m| m.host.as_path())
     }
 }
 
@@ -594,8 +609,11 @@ impl Loader {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
         artifact_sums::record(artifact, &compiled)?;
-        cachefs::write_atomic(artifact, &compiled)
+        cachefs::write_compiled(artifact, &compiled)
             .with_context(|| format!("caching compiled code in {}", dir.display()))?;
+        // Written again, after it: an artifact changed after its sum is
+        // checked whole at its next load ([`artifact_sums::check`]).
+        artifact_sums::record_again(artifact)?;
         snapshot_pages::forget_written(artifact);
         // Just hashed from these bytes: its first load need not read it
         // again. (Another process may rename its own copy over it; that
@@ -692,10 +710,12 @@ impl Loader {
                     }
                     let loading = || format!("loading {}", artifact.display());
                     let file = std::fs::File::open(&artifact).with_context(loading)?;
+                    // Before the check, which may read the whole snapshot:
+                    // what it reads is not what instances read.
+                    let cached_before = snapshot_pages::residency(&file);
                     if !self.sound(&file, &artifact)? {
                         return Ok(None);
                     }
-                    let cached_before = snapshot_pages::residency(&file);
                     let for_wasmtime = file.try_clone().with_context(loading)?;
                     // SAFETY: as for components: written by this engine
                     // (its hash is in the name) into our private cache.

@@ -68,7 +68,7 @@ pub struct AppPool {
     name: Arc<str>,
     engine: Engine,
     /// The compiled component, kept in memory while this pool lives.
-    _code: Arc<Loaded>,
+    code: Arc<Loaded>,
     /// The artifacts its instances map their memory from.
     snapshots: Arc<[SnapshotFile]>,
     pre: AppPre,
@@ -122,7 +122,7 @@ impl AppPool {
             name: name.into(),
             engine: code.component.engine().clone(),
             snapshots: code.snapshot_files().into(),
-            _code: code,
+            code,
             pre,
             sandbox,
             slots: Semaphore::new(limits.workers),
@@ -150,6 +150,11 @@ impl AppPool {
             pool.park(inst);
         }
         Ok(pool)
+    }
+
+    /// A directory of the app's files gone from the cache, if any.
+    pub fn missing_files(&self) -> Option<&std::path::Path> {
+        self.code.missing_files()
     }
 
     /// Whether no request is being served or waits for an instance.
@@ -345,10 +350,7 @@ impl AppPool {
                 // request body could not be read: malformed framing (bad
                 // chunk size) or a client that left mid-body.
                 let (status, text) = if ex.body_timed_out() {
-                    (
-                        StatusCode::REQUEST_TIMEOUT,
-                        "Request Timeout: the request body arrived too slowly",
-                    )
+                    (StatusCode::REQUEST_TIMEOUT, crate::runtime::body::SLOW_BODY)
                 } else if ex.body_failed() {
                     (
                         StatusCode::BAD_REQUEST,
@@ -407,6 +409,13 @@ impl AppPool {
                     "Internal Server Error",
                 )
                 .await;
+            }
+            // The app was waiting for the client's body when its time ran
+            // out: the client's doing, as a stall within one read is.
+            Err(_elapsed) if !ex.committed() && ex.give_up_on_slow_body() => {
+                recycle = Some(Recycle::SlowClient);
+                tracing::warn!(app = %self.name, "the {:?} timeout ran out while the app waited for the client to send the request body: 408, instance replaced", self.limits.timeout);
+                ex.respond_error(StatusCode::REQUEST_TIMEOUT, crate::runtime::body::SLOW_BODY);
             }
             Err(_elapsed) => {
                 recycle = Some(Recycle::Timeout);

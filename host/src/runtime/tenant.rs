@@ -540,6 +540,32 @@ impl Tenant {
         self.unload(|| format!("unloaded after {:?} idle", self.idle_timeout))
     }
 
+    /// Unload the app if a directory of its files was removed from the
+    /// cache while it ran: its instances hold the removed directory and
+    /// fail every import or read from it until they go. Requests running
+    /// finish on the old pool; the next one loads the app again, which
+    /// unpacks its files.
+    fn unload_if_files_gone(&self) -> Option<Arc<AppPool>> {
+        let warm = match &*self.state.lock().expect("tenant lock") {
+            State::Warm(pool) => pool.clone(),
+            _ => return None,
+        };
+        // Looked up without the lock: a `stat` per directory.
+        let gone = warm.missing_files()?.display().to_string();
+        let mut state = self.state.lock().expect("tenant lock");
+        if !matches!(&*state, State::Warm(pool) if Arc::ptr_eq(pool, &warm)) {
+            return None;
+        }
+        *state = State::Cold;
+        drop(state);
+        self.metrics.series().loaded_copies(-1);
+        tracing::warn!(
+            app = %self.spec.name,
+            "{gone} was removed from the cache while the app ran: unloaded, and loaded again (its files unpacked) at its next request"
+        );
+        Some(warm)
+    }
+
     /// Loaded, or being loaded.
     fn resident(&self) -> bool {
         self.loading_now.load(Ordering::SeqCst)
@@ -578,6 +604,21 @@ impl Drop for Tenant {
     }
 }
 
+/// How often the sweep looks for apps whose files were removed from the
+/// cache: a `stat` per directory of every loaded app.
+const FILES_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether the files check is due, at most once per [`FILES_CHECK_EVERY`].
+fn files_check_due() -> bool {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|t| t.elapsed() < FILES_CHECK_EVERY) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
+}
+
 /// How often the idle sweep looks at `tenants`: often enough to honour
 /// the shortest `idle_timeout` to within a quarter of it.
 pub fn sweep_interval(tenants: &[Arc<Tenant>]) -> Duration {
@@ -595,6 +636,9 @@ pub fn sweep_interval(tenants: &[Arc<Tenant>]) -> Duration {
 pub fn sweep(tenants: &[Arc<Tenant>]) {
     let mut unloaded: Vec<Arc<AppPool>> =
         tenants.iter().filter_map(|t| t.unload_if_idle()).collect();
+    if files_check_due() {
+        unloaded.extend(tenants.iter().filter_map(|t| t.unload_if_files_gone()));
+    }
     // Past the cap after a burst that kept every app busy.
     if let Some(t) = tenants.first() {
         unloaded.extend(t.starter.resident.trim());

@@ -155,7 +155,7 @@ pub fn bind(
         let fault = match fault_code {
             FAULT_SLOW => Some((
                 http::StatusCode::REQUEST_TIMEOUT,
-                "Request Timeout: the request body arrived too slowly",
+                crate::runtime::body::SLOW_BODY,
             )),
             FAULT_BROKEN | FAULT_GONE => Some((
                 http::StatusCode::BAD_REQUEST,

@@ -190,6 +190,17 @@ impl Exchange {
         self.body.timed_out()
     }
 
+    /// If the app was left waiting for the client's body (the request's
+    /// time ran out in that wait), give up on the client as too slow;
+    /// whether it was.
+    pub fn give_up_on_slow_body(&mut self) -> bool {
+        let waiting = self.body.left_waiting();
+        if waiting {
+            self.body.give_up_on_slow_client();
+        }
+        waiting
+    }
+
     /// Whether the client went away before the response started (an HTTP/2
     /// stream reset, a closed connection): then nobody waits for it.
     pub fn client_gone(&self) -> bool {
