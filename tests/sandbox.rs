@@ -1943,6 +1943,8 @@ fn a_tenant_that_cannot_load_answers_503_and_the_others_serve() {
         assert_eq!(status, 503, "{body}");
         assert!(body.contains("could not be started"), "{body}");
     }
+    // The log is read on a thread of its own: it may trail the response.
+    s.wait_for_log("for its quota");
     assert!(
         s.logs()
             .lines()
