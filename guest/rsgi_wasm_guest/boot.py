@@ -526,19 +526,27 @@ def warm_up(app: Callable, paths: List[str]) -> List[str]:
 
 def set_cookies(headers: protocol.Headers) -> List[str]:
     """The names of the cookies ``headers`` set, leaving out those they
-    clear (``Max-Age=0`` or an empty value, as a logout sends)."""
+    clear (an empty value, or a ``Max-Age`` of zero or less, as a logout
+    sends: RFC 6265 5.2.2)."""
     names = []
     for name, value in headers:
         if name.lower() != "set-cookie":
             continue
         pair, _, attrs = value.partition(";")
         key, _, val = pair.partition("=")
-        cleared = not val.strip().strip('"') or any(
-            a.strip().lower().replace(" ", "") == "max-age=0" for a in attrs.split(";")
-        )
+        cleared = not val.strip().strip('"') or any(_expires_now(a) for a in attrs.split(";"))
         if key.strip() and not cleared:
             names.append(key.strip())
     return names
+
+
+def _expires_now(attribute: str) -> bool:
+    """Whether a cookie attribute is a ``Max-Age`` of zero or less."""
+    name, _, value = attribute.partition("=")
+    if name.strip().lower() != "max-age":
+        return False
+    value = value.strip()
+    return value.startswith("-") or (value.isdigit() and int(value) == 0)
 
 
 def _stream_handlers(streams: Tuple[Any, ...]) -> Dict[Any, Any]:

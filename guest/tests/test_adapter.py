@@ -206,6 +206,8 @@ class WarmUpFailures(unittest.TestCase):
         # Clearing a cookie (a logout) keeps nothing for it.
         self.assertEqual(report[3:], ["warm-up GET /logout: 200 OK"])
         self.assertEqual(set_cookies([("Set-Cookie", "=novalue"), ("X", "a=b")]), [])
+        self.assertEqual(set_cookies([("Set-Cookie", "f=5; max-age=-1"), ("Set-Cookie", "g=1; Max-Age=00")]), [])
+        self.assertEqual(set_cookies([("Set-Cookie", "h=1; Max-Age=10; Path=/")]), ["h"])
 
     def test_a_manifest_storage_made_at_build_is_made_again_at_run_time(self):
         import sys

@@ -551,6 +551,35 @@ pub fn mounts(
     digest: &str,
     cache_dir: &Path,
 ) -> Result<Vec<Mount>> {
+    // A cache cleaner removing `files/` while this unpacks takes the
+    // staging directory, or a tree just published, from under it: the
+    // next round finds them gone and unpacks them again.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match mounts_once(component, digest, cache_dir) {
+            Err(e) if tries < 3 && removed_meanwhile(&e) => {
+                tracing::warn!("unpacking the app's files again: {e:#}");
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether `e` comes down to a file or directory not found: removed while
+/// it was being used.
+fn removed_meanwhile(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
+}
+
+fn mounts_once(
+    component: &mut (impl Read + Seek),
+    digest: &str,
+    cache_dir: &Path,
+) -> Result<Vec<Mount>> {
     let Some((start, len)) = archive_at(component)? else {
         return Ok(Vec::new());
     };
@@ -610,7 +639,11 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
                 }
                 let host = trees.join(tree);
                 if !is_real_dir(&host) {
-                    anyhow::bail!("{} is missing or not a directory", host.display());
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{} is missing or not a directory", host.display()),
+                    )
+                    .into());
                 }
                 out.push(Mount {
                     host,

@@ -13,12 +13,13 @@
 //! offsets (read with bounds checks, for backtraces only: 10 of
 //! libpython's 28 MB), and the ELF symbols wasmtime ignores.
 //!
-//! The memory images have a sum of their own, checked only when the
-//! artifact's inode changed after its sum was written (a write in place,
-//! a copy or a restore: its ctime is then the later). A damaged image
-//! would otherwise crash that app's every instance, in every process,
-//! until someone removed the file by hand. A pass writes the sum again,
-//! so later loads skip the images.
+//! The memory images have a sum of their own, with the identity of the
+//! file they were last checked in (device, inode, size, times: a write in
+//! place changes its ctime, which nobody can set back, and a copy or a
+//! restore is another inode). They are checked again only when that
+//! identity changed: a damaged image would otherwise crash or hang that
+//! app's every instance, in every process, until someone removed the file
+//! by hand. A pass records the new identity, so later loads skip them.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use anyhow::{Context, Result};
 use object::{Object, ObjectSection};
 
 use crate::cachefs;
+use crate::digests::Identity;
 use crate::runtime::file_map::FileMap;
 
 /// The first line of a `.sum` file: its format (which sections it covers).
@@ -71,23 +73,31 @@ pub fn record(artifact: &Path, compiled: &[u8]) -> Result<()> {
                 artifact.display()
             )
         })?;
-    write(artifact, &sums)
+    write(artifact, &sums, None)
 }
 
-/// Write the sum of `artifact` again, as it is, once the artifact is in
-/// place: the sum is then the later of the two, as for an artifact
-/// nobody changed since.
+/// Record, once `artifact` is in place, the identity its images were
+/// checked in (they were just written from the bytes summed).
 pub fn record_again(artifact: &Path) -> Result<()> {
     let path = sum_path(artifact);
-    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    cachefs::write_atomic(&path, &text)
-        .with_context(|| format!("caching the checksum of {}", artifact.display()))
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let (code, images, _) = parse(&text).context("a checksum just written does not parse")?;
+    let identity = Identity::of_path(artifact)
+        .with_context(|| format!("reading the status of {}", artifact.display()))?;
+    let sums = (code.to_owned(), images.unwrap_or_default().to_owned());
+    write(artifact, &sums, Some(&identity))
 }
 
-fn write(artifact: &Path, (code, images): &(String, String)) -> Result<()> {
+fn write(
+    artifact: &Path,
+    (code, images): &(String, String),
+    identity: Option<&Identity>,
+) -> Result<()> {
+    let seen = identity.map_or_else(String::new, |i| format!("{i}\n"));
     cachefs::write_atomic(
         &sum_path(artifact),
-        format!("{HEADER}\n{code}\n{images}\n").as_bytes(),
+        format!("{HEADER}\n{code}\n{images}\n{seen}").as_bytes(),
     )
     .with_context(|| format!("caching the checksum of {}", artifact.display()))
 }
@@ -96,8 +106,8 @@ fn write(artifact: &Path, (code, images): &(String, String)) -> Result<()> {
 /// An error is one reading it (the caller tells passing shortages from
 /// damage); a damaged or unsummed artifact is a verdict.
 pub fn check(file: &File, artifact: &Path) -> Result<Verdict> {
-    let sum_file = match File::open(sum_path(artifact)) {
-        Ok(f) => f,
+    let recorded = match std::fs::read_to_string(sum_path(artifact)) {
+        Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Verdict::Unusable(
                 "it has no checksum (compiled by an older rsgi-wasm, or its .sum file was removed)"
@@ -106,10 +116,7 @@ pub fn check(file: &File, artifact: &Path) -> Result<Verdict> {
         }
         Err(e) => return Err(e).context("reading its checksum"),
     };
-    let mut recorded = String::new();
-    std::io::Read::read_to_string(&mut (&sum_file), &mut recorded)
-        .context("reading its checksum")?;
-    let Some((code, images)) = parse(&recorded) else {
+    let Some((code, images, seen)) = parse(&recorded) else {
         return Ok(Verdict::Unusable(
             "its .sum file is damaged or of another format".into(),
         ));
@@ -119,6 +126,9 @@ pub fn check(file: &File, artifact: &Path) -> Result<Verdict> {
     let Some(map) = unsafe { FileMap::new(file) }.context("mapping it")? else {
         return Ok(Verdict::Unusable("it is not a readable ELF file".into()));
     };
+    if let Some(ranges) = covered(map.bytes(), Part::Code) {
+        FileMap::prefetch(file, &ranges);
+    }
     let Some(actual) = of_bytes(&name, map.bytes(), Part::Code) else {
         return Ok(Verdict::Unusable("it is not a readable ELF file".into()));
     };
@@ -130,31 +140,25 @@ pub fn check(file: &File, artifact: &Path) -> Result<Verdict> {
     let Some(images) = images else {
         return Ok(Verdict::Sound);
     };
-    if !changed_after(file, &sum_file)? {
+    let identity = Identity::of(&file.metadata().context("reading its status")?);
+    if seen == Some(identity.to_string().as_str()) {
         return Ok(Verdict::Sound);
+    }
+    if let Some(ranges) = covered(map.bytes(), Part::Images) {
+        FileMap::prefetch(file, &ranges);
     }
     if of_bytes(&name, map.bytes(), Part::Images).as_deref() != Some(images) {
         return Ok(Verdict::Unusable(
             "its guest memory image differs from what was compiled (checksum mismatch)".into(),
         ));
     }
-    // Written again, the sum is the later: the next load skips the images.
-    // Not being able to is no reason to refuse a sound artifact.
-    if let Err(e) = write(artifact, &(code.to_owned(), images.to_owned())) {
+    // Checked in this file as it is now: the next load skips the images.
+    // Not being able to say so is no reason to refuse a sound artifact.
+    let sums = (code.to_owned(), images.to_owned());
+    if let Err(e) = write(artifact, &sums, Some(&identity)) {
         tracing::debug!("{e:#}");
     }
     Ok(Verdict::Sound)
-}
-
-/// Whether the artifact's inode changed after its sum was written: its
-/// status-change time (which no one can set back) is the later.
-fn changed_after(artifact: &File, sum: &File) -> Result<bool> {
-    use std::os::unix::fs::MetadataExt;
-    let ctime = |f: &File| -> Result<(i64, i64)> {
-        let m = f.metadata().context("reading its status")?;
-        Ok((m.ctime(), m.ctime_nsec()))
-    };
-    Ok(ctime(artifact)? > ctime(sum)?)
 }
 
 /// Remove the sum of an artifact being removed.
@@ -162,18 +166,19 @@ pub fn forget(artifact: &Path) {
     let _ = std::fs::remove_file(sum_path(artifact));
 }
 
-/// The code's sum and, in the current format, the memory images'.
-fn parse(text: &str) -> Option<(&str, Option<&str>)> {
+/// The code's sum and, in the current format, the memory images' and the
+/// identity of the file they were last checked in (if they were).
+fn parse(text: &str) -> Option<(&str, Option<&str>, Option<&str>)> {
     let is_sum = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
     let mut lines = text.lines();
     let header = lines.next()?;
     let code = lines.next().filter(|s| is_sum(s))?;
-    let images = match header {
-        HEADER => Some(lines.next().filter(|s| is_sum(s))?),
-        HEADER_CODE_ONLY => None,
+    let (images, seen) = match header {
+        HEADER => (Some(lines.next().filter(|s| is_sum(s))?), lines.next()),
+        HEADER_CODE_ONLY => (None, None),
         _ => return None,
     };
-    lines.next().is_none().then_some((code, images))
+    lines.next().is_none().then_some((code, images, seen))
 }
 
 /// What part of an artifact a sum covers.
@@ -297,22 +302,46 @@ mod tests {
         assert!(matches!(verdict(), Verdict::Unusable(why) if why.contains("mismatch")));
 
         // The guest's memory image is left out of the code's sum, and
-        // checked when the artifact changed after its sum was written.
+        // checked in each file it was not checked in yet: then the
+        // identity it was checked in is recorded.
         assert!(covered(&bytes, Part::Code).unwrap().len() > 1);
+        let seen = || {
+            let text = std::fs::read_to_string(sum_path(&artifact)).unwrap();
+            parse(&text).unwrap().2.map(str::to_owned)
+        };
+        std::fs::write(&artifact, &bytes).unwrap();
+        assert_eq!(verdict(), Verdict::Sound);
+        assert_eq!(
+            seen(),
+            Some(Identity::of_path(&artifact).unwrap().to_string())
+        );
         let pause = || std::thread::sleep(std::time::Duration::from_millis(20));
         let mut image = bytes.clone();
         image[offset_of(&bytes, b"guest memory image")] = b'G';
         pause();
         std::fs::write(&artifact, &image).unwrap();
         assert!(matches!(verdict(), Verdict::Unusable(why) if why.contains("memory image")));
+        // Its sum written again as it was does not hide the damage.
+        let text = std::fs::read(sum_path(&artifact)).unwrap();
+        std::fs::write(sum_path(&artifact), &text).unwrap();
+        assert!(matches!(verdict(), Verdict::Unusable(why) if why.contains("memory image")));
+        // Nor does a copy made after the damage, with its sum.
+        let copy = dir.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        std::fs::copy(&artifact, copy.join("m-1.cwasm")).unwrap();
+        std::fs::copy(sum_path(&artifact), copy.join("m-1.sum")).unwrap();
+        let copied = copy.join("m-1.cwasm");
+        let verdict_of_copy = check(&File::open(&copied).unwrap(), &copied).unwrap();
+        assert!(matches!(verdict_of_copy, Verdict::Unusable(why) if why.contains("memory image")));
 
-        // Put back as compiled: sound, and its sum written again after
-        // it, so the next load skips the images.
+        // Put back as compiled: sound, and the new identity recorded.
         pause();
         std::fs::write(&artifact, &bytes).unwrap();
         assert_eq!(verdict(), Verdict::Sound);
-        let sum = File::open(sum_path(&artifact)).unwrap();
-        assert!(!changed_after(&File::open(&artifact).unwrap(), &sum).unwrap());
+        assert_eq!(
+            seen(),
+            Some(Identity::of_path(&artifact).unwrap().to_string())
+        );
 
         // A sum of the older format covers the code only.
         let code = of_bytes(&name_of(&artifact), &bytes, Part::Code).unwrap();

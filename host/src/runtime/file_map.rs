@@ -33,7 +33,33 @@ impl FileMap {
                 0,
             )
         }?;
+        // Read page by page, never around: a read-around here would pull
+        // the app's heap snapshot into the page cache with it (8 MiB at a
+        // time on a disk with the usual `read_ahead_kb`), which the
+        // snapshot's next load would take for pages its instances read
+        // (`snapshot_pages`). Readers ask for what they read instead
+        // ([`FileMap::prefetch`]).
+        #[cfg(target_os = "linux")]
+        // SAFETY: advice on the mapping just made.
+        let _ = unsafe { rustix::mm::madvise(ptr, len, rustix::mm::Advice::Random) };
         Ok(Some(FileMap { ptr, len }))
+    }
+
+    /// Ask the kernel to read `ranges` of `file` (the mapped one) in, in
+    /// large requests, and nothing around them.
+    pub fn prefetch(file: &File, ranges: &[std::ops::Range<usize>]) {
+        #[cfg(target_os = "linux")]
+        for r in ranges {
+            let (Ok(start), Some(len)) = (
+                u64::try_from(r.start),
+                std::num::NonZeroU64::new((r.end - r.start) as u64),
+            ) else {
+                continue;
+            };
+            let _ = rustix::fs::fadvise(file, start, Some(len), rustix::fs::Advice::WillNeed);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (file, ranges);
     }
 
     /// The file's bytes (reading them faults their pages in).

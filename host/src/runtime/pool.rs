@@ -4,7 +4,7 @@
 //! the next request's fresh instance is made ahead, after each response.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -84,6 +84,9 @@ pub struct AppPool {
     /// for those waiting for their connection's share.
     by_connection: Mutex<HashMap<u64, usize>>,
     share_freed: Notify,
+    /// Instances failed to start because the app's files were removed
+    /// from the cache, and the log said so.
+    files_gone_said: AtomicBool,
 }
 
 /// A connection's count of requests in an app's pool, given back on drop.
@@ -134,6 +137,7 @@ impl AppPool {
             metrics,
             by_connection: Mutex::default(),
             share_freed: Notify::new(),
+            files_gone_said: AtomicBool::new(false),
         });
         // Request isolation still instantiates one up front: a component
         // that cannot start must fail here, before the port is bound.
@@ -282,7 +286,18 @@ impl AppPool {
             None => match self.instantiate().await {
                 Ok(i) => i,
                 Err(e) => {
-                    tracing::error!(app = %self.name, "cannot start an instance: {e:#}");
+                    match self.missing_files() {
+                        // Said once: the sweep reloads the app within
+                        // seconds, and until then every request fails so.
+                        Some(gone) => {
+                            if !self.files_gone_said.swap(true, Ordering::Relaxed) {
+                                tracing::warn!(app = %self.name, "cannot start an instance: {} was removed from the cache; the app is loaded again within seconds: {e:#}", gone.display());
+                            }
+                        }
+                        None => {
+                            tracing::error!(app = %self.name, "cannot start an instance: {e:#}")
+                        }
+                    }
                     self.metrics.series().rejected.inc();
                     ex.respond_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
                     return;
