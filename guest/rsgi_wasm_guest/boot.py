@@ -526,27 +526,39 @@ def warm_up(app: Callable, paths: List[str]) -> List[str]:
 
 def set_cookies(headers: protocol.Headers) -> List[str]:
     """The names of the cookies ``headers`` set, leaving out those they
-    clear (an empty value, or a ``Max-Age`` of zero or less, as a logout
-    sends: RFC 6265 5.2.2)."""
+    clear, as a logout does: an empty value, a last ``Max-Age`` of zero or
+    less, or, without ``Max-Age``, an ``Expires`` in the past (RFC 6265
+    5.2.1-5.3)."""
     names = []
     for name, value in headers:
         if name.lower() != "set-cookie":
             continue
         pair, _, attrs = value.partition(";")
         key, _, val = pair.partition("=")
-        cleared = not val.strip().strip('"') or any(_expires_now(a) for a in attrs.split(";"))
-        if key.strip() and not cleared:
+        if key.strip() and val.strip().strip('"') and not _expires_now(attrs.split(";")):
             names.append(key.strip())
     return names
 
 
-def _expires_now(attribute: str) -> bool:
-    """Whether a cookie attribute is a ``Max-Age`` of zero or less."""
-    name, _, value = attribute.partition("=")
-    if name.strip().lower() != "max-age":
-        return False
-    value = value.strip()
-    return value.startswith("-") or (value.isdigit() and int(value) == 0)
+def _expires_now(attributes: List[str]) -> bool:
+    """Whether a cookie's attributes end it at once."""
+    max_age = expires = None
+    for attribute in attributes:
+        name, _, value = attribute.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if name == "max-age" and (value.isdigit() or (value[:1] == "-" and value[1:].isdigit())):
+            max_age = int(value)
+        elif name == "expires":
+            expires = value
+    if max_age is not None:
+        return max_age <= 0
+    if expires:
+        from http.cookiejar import http2time
+        import time
+
+        when = http2time(expires)
+        return when is not None and when <= time.time()
+    return False
 
 
 def _stream_handlers(streams: Tuple[Any, ...]) -> Dict[Any, Any]:
@@ -667,6 +679,39 @@ def export_stdlib(dest: str) -> None:
     import shutil
 
     shutil.copytree("/python", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def point_stdlib_at_its_copy(stdlib: str = "/python") -> None:
+    """Name the standard library where instances find it. CPython's frozen
+    start-up modules (``os``, ``io``, ``codecs``, ...) take their
+    ``__file__`` from ``sys._stdlib_dir``, the conventional
+    ``/python/lib/python3.14``, where nothing is at build or run time: the
+    stdlib itself is mounted at ``/python``, so ``inspect.getsource(os)``
+    and ``open(os.__file__)`` failed. Only names whose file is there
+    change."""
+    import os
+
+    old = getattr(sys, "_stdlib_dir", None)
+    if not old or old == stdlib or not os.path.isdir(stdlib):
+        return
+    prefix = old.rstrip("/") + "/"
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or not path.startswith(prefix):
+            continue
+        moved = stdlib + "/" + path[len(prefix) :]
+        if os.path.exists(moved) and not os.path.exists(path):
+            try:
+                module.__file__ = moved
+                spec = getattr(module, "__spec__", None)
+                state = getattr(spec, "loader_state", None)
+                if getattr(state, "filename", None) == path:
+                    state.filename = moved
+                if getattr(spec, "origin", None) == path:
+                    spec.origin = moved
+            except (AttributeError, TypeError):
+                pass
+    sys._stdlib_dir = stdlib
 
 
 def app_dirs_first(path: Sequence[str], app_dirs: Sequence[str]) -> List[str]:
@@ -919,6 +964,7 @@ def boot(
         report += open_files_warning(own_dirs, mounts)
         report += written_at_build_warning(own_dirs, mounts, import_started)
     forget_build_tempdir()
+    point_stdlib_at_its_copy()
     # The snapshot is taken after boot returns, with no Python running:
     # from here on the calls are the app's, at run time.
     compat.network_closed(False)

@@ -208,6 +208,60 @@ class WarmUpFailures(unittest.TestCase):
         self.assertEqual(set_cookies([("Set-Cookie", "=novalue"), ("X", "a=b")]), [])
         self.assertEqual(set_cookies([("Set-Cookie", "f=5; max-age=-1"), ("Set-Cookie", "g=1; Max-Age=00")]), [])
         self.assertEqual(set_cookies([("Set-Cookie", "h=1; Max-Age=10; Path=/")]), ["h"])
+        past = [
+            "x=1; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+            "x=1; expires=Sunday, 06-Nov-94 08:49:37 GMT",
+            "x=1; Path=/; Expires=Sat, 01 Jan 2000 00:00:00 GMT",
+        ]
+        self.assertEqual(set_cookies([("Set-Cookie", c) for c in past]), [])
+        # Max-Age wins over Expires, and the last Max-Age over the others;
+        # a date that does not parse ends nothing.
+        self.assertEqual(
+            set_cookies(
+                [
+                    ("Set-Cookie", "a=1; Max-Age=10; Expires=Thu, 01 Jan 1970 00:00:00 GMT"),
+                    ("Set-Cookie", "b=1; Max-Age=0; Max-Age=10"),
+                    ("Set-Cookie", "c=1; Expires=garbage"),
+                    ("Set-Cookie", "d=1; Expires=Fri, 01 Jan 2100 00:00:00 GMT"),
+                ]
+            ),
+            ["a", "b", "c", "d"],
+        )
+
+    def test_frozen_modules_name_the_stdlib_where_instances_find_it(self):
+        import os
+        import sys
+        import tempfile
+        import types
+
+        from rsgi_wasm_guest.boot import point_stdlib_at_its_copy
+
+        with tempfile.TemporaryDirectory() as root:
+            stdlib = os.path.join(root, "python")
+            os.makedirs(stdlib)
+            open(os.path.join(stdlib, "fake_frozen.py"), "w").close()
+            old = os.path.join(stdlib, "lib", "python3.14")
+            frozen = types.ModuleType("fake_frozen")
+            frozen.__file__ = old + "/fake_frozen.py"
+            frozen.__spec__ = types.SimpleNamespace(
+                origin="frozen", loader_state=types.SimpleNamespace(filename=frozen.__file__)
+            )
+            elsewhere = types.ModuleType("fake_missing")
+            elsewhere.__file__ = old + "/not_shipped.py"
+            saved = getattr(sys, "_stdlib_dir", None)
+            sys.modules["fake_frozen"], sys.modules["fake_missing"] = frozen, elsewhere
+            try:
+                sys._stdlib_dir = old
+                point_stdlib_at_its_copy(stdlib)
+                self.assertEqual(frozen.__file__, stdlib + "/fake_frozen.py")
+                self.assertEqual(frozen.__spec__.loader_state.filename, frozen.__file__)
+                self.assertEqual(frozen.__spec__.origin, "frozen")
+                # A file the copy lacks keeps its name.
+                self.assertEqual(elsewhere.__file__, old + "/not_shipped.py")
+                self.assertEqual(sys._stdlib_dir, stdlib)
+            finally:
+                sys._stdlib_dir = saved
+                del sys.modules["fake_frozen"], sys.modules["fake_missing"]
 
     def test_a_manifest_storage_made_at_build_is_made_again_at_run_time(self):
         import sys

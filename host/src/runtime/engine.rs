@@ -341,6 +341,21 @@ impl Loader {
         &self.engine
     }
 
+    /// Whether a load failed because the apps' unpacked files were removed
+    /// from the cache while it ran (a cache cleaner): loading again
+    /// unpacks them.
+    pub fn files_removed_meanwhile(&self, e: &anyhow::Error) -> bool {
+        let files = self.cache_dir.join("files");
+        let text = format!("{e:#}");
+        // wasmtime-wasi's error for a preopen carries the errno as text.
+        let not_found = text.contains("os error 2")
+            || e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+            });
+        not_found && text.contains(&*files.to_string_lossy())
+    }
+
     /// The component at `path`, from memory if this file (same size and
     /// mtime) is loaded now, else from the artifact cache or compiled.
     /// Blocks: hashing, unpacking and compiling take milliseconds to seconds.
@@ -995,6 +1010,25 @@ pub fn prepare(engine: &Engine, loaded: &Loaded, path: &Path) -> Result<AppPre> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_load_is_retried_only_for_files_removed_from_the_cache() {
+        let loader = Loader::new(Engine::default(), PathBuf::from("/cache"));
+        let gone = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let mount = anyhow::Error::from(gone())
+            .context("mounting /cache/files/trees/0f3e as /1")
+            .context("starting an instance of app a");
+        assert!(loader.files_removed_meanwhile(&mount));
+        // As wasmtime-wasi words it, with the errno only in the text.
+        let text = anyhow::anyhow!("No such file or directory (os error 2)")
+            .context("mounting /cache/files/trees/0f3e as /1");
+        assert!(loader.files_removed_meanwhile(&text));
+        // A granted directory gone is the operator's to fix, not retried.
+        let grant = anyhow::Error::from(gone()).context("granting /srv/data as /data");
+        assert!(!loader.files_removed_meanwhile(&grant));
+        let other = anyhow::anyhow!("permission denied").context("unpacking into /cache/files/x");
+        assert!(!loader.files_removed_meanwhile(&other));
+    }
 
     #[test]
     fn links_files_round_trip_and_anything_else_is_refused() {

@@ -432,7 +432,16 @@ impl Tenant {
             tokio::task::spawn_blocking(move || drop(evicted));
         }
         let t0 = Instant::now();
-        let loaded = self.load().await;
+        let mut loaded = self.load().await;
+        for _ in 0..2 {
+            match &loaded {
+                Err(e) if self.starter.loader.files_removed_meanwhile(e) => {
+                    tracing::warn!(app = %self.spec.name, "the app's files were removed from the cache while it loaded; loading it again: {e:#}");
+                    loaded = self.load().await;
+                }
+                _ => break,
+            }
+        }
         // Warm or failed from here: counted by its state again.
         let _done = Done(&self.loading_now);
         match loaded {
