@@ -558,21 +558,12 @@ pub fn mounts(
     loop {
         tries += 1;
         match mounts_once(component, digest, cache_dir) {
-            Err(e) if tries < 3 && removed_meanwhile(&e) => {
+            Err(e) if tries < 3 && cachefs::not_found(&e) => {
                 tracing::warn!("unpacking the app's files again: {e:#}");
             }
             done => return done,
         }
     }
-}
-
-/// Whether `e` comes down to a file or directory not found: removed while
-/// it was being used.
-fn removed_meanwhile(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
-    })
 }
 
 fn mounts_once(

@@ -20,6 +20,15 @@ pub fn short_of_resources<'a>(
     })
 }
 
+/// Whether an error comes down to a file or directory not found: in the
+/// cache, one removed while it was being used (a cache cleaner).
+pub fn not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
+}
+
 /// A fresh, uniquely named directory beside `dest` to fill before
 /// [`publish`]; removed when dropped unless published.
 pub fn staging(dest: &Path) -> Result<tempfile::TempDir> {

@@ -348,11 +348,7 @@ impl Loader {
         let files = self.cache_dir.join("files");
         let text = format!("{e:#}");
         // wasmtime-wasi's error for a preopen carries the errno as text.
-        let not_found = text.contains("os error 2")
-            || e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
-            });
+        let not_found = text.contains("os error 2") || cachefs::not_found(e);
         not_found && text.contains(&*files.to_string_lossy())
     }
 
