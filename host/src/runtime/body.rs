@@ -751,19 +751,17 @@ impl RequestBody {
         self.timed_out
     }
 
-    /// Whether the app was left waiting for the client's next bytes: a
-    /// read began and never returned (the request ran out of time in it).
-    pub fn left_waiting(&self) -> bool {
+    /// If the app was left waiting for the client's next bytes (a read
+    /// began and never returned: the request ran out of time in it), give
+    /// up on the client as too slow (408, the connection closed with the
+    /// response); whether it was.
+    pub fn give_up_if_left_waiting(&mut self) -> bool {
+        if self.waiting {
+            self.incoming = None;
+            self.failed = true;
+            self.timed_out = true;
+        }
         self.waiting
-    }
-
-    /// Give up on a client that kept the app waiting for its body until
-    /// the request's time ran out: as too slow (408), the connection
-    /// closed with the response.
-    pub fn give_up_on_slow_client(&mut self) {
-        self.incoming = None;
-        self.failed = true;
-        self.timed_out = true;
     }
 
     /// Mark the response for what reading this body left behind: hyper

@@ -296,6 +296,12 @@ impl Loaded {
             .filter_map(|(_, m)| m.snapshot.clone())
             .collect()
     }
+
+    /// A directory of the app's own files that is gone from the cache, if
+    /// any: its instances cannot import or read from it.
+    pub fn missing_files(&self) -> Option<&Path> {
+        bundle::missing_mount(&self.files).map(|m| m.host.as_path())
+    }
 }
 
 impl Drop for SharedModule {
@@ -364,11 +370,7 @@ impl Loader {
         metrics::components_loaded(1);
         let mut loaded = self.loaded.lock().expect("loader lock");
         // Two apps of one component loading at once: keep the first.
-        if let Some(first) = loaded
-            .get(&key)
-            .and_then(Weak::upgrade)
-            .filter(|c| c.missing_files().is_none())
-        {
+        if let Some(first) = usable(loaded.get(&key)) {
             return Ok(first);
         }
         loaded.retain(|_, w| w.strong_count() > 0);
@@ -377,23 +379,17 @@ impl Loader {
     }
 
     fn live(&self, key: &FileKey) -> Option<Arc<Loaded>> {
-        self.loaded
-            .lock()
-            .expect("loader lock")
-            .get(key)
-            .and_then(Weak::upgrade)
-            // Its files removed from the cache: loaded again, which
-            // unpacks them.
-            .filter(|c| c.missing_files().is_none())
+        usable(self.loaded.lock().expect("loader lock").get(key))
     }
 }
 
-impl Loaded {
-    /// A directory of the app's own files that is gone from the cache, if
-    /// any: its instances cannot import or read from it.
-    pub fn missing_files(&self) -> Option<&Path> {
-        bundle::missing_mount(&self.files).map(|m| m.host.as_path())
-    }
+/// The component a weak entry of the loader holds, if it is still loaded
+/// and its files are still in the cache (else it is loaded again, which
+/// unpacks them).
+fn usable(entry: Option<&Weak<Loaded>>) -> Option<Arc<Loaded>> {
+    entry
+        .and_then(Weak::upgrade)
+        .filter(|c| c.missing_files().is_none())
 }
 
 impl Loader {

@@ -194,11 +194,7 @@ impl Exchange {
     /// time ran out in that wait), give up on the client as too slow;
     /// whether it was.
     pub fn give_up_on_slow_body(&mut self) -> bool {
-        let waiting = self.body.left_waiting();
-        if waiting {
-            self.body.give_up_on_slow_client();
-        }
-        waiting
+        self.body.give_up_if_left_waiting()
     }
 
     /// Whether the client went away before the response started (an HTTP/2
