@@ -533,6 +533,58 @@ fn pooled_keeps_state_request_isolation_does_not() {
     assert_eq!(env["wsgi.run_once"], true);
 }
 
+/// Whether this kernel has the `PAGEMAP_SCAN` ioctl (Linux 6.7+), without
+/// which `run --isolation request` maps each instance afresh.
+fn kernel_has_pagemap_scan() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().ok());
+    matches!((parts.next().flatten(), parts.next().flatten()), (Some(major), Some(minor)) if (major, minor) >= (6, 7))
+}
+
+#[test]
+fn reused_instance_slots_show_no_request_what_the_last_instance_wrote() {
+    // Under request isolation instances come from slots reused between
+    // requests: the last instance's pages (beyond the few dozen written
+    // runs wasmtime copies back, unmapped) must all read as the snapshot.
+    let s = Server::start(
+        &router(),
+        &[
+            "--isolation",
+            "request",
+            "--workers",
+            "3",
+            "--memory",
+            "256MiB",
+        ],
+    );
+    if kernel_has_pagemap_scan() {
+        s.wait_for_log("instances come from 20 slots reserved now");
+    }
+    for _ in 0..4 {
+        let v = get_json(&s, "/scribble");
+        assert_eq!(v["marked_before"], 0, "{v}");
+        assert!(v["modules"].as_u64().unwrap() > 100, "{v}");
+    }
+    // Requests at once: several slots in use, each reset in turn.
+    let url = s.url("/scribble");
+    let seen: Vec<serde_json::Value> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| client().get(&url).send().unwrap().json().unwrap())
+                    .collect::<Vec<serde_json::Value>>()
+            })
+        })
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(seen.iter().all(|v| v["marked_before"] == 0), "{seen:?}");
+    assert_eq!(request_count(&s), request_count(&s));
+}
+
 #[test]
 fn max_requests_recycles_instances() {
     let s = Server::start(&router(), &["--max-requests", "3"]);

@@ -25,6 +25,7 @@ use crate::http::tls::{self, TenantCert};
 use crate::metrics;
 use crate::runtime::cpu::CpuScheduler;
 use crate::runtime::engine::{self, Loader};
+use crate::runtime::instance_slots::Allocation;
 use crate::runtime::sandbox::{Sandbox, Stdio};
 use crate::runtime::store;
 use crate::runtime::tenant::{self, AppSpec, Starter, Tenant};
@@ -152,7 +153,7 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
             "--log-rate limits what `run` and `serve` log of an app's output; `exec` writes a script's output to the terminal whole, so drop it".into()
         ));
     }
-    let loader = new_loader(args.cache.cache_dir.clone())?;
+    let loader = new_loader(args.cache.cache_dir.clone(), Allocation::OnDemand)?;
     let engine = loader.engine();
     let loaded = loader.load(&args.component)?;
     let engine::AppPre::Wsgi(pre) = engine::prepare(engine, &loaded, &args.component)? else {
@@ -323,9 +324,12 @@ fn app_name(component: &Path) -> String {
         .unwrap_or_else(|| "app".into())
 }
 
-fn new_loader(cache_dir: Option<PathBuf>) -> Result<Arc<Loader>> {
+fn new_loader(cache_dir: Option<PathBuf>, allocation: Allocation) -> Result<Arc<Loader>> {
     let cache = engine::cache_dir(cache_dir)?;
-    Ok(Arc::new(Loader::new(engine::new_engine()?, cache)))
+    Ok(Arc::new(Loader::new(
+        engine::new_engine(allocation)?,
+        cache,
+    )))
 }
 
 /// The process's run slots, one per core, shared by every app.
@@ -433,7 +437,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
         // request isolation, where every request would import it.
         opts.live = args.reload && limits.isolation == config::Isolation::Pooled;
     }
-    let loader = new_loader(args.cache.cache_dir.clone())?;
+    let loader = new_loader(args.cache.cache_dir.clone(), Allocation::for_run(&limits))?;
     let workers = limits.workers;
     let starter = Starter::new(loader.clone(), scheduler(&loader), metered, usize::MAX);
     let mut changes = if args.reload {
@@ -1002,7 +1006,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     let configs = tenants::load(&args.config)?;
     let tls = tls_for(&args.http, &configs)?;
     let metered = args.http.metrics.is_some();
-    let loader = new_loader(args.cache.cache_dir.clone())?;
+    let loader = new_loader(args.cache.cache_dir.clone(), Allocation::OnDemand)?;
     let max_loaded = usize::try_from(args.max_loaded).unwrap_or(usize::MAX);
     let starter = Starter::new(loader.clone(), scheduler(&loader), metered, max_loaded);
     // Apps load lazily, each making its /tmp then: a temp dir that cannot

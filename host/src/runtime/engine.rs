@@ -22,6 +22,7 @@ use crate::config::World;
 use crate::digests;
 use crate::metrics;
 use crate::runtime::generated::{request, response, WsgiAppPre};
+use crate::runtime::instance_slots::{self, Allocation};
 use crate::runtime::snapshot_pages::{self, SnapshotFile};
 use crate::runtime::store::HostState;
 use crate::runtime::wasi_http::INCOMING_HANDLER;
@@ -49,8 +50,42 @@ macro_rules! warn_unless_said {
 /// The native stack wasm frames may use.
 const MAX_WASM_STACK: usize = 8 << 20;
 
-/// Make the engine and start its epoch ticker thread.
-pub fn new_engine() -> Result<Engine> {
+/// Make the engine, its instances allocated as `allocation` says, and
+/// start its epoch ticker thread.
+pub fn new_engine(allocation: Allocation) -> Result<Engine> {
+    let engine = match Engine::new(&engine_config(allocation)) {
+        Ok(engine) => engine,
+        // The reservation fails under a low `ulimit -v`, say: the slots
+        // only save time.
+        Err(e) if allocation != Allocation::OnDemand => {
+            tracing::warn!(
+                "reserving instance slots failed ({e:#}); each instance is mapped afresh instead"
+            );
+            Engine::new(&engine_config(Allocation::OnDemand))
+                .map_err(anyhow::Error::from)
+                .context("creating the wasmtime engine")?
+        }
+        Err(e) => {
+            return Err(anyhow::Error::from(e)).context("creating the wasmtime engine");
+        }
+    };
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("rsgi-wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("starting the epoch thread")?;
+    Ok(engine)
+}
+
+/// The engine's configuration. Compiled code does not depend on
+/// `allocation`: both kinds of engine load the same artifacts.
+fn engine_config(allocation: Allocation) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
@@ -71,21 +106,8 @@ pub fn new_engine() -> Result<Engine> {
     if std::env::var_os("RSGI_WASM_PERFMAP").is_some() {
         config.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
-    let engine = Engine::new(&config)
-        .map_err(anyhow::Error::from)
-        .context("creating the wasmtime engine")?;
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("rsgi-wasm-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .context("starting the epoch thread")?;
-    Ok(engine)
+    allocation.apply(&mut config);
+    config
 }
 
 /// The cache directory to use: `given` (`--cache-dir` or
@@ -778,6 +800,11 @@ fn lacks_export(
 fn discard_unusable(artifact: &Path, e: &wasmtime::Error) -> Result<()> {
     if cachefs::short_of_resources(e.chain()) {
         anyhow::bail!("loading {}: {e:#}", artifact.display());
+    }
+    if instance_slots::does_not_fit(e) {
+        anyhow::bail!(crate::error::UserError(format!(
+            "the app does not fit the instance slots `run --isolation request` reserves ({e:#}); run it with --isolation pooled, or under `serve`"
+        )));
     }
     discard(artifact, &format!("{e:#}"));
     Ok(())

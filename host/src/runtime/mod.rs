@@ -24,6 +24,7 @@ pub mod fuse;
 mod generated;
 mod guest_clock;
 mod guest_log;
+pub mod instance_slots;
 mod lock_dirs;
 pub mod outbound;
 pub mod pool;

@@ -277,6 +277,17 @@ def application(environ, start_response):
     if path == "/counters":
         return as_json(start_response, COUNTERS)
 
+    if path == "/scribble":
+        # What an instance leaves behind, which the next fresh one must not
+        # see (--isolation request): a mark in every module's dict (spread
+        # over the snapshot's pages) and memory grown past the snapshot.
+        dicts = [d for d in (getattr(m, "__dict__", None) for m in list(sys.modules.values())) if isinstance(d, dict)]
+        marked = sum(d.get("SCRIBBLED") is True for d in dicts)
+        for d in dicts:
+            d["SCRIBBLED"] = True
+        grown = bytearray(b"\xab") * (32 << 20)
+        return as_json(start_response, {"marked_before": marked, "modules": len(dicts), "grown": len(grown)})
+
     if path == "/clock":
         return as_json(start_response, {"since_import": time.monotonic() - IMPORTED_AT})
 
