@@ -879,6 +879,12 @@ def boot(
     sys.dont_write_bytecode = True
     # What is imported already is the adapter's and CPython's start-up's.
     keep = {name.partition(".")[0] for name in sys.modules} | RUNTIME_OWN
+    # First: frozen modules imported later then take their names from it,
+    # and its file lookups are made before the heap takes its final shape.
+    # Made last, after the warm-up, they left the heap laid out so that
+    # each Flask request wrote 1.8 MB more of the snapshot (measured:
+    # 3,188 against 1,364 kB of private pages per pooled instance).
+    point_stdlib_at_its_copy()
     from . import compat
 
     compat.install()
@@ -964,7 +970,6 @@ def boot(
         report += open_files_warning(own_dirs, mounts)
         report += written_at_build_warning(own_dirs, mounts, import_started)
     forget_build_tempdir()
-    point_stdlib_at_its_copy()
     # The snapshot is taken after boot returns, with no Python running:
     # from here on the calls are the app's, at run time.
     compat.network_closed(False)
