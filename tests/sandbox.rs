@@ -464,6 +464,8 @@ fn queue_overflow_gets_503_with_retry_after() {
     // time to reach the queue (it is held there for ~3 s).
     std::thread::sleep(Duration::from_millis(700));
     let third = slow("/");
+    std::thread::sleep(Duration::from_millis(100));
+    let more: Vec<_> = (0..5).map(|_| slow("/")).collect();
     // One runs, one waits, one is refused at once: normally the third, but
     // on a loaded machine the second may not have reached the queue first.
     assert_eq!(running.join().unwrap().0, 200);
@@ -472,7 +474,16 @@ fn queue_overflow_gets_503_with_retry_after() {
     assert_eq!(outcomes[0], (200, None));
     assert_eq!(outcomes[1].0, 503);
     assert_eq!(outcomes[1].1.as_ref().unwrap(), "1");
+    let refused = more
+        .into_iter()
+        .map(|t| t.join().unwrap().0)
+        .filter(|&status| status == 503)
+        .count();
+    assert_eq!(refused, 5, "the queue was still full");
     assert_eq!(get(&s, "/").0, 200);
+    // Six refusals, one line: a flood of clients is no flood of the log.
+    s.wait_for_log("queue full");
+    assert_eq!(s.logs().matches("queue full").count(), 1, "{}", s.logs());
 }
 
 fn request_count(s: &Server) -> u64 {

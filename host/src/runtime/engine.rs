@@ -54,13 +54,18 @@ const MAX_WASM_STACK: usize = 8 << 20;
 /// start its epoch ticker thread.
 pub fn new_engine(allocation: Allocation) -> Result<Engine> {
     let engine = match Engine::new(&engine_config(allocation)) {
-        Ok(engine) => engine,
+        Ok(engine) => {
+            if let Allocation::Slots(n) = allocation {
+                tracing::info!(
+                    "instances come from {n} slots reserved now, each reset to the app's snapshot between requests"
+                );
+            }
+            engine
+        }
         // The reservation fails under a low `ulimit -v`, say: the slots
         // only save time.
         Err(e) if allocation != Allocation::OnDemand => {
-            tracing::warn!(
-                "reserving instance slots failed ({e:#}); each instance is mapped afresh instead"
-            );
+            tracing::warn!("{}", instance_slots::reservation_failed(allocation, &e));
             Engine::new(&engine_config(Allocation::OnDemand))
                 .map_err(anyhow::Error::from)
                 .context("creating the wasmtime engine")?

@@ -24,9 +24,12 @@ const SLOTS_PER_WORKER: u32 = 4;
 /// the port is bound, a spare parked by a request that left, and margin.
 const SLOTS_BESIDE_WORKERS: u32 = 8;
 
-/// More slots than this and instances are mapped afresh instead: each
-/// slot reserves about 8 GiB of address space (two memories of 4 GiB, the
-/// most a 32-bit memory can grow to, plus tables and a stack), so 128 are
+/// The address space one slot reserves, about: two memories of 4 GiB
+/// (the most a 32-bit memory can grow to) and their guards, tables and a
+/// stack.
+const SLOT_GIB: u64 = 8;
+
+/// More slots than this and instances are mapped afresh instead: 128 are
 /// 1 TiB of the 128 TiB a process has. Reached above 30 workers.
 const MAX_SLOTS: u32 = 128;
 
@@ -54,12 +57,15 @@ impl Allocation {
         let scan = PoolingAllocationConfig::is_pagemap_scan_available();
         let allocation = Allocation::for_one_app(limits.isolation, limits.workers, scan);
         match allocation {
-            Allocation::Slots(n) => tracing::info!(
-                "instances come from {n} slots reserved now, each reset to the app's snapshot between requests"
-            ),
+            // Said once the engine has reserved them (`engine::new_engine`).
+            Allocation::Slots(_) => {}
             Allocation::OnDemand if limits.isolation == Isolation::Request => tracing::info!(
                 "instances are mapped afresh for each request ({})",
-                if scan { "more than 30 workers" } else { "no PAGEMAP_SCAN: Linux before 6.7, or /proc/self/pagemap not readable" }
+                if scan {
+                    "more than 30 workers"
+                } else {
+                    "no PAGEMAP_SCAN: Linux before 6.7, or /proc/self/pagemap not readable"
+                }
             ),
             Allocation::OnDemand => {}
         }
@@ -81,6 +87,14 @@ impl Allocation {
             .and_then(|n| n.checked_add(SLOTS_BESIDE_WORKERS))
             .filter(|&n| n <= MAX_SLOTS)
             .map_or(Allocation::OnDemand, Allocation::Slots)
+    }
+
+    /// About how much address space the slots reserve, in GiB.
+    pub fn reserved_gib(self) -> u64 {
+        match self {
+            Allocation::OnDemand => 0,
+            Allocation::Slots(n) => u64::from(n) * SLOT_GIB,
+        }
     }
 
     /// Set `config` to allocate this way.
@@ -113,6 +127,24 @@ fn slots(n: u32) -> PoolingAllocationConfig {
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .pagemap_scan(Enabled::Yes);
     pool
+}
+
+/// What to tell an operator whose engine could not reserve `allocation`'s
+/// slots: the process's address-space cap, if it has one.
+pub fn reservation_failed(allocation: Allocation, e: &wasmtime::Error) -> String {
+    let cap = rustix::process::getrlimit(rustix::process::Resource::As)
+        .current
+        .map(|bytes| {
+            format!(
+                ", over this process's address-space limit of {:.1} GiB (`ulimit -v`, systemd's LimitAS=)",
+                bytes as f64 / f64::from(1u32 << 30)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "reserving instance slots (about {} GiB of address space, no memory) failed{cap}: {e:#}; each instance is mapped afresh instead, about a third slower",
+        allocation.reserved_gib()
+    )
 }
 
 /// Whether `e` (from loading a compiled artifact) says it does not fit the

@@ -87,6 +87,8 @@ pub struct AppPool {
     /// Instances failed to start because the app's files were removed
     /// from the cache, and the log said so.
     files_gone_said: AtomicBool,
+    /// A flood of clients past the queue must not flood the log.
+    queue_full_warned: crate::runtime::WarnEvery,
 }
 
 /// A connection's count of requests in an app's pool, given back on drop.
@@ -138,6 +140,7 @@ impl AppPool {
             by_connection: Mutex::default(),
             share_freed: Notify::new(),
             files_gone_said: AtomicBool::new(false),
+            queue_full_warned: Default::default(),
         });
         // Request isolation still instantiates one up front: a component
         // that cannot start must fail here, before the port is bound.
@@ -501,7 +504,13 @@ impl AppPool {
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.queue {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             self.metrics.series().rejected.inc();
-            tracing::warn!(app = %self.name, "queue full ({} waiting): 503", self.limits.queue);
+            if self.queue_full_warned.due() {
+                tracing::warn!(
+                    app = %self.name,
+                    "queue full ({} waiting): 503 (logged at most once a minute; rsgi_wasm_rejected_total counts each)",
+                    self.limits.queue
+                );
+            }
             ex.respond_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable: server busy, retry shortly",
