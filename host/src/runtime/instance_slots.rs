@@ -147,6 +147,13 @@ pub fn reservation_failed(allocation: Allocation, e: &wasmtime::Error) -> String
     )
 }
 
+/// Whether `e` (from instantiating) says every slot of a kind is taken.
+pub fn all_taken(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
+        || format!("{e:#}").contains("maximum concurrent limit of")
+}
+
 /// Whether `e` (from loading a compiled artifact) says it does not fit the
 /// slots' limits, rather than that the artifact is damaged.
 pub fn does_not_fit(e: &wasmtime::Error) -> bool {
@@ -184,6 +191,15 @@ mod tests {
             Allocation::for_one_app(Isolation::Request, 1, false),
             Allocation::OnDemand
         );
+    }
+
+    #[test]
+    fn only_a_taken_slot_is_worth_waiting_for() {
+        let taken =
+            anyhow::anyhow!("maximum concurrent limit of 24 for component instances reached")
+                .context("instantiating");
+        assert!(all_taken(&taken));
+        assert!(!all_taken(&anyhow::anyhow!("out of bounds memory access")));
     }
 
     #[test]

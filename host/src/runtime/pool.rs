@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use http::StatusCode;
@@ -21,6 +22,7 @@ use crate::runtime::engine::{AppPre, Loaded};
 use crate::runtime::environ::Environ;
 use crate::runtime::generated::WsgiApp;
 use crate::runtime::guest_log;
+use crate::runtime::instance_slots;
 use crate::runtime::sandbox::{Sandbox, Stdio};
 use crate::runtime::snapshot_pages::{self, SnapshotFile};
 use crate::runtime::store::{new_store, HostState};
@@ -150,7 +152,7 @@ impl AppPool {
         };
         for _ in 0..warm {
             let inst = pool
-                .instantiate()
+                .instantiate_in_a_free_slot()
                 .await
                 .map_err(|e| memory_hint(e, pool.limits.memory))
                 .with_context(|| format!("starting an instance of app {name}"))?;
@@ -224,6 +226,26 @@ impl AppPool {
         }
     }
 
+    /// [`Self::instantiate`], waiting up to `--timeout` while every
+    /// instance slot is taken: earlier versions of the app that a burst of
+    /// SIGHUPs left draining hold theirs until their requests finish.
+    async fn instantiate_in_a_free_slot(&self) -> Result<Instance> {
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.instantiate().await {
+                Err(e)
+                    if instance_slots::all_taken(&e)
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                made => return made,
+            }
+        }
+    }
+
     async fn instantiate(&self) -> Result<Instance> {
         // Preopening directories (and, with request isolation, creating a
         // fresh /tmp) touches the disk: off the runtime's threads.
@@ -286,7 +308,7 @@ impl AppPool {
         }
         let mut inst = match self.take().await {
             Some(i) => i,
-            None => match self.instantiate().await {
+            None => match self.instantiate_in_a_free_slot().await {
                 Ok(i) => i,
                 Err(e) => {
                     match self.missing_files() {
