@@ -332,12 +332,12 @@ def main():
         f"(unpacked files: +{starts['hello'][3] / 1e6:.1f} MB / +{starts['flask-hello'][3] / 1e6:.1f} MB) | ≤ 5 MB |",
         f"| compiled cache per app over the {len(hello_vs) + len(flask_vs)} density variants | | "
         f"{per_app_disk / 1e6:.1f} MB | |",
-        f"| fresh instance, hello / Flask (`--isolation request`, p50 at c=1) | ~2 ms / ~5.5 ms | "
+        f"| fresh instance, hello / Flask (`run --isolation request`, from instance slots; `serve` maps afresh; p50 at c=1) | ~2 ms / ~5.5 ms | "
         f"{fresh['hello'][0]:.2f} ms / {fresh['flask-hello'][0]:.2f} ms | ≤ 0.3 ms / ≤ 1 ms |",
         f"| the same, one request every 20 ms (the next instance made between requests), p50 | | "
         f"{fresh['hello'][2]:.2f} ms / {fresh['flask-hello'][2]:.2f} ms (a pooled instance the same way: "
         f"{fresh['hello'][3]:.2f} ms / {fresh['flask-hello'][3]:.2f} ms) | |",
-        f"| isolated hello req/s on one core (c=32) | 495 | {fresh['hello'][1]:,.0f} | ≥ 3,000 |",
+        f"| isolated hello req/s on one core (c=32, `run`) | 495 | {fresh['hello'][1]:,.0f} | ≥ 3,000 |",
         f"| snapshot pages a pooled instance made private, after {args.duration} s of requests, "
         f"hello / Flask | — | {private['hello']:,} kB / {private['flask-hello']:,} kB | |",
         f"| `serve` with {args.listed:,} listed tenants: start, idle RSS (PSS) | all loaded at start | "

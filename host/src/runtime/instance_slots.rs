@@ -147,11 +147,11 @@ pub fn reservation_failed(allocation: Allocation, e: &wasmtime::Error) -> String
     )
 }
 
-/// Whether `e` (from instantiating) says every slot of a kind is taken.
+/// Whether `e` (from instantiating) says every slot of a kind is taken:
+/// by the text of wasmtime's `PoolConcurrencyLimitError` (as the log shows
+/// it), whatever error types wrap it on the way here.
 pub fn all_taken(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
-        || format!("{e:#}").contains("maximum concurrent limit of")
+    format!("{e:#}").contains("maximum concurrent limit of")
 }
 
 /// Whether `e` (from loading a compiled artifact) says it does not fit the
