@@ -466,61 +466,93 @@ class _Discard(protocol.Transport):
         pass
 
 
+# Each warm-up request is made this many times. CPython specialises an
+# instruction on its second run, writing the code object's inline caches:
+# a request whose code ran only once before the snapshot writes them in
+# every fresh instance, a private copy of each page holding such code
+# (measured on hello under `--isolation request`: 81 snapshot pages in 57
+# runs written per request with one round; docs/architecture.md, "Fresh
+# instances").
+WARMUP_ROUNDS = 2
+
+
 def warm_up(app: Callable, paths: List[str]) -> List[str]:
     """Drive ``app`` with GET requests through pure-Python stand-ins (the
     host imports cannot be called during pre-initialisation) and return one
-    report line per path. Output is thrown away."""
+    report line per path, about its first round. Output is thrown away."""
     report = []
     for target in paths:
-        path, _, query = target.partition("?")
-        errors = io.StringIO()
-        environ = protocol.base_environ(errors)
-        environ.update(
-            {
-                "REQUEST_METHOD": "GET",
-                "PATH_INFO": path,
-                "QUERY_STRING": query,
-                "SERVER_NAME": "localhost",
-                "SERVER_PORT": "80",
-                "SERVER_PROTOCOL": "HTTP/1.1",
-                "REMOTE_ADDR": "127.0.0.1",
-                "REMOTE_PORT": "0",
-                "HTTP_HOST": "localhost",
-                "wsgi.input": InputStream(lambda n: b"", 0),
-            }
-        )
-        sink = _Discard()
-        saved = sys.stdout, sys.stderr
-        output = io.StringIO()
-        sys.stdout = sys.stderr = output
-        # Logging handlers made at import hold the streams of then.
-        handlers = _stream_handlers(saved)
-        for handler in handlers:
-            handler.stream = output
-        try:
-            protocol.run(app, environ, sink)
-        finally:
-            sys.stdout, sys.stderr = saved
-            for handler, stream in handlers.items():
-                handler.stream = stream
-        line = f"warm-up GET {target}: {sink.status or 'no response'}"
-        if sink.status.startswith("5"):
-            # The app's own 500 (Flask's, Django's) logs its exception to
-            # stderr, not to wsgi.errors.
-            said = failure_of(errors.getvalue()) or failure_of(output.getvalue())
-            line += f" ({said or 'the app answered it without a traceback or any output'})"
-        report.append(line)
-        if sink.cookies:
-            # Whatever the app keeps for that cookie (a session in its
-            # cache, a cart) is in the snapshot: in every instance, under
-            # a key anyone with the component file can read.
-            report.append(
-                f"warning: warm-up GET {target} set the cookie {', '.join(sink.cookies)}: what the app keeps "
-                "for it on the server (a session, a cart) is in the snapshot, shared by every instance under a "
-                "key anyone with the component can read; warm up a path that sets no cookie "
-                "(`--warmup PATH`), or build with `--no-warmup`"
-            )
+        first = None
+        cookies: Dict[str, None] = {}
+        for _ in range(WARMUP_ROUNDS):
+            sink, errors, output = _warm_once(app, target)
+            first = first or (sink, errors, output)
+            cookies.update(dict.fromkeys(sink.cookies))
+            if sink.status.startswith("5"):
+                break
+        first[0].cookies = list(cookies)
+        report += _warm_report(target, *first)
     forget_static_manifest()
+    return report
+
+
+def _warm_once(app: Callable, target: str) -> Tuple["_Discard", io.StringIO, io.StringIO]:
+    """One warm-up GET of ``target``: its response's sink, and what the app
+    wrote to ``wsgi.errors`` and to stdout/stderr."""
+    path, _, query = target.partition("?")
+    errors = io.StringIO()
+    environ = protocol.base_environ(errors)
+    environ.update(
+        {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "SERVER_NAME": "localhost",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "REMOTE_PORT": "0",
+            "HTTP_HOST": "localhost",
+            "wsgi.input": InputStream(lambda n: b"", 0),
+        }
+    )
+    sink = _Discard()
+    saved = sys.stdout, sys.stderr
+    output = io.StringIO()
+    sys.stdout = sys.stderr = output
+    # Logging handlers made at import hold the streams of then.
+    handlers = _stream_handlers(saved)
+    for handler in handlers:
+        handler.stream = output
+    try:
+        protocol.run(app, environ, sink)
+    finally:
+        sys.stdout, sys.stderr = saved
+        for handler, stream in handlers.items():
+            handler.stream = stream
+    return sink, errors, output
+
+
+def _warm_report(target: str, sink: "_Discard", errors: io.StringIO, output: io.StringIO) -> List[str]:
+    """The report lines of one warm-up request."""
+    report = []
+    line = f"warm-up GET {target}: {sink.status or 'no response'}"
+    if sink.status.startswith("5"):
+        # The app's own 500 (Flask's, Django's) logs its exception to
+        # stderr, not to wsgi.errors.
+        said = failure_of(errors.getvalue()) or failure_of(output.getvalue())
+        line += f" ({said or 'the app answered it without a traceback or any output'})"
+    report.append(line)
+    if sink.cookies:
+        # Whatever the app keeps for that cookie (a session in its
+        # cache, a cart) is in the snapshot: in every instance, under
+        # a key anyone with the component file can read.
+        report.append(
+            f"warning: warm-up GET {target} set the cookie {', '.join(sink.cookies)}: what the app keeps "
+            "for it on the server (a session, a cart) is in the snapshot, shared by every instance under a "
+            "key anyone with the component can read; warm up a path that sets no cookie "
+            "(`--warmup PATH`), or build with `--no-warmup`"
+        )
     return report
 
 
@@ -1068,6 +1100,16 @@ def settle_heap(objects_path: str) -> None:
     instance, 4 s of load): 8.4 -> 6.1 MB of private memory."""
     import gc
 
+    # The componentize-py runtime reseeds `random` in every instance, on
+    # its first call: run twice here, `Random.seed` is specialised in the
+    # snapshot rather than in each instance (see `WARMUP_ROUNDS`). Only the
+    # module already loaded: an import now could find the app's own.
+    seed = getattr(sys.modules.get("random"), "seed", None)
+    try:
+        for _ in range(WARMUP_ROUNDS if callable(seed) else 0):
+            seed()
+    except Exception:  # noqa: BLE001 - an optimisation, see above
+        pass
     gc.collect()
     # No collection may free anything between the filling and the
     # snapshot, nor run a finaliser during the walk.

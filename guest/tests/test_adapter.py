@@ -1170,6 +1170,35 @@ class WarmUp(unittest.TestCase):
         )
         self.assertEqual(boot.warm_up(ok, ["/"]), ["warm-up GET /: 200 OK"])
 
+    def test_each_path_runs_twice_so_its_code_is_specialised_in_the_snapshot(self):
+        from rsgi_wasm_guest import boot
+
+        seen = []
+
+        def app(environ, start_response):
+            seen.append(environ["PATH_INFO"])
+            # A cookie set only by the second round is still warned about.
+            cookie = [("Set-Cookie", "late=1")] if len(seen) == 2 else []
+            start_response("404 Not Found" if len(seen) == 1 else "200 OK", cookie)
+            return [b""]
+
+        report = boot.warm_up(app, ["/a"])
+        self.assertEqual(seen, ["/a"] * boot.WARMUP_ROUNDS)
+        self.assertEqual(boot.WARMUP_ROUNDS, 2)
+        # The line is about the first round: what a first request would get.
+        self.assertEqual(report[0], "warm-up GET /a: 404 Not Found")
+        self.assertTrue(report[1].startswith("warning: warm-up GET /a set the cookie late:"), report)
+
+        failed = []
+
+        def fails(environ, start_response):
+            failed.append(1)
+            raise KeyError("k")
+
+        # A failing app is not asked again: its report stays as it was.
+        self.assertEqual(boot.warm_up(fails, ["/"]), ["warm-up GET /: 500 Internal Server Error (KeyError: 'k')"])
+        self.assertEqual(failed, [1])
+
     def test_a_500_logged_through_a_handler_made_at_import_says_why(self):
         import io
         import logging

@@ -55,16 +55,20 @@ impl Allocation {
     /// every instance the app can have at once; else mapped on demand.
     pub fn for_run(limits: &Limits) -> Allocation {
         let scan = PoolingAllocationConfig::is_pagemap_scan_available();
-        let allocation = Allocation::for_one_app(limits.isolation, limits.workers, scan);
+        let swap = swap_in_use();
+        let allocation = Allocation::for_one_app(limits.isolation, limits.workers, scan, swap);
         match allocation {
             // Said once the engine has reserved them (`engine::new_engine`).
             Allocation::Slots(_) => {}
             Allocation::OnDemand if limits.isolation == Isolation::Request => tracing::info!(
                 "instances are mapped afresh for each request ({})",
-                if scan {
-                    "more than 30 workers"
-                } else {
+                if !scan {
                     "no PAGEMAP_SCAN: Linux before 6.7, or /proc/self/pagemap not readable"
+                } else if swap {
+                    "swap is on, or /proc/swaps cannot be read: a reused slot would keep \
+                     the pages of the last instance that were swapped out"
+                } else {
+                    "more than 30 workers"
                 }
             ),
             Allocation::OnDemand => {}
@@ -76,9 +80,13 @@ impl Allocation {
     /// an instance touched, or copy back all it keeps: no cheaper than
     /// mapping afresh (0.97 ms against 1.01 ms per hello instance, and
     /// 1.7 ms keeping 64 MiB, measured), so slots are not worth their
-    /// fixed counts.
-    fn for_one_app(isolation: Isolation, workers: usize, scan: bool) -> Allocation {
-        if isolation != Isolation::Request || !scan {
+    /// fixed counts. With `swap` a reset is not safe: wasmtime 46 resets
+    /// the written pages the scan finds present, and a written page
+    /// swapped out is not present, so it is neither copied back nor
+    /// unmapped, and the next instance in the slot would read what the
+    /// last one wrote there (wasmtime pull request 14357, open).
+    fn for_one_app(isolation: Isolation, workers: usize, scan: bool, swap: bool) -> Allocation {
+        if isolation != Isolation::Request || !scan || swap {
             return Allocation::OnDemand;
         }
         u32::try_from(workers)
@@ -103,6 +111,18 @@ impl Allocation {
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(slots(n)));
         }
     }
+}
+
+/// Whether this machine may swap: a swap area listed in `/proc/swaps`, or
+/// that file unreadable. Read when the engine is made: a `swapon` after
+/// it is not seen (docs/security.md, "Request isolation").
+fn swap_in_use() -> bool {
+    std::fs::read_to_string("/proc/swaps").map_or(true, |list| swaps_listed(&list))
+}
+
+/// Whether `/proc/swaps` text lists an area below its header line.
+fn swaps_listed(list: &str) -> bool {
+    list.lines().skip(1).any(|line| !line.trim().is_empty())
 }
 
 /// The pooling allocator's configuration for `n` instances at once.
@@ -168,29 +188,46 @@ mod tests {
     #[test]
     fn only_request_isolation_with_bounded_workers_gets_slots() {
         assert_eq!(
-            Allocation::for_one_app(Isolation::Pooled, 1, true),
+            Allocation::for_one_app(Isolation::Pooled, 1, true, false),
             Allocation::OnDemand
         );
         assert_eq!(
-            Allocation::for_one_app(Isolation::Request, 1, true),
+            Allocation::for_one_app(Isolation::Request, 1, true, false),
             Allocation::Slots(12)
         );
         assert_eq!(
-            Allocation::for_one_app(Isolation::Request, 30, true),
+            Allocation::for_one_app(Isolation::Request, 30, true, false),
             Allocation::Slots(128)
         );
         assert_eq!(
-            Allocation::for_one_app(Isolation::Request, 31, true),
+            Allocation::for_one_app(Isolation::Request, 31, true, false),
             Allocation::OnDemand
         );
         assert_eq!(
-            Allocation::for_one_app(Isolation::Request, usize::MAX, true),
+            Allocation::for_one_app(Isolation::Request, usize::MAX, true, false),
             Allocation::OnDemand
         );
         assert_eq!(
-            Allocation::for_one_app(Isolation::Request, 1, false),
+            Allocation::for_one_app(Isolation::Request, 1, false, false),
             Allocation::OnDemand
         );
+    }
+
+    #[test]
+    fn no_slots_where_a_written_page_could_be_swapped_out() {
+        assert_eq!(
+            Allocation::for_one_app(Isolation::Request, 1, true, true),
+            Allocation::OnDemand
+        );
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(!swaps_listed(header));
+        assert!(!swaps_listed(""));
+        assert!(swaps_listed(&format!(
+            "{header}/swapfile                               file\t\t1048572\t\t0\t\t-2\n"
+        )));
+        assert!(swaps_listed(&format!(
+            "{header}/dev/zram0                              partition\t4194300\t\t0\t\t100\n"
+        )));
     }
 
     #[test]
