@@ -18,6 +18,14 @@
 //! whose minimum is the heap's size) declared at the least the other
 //! modules ask of it. So the host compiles, stores and keeps one shell for
 //! all of them.
+//!
+//! The modules the fusion wrote (`fuse`: the libraries fused into one, and
+//! the stubs standing in for them) are left in the shell instead: they
+//! depend only on the libraries, so the shell still does not follow the
+//! app, and a defined module's imports and exports are resolved by index
+//! when the component is compiled. An imported one's are looked up by
+//! name, each import and each export used, at every instantiation (a fifth
+//! of a fresh hello instance's CPU was that lookup).
 
 use std::collections::HashSet;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -145,9 +153,11 @@ fn read_u32_leb(r: &mut impl Read) -> Result<(u32, u64)> {
 }
 
 /// `component` with every top-level core module replaced by an import of
-/// it; none if there is nothing to split or the component has a shape
+/// it, but those at the positions in `keep`, which stay defined in the
+/// shell; none if there is nothing to split or the component has a shape
 /// this does not handle (its own core types), which then loads whole.
-pub fn split(component: &[u8]) -> Result<Option<Split>> {
+/// Imports are named by rank among the imported modules.
+pub fn split(component: &[u8], keep: &[usize]) -> Result<Option<Split>> {
     if component.len() < 8 || &component[..4] != b"\0asm" {
         bail!("not a WebAssembly binary");
     }
@@ -162,7 +172,7 @@ pub fn split(component: &[u8]) -> Result<Option<Split>> {
     // shape `used_exports` misreads), declare every module as it is.
     if let Some(used) = used_exports(component, &sections)? {
         let floor = memory_floor(component, &sections)?;
-        let trimmed = rewrite(component, &sections, Some(&used), Some(floor))?;
+        let trimmed = rewrite(component, &sections, Some(&used), Some(floor), keep)?;
         if wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
             .validate_all(&trimmed.component)
             .is_ok()
@@ -173,7 +183,7 @@ pub fn split(component: &[u8]) -> Result<Option<Split>> {
             "declaring every export of the split modules: the trimmed types do not validate"
         );
     }
-    rewrite(component, &sections, None, None).map(Some)
+    rewrite(component, &sections, None, None, keep).map(Some)
 }
 
 /// The largest minimum size any core module's memory import asks for.
@@ -205,22 +215,30 @@ fn rewrite(
     sections: &[(u8, Range<u64>)],
     used: Option<&[HashSet<String>]>,
     memory_floor: Option<u64>,
+    keep: &[usize],
 ) -> Result<Split> {
     let mut out = Vec::with_capacity(1 << 20);
     out.extend_from_slice(&component[..8]);
     let mut modules: Vec<SplitModule> = Vec::new();
     let mut types = 0u32;
+    let mut position = 0;
     for (id, range) in sections {
         let range = range.start as usize..range.end as usize;
         let bytes = &component[range.clone()];
         match *id {
+            CORE_MODULE if keep.contains(&position) => {
+                position += 1;
+                out.push(*id);
+                crate::bundle::leb128(&mut out, bytes.len() as u64);
+                out.extend_from_slice(bytes);
+            }
             CORE_MODULE => {
                 let hash = format!("{:x}", Sha256::digest(bytes));
-                let index = modules.len();
-                let name = import_name(index);
-                let keep = used.map(|u| &u[index]);
+                let name = import_name(modules.len());
+                let keep = used.map(|u| &u[position]);
+                position += 1;
                 let ty = module_type(bytes, keep, memory_floor)
-                    .with_context(|| format!("reading core module {index}"))?;
+                    .with_context(|| format!("reading core module {}", position - 1))?;
                 let mut core_types = CoreTypeSection::new();
                 core_types.ty().module(&ty);
                 write_section(&mut out, &core_types);
@@ -540,8 +558,8 @@ mod tests {
 
     #[test]
     fn apps_whose_heaps_differ_in_size_share_one_shell() {
-        let small = split(&component_with_heap(1)).unwrap().unwrap();
-        let large = split(&component_with_heap(3)).unwrap().unwrap();
+        let small = split(&component_with_heap(1), &[]).unwrap().unwrap();
+        let large = split(&component_with_heap(3), &[]).unwrap().unwrap();
         assert_ne!(small.modules[0].hash, large.modules[0].hash);
         assert_eq!(small.component, large.component);
         // The larger memory links into the shared shell and runs.
@@ -572,7 +590,7 @@ mod tests {
     #[test]
     fn modules_become_imports_and_the_component_still_validates() {
         let original = component();
-        let split = split(&original).unwrap().unwrap();
+        let split = split(&original, &[]).unwrap().unwrap();
         assert_eq!(split.modules.len(), 3);
         // Identical modules share a hash; imports are named by position.
         assert_eq!(split.modules[0].hash, split.modules[2].hash);
@@ -614,8 +632,35 @@ mod tests {
     }
 
     #[test]
+    fn modules_kept_stay_in_the_shell_and_the_others_are_imported_by_rank() {
+        let original = component();
+        let split = split(&original, &[1]).unwrap().unwrap();
+        assert_eq!(split.modules.len(), 2);
+        assert_eq!(split.modules[0].hash, split.modules[1].hash);
+        assert_eq!(
+            import_names(&split.component),
+            [import_name(0), import_name(1)]
+        );
+        // The kept module's bytes are in the shell as they were.
+        let kept = &component_modules(&original)[1];
+        assert!(split.component.windows(kept.len()).any(|w| w == &kept[..]));
+        assert_eq!(run_split(&original, &split.component, &split), 5);
+    }
+
+    /// The bytes of each top-level core module of `component`.
+    fn component_modules(component: &[u8]) -> Vec<Vec<u8>> {
+        let mut r = BufReader::new(std::io::Cursor::new(component));
+        sections(&mut r)
+            .unwrap()
+            .into_iter()
+            .filter(|(id, _)| *id == CORE_MODULE)
+            .map(|(_, range)| component[range.start as usize..range.end as usize].to_vec())
+            .collect()
+    }
+
+    #[test]
     fn only_the_exports_the_component_uses_are_declared() {
-        let split = split(&component()).unwrap().unwrap();
+        let split = split(&component(), &[]).unwrap().unwrap();
         // The first library: `add` and `memory`, which the second module
         // imports from its instance; the second: `run`, which is lifted;
         // the copy, never instantiated: nothing.
@@ -625,7 +670,7 @@ mod tests {
     #[test]
     fn the_split_component_runs_with_its_modules_linked_in() {
         let original = component();
-        let split = split(&original).unwrap().unwrap();
+        let split = split(&original, &[]).unwrap().unwrap();
         assert_eq!(run_split(&original, &split.component, &split), 5);
     }
 
@@ -637,9 +682,9 @@ mod tests {
                 (core module))"#,
         )
         .unwrap();
-        assert!(split(&core_types).unwrap().is_none());
+        assert!(split(&core_types, &[]).unwrap().is_none());
         let no_modules = wat::parse_str("(component)").unwrap();
-        assert!(split(&no_modules).unwrap().is_none());
+        assert!(split(&no_modules, &[]).unwrap().is_none());
         let mut cut = BufReader::new(std::io::Cursor::new(b"\0asm\x0d\0\x01\0\x07\xff"));
         assert!(sections(&mut cut).is_err());
         let mut past_end = BufReader::new(std::io::Cursor::new(b"\0asm\x0d\0\x01\0\x07\x05ab"));

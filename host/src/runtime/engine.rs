@@ -36,7 +36,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// How the host lays a component out before compiling it (split, fused):
 /// part of each app's links file name, so a cache made by an older layout
 /// is compiled again rather than linked as it was.
-const LAYOUT: &str = "fused2";
+const LAYOUT: &str = "fused3";
 
 /// `tracing::warn!` unless `$said` (the same file was judged just before).
 macro_rules! warn_unless_said {
@@ -495,10 +495,14 @@ impl Loader {
             )
         };
         let t = Instant::now();
+        // The fused module and its stubs stay in the shell (see
+        // `core_modules::split`).
+        let mut in_shell = Vec::new();
         if let Some(fused) = fuse::fuse(&bytes) {
-            bytes = fused;
+            bytes = fused.bytes;
+            in_shell = fused.own_modules;
         }
-        let split = core_modules::split(&bytes).with_context(invalid)?;
+        let split = core_modules::split(&bytes, &in_shell).with_context(invalid)?;
         let mut compiled_modules = 0;
         let mut hashes = Vec::new();
         if let Some(split) = &split {

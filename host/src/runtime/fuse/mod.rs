@@ -62,10 +62,20 @@ struct Plan {
     owner: (u32, u32),
 }
 
+/// A component with its libraries fused.
+pub struct FusedComponent {
+    /// The rewritten component.
+    pub bytes: Vec<u8>,
+    /// The positions of the modules the fusion wrote (the fused module and
+    /// the stubs), among the component's modules: they depend only on the
+    /// libraries, so they are the same for every app built against them.
+    pub own_modules: Vec<usize>,
+}
+
 /// `component` with the libraries sharing its function table fused (see
 /// the module doc), or none if it has no such libraries or a shape this
 /// does not handle.
-pub fn fuse(component: &[u8]) -> Option<Vec<u8>> {
+pub fn fuse(component: &[u8]) -> Option<FusedComponent> {
     // A component is anyone's upload: whatever it holds, fusing falls back
     // to the component as it is, and a mistake here must not take the
     // server down with it.
@@ -82,7 +92,7 @@ pub fn fuse(component: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-fn fused(component: &[u8]) -> Result<Vec<u8>> {
+fn fused(component: &[u8]) -> Result<FusedComponent> {
     // Every index below is then in range.
     wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
         .validate_all(component)
@@ -94,7 +104,10 @@ fn fused(component: &[u8]) -> Result<Vec<u8>> {
     wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
         .validate_all(&out)
         .context("the fused component does not validate")?;
-    Ok(out)
+    Ok(FusedComponent {
+        bytes: out,
+        own_modules: plan.modules.iter().map(|&m| m as usize).collect(),
+    })
 }
 
 /// Which libraries share a table defined by another module, if they can be
@@ -396,7 +409,7 @@ mod tests {
         let original = component(false, false);
         // 3 * 2 + 1 = 7, through main's forwarder to `target`: 1007, + 10.
         assert_eq!(run(&original), (1017, 1001));
-        let fused = fuse(&original).expect("fused");
+        let fused = fuse(&original).expect("fused").bytes;
         assert_eq!(run(&fused), (1017, 1001));
         let segments = segments(&fused);
         // Library A's place: its segment and B's two, at constant offsets
@@ -484,7 +497,7 @@ mod tests {
         let original = wat::parse_str(GLOBALS).unwrap();
         // 40 + 40 + 1 + 2, then the counter goes on: 40 + 40 + 3 + 4.
         assert_eq!(run(&original), [83, 87]);
-        let fused = fuse(&original).expect("fuses");
+        let fused = fuse(&original).expect("fuses").bytes;
         assert_eq!(run(&fused), [83, 87]);
         // The fused module (in library A's place) imports the global code
         // writes, and not the one only unreachable code sets.
