@@ -1137,6 +1137,9 @@ _FILLING: List[list] = []
 # the bench's Flask app takes about 2.3 MB in all).
 _FILL_BUDGET = 64 << 20
 
+# Room above the last size's fillers for what was allocated beside them.
+_FILL_SLACK = 16 << 10
+
 
 def fill_free_memory(ceiling: int) -> None:
     """Occupy the free chunks malloc keeps inside the heap (CPython for WASI
@@ -1155,19 +1158,26 @@ def fill_free_memory(ceiling: int) -> None:
         make = object if size == 0 else (lambda n=size: bytes(n))
         kept: list = []
         limit = _FILL_BUDGET // max(size, 16)
-        run = last = 0
+        run = last = high = 0
         try:
             while run < 64 and len(kept) < limit:
                 o = make()
                 a = id(o)
                 run = run + 1 if a > ceiling and a > last else 0
                 last = a
+                high = max(high, a)
                 kept.append(o)
         except MemoryError:
             run = 0
         if run:
             del kept[-run:]
         _FILLING.append(kept)
+        # What this size took from the top, and gave back, is free memory
+        # above the old ceiling (held there by `kept`'s own array, made
+        # after it): malloc carves the next size's fillers from it before
+        # the small free chunks lower down, and 64 of them in a row would
+        # pass for the top. So the next size's top starts above it all.
+        ceiling = max(ceiling, high + max(size, 16) + 8 * len(kept) + _FILL_SLACK)
 
 
 def list_snapshot_objects(roots: Tuple[Any, ...], path: str) -> None:
