@@ -479,26 +479,42 @@ WARMUP_ROUNDS = 2
 def warm_up(app: Callable, paths: List[str]) -> List[str]:
     """Drive ``app`` with GET requests through pure-Python stand-ins (the
     host imports cannot be called during pre-initialisation) and return one
-    report line per path, about its first round. Output is thrown away."""
+    report line per path (a path given twice runs as if given once): how
+    its first round went, and a later round's failure if one failed. A
+    failed round is not repeated. Output is thrown away."""
     report = []
-    for target in paths:
-        first = None
+    for target in dict.fromkeys(paths):
+        outcomes: List[str] = []
         cookies: Dict[str, None] = {}
         for _ in range(WARMUP_ROUNDS):
-            sink, errors, output = _warm_once(app, target)
-            first = first or (sink, errors, output)
+            sink, errors, output, cut = _warm_once(app, target)
             cookies.update(dict.fromkeys(sink.cookies))
-            if sink.status.startswith("5"):
+            failed = not sink.status or sink.status.startswith("5") or cut is not None
+            outcomes.append(_warm_outcome(sink.status, errors, output, cut))
+            if failed:
                 break
-        first[0].cookies = list(cookies)
-        report += _warm_report(target, *first)
+        line = f"warm-up GET {target}: {outcomes[0]}"
+        if len(outcomes) > 1 and outcomes[-1] != outcomes[0] and failed:
+            line += f"; run again: {outcomes[-1]}"
+        report.append(line)
+        if cookies:
+            # Whatever the app keeps for that cookie (a session in its
+            # cache, a cart) is in the snapshot: in every instance, under
+            # a key anyone with the component file can read.
+            report.append(
+                f"warning: warm-up GET {target} set the cookie {', '.join(cookies)}: what the app keeps "
+                "for it on the server (a session, a cart) is in the snapshot, shared by every instance under a "
+                "key anyone with the component can read; warm up a path that sets no cookie "
+                "(`--warmup PATH`), or build with `--no-warmup`"
+            )
     forget_static_manifest()
     return report
 
 
-def _warm_once(app: Callable, target: str) -> Tuple["_Discard", io.StringIO, io.StringIO]:
-    """One warm-up GET of ``target``: its response's sink, and what the app
-    wrote to ``wsgi.errors`` and to stdout/stderr."""
+def _warm_once(app: Callable, target: str) -> Tuple["_Discard", io.StringIO, io.StringIO, Optional[str]]:
+    """One warm-up GET of ``target``: its response's sink, what the app
+    wrote to ``wsgi.errors`` and to stdout/stderr, and why the response was
+    cut short after its head, if it was."""
     path, _, query = target.partition("?")
     errors = io.StringIO()
     environ = protocol.base_environ(errors)
@@ -525,35 +541,26 @@ def _warm_once(app: Callable, target: str) -> Tuple["_Discard", io.StringIO, io.
     for handler in handlers:
         handler.stream = output
     try:
-        protocol.run(app, environ, sink)
+        cut = protocol.run(app, environ, sink)
     finally:
         sys.stdout, sys.stderr = saved
         for handler, stream in handlers.items():
             handler.stream = stream
-    return sink, errors, output
+    return sink, errors, output, cut
 
 
-def _warm_report(target: str, sink: "_Discard", errors: io.StringIO, output: io.StringIO) -> List[str]:
-    """The report lines of one warm-up request."""
-    report = []
-    line = f"warm-up GET {target}: {sink.status or 'no response'}"
-    if sink.status.startswith("5"):
-        # The app's own 500 (Flask's, Django's) logs its exception to
-        # stderr, not to wsgi.errors.
-        said = failure_of(errors.getvalue()) or failure_of(output.getvalue())
-        line += f" ({said or 'the app answered it without a traceback or any output'})"
-    report.append(line)
-    if sink.cookies:
-        # Whatever the app keeps for that cookie (a session in its
-        # cache, a cart) is in the snapshot: in every instance, under
-        # a key anyone with the component file can read.
-        report.append(
-            f"warning: warm-up GET {target} set the cookie {', '.join(sink.cookies)}: what the app keeps "
-            "for it on the server (a session, a cart) is in the snapshot, shared by every instance under a "
-            "key anyone with the component can read; warm up a path that sets no cookie "
-            "(`--warmup PATH`), or build with `--no-warmup`"
-        )
-    return report
+def _warm_outcome(status: str, errors: io.StringIO, output: io.StringIO, cut: Optional[str]) -> str:
+    """How one warm-up request went, for its report line: the status, and
+    for a 5xx or a response cut short, the exception the app's output
+    names."""
+    if not (status.startswith("5") or cut is not None):
+        return status or "no response"
+    # The app's own 500 (Flask's, Django's) logs its exception to stderr,
+    # not to wsgi.errors.
+    said = failure_of(errors.getvalue()) or failure_of(output.getvalue())
+    if cut is not None:
+        return f"{status}, then cut short ({said or cut})"
+    return f"{status} ({said or 'the app answered it without a traceback or any output'})"
 
 
 def set_cookies(headers: protocol.Headers) -> List[str]:

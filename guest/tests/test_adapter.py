@@ -1199,6 +1199,41 @@ class WarmUp(unittest.TestCase):
         self.assertEqual(boot.warm_up(fails, ["/"]), ["warm-up GET /: 500 Internal Server Error (KeyError: 'k')"])
         self.assertEqual(failed, [1])
 
+        calls = []
+
+        def fails_second(environ, start_response):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("second")
+            start_response("200 OK", [])
+            return [b""]
+
+        # A path given twice runs as if given once; its second run failing
+        # is said, not hidden behind the first run's 200.
+        self.assertEqual(
+            boot.warm_up(fails_second, ["/b", "/b"]),
+            ["warm-up GET /b: 200 OK; run again: 500 Internal Server Error (RuntimeError: second)"],
+        )
+        self.assertEqual(len(calls), 2)
+
+        cut = []
+
+        def cut_short(environ, start_response):
+            cut.append(1)
+            start_response("200 OK", [])
+
+            def body():
+                yield b"x"
+                raise ValueError("mid-body")
+
+            return body()
+
+        # A body that fails after the head: said, and not run again.
+        [line] = boot.warm_up(cut_short, ["/c"])
+        self.assertTrue(line.startswith("warm-up GET /c: 200 OK, then cut short ("), line)
+        self.assertIn("ValueError: mid-body", line)
+        self.assertEqual(cut, [1])
+
     def test_a_500_logged_through_a_handler_made_at_import_says_why(self):
         import io
         import logging

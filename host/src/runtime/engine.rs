@@ -528,10 +528,10 @@ impl Loader {
             "compiled in {:.1}s ({compiled_modules} of its {} core modules were new; {})",
             t.elapsed().as_secs_f64(),
             hashes.len(),
-            if new_shell {
-                "a new shell"
-            } else {
-                "the shell other apps use"
+            match (new_shell, in_shell.is_empty()) {
+                (true, false) => "a new shell, with CPython's libraries in it",
+                (true, true) => "a new shell",
+                (false, _) => "the shell other apps use",
             },
         );
         cachefs::write_atomic(&links, write_links(digest, &shell_hash, &hashes).as_bytes())
