@@ -489,12 +489,13 @@ def warm_up(app: Callable, paths: List[str]) -> List[str]:
         for _ in range(WARMUP_ROUNDS):
             sink, errors, output, cut = _warm_once(app, target)
             cookies.update(dict.fromkeys(sink.cookies))
-            failed = not sink.status or sink.status.startswith("5") or cut is not None
-            outcomes.append(_warm_outcome(sink.status, errors, output, cut))
+            outcome, failed = _warm_outcome(sink.status, errors, output, cut)
+            outcomes.append(outcome)
             if failed:
                 break
         line = f"warm-up GET {target}: {outcomes[0]}"
-        if len(outcomes) > 1 and outcomes[-1] != outcomes[0] and failed:
+        if failed and len(outcomes) > 1:
+            # A failed round ends the loop: only the last can have failed.
             line += f"; run again: {outcomes[-1]}"
         report.append(line)
         if cookies:
@@ -549,18 +550,20 @@ def _warm_once(app: Callable, target: str) -> Tuple["_Discard", io.StringIO, io.
     return sink, errors, output, cut
 
 
-def _warm_outcome(status: str, errors: io.StringIO, output: io.StringIO, cut: Optional[str]) -> str:
-    """How one warm-up request went, for its report line: the status, and
+def _warm_outcome(status: str, errors: io.StringIO, output: io.StringIO, cut: Optional[str]) -> Tuple[str, bool]:
+    """How one warm-up request went, for its report line (the status, and
     for a 5xx or a response cut short, the exception the app's output
-    names."""
+    names), and whether it failed (those two, or no response at all)."""
+    if not status:
+        return "no response", True
     if not (status.startswith("5") or cut is not None):
-        return status or "no response"
+        return status, False
     # The app's own 500 (Flask's, Django's) logs its exception to stderr,
     # not to wsgi.errors.
     said = failure_of(errors.getvalue()) or failure_of(output.getvalue())
     if cut is not None:
-        return f"{status}, then cut short ({said or cut})"
-    return f"{status} ({said or 'the app answered it without a traceback or any output'})"
+        return f"{status}, then cut short ({said or cut})", True
+    return f"{status} ({said or 'the app answered it without a traceback or any output'})", True
 
 
 def set_cookies(headers: protocol.Headers) -> List[str]:
