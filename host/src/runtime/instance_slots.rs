@@ -35,9 +35,10 @@ const MAX_SLOTS: u32 = 128;
 
 /// The snapshot pages a slot keeps mapped and copies back after an
 /// instance, at most; beyond them pages are unmapped as without slots.
-/// A hello request writes about 0.5 MiB, a Flask one about 1.5 MiB; the
+/// A hello request writes about 0.3 MiB, a Flask one about 1 MiB, and
+/// [`slot_pages`](crate::runtime::slot_pages) joins up to half of it; the
 /// copies are private memory each slot holds while idle.
-const KEEP_RESIDENT: usize = 8 << 20;
+pub const KEEP_RESIDENT: usize = 8 << 20;
 
 /// Where an engine's instances get their memory, tables and stacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

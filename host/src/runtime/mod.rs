@@ -30,6 +30,7 @@ pub mod outbound;
 pub mod pool;
 mod quota_fs;
 pub mod sandbox;
+mod slot_pages;
 pub mod snapshot_pages;
 mod socket_slots;
 mod socket_states;

@@ -24,6 +24,7 @@ use crate::runtime::generated::WsgiApp;
 use crate::runtime::guest_log;
 use crate::runtime::instance_slots;
 use crate::runtime::sandbox::{Sandbox, Stdio};
+use crate::runtime::slot_pages::SlotPages;
 use crate::runtime::snapshot_pages::{self, SnapshotFile};
 use crate::runtime::store::{new_store, HostState};
 use crate::runtime::wasi_http::{self, HttpRequest};
@@ -73,6 +74,9 @@ pub struct AppPool {
     code: Arc<Loaded>,
     /// The artifacts its instances map their memory from.
     snapshots: Arc<[SnapshotFile]>,
+    /// Under request isolation in instance slots: what its instances
+    /// write there, kept in few runs ([`slot_pages`]).
+    slot_pages: Option<Arc<SlotPages>>,
     pre: AppPre,
     sandbox: Sandbox,
     limits: Limits,
@@ -125,10 +129,20 @@ impl AppPool {
         cpu: CpuShare,
         metrics: Arc<TenantMetrics>,
     ) -> Result<Arc<Self>> {
+        let snapshots: Arc<[SnapshotFile]> = code.snapshot_files().into();
+        let in_slots = code
+            .component
+            .engine()
+            .pooling_allocator_metrics()
+            .is_some();
         let pool = Arc::new(AppPool {
             name: name.into(),
             engine: code.component.engine().clone(),
-            snapshots: code.snapshot_files().into(),
+            slot_pages: (in_slots
+                && limits.isolation == Isolation::Request
+                && !snapshots.is_empty())
+            .then(|| Arc::new(SlotPages::new(snapshots.clone()))),
+            snapshots,
             code,
             pre,
             sandbox,
@@ -496,7 +510,14 @@ impl AppPool {
         if recycle.is_some() || retired {
             // Unmapping its memory and removing a per-instance /tmp block,
             // in one of the tenant's slots and on its account.
-            if let Err(e) = self.cpu.run_blocking(move || drop(inst)).await {
+            let slot_pages = self.slot_pages.clone();
+            let teardown = move || {
+                if let Some(pages) = slot_pages {
+                    pages.after_instance();
+                }
+                drop(inst)
+            };
+            if let Err(e) = self.cpu.run_blocking(teardown).await {
                 tracing::error!(app = %self.name, "tearing down an instance failed: {e}");
             }
         } else {

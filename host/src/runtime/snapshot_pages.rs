@@ -58,6 +58,16 @@ pub struct SnapshotFile {
 }
 
 impl SnapshotFile {
+    /// The snapshot file with metadata `meta`, named `name`.
+    #[cfg(test)]
+    pub(crate) fn for_test(meta: &std::fs::Metadata, name: &str) -> Self {
+        SnapshotFile {
+            dev: (rustix::fs::major(meta.dev()), rustix::fs::minor(meta.dev())),
+            ino: meta.ino(),
+            name: name.into(),
+        }
+    }
+
     fn matches(&self, m: &Mapping) -> bool {
         (m.dev == self.dev && m.ino == self.ino)
             || Path::new(OsStr::from_bytes(&m.path)).file_name() == Some(self.name.as_os_str())
@@ -135,8 +145,19 @@ pub fn advise_instance_mappings(files: &[SnapshotFile]) {
 
 #[cfg(target_os = "linux")]
 fn advise_on_linux(files: &[SnapshotFile]) {
+    for (m, _) in instance_mappings(files) {
+        advise_random(m.start, m.end);
+    }
+}
+
+/// The address ranges of this process's private writable mappings of
+/// one of `files`, each with the file offset it starts at: the snapshot
+/// mappings of its live instances and, with instance slots, of the slots
+/// that last held one.
+#[cfg(target_os = "linux")]
+pub fn instance_mappings(files: &[SnapshotFile]) -> Vec<(Range<usize>, u64)> {
     if files.is_empty() {
-        return;
+        return Vec::new();
     }
     let mappings = match procmap_query::writable_file_mappings() {
         Ok(m) => m,
@@ -145,16 +166,15 @@ fn advise_on_linux(files: &[SnapshotFile]) {
             Ok(text) => parse_maps(&text),
             Err(e) => {
                 tracing::debug!("cannot read /proc/self/maps: {e}");
-                return;
+                return Vec::new();
             }
         },
     };
-    for m in mappings
-        .iter()
+    mappings
+        .into_iter()
         .filter(|m| files.iter().any(|f| f.matches(m)))
-    {
-        advise_random(m.start, m.end);
-    }
+        .map(|m| (m.start..m.end, m.offset))
+        .collect()
 }
 
 /// Which pages of `file` are in the page cache, one flag per page (none
@@ -227,7 +247,7 @@ fn settle_page_cache(file: &File, path: &Path, before: Vec<bool>) {
 }
 
 /// The maximal runs of page indices where `pick(a[i], b[i])`.
-fn runs(a: &[bool], b: &[bool], pick: impl Fn(bool, bool) -> bool) -> Vec<Range<usize>> {
+pub(crate) fn runs(a: &[bool], b: &[bool], pick: impl Fn(bool, bool) -> bool) -> Vec<Range<usize>> {
     let mut out: Vec<Range<usize>> = Vec::new();
     for (i, (&a, &b)) in a.iter().zip(b).enumerate() {
         if !pick(a, b) {
@@ -313,6 +333,8 @@ fn advise_random(start: usize, end: usize) {
 struct Mapping {
     start: usize,
     end: usize,
+    /// Where in the file it starts.
+    offset: u64,
     dev: (u32, u32),
     ino: u64,
     path: Vec<u8>,
@@ -326,7 +348,7 @@ fn parse_maps(text: &[u8]) -> Vec<Mapping> {
             let mut fields = line.splitn(6, |&b| b == b' ');
             let range = std::str::from_utf8(fields.next()?).ok()?;
             let perms = fields.next()?;
-            let _offset = fields.next()?;
+            let offset = std::str::from_utf8(fields.next()?).ok()?;
             let dev = std::str::from_utf8(fields.next()?).ok()?;
             let ino: u64 = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
             let path = fields.next().unwrap_or_default().trim_ascii_start();
@@ -338,6 +360,7 @@ fn parse_maps(text: &[u8]) -> Vec<Mapping> {
             Some(Mapping {
                 start: usize::from_str_radix(start, 16).ok()?,
                 end: usize::from_str_radix(end, 16).ok()?,
+                offset: u64::from_str_radix(offset, 16).ok()?,
                 dev: (
                     u32::from_str_radix(major, 16).ok()?,
                     u32::from_str_radix(minor, 16).ok()?,
@@ -399,6 +422,7 @@ mod procmap_query {
             found.push(Mapping {
                 start: q.vma_start as usize,
                 end: q.vma_end as usize,
+                offset: q.vma_offset,
                 dev: (q.dev_major, q.dev_minor),
                 ino: q.inode,
                 path: name[..len].to_vec(),
@@ -441,6 +465,7 @@ mod tests {
                 Mapping {
                     start: 0x7f05082f0000,
                     end: 0x7f0509190000,
+                    offset: 0x3e000,
                     dev: (0xfe, 0),
                     ino: 5555699,
                     path: b"/cache/modules/abc-1.cwasm".to_vec(),
@@ -448,6 +473,7 @@ mod tests {
                 Mapping {
                     start: 0x7f0509300000,
                     end: 0x7f0509400000,
+                    offset: 0,
                     dev: (0x103, 0x0a),
                     ino: 9,
                     path: b"/with space/y (deleted)".to_vec(),
@@ -491,6 +517,7 @@ mod tests {
             let m = queried.iter().find(|m| m.start == ptr).expect("listed");
             assert!(snap.matches(m), "{m:?}");
             assert!(m.path.ends_with(b"snap-1.cwasm"), "{m:?}");
+            assert_eq!(m.offset, 0, "{m:?}");
         }
         let flags = || {
             let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
