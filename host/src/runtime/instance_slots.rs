@@ -36,8 +36,8 @@ const MAX_SLOTS: u32 = 128;
 /// The snapshot pages a slot keeps mapped and copies back after an
 /// instance, at most; beyond them pages are unmapped as without slots.
 /// A hello request writes about 0.3 MiB, a Flask one about 1 MiB, and
-/// [`slot_pages`](crate::runtime::slot_pages) joins up to half of it; the
-/// copies are private memory each slot holds while idle.
+/// `slot_pages` may add the pages between those, up to half of this in
+/// all; the copies are private memory each slot holds while idle.
 pub const KEEP_RESIDENT: usize = 8 << 20;
 
 /// Where an engine's instances get their memory, tables and stacks.
