@@ -8,7 +8,7 @@
 //! the next instance faults it all in again. A hello request writes about
 //! 75 pages in 56 runs scattered over its 13 MB snapshot (CPython's
 //! interpreter state, and the counts and links of objects all over the
-//! heap), so each fresh instance took about 80 page faults.
+//! heap), so each fresh instance took about 140 page faults.
 //!
 //! So, now and then after an instance in a slot has served its request
 //! and before it is reset, the pages written in each of the app's slots
@@ -33,7 +33,7 @@ use crate::runtime::snapshot_pages::SnapshotFile;
 /// two are left for pages written outside the snapshot (the heap grown
 /// past it). Fewer runs cost more pages copied at each reset: a hello
 /// app's runs cover 230 pages at 30, 260 at 28 and 410 at 24.
-pub const MAX_RUNS: usize = 30;
+const MAX_RUNS: usize = 30;
 
 /// Bytes the joined runs may cover, at most: half of what wasmtime keeps
 /// resident, so its scan never stops for size first. Each slot holds them
