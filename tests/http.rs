@@ -841,6 +841,15 @@ fn an_http2_client_that_never_opens_its_window_loses_the_rest_after_the_stall_ti
         assert!(got > 0 && got < 16_000_000, "{path}: {got} bytes arrived");
         s.wait_for_log("the client took no response bytes for 1s");
     }
+    // The app's streamed response (`/big`) names its app, as the pool's
+    // lines do.
+    assert!(
+        s.logs().lines().any(|l| l
+            .contains("INFO response cut short: the client took no response bytes")
+            && l.contains(" app=")),
+        "{}",
+        s.logs()
+    );
     // The client's stall, not the app's short body.
     assert!(
         !s.logs().contains("fewer than its Content-Length"),

@@ -1435,6 +1435,7 @@ fn clients_that_stall_free_the_instance_at_the_header_timeout() {
     drop(r);
     trickle.join().unwrap();
     s.wait_for_log("slower than 1024 bytes/s");
+    assert_line_names_app(&s, "slower than 1024 bytes/s");
 
     // A response nobody reads: 50 MiB, far more than the socket buffers.
     let (mut w, _r) = connect(s.addr);
@@ -2384,4 +2385,12 @@ fn an_app_whose_files_are_removed_from_the_cache_while_it_runs_gets_them_back() 
     }
     s.wait_for_log("was removed from the cache while the app ran");
     assert!(cache.join("files").is_dir());
+}
+
+/// The log line holding `text` names the app it is about, as the pool's
+/// lines do (`app=NAME`).
+fn assert_line_names_app(s: &Server, text: &str) {
+    let logs = s.logs();
+    let line = logs.lines().find(|l| l.contains(text)).expect("logged");
+    assert!(line.contains(" app="), "{line}");
 }

@@ -364,6 +364,12 @@ fn a_stalled_or_malformed_body_is_the_clients_fault() {
     );
     assert_eq!(status_of(&resp), 408, "{}", String::from_utf8_lossy(&resp));
     s.wait_for_log("nothing from the client for 1s");
+    let logs = s.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("nothing from the client"))
+        .expect("logged");
+    assert!(line.contains(" app="), "the line names the app: {line}");
     // A chunk size that is not hex: 400, not the app's 500.
     let resp = raw(
         s.addr,

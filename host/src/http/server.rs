@@ -848,6 +848,7 @@ async fn respond(
     })?;
     log.routed(route.app.metrics());
     let tenant = route.app.clone();
+    let tenant_name = tenant.metrics().name.clone();
     let max_body = tenant.limits().max_body;
     let version = parts.version;
     let http1 = version < http::Version::HTTP_2;
@@ -855,7 +856,7 @@ async fn respond(
     // A body no app reads is drained, as an app's unread one is, so the
     // HTTP/1 connection goes on (or says it will not).
     let unread = |body, mut res| {
-        let mut body = RequestBody::new(body, max_body, site.stall);
+        let mut body = RequestBody::new(body, max_body, site.stall).for_app(tenant_name.clone());
         if http1 {
             body = body.over_http1(expects);
         }
@@ -936,12 +937,12 @@ async fn respond(
         log.cold_start(waited);
     }
     let stall = site.stall;
-    let mut body = RequestBody::new(body, max_body, stall);
+    let mut body = RequestBody::new(body, max_body, stall).for_app(tenant_name.clone());
     if http1 {
         body = body.over_http1(expects);
     }
     let response_stall = site.response_stall(version);
-    let (ex, response) = Exchange::new(tenant.metrics().name.clone(), body, head, response_stall);
+    let (ex, response) = Exchange::new(tenant_name, body, head, response_stall);
     let call = async move {
         pool.serve(request, ex, conn).await;
         // Idle time counts from the end of the last response.

@@ -59,6 +59,8 @@ pub struct BodySender {
     /// `send` gave up on a client that took nothing for `stall` (shared by
     /// clones: any of them may be the one that gave up).
     stalled: Arc<AtomicBool>,
+    /// The app sending, named in the log line about giving up.
+    app: Option<Arc<str>>,
 }
 
 /// Receiving half of a response body, read by [`ResponseBody`].
@@ -79,6 +81,7 @@ pub fn body_channel() -> (BodySender, BodyReceiver) {
             taken: taken.clone(),
             stall: None,
             stalled: Default::default(),
+            app: None,
         },
         BodyReceiver { rx, taken },
     )
@@ -154,6 +157,12 @@ impl BodySender {
         self
     }
 
+    /// Name `app` in the log line about a client that took nothing.
+    pub fn for_app(mut self, app: Arc<str>) -> Self {
+        self.app = Some(app);
+        self
+    }
+
     /// Queue a chunk, waiting while the budget is used up (a chunk larger
     /// than the budget waits for all of it and then goes alone); false if
     /// the client went away or took nothing for the stall limit.
@@ -176,7 +185,7 @@ impl BodySender {
                             // Cut short, not ended: a client that reads on
                             // must not take what it got for the whole.
                             let why = stalled(self.taken.patience(stall));
-                            tracing::info!("response cut short: {why}");
+                            log_for_app(self.app.as_deref(), &format!("response cut short: {why}"));
                             self.stalled.store(true, Ordering::Relaxed);
                             self.abort(why);
                             return false;
@@ -588,11 +597,13 @@ const MIN_RATE: f64 = 1024.0;
 /// wait, and over the whole body a first `stall` of grace plus the time
 /// `MIN_RATE` earns for the bytes received. Only time the app spends
 /// waiting for the client counts, not the app's own pace.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Pace {
     /// The longest one wait for the client's next bytes.
     pub stall: Duration,
     waited: Duration,
+    /// The app the body is for, named in the log line about giving up.
+    app: Option<Arc<str>>,
 }
 
 impl Pace {
@@ -601,6 +612,7 @@ impl Pace {
         Pace {
             stall,
             waited: Duration::ZERO,
+            app: None,
         }
     }
 
@@ -618,17 +630,26 @@ impl Pace {
 
     /// Log why a wait of `patience` that ran out ends the body.
     pub fn log_timeout(&self, patience: Duration, received: u64) {
-        if patience < self.stall {
-            tracing::info!(
-                "request body: {received} bytes in {:?} of waiting, slower than {MIN_RATE} bytes/s; given up (408 unless the response had started)",
+        let why = if patience < self.stall {
+            format!(
+                "{received} bytes in {:?} of waiting, slower than {MIN_RATE} bytes/s",
                 self.waited
-            );
+            )
         } else {
-            tracing::info!(
-                "request body: nothing from the client for {:?}; given up (408 unless the response had started)",
-                self.stall
-            );
-        }
+            format!("nothing from the client for {:?}", self.stall)
+        };
+        log_for_app(
+            self.app.as_deref(),
+            &format!("request body: {why}; given up (408 unless the response had started)"),
+        );
+    }
+}
+
+/// An INFO line about a client of `app`, naming it as the pool's lines do.
+fn log_for_app(app: Option<&str>, line: &str) {
+    match app {
+        Some(app) => tracing::info!(app, "{line}"),
+        None => tracing::info!("{line}"),
     }
 }
 
@@ -702,6 +723,12 @@ impl RequestBody {
         }
     }
 
+    /// Name `app` in the log line about a client that stalled.
+    pub fn for_app(mut self, app: Arc<str>) -> Self {
+        self.pace.app = Some(app);
+        self
+    }
+
     /// A body on an HTTP/1 connection, which hyper closes when a request
     /// body is left unread, without saying so (a client still sending
     /// gets a broken pipe instead of the response); HTTP/2 resets just the
@@ -725,7 +752,7 @@ impl RequestBody {
         Some(Taken {
             incoming: self.incoming.take()?,
             limit: self.limit,
-            pace: self.pace,
+            pace: self.pace.clone(),
             drain: self.drain,
             http1: self.http1,
             expects_continue: self.expects_continue,
@@ -838,7 +865,7 @@ impl Drop for RequestBody {
         if let Some(incoming) = self.incoming.take() {
             if self.drain {
                 let left = self.limit.saturating_sub(self.received);
-                drain_later(incoming, self.pace, self.received, left);
+                drain_later(incoming, self.pace.clone(), self.received, left);
             }
         }
     }

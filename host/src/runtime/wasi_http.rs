@@ -301,7 +301,7 @@ impl Drop for LimitedBody {
     fn drop(&mut self) {
         if let (Some(incoming), true) = (self.incoming.take(), self.drain) {
             let received = self.limit - self.left;
-            body::drain_later(incoming, self.pace, received, self.left);
+            body::drain_later(incoming, self.pace.clone(), received, self.left);
         }
     }
 }
@@ -355,7 +355,7 @@ impl Body for LimitedBody {
                 // The guest waits for the client from now: bounded as the
                 // default world's reads are (`RequestBody::read`).
                 let received = this.limit - this.left;
-                let pace = this.pace;
+                let pace = &this.pace;
                 let (_, _, deadline) = this.waiting.get_or_insert_with(|| {
                     let patience = pace.patience(received);
                     let timer = Box::pin(tokio::time::sleep(patience));

@@ -140,7 +140,7 @@ impl Exchange {
     ) -> (Self, ResponseReceiver) {
         let (start_tx, start_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = body_channel();
-        let chunk_tx = chunk_tx.with_stall(stall);
+        let chunk_tx = chunk_tx.with_stall(stall).for_app(app.clone());
         let ex = Exchange {
             app,
             body,
