@@ -2392,5 +2392,8 @@ fn an_app_whose_files_are_removed_from_the_cache_while_it_runs_gets_them_back() 
 fn assert_line_names_app(s: &Server, text: &str) {
     let logs = s.logs();
     let line = logs.lines().find(|l| l.contains(text)).expect("logged");
-    assert!(line.contains(" app="), "{line}");
+    assert!(
+        line.contains(" app=") && !line.contains(" app=\""),
+        "{line}"
+    );
 }

@@ -369,7 +369,10 @@ fn a_stalled_or_malformed_body_is_the_clients_fault() {
         .lines()
         .find(|l| l.contains("nothing from the client"))
         .expect("logged");
-    assert!(line.contains(" app="), "the line names the app: {line}");
+    assert!(
+        line.contains(" app=") && !line.contains(" app=\""),
+        "the line names the app as the pool's lines do: {line}"
+    );
     // A chunk size that is not hex: 400, not the app's 500.
     let resp = raw(
         s.addr,

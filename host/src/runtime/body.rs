@@ -648,7 +648,7 @@ impl Pace {
 /// An INFO line about a client of `app`, naming it as the pool's lines do.
 fn log_for_app(app: Option<&str>, line: &str) {
     match app {
-        Some(app) => tracing::info!(app, "{line}"),
+        Some(app) => tracing::info!(app = %app, "{line}"),
         None => tracing::info!("{line}"),
     }
 }
