@@ -225,20 +225,19 @@ fn rewrite(
     for (id, range) in sections {
         let range = range.start as usize..range.end as usize;
         let bytes = &component[range.clone()];
-        match *id {
-            CORE_MODULE if keep.contains(&position) => {
-                position += 1;
-                out.push(*id);
-                crate::bundle::leb128(&mut out, bytes.len() as u64);
-                out.extend_from_slice(bytes);
-            }
-            CORE_MODULE => {
+        // A core module's position among the component's modules.
+        let module = (*id == CORE_MODULE).then(|| {
+            position += 1;
+            position - 1
+        });
+        match (*id, module) {
+            // Kept modules go through as they are, as other sections do.
+            (CORE_MODULE, Some(index)) if !keep.contains(&index) => {
                 let hash = format!("{:x}", Sha256::digest(bytes));
                 let name = import_name(modules.len());
-                let keep = used.map(|u| &u[position]);
-                position += 1;
-                let ty = module_type(bytes, keep, memory_floor)
-                    .with_context(|| format!("reading core module {}", position - 1))?;
+                let exports = used.map(|u| &u[index]);
+                let ty = module_type(bytes, exports, memory_floor)
+                    .with_context(|| format!("reading core module {index}"))?;
                 let mut core_types = CoreTypeSection::new();
                 core_types.ty().module(&ty);
                 write_section(&mut out, &core_types);
@@ -248,7 +247,7 @@ fn rewrite(
                 types += 1;
                 modules.push(SplitModule { hash, range });
             }
-            CUSTOM if custom_name(bytes) == Some(FILES_SECTION) => {}
+            (CUSTOM, _) if custom_name(bytes) == Some(FILES_SECTION) => {}
             _ => {
                 out.push(*id);
                 crate::bundle::leb128(&mut out, bytes.len() as u64);

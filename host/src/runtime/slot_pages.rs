@@ -75,6 +75,13 @@ impl SlotPages {
             return;
         };
         let page = rustix::param::page_size();
+        let pagemap = match std::fs::File::open("/proc/self/pagemap") {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!("opening /proc/self/pagemap: {e}");
+                return;
+            }
+        };
         // Each slot's snapshot mapping, the page of the file it starts
         // at (pages are counted in the file, so a mapping the kernel
         // split in two still lines up), and its private pages.
@@ -83,7 +90,7 @@ impl SlotPages {
                 .into_iter()
                 .filter_map(|(m, offset)| {
                     let first = usize::try_from(offset).ok()? / page;
-                    Some((m.clone(), first, private_pages(m)?))
+                    Some((m.clone(), first, private_pages(&pagemap, m)?))
                 })
                 .collect();
         for (_, first, private) in &slots {
@@ -119,17 +126,18 @@ impl SlotPages {
 }
 
 /// Which pages of the mapping `m` are private copies (written), from
-/// `/proc/self/pagemap`: present and neither file nor shared pages.
+/// `/proc/self/pagemap` (open as `pagemap`): present and neither file nor
+/// shared pages.
 #[cfg(target_os = "linux")]
-fn private_pages(m: Range<usize>) -> Option<Vec<bool>> {
+fn private_pages(pagemap: &std::fs::File, m: Range<usize>) -> Option<Vec<bool>> {
     use std::os::unix::fs::FileExt;
     const PRESENT: u64 = 1 << 63;
     const FILE_OR_SHARED: u64 = 1 << 61;
     let page = rustix::param::page_size();
     let pages = (m.end - m.start) / page;
     let mut raw = vec![0u8; pages * 8];
-    let map = std::fs::File::open("/proc/self/pagemap").ok()?;
-    map.read_exact_at(&mut raw, (m.start / page * 8) as u64)
+    pagemap
+        .read_exact_at(&mut raw, (m.start / page * 8) as u64)
         .inspect_err(|e| tracing::debug!("reading /proc/self/pagemap: {e}"))
         .ok()?;
     Some(
@@ -272,7 +280,8 @@ mod tests {
             // SAFETY: inside the mapping.
             unsafe { *ptr.add(p * page + 1) = 0xee };
         }
-        let before = private_pages(mapping.clone()).unwrap();
+        let pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let before = private_pages(&pagemap, mapping.clone()).unwrap();
         assert_eq!(
             crate::runtime::snapshot_pages::runs(&before, &before, |p, _| p).len(),
             60
@@ -280,7 +289,7 @@ mod tests {
         let meta = file.metadata().unwrap();
         let slots = SlotPages::new(Arc::from([SnapshotFile::for_test(&meta, "snap-2.cwasm")]));
         slots.after_instance();
-        let after = private_pages(mapping.clone()).unwrap();
+        let after = private_pages(&pagemap, mapping.clone()).unwrap();
         let runs = crate::runtime::snapshot_pages::runs(&after, &after, |p, _| p);
         assert_eq!(runs.len(), MAX_RUNS, "{runs:?}");
         assert!(
