@@ -840,17 +840,25 @@ fn an_http2_client_that_never_opens_its_window_loses_the_rest_after_the_stall_ti
         let got = bytes_until_the_end(&mut r);
         assert!(got > 0 && got < 16_000_000, "{path}: {got} bytes arrived");
         s.wait_for_log("the client took no response bytes for 1s");
+        // The app's responses, whole (the held chunk's watch) or streamed
+        // (the sender), name their app as the pool's lines do.
+        if path != "/files/big.bin" {
+            let logs = s.logs();
+            let cut: Vec<&str> = logs
+                .lines()
+                .filter(|l| {
+                    l.contains("INFO response cut short: the client took no response bytes")
+                })
+                .collect();
+            assert!(
+                !cut.is_empty()
+                    && cut
+                        .iter()
+                        .all(|l| l.contains(" app=") && !l.contains(" app=\"")),
+                "{path}: {cut:?}"
+            );
+        }
     }
-    // The app's streamed response (`/big`) names its app, as the pool's
-    // lines do.
-    assert!(
-        s.logs().lines().any(|l| l
-            .contains("INFO response cut short: the client took no response bytes")
-            && l.contains(" app=")
-            && !l.contains(" app=\"")),
-        "{}",
-        s.logs()
-    );
     // The client's stall, not the app's short body.
     assert!(
         !s.logs().contains("fewer than its Content-Length"),
@@ -1208,6 +1216,8 @@ fn graceful_shutdown_finishes_in_flight_requests() {
 
 #[test]
 fn a_second_signal_stops_waiting_for_in_flight_requests() {
+    let sync = temp_dir("second-signal-sync");
+    let grant = format!("{}::/sync", sync.display());
     let s = Server::start(
         &router(),
         &[
@@ -1217,6 +1227,10 @@ fn a_second_signal_stops_waiting_for_in_flight_requests() {
             "300s",
             "--metrics",
             "127.0.0.1:0",
+            "--dir",
+            &grant,
+            "--workers",
+            "2",
         ],
     );
     let ops = s.logged_addr("metrics on ");
@@ -1231,14 +1245,23 @@ fn a_second_signal_stops_waiting_for_in_flight_requests() {
     let url = s.url("/sleep?200");
     let _pending = std::thread::spawn(move || client().get(url).send().map(|r| r.status()));
     s.wait_for_log("sleeping 200");
+    // A response already streaming: its head (200) and first chunk are
+    // out, the rest waits for a marker that never comes.
+    let mut streaming = client().get(s.url("/stream?never")).send().unwrap();
+    assert_eq!(streaming.status(), 200);
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut streaming, &mut first).unwrap();
+    assert_eq!(&first, b"first\n");
     s.signal("TERM");
     s.wait_for_log("shutting down");
     // Draining: not ready, so a load balancer sends nothing more.
     assert_eq!(ready(), 503);
     // Well within the 60 s `stop` waits, where the grace is 300 s.
     s.signal("INT");
-    // The request cut short is the server's doing, not a client's (499).
+    // The request cut short is the server's doing, not a client's (499),
+    // and so is the response cut mid-body: not a 200 in the log.
     s.wait_for_log("\"GET /sleep?200\" 503 ");
+    s.wait_for_log("\"GET /stream?never\" 503 ");
     let status = s.stop("INT");
     assert!(status.success(), "exit status {status:?}");
 }
@@ -1730,6 +1753,15 @@ fn static_files_are_served_by_the_host_with_validators_and_ranges() {
             "{path}"
         );
     }
+    // The link is the operator's doing (a deploy made with links), not the
+    // client's: they are told why it is a 404.
+    assert!(
+        s.logs().contains("static file /static/leak.txt under ",)
+            && s.logs()
+                .contains("a symlink on its path leads outside the directory"),
+        "{}",
+        s.logs()
+    );
     // The prefix is matched as routes are, decoded: the app never sees it.
     for path in ["/stat%69c/css/site.css", "/static%2Fcss/site.css"] {
         let r = c.get(s.url(path)).send().unwrap();

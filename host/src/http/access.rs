@@ -22,8 +22,9 @@ use crate::runtime::visible;
 const CLIENT_CLOSED: u16 = 499;
 
 /// Set when shutdown gives up on the requests still running (the grace
-/// period is over, or a second signal came): those had no response
-/// because the server left, not the client, and are logged 503.
+/// period is over, or a second signal came): those had no response, or
+/// only part of one, because the server left, not the client, and are
+/// logged 503.
 pub static CUT_AT_SHUTDOWN: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -190,6 +191,12 @@ impl AccessLog {
         }
     }
 
+    /// The name of the tenant the request was routed to, if any.
+    pub fn tenant(&self) -> Option<Arc<str>> {
+        let tenant = self.0.as_ref()?.tenant.as_ref()?;
+        Some(tenant.name.clone()).filter(|n| !n.is_empty())
+    }
+
     /// The request waited `waited` for its app to load (a cold start).
     pub fn cold_start(&mut self, waited: Duration) {
         if let Some(line) = self.0.as_mut() {
@@ -207,6 +214,7 @@ impl AccessLog {
         res.map(|body| LoggedBody {
             body,
             line: Some(line),
+            ended: false,
             in_flight: None,
         })
     }
@@ -225,6 +233,8 @@ impl Drop for AccessLog {
 pub struct LoggedBody {
     body: ResponseBody,
     line: Option<Line>,
+    /// hyper took the body's end.
+    ended: bool,
     /// Keeps the request in flight on its connection until the body ends.
     in_flight: Option<InFlight>,
 }
@@ -249,6 +259,9 @@ impl Body for LoggedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyAbort>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = &polled {
+            self.ended = true;
+        }
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let (Some(data), Some(line)) = (frame.data_ref(), self.line.as_mut()) {
                 line.sent += data.len() as u64;
@@ -274,7 +287,14 @@ impl Body for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        if let Some(line) = self.line.take() {
+        if let Some(mut line) = self.line.take() {
+            // A response whose head went out but whose body shutdown cut
+            // short: the client has a 200 and a truncated body, which an
+            // operator must not read as a success.
+            let cut = !self.ended && !self.body.is_end_stream();
+            if cut && CUT_AT_SHUTDOWN.load(Ordering::Acquire) {
+                line.status = 503;
+            }
             line.write();
         }
     }

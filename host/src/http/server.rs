@@ -686,8 +686,12 @@ async fn handle(
     );
     let res = respond(&site, parts, body, conn, &mut log)
         .await
-        .unwrap_or_else(Refusal::into_response)
-        .map(|body| body.stalling_after(site.response_stall(version)));
+        .unwrap_or_else(Refusal::into_response);
+    let stall = site.response_stall(version);
+    let res = match log.tenant() {
+        Some(app) => res.map(|body| body.stalling_after(stall).for_app(app)),
+        None => res.map(|body| body.stalling_after(stall)),
+    };
     Ok(log.finish(close_delimited(version, head, res)))
 }
 

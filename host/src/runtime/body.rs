@@ -269,6 +269,8 @@ pub struct ResponseBody {
     /// hyper found no bytes ready since it last took some: a pause until
     /// the next is the app's, not the client's.
     waited_on_app: bool,
+    /// The tenant named in the line about a client that took nothing.
+    app: Option<Arc<str>>,
 }
 
 impl ResponseBody {
@@ -284,6 +286,7 @@ impl ResponseBody {
             abort: None,
             stall: None,
             waited_on_app: false,
+            app: None,
         }
     }
 
@@ -316,6 +319,7 @@ impl ResponseBody {
             abort: None,
             stall: None,
             waited_on_app: false,
+            app: None,
         }
     }
 
@@ -337,6 +341,12 @@ impl ResponseBody {
         self
     }
 
+    /// Name `app` in the log line about a client that took nothing.
+    pub fn for_app(mut self, app: Arc<str>) -> Self {
+        self.app = Some(app);
+        self
+    }
+
     /// The first piece of `chunk`, holding the rest (with its `budget`)
     /// for the next polls when it is larger than [`PIECE`].
     fn hold(&mut self, mut chunk: Bytes, budget: Option<OwnedSemaphorePermit>) -> Bytes {
@@ -355,7 +365,7 @@ impl ResponseBody {
         if let (Some(stall), Ok(runtime)) = (watch_for, tokio::runtime::Handle::try_current()) {
             let since = tokio::time::Instant::now();
             let watched = (Arc::downgrade(&held), self.taken.clone());
-            runtime.spawn(watch(watched, since, stall));
+            runtime.spawn(watch(watched, since, stall, self.app.clone()));
         }
         self.held = Some(held);
         piece
@@ -405,6 +415,7 @@ async fn watch(
     (held, taken): (std::sync::Weak<std::sync::Mutex<Held>>, Arc<LastTaken>),
     since: tokio::time::Instant,
     stall: Duration,
+    app: Option<Arc<str>>,
 ) {
     loop {
         tokio::time::sleep_until(taken.stalled_at(since, stall)).await;
@@ -420,7 +431,8 @@ async fn watch(
             }
             let waited = taken.patience(stall);
             h.expired = Some(waited);
-            tracing::info!("response cut short: {}", stalled(waited));
+            let line = format!("response cut short: {}", stalled(waited));
+            log_for_app(app.as_deref(), &line);
             return;
         }
     }

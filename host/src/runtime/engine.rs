@@ -476,6 +476,18 @@ impl Loader {
             return Ok(hit);
         }
         metrics::artifact_cache(false);
+        crate::allocator::handing_back(|| self.compile(file, digest, path, &links))
+    }
+
+    /// Compile the component open as `file` into the cache, and load it
+    /// from there. Callers hold the compile lock.
+    fn compile(
+        &self,
+        file: &mut std::fs::File,
+        digest: &str,
+        path: &Path,
+        links: &Path,
+    ) -> Result<(Arc<SharedShell>, Vec<LinkedModule>)> {
         // Seconds of compiling whose result could not be kept would be
         // spent again by every app and at every retry: ask first.
         writable(&self.cache_dir)?;
@@ -534,7 +546,7 @@ impl Loader {
                 (false, _) => "the shell other apps use",
             },
         );
-        cachefs::write_atomic(&links, write_links(digest, &shell_hash, &hashes).as_bytes())
+        cachefs::write_atomic(links, write_links(digest, &shell_hash, &hashes).as_bytes())
             .with_context(|| {
                 format!(
                     "caching what {} links in {}",
@@ -542,7 +554,7 @@ impl Loader {
                     links.display()
                 )
             })?;
-        self.linked(&links, digest, false)?
+        self.linked(links, digest, false)?
             .context("a compiled artifact vanished from the cache while loading")
     }
 

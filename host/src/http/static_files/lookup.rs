@@ -97,10 +97,10 @@ fn open_file(place: &Place, dir: &Dir, rel: PathBuf) -> Found {
     }
 }
 
-/// What a failed open or stat of `rel` answers. Missing files are routine,
-/// and an escape the resolver refused is the client's doing: both are 404
-/// with at most a debug line. A permission the operator forgot is 403 and
-/// worth a warning; so is running out of descriptors (503).
+/// What a failed open or stat of `rel` answers. Missing files are routine:
+/// 404 with at most a debug line. A symlink leading out of the directory
+/// is a 404 too, with a warning, as is a permission the operator forgot
+/// (403) and running out of descriptors (503).
 fn failed(place: &Place, rel: &Path, e: &std::io::Error) -> Found {
     if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
         tracing::warn!(
@@ -114,20 +114,42 @@ fn failed(place: &Place, rel: &Path, e: &std::io::Error) -> Found {
     // PermissionDenied too; only the kernel's own refusal is the
     // operator's file mode.
     if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
-        if place.warned.due() {
-            tracing::warn!(
-                "static file {}{} under {}: {e}; answered 403 (make it readable by the server's user; logged at most once a minute)",
-                place.mount.prefix,
-                rel.display(),
-                place.mount.dir.display()
-            );
-        }
+        warn_now_and_then(place, rel, e, 403, "make it readable by the server's user");
         return Found::Forbidden;
+    }
+    // cap-std's refusal of a way out carries no errno. A client cannot
+    // spell one (`..` segments are refused before any lookup), so a
+    // symlink in the tree leads outside it: a deploy made of links
+    // (`collectstatic --link`) would otherwise get only silent 404s.
+    if e.kind() == ErrorKind::PermissionDenied && e.raw_os_error().is_none() {
+        let why = "a symlink on its path leads outside the directory, which is never served";
+        let fix = "copy the files in, or mount the directory the link points into";
+        warn_now_and_then(place, rel, why, 404, fix);
+        return Found::Missing;
     }
     if e.kind() != ErrorKind::NotFound {
         tracing::debug!("static file {}{}: {e}", place.mount.prefix, rel.display());
     }
     Found::Missing
+}
+
+/// Tell the operator, at most once a minute per mount, why `rel` was
+/// answered `status` and how to `fix` it.
+fn warn_now_and_then(
+    place: &Place,
+    rel: &Path,
+    why: impl std::fmt::Display,
+    status: u16,
+    fix: &str,
+) {
+    if place.warned.due() {
+        tracing::warn!(
+            "static file {}{} under {}: {why}; answered {status} ({fix}; logged at most once a minute)",
+            place.mount.prefix,
+            rel.display(),
+            place.mount.dir.display()
+        );
+    }
 }
 
 /// Whether an HTTP date can say `t`: from 1970 to the year 9999
