@@ -1076,17 +1076,51 @@ fn check_native_needed(
             );
         }
     }
-    let mut warned = std::collections::BTreeSet::new();
+    // One line per distribution: numpy alone has a dozen such modules.
+    let mut by_dist: BTreeMap<&str, Vec<&NeededNative>> = BTreeMap::new();
     for n in needed.iter().filter(|n| !unusable.contains_key(&n.dist)) {
-        if warned.insert(&n.module) {
-            warnings += &format!(
-                "{}: its native module {} has no WASI build and was left out; {}:{} imports it \
-                 with no fallback, so code that gets there fails with ModuleNotFoundError\n",
-                n.dist, n.module, n.file, n.line
-            );
+        let seen = by_dist.entry(&n.dist).or_default();
+        if !seen.iter().any(|m| m.module == n.module) {
+            seen.push(n);
         }
     }
+    for (dist, modules) in by_dist {
+        warnings += &left_out(dist, &modules);
+        warnings.push('\n');
+    }
     Ok(warnings)
+}
+
+/// The warning for `dist`'s native `modules` its code imports, left out.
+fn left_out(dist: &str, modules: &[&NeededNative]) -> String {
+    const NAMED: usize = 3;
+    let first = modules[0];
+    let fails = "so code that gets there fails with ModuleNotFoundError (the build goes on, and \
+                 stops at the app's import if that gets there)";
+    if modules.len() == 1 {
+        return format!(
+            "{dist}: its native module {} has no WASI build and was left out; {}:{} imports it \
+             with no fallback, {fails}",
+            first.module, first.file, first.line
+        );
+    }
+    let mut names: Vec<&str> = modules
+        .iter()
+        .take(NAMED)
+        .map(|m| m.module.as_str())
+        .collect();
+    if modules.len() > NAMED {
+        names.push("...");
+    }
+    format!(
+        "{dist}: {} of its native modules have no WASI build and were left out ({}); its code \
+         imports them with no fallback ({}:{} imports {}), {fails}",
+        modules.len(),
+        names.join(", "),
+        first.file,
+        first.line,
+        first.module
+    )
 }
 
 /// PEP 503 form of a project name (`Pydantic_Core` → `pydantic-core`).
@@ -1131,6 +1165,35 @@ fn record_owners(site: &Path) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn native_modules_left_out_are_one_line_per_distribution() {
+        let needed = |module: &str, line| NeededNative {
+            module: module.into(),
+            dist: "numpy".into(),
+            file: "numpy/_core/multiarray.py".into(),
+            line,
+            top: false,
+        };
+        let one = left_out("lazy", &[&needed("_lazy", 2)]);
+        assert!(
+            one.starts_with("lazy: its native module _lazy has no WASI build and was left out; numpy/_core/multiarray.py:2 imports it"),
+            "{one}"
+        );
+        let many: Vec<NeededNative> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .zip(1..)
+            .map(|(m, l)| needed(m, l))
+            .collect();
+        let many: Vec<&NeededNative> = many.iter().collect();
+        let line = left_out("numpy", &many);
+        assert!(
+            line.starts_with("numpy: 5 of its native modules have no WASI build and were left out (a, b, c, ...); its code imports them with no fallback (numpy/_core/multiarray.py:1 imports a)"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+        assert!(line.contains("the build goes on"), "{line}");
+    }
 
     #[test]
     fn the_python_a_tree_was_installed_for_is_read_from_its_path_or_bytecode() {
