@@ -1723,6 +1723,53 @@ fn past_max_loaded_the_least_recently_used_idle_app_makes_room() {
     assert!(err.contains("write `idle_timeout = ...`"), "{err}");
 }
 
+/// A process allowed few open files keeps no more apps loaded than they
+/// hold: a client naming many cold hosts cannot run it out of descriptors
+/// (every tenant's loads and accepts would fail).
+#[test]
+fn max_loaded_is_lowered_to_what_the_open_file_limit_holds() {
+    let dir = temp_dir("max-loaded-nofile");
+    let names: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    let config = write_config(
+        &dir,
+        &names
+            .iter()
+            .map(|t| {
+                format!(
+                    "[[app]]\nname = \"{t}\"\ncomponent = \"{}\"\nhosts = [\"{t}.test\"]\n\n",
+                    router().display()
+                )
+            })
+            .collect::<String>(),
+    );
+    let s = Server::start_with_nofile(
+        128,
+        &[
+            "serve",
+            config.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    s.wait_for_log("--max-loaded 1000 lowered to 8: a loaded app holds about 4 open files");
+    let ops = s.logged_addr("metrics on ");
+    for t in &names {
+        let r = client()
+            .get(s.url("/"))
+            .header("host", format!("{t}.test"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{t}");
+    }
+    let m = scrape(ops);
+    let loaded: f64 = names
+        .iter()
+        .map(|t| series(&m, &format!("rsgi_wasm_tenant_loaded{{tenant=\"{t}\"}}")))
+        .sum();
+    assert!(loaded <= 8.0, "{loaded} loaded:\n{m}");
+    s.wait_for_log("unloaded, least recently used, to make room");
+}
+
 /// `rsgi-wasm ARGS`, which must exit non-zero within a minute: its stderr.
 fn refused(args: &[&str]) -> String {
     let mut child = bin()
@@ -2385,6 +2432,45 @@ fn an_app_whose_files_are_removed_from_the_cache_while_it_runs_gets_them_back() 
     }
     s.wait_for_log("was removed from the cache while the app ran");
     assert!(cache.join("files").is_dir());
+}
+
+#[test]
+fn a_file_pruned_from_an_unpacked_tree_is_unpacked_again_at_the_next_start() {
+    let cache = cache_with_compiled_code("files-pruned");
+    let args = ["--cache-dir", cache.to_str().unwrap()];
+    let s = Server::start(&router(), &args);
+    let read = |s: &Server| get(s, "/read-file?/python/LICENSE.txt");
+    let (status, body) = read(&s);
+    assert_eq!(status, 200, "{body}");
+    drop(s);
+    // A cleaner pruning the cache by age: one file goes, its directory and
+    // the tree's other files stay.
+    let license = std::fs::read_dir(cache.join("files/trees"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("LICENSE.txt"))
+        .find(|p| p.is_file())
+        .expect("the standard library's tree");
+    std::fs::remove_file(&license).unwrap();
+    let s = Server::start(&router(), &args);
+    let (status, again) = read(&s);
+    assert_eq!(status, 200, "{again}\n{}", s.logs());
+    assert_eq!(again, body);
+    assert!(
+        s.logs()
+            .contains("no longer held what was unpacked into it; moved to"),
+        "{}",
+        s.logs()
+    );
+    assert!(license.is_file());
+    // The damaged copy is kept aside for instances that still mount it.
+    let aside = std::fs::read_dir(cache.join("files/trees"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with(".damaged-")
+        })
+        .count();
+    assert_eq!(aside, 1);
 }
 
 /// The log line holding `text` names the app it is about, as the pool's

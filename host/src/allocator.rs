@@ -5,12 +5,13 @@
 //! pooled hello request; with mimalloc hello at c=32 rose ~4% in A/B runs.
 //!
 //! mimalloc returns freed memory to the kernel only after a delay (a
-//! second), and only when the thread that owns it next allocates or frees. A compile
-//! frees hundreds of megabytes across Cranelift's worker threads, which
-//! then sit idle, so a `serve` that compiled 60 new apps kept 200 MiB of
-//! freed memory (PSS 290-325 MiB, against 139 MiB for the same apps
-//! loaded from the cache). [`handing_back`] makes that delay zero while a
-//! compile runs and collects the compiling thread's heap after it: 164 MiB.
+//! second), and only when the thread that owns it next allocates or
+//! frees. A compile frees hundreds of megabytes across Cranelift's worker
+//! threads, which then sit idle, so a `serve` that compiled 60 new apps
+//! kept 200 MiB of freed memory (PSS 290-325 MiB, against 139 MiB for the
+//! same apps loaded from the cache). [`handing_back`] makes that delay
+//! zero while a compile runs and collects the compiling thread's heap
+//! after it: 164 MiB.
 
 use std::ffi::{c_int, c_long};
 use std::sync::Mutex;

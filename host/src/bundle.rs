@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cachefs;
 use crate::error::UserError;
+use crate::tree_counts::{self, Tally};
 
 /// Name of the custom section holding the archive.
 const SECTION: &str = "rsgi-wasm-files";
@@ -636,6 +637,7 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
                     )
                     .into());
                 }
+                tree_counts::check(&host)?;
                 out.push(Mount {
                     host,
                     guest: format!("/{name}"),
@@ -740,8 +742,14 @@ fn read_only_below(dest: &Path) -> Result<()> {
 fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
     let trees = trees_dir(dest)?;
     let mut hashes: std::collections::BTreeMap<String, Sha256> = Default::default();
+    // What each tree holds, for `tree_counts`; `None` for a tree with an
+    // entry a walk of it would not count the same (a hard link, a device).
+    let mut tallies: std::collections::BTreeMap<String, Option<Tally>> = Default::default();
     for_each_entry(archive, |top, entry| {
         let h = hashes.entry(top.to_owned()).or_default();
+        let tally = tallies
+            .entry(top.to_owned())
+            .or_insert(Some(Tally::default()));
         // Relative to its directory: the same files under another guest
         // path (site-packages at /2 in one app, /3 in another) share too.
         let path = entry.path()?.into_owned();
@@ -755,16 +763,32 @@ fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
         entry.read_to_end(&mut data)?;
         h.update((data.len() as u64).to_le_bytes());
         h.update(&data);
+        let kind = entry.header().entry_type();
+        if kind.is_file() {
+            if let Some(t) = tally.as_mut() {
+                t.add(data.len() as u64);
+            }
+        } else if !kind.is_dir() && !kind.is_symlink() {
+            *tally = None;
+        }
         Ok(())
     })?;
     let named: Vec<(String, String)> = hashes
         .into_iter()
         .map(|(name, h)| (name, format!("{:x}", h.finalize())[..32].to_owned()))
         .collect();
-    let missing: Vec<&(String, String)> = named
-        .iter()
-        .filter(|(_, tree)| !is_real_dir(&trees.join(tree)))
-        .collect();
+    let tally_of = |name: &str| tallies.get(name).copied().flatten();
+    let mut missing: Vec<&(String, String)> = Vec::new();
+    for named in &named {
+        let (name, tree) = named;
+        let path = trees.join(tree);
+        if !is_real_dir(&path) {
+            missing.push(named);
+        } else if tally_of(name).is_some_and(|t| !tree_counts::holds(&path, t)) {
+            tree_counts::set_aside(&path)?;
+            missing.push(named);
+        }
+    }
     let staged = cachefs::staging(dest)?;
     if !missing.is_empty() {
         let wanted = |top: &str| missing.iter().any(|(name, _)| name == top);
@@ -779,6 +803,11 @@ fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
         for (name, tree) in missing {
             // A tree appears whole (one rename), so existing means complete.
             cachefs::publish(&staged.path().join(name), &trees.join(tree), is_real_dir)?;
+        }
+    }
+    for (name, tree) in &named {
+        if let Some(t) = tally_of(name) {
+            tree_counts::record(&trees.join(tree), t)?;
         }
     }
     let index: String = named
@@ -1015,6 +1044,7 @@ mod tests {
         assert_eq!(
             std::fs::read_dir(cache.path().join("files/trees"))
                 .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
                 .count(),
             2
         );

@@ -9,7 +9,7 @@
 //!   `runtime` (engine, instances, sandbox, the WSGI imports, bodies).
 //!
 //! `config` (validated settings), `error` (the user-facing error),
-//! `protocol` (what host and guest agree on), `allocator`, `bundle`, `bus_error`, `cachefs`, `digests`,
+//! `protocol` (what host and guest agree on), `allocator`, `bundle` (with `tree_counts`), `bus_error`, `cachefs`, `digests`,
 //! `scratch` and `latin1` are shared below all of them. `docs/architecture.md` walks one request through them;
 //! `scripts/check-modules.py` checks the layering and that no two modules
 //! import each other.
@@ -34,6 +34,7 @@ mod protocol;
 mod runtime;
 mod scratch;
 mod tenants;
+mod tree_counts;
 
 use std::process::ExitCode;
 
