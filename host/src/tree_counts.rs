@@ -55,11 +55,13 @@ fn record_of(tree: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Keep `tally` as what `tree` holds, unless a record is there already
-/// (the tree's name is its content's hash, so any record says the same).
+/// Keep `tally`, counted from the archive, as what `tree` holds. A record
+/// saying otherwise (edited, or damaged into other numbers) is replaced,
+/// or every later load would take the tree for damaged.
 pub fn record(tree: &Path, tally: Tally) -> Result<()> {
     let path = record_of(tree);
-    if path.is_file() {
+    let kept = std::fs::read_to_string(&path).ok();
+    if kept.as_deref().and_then(Tally::parse) == Some(tally) {
         return Ok(());
     }
     crate::cachefs::write_atomic(
@@ -227,6 +229,20 @@ mod tests {
         assert!(root.path().join(&aside[0]).join("pkg/a.py").is_file());
         // Set aside by another process first: nothing to do.
         set_aside(&tree).unwrap();
+    }
+
+    #[test]
+    fn a_record_with_other_numbers_is_replaced_by_the_archive_s() {
+        let root = tempfile::tempdir().unwrap();
+        let tree = root.path().join("bb");
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.join("m.py"), "x").unwrap();
+        let mut tally = Tally::default();
+        tally.add(1);
+        std::fs::write(record_of(&tree), "7 700\n").unwrap();
+        assert!(check(&tree).is_err());
+        record(&tree, tally).unwrap();
+        check(&tree).unwrap();
     }
 
     #[test]
