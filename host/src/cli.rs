@@ -212,7 +212,8 @@ pub struct ServeArgs {
     pub preload: bool,
     /// Most apps loaded at once: loading one more first unloads the least
     /// recently used app serving nothing, so clients naming every host
-    /// cannot load every app (1 to 1000000).
+    /// cannot load every app (1 to 1000000; lowered, with a warning, to a
+    /// sixteenth of the open-file limit).
     #[arg(long, default_value = config::DEFAULT_MAX_LOADED, value_parser = config::count_in(config::MAX_LOADED))]
     pub max_loaded: u64,
     #[command(flatten)]
