@@ -1752,6 +1752,9 @@ fn max_loaded_is_lowered_to_what_the_open_file_limit_holds() {
         ],
     );
     s.wait_for_log("--max-loaded 1000 lowered to 8: a loaded app holds about 4 open files");
+    s.wait_for_log(
+        "--max-connections 10000 lowered to 32: each client connection holds an open file",
+    );
     let ops = s.logged_addr("metrics on ");
     for t in &names {
         let r = client()
@@ -2434,6 +2437,15 @@ fn an_app_whose_files_are_removed_from_the_cache_while_it_runs_gets_them_back() 
     assert!(cache.join("files").is_dir());
 }
 
+/// The standard library's `LICENSE.txt` in `cache`'s unpacked trees.
+fn stdlib_license(cache: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(cache.join("files/trees"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("LICENSE.txt"))
+        .find(|p| p.is_file())
+        .expect("the standard library's tree")
+}
+
 #[test]
 fn a_file_pruned_from_an_unpacked_tree_is_unpacked_again_at_the_next_start() {
     let cache = cache_with_compiled_code("files-pruned");
@@ -2445,11 +2457,7 @@ fn a_file_pruned_from_an_unpacked_tree_is_unpacked_again_at_the_next_start() {
     drop(s);
     // A cleaner pruning the cache by age: one file goes, its directory and
     // the tree's other files stay.
-    let license = std::fs::read_dir(cache.join("files/trees"))
-        .unwrap()
-        .map(|e| e.unwrap().path().join("LICENSE.txt"))
-        .find(|p| p.is_file())
-        .expect("the standard library's tree");
+    let license = stdlib_license(&cache);
     std::fs::remove_file(&license).unwrap();
     let s = Server::start(&router(), &args);
     let (status, again) = read(&s);
@@ -2471,6 +2479,51 @@ fn a_file_pruned_from_an_unpacked_tree_is_unpacked_again_at_the_next_start() {
         })
         .count();
     assert_eq!(aside, 1);
+}
+
+#[test]
+fn a_file_pruned_while_serving_is_back_at_the_app_s_next_load() {
+    let cache = cache_with_compiled_code("files-pruned-serving");
+    let dir = temp_dir("files-pruned-serving-config");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"a\"\ncomponent = \"{}\"\nhosts = [\"a.test\"]\nidle_timeout = \"1s\"\n",
+            router().display()
+        ),
+    );
+    let s = Server::start_with(&[
+        "serve",
+        config.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    let read = || {
+        let r = client()
+            .get(s.url("/read-file?/python/LICENSE.txt"))
+            .header("host", "a.test")
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let (status, body) = read();
+    assert_eq!(status, 200, "{body}");
+    let license = stdlib_license(&cache);
+    std::fs::remove_file(&license).unwrap();
+    // Unloaded once idle; its next load, past the 2 s a tree found whole
+    // is trusted, checks its trees again.
+    s.wait_for_log("unloaded after 1s idle");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, again) = read();
+    assert_eq!(status, 200, "{again}\n{}", s.logs());
+    assert_eq!(again, body);
+    assert!(license.is_file());
+    assert!(
+        s.logs()
+            .contains("no longer held what was unpacked into it"),
+        "{}",
+        s.logs()
+    );
 }
 
 /// The log line holding `text` names the app it is about, as the pool's

@@ -599,8 +599,14 @@ fn mounts_once(
     dir_mounts(&dest)
 }
 
-/// The index of an unpacked component: `NAME TAB TREE` per line, the guest
-/// directory `/NAME` being the shared tree `files/trees/TREE`.
+/// The index of an unpacked component: `NAME TAB TREE TAB COUNT` per
+/// line, the guest directory `/NAME` being the shared tree
+/// `files/trees/TREE`, which holds what COUNT says (`FILES BYTES`, or `-`
+/// for a tree a walk cannot count as its archive does; see
+/// [`tree_counts`]). The count is kept here, not beside the tree, so a
+/// cache cleaner cannot remove it and keep the index: without the index
+/// the component is unpacked again, and every tree checked against its
+/// archive.
 const INDEX: &str = "mounts";
 
 /// Each top-level directory of an unpacked tree, mounted at `/name`: the
@@ -617,9 +623,29 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
             }
             let trees = trees_dir(dest)?;
             for line in index.lines() {
-                let (name, tree) = line
+                let (name, rest) = line
                     .split_once('\t')
                     .with_context(|| format!("malformed line in {}", dest.join(INDEX).display()))?;
+                let Some((tree, count)) = rest.split_once('\t') else {
+                    // An index written before trees had counts: unpack
+                    // again (once), which checks every tree against its
+                    // archive and writes the counts.
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!(
+                            "{} was written by an earlier rsgi-wasm, without what its trees hold: \
+                             unpacking again, once, to check them",
+                            dest.join(INDEX).display()
+                        ),
+                    )
+                    .into());
+                };
+                let count = match count {
+                    "-" => None,
+                    c => Some(Tally::parse(c).with_context(|| {
+                        format!("malformed line in {}: {line:?}", dest.join(INDEX).display())
+                    })?),
+                };
                 // A hash and a plain directory name, as written: an edited
                 // index must not mount a host path (`../../etc`) into the
                 // sandbox.
@@ -637,7 +663,9 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
                     )
                     .into());
                 }
-                tree_counts::check(&host)?;
+                if let Some(count) = count {
+                    tree_counts::check(&host, count)?;
+                }
                 out.push(Mount {
                     host,
                     guest: format!("/{name}"),
@@ -805,14 +833,12 @@ fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
             cachefs::publish(&staged.path().join(name), &trees.join(tree), is_real_dir)?;
         }
     }
-    for (name, tree) in &named {
-        if let Some(t) = tally_of(name) {
-            tree_counts::record(&trees.join(tree), t)?;
-        }
-    }
     let index: String = named
         .iter()
-        .map(|(name, tree)| format!("{name}\t{tree}\n"))
+        .map(|(name, tree)| match tally_of(name) {
+            Some(t) => format!("{name}\t{tree}\t{t}\n"),
+            None => format!("{name}\t{tree}\t-\n"),
+        })
         .collect();
     std::fs::write(staged.path().join(INDEX), index)?;
     std::fs::File::create(staged.path().join(".complete"))?.flush()?;
@@ -924,22 +950,24 @@ mod tests {
         let trees = cache.path().join("files").join("trees");
         std::fs::create_dir_all(trees.join("0f3e")).unwrap();
         std::fs::create_dir_all(&unpacked).unwrap();
-        std::fs::write(unpacked.join(INDEX), "python\t0f3e\n").unwrap();
+        std::fs::write(unpacked.join(INDEX), "python\t0f3e\t0 0\n").unwrap();
         let mounts = dir_mounts(&unpacked).unwrap();
         assert_eq!(mounts[0].guest, "/python");
         for bad in [
-            "1\t../../../../etc\n",
-            "1\t/etc\n",
-            "..\t0f3e\n",
-            "a/b\t0f3e\n",
-            "1\t\n",
+            "1\t../../../../etc\t-\n",
+            "1\t/etc\t-\n",
+            "..\t0f3e\t-\n",
+            "a/b\t0f3e\t-\n",
+            "1\t\t-\n",
+            "1\t0f3e\tmany\n",
+            "1\t0f3e\t1 2 3\n",
         ] {
             std::fs::write(unpacked.join(INDEX), bad).unwrap();
             let e = dir_mounts(&unpacked).unwrap_err().to_string();
             assert!(e.contains("malformed line"), "{bad:?}: {e}");
         }
         std::os::unix::fs::symlink("/etc", trees.join("eeee")).unwrap();
-        std::fs::write(unpacked.join(INDEX), "1\teeee\n").unwrap();
+        std::fs::write(unpacked.join(INDEX), "1\teeee\t-\n").unwrap();
         let e = dir_mounts(&unpacked).unwrap_err().to_string();
         assert!(e.contains("not a directory"), "{e}");
     }
@@ -1068,6 +1096,18 @@ mod tests {
         let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
         assert_eq!(again, m2);
         assert!(std::fs::read_to_string(&index).unwrap().contains('\t'));
+        // And one whose index an earlier version wrote, without counts:
+        // unpacked again, once, and the counts written.
+        let text = std::fs::read_to_string(&index).unwrap();
+        let old: String = text
+            .lines()
+            .map(|l| format!("{}\n", l.rsplit_once('\t').unwrap().0))
+            .collect();
+        std::fs::write(&index, &old).unwrap();
+        let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
+        assert_eq!(again, m2);
+        assert_eq!(std::fs::read_to_string(&index).unwrap(), text);
+        assert!(text.lines().all(|l| l.split('\t').count() == 3), "{text}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What each shared tree of the `files` cache held when it was unpacked
-//! (its regular files and their bytes), and the check, once per process,
-//! that it still does.
+//! (its regular files and their bytes, kept in each component's index),
+//! and the check at load that it still does.
 //!
 //! A cache cleaner that prunes files by age (systemd-tmpfiles, `find
 //! -mtime +30 -delete`) leaves a tree whose directory is there and whose
@@ -8,9 +8,10 @@
 //! reaches a missing one, long after it started. A tree that no longer
 //! matches its count is unpacked again from the component instead.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -28,7 +29,8 @@ impl Tally {
         self.bytes += len;
     }
 
-    fn parse(text: &str) -> Option<Tally> {
+    /// A tally as `Display` writes it (`FILES BYTES`).
+    pub fn parse(text: &str) -> Option<Tally> {
         let (files, bytes) = text.trim_end().split_once(' ')?;
         Some(Tally {
             files: files.parse().ok()?,
@@ -39,74 +41,41 @@ impl Tally {
 
 impl std::fmt::Display for Tally {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} files of {} bytes", self.files, self.bytes)
+        write!(f, "{} {}", self.files, self.bytes)
     }
 }
 
-/// Trees found whole by this process: a tree shared by every app is
-/// walked once, not at each app's load.
-static WHOLE: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+/// How long a tree found whole is taken to be so before the next load
+/// walks it again: a tree every app shares is walked at most this often,
+/// and a file pruned while the server runs is noticed at an app's next
+/// load this long after at most.
+const WHOLE_FOR: Duration = Duration::from_secs(2);
 
-/// Where the tally of `tree` is kept: beside it, as the tree itself is
-/// mounted into guests.
-fn record_of(tree: &Path) -> PathBuf {
-    let mut name = tree.as_os_str().to_owned();
-    name.push(".count");
-    PathBuf::from(name)
-}
+/// Trees found whole, and when.
+static WHOLE: Mutex<Option<HashMap<PathBuf, Instant>>> = Mutex::new(None);
 
-/// Keep `tally`, counted from the archive, as what `tree` holds. A record
-/// saying otherwise (edited, or damaged into other numbers) is replaced,
-/// or every later load would take the tree for damaged.
-pub fn record(tree: &Path, tally: Tally) -> Result<()> {
-    let path = record_of(tree);
-    let kept = std::fs::read_to_string(&path).ok();
-    if kept.as_deref().and_then(Tally::parse) == Some(tally) {
-        return Ok(());
-    }
-    crate::cachefs::write_atomic(
-        &path,
-        format!("{} {}\n", tally.files, tally.bytes).as_bytes(),
-    )
-    .with_context(|| format!("recording what {} holds", tree.display()))
-}
-
-/// Whether `tree` holds what `tally` says (walked once per process).
+/// Whether `tree` holds what `tally` says.
 pub fn holds(tree: &Path, tally: Tally) -> bool {
-    if whole(tree) {
-        return true;
-    }
-    let found = walk(tree).is_ok_and(|t| t == tally);
-    if found {
-        mark_whole(tree);
-    }
-    found
+    check(tree, tally).is_ok()
 }
 
-/// Fails, as not found, if `tree` no longer holds what its record says.
-/// A tree with no record (unpacked by an older version) passes.
-pub fn check(tree: &Path) -> std::io::Result<()> {
+/// Fails, as not found, if `tree` no longer holds what `tally` says.
+pub fn check(tree: &Path, tally: Tally) -> std::io::Result<()> {
     if whole(tree) {
         return Ok(());
     }
-    let recorded = match std::fs::read_to_string(record_of(tree)) {
-        Ok(text) => Tally::parse(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    // A damaged record is as good as none: the next unpack writes another
-    // only where none is, so let it be read as "unknown", not as damage
-    // that would unpack the tree at every load.
-    let Some(recorded) = recorded else {
-        return Ok(());
-    };
     let found = walk(tree)?;
-    if found != recorded {
+    if found != tally {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!(
-                "{} holds {found} where {recorded} were unpacked: files were removed from the cache, or changed",
-                tree.display()
+                "{} holds {} files of {} bytes where {} files of {} bytes were unpacked: \
+                 files were removed from the cache, or changed",
+                tree.display(),
+                found.files,
+                found.bytes,
+                tally.files,
+                tally.bytes
             ),
         ));
     }
@@ -148,15 +117,16 @@ fn whole(tree: &Path) -> bool {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .as_ref()
-        .is_some_and(|s| s.contains(tree))
+        .and_then(|s| s.get(tree))
+        .is_some_and(|at| at.elapsed() < WHOLE_FOR)
 }
 
 fn mark_whole(tree: &Path) {
     WHOLE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashSet::new)
-        .insert(tree.to_owned());
+        .get_or_insert_with(HashMap::new)
+        .insert(tree.to_owned(), Instant::now());
 }
 
 fn forget(tree: &Path) {
@@ -198,16 +168,13 @@ mod tests {
         let mut tally = Tally::default();
         tally.add(6);
         tally.add(3);
-        // No record yet: unknown, passes.
-        check(&tree).unwrap();
-        record(&tree, tally).unwrap();
+        assert_eq!(Tally::parse(&tally.to_string()), Some(tally));
         assert!(holds(&tree, tally));
-        check(&tree).unwrap();
-        // Checked once per process: a later removal is seen by the next
-        // process (or after the tree is set aside).
-        forget(&tree);
+        // Found whole a moment ago: not walked again yet.
         std::fs::remove_file(tree.join("pkg/sub/b.txt")).unwrap();
-        let e = check(&tree).unwrap_err();
+        check(&tree, tally).unwrap();
+        forget(&tree);
+        let e = check(&tree, tally).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
         assert!(
             e.to_string()
@@ -217,7 +184,7 @@ mod tests {
         assert!(!holds(&tree, tally));
         // A changed size is damage too.
         std::fs::write(tree.join("pkg/sub/b.txt"), "be").unwrap();
-        assert!(check(&tree).is_err());
+        assert!(check(&tree, tally).is_err());
         set_aside(&tree).unwrap();
         assert!(!tree.exists());
         let aside: Vec<_> = std::fs::read_dir(root.path())
@@ -232,28 +199,10 @@ mod tests {
     }
 
     #[test]
-    fn a_record_with_other_numbers_is_replaced_by_the_archive_s() {
-        let root = tempfile::tempdir().unwrap();
-        let tree = root.path().join("bb");
-        std::fs::create_dir(&tree).unwrap();
-        std::fs::write(tree.join("m.py"), "x").unwrap();
-        let mut tally = Tally::default();
-        tally.add(1);
-        std::fs::write(record_of(&tree), "7 700\n").unwrap();
-        assert!(check(&tree).is_err());
-        record(&tree, tally).unwrap();
-        check(&tree).unwrap();
-    }
-
-    #[test]
-    fn a_damaged_record_reads_as_none() {
-        let root = tempfile::tempdir().unwrap();
-        let tree = root.path().join("aa");
-        std::fs::create_dir(&tree).unwrap();
-        for bad in ["", "x y", "1", "1 2 3", "-1 2"] {
-            std::fs::write(record_of(&tree), bad).unwrap();
-            check(&tree).unwrap();
+    fn counts_read_back_and_anything_else_is_refused() {
+        assert_eq!(Tally::parse("2 9"), Some(Tally { files: 2, bytes: 9 }));
+        for bad in ["", "x y", "1", "1 2 3", "-1 2", " 1 2"] {
+            assert_eq!(Tally::parse(bad), None, "{bad:?}");
         }
-        assert_eq!(Tally::parse("2 9\n"), Some(Tally { files: 2, bytes: 9 }));
     }
 }

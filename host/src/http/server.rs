@@ -186,7 +186,9 @@ pub async fn serve(
     // Shutdown reaches every connection's driver through `stop`; once each
     // has ended (dropping its receiver), `stop_tx.closed()` resolves.
     let (stop_tx, stop) = tokio::sync::watch::channel(());
-    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let max_connections = connections_allowed(cfg.max_connections, nofile);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     tokio::pin!(shutdown);
     let accept_warned = crate::runtime::WarnEvery::default();
     let mut failed_accepts = 0u64;
@@ -201,8 +203,7 @@ pub async fn serve(
             full.inc();
             if full_warned.due() {
                 tracing::warn!(
-                    "all {} client connections (--max-connections) are open: no more are accepted until one closes (new clients wait in the listen backlog), and idle ones close after --header-timeout; logged at most once a minute, rsgi_wasm_connection_limit_reached_total counts each time",
-                    cfg.max_connections
+                    "all {max_connections} client connections (--max-connections) are open: no more are accepted until one closes (new clients wait in the listen backlog), and idle ones close after --header-timeout; logged at most once a minute, rsgi_wasm_connection_limit_reached_total counts each time",
                 );
             }
         }
@@ -669,6 +670,24 @@ impl Refusal {
     }
 }
 
+/// `--max-connections`, lowered (with a warning) to a quarter of the
+/// process's open-file limit `nofile`: each connection holds a descriptor,
+/// guests' own files get half and `serve`'s loaded apps a quarter, and
+/// past the limit accepts fail for every tenant, its clients left waiting.
+fn connections_allowed(max: usize, nofile: Option<u64>) -> usize {
+    let Some(nofile) = nofile else { return max };
+    let fit = usize::try_from(nofile / 4).unwrap_or(usize::MAX).max(1);
+    if fit >= max {
+        return max;
+    }
+    tracing::warn!(
+        "--max-connections {max} lowered to {fit}: each client connection holds an open file, and this \
+         process may open {nofile}, a quarter of them for connections (guests' own files get half); \
+         raise the limit (`ulimit -n`, systemd's LimitNOFILE=65536) to accept more at once"
+    );
+    fit
+}
+
 /// The one entrance of every request: answer it, and log it once when
 /// its response is done.
 async fn handle(
@@ -1096,6 +1115,15 @@ impl Drop for Inline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_are_lowered_to_a_quarter_of_the_open_file_limit() {
+        assert_eq!(connections_allowed(10_000, Some(65_536)), 10_000);
+        assert_eq!(connections_allowed(10_000, None), 10_000);
+        assert_eq!(connections_allowed(10_000, Some(1024)), 256);
+        assert_eq!(connections_allowed(100, Some(1024)), 100);
+        assert_eq!(connections_allowed(10, Some(2)), 1);
+    }
 
     fn parts(req: http::request::Builder) -> http::request::Parts {
         req.body(()).unwrap().into_parts().0

@@ -119,11 +119,14 @@ fn failed(place: &Place, rel: &Path, e: &std::io::Error) -> Found {
     }
     // cap-std's refusal of a way out carries no errno. A client cannot
     // spell one (`..` segments are refused before any lookup), so a
-    // symlink in the tree leads outside it: a deploy made of links
+    // symlink in the tree is absolute or climbs above it (cap-std refuses
+    // both, even for a target back inside): a deploy made of links
     // (`collectstatic --link`) would otherwise get only silent 404s.
     if e.kind() == ErrorKind::PermissionDenied && e.raw_os_error().is_none() {
-        let why = "a symlink on its path leads outside the directory, which is never served";
-        let fix = "copy the files in, or mount the directory the link points into";
+        let why = "a symlink on its path is absolute or climbs out of the directory (even to come \
+                   back in), and such links are never followed";
+        let fix = "make the links relative and inside the directory, copy the files in, or mount \
+                   the directory they point into";
         warn_now_and_then(place, rel, why, 404, fix);
         return Found::Missing;
     }
