@@ -578,8 +578,8 @@ fn mounts_once(
     let dest = cache_dir
         .join("files")
         .join(&digest[..32.min(digest.len())]);
-    if dest.join(".complete").is_file() {
-        match dir_mounts(&dest) {
+    if dest.join(COMPLETE).is_file() {
+        match checked_mounts(&dest) {
             Ok(mounts) => return Ok(mounts),
             // Out of descriptors or memory: nothing is wrong with the tree.
             Err(e) if cachefs::short_of_resources(e.chain()) => return Err(e),
@@ -596,18 +596,80 @@ fn mounts_once(
     component.take(len).read_to_end(&mut archive)?;
     unpack(&archive, &dest)
         .with_context(|| format!("unpacking the app's files into {}", dest.display()))?;
-    dir_mounts(&dest)
+    checked_mounts(&dest)
 }
 
-/// The index of an unpacked component: `NAME TAB TREE TAB COUNT` per
-/// line, the guest directory `/NAME` being the shared tree
-/// `files/trees/TREE`, which holds what COUNT says (`FILES BYTES`, or `-`
-/// for a tree a walk cannot count as its archive does; see
-/// [`tree_counts`]). The count is kept here, not beside the tree, so a
-/// cache cleaner cannot remove it and keep the index: without the index
-/// the component is unpacked again, and every tree checked against its
-/// archive.
+/// The index of an unpacked component: `NAME TAB TREE` per line, the guest
+/// directory `/NAME` being the shared tree `files/trees/TREE`.
 const INDEX: &str = "mounts";
+
+/// Beside the index: `TREE FILES BYTES` per tree, what each held when
+/// unpacked (see [`tree_counts`]); a tree a walk cannot count as its
+/// archive does (a hard link, a device) has no line.
+const COUNTS: &str = "counts";
+
+/// The marker of a component unpacked whole, holding [`seal`] of its index
+/// and counts: an index or counts a cleaner removed or cut short, or an
+/// index an earlier version wrote (with an empty marker), makes the
+/// component unpack again, which checks every tree against its archive,
+/// instead of mounting less than the app shipped. The index keeps its
+/// format, so an earlier version sharing the cache reads it as before.
+const COMPLETE: &str = ".complete";
+
+fn seal(index: &str, counts: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(index.as_bytes());
+    h.update([0]);
+    h.update(counts.as_bytes());
+    format!("{:x}", h.finalize())
+}
+
+/// The tree counts of the component unpacked at `dest`, if its marker
+/// seals its index and counts as they were written.
+fn unpacked_counts(dest: &Path) -> Result<std::collections::BTreeMap<String, Tally>> {
+    let unsealed = |why: &str| -> anyhow::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{}: {why}", dest.display()),
+        )
+        .into()
+    };
+    let read = |name: &str| match std::fs::read_to_string(dest.join(name)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(unsealed(&format!("its {name} file is gone")))
+        }
+        other => other.with_context(|| format!("reading {}", dest.join(name).display())),
+    };
+    let (marker, index, counts) = (read(COMPLETE)?, read(INDEX)?, read(COUNTS)?);
+    if marker.trim() != seal(&index, &counts) {
+        return Err(unsealed(
+            "its index or counts are not what was unpacked (edited, cut short, or written by an \
+             earlier rsgi-wasm)",
+        ));
+    }
+    counts
+        .lines()
+        .map(|l| {
+            let (tree, tally) = l.split_once(' ')?;
+            Some((tree.to_owned(), Tally::parse(tally)?))
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| unsealed("malformed counts"))
+}
+
+/// The mounts of the component unpacked at `dest`, each tree checked
+/// against its count.
+fn checked_mounts(dest: &Path) -> Result<Vec<Mount>> {
+    let counts = unpacked_counts(dest)?;
+    let mounts = dir_mounts(dest)?;
+    for m in &mounts {
+        let tree = m.host.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(&tally) = counts.get(tree) {
+            tree_counts::check(&m.host, tally)?;
+        }
+    }
+    Ok(mounts)
+}
 
 /// Each top-level directory of an unpacked tree, mounted at `/name`: the
 /// shared trees its index names, or (`rsgi-wasm unpack`) its own
@@ -623,29 +685,9 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
             }
             let trees = trees_dir(dest)?;
             for line in index.lines() {
-                let (name, rest) = line
+                let (name, tree) = line
                     .split_once('\t')
                     .with_context(|| format!("malformed line in {}", dest.join(INDEX).display()))?;
-                let Some((tree, count)) = rest.split_once('\t') else {
-                    // An index written before trees had counts: unpack
-                    // again (once), which checks every tree against its
-                    // archive and writes the counts.
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!(
-                            "{} was written by an earlier rsgi-wasm, without what its trees hold: \
-                             unpacking again, once, to check them",
-                            dest.join(INDEX).display()
-                        ),
-                    )
-                    .into());
-                };
-                let count = match count {
-                    "-" => None,
-                    c => Some(Tally::parse(c).with_context(|| {
-                        format!("malformed line in {}: {line:?}", dest.join(INDEX).display())
-                    })?),
-                };
                 // A hash and a plain directory name, as written: an edited
                 // index must not mount a host path (`../../etc`) into the
                 // sandbox.
@@ -662,9 +704,6 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
                         format!("{} is missing or not a directory", host.display()),
                     )
                     .into());
-                }
-                if let Some(count) = count {
-                    tree_counts::check(&host, count)?;
                 }
                 out.push(Mount {
                     host,
@@ -835,14 +874,18 @@ fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
     }
     let index: String = named
         .iter()
-        .map(|(name, tree)| match tally_of(name) {
-            Some(t) => format!("{name}\t{tree}\t{t}\n"),
-            None => format!("{name}\t{tree}\t-\n"),
-        })
+        .map(|(name, tree)| format!("{name}\t{tree}\n"))
         .collect();
-    std::fs::write(staged.path().join(INDEX), index)?;
-    std::fs::File::create(staged.path().join(".complete"))?.flush()?;
-    cachefs::publish(&staged.keep(), dest, |d| d.join(".complete").is_file())
+    let counts: String = named
+        .iter()
+        .filter_map(|(name, tree)| Some(format!("{tree} {}\n", tally_of(name)?)))
+        .collect();
+    std::fs::write(staged.path().join(COUNTS), &counts)?;
+    std::fs::write(staged.path().join(INDEX), &index)?;
+    let mut marker = std::fs::File::create(staged.path().join(COMPLETE))?;
+    marker.write_all(seal(&index, &counts).as_bytes())?;
+    marker.flush()?;
+    cachefs::publish(&staged.keep(), dest, |d| d.join(COMPLETE).is_file())
 }
 
 /// Call `f` with every entry of `archive` under a top-level directory, and
@@ -950,24 +993,22 @@ mod tests {
         let trees = cache.path().join("files").join("trees");
         std::fs::create_dir_all(trees.join("0f3e")).unwrap();
         std::fs::create_dir_all(&unpacked).unwrap();
-        std::fs::write(unpacked.join(INDEX), "python\t0f3e\t0 0\n").unwrap();
+        std::fs::write(unpacked.join(INDEX), "python\t0f3e\n").unwrap();
         let mounts = dir_mounts(&unpacked).unwrap();
         assert_eq!(mounts[0].guest, "/python");
         for bad in [
-            "1\t../../../../etc\t-\n",
-            "1\t/etc\t-\n",
-            "..\t0f3e\t-\n",
-            "a/b\t0f3e\t-\n",
-            "1\t\t-\n",
-            "1\t0f3e\tmany\n",
-            "1\t0f3e\t1 2 3\n",
+            "1\t../../../../etc\n",
+            "1\t/etc\n",
+            "..\t0f3e\n",
+            "a/b\t0f3e\n",
+            "1\t\n",
         ] {
             std::fs::write(unpacked.join(INDEX), bad).unwrap();
             let e = dir_mounts(&unpacked).unwrap_err().to_string();
             assert!(e.contains("malformed line"), "{bad:?}: {e}");
         }
         std::os::unix::fs::symlink("/etc", trees.join("eeee")).unwrap();
-        std::fs::write(unpacked.join(INDEX), "1\teeee\t-\n").unwrap();
+        std::fs::write(unpacked.join(INDEX), "1\teeee\n").unwrap();
         let e = dir_mounts(&unpacked).unwrap_err().to_string();
         assert!(e.contains("not a directory"), "{e}");
     }
@@ -1096,18 +1137,35 @@ mod tests {
         let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
         assert_eq!(again, m2);
         assert!(std::fs::read_to_string(&index).unwrap().contains('\t'));
-        // And one whose index an earlier version wrote, without counts:
-        // unpacked again, once, and the counts written.
+        // And one whose index a cleaner removed, cut short, or an earlier
+        // version wrote (an empty marker): unpacked again, whole.
+        let dest = index.parent().unwrap().to_owned();
         let text = std::fs::read_to_string(&index).unwrap();
-        let old: String = text
-            .lines()
-            .map(|l| format!("{}\n", l.rsplit_once('\t').unwrap().0))
-            .collect();
-        std::fs::write(&index, &old).unwrap();
-        let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
-        assert_eq!(again, m2);
-        assert_eq!(std::fs::read_to_string(&index).unwrap(), text);
-        assert!(text.lines().all(|l| l.split('\t').count() == 3), "{text}");
+        let sealed = std::fs::read_to_string(dest.join(COMPLETE)).unwrap();
+        assert_eq!(sealed.len(), 64);
+        assert!(
+            std::fs::read_to_string(dest.join(COUNTS))
+                .unwrap()
+                .lines()
+                .count()
+                == 2
+        );
+        let damage: [&dyn Fn(); 4] = [
+            &|| std::fs::remove_file(&index).unwrap(),
+            &|| std::fs::write(&index, text.lines().next().unwrap()).unwrap(),
+            &|| std::fs::write(dest.join(COMPLETE), "").unwrap(),
+            &|| std::fs::write(dest.join(COUNTS), "x 1 2\n").unwrap(),
+        ];
+        for (i, damage) in damage.iter().enumerate() {
+            damage();
+            let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
+            assert_eq!(again, m2, "damage {i}");
+            assert_eq!(std::fs::read_to_string(&index).unwrap(), text, "damage {i}");
+            assert_eq!(
+                std::fs::read_to_string(dest.join(COMPLETE)).unwrap(),
+                sealed
+            );
+        }
     }
 
     #[test]

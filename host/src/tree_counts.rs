@@ -1,6 +1,6 @@
 //! What each shared tree of the `files` cache held when it was unpacked
-//! (its regular files and their bytes, kept in each component's index),
-//! and the check at load that it still does.
+//! (its regular files and their bytes, kept beside each component's
+//! index by `bundle`), and the check at load that it still does.
 //!
 //! A cache cleaner that prunes files by age (systemd-tmpfiles, `find
 //! -mtime +30 -delete`) leaves a tree whose directory is there and whose
