@@ -851,7 +851,7 @@ fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
         let path = trees.join(tree);
         if !is_real_dir(&path) {
             missing.push(named);
-        } else if tally_of(name).is_some_and(|t| !tree_counts::holds(&path, t)) {
+        } else if tally_of(name).is_some_and(|t| tree_counts::check(&path, t).is_err()) {
             tree_counts::set_aside(&path)?;
             missing.push(named);
         }

@@ -54,11 +54,6 @@ const WHOLE_FOR: Duration = Duration::from_secs(2);
 /// Trees found whole, and when.
 static WHOLE: Mutex<Option<HashMap<PathBuf, Instant>>> = Mutex::new(None);
 
-/// Whether `tree` holds what `tally` says.
-pub fn holds(tree: &Path, tally: Tally) -> bool {
-    check(tree, tally).is_ok()
-}
-
 /// Fails, as not found, if `tree` no longer holds what `tally` says.
 pub fn check(tree: &Path, tally: Tally) -> std::io::Result<()> {
     if whole(tree) {
@@ -169,7 +164,7 @@ mod tests {
         tally.add(6);
         tally.add(3);
         assert_eq!(Tally::parse(&tally.to_string()), Some(tally));
-        assert!(holds(&tree, tally));
+        assert!(check(&tree, tally).is_ok());
         // Found whole a moment ago: not walked again yet.
         std::fs::remove_file(tree.join("pkg/sub/b.txt")).unwrap();
         check(&tree, tally).unwrap();
@@ -181,7 +176,7 @@ mod tests {
                 .contains("holds 1 files of 6 bytes where 2 files of 9 bytes were unpacked"),
             "{e}"
         );
-        assert!(!holds(&tree, tally));
+        assert!(check(&tree, tally).is_err());
         // A changed size is damage too.
         std::fs::write(tree.join("pkg/sub/b.txt"), "be").unwrap();
         assert!(check(&tree, tally).is_err());
