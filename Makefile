@@ -31,7 +31,7 @@ lint:
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
 # Side-by-side benchmark (installs wrk, granian, gunicorn itself); writes
-# its table into docs/benchmarks.md. Takes about 25 minutes.
+# its table into docs/benchmarks.md. Takes about 40 minutes in all.
 bench: bin
 	./scripts/setup.sh
 	python3 bench/bench.py $(BENCH_ARGS)
@@ -52,8 +52,9 @@ bench-protocols: bin
 	python3 bench/protocols.py
 
 # Many distinct apps in one process (issue 15): compile, disk, memory and
-# cold starts per additional app (about 5 minutes and 12 GB of disk under
-# target/bench/distinct; part of `make bench`).
+# cold starts per additional app (1,000 hello variants: about 15 minutes
+# and 45 GB of disk under target/bench/distinct, fewer on a smaller disk;
+# part of `make bench`).
 bench-distinct: bin
 	./scripts/setup.sh
 	python3 bench/distinct.py $(DISTINCT_ARGS)

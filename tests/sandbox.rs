@@ -988,6 +988,19 @@ fn a_tenant_flooding_its_output_is_rate_limited() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(get_host(&s, "loud.test", "/print").0, 200);
     s.wait_for_log("of output were dropped by the log rate limit");
+    // Every line about the app ends in its name, the guest's own lines
+    // and the limit's notices alike: a filter for one app sees them all.
+    let logs = s.logs();
+    let about: Vec<&str> = logs
+        .lines()
+        .filter(|l| {
+            l.contains("[loud ") || l.contains("log rate limit") || l.contains("logging faster")
+        })
+        .collect();
+    assert!(about.len() >= 130, "{}", about.len());
+    for line in about {
+        assert!(line.ends_with(" app=loud"), "{line}");
+    }
 }
 
 #[test]
@@ -2535,4 +2548,33 @@ fn assert_line_names_app(s: &Server, text: &str) {
         line.contains(" app=") && !line.contains(" app=\""),
         "{line}"
     );
+}
+
+#[test]
+fn a_component_shipping_more_than_max_unpacked_fails_its_start_with_nothing_unpacked() {
+    let cache = cache_with_compiled_code("max-unpacked");
+    let cache_arg = cache.to_str().unwrap();
+    let hello = hello();
+    let (code, _, err) = run_bin(&[
+        "run",
+        hello.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--cache-dir",
+        cache_arg,
+        "--max-unpacked",
+        "1MiB",
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("over 1 MiB (--max-unpacked)") && err.contains("nothing was unpacked"),
+        "{err}"
+    );
+    assert!(!cache.join("files/trees").exists(), "{err}");
+    // The same cache and component under the default: served.
+    let s = Server::start(&hello, &["--cache-dir", cache_arg]);
+    assert_eq!(get(&s, "/").0, 200);
+    let (code, _, err) = run_bin(&["run", hello.to_str().unwrap(), "--max-unpacked", "1KiB"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--max-unpacked"), "{err}");
 }

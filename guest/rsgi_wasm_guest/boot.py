@@ -323,8 +323,18 @@ def open_files_warning(own_dirs: Sequence[str], mounts: Sequence[Tuple[str, str]
 
 
 # Files a build writes in the app's directories that are reported anyway:
-# bytecode, and SQLite databases (named as not shipped, by the host).
-_REPORTED_ELSEWHERE = (".pyc", ".sqlite3", ".sqlite", ".db", "-journal")
+# bytecode, and SQLite databases the host leaves out by name (and names).
+_REPORTED_ELSEWHERE = (".pyc", ".sqlite3", ".sqlite", "-journal")
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _is_sqlite(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
 
 
 def written_at_build_warning(own_dirs: Sequence[str], mounts: Sequence[Tuple[str, str]], since: float) -> List[str]:
@@ -348,11 +358,24 @@ def written_at_build_warning(own_dirs: Sequence[str], mounts: Sequence[Tuple[str
                         written.append(path)
                 except OSError:
                     continue
+    # A database made at import (Flask-SQLAlchemy's `sqlite:///project.db`
+    # and `db.create_all()`) ships read-only, where SQLite fails every
+    # query on it, reads too: said on its own, with what to do instead.
+    databases = [p for p in written if _is_sqlite(p)]
+    written = [p for p in written if p not in databases]
+    said = [
+        f"warning: the import or a warm-up request created the SQLite database {_host_path(p, mounts)} "
+        "in the app's own directory; it ships in the component, read-only, and every query on it "
+        "fails at run time (OperationalError: access permission denied). Keep the database in a "
+        "--dir grant (for example --dir ./data::/data and sqlite:////data/app.db), and create its "
+        "tables with `rsgi-wasm exec` rather than at import"
+        for p in sorted(databases)
+    ]
     if not written:
-        return []
+        return said
     shown = ", ".join(_host_path(p, mounts) for p in sorted(written)[:5])
     more = f" and {len(written) - 5} more" if len(written) > 5 else ""
-    return [
+    return said + [
         f"warning: the import or a warm-up request wrote {shown}{more} in the app's own directory, "
         "which is read-only at run time, so writing there fails then (Flask-Session's filesystem "
         "sessions, a file cache): keep such files in a --dir grant, or in /tmp"

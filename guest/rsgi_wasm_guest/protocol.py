@@ -484,6 +484,12 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
             errors.flush()
         except Exception:
             pass
+        # A request that closed `sys.stdout` or `sys.stderr` (an attribute
+        # read each: free) leaves an instance whose next request fails at
+        # its first print: replaced now, once its own response is out.
+        closed = closed_stdio(descriptors=False)
+        if closed and not LOST_REPORTS:
+            LOST_REPORTS.append(f"{ADAPTER_ERROR}: the app closed its {closed}, so its output fails from now on")
 
 
 # What the host may send from disk itself: binary files whose `read` gives

@@ -685,6 +685,24 @@ class ProtocolTest(unittest.TestCase):
             sys.stdout = saved
         self.assertIn("the app closed its sys.stdout", protocol.take_lost_report())
 
+        # So is a request that closes it and answers: its own response
+        # goes out whole, and the instance is replaced after it.
+        def closes(environ, start_response):
+            sys.stdout.close()
+            start_response("200 OK", [])
+            return [b"fine"]
+
+        try:
+            sys.stdout = io.StringIO()
+            t = Recorder()
+            env = protocol.base_environ(io.StringIO())
+            env.update({"REQUEST_METHOD": "GET", "PATH_INFO": "/close"})
+            self.assertIsNone(protocol.run(closes, env, t))
+        finally:
+            sys.stdout = saved
+        self.assertEqual(t.head[0], "200 OK")
+        self.assertIn("the app closed its sys.stdout", protocol.take_lost_report())
+
     def test_a_huge_report_is_written_in_one_piece(self):
         def app(environ, start_response):
             raise ValueError("\n".join(f"p{i}" for i in range(400_000)))
@@ -911,6 +929,18 @@ class WrittenAtBuild(unittest.TestCase):
             said = boot.written_at_build_warning([d], [(d, "./app")], since)
             self.assertEqual(len(said), 1)
             self.assertIn("wrote ./app/flask_session, ./app/pkg/cache.json in the app's own directory", said[0])
+            # A database made at import, whatever its name, is named as one.
+            import sqlite3
+
+            connection = sqlite3.connect(os.path.join(d, "instance.db"))
+            connection.execute("create table t(x)")
+            connection.commit()
+            connection.close()
+            said = boot.written_at_build_warning([d], [(d, "./app")], since)
+            self.assertEqual(len(said), 2, said)
+            self.assertIn("created the SQLite database ./app/instance.db in the app's own directory", said[0])
+            self.assertIn("--dir grant", said[0])
+            self.assertNotIn("instance.db", said[1])
 
 
 class OpenFilesTest(unittest.TestCase):

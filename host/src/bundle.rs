@@ -544,6 +544,20 @@ fn archive_at(component: &mut (impl Read + Seek)) -> Result<Option<(u64, u64)>> 
     Ok(locate(&trailer, len))
 }
 
+/// How a component's files may be unpacked into the cache.
+pub struct Unpacking<'a> {
+    /// Most bytes of files, all its directories together (`--max-unpacked`).
+    pub max_bytes: u64,
+    /// Called once before unpacking, if the files are not in the cache.
+    pub before: Option<&'a mut dyn FnMut()>,
+}
+
+/// Most entries (files, directories, links) one component may unpack: a
+/// tar header compresses to a few bytes, so a small component could
+/// otherwise make millions of empty files. Far past any app (the stdlib
+/// is about 4,000, Django with its admin about 3,000).
+const MAX_ENTRIES: u64 = 1_000_000;
+
 /// Unpack the archive of the component with content hash `digest` into the
 /// cache (once; later starts reuse it) and return its mounts.
 /// Only a first start reads the archive itself.
@@ -551,6 +565,7 @@ pub fn mounts(
     component: &mut (impl Read + Seek),
     digest: &str,
     cache_dir: &Path,
+    mut unpacking: Unpacking<'_>,
 ) -> Result<Vec<Mount>> {
     // A cache cleaner removing `files/` while this unpacks takes the
     // staging directory, or a tree just published, from under it: the
@@ -558,7 +573,7 @@ pub fn mounts(
     let mut tries = 0;
     loop {
         tries += 1;
-        match mounts_once(component, digest, cache_dir) {
+        match mounts_once(component, digest, cache_dir, &mut unpacking) {
             Err(e) if tries < 3 && cachefs::not_found(&e) => {
                 tracing::warn!("unpacking the app's files again: {e:#}");
             }
@@ -571,6 +586,7 @@ fn mounts_once(
     component: &mut (impl Read + Seek),
     digest: &str,
     cache_dir: &Path,
+    unpacking: &mut Unpacking<'_>,
 ) -> Result<Vec<Mount>> {
     let Some((start, len)) = archive_at(component)? else {
         return Ok(Vec::new());
@@ -591,10 +607,15 @@ fn mounts_once(
             }
         }
     }
+    // Once: a second round (a cleaner took the staging directory) is
+    // already past it.
+    if let Some(before) = unpacking.before.take() {
+        before();
+    }
     let mut archive = Vec::new();
     component.seek(SeekFrom::Start(start))?;
     component.take(len).read_to_end(&mut archive)?;
-    unpack(&archive, &dest)
+    unpack(&archive, &dest, unpacking.max_bytes)
         .with_context(|| format!("unpacking the app's files into {}", dest.display()))?;
     checked_mounts(&dest)
 }
@@ -806,8 +827,9 @@ fn read_only_below(dest: &Path) -> Result<()> {
 /// `dest` keeps only the index. The hashes come from the archive itself,
 /// so a tree the cache has already is never written again: a new app
 /// unpacks only its own directories.
-fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
+fn unpack(archive: &[u8], dest: &Path, max_bytes: u64) -> Result<()> {
     let trees = trees_dir(dest)?;
+    let (mut entries, mut bytes) = (0u64, 0u64);
     let mut hashes: std::collections::BTreeMap<String, Sha256> = Default::default();
     // What each tree holds, for `tree_counts`; `None` for a tree with an
     // entry a walk of it would not count the same (a hard link, a device).
@@ -826,14 +848,33 @@ fn unpack(archive: &[u8], dest: &Path) -> Result<()> {
         if let Some(link) = entry.link_name()? {
             h.update(link.as_os_str().as_encoded_bytes());
         }
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data)?;
-        h.update((data.len() as u64).to_le_bytes());
-        h.update(&data);
+        // Counted from the header before a byte is read, so a component
+        // that would fill the disk (or, hashed whole, the memory) stops
+        // here, before anything is written.
+        let size = entry.size();
+        entries += 1;
+        bytes = bytes.saturating_add(size);
+        if bytes > max_bytes || entries > MAX_ENTRIES {
+            anyhow::bail!(UserError(format!(
+                "the component ships more files than may be unpacked: over {} MiB \
+                 (--max-unpacked) or over {MAX_ENTRIES} entries; nothing was unpacked. If you \
+                 trust it, raise --max-unpacked; a component this large is usually a build that \
+                 took in data or a virtualenv by mistake",
+                max_bytes >> 20,
+            )));
+        }
+        // Hashed as it is read: the archive is in memory already, its
+        // largest file need not be too.
+        h.update(size.to_le_bytes());
+        let read = std::io::copy(entry, h)?;
+        anyhow::ensure!(
+            read == size,
+            "an archive entry is shorter than its header says"
+        );
         let kind = entry.header().entry_type();
         if kind.is_file() {
             if let Some(t) = tally.as_mut() {
-                t.add(data.len() as u64);
+                t.add(size);
             }
         } else if !kind.is_dir() && !kind.is_symlink() {
             *tally = None;
@@ -929,6 +970,70 @@ pub fn digest(r: &mut impl Read) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`mounts`] with no size cap.
+    fn unlimited(c: &mut (impl Read + Seek), digest: &str, cache: &Path) -> Result<Vec<Mount>> {
+        let unpacking = Unpacking {
+            max_bytes: u64::MAX,
+            before: None,
+        };
+        mounts(c, digest, cache, unpacking)
+    }
+
+    #[test]
+    fn a_component_shipping_more_than_the_cap_is_refused_before_anything_is_written() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("zeros.dat"), vec![0u8; 3 << 20]).unwrap();
+        std::fs::write(src.path().join("app.py"), "x = 1\n").unwrap();
+        let (archive, _) = pack(&[("1".into(), src.path().to_path_buf(), Tree::App)]).unwrap();
+        // Compressed, the 3 MiB of zeros take a few hundred bytes.
+        assert!(archive.len() < 64 << 10, "{}", archive.len());
+        let mut component = b"\0asm\x0d\x00\x01\x00".to_vec();
+        append(&mut component, &archive);
+        let digest = digest(&mut component.as_slice()).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let mut slow = 0;
+        let unpacking = Unpacking {
+            max_bytes: 2 << 20,
+            before: Some(&mut || slow += 1),
+        };
+        let e = mounts(
+            &mut std::io::Cursor::new(&component),
+            &digest,
+            cache.path(),
+            unpacking,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("over 2 MiB (--max-unpacked)"),
+            "{e:#}"
+        );
+        assert_eq!(slow, 1);
+        assert!(!cache.path().join("files/trees").exists());
+        assert!(!cache.path().join("files").join(&digest[..32]).exists());
+        // Under a cap it fits: unpacked, and told once; then found, untold.
+        for expected in [1, 0] {
+            let mut slow = 0;
+            let unpacking = Unpacking {
+                max_bytes: 4 << 20,
+                before: Some(&mut || slow += 1),
+            };
+            let m = mounts(
+                &mut std::io::Cursor::new(&component),
+                &digest,
+                cache.path(),
+                unpacking,
+            )
+            .unwrap();
+            assert_eq!(slow, expected);
+            assert_eq!(
+                std::fs::metadata(m[0].host.join("zeros.dat"))
+                    .unwrap()
+                    .len(),
+                3 << 20
+            );
+        }
+    }
 
     #[test]
     fn live_versions_are_frozen_by_content_and_mounted_in_place() {
@@ -1082,7 +1187,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let digest = digest(&mut component.as_slice()).unwrap();
         let file = || std::io::Cursor::new(&component);
-        let m = mounts(&mut file(), &digest, cache.path()).unwrap();
+        let m = unlimited(&mut file(), &digest, cache.path()).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].guest, "/1");
         assert_eq!(
@@ -1093,7 +1198,7 @@ mod tests {
         let unpacked = std::fs::metadata(m[0].host.join("pkg/mod.py")).unwrap();
         assert_eq!(unpacked.modified().unwrap(), when);
         // Second start: already unpacked, same answer.
-        assert_eq!(mounts(&mut file(), &digest, cache.path()).unwrap(), m);
+        assert_eq!(unlimited(&mut file(), &digest, cache.path()).unwrap(), m);
 
         // Another component shipping the same directory (and one more)
         // shares the tree on disk.
@@ -1107,7 +1212,7 @@ mod tests {
         let mut second = b"\0asm\x0d\x00\x01\x00".to_vec();
         append(&mut second, &archive);
         let digest2 = super::digest(&mut second.as_slice()).unwrap();
-        let m2 = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
+        let m2 = unlimited(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
         assert_eq!(m2.len(), 2);
         assert_eq!(m2[0], m[0]);
         assert_eq!(
@@ -1119,13 +1224,13 @@ mod tests {
         );
         // A shared tree removed from under the cache is unpacked again.
         std::fs::remove_dir_all(&m2[1].host).unwrap();
-        let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
+        let again = unlimited(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
         assert_eq!(again, m2);
         assert!(again[1].host.join("other.py").is_file());
         // So is one replaced by a symlink, which is never followed.
         std::fs::remove_dir_all(&m2[1].host).unwrap();
         std::os::unix::fs::symlink(src.path(), &m2[1].host).unwrap();
-        let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
+        let again = unlimited(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
         assert_eq!(again, m2);
         assert!(!std::fs::symlink_metadata(&again[1].host)
             .unwrap()
@@ -1134,7 +1239,7 @@ mod tests {
         // So is a component whose index was emptied.
         let index = cache.path().join("files").join(&digest2[..32]).join(INDEX);
         std::fs::write(&index, "").unwrap();
-        let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
+        let again = unlimited(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
         assert_eq!(again, m2);
         assert!(std::fs::read_to_string(&index).unwrap().contains('\t'));
         // And one whose index a cleaner removed, cut short, or an earlier
@@ -1158,7 +1263,8 @@ mod tests {
         ];
         for (i, damage) in damage.iter().enumerate() {
             damage();
-            let again = mounts(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
+            let again =
+                unlimited(&mut std::io::Cursor::new(&second), &digest2, cache.path()).unwrap();
             assert_eq!(again, m2, "damage {i}");
             assert_eq!(std::fs::read_to_string(&index).unwrap(), text, "damage {i}");
             assert_eq!(

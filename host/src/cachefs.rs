@@ -123,6 +123,43 @@ pub fn write_hint(dest: &Path, data: &[u8]) -> Result<()> {
     write_renamed(dest, data, false, 0o644)
 }
 
+/// The cache directories [`write_renamed`] writes temporary files in.
+const WRITTEN_IN: &[&str] = &["", "shells", "modules", "digests"];
+
+/// A temporary file older than this was left by a process killed while
+/// writing it: writing one takes seconds at most.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Remove the temporary files processes killed while writing to `cache`
+/// left there (an artifact is tens of megabytes: an OOM-killed pod's
+/// cache would otherwise grow at every crash); returns how many.
+pub fn remove_stale_temps(cache: &Path) -> usize {
+    let mut removed = 0;
+    for sub in WRITTEN_IN {
+        let Ok(entries) = std::fs::read_dir(cache.join(sub)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let stale = entry.file_name().as_encoded_bytes().starts_with(b".tmp")
+                && entry.metadata().is_ok_and(|m| {
+                    m.is_file()
+                        && m.modified()
+                            .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_AFTER))
+                });
+            if stale && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            "removed {removed} temporary files from {}, left by processes killed while writing them",
+            cache.display()
+        );
+    }
+    removed
+}
+
 fn write_renamed(dest: &Path, data: &[u8], sync: bool, mode: u32) -> Result<()> {
     let dir = dest.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -145,6 +182,30 @@ fn write_renamed(dest: &Path, data: &[u8], sync: bool, mode: u32) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporary_files_left_by_a_killed_writer_are_removed_once_stale() {
+        let cache = tempfile::tempdir().unwrap();
+        let modules = cache.path().join("modules");
+        std::fs::create_dir(&modules).unwrap();
+        let old = modules.join(".tmpAbC123");
+        let new = modules.join(".tmpXyZ789");
+        let kept = modules.join("0a1b.cwasm");
+        for f in [&old, &new, &kept] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - 2 * STALE_AFTER;
+        for f in [&old, &kept] {
+            std::fs::File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        assert_eq!(remove_stale_temps(cache.path()), 1);
+        assert!(!old.exists() && new.exists() && kept.exists());
+    }
 
     #[test]
     fn a_tree_is_moved_whole() {

@@ -233,7 +233,7 @@ pub struct CacheArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
-/// Server-wide HTTP flags shared by `run` and `serve`.
+/// Server-wide flags shared by `run` and `serve`.
 #[derive(Debug, Args, Clone)]
 pub struct HttpArgs {
     /// Time in-flight requests get to finish after SIGINT/SIGTERM.
@@ -278,6 +278,12 @@ pub struct HttpArgs {
     /// line's fields as keys).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Most bytes of files one component may unpack into the cache, all
+    /// its directories together (the standard library is about 14 MB): a
+    /// component is compressed, so a small file can hold gigabytes, and a
+    /// host that serves components it did not build should keep this low.
+    #[arg(long, value_name = "SIZE", default_value = config::DEFAULT_MAX_UNPACKED, value_parser = config::size_in(config::MAX_UNPACKED))]
+    pub max_unpacked: u64,
 }
 
 impl HttpArgs {

@@ -153,7 +153,13 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
             "--log-rate limits what `run` and `serve` log of an app's output; `exec` writes a script's output to the terminal whole, so drop it".into()
         ));
     }
-    let loader = new_loader(args.cache.cache_dir.clone(), Allocation::OnDemand)?;
+    // The user's own script on its own component: only the default cap.
+    let max_unpacked = config::parse_size(config::DEFAULT_MAX_UNPACKED)?;
+    let loader = new_loader(
+        args.cache.cache_dir.clone(),
+        Allocation::OnDemand,
+        max_unpacked,
+    )?;
     let engine = loader.engine();
     let loaded = loader.load(&args.component)?;
     let engine::AppPre::Wsgi(pre) = engine::prepare(engine, &loaded, &args.component)? else {
@@ -324,12 +330,16 @@ fn app_name(component: &Path) -> String {
         .unwrap_or_else(|| "app".into())
 }
 
-fn new_loader(cache_dir: Option<PathBuf>, allocation: Allocation) -> Result<Arc<Loader>> {
+fn new_loader(
+    cache_dir: Option<PathBuf>,
+    allocation: Allocation,
+    max_unpacked: u64,
+) -> Result<Arc<Loader>> {
     let cache = engine::cache_dir(cache_dir)?;
-    Ok(Arc::new(Loader::new(
-        engine::new_engine(allocation)?,
-        cache,
-    )))
+    crate::cachefs::remove_stale_temps(&cache);
+    Ok(Arc::new(
+        Loader::new(engine::new_engine(allocation)?, cache).with_max_unpacked(max_unpacked),
+    ))
 }
 
 /// The process's run slots, one per core, shared by every app.
@@ -437,7 +447,11 @@ async fn run_command(args: RunArgs) -> Result<()> {
         // request isolation, where every request would import it.
         opts.live = args.reload && limits.isolation == config::Isolation::Pooled;
     }
-    let loader = new_loader(args.cache.cache_dir.clone(), Allocation::for_run(&limits))?;
+    let loader = new_loader(
+        args.cache.cache_dir.clone(),
+        Allocation::for_run(&limits),
+        args.http.max_unpacked,
+    )?;
     let workers = limits.workers;
     let starter = Starter::new(loader.clone(), scheduler(&loader), metered, usize::MAX);
     let mut changes = if args.reload {
@@ -1053,7 +1067,11 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     let configs = tenants::load(&args.config)?;
     let tls = tls_for(&args.http, &configs)?;
     let metered = args.http.metrics.is_some();
-    let loader = new_loader(args.cache.cache_dir.clone(), Allocation::OnDemand)?;
+    let loader = new_loader(
+        args.cache.cache_dir.clone(),
+        Allocation::OnDemand,
+        args.http.max_unpacked,
+    )?;
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     let fits = Fits::new(args.max_loaded, nofile, args.preload, args.config.clone());
     let max_loaded = usize::try_from(fits.max_loaded).unwrap_or(usize::MAX);

@@ -299,6 +299,8 @@ pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
 pub const DEFAULT_MAX_CONNECTIONS: &str = "10000";
 /// `serve --max-loaded`.
 pub const DEFAULT_MAX_LOADED: &str = "1000";
+/// `--max-unpacked`: the files one component may unpack into the cache.
+pub const DEFAULT_MAX_UNPACKED: &str = "1GiB";
 /// `--forwarded-allow-ips`.
 pub const DEFAULT_FORWARDED_ALLOW: &str = "127.0.0.1,::1";
 /// `--http2-max-streams`.
@@ -378,6 +380,11 @@ pub const MAX_BODY: Bounds<u64> = Bounds {
 /// `--tmp-size`, `tmp_size` and `:quota=`: up to 1 TiB.
 pub const DISK: Bounds<u64> = Bounds {
     min: 0,
+    max: 1 << 40,
+};
+/// `--max-unpacked`: 1 MiB to 1 TiB (the standard library alone is about 14 MB).
+pub const MAX_UNPACKED: Bounds<u64> = Bounds {
+    min: 1 << 20,
     max: 1 << 40,
 };
 /// `--log-rate` / `log_rate`: bytes of guest output a second, up to 1 GiB.

@@ -1196,6 +1196,42 @@ mod tests {
     }
 
     #[test]
+    fn a_package_named_unlike_its_distribution_is_checked_too() {
+        // Pillow ships the package PIL, whose Image.py needs PIL._imaging
+        // through a relative import.
+        let site = tempfile::tempdir().unwrap();
+        let p = site.path();
+        std::fs::create_dir_all(p.join("PIL")).unwrap();
+        std::fs::create_dir_all(p.join("pillow-12.0.0.dist-info")).unwrap();
+        std::fs::write(p.join("PIL/__init__.py"), "__version__ = '12'\n").unwrap();
+        std::fs::write(
+            p.join("PIL/Image.py"),
+            "import io\nfrom . import _imaging as core\n",
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("pillow-12.0.0.dist-info/RECORD"),
+            "PIL/__init__.py,,\nPIL/Image.py,,\n",
+        )
+        .unwrap();
+        let native = BTreeMap::from([("PIL._imaging".to_owned(), "pillow".to_owned())]);
+        let warnings = check_native_needed(p, &native, Asked::EachPackage).unwrap();
+        assert!(
+            warnings.contains("pillow: its native module PIL._imaging has no WASI build")
+                && warnings.contains("PIL/Image.py:2"),
+            "{warnings}"
+        );
+        // Imported by the top-level module itself: the build stops.
+        std::fs::write(p.join("PIL/__init__.py"), "from ._imaging import x\n").unwrap();
+        let e = check_native_needed(p, &native, Asked::EachPackage).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pillow: native extension, no WASI build available"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_python_a_tree_was_installed_for_is_read_from_its_path_or_bytecode() {
         let root = tempfile::tempdir().unwrap();
         let venv = root.path().join("lib/python3.11/site-packages");

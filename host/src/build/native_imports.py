@@ -95,6 +95,9 @@ def main():
             # it cannot work, whatever imports it.
             print(json.dumps({"module": module, "dist": dist, "file": "", "line": 0, "top": True}))
             continue
+        # The packages it ships under another name count as its own too
+        # (Pillow's PIL, beautifulsoup4's bs4): the one the module is in.
+        own = {normalize(dist), normalize(module.split(".")[0])}
         for rel in sorted(owned.get(normalize(dist), [])):
             try:
                 with open(os.path.join(site, rel), "rb") as f:
@@ -102,10 +105,10 @@ def main():
             except (OSError, SyntaxError, ValueError):
                 continue
             parts = rel[:-3].split("/")
-            # Only the distribution's own package (cffi/api.py), not its
-            # tests or a compatibility shim beside it (PyYAML's _yaml), which
-            # an app does not reach.
-            if normalize(parts[0]) != normalize(dist) or any(
+            # Only the distribution's own package (cffi/api.py, PIL/Image.py),
+            # not its tests or a compatibility shim beside it (PyYAML's
+            # _yaml), which an app does not reach.
+            if normalize(parts[0]) not in own or any(
                 p in ("test", "tests") or p.startswith("test_") for p in parts
             ):
                 continue

@@ -119,7 +119,9 @@ impl Budget {
             let raise = if owner.place == "/tmp" {
                 "raise it with --tmp-size (`tmp_size` in tenants.toml): frameworks spool uploads there"
             } else {
-                "raise the grant's :quota="
+                "raise the grant's :quota=. The count is what the directory held when the app \
+                 loaded plus what its instances wrote since: files removed by anything else \
+                 count until the app loads again (a restart, or an edit of its config and SIGHUP)"
             };
             tracing::warn!(
                 app = %owner.app,

@@ -287,6 +287,8 @@ pub struct Loader {
     /// Artifacts this process found sound ([`artifact_sums`]), as they
     /// were then: one replaced since is checked again.
     checked: Mutex<HashSet<FileKey>>,
+    /// Most bytes of files one component may unpack (`--max-unpacked`).
+    max_unpacked: u64,
 }
 
 /// A compiled component and the read-only file tree it ships.
@@ -366,7 +368,14 @@ impl Loader {
             shells: Mutex::new(HashMap::new()),
             compiling: Mutex::new(()),
             checked: Mutex::new(HashSet::new()),
+            max_unpacked: u64::MAX,
         }
+    }
+
+    /// Refuse components that ship more than `bytes` of files to unpack.
+    pub fn with_max_unpacked(mut self, bytes: u64) -> Self {
+        self.max_unpacked = bytes;
+        self
     }
 
     /// The engine components are loaded into.
@@ -381,7 +390,8 @@ impl Loader {
         let files = self.cache_dir.join("files");
         let text = format!("{e:#}");
         // wasmtime-wasi's error for a preopen carries the errno as text.
-        let not_found = text.contains("os error 2") || cachefs::not_found(e);
+        // With its parenthesis: "(os error 28)", a full disk, is not it.
+        let not_found = text.contains("(os error 2)") || cachefs::not_found(e);
         not_found && text.contains(&*files.to_string_lossy())
     }
 
@@ -389,11 +399,18 @@ impl Loader {
     /// mtime) is loaded now, else from the artifact cache or compiled.
     /// Blocks: hashing, unpacking and compiling take milliseconds to seconds.
     pub fn load(&self, path: &Path) -> Result<Arc<Loaded>> {
+        self.load_with(path, &mut || {})
+    }
+
+    /// [`load`](Self::load), calling `before_slow` before its slow part,
+    /// if it has one (unpacking the component's files, compiling it), so
+    /// a caller that rations loads can let cached ones pass meanwhile.
+    pub fn load_with(&self, path: &Path, before_slow: &mut dyn FnMut()) -> Result<Arc<Loaded>> {
         let key = file_key(path)?;
         if let Some(c) = self.live(&key) {
             return Ok(c);
         }
-        let c = Arc::new(self.load_component(path)?);
+        let c = Arc::new(self.load_component(path, before_slow)?);
         metrics::components_loaded(1);
         let mut loaded = self.loaded.lock().expect("loader lock");
         // Two apps of one component loading at once: keep the first.
@@ -424,13 +441,17 @@ impl Loader {
     /// it imports. The file is streamed through the hash; only a first
     /// start (compiling) reads it whole, so a cached start never holds the
     /// component in memory.
-    fn load_component(&self, path: &Path) -> Result<Loaded> {
+    fn load_component(&self, path: &Path, before_slow: &mut dyn FnMut()) -> Result<Loaded> {
         let unreadable = || cannot_read(path);
         let mut file = open_component(path)?;
         let digest = digests::of_component(&mut file, &self.cache_dir).with_context(unreadable)?;
-        let files = bundle::mounts(&mut file, &digest, &self.cache_dir)
+        let unpacking = bundle::Unpacking {
+            max_bytes: self.max_unpacked,
+            before: Some(&mut *before_slow),
+        };
+        let files = bundle::mounts(&mut file, &digest, &self.cache_dir, unpacking)
             .with_context(|| format!("loading the files shipped in {}", path.display()))?;
-        let (shell, modules) = self.compile_cached(&mut file, &digest, path)?;
+        let (shell, modules) = self.compile_cached(&mut file, &digest, path, before_slow)?;
         Ok(Loaded {
             component: shell.0.clone(),
             _shell: shell,
@@ -459,6 +480,7 @@ impl Loader {
         file: &mut std::fs::File,
         digest: &str,
         path: &Path,
+        before_slow: &mut dyn FnMut(),
     ) -> Result<(Arc<SharedShell>, Vec<LinkedModule>)> {
         let links = self
             .cache_dir
@@ -467,6 +489,7 @@ impl Loader {
             metrics::artifact_cache(true);
             return Ok(hit);
         }
+        before_slow();
         // A compile that panicked leaves nothing half-done behind the lock.
         let _compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
         // Compiled by another app while this one waited for the lock (what
@@ -476,18 +499,39 @@ impl Loader {
             return Ok(hit);
         }
         metrics::artifact_cache(false);
-        crate::allocator::handing_back(|| self.compile(file, digest, path, &links))
+        // Once more if the cache was removed while compiling (a cleaner,
+        // an operator): what was compiled is gone, but not the need.
+        for _ in 0..2 {
+            if let Some(done) =
+                crate::allocator::handing_back(|| self.compile(file, digest, path, &links))?
+            {
+                return Ok(done);
+            }
+            tracing::warn!(
+                "what was just compiled for {} was removed from {} meanwhile (a cache cleaner?); \
+                 compiling again",
+                path.display(),
+                self.cache_dir.display()
+            );
+        }
+        anyhow::bail!(
+            "what was compiled for {} was removed from {} twice while loading: keep cache \
+             cleaners away from a cache in use",
+            path.display(),
+            self.cache_dir.display()
+        )
     }
 
     /// Compile the component open as `file` into the cache, and load it
-    /// from there. Callers hold the compile lock.
+    /// from there (none if what it compiled was removed meanwhile).
+    /// Callers hold the compile lock.
     fn compile(
         &self,
         file: &mut std::fs::File,
         digest: &str,
         path: &Path,
         links: &Path,
-    ) -> Result<(Arc<SharedShell>, Vec<LinkedModule>)> {
+    ) -> Result<Option<(Arc<SharedShell>, Vec<LinkedModule>)>> {
         // Seconds of compiling whose result could not be kept would be
         // spent again by every app and at every retry: ask first.
         writable(&self.cache_dir)?;
@@ -500,6 +544,7 @@ impl Loader {
         file.rewind()
             .and_then(|()| file.read_to_end(&mut bytes))
             .with_context(|| cannot_read(path))?;
+        room_for(&self.cache_dir, bytes.len() as u64)?;
         let invalid = || {
             format!(
                 "{} is not a valid WebAssembly component (was it built by `rsgi-wasm build`?)",
@@ -535,7 +580,14 @@ impl Loader {
             .compile_into(&self.artifact("shells", &shell_hash), |e| {
                 e.precompile_component(shell)
             })
-            .with_context(invalid)?;
+            .map_err(|e| {
+                // Writing it failed (a full disk): the component is fine.
+                if e.chain().any(|c| c.is::<std::io::Error>()) {
+                    e.context("compiling the component")
+                } else {
+                    e.context(invalid())
+                }
+            })?;
         tracing::info!(
             "compiled in {:.1}s ({compiled_modules} of its {} core modules were new; {})",
             t.elapsed().as_secs_f64(),
@@ -554,8 +606,7 @@ impl Loader {
                     links.display()
                 )
             })?;
-        self.linked(links, digest, false)?
-            .context("a compiled artifact vanished from the cache while loading")
+        self.linked(links, digest, false)
     }
 
     /// The shell and modules the links file at `path` names, if it is
@@ -844,6 +895,31 @@ fn writable(dir: &Path) -> Result<()> {
         })
 }
 
+/// What a compile writes, at most, for a component of each byte: its
+/// artifacts measured 2-3 times its size (47-70 MB for 23 MB).
+const COMPILED_PER_BYTE: u64 = 3;
+
+/// Refuse, before seconds of compiling, to compile a component whose
+/// artifacts the cache's filesystem has no room for: the compile would
+/// be thrown away, and again at every retry.
+fn room_for(dir: &Path, component_bytes: u64) -> Result<()> {
+    let Ok(fs) = rustix::fs::statvfs(dir) else {
+        return Ok(());
+    };
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    let needed = component_bytes.saturating_mul(COMPILED_PER_BYTE);
+    if free < needed {
+        anyhow::bail!(
+            "not compiled: the cache {} has {} MiB free, and compiling this component writes up \
+             to {} MiB; free some space there, or point --cache-dir at a larger disk",
+            dir.display(),
+            free >> 20,
+            needed.div_ceil(1 << 20)
+        );
+    }
+    Ok(())
+}
+
 /// Remove a cached artifact that cannot be used, and say why.
 fn discard(artifact: &Path, why: &str) {
     tracing::warn!(
@@ -1068,6 +1144,9 @@ mod tests {
         assert!(!loader.files_removed_meanwhile(&grant));
         let other = anyhow::anyhow!("permission denied").context("unpacking into /cache/files/x");
         assert!(!loader.files_removed_meanwhile(&other));
+        let full = anyhow::anyhow!("No space left on device (os error 28)")
+            .context("unpacking into /cache/files/x");
+        assert!(!loader.files_removed_meanwhile(&full));
     }
 
     #[test]

@@ -157,6 +157,7 @@ impl Drop for LogBudget {
             if b.dropped_lines > 0 {
                 tracing::warn!(
                     target: "guest",
+                    app = %self.app,
                     "[{}] {} {what} ({} bytes) of output were dropped by the log rate limit before this version of the app was unloaded",
                     self.app,
                     b.dropped_lines,
@@ -299,6 +300,7 @@ impl LineLogger {
             Verdict::Drop { first: true } => {
                 tracing::warn!(
                     target: "guest",
+                    app = %self.app,
                     "[{}] {doing} faster than {rate} bytes/s: dropping {dropping} until it slows down",
                     self.app,
                 );
@@ -309,6 +311,7 @@ impl LineLogger {
                 if let Some((n, bytes)) = dropped {
                     tracing::warn!(
                         target: "guest",
+                        app = %self.app,
                         "[{}] {n} {counted} ({bytes} bytes) of output were dropped by the log rate limit",
                         self.app
                     );
@@ -345,15 +348,18 @@ impl LineLogger {
 fn log_line(app: &str, stream: &str, line: &[u8], kind: Kind) {
     let text = String::from_utf8_lossy(line);
     let text = visible(text.trim_end_matches(['\r', '\n']));
-    // Keys a log shipper can filter on, as access lines have.
+    // Keys a log shipper can filter on, as access lines have; in text the
+    // line ends in the host's `app=` too, after whatever the guest wrote,
+    // so a guest that prints a line ending in another app's `app=` does
+    // not pass for it.
     let json = crate::config::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed);
     match (kind, json) {
         (Kind::Output, true) => tracing::info!(target: "guest", %app, %stream, "{text}"),
-        (Kind::Output, false) => tracing::info!(target: "guest", "[{app} {stream}] {text}"),
+        (Kind::Output, false) => tracing::info!(target: "guest", %app, "[{app} {stream}] {text}"),
         (Kind::Warning, true) => tracing::warn!(target: "guest", %app, %stream, "{text}"),
-        (Kind::Warning, false) => tracing::warn!(target: "guest", "[{app} {stream}] {text}"),
+        (Kind::Warning, false) => tracing::warn!(target: "guest", %app, "[{app} {stream}] {text}"),
         (Kind::Error, true) => tracing::error!(target: "guest", %app, %stream, "{text}"),
-        (Kind::Error, false) => tracing::error!(target: "guest", "[{app} {stream}] {text}"),
+        (Kind::Error, false) => tracing::error!(target: "guest", %app, "[{app} {stream}] {text}"),
     }
 }
 

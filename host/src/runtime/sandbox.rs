@@ -139,7 +139,8 @@ impl Sandbox {
                         })?;
                     if ledger.used() > limit {
                         tracing::warn!(
-                            "app {app}: {} already holds {} bytes, over its quota of {limit}; writes there fail with ENOSPC until files are removed",
+                            app = %app,
+                            "{} already holds {} bytes, over its quota of {limit}; the app's writes there fail with ENOSPC until it deletes files, or until it loads again after files are removed from outside",
                             dir.host.display(),
                             ledger.used()
                         );

@@ -34,6 +34,11 @@ pub struct Starter {
     /// otherwise take every core from the warm apps (measured: a warm
     /// hello app fell from 20,000 to 100 req/s on 2 cores).
     loads: Arc<tokio::sync::Semaphore>,
+    /// As many again for loads that unpack or compile, which trade their
+    /// place in `loads` for one here ([`Turn`]): a component compiling
+    /// for seconds, or unpacking gigabytes, never holds back other apps'
+    /// loads from the cache, which take milliseconds.
+    slow_loads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Starter {
@@ -47,6 +52,7 @@ impl Starter {
     ) -> Self {
         Starter {
             loads: Arc::new(tokio::sync::Semaphore::new(sched.slots().div_ceil(2))),
+            slow_loads: Arc::new(tokio::sync::Semaphore::new(sched.slots().div_ceil(2))),
             loader,
             sched,
             metered,
@@ -187,9 +193,40 @@ pub struct Tenant {
     last_used: AtomicU64,
     /// A load is under way (counted against `--max-loaded`).
     loading_now: AtomicBool,
+    /// The load under way waits for a place among the loads running at
+    /// once (other apps' loads hold them all).
+    waiting_turn: Arc<AtomicBool>,
     /// The "requests already wait" warning, at most once a minute: each
     /// such 503 is in the access log and `rejected` already.
     busy_warned: crate::runtime::disk_quota::WarnEvery,
+}
+
+/// A load's place among those running at once: one of [`Starter`]'s
+/// `loads`, traded for one of its `slow_loads` when the load turns out to
+/// unpack or compile.
+#[derive(Default)]
+struct Turn {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Where a slow load waits its turn; none once traded (or for a load
+    /// nothing rations: `run`, a reload).
+    slow: Option<Arc<tokio::sync::Semaphore>>,
+    /// Set while this load waits for a place, for the 503 line.
+    waiting: Arc<AtomicBool>,
+}
+
+impl Turn {
+    /// Give up the quick place and wait for a slow one: on a blocking
+    /// thread (the loader's), so it blocks.
+    fn trade_for_slow(&mut self) {
+        let Some(slow) = self.slow.take() else {
+            return;
+        };
+        self.permit = None;
+        self.waiting.store(true, Ordering::SeqCst);
+        let permit = tokio::runtime::Handle::current().block_on(slow.acquire_owned());
+        self.waiting.store(false, Ordering::SeqCst);
+        self.permit = permit.ok();
+    }
 }
 
 /// Clears a flag when dropped.
@@ -273,6 +310,7 @@ impl Tenant {
             cold_waiting: AtomicUsize::new(0),
             last_used: AtomicU64::new(now_ms()),
             loading_now: AtomicBool::new(false),
+            waiting_turn: Arc::default(),
             busy_warned: Default::default(),
         }))
     }
@@ -286,7 +324,7 @@ impl Tenant {
         default_idle: Duration,
     ) -> Result<Arc<Tenant>> {
         let tenant = Tenant::check(starter, spec, alone, default_idle)?;
-        let pool = tenant.load().await?;
+        let pool = tenant.load(&mut Turn::default()).await?;
         *tenant.state.lock().expect("tenant lock") = State::Warm(pool);
         tenant.metrics.series().loaded_copies(1);
         Ok(tenant)
@@ -361,7 +399,20 @@ impl Tenant {
             Ok(loaded) => loaded?,
             Err(_) => {
                 let waited = t0.elapsed();
-                tracing::warn!(app = %self.spec.name, "still loading after the {:?} timeout: 503", self.spec.limits.timeout);
+                if self.waiting_turn.load(Ordering::SeqCst) {
+                    let each = self.starter.sched.slots().div_ceil(2);
+                    tracing::warn!(
+                        app = %self.spec.name,
+                        "not loaded within the {:?} timeout: 503; it waits for a turn to load, as other \
+                         apps' loads hold every place (loads run at most {} from the cache and {} \
+                         unpacking or compiling at once, half the cores each)",
+                        self.spec.limits.timeout,
+                        each,
+                        each,
+                    );
+                } else {
+                    tracing::warn!(app = %self.spec.name, "still loading after the {:?} timeout: 503", self.spec.limits.timeout);
+                }
                 return Err(LoadError::Slow {
                     app: self.spec.name.clone(),
                     waited,
@@ -420,24 +471,26 @@ impl Tenant {
         if let Some(ready) = self.ready() {
             return ready;
         }
-        let _turn = self
-            .starter
-            .loads
-            .acquire()
-            .await
-            .expect("the load semaphore is never closed");
+        self.waiting_turn.store(true, Ordering::SeqCst);
+        let permit = self.starter.loads.clone().acquire_owned().await;
+        self.waiting_turn.store(false, Ordering::SeqCst);
+        let mut turn = Turn {
+            permit: Some(permit.expect("the load semaphore is never closed")),
+            slow: Some(self.starter.slow_loads.clone()),
+            waiting: self.waiting_turn.clone(),
+        };
         self.loading_now.store(true, Ordering::SeqCst);
         let evicted = self.starter.resident.admit(self);
         if !evicted.is_empty() {
             tokio::task::spawn_blocking(move || drop(evicted));
         }
         let t0 = Instant::now();
-        let mut loaded = self.load().await;
+        let mut loaded = self.load(&mut turn).await;
         for _ in 0..2 {
             match &loaded {
                 Err(e) if self.starter.loader.files_removed_meanwhile(e) => {
                     tracing::warn!(app = %self.spec.name, "the app's files were removed from the cache while it loaded; loading it again: {e:#}");
-                    loaded = self.load().await;
+                    loaded = self.load(&mut turn).await;
                 }
                 _ => break,
             }
@@ -473,7 +526,7 @@ impl Tenant {
     }
 
     /// Load the component, link it, set up the sandbox and start the pool.
-    async fn load(&self) -> Result<Arc<AppPool>> {
+    async fn load(&self, turn: &mut Turn) -> Result<Arc<AppPool>> {
         let AppSpec {
             name,
             component,
@@ -490,13 +543,21 @@ impl Tenant {
         // Linking type-checks every import: milliseconds too.
         let (loaded, pre) = {
             let (loader, path) = (loader.clone(), component.clone());
-            tokio::task::spawn_blocking(move || {
-                let loaded = loader.load(&path)?;
-                let pre = engine::prepare(loader.engine(), &loaded, &path)?;
-                anyhow::Ok((loaded, pre))
+            // The turn goes along, and comes back to be held to the end.
+            let mut moved = std::mem::take(turn);
+            let (loaded, back) = tokio::task::spawn_blocking(move || {
+                let loaded = loader
+                    .load_with(&path, &mut || moved.trade_for_slow())
+                    .and_then(|loaded| {
+                        let pre = engine::prepare(loader.engine(), &loaded, &path)?;
+                        Ok((loaded, pre))
+                    });
+                (loaded, moved)
             })
             .await
-            .context("loading the component panicked")??
+            .context("loading the component panicked")?;
+            *turn = back;
+            loaded?
         };
         // The server builds each request for the world checked at start; a
         // file since replaced by a build of the other world cannot take it.
@@ -654,5 +715,55 @@ pub fn sweep(tenants: &[Arc<Tenant>]) {
     }
     if !unloaded.is_empty() {
         tokio::task::spawn_blocking(move || drop(unloaded));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Semaphore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_that_turns_slow_gives_its_place_back() {
+        let (quick, slow) = (Arc::new(Semaphore::new(1)), Arc::new(Semaphore::new(1)));
+        let turn = |permit| Turn {
+            permit: Some(permit),
+            slow: Some(slow.clone()),
+            waiting: Arc::default(),
+        };
+        let mut first = turn(quick.clone().acquire_owned().await.unwrap());
+        assert_eq!(quick.available_permits(), 0);
+        // On a blocking thread, as the loader calls it.
+        let first = tokio::task::spawn_blocking(move || {
+            first.trade_for_slow();
+            first
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            quick.available_permits(),
+            1,
+            "the quick place is given back"
+        );
+        assert_eq!(slow.available_permits(), 0);
+        // A second slow load waits for the first, flagged as waiting.
+        let mut second = turn(quick.clone().acquire_owned().await.unwrap());
+        let waiting = second.waiting.clone();
+        let second = tokio::task::spawn_blocking(move || {
+            second.trade_for_slow();
+            second
+        });
+        while !waiting.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(quick.available_permits(), 1);
+        drop(first);
+        let second = second.await.unwrap();
+        assert!(!waiting.load(Ordering::SeqCst));
+        assert!(second.permit.is_some() && second.slow.is_none());
+        // Once traded, the turn is not traded again.
+        let mut second = second;
+        second.trade_for_slow();
+        assert_eq!(slow.available_permits(), 0);
     }
 }
