@@ -563,7 +563,8 @@ def _failed(exc: BaseException, environ: dict, resp: Response, transport: Transp
     if not resp.sent:
         error_page(transport, "500 Internal Server Error", "Internal Server Error\n")
         return None
-    return f"app raised after the response head was sent: {type(exc).__name__}: {exc}"
+    said = f": {exc}" if str(exc) else ""
+    return f"app raised after the response head was sent: {type(exc).__name__}{said}"
 
 
 class FileWrapper:

@@ -259,12 +259,46 @@ fn installed_for(dir: &Path) -> Option<String> {
     })
 }
 
-/// The `tzdata` package, resolved once per machine.
-pub fn timezone_data(cache: &Path) -> Result<Resolved> {
+/// Where the app's requirements tell pip to look (their `--index-url`,
+/// `--no-index`, `--find-links`, ...), as pip arguments: the timezone
+/// database is fetched from there too, so a build told to use a private
+/// index, or none, never reaches another.
+pub fn index_of(sources: &[Source]) -> Result<Vec<String>> {
+    let mut args = Vec::new();
+    for source in sources {
+        if let Source::Requirements(file) = source {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            args.extend(index_options(file, &text)?);
+        }
+    }
+    Ok(args)
+}
+
+/// The `tzdata` package, resolved once per machine and set of `index`
+/// options ([`index_of`]).
+pub fn timezone_data(cache: &Path, index: &[String]) -> Result<Resolved> {
     let dir = cache.join("deps");
     std::fs::create_dir_all(&dir)?;
-    let text = format!("{TZDATA}\n");
-    let file = dir.join("tzdata.txt");
+    // The options as requirements-file lines, one option (and its value)
+    // a line.
+    let mut text = String::new();
+    let mut args = index.iter().peekable();
+    while let Some(arg) = args.next() {
+        text += arg;
+        if !matches!(arg.as_str(), "--no-index" | "--pre") {
+            if let Some(value) = args.next() {
+                text += &format!(" {value}");
+            }
+        }
+        text.push('\n');
+    }
+    text += &format!("{TZDATA}\n");
+    let file = if index.is_empty() {
+        dir.join("tzdata.txt")
+    } else {
+        dir.join(format!("tzdata-{}.txt", &hex(text.as_bytes())[..16]))
+    };
     cachefs::write_atomic(&file, text.as_bytes())?;
     install(
         text.as_bytes(),
@@ -1193,6 +1227,25 @@ mod tests {
         );
         assert!(!line.contains('\n'));
         assert!(line.contains("the build goes on"), "{line}");
+    }
+
+    #[test]
+    fn the_timezone_database_is_fetched_only_where_the_requirements_say() {
+        let cache = tempfile::tempdir().unwrap();
+        let wheels = cache.path().join("wheels");
+        std::fs::create_dir(&wheels).unwrap();
+        let file = cache.path().join("requirements.txt");
+        std::fs::write(
+            &file,
+            format!("--no-index\n--find-links {}\n", wheels.display()),
+        )
+        .unwrap();
+        let index = index_of(&[Source::Requirements(file)]).unwrap();
+        assert_eq!(index[0], "--no-index");
+        // No index, and no wheel of it where the file points: not found,
+        // rather than fetched from PyPI.
+        let e = timezone_data(cache.path(), &index).unwrap_err();
+        assert!(format!("{e:#}").contains("tzdata"), "{e:#}");
     }
 
     #[test]

@@ -766,11 +766,13 @@ async fn resolve_deps(opts: &BuildOptions) -> Result<Vec<deps::Resolved>> {
             // Django's default `USE_TZ = True` and any `zoneinfo.ZoneInfo(...)`
             // need the timezone database, which WASI has no system copy of.
             if !resolved.iter().any(|r| r.dir.join("tzdata").is_dir()) {
-                match deps::timezone_data(&cache) {
+                match deps::timezone_data(&cache, &deps::index_of(&sources)?) {
                     Ok(tz) => resolved.push(tz),
                     Err(e) => tracing::warn!(
-                    "building without the timezone database (zoneinfo will know only UTC): {e:#}"
-                ),
+                        "building without the timezone database (zoneinfo will know only UTC): \
+                         {e:#}; to build without reaching an index, list tzdata in the \
+                         requirements and put its wheel where their --find-links points"
+                    ),
                 }
             }
             Ok(resolved)

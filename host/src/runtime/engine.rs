@@ -760,10 +760,8 @@ impl Loader {
             }
         }
         let artifact = self.artifact("shells", hash);
-        let file = match std::fs::File::open(&artifact) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("loading {}", artifact.display())),
+        let Some(file) = open_artifact(&artifact)? else {
+            return Ok(None);
         };
         if !self.sound(&file, &artifact)? {
             return Ok(None);
@@ -810,7 +808,9 @@ impl Loader {
                         return Ok(None);
                     }
                     let loading = || format!("loading {}", artifact.display());
-                    let file = std::fs::File::open(&artifact).with_context(loading)?;
+                    let Some(file) = open_artifact(&artifact)? else {
+                        return Ok(None);
+                    };
                     // Before the check, which may read the whole snapshot:
                     // what it reads is not what instances read.
                     let cached_before = snapshot_pages::residency(&file);
@@ -918,6 +918,24 @@ fn room_for(dir: &Path, component_bytes: u64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The cached artifact at `path`, open; none if it is not there, or is
+/// but cannot be read (its modes changed by hand), which is removed, as a
+/// damaged one is, to be compiled again: the cache is this user's own.
+fn open_artifact(path: &Path) -> Result<Option<std::fs::File>> {
+    match std::fs::File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            discard(
+                path,
+                "this process may not read it (its modes were changed)",
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("loading {}", path.display())),
+    }
 }
 
 /// Remove a cached artifact that cannot be used, and say why.
