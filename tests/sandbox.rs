@@ -2578,3 +2578,22 @@ fn a_component_shipping_more_than_max_unpacked_fails_its_start_with_nothing_unpa
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--max-unpacked"), "{err}");
 }
+
+#[test]
+fn a_file_pruned_under_an_app_that_stays_loaded_is_noticed_and_unpacked_again() {
+    // `run` never unloads for idleness: only the files check reloads it.
+    let cache = cache_with_compiled_code("files-pruned-run");
+    let s = Server::start(&router(), &["--cache-dir", cache.to_str().unwrap()]);
+    let read = || get(&s, "/read-file?/python/LICENSE.txt");
+    let (status, body) = read();
+    assert_eq!(status, 200, "{body}");
+    let license = stdlib_license(&cache);
+    std::fs::remove_file(&license).unwrap();
+    // The trees are walked every 30 s (waited for up to two minutes).
+    s.wait_for_log_count("were removed from the cache while the app ran", 1);
+    assert_line_names_app(&s, "were removed from the cache while the app ran");
+    let (status, again) = read();
+    assert_eq!(status, 200, "{again}\n{}", s.logs());
+    assert_eq!(again, body);
+    assert!(license.is_file());
+}

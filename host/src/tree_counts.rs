@@ -1,6 +1,7 @@
 //! What each shared tree of the `files` cache held when it was unpacked
 //! (its regular files and their bytes, kept beside each component's
-//! index by `bundle`), and the check at load that it still does.
+//! index by `bundle`), and the check, at load and every 30 s while an
+//! app is loaded, that it still does.
 //!
 //! A cache cleaner that prunes files by age (systemd-tmpfiles, `find
 //! -mtime +30 -delete`) leaves a tree whose directory is there and whose
@@ -51,8 +52,8 @@ impl std::fmt::Display for Tally {
 /// load this long after at most.
 const WHOLE_FOR: Duration = Duration::from_secs(2);
 
-/// Trees found whole, and when.
-static WHOLE: Mutex<Option<HashMap<PathBuf, Instant>>> = Mutex::new(None);
+/// Trees found whole, when, and what they held then.
+static WHOLE: Mutex<Option<HashMap<PathBuf, (Instant, Tally)>>> = Mutex::new(None);
 
 /// Fails, as not found, if `tree` no longer holds what `tally` says.
 pub fn check(tree: &Path, tally: Tally) -> std::io::Result<()> {
@@ -74,8 +75,22 @@ pub fn check(tree: &Path, tally: Tally) -> std::io::Result<()> {
             ),
         ));
     }
-    mark_whole(tree);
+    mark_whole(tree, tally);
     Ok(())
+}
+
+/// Whether `tree` still holds what a load found in it (true for a tree
+/// no load counted): for the running apps' periodic look, which walks a
+/// tree many apps share once, as [`check`] takes a tree found whole
+/// lately for whole.
+pub fn still_whole(tree: &Path) -> bool {
+    let recorded = WHOLE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|s| s.get(tree))
+        .map(|&(_, tally)| tally);
+    recorded.is_none_or(|tally| check(tree, tally).is_ok())
 }
 
 /// Move a tree that no longer holds what it should out of the way of a
@@ -113,15 +128,15 @@ fn whole(tree: &Path) -> bool {
         .unwrap_or_else(|e| e.into_inner())
         .as_ref()
         .and_then(|s| s.get(tree))
-        .is_some_and(|at| at.elapsed() < WHOLE_FOR)
+        .is_some_and(|(at, _)| at.elapsed() < WHOLE_FOR)
 }
 
-fn mark_whole(tree: &Path) {
+fn mark_whole(tree: &Path, tally: Tally) {
     WHOLE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert_with(HashMap::new)
-        .insert(tree.to_owned(), Instant::now());
+        .insert(tree.to_owned(), (Instant::now(), tally));
 }
 
 fn forget(tree: &Path) {

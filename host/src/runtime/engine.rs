@@ -331,6 +331,15 @@ impl Loaded {
     pub fn missing_files(&self) -> Option<&Path> {
         bundle::missing_mount(&self.files).map(|m| m.host.as_path())
     }
+
+    /// A directory of the component's files that no longer holds every
+    /// file unpacked into it (a cleaner pruned some), if any. Walks them.
+    pub fn pruned_files(&self) -> Option<&Path> {
+        self.files
+            .iter()
+            .find(|m| !crate::tree_counts::still_whole(&m.host))
+            .map(|m| m.host.as_path())
+    }
 }
 
 impl Drop for SharedModule {

@@ -180,6 +180,11 @@ impl AppPool {
         self.code.missing_files()
     }
 
+    /// A directory of the app's files pruned in the cache, if any (walks them).
+    pub fn pruned_files(&self) -> Option<&std::path::Path> {
+        self.code.pruned_files()
+    }
+
     /// Whether no request is being served or waits for an instance.
     pub fn is_idle(&self) -> bool {
         self.slots.available_permits() == self.limits.workers

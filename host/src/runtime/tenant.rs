@@ -615,13 +615,19 @@ impl Tenant {
     /// fail every import or read from it until they go. Requests running
     /// finish on the old pool; the next one loads the app again, which
     /// unpacks its files.
-    fn unload_if_files_gone(&self) -> Option<Arc<AppPool>> {
+    /// With `walk`, also when a directory no longer holds every file
+    /// unpacked into it (a cleaner pruned files by age), which walks them.
+    fn unload_if_files_gone(&self, walk: bool) -> Option<Arc<AppPool>> {
         let warm = match &*self.state.lock().expect("tenant lock") {
             State::Warm(pool) => pool.clone(),
             _ => return None,
         };
         // Looked up without the lock: a `stat` per directory.
-        let gone = warm.missing_files()?.display().to_string();
+        let gone = match warm.missing_files() {
+            Some(dir) => format!("{} was removed", dir.display()),
+            None if walk => format!("files in {} were removed", warm.pruned_files()?.display()),
+            None => return None,
+        };
         let mut state = self.state.lock().expect("tenant lock");
         if !matches!(&*state, State::Warm(pool) if Arc::ptr_eq(pool, &warm)) {
             return None;
@@ -631,7 +637,7 @@ impl Tenant {
         self.metrics.series().loaded_copies(-1);
         tracing::warn!(
             app = %self.spec.name,
-            "{gone} was removed from the cache while the app ran: unloaded, and loaded again (its files unpacked) at its next request"
+            "{gone} from the cache while the app ran: unloaded, and loaded again (its files unpacked) at its next request"
         );
         Some(warm)
     }
@@ -678,11 +684,19 @@ impl Drop for Tenant {
 /// cache: a `stat` per directory of every loaded app.
 const FILES_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// Whether the files check is due, at most once per [`FILES_CHECK_EVERY`].
-fn files_check_due() -> bool {
-    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    if last.is_some_and(|t| t.elapsed() < FILES_CHECK_EVERY) {
+/// How often the files check also walks the loaded apps' trees against
+/// what was unpacked into them (each distinct tree once: the stdlib's
+/// 700 files take about a millisecond), so files pruned one by one are
+/// noticed too, not only at the app's next load.
+const FILES_WALK_EVERY: Duration = Duration::from_secs(30);
+
+static FILES_CHECKED: Mutex<Option<Instant>> = Mutex::new(None);
+static FILES_WALKED: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Whether what `last` times is due, at most once per `every`.
+fn due(last: &Mutex<Option<Instant>>, every: Duration) -> bool {
+    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|t| t.elapsed() < every) {
         return false;
     }
     *last = Some(Instant::now());
@@ -706,8 +720,20 @@ pub fn sweep_interval(tenants: &[Arc<Tenant>]) -> Duration {
 pub fn sweep(tenants: &[Arc<Tenant>]) {
     let mut unloaded: Vec<Arc<AppPool>> =
         tenants.iter().filter_map(|t| t.unload_if_idle()).collect();
-    if files_check_due() {
-        unloaded.extend(tenants.iter().filter_map(|t| t.unload_if_files_gone()));
+    if due(&FILES_CHECKED, FILES_CHECK_EVERY) {
+        if due(&FILES_WALKED, FILES_WALK_EVERY) {
+            // Walking trees takes milliseconds: off the runtime's threads.
+            let tenants = tenants.to_vec();
+            tokio::task::spawn_blocking(move || {
+                let gone: Vec<Arc<AppPool>> = tenants
+                    .iter()
+                    .filter_map(|t| t.unload_if_files_gone(true))
+                    .collect();
+                drop(gone);
+            });
+        } else {
+            unloaded.extend(tenants.iter().filter_map(|t| t.unload_if_files_gone(false)));
+        }
     }
     // Past the cap after a burst that kept every app busy.
     if let Some(t) = tenants.first() {
