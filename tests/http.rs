@@ -1126,7 +1126,8 @@ fn guest_output_goes_to_the_log() {
     s.wait_for_log_count("hello from guest stdout", 2);
     let logs = s.logs();
     assert!(
-        logs.lines().any(|l| l.ends_with("] no newline at the end")),
+        logs.lines()
+            .any(|l| l.ends_with("] no newline at the end app=router")),
         "{logs}"
     );
     assert!(!logs.contains("no newline at the endhello"), "{logs}");

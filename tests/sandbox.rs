@@ -2567,7 +2567,7 @@ fn a_component_shipping_more_than_max_unpacked_fails_its_start_with_nothing_unpa
     ]);
     assert_ne!(code, 0, "{err}");
     assert!(
-        err.contains("over 1 MiB (--max-unpacked)") && err.contains("nothing was unpacked"),
+        err.contains("over 1 MiB (--max-unpacked;") && err.contains("nothing was unpacked"),
         "{err}"
     );
     assert!(!cache.join("files/trees").exists(), "{err}");

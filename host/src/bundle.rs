@@ -854,13 +854,20 @@ fn unpack(archive: &[u8], dest: &Path, max_bytes: u64) -> Result<()> {
         let size = entry.size();
         entries += 1;
         bytes = bytes.saturating_add(size);
-        if bytes > max_bytes || entries > MAX_ENTRIES {
+        if bytes > max_bytes {
             anyhow::bail!(UserError(format!(
                 "the component ships more files than may be unpacked: over {} MiB \
-                 (--max-unpacked) or over {MAX_ENTRIES} entries; nothing was unpacked. If you \
-                 trust it, raise --max-unpacked; a component this large is usually a build that \
-                 took in data or a virtualenv by mistake",
+                 (--max-unpacked; every directory it ships counts, the standard library's \
+                 14 MB too, whether or not another app unpacked it already); nothing was \
+                 unpacked. If you trust it, raise --max-unpacked; a component this large is \
+                 usually a build that took in data or a virtualenv by mistake",
                 max_bytes >> 20,
+            )));
+        }
+        if entries > MAX_ENTRIES {
+            anyhow::bail!(UserError(format!(
+                "the component ships more than {MAX_ENTRIES} files and directories, more than \
+                 any app needs; nothing was unpacked"
             )));
         }
         // Hashed as it is read: the archive is in memory already, its
@@ -898,6 +905,12 @@ fn unpack(archive: &[u8], dest: &Path, max_bytes: u64) -> Result<()> {
         }
     }
     let staged = cachefs::staging(dest)?;
+    let needed: u64 = missing
+        .iter()
+        .filter_map(|(name, _)| tally_of(name))
+        .map(|t| t.on_disk())
+        .sum();
+    cachefs::ensure_room(staged.path(), needed, "unpacking the app's files")?;
     if !missing.is_empty() {
         let wanted = |top: &str| missing.iter().any(|(name, _)| name == top);
         for_each_entry(archive, |top, entry| {
@@ -1005,7 +1018,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            format!("{e:#}").contains("over 2 MiB (--max-unpacked)"),
+            format!("{e:#}").contains("over 2 MiB (--max-unpacked;"),
             "{e:#}"
         );
         assert_eq!(slow, 1);

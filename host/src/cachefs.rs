@@ -123,6 +123,25 @@ pub fn write_hint(dest: &Path, data: &[u8]) -> Result<()> {
     write_renamed(dest, data, false, 0o644)
 }
 
+/// Refuse, before the work, to write about `needed` bytes into `dir`
+/// when its filesystem has less free: `doing` is what would write them.
+pub fn ensure_room(dir: &Path, needed: u64, doing: &str) -> Result<()> {
+    let Ok(fs) = rustix::fs::statvfs(dir) else {
+        return Ok(());
+    };
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    if free < needed {
+        anyhow::bail!(
+            "the cache {} has {} MiB free, and {doing} writes about {} MiB there: free some \
+             space, or point --cache-dir at a larger disk",
+            dir.display(),
+            free >> 20,
+            needed.div_ceil(1 << 20)
+        );
+    }
+    Ok(())
+}
+
 /// The cache directories [`write_renamed`] writes temporary files in.
 const WRITTEN_IN: &[&str] = &["", "shells", "modules", "digests"];
 
@@ -132,21 +151,36 @@ const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Remove the temporary files processes killed while writing to `cache`
 /// left there (an artifact is tens of megabytes: an OOM-killed pod's
-/// cache would otherwise grow at every crash); returns how many.
+/// cache would otherwise grow at every crash), and the staging
+/// directories of unpacks they left (`files/.NAME.partial-*`, up to
+/// `--max-unpacked` each); returns how many.
 pub fn remove_stale_temps(cache: &Path) -> usize {
     let mut removed = 0;
+    let stale = |m: &std::fs::Metadata| {
+        m.modified()
+            .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_AFTER))
+    };
+    if let Ok(entries) = std::fs::read_dir(cache.join("files")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.as_encoded_bytes();
+            let partial = name.starts_with(b".") && name.windows(9).any(|w| w == b".partial-");
+            if partial
+                && entry.metadata().is_ok_and(|m| m.is_dir() && stale(&m))
+                && std::fs::remove_dir_all(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
     for sub in WRITTEN_IN {
         let Ok(entries) = std::fs::read_dir(cache.join(sub)) else {
             continue;
         };
         for entry in entries.flatten() {
-            let stale = entry.file_name().as_encoded_bytes().starts_with(b".tmp")
-                && entry.metadata().is_ok_and(|m| {
-                    m.is_file()
-                        && m.modified()
-                            .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_AFTER))
-                });
-            if stale && std::fs::remove_file(entry.path()).is_ok() {
+            let temp = entry.file_name().as_encoded_bytes().starts_with(b".tmp")
+                && entry.metadata().is_ok_and(|m| m.is_file() && stale(&m));
+            if temp && std::fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
         }
@@ -184,6 +218,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn work_the_disk_has_no_room_for_is_refused_saying_what_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_room(dir.path(), 1 << 20, "unpacking").unwrap();
+        let e = ensure_room(dir.path(), u64::MAX / 2, "unpacking the app's files").unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("MiB free, and unpacking the app's files writes about")
+                && e.contains("--cache-dir"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn temporary_files_left_by_a_killed_writer_are_removed_once_stale() {
         let cache = tempfile::tempdir().unwrap();
         let modules = cache.path().join("modules");
@@ -203,8 +250,17 @@ mod tests {
                 .set_modified(long_ago)
                 .unwrap();
         }
-        assert_eq!(remove_stale_temps(cache.path()), 1);
+        let partial = cache.path().join("files/.0a1b.partial-Xy12/python");
+        std::fs::create_dir_all(&partial).unwrap();
+        std::fs::write(partial.join("os.py"), b"x").unwrap();
+        let partial = partial.parent().unwrap();
+        std::fs::File::open(partial)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        assert_eq!(remove_stale_temps(cache.path()), 2);
         assert!(!old.exists() && new.exists() && kept.exists());
+        assert!(!partial.exists());
     }
 
     #[test]

@@ -30,6 +30,11 @@ impl Tally {
         self.bytes += len;
     }
 
+    /// About what the files take on disk: their bytes, and a block each.
+    pub fn on_disk(&self) -> u64 {
+        self.bytes.saturating_add(self.files.saturating_mul(4096))
+    }
+
     /// A tally as `Display` writes it (`FILES BYTES`).
     pub fn parse(text: &str) -> Option<Tally> {
         let (files, bytes) = text.trim_end().split_once(' ')?;

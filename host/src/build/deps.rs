@@ -1251,7 +1251,8 @@ mod tests {
     #[test]
     fn a_package_named_unlike_its_distribution_is_checked_too() {
         // Pillow ships the package PIL, whose Image.py needs PIL._imaging
-        // through a relative import.
+        // through a relative import, in a try whose handler warns and
+        // raises again: no fallback. Fallback.py's handler carries on.
         let site = tempfile::tempdir().unwrap();
         let p = site.path();
         std::fs::create_dir_all(p.join("PIL")).unwrap();
@@ -1259,19 +1260,26 @@ mod tests {
         std::fs::write(p.join("PIL/__init__.py"), "__version__ = '12'\n").unwrap();
         std::fs::write(
             p.join("PIL/Image.py"),
-            "import io\nfrom . import _imaging as core\n",
+            "import io\ntry:\n    from . import _imaging as core\nexcept ImportError as v:\n    \
+             print(v)\n    raise\n",
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("PIL/Fallback.py"),
+            "try:\n    from . import _imaging\nexcept ImportError:\n    _imaging = None\n",
         )
         .unwrap();
         std::fs::write(
             p.join("pillow-12.0.0.dist-info/RECORD"),
-            "PIL/__init__.py,,\nPIL/Image.py,,\n",
+            "PIL/__init__.py,,\nPIL/Image.py,,\nPIL/Fallback.py,,\n",
         )
         .unwrap();
         let native = BTreeMap::from([("PIL._imaging".to_owned(), "pillow".to_owned())]);
         let warnings = check_native_needed(p, &native, Asked::EachPackage).unwrap();
         assert!(
             warnings.contains("pillow: its native module PIL._imaging has no WASI build")
-                && warnings.contains("PIL/Image.py:2"),
+                && warnings.contains("PIL/Image.py:3")
+                && !warnings.contains("Fallback"),
             "{warnings}"
         );
         // Imported by the top-level module itself: the build stops.

@@ -47,13 +47,23 @@ def files_of(site):
     return owned
 
 
+def raises_again(handler):
+    """Whether an except clause raises (again, or another error): the
+    import it guards has no fallback."""
+    return any(isinstance(s, ast.Raise) for s in handler.body)
+
+
 def guarded(node, parents):
-    """Whether `node` sits in the body of a try that catches ImportError."""
+    """Whether `node` sits in the body of a try that catches ImportError
+    and carries on: a handler that raises again (Pillow's `_imaging`,
+    after its warnings) is no fallback."""
     child = node
     for parent in parents:
         if isinstance(parent, ast.Try) and child in parent.body:
             for handler in parent.handlers:
                 names = []
+                if raises_again(handler):
+                    continue
                 if handler.type is None:
                     return True
                 kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
@@ -138,7 +148,9 @@ def main():
                         "top": top and not in_function,
                     }))
                 inner = in_function or isinstance(node, FUNCTIONS)
-                branch = conditional or (not in_function and isinstance(node, BRANCHES))
+                # A try whose every handler raises runs its body for sure.
+                certain = isinstance(node, ast.Try) and node.handlers and all(map(raises_again, node.handlers))
+                branch = conditional or (not in_function and isinstance(node, BRANCHES) and not certain)
                 for child in ast.iter_child_nodes(node):
                     stack.append((child, [node] + parents, inner, branch))
 

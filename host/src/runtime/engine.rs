@@ -553,7 +553,6 @@ impl Loader {
         file.rewind()
             .and_then(|()| file.read_to_end(&mut bytes))
             .with_context(|| cannot_read(path))?;
-        room_for(&self.cache_dir, bytes.len() as u64)?;
         let invalid = || {
             format!(
                 "{} is not a valid WebAssembly component (was it built by `rsgi-wasm build`?)",
@@ -569,6 +568,20 @@ impl Loader {
             in_shell = fused.own_modules;
         }
         let split = core_modules::split(&bytes, &in_shell).with_context(invalid)?;
+        // Seconds of compiling a full disk would throw away, at every
+        // retry: what is not cached yet must fit first.
+        let shell = split.as_ref().map_or(&bytes[..], |s| &s.component[..]);
+        let shell_hash = format!("{:x}", Sha256::digest(shell));
+        let mut needed = 0u64;
+        for m in split.iter().flat_map(|s| &s.modules) {
+            if !self.artifact("modules", &m.hash).is_file() {
+                needed += m.range.len() as u64 * COMPILED_PER_MODULE_BYTE;
+            }
+        }
+        if !self.artifact("shells", &shell_hash).is_file() {
+            needed += shell.len() as u64 * COMPILED_PER_SHELL_BYTE;
+        }
+        cachefs::ensure_room(&self.cache_dir, needed, "compiling this component")?;
         let mut compiled_modules = 0;
         let mut hashes = Vec::new();
         if let Some(split) = &split {
@@ -583,8 +596,6 @@ impl Loader {
                 hashes.push(m.hash.clone());
             }
         }
-        let shell = split.as_ref().map_or(&bytes[..], |s| &s.component[..]);
-        let shell_hash = format!("{:x}", Sha256::digest(shell));
         let new_shell = self
             .compile_into(&self.artifact("shells", &shell_hash), |e| {
                 e.precompile_component(shell)
@@ -904,30 +915,13 @@ fn writable(dir: &Path) -> Result<()> {
         })
 }
 
-/// What a compile writes, at most, for a component of each byte: its
-/// artifacts measured 2-3 times its size (47-70 MB for 23 MB).
-const COMPILED_PER_BYTE: u64 = 3;
-
-/// Refuse, before seconds of compiling, to compile a component whose
-/// artifacts the cache's filesystem has no room for: the compile would
-/// be thrown away, and again at every retry.
-fn room_for(dir: &Path, component_bytes: u64) -> Result<()> {
-    let Ok(fs) = rustix::fs::statvfs(dir) else {
-        return Ok(());
-    };
-    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-    let needed = component_bytes.saturating_mul(COMPILED_PER_BYTE);
-    if free < needed {
-        anyhow::bail!(
-            "not compiled: the cache {} has {} MiB free, and compiling this component writes up \
-             to {} MiB; free some space there, or point --cache-dir at a larger disk",
-            dir.display(),
-            free >> 20,
-            needed.div_ceil(1 << 20)
-        );
-    }
-    Ok(())
-}
+/// What a compile writes for each byte of a core module not compiled
+/// before (most of an app's own module is its heap snapshot, stored as
+/// it is: 16 MB for a 14 MB module), with room to spare.
+const COMPILED_PER_MODULE_BYTE: u64 = 2;
+/// The same for the shell, whose compiled code is several times its size
+/// (30 MB for CPython's libraries fused).
+const COMPILED_PER_SHELL_BYTE: u64 = 6;
 
 /// The cached artifact at `path`, open; none if it is not there, or is
 /// but cannot be read (its modes changed by hand), which is removed, as a
