@@ -2597,3 +2597,30 @@ fn a_file_pruned_under_an_app_that_stays_loaded_is_noticed_and_unpacked_again() 
     assert_eq!(again, body);
     assert!(license.is_file());
 }
+
+#[test]
+fn a_tree_set_aside_and_unpacked_anew_under_a_loaded_app_reloads_it() {
+    let cache = cache_with_compiled_code("tree-replaced");
+    let s = Server::start(&router(), &["--cache-dir", cache.to_str().unwrap()]);
+    let read = || get(&s, "/read-file?/python/LICENSE.txt");
+    let (status, body) = read();
+    assert_eq!(status, 200, "{body}");
+    // What another process's load does to a damaged tree: renamed aside,
+    // and a fresh copy put at its path, which this app's instances do not
+    // read (they hold the old directory).
+    let tree = stdlib_license(&cache).parent().unwrap().to_owned();
+    let aside = tree.with_file_name(".damaged-test");
+    std::fs::rename(&tree, &aside).unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&aside)
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_file(aside.join("LICENSE.txt")).unwrap();
+    s.wait_for_log_count("was removed from the cache while the app ran", 1);
+    let (status, again) = read();
+    assert_eq!(status, 200, "{again}\n{}", s.logs());
+    assert_eq!(again, body);
+}

@@ -299,6 +299,10 @@ pub struct Loaded {
     _shell: Arc<SharedShell>,
     /// Its own files (stdlib, app dirs, site-packages), unpacked in the cache.
     pub files: Arc<[Mount]>,
+    /// Which directory each of `files` was when loaded (device, inode): a
+    /// tree another load set aside and unpacked anew is at the same path,
+    /// while this app's instances still read the old one.
+    trees: Vec<Option<(u64, u64)>>,
     /// The core modules it imports once split ([`core_modules`]), by name.
     pub modules: Vec<LinkedModule>,
 }
@@ -329,7 +333,14 @@ impl Loaded {
     /// A directory of the app's own files that is gone from the cache, if
     /// any: its instances cannot import or read from it.
     pub fn missing_files(&self) -> Option<&Path> {
-        bundle::missing_mount(&self.files).map(|m| m.host.as_path())
+        if let Some(m) = bundle::missing_mount(&self.files) {
+            return Some(m.host.as_path());
+        }
+        self.files
+            .iter()
+            .zip(&self.trees)
+            .find(|(m, &was)| was.is_some() && tree_identity(&m.host) != was)
+            .map(|(m, _)| m.host.as_path())
     }
 
     /// A directory of the component's files that no longer holds every
@@ -464,6 +475,7 @@ impl Loader {
         Ok(Loaded {
             component: shell.0.clone(),
             _shell: shell,
+            trees: files.iter().map(|m| tree_identity(&m.host)).collect(),
             files: files.into(),
             modules,
         })
@@ -922,6 +934,14 @@ const COMPILED_PER_MODULE_BYTE: u64 = 2;
 /// The same for the shell, whose compiled code is several times its size
 /// (30 MB for CPython's libraries fused).
 const COMPILED_PER_SHELL_BYTE: u64 = 6;
+
+/// The directory at `path` (device, inode), not following a symlink.
+fn tree_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
 
 /// The cached artifact at `path`, open; none if it is not there, or is
 /// but cannot be read (its modes changed by hand), which is removed, as a
