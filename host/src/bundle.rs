@@ -749,12 +749,6 @@ fn dir_mounts(dest: &Path) -> Result<Vec<Mount>> {
     Ok(out)
 }
 
-/// The first of `mounts` whose directory is gone from the host (someone
-/// removed the cache's `files`, or part of it, while apps ran), if any.
-pub fn missing_mount(mounts: &[Mount]) -> Option<&Mount> {
-    mounts.iter().find(|m| !is_real_dir(&m.host))
-}
-
 /// Whether `path` is a directory itself, not a symlink to one: a tree of
 /// the `files` cache that is a symlink would mount whatever it points at,
 /// so it is taken for missing (and replaced by the real one).
@@ -1005,18 +999,23 @@ mod tests {
         append(&mut component, &archive);
         let digest = digest(&mut component.as_slice()).unwrap();
         let cache = tempfile::tempdir().unwrap();
-        let mut slow = 0;
-        let unpacking = Unpacking {
-            max_bytes: 2 << 20,
-            before: Some(&mut || slow += 1),
+        // Mounted under `max_bytes`, and how often the slow part was told.
+        let capped = |max_bytes| {
+            let mut slow = 0;
+            let unpacking = Unpacking {
+                max_bytes,
+                before: Some(&mut || slow += 1),
+            };
+            let m = mounts(
+                &mut std::io::Cursor::new(&component),
+                &digest,
+                cache.path(),
+                unpacking,
+            );
+            (m, slow)
         };
-        let e = mounts(
-            &mut std::io::Cursor::new(&component),
-            &digest,
-            cache.path(),
-            unpacking,
-        )
-        .unwrap_err();
+        let (m, slow) = capped(2 << 20);
+        let e = m.unwrap_err();
         assert!(
             format!("{e:#}").contains("over 2 MiB (--max-unpacked;"),
             "{e:#}"
@@ -1026,18 +1025,8 @@ mod tests {
         assert!(!cache.path().join("files").join(&digest[..32]).exists());
         // Under a cap it fits: unpacked, and told once; then found, untold.
         for expected in [1, 0] {
-            let mut slow = 0;
-            let unpacking = Unpacking {
-                max_bytes: 4 << 20,
-                before: Some(&mut || slow += 1),
-            };
-            let m = mounts(
-                &mut std::io::Cursor::new(&component),
-                &digest,
-                cache.path(),
-                unpacking,
-            )
-            .unwrap();
+            let (m, slow) = capped(4 << 20);
+            let m = m.unwrap();
             assert_eq!(slow, expected);
             assert_eq!(
                 std::fs::metadata(m[0].host.join("zeros.dat"))

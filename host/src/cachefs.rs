@@ -38,7 +38,7 @@ pub fn staging(dest: &Path) -> Result<tempfile::TempDir> {
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     tempfile::Builder::new()
-        .prefix(&format!(".{name}.partial-"))
+        .prefix(&format!(".{name}{PARTIAL}"))
         .tempdir_in(parent)
         .with_context(|| format!("creating a staging directory in {}", parent.display()))
 }
@@ -123,6 +123,9 @@ pub fn write_hint(dest: &Path, data: &[u8]) -> Result<()> {
     write_renamed(dest, data, false, 0o644)
 }
 
+/// What names a staging directory ([`staging`]) after its destination.
+const PARTIAL: &str = ".partial-";
+
 /// Refuse, before the work, to write about `needed` bytes into `dir`
 /// when its filesystem has less free: `doing` is what would write them.
 pub fn ensure_room(dir: &Path, needed: u64, doing: &str) -> Result<()> {
@@ -164,7 +167,8 @@ pub fn remove_stale_temps(cache: &Path) -> usize {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.as_encoded_bytes();
-            let partial = name.starts_with(b".") && name.windows(9).any(|w| w == b".partial-");
+            let partial = name.starts_with(b".")
+                && name.windows(PARTIAL.len()).any(|w| w == PARTIAL.as_bytes());
             if partial
                 && entry.metadata().is_ok_and(|m| m.is_dir() && stale(&m))
                 && std::fs::remove_dir_all(entry.path()).is_ok()

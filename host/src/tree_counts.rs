@@ -89,13 +89,7 @@ pub fn check(tree: &Path, tally: Tally) -> std::io::Result<()> {
 /// tree many apps share once, as [`check`] takes a tree found whole
 /// lately for whole.
 pub fn still_whole(tree: &Path) -> bool {
-    let recorded = WHOLE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .and_then(|s| s.get(tree))
-        .map(|&(_, tally)| tally);
-    recorded.is_none_or(|tally| check(tree, tally).is_ok())
+    found_whole(tree).is_none_or(|(_, tally)| check(tree, tally).is_ok())
 }
 
 /// Move a tree that no longer holds what it should out of the way of a
@@ -127,13 +121,17 @@ pub fn set_aside(tree: &Path) -> Result<()> {
     }
 }
 
-fn whole(tree: &Path) -> bool {
+/// When `tree` was last found whole, and what it held then.
+fn found_whole(tree: &Path) -> Option<(Instant, Tally)> {
     WHOLE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .as_ref()
-        .and_then(|s| s.get(tree))
-        .is_some_and(|(at, _)| at.elapsed() < WHOLE_FOR)
+        .and_then(|s| s.get(tree).copied())
+}
+
+fn whole(tree: &Path) -> bool {
+    found_whole(tree).is_some_and(|(at, _)| at.elapsed() < WHOLE_FOR)
 }
 
 fn mark_whole(tree: &Path, tally: Tally) {
@@ -184,10 +182,22 @@ mod tests {
         tally.add(6);
         tally.add(3);
         assert_eq!(Tally::parse(&tally.to_string()), Some(tally));
+        // A tree no load counted is taken as it is.
+        assert!(still_whole(&tree));
         assert!(check(&tree, tally).is_ok());
         // Found whole a moment ago: not walked again yet.
         std::fs::remove_file(tree.join("pkg/sub/b.txt")).unwrap();
         check(&tree, tally).unwrap();
+        // Past the window, the periodic look walks it against its count.
+        WHOLE
+            .lock()
+            .unwrap()
+            .as_mut()
+            .unwrap()
+            .get_mut(&tree)
+            .unwrap()
+            .0 -= 2 * WHOLE_FOR;
+        assert!(!still_whole(&tree));
         forget(&tree);
         let e = check(&tree, tally).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound);

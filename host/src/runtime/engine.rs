@@ -330,16 +330,17 @@ impl Loaded {
             .collect()
     }
 
-    /// A directory of the app's own files that is gone from the cache, if
-    /// any: its instances cannot import or read from it.
+    /// A directory of the app's own files that is gone from the cache (or
+    /// is now another directory), if any: its instances cannot import or
+    /// read from it, or read a tree set aside. A `stat` per directory.
     pub fn missing_files(&self) -> Option<&Path> {
-        if let Some(m) = bundle::missing_mount(&self.files) {
-            return Some(m.host.as_path());
-        }
         self.files
             .iter()
             .zip(&self.trees)
-            .find(|(m, &was)| was.is_some() && tree_identity(&m.host) != was)
+            .find(|(m, &was)| {
+                let now = tree_identity(&m.host);
+                now.is_none() || (was.is_some() && now != was)
+            })
             .map(|(m, _)| m.host.as_path())
     }
 
@@ -935,11 +936,14 @@ const COMPILED_PER_MODULE_BYTE: u64 = 2;
 /// (30 MB for CPython's libraries fused).
 const COMPILED_PER_SHELL_BYTE: u64 = 6;
 
-/// The directory at `path` (device, inode), not following a symlink.
+/// The directory at `path` (device, inode); none if it is not one, or a
+/// symlink to one: a tree of the `files` cache that is a symlink would
+/// mount whatever it points at, so it is taken for missing.
 fn tree_identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path)
         .ok()
+        .filter(|m| m.is_dir())
         .map(|m| (m.dev(), m.ino()))
 }
 

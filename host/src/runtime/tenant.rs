@@ -404,11 +404,9 @@ impl Tenant {
                     tracing::warn!(
                         app = %self.spec.name,
                         "not loaded within the {:?} timeout: 503; it waits for a turn to load, as other \
-                         apps' loads hold every place (loads run at most {} from the cache and {} \
-                         unpacking or compiling at once, half the cores each)",
+                         apps' loads hold every place (loads run at most {each} from the cache and \
+                         {each} unpacking or compiling at once, half the cores each)",
                         self.spec.limits.timeout,
-                        each,
-                        each,
                     );
                 } else {
                     tracing::warn!(app = %self.spec.name, "still loading after the {:?} timeout: 503", self.spec.limits.timeout);
