@@ -467,11 +467,16 @@ fn an_app_that_closes_its_stderr_still_has_its_report_logged_and_is_replaced() {
 #[test]
 fn error_after_head_cuts_the_connection() {
     let s = Server::start(&router(), &[]);
-    let resp = raw(s.addr, b"GET /error-after-head HTTP/1.1\r\nHost: x\r\n\r\n");
+    // No terminating zero-size chunk: the client can tell it was cut
+    // short, from an orderly close, which loses nothing queued for it.
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"GET /error-after-head HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut resp = Vec::new();
+    r.read_to_end(&mut resp).expect("closed, not reset");
     let text = String::from_utf8_lossy(&resp);
     assert_eq!(status_of(&resp), 200);
     assert!(text.contains("partial"), "{text}");
-    // No terminating zero-size chunk: the client can tell it was cut short.
     assert!(!text.ends_with("0\r\n\r\n"), "{text:?}");
     s.wait_for_log("late boom");
     // HTTP/1.0 has no chunks: the body ends with the connection, so only
@@ -639,6 +644,22 @@ fn an_unread_request_body_does_not_cost_the_connection() {
     // Nor does a client trickling what it left.
     let s = Server::start(&router(), &["--header-timeout", "1s"]);
     assert_a_trickled_unread_body_ends_the_connection(s.addr);
+    s.wait_for_log("slower than");
+    // A chunked body has no length to refuse it by: past --max-body, what
+    // is left unread ends the connection, and the log says why.
+    let s = Server::start(&router(), &["--max-body", "1000"]);
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    // More than the server reads ahead, so it cannot have it all in hand.
+    let _ = w.write_all(format!("{:x}\r\n{}\r\n", 300_000, "x".repeat(300_000)).as_bytes());
+    let _ = w.write_all(b"0\r\n\r\n");
+    assert_eq!(read_response(&mut r, false).status, 200);
+    let _ = w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    s.wait_for_log("bytes of it came, past --max-body: not read further");
 }
 
 #[test]

@@ -1030,7 +1030,7 @@ fn open_files_are_capped_per_app_and_given_back() {
         );
     }
     // The operator is told, once for the three refusals.
-    s.wait_for_log("files open, the app's max_open_files");
+    s.wait_for_log("files open, the app's max_open_files (raise it with --max-open-files,");
     assert_eq!(s.logs().matches("the app's max_open_files").count(), 1);
     // ... and every refusal is counted.
     let refusals = "rsgi_wasm_open_files_refusals_total{tenant=\"router\"}";
@@ -1830,6 +1830,13 @@ fn pinned_apps_stay_loaded_and_preload_holds_across_reloads() {
             && err.contains("--max-loaded 2"),
         "{err}"
     );
+    // As many as the cap, beside another app: no room left to load it.
+    let config = write_config(&dir, &[app("a", pin), app("b", pin), app("c", "")].concat());
+    let err = refused(&["serve", config.to_str().unwrap(), "--max-loaded", "2"]);
+    assert!(
+        err.contains("fills --max-loaded 2 and leaves no room to load the other 1"),
+        "{err}"
+    );
 
     // A pinned app is not the one unloaded to make room, though it was
     // used least recently.
@@ -2570,6 +2577,21 @@ fn a_component_shipping_more_than_max_unpacked_fails_its_start_with_nothing_unpa
         err.contains("over 1 MiB (--max-unpacked;") && err.contains("nothing was unpacked"),
         "{err}"
     );
+    assert!(!cache.join("files/trees").exists(), "{err}");
+    // `exec` loads the same component, so it takes the same cap.
+    let (code, _, err) = run_bin(&[
+        "exec",
+        hello.to_str().unwrap(),
+        "--cache-dir",
+        cache_arg,
+        "--max-unpacked",
+        "1MiB",
+        "--",
+        "-c",
+        "print('ran')",
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("over 1 MiB (--max-unpacked;"), "{err}");
     assert!(!cache.join("files/trees").exists(), "{err}");
     // The same cache and component under the default: served.
     let s = Server::start(&hello, &["--cache-dir", cache_arg]);

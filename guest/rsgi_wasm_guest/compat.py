@@ -326,6 +326,35 @@ def is_code_mount(path: str) -> bool:
     return top == "python" or (top.isascii() and top.isdigit())
 
 
+def file_error_hint(exc: BaseException) -> Optional[str]:
+    """What the sandbox did, for an app's report of a file it could not
+    open or write: Python says only "No such file or directory" for a
+    path no grant holds, and "Operation not permitted" for a write to the
+    app's own files (its working directory among them), the first
+    failure of an app that writes beside its code under gunicorn."""
+    if not isinstance(exc, OSError) or exc.filename is None:
+        return None
+    if exc.errno not in (errno.ENOENT, errno.EPERM, errno.EACCES, errno.EROFS):
+        return None
+    if NO_GRANT in (exc.strerror or ""):
+        return None  # said already (makedirs)
+    try:
+        path = os.path.abspath(os.fsdecode(os.fspath(exc.filename)))
+    except (TypeError, ValueError):
+        return None
+    if is_code_mount(path):
+        if exc.errno == errno.ENOENT:
+            return None
+        return (
+            f"{path} is among the app's own files, which are read-only in the sandbox: "
+            "write to a --dir grant (for example --dir ./data::/data) or to /tmp"
+        )
+    top = "/" + path.split("/")[1]
+    if exc.errno == errno.ENOENT and top != "/" and not os.path.isdir(top):
+        return f"no granted directory holds {path}: grant one with --dir HOST_DIR::{top}"
+    return None
+
+
 def sqlite_hint(path: str) -> Optional[str]:
     """Why SQLite cannot write ``path`` in the sandbox, when it is the
     sandbox's doing: a database beside the app's code (Django's default

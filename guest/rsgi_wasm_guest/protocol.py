@@ -24,6 +24,7 @@ import sys
 import traceback
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
+from .compat import file_error_hint
 from .wsgi_input import BodyTooLarge, ClientDisconnected, body_error
 
 #: The first words of an app exception's report on stderr (guest_log.rs
@@ -330,6 +331,9 @@ def _report(errors: Any, environ: dict, what: str, exc: BaseException) -> None:
     method = environ.get("REQUEST_METHOD", "?")
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     report = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    hint = file_error_hint(exc) or _call_hint(exc)
+    if hint:
+        report += f"({hint})\n"
     text = _clipped(f"{ERROR_REPORT} {method} {path}{what}:\n{report}")
     try:
         errors.write(text)
@@ -344,6 +348,15 @@ def _report(errors: Any, environ: dict, what: str, exc: BaseException) -> None:
     closed = closed_stdio(descriptors=isinstance(exc, OSError) and exc.errno == errno.EBADF)
     if closed:
         LOST_REPORTS.append(f"{ADAPTER_ERROR}: the app closed its {closed}, so its output fails from now on")
+
+
+def _call_hint(exc: BaseException) -> Optional[str]:
+    """For an app that could not even be called with ``(environ,
+    start_response)``: an app factory named without its call."""
+    tb = exc.__traceback__
+    if isinstance(exc, TypeError) and tb is not None and tb.tb_next is None and "positional argument" in str(exc):
+        return "the app takes other arguments than (environ, start_response): if it names an app factory, build with its call, `module:create_app()`"
+    return None
 
 
 #: The most characters of a report written: the host logs 16 KiB of it
@@ -450,6 +463,13 @@ def run(app: Callable[..., Iterable[bytes]], environ: dict, transport: Transport
             if kind is FileWrapper and _send_file(result, resp):
                 complete = True
                 return None
+        if callable(result) and not hasattr(result, "__iter__"):
+            # `module:create_app`, a factory named without its call: Python
+            # would say only "'function' object is not iterable".
+            raise TypeError(
+                f"the app returned {result!r}, a callable, where WSGI wants an iterable of bytes: "
+                "if it names an app factory, build with its call, `module:create_app()`"
+            )
         for chunk in result:
             resp.send(chunk)
         resp.finish()

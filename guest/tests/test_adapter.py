@@ -4,6 +4,7 @@ itself is tested black-box over HTTP in tests/http.rs."""
 
 import collections
 import enum
+import errno
 import io
 import os
 import sys
@@ -702,6 +703,39 @@ class ProtocolTest(unittest.TestCase):
             sys.stdout = saved
         self.assertEqual(t.head[0], "200 OK")
         self.assertIn("the app closed its sys.stdout", protocol.take_lost_report())
+
+    def test_a_report_of_a_file_the_sandbox_refused_says_why(self):
+        def writes_beside_its_code(environ, start_response):
+            raise PermissionError(errno.EPERM, "Operation not permitted", "/1/out.txt")
+
+        _, _, errors = run(writes_beside_its_code)
+        self.assertTrue(
+            errors.endswith(
+                "PermissionError: [Errno %d] Operation not permitted: '/1/out.txt'\n"
+                "(/1/out.txt is among the app's own files, which are read-only in the sandbox: "
+                "write to a --dir grant (for example --dir ./data::/data) or to /tmp)\n" % errno.EPERM
+            ),
+            errors,
+        )
+        _, _, errors = run(lambda e, s: 1 / 0)
+        self.assertTrue(errors.endswith("ZeroDivisionError: division by zero\n"), errors)
+
+    def test_a_factory_named_without_its_call_is_told_so(self):
+        def create_app(*args):
+            return lambda environ, start_response: [b"app"]
+
+        _, _, errors = run(create_app)
+        self.assertIn("TypeError: the app returned <function ", errors)
+        self.assertIn("build with its call, `module:create_app()`", errors)
+
+        def factory():
+            return create_app()
+
+        _, _, errors = run(factory)
+        self.assertIn("takes 0 positional arguments but 2 were given\n(the app takes other arguments", errors)
+        # A TypeError of the app's own says nothing more.
+        _, _, errors = run(lambda e, s: len(1, 2))
+        self.assertTrue(errors.endswith("len() takes exactly one argument (2 given)\n"), errors)
 
     def test_a_huge_report_is_written_in_one_piece(self):
         def app(environ, start_response):

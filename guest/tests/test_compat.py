@@ -365,6 +365,29 @@ class FirstRequest(unittest.TestCase):
             compat.IMPORT_LOOKUPS, compat.IMPORT_ENVIRON, compat.FIRST_REQUEST_PENDING = saved
 
 
+class FileErrorHint(unittest.TestCase):
+    def test_what_the_sandbox_refused_is_explained_and_nothing_else(self):
+        import errno
+
+        hint = compat.file_error_hint
+        self.assertIn(
+            "/python/x is among the app's own files, which are read-only",
+            hint(PermissionError(errno.EPERM, "Operation not permitted", "/python/x")),
+        )
+        self.assertEqual(
+            hint(FileNotFoundError(errno.ENOENT, "No such file or directory", "/no-such-grant-y/f")),
+            "no granted directory holds /no-such-grant-y/f: grant one with --dir HOST_DIR::/no-such-grant-y",
+        )
+        # A file missing among the app's own, or in a directory that is
+        # there; another error; no file; said already; not an OSError.
+        self.assertIsNone(hint(FileNotFoundError(errno.ENOENT, "No such file or directory", "/1/missing.txt")))
+        self.assertIsNone(hint(FileNotFoundError(errno.ENOENT, "No such file or directory", "/tmp/missing-zz")))
+        self.assertIsNone(hint(IsADirectoryError(errno.EISDIR, "Is a directory", "/1")))
+        self.assertIsNone(hint(OSError(errno.EPERM, "Operation not permitted")))
+        self.assertIsNone(hint(FileNotFoundError(errno.ENOENT, f"x {compat.NO_GRANT}", "/no-such-grant-y")))
+        self.assertIsNone(hint(ValueError("/1/x")))
+
+
 class SqliteHint(unittest.TestCase):
     def connect(self, *args, **kwargs):
         """``connect`` as the app gets it, the host's sqlite3 put back after."""

@@ -278,6 +278,14 @@ pub struct HttpArgs {
     /// line's fields as keys).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    #[command(flatten)]
+    pub unpack: UnpackLimit,
+}
+
+/// How much of a component's files may be unpacked: `run`, `serve` and
+/// `exec` load the same components, so they take the same cap.
+#[derive(Debug, Args, Clone)]
+pub struct UnpackLimit {
     /// Most bytes of files one component may unpack into the cache, all
     /// its directories together (the standard library is about 14 MB): a
     /// component is compressed, so a small file can hold gigabytes, and a
@@ -543,6 +551,8 @@ pub struct ExecArgs {
     pub grants: GrantArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub unpack: UnpackLimit,
     /// The script and its arguments after `--`: `manage.py migrate`,
     /// `-m module args`, or `-c CODE args`.
     #[arg(last = true, required = true, value_name = "SCRIPT [ARGS]")]

@@ -153,12 +153,10 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
             "--log-rate limits what `run` and `serve` log of an app's output; `exec` writes a script's output to the terminal whole, so drop it".into()
         ));
     }
-    // The user's own script on its own component: only the default cap.
-    let max_unpacked = config::parse_size(config::DEFAULT_MAX_UNPACKED)?;
     let loader = new_loader(
         args.cache.cache_dir.clone(),
         Allocation::OnDemand,
-        max_unpacked,
+        args.unpack.max_unpacked,
     )?;
     let engine = loader.engine();
     let loaded = loader.load(&args.component)?;
@@ -450,7 +448,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let loader = new_loader(
         args.cache.cache_dir.clone(),
         Allocation::for_run(&limits),
-        args.http.max_unpacked,
+        args.http.unpack.max_unpacked,
     )?;
     let workers = limits.workers;
     let starter = Starter::new(loader.clone(), scheduler(&loader), metered, usize::MAX);
@@ -1024,6 +1022,16 @@ impl Fits {
                 self.raise(pinned)
             )));
         }
+        // As many as the cap fills it: every other app's load would pass
+        // the cap, as none of them can be unloaded to make room.
+        if pinned as u64 == max && n > pinned {
+            anyhow::bail!(UserError(format!(
+                "{pinned} apps of {path} have idle_timeout = \"0\" (never unloaded), which fills {cap} \
+                 and leaves no room to load the other {}: {}, or give some of them an idle_timeout",
+                n - pinned,
+                self.raise(pinned + 1)
+            )));
+        }
         Ok(())
     }
 
@@ -1070,7 +1078,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     let loader = new_loader(
         args.cache.cache_dir.clone(),
         Allocation::OnDemand,
-        args.http.max_unpacked,
+        args.http.unpack.max_unpacked,
     )?;
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     let fits = Fits::new(args.max_loaded, nofile, args.preload, args.config.clone());

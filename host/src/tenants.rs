@@ -212,9 +212,9 @@ fn host_name(entry: &str) -> Result<String, String> {
     let v = entry.to_ascii_lowercase();
     let v = v.strip_suffix('.').unwrap_or(&v).to_owned();
     let bare = v.strip_prefix("*.").unwrap_or(&v);
-    if let Some(inner) = bare.strip_prefix('[').and_then(|b| b.strip_suffix(']')) {
-        if inner.parse::<std::net::Ipv6Addr>().is_ok() && !v.starts_with('*') {
-            return Ok(v);
+    if let Some(canonical) = crate::http::router::canonical_ipv6(bare) {
+        if !v.starts_with('*') {
+            return Ok(canonical);
         }
     }
     let why = if !entry.is_ascii() {
@@ -230,6 +230,10 @@ fn host_name(entry: &str) -> Result<String, String> {
             return Ok(v);
         }
         config::NOT_DOTTED_DECIMAL
+    } else if bare.split('.').any(|label| label.len() > 63) {
+        "a label (the part between dots) is longer than DNS's 63 characters"
+    } else if bare.len() > 253 {
+        "longer than DNS's 253 characters"
     } else if config::host_name(bare).is_none() {
         "not a host name or *.domain pattern"
     } else {
@@ -826,6 +830,7 @@ mod tests {
         assert_eq!(host_name("Dot.Test.").unwrap(), "dot.test");
         assert_eq!(host_name("*.Example.com").unwrap(), "*.example.com");
         assert_eq!(host_name("[::1]").unwrap(), "[::1]");
+        assert_eq!(host_name("[0:0::1]").unwrap(), "[::1]");
         assert_eq!(host_name("10.0.0.1").unwrap(), "10.0.0.1");
         assert_eq!(
             host_name(&"a.".repeat(126)).unwrap(),
@@ -909,6 +914,11 @@ mod tests {
             ("hosts = [\"a.test:8080\"]", "hosts", "without a port"),
             ("hosts = [\"b\u{fc}cher.test\"]", "hosts", "xn--"),
             ("hosts = [\"a b\"]", "hosts", "not a host name"),
+            (
+                &format!("hosts = [\"{}.test\"]", "a".repeat(64)),
+                "hosts",
+                "longer than DNS's 63 characters",
+            ),
             (
                 "path_prefix = \"/a?b\"",
                 "path_prefix",

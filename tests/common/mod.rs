@@ -444,7 +444,7 @@ pub fn assert_a_trickled_unread_body_ends_the_connection(addr: SocketAddr) {
     }
 }
 
-/// A blocking HTTP/2 client by prior knowledge (cleartext h2)./// A blocking HTTP/2 client by prior knowledge (cleartext h2).
+/// A blocking HTTP/2 client by prior knowledge (cleartext h2).
 pub fn h2_client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .http2_prior_knowledge()

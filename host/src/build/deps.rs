@@ -689,7 +689,13 @@ fn pip_install(requirements: &Path, label: &str, index: &[String], work: &Path) 
 
 /// The way out when a package with native code is only another's
 /// dependency, which the app never imports.
-const NOT_IMPORTED: &str = "if it comes in only as another package's dependency and the app \
+/// What the guest's check says of a package that cannot import without
+/// its dropped native part (`boot.check_native`).
+pub(super) const CANNOT_LOAD: &str = "cannot load in the sandbox)";
+
+/// What to do about a native package the app may never import.
+pub(super) const NOT_IMPORTED: &str =
+    "if it comes in only as another package's dependency and the app \
      never imports it, pin that package to a version that does without it, or install the \
      packages yourself (pip install --target DIR --python-version 3.14 --only-binary=:all: ...) \
      and build with --site-packages DIR, which stops only if the app imports it";
@@ -1129,8 +1135,10 @@ fn check_native_needed(
 fn left_out(dist: &str, modules: &[&NeededNative]) -> String {
     const NAMED: usize = 3;
     let first = modules[0];
-    let fails = "so code that gets there fails with ModuleNotFoundError (the build goes on, and \
-                 stops at the app's import if that gets there)";
+    let fails = &format!(
+        "so code that gets there fails with ModuleNotFoundError (the build goes on, and stops \
+         if {dist} cannot be imported without them, or at the app's import if that gets there)"
+    );
     if modules.len() == 1 {
         return format!(
             "{dist}: its native module {} has no WASI build and was left out; {}:{} imports it \
@@ -1269,19 +1277,43 @@ mod tests {
             "try:\n    from . import _imaging\nexcept ImportError:\n    _imaging = None\n",
         )
         .unwrap();
+        // zope.interface's handler names a module-level tuple: a fallback
+        // too. One catching only unrelated builtin errors is none.
+        std::fs::write(
+            p.join("PIL/Named.py"),
+            "catch = (ImportError,)\ndef f():\n    try:\n        from . import _imaging\n    \
+             except catch:\n        pass\n",
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("PIL/Other.py"),
+            "def f():\n    try:\n        from . import _imaging\n    \
+             except (AttributeError, KeyError):\n        pass\n",
+        )
+        .unwrap();
         std::fs::write(
             p.join("pillow-12.0.0.dist-info/RECORD"),
-            "PIL/__init__.py,,\nPIL/Image.py,,\nPIL/Fallback.py,,\n",
+            "PIL/__init__.py,,\nPIL/Image.py,,\nPIL/Fallback.py,,\nPIL/Named.py,,\nPIL/Other.py,,\n",
         )
         .unwrap();
         let native = BTreeMap::from([("PIL._imaging".to_owned(), "pillow".to_owned())]);
         let warnings = check_native_needed(p, &native, Asked::EachPackage).unwrap();
         assert!(
             warnings.contains("pillow: its native module PIL._imaging has no WASI build")
-                && warnings.contains("PIL/Image.py:3")
-                && !warnings.contains("Fallback"),
+                && warnings.contains("PIL/Image.py:3"),
             "{warnings}"
         );
+        // The warning names one file: without Image.py, the next.
+        let record = |files: &[&str]| {
+            let lines: String = files.iter().map(|f| format!("PIL/{f},,\n")).collect();
+            std::fs::write(p.join("pillow-12.0.0.dist-info/RECORD"), lines).unwrap();
+        };
+        record(&["__init__.py", "Fallback.py", "Named.py", "Other.py"]);
+        let warnings = check_native_needed(p, &native, Asked::EachPackage).unwrap();
+        assert!(warnings.contains("PIL/Other.py:3"), "{warnings}");
+        record(&["__init__.py", "Fallback.py", "Named.py"]);
+        let warnings = check_native_needed(p, &native, Asked::EachPackage).unwrap();
+        assert!(!warnings.contains("PIL/"), "{warnings}");
         // Imported by the top-level module itself: the build stops.
         std::fs::write(p.join("PIL/__init__.py"), "from ._imaging import x\n").unwrap();
         let e = check_native_needed(p, &native, Asked::EachPackage).unwrap_err();

@@ -672,6 +672,12 @@ async fn generate(
             let printed = text
                 .find(protocol::BUILD_ERROR_MARKER)
                 .map_or("", |at| text[..at].trim_end());
+            // A package that cannot import without its dropped native part
+            // (numpy): what to do if the app never imports it.
+            let mut lines: Vec<String> = lines.into_iter().map(str::to_owned).collect();
+            if lines.iter().any(|l| l.contains(deps::CANNOT_LOAD)) {
+                lines.push(format!("({})", deps::NOT_IMPORTED));
+            }
             if printed.is_empty() {
                 bail!(UserError(lines.join("\n")));
             }

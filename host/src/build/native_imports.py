@@ -15,6 +15,7 @@ can never work in WASI, and for a distribution that is one compiled module
 """
 
 import ast
+import builtins
 import json
 import os
 import re
@@ -53,7 +54,39 @@ def raises_again(handler):
     return any(isinstance(s, ast.Raise) for s in handler.body)
 
 
-def guarded(node, parents):
+def aliases(tree):
+    """Module-level names bound to exception classes or tuples of them
+    (zope.interface's `catch = (ImportError,)`), for except clauses that
+    name them."""
+    bound = {}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            value = stmt.value
+            kinds = value.elts if isinstance(value, (ast.Tuple, ast.List)) else [value]
+            bound[stmt.targets[0].id] = kinds
+    return bound
+
+
+def may_catch_import_error(kinds, bound, seen=()):
+    """Whether an except clause of these types may catch ImportError: a
+    builtin exception class is known; anything else (a name bound
+    elsewhere, an expression) is given the benefit of the doubt, as the
+    warning is only worth what it is sure of."""
+    for kind in kinds:
+        name = kind.id if isinstance(kind, ast.Name) else kind.attr if isinstance(kind, ast.Attribute) else None
+        if name in CATCHES:
+            return True
+        if isinstance(kind, ast.Name) and name in bound and name not in seen:
+            if may_catch_import_error(bound[name], bound, seen + (name,)):
+                return True
+            continue
+        known = getattr(builtins, name, None) if name else None
+        if not (isinstance(known, type) and issubclass(known, BaseException)):
+            return True
+    return False
+
+
+def guarded(node, parents, bound):
     """Whether `node` sits in the body of a try that catches ImportError
     and carries on: a handler that raises again (Pillow's `_imaging`,
     after its warnings) is no fallback."""
@@ -61,18 +94,12 @@ def guarded(node, parents):
     for parent in parents:
         if isinstance(parent, ast.Try) and child in parent.body:
             for handler in parent.handlers:
-                names = []
                 if raises_again(handler):
                     continue
                 if handler.type is None:
                     return True
                 kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
-                for kind in kinds:
-                    if isinstance(kind, ast.Name):
-                        names.append(kind.id)
-                    elif isinstance(kind, ast.Attribute):
-                        names.append(kind.attr)
-                if CATCHES & set(names):
+                if may_catch_import_error(kinds, bound):
                     return True
         child = parent
     return False
@@ -116,9 +143,9 @@ def main():
                 continue
             parts = rel[:-3].split("/")
             # Only the distribution's own package (cffi/api.py, PIL/Image.py),
-            # not its tests or a compatibility shim beside it (PyYAML's
-            # _yaml), which an app does not reach.
-            if normalize(parts[0]) not in own or any(
+            # not its tests (pytest's conftest.py too) or a compatibility shim
+            # beside it (PyYAML's _yaml), which an app does not reach.
+            if normalize(parts[0]) not in own or parts[-1] == "conftest" or any(
                 p in ("test", "tests") or p.startswith("test_") for p in parts
             ):
                 continue
@@ -131,13 +158,14 @@ def main():
             # condition such as multidict's `if not USE_EXTENSIONS:`, a flag
             # set by a guarded import elsewhere: not reported, as such a
             # flag is how packages fall back).
+            bound = aliases(tree)
             stack = [(tree, [], False, False)]
             while stack:
                 node, parents, in_function, conditional = stack.pop()
                 if (
                     isinstance(node, (ast.Import, ast.ImportFrom))
                     and module in imported(node, package)
-                    and not guarded(node, parents)
+                    and not guarded(node, parents, bound)
                     and (in_function or not conditional)
                 ):
                     print(json.dumps({

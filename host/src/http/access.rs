@@ -111,7 +111,9 @@ fn emit(f: &Fields<'_>) {
             uri = %visible(f.target),
             status = f.status,
             bytes = f.sent,
-            duration_ms = f.took.map(ms),
+            // Always there, for log pipelines with a fixed schema: 0 for
+            // a head refused before any request existed.
+            duration_ms = f.took.map_or(0.0, ms),
             cold_start_ms = f.cold.map(ms),
             "access"
         );

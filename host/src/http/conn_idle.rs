@@ -6,7 +6,7 @@
 //! takes no more, as for an HTTP/2 stream whose window stays shut) does not
 //! keep its connection busy: only one waiting on the app does.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ pub struct Activity {
     open: AtomicUsize,
     /// Of those, HTTP/1 requests (see [`Activity::idle_at`]).
     open_http1: AtomicUsize,
+    /// An HTTP/1.0 request came: its response may end only with the close.
+    close_delimited: AtomicBool,
 }
 
 impl Activity {
@@ -39,6 +41,7 @@ impl Activity {
             begun: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             open_http1: AtomicUsize::new(0),
+            close_delimited: AtomicBool::new(false),
         })
     }
 
@@ -57,6 +60,18 @@ impl Activity {
             app_turn: true,
             http2,
         }
+    }
+
+    /// Note that an HTTP/1.0 request came, whose response without a
+    /// length ends with the connection.
+    pub fn saw_http10(&self) {
+        self.close_delimited.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a response on the connection may be delimited by its
+    /// close: only then must a cut one end with a reset to be told apart.
+    pub fn close_delimited(&self) -> bool {
+        self.close_delimited.load(Ordering::Relaxed)
     }
 
     /// Whether a request is in flight (its response not yet all handed

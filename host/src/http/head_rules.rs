@@ -43,6 +43,7 @@ pub fn check(parts: &Parts) -> Result<(), HeadError> {
         ));
     }
     check_target(&parts.method, &parts.uri)?;
+    check_path_form(parts)?;
     check_host(parts)?;
     check_transfer_coding(parts)?;
     // One Content-Type, or an app and a proxy in front of it may read the
@@ -107,6 +108,22 @@ fn check_target(method: &Method, uri: &http::Uri) -> Result<(), HeadError> {
         ));
     }
     Ok(())
+}
+
+/// An origin-form target, and HTTP/2's `:path` (RFC 9113 §8.3.1), starts
+/// with `/` or is `*`: `http` takes `?a=1` as the path `/` with a query,
+/// which RAW_URI would still show as sent.
+fn check_path_form(parts: &Parts) -> Result<(), HeadError> {
+    let origin_form = parts.uri.scheme().is_none() || parts.version == Version::HTTP_2;
+    if !origin_form || parts.method == Method::CONNECT {
+        return Ok(());
+    }
+    match parts.uri.path_and_query().map(|pq| pq.as_str()) {
+        Some(pq) if !pq.starts_with('/') && pq != "*" => Err(bad(
+            "Bad Request: the request target's path must start with /",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_host(parts: &Parts) -> Result<(), HeadError> {
@@ -199,16 +216,64 @@ fn valid_host(value: &[u8]) -> bool {
     if value.is_empty() {
         return true;
     }
-    // Authority also admits `userinfo@`, which Host does not, and does not
-    // check that the port is a number.
-    let port = match value.iter().rposition(|&b| b == b':' || b == b']') {
-        Some(i) if value[i] == b':' => &value[i + 1..],
-        _ => &[],
+    let (name, port) = match value.strip_prefix(b"[") {
+        // `IP-literal` (RFC 3986 §3.2.2): the brackets hold an IPv6 address
+        // or an IPvFuture, and only `:port` may follow them. `http` takes
+        // anything after the `]` (`[::1]evil.com`), which routing and
+        // SERVER_NAME would read as `[::1]` while HTTP_HOST says more.
+        Some(rest) => {
+            let Some(end) = rest.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            if !ip_literal(&rest[..end]) {
+                return false;
+            }
+            match &rest[end + 1..] {
+                [] => (&value[..0], None),
+                [b':', port @ ..] => (&value[..0], Some(port)),
+                _ => return false,
+            }
+        }
+        None => match value.iter().rposition(|&b| b == b':') {
+            Some(i) => (&value[..i], Some(&value[i + 1..])),
+            None => (value, None),
+        },
     };
-    !value.contains(&b'@')
-        && port.iter().all(u8::is_ascii_digit)
-        && (port.is_empty() || std::str::from_utf8(port).is_ok_and(|p| p.parse::<u16>().is_ok()))
-        && Authority::try_from(value).is_ok()
+    // A reg-name or IPv4 address (an empty one only beside a literal);
+    // `Authority` also admits `userinfo@`, which Host does not.
+    let name_ok = name.is_empty() && value[0] == b'['
+        || !name.is_empty()
+            && name
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
+    // The port may be empty (`host:`), else a number that fits one.
+    let port_ok = port.is_none_or(|p| {
+        p.is_empty()
+            || p.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(p).is_ok_and(|p| p.parse::<u16>().is_ok())
+    });
+    name_ok && port_ok && Authority::try_from(value).is_ok()
+}
+
+/// What RFC 3986 allows between an IP-literal's brackets: an IPv6
+/// address, or `v` HEXDIG+ `.` then unreserved, sub-delims or `:`.
+fn ip_literal(inner: &[u8]) -> bool {
+    if let Some(future) = inner
+        .strip_prefix(b"v")
+        .or_else(|| inner.strip_prefix(b"V"))
+    {
+        let Some(dot) = future.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (version, rest) = (&future[..dot], &future[dot + 1..]);
+        return !version.is_empty()
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !rest.is_empty()
+            && rest
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(&b));
+    }
+    std::str::from_utf8(inner).is_ok_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
 #[cfg(test)]
@@ -278,10 +343,42 @@ mod tests {
             "a/b",
             "x:999999999999",
             "x:65536",
+            // Only `:port` may follow an IP literal, which must be one.
+            "[::1]evil.com",
+            "[::1]x:81",
+            "[::1]:80x",
+            "[abc]",
+            "[]",
+            "[::1",
+            "[::1]]",
+            "a[::1]",
+            "[v1]",
+            "[1.2.3.4]",
         ] {
             assert!(
                 verdict("GET", "/", Version::HTTP_11, &[bad]).is_some(),
                 "{bad:?} accepted"
+            );
+            // The same for an absolute target's authority (and HTTP/2's
+            // `:authority`, which becomes it), where it parses as one.
+            let uri = format!("http://{bad}/").parse::<http::Uri>();
+            if let Some(uri) = uri.ok().filter(|u| u.authority().unwrap().as_str() == bad) {
+                assert!(
+                    verdict("GET", &uri.to_string(), Version::HTTP_2, &[]).is_some(),
+                    "{bad:?} accepted as an authority"
+                );
+            }
+        }
+        for good in [
+            "[::1]",
+            "[2001:db8::1]:8080",
+            "[v1.fe80::a+en1]",
+            "[::ffff:1.2.3.4]:",
+        ] {
+            assert_eq!(
+                verdict("GET", "/", Version::HTTP_11, &[good]),
+                None,
+                "{good:?} refused"
             );
         }
     }
@@ -342,6 +439,28 @@ mod tests {
         }
         assert_eq!(verdict("OPTIONS", "*", Version::HTTP_11, &["x"]), None);
         assert!(verdict("GET", "*", Version::HTTP_11, &["x"]).is_some());
+        // A path that does not start with `/`, as HTTP/2's `:path` or an
+        // origin-form target (an absolute one's may be empty).
+        let h2 = |pq: &str| {
+            let uri = http::Uri::builder()
+                .scheme("https")
+                .authority("x")
+                .path_and_query(pq)
+                .build()
+                .unwrap();
+            let mut parts = head("GET", "/", Version::HTTP_2, &[]);
+            parts.uri = uri;
+            check(&parts).err().map(|e| e.reason)
+        };
+        assert!(h2("?a=1").is_some_and(|e| e.contains("must start with /")));
+        assert_eq!(h2("/?a=1"), None);
+        if "?a=1".parse::<http::Uri>().is_ok() {
+            assert!(verdict("GET", "?a=1", Version::HTTP_11, &["x"]).is_some());
+        }
+        assert_eq!(
+            verdict("GET", "http://x?a=1", Version::HTTP_11, &["x"]),
+            None
+        );
         assert_eq!(
             verdict("GET", "http://x/a?b", Version::HTTP_11, &["x"]),
             None

@@ -52,6 +52,15 @@ pub fn host_rank(pattern: &str, host: &str) -> Option<u8> {
     }
 }
 
+/// `[ADDR]` in RFC 5952's canonical form, if `host` is an IPv6 literal.
+pub fn canonical_ipv6(host: &str) -> Option<String> {
+    let inner = host.strip_prefix('[')?.strip_suffix(']')?;
+    inner
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .map(|a| format!("[{a}]"))
+}
+
 impl<A> Router<A> {
     /// A router over `routes`.
     pub fn new(routes: Vec<Route<A>>) -> Self {
@@ -102,7 +111,9 @@ impl<A> Router<A> {
                 .filter(under_prefix)
                 .max_by_key(|i| (self.routes[*i].prefix.len(), *i))
         };
-        let host = host.map(|h| h.to_ascii_lowercase());
+        // An IPv6 literal has many spellings (`[0:0::1]`, `[::1]`): the
+        // config's hosts are in the canonical one.
+        let host = host.map(|h| canonical_ipv6(h).unwrap_or_else(|| h.to_ascii_lowercase()));
         let exact = host
             .as_deref()
             .and_then(|h| self.exact.get(h))
@@ -172,6 +183,20 @@ mod tests {
         assert!(!host_matches("*.shop.example.com", "shop.example.com"));
         assert!(!host_matches("*.shop.example.com", "evilshop.example.com"));
         assert!(host_matches("shop.example.com", "shop.example.com"));
+    }
+
+    #[test]
+    fn an_ipv6_literal_is_routed_whatever_its_spelling() {
+        let r = routes(&[(&["[::1]"], ""), (&[], "")]);
+        for host in ["[::1]", "[0:0::1]", "[0000:0:0:0:0:0:0:1]"] {
+            assert_eq!(r.route(Some(host), "/").unwrap().app, 0, "{host}");
+        }
+        assert_eq!(r.route(Some("[::2]"), "/").unwrap().app, 1);
+        assert_eq!(
+            canonical_ipv6("[2001:DB8::0:1]").as_deref(),
+            Some("[2001:db8::1]")
+        );
+        assert_eq!(canonical_ipv6("[nope]"), None);
     }
 
     fn routes(table: &[(&[&str], &str)]) -> Router<usize> {

@@ -396,6 +396,9 @@ fn service(
     static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let conn = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let svc = service_fn(move |req| {
+        if req.version() <= http::Version::HTTP_10 {
+            counted.saw_http10();
+        }
         let in_flight = counted.begin(req.version() == http::Version::HTTP_2);
         let answer = handle(site.clone(), req, (local, peer, tls, conn));
         async move {
@@ -547,9 +550,12 @@ async fn drive<C>(
         // body fell short of its length): over HTTP/1 the connection ends
         // there, and a reset rather than an orderly close keeps a response
         // delimited by the close (HTTP/1.0's, and so nginx's by default)
-        // from looking whole.
-        if e.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_user)
+        // from looking whole. HTTP/1.1's are chunked or have a length, so
+        // an orderly close tells the client as much, and loses nothing
+        // still queued for it.
+        if activity.close_delimited()
+            && e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_user)
         {
             delivered.reset_at_close();
         }

@@ -900,15 +900,35 @@ pub fn drain_later(mut incoming: Incoming, mut pace: Pace, mut received: u64, mu
         loop {
             let patience = pace.patience(received);
             let t0 = tokio::time::Instant::now();
-            let Ok(Some(Ok(frame))) = tokio::time::timeout(patience, incoming.frame()).await else {
-                return;
+            let frame = match tokio::time::timeout(patience, incoming.frame()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Err(_) => {
+                    pace.log_timeout(patience, received);
+                    return;
+                }
+                // The client left or broke its framing: nothing to say.
+                _ => return,
             };
             pace.waited(t0.elapsed());
             let n = frame.data_ref().map_or(0, |d| d.len() as u64);
             received += n;
             match left.checked_sub(n) {
                 Some(rest) => left = rest,
-                None => return,
+                None => {
+                    // A chunked body has no length to refuse it by before
+                    // the app answered; the client, and any request it
+                    // sent after it, see the connection end (unless hyper
+                    // had the rest in hand already).
+                    log_for_app(
+                        pace.app.as_deref(),
+                        &format!(
+                            "request body: the app left it unread, and {received} bytes of it \
+                             came, past --max-body: not read further, which ends the \
+                             connection unless the rest had arrived already"
+                        ),
+                    );
+                    return;
+                }
             }
         }
     });

@@ -558,7 +558,7 @@ impl Loader {
         // spent again by every app and at every retry: ask first.
         writable(&self.cache_dir)?;
         tracing::info!(
-            "compiling {} (first start only; cached in {})",
+            "compiling {} (once for each version of the file; cached in {})",
             path.display(),
             self.cache_dir.display()
         );

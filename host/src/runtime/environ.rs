@@ -318,12 +318,12 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
     match host_header.as_deref().map(split_host) {
         Some((name, port)) if !name.is_empty() => {
             env.pair("SERVER_NAME", name);
-            // A Host without a port means the default of the target's
-            // scheme (RFC 9110 §7.2), as the head's Host check reads it:
-            // an absolute target's or HTTP/2's `:scheme`, else the
-            // connection's.
-            let scheme = req.uri.scheme_str().unwrap_or(req.url_scheme);
-            let default = if scheme.eq_ignore_ascii_case("https") {
+            // A Host without a port means its scheme's default (RFC 9110
+            // §7.2): `wsgi.url_scheme`'s, not a scheme the client claims in
+            // an absolute target or HTTP/2's `:scheme` (which does not
+            // change `wsgi.url_scheme` either), so the two never disagree
+            // (`https` on port 80 in a rebuilt URL).
+            let default = if req.url_scheme == "https" {
                 "443"
             } else {
                 "80"
@@ -610,13 +610,15 @@ mod tests {
         assert_eq!(get(&env, "SERVER_PORT"), Some("80"));
         let env = env_for("GET", "/", &[("host", b"example.com:")], "");
         assert_eq!(get(&env, "SERVER_PORT"), Some("80"));
+        // Over a cleartext connection a claimed `https` is not the scheme.
         let env = env_for(
             "GET",
             "https://example.com/",
             &[("host", b"example.com")],
             "",
         );
-        assert_eq!(get(&env, "SERVER_PORT"), Some("443"));
+        assert_eq!(get(&env, "wsgi.url_scheme"), Some("http"));
+        assert_eq!(get(&env, "SERVER_PORT"), Some("80"));
         let env = env_for("GET", "/", &[], "");
         assert_eq!(get(&env, "SERVER_NAME"), Some("127.0.0.1"));
         assert_eq!(get(&env, "SERVER_PORT"), Some("8000"));

@@ -90,7 +90,11 @@ impl OpenFiles {
     fn take(self: &Arc<Self>, refused: &str) -> Option<Arc<FdSlot>> {
         let full = match self.count_in(&self.open) {
             Ok(()) => return Some(Arc::new(FdSlot(self.clone()))),
-            Err(Full::App) => format!("{} files open, the app's max_open_files", self.limit),
+            Err(Full::App) => format!(
+                "{} files open, the app's max_open_files (raise it with --max-open-files, \
+                 `max_open_files` in tenants.toml)",
+                self.limit
+            ),
             Err(Full::Process) => process_full(),
         };
         self.refused(&full, refused);
@@ -108,8 +112,8 @@ impl OpenFiles {
         let full = match self.count_in(&self.sent) {
             Ok(()) => return Some(SentFileSlot(self.clone())),
             Err(Full::App) => format!(
-                "{} files already being sent for wsgi.file_wrapper (max_open_files) to clients \
-                 that have not taken them",
+                "{} files already being sent for wsgi.file_wrapper (--max-open-files, \
+                 `max_open_files` in tenants.toml) to clients that have not taken them",
                 self.limit
             ),
             Err(Full::Process) => process_full(),

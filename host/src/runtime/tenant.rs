@@ -229,6 +229,20 @@ impl Turn {
     }
 }
 
+/// The server builds each request for the world checked at start: a
+/// file since replaced by a build of the other world cannot take it.
+fn refuse_other_world(component: &std::path::Path, world: World, checked: World) -> Result<()> {
+    if world != checked {
+        anyhow::bail!(
+            "{} was replaced by a build for --world {} (it was --world {} when this app was checked); reload (SIGHUP) or restart to serve it",
+            component.display(),
+            world.name(),
+            checked.name()
+        );
+    }
+    Ok(())
+}
+
 /// Clears a flag when dropped.
 struct Done<'a>(&'a AtomicBool);
 
@@ -541,11 +555,20 @@ impl Tenant {
         // Linking type-checks every import: milliseconds too.
         let (loaded, pre) = {
             let (loader, path) = (loader.clone(), component.clone());
+            // What the loader logs (compiling, unpacking a shared tree
+            // again, a damaged artifact) names the app it loads for.
+            let span = tracing::warn_span!("load", app = %name);
             // The turn goes along, and comes back to be held to the end.
             let mut moved = std::mem::take(turn);
+            let expected = self.world;
             let (loaded, back) = tokio::task::spawn_blocking(move || {
-                let loaded = loader
-                    .load_with(&path, &mut || moved.trade_for_slow())
+                let _in = span.entered();
+                // A file replaced by a build of the other world is refused
+                // before seconds of compiling it (its export section is
+                // read, nothing more).
+                let loaded = engine::exported_world(&path)
+                    .and_then(|world| refuse_other_world(&path, world, expected))
+                    .and_then(|()| loader.load_with(&path, &mut || moved.trade_for_slow()))
                     .and_then(|loaded| {
                         let pre = engine::prepare(loader.engine(), &loaded, &path)?;
                         Ok((loaded, pre))
@@ -557,20 +580,12 @@ impl Tenant {
             *turn = back;
             loaded?
         };
-        // The server builds each request for the world checked at start; a
-        // file since replaced by a build of the other world cannot take it.
+        // Replaced again between the two looks: what was linked decides.
         let world = match pre {
             engine::AppPre::Wsgi(_) => World::Wsgi,
             engine::AppPre::WasiHttp(_) => World::WasiHttp,
         };
-        if world != self.world {
-            anyhow::bail!(
-                "{} was replaced by a build for --world {} (it was --world {} when this app was checked); reload (SIGHUP) or restart to serve it",
-                component.display(),
-                world.name(),
-                self.world.name()
-            );
-        }
+        refuse_other_world(&component, world, self.world)?;
         let sandbox = {
             // Measuring a quota'd grant walks its tree: off the runtime too.
             let (name, files) = (name.clone(), loaded.files.clone());
