@@ -1450,6 +1450,31 @@ fn run_reload_swaps_in_each_edit_and_survives_a_broken_one() {
 }
 
 #[test]
+fn a_live_build_ships_none_of_the_app_s_own_files() {
+    // `--reload` mounts the app's directories as they are; its build's key
+    // leaves their contents out, so what they held then must not ship: a
+    // file too large to unpack, removed since, kept the app from starting
+    // at every later edit and restart.
+    let dir = temp_dir("reload-big-file");
+    write(&dir, "app.py", &versioned_app("live"));
+    let big: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("data.bin"), big).unwrap();
+    let script = format!("{}:app", dir.join("app.py").display());
+    let s = Server::start(
+        Path::new(&script),
+        &["--reload", "--no-warmup", "--max-unpacked", "20MiB"],
+    );
+    assert_eq!(get(&s, "/"), (200, "live".to_owned()));
+    assert!(
+        !s.logs().contains("ships more files than may be unpacked"),
+        "{}",
+        s.logs()
+    );
+}
+
+#[test]
 fn run_reload_waits_for_an_app_broken_at_start_to_be_fixed() {
     // As a development reloader: the first version does not import, the
     // server says why and listens once an edit fixes it.

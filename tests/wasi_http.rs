@@ -115,6 +115,8 @@ fn bodies_errors_write_and_close() {
         "a truncated body must not look complete"
     );
     s.wait_for_log("late boom");
+    // Said in the log, as in our own world.
+    s.wait_for_log("response cut short: app raised after the response head was sent");
     // Invalid headers are refused by the guest: 500, nothing injected.
     let r = client().get(s.url("/bad-header")).send().unwrap();
     assert_eq!(r.status(), 500);

@@ -665,6 +665,10 @@ def failure_of(text: str) -> Optional[str]:
             if kind and j + 1 < len(lines) and lines[j + 1].startswith("Exception Value: "):
                 end = f"{kind.split(' at ')[0]}: {lines[j + 1].partition(': ')[2]}"
             found = end.strip()
+            # The adapter's hint after it (a factory named without its
+            # call, a file the sandbox refused).
+            if j + 1 < len(lines) and lines[j + 1].startswith("(") and lines[j + 1].endswith(")"):
+                found = f"{found} {lines[j + 1]}"
             break
     if found is None and lines:
         return f"no traceback; its last output: {lines[-1].strip()}"

@@ -342,17 +342,19 @@ def file_error_hint(exc: BaseException) -> Optional[str]:
         path = os.path.abspath(os.fsdecode(os.fspath(exc.filename)))
     except (TypeError, ValueError):
         return None
+    grant = "a --dir grant (`dirs` in tenants.toml; for example --dir ./data::/data)"
     if is_code_mount(path):
         if exc.errno == errno.ENOENT:
             return None
-        return (
-            f"{path} is among the app's own files, which are read-only in the sandbox: "
-            "write to a --dir grant (for example --dir ./data::/data) or to /tmp"
-        )
+        return f"{path} is among the app's own files, which are read-only in the sandbox: write to {grant} or to /tmp"
     top = "/" + path.split("/")[1]
-    if exc.errno == errno.ENOENT and top != "/" and not os.path.isdir(top):
-        return f"no granted directory holds {path}: grant one with --dir HOST_DIR::{top}"
-    return None
+    if exc.errno != errno.ENOENT or top == "/" or os.path.isdir(top):
+        return None
+    if top in ("/proc", "/sys", "/dev"):
+        return f"the sandbox has no {top}"
+    if os.path.dirname(path) == "/":
+        return f"no granted directory holds {path}, and nothing can be made at /: use {grant} or /tmp"
+    return f"no granted directory holds {path}: grant one with --dir HOST_DIR::{top} (`dirs` in tenants.toml)"
 
 
 def sqlite_hint(path: str) -> Optional[str]:

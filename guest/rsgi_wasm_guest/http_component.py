@@ -257,6 +257,10 @@ def make_handler(app: Callable) -> type:
                 if has_body:
                     stream = env["wsgi.input"] = InputStream(body.pull, length)
                 failure = run(app, env, transport)
+                if failure is not None:
+                    # wasi:http carries no reason with a failed body: the
+                    # host's log hears of it here, as in our own world.
+                    print(f"response cut short: {failure}", file=sys.stderr)
             except BaseException as e:  # a bug here must not abort the instance
                 print(f"{protocol.ADAPTER_ERROR}: {type(e).__name__}: {e}", file=sys.stderr)
             finally:

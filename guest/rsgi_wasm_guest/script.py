@@ -11,6 +11,8 @@ import sys
 import traceback
 from typing import List, Sequence, Tuple
 
+from .compat import file_error_hint
+
 
 class ScriptNotFound(Exception):
     """The script is in none of the app's directories."""
@@ -93,8 +95,11 @@ def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
     except KeyboardInterrupt:
         traceback.print_exc()
         return 130  # as CPython's: killed by SIGINT, 128 + 2
-    except BaseException:
+    except BaseException as e:
         traceback.print_exc()
+        hint = file_error_hint(e)
+        if hint:
+            print(f"({hint})", file=sys.stderr)
         return 1
     finally:
         # As CPython does at exit, after the exit status is known: the

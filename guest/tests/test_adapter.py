@@ -181,6 +181,15 @@ class WarmUpFailures(unittest.TestCase):
             "Exception Type: ValueError at /admin/login/\nException Value: Missing entry\n" + "-" * 79
         )
         self.assertEqual(failure_of(mail), "ValueError: Missing entry")
+        # The adapter's hint after the exception goes with it.
+        hinted = (
+            "Traceback (most recent call last):\n  File \"p.py\", line 9, in run\n"
+            "TypeError: create_app() takes 0 positional arguments but 2 were given\n(the app takes other arguments)\n"
+        )
+        self.assertEqual(
+            failure_of(hinted),
+            "TypeError: create_app() takes 0 positional arguments but 2 were given (the app takes other arguments)",
+        )
 
     def test_a_warm_up_that_sets_a_cookie_is_warned_about(self):
         from rsgi_wasm_guest.boot import set_cookies, warm_up
@@ -713,7 +722,8 @@ class ProtocolTest(unittest.TestCase):
             errors.endswith(
                 "PermissionError: [Errno %d] Operation not permitted: '/1/out.txt'\n"
                 "(/1/out.txt is among the app's own files, which are read-only in the sandbox: "
-                "write to a --dir grant (for example --dir ./data::/data) or to /tmp)\n" % errno.EPERM
+                "write to a --dir grant (`dirs` in tenants.toml; for example --dir ./data::/data) or to /tmp)\n"
+                % errno.EPERM
             ),
             errors,
         )

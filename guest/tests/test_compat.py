@@ -2,6 +2,7 @@ import io
 import hashlib
 import os
 import unittest
+from unittest import mock
 
 from rsgi_wasm_guest import compat
 from rsgi_wasm_guest.compat import pbkdf2_hmac
@@ -376,8 +377,13 @@ class FileErrorHint(unittest.TestCase):
         )
         self.assertEqual(
             hint(FileNotFoundError(errno.ENOENT, "No such file or directory", "/no-such-grant-y/f")),
-            "no granted directory holds /no-such-grant-y/f: grant one with --dir HOST_DIR::/no-such-grant-y",
+            "no granted directory holds /no-such-grant-y/f: grant one with --dir HOST_DIR::/no-such-grant-y "
+            "(`dirs` in tenants.toml)",
         )
+        self.assertIn("nothing can be made at /", hint(FileNotFoundError(errno.ENOENT, "x", "/new-zz.txt")))
+        # As in the sandbox, where no /proc is mounted.
+        with mock.patch("os.path.isdir", return_value=False):
+            self.assertEqual(hint(FileNotFoundError(errno.ENOENT, "x", "/proc/self/status")), "the sandbox has no /proc")
         # A file missing among the app's own, or in a directory that is
         # there; another error; no file; said already; not an OSError.
         self.assertIsNone(hint(FileNotFoundError(errno.ENOENT, "No such file or directory", "/1/missing.txt")))

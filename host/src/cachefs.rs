@@ -145,6 +145,10 @@ pub fn ensure_room(dir: &Path, needed: u64, doing: &str) -> Result<()> {
     Ok(())
 }
 
+/// The cache directories [`staging`] directories are made in: unpacked
+/// files, resolved dependencies, the exported standard library.
+const STAGED_IN: &[&str] = &["files", "deps", "stdlib"];
+
 /// The cache directories [`write_renamed`] writes temporary files in.
 const WRITTEN_IN: &[&str] = &["", "shells", "modules", "digests"];
 
@@ -155,26 +159,29 @@ const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Remove the temporary files processes killed while writing to `cache`
 /// left there (an artifact is tens of megabytes: an OOM-killed pod's
 /// cache would otherwise grow at every crash), and the staging
-/// directories of unpacks they left (`files/.NAME.partial-*`, up to
-/// `--max-unpacked` each); returns how many.
+/// directories they left (`files/.NAME.partial-*`, up to `--max-unpacked`
+/// each; a pip run's in `deps/`); returns how many.
 pub fn remove_stale_temps(cache: &Path) -> usize {
     let mut removed = 0;
     let stale = |m: &std::fs::Metadata| {
         m.modified()
             .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_AFTER))
     };
-    if let Ok(entries) = std::fs::read_dir(cache.join("files")) {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.as_encoded_bytes();
-            let partial = name.starts_with(b".")
-                && name.windows(PARTIAL.len()).any(|w| w == PARTIAL.as_bytes());
-            if partial
-                && entry.metadata().is_ok_and(|m| m.is_dir() && stale(&m))
-                && std::fs::remove_dir_all(entry.path()).is_ok()
-            {
-                removed += 1;
-            }
+    for entry in STAGED_IN
+        .iter()
+        .filter_map(|sub| std::fs::read_dir(cache.join(sub)).ok())
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name();
+        let name = name.as_encoded_bytes();
+        let partial =
+            name.starts_with(b".") && name.windows(PARTIAL.len()).any(|w| w == PARTIAL.as_bytes());
+        if partial
+            && entry.metadata().is_ok_and(|m| m.is_dir() && stale(&m))
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed += 1;
         }
     }
     for sub in WRITTEN_IN {
@@ -254,17 +261,24 @@ mod tests {
                 .set_modified(long_ago)
                 .unwrap();
         }
-        let partial = cache.path().join("files/.0a1b.partial-Xy12/python");
-        std::fs::create_dir_all(&partial).unwrap();
-        std::fs::write(partial.join("os.py"), b"x").unwrap();
-        let partial = partial.parent().unwrap();
-        std::fs::File::open(partial)
-            .unwrap()
-            .set_modified(long_ago)
-            .unwrap();
-        assert_eq!(remove_stale_temps(cache.path()), 2);
+        // An unpack's staging, and a pip run's (a `run --reload` rebuild
+        // cut by the server's exit).
+        let staged = [
+            "files/.0a1b.partial-Xy12/python",
+            "deps/.4f72.partial-2xx9/site-packages",
+        ]
+        .map(|p| cache.path().join(p));
+        for dir in &staged {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("os.py"), b"x").unwrap();
+            std::fs::File::open(dir.parent().unwrap())
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        assert_eq!(remove_stale_temps(cache.path()), 3);
         assert!(!old.exists() && new.exists() && kept.exists());
-        assert!(!partial.exists());
+        assert!(staged.iter().all(|d| !d.parent().unwrap().exists()));
     }
 
     #[test]

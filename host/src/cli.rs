@@ -382,9 +382,13 @@ impl SourceArgs {
         output: Option<PathBuf>,
         cache_dir: PathBuf,
     ) -> BuildOptions {
+        // Made absolute now: `run --reload` builds again later, and a
+        // relative path would lead through the working directory, which a
+        // checkout that replaced it (`mv`, `git worktree`) leaves behind.
+        let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
         let mut deps = Vec::new();
         if let Some(r) = &self.requirements {
-            deps.push(Source::Requirements(r.clone()));
+            deps.push(Source::Requirements(absolute(r)));
         }
         if let Some(p) = &self.pyproject {
             let file = p.clone().unwrap_or_else(|| {
@@ -394,10 +398,10 @@ impl SourceArgs {
                     .unwrap_or_else(|| PathBuf::from("."))
                     .join("pyproject.toml")
             });
-            deps.push(Source::Pyproject(file));
+            deps.push(Source::Pyproject(absolute(&file)));
         }
         if let Some(s) = &self.site_packages {
-            deps.push(Source::SitePackages(s.clone()));
+            deps.push(Source::SitePackages(absolute(s)));
         }
         let warmup = if self.no_warmup {
             Vec::new()
@@ -408,7 +412,7 @@ impl SourceArgs {
         };
         BuildOptions {
             target,
-            paths: self.paths.clone(),
+            paths: self.paths.iter().map(absolute).collect(),
             deps,
             output,
             warmup,

@@ -165,6 +165,26 @@ pub fn stop_running(id: u64) {
     }
 }
 
+/// What pip says causes a version conflict (on stdout, as information),
+/// which says what to change.
+fn conflict_cause(stdout: &str) -> Option<&str> {
+    let at = stdout.find("The conflict is caused by:")?;
+    stdout[at..].split("\n\n").next().map(str::trim_end)
+}
+
+/// End every pip run still under way: the process is exiting, and a
+/// rebuild's thread (`run --reload`) is not there to end its own. Each
+/// runs in a process group of its own, which the terminal's Ctrl-C does
+/// not reach.
+pub fn stop_all_running() {
+    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    for &(_, group) in running.iter() {
+        if let Some(pid) = rustix::process::Pid::from_raw(group) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 /// Prepare `source` in `cache` (or reuse what an earlier build prepared).
 pub fn resolve(source: &Source, cache: &Path) -> Result<Resolved> {
     match source {
@@ -622,7 +642,8 @@ fn pip_install(requirements: &Path, label: &str, index: &[String], work: &Path) 
                     "-c",
                     PIP_FOR_TARGET,
                     "install",
-                    "--quiet",
+                    // Not --quiet: it drops the lines that explain a
+                    // version conflict, which pip logs as information.
                     "--disable-pip-version-check",
                 ])
                 .args(["--no-compile", "--root-user-action=ignore"])
@@ -647,7 +668,10 @@ fn pip_install(requirements: &Path, label: &str, index: &[String], work: &Path) 
             std::fs::remove_dir_all(&pip_tmp)?;
             return Ok(());
         }
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if let Some(why) = conflict_cause(&String::from_utf8_lossy(&out.stdout)) {
+            stderr = format!("{}\n{why}\n", stderr.trim_end());
+        }
         // pip reports an index it cannot reach as packages without a
         // version; building their sources would fail the same way.
         if let Some(why) = unreachable_index(&stderr) {
@@ -1155,8 +1179,8 @@ fn left_out(dist: &str, modules: &[&NeededNative]) -> String {
         names.push("...");
     }
     format!(
-        "{dist}: {} of its native modules have no WASI build and were left out ({}); its code \
-         imports them with no fallback ({}:{} imports {}), {fails}",
+        "{dist}: {} of the native modules left out of it (no WASI build) are imported by its \
+         code with no fallback ({}; {}:{} imports {}), {fails}",
         modules.len(),
         names.join(", "),
         first.file,
@@ -1230,7 +1254,7 @@ mod tests {
         let many: Vec<&NeededNative> = many.iter().collect();
         let line = left_out("numpy", &many);
         assert!(
-            line.starts_with("numpy: 5 of its native modules have no WASI build and were left out (a, b, c, ...); its code imports them with no fallback (numpy/_core/multiarray.py:1 imports a)"),
+            line.starts_with("numpy: 5 of the native modules left out of it (no WASI build) are imported by its code with no fallback (a, b, c, ...; numpy/_core/multiarray.py:1 imports a)"),
             "{line}"
         );
         assert!(!line.contains('\n'));
@@ -1311,9 +1335,27 @@ mod tests {
         record(&["__init__.py", "Fallback.py", "Named.py", "Other.py"]);
         let warnings = check_native_needed(p, &native, Asked::EachPackage).unwrap();
         assert!(warnings.contains("PIL/Other.py:3"), "{warnings}");
-        record(&["__init__.py", "Fallback.py", "Named.py"]);
+        // PyYAML's shape: a module that needs it outright, imported only
+        // by a guarded try; imported outright too, it is warned about.
+        std::fs::write(p.join("PIL/Optional.py"), "from ._imaging import x\n").unwrap();
+        std::fs::write(
+            p.join("PIL/Loader.py"),
+            "try:\n    from .Optional import *\nexcept ImportError:\n    pass\n",
+        )
+        .unwrap();
+        record(&[
+            "__init__.py",
+            "Fallback.py",
+            "Named.py",
+            "Optional.py",
+            "Loader.py",
+        ]);
         let warnings = check_native_needed(p, &native, Asked::EachPackage).unwrap();
         assert!(!warnings.contains("PIL/"), "{warnings}");
+        std::fs::write(p.join("PIL/User.py"), "from . import Optional\n").unwrap();
+        record(&["__init__.py", "Optional.py", "Loader.py", "User.py"]);
+        let warnings = check_native_needed(p, &native, Asked::EachPackage).unwrap();
+        assert!(warnings.contains("PIL/Optional.py:1"), "{warnings}");
         // Imported by the top-level module itself: the build stops.
         std::fs::write(p.join("PIL/__init__.py"), "from ._imaging import x\n").unwrap();
         let e = check_native_needed(p, &native, Asked::EachPackage).unwrap_err();
@@ -1484,6 +1526,17 @@ mod tests {
         let e = format!("{e:#}");
         assert!(e.contains("base.txt:2: `--editable=./lp`"), "{e}");
         assert!(e.contains("without `-e` (`./lp`)"), "{e}");
+    }
+
+    #[test]
+    fn a_version_conflict_keeps_pip_s_cause() {
+        let out = "Collecting flask\n\nThe conflict is caused by:\n    The user requested werkzeug==2.0.0\n    \
+                   flask 3.1.3 depends on werkzeug>=3.1.0\n\nTo fix this you could try to:\n";
+        assert_eq!(
+            conflict_cause(out),
+            Some("The conflict is caused by:\n    The user requested werkzeug==2.0.0\n    flask 3.1.3 depends on werkzeug>=3.1.0")
+        );
+        assert_eq!(conflict_cause("Collecting flask\n"), None);
     }
 
     #[test]

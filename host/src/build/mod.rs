@@ -272,6 +272,31 @@ fn check_output(out: &Path) -> Result<(), UserError> {
             out.display()
         ))
     };
+    // Where it goes: the nearest directory that exists must be one this
+    // process may write (a build takes seconds to minutes to find out).
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    let nearest = parent
+        .into_iter()
+        .flat_map(Path::ancestors)
+        .find(|p| p.as_os_str().is_empty() || std::fs::symlink_metadata(p).is_ok());
+    if let Some(dir) = nearest.filter(|p| !p.as_os_str().is_empty()) {
+        let cannot = |why: String| {
+            UserError(format!(
+                "-o {}: {} {why}; give -o a path in a directory you can write",
+                out.display(),
+                dir.display()
+            ))
+        };
+        if !dir.is_dir() {
+            return Err(cannot("is not a directory".into()));
+        }
+        if let Err(e) = rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
+            return Err(cannot(format!(
+                "cannot be written ({})",
+                std::io::Error::from(e)
+            )));
+        }
+    }
     match std::fs::metadata(out) {
         Err(_) => Ok(()),
         Ok(m) if m.is_dir() => Err(refuse("is a directory")),
@@ -411,8 +436,7 @@ pub async fn build(opts: &BuildOptions) -> Result<BuildReport> {
             // Renamed into place whole: a full disk or a crash keeps the
             // last good build, and a server reloading the file never reads
             // half of one.
-            cachefs::write_atomic(out, &component)
-                .with_context(|| format!("writing {}", out.display()))?;
+            cachefs::write_atomic(out, &component)?;
             out.clone()
         }
         None => cached,
@@ -495,9 +519,11 @@ impl Drop for WorkDir {
     }
 }
 
-/// Remove the scratch directories of builds still running as the process
-/// exits (their child processes die with it).
+/// End the pip runs of builds still running as the process exits, and
+/// remove their scratch directories (the pre-initialisation's child dies
+/// with the process by itself).
 pub fn remove_abandoned_work() {
+    deps::stop_all_running();
     let dirs = std::mem::take(&mut *WORK_DIRS.lock().unwrap_or_else(|e| e.into_inner()));
     for dir in dirs {
         let _ = std::fs::remove_dir_all(dir);
@@ -563,7 +589,13 @@ async fn generate(
     for (i, dir) in sources.iter().enumerate() {
         let copy = work.path().join("src").join((i + 1).to_string());
         std::fs::create_dir_all(&copy)?;
-        bundle::copy_files(dir, &copy, tree_of(i))?;
+        // A live build's own directories are mounted as they are at run
+        // time, and its key leaves their contents out: what they held now
+        // must not ship, or a later edit (a huge file removed) would be
+        // served the component built with it.
+        if !(opts.live && tree_of(i) == bundle::Tree::App) {
+            bundle::copy_files(dir, &copy, tree_of(i))?;
+        }
         python_path.push(copy);
     }
     let native: std::collections::BTreeMap<&str, &str> = resolved

@@ -135,38 +135,33 @@ def main():
         # The packages it ships under another name count as its own too
         # (Pillow's PIL, beautifulsoup4's bs4): the one the module is in.
         own = {normalize(dist), normalize(module.split(".")[0])}
-        for rel in sorted(owned.get(normalize(dist), [])):
-            try:
-                with open(os.path.join(site, rel), "rb") as f:
-                    tree = ast.parse(f.read(), rel)
-            except (OSError, SyntaxError, ValueError):
-                continue
+        files = own_files(site, owned.get(normalize(dist), []), own)
+        # Where each of the package's modules is imported, and whether
+        # every such import falls back: PyYAML's yaml/cyaml.py needs
+        # yaml._yaml outright, but only __init__'s guarded try imports it.
+        sites = {}
+        for rel, tree, package, _ in files:
+            for node, parents, in_function, conditional in walk(tree):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    safe = guarded(node, parents, aliases(tree)) or (conditional and not in_function)
+                    for name in imported(node, package):
+                        sites.setdefault(name, []).append(safe)
+        for rel, tree, package, name in files:
             parts = rel[:-3].split("/")
-            # Only the distribution's own package (cffi/api.py, PIL/Image.py),
-            # not its tests (pytest's conftest.py too) or a compatibility shim
-            # beside it (PyYAML's _yaml), which an app does not reach.
-            if normalize(parts[0]) not in own or parts[-1] == "conftest" or any(
-                p in ("test", "tests") or p.startswith("test_") for p in parts
-            ):
-                continue
-            is_init = parts[-1] == "__init__"
-            package = ".".join(parts[:-1])
             # The distribution's top-level module itself (brotli.py,
             # pydantic_core/__init__.py).
-            top = len(parts) == 1 or (len(parts) == 2 and is_init)
-            # (node, its parents, inside a function, under a module-level
-            # condition such as multidict's `if not USE_EXTENSIONS:`, a flag
-            # set by a guarded import elsewhere: not reported, as such a
-            # flag is how packages fall back).
+            top = len(parts) == 1 or (len(parts) == 2 and parts[-1] == "__init__")
+            reached_only_safely = not top and name in sites and all(sites[name])
             bound = aliases(tree)
-            stack = [(tree, [], False, False)]
-            while stack:
-                node, parents, in_function, conditional = stack.pop()
+            # (a module-level condition such as multidict's `if not
+            # USE_EXTENSIONS:`, a flag set by a guarded import elsewhere, is
+            # not reported, as such a flag is how packages fall back).
+            for node, parents, in_function, conditional in walk(tree):
                 if (
                     isinstance(node, (ast.Import, ast.ImportFrom))
                     and module in imported(node, package)
                     and not guarded(node, parents, bound)
-                    and (in_function or not conditional)
+                    and (in_function or not (conditional or reached_only_safely))
                 ):
                     print(json.dumps({
                         "module": module,
@@ -175,12 +170,43 @@ def main():
                         "line": node.lineno,
                         "top": top and not in_function,
                     }))
-                inner = in_function or isinstance(node, FUNCTIONS)
-                # A try whose every handler raises runs its body for sure.
-                certain = isinstance(node, ast.Try) and node.handlers and all(map(raises_again, node.handlers))
-                branch = conditional or (not in_function and isinstance(node, BRANCHES) and not certain)
-                for child in ast.iter_child_nodes(node):
-                    stack.append((child, [node] + parents, inner, branch))
 
+
+def own_files(site, rels, own):
+    """(path, tree, package, module name) of each file of the
+    distribution's own package (cffi/api.py, PIL/Image.py) that parses,
+    not its tests (pytest's conftest.py too) or a compatibility shim
+    beside it (PyYAML's _yaml), which an app does not reach."""
+    files = []
+    for rel in sorted(rels):
+        parts = rel[:-3].split("/")
+        if normalize(parts[0]) not in own or parts[-1] == "conftest" or any(
+            p in ("test", "tests") or p.startswith("test_") for p in parts
+        ):
+            continue
+        try:
+            with open(os.path.join(site, rel), "rb") as f:
+                tree = ast.parse(f.read(), rel)
+        except (OSError, SyntaxError, ValueError):
+            continue
+        is_init = parts[-1] == "__init__"
+        package = ".".join(parts[:-1])
+        files.append((rel, tree, package, package if is_init else ".".join(parts)))
+    return files
+
+
+def walk(tree):
+    """Every node with its parents, whether it is inside a function, and
+    whether a module-level branch holds it."""
+    stack = [(tree, [], False, False)]
+    while stack:
+        node, parents, in_function, conditional = stack.pop()
+        yield node, parents, in_function, conditional
+        inner = in_function or isinstance(node, FUNCTIONS)
+        # A try whose every handler raises runs its body for sure.
+        certain = isinstance(node, ast.Try) and node.handlers and all(map(raises_again, node.handlers))
+        branch = conditional or (not in_function and isinstance(node, BRANCHES) and not certain)
+        for child in ast.iter_child_nodes(node):
+            stack.append((child, [node] + parents, inner, branch))
 
 main()

@@ -8,6 +8,7 @@ use http::request::Parts;
 use http::uri::Authority;
 use http::{Method, StatusCode, Version};
 
+use crate::http::router::canonical_ipv6;
 use crate::runtime::environ::split_host;
 
 /// Why a request head is refused: the status and a short text for the page.
@@ -207,7 +208,12 @@ fn same_host(a: &str, b: &str, default_port: &str) -> bool {
         )
     };
     let ((name_a, port_a), (name_b, port_b)) = (parts(a), parts(b));
-    name_a.eq_ignore_ascii_case(name_b) && port_a == port_b
+    // An IPv6 literal has many spellings (`[0:0::1]`), as routing knows.
+    let same_name = match (canonical_ipv6(name_a), canonical_ipv6(name_b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => name_a.eq_ignore_ascii_case(name_b),
+    };
+    same_name && port_a == port_b
 }
 
 /// `Host = uri-host [ ":" port ]` (RFC 9110 §7.2), or empty when the
@@ -463,6 +469,10 @@ mod tests {
         );
         assert_eq!(
             verdict("GET", "http://x/a?b", Version::HTTP_11, &["x"]),
+            None
+        );
+        assert_eq!(
+            verdict("GET", "http://[::1]/p", Version::HTTP_11, &["[0:0::1]:80"]),
             None
         );
         assert_eq!(

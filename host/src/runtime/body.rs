@@ -261,8 +261,8 @@ pub struct ResponseBody {
     rx: Option<mpsc::UnboundedReceiver<Queued>>,
     taken: Arc<LastTaken>,
     hint: SizeHint,
-    /// An abort waiting for one more poll (see `poll_frame`).
-    abort: Option<BodyAbort>,
+    /// An abort held back a moment (see `poll_next`), with its timer.
+    abort: Option<(BodyAbort, Pin<Box<tokio::time::Sleep>>)>,
     /// How long a large chunk may wait for hyper to take its next piece
     /// before it is dropped (`None`: as long as it takes).
     stall: Option<Duration>,
@@ -404,6 +404,10 @@ fn next_of(rest: &mut Bytes, copied: bool) -> Bytes {
     piece
 }
 
+/// How long a failed response body waits before it fails (see
+/// `poll_next`): time for the connection to write what was queued.
+const FLUSH_BEFORE_ABORT: Duration = Duration::from_millis(20);
+
 fn stalled(stall: Duration) -> String {
     format!("the client took no response bytes for {stall:?}")
 }
@@ -472,7 +476,11 @@ impl Body for ResponseBody {
 
 impl ResponseBody {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyAbort>>> {
-        if let Some(abort) = self.abort.take() {
+        if let Some((_, delay)) = self.abort.as_mut() {
+            if std::future::Future::poll(delay.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            let (abort, _) = self.abort.take().expect("just seen");
             return Poll::Ready(Some(Err(abort)));
         }
         if let Some(first) = self.first.take() {
@@ -494,13 +502,13 @@ impl ResponseBody {
                 budget,
             })) => Poll::Ready(Some(Ok(Frame::data(self.hold(b, budget))))),
             Poll::Ready(Some(Queued { chunk: Err(e), .. })) => {
-                // hyper drops its unflushed write buffer when a body fails;
-                // return Pending once so it flushes the head and the bytes
-                // sent so far, then fail on the next poll.
+                // hyper drops its unflushed write buffer when a body fails,
+                // and HTTP/2 a reset stream's queued frames: the failure
+                // waits a moment, so the head and the bytes sent so far
+                // are written first (HTTP/2's by the connection's own task).
                 self.rx = None;
-                self.abort = Some(e);
-                cx.waker().wake_by_ref();
-                Poll::Pending
+                self.abort = Some((e, Box::pin(tokio::time::sleep(FLUSH_BEFORE_ABORT))));
+                self.poll_next(cx)
             }
             Poll::Ready(None) => {
                 self.rx = None;

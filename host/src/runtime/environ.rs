@@ -335,7 +335,12 @@ fn build_with(req: &RequestInfo<'_>, sep: char) -> Packer {
             );
         }
         _ => {
-            env.display("SERVER_NAME", req.local.ip());
+            // As a Host would name it: an IPv6 address in brackets, so a
+            // URL rebuilt from it (wsgiref's request_uri) is one.
+            match req.local.ip() {
+                std::net::IpAddr::V6(ip) => env.pair("SERVER_NAME", &format!("[{ip}]")),
+                ip => env.display("SERVER_NAME", ip),
+            }
             env.display("SERVER_PORT", req.local.port());
         }
     }
