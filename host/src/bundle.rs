@@ -146,58 +146,81 @@ pub fn freeze_dirs(dirs: &[PathBuf], cache: &Path) -> Result<Frozen> {
 }
 
 /// The lock of the live copy `dest`: shared (waiting for it), or
-/// exclusive if free now (an error if another holds it). Lock files stay
-/// when their copy goes: one unlinked while another process waits on it
-/// would let a third lock a new file of the same name, and both think
-/// they hold the copy.
+/// exclusive if free now (an error if another holds it). [`prune_live`]
+/// removes a lock file with its copy, while it holds it: a lock taken
+/// meanwhile on the file it removed guards nothing, so the name is
+/// looked at again once locked, and the lock taken anew on what it names.
 fn live_lock(dest: &Path, shared: bool) -> Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
     let path = dest.with_extension("lock");
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    if shared {
-        file.lock_shared()
-            .with_context(|| format!("locking {}", path.display()))?;
-    } else {
-        file.try_lock()
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("locking {}", path.display()))?;
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if shared {
+            file.lock_shared()
+                .with_context(|| format!("locking {}", path.display()))?;
+        } else {
+            file.try_lock()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("locking {}", path.display()))?;
+        }
+        let locked = file.metadata().map(|m| (m.dev(), m.ino()));
+        let named = std::fs::metadata(&path).map(|m| (m.dev(), m.ino()));
+        if let (Ok(locked), Ok(named)) = (locked, named) {
+            if locked == named {
+                return Ok(file);
+            }
+        }
     }
-    Ok(file)
 }
 
-/// Remove the live copies in `cache` no process holds ([`Frozen`]): every
-/// saved edit of a `--reload` app makes one, with all its files, so a long
-/// session would otherwise fill the disk. Returns how many were removed.
+/// Remove the live copies in `cache` no process holds ([`Frozen`]), with
+/// their lock files: every saved edit of a `--reload` app makes one, with
+/// all its files, so a long session would otherwise fill the disk.
+/// Returns how many copies were removed.
 pub fn prune_live(cache: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(cache.join("live")) else {
         return 0;
     };
     let mut removed = 0;
     for entry in entries.flatten() {
-        let path = entry.path();
         let name = entry.file_name();
-        let is_copy = name
-            .to_str()
-            .is_some_and(|n| n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit()));
-        if !is_copy || !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        // Held by a running version (here or in another process): kept.
-        let Ok(_unheld) = live_lock(&path, false) else {
+        let Some(name) = name.to_str() else { continue };
+        let is_hash = |n: &str| n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit());
+        let copy = if is_hash(name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            entry.path()
+        } else if let Some(stem) = name.strip_suffix(".lock").filter(|n| is_hash(n)) {
+            // A lock whose copy is gone (one an older version kept).
+            let copy = entry.path().with_file_name(stem);
+            if copy.exists() {
+                continue;
+            }
+            copy
+        } else {
             continue;
         };
-        match std::fs::remove_dir_all(&path) {
-            Ok(()) => removed += 1,
-            Err(e) => tracing::debug!("--reload: cannot remove {}: {e}", path.display()),
+        // Held by a running version (here or in another process): kept.
+        let Ok(_unheld) = live_lock(&copy, false) else {
+            continue;
+        };
+        if copy.exists() {
+            match std::fs::remove_dir_all(&copy) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::debug!("--reload: cannot remove {}: {e}", copy.display());
+                    continue;
+                }
+            }
         }
+        let _ = std::fs::remove_file(copy.with_extension("lock"));
     }
     removed
 }
@@ -1061,6 +1084,14 @@ mod tests {
         drop(held1);
         assert_eq!(prune_live(cache.path()), 1);
         assert!(!v1[0].exists() && v2[0].is_dir());
+        // Its lock file goes with it; the held version's stays, as does a
+        // lock left without its copy until it is pruned.
+        assert!(!v1[0].with_extension("lock").exists());
+        assert!(v2[0].with_extension("lock").exists());
+        let orphan = cache.path().join("live").join(format!("{:032x}.lock", 7));
+        std::fs::write(&orphan, "").unwrap();
+        assert_eq!(prune_live(cache.path()), 0);
+        assert!(!orphan.exists());
         // Made again if wanted again.
         std::fs::write(src.path().join("app.py"), "v1").unwrap();
         assert_eq!(freeze_dirs(&dirs, cache.path()).unwrap().dirs, v1);
