@@ -480,6 +480,15 @@ fn unchanged_builds_are_cache_hits_and_edits_rebuild_on_run() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("is not a WebAssembly file; refusing"), "{err}");
     assert!(std::fs::read_to_string(&source).unwrap().contains("first"));
+    // Nor a path where no file can go, refused before anything is built.
+    for (out, says) in [
+        (format!("{source}/x.wasm"), "is not a directory"),
+        (format!("{d}/out/"), "names a directory"),
+    ] {
+        let (code, _, err) = run_bin(&["build", "app:app", "-p", &d, "-o", &out]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(says) && !err.contains("building"), "{err}");
+    }
     // The output gets the mode the user's umask gives, as `cp` would (it
     // was 0600 whatever the umask, unreadable for a service's user).
     for (umask, mode) in [("022", 0o644), ("027", 0o640)] {

@@ -272,6 +272,13 @@ fn check_output(out: &Path) -> Result<(), UserError> {
             out.display()
         ))
     };
+    if out.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(UserError(format!(
+            "-o {}: names a directory; give -o a path for the component, like {}app.wasm",
+            out.display(),
+            out.display()
+        )));
+    }
     // Where it goes: the nearest directory that exists must be one this
     // process may write (a build takes seconds to minutes to find out).
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
@@ -718,6 +725,14 @@ async fn generate(
                 lines.join("\n")
             )));
         }
+        // A live build imports nothing of the app (each instance does,
+        // within --timeout): only linking and the libraries took so long.
+        Err(preinit::PreinitError::TimedOut(limit)) if opts.live => bail!(UserError(format!(
+            "{module}:{callable}: linking CPython and the app's dependencies did not finish \
+             within {}s (--build-timeout; the app itself is imported by each instance, within \
+             --timeout): give a longer --build-timeout on a busy machine",
+            limit.as_secs_f64()
+        ))),
         Err(preinit::PreinitError::TimedOut(limit)) => bail!(UserError(format!(
             "{module}:{callable}: linking, importing the app and its warm-up requests did not \
              finish within {}s (--build-timeout): look for an endless loop, a sleep or a wait \
