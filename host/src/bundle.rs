@@ -190,11 +190,11 @@ pub fn prune_live(cache: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(cache.join("live")) else {
         return 0;
     };
+    let is_hash = |n: &str| n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit());
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let is_hash = |n: &str| n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit());
         let copy = if is_hash(name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
             entry.path()
         } else if let Some(stem) = name.strip_suffix(".lock").filter(|n| is_hash(n)) {

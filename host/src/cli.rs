@@ -1,7 +1,7 @@
 //! Command-line flags (clap) and their translation into validated config.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -385,7 +385,7 @@ impl SourceArgs {
         // Made absolute now: `run --reload` builds again later, and a
         // relative path would lead through the working directory, which a
         // checkout that replaced it (`mv`, `git worktree`) leaves behind.
-        let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        let absolute = |p: &PathBuf| config::absolute(p);
         let mut deps = Vec::new();
         if let Some(r) = &self.requirements {
             deps.push(Source::Requirements(absolute(r)));
@@ -412,7 +412,12 @@ impl SourceArgs {
         };
         BuildOptions {
             target,
-            paths: self.paths.iter().map(absolute).collect(),
+            // `.` by default, made absolute as the others.
+            paths: if self.paths.is_empty() {
+                vec![config::absolute(Path::new("."))]
+            } else {
+                self.paths.iter().map(absolute).collect()
+            },
             deps,
             output,
             warmup,

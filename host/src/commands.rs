@@ -133,7 +133,7 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
             .unwrap_or(Path::new("."));
         // As the flags' paths: the directory it names now, not where a
         // relative one leads once a checkout replaced it.
-        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let dir = config::absolute(dir);
         let mut opts = args
             .source
             .build_options(format!("{module}:{callable}"), None, cache);

@@ -209,6 +209,12 @@ pub fn check_env_var(name: &str, value: &str) -> Result<(), ConfigError> {
 /// The most a config file (tenants file, env file) may hold.
 const MAX_CONFIG_FILE: u64 = 16 << 20;
 
+/// `p` made absolute against the working directory of now (lexically:
+/// symlinks stay), or as it is if there is none.
+pub fn absolute(p: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
 /// Read the config file `path` as text (see [`read_small_file`]).
 pub fn read_config_file(path: &std::path::Path) -> std::io::Result<String> {
     String::from_utf8(read_small_file(path)?).map_err(|e| {

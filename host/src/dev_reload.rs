@@ -13,7 +13,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use crate::build::deps::Source;
 use crate::build::{self, BuildOptions, BuildReport};
 use crate::bundle;
-use crate::config::DirGrant;
+use crate::config::{absolute, DirGrant};
 
 /// A burst of changes (an editor writing a temp file, then renaming it;
 /// `git checkout` touching many files) ends when nothing changed for this
@@ -117,10 +117,6 @@ fn in_unshipped_dir(root: &Path, path: &Path) -> bool {
         .skip(1)
         .take_while(|a| *a != root && a.starts_with(root))
         .any(|a| bundle::marked_unshipped(a).is_some())
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
 }
 
 /// Bursts of relevant changes, as they end.

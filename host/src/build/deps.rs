@@ -157,8 +157,13 @@ fn output(cmd: &mut Command) -> std::io::Result<Output> {
 /// End build `id`'s pip runs under way, with what they started: the build
 /// was interrupted or ran out of time.
 pub fn stop_running(id: u64) {
-    let running = RUNNING.lock().expect("running lock");
-    for &(_, group) in running.iter().filter(|r| r.0 == id) {
+    stop_where(|build| build == id);
+}
+
+/// Kill the process group of every pip run of a build `which` picks.
+fn stop_where(which: impl Fn(u64) -> bool) {
+    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    for &(_, group) in running.iter().filter(|r| which(r.0)) {
         if let Some(pid) = rustix::process::Pid::from_raw(group) {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
@@ -177,12 +182,7 @@ fn conflict_cause(stdout: &str) -> Option<&str> {
 /// runs in a process group of its own, which the terminal's Ctrl-C does
 /// not reach.
 pub fn stop_all_running() {
-    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-    for &(_, group) in running.iter() {
-        if let Some(pid) = rustix::process::Pid::from_raw(group) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
-    }
+    stop_where(|_| true);
 }
 
 /// Prepare `source` in `cache` (or reuse what an earlier build prepared).
