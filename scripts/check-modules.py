@@ -14,7 +14,7 @@ SRC = next((a for a in sys.argv[1:] if not a.startswith("-")),
 # a lower layer, and of its own layer except the middle one, where the
 # build pipeline and the runtime stay apart.
 LAYERS = {
-    "allocator": 0, "bundle": 0, "bus_error": 0, "cachefs": 0, "digests": 0, "latin1": 0, "config": 0, "env_file": 0, "error": 0, "protocol": 0, "metrics": 0, "scratch": 0, "log_filter": 0, "tree_counts": 0,
+    "allocator": 0, "bundle": 0, "bus_error": 0, "cachefs": 0, "digests": 0, "latin1": 0, "config": 0, "env_file": 0, "error": 0, "protocol": 0, "metrics": 0, "scratch": 0, "log_filter": 0, "log_writer": 0, "tree_counts": 0,
     "runtime": 1, "build": 1,
     "http": 2,
     "tenants": 3, "cli": 3, "commands": 3, "dev_reload": 3, "lib": 3,

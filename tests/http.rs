@@ -826,6 +826,52 @@ fn a_client_that_stops_reading_is_cut_off_at_the_stall_time() {
     assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
 }
 
+/// Large chunks held for clients still taking them count against one
+/// process-wide limit: clients that read slowly (or not at all) cannot
+/// make the host hold 16 MB per response they ask for without end. A
+/// response that finds no room within the stall time gets a 503; room
+/// comes back when the holder's client leaves.
+#[test]
+fn large_chunks_held_for_slow_clients_share_one_limit() {
+    let s = Server::start(
+        &router(),
+        &["--max-response-buffer", "20MiB", "--header-timeout", "1s"],
+    );
+    let mut slow = small_window_connection(s.addr, 8192);
+    slow.write_all(b"GET /one-chunk?16000000,return HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = std::thread::spawn({
+        let reading = reading.clone();
+        move || {
+            // 8 KB/s: shown to be reading, so never cut as stalled.
+            let mut buf = vec![0u8; 2048];
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                assert!(slow.read(&mut buf).unwrap() > 0);
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let r = client()
+        .get(s.url("/one-chunk?16000000,return"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().unwrap().contains("slow clients"));
+    s.wait_for_log("answered 503: responses waiting for their clients held all 20 MiB");
+    // Small responses are not held back.
+    assert_eq!(get(&s, "/").0, 200);
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    let r = client()
+        .get(s.url("/one-chunk?16000000,return"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().len(), 16_000_000);
+}
+
 #[test]
 fn a_slow_reader_that_keeps_taking_bytes_gets_the_whole_response() {
     let s = Server::start(&router(), &["--header-timeout", "3s"]);

@@ -960,7 +960,13 @@ fn a_tenant_flooding_its_output_is_rate_limited() {
             hello().display()
         ),
     );
-    let s = serve(&config);
+    let s = Server::start_with(&[
+        "serve",
+        &config.display().to_string(),
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let ops = s.logged_addr("metrics on ");
     // 10 MB of output: the app is not slowed or failed, its log is capped.
     let t = Instant::now();
     assert_eq!(
@@ -983,6 +989,18 @@ fn a_tenant_flooding_its_output_is_rate_limited() {
     assert!(
         logged >= 128 && logged <= at_most,
         "{logged} lines logged in {took:.1} s (at most {at_most})"
+    );
+    // The bytes dropped are counted per tenant, each line as the app
+    // wrote it (99 bytes and its newline).
+    let text = scrape(ops);
+    let dropped = series(
+        &text,
+        "rsgi_wasm_guest_output_dropped_bytes_total{tenant=\"loud\"}",
+    );
+    let lines = dropped / 100.0;
+    assert!(
+        lines.fract() == 0.0 && lines >= (100_000 - at_most) as f64 && lines <= 100_000.0 - 128.0,
+        "{dropped} bytes dropped\n{text}"
     );
     // When output fits again, what was dropped is counted in the log.
     std::thread::sleep(Duration::from_secs(2));
@@ -1094,8 +1112,8 @@ fn files_sent_for_file_wrapper_are_capped_apart_from_the_app_s_own_opens() {
 }
 
 /// Each app's cap does not stop apps together from taking every
-/// descriptor of the process: guests get at most half of its limit, and
-/// the server keeps accepting.
+/// descriptor of the process: guests get at most half of its limit (an
+/// app granted more is warned of at start), and the server keeps accepting.
 #[test]
 fn apps_together_get_at_most_half_the_process_s_open_files() {
     let component = router();
@@ -1110,6 +1128,8 @@ fn apps_together_get_at_most_half_the_process_s_open_files() {
             "127.0.0.1:9",
         ],
     );
+    // Said at start, before any open fails.
+    s.wait_for_log("max_open_files 5000 is above the 200 files all apps may hold");
     let r = get_json(&s, "/open-many?/1/app.py,5000");
     assert_eq!(r["errno"], "ENOMEM", "{r}");
     assert!(r["opened"].as_u64().unwrap() <= 200, "{r}");
@@ -1120,6 +1140,35 @@ fn apps_together_get_at_most_half_the_process_s_open_files() {
     for _ in 0..20 {
         assert_eq!(get(&s, "/").0, 200);
     }
+}
+
+/// A log reader that stops reading (a busy journald, a log shipper
+/// backed up) fills the server's stderr pipe: requests go on being
+/// served, lines past the log's queue are dropped and counted, and the
+/// drop is said once the reader takes lines again.
+#[test]
+fn a_log_reader_that_stops_reading_does_not_stop_the_server() {
+    let s = Server::start(
+        &router(),
+        &["--log-rate", "1GiB", "--metrics", "127.0.0.1:0"],
+    );
+    let ops = s.logged_addr("metrics on ");
+    s.pause_log_reading(true);
+    // About 40 MB of log lines: past the pipe's 64 KiB and the queue's
+    // 16 MiB. Before, the first few hundred lines blocked every request.
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    for _ in 0..25 {
+        let r = client.get(s.url("/flood?10000")).send().unwrap();
+        assert_eq!(r.text().unwrap(), "flooded");
+    }
+    let dropped = series(&scrape(ops), "rsgi_wasm_log_lines_dropped_total");
+    assert!(dropped > 0.0, "nothing dropped");
+    s.pause_log_reading(false);
+    s.wait_for_log("log lines (");
+    assert!(s.logs().contains("were dropped: stderr did not take them"));
 }
 
 #[test]
@@ -1370,23 +1419,27 @@ fn idle_keep_alive_connections_are_closed() {
 }
 
 /// A connection on which no request begins, because the client sends
-/// nothing or only part of the HTTP/2 preface, is closed at the header
-/// timeout instead of holding its slot: with every slot taken by such
+/// nothing, only part of the HTTP/2 preface or part of a head, is closed
+/// at the header timeout instead of holding its slot: with every slot taken by such
 /// clients, a real one is served once they are gone.
 #[test]
 fn connections_without_a_request_are_closed_at_the_header_timeout() {
     let s = Server::start(
         &router(),
-        &["--header-timeout", "1s", "--max-connections", "2"],
+        &["--header-timeout", "1s", "--max-connections", "3"],
     );
-    let silent: Vec<_> = [&b""[..], b"PRI * HTTP/2.0\r\n"]
-        .into_iter()
-        .map(|sent| {
-            let (mut w, r) = connect(s.addr);
-            w.write_all(sent).unwrap();
-            (w, r)
-        })
-        .collect();
+    let silent: Vec<_> = [
+        &b""[..],
+        b"PRI * HTTP/2.0\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n",
+    ]
+    .into_iter()
+    .map(|sent| {
+        let (mut w, r) = connect(s.addr);
+        w.write_all(sent).unwrap();
+        (w, r)
+    })
+    .collect();
     let served = std::thread::spawn({
         let url = s.url("/");
         move || client().get(url).send().map(|r| r.status().as_u16())
@@ -1402,6 +1455,16 @@ fn connections_without_a_request_are_closed_at_the_header_timeout() {
         }
     }
     assert_eq!(served.join().unwrap().unwrap(), 200);
+    // The head begun and never finished (a slow-headers attack's way of
+    // holding a slot) is logged and counted as a 408; the silent ones,
+    // like idle keep-alive connections, are not.
+    s.wait_for_log("\"- -\" 408");
+    let logs = s.logs();
+    assert_eq!(
+        logs.matches("no complete request head within 1s").count(),
+        1,
+        "{logs}"
+    );
 }
 
 /// A client that stops sending its body, or stops reading the response,

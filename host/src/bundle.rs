@@ -486,10 +486,10 @@ pub fn hash_dir(hasher: &mut Sha256, dir: &Path, tree: Tree) -> Result<u64> {
 /// file keeps its source's modification time, which frameworks compare
 /// (Django's collectstatic, `Last-Modified` and the `ETag`s of Flask's
 /// `send_file`): a rebuilt file must not look unchanged.
-pub fn pack(roots: &[(String, PathBuf, Tree)]) -> Result<(Vec<u8>, usize)> {
+pub fn pack(roots: &[(String, PathBuf, Tree)]) -> Result<Packed> {
     let encoder = zstd::Encoder::new(Vec::new(), 3)?;
     let mut tar = tar::Builder::new(encoder);
-    let mut count = 0;
+    let (mut files, mut bytes) = (0, 0u64);
     for (root, dir, tree) in roots {
         for rel in files_seen_as(dir, *tree, Some(root))? {
             let src = dir.join(&rel);
@@ -501,11 +501,26 @@ pub fn pack(roots: &[(String, PathBuf, Tree)]) -> Result<(Vec<u8>, usize)> {
             header.set_entry_type(tar::EntryType::Regular);
             tar.append_data(&mut header, Path::new(root).join(&rel), data.as_slice())
                 .with_context(|| format!("packing {}", src.display()))?;
-            count += 1;
+            files += 1;
+            bytes += data.len() as u64;
         }
     }
     let archive = tar.into_inner()?.finish()?;
-    Ok((archive, count))
+    Ok(Packed {
+        archive,
+        files,
+        bytes,
+    })
+}
+
+/// What [`pack`] made.
+pub struct Packed {
+    /// The compressed archive.
+    pub archive: Vec<u8>,
+    /// Files in it.
+    pub files: usize,
+    /// Their bytes, as unpacking counts them against `--max-unpacked`.
+    pub bytes: u64,
 }
 
 /// `path`'s modification time in whole seconds since the epoch; 1 where
@@ -1015,7 +1030,9 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("zeros.dat"), vec![0u8; 3 << 20]).unwrap();
         std::fs::write(src.path().join("app.py"), "x = 1\n").unwrap();
-        let (archive, _) = pack(&[("1".into(), src.path().to_path_buf(), Tree::App)]).unwrap();
+        let archive = pack(&[("1".into(), src.path().to_path_buf(), Tree::App)])
+            .unwrap()
+            .archive;
         // Compressed, the 3 MiB of zeros take a few hundred bytes.
         assert!(archive.len() < 64 << 10, "{}", archive.len());
         let mut component = b"\0asm\x0d\x00\x01\x00".to_vec();
@@ -1204,7 +1221,8 @@ mod tests {
         .collect();
         assert_eq!(files(src.path(), Tree::Packages).unwrap(), packages);
 
-        let (archive, count) = pack(&[("1".into(), src.path().to_path_buf(), Tree::App)]).unwrap();
+        let packed = pack(&[("1".into(), src.path().to_path_buf(), Tree::App)]).unwrap();
+        let (archive, count) = (packed.archive, packed.files);
         assert_eq!(count, 1);
         let mut component = b"\0asm\x0d\x00\x01\x00".to_vec();
         append(&mut component, &archive);
@@ -1237,11 +1255,12 @@ mod tests {
         // shares the tree on disk.
         let extra = tempfile::tempdir().unwrap();
         std::fs::write(extra.path().join("other.py"), "y = 2\n").unwrap();
-        let (archive, _) = pack(&[
+        let archive = pack(&[
             ("1".into(), src.path().to_path_buf(), Tree::App),
             ("2".into(), extra.path().to_path_buf(), Tree::App),
         ])
-        .unwrap();
+        .unwrap()
+        .archive;
         let mut second = b"\0asm\x0d\x00\x01\x00".to_vec();
         append(&mut second, &archive);
         let digest2 = super::digest(&mut second.as_slice()).unwrap();

@@ -186,6 +186,11 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command serves requests (`run`, `serve`).
+    pub fn serves(&self) -> bool {
+        matches!(self, Command::Run(_) | Command::Serve(_))
+    }
+
     /// Whether log lines are JSON (`--log-format json`).
     pub fn json_logs(&self) -> bool {
         match self {
@@ -248,6 +253,12 @@ pub struct HttpArgs {
     /// Open connections at most (more wait in the accept backlog).
     #[arg(long, default_value = config::DEFAULT_MAX_CONNECTIONS, value_parser = config::count_in(config::MAX_CONNECTIONS))]
     pub max_connections: u64,
+    /// Bytes of large response chunks (over 64 KiB) all responses together
+    /// may hold for clients still taking them; past it an app's response
+    /// waits for room, up to --header-timeout, then gets a 503 (or is cut
+    /// short, if its head was out).
+    #[arg(long, value_name = "SIZE", default_value = config::DEFAULT_MAX_RESPONSE_BUFFER, value_parser = config::size_in(config::MAX_RESPONSE_BUFFER))]
+    pub max_response_buffer: u64,
     /// Peers allowed to set the URL scheme via X-Forwarded-Proto or
     /// Forwarded: comma-separated IPs and networks, or * for any.
     #[arg(long, env = "FORWARDED_ALLOW_IPS", default_value = config::DEFAULT_FORWARDED_ALLOW, value_parser = config::parse_trusted)]

@@ -23,6 +23,7 @@ use crate::http::server::{self, Site};
 use crate::http::static_files::StaticFiles;
 use crate::http::tls::{self, TenantCert};
 use crate::metrics;
+use crate::runtime::body;
 use crate::runtime::cpu::CpuScheduler;
 use crate::runtime::engine::{self, Loader};
 use crate::runtime::instance_slots::Allocation;
@@ -66,6 +67,8 @@ async fn build_and_report(opts: &BuildOptions) -> Result<build::BuildReport> {
     // A cached build's lines are its warm-up's, when it was built.
     let when = if report.cached { " (when built)" } else { "" };
     // Progress only: a stderr that cannot be written must not fail the build.
+    // After the log lines before it (`run` from source queues them).
+    crate::log_writer::drain(Duration::from_secs(1));
     let mut err = std::io::stderr().lock();
     for line in &report.warmup {
         // They quote what the app printed while imported: it must not
@@ -429,6 +432,7 @@ async fn start_ops(http: &HttpArgs, listen: SocketAddr) -> Result<bool> {
 }
 
 async fn run_command(args: RunArgs) -> Result<()> {
+    body::limit_held(args.http.max_response_buffer as usize);
     let (server_cfg, grants, limits) = args.split()?;
     let tls = tls_for(&args.http, &[])?;
     // SIGHUP reloads the certificates and restarts the app, as gunicorn's
@@ -1062,6 +1066,7 @@ impl Fits {
 
 async fn serve_command(args: ServeArgs) -> Result<()> {
     let t0 = Instant::now();
+    body::limit_held(args.http.max_response_buffer as usize);
     // First: a SIGHUP during a long start (thousands of apps, --preload)
     // must not kill the server (the signal's default action, which
     // systemd's `Restart=on-failure` takes for a clean stop). One that

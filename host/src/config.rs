@@ -303,6 +303,8 @@ pub const DEFAULT_GRACE: &str = "30s";
 pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
 /// `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: &str = "10000";
+/// `--max-response-buffer`.
+pub const DEFAULT_MAX_RESPONSE_BUFFER: &str = "256MiB";
 /// `serve --max-loaded`.
 pub const DEFAULT_MAX_LOADED: &str = "1000";
 /// `--max-unpacked`: the files one component may unpack into the cache.
@@ -414,6 +416,11 @@ pub const QUEUE: Bounds<u64> = Bounds {
 pub const MAX_LOADED: Bounds<u64> = Bounds {
     min: 1,
     max: 1_000_000,
+};
+/// `--max-response-buffer`: room for one 1 MiB chunk, up to 1 TiB.
+pub const MAX_RESPONSE_BUFFER: Bounds<u64> = Bounds {
+    min: 1 << 20,
+    max: 1 << 40,
 };
 /// `--max-connections`.
 pub const MAX_CONNECTIONS: Bounds<u64> = Bounds {

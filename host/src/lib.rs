@@ -10,7 +10,7 @@
 //!
 //! `config` (validated settings), `error` (the user-facing error),
 //! `protocol` (what host and guest agree on), `allocator`, `bundle` (with `tree_counts`), `bus_error`, `cachefs`, `digests`,
-//! `scratch` and `latin1` are shared below all of them. `docs/architecture.md` walks one request through them;
+//! `log_writer`, `scratch` and `latin1` are shared below all of them. `docs/architecture.md` walks one request through them;
 //! `scripts/check-modules.py` checks the layering and that no two modules
 //! import each other.
 
@@ -29,6 +29,7 @@ mod error;
 mod http;
 mod latin1;
 mod log_filter;
+mod log_writer;
 mod metrics;
 mod protocol;
 mod runtime;
@@ -127,8 +128,16 @@ pub fn main() -> ExitCode {
     // loses its lines, not the server: the subscriber's own report of the
     // failure would go to the same stderr with `eprintln!`, which panics
     // the thread serving the request.
+    // The servers' lines are queued for a thread of their own
+    // (`log_writer`); a build's or an exec's go straight out.
+    let serves = cli.command.serves();
+    let writer = if serves {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(log_writer::Queued)
+    } else {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    };
     let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .log_internal_errors(false)
         .with_env_filter(filter);
     if cli.command.json_logs() {
@@ -166,6 +175,9 @@ pub fn main() -> ExitCode {
     // The runtime is gone, and with it every instance's and app's /tmp.
     build::remove_abandoned_work();
     scratch::finish();
+    if serves {
+        log_writer::drain(EXIT_WAIT);
+    }
     match outcome {
         Ok(status) => ExitCode::from(status),
         Err(e) => {

@@ -118,6 +118,7 @@ struct Metrics {
     load_failures: Family<Tenant, Counter>,
     quota_refusals: Family<Tenant, Counter>,
     open_files_refusals: Family<Tenant, Counter>,
+    guest_output_dropped: Family<Tenant, Counter>,
     components: Gauge,
     core_modules: Gauge,
     listed: Gauge,
@@ -162,6 +163,10 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| Mutex::new(Metrics::
 /// it starts eagerly (`/readyz`).
 pub static READY: AtomicBool = AtomicBool::new(false);
 
+/// Log lines dropped because stderr did not take them (`log_writer`):
+/// counted with no lock, as a line may be logged while one is held.
+pub static LOG_LINES_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
 /// Whether the process is shutting down (`/readyz` then fails, so a load
 /// balancer stops sending it traffic while in-flight requests finish).
 pub static DRAINING: AtomicBool = AtomicBool::new(false);
@@ -189,6 +194,7 @@ impl Metrics {
             load_failures: Family::default(),
             quota_refusals: Family::default(),
             open_files_refusals: Family::default(),
+            guest_output_dropped: Family::default(),
             components: Gauge::default(),
             core_modules: Gauge::default(),
             listed: Gauge::default(),
@@ -292,6 +298,11 @@ impl Metrics {
             m.open_files_refusals.clone(),
         );
         registry.register(
+            "guest_output_dropped_bytes",
+            "Bytes of the tenant's stdout and stderr dropped past its log_rate",
+            m.guest_output_dropped.clone(),
+        );
+        registry.register(
             "components_loaded",
             "Distinct compiled components in memory",
             m.components.clone(),
@@ -331,6 +342,11 @@ impl Metrics {
             "Bytes of TLS records the tenant's guests sent and received through the host's TLS",
             m.outbound_tls_bytes.clone(),
         );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stderr did not take them as fast as they came (a stalled or slow log reader); requests are served meanwhile",
+            LOG_LINES_DROPPED.clone(),
+        );
         // The process-wide counters start at 0, so an alert on their
         // increase sees the first event too.
         for result in ["ok", "failed"] {
@@ -366,6 +382,7 @@ impl Metrics {
             &self.load_failures,
             &self.quota_refusals,
             &self.open_files_refusals,
+            &self.guest_output_dropped,
         ] {
             family.remove(&t);
         }
@@ -464,6 +481,17 @@ pub fn open_files_refusals(name: &str) -> Counter {
     let tenant = label_value(name);
     with(|m| {
         m.open_files_refusals
+            .get_or_create(&Tenant { tenant })
+            .clone()
+    })
+}
+
+/// The counter of bytes of tenant `name`'s output dropped past its
+/// `log_rate`.
+pub fn guest_output_dropped(name: &str) -> Counter {
+    let tenant = label_value(name);
+    with(|m| {
+        m.guest_output_dropped
             .get_or_create(&Tenant { tenant })
             .clone()
     })

@@ -194,6 +194,8 @@ pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
     logs: Arc<Mutex<String>>,
+    /// While set, its stderr is not read (a log reader that stalled).
+    logs_paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Server {
@@ -253,8 +255,13 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
+        let logs_paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let paused = logs_paused.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
+                while paused.load(std::sync::atomic::Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 let Ok(line) = line else { break };
                 if let Some(rest) = line
                     .split("listening on http://")
@@ -277,7 +284,19 @@ impl Server {
                 panic!("server did not start:\n{}", logs.lock().unwrap());
             }
         };
-        Server { child, addr, logs }
+        Server {
+            child,
+            addr,
+            logs,
+            logs_paused,
+        }
+    }
+
+    /// Stop reading the server's stderr (or read it again): its pipe
+    /// fills, as behind a log reader that stalled.
+    pub fn pause_log_reading(&self, paused: bool) {
+        self.logs_paused
+            .store(paused, std::sync::atomic::Ordering::Release);
     }
 
     /// The address logged as `{what}http://ADDR/...` (e.g. `metrics on `).

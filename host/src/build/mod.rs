@@ -762,11 +762,16 @@ async fn generate(
             .skip(1)
             .map(|(i, dir)| (i.to_string(), dir.clone(), tree_of(i - 1))),
     );
-    let (archive, count) = bundle::pack(&roots)?;
+    let packed = bundle::pack(&roots)?;
     tracing::info!(
-        "packed {count} files ({:.1} MB compressed) for run-time imports and reads",
-        archive.len() as f64 / 1e6
+        "packed {} files ({:.1} MB compressed) for run-time imports and reads",
+        packed.files,
+        packed.archive.len() as f64 / 1e6
     );
+    if let Some(warning) = past_default_unpack(packed.bytes) {
+        tracing::warn!("{warning}");
+    }
+    let archive = packed.archive;
     let component =
         std::fs::read(&tmp_out).with_context(|| format!("reading {}", tmp_out.display()))?;
     let mut component = free_lists::mend(&component)?;
@@ -793,6 +798,22 @@ async fn generate(
             .with_context(|| format!("caching the build's report in {}", builds.display()))?;
     }
     Ok(component)
+}
+
+/// What every start would refuse with the defaults, said at build time:
+/// a component whose files (`bytes`) pass `--max-unpacked`'s default.
+fn past_default_unpack(bytes: u64) -> Option<String> {
+    let default = crate::config::parse_size(crate::config::DEFAULT_MAX_UNPACKED)
+        .expect("the default --max-unpacked parses");
+    let mib = bytes.div_ceil(1 << 20);
+    (bytes > default).then(|| {
+        format!(
+            "the component ships {mib} MiB of files, more than `run`, `serve` and `exec` unpack \
+             by default ({} MiB): start them with --max-unpacked {mib}MiB or more, or leave out \
+             what the app does not need (data, a virtualenv, tests)",
+            default >> 20
+        )
+    })
 }
 
 /// Await a long step, logging every few seconds that it is still running.
@@ -862,6 +883,14 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_build_past_the_default_unpack_cap_says_which_flag_starts_it() {
+        assert_eq!(past_default_unpack(1 << 30), None);
+        let said = past_default_unpack((1 << 30) + 1).unwrap();
+        assert!(said.contains("ships 1025 MiB"), "{said}");
+        assert!(said.contains("--max-unpacked 1025MiB"), "{said}");
+    }
 
     #[test]
     fn targets_are_checked() {

@@ -29,6 +29,8 @@ pub struct Activity {
     open_http1: AtomicUsize,
     /// An HTTP/1.0 request came: its response may end only with the close.
     close_delimited: AtomicBool,
+    /// An HTTP/2 request came: the connection is HTTP/2's.
+    http2: AtomicBool,
 }
 
 impl Activity {
@@ -42,6 +44,7 @@ impl Activity {
             open: AtomicUsize::new(0),
             open_http1: AtomicUsize::new(0),
             close_delimited: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
         })
     }
 
@@ -51,7 +54,9 @@ impl Activity {
     pub fn begin(self: &Arc<Self>, http2: bool) -> InFlight {
         self.begun.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::AcqRel);
-        if !http2 {
+        if http2 {
+            self.http2.store(true, Ordering::Relaxed);
+        } else {
             self.open_http1.fetch_add(1, Ordering::AcqRel);
         }
         self.app_turn.fetch_add(1, Ordering::AcqRel);
@@ -83,6 +88,11 @@ impl Activity {
     /// Whether any request began on the connection.
     pub fn began(&self) -> bool {
         self.begun.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether an HTTP/2 request came on the connection.
+    pub fn saw_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 
     /// When the connection will have been idle for `limit`, if nothing

@@ -49,6 +49,13 @@ const HTTP2_MAX_ERROR_RESETS: usize = 1024;
 /// after it was asked to, at its idle deadline.
 const NO_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
+/// How long after `deadline` hyper's own header timer fires: after the
+/// idle check's ask to close (at `deadline`), before its give-up (one
+/// grace later, at least `min(deadline, NO_REQUEST_GRACE)`).
+fn head_timer_margin(deadline: Duration) -> Duration {
+    deadline.min(NO_REQUEST_GRACE) / 2
+}
+
 /// How much of a request body an HTTP/2 client may send before the app
 /// reads it: the protocol's own initial window.
 const HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
@@ -155,7 +162,10 @@ pub async fn serve(
         // answer: without this, hyper would take that EOF as the
         // connection's end and drop the response.
         .half_close(true)
-        .header_read_timeout(cfg.header_timeout)
+        // Later than the connection's own idle check (`drive`), which
+        // asks an idle connection to close first: one still reading a
+        // head then ends by this timer, or is dropped, and is logged.
+        .header_read_timeout(cfg.header_timeout + head_timer_margin(cfg.header_timeout))
         // Room past the head limit, so hyper always reads a whole request
         // line and answers an over-long URI 414 whatever the read pattern
         // (the auto builder's protocol sniffing changes it); the head limit
@@ -466,6 +476,9 @@ async fn drive<C>(
     tokio::pin!(conn);
     // A graceful end was asked for (shutdown, or idle).
     let mut asked = false;
+    // Asked for being idle, with no request in flight: an HTTP/1
+    // connection that does not end at once is reading a head.
+    let mut asked_idle = false;
     // Idle, it was asked to end; dropped if it has not by then.
     let mut give_up: Option<tokio::time::Instant> = None;
     // What the client had taken by two moments: `base`, at least half a
@@ -502,6 +515,8 @@ async fn drive<C>(
                         // place such a cut is told (the body's watch and
                         // the socket's deadline log their own).
                         tracing::info!(%peer, "response cut short: the connection was idle (its client took nothing) and did not end {deadline:?} after it was asked to; dropped");
+                    } else if asked_idle && !activity.saw_http2() {
+                        head_not_complete(peer, deadline);
                     } else {
                         tracing::debug!(%peer, "did not end {deadline:?} after it was asked to; dropped");
                     }
@@ -531,6 +546,7 @@ async fn drive<C>(
                     }
                     conn.as_mut().graceful_shutdown();
                     asked = true;
+                    asked_idle = true;
                     // With no request ever begun nothing is in flight to
                     // finish: time to read the GOAWAY, no more (a client
                     // that never sent its HTTP/2 preface, over TLS with h2
@@ -546,6 +562,11 @@ async fn drive<C>(
         }
     };
     if let Err(e) = ended {
+        let hyper_error = e.downcast_ref::<hyper::Error>();
+        if asked_idle && hyper_error.is_some_and(hyper::Error::is_timeout) {
+            head_not_complete(peer, deadline);
+            return;
+        }
         // A response body cut short (the app failed after its head, the
         // body fell short of its length): over HTTP/1 the connection ends
         // there, and a reset rather than an orderly close keeps a response
@@ -553,13 +574,10 @@ async fn drive<C>(
         // from looking whole. HTTP/1.1's are chunked or have a length, so
         // an orderly close tells the client as much, and loses nothing
         // still queued for it.
-        if activity.close_delimited()
-            && e.downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_user)
-        {
+        if activity.close_delimited() && hyper_error.is_some_and(hyper::Error::is_user) {
             delivered.reset_at_close();
         }
-        match e.downcast_ref::<hyper::Error>().and_then(parser_answer) {
+        match hyper_error.and_then(parser_answer) {
             Some(status) => crate::http::access::refused_head(peer.ip(), status),
             // The socket's write deadline (`write_deadline.rs`) can end a
             // stalled response before its body's own watch does: the
@@ -570,6 +588,15 @@ async fn drive<C>(
             },
         }
     }
+}
+
+/// A client that began a request head (or an HTTP/2 preface) and did not
+/// finish it within `deadline`: a slow-headers attack holds connection
+/// slots this way, so each is logged and counted, as a 408 (nothing is
+/// sent: hyper has no way to answer a head it has not read).
+fn head_not_complete(peer: SocketAddr, deadline: Duration) {
+    tracing::info!(%peer, "no complete request head within {deadline:?} (--header-timeout): connection closed, nothing answered");
+    crate::http::access::refused_head(peer.ip(), 408);
 }
 
 /// The write deadline's error in `e`'s chain, if that is what ended it.

@@ -38,11 +38,43 @@ type Chunk = Result<Bytes, BodyAbort>;
 /// client costs little memory per response.
 pub const BODY_BUDGET: usize = 64 * 1024;
 
-/// A chunk on its way to hyper, holding its share of the budget until
-/// hyper takes it (its last piece, for a chunk over [`PIECE`]).
+/// Bytes of large chunks (over [`BODY_BUDGET`]) all responses together may
+/// hold in the host while their clients take them (`--max-response-buffer`):
+/// the per-response budget lets one such chunk through whole, and the app
+/// that made it moves on, so without this clients that do not read held
+/// 16 MiB for each response they asked for, 1.7 GB on one HTTP/2
+/// connection (round CW). Set by [`limit_held`]; the flag's default
+/// until then.
+static HELD: std::sync::OnceLock<(Arc<Semaphore>, usize)> = std::sync::OnceLock::new();
+
+/// Set the process's limit on held bytes, once, before serving.
+pub fn limit_held(bytes: usize) {
+    let bytes = bytes.clamp(1, Semaphore::MAX_PERMITS);
+    let _ = HELD.set((Arc::new(Semaphore::new(bytes)), bytes));
+}
+
+fn held() -> &'static (Arc<Semaphore>, usize) {
+    HELD.get_or_init(|| {
+        let bytes = crate::config::parse_size(crate::config::DEFAULT_MAX_RESPONSE_BUFFER)
+            .expect("the default --max-response-buffer parses") as usize;
+        (Arc::new(Semaphore::new(bytes)), bytes)
+    })
+}
+
+/// What a chunk on its way to hyper holds until hyper has taken it (its
+/// last piece, for a chunk over [`PIECE`]).
+#[derive(Default)]
+pub struct Shares {
+    /// Its share of the response's [`BODY_BUDGET`].
+    body: Option<OwnedSemaphorePermit>,
+    /// A large chunk's share of the process's held bytes (`limit_held`).
+    process: Option<OwnedSemaphorePermit>,
+}
+
+/// A chunk on its way to hyper, with its [`Shares`].
 struct Queued {
     chunk: Chunk,
-    budget: Option<OwnedSemaphorePermit>,
+    shares: Shares,
 }
 
 /// Sending half of a response body: `send` returns once the chunk is
@@ -163,6 +195,11 @@ impl BodySender {
         self
     }
 
+    /// How long `send` waits for a client taking nothing.
+    pub fn stall(&self) -> Option<Duration> {
+        self.stall
+    }
+
     /// Queue a chunk, waiting while the budget is used up (a chunk larger
     /// than the budget waits for all of it and then goes alone); false if
     /// the client went away or took nothing for the stall limit.
@@ -199,12 +236,43 @@ impl BodySender {
             self.stalled.store(true, Ordering::Relaxed);
             return false;
         };
+        let Ok(process) = self.process_share(chunk.len()).await else {
+            let why = format!("response cut short: {}", held_full(self.stall));
+            log_for_app(self.app.as_deref(), &why);
+            self.stalled.store(true, Ordering::Relaxed);
+            self.abort(why);
+            return false;
+        };
         self.tx
             .send(Queued {
                 chunk: Ok(chunk),
-                budget: Some(permit),
+                shares: Shares {
+                    body: Some(permit),
+                    process,
+                },
             })
             .is_ok()
+    }
+
+    /// A chunk of `len` bytes' share of the process's held bytes: none
+    /// needed for one within [`BODY_BUDGET`]; waited for up to the stall
+    /// time (the app's instance waits with it, as for a slow client), and
+    /// `Err` past it (see [`held_full`]).
+    pub async fn process_share(&self, len: usize) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        if len <= BODY_BUDGET {
+            return Ok(None);
+        }
+        let (semaphore, limit) = held();
+        let share = u32::try_from(len.min(*limit)).unwrap_or(u32::MAX);
+        let acquire = semaphore.clone().acquire_many_owned(share);
+        let got = match self.stall {
+            Some(stall) => tokio::time::timeout(stall, acquire).await.ok(),
+            None => Some(acquire.await),
+        };
+        match got {
+            Some(Ok(permit)) => Ok(Some(permit)),
+            _ => Err(()),
+        }
     }
 
     /// Whether the receiving end is gone: the client left.
@@ -222,9 +290,20 @@ impl BodySender {
     pub fn abort(&self, why: String) {
         let _ = self.tx.send(Queued {
             chunk: Err(BodyAbort(why)),
-            budget: None,
+            shares: Shares::default(),
         });
     }
+}
+
+/// Why a large chunk found no room among the process's held bytes
+/// (waited for `waited`).
+pub fn held_full(waited: Option<Duration>) -> String {
+    let waited = waited.map_or(String::new(), |w| format!(" for {w:?}"));
+    format!(
+        "responses waiting for their clients held all {} MiB the server keeps for them \
+         (--max-response-buffer){waited}: clients that do not read, or raise the limit",
+        held().1 >> 20
+    )
 }
 
 /// Most bytes handed to hyper in one frame. hyper's HTTP/2 side takes a
@@ -244,9 +323,9 @@ const WATCHED: usize = 1 << 20;
 /// time; shared with the task that watches it for a client taking nothing.
 struct Held {
     rest: Bytes,
-    /// The chunk's share of the body budget: the sender waits until the
-    /// last piece is taken.
-    budget: Option<OwnedSemaphorePermit>,
+    /// The chunk's shares of the body budget (the sender waits until the
+    /// last piece is taken) and of the process's held bytes.
+    shares: Shares,
     /// Set when the watch dropped `rest`, to the stall that expired.
     expired: Option<Duration>,
     /// Pieces are copies (the chunk is watched).
@@ -257,6 +336,8 @@ struct Held {
 /// [`body_channel`] (from the guest or a file).
 pub struct ResponseBody {
     first: Option<Bytes>,
+    /// The first chunk's share of the process's held bytes.
+    first_share: Option<OwnedSemaphorePermit>,
     held: Option<Arc<std::sync::Mutex<Held>>>,
     rx: Option<mpsc::UnboundedReceiver<Queued>>,
     taken: Arc<LastTaken>,
@@ -280,6 +361,7 @@ impl ResponseBody {
         ResponseBody {
             hint: SizeHint::with_exact(bytes.len() as u64),
             first: Some(bytes),
+            first_share: None,
             held: None,
             rx: None,
             taken: LastTaken::new(),
@@ -313,6 +395,7 @@ impl ResponseBody {
         ResponseBody {
             hint: content_length.map_or_else(SizeHint::new, SizeHint::with_exact),
             first: Some(first),
+            first_share: None,
             held: None,
             rx: Some(rx.rx),
             taken: rx.taken,
@@ -347,9 +430,16 @@ impl ResponseBody {
         self
     }
 
-    /// The first piece of `chunk`, holding the rest (with its `budget`)
+    /// The first chunk's share of the process's held bytes
+    /// ([`BodySender::process_share`]), kept until hyper has taken it.
+    pub fn with_first_share(mut self, share: Option<OwnedSemaphorePermit>) -> Self {
+        self.first_share = share;
+        self
+    }
+
+    /// The first piece of `chunk`, holding the rest (with its `shares`)
     /// for the next polls when it is larger than [`PIECE`].
-    fn hold(&mut self, mut chunk: Bytes, budget: Option<OwnedSemaphorePermit>) -> Bytes {
+    fn hold(&mut self, mut chunk: Bytes, shares: Shares) -> Bytes {
         if chunk.len() <= PIECE {
             return chunk;
         }
@@ -358,7 +448,7 @@ impl ResponseBody {
         let piece = next_of(&mut chunk, copied);
         let held = Arc::new(std::sync::Mutex::new(Held {
             rest: chunk,
-            budget,
+            shares,
             expired: None,
             copied,
         }));
@@ -430,9 +520,10 @@ async fn watch(
         }
         if taken.stalled_at(since, stall) <= tokio::time::Instant::now() {
             h.rest = Bytes::new();
-            if let Some(budget) = h.budget.take() {
+            if let Some(budget) = h.shares.body.take() {
                 budget.semaphore().close();
             }
+            h.shares.process = None;
             let waited = taken.patience(stall);
             h.expired = Some(waited);
             let line = format!("response cut short: {}", stalled(waited));
@@ -485,7 +576,11 @@ impl ResponseBody {
         }
         if let Some(first) = self.first.take() {
             if !first.is_empty() {
-                let piece = self.hold(first, None);
+                let shares = Shares {
+                    body: None,
+                    process: self.first_share.take(),
+                };
+                let piece = self.hold(first, shares);
                 return Poll::Ready(Some(Ok(Frame::data(piece))));
             }
         }
@@ -499,8 +594,8 @@ impl ResponseBody {
         match rx.poll_recv(cx) {
             Poll::Ready(Some(Queued {
                 chunk: Ok(b),
-                budget,
-            })) => Poll::Ready(Some(Ok(Frame::data(self.hold(b, budget))))),
+                shares,
+            })) => Poll::Ready(Some(Ok(Frame::data(self.hold(b, shares))))),
             Poll::Ready(Some(Queued { chunk: Err(e), .. })) => {
                 // hyper drops its unflushed write buffer when a body fails,
                 // and HTTP/2 a reset stream's queued frames: the failure

@@ -30,6 +30,8 @@ pub struct LogBudget {
     /// The warnings logged once for the app (`WARN_ONCE_MARKER`), at most
     /// [`WARNINGS_KEPT`]: every instance of it says the same.
     warned: Mutex<Vec<Box<[u8]>>>,
+    /// `rsgi_wasm_guest_output_dropped_bytes_total` of the app.
+    dropped: prometheus_client::metrics::counter::Counter,
 }
 
 /// Most distinct once-per-app warnings logged; an app cannot make more
@@ -79,6 +81,7 @@ impl LogBudget {
             state: full(rate),
             reports: full(rate.max(REPORTS_AT_LEAST)),
             warned: Mutex::new(Vec::new()),
+            dropped: crate::metrics::guest_output_dropped(app),
         })
     }
 
@@ -138,6 +141,7 @@ impl LogBudget {
             b.tokens = b.tokens.saturating_sub(len);
             b.dropped_lines += 1;
             b.dropped_bytes += wrote;
+            self.dropped.inc_by(wrote);
             Verdict::Drop {
                 first: b.dropped_lines == 1,
             }

@@ -48,6 +48,17 @@ pub struct OpenFiles {
 impl OpenFiles {
     /// At most `limit` open at once by app `app`'s instances.
     pub fn new(limit: usize, app: Arc<str>) -> Arc<Self> {
+        // Said at load: otherwise the operator learns only when the app's
+        // opens start failing under load, well short of what was granted.
+        if limit > PROCESS_FILES.limit {
+            tracing::warn!(
+                app = %app,
+                "max_open_files {limit} is above the {} files all apps may hold open together in this \
+                 process (half its open-file limit): the app's opens fail there first; raise the limit \
+                 (`ulimit -n`, systemd's LimitNOFILE) or lower --max-open-files / `max_open_files`",
+                PROCESS_FILES.limit
+            );
+        }
         Arc::new(OpenFiles {
             limit,
             open: AtomicUsize::new(0),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::config::DirGrant;
 use crate::latin1;
@@ -314,6 +314,7 @@ impl Exchange {
         headers: &str,
         default_length: Option<u64>,
         first: Vec<u8>,
+        first_share: Option<OwnedSemaphorePermit>,
     ) -> bool {
         if self.start_tx.is_none() {
             return false;
@@ -337,7 +338,7 @@ impl Exchange {
             .expect("taken only here, with start_tx");
         // `clip` lets nothing through for these.
         let body = if self.body_allowed {
-            ResponseBody::streamed(first, rx, content_length)
+            ResponseBody::streamed(first, rx, content_length).with_first_share(first_share)
         } else {
             ResponseBody::bodiless(content_length)
         };
@@ -367,7 +368,7 @@ impl Exchange {
         };
         let available = size.saturating_sub(offset);
         // The file's remaining size, unless the app declared a length.
-        if !self.start(status, headers, Some(available), Vec::new()) {
+        if !self.start(status, headers, Some(available), Vec::new(), None) {
             return Err(SendFileError::Disconnected);
         }
         // start() recorded the declared length in `remaining`.
@@ -393,6 +394,28 @@ impl Exchange {
             });
         }
         Ok(())
+    }
+
+    /// Room among the process's held bytes for a large first chunk of
+    /// `len` bytes, before the head commits: `false` (a 503 sent, and
+    /// logged) if none came within the stall time.
+    async fn first_share(&mut self, len: usize) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        let Some(tx) = self.chunk_tx.as_ref().filter(|_| !self.head_method) else {
+            return Ok(None);
+        };
+        if self.start_tx.is_none() {
+            return Ok(None);
+        }
+        let share = tx.process_share(len).await;
+        if share.is_err() {
+            let why = body::held_full(tx.stall());
+            tracing::warn!(app = %self.app, "answered 503: {why}");
+            self.respond_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable: the server holds as many response bytes for slow clients as it may; try again",
+            );
+        }
+        share
     }
 
     /// Push a chunk; false if the response has not started or the client left.
@@ -667,7 +690,10 @@ impl RequestHost for WsgiCtx {
 impl ResponseHost for WsgiCtx {
     async fn start(&mut self, status: String, headers: String, first_chunk: Vec<u8>) -> bool {
         match self.exchange.as_mut() {
-            Some(ex) => ex.start(&status, &headers, None, first_chunk),
+            Some(ex) => match ex.first_share(first_chunk.len()).await {
+                Ok(share) => ex.start(&status, &headers, None, first_chunk, share),
+                Err(()) => false,
+            },
             None => false,
         }
     }
