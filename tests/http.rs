@@ -267,6 +267,13 @@ fn the_response_ends_before_the_results_close_runs() {
         "after its whole response was handed over: the app's code after it (its close()",
     );
     assert!(!s.logs().contains("slow client"), "{}", s.logs());
+    // The access line went out long before: this one names the request.
+    assert!(
+        s.logs()
+            .contains("instance replaced app=router request=GET /close-waits?never"),
+        "{}",
+        s.logs()
+    );
     // So does a body that stalls once its Content-Length is written: the
     // client has it all, and nothing was cut short.
     let r = client()

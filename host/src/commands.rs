@@ -1006,6 +1006,21 @@ impl Fits {
     /// `idle_timeout = "0"`) but would not fit under `--max-loaded`.
     fn check(&self, configs: &[TenantConfig]) -> Result<()> {
         let (n, max, path) = (configs.len(), self.max_loaded, self.path.display());
+        // Not an error: most apps hold few files. But a few holding theirs
+        // then leave the others none, and the operator should know.
+        let share = crate::runtime::guests_share();
+        let granted = configs
+            .iter()
+            .map(|c| c.grants.max_open_files)
+            .fold(0usize, usize::saturating_add);
+        if granted > share && n > 1 {
+            tracing::warn!(
+                "the apps of {path} may hold {granted} open files together (their max_open_files), \
+                 more than the {share} all apps may hold in this process (half its open-file \
+                 limit): apps that hold theirs can leave the others none; raise the limit \
+                 (`ulimit -n`, systemd's LimitNOFILE) or lower max_open_files"
+            );
+        }
         let cap = match self.lowered_by {
             Some(_) => format!("the {max} apps the open-file limit allows loaded at once"),
             None => format!("--max-loaded {max}"),

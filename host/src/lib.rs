@@ -184,6 +184,7 @@ pub fn main() -> ExitCode {
             if config::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
                 // One JSON object per line holds for the last one too.
                 tracing::error!("{}", report(&e));
+                log_writer::drain(EXIT_WAIT);
             } else {
                 // A build's error quotes what the app printed: it must not
                 // drive the terminal.

@@ -119,6 +119,7 @@ struct Metrics {
     quota_refusals: Family<Tenant, Counter>,
     open_files_refusals: Family<Tenant, Counter>,
     guest_output_dropped: Family<Tenant, Counter>,
+    open_files: Family<Tenant, Gauge>,
     components: Gauge,
     core_modules: Gauge,
     listed: Gauge,
@@ -195,6 +196,7 @@ impl Metrics {
             quota_refusals: Family::default(),
             open_files_refusals: Family::default(),
             guest_output_dropped: Family::default(),
+            open_files: Family::default(),
             components: Gauge::default(),
             core_modules: Gauge::default(),
             listed: Gauge::default(),
@@ -298,6 +300,11 @@ impl Metrics {
             m.open_files_refusals.clone(),
         );
         registry.register(
+            "open_files",
+            "Host files, directories and sockets the tenant's instances hold open, with files the host is still sending for it (wsgi.file_wrapper)",
+            m.open_files.clone(),
+        );
+        registry.register(
             "guest_output_dropped_bytes",
             "Bytes of the tenant's stdout and stderr dropped past its log_rate",
             m.guest_output_dropped.clone(),
@@ -372,7 +379,13 @@ impl Metrics {
         let t = Tenant {
             tenant: name.to_owned(),
         };
-        for family in [&self.in_flight, &self.queued, &self.memory, &self.loaded] {
+        for family in [
+            &self.in_flight,
+            &self.queued,
+            &self.memory,
+            &self.loaded,
+            &self.open_files,
+        ] {
             family.remove(&t);
         }
         for family in [
@@ -484,6 +497,12 @@ pub fn open_files_refusals(name: &str) -> Counter {
             .get_or_create(&Tenant { tenant })
             .clone()
     })
+}
+
+/// The gauge of the host descriptors tenant `name`'s guests hold.
+pub fn open_files(name: &str) -> Gauge {
+    let tenant = label_value(name);
+    with(|m| m.open_files.get_or_create(&Tenant { tenant }).clone())
 }
 
 /// The counter of bytes of tenant `name`'s output dropped past its

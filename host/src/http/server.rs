@@ -937,6 +937,12 @@ async fn respond(
     };
     let connect = parts.method == Method::CONNECT;
     let head = parts.method == Method::HEAD;
+    let asked: Arc<str> = format!(
+        "{} {}",
+        parts.method,
+        crate::runtime::visible(&environ::raw_target(&parts.uri, parts.version))
+    )
+    .into();
     let request = if tenant.wasi_http() {
         // A wasi:http guest builds its environ itself, from the request as
         // any wasi:http host passes it (no mount point, no client address).
@@ -998,7 +1004,7 @@ async fn respond(
         body = body.over_http1(expects);
     }
     let response_stall = site.response_stall(version);
-    let (ex, response) = Exchange::new(tenant_name, body, head, response_stall);
+    let (ex, response) = Exchange::new((tenant_name, asked), body, head, response_stall);
     let call = async move {
         pool.serve(request, ex, conn).await;
         // Idle time counts from the end of the last response.

@@ -43,6 +43,7 @@ pub mod wsgi;
 
 pub use disk_quota::{Ledger as QuotaLedger, WarnEvery};
 pub use guest_log::{visible, visible_lines};
+pub use quota_fs::guests_share;
 
 /// The status a guest exited with, if `error` is its call to
 /// `wasi:cli/exit` (`os._exit`, or C code's `exit`) rather than a crash.

@@ -448,6 +448,7 @@ impl AppPool {
                 match crate::runtime::exit_status(&trap) {
                     Some(status) => tracing::error!(
                         app = %self.name,
+                        request = %ex.asked(),
                         "the app exited the process (os._exit or a C-level exit, with {}) during a request; instance replaced",
                         if status == 0 {
                             "success"
@@ -459,7 +460,7 @@ impl AppPool {
                         // Its backtrace names the guest's functions, as the
                         // guest named them.
                         let trap = guest_log::quoted(&format!("{trap:#}"));
-                        tracing::error!(app = %self.name, "instance crashed and was replaced: {trap}")
+                        tracing::error!(app = %self.name, request = %ex.asked(), "instance crashed and was replaced: {trap}")
                     }
                 }
                 self.fail(
@@ -473,20 +474,20 @@ impl AppPool {
             // out: the client's doing, as a stall within one read is.
             Err(_elapsed) if !ex.committed() && ex.give_up_on_slow_body() => {
                 recycle = Some(Recycle::SlowClient);
-                tracing::warn!(app = %self.name, "the {:?} timeout ran out while the app waited for the client to send the request body: 408, instance replaced", self.limits.timeout);
+                tracing::warn!(app = %self.name, request = %ex.asked(), "the {:?} timeout ran out while the app waited for the client to send the request body: 408, instance replaced", self.limits.timeout);
                 ex.respond_error(StatusCode::REQUEST_TIMEOUT, crate::runtime::body::SLOW_BODY);
             }
             Err(_elapsed) => {
                 recycle = Some(Recycle::Timeout);
                 self.metrics.series().timeouts.inc();
                 if ex.delivered() {
-                    tracing::error!(app = %self.name, "request exceeded the {:?} timeout after its whole response was handed over: the app's code after it (its close() of the response, what that runs, or a finaliser) did not return; instance replaced", self.limits.timeout);
+                    tracing::error!(app = %self.name, request = %ex.asked(), "request exceeded the {:?} timeout after its whole response was handed over: the app's code after it (its close() of the response, what that runs, or a finaliser) did not return; instance replaced", self.limits.timeout);
                 } else if ex.committed() {
                     // Often a client reading a long response slowly: the
                     // app waits for it, and --timeout counts that too.
-                    tracing::error!(app = %self.name, "request exceeded the {:?} timeout after its response had started (the app may have been waiting for a slow client to take it); response cut short, instance replaced", self.limits.timeout);
+                    tracing::error!(app = %self.name, request = %ex.asked(), "request exceeded the {:?} timeout after its response had started (the app may have been waiting for a slow client to take it); response cut short, instance replaced", self.limits.timeout);
                 } else {
-                    tracing::error!(app = %self.name, "request exceeded the {:?} timeout; instance replaced", self.limits.timeout);
+                    tracing::error!(app = %self.name, request = %ex.asked(), "request exceeded the {:?} timeout; instance replaced", self.limits.timeout);
                 }
                 self.fail(&mut ex, StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout")
                     .await;
@@ -494,7 +495,7 @@ impl AppPool {
         }
         if memory_hit {
             recycle = recycle.or(Some(Recycle::Memory));
-            tracing::warn!(app = %self.name, "instance hit its {} byte memory limit; replaced", self.limits.memory);
+            tracing::warn!(app = %self.name, request = %ex.asked(), "instance hit its {} byte memory limit; replaced", self.limits.memory);
         }
         // The response is complete: the client must not wait for a teardown.
         drop(ex);

@@ -43,7 +43,13 @@ pub struct OpenFiles {
     /// Listings that left out a name WASI cannot carry.
     unlisted_warned: WarnEvery,
     refusals: prometheus_client::metrics::counter::Counter,
+    /// `rsgi_wasm_open_files{tenant}`: `open` and `sent` together.
+    held: prometheus_client::metrics::gauge::Gauge,
 }
+
+/// Every app's count, to name the one holding the most when the
+/// process's share is full: the app refused is seldom the one to blame.
+static APPS: std::sync::Mutex<Vec<std::sync::Weak<OpenFiles>>> = std::sync::Mutex::new(Vec::new());
 
 impl OpenFiles {
     /// At most `limit` open at once by app `app`'s instances.
@@ -59,16 +65,21 @@ impl OpenFiles {
                 PROCESS_FILES.limit
             );
         }
-        Arc::new(OpenFiles {
+        let files = Arc::new(OpenFiles {
             limit,
             open: AtomicUsize::new(0),
             sent: AtomicUsize::new(0),
             refusals: crate::metrics::open_files_refusals(&app),
+            held: crate::metrics::open_files(&app),
             app,
             warned: WarnEvery::default(),
             sent_warned: WarnEvery::default(),
             unlisted_warned: WarnEvery::default(),
-        })
+        });
+        let mut apps = APPS.lock().unwrap_or_else(|e| e.into_inner());
+        apps.retain(|a| a.strong_count() > 0);
+        apps.push(Arc::downgrade(&files));
+        files
     }
 
     /// Say (at most once a minute) that a listing left out a name that is
@@ -93,6 +104,7 @@ impl OpenFiles {
             count.fetch_sub(1, Ordering::AcqRel);
             return Err(Full::Process);
         }
+        self.held.inc();
         Ok(())
     }
 
@@ -160,11 +172,22 @@ enum Full {
     Process,
 }
 
-/// Why a descriptor was refused by the process's share, for the log.
+/// Why a descriptor was refused by the process's share, for the log,
+/// naming the app that holds the most.
 fn process_full() -> String {
+    let top = APPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .map(|a| (a.held.get(), a.app.clone()))
+        .max_by_key(|(n, _)| *n);
+    let holder = top.map_or(String::new(), |(n, app)| {
+        format!("; app {app} holds the most, {n}")
+    });
     format!(
-        "{} files open by all apps together, half the process's open-file limit (raise it \
-         with `ulimit -n` or systemd's LimitNOFILE)",
+        "{} files open by all apps together, half the process's open-file limit{holder} (raise \
+         the limit with `ulimit -n` or systemd's LimitNOFILE, or lower that app's max_open_files)",
         PROCESS_FILES.limit
     )
 }
@@ -195,6 +218,11 @@ static PROCESS_FILES: std::sync::LazyLock<ProcessFiles> = std::sync::LazyLock::n
     }
 });
 
+/// The host files all apps' guests may hold open together.
+pub fn guests_share() -> usize {
+    PROCESS_FILES.limit
+}
+
 /// One host descriptor counted against its app and the process; shared by
 /// the guest descriptor and every stream made from it, as the host file is.
 struct FdSlot(Arc<OpenFiles>);
@@ -202,6 +230,7 @@ struct FdSlot(Arc<OpenFiles>);
 impl Drop for FdSlot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.held.dec();
         PROCESS_FILES.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -229,6 +258,7 @@ pub struct SentFileSlot(Arc<OpenFiles>);
 impl Drop for SentFileSlot {
     fn drop(&mut self) {
         self.0.sent.fetch_sub(1, Ordering::AcqRel);
+        self.0.held.dec();
         PROCESS_FILES.open.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -116,6 +116,8 @@ impl Responder {
 pub struct Exchange {
     /// The app answering, for the log.
     app: Arc<str>,
+    /// The request's method and target, for the lines about its end.
+    asked: Arc<str>,
     body: RequestBody,
     /// Taken when the response starts: the status and headers are out.
     start_tx: Option<oneshot::Sender<Response<ResponseBody>>>,
@@ -133,7 +135,7 @@ pub struct Exchange {
 impl Exchange {
     /// Channels for one request to `app`; the server awaits the receiver.
     pub fn new(
-        app: Arc<str>,
+        (app, asked): (Arc<str>, Arc<str>),
         body: RequestBody,
         head_method: bool,
         stall: std::time::Duration,
@@ -143,6 +145,7 @@ impl Exchange {
         let chunk_tx = chunk_tx.with_stall(stall).for_app(app.clone());
         let ex = Exchange {
             app,
+            asked,
             body,
             start_tx: Some(start_tx),
             chunk_rx: Some(chunk_rx),
@@ -152,6 +155,11 @@ impl Exchange {
             body_allowed: true,
         };
         (ex, start_rx)
+    }
+
+    /// The request's method and target (`GET /x?y`), for the log.
+    pub fn asked(&self) -> &str {
+        &self.asked
     }
 
     /// The request body for another transport to read (a wasi:http guest),
