@@ -842,8 +842,16 @@ fn a_client_that_stops_reading_is_cut_off_at_the_stall_time() {
 fn large_chunks_held_for_slow_clients_share_one_limit() {
     let s = Server::start(
         &router(),
-        &["--max-response-buffer", "20MiB", "--header-timeout", "1s"],
+        &[
+            "--max-response-buffer",
+            "20MiB",
+            "--header-timeout",
+            "1s",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
     );
+    let ops = s.logged_addr("metrics on ");
     let mut slow = small_window_connection(s.addr, 8192);
     slow.write_all(b"GET /one-chunk?16000000,return HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -859,14 +867,18 @@ fn large_chunks_held_for_slow_clients_share_one_limit() {
             }
         }
     });
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The operator sees whose responses hold it.
+    let held = "rsgi_wasm_response_buffer_bytes{tenant=\"router\"}";
+    wait_for_series(ops, held, 16_000_000.0);
     let r = client()
         .get(s.url("/one-chunk?16000000,return"))
         .send()
         .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.text().unwrap().contains("slow clients"));
-    s.wait_for_log("answered 503: responses waiting for their clients held all 20 MiB");
+    s.wait_for_log(
+        "answered 503: responses waiting for their clients held all 20 MiB of --max-response-buffer for 1s",
+    );
     // Small responses are not held back.
     assert_eq!(get(&s, "/").0, 200);
     reading.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -877,6 +889,7 @@ fn large_chunks_held_for_slow_clients_share_one_limit() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().unwrap().len(), 16_000_000);
+    wait_for_series(ops, held, 0.0);
 }
 
 #[test]
@@ -1040,42 +1053,6 @@ fn an_http2_request_body_reset_before_its_length_is_a_client_that_left() {
     c.write_all(&frames).unwrap();
     s.wait_for_log("\"POST /length\" 499 ");
     assert!(!s.logs().contains("\"POST /length\" 200"), "{}", s.logs());
-}
-
-/// A loopback TCP connection to `addr` whose receive buffer is `bytes`,
-/// set before connecting so the window is small from the start: the
-/// server's socket fills, and its kernel holds what the client has not
-/// taken, as for a slow link.
-fn small_window_connection(addr: std::net::SocketAddr, bytes: libc::c_int) -> std::net::TcpStream {
-    use std::os::fd::FromRawFd;
-    let std::net::SocketAddr::V4(v4) = addr else {
-        panic!("a loopback IPv4 address")
-    };
-    // SAFETY: a new socket this test owns, an int option, and a
-    // sockaddr_in built whole; the fd goes to the TcpStream that closes it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0);
-        let rc = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            std::ptr::from_ref(&bytes).cast(),
-            std::mem::size_of_val(&bytes) as libc::socklen_t,
-        );
-        assert_eq!(rc, 0);
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_port = v4.port().to_be();
-        sa.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
-        let rc = libc::connect(
-            fd,
-            std::ptr::from_ref(&sa).cast(),
-            std::mem::size_of_val(&sa) as libc::socklen_t,
-        );
-        assert_eq!(rc, 0);
-        std::net::TcpStream::from_raw_fd(fd)
-    }
 }
 
 #[test]

@@ -948,6 +948,108 @@ fn tmp_and_granted_directories_are_capped_with_enospc() {
     );
 }
 
+/// A tenant that can replace its own component (hosts taking strangers'
+/// uploads) must not be able to stop the server's start: with
+/// `--tolerate-broken`, a garbage or missing component takes down only its
+/// own tenant (503, logged), and once fixed it serves without a restart.
+#[test]
+fn a_broken_component_takes_only_its_own_tenant_down_with_tolerate_broken() {
+    let dir = temp_dir("tolerate-broken");
+    let broken = dir.join("broken.wasm");
+    std::fs::write(&broken, b"not a component").unwrap();
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"good\"\ncomponent = \"{}\"\nhosts = [\"good.test\"]\n\n\
+             [[app]]\nname = \"broken\"\ncomponent = \"{}\"\nhosts = [\"broken.test\"]\n\n\
+             [[app]]\nname = \"gone\"\ncomponent = \"{}\"\nhosts = [\"gone.test\"]\n",
+            hello().display(),
+            broken.display(),
+            dir.join("gone.wasm").display()
+        ),
+    );
+    let config = config.display().to_string();
+    // Without it the start fails, naming the file, as before.
+    let (code, _, err) = run_bin(&["serve", &config, "--listen", "127.0.0.1:0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("gone.wasm does not exist"), "{err}");
+    let s = Server::start_with(&["serve", &config, "--tolerate-broken"]);
+    assert_eq!(get_host(&s, "good.test", "/").0, 200);
+    assert_eq!(get_host(&s, "broken.test", "/").0, 503);
+    assert_eq!(get_host(&s, "gone.test", "/").0, 503);
+    s.wait_for_log("not a WebAssembly file");
+    assert_eq!(
+        s.logs()
+            .matches("this app answers 503 until its component is fixed")
+            .count(),
+        2,
+        "{}",
+        s.logs()
+    );
+    // Fixed in place, it serves at a later load (failed loads answer 503
+    // for a few seconds before the next try), with no reload.
+    std::fs::copy(hello(), &broken).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while get_host(&s, "broken.test", "/").0 != 200 {
+        assert!(Instant::now() < deadline, "{}", s.logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(get_host(&s, "good.test", "/").0, 200);
+}
+
+/// Under `serve` one app's responses may hold at most half of
+/// `--max-response-buffer`: slow clients of one app's large responses
+/// leave the other apps room for theirs.
+#[test]
+fn one_app_s_slow_clients_leave_the_others_room_in_the_response_buffer() {
+    use std::io::Read;
+    let dir = temp_dir("held-halves");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"slow\"\ncomponent = \"{0}\"\nhosts = [\"slow.test\"]\n\n\
+             [[app]]\nname = \"other\"\ncomponent = \"{0}\"\nhosts = [\"other.test\"]\n",
+            router().display()
+        ),
+    );
+    let s = Server::start_with(&[
+        "serve",
+        &config.display().to_string(),
+        "--max-response-buffer",
+        "40MiB",
+        "--header-timeout",
+        "1s",
+    ]);
+    let mut slow = small_window_connection(s.addr, 8192);
+    slow.write_all(b"GET /one-chunk?16000000,return HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+        .unwrap();
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = std::thread::spawn({
+        let reading = reading.clone();
+        move || {
+            // 8 KB/s: reading, so never cut as stalled.
+            let mut buf = vec![0u8; 2048];
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                assert!(slow.read(&mut buf).unwrap() > 0);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // Its own half is full; the other app's is not.
+    assert_eq!(
+        get_host(&s, "slow.test", "/one-chunk?16000000,return").0,
+        503
+    );
+    s.wait_for_log(
+        "this app's responses waiting for their clients held all 20 MiB one app may hold",
+    );
+    let (status, body) = get_host(&s, "other.test", "/one-chunk?16000000,return");
+    assert_eq!((status, body.len()), (200, 16_000_000));
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+}
+
 #[test]
 fn a_tenant_flooding_its_output_is_rate_limited() {
     let dir = temp_dir("log-flood");

@@ -215,6 +215,12 @@ pub struct ServeArgs {
     /// first request would; apps still unload after their idle_timeout.
     #[arg(long)]
     pub preload: bool,
+    /// Serve the other apps when one's component is missing or broken (at
+    /// start or at a reload): that app answers 503 until its file is
+    /// fixed, instead of the start failing or the reload being refused.
+    /// For hosts whose tenants upload their own components.
+    #[arg(long)]
+    pub tolerate_broken: bool,
     /// Most apps loaded at once: loading one more first unloads the least
     /// recently used app serving nothing, so clients naming every host
     /// cannot load every app (1 to 1000000; lowered, with a warning, to a

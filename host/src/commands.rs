@@ -23,7 +23,6 @@ use crate::http::server::{self, Site};
 use crate::http::static_files::StaticFiles;
 use crate::http::tls::{self, TenantCert};
 use crate::metrics;
-use crate::runtime::body;
 use crate::runtime::cpu::CpuScheduler;
 use crate::runtime::engine::{self, Loader};
 use crate::runtime::instance_slots::Allocation;
@@ -432,7 +431,11 @@ async fn start_ops(http: &HttpArgs, listen: SocketAddr) -> Result<bool> {
 }
 
 async fn run_command(args: RunArgs) -> Result<()> {
-    body::limit_held(args.http.max_response_buffer as usize);
+    crate::runtime::limit_held_bytes(
+        args.http.max_response_buffer as usize,
+        args.http.header_timeout,
+        false,
+    );
     let (server_cfg, grants, limits) = args.split()?;
     let tls = tls_for(&args.http, &[])?;
     // SIGHUP reloads the certificates and restarts the app, as gunicorn's
@@ -883,7 +886,7 @@ struct Running {
 /// is loaded on its first request, not here.
 fn check_tenants(
     starter: &Starter,
-    configs: Vec<TenantConfig>,
+    (configs, tolerate_broken): (Vec<TenantConfig>, bool),
     previous: &[Running],
 ) -> Result<Vec<Running>> {
     let mut next = Vec::with_capacity(configs.len());
@@ -908,8 +911,13 @@ fn check_tenants(
                     limits: config.limits.clone(),
                     live_dirs: Vec::new(),
                 };
-                let app = Tenant::check(starter, spec, false, config::DEFAULT_IDLE_TIMEOUT)
-                    .with_context(|| config.component_at.to_string())?;
+                let app = Tenant::check(
+                    starter,
+                    spec,
+                    (false, tolerate_broken),
+                    config::DEFAULT_IDLE_TIMEOUT,
+                )
+                .with_context(|| config.component_at.to_string())?;
                 let statics = StaticFiles::new(config.statics.clone())
                     .with_context(|| format!("app {}", config.name))?;
                 (app, Arc::new(statics))
@@ -1081,7 +1089,12 @@ impl Fits {
 
 async fn serve_command(args: ServeArgs) -> Result<()> {
     let t0 = Instant::now();
-    body::limit_held(args.http.max_response_buffer as usize);
+    // Each app's responses hold at most half: see `held_bytes`.
+    crate::runtime::limit_held_bytes(
+        args.http.max_response_buffer as usize,
+        args.http.header_timeout,
+        true,
+    );
     // First: a SIGHUP during a long start (thousands of apps, --preload)
     // must not kill the server (the signal's default action, which
     // systemd's `Restart=on-failure` takes for a clean stop). One that
@@ -1094,7 +1107,8 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     // A mistake in the file or a component is told before anything
     // listens, the metrics port included (it opens once the components
     // are checked, so it answers health checks during a --preload).
-    let configs = tenants::load(&args.config)?;
+    let tolerate_broken = args.tolerate_broken;
+    let configs = tenants::load_with(&args.config, tolerate_broken)?;
     let tls = tls_for(&args.http, &configs)?;
     let metered = args.http.metrics.is_some();
     let loader = new_loader(
@@ -1111,7 +1125,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     crate::scratch::prepare()?;
     fits.check(&configs)?;
     let started = async {
-        let running = check_tenants(&starter, configs, &[])?;
+        let running = check_tenants(&starter, (configs, tolerate_broken), &[])?;
         start_ops(&args.http, server_cfg.listen).await?;
         fits.preload(&running).await?;
         anyhow::Ok((running, listen(reserved, &server_cfg)?))
@@ -1152,10 +1166,10 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
                 );
                 let fits = fits.clone();
                 move || {
-                    let configs = tenants::load(&path)?;
+                    let configs = tenants::load_with(&path, tolerate_broken)?;
                     fits.check(&configs)?;
                     let tls = tls_for(&http, &configs)?;
-                    let next = check_tenants(&starter, configs, &previous)?;
+                    let next = check_tenants(&starter, (configs, tolerate_broken), &previous)?;
                     anyhow::Ok((next, tls))
                 }
             });

@@ -119,6 +119,11 @@ fn report(e: &anyhow::Error) -> String {
 /// the command did not wait for finish in far less).
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long the exit waits for queued log lines to be written (a slow
+/// log reader; one stalled for good loses them): the shutdown's own lines
+/// and the 503s of requests cut at `--grace` are among them.
+const LOG_DRAIN_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The whole program: parse flags, set up logging, run the command, and
 /// print a failure once with its exit status.
 pub fn main() -> ExitCode {
@@ -176,7 +181,7 @@ pub fn main() -> ExitCode {
     build::remove_abandoned_work();
     scratch::finish();
     if serves {
-        log_writer::drain(EXIT_WAIT);
+        log_writer::drain(LOG_DRAIN_AT_EXIT);
     }
     match outcome {
         Ok(status) => ExitCode::from(status),
@@ -184,7 +189,7 @@ pub fn main() -> ExitCode {
             if config::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
                 // One JSON object per line holds for the last one too.
                 tracing::error!("{}", report(&e));
-                log_writer::drain(EXIT_WAIT);
+                log_writer::drain(LOG_DRAIN_AT_EXIT);
             } else {
                 // A build's error quotes what the app printed: it must not
                 // drive the terminal.

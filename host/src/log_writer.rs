@@ -1,9 +1,11 @@
-//! The servers' stderr, written by a thread of its own: a log reader that
-//! is alive but not reading (a busy journald, a paused `| less`, a log
-//! shipper backed up) fills the pipe, and a request thread writing to it
-//! would block there, every tenant's requests with it. Lines wait in a
-//! bounded queue instead; past it they are dropped and counted, and the
-//! count is logged once stderr takes lines again.
+//! The servers' stderr, never written where it would block: a log reader
+//! that is alive but not reading (a busy journald, a paused `| less`, a
+//! log shipper backed up) fills the pipe, and a request thread writing to
+//! it would block there, every tenant's requests with it. A line is
+//! written at once when nothing waits and stderr can take it now (so it
+//! keeps its place, as before); otherwise it waits in a bounded queue for
+//! a thread of its own. Past the queue lines are dropped and counted, and
+//! the count is logged once stderr takes lines again.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,8 +17,15 @@ use std::time::{Duration, Instant};
 /// log, and a bound on what a stalled reader costs in memory.
 const QUEUE_BYTES: usize = 16 << 20;
 
+/// Longest line written at once: a pipe with room takes this much
+/// without blocking (POSIX's `PIPE_BUF`).
+const AT_ONCE: usize = 4096;
+
 /// The queue and what was dropped from it.
 struct Queue {
+    /// Held by whoever writes to stderr: a line is written at once only
+    /// when nobody is (the thread may be blocked in a write).
+    writing: std::sync::Mutex<()>,
     sender: Option<Sender<Vec<u8>>>,
     /// Bytes sent and not yet written.
     queued: AtomicUsize,
@@ -37,6 +46,7 @@ fn start() -> Queue {
         .name("rsgi-wasm-log".into())
         .spawn(move || write_lines(&lines));
     Queue {
+        writing: std::sync::Mutex::new(()),
         // Without the thread, lines go straight to stderr (`enqueue`).
         sender: started.ok().map(|_| sender),
         queued: AtomicUsize::new(0),
@@ -47,24 +57,68 @@ fn start() -> Queue {
 
 /// Write each line as it comes; after a drop, say how many were lost.
 fn write_lines(lines: &Receiver<Vec<u8>>) {
-    let mut stderr = std::io::stderr();
     while let Ok(line) = lines.recv() {
         let q = queue();
-        // A log that cannot be written (its reader gone, a full disk)
-        // loses the line, as before.
-        let _ = stderr.write_all(&line);
-        // Said before this line counts as written, so `drain` waits for it.
-        let dropped = q.dropped_lines.swap(0, Ordering::AcqRel);
-        if dropped > 0 {
-            let bytes = q.dropped_bytes.swap(0, Ordering::AcqRel);
-            tracing::warn!(
-                "{dropped} log lines ({bytes} bytes) were dropped: stderr did not take them as \
-                 fast as they came (a stalled or slow log reader); requests went on being served \
-                 (rsgi_wasm_log_lines_dropped)"
-            );
+        {
+            let _writing = q.writing.lock().unwrap_or_else(|e| e.into_inner());
+            // A log that cannot be written (its reader gone, a full disk)
+            // loses the line, as before.
+            let _ = std::io::stderr().write_all(&line);
         }
+        // Said before this line counts as written, so `drain` waits for it.
+        report_drops(q);
         q.queued.fetch_sub(line.len(), Ordering::AcqRel);
     }
+}
+
+thread_local! {
+    /// Set while the count of dropped lines is said: that line is queued
+    /// whatever the queue holds, or it would be dropped in turn, and the
+    /// next report would count only itself (round CY saw "1 log lines").
+    static REPORTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Say how many lines were dropped since last said, if any.
+fn report_drops(q: &Queue) {
+    let dropped = q.dropped_lines.swap(0, Ordering::AcqRel);
+    if dropped > 0 {
+        let bytes = q.dropped_bytes.swap(0, Ordering::AcqRel);
+        REPORTING.set(true);
+        tracing::warn!(
+            "{dropped} log lines ({bytes} bytes) were dropped: stderr did not take them as \
+             fast as they came (a stalled or slow log reader); requests went on being served \
+             (rsgi_wasm_log_lines_dropped)"
+        );
+        REPORTING.set(false);
+    }
+}
+
+/// Write `line` now if nothing waits and stderr takes it without blocking.
+fn written_at_once(q: &Queue, line: &[u8]) -> bool {
+    if line.len() > AT_ONCE || q.queued.load(Ordering::Acquire) > 0 {
+        return false;
+    }
+    let Ok(_writing) = q.writing.try_lock() else {
+        return false;
+    };
+    if q.queued.load(Ordering::Acquire) > 0 || !takes_now() {
+        return false;
+    }
+    let _ = std::io::stderr().write_all(line);
+    true
+}
+
+/// Whether stderr would take a line of up to [`AT_ONCE`] bytes without
+/// blocking: always, for a file; for a pipe, a free buffer.
+fn takes_now() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDERR_FILENO,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, owned here, and no wait.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & libc::POLLOUT != 0
 }
 
 /// Queue `line` for stderr, or drop it if the queue is full.
@@ -73,11 +127,16 @@ fn enqueue(line: Vec<u8>) {
         return;
     }
     let q = queue();
+    if written_at_once(q, &line) {
+        report_drops(q);
+        return;
+    }
     let len = line.len();
+    let forced = REPORTING.get();
     let fits = q
         .queued
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n + len <= QUEUE_BYTES).then_some(n + len)
+            (forced || n + len <= QUEUE_BYTES).then_some(n + len)
         })
         .is_ok();
     let Some(sender) = q.sender.as_ref() else {
@@ -150,6 +209,14 @@ mod tests {
         let before = q.dropped_lines.load(Ordering::Acquire);
         enqueue(b"lost\n".to_vec());
         assert_eq!(q.dropped_lines.load(Ordering::Acquire), before + 1);
+        // The report of a drop is queued however full the queue is: it
+        // would otherwise be dropped in turn, and the next report count
+        // only itself.
+        let counted = crate::metrics::LOG_LINES_DROPPED.get();
+        REPORTING.set(true);
+        enqueue(b"report\n".to_vec());
+        REPORTING.set(false);
+        assert_eq!(crate::metrics::LOG_LINES_DROPPED.get(), counted);
         q.queued.fetch_sub(QUEUE_BYTES, Ordering::AcqRel);
         // Room again: queued and written, and the drop reported.
         enqueue(b"kept\n".to_vec());

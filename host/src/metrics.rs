@@ -120,6 +120,7 @@ struct Metrics {
     open_files_refusals: Family<Tenant, Counter>,
     guest_output_dropped: Family<Tenant, Counter>,
     open_files: Family<Tenant, Gauge>,
+    response_buffer: Family<Tenant, Gauge>,
     components: Gauge,
     core_modules: Gauge,
     listed: Gauge,
@@ -197,6 +198,7 @@ impl Metrics {
             open_files_refusals: Family::default(),
             guest_output_dropped: Family::default(),
             open_files: Family::default(),
+            response_buffer: Family::default(),
             components: Gauge::default(),
             core_modules: Gauge::default(),
             listed: Gauge::default(),
@@ -305,6 +307,11 @@ impl Metrics {
             m.open_files.clone(),
         );
         registry.register(
+            "response_buffer_bytes",
+            "Bytes of the tenant's large response chunks (over 64 KiB) held for clients still taking them, within --max-response-buffer",
+            m.response_buffer.clone(),
+        );
+        registry.register(
             "guest_output_dropped_bytes",
             "Bytes of the tenant's stdout and stderr dropped past its log_rate",
             m.guest_output_dropped.clone(),
@@ -385,6 +392,7 @@ impl Metrics {
             &self.memory,
             &self.loaded,
             &self.open_files,
+            &self.response_buffer,
         ] {
             family.remove(&t);
         }
@@ -503,6 +511,12 @@ pub fn open_files_refusals(name: &str) -> Counter {
 pub fn open_files(name: &str) -> Gauge {
     let tenant = label_value(name);
     with(|m| m.open_files.get_or_create(&Tenant { tenant }).clone())
+}
+
+/// The gauge of tenant `name`'s response bytes held for clients.
+pub fn response_buffer(name: &str) -> Gauge {
+    let tenant = label_value(name);
+    with(|m| m.response_buffer.get_or_create(&Tenant { tenant }).clone())
 }
 
 /// The counter of bytes of tenant `name`'s output dropped past its

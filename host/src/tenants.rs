@@ -88,8 +88,17 @@ fn with_snippet(message: &str, text: &str, span: Range<usize>) -> String {
     }
 }
 
-/// Read and check `path`. Every problem names file, line and field.
+/// [`load_with`], component files checked.
+#[cfg(test)]
 pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
+    load_with(path, false)
+}
+
+/// Read and check `path`. Every problem names file, line and field. With
+/// `tolerate_broken`, a component file that is missing or not a regular
+/// file is left for its app's loads to find (`serve --tolerate-broken`):
+/// its tenant may replace it.
+pub fn load_with(path: &Path, tolerate_broken: bool) -> anyhow::Result<Vec<TenantConfig>> {
     let file = path.display().to_string();
     let text = config::read_config_file(path)
         .map_err(|e| anyhow::anyhow!("cannot read tenants file {file}: {e}"))?;
@@ -152,7 +161,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TenantConfig>> {
                 .find(|(k, _)| k.get_ref().as_ref() == key)
                 .map(|(_, v)| v.span())
         };
-        let tenant = tenant(table, app.span(), base, &err)
+        let tenant = tenant(table, app.span(), base, &err, tolerate_broken)
             .map_err(|e| e.unwrap_or_else(|| err(app.span(), "name", "missing".into())))?;
         if !names.insert(tenant.name.clone()) {
             let span = span_of_key("name").unwrap_or(app.span());
@@ -251,6 +260,7 @@ fn tenant(
     whole: Range<usize>,
     base: &Path,
     err: Located<'_>,
+    tolerate_broken: bool,
 ) -> Result<TenantConfig, Option<TenantError>> {
     let mut name = None;
     let mut component = None;
@@ -292,6 +302,10 @@ fn tenant(
                     )));
                 }
                 let c = base.join(c);
+                if tolerate_broken {
+                    component = Some((c, span));
+                    continue;
+                }
                 if c.is_dir() {
                     return Err(Some(err(
                         span,

@@ -934,3 +934,42 @@ pub fn assert_content_lengths_are_checked(s: &Server) {
     s.wait_for_log("is not a number");
     assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
 }
+
+/// A loopback TCP connection to `addr` whose receive buffer is `bytes`,
+/// set before connecting so the window is small from the start: the
+/// server's socket fills, and its kernel holds what the client has not
+/// taken, as for a slow link.
+pub fn small_window_connection(
+    addr: std::net::SocketAddr,
+    bytes: libc::c_int,
+) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("a loopback IPv4 address")
+    };
+    // SAFETY: a new socket this test owns, an int option, and a
+    // sockaddr_in built whole; the fd goes to the TcpStream that closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::from_ref(&bytes).cast(),
+            std::mem::size_of_val(&bytes) as libc::socklen_t,
+        );
+        assert_eq!(rc, 0);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = v4.port().to_be();
+        sa.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+        let rc = libc::connect(
+            fd,
+            std::ptr::from_ref(&sa).cast(),
+            std::mem::size_of_val(&sa) as libc::socklen_t,
+        );
+        assert_eq!(rc, 0);
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}

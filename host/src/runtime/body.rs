@@ -21,6 +21,8 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::runtime::held_bytes;
+
 /// Value of the `Server` header on every response unless the app sets one.
 pub const SERVER: &str = concat!("rsgi-wasm/", env!("CARGO_PKG_VERSION"));
 
@@ -38,37 +40,14 @@ type Chunk = Result<Bytes, BodyAbort>;
 /// client costs little memory per response.
 pub const BODY_BUDGET: usize = 64 * 1024;
 
-/// Bytes of large chunks (over [`BODY_BUDGET`]) all responses together may
-/// hold in the host while their clients take them (`--max-response-buffer`):
-/// the per-response budget lets one such chunk through whole, and the app
-/// that made it moves on, so without this clients that do not read held
-/// 16 MiB for each response they asked for, 1.7 GB on one HTTP/2
-/// connection (round CW). Set by [`limit_held`]; the flag's default
-/// until then.
-static HELD: std::sync::OnceLock<(Arc<Semaphore>, usize)> = std::sync::OnceLock::new();
-
-/// Set the process's limit on held bytes, once, before serving.
-pub fn limit_held(bytes: usize) {
-    let bytes = bytes.clamp(1, Semaphore::MAX_PERMITS);
-    let _ = HELD.set((Arc::new(Semaphore::new(bytes)), bytes));
-}
-
-fn held() -> &'static (Arc<Semaphore>, usize) {
-    HELD.get_or_init(|| {
-        let bytes = crate::config::parse_size(crate::config::DEFAULT_MAX_RESPONSE_BUFFER)
-            .expect("the default --max-response-buffer parses") as usize;
-        (Arc::new(Semaphore::new(bytes)), bytes)
-    })
-}
-
 /// What a chunk on its way to hyper holds until hyper has taken it (its
 /// last piece, for a chunk over [`PIECE`]).
 #[derive(Default)]
 pub struct Shares {
     /// Its share of the response's [`BODY_BUDGET`].
     body: Option<OwnedSemaphorePermit>,
-    /// A large chunk's share of the process's held bytes (`limit_held`).
-    process: Option<OwnedSemaphorePermit>,
+    /// A large chunk's room among the held bytes (`held_bytes`).
+    process: Option<held_bytes::Share>,
 }
 
 /// A chunk on its way to hyper, with its [`Shares`].
@@ -195,11 +174,6 @@ impl BodySender {
         self
     }
 
-    /// How long `send` waits for a client taking nothing.
-    pub fn stall(&self) -> Option<Duration> {
-        self.stall
-    }
-
     /// Queue a chunk, waiting while the budget is used up (a chunk larger
     /// than the budget waits for all of it and then goes alone); false if
     /// the client went away or took nothing for the stall limit.
@@ -236,12 +210,18 @@ impl BodySender {
             self.stalled.store(true, Ordering::Relaxed);
             return false;
         };
-        let Ok(process) = self.process_share(chunk.len()).await else {
-            let why = format!("response cut short: {}", held_full(self.stall));
-            log_for_app(self.app.as_deref(), &why);
-            self.stalled.store(true, Ordering::Relaxed);
-            self.abort(why);
-            return false;
+        let process = match held_bytes::take(&self.app_name(), chunk.len(), self.tx.closed()).await
+        {
+            Ok(share) => share,
+            Err(refused) => {
+                if let held_bytes::Refused::Full(own) = refused {
+                    let why = format!("response cut short: {}", held_bytes::full(own));
+                    log_for_app(self.app.as_deref(), &why);
+                    self.abort(why);
+                }
+                self.stalled.store(true, Ordering::Relaxed);
+                return false;
+            }
         };
         self.tx
             .send(Queued {
@@ -254,25 +234,9 @@ impl BodySender {
             .is_ok()
     }
 
-    /// A chunk of `len` bytes' share of the process's held bytes: none
-    /// needed for one within [`BODY_BUDGET`]; waited for up to the stall
-    /// time (the app's instance waits with it, as for a slow client), and
-    /// `Err` past it (see [`held_full`]).
-    pub async fn process_share(&self, len: usize) -> Result<Option<OwnedSemaphorePermit>, ()> {
-        if len <= BODY_BUDGET {
-            return Ok(None);
-        }
-        let (semaphore, limit) = held();
-        let share = u32::try_from(len.min(*limit)).unwrap_or(u32::MAX);
-        let acquire = semaphore.clone().acquire_many_owned(share);
-        let got = match self.stall {
-            Some(stall) => tokio::time::timeout(stall, acquire).await.ok(),
-            None => Some(acquire.await),
-        };
-        match got {
-            Some(Ok(permit)) => Ok(Some(permit)),
-            _ => Err(()),
-        }
+    /// The app sending, as its held bytes are counted.
+    pub fn app_name(&self) -> Arc<str> {
+        self.app.clone().unwrap_or_else(|| Arc::from(""))
     }
 
     /// Whether the receiving end is gone: the client left.
@@ -293,17 +257,6 @@ impl BodySender {
             shares: Shares::default(),
         });
     }
-}
-
-/// Why a large chunk found no room among the process's held bytes
-/// (waited for `waited`).
-pub fn held_full(waited: Option<Duration>) -> String {
-    let waited = waited.map_or(String::new(), |w| format!(" for {w:?}"));
-    format!(
-        "responses waiting for their clients held all {} MiB the server keeps for them \
-         (--max-response-buffer){waited}: clients that do not read, or raise the limit",
-        held().1 >> 20
-    )
 }
 
 /// Most bytes handed to hyper in one frame. hyper's HTTP/2 side takes a
@@ -336,8 +289,8 @@ struct Held {
 /// [`body_channel`] (from the guest or a file).
 pub struct ResponseBody {
     first: Option<Bytes>,
-    /// The first chunk's share of the process's held bytes.
-    first_share: Option<OwnedSemaphorePermit>,
+    /// The first chunk's room among the held bytes.
+    first_share: Option<held_bytes::Share>,
     held: Option<Arc<std::sync::Mutex<Held>>>,
     rx: Option<mpsc::UnboundedReceiver<Queued>>,
     taken: Arc<LastTaken>,
@@ -430,9 +383,9 @@ impl ResponseBody {
         self
     }
 
-    /// The first chunk's share of the process's held bytes
-    /// ([`BodySender::process_share`]), kept until hyper has taken it.
-    pub fn with_first_share(mut self, share: Option<OwnedSemaphorePermit>) -> Self {
+    /// The first chunk's room among the held bytes (`held_bytes::take`),
+    /// kept until hyper has taken it.
+    pub fn with_first_share(mut self, share: Option<held_bytes::Share>) -> Self {
         self.first_share = share;
         self
     }

@@ -24,6 +24,7 @@ pub mod fuse;
 mod generated;
 mod guest_clock;
 mod guest_log;
+mod held_bytes;
 pub mod instance_slots;
 mod lock_dirs;
 pub mod outbound;
@@ -43,6 +44,7 @@ pub mod wsgi;
 
 pub use disk_quota::{Ledger as QuotaLedger, WarnEvery};
 pub use guest_log::{visible, visible_lines};
+pub use held_bytes::set as limit_held_bytes;
 pub use quota_fs::guests_share;
 
 /// The status a guest exited with, if `error` is its call to

@@ -290,10 +290,23 @@ impl Tenant {
     pub fn check(
         starter: &Starter,
         spec: AppSpec,
-        alone: bool,
+        (alone, tolerate_broken): (bool, bool),
         default_idle: Duration,
     ) -> Result<Arc<Tenant>> {
-        let world = engine::exported_world(&spec.component)?;
+        let world = match engine::exported_world(&spec.component) {
+            Ok(world) => world,
+            // Its loads fail the same way, each a 503 and a line, until
+            // the file is fixed: the other apps are served meanwhile.
+            Err(e) if tolerate_broken => {
+                tracing::error!(
+                    app = %spec.name,
+                    "{e:#}: this app answers 503 until its component is fixed (each load tries it \
+                     again; one built for the other world needs a reload); the other apps are served"
+                );
+                World::default()
+            }
+            Err(e) => return Err(e),
+        };
         let limits = &spec.limits;
         if limits.isolation == Isolation::Request
             && (limits.max_requests > 0 || limits.max_requests_jitter > 0)
@@ -337,7 +350,7 @@ impl Tenant {
         alone: bool,
         default_idle: Duration,
     ) -> Result<Arc<Tenant>> {
-        let tenant = Tenant::check(starter, spec, alone, default_idle)?;
+        let tenant = Tenant::check(starter, spec, (alone, false), default_idle)?;
         let pool = tenant.load(&mut Turn::default()).await?;
         *tenant.state.lock().expect("tenant lock") = State::Warm(pool);
         tenant.metrics.series().loaded_copies(1);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 
 use crate::config::DirGrant;
 use crate::latin1;
@@ -18,6 +18,7 @@ use crate::runtime::body::{
 };
 use crate::runtime::generated::{BodyError, RequestHost, ResponseHost, SendFileError};
 use crate::runtime::guest_log;
+use crate::runtime::held_bytes;
 use crate::runtime::quota_fs::{OpenFiles, SentFileSlot};
 
 /// Receives the response once the guest commits its start (or the host
@@ -322,7 +323,7 @@ impl Exchange {
         headers: &str,
         default_length: Option<u64>,
         first: Vec<u8>,
-        first_share: Option<OwnedSemaphorePermit>,
+        first_share: Option<held_bytes::Share>,
     ) -> bool {
         if self.start_tx.is_none() {
             return false;
@@ -404,26 +405,29 @@ impl Exchange {
         Ok(())
     }
 
-    /// Room among the process's held bytes for a large first chunk of
-    /// `len` bytes, before the head commits: `false` (a 503 sent, and
-    /// logged) if none came within the stall time.
-    async fn first_share(&mut self, len: usize) -> Result<Option<OwnedSemaphorePermit>, ()> {
-        let Some(tx) = self.chunk_tx.as_ref().filter(|_| !self.head_method) else {
+    /// Room among the held bytes for a large first chunk of `len` bytes,
+    /// before the head commits: `Err` (a 503 sent and logged, or the
+    /// client gone) if none came in time.
+    async fn first_share(&mut self, len: usize) -> Result<Option<held_bytes::Share>, ()> {
+        if self.head_method || self.chunk_tx.is_none() {
+            return Ok(None);
+        }
+        let Some(start_tx) = self.start_tx.as_mut() else {
             return Ok(None);
         };
-        if self.start_tx.is_none() {
-            return Ok(None);
+        match held_bytes::take(&self.app, len, start_tx.closed()).await {
+            Ok(share) => Ok(share),
+            Err(held_bytes::Refused::ClientLeft) => Err(()),
+            Err(held_bytes::Refused::Full(own)) => {
+                let why = held_bytes::full(own);
+                tracing::warn!(app = %self.app, request = %self.asked, "answered 503: {why}");
+                self.respond_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable: the server holds as many response bytes for slow clients as it may; try again",
+                );
+                Err(())
+            }
         }
-        let share = tx.process_share(len).await;
-        if share.is_err() {
-            let why = body::held_full(tx.stall());
-            tracing::warn!(app = %self.app, "answered 503: {why}");
-            self.respond_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable: the server holds as many response bytes for slow clients as it may; try again",
-            );
-        }
-        share
     }
 
     /// Push a chunk; false if the response has not started or the client left.
