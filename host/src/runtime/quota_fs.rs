@@ -109,18 +109,30 @@ impl OpenFiles {
     }
 
     /// One more host descriptor, unless the app or the process is at its
-    /// limit; `refused` says what the guest got instead, for the log.
+    /// limit; `refused` says what the guest got instead, for the log: what
+    /// the app sees (ENOMEM, EMFILE) says little, so the operator is told
+    /// why.
     fn take(self: &Arc<Self>, refused: &str) -> Option<Arc<FdSlot>> {
         let full = match self.count_in(&self.open) {
             Ok(()) => return Some(Arc::new(FdSlot(self.clone()))),
-            Err(Full::App) => format!(
-                "{} files open, the app's max_open_files (raise it with --max-open-files, \
-                 `max_open_files` in tenants.toml)",
-                self.limit
-            ),
-            Err(Full::Process) => process_full(),
+            Err(full) => full,
         };
-        self.refused(&full, refused);
+        self.refusals.inc();
+        // Worded only when logged: naming the holder walks every app.
+        if self.warned.due() {
+            let why = match full {
+                Full::App => format!(
+                    "{} files open, the app's max_open_files (raise it with --max-open-files, \
+                     `max_open_files` in tenants.toml)",
+                    self.limit
+                ),
+                Full::Process => process_full(),
+            };
+            tracing::warn!(
+                app = %self.app,
+                "{why}: {refused} (logged at most once a minute)"
+            );
+        }
         None
     }
 
@@ -134,14 +146,17 @@ impl OpenFiles {
     pub fn take_sent_file(self: &Arc<Self>) -> Option<SentFileSlot> {
         let full = match self.count_in(&self.sent) {
             Ok(()) => return Some(SentFileSlot(self.clone())),
-            Err(Full::App) => format!(
-                "{} files already being sent for wsgi.file_wrapper (--max-open-files, \
-                 `max_open_files` in tenants.toml) to clients that have not taken them",
-                self.limit
-            ),
-            Err(Full::Process) => process_full(),
+            Err(full) => full,
         };
         if self.sent_warned.due() {
+            let full = match full {
+                Full::App => format!(
+                    "{} files already being sent for wsgi.file_wrapper (--max-open-files, \
+                     `max_open_files` in tenants.toml) to clients that have not taken them",
+                    self.limit
+                ),
+                Full::Process => process_full(),
+            };
             tracing::warn!(
                 app = %self.app,
                 "{full}: the app streams the next files itself, each holding an instance until \
@@ -149,18 +164,6 @@ impl OpenFiles {
             );
         }
         None
-    }
-
-    /// Count a refusal; what the app sees (ENOMEM, EMFILE) says little,
-    /// so the operator is told why.
-    fn refused(&self, why: &str, refused: &str) {
-        self.refusals.inc();
-        if self.warned.due() {
-            tracing::warn!(
-                app = %self.app,
-                "{why}: {refused} (logged at most once a minute)"
-            );
-        }
     }
 }
 
