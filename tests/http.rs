@@ -852,21 +852,7 @@ fn large_chunks_held_for_slow_clients_share_one_limit() {
         ],
     );
     let ops = s.logged_addr("metrics on ");
-    let mut slow = small_window_connection(s.addr, 8192);
-    slow.write_all(b"GET /one-chunk?16000000,return HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let reader = std::thread::spawn({
-        let reading = reading.clone();
-        move || {
-            // 8 KB/s: shown to be reading, so never cut as stalled.
-            let mut buf = vec![0u8; 2048];
-            while reading.load(std::sync::atomic::Ordering::Relaxed) {
-                assert!(slow.read(&mut buf).unwrap() > 0);
-                std::thread::sleep(std::time::Duration::from_millis(250));
-            }
-        }
-    });
+    let slow = SlowReader::start(s.addr, "x", "/one-chunk?16000000,return");
     // The operator sees whose responses hold it.
     let held = "rsgi_wasm_response_buffer_bytes{tenant=\"router\"}";
     wait_for_series(ops, held, 16_000_000.0);
@@ -881,8 +867,7 @@ fn large_chunks_held_for_slow_clients_share_one_limit() {
     );
     // Small responses are not held back.
     assert_eq!(get(&s, "/").0, 200);
-    reading.store(false, std::sync::atomic::Ordering::Relaxed);
-    reader.join().unwrap();
+    slow.leave();
     // Its client gone, the room comes back (once the server has seen the
     // connection end), and a large response is served whole again.
     wait_for_series(ops, held, 0.0);

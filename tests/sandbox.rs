@@ -1002,7 +1002,6 @@ fn a_broken_component_takes_only_its_own_tenant_down_with_tolerate_broken() {
 /// leave the other apps room for theirs.
 #[test]
 fn one_app_s_slow_clients_leave_the_others_room_in_the_response_buffer() {
-    use std::io::Read;
     let dir = temp_dir("held-halves");
     let config = write_config(
         &dir,
@@ -1020,21 +1019,7 @@ fn one_app_s_slow_clients_leave_the_others_room_in_the_response_buffer() {
         "--header-timeout",
         "1s",
     ]);
-    let mut slow = small_window_connection(s.addr, 8192);
-    slow.write_all(b"GET /one-chunk?16000000,return HTTP/1.1\r\nHost: slow.test\r\n\r\n")
-        .unwrap();
-    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let reader = std::thread::spawn({
-        let reading = reading.clone();
-        move || {
-            // 8 KB/s: reading, so never cut as stalled.
-            let mut buf = vec![0u8; 2048];
-            while reading.load(std::sync::atomic::Ordering::Relaxed) {
-                assert!(slow.read(&mut buf).unwrap() > 0);
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        }
-    });
+    let slow = SlowReader::start(s.addr, "slow.test", "/one-chunk?16000000,return");
     std::thread::sleep(Duration::from_millis(500));
     // Its own half is full; the other app's is not.
     assert_eq!(
@@ -1046,8 +1031,7 @@ fn one_app_s_slow_clients_leave_the_others_room_in_the_response_buffer() {
     );
     let (status, body) = get_host(&s, "other.test", "/one-chunk?16000000,return");
     assert_eq!((status, body.len()), (200, 16_000_000));
-    reading.store(false, std::sync::atomic::Ordering::Relaxed);
-    reader.join().unwrap();
+    slow.leave();
 }
 
 #[test]

@@ -973,3 +973,38 @@ pub fn small_window_connection(
         std::net::TcpStream::from_raw_fd(fd)
     }
 }
+
+/// A client of `GET path` (Host `host`) that reads its response at 8 KB/s:
+/// shown to be reading, so never cut as stalled, it keeps the response's
+/// bytes waiting in the server until [`SlowReader::leave`].
+pub struct SlowReader {
+    reading: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SlowReader {
+    /// Start reading `path` from `addr` slowly.
+    pub fn start(addr: SocketAddr, host: &str, path: &str) -> SlowReader {
+        let mut slow = small_window_connection(addr, 8192);
+        write!(slow, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+        let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let thread = std::thread::spawn({
+            let reading = reading.clone();
+            move || {
+                let mut buf = vec![0u8; 2048];
+                while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert!(slow.read(&mut buf).unwrap() > 0);
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+        });
+        SlowReader { reading, thread }
+    }
+
+    /// Stop reading and close the connection.
+    pub fn leave(self) {
+        self.reading
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
+}

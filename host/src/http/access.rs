@@ -16,6 +16,7 @@ use crate::http::conn_idle::InFlight;
 use crate::metrics::{self, TenantMetrics};
 use crate::runtime::body::{self, BodyAbort, ResponseBody};
 use crate::runtime::visible;
+use crate::runtime::wsgi::Asked;
 
 /// Status logged for a request whose client left before any response
 /// (nginx's convention).
@@ -34,8 +35,9 @@ struct Line {
     tenant: Option<Arc<TenantMetrics>>,
     peer: IpAddr,
     method: Method,
-    /// Clipped to `MAX_LOGGED`.
-    target: String,
+    /// Clipped to `MAX_LOGGED`; shared with the lines about the request's
+    /// end (`Asked`).
+    target: Arc<str>,
     t0: Instant,
     status: u16,
     sent: u64,
@@ -177,12 +179,27 @@ impl AccessLog {
             tenant: None,
             peer,
             method: method.clone(),
-            target: clipped(target).into_owned(),
+            target: Arc::from(clipped(target).as_ref()),
             t0: Instant::now(),
             status: CLIENT_CLOSED,
             sent: 0,
             cold: None,
         }))
+    }
+
+    /// The request, for the lines about its end that come after this one
+    /// (a `close()` that never returns, a trap).
+    pub fn asked(&self) -> Asked {
+        match &self.0 {
+            Some(line) => Asked {
+                method: line.method.clone(),
+                target: line.target.clone(),
+            },
+            None => Asked {
+                method: Method::GET,
+                target: Arc::from("-"),
+            },
+        }
     }
 
     /// The request was routed to a tenant: count it there.

@@ -937,12 +937,7 @@ async fn respond(
     };
     let connect = parts.method == Method::CONNECT;
     let head = parts.method == Method::HEAD;
-    let asked: Arc<str> = format!(
-        "{} {}",
-        parts.method,
-        crate::runtime::visible(&environ::raw_target(&parts.uri, parts.version))
-    )
-    .into();
+    let asked = log.asked();
     let request = if tenant.wasi_http() {
         // A wasi:http guest builds its environ itself, from the request as
         // any wasi:http host passes it (no mount point, no client address).

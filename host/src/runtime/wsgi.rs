@@ -113,12 +113,27 @@ impl Responder {
     }
 }
 
+/// A request's method and target as the access line has them, shown
+/// (`GET /x?y`) only when a line about the request's end is written.
+pub struct Asked {
+    /// The method.
+    pub method: http::Method,
+    /// The target, clipped.
+    pub target: Arc<str>,
+}
+
+impl std::fmt::Display for Asked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, guest_log::visible(&self.target))
+    }
+}
+
 /// One request's channels, owned by the instance while it serves it.
 pub struct Exchange {
     /// The app answering, for the log.
     app: Arc<str>,
     /// The request's method and target, for the lines about its end.
-    asked: Arc<str>,
+    asked: Asked,
     body: RequestBody,
     /// Taken when the response starts: the status and headers are out.
     start_tx: Option<oneshot::Sender<Response<ResponseBody>>>,
@@ -136,7 +151,7 @@ pub struct Exchange {
 impl Exchange {
     /// Channels for one request to `app`; the server awaits the receiver.
     pub fn new(
-        (app, asked): (Arc<str>, Arc<str>),
+        (app, asked): (Arc<str>, Asked),
         body: RequestBody,
         head_method: bool,
         stall: std::time::Duration,
@@ -159,7 +174,7 @@ impl Exchange {
     }
 
     /// The request's method and target (`GET /x?y`), for the log.
-    pub fn asked(&self) -> &str {
+    pub fn asked(&self) -> &Asked {
         &self.asked
     }
 
