@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := target/release/rsgi-wasm
 LISTEN ?= 127.0.0.1:8000
 
-.PHONY: demo test lint bin bench bench-noisy bench-protocols bench-distinct bench-frameworks profile audit
+.PHONY: demo test lint bin bench bench-noisy bench-protocols bench-distinct bench-compact bench-frameworks profile audit
 .DELETE_ON_ERROR:
 
 demo: bin
@@ -31,13 +31,14 @@ lint:
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
 # Side-by-side benchmark (installs wrk, granian, gunicorn itself); writes
-# its table into docs/benchmarks.md. Takes about 40 minutes in all.
+# its table into docs/benchmarks.md. Takes about 45 minutes in all.
 bench: bin
 	./scripts/setup.sh
 	python3 bench/bench.py $(BENCH_ARGS)
 	python3 bench/noisy.py
 	python3 bench/protocols.py
 	python3 bench/distinct.py $(DISTINCT_ARGS)
+	python3 bench/compact.py
 
 # Noisy neighbour: a healthy tenant's throughput while another spins or
 # allocates in the same process (about 2 minutes; part of `make bench`).
@@ -58,6 +59,13 @@ bench-protocols: bin
 bench-distinct: bin
 	./scripts/setup.sh
 	python3 bench/distinct.py $(DISTINCT_ARGS)
+
+# `--compact-cache` next to the default cache: disk per additional app,
+# its first start, cold loads and memory (about 5 minutes; part of
+# `make bench`).
+bench-compact: bin
+	./scripts/setup.sh
+	python3 bench/compact.py
 
 # Cargo.lock against the RustSec advisory database, where it is reachable.
 audit:

@@ -1405,6 +1405,114 @@ fn compiled_artifact_is_cached_between_starts() {
 }
 
 #[test]
+fn a_compact_cache_keeps_another_app_as_a_delta_that_any_start_expands() {
+    // `--compact-cache`: an app compiled after a similar one is stored as a
+    // zstd delta against it (a few MB, not 16), expanded at each load; a
+    // delta that cannot be used is compiled again, never served wrong.
+    let cache = temp_dir("compact-cache");
+    let cache_arg = cache.display().to_string();
+    let modules = cache.join("modules");
+    let with_ext = |ext: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&modules)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect()
+    };
+    let probe_answers = |s: &Server| {
+        let seen = get_json(s, "/compact?x=1");
+        assert_eq!(seen["path"], "/compact", "{seen}");
+        assert_eq!(seen["query"], "x=1", "{seen}");
+    };
+    drop(Server::start(&hello(), &["--cache-dir", &cache_arg]));
+    assert!(with_ext("delta").is_empty());
+    let wholes = with_ext("cwasm").len();
+
+    let s = Server::start(&probe(), &["--cache-dir", &cache_arg, "--compact-cache"]);
+    probe_answers(&s);
+    drop(s);
+    let deltas = with_ext("delta");
+    assert_eq!(deltas.len(), 1, "{deltas:?}");
+    let delta = deltas[0].clone();
+    let bytes = std::fs::read(&delta).unwrap();
+    let base = String::from_utf8_lossy(bytes.split(|&b| b == b'\n').nth(1).unwrap()).into_owned();
+    let base_len = std::fs::metadata(modules.join(&base)).unwrap().len();
+    assert!(
+        (bytes.len() as u64) < base_len / 4,
+        "{} bytes against a base of {base_len}",
+        bytes.len()
+    );
+    // Only the snapshot module is a delta: the small one stays whole.
+    assert!(with_ext("cwasm").len() > wholes, "{:?}", with_ext("cwasm"));
+
+    // Loaded from the delta by a process without the flag too.
+    let s = Server::start(&probe(), &["--cache-dir", &cache_arg]);
+    assert!(!s.logs().contains("compiling"), "{}", s.logs());
+    probe_answers(&s);
+    drop(s);
+    let hello_too = Server::start(&hello(), &["--cache-dir", &cache_arg]);
+    assert_eq!(get(&hello_too, "/").1, "Hello, World!\n");
+    drop(hello_too);
+
+    // Under `serve`, a tenant unloaded when idle is expanded again at its
+    // next request; its instances' pages are recorded at the unload.
+    let config = cache.join("tenants.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[app]]\nname = \"p\"\ncomponent = \"{}\"\nidle_timeout = \"1s\"\n",
+            probe().display()
+        ),
+    )
+    .unwrap();
+    let s = Server::start_with(&[
+        "serve",
+        config.to_str().unwrap(),
+        "--cache-dir",
+        &cache_arg,
+        "--compact-cache",
+    ]);
+    let hot = delta.with_extension("hot");
+    let _ = std::fs::remove_file(&hot);
+    probe_answers(&s);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !hot.exists() {
+        assert!(std::time::Instant::now() < deadline, "{}", s.logs());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    probe_answers(&s);
+    let cold_starts = s.logs().matches("cold start: loaded in").count();
+    assert_eq!(cold_starts, 2, "{}", s.logs());
+    assert!(!s.logs().contains("compiling"), "{}", s.logs());
+    drop(s);
+
+    // Damaged: found by the frame's checksum, removed, compiled again.
+    let mut damaged = bytes.clone();
+    let at = damaged.len() - 100;
+    damaged[at] ^= 0x55;
+    std::fs::write(&delta, &damaged).unwrap();
+    let s = Server::start(&probe(), &["--cache-dir", &cache_arg, "--compact-cache"]);
+    assert!(s.logs().contains("is unusable"), "{}", s.logs());
+    assert!(s.logs().contains("compiling"), "{}", s.logs());
+    probe_answers(&s);
+    drop(s);
+    assert_eq!(std::fs::read(&delta).unwrap(), bytes);
+
+    // Its base gone: compiled again, whole if nothing else is like it.
+    std::fs::remove_file(modules.join(&base)).unwrap();
+    let s = Server::start(&probe(), &["--cache-dir", &cache_arg, "--compact-cache"]);
+    assert!(
+        s.logs().contains("which is gone from the cache"),
+        "{}",
+        s.logs()
+    );
+    probe_answers(&s);
+    drop(s);
+    let s = Server::start(&hello(), &["--cache-dir", &cache_arg, "--compact-cache"]);
+    assert_eq!(get(&s, "/").1, "Hello, World!\n");
+}
+
+#[test]
 fn damaged_cache_files_are_compiled_again() {
     // Whatever happened to the cache (a crash, a full disk, a stray edit),
     // an app whose cached files are unusable compiles them again.

@@ -160,7 +160,7 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
     let loader = new_loader(
         args.cache.cache_dir.clone(),
         Allocation::OnDemand,
-        args.unpack.max_unpacked,
+        &args.loading,
     )?;
     let engine = loader.engine();
     let loaded = loader.load(&args.component)?;
@@ -335,12 +335,14 @@ fn app_name(component: &Path) -> String {
 fn new_loader(
     cache_dir: Option<PathBuf>,
     allocation: Allocation,
-    max_unpacked: u64,
+    loading: &crate::cli::Loading,
 ) -> Result<Arc<Loader>> {
     let cache = engine::cache_dir(cache_dir)?;
     crate::cachefs::remove_stale_temps(&cache);
     Ok(Arc::new(
-        Loader::new(engine::new_engine(allocation)?, cache).with_max_unpacked(max_unpacked),
+        Loader::new(engine::new_engine(allocation)?, cache)
+            .with_max_unpacked(loading.max_unpacked)
+            .with_compact_cache(loading.compact_cache),
     ))
 }
 
@@ -457,7 +459,7 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let loader = new_loader(
         args.cache.cache_dir.clone(),
         Allocation::for_run(&limits),
-        args.http.unpack.max_unpacked,
+        &args.http.loading,
     )?;
     let workers = limits.workers;
     let starter = Starter::new(loader.clone(), scheduler(&loader), metered, usize::MAX);
@@ -1114,7 +1116,7 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
     let loader = new_loader(
         args.cache.cache_dir.clone(),
         Allocation::OnDemand,
-        args.http.unpack.max_unpacked,
+        &args.http.loading,
     )?;
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     let fits = Fits::new(args.max_loaded, nofile, args.preload, args.config.clone());

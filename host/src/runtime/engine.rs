@@ -23,6 +23,7 @@ use crate::digests;
 use crate::metrics;
 use crate::runtime::generated::{request, response, WsgiAppPre};
 use crate::runtime::instance_slots::{self, Allocation};
+use crate::runtime::module_deltas;
 use crate::runtime::snapshot_pages::{self, SnapshotFile};
 use crate::runtime::store::HostState;
 use crate::runtime::wasi_http::INCOMING_HANDLER;
@@ -289,6 +290,8 @@ pub struct Loader {
     checked: Mutex<HashSet<FileKey>>,
     /// Most bytes of files one component may unpack (`--max-unpacked`).
     max_unpacked: u64,
+    /// Store new snapshot modules as deltas (`--compact-cache`).
+    compact: bool,
 }
 
 /// A compiled component and the read-only file tree it ships.
@@ -319,6 +322,9 @@ pub struct SharedModule {
     module: Module,
     /// Its artifact, if instances map their memory from it.
     snapshot: Option<SnapshotFile>,
+    /// The file it was expanded into from a delta, and the delta's path:
+    /// which pages its instances read is recorded when it is dropped.
+    expanded: Option<(std::fs::File, PathBuf)>,
 }
 
 impl Loaded {
@@ -357,6 +363,9 @@ impl Loaded {
 impl Drop for SharedModule {
     fn drop(&mut self) {
         metrics::core_modules_loaded(-1);
+        if let Some((file, path)) = &self.expanded {
+            snapshot_pages::record_read(file, path);
+        }
     }
 }
 
@@ -390,12 +399,20 @@ impl Loader {
             compiling: Mutex::new(()),
             checked: Mutex::new(HashSet::new()),
             max_unpacked: u64::MAX,
+            compact: false,
         }
     }
 
     /// Refuse components that ship more than `bytes` of files to unpack.
     pub fn with_max_unpacked(mut self, bytes: u64) -> Self {
         self.max_unpacked = bytes;
+        self
+    }
+
+    /// Store the core modules it compiles from now on as deltas against
+    /// similar ones where that makes them small ([`module_deltas`]).
+    pub fn with_compact_cache(mut self, compact: bool) -> Self {
+        self.compact = compact;
         self
     }
 
@@ -587,7 +604,7 @@ impl Loader {
         let shell_hash = format!("{:x}", Sha256::digest(shell));
         let mut needed = 0u64;
         for m in split.iter().flat_map(|s| &s.modules) {
-            if !self.artifact("modules", &m.hash).is_file() {
+            if !self.module_cached(&m.hash) {
                 needed += m.range.len() as u64 * COMPILED_PER_MODULE_BYTE;
             }
         }
@@ -601,16 +618,14 @@ impl Loader {
             for m in &split.modules {
                 let module = &bytes[m.range.clone()];
                 let new = self
-                    .compile_into(&self.artifact("modules", &m.hash), |e| {
-                        e.precompile_module(module)
-                    })
+                    .compile_module(&m.hash, module)
                     .context("compiling a core module of the component")?;
                 compiled_modules += usize::from(new);
                 hashes.push(m.hash.clone());
             }
         }
         let new_shell = self
-            .compile_into(&self.artifact("shells", &shell_hash), |e| {
+            .compile_into(&self.artifact("shells", &shell_hash), false, |e| {
                 e.precompile_component(shell)
             })
             .map_err(|e| {
@@ -723,11 +738,29 @@ impl Loader {
             .join(format!("{hash}-{}.cwasm", self.engine_key()))
     }
 
-    /// Compile into `artifact` unless a sound one is there; whether it was
-    /// compiled now.
+    /// Whether the core module `hash` is in the cache, whole or as a delta
+    /// whose base is there (not checked: a load does that).
+    fn module_cached(&self, hash: &str) -> bool {
+        let artifact = self.artifact("modules", hash);
+        artifact.is_file() || module_deltas::base_present(&module_deltas::path_of(&artifact))
+    }
+
+    /// Compile core module `hash` into the cache unless it is there, whole
+    /// and sound or as a delta with its base; whether it was compiled now.
+    fn compile_module(&self, hash: &str, module: &[u8]) -> Result<bool> {
+        let artifact = self.artifact("modules", hash);
+        if module_deltas::base_present(&module_deltas::path_of(&artifact)) {
+            return Ok(false);
+        }
+        self.compile_into(&artifact, self.compact, |e| e.precompile_module(module))
+    }
+
+    /// Compile into `artifact` unless a sound one is there (as a delta,
+    /// when `delta` and one makes it small); whether it was compiled now.
     fn compile_into(
         &self,
         artifact: &Path,
+        delta: bool,
         compile: impl FnOnce(&Engine) -> wasmtime::Result<Vec<u8>>,
     ) -> Result<bool> {
         if let Ok(file) = std::fs::File::open(artifact) {
@@ -742,6 +775,16 @@ impl Loader {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
+        let suffix = format!("-{}.cwasm", self.engine_key());
+        if let Some(bytes) = delta
+            .then(|| module_deltas::encode(dir, &suffix, &compiled))
+            .flatten()
+        {
+            let path = module_deltas::path_of(artifact);
+            cachefs::write_compiled(&path, &bytes)
+                .with_context(|| format!("caching compiled code in {}", dir.display()))?;
+            return Ok(true);
+        }
         artifact_sums::record(artifact, &compiled)?;
         cachefs::write_compiled(artifact, &compiled)
             .with_context(|| format!("caching compiled code in {}", dir.display()))?;
@@ -749,6 +792,8 @@ impl Loader {
         // checked whole at its next load ([`artifact_sums::check`]).
         artifact_sums::record_again(artifact)?;
         snapshot_pages::forget_written(artifact);
+        // A delta whose base is gone, now stale: the whole one is loaded.
+        let _ = std::fs::remove_file(module_deltas::path_of(artifact));
         // Just hashed from these bytes: its first load need not read it
         // again. (Another process may rename its own copy over it; that
         // changes its identity, and it is checked then.)
@@ -838,7 +883,11 @@ impl Loader {
                 None => {
                     let artifact = self.artifact("modules", hash);
                     if !artifact.is_file() {
-                        return Ok(None);
+                        let Some(module) = self.expanded(&artifact)? else {
+                            return Ok(None);
+                        };
+                        linked.push((core_modules::import_name(index), self.keep(hash, module)));
+                        continue;
                     }
                     let loading = || format!("loading {}", artifact.display());
                     let Some(file) = open_artifact(&artifact)? else {
@@ -864,24 +913,87 @@ impl Loader {
                     };
                     let snapshot =
                         snapshot_pages::on_load(&file, &artifact, &module, cached_before);
-                    let module = Arc::new(SharedModule { module, snapshot });
-                    // Counted down by its `Drop`, this copy's too.
-                    metrics::core_modules_loaded(1);
-                    let mut map = self.modules.lock().expect("loader lock");
-                    // Loaded by another app meanwhile: keep one copy.
-                    match map.get(hash).and_then(Weak::upgrade) {
-                        Some(first) => first,
-                        None => {
-                            map.retain(|_, w| w.strong_count() > 0);
-                            map.insert(hash.to_owned(), Arc::downgrade(&module));
-                            module
-                        }
-                    }
+                    let expanded = None;
+                    self.keep(
+                        hash,
+                        SharedModule {
+                            module,
+                            snapshot,
+                            expanded,
+                        },
+                    )
                 }
             };
             linked.push((core_modules::import_name(index), module));
         }
         Ok(Some(linked))
+    }
+
+    /// `module`, loaded as core module `hash`, shared from now on; or the
+    /// copy another app loaded meanwhile.
+    fn keep(&self, hash: &str, module: SharedModule) -> Arc<SharedModule> {
+        let module = Arc::new(module);
+        // Counted down by its `Drop`, this copy's too.
+        metrics::core_modules_loaded(1);
+        let mut map = self.modules.lock().expect("loader lock");
+        match map.get(hash).and_then(Weak::upgrade) {
+            Some(first) => first,
+            None => {
+                map.retain(|_, w| w.strong_count() > 0);
+                map.insert(hash.to_owned(), Arc::downgrade(&module));
+                module
+            }
+        }
+    }
+
+    /// The module whose `artifact` is cached as a delta, expanded and
+    /// loaded; none if there is no delta, or it cannot be used (a damaged
+    /// one is removed), and the module is to be compiled again.
+    fn expanded(&self, artifact: &Path) -> Result<Option<SharedModule>> {
+        let path = module_deltas::path_of(artifact);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        // The expansion's buffer (the module's size) goes back to the
+        // kernel at once, not after mimalloc's delay.
+        let file = match crate::allocator::handing_back(|| module_deltas::expand(&path))? {
+            Ok(file) => file,
+            Err(module_deltas::Unusable::NoBase(base)) => {
+                tracing::info!(
+                    "compiling again: {} is a delta against {base}, which is gone from the cache",
+                    path.display()
+                );
+                return Ok(None);
+            }
+            Err(module_deltas::Unusable::Damaged(why)) => {
+                discard(&path, &why);
+                return Ok(None);
+            }
+        };
+        let loading = || format!("loading {}", path.display());
+        let for_wasmtime = file.try_clone().with_context(loading)?;
+        // SAFETY: expanded from a delta this engine's compile wrote (its
+        // hash is in the name) into our private cache, checked whole by the
+        // delta's checksum; the file has no name, so nothing else writes it.
+        let module = match unsafe { Module::deserialize_open_file(&self.engine, for_wasmtime) } {
+            Ok(m) => m,
+            Err(e) => {
+                discard_unusable(&path, &e)?;
+                return Ok(None);
+            }
+        };
+        // All of it is cached (just written): `on_load` leaves that alone
+        // and `settle_expanded` keeps what instances read before.
+        let snapshot = snapshot_pages::on_load(&file, &path, &module, None);
+        if snapshot.is_some() {
+            snapshot_pages::settle_expanded(&file, &path);
+        }
+        let expanded = snapshot.is_some().then_some((file, path));
+        Ok(Some(SharedModule {
+            module,
+            snapshot,
+            expanded,
+        }))
     }
 }
 

@@ -27,6 +27,7 @@ mod guest_log;
 mod held_bytes;
 pub mod instance_slots;
 mod lock_dirs;
+mod module_deltas;
 pub mod outbound;
 pub mod pool;
 mod quota_fs;

@@ -246,6 +246,65 @@ fn settle_page_cache(file: &File, path: &Path, before: Vec<bool>) {
     }
 }
 
+/// For a module expanded from a delta (`module_deltas`) into `file`, its
+/// pages all cached (just written, and synced so they can be dropped):
+/// drop them, then read back in, ahead, the pages instances of its
+/// earlier expansions read, recorded next to the delta at `path`
+/// ([`record_read`]). So a fault maps around it only pages instances read,
+/// and the first request does not read them from disk one by one. Not
+/// kept and the rest dropped: the kernel writes a file in folios of many
+/// pages, and drops none of a folio only partly advised.
+pub fn settle_expanded(file: &File, path: &Path) {
+    #[cfg(target_os = "linux")]
+    {
+        let Some(now) = residency(file) else { return };
+        let wanted = std::fs::read(path.with_extension("hot"))
+            .ok()
+            .and_then(|b| read_hot(&b, now.len()));
+        let page = rustix::param::page_size();
+        fadvise(
+            file,
+            path,
+            0..now.len() * page,
+            rustix::fs::Advice::DontNeed,
+        );
+        let none = vec![false; now.len()];
+        for r in runs(&wanted.unwrap_or_default(), &none, |wanted, _| wanted) {
+            let bytes = r.start * page..r.end * page;
+            fadvise(file, path, bytes, rustix::fs::Advice::WillNeed);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, path);
+}
+
+/// Record which pages of an expanded module's `file` are cached, when it
+/// is unloaded: what its instances read (with what was kept for them), for
+/// its next expansion ([`settle_expanded`]). The file is gone after.
+pub fn record_read(file: &File, path: &Path) {
+    #[cfg(target_os = "linux")]
+    {
+        let Some(now) = residency(file) else { return };
+        // Most of it cached says nothing of what instances read (a reader
+        // of the whole file, or a kernel that did not drop it), as in
+        // `settle_page_cache`.
+        if now.iter().filter(|&&c| c).count() * 4 > now.len() * 3 {
+            return;
+        }
+        let hot_path = path.with_extension("hot");
+        let recorded = std::fs::read(&hot_path)
+            .ok()
+            .and_then(|b| read_hot(&b, now.len()));
+        if recorded.as_ref() != Some(&now) {
+            if let Err(e) = crate::cachefs::write_hint(&hot_path, &write_hot(&now)) {
+                tracing::debug!("recording {}: {e:#}", hot_path.display());
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, path);
+}
+
 /// The maximal runs of page indices where `pick(a[i], b[i])`.
 pub(crate) fn runs(a: &[bool], b: &[bool], pick: impl Fn(bool, bool) -> bool) -> Vec<Range<usize>> {
     let mut out: Vec<Range<usize>> = Vec::new();

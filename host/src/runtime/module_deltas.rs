@@ -1,0 +1,358 @@
+//! Stores an app's compiled snapshot module as a zstd delta against a
+//! similar artifact kept whole (`--compact-cache`), and expands it into an
+//! unnamed file when the app loads.
+//!
+//! Why: nearly all of an app's 16-23 MB of compiled cache is its heap
+//! snapshot, and two apps' snapshots share few pages at the same offset
+//! (the heap is shifted, not edited; docs/benchmarks.md), so sharing pages
+//! cannot shrink it. A byte-level delta finds the shift: a hello variant
+//! against another hello app's artifact is about 2.4 MB. wasmtime maps a
+//! memory image only from a file as stored, so a delta is expanded at each
+//! load into an `O_TMPFILE` beside it, which the kernel frees once the
+//! module is dropped; the cost is that expansion (tens of milliseconds) at
+//! every load, and the full size on disk while the app is loaded.
+//!
+//! A delta names its base by file name. Bases are artifacts kept whole:
+//! an artifact whose best delta is not small enough is stored whole and
+//! becomes a base for the next ones, so apps of one kind (hello, Flask,
+//! Django) find a base of their own kind. A delta is never a base, so
+//! expanding one reads two files at most. The zstd frame carries the
+//! checksum of the expanded bytes: a delta or a base damaged since is
+//! found at expansion, and the app is compiled again.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::runtime::file_map::FileMap;
+use anyhow::{Context, Result};
+use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter};
+
+/// What a delta file starts with, then its base's file name, then the
+/// expanded size, each ending in a newline.
+const MAGIC: &str = "rsgi-wasm-delta 1";
+
+/// Artifacts smaller than this are kept whole: the snapshot modules are
+/// megabytes, the few others are not worth a base of their own.
+const SMALLEST: usize = 1 << 20;
+
+/// A delta is kept only when it is at most this fraction of the artifact;
+/// past it the artifact is kept whole and serves as a base. A hello app
+/// against another is about 1/7, a Flask app against a hello one about 1/4.
+const MOST_OF_WHOLE: usize = 5;
+
+/// zstd's level: measured on hello and Flask snapshots, 1 to 6 differ by
+/// 15% in size and 3x in time; 3 is where the time stops falling.
+const LEVEL: i32 = 3;
+
+/// zstd's largest window on 64-bit hosts: the base and the artifact must
+/// both fit in it.
+const MOST_WINDOW_LOG: u32 = 31;
+
+/// Where a module artifact's delta is kept, beside where it would be kept
+/// whole.
+pub fn path_of(artifact: &Path) -> PathBuf {
+    artifact.with_extension("delta")
+}
+
+/// Whether a delta is at `path` and the base it names is beside it.
+pub fn base_present(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let mut head = Vec::with_capacity(512);
+    use std::io::Read;
+    if file.take(512).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    let mut lines = head.split(|&b| b == b'\n');
+    let (Some(magic), Some(base)) = (lines.next(), lines.next()) else {
+        return false;
+    };
+    let base = String::from_utf8_lossy(base);
+    magic == MAGIC.as_bytes()
+        && is_name(&base)
+        && path.parent().is_some_and(|d| d.join(&*base).is_file())
+}
+
+/// A delta of `compiled` against the artifact in `dir` most like it (with
+/// the same engine suffix `suffix`), if one makes it small enough: the
+/// bytes to store. None means: keep it whole.
+pub fn encode(dir: &Path, suffix: &str, compiled: &[u8]) -> Option<Vec<u8>> {
+    if compiled.len() < SMALLEST {
+        return None;
+    }
+    let base = closest_base(dir, suffix, compiled.len())?;
+    let base_bytes = std::fs::read(dir.join(&base)).ok()?;
+    let frame = compress(&base_bytes, compiled)
+        .map_err(|e| tracing::debug!("compressing against {base}: {e}"))
+        .ok()?;
+    tracing::debug!(
+        "delta against {base}: {} of {} bytes",
+        frame.len(),
+        compiled.len()
+    );
+    if frame.len() > compiled.len() / MOST_OF_WHOLE {
+        return None;
+    }
+    let mut out = format!("{MAGIC}\n{base}\n{}\n", compiled.len()).into_bytes();
+    out.extend_from_slice(&frame);
+    Some(out)
+}
+
+/// The whole artifact in `dir` whose size is closest to `len` (within a
+/// factor of two), by file name: snapshots of apps alike are alike in size.
+fn closest_base(dir: &Path, suffix: &str, len: usize) -> Option<String> {
+    let len = len as u64;
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            let size = e.metadata().ok()?.len();
+            (name.ends_with(suffix) && is_name(&name) && size >= len / 2 && size <= len * 2)
+                .then(|| (size.abs_diff(len), name))
+        })
+        .min()
+        .map(|(_, name)| name)
+}
+
+fn window_log(total: usize) -> u32 {
+    (usize::BITS - total.leading_zeros()).clamp(10, MOST_WINDOW_LOG)
+}
+
+fn compress(base: &[u8], data: &[u8]) -> Result<Vec<u8>> {
+    let err = |code| anyhow::anyhow!(zstd_safe::get_error_name(code));
+    let mut cctx = CCtx::create();
+    for p in [
+        CParameter::CompressionLevel(LEVEL),
+        CParameter::EnableLongDistanceMatching(true),
+        CParameter::WindowLog(window_log(base.len() + data.len())),
+        CParameter::ChecksumFlag(true),
+        CParameter::ContentSizeFlag(true),
+    ] {
+        cctx.set_parameter(p).map_err(err)?;
+    }
+    cctx.ref_prefix(base).map_err(err)?;
+    let mut out = Vec::with_capacity(zstd_safe::compress_bound(data.len()));
+    cctx.compress2(&mut out, data).map_err(err)?;
+    Ok(out)
+}
+
+/// Why a delta could not be expanded.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    /// Its base is gone (removed, or discarded as damaged): compile again.
+    #[error("its base {0} is not in the cache")]
+    NoBase(String),
+    /// It is not a delta this host wrote, or it or its base was damaged.
+    #[error("{0}")]
+    Damaged(String),
+}
+
+/// Expand the delta at `path` into an unnamed file in its directory,
+/// ready to be mapped.
+pub fn expand(path: &Path) -> Result<std::result::Result<File, Unusable>> {
+    let t = std::time::Instant::now();
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let Some((base, len, frame)) = parse(&bytes) else {
+        return Ok(Err(Unusable::Damaged("not a delta this host wrote".into())));
+    };
+    let dir = path.parent().context("a delta is in a directory")?;
+    let base_path = dir.join(base);
+    let base_file = match File::open(&base_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Err(Unusable::NoBase(base.to_owned())));
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", base_path.display())),
+    };
+    // Mapped, not read: a copy would be 16-25 MB of fresh memory to fault
+    // in, a third of the expansion's time.
+    // SAFETY: cache artifacts are replaced by renaming, never truncated.
+    let Some(base_map) = (unsafe { FileMap::new(&base_file) })
+        .with_context(|| format!("reading {}", base_path.display()))?
+    else {
+        return Ok(Err(Unusable::Damaged(format!("its base {base} is empty"))));
+    };
+    // Read in large requests: the mapping is advised for random access.
+    let whole = 0..base_map.bytes().len();
+    FileMap::prefetch(&base_file, std::slice::from_ref(&whole));
+    let expanded = decompress(base_map.bytes(), frame, len);
+    // The base stays in the page cache: every delta against it reads it
+    // whole, where reading it back from disk would double the expansion's
+    // time. Bases are few (one per kind of app), so that is bounded.
+    drop(base_map);
+    let expanded = match expanded {
+        Ok(b) => b,
+        Err(e) => return Ok(Err(Unusable::Damaged(format!("{e:#} (against {base})")))),
+    };
+    let mut file =
+        tempfile::tempfile_in(dir).with_context(|| format!("expanding into {}", dir.display()))?;
+    file.write_all(&expanded)
+        .with_context(|| format!("expanding {}", path.display()))?;
+    drop(expanded);
+    // Synced, so the pages instances will not read can leave the page
+    // cache (`snapshot_pages::settle_expanded`): dirty ones cannot.
+    #[cfg(target_os = "linux")]
+    rustix::fs::fdatasync(&file).with_context(|| format!("expanding {}", path.display()))?;
+    tracing::debug!("expanded {} in {:.1?}", path.display(), t.elapsed());
+    Ok(Ok(file))
+}
+
+fn parse(bytes: &[u8]) -> Option<(&str, usize, &[u8])> {
+    let mut parts = bytes.splitn(4, |&b| b == b'\n');
+    (parts.next()? == MAGIC.as_bytes()).then_some(())?;
+    let base = std::str::from_utf8(parts.next()?).ok()?;
+    // A name, never a path: the base is read from the delta's directory.
+    is_name(base).then_some(())?;
+    let len = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    Some((base, len, parts.next()?))
+}
+
+/// A file name in the same directory, never a path.
+fn is_name(base: &str) -> bool {
+    !base.is_empty() && !base.contains('/') && !base.starts_with('.')
+}
+
+fn decompress(base: &[u8], frame: &[u8], len: usize) -> Result<Vec<u8>> {
+    let err = |code| anyhow::anyhow!(zstd_safe::get_error_name(code));
+    // The size the header claims is checked against the frame's own before
+    // anything that large is allocated.
+    let content = zstd_safe::get_frame_content_size(frame)
+        .ok()
+        .flatten()
+        .context("no content size in the frame")?;
+    anyhow::ensure!(
+        content == len as u64,
+        "the frame holds {content} bytes, the header says {len}"
+    );
+    let mut dctx = DCtx::create();
+    dctx.set_parameter(DParameter::WindowLogMax(MOST_WINDOW_LOG))
+        .map_err(err)?;
+    dctx.ref_prefix(base).map_err(err)?;
+    // Asked for, not assumed: a size no memory holds is a damaged delta,
+    // not an abort.
+    let mut out = Vec::new();
+    out.try_reserve_exact(len)
+        .map_err(|e| anyhow::anyhow!("{len} bytes: {e}"))?;
+    dctx.decompress(&mut out, frame).map_err(err)?;
+    anyhow::ensure!(
+        out.len() == len,
+        "expanded to {} bytes, not {len}",
+        out.len()
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// An "artifact" like a shifted heap: the base with bytes inserted
+    /// near its start and a few edited.
+    fn shifted(base: &[u8]) -> Vec<u8> {
+        let mut v = base[..4096].to_vec();
+        v.extend_from_slice(&pseudo_random(777, 9));
+        v.extend_from_slice(&base[4096..]);
+        v[base.len() / 2] ^= 0xff;
+        v
+    }
+
+    fn expanded(path: &Path) -> std::result::Result<Vec<u8>, Unusable> {
+        let mut file = expand(path).unwrap()?;
+        let mut out = Vec::new();
+        use std::io::Seek;
+        file.rewind().unwrap();
+        file.read_to_end(&mut out).unwrap();
+        Ok(out)
+    }
+
+    #[test]
+    fn a_shifted_artifact_is_stored_as_a_small_delta_and_expands_to_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = pseudo_random(3 << 20, 1);
+        std::fs::write(dir.path().join("base-e.cwasm"), &base).unwrap();
+        std::fs::write(dir.path().join("other-f.cwasm"), &base).unwrap();
+        let app = shifted(&base);
+        let delta = encode(dir.path(), "-e.cwasm", &app).expect("a delta");
+        assert!(delta.len() < 64 << 10, "{} bytes", delta.len());
+        let path = dir.path().join("app-e.delta");
+        std::fs::write(&path, &delta).unwrap();
+        assert_eq!(expanded(&path).unwrap(), app);
+    }
+
+    #[test]
+    fn what_no_base_makes_small_is_kept_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base-e.cwasm"), pseudo_random(3 << 20, 1)).unwrap();
+        assert!(encode(dir.path(), "-e.cwasm", &pseudo_random(3 << 20, 2)).is_none());
+        // Nothing of a similar size, or too small to bother.
+        let base = pseudo_random(3 << 20, 1);
+        assert!(encode(
+            dir.path(),
+            "-e.cwasm",
+            &[&base[..], &base[..], &base[..]].concat()
+        )
+        .is_none());
+        assert!(encode(dir.path(), "-e.cwasm", &base[..1000]).is_none());
+    }
+
+    #[test]
+    fn a_delta_whose_base_is_gone_or_damaged_is_unusable_not_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let base_path = dir.path().join("base-e.cwasm");
+        let base = pseudo_random(2 << 20, 1);
+        std::fs::write(&base_path, &base).unwrap();
+        let delta = encode(dir.path(), "-e.cwasm", &shifted(&base)).unwrap();
+        let path = dir.path().join("app-e.delta");
+        std::fs::write(&path, &delta).unwrap();
+
+        let mut damaged = base.clone();
+        damaged[100_000] ^= 1;
+        std::fs::write(&base_path, &damaged).unwrap();
+        assert!(matches!(expanded(&path), Err(Unusable::Damaged(_))));
+
+        std::fs::remove_file(&base_path).unwrap();
+        assert!(matches!(expanded(&path), Err(Unusable::NoBase(b)) if b == "base-e.cwasm"));
+    }
+
+    #[test]
+    fn a_delta_that_lies_about_its_size_or_base_is_refused_before_it_is_expanded() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = pseudo_random(2 << 20, 1);
+        std::fs::write(dir.path().join("base-e.cwasm"), &base).unwrap();
+        let delta = encode(dir.path(), "-e.cwasm", &shifted(&base)).unwrap();
+        let text = String::from_utf8_lossy(&delta[..60]).into_owned();
+        let real_len = text.lines().nth(2).unwrap().to_owned();
+        let frame_at = MAGIC.len() + "base-e.cwasm".len() + real_len.len() + 3;
+        let path = dir.path().join("app-e.delta");
+        for header in [
+            format!("{MAGIC}\nbase-e.cwasm\n{}\n", u64::MAX / 2),
+            format!("{MAGIC}\nbase-e.cwasm\n1\n"),
+            format!("{MAGIC}\n../base-e.cwasm\n{real_len}\n"),
+            format!("{MAGIC}\n/etc/passwd\n{real_len}\n"),
+            "junk\n".to_owned(),
+        ] {
+            let mut bad = header.into_bytes();
+            bad.extend_from_slice(&delta[frame_at..]);
+            std::fs::write(&path, &bad).unwrap();
+            assert!(matches!(expanded(&path), Err(Unusable::Damaged(_))));
+        }
+        std::fs::write(&path, &delta[..delta.len() - 5]).unwrap();
+        assert!(matches!(expanded(&path), Err(Unusable::Damaged(_))));
+    }
+}
