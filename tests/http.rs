@@ -1435,7 +1435,20 @@ fn a_compact_cache_keeps_another_app_as_a_delta_that_any_start_expands() {
     assert_eq!(deltas.len(), 1, "{deltas:?}");
     let delta = deltas[0].clone();
     let bytes = std::fs::read(&delta).unwrap();
-    let base = String::from_utf8_lossy(bytes.split(|&b| b == b'\n').nth(1).unwrap()).into_owned();
+    // The format line, the artifact it stands for, its base, the size.
+    let header: Vec<String> = bytes
+        .split(|&b| b == b'\n')
+        .take(3)
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    assert_eq!(
+        Some(header[1].as_str()),
+        delta
+            .with_extension("cwasm")
+            .file_name()
+            .and_then(|n| n.to_str())
+    );
+    let base = header[2].clone();
     let base_len = std::fs::metadata(modules.join(&base)).unwrap().len();
     assert!(
         (bytes.len() as u64) < base_len / 4,
@@ -1508,6 +1521,9 @@ fn a_compact_cache_keeps_another_app_as_a_delta_that_any_start_expands() {
     );
     probe_answers(&s);
     drop(s);
+    // Nothing left of its size to be a base: whole now, the delta gone.
+    assert!(!delta.exists());
+    assert!(delta.with_extension("cwasm").is_file());
     let s = Server::start(&hello(), &["--cache-dir", &cache_arg, "--compact-cache"]);
     assert_eq!(get(&s, "/").1, "Hello, World!\n");
 }

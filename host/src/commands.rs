@@ -967,6 +967,8 @@ struct Fits {
     max_loaded: u64,
     /// The open-file limit, where it lowered `--max-loaded`.
     lowered_by: Option<u64>,
+    /// Descriptors each loaded app holds.
+    per_app: u64,
     preload: bool,
     /// The tenants file, for errors.
     path: PathBuf,
@@ -974,7 +976,8 @@ struct Fits {
 
 /// Descriptors a loaded app holds with one warm instance (its mounted
 /// directories and its /tmp): 4,034 in a process with 1,000 hello apps
-/// loaded, measured.
+/// loaded, measured. One more under `--compact-cache`: the file its
+/// snapshot was expanded into, kept to record which pages were read.
 const FILES_PER_LOADED_APP: u64 = 4;
 
 impl Fits {
@@ -982,13 +985,19 @@ impl Fits {
     /// process's open-file limit holds, guests' own files having half:
     /// past it, a client naming cold hosts would run the process out of
     /// descriptors, and every tenant's loads and accepts would fail.
-    fn new(max_loaded: u64, nofile: Option<u64>, preload: bool, path: PathBuf) -> Fits {
-        let fit = nofile.map(|n| (n / 4 / FILES_PER_LOADED_APP).max(1));
+    fn new(
+        max_loaded: u64,
+        nofile: Option<u64>,
+        (preload, compact): (bool, bool),
+        path: PathBuf,
+    ) -> Fits {
+        let per_app = FILES_PER_LOADED_APP + u64::from(compact);
+        let fit = nofile.map(|n| (n / 4 / per_app).max(1));
         let lowered_by = nofile.filter(|_| fit.is_some_and(|f| f < max_loaded));
         let max = fit.map_or(max_loaded, |f| f.min(max_loaded));
         if let Some(nofile) = lowered_by {
             tracing::warn!(
-                "--max-loaded {max_loaded} lowered to {max}: a loaded app holds about {FILES_PER_LOADED_APP} open files, \
+                "--max-loaded {max_loaded} lowered to {max}: a loaded app holds about {per_app} open files, \
                  and this process may open {nofile}, a quarter of them for loaded apps (guests' own files get half); \
                  raise the limit (`ulimit -n`, systemd's LimitNOFILE=65536) to keep more loaded"
             );
@@ -996,6 +1005,7 @@ impl Fits {
         Fits {
             max_loaded: max,
             lowered_by,
+            per_app,
             preload,
             path,
         }
@@ -1006,7 +1016,7 @@ impl Fits {
         match self.lowered_by {
             Some(nofile) => format!(
                 "raise the open-file limit ({nofile}; `ulimit -n`, LimitNOFILE) to at least {}",
-                n as u64 * FILES_PER_LOADED_APP * 4
+                n as u64 * self.per_app * 4
             ),
             None => format!("raise --max-loaded to at least {n}"),
         }
@@ -1119,7 +1129,12 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
         &args.http.loading,
     )?;
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-    let fits = Fits::new(args.max_loaded, nofile, args.preload, args.config.clone());
+    let fits = Fits::new(
+        args.max_loaded,
+        nofile,
+        (args.preload, args.http.loading.compact_cache),
+        args.config.clone(),
+    );
     let max_loaded = usize::try_from(fits.max_loaded).unwrap_or(usize::MAX);
     let starter = Starter::new(loader.clone(), scheduler(&loader), metered, max_loaded);
     // Apps load lazily, each making its /tmp then: a temp dir that cannot
@@ -1283,7 +1298,7 @@ mod tests {
 
     #[test]
     fn max_loaded_is_lowered_to_what_the_open_file_limit_holds() {
-        let fits = |max, nofile| Fits::new(max, nofile, false, PathBuf::from("t.toml"));
+        let fits = |max, nofile| Fits::new(max, nofile, (false, false), PathBuf::from("t.toml"));
         assert_eq!(fits(1000, Some(65536)).max_loaded, 1000);
         assert_eq!(fits(1000, None).max_loaded, 1000);
         let low = fits(1000, Some(1024));

@@ -547,8 +547,8 @@ impl Loader {
                 return Ok(done);
             }
             tracing::warn!(
-                "what was just compiled for {} was removed from {} meanwhile (a cache cleaner?); \
-                 compiling again",
+                "what was just compiled for {} was removed from {} meanwhile (a cache cleaner?), \
+                 or found unusable (said above); compiling again",
                 path.display(),
                 self.cache_dir.display()
             );
@@ -776,9 +776,10 @@ impl Loader {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
         let suffix = format!("-{}.cwasm", self.engine_key());
-        if let Some(bytes) = delta
-            .then(|| module_deltas::encode(dir, &suffix, &compiled))
-            .flatten()
+        let name = artifact.file_name().map(|n| n.to_string_lossy());
+        if let Some(bytes) = name
+            .filter(|_| delta)
+            .and_then(|name| module_deltas::encode(dir, &suffix, &name, &compiled))
         {
             let path = module_deltas::path_of(artifact);
             cachefs::write_compiled(&path, &bytes)
@@ -956,8 +957,17 @@ impl Loader {
         }
         // The expansion's buffer (the module's size) goes back to the
         // kernel at once, not after mimalloc's delay.
-        let file = match crate::allocator::handing_back(|| module_deltas::expand(&path))? {
+        let name = artifact
+            .file_name()
+            .context("an artifact has a file name")?
+            .to_string_lossy();
+        let expanded = crate::allocator::handing_back(|| module_deltas::expand(&path, &name))
+            .with_context(|| format!("loading {}", path.display()))?;
+        let file = match expanded {
             Ok(file) => file,
+            // Written whole by another process meanwhile: that is found
+            // when the module is looked for again.
+            Err(module_deltas::Unusable::Gone) => return Ok(None),
             Err(module_deltas::Unusable::NoBase(base)) => {
                 tracing::info!(
                     "compiling again: {} is a delta against {base}, which is gone from the cache",
@@ -1086,7 +1096,10 @@ fn discard(artifact: &Path, why: &str) {
     if let Err(e) = std::fs::remove_file(artifact) {
         tracing::warn!("cannot remove {}: {e}", artifact.display());
     }
-    artifact_sums::forget(artifact);
+    // A delta has no sum: the one beside it is its whole artifact's.
+    if artifact.extension().is_none_or(|e| e != "delta") {
+        artifact_sums::forget(artifact);
+    }
 }
 
 /// The first line of a links file: its format.

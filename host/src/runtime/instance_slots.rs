@@ -33,12 +33,17 @@ const SLOT_GIB: u64 = 8;
 /// 1 TiB of the 128 TiB a process has. Reached above 30 workers.
 const MAX_SLOTS: u32 = 128;
 
-/// The snapshot pages a slot keeps mapped and copies back after an
-/// instance, at most; beyond them pages are unmapped as without slots.
-/// A hello request writes about 0.3 MiB, a Flask one about 1 MiB, and
-/// `slot_pages` may add the pages between those, up to half of this in
-/// all; the copies are private memory each slot holds while idle.
-pub const KEEP_RESIDENT: usize = 8 << 20;
+/// The bytes of linear memory, from its start, whose pages a slot keeps
+/// mapped and copies back (or zeroes, above the snapshot) after an
+/// instance; pages written past it are unmapped as without slots, and
+/// faulted in again by the next instance. It must reach past the heap a
+/// request writes: a Flask app's snapshot ends at 21 MB and its requests
+/// write up to 26 MB (at 8 or 16 MiB, about 400 faults per request
+/// remained). A hello request writes about 0.3 MiB, a Flask one about 1
+/// MiB of the snapshot and 4.8 MiB above it, and `slot_pages` may add
+/// the pages between those, up to half of this in all; the copies are
+/// private memory each slot holds while idle.
+pub const KEEP_RESIDENT: usize = 32 << 20;
 
 /// Where an engine's instances get their memory, tables and stacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

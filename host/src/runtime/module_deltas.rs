@@ -28,8 +28,9 @@ use crate::runtime::file_map::FileMap;
 use anyhow::{Context, Result};
 use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter};
 
-/// What a delta file starts with, then its base's file name, then the
-/// expanded size, each ending in a newline.
+/// What a delta file starts with, then the file name of the artifact it
+/// stands for (so a delta copied under another module's name is refused),
+/// its base's file name, and the expanded size, each ending in a newline.
 const MAGIC: &str = "rsgi-wasm-delta 1";
 
 /// Artifacts smaller than this are kept whole: the snapshot modules are
@@ -37,9 +38,10 @@ const MAGIC: &str = "rsgi-wasm-delta 1";
 const SMALLEST: usize = 1 << 20;
 
 /// A delta is kept only when it is at most this fraction of the artifact;
-/// past it the artifact is kept whole and serves as a base. A hello app
-/// against another is about 1/7, a Flask app against a hello one about 1/4.
-const MOST_OF_WHOLE: usize = 5;
+/// past it the artifact is kept whole and serves as a base. Measured: a
+/// hello app against another, 1/7; a Flask app against another, 1/5;
+/// a Flask app against a hello one, 1/3.8 (so it gets a Flask base).
+const MOST_OF_WHOLE: usize = 4;
 
 /// zstd's level: measured on hello and Flask snapshots, 1 to 6 differ by
 /// 15% in size and 3x in time; 3 is where the time stops falling.
@@ -66,19 +68,20 @@ pub fn base_present(path: &Path) -> bool {
         return false;
     }
     let mut lines = head.split(|&b| b == b'\n');
-    let (Some(magic), Some(base)) = (lines.next(), lines.next()) else {
+    let (Some(magic), Some(_), Some(base)) = (lines.next(), lines.next(), lines.next()) else {
         return false;
     };
     let base = String::from_utf8_lossy(base);
     magic == MAGIC.as_bytes()
-        && is_name(&base)
+        && is_base_name(&base)
         && path.parent().is_some_and(|d| d.join(&*base).is_file())
 }
 
-/// A delta of `compiled` against the artifact in `dir` most like it (with
-/// the same engine suffix `suffix`), if one makes it small enough: the
-/// bytes to store. None means: keep it whole.
-pub fn encode(dir: &Path, suffix: &str, compiled: &[u8]) -> Option<Vec<u8>> {
+/// A delta of `compiled`, to stand for the artifact named `name`, against
+/// the artifact in `dir` most like it (with the same engine suffix
+/// `suffix`), if one makes it small enough: the bytes to store. None
+/// means: keep it whole.
+pub fn encode(dir: &Path, suffix: &str, name: &str, compiled: &[u8]) -> Option<Vec<u8>> {
     if compiled.len() < SMALLEST {
         return None;
     }
@@ -95,7 +98,7 @@ pub fn encode(dir: &Path, suffix: &str, compiled: &[u8]) -> Option<Vec<u8>> {
     if frame.len() > compiled.len() / MOST_OF_WHOLE {
         return None;
     }
-    let mut out = format!("{MAGIC}\n{base}\n{}\n", compiled.len()).into_bytes();
+    let mut out = format!("{MAGIC}\n{name}\n{base}\n{}\n", compiled.len()).into_bytes();
     out.extend_from_slice(&frame);
     Some(out)
 }
@@ -110,7 +113,7 @@ fn closest_base(dir: &Path, suffix: &str, len: usize) -> Option<String> {
             let e = e.ok()?;
             let name = e.file_name().into_string().ok()?;
             let size = e.metadata().ok()?.len();
-            (name.ends_with(suffix) && is_name(&name) && size >= len / 2 && size <= len * 2)
+            (name.ends_with(suffix) && is_base_name(&name) && size >= len / 2 && size <= len * 2)
                 .then(|| (size.abs_diff(len), name))
         })
         .min()
@@ -148,16 +151,36 @@ pub enum Unusable {
     /// It is not a delta this host wrote, or it or its base was damaged.
     #[error("{0}")]
     Damaged(String),
+    /// It was removed since it was seen (another process wrote the
+    /// artifact whole): look for that.
+    #[error("it was removed meanwhile")]
+    Gone,
 }
 
-/// Expand the delta at `path` into an unnamed file in its directory,
-/// ready to be mapped.
-pub fn expand(path: &Path) -> Result<std::result::Result<File, Unusable>> {
+/// Expand the delta at `path`, standing for the artifact named `name`,
+/// into an unnamed file in its directory, ready to be mapped.
+pub fn expand(path: &Path, name: &str) -> Result<std::result::Result<File, Unusable>> {
     let t = std::time::Instant::now();
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let Some((base, len, frame)) = parse(&bytes) else {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Err(Unusable::Gone)),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let Some((module, base, len, frame)) = parse(&bytes) else {
         return Ok(Err(Unusable::Damaged("not a delta this host wrote".into())));
     };
+    // The size the header gives is the frame's own, or the delta is
+    // damaged: checked before anything that large is asked for.
+    if frame_size(frame) != Some(len as u64) {
+        return Ok(Err(Unusable::Damaged(format!(
+            "its frame does not hold the {len} bytes its header says"
+        ))));
+    }
+    if module != name {
+        return Ok(Err(Unusable::Damaged(format!(
+            "it stands for {module}, not {name} (copied over it?)"
+        ))));
+    }
     let dir = path.parent().context("a delta is in a directory")?;
     let base_path = dir.join(base);
     let base_file = match File::open(&base_path) {
@@ -178,7 +201,17 @@ pub fn expand(path: &Path) -> Result<std::result::Result<File, Unusable>> {
     // Read in large requests: the mapping is advised for random access.
     let whole = 0..base_map.bytes().len();
     FileMap::prefetch(&base_file, std::slice::from_ref(&whole));
-    let expanded = decompress(base_map.bytes(), frame, len);
+    // Room for it, on disk and in memory, before the work: neither is
+    // damage, so the delta is kept and the load fails, saying so.
+    crate::cachefs::ensure_room(
+        dir,
+        len as u64,
+        "loading an app kept as a delta (--compact-cache), which expands it",
+    )?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(len)
+        .map_err(|e| anyhow::anyhow!("expanding {} ({len} bytes): {e}", path.display()))?;
+    let expanded = decompress(base_map.bytes(), frame, out, len);
     // The base stays in the page cache: every delta against it reads it
     // whole, where reading it back from disk would double the expansion's
     // time. Bases are few (one per kind of app), so that is bounded.
@@ -200,42 +233,37 @@ pub fn expand(path: &Path) -> Result<std::result::Result<File, Unusable>> {
     Ok(Ok(file))
 }
 
-fn parse(bytes: &[u8]) -> Option<(&str, usize, &[u8])> {
-    let mut parts = bytes.splitn(4, |&b| b == b'\n');
+/// A delta's header and frame: the artifact it stands for, its base, the
+/// expanded size, the frame.
+fn parse(bytes: &[u8]) -> Option<(&str, &str, usize, &[u8])> {
+    let mut parts = bytes.splitn(5, |&b| b == b'\n');
     (parts.next()? == MAGIC.as_bytes()).then_some(())?;
+    let module = std::str::from_utf8(parts.next()?).ok()?;
     let base = std::str::from_utf8(parts.next()?).ok()?;
-    // A name, never a path: the base is read from the delta's directory.
-    is_name(base).then_some(())?;
+    (is_base_name(base) && base != module).then_some(())?;
     let len = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    Some((base, len, parts.next()?))
+    Some((module, base, len, parts.next()?))
 }
 
-/// A file name in the same directory, never a path.
-fn is_name(base: &str) -> bool {
-    !base.is_empty() && !base.contains('/') && !base.starts_with('.')
+/// A whole artifact's file name in the same directory: never a path, a
+/// hidden or temporary file, or another delta.
+fn is_base_name(base: &str) -> bool {
+    !base.is_empty() && !base.contains('/') && !base.starts_with('.') && base.ends_with(".cwasm")
 }
 
-fn decompress(base: &[u8], frame: &[u8], len: usize) -> Result<Vec<u8>> {
+/// The size `frame` says it expands to, if it says.
+fn frame_size(frame: &[u8]) -> Option<u64> {
+    zstd_safe::get_frame_content_size(frame).ok().flatten()
+}
+
+/// Expand `frame` against `base` into `out` (empty, with room reserved):
+/// `len` bytes, or an error.
+fn decompress(base: &[u8], frame: &[u8], mut out: Vec<u8>, len: usize) -> Result<Vec<u8>> {
     let err = |code| anyhow::anyhow!(zstd_safe::get_error_name(code));
-    // The size the header claims is checked against the frame's own before
-    // anything that large is allocated.
-    let content = zstd_safe::get_frame_content_size(frame)
-        .ok()
-        .flatten()
-        .context("no content size in the frame")?;
-    anyhow::ensure!(
-        content == len as u64,
-        "the frame holds {content} bytes, the header says {len}"
-    );
     let mut dctx = DCtx::create();
     dctx.set_parameter(DParameter::WindowLogMax(MOST_WINDOW_LOG))
         .map_err(err)?;
     dctx.ref_prefix(base).map_err(err)?;
-    // Asked for, not assumed: a size no memory holds is a damaged delta,
-    // not an abort.
-    let mut out = Vec::new();
-    out.try_reserve_exact(len)
-        .map_err(|e| anyhow::anyhow!("{len} bytes: {e}"))?;
     dctx.decompress(&mut out, frame).map_err(err)?;
     anyhow::ensure!(
         out.len() == len,
@@ -272,8 +300,9 @@ mod tests {
         v
     }
 
+    /// What the delta at `path` (standing for `app-e.cwasm`) expands to.
     fn expanded(path: &Path) -> std::result::Result<Vec<u8>, Unusable> {
-        let mut file = expand(path).unwrap()?;
+        let mut file = expand(path, APP).unwrap()?;
         let mut out = Vec::new();
         use std::io::Seek;
         file.rewind().unwrap();
@@ -281,17 +310,43 @@ mod tests {
         Ok(out)
     }
 
+    const APP: &str = "app-e.cwasm";
+
+    /// A directory with a whole base artifact, and the delta of `app`
+    /// against it written as `app-e.delta`: the directory, the base, the
+    /// delta's path and bytes.
+    fn with_delta(
+        app: impl Fn(&[u8]) -> Vec<u8>,
+    ) -> (tempfile::TempDir, Vec<u8>, PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let base = pseudo_random(2 << 20, 1);
+        std::fs::write(dir.path().join("base-e.cwasm"), &base).unwrap();
+        let delta = encode(dir.path(), "-e.cwasm", APP, &app(&base)).expect("a delta");
+        let path = dir.path().join("app-e.delta");
+        std::fs::write(&path, &delta).unwrap();
+        (dir, base, path, delta)
+    }
+
     #[test]
-    fn a_shifted_artifact_is_stored_as_a_small_delta_and_expands_to_itself() {
+    fn a_shifted_artifact_is_stored_as_a_small_delta_against_the_closest_base() {
         let dir = tempfile::tempdir().unwrap();
         let base = pseudo_random(3 << 20, 1);
         std::fs::write(dir.path().join("base-e.cwasm"), &base).unwrap();
+        // Other engines' artifacts, other files and deltas are never bases,
+        // however alike; nor is a whole artifact farther in size.
         std::fs::write(dir.path().join("other-f.cwasm"), &base).unwrap();
+        std::fs::write(dir.path().join("another-e.delta"), &base).unwrap();
+        std::fs::write(dir.path().join(".tmp1-e.cwasm"), &base).unwrap();
+        std::fs::write(dir.path().join("far-e.cwasm"), pseudo_random(5 << 20, 3)).unwrap();
         let app = shifted(&base);
-        let delta = encode(dir.path(), "-e.cwasm", &app).expect("a delta");
+        let delta = encode(dir.path(), "-e.cwasm", APP, &app).expect("a delta");
         assert!(delta.len() < 64 << 10, "{} bytes", delta.len());
+        let header = String::from_utf8_lossy(&delta[..100]).into_owned();
+        let lines: Vec<&str> = header.lines().take(4).collect();
+        assert_eq!(lines[..3], [MAGIC, APP, "base-e.cwasm"], "{header}");
         let path = dir.path().join("app-e.delta");
         std::fs::write(&path, &delta).unwrap();
+        assert!(base_present(&path));
         assert_eq!(expanded(&path).unwrap(), app);
     }
 
@@ -299,60 +354,81 @@ mod tests {
     fn what_no_base_makes_small_is_kept_whole() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("base-e.cwasm"), pseudo_random(3 << 20, 1)).unwrap();
-        assert!(encode(dir.path(), "-e.cwasm", &pseudo_random(3 << 20, 2)).is_none());
+        assert!(encode(dir.path(), "-e.cwasm", APP, &pseudo_random(3 << 20, 2)).is_none());
         // Nothing of a similar size, or too small to bother.
         let base = pseudo_random(3 << 20, 1);
-        assert!(encode(
-            dir.path(),
-            "-e.cwasm",
-            &[&base[..], &base[..], &base[..]].concat()
-        )
-        .is_none());
-        assert!(encode(dir.path(), "-e.cwasm", &base[..1000]).is_none());
+        let triple = [&base[..], &base[..], &base[..]].concat();
+        assert!(encode(dir.path(), "-e.cwasm", APP, &triple).is_none());
+        assert!(encode(dir.path(), "-e.cwasm", APP, &base[..1000]).is_none());
     }
 
     #[test]
     fn a_delta_whose_base_is_gone_or_damaged_is_unusable_not_wrong() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, base, path, _) = with_delta(shifted);
         let base_path = dir.path().join("base-e.cwasm");
-        let base = pseudo_random(2 << 20, 1);
-        std::fs::write(&base_path, &base).unwrap();
-        let delta = encode(dir.path(), "-e.cwasm", &shifted(&base)).unwrap();
-        let path = dir.path().join("app-e.delta");
-        std::fs::write(&path, &delta).unwrap();
-
         let mut damaged = base.clone();
         damaged[100_000] ^= 1;
         std::fs::write(&base_path, &damaged).unwrap();
         assert!(matches!(expanded(&path), Err(Unusable::Damaged(_))));
 
         std::fs::remove_file(&base_path).unwrap();
+        assert!(!base_present(&path));
         assert!(matches!(expanded(&path), Err(Unusable::NoBase(b)) if b == "base-e.cwasm"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(expanded(&path), Err(Unusable::Gone)));
+    }
+
+    #[test]
+    fn a_delta_for_another_module_is_refused() {
+        let (_dir, _, path, _) = with_delta(shifted);
+        let mut file = expand(&path, "other-e.cwasm").unwrap();
+        assert!(
+            matches!(&file, Err(Unusable::Damaged(why)) if why.contains("stands for app-e.cwasm")),
+            "{:?}",
+            file.as_mut().err()
+        );
     }
 
     #[test]
     fn a_delta_that_lies_about_its_size_or_base_is_refused_before_it_is_expanded() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = pseudo_random(2 << 20, 1);
-        std::fs::write(dir.path().join("base-e.cwasm"), &base).unwrap();
-        let delta = encode(dir.path(), "-e.cwasm", &shifted(&base)).unwrap();
-        let text = String::from_utf8_lossy(&delta[..60]).into_owned();
-        let real_len = text.lines().nth(2).unwrap().to_owned();
-        let frame_at = MAGIC.len() + "base-e.cwasm".len() + real_len.len() + 3;
-        let path = dir.path().join("app-e.delta");
+        let (_dir, _, path, delta) = with_delta(shifted);
+        let header_len = delta
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .nth(3)
+            .unwrap()
+            .0
+            + 1;
+        let real_len = String::from_utf8_lossy(&delta[..header_len])
+            .lines()
+            .nth(3)
+            .unwrap()
+            .to_owned();
         for header in [
-            format!("{MAGIC}\nbase-e.cwasm\n{}\n", u64::MAX / 2),
-            format!("{MAGIC}\nbase-e.cwasm\n1\n"),
-            format!("{MAGIC}\n../base-e.cwasm\n{real_len}\n"),
-            format!("{MAGIC}\n/etc/passwd\n{real_len}\n"),
+            format!("{MAGIC}\n{APP}\nbase-e.cwasm\n{}\n", u64::MAX / 2),
+            format!("{MAGIC}\n{APP}\nbase-e.cwasm\n1\n"),
+            format!("{MAGIC}\n{APP}\n../base-e.cwasm\n{real_len}\n"),
+            format!("{MAGIC}\n{APP}\n/etc/passwd\n{real_len}\n"),
+            format!("{MAGIC}\n{APP}\napp-e.cwasm\n{real_len}\n"),
+            format!("{MAGIC}\n{APP}\nbase-e.delta\n{real_len}\n"),
+            format!("{MAGIC}\n{APP}\nbase-e.sum\n{real_len}\n"),
             "junk\n".to_owned(),
         ] {
-            let mut bad = header.into_bytes();
-            bad.extend_from_slice(&delta[frame_at..]);
+            let mut bad = header.clone().into_bytes();
+            bad.extend_from_slice(&delta[header_len..]);
             std::fs::write(&path, &bad).unwrap();
-            assert!(matches!(expanded(&path), Err(Unusable::Damaged(_))));
+            assert!(
+                matches!(expanded(&path), Err(Unusable::Damaged(_))),
+                "{header}"
+            );
         }
+        // A frame cut short, and one without its content size.
         std::fs::write(&path, &delta[..delta.len() - 5]).unwrap();
+        assert!(matches!(expanded(&path), Err(Unusable::Damaged(_))));
+        let mut no_size = delta[..header_len].to_vec();
+        no_size.extend_from_slice(&zstd::bulk::compress(b"abc", 3).unwrap()[..6]);
+        std::fs::write(&path, &no_size).unwrap();
         assert!(matches!(expanded(&path), Err(Unusable::Damaged(_))));
     }
 }

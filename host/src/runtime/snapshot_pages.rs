@@ -284,17 +284,26 @@ pub fn settle_expanded(file: &File, path: &Path) {
 pub fn record_read(file: &File, path: &Path) {
     #[cfg(target_os = "linux")]
     {
-        let Some(now) = residency(file) else { return };
-        // Most of it cached says nothing of what instances read (a reader
-        // of the whole file, or a kernel that did not drop it), as in
+        let Some(mut now) = residency(file) else {
+            return;
+        };
+        // None cached (dropped before any request, or evicted) or most of
+        // it (a reader of the whole file, or a kernel that did not drop
+        // it) says nothing of what instances read, as in
         // `settle_page_cache`.
-        if now.iter().filter(|&&c| c).count() * 4 > now.len() * 3 {
+        let cached = now.iter().filter(|&&c| c).count();
+        if cached == 0 || cached * 4 > now.len() * 3 {
             return;
         }
         let hot_path = path.with_extension("hot");
         let recorded = std::fs::read(&hot_path)
             .ok()
             .and_then(|b| read_hot(&b, now.len()));
+        // Added to what earlier expansions' instances read: a route not
+        // asked this time is still read ahead next time.
+        if let Some(r) = &recorded {
+            now.iter_mut().zip(r).for_each(|(n, &r)| *n |= r);
+        }
         if recorded.as_ref() != Some(&now) {
             if let Err(e) = crate::cachefs::write_hint(&hot_path, &write_hot(&now)) {
                 tracing::debug!("recording {}: {e:#}", hot_path.display());
