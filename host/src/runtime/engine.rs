@@ -883,51 +883,52 @@ impl Loader {
                 Some(m) => m,
                 None => {
                     let artifact = self.artifact("modules", hash);
-                    if !artifact.is_file() {
-                        let Some(module) = self.expanded(&artifact)? else {
-                            return Ok(None);
-                        };
-                        linked.push((core_modules::import_name(index), self.keep(hash, module)));
-                        continue;
-                    }
-                    let loading = || format!("loading {}", artifact.display());
-                    let Some(file) = open_artifact(&artifact)? else {
+                    let loaded = if artifact.is_file() {
+                        self.whole(&artifact)?
+                    } else {
+                        self.expanded(&artifact)?
+                    };
+                    let Some(module) = loaded else {
                         return Ok(None);
                     };
-                    // Before the check, which may read the whole snapshot:
-                    // what it reads is not what instances read.
-                    let cached_before = snapshot_pages::residency(&file);
-                    if !self.sound(&file, &artifact)? {
-                        return Ok(None);
-                    }
-                    let for_wasmtime = file.try_clone().with_context(loading)?;
-                    // SAFETY: as for components: written by this engine
-                    // (its hash is in the name) into our private cache.
-                    let module = match unsafe {
-                        Module::deserialize_open_file(&self.engine, for_wasmtime)
-                    } {
-                        Ok(m) => m,
-                        Err(e) => {
-                            discard_unusable(&artifact, &e)?;
-                            return Ok(None);
-                        }
-                    };
-                    let snapshot =
-                        snapshot_pages::on_load(&file, &artifact, &module, cached_before);
-                    let expanded = None;
-                    self.keep(
-                        hash,
-                        SharedModule {
-                            module,
-                            snapshot,
-                            expanded,
-                        },
-                    )
+                    self.keep(hash, module)
                 }
             };
             linked.push((core_modules::import_name(index), module));
         }
         Ok(Some(linked))
+    }
+
+    /// The module cached whole as `artifact`, checked and loaded; none if
+    /// it is gone or unusable (a damaged one is removed), and the module is
+    /// to be compiled again.
+    fn whole(&self, artifact: &Path) -> Result<Option<SharedModule>> {
+        let loading = || format!("loading {}", artifact.display());
+        let Some(file) = open_artifact(artifact)? else {
+            return Ok(None);
+        };
+        // Before the check, which may read the whole snapshot: what it
+        // reads is not what instances read.
+        let cached_before = snapshot_pages::residency(&file);
+        if !self.sound(&file, artifact)? {
+            return Ok(None);
+        }
+        let for_wasmtime = file.try_clone().with_context(loading)?;
+        // SAFETY: as for components: written by this engine (its hash is
+        // in the name) into our private cache.
+        let module = match unsafe { Module::deserialize_open_file(&self.engine, for_wasmtime) } {
+            Ok(m) => m,
+            Err(e) => {
+                discard_unusable(artifact, &e)?;
+                return Ok(None);
+            }
+        };
+        let snapshot = snapshot_pages::on_load(&file, artifact, &module, cached_before);
+        Ok(Some(SharedModule {
+            module,
+            snapshot,
+            expanded: None,
+        }))
     }
 
     /// `module`, loaded as core module `hash`, shared from now on; or the

@@ -67,14 +67,8 @@ pub fn base_present(path: &Path) -> bool {
     if file.take(512).read_to_end(&mut head).is_err() {
         return false;
     }
-    let mut lines = head.split(|&b| b == b'\n');
-    let (Some(magic), Some(_), Some(base)) = (lines.next(), lines.next(), lines.next()) else {
-        return false;
-    };
-    let base = String::from_utf8_lossy(base);
-    magic == MAGIC.as_bytes()
-        && is_base_name(&base)
-        && path.parent().is_some_and(|d| d.join(&*base).is_file())
+    parse(&head)
+        .is_some_and(|(_, base, _, _)| path.parent().is_some_and(|d| d.join(base).is_file()))
 }
 
 /// A delta of `compiled`, to stand for the artifact named `name`, against
