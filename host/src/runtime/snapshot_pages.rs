@@ -216,24 +216,10 @@ pub fn residency(_file: &File) -> Option<Vec<bool>> {
 #[cfg(target_os = "linux")]
 fn settle_page_cache(file: &File, path: &Path, before: Vec<bool>) {
     use rustix::fs::Advice;
-    let hot_path = path.with_extension("hot");
-    let recorded = std::fs::read(&hot_path)
-        .ok()
-        .and_then(|b| read_hot(&b, before.len()));
-    let cached = before.iter().filter(|&&c| c).count();
-    let wanted = if cached > 0 && cached * 4 <= before.len() * 3 {
-        let mut merged = before;
-        if let Some(r) = &recorded {
-            merged.iter_mut().zip(r).for_each(|(m, &r)| *m |= r);
-        }
-        if recorded.as_ref() != Some(&merged) {
-            if let Err(e) = crate::cachefs::write_hint(&hot_path, &write_hot(&merged)) {
-                tracing::debug!("recording {}: {e:#}", hot_path.display());
-            }
-        }
-        merged
+    let wanted = if tells_what_was_read(&before) {
+        record_hot(path, before)
     } else {
-        recorded.unwrap_or_else(|| vec![false; before.len()])
+        recorded_hot(path, before.len()).unwrap_or_else(|| vec![false; before.len()])
     };
     let Some(now) = residency(file) else { return };
     let page = rustix::param::page_size();
@@ -258,9 +244,7 @@ pub fn settle_expanded(file: &File, path: &Path) {
     #[cfg(target_os = "linux")]
     {
         let Some(now) = residency(file) else { return };
-        let wanted = std::fs::read(path.with_extension("hot"))
-            .ok()
-            .and_then(|b| read_hot(&b, now.len()));
+        let wanted = recorded_hot(path, now.len());
         let page = rustix::param::page_size();
         fadvise(
             file,
@@ -284,34 +268,47 @@ pub fn settle_expanded(file: &File, path: &Path) {
 pub fn record_read(file: &File, path: &Path) {
     #[cfg(target_os = "linux")]
     {
-        let Some(mut now) = residency(file) else {
-            return;
-        };
-        // None cached (dropped before any request, or evicted) or most of
-        // it (a reader of the whole file, or a kernel that did not drop
-        // it) says nothing of what instances read, as in
-        // `settle_page_cache`.
-        let cached = now.iter().filter(|&&c| c).count();
-        if cached == 0 || cached * 4 > now.len() * 3 {
-            return;
-        }
-        let hot_path = path.with_extension("hot");
-        let recorded = std::fs::read(&hot_path)
-            .ok()
-            .and_then(|b| read_hot(&b, now.len()));
-        // Added to what earlier expansions' instances read: a route not
-        // asked this time is still read ahead next time.
-        if let Some(r) = &recorded {
-            now.iter_mut().zip(r).for_each(|(n, &r)| *n |= r);
-        }
-        if recorded.as_ref() != Some(&now) {
-            if let Err(e) = crate::cachefs::write_hint(&hot_path, &write_hot(&now)) {
-                tracing::debug!("recording {}: {e:#}", hot_path.display());
-            }
+        // Dropped before any request, or evicted, says nothing.
+        if let Some(now) = residency(file).filter(|now| tells_what_was_read(now)) {
+            record_hot(path, now);
         }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (file, path);
+}
+
+/// Whether the pages of a snapshot artifact the page cache holds say which
+/// ones instances read: not when none are (after a reboot, an eviction, a
+/// drop before any request), nor when most are (another program read it
+/// whole, or the kernel kept what was written).
+fn tells_what_was_read(cached: &[bool]) -> bool {
+    let n = cached.iter().filter(|&&c| c).count();
+    n > 0 && n * 4 <= cached.len() * 3
+}
+
+/// The pages recorded as read in the `.hot` file beside the artifact at
+/// `path`, if it is one for a file of `pages` pages.
+fn recorded_hot(path: &Path, pages: usize) -> Option<Vec<bool>> {
+    std::fs::read(path.with_extension("hot"))
+        .ok()
+        .and_then(|b| read_hot(&b, pages))
+}
+
+/// Add `read` to the pages recorded beside the artifact at `path` (a route
+/// not asked this time is still read ahead next time), writing the record
+/// if that changed it; the pages recorded now.
+fn record_hot(path: &Path, mut read: Vec<bool>) -> Vec<bool> {
+    let recorded = recorded_hot(path, read.len());
+    if let Some(r) = &recorded {
+        read.iter_mut().zip(r).for_each(|(m, &r)| *m |= r);
+    }
+    if recorded.as_ref() != Some(&read) {
+        let hot_path = path.with_extension("hot");
+        if let Err(e) = crate::cachefs::write_hint(&hot_path, &write_hot(&read)) {
+            tracing::debug!("recording {}: {e:#}", hot_path.display());
+        }
+    }
+    read
 }
 
 /// The maximal runs of page indices where `pick(a[i], b[i])`.
