@@ -5,6 +5,9 @@ between the guest (CPython and the app, as compiled wasm), the host
 (rsgi-wasm: hyper, tokio, wasmtime) and libc, and the top functions, with
 wasm functions named from wasmtime's perf map. The kernel is not counted
 (callgrind sees user space only); `perf record` shows that part.
+Under valgrind the instance slots of `--isolation request` cannot be
+reserved (it caps the address space), so that mode is profiled as mapped
+afresh; `perf record` on the server shows the slots' path.
 
 Run with `make profile` (setup included), or
 `python3 bench/instructions.py [--app hello|flask-hello|...] [--isolation request]

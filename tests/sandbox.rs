@@ -1018,7 +1018,10 @@ fn one_app_s_slow_clients_leave_the_others_room_in_the_response_buffer() {
         "40MiB",
         "--header-timeout",
         "1s",
+        "--metrics",
+        "127.0.0.1:0",
     ]);
+    let ops = s.logged_addr("metrics on ");
     let slow = SlowReader::start(s.addr, "slow.test", "/one-chunk?16000000,return");
     std::thread::sleep(Duration::from_millis(500));
     // Its own half is full; the other app's is not.
@@ -1031,7 +1034,31 @@ fn one_app_s_slow_clients_leave_the_others_room_in_the_response_buffer() {
     );
     let (status, body) = get_host(&s, "other.test", "/one-chunk?16000000,return");
     assert_eq!((status, body.len()), (200, 16_000_000));
+    // The refusal counts among the tenant's 503s, as a full queue's does.
+    let text = scrape(ops);
+    assert_eq!(
+        series(&text, "rsgi_wasm_rejected_total{tenant=\"slow\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "rsgi_wasm_rejected_total{tenant=\"other\"}"),
+        0.0,
+        "{text}"
+    );
     slow.leave();
+}
+
+/// A response buffer larger than the memory the process may use is
+/// taken, but said at start: it bounds nothing then.
+#[test]
+fn a_response_buffer_beyond_the_machine_s_memory_is_warned_of() {
+    let s = Server::start(&hello(), &["--max-response-buffer", "1TiB"]);
+    s.wait_for_log("--max-response-buffer 1048576 MiB is more than the");
+    assert_eq!(get(&s, "/").0, 200);
+    let s = Server::start(&hello(), &["--max-response-buffer", "64MiB"]);
+    assert_eq!(get(&s, "/").0, 200);
+    assert!(!s.logs().contains("--max-response-buffer"), "{}", s.logs());
 }
 
 #[test]

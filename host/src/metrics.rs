@@ -237,7 +237,7 @@ impl Metrics {
         );
         registry.register(
             "rejected",
-            "Requests answered 503 because the queue was full or no instance could start",
+            "Requests answered 503: the queue was full, no instance could start, or --max-response-buffer had no room for the response",
             m.rejected.clone(),
         );
         registry.register(
@@ -517,6 +517,13 @@ pub fn open_files(name: &str) -> Gauge {
 pub fn response_buffer(name: &str) -> Gauge {
     let tenant = label_value(name);
     with(|m| m.response_buffer.get_or_create(&Tenant { tenant }).clone())
+}
+
+/// Tenant `name`'s 503s counter, for a refusal made outside its pool (no
+/// room in `--max-response-buffer`).
+pub fn rejected(name: &str) -> Counter {
+    let tenant = label_value(name);
+    with(|m| m.rejected.get_or_create(&Tenant { tenant }).clone())
 }
 
 /// The counter of bytes of tenant `name`'s output dropped past its

@@ -36,7 +36,42 @@ static LIMIT: OnceLock<Limit> = OnceLock::new();
 /// at most `wait` for room, and each app's responses holding at most half
 /// (`shared`, under `serve`) or all of it.
 pub fn set(bytes: usize, wait: Duration, shared: bool) {
+    if let Some(memory) = usable_memory().filter(|&m| bytes as u64 > m) {
+        tracing::warn!(
+            "--max-response-buffer {} MiB is more than the {} MiB of memory this process may use: \
+             clients that do not read large responses could make it hold more than it has; \
+             lower it (the default is {})",
+            bytes >> 20,
+            memory >> 20,
+            crate::config::DEFAULT_MAX_RESPONSE_BUFFER
+        );
+    }
     let _ = LIMIT.set(Limit::new(bytes, wait, shared));
+}
+
+/// The machine's memory, or the process's cgroup limit if lower (a
+/// container's), where Linux says.
+fn usable_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?
+        .saturating_mul(1024);
+    // cgroup v2: one line, `0::/path`; `max` when unlimited.
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok();
+    let limit = cgroup
+        .as_deref()
+        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::")))
+        .and_then(|path| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup{}/memory.max", path.trim())).ok()
+        })
+        .and_then(|max| max.trim().parse::<u64>().ok());
+    Some(limit.map_or(total, |l| l.min(total)))
 }
 
 fn limit() -> &'static Limit {

@@ -436,6 +436,7 @@ impl Exchange {
             Err(held_bytes::Refused::Full(own)) => {
                 let why = held_bytes::full(own);
                 tracing::warn!(app = %self.app, request = %self.asked, "answered 503: {why}");
+                crate::metrics::rejected(&self.app).inc();
                 self.respond_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Service Unavailable: the server holds as many response bytes for slow clients as it may; try again",
