@@ -268,9 +268,9 @@ impl AppPool {
     async fn instantiate(&self) -> Result<Instance> {
         // Preopening directories (and, with request isolation, taking an
         // emptied /tmp) is a few `openat`s, done here as the guest's own
-        // file calls are (`Sandbox::host_state`): on a blocking thread,
-        // the hand-off and the wake-up back cost more CPU than the calls
-        // (6% of an isolated hello request on one core).
+        // file calls are (`Sandbox::host_state`): handing them to a
+        // blocking thread and waking back cost more than the calls (2.6%
+        // of an isolated hello request's CPU on one core, in `perf`).
         let mut state = self.sandbox.host_state(Stdio::Log)?;
         state.meter_memory(self.metrics.series().memory.clone());
         let mut store = new_store(&self.engine, state, Some(&self.cpu))?;
