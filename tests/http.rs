@@ -986,6 +986,43 @@ fn one_http2_connection_that_never_reads_leaves_an_instance_for_others() {
     held.clear();
 }
 
+/// HTTP/2 streams waiting for their connection's turn wait in the app's
+/// queue: `--queue` bounds them and the queued gauge shows them, as for
+/// requests on connections of their own (they waited unbounded and
+/// unseen, probe round DA).
+#[test]
+fn http2_streams_waiting_for_their_connection_s_turn_are_queued() {
+    let s = Server::start(
+        &router(),
+        &["--workers", "2", "--queue", "2", "--metrics", "127.0.0.1:0"],
+    );
+    let ops = s.logged_addr("metrics on ");
+    let h2 = h2_client();
+    // One connection, established before the streams share it.
+    assert_eq!(h2.get(s.url("/")).send().unwrap().status(), 200);
+    let first = std::thread::spawn({
+        let (h2, url) = (h2.clone(), s.url("/sleep?3"));
+        move || h2.get(url).send().unwrap().status().as_u16()
+    });
+    s.wait_for_log("sleeping 3");
+    // The connection's one share is taken: two of these wait, the rest
+    // find the queue full.
+    let streams: Vec<_> = (0..6)
+        .map(|_| {
+            let (h2, url) = (h2.clone(), s.url("/sleep?0.1"));
+            std::thread::spawn(move || h2.get(url).send().unwrap().status().as_u16())
+        })
+        .collect();
+    wait_for_series(ops, "rsgi_wasm_queued_requests{tenant=\"router\"}", 2.0);
+    let mut statuses: Vec<u16> = streams.into_iter().map(|t| t.join().unwrap()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503, 503, 503, 503]);
+    assert_eq!(first.join().unwrap(), 200);
+    let text = scrape(ops);
+    assert_series(&text, "rsgi_wasm_rejected_total{tenant=\"router\"}", 4.0);
+    assert_series(&text, "rsgi_wasm_queued_requests{tenant=\"router\"}", 0.0);
+}
+
 #[test]
 fn parallel_http2_uploads_on_one_connection_all_complete() {
     // One is served, the others wait for an instance with their bodies

@@ -1036,16 +1036,8 @@ fn one_app_s_slow_clients_leave_the_others_room_in_the_response_buffer() {
     assert_eq!((status, body.len()), (200, 16_000_000));
     // The refusal counts among the tenant's 503s, as a full queue's does.
     let text = scrape(ops);
-    assert_eq!(
-        series(&text, "rsgi_wasm_rejected_total{tenant=\"slow\"}"),
-        1.0,
-        "{text}"
-    );
-    assert_eq!(
-        series(&text, "rsgi_wasm_rejected_total{tenant=\"other\"}"),
-        0.0,
-        "{text}"
-    );
+    assert_series(&text, "rsgi_wasm_rejected_total{tenant=\"slow\"}", 1.0);
+    assert_series(&text, "rsgi_wasm_rejected_total{tenant=\"other\"}", 0.0);
     slow.leave();
 }
 

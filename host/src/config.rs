@@ -227,8 +227,8 @@ pub fn read_config_file(path: &std::path::Path) -> std::io::Result<String> {
     })
 }
 
-/// Read a file the operator named (config, env file, certificates, keys):
-/// a regular file (not a FIFO, which would block a reload forever, or a
+/// Read a file the operator named (config, env file, certificates, keys)
+/// or a small file of the cache (`.sum`, `.hot`): a regular file (not a FIFO, which would block a reload forever, or a
 /// device such as /dev/zero, which never ends) of at most
 /// [`MAX_CONFIG_FILE`] bytes.
 pub fn read_small_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {

@@ -748,6 +748,11 @@ pub fn series(text: &str, name: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
+/// Assert that the scrape `text` shows `name` at `value`.
+pub fn assert_series(text: &str, name: &str, value: f64) {
+    assert_eq!(series(text, name), value, "{name} in\n{text}");
+}
+
 /// Wait until `/metrics` shows `name` at `value` (a state change the
 /// server makes on its own, like an idle unload).
 pub fn wait_for_series(ops: std::net::SocketAddr, name: &str, value: f64) -> String {

@@ -108,13 +108,18 @@ fn write(
 /// An error is one reading it (the caller tells passing shortages from
 /// damage); a damaged or unsummed artifact is a verdict.
 pub fn check(file: &File, artifact: &Path) -> Result<Verdict> {
-    let recorded = match std::fs::read_to_string(sum_path(artifact)) {
-        Ok(text) => text,
+    // Bounded, and only a regular file: a FIFO or a huge stray file
+    // there must not hang the load or fill memory (probe round CZ).
+    let recorded = match crate::config::read_small_file(&sum_path(artifact)) {
+        Ok(bytes) => String::from_utf8(bytes).unwrap_or_default(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Verdict::Unusable(
                 "it has no checksum (compiled by an older rsgi-wasm, or its .sum file was removed)"
                     .into(),
             ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::Other => {
+            return Ok(Verdict::Unusable(format!("its .sum file is {e}")));
         }
         Err(e) => return Err(e).context("reading its checksum"),
     };

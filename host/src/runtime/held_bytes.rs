@@ -159,24 +159,34 @@ pub async fn take(
     }
 }
 
+/// `bytes` in MiB, or KiB below one MiB (the smallest buffer's half is
+/// 512 KiB, which "0 MiB" misstated).
+fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
 /// What to log (and say) of a chunk refused for [`Refused::Full`].
 pub fn full(own: bool) -> String {
     let limit = limit();
     if own && limit.per_app < limit.bytes {
         format!(
-            "this app's responses waiting for their clients held all {} MiB one app may hold \
+            "this app's responses waiting for their clients held all {} one app may hold \
              (half of --max-response-buffer) for {:?}: clients that do not read (or read \
              slowly) its large responses; send those in smaller chunks or with \
              wsgi.file_wrapper, or raise the limit",
-            limit.per_app >> 20,
+            size(limit.per_app),
             limit.wait
         )
     } else {
         format!(
-            "responses waiting for their clients held all {} MiB of --max-response-buffer for \
+            "responses waiting for their clients held all {} of --max-response-buffer for \
              {:?} (rsgi_wasm_response_buffer_bytes says which apps'): clients that do not read, \
              or raise the limit",
-            limit.bytes >> 20,
+            size(limit.bytes),
             limit.wait
         )
     }

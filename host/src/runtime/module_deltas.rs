@@ -79,7 +79,12 @@ pub fn encode(dir: &Path, suffix: &str, name: &str, compiled: &[u8]) -> Option<V
     if compiled.len() < SMALLEST {
         return None;
     }
-    let base = closest_base(dir, suffix, compiled.len())?;
+    // Another process (without the flag) stored it whole meanwhile: a
+    // delta beside it would only be dead weight.
+    if dir.join(name).is_file() {
+        return None;
+    }
+    let base = closest_base(dir, suffix, compiled.len()).filter(|b| b != name)?;
     let base_bytes = std::fs::read(dir.join(&base)).ok()?;
     let frame = compress(&base_bytes, compiled)
         .map_err(|e| tracing::debug!("compressing against {base}: {e}"))
@@ -195,13 +200,34 @@ pub fn expand(path: &Path, name: &str) -> Result<std::result::Result<File, Unusa
     // Read in large requests: the mapping is advised for random access.
     let whole = 0..base_map.bytes().len();
     FileMap::prefetch(&base_file, std::slice::from_ref(&whole));
-    // Room for it, on disk and in memory, before the work: neither is
-    // damage, so the delta is kept and the load fails, saying so.
-    crate::cachefs::ensure_room(
-        dir,
-        len as u64,
-        "loading an app kept as a delta (--compact-cache), which expands it",
-    )?;
+    // Expanded beside the delta, or where temporary files go if the
+    // cache is read-only (an image's baked-in cache, which deploy.md
+    // allows): any process must load a cache written either way.
+    let mut file = match tempfile::tempfile_in(dir) {
+        Ok(f) => {
+            // Room for it, on disk and in memory, before the work: neither
+            // is damage, so the delta is kept and the load fails, saying so.
+            crate::cachefs::ensure_room(
+                dir,
+                len as u64,
+                "expanding an app kept as a delta (--compact-cache)",
+            )?;
+            f
+        }
+        Err(e) if unwritable(&e) => {
+            let tmp = std::env::temp_dir();
+            tempfile::tempfile_in(&tmp).with_context(|| {
+                format!(
+                    "expanding {}: the cache is not writable ({e}), nor is {}: make one of them writable",
+                    path.display(),
+                    tmp.display()
+                )
+            })?
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("expanding into {}", dir.display()));
+        }
+    };
     let mut out = Vec::new();
     out.try_reserve_exact(len)
         .map_err(|e| anyhow::anyhow!("expanding {} ({len} bytes): {e}", path.display()))?;
@@ -214,8 +240,6 @@ pub fn expand(path: &Path, name: &str) -> Result<std::result::Result<File, Unusa
         Ok(b) => b,
         Err(e) => return Ok(Err(Unusable::Damaged(format!("{e:#} (against {base})")))),
     };
-    let mut file =
-        tempfile::tempfile_in(dir).with_context(|| format!("expanding into {}", dir.display()))?;
     file.write_all(&expanded)
         .with_context(|| format!("expanding {}", path.display()))?;
     drop(expanded);
@@ -225,6 +249,14 @@ pub fn expand(path: &Path, name: &str) -> Result<std::result::Result<File, Unusa
     rustix::fs::fdatasync(&file).with_context(|| format!("expanding {}", path.display()))?;
     tracing::debug!("expanded {} in {:.1?}", path.display(), t.elapsed());
     Ok(Ok(file))
+}
+
+/// Whether creating a file failed because the place is read-only to us.
+fn unwritable(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+    )
 }
 
 /// A delta's header and frame: the artifact it stands for, its base, the
@@ -342,6 +374,10 @@ mod tests {
         std::fs::write(&path, &delta).unwrap();
         assert!(base_present(&path));
         assert_eq!(expanded(&path).unwrap(), app);
+        // Stored whole meanwhile (by a process without the flag): no
+        // delta beside it, and never one against itself.
+        std::fs::write(dir.path().join(APP), &app).unwrap();
+        assert!(encode(dir.path(), "-e.cwasm", APP, &app).is_none());
     }
 
     #[test]

@@ -543,13 +543,28 @@ impl AppPool {
         ex: &mut Exchange,
         conn: u64,
     ) -> Option<(Share<'_>, tokio::sync::SemaphorePermit<'_>)> {
-        let share = tokio::select! {
-            share = self.share(conn) => share,
-            () = ex.client_left() => return None,
-        };
-        if let Ok(p) = self.slots.try_acquire() {
-            return Some((share, p));
+        let share = self.try_share(conn);
+        if let Some(share) = share {
+            if let Ok(p) = self.slots.try_acquire() {
+                return Some((share, p));
+            }
+            return self.queued(ex, conn, Some(share)).await;
         }
+        self.queued(ex, conn, None).await
+    }
+
+    /// [`Self::admit`] for a request that must wait: for one of the app's
+    /// slots, or (an HTTP/2 stream) first for its connection's share. It
+    /// waits in the app's queue either way, so `--queue` bounds it and
+    /// `rsgi_wasm_queued_requests` shows it: HTTP/2 streams waiting for
+    /// their connection's turn were neither (probe round DA: 30 streams on
+    /// one connection all waited, the gauge at 0).
+    async fn queued<'a>(
+        &'a self,
+        ex: &mut Exchange,
+        conn: u64,
+        share: Option<Share<'a>>,
+    ) -> Option<(Share<'a>, tokio::sync::SemaphorePermit<'a>)> {
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.queue {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             self.metrics.series().rejected.inc();
@@ -567,16 +582,24 @@ impl AppPool {
             return None;
         }
         self.metrics.series().queued.inc();
-        let permit = tokio::select! {
-            p = self.slots.acquire() => Some(p.expect("semaphore never closed")),
+        let waited = async {
+            let share = match share {
+                Some(share) => share,
+                None => self.share(conn).await,
+            };
+            let permit = self.slots.acquire().await.expect("semaphore never closed");
+            (share, permit)
+        };
+        let admitted = tokio::select! {
+            admitted = waited => Some(admitted),
             () = ex.client_left() => None,
         };
         self.metrics.series().queued.dec();
         self.waiting.fetch_sub(1, Ordering::SeqCst);
-        if permit.is_none() {
+        if admitted.is_none() {
             tracing::debug!(app = %self.name, "client left while queued; its place given up");
         }
-        Some((share, permit?))
+        admitted
     }
 
     /// A place among the requests of connection `conn`, once it has fewer
@@ -586,19 +609,24 @@ impl AppPool {
     /// could take them all. A lone client gives up one instance of
     /// parallelism; HTTP/1 has one request at a time anyway.
     async fn share(&self, conn: u64) -> Share<'_> {
-        let most = self.limits.workers.saturating_sub(1).max(1);
         loop {
             let freed = self.share_freed.notified();
-            {
-                let mut counts = self.by_connection.lock().expect("share lock");
-                let n = counts.entry(conn).or_default();
-                if *n < most {
-                    *n += 1;
-                    return Share { pool: self, conn };
-                }
+            if let Some(share) = self.try_share(conn) {
+                return share;
             }
             freed.await;
         }
+    }
+
+    /// [`Self::share`] if one is free now.
+    fn try_share(&self, conn: u64) -> Option<Share<'_>> {
+        let most = self.limits.workers.saturating_sub(1).max(1);
+        let mut counts = self.by_connection.lock().expect("share lock");
+        let n = counts.entry(conn).or_default();
+        (*n < most).then(|| {
+            *n += 1;
+            Share { pool: self, conn }
+        })
     }
 
     /// An instance ready to serve: a warm one, else (request isolation)

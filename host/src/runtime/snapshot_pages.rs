@@ -289,7 +289,9 @@ fn tells_what_was_read(cached: &[bool]) -> bool {
 /// The pages recorded as read in the `.hot` file beside the artifact at
 /// `path`, if it is one for a file of `pages` pages.
 fn recorded_hot(path: &Path, pages: usize) -> Option<Vec<bool>> {
-    std::fs::read(path.with_extension("hot"))
+    // Bounded, and only a regular file: a FIFO there hung every cold
+    // load queued behind this one (probe round CZ).
+    crate::config::read_small_file(&path.with_extension("hot"))
         .ok()
         .and_then(|b| read_hot(&b, pages))
 }
@@ -512,6 +514,24 @@ mod tests {
         assert_eq!(read_hot(&file, 22), None, "another file's record");
         assert_eq!(read_hot(&file[..file.len() - 1], 21), None, "truncated");
         assert_eq!(read_hot(b"garbage", 21), None);
+    }
+
+    #[test]
+    fn a_hot_record_that_is_no_file_or_huge_is_ignored_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let artifact = dir.path().join("a.cwasm");
+        // A FIFO would block the read (and every cold load behind it).
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(artifact.with_extension("hot"))
+            .status()
+            .unwrap();
+        assert!(fifo.success());
+        assert_eq!(recorded_hot(&artifact, 21), None);
+        // A sparse 4 GiB file would be read whole into memory.
+        std::fs::remove_file(artifact.with_extension("hot")).unwrap();
+        let huge = std::fs::File::create(artifact.with_extension("hot")).unwrap();
+        huge.set_len(4 << 30).unwrap();
+        assert_eq!(recorded_hot(&artifact, 21), None);
     }
 
     #[test]
