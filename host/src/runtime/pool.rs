@@ -544,13 +544,12 @@ impl AppPool {
         conn: u64,
     ) -> Option<(Share<'_>, tokio::sync::SemaphorePermit<'_>)> {
         let share = self.try_share(conn);
-        if let Some(share) = share {
+        if share.is_some() {
             if let Ok(p) = self.slots.try_acquire() {
-                return Some((share, p));
+                return share.map(|s| (s, p));
             }
-            return self.queued(ex, conn, Some(share)).await;
         }
-        self.queued(ex, conn, None).await
+        self.queued(ex, conn, share).await
     }
 
     /// [`Self::admit`] for a request that must wait: for one of the app's
