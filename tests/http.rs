@@ -867,6 +867,8 @@ fn large_chunks_held_for_slow_clients_share_one_limit() {
     );
     // Small responses are not held back.
     assert_eq!(get(&s, "/").0, 200);
+    // One app alone takes no room back from itself.
+    assert!(!slow.was_cut());
     slow.leave();
     // Its client gone, the room comes back (once the server has seen the
     // connection end), and a large response is served whole again.

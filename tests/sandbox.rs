@@ -1038,7 +1038,60 @@ fn one_app_s_slow_clients_leave_the_others_room_in_the_response_buffer() {
     let text = scrape(ops);
     assert_series(&text, "rsgi_wasm_rejected_total{tenant=\"slow\"}", 1.0);
     assert_series(&text, "rsgi_wasm_rejected_total{tenant=\"other\"}", 0.0);
+    // It held no more than an equal share (half, between two apps):
+    // nothing was taken back from it.
+    assert!(!slow.was_cut());
+    assert!(!s.logs().contains("waited for room"), "{}", s.logs());
     slow.leave();
+}
+
+/// Two apps' slow clients, each holding the half one app may, fill the
+/// response buffer: a third app's large response takes room back from
+/// one of them (the slowest of those over an equal share) instead of
+/// getting 503, and the cut one is said in the log.
+#[test]
+fn an_app_waiting_for_response_buffer_room_takes_it_back_from_apps_over_their_share() {
+    let dir = temp_dir("held-fair");
+    let app = |name: &str| {
+        format!(
+            "[[app]]\nname = \"{name}\"\ncomponent = \"{}\"\nhosts = [\"{name}.test\"]\n\n",
+            router().display()
+        )
+    };
+    let config = write_config(&dir, &(app("slow1") + &app("slow2") + &app("other")));
+    let s = Server::start_with(&[
+        "serve",
+        &config.display().to_string(),
+        "--max-response-buffer",
+        "40MiB",
+        "--header-timeout",
+        "2s",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let ops = s.logged_addr("metrics on ");
+    let path = "/one-chunk?16000000,return";
+    let slow = [
+        SlowReader::start(s.addr, "slow1.test", path),
+        SlowReader::start(s.addr, "slow2.test", path),
+    ];
+    for tenant in ["slow1", "slow2"] {
+        let held = format!("rsgi_wasm_response_buffer_bytes{{tenant=\"{tenant}\"}}");
+        wait_for_series(ops, &held, 16_000_000.0);
+    }
+    let (status, body) = get_host(&s, "other.test", path);
+    assert_eq!((status, body.len()), (200, 16_000_000));
+    s.wait_for_log("while app other waited for room in --max-response-buffer");
+    // One cut frees enough: the other slow client reads on.
+    wait_until("a slow client cut", || slow.iter().any(SlowReader::was_cut));
+    assert_eq!(slow.iter().filter(|r| r.was_cut()).count(), 1);
+    let logs = s.logs();
+    assert_eq!(logs.matches("waited for room").count(), 1, "{logs}");
+    let text = scrape(ops);
+    assert_series(&text, "rsgi_wasm_rejected_total{tenant=\"other\"}", 0.0);
+    for r in slow {
+        r.leave();
+    }
 }
 
 /// A response buffer larger than the memory the process may use is

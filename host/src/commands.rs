@@ -179,6 +179,7 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
         loaded.files.clone(),
         args.grants.memory,
         crate::config::Isolation::Pooled,
+        &mut || {},
     )?;
     let mut store = store::new_store(engine, sandbox.host_state(Stdio::Inherit)?, None)?;
     let app = pre

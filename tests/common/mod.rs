@@ -753,6 +753,15 @@ pub fn assert_series(text: &str, name: &str, value: f64) {
     assert_eq!(series(text, name), value, "{name} in\n{text}");
 }
 
+/// Wait until `done` says so, for at most a minute (`what` names it).
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Wait until `/metrics` shows `name` at `value` (a state change the
 /// server makes on its own, like an idle unload).
 pub fn wait_for_series(ops: std::net::SocketAddr, name: &str, value: f64) -> String {
@@ -981,7 +990,8 @@ pub fn small_window_connection(
 
 /// A client of `GET path` (Host `host`) that reads its response at 8 KB/s:
 /// shown to be reading, so never cut as stalled, it keeps the response's
-/// bytes waiting in the server until [`SlowReader::leave`].
+/// bytes waiting in the server until [`SlowReader::leave`], or until the
+/// server ends the response.
 pub struct SlowReader {
     reading: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<()>,
@@ -998,12 +1008,20 @@ impl SlowReader {
             move || {
                 let mut buf = vec![0u8; 2048];
                 while reading.load(std::sync::atomic::Ordering::Relaxed) {
-                    assert!(slow.read(&mut buf).unwrap() > 0);
+                    if !matches!(slow.read(&mut buf), Ok(n) if n > 0) {
+                        return;
+                    }
                     std::thread::sleep(Duration::from_millis(250));
                 }
             }
         });
         SlowReader { reading, thread }
+    }
+
+    /// Whether the server ended the response (closed or reset the
+    /// connection) while this client was still reading it.
+    pub fn was_cut(&self) -> bool {
+        self.thread.is_finished() && self.reading.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stop reading and close the connection.

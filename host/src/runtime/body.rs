@@ -279,10 +279,36 @@ struct Held {
     /// The chunk's shares of the body budget (the sender waits until the
     /// last piece is taken) and of the process's held bytes.
     shares: Shares,
-    /// Set when the watch dropped `rest`, to the stall that expired.
-    expired: Option<Duration>,
+    /// Set when `rest` was dropped (the stall watch, or another app
+    /// taking its room back), to why.
+    expired: Option<String>,
     /// Pieces are copies (the chunk is watched).
     copied: bool,
+}
+
+impl Held {
+    /// Drop the rest, give its room back and stop the sender: the body
+    /// fails with `why` at its next poll.
+    fn drop_rest(&mut self, why: String) {
+        self.rest = Bytes::new();
+        if let Some(budget) = self.shares.body.take() {
+            budget.semaphore().close();
+        }
+        self.shares.process = None;
+        self.expired = Some(why);
+    }
+}
+
+impl held_bytes::Reclaimable for std::sync::Mutex<Held> {
+    fn left(&self) -> usize {
+        self.lock().map_or(0, |h| h.rest.len())
+    }
+
+    fn cut(&self, why: String) {
+        if let Ok(mut h) = self.lock() {
+            h.drop_rest(why);
+        }
+    }
 }
 
 /// A response body: bytes known up front, or streamed through a
@@ -399,12 +425,17 @@ impl ResponseBody {
         let watch_for = self.stall.filter(|_| chunk.len() > WATCHED);
         let copied = watch_for.is_some();
         let piece = next_of(&mut chunk, copied);
+        let len = chunk.len();
         let held = Arc::new(std::sync::Mutex::new(Held {
             rest: chunk,
             shares,
             expired: None,
             copied,
         }));
+        if let Some(share) = held.lock().expect("held lock").shares.process.as_ref() {
+            let weak: std::sync::Weak<dyn held_bytes::Reclaimable> = Arc::downgrade(&held) as _;
+            share.taken_by(weak, len);
+        }
         if let (Some(stall), Ok(runtime)) = (watch_for, tokio::runtime::Handle::try_current()) {
             let since = tokio::time::Instant::now();
             let watched = (Arc::downgrade(&held), self.taken.clone());
@@ -418,10 +449,10 @@ impl ResponseBody {
     fn next_piece(&mut self) -> Option<Result<Bytes, BodyAbort>> {
         let held = self.held.as_ref()?;
         let mut h = held.lock().expect("held lock");
-        if let Some(stall) = h.expired {
+        if let Some(why) = h.expired.take() {
             drop(h);
             self.held = None;
-            return Some(Err(BodyAbort(stalled(stall))));
+            return Some(Err(BodyAbort(why)));
         }
         let copied = h.copied;
         let piece = next_of(&mut h.rest, copied);
@@ -472,15 +503,9 @@ async fn watch(
             return;
         }
         if taken.stalled_at(since, stall) <= tokio::time::Instant::now() {
-            h.rest = Bytes::new();
-            if let Some(budget) = h.shares.body.take() {
-                budget.semaphore().close();
-            }
-            h.shares.process = None;
-            let waited = taken.patience(stall);
-            h.expired = Some(waited);
-            let line = format!("response cut short: {}", stalled(waited));
-            log_for_app(app.as_deref(), &line);
+            let why = stalled(taken.patience(stall));
+            log_for_app(app.as_deref(), &format!("response cut short: {why}"));
+            h.drop_rest(why);
             return;
         }
     }

@@ -225,8 +225,13 @@ impl Ledger {
     }
 
     /// A ledger for the tree at `root`, charged for what it holds now.
-    pub fn for_tree(budget: Arc<Budget>, root: &Path) -> std::io::Result<Arc<Self>> {
-        Ok(Self::new(budget, tree_usage(root)?))
+    /// `long` is called once if the walk takes long (see [`tree_usage`]).
+    pub fn for_tree(
+        budget: Arc<Budget>,
+        root: &Path,
+        long: &mut dyn FnMut(),
+    ) -> std::io::Result<Arc<Self>> {
+        Ok(Self::new(budget, tree_usage(root, long)?))
     }
 
     /// The ledger of app `app`'s grant of `root` (seen at `place`) with a
@@ -235,7 +240,13 @@ impl Ledger {
     /// while the old one finishes its requests; each with a ledger of its
     /// own, counted apart, the two could fill the tree past either quota),
     /// else a new one charged for what the tree holds.
-    pub fn of_grant(app: &str, place: &str, limit: u64, root: &Path) -> std::io::Result<Arc<Self>> {
+    pub fn of_grant(
+        app: &str,
+        place: &str,
+        limit: u64,
+        root: &Path,
+        long: &mut dyn FnMut(),
+    ) -> std::io::Result<Arc<Self>> {
         let key = live_key(app, root)?;
         let live = |live: &mut Vec<(LiveKey, std::sync::Weak<Ledger>)>| {
             live.retain(|(_, l)| l.strong_count() > 0);
@@ -250,7 +261,7 @@ impl Ledger {
             return Ok(ledger);
         }
         // Walked unlocked: other apps' loads need not wait for this tree.
-        let ledger = Self::for_tree(Budget::of_app(limit, app, place), root)?;
+        let ledger = Self::for_tree(Budget::of_app(limit, app, place), root, long)?;
         let mut all = LIVE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(earlier) = live(&mut all) {
             return Ok(earlier);
@@ -511,10 +522,20 @@ impl Drop for Handle {
 /// A directory the server may not read is skipped with a warning: the
 /// guest can neither add to it nor empty it, so what it holds is not
 /// room the guest could free.
-pub fn tree_usage(root: &Path) -> std::io::Result<u64> {
+///
+/// `long` is called once if the walk is still going after
+/// [`LONG_WALK`]: a tree of a million small files takes seconds, and a
+/// load gives up its place among the quick ones for that (as for
+/// compiling), so other apps' loads need not wait for it.
+pub fn tree_usage(root: &Path, long: &mut dyn FnMut()) -> std::io::Result<u64> {
     let mut tries = 0;
+    let mut pace = Pace {
+        since: std::time::Instant::now(),
+        entries: 0,
+        long: Some(long),
+    };
     loop {
-        match walk(root) {
+        match walk(root, &mut pace) {
             Err(Walk::Moved) if tries < 3 => tries += 1,
             Err(Walk::Moved) => {
                 return Err(std::io::Error::other(format!(
@@ -524,6 +545,30 @@ pub fn tree_usage(root: &Path) -> std::io::Result<u64> {
             }
             Err(Walk::Io(e)) => return Err(e),
             Ok(total) => return Ok(total),
+        }
+    }
+}
+
+/// How long a walk goes before it says it takes long: far longer than
+/// a tree of a few thousand entries takes, far shorter than a load from
+/// the cache may keep other apps' loads waiting.
+pub const LONG_WALK: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A walk's entries so far, and the call for when it takes long.
+struct Pace<'a> {
+    since: std::time::Instant,
+    entries: u64,
+    long: Option<&'a mut dyn FnMut()>,
+}
+
+impl Pace<'_> {
+    /// One more entry; the clock is read every 256.
+    fn entry(&mut self) {
+        self.entries += 1;
+        if self.entries.is_multiple_of(256) && self.since.elapsed() >= LONG_WALK {
+            if let Some(long) = self.long.take() {
+                long();
+            }
         }
     }
 }
@@ -549,7 +594,7 @@ struct Level {
     name: std::ffi::CString,
 }
 
-fn walk(root: &Path) -> Result<u64, Walk> {
+fn walk(root: &Path, pace: &mut Pace) -> Result<u64, Walk> {
     use rustix::fs::{fstat, openat, Mode, OFlags, CWD};
     let down = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut total = 0u64;
@@ -561,7 +606,7 @@ fn walk(root: &Path) -> Result<u64, Walk> {
         Mode::empty(),
     )
     .map_err(|e| Walk::Io(e.into()))?;
-    let below = list(&here, &mut total, &mut seen).map_err(Walk::Io)?;
+    let below = list(&here, &mut total, &mut seen, pace).map_err(Walk::Io)?;
     let mut levels = vec![Level {
         id: file_id(&fstat(&here)?),
         below,
@@ -580,7 +625,7 @@ fn walk(root: &Path) -> Result<u64, Walk> {
                     continue;
                 }
             };
-            let below = match list(&dir, &mut total, &mut seen) {
+            let below = match list(&dir, &mut total, &mut seen, pace) {
                 Ok(below) => below,
                 Err(e) => {
                     skipped(root, &levels, &name, e);
@@ -617,11 +662,13 @@ fn list(
     dir: &rustix::fd::OwnedFd,
     total: &mut u64,
     seen: &mut std::collections::HashSet<(u64, u64)>,
+    pace: &mut Pace,
 ) -> std::io::Result<Vec<std::ffi::CString>> {
     use rustix::fs::{statat, AtFlags, FileType};
     let mut below = Vec::new();
     for entry in rustix::fs::Dir::read_from(dir)? {
         let entry = entry?;
+        pace.entry();
         let name = entry.file_name();
         if name == c"." || name == c".." {
             continue;
@@ -673,6 +720,24 @@ mod tests {
     use super::*;
 
     const F: FileId = (1, 1);
+
+    /// A grant of 60,000 files takes far longer than [`LONG_WALK`] to
+    /// walk (about 100 ms on this machine, 2 s from a cold disk), and says
+    /// so once, counting on: its load gives up its quick place then.
+    #[test]
+    fn a_long_walk_says_so_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in 0..60 {
+            let sub = dir.path().join(d.to_string());
+            std::fs::create_dir(&sub).unwrap();
+            for f in 0..1000 {
+                std::fs::File::create(sub.join(f.to_string())).unwrap();
+            }
+        }
+        let mut long = 0;
+        let used = tree_usage(dir.path(), &mut || long += 1).unwrap();
+        assert_eq!((used, long), (60_060 * BLOCK, 1));
+    }
 
     #[test]
     fn writes_are_charged_in_blocks_up_to_the_limit() {
@@ -756,9 +821,15 @@ mod tests {
         std::fs::write(dir.path().join("d/b"), b"").unwrap();
         std::fs::hard_link(dir.path().join("a"), dir.path().join("d/a2")).unwrap();
         // a: 2 blocks, d: 1, d/b: 1, d/a2: a second name, 1.
-        assert_eq!(tree_usage(dir.path()).unwrap(), 5 * BLOCK);
+        // A walk this short never says it takes long.
+        let mut long = 0;
+        assert_eq!(
+            tree_usage(dir.path(), &mut || long += 1).unwrap(),
+            5 * BLOCK
+        );
+        assert_eq!(long, 0);
         let budget = Budget::new(5 * BLOCK);
-        let l = Ledger::for_tree(budget.clone(), dir.path()).unwrap();
+        let l = Ledger::for_tree(budget.clone(), dir.path(), &mut || {}).unwrap();
         assert_eq!(l.used(), 5 * BLOCK);
         assert_eq!(l.reserve(1), Err(Full));
     }
@@ -767,16 +838,16 @@ mod tests {
     fn a_reload_shares_the_ledger_of_the_load_still_serving() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a"), vec![0u8; 5000]).unwrap();
-        let first = Ledger::of_grant("t", "/data", 1 << 20, dir.path()).unwrap();
-        let again = Ledger::of_grant("t", "/data", 1 << 20, dir.path()).unwrap();
+        let first = Ledger::of_grant("t", "/data", 1 << 20, dir.path(), &mut || {}).unwrap();
+        let again = Ledger::of_grant("t", "/data", 1 << 20, dir.path(), &mut || {}).unwrap();
         assert!(Arc::ptr_eq(&first, &again));
         again.reserve(BLOCK).unwrap();
         assert_eq!(first.used(), 3 * BLOCK);
         // Another app counts on its own.
-        let other = Ledger::of_grant("u", "/data", 1 << 20, dir.path()).unwrap();
+        let other = Ledger::of_grant("u", "/data", 1 << 20, dir.path(), &mut || {}).unwrap();
         assert!(!Arc::ptr_eq(&first, &other));
         // A reload that changes the quota changes it for both versions.
-        let smaller = Ledger::of_grant("t", "/data", 3 * BLOCK, dir.path()).unwrap();
+        let smaller = Ledger::of_grant("t", "/data", 3 * BLOCK, dir.path(), &mut || {}).unwrap();
         assert!(Arc::ptr_eq(&first, &smaller));
         assert_eq!(first.reserve(1), Err(Full));
         drop(smaller);
@@ -785,7 +856,7 @@ mod tests {
         first.reserve(1).unwrap();
         // Once no load holds it, the next walks the tree again.
         drop((first, again));
-        let fresh = Ledger::of_grant("t", "/data", 1 << 20, dir.path()).unwrap();
+        let fresh = Ledger::of_grant("t", "/data", 1 << 20, dir.path(), &mut || {}).unwrap();
         assert_eq!(fresh.used(), 2 * BLOCK);
     }
 
@@ -818,7 +889,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("e")).unwrap();
         std::fs::write(dir.path().join("e/g"), b"x").unwrap();
         assert_eq!(
-            tree_usage(dir.path()).unwrap(),
+            tree_usage(dir.path(), &mut || {}).unwrap(),
             100 * BLOCK + blocks(1 << 20) + BLOCK + blocks(1)
         );
     }

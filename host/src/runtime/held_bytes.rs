@@ -6,12 +6,16 @@
 //! asked for (1.7 GB on one HTTP/2 connection, round CW). Under `serve`
 //! one app's responses may hold at most half of it, so slow clients of one
 //! app's large responses cannot take the room every other app needs
-//! (round CY: 16 connections reading 2.5 KB/s held all of it).
+//! (round CY: 16 connections reading 2.5 KB/s held all of it). Halves
+//! alone let two apps' slow clients take it all (round DA), so an app
+//! waiting for room takes it back from apps holding more than an equal
+//! share, cutting their chunks whose clients would not take them within
+//! the wait ([`Limit::reclaim`]).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -28,7 +32,38 @@ struct Limit {
     /// How long a chunk waits for room (`--header-timeout`).
     wait: Duration,
     apps: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+    /// Chunks that hold room while hyper takes them piece by piece: what
+    /// [`Limit::reclaim`] may cut.
+    holding: Mutex<Vec<Holding>>,
 }
+
+/// A chunk whose rest waits for its client, holding room: the body
+/// (`body::Held`) that can say how much is left and drop it.
+pub trait Reclaimable: Send + Sync {
+    /// Bytes of the chunk its client has not taken yet.
+    fn left(&self) -> usize;
+    /// Drop what is left; the response ends cut short with `why`.
+    fn cut(&self, why: String);
+}
+
+/// A held chunk, as [`Limit::reclaim`] weighs it.
+struct Holding {
+    app: Arc<str>,
+    /// The room it holds.
+    bytes: usize,
+    /// Its length when hyper began taking it, and when.
+    len: usize,
+    since: Instant,
+    chunk: Weak<dyn Reclaimable>,
+}
+
+/// How long a chunk's client must have been taking it before its pace
+/// says anything: the first moments fill socket buffers at any pace.
+const PACE_SHOWN_AFTER: Duration = Duration::from_secs(1);
+
+/// How often an app waiting for room looks again for room to take back:
+/// chunks come of age ([`PACE_SHOWN_AFTER`]) and paces change.
+const RECLAIM_EVERY: Duration = Duration::from_millis(250);
 
 static LIMIT: OnceLock<Limit> = OnceLock::new();
 
@@ -91,6 +126,76 @@ impl Limit {
             per_app: if shared { (bytes / 2).max(1) } else { bytes },
             wait,
             apps: Mutex::new(HashMap::new()),
+            holding: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Make room for `need` bytes of `asker`'s: if `asker` holds less
+    /// than an equal share (the buffer over the apps holding room, it
+    /// included), cut the chunks of apps holding more than an equal share
+    /// whose clients, at the pace they have taken them so far, would not
+    /// take the rest within the wait, slowest first, until `need` is
+    /// freed or no app is over its share. Their clients read, or the
+    /// stall watch would have cut them; but so slowly that, without this,
+    /// two apps' slow clients could hold the whole buffer for as long as
+    /// they take, and every other app's large responses get 503.
+    fn reclaim(&self, asker: &str, need: usize) {
+        let mut holding = self.holding.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut held: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut weighed = Vec::new();
+        holding.retain(|h| {
+            let Some(chunk) = h.chunk.upgrade() else {
+                return false;
+            };
+            let left = chunk.left();
+            if left == 0 {
+                return false;
+            }
+            *held.entry(h.app.clone()).or_default() += h.bytes;
+            let elapsed = now.duration_since(h.since);
+            let taken = h.len.saturating_sub(left);
+            // Seconds the rest would take at the pace so far.
+            let eta = if taken == 0 {
+                f64::INFINITY
+            } else {
+                left as f64 * elapsed.as_secs_f64() / taken as f64
+            };
+            if &*h.app != asker && elapsed >= PACE_SHOWN_AFTER && eta > self.wait.as_secs_f64() {
+                weighed.push((eta, h.app.clone(), h.bytes, taken, elapsed, chunk));
+            }
+            true
+        });
+        let apps = held.len() + usize::from(!held.contains_key(asker));
+        let fair = self.bytes / apps.max(1);
+        if held.get(asker).copied().unwrap_or(0) >= fair {
+            return;
+        }
+        weighed.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut freed = 0;
+        for (eta, app, bytes, taken, elapsed, chunk) in weighed {
+            if freed >= need {
+                break;
+            }
+            let app_held = held.get_mut(&app).expect("counted above");
+            if *app_held <= fair {
+                continue;
+            }
+            let why =
+                format!(
+                "response cut short: its client took {taken} bytes of a large chunk in {:.1} s \
+                 and would take {} more at that pace, while app {asker} waited for room in \
+                 --max-response-buffer, of which this app held {} (more than an equal share \
+                 of {} among {apps} apps)",
+                elapsed.as_secs_f64(),
+                if eta.is_finite() { format!("{eta:.0} s") } else { "forever".to_string() },
+                size(*app_held),
+                size(fair),
+            );
+            tracing::info!(app = %app, "{why}");
+            chunk.cut(why);
+            *app_held -= bytes;
+            freed += bytes;
         }
     }
 
@@ -105,10 +210,27 @@ impl Limit {
 /// A large chunk's room, given back when dropped (when hyper has taken
 /// the chunk's last piece, or its stall watch dropped it).
 pub struct Share {
+    app: Arc<str>,
     _app: OwnedSemaphorePermit,
     _total: OwnedSemaphorePermit,
     bytes: u32,
     held: Gauge,
+}
+
+impl Share {
+    /// `chunk`, of `len` bytes, now holds this room while its client
+    /// takes it: another app waiting for room may cut it
+    /// ([`Limit::reclaim`]).
+    pub fn taken_by(&self, chunk: Weak<dyn Reclaimable>, len: usize) {
+        let mut holding = limit().holding.lock().unwrap_or_else(|e| e.into_inner());
+        holding.push(Holding {
+            app: self.app.clone(),
+            bytes: self.bytes as usize,
+            len,
+            since: Instant::now(),
+            chunk,
+        });
+    }
 }
 
 impl Drop for Share {
@@ -142,7 +264,18 @@ pub async fn take(
     let bytes = u32::try_from(len.min(limit.per_app)).unwrap_or(u32::MAX);
     let both = async {
         let mine = own.clone().acquire_many_owned(bytes).await.ok()?;
-        let total = limit.total.clone().acquire_many_owned(bytes).await.ok()?;
+        // Waiting in the semaphore's line all along, looking meanwhile
+        // for room to take back from apps over their share.
+        let mut total = std::pin::pin!(limit.total.clone().acquire_many_owned(bytes));
+        if limit.total.available_permits() < bytes as usize {
+            limit.reclaim(app, bytes as usize);
+        }
+        let total = loop {
+            tokio::select! {
+                got = &mut total => break got.ok()?,
+                () = tokio::time::sleep(RECLAIM_EVERY) => limit.reclaim(app, bytes as usize),
+            }
+        };
         Some((mine, total))
     };
     let own_full = || own.available_permits() < bytes as usize;
@@ -151,7 +284,7 @@ pub async fn take(
             Ok(Some((mine, total))) => {
                 let held = crate::metrics::response_buffer(app);
                 held.inc_by(i64::from(bytes));
-                Ok(Some(Share { _app: mine, _total: total, bytes, held }))
+                Ok(Some(Share { app: app.clone(), _app: mine, _total: total, bytes, held }))
             }
             _ => Err(Refused::Full(own_full())),
         },
@@ -189,5 +322,83 @@ pub fn full(own: bool) -> String {
             size(limit.bytes),
             limit.wait
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A chunk with `left` bytes still to go.
+    struct Chunk {
+        left: AtomicUsize,
+        why: Mutex<Option<String>>,
+    }
+
+    impl Reclaimable for Chunk {
+        fn left(&self) -> usize {
+            self.left.load(Ordering::Relaxed)
+        }
+        fn cut(&self, why: String) {
+            self.left.store(0, Ordering::Relaxed);
+            *self.why.lock().unwrap() = Some(why);
+        }
+    }
+
+    /// Hold a chunk of `len` bytes for `app`, of which `taken` went out
+    /// over the last `secs` seconds.
+    fn hold(limit: &Limit, app: &str, len: usize, taken: usize, secs: u64) -> Arc<Chunk> {
+        let chunk = Arc::new(Chunk {
+            left: AtomicUsize::new(len - taken),
+            why: Mutex::new(None),
+        });
+        let weak: Weak<dyn Reclaimable> = Arc::downgrade(&chunk) as _;
+        limit.holding.lock().unwrap().push(Holding {
+            app: app.into(),
+            bytes: len,
+            len,
+            since: Instant::now() - Duration::from_secs(secs),
+            chunk: weak,
+        });
+        chunk
+    }
+
+    fn cut(chunk: &Chunk) -> bool {
+        chunk.why.lock().unwrap().is_some()
+    }
+
+    #[test]
+    fn room_is_taken_back_from_the_slowest_chunks_of_apps_over_an_equal_share() {
+        let limit = Limit::new(90, Duration::from_secs(10), true);
+        // a holds 60 (over its equal share of 30 among a, b and c): a
+        // chunk read fast, one slow, one not at all.
+        let fast = hold(&limit, "a", 20, 15, 2);
+        let slow = hold(&limit, "a", 20, 1, 2);
+        let stuck = hold(&limit, "a", 20, 0, 2);
+        // b holds 20, under its share, and is not touched however slow.
+        let b = hold(&limit, "b", 20, 0, 2);
+        limit.reclaim("c", 20);
+        assert!(cut(&stuck) && !cut(&slow) && !cut(&fast) && !cut(&b));
+        limit.reclaim("c", 40);
+        // a is down to 40; its slow chunk goes next, never its fast one.
+        assert!(cut(&slow) && !cut(&fast) && !cut(&b));
+        // An app never takes back from itself; and one holding its equal
+        // share already takes nothing.
+        limit.reclaim("a", 20);
+        limit.reclaim("b", 20);
+        assert!(!cut(&fast) && !cut(&b));
+    }
+
+    #[test]
+    fn a_chunk_held_too_briefly_to_show_its_pace_is_not_cut() {
+        let limit = Limit::new(90, Duration::from_secs(10), true);
+        let young = hold(&limit, "a", 80, 0, 0);
+        limit.reclaim("c", 20);
+        assert!(!cut(&young));
+        // Chunks gone or fully taken are forgotten.
+        drop(young);
+        limit.reclaim("c", 20);
+        assert!(limit.holding.lock().unwrap().is_empty());
     }
 }

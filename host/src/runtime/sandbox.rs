@@ -84,13 +84,15 @@ impl Sandbox {
     /// Sandbox for the app called `app` (the name tags its log lines);
     /// `files` are the component's own read-only directories; with request
     /// isolation every instance gets its own /tmp. Blocks: a granted
-    /// directory with a quota is walked to charge what it holds.
+    /// directory with a quota is walked to charge what it holds, and
+    /// `long` is called once if that takes long.
     pub fn new(
         app: &str,
         grants: Grants,
         files: Arc<[Mount]>,
         memory: u64,
         isolation: Isolation,
+        long: &mut dyn FnMut(),
     ) -> Result<Self> {
         for grant in &grants.dirs {
             let g = grant.guest.trim_end_matches('/');
@@ -130,8 +132,8 @@ impl Sandbox {
             let ledger = match dir.quota {
                 None => None,
                 Some(limit) => {
-                    let ledger =
-                        Ledger::of_grant(app, &dir.guest, limit, &dir.host).with_context(|| {
+                    let ledger = Ledger::of_grant(app, &dir.guest, limit, &dir.host, long)
+                        .with_context(|| {
                             format!(
                                 "measuring what {} holds for its quota (app {app})",
                                 dir.host.display()

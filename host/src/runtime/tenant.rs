@@ -600,15 +600,23 @@ impl Tenant {
         };
         refuse_other_world(&component, world, self.world)?;
         let sandbox = {
-            // Measuring a quota'd grant walks its tree: off the runtime too.
+            // Measuring a quota'd grant walks its tree: off the runtime
+            // too, and a long walk (a million files) trades its place for
+            // a slow one, as compiling does.
             let (name, files) = (name.clone(), loaded.files.clone());
             let (memory, isolation) = (limits.memory, limits.isolation);
-            tokio::task::spawn_blocking(move || {
-                Sandbox::new(&name, grants, files, memory, isolation)
-                    .map(|s| s.with_live_dirs(&live_dirs))
+            let mut moved = std::mem::take(turn);
+            let (sandbox, back) = tokio::task::spawn_blocking(move || {
+                let sandbox = Sandbox::new(&name, grants, files, memory, isolation, &mut || {
+                    moved.trade_for_slow()
+                })
+                .map(|s| s.with_live_dirs(&live_dirs));
+                (sandbox, moved)
             })
             .await
-            .context("setting up the sandbox panicked")??
+            .context("setting up the sandbox panicked")?;
+            *turn = back;
+            sandbox?
         };
         AppPool::start(
             &name,
