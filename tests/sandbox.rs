@@ -426,6 +426,46 @@ fn memory_bomb_gets_5xx_and_the_server_keeps_serving() {
     assert!((500..600).contains(&status), "{status}");
     s.wait_for_log("memory limit");
     assert_eq!(get(&s, "/"), (200, "router\n".into()));
+    // An exception whose message takes 24 of the 96 MiB: formatting its
+    // report copied it until memory ran out, and the report was lost
+    // (round DB). Its message is clipped, and the report logged.
+    assert_eq!(get(&s, "/huge-message?24").0, 500);
+    s.wait_for_log("characters of the report left out]");
+    let logs = s.logs();
+    assert!(logs.contains(".HugeMessage: SSS"), "{logs}");
+    assert!(!logs.contains("adapter error"), "{logs}");
+    assert_eq!(get(&s, "/"), (200, "router\n".into()));
+}
+
+/// Recursion without a limit runs the instance out of memory, and the
+/// clean-up of the MemoryError out of stack: one line says both, and the
+/// replacement is counted once, as the memory limit's (round DB: two
+/// lines, "crashed" and "hit its memory limit", counted as a trap).
+#[test]
+fn recursion_past_memory_is_one_replacement_said_once() {
+    let s = Server::start(
+        &router(),
+        &["--memory", "64MiB", "--metrics", "127.0.0.1:0"],
+    );
+    let ops = s.logged_addr("metrics on ");
+    assert_eq!(get(&s, "/recurse").0, 500);
+    let text = wait_for_series(
+        ops,
+        "rsgi_wasm_instance_recycles_total{tenant=\"router\",cause=\"memory\"}",
+        1.0,
+    );
+    assert_series(
+        &text,
+        "rsgi_wasm_instance_recycles_total{tenant=\"router\",cause=\"trap\"}",
+        0.0,
+    );
+    let logs = s.logs();
+    assert_eq!(logs.matches("replaced").count(), 1, "{logs}");
+    assert!(
+        logs.contains("64 MiB memory limit") || logs.contains("67108864 byte memory limit"),
+        "{logs}"
+    );
+    assert_eq!(get(&s, "/"), (200, "router\n".into()));
 }
 
 /// Deeply nested JSON, parsed by C code that recurses once per level:

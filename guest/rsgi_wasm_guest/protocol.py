@@ -330,7 +330,7 @@ def _report(errors: Any, environ: dict, what: str, exc: BaseException) -> None:
     log rate (clipped), so a noisy app cannot hide its own errors."""
     method = environ.get("REQUEST_METHOD", "?")
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    report = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    report = _formatted(exc)
     hint = file_error_hint(exc) or _call_hint(exc)
     if hint:
         report += f"({hint})\n"
@@ -350,6 +350,35 @@ def _report(errors: Any, environ: dict, what: str, exc: BaseException) -> None:
         LOST_REPORTS.append(f"{ADAPTER_ERROR}: the app closed its {closed}, so its output fails from now on")
 
 
+def _formatted(exc: BaseException) -> str:
+    """The traceback of ``exc``, as Python prints it. A message of
+    hundreds of MiB (a ``__str__`` that builds one) is clipped as soon as
+    it is built: formatting copies it several times over, and running out
+    of memory there lost the whole report. Should memory run out all the
+    same, the report is made without the message."""
+    try:
+        shown = traceback.TracebackException.from_exception(exc)
+        seen, todo = set(), [shown]
+        while todo:
+            each = todo.pop()
+            if id(each) in seen:
+                continue
+            seen.add(id(each))
+            if len(each._str) > MESSAGE_MAX:
+                each._str = _clipped(each._str, MESSAGE_MAX)
+            todo.extend(e for e in (each.__cause__, each.__context__, *(each.exceptions or ())) if e is not None)
+        return "".join(shown.format())
+    except MemoryError:
+        pass
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
+    last = f"{name}: <its message could not be built: out of memory>\n"
+    try:
+        return "Traceback (most recent call last):\n" + "".join(traceback.format_tb(exc.__traceback__)) + last
+    except MemoryError:
+        return last
+
+
 def _call_hint(exc: BaseException) -> Optional[str]:
     """For an app that could not even be called with ``(environ,
     start_response)``: an app factory named without its call."""
@@ -366,10 +395,15 @@ def _call_hint(exc: BaseException) -> Optional[str]:
 REPORT_MAX = 256 * 1024
 
 
-def _clipped(text: str) -> str:
-    if len(text) <= REPORT_MAX:
+#: The most characters of an exception's message kept in its report: room
+#: is left for the traceback.
+MESSAGE_MAX = REPORT_MAX - 16 * 1024
+
+
+def _clipped(text: str, most: int = REPORT_MAX) -> str:
+    if len(text) <= most:
         return text
-    half = REPORT_MAX // 2
+    half = most // 2
     left = len(text) - 2 * half
     return f"{text[:half]}\n[{left} characters of the report left out]\n{text[-half:]}"
 

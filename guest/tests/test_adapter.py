@@ -757,6 +757,27 @@ class ProtocolTest(unittest.TestCase):
         self.assertIn(" characters of the report left out]\n", errors)
         self.assertTrue(errors.endswith("p399999\n"), errors[-50:])
 
+    def test_a_huge_exception_message_is_clipped_before_its_report_is_made(self):
+        class Huge(Exception):
+            def __str__(self):
+                return "S" * (8 * protocol.REPORT_MAX) + "end"
+
+        def app(environ, start_response):
+            try:
+                raise KeyError("first")
+            except KeyError:
+                raise Huge("payload")
+
+        t, _, errors = run(app)
+        self.assertEqual(t.head[0], "500 Internal Server Error")
+        self.assertLessEqual(len(errors), protocol.REPORT_MAX)
+        # Both exceptions, with the traceback; the message's ends kept.
+        self.assertIn("KeyError: 'first'\n", errors)
+        self.assertIn(", in app\n", errors)
+        self.assertIn(".Huge: SSS", errors)
+        self.assertIn(" characters of the report left out]\n", errors)
+        self.assertTrue(errors.endswith("Send\n"), errors[-50:])
+
     def test_exc_info_rules(self):
         def replaces(environ, start_response):
             start_response("200 OK", [])

@@ -478,6 +478,21 @@ def application(environ, start_response):
         while True:
             hoard.append(bytearray(16 * 1024 * 1024))
 
+    if path == "/huge-message":
+        class HugeMessage(Exception):
+            def __str__(self):
+                return "S" * (int(query) << 20) + "end"
+
+        raise HugeMessage()
+
+    if path == "/recurse":
+        sys.setrecursionlimit(10**6)
+
+        def deeper(n):
+            return deeper(n + 1) + 1
+
+        deeper(0)
+
     if path == "/connect":
         if socket is None:
             return text(start_response, f"no socket module: {SOCKET_IMPORT_ERROR}", status="403 Forbidden")
