@@ -2088,6 +2088,13 @@ fn metrics_and_health_are_served_on_their_own_port_and_move() {
         0.0
     );
     assert!(series(&before, "rsgi_wasm_linear_memory_bytes{tenant=\"router\"}") > 0.0);
+    // Gauges of what has not happened yet too, dashboards see 0, not no data.
+    assert!(
+        before
+            .lines()
+            .any(|l| l == "rsgi_wasm_response_buffer_bytes{tenant=\"router\"} 0"),
+        "{before}"
+    );
     assert_eq!(
         series(&before, "rsgi_wasm_connection_limit_reached_total"),
         0.0

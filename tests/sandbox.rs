@@ -1493,9 +1493,9 @@ fn sighup_reload_swaps_apps_without_losing_requests() {
     assert_eq!(get(&s, "/hello/"), (200, "Hello, World!\n".into()));
     std::fs::write(&config, &one).unwrap();
     s.signal("HUP");
-    s.wait_for_log("reloaded: 1 apps (changed router; removed hello)");
+    s.wait_for_log("reloaded: 1 app (changed router; removed hello)");
     s.signal("HUP");
-    s.wait_for_log("reloaded: 1 apps (nothing changed)");
+    s.wait_for_log("reloaded: 1 app (nothing changed)");
 }
 
 #[test]
@@ -1570,7 +1570,7 @@ fn a_component_replaced_with_its_old_time_runs_its_new_version_after_a_reload() 
         .unwrap();
     std::fs::rename(&next, &file).unwrap();
     s.signal("HUP");
-    s.wait_for_log("reloaded: 1 apps");
+    s.wait_for_log("reloaded: 1 app");
     assert_eq!(get(&s, "/"), (200, "router\n".into()));
 }
 
@@ -1603,7 +1603,7 @@ fn reloading_survives_out_of_range_values_and_keeps_working() {
     // The next good config still reloads.
     std::fs::write(&config, app("path_prefix = \"/v2\"\n")).unwrap();
     s.signal("HUP");
-    s.wait_for_log("reloaded: 1 apps");
+    s.wait_for_log("reloaded: 1 app");
     assert_eq!(get(&s, "/v2/"), (200, "Hello, World!\n".into()));
     // And the same values on the command line are errors, not panics.
     for (flag, value) in [
@@ -1616,6 +1616,16 @@ fn reloading_survives_out_of_range_values_and_keeps_working() {
         assert!(err.contains(flag), "{err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// A flag that changes nothing on its own is said, not silently taken.
+#[test]
+fn a_jitter_without_max_requests_is_warned_of() {
+    let s = Server::start(&hello(), &["--max-requests-jitter", "5"]);
+    s.wait_for_log(
+        "max_requests_jitter (--max-requests-jitter) has no effect without max_requests",
+    );
+    assert_eq!(get(&s, "/"), (200, "Hello, World!\n".into()));
 }
 
 #[test]
@@ -1889,7 +1899,7 @@ fn replaced_components_are_freed_over_many_reloads() {
             .set_modified(start + Duration::from_secs(i))
             .unwrap();
         s.signal("HUP");
-        s.wait_for_log_count("reloaded: 1 apps", i as usize);
+        s.wait_for_log_count("reloaded: 1 app", i as usize);
         assert_eq!(get(&s, "/"), (200, "Hello, World!\n".into()));
         if i == 20 {
             settled = rss_of(s.pid());

@@ -339,7 +339,7 @@ fn a_component_replaced_by_a_build_of_the_other_world_is_refused_until_a_reload(
     assert!(!s.logs().contains("panicked"), "{}", s.logs());
     // A reload checks the file again, and serves it.
     s.signal("HUP");
-    s.wait_for_log("reloaded: 1 apps");
+    s.wait_for_log("reloaded: 1 app");
     assert_eq!(get(&s, "/"), (200, "router\n".into()));
 }
 

@@ -1225,8 +1225,9 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
                         ""
                     };
                     tracing::info!(
-                        "reloaded: {} apps ({}){certs}",
+                        "reloaded: {} app{} ({}){certs}",
                         next.len(),
+                        if next.len() == 1 { "" } else { "s" },
                         reload_changes(&running, &next)
                     );
                     // Apps no longer routed finish their in-flight requests

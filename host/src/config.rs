@@ -46,7 +46,7 @@ pub enum ConfigError {
     #[error("--world {0:?}: expected wsgi (rsgi-wasm's own, fastest boundary) or wasi-http (runs on any wasi:http host: wasmtime serve, Spin, SpinKube)")]
     World(String),
     /// A `--forwarded-allow-ips` value that is not `*` or a list of IPs.
-    #[error("--forwarded-allow-ips {0:?}: {1}")]
+    #[error("--forwarded-allow-ips (or $FORWARDED_ALLOW_IPS) {0:?}: {1}")]
     Peers(String, String),
     /// A duration, size or count outside what the setting allows.
     #[error("{value:?} is out of range (allowed: {allowed})")]
@@ -611,6 +611,12 @@ fn size_bytes(value: &str) -> Option<f64> {
         "gib" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
+        // Past every limit, but sizes all the same: "out of range", not
+        // "not a size".
+        "p" | "pb" => 1_000_000_000_000_000,
+        "pib" => 1 << 50,
+        "e" | "eb" => 1_000_000_000_000_000_000,
+        "eib" => 1 << 60,
         _ => return None,
     };
     num.parse::<f64>()
@@ -1181,6 +1187,8 @@ mod tests {
         for e in [
             check_duration("1e300", TIMEOUT).unwrap_err(),
             check_size("100000000000000000000GiB", MEMORY).unwrap_err(),
+            check_size("1PiB", MEMORY).unwrap_err(),
+            check_size("2EiB", MEMORY).unwrap_err(),
         ] {
             assert!(matches!(e, ConfigError::Range { .. }), "{e}");
             assert!(e.to_string().contains("allowed"), "{e}");

@@ -608,6 +608,9 @@ impl TenantSeries {
                 .get_or_create(&TenantCause { tenant, cause })
                 .clone()
         };
+        // Set by `held_bytes` by name; there from the first use at 0, as
+        // the other gauges are.
+        drop(m.response_buffer.get_or_create(&t()));
         let state = |state| {
             let tenant = name.to_owned();
             m.instances

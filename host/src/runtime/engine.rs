@@ -122,6 +122,7 @@ fn engine_config(allocation: Allocation) -> Config {
 /// [`check_trusted`]). Never a shared temporary directory.
 pub fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    let empty = given.as_ref().is_some_and(|d| d.as_os_str().is_empty());
     let dir = given
         .filter(|d| !d.as_os_str().is_empty())
         // The XDG spec has a relative value ignored.
@@ -136,6 +137,15 @@ pub fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
             "no cache directory: set HOME or XDG_CACHE_HOME, or pass --cache-dir DIR \
              (a directory only you can write to)",
         )?;
+    if empty {
+        // An unset shell variable (`--cache-dir "$CACHE"`) or a pod's
+        // `value: ""`: taken as unset, but said, as the cache may then be
+        // on another volume than meant.
+        tracing::info!(
+            "--cache-dir (or RSGI_WASM_CACHE) is empty: using the default, {}",
+            dir.display()
+        );
+    }
     if dir.exists() && !dir.is_dir() {
         anyhow::bail!(
             "the cache directory {} is not a directory: give --cache-dir (or RSGI_WASM_CACHE) \

@@ -56,7 +56,18 @@ impl OpenFiles {
     pub fn new(limit: usize, app: Arc<str>) -> Arc<Self> {
         // Said at load: otherwise the operator learns only when the app's
         // opens start failing under load, well short of what was granted.
-        if limit > PROCESS_FILES.limit {
+        // Once per app: the default passes the share under a 1024-file
+        // limit, and every cold load of every app said it again.
+        static WARNED: std::sync::Mutex<Vec<Arc<str>>> = std::sync::Mutex::new(Vec::new());
+        let first = || {
+            let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+            let new = !warned.contains(&app);
+            if new {
+                warned.push(app.clone());
+            }
+            new
+        };
+        if limit > PROCESS_FILES.limit && first() {
             tracing::warn!(
                 app = %app,
                 "max_open_files {limit} is above the {} files all apps may hold open together in this \

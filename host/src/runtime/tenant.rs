@@ -318,6 +318,16 @@ impl Tenant {
                  is dropped"
             );
         }
+        if limits.isolation != Isolation::Request
+            && limits.max_requests == 0
+            && limits.max_requests_jitter > 0
+        {
+            tracing::warn!(
+                app = %spec.name,
+                "max_requests_jitter (--max-requests-jitter) has no effect without max_requests \
+                 (--max-requests): it spreads the retirements max_requests sets"
+            );
+        }
         let metrics = TenantMetrics::new(&spec.name);
         let account = TenantCpu::metered(spec.limits.cpu, starter.metered.then_some(&metrics));
         let cpu = if alone {
