@@ -222,7 +222,17 @@ impl Share {
     /// takes it: another app waiting for room may cut it
     /// ([`Limit::reclaim`]).
     pub fn taken_by(&self, chunk: Weak<dyn Reclaimable>, len: usize) {
-        let mut holding = limit().holding.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = limit();
+        // One app (`run`) never takes room back from itself.
+        if limit.per_app == limit.bytes {
+            return;
+        }
+        let mut holding = limit.holding.lock().unwrap_or_else(|e| e.into_inner());
+        // Chunks taken whole leave their entries behind until a reclaim
+        // looks; with no app ever short of room, none does.
+        if holding.len() >= 64 && holding.len().is_power_of_two() {
+            holding.retain(|h| h.chunk.strong_count() > 0);
+        }
         holding.push(Holding {
             app: self.app.clone(),
             bytes: self.bytes as usize,
