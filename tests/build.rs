@@ -582,6 +582,14 @@ fn a_missing_site_packages_is_named_before_any_resolving() {
         err.contains("this is a virtualenv") && err.contains("/lib/python3.X/site-packages"),
         "{err}"
     );
+    // With its site-packages there, that very path, ready to paste.
+    std::fs::create_dir_all(dir.join("venv/lib/python3.11/site-packages")).unwrap();
+    let (code, _, err) = run_bin(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("({venv}/lib/python3.11/site-packages)")),
+        "{err}"
+    );
 }
 
 /// Inputs a build must refuse with a sentence, not pip's traceback, a

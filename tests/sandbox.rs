@@ -1026,6 +1026,40 @@ fn a_broken_component_takes_only_its_own_tenant_down_with_tolerate_broken() {
         "{}",
         s.logs()
     );
+    // With --preload too (the Deployment's flag): the others load, the
+    // broken ones answer 503 (round DE: the start failed).
+    let p = Server::start_with(&["serve", &config, "--tolerate-broken", "--preload"]);
+    assert_eq!(get_host(&p, "good.test", "/").0, 200);
+    assert_eq!(get_host(&p, "broken.test", "/").0, 503);
+    assert_eq!(
+        p.logs()
+            .matches("--preload: not loaded, served 503")
+            .count(),
+        2,
+        "{}",
+        p.logs()
+    );
+    drop(p);
+    // A load known to fail makes no room: under --max-loaded 1 the good
+    // app stays loaded (round DE: each try of a broken upload unloaded a
+    // healthy app).
+    let q = Server::start_with(&[
+        "serve",
+        &config,
+        "--tolerate-broken",
+        "--max-loaded",
+        "1",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let ops = q.logged_addr("metrics on ");
+    assert_eq!(get_host(&q, "good.test", "/").0, 200);
+    assert_eq!(get_host(&q, "broken.test", "/").0, 503);
+    assert_eq!(get_host(&q, "gone.test", "/").0, 503);
+    let m = scrape(ops);
+    assert_series(&m, "rsgi_wasm_tenant_loaded{tenant=\"good\"}", 1.0);
+    assert!(!q.logs().contains("to make room"), "{}", q.logs());
+    drop(q);
     // Fixed in place, it serves at a later load (failed loads answer 503
     // for a few seconds before the next try), with no reload.
     std::fs::copy(hello(), &broken).unwrap();
@@ -2432,8 +2466,17 @@ fn a_tenant_that_cannot_load_answers_503_and_the_others_serve() {
         1.0,
         "{m}"
     );
+    // No request waited for it: not a cold start (round DE: every pod
+    // start fired cold-start alerts).
+    assert_series(
+        &m,
+        "rsgi_wasm_cold_start_seconds_count{tenant=\"hello\"}",
+        0.0,
+    );
+    s.wait_for_log("preloaded in");
     assert_eq!(get(&s, "/").0, 200);
     assert!(!s.logs().contains(" cold="), "{}", s.logs());
+    assert!(!s.logs().contains("cold start"), "{}", s.logs());
     drop(s);
     // However long the load takes: an app's `timeout` bounds its
     // requests, not a preload (a first compile takes seconds).

@@ -394,6 +394,31 @@ def _dotted(node: Any) -> Optional[List[str]]:
     return parts[::-1]
 
 
+def _wsgi_looking(module_obj: Any) -> List[str]:
+    """What in ``module_obj`` looks like a WSGI app, as "name (a Type)",
+    at most three: a framework's app object (it has ``wsgi_app``, or a
+    known name), or a function of the module taking two arguments."""
+    import inspect
+
+    found = []
+    for name, value in list(vars(module_obj).items()):
+        if name.startswith("_") or isinstance(value, type) or inspect.ismodule(value) or not callable(value):
+            continue
+        if inspect.isfunction(value):
+            try:
+                params = inspect.signature(value).parameters.values()
+            except (TypeError, ValueError):
+                continue
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            if value.__module__ == getattr(module_obj, "__name__", None) and len(positional) == 2:
+                found.append(f"{name} (a function of two arguments)")
+        elif hasattr(value, "wsgi_app") or name in ("app", "application", "api", "wsgi", "server"):
+            found.append(f"{name} (a {type(value).__name__})")
+        if len(found) == 3:
+            break
+    return found
+
+
 def resolve_callable(module_obj: Any, module: str, expr: str, mounts: Sequence[Tuple[str, str]] = ()) -> Callable:
     """``name``, ``a.b``, ``factory()`` or ``factory('prod', debug=True)``
     (gunicorn's forms: arguments are Python literals), checked."""
@@ -425,7 +450,9 @@ def resolve_callable(module_obj: Any, module: str, expr: str, mounts: Sequence[T
             obj = getattr(obj, part)
         except AttributeError:
             owner = f"module {module!r}" if depth == 0 else f"{module}:{'.'.join(path[:depth])}"
-            raise BuildError(f"{owner} has no attribute {part!r} (looked up {module}:{expr})") from None
+            found = _wsgi_looking(obj) if depth == 0 else []
+            hint = f"; it has {', '.join(found)}: build {module}:{found[0].split(' ')[0]}" if found else ""
+            raise BuildError(f"{owner} has no attribute {part!r} (looked up {module}:{expr}){hint}") from None
     if call:
         try:
             obj = obj(*args, **kwargs)
@@ -505,12 +532,18 @@ def warm_up(app: Callable, paths: List[str]) -> List[str]:
     report line per path (a path given twice runs as if given once): how
     its first round went, and a later round's failure if one failed. A
     failed round is not repeated. Output is thrown away."""
+    from . import compat
+
     report = []
     for target in dict.fromkeys(paths):
         outcomes: List[str] = []
         cookies: Dict[str, None] = {}
         for _ in range(WARMUP_ROUNDS):
-            sink, errors, output, cut = _warm_once(app, target)
+            compat.warming(target)
+            try:
+                sink, errors, output, cut = _warm_once(app, target)
+            finally:
+                compat.warming(None)
             cookies.update(dict.fromkeys(sink.cookies))
             outcome, failed = _warm_outcome(sink.status, errors, output, cut)
             outcomes.append(outcome)

@@ -162,6 +162,26 @@ class _Network:
 
     building = False
     other_hosts = False
+    #: The warm-up request running (its target), if one is.
+    warming: Optional[str] = None
+
+
+def warming(target: Optional[str]) -> None:
+    """Say which warm-up request runs (``None``: none), so a refusal
+    names it, not the import: a stock Django index page queries the
+    database only when the warm-up asks for it."""
+    _Network.warming = target
+
+
+def _at_build() -> str:
+    """What was running at build time, for a refusal's message."""
+    if _Network.warming is not None:
+        return f"during the warm-up request GET {_Network.warming}"
+    return "while the app was imported"
+
+
+#: How to keep a warm-up request from needing what the build lacks.
+WARMUP_FIX = "warm up a path that needs none (`--warmup PATH`), or build with `--no-warmup`"
 
 
 def for_other_hosts() -> None:
@@ -188,10 +208,10 @@ def _guard(real, what, name: str, hint: str = ALLOW_NET_HINT):
         if _Network.building:
             # wasi-libc caches its network handle on first use; one taken in
             # the build's sandbox would not exist at run time.
+            fix = WARMUP_FIX if _Network.warming is not None else "open connections on the first request instead"
             raise PermissionError(
                 errno.EACCES,
-                f"rsgi-wasm build: no network while the app is imported and warmed up "
-                f"({name} {what(args)}); open connections on the first request instead",
+                f"rsgi-wasm build: no network {_at_build()}, at build time ({name} {what(args)}); {fix}",
             )
         try:
             return real(*args, **kwargs)
@@ -346,6 +366,14 @@ def file_error_hint(exc: BaseException) -> Optional[str]:
     if is_code_mount(path):
         if exc.errno == errno.ENOENT:
             return None
+        if "/migrations/" in path or "/versions/" in path:
+            # Django's makemigrations, Alembic's revision: files of the
+            # app's source, which a grant or /tmp would not ship.
+            return (
+                f"{path} is among the app's own files, which are read-only in the sandbox: new migrations "
+                "belong to the app's source, so make them with your native Python (manage.py "
+                "makemigrations, alembic revision) and build again"
+            )
         return f"{path} is among the app's own files, which are read-only in the sandbox: write to {grant} or to /tmp"
     top = "/" + path.split("/")[1]
     if exc.errno != errno.ENOENT or top == "/" or os.path.isdir(top):
@@ -363,6 +391,8 @@ def sqlite_hint(path: str) -> Optional[str]:
     ``BASE_DIR / "db.sqlite3"``) or in a directory no grant holds."""
     grant = "keep the database in a --dir grant (for example --dir ./data::/data, and /data/db.sqlite3)"
     if _Network.building and not is_code_mount(path):
+        if _Network.warming is not None:
+            return f"{path} was opened {_at_build()}, at build time, when no --dir grant exists: {WARMUP_FIX}"
         return (
             f"{path} was opened while the app was imported, at build time, when no --dir grant "
             "exists: connect when a request needs it, and create tables with rsgi-wasm exec "

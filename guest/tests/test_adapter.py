@@ -1225,6 +1225,24 @@ class Callables(unittest.TestCase):
             with self.assertRaises(boot.BuildError, msg=expr) as caught:
                 boot.resolve_callable(mod, "m", expr)
             self.assertIn(message, str(caught.exception), expr)
+        # The default name missing, what is there is named (Flask's `app`).
+        flaskish = types.ModuleType("flaskish")
+
+        class Flask:
+            wsgi_app = None
+
+            def __call__(self, environ, start_response):
+                pass
+
+        flaskish.app = Flask()
+        flaskish.Flask = Flask
+        with self.assertRaises(boot.BuildError) as caught:
+            boot.resolve_callable(flaskish, "flaskish", "application")
+        self.assertEqual(
+            str(caught.exception),
+            "module 'flaskish' has no attribute 'application' (looked up flaskish:application); "
+            "it has app (a Flask): build flaskish:app",
+        )
 
 
 class WarmUp(unittest.TestCase):

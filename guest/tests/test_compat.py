@@ -138,6 +138,12 @@ class SandboxRefusals(unittest.TestCase):
                 with self.assertRaises(PermissionError) as e:
                     call()
                 self.assertIn("first request", str(e.exception))
+            compat.warming("/feed")
+            with self.assertRaises(PermissionError) as e:
+                fake.socket().connect(("127.0.0.1", 80))
+            self.assertIn("no network during the warm-up request GET /feed, at build time", str(e.exception))
+            self.assertIn("--no-warmup", str(e.exception))
+            compat.warming(None)
             self.assertNotEqual(fake.socket().connect_ex(("127.0.0.1", 80)), 0)
             self.assertEqual(calls, [])
         finally:
@@ -375,6 +381,11 @@ class FileErrorHint(unittest.TestCase):
             "/python/x is among the app's own files, which are read-only",
             hint(PermissionError(errno.EPERM, "Operation not permitted", "/python/x")),
         )
+        # A migration written beside the code belongs in the app's source.
+        self.assertIn(
+            "make them with your native Python (manage.py makemigrations, alembic revision) and build again",
+            hint(PermissionError(errno.EPERM, "Operation not permitted", "/1/notes/migrations/0002_auto.py")),
+        )
         self.assertEqual(
             hint(FileNotFoundError(errno.ENOENT, "No such file or directory", "/no-such-grant-y/f")),
             "no granted directory holds /no-such-grant-y/f: grant one with --dir HOST_DIR::/no-such-grant-y "
@@ -425,6 +436,28 @@ class SqliteHint(unittest.TestCase):
             "(for example --dir ./data::/data, and /data/db.sqlite3))",
         )
         self.assertEqual(e.exception.sqlite_errorname, "SQLITE_CANTOPEN")
+
+    def test_a_database_opened_by_a_warm_up_request_names_the_warm_up(self):
+        import sqlite3
+
+        compat.network_closed(True)
+        try:
+            with self.assertRaises(sqlite3.OperationalError) as e:
+                self.connect("file:/no-such-grant-x/db.sqlite3?mode=rwc", uri=True)
+            self.assertIn("was opened while the app was imported", str(e.exception))
+            # A stock Django index page queries the database only when the
+            # warm-up asks for it: the import is not to blame.
+            compat.warming("/")
+            with self.assertRaises(sqlite3.OperationalError) as e:
+                self.connect("file:/no-such-grant-x/db.sqlite3?mode=rwc", uri=True)
+            self.assertIn(
+                "was opened during the warm-up request GET /, at build time, when no --dir grant exists: "
+                "warm up a path that needs none (`--warmup PATH`), or build with `--no-warmup`",
+                str(e.exception),
+            )
+        finally:
+            compat.warming(None)
+            compat.network_closed(False)
 
     def test_a_path_no_grant_holds_is_named(self):
         import sqlite3

@@ -242,10 +242,18 @@ fn site_packages_is_a_dir(dir: &Path) -> Result<()> {
     if dir.join("pyvenv.cfg").is_file() {
         // Its packages are two levels down; packing the whole environment
         // would ship its interpreter links and find none of them.
+        // The real one, ready to paste, where there is one.
+        let inner = std::fs::read_dir(dir.join("lib"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("site-packages"))
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| dir.join("lib/python3.X/site-packages"));
         bail!(UserError(format!(
-            "--site-packages {}: this is a virtualenv; give its site-packages directory ({}/lib/python3.X/site-packages)",
+            "--site-packages {}: this is a virtualenv; give its site-packages directory ({})",
             dir.display(),
-            dir.display()
+            inner.display()
         )));
     }
     Ok(())

@@ -85,9 +85,15 @@ impl Resident {
     /// torn down off the runtime's threads). With every app busy the cap
     /// is passed for now (a request is never refused for it), and the
     /// idle sweep trims the excess later ([`trim`](Self::trim)).
-    fn admit(&self, newcomer: &Arc<Tenant>) -> Vec<Arc<AppPool>> {
+    /// `evict` false: make no room yet (a load that failed before, and
+    /// may again: [`trim`](Self::trim) once it has loaded).
+    fn admit(&self, newcomer: &Arc<Tenant>, evict: bool) -> Vec<Arc<AppPool>> {
         let mut apps = self.apps.lock().expect("resident lock");
-        let evicted = self.evict(&mut apps, self.cap.saturating_sub(1));
+        let evicted = if evict {
+            self.evict(&mut apps, self.cap.saturating_sub(1))
+        } else {
+            Vec::new()
+        };
         // Unloaded and loading again before an entry was dropped: once.
         if !apps
             .iter()
@@ -243,6 +249,14 @@ fn refuse_other_world(component: &std::path::Path, world: World, checked: World)
     Ok(())
 }
 
+/// Drop unloaded apps' pools on a blocking thread: unmapping instances
+/// takes milliseconds.
+fn unload_off_runtime(pools: Vec<Arc<AppPool>>) {
+    if !pools.is_empty() {
+        tokio::task::spawn_blocking(move || drop(pools));
+    }
+}
+
 /// Clears a flag when dropped.
 struct Done<'a>(&'a AtomicBool);
 
@@ -293,8 +307,8 @@ impl Tenant {
         (alone, tolerate_broken): (bool, bool),
         default_idle: Duration,
     ) -> Result<Arc<Tenant>> {
-        let world = match engine::exported_world(&spec.component) {
-            Ok(world) => world,
+        let (world, state) = match engine::exported_world(&spec.component) {
+            Ok(world) => (world, State::Cold),
             // Its loads fail the same way, each a 503 and a line, until
             // the file is fixed: the other apps are served meanwhile.
             Err(e) if tolerate_broken => {
@@ -303,7 +317,13 @@ impl Tenant {
                     "{e:#}: this app answers 503 until its component is fixed (each load tries it \
                      again; one built for the other world needs a reload); the other apps are served"
                 );
-                World::default()
+                // As failed already, but due for a try: its first load is
+                // a retry, which unloads no other app to make room.
+                let at = Instant::now()
+                    .checked_sub(RETRY_AFTER)
+                    .unwrap_or_else(Instant::now);
+                let error = format!("{e:#}");
+                (World::default(), State::Failed { at, error })
             }
             Err(e) => return Err(e),
         };
@@ -342,7 +362,7 @@ impl Tenant {
             starter: starter.clone(),
             metrics,
             cpu,
-            state: Mutex::new(State::Cold),
+            state: Mutex::new(state),
             loading: tokio::sync::Mutex::new(()),
             cold_waiting: AtomicUsize::new(0),
             last_used: AtomicU64::new(now_ms()),
@@ -432,7 +452,8 @@ impl Tenant {
         let t0 = Instant::now();
         // A load slowed down by the app's CPU cap, or a compile on a busy
         // machine, holds a request no longer than running it may.
-        let pool = match tokio::time::timeout(self.spec.limits.timeout, self.load_task()).await {
+        let pool = match tokio::time::timeout(self.spec.limits.timeout, self.load_task(true)).await
+        {
             Ok(loaded) => loaded?,
             Err(_) => {
                 let waited = t0.elapsed();
@@ -461,17 +482,19 @@ impl Tenant {
     /// long as that takes, since a first compile can take far longer than
     /// a request's `timeout`, and no request waits on it.
     pub async fn preload(self: &Arc<Self>) -> Result<Arc<AppPool>, LoadError> {
-        self.load_task().await
+        self.load_task(false).await
     }
 
     /// The load, in a task of its own, so a request that stops waiting
     /// (its client left, or its `timeout` passed) does not cancel it for
-    /// the requests queued behind.
+    /// the requests queued behind. `asked`: by a request (a cold start),
+    /// not by `--preload`.
     fn load_task(
         self: &Arc<Self>,
+        asked: bool,
     ) -> impl std::future::Future<Output = Result<Arc<AppPool>, LoadError>> {
         let this = self.clone();
-        let load = tokio::spawn(async move { this.load_once().await });
+        let load = tokio::spawn(async move { this.load_once(asked).await });
         let this = self.clone();
         async move {
             load.await.unwrap_or_else(|panic| {
@@ -501,7 +524,7 @@ impl Tenant {
     }
 
     /// Load unless another request did while this one queued.
-    async fn load_once(self: &Arc<Self>) -> Result<Arc<AppPool>, LoadError> {
+    async fn load_once(self: &Arc<Self>, asked: bool) -> Result<Arc<AppPool>, LoadError> {
         let _loading = self.loading.lock().await;
         if let Some(ready) = self.ready() {
             return ready;
@@ -515,10 +538,14 @@ impl Tenant {
             waiting: self.waiting_turn.clone(),
         };
         self.loading_now.store(true, Ordering::SeqCst);
-        let evicted = self.starter.resident.admit(self);
-        if !evicted.is_empty() {
-            tokio::task::spawn_blocking(move || drop(evicted));
-        }
+        // An app whose last load failed (a broken upload retried every
+        // RETRY_AFTER) unloads nobody until it has loaded (round DE: each
+        // retry evicted a healthy app).
+        let retry = matches!(
+            *self.state.lock().expect("tenant lock"),
+            State::Failed { .. }
+        );
+        unload_off_runtime(self.starter.resident.admit(self, !retry));
         let t0 = Instant::now();
         let mut loaded = self.load(&mut turn).await;
         for _ in 0..2 {
@@ -536,9 +563,17 @@ impl Tenant {
             Ok(pool) => {
                 let took = t0.elapsed();
                 let series = self.metrics.series();
-                series.cold_starts.observe(took.as_secs_f64());
                 series.loaded_copies(1);
-                tracing::info!(app = %self.spec.name, "cold start: loaded in {:.1} ms", took.as_secs_f64() * 1000.0);
+                let ms = took.as_secs_f64() * 1000.0;
+                if asked {
+                    series.cold_starts.observe(took.as_secs_f64());
+                    tracing::info!(app = %self.spec.name, "cold start: loaded in {ms:.1} ms");
+                } else {
+                    tracing::info!(app = %self.spec.name, "preloaded in {ms:.1} ms");
+                }
+                if retry {
+                    unload_off_runtime(self.starter.resident.trim());
+                }
                 // Idle from now, not from the request that asked: a load
                 // longer than `idle_timeout` (a compile), whose waiting
                 // requests all timed out, was unloaded the moment it was
@@ -783,9 +818,7 @@ pub fn sweep(tenants: &[Arc<Tenant>]) {
     if let Some(t) = tenants.first() {
         unloaded.extend(t.starter.resident.trim());
     }
-    if !unloaded.is_empty() {
-        tokio::task::spawn_blocking(move || drop(unloaded));
-    }
+    unload_off_runtime(unloaded);
 }
 
 #[cfg(test)]
