@@ -61,6 +61,17 @@ struct Holding {
 /// says anything: the first moments fill socket buffers at any pace.
 const PACE_SHOWN_AFTER: Duration = Duration::from_secs(1);
 
+/// How many times the wait a chunk's client may take, at its pace so far,
+/// before its room may be taken back: as long as a client shown to be
+/// reading may pause (`body::SLOW_READER_PATIENCE`, which imports this
+/// module). Cutting every chunk
+/// that would outlast the wait itself took room round in circles when
+/// three apps' ordinary slow clients (200 KB/s, 2 MiB each) wanted more
+/// than the buffer: each app's next response cut another's, and 95 of 99
+/// came back cut short (round DF); the halves alone finished 12 and
+/// refused 7.
+const HOARDING: u32 = 6;
+
 /// How often an app waiting for room looks again for room to take back:
 /// chunks come of age ([`PACE_SHOWN_AFTER`]) and paces change.
 const RECLAIM_EVERY: Duration = Duration::from_millis(250);
@@ -132,13 +143,15 @@ impl Limit {
 
     /// Make room for `need` bytes of `asker`'s: if `asker` holds less
     /// than an equal share (the buffer over the apps holding room, it
-    /// included), cut the chunks of apps holding more than an equal share
-    /// whose clients, at the pace they have taken them so far, would not
-    /// take the rest within the wait, slowest first, until `need` is
-    /// freed or no app is over its share. Their clients read, or the
-    /// stall watch would have cut them; but so slowly that, without this,
-    /// two apps' slow clients could hold the whole buffer for as long as
-    /// they take, and every other app's large responses get 503.
+    /// included), cut the chunks of apps holding more than an equal share,
+    /// and at least what `asker` will hold, whose clients, at the pace
+    /// they have taken them so far, would take [`HOARDING`] times the
+    /// wait or longer for the rest, slowest first, until `need` is freed
+    /// or no app is over its share. Their clients read, or the stall
+    /// watch would have cut them; but so slowly that, without this, two
+    /// apps' slow clients could hold the whole buffer for as long as they
+    /// take (16 KiB/s: 17 minutes for a 16 MiB chunk), and every other
+    /// app's large responses get 503.
     fn reclaim(&self, asker: &str, need: usize) {
         let mut holding = self.holding.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
@@ -161,14 +174,16 @@ impl Limit {
             } else {
                 left as f64 * elapsed.as_secs_f64() / taken as f64
             };
-            if &*h.app != asker && elapsed >= PACE_SHOWN_AFTER && eta > self.wait.as_secs_f64() {
+            let hoarding = self.wait.as_secs_f64() * f64::from(HOARDING);
+            if &*h.app != asker && elapsed >= PACE_SHOWN_AFTER && eta > hoarding {
                 weighed.push((eta, h.app.clone(), h.bytes, taken, elapsed, chunk));
             }
             true
         });
         let apps = held.len() + usize::from(!held.contains_key(asker));
         let fair = self.bytes / apps.max(1);
-        if held.get(asker).copied().unwrap_or(0) >= fair {
+        let mine = held.get(asker).copied().unwrap_or(0);
+        if mine >= fair {
             return;
         }
         weighed.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -178,7 +193,9 @@ impl Limit {
                 break;
             }
             let app_held = held.get_mut(&app).expect("counted above");
-            if *app_held <= fair {
+            // Never a cut that leaves the asker holding more than the app
+            // it cut: room would only change hands.
+            if *app_held <= fair || *app_held < mine + need {
                 continue;
             }
             let why =
@@ -302,13 +319,16 @@ pub async fn take(
     }
 }
 
-/// `bytes` in MiB, or KiB below one MiB (the smallest buffer's half is
-/// 512 KiB, which "0 MiB" misstated).
+/// `bytes` in MiB (with a decimal unless whole: a third of 8 MiB is not
+/// "2 MiB"), or KiB below one MiB (the smallest buffer's half is 512 KiB,
+/// which "0 MiB" misstated).
 fn size(bytes: usize) -> String {
-    if bytes >= 1 << 20 {
+    if bytes < 1 << 20 {
+        format!("{} KiB", bytes >> 10)
+    } else if bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else {
-        format!("{} KiB", bytes >> 10)
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
     }
 }
 
@@ -382,9 +402,10 @@ mod tests {
     fn room_is_taken_back_from_the_slowest_chunks_of_apps_over_an_equal_share() {
         let limit = Limit::new(90, Duration::from_secs(10), true);
         // a holds 60 (over its equal share of 30 among a, b and c): a
-        // chunk read fast, one slow, one not at all.
+        // chunk read fast, one slowly (the rest in 190 s, past six times
+        // the 10 s wait), one not at all.
         let fast = hold(&limit, "a", 20, 15, 2);
-        let slow = hold(&limit, "a", 20, 1, 2);
+        let slow = hold(&limit, "a", 20, 1, 10);
         let stuck = hold(&limit, "a", 20, 0, 2);
         // b holds 20, under its share, and is not touched however slow.
         let b = hold(&limit, "b", 20, 0, 2);
@@ -398,6 +419,27 @@ mod tests {
         limit.reclaim("a", 20);
         limit.reclaim("b", 20);
         assert!(!cut(&fast) && !cut(&b));
+    }
+
+    /// Three apps' ordinary slow clients wanting more than the buffer:
+    /// room taken back from one would be taken back again by the next
+    /// (round DF: 95 of 99 responses cut), so none is.
+    #[test]
+    fn room_is_not_taken_back_to_change_hands_or_from_readers_that_keep_pace() {
+        let limit = Limit::new(90, Duration::from_secs(10), true);
+        // a holds 40, over its share of 30, but c (20) asking 30 more
+        // would then hold 50, more than a had.
+        let a1 = hold(&limit, "a", 20, 0, 2);
+        let a2 = hold(&limit, "a", 20, 0, 2);
+        let b = hold(&limit, "b", 10, 0, 2);
+        let c = hold(&limit, "c", 20, 0, 2);
+        limit.reclaim("c", 30);
+        assert!(!cut(&a1) && !cut(&a2) && !cut(&b) && !cut(&c));
+        // d, holding nothing, may take back what a's stuck clients hold;
+        // not from a client that takes its rest within six times the wait.
+        let brisk = hold(&limit, "a", 20, 5, 10);
+        limit.reclaim("d", 20);
+        assert!(!cut(&brisk) && [&a1, &a2].iter().filter(|c| cut(c)).count() == 1);
     }
 
     #[test]
