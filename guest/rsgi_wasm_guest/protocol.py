@@ -364,8 +364,10 @@ def _formatted(exc: BaseException) -> str:
             if id(each) in seen:
                 continue
             seen.add(id(each))
-            if len(each._str) > MESSAGE_MAX:
-                each._str = _clipped(each._str, MESSAGE_MAX)
+            # CPython's own attribute (3.11 on); without it, as it is.
+            message = getattr(each, "_str", None)
+            if isinstance(message, str) and len(message) > MESSAGE_MAX:
+                each._str = _clipped(message, MESSAGE_MAX)
             todo.extend(e for e in (each.__cause__, each.__context__, *(each.exceptions or ())) if e is not None)
         return "".join(shown.format())
     except MemoryError:
