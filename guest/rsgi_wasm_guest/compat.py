@@ -385,6 +385,23 @@ def file_error_hint(exc: BaseException) -> Optional[str]:
     return f"no granted directory holds {path}: grant one with --dir HOST_DIR::{top} (`dirs` in tenants.toml)"
 
 
+def stdlib_hint(exc: BaseException) -> Optional[str]:
+    """For an import of a standard-library module CPython for WASI does
+    not have (``_ctypes``, ``fcntl``): no requirement can add it, which
+    Python's bare ``No module named '_ctypes'`` does not say (Django's
+    test runner imports ``ctypes`` through ``exec manage.py test``)."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    top = exc.name.partition(".")[0]
+    if top not in sys.stdlib_module_names:
+        return None
+    return (
+        f"{exc.name} is a module of the standard library that CPython for WASI does not have "
+        "(docs/conformance.md lists them): no requirement can add it; run code that needs it "
+        "with your native Python, as for an app's tests"
+    )
+
+
 def sqlite_hint(path: str) -> Optional[str]:
     """Why SQLite cannot write ``path`` in the sandbox, when it is the
     sandbox's doing: a database beside the app's code (Django's default

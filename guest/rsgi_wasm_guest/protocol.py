@@ -24,7 +24,7 @@ import sys
 import traceback
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
-from .compat import file_error_hint
+from .compat import file_error_hint, stdlib_hint
 from .wsgi_input import BodyTooLarge, ClientDisconnected, body_error
 
 #: The first words of an app exception's report on stderr (guest_log.rs
@@ -331,7 +331,7 @@ def _report(errors: Any, environ: dict, what: str, exc: BaseException) -> None:
     method = environ.get("REQUEST_METHOD", "?")
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     report = _formatted(exc)
-    hint = file_error_hint(exc) or _call_hint(exc)
+    hint = file_error_hint(exc) or stdlib_hint(exc) or _call_hint(exc)
     if hint:
         report += f"({hint})\n"
     text = _clipped(f"{ERROR_REPORT} {method} {path}{what}:\n{report}")

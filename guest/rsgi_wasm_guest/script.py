@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import List, Sequence, Tuple
 
-from .compat import file_error_hint
+from .compat import file_error_hint, stdlib_hint
 
 
 class ScriptNotFound(Exception):
@@ -97,7 +97,7 @@ def run(argv: List[str], roots: Sequence[Tuple[str, str]]) -> int:
         return 130  # as CPython's: killed by SIGINT, 128 + 2
     except BaseException as e:
         traceback.print_exc()
-        hint = file_error_hint(e)
+        hint = file_error_hint(e) or stdlib_hint(e)
         if hint:
             print(f"({hint})", file=sys.stderr)
         return 1

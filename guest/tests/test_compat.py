@@ -405,6 +405,16 @@ class FileErrorHint(unittest.TestCase):
         self.assertIsNone(hint(ValueError("/1/x")))
 
 
+class StdlibHint(unittest.TestCase):
+    def test_a_standard_module_wasi_lacks_is_named_and_nothing_else(self):
+        missing = ModuleNotFoundError("No module named '_ctypes'", name="_ctypes")
+        self.assertIn("a module of the standard library that CPython for WASI does not have", compat.stdlib_hint(missing))
+        self.assertIn("your native Python", compat.stdlib_hint(missing))
+        # A package not installed is another matter (requirements).
+        self.assertIsNone(compat.stdlib_hint(ModuleNotFoundError("No module named 'flask'", name="flask")))
+        self.assertIsNone(compat.stdlib_hint(ValueError("x")))
+
+
 class SqliteHint(unittest.TestCase):
     def connect(self, *args, **kwargs):
         """``connect`` as the app gets it, the host's sqlite3 put back after."""
