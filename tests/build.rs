@@ -401,13 +401,27 @@ fn an_installed_site_packages_is_copied_without_its_native_modules() {
         "extra_dir\nimport sys; sys.PTH_RAN = 'ran'\n",
     );
     write(&site, "extra_dir/extramod.py", "VALUE = 'extra'\n");
+    // An editable install of a project inside the app's directory (`pip
+    // install -e ./localpkg`): its path line names the build machine's
+    // copy, which the sandbox has elsewhere. Left as it was, the app's
+    // `localpkg/` imported as an empty namespace package.
+    write(
+        &dir.join("app"),
+        "localpkg/src/localpkg/__init__.py",
+        "X = 'editable'\n",
+    );
+    write(
+        &site,
+        "__editable__.localpkg-0.1.pth",
+        &format!("{}\n", dir.join("app/localpkg/src").display()),
+    );
     write(
         &dir.join("app"),
         "app.py",
-        "import sys, pkgutil, extramod\nfrom fastgreet import greet, venv\n\
+        "import sys, pkgutil, extramod, localpkg\nfrom fastgreet import greet, venv\n\
          def app(environ, start_response):\n    start_response('200 OK', [])\n\
          \x20   log = pkgutil.get_data('fastgreet', 'data/sample.log').decode().strip()\n\
-         \x20   return [' '.join([greet('wasm'), venv.NAME, log, extramod.VALUE, sys.PTH_RAN]).encode()]\n",
+         \x20   return [' '.join([greet('wasm'), venv.NAME, log, extramod.VALUE, sys.PTH_RAN, localpkg.X]).encode()]\n",
     );
     let (a, sp) = (
         dir.join("app").display().to_string(),
@@ -417,7 +431,7 @@ fn an_installed_site_packages_is_copied_without_its_native_modules() {
     let s = Server::start(&c, &[]);
     assert_eq!(
         get(&s, "/"),
-        (200, "hello wasm venv logged extra ran".to_owned())
+        (200, "hello wasm venv logged extra ran editable".to_owned())
     );
     assert!(
         site.join(so).is_file(),
@@ -1247,6 +1261,26 @@ fn lazy_imports_files_and_exec_work_at_run_time() {
         (3_000_001, 3_000_000)
     );
     assert_eq!(err.matches('z').count(), 2_000_000);
+    // A reader that left (`| head`) is a broken pipe, as natively: the
+    // script's `except BrokenPipeError` runs (it was an OSError, EIO).
+    let mut child = bin()
+        .args([
+            "exec",
+            &comp,
+            "--",
+            "-c",
+            "import sys\ntry:\n    for i in range(10**7): print(i)\nexcept BrokenPipeError:\n    sys.stderr.write('broken pipe seen')",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 2];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(err.contains("broken pipe seen"), "{err}");
     // Ctrl-C ends it with 130, as a shell reports SIGINT, and removes its
     // private /tmp (the default action left it for the next start).
     let tmp = temp_dir("exec-signal");

@@ -595,23 +595,7 @@ fn response_validation_and_framing() {
     assert!(!s.logs().contains("panicked"), "{}", s.logs());
     s.wait_for_log("'Connection' is hop-by-hop");
     assert_content_lengths_are_checked(&s);
-    // More bytes than Content-Length: clipped.
-    let resp = raw(
-        s.addr,
-        b"GET /long HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    assert!(
-        resp.ends_with(b"\r\n\r\n123"),
-        "{:?}",
-        String::from_utf8_lossy(&resp)
-    );
-    // Fewer bytes than Content-Length: the connection is closed early.
-    let resp = raw(s.addr, b"GET /short HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(
-        resp.ends_with(b"\r\n\r\n12345"),
-        "{:?}",
-        String::from_utf8_lossy(&resp)
-    );
+    assert_bodies_keep_their_content_length(&s);
     // Custom reason phrases and latin-1 header values pass through.
     let resp = raw(
         s.addr,
@@ -934,21 +918,23 @@ fn an_http2_client_that_never_opens_its_window_loses_the_rest_after_the_stall_ti
         assert!(got > 0 && got < 16_000_000, "{path}: {got} bytes arrived");
         s.wait_for_log("the client took no response bytes for 1s");
         // The app's responses, whole (the held chunk's watch) or streamed
-        // (the sender), name their app as the pool's lines do.
+        // (the sender), name their app and request as the pool's lines
+        // do, and the client.
         if path != "/files/big.bin" {
             let logs = s.logs();
             let cut: Vec<&str> = logs
                 .lines()
                 .filter(|l| {
                     l.contains("INFO response cut short: the client took no response bytes")
+                        && l.contains(&format!(" request=GET {path} "))
                 })
                 .collect();
             assert!(
                 !cut.is_empty()
-                    && cut
-                        .iter()
-                        .all(|l| l.contains(" app=") && !l.contains(" app=\"")),
-                "{path}: {cut:?}"
+                    && cut.iter().all(|l| l.contains(" app=")
+                        && !l.contains(" app=\"")
+                        && l.ends_with(" peer=127.0.0.1")),
+                "{path}: {cut:?}\n{logs}"
             );
         }
     }
@@ -1083,6 +1069,32 @@ fn an_http2_request_body_reset_before_its_length_is_a_client_that_left() {
 }
 
 #[test]
+fn an_http2_body_that_breaks_its_content_length_is_the_client_s_fault() {
+    // h2 resets a stream whose body is not the length it declared: a
+    // malformed request, logged as one (400), not as a client that left.
+    let s = Server::start(&router(), &[]);
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    let mut block = vec![0x83, 0x86, 0x01, 1, b'x', 0x04, 11];
+    block.extend_from_slice(b"/length?say");
+    block.extend_from_slice(&[0x0f, 0x0d, 4]);
+    block.extend_from_slice(b"1000");
+    let frames = [
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+        h2_frame(4, 0, 0, &[]),
+        h2_frame(1, 4, 1, &block),
+    ]
+    .concat();
+    c.write_all(&frames).unwrap();
+    // Once the app reads the body: a stream h2 resets before that is one
+    // hyper gives up on, its request dropped with no word of why, and
+    // taken for a client that left.
+    s.wait_for_log("reading the body");
+    c.write_all(&h2_frame(0, 1, 1, &[b'x'; 500])).unwrap();
+    s.wait_for_log("\"POST /length?say\" 400 ");
+    assert!(!s.logs().contains("\" 499 "), "{}", s.logs());
+}
+
+#[test]
 fn a_slow_http2_reader_whose_window_opens_rarely_gets_the_whole_response() {
     // Its window lets the whole response go at once, so hyper has nothing
     // more to do for it; the bytes then wait in the socket for a client
@@ -1174,6 +1186,29 @@ fn an_http2_connection_whose_streams_wait_on_a_shut_window_is_closed() {
     // client is answered.
     assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
     assert!(bytes_until_the_end(&mut r) < 1_000_000);
+    // A client that takes its first window the moment it is sent, and
+    // then nothing, is no slow reader either: its connection is closed at
+    // the same `--header-timeout`, not the six a reader gets, and said
+    // so in that one line (round DH saw it held for 8).
+    let takes_one_window = reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        // HTTP/2's own default, which clients such as Python's h2 keep.
+        .http2_initial_stream_window_size(65_535)
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let mut r = takes_one_window.get(s.url("/big?1000000")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(client().get(s.url("/")).send().unwrap().status(), 200);
+    assert!(bytes_until_the_end(&mut r) < 1_000_000);
+    assert_eq!(
+        s.logs()
+            .matches("the connection was idle (its client took nothing)")
+            .count(),
+        2,
+        "{}",
+        s.logs()
+    );
 }
 
 #[test]

@@ -1161,6 +1161,16 @@ fn an_app_waiting_for_response_buffer_room_takes_it_back_from_apps_over_their_sh
     assert_eq!(slow.iter().filter(|r| r.was_cut()).count(), 1);
     let logs = s.logs();
     assert_eq!(logs.matches("waited for room").count(), 1, "{logs}");
+    // The line names the request and its client, to be matched with its
+    // access line.
+    let cut = logs
+        .lines()
+        .find(|l| l.contains("waited for room"))
+        .expect("counted above");
+    assert!(
+        cut.contains(&format!("request=GET {path} peer=127.0.0.1")),
+        "{cut}"
+    );
     let text = scrape(ops);
     assert_series(&text, "rsgi_wasm_rejected_total{tenant=\"other\"}", 0.0);
     for r in slow {

@@ -125,6 +125,7 @@ fn bodies_errors_write_and_close() {
     assert_eq!(get(&s, "/bad-header?ctl").0, 500);
     s.wait_for_log("response header 'X-Ctl' has an invalid value 'a\\x01b'");
     assert_content_lengths_are_checked(&s);
+    assert_bodies_keep_their_content_length(&s);
     // wasi:http carries the status code; the reason phrase is the host's.
     assert_eq!(get(&s, "/custom-reason"), (418, "teapot".into()));
     assert_eq!(get(&s, "/empty"), (204, String::new()));

@@ -394,10 +394,13 @@ def _dotted(node: Any) -> Optional[List[str]]:
     return parts[::-1]
 
 
-def _wsgi_looking(module_obj: Any) -> List[str]:
-    """What in ``module_obj`` looks like a WSGI app, as "name (a Type)",
-    at most three: a framework's app object (it has ``wsgi_app``, or a
-    known name), or a function of the module taking two arguments."""
+def _wsgi_looking(module_obj: Any) -> List[Tuple[str, str]]:
+    """What in ``module_obj`` looks like a WSGI app, at most three, each
+    as what to build (``name`` or ``name()``) and how it is shown: a
+    framework's app object (it has ``wsgi_app``, or a known name), a
+    function of the module taking two arguments, or one every parameter
+    of which has a default and whose name says it makes apps (a factory,
+    built with its call)."""
     import inspect
 
     found = []
@@ -405,15 +408,21 @@ def _wsgi_looking(module_obj: Any) -> List[str]:
         if name.startswith("_") or isinstance(value, type) or inspect.ismodule(value) or not callable(value):
             continue
         if inspect.isfunction(value):
+            if value.__module__ != getattr(module_obj, "__name__", None):
+                continue
             try:
                 params = inspect.signature(value).parameters.values()
             except (TypeError, ValueError):
                 continue
             positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-            if value.__module__ == getattr(module_obj, "__name__", None) and len(positional) == 2:
-                found.append(f"{name} (a function of two arguments)")
+            required = [p for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            factory_named = any(word in name.lower() for word in ("app", "factory", "create", "make", "wsgi"))
+            if not required and (factory_named or len(positional) == 2):
+                found.append((f"{name}()", f"{name} (an app factory, by its name and defaults)"))
+            elif len(positional) == 2 and len(required) == 2:
+                found.append((name, f"{name} (a function of two arguments)"))
         elif hasattr(value, "wsgi_app") or name in ("app", "application", "api", "wsgi", "server"):
-            found.append(f"{name} (a {type(value).__name__})")
+            found.append((name, f"{name} (a {type(value).__name__})"))
         if len(found) == 3:
             break
     return found
@@ -451,7 +460,7 @@ def resolve_callable(module_obj: Any, module: str, expr: str, mounts: Sequence[T
         except AttributeError:
             owner = f"module {module!r}" if depth == 0 else f"{module}:{'.'.join(path[:depth])}"
             found = _wsgi_looking(obj) if depth == 0 else []
-            hint = f"; it has {', '.join(found)}: build {module}:{found[0].split(' ')[0]}" if found else ""
+            hint = f"; it has {', '.join(shown for _, shown in found)}: build {module}:{found[0][0]}" if found else ""
             raise BuildError(f"{owner} has no attribute {part!r} (looked up {module}:{expr}){hint}") from None
     if call:
         try:
@@ -826,12 +835,14 @@ def app_dirs_first(path: Sequence[str], app_dirs: Sequence[str]) -> List[str]:
     return first + [p for p in path if p not in first]
 
 
-def add_site_dirs(mounts: Sequence[Tuple[str, str]], app_dirs: Sequence[str] = ()) -> List[str]:
+def add_site_dirs(mounts: Sequence[Tuple[str, str]], app_mounts: Sequence[Tuple[str, str]] = ()) -> List[str]:
     """Treat the dependencies' directories (guest, host) as site-packages
     are on Linux: their ``.pth`` files add paths and run their ``import``
     lines (older namespace packages, import hooks). componentize-py only
     puts the directories on ``sys.path``; this runs while building, so what
-    the lines do is in the snapshot. Returns build warnings: what CPython
+    the lines do is in the snapshot. A path line naming a directory inside
+    one of the app's own (``app_mounts``, given with ``-p``) adds where
+    that directory is in the sandbox. Returns build warnings: what CPython
     would print about a line, and paths the sandbox does not have."""
     import contextlib
     import io
@@ -856,33 +867,46 @@ def add_site_dirs(mounts: Sequence[Tuple[str, str]], app_dirs: Sequence[str] = (
             ) from None
         warnings += [f"warning: {host}: {line}" for line in said.getvalue().splitlines() if line.strip()]
         for name in pth:
-            warnings += _pth_outside(os.path.join(guest, name), f"{host}/{name}", app_dirs)
+            found, said_of = _pth_paths(os.path.join(guest, name), f"{host}/{name}", app_mounts)
+            warnings += said_of
+            sys.path += [p for p in found if p not in sys.path]
     return warnings
 
 
-def _pth_outside(path: str, shown: str, app_dirs: Sequence[str]) -> List[str]:
-    """Warnings for the path lines of ``.pth`` file ``path`` that name a
-    directory the sandbox does not have, unless it is one of the app's own
-    (``app_dirs``, host paths, given with ``-p``): an editable install
-    (``pip install -e``) points at its source tree on the build machine."""
+def _pth_paths(path: str, shown: str, app_mounts: Sequence[Tuple[str, str]]) -> Tuple[List[str], List[str]]:
+    """The path lines of ``.pth`` file ``path`` that name a directory
+    inside one of the app's own (``app_mounts``, (guest, host) pairs),
+    as the sandbox has them, and warnings for those naming a directory the
+    sandbox does not have: an editable install (``pip install -e``) points
+    at its source tree on the build machine, which ``site`` skips as it
+    is not there."""
     import os
 
-    def shipped(line: str) -> bool:
+    def in_sandbox(line: str) -> Optional[str]:
         line = os.path.normpath(line)
-        return any(line == d or line.startswith(d.rstrip("/") + "/") for d in map(os.path.normpath, app_dirs))
+        for guest, host in app_mounts:
+            host = os.path.normpath(host)
+            if line == host:
+                return guest
+            if line.startswith(host.rstrip("/") + "/"):
+                return guest.rstrip("/") + "/" + line[len(host.rstrip("/")) + 1 :]
+        return None
 
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
     except OSError:
-        return []
+        return [], []
+    found: List[str] = []
     out = []
     editable = os.path.basename(path).startswith("__editable__")
     for line in lines:
         line = line.strip()
         if not line or line.startswith("#") or line.startswith(("import ", "import\t")):
             continue
-        if shipped(line):
+        there = in_sandbox(line)
+        if there is not None and os.path.isdir(there):
+            found.append(there)
             editable = False  # what it points at is there
         elif os.path.isabs(line) and not os.path.isdir(line):
             out.append(
@@ -896,7 +920,7 @@ def _pth_outside(path: str, shown: str, app_dirs: Sequence[str]) -> List[str]:
             f"source tree, which is not shipped: give that directory with -p, or install the "
             f"package without -e"
         )
-    return out
+    return found, out
 
 
 def app_module_names(app_dirs: Sequence[str]) -> Set[str]:
@@ -1020,7 +1044,7 @@ def boot(
     # before the script's directory is searched.
     own_dirs = [guest for guest, _ in mounts[:app_dirs]]
     sys.path[:] = app_dirs_first(sys.path, own_dirs)
-    site_warnings = add_site_dirs(mounts[app_dirs:], [host for _, host in mounts[:app_dirs]])
+    site_warnings = add_site_dirs(mounts[app_dirs:], [tuple(m) for m in mounts[:app_dirs]])
     forget_shadowed(own_dirs, keep)
     report = site_warnings + check_native(native, lenient) + unused_app_modules(own_dirs, keep)
     printed_at = len(report)  # what is printed while importing goes before the warm-up's lines

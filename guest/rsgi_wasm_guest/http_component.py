@@ -118,13 +118,17 @@ def _settled(headers: protocol.Headers) -> protocol.Headers:
 class _WasiTransport(protocol.Transport):
     """The response as a wasi:http outgoing response and body stream."""
 
-    __slots__ = ("out", "body", "stream", "bodiless")
+    __slots__ = ("out", "body", "stream", "bodiless", "head", "remaining")
 
     def __init__(self, out: t.ResponseOutparam) -> None:
         self.out = out
         self.body = None
         self.stream = None
         self.bodiless = False
+        # Answering HEAD: a Content-Length says what GET would send.
+        self.head = False
+        # Bytes the response's Content-Length still allows, if it has one.
+        self.remaining: Optional[int] = None
 
     def start(self, status: str, headers: protocol.Headers, first_chunk: bytes) -> None:
         # wasmtime's wasi:http hosts (this one, `wasmtime serve`, Spin) end
@@ -144,6 +148,8 @@ class _WasiTransport(protocol.Transport):
         headers, self.bodiless = wasi_http.response_headers(code, headers)
         if self.bodiless:
             first_chunk = b""
+        elif not self.head:
+            self.remaining = next((int(v) for n, v in headers if n.lower() == "content-length"), None)
         pairs = [(name, value.encode("latin-1")) for name, value in headers]
         try:
             fields = t.Fields.from_list(pairs)
@@ -165,6 +171,20 @@ class _WasiTransport(protocol.Transport):
             raise ClientDisconnected("write before start")
         if self.bodiless:
             return
+        if self.remaining is not None:
+            # As the default world's host does, and any host should: a
+            # host that sends the extra bytes breaks the connection's next
+            # response, one that fails the body breaks this one, and
+            # wasmtime's says nothing of why.
+            if len(chunk) > self.remaining:
+                print(
+                    f"app wrote more than its Content-Length; {len(chunk) - self.remaining} extra bytes dropped",
+                    file=sys.stderr,
+                )
+                chunk = chunk[: self.remaining]
+            self.remaining -= len(chunk)
+            if not chunk:
+                return
         view = memoryview(chunk)
         try:
             if len(chunk) <= stream.check_write():
@@ -190,6 +210,14 @@ class _WasiTransport(protocol.Transport):
         which makes the host cut the response short."""
         stream, body = self.stream, self.body
         self.stream = self.body = None
+        if complete and self.remaining:
+            # Ended unfinished, so the host cuts it short, as it must: a
+            # client would take the bytes so far for the whole.
+            print(
+                f"response cut short: app sent {self.remaining} bytes fewer than its Content-Length",
+                file=sys.stderr,
+            )
+            complete = False
         if stream is not None:
             if complete:
                 try:
@@ -245,9 +273,11 @@ def make_handler(app: Callable) -> type:
             stream: Optional[InputStream] = None
             env = None
             try:
+                method = _method(request.method())
+                transport.head = method == "HEAD"
                 env = wasi_http.environ(
                     base,
-                    _method(request.method()),
+                    method,
                     request.path_with_query() or "/",
                     _scheme(request.scheme()),
                     request.authority() or "",

@@ -39,9 +39,14 @@ def environ(
     """The environ of one request, on top of a copy of ``base`` (the keys
     that are the same for every request)."""
     env = base.copy()
+    if not target.isascii():
+        # A host that lets raw bytes through (`wasmtime serve` does, in the
+        # query) hands them over decoded as UTF-8: native strings are the
+        # bytes as sent, as latin-1.
+        target = target.encode("utf-8", "surrogateescape").decode("latin-1")
     path, _, query = target.partition("?")
     env["REQUEST_METHOD"] = method
-    env["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1") if "%" in path else path
+    env["PATH_INFO"] = unquote_to_bytes(path.encode("latin-1")).decode("latin-1") if "%" in path else path
     env["QUERY_STRING"] = query
     env["RAW_URI"] = env["REQUEST_URI"] = target
     env["SERVER_PROTOCOL"] = "HTTP/1.1"

@@ -1127,11 +1127,26 @@ class ImportPath(unittest.TestCase):
                     "(an editable install, pip install -e): give that directory with -p",
                     said,
                 )
-                # Not once the directory is shipped with -p.
+                # Once the directory is shipped with -p (itself or a parent),
+                # the line adds where it is in the sandbox, and is not said.
                 editable = os.path.join(d, "__editable__.proj-0.1.pth")
-                self.assertEqual(boot._pth_outside(editable, "x", ["/home/dev/proj/src/"]), [])
-                self.assertEqual(boot._pth_outside(editable, "x", ["/home/dev/proj"]), [])
-                self.assertEqual(len(boot._pth_outside(editable, "x", ["/home/dev/pro"])), 1)
+                os.makedirs(os.path.join(d, "app", "src"))
+                app = os.path.join(d, "app")
+                self.assertEqual(
+                    boot._pth_paths(editable, "x", [(app + "/src", "/home/dev/proj/src/")]), ([app + "/src"], [])
+                )
+                self.assertEqual(boot._pth_paths(editable, "x", [(app, "/home/dev/proj")]), ([app + "/src"], []))
+                found, said = boot._pth_paths(editable, "x", [(app, "/home/dev/pro")])
+                self.assertEqual((found, len(said)), ([], 1))
+                # Inside -p, but not there (not packed): said.
+                found, said = boot._pth_paths(editable, "x", [(app + "/gone", "/home/dev/proj")])
+                self.assertEqual((found, len(said)), ([], 1))
+                saved_path = sys.path[:]
+                try:
+                    boot.add_site_dirs([(d, "./site")], [(app, "/home/dev/proj")])
+                    self.assertIn(app + "/src", sys.path)
+                finally:
+                    sys.path[:] = saved_path
                 # A line that exits names the file, not the app.
                 with open(os.path.join(d, "c.pth"), "w") as f:
                     f.write("import sys; sys.exit(3)\n")
@@ -1242,6 +1257,25 @@ class Callables(unittest.TestCase):
             str(caught.exception),
             "module 'flaskish' has no attribute 'application' (looked up flaskish:application); "
             "it has app (a Flask): build flaskish:app",
+        )
+        # A factory is suggested with its call; a WSGI function as it is.
+        made = types.ModuleType("made")
+        exec(
+            "def factory(name='x', debug=False):\n    return None\n"
+            "def create_app():\n    return None\n"
+            "def handler(environ, start_response):\n    return []\n"
+            "def helper(a):\n    return a\n",
+            made.__dict__,
+        )
+        made.__dict__["__name__"] = "made"
+        for f in ("factory", "create_app", "handler", "helper"):
+            getattr(made, f).__module__ = "made"
+        with self.assertRaises(boot.BuildError) as caught:
+            boot.resolve_callable(made, "made", "application")
+        self.assertIn(
+            "it has factory (an app factory, by its name and defaults), create_app (an app factory, by its "
+            "name and defaults), handler (a function of two arguments): build made:factory()",
+            str(caught.exception),
         )
 
 

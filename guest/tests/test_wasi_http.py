@@ -21,6 +21,14 @@ class EnvironTest(unittest.TestCase):
         self.assertEqual(e["REQUEST_URI"], e["RAW_URI"])
         self.assertEqual(e["SCRIPT_NAME"], "")
 
+    def test_raw_bytes_a_host_let_through_are_latin1_as_sent(self):
+        # `wasmtime serve` passes a raw UTF-8 ü in the query as one code
+        # point: the app must see its two bytes, as on our own host.
+        e = env("/p/\u00fc%C3%A9?q=\u00fc")
+        self.assertEqual(e["QUERY_STRING"], "q=\u00c3\u00bc")
+        self.assertEqual(e["PATH_INFO"], "/p/\u00c3\u00bc\u00c3\u00a9")
+        self.assertEqual(e["RAW_URI"], "/p/\u00c3\u00bc%C3%A9?q=\u00c3\u00bc")
+
     def test_malformed_escapes_are_kept(self):
         self.assertEqual(env("/a%zz%4")["PATH_INFO"], "/a%zz%4")
 

@@ -437,13 +437,9 @@ fn walk_requirements(
     if depth > 16 {
         return Ok(());
     }
-    for (number, line) in text.lines().enumerate() {
-        let line = match line.find(" #") {
-            Some(i) => &line[..i],
-            None => line,
-        }
-        .trim();
-        visit(Met::Line(file, number + 1, line))?;
+    for (number, line) in logical_lines(text) {
+        let line = line.as_str();
+        visit(Met::Line(file, number, line))?;
         let included = ["-r", "--requirement", "-c", "--constraint"]
             .iter()
             .find_map(|flag| option_value(line, flag));
@@ -455,6 +451,42 @@ fn walk_requirements(
         }
     }
     Ok(())
+}
+
+/// A requirements file's lines as pip reads them, each with the number of
+/// its first physical line: without a byte-order mark (Windows editors
+/// write one, and `-e` behind it went unseen), with lines ending in `\`
+/// joined to the next, and without comments (`#` at the start or after
+/// whitespace), trimmed.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines = Vec::new();
+    let mut joined: Option<(usize, String)> = None;
+    for (i, physical) in text.lines().enumerate() {
+        let (number, mut line) = joined.take().unwrap_or((i + 1, String::new()));
+        match physical.strip_suffix('\\') {
+            Some(head) => {
+                line.push_str(head);
+                joined = Some((number, line));
+            }
+            None => {
+                line.push_str(physical);
+                lines.push((number, line));
+            }
+        }
+    }
+    lines.extend(joined);
+    for (_, line) in &mut lines {
+        let comment = line
+            .char_indices()
+            .find(|&(i, c)| c == '#' && (i == 0 || line[..i].ends_with(char::is_whitespace)))
+            .map(|(i, _)| i);
+        if let Some(i) = comment {
+            line.truncate(i);
+        }
+        *line = line.trim().to_owned();
+    }
+    lines
 }
 
 /// Hash what a requirements file names besides packages of the index:
@@ -673,6 +705,15 @@ fn pip_install(requirements: &Path, label: &str, index: &[String], work: &Path) 
             ))
         })?;
         if out.status.success() {
+            // An extra index pip could not reach goes unsaid by pip at
+            // this level, and a package only there is then "not found".
+            if let Some(why) = unreachable_index(&String::from_utf8_lossy(&out.stderr)) {
+                tracing::warn!(
+                    "pip could not reach a package index while resolving {label} ({}), and \
+                     resolved without it: {why}",
+                    indexes_named(index)
+                );
+            }
             std::fs::remove_dir_all(&pip_tmp)?;
             return Ok(());
         }
@@ -684,9 +725,10 @@ fn pip_install(requirements: &Path, label: &str, index: &[String], work: &Path) 
         // version; building their sources would fail the same way.
         if let Some(why) = unreachable_index(&stderr) {
             bail!(UserError(format!(
-                "pip could not reach the package index while resolving {label}: {why}\n\
+                "pip could not reach the package index while resolving {label} ({}): {why}\n\
                  check the network or proxy, or point pip at a reachable index \
-                 (PIP_INDEX_URL, or --index-url in the requirements file)"
+                 (PIP_INDEX_URL, or --index-url in the requirements file)",
+                indexes_named(index)
             )));
         }
         // pip reads requirements files as UTF-8 (or as a BOM or a coding
@@ -788,6 +830,47 @@ fn unreachable_index(stderr: &str) -> Option<String> {
                 .collect()
         })
     })
+}
+
+/// The package indexes pip was pointed at, for messages: the requirements'
+/// own `--index-url`/`--extra-index-url` (as `index` has them), else pip's
+/// environment variables, else PyPI; without credentials.
+fn indexes_named(index: &[String]) -> String {
+    let mut named: Vec<String> = index
+        .windows(2)
+        .filter(|w| w[0] == "--index-url" || w[0] == "--extra-index-url")
+        .map(|w| w[1].clone())
+        .collect();
+    if !index.iter().any(|a| a == "--index-url") {
+        let main = std::env::var("PIP_INDEX_URL")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| "https://pypi.org/simple".to_owned());
+        named.insert(0, main);
+    }
+    if let Ok(extra) = std::env::var("PIP_EXTRA_INDEX_URL") {
+        named.extend(extra.split_whitespace().map(str::to_owned));
+    }
+    if index.iter().any(|a| a == "--no-index") {
+        named.clear();
+    }
+    let shown: Vec<String> = named.iter().map(|u| without_credentials(u)).collect();
+    if shown.is_empty() {
+        return "no index: --no-index".to_owned();
+    }
+    format!("index {}", shown.join(", "))
+}
+
+/// `url` without the `user:password@` of its authority.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 /// The project name at the start of a requirement like `docopt==0.6.2`.
@@ -1517,6 +1600,37 @@ mod tests {
     }
 
     #[test]
+    fn requirement_lines_are_read_as_pip_reads_them() {
+        let text = "\u{feff}-e ./lp\nflask \\\n  >=3  # web\n#-e ./no\npkg#frag\n\tsix\t#x\n";
+        let got: Vec<(usize, String)> = logical_lines(text);
+        let want = [
+            (1, "-e ./lp"),
+            (2, "flask   >=3"),
+            (4, ""),
+            (5, "pkg#frag"),
+            (6, "six"),
+        ];
+        let want: Vec<(usize, String)> = want.iter().map(|(n, l)| (*n, l.to_string())).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn indexes_are_named_without_their_credentials() {
+        let index = [
+            "--index-url".to_owned(),
+            "https://nexus.invalid/simple".to_owned(),
+            "--extra-index-url".to_owned(),
+            "https://alice:pw@extra.invalid/simple/".to_owned(),
+        ];
+        assert_eq!(
+            indexes_named(&index),
+            "index https://nexus.invalid/simple, https://extra.invalid/simple/"
+        );
+        assert_eq!(without_credentials("https://a@b.c/x@y"), "https://b.c/x@y");
+        assert_eq!(without_credentials("./wheels"), "./wheels");
+    }
+
+    #[test]
     fn editable_requirements_are_refused_naming_their_line() {
         let dir = tempfile::tempdir().unwrap();
         let top = dir.path().join("requirements.txt");
@@ -1534,6 +1648,14 @@ mod tests {
         let e = format!("{e:#}");
         assert!(e.contains("base.txt:2: `--editable=./lp`"), "{e}");
         assert!(e.contains("without `-e` (`./lp`)"), "{e}");
+        // Behind a byte-order mark, or split over two lines, as pip reads it.
+        for text in ["\u{feff}-e ./lp\n", "-\\\ne ./lp\n"] {
+            let e = hash_referenced(&mut Sha256::new(), &top, text, 0).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("requirements.txt:1: `-e ./lp`"),
+                "{e:#}"
+            );
+        }
     }
 
     #[test]

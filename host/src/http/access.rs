@@ -14,9 +14,9 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::http::conn_idle::InFlight;
 use crate::metrics::{self, TenantMetrics};
+use crate::runtime::asked::{About, Asked};
 use crate::runtime::body::{self, BodyAbort, ResponseBody};
 use crate::runtime::visible;
-use crate::runtime::wsgi::Asked;
 
 /// Status logged for a request whose client left before any response
 /// (nginx's convention).
@@ -33,11 +33,9 @@ pub static CUT_AT_SHUTDOWN: std::sync::atomic::AtomicBool =
 struct Line {
     /// The tenant's series, once the request is routed.
     tenant: Option<Arc<TenantMetrics>>,
-    peer: IpAddr,
-    method: Method,
-    /// Clipped to `MAX_LOGGED`; shared with the lines about the request's
-    /// end (`Asked`).
-    target: Arc<str>,
+    /// Its client, method and target (clipped to `MAX_LOGGED`), shared
+    /// with the lines about the request's end and its bodies.
+    asked: Arc<Asked>,
     t0: Instant,
     status: u16,
     sent: u64,
@@ -49,6 +47,7 @@ impl Line {
     fn write(&self) {
         let status = match self.status {
             CLIENT_CLOSED if CUT_AT_SHUTDOWN.load(Ordering::Acquire) => 503,
+            CLIENT_CLOSED if self.asked.malformed() => 400,
             s => s,
         };
         let elapsed = self.t0.elapsed();
@@ -57,10 +56,10 @@ impl Line {
             None => metrics::unrouted(status),
         }
         emit(&Fields {
-            peer: self.peer,
+            peer: self.asked.peer,
             app: self.tenant.as_ref().map_or("", |t| &t.name),
-            method: self.method.as_str(),
-            target: &self.target,
+            method: self.asked.method.as_str(),
+            target: &self.asked.target,
             status,
             sent: self.sent,
             took: Some(elapsed),
@@ -177,9 +176,11 @@ impl AccessLog {
     pub fn start(peer: IpAddr, method: &Method, target: &str) -> Self {
         AccessLog(Some(Line {
             tenant: None,
-            peer,
-            method: method.clone(),
-            target: Arc::from(clipped(target).as_ref()),
+            asked: Arc::new(Asked::new(
+                peer,
+                method.clone(),
+                Arc::from(clipped(target).as_ref()),
+            )),
             t0: Instant::now(),
             status: CLIENT_CLOSED,
             sent: 0,
@@ -188,18 +189,24 @@ impl AccessLog {
     }
 
     /// The request, for the lines about its end that come after this one
-    /// (a `close()` that never returns, a trap).
-    pub fn asked(&self) -> Asked {
+    /// (a `close()` that never returns, a trap, a response cut short).
+    pub fn asked(&self) -> Arc<Asked> {
         match &self.0 {
-            Some(line) => Asked {
-                method: line.method.clone(),
-                target: line.target.clone(),
-            },
-            None => Asked {
-                method: Method::GET,
-                target: Arc::from("-"),
-            },
+            Some(line) => line.asked.clone(),
+            // Not reached: the line is taken only by `finish`, which
+            // consumes the log.
+            None => Arc::new(Asked::new(
+                IpAddr::from([0, 0, 0, 0]),
+                Method::GET,
+                Arc::from("-"),
+            )),
         }
+    }
+
+    /// The app (once routed) and the request, for the lines about its
+    /// bodies.
+    pub fn about(&self) -> About {
+        About::request(self.tenant(), self.asked())
     }
 
     /// The request was routed to a tenant: count it there.

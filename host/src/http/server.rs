@@ -31,6 +31,7 @@ use crate::http::head_rules;
 use crate::http::router::{has_dot_segment, Router};
 use crate::http::write_deadline::{self, Delivered, WriteDeadline};
 use crate::latin1;
+use crate::runtime::asked::About;
 use crate::runtime::body::{self, RequestBody, ResponseBody};
 use crate::runtime::environ::{self, RequestInfo};
 use crate::runtime::pool::AppRequest;
@@ -483,7 +484,8 @@ async fn drive<C>(
     let mut give_up: Option<tokio::time::Instant> = None;
     // What the client had taken by two moments: `base`, at least half a
     // deadline before `recent`, so progress is judged over that long
-    // whenever the connection is looked at.
+    // whenever the connection is looked at, from what waited for it at
+    // `base`.
     let start = (delivered.so_far(), tokio::time::Instant::now());
     let (mut base, mut recent) = (start, start);
     // Seen taking bytes after the deadline: while its responses are in
@@ -529,7 +531,7 @@ async fn drive<C>(
                 if now.1 >= recent.1 + deadline / 2 {
                     (base, recent) = (recent, now);
                 }
-                let taking = matches!((now.0, base.0), (Some(n), Some(b)) if n > b + write_deadline::MIN_PROGRESS);
+                let taking = matches!((now.0, base.0), (Some(n), Some(b)) if b.drained_by(&n) > write_deadline::MIN_PROGRESS);
                 if activity.idle_at(limit).is_some_and(|at| at <= tokio::time::Instant::now()) {
                     if taking && !asked {
                         activity.touch();
@@ -740,10 +742,8 @@ async fn handle(
         .await
         .unwrap_or_else(Refusal::into_response);
     let stall = site.response_stall(version);
-    let res = match log.tenant() {
-        Some(app) => res.map(|body| body.stalling_after(stall).for_app(app)),
-        None => res.map(|body| body.stalling_after(stall)),
-    };
+    let about = log.about();
+    let res = res.map(|body| body.stalling_after(stall).about(about));
     Ok(log.finish(close_delimited(version, head, res)))
 }
 
@@ -905,6 +905,8 @@ async fn respond(
     log.routed(route.app.metrics());
     let tenant = route.app.clone();
     let tenant_name = tenant.metrics().name.clone();
+    let asked = log.asked();
+    let about = About::request(Some(tenant_name.clone()), asked.clone());
     let max_body = tenant.limits().max_body;
     let version = parts.version;
     let http1 = version < http::Version::HTTP_2;
@@ -912,7 +914,7 @@ async fn respond(
     // A body no app reads is drained, as an app's unread one is, so the
     // HTTP/1 connection goes on (or says it will not).
     let unread = |body, mut res| {
-        let mut body = RequestBody::new(body, max_body, site.stall).for_app(tenant_name.clone());
+        let mut body = RequestBody::new(body, max_body, site.stall).about(about.clone());
         if http1 {
             body = body.over_http1(expects);
         }
@@ -937,7 +939,6 @@ async fn respond(
     };
     let connect = parts.method == Method::CONNECT;
     let head = parts.method == Method::HEAD;
-    let asked = log.asked();
     let request = if tenant.wasi_http() {
         // A wasi:http guest builds its environ itself, from the request as
         // any wasi:http host passes it (no mount point, no client address).
@@ -994,7 +995,7 @@ async fn respond(
         log.cold_start(waited);
     }
     let stall = site.stall;
-    let mut body = RequestBody::new(body, max_body, stall).for_app(tenant_name.clone());
+    let mut body = RequestBody::new(body, max_body, stall).about(about);
     if http1 {
         body = body.over_http1(expects);
     }

@@ -211,6 +211,25 @@ impl WriteDeadline<tokio::net::TcpStream> {
     }
 }
 
+/// What a connection's client had taken at one moment, and what had been
+/// written to it by then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    taken: u64,
+    written: u64,
+}
+
+impl Taken {
+    /// Of the bytes still waiting for the client at this moment, how many
+    /// it had taken by `later`: its own reading. Bytes written afterwards
+    /// and taken at once say only that they were written (a client that
+    /// took its first window the moment it was sent, then nothing, was
+    /// judged a slow reader and held its connection six times as long).
+    pub fn drained_by(&self, later: &Taken) -> u64 {
+        later.taken.min(self.written).saturating_sub(self.taken)
+    }
+}
+
 /// How many of the bytes written to a connection its client has taken
 /// (acknowledged): a slow reader whose flow-control window opens less
 /// often than the stall time is seen taking them, though nothing is
@@ -221,14 +240,19 @@ pub struct Delivered {
 }
 
 impl Delivered {
-    /// Bytes taken so far; `None` where the system cannot tell. Only to be
-    /// asked while the connection that owns the socket is alive.
-    pub fn so_far(&self) -> Option<u64> {
+    /// What the client has taken so far; `None` where the system cannot
+    /// tell. Only to be asked while the connection that owns the socket is
+    /// alive.
+    pub fn so_far(&self) -> Option<Taken> {
         // SAFETY: the caller holds the connection, which owns the socket,
         // so the descriptor is open and still this connection's.
         let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.socket) };
         let queued = queued_in(socket, Queued::Unacknowledged)?;
-        Some(self.written.load(Ordering::Relaxed).saturating_sub(queued))
+        let written = self.written.load(Ordering::Relaxed);
+        Some(Taken {
+            taken: written.saturating_sub(queued),
+            written,
+        })
     }
 
     /// Make the socket's close a reset rather than an orderly end, so a
@@ -302,6 +326,23 @@ impl<T: AsyncWrite + Unsent + Unpin> AsyncWrite for WriteDeadline<T> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn only_bytes_that_waited_for_the_client_show_it_reading() {
+        let at = |taken, written| Taken { taken, written };
+        // Its first window went out and was taken at once, then nothing.
+        assert_eq!(at(0, 0).drained_by(&at(65_600, 65_600)), 0);
+        // 40 KB waited for a slow reader, which took 30 KB of them.
+        assert_eq!(
+            at(100_000, 140_000).drained_by(&at(130_000, 140_000)),
+            30_000
+        );
+        // It took them all, and more written since: what waited counts.
+        assert_eq!(
+            at(100_000, 140_000).drained_by(&at(200_000, 200_000)),
+            40_000
+        );
+    }
 
     impl Unsent for tokio::io::DuplexStream {
         fn unsent(&self) -> Option<u64> {

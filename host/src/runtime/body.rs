@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::runtime::asked::About;
 use crate::runtime::held_bytes;
 
 /// Value of the `Server` header on every response unless the app sets one.
@@ -70,8 +71,8 @@ pub struct BodySender {
     /// `send` gave up on a client that took nothing for `stall` (shared by
     /// clones: any of them may be the one that gave up).
     stalled: Arc<AtomicBool>,
-    /// The app sending, named in the log line about giving up.
-    app: Option<Arc<str>>,
+    /// The app and request, named in the log line about giving up.
+    about: About,
 }
 
 /// Receiving half of a response body, read by [`ResponseBody`].
@@ -92,7 +93,7 @@ pub fn body_channel() -> (BodySender, BodyReceiver) {
             taken: taken.clone(),
             stall: None,
             stalled: Default::default(),
-            app: None,
+            about: About::default(),
         },
         BodyReceiver { rx, taken },
     )
@@ -168,9 +169,10 @@ impl BodySender {
         self
     }
 
-    /// Name `app` in the log line about a client that took nothing.
-    pub fn for_app(mut self, app: Arc<str>) -> Self {
-        self.app = Some(app);
+    /// Name the app and request in the log line about a client that took
+    /// nothing.
+    pub fn about(mut self, about: About) -> Self {
+        self.about = about;
         self
     }
 
@@ -196,7 +198,7 @@ impl BodySender {
                             // Cut short, not ended: a client that reads on
                             // must not take what it got for the whole.
                             let why = stalled(self.taken.patience(stall));
-                            log_for_app(self.app.as_deref(), &format!("response cut short: {why}"));
+                            self.about.info(&format!("response cut short: {why}"));
                             self.stalled.store(true, Ordering::Relaxed);
                             self.abort(why);
                             return false;
@@ -216,7 +218,7 @@ impl BodySender {
             Err(refused) => {
                 if let held_bytes::Refused::Full(own) = refused {
                     let why = format!("response cut short: {}", held_bytes::full(own));
-                    log_for_app(self.app.as_deref(), &why);
+                    self.about.info(&why);
                     self.abort(why);
                 }
                 self.stalled.store(true, Ordering::Relaxed);
@@ -236,7 +238,10 @@ impl BodySender {
 
     /// The app sending, as its held bytes are counted.
     pub fn app_name(&self) -> Arc<str> {
-        self.app.clone().unwrap_or_else(|| Arc::from(""))
+        self.about
+            .app_name()
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""))
     }
 
     /// Whether the receiving end is gone: the client left.
@@ -248,6 +253,13 @@ impl BodySender {
     /// for the stall limit.
     pub fn client_gave_out(&self) -> bool {
         self.is_closed() || self.stalled.load(Ordering::Relaxed)
+    }
+
+    /// Cut the body short for a fault of the app's, saying `why` in a
+    /// warning that names the app and request.
+    pub fn cut_short(&self, why: String) {
+        self.about.warn(&why);
+        self.abort(why);
     }
 
     /// Cut the body short (see [`BodyAbort`]).
@@ -284,6 +296,8 @@ struct Held {
     expired: Option<String>,
     /// Pieces are copies (the chunk is watched).
     copied: bool,
+    /// The app and request, named in the line about cutting it short.
+    about: About,
 }
 
 impl Held {
@@ -306,6 +320,7 @@ impl held_bytes::Reclaimable for std::sync::Mutex<Held> {
 
     fn cut(&self, why: String) {
         if let Ok(mut h) = self.lock() {
+            h.about.info(&why);
             h.drop_rest(why);
         }
     }
@@ -329,8 +344,8 @@ pub struct ResponseBody {
     /// hyper found no bytes ready since it last took some: a pause until
     /// the next is the app's, not the client's.
     waited_on_app: bool,
-    /// The tenant named in the line about a client that took nothing.
-    app: Option<Arc<str>>,
+    /// The app and request named in the lines about cutting it short.
+    about: About,
 }
 
 impl ResponseBody {
@@ -347,7 +362,7 @@ impl ResponseBody {
             abort: None,
             stall: None,
             waited_on_app: false,
-            app: None,
+            about: About::default(),
         }
     }
 
@@ -381,7 +396,7 @@ impl ResponseBody {
             abort: None,
             stall: None,
             waited_on_app: false,
-            app: None,
+            about: About::default(),
         }
     }
 
@@ -403,9 +418,9 @@ impl ResponseBody {
         self
     }
 
-    /// Name `app` in the log line about a client that took nothing.
-    pub fn for_app(mut self, app: Arc<str>) -> Self {
-        self.app = Some(app);
+    /// Name the app and request in the lines about cutting it short.
+    pub fn about(mut self, about: About) -> Self {
+        self.about = about;
         self
     }
 
@@ -431,6 +446,7 @@ impl ResponseBody {
             shares,
             expired: None,
             copied,
+            about: self.about.clone(),
         }));
         if let Some(share) = held.lock().expect("held lock").shares.process.as_ref() {
             let weak: std::sync::Weak<dyn held_bytes::Reclaimable> = Arc::downgrade(&held) as _;
@@ -439,7 +455,7 @@ impl ResponseBody {
         if let (Some(stall), Ok(runtime)) = (watch_for, tokio::runtime::Handle::try_current()) {
             let since = tokio::time::Instant::now();
             let watched = (Arc::downgrade(&held), self.taken.clone());
-            runtime.spawn(watch(watched, since, stall, self.app.clone()));
+            runtime.spawn(watch(watched, since, stall));
         }
         self.held = Some(held);
         piece
@@ -493,7 +509,6 @@ async fn watch(
     (held, taken): (std::sync::Weak<std::sync::Mutex<Held>>, Arc<LastTaken>),
     since: tokio::time::Instant,
     stall: Duration,
-    app: Option<Arc<str>>,
 ) {
     loop {
         tokio::time::sleep_until(taken.stalled_at(since, stall)).await;
@@ -504,7 +519,7 @@ async fn watch(
         }
         if taken.stalled_at(since, stall) <= tokio::time::Instant::now() {
             let why = stalled(taken.patience(stall));
-            log_for_app(app.as_deref(), &format!("response cut short: {why}"));
+            h.about.info(&format!("response cut short: {why}"));
             h.drop_rest(why);
             return;
         }
@@ -653,17 +668,19 @@ fn mark<B>(res: &mut Response<B>, closes: bool, left: bool) {
     }
 }
 
-/// Whether a request body failed because the client left: over HTTP/2 a
-/// body fails only with its stream; over HTTP/1, anything but the framing
-/// errors hyper reports as invalid data (a bad chunk size, say) is the
-/// connection ending early (EOF, a reset).
+/// Whether a request body failed because the client left: over HTTP/2,
+/// anything but a body h2 itself found malformed (its length not the
+/// `content-length` it declared, which h2 resets with a protocol error:
+/// logged 499, the client was taken to have left); over HTTP/1, anything
+/// but the framing errors hyper reports as invalid data (a bad chunk size,
+/// say) is the connection ending early (EOF, a reset).
 pub fn client_left(e: &hyper::Error, http1: bool) -> bool {
-    if !http1 {
-        return true;
-    }
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+        if let (Some(h2), false) = (c.downcast_ref::<h2::Error>(), http1) {
+            return h2.is_remote() || h2.reason() != Some(h2::Reason::PROTOCOL_ERROR);
+        }
+        if let (Some(io), true) = (c.downcast_ref::<std::io::Error>(), http1) {
             use std::io::ErrorKind::{InvalidData, InvalidInput};
             return !matches!(io.kind(), InvalidData | InvalidInput);
         }
@@ -695,8 +712,9 @@ pub struct Pace {
     /// The longest one wait for the client's next bytes.
     pub stall: Duration,
     waited: Duration,
-    /// The app the body is for, named in the log line about giving up.
-    app: Option<Arc<str>>,
+    /// The app and request the body is for, named in the log line about
+    /// giving up.
+    about: About,
 }
 
 impl Pace {
@@ -705,7 +723,7 @@ impl Pace {
         Pace {
             stall,
             waited: Duration::ZERO,
-            app: None,
+            about: About::default(),
         }
     }
 
@@ -731,18 +749,9 @@ impl Pace {
         } else {
             format!("nothing from the client for {:?}", self.stall)
         };
-        log_for_app(
-            self.app.as_deref(),
-            &format!("request body: {why}; given up (408 unless the response had started)"),
-        );
-    }
-}
-
-/// An INFO line about a client of `app`, naming it as the pool's lines do.
-fn log_for_app(app: Option<&str>, line: &str) {
-    match app {
-        Some(app) => tracing::info!(app = %app, "{line}"),
-        None => tracing::info!("{line}"),
+        self.about.info(&format!(
+            "request body: {why}; given up (408 unless the response had started)"
+        ));
     }
 }
 
@@ -816,9 +825,10 @@ impl RequestBody {
         }
     }
 
-    /// Name `app` in the log line about a client that stalled.
-    pub fn for_app(mut self, app: Arc<str>) -> Self {
-        self.pace.app = Some(app);
+    /// Name the app and request in the log line about a client that
+    /// stalled.
+    pub fn about(mut self, about: About) -> Self {
+        self.pace.about = about;
         self
     }
 
@@ -933,6 +943,9 @@ impl RequestBody {
                     self.incoming = None;
                     self.failed = true;
                     self.gone = client_left(&e, self.http1);
+                    if let (false, Some(asked)) = (self.gone, self.pace.about.asked()) {
+                        asked.mark_malformed();
+                    }
                     return Err(ReadError::Disconnected);
                 }
                 Some(Ok(frame)) => {
@@ -1000,14 +1013,11 @@ pub fn drain_later(mut incoming: Incoming, mut pace: Pace, mut received: u64, mu
                     // the app answered; the client, and any request it
                     // sent after it, see the connection end (unless hyper
                     // had the rest in hand already).
-                    log_for_app(
-                        pace.app.as_deref(),
-                        &format!(
-                            "request body: the app left it unread, and {received} bytes of it \
+                    pace.about.info(&format!(
+                        "request body: the app left it unread, and {received} bytes of it \
                              came, past --max-body: not read further, which ends the \
                              connection unless the rest had arrived already"
-                        ),
-                    );
+                    ));
                     return;
                 }
             }

@@ -42,7 +42,8 @@ struct Limit {
 pub trait Reclaimable: Send + Sync {
     /// Bytes of the chunk its client has not taken yet.
     fn left(&self) -> usize;
-    /// Drop what is left; the response ends cut short with `why`.
+    /// Drop what is left, saying `why` in the log, with the request; the
+    /// response ends cut short with it.
     fn cut(&self, why: String);
 }
 
@@ -209,7 +210,6 @@ impl Limit {
                 size(*app_held),
                 size(fair),
             );
-            tracing::info!(app = %app, "{why}");
             chunk.cut(why);
             *app_held -= bytes;
             freed += bytes;

@@ -11,12 +11,14 @@
 //! `socket_slots`.
 
 mod artifact_sums;
+pub mod asked;
 pub mod body;
 pub mod core_modules;
 pub mod cpu;
 mod disk_quota;
 pub mod engine;
 pub mod environ;
+mod exec_stdio;
 mod file_map;
 mod file_reads;
 mod file_writes;

@@ -437,7 +437,7 @@ impl AppPool {
                     Recycle::Adapter
                 });
                 guest_log::adapter_failure(&self.name, &reason);
-                tracing::error!(app = %self.name, request = %ex.asked(), "the guest adapter failed (above){after_memory}; instance replaced");
+                tracing::error!(app = %self.name, request = %ex.asked(), peer = %ex.asked().peer, "the guest adapter failed (above){after_memory}; instance replaced");
                 if ex.finished() {
                     // The response went out whole (the app's own 500).
                 } else if ex.committed() {
@@ -465,7 +465,7 @@ impl AppPool {
                 match crate::runtime::exit_status(&trap) {
                     Some(status) => tracing::error!(
                         app = %self.name,
-                        request = %ex.asked(),
+                        request = %ex.asked(), peer = %ex.asked().peer,
                         "the app exited the process (os._exit or a C-level exit, with {}) during a request{after_memory}; instance replaced",
                         if status == 0 {
                             "success"
@@ -477,7 +477,7 @@ impl AppPool {
                         // Its backtrace names the guest's functions, as the
                         // guest named them.
                         let trap = guest_log::quoted(&format!("{trap:#}"));
-                        tracing::error!(app = %self.name, request = %ex.asked(), "instance crashed{after_memory} and was replaced: {trap}")
+                        tracing::error!(app = %self.name, request = %ex.asked(), peer = %ex.asked().peer, "instance crashed{after_memory} and was replaced: {trap}")
                     }
                 }
                 self.fail(
@@ -491,20 +491,20 @@ impl AppPool {
             // out: the client's doing, as a stall within one read is.
             Err(_elapsed) if !ex.committed() && ex.give_up_on_slow_body() => {
                 recycle = Some(Recycle::SlowClient);
-                tracing::warn!(app = %self.name, request = %ex.asked(), "the {:?} timeout ran out while the app waited for the client to send the request body{after_memory}: 408, instance replaced", self.limits.timeout);
+                tracing::warn!(app = %self.name, request = %ex.asked(), peer = %ex.asked().peer, "the {:?} timeout ran out while the app waited for the client to send the request body{after_memory}: 408, instance replaced", self.limits.timeout);
                 ex.respond_error(StatusCode::REQUEST_TIMEOUT, crate::runtime::body::SLOW_BODY);
             }
             Err(_elapsed) => {
                 recycle = Some(Recycle::Timeout);
                 self.metrics.series().timeouts.inc();
                 if ex.delivered() {
-                    tracing::error!(app = %self.name, request = %ex.asked(), "request exceeded the {:?} timeout after its whole response was handed over: the app's code after it (its close() of the response, what that runs, or a finaliser) did not return{after_memory}; instance replaced", self.limits.timeout);
+                    tracing::error!(app = %self.name, request = %ex.asked(), peer = %ex.asked().peer, "request exceeded the {:?} timeout after its whole response was handed over: the app's code after it (its close() of the response, what that runs, or a finaliser) did not return{after_memory}; instance replaced", self.limits.timeout);
                 } else if ex.committed() {
                     // Often a client reading a long response slowly: the
                     // app waits for it, and --timeout counts that too.
-                    tracing::error!(app = %self.name, request = %ex.asked(), "request exceeded the {:?} timeout after its response had started (the app may have been waiting for a slow client to take it){after_memory}; response cut short, instance replaced", self.limits.timeout);
+                    tracing::error!(app = %self.name, request = %ex.asked(), peer = %ex.asked().peer, "request exceeded the {:?} timeout after its response had started (the app may have been waiting for a slow client to take it){after_memory}; response cut short, instance replaced", self.limits.timeout);
                 } else {
-                    tracing::error!(app = %self.name, request = %ex.asked(), "request exceeded the {:?} timeout{after_memory}; instance replaced", self.limits.timeout);
+                    tracing::error!(app = %self.name, request = %ex.asked(), peer = %ex.asked().peer, "request exceeded the {:?} timeout{after_memory}; instance replaced", self.limits.timeout);
                 }
                 self.fail(&mut ex, StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout")
                     .await;
@@ -512,7 +512,7 @@ impl AppPool {
         }
         if memory_hit && recycle.is_none() {
             recycle = Some(Recycle::Memory);
-            tracing::warn!(app = %self.name, request = %ex.asked(), "instance hit its {} byte memory limit; replaced", self.limits.memory);
+            tracing::warn!(app = %self.name, request = %ex.asked(), peer = %ex.asked().peer, "instance hit its {} byte memory limit; replaced", self.limits.memory);
         }
         // The response is complete: the client must not wait for a teardown.
         drop(ex);

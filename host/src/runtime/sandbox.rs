@@ -11,6 +11,7 @@ use wasmtime_wasi::{DirPerms, FilePerms, WasiCtxBuilder};
 use crate::bundle::Mount;
 use crate::config::{DirGrant, Grants, Isolation};
 use crate::runtime::disk_quota::{Budget, Ledger};
+use crate::runtime::exec_stdio::Terminal;
 use crate::runtime::guest_clock::GuestMonotonic;
 use crate::runtime::guest_log::{GuestLog, LogBudget};
 use crate::runtime::outbound::{InstanceNet, Outbound};
@@ -207,7 +208,9 @@ impl Sandbox {
                 b.stdout(logs[0].clone()).stderr(logs[1].clone());
             }
             Stdio::Inherit => {
-                b.inherit_stdio();
+                b.inherit_stdin()
+                    .stdout(Terminal::Stdout)
+                    .stderr(Terminal::Stderr);
                 start_reading_piped_stdin();
             }
         }

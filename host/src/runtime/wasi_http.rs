@@ -227,7 +227,12 @@ async fn pump(mut body: HyperOutgoingBody, tx: BodySender) {
                 }
             }
             Err(code) => {
-                tx.abort(format!("the app's response body failed: {code:?}"));
+                // The guest says why on its stderr where it can (an
+                // exception, a body short of its Content-Length); this
+                // line is the host's, at the level operators watch.
+                tx.cut_short(format!(
+                    "response cut short: the app's wasi:http response body failed ({code:?})"
+                ));
                 return;
             }
         }

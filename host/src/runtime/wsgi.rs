@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::config::DirGrant;
 use crate::latin1;
+use crate::runtime::asked::{About, Asked};
 use crate::runtime::body::{
     self, body_channel, BodyReceiver, BodySender, ReadError, RequestBody, ResponseBody, SERVER,
 };
@@ -113,27 +114,12 @@ impl Responder {
     }
 }
 
-/// A request's method and target as the access line has them, shown
-/// (`GET /x?y`) only when a line about the request's end is written.
-pub struct Asked {
-    /// The method.
-    pub method: http::Method,
-    /// The target, clipped.
-    pub target: Arc<str>,
-}
-
-impl std::fmt::Display for Asked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.method, guest_log::visible(&self.target))
-    }
-}
-
 /// One request's channels, owned by the instance while it serves it.
 pub struct Exchange {
     /// The app answering, for the log.
     app: Arc<str>,
     /// The request's method and target, for the lines about its end.
-    asked: Asked,
+    asked: Arc<Asked>,
     body: RequestBody,
     /// Taken when the response starts: the status and headers are out.
     start_tx: Option<oneshot::Sender<Response<ResponseBody>>>,
@@ -151,14 +137,16 @@ pub struct Exchange {
 impl Exchange {
     /// Channels for one request to `app`; the server awaits the receiver.
     pub fn new(
-        (app, asked): (Arc<str>, Asked),
+        (app, asked): (Arc<str>, Arc<Asked>),
         body: RequestBody,
         head_method: bool,
         stall: std::time::Duration,
     ) -> (Self, ResponseReceiver) {
         let (start_tx, start_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = body_channel();
-        let chunk_tx = chunk_tx.with_stall(stall).for_app(app.clone());
+        let chunk_tx = chunk_tx
+            .with_stall(stall)
+            .about(About::request(Some(app.clone()), asked.clone()));
         let ex = Exchange {
             app,
             asked,
@@ -301,9 +289,8 @@ impl Exchange {
         if !self.committed() {
             return;
         }
-        if let Some(why) = self.shortfall() {
-            tracing::warn!(app = %self.app, "{why}");
-            self.abort(why);
+        if let (Some(why), Some(tx)) = (self.shortfall(), &self.chunk_tx) {
+            tx.cut_short(why);
         }
         self.chunk_tx = None;
     }
@@ -319,6 +306,8 @@ impl Exchange {
             if chunk.len() as u64 > *rem {
                 tracing::warn!(
                     app = %self.app,
+                    request = %self.asked,
+                    peer = %self.asked.peer,
                     "app wrote more than its Content-Length; {} extra bytes dropped",
                     chunk.len() as u64 - *rem
                 );
@@ -435,7 +424,7 @@ impl Exchange {
             Err(held_bytes::Refused::ClientLeft) => Err(()),
             Err(held_bytes::Refused::Full(own)) => {
                 let why = held_bytes::full(own);
-                tracing::warn!(app = %self.app, request = %self.asked, "answered 503: {why}");
+                tracing::warn!(app = %self.app, request = %self.asked, peer = %self.asked.peer, "answered 503: {why}");
                 crate::metrics::rejected(&self.app).inc();
                 self.respond_error(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -174,6 +174,9 @@ def application(environ, start_response):
         return text(start_response, "parsed")
 
     if path == "/length":
+        if query == "say":
+            # For a test to send the rest once the app is reading.
+            print("reading the body", flush=True)
         total = 0
         while True:
             chunk = inp.read(65536)
