@@ -491,13 +491,16 @@ async fn drive<C>(
     // Seen taking bytes after the deadline: while its responses are in
     // flight it may pause longer (its window reopens rarely).
     let mut reading = false;
+    // When to look again at a client that bytes wait for, which no sample
+    // before saw waiting: whether it takes them is yet to be seen.
+    let mut recheck: Option<tokio::time::Instant> = None;
     let ended = loop {
         let limit = if reading && activity.in_flight() {
             deadline * body::SLOW_READER_PATIENCE
         } else {
             deadline
         };
-        let check = give_up.unwrap_or_else(|| {
+        let check = give_up.or(recheck).unwrap_or_else(|| {
             activity
                 .idle_at(limit)
                 .unwrap_or_else(|| tokio::time::Instant::now() + deadline)
@@ -524,6 +527,7 @@ async fn drive<C>(
                     }
                     return;
                 }
+                recheck = None;
                 // A slow reader whose flow-control window opens less often
                 // than the deadline (hyper handed it all the window allowed
                 // long ago) is still taking bytes: more than control frames.
@@ -536,6 +540,18 @@ async fn drive<C>(
                     if taking && !asked {
                         activity.touch();
                         reading = true;
+                        continue;
+                    }
+                    // Bytes wait in the socket for the client, and the
+                    // sample before saw none waiting (the first, from
+                    // before the response): look again in half a deadline
+                    // for it taking them. A client that took what it was
+                    // sent at once (its window then shut) has none waiting.
+                    let unseen = matches!((now.0, base.0), (Some(n), Some(b))
+                        if n.waiting() > write_deadline::MIN_PROGRESS && b.waiting() <= write_deadline::MIN_PROGRESS);
+                    if unseen && !asked {
+                        (base, recent) = (now, now);
+                        recheck = Some(now.1 + deadline / 2);
                         continue;
                     }
                     if asked {

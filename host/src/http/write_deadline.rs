@@ -228,6 +228,11 @@ impl Taken {
     pub fn drained_by(&self, later: &Taken) -> u64 {
         later.taken.min(self.written).saturating_sub(self.taken)
     }
+
+    /// Bytes written that the client had not taken yet.
+    pub fn waiting(&self) -> u64 {
+        self.written.saturating_sub(self.taken)
+    }
 }
 
 /// How many of the bytes written to a connection its client has taken
@@ -337,6 +342,7 @@ mod tests {
             at(100_000, 140_000).drained_by(&at(130_000, 140_000)),
             30_000
         );
+        assert_eq!(at(100_000, 140_000).waiting(), 40_000);
         // It took them all, and more written since: what waited counts.
         assert_eq!(
             at(100_000, 140_000).drained_by(&at(200_000, 200_000)),
