@@ -933,7 +933,7 @@ fn an_http2_client_that_never_opens_its_window_loses_the_rest_after_the_stall_ti
                 !cut.is_empty()
                     && cut.iter().all(|l| l.contains(" app=")
                         && !l.contains(" app=\"")
-                        && l.ends_with(" peer=127.0.0.1")),
+                        && l.contains(" peer=127.0.0.1:")),
                 "{path}: {cut:?}\n{logs}"
             );
         }

@@ -1168,7 +1168,7 @@ fn an_app_waiting_for_response_buffer_room_takes_it_back_from_apps_over_their_sh
         .find(|l| l.contains("waited for room"))
         .expect("counted above");
     assert!(
-        cut.contains(&format!("request=GET {path} peer=127.0.0.1")),
+        cut.contains(&format!("request=GET {path} peer=127.0.0.1:")),
         "{cut}"
     );
     let text = scrape(ops);
@@ -1785,6 +1785,15 @@ fn clients_that_stall_free_the_instance_at_the_header_timeout() {
     w.write_all(b"GET /big?52428800 HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     s.wait_for_log("took no response bytes");
+    // Cut by the socket's write deadline, which knows no request: the
+    // line names the one the connection was answering, as the body's do.
+    assert_line_names_app(&s, "took no response bytes");
+    let logs = s.logs();
+    let cut = logs.lines().find(|l| l.contains("took no response bytes"));
+    assert!(
+        cut.is_some_and(|l| l.contains("request=GET /big?52428800 peer=127.0.0.1:")),
+        "{logs}"
+    );
     let quick = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()

@@ -707,11 +707,12 @@ fn pip_install(requirements: &Path, label: &str, index: &[String], work: &Path) 
         if out.status.success() {
             // An extra index pip could not reach goes unsaid by pip at
             // this level, and a package only there is then "not found".
-            if let Some(why) = unreachable_index(&String::from_utf8_lossy(&out.stderr)) {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if let Some(why) = unreachable_index(&stderr) {
                 tracing::warn!(
                     "pip could not reach a package index while resolving {label} ({}), and \
                      resolved without it: {why}",
-                    indexes_named(index)
+                    indexes_named(index, &stderr)
                 );
             }
             std::fs::remove_dir_all(&pip_tmp)?;
@@ -728,7 +729,7 @@ fn pip_install(requirements: &Path, label: &str, index: &[String], work: &Path) 
                 "pip could not reach the package index while resolving {label} ({}): {why}\n\
                  check the network or proxy, or point pip at a reachable index \
                  (PIP_INDEX_URL, or --index-url in the requirements file)",
-                indexes_named(index)
+                indexes_named(index, &stderr)
             )));
         }
         // pip reads requirements files as UTF-8 (or as a BOM or a coding
@@ -834,8 +835,9 @@ fn unreachable_index(stderr: &str) -> Option<String> {
 
 /// The package indexes pip was pointed at, for messages: the requirements'
 /// own `--index-url`/`--extra-index-url` (as `index` has them), else pip's
-/// environment variables, else PyPI; without credentials.
-fn indexes_named(index: &[String]) -> String {
+/// environment variables, else PyPI; only those whose host pip's `said`
+/// names, if any; without credentials.
+fn indexes_named(index: &[String], said: &str) -> String {
     let mut named: Vec<String> = index
         .windows(2)
         .filter(|w| w[0] == "--index-url" || w[0] == "--extra-index-url")
@@ -854,11 +856,32 @@ fn indexes_named(index: &[String]) -> String {
     if index.iter().any(|a| a == "--no-index") {
         named.clear();
     }
-    let shown: Vec<String> = named.iter().map(|u| without_credentials(u)).collect();
+    let mut shown: Vec<String> = named.iter().map(|u| without_credentials(u)).collect();
+    let failed: Vec<String> = shown
+        .iter()
+        .filter(|u| {
+            host_of(u).is_some_and(|h| {
+                said.contains(&format!("'{h}'")) || said.contains(&format!("//{h}"))
+            })
+        })
+        .cloned()
+        .collect();
+    if !failed.is_empty() {
+        shown = failed;
+    }
     if shown.is_empty() {
         return "no index: --no-index".to_owned();
     }
-    format!("index {}", shown.join(", "))
+    let noun = if shown.len() == 1 { "index" } else { "indexes" };
+    format!("{noun} {}", shown.join(", "))
+}
+
+/// The host of `url` (without port or credentials).
+fn host_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let host = authority.rsplit('@').next()?;
+    Some(host.split(':').next().unwrap_or(host)).filter(|h| !h.is_empty())
 }
 
 /// `url` without the `user:password@` of its authority.
@@ -1623,8 +1646,16 @@ mod tests {
             "https://alice:pw@extra.invalid/simple/".to_owned(),
         ];
         assert_eq!(
-            indexes_named(&index),
-            "index https://nexus.invalid/simple, https://extra.invalid/simple/"
+            indexes_named(&index, ""),
+            "indexes https://nexus.invalid/simple, https://extra.invalid/simple/"
+        );
+        // Only the one pip says it could not reach, where it says.
+        let said = "WARNING: Retrying (Retry(total=4)) after connection broken by \
+                    'NameResolutionError(\"<...>: Failed to resolve 'extra.invalid' ([Errno -2] \
+                    Name or service not known)\")': /simple/six/";
+        assert_eq!(
+            indexes_named(&index, said),
+            "index https://extra.invalid/simple/"
         );
         assert_eq!(without_credentials("https://a@b.c/x@y"), "https://b.c/x@y");
         assert_eq!(without_credentials("./wheels"), "./wheels");

@@ -1,7 +1,7 @@
 //! The access log: one line per request, written once, when its response
 //! body is done or dropped, with the body bytes that actually went out.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,7 +56,7 @@ impl Line {
             None => metrics::unrouted(status),
         }
         emit(&Fields {
-            peer: self.asked.peer,
+            peer: self.asked.peer.ip(),
             app: self.tenant.as_ref().map_or("", |t| &t.name),
             method: self.asked.method.as_str(),
             target: &self.asked.target,
@@ -173,7 +173,7 @@ pub struct AccessLog(Option<Line>);
 
 impl AccessLog {
     /// Start timing a request.
-    pub fn start(peer: IpAddr, method: &Method, target: &str) -> Self {
+    pub fn start(peer: SocketAddr, method: &Method, target: &str) -> Self {
         AccessLog(Some(Line {
             tenant: None,
             asked: Arc::new(Asked::new(
@@ -196,7 +196,7 @@ impl AccessLog {
             // Not reached: the line is taken only by `finish`, which
             // consumes the log.
             None => Arc::new(Asked::new(
-                IpAddr::from([0, 0, 0, 0]),
+                SocketAddr::from(([0, 0, 0, 0], 0)),
                 Method::GET,
                 Arc::from("-"),
             )),
@@ -269,6 +269,13 @@ impl LoggedBody {
     /// Count the request as in flight on its connection until this body
     /// is done (so the connection is not idle while it streams).
     pub fn in_flight(&mut self, mut guard: InFlight) {
+        if let Some(line) = &self.line {
+            let app = line.tenant.as_ref().map(|t| t.name.clone());
+            guard.answering(About::request(
+                app.filter(|n| !n.is_empty()),
+                line.asked.clone(),
+            ));
+        }
         // The head is hyper's to send: an HTTP/2 stream whose window stays
         // shut is never polled for its body at all.
         guard.client_turn();

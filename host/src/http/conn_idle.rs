@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::runtime::asked::About;
+
 /// One connection's activity, shared by its service and its driver.
 pub struct Activity {
     opened: Instant,
@@ -31,6 +33,9 @@ pub struct Activity {
     close_delimited: AtomicBool,
     /// An HTTP/2 request came: the connection is HTTP/2's.
     http2: AtomicBool,
+    /// The request whose response was handed to hyper last, for the line
+    /// about a write that stalled (the socket knows no request).
+    answering: std::sync::Mutex<Option<About>>,
 }
 
 impl Activity {
@@ -45,7 +50,13 @@ impl Activity {
             open_http1: AtomicUsize::new(0),
             close_delimited: AtomicBool::new(false),
             http2: AtomicBool::new(false),
+            answering: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The request whose response was handed to hyper last, if any.
+    pub fn answering(&self) -> Option<About> {
+        self.answering.lock().ok()?.clone()
     }
 
     /// A request begins; it counts as in flight until the guard drops
@@ -133,6 +144,13 @@ impl InFlight {
             self.activity.app_turn.fetch_sub(1, Ordering::AcqRel);
         }
         self.activity.touch();
+    }
+
+    /// The response is `about`'s: the connection's latest.
+    pub fn answering(&self, about: About) {
+        if let Ok(mut last) = self.activity.answering.lock() {
+            *last = Some(about);
+        }
     }
 
     /// hyper asked for more of the response and waits on the app.

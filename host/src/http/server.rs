@@ -601,7 +601,12 @@ async fn drive<C>(
             // stalled response before its body's own watch does: the
             // operator hears of it either way.
             None => match write_stalled(&*e) {
-                Some(why) => tracing::info!(%peer, "response cut short: {why}"),
+                // HTTP/1 answers one request at a time: the one answered
+                // last is the one cut, named as the body's own lines are.
+                Some(why) => match activity.answering().filter(|_| !activity.saw_http2()) {
+                    Some(about) => about.info(&format!("response cut short: {why}")),
+                    None => tracing::info!(%peer, "response cut short: {why}"),
+                },
                 None => tracing::debug!(%peer, "connection ended: {e}"),
             },
         }
@@ -750,7 +755,7 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let (version, head) = (parts.version, parts.method == Method::HEAD);
     let mut log = AccessLog::start(
-        peer.ip(),
+        peer,
         &parts.method,
         &environ::raw_target(&parts.uri, parts.version),
     );

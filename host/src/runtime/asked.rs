@@ -1,7 +1,7 @@
 //! Which request a line about a body or an instance is about: the app,
 //! the client's address, the method and the target.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -11,8 +11,9 @@ use crate::runtime::guest_log;
 /// shown (`GET /x?y`) only when a line about the request's end is written.
 #[derive(Debug)]
 pub struct Asked {
-    /// The client's address.
-    pub peer: IpAddr,
+    /// The client's address and port: clients behind one proxy or NAT
+    /// share an address, and the connection's own lines name both.
+    pub peer: SocketAddr,
     /// The method.
     pub method: http::Method,
     /// The target, clipped.
@@ -23,7 +24,7 @@ pub struct Asked {
 
 impl Asked {
     /// The request from `peer`, as its head asked.
-    pub fn new(peer: IpAddr, method: http::Method, target: Arc<str>) -> Self {
+    pub fn new(peer: SocketAddr, method: http::Method, target: Arc<str>) -> Self {
         Asked {
             peer,
             method,
