@@ -953,25 +953,26 @@ pub fn assert_content_lengths_are_checked(s: &Server) {
 /// shorter is cut short (the connection closed early), each said in the
 /// log, and the access line counts what went out: in either world.
 pub fn assert_bodies_keep_their_content_length(s: &Server) {
-    let resp = raw(
-        s.addr,
-        b"GET /long HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    assert!(
-        resp.ends_with(b"\r\n\r\n123"),
-        "{:?}",
-        String::from_utf8_lossy(&resp)
-    );
-    s.wait_for_log("app wrote more than its Content-Length; 7 extra bytes dropped");
-    s.wait_for_log("\"GET /long\" 200 3 ");
-    let resp = raw(s.addr, b"GET /short HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(
-        resp.ends_with(b"\r\n\r\n12345"),
-        "{:?}",
-        String::from_utf8_lossy(&resp)
-    );
-    s.wait_for_log("app sent 5 bytes fewer than its Content-Length");
-    s.wait_for_log("\"GET /short\" 200 5 ");
+    let cases: [(&[u8], &[u8], &str, &str); 2] = [
+        (
+            b"GET /long HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"\r\n\r\n123",
+            "app wrote more than its Content-Length; 7 extra bytes dropped",
+            "\"GET /long\" 200 3 ",
+        ),
+        (
+            b"GET /short HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\r\n\r\n12345",
+            "app sent 5 bytes fewer than its Content-Length",
+            "\"GET /short\" 200 5 ",
+        ),
+    ];
+    for (request, tail, said, logged) in cases {
+        let resp = raw(s.addr, request);
+        assert!(resp.ends_with(tail), "{:?}", String::from_utf8_lossy(&resp));
+        s.wait_for_log(said);
+        s.wait_for_log(logged);
+    }
 }
 
 /// A loopback TCP connection to `addr` whose receive buffer is `bytes`,

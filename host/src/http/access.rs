@@ -44,6 +44,13 @@ struct Line {
 }
 
 impl Line {
+    /// The app the request was routed to, if named, and the request, for
+    /// the lines about it.
+    fn about(&self) -> About {
+        let app = self.tenant.as_ref().map(|t| t.name.clone());
+        About::request(app.filter(|n| !n.is_empty()), self.asked.clone())
+    }
+
     fn write(&self) {
         let status = match self.status {
             CLIENT_CLOSED if CUT_AT_SHUTDOWN.load(Ordering::Acquire) => 503,
@@ -206,7 +213,7 @@ impl AccessLog {
     /// The app (once routed) and the request, for the lines about its
     /// bodies.
     pub fn about(&self) -> About {
-        About::request(self.tenant(), self.asked())
+        self.0.as_ref().map(Line::about).unwrap_or_default()
     }
 
     /// The request was routed to a tenant: count it there.
@@ -215,12 +222,6 @@ impl AccessLog {
             tenant.started();
             line.tenant = Some(tenant.clone());
         }
-    }
-
-    /// The name of the tenant the request was routed to, if any.
-    pub fn tenant(&self) -> Option<Arc<str>> {
-        let tenant = self.0.as_ref()?.tenant.as_ref()?;
-        Some(tenant.name.clone()).filter(|n| !n.is_empty())
     }
 
     /// The request waited `waited` for its app to load (a cold start).
@@ -270,11 +271,7 @@ impl LoggedBody {
     /// is done (so the connection is not idle while it streams).
     pub fn in_flight(&mut self, mut guard: InFlight) {
         if let Some(line) = &self.line {
-            let app = line.tenant.as_ref().map(|t| t.name.clone());
-            guard.answering(About::request(
-                app.filter(|n| !n.is_empty()),
-                line.asked.clone(),
-            ));
+            guard.answering(line.about());
         }
         // The head is hyper's to send: an HTTP/2 stream whose window stays
         // shut is never polled for its body at all.

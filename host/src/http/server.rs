@@ -31,7 +31,6 @@ use crate::http::head_rules;
 use crate::http::router::{has_dot_segment, Router};
 use crate::http::write_deadline::{self, Delivered, WriteDeadline};
 use crate::latin1;
-use crate::runtime::asked::About;
 use crate::runtime::body::{self, RequestBody, ResponseBody};
 use crate::runtime::environ::{self, RequestInfo};
 use crate::runtime::pool::AppRequest;
@@ -927,7 +926,7 @@ async fn respond(
     let tenant = route.app.clone();
     let tenant_name = tenant.metrics().name.clone();
     let asked = log.asked();
-    let about = About::request(Some(tenant_name.clone()), asked.clone());
+    let about = log.about();
     let max_body = tenant.limits().max_body;
     let version = parts.version;
     let http1 = version < http::Version::HTTP_2;

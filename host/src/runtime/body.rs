@@ -671,7 +671,7 @@ fn mark<B>(res: &mut Response<B>, closes: bool, left: bool) {
 /// Whether a request body failed because the client left: over HTTP/2,
 /// anything but a body h2 itself found malformed (its length not the
 /// `content-length` it declared, which h2 resets with a protocol error:
-/// logged 499, the client was taken to have left); over HTTP/1, anything
+/// the client's malformed request, not its leaving); over HTTP/1, anything
 /// but the framing errors hyper reports as invalid data (a bad chunk size,
 /// say) is the connection ending early (EOF, a reset).
 pub fn client_left(e: &hyper::Error, http1: bool) -> bool {
