@@ -446,7 +446,7 @@ fn unchanged_builds_are_cache_hits_and_edits_rebuild_on_run() {
         write(
             &dir,
             "app.py",
-            &format!("def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'{text}']\n"),
+            &format!("import os\ndef app(environ, start_response):\n    start_response('200 OK', [])\n    if environ['PATH_INFO'] == '/mounts':\n        return [b'mounted: ' + ','.join(d for d in ('/1', '/2', '/3') if os.path.exists(d + '/Cargo.toml')).encode()]\n    return [b'{text}']\n"),
         )
     };
     app("first");
@@ -527,6 +527,9 @@ fn unchanged_builds_are_cache_hits_and_edits_rebuild_on_run() {
     let script = format!("{d}/app.py:app");
     let s = Server::start_with(&["run", &script]);
     assert_eq!(get(&s, "/"), (200, "first".to_owned()));
+    // The script's directory alone ships, not also the working directory
+    // (here the repository, with its Cargo.toml).
+    assert_eq!(get(&s, "/mounts"), (200, "mounted: ".to_owned()));
     drop(s);
     app("second");
     let s = Server::start_with(&["run", &script]);

@@ -449,6 +449,37 @@ fn app_exception_is_500_with_traceback_and_the_instance_keeps_serving() {
     );
 }
 
+/// A traceback a framework printed for the 500 it answered itself (Flask's,
+/// Django's, Falcon's logged exception) is an error, kept by a log filtered
+/// to warnings as the server's own reports are; the output around it is not.
+#[test]
+fn a_traceback_the_app_printed_is_logged_as_an_error() {
+    let s = Server::start_env(
+        &["run", router().to_str().unwrap()],
+        &[("RUST_LOG", "info,guest=warn")],
+    );
+    let (status, body) = get(&s, "/caught");
+    assert_eq!((status, body.as_str()), (500, "logged"));
+    s.wait_for_log("ValueError: caught and logged");
+    let logs = s.logs();
+    let traceback = logs
+        .lines()
+        .filter(|l| l.contains(" ERROR ") && l.contains("[router stderr]"))
+        .collect::<Vec<_>>();
+    assert!(
+        traceback[0].contains("Traceback (most recent call last):")
+            && traceback
+                .last()
+                .unwrap()
+                .contains("ValueError: caught and logged"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("before the traceback") && !logs.contains("after the traceback"),
+        "{logs}"
+    );
+}
+
 #[test]
 fn an_app_that_closes_its_stderr_still_has_its_report_logged_and_is_replaced() {
     let s = Server::start(&router(), &["--workers", "1"]);

@@ -270,7 +270,7 @@ fn environment_shows_only_grants() {
     let env: serde_json::Value = get_json(&s, "/os-environ");
     assert_eq!(
         env,
-        serde_json::json!({"GRANTED": "yes", "FROM_FILE": "1", "QUOTED": "a b"})
+        serde_json::json!({"GRANTED": "yes", "FROM_FILE": "1", "QUOTED": "a b", "SERVER_SOFTWARE": "rsgi-wasm"})
     );
 }
 
@@ -334,6 +334,29 @@ fn allow_net_opens_exactly_the_listed_address() {
         body.contains("PermissionError") && body.contains("only TCP connections out"),
         "{body}"
     );
+}
+
+#[test]
+fn what_an_app_sent_before_closing_its_socket_reaches_the_peer() {
+    // A peer that reads only after a second, as a busy one does: until
+    // then the kernel takes a few MB and the rest waited in wasmtime-wasi's
+    // background write, which the close cancelled (3.9 of 8 MiB arrived).
+    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = peer.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut conn, _) = peer.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut conn, &mut got).unwrap();
+        got.len()
+    });
+    let s = Server::start(&router(), &["--allow-net", &addr.to_string()]);
+    let n = 8 << 20;
+    assert_eq!(
+        get(&s, &format!("/send?{addr}:{n}")),
+        (200, format!("sent {n}"))
+    );
+    assert_eq!(reader.join().unwrap(), n, "{}", s.logs());
 }
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {

@@ -232,6 +232,8 @@ def _guard_network(socket) -> None:
             setattr(socket, fn, _guard(getattr(socket, fn), host, "looking up"))
     if hasattr(socket, "gethostbyaddr") and hasattr(socket, "herror"):
         socket.gethostbyaddr = _no_reverse_lookup(socket.gethostbyaddr, socket.herror)
+    if hasattr(socket, "getaddrinfo") and hasattr(socket, "gaierror"):
+        socket.getaddrinfo = _some_address_or_gaierror(socket.getaddrinfo, socket)
     target = lambda args: _address(args[1]) if len(args) > 1 else ""  # noqa: E731
     socket.socket.connect = _guard(socket.socket.connect, target, "connecting to")
     real_init = socket.socket.__init__
@@ -275,6 +277,23 @@ def _guard_network(socket) -> None:
         return real_connect_ex(self, address)
 
     socket.socket.connect_ex = connect_ex
+
+
+def _some_address_or_gaierror(real, socket):
+    """``getaddrinfo`` that fails as glibc's does where wasi-libc's answers
+    nothing: a name with no address of the family asked for
+    (``getaddrinfo("localhost", 80, AF_INET6)`` of a name with IPv4 alone)
+    gave ``[]``, and code taking ``[0]`` an ``IndexError``."""
+    code = getattr(socket, "EAI_NODATA", getattr(socket, "EAI_NONAME", -5))
+
+    def getaddrinfo(*args, **kwargs):
+        found = real(*args, **kwargs)
+        if not found:
+            raise socket.gaierror(code, "No address associated with hostname")
+        return found
+
+    getaddrinfo.__doc__ = real.__doc__
+    return getaddrinfo
 
 
 def _no_reverse_lookup(real, herror):

@@ -648,6 +648,9 @@ def base_environ(errors: Any = None) -> dict:
     """The keys that are the same for every request of this instance."""
     return {
         "SCRIPT_NAME": "",
+        # As gunicorn and waitress name themselves; the same as the
+        # import's `os.environ` had, and each instance's has.
+        "SERVER_SOFTWARE": "rsgi-wasm",
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": "http",
         "wsgi.errors": errors if errors is not None else sys.stderr,

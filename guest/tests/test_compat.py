@@ -197,6 +197,26 @@ class ReverseLookup(unittest.TestCase):
         self.assertIn("Unknown host", str(e.exception))
 
 
+class EmptyLookup(unittest.TestCase):
+    def test_no_address_of_the_family_is_a_gaierror_not_an_empty_list(self):
+        import socket
+        import types
+
+        fake = types.SimpleNamespace(
+            getaddrinfo=lambda host, port, family=0, *a: [] if family == socket.AF_INET6 else [("found",)],
+            gaierror=socket.gaierror,
+            EAI_NONAME=socket.EAI_NONAME,
+            socket=type("S", (), {}),
+        )
+        fake.socket.connect = fake.socket.bind = lambda self, a: None
+        fake.socket.connect_ex = lambda self, a: 0
+        compat._guard_network(fake)
+        self.assertEqual(fake.getaddrinfo("localhost", 80, socket.AF_INET), [("found",)])
+        with self.assertRaises(socket.gaierror) as e:
+            fake.getaddrinfo("localhost", 80, socket.AF_INET6)
+        self.assertEqual(e.exception.args[0], socket.EAI_NONAME)
+
+
 class Ipv6Probe(unittest.TestCase):
     def test_urllib3s_refused_probe_is_corrected_as_it_is_imported(self):
         import os

@@ -139,7 +139,12 @@ fn component_for_run(args: &RunArgs) -> Result<Option<BuildOptions>> {
         let mut opts = args
             .source
             .build_options(format!("{module}:{callable}"), None, cache);
-        if !opts.paths.contains(&dir) {
+        if args.source.paths.is_empty() {
+            // The script's directory alone, as `python path/app.py` puts
+            // on its path: not also `-p`'s default, the working directory,
+            // which shipped everything under it (a `.env`, data files).
+            opts.paths = vec![dir];
+        } else if !opts.paths.contains(&dir) {
             opts.paths.insert(0, dir);
         }
         return Ok(Some(opts));
@@ -1250,7 +1255,16 @@ async fn serve_command(args: ServeArgs) -> Result<()> {
                         reload_changes(&running, &next)
                     );
                     // Apps no longer routed finish their in-flight requests
-                    // (those hold the pool) and are dropped after.
+                    // (those hold the pool) and are dropped after; their
+                    // series go now.
+                    let kept: std::collections::HashSet<&str> =
+                        next.iter().map(|n| n.config.name.as_str()).collect();
+                    for gone in running
+                        .iter()
+                        .filter(|r| !kept.contains(r.config.name.as_str()))
+                    {
+                        metrics::tenant_removed(&gone.config.name);
+                    }
                     running = Arc::new(next);
                 }
                 Ok(Err(e)) => {

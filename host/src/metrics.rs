@@ -145,7 +145,14 @@ struct Holders {
     /// Loaded copies of the app: a reload's new tenant may load before
     /// the old one's last request lets it go.
     copies: Arc<Mutex<i64>>,
+    /// Which listing of the name this is: a tenant removed by a reload and
+    /// added back by a later one is another, even while the first one's
+    /// requests still run.
+    generation: u64,
 }
+
+/// The next [`Holders::generation`].
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TenantResult {
@@ -439,6 +446,19 @@ impl Metrics {
     }
 }
 
+/// Tenant `name` was removed by a reload: its series leave the exposition
+/// now, while its last requests still run (they count where nothing reads
+/// them), so one added back by a later reload starts from zero.
+pub fn tenant_removed(name: &str) {
+    let escaped = label_value(name);
+    with(|m| {
+        if m.holders.remove(&escaped).is_some_and(|h| h.registered > 0) {
+            m.forget(&escaped);
+        }
+        m.listed.set(m.holders.len() as i64);
+    });
+}
+
 /// The registry in Prometheus text format.
 pub fn encode() -> String {
     let mut out = String::new();
@@ -553,6 +573,8 @@ pub struct TenantMetrics {
     pub name: Arc<str>,
     /// The name as a label value.
     escaped: String,
+    /// The listing of the name it belongs to ([`Holders::generation`]).
+    generation: u64,
     series: OnceLock<TenantSeries>,
 }
 
@@ -658,25 +680,46 @@ impl TenantMetrics {
         // no app name can break the exposition for every other tenant.
         let escaped = label_value(name);
         let series = OnceLock::new();
-        with(|m| {
-            let holders = m.holders.entry(escaped.clone()).or_default();
+        let generation = with(|m| {
+            let holders = m.holders.entry(escaped.clone()).or_insert_with(|| Holders {
+                generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                ..Holders::default()
+            });
             holders.handles += 1;
+            let generation = holders.generation;
             if holders.registered > 0 {
                 let _ = series.set(TenantSeries::cut(m, &escaped));
             }
             m.listed.set(m.holders.len() as i64);
+            generation
         });
         Arc::new(TenantMetrics {
             name: name.into(),
             escaped,
+            generation,
             series,
         })
     }
 
-    /// The tenant's series, registered now if this is their first use.
+    /// Whether the name is still listed as this handle's tenant.
+    fn current(&self, m: &Metrics) -> bool {
+        m.holders
+            .get(&self.escaped)
+            .is_some_and(|h| h.generation == self.generation)
+    }
+
+    /// The tenant's series, registered now if this is their first use
+    /// (exported nowhere once a reload removed the tenant).
     pub fn series(&self) -> &TenantSeries {
-        self.series
-            .get_or_init(|| with(|m| TenantSeries::cut(m, &self.escaped)))
+        self.series.get_or_init(|| {
+            with(|m| {
+                if self.current(m) {
+                    TenantSeries::cut(m, &self.escaped)
+                } else {
+                    TenantSeries::cut(&mut Metrics::new(), &self.escaped)
+                }
+            })
+        })
     }
 
     /// A request routed to this tenant is being answered.
@@ -711,6 +754,9 @@ impl Drop for TenantMetrics {
     fn drop(&mut self) {
         let registered = self.series.get().is_some();
         with(|m| {
+            if !self.current(m) {
+                return;
+            }
             let Some(h) = m.holders.get_mut(&self.escaped) else {
                 return;
             };
@@ -864,5 +910,30 @@ mod tests {
         // The same name after a reload gets the same series.
         TenantMetrics::new("unit-a").finished(500, Duration::ZERO);
         assert!(encode().contains("rsgi_wasm_requests_total{tenant=\"unit-a\",class=\"5xx\"} 1"));
+    }
+
+    /// Round DK: a tenant removed while requests ran, and added back before
+    /// they ended, went on with the old counts and instances.
+    #[test]
+    fn a_tenant_removed_and_added_back_starts_from_zero_while_its_old_requests_run() {
+        let ok = |n| format!("rsgi_wasm_requests_total{{tenant=\"unit-back\",class=\"2xx\"}} {n}");
+        let old = TenantMetrics::new("unit-back");
+        old.finished(200, Duration::ZERO);
+        old.started();
+        assert!(encode().contains(&ok(1)), "{}", encode());
+        tenant_removed("unit-back");
+        assert!(!encode().contains("unit-back"), "{}", encode());
+        let back = TenantMetrics::new("unit-back");
+        back.started();
+        back.finished(200, Duration::ZERO);
+        // The old tenant's request ends, and the old tenant goes.
+        old.finished(200, Duration::ZERO);
+        drop(old);
+        let text = encode();
+        assert!(text.contains(&ok(1)), "{text}");
+        assert!(
+            text.contains("rsgi_wasm_in_flight_requests{tenant=\"unit-back\"} 0"),
+            "{text}"
+        );
     }
 }

@@ -182,6 +182,8 @@ pub struct GuestLog {
     /// the guest asks for the stream, so it cannot pin host memory by
     /// asking many times.
     partial: Arc<Mutex<BytesMut>>,
+    /// Where the stream's lines stand in a traceback the app printed.
+    traceback: Arc<Traceback>,
 }
 
 impl GuestLog {
@@ -192,6 +194,7 @@ impl GuestLog {
             stream,
             budget: budget.clone(),
             partial: Arc::default(),
+            traceback: Arc::default(),
         }
     }
 
@@ -214,6 +217,7 @@ impl GuestLog {
             stream: self.stream,
             budget: self.budget.clone(),
             buf: self.partial.clone(),
+            traceback: self.traceback.clone(),
         }
     }
 }
@@ -237,7 +241,8 @@ impl StdoutStream for GuestLog {
 }
 
 /// How a guest line is logged: the app's output at INFO; its errors (an
-/// exception's report, why it does not import) at ERROR, which a log
+/// exception's report, a traceback it printed, why it does not import) at
+/// ERROR, which a log
 /// filtered to warnings keeps; the adapter's warnings about the app at WARN.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -251,6 +256,7 @@ struct LineLogger {
     stream: &'static str,
     budget: Arc<LogBudget>,
     buf: Arc<Mutex<BytesMut>>,
+    traceback: Arc<Traceback>,
 }
 
 /// What `check_write` allows per write: what a program prints at once.
@@ -272,6 +278,15 @@ impl LineLogger {
         if let Some(warning) = line.strip_prefix(crate::protocol::WARN_ONCE_MARKER.as_bytes()) {
             if self.budget.first_warning(warning) {
                 self.log_line(warning, Kind::Warning);
+            }
+            return;
+        }
+        // A framework that answers its own 500 (Flask, Django, Falcon)
+        // prints the traceback as output: logged as the error it is, so a
+        // log filtered to warnings keeps it, under the reports' budget.
+        if self.traceback.holds(line) {
+            if self.report_admitted(line.len()) {
+                self.log_line(line, Kind::Error);
             }
             return;
         }
@@ -346,6 +361,47 @@ impl LineLogger {
         if self.report_admitted(report_cost(&text)) {
             log_report(&self.app, self.stream, &text);
         }
+    }
+}
+
+/// Where an output stream's lines stand in a Python traceback the app
+/// printed itself: from its `Traceback (most recent call last):` line
+/// (also at the end of a line, after a framework's prefix: Falcon's
+/// `[FALCON] [ERROR] GET /x => Traceback ...`), through its indented frames,
+/// to the exception's line and what chains it to the next one.
+#[derive(Default)]
+struct Traceback(std::sync::atomic::AtomicU8);
+
+impl Traceback {
+    const OUTSIDE: u8 = 0;
+    const FRAMES: u8 = 1;
+    const ENDED: u8 = 2;
+
+    /// Whether `line` is part of a traceback, moving past it.
+    fn holds(&self, line: &[u8]) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let text = line.trim_ascii_end();
+        let (held, next) = if text.ends_with(b"Traceback (most recent call last):") {
+            (true, Self::FRAMES)
+        } else {
+            match self.0.load(Relaxed) {
+                Self::FRAMES if text.is_empty() || text.starts_with(b" ") || text.starts_with(b"\t") => {
+                    (true, Self::FRAMES)
+                }
+                // The exception's own line.
+                Self::FRAMES => (true, Self::ENDED),
+                Self::ENDED
+                    if text.is_empty()
+                        || text == b"During handling of the above exception, another exception occurred:"
+                        || text == b"The above exception was the direct cause of the following exception:" =>
+                {
+                    (true, Self::ENDED)
+                }
+                _ => (false, Self::OUTSIDE),
+            }
+        };
+        self.0.store(next, Relaxed);
+        held
     }
 }
 
@@ -666,6 +722,40 @@ mod tests {
         assert!(!budget.first_warning(b"one too many"));
     }
     use std::time::Duration;
+
+    #[test]
+    fn a_printed_traceback_is_told_from_the_output_around_it() {
+        let t = Traceback::default();
+        let lines: &[(&str, bool)] = &[
+            (
+                "[2026-12-08 02:48:19,725] ERROR in app: Exception on /boom [GET]",
+                false,
+            ),
+            ("Traceback (most recent call last):", true),
+            ("  File \"/1/app.py\", line 3, in boom", true),
+            ("    raise KeyError('x')", true),
+            ("    ^^^^^^^^^^^^^^^^^^^", true),
+            ("KeyError: 'x'", true),
+            ("", true),
+            (
+                "During handling of the above exception, another exception occurred:",
+                true,
+            ),
+            ("", true),
+            (
+                "[FALCON] [ERROR] GET /boom => Traceback (most recent call last):",
+                true,
+            ),
+            ("\tFile \"/1/app.py\", line 9, in on_get", true),
+            ("RuntimeError: boom", true),
+            ("127.0.0.1 - GET / 200", false),
+            ("  indented output", false),
+            ("RuntimeError: not after a traceback", false),
+        ];
+        for (line, held) in lines {
+            assert_eq!(t.holds(line.as_bytes()), *held, "{line:?}");
+        }
+    }
 
     #[test]
     fn long_lines_are_cut_between_characters() {

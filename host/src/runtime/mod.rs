@@ -8,7 +8,7 @@
 //! a `wasi-http` component is called through `wasi_http` instead. What a
 //! guest may reach over the network is `outbound`'s call, and its TLS is
 //! `tls_client`'s; its files and sockets are counted by `quota_fs` and
-//! `socket_slots`.
+//! `socket_slots`, and its sends finished by `tcp_sends`.
 
 mod artifact_sums;
 pub mod asked;
@@ -39,6 +39,7 @@ pub mod snapshot_pages;
 mod socket_slots;
 mod socket_states;
 pub mod store;
+mod tcp_sends;
 pub mod tenant;
 pub mod tls_client;
 mod tls_session;

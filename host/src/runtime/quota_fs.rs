@@ -318,6 +318,12 @@ impl Quotas {
         }
     }
 
+    /// Another hold on the count of the socket at table index `rep`, for
+    /// what outlives the guest's hold on it (`tcp_sends`).
+    pub fn socket_slot(&self, rep: u32) -> Option<SocketSlot> {
+        self.sockets.get(&rep).cloned().map(SocketSlot)
+    }
+
     /// Hold `slot` while the socket at table index `rep` is open (or
     /// until the instance ends).
     pub fn hold_socket(&mut self, rep: u32, slot: SocketSlot) {
@@ -1411,7 +1417,7 @@ fn is_special(t: &cap_std::fs::FileType) -> bool {
 }
 
 /// Stands in for a stream for the instant it is being wrapped.
-struct NoStream;
+pub struct NoStream;
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for NoStream {

@@ -227,6 +227,11 @@ impl Sandbox {
             let ok = check.check(addr, use_);
             Box::pin(async move { ok })
         });
+        // What the import saw (`boot.py` sets it, as gunicorn does), unless
+        // the operator gives another.
+        if !self.env.iter().any(|(k, _)| k == "SERVER_SOFTWARE") {
+            b.env("SERVER_SOFTWARE", SERVER_SOFTWARE);
+        }
         for (k, v) in &self.env {
             b.env(k, v);
         }
@@ -296,6 +301,10 @@ const MAX_RESOURCES: usize = 65_536;
 
 /// Where the guest sees its private scratch directory.
 const TMP: &str = "/tmp";
+
+/// The `SERVER_SOFTWARE` every instance's environment has, as the build's
+/// import had it.
+const SERVER_SOFTWARE: &str = "rsgi-wasm";
 
 fn preopen_tmp(b: &mut WasiCtxBuilder, host: &std::path::Path) -> Result<()> {
     b.preopened_dir(host, TMP, DirPerms::all(), FilePerms::all())

@@ -10,7 +10,8 @@
 //! dropping it unclosed (the `ResourceWarning` formats its `repr()`) crashed
 //! the instance mid-request. Those calls get `invalid-argument` (EINVAL,
 //! which `socket.__repr__` and most code catch) instead; every other call
-//! is wasmtime-wasi's, unchanged.
+//! is wasmtime-wasi's, unchanged, but for a connected socket's output
+//! stream, which finishes its sends after a close (`tcp_sends`).
 
 use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::p2::bindings::sockets::network::{
@@ -21,6 +22,8 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, SocketResu
 use wasmtime_wasi::sockets::TcpSocket;
 
 use crate::runtime::outbound::SocketsView;
+use crate::runtime::quota_fs::NoStream;
+use crate::runtime::tcp_sends::Sends;
 
 struct SocketStates;
 
@@ -81,9 +84,22 @@ impl HostTcpSocket for SocketsView<'_> {
         HostTcpSocket::start_connect(&mut self.sockets, this, network, remote_address).await
     }
 
+    /// wasmtime-wasi's streams, the output one finishing its sends after
+    /// the guest closes it (`tcp_sends`).
+    fn finish_connect(
+        &mut self,
+        this: Resource<TcpSocket>,
+    ) -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
+        let slot = self.quotas.socket_slot(this.rep());
+        let (input, output) = HostTcpSocket::finish_connect(&mut self.sockets, this)?;
+        let stream = self.sockets.table.get_mut(&output)?;
+        let inner = std::mem::replace(stream, Box::new(NoStream));
+        *stream = Box::new(Sends::new(inner, slot));
+        Ok((input, output))
+    }
+
     pass! {
         finish_bind() -> SocketResult<()>;
-        finish_connect() -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)>;
         start_listen() -> SocketResult<()>;
         finish_listen() -> SocketResult<()>;
         accept() -> SocketResult<(

@@ -516,6 +516,28 @@ def application(environ, start_response):
             sock = None
             return text(start_response, f"{type(e).__name__}: {e}; {said}", status="403 Forbidden")
 
+    if path == "/caught":
+        # A framework's 500: the exception caught and logged, its traceback
+        # written to stderr as output, between ordinary lines.
+        import logging
+
+        print("before the traceback", file=sys.stderr)
+        try:
+            raise ValueError("caught and logged")
+        except ValueError:
+            logging.getLogger("app").exception("Exception on /caught [GET]")
+        print("after the traceback", file=sys.stderr)
+        return text(start_response, "logged", status="500 Internal Server Error")
+
+    if path == "/send":
+        # /send?HOST:PORT:N: N bytes with sendall(), then close(), as a
+        # client of a database or a webhook does; the peer counts them.
+        host, port, n = query.rsplit(":", 2)
+        sock = socket.create_connection((host, int(port)), timeout=30)
+        sock.sendall(b"x" * int(n))
+        sock.close()
+        return text(start_response, f"sent {n}")
+
     if path == "/udp":
         try:
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()

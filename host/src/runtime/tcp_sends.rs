@@ -1,0 +1,109 @@
+//! A guest's outbound TCP sends: what `sendall()` reported as sent reaches
+//! the peer after `close()`, as it does from a kernel's socket, and the
+//! host never holds more than [`MAX_PENDING`] of it per socket.
+//!
+//! wasmtime-wasi's TCP output stream offers the guest 1 GiB per write,
+//! writes what the kernel takes at once and the rest from a task of its
+//! own, and cancels that task when the guest drops the stream. wasi-libc's
+//! `send()` writes and returns, so `sendall(8 MiB)` then `close()` lost
+//! what the kernel had not taken yet (4.4 MB of 8 MiB on loopback, round
+//! DM), silently: the peer saw an orderly close. Here a write is offered at
+//! most [`MAX_PENDING`], so `sendall()` waits as it does natively while the
+//! peer is slow, and a stream the guest drops with a write still under way
+//! finishes it in the background for up to [`LINGER`], the socket still
+//! counted among the app's open files meanwhile, so closing sockets faster
+//! than their peers read cannot take descriptors past `--max-open-files`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime_wasi::p2::{DynOutputStream, OutputStream, Pollable, StreamResult};
+
+use crate::runtime::quota_fs::SocketSlot;
+
+/// Bytes one write may hand over beyond what the kernel takes at once:
+/// what the host may hold for a socket whose peer reads slowly or not at
+/// all, outside the app's `--memory`.
+pub const MAX_PENDING: usize = 64 * 1024;
+
+/// How long a write under way when its stream was dropped may go on:
+/// the peer's chance to take the last bytes, as a kernel gives a closed
+/// socket's.
+pub const LINGER: Duration = Duration::from_secs(10);
+
+/// A connected socket's output stream (see the module's doc).
+pub struct Sends {
+    inner: Option<DynOutputStream>,
+    /// The socket's count among the open files, held while a write goes
+    /// on after the guest let the socket go.
+    slot: Option<SocketSlot>,
+}
+
+impl Sends {
+    /// Wrap wasmtime-wasi's stream of a socket counted by `slot`.
+    pub fn new(inner: DynOutputStream, slot: Option<SocketSlot>) -> Self {
+        Sends {
+            inner: Some(inner),
+            slot,
+        }
+    }
+
+    fn inner(&mut self) -> &mut DynOutputStream {
+        self.inner
+            .as_mut()
+            .expect("a stream is only given up when it is dropped")
+    }
+
+    /// Let the write under way (if any) finish without the guest, then
+    /// drop the stream.
+    fn linger(&mut self) {
+        let (Some(mut inner), slot) = (self.inner.take(), self.slot.take()) else {
+            return;
+        };
+        // Without a runtime (a store dropped off it) the write is given
+        // up, as wasmtime-wasi would.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // `ready` waits for the write under way and then for room
+                // in the socket: what is left is the kernel's to send.
+                let _ = tokio::time::timeout(LINGER, inner.ready()).await;
+                drop(inner);
+                drop(slot);
+            });
+        }
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Sends {
+    async fn ready(&mut self) {
+        self.inner().ready().await;
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for Sends {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.inner().write(bytes)
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.inner().flush()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(self.inner().check_write()?.min(MAX_PENDING))
+    }
+
+    async fn cancel(&mut self) {
+        self.linger();
+    }
+}
+
+impl Drop for Sends {
+    fn drop(&mut self) {
+        // The instance ended with the socket open: its last write still
+        // goes out, as the kernel sends what an exiting process wrote.
+        self.linger();
+    }
+}
