@@ -1355,7 +1355,10 @@ fn only_granted_env_and_files_are_visible() {
     let s = Server::start(&router(), &["--env", "GREETING=hi"]);
     let c = client();
     let env: serde_json::Value = get_json(&s, "/os-environ");
-    assert_eq!(env, serde_json::json!({"GREETING": "hi"}));
+    assert_eq!(
+        env,
+        serde_json::json!({"GREETING": "hi", "SERVER_SOFTWARE": "rsgi-wasm"})
+    );
     let r = c.get(s.url("/read-file?/etc/passwd")).send().unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().unwrap().starts_with("OSError"));
