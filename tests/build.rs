@@ -494,6 +494,28 @@ fn unchanged_builds_are_cache_hits_and_edits_rebuild_on_run() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("is not a WebAssembly file; refusing"), "{err}");
     assert!(std::fs::read_to_string(&source).unwrap().contains("first"));
+    // Nor a symlink or a FIFO (a device as root: `-o /dev/null`), which the
+    // build's rename replaced with a regular file.
+    let link = dir.join("link.wasm");
+    std::os::unix::fs::symlink(&out, &link).unwrap();
+    let fifo = dir.join("fifo.wasm");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for (path, says) in [(&link, "is a symlink"), (&fifo, "is not a regular file")] {
+        let (code, _, err) = run_bin(&["build", "app:app", "-p", &d, "-o", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &std::fs::symlink_metadata(&fifo).unwrap().file_type()
+    ));
     // Nor a path where no file can go, refused before anything is built.
     for (out, says) in [
         (format!("{source}/x.wasm"), "is not a directory"),

@@ -357,6 +357,25 @@ fn what_an_app_sent_before_closing_its_socket_reaches_the_peer() {
         (200, format!("sent {n}"))
     );
     assert_eq!(reader.join().unwrap(), n, "{}", s.logs());
+    // A server stopped right after still sends what the host held of it
+    // (round DN: the process's end cut it, behind an orderly close).
+    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = peer.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut conn, _) = peer.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut conn, &mut got).unwrap();
+        got.len()
+    });
+    let s = Server::start(&router(), &["--allow-net", &addr.to_string()]);
+    let (status, said) = get(&s, &format!("/send-nowait?{addr}"));
+    assert_eq!(status, 200, "{said}");
+    let accepted: usize = said.strip_prefix("accepted ").unwrap().parse().unwrap();
+    assert!(accepted > 0, "{said}");
+    let logs = s.logs();
+    assert!(s.stop("TERM").success());
+    assert_eq!(reader.join().unwrap(), accepted, "{logs}");
 }
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {

@@ -63,30 +63,56 @@ async fn build_command(args: BuildArgs) -> Result<()> {
 async fn build_and_report(opts: &BuildOptions) -> Result<build::BuildReport> {
     let t0 = Instant::now();
     let report = build::build(opts).await?;
-    // A cached build's lines are its warm-up's, when it was built.
-    let when = if report.cached { " (when built)" } else { "" };
+    let lines = report_lines(&report, t0.elapsed());
+    // `run --log-format json` from source: every line a JSON object.
+    if crate::config::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        log_report(&lines);
+        return Ok(report);
+    }
     // Progress only: a stderr that cannot be written must not fail the build.
     // After the log lines before it (`run` from source queues them).
     crate::log_writer::drain(Duration::from_secs(1));
     let mut err = std::io::stderr().lock();
-    for line in &report.warmup {
-        // They quote what the app printed while imported: it must not
-        // drive the terminal.
-        let _ = writeln!(err, "{}{when}", crate::runtime::visible_lines(line));
+    for line in &lines {
+        let _ = writeln!(err, "{line}");
     }
-    let _ = writeln!(
-        err,
+    Ok(report)
+}
+
+/// What a build reports: its warnings, what the app printed while it was
+/// imported and each warm-up's status (quoted, so they cannot drive a
+/// terminal), then its size and time.
+fn report_lines(report: &build::BuildReport, took: Duration) -> Vec<String> {
+    // A cached build's lines are its warm-up's, when it was built.
+    let when = if report.cached { " (when built)" } else { "" };
+    let mut lines: Vec<String> = report
+        .warmup
+        .iter()
+        .map(|line| format!("{}{when}", crate::runtime::visible_lines(line)))
+        .collect();
+    lines.push(format!(
         "built {}: {:.1} MB in {:.1}s{}",
         report.path.display(),
         report.size as f64 / 1e6,
-        t0.elapsed().as_secs_f64(),
+        took.as_secs_f64(),
         if report.cached {
             " (the same sources were built before: copied from the build cache)"
         } else {
             ""
         }
-    );
-    Ok(report)
+    ));
+    lines
+}
+
+/// A build's report as a running server's log lines, its warnings at WARN.
+fn log_report(lines: &[String]) {
+    for line in lines {
+        if line.starts_with("warning") {
+            tracing::warn!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
 }
 
 /// What `rsgi-wasm run APP` names: a built component, or source to build.
@@ -207,6 +233,10 @@ async fn exec_command(args: ExecArgs) -> Result<u8> {
             }
         },
     };
+    // What the script sent on sockets it closed (or left open) still goes
+    // out before the process ends, as from a native script.
+    drop(store);
+    crate::runtime::finish_closed_sends(Duration::MAX).await;
     Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
 }
 
@@ -762,7 +792,12 @@ async fn reload_app(
                     (report.path, "no rebuild: the app is imported live")
                 }
                 Ok(report) if report.cached => (report.path, "from the build cache"),
-                Ok(report) => (report.path, "rebuilt"),
+                Ok(report) => {
+                    // What the new import printed and warned of, as the
+                    // first build's report said it.
+                    log_report(&report_lines(&report, t0.elapsed()));
+                    (report.path, "rebuilt")
+                }
                 Err(e) => {
                     metrics::reload(false);
                     tracing::error!(

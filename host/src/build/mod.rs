@@ -304,6 +304,18 @@ fn check_output(out: &Path) -> Result<(), UserError> {
             )));
         }
     }
+    // Written by a rename over it: a device, a FIFO or a symlink would be
+    // replaced by the file, not written through (`-o /dev/null` as root
+    // made /dev/null a regular file, round DO).
+    match std::fs::symlink_metadata(out) {
+        Ok(m) if m.file_type().is_symlink() => Err(refuse(
+            "is a symlink, which a build replaces rather than writes through",
+        )),
+        Ok(m) if !m.is_dir() && !m.is_file() => Err(refuse(
+            "is not a regular file (a device, a FIFO or a socket)",
+        )),
+        _ => Ok(()),
+    }?;
     match std::fs::metadata(out) {
         Err(_) => Ok(()),
         Ok(m) if m.is_dir() => Err(refuse("is a directory")),

@@ -312,8 +312,12 @@ pub async fn serve(
     );
     let _ = stop_tx.send(());
     drop(stop);
+    let draining = tokio::time::Instant::now();
     tokio::select! {
-        () = stop_tx.closed() => tracing::info!("all requests finished"),
+        () = stop_tx.closed() => {
+            tracing::info!("all requests finished");
+            crate::runtime::finish_closed_sends(cfg.grace.saturating_sub(draining.elapsed())).await;
+        }
         () = tokio::time::sleep(cfg.grace) => {
             tracing::warn!("grace period over; closing remaining connections");
             crate::http::access::CUT_AT_SHUTDOWN.store(true, Ordering::Release);

@@ -50,6 +50,7 @@ pub use disk_quota::{Ledger as QuotaLedger, WarnEvery};
 pub use guest_log::{visible, visible_lines};
 pub use held_bytes::set as limit_held_bytes;
 pub use quota_fs::guests_share;
+pub use tcp_sends::finish_closed_sends;
 
 /// The status a guest exited with, if `error` is its call to
 /// `wasi:cli/exit` (`os._exit`, or C code's `exit`) rather than a crash.

@@ -14,6 +14,7 @@
 //! counted among the app's open files meanwhile, so closing sockets faster
 //! than their peers read cannot take descriptors past `--max-open-files`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -63,14 +64,46 @@ impl Sends {
         // Without a runtime (a store dropped off it) the write is given
         // up, as wasmtime-wasi would.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let lingering = Lingering::new();
             runtime.spawn(async move {
                 // `ready` waits for the write under way and then for room
                 // in the socket: what is left is the kernel's to send.
                 let _ = tokio::time::timeout(LINGER, inner.ready()).await;
                 drop(inner);
                 drop(slot);
+                drop(lingering);
             });
         }
+    }
+}
+
+/// Writes going on after their sockets were closed, for the server's
+/// shutdown and `exec`'s end to wait for.
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+/// One of [`LINGERING`], counted until dropped (also when its task is).
+struct Lingering;
+
+impl Lingering {
+    fn new() -> Self {
+        LINGERING.fetch_add(1, Ordering::AcqRel);
+        Lingering
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        LINGERING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Wait, at most `within` (and [`LINGER`]), for the writes of sockets apps
+/// closed to finish: the process ending would cut them, and their peers
+/// would see an orderly end of a stream that lost its tail.
+pub async fn finish_closed_sends(within: Duration) {
+    let end = tokio::time::Instant::now() + within.min(LINGER);
+    while LINGERING.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

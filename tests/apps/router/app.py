@@ -538,6 +538,22 @@ def application(environ, start_response):
         sock.close()
         return text(start_response, f"sent {n}")
 
+    if path == "/send-nowait":
+        # /send-nowait?HOST:PORT: what a non-blocking socket with a small
+        # buffer accepts at once, then close(): the host holds most of it.
+        host, _, port = query.rpartition(":")
+        sock = socket.create_connection((host, int(port)), timeout=30)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.setblocking(False)
+        accepted = 0
+        try:
+            while True:
+                accepted += sock.send(b"x" * 1_000_000)
+        except BlockingIOError:
+            pass
+        sock.close()
+        return text(start_response, f"accepted {accepted}")
+
     if path == "/udp":
         try:
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()

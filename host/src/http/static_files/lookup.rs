@@ -104,9 +104,8 @@ fn open_file(place: &Place, dir: &Dir, rel: PathBuf) -> Found {
 fn failed(place: &Place, rel: &Path, e: &std::io::Error) -> Found {
     if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
         tracing::warn!(
-            "static file {}{}: {e}; answered 503 (raise the open-files limit: ulimit -n, LimitNOFILE)",
-            place.mount.prefix,
-            rel.display()
+            "static file {}: {e}; answered 503 (raise the open-files limit: ulimit -n, LimitNOFILE)",
+            shown(place, rel)
         );
         return Found::NoDescriptors;
     }
@@ -131,7 +130,7 @@ fn failed(place: &Place, rel: &Path, e: &std::io::Error) -> Found {
         return Found::Missing;
     }
     if e.kind() != ErrorKind::NotFound {
-        tracing::debug!("static file {}{}: {e}", place.mount.prefix, rel.display());
+        tracing::debug!("static file {}: {e}", shown(place, rel));
     }
     Found::Missing
 }
@@ -147,12 +146,18 @@ fn warn_now_and_then(
 ) {
     if place.warned.due() {
         tracing::warn!(
-            "static file {}{} under {}: {why}; answered {status} ({fix}; logged at most once a minute)",
-            place.mount.prefix,
-            rel.display(),
+            "static file {} under {}: {why}; answered {status} ({fix}; logged at most once a minute)",
+            shown(place, rel),
             place.mount.dir.display()
         );
     }
+}
+
+/// The URL path of `rel` as a log line may hold it: decoded from the
+/// client's target, so its control characters are spelt out (a `%0A`
+/// began a forged line, round DO).
+fn shown(place: &Place, rel: &Path) -> String {
+    crate::runtime::visible(&format!("{}{}", place.mount.prefix, rel.display())).into_owned()
 }
 
 /// Whether an HTTP date can say `t`: from 1970 to the year 9999
