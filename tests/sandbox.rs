@@ -338,18 +338,23 @@ fn allow_net_opens_exactly_the_listed_address() {
 
 #[test]
 fn what_an_app_sent_before_closing_its_socket_reaches_the_peer() {
-    // A peer that reads only after a second, as a busy one does: until
-    // then the kernel takes a few MB and the rest waited in wasmtime-wasi's
-    // background write, which the close cancelled (3.9 of 8 MiB arrived).
-    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = peer.local_addr().unwrap();
-    let reader = std::thread::spawn(move || {
-        let (mut conn, _) = peer.accept().unwrap();
-        std::thread::sleep(Duration::from_secs(1));
-        let mut got = Vec::new();
-        std::io::Read::read_to_end(&mut conn, &mut got).unwrap();
-        got.len()
-    });
+    // A peer that reads only after `delay`, as a busy one does, and counts.
+    let late_peer = |delay: u64| {
+        let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = peer.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut conn, _) = peer.accept().unwrap();
+            std::thread::sleep(Duration::from_secs(delay));
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut conn, &mut got).unwrap();
+            got.len()
+        });
+        (addr, reader)
+    };
+    // Until it reads, the kernel takes a few MB and the rest waited in
+    // wasmtime-wasi's background write, which the close cancelled (3.9 of
+    // 8 MiB arrived).
+    let (addr, reader) = late_peer(1);
     let s = Server::start(&router(), &["--allow-net", &addr.to_string()]);
     let n = 8 << 20;
     assert_eq!(
@@ -359,15 +364,7 @@ fn what_an_app_sent_before_closing_its_socket_reaches_the_peer() {
     assert_eq!(reader.join().unwrap(), n, "{}", s.logs());
     // A server stopped right after still sends what the host held of it
     // (round DN: the process's end cut it, behind an orderly close).
-    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = peer.local_addr().unwrap();
-    let reader = std::thread::spawn(move || {
-        let (mut conn, _) = peer.accept().unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-        let mut got = Vec::new();
-        std::io::Read::read_to_end(&mut conn, &mut got).unwrap();
-        got.len()
-    });
+    let (addr, reader) = late_peer(2);
     let s = Server::start(&router(), &["--allow-net", &addr.to_string()]);
     let (status, said) = get(&s, &format!("/send-nowait?{addr}"));
     assert_eq!(status, 200, "{said}");
