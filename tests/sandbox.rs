@@ -373,6 +373,28 @@ fn what_an_app_sent_before_closing_its_socket_reaches_the_peer() {
     let logs = s.logs();
     assert!(s.stop("TERM").success());
     assert_eq!(reader.join().unwrap(), accepted, "{logs}");
+    // A peer that takes none of them: given up after a while, and said,
+    // naming the peer (it sees an orderly end, which cannot be helped).
+    let deaf = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A small window, so what it does not read stays with the sender.
+    let small: libc::c_int = 4096;
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&deaf),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::from_ref(&small).cast(),
+            std::mem::size_of_val(&small) as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0);
+    let addr = deaf.local_addr().unwrap();
+    let s = Server::start(&router(), &["--allow-net", &addr.to_string()]);
+    assert_eq!(get(&s, &format!("/send-nowait?{addr}")).0, 200);
+    s.wait_for_log(&format!(
+        "an app closed its connection to {addr} with bytes its peer took none of"
+    ));
+    drop(deaf);
 }
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {

@@ -316,7 +316,10 @@ pub async fn serve(
     tokio::select! {
         () = stop_tx.closed() => {
             tracing::info!("all requests finished");
-            crate::runtime::finish_closed_sends(cfg.grace.saturating_sub(draining.elapsed())).await;
+            tokio::select! {
+                () = crate::runtime::finish_closed_sends(cfg.grace.saturating_sub(draining.elapsed())) => {}
+                () = shutdown_signal() => tracing::warn!("second signal; not waiting for closed connections' sends"),
+            }
         }
         () = tokio::time::sleep(cfg.grace) => {
             tracing::warn!("grace period over; closing remaining connections");

@@ -91,10 +91,16 @@ impl HostTcpSocket for SocketsView<'_> {
         this: Resource<TcpSocket>,
     ) -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
         let slot = self.quotas.socket_slot(this.rep());
+        let rep = this.rep();
         let (input, output) = HostTcpSocket::finish_connect(&mut self.sockets, this)?;
+        let peer = HostTcpSocket::remote_address(&mut self.sockets, Resource::new_borrow(rep))
+            .map_or_else(
+                |_| "a peer".to_owned(),
+                |a| std::net::SocketAddr::from(a).to_string(),
+            );
         let stream = self.sockets.table.get_mut(&output)?;
         let inner = std::mem::replace(stream, Box::new(NoStream));
-        *stream = Box::new(Sends::new(inner, slot));
+        *stream = Box::new(Sends::new(inner, peer, slot));
         Ok((input, output))
     }
 

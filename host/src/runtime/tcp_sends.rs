@@ -35,16 +35,24 @@ pub const LINGER: Duration = Duration::from_secs(10);
 /// A connected socket's output stream (see the module's doc).
 pub struct Sends {
     inner: Option<DynOutputStream>,
+    /// Whom it sends to, for the line about bytes given up.
+    peer: String,
+    /// A write goes on in the background: wasmtime-wasi offered nothing
+    /// after it. (A socket whose kernel buffer is full with nothing held
+    /// by the host has nothing to finish.)
+    pending: bool,
     /// The socket's count among the open files, held while a write goes
     /// on after the guest let the socket go.
     slot: Option<SocketSlot>,
 }
 
 impl Sends {
-    /// Wrap wasmtime-wasi's stream of a socket counted by `slot`.
-    pub fn new(inner: DynOutputStream, slot: Option<SocketSlot>) -> Self {
+    /// Wrap wasmtime-wasi's stream of a socket to `peer` counted by `slot`.
+    pub fn new(inner: DynOutputStream, peer: String, slot: Option<SocketSlot>) -> Self {
         Sends {
             inner: Some(inner),
+            peer,
+            pending: false,
             slot,
         }
     }
@@ -61,14 +69,24 @@ impl Sends {
         let (Some(mut inner), slot) = (self.inner.take(), self.slot.take()) else {
             return;
         };
+        if !self.pending {
+            return;
+        }
         // Without a runtime (a store dropped off it) the write is given
         // up, as wasmtime-wasi would.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let lingering = Lingering::new();
+            let peer = std::mem::take(&mut self.peer);
             runtime.spawn(async move {
                 // `ready` waits for the write under way and then for room
                 // in the socket: what is left is the kernel's to send.
-                let _ = tokio::time::timeout(LINGER, inner.ready()).await;
+                if tokio::time::timeout(LINGER, inner.ready()).await.is_err() {
+                    // wasmtime-wasi gives no hold on the socket to reset
+                    // it, so its peer sees an orderly end: said here.
+                    tracing::warn!(
+                        "an app closed its connection to {peer} with bytes its peer took none of for {LINGER:?}: those were dropped"
+                    );
+                }
                 drop(inner);
                 drop(slot);
                 drop(lingering);
@@ -102,7 +120,22 @@ impl Drop for Lingering {
 /// would see an orderly end of a stream that lost its tail.
 pub async fn finish_closed_sends(within: Duration) {
     let end = tokio::time::Instant::now() + within.min(LINGER);
-    while LINGERING.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < end {
+    let mut said = false;
+    loop {
+        let left = LINGERING.load(Ordering::Acquire);
+        if left == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() >= end {
+            tracing::warn!(
+                "{left} connection(s) apps closed still had bytes to send when the wait ended: those were dropped"
+            );
+            return;
+        }
+        if !said {
+            tracing::info!("waiting for {left} connection(s) apps closed to send what they hold");
+            said = true;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -117,7 +150,12 @@ impl Pollable for Sends {
 #[wasmtime_wasi::async_trait]
 impl OutputStream for Sends {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.inner().write(bytes)
+        let inner = self.inner();
+        inner.write(bytes)?;
+        // What the kernel did not take at once is written in the
+        // background, and nothing more is offered until it is.
+        self.pending = matches!(inner.check_write(), Ok(0));
+        Ok(())
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -125,7 +163,11 @@ impl OutputStream for Sends {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(self.inner().check_write()?.min(MAX_PENDING))
+        let offered = self.inner().check_write()?;
+        if offered > 0 {
+            self.pending = false;
+        }
+        Ok(offered.min(MAX_PENDING))
     }
 
     async fn cancel(&mut self) {
