@@ -84,7 +84,7 @@ impl Sends {
                     // wasmtime-wasi gives no hold on the socket to reset
                     // it, so its peer sees an orderly end: said here.
                     tracing::warn!(
-                        "an app closed its connection to {peer} with bytes its peer took none of for {LINGER:?}: those were dropped"
+                        "an app closed its connection to {peer} with bytes its peer had not taken {LINGER:?} later: those were dropped"
                     );
                 }
                 drop(inner);
